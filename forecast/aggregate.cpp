@@ -1,0 +1,138 @@
+// Binning per-request records into series, and the timestamp formats request logs use.
+// Called by `tollgate-forecast` for --requests and --ledger inputs.
+#include "forecast/aggregate.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+
+namespace tollgate::forecast {
+namespace {
+
+// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) noexcept {
+  y -= m <= 2;
+  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const auto yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
+}
+
+bool read_int(std::string_view s, std::size_t& pos, std::size_t digits, int& out) noexcept {
+  if (pos + digits > s.size()) return false;
+  const auto [p, ec] = std::from_chars(s.data() + pos, s.data() + pos + digits, out);
+  if (ec != std::errc() || p != s.data() + pos + digits) return false;
+  pos += digits;
+  return true;
+}
+
+std::optional<std::int64_t> parse_iso(std::string_view s) noexcept {
+  std::size_t pos = 0;
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, se = 0;
+  if (!read_int(s, pos, 4, y) || pos >= s.size() || s[pos++] != '-' || !read_int(s, pos, 2, mo) ||
+      pos >= s.size() || s[pos++] != '-' || !read_int(s, pos, 2, d))
+    return std::nullopt;
+  if (mo < 1 || mo > 12 || d < 1 || d > 31) return std::nullopt;
+  double frac = 0.0;
+  std::int64_t offset_s = 0;
+  if (pos < s.size() && (s[pos] == 'T' || s[pos] == 't' || s[pos] == ' ')) {
+    ++pos;
+    if (!read_int(s, pos, 2, h) || pos >= s.size() || s[pos++] != ':' || !read_int(s, pos, 2, mi))
+      return std::nullopt;
+    if (pos < s.size() && s[pos] == ':') {
+      ++pos;
+      if (!read_int(s, pos, 2, se)) return std::nullopt;
+    }
+    if (pos < s.size() && (s[pos] == '.' || s[pos] == ',')) {
+      double scale = 0.1;
+      for (++pos; pos < s.size() && s[pos] >= '0' && s[pos] <= '9'; ++pos, scale /= 10) frac += (s[pos] - '0') * scale;
+    }
+    if (pos < s.size() && (s[pos] == 'Z' || s[pos] == 'z')) {
+      ++pos;
+    } else if (pos < s.size() && (s[pos] == '+' || s[pos] == '-')) {
+      const int sign = s[pos++] == '-' ? -1 : 1;
+      int oh = 0, om = 0;
+      if (!read_int(s, pos, 2, oh)) return std::nullopt;
+      if (pos < s.size() && s[pos] == ':') ++pos;
+      if (pos < s.size() && !read_int(s, pos, 2, om)) return std::nullopt;
+      offset_s = sign * (oh * 3600 + om * 60);
+    }
+  }
+  if (pos != s.size()) return std::nullopt;
+  const std::int64_t secs = days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 +
+                            h * 3600 + mi * 60 + se - offset_s;
+  return secs * 1000 + static_cast<std::int64_t>(std::floor(frac * 1000.0));
+}
+
+}  // namespace
+
+std::optional<quantity> parse_quantity(std::string_view name) noexcept {
+  if (name == "requests") return quantity::requests;
+  if (name == "prompt_tokens") return quantity::prompt_tokens;
+  if (name == "completion_tokens") return quantity::completion_tokens;
+  if (name == "total_tokens") return quantity::total_tokens;
+  if (name == "cost_usd") return quantity::cost_usd;
+  return std::nullopt;
+}
+
+const char* quantity_name(quantity q) noexcept {
+  switch (q) {
+    case quantity::requests: return "requests";
+    case quantity::prompt_tokens: return "prompt_tokens";
+    case quantity::completion_tokens: return "completion_tokens";
+    case quantity::total_tokens: return "total_tokens";
+    case quantity::cost_usd: return "cost_usd";
+  }
+  return "requests";
+}
+
+series aggregate_events(std::span<const request_event> events, std::int64_t bin_s, quantity q,
+                        std::string_view model) {
+  series s;
+  s.bin_s = bin_s;
+  const std::int64_t bin_ms = bin_s * 1000;
+  auto bin_of = [bin_ms](std::int64_t ms) {
+    return ms >= 0 ? ms / bin_ms : -((-ms + bin_ms - 1) / bin_ms);
+  };
+  std::int64_t first = 0, last = 0;
+  bool any = false;
+  for (const auto& e : events) {
+    if (!model.empty() && e.model != model) continue;
+    const std::int64_t b = bin_of(e.timestamp_ms);
+    first = any ? std::min(first, b) : b;
+    last = any ? std::max(last, b) : b;
+    any = true;
+  }
+  if (!any) return s;
+  s.start_s = first * bin_s;
+  s.values.assign(static_cast<std::size_t>(last - first + 1), 0.0);
+  for (const auto& e : events) {
+    if (!model.empty() && e.model != model) continue;
+    double v = 1.0;
+    switch (q) {
+      case quantity::requests: v = 1.0; break;
+      case quantity::prompt_tokens: v = e.prompt_tokens; break;
+      case quantity::completion_tokens: v = e.completion_tokens; break;
+      case quantity::total_tokens: v = e.prompt_tokens + e.completion_tokens; break;
+      case quantity::cost_usd: v = e.cost_usd; break;
+    }
+    s.values[static_cast<std::size_t>(bin_of(e.timestamp_ms) - first)] += v;
+  }
+  return s;
+}
+
+std::optional<std::int64_t> parse_timestamp_ms(std::string_view cell, double unit_ms) noexcept {
+  while (!cell.empty() && (cell.front() == ' ' || cell.front() == '"')) cell.remove_prefix(1);
+  while (!cell.empty() && (cell.back() == ' ' || cell.back() == '"' || cell.back() == '\r')) cell.remove_suffix(1);
+  if (cell.empty()) return std::nullopt;
+  double v = 0.0;
+  const auto [p, ec] = std::from_chars(cell.data(), cell.data() + cell.size(), v);
+  if (ec == std::errc() && p == cell.data() + cell.size() && std::isfinite(v)) {
+    const double unit = unit_ms > 0.0 ? unit_ms : (std::fabs(v) > 1e11 ? 1.0 : 1000.0);
+    return static_cast<std::int64_t>(std::floor(v * unit));
+  }
+  return parse_iso(cell);
+}
+
+}  // namespace tollgate::forecast

@@ -1,0 +1,39 @@
+// Per-request records (from a request log or the ledger) binned into regular series of
+// requests, tokens or spend. Pure; the tool parses the files, this file does the arithmetic.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "forecast/series.hpp"
+
+namespace tollgate::forecast {
+
+struct request_event {
+  std::int64_t timestamp_ms = 0;  // arrival, unix milliseconds (or ms since trace start)
+  double prompt_tokens = 0.0;
+  double completion_tokens = 0.0;
+  double cost_usd = 0.0;
+  std::string model;
+};
+
+enum class quantity { requests, prompt_tokens, completion_tokens, total_tokens, cost_usd };
+
+// "requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd".
+std::optional<quantity> parse_quantity(std::string_view name) noexcept;
+const char* quantity_name(quantity q) noexcept;
+
+// Sums `q` per bin of `bin_s` seconds, bins aligned to multiples of bin_s since the epoch,
+// from the first event's bin to the last event's bin. A bin without events is a real zero.
+// Events of other models are skipped when `model` is not empty. Empty events: empty series.
+series aggregate_events(std::span<const request_event> events, std::int64_t bin_s, quantity q,
+                        std::string_view model = {});
+
+// Parses a timestamp cell of a request log: a number (unit `unit_ms` milliseconds; 0 = guess:
+// values above 1e11 are milliseconds, else seconds), or an ISO 8601 / RFC 3339 date-time
+// ("2023-11-16 18:17:03.97996", "2025-01-06T00:00:00Z", "...+02:00"; no zone = UTC).
+std::optional<std::int64_t> parse_timestamp_ms(std::string_view cell, double unit_ms = 0.0) noexcept;
+
+}  // namespace tollgate::forecast

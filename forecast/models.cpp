@@ -1,0 +1,230 @@
+// Component models of the ensemble (naive, seasonal naive, robust multi-seasonal ETS) and the
+// bounded history they read. Owned and driven by forecaster.cpp.
+#include "forecast/models.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+
+namespace tollgate::forecast::detail {
+
+void history::reset(std::size_t capacity) {
+  cap_ = std::max<std::size_t>(capacity, 1);
+  n_ = 0;
+  z_.assign(cap_, 0.0);
+  obs_.assign(cap_, 0);
+}
+
+void history::push(double z, bool observed) {
+  z_[n_ % cap_] = z;
+  obs_[n_ % cap_] = observed ? 1 : 0;
+  ++n_;
+}
+
+namespace {
+
+constexpr std::int64_t day_s = 86400;
+constexpr std::int64_t week_s = 7 * day_s;
+constexpr std::int64_t monday_s = 4 * day_s;  // 1970-01-05T00:00Z was a Monday
+
+std::int64_t floor_mod(std::int64_t a, std::int64_t b) noexcept { return ((a % b) + b) % b; }
+
+}  // namespace
+
+std::size_t calendar::phase(std::size_t i) const noexcept {
+  const std::int64_t ts = start_s + static_cast<std::int64_t>(i) * bin_s;
+  return static_cast<std::size_t>(floor_mod(ts, day_s) / bin_s);
+}
+
+std::size_t calendar::weekday(std::size_t i) const noexcept {
+  const std::int64_t ts = start_s + static_cast<std::int64_t>(i) * bin_s;
+  return static_cast<std::size_t>(floor_mod(ts - monday_s, week_s) / day_s);
+}
+
+namespace {
+
+class naive_model final : public model {
+ public:
+  std::string name(std::size_t) const override { return "naive"; }
+  void observe(const history&, const calendar&, bool) noexcept override {}
+  void predict(const history& h, const calendar&, std::size_t, double* out) const noexcept override {
+    out[0] = h.size() == 0 ? std::nan("") : h.z(h.size() - 1);
+  }
+};
+
+class seasonal_naive_model final : public model {
+ public:
+  seasonal_naive_model(std::size_t period, const char* name) : period_(std::max<std::size_t>(period, 1)), name_(name) {}
+  std::string name(std::size_t) const override { return name_; }
+  void observe(const history&, const calendar&, bool) noexcept override {}
+  void predict(const history& h, const calendar&, std::size_t k, double* out) const noexcept override {
+    const std::size_t back = period_ * ((k + period_ - 1) / period_);
+    const std::size_t t = h.size() - 1;
+    out[0] = (h.size() == 0 || t + k < back || !h.has(t + k - back)) ? std::nan("") : h.z(t + k - back);
+  }
+
+ private:
+  std::size_t period_;
+  const char* name_;
+};
+
+class seasonal_median_model final : public model {
+ public:
+  seasonal_median_model(std::vector<std::size_t> days, std::vector<std::size_t> weeks, std::size_t m)
+      : days_(std::move(days)), weeks_(std::move(weeks)), m_(m) {}
+  std::size_t outputs() const noexcept override { return days_.size() + weeks_.size(); }
+  std::string name(std::size_t i) const override {
+    return i < days_.size() ? "median_" + std::to_string(days_[i]) + "d"
+                            : "median_" + std::to_string(weeks_[i - days_.size()]) + "w";
+  }
+  void observe(const history&, const calendar&, bool) noexcept override {}
+  void predict(const history& h, const calendar&, std::size_t k, double* out) const noexcept override {
+    std::size_t o = 0;
+    for (std::size_t d : days_) out[o++] = median_back(h, k, m_, d);
+    for (std::size_t w : weeks_) out[o++] = median_back(h, k, 7 * m_, w);
+  }
+
+ private:
+  // Median of the target's bin in the last `count` periods before it (only observed bins).
+  static double median_back(const history& h, std::size_t k, std::size_t period, std::size_t count) noexcept {
+    std::array<double, 16> v{};
+    std::size_t c = 0;
+    const std::size_t target = h.size() - 1 + k;
+    const std::size_t first = period * ((k + period - 1) / period);  // nearest period back with data
+    for (std::size_t back = first; c < count && c < v.size() && back <= target; back += period) {
+      const std::size_t i = target - back;
+      if (!h.has(i)) break;
+      if (h.observed(i)) v[c++] = h.z(i);
+    }
+    if (c == 0 || c * 2 < count) return std::nan("");
+    std::sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(c));
+    return c % 2 ? v[c / 2] : 0.5 * (v[c / 2 - 1] + v[c / 2]);
+  }
+
+  std::vector<std::size_t> days_, weeks_;
+  std::size_t m_;
+};
+
+double per_bin(double per_hour, std::int64_t bin_s) noexcept {
+  return std::pow(per_hour, static_cast<double>(bin_s) / 3600.0);
+}
+
+class ets_model final : public model {
+ public:
+  ets_model(const ets_params& p, std::int64_t bin_s)
+      : p_(p),
+        m_(static_cast<std::size_t>(86400 / bin_s)),
+        alpha_(1.0 - per_bin(1.0 - p.alpha_hour, bin_s)),
+        smooth_(p.smooth_hour > 0.0 ? 1.0 - per_bin(1.0 - p.smooth_hour, bin_s) : 0.0),
+        season_(m_, 0.0),
+        season_visits_(m_, 0) {
+    for (double ph : p.persistence_hour) phi_.push_back(per_bin(ph, bin_s));
+    if (smooth_ > 0.0)
+      for (double ph : p.smooth_persistence_hour) phi_smooth_.push_back(per_bin(ph, bin_s));
+  }
+
+  std::size_t outputs() const noexcept override { return phi_.size() + phi_smooth_.size(); }
+  std::string name(std::size_t i) const override {
+    if (i < phi_.size()) return "ets_p" + std::to_string(p_.persistence_hour[i]).substr(0, 4);
+    return "ets_s" + std::to_string(p_.smooth_persistence_hour[i - phi_.size()]).substr(0, 4);
+  }
+
+  void observe(const history& h, const calendar& cal, bool observed) noexcept override {
+    const std::size_t t = h.size() - 1;
+    const std::size_t ph = cal.phase(t), wd = cal.weekday(t);
+    if (!observed) {
+      ++gap_age_;
+      end_of_period(cal, t);
+      return;
+    }
+    const double z = h.z(t);
+    if (!initialised_) {
+      level_ = z;
+      initialised_ = true;
+    }
+    const double e = z - (level_ + season_[ph] + weekday_[wd]);
+    // Robust scale: mean absolute innovation, itself fed with clipped values so a burst
+    // widens it by a bounded factor per bin.
+    const double s = scale_n_ < 3 ? std::max(std::fabs(e), 0.5) : std::max(scale_, 1e-3);
+    const double ec = std::clamp(e, -p_.clip * s, p_.clip * s);
+    const double gs = 1.0 / static_cast<double>(std::min<std::size_t>(scale_n_ + 1, 50));
+    scale_ += std::max(gs, 0.02) * (std::min(std::fabs(e), p_.clip * s) - scale_);
+    ++scale_n_;
+
+    // Early on the gains decrease like a running mean, so the first days set the profile.
+    const double a = std::max(alpha_, 1.0 / static_cast<double>(obs_count_ + 1));
+    const double g = std::max(p_.gamma, 1.0 / static_cast<double>(season_visits_[ph] + 1));
+    const double w = std::max(p_.omega, 1.0 / static_cast<double>(weekday_days_[wd] + 1)) / static_cast<double>(m_);
+    level_ += a * ec;
+    season_[ph] += g * (1.0 - a) * ec;
+    weekday_[wd] += w * (1.0 - a) * ec;
+    ++season_visits_[ph];
+    ++obs_count_;
+    residual_ = z - (level_ + season_[ph] + weekday_[wd]);
+    smoothed_ = obs_count_ == 1 ? residual_ : smoothed_ + smooth_ * (residual_ - smoothed_);
+    gap_age_ = 0;
+    end_of_period(cal, t);
+  }
+
+  void predict(const history& h, const calendar& cal, std::size_t k, double* out) const noexcept override {
+    const std::size_t n = outputs();
+    if (!initialised_) {
+      for (std::size_t i = 0; i < n; ++i) out[i] = std::nan("");
+      return;
+    }
+    const std::size_t i = h.size() - 1 + k;
+    const double base = level_ + season_[cal.phase(i)] + weekday_[cal.weekday(i)];
+    const double age = static_cast<double>(k + gap_age_);
+    for (std::size_t j = 0; j < phi_.size(); ++j) out[j] = base + std::pow(phi_[j], age) * residual_;
+    for (std::size_t j = 0; j < phi_smooth_.size(); ++j)
+      out[phi_.size() + j] = base + std::pow(phi_smooth_[j], age) * smoothed_;
+  }
+
+ private:
+  // Keeps the profiles centred (their means move into the level) at the end of each day/week.
+  void end_of_period(const calendar& cal, std::size_t t) noexcept {
+    if (cal.phase(t) != m_ - 1) return;
+    double mean = 0.0;
+    for (double v : season_) mean += v;
+    mean /= static_cast<double>(m_);
+    for (double& v : season_) v -= mean;
+    level_ += mean;
+    const std::size_t wd = cal.weekday(t);
+    ++weekday_days_[wd];
+    if (wd == 6) {
+      double wm = 0.0;
+      for (double v : weekday_) wm += v;
+      wm /= 7.0;
+      for (double& v : weekday_) v -= wm;
+      level_ += wm;
+    }
+  }
+
+  ets_params p_;
+  std::size_t m_;
+  double alpha_, smooth_;
+  std::vector<double> phi_, phi_smooth_;
+  bool initialised_ = false;
+  double level_ = 0.0, residual_ = 0.0, smoothed_ = 0.0, scale_ = 0.0;
+  std::size_t scale_n_ = 0, obs_count_ = 0, gap_age_ = 0;
+  std::vector<double> season_;
+  std::vector<std::size_t> season_visits_;
+  std::array<double, 7> weekday_{};
+  std::array<std::size_t, 7> weekday_days_{};
+};
+
+}  // namespace
+
+std::unique_ptr<model> make_naive() { return std::make_unique<naive_model>(); }
+std::unique_ptr<model> make_seasonal_naive(std::size_t period, const char* name) {
+  return std::make_unique<seasonal_naive_model>(period, name);
+}
+std::unique_ptr<model> make_seasonal_median(std::vector<std::size_t> days, std::vector<std::size_t> weeks,
+                                            std::size_t m) {
+  return std::make_unique<seasonal_median_model>(std::move(days), std::move(weeks), m);
+}
+std::unique_ptr<model> make_ets(const ets_params& p, std::int64_t bin_s) {
+  return std::make_unique<ets_model>(p, bin_s);
+}
+
+}  // namespace tollgate::forecast::detail

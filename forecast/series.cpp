@@ -1,0 +1,150 @@
+// The series CSV reader, horizon parsing and the PROTOCOL.md gap filling. Called by the
+// backtest tool and the tests; the proxy builds series from its own buckets instead.
+#include "forecast/series.hpp"
+
+#include <algorithm>
+#include <charconv>
+
+namespace tollgate::forecast {
+namespace {
+
+std::string_view trim(std::string_view s) noexcept {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  return s;
+}
+
+std::vector<std::string_view> split_commas(std::string_view line) {
+  std::vector<std::string_view> out;
+  std::size_t pos = 0;
+  while (true) {
+    const std::size_t comma = line.find(',', pos);
+    out.push_back(trim(line.substr(pos, comma == std::string_view::npos ? std::string_view::npos
+                                                                         : comma - pos)));
+    if (comma == std::string_view::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+template <typename T>
+bool parse_number(std::string_view s, T& out) noexcept {
+  const auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc() && ptr == s.data() + s.size();
+}
+
+}  // namespace
+
+std::size_t series::missing_count() const noexcept {
+  return static_cast<std::size_t>(std::count_if(values.begin(), values.end(), is_missing));
+}
+
+std::vector<std::string> csv_header(std::istream& in) {
+  std::string line;
+  std::vector<std::string> names;
+  if (std::getline(in, line))
+    for (auto f : split_commas(line)) names.emplace_back(f);
+  return names;
+}
+
+series_read read_series_csv(std::istream& in, std::string_view column) {
+  series_read r;
+  std::string line;
+  if (!std::getline(in, line)) {
+    r.error = "empty file (no header line)";
+    return r;
+  }
+  const auto header = split_commas(line);
+  if (header.empty() || header[0] != "timestamp") {
+    r.error = "line 1: column 0 must be `timestamp`";
+    return r;
+  }
+  const auto col_it = std::find(header.begin(), header.end(), column);
+  if (col_it == header.end() || col_it == header.begin()) {
+    r.error = "line 1: no value column `" + std::string(column) + "`";
+    return r;
+  }
+  const std::size_t col = static_cast<std::size_t>(col_it - header.begin());
+
+  series s;
+  std::vector<std::int64_t> ts;
+  std::size_t line_no = 1;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (trim(line).empty()) continue;
+    const auto fields = split_commas(line);
+    std::int64_t t = 0;
+    if (!parse_number(fields[0], t)) {
+      r.error = "line " + std::to_string(line_no) + ": bad timestamp";
+      return r;
+    }
+    double v = missing;
+    if (col < fields.size() && !fields[col].empty()) {
+      if (!parse_number(fields[col], v) || !std::isfinite(v)) {
+        r.error = "line " + std::to_string(line_no) + ": bad value `" + std::string(fields[col]) + "`";
+        return r;
+      }
+    }
+    ts.push_back(t);
+    s.values.push_back(v);
+  }
+  if (ts.size() < 2) {
+    r.error = "need at least two data rows";
+    return r;
+  }
+  const std::int64_t b = ts[1] - ts[0];
+  if (b <= 0 || 86400 % b != 0) {
+    r.error = "bin width " + std::to_string(b) + " s must be positive and divide 86400";
+    return r;
+  }
+  for (std::size_t i = 1; i < ts.size(); ++i) {
+    if (ts[i] - ts[i - 1] != b) {
+      r.error = "line " + std::to_string(i + 2) + ": timestamp step differs from " +
+                std::to_string(b) + " s (rows must be contiguous)";
+      return r;
+    }
+  }
+  if (s.missing_count() == s.values.size()) {
+    r.error = "column `" + std::string(column) + "` has no value";
+    return r;
+  }
+  s.start_s = ts[0];
+  s.bin_s = b;
+  r.data = std::move(s);
+  return r;
+}
+
+std::optional<std::int64_t> parse_duration(std::string_view text) noexcept {
+  text = trim(text);
+  if (text.size() < 2) return std::nullopt;
+  std::int64_t unit = 0;
+  switch (text.back()) {
+    case 's': unit = 1; break;
+    case 'm': unit = 60; break;
+    case 'h': unit = 3600; break;
+    case 'd': unit = 86400; break;
+    default: return std::nullopt;
+  }
+  std::int64_t count = 0;
+  if (!parse_number(text.substr(0, text.size() - 1), count) || count <= 0) return std::nullopt;
+  return count * unit;
+}
+
+std::vector<double> fill_missing(const std::vector<double>& y, std::size_t m) {
+  std::vector<double> x(y.size(), 0.0);
+  double first = 0.0;
+  for (double v : y)
+    if (!is_missing(v)) {
+      first = v;
+      break;
+    }
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    if (!is_missing(y[i])) x[i] = y[i];
+    else if (i >= m) x[i] = x[i - m];
+    else if (i > 0) x[i] = x[i - 1];
+    else x[i] = first;
+  }
+  return x;
+}
+
+}  // namespace tollgate::forecast

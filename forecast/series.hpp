@@ -1,0 +1,53 @@
+// Regular time series (fixed bin width, gaps allowed) and the series CSV reader of
+// shared/data/series (PROTOCOL.md section 1). Pure: no I/O beyond std::istream.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <istream>
+#include <limits>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tollgate::forecast {
+
+inline constexpr double missing = std::numeric_limits<double>::quiet_NaN();
+inline bool is_missing(double v) noexcept { return std::isnan(v); }
+
+// One value per bin; bin i covers [start_s + i*bin_s, start_s + (i+1)*bin_s). NaN marks a
+// missing bin (a collection gap), which is not the same as a real zero.
+struct series {
+  std::int64_t start_s = 0;  // unix seconds (UTC) of the start of bin 0
+  std::int64_t bin_s = 60;   // bin width in seconds
+  std::vector<double> values;
+
+  std::size_t size() const noexcept { return values.size(); }
+  std::int64_t timestamp(std::size_t i) const noexcept {
+    return start_s + static_cast<std::int64_t>(i) * bin_s;
+  }
+  std::size_t missing_count() const noexcept;
+};
+
+// Result of parsing: the series or a message saying what is wrong (file:line style).
+struct series_read {
+  std::optional<series> data;
+  std::string error;
+};
+
+// Reads the CSV format of shared/data/series/README.md: header line, column 0 `timestamp`
+// (unix seconds), the value column selected by name, empty cell = missing bin. Enforces the
+// PROTOCOL.md rules: constant positive step, 86400 % step == 0, at least one value.
+series_read read_series_csv(std::istream& in, std::string_view column);
+
+// Column names of the header line (for error messages).
+std::vector<std::string> csv_header(std::istream& in);
+
+// Parses a horizon label: integer followed by s, m, h or d ("10m", "1h", "24h"). Seconds.
+std::optional<std::int64_t> parse_duration(std::string_view text) noexcept;
+
+// The filled series of PROTOCOL.md section 3: a missing bin takes the value of the same bin
+// one day (m bins) earlier, else the previous bin; a leading gap takes the first value.
+std::vector<double> fill_missing(const std::vector<double>& y, std::size_t m);
+
+}  // namespace tollgate::forecast

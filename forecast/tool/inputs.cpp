@@ -1,0 +1,196 @@
+// File readers for `tollgate-forecast`: series CSV, request logs (CSV/JSONL) and the SQLite
+// ledger. Only the tool links SQLite and nlohmann-json; the library stays pure.
+#include "forecast/tool/inputs.hpp"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace tollgate::forecast::tool {
+namespace {
+
+enum class field { none, timestamp, prompt, completion, model, cost };
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+field classify(std::string_view name) {
+  const std::string n = lower(name);
+  for (const char* k : {"timestamp", "time", "ts", "created", "start_ms", "arrival_time"})
+    if (n == k) return field::timestamp;
+  for (const char* k : {"prompt_tokens", "input_tokens", "input_length", "contexttokens"})
+    if (n == k) return field::prompt;
+  for (const char* k : {"completion_tokens", "output_tokens", "output_length", "generatedtokens"})
+    if (n == k) return field::completion;
+  if (n == "model" || n == "price_model") return field::model;
+  if (n == "cost_usd" || n == "cost") return field::cost;
+  return field::none;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '"')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '"' || s.back() == '\r')) s.remove_suffix(1);
+  return s;
+}
+
+double to_double(std::string_view s) {
+  s = trim(s);
+  double v = 0.0;
+  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  return ec == std::errc() && std::isfinite(v) ? v : 0.0;
+}
+
+std::vector<std::string_view> split(std::string_view line) {
+  std::vector<std::string_view> out;
+  std::size_t pos = 0;
+  for (;;) {
+    const std::size_t c = line.find(',', pos);
+    out.push_back(line.substr(pos, c == std::string_view::npos ? std::string_view::npos : c - pos));
+    if (c == std::string_view::npos) return out;
+    pos = c + 1;
+  }
+}
+
+bool ends_with(const std::string& s, const char* suffix) {
+  const std::string_view sv(suffix);
+  return s.size() >= sv.size() && s.compare(s.size() - sv.size(), sv.size(), sv) == 0;
+}
+
+}  // namespace
+
+series_read load_series_file(const std::string& path, const std::string& column) {
+  std::ifstream in(path);
+  if (!in) return {std::nullopt, path + ": cannot open"};
+  series_read r = read_series_csv(in, column);
+  if (!r.data) r.error = path + ": " + r.error;
+  return r;
+}
+
+events_read load_request_log(const std::string& path, double unit_ms) {
+  events_read out;
+  std::ifstream in(path);
+  if (!in) {
+    out.error = path + ": cannot open";
+    return out;
+  }
+  std::string line;
+  const bool jsonl = ends_with(path, ".jsonl") || ends_with(path, ".ndjson") || in.peek() == '{';
+  std::size_t line_no = 0;
+  if (jsonl) {
+    while (std::getline(in, line)) {
+      ++line_no;
+      if (trim(line).empty()) continue;
+      const auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.is_object()) {
+        out.error = path + ":" + std::to_string(line_no) + ": not a JSON object";
+        return out;
+      }
+      request_event e;
+      bool has_ts = false;
+      for (const auto& [key, v] : j.items()) {
+        switch (classify(key)) {
+          case field::timestamp: {
+            const std::string cell = v.is_string() ? v.get<std::string>() : v.dump();
+            if (auto ms = parse_timestamp_ms(cell, unit_ms)) {
+              e.timestamp_ms = *ms;
+              has_ts = true;
+            }
+            break;
+          }
+          case field::prompt: e.prompt_tokens = v.is_number() ? v.get<double>() : 0.0; break;
+          case field::completion: e.completion_tokens = v.is_number() ? v.get<double>() : 0.0; break;
+          case field::cost: e.cost_usd = v.is_number() ? v.get<double>() : 0.0; break;
+          case field::model: e.model = v.is_string() ? v.get<std::string>() : ""; break;
+          case field::none: break;
+        }
+      }
+      if (!has_ts) {
+        out.error = path + ":" + std::to_string(line_no) + ": no readable timestamp";
+        return out;
+      }
+      out.events.push_back(std::move(e));
+    }
+  } else {
+    if (!std::getline(in, line)) {
+      out.error = path + ": empty file";
+      return out;
+    }
+    line_no = 1;
+    std::vector<field> cols;
+    for (auto name : split(line)) cols.push_back(classify(trim(name)));
+    if (std::find(cols.begin(), cols.end(), field::timestamp) == cols.end()) {
+      out.error = path + ":1: no timestamp column in the header";
+      return out;
+    }
+    while (std::getline(in, line)) {
+      ++line_no;
+      if (trim(line).empty()) continue;
+      const auto cells = split(line);
+      request_event e;
+      bool has_ts = false;
+      for (std::size_t i = 0; i < cells.size() && i < cols.size(); ++i) {
+        switch (cols[i]) {
+          case field::timestamp:
+            if (auto ms = parse_timestamp_ms(cells[i], unit_ms)) {
+              e.timestamp_ms = *ms;
+              has_ts = true;
+            }
+            break;
+          case field::prompt: e.prompt_tokens = to_double(cells[i]); break;
+          case field::completion: e.completion_tokens = to_double(cells[i]); break;
+          case field::cost: e.cost_usd = to_double(cells[i]); break;
+          case field::model: e.model = std::string(trim(cells[i])); break;
+          case field::none: break;
+        }
+      }
+      if (!has_ts) {
+        out.error = path + ":" + std::to_string(line_no) + ": unreadable timestamp";
+        return out;
+      }
+      out.events.push_back(std::move(e));
+    }
+  }
+  return out;
+}
+
+events_read load_ledger(const std::string& path) {
+  events_read out;
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    out.error = path + ": " + (db ? sqlite3_errmsg(db) : "cannot open");
+    sqlite3_close(db);
+    return out;
+  }
+  sqlite3_stmt* st = nullptr;
+  const char* sql =
+      "SELECT start_ms, prompt_tokens, completion_tokens, cost_usd, COALESCE(price_model, '') FROM calls";
+  if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) != SQLITE_OK) {
+    out.error = path + ": " + sqlite3_errmsg(db) + " (not a tollgate ledger?)";
+    sqlite3_close(db);
+    return out;
+  }
+  int rc = SQLITE_OK;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    request_event e;
+    e.timestamp_ms = sqlite3_column_int64(st, 0);
+    e.prompt_tokens = sqlite3_column_double(st, 1);
+    e.completion_tokens = sqlite3_column_double(st, 2);
+    e.cost_usd = sqlite3_column_double(st, 3);
+    if (const auto* m = sqlite3_column_text(st, 4)) e.model = reinterpret_cast<const char*>(m);
+    out.events.push_back(std::move(e));
+  }
+  if (rc != SQLITE_DONE) out.error = path + ": " + sqlite3_errmsg(db);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return out;
+}
+
+}  // namespace tollgate::forecast::tool

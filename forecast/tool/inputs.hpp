@@ -1,0 +1,30 @@
+// Input readers of `tollgate-forecast`: the series CSV, per-request logs (CSV or JSONL) and the
+// tollgate ledger (SQLite, opened read-only). Each returns the data or a message for stderr.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "forecast/aggregate.hpp"
+#include "forecast/series.hpp"
+
+namespace tollgate::forecast::tool {
+
+series_read load_series_file(const std::string& path, const std::string& column);
+
+struct events_read {
+  std::vector<request_event> events;
+  std::string error;  // empty on success
+};
+
+// Per-request log: CSV with a header, or JSON Lines (one object per line; chosen by the .jsonl
+// / .ndjson extension or a first character `{`). Recognised fields, case-insensitive:
+// timestamp (timestamp, time, ts, created, start_ms, arrival_time), prompt tokens
+// (prompt_tokens, input_tokens, input_length, contexttokens), completion tokens
+// (completion_tokens, output_tokens, output_length, generatedtokens), model, cost_usd.
+// `unit_ms` = milliseconds per numeric timestamp unit (0 = guess; see parse_timestamp_ms).
+events_read load_request_log(const std::string& path, double unit_ms);
+
+// The ledger's `calls` table (start_ms, prompt_tokens, completion_tokens, cost_usd, price_model).
+events_read load_ledger(const std::string& path);
+
+}  // namespace tollgate::forecast::tool

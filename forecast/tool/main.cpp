@@ -1,0 +1,412 @@
+// tollgate-forecast: backtest (shared/data/series/PROTOCOL.md), forecast, plot and detect on a
+// series CSV, a per-request log (CSV/JSONL) or the tollgate ledger. See forecast/README.md.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "forecast/aggregate.hpp"
+#include "forecast/backtest.hpp"
+#include "forecast/forecaster.hpp"
+#include "forecast/svg_plot.hpp"
+#include "forecast/tool/inputs.hpp"
+
+namespace fc = tollgate::forecast;
+using json = nlohmann::ordered_json;
+
+namespace {
+
+constexpr const char* usage_text = R"(usage: tollgate-forecast <command> [options]
+
+commands:
+  backtest   rolling-origin backtest per shared/data/series/PROTOCOL.md
+  forecast   fit on the whole input and print the next horizon
+  plot       SVG of actual vs forecast (rolling, fixed lead time) with the 90% band
+  detect     spike detection on the test part: detection delay and false alarms
+
+input (one of):
+  --input FILE --column COL      series CSV (timestamp + value columns, empty cell = gap)
+  --requests FILE                per-request log, CSV with header or JSON Lines
+  --ledger FILE                  tollgate ledger (SQLite, table calls), opened read-only
+  with --requests / --ledger:
+    --value Q      requests | prompt_tokens | completion_tokens | total_tokens | cost_usd
+                   (default requests)
+    --bin D        bin width, e.g. 1m, 10m, 1h (default 10m)
+    --model NAME   only this model (request log `model`, ledger `price_model`)
+    --time-unit U  numeric request-log timestamps in s or ms (default: guess)
+
+options:
+  --horizons LIST        backtest horizons (default 1h,24h)
+  --train-fraction F     backtest/detect/plot split (default 0.7)
+  --json                 machine-readable output on stdout
+  --all-methods          backtest: also seasonal_naive_week
+  --horizon D            forecast: how far ahead (default 24h); plot: lead time shown (default 1 bin)
+  --ahead D              plot: forecast appended after the last bin (default 24h)
+  --output FILE          plot: SVG file (default stdout)
+  --threshold X          detect: spike threshold, robust z-score on the log scale (default 5)
+)";
+
+struct args {
+  std::string command;
+  std::map<std::string, std::string> opts;
+  bool has(const std::string& k) const { return opts.count(k) != 0; }
+  std::string get(const std::string& k, const std::string& def = "") const {
+    const auto it = opts.find(k);
+    return it == opts.end() ? def : it->second;
+  }
+};
+
+[[noreturn]] void die(const std::string& msg) {
+  std::cerr << "tollgate-forecast: " << msg << "\n";
+  std::exit(2);
+}
+
+args parse_args(int argc, char** argv) {
+  args a;
+  if (argc < 2) {
+    std::cerr << usage_text;
+    std::exit(2);
+  }
+  a.command = argv[1];
+  if (a.command == "-h" || a.command == "--help" || a.command == "help") {
+    std::cout << usage_text;
+    std::exit(0);
+  }
+  static const char* flags[] = {"--json", "--all-methods", "--help"};
+  for (int i = 2; i < argc; ++i) {
+    const std::string k = argv[i];
+    if (k.rfind("--", 0) != 0) die("unexpected argument `" + k + "` (see --help)");
+    bool is_flag = false;
+    for (const char* f : flags) is_flag = is_flag || k == f;
+    if (is_flag) {
+      a.opts[k.substr(2)] = "1";
+      continue;
+    }
+    if (i + 1 >= argc) die("option " + k + " needs a value");
+    a.opts[k.substr(2)] = argv[++i];
+  }
+  if (a.has("help")) {
+    std::cout << usage_text;
+    std::exit(0);
+  }
+  return a;
+}
+
+// A simple stderr progress bar, drawn only on a terminal.
+class progress_bar {
+ public:
+  explicit progress_bar(const char* label) : label_(label), tty_(isatty_stderr()) {}
+  ~progress_bar() { done(); }
+  void operator()(double frac) {
+    if (!tty_) return;
+    const int pct = static_cast<int>(std::clamp(frac, 0.0, 1.0) * 100.0);
+    if (pct == last_) return;
+    last_ = pct;
+    const int width = 30, filled = pct * width / 100;
+    std::fprintf(stderr, "\r%s [%.*s%*s] %3d%%", label_, filled, "##############################", width - filled, "", pct);
+    std::fflush(stderr);
+    shown_ = true;
+  }
+  void done() {
+    if (shown_) std::fprintf(stderr, "\n");
+    shown_ = false;
+  }
+
+ private:
+  static bool isatty_stderr();
+  const char* label_;
+  bool tty_;
+  int last_ = -1;
+  bool shown_ = false;
+};
+
+}  // namespace
+
+#include <unistd.h>
+bool progress_bar::isatty_stderr() { return ::isatty(2) == 1; }
+
+namespace {
+
+std::string stem(const std::string& path) {
+  std::string s = path.substr(path.find_last_of('/') == std::string::npos ? 0 : path.find_last_of('/') + 1);
+  if (const auto dot = s.rfind('.'); dot != std::string::npos && dot > 0) s.erase(dot);
+  return s;
+}
+
+struct loaded {
+  fc::series data;
+  std::string label;   // <file stem>:<column or value>
+  std::string input;   // path as given
+  std::string column;  // column or value
+};
+
+loaded load_input(const args& a) {
+  loaded l;
+  if (a.has("input")) {
+    if (!a.has("column")) die("--input needs --column");
+    auto r = fc::tool::load_series_file(a.get("input"), a.get("column"));
+    if (!r.data) die(r.error);
+    l.data = std::move(*r.data);
+    l.input = a.get("input");
+    l.column = a.get("column");
+  } else if (a.has("requests") || a.has("ledger")) {
+    const bool ledger = a.has("ledger");
+    l.input = ledger ? a.get("ledger") : a.get("requests");
+    const auto q = fc::parse_quantity(a.get("value", "requests"));
+    if (!q) die("--value must be requests, prompt_tokens, completion_tokens, total_tokens or cost_usd");
+    const auto bin = fc::parse_duration(a.get("bin", "10m"));
+    if (!bin || 86400 % *bin != 0) die("--bin must divide a day (e.g. 1m, 5m, 10m, 1h)");
+    double unit_ms = 0.0;
+    if (a.has("time-unit")) {
+      const std::string u = a.get("time-unit");
+      if (u == "s") unit_ms = 1000.0;
+      else if (u == "ms") unit_ms = 1.0;
+      else die("--time-unit must be s or ms");
+    }
+    auto ev = ledger ? fc::tool::load_ledger(l.input) : fc::tool::load_request_log(l.input, unit_ms);
+    if (!ev.error.empty()) die(ev.error);
+    l.data = fc::aggregate_events(ev.events, *bin, *q, a.get("model"));
+    if (l.data.values.size() < 2) die(l.input + ": fewer than two bins of data" +
+                                      (a.has("model") ? " for model " + a.get("model") : std::string()));
+    l.column = fc::quantity_name(*q);
+  } else {
+    die("no input: give --input FILE --column COL, --requests FILE or --ledger FILE");
+  }
+  l.label = stem(l.input) + ":" + l.column;
+  return l;
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::size_t pos = 0;
+  while (pos <= s.size()) {
+    const std::size_t c = s.find(',', pos);
+    const std::string item = s.substr(pos, c == std::string::npos ? std::string::npos : c - pos);
+    if (!item.empty()) out.push_back(item);
+    if (c == std::string::npos) break;
+    pos = c + 1;
+  }
+  return out;
+}
+
+double train_fraction(const args& a) {
+  const std::string s = a.get("train-fraction", "0.7");
+  char* end = nullptr;
+  const double f = std::strtod(s.c_str(), &end);
+  if (end == s.c_str() || *end != '\0' || !(f > 0.0 && f < 1.0)) die("--train-fraction must be a number in (0, 1)");
+  return f;
+}
+
+json opt_number(const std::optional<double>& v) { return v ? json(*v) : json(nullptr); }
+
+std::string utc_iso(std::int64_t ts) {
+  const std::int64_t days = (ts >= 0 ? ts : ts - 86399) / 86400, secs = ts - days * 86400;
+  const std::int64_t zd = days + 719468, era = (zd >= 0 ? zd : zd - 146096) / 146097;
+  const auto doe = static_cast<unsigned>(zd - era * 146097);
+  const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+  const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+  const unsigned d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
+  const long long y = static_cast<long long>(yoe) + era * 400 + (m <= 2);
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%04lld-%02u-%02uT%02d:%02d:%02dZ", y, m, d, static_cast<int>(secs / 3600),
+                static_cast<int>(secs % 3600 / 60), static_cast<int>(secs % 60));
+  return buf;
+}
+
+std::size_t steps_of(const std::string& label, std::int64_t bin_s) {
+  const auto secs = fc::parse_duration(label);
+  if (!secs || *secs % bin_s != 0) die("duration `" + label + "` is not a whole number of " + std::to_string(bin_s) + " s bins");
+  return static_cast<std::size_t>(*secs / bin_s);
+}
+
+int cmd_backtest(const args& a) {
+  const loaded in = load_input(a);
+  fc::backtest_options opt;
+  opt.horizons = split_list(a.get("horizons", "1h,24h"));
+  opt.train_fraction = train_fraction(a);
+  opt.extra_methods = a.has("all-methods");
+  progress_bar bar("backtest");
+  opt.progress = [&bar](double f) { bar(f); };
+  const fc::backtest_outcome out = fc::run_backtest(in.data, opt);
+  bar.done();
+  if (!out.report) die(in.input + ": " + out.error);
+  const fc::backtest_report& r = *out.report;
+  if (a.has("json")) {
+    json j;
+    j["series"] = in.label;
+    j["input"] = in.input;
+    j["column"] = in.column;
+    j["bin_seconds"] = r.bin_seconds;
+    j["n"] = r.n;
+    j["n_train"] = r.n_train;
+    j["n_missing"] = r.n_missing;
+    j["mase_scale"] = opt_number(r.mase_scale);
+    j["results"] = json::array();
+    for (const auto& m : r.results)
+      j["results"].push_back({{"horizon", m.horizon}, {"method", m.method}, {"mase", opt_number(m.mase)},
+                              {"smape", opt_number(m.smape)}, {"coverage90", opt_number(m.coverage90)},
+                              {"pinball", opt_number(m.pinball)}, {"n_origins", m.n_origins},
+                              {"n_points", m.n_points}, {"n_points_prob", m.n_points_prob}});
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  auto num = [](const std::optional<double>& v, const char* f) {
+    char buf[32];
+    if (!v) return std::string("-");
+    std::snprintf(buf, sizeof buf, f, *v);
+    return std::string(buf);
+  };
+  std::printf("%s  bin %llds  n %zu  train %zu  missing %zu  scale %s\n", in.label.c_str(),
+              static_cast<long long>(r.bin_seconds), r.n, r.n_train, r.n_missing, num(r.mase_scale, "%.6g").c_str());
+  std::printf("%-8s %-20s %9s %9s %9s %9s %8s %8s\n", "horizon", "method", "MASE", "sMAPE%", "cover90", "pinball",
+              "origins", "points");
+  for (const auto& m : r.results)
+    std::printf("%-8s %-20s %9s %9s %9s %9s %8zu %8zu\n", m.horizon.c_str(), m.method.c_str(), num(m.mase, "%.4f").c_str(),
+                num(m.smape, "%.2f").c_str(), num(m.coverage90, "%.4f").c_str(), num(m.pinball, "%.4f").c_str(),
+                m.n_origins, m.n_points);
+  return 0;
+}
+
+// Feeds the whole series into a forecaster (with a progress bar on long inputs).
+fc::forecaster fit_all(const fc::series& s, std::size_t horizon) {
+  fc::forecaster_config cfg;
+  cfg.bin_s = s.bin_s;
+  cfg.max_horizon = std::max<std::size_t>(horizon, 1);
+  fc::forecaster f(cfg);
+  progress_bar bar("fitting");
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    f.observe(s.timestamp(i), s.values[i]);
+    if (s.size() > 20000 && i % 2048 == 0) bar(static_cast<double>(i) / static_cast<double>(s.size()));
+  }
+  return f;
+}
+
+int cmd_forecast(const args& a) {
+  const loaded in = load_input(a);
+  const std::size_t h = steps_of(a.get("horizon", "24h"), in.data.bin_s);
+  const fc::forecaster f = fit_all(in.data, h);
+  const fc::forecast_result r = f.forecast(h);
+  if (a.has("json")) {
+    json j;
+    j["series"] = in.label;
+    j["bin_seconds"] = in.data.bin_s;
+    j["origin"] = r.origin_s;
+    j["warm"] = r.warm;
+    j["quantile_levels"] = fc::quantile_levels;
+    j["steps"] = json::array();
+    for (const auto& s : r.steps)
+      j["steps"].push_back({{"timestamp", s.timestamp_s}, {"point", s.point}, {"quantiles", s.quantiles}});
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  std::printf("%s  bin %llds  last bin %s%s\n", in.label.c_str(), static_cast<long long>(in.data.bin_s),
+              utc_iso(r.origin_s).c_str(), r.warm ? "" : "  (cold start: wide prior intervals)");
+  std::printf("%5s  %-20s %12s %12s %12s %12s %12s %12s\n", "step", "bin start (UTC)", "point", "q05", "q10", "q50",
+              "q90", "q95");
+  double total = 0.0;
+  for (std::size_t k = 0; k < r.steps.size(); ++k) {
+    const auto& s = r.steps[k];
+    total += s.point;
+    std::printf("%5zu  %-20s %12.6g %12.6g %12.6g %12.6g %12.6g %12.6g\n", k + 1, utc_iso(s.timestamp_s).c_str(),
+                s.point, s.quantiles[0], s.quantiles[1], s.quantiles[2], s.quantiles[3], s.quantiles[4]);
+  }
+  std::printf("sum of point forecasts over the horizon: %.6g\n", total);
+  return 0;
+}
+
+int cmd_plot(const args& a) {
+  const loaded in = load_input(a);
+  const fc::series& s = in.data;
+  const std::size_t lead = a.has("horizon") ? steps_of(a.get("horizon"), s.bin_s) : 1;
+  const std::size_t ahead = steps_of(a.get("ahead", "24h"), s.bin_s);
+  const std::size_t from = static_cast<std::size_t>(std::floor(train_fraction(a) * static_cast<double>(s.size())));
+  fc::forecaster_config cfg;
+  cfg.bin_s = s.bin_s;
+  cfg.max_horizon = std::max(lead, ahead);
+  fc::forecaster f(cfg);
+  std::vector<fc::plot_point> pts;
+  for (std::size_t i = from; i < s.size() + ahead; ++i) {
+    const double nan = std::nan("");
+    pts.push_back({s.timestamp(i), i < s.size() ? s.values[i] : nan, nan, nan, nan});
+  }
+  progress_bar bar("plot");
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    f.observe(s.timestamp(i), s.values[i]);
+    const std::size_t target = i + lead;
+    if (target >= from && target < s.size()) {
+      const auto r = f.forecast(lead);
+      auto& p = pts[target - from];
+      p.forecast = r.steps.back().point;
+      p.lower = r.steps.back().quantiles[fc::q05];
+      p.upper = r.steps.back().quantiles[fc::q95];
+    }
+    if (s.size() > 5000 && i % 1024 == 0) bar(static_cast<double>(i) / static_cast<double>(s.size()));
+  }
+  bar.done();
+  const auto r = f.forecast(ahead);
+  for (std::size_t k = 0; k < r.steps.size(); ++k) {
+    auto& p = pts[s.size() - from + k];
+    p.forecast = r.steps[k].point;
+    p.lower = r.steps[k].quantiles[fc::q05];
+    p.upper = r.steps[k].quantiles[fc::q95];
+  }
+  fc::plot_options po;
+  po.title = in.label;
+  po.subtitle = "rolling " + std::to_string(lead) + "-bin-ahead forecast over the last " +
+                std::to_string(s.size() - from) + " bins, then the next " + std::to_string(ahead) + " bins (" +
+                std::to_string(s.bin_s) + " s bins); band = 5%..95%";
+  po.marker_s = s.timestamp(s.size() - 1) + s.bin_s;
+  const std::string svg = fc::render_svg(pts, po);
+  if (!a.has("output") || a.get("output") == "-") {
+    std::cout << svg;
+  } else {
+    std::ofstream out(a.get("output"));
+    if (!out || !(out << svg)) die(a.get("output") + ": cannot write");
+    std::cerr << "wrote " << a.get("output") << "\n";
+  }
+  return 0;
+}
+
+int cmd_detect(const args& a) {
+  const loaded in = load_input(a);
+  fc::detection_options opt;
+  opt.train_fraction = train_fraction(a);
+  if (a.has("threshold")) opt.forecaster.anomaly_threshold = std::strtod(a.get("threshold").c_str(), nullptr);
+  const fc::detection_report r = fc::evaluate_detection(in.data, opt);
+  json j;
+  j["series"] = in.label;
+  j["test_bins"] = r.test_bins;
+  j["test_days"] = r.test_days;
+  j["bursts"] = json::array();
+  for (std::size_t i = 0; i < r.burst_timestamps.size(); ++i)
+    j["bursts"].push_back({{"timestamp", r.burst_timestamps[i]}, {"utc", utc_iso(r.burst_timestamps[i])},
+                           {"delay_bins", r.burst_delays_bins[i] < 0 ? json(nullptr) : json(r.burst_delays_bins[i])}});
+  j["bursts_flagged_in_first_bin"] = r.bursts_in_first_bin;
+  j["flagged_bins"] = r.flagged_bins;
+  j["alarm_episodes"] = r.alarm_episodes;
+  j["false_alarm_episodes"] = r.false_alarm_episodes;
+  j["false_alarms_per_day"] = r.false_alarms_per_day;
+  std::cout << (a.has("json") ? j.dump() : j.dump(2)) << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const args a = parse_args(argc, argv);
+  try {
+    if (a.command == "backtest") return cmd_backtest(a);
+    if (a.command == "forecast") return cmd_forecast(a);
+    if (a.command == "plot") return cmd_plot(a);
+    if (a.command == "detect") return cmd_detect(a);
+  } catch (const std::exception& e) {
+    die(e.what());
+  }
+  die("unknown command `" + a.command + "` (see --help)");
+}

@@ -1,0 +1,639 @@
+// The configuration loader: YAML file -> `config`, ${VAR} substitution, TOLLGATE_* overrides and
+// the value parsers (durations, sizes, host:port). Called once by main() before anything starts.
+#include "core/config.hpp"
+
+#include <arpa/inet.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <limits>
+#include <map>
+#include <stdexcept>
+#include <string_view>
+#include <vector>
+
+namespace tollgate {
+namespace {
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+// Splits "12.5ms" into the number ("12.5") and the unit ("ms"), spaces between allowed.
+// Returns false when there is no leading number of the form digits[.digits].
+bool split_number(std::string_view s, std::string_view& integer, std::string_view& fraction, std::string_view& unit) {
+  std::size_t i = 0;
+  while (i < s.size() && is_digit(s[i])) ++i;
+  if (i == 0) return false;
+  integer = s.substr(0, i);
+  fraction = {};
+  if (i < s.size() && s[i] == '.') {
+    std::size_t j = i + 1;
+    while (j < s.size() && is_digit(s[j])) ++j;
+    if (j == i + 1) return false;
+    fraction = s.substr(i + 1, j - i - 1);
+    i = j;
+  }
+  unit = trim(s.substr(i));
+  return true;
+}
+
+// integer * multiplier + round(0.fraction * multiplier), with overflow detection.
+bool scale(std::string_view integer, std::string_view fraction, std::uint64_t multiplier, std::uint64_t limit,
+           std::uint64_t& out) {
+  std::uint64_t whole = 0;
+  auto [p, ec] = std::from_chars(integer.data(), integer.data() + integer.size(), whole);
+  if (ec != std::errc() || p != integer.data() + integer.size()) return false;
+  if (whole > limit / multiplier) return false;
+  out = whole * multiplier;
+  if (!fraction.empty()) {
+    long double frac = 0, digit_weight = 0.1L;
+    for (char c : fraction) {
+      frac += (c - '0') * digit_weight;
+      digit_weight /= 10;
+    }
+    auto extra = static_cast<std::uint64_t>(std::llround(frac * static_cast<long double>(multiplier)));
+    if (extra > limit - out) return false;
+    out += extra;
+  }
+  return true;
+}
+
+bool valid_hostname(std::string_view h) {
+  if (h.empty() || h.size() > 253) return false;
+  return std::all_of(h.begin(), h.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_';
+  });
+}
+
+bool looks_like_ipv4(std::string_view h) {
+  return !h.empty() && std::all_of(h.begin(), h.end(), [](char c) { return is_digit(c) || c == '.'; });
+}
+
+// Host part of a URL authority or a listen address, without brackets. "" when invalid.
+std::string check_host(std::string_view host, bool bracketed) {
+  std::string h(host);
+  if (bracketed) {
+    in6_addr a6{};
+    return inet_pton(AF_INET6, h.c_str(), &a6) == 1 ? h : std::string();
+  }
+  if (looks_like_ipv4(h)) {
+    in_addr a4{};
+    return inet_pton(AF_INET, h.c_str(), &a4) == 1 ? h : std::string();
+  }
+  return valid_hostname(h) ? h : std::string();
+}
+
+bool parse_port(std::string_view s, unsigned min, std::uint16_t& port) {
+  if (s.empty() || s.size() > 5 || !std::all_of(s.begin(), s.end(), is_digit)) return false;
+  unsigned v = 0;
+  std::from_chars(s.data(), s.data() + s.size(), v);
+  if (v < min || v > 65535) return false;
+  port = static_cast<std::uint16_t>(v);
+  return true;
+}
+
+// Checks an upstream base URL: http(s)://host[:port][/path]. Returns "" when fine, else the
+// reason. The URL itself is not echoed: it may carry credentials.
+std::string url_problem(std::string_view url) {
+  std::string_view rest;
+  if (url.starts_with("http://")) rest = url.substr(7);
+  else if (url.starts_with("https://")) rest = url.substr(8);
+  else return "must start with http:// or https://";
+  if (rest.find_first_of("?#") != std::string_view::npos) return "must not contain a query or fragment";
+  if (std::any_of(rest.begin(), rest.end(), [](unsigned char c) { return c <= ' ' || c == 0x7f; }))
+    return "must not contain spaces or control characters";
+  std::string_view authority = rest.substr(0, rest.find('/'));
+  if (authority.find('@') != std::string_view::npos)
+    return "must not contain credentials (user@host); set upstream.api_key instead";
+  std::string_view host = authority, port;
+  bool bracketed = false;
+  if (!authority.empty() && authority.front() == '[') {
+    auto close = authority.find(']');
+    if (close == std::string_view::npos) return "has an unterminated [IPv6] host";
+    host = authority.substr(1, close - 1);
+    bracketed = true;
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty() && after.front() != ':') return "has garbage after the [IPv6] host";
+    if (!after.empty()) port = after.substr(1);
+    if (after == ":") return "has an empty port";
+  } else if (auto colon = authority.rfind(':'); colon != std::string_view::npos) {
+    host = authority.substr(0, colon);
+    port = authority.substr(colon + 1);
+    if (port.empty()) return "has an empty port";
+  }
+  if (host.empty()) return "has no host";
+  if (check_host(host, bracketed).empty()) return "has an invalid host";
+  std::uint16_t p = 0;
+  if (!port.empty() && !parse_port(port, 1, p)) return "has an invalid port (1..65535)";
+  return {};
+}
+
+// Optimal-string-alignment distance: a swapped pair of letters ("listne") counts as one edit.
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
+  for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+std::string format_host_port(const host_port& hp) {
+  bool v6 = hp.host.find(':') != std::string::npos;
+  return (v6 ? "[" + hp.host + "]" : hp.host) + ":" + std::to_string(hp.port);
+}
+
+bool is_wildcard(const std::string& host) { return host == "0.0.0.0" || host == "::"; }
+
+const char* env_value(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : nullptr;
+}
+
+int parse_workers(std::string_view s) {
+  int v = -1;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || v < 0 || v > 1024)
+    throw std::invalid_argument("expected an integer 0..1024 (0 = one per available CPU)");
+  return v;
+}
+
+// One value in the YAML tree: the node, its dotted key path and the line to blame.
+struct entry {
+  const YAML::Node& node;
+  std::string path;
+  int line;
+};
+
+// Reads one YAML document into a config. Each section is a table of known keys -> reader, so an
+// unknown key is found (with a suggestion) in one place.
+class loader {
+ public:
+  loader(config& cfg, std::string file, std::filesystem::path dir)
+      : cfg_(cfg), file_(std::move(file)), dir_(std::move(dir)) {}
+
+  void load(const YAML::Node& root) {
+    if (root.IsNull()) return;  // empty file or only comments: all defaults
+    read_section(root, "", 1, top_level_fields());
+  }
+
+ private:
+  using reader = std::function<void(const entry&)>;
+  using fields = std::vector<std::pair<std::string_view, reader>>;
+
+  [[noreturn]] void fail(int line, const std::string& msg) const { throw config_error(file_, line, msg); }
+  [[noreturn]] void fail(const entry& e, const std::string& msg) const { fail(e.line, e.path + ": " + msg); }
+
+  static int line_of(const YAML::Node& n, int fallback) {
+    return n.Mark().is_null() ? fallback : n.Mark().line + 1;
+  }
+
+  void read_section(const YAML::Node& map, const std::string& path, int line, const fields& known) {
+    if (map.IsNull()) return;  // "upstream:" with every key commented out
+    if (!map.IsMap()) fail(line_of(map, line), (path.empty() ? "the document" : "'" + path + "'") + " must be a mapping of keys");
+    std::map<std::string, int, std::less<>> seen;
+    for (auto it = map.begin(); it != map.end(); ++it) {
+      int key_line = line_of(it->first, line);
+      if (!it->first.IsScalar()) fail(key_line, "keys must be plain names");
+      std::string key = it->first.Scalar();
+      auto field = std::find_if(known.begin(), known.end(), [&](const auto& f) { return f.first == key; });
+      if (field == known.end()) fail(key_line, unknown_key_message(key, path, known));
+      if (auto [prev, fresh] = seen.emplace(key, key_line); !fresh)
+        fail(key_line, "duplicate key '" + key + "' (first set on line " + std::to_string(prev->second) + ")");
+      // An implicit null ("key:" with nothing after it) is marked on the next line; blame the key.
+      int value_line = it->second.IsNull() ? key_line : line_of(it->second, key_line);
+      field->second(entry{it->second, path.empty() ? key : path + "." + key, value_line});
+    }
+  }
+
+  static std::string unknown_key_message(const std::string& key, const std::string& path, const fields& known) {
+    std::string msg = "unknown key '" + key + "'";
+    if (!path.empty()) msg += " in '" + path + "'";
+    std::string_view best;
+    std::size_t best_distance = 3;
+    for (const auto& f : known) {
+      std::size_t d = edit_distance(lower(key), f.first);
+      if (d < best_distance && d < key.size()) best_distance = d, best = f.first;
+    }
+    if (!best.empty()) msg += " (did you mean '" + std::string(best) + "'?)";
+    return msg;
+  }
+
+  // ${VAR}, ${VAR:-default} (default also when VAR is empty, as in sh), $${ -> literal ${.
+  std::string substitute(const std::string& in, int line) {
+    std::string out;
+    for (std::size_t i = 0; i < in.size();) {
+      if (in.compare(i, 3, "$${") == 0) {
+        out += "${";
+        i += 3;
+        continue;
+      }
+      if (in.compare(i, 2, "${") != 0) {
+        out += in[i++];
+        continue;
+      }
+      std::size_t close = in.find('}', i + 2);
+      if (close == std::string::npos) fail(line, "unterminated ${ in value (write $${ for a literal ${)");
+      std::string_view body = std::string_view(in).substr(i + 2, close - i - 2);
+      std::string_view name = body, fallback;
+      bool has_default = false;
+      if (auto sep = body.find(":-"); sep != std::string_view::npos) {
+        name = body.substr(0, sep);
+        fallback = body.substr(sep + 2);
+        has_default = true;
+      }
+      bool valid = !name.empty() && !is_digit(name.front()) && std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+      });
+      if (!valid) fail(line, "invalid environment variable reference ${" + std::string(body) + "}");
+      std::string var(name);
+      const char* value = std::getenv(var.c_str());
+      if (value != nullptr && (*value != '\0' || !has_default)) {
+        out += value;
+      } else if (has_default) {
+        out += fallback;
+      } else {
+        cfg_.warnings.push_back(file_ + ":" + std::to_string(line) + ": environment variable " + var +
+                                " is not set; using an empty value");
+      }
+      i = close + 1;
+    }
+    return out;
+  }
+
+  // A scalar value after substitution; `allow_null` maps "key:" / "key: ~" to "".
+  std::string text(const entry& e, bool allow_null = false) {
+    if (e.node.IsNull()) {
+      if (allow_null) return {};
+      fail(e, "missing value");
+    }
+    if (e.node.IsSequence()) fail(e, "expected a single value, not a list");
+    if (e.node.IsMap()) fail(e, "expected a single value, not a mapping");
+    return substitute(e.node.Scalar(), e.line);
+  }
+
+  std::string str(const entry& e) { return text(e, true); }
+
+  bool boolean(const entry& e) {
+    std::string v = lower(text(e));
+    if (v == "true" || v == "yes" || v == "on") return true;
+    if (v == "false" || v == "no" || v == "off") return false;
+    fail(e, "expected true or false, got '" + v + "'");
+  }
+
+  std::size_t count(const entry& e, std::size_t min) {
+    std::string v = text(e);
+    std::size_t out = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+    if (ec != std::errc() || p != v.data() + v.size() || out < min)
+      fail(e, "expected a whole number >= " + std::to_string(min) + ", got '" + v + "'");
+    return out;
+  }
+
+  std::size_t size(const entry& e) {
+    std::string v = text(e);
+    try {
+      std::size_t out = parse_size(v);
+      if (out == 0) fail(e, "must be greater than 0");
+      return out;
+    } catch (const std::invalid_argument& ex) {
+      fail(e, ex.what());
+    }
+  }
+
+  millis duration(const entry& e) {
+    std::string v = text(e);
+    try {
+      millis out = parse_duration(v);
+      if (out.count() == 0) fail(e, "must be greater than 0 (got '" + v + "')");
+      return out;
+    } catch (const std::invalid_argument& ex) {
+      fail(e, ex.what());
+    }
+  }
+
+  host_port address(const entry& e) {
+    std::string v = text(e);
+    try {
+      return parse_host_port(v);
+    } catch (const std::invalid_argument& ex) {
+      fail(e, ex.what());
+    }
+  }
+
+  std::string url(const entry& e) {
+    std::string v = text(e);
+    if (std::string why = url_problem(v); !why.empty()) fail(e, "URL " + why);
+    return v;
+  }
+
+  double multiplier(const entry& e) {
+    std::string v = text(e);
+    double out = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+    if (ec != std::errc() || p != v.data() + v.size() || !std::isfinite(out) || out <= 0)
+      fail(e, "expected a number greater than 0, got '" + v + "'");
+    return out;
+  }
+
+  // pricing.file and pricing.litellm_file: a relative path is looked up next to the config
+  // file first (so `prices.yaml` travels with it), then left relative to the working directory.
+  std::string pricing_path(const entry& e) {
+    std::string v = str(e);
+    std::filesystem::path p(v);
+    if (v.empty() || p.is_absolute() || dir_.empty()) return v;
+    std::filesystem::path beside = (dir_ / p).lexically_normal();
+    std::error_code ec;
+    return std::filesystem::exists(beside, ec) ? beside.string() : v;
+  }
+
+  fields top_level_fields() {
+    return {
+        {"listen", [this](const entry& e) { cfg_.listen = address(e); }},
+        {"admin_listen", [this](const entry& e) { cfg_.admin_listen = address(e); }},
+        {"workers", [this](const entry& e) {
+           std::string v = text(e);
+           try {
+             cfg_.workers = parse_workers(v);
+           } catch (const std::invalid_argument& ex) {
+             fail(e, std::string(ex.what()) + ", got '" + v + "'");
+           }
+         }},
+        {"log_level", [this](const entry& e) {
+           std::string v = text(e);
+           try {
+             cfg_.log = parse_log_level(v);
+           } catch (const std::invalid_argument& ex) {
+             fail(e, ex.what());
+           }
+         }},
+        {"allow_public_without_auth", [this](const entry& e) { cfg_.allow_public_without_auth = boolean(e); }},
+        {"upstream", [this](const entry& e) { read_section(e.node, e.path, e.line, upstream_fields()); }},
+        {"server", [this](const entry& e) { read_section(e.node, e.path, e.line, server_fields()); }},
+        {"ledger", [this](const entry& e) { read_section(e.node, e.path, e.line, ledger_fields()); }},
+        {"pricing", [this](const entry& e) { read_section(e.node, e.path, e.line, pricing_fields()); }},
+    };
+  }
+
+  fields upstream_fields() {
+    upstream_config& u = cfg_.upstream;
+    return {
+        {"name", [this, &u](const entry& e) {
+           u.name = text(e);
+           if (u.name.empty()) fail(e, "must not be empty");
+         }},
+        {"url", [this, &u](const entry& e) { u.url = url(e); }},
+        {"api_key", [this, &u](const entry& e) { u.api_key = str(e); }},
+        {"ca_file", [this, &u](const entry& e) { u.ca_file = str(e); }},
+        {"tls_verify", [this, &u](const entry& e) { u.tls_verify = boolean(e); }},
+        {"price_multiplier", [this, &u](const entry& e) { u.price_multiplier = multiplier(e); }},
+        {"timeouts", [this, &u](const entry& e) {
+           read_section(e.node, e.path, e.line,
+                        {{"connect", [this, &u](const entry& t) { u.connect_timeout = duration(t); }},
+                         {"first_byte", [this, &u](const entry& t) { u.first_byte_timeout = duration(t); }},
+                         {"idle", [this, &u](const entry& t) { u.idle_timeout = duration(t); }},
+                         {"total", [this, &u](const entry& t) { u.total_timeout = duration(t); }}});
+         }},
+        {"pool", [this, &u](const entry& e) {
+           read_section(e.node, e.path, e.line,
+                        {{"max_idle", [this, &u](const entry& p) { u.max_idle_connections = count(p, 0); }},
+                         {"idle_timeout", [this, &u](const entry& p) { u.pool_idle_timeout = duration(p); }}});
+         }},
+    };
+  }
+
+  fields server_fields() {
+    return {
+        {"max_body_bytes", [this](const entry& e) { cfg_.max_body_bytes = size(e); }},
+        {"max_header_bytes", [this](const entry& e) { cfg_.max_header_bytes = size(e); }},
+        {"header_timeout", [this](const entry& e) { cfg_.header_timeout = duration(e); }},
+        {"body_timeout", [this](const entry& e) { cfg_.body_timeout = duration(e); }},
+        {"keepalive_timeout", [this](const entry& e) { cfg_.keepalive_timeout = duration(e); }},
+        {"max_parse_bytes", [this](const entry& e) { cfg_.max_parse_bytes = size(e); }},
+        {"drain_timeout", [this](const entry& e) { cfg_.drain_timeout = duration(e); }},
+    };
+  }
+
+  fields ledger_fields() {
+    return {
+        {"path", [this](const entry& e) {
+           cfg_.ledger_path = text(e);
+           if (cfg_.ledger_path.empty()) fail(e, "must not be empty");
+         }},
+        {"batch_rows", [this](const entry& e) { cfg_.ledger_batch_rows = count(e, 1); }},
+        {"flush_interval", [this](const entry& e) { cfg_.ledger_flush_interval = duration(e); }},
+        {"queue_capacity", [this](const entry& e) { cfg_.ledger_queue_capacity = count(e, 1); }},
+    };
+  }
+
+  fields pricing_fields() {
+    return {
+        {"file", [this](const entry& e) { cfg_.prices_file = pricing_path(e); }},
+        {"litellm_file", [this](const entry& e) { cfg_.litellm_prices_file = pricing_path(e); }},
+    };
+  }
+
+  config& cfg_;
+  std::string file_;
+  std::filesystem::path dir_;  // directory of the config file; empty for strings
+};
+
+config load(const std::string& text, const std::string& name, const std::filesystem::path& dir) {
+  config cfg;
+  cfg.source_file = name;
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& ex) {
+    throw config_error(name, ex.mark.is_null() ? 0 : ex.mark.line + 1, "YAML syntax error: " + ex.msg);
+  }
+  loader(cfg, name, dir).load(root);
+  if (!cfg.upstream.tls_verify)
+    cfg.warnings.push_back("upstream TLS certificate verification is DISABLED (upstream.tls_verify: false); traffic to " +
+                           cfg.upstream.url + " can be intercepted");
+  return cfg;
+}
+
+}  // namespace
+
+config load_config_file(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) throw config_error(path, 0, std::string("cannot open: ") + std::strerror(errno));
+  std::string text;
+  char buf[8192];
+  std::size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+  int read_errno = std::ferror(f) ? errno : 0;
+  std::fclose(f);
+  if (read_errno != 0) throw config_error(path, 0, std::string("cannot read: ") + std::strerror(read_errno));
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  return load(text, path, dir.empty() ? std::filesystem::path(".") : dir);
+}
+
+config load_config_string(const std::string& text, const std::string& name) { return load(text, name, {}); }
+
+void apply_env_overrides(config& cfg) {
+  auto fail = [](const char* var, const std::string& msg) -> void { throw config_error("environment", 0, std::string(var) + ": " + msg); };
+  auto address = [&](const char* var, host_port& out) {
+    if (const char* v = env_value(var)) {
+      try {
+        out = parse_host_port(v);
+      } catch (const std::invalid_argument& ex) {
+        fail(var, ex.what());
+      }
+    }
+  };
+  address("TOLLGATE_LISTEN", cfg.listen);
+  address("TOLLGATE_ADMIN_LISTEN", cfg.admin_listen);
+  if (const char* v = env_value("TOLLGATE_UPSTREAM_URL")) {
+    if (std::string why = url_problem(v); !why.empty()) fail("TOLLGATE_UPSTREAM_URL", "URL " + why);
+    cfg.upstream.url = v;
+  }
+  if (const char* v = env_value("TOLLGATE_UPSTREAM_API_KEY")) cfg.upstream.api_key = v;
+  if (const char* v = env_value("TOLLGATE_LEDGER_PATH")) cfg.ledger_path = v;
+  if (const char* v = env_value("TOLLGATE_LOG_LEVEL")) {
+    try {
+      cfg.log = parse_log_level(v);
+    } catch (const std::invalid_argument& ex) {
+      fail("TOLLGATE_LOG_LEVEL", ex.what());
+    }
+  }
+  if (const char* v = env_value("TOLLGATE_WORKERS")) {
+    try {
+      cfg.workers = parse_workers(v);
+    } catch (const std::invalid_argument& ex) {
+      fail("TOLLGATE_WORKERS", std::string(ex.what()) + ", got '" + v + "'");
+    }
+  }
+}
+
+void validate(const config& cfg) {
+  const std::string file = cfg.source_file.empty() ? "<config>" : cfg.source_file;
+  if (!is_loopback(cfg.listen.host) && !cfg.allow_public_without_auth)
+    throw config_error(file, 0, "refusing to listen on " + format_host_port(cfg.listen) +
+                                    " without client authentication; set allow_public_without_auth: true to allow it");
+  const host_port &a = cfg.listen, &b = cfg.admin_listen;
+  if (a.port != 0 && a.port == b.port && (lower(a.host) == lower(b.host) || is_wildcard(a.host) || is_wildcard(b.host)))
+    throw config_error(file, 0, "listen (" + format_host_port(a) + ") and admin_listen (" + format_host_port(b) +
+                                    ") use the same port");
+}
+
+host_port parse_host_port(const std::string& s) {
+  static const char* usage = "expected host:port, e.g. 127.0.0.1:8080, [::1]:8080 or :8080";
+  std::string_view v = trim(s);
+  std::string_view host, port;
+  bool bracketed = false;
+  if (!v.empty() && v.front() == '[') {
+    auto close = v.find(']');
+    if (close == std::string_view::npos || close + 1 >= v.size() || v[close + 1] != ':')
+      throw std::invalid_argument(std::string("invalid address '") + s + "': " + usage);
+    host = v.substr(1, close - 1);
+    port = v.substr(close + 2);
+    bracketed = true;
+  } else {
+    auto colon = v.find(':');
+    if (colon == std::string_view::npos) throw std::invalid_argument(std::string("missing port in '") + s + "': " + usage);
+    if (v.find(':', colon + 1) != std::string_view::npos)
+      throw std::invalid_argument(std::string("invalid address '") + s + "': IPv6 addresses need brackets, e.g. [::1]:8080");
+    host = v.substr(0, colon);
+    port = v.substr(colon + 1);
+  }
+  host_port out;
+  if (!parse_port(port, 0, out.port))
+    throw std::invalid_argument(std::string("invalid port in '") + s + "': expected 0..65535");
+  // ":8080" binds loopback, not every interface: exposing the proxy must be a deliberate choice.
+  if (host.empty() && !bracketed) {
+    out.host = "127.0.0.1";
+    return out;
+  }
+  out.host = check_host(host, bracketed);
+  if (out.host.empty()) throw std::invalid_argument(std::string("invalid host in '") + s + "': " + usage);
+  return out;
+}
+
+millis parse_duration(const std::string& s) {
+  std::string_view v = trim(s);
+  auto bad = [&](const char* why) { return std::invalid_argument("invalid duration '" + s + "': " + why); };
+  if (!v.empty() && v.front() == '-') throw bad("must not be negative");
+  std::string_view integer, fraction, unit;
+  if (!split_number(v, integer, fraction, unit)) throw bad("expected a number with a unit: ms, s, m, h or d (e.g. 250ms, 10s, 5m)");
+  static const std::pair<std::string_view, std::uint64_t> units[] = {
+      {"", 1000}, {"ms", 1}, {"s", 1000}, {"m", 60'000}, {"h", 3'600'000}, {"d", 86'400'000}};
+  auto u = std::find_if(std::begin(units), std::end(units), [&](const auto& p) { return p.first == unit; });
+  if (u == std::end(units)) throw bad("unknown unit; use ms, s, m, h or d");
+  std::uint64_t ms = 0;
+  if (!scale(integer, fraction, u->second, static_cast<std::uint64_t>(std::numeric_limits<millis::rep>::max()), ms))
+    throw bad("too large");
+  return millis(static_cast<millis::rep>(ms));
+}
+
+std::size_t parse_size(const std::string& s) {
+  std::string_view v = trim(s);
+  auto bad = [&](const char* why) { return std::invalid_argument("invalid size '" + s + "': " + why); };
+  if (!v.empty() && v.front() == '-') throw bad("must not be negative");
+  std::string_view integer, fraction, unit;
+  if (!split_number(v, integer, fraction, unit)) throw bad("expected a number of bytes, optionally with a unit (e.g. 64KiB, 32MiB, 10MB)");
+  // KiB/MiB/GiB are powers of 1024, kB/MB/GB powers of 1000 (IEC 80000-13). Bare "K"/"M" are
+  // rejected: they mean 1000 to some readers and 1024 to others.
+  static const std::pair<std::string_view, std::uint64_t> units[] = {
+      {"", 1},           {"b", 1},           {"kb", 1'000},       {"mb", 1'000'000},   {"gb", 1'000'000'000},
+      {"tb", 1'000'000'000'000}, {"kib", 1ull << 10}, {"mib", 1ull << 20}, {"gib", 1ull << 30}, {"tib", 1ull << 40}};
+  std::string unit_lower = lower(unit);
+  auto u = std::find_if(std::begin(units), std::end(units), [&](const auto& p) { return p.first == unit_lower; });
+  if (u == std::end(units)) throw bad("unknown unit; use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB");
+  if (!fraction.empty() && u->second == 1) throw bad("a byte count must be a whole number");
+  std::uint64_t bytes = 0;
+  if (!scale(integer, fraction, u->second, std::numeric_limits<std::size_t>::max(), bytes)) throw bad("too large");
+  return static_cast<std::size_t>(bytes);
+}
+
+log_level parse_log_level(const std::string& s) {
+  std::string v = lower(trim(s));
+  if (v == "trace") return log_level::trace;
+  if (v == "debug") return log_level::debug;
+  if (v == "info") return log_level::info;
+  if (v == "warn" || v == "warning") return log_level::warn;
+  if (v == "error") return log_level::error;
+  throw std::invalid_argument("invalid log level '" + s + "': use trace, debug, info, warn or error");
+}
+
+bool is_loopback(const std::string& host) {
+  std::string h = lower(host);
+  if (h == "localhost" || h == "localhost.") return true;
+  in_addr a4{};
+  if (inet_pton(AF_INET, h.c_str(), &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+  in6_addr a6{};
+  if (inet_pton(AF_INET6, h.c_str(), &a6) == 1) {
+    if (IN6_IS_ADDR_LOOPBACK(&a6)) return true;
+    // ::ffff:127.x.x.x is the IPv4 loopback seen through a dual-stack socket.
+    return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
+  }
+  return false;
+}
+
+}  // namespace tollgate

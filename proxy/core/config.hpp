@@ -1,0 +1,91 @@
+// tollgate's configuration: the typed struct, the YAML loader (with ${VAR} substitution and
+// file:line errors) and the TOLLGATE_* environment overrides. Read once at start-up.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/pricing.hpp"  // config_error
+
+namespace tollgate {
+
+using millis = std::chrono::milliseconds;
+
+enum class log_level { trace, debug, info, warn, error };
+
+struct host_port {
+  std::string host;  // "127.0.0.1", "0.0.0.0", "::1", "localhost"
+  std::uint16_t port = 0;
+};
+
+struct upstream_config {
+  std::string name = "default";
+  std::string url = "https://api.holysheep.ai/v1";  // base URL: scheme://host[:port][/base/path]
+  std::string api_key;                               // sent as Authorization: Bearer <key>
+  std::string ca_file;                               // extra CA bundle for private relays ("" = system CAs)
+  bool tls_verify = true;                            // false only by explicit option; warns at each start
+  double price_multiplier = 1.0;                     // relay bills at a markup / other currency
+  millis connect_timeout{10'000};
+  millis first_byte_timeout{600'000};   // reasoning models may think for minutes
+  millis idle_timeout{300'000};         // between two body chunks
+  millis total_timeout{3'600'000};      // whole call
+  std::size_t max_idle_connections = 64;  // per worker
+  millis pool_idle_timeout{60'000};     // a pooled connection unused this long is closed
+};
+
+struct config {
+  std::string source_file;  // the file it was read from ("" when built in code)
+
+  host_port listen{"127.0.0.1", 8080};
+  host_port admin_listen{"127.0.0.1", 9464};
+  int workers = 0;                          // 0: the CPUs this process may run on (affinity)
+  log_level log = log_level::info;
+  bool allow_public_without_auth = false;   // bind a non-loopback listen address without client auth
+
+  upstream_config upstream;
+
+  // Client side.
+  std::size_t max_body_bytes = 32u << 20;   // 413 above
+  std::size_t max_header_bytes = 64u << 10; // 431 above
+  millis header_timeout{30'000};            // whole request head must arrive within this (slowloris)
+  millis body_timeout{300'000};             // request body must arrive within this
+  millis keepalive_timeout{120'000};        // idle client connection closed after this
+  std::size_t max_parse_bytes = 64u << 20;  // response bytes tollgate decodes for metering
+
+  // Ledger.
+  std::string ledger_path = "./data/tollgate.db";
+  std::size_t ledger_batch_rows = 500;
+  millis ledger_flush_interval{100};
+  std::size_t ledger_queue_capacity = 100'000;  // admission refuses (503) rather than dropping rows
+
+  // Pricing.
+  std::string prices_file = "config/prices.yaml";  // relative paths resolve from the config file's dir, then CWD
+  std::string litellm_prices_file;                 // optional LiteLLM JSON catalogue
+
+  millis drain_timeout{30'000};             // SIGTERM: in-flight calls get this long
+
+  std::vector<std::string> warnings;        // non-fatal findings (unset ${VAR}, tls_verify off...)
+};
+
+// Loads `path`: YAML, ${VAR} / ${VAR:-default} substitution in scalar values (an unset VAR
+// without default becomes "" and adds a warning), unknown keys rejected, values validated.
+// Throws config_error naming file, line and problem.
+config load_config_file(const std::string& path);
+config load_config_string(const std::string& text, const std::string& name = "<string>");
+
+// Applies TOLLGATE_LISTEN, TOLLGATE_ADMIN_LISTEN, TOLLGATE_UPSTREAM_URL, TOLLGATE_UPSTREAM_API_KEY,
+// TOLLGATE_LEDGER_PATH, TOLLGATE_LOG_LEVEL (and TOLLGATE_WORKERS). Throws config_error("env", 0, ...)
+// on a malformed value.
+void apply_env_overrides(config& cfg);
+
+// Cross-field checks done after overrides (e.g. non-loopback bind without auth). Throws config_error.
+void validate(const config& cfg);
+
+host_port parse_host_port(const std::string& s);  // "host:port", "[::1]:8080", ":8080"; throws std::invalid_argument
+millis parse_duration(const std::string& s);      // "250ms", "10s", "5m", "1h", "1d", plain number = seconds
+std::size_t parse_size(const std::string& s);     // "32MiB", "64KiB", "1GiB", "1000", "10MB"
+log_level parse_log_level(const std::string& s);  // trace|debug|info|warn|error
+bool is_loopback(const std::string& host);
+
+}  // namespace tollgate

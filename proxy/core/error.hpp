@@ -1,0 +1,61 @@
+// tollgate's own error codes and the single place that maps them to an HTTP status and an
+// OpenAI-style JSON error body. Internal error text never reaches a client.
+#pragma once
+#include <string>
+#include <string_view>
+#include <system_error>
+
+namespace tollgate {
+
+enum class errc {
+  ok = 0,
+  // Client side (4xx).
+  bad_request,            // malformed HTTP framing
+  invalid_json,           // body is not JSON / not one object / bad field types / too deep / bad UTF-8
+  unsupported_media_type, // JSON route with a non-JSON Content-Type
+  missing_host,           // HTTP/1.1 without Host
+  duplicate_host,
+  bad_target,             // request target with dot segments or outside /v1
+  not_found,
+  method_not_allowed,
+  body_too_large,
+  headers_too_large,
+  request_timeout,        // request head/body did not arrive in time
+  http_version,           // not HTTP/1.0 or 1.1
+  // Tollgate itself (5xx).
+  upstream_key_missing,   // no upstream API key configured
+  ledger_backpressure,    // ledger queue full: refuse rather than lose a row
+  shutting_down,
+  // Upstream (5xx).
+  upstream_connect,       // DNS failure, refused, unreachable
+  upstream_tls,           // handshake or certificate verification failed
+  upstream_reset,         // connection closed/reset before or during the response
+  upstream_protocol,      // not a valid HTTP response
+  upstream_connect_timeout,
+  upstream_first_byte_timeout,
+  upstream_idle_timeout,
+  upstream_total_timeout,
+  // Not sent to anyone: recorded in the ledger.
+  client_aborted,
+  upstream_stream_truncated,  // stream ended without its terminal event
+};
+
+const std::error_category& tollgate_category() noexcept;
+inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), tollgate_category()}; }
+
+std::string_view error_name(errc e) noexcept;  // stable snake_case name (ledger error_kind, metric label)
+int http_status(errc e) noexcept;
+std::string_view openai_type(errc e) noexcept;  // invalid_request_error, server_error, ...
+
+// {"error":{"message":..., "type":..., "param":null, "code":...}}; message is tollgate's own text.
+std::string error_body(errc e, std::string_view message);
+// The default human message of an error.
+std::string_view default_message(errc e) noexcept;
+
+// JSON string escaping (for the small JSON documents tollgate writes itself: errors, log lines).
+void append_json_string(std::string& out, std::string_view s);
+
+}  // namespace tollgate
+
+template <>
+struct std::is_error_code_enum<tollgate::errc> : std::true_type {};

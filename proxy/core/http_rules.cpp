@@ -1,0 +1,218 @@
+// Routing, target sanitising, upstream URL parsing and hop-by-hop header rules (pure; see
+// http_rules.hpp). Called by client_session for every request.
+#include "core/http_rules.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <charconv>
+
+namespace tollgate {
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+  return true;
+}
+
+namespace {
+bool istarts_with(std::string_view s, std::string_view prefix) noexcept {
+  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+}
+std::string_view trim(std::string_view s) noexcept {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+}  // namespace
+
+std::string upstream_url::origin() const {
+  std::string o = tls ? "https://" : "http://";
+  bool v6 = host.find(':') != std::string::npos;
+  if (v6) o += '[';
+  o += host;
+  if (v6) o += ']';
+  if (port != (tls ? 443 : 80)) o += ":" + std::to_string(port);
+  return o;
+}
+
+std::optional<upstream_url> parse_upstream_url(std::string_view url) {
+  upstream_url u;
+  if (istarts_with(url, "https://")) {
+    u.tls = true;
+    u.port = 443;
+    url.remove_prefix(8);
+  } else if (istarts_with(url, "http://")) {
+    u.tls = false;
+    u.port = 80;
+    url.remove_prefix(7);
+  } else {
+    return std::nullopt;
+  }
+  auto slash = url.find('/');
+  std::string_view authority = url.substr(0, slash);
+  std::string_view path = slash == std::string_view::npos ? std::string_view{} : url.substr(slash);
+  if (authority.empty() || authority.find('@') != std::string_view::npos) return std::nullopt;
+  if (path.find_first_of("?#") != std::string_view::npos) return std::nullopt;
+  std::string_view host = authority, port_str;
+  if (authority.front() == '[') {
+    auto close = authority.find(']');
+    if (close == std::string_view::npos) return std::nullopt;
+    host = authority.substr(1, close - 1);
+    auto rest = authority.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return std::nullopt;
+      port_str = rest.substr(1);
+    }
+  } else if (auto colon = authority.rfind(':'); colon != std::string_view::npos) {
+    host = authority.substr(0, colon);
+    port_str = authority.substr(colon + 1);
+  }
+  if (host.empty()) return std::nullopt;
+  for (char c : host)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':' || c == '_'))
+      return std::nullopt;
+  if (!port_str.empty() || authority.back() == ':') {
+    unsigned p = 0;
+    auto r = std::from_chars(port_str.data(), port_str.data() + port_str.size(), p);
+    if (r.ec != std::errc{} || r.ptr != port_str.data() + port_str.size() || p == 0 || p > 65535)
+      return std::nullopt;
+    u.port = static_cast<std::uint16_t>(p);
+  }
+  u.host = std::string(host);
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  u.base_path = (path.empty() || path == "/") ? "/v1" : std::string(path);
+  bool v6 = u.host.find(':') != std::string::npos;
+  u.host_header = v6 ? "[" + u.host + "]" : u.host;
+  if (u.port != (u.tls ? 443 : 80)) u.host_header += ":" + std::to_string(u.port);
+  return u;
+}
+
+bool is_hop_by_hop(std::string_view name) noexcept {
+  static constexpr std::array<std::string_view, 11> names = {
+      "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+      "upgrade", "proxy-authorization", "proxy-authenticate", "expect", "trailers"};
+  for (auto n : names)
+    if (iequals(n, name)) return true;
+  return false;
+}
+
+bool connection_lists(std::string_view value, std::string_view name) noexcept {
+  while (!value.empty()) {
+    auto comma = value.find(',');
+    auto token = trim(value.substr(0, comma));
+    if (iequals(token, name)) return true;
+    if (comma == std::string_view::npos) break;
+    value.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+route_decision classify(std::string_view method, std::string_view path) noexcept {
+  route_decision d;
+  // One trailing slash is tolerated, as the OpenAI API does.
+  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  auto only = [&](std::string_view m, route_kind r, bool json) {
+    d.route = r;
+    d.json_body = json;
+    if (method != m) {
+      d.error = errc::method_not_allowed;
+      d.allow = m;
+    }
+    return d;
+  };
+  if (path == "/healthz" || path == "/readyz") {
+    d.local = true;
+    if (method != "GET" && method != "HEAD") {
+      d.error = errc::method_not_allowed;
+      d.allow = "GET, HEAD";
+    }
+    return d;
+  }
+  if (path == "/v1/chat/completions") return only("POST", route_kind::chat_completions, true);
+  if (path == "/v1/completions") return only("POST", route_kind::completions, true);
+  if (path == "/v1/embeddings") return only("POST", route_kind::embeddings, true);
+  if (path == "/v1/responses") return only("POST", route_kind::responses, true);
+  if (path == "/v1/messages") return only("POST", route_kind::messages, true);
+  if (path == "/v1/models" || (path.starts_with("/v1/models/") && path.size() > 11))
+    return only("GET", route_kind::models, false);
+  if (path == "/v1" || path.starts_with("/v1/")) {
+    d.route = route_kind::other;  // transparent pass-through, any method
+    return d;
+  }
+  d.error = errc::not_found;
+  return d;
+}
+
+std::optional<target_parts> split_target(std::string_view target) noexcept {
+  if (target.empty()) return std::nullopt;
+  if (target.front() != '/') {
+    // absolute-form (RFC 9112 §3.2.2): keep only path and query; the authority is ignored.
+    auto scheme_end = target.find("://");
+    if (scheme_end == std::string_view::npos) return std::nullopt;
+    auto path_start = target.find('/', scheme_end + 3);
+    if (path_start == std::string_view::npos) return std::nullopt;
+    target = target.substr(path_start);
+  }
+  auto frag = target.find('#');
+  if (frag != std::string_view::npos) target = target.substr(0, frag);
+  target_parts t;
+  auto q = target.find('?');
+  t.path = target.substr(0, q);
+  t.query = q == std::string_view::npos ? std::string_view{} : target.substr(q + 1);
+  for (char c : target)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f || c == '\\') return std::nullopt;
+  // Reject dot segments, raw or percent-encoded ("%2e", "%2E"), and empty segments ("//").
+  std::string_view p = t.path.substr(1);
+  while (true) {
+    auto slash = p.find('/');
+    auto seg = p.substr(0, slash);
+    std::string decoded;
+    for (std::size_t i = 0; i < seg.size(); ++i) {
+      if (seg[i] == '%' && i + 2 < seg.size() && seg[i + 1] == '2' &&
+          (seg[i + 2] == 'e' || seg[i + 2] == 'E')) {
+        decoded.push_back('.');
+        i += 2;
+      } else {
+        decoded.push_back(seg[i]);
+      }
+    }
+    if (decoded == "." || decoded == "..") return std::nullopt;
+    if (seg.empty() && slash != std::string_view::npos) return std::nullopt;
+    if (slash == std::string_view::npos) break;
+    p.remove_prefix(slash + 1);
+  }
+  // Encoded slashes or backslashes could be decoded into new segments by some upstreams.
+  for (std::size_t i = 0; i + 2 < t.path.size(); ++i)
+    if (t.path[i] == '%' && t.path[i + 1] == '2' && (t.path[i + 2] == 'f' || t.path[i + 2] == 'F'))
+      return std::nullopt;
+  for (std::size_t i = 0; i + 2 < t.path.size(); ++i)
+    if (t.path[i] == '%' && t.path[i + 1] == '5' && (t.path[i + 2] == 'c' || t.path[i + 2] == 'C'))
+      return std::nullopt;
+  return t;
+}
+
+std::string upstream_target(const upstream_url& u, std::string_view path, std::string_view query) {
+  std::string t;
+  t.reserve(u.base_path.size() + path.size() + query.size() + 2);
+  t += u.base_path;
+  if (path.starts_with("/v1")) path.remove_prefix(3);
+  t += path;
+  if (!query.empty()) {
+    t += '?';
+    t += query;
+  }
+  return t;
+}
+
+bool is_json_content_type(std::string_view ct) noexcept {
+  ct = trim(ct);
+  if (ct.empty()) return true;
+  auto semi = ct.find(';');
+  auto media = trim(ct.substr(0, semi));
+  if (iequals(media, "application/json")) return true;
+  return media.size() > 5 && iequals(media.substr(media.size() - 5), "+json");
+}
+
+}  // namespace tollgate

@@ -1,0 +1,61 @@
+// Pure HTTP decisions of the relay: which route a request is, where it goes upstream, which
+// headers are hop-by-hop. No Beast here, so all of it is unit-tested without sockets.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "core/error.hpp"
+#include "core/usage_record.hpp"
+
+namespace tollgate {
+
+// Parsed upstream base URL: scheme://host[:port][/base/path].
+struct upstream_url {
+  bool tls = true;
+  std::string host;          // without brackets for IPv6
+  std::uint16_t port = 443;
+  std::string base_path;     // "/v1", "/api/v1"; an origin without path means "/v1"
+  std::string host_header;   // Host header value: host, plus ":port" when not the scheme default
+  std::string origin() const;  // "https://host[:port]"
+};
+// nullopt on anything but http(s)://host[:port][/path] (no userinfo, query or fragment).
+std::optional<upstream_url> parse_upstream_url(std::string_view url);
+
+// Headers that never cross the proxy (RFC 9110 §7.6.1), plus Expect (tollgate answers
+// 100-continue itself) and Proxy-* credentials.
+bool is_hop_by_hop(std::string_view name) noexcept;
+// True if `name` is one of the comma-separated tokens of a Connection header value.
+bool connection_lists(std::string_view connection_value, std::string_view name) noexcept;
+
+bool iequals(std::string_view a, std::string_view b) noexcept;
+
+struct route_decision {
+  errc error = errc::ok;          // not_found / method_not_allowed / bad_target
+  route_kind route = route_kind::other;
+  bool json_body = false;         // the body is inspected (model, stream, ...) and validated
+  bool local = false;             // answered by tollgate itself (/healthz, /readyz)
+  std::string_view allow;         // Allow header value for 405
+};
+
+// Classifies a request. `path` is the request target's path (no query).
+route_decision classify(std::string_view method, std::string_view path) noexcept;
+
+// Splits a request target into path and query. Accepts origin-form and absolute-form (whose
+// scheme and authority are IGNORED, so they cannot steer the upstream host). Rejects targets
+// that are not absolute paths, contain dot segments (also percent-encoded: %2e), backslashes,
+// NUL or control characters. nullopt means 400 bad_target.
+struct target_parts {
+  std::string_view path;
+  std::string_view query;  // without '?', "" when none
+};
+std::optional<target_parts> split_target(std::string_view target) noexcept;
+
+// The upstream request target: base path + the client path after its "/v1" prefix + query.
+std::string upstream_target(const upstream_url& u, std::string_view path, std::string_view query);
+
+// Content-Type acceptable for a JSON route: absent, application/json or any */*+json.
+bool is_json_content_type(std::string_view content_type) noexcept;
+
+}  // namespace tollgate

@@ -1,0 +1,425 @@
+// The price table: loading config/prices.yaml and LiteLLM's JSON catalogue at start-up, model-id
+// resolution (on every call) and the cost formula. Money is USD as double, per 1M tokens.
+#include "core/pricing.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace tollgate {
+namespace {
+
+constexpr double per_million = 1e6;
+
+char lower_ascii(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
+bool is_lower_alpha(char c) noexcept { return c >= 'a' && c <= 'z'; }
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = lower_ascii(c);
+  return out;
+}
+
+// Number of decimal digits at the end of s.
+std::size_t trailing_digits(std::string_view s) noexcept {
+  std::size_t n = 0;
+  while (n < s.size() && is_digit(s[s.size() - 1 - n])) ++n;
+  return n;
+}
+
+// The other spelling of a trailing "-<d>.<d>" / "-<d>-<d>" version ("claude-sonnet-4.5" <->
+// "claude-sonnet-4-5"), or "" when the id does not end that way. Only 1-2 digit parts, so
+// "gpt-4-0613" is a date, not a version.
+std::string version_twin(std::string_view s) {
+  const std::size_t minor = trailing_digits(s);
+  if (minor == 0 || minor > 2 || minor + 3 > s.size()) return {};
+  const std::size_t sep = s.size() - minor - 1;
+  if (s[sep] != '.' && s[sep] != '-') return {};
+  const std::size_t major = trailing_digits(s.substr(0, sep));
+  if (major == 0 || major > 2 || sep < major + 1 || s[sep - major - 1] != '-') return {};
+  std::string twin(s);
+  twin[sep] = s[sep] == '.' ? '-' : '.';
+  return twin;
+}
+
+// One provider-prefix step: everything up to the last '/' ("openrouter/openai/gpt-4.1"), else
+// one leading all-letter segment and a dot (Bedrock "us.anthropic.claude-..."; model names
+// never start with a letters-only part followed by '.', "gpt-4.1" has a digit before its dot).
+bool strip_provider_prefix(std::string_view& s) noexcept {
+  if (const auto slash = s.rfind('/'); slash != std::string_view::npos) {
+    s.remove_prefix(slash + 1);
+    return true;
+  }
+  std::size_t i = 0;
+  while (i < s.size() && is_lower_alpha(s[i])) ++i;
+  if (i > 0 && i < s.size() && s[i] == '.') {
+    s.remove_prefix(i + 1);
+    return true;
+  }
+  return false;
+}
+
+// One date/version-suffix step. Only suffixes that name a snapshot of the same model are
+// stripped, never a word ("-mini", "-pro"), so "gpt-4.1-mini" can never become "gpt-4.1".
+bool strip_version_suffix(std::string_view& s) noexcept {
+  // Vertex "claude-sonnet-4-5@20250929".
+  if (const auto at = s.rfind('@'); at != std::string_view::npos && at > 0) {
+    s = s.substr(0, at);
+    return true;
+  }
+  // Bedrock "...-20250929-v1:0".
+  if (const auto colon = s.rfind(':'); colon != std::string_view::npos) {
+    const std::size_t after = s.size() - colon - 1;
+    const std::size_t ver = trailing_digits(s.substr(0, colon));
+    if (after > 0 && trailing_digits(s) == after && ver > 0 && colon >= ver + 2 &&
+        s[colon - ver - 1] == 'v' && s[colon - ver - 2] == '-') {
+      s = s.substr(0, colon - ver - 2);
+      return true;
+    }
+    return false;
+  }
+  constexpr std::string_view latest = "-latest";
+  if (s.ends_with(latest)) {
+    s.remove_suffix(latest.size());
+    return true;
+  }
+  // "-2025-04-14"
+  if (s.size() > 11) {
+    const std::string_view d = s.substr(s.size() - 11);
+    if (d[0] == '-' && d[5] == '-' && d[8] == '-' && trailing_digits(d.substr(0, 5)) == 4 &&
+        trailing_digits(d.substr(0, 8)) == 2 && trailing_digits(d) == 2) {
+      s.remove_suffix(11);
+      return true;
+    }
+  }
+  // "-20250929" and "-0613" (gpt-4-0613, gpt-3.5-turbo-0125).
+  const std::size_t n = trailing_digits(s);
+  if ((n == 8 || n == 4) && s.size() > n + 1 && s[s.size() - n - 1] == '-') {
+    s.remove_suffix(n + 1);
+    return true;
+  }
+  return false;
+}
+
+int line_of(const YAML::Mark& m) noexcept { return m.is_null() ? 0 : m.line + 1; }
+
+[[noreturn]] void fail(const std::string& file, const YAML::Node& at, const std::string& what) {
+  throw config_error(file, line_of(at.Mark()), what);
+}
+
+double yaml_price(const std::string& file, const YAML::Node& n, const std::string& what) {
+  double v = 0;
+  if (!n.IsScalar() || !YAML::convert<double>::decode(n, v) || !std::isfinite(v))
+    fail(file, n, what + " must be a number (USD per 1M tokens)");
+  if (v < 0) fail(file, n, what + " must not be negative");
+  return v;
+}
+
+// The `long_context:` block of one entry. YAML maps are walked as `for (const auto& kv : node)`:
+// yaml-cpp's `it->second` is a member of a temporary and dangles in a nested range-for.
+void parse_long_context(const std::string& file, const std::string& model, const YAML::Node& node,
+                        model_price& p) {
+  if (!node.IsMap()) fail(file, node, "'" + model + "': long_context must be a map");
+  bool has_input = false, has_output = false, has_threshold = false;
+  std::optional<double> cached;
+  for (const auto& kv : node) {
+    const auto key = kv.first.as<std::string>();
+    const auto what = "'" + model + "': long_context." + key;
+    if (key == "threshold") {
+      std::int64_t t = 0;
+      if (!kv.second.IsScalar() || !YAML::convert<std::int64_t>::decode(kv.second, t) || t <= 0)
+        fail(file, kv.second, what + " must be a positive whole number of prompt tokens");
+      p.long_context_threshold = t;
+      has_threshold = true;
+    } else if (key == "input") {
+      p.long_input = yaml_price(file, kv.second, what);
+      has_input = true;
+    } else if (key == "cached_input") {
+      cached = yaml_price(file, kv.second, what);
+    } else if (key == "output") {
+      p.long_output = yaml_price(file, kv.second, what);
+      has_output = true;
+    } else if (key == "cache_write_5m") {
+      p.long_cache_write_5m = yaml_price(file, kv.second, what);
+    } else if (key == "cache_write_1h") {
+      p.long_cache_write_1h = yaml_price(file, kv.second, what);
+    } else {
+      fail(file, kv.first, "'" + model + "': unknown key 'long_context." + key +
+                                "' (expected threshold, input, cached_input, output, cache_write_5m, cache_write_1h)");
+    }
+  }
+  if (!has_threshold || !has_input || !has_output)
+    fail(file, node, "'" + model + "': long_context needs threshold, input and output");
+  p.long_cached_input = cached.value_or(p.long_input);
+}
+
+struct yaml_entry {
+  model_price price;
+  std::vector<std::string> aliases;
+};
+
+yaml_entry parse_entry(const std::string& file, const std::string& model, const YAML::Node& node) {
+  if (!node.IsMap()) fail(file, node, "'" + model + "' must be a map of prices");
+  yaml_entry e;
+  e.price.name = model;
+  bool has_input = false, has_output = false;
+  std::optional<double> cached;
+  for (const auto& kv : node) {
+    const auto key = kv.first.as<std::string>();
+    const auto what = "'" + model + "': " + key;
+    if (key == "input") {
+      e.price.input = yaml_price(file, kv.second, what);
+      has_input = true;
+    } else if (key == "cached_input") {
+      cached = yaml_price(file, kv.second, what);
+    } else if (key == "output") {
+      e.price.output = yaml_price(file, kv.second, what);
+      has_output = true;
+    } else if (key == "cache_write_5m") {
+      e.price.cache_write_5m = yaml_price(file, kv.second, what);
+    } else if (key == "cache_write_1h") {
+      e.price.cache_write_1h = yaml_price(file, kv.second, what);
+    } else if (key == "long_context") {
+      parse_long_context(file, model, kv.second, e.price);
+    } else if (key == "aliases") {
+      if (!kv.second.IsSequence()) fail(file, kv.second, what + " must be a list of model ids");
+      for (const auto& a : kv.second) {
+        if (!a.IsScalar() || a.Scalar().empty()) fail(file, a, what + " must be a list of model ids");
+        e.aliases.push_back(a.Scalar());
+      }
+    } else {
+      fail(file, kv.first, "'" + model + "': unknown key '" + key +
+                                "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
+                                "long_context, aliases)");
+    }
+  }
+  if (!has_input || !has_output) fail(file, node, "'" + model + "' needs both input and output prices");
+  e.price.cached_input = cached.value_or(e.price.input);
+  return e;
+}
+
+// LiteLLM numbers are USD per token. Rounded to 1e-9 USD per 1M so 2e-6/token is exactly 2.0.
+std::optional<double> litellm_cost(const nlohmann::json& obj, const char* key) {
+  const auto it = obj.find(key);
+  if (it == obj.end() || !it->is_number()) return std::nullopt;
+  const double v = it->get<double>();
+  if (!std::isfinite(v) || v < 0) return std::nullopt;
+  return std::round(v * per_million * 1e9) / 1e9;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw config_error(path, 0, std::string("cannot read price file: ") + std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+void price_table::load_yaml_file(const std::string& path) { load_yaml_string(read_file(path), path); }
+
+void price_table::load_yaml_string(std::string_view text, const std::string& name) {
+  std::vector<yaml_entry> parsed;
+  try {
+    const YAML::Node root = YAML::Load(std::string(text));
+    if (!root.IsMap()) fail(name, root, "expected a map with a 'models' key");
+    YAML::Node models;
+    bool found = false;
+    for (const auto& kv : root) {
+      const auto key = kv.first.as<std::string>();
+      if (key != "models") fail(name, kv.first, "unknown top-level key '" + key + "' (expected 'models')");
+      models = kv.second;
+      found = true;
+    }
+    if (!found) fail(name, root, "missing 'models'");
+    if (!models.IsMap()) fail(name, models, "'models' must be a map of model name -> prices");
+
+    // Spellings already taken by YAML entries of earlier loads, and those of this file (-> line).
+    std::map<std::string, int, std::less<>> taken;
+    for (const auto& [n, p] : entries_)
+      if (!from_litellm_.contains(n)) taken.emplace(lower(n), 0);
+    for (const auto& [a, n] : aliases_) taken.emplace(a, 0);
+    auto claim = [&](const std::string& id, const YAML::Node& at) {
+      const auto [it, fresh] = taken.emplace(lower(id), line_of(at.Mark()));
+      if (!fresh)
+        fail(name, at, "duplicate model name or alias '" + id + "'" +
+                           (it->second > 0 ? " (first at line " + std::to_string(it->second) + ")"
+                                           : std::string(" (already defined)")));
+    };
+    for (const auto& kv : models) {
+      if (!kv.first.IsScalar() || kv.first.Scalar().empty()) fail(name, kv.first, "model name must be a string");
+      const auto model = kv.first.Scalar();
+      claim(model, kv.first);
+      parsed.push_back(parse_entry(name, model, kv.second));
+      const auto& aliases = kv.second["aliases"];
+      for (std::size_t i = 0; i < parsed.back().aliases.size(); ++i) claim(parsed.back().aliases[i], aliases[i]);
+    }
+  } catch (const YAML::Exception& e) {
+    throw config_error(name, line_of(e.mark), e.msg);
+  }
+
+  // YAML wins: a LiteLLM entry spelled like a new name or alias goes.
+  std::set<std::string, std::less<>> spellings;
+  for (const auto& e : parsed) {
+    spellings.insert(lower(e.price.name));
+    for (const auto& a : e.aliases) spellings.insert(lower(a));
+  }
+  for (auto it = from_litellm_.begin(); it != from_litellm_.end();) {
+    if (spellings.contains(lower(*it))) {
+      entries_.erase(*it);
+      it = from_litellm_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& e : parsed) {
+    for (const auto& a : e.aliases) aliases_[lower(a)] = e.price.name;
+    auto key = e.price.name;
+    entries_.insert_or_assign(std::move(key), std::move(e.price));
+  }
+  rebuild_index_();
+}
+
+void price_table::load_litellm_file(const std::string& path) { load_litellm_string(read_file(path), path); }
+
+void price_table::load_litellm_string(std::string_view text, const std::string& name) {
+  nlohmann::json doc;
+  try {
+    doc = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    const auto upto = std::min<std::size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
+    const int line = 1 + static_cast<int>(std::count(text.begin(), text.begin() + upto, '\n'));
+    throw config_error(name, line, "not a valid LiteLLM price catalogue (JSON syntax error)");
+  }
+  if (!doc.is_object()) throw config_error(name, 0, "a LiteLLM price catalogue must be a JSON object");
+
+  // A YAML entry (or an earlier LiteLLM one) answering to the same spelling wins; so does a YAML
+  // entry for the id without its provider ("openrouter/openai/gpt-4.1" -> gpt-4.1).
+  auto yaml_owns = [&](std::string_view spelling) {
+    const auto it = index_.find(spelling);
+    return it != index_.end() && !from_litellm_.contains(it->second->name);
+  };
+  std::set<std::string, std::less<>> added;
+  for (const auto& [model, spec] : doc.items()) {
+    if (model == "sample_spec" || model.empty() || !spec.is_object()) continue;
+    const auto input = litellm_cost(spec, "input_cost_per_token");
+    const auto output = litellm_cost(spec, "output_cost_per_token");
+    if (!input || !output) continue;  // image, audio or per-request pricing: not ours to meter
+    const auto key = lower(model);
+    if (index_.contains(key) || added.contains(key)) continue;
+    if (const auto slash = key.rfind('/'); slash != std::string::npos && yaml_owns(std::string_view(key).substr(slash + 1)))
+      continue;
+
+    model_price p;
+    p.name = model;
+    p.input = *input;
+    p.output = *output;
+    p.cached_input = litellm_cost(spec, "cache_read_input_token_cost").value_or(p.input);
+    p.cache_write_5m = litellm_cost(spec, "cache_creation_input_token_cost");
+    p.cache_write_1h = litellm_cost(spec, "cache_creation_input_token_cost_above_1hr");
+    if (const auto long_in = litellm_cost(spec, "input_cost_per_token_above_200k_tokens")) {
+      p.long_context_threshold = 200000;
+      p.long_input = *long_in;
+      p.long_output = litellm_cost(spec, "output_cost_per_token_above_200k_tokens").value_or(p.output);
+      p.long_cached_input = litellm_cost(spec, "cache_read_input_token_cost_above_200k_tokens").value_or(p.long_input);
+      p.long_cache_write_5m = litellm_cost(spec, "cache_creation_input_token_cost_above_200k_tokens");
+    }
+    added.insert(key);
+    from_litellm_.insert(model);
+    entries_.insert_or_assign(model, std::move(p));
+  }
+  rebuild_index_();
+}
+
+void price_table::rebuild_index_() {
+  index_.clear();
+  std::vector<std::pair<std::string, const model_price*>> primary;  // in precedence order
+  for (const auto& [n, p] : entries_)
+    if (!from_litellm_.contains(n)) primary.emplace_back(lower(n), &p);
+  for (const auto& [a, n] : aliases_)
+    if (const auto it = entries_.find(n); it != entries_.end()) primary.emplace_back(a, &it->second);
+  for (const auto& n : from_litellm_)
+    if (const auto it = entries_.find(n); it != entries_.end()) primary.emplace_back(lower(n), &it->second);
+
+  // Real spellings first, so a derived spelling never shadows one.
+  for (const auto& [k, p] : primary) index_.emplace(k, p);
+  for (const auto& [k, p] : primary)
+    if (auto twin = version_twin(k); !twin.empty()) index_.emplace(std::move(twin), p);
+  for (const auto& n : from_litellm_) {
+    const auto key = lower(n);
+    const auto slash = key.rfind('/');
+    if (slash == std::string::npos) continue;
+    const model_price* p = &entries_.find(n)->second;
+    const auto bare = key.substr(slash + 1);
+    index_.emplace(bare, p);
+    if (auto twin = version_twin(bare); !twin.empty()) index_.emplace(std::move(twin), p);
+  }
+}
+
+const model_price* price_table::resolve(std::string_view model) const {
+  if (const auto it = entries_.find(model); it != entries_.end()) return &it->second;
+  if (model.empty()) return nullptr;
+  // Lower-cased copy: on the stack for any realistic id.
+  char small[192];
+  std::string big;
+  char* buf = small;
+  if (model.size() > sizeof small) {
+    big.resize(model.size());
+    buf = big.data();
+  }
+  std::transform(model.begin(), model.end(), buf, lower_ascii);
+  std::string_view id(buf, model.size());
+  // Every step shortens `id`, so this ends.
+  for (;;) {
+    if (const auto it = index_.find(id); it != index_.end()) return it->second;
+    if (!strip_provider_prefix(id) && !strip_version_suffix(id)) return nullptr;
+  }
+}
+
+std::vector<std::string> price_table::names() const {
+  std::vector<std::string> out;
+  out.reserve(entries_.size());
+  for (const auto& [n, p] : entries_) out.push_back(n);
+  return out;
+}
+
+cost_result compute_cost(const model_price& price, const token_usage& usage, double multiplier) {
+  const auto clamp0 = [](std::int64_t v) { return static_cast<double>(std::max<std::int64_t>(v, 0)); };
+  const double cached = clamp0(usage.cached);
+  const double write = clamp0(usage.cache_write);
+  const double write_1h = std::min(clamp0(usage.cache_write_1h), write);
+  const double write_5m = write - write_1h;
+  // Counters that disagree (cached + writes > prompt) bill no uncached input rather than a negative.
+  const double prompt = std::max(clamp0(usage.prompt), cached + write);
+  const double uncached = prompt - cached - write;
+  const double completion = clamp0(usage.completion);  // reasoning is part of it: billed once
+
+  const bool long_tier = price.long_context_threshold > 0 && prompt > static_cast<double>(price.long_context_threshold);
+  const double in = long_tier ? price.long_input : price.input;
+  const double cached_in = long_tier ? price.long_cached_input : price.cached_input;
+  const double out = long_tier ? price.long_output : price.output;
+  // Anthropic: 5-minute writes cost 1.25x and 1-hour writes 2x the (tier's) input price.
+  const double w5 = (long_tier ? price.long_cache_write_5m : price.cache_write_5m).value_or(1.25 * in);
+  const double w1 = (long_tier ? price.long_cache_write_1h : price.cache_write_1h).value_or(2.0 * in);
+
+  const double usd =
+      (uncached * in + cached * cached_in + write_5m * w5 + write_1h * w1 + completion * out) / per_million;
+  return {usd * multiplier, true, &price};
+}
+
+cost_result compute_cost(const price_table& table, std::string_view model, const token_usage& usage,
+                         double multiplier) {
+  const model_price* p = table.resolve(model);
+  if (p == nullptr) return {};
+  return compute_cost(*p, usage, multiplier);
+}
+
+}  // namespace tollgate

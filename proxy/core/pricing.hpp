@@ -1,0 +1,87 @@
+// Price table: USD per 1M tokens per model, loaded from config/prices.yaml (and optionally a
+// LiteLLM model_prices_and_context_window.json), model-id resolution and per-call cost.
+// Pure: no I/O beyond reading the files at start-up.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/usage_record.hpp"
+
+namespace tollgate {
+
+// A start-up error that names the file and line (line 0 when unknown).
+struct config_error : std::runtime_error {
+  config_error(std::string file, int line, const std::string& what)
+      : std::runtime_error(file + (line > 0 ? ":" + std::to_string(line) : std::string()) + ": " + what),
+        file_(std::move(file)), line_(line) {}
+  std::string file_;
+  int line_;
+};
+
+struct model_price {
+  std::string name;                    // canonical entry name (the metrics `model` label)
+  double input = 0;                    // USD per 1M uncached prompt tokens
+  double cached_input = 0;             // USD per 1M cache-read tokens
+  double output = 0;                   // USD per 1M completion tokens (reasoning included)
+  std::optional<double> cache_write_5m;  // USD per 1M; default 1.25 x input
+  std::optional<double> cache_write_1h;  // USD per 1M; default 2 x input
+  // Long-context tier (e.g. Claude Sonnet 4.5 above 200k prompt tokens): when the prompt
+  // (input + cache read + cache write) exceeds `long_context_threshold`, these prices apply.
+  std::int64_t long_context_threshold = 0;  // 0: no tier
+  double long_input = 0, long_cached_input = 0, long_output = 0;
+  std::optional<double> long_cache_write_5m;  // USD per 1M in the long tier; default 1.25 x long_input
+  std::optional<double> long_cache_write_1h;  // USD per 1M in the long tier; default 2 x long_input
+};
+
+struct cost_result {
+  double usd = 0;
+  bool priced = false;
+  const model_price* price = nullptr;  // entry used, nullptr when unpriced
+};
+
+class price_table {
+ public:
+  // Loads the tollgate YAML format (see config/prices.yaml). Throws config_error(file:line).
+  void load_yaml_file(const std::string& path);
+  void load_yaml_string(std::string_view text, const std::string& name = "<string>");
+  // Loads LiteLLM's JSON catalogue (input_cost_per_token etc., USD per token). Entries already
+  // defined by the YAML table win. Throws config_error on unreadable or malformed files.
+  void load_litellm_file(const std::string& path);
+  void load_litellm_string(std::string_view text, const std::string& name = "<string>");
+
+  // Resolves a model id as sent by a client or returned by an upstream:
+  // exact name, alias, case-insensitive, provider prefix stripped ("openai/gpt-4.1"),
+  // date/version suffix stripped ("gpt-4.1-2025-04-14", "claude-sonnet-4-5-20250929",
+  // "gpt-4o-2024-08-06", "...@20250929", "-latest"). nullptr when unknown.
+  const model_price* resolve(std::string_view model) const;
+
+  // Names of all canonical entries (bounded label set for metrics).
+  std::vector<std::string> names() const;
+  std::size_t size() const noexcept { return entries_.size(); }
+
+ private:
+  std::map<std::string, model_price, std::less<>> entries_;   // canonical name -> price
+  std::map<std::string, std::string, std::less<>> aliases_;   // lower-case alias -> canonical name
+
+  void rebuild_index_();
+  // Every lower-case spelling resolve() may look up -> entry: names, aliases, then their
+  // "4.5"/"4-5" twins and (LiteLLM) provider-less forms. Rebuilt after each load.
+  std::map<std::string, const model_price*, std::less<>> index_;
+  std::set<std::string, std::less<>> from_litellm_;           // canonical names loaded from LiteLLM
+};
+
+// cost = (prompt - cached - cache_write) * input + cached * cached_input
+//        + cache_write_5m_part * cw5m + cache_write_1h * cw1h + completion * output, per 1M,
+// times `multiplier` (the upstream's price_multiplier). Reasoning is inside completion and never
+// billed twice. Unknown model: {0, false, nullptr}.
+cost_result compute_cost(const price_table& table, std::string_view model, const token_usage& usage,
+                         double multiplier = 1.0);
+cost_result compute_cost(const model_price& price, const token_usage& usage, double multiplier = 1.0);
+
+}  // namespace tollgate

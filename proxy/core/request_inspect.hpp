@@ -1,0 +1,43 @@
+// Reading the few fields tollgate needs from a JSON request body, in one validating pass
+// (no DOM): model, stream, stream_options.include_usage, user, max tokens and a prompt-size
+// estimate. Also the one body rewrite tollgate ever does: adding include_usage. Pure.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace tollgate {
+
+enum class request_problem {
+  none,
+  malformed_json,     // not JSON (syntax error, trailing garbage, empty body)
+  not_object,         // valid JSON, but not one object
+  model_not_string,   // `model` present with a non-string value
+  stream_not_bool,    // `stream` present with a non-boolean value
+  too_deep,           // nesting deeper than max_depth
+  invalid_utf8,       // a string (or the body) is not valid UTF-8
+};
+
+struct request_facts {
+  request_problem problem = request_problem::none;
+  std::string problem_detail;            // short text for the client error message (no body text)
+  bool has_model = false;
+  std::string model;
+  bool stream = false;
+  bool has_stream_options = false;       // `stream_options` present (any value)
+  bool include_usage = false;            // stream_options.include_usage == true
+  std::string user;                      // top-level `user` (string), "" otherwise
+  std::optional<std::int64_t> max_tokens;  // max_tokens / max_completion_tokens / max_output_tokens
+  std::int64_t prompt_tokens_estimate = 0; // estimate_tokens() over the prompt-ish strings
+};
+
+// max_depth: 128 per the relay-core issue (an object or array opening counts one level).
+request_facts inspect_request(std::string_view body, int max_depth = 128);
+
+// Returns the body with stream_options.include_usage = true, everything else unchanged.
+// When there is no stream_options, inserts `"stream_options":{"include_usage":true},` right
+// after the opening brace (byte-exact otherwise); when stream_options exists, rewrites via a DOM.
+std::string add_include_usage(std::string_view body, const request_facts& facts);
+
+}  // namespace tollgate

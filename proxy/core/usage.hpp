@@ -1,0 +1,93 @@
+// Reading usage out of upstream responses: whole JSON bodies and SSE streams, for the OpenAI
+// routes (chat/completions/embeddings/responses) and Anthropic messages. Also the token
+// estimator used when a stream ends without usage. Pure; see shared/WIRE.md for the traps.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "core/sse_parser.hpp"
+#include "core/usage_record.hpp"
+
+namespace tollgate {
+
+// What a (non-stream) response body tells about the call.
+struct response_facts {
+  bool has_usage = false;
+  token_usage usage;        // converted to the OpenAI convention (see token_usage)
+  std::string model;        // response `model` ("" when absent)
+  std::string id;           // response `id` ("" when absent)
+};
+
+// Parses a complete JSON response body of `route`. Never throws; malformed JSON gives
+// has_usage = false.
+response_facts extract_response(route_kind route, std::string_view body);
+
+// Rough token count of text (~4 bytes per token for ASCII, 1 token per CJK character...).
+// Used only when usage is missing; rows carry usage_source = estimated.
+std::int64_t estimate_tokens(std::string_view text) noexcept;
+
+// Running character counts behind estimate_tokens(), for text that arrives in pieces.
+struct text_tally {
+  std::int64_t ascii_bytes = 0;
+  std::int64_t cjk_chars = 0;    // CJK ideographs, kana, Hangul, full-width forms
+  std::int64_t other_chars = 0;  // any other non-ASCII code point
+  void add(std::string_view text) noexcept;
+  std::int64_t tokens() const noexcept;
+};
+
+// Anthropic usage fields as reported, before conversion to the OpenAI convention.
+struct anthropic_usage {
+  std::int64_t input = 0;         // excludes cache reads and writes
+  std::int64_t output = 0;
+  std::int64_t cache_read = 0;
+  std::int64_t cache_write = -1;  // cache_creation_input_tokens (-1: sum the ephemeral parts)
+  std::int64_t cache_5m = 0;      // cache_creation.ephemeral_5m_input_tokens
+  std::int64_t cache_1h = 0;      // cache_creation.ephemeral_1h_input_tokens
+  token_usage to_openai() const noexcept;
+};
+
+// Watches a stream's SSE events as they pass.
+class stream_meter {
+ public:
+  // strip_usage_chunk: the client did not ask for include_usage but tollgate did; the OpenAI
+  // usage-only chunk (choices == [] and usage != null) must not reach the client, and `usage`
+  // members in other chunks are left alone.
+  stream_meter(route_kind route, bool strip_usage_chunk);
+
+  // Returns true when the event must be forwarded to the client, false to drop it.
+  bool on_event(const sse_event& ev);
+
+  bool has_usage() const noexcept { return has_usage_; }
+  const token_usage& usage() const noexcept { return usage_; }
+  const std::string& model() const noexcept { return model_; }
+  const std::string& id() const noexcept { return id_; }
+  bool saw_done() const noexcept { return saw_done_; }   // `data: [DONE]`, response.completed or message_stop
+  bool saw_error() const noexcept { return saw_error_; } // an `error` event / data: {"error":...}
+  // Completion tokens estimated from the streamed text (content, reasoning, tool-call arguments).
+  std::int64_t estimated_completion_tokens() const noexcept;
+
+ private:
+  bool on_chat(const nlohmann::json& j);
+  void on_responses(const nlohmann::json& j, std::string_view type);
+  void on_messages(const nlohmann::json& j, std::string_view type);
+  void note_model_id(const nlohmann::json& obj);
+
+  route_kind route_;
+  bool strip_;
+  bool has_usage_ = false;
+  token_usage usage_;
+  std::string model_;
+  std::string id_;
+  bool saw_done_ = false;
+  bool saw_error_ = false;
+  // Character classes of all streamed text, so the estimate is taken over the whole text
+  // rather than rounded up once per delta (a delta is often a single short token).
+  text_tally streamed_text_;
+  anthropic_usage anthropic_;  // message_start sets it; message_delta replaces fields
+};
+
+}  // namespace tollgate

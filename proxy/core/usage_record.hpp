@@ -1,0 +1,65 @@
+// The per-call facts tollgate meters: token usage and the ledger row built from it.
+// Shared by the relay (which fills it), the ledger writer and the metrics.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace tollgate {
+
+// Which API a call belongs to; the `route` column of the ledger and label of the metrics.
+enum class route_kind : std::uint8_t {
+  chat_completions,  // POST /v1/chat/completions
+  completions,       // POST /v1/completions
+  embeddings,        // POST /v1/embeddings
+  responses,         // POST /v1/responses
+  models,            // GET /v1/models, GET /v1/models/{id}
+  messages,          // POST /v1/messages (Anthropic, issue 7)
+  other,             // any other /v1/* passed through
+};
+std::string_view to_string(route_kind r) noexcept;
+
+enum class usage_source : std::uint8_t { none, upstream, estimated };
+std::string_view to_string(usage_source s) noexcept;
+
+// Token counts in the OpenAI convention: `prompt` INCLUDES cached (cache read) and cache-write
+// tokens; `completion` INCLUDES reasoning tokens. Anthropic usage is converted into this
+// convention when extracted (prompt = input + cache_read + cache_write, cached = cache_read).
+struct token_usage {
+  std::int64_t prompt = 0;
+  std::int64_t completion = 0;
+  std::int64_t cached = 0;          // cache reads, part of prompt
+  std::int64_t cache_write = 0;     // cache creation (5 min + 1 h), part of prompt (Anthropic)
+  std::int64_t cache_write_1h = 0;  // the 1-hour part of cache_write, when reported
+  std::int64_t reasoning = 0;       // part of completion
+  std::int64_t total() const noexcept { return prompt + completion; }
+};
+
+// One ledger row. No prompt or completion text, ever.
+struct usage_record {
+  std::string request_id;           // x-request-id (client's or generated)
+  std::int64_t start_ms = 0;        // call start, Unix epoch milliseconds, UTC
+  route_kind route = route_kind::other;
+  std::string method;               // HTTP method
+  std::string requested_model;      // `model` of the request body ("" when none)
+  std::string served_model;         // `model` of the response ("" when unknown)
+  std::string price_model;          // price-table entry that priced it ("" when unpriced)
+  std::string upstream;             // name of the upstream that served it
+  std::string client_key_id;        // client key name/id ("" when auth is off), never the key
+  std::string team;
+  std::string user;                 // the body's `user` field
+  int status = 0;                   // HTTP status sent to the client (0: none was sent)
+  bool stream = false;
+  bool aborted = false;             // client went away or upstream cut the stream
+  token_usage tokens;
+  usage_source source = usage_source::none;
+  bool priced = false;
+  double cost_usd = 0.0;
+  double latency_ms = 0.0;          // start until the last byte was sent to the client
+  double first_byte_ms = -1.0;      // start until the upstream's first response byte (-1: none)
+  std::string error_kind;           // "" on success; else an errc name such as "upstream_timeout"
+  std::string upstream_request_id;  // upstream's x-request-id / request-id header or body id
+  int attempts = 1;                 // upstream attempts made (retries on a fresh connection)
+};
+
+}  // namespace tollgate

@@ -1,0 +1,883 @@
+// One client connection: reads requests (keep-alive, pipelining), validates them, forwards
+// /v1 calls to the upstream through the worker's pool, relays the response chunk by chunk while
+// metering usage, and hands one usage_record per call to the ledger. Started by the worker's
+// acceptor (server.cpp). Every step has a deadline; nothing here blocks the worker thread.
+#include <sys/socket.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <boost/optional.hpp>
+
+#include <array>
+#include <cerrno>
+#include <mutex>
+#include <random>
+#include <set>
+
+#include "core/inflate.hpp"
+#include "core/log.hpp"
+#include "core/request_inspect.hpp"
+#include "core/sse_parser.hpp"
+#include "core/usage.hpp"
+#include "ledger/ledger.hpp"
+#include "net/metrics.hpp"
+#include "net/worker.hpp"
+
+namespace tollgate {
+
+namespace http = beast::http;
+namespace ssl = asio::ssl;
+using asio::awaitable;
+using asio::redirect_error;
+using asio::use_awaitable;
+using namespace std::literals;
+
+namespace {
+
+constexpr std::size_t relay_buffer_bytes = 16 * 1024;
+constexpr auto local_write_timeout = 30s;
+
+std::string new_request_id() {
+  thread_local std::mt19937_64 rng{std::random_device{}() ^
+                                   static_cast<std::uint64_t>(steady::now().time_since_epoch().count())};
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string id = "tg-";
+  for (int w = 0; w < 2; ++w) {
+    auto v = rng();
+    for (int i = 0; i < 12; ++i, v >>= 4) id.push_back(hex[v & 15]);
+  }
+  return id;
+}
+
+std::int64_t unix_ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+double ms_between(steady::time_point a, steady::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+bool is_eof_like(const beast::error_code& ec) {
+  return ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+         ec == asio::error::broken_pipe || ec == http::error::partial_message ||
+         ec == ssl::error::stream_truncated;
+}
+
+// Which upstream failure an error code means, given the stage it happened in.
+errc classify_upstream_error(const beast::error_code& ec, errc timeout_kind, steady::time_point total_deadline) {
+  if (ec == beast::error::timeout)
+    return steady::now() + 5ms >= total_deadline ? errc::upstream_total_timeout : timeout_kind;
+  if (is_eof_like(ec)) return errc::upstream_reset;
+  if (ec.category() == asio::error::get_ssl_category() || ec.category() == ssl::error::get_stream_category())
+    return errc::upstream_tls;
+  if (ec.category() == beast::error_code(http::error::bad_version).category())
+    return errc::upstream_protocol;
+  return errc::upstream_reset;
+}
+
+// Shared between a session and the callback that watches its socket for a client abort.
+struct abort_watch {
+  bool active = true;
+  bool gone = false;
+  upstream_conn* conn = nullptr;
+};
+
+}  // namespace
+
+class client_session : public std::enable_shared_from_this<client_session> {
+ public:
+  client_session(worker& w, tcp::socket s)
+      : w_(w), st_(w.state), cfg_(w.state.cfg), stream_(std::move(s)), relay_buf_(relay_buffer_bytes) {}
+
+  awaitable<void> run();
+  void close_if_idle() {
+    if (idle_) close_socket();
+  }
+  void abort() {
+    aborting_ = true;
+    if (watch_ && watch_->conn) watch_->conn->close();
+    close_socket();
+  }
+
+ private:
+  // Per-call state, reset for every request.
+  struct call {
+    usage_record rec;
+    request_facts facts;
+    bool strip = false;           // tollgate added include_usage; drop the usage-only chunk
+    steady::time_point t0;        // request head received
+    steady::time_point t_up_start, t_up_end;
+    bool head_sent = false;
+    errc error = errc::ok;
+    int client_version = 11;
+    bool head_request = false;
+  };
+
+  awaitable<bool> handle_one();
+  awaitable<bool> proxy(http::request<http::string_body>& req, const route_decision& rd, const target_parts& tp,
+                        call& c);
+  awaitable<std::unique_ptr<upstream_conn>> connect_upstream(errc& err);
+  enum class exchange_result { done, retry };
+  template <class Stream>
+  awaitable<exchange_result> exchange(Stream& up, upstream_conn& conn, bool reused,
+                                      http::request<http::string_body>& req, call& c, bool& keep_client,
+                                      bool& keep_upstream);
+  awaitable<bool> send_local(int status, std::string body, bool keep, std::string_view allow = {},
+                             std::string_view request_id = {}, std::string_view content_type = "application/json");
+  awaitable<bool> send_error(errc e, std::string_view message, bool keep, std::string_view request_id = {},
+                             std::string_view allow = {}) {
+    return send_local(http_status(e), error_body(e, message), keep, allow, request_id);
+  }
+  awaitable<void> linger_close();
+  void finish_call(call& c);
+  void start_watch();
+  void arm_watch(std::shared_ptr<abort_watch> w);
+  void stop_watch();
+  void close_socket() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.socket().close(ec);
+  }
+  bool client_gone() const { return watch_ && watch_->gone; }
+
+  worker& w_;
+  shared_state& st_;
+  const config& cfg_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::vector<char> relay_buf_;
+  std::string out_;      // bytes to send to the client for one relay step
+  std::string parse_;    // (decoded) copy of a non-stream body, for usage
+  std::shared_ptr<abort_watch> watch_;
+  bool idle_ = true;
+  bool aborting_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Connection loop
+
+awaitable<void> client_session::run() {
+  auto self = shared_from_this();
+  beast::error_code ec;
+  bool first = true;
+  bool linger = false;
+  for (;;) {
+    idle_ = true;
+    if (st_.draining.load(std::memory_order_relaxed) || aborting_) break;
+    if (buffer_.size() == 0) {
+      // Waiting for the next request: the keep-alive timeout applies until its first byte.
+      stream_.expires_after(first ? cfg_.header_timeout : cfg_.keepalive_timeout);
+      auto n = co_await stream_.async_read_some(buffer_.prepare(8192), redirect_error(use_awaitable, ec));
+      if (ec) break;
+      buffer_.commit(n);
+    }
+    first = false;
+    idle_ = false;
+    bool keep = co_await handle_one();
+    if (!keep) {
+      linger = true;
+      break;
+    }
+  }
+  idle_ = false;
+  if (linger && !aborting_)
+    co_await linger_close();
+  else
+    close_socket();
+}
+
+// Half-close, then drain what the client still sends for a moment, so an error response is not
+// destroyed by a TCP reset before the client has read it (RFC 9112 §9.6).
+awaitable<void> client_session::linger_close() {
+  beast::error_code ec;
+  stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+  if (ec) {
+    close_socket();
+    co_return;
+  }
+  stream_.expires_after(2s);
+  std::size_t drained = 0;
+  while (drained < (1u << 20)) {
+    auto n = co_await stream_.async_read_some(asio::buffer(relay_buf_), redirect_error(use_awaitable, ec));
+    if (ec) break;
+    drained += n;
+  }
+  close_socket();
+}
+
+awaitable<bool> client_session::send_local(int status, std::string body, bool keep, std::string_view allow,
+                                           std::string_view request_id, std::string_view content_type) {
+  http::response<http::string_body> res{static_cast<http::status>(status), 11};
+  res.set(http::field::server, "tollgate");
+  res.set(http::field::content_type, content_type);
+  if (!allow.empty()) res.set(http::field::allow, allow);
+  if (!request_id.empty()) res.set("x-request-id", request_id);
+  res.body() = std::move(body);
+  res.keep_alive(keep);
+  res.prepare_payload();
+  stream_.expires_after(local_write_timeout);
+  beast::error_code ec;
+  co_await http::async_write(stream_, res, redirect_error(use_awaitable, ec));
+  co_return keep && !ec;
+}
+
+// Reads one request and answers it. Returns whether the connection stays open.
+awaitable<bool> client_session::handle_one() {
+  beast::error_code ec;
+  http::request_parser<http::string_body> parser;
+  parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(cfg_.max_header_bytes, UINT32_MAX)));
+  parser.body_limit(cfg_.max_body_bytes);
+  stream_.expires_after(cfg_.header_timeout);
+  co_await http::async_read_header(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
+  if (ec) {
+    if (is_eof_like(ec)) co_return false;
+    if (ec == beast::error::timeout) co_return co_await send_error(errc::request_timeout, {}, false);
+    if (ec == http::error::header_limit) co_return co_await send_error(errc::headers_too_large, {}, false);
+    if (ec == http::error::body_limit) co_return co_await send_error(errc::body_too_large, {}, false);
+    if (ec == http::error::bad_version) co_return co_await send_error(errc::http_version, {}, false);
+    log_line(log_level::debug, "bad request framing").str("error", ec.message());
+    co_return co_await send_error(errc::bad_request, {}, false);
+  }
+
+  call c;
+  c.t0 = steady::now();
+  c.rec.start_ms = unix_ms_now();
+  auto& req = parser.get();
+  c.client_version = req.version();
+  c.head_request = req.method() == http::verb::head;
+
+  if (req.version() != 10 && req.version() != 11) co_return co_await send_error(errc::http_version, {}, false);
+  auto hosts = req.count(http::field::host);
+  if (hosts > 1) co_return co_await send_error(errc::duplicate_host, {}, false);
+  if (hosts == 0 && req.version() == 11) co_return co_await send_error(errc::missing_host, {}, false);
+
+  auto tp = split_target(req.target());
+  route_decision rd;
+  if (tp) rd = classify(req.method_string(), tp->path);
+
+  // Read the body (bounded) before answering anything, so the connection can stay open.
+  if (!parser.is_done()) {
+    if (beast::iequals(req[http::field::expect], "100-continue") && req.version() == 11) {
+      static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
+      stream_.expires_after(local_write_timeout);
+      co_await asio::async_write(stream_, asio::buffer(cont), redirect_error(use_awaitable, ec));
+      if (ec) co_return false;
+    }
+    stream_.expires_after(cfg_.body_timeout);
+    co_await http::async_read(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
+    if (ec) {
+      if (ec == http::error::body_limit) co_return co_await send_error(errc::body_too_large, {}, false);
+      if (ec == beast::error::timeout) co_return co_await send_error(errc::request_timeout, {}, false);
+      if (is_eof_like(ec)) co_return false;
+      co_return co_await send_error(errc::bad_request, {}, false);
+    }
+  }
+  bool keep = req.keep_alive() && !st_.draining.load(std::memory_order_relaxed);
+
+  if (!tp) co_return co_await send_error(errc::bad_target, {}, keep);
+  if (rd.local) {
+    if (rd.error != errc::ok) co_return co_await send_error(rd.error, {}, keep, {}, rd.allow);
+    if (tp->path.starts_with("/healthz")) co_return co_await send_local(200, R"({"status":"ok"})", keep);
+    bool ledger_ok = st_.ledger_->writable();
+    bool key_ok = !st_.upstream_key_missing();
+    bool draining = st_.draining.load(std::memory_order_relaxed);
+    std::string body = R"({"status":")";
+    body += (ledger_ok && key_ok && !draining) ? "ready" : "not_ready";
+    body += R"(","checks":{"ledger":")";
+    body += ledger_ok ? "ok" : "not_writable";
+    body += R"(","upstream_key":")";
+    body += key_ok ? "ok" : "missing: set TOLLGATE_UPSTREAM_API_KEY or upstream.api_key";
+    body += R"(","draining":)";
+    body += draining ? "true" : "false";
+    body += "}}";
+    co_return co_await send_local(ledger_ok && key_ok && !draining ? 200 : 503, std::move(body), keep);
+  }
+  if (rd.error == errc::not_found) co_return co_await send_error(errc::not_found, {}, keep);
+  co_return co_await proxy(req, rd, *tp, c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxying one /v1 call
+
+awaitable<bool> client_session::proxy(http::request<http::string_body>& req, const route_decision& rd,
+                                      const target_parts& tp, call& c) {
+  bool keep = req.keep_alive() && !st_.draining.load(std::memory_order_relaxed);
+  auto& rec = c.rec;
+  rec.route = rd.route;
+  rec.method = std::string(req.method_string());
+  rec.upstream = cfg_.upstream.name;
+  if (auto id = req["x-request-id"]; !id.empty() && id.size() <= 200)
+    rec.request_id = std::string(id);
+  else
+    rec.request_id = new_request_id();
+
+  // Admission: a ledger slot is reserved before anything else, so every call we accept has a row.
+  if (!st_.ledger_->reserve()) {
+    log_line(log_level::warn, "ledger queue full: refusing call").str("request_id", rec.request_id);
+    co_return co_await send_error(errc::ledger_backpressure, {}, keep, rec.request_id);
+  }
+  st_.inflight.fetch_add(1, std::memory_order_relaxed);
+  st_.metrics_->inflight.fetch_add(1, std::memory_order_relaxed);
+
+  auto refuse = [&](errc e, std::string_view msg) -> awaitable<bool> {
+    c.error = e;
+    rec.status = http_status(e);
+    bool k = co_await send_error(e, msg, keep, rec.request_id, rd.allow);
+    finish_call(c);
+    co_return k;
+  };
+
+  if (rd.error != errc::ok) co_return co_await refuse(rd.error, {});
+  if (rd.json_body) {
+    if (!is_json_content_type(req[http::field::content_type]))
+      co_return co_await refuse(errc::unsupported_media_type, {});
+    c.facts = inspect_request(req.body());
+    if (c.facts.problem != request_problem::none) co_return co_await refuse(errc::invalid_json, c.facts.problem_detail);
+    rec.requested_model = c.facts.model;
+    rec.stream = c.facts.stream;
+    rec.user = c.facts.user.size() <= 256 ? c.facts.user : c.facts.user.substr(0, 256);
+  }
+  if (st_.draining.load(std::memory_order_relaxed)) co_return co_await refuse(errc::shutting_down, {});
+  if (st_.upstream_key_missing()) co_return co_await refuse(errc::upstream_key_missing, {});
+
+  // Ask the upstream for usage on streams; the client will not see the extra chunk.
+  if (c.facts.stream && !c.facts.include_usage &&
+      (rd.route == route_kind::chat_completions || rd.route == route_kind::completions)) {
+    c.strip = true;
+    req.body() = add_include_usage(req.body(), c.facts);
+  }
+
+  // Rewrite the head for the upstream: hop-by-hop headers out, Host and credentials replaced.
+  {
+    std::string connection_value(req[http::field::connection]);
+    std::vector<std::string> drop;
+    for (const auto& f : req) {
+      auto name = f.name_string();
+      if (is_hop_by_hop(name) || (!connection_value.empty() && connection_lists(connection_value, name)))
+        drop.emplace_back(name);
+    }
+    for (const auto& n : drop) req.erase(n);
+    bool anthropic_style = rd.route == route_kind::messages && req.count("x-api-key") > 0;
+    req.erase(http::field::authorization);
+    req.erase("x-api-key");
+    if (anthropic_style)
+      req.set("x-api-key", cfg_.upstream.api_key);
+    else
+      req.set(http::field::authorization, "Bearer " + cfg_.upstream.api_key);
+    req.set(http::field::host, st_.upstream.host_header);
+    req.set("x-request-id", rec.request_id);
+    if (c.strip) req.erase(http::field::accept_encoding);  // the stream must be readable to be edited
+    req.target(upstream_target(st_.upstream, tp.path, tp.query));
+    req.version(11);
+    req.keep_alive(true);
+    req.prepare_payload();
+  }
+
+  start_watch();
+  bool keep_client = keep;
+  for (int attempt = 1;; ++attempt) {
+    rec.attempts = attempt;
+    auto conn = w_.pool.take_idle();
+    bool reused = conn != nullptr;
+    if (!conn) {
+      errc err = errc::ok;
+      c.t_up_start = steady::now();
+      conn = co_await connect_upstream(err);
+      if (!conn) {
+        c.error = client_gone() ? errc::client_aborted : err;
+        break;
+      }
+    }
+    if (client_gone()) {
+      c.error = errc::client_aborted;
+      conn->close();
+      break;
+    }
+    watch_->conn = conn.get();
+    bool keep_upstream = false;
+    exchange_result r = conn->tls ? co_await exchange(*conn->tls, *conn, reused, req, c, keep_client, keep_upstream)
+                                  : co_await exchange(*conn->plain, *conn, reused, req, c, keep_client, keep_upstream);
+    watch_->conn = nullptr;
+    if (keep_upstream) {
+      ++conn->uses;
+      w_.pool.give_back(std::move(conn));
+    } else {
+      conn->close();
+    }
+    if (r == exchange_result::retry && attempt == 1) {
+      c.error = errc::ok;
+      continue;
+    }
+    break;
+  }
+  bool gone = client_gone();
+  stop_watch();
+
+  if (gone && c.error == errc::ok) c.error = errc::client_aborted;
+  if (!c.head_sent) {
+    if (c.error == errc::client_aborted || gone) {
+      rec.status = 499;
+      keep_client = false;
+    } else {
+      if (c.error == errc::ok) c.error = errc::upstream_reset;
+      st_.metrics_->upstream_error(error_name(c.error));
+      rec.status = http_status(c.error);
+      keep_client = co_await send_error(c.error, {}, keep_client, rec.request_id);
+    }
+  } else if (c.error != errc::ok) {
+    keep_client = false;
+    if (c.error != errc::client_aborted && c.error != errc::upstream_stream_truncated)
+      st_.metrics_->upstream_error(error_name(c.error));
+  }
+  finish_call(c);
+  co_return keep_client && !aborting_;
+}
+
+awaitable<std::unique_ptr<upstream_conn>> client_session::connect_upstream(errc& err) {
+  auto& pool = w_.pool;
+  const auto& u = st_.upstream;
+  const auto& uc = cfg_.upstream;
+  auto ex = pool.executor();
+  beast::error_code ec;
+  auto deadline = steady::now() + uc.connect_timeout;
+  if (pool.endpoints_.empty() || steady::now() - pool.resolved_at_ > 60s) {
+    tcp::resolver resolver(ex);
+    asio::steady_timer guard(ex);  // async_resolve has no deadline of its own
+    guard.expires_at(deadline);
+    guard.async_wait([&resolver](const beast::error_code& e) {
+      if (!e) resolver.cancel();
+    });
+    auto results = co_await resolver.async_resolve(u.host, std::to_string(u.port), redirect_error(use_awaitable, ec));
+    guard.cancel();
+    if (ec || results.empty()) {
+      err = ec == asio::error::operation_aborted ? errc::upstream_connect_timeout : errc::upstream_connect;
+      log_line(log_level::warn, "upstream name resolution failed").str("host", u.host).str("error", ec.message());
+      co_return nullptr;
+    }
+    pool.endpoints_.clear();
+    for (const auto& e : results) pool.endpoints_.push_back(e.endpoint());
+    pool.resolved_at_ = steady::now();
+  }
+  auto c = std::make_unique<upstream_conn>();
+  if (st_.ssl_ctx)
+    c->tls.emplace(ex, *st_.ssl_ctx);
+  else
+    c->plain.emplace(ex);
+  auto& sock = c->tcp();
+  sock.expires_at(deadline);
+  co_await sock.async_connect(pool.endpoints_, redirect_error(use_awaitable, ec));
+  if (ec) {
+    err = ec == beast::error::timeout ? errc::upstream_connect_timeout : errc::upstream_connect;
+    log_line(log_level::warn, "upstream connect failed").str("upstream", u.origin()).str("error", ec.message());
+    pool.endpoints_.clear();
+    co_return nullptr;
+  }
+  sock.socket().set_option(tcp::no_delay(true), ec);
+  if (c->tls) {
+    beast::error_code ip_ec;
+    asio::ip::make_address(u.host, ip_ec);
+    // SNI carries host names only (RFC 6066 §3).
+    if (ip_ec && !SSL_set_tlsext_host_name(c->tls->native_handle(), u.host.c_str())) {
+      err = errc::upstream_tls;
+      co_return nullptr;
+    }
+    if (uc.tls_verify) {
+      c->tls->set_verify_mode(ssl::verify_peer);
+      c->tls->set_verify_callback(ssl::host_name_verification(u.host));
+    } else {
+      c->tls->set_verify_mode(ssl::verify_none);
+    }
+    co_await c->tls->async_handshake(ssl::stream_base::client, redirect_error(use_awaitable, ec));
+    if (ec) {
+      err = ec == beast::error::timeout ? errc::upstream_connect_timeout : errc::upstream_tls;
+      long vr = SSL_get_verify_result(c->tls->native_handle());
+      log_line(log_level::warn, "upstream TLS handshake failed")
+          .str("upstream", u.origin())
+          .str("error", ec.message())
+          .str("verify", vr == X509_V_OK ? "ok" : X509_verify_cert_error_string(vr));
+      co_return nullptr;
+    }
+  }
+  co_return c;
+}
+
+// Sends the request on `up` and relays the response to the client. Fills c (status, usage,
+// error). Returns retry when a reused connection turned out closed before any response byte.
+template <class Stream>
+awaitable<client_session::exchange_result> client_session::exchange(Stream& up, upstream_conn& conn, bool reused,
+                                                                    http::request<http::string_body>& req, call& c,
+                                                                    bool& keep_client, bool& keep_upstream) {
+  auto& rec = c.rec;
+  auto& tcp_up = conn.tcp();
+  beast::error_code ec;
+  const auto& uc = cfg_.upstream;
+  auto total_deadline = c.t0 + uc.total_timeout;
+  if (!reused) {
+    // connect time counts as tollgate-independent upstream time
+  } else {
+    c.t_up_start = steady::now();
+  }
+
+  tcp_up.expires_at(std::min(steady::now() + uc.first_byte_timeout, total_deadline));
+  co_await http::async_write(up, req, redirect_error(use_awaitable, ec));
+  std::optional<http::response_parser<http::buffer_body>> parser;
+  auto fresh_parser = [&] {
+    parser.emplace();
+    parser->header_limit(256 * 1024);
+    parser->body_limit(boost::none);  // relay bodies of any size; only what tollgate parses is bounded
+    if (c.head_request) parser->skip(true);
+  };
+  fresh_parser();
+  if (!ec) {
+    // Skip interim 1xx responses (e.g. 103 Early Hints); 100 cannot come since Expect is removed.
+    for (;;) {
+      co_await http::async_read_header(up, conn.buffer, *parser, redirect_error(use_awaitable, ec));
+      int s = parser->get().result_int();
+      if (ec || s / 100 != 1 || s == 101) break;
+      fresh_parser();
+    }
+  }
+  auto& p = *parser;
+  if (ec) {
+    if (client_gone()) {
+      c.error = errc::client_aborted;
+      co_return exchange_result::done;
+    }
+    if (reused && is_eof_like(ec) && !p.got_some()) co_return exchange_result::retry;
+    c.error = classify_upstream_error(ec, errc::upstream_first_byte_timeout, total_deadline);
+    if (ec != beast::error::timeout && !is_eof_like(ec) && c.error != errc::upstream_tls)
+      c.error = errc::upstream_protocol;  // bytes arrived but they were not HTTP
+    log_line(log_level::debug, "upstream response head failed").str("error", ec.message());
+    co_return exchange_result::done;
+  }
+  auto t_first = steady::now();
+  rec.first_byte_ms = ms_between(c.t0, t_first);
+  auto& ures = p.get();
+  int status = ures.result_int();
+  bool ok2xx = status / 100 == 2;
+  if (auto id = ures["x-request-id"]; !id.empty())
+    rec.upstream_request_id = std::string(id);
+  else if (auto rid = ures["request-id"]; !rid.empty())
+    rec.upstream_request_id = std::string(rid);
+
+  std::string_view content_type = ures[http::field::content_type];
+  bool sse = content_type.find("text/event-stream") != std::string_view::npos;
+  std::string_view encoding = ures[http::field::content_encoding];
+  bool compressed = !encoding.empty() && !beast::iequals(encoding, "identity");
+  bool decodable = beast::iequals(encoding, "gzip") || beast::iequals(encoding, "x-gzip") ||
+                   beast::iequals(encoding, "deflate");
+  bool edit_events = sse && c.strip && !compressed && ok2xx;
+
+  // Response head for the client.
+  http::response<http::empty_body> res{ures.result(), c.client_version};
+  res.reason(ures.reason());
+  {
+    std::string connection_value(ures[http::field::connection]);
+    for (const auto& f : ures) {
+      auto name = f.name_string();
+      if (is_hop_by_hop(name) || f.name() == http::field::content_length ||
+          (!connection_value.empty() && connection_lists(connection_value, name)))
+        continue;
+      if (beast::iequals(name, "x-request-id")) {
+        res.insert("x-upstream-request-id", f.value());
+        continue;
+      }
+      res.insert(name, f.value());
+    }
+  }
+  res.set("x-request-id", rec.request_id);
+  bool no_body = c.head_request || status == 204 || status == 304;
+  enum class framing { none, length, chunked, close } mode;
+  if (no_body) {
+    mode = framing::none;
+    if (auto cl = ures[http::field::content_length]; !cl.empty()) res.set(http::field::content_length, cl);
+  } else if (!edit_events && p.content_length()) {
+    mode = framing::length;
+    res.content_length(*p.content_length());
+  } else if (c.client_version == 11) {
+    mode = framing::chunked;
+    res.chunked(true);
+  } else {
+    mode = framing::close;
+    keep_client = false;
+  }
+  res.keep_alive(keep_client);
+  rec.status = status;
+
+  http::response_serializer<http::empty_body> sr{res};
+  stream_.expires_after(uc.idle_timeout);
+  co_await http::async_write_header(stream_, sr, redirect_error(use_awaitable, ec));
+  c.head_sent = true;
+  if (ec) {
+    c.error = errc::client_aborted;
+    co_return exchange_result::done;
+  }
+
+  // Metering state.
+  std::optional<stream_meter> meter;
+  sse_parser events;
+  std::optional<inflater> infl;
+  std::string decoded;
+  if (sse && ok2xx) meter.emplace(rec.route, c.strip && edit_events);
+  if (compressed && decodable && ok2xx) infl.emplace();
+  parse_.clear();
+  bool parse_overflow = false;
+
+  auto write_client = [&](std::string_view bytes) -> awaitable<bool> {
+    if (bytes.empty()) co_return true;
+    beast::error_code wec;
+    stream_.expires_after(uc.idle_timeout);
+    if (mode == framing::chunked)
+      co_await asio::async_write(stream_, http::make_chunk(asio::buffer(bytes.data(), bytes.size())),
+                                 redirect_error(use_awaitable, wec));
+    else
+      co_await asio::async_write(stream_, asio::buffer(bytes.data(), bytes.size()), redirect_error(use_awaitable, wec));
+    co_return !wec;
+  };
+
+  while (!p.is_done()) {
+    ures.body().data = relay_buf_.data();
+    ures.body().size = relay_buf_.size();
+    auto now = steady::now();
+    if (now >= total_deadline) {
+      c.error = errc::upstream_total_timeout;
+      break;
+    }
+    tcp_up.expires_at(std::min(now + uc.idle_timeout, total_deadline));
+    co_await http::async_read_some(up, conn.buffer, p, redirect_error(use_awaitable, ec));
+    if (ec == http::error::need_buffer) ec = {};
+    std::size_t n = relay_buf_.size() - ures.body().size;
+    if (n > 0) {
+      c.t_up_end = steady::now();
+      std::string_view piece(relay_buf_.data(), n);
+      std::string_view plain = piece;
+      if (infl) {
+        decoded.clear();
+        infl->feed(piece, decoded, cfg_.max_parse_bytes);
+        plain = decoded;
+      }
+      bool ok = true;
+      if (edit_events) {
+        out_.clear();
+        events.append(piece);
+        sse_event ev;
+        while (events.next(ev))
+          if (meter->on_event(ev)) out_.append(ev.raw);
+        ok = co_await write_client(out_);
+      } else {
+        ok = co_await write_client(piece);
+        if (meter) {
+          if (!compressed || infl) {
+            events.append(plain);
+            sse_event ev;
+            while (events.next(ev)) meter->on_event(ev);
+          }
+        } else if (ok2xx && (!compressed || infl)) {
+          if (parse_.size() + plain.size() <= cfg_.max_parse_bytes)
+            parse_.append(plain);
+          else
+            parse_overflow = true;
+        }
+      }
+      if (!ok) {
+        c.error = errc::client_aborted;
+        break;
+      }
+    }
+    if (ec) {
+      if (client_gone()) {
+        c.error = errc::client_aborted;
+      } else {
+        c.error = classify_upstream_error(ec, errc::upstream_idle_timeout, total_deadline);
+        if (ec != beast::error::timeout && !is_eof_like(ec)) c.error = errc::upstream_protocol;
+      }
+      break;
+    }
+  }
+  if (c.t_up_end == steady::time_point{}) c.t_up_end = steady::now();
+
+  if (c.error == errc::ok) {
+    if (edit_events) {
+      // An unterminated final event is still the upstream's bytes: pass it on.
+      out_.assign(events.pending());
+      sse_event ev;
+      while (events.finish(ev)) meter->on_event(ev);
+      if (!co_await write_client(out_)) c.error = errc::client_aborted;
+    } else if (meter) {
+      sse_event ev;
+      while (events.finish(ev)) meter->on_event(ev);
+    }
+  }
+  if (c.error == errc::ok && mode == framing::chunked) {
+    stream_.expires_after(uc.idle_timeout);
+    co_await asio::async_write(stream_, http::make_chunk_last(), redirect_error(use_awaitable, ec));
+    if (ec) c.error = errc::client_aborted;
+  }
+  keep_upstream = c.error == errc::ok && p.is_done() && p.keep_alive() && conn.buffer.size() == 0;
+
+  // Usage and served model.
+  auto& facts = c.facts;
+  if (meter) {
+    rec.served_model = meter->model();
+    if (rec.upstream_request_id.empty()) rec.upstream_request_id = meter->id();
+    if (meter->has_usage()) {
+      rec.tokens = meter->usage();
+      rec.source = usage_source::upstream;
+    }
+    if (c.error == errc::ok && !meter->saw_done()) c.error = errc::upstream_stream_truncated;
+    if (c.error != errc::ok) {
+      rec.aborted = true;
+      if (!meter->has_usage()) {
+        rec.tokens.prompt = facts.prompt_tokens_estimate;
+        rec.tokens.completion = meter->estimated_completion_tokens();
+        rec.source = usage_source::estimated;
+      }
+    }
+  } else if (ok2xx && !parse_.empty() && !parse_overflow && (c.error == errc::ok)) {
+    auto rf = extract_response(rec.route, parse_);
+    rec.served_model = std::move(rf.model);
+    if (rec.upstream_request_id.empty()) rec.upstream_request_id = std::move(rf.id);
+    if (rf.has_usage) {
+      rec.tokens = rf.usage;
+      rec.source = usage_source::upstream;
+    }
+  } else if (ok2xx && c.error != errc::ok && facts.has_model) {
+    rec.aborted = true;
+    rec.tokens.prompt = facts.prompt_tokens_estimate;
+    rec.source = usage_source::estimated;
+  }
+  if (c.error != errc::ok) rec.aborted = true;
+  co_return exchange_result::done;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client abort detection: a readable socket whose peek returns 0 bytes means the client closed.
+
+void client_session::start_watch() {
+  watch_ = std::make_shared<abort_watch>();
+  arm_watch(watch_);
+}
+
+void client_session::arm_watch(std::shared_ptr<abort_watch> w) {
+  stream_.socket().async_wait(tcp::socket::wait_read, [this, self = shared_from_this(), w](beast::error_code ec) {
+    if (!w->active) return;
+    if (!ec) {
+      char ch;
+      ssize_t n = ::recv(stream_.socket().native_handle(), &ch, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n > 0) return;  // a pipelined request: stop watching, it will be read later
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        arm_watch(w);
+        return;
+      }
+    }
+    w->gone = true;
+    if (w->conn) w->conn->tcp().cancel();  // cancel the upstream call: nobody reads its answer
+  });
+}
+
+void client_session::stop_watch() {
+  if (!watch_) return;
+  watch_->active = false;
+  watch_.reset();
+  beast::error_code ec;
+  stream_.socket().cancel(ec);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Completion: price, ledger, metrics, log line.
+
+void client_session::finish_call(call& c) {
+  auto& rec = c.rec;
+  auto end = steady::now();
+  rec.latency_ms = ms_between(c.t0, end);
+  if (c.error != errc::ok) rec.error_kind = std::string(error_name(c.error));
+  const std::string& model = rec.served_model.empty() ? rec.requested_model : rec.served_model;
+  if (rec.source != usage_source::none) {
+    auto cost = compute_cost(st_.prices, model, rec.tokens, cfg_.upstream.price_multiplier);
+    if (!cost.priced && !rec.requested_model.empty() && &model != &rec.requested_model)
+      cost = compute_cost(st_.prices, rec.requested_model, rec.tokens, cfg_.upstream.price_multiplier);
+    rec.priced = cost.priced;
+    rec.cost_usd = cost.usd;
+    if (cost.price) {
+      rec.price_model = cost.price->name;
+    } else {
+      st_.metrics_->unpriced_call();
+      static std::mutex warned_mu;
+      static std::set<std::string, std::less<>> warned;
+      std::lock_guard lock(warned_mu);
+      if (warned.size() < 1000 && warned.insert(model).second)
+        log_line(log_level::warn, "model has no price: calls are ledgered with cost 0 and priced=false")
+            .str("model", model);
+    }
+  } else if (auto* price = st_.prices.resolve(model)) {
+    rec.price_model = price->name;
+  }
+  double overhead = -1;
+  if (c.t_up_start != steady::time_point{} && c.t_up_end != steady::time_point{})
+    overhead = std::chrono::duration<double>((c.t_up_start - c.t0) + (end - c.t_up_end)).count();
+
+  st_.metrics_->record_call(rec, overhead);
+  if (log_enabled(log_level::info)) {
+    log_line(log_level::info, "call")
+        .str("request_id", rec.request_id)
+        .str("route", to_string(rec.route))
+        .str("model", model)
+        .integer("status", rec.status)
+        .boolean("stream", rec.stream)
+        .boolean("aborted", rec.aborted)
+        .integer("prompt_tokens", rec.tokens.prompt)
+        .integer("completion_tokens", rec.tokens.completion)
+        .integer("cached_tokens", rec.tokens.cached)
+        .integer("reasoning_tokens", rec.tokens.reasoning)
+        .str("usage_source", to_string(rec.source))
+        .num("cost_usd", rec.cost_usd)
+        .num("latency_ms", rec.latency_ms)
+        .num("first_byte_ms", rec.first_byte_ms)
+        .str("error", rec.error_kind)
+        .integer("attempts", rec.attempts);
+  }
+  st_.ledger_->submit(std::move(rec));
+  st_.inflight.fetch_sub(1, std::memory_order_relaxed);
+  st_.metrics_->inflight.fetch_sub(1, std::memory_order_relaxed);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+void start_client_session(worker& w, tcp::socket socket) {
+  beast::error_code ec;
+  socket.set_option(tcp::no_delay(true), ec);
+  auto s = std::make_shared<client_session>(w, std::move(socket));
+  // Remember it for shutdown; forget ended sessions now and then.
+  if (++w.session_count % 256 == 0)
+    w.sessions.remove_if([](const std::weak_ptr<client_session>& p) { return p.expired(); });
+  w.sessions.push_back(s);
+  asio::co_spawn(w.ioc, s->run(), [](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      log_line(log_level::error, "session failed").str("error", ex.what());
+    } catch (...) {
+      log_msg(log_level::error, "session failed");
+    }
+  });
+}
+
+void close_idle_sessions(worker& w) {
+  for (auto& wp : w.sessions)
+    if (auto s = wp.lock()) s->close_if_idle();
+}
+
+void abort_all_sessions(worker& w) {
+  for (auto& wp : w.sessions)
+    if (auto s = wp.lock()) s->abort();
+}
+
+}  // namespace tollgate

@@ -1,0 +1,203 @@
+// The relay's Prometheus families (see README "Metrics") and the cached children updated per
+// call. Called by client_session on completion and by the admin listener on scrape.
+#include "net/metrics.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <mutex>
+#include <unordered_map>
+
+#include "core/pricing.hpp"
+#include "ledger/ledger.hpp"
+
+namespace tollgate {
+
+namespace pm = prometheus;
+
+struct metrics::impl {
+  std::shared_ptr<pm::Registry> registry = std::make_shared<pm::Registry>();
+  pm::Family<pm::Counter>& requests = pm::BuildCounter()
+      .Name("tollgate_requests_total")
+      .Help("Calls answered, by route, priced model (or 'other') and HTTP status code.")
+      .Register(*registry);
+  pm::Family<pm::Histogram>& duration = pm::BuildHistogram()
+      .Name("tollgate_request_duration_seconds")
+      .Help("Call duration from request received to last byte sent, by route.")
+      .Register(*registry);
+  pm::Family<pm::Histogram>& first_byte = pm::BuildHistogram()
+      .Name("tollgate_upstream_first_byte_seconds")
+      .Help("Time from request received to the upstream's response head, by route.")
+      .Register(*registry);
+  pm::Family<pm::Histogram>& overhead_f = pm::BuildHistogram()
+      .Name("tollgate_overhead_seconds")
+      .Help("Time tollgate itself added to a call (before the upstream request and after its last byte).")
+      .Register(*registry);
+  pm::Family<pm::Counter>& tokens = pm::BuildCounter()
+      .Name("tollgate_tokens_total")
+      .Help("Tokens metered, by model and kind (prompt includes cached; completion includes reasoning).")
+      .Register(*registry);
+  pm::Family<pm::Counter>& spend = pm::BuildCounter()
+      .Name("tollgate_spend_usd_total")
+      .Help("Spend in USD, by model.")
+      .Register(*registry);
+  pm::Family<pm::Gauge>& inflight_f = pm::BuildGauge()
+      .Name("tollgate_inflight_requests")
+      .Help("Calls in progress.")
+      .Register(*registry);
+  pm::Family<pm::Counter>& upstream_errors = pm::BuildCounter()
+      .Name("tollgate_upstream_errors_total")
+      .Help("Upstream failures, by kind.")
+      .Register(*registry);
+  pm::Family<pm::Gauge>& queue_depth_f = pm::BuildGauge()
+      .Name("tollgate_ledger_queue_depth")
+      .Help("Ledger rows waiting to be written.")
+      .Register(*registry);
+  pm::Family<pm::Counter>& ledger_rows_f = pm::BuildCounter()
+      .Name("tollgate_ledger_rows_total")
+      .Help("Ledger rows committed.")
+      .Register(*registry);
+  pm::Family<pm::Counter>& ledger_errors_f = pm::BuildCounter()
+      .Name("tollgate_ledger_write_errors_total")
+      .Help("Failed ledger transactions (rows are kept and retried).")
+      .Register(*registry);
+  pm::Family<pm::Counter>& unpriced_f = pm::BuildCounter()
+      .Name("tollgate_unpriced_requests_total")
+      .Help("Calls whose model has no price (ledgered with cost 0 and priced = false).")
+      .Register(*registry);
+
+  pm::Gauge& inflight = inflight_f.Add({});
+  pm::Gauge& queue_depth = queue_depth_f.Add({});
+  pm::Counter& ledger_rows = ledger_rows_f.Add({});
+  pm::Counter& ledger_errors = ledger_errors_f.Add({});
+  pm::Counter& unpriced = unpriced_f.Add({});
+  double ledger_errors_seen = 0;
+
+  // Per-route histograms (route is a small fixed set).
+  struct route_children {
+    pm::Histogram* duration;
+    pm::Histogram* first_byte;
+    pm::Histogram* overhead;
+  };
+  route_children routes[7];
+
+  // Per-model children, created for every price-table entry plus "other" at start-up.
+  struct model_children {
+    pm::Counter* prompt;
+    pm::Counter* completion;
+    pm::Counter* cached;
+    pm::Counter* reasoning;
+    pm::Counter* spend;
+  };
+  std::unordered_map<std::string, model_children> models;  // read-only after construction
+
+  // Lazily created (route, model, code) and upstream error children.
+  std::mutex mu;
+  std::unordered_map<std::string, pm::Counter*> request_children;
+  std::unordered_map<std::string, pm::Counter*> error_children;
+};
+
+namespace {
+pm::Histogram::BucketBoundaries latency_buckets() {
+  return {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600};
+}
+pm::Histogram::BucketBoundaries overhead_buckets() {
+  return {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1};
+}
+}  // namespace
+
+metrics::metrics(const price_table& prices) : impl_(std::make_unique<impl>()) {
+  auto& m = *impl_;
+  for (int r = 0; r < 7; ++r) {
+    std::string route(to_string(static_cast<route_kind>(r)));
+    m.routes[r] = {&m.duration.Add({{"route", route}}, latency_buckets()),
+                   &m.first_byte.Add({{"route", route}}, latency_buckets()),
+                   &m.overhead_f.Add({{"route", route}}, overhead_buckets())};
+  }
+  auto add_model = [&](const std::string& name) {
+    m.models.emplace(name, impl::model_children{
+                               &m.tokens.Add({{"model", name}, {"kind", "prompt"}}),
+                               &m.tokens.Add({{"model", name}, {"kind", "completion"}}),
+                               &m.tokens.Add({{"model", name}, {"kind", "cached"}}),
+                               &m.tokens.Add({{"model", name}, {"kind", "reasoning"}}),
+                               &m.spend.Add({{"model", name}}),
+                           });
+  };
+  for (const auto& n : prices.names()) add_model(n);
+  add_model("other");
+}
+
+metrics::~metrics() = default;
+
+std::string_view metrics::model_label(const usage_record& rec) const {
+  if (!rec.price_model.empty() && impl_->models.count(rec.price_model)) return rec.price_model;
+  return "other";
+}
+
+void metrics::record_call(const usage_record& rec, double overhead_s) {
+  auto& m = *impl_;
+  auto model = model_label(rec);
+  auto route = static_cast<int>(rec.route);
+  pm::Counter* req;
+  {
+    std::string key;
+    key.reserve(64);
+    key.append(to_string(rec.route)).push_back('|');
+    key.append(model).push_back('|');
+    key += std::to_string(rec.status);
+    std::lock_guard lock(m.mu);
+    auto it = m.request_children.find(key);
+    if (it == m.request_children.end()) {
+      req = &m.requests.Add({{"route", std::string(to_string(rec.route))},
+                             {"model", std::string(model)},
+                             {"code", std::to_string(rec.status)}});
+      m.request_children.emplace(std::move(key), req);
+    } else {
+      req = it->second;
+    }
+  }
+  req->Increment();
+  m.routes[route].duration->Observe(rec.latency_ms / 1000.0);
+  if (rec.first_byte_ms >= 0) m.routes[route].first_byte->Observe(rec.first_byte_ms / 1000.0);
+  if (overhead_s >= 0) m.routes[route].overhead->Observe(overhead_s);
+  auto& mc = m.models.at(std::string(model));
+  if (rec.tokens.prompt) mc.prompt->Increment(static_cast<double>(rec.tokens.prompt));
+  if (rec.tokens.completion) mc.completion->Increment(static_cast<double>(rec.tokens.completion));
+  if (rec.tokens.cached) mc.cached->Increment(static_cast<double>(rec.tokens.cached));
+  if (rec.tokens.reasoning) mc.reasoning->Increment(static_cast<double>(rec.tokens.reasoning));
+  if (rec.cost_usd > 0) mc.spend->Increment(rec.cost_usd);
+}
+
+void metrics::upstream_error(std::string_view kind) {
+  auto& m = *impl_;
+  std::lock_guard lock(m.mu);
+  auto it = m.error_children.find(std::string(kind));
+  if (it == m.error_children.end())
+    it = m.error_children.emplace(std::string(kind), &m.upstream_errors.Add({{"kind", std::string(kind)}})).first;
+  it->second->Increment();
+}
+
+void metrics::ledger_committed(std::size_t rows) { impl_->ledger_rows.Increment(static_cast<double>(rows)); }
+
+void metrics::unpriced_call() { impl_->unpriced.Increment(); }
+
+std::string metrics::serialize(const ledger_stats& ls) {
+  auto& m = *impl_;
+  m.inflight.Set(static_cast<double>(inflight.load(std::memory_order_relaxed)));
+  m.queue_depth.Set(static_cast<double>(ls.queue_depth));
+  {
+    std::lock_guard lock(m.mu);
+    double errs = static_cast<double>(ls.write_errors);
+    if (errs > m.ledger_errors_seen) {
+      m.ledger_errors.Increment(errs - m.ledger_errors_seen);
+      m.ledger_errors_seen = errs;
+    }
+  }
+  pm::TextSerializer s;
+  return s.Serialize(m.registry->Collect());
+}
+
+}  // namespace tollgate

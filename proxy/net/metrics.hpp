@@ -1,0 +1,43 @@
+// Prometheus metrics of the relay (prometheus-cpp registry, served by the admin listener).
+// Families are registered once; hot-path children are cached so a call costs a few atomic adds.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "core/usage_record.hpp"
+
+namespace tollgate {
+
+class price_table;
+struct ledger_stats;
+
+class metrics {
+ public:
+  explicit metrics(const price_table& prices);
+  ~metrics();
+  metrics(const metrics&) = delete;
+  metrics& operator=(const metrics&) = delete;
+
+  // One completed (or refused) call. `overhead_s`: time tollgate itself added.
+  void record_call(const usage_record& rec, double overhead_s);
+  void upstream_error(std::string_view kind);
+  void ledger_committed(std::size_t rows);
+  void unpriced_call();
+
+  std::atomic<std::int64_t> inflight{0};
+
+  // Text exposition (format 0.0.4) of everything, with the ledger gauges refreshed from `ls`.
+  std::string serialize(const ledger_stats& ls);
+
+  // The `model` label for a model id: its price-table entry name, or "other" (bounded set).
+  std::string_view model_label(const usage_record& rec) const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace tollgate

@@ -1,0 +1,363 @@
+// The process object (server.hpp): start-up (prices, TLS context, ledger, listeners), the worker
+// threads with their SO_REUSEPORT acceptors, the admin listener (/metrics, /healthz, /readyz) on
+// its own thread, and graceful shutdown. Called by main.cpp and the integration tests.
+#include "net/server.hpp"
+
+#include <sched.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/http.hpp>
+
+#include <future>
+#include <thread>
+
+#include "core/log.hpp"
+#include "ledger/ledger.hpp"
+#include "net/metrics.hpp"
+#include "net/worker.hpp"
+
+namespace tollgate {
+
+namespace http = beast::http;
+using asio::awaitable;
+using asio::redirect_error;
+using asio::use_awaitable;
+using namespace std::literals;
+
+struct app::impl {
+  shared_state st;
+  std::unique_ptr<ledger> ledger_;
+  std::unique_ptr<metrics> metrics_;
+  std::vector<std::unique_ptr<worker>> workers;
+  std::uint16_t port = 0;
+  std::uint16_t admin_port = 0;
+
+  asio::io_context admin_ioc{1};
+  std::optional<tcp::acceptor> admin_acceptor;
+  std::thread admin_thread;
+
+  bool started = false;
+  bool stopped = false;
+  std::mutex stop_mu;
+
+  void start_admin();
+  awaitable<void> admin_session(tcp::socket s);
+};
+
+namespace {
+
+int default_workers() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  unsigned hc = std::thread::hardware_concurrency();
+  return hc ? static_cast<int>(hc) : 1;
+}
+
+asio::ip::address resolve_listen_host(const std::string& host) {
+  if (host == "localhost") return asio::ip::make_address("127.0.0.1");
+  beast::error_code ec;
+  auto a = asio::ip::make_address(host, ec);
+  if (ec) throw std::runtime_error("cannot listen on '" + host + "': not an IP address (use 127.0.0.1, 0.0.0.0, ::1, ::)");
+  return a;
+}
+
+tcp::acceptor make_acceptor(asio::io_context& ioc, const tcp::endpoint& ep, bool reuse_port, const std::string& what) {
+  tcp::acceptor a(ioc);
+  beast::error_code ec;
+  a.open(ep.protocol(), ec);
+  if (!ec) a.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec && reuse_port) {
+    int one = 1;
+    if (::setsockopt(a.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0)
+      ec = beast::error_code(errno, boost::system::system_category());
+  }
+  if (!ec) a.bind(ep, ec);
+  if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) throw std::runtime_error("cannot listen on " + what + ": " + ec.message());
+  return a;
+}
+
+awaitable<void> accept_loop(worker& w) {
+  for (;;) {
+    beast::error_code ec;
+    tcp::socket s = co_await w.acceptor->async_accept(redirect_error(use_awaitable, ec));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !w.acceptor->is_open()) co_return;
+      // EMFILE and friends: back off briefly instead of spinning.
+      log_line(log_level::warn, "accept failed").str("error", ec.message());
+      asio::steady_timer t(w.ioc, 50ms);
+      co_await t.async_wait(redirect_error(use_awaitable, ec));
+      continue;
+    }
+    start_client_session(w, std::move(s));
+  }
+}
+
+}  // namespace
+
+app::app(config cfg) : impl_(std::make_unique<impl>()) {
+  auto& st = impl_->st;
+  st.cfg = std::move(cfg);
+  auto& c = st.cfg;
+  set_log_level(c.log);
+  auto u = parse_upstream_url(c.upstream.url);
+  if (!u) throw config_error(c.source_file, 0, "upstream.url '" + c.upstream.url + "' is not an http(s)://host[:port][/path] URL");
+  st.upstream = *u;
+
+  if (!c.prices_file.empty()) st.prices.load_yaml_file(c.prices_file);
+  if (!c.litellm_prices_file.empty()) st.prices.load_litellm_file(c.litellm_prices_file);
+
+  if (st.upstream.tls) {
+    st.ssl_ctx = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
+    auto* native = st.ssl_ctx->native_handle();
+    SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
+    beast::error_code ec;
+    st.ssl_ctx->set_default_verify_paths(ec);
+    if (!c.upstream.ca_file.empty()) {
+      st.ssl_ctx->load_verify_file(c.upstream.ca_file, ec);
+      if (ec) throw config_error(c.source_file, 0, "upstream.ca_file '" + c.upstream.ca_file + "': " + ec.message());
+    }
+    st.ssl_ctx->set_verify_mode(c.upstream.tls_verify ? asio::ssl::verify_peer : asio::ssl::verify_none);
+  }
+
+  ledger_options lo;
+  lo.path = c.ledger_path;
+  lo.batch_rows = c.ledger_batch_rows;
+  lo.flush_interval = c.ledger_flush_interval;
+  lo.queue_capacity = c.ledger_queue_capacity;
+  impl_->ledger_ = std::make_unique<ledger>(lo);
+  impl_->metrics_ = std::make_unique<metrics>(st.prices);
+  st.ledger_ = impl_->ledger_.get();
+  st.metrics_ = impl_->metrics_.get();
+  impl_->ledger_->on_committed = [m = impl_->metrics_.get()](const std::vector<usage_record>& rows) {
+    m->ledger_committed(rows.size());
+  };
+}
+
+app::~app() {
+  try {
+    shutdown();
+  } catch (...) {
+  }
+}
+
+void app::start() {
+  auto& I = *impl_;
+  auto& c = I.st.cfg;
+  I.ledger_->start();
+
+  int n = c.workers > 0 ? c.workers : default_workers();
+  auto addr = resolve_listen_host(c.listen.host);
+  std::string listen_str = c.listen.host + ":" + std::to_string(c.listen.port);
+  for (int i = 0; i < n; ++i) {
+    auto w = std::make_unique<worker>(I.st);
+    tcp::endpoint ep(addr, i == 0 ? c.listen.port : I.port);
+    w->acceptor.emplace(make_acceptor(w->ioc, ep, n > 1, listen_str));
+    if (i == 0) I.port = w->acceptor->local_endpoint().port();
+    I.workers.push_back(std::move(w));
+  }
+  auto admin_addr = resolve_listen_host(c.admin_listen.host);
+  I.admin_acceptor.emplace(make_acceptor(I.admin_ioc, tcp::endpoint(admin_addr, c.admin_listen.port), false,
+                                         c.admin_listen.host + ":" + std::to_string(c.admin_listen.port)));
+  I.admin_port = I.admin_acceptor->local_endpoint().port();
+
+  for (auto& wp : I.workers) {
+    worker& w = *wp;
+    asio::co_spawn(w.ioc, accept_loop(w), asio::detached);
+    w.thread = std::thread([&w] {
+      for (;;) {
+        try {
+          w.ioc.run();
+          return;
+        } catch (const std::exception& e) {
+          log_line(log_level::error, "worker error").str("error", e.what());
+        }
+      }
+    });
+  }
+  I.start_admin();
+  I.started = true;
+
+  for (const auto& warning : c.warnings) log_msg(log_level::warn, warning);
+  if (I.st.upstream.tls && !c.upstream.tls_verify)
+    log_line(log_level::warn, "upstream TLS certificate verification is DISABLED (upstream.tls_verify: false)")
+        .str("upstream", I.st.upstream.origin());
+  if (I.st.upstream_key_missing())
+    log_line(log_level::warn, "no upstream API key configured: calls will be refused with 503 until one is set")
+        .str("hint", "set TOLLGATE_UPSTREAM_API_KEY or upstream.api_key");
+  log_line(log_level::info, "tollgate started")
+      .str("version", TOLLGATE_VERSION)
+      .str("listen", c.listen.host + ":" + std::to_string(I.port))
+      .str("admin_listen", c.admin_listen.host + ":" + std::to_string(I.admin_port))
+      .str("upstream", I.st.upstream.origin() + I.st.upstream.base_path)
+      .integer("workers", n)
+      .str("ledger", c.ledger_path)
+      .integer("priced_models", static_cast<std::int64_t>(I.st.prices.size()));
+}
+
+std::uint16_t app::port() const noexcept { return impl_->port; }
+std::uint16_t app::admin_port() const noexcept { return impl_->admin_port; }
+const config& app::cfg() const noexcept { return impl_->st.cfg; }
+ledger& app::get_ledger() noexcept { return *impl_->ledger_; }
+metrics& app::get_metrics() noexcept { return *impl_->metrics_; }
+const price_table& app::prices() const noexcept { return impl_->st.prices; }
+
+void app::shutdown() {
+  auto& I = *impl_;
+  std::lock_guard lock(I.stop_mu);
+  if (I.stopped) return;
+  I.stopped = true;
+  if (!I.started) {
+    I.ledger_->stop();
+    return;
+  }
+  auto t0 = steady::now();
+  log_line(log_level::info, "shutting down: draining in-flight calls")
+      .integer("inflight", I.st.inflight.load())
+      .num("drain_timeout_s", std::chrono::duration<double>(I.st.cfg.drain_timeout).count());
+  I.st.draining = true;
+  auto on_all = [&](auto fn) {
+    std::vector<std::future<void>> done;
+    for (auto& wp : I.workers) {
+      auto task = std::make_shared<std::packaged_task<void()>>([&w = *wp, fn] { fn(w); });
+      done.push_back(task->get_future());
+      asio::post(wp->ioc, [task] { (*task)(); });
+    }
+    for (auto& f : done) f.wait_for(5s);
+  };
+  on_all([](worker& w) {
+    beast::error_code ec;
+    w.acceptor->close(ec);
+    close_idle_sessions(w);
+    w.pool.close_all();
+  });
+  auto deadline = t0 + I.st.cfg.drain_timeout;
+  while (I.st.inflight.load() > 0 && steady::now() < deadline) std::this_thread::sleep_for(5ms);
+  if (I.st.inflight.load() > 0) {
+    log_line(log_level::warn, "drain timeout: cancelling the remaining calls (ledgered as aborted)")
+        .integer("inflight", I.st.inflight.load());
+  }
+  // Close every connection; cancelled calls complete (and are ledgered) on their workers.
+  on_all([](worker& w) { abort_all_sessions(w); });
+  auto hard = steady::now() + 5s;
+  while (I.st.inflight.load() > 0 && steady::now() < hard) std::this_thread::sleep_for(5ms);
+  for (auto& wp : I.workers) {
+    wp->ioc.stop();
+    if (wp->thread.joinable()) wp->thread.join();
+  }
+  I.ledger_->stop();
+  I.admin_ioc.stop();
+  if (I.admin_thread.joinable()) I.admin_thread.join();
+  auto st = I.ledger_->stats();
+  log_line(log_level::info, "tollgate stopped")
+      .integer("ledger_rows_written", static_cast<std::int64_t>(st.rows_written))
+      .integer("ledger_rows_pending", static_cast<std::int64_t>(st.queue_depth));
+}
+
+void app::run_until_signal() {
+  asio::io_context ioc(1);
+  asio::signal_set signals(ioc, SIGINT, SIGTERM);
+  int got = 0;
+  signals.async_wait([&](const beast::error_code& ec, int sig) {
+    if (!ec) got = sig;
+  });
+  ioc.run();
+  log_line(log_level::info, "signal received").integer("signal", got);
+  shutdown();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin listener: /metrics (Prometheus text format), /healthz, /readyz. Runs on its own thread so
+// a scrape never delays a call.
+
+void app::impl::start_admin() {
+  asio::co_spawn(
+      admin_ioc,
+      [this]() -> awaitable<void> {
+        for (;;) {
+          beast::error_code ec;
+          tcp::socket s = co_await admin_acceptor->async_accept(redirect_error(use_awaitable, ec));
+          if (ec) {
+            if (!admin_acceptor->is_open() || ec == asio::error::operation_aborted) co_return;
+            continue;
+          }
+          asio::co_spawn(admin_ioc, admin_session(std::move(s)), asio::detached);
+        }
+      },
+      asio::detached);
+  admin_thread = std::thread([this] {
+    for (;;) {
+      try {
+        admin_ioc.run();
+        return;
+      } catch (const std::exception& e) {
+        log_line(log_level::error, "admin error").str("error", e.what());
+      }
+    }
+  });
+}
+
+awaitable<void> app::impl::admin_session(tcp::socket s) {
+  beast::tcp_stream stream(std::move(s));
+  beast::flat_buffer buf;
+  for (;;) {
+    beast::error_code ec;
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(16 * 1024);
+    parser.body_limit(64 * 1024);
+    stream.expires_after(30s);
+    co_await http::async_read(stream, buf, parser, redirect_error(use_awaitable, ec));
+    if (ec) break;
+    auto& req = parser.get();
+    http::response<http::string_body> res{http::status::ok, req.version()};
+    res.set(http::field::server, "tollgate");
+    std::string_view target = req.target();
+    target = target.substr(0, target.find('?'));
+    bool get = req.method() == http::verb::get || req.method() == http::verb::head;
+    if (!get) {
+      res.result(http::status::method_not_allowed);
+      res.set(http::field::allow, "GET, HEAD");
+      res.set(http::field::content_type, "application/json");
+      res.body() = error_body(errc::method_not_allowed, {});
+    } else if (target == "/metrics") {
+      res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+      res.body() = metrics_->serialize(ledger_->stats());
+    } else if (target == "/healthz") {
+      res.set(http::field::content_type, "application/json");
+      res.body() = R"({"status":"ok"})";
+    } else if (target == "/readyz") {
+      bool ledger_ok = ledger_->writable();
+      bool key_ok = !st.upstream_key_missing();
+      bool draining = st.draining.load();
+      bool ready = ledger_ok && key_ok && !draining;
+      res.result(ready ? http::status::ok : http::status::service_unavailable);
+      res.set(http::field::content_type, "application/json");
+      res.body() = std::string(R"({"status":")") + (ready ? "ready" : "not_ready") + R"(","checks":{"ledger":")" +
+                   (ledger_ok ? "ok" : "not_writable") + R"(","upstream_key":")" +
+                   (key_ok ? "ok" : "missing: set TOLLGATE_UPSTREAM_API_KEY or upstream.api_key") +
+                   R"(","draining":)" + (draining ? "true" : "false") + "}}";
+    } else {
+      res.result(http::status::not_found);
+      res.set(http::field::content_type, "application/json");
+      res.body() = error_body(errc::not_found, {});
+    }
+    res.keep_alive(req.keep_alive());
+    res.prepare_payload();
+    if (req.method() == http::verb::head) res.body().clear();
+    co_await http::async_write(stream, res, redirect_error(use_awaitable, ec));
+    if (ec || !req.keep_alive()) break;
+  }
+  beast::error_code ec;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+}
+
+}  // namespace tollgate

@@ -1,0 +1,49 @@
+// The tollgate process as an object: loads prices, opens the ledger, binds the client and admin
+// listeners, runs N worker threads, and shuts down gracefully. Used by main.cpp and by the
+// integration tests (which run it in-process on 127.0.0.1:0). No Beast in this header.
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "core/config.hpp"
+
+namespace tollgate {
+
+class ledger;
+class metrics;
+class price_table;
+
+class app {
+ public:
+  // Loads the price tables and prepares everything; throws config_error / std::runtime_error
+  // with a clear message on bad start-up input.
+  explicit app(config cfg);
+  ~app();  // shutdown()
+  app(const app&) = delete;
+  app& operator=(const app&) = delete;
+
+  // Opens the ledger, binds both listeners and starts the worker and admin threads. Throws on
+  // bind failures ("cannot listen on 127.0.0.1:8080: Address already in use").
+  void start();
+  std::uint16_t port() const noexcept;        // actual client port (after binding port 0)
+  std::uint16_t admin_port() const noexcept;
+
+  // Graceful stop: stop accepting, close idle connections, let in-flight calls finish up to
+  // drain_timeout, then cancel the rest (they are ledgered as aborted), flush the ledger.
+  // Idempotent; blocks until done.
+  void shutdown();
+  // Blocks until SIGINT or SIGTERM, then shutdown().
+  void run_until_signal();
+
+  const config& cfg() const noexcept;
+  ledger& get_ledger() noexcept;
+  metrics& get_metrics() noexcept;
+  const price_table& prices() const noexcept;
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace tollgate

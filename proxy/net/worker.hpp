@@ -1,0 +1,100 @@
+// Internal to the net layer: the state shared by all workers, one worker (io_context + thread +
+// acceptor + upstream pool), and the upstream connection pool. Beast lives here; include only
+// from net/*.cpp.
+#pragma once
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <list>
+#include <memory>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/error.hpp"
+#include "core/http_rules.hpp"
+#include "core/pricing.hpp"
+
+namespace tollgate {
+
+class ledger;
+class metrics;
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+using tcp = asio::ip::tcp;
+using steady = std::chrono::steady_clock;
+
+// Read-mostly state every worker sees. Only atomics change after start().
+struct shared_state {
+  config cfg;
+  upstream_url upstream;
+  price_table prices;
+  ledger* ledger_ = nullptr;
+  metrics* metrics_ = nullptr;
+  std::unique_ptr<asio::ssl::context> ssl_ctx;   // null for a plain-HTTP upstream
+  std::atomic<bool> draining{false};
+  std::atomic<std::int64_t> inflight{0};
+  bool upstream_key_missing() const noexcept { return cfg.upstream.api_key.empty(); }
+};
+
+// One keep-alive connection to the upstream, plain or TLS.
+struct upstream_conn {
+  std::optional<beast::tcp_stream> plain;
+  std::optional<beast::ssl_stream<beast::tcp_stream>> tls;
+  beast::flat_buffer buffer;      // bytes read past the last response (normally none)
+  steady::time_point idle_since{};
+  int uses = 0;
+  beast::tcp_stream& tcp() noexcept { return tls ? beast::get_lowest_layer(*tls) : *plain; }
+  // Non-blocking check that the peer has not closed an idle connection.
+  bool looks_alive() noexcept;
+  void close() noexcept;
+};
+
+// Per-worker pool (no locks: only its worker thread touches it).
+class upstream_pool {
+ public:
+  upstream_pool(asio::any_io_executor ex, shared_state& st) : ex_(std::move(ex)), st_(st) {}
+  // An idle pooled connection that still looks alive, or nullptr.
+  std::unique_ptr<upstream_conn> take_idle();
+  void give_back(std::unique_ptr<upstream_conn> c);
+  void close_all();
+  asio::any_io_executor executor() const { return ex_; }
+  shared_state& state() noexcept { return st_; }
+  // Cached resolution of the upstream host (refreshed every 60 s).
+  std::vector<tcp::endpoint> endpoints_;
+  steady::time_point resolved_at_{};
+
+ private:
+  asio::any_io_executor ex_;
+  shared_state& st_;
+  std::vector<std::unique_ptr<upstream_conn>> idle_;
+};
+
+class client_session;
+
+struct worker {
+  explicit worker(shared_state& st) : ioc(1), pool(ioc.get_executor(), st), state(st) {}
+  asio::io_context ioc;
+  std::optional<tcp::acceptor> acceptor;
+  upstream_pool pool;
+  shared_state& state;
+  std::thread thread;
+  std::list<std::weak_ptr<client_session>> sessions;  // for shutdown (worker thread only)
+  std::size_t session_count = 0;
+};
+
+// Starts serving one accepted connection on its worker (client_session.cpp).
+void start_client_session(worker& w, tcp::socket socket);
+// Shutdown helpers, run on the worker thread (client_session.cpp).
+void close_idle_sessions(worker& w);
+void abort_all_sessions(worker& w);
+
+}  // namespace tollgate

@@ -1,0 +1,444 @@
+// The fake upstream's sockets: one acceptor thread plus one thread per connection running
+// synchronous Beast I/O; it carries out the replies and faults that replies.cpp decides.
+#include "fake_upstream.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <zlib.h>
+
+#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <cerrno>
+#include <condition_variable>
+#include <cstdio>
+#include <list>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "replies.hpp"
+
+namespace fake {
+
+namespace net = boost::asio;
+namespace http = boost::beast::http;
+namespace beast = boost::beast;
+namespace ssl = boost::asio::ssl;
+using tcp = net::ip::tcp;
+using std::chrono::milliseconds;
+using detail::content_coding;
+using detail::fault;
+
+std::string recorded_request::header(std::string_view name) const {
+  for (const auto& [n, v] : headers)
+    if (beast::iequals(n, name)) return v;
+  return {};
+}
+
+namespace {
+
+constexpr std::size_t max_request_body_bytes = 256u << 20;
+constexpr std::size_t max_request_header_bytes = 64u << 10;
+constexpr std::chrono::seconds stall_limit{120};
+constexpr std::string_view garbage_bytes = "HELLO THIS IS NOT HTTP\r\n\r\n";
+// An invalid chunk-size line ("zz") where a hex size must be.
+constexpr std::string_view bad_chunked_bytes = "zz\r\nhello\r\n0\r\n\r\n";
+
+// gzip (RFC 1952) or zlib-wrapped deflate (RFC 1950) with a sync flush per piece, so every SSE
+// event decodes as soon as it arrives.
+class body_encoder {
+ public:
+  explicit body_encoder(content_coding c) : coding_(c) {
+    if (c == content_coding::identity) return;
+    const int window_bits = c == content_coding::gzip ? 15 + 16 : 15;
+    if (deflateInit2(&z_, Z_DEFAULT_COMPRESSION, Z_DEFLATED, window_bits, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+      throw std::runtime_error("deflateInit2 failed");
+  }
+  ~body_encoder() {
+    if (coding_ != content_coding::identity) deflateEnd(&z_);
+  }
+  body_encoder(const body_encoder&) = delete;
+  body_encoder& operator=(const body_encoder&) = delete;
+
+  std::string push(std::string_view in, bool finish) {
+    if (coding_ == content_coding::identity) return std::string(in);
+    std::string out;
+    z_.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+    z_.avail_in = static_cast<uInt>(in.size());
+    char buf[16384];
+    do {
+      z_.next_out = reinterpret_cast<Bytef*>(buf);
+      z_.avail_out = sizeof buf;
+      deflate(&z_, finish ? Z_FINISH : Z_SYNC_FLUSH);
+      out.append(buf, sizeof buf - z_.avail_out);
+    } while (z_.avail_out == 0);
+    return out;
+  }
+
+ private:
+  content_coding coding_;
+  z_stream z_{};
+};
+
+}  // namespace
+
+struct server::impl {
+  struct connection {
+    std::thread thread;
+    int fd = -1;  // -1 once closed, so stop() never shuts down a reused descriptor
+    bool done = false;
+  };
+
+  explicit impl(options o);
+  ~impl();
+
+  void do_accept();
+  void start_connection(tcp::socket s);
+  void reap_finished();
+  void run_connection(connection& c, tcp::socket sock);
+  template <class Stream>
+  void serve(connection& c, Stream& stream, tcp::socket& raw);
+  template <class Stream>
+  bool respond(connection& c, Stream& stream, tcp::socket& raw, const detail::knobs& k, detail::reply& r,
+               std::uint64_t number, bool keep_alive);
+  template <class Stream>
+  bool send_body(connection& c, Stream& stream, tcp::socket& raw, const detail::knobs& k, const detail::reply& r,
+                 std::uint64_t number, bool keep_alive);
+  template <class Stream>
+  bool send_stream(connection& c, Stream& stream, tcp::socket& raw, const detail::knobs& k,
+                   const detail::reply& r, std::uint64_t number, bool keep_alive);
+  http::response<http::empty_body> make_head(const detail::reply& r, const detail::knobs& k, std::uint64_t number,
+                                             bool keep_alive) const;
+  void close_socket(connection& c, tcp::socket& raw, bool reset);
+  void stall(tcp::socket& raw);
+  bool pause(milliseconds d);  // false when the server is stopping
+  std::uint64_t record(const recorded_request& r);
+
+  options opts;
+  std::optional<ssl::context> tls;
+  net::io_context ioc;  // runs only the acceptor; connections use blocking calls on their own threads
+  tcp::acceptor acceptor{ioc};
+  uint16_t port = 0;
+  std::thread accept_thread;
+
+  mutable std::mutex mutex;  // guards everything below
+  std::condition_variable stop_signal;
+  bool stopping = false;
+  std::list<connection> connections;
+  std::vector<recorded_request> log;
+  std::size_t count = 0;
+  std::uint64_t next_number = 0;
+};
+
+server::impl::impl(options o) : opts(std::move(o)) {
+  if (opts.tls) {
+    tls.emplace(ssl::context::tls_server);
+    tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3);
+    tls->use_certificate_chain(net::buffer(opts.tls->cert_pem));
+    tls->use_private_key(net::buffer(opts.tls->key_pem), ssl::context::pem);
+  }
+  const tcp::endpoint ep = *tcp::resolver(ioc).resolve(opts.host, std::to_string(opts.port)).begin();
+  acceptor.open(ep.protocol());
+  acceptor.set_option(net::socket_base::reuse_address(true));
+  acceptor.bind(ep);
+  acceptor.listen(net::socket_base::max_listen_connections);
+  port = acceptor.local_endpoint().port();
+  do_accept();
+  accept_thread = std::thread([this] { ioc.run(); });
+}
+
+server::impl::~impl() {
+  {
+    std::lock_guard lk(mutex);
+    stopping = true;
+    // Wakes every blocking read, write, handshake and poll on the connection threads.
+    for (auto& c : connections)
+      if (c.fd >= 0) ::shutdown(c.fd, SHUT_RDWR);
+  }
+  stop_signal.notify_all();
+  ioc.stop();
+  if (accept_thread.joinable()) accept_thread.join();
+  for (auto& c : connections) c.thread.join();  // the list no longer changes: the acceptor is gone
+}
+
+void server::impl::do_accept() {
+  acceptor.async_accept([this](beast::error_code ec, tcp::socket s) {
+    if (ec == net::error::operation_aborted) return;
+    reap_finished();
+    if (!ec)
+      start_connection(std::move(s));
+    else
+      std::this_thread::sleep_for(milliseconds{10});  // EMFILE and friends: back off, don't spin
+    do_accept();
+  });
+}
+
+void server::impl::start_connection(tcp::socket s) {
+  beast::error_code ec;
+  s.set_option(tcp::no_delay(true), ec);  // each SSE event must leave at once, not wait for an ACK
+  std::lock_guard lk(mutex);
+  if (stopping) return;
+  connection& c = connections.emplace_back();
+  c.fd = s.native_handle();
+  try {
+    c.thread = std::thread([this, &c, s = std::move(s)]() mutable { run_connection(c, std::move(s)); });
+  } catch (const std::system_error&) {
+    connections.pop_back();  // out of threads: the socket closes with the lambda
+  }
+}
+
+void server::impl::reap_finished() {
+  std::lock_guard lk(mutex);
+  for (auto it = connections.begin(); it != connections.end();) {
+    if (!it->done) {
+      ++it;
+      continue;
+    }
+    it->thread.join();  // already past its last use of the lock, so this returns at once
+    it = connections.erase(it);
+  }
+}
+
+void server::impl::run_connection(connection& c, tcp::socket sock) {
+  try {
+    if (tls) {
+      ssl::stream<tcp::socket&> stream(sock, *tls);
+      stream.handshake(ssl::stream_base::server);
+      serve(c, stream, sock);
+      beast::error_code ec;
+      if (sock.is_open()) stream.shutdown(ec);  // close_notify, unless a fault reset the socket
+    } else {
+      serve(c, sock, sock);
+    }
+  } catch (...) {
+    // A client that goes away mid-request or mid-stream lands here; that is expected.
+  }
+  close_socket(c, sock, false);
+  std::lock_guard lk(mutex);
+  c.done = true;
+}
+
+template <class Stream>
+void server::impl::serve(connection& c, Stream& stream, tcp::socket& raw) {
+  beast::flat_buffer buffer;
+  for (;;) {
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(max_request_header_bytes);
+    parser.body_limit(max_request_body_bytes);
+    beast::error_code ec;
+    http::read_header(stream, buffer, parser, ec);
+    if (ec) return;
+    if (beast::iequals(parser.get()[http::field::expect], "100-continue"))
+      http::write(stream, http::response<http::empty_body>{http::status::continue_, 11});
+    http::read(stream, buffer, parser, ec);
+    if (ec) return;
+
+    http::request<http::string_body> req = parser.release();
+    recorded_request rec{std::string(req.method_string()), std::string(req.target()), std::move(req.body()), {}};
+    for (const auto& f : req) rec.headers.emplace_back(f.name_string(), f.value());
+    const std::uint64_t number = record(rec);
+    const detail::knobs k = detail::parse_knobs(rec);
+    detail::reply r = detail::make_reply(rec, k, number);
+    if (!pause(k.delay)) return;
+    const bool keep_alive = respond(c, stream, raw, k, r, number, req.keep_alive());
+    if (opts.verbose)
+      std::fprintf(stderr, "fake upstream: %s %s -> %u%s\n", rec.method.c_str(), rec.target.c_str(), r.status,
+                   k.fault_kind == fault::none ? "" : " (fault)");
+    if (!keep_alive) return;
+  }
+}
+
+// Returns whether the connection stays open for another request.
+template <class Stream>
+bool server::impl::respond(connection& c, Stream& stream, tcp::socket& raw, const detail::knobs& k,
+                           detail::reply& r, std::uint64_t number, bool keep_alive) {
+  switch (k.fault_kind) {
+    case fault::reset_before_headers:
+      close_socket(c, raw, true);
+      return false;
+    case fault::stall_before_headers:
+      stall(raw);
+      return false;
+    case fault::garbage:
+      net::write(stream, net::buffer(garbage_bytes));
+      return false;
+    case fault::not_json:
+      r.status = 200;
+      r.headers = {{"Content-Type", "application/json"}};
+      r.body = "<html>oops</html>";
+      break;
+    case fault::truncated_json:
+      r.body.resize(r.body.size() / 2);
+      break;
+    case fault::close_after_response:
+      keep_alive = false;
+      break;
+    default:
+      break;
+  }
+  return r.stream ? send_stream(c, stream, raw, k, r, number, keep_alive)
+                  : send_body(c, stream, raw, k, r, number, keep_alive);
+}
+
+http::response<http::empty_body> server::impl::make_head(const detail::reply& r, const detail::knobs& k,
+                                                         std::uint64_t number, bool keep_alive) const {
+  http::response<http::empty_body> res{static_cast<http::status>(r.status), 11};
+  res.set(http::field::server, "tollgate-fake-upstream");
+  for (const auto& [name, value] : r.headers) res.set(name, value);
+  res.set("x-request-id", "req_fake_" + std::to_string(number));
+  res.set("openai-processing-ms", std::to_string(k.delay.count() + 1));
+  if (k.coding != content_coding::identity)
+    res.set(http::field::content_encoding, k.coding == content_coding::gzip ? "gzip" : "deflate");
+  res.keep_alive(keep_alive);
+  return res;
+}
+
+// Headers and body are written separately so the body faults can send a head that lies.
+template <class Stream>
+bool server::impl::send_body(connection& c, Stream& stream, tcp::socket& raw, const detail::knobs& k,
+                             const detail::reply& r, std::uint64_t number, bool keep_alive) {
+  const std::string payload = body_encoder(k.coding).push(r.body, true);
+  auto res = make_head(r, k, number, keep_alive);
+  std::string_view sent = payload;
+  switch (k.fault_kind) {
+    case fault::wrong_content_length:
+      res.content_length(payload.size() + 100);
+      keep_alive = false;
+      break;
+    case fault::bad_chunked:
+      res.chunked(true);
+      sent = bad_chunked_bytes;
+      keep_alive = false;
+      break;
+    case fault::reset_mid_body:
+    case fault::reset_mid_stream:
+    case fault::stall_mid_stream:
+      res.content_length(payload.size());
+      sent = sent.substr(0, payload.size() / 2);
+      keep_alive = false;
+      break;
+    default:
+      res.content_length(payload.size());
+      break;
+  }
+  http::response_serializer<http::empty_body> sr{res};
+  http::write_header(stream, sr);
+  net::write(stream, net::buffer(sent));
+  if (k.fault_kind == fault::reset_mid_body || k.fault_kind == fault::reset_mid_stream) close_socket(c, raw, true);
+  if (k.fault_kind == fault::stall_mid_stream) stall(raw);
+  return keep_alive;
+}
+
+// One chunked-encoding chunk per SSE event, each written (and so flushed) on its own.
+template <class Stream>
+bool server::impl::send_stream(connection& c, Stream& stream, tcp::socket& raw, const detail::knobs& k,
+                               const detail::reply& r, std::uint64_t number, bool keep_alive) {
+  auto res = make_head(r, k, number, keep_alive);
+  res.set(http::field::cache_control, "no-cache");
+  res.chunked(true);
+  http::response_serializer<http::empty_body> sr{res};
+  http::write_header(stream, sr);
+
+  body_encoder encoder(k.coding);
+  auto send = [&](std::string_view text, bool finish) {
+    const std::string bytes = encoder.push(text, finish);
+    if (!bytes.empty()) net::write(stream, http::make_chunk(net::buffer(bytes)));  // empty would end the body
+  };
+  std::size_t limit = r.events.size();
+  if (k.fault_kind == fault::reset_mid_stream || k.fault_kind == fault::stall_mid_stream ||
+      k.fault_kind == fault::error_mid_stream)
+    limit = std::min<std::size_t>(limit, 2);
+  if (k.fault_kind == fault::cut_stream) limit = std::min<std::size_t>(limit, 3);
+  for (std::size_t i = 0; i < limit; ++i) {
+    if (!pause(r.events[i].delay_before)) return false;
+    send(r.events[i].text, false);
+  }
+  if (k.fault_kind == fault::reset_mid_stream) {
+    close_socket(c, raw, true);
+    return false;
+  }
+  if (k.fault_kind == fault::stall_mid_stream) {
+    stall(raw);
+    return false;
+  }
+  if (k.fault_kind == fault::error_mid_stream) send(r.error_event, false);
+  send({}, true);
+  net::write(stream, http::make_chunk_last());
+  return keep_alive;
+}
+
+void server::impl::close_socket(connection& c, tcp::socket& raw, bool reset) {
+  {
+    std::lock_guard lk(mutex);
+    c.fd = -1;
+  }
+  beast::error_code ec;
+  // SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+  if (reset) raw.set_option(net::socket_base::linger(true, 0), ec);
+  raw.close(ec);
+}
+
+// Answers nothing until the client closes, the server stops, or stall_limit passes.
+void server::impl::stall(tcp::socket& raw) {
+  const auto deadline = std::chrono::steady_clock::now() + stall_limit;
+  const int fd = raw.native_handle();
+  for (;;) {
+    const auto left =
+        std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) return;
+    pollfd p{fd, POLLIN, 0};
+    const int n = ::poll(&p, 1, static_cast<int>(left));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    char scratch[4096];
+    const ssize_t got = ::recv(fd, scratch, sizeof scratch, 0);
+    if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) return;
+  }
+}
+
+bool server::impl::pause(milliseconds d) {
+  std::unique_lock lk(mutex);
+  if (d.count() <= 0) return !stopping;
+  return !stop_signal.wait_for(lk, d, [this] { return stopping; });
+}
+
+std::uint64_t server::impl::record(const recorded_request& r) {
+  std::lock_guard lk(mutex);
+  ++count;
+  if (opts.record_requests) log.push_back(r);
+  return ++next_number;
+}
+
+server::server(options o) : impl_(std::make_unique<impl>(std::move(o))) {}
+
+server::~server() = default;
+
+uint16_t server::port() const { return impl_->port; }
+
+std::string server::base_url() const {
+  std::string host = impl_->opts.host;
+  if (host == "0.0.0.0" || host.empty()) host = "127.0.0.1";
+  if (host == "::") host = "::1";
+  if (host.find(':') != std::string::npos) host = "[" + host + "]";
+  return (impl_->tls ? "https://" : "http://") + host + ":" + std::to_string(impl_->port) + "/v1";
+}
+
+std::vector<recorded_request> server::requests() const {
+  std::lock_guard lk(impl_->mutex);
+  return impl_->log;
+}
+
+std::size_t server::request_count() const {
+  std::lock_guard lk(impl_->mutex);
+  return impl_->count;
+}
+
+void server::clear() {
+  std::lock_guard lk(impl_->mutex);
+  impl_->log.clear();
+  impl_->count = 0;
+}
+
+}  // namespace fake

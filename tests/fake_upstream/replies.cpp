@@ -1,0 +1,685 @@
+// Builds the fake upstream's answers (chat, completions, embeddings, responses, messages, models,
+// echo, errors) from a recorded request and its x-fake-* knobs; fake_upstream.cpp sends them.
+#include "replies.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+namespace fake::detail {
+namespace {
+
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;  // keeps keys in wire order, so "usage" comes last like OpenAI's
+using std::chrono::milliseconds;
+
+constexpr std::string_view reply_sentence = "Hello! This is the tollgate fake upstream speaking.";
+constexpr std::string_view tool_arguments = R"({"location":"Paris"})";
+constexpr std::size_t tool_piece_chars = 5;  // streamed arguments arrive split mid-token, as OpenAI does
+constexpr std::string_view json_type = "application/json";
+constexpr std::string_view sse_type = "text/event-stream; charset=utf-8";
+
+enum class api { openai, anthropic };
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::optional<long long> header_number(const recorded_request& req, std::string_view name) {
+  const std::string v = req.header(name);
+  long long n = 0;
+  const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  if (v.empty() || ec != std::errc{} || end != v.data() + v.size() || n < 0) return std::nullopt;
+  return n;
+}
+
+fault parse_fault(std::string_view name) {
+  static constexpr std::pair<std::string_view, fault> table[] = {
+      {"reset-before-headers", fault::reset_before_headers},
+      {"reset-mid-body", fault::reset_mid_body},
+      {"reset-mid-stream", fault::reset_mid_stream},
+      {"stall-before-headers", fault::stall_before_headers},
+      {"stall-mid-stream", fault::stall_mid_stream},
+      {"garbage", fault::garbage},
+      {"not-json", fault::not_json},
+      {"truncated-json", fault::truncated_json},
+      {"wrong-content-length", fault::wrong_content_length},
+      {"bad-chunked", fault::bad_chunked},
+      {"cut-stream", fault::cut_stream},
+      {"error-mid-stream", fault::error_mid_stream},
+      {"close-after-response", fault::close_after_response},
+  };
+  for (const auto& [text, f] : table)
+    if (text == name) return f;
+  return fault::none;
+}
+
+// Faults that damage a whole body or its framing, so the reply is not streamed.
+bool body_fault(fault f) {
+  return f == fault::reset_mid_body || f == fault::not_json || f == fault::truncated_json ||
+         f == fault::wrong_content_length || f == fault::bad_chunked;
+}
+
+const json& field(const json& obj, const char* name) {
+  static const json null_value;
+  const auto it = obj.find(name);
+  return it == obj.end() ? null_value : *it;
+}
+
+std::string string_field(const json& obj, const char* name, std::string fallback) {
+  const json& v = field(obj, name);
+  return v.is_string() ? v.get<std::string>() : fallback;
+}
+
+// Characters of prompt text anywhere in a content value: a string, an array of parts, or objects
+// whose "text"/"content" hold text (chat messages, Responses input items, Anthropic blocks).
+// A number in a token array counts as one token's worth (4 characters).
+std::size_t text_chars(const json& v) {
+  if (v.is_string()) return v.get_ref<const std::string&>().size();
+  if (v.is_number()) return 4;
+  std::size_t n = 0;
+  if (v.is_array())
+    for (const auto& e : v) n += text_chars(e);
+  if (v.is_object()) n += text_chars(field(v, "text")) + text_chars(field(v, "content"));
+  return n;
+}
+
+struct token_counts {
+  long long prompt = 0, completion = 0, cached = 0, reasoning = 0, cache_creation = 0;
+};
+
+// prompt = 10 + chars/4; completion = reply pieces + reasoning (reasoning is part of completion);
+// cached is part of prompt, so prompt grows to hold it.
+token_counts count_tokens(std::size_t prompt_chars, std::size_t reply_pieces, const knobs& k) {
+  token_counts t;
+  t.prompt = std::max<long long>(10 + static_cast<long long>(prompt_chars / 4), k.cached_tokens);
+  t.completion = static_cast<long long>(reply_pieces) + k.reasoning_tokens;
+  t.cached = k.cached_tokens;
+  t.reasoning = k.reasoning_tokens;
+  t.cache_creation = k.cache_creation_tokens;
+  return t;
+}
+
+ojson openai_usage(const token_counts& t) {
+  return {{"prompt_tokens", t.prompt},
+          {"completion_tokens", t.completion},
+          {"total_tokens", t.prompt + t.completion},
+          {"prompt_tokens_details", {{"cached_tokens", t.cached}, {"audio_tokens", 0}}},
+          {"completion_tokens_details",
+           {{"reasoning_tokens", t.reasoning},
+            {"audio_tokens", 0},
+            {"accepted_prediction_tokens", 0},
+            {"rejected_prediction_tokens", 0}}}};
+}
+
+ojson responses_usage(const token_counts& t) {
+  return {{"input_tokens", t.prompt},
+          {"input_tokens_details", {{"cached_tokens", t.cached}}},
+          {"output_tokens", t.completion},
+          {"output_tokens_details", {{"reasoning_tokens", t.reasoning}}},
+          {"total_tokens", t.prompt + t.completion}};
+}
+
+// Anthropic's input_tokens excludes cache reads and writes: t.prompt here is the uncached part.
+ojson anthropic_usage(const token_counts& t, long long output_tokens) {
+  return {{"input_tokens", t.prompt},
+          {"cache_creation_input_tokens", t.cache_creation},
+          {"cache_read_input_tokens", t.cached},
+          {"output_tokens", output_tokens}};
+}
+
+// The reply text as stream pieces: one per word (joined they give the sentence), or N x "tok ".
+std::vector<std::string> content_pieces(const knobs& k) {
+  if (k.chunks) return std::vector<std::string>(static_cast<std::size_t>(*k.chunks), "tok ");
+  std::vector<std::string> pieces;
+  std::size_t pos = 0;
+  while (pos < reply_sentence.size()) {
+    const std::size_t space = std::min(reply_sentence.find(' ', pos + 1), reply_sentence.size());
+    pieces.emplace_back(reply_sentence.substr(pos, space - pos));
+    pos = space;
+  }
+  return pieces;
+}
+
+std::vector<std::string> tool_argument_pieces() {
+  std::vector<std::string> pieces;
+  for (std::size_t i = 0; i < tool_arguments.size(); i += tool_piece_chars)
+    pieces.emplace_back(tool_arguments.substr(i, tool_piece_chars));
+  return pieces;
+}
+
+std::string join(const std::vector<std::string>& pieces) {
+  std::string out;
+  for (const auto& p : pieces) out += p;
+  return out;
+}
+
+std::string data_event(const ojson& j) { return "data: " + j.dump() + "\n\n"; }
+
+std::string typed_event(std::string_view type, const ojson& j) {
+  return "event: " + std::string(type) + "\ndata: " + j.dump() + "\n\n";
+}
+
+ojson headers_object(const recorded_request& req) {
+  ojson out = ojson::object();
+  for (const auto& [name, value] : req.headers) {
+    const std::string key = lower(name);
+    if (out.contains(key))
+      out[key] = out[key].get<std::string>() + ", " + value;
+    else
+      out[key] = value;
+  }
+  return out;
+}
+
+reply json_reply(unsigned status, const ojson& body) {
+  reply r;
+  r.status = status;
+  r.headers.emplace_back("Content-Type", json_type);
+  r.body = body.dump();
+  return r;
+}
+
+reply error_reply(api style, unsigned status, std::string_view message, const char* code = nullptr) {
+  ojson body;
+  if (style == api::anthropic) {
+    const char* type = status == 400   ? "invalid_request_error"
+                       : status == 401 ? "authentication_error"
+                       : status == 403 ? "permission_error"
+                       : status == 404 ? "not_found_error"
+                       : status == 413 ? "request_too_large"
+                       : status == 429 ? "rate_limit_error"
+                       : status == 529 ? "overloaded_error"
+                                       : "api_error";
+    body = {{"type", "error"}, {"error", {{"type", type}, {"message", message}}}};
+  } else {
+    const char* type = status == 401   ? "authentication_error"
+                       : status == 403 ? "permission_error"
+                       : status == 404 ? "not_found_error"
+                       : status == 429 ? "rate_limit_error"
+                       : status >= 500 ? "server_error"
+                                       : "invalid_request_error";
+    body = {{"error",
+             {{"message", message},
+              {"type", type},
+              {"param", nullptr},
+              {"code", code ? ojson(code) : ojson(nullptr)}}}};
+  }
+  reply r = json_reply(status, body);
+  if (status == 429) {
+    r.headers.insert(r.headers.end(), {{"Retry-After", "1"},
+                                       {"x-ratelimit-limit-requests", "500"},
+                                       {"x-ratelimit-remaining-requests", "0"},
+                                       {"x-ratelimit-reset-requests", "1s"},
+                                       {"x-ratelimit-limit-tokens", "30000"},
+                                       {"x-ratelimit-remaining-tokens", "0"},
+                                       {"x-ratelimit-reset-tokens", "6m0s"}});
+  }
+  return r;
+}
+
+reply stream_reply(std::vector<sse_event> events, std::string error_event) {
+  reply r;
+  r.headers.emplace_back("Content-Type", sse_type);
+  r.stream = true;
+  r.events = std::move(events);
+  r.error_event = std::move(error_event);
+  return r;
+}
+
+const std::string openai_stream_error =
+    R"(data: {"error":{"message":"upstream overloaded","type":"server_error"}})"
+    "\n\n";
+
+// One step of an OpenAI-style stream: choices[0] of a chunk, and the completion tokens produced
+// up to and including it (for x-fake-usage: every-chunk).
+struct stream_step {
+  ojson choice;
+  long long tokens_after = 0;
+  milliseconds delay_before{0};
+};
+
+// Wraps the steps into chunks and places usage where the knobs say (see WIRE.md, "Where usage lives").
+std::vector<sse_event> openai_stream(const ojson& head, const std::vector<stream_step>& steps,
+                                     const token_counts& t, const knobs& k, bool include_usage) {
+  std::vector<sse_event> out;
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    ojson chunk = head;
+    chunk["choices"] = ojson::array({steps[i].choice});
+    if (k.usage == usage_mode::normal && include_usage) chunk["usage"] = nullptr;
+    if (k.usage == usage_mode::last_chunk && i + 1 == steps.size()) chunk["usage"] = openai_usage(t);
+    if (k.usage == usage_mode::every_chunk) {
+      token_counts running = t;
+      running.completion = t.reasoning + steps[i].tokens_after;
+      chunk["usage"] = openai_usage(running);
+    }
+    out.push_back({data_event(chunk), steps[i].delay_before});
+  }
+  if (k.usage == usage_mode::normal && include_usage) {
+    ojson chunk = head;
+    chunk["choices"] = ojson::array();
+    chunk["usage"] = openai_usage(t);
+    out.push_back({data_event(chunk)});
+  }
+  out.push_back({"data: [DONE]\n\n"});
+  return out;
+}
+
+// Content steps: one per piece, the ones after the first spaced by x-fake-chunk-interval-ms.
+template <class MakeChoice>
+void add_piece_steps(std::vector<stream_step>& steps, const std::vector<std::string>& pieces,
+                     const knobs& k, MakeChoice make_choice) {
+  for (std::size_t i = 0; i < pieces.size(); ++i)
+    steps.push_back({make_choice(pieces[i]), static_cast<long long>(i + 1),
+                     i == 0 ? milliseconds{0} : k.chunk_interval});
+}
+
+bool wants_stream(const json& body, const knobs& k) {
+  return field(body, "stream") == true && !body_fault(k.fault_kind);
+}
+
+bool wants_usage_chunk(const json& body) {
+  return field(field(body, "stream_options"), "include_usage") == true;
+}
+
+// x-fake-body-bytes: the content ends in this marker (dumped as "\u0001pad\u0001"), which is then
+// replaced by padding so the JSON is exactly the asked size, without dumping 16 MiB through nlohmann.
+constexpr std::string_view pad_marker = "\x01pad\x01";
+constexpr std::string_view pad_marker_dumped = "\\u0001pad\\u0001";
+
+void splice_padding(std::string& dumped, std::size_t bytes) {
+  const std::size_t at = dumped.find(pad_marker_dumped);
+  if (at == std::string::npos) return;
+  const std::size_t rest = dumped.size() - pad_marker_dumped.size();
+  const std::size_t pad = bytes > rest ? bytes - rest : 0;
+  std::string out;
+  out.reserve(rest + pad);
+  out.append(dumped, 0, at);
+  static const std::string block = [] {
+    std::string b;
+    while (b.size() < 4096) b += "lorem ipsum ";
+    return b;
+  }();
+  for (std::size_t left = pad; left > 0;) {
+    const std::size_t n = std::min(left, block.size());
+    out.append(block, 0, n);
+    left -= n;
+  }
+  out.append(dumped, at + pad_marker_dumped.size());
+  dumped = std::move(out);
+}
+
+reply chat_reply(const json& body, const recorded_request& req, const knobs& k, std::uint64_t n) {
+  const std::string model = string_field(body, "model", "fake-model");
+  const std::string id = "chatcmpl-fake" + std::to_string(n);
+  const std::string call_id = "call_fake" + std::to_string(n);
+  const auto created = static_cast<long long>(std::time(nullptr));
+  const json& tools = field(body, "tools");
+  const bool tool_call = tools.is_array() && !tools.empty();
+  std::string tool_name;
+  if (tool_call) {
+    const json& first = tools.front();
+    tool_name = string_field(field(first, "function"), "name", string_field(first, "name", "tool"));
+  }
+  const auto pieces = tool_call ? tool_argument_pieces() : content_pieces(k);
+  const token_counts t = count_tokens(text_chars(field(body, "messages")), pieces.size(), k);
+  const char* finish = tool_call ? "tool_calls" : "stop";
+
+  if (!wants_stream(body, k)) {
+    ojson message = {{"role", "assistant"}};
+    if (tool_call) {
+      message["content"] = nullptr;
+      message["tool_calls"] = ojson::array(
+          {{{"id", call_id},
+            {"type", "function"},
+            {"function", {{"name", tool_name}, {"arguments", tool_arguments}}}}});
+    } else {
+      message["content"] = join(pieces) + (k.body_bytes ? std::string(pad_marker) : "");
+    }
+    message["refusal"] = nullptr;
+    message["annotations"] = ojson::array();
+    ojson j = {{"id", id}, {"object", "chat.completion"}, {"created", created}, {"model", model}};
+    j["choices"] = ojson::array(
+        {{{"index", 0}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", finish}}});
+    if (k.echo_headers) j["received_headers"] = headers_object(req);
+    j["service_tier"] = "default";
+    j["system_fingerprint"] = "fp_fake";
+    if (k.usage != usage_mode::none) j["usage"] = openai_usage(t);
+    reply r = json_reply(200, j);
+    if (k.body_bytes) splice_padding(r.body, *k.body_bytes);
+    return r;
+  }
+
+  const ojson head = {{"id", id},
+                      {"object", "chat.completion.chunk"},
+                      {"created", created},
+                      {"model", model},
+                      {"system_fingerprint", "fp_fake"}};
+  auto choice = [](ojson delta, ojson finish_reason) {
+    return ojson{{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr},
+                 {"finish_reason", std::move(finish_reason)}};
+  };
+  std::vector<stream_step> steps;
+  if (tool_call) {
+    steps.push_back({choice({{"role", "assistant"},
+                             {"content", nullptr},
+                             {"tool_calls", ojson::array({{{"index", 0},
+                                                           {"id", call_id},
+                                                           {"type", "function"},
+                                                           {"function", {{"name", tool_name}, {"arguments", ""}}}}})}},
+                            nullptr)});
+    add_piece_steps(steps, pieces, k, [&](const std::string& p) {
+      return choice(
+          {{"tool_calls", ojson::array({{{"index", 0}, {"function", {{"arguments", p}}}}})}}, nullptr);
+    });
+  } else {
+    steps.push_back({choice({{"role", "assistant"}, {"content", ""}, {"refusal", nullptr}}, nullptr)});
+    add_piece_steps(steps, pieces, k,
+                    [&](const std::string& p) { return choice({{"content", p}}, nullptr); });
+  }
+  steps.push_back({choice(ojson::object(), finish), static_cast<long long>(pieces.size())});
+  return stream_reply(openai_stream(head, steps, t, k, wants_usage_chunk(body)), openai_stream_error);
+}
+
+reply completions_reply(const json& body, const knobs& k, std::uint64_t n) {
+  const std::string model = string_field(body, "model", "fake-model");
+  const auto created = static_cast<long long>(std::time(nullptr));
+  const auto pieces = content_pieces(k);
+  const token_counts t = count_tokens(text_chars(field(body, "prompt")), pieces.size(), k);
+  const ojson head = {{"id", "cmpl-fake" + std::to_string(n)},
+                      {"object", "text_completion"},
+                      {"created", created},
+                      {"model", model}};
+  auto choice = [](std::string text, ojson finish_reason) {
+    return ojson{{"text", std::move(text)}, {"index", 0}, {"logprobs", nullptr},
+                 {"finish_reason", std::move(finish_reason)}};
+  };
+  if (!wants_stream(body, k)) {
+    ojson j = head;
+    j["choices"] = ojson::array({choice(join(pieces), "stop")});
+    if (k.usage != usage_mode::none) j["usage"] = openai_usage(t);
+    return json_reply(200, j);
+  }
+  std::vector<stream_step> steps;
+  add_piece_steps(steps, pieces, k, [&](const std::string& p) { return choice(p, nullptr); });
+  steps.push_back({choice("", "stop"), static_cast<long long>(pieces.size())});
+  return stream_reply(openai_stream(head, steps, t, k, wants_usage_chunk(body)), openai_stream_error);
+}
+
+std::string base64(const unsigned char* data, std::size_t size) {
+  static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  for (std::size_t i = 0; i < size; i += 3) {
+    const unsigned v = (data[i] << 16) | (i + 1 < size ? data[i + 1] << 8 : 0) | (i + 2 < size ? data[i + 2] : 0);
+    out += alphabet[(v >> 18) & 63];
+    out += alphabet[(v >> 12) & 63];
+    out += i + 1 < size ? alphabet[(v >> 6) & 63] : '=';
+    out += i + 2 < size ? alphabet[v & 63] : '=';
+  }
+  return out;
+}
+
+// A unit-length 8-dim vector derived from the input text (FNV-1a), so equal inputs embed equally.
+std::array<float, 8> embed(const json& input) {
+  const std::string text = input.dump();
+  std::uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  std::array<float, 8> v{};
+  double norm = 0;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    v[i] = static_cast<float>(std::sin(static_cast<double>((h >> (i * 8)) & 0xff) + static_cast<double>(i)));
+    norm += static_cast<double>(v[i]) * v[i];
+  }
+  for (float& x : v) x = static_cast<float>(x / std::sqrt(norm));
+  return v;
+}
+
+// The official Node SDK asks for encoding_format "base64" by default and decodes little-endian
+// float32 itself, so both formats must be right.
+reply embeddings_reply(const json& body, const knobs& k) {
+  const json& input = field(body, "input");
+  std::vector<json> inputs;
+  const bool token_array = input.is_array() && !input.empty() &&
+                           std::all_of(input.begin(), input.end(), [](const json& e) { return e.is_number(); });
+  if (input.is_array() && !token_array)
+    inputs.assign(input.begin(), input.end());
+  else
+    inputs.push_back(input);
+  const bool as_base64 = string_field(body, "encoding_format", "float") == "base64";
+  ojson data = ojson::array();
+  long long prompt_tokens = 0;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    prompt_tokens += std::max<long long>(1, static_cast<long long>(text_chars(inputs[i]) / 4));
+    const auto v = embed(inputs[i]);
+    ojson embedding;
+    if (as_base64) {
+      std::array<unsigned char, sizeof(v)> bytes;
+      std::memcpy(bytes.data(), v.data(), sizeof(v));  // x86/ARM are little-endian, as the wire wants
+      embedding = base64(bytes.data(), bytes.size());
+    } else {
+      embedding = ojson(std::vector<float>(v.begin(), v.end()));
+    }
+    data.push_back({{"object", "embedding"}, {"index", i}, {"embedding", std::move(embedding)}});
+  }
+  ojson j = {{"object", "list"}, {"data", std::move(data)}, {"model", string_field(body, "model", "fake-model")}};
+  if (k.usage != usage_mode::none)
+    j["usage"] = {{"prompt_tokens", prompt_tokens}, {"total_tokens", prompt_tokens}};
+  return json_reply(200, j);
+}
+
+reply responses_reply(const json& body, const knobs& k, std::uint64_t n) {
+  const std::string model = string_field(body, "model", "fake-model");
+  const std::string resp_id = "resp_fake" + std::to_string(n);
+  const std::string msg_id = "msg_fake" + std::to_string(n);
+  const auto pieces = content_pieces(k);
+  const std::string text = join(pieces);
+  const token_counts t =
+      count_tokens(text_chars(field(body, "input")) + text_chars(field(body, "instructions")), pieces.size(), k);
+
+  auto part = [](const std::string& s) {
+    return ojson{{"type", "output_text"}, {"text", s}, {"annotations", ojson::array()}, {"logprobs", ojson::array()}};
+  };
+  auto item = [&](const char* status, ojson content) {
+    return ojson{{"type", "message"}, {"id", msg_id}, {"status", status}, {"role", "assistant"},
+                 {"content", std::move(content)}};
+  };
+  auto response = [&](const char* status, ojson output, bool with_usage) {
+    ojson r = {{"id", resp_id},
+               {"object", "response"},
+               {"created_at", static_cast<long long>(std::time(nullptr))},
+               {"status", status},
+               {"error", nullptr},
+               {"incomplete_details", nullptr},
+               {"instructions", field(body, "instructions").is_string() ? ojson(field(body, "instructions"))
+                                                                         : ojson(nullptr)},
+               {"model", model},
+               {"output", std::move(output)},
+               {"parallel_tool_calls", true},
+               {"tool_choice", "auto"},
+               {"tools", ojson::array()},
+               {"text", {{"format", {{"type", "text"}}}}}};
+    r["usage"] = with_usage && k.usage != usage_mode::none ? responses_usage(t) : ojson(nullptr);
+    return r;
+  };
+  const ojson done_item = item("completed", ojson::array({part(text)}));
+
+  if (!wants_stream(body, k)) return json_reply(200, response("completed", ojson::array({done_item}), true));
+
+  std::vector<sse_event> events;
+  long long seq = 0;
+  auto add = [&](std::string_view type, ojson fields, milliseconds delay = milliseconds{0}) {
+    ojson e = {{"type", type}, {"sequence_number", seq++}};
+    e.update(fields);
+    events.push_back({typed_event(type, e), delay});
+  };
+  add("response.created", {{"response", response("in_progress", ojson::array(), false)}});
+  add("response.in_progress", {{"response", response("in_progress", ojson::array(), false)}});
+  add("response.output_item.added", {{"output_index", 0}, {"item", item("in_progress", ojson::array())}});
+  add("response.content_part.added",
+      {{"item_id", msg_id}, {"output_index", 0}, {"content_index", 0}, {"part", part("")}});
+  for (std::size_t i = 0; i < pieces.size(); ++i)
+    add("response.output_text.delta",
+        {{"item_id", msg_id}, {"output_index", 0}, {"content_index", 0}, {"delta", pieces[i]},
+         {"logprobs", ojson::array()}},
+        i == 0 ? milliseconds{0} : k.chunk_interval);
+  add("response.output_text.done",
+      {{"item_id", msg_id}, {"output_index", 0}, {"content_index", 0}, {"text", text}, {"logprobs", ojson::array()}});
+  add("response.content_part.done",
+      {{"item_id", msg_id}, {"output_index", 0}, {"content_index", 0}, {"part", part(text)}});
+  add("response.output_item.done", {{"output_index", 0}, {"item", done_item}});
+  add("response.completed", {{"response", response("completed", ojson::array({done_item}), true)}});
+  return stream_reply(std::move(events),
+                      typed_event("error", {{"type", "error"},
+                                            {"code", "server_error"},
+                                            {"message", "upstream overloaded"},
+                                            {"param", nullptr},
+                                            {"sequence_number", seq}}));
+}
+
+reply messages_reply(const json& body, const knobs& k, std::uint64_t n) {
+  const std::string model = string_field(body, "model", "fake-model");
+  const std::string id = "msg_fake" + std::to_string(n);
+  const auto pieces = content_pieces(k);
+  knobs uncached = k;  // cache reads come on top of input_tokens, not out of them
+  uncached.cached_tokens = 0;
+  token_counts t = count_tokens(text_chars(field(body, "system")) + text_chars(field(body, "messages")),
+                                pieces.size(), uncached);
+  t.cached = k.cached_tokens;
+  const bool usage = k.usage != usage_mode::none;
+
+  auto message = [&](ojson content, ojson stop_reason, long long output_tokens) {
+    ojson m = {{"id", id},
+               {"type", "message"},
+               {"role", "assistant"},
+               {"model", model},
+               {"content", std::move(content)},
+               {"stop_reason", std::move(stop_reason)},
+               {"stop_sequence", nullptr}};
+    if (usage) m["usage"] = anthropic_usage(t, output_tokens);
+    return m;
+  };
+  if (!wants_stream(body, k))
+    return json_reply(200, message(ojson::array({{{"type", "text"}, {"text", join(pieces)}}}), "end_turn", t.completion));
+
+  std::vector<sse_event> events;
+  auto add = [&](std::string_view type, ojson fields, milliseconds delay = milliseconds{0}) {
+    ojson e = {{"type", type}};
+    e.update(fields);
+    events.push_back({typed_event(type, e), delay});
+  };
+  add("message_start", {{"message", message(ojson::array(), nullptr, 1)}});
+  add("content_block_start", {{"index", 0}, {"content_block", {{"type", "text"}, {"text", ""}}}});
+  add("ping", ojson::object());
+  for (std::size_t i = 0; i < pieces.size(); ++i)
+    add("content_block_delta", {{"index", 0}, {"delta", {{"type", "text_delta"}, {"text", pieces[i]}}}},
+        i == 0 ? milliseconds{0} : k.chunk_interval);
+  add("content_block_stop", {{"index", 0}});
+  ojson delta = {{"delta", {{"stop_reason", "end_turn"}, {"stop_sequence", nullptr}}}};
+  if (usage) delta["usage"] = anthropic_usage(t, t.completion);  // cumulative, as Anthropic sends it
+  add("message_delta", std::move(delta));
+  add("message_stop", ojson::object());
+  return stream_reply(std::move(events),
+                      typed_event("error", {{"type", "error"},
+                                            {"error", {{"type", "overloaded_error"}, {"message", "upstream overloaded"}}}}));
+}
+
+struct model_entry {
+  const char* id;
+  const char* owner;
+};
+constexpr model_entry known_models[] = {
+    {"gpt-4.1", "openai"},           {"gpt-4.1-mini", "openai"},           {"gpt-4o-mini", "openai"},
+    {"o4-mini", "openai"},           {"text-embedding-3-small", "openai"}, {"claude-sonnet-4.5", "anthropic"},
+};
+
+ojson model_object(const model_entry& m) {
+  return {{"id", m.id}, {"object", "model"}, {"created", 1700000000}, {"owned_by", m.owner}};
+}
+
+reply models_reply() {
+  ojson data = ojson::array();
+  for (const auto& m : known_models) data.push_back(model_object(m));
+  return json_reply(200, {{"object", "list"}, {"data", std::move(data)}});
+}
+
+reply model_reply(std::string_view id) {
+  for (const auto& m : known_models)
+    if (id == m.id) return json_reply(200, model_object(m));
+  return error_reply(api::openai, 404, "The model '" + std::string(id) + "' does not exist", "model_not_found");
+}
+
+reply echo_reply(const recorded_request& req, std::string_view path, std::string_view query) {
+  return json_reply(200, {{"method", req.method},
+                          {"path", path},
+                          {"query", query},
+                          {"body", req.body},
+                          {"headers", headers_object(req)}});
+}
+
+}  // namespace
+
+knobs parse_knobs(const recorded_request& req) {
+  knobs k;
+  if (const auto s = header_number(req, "x-fake-status"); s && *s >= 100 && *s <= 599)
+    k.status = static_cast<unsigned>(*s);
+  k.delay = milliseconds{header_number(req, "x-fake-delay-ms").value_or(0)};
+  k.chunks = header_number(req, "x-fake-chunks");
+  k.chunk_interval = milliseconds{header_number(req, "x-fake-chunk-interval-ms").value_or(0)};
+  k.cached_tokens = header_number(req, "x-fake-cached-tokens").value_or(0);
+  k.reasoning_tokens = header_number(req, "x-fake-reasoning-tokens").value_or(0);
+  k.cache_creation_tokens = header_number(req, "x-fake-cache-creation-tokens").value_or(0);
+  const std::string usage = lower(req.header("x-fake-usage"));
+  k.usage = usage == "none"          ? usage_mode::none
+            : usage == "last-chunk"  ? usage_mode::last_chunk
+            : usage == "every-chunk" ? usage_mode::every_chunk
+                                     : usage_mode::normal;
+  const std::string accept = lower(req.header("accept-encoding"));
+  if (req.header("x-fake-gzip") == "1" && accept.find("gzip") != std::string::npos)
+    k.coding = content_coding::gzip;
+  else if (req.header("x-fake-deflate") == "1" && accept.find("deflate") != std::string::npos)
+    k.coding = content_coding::deflate;
+  k.fault_kind = parse_fault(lower(req.header("x-fake-fault")));
+  if (const auto b = header_number(req, "x-fake-body-bytes")) k.body_bytes = static_cast<std::size_t>(*b);
+  k.echo_headers = req.header("x-fake-echo-headers") == "1";
+  return k;
+}
+
+reply make_reply(const recorded_request& req, const knobs& k, std::uint64_t request_number) {
+  const std::string_view target = req.target;
+  const std::size_t qmark = target.find('?');
+  const std::string_view path = target.substr(0, qmark);
+  const std::string_view query = qmark == std::string_view::npos ? std::string_view{} : target.substr(qmark + 1);
+  std::string_view route = path;
+  if (route == "/v1" || route.starts_with("/v1/")) route.remove_prefix(3);
+  const api style = route == "/messages" ? api::anthropic : api::openai;
+
+  if (k.status >= 400)
+    return error_reply(style, k.status, "fake upstream error (x-fake-status: " + std::to_string(k.status) + ")",
+                       k.status == 429 ? "rate_limit_exceeded" : nullptr);
+
+  if (req.method == "POST" && (route == "/chat/completions" || route == "/completions" ||
+                               route == "/embeddings" || route == "/responses" || route == "/messages")) {
+    const json body = json::parse(req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object())
+      return error_reply(style, 400,
+                         "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+                         "using your HTTP library correctly.)");
+    if (route == "/chat/completions") return chat_reply(body, req, k, request_number);
+    if (route == "/completions") return completions_reply(body, k, request_number);
+    if (route == "/embeddings") return embeddings_reply(body, k);
+    if (route == "/responses") return responses_reply(body, k, request_number);
+    return messages_reply(body, k, request_number);
+  }
+  if (req.method == "GET" && route == "/models") return models_reply();
+  if (req.method == "GET" && route.starts_with("/models/")) return model_reply(route.substr(8));
+  return echo_reply(req, path, query);
+}
+
+}  // namespace fake::detail

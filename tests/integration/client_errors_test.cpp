@@ -1,0 +1,105 @@
+// Bad client input gets a clear OpenAI-style error (never a crash) and nothing goes upstream.
+// Raw bytes on real sockets, so malformed framing can be sent.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "support.hpp"
+
+using nlohmann::json;
+using tt::harness;
+
+namespace {
+int status_of(const std::string& raw) {
+  if (raw.size() < 12 || raw.rfind("HTTP/1.", 0) != 0) return 0;
+  return std::stoi(raw.substr(9, 3));
+}
+std::string body_of(const std::string& raw) {
+  auto p = raw.find("\r\n\r\n");
+  return p == std::string::npos ? "" : raw.substr(p + 4);
+}
+std::string post_raw(const std::string& body, const std::string& content_type = "application/json") {
+  return "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: " + content_type +
+         "\r\nConnection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+}  // namespace
+
+TEST_CASE("client errors: invalid JSON bodies are 400 with an OpenAI error and never forwarded", "[errors]") {
+  harness h;
+  struct bad { std::string body; std::string needle; };
+  std::string deep(129, '[');
+  std::vector<bad> cases = {
+      {"{not json", "JSON"},
+      {"", "JSON"},
+      {"[1,2]", "object"},
+      {R"({"model": 42, "messages": []})", "model"},
+      {R"({"model": "gpt-4.1", "stream": "yes"})", "stream"},
+      {R"({"model":"gpt-4.1","x":)" + deep + "}", "deep"},
+      {"{\"model\":\"gpt-4.1\",\"x\":\"\xff\xfe\"}", "UTF-8"},
+      {R"({"model":"gpt-4.1"} trailing)", "JSON"},
+  };
+  for (auto& c : cases) {
+    INFO(c.body.substr(0, 60));
+    auto raw = tt::raw_exchange(h.port(), post_raw(c.body));
+    REQUIRE(status_of(raw) == 400);
+    auto err = json::parse(body_of(raw))["error"];
+    CHECK(err["type"] == "invalid_request_error");
+    CHECK(err["message"].get<std::string>().find(c.needle) != std::string::npos);
+  }
+  CHECK(h.upstream->request_count() == 0);
+}
+
+TEST_CASE("client errors: framing problems get their statuses", "[errors]") {
+  harness h([] {
+    tt::harness_options o;
+    o.tweak = [](tollgate::config& c) { c.max_body_bytes = 1024; };
+    return o;
+  }());
+  CHECK(status_of(tt::raw_exchange(h.port(), "GET /healthz HTTP/1.1\r\n\r\n")) == 400);                 // no Host
+  CHECK(status_of(tt::raw_exchange(h.port(), "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")) == 400);
+  CHECK(status_of(tt::raw_exchange(h.port(), "GET /healthz HTTP/2.0\r\nHost: a\r\n\r\n")) == 505);
+  CHECK(status_of(tt::raw_exchange(h.port(), "GARBAGE\r\n\r\n")) == 400);
+  CHECK(status_of(tt::raw_exchange(h.port(), "GET /nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) == 404);
+  CHECK(status_of(tt::raw_exchange(h.port(), "GET /v1/chat/completions HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) == 405);
+  CHECK(status_of(tt::raw_exchange(h.port(), post_raw(std::string(2048, ' ')))) == 413);
+  CHECK(status_of(tt::raw_exchange(h.port(), post_raw("{}", "text/plain"))) == 415);
+  CHECK(status_of(tt::raw_exchange(h.port(), "GET /v1/../admin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) == 400);
+  CHECK(status_of(tt::raw_exchange(h.port(), "GET /v1/%2e%2e/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) == 400);
+  std::string big_header = "GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + std::string(100 * 1024, 'a') + "\r\n\r\n";
+  CHECK(status_of(tt::raw_exchange(h.port(), big_header)) == 431);
+  CHECK(h.upstream->request_count() == 0);
+  // Still serving.
+  CHECK(tt::request(h.port(), "GET", "/healthz").status == 200);
+}
+
+TEST_CASE("client errors: absolute-form targets cannot steer the upstream host", "[errors][security]") {
+  harness h;
+  auto raw = tt::raw_exchange(h.port(),
+                              "GET http://evil.example/v1/models HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n");
+  CHECK(status_of(raw) == 200);
+  auto reqs = h.upstream->requests();
+  REQUIRE(reqs.size() == 1);
+  CHECK(reqs[0].target == "/v1/models");
+  CHECK(reqs[0].header("host") == "127.0.0.1:" + std::to_string(h.upstream->port()));
+}
+
+TEST_CASE("client errors: pipelined requests are answered in order", "[errors]") {
+  harness h;
+  std::string two = "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+  auto raw = tt::raw_exchange(h.port(), two);
+  auto first = raw.find("HTTP/1.1 200");
+  auto second = raw.find("HTTP/1.1 200", first + 1);
+  CHECK(first != std::string::npos);
+  CHECK(second != std::string::npos);
+  CHECK(raw.find("gpt-4.1", second) != std::string::npos);
+}
+
+TEST_CASE("client errors: Expect 100-continue is answered before the body is read", "[errors]") {
+  harness h;
+  std::string body = tt::chat_body();
+  auto raw = tt::raw_exchange(h.port(), "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                                        "Expect: 100-continue\r\nConnection: close\r\nContent-Length: " +
+                                            std::to_string(body.size()) + "\r\n\r\n" + body);
+  CHECK(raw.rfind("HTTP/1.1 100 Continue\r\n\r\n", 0) == 0);
+  CHECK(raw.find("HTTP/1.1 200 OK") != std::string::npos);
+  CHECK(h.upstream->requests()[0].header("expect").empty());
+}

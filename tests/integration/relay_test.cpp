@@ -1,0 +1,424 @@
+// The relay end to end: tollgate in-process on 127.0.0.1:0 in front of the fake upstream, with a
+// real SQLite ledger. Each case states one behaviour of the relay-core issue.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <thread>
+
+#include "support.hpp"
+#include "test_cert.hpp"
+
+using nlohmann::json;
+using tt::harness;
+
+namespace {
+std::vector<json> sse_data(const std::string& body) {
+  std::vector<json> out;
+  std::size_t pos = 0;
+  while ((pos = body.find("data: ", pos)) != std::string::npos) {
+    auto end = body.find('\n', pos);
+    auto payload = body.substr(pos + 6, end - pos - 6);
+    if (payload != "[DONE]") out.push_back(json::parse(payload));
+    pos = end;
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("relay: non-stream chat is forwarded, metered, priced and ledgered", "[relay]") {
+  harness h;
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"),
+                         {{"Authorization", "Bearer client-key"}, {"x-custom-thing", "kept"}, {"Connection", "keep-alive, x-hop"}, {"x-hop", "dropped"}});
+  REQUIRE(r.status == 200);
+  auto body = json::parse(r.body);
+  auto usage = body["usage"];
+  CHECK(usage["prompt_tokens"].get<int>() > 0);
+  auto rid = r.header("x-request-id");
+  CHECK(rid.rfind("tg-", 0) == 0);
+
+  auto reqs = h.upstream->requests();
+  REQUIRE(reqs.size() == 1);
+  CHECK(reqs[0].target == "/v1/chat/completions");
+  CHECK(reqs[0].header("authorization") == "Bearer test-upstream-key");
+  CHECK(reqs[0].header("x-custom-thing") == "kept");
+  CHECK(reqs[0].header("x-hop").empty());
+  CHECK(reqs[0].header("host") == "127.0.0.1:" + std::to_string(h.upstream->port()));
+  CHECK(reqs[0].header("x-request-id") == rid);
+  CHECK(reqs[0].body == tt::chat_body("gpt-4.1"));  // body forwarded byte for byte
+
+  h.flush();
+  auto rows = h.rows("SELECT * FROM calls");
+  REQUIRE(rows.size() == 1);
+  auto& row = rows[0];
+  CHECK(row["request_id"] == rid);
+  CHECK(row["route"] == "chat_completions");
+  CHECK(row["requested_model"] == "gpt-4.1");
+  CHECK(row["status"] == "200");
+  CHECK(row["stream"] == "0");
+  CHECK(row["usage_source"] == "upstream");
+  CHECK(row["priced"] == "1");
+  CHECK(row["price_model"] == "gpt-4.1");
+  CHECK(std::stoll(row["prompt_tokens"]) == usage["prompt_tokens"].get<long long>());
+  CHECK(std::stoll(row["completion_tokens"]) == usage["completion_tokens"].get<long long>());
+  double expected = (usage["prompt_tokens"].get<double>() * 2.0 + usage["completion_tokens"].get<double>() * 8.0) / 1e6;
+  CHECK(std::stod(row["cost_usd"]) == Approx(expected).epsilon(1e-12));
+  CHECK(row["upstream_request_id"].rfind("req_fake_", 0) == 0);
+  CHECK(r.header("x-upstream-request-id") == row["upstream_request_id"]);
+}
+
+TEST_CASE("relay: cached and reasoning tokens are priced once each", "[relay]") {
+  harness h;
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"),
+                         {{"x-fake-cached-tokens", "8"}, {"x-fake-reasoning-tokens", "3"}});
+  REQUIRE(r.status == 200);
+  auto u = json::parse(r.body)["usage"];
+  h.flush();
+  auto row = h.rows("SELECT * FROM calls")[0];
+  CHECK(row["cached_tokens"] == "8");
+  CHECK(row["reasoning_tokens"] == "3");
+  double p = u["prompt_tokens"].get<double>(), c = u["completion_tokens"].get<double>();
+  CHECK(std::stod(row["cost_usd"]) == Approx(((p - 8) * 2.0 + 8 * 0.5 + c * 8.0) / 1e6).epsilon(1e-12));
+}
+
+TEST_CASE("relay: a stream without include_usage is metered but the client sees no usage chunk", "[relay][stream]") {
+  harness h;
+  tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4o-mini", true));
+  REQUIRE(s.status() == 200);
+  CHECK(s.header("content-type").find("text/event-stream") != std::string::npos);
+  auto all = s.read_all();
+  CHECK(s.ended_cleanly());
+  CHECK(all.find("data: [DONE]") != std::string::npos);
+  for (auto& chunk : sse_data(all)) {
+    CHECK(!chunk.contains("usage"));
+    CHECK(!chunk["choices"].empty());
+  }
+  auto up = h.upstream->requests();
+  REQUIRE(up.size() == 1);
+  auto sent = json::parse(up[0].body);
+  CHECK(sent["stream_options"]["include_usage"] == true);
+  h.flush();
+  auto row = h.rows("SELECT * FROM calls")[0];
+  CHECK(row["stream"] == "1");
+  CHECK(row["usage_source"] == "upstream");
+  CHECK(std::stoll(row["completion_tokens"]) > 0);
+  CHECK(std::stod(row["cost_usd"]) > 0);
+  CHECK(row["aborted"] == "0");
+  CHECK(row["first_byte_ms"] != "<null>");
+}
+
+TEST_CASE("relay: a stream with include_usage keeps its usage chunk", "[relay][stream]") {
+  harness h;
+  tt::stream_client s(h.port(), "/v1/chat/completions",
+                      tt::chat_body("gpt-4o-mini", true, R"(,"stream_options":{"include_usage":true})"));
+  auto all = s.read_all();
+  auto chunks = sse_data(all);
+  REQUIRE(!chunks.empty());
+  CHECK(chunks.back()["choices"].empty());
+  CHECK(chunks.back()["usage"]["completion_tokens"].get<int>() > 0);
+  CHECK(h.upstream->requests()[0].body == tt::chat_body("gpt-4o-mini", true, R"(,"stream_options":{"include_usage":true})"));
+  h.flush();
+  CHECK(h.query_int("SELECT completion_tokens FROM calls") == chunks.back()["usage"]["completion_tokens"].get<int>());
+}
+
+TEST_CASE("relay: usage on the last content chunk or on every chunk is taken once", "[relay][stream]") {
+  harness h;
+  for (std::string mode : {"last-chunk", "every-chunk"}) {
+    tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4o-mini", true), {{"x-fake-usage", mode}, {"x-fake-chunks", "5"}});
+    s.read_all();
+  }
+  h.flush();
+  auto rows = h.rows("SELECT completion_tokens, usage_source FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[0]["usage_source"] == "upstream");
+  CHECK(rows[1]["usage_source"] == "upstream");
+  CHECK(rows[0]["completion_tokens"] == rows[1]["completion_tokens"]);
+}
+
+TEST_CASE("relay: tool calls pass through, stream and not", "[relay]") {
+  harness h;
+  std::string tools = R"(,"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"location":{"type":"string"}}}}}])";
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", false, tools));
+  REQUIRE(r.status == 200);
+  auto msg = json::parse(r.body)["choices"][0]["message"];
+  CHECK(msg["tool_calls"][0]["function"]["name"] == "get_weather");
+  tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", true, tools));
+  std::string args;
+  for (auto& c : sse_data(s.read_all()))
+    if (!c["choices"].empty() && c["choices"][0]["delta"].contains("tool_calls"))
+      args += c["choices"][0]["delta"]["tool_calls"][0]["function"].value("arguments", "");
+  CHECK(json::parse(args)["location"] == "Paris");
+}
+
+TEST_CASE("relay: gzip responses reach the client compressed and are still metered", "[relay]") {
+  harness h;
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"),
+                         {{"Accept-Encoding", "gzip"}, {"x-fake-gzip", "1"}});
+  REQUIRE(r.status == 200);
+  CHECK(r.header("content-encoding") == "gzip");
+  CHECK(static_cast<unsigned char>(r.body[0]) == 0x1f);
+  h.flush();
+  CHECK(h.query_text("SELECT usage_source FROM calls") == "upstream");
+  CHECK(h.query_int("SELECT prompt_tokens FROM calls") > 0);
+}
+
+TEST_CASE("relay: completions, embeddings, responses and models routes", "[relay]") {
+  harness h;
+  CHECK(tt::post_json(h.port(), "/v1/completions", R"({"model":"gpt-4.1","prompt":"hi"})").status == 200);
+  auto e = tt::post_json(h.port(), "/v1/embeddings", R"({"model":"text-embedding-3-small","input":["a","b"]})");
+  CHECK(e.status == 200);
+  auto resp = tt::post_json(h.port(), "/v1/responses", R"({"model":"gpt-4.1","input":"hi"})");
+  CHECK(resp.status == 200);
+  auto m = tt::request(h.port(), "GET", "/v1/models");
+  CHECK(m.status == 200);
+  CHECK(m.body.find("gpt-4.1") != std::string::npos);
+  CHECK(tt::request(h.port(), "GET", "/v1/models/gpt-4.1").status == 200);
+  CHECK(tt::request(h.port(), "GET", "/v1/models/nope").status == 404);
+  tt::stream_client rs(h.port(), "/v1/responses", R"({"model":"gpt-4.1","input":"hi","stream":true})");
+  auto all = rs.read_all();
+  CHECK(all.find("response.completed") != std::string::npos);
+  h.flush();
+  auto rows = h.rows("SELECT route, usage_source, prompt_tokens, status FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 7);
+  CHECK(rows[0]["route"] == "completions");
+  CHECK(rows[1]["route"] == "embeddings");
+  CHECK(rows[1]["usage_source"] == "upstream");
+  CHECK(rows[2]["route"] == "responses");
+  CHECK(rows[2]["usage_source"] == "upstream");
+  CHECK(rows[3]["route"] == "models");
+  CHECK(rows[5]["status"] == "404");
+  CHECK(rows[6]["usage_source"] == "upstream");
+}
+
+TEST_CASE("relay: other /v1 paths pass through with method, query and body", "[relay]") {
+  harness h;
+  auto r = tt::request(h.port(), "PUT", "/v1/files/abc?purpose=x&y=1", "payload", {{"Content-Type", "text/plain"}});
+  REQUIRE(r.status == 200);
+  auto echo = json::parse(r.body);
+  CHECK(echo["method"] == "PUT");
+  CHECK(echo["body"] == "payload");
+  auto up = h.upstream->requests();
+  CHECK(up[0].target == "/v1/files/abc?purpose=x&y=1");
+  h.flush();
+  CHECK(h.query_text("SELECT route FROM calls") == "other");
+}
+
+TEST_CASE("relay: upstream errors reach the client unchanged", "[relay][errors]") {
+  harness h;
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), {{"x-fake-status", "429"}});
+  CHECK(r.status == 429);
+  CHECK(r.header("retry-after") == "1");
+  CHECK(json::parse(r.body)["error"].contains("message"));
+  auto r5 = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), {{"x-fake-status", "500"}});
+  CHECK(r5.status == 500);
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE status IN (429, 500)") == 2);
+}
+
+TEST_CASE("relay: upstream faults become named errors and the proxy keeps serving", "[relay][errors]") {
+  harness h([] {
+    tt::harness_options o;
+    o.tweak = [](tollgate::config& c) {
+      c.upstream.first_byte_timeout = std::chrono::milliseconds(300);
+      c.upstream.idle_timeout = std::chrono::milliseconds(300);
+    };
+    return o;
+  }());
+  struct fault_case { const char* fault; int status; const char* kind; };
+  for (auto fc : {fault_case{"reset-before-headers", 502, "upstream_reset"},
+                  fault_case{"garbage", 502, "upstream_protocol"},
+                  fault_case{"stall-before-headers", 504, "upstream_first_byte_timeout"}}) {
+    INFO(fc.fault);
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), {{"x-fake-fault", fc.fault}});
+    CHECK(r.status == fc.status);
+    CHECK(json::parse(r.body)["error"]["code"] == fc.kind);
+  }
+  auto ok = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body());
+  CHECK(ok.status == 200);
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls") == 4);
+  CHECK(h.query_text("SELECT error_kind FROM calls WHERE id = 3") == "upstream_first_byte_timeout");
+  CHECK(h.metric_sum("tollgate_upstream_errors_total") == 3);
+}
+
+TEST_CASE("relay: an upstream that cuts a stream leaves a visibly truncated stream and says so", "[relay][stream]") {
+  harness h;
+  tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", true), {{"x-fake-fault", "reset-mid-stream"}});
+  auto all = s.read_all();
+  CHECK(all.find("[DONE]") == std::string::npos);
+  CHECK(!s.ended_cleanly());
+  tt::stream_client s2(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", true), {{"x-fake-fault", "cut-stream"}});
+  auto all2 = s2.read_all();
+  CHECK(all2.find("[DONE]") == std::string::npos);
+  h.flush();
+  auto rows = h.rows("SELECT aborted, usage_source, error_kind, completion_tokens FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[0]["aborted"] == "1");
+  CHECK(rows[0]["usage_source"] == "estimated");
+  CHECK(rows[0]["error_kind"] == "upstream_reset");
+  CHECK(rows[1]["aborted"] == "1");
+  CHECK(rows[1]["error_kind"] == "upstream_stream_truncated");
+  CHECK(std::stoll(rows[1]["completion_tokens"]) > 0);
+}
+
+TEST_CASE("relay: a client that disconnects mid-stream cancels the upstream call and is ledgered as aborted", "[relay][stream]") {
+  harness h;
+  {
+    tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", true),
+                        {{"x-fake-chunks", "200"}, {"x-fake-chunk-interval-ms", "50"}});
+    REQUIRE(s.next().has_value());
+    REQUIRE(s.next().has_value());
+    s.close();
+  }
+  REQUIRE(harness::eventually([&] {
+    h.flush();
+    return h.query_int("SELECT COUNT(*) FROM calls") == 1;
+  }, std::chrono::seconds(5)));
+  auto row = h.rows("SELECT * FROM calls")[0];
+  CHECK(row["aborted"] == "1");
+  CHECK(row["error_kind"] == "client_aborted");
+  CHECK(row["usage_source"] == "estimated");
+  CHECK(std::stoll(row["prompt_tokens"]) > 0);
+  CHECK(std::stod(row["latency_ms"]) < 5000);  // not the 10 s the whole stream would take
+}
+
+TEST_CASE("relay: 200 concurrent calls give exactly 200 ledger rows whose sums equal the metrics", "[relay][load]") {
+  harness h;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 20; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 10; ++i) {
+        bool stream = (i % 2) == 1;
+        if (stream) {
+          tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body(t % 2 ? "gpt-4.1" : "deepseek-chat", true));
+          s.read_all();
+          if (s.status() == 200) ++ok;
+        } else {
+          auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(t % 2 ? "gpt-4.1" : "deepseek-chat"));
+          if (r.status == 200) ++ok;
+        }
+      }
+    });
+  for (auto& th : threads) th.join();
+  CHECK(ok == 200);
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls") == 200);
+  CHECK(h.query_int("SELECT COUNT(DISTINCT request_id) FROM calls") == 200);
+  double prompt = h.query_double("SELECT SUM(prompt_tokens) FROM calls");
+  double completion = h.query_double("SELECT SUM(completion_tokens) FROM calls");
+  double cost = h.query_double("SELECT SUM(cost_usd) FROM calls");
+  CHECK(h.metric_sum("tollgate_tokens_total", "kind=\"prompt\"") == Approx(prompt));
+  CHECK(h.metric_sum("tollgate_tokens_total", "kind=\"completion\"") == Approx(completion));
+  CHECK(h.metric_sum("tollgate_spend_usd_total") == Approx(cost).epsilon(1e-9));
+  CHECK(h.metric_sum("tollgate_requests_total") == 200);
+  CHECK(h.metric_sum("tollgate_ledger_rows_total") == 200);
+}
+
+TEST_CASE("relay: a 16 MiB non-stream reply passes whole", "[relay]") {
+  harness h;
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), {{"x-fake-body-bytes", std::to_string(16 << 20)}});
+  REQUIRE(r.status == 200);
+  CHECK(r.body.size() == (16u << 20));
+  h.flush();
+  CHECK(h.query_text("SELECT usage_source FROM calls") == "upstream");
+}
+
+TEST_CASE("relay: a pooled connection closed by the upstream is retried on a fresh one", "[relay]") {
+  harness h([] {
+    tt::harness_options o;
+    o.tweak = [](tollgate::config& c) { c.workers = 1; };
+    return o;
+  }());
+  for (int i = 0; i < 3; ++i) {
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), {{"x-fake-fault", "close-after-response"}});
+    CHECK(r.status == 200);
+  }
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE status = 200") == 3);
+}
+
+TEST_CASE("relay: HTTPS upstream with a private CA file is verified and used", "[relay][tls]") {
+  harness h([] {
+    tt::harness_options o;
+    o.tls = true;
+    return o;
+  }());
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body());
+  CHECK(r.status == 200);
+  tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", true));
+  CHECK(s.read_all().find("[DONE]") != std::string::npos);
+}
+
+TEST_CASE("relay: an untrusted upstream certificate is a 502, never a silent downgrade", "[relay][tls]") {
+  for (auto kind : {fake::cert_kind::wrong_host, fake::cert_kind::expired, fake::cert_kind::self_signed}) {
+    tt::temp_dir d;
+    auto certs = fake::make_test_certs(kind);
+    fake::options fo;
+    fo.tls = fake::tls_files{certs.cert_pem, certs.key_pem};
+    fake::server up(fo);
+    fake::write_file(d.path + "/ca.pem", certs.ca_pem);
+    tollgate::config c;
+    c.listen = {"127.0.0.1", 0};
+    c.admin_listen = {"127.0.0.1", 0};
+    c.workers = 1;
+    c.upstream.url = "https://localhost:" + std::to_string(up.port()) + "/v1";
+    c.upstream.ca_file = d.path + "/ca.pem";
+    c.upstream.api_key = "k";
+    c.ledger_path = d.path + "/l.db";
+    c.prices_file = std::string(TOLLGATE_SOURCE_DIR) + "/config/prices.yaml";
+    c.log = tollgate::log_level::error;
+    tollgate::app a(c);
+    a.start();
+    auto r = tt::post_json(a.port(), "/v1/chat/completions", tt::chat_body());
+    CHECK(r.status == 502);
+    CHECK(json::parse(r.body)["error"]["code"] == "upstream_tls");
+    CHECK(up.request_count() == 0);
+    a.shutdown();
+  }
+}
+
+TEST_CASE("relay: without an upstream key calls and /readyz say so", "[relay]") {
+  harness h([] {
+    tt::harness_options o;
+    o.api_key = "";
+    return o;
+  }());
+  CHECK(tt::request(h.port(), "GET", "/healthz").status == 200);
+  auto ready = tt::request(h.port(), "GET", "/readyz");
+  CHECK(ready.status == 503);
+  CHECK(ready.body.find("missing") != std::string::npos);
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body());
+  CHECK(r.status == 503);
+  CHECK(json::parse(r.body)["error"]["code"] == "upstream_key_missing");
+  CHECK(h.upstream->request_count() == 0);
+  CHECK(tt::request(h.admin_port(), "GET", "/readyz").status == 503);
+}
+
+TEST_CASE("relay: graceful shutdown lets an in-flight stream finish and ledgers it", "[relay][shutdown]") {
+  harness h;
+  std::string got;
+  std::thread client([&] {
+    tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", true),
+                        {{"x-fake-chunks", "10"}, {"x-fake-chunk-interval-ms", "50"}});
+    got = s.read_all();
+  });
+  REQUIRE(harness::eventually([&] { return h.upstream->request_count() == 1; }));
+  h.proxy->shutdown();
+  client.join();
+  CHECK(got.find("[DONE]") != std::string::npos);
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE aborted = 0") == 1);
+}
+
+TEST_CASE("relay: metrics pass the exposition format and carry bounded labels", "[relay][metrics]") {
+  harness h;
+  tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("some-unknown-model"));
+  tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1-2025-04-14"));
+  auto text = h.metrics_text();
+  CHECK(text.find("tollgate_requests_total{code=\"200\",model=\"other\",route=\"chat_completions\"} 1") != std::string::npos);
+  CHECK(text.find("model=\"gpt-4.1\"") != std::string::npos);
+  CHECK(text.find("some-unknown-model") == std::string::npos);
+  CHECK(h.metric_sum("tollgate_unpriced_requests_total") == 1);
+  h.flush();
+  CHECK(h.query_int("SELECT priced FROM calls WHERE requested_model = 'some-unknown-model'") == 0);
+}

@@ -1,0 +1,155 @@
+// Drives the official OpenAI Node SDK against OPENAI_BASE_URL (tollgate, or the fake upstream
+// directly) and checks that what the SDK parses is intact: content, usage, streams, tool calls,
+// embeddings, models, errors and response headers. Run: node --test openai_sdk_test.mjs
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+
+const baseURL = process.env.OPENAI_BASE_URL;
+if (!baseURL) throw new Error('set OPENAI_BASE_URL, e.g. http://127.0.0.1:8080/v1');
+
+// maxRetries 0: a retry inside the SDK would hide a failure the relay should not have.
+const client = new OpenAI({ baseURL, apiKey: process.env.OPENAI_API_KEY || 'sk-sdk-test', maxRetries: 0, timeout: 20_000 });
+
+const model = 'gpt-4.1';
+const messages = [{ role: 'user', content: 'Say hello to the SDK test.' }];
+const tools = [{
+  type: 'function',
+  function: {
+    name: 'get_weather',
+    description: 'Current weather for a city',
+    parameters: { type: 'object', properties: { location: { type: 'string' } }, required: ['location'] },
+  },
+}];
+
+test('chat completion: content and usage', async () => {
+  const completion = await client.chat.completions.create({ model, messages });
+  assert.equal(completion.object, 'chat.completion');
+  assert.ok(completion.choices[0].message.content.length > 0);
+  assert.equal(completion.choices[0].finish_reason, 'stop');
+  assert.ok(completion.usage.prompt_tokens > 0);
+  assert.equal(completion.usage.total_tokens, completion.usage.prompt_tokens + completion.usage.completion_tokens);
+});
+
+test('chat stream without include_usage: text assembles, no usage-only chunk', async () => {
+  const stream = await client.chat.completions.create({ model, messages, stream: true });
+  let text = '';
+  let finish = null;
+  for await (const chunk of stream) {
+    assert.ok(chunk.choices.length > 0, 'a chunk with empty choices arrived without include_usage');
+    assert.ok(chunk.usage == null, 'usage arrived without include_usage');
+    text += chunk.choices[0].delta.content ?? '';
+    finish = chunk.choices[0].finish_reason ?? finish;
+  }
+  assert.ok(text.length > 0);
+  assert.equal(finish, 'stop');
+});
+
+test('chat stream with include_usage: a final usage chunk', async () => {
+  const stream = await client.chat.completions.create({
+    model, messages, stream: true, stream_options: { include_usage: true },
+  });
+  const chunks = [];
+  for await (const chunk of stream) chunks.push(chunk);
+  const last = chunks.at(-1);
+  assert.deepEqual(last.choices, []);
+  assert.ok(last.usage.prompt_tokens > 0);
+  assert.ok(last.usage.completion_tokens > 0);
+  const text = chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+  assert.ok(text.length > 0);
+});
+
+test('tool call, non-stream: arguments parse as JSON', async () => {
+  const completion = await client.chat.completions.create({ model, messages, tools });
+  const choice = completion.choices[0];
+  assert.equal(choice.finish_reason, 'tool_calls');
+  const call = choice.message.tool_calls[0];
+  assert.equal(call.type, 'function');
+  assert.equal(call.function.name, 'get_weather');
+  assert.equal(typeof JSON.parse(call.function.arguments).location, 'string');
+});
+
+test('tool call, stream: argument pieces assemble into JSON', async () => {
+  const stream = await client.chat.completions.create({ model, messages, tools, stream: true });
+  let name = '';
+  let args = '';
+  let finish = null;
+  for await (const chunk of stream) {
+    const delta = chunk.choices[0]?.delta;
+    for (const call of delta?.tool_calls ?? []) {
+      name += call.function?.name ?? '';
+      args += call.function?.arguments ?? '';
+    }
+    finish = chunk.choices[0]?.finish_reason ?? finish;
+  }
+  assert.equal(name, 'get_weather');
+  assert.equal(finish, 'tool_calls');
+  assert.equal(typeof JSON.parse(args).location, 'string');
+});
+
+test('embeddings: one 8-dim vector per input', async () => {
+  // The SDK asks for base64 and decodes it, so this also checks the body arrives byte-exact.
+  const result = await client.embeddings.create({ model: 'text-embedding-3-small', input: ['one', 'two'] });
+  assert.equal(result.data.length, 2);
+  for (const item of result.data) {
+    assert.equal(item.embedding.length, 8);
+    assert.ok(item.embedding.every(Number.isFinite));
+  }
+  assert.ok(result.usage.prompt_tokens > 0);
+});
+
+test('models: list and retrieve', async () => {
+  const ids = [];
+  for await (const m of client.models.list()) ids.push(m.id);
+  assert.ok(ids.includes('gpt-4.1'), `gpt-4.1 missing from ${ids}`);
+  const m = await client.models.retrieve('gpt-4.1');
+  assert.equal(m.id, 'gpt-4.1');
+  assert.equal(m.object, 'model');
+});
+
+test('a 429 surfaces as RateLimitError with Retry-After', async () => {
+  await assert.rejects(
+    client.chat.completions.create({ model, messages }, { headers: { 'x-fake-status': '429' }, maxRetries: 0 }),
+    (err) => {
+      assert.ok(err instanceof OpenAI.RateLimitError, `got ${err?.constructor?.name}: ${err?.message}`);
+      assert.equal(err.status, 429);
+      assert.equal(err.headers.get('retry-after'), '1');
+      return true;
+    },
+  );
+});
+
+test('responses API, non-stream: output text and usage', async () => {
+  const response = await client.responses.create({ model, input: 'Say hello to the SDK test.' });
+  assert.equal(response.status, 'completed');
+  assert.ok(response.output_text.length > 0);
+  assert.ok(response.usage.input_tokens > 0);
+  assert.equal(response.usage.total_tokens, response.usage.input_tokens + response.usage.output_tokens);
+});
+
+test('responses API, stream: deltas then response.completed with usage', async () => {
+  const stream = await client.responses.create({ model, input: 'Say hello to the SDK test.', stream: true });
+  const types = [];
+  let text = '';
+  let completed = null;
+  for await (const event of stream) {
+    types.push(event.type);
+    if (event.type === 'response.output_text.delta') text += event.delta;
+    if (event.type === 'response.completed') completed = event.response;
+  }
+  assert.equal(types[0], 'response.created');
+  assert.ok(text.length > 0);
+  assert.ok(completed, `no response.completed among ${types}`);
+  assert.ok(completed.usage.output_tokens > 0);
+});
+
+test('response headers: x-request-id via withResponse() and asResponse()', async () => {
+  const { data, response } = await client.chat.completions.create({ model, messages }).withResponse();
+  assert.ok(data.choices.length > 0);
+  assert.ok(response.headers.get('x-request-id'), 'x-request-id missing');
+  const raw = await client.chat.completions.create({ model, messages }).asResponse();
+  assert.equal(raw.status, 200);
+  assert.ok(raw.headers.get('x-request-id'), 'x-request-id missing');
+  const body = await raw.json();
+  assert.equal(body.object, 'chat.completion');
+});

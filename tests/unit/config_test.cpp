@@ -1,0 +1,568 @@
+// Tests for the configuration loader (proxy/core/config.cpp): the shipped config/tollgate.yaml,
+// file:line errors, ${VAR} substitution, TOLLGATE_* overrides, validate() and the value parsers.
+#include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <optional>
+#include <string>
+
+#include "core/config.hpp"
+
+using namespace tollgate;
+using namespace std::chrono_literals;
+using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
+
+namespace {
+
+std::string fixture(const std::string& name) { return std::string(TOLLGATE_SOURCE_DIR) + "/tests/data/config/" + name; }
+
+// Sets (or with nullptr unsets) an environment variable for one scope, restoring it afterwards.
+class scoped_env {
+ public:
+  scoped_env(std::string name, const char* value) : name_(std::move(name)) {
+    if (const char* old = std::getenv(name_.c_str())) old_ = old;
+    if (value != nullptr) ::setenv(name_.c_str(), value, 1);
+    else ::unsetenv(name_.c_str());
+  }
+  ~scoped_env() {
+    if (old_) ::setenv(name_.c_str(), old_->c_str(), 1);
+    else ::unsetenv(name_.c_str());
+  }
+  scoped_env(const scoped_env&) = delete;
+  scoped_env& operator=(const scoped_env&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
+
+// Clears every TOLLGATE_* override so the developer's shell cannot change a test's outcome.
+struct clean_overrides {
+  scoped_env listen{"TOLLGATE_LISTEN", nullptr}, admin{"TOLLGATE_ADMIN_LISTEN", nullptr},
+      url{"TOLLGATE_UPSTREAM_URL", nullptr}, key{"TOLLGATE_UPSTREAM_API_KEY", nullptr},
+      ledger{"TOLLGATE_LEDGER_PATH", nullptr}, log{"TOLLGATE_LOG_LEVEL", nullptr}, workers{"TOLLGATE_WORKERS", nullptr};
+};
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const config_error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+std::string load_error(const std::string& yaml) {
+  return error_of([&] { load_config_string(yaml, "test.yaml"); });
+}
+
+}  // namespace
+
+TEST_CASE("config: the shipped tollgate.yaml loads with the built-in defaults", "[config]") {
+  clean_overrides clean;
+  const std::string path = std::string(TOLLGATE_SOURCE_DIR) + "/config/tollgate.yaml";
+  const config d;  // the struct defaults the file documents
+
+  SECTION("without HOLYSHEEP_API_KEY it starts with an empty key and one warning") {
+    scoped_env key("HOLYSHEEP_API_KEY", nullptr);
+    config cfg = load_config_file(path);
+    CHECK(cfg.source_file == path);
+    CHECK(cfg.listen.host == "127.0.0.1");
+    CHECK(cfg.listen.port == 8080);
+    CHECK(cfg.admin_listen.host == "127.0.0.1");
+    CHECK(cfg.admin_listen.port == 9464);
+    CHECK(cfg.workers == d.workers);
+    CHECK(cfg.log == log_level::info);
+    CHECK_FALSE(cfg.allow_public_without_auth);
+    CHECK(cfg.upstream.name == "holysheep");
+    CHECK(cfg.upstream.url == d.upstream.url);
+    CHECK(cfg.upstream.api_key.empty());
+    CHECK(cfg.upstream.ca_file.empty());
+    CHECK(cfg.upstream.tls_verify);
+    CHECK(cfg.upstream.price_multiplier == d.upstream.price_multiplier);
+    CHECK(cfg.upstream.connect_timeout == d.upstream.connect_timeout);
+    CHECK(cfg.upstream.first_byte_timeout == d.upstream.first_byte_timeout);
+    CHECK(cfg.upstream.idle_timeout == d.upstream.idle_timeout);
+    CHECK(cfg.upstream.total_timeout == d.upstream.total_timeout);
+    CHECK(cfg.upstream.max_idle_connections == d.upstream.max_idle_connections);
+    CHECK(cfg.upstream.pool_idle_timeout == d.upstream.pool_idle_timeout);
+    CHECK(cfg.max_body_bytes == d.max_body_bytes);
+    CHECK(cfg.max_header_bytes == d.max_header_bytes);
+    CHECK(cfg.header_timeout == d.header_timeout);
+    CHECK(cfg.body_timeout == d.body_timeout);
+    CHECK(cfg.keepalive_timeout == d.keepalive_timeout);
+    CHECK(cfg.max_parse_bytes == d.max_parse_bytes);
+    CHECK(cfg.drain_timeout == d.drain_timeout);
+    CHECK(cfg.ledger_path == d.ledger_path);
+    CHECK(cfg.ledger_batch_rows == d.ledger_batch_rows);
+    CHECK(cfg.ledger_flush_interval == d.ledger_flush_interval);
+    CHECK(cfg.ledger_queue_capacity == d.ledger_queue_capacity);
+    CHECK_THAT(cfg.prices_file, Contains("prices.yaml"));
+    CHECK(cfg.litellm_prices_file.empty());
+    REQUIRE(cfg.warnings.size() == 1);
+    CHECK_THAT(cfg.warnings[0], StartsWith(path + ":"));
+    CHECK_THAT(cfg.warnings[0], Contains("environment variable HOLYSHEEP_API_KEY is not set; using an empty value"));
+    CHECK_NOTHROW(validate(cfg));
+  }
+  SECTION("with HOLYSHEEP_API_KEY set the key is taken from the environment without warnings") {
+    scoped_env key("HOLYSHEEP_API_KEY", "sk-test-123");
+    config cfg = load_config_file(path);
+    CHECK(cfg.upstream.api_key == "sk-test-123");
+    CHECK(cfg.warnings.empty());
+  }
+  SECTION("pricing.file resolves next to the config file when config/prices.yaml exists") {
+    scoped_env key("HOLYSHEEP_API_KEY", "k");
+    config cfg = load_config_file(path);
+    std::FILE* f = std::fopen((std::string(TOLLGATE_SOURCE_DIR) + "/config/prices.yaml").c_str(), "r");
+    if (f != nullptr) {
+      std::fclose(f);
+      CHECK(cfg.prices_file == std::string(TOLLGATE_SOURCE_DIR) + "/config/prices.yaml");
+    } else {
+      CHECK(cfg.prices_file == "prices.yaml");
+    }
+  }
+}
+
+TEST_CASE("config: an empty file keeps every default", "[config]") {
+  const config d;
+  for (const config& cfg : {load_config_file(fixture("empty.yaml")), load_config_string("", "empty")}) {
+    CHECK(cfg.listen.port == d.listen.port);
+    CHECK(cfg.upstream.name == d.upstream.name);
+    CHECK(cfg.upstream.url == d.upstream.url);
+    CHECK(cfg.prices_file == d.prices_file);
+    CHECK(cfg.ledger_path == d.ledger_path);
+    CHECK(cfg.warnings.empty());
+  }
+}
+
+TEST_CASE("config: every key maps to its config field", "[config]") {
+  config cfg = load_config_string(R"(
+listen: "[::1]:18080"
+admin_listen: localhost:0
+workers: 4
+log_level: warning
+allow_public_without_auth: true
+upstream:
+  name: relay
+  url: http://127.0.0.1:9000
+  api_key: sk-abc
+  ca_file: /etc/ssl/private-ca.pem
+  tls_verify: true
+  price_multiplier: 1.25
+  timeouts: { connect: 2s, first_byte: 90s, idle: 30s, total: 2h }
+  pool: { max_idle: 0, idle_timeout: 15s }
+server:
+  max_body_bytes: 1MB
+  max_header_bytes: 16KiB
+  header_timeout: 5s
+  body_timeout: 1m
+  keepalive_timeout: 1.5s
+  max_parse_bytes: 1GiB
+  drain_timeout: 1d
+ledger:
+  path: /var/lib/tollgate/ledger.db
+  batch_rows: 1
+  flush_interval: 250ms
+  queue_capacity: 10
+pricing:
+  file: /etc/tollgate/prices.yaml
+  litellm_file: litellm.json
+)",
+                                  "full.yaml");
+  CHECK(cfg.listen.host == "::1");
+  CHECK(cfg.listen.port == 18080);
+  CHECK(cfg.admin_listen.host == "localhost");
+  CHECK(cfg.admin_listen.port == 0);
+  CHECK(cfg.workers == 4);
+  CHECK(cfg.log == log_level::warn);
+  CHECK(cfg.allow_public_without_auth);
+  CHECK(cfg.upstream.name == "relay");
+  CHECK(cfg.upstream.url == "http://127.0.0.1:9000");
+  CHECK(cfg.upstream.api_key == "sk-abc");
+  CHECK(cfg.upstream.ca_file == "/etc/ssl/private-ca.pem");
+  CHECK(cfg.upstream.price_multiplier == 1.25);
+  CHECK(cfg.upstream.connect_timeout == 2s);
+  CHECK(cfg.upstream.first_byte_timeout == 90s);
+  CHECK(cfg.upstream.idle_timeout == 30s);
+  CHECK(cfg.upstream.total_timeout == 2h);
+  CHECK(cfg.upstream.max_idle_connections == 0);
+  CHECK(cfg.upstream.pool_idle_timeout == 15s);
+  CHECK(cfg.max_body_bytes == 1'000'000);
+  CHECK(cfg.max_header_bytes == 16 * 1024);
+  CHECK(cfg.header_timeout == 5s);
+  CHECK(cfg.body_timeout == 1min);
+  CHECK(cfg.keepalive_timeout == 1500ms);
+  CHECK(cfg.max_parse_bytes == (std::size_t{1} << 30));
+  CHECK(cfg.drain_timeout == 24h);
+  CHECK(cfg.ledger_path == "/var/lib/tollgate/ledger.db");
+  CHECK(cfg.ledger_batch_rows == 1);
+  CHECK(cfg.ledger_flush_interval == 250ms);
+  CHECK(cfg.ledger_queue_capacity == 10);
+  CHECK(cfg.prices_file == "/etc/tollgate/prices.yaml");
+  CHECK(cfg.litellm_prices_file == "litellm.json");  // no config directory for a string: as given
+  CHECK(cfg.warnings.empty());
+}
+
+TEST_CASE("config: relative pricing paths resolve next to the config file, else stay relative to the CWD", "[config]") {
+  config cfg = load_config_file(fixture("beside/tollgate.yaml"));
+  CHECK(cfg.prices_file == fixture("beside/my_prices.yaml"));
+  CHECK(cfg.litellm_prices_file == "not_here.json");
+}
+
+TEST_CASE("config: unknown keys name file:line and suggest the closest key", "[config]") {
+  SECTION("top level") {
+    CHECK_THAT(error_of([] { load_config_file(fixture("unknown_key.yaml")); }),
+               Contains("unknown_key.yaml:2: unknown key 'listne' (did you mean 'listen'?)"));
+  }
+  SECTION("inside a section") {
+    CHECK_THAT(error_of([] { load_config_file(fixture("unknown_nested_key.yaml")); }),
+               Contains("unknown_nested_key.yaml:4: unknown key 'timeout' in 'upstream' (did you mean 'timeouts'?)"));
+  }
+  SECTION("nested two deep") {
+    CHECK(load_error("upstream:\n  timeouts:\n    conect: 1s\n") ==
+          "test.yaml:3: unknown key 'conect' in 'upstream.timeouts' (did you mean 'connect'?)");
+  }
+  SECTION("no suggestion when nothing is close") {
+    CHECK(load_error("listen: 127.0.0.1:1\nbananas: 3\n") == "test.yaml:2: unknown key 'bananas'");
+  }
+  SECTION("the error carries file and line") {
+    try {
+      load_config_file(fixture("unknown_key.yaml"));
+      FAIL("expected config_error");
+    } catch (const config_error& e) {
+      CHECK(e.file_ == fixture("unknown_key.yaml"));
+      CHECK(e.line_ == 2);
+    }
+  }
+}
+
+TEST_CASE("config: a duplicate key is an error naming both lines", "[config]") {
+  CHECK(load_error("workers: 1\nlog_level: info\nworkers: 2\n") ==
+        "test.yaml:3: duplicate key 'workers' (first set on line 1)");
+}
+
+TEST_CASE("config: values of the wrong type name file:line and the problem", "[config]") {
+  SECTION("text where an integer is expected") {
+    CHECK_THAT(error_of([] { load_config_file(fixture("wrong_type.yaml")); }),
+               Contains("wrong_type.yaml:2: workers: expected an integer 0..1024"));
+  }
+  SECTION("a list where a single value is expected") {
+    CHECK_THAT(error_of([] { load_config_file(fixture("list_value.yaml")); }),
+               Contains("list_value.yaml:2: listen: expected a single value, not a list"));
+  }
+  SECTION("a mapping where a single value is expected") {
+    CHECK(load_error("upstream:\n  url: {a: 1}\n") == "test.yaml:2: upstream.url: expected a single value, not a mapping");
+  }
+  SECTION("a value where a section is expected") {
+    CHECK(load_error("server: 10\n") == "test.yaml:1: 'server' must be a mapping of keys");
+  }
+  SECTION("a document that is not a mapping") {
+    CHECK_THAT(load_error("- listen\n"), Contains("test.yaml:1: the document must be a mapping"));
+  }
+  SECTION("workers out of range") {
+    CHECK_THAT(load_error("workers: 2000\n"), StartsWith("test.yaml:1: workers: expected an integer 0..1024"));
+    CHECK_THAT(load_error("workers: -1\n"), StartsWith("test.yaml:1: workers:"));
+  }
+  SECTION("not a boolean") {
+    CHECK(load_error("allow_public_without_auth: maybe\n") ==
+          "test.yaml:1: allow_public_without_auth: expected true or false, got 'maybe'");
+  }
+  SECTION("negative or garbage sizes") {
+    CHECK_THAT(load_error("server:\n  max_body_bytes: -5MiB\n"),
+               StartsWith("test.yaml:2: server.max_body_bytes: invalid size '-5MiB': must not be negative"));
+    CHECK_THAT(load_error("server:\n  max_header_bytes: lots\n"), StartsWith("test.yaml:2: server.max_header_bytes: invalid size"));
+    CHECK(load_error("server:\n  max_parse_bytes: 0\n") == "test.yaml:2: server.max_parse_bytes: must be greater than 0");
+  }
+  SECTION("counts below their minimum") {
+    CHECK_THAT(load_error("ledger:\n  batch_rows: 0\n"), StartsWith("test.yaml:2: ledger.batch_rows: expected a whole number >= 1"));
+    CHECK_THAT(load_error("ledger:\n  queue_capacity: 0\n"), StartsWith("test.yaml:2: ledger.queue_capacity:"));
+  }
+  SECTION("price_multiplier must be positive") {
+    CHECK_THAT(load_error("upstream:\n  price_multiplier: 0\n"), StartsWith("test.yaml:2: upstream.price_multiplier: expected a number greater than 0"));
+    CHECK_THAT(load_error("upstream:\n  price_multiplier: nan\n"), StartsWith("test.yaml:2: upstream.price_multiplier:"));
+  }
+  SECTION("bad log level") {
+    CHECK_THAT(load_error("log_level: loud\n"), StartsWith("test.yaml:1: log_level: invalid log level 'loud'"));
+  }
+  SECTION("a key with no value") {
+    CHECK(load_error("listen:\nworkers: 1\n") == "test.yaml:1: listen: missing value");
+  }
+}
+
+TEST_CASE("config: a bad duration names file:line and the value", "[config]") {
+  SECTION("garbage") {
+    CHECK_THAT(error_of([] { load_config_file(fixture("bad_duration.yaml")); }),
+               Contains("bad_duration.yaml:4: upstream.timeouts.first_byte: invalid duration 'ten minutes'"));
+  }
+  SECTION("a timeout of 0 is refused") {
+    CHECK_THAT(load_error("server:\n  header_timeout: 0s\n"), StartsWith("test.yaml:2: server.header_timeout: must be greater than 0"));
+  }
+  SECTION("negative") {
+    CHECK_THAT(load_error("ledger:\n  flush_interval: -1s\n"), Contains("must not be negative"));
+  }
+}
+
+TEST_CASE("config: a bad upstream url names file:line", "[config]") {
+  CHECK(error_of([] { load_config_file(fixture("bad_url.yaml")); }) ==
+        fixture("bad_url.yaml") + ":3: upstream.url: URL must start with http:// or https://");
+  CHECK(load_error("upstream:\n  url: https:///v1\n") == "test.yaml:2: upstream.url: URL has no host");
+  CHECK(load_error("upstream:\n  url: https://u:secret@api.example.com\n") ==
+        "test.yaml:2: upstream.url: URL must not contain credentials (user@host); set upstream.api_key instead");
+  CHECK(load_error("upstream:\n  url: http://h:99999\n") == "test.yaml:2: upstream.url: URL has an invalid port (1..65535)");
+  CHECK(load_error("upstream:\n  url: https://h/v1?x=1\n") == "test.yaml:2: upstream.url: URL must not contain a query or fragment");
+}
+
+TEST_CASE("config: a bad port names file:line", "[config]") {
+  CHECK_THAT(error_of([] { load_config_file(fixture("bad_port.yaml")); }),
+             Contains("bad_port.yaml:2: admin_listen: invalid port in '127.0.0.1:70000'"));
+  CHECK_THAT(load_error("listen: 127.0.0.1\n"), StartsWith("test.yaml:1: listen: missing port in '127.0.0.1'"));
+}
+
+TEST_CASE("config: a YAML syntax error names file:line", "[config]") {
+  std::string msg = error_of([] { load_config_file(fixture("syntax_error.yaml")); });
+  CHECK_THAT(msg, StartsWith(fixture("syntax_error.yaml") + ":"));
+  CHECK_THAT(msg, Contains("YAML syntax error: end of map flow not found"));
+  CHECK_THAT(load_error("a: 1\n  b: 2\n"), StartsWith("test.yaml:2: YAML syntax error"));
+}
+
+TEST_CASE("config: a missing file is an error naming the path", "[config]") {
+  CHECK(error_of([] { load_config_file("/nonexistent/tollgate.yaml"); }) ==
+        "/nonexistent/tollgate.yaml: cannot open: No such file or directory");
+}
+
+TEST_CASE("config: ${VAR} substitution in scalar values", "[config]") {
+  scoped_env set("TG_TEST_KEY", "sk-live");
+  scoped_env empty("TG_TEST_EMPTY", "");
+  scoped_env unset("TG_TEST_UNSET", nullptr);
+  scoped_env port("TG_TEST_PORT", "18081");
+
+  SECTION("a set variable is replaced") {
+    CHECK(load_config_string("upstream:\n  api_key: ${TG_TEST_KEY}\n").upstream.api_key == "sk-live");
+  }
+  SECTION("several references and surrounding text in one value") {
+    config cfg = load_config_string("upstream:\n  api_key: a-${TG_TEST_KEY}-${TG_TEST_KEY}-z\n");
+    CHECK(cfg.upstream.api_key == "a-sk-live-sk-live-z");
+  }
+  SECTION("${VAR:-default} uses the default when VAR is unset or empty") {
+    CHECK(load_config_string("upstream:\n  name: ${TG_TEST_UNSET:-backup}\n").upstream.name == "backup");
+    CHECK(load_config_string("upstream:\n  name: ${TG_TEST_EMPTY:-backup}\n").upstream.name == "backup");
+    CHECK(load_config_string("upstream:\n  name: ${TG_TEST_KEY:-backup}\n").upstream.name == "sk-live");
+  }
+  SECTION("typed values are substituted before they are parsed") {
+    config cfg = load_config_string("listen: 127.0.0.1:${TG_TEST_PORT}\nworkers: ${TG_TEST_UNSET:-3}\n");
+    CHECK(cfg.listen.port == 18081);
+    CHECK(cfg.workers == 3);
+  }
+  SECTION("an unset variable without default becomes empty and warns with file:line") {
+    config cfg = load_config_string("listen: 127.0.0.1:1\nupstream:\n  api_key: ${TG_TEST_UNSET}\n", "sub.yaml");
+    CHECK(cfg.upstream.api_key.empty());
+    REQUIRE(cfg.warnings.size() == 1);
+    CHECK(cfg.warnings[0] == "sub.yaml:3: environment variable TG_TEST_UNSET is not set; using an empty value");
+  }
+  SECTION("a set but empty variable is not warned about") {
+    config cfg = load_config_string("upstream:\n  api_key: ${TG_TEST_EMPTY}\n");
+    CHECK(cfg.upstream.api_key.empty());
+    CHECK(cfg.warnings.empty());
+  }
+  SECTION("$${ is a literal ${") {
+    CHECK(load_config_string("upstream:\n  api_key: \"$${TG_TEST_KEY}\"\n").upstream.api_key == "${TG_TEST_KEY}");
+  }
+  SECTION("malformed references are errors with file:line") {
+    CHECK_THAT(load_error("upstream:\n  api_key: ${TG_TEST_KEY\n"), StartsWith("test.yaml:2: unterminated ${"));
+    CHECK_THAT(load_error("upstream:\n  api_key: ${1BAD}\n"), StartsWith("test.yaml:2: invalid environment variable reference"));
+  }
+}
+
+TEST_CASE("config: tls_verify false adds a warning naming the upstream", "[config]") {
+  config cfg = load_config_string("upstream:\n  url: https://relay.example.com/v1\n  tls_verify: false\n");
+  CHECK_FALSE(cfg.upstream.tls_verify);
+  REQUIRE(cfg.warnings.size() == 1);
+  CHECK(cfg.warnings[0] ==
+        "upstream TLS certificate verification is DISABLED (upstream.tls_verify: false); traffic to "
+        "https://relay.example.com/v1 can be intercepted");
+}
+
+TEST_CASE("config: TOLLGATE_* environment overrides", "[config]") {
+  clean_overrides clean;
+
+  SECTION("every override replaces the file's value") {
+    scoped_env a("TOLLGATE_LISTEN", "0.0.0.0:9000"), b("TOLLGATE_ADMIN_LISTEN", "[::1]:9001"),
+        c("TOLLGATE_UPSTREAM_URL", "http://127.0.0.1:7000"), d("TOLLGATE_UPSTREAM_API_KEY", "sk-env"),
+        e("TOLLGATE_LEDGER_PATH", "/tmp/l.db"), f("TOLLGATE_LOG_LEVEL", "debug"), g("TOLLGATE_WORKERS", "2");
+    config cfg = load_config_string("upstream:\n  api_key: from-file\n");
+    apply_env_overrides(cfg);
+    CHECK(cfg.listen.host == "0.0.0.0");
+    CHECK(cfg.listen.port == 9000);
+    CHECK(cfg.admin_listen.host == "::1");
+    CHECK(cfg.admin_listen.port == 9001);
+    CHECK(cfg.upstream.url == "http://127.0.0.1:7000");
+    CHECK(cfg.upstream.api_key == "sk-env");
+    CHECK(cfg.ledger_path == "/tmp/l.db");
+    CHECK(cfg.log == log_level::debug);
+    CHECK(cfg.workers == 2);
+  }
+  SECTION("a base URL with a path is kept as given") {
+    scoped_env u("TOLLGATE_UPSTREAM_URL", "https://relay.example.com/openai/v1");
+    config cfg;
+    apply_env_overrides(cfg);
+    CHECK(cfg.upstream.url == "https://relay.example.com/openai/v1");
+  }
+  SECTION("empty variables count as unset") {
+    scoped_env a("TOLLGATE_LISTEN", ""), k("TOLLGATE_UPSTREAM_API_KEY", "");
+    config cfg = load_config_string("upstream:\n  api_key: from-file\n");
+    apply_env_overrides(cfg);
+    CHECK(cfg.listen.port == 8080);
+    CHECK(cfg.upstream.api_key == "from-file");
+  }
+  SECTION("malformed values name the variable") {
+    config cfg;
+    {
+      scoped_env a("TOLLGATE_LISTEN", "nope");
+      CHECK_THAT(error_of([&] { apply_env_overrides(cfg); }), StartsWith("environment: TOLLGATE_LISTEN: missing port"));
+    }
+    {
+      scoped_env a("TOLLGATE_ADMIN_LISTEN", "127.0.0.1:65536");
+      CHECK_THAT(error_of([&] { apply_env_overrides(cfg); }), StartsWith("environment: TOLLGATE_ADMIN_LISTEN: invalid port"));
+    }
+    {
+      scoped_env a("TOLLGATE_UPSTREAM_URL", "127.0.0.1:9000");
+      CHECK(error_of([&] { apply_env_overrides(cfg); }) ==
+            "environment: TOLLGATE_UPSTREAM_URL: URL must start with http:// or https://");
+    }
+    {
+      scoped_env a("TOLLGATE_LOG_LEVEL", "chatty");
+      CHECK_THAT(error_of([&] { apply_env_overrides(cfg); }), StartsWith("environment: TOLLGATE_LOG_LEVEL: invalid log level"));
+    }
+    {
+      scoped_env a("TOLLGATE_WORKERS", "many");
+      CHECK_THAT(error_of([&] { apply_env_overrides(cfg); }), StartsWith("environment: TOLLGATE_WORKERS: expected an integer"));
+    }
+  }
+}
+
+TEST_CASE("config: validate refuses a public listen address without client auth", "[config]") {
+  config cfg = load_config_string("listen: 0.0.0.0:8080\n", "pub.yaml");
+  SECTION("refused without allow_public_without_auth") {
+    CHECK(error_of([&] { validate(cfg); }) ==
+          "pub.yaml: refusing to listen on 0.0.0.0:8080 without client authentication; set "
+          "allow_public_without_auth: true to allow it");
+  }
+  SECTION("IPv6 wildcard is refused too") {
+    cfg.listen = {"::", 8080};
+    CHECK_THAT(error_of([&] { validate(cfg); }), Contains("refusing to listen on [::]:8080"));
+  }
+  SECTION("accepted with allow_public_without_auth") {
+    cfg.allow_public_without_auth = true;
+    CHECK_NOTHROW(validate(cfg));
+  }
+  SECTION("loopback addresses need no flag") {
+    for (const char* host : {"127.0.0.1", "127.1.2.3", "::1", "localhost"}) {
+      cfg.listen = {host, 8080};
+      CHECK_NOTHROW(validate(cfg));
+    }
+  }
+}
+
+TEST_CASE("config: validate refuses listen and admin_listen on the same port", "[config]") {
+  config cfg;
+  cfg.listen = {"127.0.0.1", 9000};
+  cfg.admin_listen = {"127.0.0.1", 9000};
+  CHECK_THAT(error_of([&] { validate(cfg); }), Contains("listen (127.0.0.1:9000) and admin_listen (127.0.0.1:9000) use the same port"));
+  cfg.admin_listen = {"0.0.0.0", 9000};  // the wildcard covers loopback
+  CHECK_THAT(error_of([&] { validate(cfg); }), Contains("use the same port"));
+  cfg.admin_listen = {"127.0.0.1", 9001};
+  CHECK_NOTHROW(validate(cfg));
+  cfg.listen.port = cfg.admin_listen.port = 0;  // two ephemeral ports never clash
+  CHECK_NOTHROW(validate(cfg));
+}
+
+TEST_CASE("config: parse_duration", "[config]") {
+  SECTION("accepted forms") {
+    CHECK(parse_duration("250ms") == 250ms);
+    CHECK(parse_duration("10s") == 10s);
+    CHECK(parse_duration("5m") == 5min);
+    CHECK(parse_duration("1h") == 1h);
+    CHECK(parse_duration("1d") == 24h);
+    CHECK(parse_duration("1.5s") == 1500ms);
+    CHECK(parse_duration("0.25m") == 15s);
+    CHECK(parse_duration("30") == 30s);
+    CHECK(parse_duration("0") == 0ms);
+    CHECK(parse_duration(" 10 s ") == 10s);
+  }
+  SECTION("rejected forms") {
+    for (const char* bad : {"", "-1s", "abc", "10x", "s", "1.s", ".5s", "10sec", "1e3", "10s5", "99999999999999999999d",
+                            "9999999999999999s"}) {
+      INFO(bad);
+      CHECK_THROWS_AS(parse_duration(bad), std::invalid_argument);
+    }
+  }
+}
+
+TEST_CASE("config: parse_size", "[config]") {
+  SECTION("accepted forms") {
+    CHECK(parse_size("32MiB") == 32u << 20);
+    CHECK(parse_size("64KiB") == 64u << 10);
+    CHECK(parse_size("1GiB") == std::size_t{1} << 30);
+    CHECK(parse_size("10MB") == 10'000'000);
+    CHECK(parse_size("10KB") == 10'000);
+    CHECK(parse_size("10kB") == 10'000);
+    CHECK(parse_size("1000") == 1000);
+    CHECK(parse_size("1000B") == 1000);
+    CHECK(parse_size("1.5KiB") == 1536);
+    CHECK(parse_size("0") == 0);
+  }
+  SECTION("rejected forms") {
+    for (const char* bad : {"", "-1", "-5MiB", "abc", "10M", "10XB", "1.5", "MiB", "99999999999999999999",
+                            "20000000TiB"}) {
+      INFO(bad);
+      CHECK_THROWS_AS(parse_size(bad), std::invalid_argument);
+    }
+  }
+}
+
+TEST_CASE("config: parse_host_port", "[config]") {
+  SECTION("accepted forms") {
+    struct row {
+      const char* in;
+      const char* host;
+      std::uint16_t port;
+    };
+    for (const row& r : {row{"127.0.0.1:8080", "127.0.0.1", 8080}, row{"[::1]:8080", "::1", 8080},
+                         row{"localhost:0", "localhost", 0}, row{":8080", "127.0.0.1", 8080},
+                         row{"0.0.0.0:65535", "0.0.0.0", 65535}, row{"[::]:1", "::", 1},
+                         row{"proxy.internal:443", "proxy.internal", 443}}) {
+      INFO(r.in);
+      host_port hp = parse_host_port(r.in);
+      CHECK(hp.host == r.host);
+      CHECK(hp.port == r.port);
+    }
+  }
+  SECTION("rejected forms") {
+    for (const char* bad : {"", "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:http",
+                            "::1:8080", "[::1]", "[::1]8080", "[nothost]:80", "bad host:80", "300.1.1.1:80", ":"}) {
+      INFO(bad);
+      CHECK_THROWS_AS(parse_host_port(bad), std::invalid_argument);
+    }
+  }
+}
+
+TEST_CASE("config: parse_log_level and is_loopback", "[config]") {
+  CHECK(parse_log_level("trace") == log_level::trace);
+  CHECK(parse_log_level("debug") == log_level::debug);
+  CHECK(parse_log_level("info") == log_level::info);
+  CHECK(parse_log_level("warn") == log_level::warn);
+  CHECK(parse_log_level("warning") == log_level::warn);
+  CHECK(parse_log_level("ERROR") == log_level::error);
+  CHECK_THROWS_AS(parse_log_level("verbose"), std::invalid_argument);
+
+  for (const char* host : {"127.0.0.1", "127.255.0.9", "::1", "localhost", "LOCALHOST", "::ffff:127.0.0.1"}) {
+    INFO(host);
+    CHECK(is_loopback(host));
+  }
+  for (const char* host : {"0.0.0.0", "::", "10.0.0.1", "128.0.0.1", "example.com", "", "localhost.example.com"}) {
+    INFO(host);
+    CHECK_FALSE(is_loopback(host));
+  }
+}

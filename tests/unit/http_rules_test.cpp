@@ -1,0 +1,174 @@
+// Pure HTTP decisions: routing, target sanitising (no SSRF), upstream URLs, hop-by-hop headers,
+// error mapping and the gzip/deflate decoder used for metering.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+#include <zlib.h>
+
+#include "core/error.hpp"
+#include "core/http_rules.hpp"
+#include "core/inflate.hpp"
+
+using namespace tollgate;
+
+TEST_CASE("http_rules: routes and methods", "[http_rules]") {
+  CHECK(classify("POST", "/v1/chat/completions").route == route_kind::chat_completions);
+  CHECK(classify("POST", "/v1/chat/completions").json_body);
+  CHECK(classify("POST", "/v1/chat/completions/").route == route_kind::chat_completions);
+  CHECK(classify("POST", "/v1/completions").route == route_kind::completions);
+  CHECK(classify("POST", "/v1/embeddings").route == route_kind::embeddings);
+  CHECK(classify("POST", "/v1/responses").route == route_kind::responses);
+  CHECK(classify("POST", "/v1/messages").route == route_kind::messages);
+  CHECK(classify("GET", "/v1/models").route == route_kind::models);
+  CHECK(classify("GET", "/v1/models/gpt-4.1").route == route_kind::models);
+  CHECK_FALSE(classify("GET", "/v1/models").json_body);
+  SECTION("wrong method is 405 with Allow") {
+    auto d = classify("GET", "/v1/chat/completions");
+    CHECK(d.error == errc::method_not_allowed);
+    CHECK(d.allow == "POST");
+    CHECK(classify("POST", "/v1/models").error == errc::method_not_allowed);
+  }
+  SECTION("other /v1 paths pass through with any method") {
+    CHECK(classify("DELETE", "/v1/files/abc").route == route_kind::other);
+    CHECK(classify("POST", "/v1/audio/speech").error == errc::ok);
+  }
+  SECTION("health endpoints are local") {
+    CHECK(classify("GET", "/healthz").local);
+    CHECK(classify("GET", "/readyz").local);
+    CHECK(classify("POST", "/healthz").error == errc::method_not_allowed);
+  }
+  SECTION("anything else is 404") {
+    CHECK(classify("GET", "/").error == errc::not_found);
+    CHECK(classify("GET", "/v2/models").error == errc::not_found);
+    CHECK(classify("GET", "/v1x").error == errc::not_found);
+  }
+}
+
+TEST_CASE("http_rules: request targets cannot escape the base path", "[http_rules][security]") {
+  auto t = split_target("/v1/models?limit=2");
+  REQUIRE(t);
+  CHECK(t->path == "/v1/models");
+  CHECK(t->query == "limit=2");
+  SECTION("absolute-form keeps only path and query") {
+    auto a = split_target("http://evil.example:9999/v1/models?x=1");
+    REQUIRE(a);
+    CHECK(a->path == "/v1/models");
+    CHECK(a->query == "x=1");
+  }
+  SECTION("dot segments, encoded or not, are refused") {
+    for (auto bad : {"/v1/../admin", "/v1/./x", "/v1/%2e%2e/x", "/v1/%2E%2e/x", "/v1/.%2e/x", "/v1/..", "/v1//x",
+                     "/v1/a%2fb", "/v1/a\\b", "*", "", "v1/models", "/v1/\x01"})
+      CHECK_FALSE(split_target(bad));
+  }
+  SECTION("dots inside names are fine") {
+    CHECK(split_target("/v1/models/gpt-4.1"));
+    CHECK(split_target("/v1/models/ft:gpt-4.1:org..x"));
+  }
+}
+
+TEST_CASE("http_rules: upstream URLs", "[http_rules]") {
+  auto u = parse_upstream_url("https://api.holysheep.ai/v1");
+  REQUIRE(u);
+  CHECK(u->tls);
+  CHECK(u->port == 443);
+  CHECK(u->host_header == "api.holysheep.ai");
+  CHECK(u->base_path == "/v1");
+  CHECK(upstream_target(*u, "/v1/chat/completions", "") == "/v1/chat/completions");
+  auto origin = parse_upstream_url("http://127.0.0.1:9000");
+  REQUIRE(origin);
+  CHECK_FALSE(origin->tls);
+  CHECK(origin->base_path == "/v1");
+  CHECK(origin->host_header == "127.0.0.1:9000");
+  auto nested = parse_upstream_url("https://openrouter.ai/api/v1/");
+  REQUIRE(nested);
+  CHECK(upstream_target(*nested, "/v1/models", "a=1") == "/api/v1/models?a=1");
+  auto v6 = parse_upstream_url("http://[::1]:8000/v1");
+  REQUIRE(v6);
+  CHECK(v6->host == "::1");
+  CHECK(v6->host_header == "[::1]:8000");
+  for (auto bad : {"ftp://x", "https://", "https://user:pw@host/v1", "https://host:99999", "https://host/v1?x=1", "host:80"})
+    CHECK_FALSE(parse_upstream_url(bad));
+}
+
+TEST_CASE("http_rules: hop-by-hop headers", "[http_rules]") {
+  for (auto h : {"Connection", "keep-alive", "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Proxy-Authorization",
+                 "proxy-connection", "Expect"})
+    CHECK(is_hop_by_hop(h));
+  for (auto h : {"Authorization", "Content-Type", "x-request-id", "x-stainless-os", "OpenAI-Organization", "anthropic-beta"})
+    CHECK_FALSE(is_hop_by_hop(h));
+  CHECK(connection_lists("keep-alive, X-Secret-Hop", "x-secret-hop"));
+  CHECK_FALSE(connection_lists("keep-alive", "x-secret-hop"));
+  CHECK(is_json_content_type("application/json; charset=utf-8"));
+  CHECK(is_json_content_type(""));
+  CHECK(is_json_content_type("application/vnd.api+json"));
+  CHECK_FALSE(is_json_content_type("text/plain"));
+  CHECK_FALSE(is_json_content_type("multipart/form-data; boundary=x"));
+}
+
+TEST_CASE("error: every code maps to a status and an OpenAI-shaped body", "[error]") {
+  for (int i = 1; i <= static_cast<int>(errc::upstream_stream_truncated); ++i) {
+    auto e = static_cast<errc>(i);
+    INFO(error_name(e));
+    int s = http_status(e);
+    CHECK(s >= 400);
+    CHECK(s < 600);
+    auto j = nlohmann::json::parse(error_body(e, {}));
+    CHECK(j["error"]["message"].get<std::string>() == default_message(e));
+    CHECK(j["error"]["code"].get<std::string>() == error_name(e));
+    CHECK(j["error"]["param"].is_null());
+    CHECK(!j["error"]["type"].get<std::string>().empty());
+  }
+  CHECK(http_status(errc::invalid_json) == 400);
+  CHECK(http_status(errc::body_too_large) == 413);
+  CHECK(http_status(errc::http_version) == 505);
+  CHECK(http_status(errc::upstream_connect) == 502);
+  CHECK(http_status(errc::upstream_tls) == 502);
+  CHECK(http_status(errc::upstream_first_byte_timeout) == 504);
+  CHECK(openai_type(errc::invalid_json) == "invalid_request_error");
+  CHECK(openai_type(errc::upstream_reset) == "server_error");
+  SECTION("messages are escaped") {
+    auto j = nlohmann::json::parse(error_body(errc::invalid_json, "a \"quoted\"\nline\x01"));
+    CHECK(j["error"]["message"] == "a \"quoted\"\nline\x01");
+  }
+  CHECK(std::error_code(errc::upstream_tls).message() == "upstream_tls");
+}
+
+namespace {
+std::string compress(const std::string& in, int window_bits) {
+  z_stream z{};
+  deflateInit2(&z, 6, Z_DEFLATED, window_bits, 8, Z_DEFAULT_STRATEGY);
+  std::string out(compressBound(in.size()) + 64, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  z.avail_in = in.size();
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = out.size();
+  deflate(&z, Z_FINISH);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("inflate: gzip, zlib and raw deflate decode in pieces", "[inflate]") {
+  std::string text;
+  for (int i = 0; i < 500; ++i) text += R"({"usage":{"prompt_tokens":12,"completion_tokens":3}} )";
+  for (int bits : {15 + 16, 15, -15}) {
+    INFO(bits);
+    auto packed = compress(text, bits);
+    inflater inf;
+    std::string out;
+    for (std::size_t i = 0; i < packed.size(); i += 7) CHECK(inf.feed(std::string_view(packed).substr(i, 7), out, 1 << 20));
+    CHECK(out == text);
+  }
+  SECTION("output is capped at the limit") {
+    inflater inf;
+    std::string out;
+    inf.feed(compress(text, 31), out, 100);
+    CHECK(out.size() == 100);
+  }
+  SECTION("garbage fails without crashing") {
+    inflater inf;
+    std::string out;
+    CHECK_FALSE(inf.feed("this is not compressed at all, not even a little", out, 1000));
+    CHECK(inf.failed());
+  }
+}

@@ -1,0 +1,428 @@
+// Tests of the SQLite ledger against real database files in a temporary directory: batching
+// from many threads, column mapping, schema and migrations, admission, shutdown and failures.
+#include <sqlite3.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/usage_record.hpp"
+#include "ledger/ledger.hpp"
+
+namespace tollgate {
+
+// The test-only knob declared a friend in ledger.hpp.
+struct ledger_test_access {
+  static void set_busy_timeout(ledger& l, std::chrono::milliseconds t) { l.busy_timeout_ = t; }
+};
+
+}  // namespace tollgate
+
+namespace {
+
+using namespace tollgate;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+// A fresh directory under the system temp dir, removed with everything in it.
+struct temp_dir {
+  fs::path path;
+  temp_dir() {
+    std::random_device rd;
+    path = fs::temp_directory_path() /
+           ("tollgate-ledger-test-" + std::to_string(rd()) + "-" + std::to_string(rd()));
+    fs::create_directories(path);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+// A second, independent connection to inspect (or lock) the ledger's file.
+struct db_conn {
+  sqlite3* db = nullptr;
+  explicit db_conn(const std::string& path) {
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    sqlite3_busy_timeout(db, 2000);
+  }
+  ~db_conn() { sqlite3_close(db); }
+  db_conn(const db_conn&) = delete;
+  db_conn& operator=(const db_conn&) = delete;
+
+  void exec(const std::string& sql) {
+    char* err = nullptr;
+    const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+    INFO(sql << ": " << (err ? err : ""));
+    sqlite3_free(err);
+    REQUIRE(rc == SQLITE_OK);
+  }
+  // Rows of a query, each column as text (nullopt for NULL).
+  std::vector<std::vector<std::optional<std::string>>> rows(const std::string& sql) {
+    sqlite3_stmt* st = nullptr;
+    INFO(sql);
+    REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
+    std::vector<std::vector<std::optional<std::string>>> out;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      auto& row = out.emplace_back();
+      for (int i = 0; i < sqlite3_column_count(st); ++i) {
+        if (sqlite3_column_type(st, i) == SQLITE_NULL)
+          row.emplace_back(std::nullopt);
+        else
+          row.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(st, i)));
+      }
+    }
+    sqlite3_finalize(st);
+    return out;
+  }
+  std::int64_t integer(const std::string& sql) {
+    sqlite3_stmt* st = nullptr;
+    INFO(sql);
+    REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+    const auto v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+  }
+  double real(const std::string& sql) {
+    sqlite3_stmt* st = nullptr;
+    INFO(sql);
+    REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+    const auto v = sqlite3_column_double(st, 0);
+    sqlite3_finalize(st);
+    return v;
+  }
+};
+
+// Waits for a condition the ledger only exposes by polling (write errors); bounded.
+template <class F>
+bool eventually(F done, std::chrono::milliseconds limit = 5s) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+usage_record make_row(int i) {
+  usage_record r;
+  r.request_id = "req-" + std::to_string(i);
+  r.start_ms = 1'700'000'000'000 + i;
+  r.route = route_kind::chat_completions;
+  r.method = "POST";
+  r.requested_model = "gpt-4o-mini";
+  r.status = 200;
+  r.tokens.prompt = i % 97;
+  r.tokens.completion = i % 13;
+  r.source = usage_source::upstream;
+  r.cost_usd = (i % 7) * 0.25;  // exact in binary, so sums compare exactly
+  r.latency_ms = 12.5;
+  return r;
+}
+
+ledger_options options_for(const temp_dir& dir) {
+  ledger_options o;
+  o.path = dir.file("tollgate.db");
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("ledger: rows submitted from 4 threads are all written once", "[ledger]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+  opts.batch_rows = 250;
+  ledger l(opts);
+  l.start();
+
+  constexpr int kThreads = 4, kPerThread = 2500;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&l, t] {
+      for (int i = t * kPerThread; i < (t + 1) * kPerThread; ++i) {
+        if (l.reserve()) l.submit(make_row(i));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  l.flush();
+
+  std::int64_t prompt = 0, completion = 0;
+  double cost = 0;
+  for (int i = 0; i < kThreads * kPerThread; ++i) {
+    const auto r = make_row(i);
+    prompt += r.tokens.prompt;
+    completion += r.tokens.completion;
+    cost += r.cost_usd;
+  }
+  db_conn db(opts.path);
+  CHECK(db.integer("SELECT COUNT(*) FROM calls") == 10'000);
+  CHECK(db.integer("SELECT COUNT(DISTINCT request_id) FROM calls") == 10'000);
+  CHECK(db.integer("SELECT SUM(prompt_tokens) FROM calls") == prompt);
+  CHECK(db.integer("SELECT SUM(completion_tokens) FROM calls") == completion);
+  CHECK(db.integer("SELECT SUM(total_tokens) FROM calls") == prompt + completion);
+  CHECK(db.real("SELECT SUM(cost_usd) FROM calls") == cost);
+  const auto s = l.stats();
+  CHECK(s.rows_written == 10'000);
+  CHECK(s.write_errors == 0);
+  CHECK(s.queue_depth == 0);
+  CHECK(l.writable());
+}
+
+TEST_CASE("ledger: every record field lands in its column", "[ledger]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+  ledger l(opts);
+  l.start();
+  const std::string columns =
+      "request_id, start_ms, route, method, requested_model, served_model, price_model, upstream,"
+      " client_key_id, team, user, status, stream, aborted, prompt_tokens, completion_tokens,"
+      " cached_tokens, cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, total_tokens,"
+      " usage_source, priced, cost_usd, latency_ms, first_byte_ms, error_kind,"
+      " upstream_request_id, attempts";
+
+  SECTION("a fully populated record") {
+    usage_record r;
+    r.request_id = "req-full";
+    r.start_ms = 1'733'000'000'123;
+    r.route = route_kind::messages;
+    r.method = "POST";
+    r.requested_model = "claude-sonnet-4-5";
+    r.served_model = "claude-sonnet-4-5-20250929";
+    r.price_model = "claude-sonnet-4-5";
+    r.upstream = "anthropic";
+    r.client_key_id = "key-7";
+    r.team = "search";
+    r.user = "u-42";
+    r.status = 502;
+    r.stream = true;
+    r.aborted = true;
+    r.tokens = {1200, 340, 800, 300, 100, 40};
+    r.source = usage_source::estimated;
+    r.priced = true;
+    r.cost_usd = 0.0123;
+    r.latency_ms = 1532.25;
+    r.first_byte_ms = 210.5;
+    r.error_kind = "upstream_reset";
+    r.upstream_request_id = "msg_01ABC";
+    r.attempts = 2;
+    REQUIRE(l.reserve());
+    l.submit(r);
+    l.flush();
+
+    db_conn db(opts.path);
+    const auto rows = db.rows("SELECT " + columns + " FROM calls");
+    REQUIRE(rows.size() == 1);
+    const std::vector<std::optional<std::string>> expected = {
+        "req-full", "1733000000123", "messages", "POST", "claude-sonnet-4-5",
+        "claude-sonnet-4-5-20250929", "claude-sonnet-4-5", "anthropic", "key-7", "search", "u-42",
+        "502", "1", "1", "1200", "340", "800", "300", "100", "40", "1540", "estimated", "1",
+        "0.0123", "1532.25", "210.5", "upstream_reset", "msg_01ABC", "2"};
+    CHECK(rows[0] == expected);
+    CHECK(db.real("SELECT cost_usd FROM calls") == 0.0123);
+  }
+
+  SECTION("empty strings and a missing first byte are NULL") {
+    usage_record r;
+    r.request_id = "req-empty";
+    r.method = "GET";
+    r.route = route_kind::models;
+    r.first_byte_ms = -1;
+    REQUIRE(l.reserve());
+    l.submit(r);
+    l.flush();
+
+    db_conn db(opts.path);
+    const auto rows = db.rows("SELECT " + columns + " FROM calls");
+    REQUIRE(rows.size() == 1);
+    const std::optional<std::string> null;
+    const std::vector<std::optional<std::string>> expected = {
+        "req-empty", "0", "models", "GET", null, null, null, null, null, null, null,
+        "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "none", "0",
+        "0.0", "0.0", null, null, null, "1"};
+    CHECK(rows[0] == expected);
+  }
+}
+
+TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+
+  SECTION("a new database in a missing directory is created in WAL mode at version 1") {
+    opts.path = dir.file("nested/deeper/tollgate.db");
+    ledger l(opts);
+    l.start();
+    db_conn db(opts.path);
+    CHECK(db.rows("PRAGMA journal_mode")[0][0] == "wal");
+    CHECK(db.integer("SELECT MAX(version) FROM schema_version") == ledger_schema_version());
+    CHECK(ledger_schema_version() == 1);
+    CHECK(db.integer("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE "
+                     "'calls_%'") == 3);
+  }
+
+  SECTION("reopening an existing database keeps its rows and applies no migration twice") {
+    for (int run = 0; run < 2; ++run) {
+      ledger l(opts);
+      l.start();
+      REQUIRE(l.reserve());
+      l.submit(make_row(run));
+      l.stop();
+    }
+    db_conn db(opts.path);
+    CHECK(db.integer("SELECT COUNT(*) FROM schema_version") == 1);
+    CHECK(db.integer("SELECT COUNT(*) FROM calls") == 2);
+  }
+
+  SECTION("a database from a newer build is refused") {
+    {
+      db_conn db(opts.path);
+      db.exec("CREATE TABLE schema_version(version INTEGER NOT NULL);"
+              "INSERT INTO schema_version VALUES (1), (2)");
+    }
+    ledger l(opts);
+    CHECK_THROWS_WITH(l.start(), Catch::StartsWith("ledger: cannot open " + opts.path) &&
+                                     Catch::Contains("schema version 2 is newer"));
+  }
+
+  SECTION("a path that cannot be a database is refused with the path in the message") {
+    std::ofstream(dir.file("plain-file")) << "x";
+    opts.path = dir.file("plain-file/tollgate.db");
+    ledger l(opts);
+    CHECK_THROWS_WITH(l.start(), Catch::StartsWith("ledger: cannot open " + opts.path + ": "));
+  }
+
+  SECTION("ledger_schema_sql creates the table the writer inserts into") {
+    db_conn db(dir.file("tool.db"));
+    db.exec(ledger_schema_sql());
+    CHECK(db.integer("SELECT COUNT(*) FROM pragma_table_info('calls')") == 30);
+  }
+}
+
+TEST_CASE("ledger: reserve refuses at capacity until a slot is released or committed",
+          "[ledger]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+  opts.queue_capacity = 3;
+  ledger l(opts);
+  l.start();
+
+  REQUIRE(l.reserve());
+  REQUIRE(l.reserve());
+  REQUIRE(l.reserve());
+  CHECK_FALSE(l.reserve());
+
+  SECTION("release frees one slot") {
+    l.release();
+    CHECK(l.reserve());
+    CHECK_FALSE(l.reserve());
+  }
+  SECTION("a submitted row holds its slot until committed") {
+    l.submit(make_row(1));
+    CHECK_FALSE(l.reserve());
+    l.flush();
+    CHECK(l.reserve());
+    CHECK_FALSE(l.reserve());
+  }
+}
+
+TEST_CASE("ledger: a batch is written after flush_interval without a flush", "[ledger]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+  opts.batch_rows = 500;
+  opts.flush_interval = 20ms;
+  ledger l(opts);
+  std::promise<std::size_t> written;
+  l.on_committed = [&](const std::vector<usage_record>& rows) { written.set_value(rows.size()); };
+  l.start();
+
+  REQUIRE(l.reserve());
+  l.submit(make_row(1));
+  auto f = written.get_future();
+  REQUIRE(f.wait_for(5s) == std::future_status::ready);
+  CHECK(f.get() == 1);
+}
+
+TEST_CASE("ledger: stop writes every queued row", "[ledger]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+  opts.batch_rows = 300;
+  opts.flush_interval = 1h;  // nothing would be written on time alone
+  {
+    ledger l(opts);
+    l.start();
+    for (int i = 0; i < 1000; ++i) {
+      REQUIRE(l.reserve());
+      l.submit(make_row(i));
+    }
+    l.stop();
+    CHECK(l.stats().rows_written == 1000);
+    l.stop();  // idempotent
+  }
+  db_conn db(opts.path);
+  CHECK(db.integer("SELECT COUNT(*) FROM calls") == 1000);
+}
+
+TEST_CASE("ledger: a locked database keeps the rows and writes them once it is free",
+          "[ledger]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+  opts.batch_rows = 10;
+  opts.flush_interval = 1ms;
+  ledger l(opts);
+  ledger_test_access::set_busy_timeout(l, 20ms);
+  l.start();
+
+  db_conn locker(opts.path);
+  locker.exec("BEGIN EXCLUSIVE");
+  for (int i = 0; i < 25; ++i) {
+    REQUIRE(l.reserve());
+    l.submit(make_row(i));
+  }
+  REQUIRE(eventually([&] { return l.stats().write_errors >= 1; }));
+  CHECK_FALSE(l.writable());
+  CHECK(l.stats().rows_written == 0);
+  CHECK(l.stats().queue_depth == 25);
+
+  locker.exec("ROLLBACK");
+  l.flush();
+  CHECK(l.writable());
+  CHECK(l.stats().rows_written == 25);
+  CHECK(l.stats().queue_depth == 0);
+
+  // Retried rows keep their submission order.
+  const auto ids = locker.rows("SELECT request_id FROM calls ORDER BY id");
+  REQUIRE(ids.size() == 25);
+  for (int i = 0; i < 25; ++i) CHECK(ids[i][0] == "req-" + std::to_string(i));
+}
+
+TEST_CASE("ledger: on_committed sees every committed row once", "[ledger]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+  opts.batch_rows = 64;
+  ledger l(opts);
+  std::vector<std::string> seen;  // only the writer thread appends
+  l.on_committed = [&](const std::vector<usage_record>& rows) {
+    for (const auto& r : rows) seen.push_back(r.request_id);
+  };
+  l.start();
+  for (int i = 0; i < 1000; ++i) {
+    REQUIRE(l.reserve());
+    l.submit(make_row(i));
+  }
+  l.flush();
+  REQUIRE(seen.size() == 1000);
+  CHECK(std::set<std::string>(seen.begin(), seen.end()).size() == 1000);
+  l.stop();
+}

@@ -1,0 +1,326 @@
+// Tests for the price table: YAML and LiteLLM loading, model-id resolution and the cost formula.
+#include <catch2/catch.hpp>
+
+#include <string>
+
+#include "core/pricing.hpp"
+
+using namespace tollgate;
+
+namespace {
+
+const std::string source_dir = TOLLGATE_SOURCE_DIR;
+
+price_table shipped_table() {
+  price_table t;
+  t.load_yaml_file(source_dir + "/config/prices.yaml");
+  return t;
+}
+
+token_usage usage(std::int64_t prompt, std::int64_t completion, std::int64_t cached = 0,
+                  std::int64_t cache_write = 0, std::int64_t cache_write_1h = 0, std::int64_t reasoning = 0) {
+  token_usage u;
+  u.prompt = prompt;
+  u.completion = completion;
+  u.cached = cached;
+  u.cache_write = cache_write;
+  u.cache_write_1h = cache_write_1h;
+  u.reasoning = reasoning;
+  return u;
+}
+
+// The config_error text for a bad YAML document.
+std::string yaml_error(const std::string& text) {
+  price_table t;
+  try {
+    t.load_yaml_string(text, "bad.yaml");
+  } catch (const config_error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+}  // namespace
+
+TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]") {
+  const auto t = shipped_table();
+  const char* expected[] = {"gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-4o", "gpt-4o-mini", "gpt-5",
+                            "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini", "claude-sonnet-4.5", "claude-sonnet-4",
+                            "claude-haiku-4.5", "claude-opus-4.1", "deepseek-v3.2", "deepseek-chat",
+                            "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
+                            "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"};
+  CHECK(t.size() == std::size(expected));
+  for (const char* name : expected) {
+    INFO(name);
+    const auto* p = t.resolve(name);
+    REQUIRE(p != nullptr);
+    CHECK(p->name == name);
+    CHECK(p->input >= 0);
+  }
+  CHECK(t.names().size() == t.size());
+
+  SECTION("figures") {
+    const auto* sonnet = t.resolve("claude-sonnet-4.5");
+    CHECK(sonnet->input == 3.00);
+    CHECK(sonnet->cached_input == Approx(0.30));
+    CHECK(sonnet->cache_write_5m == 3.75);
+    CHECK(sonnet->cache_write_1h == 6.00);
+    CHECK(sonnet->long_context_threshold == 200000);
+    CHECK(sonnet->long_input == 6.00);
+    CHECK(sonnet->long_output == 22.50);
+    const auto* gemini = t.resolve("gemini-2.5-pro");
+    CHECK(gemini->long_context_threshold == 200000);
+    CHECK(gemini->long_cached_input == Approx(0.25));
+    CHECK(t.resolve("gpt-4.1-nano")->cached_input == Approx(0.025));
+  }
+  SECTION("cached_input defaults to input") {
+    CHECK(t.resolve("text-embedding-3-large")->cached_input == Approx(0.13));
+    CHECK(t.resolve("text-embedding-3-large")->output == 0);
+  }
+}
+
+TEST_CASE("pricing: model ids resolve to their base entry", "[pricing]") {
+  const auto t = shipped_table();
+  auto name_of = [&](std::string_view id) -> std::string {
+    const auto* p = t.resolve(id);
+    return p ? p->name : "<none>";
+  };
+
+  SECTION("alias and date suffixes") {
+    CHECK(name_of("gpt-4.1-2025-04-14") == "gpt-4.1");
+    CHECK(name_of("gpt-4o-mini-2024-07-18") == "gpt-4o-mini");
+    CHECK(name_of("gpt-4o-2024-08-06") == "gpt-4o");
+    CHECK(name_of("claude-sonnet-4-5-20250929") == "claude-sonnet-4.5");
+    CHECK(name_of("claude-sonnet-4-20250514") == "claude-sonnet-4");
+    CHECK(name_of("claude-sonnet-4-5@20250929") == "claude-sonnet-4.5");
+    CHECK(name_of("claude-opus-4-1-latest") == "claude-opus-4.1");
+    CHECK(name_of("gpt-4o-0613") == "gpt-4o");
+    CHECK(name_of("claude-haiku-4-5-20251001") == "claude-haiku-4.5");
+  }
+  SECTION("provider prefixes and case") {
+    CHECK(name_of("openai/gpt-4.1") == "gpt-4.1");
+    CHECK(name_of("OpenAI/GPT-4.1") == "gpt-4.1");
+    CHECK(name_of("anthropic/claude-haiku-4-5") == "claude-haiku-4.5");
+    CHECK(name_of("openrouter/anthropic/claude-sonnet-4.5") == "claude-sonnet-4.5");
+    CHECK(name_of("deepseek/deepseek-chat") == "deepseek-chat");
+    CHECK(name_of("us.anthropic.claude-sonnet-4-5-20250929-v1:0") == "claude-sonnet-4.5");
+    CHECK(name_of("anthropic.claude-opus-4-1-20250805-v1:0") == "claude-opus-4.1");
+  }
+  SECTION("dash and dot versions are the same model without an alias") {
+    price_table small;
+    small.load_yaml_string("models:\n  claude-opus-4.5: { input: 5, output: 25 }\n  grok-4-1: { input: 1, output: 2 }\n");
+    CHECK(small.resolve("claude-opus-4-5-20251101") != nullptr);
+    CHECK(small.resolve("grok-4.1") != nullptr);
+  }
+  SECTION("a longer name never falls back to a shorter model") {
+    CHECK(name_of("gpt-4.1-mini") == "gpt-4.1-mini");
+    CHECK(name_of("gpt-4.1-mini-2025-04-14") == "gpt-4.1-mini");
+    CHECK(name_of("gpt-4o-mini") == "gpt-4o-mini");
+    CHECK(name_of("gpt-5-nano") == "gpt-5-nano");
+    CHECK(name_of("gemini-2.5-flash-lite") == "gemini-2.5-flash-lite");
+    CHECK(name_of("gpt-4.1-turbo") == "<none>");
+    CHECK(name_of("chatgpt-4o-latest") == "<none>");
+    CHECK(name_of("ft:gpt-4o-mini-2024-07-18:acme::abc123") == "<none>");
+  }
+  SECTION("unknown ids are unpriced") {
+    CHECK(t.resolve("llama-3-70b") == nullptr);
+    CHECK(t.resolve("") == nullptr);
+    CHECK(t.resolve("/") == nullptr);
+    CHECK(t.resolve("-20250101") == nullptr);
+    CHECK(t.resolve(std::string(1000, 'x') + "/gpt-4.1") != nullptr);  // long ids take the heap path
+  }
+}
+
+TEST_CASE("pricing: cost follows the formula", "[pricing]") {
+  const auto t = shipped_table();
+
+  SECTION("gpt-4.1: 1M prompt with 200k cached plus 100k completion is 2.5 USD") {
+    const auto r = compute_cost(t, "gpt-4.1", usage(1'000'000, 100'000, 200'000));
+    CHECK(r.priced);
+    REQUIRE(r.price != nullptr);
+    CHECK(r.price->name == "gpt-4.1");
+    CHECK(r.usd == Approx(0.8 * 2.00 + 0.2 * 0.50 + 0.1 * 8.00));
+    CHECK(r.usd == Approx(2.5));
+  }
+  SECTION("reasoning tokens are inside completion and billed once") {
+    const auto plain = compute_cost(t, "o3", usage(1000, 5000));
+    const auto reasoning = compute_cost(t, "o3", usage(1000, 5000, 0, 0, 0, 4000));
+    CHECK(reasoning.usd == Approx(plain.usd));
+    CHECK(reasoning.usd == Approx((1000 * 2.00 + 5000 * 8.00) / 1e6));
+  }
+  SECTION("claude-sonnet-4.5 cache reads and 5m/1h writes") {
+    // 10k uncached + 50k read + 20k written (15k for 5 min, 5k for 1 h), 2k out.
+    const auto r = compute_cost(t, "claude-sonnet-4-5-20250929", usage(80'000, 2'000, 50'000, 20'000, 5'000));
+    const double expected = (10'000 * 3.00 + 50'000 * 0.30 + 15'000 * 3.75 + 5'000 * 6.00 + 2'000 * 15.00) / 1e6;
+    CHECK(r.usd == Approx(expected));
+    CHECK(r.usd == Approx(0.16125));
+  }
+  SECTION("claude-sonnet-4.5 long-context tier above 200k prompt tokens") {
+    // 250k prompt: 150k uncached, 80k read, 20k written (all 5 min), 1k out, all at long prices.
+    const auto r = compute_cost(t, "claude-sonnet-4.5", usage(250'000, 1'000, 80'000, 20'000));
+    const double expected = (150'000 * 6.00 + 80'000 * 0.60 + 20'000 * 6.00 * 1.25 + 1'000 * 22.50) / 1e6;
+    CHECK(r.usd == Approx(expected));
+    SECTION("exactly at the threshold is still the base tier") {
+      const auto base = compute_cost(t, "claude-sonnet-4.5", usage(200'000, 0));
+      CHECK(base.usd == Approx(200'000 * 3.00 / 1e6));
+    }
+    SECTION("1h writes in the long tier cost 2x the long input") {
+      const auto w = compute_cost(t, "claude-sonnet-4.5", usage(210'000, 0, 0, 210'000, 210'000));
+      CHECK(w.usd == Approx(210'000 * 12.00 / 1e6));
+    }
+  }
+  SECTION("gemini-2.5-pro long tier") {
+    const auto r = compute_cost(t, "gemini-2.5-pro", usage(300'000, 10'000, 100'000));
+    CHECK(r.usd == Approx((200'000 * 2.50 + 100'000 * 0.25 + 10'000 * 15.00) / 1e6));
+  }
+  SECTION("deepseek cache hits") {
+    const auto r = compute_cost(t, "deepseek-chat", usage(100'000, 10'000, 60'000));
+    CHECK(r.usd == Approx((40'000 * 0.28 + 60'000 * 0.028 + 10'000 * 0.42) / 1e6));
+  }
+  SECTION("cache writes default to 1.25x and 2x input") {
+    price_table small;
+    small.load_yaml_string("models:\n  m: { input: 4, output: 0 }\n");
+    const auto r = compute_cost(small, "m", usage(3'000'000, 0, 0, 3'000'000, 1'000'000));
+    CHECK(r.usd == Approx(2 * 5.0 + 1 * 8.0));
+  }
+  SECTION("counters that disagree never bill negative input") {
+    const auto r = compute_cost(t, "gpt-4.1", usage(100, 0, 300));
+    CHECK(r.usd == Approx(300 * 0.50 / 1e6));
+    CHECK(compute_cost(t, "gpt-4.1", usage(-5, -5)).usd == 0);
+  }
+  SECTION("the upstream multiplier scales the cost") {
+    const auto r = compute_cost(t, "gpt-4.1", usage(1'000'000, 100'000, 200'000), 1.5);
+    CHECK(r.usd == Approx(3.75));
+  }
+  SECTION("an unknown model is unpriced, not free") {
+    const auto r = compute_cost(t, "llama-3-70b", usage(1000, 1000));
+    CHECK_FALSE(r.priced);
+    CHECK(r.usd == 0);
+    CHECK(r.price == nullptr);
+  }
+  SECTION("the entry overload") {
+    const auto r = compute_cost(*t.resolve("gpt-4o-mini"), usage(1'000'000, 1'000'000));
+    CHECK(r.priced);
+    CHECK(r.usd == Approx(0.75));
+  }
+}
+
+TEST_CASE("pricing: bad YAML is a config_error with file and line", "[pricing]") {
+  SECTION("unknown key in an entry") {
+    const auto e = yaml_error("models:\n  gpt-4.1:\n    input: 2\n    ouput: 8\n");
+    CHECK_THAT(e, Catch::Contains("bad.yaml:4:") && Catch::Contains("ouput"));
+  }
+  SECTION("unknown key in a flow entry") {
+    CHECK_THAT(yaml_error("models:\n  a: { input: 1, output: 2 }\n  b: { input: 1, output: 2, color: red }\n"),
+               Catch::Contains("bad.yaml:3:") && Catch::Contains("color"));
+  }
+  SECTION("unknown key in long_context") {
+    CHECK_THAT(yaml_error("models:\n  a:\n    input: 1\n    output: 2\n    long_context:\n      threshold: 10\n"
+                          "      input: 2\n      output: 4\n      ceiling: 9\n"),
+               Catch::Contains("bad.yaml:9:"));
+  }
+  SECTION("negative price") {
+    CHECK_THAT(yaml_error("models:\n  a: { input: 1, output: 2 }\n  b:\n    input: -1\n    output: 2\n"),
+               Catch::Contains("bad.yaml:4:") && Catch::Contains("negative"));
+  }
+  SECTION("non-numeric price") {
+    CHECK_THAT(yaml_error("models:\n  a:\n    input: cheap\n    output: 2\n"), Catch::Contains("bad.yaml:3:"));
+    CHECK_THAT(yaml_error("models:\n  a:\n    input: .nan\n    output: 2\n"), Catch::Contains("bad.yaml:3:"));
+    CHECK_THAT(yaml_error("models:\n  a:\n    input: [1]\n    output: 2\n"), Catch::Contains("bad.yaml:3:"));
+  }
+  SECTION("missing price") {
+    CHECK_THAT(yaml_error("models:\n  a:\n    input: 1\n"), Catch::Contains("bad.yaml:3:"));
+  }
+  SECTION("duplicate name") {
+    CHECK_THAT(yaml_error("models:\n  a: { input: 1, output: 2 }\n  a: { input: 1, output: 2 }\n"),
+               Catch::Contains("bad.yaml:3:") && Catch::Contains("duplicate"));
+  }
+  SECTION("alias that repeats another name, case-insensitively") {
+    CHECK_THAT(yaml_error("models:\n  a: { input: 1, output: 2 }\n  b: { input: 1, output: 2, aliases: [x, A] }\n"),
+               Catch::Contains("bad.yaml:3:") && Catch::Contains("duplicate"));
+  }
+  SECTION("YAML syntax error") {
+    CHECK_THAT(yaml_error("models:\n  a: { input: 1, output: 2\n  b: [\n"), Catch::Matches(".*bad\\.yaml:[0-9]+:.*"));
+    CHECK_THAT(yaml_error("models:\n  a:\n    input: 1\n   output: 2\n"), Catch::Contains("bad.yaml:4:"));
+  }
+  SECTION("structure") {
+    CHECK_THAT(yaml_error("prices:\n  a: { input: 1, output: 2 }\n"), Catch::Contains("bad.yaml:1:"));
+    CHECK_THAT(yaml_error("models: [a, b]\n"), Catch::Contains("bad.yaml:1:"));
+    CHECK_THAT(yaml_error("models:\n  a: 1\n"), Catch::Contains("bad.yaml:2:"));
+    CHECK_THAT(yaml_error("models:\n  a: { input: 1, output: 2, aliases: b }\n"), Catch::Contains("bad.yaml:2:"));
+    CHECK_THAT(yaml_error("models:\n  a:\n    input: 1\n    output: 2\n    long_context: { input: 2, output: 4 }\n"),
+               Catch::Contains("bad.yaml:5:"));
+    CHECK_THAT(yaml_error("{}"), Catch::Contains("missing 'models'"));
+    CHECK(yaml_error("") != "<no error>");
+    price_table empty;
+    empty.load_yaml_string("models: {}\n");
+    CHECK(empty.size() == 0);
+  }
+  SECTION("a missing file names the file") {
+    price_table t;
+    CHECK_THROWS_WITH(t.load_yaml_file("/nonexistent/prices.yaml"), Catch::Contains("/nonexistent/prices.yaml"));
+  }
+  SECTION("a later file may not redefine a name") {
+    price_table t;
+    t.load_yaml_string("models:\n  a: { input: 1, output: 2 }\n", "one.yaml");
+    CHECK_THROWS_AS(t.load_yaml_string("models:\n  A: { input: 1, output: 2 }\n", "two.yaml"), config_error);
+  }
+}
+
+TEST_CASE("pricing: LiteLLM catalogue fills gaps and YAML wins", "[pricing]") {
+  auto t = shipped_table();
+  const auto yaml_size = t.size();
+  t.load_litellm_file(source_dir + "/tests/data/litellm_sample.json");
+
+  SECTION("only per-token entries are added") {
+    // claude-3-5-haiku, openrouter llama, xai grok-4; not sample_spec, dall-e-3 (per pixel),
+    // gpt-4.1 (in YAML) or deepseek/deepseek-chat (YAML has deepseek-chat).
+    CHECK(t.size() == yaml_size + 3);
+    CHECK(t.resolve("sample_spec") == nullptr);
+    CHECK(t.resolve("dall-e-3") == nullptr);
+  }
+  SECTION("YAML prices win over LiteLLM's") {
+    CHECK(t.resolve("gpt-4.1")->input == 2.00);
+    CHECK(t.resolve("deepseek/deepseek-chat")->name == "deepseek-chat");
+    CHECK(t.resolve("deepseek/deepseek-chat")->input == Approx(0.28));
+  }
+  SECTION("USD per token becomes USD per 1M") {
+    const auto* haiku = t.resolve("claude-3-5-haiku-20241022");
+    REQUIRE(haiku != nullptr);
+    CHECK(haiku->input == 0.80);
+    CHECK(haiku->output == 4.00);
+    CHECK(haiku->cached_input == 0.08);
+    CHECK(haiku->cache_write_5m == 1.00);
+    CHECK(compute_cost(t, "claude-3-5-haiku-20241022", usage(1'000'000, 0)).usd == Approx(0.80));
+  }
+  SECTION("cached_input defaults to input and the 200k tier is read") {
+    const auto* grok = t.resolve("xai/grok-4");
+    REQUIRE(grok != nullptr);
+    CHECK(grok->cached_input == 0.75);
+    CHECK(grok->long_context_threshold == 200000);
+    CHECK(grok->long_input == 6.00);
+    CHECK(grok->long_output == 30.00);
+    const auto* llama = t.resolve("openrouter/meta-llama/llama-3.3-70b-instruct");
+    REQUIRE(llama != nullptr);
+    CHECK(llama->cached_input == 0.13);
+  }
+  SECTION("provider-prefixed entries resolve case-insensitively and without the prefix") {
+    CHECK(t.resolve("OpenRouter/Meta-Llama/Llama-3.3-70B-Instruct")->name ==
+          "openrouter/meta-llama/llama-3.3-70b-instruct");
+    CHECK(t.resolve("llama-3.3-70b-instruct")->name == "openrouter/meta-llama/llama-3.3-70b-instruct");
+    CHECK(t.resolve("grok-4")->name == "xai/grok-4");
+    CHECK(t.resolve("anthropic/Claude-3-5-Haiku-20241022")->name == "claude-3-5-haiku-20241022");
+  }
+  SECTION("YAML loaded after LiteLLM replaces the LiteLLM entry") {
+    t.load_yaml_string("models:\n  grok-4: { input: 2, output: 10 }\n  xai/GROK-4: { input: 2, output: 10 }\n");
+    CHECK(t.resolve("xai/grok-4")->name == "xai/GROK-4");
+    CHECK(t.resolve("xai/grok-4")->input == 2);
+  }
+  SECTION("malformed JSON is a config_error with its line") {
+    price_table bad;
+    CHECK_THROWS_WITH(bad.load_litellm_string("{\n  \"a\": {\n    \"input_cost_per_token\": ,\n", "cat.json"),
+                      Catch::Contains("cat.json:3:"));
+    CHECK_THROWS_AS(bad.load_litellm_string("[1, 2]", "cat.json"), config_error);
+    CHECK_THROWS_AS(bad.load_litellm_file("/nonexistent/litellm.json"), config_error);
+  }
+}

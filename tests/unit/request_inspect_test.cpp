@@ -1,0 +1,323 @@
+// Tests for request-body inspection (one SAX pass) and the include_usage rewrite.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "core/request_inspect.hpp"
+#include "core/usage.hpp"
+
+using namespace tollgate;
+using namespace std::string_literals;
+
+namespace {
+
+request_problem problem_of(std::string_view body) { return inspect_request(body).problem; }
+
+// `{"a":` + n nested arrays: the top-level object plus n levels.
+std::string nested(int arrays) {
+  return R"({"a":)" + std::string(static_cast<std::size_t>(arrays), '[') +
+         std::string(static_cast<std::size_t>(arrays), ']') + "}";
+}
+
+}  // namespace
+
+TEST_CASE("request_inspect: a chat body yields its fields", "[request_inspect]") {
+  const auto f = inspect_request(
+      R"({"model":"gpt-4.1","stream":true,"user":"u-42","max_tokens":256,)"
+      R"("messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hello there, how are you?"}]})");
+  CHECK(f.problem == request_problem::none);
+  CHECK(f.problem_detail.empty());
+  CHECK(f.has_model);
+  CHECK(f.model == "gpt-4.1");
+  CHECK(f.stream);
+  CHECK_FALSE(f.has_stream_options);
+  CHECK_FALSE(f.include_usage);
+  CHECK(f.user == "u-42");
+  CHECK(f.max_tokens == 256);
+  text_tally expected;
+  for (const char* s : {"system", "Be brief.", "user", "Hello there, how are you?"}) expected.add(s);
+  CHECK(f.prompt_tokens_estimate == expected.tokens());
+  CHECK(f.prompt_tokens_estimate > 0);
+}
+
+TEST_CASE("request_inspect: absent fields keep their defaults", "[request_inspect]") {
+  const auto f = inspect_request(R"( {"input":"embed me"} )");
+  CHECK(f.problem == request_problem::none);
+  CHECK_FALSE(f.has_model);
+  CHECK(f.model.empty());
+  CHECK_FALSE(f.stream);
+  CHECK(f.user.empty());
+  CHECK_FALSE(f.max_tokens.has_value());
+  CHECK(f.prompt_tokens_estimate == estimate_tokens("embed me"));
+}
+
+TEST_CASE("request_inspect: stream and stream_options", "[request_inspect]") {
+  SECTION("include_usage true") {
+    const auto f = inspect_request(R"({"model":"m","stream":true,"stream_options":{"include_usage":true}})");
+    CHECK(f.stream);
+    CHECK(f.has_stream_options);
+    CHECK(f.include_usage);
+  }
+  SECTION("include_usage false") {
+    const auto f = inspect_request(R"({"stream_options":{"include_usage":false},"stream":true})");
+    CHECK(f.has_stream_options);
+    CHECK_FALSE(f.include_usage);
+  }
+  SECTION("stream_options without include_usage, or not an object") {
+    for (const char* body : {R"({"stream_options":{"other":1}})", R"({"stream_options":null})",
+                             R"({"stream_options":[{"include_usage":true}]})",
+                             R"({"stream_options":{"x":{"include_usage":true}}})",
+                             R"({"stream_options":{"include_usage":"true"}})"}) {
+      INFO(body);
+      const auto f = inspect_request(body);
+      CHECK(f.problem == request_problem::none);
+      CHECK(f.has_stream_options);
+      CHECK_FALSE(f.include_usage);
+    }
+  }
+  SECTION("stream false and stream null both mean not streaming") {
+    CHECK_FALSE(inspect_request(R"({"stream":false})").stream);
+    const auto f = inspect_request(R"({"stream":null})");
+    CHECK(f.problem == request_problem::none);
+    CHECK_FALSE(f.stream);
+  }
+}
+
+TEST_CASE("request_inspect: only top-level keys count", "[request_inspect]") {
+  SECTION("a nested model is not the model") {
+    const auto f = inspect_request(
+        R"({"messages":[{"role":"user","content":"hi","model":5}],"metadata":{"model":"x","stream":"yes"}})");
+    CHECK(f.problem == request_problem::none);
+    CHECK_FALSE(f.has_model);
+    CHECK_FALSE(f.stream);
+  }
+  SECTION("nested stream_options, user and max_tokens are ignored") {
+    const auto f = inspect_request(
+        R"({"model":"m","metadata":{"stream_options":{"include_usage":true},"user":"u","max_tokens":9}})");
+    CHECK_FALSE(f.has_stream_options);
+    CHECK(f.user.empty());
+    CHECK_FALSE(f.max_tokens.has_value());
+  }
+  SECTION("the top-level model after a nested one") {
+    const auto f = inspect_request(R"({"messages":[{"model":"inner"}],"model":"outer"})");
+    CHECK(f.model == "outer");
+  }
+  SECTION("strings outside the prompt keys are not estimated") {
+    const auto f = inspect_request(R"({"model":"a-very-long-model-name","metadata":{"note":"not prompt text"}})");
+    CHECK(f.prompt_tokens_estimate == 0);
+  }
+}
+
+TEST_CASE("request_inspect: prompt estimate covers the prompt-bearing keys", "[request_inspect]") {
+  const auto f = inspect_request(
+      R"({"system":"sys text","instructions":"do it","prompt":"complete this","input":["a","b"],)"
+      R"("tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}],)"
+      R"("messages":[{"role":"user","content":[{"type":"text","text":"日本語のテキスト"}]}]})");
+  text_tally expected;
+  for (const char* s : {"sys text", "do it", "complete this", "a", "b", "function", "get_weather", "object", "user",
+                        "text", "日本語のテキスト"})
+    expected.add(s);
+  CHECK(f.prompt_tokens_estimate == expected.tokens());
+
+  SECTION("token-id prompts count one token per id") {
+    CHECK(inspect_request(R"({"prompt":[1212, 318, 257, 1332]})").prompt_tokens_estimate == 4);
+    CHECK(inspect_request(R"({"input":[[1, 2], [3]]})").prompt_tokens_estimate == 3);
+  }
+}
+
+TEST_CASE("request_inspect: max tokens", "[request_inspect]") {
+  CHECK(inspect_request(R"({"max_tokens":100})").max_tokens == 100);
+  CHECK(inspect_request(R"({"max_output_tokens":300})").max_tokens == 300);
+  CHECK(inspect_request(R"({"max_tokens":0})").max_tokens == 0);
+  SECTION("max_completion_tokens wins, then max_tokens, then max_output_tokens") {
+    CHECK(inspect_request(R"({"max_tokens":100,"max_completion_tokens":200,"max_output_tokens":300})").max_tokens ==
+          200);
+    CHECK(inspect_request(R"({"max_output_tokens":300,"max_tokens":100})").max_tokens == 100);
+  }
+  SECTION("negative, fractional, huge and non-numeric values are ignored") {
+    for (const char* body : {R"({"max_tokens":-1})", R"({"max_tokens":10.5})", R"({"max_tokens":"10"})",
+                             R"({"max_tokens":null})", R"({"max_tokens":18446744073709551615})"}) {
+      INFO(body);
+      const auto f = inspect_request(body);
+      CHECK(f.problem == request_problem::none);
+      CHECK_FALSE(f.max_tokens.has_value());
+    }
+  }
+}
+
+TEST_CASE("request_inspect: user must be a string to count", "[request_inspect]") {
+  CHECK(inspect_request(R"({"user":"alice"})").user == "alice");
+  CHECK(inspect_request(R"({"user":42})").user.empty());
+  CHECK(inspect_request(R"({"user":{"id":"alice"}})").user.empty());
+}
+
+TEST_CASE("request_inspect: model and stream types are checked", "[request_inspect]") {
+  for (const char* body : {R"({"model":5})", R"({"model":null})", R"({"model":["gpt-4.1"]})",
+                           R"({"model":{"id":"x"}})", R"({"model":true})"}) {
+    INFO(body);
+    const auto f = inspect_request(body);
+    CHECK(f.problem == request_problem::model_not_string);
+    CHECK(f.problem_detail == "'model' must be a string");
+    CHECK_FALSE(f.has_model);
+  }
+  for (const char* body : {R"({"stream":"true"})", R"({"stream":1})", R"({"stream":{}})", R"({"stream":[true]})"}) {
+    INFO(body);
+    const auto f = inspect_request(body);
+    CHECK(f.problem == request_problem::stream_not_bool);
+    CHECK(f.problem_detail == "'stream' must be a boolean");
+  }
+}
+
+TEST_CASE("request_inspect: the body must be one JSON object", "[request_inspect]") {
+  for (const char* body : {"[]", "[{\"model\":\"m\"}]", "123", "\"text\"", "null", "true"}) {
+    INFO(body);
+    const auto f = inspect_request(body);
+    CHECK(f.problem == request_problem::not_object);
+    CHECK(f.problem_detail == "request body must be a JSON object");
+  }
+}
+
+TEST_CASE("request_inspect: malformed JSON", "[request_inspect]") {
+  SECTION("empty body") {
+    const auto f = inspect_request("");
+    CHECK(f.problem == request_problem::malformed_json);
+    CHECK(f.problem_detail == "request body is empty");
+  }
+  SECTION("syntax errors and trailing garbage") {
+    for (const char* body : {"   ", "{", R"({"a":1,})", R"({"a":1} x)", R"({} {})", R"({'a':1})", R"({"a":tru})",
+                             "{\"a\":\"x\ny\"}", R"({"a":01})"}) {
+      INFO(body);
+      CHECK(problem_of(body) == request_problem::malformed_json);
+    }
+  }
+  SECTION("the detail gives a position, never body text") {
+    const auto f = inspect_request(R"({"model":"sk-secret-key" oops})");
+    CHECK(f.problem == request_problem::malformed_json);
+    CHECK(f.problem_detail == "request body is not valid JSON: syntax error at byte 25");
+    CHECK(f.problem_detail.find("sk-secret") == std::string::npos);
+    CHECK(inspect_request(R"({"model":"m")").problem_detail ==
+          "request body is not valid JSON: unexpected end of input");
+  }
+  SECTION("fields read before the error are dropped") {
+    const auto f = inspect_request(R"({"model":"gpt-4.1","stream":true,)");
+    CHECK_FALSE(f.has_model);
+    CHECK(f.model.empty());
+    CHECK_FALSE(f.stream);
+  }
+}
+
+TEST_CASE("request_inspect: nesting depth is limited", "[request_inspect]") {
+  SECTION("128 levels pass, 129 do not") {
+    CHECK(problem_of(nested(127)) == request_problem::none);
+    const auto f = inspect_request(nested(128));
+    CHECK(f.problem == request_problem::too_deep);
+    CHECK(f.problem_detail == "request body nests deeper than 128 levels");
+  }
+  SECTION("objects count like arrays") {
+    std::string deep = "{";
+    for (int i = 0; i < 128; ++i) deep += R"("k":{)";
+    deep += std::string(129, '}');
+    CHECK(problem_of(deep) == request_problem::too_deep);
+  }
+  SECTION("a custom limit") {
+    CHECK(inspect_request(nested(3), 4).problem == request_problem::none);
+    CHECK(inspect_request(nested(4), 4).problem == request_problem::too_deep);
+  }
+  SECTION("an unclosed bomb stops at the limit, quickly") {
+    const auto start = std::chrono::steady_clock::now();
+    CHECK(problem_of(R"({"a":)" + std::string(100000, '[')) == request_problem::too_deep);
+    CHECK(problem_of(std::string(1 << 20, '[')) == request_problem::too_deep);
+    // A generous bound: the parse stops after ~130 bytes of each body.
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(1));
+  }
+}
+
+TEST_CASE("request_inspect: invalid UTF-8 is its own problem", "[request_inspect]") {
+  SECTION("bad bytes in a string value, in a key, and outside strings") {
+    for (const auto& body : {"{\"model\":\"gpt\xff\"}"s, "{\"mod\xc3\":\"m\"}"s, "{\"a\":\"\xc0\xaf\"}"s,
+                             "{\"a\":\"\xe0\x80\xaf\"}"s, "{\"a\":\"\xed\xa0\x80\"}"s, "{\"a\":\"\xf4\x90\x80\x80\"}"s,
+                             "{\"a\":\"\xe2\x82\"}"s, "{\"a\":\"\x80\"}"s, "{\"a\":1}\xff"s, "\xfe{}"s}) {
+      INFO(body);
+      const auto f = inspect_request(body);
+      CHECK(f.problem == request_problem::invalid_utf8);
+      CHECK(f.problem_detail == "request body is not valid UTF-8");
+    }
+  }
+  SECTION("valid multi-byte text passes") {
+    CHECK(problem_of("{\"messages\":[{\"content\":\"caf\xc3\xa9 \xe6\x97\xa5 \xf0\x9f\x98\x80\"}]}") ==
+          request_problem::none);
+    CHECK(problem_of(R"({"a":"\ud83d\ude00 \u00e9"})") == request_problem::none);
+  }
+  SECTION("a lone surrogate escape is rejected as not UTF-8-representable") {
+    // Decision: "\ud800" is legal JSON grammar but names no character; nlohmann refuses it and
+    // so do the upstream APIs, so the client gets a clear invalid_utf8 rather than a 502 later.
+    for (const char* body : {R"({"a":"\ud800"})", R"({"a":"\udc00x"})", R"({"a":"\ud800\u0041"})"}) {
+      INFO(body);
+      const auto f = inspect_request(body);
+      CHECK(f.problem == request_problem::invalid_utf8);
+      CHECK_THAT(f.problem_detail, Catch::Contains("surrogate"));
+    }
+  }
+}
+
+TEST_CASE("add_include_usage: splices the member in byte-exactly", "[request_inspect]") {
+  SECTION("after the opening brace, everything else unchanged") {
+    const std::string body = R"({"model":"gpt-4.1", "stream":true,"temperature":1.0e0,"messages":[{"role":"user","content":"hi"}]})";
+    const auto out = add_include_usage(body, inspect_request(body));
+    CHECK(out == R"({"stream_options":{"include_usage":true},)" + body.substr(1));
+    const auto doc = nlohmann::ordered_json::parse(out);
+    CHECK(doc["stream_options"]["include_usage"] == true);
+    std::vector<std::string> keys;
+    for (const auto& [k, v] : doc.items()) keys.push_back(k);
+    CHECK(keys == std::vector<std::string>{"stream_options", "model", "stream", "temperature", "messages"});
+    CHECK(inspect_request(out).include_usage);
+  }
+  SECTION("leading whitespace is kept") {
+    const std::string body = " \r\n\t{ \"model\": \"m\" }\n";
+    CHECK(add_include_usage(body, inspect_request(body)) ==
+          " \r\n\t{\"stream_options\":{\"include_usage\":true}, \"model\": \"m\" }\n");
+  }
+  SECTION("an empty object gets no trailing comma") {
+    CHECK(add_include_usage("{}", inspect_request("{}")) == R"({"stream_options":{"include_usage":true}})");
+    CHECK(add_include_usage("{ \n}", inspect_request("{ \n}")) == "{\"stream_options\":{\"include_usage\":true} \n}");
+  }
+}
+
+TEST_CASE("add_include_usage: an existing stream_options is rewritten", "[request_inspect]") {
+  SECTION("include_usage false becomes true, member order kept") {
+    const std::string body = R"({"model":"m","stream_options":{"include_usage":false},"stream":true})";
+    CHECK(add_include_usage(body, inspect_request(body)) ==
+          R"({"model":"m","stream_options":{"include_usage":true},"stream":true})");
+  }
+  SECTION("other options are kept") {
+    const std::string body = R"({"stream_options":{"other":1},"model":"m"})";
+    CHECK(add_include_usage(body, inspect_request(body)) ==
+          R"({"stream_options":{"other":1,"include_usage":true},"model":"m"})");
+  }
+  SECTION("a non-object stream_options is replaced") {
+    for (const char* body : {R"({"model":"m","stream_options":null})", R"({"model":"m","stream_options":[1]})"}) {
+      INFO(body);
+      CHECK(add_include_usage(body, inspect_request(body)) == R"({"model":"m","stream_options":{"include_usage":true}})");
+    }
+  }
+  SECTION("include_usage already true: untouched") {
+    const std::string body = R"({ "stream_options" : { "include_usage" : true } })";
+    CHECK(add_include_usage(body, inspect_request(body)) == body);
+  }
+}
+
+TEST_CASE("add_include_usage: never breaks a body it cannot handle", "[request_inspect]") {
+  SECTION("bodies with a problem come back unchanged") {
+    for (const char* body : {"[1]", "{", "", R"({"model":5})"}) {
+      INFO(body);
+      CHECK(add_include_usage(body, inspect_request(body)) == body);
+    }
+  }
+  SECTION("facts that do not match the body") {
+    request_facts facts;
+    facts.has_stream_options = true;
+    CHECK(add_include_usage("not json", facts) == "not json");
+  }
+}

@@ -1,0 +1,450 @@
+// Unit tests of usage extraction (core/usage.hpp): non-stream bodies and SSE streams in the real
+// wire shapes of the OpenAI and Anthropic APIs, and the token estimator.
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <vector>
+
+#include "core/usage.hpp"
+
+using tollgate::estimate_tokens;
+using tollgate::extract_response;
+using tollgate::route_kind;
+using tollgate::sse_event;
+using tollgate::sse_parser;
+using tollgate::stream_meter;
+
+namespace {
+
+// Runs `stream` through a parser and the meter; returns the bytes forwarded to the client.
+std::string relay(stream_meter& meter, std::string_view stream) {
+  sse_parser parser;
+  parser.append(stream);
+  std::string forwarded;
+  sse_event ev;
+  while (parser.next(ev)) {
+    if (meter.on_event(ev)) forwarded += ev.raw;
+  }
+  while (parser.finish(ev)) {
+    if (meter.on_event(ev)) forwarded += ev.raw;
+  }
+  return forwarded;
+}
+
+std::string data_event(std::string_view json) { return "data: " + std::string(json) + "\n\n"; }
+
+std::string typed_event(std::string_view type, std::string_view json) {
+  return "event: " + std::string(type) + "\ndata: " + std::string(json) + "\n\n";
+}
+
+// --- OpenAI chat stream pieces (stream_options.include_usage: true) ---
+const std::string chat_role_chunk = data_event(
+    R"({"id":"chatcmpl-AyPvq","object":"chat.completion.chunk","created":1738960000,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_72ed7ab54c","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null})");
+const std::string chat_hello_chunk = data_event(
+    R"({"id":"chatcmpl-AyPvq","object":"chat.completion.chunk","created":1738960000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"delta":{"content":"Hello there"},"logprobs":null,"finish_reason":null}],"usage":null})");
+const std::string chat_stop_chunk = data_event(
+    R"({"id":"chatcmpl-AyPvq","object":"chat.completion.chunk","created":1738960000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null})");
+const std::string chat_usage_chunk = data_event(
+    R"({"id":"chatcmpl-AyPvq","object":"chat.completion.chunk","created":1738960000,"model":"gpt-4o-mini-2024-07-18","choices":[],"usage":{"prompt_tokens":1117,"completion_tokens":46,"total_tokens":1163,"prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}})");
+const std::string done_event = "data: [DONE]\n\n";
+
+}  // namespace
+
+TEST_CASE("usage: OpenAI chat body gives prompt, cached, completion and reasoning", "[usage]") {
+  const auto f = extract_response(route_kind::chat_completions, R"({
+    "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG", "object": "chat.completion", "created": 1741570283,
+    "model": "o3-mini-2025-01-31",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "The answer is 42.", "refusal": null,
+                 "annotations": []}, "logprobs": null, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1117, "completion_tokens": 1846, "total_tokens": 2963,
+              "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+              "completion_tokens_details": {"reasoning_tokens": 1792, "audio_tokens": 0,
+                                            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
+    "service_tier": "default", "system_fingerprint": "fp_fc9f1d7035"})");
+  REQUIRE(f.has_usage);
+  CHECK(f.usage.prompt == 1117);
+  CHECK(f.usage.cached == 1024);
+  CHECK(f.usage.completion == 1846);
+  CHECK(f.usage.reasoning == 1792);
+  CHECK(f.usage.cache_write == 0);
+  CHECK(f.usage.total() == 2963);
+  CHECK(f.model == "o3-mini-2025-01-31");
+  CHECK(f.id == "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG");
+}
+
+TEST_CASE("usage: legacy completions body uses the chat usage fields", "[usage]") {
+  const auto f = extract_response(route_kind::completions, R"({"id":"cmpl-uqkvlQyYK7bGYrRHQ0eXlWi7",
+    "object":"text_completion","created":1589478378,"model":"gpt-3.5-turbo-instruct",
+    "choices":[{"text":"\n\nThis is indeed a test","index":0,"logprobs":null,"finish_reason":"length"}],
+    "usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}})");
+  REQUIRE(f.has_usage);
+  CHECK(f.usage.prompt == 5);
+  CHECK(f.usage.completion == 7);
+  CHECK(f.usage.cached == 0);
+}
+
+TEST_CASE("usage: DeepSeek prompt_cache_hit_tokens counts as cached", "[usage]") {
+  const auto f = extract_response(route_kind::chat_completions, R"({"id":"930c60df-bf64-41c9-a88e-3ec75f81e00e",
+    "object":"chat.completion","created":1705651092,"model":"deepseek-reasoner",
+    "choices":[{"index":0,"message":{"role":"assistant","content":"Hi","reasoning_content":"..."},"finish_reason":"stop"}],
+    "usage":{"prompt_tokens":160,"completion_tokens":90,"total_tokens":250,"prompt_cache_hit_tokens":128,
+             "prompt_cache_miss_tokens":32,"completion_tokens_details":{"reasoning_tokens":70}}})");
+  REQUIRE(f.has_usage);
+  CHECK(f.usage.prompt == 160);
+  CHECK(f.usage.cached == 128);
+  CHECK(f.usage.reasoning == 70);
+}
+
+TEST_CASE("usage: embeddings body has prompt tokens only", "[usage]") {
+  const auto f = extract_response(route_kind::embeddings, R"({"object":"list",
+    "data":[{"object":"embedding","embedding":[0.0023064255,-0.009327292,-0.0028842222],"index":0}],
+    "model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}})");
+  REQUIRE(f.has_usage);
+  CHECK(f.usage.prompt == 8);
+  CHECK(f.usage.completion == 0);
+  CHECK(f.model == "text-embedding-3-small");
+  CHECK(f.id.empty());
+}
+
+TEST_CASE("usage: Responses body uses input/output tokens and their details", "[usage]") {
+  const auto f = extract_response(route_kind::responses, R"({
+    "id": "resp_67ccd3a9da748190baa7f1570fe91ac604becb25c45c1d41", "object": "response",
+    "created_at": 1741476777, "status": "completed", "error": null, "incomplete_details": null,
+    "model": "o4-mini-2025-04-16",
+    "output": [{"type": "message", "id": "msg_67ccd3acc8d48190a77525dc6de64b4104becb25c45c1d41",
+                "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": "In a peaceful grove...", "annotations": []}]}],
+    "parallel_tool_calls": true, "reasoning": {"effort": "medium", "summary": null}, "store": true,
+    "usage": {"input_tokens": 2328, "input_tokens_details": {"cached_tokens": 2048},
+              "output_tokens": 552, "output_tokens_details": {"reasoning_tokens": 448}, "total_tokens": 2880},
+    "user": null, "metadata": {}})");
+  REQUIRE(f.has_usage);
+  CHECK(f.usage.prompt == 2328);
+  CHECK(f.usage.cached == 2048);
+  CHECK(f.usage.completion == 552);
+  CHECK(f.usage.reasoning == 448);
+  CHECK(f.id == "resp_67ccd3a9da748190baa7f1570fe91ac604becb25c45c1d41");
+}
+
+TEST_CASE("usage: Anthropic body is converted to the OpenAI convention", "[usage]") {
+  const std::string body = R"({"id":"msg_013Zva2CMHLNnXjNJJKqJ2EF","type":"message","role":"assistant",
+    "model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"Hi! My name is Claude."}],
+    "stop_reason":"end_turn","stop_sequence":null,
+    "usage":{"input_tokens":12,"cache_creation_input_tokens":2051,"cache_read_input_tokens":1800,
+             "cache_creation":{"ephemeral_5m_input_tokens":51,"ephemeral_1h_input_tokens":2000},
+             "output_tokens":503,"service_tier":"standard"}})";
+  const auto f = extract_response(route_kind::messages, body);
+  REQUIRE(f.has_usage);
+  CHECK(f.usage.prompt == 12 + 1800 + 2051);  // input_tokens excludes the cache
+  CHECK(f.usage.cached == 1800);
+  CHECK(f.usage.cache_write == 2051);
+  CHECK(f.usage.cache_write_1h == 2000);
+  CHECK(f.usage.completion == 503);
+  CHECK(f.model == "claude-sonnet-4-20250514");
+  CHECK(f.id == "msg_013Zva2CMHLNnXjNJJKqJ2EF");
+
+  SECTION("cache fields null or missing count 0") {
+    const auto g = extract_response(route_kind::messages, R"({"type":"message","usage":
+      {"input_tokens":25,"cache_creation_input_tokens":null,"output_tokens":9}})");
+    REQUIRE(g.has_usage);
+    CHECK(g.usage.prompt == 25);
+    CHECK(g.usage.cached == 0);
+    CHECK(g.usage.cache_write == 0);
+  }
+}
+
+TEST_CASE("usage: unknown routes detect the usage shape", "[usage]") {
+  SECTION("OpenAI chat style") {
+    const auto f = extract_response(route_kind::other, R"({"usage":{"prompt_tokens":3,"completion_tokens":4}})");
+    REQUIRE(f.has_usage);
+    CHECK(f.usage.prompt == 3);
+    CHECK(f.usage.completion == 4);
+  }
+  SECTION("Anthropic style by type") {
+    const auto f = extract_response(route_kind::other, R"({"type":"message","usage":{"input_tokens":3,"output_tokens":4}})");
+    REQUIRE(f.has_usage);
+    CHECK(f.usage.prompt == 3);
+  }
+  SECTION("Anthropic style by cache fields") {
+    const auto f = extract_response(route_kind::other,
+        R"({"usage":{"input_tokens":3,"cache_read_input_tokens":10,"output_tokens":4}})");
+    REQUIRE(f.has_usage);
+    CHECK(f.usage.prompt == 13);
+    CHECK(f.usage.cached == 10);
+  }
+  SECTION("Responses style") {
+    const auto f = extract_response(route_kind::other,
+        R"({"usage":{"input_tokens":30,"input_tokens_details":{"cached_tokens":10},"output_tokens":4}})");
+    REQUIRE(f.has_usage);
+    CHECK(f.usage.prompt == 30);
+    CHECK(f.usage.cached == 10);
+  }
+  SECTION("model listing has no usage") {
+    const auto f = extract_response(route_kind::models,
+        R"({"object":"list","data":[{"id":"gpt-4o","object":"model","created":1715367049,"owned_by":"system"}]})");
+    CHECK_FALSE(f.has_usage);
+  }
+}
+
+TEST_CASE("usage: malformed or usage-less bodies give no usage", "[usage]") {
+  for (const char* body : {"", "{", "not json", "[]", "null", "42", R"({"usage":null})", R"({"usage":"12"})",
+                           R"({"usage":{}})", R"({"usage":{"prompt_tokens":"12"}})",
+                           R"({"error":{"message":"Invalid API key","type":"invalid_request_error","param":null,"code":"invalid_api_key"}})",
+                           R"({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}})",
+                           R"({"usage":{"prompt_tokens":1)"}) {
+    INFO(body);
+    for (auto route : {route_kind::chat_completions, route_kind::embeddings, route_kind::responses,
+                       route_kind::messages, route_kind::other}) {
+      CHECK_FALSE(extract_response(route, body).has_usage);
+    }
+  }
+}
+
+TEST_CASE("usage: counts clamp negatives to 0 and ignore non-integers", "[usage]") {
+  const auto f = extract_response(route_kind::chat_completions,
+      R"({"usage":{"prompt_tokens":-5,"completion_tokens":7,"prompt_tokens_details":{"cached_tokens":2.5},
+          "completion_tokens_details":{"reasoning_tokens":"3"}}})");
+  REQUIRE(f.has_usage);
+  CHECK(f.usage.prompt == 0);
+  CHECK(f.usage.completion == 7);
+  CHECK(f.usage.cached == 0);
+  CHECK(f.usage.reasoning == 0);
+
+  SECTION("a part never exceeds its whole") {
+    const auto g = extract_response(route_kind::chat_completions,
+        R"({"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":50},
+            "completion_tokens_details":{"reasoning_tokens":9}}})");
+    CHECK(g.usage.cached == 10);
+    CHECK(g.usage.reasoning == 5);
+  }
+  SECTION("huge values do not overflow") {
+    const auto g = extract_response(route_kind::messages,
+        R"({"usage":{"input_tokens":18446744073709551615,"cache_read_input_tokens":9223372036854775807,"output_tokens":1}})");
+    REQUIRE(g.has_usage);
+    CHECK(g.usage.prompt > 0);
+  }
+}
+
+TEST_CASE("usage: estimate_tokens heuristic", "[usage]") {
+  CHECK(estimate_tokens("") == 0);
+  CHECK(estimate_tokens("abcd") == 1);
+  CHECK(estimate_tokens("abcde") == 2);  // rounded up
+  CHECK(estimate_tokens("\xE4\xBD\xA0\xE5\xA5\xBD") == 2);  // 你好: 1 per CJK character
+  CHECK(estimate_tokens("\xE3\x81\x93\xE3\x82\x93\xE3\x81\xAB\xE3\x81\xA1\xE3\x81\xAF") == 5);  // こんにちは
+  CHECK(estimate_tokens("\xEC\x95\x88\xEB\x85\x95") == 2);  // 안녕
+  CHECK(estimate_tokens("\xD0\x9F\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82") == 3);  // Привет: 1 per 2
+  CHECK(estimate_tokens("h\xC3\xA9llo") == 2);  // 4 ASCII -> 1, é -> 1
+  CHECK(estimate_tokens("\xF0\x9F\x98\x80") == 1);  // emoji, a 4-byte "other"
+  CHECK(estimate_tokens("\xFF\xFE\x80") == 2);  // invalid bytes are "other" characters
+  CHECK(estimate_tokens("\xE4\xBD") == 1);  // truncated sequence
+  CHECK(estimate_tokens(std::string(4000, 'x')) == 1000);
+}
+
+TEST_CASE("stream_meter: OpenAI include_usage chunk is recorded and dropped only when stripping", "[usage][stream]") {
+  const std::string stream =
+      chat_role_chunk + ": keep-alive\n\n" + chat_hello_chunk + chat_stop_chunk + chat_usage_chunk + done_event;
+
+  SECTION("client asked for usage: everything is forwarded") {
+    stream_meter m(route_kind::chat_completions, false);
+    CHECK(relay(m, stream) == stream);
+    REQUIRE(m.has_usage());
+    CHECK(m.usage().prompt == 1117);
+    CHECK(m.usage().cached == 1024);
+    CHECK(m.usage().completion == 46);
+    CHECK(m.saw_done());
+    CHECK_FALSE(m.saw_error());
+    CHECK(m.model() == "gpt-4o-mini-2024-07-18");
+    CHECK(m.id() == "chatcmpl-AyPvq");
+  }
+  SECTION("tollgate added include_usage: the usage chunk alone is dropped") {
+    stream_meter m(route_kind::chat_completions, true);
+    CHECK(relay(m, stream) == chat_role_chunk + ": keep-alive\n\n" + chat_hello_chunk + chat_stop_chunk + done_event);
+    REQUIRE(m.has_usage());
+    CHECK(m.usage().prompt == 1117);
+    CHECK(m.saw_done());
+  }
+}
+
+TEST_CASE("stream_meter: usage on the last content chunk is recorded and never dropped", "[usage][stream]") {
+  const std::string last = data_event(
+      R"({"id":"gen-1","model":"qwen-plus","choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":8,"total_tokens":28}})");
+  const std::string stream = chat_hello_chunk + last + done_event;
+  stream_meter m(route_kind::chat_completions, true);
+  CHECK(relay(m, stream) == stream);
+  REQUIRE(m.has_usage());
+  CHECK(m.usage().prompt == 20);
+  CHECK(m.usage().completion == 8);
+}
+
+TEST_CASE("stream_meter: running-total usage on every chunk, the last value wins", "[usage][stream]") {
+  std::string stream;
+  for (int n = 1; n <= 3; ++n) {
+    stream += data_event(R"({"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"tok"}}],"usage":{"prompt_tokens":50,"completion_tokens":)" +
+                         std::to_string(n) + "}}");
+  }
+  stream += data_event(R"({"id":"c","model":"m","choices":[{"index":0,"delta":{}}],"usage":null})");
+  stream += done_event;
+  stream_meter m(route_kind::chat_completions, false);
+  relay(m, stream);
+  REQUIRE(m.has_usage());
+  CHECK(m.usage().prompt == 50);
+  CHECK(m.usage().completion == 3);  // a later null usage does not erase it
+}
+
+TEST_CASE("stream_meter: truncated stream has no usage but a positive estimate", "[usage][stream]") {
+  const std::string stream = chat_role_chunk + chat_hello_chunk +
+      data_event(R"({"id":"c","choices":[{"index":0,"delta":{"reasoning_content":"Let me think"}}]})") +
+      data_event(R"({"id":"c","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_abc","type":"function","function":{"name":"get_weather","arguments":"{\"city\":"}}]}}]})") +
+      "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"cut he";
+  stream_meter m(route_kind::chat_completions, true);
+  CHECK(relay(m, stream) == stream);  // the malformed tail is still forwarded
+  CHECK_FALSE(m.has_usage());
+  CHECK_FALSE(m.saw_done());
+  // "Hello there" + "Let me think" + "{\"city\":" = 11 + 12 + 8 ASCII bytes, estimated as one text.
+  CHECK(m.estimated_completion_tokens() == (31 + 3) / 4);
+}
+
+TEST_CASE("stream_meter: legacy completions text is estimated", "[usage][stream]") {
+  stream_meter m(route_kind::completions, false);
+  relay(m, data_event(R"({"id":"cmpl-1","object":"text_completion","choices":[{"text":"\n\nThis is a test","index":0,"logprobs":null,"finish_reason":null}],"model":"gpt-3.5-turbo-instruct"})"));
+  CHECK(m.estimated_completion_tokens() == 4);  // 16 bytes
+  CHECK(m.model() == "gpt-3.5-turbo-instruct");
+}
+
+TEST_CASE("stream_meter: an error chunk mid-stream sets saw_error and is forwarded", "[usage][stream]") {
+  const std::string error = data_event(R"({"error":{"message":"The server had an error while processing your request.","type":"server_error","param":null,"code":null}})");
+  stream_meter m(route_kind::chat_completions, true);
+  CHECK(relay(m, chat_hello_chunk + error) == chat_hello_chunk + error);
+  CHECK(m.saw_error());
+  CHECK_FALSE(m.saw_done());
+}
+
+TEST_CASE("stream_meter: comments and malformed events are forwarded and ignored", "[usage][stream]") {
+  const std::string stream = ": ping\n\n" + data_event("{not json") + data_event("[1,2]") + "event: x\n\n" + done_event;
+  for (auto route : {route_kind::chat_completions, route_kind::responses, route_kind::messages, route_kind::other}) {
+    stream_meter m(route, true);
+    CHECK(relay(m, stream) == stream);
+    CHECK_FALSE(m.has_usage());
+    CHECK_FALSE(m.saw_error());
+    CHECK(m.estimated_completion_tokens() == 0);
+  }
+}
+
+TEST_CASE("stream_meter: Anthropic message_delta usage is cumulative", "[usage][stream]") {
+  const std::string start = typed_event("message_start",
+      R"({"type":"message_start","message":{"id":"msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY","type":"message","role":"assistant","content":[],"model":"claude-opus-4-20250514","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":2051,"cache_read_input_tokens":1800,"cache_creation":{"ephemeral_5m_input_tokens":51,"ephemeral_1h_input_tokens":2000},"output_tokens":1,"service_tier":"standard"}}})");
+  const std::string body =
+      typed_event("content_block_start", R"({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})") +
+      typed_event("ping", R"({"type": "ping"})") +
+      typed_event("content_block_delta", R"({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}})") +
+      typed_event("message_delta", R"({"type":"message_delta","delta":{"stop_reason":null,"stop_sequence":null},"usage":{"output_tokens":10}})") +
+      typed_event("content_block_delta", R"({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" world"}})") +
+      typed_event("content_block_stop", R"({"type":"content_block_stop","index":0})") +
+      typed_event("message_delta", R"({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"input_tokens":null,"output_tokens":25}})");
+  const std::string stop = typed_event("message_stop", R"({"type":"message_stop"})");
+
+  stream_meter m(route_kind::messages, true);
+  CHECK(relay(m, start + body + stop) == start + body + stop);
+  REQUIRE(m.has_usage());
+  CHECK(m.usage().completion == 25);  // not 1 + 10 + 25
+  CHECK(m.usage().prompt == 12 + 1800 + 2051);
+  CHECK(m.usage().cached == 1800);
+  CHECK(m.usage().cache_write == 2051);
+  CHECK(m.usage().cache_write_1h == 2000);
+  CHECK(m.saw_done());
+  CHECK(m.model() == "claude-opus-4-20250514");
+  CHECK(m.id() == "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY");
+  CHECK(m.estimated_completion_tokens() == 3);  // "Hello world"
+
+  SECTION("message_delta may restate the input side") {
+    stream_meter n(route_kind::messages, false);
+    relay(n, start + typed_event("message_delta",
+        R"({"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":40,"cache_creation_input_tokens":0,"cache_read_input_tokens":1800,"output_tokens":7}})"));
+    CHECK(n.usage().prompt == 40 + 1800);
+    CHECK(n.usage().cache_write == 0);
+    CHECK(n.usage().completion == 7);
+    CHECK_FALSE(n.saw_done());
+  }
+}
+
+TEST_CASE("stream_meter: Anthropic thinking and tool input are estimated", "[usage][stream]") {
+  stream_meter m(route_kind::messages, false);
+  relay(m, typed_event("content_block_delta", R"({"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"abcdefgh"}})") +
+           typed_event("content_block_delta", R"({"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3h"}})") +
+           typed_event("content_block_delta", R"({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":1}"}})"));
+  CHECK(m.estimated_completion_tokens() == (8 + 7 + 3) / 4);  // the signature is not text
+  CHECK_FALSE(m.has_usage());
+}
+
+TEST_CASE("stream_meter: Anthropic error event sets saw_error", "[usage][stream]") {
+  stream_meter m(route_kind::messages, false);
+  const std::string error = typed_event("error", R"({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})");
+  CHECK(relay(m, error) == error);
+  CHECK(m.saw_error());
+  CHECK_FALSE(m.saw_done());
+}
+
+TEST_CASE("stream_meter: Responses stream takes usage from response.completed", "[usage][stream]") {
+  const std::string stream =
+      typed_event("response.created", R"({"type":"response.created","sequence_number":0,"response":{"id":"resp_67c9fdcecf488190bdd9a0409de3a1ec07b8b0ad4e5eb654","object":"response","created_at":1741290958,"status":"in_progress","error":null,"model":"gpt-4.1-2025-04-14","output":[],"usage":null}})") +
+      typed_event("response.in_progress", R"({"type":"response.in_progress","sequence_number":1,"response":{"id":"resp_67c9fdcecf488190bdd9a0409de3a1ec07b8b0ad4e5eb654","status":"in_progress","model":"gpt-4.1-2025-04-14","usage":null}})") +
+      typed_event("response.output_item.added", R"({"type":"response.output_item.added","sequence_number":2,"output_index":0,"item":{"id":"msg_67c9fdcf37fc8190ba82116e33fb28c507b8b0ad4e5eb654","type":"message","status":"in_progress","role":"assistant","content":[]}})") +
+      typed_event("response.output_text.delta", R"({"type":"response.output_text.delta","sequence_number":3,"item_id":"msg_67c9fdcf37fc8190ba82116e33fb28c507b8b0ad4e5eb654","output_index":0,"content_index":0,"delta":"Hi there"})") +
+      typed_event("response.function_call_arguments.delta", R"({"type":"response.function_call_arguments.delta","sequence_number":4,"item_id":"fc_1","output_index":1,"delta":"{\"x\":1}"})") +
+      typed_event("response.output_text.done", R"({"type":"response.output_text.done","sequence_number":5,"item_id":"msg_1","output_index":0,"content_index":0,"text":"Hi there"})") +
+      typed_event("response.completed", R"({"type":"response.completed","sequence_number":6,"response":{"id":"resp_67c9fdcecf488190bdd9a0409de3a1ec07b8b0ad4e5eb654","object":"response","status":"completed","model":"gpt-4.1-2025-04-14","usage":{"input_tokens":37,"input_tokens_details":{"cached_tokens":5},"output_tokens":11,"output_tokens_details":{"reasoning_tokens":4},"total_tokens":48}}})");
+  stream_meter m(route_kind::responses, true);
+  CHECK(relay(m, stream) == stream);
+  REQUIRE(m.has_usage());
+  CHECK(m.usage().prompt == 37);
+  CHECK(m.usage().cached == 5);
+  CHECK(m.usage().completion == 11);
+  CHECK(m.usage().reasoning == 4);
+  CHECK(m.saw_done());
+  CHECK_FALSE(m.saw_error());
+  CHECK(m.model() == "gpt-4.1-2025-04-14");
+  CHECK(m.id() == "resp_67c9fdcecf488190bdd9a0409de3a1ec07b8b0ad4e5eb654");
+  CHECK(m.estimated_completion_tokens() == (8 + 7 + 3) / 4);  // "Hi there" + {"x":1}
+
+  SECTION("the JSON type is enough without an event field") {
+    stream_meter n(route_kind::responses, false);
+    relay(n, data_event(R"({"type":"response.incomplete","response":{"id":"resp_2","model":"o3","usage":{"input_tokens":9,"output_tokens":2}}})"));
+    CHECK(n.has_usage());
+    CHECK(n.saw_done());
+  }
+  SECTION("an error event sets saw_error") {
+    stream_meter n(route_kind::responses, false);
+    relay(n, typed_event("error", R"({"type":"error","code":"ERR_SOMETHING","message":"Something went wrong","param":null,"sequence_number":1})"));
+    CHECK(n.saw_error());
+    CHECK_FALSE(n.saw_done());
+  }
+}
+
+TEST_CASE("stream_meter: the other route recognises typed streams", "[usage][stream]") {
+  stream_meter m(route_kind::other, false);
+  relay(m, typed_event("message_start", R"({"type":"message_start","message":{"id":"msg_1","model":"claude-3-5-haiku-latest","usage":{"input_tokens":7,"output_tokens":1}}})") +
+           typed_event("message_stop", R"({"type":"message_stop"})"));
+  REQUIRE(m.has_usage());
+  CHECK(m.usage().prompt == 7);
+  CHECK(m.saw_done());
+}
+
+TEST_CASE("stream_meter: a stream split at every byte meters the same", "[usage][stream]") {
+  const std::string stream = chat_role_chunk + chat_hello_chunk + chat_usage_chunk + done_event;
+  for (std::size_t cut = 0; cut <= stream.size(); ++cut) {
+    stream_meter m(route_kind::chat_completions, true);
+    sse_parser p;
+    std::string forwarded;
+    sse_event ev;
+    for (auto piece : {std::string_view(stream).substr(0, cut), std::string_view(stream).substr(cut)}) {
+      p.append(piece);
+      while (p.next(ev)) {
+        if (m.on_event(ev)) forwarded += ev.raw;
+      }
+    }
+    INFO("split at byte " << cut);
+    CHECK(forwarded == chat_role_chunk + chat_hello_chunk + done_event);
+    CHECK(m.usage().prompt == 1117);
+    CHECK(m.saw_done());
+  }
+}
