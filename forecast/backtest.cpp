@@ -287,17 +287,25 @@ detection_report evaluate_detection(const series& s, const detection_options& op
     rep.burst_delays_bins.push_back(delay);
     if (delay == 0) ++rep.bursts_in_first_bin;
   }
+  for (std::size_t i = n_train; i < n; ++i) rep.onsets += jump[i] >= opt.onset_log_jump ? 1 : 0;
+  auto starts_after = [&](std::size_t i, auto&& is_event) {
+    for (std::size_t j = i + 1; j-- > n_train && j + opt.episode_slack_bins >= i;)
+      if (is_event(j)) return true;
+    return false;
+  };
   for (std::size_t i = n_train; i < n; ++i) {
     if (!flag[i]) continue;
     ++rep.flagged_bins;
     if (i > n_train && flag[i - 1]) continue;  // inside an episode
     ++rep.alarm_episodes;
-    bool explained = false;
-    for (std::size_t j = i + 1; j-- > n_train && j + opt.episode_slack_bins >= i;)
-      explained = explained || jump[j] >= opt.onset_log_jump;
-    if (!explained) ++rep.false_alarm_episodes;
+    if (!starts_after(i, [&](std::size_t j) { return jump[j] >= opt.onset_log_jump; })) ++rep.false_alarm_episodes;
+    if (!starts_after(i, [&](std::size_t j) { return std::find(events.begin(), events.end(), j) != events.end(); }))
+      ++rep.episodes_outside_top_bursts;
   }
-  rep.false_alarms_per_day = rep.test_days > 0.0 ? static_cast<double>(rep.false_alarm_episodes) / rep.test_days : 0.0;
+  if (rep.test_days > 0.0) {
+    rep.false_alarms_per_day = static_cast<double>(rep.false_alarm_episodes) / rep.test_days;
+    rep.episodes_outside_top_bursts_per_day = static_cast<double>(rep.episodes_outside_top_bursts) / rep.test_days;
+  }
   return rep;
 }
 

@@ -1,11 +1,11 @@
-// The forecaster: drives the component models bin by bin, scores each at a few representative
-// horizon steps, combines them by recent out-of-sample error, and calibrates intervals from
-// the empirical distribution of the ensemble's own recent errors (split-conformal style).
+// The forecaster: drives the component models bin by bin, scores every member at a few
+// representative horizon steps, combines them by recent out-of-sample error, calibrates
+// intervals from the ensemble's own recent errors (conformal, volatility-normalised, with an
+// adaptive tail scale), and scores each new bin for spikes. See forecast/README.md.
 #include "forecast/forecaster.hpp"
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 
 #include "forecast/models.hpp"
 #include "forecast/quantile.hpp"
@@ -13,55 +13,68 @@
 namespace tollgate::forecast {
 namespace {
 
-struct tuning {
-  double weight_power = 4.0;
-  double aci_rate = 0.1;
-  double bias = 0.0;
-  double pool_days = 7.0;
-  double track_days = 7.0;
-  double alpha_hour = 0.05;
-  double smooth_hour = 0.0;
-  double only = -1;
-  double count_scale = 0;
-  double eg = 0;
-  double sym = 0;
-  double widen = 0.2;
-  double aci_pow = 0.5;
-  double det_days = 7;
-  double fa_rate = 0;
-  double norm = 1, vol_days = 3;
-  double medians = 1, alpha2 = 0, gamma = 0.05, omega = 0.1, clip = 2.0;
-  double share = 0.01;
-  tuning() {
-    auto envi = [](const char* k, double& v) { if (const char* e = std::getenv(k)) v = std::atof(e); };
-    envi("TG_ONLY", only); envi("TG_COUNT", count_scale); envi("TG_EG", eg); envi("TG_SHARE", share); envi("TG_SYM", sym); envi("TG_WIDEN", widen); envi("TG_ACIPOW", aci_pow); envi("TG_DET", det_days); envi("TG_FA", fa_rate); envi("TG_NORM", norm); envi("TG_VOLD", vol_days);
-    envi("TG_MED", medians); envi("TG_ALPHA2", alpha2); envi("TG_GAMMA", gamma); envi("TG_OMEGA", omega); envi("TG_CLIP", clip);
-    auto env = [](const char* k, double& v) { if (const char* e = std::getenv(k)) v = std::atof(e); };
-    env("TG_WP", weight_power); env("TG_ACI", aci_rate); env("TG_BIAS", bias); env("TG_POOL", pool_days);
-    env("TG_TRACK", track_days); env("TG_ALPHA", alpha_hour); env("TG_SMOOTH", smooth_hour);
-  }
-};
-const tuning tune;
-
-constexpr std::size_t min_pool = 30;       // errors before a step's pool replaces the prior
-constexpr std::size_t min_track = 12;      // errors before a model gets a say at a step
+// Ensemble and calibration constants. Chosen on the public traces for robustness (each is a
+// broad optimum, see forecast/RESULTS.md), not tuned per series.
+constexpr std::size_t min_pool = 30;        // errors before a step's pool replaces the prior
+constexpr std::size_t min_track = 12;       // errors before a member gets a say at a step
+constexpr std::size_t max_pool = 1440;      // bounds memory at short bins (a day of 1-minute bins)
+constexpr double pool_days = 7.0;           // conformal pool length
+constexpr double track_days = 7.0;          // memory of the members' error averages...
+constexpr double short_hours = 6.0;         // ...and of their recent errors (level shifts)
+constexpr double weight_power = 4.0;        // weight = mae^-4: close to picking the best, not quite
 constexpr double mae_floor = 1e-3;
+constexpr double vol_days = 3.0;            // volatility used to normalise errors
+constexpr double vol_long_days = 14.0;      // ...floored at 0.3 x its long-run value
+constexpr double aci_rate = 0.1;            // adaptive tail scale: log step per miss, / sqrt(step)
+constexpr double aci_log_min = -1.5, aci_log_max = 2.5;
+constexpr double aci_leak_days = 2.0;       // tail scales relax towards 1 with this time constant
+constexpr double level_shift_widening = 0.25;  // extra band width a day ahead (level shifts)
+constexpr double detector_days = 14.0;      // spike detector's memory of one-step errors
+constexpr double clean_threshold = 4.0;     // robust z beyond which seasonal look-ups see a clipped value
 
 // Standard normal quantiles at quantile_levels (for the cold-start prior).
 constexpr std::array<double, 5> normal_z{-1.6448536269514722, -1.2815515655446004, 0.0,
                                          1.2815515655446004, 1.6448536269514722};
 
+// Steps at which members are scored and errors pooled: 1, 2, 3, 4, 6, 8, 12, ... and the
+// horizon itself; other steps interpolate between the two around them (on log k).
 std::vector<std::size_t> representative_steps(std::size_t h_max) {
   std::vector<std::size_t> reps;
   for (std::size_t base = 1; base <= h_max; base *= 2) {
     reps.push_back(base);
-    if (base >= 2 && base + base / 2 <= h_max && base + base / 2 > base) reps.push_back(base + base / 2);
+    if (base >= 2 && base + base / 2 <= h_max) reps.push_back(base + base / 2);
   }
   std::sort(reps.begin(), reps.end());
   reps.erase(std::unique(reps.begin(), reps.end()), reps.end());
-  if (reps.empty() || reps.back() != h_max) reps.push_back(h_max);
+  if (reps.back() != h_max) reps.push_back(h_max);
   return reps;
 }
+
+std::size_t days_to_bins(double days, std::size_t m, std::size_t cap) {
+  return std::clamp<std::size_t>(static_cast<std::size_t>(days * static_cast<double>(m)), min_pool, cap);
+}
+
+// A bounded FIFO of values with a sorted copy for quantiles (float: see basic_sorted_window).
+struct sorted_fifo {
+  std::vector<float> fifo;
+  std::size_t head = 0;
+  basic_sorted_window<float> sorted;
+
+  void reset(std::size_t cap) {
+    fifo.assign(std::max<std::size_t>(cap, 1), std::nanf(""));
+    head = 0;
+    sorted.clear();
+  }
+  void push(double value) {
+    const auto v = static_cast<float>(value);
+    float& slot = fifo[head];
+    if (!std::isnan(slot)) sorted.erase(slot);
+    slot = v;
+    sorted.insert(v);
+    head = (head + 1) % fifo.size();
+  }
+  std::size_t memory_bytes() const noexcept { return (fifo.capacity() + sorted.capacity()) * sizeof(float); }
+};
 
 }  // namespace
 
@@ -70,20 +83,16 @@ struct forecaster::impl {
   struct track {
     std::vector<double> pending;  // predictions awaiting their target, ring of size `step`
     double mae = 0.0;             // exponentially weighted mean |log error|
+    double mae_short = 0.0;       // the same over the last few hours (reacts to level shifts)
     std::size_t n = 0;
   };
-  // The ensemble's own recent errors at one representative step: a FIFO and its sorted copy,
-  // plus the adaptive widening of each tail (adaptive conformal inference on a scale).
+  // The ensemble's own recent errors at one representative step (divided by the volatility
+  // at their origin), and the adaptive scale of each tail (adaptive conformal inference).
   struct pool {
-    std::vector<double> pending;
-    std::vector<double> pending_vol;
-    std::vector<double> fifo;
-    std::size_t head = 0;
-    sorted_window sorted;
+    std::vector<double> pending;      // combined forecasts awaiting their target
+    std::vector<double> pending_vol;  // volatility factor at their origin
+    sorted_fifo errors;
     double log_up = 0.0, log_lo = 0.0;
-    std::vector<double> weight;  // exponentiated-gradient combination weights
-    double abs_err = 0.0;        // mean |log error| of the ensemble (gradient scale)
-    std::size_t n = 0;
   };
 
   forecaster_config cfg;
@@ -95,28 +104,26 @@ struct forecaster::impl {
   std::vector<std::size_t> reps;
   std::vector<std::vector<track>> tracks;  // [member][rep]
   std::vector<pool> pools;                 // [rep]
-  std::size_t pool_cap = 0;
   std::size_t track_window = 0;
+  std::size_t short_window = 3;
   bool started = false;
+  // Volatility: mean |one-step error| over a few days (and its long-run value as a floor).
   double vol = 0.0, vol_long = 0.0;
   std::size_t vol_n = 0;
   double diff_mae = 0.0;  // mean |one-bin log change|, for the cold-start prior
   std::size_t diff_n = 0;
   double last_observed_z = std::nan("");
-  anomaly_state anomaly;
-  // The one-step forecast made at the last origin (log scale), for gap filling and anomalies.
+  // The one-step forecast made at the last origin (log scale), for gap filling and spikes.
   double next_f = std::nan("");
   std::array<double, 5> next_q{};
-  bool next_q_warm = false;
-  double next_scale = 1.0;   // robust scale (1.4826 MAD) of one-step log errors
-  double next_center = 0.0;  // their median
-  double next_tail_hi = 0.0, next_tail_lo = 0.0;
-  // Raw one-step log errors of the last pool_cap bins (not volatility-normalised: a spike is
-  // judged against the long-run typical error, so a bursty day does not hide the next burst).
-  std::vector<double> detector_fifo;
-  std::size_t detector_head = 0;
-  sorted_window detector_sorted;
-  mutable std::vector<double> scratch_f, scratch_w;
+  bool next_warm = false;
+  // Spike detector: raw one-step log errors (not volatility-normalised, so a bursty day does
+  // not hide the next burst), their median, robust scale and rare-tail quantiles.
+  sorted_fifo detector;
+  double det_center = 0.0, det_scale = 1.0, det_tail_hi = 0.0, det_tail_lo = 0.0, det_threshold = 3.0;
+  anomaly_state anomaly;
+  bool spike_scored = false;  // the newest bin was scored (detector warm)
+  std::vector<double> scratch;
 
   explicit impl(const forecaster_config& c) : cfg(c) { reset(0); }
 
@@ -127,61 +134,58 @@ struct forecaster::impl {
     cal.m = static_cast<std::size_t>(86400 / cfg.bin_s);
     cal.start_s = start_s;
     const std::size_t m = cal.m;
-    hist.reset(std::max<std::size_t>(cfg.history_days, 1) * m + cfg.max_horizon + 1);
+    const std::size_t history_bins =
+        std::min(std::max<std::size_t>(cfg.history_days, 1) * m, std::max(cfg.max_history_bins, m));
+    hist.reset(history_bins + cfg.max_horizon + 1);
+
     models.clear();
     models.push_back(detail::make_naive());
     models.push_back(detail::make_seasonal_naive(m, "seasonal_naive_day"));
-    if (cfg.history_days >= 7) models.push_back(detail::make_seasonal_naive(7 * m, "seasonal_naive_week"));
-    if (tune.medians > 0) models.push_back(detail::make_seasonal_median({3, 7}, {2, 3, 4}, m));
-    for (double a : {tune.alpha_hour, tune.alpha2}) {
-      if (a <= 0) continue;
-      detail::ets_params ep;
-      ep.alpha_hour = a;
-      ep.gamma = tune.gamma;
-      ep.omega = tune.omega;
-      ep.clip = tune.clip;
-      ep.persistence_hour = {0.0, 0.5, 0.8, 0.95, 1.0};
-      ep.smooth_hour = tune.smooth_hour;
-      if (ep.smooth_hour > 0) ep.smooth_persistence_hour = {0.9, 1.0};
-      models.push_back(detail::make_ets(ep, cfg.bin_s));
-    }
+    if (history_bins >= 7 * m) models.push_back(detail::make_seasonal_naive(7 * m, "seasonal_naive_week"));
+    models.push_back(detail::make_seasonal_median({3, 7}, {2, 3, 4}, m));
+    models.push_back(detail::make_ets(detail::ets_params{}, cfg.bin_s));
+    detail::ets_params shifting;  // same, but a sustained change moves the level at once
+    shifting.accept_shifts = true;
+    models.push_back(detail::make_ets(shifting, cfg.bin_s));
     member_offset.clear();
     members = 0;
     for (const auto& md : models) {
       member_offset.push_back(members);
       members += md->outputs();
     }
-    scratch_f.assign(members, 0.0);
+    scratch.assign(members, 0.0);
+
     reps = representative_steps(cfg.max_horizon);
     tracks.assign(members, {});
     for (auto& per_member : tracks) {
       per_member.resize(reps.size());
       for (std::size_t r = 0; r < reps.size(); ++r) per_member[r].pending.assign(reps[r], std::nan(""));
     }
-    pool_cap = std::max<std::size_t>(static_cast<std::size_t>(tune.pool_days * static_cast<double>(m)), min_pool);
-    pool_cap = std::min<std::size_t>(pool_cap, 2016);
-    track_window = std::min<std::size_t>(static_cast<std::size_t>(tune.track_days * static_cast<double>(m)), 2016);
+    track_window = days_to_bins(track_days, m, max_pool);
+    short_window = std::max<std::size_t>(3, static_cast<std::size_t>(short_hours * 3600.0 / static_cast<double>(cfg.bin_s)));
     pools.assign(reps.size(), {});
     for (std::size_t r = 0; r < reps.size(); ++r) {
       pools[r].pending.assign(reps[r], std::nan(""));
       pools[r].pending_vol.assign(reps[r], 1.0);
-      pools[r].fifo.assign(pool_cap, std::nan(""));
-      pools[r].weight.assign(members, 1.0 / static_cast<double>(members));
+      pools[r].errors.reset(days_to_bins(pool_days, m, max_pool));
     }
-    detector_fifo.assign(std::min<std::size_t>(static_cast<std::size_t>(tune.det_days * static_cast<double>(m)), 4032), std::nan(""));
-    detector_head = 0;
-    detector_sorted.clear();
-    next_scale = 1.0;
-    next_center = 0.0;
-    started = false;
-    diff_mae = 0.0;
+    detector.reset(days_to_bins(detector_days, m, 2 * max_pool));
+    // The z threshold also covers the Gaussian tail of the target rate, which matters where
+    // the pool is too short to resolve it (one-minute bins).
+    det_threshold = std::max(cfg.anomaly_threshold,
+                             normal_quantile(1.0 - cfg.anomaly_rate_per_day / static_cast<double>(m)));
+    det_center = 0.0;
+    det_scale = 1.0;
+    det_tail_hi = det_tail_lo = 0.0;
     vol = vol_long = 0.0;
     vol_n = 0;
+    diff_mae = 0.0;
     diff_n = 0;
     last_observed_z = std::nan("");
-    anomaly = {};
     next_f = std::nan("");
-    next_q_warm = false;
+    next_warm = false;
+    anomaly = {};
+    started = false;
   }
 
   void predict_all(std::size_t k, std::vector<double>& f) const {
@@ -189,7 +193,7 @@ struct forecaster::impl {
   }
 
   // Where step k falls between representative steps: reps[lo] <= k <= reps[hi], and the
-  // log-linear interpolation weight of reps[hi].
+  // weight of reps[hi] when interpolating on log k.
   void bracket(std::size_t k, std::size_t& lo, std::size_t& hi, double& frac) const {
     hi = 0;
     while (hi + 1 < reps.size() && reps[hi] < k) ++hi;
@@ -199,59 +203,41 @@ struct forecaster::impl {
                           (std::log(static_cast<double>(reps[hi])) - std::log(static_cast<double>(reps[lo])));
   }
 
-  // Combined log forecast at step k from the members' predictions `f`, weighted by the inverse
-  // of their recent mean absolute error (a power of it) at the steps around k.
+  // Combined log forecast at step k: members weighted by mae^-weight_power of their recent
+  // errors at the steps around k, where mae is the geometric mean of a week's and the last
+  // hours' mean |error| (a member that was best all week but is wrong since a level shift
+  // loses its weight within hours). Before any member has a track record, the naive.
   double combine(std::size_t k, const std::vector<double>& f) const {
     std::size_t lo = 0, hi = 0;
     double frac = 0.0;
     bracket(k, lo, hi, frac);
     double num = 0.0, den = 0.0;
-    if (tune.eg > 0) {
-      for (std::size_t j = 0; j < members; ++j) {
-        if (!std::isfinite(f[j])) continue;
-        const double w = pools[lo].weight[j] + (pools[hi].weight[j] - pools[lo].weight[j]) * frac;
-        num += w * f[j];
-        den += w;
-      }
-      return den > 0.0 ? num / den : f[0];
-    }
     for (std::size_t j = 0; j < members; ++j) {
       const track& a = tracks[j][lo];
       const track& b = tracks[j][hi];
       if (a.n < min_track || b.n < min_track || !std::isfinite(f[j])) continue;
-      if (tune.only >= 0 && j != static_cast<std::size_t>(tune.only)) continue;
-      const double mae = std::max(a.mae + (b.mae - a.mae) * frac, mae_floor);
-      const double w = std::pow(mae, -tune.weight_power);
+      const double mae_long = a.mae + (b.mae - a.mae) * frac;
+      const double mae_recent = a.mae_short + (b.mae_short - a.mae_short) * frac;
+      const double mae = std::max(std::sqrt(mae_long * mae_recent), mae_floor);
+      const double w = std::pow(mae, -weight_power);
       num += w * f[j];
       den += w;
     }
-    if (den > 0.0) return num / den;
-    // Cold: no member has a track record at this step yet; naive is the safest bet.
-    return f[0];
+    return den > 0.0 ? num / den : f[0];
   }
 
-  double vol_factor() const {
-    if (tune.norm <= 0 || vol_n < 10) return 1.0;
-    return std::pow(std::max({vol, 0.3 * vol_long, 1e-3}), tune.norm);
+  double vol_factor() const noexcept {
+    return vol_n < 5 ? 1.0 : std::max({vol, 0.3 * vol_long, 1e-3});
   }
 
-  // Log-scale error quantiles at one representative step: its pool widened by the adaptive
-  // tail scales, or the cold-start prior.
+  // Log-scale error quantiles at one representative step: the pool's quantiles times the
+  // current volatility, each tail stretched by its adaptive scale; or the cold-start prior.
   std::array<double, 5> rep_quantiles(std::size_t r, bool& warm) const {
     std::array<double, 5> q{};
     const pool& p = pools[r];
-    if (p.sorted.size() >= min_pool) {
-      for (std::size_t i = 0; i < 5; ++i) q[i] = p.sorted.quantile(quantile_levels[i]);
+    if (p.errors.sorted.size() >= min_pool) {
       const double vf = vol_factor();
-      for (double& v : q) v *= vf;
-      if (tune.sym > 0) {
-        const double d90 = sorted_abs_deviation_quantile(p.sorted.values(), q[q50], 0.9);
-        const double d80 = sorted_abs_deviation_quantile(p.sorted.values(), q[q50], 0.8);
-        q[q05] = (1 - tune.sym) * q[q05] + tune.sym * (q[q50] - d90);
-        q[q95] = (1 - tune.sym) * q[q95] + tune.sym * (q[q50] + d90);
-        q[q10] = (1 - tune.sym) * q[q10] + tune.sym * (q[q50] - d80);
-        q[q90] = (1 - tune.sym) * q[q90] + tune.sym * (q[q50] + d80);
-      }
+      for (std::size_t i = 0; i < 5; ++i) q[i] = vf * p.errors.sorted.quantile(quantile_levels[i]);
       const double up = std::exp(p.log_up), lo = std::exp(p.log_lo);
       for (std::size_t i : {q05, q10}) q[i] = q[q50] + lo * (q[i] - q[q50]);
       for (std::size_t i : {q90, q95}) q[i] = q[q50] + up * (q[i] - q[q50]);
@@ -267,59 +253,49 @@ struct forecaster::impl {
     return q;
   }
 
-  void eg_update(pool& p, std::size_t r, std::size_t slot, double z, double fc) {
-    const double e = z - fc;
-    const double g0 = 1.0 / static_cast<double>(std::min<std::size_t>(p.n + 1, track_window));
-    p.abs_err += g0 * (std::fabs(e) - p.abs_err);
-    ++p.n;
-    const double scale = std::max(p.abs_err, 1e-3);
-    const double sgn = e > 0 ? 1.0 : (e < 0 ? -1.0 : 0.0);
-    double tot = 0.0;
-    for (std::size_t j = 0; j < members; ++j) {
-      const double fj = tracks[j][r].pending[slot];
-      if (std::isfinite(fj)) p.weight[j] *= std::exp(std::clamp(tune.eg * sgn * (fj - fc) / scale, -5.0, 5.0));
-      tot += p.weight[j];
+  // Records the ensemble's error at step reps[r]; first moves the tail scales (a miss widens
+  // that tail by aci_rate/sqrt(step), a hit narrows it by 1/19 of that, so each tail settles
+  // where 5% of errors fall outside; sqrt(step) because a step-k error arrives k bins late).
+  void score_pool(std::size_t r, double e, double vf_origin) {
+    pool& p = pools[r];
+    if (p.errors.sorted.size() >= min_pool) {
+      bool warm = true;
+      const auto q = rep_quantiles(r, warm);
+      const double vf = vol_factor();
+      const double g = aci_rate / std::sqrt(static_cast<double>(reps[r]));
+      // The leak forgets old misses: plain ACI would over-cover for ~19 bins per past miss to
+      // make up for a volatile hour, which on a short horizon of evaluation is just too wide.
+      const double keep = 1.0 - 1.0 / (aci_leak_days * static_cast<double>(cal.m));
+      p.log_up *= keep;
+      p.log_lo *= keep;
+      p.log_up = std::clamp(p.log_up + g * ((e * vf > q[q95] * vf_origin ? 1.0 : 0.0) - 0.05), aci_log_min, aci_log_max);
+      p.log_lo = std::clamp(p.log_lo + g * ((e * vf < q[q05] * vf_origin ? 1.0 : 0.0) - 0.05), aci_log_min, aci_log_max);
     }
-    for (double& w : p.weight) w = (1.0 - tune.share) * w / tot + tune.share / static_cast<double>(members);
+    p.errors.push(e / vf_origin);
   }
 
-  void score_pool(pool& p, std::size_t r, double e_raw, double vf_origin) {
-    const double e = e_raw / vf_origin;
-    if (tune.aci_rate > 0.0 && p.sorted.size() >= min_pool) {
-      bool warm = true;
-      auto q = rep_quantiles(r, warm);
-      for (double& v : q) v /= vol_factor();
-      const double g = tune.aci_rate / std::pow(static_cast<double>(reps[r]), tune.aci_pow);
-      p.log_up += g * ((e > q[q95] ? 1.0 : 0.0) - 0.05);
-      p.log_lo += g * ((e < q[q05] ? 1.0 : 0.0) - 0.05);
-      p.log_up = std::clamp(p.log_up, -1.5, 2.5);
-      p.log_lo = std::clamp(p.log_lo, -1.5, 2.5);
-    }
-    double& old = p.fifo[p.head];
-    if (!std::isnan(old)) p.sorted.erase(old);
-    old = e;
-    p.sorted.insert(e);
-    p.head = (p.head + 1) % pool_cap;
+  void score_spike(double z) {
+    anomaly = {};
+    if (!std::isfinite(next_f) || !next_warm || detector.sorted.size() < min_pool) return;
+    spike_scored = true;
+    const double center = next_f + det_center;
+    const double e = z - next_f;
+    anomaly.expected = std::expm1(center);
+    anomaly.upper = std::expm1(std::max({center + det_threshold * det_scale, next_f + next_q[q95],
+                                         next_f + det_tail_hi}));
+    anomaly.score = (z - center) / det_scale;
+    const bool outside = e > next_q[q95] || e < next_q[q05];
+    const bool rare = e >= det_tail_hi || e <= det_tail_lo;
+    anomaly.flag = outside && rare && std::fabs(anomaly.score) >= det_threshold;
   }
 
   void update(double value) noexcept {
     const std::size_t t = hist.size();  // index of the new bin
-    const bool obs = !is_missing(value) && std::isfinite(value);
+    const bool obs = std::isfinite(value);
     const double z = obs ? std::log1p(std::max(value, 0.0)) : std::nan("");
-
-    // Spike score: a robust z-score of this bin against the one-step forecast made before it
-    // arrived (median and MAD of recent one-step errors, so the burst-heavy tail that widens
-    // the 90% band does not mute it). Flagged when it also leaves the band.
-    anomaly = {};
-    if (obs && std::isfinite(next_f) && next_q_warm) {
-      const double center = next_f + next_center;
-      anomaly.expected = std::expm1(center);
-      anomaly.upper = std::expm1(std::max(center + cfg.anomaly_threshold * next_scale, next_f + next_q[q95]));
-      anomaly.score = (z - center) / next_scale;
-      const bool outside = z > next_f + next_q[q95] || z < next_f + next_q[q05];
-      const bool rare = z - next_f >= next_tail_hi || z - next_f <= next_tail_lo;
-      anomaly.flag = outside && (tune.fa_rate <= 0 || rare) && std::fabs(anomaly.score) >= cfg.anomaly_threshold;
-    }
+    spike_scored = false;
+    if (obs) score_spike(z);
+    else anomaly = {};
 
     // Score the predictions whose target is this bin.
     if (obs) {
@@ -331,64 +307,62 @@ struct forecaster::impl {
           const double f = tr.pending[slot];
           if (!std::isfinite(f)) continue;
           const double g = 1.0 / static_cast<double>(std::min(tr.n + 1, track_window));
-          const double err = tune.count_scale > 0 ? std::fabs(std::expm1(z) - std::expm1(f)) : std::fabs(z - f);
-          tr.mae += g * (err - tr.mae);
+          tr.mae += g * (std::fabs(z - f) - tr.mae);
+          tr.mae_short += (std::fabs(z - f) - tr.mae_short) / static_cast<double>(std::min(tr.n + 1, short_window));
           ++tr.n;
         }
         const double f = pools[r].pending[slot];
-        if (std::isfinite(f)) {
-          if (tune.eg > 0) eg_update(pools[r], r, slot, z, f);
-          score_pool(pools[r], r, z - f, pools[r].pending_vol[slot]);
-          if (r == 0) {
-            double& old = detector_fifo[detector_head];
-            if (!std::isnan(old)) detector_sorted.erase(old);
-            old = z - f;
-            detector_sorted.insert(old);
-            detector_head = (detector_head + 1) % detector_fifo.size();
-            const double g = 1.0 / static_cast<double>(std::min<std::size_t>(vol_n + 1, static_cast<std::size_t>(tune.vol_days * cal.m) + 1));
-            const double gl = 1.0 / static_cast<double>(std::min<std::size_t>(vol_n + 1, 14 * cal.m));
-            vol += g * (std::fabs(z - f) - vol);
-            vol_long += gl * (std::fabs(z - f) - vol_long);
-            ++vol_n;
-          }
+        if (!std::isfinite(f)) continue;
+        score_pool(r, z - f, pools[r].pending_vol[slot]);
+        if (r == 0) {
+          detector.push(z - f);
+          const double err = std::fabs(z - f);
+          vol += (err - vol) / static_cast<double>(std::min(vol_n + 1, days_to_bins(vol_days, cal.m, 1u << 20)));
+          vol_long += (err - vol_long) / static_cast<double>(std::min(vol_n + 1, days_to_bins(vol_long_days, cal.m, 1u << 20)));
+          ++vol_n;
         }
       }
       if (std::isfinite(last_observed_z)) {
-        const double d = std::fabs(z - last_observed_z);
-        diff_mae += (d - diff_mae) / static_cast<double>(std::min<std::size_t>(diff_n + 1, 500));
+        diff_mae += (std::fabs(z - last_observed_z) - diff_mae) / static_cast<double>(std::min<std::size_t>(diff_n + 1, 500));
         ++diff_n;
       }
       last_observed_z = z;
     }
 
-    // Append: a gap takes the ensemble's one-step forecast, never zero.
-    double z_fill = z;
-    if (!obs) z_fill = std::isfinite(next_f) ? next_f : (t > 0 ? hist.z(t - 1) : 0.0);
-    hist.push(z_fill, obs);
+    // Append: a gap takes the ensemble's one-step forecast, never zero; the cleaned copy clips
+    // an extreme spike to the edge of normal.
+    double z_fill = z, z_clean = z;
+    if (!obs) {
+      z_fill = z_clean = std::isfinite(next_f) ? next_f : (t > 0 ? hist.z(t - 1) : 0.0);
+    } else if (spike_scored) {
+      const double center = next_f + det_center;
+      z_clean = std::clamp(z, center - clean_threshold * det_scale, center + clean_threshold * det_scale);
+    }
+    hist.push(z_fill, z_clean, obs);
     for (auto& md : models) md->observe(hist, cal, obs);
 
     // New predictions from this origin at every representative step.
+    const double vf = vol_factor();
     for (std::size_t r = 0; r < reps.size(); ++r) {
       const std::size_t k = reps[r];
-      predict_all(k, scratch_f);
-      for (std::size_t j = 0; j < members; ++j) tracks[j][r].pending[t % k] = scratch_f[j];
-      const double fc = combine(k, scratch_f);
+      predict_all(k, scratch);
+      for (std::size_t j = 0; j < members; ++j) tracks[j][r].pending[t % k] = scratch[j];
+      const double fc = combine(k, scratch);
       pools[r].pending[t % k] = fc;
-      pools[r].pending_vol[t % k] = vol_factor();
-      if (k == 1) {
+      pools[r].pending_vol[t % k] = vf;
+      if (r == 0) {
         next_f = fc;
-        bool warm = true;
-        next_q = rep_quantiles(0, warm);
-        next_q_warm = warm;
-        if (detector_sorted.size() >= min_pool) {
-          const auto& v = detector_sorted.values();
-          next_center = sorted_quantile(v, 0.5);
-          next_scale = std::max(1.4826 * sorted_abs_deviation_quantile(v, next_center, 0.5), 0.05);
-          const double p = tune.fa_rate / static_cast<double>(cal.m);
-          next_tail_hi = sorted_quantile(v, 1.0 - p);
-          next_tail_lo = sorted_quantile(v, p);
-        }
+        next_warm = true;
+        next_q = rep_quantiles(0, next_warm);
       }
+    }
+    if (detector.sorted.size() >= min_pool) {
+      const auto v = detector.sorted.values();
+      det_center = sorted_quantile(v, 0.5);
+      det_scale = std::max(1.4826 * sorted_abs_deviation_quantile(v, det_center, 0.5), 0.05);
+      const double p = cfg.anomaly_rate_per_day / static_cast<double>(cal.m);
+      det_tail_hi = sorted_quantile(v, 1.0 - p);
+      det_tail_lo = sorted_quantile(v, p);
     }
   }
 
@@ -404,26 +378,26 @@ struct forecaster::impl {
       if (r == 0 || reps[r - 1] < horizon) rq[r] = rep_quantiles(r, warm);
     out.warm = warm;
     out.steps.resize(horizon);
+    std::vector<double> f(members);
     for (std::size_t k = 1; k <= horizon; ++k) {
-      predict_all(k, scratch_f);
-      double fc = combine(k, scratch_f);
+      predict_all(k, f);
+      double fc = combine(k, f);
       if (!std::isfinite(fc)) fc = hist.z(t);
       std::size_t lo = 0, hi = 0;
       double frac = 0.0;
       bracket(k, lo, hi, frac);
+      // Beyond the recent errors, leave room for level shifts: up to +25% width a day ahead.
+      const double widen = 1.0 + level_shift_widening * std::min(1.0, static_cast<double>(k) / static_cast<double>(cal.m));
       std::array<double, 5> qe{};
       for (std::size_t i = 0; i < 5; ++i) qe[i] = rq[lo][i] + (rq[hi][i] - rq[lo][i]) * frac;
-      if (tune.widen > 0) {
-        const double mult = 1.0 + tune.widen * std::min(1.0, static_cast<double>(k) / static_cast<double>(cal.m));
-        for (std::size_t i : {q05, q10, q90, q95}) qe[i] = qe[q50] + mult * (qe[i] - qe[q50]);
-      }
+      for (std::size_t i : {q05, q10, q90, q95}) qe[i] = qe[q50] + widen * (qe[i] - qe[q50]);
       step_forecast& sf = out.steps[k - 1];
       sf.timestamp_s = out.origin_s + static_cast<std::int64_t>(k) * cal.bin_s;
+      sf.point = std::max(0.0, std::expm1(fc));
       for (std::size_t i = 0; i < 5; ++i) {
         sf.quantiles[i] = std::max(0.0, std::expm1(fc + qe[i]));
         if (i > 0) sf.quantiles[i] = std::max(sf.quantiles[i], sf.quantiles[i - 1]);
       }
-      sf.point = std::max(0.0, std::expm1(fc + tune.bias * qe[q50]));
     }
     return out;
   }
@@ -444,7 +418,7 @@ void forecaster::fit(const series& s) {
 void forecaster::observe(std::int64_t timestamp_s, double value) noexcept {
   impl& d = *impl_;
   if (!d.started) {
-    d.reset(timestamp_s);
+    d.reset(timestamp_s - ((timestamp_s % d.cal.bin_s) + d.cal.bin_s) % d.cal.bin_s);
     d.started = true;
     d.update(value);
     return;
@@ -477,5 +451,19 @@ forecast_result forecaster::forecast(std::size_t horizon) const { return impl_->
 const anomaly_state& forecaster::anomaly() const noexcept { return impl_->anomaly; }
 std::size_t forecaster::bins_seen() const noexcept { return impl_->hist.size(); }
 const forecaster_config& forecaster::config() const noexcept { return impl_->cfg; }
+
+std::size_t forecaster::memory_bytes() const noexcept {
+  const impl& d = *impl_;
+  std::size_t b = sizeof(forecaster) + sizeof(impl) + d.hist.memory_bytes();
+  for (const auto& md : d.models) b += md->memory_bytes();
+  for (const auto& per_member : d.tracks)
+    for (const auto& tr : per_member) b += sizeof(tr) + tr.pending.capacity() * sizeof(double);
+  auto fifo_bytes = [](const sorted_fifo& f) { return f.memory_bytes(); };
+  for (const auto& p : d.pools)
+    b += sizeof(p) + (p.pending.capacity() + p.pending_vol.capacity()) * sizeof(double) + fifo_bytes(p.errors);
+  b += fifo_bytes(d.detector) + (d.reps.capacity() + d.member_offset.capacity()) * sizeof(std::size_t) +
+       d.scratch.capacity() * sizeof(double);
+  return b;
+}
 
 }  // namespace tollgate::forecast

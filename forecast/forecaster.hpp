@@ -18,8 +18,15 @@ inline constexpr std::size_t q05 = 0, q10 = 1, q50 = 2, q90 = 3, q95 = 4;
 struct forecaster_config {
   std::int64_t bin_s = 60;          // bin width in seconds; must divide 86400
   std::size_t max_horizon = 60;     // most steps forecast() will be asked for
-  std::size_t history_days = 29;    // raw history kept (bounds memory); >= 7 enables weekly models
-  double anomaly_threshold = 5.0;   // spike flag: robust z-score (log scale) beyond this, outside the 90% band
+  // Raw history kept: min(history_days days, max_history_bins bins) + max_horizon. 29 days
+  // feed the 4-week seasonal median; at 1-minute bins the cap keeps 6 days (~80 KB).
+  std::size_t history_days = 29;
+  std::size_t max_history_bins = 8640;
+  // Spike flag: the newest bin left the 90% band, its robust z-score (log scale, against the
+  // one-step median and MAD of recent one-step errors) reaches anomaly_threshold, and its error
+  // is beyond the empirical quantile that recent errors exceed anomaly_rate_per_day times a day.
+  double anomaly_threshold = 3.0;
+  double anomaly_rate_per_day = 0.2;
 };
 
 struct step_forecast {
@@ -37,7 +44,7 @@ struct forecast_result {
 // How surprising the newest bin was against the one-step forecast made before it arrived.
 struct anomaly_state {
   double score = 0.0;     // robust z-score on the log scale: (log1p(y) - median) / (1.4826 MAD)
-  bool flag = false;      // |score| >= anomaly_threshold and the bin left the 90% band
+  bool flag = false;      // see forecaster_config::anomaly_threshold (both directions)
   double expected = 0.0;  // the median forecast the bin was compared with (count scale)
   double upper = 0.0;     // the value above which the bin would have been flagged
 };
@@ -65,6 +72,8 @@ class forecaster {
 
   const anomaly_state& anomaly() const noexcept;
   std::size_t bins_seen() const noexcept;
+  // Heap and object bytes held; fixed once the pools are full (independent of uptime).
+  std::size_t memory_bytes() const noexcept;
   const forecaster_config& config() const noexcept;
 
  private:

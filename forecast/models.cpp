@@ -11,12 +11,14 @@ namespace tollgate::forecast::detail {
 void history::reset(std::size_t capacity) {
   cap_ = std::max<std::size_t>(capacity, 1);
   n_ = 0;
-  z_.assign(cap_, 0.0);
+  z_.assign(cap_, 0.0f);
+  clean_.assign(cap_, 0.0f);
   obs_.assign(cap_, 0);
 }
 
-void history::push(double z, bool observed) {
-  z_[n_ % cap_] = z;
+void history::push(double z, double clean, bool observed) {
+  z_[n_ % cap_] = static_cast<float>(z);
+  clean_[n_ % cap_] = static_cast<float>(clean);
   obs_[n_ % cap_] = observed ? 1 : 0;
   ++n_;
 }
@@ -46,6 +48,7 @@ namespace {
 class naive_model final : public model {
  public:
   std::string name(std::size_t) const override { return "naive"; }
+  std::size_t memory_bytes() const noexcept override { return sizeof(*this); }
   void observe(const history&, const calendar&, bool) noexcept override {}
   void predict(const history& h, const calendar&, std::size_t, double* out) const noexcept override {
     out[0] = h.size() == 0 ? std::nan("") : h.z(h.size() - 1);
@@ -56,11 +59,12 @@ class seasonal_naive_model final : public model {
  public:
   seasonal_naive_model(std::size_t period, const char* name) : period_(std::max<std::size_t>(period, 1)), name_(name) {}
   std::string name(std::size_t) const override { return name_; }
+  std::size_t memory_bytes() const noexcept override { return sizeof(*this); }
   void observe(const history&, const calendar&, bool) noexcept override {}
   void predict(const history& h, const calendar&, std::size_t k, double* out) const noexcept override {
     const std::size_t back = period_ * ((k + period_ - 1) / period_);
     const std::size_t t = h.size() - 1;
-    out[0] = (h.size() == 0 || t + k < back || !h.has(t + k - back)) ? std::nan("") : h.z(t + k - back);
+    out[0] = (h.size() == 0 || t + k < back || !h.has(t + k - back)) ? std::nan("") : h.clean(t + k - back);
   }
 
  private:
@@ -76,6 +80,9 @@ class seasonal_median_model final : public model {
   std::string name(std::size_t i) const override {
     return i < days_.size() ? "median_" + std::to_string(days_[i]) + "d"
                             : "median_" + std::to_string(weeks_[i - days_.size()]) + "w";
+  }
+  std::size_t memory_bytes() const noexcept override {
+    return sizeof(*this) + (days_.capacity() + weeks_.capacity()) * sizeof(std::size_t);
   }
   void observe(const history&, const calendar&, bool) noexcept override {}
   void predict(const history& h, const calendar&, std::size_t k, double* out) const noexcept override {
@@ -94,7 +101,7 @@ class seasonal_median_model final : public model {
     for (std::size_t back = first; c < count && c < v.size() && back <= target; back += period) {
       const std::size_t i = target - back;
       if (!h.has(i)) break;
-      if (h.observed(i)) v[c++] = h.z(i);
+      if (h.observed(i)) v[c++] = h.clean(i);
     }
     if (c == 0 || c * 2 < count) return std::nan("");
     std::sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(c));
@@ -114,19 +121,22 @@ class ets_model final : public model {
   ets_model(const ets_params& p, std::int64_t bin_s)
       : p_(p),
         m_(static_cast<std::size_t>(86400 / bin_s)),
+
         alpha_(1.0 - per_bin(1.0 - p.alpha_hour, bin_s)),
-        smooth_(p.smooth_hour > 0.0 ? 1.0 - per_bin(1.0 - p.smooth_hour, bin_s) : 0.0),
+
+        shift_bins_(std::max<std::size_t>(3, static_cast<std::size_t>(3600 / bin_s))),
         season_(m_, 0.0),
         season_visits_(m_, 0) {
     for (double ph : p.persistence_hour) phi_.push_back(per_bin(ph, bin_s));
-    if (smooth_ > 0.0)
-      for (double ph : p.smooth_persistence_hour) phi_smooth_.push_back(per_bin(ph, bin_s));
   }
 
-  std::size_t outputs() const noexcept override { return phi_.size() + phi_smooth_.size(); }
+  std::size_t outputs() const noexcept override { return phi_.size(); }
+  std::size_t memory_bytes() const noexcept override {
+    return sizeof(*this) + (phi_.capacity() + p_.persistence_hour.capacity() + season_.capacity()) * sizeof(double) +
+           season_visits_.capacity() * sizeof(std::size_t);
+  }
   std::string name(std::size_t i) const override {
-    if (i < phi_.size()) return "ets_p" + std::to_string(p_.persistence_hour[i]).substr(0, 4);
-    return "ets_s" + std::to_string(p_.smooth_persistence_hour[i - phi_.size()]).substr(0, 4);
+    return (p_.accept_shifts ? "ets_shift_p" : "ets_p") + std::to_string(p_.persistence_hour[i]).substr(0, 4);
   }
 
   void observe(const history& h, const calendar& cal, bool observed) noexcept override {
@@ -150,6 +160,20 @@ class ets_model final : public model {
     const double gs = 1.0 / static_cast<double>(std::min<std::size_t>(scale_n_ + 1, 50));
     scale_ += std::max(gs, 0.02) * (std::min(std::fabs(e), p_.clip * s) - scale_);
     ++scale_n_;
+    // Innovations beyond the clip on the same side for an hour (at least 3 bins) are a level
+    // shift, not a burst: the level then takes the whole change at once.
+    const int side = e > p_.clip * s ? 1 : (e < -p_.clip * s ? -1 : 0);
+    shift_run_ = side == 0 ? 0 : (side == shift_side_ ? shift_run_ + 1 : 1);
+    shift_side_ = side;
+    if (p_.accept_shifts && shift_run_ >= shift_bins_) {
+      level_ += e;
+      shift_run_ = 0;
+      ++obs_count_;
+      residual_ = 0.0;
+      gap_age_ = 0;
+      end_of_period(cal, t);
+      return;
+    }
 
     // Early on the gains decrease like a running mean, so the first days set the profile.
     const double a = std::max(alpha_, 1.0 / static_cast<double>(obs_count_ + 1));
@@ -161,7 +185,6 @@ class ets_model final : public model {
     ++season_visits_[ph];
     ++obs_count_;
     residual_ = z - (level_ + season_[ph] + weekday_[wd]);
-    smoothed_ = obs_count_ == 1 ? residual_ : smoothed_ + smooth_ * (residual_ - smoothed_);
     gap_age_ = 0;
     end_of_period(cal, t);
   }
@@ -176,8 +199,6 @@ class ets_model final : public model {
     const double base = level_ + season_[cal.phase(i)] + weekday_[cal.weekday(i)];
     const double age = static_cast<double>(k + gap_age_);
     for (std::size_t j = 0; j < phi_.size(); ++j) out[j] = base + std::pow(phi_[j], age) * residual_;
-    for (std::size_t j = 0; j < phi_smooth_.size(); ++j)
-      out[phi_.size() + j] = base + std::pow(phi_smooth_[j], age) * smoothed_;
   }
 
  private:
@@ -202,11 +223,13 @@ class ets_model final : public model {
 
   ets_params p_;
   std::size_t m_;
-  double alpha_, smooth_;
-  std::vector<double> phi_, phi_smooth_;
+  double alpha_;
+  std::vector<double> phi_;
   bool initialised_ = false;
-  double level_ = 0.0, residual_ = 0.0, smoothed_ = 0.0, scale_ = 0.0;
+  double level_ = 0.0, residual_ = 0.0, scale_ = 0.0;
   std::size_t scale_n_ = 0, obs_count_ = 0, gap_age_ = 0;
+  std::size_t shift_bins_, shift_run_ = 0;
+  int shift_side_ = 0;
   std::vector<double> season_;
   std::vector<std::size_t> season_visits_;
   std::array<double, 7> weekday_{};

@@ -9,22 +9,27 @@
 
 namespace tollgate::forecast::detail {
 
-// The last `capacity` bins of the log1p series by absolute bin index: observed values, and
-// gaps filled with the ensemble's one-step forecast (so seasonal look-ups never read a gap
-// as zero traffic).
+// The last `capacity` bins of the log1p series by absolute bin index. z(): the observed values,
+// gaps filled with the ensemble's one-step forecast (so no look-up reads a gap as zero
+// traffic). clean(): the same with extreme spikes clipped to the edge of normal, for the
+// seasonal look-ups (a burst today must not come back as tomorrow's or next week's forecast).
 class history {
  public:
   void reset(std::size_t capacity);
-  void push(double z, bool observed);
+  void push(double z, double clean, bool observed);
   std::size_t size() const noexcept { return n_; }  // bins seen since reset
   std::size_t capacity() const noexcept { return cap_; }
   bool has(std::size_t i) const noexcept { return i < n_ && i + cap_ >= n_; }
   double z(std::size_t i) const noexcept { return z_[i % cap_]; }
+  double clean(std::size_t i) const noexcept { return clean_[i % cap_]; }
   bool observed(std::size_t i) const noexcept { return obs_[i % cap_] != 0; }
+  std::size_t memory_bytes() const noexcept {
+    return sizeof(*this) + (z_.capacity() + clean_.capacity()) * sizeof(float) + obs_.capacity();
+  }
 
  private:
   std::size_t cap_ = 1, n_ = 0;
-  std::vector<double> z_;
+  std::vector<float> z_, clean_;  // log1p values need no double precision; halves the memory
   std::vector<unsigned char> obs_;
 };
 
@@ -49,10 +54,12 @@ class model {
   // Forecasts of log1p(y[t+k]) from origin t = h.size()-1 into out[0..outputs()); NaN when
   // the model cannot tell yet.
   virtual void predict(const history& h, const calendar& cal, std::size_t k, double* out) const noexcept = 0;
+  virtual std::size_t memory_bytes() const noexcept = 0;
 };
 
 std::unique_ptr<model> make_naive();
-// Same bin `period` bins (a day, a week) before the target, repeated over the horizon.
+// Same bin `period` bins (a day, a week) before the target, repeated over the horizon (from
+// the cleaned history).
 std::unique_ptr<model> make_seasonal_naive(std::size_t period, const char* name);
 
 // Robust seasonal profiles straight from the history: the median of the same bin over the
@@ -65,16 +72,16 @@ std::unique_ptr<model> make_seasonal_median(std::vector<std::size_t> days, std::
 // day-of-week offset, updated with innovations clipped at `clip` robust scales so a burst
 // moves the state by a bounded amount. Its outputs carry the current deviation from that
 // state forward, decaying by persistence^hours: 0 = pure ETS (the typical day), 1 = the
-// seasonally adjusted naive (today's level, tomorrow's shape). `smooth_hour` adds outputs
-// that carry a smoothed deviation instead of the last one (noise averaged out).
+// seasonally adjusted naive (today's level, tomorrow's shape).
 struct ets_params {
-  double alpha_hour = 0.05;            // level gain per hour of data (converted per bin)
-  double gamma = 0.2;                  // time-of-day profile gain per visit (once a day)
-  double omega = 0.1;                  // day-of-week gain per day
-  double clip = 3.0;
-  std::vector<double> persistence_hour{0.0, 0.8, 1.0};
-  double smooth_hour = 0.0;            // 0 = no smoothed-deviation outputs; else its gain per hour
-  std::vector<double> smooth_persistence_hour{};
+  double alpha_hour = 0.05;  // level gain per hour of data (converted per bin)
+  double gamma = 0.05;       // time-of-day profile gain per visit (once a day)
+  double omega = 0.1;        // day-of-week gain per day
+  double clip = 2.0;         // innovations clipped at clip x mean |innovation|
+  std::vector<double> persistence_hour{0.0, 0.5, 0.8, 0.95, 1.0};
+  // Innovations beyond the clip on the same side for an hour (at least 3 bins) are taken as a
+  // level shift and moved into the level at once (else they stay clipped: a long burst).
+  bool accept_shifts = false;
 };
 std::unique_ptr<model> make_ets(const ets_params& p, std::int64_t bin_s);
 

@@ -84,18 +84,36 @@ std::string render_svg(std::span<const plot_point> pts, const plot_options& opt)
   if (pts.empty()) return svg + "</svg>\n";
 
   const std::int64_t t_min = pts.front().timestamp_s, t_max = std::max(pts.back().timestamp_s, t_min + 1);
-  double y_max = 0.0;
-  for (const auto& p : pts)
-    for (double v : {p.actual, p.forecast, p.upper})
+  // The y range follows the actual and forecast lines; a band that shoots beyond them (a
+  // volatile hour) is clipped at the top rather than flattening everything else.
+  double y_max = 0.0, band_max = 0.0;
+  for (const auto& p : pts) {
+    for (double v : {p.actual, p.forecast})
       if (std::isfinite(v)) y_max = std::max(y_max, v);
-  if (y_max <= 0.0) y_max = 1.0;
-  const double step = nice_step(y_max, 6);
-  y_max = std::ceil(y_max / step) * step;
+    if (std::isfinite(p.upper)) band_max = std::max(band_max, p.upper);
+  }
+  y_max = std::max(y_max, std::min(band_max, 1.25 * y_max));
+  if (y_max <= 0.0) y_max = std::max(band_max, 1.0);
+  // Linear axis with "nice" steps, or log1p axis with ticks at 0, 1, 10, 100, ...
+  std::vector<double> ticks;
+  if (opt.log_scale) {
+    y_max = std::pow(10.0, std::ceil(std::log10(std::max(y_max, 1.0))));
+    ticks.push_back(0.0);
+    for (double v = 1.0; v <= y_max * 1.0001; v *= 10.0) ticks.push_back(v);
+  } else {
+    const double step = nice_step(y_max, 6);
+    y_max = std::ceil(y_max / step) * step;
+    for (double v = 0.0; v <= y_max + step / 2; v += step) ticks.push_back(v);
+  }
   auto X = [&](std::int64_t t) { return left + pw * static_cast<double>(t - t_min) / static_cast<double>(t_max - t_min); };
-  auto Y = [&](double v) { return top + ph * (1.0 - std::clamp(v, 0.0, y_max) / y_max); };
+  auto Y = [&](double v) {
+    const double c = std::clamp(v, 0.0, y_max);
+    const double frac = opt.log_scale ? std::log1p(c) / std::log1p(y_max) : c / y_max;
+    return top + ph * (1.0 - frac);
+  };
 
   // Grid and y labels.
-  for (double v = 0.0; v <= y_max + step / 2; v += step) {
+  for (double v : ticks) {
     const std::string y = fmt("%.1f", Y(v));
     svg += "<line x1=\"" + fmt("%.1f", left) + "\" x2=\"" + fmt("%.1f", left + pw) + "\" y1=\"" + y + "\" y2=\"" + y +
            "\" stroke=\"#e5e5e5\"/>\n<text x=\"" + fmt("%.1f", left - 6) + "\" y=\"" + y +

@@ -21,6 +21,7 @@ struct plot_options {
   int width = 1100;
   int height = 420;
   std::int64_t marker_s = 0;  // a dashed vertical line here (forecast origin); 0 = none
+  bool log_scale = false;     // log1p y axis (bursty series)
 };
 
 std::string render_svg(std::span<const plot_point> points, const plot_options& opt);

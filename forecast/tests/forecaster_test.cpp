@@ -1,1 +1,209 @@
+// The forecaster on synthetic series with known answers: seasonality, level steps, bursts,
+// gaps, cold start, zeros, spike flags.
 #include <catch2/catch.hpp>
+
+#include <cmath>
+#include <random>
+
+#include "forecast/forecaster.hpp"
+
+using namespace tollgate::forecast;
+
+namespace {
+
+constexpr std::int64_t t0 = 1736121600;  // 2025-01-06T00:00Z, a Monday
+constexpr double pi = 3.14159265358979323846;
+
+// Hourly traffic with a daily cycle between 50 and 250 requests per hour.
+double daily(std::size_t i) { return 150.0 + 100.0 * std::sin(2.0 * pi * static_cast<double>(i % 24) / 24.0); }
+
+forecaster hourly(std::size_t horizon) {
+  forecaster_config cfg;
+  cfg.bin_s = 3600;
+  cfg.max_horizon = horizon;
+  return forecaster(cfg);
+}
+
+double rel_err(double a, double b) { return std::fabs(a - b) / std::fabs(b); }
+
+void check_well_formed(const forecast_result& r) {
+  for (const auto& s : r.steps) {
+    REQUIRE(std::isfinite(s.point));
+    REQUIRE(s.point >= 0.0);
+    for (std::size_t i = 0; i < 5; ++i) {
+      REQUIRE(std::isfinite(s.quantiles[i]));
+      REQUIRE(s.quantiles[i] >= 0.0);
+      if (i > 0) REQUIRE(s.quantiles[i - 1] <= s.quantiles[i]);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("forecaster: a pure daily cycle is forecast almost exactly", "[forecast]") {
+  forecaster f = hourly(48);
+  for (std::size_t i = 0; i < 21 * 24; ++i) f.observe(t0 + static_cast<std::int64_t>(i) * 3600, daily(i));
+  const auto r = f.forecast(48);
+  REQUIRE(r.steps.size() == 48);
+  CHECK(r.warm);
+  for (std::size_t k = 1; k <= 48; ++k) {
+    const double truth = daily(21 * 24 - 1 + k);
+    CHECK(rel_err(r.steps[k - 1].point, truth) < 0.01);
+    CHECK(r.steps[k - 1].timestamp_s == t0 + static_cast<std::int64_t>(21 * 24 - 1 + k) * 3600);
+  }
+  // A noiseless past gives a narrow band around the truth.
+  CHECK(r.steps[23].quantiles[q05] <= daily(21 * 24 + 23) * 1.001);
+  CHECK(r.steps[23].quantiles[q95] >= daily(21 * 24 + 23) * 0.999);
+  CHECK(r.steps[23].quantiles[q95] / r.steps[23].quantiles[q05] < 1.2);
+}
+
+TEST_CASE("forecaster: a level step is followed within a day", "[forecast]") {
+  forecaster f = hourly(24);
+  std::mt19937 rng(7);
+  std::normal_distribution<double> noise(0.0, 0.05);
+  const std::size_t step_at = 14 * 24;
+  for (std::size_t i = 0; i < step_at + 24; ++i) {
+    const double level = i < step_at ? 1.0 : 3.0;
+    f.observe(t0 + static_cast<std::int64_t>(i) * 3600, level * daily(i) * std::exp(noise(rng)));
+  }
+  const auto r = f.forecast(6);
+  for (std::size_t k = 1; k <= 6; ++k) {
+    const double truth = 3.0 * daily(step_at + 23 + k);
+    CHECK(rel_err(r.steps[k - 1].point, truth) < 0.25);
+  }
+}
+
+TEST_CASE("forecaster: a burst does not corrupt the same hour of the next days", "[forecast]") {
+  forecaster f = hourly(24);
+  std::mt19937 rng(11);
+  std::normal_distribution<double> noise(0.0, 0.05);
+  const std::size_t burst_at = 14 * 24 + 10;  // one hour at 30x the usual traffic
+  std::size_t i = 0;
+  for (; i < 21 * 24; ++i) {
+    const double v = daily(i) * std::exp(noise(rng)) * (i == burst_at ? 30.0 : 1.0);
+    f.observe(t0 + static_cast<std::int64_t>(i) * 3600, v);
+    if (i == burst_at + 14) {
+      // The day after the burst: hour 10 tomorrow is forecast at its usual level.
+      const auto r = f.forecast(24);
+      CHECK(rel_err(r.steps[9].point, daily(burst_at + 24)) < 0.25);  // bin burst_at + 24
+    }
+  }
+  // A week later the same hour is still normal, and its band does not carry the burst.
+  const auto r = f.forecast(24);
+  const std::size_t k = burst_at + 7 * 24 - (i - 1);
+  CHECK(rel_err(r.steps[k - 1].point, daily(burst_at)) < 0.15);
+  CHECK(r.steps[k - 1].quantiles[q95] < 3.0 * daily(burst_at));
+}
+
+TEST_CASE("forecaster: quantiles are ordered and finite on a noisy bursty series", "[forecast]") {
+  forecaster_config cfg;
+  cfg.bin_s = 600;
+  cfg.max_horizon = 144;
+  forecaster f(cfg);
+  std::mt19937 rng(3);
+  std::lognormal_distribution<double> noise(0.0, 0.6);
+  std::bernoulli_distribution burst(0.01);
+  for (std::size_t i = 0; i < 10 * 144; ++i) {
+    const double v = std::floor(40.0 * noise(rng) * (burst(rng) ? 50.0 : 1.0));
+    f.observe(t0 + static_cast<std::int64_t>(i) * 600, v);
+    if (i % 97 == 0) check_well_formed(f.forecast(144));
+  }
+  const auto r = f.forecast(144);
+  REQUIRE(r.steps.size() == 144);
+  check_well_formed(r);
+}
+
+TEST_CASE("forecaster: gaps do not crash and are not read as zero traffic", "[forecast]") {
+  forecaster f = hourly(24);
+  SECTION("missing bins inside the series") {
+    for (std::size_t i = 0; i < 10 * 24; ++i) {
+      const bool gap = (i >= 100 && i < 130) || i % 37 == 0;
+      f.observe(t0 + static_cast<std::int64_t>(i) * 3600, gap ? missing : daily(i));
+    }
+    const auto r = f.forecast(24);
+    check_well_formed(r);
+    for (std::size_t k = 1; k <= 24; ++k) CHECK(rel_err(r.steps[k - 1].point, daily(10 * 24 - 1 + k)) < 0.1);
+  }
+  SECTION("a series that starts with gaps") {
+    for (std::size_t i = 0; i < 30; ++i) f.observe(t0 + static_cast<std::int64_t>(i) * 3600, missing);
+    check_well_formed(f.forecast(24));
+    f.observe(t0 + 30 * 3600, 100.0);
+    check_well_formed(f.forecast(24));
+  }
+  SECTION("timestamps that jump forward") {
+    for (std::size_t i = 0; i < 5 * 24; ++i) f.observe(t0 + static_cast<std::int64_t>(i) * 3600, daily(i));
+    f.observe(t0 + (5 * 24 + 6) * 3600, daily(5 * 24 + 6));  // six hours skipped
+    CHECK(f.bins_seen() == 5 * 24 + 7);
+    f.observe(t0 + 3600, 1e9);  // in the past: ignored
+    CHECK(f.bins_seen() == 5 * 24 + 7);
+    // A silence of a year keeps memory bounded and the calendar right.
+    const std::int64_t later = t0 + (365 * 24 + 5) * 3600;
+    f.observe(later, daily(5));
+    const auto r = f.forecast(24);
+    check_well_formed(r);
+    CHECK(r.origin_s == later);
+    CHECK(f.bins_seen() < 60 * 24);
+  }
+}
+
+TEST_CASE("forecaster: cold start gives finite, wide forecasts", "[forecast]") {
+  forecaster f = hourly(24);
+  SECTION("before any data") { CHECK(f.forecast(24).steps.empty()); }
+  SECTION("after three bins") {
+    for (std::size_t i = 0; i < 3; ++i) f.observe(t0 + static_cast<std::int64_t>(i) * 3600, 100.0 + 10.0 * i);
+    const auto r = f.forecast(24);
+    REQUIRE(r.steps.size() == 24);
+    CHECK_FALSE(r.warm);
+    check_well_formed(r);
+    CHECK(rel_err(r.steps[0].point, 120.0) < 0.01);
+    CHECK(r.steps[23].quantiles[q95] / r.steps[23].quantiles[q05] > 2.0);
+  }
+}
+
+TEST_CASE("forecaster: an all-zero series forecasts zero", "[forecast]") {
+  forecaster f = hourly(24);
+  for (std::size_t i = 0; i < 10 * 24; ++i) f.observe(t0 + static_cast<std::int64_t>(i) * 3600, 0.0);
+  const auto r = f.forecast(24);
+  check_well_formed(r);
+  for (const auto& s : r.steps) {
+    CHECK(s.point == Approx(0.0).margin(1e-9));
+    CHECK(s.quantiles[q95] < 1.0);
+  }
+}
+
+TEST_CASE("forecaster: a spike is flagged in its first bin, normal traffic is not", "[forecast]") {
+  forecaster_config cfg;
+  cfg.bin_s = 60;
+  cfg.max_horizon = 60;
+  forecaster f(cfg);
+  std::mt19937 rng(5);
+  std::poisson_distribution<int> arrivals(200);
+  std::size_t flags = 0;
+  const std::size_t n = 3 * 1440;
+  for (std::size_t i = 0; i < n; ++i) {
+    f.observe(t0 + static_cast<std::int64_t>(i) * 60, arrivals(rng));
+    if (i > 1440) flags += f.anomaly().flag ? 1 : 0;
+  }
+  CHECK(flags <= 2);
+  f.observe(t0 + static_cast<std::int64_t>(n) * 60, 1200.0);  // a viral minute: 6x
+  CHECK(f.anomaly().flag);
+  CHECK(f.anomaly().score > 10.0);
+  CHECK(f.anomaly().expected == Approx(200.0).epsilon(0.1));
+  CHECK(f.anomaly().upper < 1200.0);
+}
+
+TEST_CASE("forecaster: fit equals feeding the bins one by one", "[forecast]") {
+  series s;
+  s.start_s = t0;
+  s.bin_s = 3600;
+  for (std::size_t i = 0; i < 8 * 24; ++i) s.values.push_back(i % 50 == 0 ? missing : daily(i) + (i % 7));
+  forecaster a = hourly(24), b = hourly(24);
+  a.fit(s);
+  for (std::size_t i = 0; i < s.size(); ++i) b.observe(s.timestamp(i), s.values[i]);
+  const auto ra = a.forecast(24), rb = b.forecast(24);
+  REQUIRE(ra.steps.size() == rb.steps.size());
+  for (std::size_t k = 0; k < ra.steps.size(); ++k) {
+    CHECK(ra.steps[k].point == rb.steps[k].point);
+    CHECK(ra.steps[k].quantiles == rb.steps[k].quantiles);
+  }
+}

@@ -1,1 +1,70 @@
+// Series CSV reading, horizon parsing and the PROTOCOL.md gap filling.
 #include <catch2/catch.hpp>
+
+#include <cmath>
+#include <sstream>
+
+#include "forecast/series.hpp"
+
+using namespace tollgate::forecast;
+
+TEST_CASE("series: reads the selected column, empty cells as missing", "[forecast]") {
+  std::istringstream in("timestamp,a,b\n3600,1,10\n7200,,20\n10800,3, 30\n");
+  const auto r = read_series_csv(in, "b");
+  REQUIRE(r.data);
+  CHECK(r.data->start_s == 3600);
+  CHECK(r.data->bin_s == 3600);
+  CHECK(r.data->values == std::vector<double>{10, 20, 30});
+
+  std::istringstream in2("timestamp,a,b\n3600,1,10\n7200,,20\n10800,3, 30\n");
+  const auto a = read_series_csv(in2, "a");
+  REQUIRE(a.data);
+  CHECK(a.data->missing_count() == 1);
+  CHECK(std::isnan(a.data->values[1]));
+  CHECK(a.data->values[2] == 3);
+}
+
+TEST_CASE("series: rejects files that break the protocol", "[forecast]") {
+  SECTION("unknown column") {
+    std::istringstream in("timestamp,a\n0,1\n60,2\n");
+    CHECK_FALSE(read_series_csv(in, "b").data);
+  }
+  SECTION("skipped row") {
+    std::istringstream in("timestamp,a\n0,1\n60,2\n180,3\n");
+    const auto r = read_series_csv(in, "a");
+    CHECK_FALSE(r.data);
+    CHECK(r.error.find("contiguous") != std::string::npos);
+  }
+  SECTION("bin width not dividing a day") {
+    std::istringstream in("timestamp,a\n0,1\n7,2\n");
+    CHECK_FALSE(read_series_csv(in, "a").data);
+  }
+  SECTION("no value at all") {
+    std::istringstream in("timestamp,a\n0,\n60,\n");
+    CHECK_FALSE(read_series_csv(in, "a").data);
+  }
+  SECTION("not a number") {
+    std::istringstream in("timestamp,a\n0,1\n60,x\n");
+    CHECK_FALSE(read_series_csv(in, "a").data);
+  }
+}
+
+TEST_CASE("series: horizon labels", "[forecast]") {
+  CHECK(parse_duration("1h") == 3600);
+  CHECK(parse_duration("24h") == 86400);
+  CHECK(parse_duration("10m") == 600);
+  CHECK(parse_duration("2d") == 172800);
+  CHECK(parse_duration("90s") == 90);
+  CHECK_FALSE(parse_duration("h"));
+  CHECK_FALSE(parse_duration("0h"));
+  CHECK_FALSE(parse_duration("1w"));
+  CHECK_FALSE(parse_duration("-1h"));
+}
+
+TEST_CASE("series: gaps are filled from a day earlier, then the previous bin", "[forecast]") {
+  const double x = missing;
+  // m = 3 bins per day.
+  const std::vector<double> y{x, 2, 3, 4, x, 6, x, x, 9};
+  const auto f = fill_missing(y, 3);
+  CHECK(f == std::vector<double>{2, 2, 3, 4, 2, 6, 4, 2, 9});
+}

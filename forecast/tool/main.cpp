@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -29,6 +30,7 @@ commands:
   forecast   fit on the whole input and print the next horizon
   plot       SVG of actual vs forecast (rolling, fixed lead time) with the 90% band
   detect     spike detection on the test part: detection delay and false alarms
+  bench      CPU time of one refresh (one new bin + a forecast) of many synthetic series
 
 input (one of):
   --input FILE --column COL      series CSV (timestamp + value columns, empty cell = gap)
@@ -49,7 +51,10 @@ options:
   --horizon D            forecast: how far ahead (default 24h); plot: lead time shown (default 1 bin)
   --ahead D              plot: forecast appended after the last bin (default 24h)
   --output FILE          plot: SVG file (default stdout)
-  --threshold X          detect: spike threshold, robust z-score on the log scale (default 5)
+  --log                  plot: logarithmic y axis
+  --threshold X          detect: spike threshold, robust z-score on the log scale (default 3)
+  --series N             bench: number of series (default 200)
+  --days D               bench: history fed before timing (default 14)
 )";
 
 struct args {
@@ -78,7 +83,7 @@ args parse_args(int argc, char** argv) {
     std::cout << usage_text;
     std::exit(0);
   }
-  static const char* flags[] = {"--json", "--all-methods", "--help"};
+  static const char* flags[] = {"--json", "--all-methods", "--help", "--log"};
   for (int i = 2; i < argc; ++i) {
     const std::string k = argv[i];
     if (k.rfind("--", 0) != 0) die("unexpected argument `" + k + "` (see --help)");
@@ -362,6 +367,7 @@ int cmd_plot(const args& a) {
                 std::to_string(s.size() - from) + " bins, then the next " + std::to_string(ahead) + " bins (" +
                 std::to_string(s.bin_s) + " s bins); band = 5%..95%";
   po.marker_s = s.timestamp(s.size() - 1) + s.bin_s;
+  po.log_scale = a.has("log");
   const std::string svg = fc::render_svg(pts, po);
   if (!a.has("output") || a.get("output") == "-") {
     std::cout << svg;
@@ -388,10 +394,68 @@ int cmd_detect(const args& a) {
     j["bursts"].push_back({{"timestamp", r.burst_timestamps[i]}, {"utc", utc_iso(r.burst_timestamps[i])},
                            {"delay_bins", r.burst_delays_bins[i] < 0 ? json(nullptr) : json(r.burst_delays_bins[i])}});
   j["bursts_flagged_in_first_bin"] = r.bursts_in_first_bin;
+  j["onsets"] = r.onsets;
   j["flagged_bins"] = r.flagged_bins;
   j["alarm_episodes"] = r.alarm_episodes;
   j["false_alarm_episodes"] = r.false_alarm_episodes;
   j["false_alarms_per_day"] = r.false_alarms_per_day;
+  j["episodes_outside_top_bursts"] = r.episodes_outside_top_bursts;
+  j["episodes_outside_top_bursts_per_day"] = r.episodes_outside_top_bursts_per_day;
+  std::cout << (a.has("json") ? j.dump() : j.dump(2)) << "\n";
+  return 0;
+}
+
+// Synthetic traffic for the bench: daily cycle, weekly dip, noise and rare bursts.
+double synthetic(std::size_t series, std::size_t i, std::size_t m, std::uint64_t& rng) {
+  rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+  const double u = static_cast<double>(rng >> 11) * (1.0 / 9007199254740992.0);
+  const double phase = 2.0 * 3.14159265358979 * static_cast<double>(i % m) / static_cast<double>(m);
+  const double weekly = (i / m) % 7 >= 5 ? 0.6 : 1.0;
+  const double base = (50.0 + static_cast<double>(series % 17) * 20.0) * weekly * (1.5 + std::sin(phase));
+  return std::floor(base * (0.8 + 0.4 * u) * (u > 0.999 ? 20.0 : 1.0));
+}
+
+int cmd_bench(const args& a) {
+  const auto bin = fc::parse_duration(a.get("bin", "1m"));
+  if (!bin || 86400 % *bin != 0) die("--bin must divide a day");
+  const std::size_t horizon = steps_of(a.get("horizon", "1h"), *bin);
+  const std::size_t n_series = static_cast<std::size_t>(std::stoul(a.get("series", "200")));
+  const double days = std::strtod(a.get("days", "14").c_str(), nullptr);
+  const std::size_t m = static_cast<std::size_t>(86400 / *bin);
+  const std::size_t warm = static_cast<std::size_t>(days * static_cast<double>(m));
+  fc::forecaster_config cfg;
+  cfg.bin_s = *bin;
+  cfg.max_horizon = horizon;
+  std::vector<fc::forecaster> fs;
+  std::uint64_t rng = 42;
+  progress_bar bar("warming");
+  for (std::size_t s = 0; s < n_series; ++s) {
+    fs.emplace_back(cfg);
+    for (std::size_t i = 0; i < warm; ++i) fs.back().observe(1736121600 + static_cast<std::int64_t>(i) * *bin, synthetic(s, i, m, rng));
+    bar(static_cast<double>(s + 1) / static_cast<double>(n_series));
+  }
+  bar.done();
+  const std::size_t rounds = 20;
+  double sink = 0.0;
+  const std::clock_t c0 = std::clock();
+  for (std::size_t r = 0; r < rounds; ++r)
+    for (std::size_t s = 0; s < n_series; ++s) {
+      const std::size_t i = warm + r;
+      fs[s].observe(1736121600 + static_cast<std::int64_t>(i) * *bin, synthetic(s, i, m, rng));
+      sink += fs[s].forecast(horizon).steps.back().point;
+    }
+  const double cpu_ms = 1000.0 * static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC / static_cast<double>(rounds);
+  std::size_t bytes = 0;
+  for (const auto& f : fs) bytes += f.memory_bytes();
+  json j;
+  j["series"] = n_series;
+  j["bin_seconds"] = *bin;
+  j["horizon_steps"] = horizon;
+  j["history_bins"] = warm;
+  j["refresh_cpu_ms"] = cpu_ms;
+  j["per_series_cpu_us"] = 1000.0 * cpu_ms / static_cast<double>(n_series);
+  j["memory_bytes_per_series"] = bytes / std::max<std::size_t>(n_series, 1);
+  j["checksum"] = sink;
   std::cout << (a.has("json") ? j.dump() : j.dump(2)) << "\n";
   return 0;
 }
@@ -405,6 +469,7 @@ int main(int argc, char** argv) {
     if (a.command == "forecast") return cmd_forecast(a);
     if (a.command == "plot") return cmd_plot(a);
     if (a.command == "detect") return cmd_detect(a);
+    if (a.command == "bench") return cmd_bench(a);
   } catch (const std::exception& e) {
     die(e.what());
   }

@@ -344,3 +344,29 @@ void stream_meter::on_messages(const json& j, std::string_view type) {
 }
 
 }  // namespace tollgate
+
+namespace tollgate {
+
+bool append_without_null_usage(std::string_view raw, std::string& out) {
+  bool removed = false;
+  for (;;) {
+    std::size_t at = std::string_view::npos, len = 0;
+    for (std::string_view pat : {std::string_view(",\"usage\":null"), std::string_view(", \"usage\": null"),
+                                 std::string_view(",\"usage\": null"), std::string_view("\"usage\":null,"),
+                                 std::string_view("\"usage\": null,"), std::string_view("\"usage\": null, ")}) {
+      auto p = raw.find(pat);
+      if (p != std::string_view::npos && (p < at || (p == at && pat.size() > len))) {
+        at = p;
+        len = pat.size();
+      }
+    }
+    if (at == std::string_view::npos) break;
+    out.append(raw.substr(0, at));
+    raw.remove_prefix(at + len);
+    removed = true;
+  }
+  out.append(raw);
+  return removed;
+}
+
+}  // namespace tollgate

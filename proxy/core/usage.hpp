@@ -91,3 +91,13 @@ class stream_meter {
 };
 
 }  // namespace tollgate
+
+namespace tollgate {
+
+// When tollgate itself asked for include_usage, every chunk carries `"usage":null`, which the
+// client did not ask for. Appends `raw` to `out` without that member (with its comma; also the
+// `"usage": null` spelling). A raw `"usage":null` cannot occur inside a JSON string (its quotes
+// would be escaped), so a byte-level edit is exact. Returns true if something was removed.
+bool append_without_null_usage(std::string_view raw, std::string& out);
+
+}  // namespace tollgate

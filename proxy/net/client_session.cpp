@@ -669,7 +669,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
         events.append(piece);
         sse_event ev;
         while (events.next(ev))
-          if (meter->on_event(ev)) out_.append(ev.raw);
+          if (meter->on_event(ev)) append_without_null_usage(ev.raw, out_);
         ok = co_await write_client(out_);
       } else {
         ok = co_await write_client(piece);

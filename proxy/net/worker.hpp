@@ -3,6 +3,7 @@
 // from net/*.cpp.
 #pragma once
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -83,6 +84,9 @@ class client_session;
 struct worker {
   explicit worker(shared_state& st) : ioc(1), pool(ioc.get_executor(), st), state(st) {}
   asio::io_context ioc;
+  // Keeps run() going when there is momentarily nothing to do (e.g. during shutdown, between
+  // closing the acceptor and cancelling the last calls).
+  asio::executor_work_guard<asio::io_context::executor_type> keep_running{ioc.get_executor()};
   std::optional<tcp::acceptor> acceptor;
   upstream_pool pool;
   shared_state& state;

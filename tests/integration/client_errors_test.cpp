@@ -29,7 +29,7 @@ TEST_CASE("client errors: invalid JSON bodies are 400 with an OpenAI error and n
   std::string deep(129, '[');
   std::vector<bad> cases = {
       {"{not json", "JSON"},
-      {"", "JSON"},
+      {"", "empty"},
       {"[1,2]", "object"},
       {R"({"model": 42, "messages": []})", "model"},
       {R"({"model": "gpt-4.1", "stream": "yes"})", "stream"},

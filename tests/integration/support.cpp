@@ -195,6 +195,7 @@ harness::harness(harness_options o) {
   cfg.prices_file = std::string(TOLLGATE_SOURCE_DIR) + "/config/prices.yaml";
   cfg.drain_timeout = std::chrono::seconds(5);
   cfg.log = tollgate::log_level::warn;
+  if (const char* lvl = std::getenv("TOLLGATE_TEST_LOG_LEVEL")) cfg.log = tollgate::parse_log_level(lvl);
   if (o.tweak) o.tweak(cfg);
   proxy = std::make_unique<tollgate::app>(cfg);
   proxy->start();

@@ -448,3 +448,18 @@ TEST_CASE("stream_meter: a stream split at every byte meters the same", "[usage]
     CHECK(m.saw_done());
   }
 }
+
+TEST_CASE("append_without_null_usage: removes only the null usage member", "[usage]") {
+  std::string out;
+  CHECK(tollgate::append_without_null_usage(
+      R"(data: {"id":"c","choices":[{"delta":{"content":"hi"}}],"usage":null})" "\n\n", out));
+  CHECK(out == R"(data: {"id":"c","choices":[{"delta":{"content":"hi"}}]})" "\n\n");
+  out.clear();
+  CHECK(tollgate::append_without_null_usage(R"(data: {"usage": null, "id": "c"})", out));
+  CHECK(out == R"(data: {"id": "c"})");
+  out.clear();
+  CHECK_FALSE(tollgate::append_without_null_usage(R"(data: {"usage":{"prompt_tokens":1}})", out));
+  CHECK(out == R"(data: {"usage":{"prompt_tokens":1}})");
+  out.clear();
+  CHECK_FALSE(tollgate::append_without_null_usage(R"(data: {"c":"say \"usage\":null please"})", out));
+}
