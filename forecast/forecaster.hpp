@@ -24,7 +24,8 @@ struct forecaster_config {
   std::size_t max_history_bins = 8640;
   // Spike flag: the newest bin left the 90% band, its robust z-score (log scale, against the
   // one-step median and MAD of recent one-step errors) reaches anomaly_threshold, and its error
-  // is beyond the empirical quantile that recent errors exceed anomaly_rate_per_day times a day.
+  // is beyond the empirical quantile that recent errors exceed anomaly_rate_per_day times a day
+  // (0 disables the flag; the score is still computed).
   double anomaly_threshold = 3.0;
   double anomaly_rate_per_day = 0.2;
 };

@@ -1,5 +1,5 @@
-// Component models of the ensemble (naive, seasonal naive, robust multi-seasonal ETS) and the
-// bounded history they read. Owned and driven by forecaster.cpp.
+// Component models of the ensemble (naive, seasonal naive, seasonal medians, robust
+// multi-seasonal ETS) and the bounded history they read. Owned and driven by forecaster.cpp.
 #include "forecast/models.hpp"
 
 #include <algorithm>
@@ -121,9 +121,7 @@ class ets_model final : public model {
   ets_model(const ets_params& p, std::int64_t bin_s)
       : p_(p),
         m_(static_cast<std::size_t>(86400 / bin_s)),
-
         alpha_(1.0 - per_bin(1.0 - p.alpha_hour, bin_s)),
-
         shift_bins_(std::max<std::size_t>(3, static_cast<std::size_t>(3600 / bin_s))),
         season_(m_, 0.0),
         season_visits_(m_, 0) {

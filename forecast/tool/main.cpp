@@ -1,8 +1,10 @@
 // tollgate-forecast: backtest (shared/data/series/PROTOCOL.md), forecast, plot and detect on a
 // series CSV, a per-request log (CSV/JSONL) or the tollgate ledger. See forecast/README.md.
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <iostream>
@@ -106,7 +108,7 @@ args parse_args(int argc, char** argv) {
 // A simple stderr progress bar, drawn only on a terminal.
 class progress_bar {
  public:
-  explicit progress_bar(const char* label) : label_(label), tty_(isatty_stderr()) {}
+  explicit progress_bar(const char* label) : label_(label), tty_(::isatty(2) == 1) {}
   ~progress_bar() { done(); }
   void operator()(double frac) {
     if (!tty_) return;
@@ -124,19 +126,11 @@ class progress_bar {
   }
 
  private:
-  static bool isatty_stderr();
   const char* label_;
   bool tty_;
   int last_ = -1;
   bool shown_ = false;
 };
-
-}  // namespace
-
-#include <unistd.h>
-bool progress_bar::isatty_stderr() { return ::isatty(2) == 1; }
-
-namespace {
 
 std::string stem(const std::string& path) {
   std::string s = path.substr(path.find_last_of('/') == std::string::npos ? 0 : path.find_last_of('/') + 1);

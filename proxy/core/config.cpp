@@ -21,6 +21,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/calendar.hpp"
+
 namespace tollgate {
 namespace {
 
@@ -393,10 +395,15 @@ class loader {
            }
          }},
         {"allow_public_without_auth", [this](const entry& e) { cfg_.allow_public_without_auth = boolean(e); }},
+        {"timezone", [this](const entry& e) {
+           cfg_.timezone = text(e);
+           if (std::string why = timezone_problem(cfg_.timezone); !why.empty()) fail(e, why);
+         }},
         {"upstream", [this](const entry& e) { read_section(e.node, e.path, e.line, upstream_fields()); }},
         {"server", [this](const entry& e) { read_section(e.node, e.path, e.line, server_fields()); }},
         {"ledger", [this](const entry& e) { read_section(e.node, e.path, e.line, ledger_fields()); }},
         {"pricing", [this](const entry& e) { read_section(e.node, e.path, e.line, pricing_fields()); }},
+        {"forecast", [this](const entry& e) { read_section(e.node, e.path, e.line, forecast_fields()); }},
     };
   }
 
@@ -455,6 +462,21 @@ class loader {
     return {
         {"file", [this](const entry& e) { cfg_.prices_file = pricing_path(e); }},
         {"litellm_file", [this](const entry& e) { cfg_.litellm_prices_file = pricing_path(e); }},
+    };
+  }
+
+  fields forecast_fields() {
+    forecast_config& f = cfg_.forecast;
+    return {
+        {"enabled", [this, &f](const entry& e) { f.enabled = boolean(e); }},
+        {"refresh_interval", [this, &f](const entry& e) {
+           f.refresh_interval = duration(e);
+           if (f.refresh_interval > std::chrono::hours(1)) fail(e, "must be at most 1h");
+         }},
+        {"history_days", [this, &f](const entry& e) {
+           f.history_days = count(e, 1);
+           if (f.history_days > 60) fail(e, "expected a whole number of days from 1 to 60, got '" + text(e) + "'");
+         }},
     };
   }
 

@@ -34,6 +34,13 @@ struct upstream_config {
   millis pool_idle_timeout{60'000};     // a pooled connection unused this long is closed
 };
 
+// The embedded forecaster (forecast_service): load and spend forecasts published as gauges.
+struct forecast_config {
+  bool enabled = true;
+  millis refresh_interval{60'000};  // how often completed minutes are folded in and gauges refreshed
+  std::size_t history_days = 14;    // per-minute history kept in memory and read back from the ledger at boot (1..60)
+};
+
 struct config {
   std::string source_file;  // the file it was read from ("" when built in code)
 
@@ -42,6 +49,7 @@ struct config {
   int workers = 0;                          // 0: the CPUs this process may run on (affinity)
   log_level log = log_level::info;
   bool allow_public_without_auth = false;   // bind a non-loopback listen address without client auth
+  std::string timezone = "UTC";             // IANA name; calendar windows (hour, day, month) are local to it
 
   upstream_config upstream;
 
@@ -64,6 +72,8 @@ struct config {
   std::string litellm_prices_file;                 // optional LiteLLM JSON catalogue
 
   millis drain_timeout{30'000};             // SIGTERM: in-flight calls get this long
+
+  forecast_config forecast;
 
   std::vector<std::string> warnings;        // non-fatal findings (unset ${VAR}, tls_verify off...)
 };

@@ -285,19 +285,8 @@ awaitable<bool> client_session::handle_one() {
   if (rd.local) {
     if (rd.error != errc::ok) co_return co_await send_error(rd.error, {}, keep, {}, rd.allow);
     if (tp->path.starts_with("/healthz")) co_return co_await send_local(200, R"({"status":"ok"})", keep);
-    bool ledger_ok = st_.ledger_->writable();
-    bool key_ok = !st_.upstream_key_missing();
-    bool draining = st_.draining.load(std::memory_order_relaxed);
-    std::string body = R"({"status":")";
-    body += (ledger_ok && key_ok && !draining) ? "ready" : "not_ready";
-    body += R"(","checks":{"ledger":")";
-    body += ledger_ok ? "ok" : "not_writable";
-    body += R"(","upstream_key":")";
-    body += key_ok ? "ok" : "missing: set TOLLGATE_UPSTREAM_API_KEY or upstream.api_key";
-    body += R"(","draining":)";
-    body += draining ? "true" : "false";
-    body += "}}";
-    co_return co_await send_local(ledger_ok && key_ok && !draining ? 200 : 503, std::move(body), keep);
+    auto r = check_readiness(st_);
+    co_return co_await send_local(r.status, std::move(r.body), keep);
   }
   if (rd.error == errc::not_found) co_return co_await send_error(errc::not_found, {}, keep);
   co_return co_await proxy(req, rd, *tp, c);
@@ -798,10 +787,12 @@ void client_session::finish_call(call& c) {
   auto end = steady::now();
   rec.latency_ms = ms_between(c.t0, end);
   if (c.error != errc::ok) rec.error_kind = std::string(error_name(c.error));
+  // The served model prices the call; an upstream that answers with an id the table does not
+  // know (a private snapshot name, say) falls back to the requested model.
   const std::string& model = rec.served_model.empty() ? rec.requested_model : rec.served_model;
   if (rec.source != usage_source::none) {
     auto cost = compute_cost(st_.prices, model, rec.tokens, cfg_.upstream.price_multiplier);
-    if (!cost.priced && !rec.requested_model.empty() && &model != &rec.requested_model)
+    if (!cost.priced && !rec.served_model.empty() && !rec.requested_model.empty())
       cost = compute_cost(st_.prices, rec.requested_model, rec.tokens, cfg_.upstream.price_multiplier);
     rec.priced = cost.priced;
     rec.cost_usd = cost.usd;

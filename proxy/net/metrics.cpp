@@ -132,6 +132,8 @@ metrics::metrics(const price_table& prices) : impl_(std::make_unique<impl>()) {
 
 metrics::~metrics() = default;
 
+prometheus::Registry& metrics::registry() noexcept { return *impl_->registry; }
+
 std::string_view metrics::model_label(const usage_record& rec) const {
   if (!rec.price_model.empty() && impl_->models.count(rec.price_model)) return rec.price_model;
   return "other";

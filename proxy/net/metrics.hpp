@@ -9,6 +9,10 @@
 
 #include "core/usage_record.hpp"
 
+namespace prometheus {
+class Registry;
+}
+
 namespace tollgate {
 
 class price_table;
@@ -31,6 +35,10 @@ class metrics {
 
   // Text exposition (format 0.0.4) of everything, with the ledger gauges refreshed from `ls`.
   std::string serialize(const ledger_stats& ls);
+
+  // The registry /metrics serializes, for components that register their own families once at
+  // start-up (the forecast service's gauges).
+  prometheus::Registry& registry() noexcept;
 
   // The `model` label for a model id: its price-table entry name, or "other" (bounded set).
   std::string_view model_label(const usage_record& rec) const;

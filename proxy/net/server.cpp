@@ -16,8 +16,11 @@
 #include <future>
 #include <thread>
 
+#include "core/aggregator.hpp"
 #include "core/log.hpp"
 #include "ledger/ledger.hpp"
+#include "ledger/ledger_history.hpp"
+#include "net/forecast_service.hpp"
 #include "net/metrics.hpp"
 #include "net/worker.hpp"
 
@@ -33,6 +36,9 @@ struct app::impl {
   shared_state st;
   std::unique_ptr<ledger> ledger_;
   std::unique_ptr<metrics> metrics_;
+  // The forecaster (forecast.enabled): buckets fed by the ledger thread, gauges by its thread.
+  std::unique_ptr<aggregator> aggregator_;
+  std::unique_ptr<forecast_service> forecast_;
   std::vector<std::unique_ptr<worker>> workers;
   std::uint16_t port = 0;
   std::uint16_t admin_port = 0;
@@ -84,6 +90,27 @@ tcp::acceptor make_acceptor(asio::io_context& ioc, const tcp::endpoint& ep, bool
   if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) throw std::runtime_error("cannot listen on " + what + ": " + ec.message());
   return a;
+}
+
+// Reads the ledger's recent calls back into the aggregator (before the listeners open, so no
+// new row can be counted twice). A failure only costs history: warn and go on.
+void warm_start(app::impl& I) {
+  const auto& c = I.st.cfg;
+  const auto t0 = steady::now();
+  const std::int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const auto& o = I.aggregator_->options();
+  const std::int64_t days = static_cast<std::int64_t>(std::max(o.total_coarse_days, c.forecast.history_days));
+  try {
+    history_load h = load_ledger_history(c.ledger_path, now_ms - days * 86'400'000, *I.aggregator_);
+    log_line(log_level::info, "forecaster warm start from the ledger")
+        .integer("minutes_loaded", static_cast<std::int64_t>(h.minutes))
+        .integer("calls", static_cast<std::int64_t>(h.calls))
+        .integer("days", days)
+        .num("duration_s", std::chrono::duration<double>(steady::now() - t0).count());
+  } catch (const std::exception& e) {
+    log_line(log_level::warn, "forecaster warm start failed: starting without history").str("error", e.what());
+  }
 }
 
 awaitable<void> accept_loop(worker& w) {
@@ -138,8 +165,20 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   impl_->metrics_ = std::make_unique<metrics>(st.prices);
   st.ledger_ = impl_->ledger_.get();
   st.metrics_ = impl_->metrics_.get();
-  impl_->ledger_->on_committed = [m = impl_->metrics_.get()](const std::vector<usage_record>& rows) {
+  if (c.forecast.enabled) {
+    aggregator_options ao;
+    ao.total_minutes = c.forecast.history_days * 1440;
+    impl_->aggregator_ = std::make_unique<aggregator>(st.prices.names(), ao);
+    forecast_service_options fo;
+    fo.refresh_interval = c.forecast.refresh_interval;
+    fo.timezone = c.timezone;
+    impl_->forecast_ = std::make_unique<forecast_service>(*impl_->aggregator_, *impl_->metrics_, fo);
+  }
+  // Committed rows only: the aggregator never sees a call the ledger does not have.
+  impl_->ledger_->on_committed = [m = impl_->metrics_.get(), agg = impl_->aggregator_.get()](
+                                     const std::vector<usage_record>& rows) {
     m->ledger_committed(rows.size());
+    if (agg) agg->add(rows);
   };
 }
 
@@ -154,6 +193,7 @@ void app::start() {
   auto& I = *impl_;
   auto& c = I.st.cfg;
   I.ledger_->start();
+  if (I.aggregator_) warm_start(I);
 
   int n = c.workers > 0 ? c.workers : default_workers();
   auto addr = resolve_listen_host(c.listen.host);
@@ -185,6 +225,7 @@ void app::start() {
     });
   }
   I.start_admin();
+  if (I.forecast_) I.forecast_->start();
   I.started = true;
 
   for (const auto& warning : c.warnings) log_msg(log_level::warn, warning);
@@ -209,6 +250,7 @@ std::uint16_t app::admin_port() const noexcept { return impl_->admin_port; }
 const config& app::cfg() const noexcept { return impl_->st.cfg; }
 ledger& app::get_ledger() noexcept { return *impl_->ledger_; }
 metrics& app::get_metrics() noexcept { return *impl_->metrics_; }
+const aggregator* app::get_aggregator() const noexcept { return impl_->aggregator_.get(); }
 const price_table& app::prices() const noexcept { return impl_->st.prices; }
 
 void app::shutdown() {
@@ -216,6 +258,8 @@ void app::shutdown() {
   std::lock_guard lock(I.stop_mu);
   if (I.stopped) return;
   I.stopped = true;
+  // First, so a forecaster still learning its history cannot delay the drain.
+  if (I.forecast_) I.forecast_->stop();
   if (!I.started) {
     I.ledger_->stop();
     return;
@@ -273,6 +317,23 @@ void app::run_until_signal() {
   ioc.run();
   log_line(log_level::info, "signal received").integer("signal", got);
   shutdown();
+}
+
+readiness check_readiness(const shared_state& st) {
+  bool ledger_ok = st.ledger_->writable();
+  bool key_ok = !st.upstream_key_missing();
+  bool draining = st.draining.load(std::memory_order_relaxed);
+  bool ready = ledger_ok && key_ok && !draining;
+  std::string body = R"({"status":")";
+  body += ready ? "ready" : "not_ready";
+  body += R"(","checks":{"ledger":")";
+  body += ledger_ok ? "ok" : "not_writable";
+  body += R"(","upstream_key":")";
+  body += key_ok ? "ok" : "missing: set TOLLGATE_UPSTREAM_API_KEY or upstream.api_key";
+  body += R"(","draining":)";
+  body += draining ? "true" : "false";
+  body += "}}";
+  return {ready ? 200 : 503, std::move(body)};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -335,16 +396,10 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
       res.set(http::field::content_type, "application/json");
       res.body() = R"({"status":"ok"})";
     } else if (target == "/readyz") {
-      bool ledger_ok = ledger_->writable();
-      bool key_ok = !st.upstream_key_missing();
-      bool draining = st.draining.load();
-      bool ready = ledger_ok && key_ok && !draining;
-      res.result(ready ? http::status::ok : http::status::service_unavailable);
+      auto r = check_readiness(st);
+      res.result(static_cast<http::status>(r.status));
       res.set(http::field::content_type, "application/json");
-      res.body() = std::string(R"({"status":")") + (ready ? "ready" : "not_ready") + R"(","checks":{"ledger":")" +
-                   (ledger_ok ? "ok" : "not_writable") + R"(","upstream_key":")" +
-                   (key_ok ? "ok" : "missing: set TOLLGATE_UPSTREAM_API_KEY or upstream.api_key") +
-                   R"(","draining":)" + (draining ? "true" : "false") + "}}";
+      res.body() = std::move(r.body);
     } else {
       res.result(http::status::not_found);
       res.set(http::field::content_type, "application/json");

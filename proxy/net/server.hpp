@@ -9,6 +9,7 @@
 
 namespace tollgate {
 
+class aggregator;
 class ledger;
 class metrics;
 class price_table;
@@ -38,6 +39,8 @@ class app {
   const config& cfg() const noexcept;
   ledger& get_ledger() noexcept;
   metrics& get_metrics() noexcept;
+  // The traffic aggregator behind the forecaster; nullptr when forecast.enabled is false.
+  const aggregator* get_aggregator() const noexcept;
   const price_table& prices() const noexcept;
 
   struct impl;

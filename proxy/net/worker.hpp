@@ -95,6 +95,14 @@ struct worker {
   std::size_t session_count = 0;
 };
 
+// /readyz on both ports: 200 when the ledger is writable, an upstream key is configured and the
+// process is not draining; else 503. Body names each check (server.cpp).
+struct readiness {
+  int status;
+  std::string body;
+};
+readiness check_readiness(const shared_state& st);
+
 // Starts serving one accepted connection on its worker (client_session.cpp).
 void start_client_session(worker& w, tcp::socket socket);
 // Shutdown helpers, run on the worker thread (client_session.cpp).

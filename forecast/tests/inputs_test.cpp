@@ -1,0 +1,84 @@
+// The tool's input readers: request logs (CSV with the Azure trace's columns, JSON Lines with
+// Mooncake's) and the SQLite ledger, read back into events.
+#include <catch2/catch.hpp>
+
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "forecast/tool/inputs.hpp"
+
+using namespace tollgate::forecast;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path temp_file(const std::string& name) {
+  return fs::temp_directory_path() / ("tollgate_forecast_test_" + std::to_string(::getpid()) + "_" + name);
+}
+
+void write(const fs::path& p, const std::string& text) {
+  std::ofstream out(p);
+  out << text;
+}
+
+}  // namespace
+
+TEST_CASE("inputs: a request-log CSV with the Azure trace's columns", "[forecast]") {
+  const auto p = temp_file("azure.csv");
+  write(p, "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,4808,10\n"
+           "2023-11-16 18:17:04.0319600,3180,8\n");
+  const auto r = tool::load_request_log(p.string(), 0.0);
+  fs::remove(p);
+  REQUIRE(r.error.empty());
+  REQUIRE(r.events.size() == 2);
+  CHECK(r.events[0].timestamp_ms == 1700158623979);
+  CHECK(r.events[0].prompt_tokens == 4808);
+  CHECK(r.events[1].completion_tokens == 8);
+}
+
+TEST_CASE("inputs: JSON Lines with Mooncake's fields and a bad line", "[forecast]") {
+  const auto p = temp_file("mooncake.jsonl");
+  SECTION("good file") {
+    write(p, "{\"timestamp\": 0, \"input_length\": 6758, \"output_length\": 500, \"hash_ids\": [0, 1]}\n"
+             "{\"timestamp\": 61000, \"input_length\": 7322, \"output_length\": 490, \"model\": \"kimi\"}\n");
+    const auto r = tool::load_request_log(p.string(), 1.0);
+    REQUIRE(r.error.empty());
+    REQUIRE(r.events.size() == 2);
+    CHECK(r.events[1].timestamp_ms == 61000);
+    CHECK(r.events[1].model == "kimi");
+    CHECK(r.events[0].prompt_tokens == 6758);
+  }
+  SECTION("a line that is not JSON is reported with its number") {
+    write(p, "{\"timestamp\": 0}\nnot json\n");
+    const auto r = tool::load_request_log(p.string(), 1.0);
+    CHECK(r.error.find(":2:") != std::string::npos);
+  }
+  fs::remove(p);
+}
+
+TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
+  const auto p = temp_file("ledger.db");
+  fs::remove(p);
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(p.string().c_str(), &db) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db,
+                       "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms INTEGER NOT NULL, price_model TEXT,"
+                       " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost_usd REAL NOT NULL);"
+                       "INSERT INTO calls VALUES (1, 1736121600000, 'gpt-4o', 100, 10, 0.5);"
+                       "INSERT INTO calls VALUES (2, 1736121660000, NULL, 200, 20, 0.25);",
+                       nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  const auto r = tool::load_ledger(p.string());
+  REQUIRE(r.error.empty());
+  REQUIRE(r.events.size() == 2);
+  CHECK(r.events[0].model == "gpt-4o");
+  CHECK(r.events[1].model.empty());
+  CHECK(r.events[1].cost_usd == 0.25);
+  CHECK(r.events[1].timestamp_ms == 1736121660000);
+  fs::remove(p);
+
+  CHECK_FALSE(tool::load_ledger(temp_file("missing.db").string()).error.empty());
+}

@@ -1,0 +1,59 @@
+// The forecaster inside the proxy: a thread that folds completed minutes of the traffic
+// aggregator into tollgate::forecast forecasters and publishes load, spend, anomaly and
+// live-accuracy gauges in the metrics registry (README "Metrics", "Design notes").
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace tollgate {
+
+class aggregator;
+class metrics;
+
+struct forecast_service_options {
+  std::chrono::milliseconds refresh_interval{60'000};  // thread period (wakes just after a boundary)
+  std::string timezone = "UTC";                        // calendar windows of the spend gauges
+  // Unix milliseconds. Empty: the system clock. Tests inject a simulated clock and call
+  // refresh() themselves instead of start().
+  std::function<std::int64_t()> now_ms;
+  // Days of one-minute history the minute forecasters learn from at the first refresh (they
+  // keep 6 days themselves; more only costs start-up CPU).
+  std::size_t minute_fit_days = 7;
+};
+
+class forecast_service {
+ public:
+  // A minute is folded this long after it ends, so the calls that started in it have (nearly
+  // all) completed and been committed; a later row still counts in spent-so-far.
+  static constexpr std::chrono::seconds settle{60};
+
+  // Registers the gauge families in m.registry(). Throws std::invalid_argument on an unknown
+  // time zone (already checked by the config loader).
+  forecast_service(const aggregator& agg, metrics& m, forecast_service_options opts);
+  ~forecast_service();  // stop()
+  forecast_service(const forecast_service&) = delete;
+  forecast_service& operator=(const forecast_service&) = delete;
+
+  // Starts the thread: one refresh at once (the first one learns the warm-started history),
+  // then one per refresh_interval.
+  void start();
+  // Wakes the thread and joins it; a first fit in progress is abandoned between two bins, so
+  // shutdown stays prompt. Idempotent.
+  void stop();
+
+  // One refresh at now_ms(): folds every complete bin, forecasts, publishes the gauges. Never
+  // concurrently with the thread: tests call it without start(). Never throws.
+  void refresh() noexcept;
+
+  // Forecaster state held (fixed once the histories are full).
+  std::size_t memory_bytes() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace tollgate
