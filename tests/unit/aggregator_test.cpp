@@ -84,7 +84,7 @@ TEST_CASE("aggregator: per priced model, with unpriced and unknown models as oth
   CHECK(a.sum(kDay0, kDay0 + 60).cost_usd == 1.0);
 }
 
-TEST_CASE("aggregator: memory is bounded; old minutes fall back to coarse buckets, then out", "[aggregator]") {
+TEST_CASE("aggregator: memory is bounded, old minutes fall back to coarse buckets, then out", "[aggregator]") {
   aggregator_options o;
   o.total_minutes = 60;      // one hour of minutes
   o.total_coarse_days = 1;   // one day of 5-minute buckets
