@@ -1,9 +1,12 @@
 // JSON-lines logger on stderr (see log.hpp). Timestamps are UTC, millisecond precision.
 #include "core/log.hpp"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -114,6 +117,14 @@ void log_line::write() {
 }
 
 log_line::~log_line() { write(); }
+
+void lower_thread_priority(int n) noexcept {
+  // On Linux, PRIO_PROCESS with a thread id applies to that thread alone.
+  auto tid = static_cast<id_t>(::syscall(SYS_gettid));
+  errno = 0;
+  int current = ::getpriority(PRIO_PROCESS, tid);
+  if (errno == 0) ::setpriority(PRIO_PROCESS, tid, current + n);
+}
 
 void log_msg(log_level l, std::string_view msg) { log_line(l, msg).write(); }
 

@@ -37,6 +37,11 @@ class log_line {
 // Shorthands for start-up / rare messages.
 void log_msg(log_level l, std::string_view msg);
 
+// Lowers the calling thread's scheduling priority (nice +n, Linux per-thread). Background threads
+// (ledger writer, forecaster) use it so that, on a busy or CPU-pinned host, an I/O thread with a
+// call to relay always runs first: their work is batched and can wait a few milliseconds.
+void lower_thread_priority(int n) noexcept;
+
 // Shortest round-trip decimal form of a double (money is printed unrounded).
 void append_double(std::string& out, double v);
 

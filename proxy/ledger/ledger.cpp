@@ -2,6 +2,8 @@
 // writer thread that commits it in batches. Owned by the server; read by /readyz and /metrics.
 #include "ledger/ledger.hpp"
 
+#include "core/log.hpp"
+
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -377,6 +379,7 @@ ledger_stats ledger::stats() const {
 }
 
 void ledger::run() {
+  lower_thread_priority(5);
   std::vector<usage_record> batch;
   batch.reserve(opts_.batch_rows);
   auto backoff = std::chrono::milliseconds(kFirstBackoff);

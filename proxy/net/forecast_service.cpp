@@ -430,7 +430,10 @@ forecast_service::~forecast_service() { stop(); }
 void forecast_service::start() {
   if (impl_->thread.joinable()) return;
   impl_->stopping = false;
-  impl_->thread = std::thread([this] { impl_->run(); });
+  impl_->thread = std::thread([this] {
+    lower_thread_priority(10);
+    impl_->run();
+  });
 }
 
 void forecast_service::stop() {
