@@ -1,10 +1,11 @@
-// Request-body inspection: one SAX pass (no DOM) that validates the body and picks out the few
-// fields the relay needs, and the include_usage rewrite. Called by the relay for every request.
+// Request-body inspection: a simdjson pass that validates the body and picks out the few fields
+// the relay needs (nlohmann SAX for errors and odd cases), and the include_usage rewrite.
 #include "core/request_inspect.hpp"
 
 #include <algorithm>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <simdjson.h>
 
 #include "core/usage.hpp"
 
@@ -228,14 +229,17 @@ void reject(request_facts& f, request_problem p, std::string detail) {
   f.problem_detail = std::move(detail);
 }
 
-}  // namespace
+// The detail text of a problem found in an otherwise well-formed object.
+void settle(request_facts& f, request_problem p) {
+  f.problem = p;
+  if (p == request_problem::model_not_string) f.problem_detail = "'model' must be a string";
+  if (p == request_problem::stream_not_bool) f.problem_detail = "'stream' must be a boolean";
+}
 
-request_facts inspect_request(std::string_view body, int max_depth) {
+// The exact path: nlohmann's SAX parser, whose errors say which problem a bad body has. Used
+// for every body the fast path turns down.
+request_facts inspect_slow(std::string_view body, int max_depth) {
   request_facts f;
-  if (body.empty()) {
-    reject(f, request_problem::malformed_json, "request body is empty");
-    return f;
-  }
   inspector sax(f, max_depth);
   bool ok = false;
   try {
@@ -269,11 +273,149 @@ request_facts inspect_request(std::string_view body, int max_depth) {
   } else if (!sax.root_object()) {
     reject(f, request_problem::not_object, "request body must be a JSON object");
   } else {
-    f.problem = sax.finish();
-    if (f.problem == request_problem::model_not_string) f.problem_detail = "'model' must be a string";
-    if (f.problem == request_problem::stream_not_bool) f.problem_detail = "'stream' must be a boolean";
+    settle(f, sax.finish());
   }
   return f;
+}
+
+// The fast path: simdjson validates structure, UTF-8 (also in keys), escapes (a lone surrogate
+// is an error) and depth in one pass, then only the top-level members that matter are read.
+// Any parse error goes to the slow path, which names the problem. The DOM costs ~14 bytes of
+// buffers per body byte, kept per thread for reuse, hence the size cap.
+constexpr std::size_t fast_max_bytes = std::size_t{1} << 20;
+constexpr int fast_max_depth = 1024;
+
+namespace dom = simdjson::dom;
+using element_type = dom::element_type;
+
+// nlohmann's number_unsigned: a non-negative integer literal. The DOM reads "-0" as the integer
+// 0 as well (the SAX path counts it as negative), so a 0 sets `ambiguous`.
+bool unsigned_integer(dom::element v, std::uint64_t& out, bool& ambiguous) noexcept {
+  if (v.type() == element_type::UINT64) {  // above INT64_MAX
+    out = v.get_uint64().value_unsafe();
+    return true;
+  }
+  if (v.type() != element_type::INT64) return false;
+  const std::int64_t n = v.get_int64().value_unsafe();
+  if (n == 0) ambiguous = true;
+  out = static_cast<std::uint64_t>(n);
+  return n > 0;
+}
+
+struct fast_reader {
+  text_tally text;
+  std::int64_t token_ids = 0;
+  bool ambiguous = false;  // the slow path must decide
+
+  // Every string value under a prompt-ish member counts; with `ids`, so does every nested
+  // non-negative integer (token-id arrays). simdjson already bounded the depth.
+  void tally(dom::element v, bool ids, bool nested) {
+    switch (v.type()) {
+      case element_type::STRING: text.add(v.get_string().value_unsafe()); break;
+      case element_type::INT64:
+      case element_type::UINT64: {
+        std::uint64_t n = 0;
+        if (ids && nested && unsigned_integer(v, n, ambiguous)) ++token_ids;
+        break;
+      }
+      case element_type::ARRAY: {
+        const dom::array items = v.get_array().value_unsafe();
+        for (const dom::element item : items) tally(item, ids, true);
+        break;
+      }
+      case element_type::OBJECT: {
+        const dom::object members = v.get_object().value_unsafe();
+        for (const dom::key_value_pair m : members) tally(m.value, ids, true);
+        break;
+      }
+      default: break;
+    }
+  }
+
+  // A max-tokens member: set when the value is a non-negative integer that fits int64 (a
+  // later duplicate of another type leaves it, as on the SAX path).
+  void limit(dom::element v, std::optional<std::int64_t>& out) {
+    std::uint64_t n = 0;
+    if (unsigned_integer(v, n, ambiguous) && n <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      out = static_cast<std::int64_t>(n);
+  }
+};
+
+// Fills f and returns true, or returns false when the slow path must take the body.
+bool inspect_fast(std::string_view body, int max_depth, request_facts& f) {
+  if (body.size() > fast_max_bytes || max_depth < 1 || max_depth > fast_max_depth) return false;
+  try {
+    thread_local dom::parser parser;
+    if (parser.max_depth() != static_cast<std::size_t>(max_depth) &&
+        parser.allocate(std::max(parser.capacity(), body.size()), static_cast<std::size_t>(max_depth)) != simdjson::SUCCESS)
+      return false;
+    dom::element root;
+    // realloc_if_needed: copies into the parser's reused padded buffer (simdjson reads past the end).
+    if (parser.parse(body.data(), body.size(), true).get(root) != simdjson::SUCCESS) return false;
+    if (root.type() != element_type::OBJECT) {
+      reject(f, request_problem::not_object, "request body must be a JSON object");
+      return true;
+    }
+    fast_reader r;
+    bool model_bad = false, stream_bad = false;
+    std::optional<std::int64_t> max_completion, max_tokens, max_output;
+    const dom::object members = root.get_object().value_unsafe();
+    for (const dom::key_value_pair m : members) {  // in order, so a later duplicate wins
+      const element_type type = m.value.type();
+      switch (classify(m.key)) {
+        case member::model:
+          model_bad = type != element_type::STRING;
+          f.has_model = !model_bad;
+          f.model = model_bad ? std::string_view() : m.value.get_string().value_unsafe();
+          break;
+        case member::stream:
+          // null reads as "not streaming", as the OpenAI API itself accepts it.
+          f.stream = type == element_type::BOOL && m.value.get_bool().value_unsafe();
+          stream_bad = type != element_type::BOOL && type != element_type::NULL_VALUE;
+          break;
+        case member::stream_options:
+          f.has_stream_options = true;
+          f.include_usage = false;
+          if (type == element_type::OBJECT) {
+            const dom::object options = m.value.get_object().value_unsafe();
+            for (const dom::key_value_pair o : options) {
+              if (o.key == "include_usage")
+                f.include_usage = o.value.type() == element_type::BOOL && o.value.get_bool().value_unsafe();
+            }
+          }
+          break;
+        case member::user:
+          f.user = type == element_type::STRING ? m.value.get_string().value_unsafe() : std::string_view();
+          break;
+        case member::max_completion_tokens: r.limit(m.value, max_completion); break;
+        case member::max_tokens: r.limit(m.value, max_tokens); break;
+        case member::max_output_tokens: r.limit(m.value, max_output); break;
+        case member::prompt_text: r.tally(m.value, false, false); break;
+        case member::prompt_or_ids: r.tally(m.value, true, false); break;
+        case member::other: break;
+      }
+    }
+    if (r.ambiguous) return false;
+    f.max_tokens = max_completion ? max_completion : max_tokens ? max_tokens : max_output;
+    f.prompt_tokens_estimate = r.text.tokens() + r.token_ids;
+    settle(f, model_bad ? request_problem::model_not_string
+                        : stream_bad ? request_problem::stream_not_bool : request_problem::none);
+    return true;
+  } catch (const std::exception&) {  // only allocation failure; the slow path reports it
+    return false;
+  }
+}
+
+}  // namespace
+
+request_facts inspect_request(std::string_view body, int max_depth) {
+  if (body.empty()) {
+    request_facts f;
+    reject(f, request_problem::malformed_json, "request body is empty");
+    return f;
+  }
+  if (request_facts f; inspect_fast(body, max_depth, f)) return f;
+  return inspect_slow(body, max_depth);
 }
 
 std::string add_include_usage(std::string_view body, const request_facts& facts) {

@@ -1,6 +1,7 @@
 // Reading the few fields tollgate needs from a JSON request body, in one validating pass
-// (no DOM): model, stream, stream_options.include_usage, user, max tokens and a prompt-size
-// estimate. Also the one body rewrite tollgate ever does: adding include_usage. Pure.
+// (simdjson; nlohmann SAX names a bad body's problem): model, stream, stream_options.include_usage,
+// user, max tokens and a prompt-size estimate. Also the one body rewrite tollgate ever does:
+// adding include_usage. Pure.
 #pragma once
 #include <cstdint>
 #include <optional>

@@ -1,10 +1,12 @@
 // Usage extraction from upstream JSON bodies and SSE events (OpenAI and Anthropic shapes, see
 // shared/WIRE.md) and the fallback token estimator. Called by the relay per response / event.
+// Reads with simdjson; what simdjson turns down goes through nlohmann, so both give one answer.
 #include "core/usage.hpp"
 
 #include <algorithm>
 
 #include <nlohmann/json.hpp>
+#include <simdjson.h>
 
 namespace tollgate {
 
@@ -19,6 +21,39 @@ json parse(std::string_view text) {
   return json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
 }
 
+// The fast reader: simdjson's DOM. A simdjson value, or a missing member; a missing member reads
+// as null, as nlohmann's lookups below do.
+namespace dom = simdjson::dom;
+using dom_type = dom::element_type;
+struct fast_node {
+  dom::element value;
+  bool present = false;
+  dom_type type() const noexcept { return present ? value.type() : dom_type::NULL_VALUE; }
+};
+
+// Bodies above this go to nlohmann: the DOM keeps ~14 bytes of buffers per input byte, per
+// thread, for reuse.
+constexpr std::size_t fast_max_bytes = std::size_t{1} << 20;
+
+// False on any simdjson error (a BOM, a number beyond double or uint64, nesting past 1024...):
+// nlohmann accepts some of those, so it gets the text then. The root stays valid until the
+// thread's next parse_fast().
+bool parse_fast(std::string_view text, fast_node& root) noexcept {
+  if (text.size() > fast_max_bytes) return false;
+  thread_local dom::parser parser;
+  // realloc_if_needed: copies into the parser's reused padded buffer (simdjson reads past the end).
+  root.present = parser.parse(text.data(), text.size(), true).get(root.value) == simdjson::SUCCESS;
+  return root.present;
+}
+
+// The same questions asked of either reader, so the walks below are written once.
+bool is_object(const json& v) noexcept { return v.is_object(); }
+bool is_object(const fast_node& v) noexcept { return v.type() == dom_type::OBJECT; }
+bool is_array(const json& v) noexcept { return v.is_array(); }
+bool is_array(const fast_node& v) noexcept { return v.type() == dom_type::ARRAY; }
+bool is_null(const json& v) noexcept { return v.is_null(); }
+bool is_null(const fast_node& v) noexcept { return v.type() == dom_type::NULL_VALUE; }
+
 const json& member(const json& obj, std::string_view key) {
   static const json absent;
   if (!obj.is_object()) return absent;
@@ -26,23 +61,73 @@ const json& member(const json& obj, std::string_view key) {
   return it == obj.end() ? absent : *it;
 }
 
-std::string_view string_member(const json& obj, std::string_view key) {
-  const json& v = member(obj, key);
+// The last duplicate wins, as in nlohmann's DOM.
+fast_node member(const fast_node& obj, std::string_view key) noexcept {
+  fast_node found;
+  if (!is_object(obj)) return found;
+  const dom::object members = obj.value.get_object().value_unsafe();
+  for (const dom::key_value_pair m : members) {
+    if (m.key == key) found = {m.value, true};
+  }
+  return found;
+}
+
+bool has_member(const json& obj, std::string_view key) { return obj.is_object() && obj.contains(key); }
+bool has_member(const fast_node& obj, std::string_view key) noexcept {
+  if (!is_object(obj)) return false;
+  const dom::object members = obj.value.get_object().value_unsafe();
+  return std::any_of(members.begin(), members.end(), [key](const dom::key_value_pair& m) { return m.key == key; });
+}
+
+std::string_view as_string(const json& v) noexcept {
   return v.is_string() ? std::string_view(v.get_ref<const std::string&>()) : std::string_view();
+}
+std::string_view as_string(const fast_node& v) noexcept {
+  return v.type() == dom_type::STRING ? v.value.get_string().value_unsafe() : std::string_view();
 }
 
 // A token count: integers only (null, missing, strings and floats give nullopt), clamped to
 // [0, max_count].
-std::optional<std::int64_t> count_field(const json& obj, std::string_view key) {
-  const json& v = member(obj, key);
+std::optional<std::int64_t> as_count(const json& v) {
   if (v.is_number_unsigned()) {
     return static_cast<std::int64_t>(std::min<std::uint64_t>(v.get<std::uint64_t>(), max_count));
   }
   if (v.is_number_integer()) return std::clamp<std::int64_t>(v.get<std::int64_t>(), 0, max_count);
   return std::nullopt;
 }
+std::optional<std::int64_t> as_count(const fast_node& v) noexcept {
+  switch (v.type()) {
+    case dom_type::UINT64:  // only values above INT64_MAX
+      return static_cast<std::int64_t>(std::min<std::uint64_t>(v.value.get_uint64().value_unsafe(), max_count));
+    case dom_type::INT64: return std::clamp<std::int64_t>(v.value.get_int64().value_unsafe(), 0, max_count);
+    default: return std::nullopt;
+  }
+}
 
-std::int64_t count(const json& obj, std::string_view key) {
+template <class F>
+void for_items(const json& arr, F&& f) {
+  if (!arr.is_array()) return;
+  for (const json& item : arr) f(item);
+}
+template <class F>
+void for_items(const fast_node& arr, F&& f) {
+  if (!is_array(arr)) return;
+  const dom::array items = arr.value.get_array().value_unsafe();
+  for (const dom::element item : items) f(fast_node{item, true});
+}
+
+template <class Node>
+std::string_view string_member(const Node& obj, std::string_view key) {
+  return as_string(member(obj, key));
+}
+
+template <class Node>
+std::optional<std::int64_t> count_field(const Node& obj, std::string_view key) {
+  return as_count(member(obj, key));
+}
+
+template <class Node>
+std::int64_t count(const Node& obj, std::string_view key) {
   return count_field(obj, key).value_or(0);
 }
 
@@ -56,7 +141,8 @@ token_usage clamp_parts(token_usage t) noexcept {
 }
 
 // OpenAI chat/completions/embeddings `usage`; nullopt unless it carries a token count.
-std::optional<token_usage> chat_usage(const json& u) {
+template <class Node>
+std::optional<token_usage> chat_usage(const Node& u) {
   const auto prompt = count_field(u, "prompt_tokens");
   const auto completion = count_field(u, "completion_tokens");
   if (!prompt && !completion) return std::nullopt;
@@ -71,7 +157,8 @@ std::optional<token_usage> chat_usage(const json& u) {
 }
 
 // OpenAI Responses `usage`.
-std::optional<token_usage> responses_usage(const json& u) {
+template <class Node>
+std::optional<token_usage> responses_usage(const Node& u) {
   const auto input = count_field(u, "input_tokens");
   const auto output = count_field(u, "output_tokens");
   if (!input && !output) return std::nullopt;
@@ -84,18 +171,20 @@ std::optional<token_usage> responses_usage(const json& u) {
 }
 
 // Replaces each field `u` reports: message_delta counts are cumulative, never increments.
-void apply(anthropic_usage& a, const json& u) {
+template <class Node>
+void apply(anthropic_usage& a, const Node& u) {
   if (const auto v = count_field(u, "input_tokens")) a.input = *v;
   if (const auto v = count_field(u, "output_tokens")) a.output = *v;
   if (const auto v = count_field(u, "cache_read_input_tokens")) a.cache_read = *v;
   if (const auto v = count_field(u, "cache_creation_input_tokens")) a.cache_write = *v;
-  const json& creation = member(u, "cache_creation");
+  const auto& creation = member(u, "cache_creation");
   if (const auto v = count_field(creation, "ephemeral_5m_input_tokens")) a.cache_5m = *v;
   if (const auto v = count_field(creation, "ephemeral_1h_input_tokens")) a.cache_1h = *v;
 }
 
 // Anthropic `usage` of a whole message.
-std::optional<token_usage> messages_usage(const json& u) {
+template <class Node>
+std::optional<token_usage> messages_usage(const Node& u) {
   if (!count_field(u, "input_tokens") && !count_field(u, "output_tokens")) return std::nullopt;
   anthropic_usage a;
   apply(a, u);
@@ -103,12 +192,13 @@ std::optional<token_usage> messages_usage(const json& u) {
 }
 
 // Routes tollgate does not know: the usage object's fields tell which API answered.
-std::optional<token_usage> usage_by_shape(const json& body, const json& u) {
-  if (!u.is_object()) return std::nullopt;
-  if (u.contains("prompt_tokens") || u.contains("completion_tokens")) return chat_usage(u);
+template <class Node>
+std::optional<token_usage> usage_by_shape(const Node& body, const Node& u) {
+  if (!is_object(u)) return std::nullopt;
+  if (has_member(u, "prompt_tokens") || has_member(u, "completion_tokens")) return chat_usage(u);
   const bool anthropic = string_member(body, "type") == "message" ||
-                         u.contains("cache_read_input_tokens") ||
-                         u.contains("cache_creation_input_tokens");
+                         has_member(u, "cache_read_input_tokens") ||
+                         has_member(u, "cache_creation_input_tokens");
   return anthropic ? messages_usage(u) : responses_usage(u);
 }
 
@@ -127,6 +217,33 @@ constexpr bool is_cjk(char32_t cp) noexcept {
          (cp >= 0xFF00 && cp <= 0xFFEF) || (cp >= 0x20000 && cp <= 0x3FFFF);
 }
 
+template <class Node>
+response_facts read_response(route_kind route, const Node& j) {
+  if (!is_object(j)) return {};
+  response_facts f;
+  f.model = string_member(j, "model");
+  f.id = string_member(j, "id");
+  const auto& u = member(j, "usage");
+  std::optional<token_usage> t;
+  switch (route) {
+    case route_kind::chat_completions:
+    case route_kind::completions: t = chat_usage(u); break;
+    case route_kind::embeddings:
+      t = chat_usage(u);
+      if (t) t->completion = t->reasoning = 0;
+      break;
+    case route_kind::responses: t = responses_usage(u); break;
+    case route_kind::messages: t = messages_usage(u); break;
+    case route_kind::models:
+    case route_kind::other: t = usage_by_shape(j, u); break;
+  }
+  if (t) {
+    f.has_usage = true;
+    f.usage = *t;
+  }
+  return f;
+}
+
 }  // namespace
 
 token_usage anthropic_usage::to_openai() const noexcept {
@@ -143,30 +260,8 @@ token_usage anthropic_usage::to_openai() const noexcept {
 
 response_facts extract_response(route_kind route, std::string_view body) {
   try {
-    const json j = parse(body);
-    if (!j.is_object()) return {};
-    response_facts f;
-    f.model = string_member(j, "model");
-    f.id = string_member(j, "id");
-    const json& u = member(j, "usage");
-    std::optional<token_usage> t;
-    switch (route) {
-      case route_kind::chat_completions:
-      case route_kind::completions: t = chat_usage(u); break;
-      case route_kind::embeddings:
-        t = chat_usage(u);
-        if (t) t->completion = t->reasoning = 0;
-        break;
-      case route_kind::responses: t = responses_usage(u); break;
-      case route_kind::messages: t = messages_usage(u); break;
-      case route_kind::models:
-      case route_kind::other: t = usage_by_shape(j, u); break;
-    }
-    if (t) {
-      f.has_usage = true;
-      f.usage = *t;
-    }
-    return f;
+    if (fast_node root; parse_fast(body, root)) return read_response(route, root);
+    return read_response(route, parse(body));
   } catch (...) {  // only allocation failure can get here
     return {};
   }
@@ -221,82 +316,46 @@ std::int64_t stream_meter::estimated_completion_tokens() const noexcept {
   return streamed_text_.tokens();
 }
 
-bool stream_meter::on_event(const sse_event& ev) {
-  if (!ev.has_data) return true;  // comments / keep-alives
-  try {
-    const std::string_view data = trim(ev.data);
-    if (data == "[DONE]") {  // the most frequent non-JSON payload: no parse
-      saw_done_ = true;
-      return true;
-    }
-    const json j = parse(data);
-    if (!j.is_object()) {
-      if (ev.event == "error") saw_error_ = true;
-      return true;
-    }
-    std::string_view type = string_member(j, "type");
-    if (type.empty()) type = ev.event;
-    if (type == "error") {  // Responses and Anthropic error events
-      saw_error_ = true;
-      return true;
-    }
-    switch (route_) {
-      case route_kind::responses: on_responses(j, type); return true;
-      case route_kind::messages: on_messages(j, type); return true;
-      case route_kind::other:
-        // An unknown route may still be a typed stream; chat chunks carry no `type`.
-        if (type.starts_with("response.")) {
-          on_responses(j, type);
-          return true;
-        }
-        if (type.starts_with("message_") || type.starts_with("content_block_")) {
-          on_messages(j, type);
-          return true;
-        }
-        return on_chat(j);
-      default: return on_chat(j);
-    }
-  } catch (...) {  // only allocation failure can get here; never lose the client's bytes
-    return true;
-  }
-}
-
-void stream_meter::note_model_id(const json& obj) {
+template <class Node>
+void stream_meter::note_model_id(const Node& obj) {
   if (model_.empty()) model_ = string_member(obj, "model");
   if (id_.empty()) id_ = string_member(obj, "id");
 }
 
-bool stream_meter::on_chat(const json& j) {
-  if (!member(j, "error").is_null()) {  // mid-stream `data: {"error": {...}}`
+template <class Node>
+bool stream_meter::on_chat(const Node& j) {
+  if (!is_null(member(j, "error"))) {  // mid-stream `data: {"error": {...}}`
     saw_error_ = true;
     return true;
   }
   note_model_id(j);
   // The last non-null usage wins: relays send it on the usage-only chunk, on the last content
   // chunk, or as a running total on every chunk.
-  const json& usage = member(j, "usage");
+  const auto& usage = member(j, "usage");
   if (const auto t = chat_usage(usage)) {
     usage_ = *t;
     has_usage_ = true;
   }
-  const json& choices = member(j, "choices");
-  if (!choices.is_array()) return true;
-  for (const json& choice : choices) {
+  const auto& choices = member(j, "choices");
+  if (!is_array(choices)) return true;
+  bool any_choice = false;
+  for_items(choices, [&](const Node& choice) {
+    any_choice = true;
     streamed_text_.add(string_member(choice, "text"));  // legacy completions
-    const json& delta = member(choice, "delta");
-    if (!delta.is_object()) continue;
+    const auto& delta = member(choice, "delta");
+    if (!is_object(delta)) return;
     streamed_text_.add(string_member(delta, "content"));
     streamed_text_.add(string_member(delta, "reasoning_content"));
     streamed_text_.add(string_member(delta, "reasoning"));
-    const json& calls = member(delta, "tool_calls");
-    if (!calls.is_array()) continue;
-    for (const json& call : calls) streamed_text_.add(string_member(member(call, "function"), "arguments"));
-  }
+    for_items(member(delta, "tool_calls"),
+             [&](const Node& call) { streamed_text_.add(string_member(member(call, "function"), "arguments")); });
+  });
   // Only the include_usage chunk tollgate asked for on the client's behalf is dropped.
-  return !(strip_ && choices.empty() && !usage.is_null());
+  return !(strip_ && !any_choice && !is_null(usage));
 }
 
-void stream_meter::on_responses(const json& j, std::string_view type) {
+template <class Node>
+void stream_meter::on_responses(const Node& j, std::string_view type) {
   if (type == "response.created" || type == "response.in_progress") {
     note_model_id(member(j, "response"));
   } else if (type == "response.output_text.delta" || type == "response.reasoning_summary_text.delta" ||
@@ -305,7 +364,7 @@ void stream_meter::on_responses(const json& j, std::string_view type) {
     streamed_text_.add(string_member(j, "delta"));
   } else if (type == "response.completed" || type == "response.incomplete" ||
              type == "response.failed") {
-    const json& response = member(j, "response");
+    const auto& response = member(j, "response");
     note_model_id(response);
     if (const auto t = responses_usage(member(response, "usage"))) {
       usage_ = *t;
@@ -316,30 +375,76 @@ void stream_meter::on_responses(const json& j, std::string_view type) {
   }
 }
 
-void stream_meter::on_messages(const json& j, std::string_view type) {
+template <class Node>
+void stream_meter::on_messages(const Node& j, std::string_view type) {
   if (type == "message_start") {
-    const json& message = member(j, "message");
+    const auto& message = member(j, "message");
     note_model_id(message);
-    const json& u = member(message, "usage");
-    if (u.is_object()) {
+    const auto& u = member(message, "usage");
+    if (is_object(u)) {
       anthropic_ = {};
       apply(anthropic_, u);
       usage_ = anthropic_.to_openai();
       has_usage_ = true;
     }
   } else if (type == "message_delta") {
-    const json& u = member(j, "usage");
-    if (u.is_object()) {
+    const auto& u = member(j, "usage");
+    if (is_object(u)) {
       apply(anthropic_, u);
       usage_ = anthropic_.to_openai();
     }
   } else if (type == "content_block_delta") {
-    const json& delta = member(j, "delta");
+    const auto& delta = member(j, "delta");
     streamed_text_.add(string_member(delta, "text"));
     streamed_text_.add(string_member(delta, "thinking"));
     streamed_text_.add(string_member(delta, "partial_json"));
   } else if (type == "message_stop") {
     saw_done_ = true;
+  }
+}
+
+template <class Node>
+bool stream_meter::on_document(const Node& j, const sse_event& ev) {
+  if (!is_object(j)) {
+    if (ev.event == "error") saw_error_ = true;
+    return true;
+  }
+  std::string_view type = string_member(j, "type");
+  if (type.empty()) type = ev.event;
+  if (type == "error") {  // Responses and Anthropic error events
+    saw_error_ = true;
+    return true;
+  }
+  switch (route_) {
+    case route_kind::responses: on_responses(j, type); return true;
+    case route_kind::messages: on_messages(j, type); return true;
+    case route_kind::other:
+      // An unknown route may still be a typed stream; chat chunks carry no `type`.
+      if (type.starts_with("response.")) {
+        on_responses(j, type);
+        return true;
+      }
+      if (type.starts_with("message_") || type.starts_with("content_block_")) {
+        on_messages(j, type);
+        return true;
+      }
+      return on_chat(j);
+    default: return on_chat(j);
+  }
+}
+
+bool stream_meter::on_event(const sse_event& ev) {
+  if (!ev.has_data) return true;  // comments / keep-alives
+  try {
+    const std::string_view data = trim(ev.data);
+    if (data == "[DONE]") {  // the most frequent non-JSON payload: no parse
+      saw_done_ = true;
+      return true;
+    }
+    if (fast_node root; parse_fast(data, root)) return on_document(root, ev);
+    return on_document(parse(data), ev);
+  } catch (...) {  // only allocation failure can get here; never lose the client's bytes
+    return true;
   }
 }
 

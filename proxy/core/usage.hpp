@@ -71,10 +71,13 @@ class stream_meter {
   std::int64_t estimated_completion_tokens() const noexcept;
 
  private:
-  bool on_chat(const nlohmann::json& j);
-  void on_responses(const nlohmann::json& j, std::string_view type);
-  void on_messages(const nlohmann::json& j, std::string_view type);
-  void note_model_id(const nlohmann::json& obj);
+  // Node: a parsed JSON value, from simdjson (the fast path) or nlohmann (bodies simdjson turns
+  // down); defined and instantiated in usage.cpp only.
+  template <class Node> bool on_document(const Node& j, const sse_event& ev);
+  template <class Node> bool on_chat(const Node& j);
+  template <class Node> void on_responses(const Node& j, std::string_view type);
+  template <class Node> void on_messages(const Node& j, std::string_view type);
+  template <class Node> void note_model_id(const Node& obj);
 
   route_kind route_;
   bool strip_;
