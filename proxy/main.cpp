@@ -9,12 +9,15 @@
 
 #include "core/config.hpp"
 #include "core/log.hpp"
+#include "ledger/report_cli.hpp"
 #include "net/server.hpp"
 
 namespace {
 
 constexpr const char* usage_text =
     R"(Usage: tollgate [--config FILE] [--check-config] [--version] [--help]
+       tollgate report --ledger FILE [--month YYYY-MM | --from X --to Y] [--by model|team|key|day] [--csv]
+                       (see 'tollgate report --help')
 
 An LLM API relay: point your OpenAI/Anthropic base URL at it; every call is forwarded to the
 configured upstream and recorded in the ledger, with Prometheus metrics on the admin port.
@@ -27,8 +30,9 @@ Options:
 
 Environment overrides (for containers and tests):
   TOLLGATE_LISTEN, TOLLGATE_ADMIN_LISTEN   host:port of the client and admin listeners
-  TOLLGATE_UPSTREAM_URL                    upstream origin or base URL
-  TOLLGATE_UPSTREAM_API_KEY                upstream API key
+  TOLLGATE_UPSTREAM_URL                    one upstream (origin or base URL) serving every model; replaces `upstreams`
+  TOLLGATE_UPSTREAM_API_KEY                upstream API key (the single or first upstream)
+  TOLLGATE_ADMIN_TOKEN                     admin API token (admin_token)
   TOLLGATE_LEDGER_PATH                     SQLite ledger file
   TOLLGATE_LOG_LEVEL                       trace|debug|info|warn|error
   TOLLGATE_WORKERS                         I/O threads (0 = CPUs available)
@@ -38,6 +42,7 @@ Environment overrides (for containers and tests):
 
 int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
+  if (argc >= 2 && std::strcmp(argv[1], "report") == 0) return tollgate::report_main(argc - 2, argv + 2);
   std::string config_path;
   bool check_only = false;
   for (int i = 1; i < argc; ++i) {

@@ -5,6 +5,7 @@
 #include <date/tz.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <stdexcept>
 
 namespace tollgate {
@@ -96,6 +97,33 @@ time_window calendar::window(calendar_period p, std::int64_t now_s) const noexce
     return {local_s(first).time_since_epoch().count() - offset.count(),
             local_s(next).time_since_epoch().count() - offset.count()};
   }
+}
+
+std::int64_t calendar::day_start(int year, unsigned month, unsigned day) const {
+  const date::year_month_day ymd{date::year{year}, date::month{month}, date::day{day}};
+  if (!ymd.ok())
+    throw std::invalid_argument("no such date: " + std::to_string(year) + "-" + std::to_string(month) + "-" +
+                                std::to_string(day));
+  const local_s midnight{date::local_days(ymd)};
+  if (zone_ == nullptr) return midnight.time_since_epoch().count();
+  return to_utc(*zone_, midnight);
+}
+
+std::string calendar::local_date(std::int64_t t_s) const {
+  const sys_s t{seconds(t_s)};
+  seconds offset{0};
+  if (zone_ != nullptr) {
+    try {
+      offset = zone_->get_info(t).offset;
+    } catch (...) {
+      // Outside the range the tz database covers: the UTC date.
+    }
+  }
+  const date::year_month_day ymd{date::floor<date::days>(local_s{t.time_since_epoch() + offset})};
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%04d-%02u-%02u", static_cast<int>(ymd.year()),
+                static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()));
+  return buf;
 }
 
 std::string timezone_problem(std::string_view name) {

@@ -36,6 +36,13 @@ class calendar {
 
   const std::string& timezone() const noexcept { return name_; }
 
+  // Start of the local calendar day year-month-day as Unix seconds (UTC): local midnight, or the
+  // first instant after it when a spring-forward skips midnight. Throws std::invalid_argument
+  // when the date does not exist (2026-02-30, month 13).
+  std::int64_t day_start(int year, unsigned month, unsigned day) const;
+  // The local calendar date containing `t_s` (Unix seconds), as "YYYY-MM-DD".
+  std::string local_date(std::int64_t t_s) const;
+
  private:
   const date::time_zone* zone_ = nullptr;  // nullptr: UTC
   std::string name_;

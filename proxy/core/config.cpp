@@ -3,6 +3,7 @@
 #include "core/config.hpp"
 
 #include <arpa/inet.h>
+#include <openssl/evp.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -186,6 +187,13 @@ int parse_workers(std::string_view s) {
 }
 
 // One value in the YAML tree: the node, its dotted key path and the line to blame.
+std::array<unsigned char, 32> sha256_of(std::string_view s) {
+  std::array<unsigned char, 32> out{};
+  unsigned int n = 0;
+  EVP_Digest(s.data(), s.size(), out.data(), &n, EVP_sha256(), nullptr);
+  return out;
+}
+
 struct entry {
   const YAML::Node& node;
   std::string path;
@@ -363,6 +371,213 @@ class loader {
     return out;
   }
 
+  // Non-negative amount in USD (or any plain number >= min).
+  double number(const entry& e, double min, bool min_inclusive) {
+    std::string v = text(e);
+    double out = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+    if (ec != std::errc() || p != v.data() + v.size() || !std::isfinite(out) || out < min || (!min_inclusive && out == min))
+      fail(e, std::string("expected a number ") + (min_inclusive ? ">= " : "greater than ") + format_number(min) +
+                  ", got '" + v + "'");
+    return out;
+  }
+  static std::string format_number(double d) {
+    char buf[32];
+    auto r = std::to_chars(buf, buf + sizeof buf, d);
+    return std::string(buf, r.ptr);
+  }
+
+  // A YAML list: calls `item` for each element with the path "name[i]".
+  void list(const entry& e, const std::function<void(const entry&)>& item) {
+    if (e.node.IsNull()) return;
+    if (!e.node.IsSequence()) fail(e, "expected a list");
+    for (std::size_t i = 0; i < e.node.size(); ++i) {
+      const YAML::Node n = e.node[i];
+      item(entry{n, e.path + "[" + std::to_string(i) + "]", line_of(n, e.line)});
+    }
+  }
+  // A list of plain strings ("tags: [prod, eu]").
+  std::vector<std::string> strings(const entry& e) {
+    std::vector<std::string> out;
+    list(e, [&](const entry& it) { out.push_back(text(it)); });
+    return out;
+  }
+  // A list item that must be a mapping; `known` reads its keys.
+  void item_section(const entry& e, const fields& known) {
+    if (!e.node.IsMap()) fail(e, "expected a mapping of keys");
+    read_section(e.node, e.path, e.line, known);
+  }
+
+  template <class Enum>
+  Enum choice(const entry& e, std::initializer_list<std::pair<std::string_view, Enum>> options) {
+    std::string v = lower(text(e));
+    std::string names;
+    for (const auto& [name, value] : options) {
+      if (v == name) return value;
+      names += names.empty() ? "" : " | ";
+      names += name;
+    }
+    fail(e, "expected " + names + ", got '" + v + "'");
+  }
+
+  static bool valid_name(std::string_view n) {
+    return !n.empty() && n.size() <= 64 && std::all_of(n.begin(), n.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+    });
+  }
+
+  // "global", "team:<name>", "key:<name>", "model:<id>".
+  std::string scope(const entry& e) {
+    std::string v = text(e);
+    if (v == "global") return v;
+    auto colon = v.find(':');
+    std::string kind = v.substr(0, colon == std::string::npos ? v.size() : colon);
+    if (colon == std::string::npos || (kind != "team" && kind != "key" && kind != "model") || colon + 1 == v.size() ||
+        v.size() > 128)
+      fail(e, "expected global, team:<name>, key:<name> or model:<id>, got '" + v + "'");
+    return v;
+  }
+
+  calendar_period budget_period(const entry& e) {
+    return choice<calendar_period>(e, {{"day", calendar_period::day}, {"week", calendar_period::week},
+                                       {"month", calendar_period::month}});
+  }
+
+  // One budget; `with_scope` false for a key's own budgets (their scope is the key).
+  budget_config budget(const entry& e, bool with_scope) {
+    budget_config b;
+    bool has_limit = false;
+    fields known = {
+        {"period", [&](const entry& x) { b.period = budget_period(x); }},
+        {"limit_usd", [&](const entry& x) { b.limit_usd = number(x, 0, false), has_limit = true; }},
+        {"soft", [&](const entry& x) {
+           list(x, [&](const entry& f) {
+             std::string v = text(f);
+             double frac = 0;
+             bool percent = !v.empty() && v.back() == '%';
+             if (percent) v.pop_back();
+             auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), frac);
+             if (percent) frac /= 100;
+             if (ec != std::errc() || p != v.data() + v.size() || !(frac > 0) || frac > 10)
+               fail(f, "expected a fraction of the limit such as 0.8 (or 80%), got '" + text(f) + "'");
+             b.soft.push_back(frac);
+           });
+           std::sort(b.soft.begin(), b.soft.end());
+           b.soft.erase(std::unique(b.soft.begin(), b.soft.end()), b.soft.end());
+         }},
+        {"hard", [&](const entry& x) { b.hard = boolean(x); }},
+    };
+    if (with_scope) known.emplace_back("scope", [&](const entry& x) { b.scope = scope(x); });
+    item_section(e, known);
+    if (!has_limit) fail(e, "limit_usd is required");
+    return b;
+  }
+
+  static int hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  }
+
+  client_key_config client_key(const entry& e) {
+    client_key_config k;
+    bool has_key = false;
+    item_section(e, {
+        {"name", [&](const entry& x) {
+           k.name = text(x);
+           if (!valid_name(k.name)) fail(x, "expected 1-64 letters, digits, '-', '_' or '.', got '" + k.name + "'");
+         }},
+        {"key", [&](const entry& x) {
+           std::string v = str(x);
+           if (v.size() < 8) fail(x, "the key is empty or shorter than 8 characters (is its environment variable set?)");
+           k.sha256 = sha256_of(v);
+           has_key = true;
+         }},
+        {"key_sha256", [&](const entry& x) {
+           std::string v = text(x);
+           if (v.size() != 64) fail(x, "expected 64 hex digits");
+           for (std::size_t i = 0; i < 32; ++i) {
+             int hi = hex_digit(v[2 * i]), lo = hex_digit(v[2 * i + 1]);
+             if (hi < 0 || lo < 0) fail(x, "expected 64 hex digits");
+             k.sha256[i] = static_cast<unsigned char>(hi * 16 + lo);
+           }
+           has_key = true;
+         }},
+        {"team", [&](const entry& x) {
+           k.team = str(x);
+           if (!k.team.empty() && !valid_name(k.team)) fail(x, "expected 1-64 letters, digits, '-', '_' or '.'");
+         }},
+        {"tags", [&](const entry& x) { k.tags = strings(x); }},
+        {"budgets", [&](const entry& x) { list(x, [&](const entry& b) { k.budgets.push_back(budget(b, false)); }); }},
+        {"limits", [&](const entry& x) {
+           read_section(x.node, x.path, x.line,
+                        {{"rpm", [&](const entry& r) { k.limits.rpm = static_cast<std::int64_t>(count(r, 0)); }},
+                         {"tpm", [&](const entry& r) { k.limits.tpm = static_cast<std::int64_t>(count(r, 0)); }}});
+         }},
+    });
+    if (k.name.empty()) fail(e, "name is required");
+    if (!has_key) fail(e, "key or key_sha256 is required");
+    for (auto& b : k.budgets) b.scope = "key:" + k.name;
+    return k;
+  }
+
+  spend_guard_config guard(const entry& e) {
+    spend_guard_config g;
+    bool has_max = false;
+    item_section(e, {
+        {"scope", [&](const entry& x) { g.scope = scope(x); }},
+        {"window", [&](const entry& x) {
+           g.window = duration(x);
+           if (g.window < std::chrono::minutes(1) || g.window > std::chrono::hours(24 * 7))
+             fail(x, "expected a window from 1m to 7d");
+         }},
+        {"max_usd", [&](const entry& x) { g.max_usd = number(x, 0, false), has_max = true; }},
+        {"action", [&](const entry& x) {
+           g.action = choice<guard_action>(x, {{"reject", guard_action::reject}, {"reroute", guard_action::reroute}});
+         }},
+        {"fallback_model", [&](const entry& x) { g.fallback_model = str(x); }},
+        {"reset_fraction", [&](const entry& x) {
+           g.reset_fraction = number(x, 0, false);
+           if (g.reset_fraction > 1) fail(x, "expected a fraction from 0 to 1");
+         }},
+    });
+    if (!has_max) fail(e, "max_usd is required");
+    if (g.action == guard_action::reroute && g.fallback_model.empty())
+      fail(e, "action reroute needs fallback_model");
+    return g;
+  }
+
+  webhook_config webhook(const entry& e) {
+    webhook_config w;
+    item_section(e, {
+        {"url", [&](const entry& x) { w.url = url(x); }},
+        {"format", [&](const entry& x) {
+           w.format = choice<webhook_format>(x, {{"json", webhook_format::json}, {"slack", webhook_format::slack}});
+         }},
+        {"cooldown", [&](const entry& x) { w.cooldown = duration(x); }},
+        {"timeout", [&](const entry& x) { w.timeout = duration(x); }},
+        {"max_attempts", [&](const entry& x) { w.max_attempts = static_cast<int>(std::min<std::size_t>(count(x, 1), 20)); }},
+    });
+    if (w.url.empty()) fail(e, "url is required");
+    return w;
+  }
+
+  route_rule route(const entry& e) {
+    route_rule r;
+    item_section(e, {
+        {"model", [&](const entry& x) {
+           r.model = text(x);
+           if (r.model.empty()) fail(x, "must not be empty (use \"*\" for every model)");
+         }},
+        {"upstreams", [&](const entry& x) { r.upstreams = strings(x); }},
+        {"upstream", [&](const entry& x) { r.upstreams = {text(x)}; }},
+        {"rewrite", [&](const entry& x) { r.rewrite = str(x); }},
+    });
+    route_lines_.push_back(e.line);
+    return r;
+  }
+
   // pricing.file and pricing.litellm_file: a relative path is looked up next to the config
   // file first (so `prices.yaml` travels with it), then left relative to the working directory.
   std::string pricing_path(const entry& e) {
@@ -399,7 +614,55 @@ class loader {
            cfg_.timezone = text(e);
            if (std::string why = timezone_problem(cfg_.timezone); !why.empty()) fail(e, why);
          }},
-        {"upstream", [this](const entry& e) { read_section(e.node, e.path, e.line, upstream_fields()); }},
+        {"upstream", [this](const entry& e) {
+           read_section(e.node, e.path, e.line, upstream_fields(cfg_.upstream));
+           upstream_line_ = e.line;
+         }},
+        {"upstreams", [this](const entry& e) {
+           list(e, [&](const entry& x) {
+             upstream_config u;
+             u.name.clear();
+             item_section(x, upstream_fields(u));
+             if (u.name.empty()) fail(x, "name is required");
+             for (const auto& other : cfg_.upstreams)
+               if (other.name == u.name) fail(x, "duplicate upstream name '" + u.name + "'");
+             cfg_.upstreams.push_back(std::move(u));
+           });
+           if (cfg_.upstreams.empty()) fail(e, "must list at least one upstream");
+           upstreams_line_ = e.line;
+         }},
+        {"routes", [this](const entry& e) { list(e, [&](const entry& x) { cfg_.routes.push_back(route(x)); }); }},
+        {"auth", [this](const entry& e) {
+           cfg_.policy.auth = choice<auth_mode>(
+               e, {{"off", auth_mode::off}, {"optional", auth_mode::optional}, {"required", auth_mode::required}});
+           cfg_.policy.auth_set = true;
+         }},
+        {"admin_token", [this](const entry& e) { cfg_.policy.admin_token = str(e); }},
+        {"keys", [this](const entry& e) {
+           list(e, [&](const entry& x) {
+             auto k = client_key(x);
+             for (const auto& other : cfg_.policy.keys) {
+               if (other.name == k.name) fail(x, "duplicate key name '" + k.name + "'");
+               if (other.sha256 == k.sha256) fail(x, "key '" + k.name + "' is the same key as '" + other.name + "'");
+             }
+             cfg_.policy.keys.push_back(std::move(k));
+           });
+         }},
+        {"budgets", [this](const entry& e) {
+           list(e, [&](const entry& x) { cfg_.policy.budgets.push_back(budget(x, true)); });
+         }},
+        {"spend_guard", [this](const entry& e) {
+           list(e, [&](const entry& x) { cfg_.policy.spend_guards.push_back(guard(x)); });
+         }},
+        {"alerts", [this](const entry& e) {
+           read_section(e.node, e.path, e.line,
+                        {{"webhooks", [this](const entry& w) {
+                           list(w, [&](const entry& x) { cfg_.policy.webhooks.push_back(webhook(x)); });
+                         }}});
+         }},
+        {"reserve_max_tokens", [this](const entry& e) {
+           cfg_.policy.default_max_tokens = static_cast<std::int64_t>(count(e, 1));
+         }},
         {"server", [this](const entry& e) { read_section(e.node, e.path, e.line, server_fields()); }},
         {"ledger", [this](const entry& e) { read_section(e.node, e.path, e.line, ledger_fields()); }},
         {"pricing", [this](const entry& e) { read_section(e.node, e.path, e.line, pricing_fields()); }},
@@ -407,9 +670,28 @@ class loader {
     };
   }
 
-  fields upstream_fields() {
-    upstream_config& u = cfg_.upstream;
+  fields upstream_fields(upstream_config& u) {
     return {
+        {"protocol", [this, &u](const entry& e) {
+           u.protocol = choice<upstream_protocol>(
+               e, {{"openai", upstream_protocol::openai}, {"anthropic", upstream_protocol::anthropic}});
+         }},
+        {"auth_header", [this, &u](const entry& e) {
+           u.auth_header = choice<upstream_auth>(e, {{"auto", upstream_auth::automatic},
+                                                     {"bearer", upstream_auth::bearer},
+                                                     {"x-api-key", upstream_auth::x_api_key}});
+         }},
+        {"weight", [this, &u](const entry& e) {
+           u.weight = static_cast<unsigned>(std::min<std::size_t>(count(e, 0), 1'000'000));
+         }},
+        {"max_inflight", [this, &u](const entry& e) { u.max_inflight = count(e, 0); }},
+        {"breaker", [this, &u](const entry& e) {
+           read_section(e.node, e.path, e.line,
+                        {{"failures", [this, &u](const entry& b) {
+                            u.breaker_failures = static_cast<int>(std::min<std::size_t>(count(b, 1), 1000));
+                          }},
+                         {"open_for", [this, &u](const entry& b) { u.breaker_open_for = duration(b); }}});
+         }},
         {"name", [this, &u](const entry& e) {
            u.name = text(e);
            if (u.name.empty()) fail(e, "must not be empty");
@@ -481,6 +763,31 @@ class loader {
   }
 
   config& cfg_;
+  std::vector<int> route_lines_;  // line of each routes[] item, for cross-checks after loading
+  int upstreams_line_ = 0;
+  int upstream_line_ = 0;
+
+ public:
+  // Cross-references inside the file, checked once everything is read.
+  void check_references() {
+    if (upstream_line_ != 0 && upstreams_line_ != 0)
+      fail(std::max(upstream_line_, upstreams_line_), "set either 'upstream' (one) or 'upstreams' (a list), not both");
+    for (std::size_t i = 0; i < cfg_.routes.size(); ++i) {
+      for (const auto& name : cfg_.routes[i].upstreams) {
+        auto names = effective_upstreams(cfg_);
+        bool found = std::any_of(names.begin(), names.end(), [&](const upstream_config& u) { return u.name == name; });
+        if (!found)
+          fail(route_lines_[i], "routes[" + std::to_string(i) + "]: no upstream named '" + name + "'");
+      }
+    }
+    if (!cfg_.upstreams.empty()) {
+      bool weighted = std::any_of(cfg_.upstreams.begin(), cfg_.upstreams.end(),
+                                  [](const upstream_config& u) { return u.weight > 0; });
+      if (!weighted) fail(upstreams_line_, "upstreams: at least one upstream needs a weight above 0");
+    }
+  }
+
+ private:
   std::string file_;
   std::filesystem::path dir_;  // directory of the config file; empty for strings
 };
@@ -494,7 +801,9 @@ config load(const std::string& text, const std::string& name, const std::filesys
   } catch (const YAML::Exception& ex) {
     throw config_error(name, ex.mark.is_null() ? 0 : ex.mark.line + 1, "YAML syntax error: " + ex.msg);
   }
-  loader(cfg, name, dir).load(root);
+  loader l(cfg, name, dir);
+  l.load(root);
+  l.check_references();
   if (!cfg.upstream.tls_verify)
     cfg.warnings.push_back("upstream TLS certificate verification is DISABLED (upstream.tls_verify: false); traffic to " +
                            cfg.upstream.url + " can be intercepted");
@@ -534,9 +843,18 @@ void apply_env_overrides(config& cfg) {
   address("TOLLGATE_ADMIN_LISTEN", cfg.admin_listen);
   if (const char* v = env_value("TOLLGATE_UPSTREAM_URL")) {
     if (std::string why = url_problem(v); !why.empty()) fail("TOLLGATE_UPSTREAM_URL", "URL " + why);
+    // One upstream serving every model and both APIs replaces the list (and its routes). It
+    // keeps the first listed upstream's name, key, timeouts and pool settings.
+    if (!cfg.upstreams.empty()) cfg.upstream = cfg.upstreams.front();
+    cfg.upstreams.clear();
+    cfg.routes.clear();
     cfg.upstream.url = v;
+    cfg.upstream.protocol = upstream_protocol::openai;
+    cfg.upstream.weight = 1;
   }
-  if (const char* v = env_value("TOLLGATE_UPSTREAM_API_KEY")) cfg.upstream.api_key = v;
+  if (const char* v = env_value("TOLLGATE_UPSTREAM_API_KEY"))
+    (cfg.upstreams.empty() ? cfg.upstream : cfg.upstreams.front()).api_key = v;
+  if (const char* v = env_value("TOLLGATE_ADMIN_TOKEN")) cfg.policy.admin_token = v;
   if (const char* v = env_value("TOLLGATE_LEDGER_PATH")) cfg.ledger_path = v;
   if (const char* v = env_value("TOLLGATE_LOG_LEVEL")) {
     try {
@@ -554,9 +872,16 @@ void apply_env_overrides(config& cfg) {
   }
 }
 
-void validate(const config& cfg) {
+std::vector<upstream_config> effective_upstreams(const config& cfg) {
+  if (!cfg.upstreams.empty()) return cfg.upstreams;
+  return {cfg.upstream};
+}
+
+void validate(config& cfg) {
   const std::string file = cfg.source_file.empty() ? "<config>" : cfg.source_file;
-  if (!is_loopback(cfg.listen.host) && !cfg.allow_public_without_auth)
+  // auth defaults to off only on loopback; anywhere else a key is required unless said otherwise.
+  if (!cfg.policy.auth_set) cfg.policy.auth = is_loopback(cfg.listen.host) ? auth_mode::off : auth_mode::required;
+  if (!is_loopback(cfg.listen.host) && cfg.policy.auth == auth_mode::off && !cfg.allow_public_without_auth)
     throw config_error(file, 0, "refusing to listen on " + format_host_port(cfg.listen) +
                                     " without client authentication; set allow_public_without_auth: true to allow it");
   const host_port &a = cfg.listen, &b = cfg.admin_listen;

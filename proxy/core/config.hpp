@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/policy_config.hpp"
 #include "core/pricing.hpp"  // config_error
 
 namespace tollgate {
@@ -19,8 +20,21 @@ struct host_port {
   std::uint16_t port = 0;
 };
 
+// openai: serves every OpenAI route and also /v1/messages (a relay speaking both APIs);
+// anthropic: serves /v1/messages and /v1/messages/count_tokens only.
+enum class upstream_protocol : std::uint8_t { openai, anthropic };
+// How the upstream key is sent. auto: x-api-key for anthropic upstreams; Bearer for openai ones,
+// except that a /v1/messages call keeps the client's style (x-api-key or Bearer).
+enum class upstream_auth : std::uint8_t { automatic, bearer, x_api_key };
+
 struct upstream_config {
   std::string name = "default";
+  upstream_protocol protocol = upstream_protocol::openai;
+  upstream_auth auth_header = upstream_auth::automatic;
+  unsigned weight = 1;                               // share of calls among upstreams serving a model
+  std::size_t max_inflight = 0;                      // concurrent calls (0: unlimited); over it -> next upstream
+  int breaker_failures = 5;                          // consecutive connect errors/timeouts/5xx that open the breaker
+  millis breaker_open_for{30'000};                   // open this long, then one half-open probe
   std::string url = "https://api.holysheep.ai/v1";  // base URL: scheme://host[:port][/base/path]
   std::string api_key;                               // sent as Authorization: Bearer <key>
   std::string ca_file;                               // extra CA bundle for private relays ("" = system CAs)
@@ -32,6 +46,14 @@ struct upstream_config {
   millis total_timeout{3'600'000};      // whole call
   std::size_t max_idle_connections = 64;  // per worker
   millis pool_idle_timeout{60'000};     // a pooled connection unused this long is closed
+};
+
+// routes: the first rule whose glob matches the requested model picks the upstreams (in failover
+// order; weights balance among them) and may rewrite the model sent upstream.
+struct route_rule {
+  std::string model = "*";               // glob: * and ? ("claude-*", "gpt-4.1*")
+  std::vector<std::string> upstreams;    // names; empty: every upstream able to serve the call
+  std::string rewrite;                   // "" = keep the client's model
 };
 
 // The embedded forecaster (forecast_service): load and spend forecasts published as gauges.
@@ -51,7 +73,11 @@ struct config {
   bool allow_public_without_auth = false;   // bind a non-loopback listen address without client auth
   std::string timezone = "UTC";             // IANA name; calendar windows (hour, day, month) are local to it
 
-  upstream_config upstream;
+  upstream_config upstream;                 // the single `upstream:` section (used when `upstreams` is empty)
+  std::vector<upstream_config> upstreams;   // `upstreams:` list; TOLLGATE_UPSTREAM_URL replaces it by `upstream`
+  std::vector<route_rule> routes;
+
+  policy_config policy;                     // auth, keys, budgets, spend_guard, alerts (issue 4)
 
   // Client side.
   std::size_t max_body_bytes = 32u << 20;   // 413 above
@@ -78,19 +104,24 @@ struct config {
   std::vector<std::string> warnings;        // non-fatal findings (unset ${VAR}, tls_verify off...)
 };
 
+// The upstreams calls may go to: `upstreams` when given, else the single `upstream`.
+std::vector<upstream_config> effective_upstreams(const config& cfg);
+
 // Loads `path`: YAML, ${VAR} / ${VAR:-default} substitution in scalar values (an unset VAR
 // without default becomes "" and adds a warning), unknown keys rejected, values validated.
 // Throws config_error naming file, line and problem.
 config load_config_file(const std::string& path);
 config load_config_string(const std::string& text, const std::string& name = "<string>");
 
-// Applies TOLLGATE_LISTEN, TOLLGATE_ADMIN_LISTEN, TOLLGATE_UPSTREAM_URL, TOLLGATE_UPSTREAM_API_KEY,
-// TOLLGATE_LEDGER_PATH, TOLLGATE_LOG_LEVEL (and TOLLGATE_WORKERS). Throws config_error("env", 0, ...)
+// Applies TOLLGATE_LISTEN, TOLLGATE_ADMIN_LISTEN, TOLLGATE_UPSTREAM_URL (replaces the upstream list
+// by one upstream serving everything), TOLLGATE_UPSTREAM_API_KEY (the single or first upstream),
+// TOLLGATE_ADMIN_TOKEN, TOLLGATE_LEDGER_PATH, TOLLGATE_LOG_LEVEL (and TOLLGATE_WORKERS). Throws config_error("env", 0, ...)
 // on a malformed value.
 void apply_env_overrides(config& cfg);
 
-// Cross-field checks done after overrides (e.g. non-loopback bind without auth). Throws config_error.
-void validate(const config& cfg);
+// Cross-field checks done after overrides (e.g. non-loopback bind without auth) and defaults that
+// depend on them (auth: off on loopback, required elsewhere, unless set). Throws config_error.
+void validate(config& cfg);
 
 host_port parse_host_port(const std::string& s);  // "host:port", "[::1]:8080", ":8080"; throws std::invalid_argument
 millis parse_duration(const std::string& s);      // "250ms", "10s", "5m", "1h", "1d", plain number = seconds

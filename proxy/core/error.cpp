@@ -34,6 +34,11 @@ std::string_view error_name(errc e) noexcept {
     case errc::headers_too_large: return "headers_too_large";
     case errc::request_timeout: return "request_timeout";
     case errc::http_version: return "http_version_not_supported";
+    case errc::unauthorized: return "invalid_api_key";
+    case errc::budget_exceeded: return "budget_exceeded";
+    case errc::rate_limited: return "rate_limit_exceeded";
+    case errc::spend_guard: return "spend_guard_tripped";
+    case errc::no_upstream: return "model_not_found";
     case errc::upstream_key_missing: return "upstream_key_missing";
     case errc::ledger_backpressure: return "ledger_backpressure";
     case errc::shutting_down: return "shutting_down";
@@ -59,7 +64,12 @@ int http_status(errc e) noexcept {
     case errc::missing_host:
     case errc::duplicate_host:
     case errc::bad_target: return 400;
-    case errc::not_found: return 404;
+    case errc::not_found:
+    case errc::no_upstream: return 404;
+    case errc::unauthorized: return 401;
+    case errc::budget_exceeded:
+    case errc::rate_limited:
+    case errc::spend_guard: return 429;
     case errc::method_not_allowed: return 405;
     case errc::request_timeout: return 408;
     case errc::body_too_large: return 413;
@@ -84,6 +94,14 @@ int http_status(errc e) noexcept {
 }
 
 std::string_view openai_type(errc e) noexcept {
+  switch (e) {
+    case errc::budget_exceeded: return "budget_exceeded";
+    case errc::rate_limited: return "requests";
+    case errc::spend_guard: return "spend_guard";
+    case errc::unauthorized:
+    case errc::no_upstream: return "invalid_request_error";
+    default: break;
+  }
   switch (http_status(e)) {
     case 404: return "not_found_error";
     case 400: case 405: case 408: case 413: case 415: case 431: case 505: return "invalid_request_error";
@@ -106,6 +124,11 @@ std::string_view default_message(errc e) noexcept {
     case errc::headers_too_large: return "Request headers exceed the configured limit (server.max_header_bytes).";
     case errc::request_timeout: return "Request was not received in time.";
     case errc::http_version: return "Only HTTP/1.0 and HTTP/1.1 are supported.";
+    case errc::unauthorized: return "Missing or invalid API key for this tollgate.";
+    case errc::budget_exceeded: return "A hard budget would be exceeded by this call.";
+    case errc::rate_limited: return "Rate limit reached; retry after the time in the Retry-After header.";
+    case errc::spend_guard: return "Spending rate limit tripped; calls are refused until the rate falls.";
+    case errc::no_upstream: return "No configured upstream serves this model on this endpoint.";
     case errc::upstream_key_missing:
       return "tollgate has no upstream API key configured: set TOLLGATE_UPSTREAM_API_KEY (or upstream.api_key).";
     case errc::ledger_backpressure: return "tollgate's ledger queue is full; retry shortly.";

@@ -22,6 +22,11 @@ enum class errc {
   headers_too_large,
   request_timeout,        // request head/body did not arrive in time
   http_version,           // not HTTP/1.0 or 1.1
+  unauthorized,           // missing or unknown client key (auth: required/optional)
+  budget_exceeded,        // a hard budget would be overshot
+  rate_limited,           // a key's RPM/TPM limit
+  spend_guard,            // a tripped spend-rate guard with action: reject
+  no_upstream,            // no configured upstream serves this model/API
   // Tollgate itself (5xx).
   upstream_key_missing,   // no upstream API key configured
   ledger_backpressure,    // ledger queue full: refuse rather than lose a row
@@ -46,6 +51,7 @@ inline std::error_code make_error_code(errc e) noexcept { return {static_cast<in
 std::string_view error_name(errc e) noexcept;  // stable snake_case name (ledger error_kind, metric label)
 int http_status(errc e) noexcept;
 std::string_view openai_type(errc e) noexcept;  // invalid_request_error, server_error, ...
+std::string_view default_message(errc e) noexcept;
 
 // {"error":{"message":..., "type":..., "param":null, "code":...}}; message is tollgate's own text.
 std::string error_body(errc e, std::string_view message);

@@ -453,3 +453,20 @@ std::string add_include_usage(std::string_view body, const request_facts& facts)
 }
 
 }  // namespace tollgate
+
+namespace tollgate {
+
+std::string replace_model(std::string_view body, std::string_view model) {
+  try {
+    // Rare (a routing rewrite or a spend-guard reroute): ordered_json keeps the client's member
+    // order; only `model` changes.
+    auto doc = nlohmann::ordered_json::parse(body, nullptr, false);
+    if (doc.is_discarded() || !doc.is_object()) return std::string(body);
+    doc["model"] = std::string(model);
+    return doc.dump();
+  } catch (...) {
+    return std::string(body);
+  }
+}
+
+}  // namespace tollgate

@@ -41,4 +41,8 @@ request_facts inspect_request(std::string_view body, int max_depth = 128);
 // after the opening brace (byte-exact otherwise); when stream_options exists, rewrites via a DOM.
 std::string add_include_usage(std::string_view body, const request_facts& facts);
 
+// Returns the body with the top-level `model` set to `model` (member order kept); the body
+// unchanged when it is not a JSON object.
+std::string replace_model(std::string_view body, std::string_view model);
+
 }  // namespace tollgate

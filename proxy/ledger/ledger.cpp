@@ -72,6 +72,24 @@ CREATE INDEX calls_price_model_start_ms ON calls(price_model, start_ms);
 CREATE INDEX calls_client_key_id_start_ms ON calls(client_key_id, start_ms);
 )sql";
 
+// Schema version 2: client keys added at run time through the admin API (key_store.hpp). Only
+// the key's SHA-256 (hex) is stored; tags and budgets are JSON; revoked keys stay, so a name (the
+// ledger's client_key_id) is never reused. One key under two names would make attribution
+// ambiguous, hence the unique hash.
+constexpr const char* kSchemaV2 = R"sql(
+CREATE TABLE client_keys (
+  name TEXT PRIMARY KEY,
+  key_sha256 TEXT NOT NULL UNIQUE,
+  team TEXT,
+  tags TEXT,
+  rpm INTEGER,
+  tpm INTEGER,
+  budgets TEXT,
+  created_ms INTEGER NOT NULL,
+  revoked_ms INTEGER
+);
+)sql";
+
 // Migration N takes a database at version N-1 to version N. Append only; never edit a step
 // that has shipped. The applied versions are rows of `schema_version` (one per step, so the
 // table is also the history); the database's version is MAX(version), 0 when empty.
@@ -81,6 +99,7 @@ struct migration {
 };
 const std::vector<migration> kMigrations = {
     {1, kSchemaV1},
+    {2, kSchemaV2},
 };
 
 constexpr const char* kInsertSql =

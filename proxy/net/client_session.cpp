@@ -22,6 +22,7 @@
 
 #include "core/inflate.hpp"
 #include "core/log.hpp"
+#include "core/policy.hpp"
 #include "core/request_inspect.hpp"
 #include "core/sse_parser.hpp"
 #include "core/usage.hpp"
@@ -134,17 +135,22 @@ class client_session : public std::enable_shared_from_this<client_session> {
     errc error = errc::ok;
     int client_version = 11;
     bool head_request = false;
+    int failover_status = 0;      // the upstream answered 429/5xx and another upstream will be tried
+    double price_multiplier = 1;  // of the upstream that served the call
+    std::uint64_t ticket = 0;     // policy reservation, settled in finish_call
   };
 
   awaitable<bool> handle_one();
   awaitable<bool> proxy(http::request<http::string_body>& req, const route_decision& rd, const target_parts& tp,
                         call& c);
-  awaitable<std::unique_ptr<upstream_conn>> connect_upstream(errc& err);
-  enum class exchange_result { done, retry };
+  awaitable<std::unique_ptr<upstream_conn>> connect_upstream(upstream_pool& pool, errc& err);
+  enum class exchange_result { done, retry, failover };
+  awaitable<exchange_result> attempt(upstream_pool& pool, http::request<http::string_body>& req, call& c,
+                                     bool& keep_client, bool may_fail_over);
   template <class Stream>
-  awaitable<exchange_result> exchange(Stream& up, upstream_conn& conn, bool reused,
+  awaitable<exchange_result> exchange(Stream& up, upstream_conn& conn, const upstream_config& uc, bool reused,
                                       http::request<http::string_body>& req, call& c, bool& keep_client,
-                                      bool& keep_upstream);
+                                      bool& keep_upstream, bool may_fail_over);
   awaitable<bool> send_local(int status, std::string body, bool keep, std::string_view allow = {},
                              std::string_view request_id = {}, std::string_view content_type = "application/json");
   awaitable<bool> send_error(errc e, std::string_view message, bool keep, std::string_view request_id = {},
@@ -173,6 +179,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::string head_;     // serialized response head
   std::string parse_;    // (decoded) copy of a non-stream body, for usage
   std::shared_ptr<abort_watch> watch_;
+  // Headers tollgate adds to this call's response, relayed or local (x-ratelimit-*, Retry-After).
+  std::vector<std::pair<std::string, std::string>> extra_headers_;
   bool idle_ = true;
   bool aborting_ = false;
 };
@@ -236,6 +244,7 @@ awaitable<bool> client_session::send_local(int status, std::string body, bool ke
   res.set(http::field::content_type, content_type);
   if (!allow.empty()) res.set(http::field::allow, allow);
   if (!request_id.empty()) res.set("x-request-id", request_id);
+  for (const auto& [name, value] : extra_headers_) res.set(name, value);
   res.body() = std::move(body);
   res.keep_alive(keep);
   res.prepare_payload();
@@ -316,9 +325,9 @@ awaitable<bool> client_session::proxy(http::request<http::string_body>& req, con
                                       const target_parts& tp, call& c) {
   bool keep = req.keep_alive() && !st_.draining.load(std::memory_order_relaxed);
   auto& rec = c.rec;
+  extra_headers_.clear();
   rec.route = rd.route;
   rec.method = std::string(req.method_string());
-  rec.upstream = cfg_.upstream.name;
   if (auto id = req["x-request-id"]; !id.empty() && id.size() <= 200)
     rec.request_id = std::string(id);
   else
@@ -341,6 +350,27 @@ awaitable<bool> client_session::proxy(http::request<http::string_body>& req, con
   };
 
   if (rd.error != errc::ok) co_return co_await refuse(rd.error, {});
+
+  // Client authentication: the key the SDK sends (Bearer, or x-api-key from Anthropic SDKs) is
+  // looked up by hash; it is never forwarded and never recorded, only its name.
+  std::shared_ptr<const client_key_config> key;
+  if (st_.policy && cfg_.policy.auth != auth_mode::off) {
+    std::string_view presented = req["x-api-key"];
+    if (presented.empty()) {
+      std::string_view authz = req[http::field::authorization];
+      if (authz.size() > 7 && beast::iequals(authz.substr(0, 7), "bearer ")) presented = authz.substr(7);
+      while (!presented.empty() && presented.front() == ' ') presented.remove_prefix(1);
+    }
+    if (!presented.empty()) key = st_.policy->find_key(presented);
+    if (presented.empty() && cfg_.policy.auth == auth_mode::required)
+      co_return co_await refuse(errc::unauthorized,
+                                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key'.");
+    if (!presented.empty() && !key) co_return co_await refuse(errc::unauthorized, "Incorrect API key provided.");
+    if (key) {
+      rec.client_key_id = key->name;
+      rec.team = key->team;
+    }
+  }
   if (rd.json_body) {
     if (!is_json_content_type(req[http::field::content_type]))
       co_return co_await refuse(errc::unsupported_media_type, {});
@@ -351,7 +381,111 @@ awaitable<bool> client_session::proxy(http::request<http::string_body>& req, con
     rec.user = c.facts.user.size() <= 256 ? c.facts.user : c.facts.user.substr(0, 256);
   }
   if (st_.draining.load(std::memory_order_relaxed)) co_return co_await refuse(errc::shutting_down, {});
-  if (st_.upstream_key_missing()) co_return co_await refuse(errc::upstream_key_missing, {});
+
+  // Routing: the upstreams to try, in order, and the model to send them.
+  thread_local std::mt19937_64 route_rng{std::random_device{}()};
+  route_plan plan = st_.router->plan(tp.path, c.facts.model, route_rng());
+  if (plan.order.empty()) {
+    // Built before the co_await: GCC 12 destroys temporaries of a ?: inside a co_await twice.
+    std::string msg = "No configured upstream serves " + std::string(tp.path);
+    if (!c.facts.model.empty()) msg += " for model '" + c.facts.model + "'";
+    msg += ".";
+    co_return co_await refuse(errc::no_upstream, msg);
+  }
+  // Spend controls: rate limits, spend guards and budgets decide before anything goes upstream.
+  std::string send_model = plan.rewrite.empty() ? c.facts.model : plan.rewrite;
+  if (st_.policy) {
+    double multiplier = 0;
+    for (auto i : plan.order) multiplier = std::max(multiplier, st_.upstreams[i]->cfg.price_multiplier);
+    const model_price* price = st_.prices.resolve(send_model);
+    const std::int64_t max_out = c.facts.max_tokens.value_or(cfg_.policy.default_max_tokens);
+    token_usage worst;
+    worst.prompt = c.facts.prompt_tokens_estimate;
+    worst.completion = max_out;
+    policy_engine::call_facts pf;
+    pf.key = key.get();
+    pf.team = rec.team;
+    pf.price_model = price ? std::string_view(price->name) : std::string_view{};
+    pf.model = send_model;
+    pf.reserve_usd = price ? compute_cost(*price, worst, multiplier).usd : 0.0;
+    pf.reserve_tokens = worst.prompt + worst.completion;
+    pf.now_ms = unix_ms_now();
+    auto d = st_.policy->admit(pf);
+    c.ticket = d.ticket;
+    if (d.rate_headers) {
+      if (d.limit_requests > 0) {
+        extra_headers_.emplace_back("x-ratelimit-limit-requests", std::to_string(d.limit_requests));
+        extra_headers_.emplace_back("x-ratelimit-remaining-requests", std::to_string(d.remaining_requests));
+        extra_headers_.emplace_back("x-ratelimit-reset-requests", format_reset(d.reset_requests_ms));
+      }
+      if (d.limit_tokens > 0) {
+        extra_headers_.emplace_back("x-ratelimit-limit-tokens", std::to_string(d.limit_tokens));
+        extra_headers_.emplace_back("x-ratelimit-remaining-tokens", std::to_string(d.remaining_tokens));
+        extra_headers_.emplace_back("x-ratelimit-reset-tokens", format_reset(d.reset_tokens_ms));
+      }
+    }
+    auto money = [](double v) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "$%.2f", v);
+      return std::string(buf);
+    };
+    switch (d.outcome) {
+      case policy_engine::decision::admit: break;
+      case policy_engine::decision::budget_exceeded:
+        co_return co_await refuse(errc::budget_exceeded, "Budget " + d.scope + " (" + d.period + ") of " +
+                                                             money(d.limit_usd) + " would be exceeded: " +
+                                                             money(d.spent_usd) + " spent.");
+      case policy_engine::decision::rate_limited:
+        extra_headers_.emplace_back("retry-after", std::to_string(std::max<std::int64_t>(1, d.retry_after_s)));
+        co_return co_await refuse(errc::rate_limited,
+                                  "Rate limit reached for " + d.scope + " on " + d.rate_kind + " per min. Retry after " +
+                                      std::to_string(std::max<std::int64_t>(1, d.retry_after_s)) + "s.");
+      case policy_engine::decision::guard_rejected:
+        extra_headers_.emplace_back("retry-after", std::to_string(std::max<std::int64_t>(1, d.retry_after_s)));
+        co_return co_await refuse(errc::spend_guard, "Spend guard " + d.scope + " tripped: " + money(d.spent_usd) +
+                                                         " in the last " + d.period + " (max " + money(d.limit_usd) +
+                                                         ").");
+    }
+    if (!d.reroute_model.empty() && d.reroute_model != send_model) {
+      log_line(log_level::warn, "spend guard tripped: call rerouted")
+          .str("request_id", rec.request_id)
+          .str("scope", d.reroute_scope)
+          .str("from", send_model)
+          .str("to", d.reroute_model);
+      send_model = d.reroute_model;
+      plan = st_.router->plan(tp.path, send_model, route_rng());
+      if (!plan.rewrite.empty()) send_model = plan.rewrite;
+      if (plan.order.empty())
+        co_return co_await refuse(errc::no_upstream, "No configured upstream serves the fallback model '" +
+                                                         send_model + "'.");
+    }
+  }
+
+  // Tried in plan order, skipping upstreams with no key, at their in-flight limit or with an open
+  // breaker; a breaker never refuses a call no other upstream could serve, so when every one is
+  // skipped the first one with a key is tried anyway.
+  struct candidate {
+    upstream_node* t;
+    bool probe;
+  };
+  std::vector<candidate> tries;
+  {
+    auto now = steady::now();
+    upstream_node* fallback = nullptr;
+    for (auto i : plan.order) {
+      auto& t = *st_.upstreams[i];
+      if (t.cfg.api_key.empty()) continue;
+      if (!fallback) fallback = &t;
+      if (t.cfg.max_inflight != 0 && t.inflight.load(std::memory_order_relaxed) >= t.cfg.max_inflight) continue;
+      bool probe = false;
+      if (t.breaker.allow(now, probe)) tries.push_back({&t, probe});
+    }
+    if (tries.empty()) {
+      if (!fallback) co_return co_await refuse(errc::upstream_key_missing, {});
+      tries.push_back({fallback, false});
+    }
+  }
+  if (send_model != c.facts.model && rd.json_body && c.facts.has_model) req.body() = replace_model(req.body(), send_model);
 
   // Ask the upstream for usage on streams; the client will not see the extra chunk.
   if (c.facts.stream && !c.facts.include_usage &&
@@ -360,7 +494,9 @@ awaitable<bool> client_session::proxy(http::request<http::string_body>& req, con
     req.body() = add_include_usage(req.body(), c.facts);
   }
 
-  // Rewrite the head for the upstream: hop-by-hop headers out, Host and credentials replaced.
+  // Rewrite the head for the upstream: hop-by-hop headers out; Host and credentials are set per
+  // upstream below. The client's key never leaves tollgate.
+  const bool client_x_api_key = req.count("x-api-key") > 0;
   {
     std::string connection_value(req[http::field::connection]);
     std::vector<std::string> drop;
@@ -370,59 +506,87 @@ awaitable<bool> client_session::proxy(http::request<http::string_body>& req, con
         drop.emplace_back(name);
     }
     for (const auto& n : drop) req.erase(n);
-    bool anthropic_style = rd.route == route_kind::messages && req.count("x-api-key") > 0;
     req.erase(http::field::authorization);
     req.erase("x-api-key");
-    if (anthropic_style)
-      req.set("x-api-key", cfg_.upstream.api_key);
-    else
-      req.set(http::field::authorization, "Bearer " + cfg_.upstream.api_key);
-    req.set(http::field::host, st_.upstream.host_header);
     req.set("x-request-id", rec.request_id);
     if (c.strip) req.erase(http::field::accept_encoding);  // the stream must be readable to be edited
-    req.target(upstream_target(st_.upstream, tp.path, tp.query));
     req.version(11);
     req.keep_alive(true);
     req.prepare_payload();
   }
 
+  // tp views the client's target, which the first attempt replaces: keep copies for the others.
+  const std::string client_path(tp.path), client_query(tp.query);
   start_watch();
   bool keep_client = keep;
-  for (int attempt = 1;; ++attempt) {
-    rec.attempts = attempt;
-    auto conn = w_.pool.take_idle();
-    bool reused = conn != nullptr;
-    if (!conn) {
-      errc err = errc::ok;
-      c.t_up_start = steady::now();
-      conn = co_await connect_upstream(err);
-      if (!conn) {
-        c.error = client_gone() ? errc::client_aborted : err;
-        break;
-      }
-    }
-    if (client_gone()) {
-      c.error = errc::client_aborted;
-      conn->close();
-      break;
-    }
-    watch_->conn = conn.get();
-    bool keep_upstream = false;
-    exchange_result r = conn->tls ? co_await exchange(*conn->tls, *conn, reused, req, c, keep_client, keep_upstream)
-                                  : co_await exchange(*conn->plain, *conn, reused, req, c, keep_client, keep_upstream);
-    watch_->conn = nullptr;
-    if (keep_upstream) {
-      ++conn->uses;
-      w_.pool.give_back(std::move(conn));
-    } else {
-      conn->close();
-    }
-    if (r == exchange_result::retry && attempt == 1) {
+  int attempts = 0;
+  for (std::size_t k = 0; k < tries.size(); ++k) {
+    auto& t = *tries[k].t;
+    const bool probe = tries[k].probe;
+    const bool last = k + 1 == tries.size();
+    const bool anthropic_api = rd.route == route_kind::messages || client_path.starts_with("/v1/messages");
+    bool use_x_api_key = t.cfg.auth_header == upstream_auth::x_api_key ||
+                         (t.cfg.auth_header == upstream_auth::automatic &&
+                          (t.cfg.protocol == upstream_protocol::anthropic || (anthropic_api && client_x_api_key)));
+    req.erase(http::field::authorization);
+    req.erase("x-api-key");
+    if (use_x_api_key)
+      req.set("x-api-key", t.cfg.api_key);
+    else
+      req.set(http::field::authorization, "Bearer " + t.cfg.api_key);
+    if (t.cfg.protocol == upstream_protocol::anthropic && req.count("anthropic-version") == 0)
+      req.set("anthropic-version", "2023-06-01");
+    req.set(http::field::host, t.url.host_header);
+    req.target(upstream_target(t.url, client_path, client_query));
+    rec.upstream = t.cfg.name;
+    c.price_multiplier = t.cfg.price_multiplier;
+    c.failover_status = 0;
+
+    t.inflight.fetch_add(1, std::memory_order_relaxed);
+    int before = rec.attempts;
+    rec.attempts = 0;
+    auto r = co_await attempt(*w_.pools[t.index], req, c, keep_client, !last);
+    attempts += rec.attempts;
+    rec.attempts = before;
+    t.inflight.fetch_sub(1, std::memory_order_relaxed);
+
+    // The breaker's verdict: connect errors, timeouts and 5xx count; a 429 or other 4xx is a
+    // healthy upstream saying no.
+    const bool gone_now = client_gone() || c.error == errc::client_aborted;
+    const bool connect_stage = c.error == errc::upstream_connect || c.error == errc::upstream_connect_timeout ||
+                               c.error == errc::upstream_tls;
+    const bool timed_out = c.error == errc::upstream_first_byte_timeout || c.error == errc::upstream_idle_timeout ||
+                           c.error == errc::upstream_total_timeout;
+    const int status = c.failover_status ? c.failover_status : rec.status;
+    if (gone_now)
+      t.breaker.on_abandon(probe);
+    else if (connect_stage || timed_out || status >= 500 || (!c.head_sent && c.error != errc::ok))
+      t.breaker.on_failure(steady::now(), probe);
+    else
+      t.breaker.on_success(probe);
+
+    // Fail over only while the client has seen nothing, and only for failures that cannot have
+    // produced a billable answer (no connection, no first byte) or that the upstream declared
+    // (429/5xx): never after a streamed byte, so a call is never billed twice.
+    bool retriable = r == exchange_result::failover ||
+                     (!c.head_sent && (connect_stage || c.error == errc::upstream_first_byte_timeout));
+    if (!last && !gone_now && retriable) {
+      log_line(log_level::warn, "upstream failed; trying the next one")
+          .str("request_id", rec.request_id)
+          .str("upstream", t.cfg.name)
+          .str("error", c.failover_status ? "status " + std::to_string(c.failover_status) : std::string(error_name(c.error)));
+      t.retries.fetch_add(1, std::memory_order_relaxed);
+      st_.upstream_retries.fetch_add(1, std::memory_order_relaxed);
+      if (c.error != errc::ok) st_.metrics_->upstream_error(error_name(c.error));
       c.error = errc::ok;
+      rec.status = 0;
+      rec.first_byte_ms = -1;
+      rec.upstream_request_id.clear();
       continue;
     }
     break;
   }
+  rec.attempts = std::max(attempts, 1);
   bool gone = client_gone();
   stop_watch();
 
@@ -446,10 +610,55 @@ awaitable<bool> client_session::proxy(http::request<http::string_body>& req, con
   co_return keep_client && !aborting_;
 }
 
-awaitable<std::unique_ptr<upstream_conn>> client_session::connect_upstream(errc& err) {
-  auto& pool = w_.pool;
-  const auto& u = st_.upstream;
-  const auto& uc = cfg_.upstream;
+// One upstream: a pooled connection (or a new one) and the exchange on it; a pooled connection
+// found closed before any response byte is retried once on a fresh connection.
+awaitable<client_session::exchange_result> client_session::attempt(upstream_pool& pool,
+                                                                   http::request<http::string_body>& req, call& c,
+                                                                   bool& keep_client, bool may_fail_over) {
+  auto& rec = c.rec;
+  const auto& uc = pool.target().cfg;
+  for (int n = 1;; ++n) {
+    rec.attempts = n;
+    auto conn = pool.take_idle();
+    bool reused = conn != nullptr;
+    if (!conn) {
+      errc err = errc::ok;
+      c.t_up_start = steady::now();
+      conn = co_await connect_upstream(pool, err);
+      if (!conn) {
+        c.error = client_gone() ? errc::client_aborted : err;
+        co_return exchange_result::done;
+      }
+    }
+    if (client_gone()) {
+      c.error = errc::client_aborted;
+      conn->close();
+      co_return exchange_result::done;
+    }
+    watch_->conn = conn.get();
+    bool keep_upstream = false;
+    exchange_result r =
+        conn->tls ? co_await exchange(*conn->tls, *conn, uc, reused, req, c, keep_client, keep_upstream, may_fail_over)
+                  : co_await exchange(*conn->plain, *conn, uc, reused, req, c, keep_client, keep_upstream, may_fail_over);
+    watch_->conn = nullptr;
+    if (keep_upstream) {
+      ++conn->uses;
+      pool.give_back(std::move(conn));
+    } else {
+      conn->close();
+    }
+    if (r == exchange_result::retry && n == 1) {
+      c.error = errc::ok;
+      continue;
+    }
+    co_return r == exchange_result::retry ? exchange_result::done : r;
+  }
+}
+
+awaitable<std::unique_ptr<upstream_conn>> client_session::connect_upstream(upstream_pool& pool, errc& err) {
+  const auto& u = pool.target().url;
+  const auto& uc = pool.target().cfg;
+  auto* ssl_ctx = pool.target().ssl_ctx.get();
   auto ex = pool.executor();
   beast::error_code ec;
   auto deadline = steady::now() + uc.connect_timeout;
@@ -472,8 +681,8 @@ awaitable<std::unique_ptr<upstream_conn>> client_session::connect_upstream(errc&
     pool.resolved_at_ = steady::now();
   }
   auto c = std::make_unique<upstream_conn>();
-  if (st_.ssl_ctx)
-    c->tls.emplace(ex, *st_.ssl_ctx);
+  if (ssl_ctx)
+    c->tls.emplace(ex, *ssl_ctx);
   else
     c->plain.emplace(ex);
   auto& sock = c->tcp();
@@ -517,13 +726,14 @@ awaitable<std::unique_ptr<upstream_conn>> client_session::connect_upstream(errc&
 // Sends the request on `up` and relays the response to the client. Fills c (status, usage,
 // error). Returns retry when a reused connection turned out closed before any response byte.
 template <class Stream>
-awaitable<client_session::exchange_result> client_session::exchange(Stream& up, upstream_conn& conn, bool reused,
+awaitable<client_session::exchange_result> client_session::exchange(Stream& up, upstream_conn& conn,
+                                                                    const upstream_config& uc, bool reused,
                                                                     http::request<http::string_body>& req, call& c,
-                                                                    bool& keep_client, bool& keep_upstream) {
+                                                                    bool& keep_client, bool& keep_upstream,
+                                                                    bool may_fail_over) {
   auto& rec = c.rec;
   auto& tcp_up = conn.tcp();
   beast::error_code ec;
-  const auto& uc = cfg_.upstream;
   auto total_deadline = c.t0 + uc.total_timeout;
   if (!reused) {
     // connect time counts as tollgate-independent upstream time
@@ -568,6 +778,13 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   auto& ures = p.get();
   int status = ures.result_int();
   bool ok2xx = status / 100 == 2;
+  if (may_fail_over && (status == 429 || status >= 500)) {
+    // Another upstream will be tried; this answer is not relayed (its body is not read, so the
+    // connection is not reused).
+    c.failover_status = status;
+    rec.status = status;
+    co_return exchange_result::failover;
+  }
   if (auto id = ures["x-request-id"]; !id.empty())
     rec.upstream_request_id = std::string(id);
   else if (auto rid = ures["request-id"]; !rid.empty())
@@ -582,7 +799,11 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   bool edit_events = sse && c.strip && !compressed && ok2xx;
 
   // Response head for the client.
-  http::response<http::empty_body> res{ures.result(), c.client_version};
+  // result_int(): a status Beast has no name for (Anthropic's 529, Cloudflare's 520) must pass
+  // through as its number, not as "unknown".
+  http::response<http::empty_body> res;
+  res.version(c.client_version);
+  res.result(ures.result_int());
   res.reason(ures.reason());
   {
     std::string connection_value(ures[http::field::connection]);
@@ -599,6 +820,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     }
   }
   res.set("x-request-id", rec.request_id);
+  for (const auto& [name, value] : extra_headers_) res.set(name, value);
   bool no_body = c.head_request || status == 204 || status == 304;
   enum class framing { none, length, chunked, close } mode;
   if (no_body) {
@@ -819,9 +1041,9 @@ void client_session::finish_call(call& c) {
   // know (a private snapshot name, say) falls back to the requested model.
   const std::string& model = rec.served_model.empty() ? rec.requested_model : rec.served_model;
   if (rec.source != usage_source::none) {
-    auto cost = compute_cost(st_.prices, model, rec.tokens, cfg_.upstream.price_multiplier);
+    auto cost = compute_cost(st_.prices, model, rec.tokens, c.price_multiplier);
     if (!cost.priced && !rec.served_model.empty() && !rec.requested_model.empty())
-      cost = compute_cost(st_.prices, rec.requested_model, rec.tokens, cfg_.upstream.price_multiplier);
+      cost = compute_cost(st_.prices, rec.requested_model, rec.tokens, c.price_multiplier);
     rec.priced = cost.priced;
     rec.cost_usd = cost.usd;
     if (cost.price) {
@@ -842,6 +1064,7 @@ void client_session::finish_call(call& c) {
   if (c.t_up_start != steady::time_point{} && c.t_up_end != steady::time_point{})
     overhead = std::chrono::duration<double>((c.t_up_start - c.t0) + (end - c.t_up_end)).count();
 
+  if (c.ticket != 0) st_.policy->settle(c.ticket, rec.cost_usd, rec.tokens.total(), rec.price_model, unix_ms_now());
   st_.metrics_->record_call(rec, overhead);
   if (log_enabled(log_level::info)) {
     log_line(log_level::info, "call")

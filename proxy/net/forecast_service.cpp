@@ -357,6 +357,31 @@ struct forecast_service::impl {
       for (std::size_t h = 0; h < kHorizons.size(); ++h) mase_g[s][h]->Set(mase[s][h]->value());
     }
     last_refresh->Set(static_cast<double>(now_s));
+    if (opts.on_refresh) {
+      forecast_snapshot snap;
+      snap.now_s = now_s;
+      const std::size_t q50 = quantile_index(0.5), q90 = quantile_index(0.9);
+      snap.remaining_spend = [this, now_s, q50, q90](std::int64_t end_s, bool p90) {
+        return forecast_sum(s_spend, now_s, end_s, p90 ? q90 : q50);
+      };
+      for (std::size_t s = 0; s < n_series; ++s) {
+        const auto& a = tiers[0].f[s]->anomaly();
+        snap.series[s] = kSeriesNames[s];
+        snap.anomaly[s] = a.flag;
+        snap.anomaly_score[s] = tiers[0].f[s]->bins_seen() > 0 ? a.score : kNaN;
+      }
+      try {
+        opts.on_refresh(snap);
+      } catch (...) {
+      }
+    }
+  }
+
+  static std::size_t quantile_index(double level) {
+    std::size_t best = 0;
+    for (std::size_t q = 0; q < fc::quantile_levels.size(); ++q)
+      if (std::abs(fc::quantile_levels[q] - level) < std::abs(fc::quantile_levels[best] - level)) best = q;
+    return best;
   }
 
   void refresh() {

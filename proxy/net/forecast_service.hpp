@@ -2,6 +2,7 @@
 // aggregator into tollgate::forecast forecasters and publishes load, spend, anomaly and
 // live-accuracy gauges in the metrics registry (README "Metrics", "Design notes").
 #pragma once
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -13,6 +14,17 @@ namespace tollgate {
 class aggregator;
 class metrics;
 
+// What the budget projections and anomaly alerts need after each refresh (forecast thread).
+struct forecast_snapshot {
+  std::int64_t now_s = 0;
+  // Forecast spend (USD) over [now_s, end_s) at the 0.5 and 0.9 quantiles.
+  std::function<double(std::int64_t end_s, bool p90)> remaining_spend;
+  // Per series (requests, prompt_tokens, completion_tokens, spend_usd): flag and score.
+  std::array<const char*, 4> series{};
+  std::array<bool, 4> anomaly{};
+  std::array<double, 4> anomaly_score{};
+};
+
 struct forecast_service_options {
   std::chrono::milliseconds refresh_interval{60'000};  // thread period (wakes just after a boundary)
   std::string timezone = "UTC";                        // calendar windows of the spend gauges
@@ -22,6 +34,8 @@ struct forecast_service_options {
   // Days of one-minute history the minute forecasters learn from at the first refresh (they
   // keep 6 days themselves; more only costs start-up CPU).
   std::size_t minute_fit_days = 7;
+  // Called on the forecast thread at the end of each refresh (budget projections, alerts).
+  std::function<void(const forecast_snapshot&)> on_refresh;
 };
 
 class forecast_service {

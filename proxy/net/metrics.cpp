@@ -75,6 +75,7 @@ struct metrics::impl {
   pm::Counter& ledger_errors = ledger_errors_f.Add({});
   pm::Counter& unpriced = unpriced_f.Add({});
   double ledger_errors_seen = 0;
+  std::vector<std::function<void()>> scrape_hooks;  // guarded by mu
 
   // Per-route histograms (route is a small fixed set).
   struct route_children {
@@ -186,6 +187,11 @@ void metrics::ledger_committed(std::size_t rows) { impl_->ledger_rows.Increment(
 
 void metrics::unpriced_call() { impl_->unpriced.Increment(); }
 
+void metrics::add_scrape_hook(std::function<void()> hook) {
+  std::lock_guard lock(impl_->mu);
+  impl_->scrape_hooks.push_back(std::move(hook));
+}
+
 std::string metrics::serialize(const ledger_stats& ls) {
   auto& m = *impl_;
   m.inflight.Set(static_cast<double>(inflight.load(std::memory_order_relaxed)));
@@ -197,6 +203,7 @@ std::string metrics::serialize(const ledger_stats& ls) {
       m.ledger_errors.Increment(errs - m.ledger_errors_seen);
       m.ledger_errors_seen = errs;
     }
+    for (auto& hook : m.scrape_hooks) hook();
   }
   auto families = m.registry->Collect();
   // Forecast and budget gauges carry a `quantile` label (their names are part of the product's

@@ -3,6 +3,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -39,6 +40,9 @@ class metrics {
   // The registry /metrics serializes, for components that register their own families once at
   // start-up (the forecast service's gauges).
   prometheus::Registry& registry() noexcept;
+  // Runs before every scrape (under the scrape lock): components refresh their gauges from
+  // their own state (upstream breakers, budgets). Register at start-up only.
+  void add_scrape_hook(std::function<void()> hook);
 
   // The `model` label for a model id: its price-table entry name, or "other" (bounded set).
   std::string_view model_label(const usage_record& rec) const;

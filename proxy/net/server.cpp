@@ -3,6 +3,10 @@
 // its own thread, and graceful shutdown. Called by main.cpp and the integration tests.
 #include "net/server.hpp"
 
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
 #include <sched.h>
 
 #include <boost/asio/co_spawn.hpp>
@@ -20,8 +24,11 @@
 #include "core/log.hpp"
 #include "ledger/ledger.hpp"
 #include "ledger/ledger_history.hpp"
+#include "core/policy.hpp"
+#include "net/admin_api.hpp"
 #include "net/forecast_service.hpp"
 #include "net/metrics.hpp"
+#include "net/spend_control.hpp"
 #include "net/worker.hpp"
 
 namespace tollgate {
@@ -39,6 +46,8 @@ struct app::impl {
   // The forecaster (forecast.enabled): buckets fed by the ledger thread, gauges by its thread.
   std::unique_ptr<aggregator> aggregator_;
   std::unique_ptr<forecast_service> forecast_;
+  // Keys, budgets, spend guards, rate limits and alerts.
+  std::unique_ptr<spend_control> spend_;
   std::vector<std::unique_ptr<worker>> workers;
   std::uint16_t port = 0;
   std::uint16_t admin_port = 0;
@@ -56,6 +65,45 @@ struct app::impl {
 };
 
 namespace {
+
+// tollgate_upstream_up, tollgate_circuit_state and tollgate_upstream_retries_total, refreshed from
+// the breakers at each scrape (the upstream set is configured, so the labels are bounded).
+void register_upstream_metrics(shared_state& st, metrics& m) {
+  namespace pm = prometheus;
+  auto& reg = m.registry();
+  auto& up = pm::BuildGauge()
+                 .Name("tollgate_upstream_up")
+                 .Help("1 when the upstream's circuit breaker lets calls through (closed or half-open), else 0.")
+                 .Register(reg);
+  auto& state = pm::BuildGauge()
+                    .Name("tollgate_circuit_state")
+                    .Help("Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.")
+                    .Register(reg);
+  auto& retries = pm::BuildCounter()
+                      .Name("tollgate_upstream_retries_total")
+                      .Help("Calls retried on another upstream after a connect error, a timeout before the first byte, a 429 or a 5xx.")
+                      .Register(reg);
+  struct child {
+    upstream_node* node;
+    pm::Gauge* up;
+    pm::Gauge* state;
+  };
+  auto children = std::make_shared<std::vector<child>>();
+  for (auto& n : st.upstreams)
+    children->push_back({n.get(), &up.Add({{"upstream", n->cfg.name}}), &state.Add({{"upstream", n->cfg.name}})});
+  auto* total = &retries.Add({});
+  auto seen = std::make_shared<double>(0);
+  m.add_scrape_hook([children, total, seen, &st] {
+    auto now = steady::now();
+    for (auto& c : *children) {
+      auto s = c.node->breaker.current(now);
+      c.up->Set(s == circuit_breaker::state::open ? 0 : 1);
+      c.state->Set(static_cast<int>(s));
+    }
+    double r = static_cast<double>(st.upstream_retries.load(std::memory_order_relaxed));
+    if (r > *seen) total->Increment(r - *seen), *seen = r;
+  });
+}
 
 int default_workers() {
   cpu_set_t set;
@@ -136,25 +184,30 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   st.cfg = std::move(cfg);
   auto& c = st.cfg;
   set_log_level(c.log);
-  auto u = parse_upstream_url(c.upstream.url);
-  if (!u) throw config_error(c.source_file, 0, "upstream.url '" + c.upstream.url + "' is not an http(s)://host[:port][/path] URL");
-  st.upstream = *u;
-
   if (!c.prices_file.empty()) st.prices.load_yaml_file(c.prices_file);
   if (!c.litellm_prices_file.empty()) st.prices.load_litellm_file(c.litellm_prices_file);
 
-  if (st.upstream.tls) {
-    st.ssl_ctx = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
-    auto* native = st.ssl_ctx->native_handle();
-    SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
-    beast::error_code ec;
-    st.ssl_ctx->set_default_verify_paths(ec);
-    if (!c.upstream.ca_file.empty()) {
-      st.ssl_ctx->load_verify_file(c.upstream.ca_file, ec);
-      if (ec) throw config_error(c.source_file, 0, "upstream.ca_file '" + c.upstream.ca_file + "': " + ec.message());
+  auto ups = effective_upstreams(c);
+  for (std::size_t i = 0; i < ups.size(); ++i) {
+    const auto& uc = ups[i];
+    const std::string where = c.upstreams.empty() ? "upstream" : "upstreams[" + std::to_string(i) + "] (" + uc.name + ")";
+    auto u = parse_upstream_url(uc.url);
+    if (!u) throw config_error(c.source_file, 0, where + ".url '" + uc.url + "' is not an http(s)://host[:port][/path] URL");
+    auto t = std::make_unique<upstream_node>(uc, *u, i);
+    if (t->url.tls) {
+      t->ssl_ctx = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
+      SSL_CTX_set_min_proto_version(t->ssl_ctx->native_handle(), TLS1_2_VERSION);
+      beast::error_code ec;
+      t->ssl_ctx->set_default_verify_paths(ec);
+      if (!uc.ca_file.empty()) {
+        t->ssl_ctx->load_verify_file(uc.ca_file, ec);
+        if (ec) throw config_error(c.source_file, 0, where + ".ca_file '" + uc.ca_file + "': " + ec.message());
+      }
+      t->ssl_ctx->set_verify_mode(uc.tls_verify ? asio::ssl::verify_peer : asio::ssl::verify_none);
     }
-    st.ssl_ctx->set_verify_mode(c.upstream.tls_verify ? asio::ssl::verify_peer : asio::ssl::verify_none);
+    st.upstreams.push_back(std::move(t));
   }
+  st.router = std::make_unique<upstream_router>(ups, c.routes);
 
   ledger_options lo;
   lo.path = c.ledger_path;
@@ -165,6 +218,9 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   impl_->metrics_ = std::make_unique<metrics>(st.prices);
   st.ledger_ = impl_->ledger_.get();
   st.metrics_ = impl_->metrics_.get();
+  register_upstream_metrics(st, *impl_->metrics_);
+  impl_->spend_ = std::make_unique<spend_control>(st.cfg, *impl_->metrics_);
+  st.policy = &impl_->spend_->engine();
   if (c.forecast.enabled) {
     aggregator_options ao;
     ao.total_minutes = c.forecast.history_days * 1440;
@@ -172,6 +228,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
     forecast_service_options fo;
     fo.refresh_interval = c.forecast.refresh_interval;
     fo.timezone = c.timezone;
+    fo.on_refresh = [sc = impl_->spend_.get()](const forecast_snapshot& snap) { sc->on_forecast(snap); };
     impl_->forecast_ = std::make_unique<forecast_service>(*impl_->aggregator_, *impl_->metrics_, fo);
   }
   // Committed rows only: the aggregator never sees a call the ledger does not have.
@@ -194,6 +251,7 @@ void app::start() {
   auto& c = I.st.cfg;
   I.ledger_->start();
   if (I.aggregator_) warm_start(I);
+  I.spend_->start(c.ledger_path);
 
   int n = c.workers > 0 ? c.workers : default_workers();
   auto addr = resolve_listen_host(c.listen.host);
@@ -229,17 +287,24 @@ void app::start() {
   I.started = true;
 
   for (const auto& warning : c.warnings) log_msg(log_level::warn, warning);
-  if (I.st.upstream.tls && !c.upstream.tls_verify)
-    log_line(log_level::warn, "upstream TLS certificate verification is DISABLED (upstream.tls_verify: false)")
-        .str("upstream", I.st.upstream.origin());
-  if (I.st.upstream_key_missing())
-    log_line(log_level::warn, "no upstream API key configured: calls will be refused with 503 until one is set")
-        .str("hint", "set TOLLGATE_UPSTREAM_API_KEY or upstream.api_key");
+  std::string upstream_list;
+  for (const auto& t : I.st.upstreams) {
+    if (t->url.tls && !t->cfg.tls_verify)
+      log_line(log_level::warn, "upstream TLS certificate verification is DISABLED (tls_verify: false)")
+          .str("upstream", t->cfg.name)
+          .str("url", t->url.origin());
+    if (t->cfg.api_key.empty())
+      log_line(log_level::warn, "no upstream API key configured: its calls will be refused with 503 until one is set")
+          .str("upstream", t->cfg.name)
+          .str("hint", "set TOLLGATE_UPSTREAM_API_KEY or the upstream's api_key");
+    if (!upstream_list.empty()) upstream_list += ", ";
+    upstream_list += t->url.origin() + t->url.base_path;
+  }
   log_line(log_level::info, "tollgate started")
       .str("version", TOLLGATE_VERSION)
       .str("listen", c.listen.host + ":" + std::to_string(I.port))
       .str("admin_listen", c.admin_listen.host + ":" + std::to_string(I.admin_port))
-      .str("upstream", I.st.upstream.origin() + I.st.upstream.base_path)
+      .str("upstream", upstream_list)
       .integer("workers", n)
       .str("ledger", c.ledger_path)
       .integer("priced_models", static_cast<std::int64_t>(I.st.prices.size()));
@@ -262,6 +327,7 @@ void app::shutdown() {
   if (I.forecast_) I.forecast_->stop();
   if (!I.started) {
     I.ledger_->stop();
+  I.spend_->stop();  // every settled call has raised its alerts: deliver them
     return;
   }
   auto t0 = steady::now();
@@ -282,7 +348,7 @@ void app::shutdown() {
     beast::error_code ec;
     w.acceptor->close(ec);
     close_idle_sessions(w);
-    w.pool.close_all();
+    for (auto& p : w.pools) p->close_all();
   });
   auto deadline = t0 + I.st.cfg.drain_timeout;
   while (I.st.inflight.load() > 0 && steady::now() < deadline) std::this_thread::sleep_for(5ms);
@@ -299,6 +365,7 @@ void app::shutdown() {
     if (wp->thread.joinable()) wp->thread.join();
   }
   I.ledger_->stop();
+  I.spend_->stop();  // every settled call has raised its alerts: deliver them
   I.admin_ioc.stop();
   if (I.admin_thread.joinable()) I.admin_thread.join();
   auto st = I.ledger_->stats();
@@ -384,7 +451,20 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
     std::string_view target = req.target();
     target = target.substr(0, target.find('?'));
     bool get = req.method() == http::verb::get || req.method() == http::verb::head;
-    if (!get) {
+    if (is_admin_path(target)) {
+      admin_context ctx{st.cfg, st.prices, *st.policy, st.cfg.ledger_path, [] {
+                          return std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+                        }};
+      admin_request ar{std::string(req.method_string()), std::string(req.target()),
+                       std::string(req[http::field::authorization]), std::move(req.body())};
+      auto r = handle_admin(ctx, ar);
+      res.result(static_cast<http::status>(r.status));
+      res.set(http::field::content_type, r.content_type);
+      if (!r.allow.empty()) res.set(http::field::allow, r.allow);
+      res.body() = std::move(r.body);
+    } else if (!get) {
       res.result(http::status::method_not_allowed);
       res.set(http::field::allow, "GET, HEAD");
       res.set(http::field::content_type, "application/json");

@@ -33,7 +33,7 @@ std::unique_ptr<upstream_conn> upstream_pool::take_idle() {
     auto idle = now - c->idle_since;
     // A connection idle for under a second is taken as is (no peek syscall on the hot path): an
     // upstream that closed it anyway costs one retry on a fresh connection, never an error.
-    if (idle < st_.cfg.upstream.pool_idle_timeout && c->buffer.size() == 0 &&
+    if (idle < target_.cfg.pool_idle_timeout && c->buffer.size() == 0 &&
         (idle < std::chrono::seconds(1) || c->looks_alive()))
       return c;
     c->close();
@@ -42,13 +42,13 @@ std::unique_ptr<upstream_conn> upstream_pool::take_idle() {
 }
 
 void upstream_pool::give_back(std::unique_ptr<upstream_conn> c) {
-  if (st_.draining.load(std::memory_order_relaxed) || st_.cfg.upstream.max_idle_connections == 0) {
+  if (st_.draining.load(std::memory_order_relaxed) || target_.cfg.max_idle_connections == 0) {
     c->close();
     return;
   }
   c->idle_since = steady::now();
   c->tcp().expires_never();
-  if (idle_.size() >= st_.cfg.upstream.max_idle_connections) {
+  if (idle_.size() >= target_.cfg.max_idle_connections) {
     // Drop the oldest: LIFO reuse keeps the warm ones, the cold ones would time out anyway.
     idle_.front()->close();
     idle_.erase(idle_.begin());

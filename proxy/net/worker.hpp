@@ -22,6 +22,7 @@
 #include "core/error.hpp"
 #include "core/http_rules.hpp"
 #include "core/pricing.hpp"
+#include "core/upstream_router.hpp"
 
 namespace tollgate {
 
@@ -33,17 +34,39 @@ namespace beast = boost::beast;
 using tcp = asio::ip::tcp;
 using steady = std::chrono::steady_clock;
 
+// One configured upstream (a node of the upstream set), shared by all workers (each worker has its own pool for it).
+struct upstream_node {
+  upstream_node(upstream_config c, upstream_url u, std::size_t i)
+      : cfg(std::move(c)), url(std::move(u)), index(i), breaker(cfg.breaker_failures, cfg.breaker_open_for) {}
+  upstream_config cfg;
+  upstream_url url;
+  std::size_t index;
+  std::unique_ptr<asio::ssl::context> ssl_ctx;   // null for a plain-HTTP upstream
+  circuit_breaker breaker;
+  std::atomic<std::size_t> inflight{0};
+  std::atomic<std::uint64_t> retries{0};         // calls that failed over away from it
+};
+
+class policy_engine;
+class alert_notifier;
+
 // Read-mostly state every worker sees. Only atomics change after start().
 struct shared_state {
   config cfg;
-  upstream_url upstream;
+  std::vector<std::unique_ptr<upstream_node>> upstreams;
+  std::unique_ptr<upstream_router> router;
   price_table prices;
   ledger* ledger_ = nullptr;
   metrics* metrics_ = nullptr;
-  std::unique_ptr<asio::ssl::context> ssl_ctx;   // null for a plain-HTTP upstream
+  policy_engine* policy = nullptr;
   std::atomic<bool> draining{false};
   std::atomic<std::int64_t> inflight{0};
-  bool upstream_key_missing() const noexcept { return cfg.upstream.api_key.empty(); }
+  std::atomic<std::uint64_t> upstream_retries{0};
+  bool upstream_key_missing() const noexcept {
+    for (const auto& u : upstreams)
+      if (u->cfg.api_key.empty()) return true;
+    return false;
+  }
 };
 
 // One keep-alive connection to the upstream, plain or TLS.
@@ -59,16 +82,18 @@ struct upstream_conn {
   void close() noexcept;
 };
 
-// Per-worker pool (no locks: only its worker thread touches it).
+// Per-worker pool of one upstream's connections (no locks: only its worker thread touches it).
 class upstream_pool {
  public:
-  upstream_pool(asio::any_io_executor ex, shared_state& st) : ex_(std::move(ex)), st_(st) {}
+  upstream_pool(asio::any_io_executor ex, shared_state& st, upstream_node& t)
+      : ex_(std::move(ex)), st_(st), target_(t) {}
   // An idle pooled connection that still looks alive, or nullptr.
   std::unique_ptr<upstream_conn> take_idle();
   void give_back(std::unique_ptr<upstream_conn> c);
   void close_all();
   asio::any_io_executor executor() const { return ex_; }
   shared_state& state() noexcept { return st_; }
+  upstream_node& target() noexcept { return target_; }
   // Cached resolution of the upstream host (refreshed every 60 s).
   std::vector<tcp::endpoint> endpoints_;
   steady::time_point resolved_at_{};
@@ -76,19 +101,22 @@ class upstream_pool {
  private:
   asio::any_io_executor ex_;
   shared_state& st_;
+  upstream_node& target_;
   std::vector<std::unique_ptr<upstream_conn>> idle_;
 };
 
 class client_session;
 
 struct worker {
-  explicit worker(shared_state& st) : ioc(1), pool(ioc.get_executor(), st), state(st) {}
+  explicit worker(shared_state& st) : ioc(1), state(st) {
+    for (auto& t : st.upstreams) pools.push_back(std::make_unique<upstream_pool>(ioc.get_executor(), st, *t));
+  }
   asio::io_context ioc;
   // Keeps run() going when there is momentarily nothing to do (e.g. during shutdown, between
   // closing the acceptor and cancelling the last calls).
   asio::executor_work_guard<asio::io_context::executor_type> keep_running{ioc.get_executor()};
   std::optional<tcp::acceptor> acceptor;
-  upstream_pool pool;
+  std::vector<std::unique_ptr<upstream_pool>> pools;  // one per upstream, same order
   shared_state& state;
   std::thread thread;
   std::list<std::weak_ptr<client_session>> sessions;  // for shutdown (worker thread only)

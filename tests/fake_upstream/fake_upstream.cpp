@@ -239,7 +239,14 @@ void server::impl::serve(connection& c, Stream& stream, tcp::socket& raw) {
     recorded_request rec{std::string(req.method_string()), std::string(req.target()), std::move(req.body()), {}};
     for (const auto& f : req) rec.headers.emplace_back(f.name_string(), f.value());
     const std::uint64_t number = record(rec);
-    const detail::knobs k = detail::parse_knobs(rec);
+    detail::knobs k;
+    if (opts.default_headers.empty()) {
+      k = detail::parse_knobs(rec);
+    } else {
+      recorded_request with_defaults = rec;  // the request's own x-fake-* headers win
+      for (const auto& h : opts.default_headers) with_defaults.headers.push_back(h);
+      k = detail::parse_knobs(with_defaults);
+    }
     detail::reply r = detail::make_reply(rec, k, number);
     if (!pause(k.delay)) return;
     const bool keep_alive = respond(c, stream, raw, k, r, number, req.keep_alive());

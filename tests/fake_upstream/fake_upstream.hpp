@@ -27,6 +27,9 @@ struct options {
   bool record_requests = true;
   // Print one line per answered request to stderr.
   bool verbose = false;
+  // x-fake-* knobs applied to every request that does not carry them itself (a server that
+  // always answers 503, say, for failover tests).
+  std::vector<std::pair<std::string, std::string>> default_headers;
 };
 
 struct recorded_request {

@@ -1,5 +1,6 @@
-// Builds the fake upstream's answers (chat, completions, embeddings, responses, messages, models,
-// echo, errors) from a recorded request and its x-fake-* knobs; fake_upstream.cpp sends them.
+// Builds the fake upstream's answers (chat, completions, embeddings, responses, messages and their
+// token count, models, echo, errors) from a recorded request and its x-fake-* knobs;
+// fake_upstream.cpp sends them.
 #include "replies.hpp"
 
 #include <algorithm>
@@ -92,7 +93,7 @@ std::size_t text_chars(const json& v) {
 }
 
 struct token_counts {
-  long long prompt = 0, completion = 0, cached = 0, reasoning = 0, cache_creation = 0;
+  long long prompt = 0, completion = 0, cached = 0, reasoning = 0, cache_creation = 0, cache_creation_1h = 0;
 };
 
 // prompt = 10 + chars/4; completion = reply pieces + reasoning (reasoning is part of completion);
@@ -128,11 +129,24 @@ ojson responses_usage(const token_counts& t) {
 }
 
 // Anthropic's input_tokens excludes cache reads and writes: t.prompt here is the uncached part.
+// A message's usage splits the writes by cache lifetime in `cache_creation` (5-minute and 1-hour
+// writes bill at different prices); cache_creation_input_tokens is their sum.
 ojson anthropic_usage(const token_counts& t, long long output_tokens) {
   return {{"input_tokens", t.prompt},
-          {"cache_creation_input_tokens", t.cache_creation},
+          {"cache_creation_input_tokens", t.cache_creation + t.cache_creation_1h},
           {"cache_read_input_tokens", t.cached},
-          {"output_tokens", output_tokens}};
+          {"cache_creation",
+           {{"ephemeral_5m_input_tokens", t.cache_creation}, {"ephemeral_1h_input_tokens", t.cache_creation_1h}}},
+          {"output_tokens", output_tokens},
+          {"service_tier", "standard"}};
+}
+
+// message_delta's usage: the cumulative counts only, without the split or the service tier.
+ojson anthropic_delta_usage(const token_counts& t) {
+  return {{"input_tokens", t.prompt},
+          {"cache_creation_input_tokens", t.cache_creation + t.cache_creation_1h},
+          {"cache_read_input_tokens", t.cached},
+          {"output_tokens", t.completion}};
 }
 
 // The reply text as stream pieces: one per word (joined they give the sentence), or N x "tok ".
@@ -543,15 +557,19 @@ reply responses_reply(const json& body, const knobs& k, std::uint64_t n) {
                                             {"sequence_number", seq}}));
 }
 
-reply messages_reply(const json& body, const knobs& k, std::uint64_t n) {
+// Anthropic input tokens of a Messages request body, before any cache split.
+token_counts anthropic_prompt(const json& body, std::size_t reply_pieces, knobs k) {
+  k.cached_tokens = 0;  // cache reads come on top of input_tokens, not out of them
+  return count_tokens(text_chars(field(body, "system")) + text_chars(field(body, "messages")), reply_pieces, k);
+}
+
+reply messages_reply(const json& body, const recorded_request& req, const knobs& k, std::uint64_t n) {
   const std::string model = string_field(body, "model", "fake-model");
   const std::string id = "msg_fake" + std::to_string(n);
   const auto pieces = content_pieces(k);
-  knobs uncached = k;  // cache reads come on top of input_tokens, not out of them
-  uncached.cached_tokens = 0;
-  token_counts t = count_tokens(text_chars(field(body, "system")) + text_chars(field(body, "messages")),
-                                pieces.size(), uncached);
+  token_counts t = anthropic_prompt(body, pieces.size(), k);
   t.cached = k.cached_tokens;
+  t.cache_creation_1h = k.cache_creation_1h_tokens;
   const bool usage = k.usage != usage_mode::none;
 
   auto message = [&](ojson content, ojson stop_reason, long long output_tokens) {
@@ -562,6 +580,7 @@ reply messages_reply(const json& body, const knobs& k, std::uint64_t n) {
                {"content", std::move(content)},
                {"stop_reason", std::move(stop_reason)},
                {"stop_sequence", nullptr}};
+    if (k.echo_headers) m["received_headers"] = headers_object(req);  // streams: in message_start
     if (usage) m["usage"] = anthropic_usage(t, output_tokens);
     return m;
   };
@@ -582,12 +601,19 @@ reply messages_reply(const json& body, const knobs& k, std::uint64_t n) {
         i == 0 ? milliseconds{0} : k.chunk_interval);
   add("content_block_stop", {{"index", 0}});
   ojson delta = {{"delta", {{"stop_reason", "end_turn"}, {"stop_sequence", nullptr}}}};
-  if (usage) delta["usage"] = anthropic_usage(t, t.completion);  // cumulative, as Anthropic sends it
+  if (usage) delta["usage"] = anthropic_delta_usage(t);  // cumulative, as Anthropic sends it
   add("message_delta", std::move(delta));
   add("message_stop", ojson::object());
   return stream_reply(std::move(events),
                       typed_event("error", {{"type", "error"},
                                             {"error", {{"type", "overloaded_error"}, {"message", "upstream overloaded"}}}}));
+}
+
+// POST /v1/messages/count_tokens: what /v1/messages would report as input_tokens for this body.
+reply count_tokens_reply(const json& body, const recorded_request& req, const knobs& k) {
+  ojson j = {{"input_tokens", anthropic_prompt(body, 0, k).prompt}};
+  if (k.echo_headers) j["received_headers"] = headers_object(req);
+  return json_reply(200, j);
 }
 
 struct model_entry {
@@ -623,6 +649,32 @@ reply echo_reply(const recorded_request& req, std::string_view path, std::string
                           {"headers", headers_object(req)}});
 }
 
+reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t request_number, std::string_view path,
+                  std::string_view query, std::string_view route, api style) {
+  if (k.status >= 400)
+    return error_reply(style, k.status, "fake upstream error (x-fake-status: " + std::to_string(k.status) + ")",
+                       k.status == 429 ? "rate_limit_exceeded" : nullptr);
+
+  if (req.method == "POST" && (route == "/chat/completions" || route == "/completions" ||
+                               route == "/embeddings" || route == "/responses" || route == "/messages" ||
+                               route == "/messages/count_tokens")) {
+    const json body = json::parse(req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object())
+      return error_reply(style, 400,
+                         "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+                         "using your HTTP library correctly.)");
+    if (route == "/chat/completions") return chat_reply(body, req, k, request_number);
+    if (route == "/completions") return completions_reply(body, k, request_number);
+    if (route == "/embeddings") return embeddings_reply(body, k);
+    if (route == "/responses") return responses_reply(body, k, request_number);
+    if (route == "/messages/count_tokens") return count_tokens_reply(body, req, k);
+    return messages_reply(body, req, k, request_number);
+  }
+  if (req.method == "GET" && route == "/models") return models_reply();
+  if (req.method == "GET" && route.starts_with("/models/")) return model_reply(route.substr(8));
+  return echo_reply(req, path, query);
+}
+
 }  // namespace
 
 knobs parse_knobs(const recorded_request& req) {
@@ -635,6 +687,7 @@ knobs parse_knobs(const recorded_request& req) {
   k.cached_tokens = header_number(req, "x-fake-cached-tokens").value_or(0);
   k.reasoning_tokens = header_number(req, "x-fake-reasoning-tokens").value_or(0);
   k.cache_creation_tokens = header_number(req, "x-fake-cache-creation-tokens").value_or(0);
+  k.cache_creation_1h_tokens = header_number(req, "x-fake-cache-creation-1h-tokens").value_or(0);
   const std::string usage = lower(req.header("x-fake-usage"));
   k.usage = usage == "none"          ? usage_mode::none
             : usage == "last-chunk"  ? usage_mode::last_chunk
@@ -658,28 +711,11 @@ reply make_reply(const recorded_request& req, const knobs& k, std::uint64_t requ
   const std::string_view query = qmark == std::string_view::npos ? std::string_view{} : target.substr(qmark + 1);
   std::string_view route = path;
   if (route == "/v1" || route.starts_with("/v1/")) route.remove_prefix(3);
-  const api style = route == "/messages" ? api::anthropic : api::openai;
-
-  if (k.status >= 400)
-    return error_reply(style, k.status, "fake upstream error (x-fake-status: " + std::to_string(k.status) + ")",
-                       k.status == 429 ? "rate_limit_exceeded" : nullptr);
-
-  if (req.method == "POST" && (route == "/chat/completions" || route == "/completions" ||
-                               route == "/embeddings" || route == "/responses" || route == "/messages")) {
-    const json body = json::parse(req.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object())
-      return error_reply(style, 400,
-                         "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
-                         "using your HTTP library correctly.)");
-    if (route == "/chat/completions") return chat_reply(body, req, k, request_number);
-    if (route == "/completions") return completions_reply(body, k, request_number);
-    if (route == "/embeddings") return embeddings_reply(body, k);
-    if (route == "/responses") return responses_reply(body, k, request_number);
-    return messages_reply(body, k, request_number);
-  }
-  if (req.method == "GET" && route == "/models") return models_reply();
-  if (req.method == "GET" && route.starts_with("/models/")) return model_reply(route.substr(8));
-  return echo_reply(req, path, query);
+  const api style = route == "/messages" || route.starts_with("/messages/") ? api::anthropic : api::openai;
+  reply r = route_reply(req, k, request_number, path, query, route, style);
+  // Anthropic names its request id header request-id (the SDKs read it as _request_id / requestID).
+  if (style == api::anthropic) r.headers.emplace_back("request-id", "req_fake_" + std::to_string(request_number));
+  return r;
 }
 
 }  // namespace fake::detail

@@ -43,7 +43,8 @@ struct knobs {
   std::chrono::milliseconds chunk_interval{0};
   long long cached_tokens = 0;
   long long reasoning_tokens = 0;
-  long long cache_creation_tokens = 0;  // Anthropic cache writes (x-fake-cache-creation-tokens)
+  long long cache_creation_tokens = 0;     // Anthropic 5-minute cache writes (x-fake-cache-creation-tokens)
+  long long cache_creation_1h_tokens = 0;  // Anthropic 1-hour cache writes (x-fake-cache-creation-1h-tokens)
   usage_mode usage = usage_mode::normal;
   content_coding coding = content_coding::identity;  // only when Accept-Encoding allows it
   fault fault_kind = fault::none;

@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Runs the official OpenAI Node SDK test (openai_sdk_test.mjs) against the fake upstream, or
-# through tollgate in front of it when a tollgate binary is given.
-# usage: tests/sdk/run_sdk_test.sh FAKE_UPSTREAM_BIN [TOLLGATE_BIN]
+# Runs an official Node SDK test against the fake upstream, or through tollgate in front of it
+# when a tollgate binary is given: openai_sdk_test.mjs (the default), or with --sdk anthropic
+# anthropic_sdk_test.mjs once per Anthropic SDK generation (0.x and 1.x, see package.json).
+# usage: tests/sdk/run_sdk_test.sh [--sdk openai|anthropic] FAKE_UPSTREAM_BIN [TOLLGATE_BIN]
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-fake_bin="${1:?usage: $0 FAKE_UPSTREAM_BIN [TOLLGATE_BIN]}"
+usage="usage: $0 [--sdk openai|anthropic] FAKE_UPSTREAM_BIN [TOLLGATE_BIN]"
+sdk=openai
+if [[ "${1:-}" == --sdk ]]; then
+  sdk="${2:?$usage}"
+  shift 2
+fi
+[[ "$sdk" == openai || "$sdk" == anthropic ]] || { echo "$usage" >&2; exit 2; }
+fake_bin="${1:?$usage}"
 tollgate_bin="${2:-}"
+upstream_key=sk-upstream-test
 workdir="$(mktemp -d)"
 pids=()
 
@@ -45,7 +54,7 @@ start_fake_upstream() {
 # shipped config/tollgate.yaml and a ledger in $workdir; sets base_url and admin_url.
 start_tollgate() {
   TOLLGATE_LISTEN=127.0.0.1:0 TOLLGATE_ADMIN_LISTEN=127.0.0.1:0 TOLLGATE_UPSTREAM_URL="$upstream_url" \
-  TOLLGATE_UPSTREAM_API_KEY=sk-upstream-test TOLLGATE_LEDGER_PATH="$workdir/ledger.db" \
+  TOLLGATE_UPSTREAM_API_KEY="$upstream_key" TOLLGATE_LEDGER_PATH="$workdir/ledger.db" \
     "$tollgate_bin" --config "$here/../../config/tollgate.yaml" 2>"$workdir/tollgate.err" &
   tollgate_pid=$!
   pids+=("$tollgate_pid")
@@ -66,9 +75,66 @@ start_tollgate() {
   return 1
 }
 
-if [[ ! -d "$here/node_modules/openai" ]]; then
-  (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
-fi
+# check_anthropic_ledger EXPECT_FILE: every metered Anthropic SDK call (one JSON line each in
+# EXPECT_FILE, with the usage the SDK saw) has its ledger row, counted the OpenAI way (prompt =
+# input + cache read + cache write, cached = cache read) and priced as claude-sonnet-4.5
+# (config/prices.yaml, USD per MTok: input 3.00, cache read 0.30, 5-minute write 3.75, 1-hour
+# write 6.00, output 15.00; over 200k prompt tokens 6.00 / 0.60 / 7.50 / 12.00 / 22.50).
+check_anthropic_ledger() {
+  local expect="$1" checked bad
+  checked="$(sqlite3 "$workdir/ledger.db" "SELECT COUNT(*) FROM json_each(CAST(readfile('$expect') AS TEXT))")"
+  bad="$(sqlite3 -separator ' ' "$workdir/ledger.db" <<SQL
+CREATE TEMP VIEW expected AS
+  SELECT json_extract(value, '\$.request_id') AS request_id, json_extract(value, '\$.stream') AS stream,
+         json_extract(value, '\$.input') AS input, json_extract(value, '\$.output') AS output,
+         json_extract(value, '\$.cache_read') AS cache_read, json_extract(value, '\$.cache_write') AS cache_write,
+         json_extract(value, '\$.cache_write_1h') AS cache_write_1h
+  FROM json_each(CAST(readfile('$expect') AS TEXT));
+CREATE TEMP VIEW priced AS
+  SELECT e.*, c.id AS row_id, c.route, c.status, c.stream AS row_stream, c.aborted, c.usage_source, c.price_model,
+         c.priced, c.prompt_tokens, c.completion_tokens, c.cached_tokens, c.cache_write_tokens,
+         c.cache_write_1h_tokens, c.cost_usd,
+         (CASE WHEN e.input + e.cache_read + e.cache_write > 200000
+            THEN e.input * 6.00 + e.cache_read * 0.60 + (e.cache_write - e.cache_write_1h) * 7.50
+                 + e.cache_write_1h * 12.00 + e.output * 22.50
+            ELSE e.input * 3.00 + e.cache_read * 0.30 + (e.cache_write - e.cache_write_1h) * 3.75
+                 + e.cache_write_1h * 6.00 + e.output * 15.00 END) / 1e6 AS want_usd
+  FROM expected e LEFT JOIN calls c ON c.request_id = e.request_id;
+SELECT request_id, 'row:', ifnull(row_id, 'missing'), route, status, 'stream', row_stream, 'aborted', aborted,
+       usage_source, price_model, 'prompt', prompt_tokens, 'want', input + cache_read + cache_write,
+       'completion', completion_tokens, 'want', output, 'cached', cached_tokens, 'want', cache_read,
+       'cache_write', cache_write_tokens, 'want', cache_write, '1h', cache_write_1h_tokens, 'want', cache_write_1h,
+       'cost', printf('%.17g', cost_usd), 'want', printf('%.17g', want_usd)
+FROM priced
+WHERE row_id IS NULL OR route IS NOT 'messages' OR status IS NOT 200 OR row_stream IS NOT stream
+   OR aborted IS NOT 0 OR usage_source IS NOT 'upstream' OR price_model IS NOT 'claude-sonnet-4.5'
+   OR priced IS NOT 1 OR prompt_tokens IS NOT input + cache_read + cache_write OR completion_tokens IS NOT output
+   OR cached_tokens IS NOT cache_read OR cache_write_tokens IS NOT cache_write
+   OR cache_write_1h_tokens IS NOT cache_write_1h OR NOT cost_usd > 0 OR abs(cost_usd - want_usd) > 1e-12;
+SQL
+)"
+  if [[ -n "$bad" ]]; then
+    echo "run_sdk_test.sh: ledger rows that disagree with what the Anthropic SDK saw:" >&2
+    echo "$bad" >&2
+    return 1
+  fi
+  if (( checked < 8 )); then
+    echo "run_sdk_test.sh: expected the Anthropic SDK calls in $expect, found $checked" >&2
+    return 1
+  fi
+  echo "run_sdk_test.sh: $checked Anthropic ledger rows match the SDK's usage and the claude-sonnet-4.5 prices"
+}
+
+case "$sdk" in
+  openai) packages=(openai) ;;
+  anthropic) packages=(anthropic-sdk-0 anthropic-sdk-1) ;;
+esac
+for package in "${packages[@]}"; do
+  if [[ ! -d "$here/node_modules/$package" ]]; then
+    (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
+    break
+  fi
+done
 
 start_fake_upstream
 base_url="$upstream_url"
@@ -76,9 +142,20 @@ if [[ -n "$tollgate_bin" ]]; then
   start_tollgate
 fi
 
-echo "run_sdk_test.sh: OpenAI SDK against $base_url"
 cd "$here"
-OPENAI_BASE_URL="$base_url" OPENAI_API_KEY="${OPENAI_API_KEY:-sk-tollgate-sdk-test}" node --test openai_sdk_test.mjs
+status=0
+if [[ "$sdk" == openai ]]; then
+  echo "run_sdk_test.sh: OpenAI SDK against $base_url"
+  OPENAI_BASE_URL="$base_url" OPENAI_API_KEY="${OPENAI_API_KEY:-sk-tollgate-sdk-test}" node --test openai_sdk_test.mjs
+else
+  # The Anthropic SDKs add /v1 themselves. Both generations run even when the first fails.
+  for package in "${packages[@]}"; do
+    echo "run_sdk_test.sh: Anthropic SDK $package against ${base_url%/v1}"
+    ANTHROPIC_SDK="$package" ANTHROPIC_BASE_URL="${base_url%/v1}" ANTHROPIC_API_KEY= ANTHROPIC_AUTH_TOKEN= \
+    ANTHROPIC_UPSTREAM_KEY="${tollgate_bin:+$upstream_key}" ANTHROPIC_LEDGER_EXPECT="$workdir/expect-$package.jsonl" \
+      node --test anthropic_sdk_test.mjs || status=1
+  done
+fi
 
 if [[ -n "$tollgate_bin" ]]; then
   # The metrics must pass promtool, and every SDK call must be in the ledger after a clean stop.
@@ -95,4 +172,14 @@ if [[ -n "$tollgate_bin" ]]; then
     echo "run_sdk_test.sh: expected every SDK call in the ledger" >&2
     exit 1
   fi
+  if [[ "$sdk" == anthropic ]]; then
+    for package in "${packages[@]}"; do
+      # JSON lines to one JSON array, for sqlite's json_each.
+      expect="$workdir/expect-$package.json"
+      { printf '['; paste -sd, "$workdir/expect-$package.jsonl" 2>/dev/null || true; printf ']'; } >"$expect"
+      echo "run_sdk_test.sh: ledger check for $package"
+      check_anthropic_ledger "$expect" || status=1
+    done
+  fi
 fi
+exit "$status"

@@ -443,7 +443,15 @@ TEST_CASE("config: TOLLGATE_* environment overrides", "[config]") {
 }
 
 TEST_CASE("config: validate refuses a public listen address without client auth", "[config]") {
-  config cfg = load_config_string("listen: 0.0.0.0:8080\n", "pub.yaml");
+  config cfg = load_config_string("listen: 0.0.0.0:8080\nauth: off\n", "pub.yaml");
+  SECTION("auth defaults to required on a public address, off on loopback") {
+    config pub = load_config_string("listen: 0.0.0.0:8080\n", "pub.yaml");
+    CHECK_NOTHROW(validate(pub));
+    CHECK(pub.policy.auth == auth_mode::required);
+    config local = load_config_string("listen: 127.0.0.1:8080\n", "local.yaml");
+    validate(local);
+    CHECK(local.policy.auth == auth_mode::off);
+  }
   SECTION("refused without allow_public_without_auth") {
     CHECK(error_of([&] { validate(cfg); }) ==
           "pub.yaml: refusing to listen on 0.0.0.0:8080 without client authentication; set "

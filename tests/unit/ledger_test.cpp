@@ -260,14 +260,15 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
   temp_dir dir;
   auto opts = options_for(dir);
 
-  SECTION("a new database in a missing directory is created in WAL mode at version 1") {
+  SECTION("a new database in a missing directory is created in WAL mode at the current version") {
     opts.path = dir.file("nested/deeper/tollgate.db");
     ledger l(opts);
     l.start();
     db_conn db(opts.path);
     CHECK(db.rows("PRAGMA journal_mode")[0][0] == "wal");
     CHECK(db.integer("SELECT MAX(version) FROM schema_version") == ledger_schema_version());
-    CHECK(ledger_schema_version() == 1);
+    CHECK(ledger_schema_version() == 2);  // 1: calls; 2: client_keys
+    CHECK(db.integer("SELECT COUNT(*) FROM sqlite_master WHERE name = 'client_keys'") == 1);
     CHECK(db.integer("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE "
                      "'calls_%'") == 3);
   }
@@ -281,7 +282,7 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
       l.stop();
     }
     db_conn db(opts.path);
-    CHECK(db.integer("SELECT COUNT(*) FROM schema_version") == 1);
+    CHECK(db.integer("SELECT COUNT(*) FROM schema_version") == ledger_schema_version());
     CHECK(db.integer("SELECT COUNT(*) FROM calls") == 2);
   }
 
@@ -289,11 +290,11 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
     {
       db_conn db(opts.path);
       db.exec("CREATE TABLE schema_version(version INTEGER NOT NULL);"
-              "INSERT INTO schema_version VALUES (1), (2)");
+              "INSERT INTO schema_version VALUES (1), (2), (3)");
     }
     ledger l(opts);
     CHECK_THROWS_WITH(l.start(), Catch::StartsWith("ledger: cannot open " + opts.path) &&
-                                     Catch::Contains("schema version 2 is newer"));
+                                     Catch::Contains("schema version 3 is newer"));
   }
 
   SECTION("a path that cannot be a database is refused with the path in the message") {

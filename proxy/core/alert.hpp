@@ -1,0 +1,41 @@
+// One alert: raised by the policy engine (soft thresholds, projected overspend, spend-guard
+// trips) or the forecaster (traffic anomalies), delivered by the webhook notifier.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace tollgate {
+
+enum class alert_kind : std::uint8_t { soft_threshold, projected_overspend, spend_guard, anomaly };
+
+inline std::string_view to_string(alert_kind k) noexcept {
+  switch (k) {
+    case alert_kind::soft_threshold: return "soft_threshold";
+    case alert_kind::projected_overspend: return "projected_overspend";
+    case alert_kind::spend_guard: return "spend_guard";
+    case alert_kind::anomaly: return "anomaly";
+  }
+  return "anomaly";
+}
+
+struct alert_event {
+  alert_kind kind = alert_kind::soft_threshold;
+  std::string scope;        // "global", "team:web", "key:app-prod", "model:gpt-4.1"; anomaly: the series
+  std::string period;       // "day", "week", "month"; spend_guard: the window ("1h"); anomaly: ""
+  double limit_usd = 0;     // budget limit, guard max_usd; anomaly: 0
+  double spent_usd = 0;     // spent in the period / window when raised
+  double threshold = 0;     // soft: the crossed fraction (0.8); projected: the p90 projection (USD);
+                            // anomaly: the anomaly score
+  std::int64_t time_ms = 0; // when raised, Unix ms
+  std::string message;      // one human sentence (the Slack text)
+  // Dedupe key: the same kind+scope+period(+threshold for soft) is sent once per cooldown.
+  std::string dedupe_key() const {
+    std::string k(to_string(kind));
+    k += '|' + scope + '|' + period;
+    if (kind == alert_kind::soft_threshold) k += '|' + std::to_string(static_cast<int>(threshold * 1000 + 0.5));
+    return k;
+  }
+};
+
+}  // namespace tollgate

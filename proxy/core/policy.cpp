@@ -1,0 +1,796 @@
+// The spend-control engine (policy.hpp): key hashing, budget reservations and calendar windows,
+// rolling spend guards, per-key token buckets, alerts and projections, all under one mutex.
+#include "core/policy.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+
+namespace tollgate {
+
+namespace {
+
+constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
+constexpr int guard_buckets = 60;                  // a guard's window in 60 buckets
+constexpr double share_tau_ms = 24.0 * 3'600'000;  // time constant of "recent spend" (shares)
+constexpr std::size_t max_pending_alerts = 1024;
+
+std::int64_t floor_div(std::int64_t a, std::int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
+std::int64_t ceil_div_pos(double x) { return x <= 0 ? 0 : static_cast<std::int64_t>(std::ceil(x)); }
+double clean_usd(double v) { return std::isfinite(v) && v > 0 ? v : 0.0; }
+
+enum class scope_kind : std::uint8_t { global, team, key, model };
+struct parsed_scope {
+  scope_kind kind = scope_kind::global;
+  std::string name;
+};
+
+parsed_scope parse_scope(const std::string& s) {
+  if (s == "global") return {};
+  for (auto [prefix, kind] : {std::pair{std::string_view("team:"), scope_kind::team},
+                              std::pair{std::string_view("key:"), scope_kind::key},
+                              std::pair{std::string_view("model:"), scope_kind::model}}) {
+    if (s.size() > prefix.size() && std::string_view(s).substr(0, prefix.size()) == prefix)
+      return {kind, s.substr(prefix.size())};
+  }
+  throw std::invalid_argument("scope '" + s + "': use global, team:<name>, key:<name> or model:<price-table id>");
+}
+
+bool matches(const parsed_scope& p, std::string_view team, std::string_view key, std::string_view model) {
+  switch (p.kind) {
+    case scope_kind::global: return true;
+    case scope_kind::team: return !team.empty() && p.name == team;
+    case scope_kind::key: return !key.empty() && p.name == key;
+    case scope_kind::model: return !model.empty() && p.name == model;
+  }
+  return false;
+}
+
+std::string money(double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, "$%.2f", v);
+  return b;
+}
+
+// A guard window as configured: "1h", "5m", "30s", "250ms".
+std::string format_window(std::int64_t ms) {
+  if (ms > 0 && ms % 3'600'000 == 0) return std::to_string(ms / 3'600'000) + "h";
+  if (ms > 0 && ms % 60'000 == 0) return std::to_string(ms / 60'000) + "m";
+  if (ms > 0 && ms % 1'000 == 0) return std::to_string(ms / 1'000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
+// Exponentially decayed spend: the "recent spend" whose ratio gives a scope's share of traffic.
+// Rows may arrive out of order (seeding), so an older amount is added already decayed.
+struct decayed_sum {
+  double value = 0;
+  std::int64_t at_ms = 0;
+  bool started = false;
+  void add(double usd, std::int64_t t) {
+    if (!started) {
+      value = usd, at_ms = t, started = true;
+    } else if (t >= at_ms) {
+      value = value * std::exp(-static_cast<double>(t - at_ms) / share_tau_ms) + usd;
+      at_ms = t;
+    } else {
+      value += usd * std::exp(-static_cast<double>(at_ms - t) / share_tau_ms);
+    }
+  }
+  double at(std::int64_t t) const {
+    if (!started) return 0;
+    return t <= at_ms ? value : value * std::exp(-static_cast<double>(t - at_ms) / share_tau_ms);
+  }
+};
+
+// Refills continuously at capacity per minute; the level may go negative when a completion used
+// more tokens than reserved, which delays the next calls (the debt is real usage).
+struct token_bucket {
+  double capacity = 0;  // 0: unlimited
+  double level = 0;
+  std::int64_t at_ms = 0;
+  bool started = false;
+  void refill(std::int64_t now) {
+    if (!started) {
+      level = capacity, at_ms = now, started = true;
+    } else if (now > at_ms) {
+      level = std::min(capacity, level + static_cast<double>(now - at_ms) * capacity / 60'000.0);
+      at_ms = now;
+    }
+  }
+  std::int64_t ms_until(double target) const {
+    return level >= target ? 0 : ceil_div_pos((target - level) * 60'000.0 / capacity);
+  }
+};
+
+struct budget_state {
+  budget_config cfg;
+  parsed_scope scope;
+  time_window window{};  // end_s == 0: not started
+  double spent = 0, reserved = 0;
+  std::int64_t outstanding = 0;  // tickets holding a reservation here
+  std::vector<char> crossed;     // per soft fraction, this window
+  bool projected_alerted = false;
+  double p50 = nan_v, p90 = nan_v, exh50 = nan_v, exh90 = nan_v;
+  decayed_sum recent;
+  std::uint64_t rejections = 0;
+
+  budget_state(budget_config c, parsed_scope s) : cfg(std::move(c)), scope(std::move(s)), crossed(cfg.soft.size(), 0) {}
+
+  // Moves to the window containing now_s if the current one has ended.
+  void roll(const calendar& cal, std::int64_t now_s) {
+    if (window.end_s != 0 && now_s < window.end_s) return;
+    window = cal.window(cfg.period, now_s);
+    spent = 0;
+    std::fill(crossed.begin(), crossed.end(), 0);
+    projected_alerted = false;
+    p50 = p90 = exh50 = exh90 = nan_v;
+  }
+  std::string name() const { return cfg.scope + "/" + std::string(to_string(cfg.period)); }
+};
+
+struct guard_state {
+  spend_guard_config cfg;
+  parsed_scope scope;
+  std::string window_name;
+  std::int64_t width_ms;
+  struct bucket {
+    std::int64_t index = std::numeric_limits<std::int64_t>::min();
+    double usd = 0;
+  };
+  std::array<bucket, guard_buckets> ring{};
+  bool tripped = false;
+  std::uint64_t rejected = 0, rerouted = 0;
+
+  guard_state(spend_guard_config c, parsed_scope s)
+      : cfg(std::move(c)), scope(std::move(s)), window_name(format_window(cfg.window.count())),
+        width_ms(std::max<std::int64_t>(1, cfg.window.count() / guard_buckets)) {}
+
+  bucket& slot(std::int64_t index) { return ring[static_cast<std::size_t>((index % guard_buckets + guard_buckets) % guard_buckets)]; }
+  const bucket& slot(std::int64_t index) const { return const_cast<guard_state*>(this)->slot(index); }
+
+  void add(std::int64_t t, double usd) {
+    const std::int64_t i = floor_div(t, width_ms);
+    bucket& b = slot(i);
+    if (b.index == i) {
+      b.usd += usd;
+    } else if (b.index < i) {
+      b = {i, usd};
+    }  // else: older than the window of the newest data
+  }
+  double sum(std::int64_t now) const {
+    const std::int64_t oldest = floor_div(now, width_ms) - guard_buckets + 1;
+    double s = 0;
+    for (const auto& b : ring)
+      if (b.index >= oldest) s += b.usd;
+    return s;
+  }
+  double reset_below() const { return cfg.reset_fraction * cfg.max_usd; }
+  // With no new spend, the time until enough buckets leave the window for the guard to reset.
+  std::int64_t ms_until_reset(std::int64_t now) const {
+    const std::int64_t cur = floor_div(now, width_ms);
+    double s = sum(now);
+    if (s < reset_below()) return 0;
+    for (std::int64_t i = cur - guard_buckets + 1; i <= cur; ++i) {
+      if (const bucket& b = slot(i); b.index == i) s -= b.usd;
+      if (s < reset_below()) return std::max<std::int64_t>(1, (i + guard_buckets) * width_ms - now);
+    }
+    return cfg.window.count();
+  }
+};
+
+struct key_state {
+  std::string name, scope, team;
+  token_bucket rpm, tpm;
+  std::vector<budget_state> budgets;  // sized once: reservations point into it
+  std::uint64_t limited_requests = 0, limited_tokens = 0;
+  bool limited() const { return rpm.capacity > 0 || tpm.capacity > 0; }
+};
+
+std::shared_ptr<key_state> make_key_state(const client_key_config& k) {
+  auto ks = std::make_shared<key_state>();
+  ks->name = k.name;
+  ks->scope = "key:" + k.name;
+  ks->team = k.team;
+  ks->rpm.capacity = static_cast<double>(std::max<std::int64_t>(0, k.limits.rpm));
+  ks->tpm.capacity = static_cast<double>(std::max<std::int64_t>(0, k.limits.tpm));
+  ks->budgets.reserve(k.budgets.size());
+  for (const auto& b : k.budgets) ks->budgets.emplace_back(b, parsed_scope{scope_kind::key, k.name});
+  return ks;
+}
+
+// An outstanding admission. Slots are reused (their vectors keep their capacity), so admitting
+// allocates nothing once the number of concurrent calls has peaked.
+struct ticket_slot {
+  std::uint32_t generation = 0;
+  bool live = false;
+  std::shared_ptr<key_state> key;  // keeps a removed key's buckets and budgets alive
+  std::vector<budget_state*> reserved;
+  double reserve_usd = 0;
+  std::int64_t reserve_tokens = 0;
+  std::string team;
+};
+
+using key_list = std::vector<std::shared_ptr<const client_key_config>>;
+
+}  // namespace
+
+struct policy_engine::impl {
+  calendar cal;
+
+  // Keys: a copy-on-write list. Readers copy the pointer under keys_mu (held for nanoseconds,
+  // never while hashing or comparing); writers serialize on keys_write_mu. A plain mutex rather
+  // than libstdc++ 12's atomic<shared_ptr>, whose internal spin lock ThreadSanitizer reports as
+  // a race.
+  std::mutex keys_write_mu;
+  mutable std::mutex keys_mu;
+  std::shared_ptr<const key_list> keys_ = std::make_shared<const key_list>();
+  std::shared_ptr<const key_list> keys() const {
+    std::lock_guard lock(keys_mu);
+    return keys_;
+  }
+  void publish(std::shared_ptr<const key_list> next) {
+    std::lock_guard lock(keys_mu);
+    keys_.swap(next);  // the old list is freed after the lock, by `next`'s destructor
+  }
+  std::atomic<int> keys_with_budgets{0};
+  bool has_controls = false;  // configured budgets or guards (fixed after construction)
+
+  // Everything below is guarded by mu.
+  mutable std::mutex mu;
+  std::vector<budget_state> budgets;  // sized once at construction
+  std::vector<guard_state> guards;
+  std::map<std::string, std::shared_ptr<key_state>, std::less<>> key_states;
+  std::vector<ticket_slot> slots;
+  std::vector<std::uint32_t> free_slots;
+  decayed_sum global_recent;
+  std::vector<alert_event> alerts;
+  std::uint64_t alerts_dropped = 0;
+
+  explicit impl(const std::string& tz) : cal(tz) {}
+
+  bool any_controls() const { return has_controls || keys_with_budgets.load(std::memory_order_relaxed) > 0; }
+
+  void raise(alert_event a) {
+    if (alerts.size() >= max_pending_alerts) {
+      ++alerts_dropped;
+      return;
+    }
+    alerts.push_back(std::move(a));
+  }
+
+  ticket_slot* find_slot(std::uint64_t ticket) {
+    const auto index = static_cast<std::uint32_t>(ticket & 0xffffffffu);
+    if (index == 0 || index > slots.size()) return nullptr;
+    ticket_slot& s = slots[index - 1];
+    if (!s.live || s.generation != static_cast<std::uint32_t>(ticket >> 32)) return nullptr;
+    return &s;
+  }
+
+  std::uint32_t acquire_slot() {
+    if (!free_slots.empty()) {
+      auto i = free_slots.back();
+      free_slots.pop_back();
+      return i;
+    }
+    slots.emplace_back();
+    return static_cast<std::uint32_t>(slots.size() - 1);
+  }
+
+  // Returns the slot to the free list; its key reference moves to `out` so that a removed key's
+  // state is freed after the lock is released.
+  void free_slot(ticket_slot& s, std::shared_ptr<key_state>& out) {
+    s.live = false;
+    ++s.generation;
+    s.reserved.clear();
+    out = std::move(s.key);
+    free_slots.push_back(static_cast<std::uint32_t>(&s - slots.data()));
+  }
+
+  void unreserve(ticket_slot& s) {
+    for (budget_state* b : s.reserved) {
+      b->reserved -= s.reserve_usd;
+      // Exactly zero when nothing is outstanding: no floating-point residue accumulates.
+      if (--b->outstanding <= 0) {
+        b->outstanding = 0;
+        b->reserved = 0;
+      } else if (b->reserved < 0) {
+        b->reserved = 0;
+      }
+    }
+  }
+
+  void soft_check(budget_state& b, std::int64_t now_ms, bool alert) {
+    for (std::size_t i = 0; i < b.cfg.soft.size(); ++i) {
+      const double f = b.cfg.soft[i];
+      if (b.crossed[i] || b.spent < f * b.cfg.limit_usd) continue;
+      b.crossed[i] = 1;
+      if (!alert) continue;
+      char pct[32];
+      std::snprintf(pct, sizeof pct, "%g%%", f * 100);
+      raise({alert_kind::soft_threshold, b.cfg.scope, std::string(to_string(b.cfg.period)), b.cfg.limit_usd, b.spent, f,
+             now_ms,
+             "Budget " + b.name() + " reached " + pct + " (" + money(b.spent) + " of " + money(b.cfg.limit_usd) + ")"});
+    }
+  }
+
+  // Adds settled (alert = true) or seeded (alert = false) spend to every matching budget and
+  // guard. Settled spend lagging behind a window counts in the current window; seeded rows of an
+  // earlier window are skipped.
+  void add_spend(key_state* ks, std::string_view team, std::string_view model, double usd, std::int64_t t,
+                 bool alert) {
+    const std::int64_t t_s = floor_div(t, 1000);
+    const std::string_view key = ks ? std::string_view(ks->name) : std::string_view();
+    global_recent.add(usd, t);
+    auto apply = [&](budget_state& b) {
+      b.roll(cal, t_s);
+      if (!alert && t_s < b.window.start_s) return;
+      b.spent += usd;
+      b.recent.add(usd, t);
+      soft_check(b, t, alert);
+    };
+    for (auto& b : budgets)
+      if (matches(b.scope, team, key, model)) apply(b);
+    if (ks)
+      for (auto& b : ks->budgets) apply(b);
+    for (auto& g : guards) {
+      if (!matches(g.scope, team, key, model)) continue;
+      g.add(t, usd);
+      const double s = g.sum(t);
+      if (g.tripped || s <= g.cfg.max_usd) continue;
+      g.tripped = true;
+      if (!alert) continue;
+      std::string what = g.cfg.action == guard_action::reroute ? "rerouting to " + g.cfg.fallback_model : "rejecting calls";
+      raise({alert_kind::spend_guard, g.cfg.scope, g.window_name, g.cfg.max_usd, s, 0, t,
+             "Spend guard " + g.cfg.scope + " tripped: " + money(s) + " spent in the last " + g.window_name + " (max " +
+                 money(g.cfg.max_usd) + "); " + what});
+    }
+  }
+};
+
+policy_engine::policy_engine(const policy_config& cfg, const std::string& timezone)
+    : impl_(std::make_unique<impl>(timezone)) {
+  impl_->budgets.reserve(cfg.budgets.size());
+  for (const auto& b : cfg.budgets) impl_->budgets.emplace_back(b, parse_scope(b.scope));
+  for (const auto& g : cfg.spend_guards) {
+    if (g.window.count() <= 0) throw std::invalid_argument("spend guard " + g.scope + ": window must be positive");
+    if (g.action == guard_action::reroute && g.fallback_model.empty())
+      throw std::invalid_argument("spend guard " + g.scope + ": action reroute needs fallback_model");
+    impl_->guards.emplace_back(g, parse_scope(g.scope));
+  }
+  impl_->has_controls = !impl_->budgets.empty() || !impl_->guards.empty();
+  for (const auto& k : cfg.keys)
+    if (!add_key(k)) throw std::invalid_argument("key '" + k.name + "': empty or duplicate name, or duplicate key");
+}
+
+policy_engine::~policy_engine() = default;
+
+// ---- Keys ----
+
+std::array<unsigned char, 32> policy_engine::sha256(std::string_view s) noexcept {
+  std::array<unsigned char, 32> out{};
+  unsigned int n = 0;
+  if (EVP_Digest(s.data(), s.size(), out.data(), &n, EVP_sha256(), nullptr) != 1) out.fill(0);
+  return out;
+}
+
+std::shared_ptr<const client_key_config> policy_engine::find_key(std::string_view presented) const noexcept {
+  const auto digest = sha256(presented);
+  const auto list = impl_->keys();
+  // Every key is compared, so the time taken says nothing about which key (or how much of one)
+  // matched.
+  std::size_t found = list->size();
+  for (std::size_t i = 0; i < list->size(); ++i) {
+    const bool eq = CRYPTO_memcmp(digest.data(), (*list)[i]->sha256.data(), digest.size()) == 0;
+    found = eq ? i : found;
+  }
+  return found < list->size() ? (*list)[found] : nullptr;
+}
+
+bool policy_engine::add_key(client_key_config k) {
+  if (k.name.empty()) return false;
+  for (auto& b : k.budgets) b.scope = "key:" + k.name;
+  std::lock_guard write(impl_->keys_write_mu);
+  const auto old = impl_->keys();
+  for (const auto& e : *old)
+    if (e->name == k.name || CRYPTO_memcmp(e->sha256.data(), k.sha256.data(), k.sha256.size()) == 0) return false;
+  auto state = make_key_state(k);
+  auto next = std::make_shared<key_list>(*old);
+  next->push_back(std::make_shared<const client_key_config>(std::move(k)));
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->key_states[state->name] = state;
+  }
+  if (!state->budgets.empty()) impl_->keys_with_budgets.fetch_add(1, std::memory_order_relaxed);
+  impl_->publish(std::move(next));
+  return true;
+}
+
+bool policy_engine::remove_key(std::string_view name) {
+  std::lock_guard write(impl_->keys_write_mu);
+  const auto old = impl_->keys();
+  auto next = std::make_shared<key_list>();
+  next->reserve(old->size());
+  for (const auto& e : *old)
+    if (e->name != name) next->push_back(e);
+  if (next->size() == old->size()) return false;
+  impl_->publish(std::move(next));
+  std::shared_ptr<key_state> gone;  // freed after the lock, unless tickets still hold it
+  {
+    std::lock_guard lock(impl_->mu);
+    if (auto it = impl_->key_states.find(name); it != impl_->key_states.end()) {
+      gone = std::move(it->second);
+      impl_->key_states.erase(it);
+    }
+  }
+  if (gone && !gone->budgets.empty()) impl_->keys_with_budgets.fetch_sub(1, std::memory_order_relaxed);
+  return true;
+}
+
+std::vector<std::shared_ptr<const client_key_config>> policy_engine::keys() const { return *impl_->keys(); }
+
+// ---- Admission ----
+
+namespace {
+
+void fill_rate_headers(policy_engine::decision& d, const key_state& ks) {
+  d.rate_headers = true;
+  if (ks.rpm.capacity > 0) {
+    d.limit_requests = static_cast<std::int64_t>(ks.rpm.capacity);
+    d.remaining_requests = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::floor(ks.rpm.level)));
+    d.reset_requests_ms = ks.rpm.ms_until(ks.rpm.capacity);
+  }
+  if (ks.tpm.capacity > 0) {
+    d.limit_tokens = static_cast<std::int64_t>(ks.tpm.capacity);
+    d.remaining_tokens = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::floor(ks.tpm.level)));
+    d.reset_tokens_ms = ks.tpm.ms_until(ks.tpm.capacity);
+  }
+}
+
+std::int64_t retry_seconds(std::int64_t ms) { return std::max<std::int64_t>(1, (ms + 999) / 1000); }
+
+}  // namespace
+
+policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
+  decision d;
+  try {
+    const bool key_limited = f.key != nullptr && f.key->limits.any();
+    if (!key_limited && !impl_->any_controls()) return d;
+
+    impl& m = *impl_;
+    const double reserve = clean_usd(f.reserve_usd);
+    const std::int64_t reserve_tokens = std::max<std::int64_t>(0, f.reserve_tokens);
+    const std::int64_t now = f.now_ms, now_s = floor_div(now, 1000);
+    // Strings are copied into `d` after the lock is released; these point into state that
+    // outlives the copy (configured budgets and guards are never freed, `ks` pins a key's).
+    std::shared_ptr<key_state> ks;
+    const std::string* scope = nullptr;
+    const std::string* reroute_model = nullptr;
+    const std::string* reroute_scope = nullptr;
+    std::string_view period;  // budget period or guard window
+    {
+      std::lock_guard lock(m.mu);
+      if (f.key != nullptr)
+        if (auto it = m.key_states.find(f.key->name); it != m.key_states.end()) ks = it->second;
+      const std::string_view key_name = ks ? std::string_view(ks->name) : std::string_view();
+
+      // 1. Rate limits (nothing is charged until every check has passed).
+      if (ks && ks->limited()) {
+        ks->rpm.refill(now);
+        ks->tpm.refill(now);
+        // A call larger than the whole TPM capacity waits for a full bucket instead of never
+        // passing; the level then goes negative and later calls wait for the debt.
+        const double need_tokens = std::min(static_cast<double>(reserve_tokens), ks->tpm.capacity);
+        const bool req_ok = ks->rpm.capacity <= 0 || ks->rpm.level >= 1;
+        const bool tok_ok = ks->tpm.capacity <= 0 || ks->tpm.level >= need_tokens;
+        fill_rate_headers(d, *ks);
+        if (!req_ok || !tok_ok) {
+          d.outcome = decision::rate_limited;
+          d.rate_kind = req_ok ? "tokens" : "requests";
+          d.retry_after_s = retry_seconds(req_ok ? ks->tpm.ms_until(need_tokens) : ks->rpm.ms_until(1));
+          ++(req_ok ? ks->limited_tokens : ks->limited_requests);
+          scope = &ks->scope;
+        }
+      }
+
+      // 2. Spend guards: a tripped reject guard refuses; a tripped reroute guard swaps the model.
+      std::string_view model = f.price_model;
+      guard_state* reroute = nullptr;
+      if (d.outcome == decision::admit) {
+        for (auto& g : m.guards) {
+          if (!matches(g.scope, f.team, key_name, f.price_model)) continue;
+          if (g.tripped && g.sum(now) < g.reset_below()) g.tripped = false;  // hysteresis
+          if (!g.tripped) continue;
+          if (g.cfg.action == guard_action::reject) {
+            ++g.rejected;
+            d.outcome = decision::guard_rejected;
+            d.limit_usd = g.cfg.max_usd;
+            d.spent_usd = g.sum(now);
+            d.retry_after_s = retry_seconds(g.ms_until_reset(now));
+            scope = &g.cfg.scope;
+            period = g.window_name;
+            break;
+          }
+          const std::string& fb = g.cfg.fallback_model;
+          if (reroute == nullptr && fb != f.price_model && fb != f.model) reroute = &g;
+        }
+        if (d.outcome == decision::admit && reroute != nullptr) model = reroute->cfg.fallback_model;
+      }
+
+      // 3. Budgets: the call must fit, with every outstanding reservation, under each hard limit.
+      if (d.outcome == decision::admit) {
+        const std::uint32_t index = m.acquire_slot();
+        ticket_slot& s = m.slots[index];
+        s.reserved.clear();
+        budget_state* refused = nullptr;
+        auto check = [&](budget_state& b) {
+          b.roll(m.cal, now_s);
+          s.reserved.push_back(&b);
+          if (refused == nullptr && b.cfg.hard &&
+              (b.spent >= b.cfg.limit_usd || b.spent + b.reserved + reserve > b.cfg.limit_usd))
+            refused = &b;
+        };
+        for (auto& b : m.budgets)
+          if (matches(b.scope, f.team, key_name, model)) check(b);
+        if (ks)
+          for (auto& b : ks->budgets) check(b);
+        if (refused != nullptr) {
+          s.reserved.clear();
+          m.free_slots.push_back(index);
+          ++refused->rejections;
+          d.outcome = decision::budget_exceeded;
+          d.limit_usd = refused->cfg.limit_usd;
+          d.spent_usd = refused->spent;
+          // Blocked only by calls in flight: worth retrying soon; otherwise when the window ends.
+          const bool in_flight_only =
+              refused->spent < refused->cfg.limit_usd && refused->spent + reserve <= refused->cfg.limit_usd;
+          d.retry_after_s = in_flight_only ? 1 : retry_seconds((refused->window.end_s - now_s) * 1000);
+          scope = &refused->cfg.scope;
+          period = to_string(refused->cfg.period);
+        } else {
+          for (budget_state* b : s.reserved) {
+            b->reserved += reserve;
+            ++b->outstanding;
+          }
+          if (ks && ks->limited()) {
+            ks->rpm.level -= 1;
+            ks->tpm.level -= static_cast<double>(reserve_tokens);
+            fill_rate_headers(d, *ks);
+          }
+          if (reroute != nullptr) {
+            ++reroute->rerouted;
+            reroute_model = &reroute->cfg.fallback_model;
+            reroute_scope = &reroute->cfg.scope;
+          }
+          s.live = true;
+          s.key = ks;
+          s.team.assign(f.team);
+          s.reserve_usd = reserve;
+          s.reserve_tokens = reserve_tokens;
+          d.ticket = (static_cast<std::uint64_t>(s.generation) << 32) | (index + 1u);
+        }
+      }
+    }
+    if (scope != nullptr) d.scope = *scope;
+    d.period = period;
+    if (reroute_model != nullptr) {
+      d.reroute_model = *reroute_model;
+      d.reroute_scope = *reroute_scope;
+    }
+  } catch (...) {
+    // Only allocation can fail here. Failing open keeps traffic flowing on an engine fault; the
+    // call is then neither reserved nor attributed (ticket 0).
+    return decision{};
+  }
+  return d;
+}
+
+void policy_engine::settle(std::uint64_t ticket, double cost_usd, std::int64_t tokens, std::string_view price_model,
+                           std::int64_t now_ms) noexcept {
+  if (ticket == 0) return;
+  std::shared_ptr<key_state> key;  // declared before the lock: released after it
+  try {
+    std::lock_guard lock(impl_->mu);
+    ticket_slot* s = impl_->find_slot(ticket);
+    if (s == nullptr) return;
+    impl_->unreserve(*s);
+    if (s->key && s->key->tpm.capacity > 0) {
+      token_bucket& b = s->key->tpm;
+      b.refill(now_ms);
+      b.level = std::min(b.capacity, b.level - static_cast<double>(std::max<std::int64_t>(0, tokens) - s->reserve_tokens));
+    }
+    impl_->add_spend(s->key.get(), s->team, price_model, clean_usd(cost_usd), now_ms, true);
+    impl_->free_slot(*s, key);
+  } catch (...) {
+    // Only allocation can fail (an alert, the free list); the spend counted so far stays.
+  }
+}
+
+void policy_engine::release(std::uint64_t ticket) noexcept {
+  if (ticket == 0) return;
+  std::shared_ptr<key_state> key;
+  try {
+    std::lock_guard lock(impl_->mu);
+    ticket_slot* s = impl_->find_slot(ticket);
+    if (s == nullptr) return;
+    impl_->unreserve(*s);
+    if (s->key && s->key->tpm.capacity > 0) {
+      token_bucket& b = s->key->tpm;
+      b.level = std::min(b.capacity, b.level + static_cast<double>(s->reserve_tokens));
+    }
+    impl_->free_slot(*s, key);
+  } catch (...) {
+    // The free list could not grow: the slot is not reused, nothing else is lost.
+  }
+}
+
+void policy_engine::seed(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
+                         std::int64_t ts_ms) noexcept {
+  try {
+    std::lock_guard lock(impl_->mu);
+    key_state* ks = nullptr;
+    key_state anonymous;  // a key no longer configured still counts for key: scopes by name
+    if (!key.empty()) {
+      if (auto it = impl_->key_states.find(key); it != impl_->key_states.end()) {
+        ks = it->second.get();
+      } else {
+        anonymous.name = key;
+        ks = &anonymous;
+      }
+    }
+    impl_->add_spend(ks, team, price_model, clean_usd(cost_usd), ts_ms, false);
+  } catch (...) {
+  }
+}
+
+std::vector<alert_event> policy_engine::take_alerts() {
+  std::vector<alert_event> out;
+  std::lock_guard lock(impl_->mu);
+  out.swap(impl_->alerts);
+  return out;
+}
+
+// ---- Snapshots ----
+
+std::vector<policy_engine::budget_status> policy_engine::budgets(std::int64_t now_ms) const {
+  const std::int64_t now_s = floor_div(now_ms, 1000);
+  std::vector<budget_status> out;
+  auto add = [&](const budget_state& b) {
+    budget_status st;
+    st.scope = b.cfg.scope;
+    st.period = b.cfg.period;
+    st.limit_usd = b.cfg.limit_usd;
+    st.hard = b.cfg.hard;
+    st.reserved_usd = b.reserved;
+    if (b.window.end_s != 0 && now_s < b.window.end_s) {
+      st.spent_usd = b.spent;
+      st.window = b.window;
+      st.projected_p50 = b.p50, st.projected_p90 = b.p90;
+      st.exhaustion_p50_s = b.exh50, st.exhaustion_p90_s = b.exh90;
+    } else {
+      st.window = impl_->cal.window(b.cfg.period, now_s);  // rolled over: nothing spent yet
+    }
+    out.push_back(std::move(st));
+  };
+  std::lock_guard lock(impl_->mu);
+  for (const auto& b : impl_->budgets) add(b);
+  for (const auto& [name, ks] : impl_->key_states)
+    for (const auto& b : ks->budgets) add(b);
+  return out;
+}
+
+std::vector<policy_engine::guard_status> policy_engine::guards(std::int64_t now_ms) const {
+  std::vector<guard_status> out;
+  std::lock_guard lock(impl_->mu);
+  for (const auto& g : impl_->guards) {
+    const double s = g.sum(now_ms);
+    out.push_back({g.cfg.scope, g.window_name, g.cfg.action, g.tripped && s >= g.reset_below(), s, g.cfg.max_usd});
+  }
+  return out;
+}
+
+policy_engine::counter_snapshot policy_engine::counters() const {
+  counter_snapshot out;
+  std::lock_guard lock(impl_->mu);
+  for (const auto& [name, ks] : impl_->key_states) {
+    if (!ks->limited()) continue;
+    out.rate_limited.push_back({ks->scope, "requests", ks->limited_requests});
+    out.rate_limited.push_back({ks->scope, "tokens", ks->limited_tokens});
+  }
+  std::map<std::string_view, std::uint64_t> rejections;
+  for (const auto& b : impl_->budgets)
+    if (b.cfg.hard) rejections[b.cfg.scope] += b.rejections;
+  for (const auto& [name, ks] : impl_->key_states)
+    for (const auto& b : ks->budgets)
+      if (b.cfg.hard) rejections[b.cfg.scope] += b.rejections;
+  for (const auto& [scope, n] : rejections) out.budget_rejections.push_back({std::string(scope), "", n});
+  for (const auto& g : impl_->guards)
+    out.guard_actions.push_back(
+        {g.cfg.scope, g.cfg.action == guard_action::reroute ? "reroute" : "reject", g.cfg.action == guard_action::reroute ? g.rerouted : g.rejected});
+  out.alerts_dropped = impl_->alerts_dropped;
+  return out;
+}
+
+// ---- Projections ----
+
+void policy_engine::update_projections(std::int64_t now_ms, const remaining_spend_fn& global_remaining) {
+  impl& m = *impl_;
+  const std::int64_t now_s = floor_div(now_ms, 1000);
+  constexpr std::size_t n_periods = 4;
+  std::array<bool, n_periods> used{};
+  {
+    std::lock_guard lock(m.mu);
+    for (const auto& b : m.budgets) used[static_cast<std::size_t>(b.cfg.period)] = true;
+    for (const auto& [name, ks] : m.key_states)
+      for (const auto& b : ks->budgets) used[static_cast<std::size_t>(b.cfg.period)] = true;
+  }
+  // The forecaster's work happens outside the lock.
+  std::array<spend_forecast, n_periods> fc{};
+  for (std::size_t p = 0; p < n_periods; ++p) {
+    if (!used[p]) continue;
+    const auto period = static_cast<calendar_period>(p);
+    fc[p] = global_remaining(period, m.cal.window(period, now_s));
+  }
+
+  std::lock_guard lock(m.mu);
+  const double global_recent = m.global_recent.at(now_ms);
+  auto project = [&](budget_state& b) {
+    b.roll(m.cal, now_s);
+    const spend_forecast& f = fc[static_cast<std::size_t>(b.cfg.period)];
+    double share = 1;
+    if (b.scope.kind != scope_kind::global)
+      share = global_recent > 0 ? std::clamp(b.recent.at(now_ms) / global_recent, 0.0, 1.0) : 0.0;
+    const double now_f = static_cast<double>(now_ms) / 1000.0, end_f = static_cast<double>(b.window.end_s);
+    auto projection = [&](double remaining) {
+      return std::isfinite(remaining) ? b.spent + share * std::max(0.0, remaining) : nan_v;
+    };
+    // Spend is assumed to accrue linearly from now to the window's end.
+    auto exhaustion = [&](double projected) {
+      if (!(projected > b.cfg.limit_usd)) return nan_v;
+      if (b.spent >= b.cfg.limit_usd) return now_f;
+      return now_f + (b.cfg.limit_usd - b.spent) / (projected - b.spent) * std::max(0.0, end_f - now_f);
+    };
+    b.p50 = projection(f.p50_usd);
+    b.p90 = projection(f.p90_usd);
+    b.exh50 = exhaustion(b.p50);
+    b.exh90 = exhaustion(b.p90);
+    if (b.projected_alerted || !(b.p90 > b.cfg.limit_usd)) return;
+    b.projected_alerted = true;
+    m.raise({alert_kind::projected_overspend, b.cfg.scope, std::string(to_string(b.cfg.period)), b.cfg.limit_usd,
+             b.spent, b.p90, now_ms,
+             "Budget " + b.name() + " is projected to overspend: p90 " + money(b.p90) + " of " +
+                 money(b.cfg.limit_usd) + " by the end of the " + std::string(to_string(b.cfg.period)) + " (" +
+                 money(b.spent) + " spent so far)"});
+  };
+  for (auto& b : m.budgets) project(b);
+  for (auto& [name, ks] : m.key_states)
+    for (auto& b : ks->budgets) project(b);
+}
+
+// ---- Formatting ----
+
+std::string format_reset(std::int64_t ms) {
+  if (ms <= 0) return "0s";
+  if (ms < 1000) return std::to_string(ms) + "ms";
+  std::string out;
+  const std::int64_t h = ms / 3'600'000, mnt = ms / 60'000 % 60, s = ms / 1000 % 60, frac = ms % 1000;
+  if (h > 0) out += std::to_string(h) + "h";
+  if (h > 0 || mnt > 0) out += std::to_string(mnt) + "m";
+  out += std::to_string(s);
+  if (frac > 0) {
+    char b[8];
+    std::snprintf(b, sizeof b, ".%03d", static_cast<int>(frac));
+    std::string f(b);
+    while (f.back() == '0') f.pop_back();
+    out += f;
+  }
+  return out + "s";
+}
+
+}  // namespace tollgate

@@ -1,0 +1,163 @@
+// The spend-control engine (issue 4): client-key lookup, budgets with worst-case reservations,
+// spend-rate guards, per-key rate limits, alert events and budget projections. Pure (no I/O, an
+// injected clock: every call takes now_ms) and thread-safe; called from the I/O threads
+// (admit/settle/release), the admin API (keys, snapshots) and the forecaster thread (projections).
+#pragma once
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/alert.hpp"
+#include "core/calendar.hpp"
+#include "core/policy_config.hpp"
+
+namespace tollgate {
+
+class policy_engine {
+ public:
+  static constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+
+  // Startup: throws std::invalid_argument saying why on an unknown time zone, a scope that is not
+  // global / team:<t> / key:<name> / model:<id>, a guard without a window or (reroute) without a
+  // fallback model, or two keys with the same name or the same secret.
+  policy_engine(const policy_config& cfg, const std::string& timezone);
+  ~policy_engine();
+  policy_engine(const policy_engine&) = delete;
+  policy_engine& operator=(const policy_engine&) = delete;
+
+  // ---- Client keys ----
+  // The key whose SHA-256 equals that of `presented`, compared in constant time against every
+  // key (no early exit); nullptr when unknown. The pointer stays valid after remove_key().
+  std::shared_ptr<const client_key_config> find_key(std::string_view presented) const noexcept;
+  // Adds a key at run time (admin API). Its budgets get scope "key:<name>". False when the name is
+  // empty or a key with the same name or the same secret exists.
+  bool add_key(client_key_config k);
+  // Revokes a key: find_key() no longer returns it; its outstanding reservations still settle.
+  bool remove_key(std::string_view name);
+  std::vector<std::shared_ptr<const client_key_config>> keys() const;
+  static std::array<unsigned char, 32> sha256(std::string_view s) noexcept;
+
+  // ---- Admission and settlement (I/O threads; never throw) ----
+  struct call_facts {
+    const client_key_config* key = nullptr;  // from find_key(); nullptr: anonymous
+    std::string_view team;                   // the key's team ("" none)
+    std::string_view price_model;            // price-table id of the requested model ("" unpriced)
+    std::string_view model;                  // model id as requested (a reroute is skipped when
+                                             // either id already is the guard's fallback)
+    double reserve_usd = 0;                  // worst-case cost computed by the caller
+    std::int64_t reserve_tokens = 0;         // prompt estimate + max_tokens (the TPM charge)
+    std::int64_t now_ms = 0;
+  };
+
+  struct decision {
+    enum verdict { admit, budget_exceeded, rate_limited, guard_rejected } outcome = admit;
+    std::string scope;          // the scope that refused ("key:app-prod", "team:web", "global")
+    std::string period;         // budget period ("day") or guard window ("1h")
+    double limit_usd = 0;       // budget limit / guard max_usd
+    double spent_usd = 0;       // settled spend in the period / guard window
+    std::string reroute_model;  // non-empty: a tripped reroute guard; send this model instead
+    std::string reroute_scope;  // the guard's scope
+    // OpenAI-style x-ratelimit-* headers, set when the key has limits. A limit of 0 means that
+    // kind is unlimited: leave its three headers out. Resets are the time until the bucket is
+    // full again (format with format_reset()).
+    bool rate_headers = false;
+    std::int64_t limit_requests = 0, remaining_requests = 0, limit_tokens = 0, remaining_tokens = 0;
+    std::int64_t reset_requests_ms = 0, reset_tokens_ms = 0;
+    std::int64_t retry_after_s = 0;  // refusals: Retry-After seconds (>= 1)
+    std::string rate_kind;           // "requests" | "tokens" when rate_limited
+    std::uint64_t ticket = 0;        // admitted: pass to settle() or release(); 0: nothing held
+  };
+
+  // Checks the key's rate limits, then spend guards, then budgets; an admitted call reserves
+  // reserve_usd on every matching budget and charges the RPM/TPM buckets; a refused call holds
+  // nothing. After a reroute, the model budgets are those of the fallback model. No lock is taken
+  // when no budget and no guard is configured and the key has no limits (ticket 0 then).
+  decision admit(const call_facts& f) noexcept;
+  // Replaces the ticket's reservation by the real cost, corrects the TPM charge by
+  // tokens - reserve_tokens, adds the spend to every matching budget and guard (the model scope
+  // is the SERVED price model, so a rerouted call counts on the fallback), and raises soft-threshold
+  // and guard-trip alerts at once. Spend counts in the window containing now_ms (or the current
+  // window if now_ms lags behind it). Unknown, settled or released tickets are ignored.
+  void settle(std::uint64_t ticket, double cost_usd, std::int64_t tokens, std::string_view price_model,
+              std::int64_t now_ms) noexcept;
+  // The call never went upstream: the budget reservation and the TPM charge go back, the RPM
+  // charge stays.
+  void release(std::uint64_t ticket) noexcept;
+  // Warm start from ledger rows (any order): adds spend to the budgets whose current window
+  // contains ts_ms and to the guards' rolling windows, without alerts; thresholds already crossed
+  // are marked crossed (no re-alert after a restart) and guards already over max are tripped.
+  void seed(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
+            std::int64_t ts_ms) noexcept;
+
+  // Alerts raised since the last call (soft_threshold, spend_guard, projected_overspend), oldest
+  // first. At most 1024 are held between calls; more are counted in counters().alerts_dropped.
+  std::vector<alert_event> take_alerts();
+
+  // ---- Snapshots (gauges, GET /admin/budgets) ----
+  struct budget_status {
+    std::string scope;
+    calendar_period period = calendar_period::month;
+    double limit_usd = 0, spent_usd = 0, reserved_usd = 0;
+    bool hard = false;
+    time_window window;  // the current calendar window
+    // From update_projections(); NaN until then or when no forecast. Exhaustion: Unix seconds at
+    // which the projection crosses the limit (now when already spent); NaN if not expected.
+    double projected_p50 = nan, projected_p90 = nan;
+    double exhaustion_p50_s = nan, exhaustion_p90_s = nan;
+  };
+  // Configured budgets in config order, then key budgets by key name; windows rolled to now_ms.
+  std::vector<budget_status> budgets(std::int64_t now_ms) const;
+
+  struct guard_status {
+    std::string scope;
+    std::string window;  // "1h", "5m"
+    guard_action action = guard_action::reject;
+    bool tripped = false;  // with hysteresis as of now_ms
+    double window_spent_usd = 0, max_usd = 0;
+  };
+  std::vector<guard_status> guards(std::int64_t now_ms) const;
+
+  // Cumulative counts for tollgate_rate_limited_total{scope,kind},
+  // tollgate_budget_rejections_total{scope} and guard actions. Scopes come only from configured
+  // budgets, guards and keys (bounded); a removed key's counts leave the snapshot.
+  struct count {
+    std::string scope;
+    std::string kind;  // rate_limited: "requests" | "tokens"; guard_actions: "reject" | "reroute"; else ""
+    std::uint64_t value = 0;
+  };
+  struct counter_snapshot {
+    std::vector<count> rate_limited;
+    std::vector<count> budget_rejections;  // summed over the scope's periods
+    std::vector<count> guard_actions;
+    std::uint64_t alerts_dropped = 0;
+  };
+  counter_snapshot counters() const;
+
+  // ---- Projections (forecaster thread) ----
+  // Forecast of GLOBAL spend (all traffic) from now to the end of the window, USD; NaN: unknown.
+  struct spend_forecast {
+    double p50_usd = nan;
+    double p90_usd = nan;
+  };
+  // `global_remaining(period, window)` is called (without the engine's lock held) once per
+  // period some budget uses. Each budget's projection is spent + share * remaining, where share
+  // is the scope's share of recent spend (exponentially decayed, one-day time constant; 1 for
+  // global). A p90 projection above the limit raises projected_overspend once per window.
+  using remaining_spend_fn = std::function<spend_forecast(calendar_period, const time_window&)>;
+  void update_projections(std::int64_t now_ms, const remaining_spend_fn& global_remaining);
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+// OpenAI-style (Go) durations for x-ratelimit-reset-*: "20ms", "1s", "1.5s", "6m0s", "1h2m3s";
+// "0s" for zero or less.
+std::string format_reset(std::int64_t ms);
+
+}  // namespace tollgate

@@ -1,0 +1,79 @@
+// Client keys added at run time through the admin API, kept in the ledger database (table
+// client_keys, migration 2) so they survive restarts. Only a key's SHA-256 is stored, never the
+// key. Synchronous SQLite on a connection of its own: admin thread and start-up only.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/policy_config.hpp"
+
+namespace tollgate {
+
+// insert()/create() of a name (or a key) the store already holds, revoked or not: names are the
+// ids of the ledger, so a name is never reused. The admin API answers 409.
+struct key_exists : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct stored_key {
+  client_key_config key;               // budgets carry scope "key:<name>"
+  std::int64_t created_ms = 0;         // Unix ms
+  std::optional<std::int64_t> revoked_ms;
+};
+
+enum class revoke_result : std::uint8_t { revoked, not_found, already_revoked };
+
+// A new client key: "tg-" + 32 random bytes (OpenSSL RAND_bytes) in unpadded base64url, 46
+// characters. Throws std::runtime_error when the random generator fails.
+std::string generate_client_key();
+std::array<unsigned char, 32> key_sha256(std::string_view key);
+std::string to_hex(const std::array<unsigned char, 32>& digest);
+
+// A key's budgets as stored: [{"period": "day", "limit_usd": 5, "soft": [0.5, 0.8], "hard": true}]
+// (no scope: it is always the key's). budgets_from_json sets scope "key:<key_name>" and throws
+// std::invalid_argument saying what is wrong (the admin API's 400), with the same rules as the
+// config file: period day|week|month, limit_usd > 0, soft fractions in (0, 10], sorted, unique.
+nlohmann::json budgets_to_json(const std::vector<budget_config>& budgets);
+std::vector<budget_config> budgets_from_json(const nlohmann::json& j, std::string_view key_name);
+
+// Checks a key before it is stored: name 1-64 of [A-Za-z0-9._-], team empty or the same, tags
+// non-empty strings, limits >= 0, budgets as above. Throws std::invalid_argument.
+void validate_client_key(const client_key_config& key);
+
+class key_store {
+ public:
+  // The ledger file; it must exist with its migrations applied (ledger::start() does both).
+  explicit key_store(std::string ledger_path);
+
+  // Every stored key, revoked ones included, by name.
+  std::vector<stored_key> list() const;
+  // Keys not revoked, by name: merged with the configured keys at start-up and after changes.
+  std::vector<client_key_config> load_active() const;
+
+  // Stores a key whose sha256 is already set. Throws std::invalid_argument (validate_client_key),
+  // key_exists when the name or the key is taken, std::runtime_error on a database error.
+  void insert(const client_key_config& key, std::int64_t now_ms);
+  // Generates a key, stores its hash under key.name and returns the key: the only time it is
+  // ever visible. Throws as insert().
+  std::string create(client_key_config key, std::int64_t now_ms);
+  // Marks a key revoked at now_ms; it stays listed (and its name taken).
+  revoke_result revoke(std::string_view name, std::int64_t now_ms);
+
+  const std::string& path() const noexcept { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// {"name", "team" (null when none), "tags", "limits": {"rpm", "tpm"}, "budgets", "created_ms",
+//  "revoked_ms" (null when active)}: the admin API's view. Neither the key nor its hash.
+nlohmann::json to_json(const stored_key& k);
+
+}  // namespace tollgate

@@ -1,0 +1,683 @@
+// Finance reports from the ledger (report.hpp): time-range parsing, the spend query grouped by
+// local day/model/team/key, what-if re-pricing and the per-minute spend budgets warm-start from.
+// Called by the admin API, `tollgate report` and start-up, each call on its own read-only connection.
+#include "ledger/report.hpp"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <stdexcept>
+#include <utility>
+
+#include "core/pricing.hpp"
+
+namespace tollgate {
+
+namespace {
+
+constexpr std::int64_t kMinuteMs = 60'000;
+constexpr const char* kTimeForms =
+    "expected YYYY-MM-DD, YYYY-MM or an RFC 3339 time such as 2026-11-01T10:00:00Z or "
+    "2026-11-01T10:00:00+01:00";
+
+std::int64_t floor_div(std::int64_t a, std::int64_t b) noexcept {
+  const std::int64_t q = a / b;
+  return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+// ---- Parsing ---------------------------------------------------------------------------------
+
+struct civil {
+  int year = 0;
+  unsigned month = 0, day = 0;
+};
+
+civil add_days(civil c, int n) {
+  const std::chrono::year_month_day ymd{std::chrono::sys_days{std::chrono::year{c.year} / std::chrono::month{c.month} /
+                                                              std::chrono::day{c.day}} +
+                                        std::chrono::days{n}};
+  return {static_cast<int>(ymd.year()), static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day())};
+}
+
+civil next_month(civil c) { return c.month == 12 ? civil{c.year + 1, 1, 1} : civil{c.year, c.month + 1, 1}; }
+
+// A left-to-right reader over one time text; every failure names the value and the forms.
+class time_reader {
+ public:
+  time_reader(std::string_view text, std::string_view what) : s_(text), what_(what) {}
+
+  [[noreturn]] void fail(const std::string& why) const {
+    throw std::invalid_argument(std::string(what_) + ": '" + std::string(s_) + "' is not a valid time: " + why +
+                                "; " + kTimeForms);
+  }
+  bool done() const noexcept { return i_ == s_.size(); }
+  char peek() const noexcept { return done() ? '\0' : s_[i_]; }
+  bool accept(char c) noexcept {
+    if (peek() != c) return false;
+    ++i_;
+    return true;
+  }
+  void expect(char c, const char* where) {
+    if (!accept(c)) fail(std::string("expected '") + c + "' " + where);
+  }
+  // Exactly n digits.
+  int digits(int n, const char* name) {
+    int v = 0;
+    for (int k = 0; k < n; ++k) {
+      const char c = peek();
+      if (c < '0' || c > '9') fail(std::string(name) + " must have " + std::to_string(n) + " digits");
+      v = v * 10 + (c - '0');
+      ++i_;
+    }
+    return v;
+  }
+  int ranged(int n, const char* name, int lo, int hi) {
+    const int v = digits(n, name);
+    if (v < lo || v > hi) fail(std::string(name) + " must be " + std::to_string(lo) + "-" + std::to_string(hi));
+    return v;
+  }
+
+ private:
+  std::string_view s_;
+  std::string_view what_;
+  std::size_t i_ = 0;
+};
+
+std::string_view trim(std::string_view s) noexcept {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+std::int64_t local_day_ms(const calendar& cal, civil c) { return cal.day_start(c.year, c.month, c.day) * 1000; }
+
+// ---- SQLite ----------------------------------------------------------------------------------
+
+std::runtime_error ledger_error(const std::string& path, const std::string& what) {
+  return std::runtime_error("ledger " + path + ": " + what);
+}
+
+// A read-only connection to an existing ledger file.
+class reader {
+ public:
+  explicit reader(const std::string& path) : path_(path) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) throw ledger_error(path, "no such file");
+    const int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
+    if (rc != SQLITE_OK) {
+      const std::string why = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+      sqlite3_close(db_);
+      throw ledger_error(path, why);
+    }
+    // The writer thread holds the write lock only while committing a batch; WAL readers do not
+    // wait for it, but a checkpoint or recovery can briefly need a shared lock.
+    sqlite3_busy_timeout(db_, 5000);
+  }
+  ~reader() {
+    // Ends the read transaction of consistent(), if any: nothing was written.
+    if (db_ != nullptr && !sqlite3_get_autocommit(db_)) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    sqlite3_close(db_);
+  }
+  reader(const reader&) = delete;
+  reader& operator=(const reader&) = delete;
+
+  // Every later query of this connection reads the same snapshot (one WAL read transaction), so
+  // a report's totals and groups agree while the writer keeps committing.
+  void consistent() {
+    if (sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) fail();
+  }
+  sqlite3* db() const noexcept { return db_; }
+  const std::string& path() const noexcept { return path_; }
+  [[noreturn]] void fail() const {
+    std::string why = sqlite3_errmsg(db_);
+    if (why.rfind("no such table", 0) == 0) why += " (not a tollgate ledger?)";
+    throw ledger_error(path_, why);
+  }
+
+ private:
+  std::string path_;
+  sqlite3* db_ = nullptr;
+};
+
+class statement {
+ public:
+  statement(const reader& r, const std::string& sql) : r_(r) {
+    if (sqlite3_prepare_v2(r.db(), sql.c_str(), static_cast<int>(sql.size()), &st_, nullptr) != SQLITE_OK) r.fail();
+  }
+  ~statement() { sqlite3_finalize(st_); }
+  statement(const statement&) = delete;
+  statement& operator=(const statement&) = delete;
+
+  // Rebinds for another run.
+  void bind(int i, std::int64_t v) {
+    if (!bound_) sqlite3_reset(st_);
+    bound_ = true;
+    sqlite3_bind_int64(st_, i, v);
+  }
+  // true: a row is ready; false: done. Throws on a SQLite error.
+  bool step() {
+    bound_ = false;
+    const int rc = sqlite3_step(st_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    r_.fail();
+  }
+  std::int64_t i64(int c) const noexcept { return sqlite3_column_int64(st_, c); }
+  double real(int c) const noexcept { return sqlite3_column_double(st_, c); }
+  bool is_null(int c) const noexcept { return sqlite3_column_type(st_, c) == SQLITE_NULL; }
+  std::optional<std::string> text(int c) const {
+    if (is_null(c)) return std::nullopt;
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(st_, c));
+    return std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(st_, c)));
+  }
+
+ private:
+  const reader& r_;
+  sqlite3_stmt* st_ = nullptr;
+  bool bound_ = false;
+};
+
+// The figures' aggregates, in spend_figures order; `over` is "" or " OVER w". SUM of no rows is
+// NULL, read as 0.
+std::string figure_columns(std::string_view over) {
+  std::string out;
+  for (const char* agg : {"COUNT(*)", "SUM(priced = 0)", "SUM(prompt_tokens)", "SUM(completion_tokens)",
+                          "SUM(cached_tokens)", "SUM(cache_write_tokens)", "SUM(reasoning_tokens)", "SUM(cost_usd)"}) {
+    if (!out.empty()) out += ", ";
+    out += agg;
+    out += over;
+  }
+  return out;
+}
+
+spend_figures read_figures(const statement& st, int first) {
+  spend_figures f;
+  f.requests = st.i64(first);
+  f.unpriced_requests = st.i64(first + 1);
+  f.prompt_tokens = st.i64(first + 2);
+  f.completion_tokens = st.i64(first + 3);
+  f.cached_tokens = st.i64(first + 4);
+  f.cache_write_tokens = st.i64(first + 5);
+  f.reasoning_tokens = st.i64(first + 6);
+  f.cost_usd = st.real(first + 7);
+  return f;
+}
+
+// The plain range aggregate: the query a person checks the report against.
+const std::string& range_sql() {
+  static const std::string sql =
+      "SELECT " + figure_columns("") + " FROM calls WHERE start_ms >= ?1 AND start_ms < ?2";
+  return sql;
+}
+
+const char* group_expr(spend_group g) noexcept {
+  switch (g) {
+    case spend_group::model: return "COALESCE(price_model, served_model, requested_model)";
+    case spend_group::team: return "team";
+    case spend_group::key: return "client_key_id";
+    case spend_group::day: break;
+  }
+  return "NULL";
+}
+
+// Sums per group of `cols` (no day) over [?1, ?2). A GROUP BY would feed SUM each group's rows
+// in its sorter's order; a window ordered by (start_ms, id) feeds them in the order the plain
+// range query reads them through the start_ms index, so each group equals that query narrowed
+// to the group bit for bit. The running sums of a partition's last row (the one LEAD finds no
+// successor for) are the group's; a frame ending at the current row streams instead of
+// buffering each partition, about a fifth cheaper.
+std::string grouped_sql(const std::vector<spend_group>& cols) {
+  std::string keys, outer, inner;
+  for (std::size_t i = 0; i < cols.size(); ++i) {
+    const std::string k = "k" + std::to_string(i);
+    keys += (i > 0 ? ", " : "") + std::string(group_expr(cols[i]));
+    outer += k + ", ";
+    inner += std::string(group_expr(cols[i])) + " AS " + k + ", ";
+  }
+  return "SELECT " + outer + "n0, n1, n2, n3, n4, n5, n6, n7 FROM (SELECT " + inner +
+         "COUNT(*) OVER w AS n0, SUM(priced = 0) OVER w AS n1, SUM(prompt_tokens) OVER w AS n2, "
+         "SUM(completion_tokens) OVER w AS n3, SUM(cached_tokens) OVER w AS n4, "
+         "SUM(cache_write_tokens) OVER w AS n5, SUM(reasoning_tokens) OVER w AS n6, "
+         "SUM(cost_usd) OVER w AS n7, LEAD(start_ms) OVER w AS next_start "
+         "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2 "
+         "WINDOW w AS (PARTITION BY " + keys +
+         " ORDER BY start_ms, id ROWS UNBOUNDED PRECEDING)) WHERE next_start IS NULL";
+}
+
+// Null sorts first, then byte order (SQLite's BINARY collation).
+bool keys_less(const spend_row& a, const spend_row& b) { return a.keys < b.keys; }
+
+std::string format_double(double v) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+std::string csv_field(std::string_view s) {
+  if (s.find_first_of(",\"\r\n") == std::string_view::npos) return std::string(s);
+  std::string out = "\"";
+  for (const char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  out += '"';
+  return out;
+}
+
+nlohmann::json bound_json(std::int64_t ms, std::int64_t unbounded) {
+  return ms == unbounded ? nlohmann::json(nullptr) : nlohmann::json(format_rfc3339_utc(ms));
+}
+
+void put_range(nlohmann::json& j, const time_range& r) {
+  constexpr auto lo = std::numeric_limits<std::int64_t>::min();
+  constexpr auto hi = std::numeric_limits<std::int64_t>::max();
+  j["from"] = bound_json(r.from_ms, lo);
+  j["to"] = bound_json(r.to_ms, hi);
+  j["from_ms"] = r.from_ms == lo ? nlohmann::json(nullptr) : nlohmann::json(r.from_ms);
+  j["to_ms"] = r.to_ms == hi ? nlohmann::json(nullptr) : nlohmann::json(r.to_ms);
+}
+
+void put_figures(nlohmann::json& j, const spend_figures& f, const char* cost_name = "cost_usd") {
+  j["requests"] = f.requests;
+  j["unpriced_requests"] = f.unpriced_requests;
+  j["prompt_tokens"] = f.prompt_tokens;
+  j["completion_tokens"] = f.completion_tokens;
+  j["cached_tokens"] = f.cached_tokens;
+  j["cache_write_tokens"] = f.cache_write_tokens;
+  j["reasoning_tokens"] = f.reasoning_tokens;
+  j[cost_name] = f.cost_usd;
+}
+
+constexpr const char* kFigureHeader =
+    "requests,unpriced_requests,prompt_tokens,completion_tokens,cached_tokens,cache_write_tokens,"
+    "reasoning_tokens";
+
+void put_csv_figures(std::string& out, const spend_figures& f) {
+  for (const auto v : {f.requests, f.unpriced_requests, f.prompt_tokens, f.completion_tokens, f.cached_tokens,
+                       f.cache_write_tokens, f.reasoning_tokens}) {
+    out += std::to_string(v);
+    out += ',';
+  }
+  out += format_double(f.cost_usd);
+}
+
+// What-if prices of one tier, as compute_cost() derives them (the 1.25x / 2x cache-write
+// defaults included), so a one-call what-if equals compute_cost() bit for bit.
+struct tier_prices {
+  double in, cached_in, write_5m, write_1h, out;
+};
+tier_prices prices_of(const model_price& p, bool long_tier) {
+  const double in = long_tier ? p.long_input : p.input;
+  return {in, long_tier ? p.long_cached_input : p.cached_input,
+          (long_tier ? p.long_cache_write_5m : p.cache_write_5m).value_or(1.25 * in),
+          (long_tier ? p.long_cache_write_1h : p.cache_write_1h).value_or(2.0 * in),
+          long_tier ? p.long_output : p.output};
+}
+
+// Billable token sums of one tier, clamped per call as compute_cost() clamps them.
+struct tier_tokens {
+  std::int64_t uncached = 0, cached = 0, write_5m = 0, write_1h = 0, completion = 0;
+  void add(const tier_tokens& o) noexcept {
+    uncached += o.uncached, cached += o.cached, write_5m += o.write_5m, write_1h += o.write_1h,
+        completion += o.completion;
+  }
+  double cost(const tier_prices& r) const noexcept {
+    const auto d = [](std::int64_t v) { return static_cast<double>(v); };
+    return (d(uncached) * r.in + d(cached) * r.cached_in + d(write_5m) * r.write_5m + d(write_1h) * r.write_1h +
+            d(completion) * r.out) /
+           1e6;
+  }
+};
+
+}  // namespace
+
+// ---- Time ----------------------------------------------------------------------------------------
+
+std::int64_t parse_time_bound(std::string_view text, range_end end, const calendar& cal) {
+  const bool is_to = end == range_end::to;
+  const std::string_view value = trim(text);
+  time_reader in(value, is_to ? "to" : "from");
+  if (value.empty()) in.fail("it is empty");
+  civil c;
+  c.year = in.digits(4, "the year");
+  in.expect('-', "after the year");
+  c.month = static_cast<unsigned>(in.ranged(2, "the month", 1, 12));
+  c.day = 1;
+  if (in.done()) return local_day_ms(cal, is_to ? next_month(c) : c);
+  in.expect('-', "after the month");
+  c.day = static_cast<unsigned>(in.digits(2, "the day"));
+  if (!std::chrono::year_month_day(std::chrono::year{c.year}, std::chrono::month{c.month}, std::chrono::day{c.day}).ok())
+    in.fail("no such day in that month");
+  if (in.done()) return local_day_ms(cal, is_to ? add_days(c, 1) : c);
+
+  if (!in.accept('T') && !in.accept('t') && !in.accept(' ')) in.fail("expected 'T' between the date and the time");
+  const int hour = in.ranged(2, "the hour", 0, 23);
+  in.expect(':', "after the hour");
+  const int minute = in.ranged(2, "the minute", 0, 59);
+  in.expect(':', "after the minute (RFC 3339 needs seconds)");
+  const int second = in.ranged(2, "the second", 0, 60);  // 60: a leap second, the next minute's start
+  std::int64_t frac_ms = 0;
+  if (in.accept('.')) {
+    int n = 0;
+    bool rest = false;  // a non-zero digit below the millisecond
+    while (in.peek() >= '0' && in.peek() <= '9') {
+      const int d = in.peek() - '0';
+      if (n < 3)
+        frac_ms = frac_ms * 10 + d;
+      else
+        rest = rest || d != 0;
+      ++n;
+      in.accept(in.peek());
+    }
+    if (n == 0) in.fail("expected digits after '.'");
+    for (; n < 3; ++n) frac_ms *= 10;
+    if (rest) ++frac_ms;  // round up: start_ms >= t and start_ms < t both mean >= / < ceil(t)
+  }
+  std::int64_t offset_s = 0;
+  if (in.accept('Z') || in.accept('z')) {
+  } else if (in.peek() == '+' || in.peek() == '-') {
+    const int sign = in.peek() == '-' ? -1 : 1;
+    in.accept(in.peek());
+    const int oh = in.ranged(2, "the offset's hours", 0, 23);
+    in.expect(':', "in the offset (+HH:MM)");
+    const int om = in.ranged(2, "the offset's minutes", 0, 59);
+    offset_s = sign * (oh * 3600 + om * 60);
+  } else if (in.peek() == ' ') {
+    in.fail("the offset must start with '+' or '-' (in a URL, write '+' as %2B)");
+  } else {
+    in.fail("expected 'Z' or an offset such as +01:00 after the time");
+  }
+  if (!in.done()) in.fail("unexpected text after the offset");
+  const auto days = std::chrono::sys_days{std::chrono::year{c.year} / std::chrono::month{c.month} /
+                                          std::chrono::day{c.day}}.time_since_epoch().count();
+  const std::int64_t secs = std::int64_t{days} * 86400 + hour * 3600 + minute * 60 + second - offset_s;
+  return secs * 1000 + frac_ms;
+}
+
+time_range parse_month(std::string_view spec, const calendar& cal) {
+  const std::string_view value = trim(spec);
+  const auto bad = [&] {
+    return std::invalid_argument("month: expected YYYY-MM such as 2026-11, got '" + std::string(value) + "'");
+  };
+  if (value.size() != 7) throw bad();
+  try {
+    return {parse_time_bound(value, range_end::from, cal), parse_time_bound(value, range_end::to, cal)};
+  } catch (const std::invalid_argument&) {
+    throw bad();
+  }
+}
+
+std::string format_rfc3339_utc(std::int64_t ms) {
+  const std::int64_t secs = floor_div(ms, 1000);
+  const std::int64_t days = floor_div(secs, 86400);
+  const std::int64_t sod = secs - days * 86400;
+  const std::chrono::year_month_day ymd{std::chrono::sys_days{std::chrono::days{days}}};
+  char buf[64];
+  int n = std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d", static_cast<int>(ymd.year()),
+                        static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
+                        static_cast<int>(sod / 3600), static_cast<int>(sod / 60 % 60), static_cast<int>(sod % 60));
+  if (const std::int64_t frac = ms - secs * 1000; frac != 0)
+    n += std::snprintf(buf + n, sizeof buf - static_cast<std::size_t>(n), ".%03d", static_cast<int>(frac));
+  std::snprintf(buf + n, sizeof buf - static_cast<std::size_t>(n), "Z");
+  return buf;
+}
+
+// ---- Spend -----------------------------------------------------------------------------------------
+
+std::string_view to_string(spend_group g) noexcept {
+  switch (g) {
+    case spend_group::day: return "day";
+    case spend_group::model: return "model";
+    case spend_group::team: return "team";
+    case spend_group::key: return "key";
+  }
+  return "day";
+}
+
+std::vector<spend_group> parse_group_by(std::string_view list) {
+  std::vector<spend_group> out;
+  std::size_t pos = 0;
+  while (pos <= list.size()) {
+    const auto comma = std::min(list.find(',', pos), list.size());
+    const auto name = trim(list.substr(pos, comma - pos));
+    pos = comma + 1;
+    if (name.empty()) continue;
+    std::optional<spend_group> g;
+    for (const auto c : {spend_group::day, spend_group::model, spend_group::team, spend_group::key})
+      if (name == to_string(c)) g = c;
+    if (!g)
+      throw std::invalid_argument("group_by: unknown column '" + std::string(name) +
+                                  "' (expected day, model, team or key)");
+    if (std::find(out.begin(), out.end(), *g) != out.end())
+      throw std::invalid_argument("group_by: '" + std::string(name) + "' given twice");
+    out.push_back(*g);
+  }
+  return out;
+}
+
+namespace {
+
+spend_report spend_on(const reader& db, const calendar& cal, const spend_query& q) {
+  spend_report out;
+  out.query = q;
+
+  statement total(db, range_sql());
+  total.bind(1, q.range.from_ms);
+  total.bind(2, q.range.to_ms);
+  if (total.step()) out.total = read_figures(total, 0);
+  if (q.group_by.empty() || out.total.requests == 0) return out;
+
+  std::vector<spend_group> cols;  // every group but day, in the given order
+  for (const auto g : q.group_by)
+    if (g != spend_group::day) cols.push_back(g);
+  const auto day_at = std::find(q.group_by.begin(), q.group_by.end(), spend_group::day);
+  const bool by_day = day_at != q.group_by.end();
+  const auto day_pos = static_cast<std::size_t>(day_at - q.group_by.begin());
+
+  // Sums of [from, to) per group, with `day` (when grouped by day) at its place among the keys.
+  statement grouped(db, cols.empty() ? range_sql() : grouped_sql(cols));
+  const auto run = [&](std::int64_t from, std::int64_t to, const std::optional<std::string>& day) {
+    grouped.bind(1, from);
+    grouped.bind(2, to);
+    while (grouped.step()) {
+      spend_row row;
+      for (std::size_t i = 0; i < cols.size(); ++i) row.keys.push_back(grouped.text(static_cast<int>(i)));
+      if (by_day) row.keys.insert(row.keys.begin() + static_cast<std::ptrdiff_t>(day_pos), day);
+      row.figures = read_figures(grouped, static_cast<int>(cols.size()));
+      if (row.figures.requests > 0) out.rows.push_back(std::move(row));
+    }
+  };
+
+  if (!by_day) {
+    run(q.range.from_ms, q.range.to_ms, std::nullopt);
+  } else {
+    // One pass per local day that has calls. SQL cannot evaluate IANA zones, so the day bounds
+    // come from the calendar (23- and 25-hour days across DST changes) and jumping to the next
+    // call skips empty stretches of a sparse ledger.
+    statement next_call(db, "SELECT MIN(start_ms) FROM calls WHERE start_ms >= ?1 AND start_ms < ?2");
+    std::int64_t from = q.range.from_ms;
+    for (;;) {
+      next_call.bind(1, from);
+      next_call.bind(2, q.range.to_ms);
+      if (!next_call.step() || next_call.is_null(0)) break;
+      const std::int64_t at = next_call.i64(0);
+      const time_window day = cal.window(calendar_period::day, floor_div(at, 1000));
+      const std::int64_t lo = std::max(day.start_s * 1000, q.range.from_ms);
+      const std::int64_t hi = std::min(day.end_s * 1000, q.range.to_ms);
+      run(lo, hi, cal.local_date(day.start_s));
+      if (hi >= q.range.to_ms) break;
+      from = hi;
+    }
+  }
+  std::sort(out.rows.begin(), out.rows.end(), keys_less);
+  return out;
+}
+
+}  // namespace
+
+spend_report query_spend(const std::string& ledger_path, const spend_query& q) {
+  const calendar cal(q.timezone);  // before opening: a bad zone is the caller's error, not the file's
+  reader db(ledger_path);
+  db.consistent();
+  return spend_on(db, cal, q);
+}
+
+nlohmann::json to_json(const spend_report& r) {
+  nlohmann::json j;
+  put_range(j, r.query.range);
+  j["timezone"] = r.query.timezone;
+  auto& groups = j["group_by"] = nlohmann::json::array();
+  for (const auto g : r.query.group_by) groups.push_back(std::string(to_string(g)));
+  auto& rows = j["rows"] = nlohmann::json::array();
+  for (const auto& row : r.rows) {
+    nlohmann::json o;
+    for (std::size_t i = 0; i < r.query.group_by.size() && i < row.keys.size(); ++i)
+      o[std::string(to_string(r.query.group_by[i]))] =
+          row.keys[i] ? nlohmann::json(*row.keys[i]) : nlohmann::json(nullptr);
+    put_figures(o, row.figures);
+    rows.push_back(std::move(o));
+  }
+  put_figures(j["total"], r.total);
+  return j;
+}
+
+std::string to_csv(const spend_report& r) {
+  std::string out = "row";
+  for (const auto g : r.query.group_by) (out += ',') += to_string(g);
+  out += ',';
+  out += kFigureHeader;
+  out += ",cost_usd\n";
+  for (const auto& row : r.rows) {
+    out += "group";
+    for (const auto& k : row.keys) (out += ',') += k ? csv_field(*k) : std::string();
+    out += ',';
+    put_csv_figures(out, row.figures);
+    out += '\n';
+  }
+  out += "total";
+  out.append(r.query.group_by.size(), ',');
+  out += ',';
+  put_csv_figures(out, r.total);
+  out += '\n';
+  return out;
+}
+
+// ---- What-if -------------------------------------------------------------------------------------
+
+whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q, const price_table& prices) {
+  const model_price* target = prices.resolve(q.model);
+  if (target == nullptr)
+    throw std::invalid_argument("model: '" + q.model + "' is not in the price table");
+  reader db(ledger_path);
+  db.consistent();
+  // The actual side is the spend query's, so both reports show the same figures.
+  const spend_report actual = spend_on(db, calendar("UTC"), {q.range, {spend_group::model}, "UTC"});
+
+  whatif_report out;
+  out.model = target->name;
+  out.range = q.range;
+  out.actual_total = actual.total;
+  for (const auto& row : actual.rows) out.rows.push_back({row.keys[0], row.figures, 0, 0});
+
+  // Billable tokens per call clamped as compute_cost() clamps them, summed per (model, tier).
+  statement st(db,
+               "SELECT m, ?3 > 0 AND p > ?3, SUM(p - c - w), SUM(c), SUM(w - w1), SUM(w1), SUM(o), SUM(w1_raw) "
+               "FROM (SELECT COALESCE(price_model, served_model, requested_model) AS m, "
+               "MAX(cached_tokens, 0) AS c, MAX(cache_write_tokens, 0) AS w, "
+               "MIN(MAX(cache_write_1h_tokens, 0), MAX(cache_write_tokens, 0)) AS w1, "
+               "MAX(prompt_tokens, 0, MAX(cached_tokens, 0) + MAX(cache_write_tokens, 0)) AS p, "
+               "MAX(completion_tokens, 0) AS o, cache_write_1h_tokens AS w1_raw "
+               "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2) GROUP BY 1, 2");
+  st.bind(1, q.range.from_ms);
+  st.bind(2, q.range.to_ms);
+  st.bind(3, target->long_context_threshold);
+  std::map<std::optional<std::string>, std::pair<tier_tokens, tier_tokens>> by_model;  // short, long
+  std::map<std::optional<std::string>, std::int64_t> write_1h_by_model;
+  tier_tokens all_short, all_long;
+  while (st.step()) {
+    const auto model = st.text(0);
+    const bool long_tier = st.i64(1) != 0;
+    const tier_tokens t{st.i64(2), st.i64(3), st.i64(4), st.i64(5), st.i64(6)};
+    auto& slot = by_model[model];
+    (long_tier ? slot.second : slot.first).add(t);
+    (long_tier ? all_long : all_short).add(t);
+    write_1h_by_model[model] += st.i64(7);
+    out.cache_write_1h_tokens += st.i64(7);
+  }
+  const tier_prices short_prices = prices_of(*target, false), long_prices = prices_of(*target, true);
+  const auto cost = [&](const tier_tokens& s, const tier_tokens& l) {
+    return s.cost(short_prices) + l.cost(long_prices);
+  };
+  for (auto& row : out.rows) {
+    if (const auto it = by_model.find(row.model); it != by_model.end())
+      row.whatif_cost_usd = cost(it->second.first, it->second.second);
+    row.cache_write_1h_tokens = write_1h_by_model[row.model];
+  }
+  out.whatif_cost_usd = cost(all_short, all_long);
+  return out;
+}
+
+nlohmann::json to_json(const whatif_report& r) {
+  nlohmann::json j;
+  j["model"] = r.model;
+  put_range(j, r.range);
+  auto& rows = j["rows"] = nlohmann::json::array();
+  for (const auto& row : r.rows) {
+    nlohmann::json o;
+    o["model"] = row.model ? nlohmann::json(*row.model) : nlohmann::json(nullptr);
+    put_figures(o, row.actual, "actual_cost_usd");
+    o["cache_write_1h_tokens"] = row.cache_write_1h_tokens;
+    o["whatif_cost_usd"] = row.whatif_cost_usd;
+    rows.push_back(std::move(o));
+  }
+  auto& total = j["total"];
+  put_figures(total, r.actual_total, "actual_cost_usd");
+  total["cache_write_1h_tokens"] = r.cache_write_1h_tokens;
+  total["whatif_cost_usd"] = r.whatif_cost_usd;
+  return j;
+}
+
+std::string to_csv(const whatif_report& r) {
+  std::string out = "row,model,";
+  out += kFigureHeader;
+  out += ",actual_cost_usd,cache_write_1h_tokens,whatif_cost_usd\n";
+  const auto line = [&](std::string_view kind, const std::string& model, const spend_figures& f, std::int64_t w1h,
+                        double whatif) {
+    out += kind;
+    (out += ',') += csv_field(model);
+    out += ',';
+    put_csv_figures(out, f);
+    (out += ',') += std::to_string(w1h);
+    (out += ',') += format_double(whatif);
+    out += '\n';
+  };
+  for (const auto& row : r.rows)
+    line("group", row.model.value_or(""), row.actual, row.cache_write_1h_tokens, row.whatif_cost_usd);
+  line("total", "", r.actual_total, r.cache_write_1h_tokens, r.whatif_cost_usd);
+  return out;
+}
+
+// ---- Warm start --------------------------------------------------------------------------------
+
+std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64_t since_ms) {
+  std::error_code ec;
+  if (!std::filesystem::exists(ledger_path, ec)) return {};
+  reader db(ledger_path);
+  statement st(db,
+               "SELECT client_key_id, team, price_model, SUM(cost_usd), MAX(start_ms) FROM calls "
+               "WHERE start_ms >= ?1 GROUP BY start_ms / " + std::to_string(kMinuteMs) +
+                   ", client_key_id, team, price_model HAVING SUM(cost_usd) <> 0 ORDER BY 5");
+  st.bind(1, since_ms);
+  std::vector<spend_sample> out;
+  while (st.step())
+    out.push_back({st.text(0).value_or(""), st.text(1).value_or(""), st.text(2).value_or(""), st.real(3), st.i64(4)});
+  return out;
+}
+
+}  // namespace tollgate

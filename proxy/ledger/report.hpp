@@ -1,0 +1,176 @@
+// Finance reports read back from the SQLite ledger: spend grouped by local day, model, team and
+// key; what-if re-pricing at another model's prices; per-minute spend for warm-starting budgets.
+// Synchronous, on a read-only connection of their own: for the admin thread, the `tollgate
+// report` command and start-up, never for an I/O thread.
+#pragma once
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/calendar.hpp"
+
+namespace tollgate {
+
+class price_table;
+
+// ---- Time parsing ------------------------------------------------------------------------------
+
+// [from_ms, to_ms) in Unix milliseconds (UTC). The defaults mean "no bound".
+struct time_range {
+  std::int64_t from_ms = std::numeric_limits<std::int64_t>::min();
+  std::int64_t to_ms = std::numeric_limits<std::int64_t>::max();
+};
+
+// Which end of a range a text names; decides what a bare date or month means.
+enum class range_end : std::uint8_t { from, to };
+
+// Parses one end of a time range. Accepted forms:
+//   2026-11-01                  a local calendar day in `cal`'s zone. As `from` it is the day's
+//                               local midnight; as `to` it is INCLUSIVE: the end of that local
+//                               day (next local midnight), so from=2026-11-01&to=2026-11-30 is
+//                               all of November, as a person reading it expects.
+//   2026-11                     a local calendar month: its first instant as `from`, its end
+//                               (the next month's first instant) as `to`.
+//   2026-11-01T10:00:00Z        RFC 3339: 'T' or 't' or one space between date and time, 'Z'/'z'
+//   2026-11-01T10:00:00.5+01:00 or a numeric offset, optional fraction of any length. An instant
+//                               is used as is: `to` stays exclusive. Sub-millisecond fractions
+//                               round up, which selects exactly the rows whose millisecond
+//                               start_ms lies in [from, to).
+// Throws std::invalid_argument with a message naming the value and the expected forms.
+std::int64_t parse_time_bound(std::string_view text, range_end end, const calendar& cal);
+
+// "2026-11" -> [local month start, next local month start). Throws std::invalid_argument.
+time_range parse_month(std::string_view spec, const calendar& cal);
+
+// Unix ms as RFC 3339 in UTC ("2026-10-31T23:00:00Z", ".123" only when needed).
+std::string format_rfc3339_utc(std::int64_t ms);
+
+// ---- Spend -----------------------------------------------------------------------------------
+
+// Group columns. day: the local calendar date (YYYY-MM-DD) of the call's start in the query's
+// timezone. model: the price-table entry that priced the call (price_model); for an unpriced
+// call, the served model, else the requested model, so unknown models show under their own
+// name (with unpriced_requests counting them) instead of disappearing. key: the client key's
+// name (client_key_id). team: the key's team. Absent values (auth off, no team) are null in
+// JSON and an empty field in CSV.
+enum class spend_group : std::uint8_t { day, model, team, key };
+std::string_view to_string(spend_group g) noexcept;
+// "day,model" -> {day, model}, order kept. Throws std::invalid_argument on an unknown or
+// repeated name.
+std::vector<spend_group> parse_group_by(std::string_view list);
+
+struct spend_query {
+  time_range range;                    // on start_ms
+  std::vector<spend_group> group_by;   // output columns and sort order, as given
+  std::string timezone = "UTC";        // IANA zone of the `day` column
+};
+
+// Sums over a set of calls. Every figure is a SQLite SUM() (see query_spend), never a sum of
+// doubles made in C++.
+struct spend_figures {
+  std::int64_t requests = 0;
+  std::int64_t unpriced_requests = 0;  // calls whose model had no price (cost 0, counted)
+  std::int64_t prompt_tokens = 0;      // includes cached and cache-write tokens
+  std::int64_t completion_tokens = 0;  // includes reasoning tokens
+  std::int64_t cached_tokens = 0;
+  std::int64_t cache_write_tokens = 0;
+  std::int64_t reasoning_tokens = 0;
+  double cost_usd = 0;
+};
+
+struct spend_row {
+  std::vector<std::optional<std::string>> keys;  // one per query.group_by entry; nullopt: absent
+  spend_figures figures;
+};
+
+struct spend_report {
+  spend_query query;
+  std::vector<spend_row> rows;  // groups with at least one call, sorted by the keys (null first)
+  spend_figures total;          // all calls of the range
+};
+
+// Runs the spend query on the ledger file at `ledger_path` (read-only).
+//
+// Exactness: SQLite 3.40's SUM() adds doubles in the order it reads rows, so a sum depends on
+// that order. The total is the plain range query
+//   SELECT SUM(cost_usd) FROM calls WHERE start_ms >= :from AND start_ms < :to
+// (which reads the start_ms index), so it is bit-identical to that query. Each group's sums are
+// accumulated in (start_ms, id) order too, by a window over the group's rows, so a group equals
+// the same query narrowed to the group (`AND price_model = 'x'`, one local day's bounds, ...)
+// bit for bit. The total is never the sum of the rows, which may differ in the last bit.
+// Grouping sorts the range's calls: a few seconds per million calls, fine for the admin thread
+// and the CLI. All queries of one report read one snapshot, so its rows and total agree.
+// Throws std::invalid_argument for a bad timezone, std::runtime_error naming the file for a
+// missing or unreadable ledger.
+spend_report query_spend(const std::string& ledger_path, const spend_query& q);
+
+// {"from": RFC 3339|null, "to": ..., "from_ms", "to_ms", "timezone", "group_by": [...],
+//  "rows": [{<group>: value|null, ..., "requests", ..., "cost_usd"}], "total": {...}}.
+// Amounts are unrounded (shortest round-trip).
+nlohmann::json to_json(const spend_report& r);
+// Header line, one line per group, then one total line. The first column, `row`, says which
+// ("group" / "total"), so a group named "total" cannot be mistaken for the total. Amounts are
+// shortest round-trip (std::to_chars), strings quoted as RFC 4180 says, absent values empty;
+// lines end in "\n" (what Unix tools expect; spreadsheets and CSV libraries accept it).
+std::string to_csv(const spend_report& r);
+
+// ---- What-if -----------------------------------------------------------------------------------
+
+struct whatif_query {
+  time_range range;
+  std::string model;  // price-table id (aliases and snapshot ids resolve)
+};
+
+struct whatif_row {
+  std::optional<std::string> model;  // the original model (spend_group::model's rule)
+  spend_figures actual;              // as query_spend grouped by model: exact ledger sums
+  std::int64_t cache_write_1h_tokens = 0;
+  double whatif_cost_usd = 0;        // the same tokens at the target model's list prices
+};
+
+struct whatif_report {
+  std::string model;  // the target's canonical price-table name
+  time_range range;
+  std::vector<whatif_row> rows;  // sorted by original model
+  spend_figures actual_total;    // exact ledger sums of the range
+  std::int64_t cache_write_1h_tokens = 0;
+  double whatif_cost_usd = 0;
+};
+
+// Re-prices each call's tokens (uncached prompt, cache reads, 5-minute and 1-hour cache writes,
+// completion) at `q.model`'s prices with compute_cost()'s formula, its long-context tier
+// decided per call, and without the upstream's price multiplier (list prices). Token counts are
+// summed per (original model, tier) in SQL as integers, so the what-if cost is exact up to one
+// multiplication per price. Throws std::invalid_argument when the model is not in `prices`.
+whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q, const price_table& prices);
+
+// {"model", "from", "to", "from_ms", "to_ms", "rows": [{"model", <token sums>, "actual_cost_usd",
+//  "whatif_cost_usd"}], "total": {...}}.
+nlohmann::json to_json(const whatif_report& r);
+// CSV as for spend: row,model,<figures>,actual_cost_usd,cache_write_1h_tokens,whatif_cost_usd.
+std::string to_csv(const whatif_report& r);
+
+// ---- Warm start --------------------------------------------------------------------------------
+
+// Spend of one (key, team, price model) within one UTC minute.
+struct spend_sample {
+  std::string client_key_id;  // "" when none
+  std::string team;
+  std::string price_model;    // "" when unpriced
+  double cost_usd = 0;        // SQLite SUM of the minute's calls
+  std::int64_t ts_ms = 0;     // start_ms of the minute's last call: inside the same minute, so in
+                              // the same calendar period as every call it sums (zone offsets are
+                              // whole minutes), and never older than any of them
+};
+
+// Calls with start_ms >= since_ms and a non-zero cost, summed per minute and (key, team, price
+// model), oldest first: the rows budgets and spend guards are seeded from at boot. A missing
+// ledger file yields nothing (first start). Throws std::runtime_error naming the file otherwise.
+std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64_t since_ms);
+
+}  // namespace tollgate

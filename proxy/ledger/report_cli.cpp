@@ -1,0 +1,272 @@
+// `tollgate report` (report_cli.hpp): argument parsing and the aligned-table printer over the
+// spend and what-if queries of report.hpp, so the offline figures are the admin API's figures.
+#include "ledger/report_cli.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+
+#include "core/pricing.hpp"
+#include "ledger/report.hpp"
+
+namespace tollgate {
+
+namespace {
+
+constexpr const char* kUsage =
+    R"(Usage: tollgate report --ledger FILE [--month YYYY-MM | --from WHEN [--to WHEN]]
+                       [--by day,model,team,key] [--timezone ZONE] [--csv | --json]
+                       [--whatif MODEL [--prices FILE]]
+
+Prints the spend recorded in a ledger file: the figures of the admin API's /admin/spend (and,
+with --whatif, /admin/whatif), as an aligned table, CSV or JSON. Amounts are unrounded.
+
+Options:
+  --ledger FILE      the SQLite ledger (default: $TOLLGATE_LEDGER_PATH)
+  --month YYYY-MM    one calendar month in --timezone
+  --from WHEN        start, inclusive: YYYY-MM-DD (local midnight), YYYY-MM, or RFC 3339
+                     (2026-11-01T10:00:00Z, 2026-11-01T10:00:00+01:00)
+  --to WHEN          end: a date or month is inclusive (up to the end of that local day or
+                     month), an RFC 3339 time is exclusive
+                     Without --month, --from or --to: every call in the ledger.
+  --by LIST          group by day, model, team and/or key, in that order of columns
+                     (comma-separated or repeated); without it, the total only
+  --timezone ZONE    IANA zone of dates, months and the day column (default: UTC)
+  --csv, --json      machine-readable output instead of the table
+  --whatif MODEL     re-price the period's tokens at MODEL's prices, per original model
+  --prices FILE      price table for --whatif (default: config/prices.yaml)
+  -h, --help         print this help
+)";
+
+struct usage_error : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+enum class output_format { table, csv, json };
+
+struct options {
+  std::string ledger;
+  std::optional<std::string> month, from, to, whatif;
+  std::string prices = "config/prices.yaml";
+  std::string timezone = "UTC";
+  std::vector<spend_group> group_by;
+  output_format format = output_format::table;
+  bool help = false;
+};
+
+options parse_args(const std::vector<std::string>& args) {
+  options o;
+  if (const char* env = std::getenv("TOLLGATE_LEDGER_PATH"); env != nullptr) o.ledger = env;
+  std::string by;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    std::string name = args[i];
+    std::optional<std::string> inline_value;
+    if (const auto eq = name.find('='); name.rfind("--", 0) == 0 && eq != std::string::npos) {
+      inline_value = name.substr(eq + 1);
+      name.resize(eq);
+    }
+    const auto value = [&]() -> std::string {
+      if (inline_value) return *inline_value;
+      if (i + 1 >= args.size()) throw usage_error(name + " needs a value");
+      return args[++i];
+    };
+    const auto flag = [&] {
+      if (inline_value) throw usage_error(name + " takes no value");
+    };
+    if (name == "-h" || name == "--help") {
+      flag();
+      o.help = true;
+    } else if (name == "--ledger") {
+      o.ledger = value();
+    } else if (name == "--month") {
+      o.month = value();
+    } else if (name == "--from") {
+      o.from = value();
+    } else if (name == "--to") {
+      o.to = value();
+    } else if (name == "--by" || name == "--group-by") {
+      (by += ',') += value();
+    } else if (name == "--timezone") {
+      o.timezone = value();
+    } else if (name == "--csv") {
+      flag();
+      o.format = output_format::csv;
+    } else if (name == "--json") {
+      flag();
+      o.format = output_format::json;
+    } else if (name == "--whatif") {
+      o.whatif = value();
+    } else if (name == "--prices") {
+      o.prices = value();
+    } else {
+      throw usage_error("unknown argument '" + args[i] + "'");
+    }
+  }
+  if (o.help) return o;
+  if (o.ledger.empty()) throw usage_error("--ledger FILE is required");
+  if (o.month && (o.from || o.to)) throw usage_error("--month cannot be combined with --from/--to");
+  o.group_by = parse_group_by(by);
+  if (o.whatif && !o.group_by.empty()) throw usage_error("--whatif reports per original model; drop --by");
+  return o;
+}
+
+time_range range_of(const options& o, const calendar& cal) {
+  if (o.month) return parse_month(*o.month, cal);
+  time_range r;
+  if (o.from) r.from_ms = parse_time_bound(*o.from, range_end::from, cal);
+  if (o.to) r.to_ms = parse_time_bound(*o.to, range_end::to, cal);
+  if (r.from_ms >= r.to_ms) throw usage_error("--from must be before --to");
+  return r;
+}
+
+std::string shortest(double v) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+std::string period_text(const time_range& r) {
+  const std::string from = r.from_ms == std::numeric_limits<std::int64_t>::min() ? "the first call"
+                                                                                 : format_rfc3339_utc(r.from_ms);
+  const std::string to = r.to_ms == std::numeric_limits<std::int64_t>::max() ? "the last call"
+                                                                             : format_rfc3339_utc(r.to_ms);
+  return "from " + from + " to " + to;
+}
+
+// Left-aligned text columns first, right-aligned numbers after; a rule above the last row.
+void print_table(std::ostream& out, const std::vector<std::string>& header, std::size_t text_columns,
+                 const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> width(header.size());
+  for (std::size_t c = 0; c < header.size(); ++c) width[c] = header[c].size();
+  for (const auto& row : rows)
+    for (std::size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], row[c].size());
+  const auto line = [&](const std::vector<std::string>& cells) {
+    std::string s;
+    for (std::size_t c = 0; c < cells.size(); ++c) {
+      if (c > 0) s += "  ";
+      const std::string pad(width[c] - cells[c].size(), ' ');
+      s += c < text_columns ? cells[c] + pad : pad + cells[c];
+    }
+    while (!s.empty() && s.back() == ' ') s.pop_back();
+    out << s << '\n';
+  };
+  line(header);
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    if (r + 1 == rows.size()) {
+      std::size_t total = 0;
+      for (const auto w : width) total += w;
+      out << std::string(total + 2 * (width.size() - 1), '-') << '\n';
+    }
+    line(rows[r]);
+  }
+}
+
+std::vector<std::string> figure_cells(const spend_figures& f) {
+  return {std::to_string(f.requests),      std::to_string(f.unpriced_requests), std::to_string(f.prompt_tokens),
+          std::to_string(f.completion_tokens), std::to_string(f.cached_tokens),  std::to_string(f.cache_write_tokens),
+          std::to_string(f.reasoning_tokens), shortest(f.cost_usd)};
+}
+
+void print_spend(std::ostream& out, const spend_report& r) {
+  out << "Spend " << period_text(r.query.range) << " (timezone " << r.query.timezone
+      << "); tokens, cost in USD\n\n";
+  std::vector<std::string> header;
+  for (const auto g : r.query.group_by) header.emplace_back(to_string(g));
+  if (header.empty()) header.emplace_back("");
+  const std::size_t text_columns = header.size();
+  for (const char* h : {"requests", "unpriced", "prompt", "completion", "cached", "cache_write", "reasoning", "cost_usd"})
+    header.emplace_back(h);
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& row : r.rows) {
+    std::vector<std::string> cells;
+    for (const auto& k : row.keys) cells.push_back(k ? *k : "(none)");
+    for (auto& c : figure_cells(row.figures)) cells.push_back(std::move(c));
+    rows.push_back(std::move(cells));
+  }
+  std::vector<std::string> total(text_columns);
+  total[0] = "total";
+  for (auto& c : figure_cells(r.total)) total.push_back(std::move(c));
+  rows.push_back(std::move(total));
+  print_table(out, header, text_columns, rows);
+}
+
+void print_whatif(std::ostream& out, const whatif_report& r) {
+  out << "What-if at " << r.model << " prices, " << period_text(r.range) << "; tokens, cost in USD\n\n";
+  const std::vector<std::string> header = {"model",       "requests", "prompt",     "cached",
+                                           "cache_write", "completion", "actual_usd", "whatif_usd"};
+  std::vector<std::vector<std::string>> rows;
+  const auto cells = [](const std::string& label, const spend_figures& f, double whatif) {
+    return std::vector<std::string>{label,
+                                    std::to_string(f.requests),
+                                    std::to_string(f.prompt_tokens),
+                                    std::to_string(f.cached_tokens),
+                                    std::to_string(f.cache_write_tokens),
+                                    std::to_string(f.completion_tokens),
+                                    shortest(f.cost_usd),
+                                    shortest(whatif)};
+  };
+  for (const auto& row : r.rows) rows.push_back(cells(row.model.value_or("(none)"), row.actual, row.whatif_cost_usd));
+  rows.push_back(cells("total", r.actual_total, r.whatif_cost_usd));
+  print_table(out, header, 1, rows);
+}
+
+int run(const options& o, std::ostream& out, std::ostream& err) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(o.ledger, ec)) {
+    err << "tollgate report: ledger file '" << o.ledger << "' not found\n";
+    return 2;
+  }
+  const calendar cal(o.timezone);
+  const time_range range = range_of(o, cal);
+  if (o.whatif) {
+    price_table prices;
+    try {
+      prices.load_yaml_file(o.prices);
+    } catch (const config_error& e) {
+      err << "tollgate report: " << e.what() << (o.prices == "config/prices.yaml" ? " (use --prices FILE)" : "")
+          << '\n';
+      return 2;
+    }
+    const auto report = query_whatif(o.ledger, {range, *o.whatif}, prices);
+    if (o.format == output_format::csv) out << to_csv(report);
+    else if (o.format == output_format::json) out << to_json(report).dump(2) << '\n';
+    else print_whatif(out, report);
+    return 0;
+  }
+  const auto report = query_spend(o.ledger, {range, o.group_by, o.timezone});
+  if (o.format == output_format::csv) out << to_csv(report);
+  else if (o.format == output_format::json) out << to_json(report).dump(2) << '\n';
+  else print_spend(out, report);
+  return 0;
+}
+
+}  // namespace
+
+int report_main(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  try {
+    const options o = parse_args(args);
+    if (o.help) {
+      out << kUsage;
+      return 0;
+    }
+    return run(o, out, err);
+  } catch (const std::invalid_argument& e) {
+    // Bad arguments, dates, zones, group names or what-if models.
+    err << "tollgate report: " << e.what() << "\n(see 'tollgate report --help')\n";
+    return 2;
+  } catch (const std::exception& e) {
+    err << "tollgate report: " << e.what() << '\n';
+    return 1;
+  }
+}
+
+int report_main(int argc, char** argv) {
+  return report_main(std::vector<std::string>(argv, argv + std::max(argc, 0)), std::cout, std::cerr);
+}
+
+}  // namespace tollgate

@@ -1,0 +1,324 @@
+// The admin API's routes: token check, query parsing, and the finance/budget/key handlers, each
+// mapping its errors to an HTTP status in one place (see admin_api.hpp).
+#include "net/admin_api.hpp"
+
+#include <openssl/crypto.h>
+
+#include <charconv>
+#include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+#include "core/calendar.hpp"
+#include "core/config.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "core/policy.hpp"
+#include "core/pricing.hpp"
+#include "ledger/key_store.hpp"
+#include "ledger/report.hpp"
+
+namespace tollgate {
+namespace {
+
+using json = nlohmann::json;
+
+struct http_problem : std::runtime_error {
+  http_problem(int s, std::string code, const std::string& msg) : std::runtime_error(msg), status(s), code(std::move(code)) {}
+  int status;
+  std::string code;
+};
+
+std::string problem_body(std::string_view message, std::string_view type, std::string_view code) {
+  json j = {{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", code}}}};
+  return j.dump();
+}
+
+admin_response fail(int status, std::string_view code, std::string_view message) {
+  admin_response r;
+  r.status = status;
+  std::string_view type = status == 401 ? "invalid_request_error" : status >= 500 ? "server_error" : "invalid_request_error";
+  r.body = problem_body(message, type, code);
+  return r;
+}
+
+int hex(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::string url_decode(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '+') {
+      out += ' ';
+    } else if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
+      out += static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2]));
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+std::map<std::string, std::string> parse_query(std::string_view q) {
+  std::map<std::string, std::string> out;
+  while (!q.empty()) {
+    auto amp = q.find('&');
+    std::string_view part = q.substr(0, amp);
+    q = amp == std::string_view::npos ? std::string_view{} : q.substr(amp + 1);
+    if (part.empty()) continue;
+    auto eq = part.find('=');
+    std::string key = url_decode(part.substr(0, eq));
+    std::string value = eq == std::string_view::npos ? std::string() : url_decode(part.substr(eq + 1));
+    out[key] = value;
+  }
+  return out;
+}
+
+bool token_ok(const config& cfg, std::string_view authorization) {
+  const std::string& want = cfg.policy.admin_token;
+  if (want.empty()) return false;
+  if (authorization.size() < 7) return false;
+  std::string_view scheme = authorization.substr(0, 7);
+  if (!(scheme == "Bearer " || scheme == "bearer ")) return false;
+  std::string_view got = authorization.substr(7);
+  // Compare digests so the comparison takes the same time whatever the lengths.
+  auto a = policy_engine::sha256(got), b = policy_engine::sha256(want);
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+time_range range_of(const std::map<std::string, std::string>& q, const calendar& cal) {
+  time_range r;
+  try {
+    if (auto it = q.find("month"); it != q.end() && !it->second.empty()) r = parse_month(it->second, cal);
+    if (auto it = q.find("from"); it != q.end() && !it->second.empty())
+      r.from_ms = parse_time_bound(it->second, range_end::from, cal);
+    if (auto it = q.find("to"); it != q.end() && !it->second.empty())
+      r.to_ms = parse_time_bound(it->second, range_end::to, cal);
+  } catch (const std::invalid_argument& e) {
+    throw http_problem(400, "invalid_parameter", e.what());
+  }
+  if (r.from_ms >= r.to_ms) throw http_problem(400, "invalid_parameter", "'from' must be before 'to'");
+  return r;
+}
+
+bool want_csv(const std::map<std::string, std::string>& q) {
+  auto it = q.find("format");
+  if (it == q.end() || it->second.empty() || it->second == "json") return false;
+  if (it->second == "csv") return true;
+  throw http_problem(400, "invalid_parameter", "format must be json or csv, got '" + it->second + "'");
+}
+
+json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+admin_response spend(const admin_context& ctx, const std::map<std::string, std::string>& q) {
+  calendar cal(ctx.cfg.timezone);
+  spend_query sq;
+  sq.range = range_of(q, cal);
+  sq.timezone = ctx.cfg.timezone;
+  if (auto it = q.find("group_by"); it != q.end() && !it->second.empty()) {
+    try {
+      sq.group_by = parse_group_by(it->second);
+    } catch (const std::invalid_argument& e) {
+      throw http_problem(400, "invalid_parameter", e.what());
+    }
+  }
+  bool csv = want_csv(q);
+  auto report = query_spend(ctx.ledger_path, sq);
+  admin_response r;
+  if (csv) {
+    r.content_type = "text/csv; charset=utf-8";
+    r.body = to_csv(report);
+  } else {
+    r.body = to_json(report).dump();
+  }
+  return r;
+}
+
+admin_response whatif(const admin_context& ctx, const std::map<std::string, std::string>& q) {
+  calendar cal(ctx.cfg.timezone);
+  whatif_query wq;
+  wq.range = range_of(q, cal);
+  auto it = q.find("model");
+  if (it == q.end() || it->second.empty()) throw http_problem(400, "missing_parameter", "model is required");
+  wq.model = it->second;
+  bool csv = want_csv(q);
+  whatif_report report;
+  try {
+    report = query_whatif(ctx.ledger_path, wq, ctx.prices);
+  } catch (const std::invalid_argument& e) {
+    throw http_problem(400, "model_not_found", e.what());
+  }
+  admin_response r;
+  if (csv) {
+    r.content_type = "text/csv; charset=utf-8";
+    r.body = to_csv(report);
+  } else {
+    r.body = to_json(report).dump();
+  }
+  return r;
+}
+
+admin_response budgets(const admin_context& ctx) {
+  const std::int64_t now = ctx.now_ms();
+  json out = {{"timezone", ctx.cfg.timezone}, {"budgets", json::array()}, {"spend_guards", json::array()}};
+  for (const auto& b : ctx.policy.budgets(now)) {
+    out["budgets"].push_back({{"scope", b.scope},
+                              {"period", std::string(to_string(b.period))},
+                              {"limit_usd", b.limit_usd},
+                              {"spent_usd", b.spent_usd},
+                              {"reserved_usd", b.reserved_usd},
+                              {"hard", b.hard},
+                              {"window_start", format_rfc3339_utc(b.window.start_s * 1000)},
+                              {"window_end", format_rfc3339_utc(b.window.end_s * 1000)},
+                              {"projected_p50_usd", number_or_null(b.projected_p50)},
+                              {"projected_p90_usd", number_or_null(b.projected_p90)},
+                              {"exhaustion_p50", std::isfinite(b.exhaustion_p50_s)
+                                                     ? json(format_rfc3339_utc(static_cast<std::int64_t>(b.exhaustion_p50_s) * 1000))
+                                                     : json(nullptr)},
+                              {"exhaustion_p90", std::isfinite(b.exhaustion_p90_s)
+                                                     ? json(format_rfc3339_utc(static_cast<std::int64_t>(b.exhaustion_p90_s) * 1000))
+                                                     : json(nullptr)}});
+  }
+  for (const auto& g : ctx.policy.guards(now)) {
+    out["spend_guards"].push_back({{"scope", g.scope},
+                                   {"window", g.window},
+                                   {"action", g.action == guard_action::reroute ? "reroute" : "reject"},
+                                   {"tripped", g.tripped},
+                                   {"window_spent_usd", g.window_spent_usd},
+                                   {"max_usd", g.max_usd}});
+  }
+  admin_response r;
+  r.body = out.dump();
+  return r;
+}
+
+json key_view(const client_key_config& k, std::string_view source) {
+  json budgets = budgets_to_json(k.budgets);
+  return {{"name", k.name},
+          {"team", k.team.empty() ? json(nullptr) : json(k.team)},
+          {"tags", k.tags},
+          {"limits", {{"rpm", k.limits.rpm}, {"tpm", k.limits.tpm}}},
+          {"budgets", budgets},
+          {"source", source}};
+}
+
+admin_response keys_list(const admin_context& ctx) {
+  json out = json::array();
+  for (const auto& k : ctx.cfg.policy.keys) out.push_back(key_view(k, "config"));
+  key_store store(ctx.ledger_path);
+  for (const auto& sk : store.list()) {
+    json v = to_json(sk);
+    v["source"] = "admin";
+    out.push_back(std::move(v));
+  }
+  admin_response r;
+  r.body = json{{"keys", out}}.dump();
+  return r;
+}
+
+admin_response keys_create(const admin_context& ctx, const std::string& body) {
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) throw http_problem(400, "invalid_json", "body must be a JSON object");
+  client_key_config k;
+  try {
+    k.name = j.value("name", std::string());
+    if (j.contains("team") && !j["team"].is_null()) k.team = j.at("team").get<std::string>();
+    if (j.contains("tags")) k.tags = j.at("tags").get<std::vector<std::string>>();
+    if (j.contains("limits")) {
+      const auto& l = j.at("limits");
+      k.limits.rpm = l.value("rpm", std::int64_t{0});
+      k.limits.tpm = l.value("tpm", std::int64_t{0});
+    }
+    if (j.contains("budgets")) k.budgets = budgets_from_json(j.at("budgets"), k.name);
+    validate_client_key(k);
+  } catch (const json::exception& e) {
+    throw http_problem(400, "invalid_parameter", std::string("bad field type: ") + e.what());
+  } catch (const std::invalid_argument& e) {
+    throw http_problem(400, "invalid_parameter", e.what());
+  }
+  for (const auto& c : ctx.cfg.policy.keys)
+    if (c.name == k.name) throw http_problem(409, "key_exists", "a configured key is named '" + k.name + "'");
+  key_store store(ctx.ledger_path);
+  std::string secret;
+  try {
+    secret = store.create(k, ctx.now_ms());
+  } catch (const key_exists& e) {
+    throw http_problem(409, "key_exists", e.what());
+  }
+  k.sha256 = key_sha256(secret);
+  for (auto& b : k.budgets) b.scope = "key:" + k.name;
+  ctx.policy.add_key(k);
+  log_line(log_level::info, "client key created").str("name", k.name).str("team", k.team);
+  json v = key_view(k, "admin");
+  v["key"] = secret;  // shown once, never again
+  admin_response r;
+  r.status = 201;
+  r.body = v.dump();
+  return r;
+}
+
+admin_response keys_revoke(const admin_context& ctx, std::string_view name) {
+  for (const auto& c : ctx.cfg.policy.keys)
+    if (c.name == name)
+      throw http_problem(409, "key_in_config", "key '" + std::string(name) + "' is defined in the config file; remove it there");
+  key_store store(ctx.ledger_path);
+  switch (store.revoke(name, ctx.now_ms())) {
+    case revoke_result::not_found: throw http_problem(404, "key_not_found", "no key named '" + std::string(name) + "'");
+    case revoke_result::already_revoked:
+    case revoke_result::revoked: break;
+  }
+  ctx.policy.remove_key(name);
+  log_line(log_level::info, "client key revoked").str("name", name);
+  admin_response r;
+  r.body = json{{"name", name}, {"revoked", true}}.dump();
+  return r;
+}
+
+}  // namespace
+
+bool is_admin_path(std::string_view path) noexcept { return path == "/admin" || path.starts_with("/admin/"); }
+
+admin_response handle_admin(const admin_context& ctx, const admin_request& req) {
+  try {
+    std::string_view target = req.target;
+    std::string_view path = target.substr(0, target.find('?'));
+    auto query = parse_query(path.size() < target.size() ? target.substr(path.size() + 1) : std::string_view{});
+    if (ctx.cfg.policy.admin_token.empty())
+      return fail(401, "admin_disabled", "The admin API is disabled: set admin_token (or TOLLGATE_ADMIN_TOKEN).");
+    if (!token_ok(ctx.cfg, req.authorization))
+      return fail(401, "invalid_admin_token", "Missing or wrong admin token (Authorization: Bearer <admin_token>).");
+    const bool get = req.method == "GET" || req.method == "HEAD";
+    auto not_allowed = [](std::string allow) {
+      auto r = fail(405, "method_not_allowed", "Method not allowed on this endpoint.");
+      r.allow = std::move(allow);
+      return r;
+    };
+    if (path == "/admin/spend") return get ? spend(ctx, query) : not_allowed("GET, HEAD");
+    if (path == "/admin/whatif") return get ? whatif(ctx, query) : not_allowed("GET, HEAD");
+    if (path == "/admin/budgets") return get ? budgets(ctx) : not_allowed("GET, HEAD");
+    if (path == "/admin/keys") {
+      if (get) return keys_list(ctx);
+      if (req.method == "POST") return keys_create(ctx, req.body);
+      return not_allowed("GET, HEAD, POST");
+    }
+    if (path.starts_with("/admin/keys/")) {
+      std::string name = url_decode(path.substr(12));
+      if (req.method == "DELETE") return keys_revoke(ctx, name);
+      return not_allowed("DELETE");
+    }
+    return fail(404, "not_found", "Unknown admin endpoint.");
+  } catch (const http_problem& p) {
+    return fail(p.status, p.code, p.what());
+  } catch (const std::exception& e) {
+    log_line(log_level::error, "admin API error").str("target", req.target).str("error", e.what());
+    return fail(500, "internal_error", e.what());
+  }
+}
+
+}  // namespace tollgate

@@ -1,0 +1,46 @@
+// The admin API on the admin port (issue 4): finance figures (/admin/spend, /admin/whatif),
+// budget state (/admin/budgets) and client keys (/admin/keys), behind the admin token. Runs on
+// the admin thread (its SQLite reads never touch an I/O thread). No Beast here: the admin
+// listener (server.cpp) hands over a parsed request and writes the answer.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+namespace tollgate {
+
+struct config;
+class price_table;
+class policy_engine;
+
+struct admin_request {
+  std::string method;         // "GET", "POST", "DELETE", "HEAD"
+  std::string target;         // path and query
+  std::string authorization;  // the Authorization header
+  std::string body;
+};
+
+struct admin_response {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+  std::string allow;  // for 405
+};
+
+struct admin_context {
+  const config& cfg;
+  const price_table& prices;
+  policy_engine& policy;
+  std::string ledger_path;
+  std::function<std::int64_t()> now_ms;
+};
+
+// True for paths this API answers ("/admin/..."); everything else is the listener's.
+bool is_admin_path(std::string_view path) noexcept;
+
+// Answers one /admin request. Never throws: bad input is a 400 with an OpenAI-style error, a
+// missing or wrong admin token 401, a database problem 500 naming it.
+admin_response handle_admin(const admin_context& ctx, const admin_request& req);
+
+}  // namespace tollgate

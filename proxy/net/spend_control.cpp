@@ -1,0 +1,230 @@
+// Spend controls in the running proxy: engine + notifier wiring, warm start, alert thread,
+// projections and metrics (see spend_control.hpp).
+#include "net/spend_control.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include "core/calendar.hpp"
+#include "core/config.hpp"
+#include "core/log.hpp"
+#include "core/policy.hpp"
+#include "ledger/key_store.hpp"
+#include "ledger/report.hpp"
+#include "net/alert_notifier.hpp"
+#include "net/forecast_service.hpp"
+#include "net/metrics.hpp"
+
+namespace tollgate {
+namespace {
+
+namespace pm = prometheus;
+using namespace std::chrono_literals;
+
+std::int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// The budget/guard/rate-limit families, refreshed from the engine's snapshots at each scrape.
+// Scopes come from the configured budgets, guards and keys only, so the label sets are bounded.
+void register_metrics(metrics& m, policy_engine& engine, alert_notifier* notifier) {
+  auto& reg = m.registry();
+  auto& limit = pm::BuildGauge().Name("tollgate_budget_limit_usd").Help("Budget limit in USD, by scope and period.").Register(reg);
+  auto& spent = pm::BuildGauge()
+                    .Name("tollgate_budget_spent_usd")
+                    .Help("Settled spend in the current calendar period, by scope and period.")
+                    .Register(reg);
+  auto& projected = pm::BuildGauge()
+                        .Name("tollgate_budget_projected_usd")
+                        .Help("Projected spend by the end of the period (spent + forecast), by scope, period and quantile.")
+                        .Register(reg);
+  auto& exhaustion = pm::BuildGauge()
+                         .Name("tollgate_budget_exhaustion_timestamp_seconds")
+                         .Help("When the projection reaches the limit (Unix seconds; NaN: not within the period).")
+                         .Register(reg);
+  auto& tripped = pm::BuildGauge()
+                      .Name("tollgate_spend_guard_tripped")
+                      .Help("1 while the spend-rate guard of the scope is tripped, else 0.")
+                      .Register(reg);
+  auto& rate_limited = pm::BuildCounter()
+                           .Name("tollgate_rate_limited_total")
+                           .Help("Calls refused by a key's rate limit, by scope and kind (requests, tokens).")
+                           .Register(reg);
+  auto& rejections = pm::BuildCounter()
+                         .Name("tollgate_budget_rejections_total")
+                         .Help("Calls refused because a hard budget would be exceeded, by scope.")
+                         .Register(reg);
+  auto& guard_actions = pm::BuildCounter()
+                            .Name("tollgate_spend_guard_actions_total")
+                            .Help("Calls a tripped spend guard rejected or rerouted, by scope and action.")
+                            .Register(reg);
+  auto& alerts = pm::BuildCounter()
+                     .Name("tollgate_alerts_total")
+                     .Help("Alert deliveries to webhooks, by outcome (sent, failed, retried, suppressed, dropped).")
+                     .Register(reg);
+  struct state {
+    std::map<pm::Counter*, double> seen;
+    void bump(pm::Counter& c, double value) {
+      double& last = seen[&c];
+      if (value > last) c.Increment(value - last), last = value;
+    }
+  };
+  auto st = std::make_shared<state>();
+  m.add_scrape_hook([&, st, notifier, &engine = engine] {
+    const std::int64_t now = unix_ms();
+    for (const auto& b : engine.budgets(now)) {
+      const std::string period(to_string(b.period));
+      limit.Add({{"scope", b.scope}, {"period", period}}).Set(b.limit_usd);
+      spent.Add({{"scope", b.scope}, {"period", period}}).Set(b.spent_usd);
+      projected.Add({{"scope", b.scope}, {"period", period}, {"quantile", "0.5"}}).Set(b.projected_p50);
+      projected.Add({{"scope", b.scope}, {"period", period}, {"quantile", "0.9"}}).Set(b.projected_p90);
+      exhaustion.Add({{"scope", b.scope}, {"period", period}, {"quantile", "0.5"}}).Set(b.exhaustion_p50_s);
+      exhaustion.Add({{"scope", b.scope}, {"period", period}, {"quantile", "0.9"}}).Set(b.exhaustion_p90_s);
+    }
+    for (const auto& g : engine.guards(now)) tripped.Add({{"scope", g.scope}}).Set(g.tripped ? 1 : 0);
+    auto counts = engine.counters();
+    for (const auto& c : counts.rate_limited)
+      st->bump(rate_limited.Add({{"scope", c.scope}, {"kind", c.kind}}), static_cast<double>(c.value));
+    for (const auto& c : counts.budget_rejections)
+      st->bump(rejections.Add({{"scope", c.scope}}), static_cast<double>(c.value));
+    for (const auto& c : counts.guard_actions)
+      st->bump(guard_actions.Add({{"scope", c.scope}, {"action", c.kind}}), static_cast<double>(c.value));
+    if (notifier) {
+      auto s = notifier->stats();
+      st->bump(alerts.Add({{"outcome", "sent"}}), static_cast<double>(s.sent));
+      st->bump(alerts.Add({{"outcome", "failed"}}), static_cast<double>(s.failed));
+      st->bump(alerts.Add({{"outcome", "retried"}}), static_cast<double>(s.retried));
+      st->bump(alerts.Add({{"outcome", "suppressed"}}), static_cast<double>(s.suppressed));
+      st->bump(alerts.Add({{"outcome", "dropped"}}), static_cast<double>(s.dropped + counts.alerts_dropped));
+    }
+  });
+}
+
+}  // namespace
+
+spend_control::spend_control(const config& cfg, metrics& m) : cfg_(cfg) {
+  try {
+    engine_ = std::make_unique<policy_engine>(cfg.policy, cfg.timezone);
+  } catch (const std::invalid_argument& e) {
+    throw config_error(cfg.source_file, 0, e.what());
+  }
+  if (!cfg.policy.webhooks.empty()) {
+    try {
+      notifier_ = std::make_unique<alert_notifier>(cfg.policy.webhooks);
+    } catch (const std::exception& e) {
+      throw config_error(cfg.source_file, 0, std::string("alerts.webhooks: ") + e.what());
+    }
+  }
+  register_metrics(m, *engine_, notifier_.get());
+}
+
+spend_control::~spend_control() { stop(); }
+
+void spend_control::start(const std::string& ledger_path) {
+  const std::int64_t now = unix_ms();
+  // Keys added through the admin API live in the ledger database.
+  try {
+    key_store store(ledger_path);
+    for (auto& k : store.load_active()) {
+      std::string name = k.name;
+      if (!engine_->add_key(std::move(k)))
+        log_line(log_level::warn, "stored client key skipped: a configured key has the same name or secret")
+            .str("name", name);
+    }
+  } catch (const std::exception& e) {
+    log_line(log_level::warn, "stored client keys not loaded").str("error", e.what());
+  }
+  // Budgets and guards resume from the ledger: spend of the current periods counts at once.
+  std::int64_t since = now;
+  calendar cal(cfg_.timezone);
+  auto consider = [&](const budget_config& b) { since = std::min(since, cal.window(b.period, now / 1000).start_s * 1000); };
+  for (const auto& b : cfg_.policy.budgets) consider(b);
+  for (const auto& k : engine_->keys())
+    for (const auto& b : k->budgets) consider(b);
+  for (const auto& g : cfg_.policy.spend_guards) since = std::min(since, now - g.window.count());
+  if (since < now) {
+    try {
+      auto t0 = std::chrono::steady_clock::now();
+      auto samples = spend_since(ledger_path, since);
+      for (const auto& s : samples) engine_->seed(s.client_key_id, s.team, s.price_model, s.cost_usd, s.ts_ms);
+      log_line(log_level::info, "budgets warm-started from the ledger")
+          .integer("minutes", static_cast<std::int64_t>(samples.size()))
+          .num("duration_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    } catch (const std::exception& e) {
+      log_line(log_level::warn, "budget warm start failed: budgets start from zero").str("error", e.what());
+    }
+  }
+  if (notifier_) notifier_->start();
+  started_ = true;
+  thread_ = std::thread([this] { run(); });
+}
+
+void spend_control::run() {
+  lower_thread_priority(5);
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    cv_.wait_for(lock, 1s, [this] { return stopping_; });
+    lock.unlock();
+    pump();
+    lock.lock();
+  }
+}
+
+void spend_control::pump() {
+  for (auto& a : engine_->take_alerts()) {
+    log_line(log_level::warn, "alert")
+        .str("kind", to_string(a.kind))
+        .str("scope", a.scope)
+        .str("period", a.period)
+        .num("limit_usd", a.limit_usd)
+        .num("spent_usd", a.spent_usd)
+        .str("message", a.message);
+    if (notifier_) notifier_->notify(std::move(a));
+  }
+}
+
+void spend_control::on_forecast(const forecast_snapshot& snap) {
+  if (snap.remaining_spend) {
+    engine_->update_projections(snap.now_s * 1000, [&](calendar_period, const time_window& w) {
+      policy_engine::spend_forecast f;
+      f.p50_usd = snap.remaining_spend(w.end_s, false);
+      f.p90_usd = snap.remaining_spend(w.end_s, true);
+      return f;
+    });
+  }
+  anomaly_was_.resize(snap.anomaly.size(), false);
+  for (std::size_t s = 0; s < snap.anomaly.size(); ++s) {
+    if (snap.anomaly[s] && !anomaly_was_[s] && snap.series[s] != nullptr) {
+      alert_event e;
+      e.kind = alert_kind::anomaly;
+      e.scope = snap.series[s];
+      e.threshold = snap.anomaly_score[s];
+      e.time_ms = snap.now_s * 1000;
+      e.message = std::string("Traffic anomaly on ") + snap.series[s] + ": the last minute left the forecast band (score " +
+                  std::to_string(snap.anomaly_score[s]) + ")";
+      log_line(log_level::warn, "alert").str("kind", "anomaly").str("scope", e.scope).str("message", e.message);
+      if (notifier_) notifier_->notify(std::move(e));
+    }
+    anomaly_was_[s] = snap.anomaly[s];
+  }
+}
+
+void spend_control::stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (started_) pump();
+  if (notifier_) notifier_->stop();
+}
+
+}  // namespace tollgate

@@ -1,0 +1,54 @@
+// Spend controls in the running proxy (issue 4): owns the policy engine and the webhook
+// notifier, loads stored keys and warm-starts budgets from the ledger, moves alerts from the
+// engine to the notifier once a second, feeds forecasts into budget projections, and publishes
+// the budget, guard and rate-limit metrics.
+#pragma once
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace tollgate {
+
+struct config;
+class metrics;
+class policy_engine;
+class alert_notifier;
+struct forecast_snapshot;
+
+class spend_control {
+ public:
+  // Throws std::invalid_argument / config_error on a bad policy (scopes, webhook URLs).
+  spend_control(const config& cfg, metrics& m);
+  ~spend_control();  // stop()
+  spend_control(const spend_control&) = delete;
+  spend_control& operator=(const spend_control&) = delete;
+
+  // After the ledger has started (its migrations applied): stored keys, budget warm start,
+  // notifier and alert thread.
+  void start(const std::string& ledger_path);
+  // Delivers the alerts raised so far (bounded by the notifier's stop timeout) and joins.
+  void stop();
+
+  policy_engine& engine() noexcept { return *engine_; }
+  // On the forecast thread after each refresh: budget projections and anomaly alerts.
+  void on_forecast(const forecast_snapshot& snap);
+  // Pumps alerts now (tests; the thread does it every second).
+  void pump();
+
+ private:
+  void run();
+  const config& cfg_;
+  std::unique_ptr<policy_engine> engine_;
+  std::unique_ptr<alert_notifier> notifier_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  bool started_ = false;
+  std::vector<bool> anomaly_was_;  // per forecast series, to alert on a rising edge only
+};
+
+}  // namespace tollgate

@@ -1,0 +1,209 @@
+// Several upstreams (issue 7): routing rules, model rewrite, protocol fit and credentials,
+// failover before the first byte only, and the per-upstream circuit breaker, against real fake
+// upstreams on 127.0.0.1 and a real ledger.
+#include <catch2/catch.hpp>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+tollgate::upstream_config node(const std::string& name, const std::string& url, unsigned weight = 1) {
+  tollgate::upstream_config u;
+  u.name = name;
+  u.url = url;
+  u.api_key = "key-" + name;
+  u.weight = weight;
+  u.connect_timeout = 2s;
+  return u;
+}
+
+std::unique_ptr<fake::server> failing_upstream(const std::string& knob, const std::string& value) {
+  fake::options o;
+  o.default_headers = {{knob, value}};
+  return std::make_unique<fake::server>(o);
+}
+
+// A loopback port nothing listens on (bound, then closed).
+std::uint16_t closed_port() {
+  boost::asio::io_context ioc;
+  boost::asio::ip::tcp::acceptor a(ioc, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  auto p = a.local_endpoint().port();
+  a.close();
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("failover: a 503 from the first upstream is retried on the next; the ledger names who served",
+          "[failover]") {
+  auto bad = failing_upstream("x-fake-status", "503");
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    c.upstreams = {node("primary", bad->base_url(), 1), node("backup", c.upstream.url, 0)};
+  }});
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body());
+  REQUIRE(r.status == 200);
+  CHECK(bad->request_count() == 1);
+  CHECK(h.upstream->request_count() == 1);
+  // Each upstream got its own key, never another's.
+  CHECK(bad->requests()[0].header("authorization") == "Bearer key-primary");
+  CHECK(h.upstream->requests()[0].header("authorization") == "Bearer key-backup");
+  h.flush();
+  auto rows = h.rows("SELECT upstream, attempts, status FROM calls");
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0]["upstream"] == "backup");
+  CHECK(rows[0]["attempts"] == "2");
+  CHECK(rows[0]["status"] == "200");
+  CHECK(h.metric_sum("tollgate_upstream_retries_total") == 1);
+}
+
+TEST_CASE("failover: connection refused moves on to the next upstream", "[failover]") {
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    c.upstreams = {node("dead", "http://127.0.0.1:" + std::to_string(closed_port()) + "/v1", 1),
+                   node("live", c.upstream.url, 0)};
+  }});
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", true));
+  REQUIRE(r.status == 200);
+  CHECK(r.body.find("[DONE]") != std::string::npos);
+  h.flush();
+  CHECK(h.query_text("SELECT upstream FROM calls") == "live");
+  CHECK(h.query_int("SELECT attempts FROM calls") == 2);
+}
+
+TEST_CASE("failover: never after a streamed byte (no double billing)", "[failover]") {
+  auto cutting = failing_upstream("x-fake-fault", "cut-stream");
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    c.upstreams = {node("first", cutting->base_url(), 1), node("second", c.upstream.url, 0)};
+  }});
+  tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", true),
+                      {{"Content-Type", "application/json"}, {"x-fake-chunks", "5"}});
+  CHECK(s.status() == 200);
+  CHECK(s.read_all().find("[DONE]") == std::string::npos);  // truncated, not completed elsewhere
+  CHECK(h.upstream->request_count() == 0);
+  h.flush();
+  auto rows = h.rows("SELECT upstream, attempts, aborted FROM calls");
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0]["upstream"] == "first");
+  CHECK(rows[0]["attempts"] == "1");
+  CHECK(rows[0]["aborted"] == "1");
+}
+
+TEST_CASE("failover: the last upstream's 429 reaches the client unchanged; 429 never opens a breaker",
+          "[failover][breaker]") {
+  auto limited = failing_upstream("x-fake-status", "429");
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    auto only = node("limited", limited->base_url());
+    only.breaker_failures = 1;
+    c.upstreams = {only};
+  }});
+  for (int i = 0; i < 3; ++i) {
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body());
+    CHECK(r.status == 429);
+    CHECK(r.header("retry-after") == "1");
+  }
+  CHECK(limited->request_count() == 3);
+  CHECK(h.metric_sum("tollgate_circuit_state", "upstream=\"limited\"") == 0);
+  CHECK(h.metric_sum("tollgate_upstream_up", "upstream=\"limited\"") == 1);
+}
+
+TEST_CASE("breaker: opens after N consecutive 5xx; calls skip the open upstream", "[breaker]") {
+  auto bad = failing_upstream("x-fake-status", "500");
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    auto primary = node("primary", bad->base_url(), 1);
+    primary.breaker_failures = 2;
+    primary.breaker_open_for = 1h;
+    c.upstreams = {primary, node("backup", c.upstream.url, 0)};
+  }});
+  for (int i = 0; i < 4; ++i) CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
+  CHECK(bad->request_count() == 2);  // then the breaker opened
+  CHECK(h.upstream->request_count() == 4);
+  CHECK(h.metric_sum("tollgate_circuit_state", "upstream=\"primary\"") == 1);
+  CHECK(h.metric_sum("tollgate_upstream_up", "upstream=\"primary\"") == 0);
+  CHECK(h.metric_sum("tollgate_upstream_up", "upstream=\"backup\"") == 1);
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE attempts = 2") == 2);
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE attempts = 1 AND upstream = 'backup'") == 2);
+}
+
+TEST_CASE("breaker: never refuses a call no other upstream could serve", "[breaker]") {
+  auto bad = failing_upstream("x-fake-status", "502");
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    auto only = node("only", bad->base_url());
+    only.breaker_failures = 1;
+    only.breaker_open_for = 1h;
+    c.upstreams = {only};
+  }});
+  for (int i = 0; i < 3; ++i) CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 502);
+  CHECK(bad->request_count() == 3);
+  CHECK(h.metric_sum("tollgate_circuit_state", "upstream=\"only\"") == 1);
+}
+
+TEST_CASE("routing: model globs pick upstreams, rewrite the model, and respect the protocol", "[routing]") {
+  auto claude = std::make_unique<fake::server>(fake::options{});
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    auto anth = node("anthropic", claude->base_url());
+    anth.protocol = tollgate::upstream_protocol::anthropic;
+    c.upstreams = {node("relay", c.upstream.url), anth};
+    c.routes = {{"claude-*", {"anthropic"}, ""}, {"cheap", {"relay"}, "gpt-4.1-mini"}};
+  }});
+  SECTION("a claude model goes to the anthropic upstream with x-api-key and anthropic-version") {
+    auto r = tt::post_json(h.port(), "/v1/messages",
+                           R"({"model":"claude-sonnet-4.5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]})",
+                           {{"x-api-key", "client-secret"}, {"anthropic-version", "2023-06-01"}});
+    REQUIRE(r.status == 200);
+    REQUIRE(claude->request_count() == 1);
+    auto got = claude->requests()[0];
+    CHECK(got.header("x-api-key") == "key-anthropic");
+    CHECK(got.header("authorization").empty());
+    CHECK(got.header("anthropic-version") == "2023-06-01");
+    CHECK(h.upstream->request_count() == 0);
+  }
+  SECTION("a Bearer-style Anthropic client is converted to the anthropic upstream's x-api-key") {
+    auto r = tt::post_json(h.port(), "/v1/messages",
+                           R"({"model":"claude-sonnet-4.5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]})",
+                           {{"Authorization", "Bearer client-secret"}});
+    REQUIRE(r.status == 200);
+    auto got = claude->requests()[0];
+    CHECK(got.header("x-api-key") == "key-anthropic");
+    CHECK(got.header("authorization").empty());
+    CHECK(got.header("anthropic-version") == "2023-06-01");  // added: the native API requires it
+  }
+  SECTION("an OpenAI route is never sent to an anthropic-protocol upstream") {
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("claude-sonnet-4.5"));
+    CHECK(r.status == 404);
+    CHECK(r.body.find("model_not_found") != std::string::npos);
+    CHECK(claude->request_count() == 0);
+    h.flush();
+    CHECK(h.query_int("SELECT status FROM calls") == 404);  // refused calls are ledgered too
+  }
+  SECTION("a rewrite rule changes the model sent upstream; the ledger keeps what the client asked") {
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("cheap"));
+    REQUIRE(r.status == 200);
+    REQUIRE(h.upstream->request_count() == 1);
+    CHECK(h.upstream->requests()[0].body.find(R"("model":"gpt-4.1-mini")") != std::string::npos);
+    h.flush();
+    CHECK(h.query_text("SELECT requested_model FROM calls") == "cheap");
+    CHECK(h.query_text("SELECT price_model FROM calls") == "gpt-4.1-mini");
+  }
+  SECTION("models without a rule may go to any upstream that fits the API") {
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"));
+    CHECK(r.status == 200);
+    CHECK(h.upstream->request_count() == 1);
+  }
+}
+
+TEST_CASE("routing: weights balance calls between upstreams serving the same model", "[routing]") {
+  auto second = std::make_unique<fake::server>(fake::options{});
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    c.upstreams = {node("a", c.upstream.url, 3), node("b", second->base_url(), 1)};
+  }});
+  for (int i = 0; i < 80; ++i) REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
+  auto a = h.upstream->request_count(), b = second->request_count();
+  CHECK(a + b == 80);
+  CHECK(a > 40);  // expected 60; a 3:1 split lands far from 40:40
+  CHECK(b > 5);
+}

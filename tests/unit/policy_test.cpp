@@ -1,0 +1,613 @@
+// Tests of the spend-control engine (proxy/core/policy.cpp): key lookup, budget reservations
+// under concurrency, calendar windows across month ends and DST, soft-threshold and projection
+// alerts, spend guards, rate-limit buckets and headers. Time is always passed explicitly.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <cmath>
+#include <ctime>
+#include <latch>
+#include <thread>
+
+#include "core/policy.hpp"
+
+using namespace tollgate;
+using Catch::Matchers::Contains;
+using decision = policy_engine::decision;
+
+namespace {
+
+std::int64_t utc_ms(int y, int mo, int d, int h = 0, int mi = 0, int s = 0) {
+  std::tm tm{};
+  tm.tm_year = y - 1900;
+  tm.tm_mon = mo - 1;
+  tm.tm_mday = d;
+  tm.tm_hour = h;
+  tm.tm_min = mi;
+  tm.tm_sec = s;
+  return static_cast<std::int64_t>(timegm(&tm)) * 1000;
+}
+
+constexpr std::int64_t minute_ms = 60'000;
+const std::int64_t t0 = utc_ms(2026, 11, 10, 12);
+
+client_key_config key(const std::string& name, const std::string& secret, rate_limits limits = {},
+                      std::vector<budget_config> budgets = {}, const std::string& team = "") {
+  client_key_config k;
+  k.name = name;
+  k.sha256 = policy_engine::sha256(secret);
+  k.team = team;
+  k.limits = limits;
+  k.budgets = std::move(budgets);
+  return k;
+}
+
+budget_config budget(const std::string& scope, calendar_period p, double limit, bool hard,
+                     std::vector<double> soft = {}) {
+  budget_config b;
+  b.scope = scope;
+  b.period = p;
+  b.limit_usd = limit;
+  b.hard = hard;
+  b.soft = std::move(soft);
+  return b;
+}
+
+policy_engine::call_facts call(double usd, std::int64_t now_ms, std::string_view price_model = "gpt-4.1",
+                               const client_key_config* k = nullptr, std::int64_t tokens = 0) {
+  policy_engine::call_facts f;
+  f.key = k;
+  f.team = k ? std::string_view(k->team) : std::string_view();
+  f.price_model = price_model;
+  f.model = price_model;
+  f.reserve_usd = usd;
+  f.reserve_tokens = tokens;
+  f.now_ms = now_ms;
+  return f;
+}
+
+const policy_engine::budget_status* find_budget(const std::vector<policy_engine::budget_status>& all,
+                                                const std::string& scope) {
+  for (const auto& b : all)
+    if (b.scope == scope) return &b;
+  return nullptr;
+}
+
+double spent(const policy_engine& e, const std::string& scope, std::int64_t now_ms) {
+  auto all = e.budgets(now_ms);
+  auto* b = find_budget(all, scope);
+  REQUIRE(b != nullptr);
+  return b->spent_usd;
+}
+
+// Admits and settles one call at its reserved cost; returns the verdict.
+decision::verdict spend(policy_engine& e, double usd, std::int64_t now_ms, std::string_view model = "gpt-4.1",
+                        const client_key_config* k = nullptr) {
+  auto d = e.admit(call(usd, now_ms, model, k));
+  if (d.outcome == decision::admit) e.settle(d.ticket, usd, 0, d.reroute_model.empty() ? model : d.reroute_model, now_ms);
+  return d.outcome;
+}
+
+}  // namespace
+
+TEST_CASE("policy keys: lookup by SHA-256, unknown keys, run-time add and remove", "[policy]") {
+  policy_config cfg;
+  cfg.keys.push_back(key("app-prod", "sk-prod-secret", {}, {}, "web"));
+  policy_engine e(cfg, "UTC");
+
+  SECTION("a configured key is found by its secret, an unknown one is not") {
+    auto k = e.find_key("sk-prod-secret");
+    REQUIRE(k != nullptr);
+    CHECK(k->name == "app-prod");
+    CHECK(k->team == "web");
+    CHECK(e.find_key("sk-prod-secreT") == nullptr);
+    CHECK(e.find_key("") == nullptr);
+  }
+  SECTION("sha256 is the standard digest") {
+    auto h = policy_engine::sha256("abc");
+    CHECK(h[0] == 0xba);
+    CHECK(h[1] == 0x78);
+    CHECK(h[31] == 0xad);
+  }
+  SECTION("added keys are found; duplicate names and secrets are refused") {
+    CHECK(e.add_key(key("batch", "sk-batch")));
+    CHECK(e.find_key("sk-batch")->name == "batch");
+    CHECK_FALSE(e.add_key(key("batch", "sk-other")));
+    CHECK_FALSE(e.add_key(key("other", "sk-prod-secret")));
+    CHECK_FALSE(e.add_key(key("", "sk-nameless")));
+    CHECK(e.keys().size() == 2);
+  }
+  SECTION("a removed key is no longer found, but a held pointer stays valid") {
+    auto held = e.find_key("sk-prod-secret");
+    CHECK(e.remove_key("app-prod"));
+    CHECK(e.find_key("sk-prod-secret") == nullptr);
+    CHECK_FALSE(e.remove_key("app-prod"));
+    CHECK(held->name == "app-prod");
+  }
+  SECTION("duplicate keys in the configuration are a startup error") {
+    cfg.keys.push_back(key("app-prod", "sk-else"));
+    CHECK_THROWS_AS(policy_engine(cfg, "UTC"), std::invalid_argument);
+  }
+  SECTION("bad scopes and time zones are startup errors") {
+    policy_config bad;
+    bad.budgets.push_back(budget("tenant:x", calendar_period::day, 1, true));
+    CHECK_THROWS_WITH(policy_engine(bad, "UTC"), Contains("tenant:x"));
+    CHECK_THROWS_AS(policy_engine(policy_config{}, "Mars/Olympus"), std::invalid_argument);
+  }
+}
+
+TEST_CASE("policy keys: a removed key's outstanding reservation still settles", "[policy]") {
+  policy_config cfg;
+  cfg.keys.push_back(key("app-prod", "sk-p", {60, 10'000}, {budget("", calendar_period::day, 5, true)}));
+  policy_engine e(cfg, "UTC");
+  auto k = e.find_key("sk-p");
+  auto d = e.admit(call(1, t0, "gpt-4.1", k.get(), 500));
+  REQUIRE(d.outcome == decision::admit);
+  REQUIRE(find_budget(e.budgets(t0), "key:app-prod")->reserved_usd == 1);
+  CHECK(e.remove_key("app-prod"));
+  e.settle(d.ticket, 0.5, 300, "gpt-4.1", t0 + 1000);
+  CHECK(find_budget(e.budgets(t0), "key:app-prod") == nullptr);
+  e.settle(d.ticket, 0.5, 300, "gpt-4.1", t0 + 1000);  // a second settle is ignored
+}
+
+TEST_CASE("policy keys: keys added and removed while calls run stay consistent", "[policy]") {
+  policy_config cfg;
+  cfg.keys.push_back(key("app", "sk-app", {1'000'000, 0}, {budget("", calendar_period::day, 1e9, true)}));
+  policy_engine e(cfg, "UTC");
+  constexpr int workers = 4, rounds = 500;
+  std::latch start(workers + 1);
+  std::atomic<int> missing{0}, refused{0};
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] {
+    start.arrive_and_wait();
+    for (int i = 0; i < rounds; ++i) {
+      e.add_key(key("tmp", "sk-tmp", {1'000'000, 0}, {budget("", calendar_period::day, 1e9, true)}));
+      e.remove_key("tmp");
+    }
+  });
+  for (int w = 0; w < workers; ++w) {
+    threads.emplace_back([&, w] {
+      start.arrive_and_wait();
+      for (int i = 0; i < rounds; ++i) {
+        const bool tmp = i % 2 == 1;
+        auto k = e.find_key(tmp ? "sk-tmp" : "sk-app");
+        if (!k) {
+          missing += tmp ? 0 : 1;
+          continue;
+        }
+        auto d = e.admit(call(0.01, t0 + i, "gpt-4.1", k.get(), 10));
+        if (d.outcome != decision::admit) ++refused;
+        if (w % 2) {
+          e.settle(d.ticket, 0.01, 10, "gpt-4.1", t0 + i);
+        } else {
+          e.release(d.ticket);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(missing == 0);
+  CHECK(refused == 0);
+  CHECK(e.keys().size() == 1);
+  auto all = e.budgets(t0 + rounds);
+  REQUIRE(all.size() == 1);
+  CHECK(all[0].reserved_usd == 0);
+  CHECK(all[0].spent_usd == Approx(0.01 * rounds / 2 * workers / 2));
+}
+
+TEST_CASE("policy fast path: no budgets, no guards and no limits hold nothing", "[policy]") {
+  policy_config cfg;
+  cfg.keys.push_back(key("free", "sk-free"));
+  policy_engine e(cfg, "UTC");
+  auto k = e.find_key("sk-free");
+  auto d = e.admit(call(100, t0, "gpt-4.1", k.get(), 100'000));
+  CHECK(d.outcome == decision::admit);
+  CHECK(d.ticket == 0);
+  CHECK_FALSE(d.rate_headers);
+  e.settle(d.ticket, 1, 10, "gpt-4.1", t0);
+  e.release(d.ticket);
+  CHECK(e.budgets(t0).empty());
+}
+
+TEST_CASE("policy budgets: 200 concurrent calls overshoot a nearly spent hard budget by at most one reservation",
+          "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::day, 10, true));
+  cfg.budgets.push_back(budget("team:web", calendar_period::month, 1000, true));
+  policy_engine e(cfg, "UTC");
+  e.seed("", "web", "gpt-4.1", 9.3, t0 - minute_ms);
+  constexpr int n = 200;
+  constexpr double reserve = 0.25;
+  std::latch start(n);
+  std::atomic<int> admitted{0}, refused{0}, refused_elsewhere{0};  // Catch2 v2 assertions are not thread-safe
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      start.arrive_and_wait();
+      auto f = call(reserve, t0 + i, "gpt-4.1");
+      f.team = "web";
+      auto d = e.admit(f);
+      if (d.outcome == decision::admit) {
+        ++admitted;
+        // Half the calls cost what they reserved, half less; a few never reach the upstream.
+        if (i % 10 == 0) {
+          e.release(d.ticket);
+        } else {
+          e.settle(d.ticket, i % 2 ? reserve : reserve / 2, 10, "gpt-4.1", t0 + n + i);
+        }
+      } else if (d.outcome == decision::budget_exceeded && d.scope == "global") {
+        ++refused;
+      } else {
+        ++refused_elsewhere;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(refused_elsewhere == 0);
+  CHECK(admitted + refused == n);
+  CHECK(admitted >= 2);
+  const auto all = e.budgets(t0 + 2 * n);
+  const auto* g = find_budget(all, "global");
+  CHECK(g->spent_usd <= 10 + reserve);
+  CHECK(g->reserved_usd == 0);
+  CHECK(find_budget(all, "team:web")->spent_usd == Approx(g->spent_usd));
+  auto c = e.counters();
+  REQUIRE(c.budget_rejections.size() == 2);
+  CHECK(c.budget_rejections[0].scope == "global");
+  CHECK(c.budget_rejections[0].value == static_cast<std::uint64_t>(refused.load()));
+}
+
+TEST_CASE("policy budgets: hard limits count reservations, soft budgets never refuse", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::month, 100, false));
+  cfg.budgets.push_back(budget("model:claude-sonnet-4.5", calendar_period::day, 10, true));
+  policy_engine e(cfg, "UTC");
+
+  SECTION("an in-flight reservation blocks a call that could overshoot, and release gives it back") {
+    auto a = e.admit(call(6, t0, "claude-sonnet-4.5"));
+    REQUIRE(a.outcome == decision::admit);
+    auto b = e.admit(call(6, t0, "claude-sonnet-4.5"));
+    CHECK(b.outcome == decision::budget_exceeded);
+    CHECK(b.scope == "model:claude-sonnet-4.5");
+    CHECK(b.period == "day");
+    CHECK(b.limit_usd == 10);
+    CHECK(b.retry_after_s == 1);  // only a call in flight stands in the way
+    CHECK(b.ticket == 0);
+    CHECK(e.admit(call(6, t0, "gpt-4.1")).outcome == decision::admit);  // other models are not limited
+    e.release(a.ticket);
+    CHECK(e.admit(call(6, t0, "claude-sonnet-4.5")).outcome == decision::admit);
+  }
+  SECTION("a spent hard budget refuses until its window ends") {
+    CHECK(spend(e, 10, t0, "claude-sonnet-4.5") == decision::admit);
+    auto d = e.admit(call(0, t0, "claude-sonnet-4.5"));
+    CHECK(d.outcome == decision::budget_exceeded);
+    CHECK(d.spent_usd == 10);
+    CHECK(d.retry_after_s == 12 * 3600);  // t0 is noon UTC
+    CHECK(e.admit(call(1, utc_ms(2026, 11, 11), "claude-sonnet-4.5")).outcome == decision::admit);
+  }
+  SECTION("spend counts on the served model's budget after a reroute") {
+    auto d = e.admit(call(1, t0, "gpt-4.1"));
+    e.settle(d.ticket, 4, 0, "claude-sonnet-4.5", t0);
+    CHECK(spent(e, "model:claude-sonnet-4.5", t0) == 4);
+    CHECK(spent(e, "global", t0) == 4);
+  }
+  SECTION("a soft budget over its limit still admits") {
+    CHECK(spend(e, 150, t0, "gpt-4.1") == decision::admit);
+    CHECK(spend(e, 1, t0, "gpt-4.1") == decision::admit);
+    CHECK(spent(e, "global", t0) == 151);
+  }
+}
+
+TEST_CASE("policy budgets: windows roll over at local calendar boundaries", "[policy]") {
+  SECTION("a month budget in Europe/Paris resets at local midnight on the 1st") {
+    policy_config cfg;
+    cfg.budgets.push_back(budget("global", calendar_period::month, 100, true));
+    policy_engine e(cfg, "Europe/Paris");
+    const auto last_hour = utc_ms(2026, 3, 31, 21, 30);   // 23:30 local, still March
+    const auto april = utc_ms(2026, 3, 31, 22, 0);        // 00:00 local, April 1st (CEST)
+    CHECK(spend(e, 60, last_hour) == decision::admit);
+    CHECK(spent(e, "global", april - 1000) == 60);
+    CHECK(spend(e, 60, april - 1000) == decision::budget_exceeded);
+    CHECK(spend(e, 60, april) == decision::admit);
+    auto b = e.budgets(april);
+    CHECK(b[0].spent_usd == 60);
+    CHECK(b[0].window.start_s * 1000 == april);
+    CHECK(b[0].window.end_s * 1000 == utc_ms(2026, 4, 30, 22));
+  }
+  SECTION("a day budget in America/New_York resets at local midnight across both DST changes") {
+    policy_config cfg;
+    cfg.budgets.push_back(budget("global", calendar_period::day, 5, true));
+    policy_engine e(cfg, "America/New_York");
+    // 2026-03-08 (spring forward) lasts 23 h: 05:00 UTC to 04:00 UTC the next day.
+    CHECK(spend(e, 5, utc_ms(2026, 3, 8, 5, 0)) == decision::admit);
+    CHECK(e.admit(call(1, utc_ms(2026, 3, 9, 3, 59, 59))).outcome == decision::budget_exceeded);
+    CHECK(e.budgets(utc_ms(2026, 3, 9, 3, 59, 59))[0].window.length_s() == 23 * 3600);
+    CHECK(spend(e, 5, utc_ms(2026, 3, 9, 4, 0)) == decision::admit);
+    // 2026-11-01 (fall back) lasts 25 h: 04:00 UTC to 05:00 UTC the next day.
+    CHECK(spend(e, 5, utc_ms(2026, 11, 1, 4, 0)) == decision::admit);
+    CHECK(e.admit(call(1, utc_ms(2026, 11, 2, 4, 59, 59))).outcome == decision::budget_exceeded);
+    CHECK(e.budgets(utc_ms(2026, 11, 2, 4, 0))[0].window.length_s() == 25 * 3600);
+    CHECK(e.admit(call(1, utc_ms(2026, 11, 2, 5, 0))).outcome == decision::admit);
+  }
+  SECTION("reservations in flight across a rollover are released from the new window") {
+    policy_config cfg;
+    cfg.budgets.push_back(budget("global", calendar_period::day, 5, true));
+    policy_engine e(cfg, "UTC");
+    auto d = e.admit(call(4, utc_ms(2026, 11, 10, 23, 59)));
+    REQUIRE(d.outcome == decision::admit);
+    e.settle(d.ticket, 3, 0, "gpt-4.1", utc_ms(2026, 11, 11, 0, 1));
+    auto b = e.budgets(utc_ms(2026, 11, 11, 0, 1));
+    CHECK(b[0].spent_usd == 3);
+    CHECK(b[0].reserved_usd == 0);
+  }
+}
+
+TEST_CASE("policy alerts: each soft threshold is raised once per window", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::month, 2000, false, {0.5, 0.8, 1.0}));
+  policy_engine e(cfg, "UTC");
+  spend(e, 900, t0);
+  CHECK(e.take_alerts().empty());
+  spend(e, 700, t0 + 1000);  // 1600: crosses 50 % and 80 % at once
+  auto a = e.take_alerts();
+  REQUIRE(a.size() == 2);
+  CHECK(a[0].kind == alert_kind::soft_threshold);
+  CHECK(a[0].threshold == 0.5);
+  CHECK(a[1].threshold == 0.8);
+  CHECK(a[1].scope == "global");
+  CHECK(a[1].period == "month");
+  CHECK(a[1].limit_usd == 2000);
+  CHECK(a[1].spent_usd == 1600);
+  CHECK(a[1].time_ms == t0 + 1000);
+  CHECK(a[1].message == "Budget global/month reached 80% ($1600.00 of $2000.00)");
+  spend(e, 100, t0 + 2000);
+  CHECK(e.take_alerts().empty());
+  spend(e, 300, t0 + 3000);
+  a = e.take_alerts();
+  REQUIRE(a.size() == 1);
+  CHECK(a[0].threshold == 1.0);
+  // A new month crosses them afresh.
+  spend(e, 1100, utc_ms(2026, 12, 1, 0, 0, 1));
+  CHECK(e.take_alerts().size() == 1);
+}
+
+TEST_CASE("policy seed: warm start restores spend and crossed thresholds without alerts", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::day, 100, true, {0.5, 0.8, 1.0}));
+  cfg.budgets.push_back(budget("key:gone", calendar_period::month, 500, false));
+  cfg.keys.push_back(key("app", "sk-app", {}, {budget("", calendar_period::month, 50, false, {0.5})}));
+  policy_engine e(cfg, "UTC");
+  e.seed("app", "", "gpt-4.1", 30, t0 - 60 * minute_ms);
+  e.seed("gone", "", "gpt-4.1", 55, t0 - 30 * minute_ms);
+  e.seed("", "", "gpt-4.1", 99, t0 - 24 * 60 * minute_ms);  // yesterday: not in today's window
+  CHECK(e.take_alerts().empty());
+  CHECK(spent(e, "global", t0) == 85);
+  CHECK(spent(e, "key:app", t0) == 30);
+  CHECK(spent(e, "key:gone", t0) == 55);
+  CHECK(spent(e, "key:gone", t0) == 55);
+  spend(e, 10, t0);  // 95: 50 % and 80 % were crossed before the restart
+  CHECK(e.take_alerts().empty());
+  spend(e, 5, t0);
+  auto a = e.take_alerts();
+  REQUIRE(a.size() == 1);
+  CHECK(a[0].threshold == 1.0);
+}
+
+TEST_CASE("policy spend guard: trips, reroutes, rejects and resets with hysteresis", "[policy]") {
+  policy_config cfg;
+  spend_guard_config g;
+  g.scope = "global";
+  g.window = std::chrono::hours(1);
+  g.max_usd = 50;
+  g.action = guard_action::reroute;
+  g.fallback_model = "deepseek-v3.2";
+  cfg.spend_guards.push_back(g);
+  cfg.budgets.push_back(budget("model:deepseek-v3.2", calendar_period::day, 1000, false));
+
+  SECTION("a trip alerts once and reroutes the very next call, except calls to the fallback") {
+    policy_engine e(cfg, "UTC");
+    spend(e, 30, t0, "claude-sonnet-4.5");
+    CHECK(e.admit(call(1, t0 + 1, "claude-sonnet-4.5")).reroute_model.empty());
+    spend(e, 21, t0 + 2, "claude-sonnet-4.5");  // 51 in the hour
+    auto a = e.take_alerts();
+    REQUIRE(a.size() == 1);
+    CHECK(a[0].kind == alert_kind::spend_guard);
+    CHECK(a[0].scope == "global");
+    CHECK(a[0].period == "1h");
+    CHECK(a[0].limit_usd == 50);
+    CHECK(a[0].spent_usd == 51);
+    CHECK_THAT(a[0].message, Contains("rerouting to deepseek-v3.2"));
+    auto d = e.admit(call(1, t0 + 3, "claude-sonnet-4.5"));
+    CHECK(d.outcome == decision::admit);
+    CHECK(d.reroute_model == "deepseek-v3.2");
+    CHECK(d.reroute_scope == "global");
+    e.settle(d.ticket, 0.5, 0, "deepseek-v3.2", t0 + 4);
+    CHECK(spent(e, "model:deepseek-v3.2", t0 + 4) == 0.5);
+    CHECK(e.admit(call(1, t0 + 5, "deepseek-v3.2")).reroute_model.empty());
+    spend(e, 10, t0 + 6, "deepseek-v3.2");
+    CHECK(e.take_alerts().empty());  // still the same trip
+    CHECK(e.guards(t0 + 6)[0].tripped);
+    CHECK(e.guards(t0 + 6)[0].window_spent_usd == 61.5);
+    auto c = e.counters();
+    REQUIRE(c.guard_actions.size() == 1);
+    CHECK(c.guard_actions[0].kind == "reroute");
+    CHECK(c.guard_actions[0].value == 1);
+  }
+  SECTION("the guard stays tripped until the window's spend falls below reset_fraction * max") {
+    policy_engine e(cfg, "UTC");
+    spend(e, 10, t0, "claude-sonnet-4.5");
+    spend(e, 41, t0 + 30 * minute_ms, "claude-sonnet-4.5");  // 51: tripped
+    CHECK(e.take_alerts().size() == 1);
+    // An hour on, the first 10 have left the window: 41 is under max but above 0.8 * 50.
+    CHECK(e.admit(call(1, t0 + 61 * minute_ms, "claude-sonnet-4.5")).reroute_model == "deepseek-v3.2");
+    CHECK(e.guards(t0 + 61 * minute_ms)[0].tripped);
+    CHECK_FALSE(e.guards(t0 + 91 * minute_ms)[0].tripped);
+    CHECK(e.admit(call(1, t0 + 91 * minute_ms, "claude-sonnet-4.5")).reroute_model.empty());
+    spend(e, 51, t0 + 92 * minute_ms, "claude-sonnet-4.5");
+    CHECK(e.take_alerts().size() == 1);  // a new trip alerts again
+  }
+  SECTION("a reject guard on a model refuses that model only, with Retry-After until its reset") {
+    cfg.spend_guards[0].scope = "model:claude-sonnet-4.5";
+    cfg.spend_guards[0].window = std::chrono::minutes(5);
+    cfg.spend_guards[0].action = guard_action::reject;
+    policy_engine e(cfg, "UTC");
+    spend(e, 60, t0, "claude-sonnet-4.5");
+    auto d = e.admit(call(1, t0 + 1000, "claude-sonnet-4.5"));
+    CHECK(d.outcome == decision::guard_rejected);
+    CHECK(d.scope == "model:claude-sonnet-4.5");
+    CHECK(d.period == "5m");
+    CHECK(d.limit_usd == 50);
+    CHECK(d.spent_usd == 60);
+    CHECK(d.retry_after_s == 299);  // the 60 leave the window 5 minutes after t0
+    CHECK(d.ticket == 0);
+    CHECK(e.admit(call(1, t0 + 1000, "gpt-4.1")).outcome == decision::admit);
+    CHECK(e.admit(call(1, t0 + 5 * minute_ms, "claude-sonnet-4.5")).outcome == decision::admit);
+  }
+  SECTION("seeded spend over max trips the guard silently") {
+    policy_engine e(cfg, "UTC");
+    e.seed("", "", "claude-sonnet-4.5", 55, t0 - 10 * minute_ms);
+    CHECK(e.take_alerts().empty());
+    CHECK(e.admit(call(1, t0, "claude-sonnet-4.5")).reroute_model == "deepseek-v3.2");
+  }
+}
+
+TEST_CASE("policy rate limits: rpm and tpm buckets refill and report OpenAI headers", "[policy]") {
+  policy_config cfg;
+  cfg.keys.push_back(key("app", "sk-app", {2, 1000}));
+  policy_engine e(cfg, "UTC");
+  auto k = e.find_key("sk-app");
+
+  SECTION("each admission takes a request and its reserved tokens") {
+    auto d = e.admit(call(0, t0, "gpt-4.1", k.get(), 400));
+    CHECK(d.outcome == decision::admit);
+    CHECK(d.ticket != 0);
+    CHECK(d.rate_headers);
+    CHECK(d.limit_requests == 2);
+    CHECK(d.remaining_requests == 1);
+    CHECK(d.reset_requests_ms == 30'000);  // 2 per minute: one comes back every 30 s
+    CHECK(d.limit_tokens == 1000);
+    CHECK(d.remaining_tokens == 600);
+    CHECK(d.reset_tokens_ms == 24'000);
+    CHECK(e.admit(call(0, t0, "gpt-4.1", k.get(), 100)).remaining_requests == 0);
+    auto r = e.admit(call(0, t0 + 1000, "gpt-4.1", k.get(), 100));
+    CHECK(r.outcome == decision::rate_limited);
+    CHECK(r.rate_kind == "requests");
+    CHECK(r.scope == "key:app");
+    CHECK(r.retry_after_s == 29);
+    CHECK(r.remaining_requests == 0);
+    CHECK(r.ticket == 0);
+    CHECK(e.admit(call(0, t0 + 30'000, "gpt-4.1", k.get(), 100)).outcome == decision::admit);
+    auto c = e.counters();
+    REQUIRE(c.rate_limited.size() == 2);
+    CHECK(c.rate_limited[0].kind == "requests");
+    CHECK(c.rate_limited[0].value == 1);
+  }
+  SECTION("tokens: an estimate too large waits, settle corrects the charge") {
+    auto a = e.admit(call(0, t0, "gpt-4.1", k.get(), 900));
+    REQUIRE(a.outcome == decision::admit);
+    auto r = e.admit(call(0, t0, "gpt-4.1", k.get(), 200));
+    CHECK(r.outcome == decision::rate_limited);
+    CHECK(r.rate_kind == "tokens");
+    CHECK(r.remaining_tokens == 100);
+    CHECK(r.retry_after_s == 6);  // 100 more tokens at 1000 per minute
+    e.settle(a.ticket, 0, 300, "gpt-4.1", t0);  // used 300 of the 900 reserved
+    auto d = e.admit(call(0, t0, "gpt-4.1", k.get(), 200));
+    CHECK(d.outcome == decision::admit);
+    CHECK(d.remaining_tokens == 500);
+  }
+  SECTION("a call larger than the whole TPM capacity passes on a full bucket and leaves a debt") {
+    auto d = e.admit(call(0, t0, "gpt-4.1", k.get(), 1500));
+    CHECK(d.outcome == decision::admit);
+    CHECK(d.remaining_tokens == 0);
+    CHECK(d.reset_tokens_ms == 90'000);
+    auto r = e.admit(call(0, t0 + 1000, "gpt-4.1", k.get(), 0));
+    CHECK(r.outcome == decision::rate_limited);
+    CHECK(r.rate_kind == "tokens");
+  }
+  SECTION("release returns the tokens but not the request") {
+    auto d = e.admit(call(0, t0, "gpt-4.1", k.get(), 800));
+    e.release(d.ticket);
+    auto n = e.admit(call(0, t0, "gpt-4.1", k.get(), 800));
+    CHECK(n.outcome == decision::admit);
+    CHECK(n.remaining_requests == 0);
+    CHECK(n.remaining_tokens == 200);
+  }
+  SECTION("a call refused by a budget charges no request") {
+    policy_config c2;
+    c2.keys.push_back(key("app", "sk-app", {2, 0}, {budget("", calendar_period::day, 1, true)}));
+    policy_engine e2(c2, "UTC");
+    auto k2 = e2.find_key("sk-app");
+    auto d = e2.admit(call(5, t0, "gpt-4.1", k2.get()));
+    CHECK(d.outcome == decision::budget_exceeded);
+    CHECK(d.scope == "key:app");
+    CHECK(d.rate_headers);
+    CHECK(d.remaining_requests == 2);
+    CHECK(d.limit_tokens == 0);  // unlimited kind: no -tokens headers
+  }
+}
+
+TEST_CASE("policy format_reset: OpenAI (Go) style durations", "[policy]") {
+  CHECK(format_reset(0) == "0s");
+  CHECK(format_reset(20) == "20ms");
+  CHECK(format_reset(1000) == "1s");
+  CHECK(format_reset(1500) == "1.5s");
+  CHECK(format_reset(1020) == "1.02s");
+  CHECK(format_reset(360'000) == "6m0s");
+  CHECK(format_reset(3'723'000) == "1h2m3s");
+  CHECK(format_reset(3'600'000) == "1h0m0s");
+}
+
+TEST_CASE("policy projections: scope shares of the global forecast and one overspend alert", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::month, 2000, false));
+  cfg.budgets.push_back(budget("team:web", calendar_period::month, 100, true));
+  policy_engine e(cfg, "UTC");
+  auto f = call(30, t0);
+  f.team = "web";
+  auto d = e.admit(f);
+  e.settle(d.ticket, 30, 0, "gpt-4.1", t0);
+  spend(e, 90, t0);  // anonymous: global only; web's share of recent spend is 30 / 120
+
+  int calls = 0;
+  time_window asked{};
+  auto forecast = [&](calendar_period p, const time_window& w) {
+    ++calls;
+    CHECK(p == calendar_period::month);
+    asked = w;
+    return policy_engine::spend_forecast{400, 1000};
+  };
+  e.update_projections(t0, forecast);
+  CHECK(calls == 1);
+  CHECK(asked.end_s * 1000 == utc_ms(2026, 12, 1));
+  auto b = e.budgets(t0);
+  CHECK(b[0].projected_p50 == Approx(520));
+  CHECK(b[0].projected_p90 == Approx(1120));
+  CHECK(std::isnan(b[0].exhaustion_p90_s));
+  CHECK(b[1].projected_p50 == Approx(130));
+  CHECK(b[1].projected_p90 == Approx(280));
+  const double now_s = t0 / 1000.0, end_s = utc_ms(2026, 12, 1) / 1000.0;
+  CHECK(b[1].exhaustion_p50_s == Approx(now_s + 0.7 * (end_s - now_s)));
+  CHECK(b[1].exhaustion_p90_s == Approx(now_s + 70.0 / 250.0 * (end_s - now_s)));
+
+  auto a = e.take_alerts();
+  REQUIRE(a.size() == 1);
+  CHECK(a[0].kind == alert_kind::projected_overspend);
+  CHECK(a[0].scope == "team:web");
+  CHECK(a[0].threshold == Approx(280));
+  CHECK(a[0].spent_usd == 30);
+  CHECK_THAT(a[0].message, Contains("team:web/month"));
+
+  e.update_projections(t0 + minute_ms, forecast);
+  CHECK(e.take_alerts().empty());
+  // Unknown forecasts clear the projections.
+  e.update_projections(t0 + 2 * minute_ms, [](calendar_period, const time_window&) {
+    return policy_engine::spend_forecast{};
+  });
+  CHECK(std::isnan(e.budgets(t0)[1].projected_p90));
+  // The next month may alert again.
+  spend(e, 1, utc_ms(2026, 12, 2));
+  f.now_ms = utc_ms(2026, 12, 2);
+  e.settle(e.admit(f).ticket, 20, 0, "gpt-4.1", f.now_ms);
+  e.update_projections(utc_ms(2026, 12, 2), forecast);
+  CHECK(e.take_alerts().size() == 1);
+}

@@ -1,0 +1,662 @@
+// Tests of the finance reports (proxy/ledger/report.cpp, report_cli.cpp) against real ledger
+// files written by the ledger writer: time parsing, spend groups, local days across DST and
+// month ends, exact sums, CSV/JSON output, what-if re-pricing, warm-start rows and the CLI.
+#include <sqlite3.h>
+
+#include <catch2/catch.hpp>
+#include <ctime>
+#include <filesystem>
+#include <random>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <variant>
+#include <vector>
+
+#include "core/calendar.hpp"
+#include "core/pricing.hpp"
+#include "ledger/ledger.hpp"
+#include "ledger/report.hpp"
+#include "ledger/report_cli.hpp"
+
+namespace {
+
+using namespace tollgate;
+using Catch::Matchers::Contains;
+namespace fs = std::filesystem;
+
+const std::string source_dir = TOLLGATE_SOURCE_DIR;
+
+std::int64_t utc_ms(int y, int mo, int d, int h = 0, int mi = 0, int s = 0, int ms = 0) {
+  std::tm tm{};
+  tm.tm_year = y - 1900;
+  tm.tm_mon = mo - 1;
+  tm.tm_mday = d;
+  tm.tm_hour = h;
+  tm.tm_min = mi;
+  tm.tm_sec = s;
+  return static_cast<std::int64_t>(timegm(&tm)) * 1000 + ms;
+}
+
+struct temp_dir {
+  fs::path path;
+  temp_dir() {
+    std::random_device rd;
+    path = fs::temp_directory_path() / ("tollgate-report-test-" + std::to_string(rd()) + "-" + std::to_string(rd()));
+    fs::create_directories(path);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+usage_record call(std::int64_t start_ms, const std::string& price_model, double cost_usd) {
+  static int next_id = 0;
+  usage_record r;
+  r.request_id = "req-" + std::to_string(++next_id);
+  r.start_ms = start_ms;
+  r.route = route_kind::chat_completions;
+  r.method = "POST";
+  r.requested_model = price_model;
+  r.served_model = price_model;
+  r.price_model = price_model;
+  r.priced = !price_model.empty();
+  r.status = 200;
+  r.source = usage_source::upstream;
+  r.cost_usd = cost_usd;
+  r.latency_ms = 10;
+  return r;
+}
+
+usage_record with(usage_record r, const std::string& key, const std::string& team) {
+  r.client_key_id = key;
+  r.team = team;
+  return r;
+}
+
+// A ledger file written through the real writer (so the schema is the real one).
+struct sample_ledger {
+  temp_dir dir;
+  std::string path = dir.file("tollgate.db");
+  void write(const std::vector<usage_record>& rows) {
+    ledger_options o;
+    o.path = path;
+    ledger l(o);
+    l.start();
+    for (const auto& r : rows) {
+      REQUIRE(l.reserve());
+      l.submit(r);
+    }
+    l.flush();
+    l.stop();
+  }
+};
+
+// One value of a query on a separate connection, parameters bound in order.
+using param = std::variant<std::int64_t, std::string>;
+double sql_real(const std::string& path, const std::string& sql, const std::vector<param>& params) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  INFO(sql);
+  REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const int n = static_cast<int>(i + 1);
+    if (const auto* v = std::get_if<std::int64_t>(&params[i]))
+      sqlite3_bind_int64(st, n, *v);
+    else
+      sqlite3_bind_text(st, n, std::get<std::string>(params[i]).c_str(), -1, SQLITE_TRANSIENT);
+  }
+  REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+  const double v = sqlite3_column_double(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return v;
+}
+
+std::vector<std::optional<std::string>> keys(std::initializer_list<const char*> ks) {
+  std::vector<std::optional<std::string>> out;
+  for (const char* k : ks) out.push_back(k ? std::optional<std::string>(k) : std::nullopt);
+  return out;
+}
+
+const spend_row& row_with(const spend_report& r, const std::vector<std::optional<std::string>>& k) {
+  for (const auto& row : r.rows)
+    if (row.keys == k) return row;
+  FAIL("no row with the given keys");
+  return r.rows.front();
+}
+
+}  // namespace
+
+TEST_CASE("report: time bounds accept dates, months and RFC 3339", "[report]") {
+  const calendar paris("Europe/Paris");
+  const calendar utc("UTC");
+
+  SECTION("a date is local midnight as from and the end of that local day as to") {
+    CHECK(parse_time_bound("2026-11-01", range_end::from, paris) == utc_ms(2026, 10, 31, 23));
+    CHECK(parse_time_bound("2026-11-30", range_end::to, paris) == utc_ms(2026, 11, 30, 23));
+    CHECK(parse_time_bound("2026-11-01", range_end::from, utc) == utc_ms(2026, 11, 1));
+    CHECK(parse_time_bound("2026-12-31", range_end::to, utc) == utc_ms(2027, 1, 1));
+  }
+  SECTION("a date on a DST change day spans 23 or 25 hours") {
+    const auto spring_from = parse_time_bound("2026-03-29", range_end::from, paris);
+    const auto spring_to = parse_time_bound("2026-03-29", range_end::to, paris);
+    CHECK(spring_from == utc_ms(2026, 3, 28, 23));
+    CHECK(spring_to - spring_from == 23 * 3'600'000);
+    const auto fall_from = parse_time_bound("2026-10-25", range_end::from, paris);
+    CHECK(parse_time_bound("2026-10-25", range_end::to, paris) - fall_from == 25 * 3'600'000);
+  }
+  SECTION("a month is its local first instant up to the next month's") {
+    const auto r = parse_month("2026-11", paris);
+    CHECK(r.from_ms == utc_ms(2026, 10, 31, 23));
+    CHECK(r.to_ms == utc_ms(2026, 11, 30, 23));
+    CHECK(parse_month("2026-12", utc).to_ms == utc_ms(2027, 1, 1));
+    CHECK(parse_time_bound("2026-03", range_end::to, paris) == utc_ms(2026, 3, 31, 22));
+  }
+  SECTION("RFC 3339 times honour Z, offsets and fractions, whatever the timezone") {
+    CHECK(parse_time_bound("2026-11-01T10:00:00Z", range_end::from, paris) == utc_ms(2026, 11, 1, 10));
+    CHECK(parse_time_bound("2026-11-01t10:00:00z", range_end::to, paris) == utc_ms(2026, 11, 1, 10));
+    CHECK(parse_time_bound("2026-11-01 10:00:00+01:00", range_end::from, utc) == utc_ms(2026, 11, 1, 9));
+    CHECK(parse_time_bound("2026-11-01T10:00:00-05:30", range_end::from, utc) == utc_ms(2026, 11, 1, 15, 30));
+    CHECK(parse_time_bound("2026-11-01T00:30:00+01:00", range_end::from, utc) == utc_ms(2026, 10, 31, 23, 30));
+    CHECK(parse_time_bound("2026-11-01T10:00:00.5Z", range_end::from, utc) == utc_ms(2026, 11, 1, 10, 0, 0, 500));
+    CHECK(parse_time_bound("2026-11-01T10:00:00.123000Z", range_end::from, utc) == utc_ms(2026, 11, 1, 10, 0, 0, 123));
+    CHECK(parse_time_bound(" 2026-11-01T10:00:00Z ", range_end::from, utc) == utc_ms(2026, 11, 1, 10));
+  }
+  SECTION("a fraction below the millisecond rounds up, to select exactly the rows at or after it") {
+    CHECK(parse_time_bound("2026-11-01T10:00:00.1231Z", range_end::from, utc) == utc_ms(2026, 11, 1, 10, 0, 0, 124));
+    CHECK(parse_time_bound("2026-11-01T10:00:00.1230000Z", range_end::to, utc) == utc_ms(2026, 11, 1, 10, 0, 0, 123));
+  }
+  SECTION("a leap second is the next minute's first instant") {
+    CHECK(parse_time_bound("2016-12-31T23:59:60Z", range_end::from, utc) == utc_ms(2017, 1, 1));
+  }
+  SECTION("bad values are refused with the bound's name, the value and the reason") {
+    const auto error = [&](const std::string& text, range_end end = range_end::from) {
+      try {
+        parse_time_bound(text, end, paris);
+      } catch (const std::invalid_argument& e) {
+        return std::string(e.what());
+      }
+      return std::string("accepted");
+    };
+    CHECK_THAT(error(""), Contains("from: ''") && Contains("empty"));
+    CHECK_THAT(error("2026-13-01"), Contains("'2026-13-01'") && Contains("month must be 1-12"));
+    CHECK_THAT(error("2026-02-30", range_end::to), Contains("to: '2026-02-30'") && Contains("no such day"));
+    CHECK_THAT(error("2026-11-01T25:00:00Z"), Contains("hour must be 0-23"));
+    CHECK_THAT(error("2026-11-01T10:00Z"), Contains("needs seconds"));
+    CHECK_THAT(error("2026-11-01T10:00:00"), Contains("expected 'Z' or an offset"));
+    CHECK_THAT(error("2026-11-01T10:00:00 01:00"), Contains("%2B"));
+    CHECK_THAT(error("2026-11-01T10:00:00Zjunk"), Contains("unexpected text"));
+    CHECK_THAT(error("yesterday"), Contains("year must have 4 digits") && Contains("RFC 3339"));
+    CHECK_THAT(error("2026-11-01T10:00:00."), Contains("digits after '.'"));
+    CHECK_THROWS_WITH(parse_month("2026-11-01", paris), Contains("expected YYYY-MM"));
+    CHECK_THROWS_WITH(parse_month("2026-1", paris), Contains("expected YYYY-MM"));
+    CHECK_THROWS_WITH(parse_month("2026-00", paris), Contains("'2026-00'"));
+  }
+  SECTION("format_rfc3339_utc prints UTC with milliseconds only when needed") {
+    CHECK(format_rfc3339_utc(utc_ms(2026, 10, 31, 23)) == "2026-10-31T23:00:00Z");
+    CHECK(format_rfc3339_utc(utc_ms(2026, 11, 1, 10, 0, 0, 5)) == "2026-11-01T10:00:00.005Z");
+    CHECK(format_rfc3339_utc(-1) == "1969-12-31T23:59:59.999Z");
+    CHECK(parse_time_bound(format_rfc3339_utc(1'790'000'123'456), range_end::from, utc) == 1'790'000'123'456);
+  }
+}
+
+TEST_CASE("report: group_by names are parsed in order, unknown or repeated ones refused", "[report]") {
+  CHECK(parse_group_by("model, day") == std::vector<spend_group>{spend_group::model, spend_group::day});
+  CHECK(parse_group_by("key,team,day,model").size() == 4);
+  CHECK(parse_group_by("").empty());
+  CHECK_THROWS_WITH(parse_group_by("day,user"), Contains("unknown column 'user'") && Contains("day, model, team or key"));
+  CHECK_THROWS_WITH(parse_group_by("day,model,day"), Contains("'day' given twice"));
+}
+
+TEST_CASE("report: spend groups by model, team and key in the order given", "[report]") {
+  sample_ledger s;
+  const auto t = utc_ms(2026, 11, 10, 12);
+  auto unpriced = call(t + 5, "", 0);
+  unpriced.requested_model = "mystery-1";
+  unpriced.served_model = "mystery-1-2026";
+  unpriced.tokens = {100, 10, 0, 0, 0, 0};
+  auto a = with(call(t, "gpt-4.1", 0.25), "app-prod", "web");
+  a.tokens = {1000, 200, 300, 0, 0, 50};
+  auto b = with(call(t + 1, "gpt-4.1", 0.5), "batch", "data");
+  b.tokens = {2000, 100, 0, 0, 0, 0};
+  auto c = with(call(t + 2, "claude-sonnet-4.5", 1.5), "app-prod", "web");
+  c.tokens = {4000, 300, 1000, 500, 100, 0};
+  auto d = with(call(t + 3, "claude-sonnet-4.5", 0.75), "", "");
+  d.tokens = {10, 1, 0, 0, 0, 0};
+  s.write({a, b, c, d, unpriced, call(utc_ms(2026, 12, 1), "gpt-4.1", 100)});
+  const time_range nov{utc_ms(2026, 11, 1), utc_ms(2026, 12, 1)};
+
+  SECTION("by model: the price-table entry, an unpriced call under its served model") {
+    const auto r = query_spend(s.path, {nov, {spend_group::model}, "UTC"});
+    REQUIRE(r.rows.size() == 3);
+    CHECK(r.rows[0].keys == keys({"claude-sonnet-4.5"}));
+    CHECK(r.rows[1].keys == keys({"gpt-4.1"}));
+    CHECK(r.rows[2].keys == keys({"mystery-1-2026"}));
+    const auto& sonnet = r.rows[0].figures;
+    CHECK(sonnet.requests == 2);
+    CHECK(sonnet.prompt_tokens == 4010);
+    CHECK(sonnet.completion_tokens == 301);
+    CHECK(sonnet.cached_tokens == 1000);
+    CHECK(sonnet.cache_write_tokens == 500);
+    CHECK(sonnet.cost_usd == 2.25);
+    CHECK(r.rows[1].figures.reasoning_tokens == 50);
+    CHECK(r.rows[2].figures.unpriced_requests == 1);
+    CHECK(r.rows[2].figures.cost_usd == 0);
+    CHECK(r.total.requests == 5);
+    CHECK(r.total.unpriced_requests == 1);
+    CHECK(r.total.cost_usd == 3.0);
+  }
+  SECTION("by key and by team: calls without one form a null group, sorted first") {
+    const auto by_key = query_spend(s.path, {nov, {spend_group::key}, "UTC"});
+    REQUIRE(by_key.rows.size() == 3);
+    CHECK(by_key.rows[0].keys == keys({nullptr}));
+    CHECK(by_key.rows[0].figures.requests == 2);
+    CHECK(by_key.rows[1].keys == keys({"app-prod"}));
+    CHECK(by_key.rows[1].figures.cost_usd == 1.75);
+    CHECK(by_key.rows[2].keys == keys({"batch"}));
+    const auto by_team = query_spend(s.path, {nov, {spend_group::team}, "UTC"});
+    REQUIRE(by_team.rows.size() == 3);
+    CHECK(by_team.rows[0].keys == keys({nullptr}));
+    CHECK(row_with(by_team, keys({"web"})).figures.prompt_tokens == 5000);
+  }
+  SECTION("two columns in either order: the columns and the sort follow the order given") {
+    const auto team_model = query_spend(s.path, {nov, {spend_group::team, spend_group::model}, "UTC"});
+    REQUIRE(team_model.rows.size() == 5);
+    CHECK(team_model.rows[0].keys == keys({nullptr, "claude-sonnet-4.5"}));
+    CHECK(team_model.rows[1].keys == keys({nullptr, "mystery-1-2026"}));
+    CHECK(team_model.rows[2].keys == keys({"data", "gpt-4.1"}));
+    CHECK(team_model.rows[3].keys == keys({"web", "claude-sonnet-4.5"}));
+    CHECK(team_model.rows[4].keys == keys({"web", "gpt-4.1"}));
+    const auto model_team = query_spend(s.path, {nov, {spend_group::model, spend_group::team}, "UTC"});
+    REQUIRE(model_team.rows.size() == 5);
+    CHECK(model_team.rows[0].keys == keys({"claude-sonnet-4.5", nullptr}));
+    CHECK(model_team.rows[1].keys == keys({"claude-sonnet-4.5", "web"}));
+    CHECK(model_team.rows[4].keys == keys({"mystery-1-2026", nullptr}));
+  }
+  SECTION("all four columns: every group once, integer figures adding up to the total") {
+    const auto r = query_spend(
+        s.path, {nov, {spend_group::key, spend_group::team, spend_group::model, spend_group::day}, "UTC"});
+    REQUIRE(r.rows.size() == 5);
+    std::int64_t requests = 0, prompt = 0;
+    for (const auto& row : r.rows) {
+      REQUIRE(row.keys.size() == 4);
+      CHECK(row.keys[3] == "2026-11-10");
+      requests += row.figures.requests;
+      prompt += row.figures.prompt_tokens;
+    }
+    CHECK(requests == r.total.requests);
+    CHECK(prompt == r.total.prompt_tokens);
+  }
+  SECTION("no columns: the total only; an empty range: zero") {
+    const auto r = query_spend(s.path, {nov, {}, "UTC"});
+    CHECK(r.rows.empty());
+    CHECK(r.total.requests == 5);
+    const auto none = query_spend(s.path, {{utc_ms(2025, 1, 1), utc_ms(2025, 2, 1)}, {spend_group::model}, "UTC"});
+    CHECK(none.rows.empty());
+    CHECK(none.total.requests == 0);
+    CHECK(none.total.cost_usd == 0);
+  }
+  SECTION("an unbounded range covers the whole ledger") {
+    CHECK(query_spend(s.path, {{}, {}, "UTC"}).total.requests == 6);
+  }
+  SECTION("a missing ledger or a bad timezone is an error naming it") {
+    CHECK_THROWS_WITH(query_spend(s.dir.file("nope.db"), {nov, {}, "UTC"}), Contains("nope.db") && Contains("no such file"));
+    CHECK_THROWS_AS(query_spend(s.path, {nov, {spend_group::day}, "Mars/Olympus"}), std::invalid_argument);
+  }
+}
+
+TEST_CASE("report: every sum equals the ledger's SQL SUM bit for bit", "[report]") {
+  // Summing doubles depends on the order: 1e16 + 1 + 1 is 1e16, 1 + 1 + 1e16 is not. The rows
+  // are written (ids) in the opposite order of their start times, so a report that summed in id
+  // or sorter order would differ from the plain query, which reads them by start time.
+  sample_ledger s;
+  const auto t = utc_ms(2026, 11, 10, 12);
+  std::vector<usage_record> rows;
+  for (int i = 20; i >= 1; --i) rows.push_back(with(call(t + i * 60'000, "gpt-4.1", 1.0), "k" + std::to_string(i % 3), "web"));
+  rows.push_back(with(call(t, "gpt-4.1", 1e16), "k0", "web"));
+  for (int i = 9; i >= 1; --i) rows.push_back(with(call(t + 86'400'000 + i, "o3", 0.1), "k1", "data"));
+  rows.push_back(with(call(t + 86'400'000, "o3", 1e16), "k1", "data"));
+  rows.push_back(call(utc_ms(2026, 12, 5), "gpt-4.1", 7.0));  // outside the range
+  s.write(rows);
+  const time_range nov{utc_ms(2026, 11, 1), utc_ms(2026, 12, 1)};
+  const std::string range = "SELECT SUM(cost_usd) FROM calls WHERE start_ms >= ?1 AND start_ms < ?2";
+
+  // The data is order-sensitive: adding in the writing order gives another figure.
+  double written_order = 0;
+  for (const auto& r : rows)
+    if (r.start_ms < nov.to_ms) written_order += r.cost_usd;
+  const double plain = sql_real(s.path, range, {nov.from_ms, nov.to_ms});
+  REQUIRE(written_order != plain);
+
+  SECTION("the total") {
+    CHECK(query_spend(s.path, {nov, {spend_group::model}, "UTC"}).total.cost_usd == plain);
+  }
+  SECTION("each model, key and team") {
+    const auto by_model = query_spend(s.path, {nov, {spend_group::model}, "UTC"});
+    for (const char* m : {"gpt-4.1", "o3"})
+      CHECK(row_with(by_model, keys({m})).figures.cost_usd ==
+            sql_real(s.path, range + " AND price_model = ?3", {nov.from_ms, nov.to_ms, std::string(m)}));
+    const auto by_key = query_spend(s.path, {nov, {spend_group::key}, "UTC"});
+    for (const char* k : {"k0", "k1", "k2"})
+      CHECK(row_with(by_key, keys({k})).figures.cost_usd ==
+            sql_real(s.path, range + " AND client_key_id = ?3", {nov.from_ms, nov.to_ms, std::string(k)}));
+    const auto by_team = query_spend(s.path, {nov, {spend_group::team}, "UTC"});
+    for (const char* team : {"web", "data"})
+      CHECK(row_with(by_team, keys({team})).figures.cost_usd ==
+            sql_real(s.path, range + " AND team = ?3", {nov.from_ms, nov.to_ms, std::string(team)}));
+  }
+  SECTION("each local day, alone and with another column") {
+    const auto by_day = query_spend(s.path, {nov, {spend_group::day}, "Europe/Paris"});
+    REQUIRE(by_day.rows.size() == 2);
+    const auto day10 = sql_real(s.path, range, {utc_ms(2026, 11, 9, 23), utc_ms(2026, 11, 10, 23)});
+    const auto day11 = sql_real(s.path, range, {utc_ms(2026, 11, 10, 23), utc_ms(2026, 11, 11, 23)});
+    CHECK(row_with(by_day, keys({"2026-11-10"})).figures.cost_usd == day10);
+    CHECK(row_with(by_day, keys({"2026-11-11"})).figures.cost_usd == day11);
+    const auto day_model = query_spend(s.path, {nov, {spend_group::day, spend_group::model}, "Europe/Paris"});
+    CHECK(row_with(day_model, keys({"2026-11-10", "gpt-4.1"})).figures.cost_usd == day10);
+  }
+}
+
+TEST_CASE("report: days are local days across DST changes and month ends", "[report]") {
+  sample_ledger s;
+  s.write({
+      call(utc_ms(2026, 3, 28, 22, 30), "m", 1),           // Paris 03-28 23:30 CET
+      call(utc_ms(2026, 3, 28, 23, 30), "m", 2),           // 03-29 00:30 CET
+      call(utc_ms(2026, 3, 29, 21, 30), "m", 4),           // 03-29 23:30 CEST (a 23-hour day)
+      call(utc_ms(2026, 3, 29, 22, 30), "m", 8),           // 03-30 00:30 CEST
+      call(utc_ms(2026, 3, 31, 21, 59, 59, 999), "m", 16),  // 03-31 23:59:59.999 CEST
+      call(utc_ms(2026, 3, 31, 22), "m", 32),              // 04-01 00:00 CEST: next month
+      call(utc_ms(2026, 10, 24, 22), "m", 64),             // 10-25 00:00 CEST
+      call(utc_ms(2026, 10, 25, 22, 59), "m", 128),        // 10-25 23:59 CET (a 25-hour day)
+      call(utc_ms(2026, 10, 25, 23), "m", 256),            // 10-26 00:00 CET
+  });
+  const auto day_costs = [&](const spend_report& r) {
+    std::vector<std::pair<std::string, double>> out;
+    for (const auto& row : r.rows) out.emplace_back(*row.keys[0], row.figures.cost_usd);
+    return out;
+  };
+  using v = std::vector<std::pair<std::string, double>>;
+
+  SECTION("in Europe/Paris") {
+    const auto r = query_spend(s.path, {{}, {spend_group::day}, "Europe/Paris"});
+    CHECK(day_costs(r) == v{{"2026-03-28", 1},
+                            {"2026-03-29", 6},
+                            {"2026-03-30", 8},
+                            {"2026-03-31", 16},
+                            {"2026-04-01", 32},
+                            {"2026-10-25", 192},
+                            {"2026-10-26", 256}});
+  }
+  SECTION("in UTC the same calls fall on other days") {
+    const auto r = query_spend(s.path, {{}, {spend_group::day}, "UTC"});
+    CHECK(day_costs(r) == v{{"2026-03-28", 3},
+                            {"2026-03-29", 12},
+                            {"2026-03-31", 48},
+                            {"2026-10-24", 64},
+                            {"2026-10-25", 384}});
+  }
+  SECTION("a month in Paris ends at local midnight") {
+    const calendar paris("Europe/Paris");
+    const auto march = query_spend(s.path, {parse_month("2026-03", paris), {spend_group::day}, "Europe/Paris"});
+    CHECK(march.total.cost_usd == 31);
+    CHECK(march.rows.back().keys == keys({"2026-03-31"}));
+    const auto october = query_spend(s.path, {parse_month("2026-10", paris), {}, "Europe/Paris"});
+    CHECK(october.total.cost_usd == 448);
+  }
+  SECTION("a range starting inside a day reports that day's part under its date") {
+    const auto r = query_spend(s.path, {{utc_ms(2026, 3, 29, 0), utc_ms(2026, 3, 29, 22)}, {spend_group::day},
+                                        "Europe/Paris"});
+    CHECK(day_costs(r) == v{{"2026-03-29", 4}});
+  }
+  SECTION("day in second place keeps the other column's order") {
+    const auto r = query_spend(s.path, {{}, {spend_group::model, spend_group::day}, "Europe/Paris"});
+    REQUIRE(r.rows.size() == 7);
+    CHECK(r.rows.front().keys == keys({"m", "2026-03-28"}));
+  }
+}
+
+TEST_CASE("report: CSV has a header, a row kind, escaped strings and unrounded amounts", "[report]") {
+  sample_ledger s;
+  const auto t = utc_ms(2026, 11, 2);
+  auto odd = call(t, "", 0);
+  odd.served_model = "odd,\"name\"";
+  odd.tokens = {5, 1, 0, 0, 0, 0};
+  auto a = with(call(t + 1, "gpt-4.1", 0.1), "app", "");
+  a.tokens = {10, 2, 3, 4, 0, 1};
+  auto b = with(call(t + 2, "gpt-4.1", 0.2), "app", "");
+  s.write({odd, a, b});
+  const auto r = query_spend(s.path, {{}, {spend_group::model, spend_group::team}, "UTC"});
+  CHECK(to_csv(r) ==
+        "row,model,team,requests,unpriced_requests,prompt_tokens,completion_tokens,cached_tokens,"
+        "cache_write_tokens,reasoning_tokens,cost_usd\n"
+        "group,gpt-4.1,,2,0,10,2,3,4,1,0.30000000000000004\n"
+        "group,\"odd,\"\"name\"\"\",,1,1,5,1,0,0,0,0\n"
+        "total,,,3,1,15,3,3,4,1,0.30000000000000004\n");
+  SECTION("without columns, the header and the total line") {
+    CHECK(to_csv(query_spend(s.path, {{}, {}, "UTC"})) ==
+          "row,requests,unpriced_requests,prompt_tokens,completion_tokens,cached_tokens,cache_write_tokens,"
+          "reasoning_tokens,cost_usd\n"
+          "total,3,1,15,3,3,4,1,0.30000000000000004\n");
+  }
+}
+
+TEST_CASE("report: JSON names the columns, null for absent values, amounts round-trip", "[report]") {
+  sample_ledger s;
+  s.write({with(call(utc_ms(2026, 11, 2), "gpt-4.1", 0.1), "app", ""),
+           with(call(utc_ms(2026, 11, 2, 1), "gpt-4.1", 0.2), "app", "")});
+  const calendar paris("Europe/Paris");
+  const auto r = query_spend(s.path, {parse_month("2026-11", paris), {spend_group::day, spend_group::team}, "Europe/Paris"});
+  const auto j = nlohmann::json::parse(to_json(r).dump());
+  CHECK(j["from"] == "2026-10-31T23:00:00Z");
+  CHECK(j["to"] == "2026-11-30T23:00:00Z");
+  CHECK(j["from_ms"] == utc_ms(2026, 10, 31, 23));
+  CHECK(j["timezone"] == "Europe/Paris");
+  CHECK(j["group_by"] == nlohmann::json::array({"day", "team"}));
+  REQUIRE(j["rows"].size() == 1);
+  CHECK(j["rows"][0]["day"] == "2026-11-02");
+  CHECK(j["rows"][0]["team"].is_null());
+  CHECK(j["rows"][0]["requests"] == 2);
+  CHECK(j["rows"][0]["cost_usd"].get<double>() == 0.1 + 0.2);
+  CHECK(j["total"]["cost_usd"].get<double>() == r.total.cost_usd);
+  CHECK_THAT(to_json(r).dump(), Contains("0.30000000000000004"));
+  SECTION("an unbounded range has null bounds") {
+    const auto all = to_json(query_spend(s.path, {{}, {}, "UTC"}));
+    CHECK(all["from"].is_null());
+    CHECK(all["to_ms"].is_null());
+    CHECK(all["rows"].empty());
+  }
+}
+
+TEST_CASE("report: what-if re-prices the tokens at another model's prices", "[report]") {
+  price_table prices;
+  prices.load_yaml_file(source_dir + "/config/prices.yaml");
+  sample_ledger s;
+  const auto t = utc_ms(2026, 11, 3);
+
+  SECTION("10M output tokens: $150 on claude-sonnet-4.5, $4.20 on deepseek-v3.2") {
+    auto sonnet = call(t, "claude-sonnet-4.5", 0);
+    sonnet.tokens.completion = 10'000'000;
+    sonnet.cost_usd = compute_cost(prices, "claude-sonnet-4.5", sonnet.tokens).usd;
+    REQUIRE(sonnet.cost_usd == Approx(150.0));
+    s.write({sonnet});
+    const auto r = query_whatif(s.path, {{}, "deepseek-v3.2"}, prices);
+    CHECK(r.model == "deepseek-v3.2");
+    REQUIRE(r.rows.size() == 1);
+    CHECK(r.rows[0].model == "claude-sonnet-4.5");
+    CHECK(r.rows[0].actual.cost_usd == sonnet.cost_usd);
+    CHECK(r.rows[0].actual.completion_tokens == 10'000'000);
+    CHECK(r.rows[0].whatif_cost_usd == Approx(4.2).epsilon(1e-12));
+    CHECK(r.actual_total.cost_usd == sonnet.cost_usd);
+    CHECK(r.whatif_cost_usd == Approx(4.2).epsilon(1e-12));
+    const auto back = query_whatif(s.path, {{}, "claude-sonnet-4-5-20250929"}, prices);
+    CHECK(back.model == "claude-sonnet-4.5");
+    CHECK(back.whatif_cost_usd == Approx(150.0).epsilon(1e-12));
+  }
+  SECTION("cache reads, 5-minute and 1-hour writes and the long-context tier as compute_cost bills them") {
+    std::vector<usage_record> rows;
+    std::vector<token_usage> usages = {
+        {1'000, 500, 200, 300, 100, 50},         // Anthropic-style cache use
+        {300'000, 2'000, 50'000, 10'000, 0, 0},  // above Sonnet's 200k: the long tier
+        {200'000, 10, 0, 0, 0, 0},               // exactly at the threshold: not long
+        {7, 3, 0, 0, 0, 0},
+        {10, 5, 20, 0, 0, 0},                    // inconsistent counters: clamped, never negative
+    };
+    for (std::size_t i = 0; i < usages.size(); ++i) {
+      auto r = call(t + static_cast<std::int64_t>(i), i % 2 ? "gpt-4.1" : "deepseek-v3.2", 0.01);
+      r.tokens = usages[i];
+      rows.push_back(r);
+    }
+    s.write(rows);
+    const auto target = *prices.resolve("claude-sonnet-4.5");
+    double expected = 0;
+    for (const auto& u : usages) expected += compute_cost(target, u).usd;
+    const auto r = query_whatif(s.path, {{}, "claude-sonnet-4.5"}, prices);
+    CHECK(r.whatif_cost_usd == Approx(expected).epsilon(1e-12));
+    REQUIRE(r.rows.size() == 2);
+    CHECK(r.rows[1].model == "gpt-4.1");
+    CHECK(r.rows[1].whatif_cost_usd ==
+          Approx(compute_cost(target, usages[1]).usd + compute_cost(target, usages[3]).usd).epsilon(1e-12));
+    CHECK(r.rows[0].cache_write_1h_tokens == 100);
+    CHECK(r.actual_total.requests == 5);
+  }
+  SECTION("one call's what-if is compute_cost's figure exactly") {
+    auto one = call(t, "gpt-4.1", 0.5);
+    one.tokens = {123'456, 7'890, 23'456, 1'000, 400, 0};
+    s.write({one});
+    for (const char* m : {"claude-sonnet-4.5", "gpt-5", "deepseek-v3.2"})
+      CHECK(query_whatif(s.path, {{}, m}, prices).whatif_cost_usd == compute_cost(*prices.resolve(m), one.tokens).usd);
+  }
+  SECTION("an unknown model is refused") {
+    s.write({call(t, "gpt-4.1", 1)});
+    CHECK_THROWS_WITH(query_whatif(s.path, {{}, "no-such-model"}, prices), Contains("'no-such-model' is not in the price table"));
+  }
+  SECTION("JSON and CSV carry both costs") {
+    auto r1 = call(t, "gpt-4.1", 0.008);
+    r1.tokens.completion = 1000;
+    s.write({r1});
+    const auto r = query_whatif(s.path, {{}, "gpt-4.1-mini"}, prices);
+    const auto j = to_json(r);
+    CHECK(j["model"] == "gpt-4.1-mini");
+    CHECK(j["rows"][0]["actual_cost_usd"] == 0.008);
+    CHECK(j["total"]["whatif_cost_usd"].get<double>() == r.whatif_cost_usd);
+    CHECK_THAT(to_csv(r), Contains("row,model,requests,") && Contains("\ngroup,gpt-4.1,1,0,0,1000,0,0,0,0.008,0,"));
+  }
+}
+
+TEST_CASE("report: spend_since sums per minute and key, oldest first, for warm starts", "[report]") {
+  sample_ledger s;
+  const auto m0 = utc_ms(2026, 11, 4, 10, 0);
+  s.write({
+      with(call(m0 + 1'000, "gpt-4.1", 1.0), "a", "web"),
+      with(call(m0 + 59'000, "gpt-4.1", 2.0), "a", "web"),
+      with(call(m0 + 30'000, "o3", 4.0), "a", "web"),
+      with(call(m0 + 61'000, "gpt-4.1", 8.0), "b", ""),
+      with(call(m0 + 62'000, "", 0.0), "b", ""),  // unpriced, no cost: nothing to seed
+      with(call(m0 - 1, "gpt-4.1", 16.0), "a", "web"),
+  });
+  const auto rows = spend_since(s.path, m0);
+  REQUIRE(rows.size() == 3);
+  CHECK(rows[0].ts_ms / 60'000 == m0 / 60'000);
+  CHECK(rows[2].client_key_id == "b");
+  CHECK(rows[2].team.empty());
+  CHECK(rows[2].cost_usd == 8.0);
+  CHECK(rows[2].ts_ms == m0 + 61'000);
+  double a_gpt = 0;
+  for (const auto& r : rows) {
+    if (r.client_key_id != "a" || r.price_model != "gpt-4.1") continue;
+    a_gpt = r.cost_usd;
+    CHECK(r.ts_ms == m0 + 59'000);
+  }
+  CHECK(a_gpt == 3.0);
+  SECTION("a ledger that does not exist yet seeds nothing") { CHECK(spend_since(s.dir.file("new.db"), 0).empty()); }
+}
+
+TEST_CASE("report: the report command prints the spend query's figures", "[report]") {
+  sample_ledger s;
+  s.write({with(call(utc_ms(2026, 11, 5, 9), "gpt-4.1", 0.1), "app", "web"),
+           with(call(utc_ms(2026, 11, 6, 9), "gpt-4.1", 0.2), "app", "web"),
+           with(call(utc_ms(2026, 11, 6, 10), "claude-sonnet-4.5", 1.5), "batch", "data"),
+           call(utc_ms(2026, 10, 31, 22, 30), "gpt-4.1", 100)});  // 23:30 in Paris: October there
+  const auto run = [](std::vector<std::string> args) {
+    std::ostringstream out, err;
+    const int rc = report_main(args, out, err);
+    return std::tuple{rc, out.str(), err.str()};
+  };
+
+  SECTION("an aligned table per model with the total last") {
+    const auto [rc, out, err] = run({"--ledger", s.path, "--month", "2026-11", "--by", "model", "--timezone", "Europe/Paris"});
+    REQUIRE(rc == 0);
+    CHECK(err.empty());
+    CHECK_THAT(out, Contains("from 2026-10-31T23:00:00Z to 2026-11-30T23:00:00Z (timezone Europe/Paris)"));
+    CHECK_THAT(out, Contains("model              requests  unpriced  prompt  completion  cached  cache_write  reasoning"
+                             "             cost_usd\n"));
+    CHECK_THAT(out, Contains("\nclaude-sonnet-4.5         1         0       0           0       0            0          0"
+                             "                  1.5\n"));
+    CHECK_THAT(out, Contains("\ngpt-4.1                   2         0       0           0       0            0          0"
+                             "  0.30000000000000004\n"));
+    CHECK_THAT(out, Contains("-\ntotal                     3"));
+  }
+  SECTION("--csv prints to_csv of the same query; --by accepts lists and repeats") {
+    const auto [rc, out, err] = run({"--ledger=" + s.path, "--month=2026-11", "--by", "team,key", "--by=day", "--csv"});
+    REQUIRE(rc == 0);
+    const calendar utc("UTC");
+    CHECK(out == to_csv(query_spend(s.path, {parse_month("2026-11", utc),
+                                             {spend_group::team, spend_group::key, spend_group::day}, "UTC"})));
+  }
+  SECTION("--json, and --from/--to with an inclusive end date") {
+    const auto [rc, out, err] = run({"--ledger", s.path, "--from", "2026-11-06", "--to", "2026-11-06", "--json"});
+    REQUIRE(rc == 0);
+    const auto j = nlohmann::json::parse(out);
+    CHECK(j["total"]["requests"] == 2);
+    CHECK(j["total"]["cost_usd"] == 1.7);
+  }
+  SECTION("--whatif prints actual and what-if cost per model") {
+    const auto [rc, out, err] = run({"--ledger", s.path, "--whatif", "deepseek-v3.2", "--prices",
+                                     source_dir + "/config/prices.yaml", "--month", "2026-11"});
+    REQUIRE(rc == 0);
+    CHECK_THAT(out, Contains("What-if at deepseek-v3.2 prices") && Contains("whatif_usd") && Contains("\ntotal "));
+  }
+  SECTION("--help prints the usage") {
+    const auto [rc, out, err] = run({"--help"});
+    CHECK(rc == 0);
+    CHECK_THAT(out, Contains("Usage: tollgate report --ledger FILE"));
+  }
+  SECTION("bad arguments and missing files exit 2 with a message") {
+    const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+        {{"--month", "2026-11"}, "--ledger FILE is required"},
+        {{"--ledger", s.dir.file("missing.db")}, "ledger file '" + s.dir.file("missing.db") + "' not found"},
+        {{"--ledger", s.path, "--month", "2026-13"}, "month: expected YYYY-MM"},
+        {{"--ledger", s.path, "--month", "2026-11", "--from", "2026-11-01"}, "cannot be combined"},
+        {{"--ledger", s.path, "--by", "user"}, "unknown column 'user'"},
+        {{"--ledger", s.path, "--timezone", "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"},
+        {{"--ledger", s.path, "--from", "2026-11-05", "--to", "2026-11-01"}, "--from must be before --to"},
+        {{"--ledger", s.path, "--from", "soon"}, "from: 'soon'"},
+        {{"--ledger", s.path, "--frobnicate"}, "unknown argument '--frobnicate'"},
+        {{"--ledger"}, "--ledger needs a value"},
+        {{"--ledger", s.path, "--csv=yes"}, "--csv takes no value"},
+        {{"--ledger", s.path, "--whatif", "nope", "--prices", source_dir + "/config/prices.yaml"}, "'nope' is not in the price table"},
+        {{"--ledger", s.path, "--whatif", "gpt-4.1", "--prices", s.dir.file("none.yaml")}, "none.yaml"},
+    };
+    for (const auto& [args, message] : cases) {
+      const auto [rc, out, err] = run(args);
+      INFO(message);
+      CHECK(rc == 2);
+      CHECK(out.empty());
+      CHECK_THAT(err, Contains("tollgate report: ") && Contains(message));
+    }
+  }
+  SECTION("a file that is not a ledger exits 1 naming it") {
+    const auto bogus = s.dir.file("bogus.db");
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(bogus.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "CREATE TABLE t(x)", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+    const auto [rc, out, err] = run({"--ledger", bogus});
+    CHECK(rc == 1);
+    CHECK_THAT(err, Contains(bogus) && Contains("not a tollgate ledger"));
+  }
+}
