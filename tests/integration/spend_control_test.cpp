@@ -1,0 +1,311 @@
+// Spend controls end to end (issue 4): client keys, hard budgets under concurrency, rate-limit
+// headers, the spend guard's reroute, webhook alerts against a local receiver, the admin API and
+// the budget gauges; real sockets, a real ledger and the fake upstream.
+#include <catch2/catch.hpp>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <mutex>
+#include <thread>
+
+#include "core/policy.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using json = nlohmann::json;
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+
+namespace {
+
+// Records webhook POSTs and answers 200.
+class webhook_receiver {
+ public:
+  webhook_receiver() : acceptor_(ioc_, {net::ip::make_address("127.0.0.1"), 0}) {
+    thread_ = std::thread([this] {
+      for (;;) {
+        tcp::socket s(ioc_);
+        boost::system::error_code ec;
+        acceptor_.accept(s, ec);
+        if (ec || stopping_) return;
+        beast::flat_buffer buf;
+        http::request<http::string_body> req;
+        http::read(s, buf, req, ec);
+        if (ec) continue;
+        {
+          std::lock_guard lock(mu_);
+          bodies_.push_back(req.body());
+        }
+        http::response<http::string_body> res{http::status::ok, 11};
+        res.body() = "ok";
+        res.prepare_payload();
+        http::write(s, res, ec);
+      }
+    });
+  }
+  ~webhook_receiver() {
+    stopping_ = true;
+    tcp::socket wake(ioc_);
+    boost::system::error_code ec;
+    wake.connect(acceptor_.local_endpoint(), ec);
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(acceptor_.local_endpoint().port()) + "/hook"; }
+  std::vector<json> received() const {
+    std::lock_guard lock(mu_);
+    std::vector<json> out;
+    for (const auto& b : bodies_) out.push_back(json::parse(b, nullptr, false));
+    return out;
+  }
+
+ private:
+  net::io_context ioc_;
+  tcp::acceptor acceptor_;
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+  mutable std::mutex mu_;
+  std::vector<std::string> bodies_;
+};
+
+tollgate::client_key_config key(const std::string& name, const std::string& secret, const std::string& team = {}) {
+  tollgate::client_key_config k;
+  k.name = name;
+  k.sha256 = tollgate::policy_engine::sha256(secret);
+  k.team = team;
+  return k;
+}
+
+tt::headers bearer(const std::string& secret) { return {{"Authorization", "Bearer " + secret}}; }
+
+}  // namespace
+
+TEST_CASE("keys: auth required; the key is attributed, hashed, and never forwarded", "[keys]") {
+  tt::harness h({.tweak = [](tollgate::config& c) {
+    c.policy.auth = tollgate::auth_mode::required;
+    c.policy.keys = {key("app-prod", "sk-client-secret-1", "web")};
+  }});
+  SECTION("no key: 401 with an OpenAI-style error") {
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body());
+    CHECK(r.status == 401);
+    auto j = json::parse(r.body);
+    CHECK(j["error"]["code"] == "invalid_api_key");
+    CHECK(h.upstream->request_count() == 0);
+  }
+  SECTION("a wrong key: 401") {
+    CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer("sk-wrong-secret")).status == 401);
+  }
+  SECTION("the right key: relayed with the upstream's key; ledger names the key and team") {
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer("sk-client-secret-1"));
+    REQUIRE(r.status == 200);
+    auto got = h.upstream->requests()[0];
+    CHECK(got.header("authorization") == "Bearer test-upstream-key");
+    for (const auto& [name, value] : got.headers) CHECK(value.find("sk-client-secret-1") == std::string::npos);
+    h.flush();
+    auto rows = h.rows("SELECT client_key_id, team FROM calls");
+    REQUIRE(rows.size() == 1);
+    CHECK(rows[0]["client_key_id"] == "app-prod");
+    CHECK(rows[0]["team"] == "web");
+  }
+  SECTION("Anthropic SDKs send the key as x-api-key") {
+    auto r = tt::post_json(h.port(), "/v1/messages",
+                           R"({"model":"claude-sonnet-4.5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]})",
+                           {{"x-api-key", "sk-client-secret-1"}, {"anthropic-version", "2023-06-01"}});
+    CHECK(r.status == 200);
+    CHECK(h.upstream->requests()[0].header("x-api-key") == "test-upstream-key");
+  }
+}
+
+TEST_CASE("budgets: 200 concurrent calls against a nearly spent hard budget overshoot by at most one reservation",
+          "[budgets]") {
+  constexpr double limit = 0.002;
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    tollgate::budget_config b;
+    b.scope = "global";
+    b.period = tollgate::calendar_period::day;
+    b.limit_usd = limit;
+    b.hard = true;
+    c.policy.budgets = {b};
+  }});
+  // One reservation: the prompt estimate plus max_tokens at gpt-4.1's prices ($2 in, $8 out).
+  const std::string body = tt::chat_body("gpt-4.1", false, R"(,"max_tokens":100)");
+  std::atomic<int> ok{0}, refused{0}, other{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 200; ++i)
+    threads.emplace_back([&] {
+      auto r = tt::post_json(h.port(), "/v1/chat/completions", body);
+      if (r.status == 200)
+        ++ok;
+      else if (r.status == 429 && r.body.find("budget_exceeded") != std::string::npos)
+        ++refused;
+      else
+        ++other;
+    });
+  for (auto& t : threads) t.join();
+  CHECK(other == 0);
+  CHECK(ok > 0);
+  CHECK(refused > 0);
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls") == 200);
+  const double spent = h.query_double("SELECT SUM(cost_usd) FROM calls");
+  const double one_reservation = (20 * 2.0 + 100 * 8.0) / 1e6;  // a generous bound on one call's reservation
+  CHECK(spent <= limit + one_reservation);
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE status = 429 AND error_kind = 'budget_exceeded'") == refused);
+  CHECK(h.metric_sum("tollgate_budget_rejections_total", "scope=\"global\"") == refused);
+  CHECK(h.metric_sum("tollgate_budget_limit_usd", "scope=\"global\"") == limit);
+  CHECK(h.metric_sum("tollgate_budget_spent_usd", "scope=\"global\"") == Approx(spent).epsilon(1e-9));
+}
+
+TEST_CASE("rate limits: RPM per key with OpenAI's headers and Retry-After", "[ratelimit]") {
+  tt::harness h({.tweak = [](tollgate::config& c) {
+    c.policy.auth = tollgate::auth_mode::required;
+    auto k = key("batch", "sk-batch-secret-1");
+    k.limits.rpm = 2;
+    k.limits.tpm = 100000;
+    c.policy.keys = {k};
+  }});
+  auto r1 = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer("sk-batch-secret-1"));
+  REQUIRE(r1.status == 200);
+  CHECK(r1.header("x-ratelimit-limit-requests") == "2");
+  CHECK(r1.header("x-ratelimit-remaining-requests") == "1");
+  CHECK_FALSE(r1.header("x-ratelimit-reset-requests").empty());
+  CHECK(r1.header("x-ratelimit-limit-tokens") == "100000");
+  CHECK_FALSE(r1.header("x-ratelimit-remaining-tokens").empty());
+  CHECK_FALSE(r1.header("x-ratelimit-reset-tokens").empty());
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer("sk-batch-secret-1")).status == 200);
+  auto r3 = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer("sk-batch-secret-1"));
+  CHECK(r3.status == 429);
+  CHECK(std::stoi(r3.header("retry-after")) >= 1);
+  CHECK(r3.header("x-ratelimit-remaining-requests") == "0");
+  CHECK(json::parse(r3.body)["error"]["code"] == "rate_limit_exceeded");
+  CHECK(h.upstream->request_count() == 2);
+  CHECK(h.metric_sum("tollgate_rate_limited_total", "kind=\"requests\"") == 1);
+}
+
+TEST_CASE("spend guard: a tripped guard reroutes the next call to the fallback model and alerts", "[guard][alerts]") {
+  webhook_receiver hook;
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    tollgate::spend_guard_config g;
+    g.scope = "global";
+    g.window = 1h;
+    g.max_usd = 0.00001;  // one gpt-4.1 call trips it
+    g.action = tollgate::guard_action::reroute;
+    g.fallback_model = "deepseek-v3.2";
+    c.policy.spend_guards = {g};
+    tollgate::webhook_config w;
+    w.url = hook.url();
+    c.policy.webhooks = {w};
+  }});
+  REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1")).status == 200);
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"));
+  REQUIRE(r.status == 200);
+  REQUIRE(h.upstream->request_count() == 2);
+  CHECK(h.upstream->requests()[1].body.find(R"("model":"deepseek-v3.2")") != std::string::npos);
+  h.flush();
+  auto rows = h.rows("SELECT requested_model, served_model, price_model FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[1]["requested_model"] == "gpt-4.1");
+  CHECK(rows[1]["served_model"] == "deepseek-v3.2");
+  CHECK(rows[1]["price_model"] == "deepseek-v3.2");
+  CHECK(h.metric_sum("tollgate_spend_guard_tripped", "scope=\"global\"") == 1);
+  CHECK(h.metric_sum("tollgate_spend_guard_actions_total", "action=\"reroute\"") == 1);
+  // The trip alert leaves within seconds (the alert thread runs every second).
+  REQUIRE(tt::harness::eventually([&] { return !hook.received().empty(); }, 15s));
+  auto a = hook.received()[0];
+  CHECK(a["kind"] == "spend_guard");
+  CHECK(a["scope"] == "global");
+  CHECK(a.contains("limit_usd"));
+  CHECK(a.contains("spent_usd"));
+}
+
+TEST_CASE("alerts: a soft threshold alerts once per period (deduplicated)", "[alerts]") {
+  webhook_receiver hook;
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    tollgate::budget_config b;
+    b.scope = "global";
+    b.period = tollgate::calendar_period::month;
+    b.limit_usd = 0.0001;
+    b.soft = {0.5};
+    c.policy.budgets = {b};
+    tollgate::webhook_config w;
+    w.url = hook.url();
+    w.format = tollgate::webhook_format::slack;
+    c.policy.webhooks = {w};
+  }});
+  for (int i = 0; i < 3; ++i) REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
+  REQUIRE(tt::harness::eventually([&] { return !hook.received().empty(); }, 15s));
+  std::this_thread::sleep_for(1500ms);  // a second alert, if any, would have left by now
+  auto got = hook.received();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0]["kind"] == "soft_threshold");
+  CHECK(got[0]["period"] == "month");
+  CHECK(got[0]["text"].get<std::string>().find("soft_threshold") != std::string::npos);
+}
+
+TEST_CASE("admin API: token required; spend equals the ledger; keys created at run time work at once",
+          "[admin]") {
+  tt::harness h({.tweak = [](tollgate::config& c) {
+    c.policy.admin_token = "admin-secret";
+    c.policy.auth = tollgate::auth_mode::optional;
+  }});
+  const tt::headers admin = {{"Authorization", "Bearer admin-secret"}};
+  SECTION("missing or wrong token: 401 JSON; /metrics and health need none") {
+    CHECK(tt::request(h.admin_port(), "GET", "/admin/spend").status == 401);
+    CHECK(tt::request(h.admin_port(), "GET", "/admin/spend", {}, {{"Authorization", "Bearer nope"}}).status == 401);
+    CHECK(tt::request(h.admin_port(), "GET", "/metrics").status == 200);
+    CHECK(tt::request(h.admin_port(), "GET", "/healthz").status == 200);
+  }
+  SECTION("spend grouped by model: totals are the ledger's sums; CSV too") {
+    for (auto m : {"gpt-4.1", "gpt-4.1", "deepseek-v3.2"})
+      REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(m)).status == 200);
+    h.flush();
+    auto r = tt::request(h.admin_port(), "GET", "/admin/spend?group_by=model&from=2020-01-01", {}, admin);
+    REQUIRE(r.status == 200);
+    auto j = json::parse(r.body);
+    CHECK(j["total"]["requests"] == 3);
+    CHECK(j["total"]["cost_usd"].get<double>() == h.query_double("SELECT SUM(cost_usd) FROM calls"));
+    CHECK(j["rows"].size() == 2);
+    auto csv = tt::request(h.admin_port(), "GET", "/admin/spend?group_by=model&format=csv", {}, admin);
+    CHECK(csv.status == 200);
+    CHECK(csv.header("content-type").find("text/csv") == 0);
+    auto bad = tt::request(h.admin_port(), "GET", "/admin/spend?from=yesterday", {}, admin);
+    CHECK(bad.status == 400);
+  }
+  SECTION("whatif re-prices the period's tokens at another model") {
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("claude-sonnet-4.5")).status == 200);
+    h.flush();
+    auto r = tt::request(h.admin_port(), "GET", "/admin/whatif?model=deepseek-v3.2", {}, admin);
+    REQUIRE(r.status == 200);
+    auto j = json::parse(r.body);
+    CHECK(j["model"] == "deepseek-v3.2");
+    CHECK(tt::request(h.admin_port(), "GET", "/admin/whatif?model=no-such-model", {}, admin).status == 400);
+  }
+  SECTION("POST /admin/keys returns the key once; it authenticates at once; DELETE revokes it") {
+    auto created = tt::request(h.admin_port(), "POST", "/admin/keys", R"({"name":"ci","team":"qa","limits":{"rpm":100}})",
+                               {{"Authorization", "Bearer admin-secret"}, {"Content-Type", "application/json"}});
+    REQUIRE(created.status == 201);
+    std::string secret = json::parse(created.body)["key"];
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer(secret));
+    CHECK(r.status == 200);
+    CHECK(r.header("x-ratelimit-limit-requests") == "100");
+    auto list = json::parse(tt::request(h.admin_port(), "GET", "/admin/keys", {}, admin).body);
+    CHECK(list["keys"].size() == 1);
+    CHECK(list.dump().find(secret) == std::string::npos);
+    CHECK(tt::request(h.admin_port(), "DELETE", "/admin/keys/ci", {}, admin).status == 200);
+    CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer(secret)).status == 401);
+    h.flush();
+    CHECK(h.query_text("SELECT client_key_id FROM calls WHERE status = 200") == "ci");
+  }
+  SECTION("budgets endpoint lists budgets and guards") {
+    auto r = tt::request(h.admin_port(), "GET", "/admin/budgets", {}, admin);
+    REQUIRE(r.status == 200);
+    auto j = json::parse(r.body);
+    CHECK(j.contains("budgets"));
+    CHECK(j.contains("spend_guards"));
+  }
+}
