@@ -98,6 +98,24 @@ bool is_hop_by_hop(std::string_view name) noexcept {
   return false;
 }
 
+bool is_safe_response_header(std::string_view name) noexcept {
+  // What an SDK or a browser-less client needs from an LLM API answer: the body's framing and
+  // type, caching validators, and the provider's rate-limit / request-id / processing headers.
+  // Everything else the upstream (or a CDN in front of it) says about itself stays behind:
+  // cookies, Server, X-Powered-By, Via, Alt-Svc, HSTS, CORS, Location (it would name the
+  // upstream's host), WWW-Authenticate (about tollgate's key, not the client's).
+  static constexpr std::array<std::string_view, 13> exact = {
+      "content-type", "content-encoding", "content-language", "content-disposition", "cache-control",
+      "expires",      "etag",             "last-modified",    "date",                "vary",
+      "retry-after",  "request-id",       "x-request-id"};
+  static constexpr std::array<std::string_view, 3> prefixes = {"openai-", "anthropic-", "x-ratelimit-"};
+  for (auto n : exact)
+    if (iequals(n, name)) return true;
+  for (auto p : prefixes)
+    if (name.size() >= p.size() && iequals(p, name.substr(0, p.size()))) return true;
+  return false;
+}
+
 bool connection_lists(std::string_view value, std::string_view name) noexcept {
   while (!value.empty()) {
     auto comma = value.find(',');

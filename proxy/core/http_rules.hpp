@@ -26,6 +26,8 @@ std::optional<upstream_url> parse_upstream_url(std::string_view url);
 // Headers that never cross the proxy (RFC 9110 §7.6.1), plus Expect (tollgate answers
 // 100-continue itself) and Proxy-* credentials.
 bool is_hop_by_hop(std::string_view name) noexcept;
+// Upstream response headers relayed to the client (an allow-list; see http_rules.cpp).
+bool is_safe_response_header(std::string_view name) noexcept;
 // True if `name` is one of the comma-separated tokens of a Connection header value.
 bool connection_lists(std::string_view connection_value, std::string_view name) noexcept;
 

@@ -809,7 +809,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     std::string connection_value(ures[http::field::connection]);
     for (const auto& f : ures) {
       auto name = f.name_string();
-      if (is_hop_by_hop(name) || f.name() == http::field::content_length ||
+      if (!is_safe_response_header(name) || f.name() == http::field::content_length ||
           (!connection_value.empty() && connection_lists(connection_value, name)))
         continue;
       if (beast::iequals(name, "x-request-id")) {

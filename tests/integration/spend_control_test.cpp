@@ -309,3 +309,25 @@ TEST_CASE("admin API: token required; spend equals the ledger; keys created at r
     CHECK(j.contains("spend_guards"));
   }
 }
+
+TEST_CASE("budgets: spend of the current period survives a restart (rebuilt from the ledger)", "[budgets]") {
+  tt::temp_dir shared;
+  auto tweak = [&](tollgate::config& c) {
+    c.ledger_path = shared.path + "/ledger.db";
+    tollgate::budget_config b;
+    b.scope = "model:gpt-4.1";
+    b.period = tollgate::calendar_period::month;
+    b.limit_usd = 100;
+    c.policy.budgets = {b};
+  };
+  double spent = 0;
+  {
+    tt::harness h({.tweak = tweak});
+    for (int i = 0; i < 3; ++i) REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
+    h.flush();
+    spent = h.query_double("SELECT SUM(cost_usd) FROM calls");
+    REQUIRE(spent > 0);
+  }
+  tt::harness again({.tweak = tweak});
+  CHECK(again.metric_sum("tollgate_budget_spent_usd", "scope=\"model:gpt-4.1\"") == Approx(spent).epsilon(1e-12));
+}

@@ -104,6 +104,17 @@ TEST_CASE("http_rules: hop-by-hop headers", "[http_rules]") {
   CHECK_FALSE(is_json_content_type("multipart/form-data; boundary=x"));
 }
 
+TEST_CASE("http_rules: upstream response headers are relayed from an allow-list", "[http_rules][security]") {
+  for (auto kept : {"Content-Type", "content-encoding", "Retry-After", "x-request-id", "request-id",
+                    "openai-processing-ms", "OpenAI-Version", "anthropic-ratelimit-requests-remaining",
+                    "x-ratelimit-remaining-tokens", "cache-control", "etag", "date", "content-disposition"})
+    CHECK(is_safe_response_header(kept));
+  for (auto dropped : {"Set-Cookie", "Server", "X-Powered-By", "Via", "Alt-Svc", "Strict-Transport-Security",
+                       "Access-Control-Allow-Origin", "Location", "WWW-Authenticate", "Connection",
+                       "Transfer-Encoding", "cf-ray", "x-envoy-upstream-service-time", "openai", "anthropic"})
+    CHECK_FALSE(is_safe_response_header(dropped));
+}
+
 TEST_CASE("error: every code maps to a status and an OpenAI-shaped body", "[error]") {
   for (int i = 1; i <= static_cast<int>(errc::upstream_stream_truncated); ++i) {
     auto e = static_cast<errc>(i);
