@@ -50,7 +50,8 @@ struct alert_notifier_stats {
   std::uint64_t failed = 0;      // deliveries given up after max_attempts (or at stop)
   std::uint64_t retried = 0;     // retry attempts scheduled
   std::uint64_t suppressed = 0;  // deliveries skipped by the cooldown
-  std::uint64_t dropped = 0;     // events refused by notify(): queue full, or after stop()
+  std::uint64_t dropped = 0;     // events refused by notify() (queue full, after stop()), and deliveries
+                                 // refused while queue_capacity per webhook already wait for a retry
 };
 
 class alert_notifier {
