@@ -7,7 +7,7 @@ set -euo pipefail
 pkgs=(g++ cmake make pkg-config libboost1.81-dev libboost-system1.81-dev libssl-dev openssl ca-certificates
       nlohmann-json3-dev libsimdjson-dev prometheus-cpp-dev catch2 libsqlite3-dev sqlite3 libyaml-cpp-dev zlib1g-dev libhowardhinnant-date-dev curl)
 case "${1:-}" in
-  test)  pkgs+=(prometheus) ; command -v npm >/dev/null || pkgs+=(nodejs npm) ;;
+  test)  pkgs+=(prometheus python3) ; command -v npm >/dev/null || pkgs+=(nodejs npm) ;;
   bench) pkgs+=(nginx-light wrk util-linux procps) ;;
 esac
 missing=()

@@ -737,6 +737,18 @@ class loader {
         {"batch_rows", [this](const entry& e) { cfg_.ledger_batch_rows = count(e, 1); }},
         {"flush_interval", [this](const entry& e) { cfg_.ledger_flush_interval = duration(e); }},
         {"queue_capacity", [this](const entry& e) { cfg_.ledger_queue_capacity = count(e, 1); }},
+        {"on_failure", [this](const entry& e) {
+           cfg_.ledger_fail_closed = choice<bool>(e, {{"open", false}, {"closed", true}});
+         }},
+        {"memory_rows", [this](const entry& e) { cfg_.ledger_memory_rows = count(e, 0); }},
+        {"journal_path", [this](const entry& e) { cfg_.ledger_journal_path = str(e); }},
+        {"journal_max_bytes", [this](const entry& e) {
+           // 0 turns the journal off (rows the database refuses then wait in memory only).
+           cfg_.ledger_journal_max_bytes = trim(text(e)) == "0" ? 0 : size(e);
+         }},
+        {"synchronous", [this](const entry& e) {
+           cfg_.ledger_synchronous_full = choice<bool>(e, {{"normal", false}, {"full", true}});
+         }},
     };
   }
 

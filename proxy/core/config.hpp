@@ -92,6 +92,11 @@ struct config {
   std::size_t ledger_batch_rows = 500;
   millis ledger_flush_interval{100};
   std::size_t ledger_queue_capacity = 100'000;  // admission refuses (503) rather than dropping rows
+  bool ledger_fail_closed = false;              // on_failure: open (keep proxying) | closed (503 while the DB fails)
+  std::size_t ledger_memory_rows = 100'000;     // rows held in memory when the journal refuses them
+  std::string ledger_journal_path;              // "" : ledger_path + ".journal"
+  std::uint64_t ledger_journal_max_bytes = 1ull << 30;  // 0: no journal
+  bool ledger_synchronous_full = false;         // synchronous: normal | full (fsync every commit)
 
   // Pricing.
   std::string prices_file = "config/prices.yaml";  // relative paths resolve from the config file's dir, then CWD

@@ -183,3 +183,31 @@ std::string error_body(errc e, std::string_view message) {
 }
 
 }  // namespace tollgate
+
+namespace tollgate {
+
+std::string anthropic_error_body(errc e, std::string_view message) {
+  // Anthropic's shape, so its SDKs show tollgate's message: {"type":"error","error":{"type",
+  // "message"}}; the OpenAI-style code goes along as an extra member.
+  std::string_view type;
+  switch (http_status(e)) {
+    case 401: type = "authentication_error"; break;
+    case 404: type = "not_found_error"; break;
+    case 413: type = "request_too_large"; break;
+    case 429: type = "rate_limit_error"; break;
+    case 502: case 503: case 504: type = "api_error"; break;
+    default: type = http_status(e) < 500 ? "invalid_request_error" : "api_error";
+  }
+  std::string out;
+  out.reserve(128 + message.size());
+  out += "{\"type\":\"error\",\"error\":{\"type\":";
+  append_json_string(out, type);
+  out += ",\"message\":";
+  append_json_string(out, message.empty() ? default_message(e) : message);
+  out += ",\"code\":";
+  append_json_string(out, error_name(e));
+  out += "}}";
+  return out;
+}
+
+}  // namespace tollgate

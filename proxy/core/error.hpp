@@ -51,10 +51,11 @@ inline std::error_code make_error_code(errc e) noexcept { return {static_cast<in
 std::string_view error_name(errc e) noexcept;  // stable snake_case name (ledger error_kind, metric label)
 int http_status(errc e) noexcept;
 std::string_view openai_type(errc e) noexcept;  // invalid_request_error, server_error, ...
-std::string_view default_message(errc e) noexcept;
 
 // {"error":{"message":..., "type":..., "param":null, "code":...}}; message is tollgate's own text.
 std::string error_body(errc e, std::string_view message);
+// The same error in the Anthropic Messages API's shape (for /v1/messages* calls).
+std::string anthropic_error_body(errc e, std::string_view message);
 // The default human message of an error.
 std::string_view default_message(errc e) noexcept;
 

@@ -1,10 +1,14 @@
 // The SQLite ledger: schema migrations, the bounded row queue fed by I/O threads and the one
-// writer thread that commits it in batches. Owned by the server; read by /readyz and /metrics.
+// writer thread that commits it in batches, spilling to the journal (journal.hpp) while the
+// database fails and replaying it once it recovers. Owned by the server; read by /readyz and
+// /metrics.
 #include "ledger/ledger.hpp"
 
 #include "core/log.hpp"
+#include "ledger/journal.hpp"
 
 #include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,14 +27,18 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
+// After a failed write, the database is tried again after this long, doubling up to the max.
 constexpr auto kFirstBackoff = 100ms;
 constexpr auto kMaxBackoff = 5s;
-// With an empty queue, the database is probed this often so /readyz notices it went read-only
-// or locked even when no call is being written.
+// With an empty queue, the database is probed this often so /readyz notices it went read-only,
+// locked or deleted even when no call is being written.
 constexpr auto kProbeInterval = 5s;
-// At shutdown, failed writes are retried this long. Waiting forever would hang SIGTERM on a
-// dead disk; giving up at once would lose rows over a brief lock held by a backup tool.
+// At shutdown, rows that neither the database nor the journal takes are retried this long.
+// Waiting forever would hang SIGTERM on a dead disk; giving up at once would lose rows over a
+// brief lock held by a backup tool.
 constexpr auto kStopRetryBudget = 10s;
+// Rows per journal append when moving held rows.
+constexpr std::size_t kJournalChunk = 1000;
 
 // Schema version 1. Nullable text columns are NULL when the record's string is empty;
 // first_byte_ms is NULL when no upstream byte arrived; error_kind is NULL on success.
@@ -110,6 +118,18 @@ constexpr const char* kInsertSql =
     " error_kind, upstream_request_id, attempts)"
     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
+// Replay bookkeeping, outside the versioned schema (a migration would move every database's
+// version for a table most never need): created by the first journal replay, in its
+// transaction. One row: the journal file being replayed and its last sequence number already
+// in `calls`, written in the same transaction as those rows. A crash between that commit and
+// the journal's removal therefore replays nothing twice: the next start skips up to last_seq.
+constexpr const char* kReplayTableSql =
+    "CREATE TABLE IF NOT EXISTS journal_replay (id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " journal_id TEXT NOT NULL, last_seq INTEGER NOT NULL)";
+constexpr const char* kReplayMarkSql =
+    "INSERT INTO journal_replay (id, journal_id, last_seq) VALUES (1, ?, ?)"
+    " ON CONFLICT(id) DO UPDATE SET journal_id = excluded.journal_id, last_seq = excluded.last_seq";
+
 // Gives back reservation slots, saturating at zero: a submit() without reserve() (a caller
 // bug) must not wrap the counter and turn every later call away.
 void release_slots(std::atomic<std::size_t>& reserved, std::size_t n) noexcept {
@@ -118,19 +138,42 @@ void release_slots(std::atomic<std::size_t>& reserved, std::size_t n) noexcept {
   }
 }
 
-// Runs SQL without results; on failure returns SQLite's message.
-std::optional<std::string> exec(sqlite3* db, const char* sql) {
+// A failed SQLite call: extended result code and message.
+struct db_error {
+  int code = SQLITE_ERROR;
+  std::string message;
+};
+using db_result = std::optional<db_error>;
+
+db_error error_of(sqlite3* db) { return {sqlite3_extended_errcode(db), sqlite3_errmsg(db)}; }
+
+// Runs SQL without results.
+db_result exec(sqlite3* db, const char* sql) {
   char* err = nullptr;
   if (sqlite3_exec(db, sql, nullptr, nullptr, &err) == SQLITE_OK) return std::nullopt;
-  std::string msg = err ? err : sqlite3_errmsg(db);
+  db_error e{sqlite3_extended_errcode(db), err ? err : sqlite3_errmsg(db)};
   sqlite3_free(err);
-  return msg;
+  return e;
 }
 
 // Ends a failed transaction. SQLite rolls back by itself on some errors (SQLITE_FULL,
 // SQLITE_IOERR, ...), after which an explicit ROLLBACK would only report "no transaction".
 void rollback(sqlite3* db) {
-  if (!sqlite3_get_autocommit(db)) exec(db, "ROLLBACK");
+  if (db && !sqlite3_get_autocommit(db)) exec(db, "ROLLBACK");
+}
+
+// Errors after which the connection itself is suspect (file gone, moved, damaged, unreadable):
+// the next attempt opens the path afresh. Locked, busy, full and read-only keep the connection.
+bool needs_reopen(int code) {
+  switch (code & 0xFF) {
+    case SQLITE_IOERR:
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+    case SQLITE_CANTOPEN:
+      return true;
+    default:
+      return code == SQLITE_READONLY_DBMOVED;
+  }
 }
 
 // Text bound with an explicit length (so embedded NULs survive) and SQLITE_STATIC: the record
@@ -145,29 +188,190 @@ int bind_nullable_text(sqlite3_stmt* st, int i, const std::string& s) {
 // batch forever. Non-finite amounts are stored as 0.
 double finite_or_zero(double v) { return std::isfinite(v) ? v : 0.0; }
 
+// Applies the pending migrations in one transaction, so a crash leaves the old version whole.
+db_result migrate(sqlite3* db) {
+  if (auto e = exec(db, "BEGIN IMMEDIATE")) return e;
+  const auto fail = [db](db_error e) {
+    rollback(db);
+    return e;
+  };
+  if (auto e = exec(db, "CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)"))
+    return fail(*e);
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db, "SELECT COALESCE(MAX(version), 0) FROM schema_version", -1, &st,
+                         nullptr) != SQLITE_OK)
+    return fail(error_of(db));
+  const int rc = sqlite3_step(st);
+  const int current = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+  const db_error step_error = error_of(db);
+  sqlite3_finalize(st);
+  if (current < 0) return fail(step_error);
+  if (current > ledger_schema_version())
+    return fail({SQLITE_ERROR, "database schema version " + std::to_string(current) +
+                                   " is newer than this build supports (" +
+                                   std::to_string(ledger_schema_version()) +
+                                   "); run a newer tollgate or use another ledger file"});
+  for (const auto& m : kMigrations) {
+    if (m.version <= current) continue;
+    if (auto e = exec(db, m.sql))
+      return fail({e->code, "migration " + std::to_string(m.version) + ": " + e->message});
+    const std::string record =
+        "INSERT INTO schema_version(version) VALUES (" + std::to_string(m.version) + ")";
+    if (auto e = exec(db, record.c_str())) return fail(*e);
+  }
+  if (auto e = exec(db, "COMMIT")) return fail(*e);
+  return std::nullopt;
+}
+
+// The journal replay a transaction also records.
+struct replay_mark {
+  std::string_view journal_id;
+  std::uint64_t last_seq;
+};
+
 }  // namespace
 
 int ledger_schema_version() { return kMigrations.back().version; }
 const char* ledger_schema_sql() { return kSchemaV1; }
 
 struct ledger::impl {
+  impl(ledger& owner, const ledger_options& o)
+      : self(owner),
+        journal(o.journal_path.empty() ? o.path + ".journal" : o.journal_path, o.journal_max_bytes,
+                o.synchronous_full) {}
+
+  ledger& self;
+
+  // --- The connection: start(), then the writer thread only.
   sqlite3* db = nullptr;
   sqlite3_stmt* insert = nullptr;
-  // Guarded by mu_:
-  bool running = false;                // the writer thread is live
-  clock_type::time_point oldest{};     // when the oldest queued row arrived
-  std::uint64_t flush_target = 0;      // flush() waits for this many commits: write now
+  sqlite3_stmt* mark = nullptr;  // kReplayMarkSql, prepared by the first replay
+  dev_t dev = 0;                 // identity of the file opened, to notice it deleted/replaced
+  ino_t ino = 0;
+  std::chrono::milliseconds busy_timeout{};
+  std::string conn_sql;          // test hook (set_test_connection_sql), writer's copy
+  bool conn_sql_dirty = false;
+
+  // --- Writer thread state.
+  ledger_journal journal;
+  std::deque<usage_record> held;  // rows the journal refused, oldest first, <= memory_rows
+  std::uint64_t leftover = 0;     // journal rows from an earlier run still to replay
+  bool healthy = true;
+  std::chrono::milliseconds backoff = kFirstBackoff;
+  clock_type::time_point retry_at{};   // unhealthy: no database attempt before this
+  clock_type::time_point idle_since{};  // last commit or probe
+  bool journal_failing = false, journal_full = false, dropping = false;  // logged once each
+  std::string last_error;               // of the database, as last logged
+  std::vector<journal_entry> entries;   // replay buffers, reused
+  std::vector<usage_record> rows;
+
+  // --- Guarded by the ledger's mu_.
+  bool running = false;                 // the writer thread is live
+  clock_type::time_point oldest{};      // when the oldest queued row arrived
+  std::uint64_t flush_requested = 0, flush_seen = 0, flush_done = 0;  // flush() tickets
+  std::string test_sql;
+  std::uint64_t test_sql_gen = 0, test_sql_seen = 0;
+
+  // --- Counters, read by stats() without the writer's cooperation.
+  // committed_own: rows submitted to this ledger object and committed; handed_over: its rows
+  // left in the journal at stop(), for the next start() to replay.
+  std::atomic<std::uint64_t> written{0}, committed_own{0}, handed_over{0}, replayed{0},
+      dropped{0}, write_errors{0}, journal_errors{0}, journal_rows{0}, journal_bytes{0},
+      held_rows{0};
+
+  const std::string& path() const { return self.opts_.path; }
 
   void close() noexcept {
     sqlite3_finalize(insert);
-    insert = nullptr;
+    sqlite3_finalize(mark);
+    insert = mark = nullptr;
     sqlite3_close(db);
     db = nullptr;
   }
 
-  // Binds one record and steps the insert; the statement is reset either way. Returns
-  // SQLite's message on failure.
-  std::optional<std::string> insert_row(const usage_record& r) {
+  // Opens the database at the configured path: WAL, synchronous, migrations, the insert, the
+  // test hook. On failure the connection is closed and the reason returned.
+  db_result open() {
+    const std::filesystem::path p(path());
+    if (p.has_parent_path()) {
+      std::error_code ec;
+      std::filesystem::create_directories(p.parent_path(), ec);
+      if (ec) return db_error{SQLITE_CANTOPEN, ec.message()};
+    }
+    // NOMUTEX: after start() only the writer thread touches the connection.
+    const int rc = sqlite3_open_v2(path().c_str(), &db,
+                                   SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                   nullptr);
+    if (rc != SQLITE_OK) {
+      db_error e = db ? error_of(db) : db_error{rc, sqlite3_errstr(rc)};
+      close();
+      return e;
+    }
+    const auto fail = [this](db_error e) {
+      close();
+      return e;
+    };
+    // SQLite falls back to read-only when the file is not writable for us; such a connection
+    // would stay read-only after the file is fixed, so it is refused and tried again later.
+    if (sqlite3_db_readonly(db, "main") == 1)
+      return fail({SQLITE_READONLY, "the database file is read-only for this process"});
+    sqlite3_busy_timeout(db, static_cast<int>(busy_timeout.count()));
+    // journal_mode answers with the mode in effect; a file system without shared memory
+    // support keeps the old one, which would silently make readers block the writer.
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, nullptr) != SQLITE_OK)
+      return fail(error_of(db));
+    std::string mode;
+    if (sqlite3_step(st) == SQLITE_ROW)
+      if (const auto* text = sqlite3_column_text(st, 0)) mode = reinterpret_cast<const char*>(text);
+    const db_error mode_error = error_of(db);
+    sqlite3_finalize(st);
+    if (mode.empty()) return fail(mode_error);
+    if (mode != "wal")
+      return fail({SQLITE_ERROR, "WAL mode unavailable (journal_mode is " + mode + ")"});
+    // NORMAL in WAL mode: a commit is in the WAL file when COMMIT returns, so a process crash
+    // (SIGKILL) loses none and never corrupts the file; a power cut may lose the last commits.
+    // FULL also fsyncs the WAL at every commit (one per batch) for power-loss durability.
+    if (auto e = exec(db, self.opts_.synchronous_full ? "PRAGMA synchronous=FULL"
+                                                      : "PRAGMA synchronous=NORMAL"))
+      return fail(*e);
+    if (auto e = migrate(db)) return fail(*e);
+    if (sqlite3_prepare_v3(db, kInsertSql, -1, SQLITE_PREPARE_PERSISTENT, &insert, nullptr) !=
+        SQLITE_OK)
+      return fail(error_of(db));
+    struct stat sb {};
+    if (::stat(path().c_str(), &sb) != 0) return fail({SQLITE_CANTOPEN, "stat failed"});
+    dev = sb.st_dev;
+    ino = sb.st_ino;
+    conn_sql_dirty = false;
+    if (!conn_sql.empty())
+      if (auto e = exec(db, conn_sql.c_str())) return fail(*e);
+    return std::nullopt;
+  }
+
+  // The path still names the file we have open (not deleted, renamed away or replaced).
+  bool same_file() const {
+    struct stat sb {};
+    return ::stat(path().c_str(), &sb) == 0 && sb.st_dev == dev && sb.st_ino == ino;
+  }
+
+  // A connection to the file at the path, reopened when it went away or failed for good.
+  db_result ensure() {
+    if (db && !same_file()) {
+      log_line(log_level::warn, "ledger database file deleted or replaced: reopening")
+          .str("path", path());
+      close();
+    }
+    if (!db) return open();
+    if (conn_sql_dirty) {
+      conn_sql_dirty = false;
+      if (!conn_sql.empty()) return exec(db, conn_sql.c_str());
+    }
+    return std::nullopt;
+  }
+
+  // Binds one record and steps the insert; the statement is reset either way.
+  db_result insert_row(const usage_record& r) {
     sqlite3_stmt* st = insert;
     int i = 0;
     bind_text(st, ++i, r.request_id);
@@ -202,80 +406,275 @@ struct ledger::impl {
     bind_nullable_text(st, ++i, r.error_kind);
     bind_nullable_text(st, ++i, r.upstream_request_id);
     sqlite3_bind_int(st, ++i, r.attempts);
-    std::optional<std::string> err;
-    if (sqlite3_step(st) != SQLITE_DONE) err = sqlite3_errmsg(db);
+    db_result err;
+    if (sqlite3_step(st) != SQLITE_DONE) err = error_of(db);
     sqlite3_reset(st);
     return err;
   }
 
-  // One transaction for the whole batch: all rows or none. Every column is bound so that no
-  // row can violate a constraint, so a failure is the database's (locked, full, read-only, I/O)
-  // and retrying the same rows later is right.
-  std::optional<std::string> write(const std::vector<usage_record>& batch) {
-    if (auto err = exec(db, "BEGIN IMMEDIATE")) return err;
-    for (const auto& r : batch) {
-      if (auto err = insert_row(r)) {
-        rollback(db);
-        return err;
+  db_result set_mark(const replay_mark& m) {
+    if (!mark) {
+      if (auto e = exec(db, kReplayTableSql)) return e;
+      if (sqlite3_prepare_v3(db, kReplayMarkSql, -1, SQLITE_PREPARE_PERSISTENT, &mark, nullptr) !=
+          SQLITE_OK) {
+        mark = nullptr;
+        return error_of(db);
       }
     }
-    if (auto err = exec(db, "COMMIT")) {
+    bind_text(mark, 1, m.journal_id);
+    sqlite3_bind_int64(mark, 2, static_cast<sqlite3_int64>(m.last_seq));
+    db_result err;
+    if (sqlite3_step(mark) != SQLITE_DONE) err = error_of(db);
+    sqlite3_reset(mark);
+    return err;
+  }
+
+  // One transaction for the whole batch (and its replay mark): all rows or none. Every column
+  // is bound so that no row can violate a constraint, so a failure is the database's (locked,
+  // full, read-only, I/O) and writing the same rows later is right.
+  db_result write(const std::vector<usage_record>& batch, const replay_mark* m) {
+    if (auto e = ensure()) return e;
+    if (auto e = exec(db, "BEGIN IMMEDIATE")) return check(std::move(e));
+    db_result err;
+    for (const auto& r : batch)
+      if ((err = insert_row(r))) break;
+    if (!err && m) err = set_mark(*m);
+    if (!err) err = exec(db, "COMMIT");
+    if (err) {
       rollback(db);
-      return err;
+      // The mark's table may have been created by this very transaction: prepare it again.
+      if (m && mark) {
+        sqlite3_finalize(mark);
+        mark = nullptr;
+      }
     }
+    return check(std::move(err));
+  }
+
+  db_result check(db_result e) {
+    if (e && needs_reopen(e->code)) close();
+    return e;
+  }
+
+  // Cheap writability check: takes and drops the write lock without touching a page (so it
+  // cannot see a full disk; the next write will).
+  db_result probe() {
+    if (auto e = ensure()) return e;
+    if (auto e = check(exec(db, "BEGIN IMMEDIATE"))) return e;
+    return exec(db, "ROLLBACK");
+  }
+
+  // The last sequence number of journal `id` already in the database (0: none). The table only
+  // exists in databases that replayed a journal before.
+  std::uint64_t replayed_through(const std::string& id) {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db, "SELECT last_seq FROM journal_replay WHERE journal_id = ?", -1,
+                           &st, nullptr) != SQLITE_OK)
+      return 0;
+    bind_text(st, 1, id);
+    std::uint64_t v = 0;
+    if (sqlite3_step(st) == SQLITE_ROW) v = static_cast<std::uint64_t>(sqlite3_column_int64(st, 0));
+    sqlite3_finalize(st);
+    return v;
+  }
+
+  // --- Writer steps (no lock held).
+
+  void report(const std::vector<usage_record>& batch, std::size_t own, bool call_back) {
+    // Before the counters move, so a flush() that returns has seen its rows reported.
+    if (call_back && self.on_committed) {
+      try {
+        self.on_committed(batch);
+      } catch (const std::exception& e) {
+        log_line(log_level::error, "ledger: on_committed threw").str("error", e.what());
+      } catch (...) {
+        log_line(log_level::error, "ledger: on_committed threw");
+      }
+    }
+    written += batch.size();
+    committed_own += own;
+  }
+
+  void publish() noexcept {
+    journal_rows = journal.pending();
+    journal_bytes = journal.bytes();
+    held_rows = held.size();
+  }
+
+  void db_ok() {
+    if (!healthy)
+      log_line(log_level::info, "ledger database writable again")
+          .str("path", path())
+          .integer("journal_rows", static_cast<std::int64_t>(journal.pending()))
+          .integer("dropped_rows", static_cast<std::int64_t>(dropped.load()));
+    healthy = true;
+    last_error.clear();
+    self.writable_.store(true, std::memory_order_relaxed);
+    backoff = kFirstBackoff;
+    retry_at = {};
+    idle_since = clock_type::now();
+    dropping = false;
+  }
+
+  void db_failed(const db_error& e, bool count) {
+    if (count) ++write_errors;
+    // Once per outage, and again when the reason changes (an operator fixing one cause sees
+    // the next).
+    if (healthy || e.message != last_error)
+      log_line(log_level::warn,
+               "ledger database not writable: rows go to the journal until it recovers")
+          .str("path", path())
+          .str("error", e.message)
+          .integer("sqlite_code", e.code)
+          .str("on_failure", self.opts_.fail_closed ? "closed" : "open");
+    last_error = e.message;
+    healthy = false;
+    self.writable_.store(false, std::memory_order_relaxed);
+    const auto now = clock_type::now();
+    retry_at = now + backoff;
+    idle_since = now;
+    backoff = std::min<std::chrono::milliseconds>(backoff * 2, kMaxBackoff);
+  }
+
+  // Moves held rows, oldest first, into the journal as far as it takes them, then drops the
+  // oldest beyond memory_rows. Journal rows are always older than held rows, which are older
+  // than queued ones, so a replay keeps the order rows were submitted in.
+  void spill_held() {
+    std::vector<const usage_record*> chunk;
+    std::size_t moved = 0;
+    std::string err;
+    while (moved < held.size()) {
+      const std::size_t n = std::min(held.size() - moved, kJournalChunk);
+      chunk.clear();
+      for (std::size_t i = 0; i < n; ++i) chunk.push_back(&held[moved + i]);
+      const std::size_t k = journal.append(chunk, err);
+      moved += k;
+      if (!err.empty()) {
+        ++journal_errors;
+        if (!journal_failing)
+          log_line(log_level::error, "ledger journal write failed: rows are held in memory")
+              .str("path", journal.path())
+              .str("error", err)
+              .integer("memory_rows", static_cast<std::int64_t>(self.opts_.memory_rows));
+        journal_failing = true;
+        break;
+      }
+      if (k < n) {
+        if (!journal_full)
+          log_line(log_level::error, "ledger journal full: rows are held in memory")
+              .str("path", journal.path())
+              .integer("journal_max_bytes", static_cast<std::int64_t>(journal.max_bytes()))
+              .integer("memory_rows", static_cast<std::int64_t>(self.opts_.memory_rows));
+        journal_full = true;
+        break;
+      }
+      journal_failing = journal_full = false;
+    }
+    held.erase(held.begin(), held.begin() + static_cast<std::ptrdiff_t>(moved));
+    if (held.size() > self.opts_.memory_rows) {
+      const std::size_t n = held.size() - self.opts_.memory_rows;
+      held.erase(held.begin(), held.begin() + static_cast<std::ptrdiff_t>(n));
+      dropped += n;
+      if (!dropping)
+        log_line(log_level::error,
+                 "ledger dropping rows: database, journal and memory all refuse them")
+            .str("path", path())
+            .integer("memory_rows", static_cast<std::int64_t>(self.opts_.memory_rows));
+      dropping = true;
+    }
+  }
+
+  // A batch from the queue: into the database when it may be tried, else (or when it fails)
+  // to the journal / memory.
+  void settle(std::vector<usage_record>& batch, bool try_db) {
+    if (try_db) {
+      db_result e = write(batch, nullptr);
+      if (!e) {
+        report(batch, batch.size(), true);
+        db_ok();
+        batch.clear();
+        publish();
+        return;
+      }
+      db_failed(*e, true);
+    }
+    held.insert(held.end(), std::make_move_iterator(batch.begin()),
+                std::make_move_iterator(batch.end()));
+    batch.clear();
+    spill_held();
+    publish();
+  }
+
+  // One batch of the journal into the database, with its replay mark. call_back: report the
+  // rows to on_committed (not during start()).
+  db_result replay(bool call_back) {
+    if (auto err = journal.read(self.opts_.batch_rows, entries)) {
+      ++journal_errors;
+      log_line(log_level::error, "ledger journal read failed")
+          .str("path", journal.path())
+          .str("error", *err);
+      return db_error{SQLITE_ERROR, "journal: " + *err};
+    }
+    if (entries.empty()) return std::nullopt;
+    rows.clear();
+    for (auto& e : entries) rows.push_back(std::move(e.row));
+    const replay_mark m{journal.id(), entries.back().seq};
+    if (auto e = write(rows, &m)) return e;
+    journal.consume();
+    const std::uint64_t earlier = std::min<std::uint64_t>(leftover, rows.size());
+    leftover -= earlier;
+    replayed += rows.size();
+    report(rows, rows.size() - earlier, call_back);
+    if (journal.pending() == 0)
+      if (auto err = journal.remove()) {
+        ++journal_errors;
+        log_line(log_level::warn, "ledger journal replayed but not removed; it is reused")
+            .str("path", journal.path())
+            .str("error", *err);
+      }
     return std::nullopt;
   }
 
-  // Cheap writability check: takes and drops the write lock without touching a page.
-  bool probe() noexcept {
-    if (sqlite3_db_readonly(db, "main") == 1) return false;
-    if (exec(db, "BEGIN IMMEDIATE")) return false;
-    return !exec(db, "ROLLBACK");
+  // One batch of the backlog (journal first, then rows held in memory) into the database.
+  // At shutdown the journal is left for the next start; held rows still get their tries.
+  void backlog_step(bool stopping) {
+    db_result e;
+    if (!stopping && journal.pending() > 0) {
+      e = replay(true);
+    } else if (!held.empty()) {
+      // Moved out in place and moved back on failure: held keeps its order either way.
+      const std::size_t n = std::min(self.opts_.batch_rows, held.size());
+      const auto end = held.begin() + static_cast<std::ptrdiff_t>(n);
+      rows.assign(std::make_move_iterator(held.begin()), std::make_move_iterator(end));
+      e = write(rows, nullptr);
+      if (e) {
+        std::move(rows.begin(), rows.end(), held.begin());
+      } else {
+        held.erase(held.begin(), end);
+        report(rows, n, true);
+      }
+    }
+    if (!e) {
+      db_ok();
+    } else {
+      db_failed(*e, true);
+      spill_held();  // the journal may take them now
+    }
+    publish();
+  }
+
+  void probe_step() {
+    if (auto e = probe())
+      db_failed(*e, false);
+    else
+      db_ok();
   }
 };
 
-namespace {
-
-// Applies the pending migrations in one transaction, so a crash leaves the old version whole.
-// Throws the bare reason; start() prefixes the path.
-void migrate(sqlite3* db) {
-  if (auto err = exec(db, "BEGIN IMMEDIATE")) throw std::runtime_error(*err);
-  try {
-    if (auto err = exec(db, "CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)"))
-      throw std::runtime_error(*err);
-    sqlite3_stmt* st = nullptr;
-    if (sqlite3_prepare_v2(db, "SELECT COALESCE(MAX(version), 0) FROM schema_version", -1, &st,
-                           nullptr) != SQLITE_OK)
-      throw std::runtime_error(sqlite3_errmsg(db));
-    const int rc = sqlite3_step(st);
-    const int current = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
-    sqlite3_finalize(st);
-    if (current < 0) throw std::runtime_error(sqlite3_errmsg(db));
-    if (current > ledger_schema_version())
-      throw std::runtime_error("database schema version " + std::to_string(current) +
-                               " is newer than this build supports (" +
-                               std::to_string(ledger_schema_version()) +
-                               "); run a newer tollgate or use another ledger file");
-    for (const auto& m : kMigrations) {
-      if (m.version <= current) continue;
-      if (auto err = exec(db, m.sql))
-        throw std::runtime_error("migration " + std::to_string(m.version) + ": " + *err);
-      const std::string record =
-          "INSERT INTO schema_version(version) VALUES (" + std::to_string(m.version) + ")";
-      if (auto err = exec(db, record.c_str())) throw std::runtime_error(*err);
-    }
-    if (auto err = exec(db, "COMMIT")) throw std::runtime_error(*err);
-  } catch (...) {
-    rollback(db);
-    throw;
-  }
-}
-
-}  // namespace
-
-ledger::ledger(ledger_options opts) : opts_(std::move(opts)), impl_(new impl{}) {
+ledger::ledger(ledger_options opts) : opts_(std::move(opts)), impl_(nullptr) {
   // A zero batch would make the writer spin on empty transactions.
   opts_.batch_rows = std::max<std::size_t>(opts_.batch_rows, 1);
+  impl_ = new impl(*this, opts_);
 }
 
 ledger::~ledger() {
@@ -285,60 +684,60 @@ ledger::~ledger() {
 
 void ledger::start() {
   if (thread_.joinable()) return;
-  const auto fail = [&](const std::string& why) {
-    return std::runtime_error("ledger: cannot open " + opts_.path + ": " + why);
-  };
-  const std::filesystem::path path(opts_.path);
-  if (path.has_parent_path()) {
-    std::error_code ec;
-    std::filesystem::create_directories(path.parent_path(), ec);
-    if (ec) throw fail(ec.message());
+  impl& I = *impl_;
+  I.busy_timeout = busy_timeout_;
+  {
+    std::lock_guard lk(mu_);
+    I.conn_sql = I.test_sql;
+    I.test_sql_seen = I.test_sql_gen;
   }
-  sqlite3* db = nullptr;
-  // NOMUTEX: after start() only the writer thread touches the connection.
-  const int rc = sqlite3_open_v2(opts_.path.c_str(), &db,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                                 nullptr);
-  if (rc != SQLITE_OK) {
-    std::string why = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-    sqlite3_close(db);
-    throw fail(why);
-  }
-  impl_->db = db;
-  try {
-    sqlite3_busy_timeout(db, static_cast<int>(busy_timeout_.count()));
-    // journal_mode answers with the mode in effect; a file system without shared memory
-    // support keeps the old one, which would silently make readers block the writer.
-    sqlite3_stmt* st = nullptr;
-    if (sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, nullptr) != SQLITE_OK)
-      throw fail(sqlite3_errmsg(db));
-    std::string mode;
-    if (sqlite3_step(st) == SQLITE_ROW)
-      if (const auto* text = sqlite3_column_text(st, 0)) mode = reinterpret_cast<const char*>(text);
-    sqlite3_finalize(st);
-    if (mode.empty()) throw fail(sqlite3_errmsg(db));
-    if (mode != "wal") throw fail("WAL mode unavailable (journal_mode is " + mode + ")");
-    // NORMAL in WAL mode: a power cut may lose the last commits but never corrupts the file.
-    if (auto err = exec(db, "PRAGMA synchronous=NORMAL")) throw fail(*err);
-    try {
-      migrate(db);
-    } catch (const std::runtime_error& e) {
-      throw fail(e.what());
+  if (auto e = I.open())
+    throw std::runtime_error("ledger: cannot open " + opts_.path + ": " + e->message);
+  I.healthy = true;
+  I.backoff = kFirstBackoff;
+  I.retry_at = {};
+  I.idle_since = clock_type::now();
+
+  // A journal left by an earlier run (the database failed, then tollgate stopped or crashed)
+  // goes in before any new row, and before start-up readers (forecaster, budgets) look.
+  const auto j = I.journal.open();
+  if (!j.error.empty())
+    log_line(log_level::error,
+             "ledger journal unusable: rows the database refuses are held in memory")
+        .str("error", j.error);
+  if (j.cut_bytes > 0 || j.skipped_bytes > 0)
+    log_line(log_level::warn, "ledger journal: damaged bytes skipped (a crash cut the last record)")
+        .str("path", I.journal.path())
+        .integer("cut_bytes", static_cast<std::int64_t>(j.cut_bytes))
+        .integer("skipped_bytes", static_cast<std::int64_t>(j.skipped_bytes));
+  if (I.journal.pending() > 0) {
+    if (auto err = I.journal.skip_through(I.replayed_through(I.journal.id())))
+      log_line(log_level::error, "ledger journal read failed").str("error", *err);
+    I.leftover = I.journal.pending();
+    log_line(log_level::info, "ledger: replaying the journal of an earlier run")
+        .str("path", I.journal.path())
+        .integer("rows", static_cast<std::int64_t>(I.leftover));
+    while (I.journal.pending() > 0) {
+      if (auto e = I.replay(false)) {
+        I.db_failed(*e, true);  // the writer thread goes on with it
+        break;
+      }
     }
-    if (sqlite3_prepare_v3(db, kInsertSql, -1, SQLITE_PREPARE_PERSISTENT, &impl_->insert,
-                           nullptr) != SQLITE_OK)
-      throw fail(sqlite3_errmsg(db));
-  } catch (...) {
-    impl_->close();
-    throw;
   }
+  if (I.journal.pending() == 0) {
+    I.leftover = 0;
+    if (auto err = I.journal.remove())  // every record was in the database already
+      log_line(log_level::warn, "ledger journal replayed but not removed; it is reused")
+          .str("error", *err);
+  }
+  I.publish();
   {
     std::lock_guard lk(mu_);
     stopping_ = false;
-    impl_->running = true;
-    if (!queue_.empty()) impl_->oldest = clock_type::now();
+    I.running = true;
+    if (!queue_.empty()) I.oldest = clock_type::now();
   }
-  writable_.store(true, std::memory_order_relaxed);
+  writable_.store(I.healthy, std::memory_order_relaxed);
   thread_ = std::thread([this] { run(); });
 }
 
@@ -350,6 +749,11 @@ void ledger::stop() {
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
   impl_->close();
+  // Journal rows after the earlier run's are this run's: the next start() replays them.
+  const auto in_journal = impl_->journal.pending();
+  impl_->handed_over += in_journal - std::min(in_journal, impl_->leftover);
+  impl_->leftover = 0;
+  impl_->journal.close();
   writable_.store(false, std::memory_order_relaxed);
   // Rows submitted after the writer left (or with no writer ever started) can no longer be
   // written; say so rather than lose them quietly.
@@ -362,6 +766,7 @@ void ledger::stop() {
 }
 
 bool ledger::reserve() noexcept {
+  if (opts_.fail_closed && !writable_.load(std::memory_order_relaxed)) return false;
   auto cur = reserved_.load(std::memory_order_relaxed);
   do {
     if (cur >= opts_.queue_capacity) return false;
@@ -386,124 +791,145 @@ void ledger::submit(usage_record rec) {
 void ledger::flush() {
   std::unique_lock lk(mu_);
   if (!impl_->running) return;
-  const auto target = submitted_;
-  impl_->flush_target = std::max(impl_->flush_target, target);
+  const auto ticket = ++impl_->flush_requested;
   cv_.notify_one();
-  flushed_cv_.wait(lk, [&] { return committed_ >= target || !impl_->running; });
+  flushed_cv_.wait(lk, [&] { return impl_->flush_done >= ticket || !impl_->running; });
+}
+
+void ledger::set_test_connection_sql(std::string sql) {
+  {
+    std::lock_guard lk(mu_);
+    impl_->test_sql = std::move(sql);
+    ++impl_->test_sql_gen;
+  }
+  cv_.notify_one();
 }
 
 ledger_stats ledger::stats() const {
+  const impl& I = *impl_;
+  ledger_stats s;
   std::lock_guard lk(mu_);
-  return {committed_, write_errors_, static_cast<std::size_t>(submitted_ - committed_)};
+  s.rows_written = I.written;
+  s.write_errors = I.write_errors;
+  const std::uint64_t settled = I.committed_own + I.dropped + I.handed_over;
+  s.queue_depth = static_cast<std::size_t>(submitted_ > settled ? submitted_ - settled : 0);
+  s.dropped_rows = I.dropped;
+  s.journaled_rows = I.journal_rows;
+  s.journal_bytes = I.journal_bytes;
+  s.memory_rows = static_cast<std::size_t>(I.held_rows.load());
+  s.replayed_rows = I.replayed;
+  s.journal_errors = I.journal_errors;
+  s.healthy = writable_.load(std::memory_order_relaxed);
+  return s;
 }
 
 void ledger::run() {
   lower_thread_priority(5);
+  impl& I = *impl_;
   std::vector<usage_record> batch;
   batch.reserve(opts_.batch_rows);
-  auto backoff = std::chrono::milliseconds(kFirstBackoff);
-  clock_type::time_point retry_at{};  // after a failed write, no attempt before this
-  auto idle_since = clock_type::now();  // last commit or probe
   std::optional<clock_type::time_point> give_up_at;
-  std::string last_error;
+  bool after_backlog = false;  // the last step wrote a backlog batch
 
   std::unique_lock lk(mu_);
   for (;;) {
     const auto now = clock_type::now();
-    if (stopping_ && !give_up_at) {
-      give_up_at = now + kStopRetryBudget;
-      retry_at = std::min(retry_at, *give_up_at);
+    if (I.test_sql_seen != I.test_sql_gen) {
+      I.test_sql_seen = I.test_sql_gen;
+      I.conn_sql = I.test_sql;
+      I.conn_sql_dirty = true;
     }
-    if (queue_.empty()) {
-      if (stopping_) break;
-      const auto probe_at = idle_since + kProbeInterval;
-      if (now < probe_at) {
-        cv_.wait_until(lk, probe_at);
-        continue;
-      }
+    // At shutdown a failing database is not waited for: its rows go to the journal at once and
+    // the next start replays them.
+    if (stopping_ && !give_up_at) give_up_at = now + kStopRetryBudget;
+    if (I.flush_seen < I.flush_requested) {
+      I.flush_seen = I.flush_requested;
+      I.retry_at = std::min(I.retry_at, now);
+    }
+    const bool flushing = I.flush_done < I.flush_seen;
+    const bool db_due = I.healthy || now >= I.retry_at;
+    const bool backlog = I.journal.pending() > 0 || !I.held.empty();
+    const bool backlog_ready = db_due && (stopping_ ? !I.held.empty() : backlog);
+    const auto due_at = I.oldest + opts_.flush_interval;
+    const bool queue_due = !queue_.empty() && (stopping_ || flushing || now >= due_at ||
+                                               queue_.size() >= opts_.batch_rows);
+    // The backlog goes first, so rows keep their order; once a full batch of new rows waits,
+    // the two take turns, so a long replay never holds up admission.
+    const bool queue_first =
+        !backlog_ready || stopping_ || (after_backlog && queue_.size() >= opts_.batch_rows);
+
+    if (queue_due && queue_first) {
+      // The rows leave the queue so submit() never waits on SQLite. `oldest` stays as is: any
+      // row left behind arrived later, so it is written no later than its own interval.
+      const std::size_t n = std::min(opts_.batch_rows, queue_.size());
+      const auto split = queue_.begin() + static_cast<std::ptrdiff_t>(n);
+      batch.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(split));
+      queue_.erase(queue_.begin(), split);
       lk.unlock();
-      writable_.store(impl_->probe(), std::memory_order_relaxed);
-      lk.lock();
-      idle_since = clock_type::now();
-      continue;
-    }
-    if (now < retry_at) {
-      cv_.wait_until(lk, retry_at);
-      continue;
-    }
-    const auto due_at = impl_->oldest + opts_.flush_interval;
-    const bool due = stopping_ || queue_.size() >= opts_.batch_rows ||
-                     impl_->flush_target > committed_ || now >= due_at;
-    if (!due) {
-      cv_.wait_until(lk, due_at);
-      continue;
-    }
-
-    // The rows leave the queue so submit() never waits on SQLite. `oldest` stays as is: any row
-    // left behind arrived later, so it is written no later than its own interval.
-    const std::size_t n = std::min(opts_.batch_rows, queue_.size());
-    const auto split = queue_.begin() + static_cast<std::ptrdiff_t>(n);
-    batch.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(split));
-    queue_.erase(queue_.begin(), split);
-    lk.unlock();
-
-    // Only std::bad_alloc can escape write(); treat it as a failed transaction, not a crash.
-    std::optional<std::string> error;
-    try {
-      error = impl_->write(batch);
-    } catch (const std::exception& e) {
-      rollback(impl_->db);
-      error = e.what();
-    }
-    const bool ok = !error;
-    if (ok && on_committed) {
-      // Before committed_ moves, so a flush() that returns has seen its rows reported.
       try {
-        on_committed(batch);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "ledger: on_committed threw: %s\n", e.what());
-      } catch (...) {
-        std::fprintf(stderr, "ledger: on_committed threw\n");
+        I.settle(batch, db_due);
+      } catch (const std::exception& e) {  // std::bad_alloc: the batch is lost, say so
+        log_line(log_level::error, "ledger writer failed").str("error", e.what());
+        I.dropped += batch.size();
+        batch.clear();
       }
-    }
-    if (!ok) last_error = std::move(*error);
-
-    lk.lock();
-    if (ok) {
-      committed_ += n;
+      // The rows are committed, journaled or held (memory_rows bounds those): their slots
+      // are free again, so a failing database does not close admission.
       release_slots(reserved_, n);
-      writable_.store(true, std::memory_order_relaxed);
-      backoff = kFirstBackoff;
-      retry_at = {};
-      idle_since = clock_type::now();
-      batch.clear();
+      after_backlog = false;
+      lk.lock();
+      continue;
+    }
+    if (backlog_ready) {
+      const bool stopping = stopping_;
+      lk.unlock();
+      try {
+        I.backlog_step(stopping);
+      } catch (const std::exception& e) {  // std::bad_alloc: rows stay in the journal/memory
+        log_line(log_level::error, "ledger writer failed").str("error", e.what());
+        I.db_failed({SQLITE_NOMEM, e.what()}, true);
+      }
+      after_backlog = true;
+      lk.lock();
+      continue;
+    }
+    if (flushing) {  // queue empty, backlog written or the database refused it just now
+      I.flush_done = I.flush_seen;
       flushed_cv_.notify_all();
       continue;
     }
-    ++write_errors_;
-    writable_.store(false, std::memory_order_relaxed);
-    // Back to the front, in order: rows are never dropped while the process keeps running.
-    queue_.insert(queue_.begin(), std::make_move_iterator(batch.begin()),
-                  std::make_move_iterator(batch.end()));
-    batch.clear();
-    const auto failed_at = clock_type::now();
-    if (give_up_at && failed_at >= *give_up_at) {
-      std::fprintf(stderr,
-                   "ledger: shutting down with %zu rows not written to %s after %lld s of "
-                   "failed writes: %s\n",
-                   queue_.size(), opts_.path.c_str(),
-                   static_cast<long long>(
-                       std::chrono::duration_cast<std::chrono::seconds>(kStopRetryBudget).count()),
-                   last_error.c_str());
-      release_slots(reserved_, queue_.size());
-      queue_.clear();
-      break;
+    if (stopping_ && queue_.empty()) {
+      if (I.held.empty()) break;
+      if (now >= *give_up_at) {
+        log_line(log_level::error,
+                 "ledger: shutting down with rows neither the database nor the journal took")
+            .str("path", opts_.path)
+            .integer("rows", static_cast<std::int64_t>(I.held.size()))
+            .integer("retried_s",
+                     std::chrono::duration_cast<std::chrono::seconds>(kStopRetryBudget).count());
+        I.dropped += I.held.size();
+        I.held.clear();
+        I.publish();
+        break;
+      }
     }
-    retry_at = failed_at + backoff;
-    if (give_up_at) retry_at = std::min(retry_at, *give_up_at);
-    backoff = std::min<std::chrono::milliseconds>(backoff * 2, kMaxBackoff);
+    auto wake = clock_type::time_point::max();
+    if (!queue_.empty()) wake = due_at;
+    if (backlog) wake = std::min(wake, I.retry_at);
+    if (give_up_at) wake = std::min(wake, *give_up_at);
+    if (!backlog && queue_.empty() && !stopping_) {
+      const auto probe_at = I.healthy ? I.idle_since + kProbeInterval : I.retry_at;
+      if (now >= probe_at) {
+        lk.unlock();
+        I.probe_step();
+        lk.lock();
+        continue;
+      }
+      wake = std::min(wake, probe_at);
+    }
+    cv_.wait_until(lk, wake);
   }
-  impl_->running = false;
+  I.running = false;
   flushed_cv_.notify_all();
 }
 

@@ -1,6 +1,7 @@
 // The ledger: one row per call, written by one writer thread in batched SQLite transactions
 // (WAL mode), fed by a bounded queue. I/O threads only ever call reserve()/submit()/release(),
-// which never block on SQLite or the disk.
+// which never block on SQLite or the disk. While the database fails, the writer spills rows to
+// an append-only journal (journal.hpp) and replays it, exactly once, when the database recovers.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -22,12 +23,34 @@ struct ledger_options {
   std::size_t batch_rows = 500;             // commit after this many rows...
   std::chrono::milliseconds flush_interval{100};  // ...or this long after the first queued row
   std::size_t queue_capacity = 100'000;     // reserved + queued rows never exceed this
+
+  // When the database fails (full, locked beyond busy_timeout, read-only, I/O error, file
+  // deleted or replaced), rows go to the journal and are replayed once it recovers; rows the
+  // journal cannot take wait in memory; beyond memory_rows the oldest are dropped (counted).
+  // false (ledger.on_failure: open): calls keep being proxied; true (closed): reserve() refuses
+  // (503) while the database is failing.
+  bool fail_closed = false;
+  std::size_t memory_rows = 100'000;        // rows held in memory when the journal refuses them
+  std::string journal_path;                 // "" : path + ".journal"
+  std::uint64_t journal_max_bytes = 1ull << 30;  // 0: no journal
+  // SQLite synchronous=FULL and an fdatasync per journal append: survives a power cut too.
+  // Default NORMAL: in WAL mode a process crash (SIGKILL) loses no commit, a power cut may.
+  bool synchronous_full = false;
 };
 
 struct ledger_stats {
-  std::uint64_t rows_written = 0;     // rows committed
-  std::uint64_t write_errors = 0;     // failed transactions (rows are kept and retried)
-  std::size_t queue_depth = 0;        // rows submitted, not yet committed
+  std::uint64_t rows_written = 0;     // rows committed (journal replays included)
+  std::uint64_t write_errors = 0;     // failed transactions (rows go to the journal)
+  std::size_t queue_depth = 0;        // rows submitted, not yet committed nor dropped (in memory
+                                      // or in the journal; after stop(), the journal's are the
+                                      // next start's)
+  std::uint64_t dropped_rows = 0;     // rows lost: neither database, journal nor memory took them
+  std::uint64_t journaled_rows = 0;   // rows in the journal waiting for replay (gauge)
+  std::uint64_t journal_bytes = 0;    // size of the journal file (gauge)
+  std::size_t memory_rows = 0;        // rows the journal refused, held in memory (gauge)
+  std::uint64_t replayed_rows = 0;    // rows committed from the journal (counter)
+  std::uint64_t journal_errors = 0;   // failed journal writes or reads (counter)
+  bool healthy = false;               // the database took the last write or probe
 };
 
 class ledger {
@@ -38,14 +61,19 @@ class ledger {
   ledger& operator=(const ledger&) = delete;
 
   // Opens/creates the database, applies migrations (schema_version table), sets WAL, prepares
-  // the insert, starts the writer thread. Throws std::runtime_error with a clear message.
+  // the insert, replays a journal left by an earlier run (those rows are in the database when
+  // start() returns, so start-up readers see them; on_committed is not called for them), starts
+  // the writer thread. Throws std::runtime_error with a clear message when the database cannot
+  // be opened; later failures are survived (journal).
   void start();
-  // Flushes everything queued, joins the writer thread, closes the database. Idempotent.
+  // Writes everything queued (to the journal when the database fails; the journal waits for the
+  // next start), joins the writer thread, closes the database. Idempotent.
   void stop();
 
   // Admission: reserve one row slot before a call is forwarded. false when reserved + queued
-  // rows reached queue_capacity (the caller answers 503 instead of accepting the call), so an
-  // accepted call always has room in the queue. Lock-free.
+  // rows reached queue_capacity, or with fail_closed while the database is failing (the caller
+  // answers 503 instead of accepting the call), so an accepted call always has room in the
+  // queue. Lock-free.
   bool reserve() noexcept;
   // Hands the row of a reserved call to the writer (consumes the reservation). Never blocks
   // beyond a short mutex hold; never fails.
@@ -53,10 +81,13 @@ class ledger {
   // Gives a reservation back without a row (call never accepted).
   void release() noexcept;
 
-  // Called on the writer thread after each committed batch (for metrics); set before start().
+  // Called on the writer thread after each committed batch, journal replays included (for
+  // metrics); set before start().
   std::function<void(const std::vector<usage_record>&)> on_committed;
 
-  // Blocks until everything submitted so far is committed (tests, shutdown). Not for I/O threads.
+  // Blocks until everything submitted so far has been handled: committed, or journaled (or held
+  // in memory, or dropped) when the database fails. A flush tries the database at once, ignoring
+  // the retry backoff, and replays the journal when it works. Tests, shutdown; not I/O threads.
   void flush();
 
   // True when the database accepted the last write (or the last health probe): /readyz.
@@ -66,9 +97,12 @@ class ledger {
 
  private:
   void run();
+  // ledger_test_access: SQL run on the writer's connection before its next use and after every
+  // (re)open, e.g. PRAGMA query_only or max_page_count to make the database read-only or full.
+  void set_test_connection_sql(std::string sql);
   struct impl;
   ledger_options opts_;
-  impl* impl_ = nullptr;  // SQLite handles (kept out of this header)
+  impl* impl_ = nullptr;  // SQLite handles, journal, writer state (kept out of this header)
   std::atomic<std::size_t> reserved_{0};
   std::atomic<bool> writable_{false};
   mutable std::mutex mu_;
@@ -76,8 +110,7 @@ class ledger {
   std::condition_variable flushed_cv_;
   std::deque<usage_record> queue_;
   bool stopping_ = false;
-  std::uint64_t submitted_ = 0, committed_ = 0;  // guarded by mu_
-  std::uint64_t write_errors_ = 0;               // guarded by mu_
+  std::uint64_t submitted_ = 0;  // guarded by mu_
   std::thread thread_;
   // SQLite busy_timeout of the writer's connection. Tests shorten it (through
   // ledger_test_access) to see a locked database fail in milliseconds instead of 5 s.

@@ -155,7 +155,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
                              std::string_view request_id = {}, std::string_view content_type = "application/json");
   awaitable<bool> send_error(errc e, std::string_view message, bool keep, std::string_view request_id = {},
                              std::string_view allow = {}) {
-    return send_local(http_status(e), error_body(e, message), keep, allow, request_id);
+    return send_local(http_status(e), anthropic_errors_ ? anthropic_error_body(e, message) : error_body(e, message),
+                      keep, allow, request_id);
   }
   awaitable<void> linger_close();
   void finish_call(call& c);
@@ -183,6 +184,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::vector<std::pair<std::string, std::string>> extra_headers_;
   bool idle_ = true;
   bool aborting_ = false;
+  bool anthropic_errors_ = false;  // this call is on the Messages API: errors in Anthropic's shape
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -257,6 +259,7 @@ awaitable<bool> client_session::send_local(int status, std::string body, bool ke
 // Reads one request and answers it. Returns whether the connection stays open.
 awaitable<bool> client_session::handle_one() {
   beast::error_code ec;
+  anthropic_errors_ = false;
   http::request_parser<http::string_body> parser;
   parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(cfg_.max_header_bytes, UINT32_MAX)));
   parser.body_limit(cfg_.max_body_bytes);
@@ -326,6 +329,7 @@ awaitable<bool> client_session::proxy(http::request<http::string_body>& req, con
   bool keep = req.keep_alive() && !st_.draining.load(std::memory_order_relaxed);
   auto& rec = c.rec;
   extra_headers_.clear();
+  anthropic_errors_ = tp.path.starts_with("/v1/messages");
   rec.route = rd.route;
   rec.method = std::string(req.method_string());
   if (auto id = req["x-request-id"]; !id.empty() && id.size() <= 200)

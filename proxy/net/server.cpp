@@ -17,6 +17,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http.hpp>
 
+#include <array>
 #include <future>
 #include <thread>
 
@@ -102,6 +103,61 @@ void register_upstream_metrics(shared_state& st, metrics& m) {
     }
     double r = static_cast<double>(st.upstream_retries.load(std::memory_order_relaxed));
     if (r > *seen) total->Increment(r - *seen), *seen = r;
+  });
+}
+
+// The ledger's durability figures (journal, memory hold, drops, health), read at each scrape.
+void register_ledger_metrics(ledger& l, metrics& m) {
+  namespace pm = prometheus;
+  auto& reg = m.registry();
+  auto& dropped = pm::BuildCounter()
+                      .Name("tollgate_ledger_dropped_rows_total")
+                      .Help("Ledger rows lost: neither the database, the journal nor the memory hold took them.")
+                      .Register(reg)
+                      .Add({});
+  auto& replayed = pm::BuildCounter()
+                       .Name("tollgate_ledger_replayed_rows_total")
+                       .Help("Rows committed from the journal after the database recovered.")
+                       .Register(reg)
+                       .Add({});
+  auto& journal_errors = pm::BuildCounter()
+                             .Name("tollgate_ledger_journal_errors_total")
+                             .Help("Failed journal writes or reads.")
+                             .Register(reg)
+                             .Add({});
+  auto& journal_rows = pm::BuildGauge()
+                           .Name("tollgate_ledger_journal_rows")
+                           .Help("Rows in the journal waiting for the database.")
+                           .Register(reg)
+                           .Add({});
+  auto& journal_bytes = pm::BuildGauge()
+                            .Name("tollgate_ledger_journal_bytes")
+                            .Help("Size of the journal file.")
+                            .Register(reg)
+                            .Add({});
+  auto& memory_rows = pm::BuildGauge()
+                          .Name("tollgate_ledger_memory_rows")
+                          .Help("Rows the journal refused, held in memory.")
+                          .Register(reg)
+                          .Add({});
+  auto& healthy = pm::BuildGauge()
+                      .Name("tollgate_ledger_healthy")
+                      .Help("1 when the database took the last write or probe, else 0 (rows go to the journal).")
+                      .Register(reg)
+                      .Add({});
+  auto seen = std::make_shared<std::array<double, 3>>();
+  m.add_scrape_hook([&, seen, &l = l] {
+    auto s = l.stats();
+    auto bump = [](pm::Counter& c, double& last, double v) {
+      if (v > last) c.Increment(v - last), last = v;
+    };
+    bump(dropped, (*seen)[0], static_cast<double>(s.dropped_rows));
+    bump(replayed, (*seen)[1], static_cast<double>(s.replayed_rows));
+    bump(journal_errors, (*seen)[2], static_cast<double>(s.journal_errors));
+    journal_rows.Set(static_cast<double>(s.journaled_rows));
+    journal_bytes.Set(static_cast<double>(s.journal_bytes));
+    memory_rows.Set(static_cast<double>(s.memory_rows));
+    healthy.Set(s.healthy ? 1 : 0);
   });
 }
 
@@ -214,11 +270,17 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   lo.batch_rows = c.ledger_batch_rows;
   lo.flush_interval = c.ledger_flush_interval;
   lo.queue_capacity = c.ledger_queue_capacity;
+  lo.fail_closed = c.ledger_fail_closed;
+  lo.memory_rows = c.ledger_memory_rows;
+  lo.journal_path = c.ledger_journal_path;
+  lo.journal_max_bytes = c.ledger_journal_max_bytes;
+  lo.synchronous_full = c.ledger_synchronous_full;
   impl_->ledger_ = std::make_unique<ledger>(lo);
   impl_->metrics_ = std::make_unique<metrics>(st.prices);
   st.ledger_ = impl_->ledger_.get();
   st.metrics_ = impl_->metrics_.get();
   register_upstream_metrics(st, *impl_->metrics_);
+  register_ledger_metrics(*impl_->ledger_, *impl_->metrics_);
   impl_->spend_ = std::make_unique<spend_control>(st.cfg, *impl_->metrics_);
   st.policy = &impl_->spend_->engine();
   if (c.forecast.enabled) {
@@ -387,14 +449,17 @@ void app::run_until_signal() {
 }
 
 readiness check_readiness(const shared_state& st) {
-  bool ledger_ok = st.ledger_->writable();
+  // Fail-open (ledger.on_failure: open): a failing database sends rows to the journal and the
+  // proxy keeps serving, so it stays ready; fail-closed makes it unready, as calls are refused.
+  const bool db_ok = st.ledger_->writable();
+  bool ledger_ok = db_ok || !st.ledger_->options().fail_closed;
   bool key_ok = !st.upstream_key_missing();
   bool draining = st.draining.load(std::memory_order_relaxed);
   bool ready = ledger_ok && key_ok && !draining;
   std::string body = R"({"status":")";
   body += ready ? "ready" : "not_ready";
   body += R"(","checks":{"ledger":")";
-  body += ledger_ok ? "ok" : "not_writable";
+  body += db_ok ? "ok" : ledger_ok ? "degraded: database failing, rows journaled" : "not_writable";
   body += R"(","upstream_key":")";
   body += key_ok ? "ok" : "missing: set TOLLGATE_UPSTREAM_API_KEY or upstream.api_key";
   body += R"(","draining":)";

@@ -29,7 +29,7 @@ struct options {
   bool verbose = false;
   // x-fake-* knobs applied to every request that does not carry them itself (a server that
   // always answers 503, say, for failover tests).
-  std::vector<std::pair<std::string, std::string>> default_headers;
+  std::vector<std::pair<std::string, std::string>> default_headers{};
 };
 
 struct recorded_request {

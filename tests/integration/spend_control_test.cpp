@@ -119,6 +119,16 @@ TEST_CASE("keys: auth required; the key is attributed, hashed, and never forward
     CHECK(r.status == 200);
     CHECK(h.upstream->requests()[0].header("x-api-key") == "test-upstream-key");
   }
+  SECTION("on the Messages API tollgate's own errors take Anthropic's shape") {
+    auto r = tt::post_json(h.port(), "/v1/messages",
+                           R"({"model":"claude-sonnet-4.5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]})",
+                           {{"x-api-key", "sk-not-a-key"}, {"anthropic-version", "2023-06-01"}});
+    CHECK(r.status == 401);
+    auto j = json::parse(r.body);
+    CHECK(j["type"] == "error");
+    CHECK(j["error"]["type"] == "authentication_error");
+    CHECK_FALSE(j["error"]["message"].get<std::string>().empty());
+  }
 }
 
 TEST_CASE("budgets: 200 concurrent calls against a nearly spent hard budget overshoot by at most one reservation",
