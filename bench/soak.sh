@@ -87,5 +87,7 @@ summary() {  # column name
 ok=1
 [ "$integrity" = ok ] || ok=0
 [ "$rows" -ge "$wrk_done" ] || { echo "FAIL: fewer ledger rows than completed requests"; ok=0; }
-[ "$attempts" -eq "$answered" ] || echo "note: SUM(attempts) != upstream answers (stale pooled connections are retried and counted as attempts; connect failures too)"
+# Every request the upstream saw is one attempt of one ledgered call (a stale pooled connection
+# retried on a fresh one is a second attempt of the same row).
+[ "$attempts" -eq "$answered" ] || { echo "FAIL: SUM(attempts) $attempts != upstream requests $answered"; ok=0; }
 [ "$ok" = 1 ] && echo "soak OK" || { echo "soak FAILED"; exit 1; }
