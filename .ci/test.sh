@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The README's test command: install what is missing, build, and run every test with ctest
-# (unit, integration, the official OpenAI Node SDK against tollgate, promtool on /metrics).
+# (unit, integration, the official OpenAI and Anthropic Node SDKs against tollgate, promtool on
+# /metrics, SIGKILL/SIGTERM durability), then the fuzz targets' deterministic smoke run (clang).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/deps.sh test
 (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
 bash .ci/build.sh
 ctest --test-dir build --output-on-failure -j"${JOBS:-$(nproc)}" --timeout 300
+FUZZ_JOBS="${JOBS:-$(nproc)}" bash bench/fuzz.sh --ci

@@ -114,11 +114,16 @@ int line_of(const YAML::Mark& m) noexcept { return m.is_null() ? 0 : m.line + 1;
   throw config_error(file, line_of(at.Mark()), what);
 }
 
+constexpr double max_price_per_million = 1e6;
+
 double yaml_price(const std::string& file, const YAML::Node& n, const std::string& what) {
   double v = 0;
   if (!n.IsScalar() || !YAML::convert<double>::decode(n, v) || !std::isfinite(v))
     fail(file, n, what + " must be a number (USD per 1M tokens)");
   if (v < 0) fail(file, n, what + " must not be negative");
+  // Far above any real price, and low enough that every derived price (2 x input for 1-hour
+  // cache writes) and every cost stays finite: a NaN cost would never trip a budget.
+  if (v > max_price_per_million) fail(file, n, what + " is above 1000000 USD per 1M tokens");
   return v;
 }
 
@@ -210,7 +215,7 @@ std::optional<double> litellm_cost(const nlohmann::json& obj, const char* key) {
   const auto it = obj.find(key);
   if (it == obj.end() || !it->is_number()) return std::nullopt;
   const double v = it->get<double>();
-  if (!std::isfinite(v) || v < 0) return std::nullopt;
+  if (!std::isfinite(v) || v < 0 || v * per_million > max_price_per_million) return std::nullopt;
   return std::round(v * per_million * 1e9) / 1e9;
 }
 
@@ -298,6 +303,8 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
     const auto upto = std::min<std::size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
     const int line = 1 + static_cast<int>(std::count(text.begin(), text.begin() + upto, '\n'));
     throw config_error(name, line, "not a valid LiteLLM price catalogue (JSON syntax error)");
+  } catch (const nlohmann::json::exception& e) {  // e.g. a number beyond double (1e400)
+    throw config_error(name, 0, std::string("not a valid LiteLLM price catalogue: ") + e.what());
   }
   if (!doc.is_object()) throw config_error(name, 0, "a LiteLLM price catalogue must be a JSON object");
 

@@ -415,6 +415,14 @@ request_facts inspect_request(std::string_view body, int max_depth) {
     return f;
   }
   if (request_facts f; inspect_fast(body, max_depth, f)) return f;
+  // nlohmann's lexer stops at a NUL byte as if the input ended there: a body like
+  // `{"model":"a"}\0{"model":"b"}` would be read as model a and forwarded whole. A raw NUL is
+  // never valid JSON.
+  if (body.find('\0') != std::string_view::npos) {
+    request_facts f;
+    reject(f, request_problem::malformed_json, "request body contains a NUL byte");
+    return f;
+  }
   return inspect_slow(body, max_depth);
 }
 
@@ -459,7 +467,8 @@ namespace tollgate {
 std::string replace_model(std::string_view body, std::string_view model) {
   try {
     // Rare (a routing rewrite or a spend-guard reroute): ordered_json keeps the client's member
-    // order; only `model` changes.
+    // order; only `model` changes. A NUL byte would end nlohmann's input early: not JSON.
+    if (body.find('\0') != std::string_view::npos) return std::string(body);
     auto doc = nlohmann::ordered_json::parse(body, nullptr, false);
     if (doc.is_discarded() || !doc.is_object()) return std::string(body);
     doc["model"] = std::string(model);

@@ -437,6 +437,7 @@ bool stream_meter::on_event(const sse_event& ev) {
   if (!ev.has_data) return true;  // comments / keep-alives
   try {
     const std::string_view data = trim(ev.data);
+    if (data.empty()) return true;  // `data:` with nothing in it: no document to read
     if (data == "[DONE]") {  // the most frequent non-JSON payload: no parse
       saw_done_ = true;
       return true;
@@ -459,10 +460,19 @@ bool append_without_null_usage(std::string_view raw, std::string& out) {
     for (std::string_view pat : {std::string_view(",\"usage\":null"), std::string_view(", \"usage\": null"),
                                  std::string_view(",\"usage\": null"), std::string_view("\"usage\":null,"),
                                  std::string_view("\"usage\": null,"), std::string_view("\"usage\": null, ")}) {
-      auto p = raw.find(pat);
-      if (p != std::string_view::npos && (p < at || (p == at && pat.size() > len))) {
-        at = p;
-        len = pat.size();
+      // The member must start where a member can: after `{` or `,` (the ",usage" forms carry
+      // their comma). A key ending in an escaped quote (`"\"usage":null,`) is not the member.
+      for (auto p = raw.find(pat); p != std::string_view::npos; p = raw.find(pat, p + 1)) {
+        if (pat.front() == '"') {
+          std::size_t b = p;
+          while (b > 0 && (raw[b - 1] == ' ' || raw[b - 1] == '\t' || raw[b - 1] == '\n' || raw[b - 1] == '\r')) --b;
+          if (b == 0 || (raw[b - 1] != '{' && raw[b - 1] != ',')) continue;
+        }
+        if (p < at || (p == at && pat.size() > len)) {
+          at = p;
+          len = pat.size();
+        }
+        break;
       }
     }
     if (at == std::string_view::npos) break;

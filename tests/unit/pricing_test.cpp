@@ -205,6 +205,15 @@ TEST_CASE("pricing: cost follows the formula", "[pricing]") {
   }
 }
 
+TEST_CASE("pricing: absurd prices are refused, so a cost can never be NaN or infinite", "[pricing]") {
+  CHECK_THAT(yaml_error("models:\n  m: { input: 1.5e308, output: 1 }\n"), Catch::Contains("bad.yaml:2"));
+  price_table t;
+  CHECK_THROWS_AS(t.load_litellm_string(R"({"m": {"input_cost_per_token": 1e400, "output_cost_per_token": 1}})", "l.json"),
+                  config_error);
+  t.load_litellm_string(R"({"huge": {"input_cost_per_token": 1e300, "output_cost_per_token": 1e300}})", "l.json");
+  CHECK(t.resolve("huge") == nullptr);  // skipped like an entry without token prices
+}
+
 TEST_CASE("pricing: bad YAML is a config_error with file and line", "[pricing]") {
   SECTION("unknown key in an entry") {
     const auto e = yaml_error("models:\n  gpt-4.1:\n    input: 2\n    ouput: 8\n");

@@ -42,6 +42,14 @@ TEST_CASE("request_inspect: a chat body yields its fields", "[request_inspect]")
   CHECK(f.prompt_tokens_estimate > 0);
 }
 
+TEST_CASE("request_inspect: a NUL byte makes a body malformed, even after a complete object", "[request_inspect]") {
+  // nlohmann's lexer would stop at the NUL and read only the first object (found by fuzzing).
+  const std::string body = std::string(R"({"model":"gpt-4o-mini"})") + '\0' + R"({"model":"gpt-5"})";
+  const auto f = inspect_request(body);
+  CHECK(f.problem == request_problem::malformed_json);
+  CHECK_FALSE(f.problem_detail.empty());
+}
+
 TEST_CASE("request_inspect: absent fields keep their defaults", "[request_inspect]") {
   const auto f = inspect_request(R"( {"input":"embed me"} )");
   CHECK(f.problem == request_problem::none);

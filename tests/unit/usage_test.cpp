@@ -462,4 +462,15 @@ TEST_CASE("append_without_null_usage: removes only the null usage member", "[usa
   CHECK(out == R"(data: {"usage":{"prompt_tokens":1}})");
   out.clear();
   CHECK_FALSE(tollgate::append_without_null_usage(R"(data: {"c":"say \"usage\":null please"})", out));
+  out.clear();
+  // A key ending in an escaped quote is not the usage member (found by fuzz_usage).
+  CHECK_FALSE(tollgate::append_without_null_usage(R"({"\"usage":null,"a":1})", out));
+  CHECK(out == R"({"\"usage":null,"a":1})");
+}
+
+TEST_CASE("stream_meter: a data line with nothing in it is passed on and read as nothing", "[usage]") {
+  stream_meter m(route_kind::chat_completions, false);
+  CHECK(relay(m, "data: \n\n" + data_event(R"({"id":"c","model":"gpt-4.1","choices":[]})")) ==
+        "data: \n\n" + data_event(R"({"id":"c","model":"gpt-4.1","choices":[]})"));
+  CHECK(m.model() == "gpt-4.1");
 }
