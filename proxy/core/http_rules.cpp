@@ -104,10 +104,10 @@ bool is_safe_response_header(std::string_view name) noexcept {
   // Everything else the upstream (or a CDN in front of it) says about itself stays behind:
   // cookies, Server, X-Powered-By, Via, Alt-Svc, HSTS, CORS, Location (it would name the
   // upstream's host), WWW-Authenticate (about tollgate's key, not the client's).
-  static constexpr std::array<std::string_view, 13> exact = {
+  static constexpr std::array<std::string_view, 14> exact = {
       "content-type", "content-encoding", "content-language", "content-disposition", "cache-control",
       "expires",      "etag",             "last-modified",    "date",                "vary",
-      "retry-after",  "request-id",       "x-request-id"};
+      "retry-after",  "retry-after-ms",   "request-id",       "x-request-id"};
   static constexpr std::array<std::string_view, 3> prefixes = {"openai-", "anthropic-", "x-ratelimit-"};
   for (auto n : exact)
     if (iequals(n, name)) return true;
@@ -169,8 +169,10 @@ std::optional<target_parts> split_target(std::string_view target) noexcept {
     // absolute-form (RFC 9112 §3.2.2): keep only path and query; the authority is ignored.
     auto scheme_end = target.find("://");
     if (scheme_end == std::string_view::npos) return std::nullopt;
-    auto path_start = target.find('/', scheme_end + 3);
-    if (path_start == std::string_view::npos) return std::nullopt;
+    // The authority ends at the first '/', '?' or '#': a '/' inside the query or fragment
+    // ("http://h?x=/v1/models") must not be taken for the path.
+    auto path_start = target.find_first_of("/?#", scheme_end + 3);
+    if (path_start == std::string_view::npos || target[path_start] != '/') return std::nullopt;
     target = target.substr(path_start);
   }
   auto frag = target.find('#');
@@ -181,6 +183,9 @@ std::optional<target_parts> split_target(std::string_view target) noexcept {
   t.query = q == std::string_view::npos ? std::string_view{} : target.substr(q + 1);
   for (char c : target)
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f || c == '\\') return std::nullopt;
+  // Path parameters: some upstream stacks (Tomcat, Spring) read "..;" as "..". No LLM API path
+  // uses ';', so none is let through.
+  if (t.path.find(';') != std::string_view::npos) return std::nullopt;
   // Reject dot segments, raw or percent-encoded ("%2e", "%2E"), and empty segments ("//").
   std::string_view p = t.path.substr(1);
   while (true) {

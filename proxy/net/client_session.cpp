@@ -99,6 +99,18 @@ void serialize_head(const http::response<http::empty_body>& res, int version, st
   out += "\r\n";
 }
 
+// The first line of the buffered request is "method SP target SP HTTP/<digit>.<digit>".
+bool request_line_has_http_version(const beast::flat_buffer& b) {
+  std::string_view data(static_cast<const char*>(b.data().data()), b.size());
+  auto eol = data.find("\r\n");
+  std::string_view line = data.substr(0, eol == std::string_view::npos ? data.size() : eol);
+  auto sp = line.rfind(' ');
+  if (sp == std::string_view::npos || std::count(line.begin(), line.end(), ' ') != 2) return false;
+  std::string_view v = line.substr(sp + 1);
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  return v.size() == 8 && v.starts_with("HTTP/") && digit(v[5]) && v[6] == '.' && digit(v[7]);
+}
+
 // Shared between a session and the callback that watches its socket for a client abort.
 struct abort_watch {
   bool active = true;
@@ -270,7 +282,9 @@ awaitable<bool> client_session::handle_one() {
     if (ec == beast::error::timeout) co_return co_await send_error(errc::request_timeout, {}, false);
     if (ec == http::error::header_limit) co_return co_await send_error(errc::headers_too_large, {}, false);
     if (ec == http::error::body_limit) co_return co_await send_error(errc::body_too_large, {}, false);
-    if (ec == http::error::bad_version) co_return co_await send_error(errc::http_version, {}, false);
+    // 505 only for a well-formed "HTTP/x.y" we do not speak; junk in the version part is a 400.
+    if (ec == http::error::bad_version && request_line_has_http_version(buffer_))
+      co_return co_await send_error(errc::http_version, {}, false);
     log_line(log_level::debug, "bad request framing").str("error", ec.message());
     co_return co_await send_error(errc::bad_request, {}, false);
   }
@@ -283,6 +297,10 @@ awaitable<bool> client_session::handle_one() {
   c.head_request = req.method() == http::verb::head;
 
   if (req.version() != 10 && req.version() != 11) co_return co_await send_error(errc::http_version, {}, false);
+  // RFC 9112 §6.3: a request whose Transfer-Encoding does not end in chunked has no knowable
+  // length; answer 400 and close rather than read the rest as the next request.
+  if (req.count(http::field::transfer_encoding) > 0 && !parser.chunked())
+    co_return co_await send_error(errc::bad_request, "Transfer-Encoding must end in chunked.", false);
   auto hosts = req.count(http::field::host);
   if (hosts > 1) co_return co_await send_error(errc::duplicate_host, {}, false);
   if (hosts == 0 && req.version() == 11) co_return co_await send_error(errc::missing_host, {}, false);

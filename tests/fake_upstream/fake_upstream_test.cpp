@@ -213,3 +213,19 @@ TEST_CASE("fake_upstream: faults break the response as asked and are still recor
     CHECK(data.back() != "[DONE]");
   }
 }
+
+TEST_CASE("fake_upstream: x-fake-response-headers adds headers and ignores ones that would split the head",
+          "[fake_upstream]") {
+  fake::server server({});
+  const result r = post(server, "/v1/chat/completions", chat_request,
+                        {{"x-fake-response-headers",
+                          R"({"Set-Cookie":"session=abc","Server":"nginx","X-Evil":"a\r\nInjected: 1","N":1})"}});
+  REQUIRE_FALSE(r.ec);
+  CHECK(r.res.result_int() == 200);
+  CHECK(r.res["set-cookie"] == "session=abc");
+  CHECK(r.res["server"] == "nginx");
+  CHECK(r.res.count("x-evil") == 0);
+  CHECK(r.res.count("injected") == 0);
+  CHECK(r.res.count("n") == 0);
+  CHECK(json::parse(r.res.body())["object"] == "chat.completion");
+}

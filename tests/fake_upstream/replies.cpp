@@ -675,6 +675,19 @@ reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t req
   return echo_reply(req, path, query);
 }
 
+// x-fake-response-headers: a JSON object of header names and string values; anything else is
+// ignored, and so is a pair that could split the response head (CR, LF, NUL).
+header_list response_headers_knob(std::string_view text) {
+  header_list out;
+  const json j = json::parse(text, nullptr, false);
+  if (!j.is_object()) return out;
+  auto clean = [](std::string_view s) { return s.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos; };
+  for (const auto& [name, value] : j.items())
+    if (!name.empty() && value.is_string() && clean(name) && clean(value.get_ref<const std::string&>()))
+      out.emplace_back(name, value.get<std::string>());
+  return out;
+}
+
 }  // namespace
 
 knobs parse_knobs(const recorded_request& req) {
@@ -701,6 +714,7 @@ knobs parse_knobs(const recorded_request& req) {
   k.fault_kind = parse_fault(lower(req.header("x-fake-fault")));
   if (const auto b = header_number(req, "x-fake-body-bytes")) k.body_bytes = static_cast<std::size_t>(*b);
   k.echo_headers = req.header("x-fake-echo-headers") == "1";
+  k.response_headers = response_headers_knob(req.header("x-fake-response-headers"));
   return k;
 }
 
@@ -715,6 +729,7 @@ reply make_reply(const recorded_request& req, const knobs& k, std::uint64_t requ
   reply r = route_reply(req, k, request_number, path, query, route, style);
   // Anthropic names its request id header request-id (the SDKs read it as _request_id / requestID).
   if (style == api::anthropic) r.headers.emplace_back("request-id", "req_fake_" + std::to_string(request_number));
+  r.headers.insert(r.headers.end(), k.response_headers.begin(), k.response_headers.end());
   return r;
 }
 

@@ -105,7 +105,7 @@ TEST_CASE("http_rules: hop-by-hop headers", "[http_rules]") {
 }
 
 TEST_CASE("http_rules: upstream response headers are relayed from an allow-list", "[http_rules][security]") {
-  for (auto kept : {"Content-Type", "content-encoding", "Retry-After", "x-request-id", "request-id",
+  for (auto kept : {"Content-Type", "content-encoding", "Retry-After", "retry-after-ms", "x-request-id", "request-id",
                     "openai-processing-ms", "OpenAI-Version", "anthropic-ratelimit-requests-remaining",
                     "x-ratelimit-remaining-tokens", "cache-control", "etag", "date", "content-disposition"})
     CHECK(is_safe_response_header(kept));
