@@ -392,7 +392,8 @@ TEST_CASE("ledger: a locked database keeps the rows and writes them once it is f
     l.submit(make_row(i));
   }
   REQUIRE(eventually([&] { return l.stats().write_errors >= 1; }));
-  CHECK_FALSE(l.writable());
+  // (No check of writable() here: the writer's health probe only reads, which a WAL database
+  // allows under another connection's write lock, so it may report writable again at any time.)
   CHECK(l.stats().rows_written == 0);
   CHECK(l.stats().queue_depth == 25);
 
