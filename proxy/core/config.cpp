@@ -3,7 +3,6 @@
 #include "core/config.hpp"
 
 #include <arpa/inet.h>
-#include <openssl/evp.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -23,6 +22,7 @@
 #include <vector>
 
 #include "core/calendar.hpp"
+#include "core/policy.hpp"
 
 namespace tollgate {
 namespace {
@@ -187,13 +187,6 @@ int parse_workers(std::string_view s) {
 }
 
 // One value in the YAML tree: the node, its dotted key path and the line to blame.
-std::array<unsigned char, 32> sha256_of(std::string_view s) {
-  std::array<unsigned char, 32> out{};
-  unsigned int n = 0;
-  EVP_Digest(s.data(), s.size(), out.data(), &n, EVP_sha256(), nullptr);
-  return out;
-}
-
 struct entry {
   const YAML::Node& node;
   std::string path;
@@ -491,7 +484,7 @@ class loader {
         {"key", [&](const entry& x) {
            std::string v = str(x);
            if (v.size() < 8) fail(x, "the key is empty or shorter than 8 characters (is its environment variable set?)");
-           k.sha256 = sha256_of(v);
+           k.sha256 = policy_engine::sha256(v);
            has_key = true;
          }},
         {"key_sha256", [&](const entry& x) {

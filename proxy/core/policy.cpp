@@ -457,11 +457,14 @@ std::int64_t retry_seconds(std::int64_t ms) { return std::max<std::int64_t>(1, (
 
 }  // namespace
 
+bool policy_engine::needs_admission(const client_key_config* key) const noexcept {
+  return (key != nullptr && key->limits.any()) || impl_->any_controls();
+}
+
 policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
   decision d;
   try {
-    const bool key_limited = f.key != nullptr && f.key->limits.any();
-    if (!key_limited && !impl_->any_controls()) return d;
+    if (!needs_admission(f.key)) return d;
 
     impl& m = *impl_;
     const double reserve = clean_usd(f.reserve_usd);

@@ -78,6 +78,9 @@ class policy_engine {
   // nothing. After a reroute, the model budgets are those of the fallback model. No lock is taken
   // when no budget and no guard is configured and the key has no limits (ticket 0 then).
   decision admit(const call_facts& f) noexcept;
+  // False when admit() would admit without looking (no budget, no guard, key without limits):
+  // the caller can skip computing the reservation. Lock-free.
+  bool needs_admission(const client_key_config* key) const noexcept;
   // Replaces the ticket's reservation by the real cost, corrects the TPM charge by
   // tokens - reserve_tokens, adds the spend to every matching budget and guard (the model scope
   // is the SERVED price model, so a rerouted call counts on the fallback), and raises soft-threshold

@@ -39,7 +39,8 @@ constexpr std::size_t fast_max_bytes = std::size_t{1} << 20;
 // nlohmann accepts some of those, so it gets the text then. The root stays valid until the
 // thread's next parse_fast().
 bool parse_fast(std::string_view text, fast_node& root) noexcept {
-  if (text.size() > fast_max_bytes) return false;
+  // Empty: nothing to parse, and simdjson must not be given a null pointer (UB even for size 0).
+  if (text.empty() || text.size() > fast_max_bytes) return false;
   thread_local dom::parser parser;
   // realloc_if_needed: copies into the parser's reused padded buffer (simdjson reads past the end).
   root.present = parser.parse(text.data(), text.size(), true).get(root.value) == simdjson::SUCCESS;

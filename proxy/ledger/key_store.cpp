@@ -2,7 +2,8 @@
 // budgets' JSON form and the client_keys table. Called by the admin API and at start-up.
 #include "ledger/key_store.hpp"
 
-#include <openssl/evp.h>
+#include "core/policy.hpp"
+
 #include <openssl/rand.h>
 #include <sqlite3.h>
 
@@ -179,12 +180,7 @@ std::string generate_client_key() {
   return "tg-" + base64url(bytes.data(), bytes.size());
 }
 
-std::array<unsigned char, 32> key_sha256(std::string_view key) {
-  std::array<unsigned char, 32> out{};
-  unsigned int n = 0;
-  EVP_Digest(key.data(), key.size(), out.data(), &n, EVP_sha256(), nullptr);
-  return out;
-}
+std::array<unsigned char, 32> key_sha256(std::string_view key) { return policy_engine::sha256(key); }
 
 std::string to_hex(const std::array<unsigned char, 32>& digest) {
   static constexpr char kDigits[] = "0123456789abcdef";

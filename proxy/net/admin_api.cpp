@@ -115,6 +115,22 @@ bool want_csv(const std::map<std::string, std::string>& q) {
 }
 
 json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+json time_or_null(double unix_s) {
+  return std::isfinite(unix_s) ? json(format_rfc3339_utc(static_cast<std::int64_t>(unix_s) * 1000)) : json(nullptr);
+}
+
+// A spend or what-if report as CSV or JSON.
+template <class Report>
+admin_response report_response(const Report& report, bool csv) {
+  admin_response r;
+  if (csv) {
+    r.content_type = "text/csv; charset=utf-8";
+    r.body = to_csv(report);
+  } else {
+    r.body = to_json(report).dump();
+  }
+  return r;
+}
 
 admin_response spend(const admin_context& ctx, const std::map<std::string, std::string>& q) {
   calendar cal(ctx.cfg.timezone);
@@ -129,15 +145,7 @@ admin_response spend(const admin_context& ctx, const std::map<std::string, std::
     }
   }
   bool csv = want_csv(q);
-  auto report = query_spend(ctx.ledger_path, sq);
-  admin_response r;
-  if (csv) {
-    r.content_type = "text/csv; charset=utf-8";
-    r.body = to_csv(report);
-  } else {
-    r.body = to_json(report).dump();
-  }
-  return r;
+  return report_response(query_spend(ctx.ledger_path, sq), csv);
 }
 
 admin_response whatif(const admin_context& ctx, const std::map<std::string, std::string>& q) {
@@ -154,14 +162,7 @@ admin_response whatif(const admin_context& ctx, const std::map<std::string, std:
   } catch (const std::invalid_argument& e) {
     throw http_problem(400, "model_not_found", e.what());
   }
-  admin_response r;
-  if (csv) {
-    r.content_type = "text/csv; charset=utf-8";
-    r.body = to_csv(report);
-  } else {
-    r.body = to_json(report).dump();
-  }
-  return r;
+  return report_response(report, csv);
 }
 
 admin_response budgets(const admin_context& ctx) {
@@ -178,12 +179,8 @@ admin_response budgets(const admin_context& ctx) {
                               {"window_end", format_rfc3339_utc(b.window.end_s * 1000)},
                               {"projected_p50_usd", number_or_null(b.projected_p50)},
                               {"projected_p90_usd", number_or_null(b.projected_p90)},
-                              {"exhaustion_p50", std::isfinite(b.exhaustion_p50_s)
-                                                     ? json(format_rfc3339_utc(static_cast<std::int64_t>(b.exhaustion_p50_s) * 1000))
-                                                     : json(nullptr)},
-                              {"exhaustion_p90", std::isfinite(b.exhaustion_p90_s)
-                                                     ? json(format_rfc3339_utc(static_cast<std::int64_t>(b.exhaustion_p90_s) * 1000))
-                                                     : json(nullptr)}});
+                              {"exhaustion_p50", time_or_null(b.exhaustion_p50_s)},
+                              {"exhaustion_p90", time_or_null(b.exhaustion_p90_s)}});
   }
   for (const auto& g : ctx.policy.guards(now)) {
     out["spend_guards"].push_back({{"scope", g.scope},

@@ -416,7 +416,7 @@ awaitable<bool> client_session::proxy(http::request<http::string_body>& req, con
   }
   // Spend controls: rate limits, spend guards and budgets decide before anything goes upstream.
   std::string send_model = plan.rewrite.empty() ? c.facts.model : plan.rewrite;
-  if (st_.policy) {
+  if (st_.policy && st_.policy->needs_admission(key.get())) {
     double multiplier = 0;
     for (auto i : plan.order) multiplier = std::max(multiplier, st_.upstreams[i]->cfg.price_multiplier);
     const model_price* price = st_.prices.resolve(send_model);
@@ -597,7 +597,6 @@ awaitable<bool> client_session::proxy(http::request<http::string_body>& req, con
           .str("request_id", rec.request_id)
           .str("upstream", t.cfg.name)
           .str("error", c.failover_status ? "status " + std::to_string(c.failover_status) : std::string(error_name(c.error)));
-      t.retries.fetch_add(1, std::memory_order_relaxed);
       st_.upstream_retries.fetch_add(1, std::memory_order_relaxed);
       if (c.error != errc::ok) st_.metrics_->upstream_error(error_name(c.error));
       c.error = errc::ok;

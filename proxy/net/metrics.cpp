@@ -74,7 +74,6 @@ struct metrics::impl {
   pm::Counter& ledger_rows = ledger_rows_f.Add({});
   pm::Counter& ledger_errors = ledger_errors_f.Add({});
   pm::Counter& unpriced = unpriced_f.Add({});
-  double ledger_errors_seen = 0;
   std::vector<std::function<void()>> scrape_hooks;  // guarded by mu
 
   // Per-route histograms (route is a small fixed set).
@@ -187,6 +186,11 @@ void metrics::ledger_committed(std::size_t rows) { impl_->ledger_rows.Increment(
 
 void metrics::unpriced_call() { impl_->unpriced.Increment(); }
 
+void set_counter_total(pm::Counter& c, double total) {
+  const double now = c.Value();
+  if (total > now) c.Increment(total - now);
+}
+
 void metrics::add_scrape_hook(std::function<void()> hook) {
   std::lock_guard lock(impl_->mu);
   impl_->scrape_hooks.push_back(std::move(hook));
@@ -198,11 +202,7 @@ std::string metrics::serialize(const ledger_stats& ls) {
   m.queue_depth.Set(static_cast<double>(ls.queue_depth));
   {
     std::lock_guard lock(m.mu);
-    double errs = static_cast<double>(ls.write_errors);
-    if (errs > m.ledger_errors_seen) {
-      m.ledger_errors.Increment(errs - m.ledger_errors_seen);
-      m.ledger_errors_seen = errs;
-    }
+    set_counter_total(m.ledger_errors, static_cast<double>(ls.write_errors));
     for (auto& hook : m.scrape_hooks) hook();
   }
   auto families = m.registry->Collect();

@@ -12,12 +12,17 @@
 
 namespace prometheus {
 class Registry;
+class Counter;
 }
 
 namespace tollgate {
 
 class price_table;
 struct ledger_stats;
+
+// A counter mirroring a cumulative count kept elsewhere (ledger, breakers, policy engine),
+// brought up to `total` at scrape time; a count never goes down, so a lower total is ignored.
+void set_counter_total(prometheus::Counter& c, double total);
 
 class metrics {
  public:

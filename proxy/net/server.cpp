@@ -17,7 +17,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http.hpp>
 
-#include <array>
 #include <future>
 #include <thread>
 
@@ -93,16 +92,14 @@ void register_upstream_metrics(shared_state& st, metrics& m) {
   for (auto& n : st.upstreams)
     children->push_back({n.get(), &up.Add({{"upstream", n->cfg.name}}), &state.Add({{"upstream", n->cfg.name}})});
   auto* total = &retries.Add({});
-  auto seen = std::make_shared<double>(0);
-  m.add_scrape_hook([children, total, seen, &st] {
+  m.add_scrape_hook([children, total, &st] {
     auto now = steady::now();
     for (auto& c : *children) {
       auto s = c.node->breaker.current(now);
       c.up->Set(s == circuit_breaker::state::open ? 0 : 1);
       c.state->Set(static_cast<int>(s));
     }
-    double r = static_cast<double>(st.upstream_retries.load(std::memory_order_relaxed));
-    if (r > *seen) total->Increment(r - *seen), *seen = r;
+    set_counter_total(*total, static_cast<double>(st.upstream_retries.load(std::memory_order_relaxed)));
   });
 }
 
@@ -145,15 +142,11 @@ void register_ledger_metrics(ledger& l, metrics& m) {
                       .Help("1 when the database took the last write or probe, else 0 (rows go to the journal).")
                       .Register(reg)
                       .Add({});
-  auto seen = std::make_shared<std::array<double, 3>>();
-  m.add_scrape_hook([&, seen, &l = l] {
+  m.add_scrape_hook([&, &l = l] {
     auto s = l.stats();
-    auto bump = [](pm::Counter& c, double& last, double v) {
-      if (v > last) c.Increment(v - last), last = v;
-    };
-    bump(dropped, (*seen)[0], static_cast<double>(s.dropped_rows));
-    bump(replayed, (*seen)[1], static_cast<double>(s.replayed_rows));
-    bump(journal_errors, (*seen)[2], static_cast<double>(s.journal_errors));
+    set_counter_total(dropped, static_cast<double>(s.dropped_rows));
+    set_counter_total(replayed, static_cast<double>(s.replayed_rows));
+    set_counter_total(journal_errors, static_cast<double>(s.journal_errors));
     journal_rows.Set(static_cast<double>(s.journaled_rows));
     journal_bytes.Set(static_cast<double>(s.journal_bytes));
     memory_rows.Set(static_cast<double>(s.memory_rows));

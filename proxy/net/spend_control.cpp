@@ -8,7 +8,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <map>
 
 #include "core/calendar.hpp"
 #include "core/config.hpp"
@@ -68,15 +67,7 @@ void register_metrics(metrics& m, policy_engine& engine, alert_notifier* notifie
                      .Name("tollgate_alerts_total")
                      .Help("Alert deliveries to webhooks, by outcome (sent, failed, retried, suppressed, dropped).")
                      .Register(reg);
-  struct state {
-    std::map<pm::Counter*, double> seen;
-    void bump(pm::Counter& c, double value) {
-      double& last = seen[&c];
-      if (value > last) c.Increment(value - last), last = value;
-    }
-  };
-  auto st = std::make_shared<state>();
-  m.add_scrape_hook([&, st, notifier, &engine = engine] {
+  m.add_scrape_hook([&, notifier, &engine = engine] {
     const std::int64_t now = unix_ms();
     for (const auto& b : engine.budgets(now)) {
       const std::string period(to_string(b.period));
@@ -90,18 +81,18 @@ void register_metrics(metrics& m, policy_engine& engine, alert_notifier* notifie
     for (const auto& g : engine.guards(now)) tripped.Add({{"scope", g.scope}}).Set(g.tripped ? 1 : 0);
     auto counts = engine.counters();
     for (const auto& c : counts.rate_limited)
-      st->bump(rate_limited.Add({{"scope", c.scope}, {"kind", c.kind}}), static_cast<double>(c.value));
+      set_counter_total(rate_limited.Add({{"scope", c.scope}, {"kind", c.kind}}), static_cast<double>(c.value));
     for (const auto& c : counts.budget_rejections)
-      st->bump(rejections.Add({{"scope", c.scope}}), static_cast<double>(c.value));
+      set_counter_total(rejections.Add({{"scope", c.scope}}), static_cast<double>(c.value));
     for (const auto& c : counts.guard_actions)
-      st->bump(guard_actions.Add({{"scope", c.scope}, {"action", c.kind}}), static_cast<double>(c.value));
+      set_counter_total(guard_actions.Add({{"scope", c.scope}, {"action", c.kind}}), static_cast<double>(c.value));
     if (notifier) {
       auto s = notifier->stats();
-      st->bump(alerts.Add({{"outcome", "sent"}}), static_cast<double>(s.sent));
-      st->bump(alerts.Add({{"outcome", "failed"}}), static_cast<double>(s.failed));
-      st->bump(alerts.Add({{"outcome", "retried"}}), static_cast<double>(s.retried));
-      st->bump(alerts.Add({{"outcome", "suppressed"}}), static_cast<double>(s.suppressed));
-      st->bump(alerts.Add({{"outcome", "dropped"}}), static_cast<double>(s.dropped + counts.alerts_dropped));
+      set_counter_total(alerts.Add({{"outcome", "sent"}}), static_cast<double>(s.sent));
+      set_counter_total(alerts.Add({{"outcome", "failed"}}), static_cast<double>(s.failed));
+      set_counter_total(alerts.Add({{"outcome", "retried"}}), static_cast<double>(s.retried));
+      set_counter_total(alerts.Add({{"outcome", "suppressed"}}), static_cast<double>(s.suppressed));
+      set_counter_total(alerts.Add({{"outcome", "dropped"}}), static_cast<double>(s.dropped + counts.alerts_dropped));
     }
   });
 }

@@ -44,7 +44,6 @@ struct upstream_node {
   std::unique_ptr<asio::ssl::context> ssl_ctx;   // null for a plain-HTTP upstream
   circuit_breaker breaker;
   std::atomic<std::size_t> inflight{0};
-  std::atomic<std::uint64_t> retries{0};         // calls that failed over away from it
 };
 
 class policy_engine;
