@@ -702,6 +702,9 @@ awaitable<std::unique_ptr<upstream_conn>> client_session::connect_upstream(upstr
     pool.resolved_at_ = steady::now();
   }
   auto c = std::make_unique<upstream_conn>();
+  // Beast reads max(512, free capacity) bytes at a time: without room reserved, a response head
+  // and body that arrived together take two reads and reach the client in two writes.
+  c->buffer.reserve(relay_buffer_bytes);
   if (ssl_ctx)
     c->tls.emplace(ex, *ssl_ctx);
   else
