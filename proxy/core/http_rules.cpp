@@ -238,4 +238,36 @@ bool is_json_content_type(std::string_view ct) noexcept {
   return media.size() > 5 && iequals(media.substr(media.size() - 5), "+json");
 }
 
+void append_upstream_head(std::span<const header_view> client_headers, const upstream_head& h, std::string& out) {
+  std::string_view connection_value;
+  bool client_anthropic_version = false;
+  for (const auto& f : client_headers) {
+    if (connection_value.empty() && iequals(f.name, "connection")) connection_value = f.value;
+    if (iequals(f.name, "anthropic-version")) client_anthropic_version = true;
+  }
+  auto field = [&out](std::string_view name, std::string_view value) {
+    out.append(name).append(": ").append(value).append("\r\n");
+  };
+  out.append(h.method).append(" ").append(h.target).append(" HTTP/1.1\r\n");
+  for (const auto& f : client_headers) {
+    const auto n = f.name;
+    if (is_hop_by_hop(n) || iequals(n, "host") || iequals(n, "content-length") || iequals(n, "authorization") ||
+        iequals(n, "x-api-key") || iequals(n, "x-request-id") ||
+        (h.drop_accept_encoding && iequals(n, "accept-encoding")) ||
+        (!connection_value.empty() && connection_lists(connection_value, n)))
+      continue;
+    field(n, f.value);
+  }
+  field("Host", h.host);
+  if (!h.credential_name.empty()) field(h.credential_name, h.credential_value);
+  if (!h.anthropic_version.empty() && !client_anthropic_version) field("anthropic-version", h.anthropic_version);
+  field("x-request-id", h.request_id);
+  if (h.body_size > 0 || h.method == "POST" || h.method == "PUT" || h.method == "OPTIONS") {
+    char num[24];
+    auto [end, ec] = std::to_chars(num, num + sizeof num, h.body_size);
+    field("Content-Length", std::string_view(num, static_cast<std::size_t>(end - num)));
+  }
+  out.append("\r\n");
+}
+
 }  // namespace tollgate

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -56,6 +57,31 @@ std::optional<target_parts> split_target(std::string_view target) noexcept;
 
 // The upstream request target: base path + the client path after its "/v1" prefix + query.
 std::string upstream_target(const upstream_url& u, std::string_view path, std::string_view query);
+
+// One header of a client request, as the parser saw it.
+struct header_view {
+  std::string_view name, value;
+};
+
+// What replaces the client's own request line and routing headers on the way upstream.
+struct upstream_head {
+  std::string_view method;             // the client's
+  std::string_view target;             // upstream_target()
+  std::string_view host;               // the upstream's Host header value
+  std::string_view credential_name;    // "Authorization" or "x-api-key"
+  std::string_view credential_value;   // "Bearer <key>" or the key
+  std::string_view request_id;         // sent as x-request-id
+  std::string_view anthropic_version;  // added when not empty and the client sent none
+  bool drop_accept_encoding = false;   // the response must come back readable (stream editing)
+  std::size_t body_size = 0;
+};
+
+// Appends the HTTP/1.1 request head (request line, headers, empty line) tollgate sends upstream:
+// the client's headers minus hop-by-hop ones, those its Connection header lists, Host,
+// Content-Length, credentials (Authorization, x-api-key) and x-request-id, then tollgate's Host,
+// credential, x-request-id and Content-Length (when there is a body or the method expects one,
+// as Beast's prepare_payload does). The client's key never leaves tollgate.
+void append_upstream_head(std::span<const header_view> client_headers, const upstream_head& h, std::string& out);
 
 // Content-Type acceptable for a JSON route: absent, application/json or any */*+json.
 bool is_json_content_type(std::string_view content_type) noexcept;

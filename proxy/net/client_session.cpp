@@ -83,22 +83,6 @@ errc classify_upstream_error(const beast::error_code& ec, errc timeout_kind, ste
   return errc::upstream_reset;
 }
 
-// The response head as bytes, so it can leave in the same write as the first body bytes.
-void serialize_head(const http::response<http::empty_body>& res, int version, std::string& out) {
-  out += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
-  out += std::to_string(res.result_int());
-  out += ' ';
-  out += res.reason();
-  out += "\r\n";
-  for (const auto& f : res) {
-    out += f.name_string();
-    out += ": ";
-    out += f.value();
-    out += "\r\n";
-  }
-  out += "\r\n";
-}
-
 // The first line of the buffered request is "method SP target SP HTTP/<digit>.<digit>".
 bool request_line_has_http_version(const beast::flat_buffer& b) {
   std::string_view data(static_cast<const char*>(b.data().data()), b.size());
@@ -110,6 +94,31 @@ bool request_line_has_http_version(const beast::flat_buffer& b) {
   auto digit = [](char c) { return c >= '0' && c <= '9'; };
   return v.size() == 8 && v.starts_with("HTTP/") && digit(v[5]) && v[6] == '.' && digit(v[7]);
 }
+
+// A relay buffer borrowed from the worker for one exchange (at most max_spare_relay stay spare).
+constexpr std::size_t max_spare_relay = 256;
+class relay_lease {
+ public:
+  explicit relay_lease(worker& w) : w_(w) {
+    if (!w.spare_relay.empty()) {
+      buf_ = std::move(w.spare_relay.back());
+      w.spare_relay.pop_back();
+    } else {
+      buf_ = std::make_unique_for_overwrite<char[]>(relay_buffer_bytes);
+    }
+  }
+  relay_lease(const relay_lease&) = delete;
+  relay_lease& operator=(const relay_lease&) = delete;
+  ~relay_lease() {
+    if (w_.spare_relay.size() < max_spare_relay) w_.spare_relay.push_back(std::move(buf_));
+  }
+  char* data() const noexcept { return buf_.get(); }
+  static constexpr std::size_t size() noexcept { return relay_buffer_bytes; }
+
+ private:
+  worker& w_;
+  std::unique_ptr<char[]> buf_;
+};
 
 // Shared between a session and the callback that watches its socket for a client abort.
 struct abort_watch {
@@ -123,7 +132,7 @@ struct abort_watch {
 class client_session : public std::enable_shared_from_this<client_session> {
  public:
   client_session(worker& w, tcp::socket s)
-      : w_(w), st_(w.state), cfg_(w.state.cfg), stream_(std::move(s)), relay_buf_(relay_buffer_bytes) {}
+      : w_(w), st_(w.state), cfg_(w.state.cfg), stream_(std::move(s)) {}
 
   awaitable<void> run();
   void close_if_idle() {
@@ -186,11 +195,13 @@ class client_session : public std::enable_shared_from_this<client_session> {
   shared_state& st_;
   const config& cfg_;
   beast::tcp_stream stream_;
-  beast::flat_buffer buffer_;
-  std::vector<char> relay_buf_;
+  beast::flat_buffer buffer_;  // request bytes; released while the connection is idle
+  char first_byte_ = 0;        // the idle read's one-byte buffer
   std::string out_;      // bytes to send to the client for one relay step
   std::string head_;     // serialized response head
   std::string parse_;    // (decoded) copy of a non-stream body, for usage
+  std::string up_head_;  // the request head sent upstream (one attempt)
+  std::vector<header_view> up_headers_;  // the client's headers (views into the parsed request)
   std::shared_ptr<abort_watch> watch_;
   // Headers tollgate adds to this call's response, relayed or local (x-ratelimit-*, Retry-After).
   std::vector<std::pair<std::string, std::string>> extra_headers_;
@@ -212,10 +223,25 @@ awaitable<void> client_session::run() {
     if (st_.draining.load(std::memory_order_relaxed) || aborting_) break;
     if (buffer_.size() == 0) {
       // Waiting for the next request: the keep-alive timeout applies until its first byte.
+      // An idle connection holds no buffers: the first byte is read alone, then the rest of the
+      // request into a fresh buffer (it is already there: one more recv, no wait). 10k idle
+      // keep-alive connections would otherwise pin 10k read and relay buffers (~240 MB).
+      buffer_.clear();
+      buffer_.shrink_to_fit();
+      parse_.clear();
+      parse_.shrink_to_fit();
+      out_.clear();
+      out_.shrink_to_fit();
+      up_head_.clear();
+      up_head_.shrink_to_fit();
+      up_headers_.clear();
+      up_headers_.shrink_to_fit();
       stream_.expires_after(first ? cfg_.header_timeout : cfg_.keepalive_timeout);
-      auto n = co_await stream_.async_read_some(buffer_.prepare(8192), redirect_error(use_awaitable, ec));
+      co_await stream_.async_read_some(asio::buffer(&first_byte_, 1), redirect_error(use_awaitable, ec));
       if (ec) break;
-      buffer_.commit(n);
+      auto b = buffer_.prepare(8192);
+      *static_cast<char*>(b.data()) = first_byte_;
+      buffer_.commit(1);
     }
     first = false;
     idle_ = false;
@@ -243,8 +269,9 @@ awaitable<void> client_session::linger_close() {
   }
   stream_.expires_after(2s);
   std::size_t drained = 0;
+  std::array<char, 4096> sink;
   while (drained < (1u << 20)) {
-    auto n = co_await stream_.async_read_some(asio::buffer(relay_buf_), redirect_error(use_awaitable, ec));
+    auto n = co_await stream_.async_read_some(asio::buffer(sink), redirect_error(use_awaitable, ec));
     if (ec) break;
     drained += n;
   }
@@ -516,26 +543,12 @@ awaitable<bool> client_session::proxy(http::request<http::string_body>& req, con
     req.body() = add_include_usage(req.body(), c.facts);
   }
 
-  // Rewrite the head for the upstream: hop-by-hop headers out; Host and credentials are set per
-  // upstream below. The client's key never leaves tollgate.
+  // The upstream's request head is written per attempt from the client's headers
+  // (append_upstream_head: hop-by-hop headers and the client's credentials out; Host,
+  // credential, x-request-id and Content-Length tollgate's). The parsed request is not modified.
   const bool client_x_api_key = req.count("x-api-key") > 0;
-  {
-    std::string connection_value(req[http::field::connection]);
-    std::vector<std::string> drop;
-    for (const auto& f : req) {
-      auto name = f.name_string();
-      if (is_hop_by_hop(name) || (!connection_value.empty() && connection_lists(connection_value, name)))
-        drop.emplace_back(name);
-    }
-    for (const auto& n : drop) req.erase(n);
-    req.erase(http::field::authorization);
-    req.erase("x-api-key");
-    req.set("x-request-id", rec.request_id);
-    if (c.strip) req.erase(http::field::accept_encoding);  // the stream must be readable to be edited
-    req.version(11);
-    req.keep_alive(true);
-    req.prepare_payload();
-  }
+  up_headers_.clear();
+  for (const auto& f : req) up_headers_.push_back({f.name_string(), f.value()});
 
   // tp views the client's target, which the first attempt replaces: keep copies for the others.
   const std::string client_path(tp.path), client_query(tp.query);
@@ -550,16 +563,19 @@ awaitable<bool> client_session::proxy(http::request<http::string_body>& req, con
     bool use_x_api_key = t.cfg.auth_header == upstream_auth::x_api_key ||
                          (t.cfg.auth_header == upstream_auth::automatic &&
                           (t.cfg.protocol == upstream_protocol::anthropic || (anthropic_api && client_x_api_key)));
-    req.erase(http::field::authorization);
-    req.erase("x-api-key");
-    if (use_x_api_key)
-      req.set("x-api-key", t.cfg.api_key);
-    else
-      req.set(http::field::authorization, "Bearer " + t.cfg.api_key);
-    if (t.cfg.protocol == upstream_protocol::anthropic && req.count("anthropic-version") == 0)
-      req.set("anthropic-version", "2023-06-01");
-    req.set(http::field::host, t.url.host_header);
-    req.target(upstream_target(t.url, client_path, client_query));
+    const std::string target = upstream_target(t.url, client_path, client_query);
+    upstream_head uh;
+    uh.method = req.method_string();
+    uh.target = target;
+    uh.host = t.url.host_header;
+    uh.credential_name = use_x_api_key ? "x-api-key" : "Authorization";
+    uh.credential_value = use_x_api_key ? std::string_view(t.cfg.api_key) : std::string_view(t.bearer);
+    uh.request_id = rec.request_id;
+    if (t.cfg.protocol == upstream_protocol::anthropic) uh.anthropic_version = "2023-06-01";
+    uh.drop_accept_encoding = c.strip;  // the stream must be readable to be edited
+    uh.body_size = req.body().size();
+    up_head_.clear();
+    append_upstream_head(up_headers_, uh, up_head_);
     rec.upstream = t.cfg.name;
     c.price_multiplier = t.cfg.price_multiplier;
     c.failover_status = 0;
@@ -766,7 +782,10 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   }
 
   tcp_up.expires_at(std::min(steady::now() + uc.first_byte_timeout, total_deadline));
-  co_await http::async_write(up, req, redirect_error(use_awaitable, ec));
+  {
+    const std::array<asio::const_buffer, 2> request_bytes{asio::buffer(up_head_), asio::buffer(req.body())};
+    co_await asio::async_write(up, request_bytes, redirect_error(use_awaitable, ec));
+  }
   std::optional<http::response_parser<http::buffer_body>> parser;
   auto fresh_parser = [&] {
     parser.emplace();
@@ -822,45 +841,63 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
                    beast::iequals(encoding, "deflate");
   bool edit_events = sse && c.strip && !compressed && ok2xx;
 
-  // Response head for the client.
+  // Response head for the client, serialized straight into head_ (no intermediate fields
+  // container: one allocation-free pass over the upstream's headers).
   // result_int(): a status Beast has no name for (Anthropic's 529, Cloudflare's 520) must pass
   // through as its number, not as "unknown".
-  http::response<http::empty_body> res;
-  res.version(c.client_version);
-  res.result(ures.result_int());
-  res.reason(ures.reason());
+  bool no_body = c.head_request || status == 204 || status == 304;
+  enum class framing { none, length, chunked, close } mode;
+  if (no_body)
+    mode = framing::none;
+  else if (!edit_events && p.content_length())
+    mode = framing::length;
+  else if (c.client_version == 11)
+    mode = framing::chunked;
+  else
+    mode = framing::close;
+  if (mode == framing::close) keep_client = false;
+  head_.clear();
   {
-    std::string connection_value(ures[http::field::connection]);
+    auto field = [this](std::string_view name, std::string_view value) {
+      head_.append(name).append(": ").append(value).append("\r\n");
+    };
+    char num[24];
+    head_.append(c.client_version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ");
+    head_.append(num, static_cast<std::size_t>(std::snprintf(num, sizeof num, "%d ", status)));
+    head_.append(ures.reason()).append("\r\n");
+    std::string_view connection_value = ures[http::field::connection];
     for (const auto& f : ures) {
       auto name = f.name_string();
       if (!is_safe_response_header(name) || f.name() == http::field::content_length ||
           (!connection_value.empty() && connection_lists(connection_value, name)))
         continue;
       if (beast::iequals(name, "x-request-id")) {
-        res.insert("x-upstream-request-id", f.value());
+        field("x-upstream-request-id", f.value());
         continue;
       }
-      res.insert(name, f.value());
+      // tollgate's own x-ratelimit-* / retry-after replace the upstream's of the same name.
+      bool replaced = false;
+      for (const auto& e : extra_headers_) replaced = replaced || beast::iequals(name, e.first);
+      if (!replaced) field(name, f.value());
     }
+    field("x-request-id", rec.request_id);
+    for (const auto& [name, value] : extra_headers_) field(name, value);
+    switch (mode) {
+      case framing::none:
+        if (auto cl = ures[http::field::content_length]; !cl.empty()) field("Content-Length", cl);
+        break;
+      case framing::length:
+        field("Content-Length",
+              std::string_view(num, static_cast<std::size_t>(std::snprintf(
+                                        num, sizeof num, "%llu", static_cast<unsigned long long>(*p.content_length())))));
+        break;
+      case framing::chunked: field("Transfer-Encoding", "chunked"); break;
+      case framing::close: break;
+    }
+    if (c.client_version == 11 && !keep_client) field("Connection", "close");
+    if (c.client_version == 10 && keep_client) field("Connection", "keep-alive");
+    head_.append("\r\n");
   }
-  res.set("x-request-id", rec.request_id);
-  for (const auto& [name, value] : extra_headers_) res.set(name, value);
-  bool no_body = c.head_request || status == 204 || status == 304;
-  enum class framing { none, length, chunked, close } mode;
-  if (no_body) {
-    mode = framing::none;
-    if (auto cl = ures[http::field::content_length]; !cl.empty()) res.set(http::field::content_length, cl);
-  } else if (!edit_events && p.content_length()) {
-    mode = framing::length;
-    res.content_length(*p.content_length());
-  } else if (c.client_version == 11) {
-    mode = framing::chunked;
-    res.chunked(true);
-  } else {
-    mode = framing::close;
-    keep_client = false;
-  }
-  res.keep_alive(keep_client);
   rec.status = status;
 
   // Metering state.
@@ -875,8 +912,6 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
 
   // The head goes out with the first body bytes when those are already here (one write, not
   // two); an upstream that has not started its body yet (a stream) gets its head sent at once.
-  head_.clear();
-  serialize_head(res, c.client_version, head_);
   bool head_pending = true;
   bool final_written = false;
   auto write_client = [&](std::string_view bytes, bool last) -> awaitable<bool> {
@@ -910,6 +945,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     co_return exchange_result::done;
   }
 
+  relay_lease relay_buf_(w_);
   while (!p.is_done()) {
     ures.body().data = relay_buf_.data();
     ures.body().size = relay_buf_.size();

@@ -41,6 +41,7 @@ struct upstream_node {
   upstream_config cfg;
   upstream_url url;
   std::size_t index;
+  std::string bearer = "Bearer " + cfg.api_key;  // the Authorization value, built once
   std::unique_ptr<asio::ssl::context> ssl_ctx;   // null for a plain-HTTP upstream
   circuit_breaker breaker;
   std::atomic<std::size_t> inflight{0};
@@ -110,6 +111,10 @@ struct worker {
   explicit worker(shared_state& st) : ioc(1), state(st) {
     for (auto& t : st.upstreams) pools.push_back(std::make_unique<upstream_pool>(ioc.get_executor(), st, *t));
   }
+  // Spare relay buffers (worker thread only). A call borrows one while it relays a response
+  // body, so an idle keep-alive connection holds none. Declared before ioc: coroutine frames
+  // destroyed with the io_context give their buffer back here.
+  std::vector<std::unique_ptr<char[]>> spare_relay;
   asio::io_context ioc;
   // Keeps run() going when there is momentarily nothing to do (e.g. during shutdown, between
   // closing the acceptor and cancelling the last calls).

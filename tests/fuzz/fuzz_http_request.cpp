@@ -4,8 +4,9 @@
 // reads it from a beast::test::stream, then the same checks as the proxy run: version, Host,
 // split_target, classify, Content-Type, inspect_request, the include_usage rewrite and the head
 // rewrite for the upstream (hop-by-hop headers out, the client's credentials out, Host and target
-// set). The lines of handle_one()/proxy() are replicated here (proxy/net is not a library the
-// fuzzer can link without an io_context, a ledger and a pool).
+// set). The checks of handle_one()/proxy() are replicated here (proxy/net is not a library the
+// fuzzer can link without an io_context, a ledger and a pool); the upstream head itself comes
+// from the same pure append_upstream_head() the proxy calls.
 //
 // Invariants: the outcome does not depend on how the bytes were split into reads; a routed path
 // starts with /v1 and has no dot segment, even percent-encoded; the upstream target stays under
@@ -16,7 +17,6 @@
 #include <boost/beast/http.hpp>
 
 #include <algorithm>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -88,30 +88,29 @@ void check_target(std::string_view target, const target_parts& tp, const route_d
   FUZZ_CHECK(up_path.find("//") == std::string_view::npos);
 }
 
-// The proxy's head rewrite for an OpenAI-protocol upstream (proxy() and its per-upstream loop).
-void rewrite_for_upstream(http::request<http::string_body>& req, const target_parts& tp) {
-  const std::string path(tp.path), query(tp.query);
-  std::string connection_value(req[http::field::connection]);
-  std::vector<std::string> drop;
-  for (const auto& f : req) {
-    auto name = f.name_string();
-    if (is_hop_by_hop(name) || (!connection_value.empty() && connection_lists(connection_value, name)))
-      drop.emplace_back(name);
-  }
-  for (const auto& n : drop) req.erase(n);
-  req.erase(http::field::authorization);
-  req.erase("x-api-key");
-  req.set("x-request-id", "tg-fuzz");
-  req.version(11);
-  req.keep_alive(true);
-  req.prepare_payload();
-  req.set(http::field::authorization, "Bearer " + std::string(upstream_key));
-  req.set(http::field::host, upstream().host_header);
-  req.target(upstream_target(upstream(), path, query));
+// The proxy's upstream request for an OpenAI-protocol upstream: append_upstream_head() over the
+// client's headers (as proxy() calls it), then the body.
+std::string upstream_bytes(const http::request<http::string_body>& req, const std::string& target) {
+  std::vector<header_view> headers;
+  for (const auto& f : req) headers.push_back({f.name_string(), f.value()});
+  static const std::string bearer = "Bearer " + std::string(upstream_key);
+  upstream_head h;
+  h.method = req.method_string();
+  h.target = target;
+  h.host = upstream().host_header;
+  h.credential_name = "Authorization";
+  h.credential_value = bearer;
+  h.request_id = "tg-fuzz";
+  h.body_size = req.body().size();
+  std::string wire;
+  append_upstream_head(headers, h, wire);
+  wire += req.body();
+  return wire;
 }
 
 // The upstream sees one well-formed request: what the proxy meant, and nothing else.
-void check_upstream_bytes(const std::string& wire, const http::request<http::string_body>& sent) {
+void check_upstream_bytes(const std::string& wire, const http::request<http::string_body>& sent,
+                          const std::string& target) {
   http::request_parser<http::string_body> p;
   p.eager(true);
   p.body_limit(boost::none);
@@ -122,12 +121,13 @@ void check_upstream_bytes(const std::string& wire, const http::request<http::str
   FUZZ_CHECK(used == wire.size());  // no second request smuggled behind the first
   const auto& r = p.get();
   FUZZ_CHECK(r.method_string() == sent.method_string());
-  FUZZ_CHECK(r.target() == sent.target());
+  FUZZ_CHECK(r.target() == target);
   FUZZ_CHECK(r.body() == sent.body());
   FUZZ_CHECK(r.count(http::field::host) == 1 && r[http::field::host] == upstream().host_header);
   FUZZ_CHECK(r.count(http::field::authorization) == 1 &&
              r[http::field::authorization] == "Bearer " + std::string(upstream_key));
   FUZZ_CHECK(r.count("x-api-key") == 0);
+  FUZZ_CHECK(r.count("x-request-id") == 1 && r["x-request-id"] == "tg-fuzz");
   for (const auto& f : r) FUZZ_CHECK(!is_hop_by_hop(f.name_string()));
   FUZZ_CHECK(!r.chunked());
   FUZZ_CHECK(r.payload_size() && *r.payload_size() == r.body().size());
@@ -199,13 +199,9 @@ bool handle_one(beast::test::stream& stream, beast::flat_buffer& buffer, std::si
     FUZZ_CHECK(again.problem == request_problem::none && again.include_usage && again.model == facts.model);
   }
 
-  // tp views the client's target, which the rewrite replaces.
-  const std::string path(tp->path), query(tp->query);
-  rewrite_for_upstream(req, target_parts{path, query});
-  std::ostringstream wire;
-  wire << req;
-  out.upstream_request = wire.str();
-  check_upstream_bytes(out.upstream_request, req);
+  const std::string target = upstream_target(upstream(), tp->path, tp->query);
+  out.upstream_request = upstream_bytes(req, target);
+  check_upstream_bytes(out.upstream_request, req, target);
   return out.keep;
 }
 

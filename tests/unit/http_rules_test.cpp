@@ -4,6 +4,9 @@
 #include <nlohmann/json.hpp>
 #include <zlib.h>
 
+#include <string>
+#include <vector>
+
 #include "core/error.hpp"
 #include "core/http_rules.hpp"
 #include "core/inflate.hpp"
@@ -102,6 +105,78 @@ TEST_CASE("http_rules: hop-by-hop headers", "[http_rules]") {
   CHECK(is_json_content_type("application/vnd.api+json"));
   CHECK_FALSE(is_json_content_type("text/plain"));
   CHECK_FALSE(is_json_content_type("multipart/form-data; boundary=x"));
+}
+
+TEST_CASE("http_rules: the upstream request head", "[http_rules][security]") {
+  const std::vector<header_view> client = {
+      {"Host", "127.0.0.1:8080"},
+      {"User-Agent", "OpenAI/Python 1.99.0"},
+      {"Authorization", "Bearer sk-client-secret"},
+      {"x-api-key", "sk-client-other"},
+      {"Connection", "keep-alive, X-Drop-Me"},
+      {"X-Drop-Me", "1"},
+      {"Keep-Alive", "timeout=5"},
+      {"Transfer-Encoding", "chunked"},
+      {"Content-Length", "999"},
+      {"Expect", "100-continue"},
+      {"Accept-Encoding", "gzip"},
+      {"x-request-id", "client-chosen"},
+      {"X-Stainless-Retry-Count", "0"},
+      {"Content-Type", "application/json"},
+  };
+  upstream_head h;
+  h.method = "POST";
+  h.target = "/openai/v1/chat/completions?x=1";
+  h.host = "api.example.com";
+  h.credential_name = "Authorization";
+  h.credential_value = "Bearer sk-upstream";
+  h.request_id = "tg-123";
+  h.body_size = 42;
+  std::string out = "leading";  // appends
+  append_upstream_head(client, h, out);
+  CHECK(out ==
+        "leadingPOST /openai/v1/chat/completions?x=1 HTTP/1.1\r\n"
+        "User-Agent: OpenAI/Python 1.99.0\r\n"
+        "Accept-Encoding: gzip\r\n"
+        "X-Stainless-Retry-Count: 0\r\n"
+        "Content-Type: application/json\r\n"
+        "Host: api.example.com\r\n"
+        "Authorization: Bearer sk-upstream\r\n"
+        "x-request-id: tg-123\r\n"
+        "Content-Length: 42\r\n"
+        "\r\n");
+  CHECK(out.find("sk-client") == std::string::npos);
+
+  SECTION("an Anthropic upstream: x-api-key, anthropic-version unless the client sent one, no gzip") {
+    h.credential_name = "x-api-key";
+    h.credential_value = "sk-ant-upstream";
+    h.anthropic_version = "2023-06-01";
+    h.drop_accept_encoding = true;
+    std::string a;
+    append_upstream_head(client, h, a);
+    CHECK(a.find("x-api-key: sk-ant-upstream\r\n") != std::string::npos);
+    CHECK(a.find("anthropic-version: 2023-06-01\r\n") != std::string::npos);
+    CHECK(a.find("Accept-Encoding") == std::string::npos);
+    CHECK(a.find("Authorization") == std::string::npos);
+    auto with_version = client;
+    with_version.push_back({"anthropic-version", "2024-01-01"});
+    std::string b;
+    append_upstream_head(with_version, h, b);
+    CHECK(b.find("anthropic-version: 2024-01-01\r\n") != std::string::npos);
+    CHECK(b.find("2023-06-01") == std::string::npos);
+  }
+  SECTION("Content-Length only for a body or a method that expects one") {
+    h.method = "GET";
+    h.body_size = 0;
+    std::string g;
+    append_upstream_head({}, h, g);
+    CHECK(g == "GET /openai/v1/chat/completions?x=1 HTTP/1.1\r\nHost: api.example.com\r\n"
+               "Authorization: Bearer sk-upstream\r\nx-request-id: tg-123\r\n\r\n");
+    h.method = "POST";
+    std::string p;
+    append_upstream_head({}, h, p);
+    CHECK(p.find("Content-Length: 0\r\n") != std::string::npos);
+  }
 }
 
 TEST_CASE("http_rules: upstream response headers are relayed from an allow-list", "[http_rules][security]") {
