@@ -84,7 +84,8 @@ errc classify_upstream_error(const beast::error_code& ec, errc timeout_kind, ste
 }
 
 // The first line of the buffered request is "method SP target SP HTTP/<digit>.<digit>".
-bool request_line_has_http_version(const beast::flat_buffer& b) {
+template <class Buffer>
+bool request_line_has_http_version(const Buffer& b) {
   std::string_view data(static_cast<const char*>(b.data().data()), b.size());
   auto eol = data.find("\r\n");
   std::string_view line = data.substr(0, eol == std::string_view::npos ? data.size() : eol);
@@ -95,29 +96,43 @@ bool request_line_has_http_version(const beast::flat_buffer& b) {
   return v.size() == 8 && v.starts_with("HTTP/") && digit(v[5]) && v[6] == '.' && digit(v[7]);
 }
 
-// A relay buffer borrowed from the worker for one exchange (at most max_spare_relay stay spare).
-constexpr std::size_t max_spare_relay = 256;
+// Allocator for the client read buffer: its usual block (8 KiB) comes from the worker's cache,
+// so releasing the buffer whenever the connection goes idle costs no malloc/free churn. Other
+// sizes (a request head or body past 8 KiB) go to operator new.
+struct read_block_allocator {
+  using value_type = char;
+  template <class U>
+  struct rebind {
+    static_assert(std::is_same_v<U, char>, "the read buffer allocates bytes only");
+    using other = read_block_allocator;
+  };
+  block_cache* cache;
+  explicit read_block_allocator(block_cache& c) noexcept : cache(&c) {}
+  char* allocate(std::size_t n) { return n == cache->block() ? cache->take() : static_cast<char*>(::operator new(n)); }
+  void deallocate(char* p, std::size_t n) noexcept {
+    if (n == cache->block())
+      cache->give(p);
+    else
+      ::operator delete(p);
+  }
+  bool operator==(const read_block_allocator& o) const noexcept { return cache == o.cache; }
+};
+using read_buffer = beast::basic_flat_buffer<read_block_allocator>;
+constexpr std::size_t read_block_bytes = 8192;
+
+// A relay buffer borrowed from the worker for one exchange.
 class relay_lease {
  public:
-  explicit relay_lease(worker& w) : w_(w) {
-    if (!w.spare_relay.empty()) {
-      buf_ = std::move(w.spare_relay.back());
-      w.spare_relay.pop_back();
-    } else {
-      buf_ = std::make_unique_for_overwrite<char[]>(relay_buffer_bytes);
-    }
-  }
+  explicit relay_lease(block_cache& c) : cache_(c), buf_(c.take()) {}
   relay_lease(const relay_lease&) = delete;
   relay_lease& operator=(const relay_lease&) = delete;
-  ~relay_lease() {
-    if (w_.spare_relay.size() < max_spare_relay) w_.spare_relay.push_back(std::move(buf_));
-  }
-  char* data() const noexcept { return buf_.get(); }
-  static constexpr std::size_t size() noexcept { return relay_buffer_bytes; }
+  ~relay_lease() { cache_.give(buf_); }
+  char* data() const noexcept { return buf_; }
+  std::size_t size() const noexcept { return cache_.block(); }
 
  private:
-  worker& w_;
-  std::unique_ptr<char[]> buf_;
+  block_cache& cache_;
+  char* buf_;
 };
 
 // Shared between a session and the callback that watches its socket for a client abort.
@@ -132,7 +147,7 @@ struct abort_watch {
 class client_session : public std::enable_shared_from_this<client_session> {
  public:
   client_session(worker& w, tcp::socket s)
-      : w_(w), st_(w.state), cfg_(w.state.cfg), stream_(std::move(s)) {}
+      : w_(w), st_(w.state), cfg_(w.state.cfg), stream_(std::move(s)), buffer_(read_block_allocator(w.read_blocks)) {}
 
   awaitable<void> run();
   void close_if_idle() {
@@ -195,7 +210,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   shared_state& st_;
   const config& cfg_;
   beast::tcp_stream stream_;
-  beast::flat_buffer buffer_;  // request bytes; released while the connection is idle
+  read_buffer buffer_;  // request bytes; released while the connection is idle
   char first_byte_ = 0;        // the idle read's one-byte buffer
   std::string out_;      // bytes to send to the client for one relay step
   std::string head_;     // serialized response head
@@ -239,7 +254,7 @@ awaitable<void> client_session::run() {
       stream_.expires_after(first ? cfg_.header_timeout : cfg_.keepalive_timeout);
       co_await stream_.async_read_some(asio::buffer(&first_byte_, 1), redirect_error(use_awaitable, ec));
       if (ec) break;
-      auto b = buffer_.prepare(8192);
+      auto b = buffer_.prepare(read_block_bytes);
       *static_cast<char*>(b.data()) = first_byte_;
       buffer_.commit(1);
     }
@@ -945,7 +960,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     co_return exchange_result::done;
   }
 
-  relay_lease relay_buf_(w_);
+  relay_lease relay_buf_(w_.relay_blocks);
   while (!p.is_done()) {
     ures.body().data = relay_buf_.data();
     ures.body().size = relay_buf_.size();

@@ -107,14 +107,44 @@ class upstream_pool {
 
 class client_session;
 
+// A free list of equal-sized blocks (one worker's thread only; at most max_spare kept).
+class block_cache {
+ public:
+  block_cache(std::size_t block, std::size_t max_spare) : block_(block), max_(max_spare) { spare_.reserve(max_spare); }
+  block_cache(const block_cache&) = delete;
+  block_cache& operator=(const block_cache&) = delete;
+  ~block_cache() {
+    for (char* p : spare_) ::operator delete(p);
+  }
+  std::size_t block() const noexcept { return block_; }
+  char* take() {
+    if (spare_.empty()) return static_cast<char*>(::operator new(block_));
+    char* p = spare_.back();
+    spare_.pop_back();
+    return p;
+  }
+  void give(char* p) noexcept {
+    if (spare_.size() < max_)
+      spare_.push_back(p);  // never reallocates: reserved up to max_
+    else
+      ::operator delete(p);
+  }
+
+ private:
+  std::size_t block_, max_;
+  std::vector<char*> spare_;
+};
+
 struct worker {
   explicit worker(shared_state& st) : ioc(1), state(st) {
     for (auto& t : st.upstreams) pools.push_back(std::make_unique<upstream_pool>(ioc.get_executor(), st, *t));
   }
-  // Spare relay buffers (worker thread only). A call borrows one while it relays a response
-  // body, so an idle keep-alive connection holds none. Declared before ioc: coroutine frames
-  // destroyed with the io_context give their buffer back here.
-  std::vector<std::unique_ptr<char[]>> spare_relay;
+  // Buffers lent to sessions: a call borrows a relay buffer while it relays a response body, and
+  // a connection's read buffer is given back whenever it goes idle, so an idle keep-alive
+  // connection holds neither. Declared before ioc: coroutine frames destroyed with the
+  // io_context give their buffers back here.
+  block_cache relay_blocks{16 * 1024, 256};
+  block_cache read_blocks{8 * 1024, 256};
   asio::io_context ioc;
   // Keeps run() going when there is momentarily nothing to do (e.g. during shutdown, between
   // closing the acceptor and cancelling the last calls).
