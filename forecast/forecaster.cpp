@@ -5,7 +5,9 @@
 #include "forecast/forecaster.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <limits>
 
 #include "forecast/models.hpp"
 #include "forecast/quantile.hpp"
@@ -22,7 +24,9 @@ constexpr double pool_days = 7.0;           // conformal pool length
 constexpr double track_days = 7.0;          // memory of the members' error averages...
 constexpr double short_hours = 6.0;         // ...and of their recent errors (level shifts)
 constexpr double weight_power = 4.0;        // weight = mae^-4: close to picking the best, not quite
-constexpr double mae_floor = 1e-3;
+constexpr double mae_floor_log = 1e-3;      // member scores below these floors tie (log scale...
+constexpr double mae_floor_count = 1e-9;    // ...count scale: tiny, so dollar-per-bin series work)
+constexpr std::size_t max_members = 32;     // combine() scores members on the stack (18 today)
 constexpr double vol_days = 3.0;            // volatility used to normalise errors
 constexpr double vol_long_days = 14.0;      // ...floored at 0.3 x its long-run value
 constexpr double aci_rate = 0.1;            // adaptive tail scale: log step per miss, / sqrt(step)
@@ -80,11 +84,16 @@ struct sorted_fifo {
 
 struct forecaster::impl {
   // Recent out-of-sample accuracy of one member at one representative step.
+  // Errors are absolute errors on the count scale (what the point forecast is judged by).
   struct track {
     std::vector<double> pending;  // predictions awaiting their target, ring of size `step`
-    double mae = 0.0;             // exponentially weighted mean |log error|
+    double mae = 0.0;             // exponentially weighted mean |error| (count scale)
     double mae_short = 0.0;       // the same over the last few hours (reacts to level shifts)
     std::size_t n = 0;
+  };
+  // The same at the next bin but on the log scale, for the spike detector's reference.
+  struct log_track {
+    double mae = 0.0, mae_short = 0.0;
   };
   // The ensemble's own recent errors at one representative step (divided by the volatility
   // at their origin), and the adaptive scale of each tail (adaptive conformal inference).
@@ -103,6 +112,7 @@ struct forecaster::impl {
   std::size_t members = 0;
   std::vector<std::size_t> reps;
   std::vector<std::vector<track>> tracks;  // [member][rep]
+  std::vector<log_track> onestep_log;      // [member], step 1 only
   std::vector<pool> pools;                 // [rep]
   std::size_t track_window = 0;
   std::size_t short_window = 3;
@@ -113,8 +123,11 @@ struct forecaster::impl {
   double diff_mae = 0.0;  // mean |one-bin log change|, for the cold-start prior
   std::size_t diff_n = 0;
   double last_observed_z = std::nan("");
-  // The one-step forecast made at the last origin (log scale), for gap filling and spikes.
+  // The one-step forecasts made at the last origin (log scale): next_f is combined by log
+  // accuracy (the spike detector's reference, gap filling, cleaning), next_point by count
+  // accuracy (the point forecast, the centre of the band).
   double next_f = std::nan("");
+  double next_point = std::nan("");
   std::array<double, 5> next_q{};
   bool next_warm = false;
   // Spike detector: raw one-step log errors (not volatility-normalised, so a bursty day does
@@ -157,6 +170,7 @@ struct forecaster::impl {
 
     reps = representative_steps(cfg.max_horizon);
     tracks.assign(members, {});
+    onestep_log.assign(members, {});
     for (auto& per_member : tracks) {
       per_member.resize(reps.size());
       for (std::size_t r = 0; r < reps.size(); ++r) per_member[r].pending.assign(reps[r], std::nan(""));
@@ -182,7 +196,7 @@ struct forecaster::impl {
     diff_mae = 0.0;
     diff_n = 0;
     last_observed_z = std::nan("");
-    next_f = std::nan("");
+    next_f = next_point = std::nan("");
     next_warm = false;
     anomaly = {};
     started = false;
@@ -205,21 +219,39 @@ struct forecaster::impl {
 
   // Combined log forecast at step k: members weighted by mae^-weight_power of their recent
   // errors at the steps around k, where mae is the geometric mean of a week's and the last
-  // hours' mean |error| (a member that was best all week but is wrong since a level shift
-  // loses its weight within hours). Before any member has a track record, the naive.
-  double combine(std::size_t k, const std::vector<double>& f) const {
+  // hours' mean absolute error on the count scale (a member that was best all week but is
+  // wrong since a level shift loses its weight within hours). Before any member has a track
+  // record, the naive. `log_scale` (step 1 only): weights from log errors instead.
+  double combine(std::size_t k, const std::vector<double>& f, bool log_scale = false) const {
     std::size_t lo = 0, hi = 0;
     double frac = 0.0;
     bracket(k, lo, hi, frac);
-    double num = 0.0, den = 0.0;
-    for (std::size_t j = 0; j < members; ++j) {
+    log_scale = log_scale && hi == 0;
+    // Weights relative to the best member's score, so they neither overflow nor underflow
+    // whatever the count scale (tokens, dollars).
+    std::array<double, max_members> score_buf;
+    const std::size_t nm = std::min(members, max_members);
+    double best = std::numeric_limits<double>::infinity();
+    for (std::size_t j = 0; j < nm; ++j) {
       const track& a = tracks[j][lo];
       const track& b = tracks[j][hi];
-      if (a.n < min_track || b.n < min_track || !std::isfinite(f[j])) continue;
-      const double mae_long = a.mae + (b.mae - a.mae) * frac;
-      const double mae_recent = a.mae_short + (b.mae_short - a.mae_short) * frac;
-      const double mae = std::max(std::sqrt(mae_long * mae_recent), mae_floor);
-      const double w = std::pow(mae, -weight_power);
+      double s = -1.0;
+      if (a.n >= min_track && b.n >= min_track && std::isfinite(f[j])) {
+        if (log_scale) {
+          s = std::max(std::sqrt(onestep_log[j].mae * onestep_log[j].mae_short), mae_floor_log);
+        } else {
+          const double mae_long = a.mae + (b.mae - a.mae) * frac;
+          const double mae_recent = a.mae_short + (b.mae_short - a.mae_short) * frac;
+          s = std::max(std::sqrt(mae_long * mae_recent), mae_floor_count);
+        }
+        best = std::min(best, s);
+      }
+      score_buf[j] = s;
+    }
+    double num = 0.0, den = 0.0;
+    for (std::size_t j = 0; j < nm; ++j) {
+      if (score_buf[j] <= 0.0) continue;
+      const double w = std::pow(best / score_buf[j], weight_power);
       num += w * f[j];
       den += w;
     }
@@ -281,10 +313,10 @@ struct forecaster::impl {
     const double center = next_f + det_center;
     const double e = z - next_f;
     anomaly.expected = std::expm1(center);
-    anomaly.upper = std::expm1(std::max({center + det_threshold * det_scale, next_f + next_q[q95],
+    anomaly.upper = std::expm1(std::max({center + det_threshold * det_scale, next_point + next_q[q95],
                                          next_f + det_tail_hi}));
     anomaly.score = (z - center) / det_scale;
-    const bool outside = e > next_q[q95] || e < next_q[q05];
+    const bool outside = z - next_point > next_q[q95] || z - next_point < next_q[q05];
     const bool rare = e >= det_tail_hi || e <= det_tail_lo;
     anomaly.flag = outside && rare && std::fabs(anomaly.score) >= det_threshold;
   }
@@ -292,7 +324,8 @@ struct forecaster::impl {
   void update(double value) noexcept {
     const std::size_t t = hist.size();  // index of the new bin
     const bool obs = std::isfinite(value);
-    const double z = obs ? std::log1p(std::max(value, 0.0)) : std::nan("");
+    const double y = obs ? std::max(value, 0.0) : std::nan("");
+    const double z = obs ? std::log1p(y) : std::nan("");
     spike_scored = false;
     if (obs) score_spike(z);
     else anomaly = {};
@@ -307,15 +340,22 @@ struct forecaster::impl {
           const double f = tr.pending[slot];
           if (!std::isfinite(f)) continue;
           const double g = 1.0 / static_cast<double>(std::min(tr.n + 1, track_window));
-          tr.mae += g * (std::fabs(z - f) - tr.mae);
-          tr.mae_short += (std::fabs(z - f) - tr.mae_short) / static_cast<double>(std::min(tr.n + 1, short_window));
+          const double gs = 1.0 / static_cast<double>(std::min(tr.n + 1, short_window));
+          const double err = std::fabs(y - std::max(0.0, std::expm1(f)));
+          tr.mae += g * (err - tr.mae);
+          tr.mae_short += gs * (err - tr.mae_short);
+          if (r == 0) {
+            log_track& lt = onestep_log[j];
+            lt.mae += g * (std::fabs(z - f) - lt.mae);
+            lt.mae_short += gs * (std::fabs(z - f) - lt.mae_short);
+          }
           ++tr.n;
         }
         const double f = pools[r].pending[slot];
         if (!std::isfinite(f)) continue;
         score_pool(r, z - f, pools[r].pending_vol[slot]);
         if (r == 0) {
-          detector.push(z - f);
+          if (std::isfinite(next_f)) detector.push(z - next_f);
           const double err = std::fabs(z - f);
           vol += (err - vol) / static_cast<double>(std::min(vol_n + 1, days_to_bins(vol_days, cal.m, 1u << 20)));
           vol_long += (err - vol_long) / static_cast<double>(std::min(vol_n + 1, days_to_bins(vol_long_days, cal.m, 1u << 20)));
@@ -351,7 +391,8 @@ struct forecaster::impl {
       pools[r].pending[t % k] = fc;
       pools[r].pending_vol[t % k] = vf;
       if (r == 0) {
-        next_f = fc;
+        next_point = fc;
+        next_f = combine(k, scratch, true);
         next_warm = true;
         next_q = rep_quantiles(0, next_warm);
       }
@@ -461,6 +502,7 @@ std::size_t forecaster::memory_bytes() const noexcept {
   auto fifo_bytes = [](const sorted_fifo& f) { return f.memory_bytes(); };
   for (const auto& p : d.pools)
     b += sizeof(p) + (p.pending.capacity() + p.pending_vol.capacity()) * sizeof(double) + fifo_bytes(p.errors);
+  b += d.onestep_log.capacity() * sizeof(impl::log_track);
   b += fifo_bytes(d.detector) + (d.reps.capacity() + d.member_offset.capacity()) * sizeof(std::size_t) +
        d.scratch.capacity() * sizeof(double);
   return b;
