@@ -135,19 +135,15 @@ class relay_lease {
   char* buf_;
 };
 
-// Shared between a session and the callback that watches its socket for a client abort.
-struct abort_watch {
-  bool active = true;
-  bool gone = false;
-  upstream_conn* conn = nullptr;
-};
-
 }  // namespace
 
 class client_session : public std::enable_shared_from_this<client_session> {
  public:
   client_session(worker& w, tcp::socket s)
       : w_(w), st_(w.state), cfg_(w.state.cfg), stream_(std::move(s)), buffer_(read_block_allocator(w.read_blocks)) {}
+  client_session(const client_session&) = delete;
+  client_session& operator=(const client_session&) = delete;
+  ~client_session() { stop_watch(); }  // a call's frame destroyed mid-call (shutdown)
 
   awaitable<void> run();
   void close_if_idle() {
@@ -155,7 +151,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   }
   void abort() {
     aborting_ = true;
-    if (watch_ && watch_->conn) watch_->conn->close();
+    if (watch_conn_) watch_conn_->close();
     close_socket();
   }
 
@@ -197,14 +193,14 @@ class client_session : public std::enable_shared_from_this<client_session> {
   awaitable<void> linger_close();
   void finish_call(call& c);
   void start_watch();
-  void arm_watch(std::shared_ptr<abort_watch> w);
   void stop_watch();
+  static void arm_sweep(worker& w);
   void close_socket() {
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.socket().close(ec);
   }
-  bool client_gone() const { return watch_ && watch_->gone; }
+  bool client_gone() const { return watch_index_ != not_watched && gone_; }
 
   worker& w_;
   shared_state& st_;
@@ -217,7 +213,12 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::string parse_;    // (decoded) copy of a non-stream body, for usage
   std::string up_head_;  // the request head sent upstream (one attempt)
   std::vector<header_view> up_headers_;  // the client's headers (views into the parsed request)
-  std::shared_ptr<abort_watch> watch_;
+  // Client abort detection (start_watch): this session's place in w_.watched, whether the
+  // sweep found the client gone, and the upstream connection to cancel when it does.
+  static constexpr std::size_t not_watched = static_cast<std::size_t>(-1);
+  std::size_t watch_index_ = not_watched;
+  bool gone_ = false;
+  upstream_conn* watch_conn_ = nullptr;
   // Headers tollgate adds to this call's response, relayed or local (x-ratelimit-*, Retry-After).
   std::vector<std::pair<std::string, std::string>> extra_headers_;
   bool idle_ = true;
@@ -687,12 +688,12 @@ awaitable<client_session::exchange_result> client_session::attempt(upstream_pool
       conn->close();
       co_return exchange_result::done;
     }
-    watch_->conn = conn.get();
+    watch_conn_ = conn.get();
     bool keep_upstream = false;
     exchange_result r =
         conn->tls ? co_await exchange(*conn->tls, *conn, uc, reused, req, c, keep_client, keep_upstream, may_fail_over)
                   : co_await exchange(*conn->plain, *conn, uc, reused, req, c, keep_client, keep_upstream, may_fail_over);
-    watch_->conn = nullptr;
+    watch_conn_ = nullptr;
     if (keep_upstream) {
       ++conn->uses;
       pool.give_back(std::move(conn));
@@ -1072,36 +1073,47 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Client abort detection: a readable socket whose peek returns 0 bytes means the client closed.
+// Client abort detection. A session with a call in flight is on its worker's watch list; every
+// 200 ms the worker peeks at each watched client socket (recv MSG_PEEK|MSG_DONTWAIT): 0 bytes (a
+// FIN) or an error means the client is gone, and its upstream call is cancelled (nginx's 499).
+// One sweep for all calls instead of an async wait per call, which cost an epoll_ctl, an
+// allocation and a cancellation on every call; a call shorter than the sweep period costs two
+// vector operations.
 
 void client_session::start_watch() {
-  watch_ = std::make_shared<abort_watch>();
-  arm_watch(watch_);
-}
-
-void client_session::arm_watch(std::shared_ptr<abort_watch> w) {
-  stream_.socket().async_wait(tcp::socket::wait_read, [this, self = shared_from_this(), w](beast::error_code ec) {
-    if (!w->active) return;
-    if (!ec) {
-      char ch;
-      ssize_t n = ::recv(stream_.socket().native_handle(), &ch, 1, MSG_PEEK | MSG_DONTWAIT);
-      if (n > 0) return;  // a pipelined request: stop watching, it will be read later
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-        arm_watch(w);
-        return;
-      }
-    }
-    w->gone = true;
-    if (w->conn) w->conn->tcp().cancel();  // cancel the upstream call: nobody reads its answer
-  });
+  gone_ = false;
+  watch_index_ = w_.watched.size();
+  w_.watched.push_back(this);
+  if (!w_.sweep_armed) arm_sweep(w_);
 }
 
 void client_session::stop_watch() {
-  if (!watch_) return;
-  watch_->active = false;
-  watch_.reset();
-  beast::error_code ec;
-  stream_.socket().cancel(ec);
+  if (watch_index_ == not_watched) return;
+  auto& v = w_.watched;
+  v[watch_index_] = v.back();
+  v[watch_index_]->watch_index_ = watch_index_;
+  v.pop_back();
+  watch_index_ = not_watched;
+  watch_conn_ = nullptr;
+}
+
+void client_session::arm_sweep(worker& w) {
+  w.sweep_armed = true;
+  w.sweep_timer.expires_after(200ms);
+  w.sweep_timer.async_wait([&w](const beast::error_code& ec) {
+    w.sweep_armed = false;
+    if (ec) return;
+    // Cancelling an upstream call only queues its completion: the list does not change here.
+    for (client_session* s : w.watched) {
+      if (s->gone_) continue;
+      char ch;
+      const ssize_t n = ::recv(s->stream_.socket().native_handle(), &ch, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) continue;
+      s->gone_ = true;
+      if (s->watch_conn_) s->watch_conn_->tcp().cancel();
+    }
+    if (!w.watched.empty()) arm_sweep(w);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

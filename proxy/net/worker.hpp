@@ -6,6 +6,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
@@ -145,10 +146,15 @@ struct worker {
   // io_context give their buffers back here.
   block_cache relay_blocks{16 * 1024, 256};
   block_cache read_blocks{8 * 1024, 256};
+  // Sessions with a call in flight, swept for client aborts (client_session.cpp). Before ioc
+  // too: a session destroyed with the io_context takes itself off.
+  std::vector<client_session*> watched;
   asio::io_context ioc;
   // Keeps run() going when there is momentarily nothing to do (e.g. during shutdown, between
   // closing the acceptor and cancelling the last calls).
   asio::executor_work_guard<asio::io_context::executor_type> keep_running{ioc.get_executor()};
+  asio::steady_timer sweep_timer{ioc};
+  bool sweep_armed = false;
   std::optional<tcp::acceptor> acceptor;
   std::vector<std::unique_ptr<upstream_pool>> pools;  // one per upstream, same order
   shared_state& state;
