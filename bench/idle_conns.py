@@ -5,9 +5,12 @@ does), holds them all open, and prints the proxy's RSS before and after (summed 
 given, e.g. nginx's worker).
 
 usage: idle_conns.py HOST:PORT PATH N PID [PID...]
-prints one line: "<N ok> <rss_before_kib> <rss_after_kib> <kib_per_conn>"
+prints one line: "<N ok> <rss_before_kib> <rss_after_kib> <kib_per_conn> <still_open> <fds>"
+where still_open counts the connections the proxy had not closed when RSS was read, and fds the
+open file descriptors of the pids at that moment.
 """
 import asyncio
+import os
 import resource
 import sys
 
@@ -23,6 +26,10 @@ def rss_kib(pids):
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
     return total
+
+
+def fd_count(pids):
+    return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
 
 
 async def one(host, port, path, held, sem):
@@ -42,7 +49,7 @@ async def one(host, port, path, held, sem):
                 await reader.readexactly(length)
             if not head.startswith(b"HTTP/1.1 200"):
                 return False
-            held.append(writer)
+            held.append((reader, writer))
             return True
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             return False
@@ -60,10 +67,12 @@ async def main():
     results = await asyncio.gather(*(one(host, int(port), path, held, sem) for _ in range(n)))
     await asyncio.sleep(1.0)  # let the proxy settle (idle state reached, buffers released)
     after = rss_kib(pids)
+    fds = fd_count(pids)
+    still_open = sum(1 for r, w in held if not r.at_eof() and not w.is_closing())
     ok = sum(results)
     per = (after - before) / ok if ok else 0.0
-    print(f"{ok} {before} {after} {per:.2f}")
-    for w in held:
+    print(f"{ok} {before} {after} {per:.2f} {still_open} {fds}")
+    for _, w in held:
         w.close()
 
 

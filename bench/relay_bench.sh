@@ -1,27 +1,55 @@
 #!/usr/bin/env bash
-# Relay benchmark: wrk against a fast local upstream (nginx returning canned chat JSON / SSE)
-#   direct, through nginx as a reverse proxy (upstream keepalive), and through tollgate (ledger +
-#   metrics on), at 16 and 64 connections. wrk and the upstream are pinned to core 0, the proxy
-#   under test to core 1. Prints a markdown table: RPS, p50, p99, added p50/p99 vs direct, proxy
-#   CPU per request, errors; then ledger rows vs requests completed for tollgate.
+# Relay benchmark (issue 5), one command, markdown tables on stdout:
+#  1. Throughput: wrk (Lua scripts posting a ~1 KB chat body) against a fast local upstream (nginx
+#     returning canned completion JSON / SSE with usage) directly, through nginx as a reverse proxy
+#     (upstream keepalive) and through tollgate (ledger + metrics + forecaster on, 1 worker), at 16
+#     and 64 connections, plus SSE at 16: RPS, p50/p99/p99.9, added latency vs direct, proxy CPU
+#     per request, errors. Then tollgate is stopped (SIGTERM drains) and its ledger rows are
+#     checked against the requests wrk completed through it.
+#  2. Streaming pass-through: bench/slow_sse.py as upstream (20 chunks 50 ms apart, then usage and
+#     [DONE]), CONNS x CALLS streaming calls direct / nginx / a second tollgate pointed at it:
+#     request -> first chunk, upstream write -> client receipt per chunk, gaps between chunks, total.
+#  3. Memory: RSS of a fresh nginx proxy worker and a fresh tollgate before and with 10k idle
+#     keep-alive client connections (bench/idle_conns.py; every connection served one call first).
+#     tollgate's keepalive_timeout is 120 s and nginx's 75 s, well above the ~10-20 s the
+#     connections are held.
+# wrk, the upstreams and the Python clients are pinned to core 0, the proxy under test to core 1.
+#
 # usage: bash bench/relay_bench.sh [duration_seconds]   (needs a build in ./build)
+# env:   BENCH_PORT_BASE (18100: ports BASE+1..BASE+7), SLOW_CONNS (16), SLOW_CALLS (10),
+#        IDLE_CONNS (10000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${1:-10}"
+BASE="${BENCH_PORT_BASE:-18100}"
+SLOW_CONNS="${SLOW_CONNS:-16}"; SLOW_CALLS="${SLOW_CALLS:-10}"; IDLE_CONNS="${IDLE_CONNS:-10000}"
+UP=$((BASE + 1)); NGX=$((BASE + 2)); TG=$((BASE + 3)); TGA=$((BASE + 4))
+SLOW=$((BASE + 5)); TG2=$((BASE + 6)); TGA2=$((BASE + 7))
+NOFILE=20000   # open-file limit for the proxies and upstreams (10k idle client connections + upstreams)
+
 bash .ci/deps.sh bench >/dev/null
-[ -x build/tollgate ] || bash .ci/build.sh >/dev/null
+if [ ! -x build/tollgate ]; then   # being relinked right now? give it a moment before building
+  if [ -f build/CMakeCache.txt ]; then for _ in $(seq 300); do [ -x build/tollgate ] && break; sleep 0.2; done; fi
+  [ -x build/tollgate ] || bash .ci/build.sh >/dev/null
+fi
 work="$(mktemp -d)"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
+cp build/tollgate "$work/tollgate"   # every tollgate instance of this run is the same binary
 
-UP=18101; NGX=18102; TG=18103; TGA=18104
 chat='{"id":"chatcmpl-bench","object":"chat.completion","created":1764460800,"model":"gpt-4.1-2025-04-14","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! This is a canned benchmark reply."},"finish_reason":"stop"}],"usage":{"prompt_tokens":231,"completion_tokens":9,"total_tokens":240,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
 sse='data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4.1","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"finish_reason":null}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","model":"gpt-4.1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":231,"completion_tokens":2,"total_tokens":233}}\n\ndata: [DONE]\n\n'
 
 cat > "$work/upstream.conf" <<NGX
 worker_processes 1; daemon off; error_log $work/up.err warn; pid $work/up.pid;
-events { worker_connections 20000; }
+worker_rlimit_nofile $NOFILE;
+events { worker_connections $NOFILE; }
 http { access_log off; client_body_buffer_size 64k;
   server { listen 127.0.0.1:$UP backlog=4096; keepalive_requests 1000000;
     location = /v1/chat/completions {
@@ -33,68 +61,189 @@ http { access_log off; client_body_buffer_size 64k;
 NGX
 cat > "$work/proxy.conf" <<NGX
 worker_processes 1; daemon off; error_log $work/px.err warn; pid $work/px.pid;
-events { worker_connections 20000; }
+worker_rlimit_nofile $NOFILE;
+events { worker_connections $NOFILE; }
 http { access_log off;
   upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 1000000; }
+  upstream slow { server 127.0.0.1:$SLOW; keepalive 128; }
   server { listen 127.0.0.1:$NGX backlog=4096; keepalive_requests 1000000;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; } }
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+    location /slow/ { proxy_pass http://slow/; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
 }
 NGX
-taskset -c 0 nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
-taskset -c 1 nginx -c "$work/proxy.conf" -p "$work" & pids+=($!)
-TOLLGATE_LISTEN=127.0.0.1:$TG TOLLGATE_ADMIN_LISTEN=127.0.0.1:$TGA TOLLGATE_UPSTREAM_URL=http://127.0.0.1:$UP/v1 \
-TOLLGATE_UPSTREAM_API_KEY=bench TOLLGATE_LEDGER_PATH="$work/ledger.db" TOLLGATE_LOG_LEVEL=warn TOLLGATE_WORKERS=1 \
-  taskset -c 1 ./build/tollgate --config config/tollgate.yaml 2>"$work/tollgate.err" & tg_pid=$!; pids+=($tg_pid)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TG/healthz" >/dev/null && curl -sf "http://127.0.0.1:$NGX/v1/stream" >/dev/null && break; sleep 0.1; done
 
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-ngx_worker() { pgrep -P "$(cat "$work/px.pid")" | head -1; }
-hz=$(getconf CLK_TCK)
-
-run() {  # name url conns pid script
-  local name=$1 url=$2 conns=$3 pid=$4 script=$5 t0 t1 out
-  [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
-  out=$(taskset -c 0 wrk -t1 -c"$conns" -d"${DUR}s" --latency -s "bench/$script" "$url" 2>&1)
-  [ -n "$pid" ] && t1=$(cpu_ticks "$pid")
-  local rps p50 p99 reqs errs
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  errs=$(awk '/Non-2xx|Socket errors/ {s=s $0 "; "} END {print s}' <<<"$out")
-  local cpu="–"
-  [ -n "$pid" ] && cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.1f µs", (b-a)/hz/n*1e6}')
-  echo "$name|$conns|$rps|$p50|$p99|$cpu|${errs:-0}|$reqs"
+launch() {  # core command...: runs in the background with the raised fd limit; last_pid = its pid
+  ( ulimit -n "$NOFILE" 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec taskset -c "$1" "${@:2}" ) &
+  last_pid=$!; pids+=("$last_pid")
 }
-to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v} else {sub(/s/,"",v); print v*1000} }'; }
+start_tollgate() {  # port admin_port upstream_url ledger_path stderr_file
+  launch 1 env TOLLGATE_LISTEN="127.0.0.1:$1" TOLLGATE_ADMIN_LISTEN="127.0.0.1:$2" TOLLGATE_UPSTREAM_URL="$3" \
+    TOLLGATE_UPSTREAM_API_KEY=bench TOLLGATE_LEDGER_PATH="$4" TOLLGATE_LOG_LEVEL=warn TOLLGATE_WORKERS=1 \
+    "$work/tollgate" --config config/tollgate.yaml 2>"$5"
+}
+start_proxy_nginx() { launch 1 nginx -c "$work/proxy.conf" -p "$work" 2>>"$work/px.err"; ngx_pid=$last_pid; }
+stop() {  # pid: SIGTERM and wait for it (tollgate drains its in-flight calls and the ledger queue)
+  kill -TERM "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  local keep=() p; for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}")
+}
+wait_up() {  # what url [curl options]: any HTTP answer counts
+  local what=$1 url=$2
+  for _ in $(seq 100); do curl -s -o /dev/null "${@:3}" "$url" && return 0; sleep 0.1; done
+  echo "relay_bench: $what did not come up at $url" >&2
+  tail -n 20 "$work"/*.err >&2 || true
+  exit 1
+}
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+ngx_worker() { pgrep -P "$ngx_pid" | head -1; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+hz=$(getconf CLK_TCK)
+ms() { awk -v v="$1" 'BEGIN {printf "%.3f", v/1000}'; }                  # µs -> ms
+added() { awk -v x="$1" -v y="$2" 'BEGIN {printf "%+.3f", (x-y)/1000}'; }  # µs, µs -> ms
 
-echo "| peer | conns | requests/s | p50 | p99 | added p50 | added p99 | proxy CPU/request | errors |"
-echo "|---|---|---|---|---|---|---|---|---|"
-total_tg=0
+launch 0 nginx -c "$work/upstream.conf" -p "$work"
+start_proxy_nginx
+start_tollgate "$TG" "$TGA" "http://127.0.0.1:$UP/v1" "$work/ledger.db" "$work/tollgate.err"; tg_pid=$last_pid
+wait_up "upstream nginx" "http://127.0.0.1:$UP/v1/stream"
+wait_up "nginx proxy" "http://127.0.0.1:$NGX/v1/stream"
+wait_up tollgate "http://127.0.0.1:$TG/healthz"
+
+# ------------------------------------------------------------------------------ 1. throughput
+run() {  # name url conns pid script -> name|conns|rps|p50|p99|p999|cpu|errors|requests (µs)
+  local name=$1 url=$2 conns=$3 pid=$4 script=$5 t0=0 t1=0 out
+  if [ -n "$pid" ]; then t0=$(cpu_ticks "$pid"); fi
+  out=$(taskset -c 0 wrk -t1 -c"$conns" -d"${DUR}s" --latency -s "bench/$script" "$url" 2>&1)
+  if [ -n "$pid" ]; then t1=$(cpu_ticks "$pid"); fi
+  local rps p50 p99 p999 reqs errs cpu="–"
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="P50" {print $2}' <<<"$out"); p99=$(awk '$1=="P99" {print $2}' <<<"$out")
+  p999=$(awk '$1=="P999" {print $2}' <<<"$out"); reqs=$(awk '$1=="REQUESTS" {print $2}' <<<"$out")
+  if [ -z "$p999" ] || [ -z "$reqs" ]; then echo "relay_bench: unexpected wrk output for $name:" >&2; echo "$out" >&2; exit 1; fi
+  errs=$(awk '$1=="ERRORS" {n=$2+$3+$4+$5+$6; if (n==0) {print 0; exit}
+    split("connect read write status timeout", k, " "); s=""
+    for (i=1; i<=5; i++) if ($(i+1) > 0) s = s (s=="" ? "" : ", ") k[i] " " $(i+1)
+    print n " (" s ")"}' <<<"$out")
+  if [ -n "$pid" ]; then
+    cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$reqs" 'BEGIN {if (n>0) printf "%.1f µs", (b-a)/hz/n*1e6; else print "–"}')
+  fi
+  echo "$name|$conns|$rps|$p50|$p99|$p999|$cpu|$errs|$reqs"
+}
+
+echo "### Throughput (wrk -t1, ${DUR} s per run, ~1 KB chat body, canned upstream reply)"
+echo
+echo "| peer | conns | requests/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | proxy CPU/request | errors |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+total_tg=0; conns_tg=0
+row() {  # run-line [direct-run-line]
+  local name conns rps p50 p99 p999 cpu errs reqs d50 d99 d999 a50="–" a99="–" a999="–"
+  IFS='|' read -r name conns rps p50 p99 p999 cpu errs reqs <<<"$1"
+  if [ -n "${2:-}" ]; then
+    IFS='|' read -r _ _ _ d50 d99 d999 _ _ _ <<<"$2"
+    a50=$(added "$p50" "$d50"); a99=$(added "$p99" "$d99"); a999=$(added "$p999" "$d999")
+  fi
+  echo "| $name | $conns | $rps | $(ms "$p50") | $(ms "$p99") | $(ms "$p999") | $a50 | $a99 | $a999 | $cpu | $errs |"
+  if [[ "$name" == tollgate* ]]; then total_tg=$((total_tg + reqs)); conns_tg=$((conns_tg + conns)); fi
+}
 for c in 16 64; do
   d=$(run direct "http://127.0.0.1:$UP/v1/chat/completions" $c "" chat.lua)
   n=$(run "nginx proxy" "http://127.0.0.1:$NGX/v1/chat/completions" $c "$(ngx_worker)" chat.lua)
-  t=$(run "tollgate" "http://127.0.0.1:$TG/v1/chat/completions" $c $tg_pid chat.lua)
-  d50=$(to_ms "$(cut -d'|' -f4 <<<"$d")"); d99=$(to_ms "$(cut -d'|' -f5 <<<"$d")")
-  for line in "$d" "$n" "$t"; do
-    IFS='|' read -r name conns rps p50 p99 cpu errs reqs <<<"$line"
-    a50=$(awk -v x="$(to_ms "$p50")" -v y="$d50" 'BEGIN {printf "%+.3f ms", x-y}')
-    a99=$(awk -v x="$(to_ms "$p99")" -v y="$d99" 'BEGIN {printf "%+.3f ms", x-y}')
-    [ "$name" = direct ] && { a50="–"; a99="–"; }
-    echo "| $name | $conns | $rps | $p50 | $p99 | $a50 | $a99 | $cpu | $errs |"
-    [ "$name" = tollgate ] && total_tg=$((total_tg + reqs))
-  done
+  t=$(run tollgate "http://127.0.0.1:$TG/v1/chat/completions" $c "$tg_pid" chat.lua)
+  row "$d"; row "$n" "$d"; row "$t" "$d"
 done
 # Streaming: canned SSE through each peer (tollgate meters it; the client did not ask for usage).
 for c in 16; do
-  for peer in "direct|http://127.0.0.1:$UP/v1/stream|" "nginx proxy|http://127.0.0.1:$NGX/v1/stream|$(ngx_worker)" "tollgate|http://127.0.0.1:$TG/v1/stream|$tg_pid"; do
-    IFS='|' read -r name url pid <<<"$peer"
-    IFS='|' read -r name conns rps p50 p99 cpu errs reqs <<<"$(run "$name (SSE)" "$url" $c "$pid" chat_stream.lua)"
-    echo "| $name | $conns | $rps | $p50 | $p99 | | | $cpu | $errs |"
-    [[ "$name" == tollgate* ]] && total_tg=$((total_tg + reqs))
-  done
+  d=$(run "direct (SSE)" "http://127.0.0.1:$UP/v1/stream" $c "" chat_stream.lua)
+  n=$(run "nginx proxy (SSE)" "http://127.0.0.1:$NGX/v1/stream" $c "$(ngx_worker)" chat_stream.lua)
+  t=$(run "tollgate (SSE)" "http://127.0.0.1:$TG/v1/stream" $c "$tg_pid" chat_stream.lua)
+  row "$d"; row "$n" "$d"; row "$t" "$d"
 done
+
+# Ledger: every call wrk completed through tollgate has its row once tollgate has drained.
+metrics=$(curl -s "http://127.0.0.1:$TGA/metrics" || true)
+dropped=$(awk '/^tollgate_ledger_dropped_rows_total/ {print $2+0}' <<<"$metrics")
+werr=$(awk '/^tollgate_ledger_write_errors_total/ {print $2+0}' <<<"$metrics")
 sleep 0.5
-kill -TERM "$tg_pid"; wait "$tg_pid" 2>/dev/null || true
+stop "$tg_pid"
 rows=$(sqlite3 "$work/ledger.db" 'SELECT COUNT(*) FROM calls')
 echo
-echo "tollgate ledger rows: $rows; requests completed by wrk through tollgate: $total_tg (wrk may count a few in-flight at its stop differently)"
+echo "tollgate ledger rows: $rows; requests completed by wrk through tollgate: $total_tg" \
+     "(dropped_rows_total ${dropped:-?}, write_errors_total ${werr:-?})"
+extra=$((rows - total_tg))
+if ((extra < 0)); then
+  echo "**ledger: $((-extra)) rows LOST** (fewer rows than requests completed)"
+elif ((extra <= conns_tg)); then
+  echo "**ledger: 0 rows lost** ($extra more rows than completed requests ≤ $conns_tg connections: calls in flight when wrk stopped are ledgered too)"
+else
+  echo "**ledger: 0 rows lost, but $extra more rows than completed requests (> $conns_tg connections in flight): unexpected**"
+fi
+
+# ------------------------------------------------------------------------------ 2. streaming pass-through
+launch 0 python3 bench/slow_sse.py serve "$SLOW" 20 50
+start_tollgate "$TG2" "$TGA2" "http://127.0.0.1:$SLOW/v1" "$work/ledger_slow.db" "$work/tollgate_slow.err"; tg2_pid=$last_pid
+wait_up "slow SSE upstream" "http://127.0.0.1:$SLOW/"
+wait_up "tollgate (slow upstream)" "http://127.0.0.1:$TG2/healthz"
+slow_run() { taskset -c 0 python3 bench/slow_sse.py client "$1" "$2" "$SLOW_CONNS" "$SLOW_CALLS" 20 1; }
+declare -A S
+for peer in "direct|127.0.0.1:$SLOW|/v1/chat/completions" "nginx proxy|127.0.0.1:$NGX|/slow/v1/chat/completions" \
+            "tollgate|127.0.0.1:$TG2|/v1/chat/completions"; do
+  IFS='|' read -r name target path <<<"$peer"
+  out=$(slow_run "$target" "$path")
+  for kv in $out; do S["$name.${kv%%=*}"]="${kv#*=}"; done
+done
+slow_ok=$(( ${S[tollgate.ok]} + ${S[tollgate.warmup_ok]} ))
+stop "$tg2_pid"
+slow_rows=$(sqlite3 "$work/ledger_slow.db" 'SELECT COUNT(*) FROM calls')
+
+echo
+echo "### Streaming pass-through (upstream: 20 chunks 50 ms apart, the first 50 ms after the head; $SLOW_CONNS connections x $SLOW_CALLS calls, after 1 uncounted warm-up call each)"
+echo
+echo "first chunk = request written -> first chunk read (includes the upstream's 50 ms wait, so the"
+echo "upstream's timer jitter too); relay = upstream write -> client read of the same chunk (one clock,"
+echo "CLOCK_MONOTONIC, no timer in it): the pass-through delay itself; gap = between chunk arrivals."
+echo
+echo "| peer | streams ok | first chunk p50 ms | first chunk p99 ms | added p50 ms | added p99 ms | first-chunk relay p50 / p99 ms | added relay p50 / p99 ms | all-chunk relay p50 / p99 ms | gap p50 / max ms | total stream p50 ms | errors |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+for name in direct "nginx proxy" tollgate; do
+  a50="–"; a99="–"; ar="–"
+  if [ "$name" != direct ]; then
+    a50=$(added "${S[$name.first_p50]}" "${S[direct.first_p50]}"); a99=$(added "${S[$name.first_p99]}" "${S[direct.first_p99]}")
+    ar="$(added "${S[$name.relay1_p50]}" "${S[direct.relay1_p50]}") / $(added "${S[$name.relay1_p99]}" "${S[direct.relay1_p99]}")"
+  fi
+  errs=$(( ${S[$name.errors]} + ${S[$name.warmup_errors]} )); [ -n "${S[$name.err]:-}" ] && errs="$errs (${S[$name.err]//_/ })"
+  echo "| $name | ${S[$name.ok]}/${S[$name.calls]} | $(ms "${S[$name.first_p50]}") | $(ms "${S[$name.first_p99]}") | $a50 | $a99 |" \
+       "$(ms "${S[$name.relay1_p50]}") / $(ms "${S[$name.relay1_p99]}") | $ar | $(ms "${S[$name.relay_p50]}") / $(ms "${S[$name.relay_p99]}") |" \
+       "$(ms "${S[$name.gap_p50]}") / $(ms "${S[$name.gap_max]}") | $(ms "${S[$name.total_p50]}") | $errs |"
+done
+echo
+for name in "nginx proxy" tollgate; do
+  awk -v n="$name" -v a="${S[$name.first_p50]}" -v b="${S[$name.first_p99]}" -v d50="${S[direct.first_p50]}" \
+      -v d99="${S[direct.first_p99]}" -v r50="${S[$name.relay1_p50]}" -v r99="${S[$name.relay1_p99]}" \
+      -v dr50="${S[direct.relay1_p50]}" -v dr99="${S[direct.relay1_p99]}" 'BEGIN {
+    x = (a-d50)/1000; y = (b-d99)/1000; u = (r50-dr50)/1000; v = (r99-dr99)/1000
+    printf "%s, target <= 1 ms added on the first chunk: request -> first chunk %+.3f ms p50 (%s), %+.3f ms p99 (%s);" \
+      " first-chunk relay %+.3f ms p50 (%s), %+.3f ms p99 (%s)\n", n, x, (x <= 1 ? "met" : "NOT met"), y,
+      (y <= 1 ? "met" : "NOT met"), u, (u <= 1 ? "met" : "NOT met"), v, (v <= 1 ? "met" : "NOT met") }'
+done
+echo "tollgate (slow upstream) ledger rows: $slow_rows; streams completed (warm-up included): $slow_ok ($( ((slow_rows >= slow_ok)) && echo "0 rows lost" || echo "$((slow_ok - slow_rows)) rows LOST"))"
+
+# ------------------------------------------------------------------------------ 3. idle keep-alive memory
+# Fresh proxies, so the throughput runs' allocations do not hide (or inflate) the per-connection cost.
+stop "$ngx_pid"
+start_proxy_nginx
+start_tollgate "$TG" "$TGA" "http://127.0.0.1:$UP/v1" "$work/ledger_idle.db" "$work/tollgate_idle.err"; tg3_pid=$last_pid
+wait_up "nginx proxy (fresh)" "http://127.0.0.1:$NGX/v1/stream"
+wait_up "tollgate (fresh)" "http://127.0.0.1:$TG/healthz"
+sleep 1
+echo
+echo "### Idle keep-alive memory ($IDLE_CONNS client connections, each served one call, then idle; fresh processes)"
+echo
+echo "| peer | connections held | proxy fds | RSS before | RSS with $IDLE_CONNS idle | KiB per connection |"
+echo "|---|---|---|---|---|---|"
+for peer in "nginx proxy (worker)|$(ngx_worker)|$NGX" "tollgate|$tg3_pid|$TG"; do
+  IFS='|' read -r name pid port <<<"$peer"
+  read -r ok before after per still fds < <(taskset -c 0 python3 bench/idle_conns.py "127.0.0.1:$port" /v1/chat/completions "$IDLE_CONNS" "$pid")
+  awk -v n="$name" -v ok="$ok" -v still="$still" -v fds="$fds" -v b="$before" -v a="$after" -v per="$per" -v N="$IDLE_CONNS" 'BEGIN {
+    printf "| %s | %d of %d (%d ok) | %d | %.1f MiB | %.1f MiB | %.2f |\n", n, still, N, ok, fds, b/1024, a/1024, per }'
+done
+stop "$tg3_pid"
