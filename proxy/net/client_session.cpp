@@ -715,7 +715,17 @@ awaitable<std::unique_ptr<upstream_conn>> client_session::connect_upstream(upstr
   auto ex = pool.executor();
   beast::error_code ec;
   auto deadline = steady::now() + uc.connect_timeout;
-  if (pool.endpoints_.empty() || steady::now() - pool.resolved_at_ > 60s) {
+  if (pool.endpoints_.empty()) {
+    // An IP-literal host needs no resolver (whose first use starts a thread: ms of cold start).
+    beast::error_code lit_ec;
+    auto addr = asio::ip::make_address(u.host, lit_ec);
+    if (!lit_ec) {
+      pool.endpoints_.emplace_back(addr, u.port);
+      pool.resolved_at_ = steady::time_point::max();
+    }
+  }
+  if (pool.endpoints_.empty() ||
+      (pool.resolved_at_ != steady::time_point::max() && steady::now() - pool.resolved_at_ > 60s)) {
     tcp::resolver resolver(ex);
     asio::steady_timer guard(ex);  // async_resolve has no deadline of its own
     guard.expires_at(deadline);
