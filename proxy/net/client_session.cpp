@@ -140,7 +140,7 @@ class relay_lease {
 class client_session : public std::enable_shared_from_this<client_session> {
  public:
   client_session(worker& w, tcp::socket s)
-      : w_(w), st_(w.state), cfg_(w.state.cfg), stream_(std::move(s)), buffer_(read_block_allocator(w.read_blocks)) {}
+      : w_(w), st_(w.state), cfg_(w.state.cfg), stream_(std::move(s)), buffer_(read_block_allocator(w.read_blocks)), read_timer_(w.ioc) {}
   client_session(const client_session&) = delete;
   client_session& operator=(const client_session&) = delete;
   ~client_session() { stop_watch(); }  // a call's frame destroyed mid-call (shutdown)
@@ -192,6 +192,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   }
   awaitable<void> linger_close();
   void finish_call(call& c);
+  void arm_read_deadline(steady::duration d);
+  void disarm_read_deadline();
   void start_watch();
   void stop_watch();
   static void arm_sweep(worker& w);
@@ -207,6 +209,11 @@ class client_session : public std::enable_shared_from_this<client_session> {
   const config& cfg_;
   beast::tcp_stream stream_;
   read_buffer buffer_;  // request bytes; released while the connection is idle
+  // Deadline of a request head or body read (arm_read_deadline): it cancels the read rather than
+  // close the socket as beast::tcp_stream's own timeout does, so the client still gets its 408.
+  asio::steady_timer read_timer_;
+  std::uint64_t read_gen_ = 0;
+  bool read_timed_out_ = false;
   char first_byte_ = 0;        // the idle read's one-byte buffer
   std::string out_;      // bytes to send to the client for one relay step
   std::string head_;     // serialized response head
@@ -318,11 +325,13 @@ awaitable<bool> client_session::handle_one() {
   http::request_parser<http::string_body> parser;
   parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(cfg_.max_header_bytes, UINT32_MAX)));
   parser.body_limit(cfg_.max_body_bytes);
-  stream_.expires_after(cfg_.header_timeout);
+  stream_.expires_never();
+  arm_read_deadline(cfg_.header_timeout);
   co_await http::async_read_header(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
+  disarm_read_deadline();
   if (ec) {
     if (is_eof_like(ec)) co_return false;
-    if (ec == beast::error::timeout) co_return co_await send_error(errc::request_timeout, {}, false);
+    if (read_timed_out_) co_return co_await send_error(errc::request_timeout, {}, false);
     if (ec == http::error::header_limit) co_return co_await send_error(errc::headers_too_large, {}, false);
     if (ec == http::error::body_limit) co_return co_await send_error(errc::body_too_large, {}, false);
     // 505 only for a well-formed "HTTP/x.y" we do not speak; junk in the version part is a 400.
@@ -360,11 +369,13 @@ awaitable<bool> client_session::handle_one() {
       co_await asio::async_write(stream_, asio::buffer(cont), redirect_error(use_awaitable, ec));
       if (ec) co_return false;
     }
-    stream_.expires_after(cfg_.body_timeout);
+    stream_.expires_never();
+    arm_read_deadline(cfg_.body_timeout);
     co_await http::async_read(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
+    disarm_read_deadline();
     if (ec) {
       if (ec == http::error::body_limit) co_return co_await send_error(errc::body_too_large, {}, false);
-      if (ec == beast::error::timeout) co_return co_await send_error(errc::request_timeout, {}, false);
+      if (read_timed_out_) co_return co_await send_error(errc::request_timeout, {}, false);
       if (is_eof_like(ec)) co_return false;
       co_return co_await send_error(errc::bad_request, {}, false);
     }
@@ -1089,6 +1100,26 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
 // One sweep for all calls instead of an async wait per call, which cost an epoll_ctl, an
 // allocation and a cancellation on every call; a call shorter than the sweep period costs two
 // vector operations.
+
+// A read deadline that cancels the read instead of closing the socket. The handler keeps the
+// session alive and acts only if its generation is still the current read's: a timer that fired
+// just as the read completed cannot cancel the next operation.
+void client_session::arm_read_deadline(steady::duration d) {
+  const auto gen = ++read_gen_;
+  read_timed_out_ = false;
+  read_timer_.expires_after(d);
+  read_timer_.async_wait([this, self = shared_from_this(), gen](const beast::error_code& ec) {
+    if (ec || gen != read_gen_) return;
+    read_timed_out_ = true;
+    beast::error_code ignored;
+    stream_.socket().cancel(ignored);
+  });
+}
+
+void client_session::disarm_read_deadline() {
+  ++read_gen_;
+  read_timer_.cancel();
+}
 
 void client_session::start_watch() {
   gone_ = false;
