@@ -41,7 +41,6 @@ using namespace std::literals;
 
 namespace {
 
-constexpr std::size_t relay_buffer_bytes = 16 * 1024;
 constexpr auto local_write_timeout = 30s;
 
 std::string new_request_id() {
@@ -118,7 +117,6 @@ struct read_block_allocator {
   bool operator==(const read_block_allocator& o) const noexcept { return cache == o.cache; }
 };
 using read_buffer = beast::basic_flat_buffer<read_block_allocator>;
-constexpr std::size_t read_block_bytes = 8192;
 
 // A relay buffer borrowed from the worker for one exchange.
 class relay_lease {
@@ -251,18 +249,12 @@ awaitable<void> client_session::run() {
       // keep-alive connections would otherwise pin 10k read and relay buffers (~240 MB).
       buffer_.clear();
       buffer_.shrink_to_fit();
-      parse_.clear();
-      parse_.shrink_to_fit();
-      out_.clear();
-      out_.shrink_to_fit();
-      up_head_.clear();
-      up_head_.shrink_to_fit();
-      up_headers_.clear();
-      up_headers_.shrink_to_fit();
+      for (std::string* s : {&parse_, &out_, &up_head_}) std::string().swap(*s);
+      std::vector<header_view>().swap(up_headers_);
       stream_.expires_after(first ? cfg_.header_timeout : cfg_.keepalive_timeout);
       co_await stream_.async_read_some(asio::buffer(&first_byte_, 1), redirect_error(use_awaitable, ec));
       if (ec) break;
-      auto b = buffer_.prepare(read_block_bytes);
+      auto b = buffer_.prepare(w_.read_blocks.block());
       *static_cast<char*>(b.data()) = first_byte_;
       buffer_.commit(1);
     }
@@ -757,7 +749,7 @@ awaitable<std::unique_ptr<upstream_conn>> client_session::connect_upstream(upstr
   auto c = std::make_unique<upstream_conn>();
   // Beast reads max(512, free capacity) bytes at a time: without room reserved, a response head
   // and body that arrived together take two reads and reach the client in two writes.
-  c->buffer.reserve(relay_buffer_bytes);
+  c->buffer.reserve(w_.relay_blocks.block());
   if (ssl_ctx)
     c->tls.emplace(ex, *ssl_ctx);
   else

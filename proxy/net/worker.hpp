@@ -144,8 +144,8 @@ struct worker {
   // a connection's read buffer is given back whenever it goes idle, so an idle keep-alive
   // connection holds neither. Declared before ioc: coroutine frames destroyed with the
   // io_context give their buffers back here.
-  block_cache relay_blocks{16 * 1024, 256};
-  block_cache read_blocks{8 * 1024, 256};
+  block_cache relay_blocks{16 * 1024, 256};  // also the read reserve of upstream connections
+  block_cache read_blocks{8 * 1024, 256};    // a request usually fits in one block
   // Sessions with a call in flight, swept for client aborts (client_session.cpp). Before ioc
   // too: a session destroyed with the io_context takes itself off.
   std::vector<client_session*> watched;
