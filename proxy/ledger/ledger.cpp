@@ -7,18 +7,23 @@
 #include "core/log.hpp"
 #include "ledger/journal.hpp"
 
+#include <sched.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iterator>
 #include <optional>
 #include <stdexcept>
 #include <string_view>
 #include <system_error>
+#include <thread>
 
 namespace tollgate {
 
@@ -29,6 +34,11 @@ using namespace std::chrono_literals;
 
 // After a failed write, the database is tried again after this long, doubling up to the max.
 constexpr auto kFirstBackoff = 100ms;
+// Paced and idle modes (writer_mode): a slice of inserts lasts about this long (the clock is
+// read every kPaceCheckRows rows), and a pause after one at most kMaxPause.
+constexpr auto kPaceSlice = 150us;
+constexpr std::size_t kPaceCheckRows = 4;
+constexpr auto kMaxPause = 2ms;
 constexpr auto kMaxBackoff = 5s;
 // With an empty queue, the database is probed this often so /readyz notices it went read-only,
 // locked or deleted even when no call is being written.
@@ -232,6 +242,49 @@ struct replay_mark {
 }  // namespace
 
 int ledger_schema_version() { return kMigrations.back().version; }
+
+writer_mode next_writer_mode(writer_mode current, const writer_load& load, const ledger_options& o) {
+  if (load.flushing) return writer_mode::full;
+  const std::size_t cap = std::max<std::size_t>(o.queue_capacity, 1);
+  const std::size_t to_paced = std::max<std::size_t>(1, std::min(4 * o.batch_rows, cap / 8));
+  const std::size_t to_full = std::max(to_paced + 1, cap / 4);
+  const auto too_old = 4 * std::chrono::steady_clock::duration(o.flush_interval);
+  writer_mode m = current;
+  if (m == writer_mode::idle && (load.waiting >= to_paced || load.oldest_age >= too_old))
+    m = writer_mode::paced;
+  if (m == writer_mode::paced && load.waiting >= to_full) m = writer_mode::full;
+  if (m == current) {  // ways back, one step at a time
+    if (m == writer_mode::full && load.waiting < to_full / 2) m = writer_mode::paced;
+    else if (m == writer_mode::paced && load.waiting < std::max<std::size_t>(1, to_paced / 4) &&
+             load.oldest_age < too_old / 2)
+      m = writer_mode::idle;
+  }
+  if (m == writer_mode::idle && !load.idle_allowed) m = writer_mode::paced;
+  return m;
+}
+
+namespace {
+
+// Moves thread `tid` (0: the caller) into or out of SCHED_IDLE; nice is kept.
+bool set_idle_policy(int tid, bool idle) noexcept {
+  sched_param sp{};
+  return ::sched_setscheduler(tid, idle ? SCHED_IDLE : SCHED_OTHER, &sp) == 0;
+}
+
+// Whether a thread at the caller's nice value may leave SCHED_IDLE again (an unprivileged
+// thread may enter it but not leave it without RLIMIT_NICE room or CAP_SYS_NICE). Tried on a
+// throwaway thread, which inherits the caller's nice value.
+bool can_leave_sched_idle() {
+  bool ok = false;
+  try {
+    std::thread([&ok] { ok = set_idle_policy(0, true) && set_idle_policy(0, false); }).join();
+  } catch (const std::exception&) {
+    return false;
+  }
+  return ok;
+}
+
+}  // namespace
 const char* ledger_schema_sql() { return kSchemaV1; }
 
 struct ledger::impl {
@@ -253,6 +306,7 @@ struct ledger::impl {
   bool conn_sql_dirty = false;
 
   // --- Writer thread state.
+  bool idle_allowed = false;  // can_leave_sched_idle(), at start
   ledger_journal journal;
   std::deque<usage_record> held;  // rows the journal refused, oldest first, <= memory_rows
   std::uint64_t leftover = 0;     // journal rows from an earlier run still to replay
@@ -436,8 +490,11 @@ struct ledger::impl {
     if (auto e = ensure()) return e;
     if (auto e = exec(db, "BEGIN IMMEDIATE")) return check(std::move(e));
     db_result err;
-    for (const auto& r : batch)
-      if ((err = insert_row(r))) break;
+    auto slice_start = clock_type::now();
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if ((err = insert_row(batch[i]))) break;
+      if ((i + 1) % kPaceCheckRows == 0) pace(slice_start);
+    }
     if (!err && m) err = set_mark(*m);
     if (!err) err = exec(db, "COMMIT");
     if (err) {
@@ -449,6 +506,36 @@ struct ledger::impl {
       }
     }
     return check(std::move(err));
+  }
+
+  // Paced mode: after a slice of rows, a pause three times as long as the slice took.
+  void pace(clock_type::time_point& slice_start) {
+    const auto mode = static_cast<writer_mode>(self.mode_.load(std::memory_order_relaxed));
+    if (mode == writer_mode::full) return;
+    const auto worked = clock_type::now() - slice_start;
+    if (worked < kPaceSlice) return;
+    if (mode == writer_mode::idle) {
+      // The scheduler may still run an idle thread for a whole tick (4 ms at HZ=250) while an
+      // I/O thread is runnable; a yield after each slice hands the CPU back at once.
+      ::sched_yield();
+      slice_start = clock_type::now();
+      return;
+    }
+    std::this_thread::sleep_for(std::min<clock_type::duration>(3 * worked, kMaxPause));
+    slice_start = clock_type::now();
+  }
+
+  // Applies the mode next_writer_mode() chose (writer thread; mu_ not held).
+  void set_mode(writer_mode to) noexcept {
+    const auto from = static_cast<writer_mode>(self.mode_.load(std::memory_order_relaxed));
+    if (from == to) return;
+    if (to == writer_mode::idle && !set_idle_policy(0, true)) {
+      idle_allowed = false;  // next_writer_mode() will not ask again
+      return;
+    }
+    if (from == writer_mode::idle && !set_idle_policy(0, false))  // cannot happen: probed at start
+      log_line(log_level::error, "ledger writer: cannot leave SCHED_IDLE").str("error", std::strerror(errno));
+    self.mode_.store(static_cast<int>(to), std::memory_order_relaxed);
   }
 
   db_result check(db_result e) {
@@ -746,6 +833,7 @@ void ledger::stop() {
     std::lock_guard lk(mu_);
     stopping_ = true;
   }
+  promote(writer_mode::full);
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
   impl_->close();
@@ -784,7 +872,17 @@ void ledger::submit(usage_record rec) {
   // The first row starts the flush_interval clock; a full batch is due at once. Rows in
   // between need no wake-up.
   const bool wake = queue_.size() == 1 || queue_.size() == opts_.batch_rows;
+  // An idle (SCHED_IDLE) writer may be starved by busy I/O threads: a backlog promotes it from
+  // here. The age test costs a clock read only while the writer is idle.
+  bool backlog = false;
+  if (mode_.load(std::memory_order_relaxed) == static_cast<int>(writer_mode::idle)) {
+    writer_load load;
+    load.waiting = queue_.size();
+    load.oldest_age = clock_type::now() - impl_->oldest;
+    backlog = next_writer_mode(writer_mode::idle, load, opts_) != writer_mode::idle;
+  }
   lk.unlock();
+  if (backlog) promote(writer_mode::paced);
   if (wake) cv_.notify_one();
 }
 
@@ -792,6 +890,7 @@ void ledger::flush() {
   std::unique_lock lk(mu_);
   if (!impl_->running) return;
   const auto ticket = ++impl_->flush_requested;
+  promote(writer_mode::full);
   cv_.notify_one();
   flushed_cv_.wait(lk, [&] { return impl_->flush_done >= ticket || !impl_->running; });
 }
@@ -823,9 +922,24 @@ ledger_stats ledger::stats() const {
   return s;
 }
 
+void ledger::promote(writer_mode to) noexcept {
+  int cur = mode_.load(std::memory_order_relaxed);
+  while (cur < static_cast<int>(to)) {
+    if (cur == static_cast<int>(writer_mode::idle)) {
+      // Only one thread moves the writer out of SCHED_IDLE: the one that wins the exchange.
+      if (!mode_.compare_exchange_weak(cur, static_cast<int>(to), std::memory_order_relaxed)) continue;
+      if (const int tid = writer_tid_.load(std::memory_order_relaxed)) set_idle_policy(tid, false);
+      return;
+    }
+    if (mode_.compare_exchange_weak(cur, static_cast<int>(to), std::memory_order_relaxed)) return;
+  }
+}
+
 void ledger::run() {
   lower_thread_priority(5);
   impl& I = *impl_;
+  I.idle_allowed = can_leave_sched_idle();
+  writer_tid_.store(static_cast<int>(::syscall(SYS_gettid)), std::memory_order_relaxed);
   std::vector<usage_record> batch;
   batch.reserve(opts_.batch_rows);
   std::optional<clock_type::time_point> give_up_at;
@@ -858,6 +972,20 @@ void ledger::run() {
     const bool queue_first =
         !backlog_ready || stopping_ || (after_backlog && queue_.size() >= opts_.batch_rows);
 
+    {
+      writer_load load;
+      load.waiting = queue_.size() + I.journal.pending() + I.held.size();
+      load.oldest_age = queue_.empty() ? clock_type::duration{} : now - I.oldest;
+      load.flushing = flushing || stopping_;
+      load.idle_allowed = I.idle_allowed;
+      const auto next = next_writer_mode(static_cast<writer_mode>(mode_.load(std::memory_order_relaxed)), load, opts_);
+      if (next != static_cast<writer_mode>(mode_.load(std::memory_order_relaxed))) {
+        lk.unlock();
+        I.set_mode(next);
+        lk.lock();
+        continue;
+      }
+    }
     if (queue_due && queue_first) {
       // The rows leave the queue so submit() never waits on SQLite. `oldest` stays as is: any
       // row left behind arrived later, so it is written no later than its own interval.

@@ -53,6 +53,31 @@ struct ledger_stats {
   bool healthy = false;               // the database took the last write or probe
 };
 
+// How hard the writer thread competes with the I/O threads for a CPU. A batch of inserts is
+// milliseconds of CPU; run in one go on a CPU an I/O thread shares, it stalls every call in
+// flight there for that long (the p99 of bench/relay_bench.sh). So:
+//   idle  : SCHED_IDLE: the writer runs on CPU time no one else wants, and a waking I/O thread
+//           preempts it at once. Only while few rows wait (and only where the thread may leave
+//           SCHED_IDLE again: CAP_SYS_NICE or RLIMIT_NICE).
+//   paced : nice +5, and after every slice of rows (~0.2 ms) it sleeps three times as long as
+//           the slice took: at most a quarter of a CPU, in slices short enough that a call in
+//           flight waits at most one.
+//   full  : nice +5, no pauses: a backlog, a flush or shutdown.
+enum class writer_mode { idle, paced, full };
+
+struct writer_load {
+  std::size_t waiting = 0;  // rows queued, in the journal or held in memory
+  std::chrono::steady_clock::duration oldest_age{};  // of the oldest queued row (0: none)
+  bool flushing = false;    // flush() or stop() waits
+  bool idle_allowed = true;  // SCHED_IDLE can be left again on this system
+};
+
+// The writer's next mode (pure). Thresholds follow the configuration: idle gives way to paced
+// at 4 batches waiting (at most 1/8 of the queue) or when the oldest row has waited 4 flush
+// intervals; paced gives way to full at 1/4 of the queue; each way back needs half (idle: a
+// quarter) of the threshold that was crossed, so modes do not flap.
+writer_mode next_writer_mode(writer_mode current, const writer_load& load, const ledger_options& o);
+
 class ledger {
  public:
   explicit ledger(ledger_options opts);
@@ -111,6 +136,12 @@ class ledger {
   std::deque<usage_record> queue_;
   bool stopping_ = false;
   std::uint64_t submitted_ = 0;  // guarded by mu_
+  // The writer's mode (writer_mode) and thread id: submit() and flush() promote an idle writer
+  // from their own thread (sched_setscheduler on its tid), since a starved SCHED_IDLE thread
+  // could not notice its backlog itself.
+  std::atomic<int> mode_{static_cast<int>(writer_mode::full)};
+  std::atomic<int> writer_tid_{0};
+  void promote(writer_mode to) noexcept;
   std::thread thread_;
   // SQLite busy_timeout of the writer's connection. Tests shorten it (through
   // ledger_test_access) to see a locked database fail in milliseconds instead of 5 s.

@@ -1,5 +1,7 @@
 // Tests of the SQLite ledger against real database files in a temporary directory: batching
 // from many threads, column mapping, schema and migrations, admission, shutdown and failures.
+#include <pthread.h>
+#include <sched.h>
 #include <sqlite3.h>
 
 #include <atomic>
@@ -427,4 +429,89 @@ TEST_CASE("ledger: on_committed sees every committed row once", "[ledger]") {
   REQUIRE(seen.size() == 1000);
   CHECK(std::set<std::string>(seen.begin(), seen.end()).size() == 1000);
   l.stop();
+}
+
+TEST_CASE("ledger: the writer's mode follows its backlog", "[ledger]") {
+  ledger_options o;  // batch_rows 500, flush_interval 100 ms, queue_capacity 100,000
+  auto next = [&](writer_mode m, std::size_t waiting, std::chrono::milliseconds age = 0ms,
+                  bool flushing = false, bool idle_allowed = true) {
+    writer_load l;
+    l.waiting = waiting;
+    l.oldest_age = age;
+    l.flushing = flushing;
+    l.idle_allowed = idle_allowed;
+    return next_writer_mode(m, l, o);
+  };
+  // idle -> paced at 4 batches (2,000 rows) or a row waiting 4 flush intervals (400 ms)
+  CHECK(next(writer_mode::idle, 0) == writer_mode::idle);
+  CHECK(next(writer_mode::idle, 1999, 399ms) == writer_mode::idle);
+  CHECK(next(writer_mode::idle, 2000) == writer_mode::paced);
+  CHECK(next(writer_mode::idle, 1, 400ms) == writer_mode::paced);
+  // paced -> full at a quarter of the queue; back at half that
+  CHECK(next(writer_mode::paced, 24'999) == writer_mode::paced);
+  CHECK(next(writer_mode::paced, 25'000) == writer_mode::full);
+  CHECK(next(writer_mode::idle, 30'000) == writer_mode::full);
+  CHECK(next(writer_mode::full, 12'500) == writer_mode::full);
+  CHECK(next(writer_mode::full, 12'499) == writer_mode::paced);
+  // paced -> idle below a quarter of the idle threshold, with no old row; one step at a time
+  CHECK(next(writer_mode::paced, 500) == writer_mode::paced);
+  CHECK(next(writer_mode::paced, 499) == writer_mode::idle);
+  CHECK(next(writer_mode::paced, 10, 250ms) == writer_mode::paced);
+  CHECK(next(writer_mode::full, 0) == writer_mode::paced);
+  // a flush or shutdown goes full; without SCHED_IDLE the floor is paced
+  CHECK(next(writer_mode::idle, 0, 0ms, true) == writer_mode::full);
+  CHECK(next(writer_mode::paced, 0, 0ms, false, false) == writer_mode::paced);
+  CHECK(next(writer_mode::idle, 0, 0ms, false, false) == writer_mode::paced);
+  // thresholds stay ordered on a tiny queue
+  o.queue_capacity = 10;
+  CHECK(next(writer_mode::idle, 0) == writer_mode::idle);
+  CHECK(next(writer_mode::idle, 1) == writer_mode::paced);
+  CHECK(next(writer_mode::paced, 2) == writer_mode::full);
+}
+
+// The writer waits as SCHED_IDLE while few rows wait; CPU-bound threads on its CPU must not
+// starve it: a backlog or an old row promotes it from submit().
+TEST_CASE("ledger: busy threads on the writer's CPU do not starve it", "[ledger]") {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(0, &one);
+  cpu_set_t saved;
+  REQUIRE(pthread_getaffinity_np(pthread_self(), sizeof saved, &saved) == 0);
+  REQUIRE(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0);  // the writer inherits it
+  temp_dir dir;
+  auto opts = options_for(dir);
+  ledger l(opts);
+  std::atomic<std::size_t> written{0};
+  l.on_committed = [&](const std::vector<usage_record>& rows) { written += rows.size(); };
+  l.start();
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> hogs;
+  for (int i = 0; i < 2; ++i)
+    hogs.emplace_back([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+      }
+    });
+  // A few rows: promoted by their age (4 flush intervals) on the next submit.
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(l.reserve());
+    l.submit(make_row(i));
+  }
+  std::this_thread::sleep_for(500ms);
+  REQUIRE(l.reserve());
+  l.submit(make_row(3));
+  const bool few = eventually([&] { return written.load() == 4; }, 10s);
+  // A backlog: 4 batches promote it at once.
+  for (int i = 4; i < 3004; ++i) {
+    REQUIRE(l.reserve());
+    l.submit(make_row(i));
+  }
+  const bool many = eventually([&] { return written.load() == 3004; }, 20s);
+  stop = true;
+  for (auto& t : hogs) t.join();
+  pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
+  CHECK(few);
+  CHECK(many);
+  l.stop();
+  db_conn c(opts.path);
+  CHECK(c.integer("SELECT COUNT(*) FROM calls") == 3004);
 }
