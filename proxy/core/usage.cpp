@@ -4,6 +4,7 @@
 #include "core/usage.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #include <nlohmann/json.hpp>
 #include <simdjson.h>
@@ -286,6 +287,16 @@ void text_tally::add(std::string_view text) noexcept {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   const std::size_t n = text.size();
   for (std::size_t i = 0; i < n;) {
+    // Prompts are mostly ASCII: eight bytes at a time while no byte has its high bit set
+    // (this loop ran ~7 instructions per byte, 6 % of a proxied call's user-space work).
+    while (i + 8 <= n) {
+      std::uint64_t w;
+      std::memcpy(&w, s + i, 8);
+      if (w & 0x8080808080808080ull) break;
+      ascii_bytes += 8;
+      i += 8;
+    }
+    if (i >= n) break;
     const unsigned char c = s[i];
     if (c < 0x80) {
       ++ascii_bytes;

@@ -1,6 +1,7 @@
 // Unit tests of usage extraction (core/usage.hpp): non-stream bodies and SSE streams in the real
 // wire shapes of the OpenAI and Anthropic APIs, and the token estimator.
 #include <catch2/catch.hpp>
+#include <random>
 
 #include <string>
 #include <vector>
@@ -473,4 +474,34 @@ TEST_CASE("stream_meter: a data line with nothing in it is passed on and read as
   CHECK(relay(m, "data: \n\n" + data_event(R"({"id":"c","model":"gpt-4.1","choices":[]})")) ==
         "data: \n\n" + data_event(R"({"id":"c","model":"gpt-4.1","choices":[]})"));
   CHECK(m.model() == "gpt-4.1");
+}
+
+// text_tally reads ASCII eight bytes at a time: its counts must equal a byte-at-a-time reading
+// wherever the multi-byte characters fall, split across add() calls or not.
+TEST_CASE("usage: text_tally counts alike whatever the alignment", "[usage]") {
+  const std::string pieces[] = {"a", "\xE4\xBD\xA0", "\xD0\x9F", "\xF0\x9F\x98\x80", "\x80", "\xFF", "\xE4\xBD"};
+  std::mt19937 rng(7);
+  for (int round = 0; round < 500; ++round) {
+    std::string text;
+    const int len = static_cast<int>(rng() % 60);
+    for (int k = 0; k < len; ++k) {
+      const auto& p = pieces[rng() % 10 < 6 ? 0 : 1 + rng() % 6];  // mostly ASCII runs
+      text += p;
+    }
+    tollgate::text_tally whole;
+    whole.add(text);
+    tollgate::text_tally bytewise;  // one add() per complete character, as the slow reference
+    for (std::size_t i = 0; i < text.size();) {
+      const auto c = static_cast<unsigned char>(text[i]);
+      std::size_t len = c >= 0xF8 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+      std::size_t j = 1;
+      while (j < len && i + j < text.size() && (static_cast<unsigned char>(text[i + j]) & 0xC0) == 0x80) ++j;
+      bytewise.add(std::string_view(text).substr(i, j));
+      i += j;
+    }
+    INFO(text.size());
+    CHECK(whole.ascii_bytes == bytewise.ascii_bytes);
+    CHECK(whole.cjk_chars == bytewise.cjk_chars);
+    CHECK(whole.other_chars == bytewise.other_chars);
+  }
 }
