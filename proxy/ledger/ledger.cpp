@@ -386,6 +386,9 @@ struct ledger::impl {
     // NORMAL in WAL mode: a commit is in the WAL file when COMMIT returns, so a process crash
     // (SIGKILL) loses none and never corrupts the file; a power cut may lose the last commits.
     // FULL also fsyncs the WAL at every commit (one per batch) for power-loss durability.
+    // A checkpoint copies the WAL into the database and syncs it, all in the kernel: 200 pages
+    // (800 KiB) instead of SQLite's 1,000 keeps one to ~1 ms instead of a 4 ms tick (README).
+    if (auto e = exec(db, "PRAGMA wal_autocheckpoint=200")) return fail(*e);
     if (auto e = exec(db, self.opts_.synchronous_full ? "PRAGMA synchronous=FULL"
                                                       : "PRAGMA synchronous=NORMAL"))
       return fail(*e);
