@@ -9,10 +9,16 @@
 
 namespace tollgate {
 
+namespace {
+// ASCII case folding: header names and tokens are ASCII (RFC 9110 §5.1), and std::tolower is a
+// locale-aware libc call per character (1.5 % of a proxied call's instructions).
+constexpr unsigned char ascii_lower(unsigned char c) noexcept { return c >= 'A' && c <= 'Z' ? c | 0x20 : c; }
+}  // namespace
+
 bool iequals(std::string_view a, std::string_view b) noexcept {
   if (a.size() != b.size()) return false;
   for (std::size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+    if (ascii_lower(static_cast<unsigned char>(a[i])) != ascii_lower(static_cast<unsigned char>(b[i]))) return false;
   return true;
 }
 
@@ -191,17 +197,20 @@ std::optional<target_parts> split_target(std::string_view target) noexcept {
   while (true) {
     auto slash = p.find('/');
     auto seg = p.substr(0, slash);
-    std::string decoded;
-    for (std::size_t i = 0; i < seg.size(); ++i) {
-      if (seg[i] == '%' && i + 2 < seg.size() && seg[i + 1] == '2' &&
-          (seg[i + 2] == 'e' || seg[i + 2] == 'E')) {
-        decoded.push_back('.');
+    // A dot segment once "%2e"/"%2E" are decoded: one or two dots and nothing else.
+    std::size_t dots = 0;
+    bool other = false;
+    for (std::size_t i = 0; i < seg.size() && !other && dots <= 2; ++i) {
+      if (seg[i] == '.') {
+        ++dots;
+      } else if (seg[i] == '%' && i + 2 < seg.size() && seg[i + 1] == '2' && (seg[i + 2] == 'e' || seg[i + 2] == 'E')) {
+        ++dots;
         i += 2;
       } else {
-        decoded.push_back(seg[i]);
+        other = true;
       }
     }
-    if (decoded == "." || decoded == "..") return std::nullopt;
+    if (!other && (dots == 1 || dots == 2)) return std::nullopt;
     if (seg.empty() && slash != std::string_view::npos) return std::nullopt;
     if (slash == std::string_view::npos) break;
     p.remove_prefix(slash + 1);

@@ -241,6 +241,14 @@ class client_session : public std::enable_shared_from_this<client_session> {
     int failover_status = 0;      // the upstream answered 429/5xx and another upstream will be tried
     double price_multiplier = 1;  // of the upstream that served the call
     std::uint64_t ticket = 0;     // policy reservation, settled in finish_call
+    // The request header fields tollgate reads, found in one walk of the parsed header (each
+    // operator[] was a case-insensitive tree search); the first of duplicates, as operator[].
+    struct head_fields {
+      std::size_t hosts = 0;
+      bool transfer_encoding = false;
+      bool has_api_key = false;  // x-api-key present (even empty)
+      std::string_view expect, request_id, api_key, authorization, content_type;
+    } head;
   };
 
   awaitable<bool> handle_one();
@@ -412,13 +420,37 @@ awaitable<bool> client_session::handle_one() {
   auto& req = parser.get();
   c.client_version = req.version();
   c.head_request = req.method() == http::verb::head;
+  auto& h = c.head;
+  for (const auto& f : req) {
+    auto first = [&f](std::string_view& slot) {
+      if (slot.data() == nullptr) slot = std::string_view(f.value().data(), f.value().size());
+    };
+    switch (f.name()) {
+      case http::field::host: ++h.hosts; break;
+      case http::field::transfer_encoding: h.transfer_encoding = true; break;
+      case http::field::expect: first(h.expect); break;
+      case http::field::authorization: first(h.authorization); break;
+      case http::field::content_type: first(h.content_type); break;
+      case http::field::unknown: {
+        const std::string_view name(f.name_string().data(), f.name_string().size());
+        if (iequals(name, "x-request-id")) {
+          first(h.request_id);
+        } else if (iequals(name, "x-api-key")) {
+          h.has_api_key = true;
+          first(h.api_key);
+        }
+        break;
+      }
+      default: break;
+    }
+  }
 
   if (req.version() != 10 && req.version() != 11) co_return co_await send_error(errc::http_version, {}, false);
   // RFC 9112 §6.3: a request whose Transfer-Encoding does not end in chunked has no knowable
   // length; answer 400 and close rather than read the rest as the next request.
-  if (req.count(http::field::transfer_encoding) > 0 && !parser.chunked())
+  if (h.transfer_encoding && !parser.chunked())
     co_return co_await send_error(errc::bad_request, "Transfer-Encoding must end in chunked.", false);
-  auto hosts = req.count(http::field::host);
+  const auto hosts = h.hosts;
   if (hosts > 1) co_return co_await send_error(errc::duplicate_host, {}, false);
   if (hosts == 0 && req.version() == 11) co_return co_await send_error(errc::missing_host, {}, false);
 
@@ -428,7 +460,7 @@ awaitable<bool> client_session::handle_one() {
 
   // Read the body (bounded) before answering anything, so the connection can stay open.
   if (!parser.is_done()) {
-    if (beast::iequals(req[http::field::expect], "100-continue") && req.version() == 11) {
+    if (iequals(h.expect, "100-continue") && req.version() == 11) {
       static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
       stream_.expires_after(local_write_timeout);
       co_await asio::async_write(stream_, asio::buffer(cont), redirect_error(use_awaitable, ec));
@@ -469,7 +501,7 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
   anthropic_errors_ = tp.path.starts_with("/v1/messages");
   rec.route = rd.route;
   rec.method = std::string(req.method_string());
-  if (auto id = req["x-request-id"]; !id.empty() && id.size() <= 200)
+  if (auto id = c.head.request_id; !id.empty() && id.size() <= 200)
     rec.request_id = std::string(id);
   else
     rec.request_id = new_request_id();
@@ -496,9 +528,9 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
   // looked up by hash; it is never forwarded and never recorded, only its name.
   std::shared_ptr<const client_key_config> key;
   if (st_.policy && cfg_.policy.auth != auth_mode::off) {
-    std::string_view presented = req["x-api-key"];
+    std::string_view presented = c.head.api_key;
     if (presented.empty()) {
-      std::string_view authz = req[http::field::authorization];
+      std::string_view authz = c.head.authorization;
       if (authz.size() > 7 && beast::iequals(authz.substr(0, 7), "bearer ")) presented = authz.substr(7);
       while (!presented.empty() && presented.front() == ' ') presented.remove_prefix(1);
     }
@@ -513,7 +545,7 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
     }
   }
   if (rd.json_body) {
-    if (!is_json_content_type(req[http::field::content_type]))
+    if (!is_json_content_type(c.head.content_type))
       co_return co_await refuse(errc::unsupported_media_type, {});
     c.facts = inspect_request(req.body());
     if (c.facts.problem != request_problem::none) co_return co_await refuse(errc::invalid_json, c.facts.problem_detail);
@@ -638,7 +670,7 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
   // The upstream's request head is written per attempt from the client's headers
   // (append_upstream_head: hop-by-hop headers and the client's credentials out; Host,
   // credential, x-request-id and Content-Length tollgate's). The parsed request is not modified.
-  const bool client_x_api_key = req.count("x-api-key") > 0;
+  const bool client_x_api_key = c.head.has_api_key;
   up_headers_.clear();
   for (const auto& f : req) up_headers_.push_back({f.name_string(), f.value()});
 

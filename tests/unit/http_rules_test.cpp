@@ -65,6 +65,11 @@ TEST_CASE("http_rules: request targets cannot escape the base path", "[http_rule
   SECTION("dots inside names are fine") {
     CHECK(split_target("/v1/models/gpt-4.1"));
     CHECK(split_target("/v1/models/ft:gpt-4.1:org..x"));
+    CHECK(split_target("/v1/models/..."));      // three dots are a name, not a dot segment
+    CHECK(split_target("/v1/%2e%2e%2e/x"));
+    CHECK(split_target("/v1/%2e1/x"));
+    CHECK(split_target("/v1/a%2"));             // a truncated escape is not a dot
+    CHECK_FALSE(split_target("/v1/%2E"));
   }
 }
 
