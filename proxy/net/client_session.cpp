@@ -672,6 +672,7 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
   // credential, x-request-id and Content-Length tollgate's). The parsed request is not modified.
   const bool client_x_api_key = c.head.has_api_key;
   up_headers_.clear();
+  up_headers_.reserve(32);
   for (const auto& f : req) up_headers_.push_back({f.name_string(), f.value()});
 
   // tp views the client's target, which the first attempt replaces: keep copies for the others.
@@ -1042,6 +1043,10 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   if (sse && ok2xx) meter.emplace(rec.route, c.strip && edit_events);
   if (compressed && decodable && ok2xx) infl.emplace();
   parse_.clear();
+  // The body to parse grows in place: one allocation when its length is known (it was released
+  // while the connection idled, so appends would otherwise regrow it from empty every call).
+  if (!sse && ok2xx && p.content_length())
+    parse_.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(*p.content_length(), cfg_.max_parse_bytes)));
   bool parse_overflow = false;
 
   // The head goes out with the first body bytes when those are already here (one write, not
