@@ -922,6 +922,7 @@ ledger_stats ledger::stats() const {
   s.replayed_rows = I.replayed;
   s.journal_errors = I.journal_errors;
   s.healthy = writable_.load(std::memory_order_relaxed);
+  s.writer_mode = mode_.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -51,6 +51,7 @@ struct ledger_stats {
   std::uint64_t replayed_rows = 0;    // rows committed from the journal (counter)
   std::uint64_t journal_errors = 0;   // failed journal writes or reads (counter)
   bool healthy = false;               // the database took the last write or probe
+  int writer_mode = 0;                // writer_mode: 0 idle, 1 paced, 2 full
 };
 
 // How hard the writer thread competes with the I/O threads for a CPU. A batch of inserts is

@@ -142,8 +142,15 @@ void register_ledger_metrics(ledger& l, metrics& m) {
                       .Help("1 when the database took the last write or probe, else 0 (rows go to the journal).")
                       .Register(reg)
                       .Add({});
+  auto& writer_mode = pm::BuildGauge()
+                          .Name("tollgate_ledger_writer_mode")
+                          .Help("How the ledger writer shares its CPU: 0 idle (SCHED_IDLE), 1 paced (a backlog: at "
+                                "most a quarter of a CPU), 2 full (a large backlog, a flush or shutdown).")
+                          .Register(reg)
+                          .Add({});
   m.add_scrape_hook([&, &l = l] {
     auto s = l.stats();
+    writer_mode.Set(static_cast<double>(s.writer_mode));
     set_counter_total(dropped, static_cast<double>(s.dropped_rows));
     set_counter_total(replayed, static_cast<double>(s.replayed_rows));
     set_counter_total(journal_errors, static_cast<double>(s.journal_errors));
