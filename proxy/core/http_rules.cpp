@@ -253,12 +253,12 @@ void append_upstream_head(std::span<const header_view> client_headers, const ups
   // One allocation: the client's fields plus tollgate's (an upper bound, dropped fields included).
   std::size_t size = h.method.size() + h.target.size() + h.host.size() + h.credential_name.size() +
                      h.credential_value.size() + h.anthropic_version.size() + h.request_id.size() + 160;
-  for (const auto& f : client_headers) size += f.name.size() + f.value.size() + 4;
-  out.reserve(out.size() + size);
   for (const auto& f : client_headers) {
+    size += f.name.size() + f.value.size() + 4;
     if (connection_value.empty() && iequals(f.name, "connection")) connection_value = f.value;
     if (iequals(f.name, "anthropic-version")) client_anthropic_version = true;
   }
+  out.reserve(out.size() + size);
   auto field = [&out](std::string_view name, std::string_view value) {
     out.append(name).append(": ").append(value).append("\r\n");
   };

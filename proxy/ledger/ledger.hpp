@@ -60,7 +60,7 @@ struct ledger_stats {
 //   idle  : SCHED_IDLE: the writer runs on CPU time no one else wants, and a waking I/O thread
 //           preempts it at once. Only while few rows wait (and only where the thread may leave
 //           SCHED_IDLE again: CAP_SYS_NICE or RLIMIT_NICE).
-//   paced : nice +5, and after every slice of rows (~0.2 ms) it sleeps three times as long as
+//   paced : nice +5, and after every 150 µs slice of rows it sleeps three times as long as
 //           the slice took: at most a quarter of a CPU, in slices short enough that a call in
 //           flight waits at most one.
 //   full  : nice +5, no pauses: a backlog, a flush or shutdown.

@@ -246,7 +246,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     struct head_fields {
       std::size_t hosts = 0;
       bool transfer_encoding = false;
-      bool has_api_key = false;  // x-api-key present (even empty)
+      // Each the first field of its name; a null data() when absent (an empty value is present).
       std::string_view expect, request_id, api_key, authorization, content_type;
     } head;
   };
@@ -298,7 +298,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::string head_;     // serialized response head
   std::string parse_;    // (decoded) copy of a non-stream body, for usage
   std::string up_head_;  // the request head sent upstream (one attempt)
-  std::vector<header_view> up_headers_;  // the client's headers (views into the parsed request)
+  std::vector<header_view> up_headers_;  // the client's headers (views into the parsed request), from handle_one
   // Client abort detection (start_watch): this session's place in w_.watched, whether the
   // sweep found the client gone, and the upstream connection to cancel when it does.
   static constexpr std::size_t not_watched = static_cast<std::size_t>(-1);
@@ -420,8 +420,13 @@ awaitable<bool> client_session::handle_one() {
   auto& req = parser.get();
   c.client_version = req.version();
   c.head_request = req.method() == http::verb::head;
+  // One walk of the parsed header: the fields tollgate reads, and the list the upstream's
+  // request head is written from (append_upstream_head).
   auto& h = c.head;
+  up_headers_.clear();
+  up_headers_.reserve(32);
   for (const auto& f : req) {
+    up_headers_.push_back({f.name_string(), f.value()});
     auto first = [&f](std::string_view& slot) {
       if (slot.data() == nullptr) slot = std::string_view(f.value().data(), f.value().size());
     };
@@ -436,7 +441,6 @@ awaitable<bool> client_session::handle_one() {
         if (iequals(name, "x-request-id")) {
           first(h.request_id);
         } else if (iequals(name, "x-api-key")) {
-          h.has_api_key = true;
           first(h.api_key);
         }
         break;
@@ -670,10 +674,7 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
   // The upstream's request head is written per attempt from the client's headers
   // (append_upstream_head: hop-by-hop headers and the client's credentials out; Host,
   // credential, x-request-id and Content-Length tollgate's). The parsed request is not modified.
-  const bool client_x_api_key = c.head.has_api_key;
-  up_headers_.clear();
-  up_headers_.reserve(32);
-  for (const auto& f : req) up_headers_.push_back({f.name_string(), f.value()});
+  const bool client_x_api_key = c.head.api_key.data() != nullptr;
 
   // tp views the client's target, which the first attempt replaces: keep copies for the others.
   const std::string client_path(tp.path), client_query(tp.query);
