@@ -15,6 +15,7 @@
 #include <boost/optional.hpp>
 
 #include <array>
+#include <charconv>
 #include <cerrno>
 #include <mutex>
 #include <random>
@@ -42,6 +43,9 @@ using namespace std::literals;
 namespace {
 
 constexpr auto local_write_timeout = 30s;
+// How long a keep-alive connection waits for its next request with a read buffer ready (one recv
+// per request) before it gives the buffer back and parks on a 1-byte read (see run()).
+constexpr auto hot_idle = 50ms;
 
 // Allocator of the header containers (basic_fields) of the client's request and the upstream's
 // response: a dozen small nodes per call, each a malloc and a free that missed glibc's 7-entry
@@ -325,19 +329,42 @@ awaitable<void> client_session::run() {
     if (st_.draining.load(std::memory_order_relaxed) || aborting_) break;
     if (buffer_.size() == 0) {
       // Waiting for the next request: the keep-alive timeout applies until its first byte.
-      // An idle connection holds no buffers: the first byte is read alone, then the rest of the
-      // request into a fresh buffer (it is already there: one more recv, no wait). 10k idle
-      // keep-alive connections would otherwise pin 10k read and relay buffers (~240 MB).
-      buffer_.clear();
-      buffer_.shrink_to_fit();
-      for (std::string* s : {&parse_, &out_, &up_head_}) std::string().swap(*s);
-      std::vector<header_view>().swap(up_headers_);
-      stream_.expires_after(first ? cfg_.header_timeout : cfg_.keepalive_timeout);
-      co_await stream_.async_read_some(asio::buffer(&first_byte_, 1), redirect_error(use_awaitable, ec));
-      if (ec) break;
-      auto b = buffer_.prepare(w_.read_blocks.block());
-      *static_cast<char*>(b.data()) = first_byte_;
-      buffer_.commit(1);
+      steady::duration wait = first ? steady::duration(cfg_.header_timeout) : cfg_.keepalive_timeout;
+      bool got = false;
+      if (!first) {
+        // Hot: a keep-alive client usually sends its next call at once (an agent loop, a pool
+        // reusing the connection), so the read goes straight into the buffer, one recv per
+        // request. Nothing within hot_idle: the read is cancelled and the connection parks.
+        const auto hot = std::min<steady::duration>(hot_idle, wait);
+        arm_read_deadline(hot);
+        const std::size_t n = co_await stream_.socket().async_read_some(
+            buffer_.prepare(w_.read_blocks.block()), redirect_error(use_awaitable, ec));
+        disarm_read_deadline();
+        if (!ec) {
+          buffer_.commit(n);
+          got = true;
+        } else if (ec != asio::error::operation_aborted || !read_timed_out_ || wait <= hot) {
+          break;
+        } else {
+          wait -= hot;
+        }
+      }
+      if (!got) {
+        // Parked: an idle connection holds no buffers. The first byte is read alone, then the
+        // rest of the request into a fresh buffer (it is already there: one more recv, no
+        // wait). 10k idle keep-alive connections would otherwise pin 10k read and relay buffers
+        // (~240 MB).
+        buffer_.clear();
+        buffer_.shrink_to_fit();
+        for (std::string* s : {&parse_, &out_, &up_head_}) std::string().swap(*s);
+        std::vector<header_view>().swap(up_headers_);
+        stream_.expires_after(wait);
+        co_await stream_.async_read_some(asio::buffer(&first_byte_, 1), redirect_error(use_awaitable, ec));
+        if (ec) break;
+        auto b = buffer_.prepare(w_.read_blocks.block());
+        *static_cast<char*>(b.data()) = first_byte_;
+        buffer_.commit(1);
+      }
     }
     first = false;
     idle_ = false;
@@ -998,9 +1025,11 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
       head_.append(name).append(": ").append(value).append("\r\n");
     };
     char num[24];
+    auto decimal = [&num](auto v) {
+      return std::string_view(num, static_cast<std::size_t>(std::to_chars(num, num + sizeof num, v).ptr - num));
+    };
     head_.append(c.client_version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ");
-    head_.append(num, static_cast<std::size_t>(std::snprintf(num, sizeof num, "%d ", status)));
-    head_.append(ures.reason()).append("\r\n");
+    head_.append(decimal(status)).append(" ").append(ures.reason()).append("\r\n");
     std::string_view connection_value = ures[http::field::connection];
     for (const auto& f : ures) {
       auto name = f.name_string();
@@ -1023,9 +1052,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
         if (auto cl = ures[http::field::content_length]; !cl.empty()) field("Content-Length", cl);
         break;
       case framing::length:
-        field("Content-Length",
-              std::string_view(num, static_cast<std::size_t>(std::snprintf(
-                                        num, sizeof num, "%llu", static_cast<unsigned long long>(*p.content_length())))));
+        field("Content-Length", decimal(*p.content_length()));
         break;
       case framing::chunked: field("Transfer-Encoding", "chunked"); break;
       case framing::close: break;
@@ -1061,8 +1088,10 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     if (head_pending) bufs[nb++] = asio::buffer(head_);
     if (!bytes.empty()) {
       if (mode == framing::chunked) {
-        int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", bytes.size());
-        bufs[nb++] = asio::buffer(size_line, static_cast<std::size_t>(len));
+        char* end = std::to_chars(size_line, size_line + sizeof size_line - 2, bytes.size(), 16).ptr;
+        *end++ = '\r';
+        *end++ = '\n';
+        bufs[nb++] = asio::buffer(size_line, static_cast<std::size_t>(end - size_line));
         bufs[nb++] = asio::buffer(bytes.data(), bytes.size());
         bufs[nb++] = asio::buffer("\r\n", 2);
       } else {

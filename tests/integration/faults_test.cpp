@@ -17,6 +17,7 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <cerrno>
+#include <thread>
 #include <utility>
 
 #include "support.hpp"
@@ -793,6 +794,19 @@ TEST_CASE("faults: idle connections are closed: silent ones after header_timeout
     CHECK(got.bytes.empty());
     CHECK(steady::now() - t0 >= 250ms);
     CHECK(steady::now() - t0 < 1500ms);
+  }
+  SECTION("a kept-alive connection's next request is served at once, and after a pause") {
+    // At once: read into the connection's buffer (hot). After 150 ms: past hot_idle (50 ms),
+    // the connection has parked on a one-byte read and still answers, within keepalive_timeout.
+    raw_conn c(h.port());
+    const auto ok = [](const std::string& b) { return b.find(R"({"status":"ok"})") != std::string::npos; };
+    for (auto pause : {0ms, 0ms, 150ms, 0ms, 200ms}) {
+      std::this_thread::sleep_for(pause);
+      REQUIRE(c.send("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"));
+      auto got = c.read_for(5s, ok);
+      CHECK(status_of(got.bytes) == 200);
+      REQUIRE_FALSE(got.closed);
+    }
   }
   expect_normal_call(h);
   CHECK(ledger(h).size() == 1);
