@@ -10,6 +10,7 @@
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 #include <boost/optional.hpp>
@@ -192,6 +193,18 @@ struct read_block_allocator {
 };
 using read_buffer = beast::basic_flat_buffer<read_block_allocator>;
 
+// One send of as much of `bufs` as the socket takes now. The socket is in non-blocking mode, so
+// this never waits: it returns the bytes sent, 0 when the socket would block or failed (the async
+// write of the rest that follows then waits, or reports the failure). A response or request of a
+// few KB almost always goes whole, and skips an async write: its timer, its handler and a trip
+// through the scheduler (~4k instructions).
+template <class Buffers>
+std::size_t send_now(tcp::socket& s, const Buffers& bufs) {
+  beast::error_code ec;
+  const std::size_t n = s.write_some(bufs, ec);
+  return ec ? 0 : n;
+}
+
 // A relay buffer borrowed from the worker for one exchange.
 class relay_lease {
  public:
@@ -215,7 +228,10 @@ using client_request = http::request<http::string_body, http::basic_fields<field
 class client_session : public std::enable_shared_from_this<client_session> {
  public:
   client_session(worker& w, tcp::socket s)
-      : w_(w), st_(w.state), cfg_(w.state.cfg), stream_(std::move(s)), buffer_(read_block_allocator(w.read_blocks)), read_timer_(w.ioc) {}
+      : w_(w), st_(w.state), cfg_(w.state.cfg), stream_(std::move(s)), buffer_(read_block_allocator(w.read_blocks)), read_timer_(w.ioc) {
+    beast::error_code ec;
+    stream_.socket().non_blocking(true, ec);  // for send_now(); async operations are unaffected
+  }
   client_session(const client_session&) = delete;
   client_session& operator=(const client_session&) = delete;
   ~client_session() { stop_watch(); }  // a call's frame destroyed mid-call (shutdown)
@@ -898,6 +914,7 @@ awaitable<std::unique_ptr<upstream_conn>> client_session::connect_upstream(upstr
     co_return nullptr;
   }
   sock.socket().set_option(tcp::no_delay(true), ec);
+  sock.socket().non_blocking(true, ec);  // for send_now()
   if (c->tls) {
     beast::error_code ip_ec;
     asio::ip::make_address(u.host, ip_ec);
@@ -947,7 +964,13 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   tcp_up.expires_at(std::min(steady::now() + uc.first_byte_timeout, total_deadline));
   {
     const std::array<asio::const_buffer, 2> request_bytes{asio::buffer(up_head_), asio::buffer(req.body())};
-    co_await asio::async_write(up, request_bytes, redirect_error(use_awaitable, ec));
+    std::size_t sent = 0;
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) sent = send_now(up.socket(), request_bytes);
+    if (sent < up_head_.size() + req.body().size()) {
+      beast::buffers_suffix<std::array<asio::const_buffer, 2>> rest(request_bytes);
+      rest.consume(sent);
+      co_await asio::async_write(up, rest, redirect_error(use_awaitable, ec));
+    }
   }
   std::optional<http::response_parser<http::buffer_body, field_allocator<char>>> parser;
   auto fresh_parser = [&] {
@@ -1100,10 +1123,15 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     }
     if (last && mode == framing::chunked) bufs[nb++] = asio::buffer("0\r\n\r\n", 5);
     if (nb == 0) co_return true;
-    beast::error_code wec;
-    stream_.expires_after(uc.idle_timeout);
-    co_await asio::async_write(stream_, bufs, redirect_error(use_awaitable, wec));
-    if (wec) co_return false;
+    const std::size_t sent = send_now(stream_.socket(), bufs);
+    if (sent < asio::buffer_size(bufs)) {
+      beast::buffers_suffix<std::array<asio::const_buffer, 5>> rest(bufs);
+      rest.consume(sent);
+      beast::error_code wec;
+      stream_.expires_after(uc.idle_timeout);
+      co_await asio::async_write(stream_, rest, redirect_error(use_awaitable, wec));
+      if (wec) co_return false;
+    }
     head_pending = false;
     c.head_sent = true;
     final_written = final_written || last;

@@ -767,6 +767,41 @@ TEST_CASE("faults: slowloris headers are cut off by header_timeout while the onl
   check_row(rows[0], normal_row);
 }
 
+// tollgate sends a reply with one non-blocking send, then an async write of what the socket did
+// not take. A client that reads nothing for a while makes the rest wait: every byte must still
+// arrive once and in order, and the next call on the connection must be framed right.
+TEST_CASE("faults: a client that reads its replies late gets each one whole", "[faults][client]") {
+  harness h;
+  raw_conn c(h.port());
+  REQUIRE(c.connected());
+  const std::string body = tt::chat_body();
+  for (std::size_t bytes : {std::size_t{6} << 20, std::size_t{1} << 20}) {
+    const std::string request = "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                                "x-fake-body-bytes: " + std::to_string(bytes) + "\r\nContent-Length: " +
+                                std::to_string(body.size()) + "\r\n\r\n" + body;
+    REQUIRE(c.send(request));
+    std::this_thread::sleep_for(300ms);  // the reply fills the socket buffers meanwhile
+    auto got = c.read_for(20s, [](const std::string& b) {
+      const auto end = b.find("\r\n\r\n");
+      const auto cl = b.find("Content-Length: ");
+      return end != std::string::npos && cl != std::string::npos && cl < end &&
+             b.size() - end - 4 >= std::stoul(b.substr(cl + 16));
+    });
+    REQUIRE_FALSE(got.closed);
+    REQUIRE(status_of(got.bytes) == 200);
+    const std::string reply = body_of(got.bytes);
+    CHECK(reply.size() == bytes);
+    const auto j = json::parse(reply, nullptr, false);
+    REQUIRE(j.is_object());
+    CHECK(j["usage"]["prompt_tokens"].is_number());
+  }
+  const auto rows = ledger(h);
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[0].at("status") == "200");
+  CHECK(rows[1].at("status") == "200");
+  CHECK(rows[1].at("usage_source") == "upstream");
+}
+
 TEST_CASE("faults: idle connections are closed: silent ones after header_timeout, kept-alive ones after "
           "keepalive_timeout", "[faults][client][timeouts]") {
   harness h(with([](tollgate::config& c) {
