@@ -441,10 +441,18 @@ awaitable<bool> client_session::handle_one() {
   http::request_parser<http::string_body, field_allocator<char>> parser;
   parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(cfg_.max_header_bytes, UINT32_MAX)));
   parser.body_limit(cfg_.max_body_bytes);
-  stream_.expires_never();
-  arm_read_deadline(cfg_.header_timeout);
-  co_await http::async_read_header(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
-  disarm_read_deadline();
+  // A request usually arrives whole in one read (run()): it is parsed from the buffer by the
+  // synchronous read, which cannot block (the socket is non-blocking) and costs no timer, handler
+  // or scheduler trip. Only a head still incomplete (would_block) goes to the async read, which
+  // carries on where the parse stopped, under the header deadline.
+  read_timed_out_ = false;
+  http::read_header(stream_, buffer_, parser, ec);
+  if (ec == asio::error::would_block) {
+    stream_.expires_never();
+    arm_read_deadline(cfg_.header_timeout);
+    co_await http::async_read_header(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
+    disarm_read_deadline();
+  }
   if (ec) {
     if (is_eof_like(ec)) co_return false;
     if (read_timed_out_) co_return co_await send_error(errc::request_timeout, {}, false);
@@ -513,10 +521,13 @@ awaitable<bool> client_session::handle_one() {
       co_await asio::async_write(stream_, asio::buffer(cont), redirect_error(use_awaitable, ec));
       if (ec) co_return false;
     }
-    stream_.expires_never();
-    arm_read_deadline(cfg_.body_timeout);
-    co_await http::async_read(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
-    disarm_read_deadline();
+    http::read(stream_, buffer_, parser, ec);  // what is here already, as for the head
+    if (ec == asio::error::would_block) {
+      stream_.expires_never();
+      arm_read_deadline(cfg_.body_timeout);
+      co_await http::async_read(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
+      disarm_read_deadline();
+    }
     if (ec) {
       if (ec == http::error::body_limit) co_return co_await send_error(errc::body_too_large, {}, false);
       if (read_timed_out_) co_return co_await send_error(errc::request_timeout, {}, false);
@@ -1151,8 +1162,21 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
       c.error = errc::upstream_total_timeout;
       break;
     }
-    tcp_up.expires_at(std::min(now + uc.idle_timeout, total_deadline));
-    co_await http::async_read_some(up, conn.buffer, p, redirect_error(use_awaitable, ec));
+    // Body bytes that came with the head (or a previous read) are parsed synchronously: no
+    // timer, handler or scheduler trip. Plain TCP only: a TLS stream's sync read could not be
+    // resumed by the async one. What was parsed is relayed before waiting for more.
+    bool parsed = false;
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+      if (conn.buffer.size() > 0) {
+        http::read_some(up, conn.buffer, p, ec);
+        parsed = ec != asio::error::would_block || ures.body().size < relay_buf_.size();
+        if (ec == asio::error::would_block) ec = {};
+      }
+    }
+    if (!parsed) {
+      tcp_up.expires_at(std::min(now + uc.idle_timeout, total_deadline));
+      co_await http::async_read_some(up, conn.buffer, p, redirect_error(use_awaitable, ec));
+    }
     if (ec == http::error::need_buffer) ec = {};
     std::size_t n = relay_buf_.size() - ures.body().size;
     if (n > 0) {
