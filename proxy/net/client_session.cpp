@@ -122,12 +122,13 @@ std::string new_request_id() {
   thread_local std::mt19937_64 rng{std::random_device{}() ^
                                    static_cast<std::uint64_t>(steady::now().time_since_epoch().count())};
   static constexpr char hex[] = "0123456789abcdef";
-  std::string id = "tg-";
+  char id[27] = {'t', 'g', '-'};
+  char* out = id + 3;
   for (int w = 0; w < 2; ++w) {
     auto v = rng();
-    for (int i = 0; i < 12; ++i, v >>= 4) id.push_back(hex[v & 15]);
+    for (int i = 0; i < 12; ++i, v >>= 4) *out++ = hex[v & 15];
   }
-  return id;
+  return std::string(id, sizeof id);
 }
 
 std::int64_t unix_ms_now() {
@@ -1025,14 +1026,34 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     rec.status = status;
     co_return exchange_result::failover;
   }
-  if (auto id = ures["x-request-id"]; !id.empty())
-    rec.upstream_request_id = std::string(id);
-  else if (auto rid = ures["request-id"]; !rid.empty())
-    rec.upstream_request_id = std::string(rid);
+  // The response fields tollgate reads, in one walk (each operator[] was a search); the first of
+  // duplicates, as operator[]. A null data() when absent.
+  std::string_view upstream_id, upstream_rid, content_type, encoding, connection_value, length_value;
+  for (const auto& f : ures) {
+    std::string_view* slot = nullptr;
+    switch (f.name()) {
+      case http::field::content_type: slot = &content_type; break;
+      case http::field::content_encoding: slot = &encoding; break;
+      case http::field::connection: slot = &connection_value; break;
+      case http::field::content_length: slot = &length_value; break;
+      case http::field::unknown: {
+        const std::string_view name(f.name_string().data(), f.name_string().size());
+        if (iequals(name, "x-request-id"))
+          slot = &upstream_id;
+        else if (iequals(name, "request-id"))
+          slot = &upstream_rid;
+        break;
+      }
+      default: break;
+    }
+    if (slot && slot->data() == nullptr) *slot = std::string_view(f.value().data(), f.value().size());
+  }
+  if (!upstream_id.empty())
+    rec.upstream_request_id = std::string(upstream_id);
+  else if (!upstream_rid.empty())
+    rec.upstream_request_id = std::string(upstream_rid);
 
-  std::string_view content_type = ures[http::field::content_type];
   bool sse = content_type.find("text/event-stream") != std::string_view::npos;
-  std::string_view encoding = ures[http::field::content_encoding];
   bool compressed = !encoding.empty() && !beast::iequals(encoding, "identity");
   bool decodable = beast::iequals(encoding, "gzip") || beast::iequals(encoding, "x-gzip") ||
                    beast::iequals(encoding, "deflate");
@@ -1064,7 +1085,6 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     };
     head_.append(c.client_version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ");
     head_.append(decimal(status)).append(" ").append(ures.reason()).append("\r\n");
-    std::string_view connection_value = ures[http::field::connection];
     for (const auto& f : ures) {
       auto name = f.name_string();
       if (!is_safe_response_header(name) || f.name() == http::field::content_length ||
@@ -1083,7 +1103,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     for (const auto& [name, value] : extra_headers_) field(name, value);
     switch (mode) {
       case framing::none:
-        if (auto cl = ures[http::field::content_length]; !cl.empty()) field("Content-Length", cl);
+        if (!length_value.empty()) field("Content-Length", length_value);
         break;
       case framing::length:
         field("Content-Length", decimal(*p.content_length()));
@@ -1115,40 +1135,53 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   // two); an upstream that has not started its body yet (a stream) gets its head sent at once.
   bool head_pending = true;
   bool final_written = false;
-  auto write_client = [&](std::string_view bytes, bool last) -> awaitable<bool> {
-    char size_line[24];
-    std::array<asio::const_buffer, 5> bufs{};
+  // A write to the client in two steps: send_client() builds the gather list and sends what the
+  // socket takes now, and returns true when all of it went (the usual case: no coroutine, no
+  // timer); otherwise finish_client() writes the rest asynchronously under idle_timeout.
+  char size_line[24];
+  std::array<asio::const_buffer, 5> client_bufs{};
+  std::size_t client_sent = 0;
+  bool client_last = false;
+  auto mark_written = [&](bool last) {
+    head_pending = false;
+    c.head_sent = true;
+    final_written = final_written || last;
+  };
+  auto send_client = [&](std::string_view bytes, bool last) -> bool {
+    client_bufs = {};
     std::size_t nb = 0;
-    if (head_pending) bufs[nb++] = asio::buffer(head_);
+    if (head_pending) client_bufs[nb++] = asio::buffer(head_);
     if (!bytes.empty()) {
       if (mode == framing::chunked) {
         char* end = std::to_chars(size_line, size_line + sizeof size_line - 2, bytes.size(), 16).ptr;
         *end++ = '\r';
         *end++ = '\n';
-        bufs[nb++] = asio::buffer(size_line, static_cast<std::size_t>(end - size_line));
-        bufs[nb++] = asio::buffer(bytes.data(), bytes.size());
-        bufs[nb++] = asio::buffer("\r\n", 2);
+        client_bufs[nb++] = asio::buffer(size_line, static_cast<std::size_t>(end - size_line));
+        client_bufs[nb++] = asio::buffer(bytes.data(), bytes.size());
+        client_bufs[nb++] = asio::buffer("\r\n", 2);
       } else {
-        bufs[nb++] = asio::buffer(bytes.data(), bytes.size());
+        client_bufs[nb++] = asio::buffer(bytes.data(), bytes.size());
       }
     }
-    if (last && mode == framing::chunked) bufs[nb++] = asio::buffer("0\r\n\r\n", 5);
-    if (nb == 0) co_return true;
-    const std::size_t sent = send_now(stream_.socket(), bufs);
-    if (sent < asio::buffer_size(bufs)) {
-      beast::buffers_suffix<std::array<asio::const_buffer, 5>> rest(bufs);
-      rest.consume(sent);
-      beast::error_code wec;
-      stream_.expires_after(uc.idle_timeout);
-      co_await asio::async_write(stream_, rest, redirect_error(use_awaitable, wec));
-      if (wec) co_return false;
-    }
-    head_pending = false;
-    c.head_sent = true;
-    final_written = final_written || last;
+    if (last && mode == framing::chunked) client_bufs[nb++] = asio::buffer("0\r\n\r\n", 5);
+    if (nb == 0) return true;
+    client_last = last;
+    client_sent = send_now(stream_.socket(), client_bufs);
+    if (client_sent < asio::buffer_size(client_bufs)) return false;
+    mark_written(last);
+    return true;
+  };
+  auto finish_client = [&]() -> awaitable<bool> {
+    beast::buffers_suffix<std::array<asio::const_buffer, 5>> rest(client_bufs);
+    rest.consume(client_sent);
+    beast::error_code wec;
+    stream_.expires_after(uc.idle_timeout);
+    co_await asio::async_write(stream_, rest, redirect_error(use_awaitable, wec));
+    if (wec) co_return false;
+    mark_written(client_last);
     co_return true;
   };
-  if (!p.is_done() && conn.buffer.size() == 0 && !co_await write_client({}, false)) {
+  if (!p.is_done() && conn.buffer.size() == 0 && !send_client({}, false) && !co_await finish_client()) {
     c.error = errc::client_aborted;
     co_return exchange_result::done;
   }
@@ -1195,9 +1228,11 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
         sse_event ev;
         while (events.next(ev))
           if (meter->on_event(ev)) append_without_null_usage(ev.raw, out_);
-        ok = co_await write_client(out_, !ec && p.is_done() && events.pending().empty());
+        ok = send_client(out_, !ec && p.is_done() && events.pending().empty());
+        if (!ok) ok = co_await finish_client();
       } else {
-        ok = co_await write_client(piece, !ec && p.is_done());
+        ok = send_client(piece, !ec && p.is_done());
+        if (!ok) ok = co_await finish_client();
         if (meter) {
           if (!compressed || infl) {
             events.append(plain);
@@ -1238,7 +1273,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     } else if (meter) {
       while (events.finish(ev)) meter->on_event(ev);
     }
-    if (!final_written && !co_await write_client(out_, true)) c.error = errc::client_aborted;
+    if (!final_written && !send_client(out_, true) && !co_await finish_client()) c.error = errc::client_aborted;
   }
   keep_upstream = c.error == errc::ok && p.is_done() && p.keep_alive() && conn.buffer.size() == 0;
 
