@@ -293,10 +293,38 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
     db_conn db(opts.path);
     CHECK(db.rows("PRAGMA journal_mode")[0][0] == "wal");
     CHECK(db.integer("SELECT MAX(version) FROM schema_version") == ledger_schema_version());
-    CHECK(ledger_schema_version() == 2);  // 1: calls; 2: client_keys
+    CHECK(ledger_schema_version() == 3);  // 1: calls; 2: client_keys; 3: start_ms the only index
     CHECK(db.integer("SELECT COUNT(*) FROM sqlite_master WHERE name = 'client_keys'") == 1);
-    CHECK(db.integer("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE "
-                     "'calls_%'") == 3);
+    CHECK(db.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'calls_%'") ==
+          std::vector<std::vector<std::optional<std::string>>>{{"calls_start_ms"}});
+  }
+
+  SECTION("a version-2 database loses its two composite indexes and keeps its rows") {
+    {
+      db_conn db(opts.path);
+      db.exec(ledger_schema_sql());
+      db.exec("CREATE INDEX calls_price_model_start_ms ON calls(price_model, start_ms);"
+              "CREATE INDEX calls_client_key_id_start_ms ON calls(client_key_id, start_ms);"
+              "CREATE TABLE schema_version(version INTEGER NOT NULL);"
+              "INSERT INTO schema_version VALUES (1), (2);"
+              "INSERT INTO calls (request_id, start_ms, route, method, status, stream, aborted,"
+              " prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens,"
+              " cache_write_1h_tokens, reasoning_tokens, total_tokens, usage_source, priced,"
+              " cost_usd, latency_ms, attempts)"
+              " VALUES ('old', 1, 'chat_completions', 'POST', 200, 0, 0, 1, 2, 0, 0, 0, 0, 3,"
+              " 'upstream', 1, 0.5, 10, 1)");
+      CHECK(db.integer("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index'") == 3);
+    }
+    ledger l(opts);
+    l.start();
+    REQUIRE(l.reserve());
+    l.submit(make_row(1));
+    l.stop();
+    db_conn db(opts.path);
+    CHECK(db.integer("SELECT MAX(version) FROM schema_version") == 3);
+    CHECK(db.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'calls_%'") ==
+          std::vector<std::vector<std::optional<std::string>>>{{"calls_start_ms"}});
+    CHECK(db.integer("SELECT COUNT(*) FROM calls") == 2);
   }
 
   SECTION("reopening an existing database keeps its rows and applies no migration twice") {
@@ -316,11 +344,11 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
     {
       db_conn db(opts.path);
       db.exec("CREATE TABLE schema_version(version INTEGER NOT NULL);"
-              "INSERT INTO schema_version VALUES (1), (2), (3)");
+              "INSERT INTO schema_version VALUES (1), (2), (3), (4)");
     }
     ledger l(opts);
     CHECK_THROWS_WITH(l.start(), Catch::StartsWith("ledger: cannot open " + opts.path) &&
-                                     Catch::Contains("schema version 3 is newer"));
+                                     Catch::Contains("schema version 4 is newer"));
   }
 
   SECTION("a path that cannot be a database is refused with the path in the message") {
