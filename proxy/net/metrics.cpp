@@ -8,6 +8,9 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <mutex>
 #include <unordered_map>
 
@@ -86,6 +89,7 @@ struct metrics::impl {
 
   // Per-model children, created for every price-table entry plus "other" at start-up.
   struct model_children {
+    std::uint64_t index;  // 0, 1, ...: part of the request counters' per-thread cache key
     pm::Counter* prompt;
     pm::Counter* completion;
     pm::Counter* cached;
@@ -95,6 +99,8 @@ struct metrics::impl {
   std::unordered_map<std::string, model_children> models;  // read-only after construction
 
   // Lazily created (route, model, code) and upstream error children.
+  const std::uint64_t id = next_id.fetch_add(1, std::memory_order_relaxed);  // for the thread caches
+  static inline std::atomic<std::uint64_t> next_id{1};
   std::mutex mu;
   std::unordered_map<std::string, pm::Counter*> request_children;
   std::unordered_map<std::string, pm::Counter*> error_children;
@@ -119,6 +125,7 @@ metrics::metrics(const price_table& prices) : impl_(std::make_unique<impl>()) {
   }
   auto add_model = [&](const std::string& name) {
     m.models.emplace(name, impl::model_children{
+                               m.models.size(),
                                &m.tokens.Add({{"model", name}, {"kind", "prompt"}}),
                                &m.tokens.Add({{"model", name}, {"kind", "completion"}}),
                                &m.tokens.Add({{"model", name}, {"kind", "cached"}}),
@@ -141,12 +148,31 @@ std::string_view metrics::model_label(const usage_record& rec) const {
 
 void metrics::record_call(const usage_record& rec, double overhead_s) {
   auto& m = *impl_;
-  auto model = model_label(rec);
-  auto route = static_cast<int>(rec.route);
-  pm::Counter* req;
-  {
+  auto mit = rec.price_model.empty() ? m.models.end() : m.models.find(rec.price_model);
+  if (mit == m.models.end()) mit = m.models.find("other");
+  const std::string_view model = mit->first;
+  const impl::model_children& mc = mit->second;
+  const auto route = static_cast<int>(rec.route);
+  // The (route, model, code) child: found in this thread's cache by an integer key, so a call
+  // takes no lock and builds no string; only a combination the thread has not seen yet goes to
+  // the shared map under the mutex. The cache belongs to one metrics object (id), and holds at
+  // most the family's own (bounded) children.
+  struct request_cache {
+    std::uint64_t owner = 0;
+    std::unordered_map<std::uint64_t, pm::Counter*> children;
+  };
+  thread_local request_cache cache;
+  if (cache.owner != m.id) {
+    cache.children.clear();
+    cache.owner = m.id;
+  }
+  pm::Counter* uncached = nullptr;  // a status outside 0-999 has no cache key
+  const bool cacheable = rec.status >= 0 && rec.status < 1000;
+  const std::uint64_t cache_key =
+      (mc.index << 16) | (static_cast<std::uint64_t>(route) << 10) | static_cast<std::uint64_t>(cacheable ? rec.status : 0);
+  pm::Counter*& req = cacheable ? cache.children[cache_key] : uncached;
+  if (!req) {
     std::string key;
-    key.reserve(64);
     key.append(to_string(rec.route)).push_back('|');
     key.append(model).push_back('|');
     key += std::to_string(rec.status);
@@ -165,7 +191,6 @@ void metrics::record_call(const usage_record& rec, double overhead_s) {
   m.routes[route].duration->Observe(rec.latency_ms / 1000.0);
   if (rec.first_byte_ms >= 0) m.routes[route].first_byte->Observe(rec.first_byte_ms / 1000.0);
   if (overhead_s >= 0) m.routes[route].overhead->Observe(overhead_s);
-  auto& mc = m.models.at(std::string(model));
   if (rec.tokens.prompt) mc.prompt->Increment(static_cast<double>(rec.tokens.prompt));
   if (rec.tokens.completion) mc.completion->Increment(static_cast<double>(rec.tokens.completion));
   if (rec.tokens.cached) mc.cached->Increment(static_cast<double>(rec.tokens.cached));
