@@ -7,7 +7,6 @@
 #include <iostream>
 #include <string>
 
-#include <malloc.h>
 #include <sqlite3.h>
 
 #include "core/config.hpp"
@@ -48,11 +47,6 @@ int main(int argc, char** argv) {
   // SQLite's allocation statistics take a global mutex around every malloc and free (~1k
   // instructions per ledger row); tollgate never reads them. Must precede sqlite3_initialize.
   sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
-  // No fastbins: glibc consolidates them on every allocation of 1 KiB or more (a call's three
-  // largest coroutine frames, SQLite's pages), which cost more than they saved; the per-thread
-  // tcache still serves small sizes first. Callgrind: the ledger writer's instructions per row
-  // 15.7k -> 12.8-13.7k, the call's total -4 %.
-  mallopt(M_MXFAST, 0);
   if (argc >= 2 && std::strcmp(argv[1], "report") == 0) return tollgate::report_main(argc - 2, argv + 2);
   std::string config_path;
   bool check_only = false;
