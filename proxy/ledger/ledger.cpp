@@ -134,8 +134,8 @@ const std::vector<migration> kMigrations = {
 
 // The insert, for 8, 4, 2 and 1 rows at once (inserts[k] takes 8 >> k): a batch is written 8
 // rows per statement, and its remainder in at most three more. SQLite's per-statement work
-// (opening the table's and three indexes' cursors, the statement journal, VdbeHalt: ~6k of the
-// ~27k instructions a one-row insert costs) is then paid once per 8 rows.
+// (opening the cursors, the statement journal, VdbeHalt: ~6k of the ~27k instructions a one-row
+// insert cost with schema 2's three indexes) is then paid once per 8 rows.
 constexpr int kInsertColumns = 29;
 constexpr std::size_t kInsertSizes = 4;
 constexpr std::size_t kMaxInsertRows = std::size_t{1} << (kInsertSizes - 1);
