@@ -194,6 +194,13 @@ struct read_block_allocator {
 };
 using read_buffer = beast::basic_flat_buffer<read_block_allocator>;
 
+// For one walk over a parsed header that picks out the fields tollgate reads: `slot` takes the
+// value unless an earlier field of that name did (the first of duplicates, as operator[]); a
+// slot never set keeps a null data(), so "absent" and "empty" stay apart.
+void keep_first(std::string_view& slot, beast::string_view value) noexcept {
+  if (slot.data() == nullptr) slot = std::string_view(value.data(), value.size());
+}
+
 // One send of as much of `bufs` as the socket takes now. The socket is in non-blocking mode, so
 // this never waits: it returns the bytes sent, 0 when the socket would block or failed (the async
 // write of the rest that follows then waits, or reports the failure). A response or request of a
@@ -479,21 +486,18 @@ awaitable<bool> client_session::handle_one() {
   up_headers_.reserve(32);
   for (const auto& f : req) {
     up_headers_.push_back({f.name_string(), f.value()});
-    auto first = [&f](std::string_view& slot) {
-      if (slot.data() == nullptr) slot = std::string_view(f.value().data(), f.value().size());
-    };
     switch (f.name()) {
       case http::field::host: ++h.hosts; break;
       case http::field::transfer_encoding: h.transfer_encoding = true; break;
-      case http::field::expect: first(h.expect); break;
-      case http::field::authorization: first(h.authorization); break;
-      case http::field::content_type: first(h.content_type); break;
+      case http::field::expect: keep_first(h.expect, f.value()); break;
+      case http::field::authorization: keep_first(h.authorization, f.value()); break;
+      case http::field::content_type: keep_first(h.content_type, f.value()); break;
       case http::field::unknown: {
         const std::string_view name(f.name_string().data(), f.name_string().size());
         if (iequals(name, "x-request-id")) {
-          first(h.request_id);
+          keep_first(h.request_id, f.value());
         } else if (iequals(name, "x-api-key")) {
-          first(h.api_key);
+          keep_first(h.api_key, f.value());
         }
         break;
       }
@@ -1026,27 +1030,24 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     rec.status = status;
     co_return exchange_result::failover;
   }
-  // The response fields tollgate reads, in one walk (each operator[] was a search); the first of
-  // duplicates, as operator[]. A null data() when absent.
+  // The response fields tollgate reads, in one walk (each operator[] was a search).
   std::string_view upstream_id, upstream_rid, content_type, encoding, connection_value, length_value;
   for (const auto& f : ures) {
-    std::string_view* slot = nullptr;
     switch (f.name()) {
-      case http::field::content_type: slot = &content_type; break;
-      case http::field::content_encoding: slot = &encoding; break;
-      case http::field::connection: slot = &connection_value; break;
-      case http::field::content_length: slot = &length_value; break;
+      case http::field::content_type: keep_first(content_type, f.value()); break;
+      case http::field::content_encoding: keep_first(encoding, f.value()); break;
+      case http::field::connection: keep_first(connection_value, f.value()); break;
+      case http::field::content_length: keep_first(length_value, f.value()); break;
       case http::field::unknown: {
         const std::string_view name(f.name_string().data(), f.name_string().size());
         if (iequals(name, "x-request-id"))
-          slot = &upstream_id;
+          keep_first(upstream_id, f.value());
         else if (iequals(name, "request-id"))
-          slot = &upstream_rid;
+          keep_first(upstream_rid, f.value());
         break;
       }
       default: break;
     }
-    if (slot && slot->data() == nullptr) *slot = std::string_view(f.value().data(), f.value().size());
   }
   if (!upstream_id.empty())
     rec.upstream_request_id = std::string(upstream_id);

@@ -141,13 +141,9 @@ metrics::~metrics() = default;
 
 prometheus::Registry& metrics::registry() noexcept { return *impl_->registry; }
 
-std::string_view metrics::model_label(const usage_record& rec) const {
-  if (!rec.price_model.empty() && impl_->models.count(rec.price_model)) return rec.price_model;
-  return "other";
-}
-
 void metrics::record_call(const usage_record& rec, double overhead_s) {
   auto& m = *impl_;
+  // The `model` label: the call's price-table entry, or "other" (a bounded set).
   auto mit = rec.price_model.empty() ? m.models.end() : m.models.find(rec.price_model);
   if (mit == m.models.end()) mit = m.models.find("other");
   const std::string_view model = mit->first;

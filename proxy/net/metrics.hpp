@@ -49,8 +49,6 @@ class metrics {
   // their own state (upstream breakers, budgets). Register at start-up only.
   void add_scrape_hook(std::function<void()> hook);
 
-  // The `model` label for a model id: its price-table entry name, or "other" (bounded set).
-  std::string_view model_label(const usage_record& rec) const;
 
  private:
   struct impl;
