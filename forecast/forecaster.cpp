@@ -35,6 +35,7 @@ constexpr double aci_leak_days = 2.0;       // tail scales relax towards 1 with 
 constexpr double level_shift_widening = 0.25;  // extra band width a day ahead (level shifts)
 constexpr double detector_days = 14.0;      // spike detector's memory of one-step errors
 constexpr double clean_threshold = 4.0;     // robust z beyond which seasonal look-ups see a clipped value
+constexpr double cold_sd_max = 1.4;         // cold-start band at most x/÷10 at p95/p05 (1.645 x 1.4 = ln 10)
 
 // Standard normal quantiles at quantile_levels (for the cold-start prior).
 constexpr std::array<double, 5> normal_z{-1.6448536269514722, -1.2815515655446004, 0.0,
@@ -277,10 +278,13 @@ struct forecaster::impl {
     }
     warm = false;
     // Cold start: a wide normal whose spread grows with the step like a random walk, from the
-    // one-bin log changes seen so far (or a factor of ~2 when there are none).
+    // one-bin log changes seen so far (or a factor of ~2 when there are none), up to a cap: an
+    // uncapped walk of factor-2 steps puts p90 an hour ahead at e^10 times the level, which is
+    // no information at all. These are relative (log-ratio) offsets; forecast() applies them
+    // around the point with cold_offsets().
     const double sd1 = diff_n >= 3 ? 1.2533 * diff_mae : 0.7;
     const double steps = static_cast<double>(std::min(reps[r], cal.m));
-    const double sd = std::max(0.35, 1.5 * sd1 * std::sqrt(steps));
+    const double sd = std::clamp(1.5 * sd1 * std::sqrt(steps), 0.35, cold_sd_max);
     for (std::size_t i = 0; i < 5; ++i) q[i] = normal_z[i] * sd;
     return q;
   }
@@ -407,17 +411,33 @@ struct forecaster::impl {
     }
   }
 
+  // The cold-start prior's log-ratio offsets `q` around the point expm1(fc), as offsets on the
+  // log1p scale the bands are built on. Applied on log1p directly they would be additive for a
+  // series whose bins are much below 1 (dollars per minute): e^q - 1 dollars, whatever the
+  // spend. Scaling the point instead keeps the prior relative at every magnitude; for bins far
+  // above 1 the two agree.
+  static std::array<double, 5> cold_offsets(double fc, const std::array<double, 5>& q) {
+    const double point = std::max(0.0, std::expm1(fc));
+    std::array<double, 5> out{};
+    for (std::size_t i = 0; i < 5; ++i) out[i] = std::log1p(point * std::exp(q[i])) - std::log1p(point);
+    return out;
+  }
+
   forecast_result forecast(std::size_t horizon) const {
     forecast_result out;
     if (hist.size() == 0) return out;
     const std::size_t t = hist.size() - 1;
     out.origin_s = cal.start_s + static_cast<std::int64_t>(t) * cal.bin_s;
     horizon = std::min(horizon, cfg.max_horizon);
-    bool warm = true;
     std::vector<std::array<double, 5>> rq(reps.size());
+    std::vector<char> rep_warm(reps.size(), 1);
     for (std::size_t r = 0; r < reps.size(); ++r)
-      if (r == 0 || reps[r - 1] < horizon) rq[r] = rep_quantiles(r, warm);
-    out.warm = warm;
+      if (r == 0 || reps[r - 1] < horizon) {
+        bool w = true;
+        rq[r] = rep_quantiles(r, w);
+        rep_warm[r] = w;
+      }
+    out.warm = std::all_of(rep_warm.begin(), rep_warm.end(), [](char w) { return w != 0; });
     out.steps.resize(horizon);
     std::vector<double> f(members);
     for (std::size_t k = 1; k <= horizon; ++k) {
@@ -429,8 +449,10 @@ struct forecaster::impl {
       bracket(k, lo, hi, frac);
       // Beyond the recent errors, leave room for level shifts: up to +25% width a day ahead.
       const double widen = 1.0 + level_shift_widening * std::min(1.0, static_cast<double>(k) / static_cast<double>(cal.m));
+      const std::array<double, 5> q_lo = rep_warm[lo] ? rq[lo] : cold_offsets(fc, rq[lo]);
+      const std::array<double, 5> q_hi = rep_warm[hi] ? rq[hi] : cold_offsets(fc, rq[hi]);
       std::array<double, 5> qe{};
-      for (std::size_t i = 0; i < 5; ++i) qe[i] = rq[lo][i] + (rq[hi][i] - rq[lo][i]) * frac;
+      for (std::size_t i = 0; i < 5; ++i) qe[i] = q_lo[i] + (q_hi[i] - q_lo[i]) * frac;
       for (std::size_t i : {q05, q10, q90, q95}) qe[i] = qe[q50] + widen * (qe[i] - qe[q50]);
       step_forecast& sf = out.steps[k - 1];
       sf.timestamp_s = out.origin_s + static_cast<std::int64_t>(k) * cal.bin_s;

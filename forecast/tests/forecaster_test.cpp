@@ -157,6 +157,27 @@ TEST_CASE("forecaster: cold start gives finite, wide forecasts", "[forecast]") {
     check_well_formed(r);
     CHECK(rel_err(r.steps[0].point, 120.0) < 0.01);
     CHECK(r.steps[23].quantiles[q95] / r.steps[23].quantiles[q05] > 2.0);
+    // Wide, but still about this series: at most x10 the point at p95, widened (on the log
+    // scale) by at most 25% a day ahead.
+    for (const auto& s : r.steps) CHECK(s.quantiles[q95] <= (s.point + 1.0) * std::pow(10.0, 1.25));
+  }
+  SECTION("dollars per minute: the band is relative to the spend, not to one dollar") {
+    // A new proxy's first minute: three calls worth $0.000288. The prior on the log1p scale
+    // used to put p90 an hour ahead at ~$30,000 a minute, and a month's projection at $720k.
+    forecaster_config cfg;
+    cfg.bin_s = 60;
+    cfg.max_horizon = 63;
+    forecaster m(cfg);
+    m.observe(t0, 0.000288);
+    const auto r = m.forecast(63);
+    REQUIRE(r.steps.size() == 63);
+    CHECK_FALSE(r.warm);
+    check_well_formed(r);
+    for (const auto& s : r.steps) {
+      CHECK(s.point == Approx(0.000288).epsilon(0.01));
+      CHECK(s.quantiles[q95] <= 0.000288 * std::pow(10.0, 1.25));
+      CHECK(s.quantiles[q95] > s.quantiles[q05]);
+    }
   }
 }
 

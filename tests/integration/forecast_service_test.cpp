@@ -204,6 +204,32 @@ TEST_CASE("forecast: a replayed trace moves the gauges as the backtest says", "[
   }
 }
 
+TEST_CASE("forecast: a new proxy's first minute of spend projects the day and month at its own scale", "[forecast]") {
+  // Three calls worth $0.000288 in the first minute, at noon UTC. The cold-start band used to
+  // be built on log1p(dollars), so p90 came out at ~$30,000 a minute whatever the spend, and a
+  // budget's month projection at $720k: a projected_overspend alert for any budget on day one.
+  price_table prices;
+  metrics m{prices};
+  aggregator agg{{"gpt-4.1"}};
+  const std::int64_t minute = 1736164800 / 60;  // 2025-01-06T12:00Z
+  agg.add(minute, "gpt-4.1", {3, 300, 30, 0.000288});
+  forecast_service_options o;
+  const std::int64_t now_s = (minute + 1) * 60 + forecast_service::settle.count() + 1;
+  o.now_ms = [&] { return now_s * 1000; };
+  forecast_service svc(agg, m, o);
+  svc.refresh();
+  const std::string text = m.serialize(ledger_stats{});
+  for (const char* window : {"day", "month"}) {
+    INFO(window);
+    auto q = quantiles(text, "tollgate_forecast_spend_usd", {{"window", window}});
+    REQUIRE(ordered(q));
+    CHECK(q[0] >= 0.000288 * 0.999);
+    // At most x10 the first minute's rate at p95 (widened a little a day ahead) for the rest of
+    // the day: 718 minutes.
+    CHECK(q[4] <= 0.000288 + 0.000288 * std::pow(10.0, 1.25) * 718);
+  }
+}
+
 TEST_CASE("forecast: stop() is prompt while the first fit is still learning", "[forecast]") {
   replay r;
   r.feed(4 * 1440);

@@ -248,9 +248,18 @@ TEST_CASE("alerts: a soft threshold alerts once per period (deduplicated)", "[al
     c.policy.webhooks = {w};
   }});
   for (int i = 0; i < 3; ++i) REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
-  REQUIRE(tt::harness::eventually([&] { return !hook.received().empty(); }, 15s));
+  // Only the soft threshold's alerts count here: the three calls spend 2.9x the limit, so if the
+  // forecaster refreshes during the test (a minute boundary) a projected_overspend alert is
+  // right to leave too.
+  auto soft = [&] {
+    std::vector<json> out;
+    for (auto& a : hook.received())
+      if (a["kind"] == "soft_threshold") out.push_back(a);
+    return out;
+  };
+  REQUIRE(tt::harness::eventually([&] { return !soft().empty(); }, 15s));
   std::this_thread::sleep_for(1500ms);  // a second alert, if any, would have left by now
-  auto got = hook.received();
+  auto got = soft();
   REQUIRE(got.size() == 1);
   CHECK(got[0]["kind"] == "soft_threshold");
   CHECK(got[0]["period"] == "month");
