@@ -12,7 +12,10 @@
 #include <boost/beast/http.hpp>
 #include <boost/optional.hpp>
 
+#include <atomic>
 #include <filesystem>
+#include <memory>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -43,6 +46,48 @@ bool response::has_header(std::string_view name) const {
 
 namespace {
 
+// The harnesses alive, by client port. tollgate ledgers a call just after its last byte is sent,
+// so with two workers the next call of a test, on the other thread, could be ledgered first; the
+// tests read rows by id. request() therefore returns only once the proxy has ledgered what it
+// answered: in-flight calls at most the helper's requests still waiting (bounded: a raw socket
+// a test holds open keeps a call in flight).
+struct live_proxy {
+  std::uint16_t port = 0;
+  tollgate::app* app = nullptr;
+  std::atomic<std::int64_t> outstanding{0};
+};
+std::mutex live_mu;
+std::vector<std::shared_ptr<live_proxy>> live;
+
+std::shared_ptr<live_proxy> find_live(std::uint16_t port) {
+  std::lock_guard lock(live_mu);
+  for (const auto& l : live)
+    if (l->port == port) return l;
+  return nullptr;
+}
+
+// Counts a helper request to a harness for its lifetime; settle() waits until the proxy has
+// ledgered every call no helper is still waiting for.
+struct outstanding_call {
+  explicit outstanding_call(std::uint16_t port) : p(find_live(port)) {
+    if (p) p->outstanding.fetch_add(1);
+  }
+  ~outstanding_call() { done(); }
+  void done() {
+    if (p && !finished) p->outstanding.fetch_sub(1);
+    finished = true;
+  }
+  void settle() {
+    done();
+    if (!p) return;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+    while (p->app->get_metrics().inflight.load() > p->outstanding.load() && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  std::shared_ptr<live_proxy> p;
+  bool finished = false;
+};
+
 void connect(beast::tcp_stream& s, std::uint16_t port) {
   s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
 }
@@ -64,6 +109,7 @@ http::request<http::string_body> make_request(const std::string& method, const s
 
 response request(std::uint16_t port, const std::string& method, const std::string& target, const std::string& body,
                  const headers& h, std::chrono::milliseconds timeout) {
+  outstanding_call pending(port);
   asio::io_context ioc;
   beast::tcp_stream s(ioc);
   s.expires_after(timeout);
@@ -83,6 +129,7 @@ response request(std::uint16_t port, const std::string& method, const std::strin
   for (const auto& f : p.get()) r.hdrs.emplace_back(std::string(f.name_string()), std::string(f.value()));
   beast::error_code ec;
   s.socket().shutdown(tcp::socket::shutdown_both, ec);
+  pending.settle();
   return r;
 }
 
@@ -105,6 +152,8 @@ std::string raw_exchange(std::uint16_t port, const std::string& bytes, std::chro
 }
 
 struct stream_client::impl {
+  explicit impl(std::uint16_t port) : pending(port) {}
+  outstanding_call pending;
   asio::io_context ioc;
   beast::tcp_stream s{ioc};
   beast::flat_buffer buf;
@@ -114,7 +163,7 @@ struct stream_client::impl {
 };
 
 stream_client::stream_client(std::uint16_t port, const std::string& target, const std::string& body, const headers& h)
-    : impl_(std::make_unique<impl>()) {
+    : impl_(std::make_unique<impl>(port)) {
   auto& I = *impl_;
   connect(I.s, port);
   headers all = h;
@@ -144,6 +193,7 @@ std::optional<std::string> stream_client::next() {
     if (ec) I.failed = true;
     if (n > 0) return std::string(I.chunk.data(), n);
   }
+  if (I.p.is_done() && !I.failed) I.pending.settle();
   return std::nullopt;
 }
 
@@ -199,9 +249,18 @@ harness::harness(harness_options o) {
   if (o.tweak) o.tweak(cfg);
   proxy = std::make_unique<tollgate::app>(cfg);
   proxy->start();
+  auto l = std::make_shared<live_proxy>();
+  l->port = proxy->port();
+  l->app = proxy.get();
+  std::lock_guard lock(live_mu);
+  live.push_back(std::move(l));
 }
 
 harness::~harness() {
+  {
+    std::lock_guard lock(live_mu);
+    std::erase_if(live, [&](const auto& l) { return l->app == proxy.get(); });
+  }
   proxy->shutdown();
   proxy.reset();
   upstream.reset();
