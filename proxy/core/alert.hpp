@@ -25,10 +25,12 @@ struct alert_event {
   std::string period;       // "day", "week", "month"; spend_guard: the window ("1h"); anomaly: ""
   double limit_usd = 0;     // budget limit, guard max_usd; anomaly: 0
   double spent_usd = 0;     // spent in the period / window when raised
-  double threshold = 0;     // soft: the crossed fraction (0.8); projected: the p90 projection (USD);
-                            // anomaly: the anomaly score
+  double threshold = 0;     // soft: the crossed fraction (0.8); projected: the projection (USD) at
+                            // projection_quantile; anomaly: the anomaly score
   std::int64_t time_ms = 0; // when raised, Unix ms
   std::string message;      // one human sentence (the Slack text)
+  // projected: 0.9, or 0.5 while the forecast band is still the cold-start prior
+  double projection_quantile = 0.9;
   // Dedupe key: the same kind+scope+period(+threshold for soft) is sent once per cooldown.
   std::string dedupe_key() const {
     std::string k(to_string(kind));

@@ -763,13 +763,17 @@ void policy_engine::update_projections(std::int64_t now_ms, const remaining_spen
     b.p90 = projection(f.p90_usd);
     b.exh50 = exhaustion(b.p50);
     b.exh90 = exhaustion(b.p90);
-    if (b.projected_alerted || !(b.p90 > b.cfg.limit_usd)) return;
+    const double basis = f.learned ? b.p90 : b.p50;
+    if (b.projected_alerted || !(basis > b.cfg.limit_usd)) return;
     b.projected_alerted = true;
-    m.raise({alert_kind::projected_overspend, b.cfg.scope, std::string(to_string(b.cfg.period)), b.cfg.limit_usd,
-             b.spent, b.p90, now_ms,
-             "Budget " + b.name() + " is projected to overspend: p90 " + money(b.p90) + " of " +
-                 money(b.cfg.limit_usd) + " by the end of the " + std::string(to_string(b.cfg.period)) + " (" +
-                 money(b.spent) + " spent so far)"});
+    alert_event e{alert_kind::projected_overspend, b.cfg.scope, std::string(to_string(b.cfg.period)), b.cfg.limit_usd,
+                  b.spent, basis, now_ms,
+                  "Budget " + b.name() + " is projected to overspend: " + (f.learned ? "p90 " : "p50 ") + money(basis) +
+                      " of " + money(b.cfg.limit_usd) + " by the end of the " + std::string(to_string(b.cfg.period)) +
+                      " (" + money(b.spent) + " spent so far" +
+                      (f.learned ? ")" : "; the median, while the forecast band is still being learned)")};
+    e.projection_quantile = f.learned ? 0.9 : 0.5;
+    m.raise(std::move(e));
   };
   for (auto& b : m.budgets) project(b);
   for (auto& [name, ks] : m.key_states)

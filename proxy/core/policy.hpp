@@ -146,11 +146,16 @@ class policy_engine {
   struct spend_forecast {
     double p50_usd = nan;
     double p90_usd = nan;
+    // False while the band behind p90 is the forecaster's cold-start prior (a fresh ledger: up
+    // to a month for the hourly steps). Alerts then compare the median: a prior's p90 is ~6x
+    // the point and would call every budget on a sixth of its pace overspent.
+    bool learned = true;
   };
   // `global_remaining(period, window)` is called (without the engine's lock held) once per
   // period some budget uses. Each budget's projection is spent + share * remaining, where share
   // is the scope's share of recent spend (exponentially decayed, one-day time constant; 1 for
-  // global). A p90 projection above the limit raises projected_overspend once per window.
+  // global). A p90 projection above the limit raises projected_overspend once per window (the
+  // p50 one while the forecast is not `learned`).
   using remaining_spend_fn = std::function<spend_forecast(calendar_period, const time_window&)>;
   void update_projections(std::int64_t now_ms, const remaining_spend_fn& global_remaining);
 

@@ -164,7 +164,8 @@ std::string slack_text(const alert_event& e) {
   if (!e.period.empty()) t += "/" + e.period;
   t += ": spent " + fixed("$%.2f", e.spent_usd);
   if (e.limit_usd > 0) t += " of " + fixed("$%.2f", e.limit_usd) + " (" + fixed("%.0f", 100 * e.spent_usd / e.limit_usd) + "%)";
-  if (e.kind == alert_kind::projected_overspend) t += ", p90 projection " + fixed("$%.2f", e.threshold);
+  if (e.kind == alert_kind::projected_overspend)
+    t += (e.projection_quantile == 0.5 ? ", p50 projection " : ", p90 projection ") + fixed("$%.2f", e.threshold);
   if (e.kind == alert_kind::anomaly) t += ", score " + fixed("%.1f", e.threshold);
   if (!e.message.empty()) t += "\n" + e.message;
   return slack_escape(t);
@@ -253,6 +254,7 @@ std::string alert_notifier::json_payload(const alert_event& e) {
                            {"time", rfc3339_utc(e.time_ms)},
                            {"message", e.message},
                            {"source", "tollgate"}};
+  if (e.kind == alert_kind::projected_overspend) j["quantile"] = e.projection_quantile;
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

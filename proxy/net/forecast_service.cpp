@@ -306,8 +306,9 @@ struct forecast_service::impl {
   // Forecast sum of series s over [from_s, to_s) at quantile q: each tier's steps cover what the
   // finer tiers do not reach, a bin cut by an edge counts in proportion. Per-step quantiles are
   // added (comonotonic sum, see README "Design notes").
-  double forecast_sum(std::size_t s, std::int64_t from_s, std::int64_t to_s, std::size_t q) const {
+  double forecast_sum(std::size_t s, std::int64_t from_s, std::int64_t to_s, std::size_t q, bool* learned = nullptr) const {
     double total = 0;
+    if (learned != nullptr) *learned = true;
     std::int64_t cursor = from_s;
     for (const tier& t : tiers) {
       if (cursor >= to_s) break;
@@ -320,7 +321,9 @@ struct forecast_service::impl {
         if (be <= cursor) continue;
         if (bs >= seg_end) break;
         const std::int64_t overlap = std::min(be, seg_end) - std::max(bs, cursor);
-        if (overlap > 0) total += st.quantiles[q] * static_cast<double>(overlap) / static_cast<double>(t.bin_s);
+        if (overlap <= 0) continue;
+        total += st.quantiles[q] * static_cast<double>(overlap) / static_cast<double>(t.bin_s);
+        if (learned != nullptr && !t.result[s].warm) *learned = false;
       }
       cursor = std::max(cursor, seg_end);
     }
@@ -363,6 +366,11 @@ struct forecast_service::impl {
       const std::size_t q50 = quantile_index(0.5), q90 = quantile_index(0.9);
       snap.remaining_spend = [this, now_s, q50, q90](std::int64_t end_s, bool p90) {
         return forecast_sum(s_spend, now_s, end_s, p90 ? q90 : q50);
+      };
+      snap.remaining_spend_learned = [this, now_s, q50](std::int64_t end_s) {
+        bool learned = true;
+        forecast_sum(s_spend, now_s, end_s, q50, &learned);
+        return learned;
       };
       for (std::size_t s = 0; s < n_series; ++s) {
         const auto& a = tiers[0].f[s]->anomaly();

@@ -19,6 +19,9 @@ struct forecast_snapshot {
   std::int64_t now_s = 0;
   // Forecast spend (USD) over [now_s, end_s) at the 0.5 and 0.9 quantiles.
   std::function<double(std::int64_t end_s, bool p90)> remaining_spend;
+  // Whether every forecaster behind remaining_spend(end_s) has learned its band (false while
+  // some step's quantiles still come from the cold-start prior).
+  std::function<bool(std::int64_t end_s)> remaining_spend_learned;
   // Per series (requests, prompt_tokens, completion_tokens, spend_usd): flag and score.
   std::array<const char*, 4> series{};
   std::array<bool, 4> anomaly{};

@@ -186,6 +186,7 @@ void spend_control::on_forecast(const forecast_snapshot& snap) {
       policy_engine::spend_forecast f;
       f.p50_usd = snap.remaining_spend(w.end_s, false);
       f.p90_usd = snap.remaining_spend(w.end_s, true);
+      f.learned = !snap.remaining_spend_learned || snap.remaining_spend_learned(w.end_s);
       return f;
     });
   }

@@ -249,6 +249,11 @@ TEST_CASE("alert_notifier: Slack text escapes markup and names the projection an
     auto text = nlohmann::json::parse(alert_notifier::slack_payload(e))["text"].get<std::string>();
     CHECK(text.find("projected_overspend") != std::string::npos);
     CHECK(text.find("p90 projection $2412.50") != std::string::npos);
+    CHECK(nlohmann::json::parse(alert_notifier::json_payload(e))["quantile"] == 0.9);
+    e.projection_quantile = 0.5;  // the band is still the cold-start prior: the median decided
+    text = nlohmann::json::parse(alert_notifier::slack_payload(e))["text"].get<std::string>();
+    CHECK(text.find("p50 projection $2412.50") != std::string::npos);
+    CHECK(nlohmann::json::parse(alert_notifier::json_payload(e))["quantile"] == 0.5);
   }
   SECTION("an anomaly has no limit, only spend and score") {
     alert_event e;

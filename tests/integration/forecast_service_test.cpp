@@ -216,8 +216,14 @@ TEST_CASE("forecast: a new proxy's first minute of spend projects the day and mo
   forecast_service_options o;
   const std::int64_t now_s = (minute + 1) * 60 + forecast_service::settle.count() + 1;
   o.now_ms = [&] { return now_s * 1000; };
+  bool learned = true;
+  o.on_refresh = [&](const forecast_snapshot& snap) {
+    REQUIRE(snap.remaining_spend_learned);
+    learned = snap.remaining_spend_learned(now_s + 3600);
+  };
   forecast_service svc(agg, m, o);
   svc.refresh();
+  CHECK_FALSE(learned);  // so budget alerts compare the median, not the prior's p90
   const std::string text = m.serialize(ledger_stats{});
   for (const char* window : {"day", "month"}) {
     INFO(window);

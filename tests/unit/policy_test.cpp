@@ -611,3 +611,37 @@ TEST_CASE("policy projections: scope shares of the global forecast and one overs
   e.update_projections(utc_ms(2026, 12, 2), forecast);
   CHECK(e.take_alerts().size() == 1);
 }
+
+TEST_CASE("policy projections: while the band is the cold-start prior, the median decides the alert", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::month, 1000, false));
+  policy_engine e(cfg, "UTC");
+  spend(e, 100, t0);
+  // p90 past the limit, p50 not: a learned band alerts, a prior does not.
+  policy_engine::spend_forecast cold{500, 3000};
+  cold.learned = false;
+  e.update_projections(t0, [&](calendar_period, const time_window&) { return cold; });
+  CHECK(e.budgets(t0)[0].projected_p90 == Approx(3100));  // the gauges still show the band
+  CHECK(e.take_alerts().empty());
+  // The median itself past the limit: alerted, on the median, and said so.
+  cold.p50_usd = 1200;
+  e.update_projections(t0 + minute_ms, [&](calendar_period, const time_window&) { return cold; });
+  auto a = e.take_alerts();
+  REQUIRE(a.size() == 1);
+  CHECK(a[0].kind == alert_kind::projected_overspend);
+  CHECK(a[0].threshold == Approx(1300));
+  CHECK(a[0].projection_quantile == 0.5);
+  CHECK_THAT(a[0].message, Contains("p50 $1300.00"));
+  CHECK_THAT(a[0].message, Contains("still being learned"));
+
+  policy_engine learned(cfg, "UTC");
+  spend(learned, 100, t0);
+  learned.update_projections(t0, [](calendar_period, const time_window&) {
+    return policy_engine::spend_forecast{500, 3000};
+  });
+  a = learned.take_alerts();
+  REQUIRE(a.size() == 1);
+  CHECK(a[0].threshold == Approx(3100));
+  CHECK(a[0].projection_quantile == 0.9);
+  CHECK_THAT(a[0].message, Contains("p90 $3100.00"));
+}
