@@ -429,15 +429,14 @@ struct forecaster::impl {
     const std::size_t t = hist.size() - 1;
     out.origin_s = cal.start_s + static_cast<std::int64_t>(t) * cal.bin_s;
     horizon = std::min(horizon, cfg.max_horizon);
-    std::vector<std::array<double, 5>> rq(reps.size());
-    std::vector<char> rep_warm(reps.size(), 1);
+    struct rep_band {
+      std::array<double, 5> q{};
+      bool warm = true;  // false: q is the cold-start prior (log ratios, see cold_offsets)
+    };
+    std::vector<rep_band> rq(reps.size());
     for (std::size_t r = 0; r < reps.size(); ++r)
-      if (r == 0 || reps[r - 1] < horizon) {
-        bool w = true;
-        rq[r] = rep_quantiles(r, w);
-        rep_warm[r] = w;
-      }
-    out.warm = std::all_of(rep_warm.begin(), rep_warm.end(), [](char w) { return w != 0; });
+      if (r == 0 || reps[r - 1] < horizon) rq[r].q = rep_quantiles(r, rq[r].warm);
+    out.warm = std::all_of(rq.begin(), rq.end(), [](const rep_band& b) { return b.warm; });
     out.steps.resize(horizon);
     std::vector<double> f(members);
     for (std::size_t k = 1; k <= horizon; ++k) {
@@ -449,8 +448,8 @@ struct forecaster::impl {
       bracket(k, lo, hi, frac);
       // Beyond the recent errors, leave room for level shifts: up to +25% width a day ahead.
       const double widen = 1.0 + level_shift_widening * std::min(1.0, static_cast<double>(k) / static_cast<double>(cal.m));
-      const std::array<double, 5> q_lo = rep_warm[lo] ? rq[lo] : cold_offsets(fc, rq[lo]);
-      const std::array<double, 5> q_hi = rep_warm[hi] ? rq[hi] : cold_offsets(fc, rq[hi]);
+      const std::array<double, 5> q_lo = rq[lo].warm ? rq[lo].q : cold_offsets(fc, rq[lo].q);
+      const std::array<double, 5> q_hi = rq[hi].warm ? rq[hi].q : cold_offsets(fc, rq[hi].q);
       std::array<double, 5> qe{};
       for (std::size_t i = 0; i < 5; ++i) qe[i] = q_lo[i] + (q_hi[i] - q_lo[i]) * frac;
       for (std::size_t i : {q05, q10, q90, q95}) qe[i] = qe[q50] + widen * (qe[i] - qe[q50]);

@@ -1202,9 +1202,6 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     co_return exchange_result::failover;
   }
   const response_shape shape = shape_response(p, c, keep_client);
-  const bool sse = shape.sse, compressed = shape.compressed, decodable = shape.decodable,
-             edit_events = shape.edit_events;
-  const framing mode = shape.mode;
   rec.status = status;
 
   // Metering state.
@@ -1212,12 +1209,12 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   sse_parser events;
   std::optional<inflater> infl;
   std::string decoded;
-  if (sse && ok2xx) meter.emplace(rec.route, c.strip && edit_events);
-  if (compressed && decodable && ok2xx) infl.emplace();
+  if (shape.sse && ok2xx) meter.emplace(rec.route, c.strip && shape.edit_events);
+  if (shape.compressed && shape.decodable && ok2xx) infl.emplace();
   parse_.clear();
   // The body to parse grows in place: one allocation when its length is known (it was released
   // while the connection idled, so appends would otherwise regrow it from empty every call).
-  if (!sse && ok2xx && p.content_length())
+  if (!shape.sse && ok2xx && p.content_length())
     parse_.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(*p.content_length(), cfg_.max_parse_bytes)));
   bool parse_overflow = false;
 
@@ -1242,7 +1239,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     std::size_t nb = 0;
     if (head_pending) client_bufs[nb++] = asio::buffer(head_);
     if (!bytes.empty()) {
-      if (mode == framing::chunked) {
+      if (shape.mode == framing::chunked) {
         char* end = std::to_chars(size_line, size_line + sizeof size_line - 2, bytes.size(), 16).ptr;
         *end++ = '\r';
         *end++ = '\n';
@@ -1253,7 +1250,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
         client_bufs[nb++] = asio::buffer(bytes.data(), bytes.size());
       }
     }
-    if (last && mode == framing::chunked) client_bufs[nb++] = asio::buffer("0\r\n\r\n", 5);
+    if (last && shape.mode == framing::chunked) client_bufs[nb++] = asio::buffer("0\r\n\r\n", 5);
     if (nb == 0) return true;
     client_last = last;
     client_sent = send_now(stream_.socket(), client_bufs);
@@ -1312,26 +1309,24 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
         plain = decoded;
       }
       bool ok = true;
-      if (edit_events) {
+      if (shape.edit_events) {
         out_.clear();
         events.append(piece);
-        {  // ev's scope ends before the co_await below: it stays off the coroutine frame
-          sse_event ev;
-          while (events.next(ev))
-            if (meter->on_event(ev)) append_without_null_usage(ev.raw, out_);
-        }
+        sse_event ev;
+        while (events.next(ev))
+          if (meter->on_event(ev)) append_without_null_usage(ev.raw, out_);
         ok = send_client(out_, !ec && p.is_done() && events.pending().empty());
         if (!ok) ok = co_await finish_client();
       } else {
         ok = send_client(piece, !ec && p.is_done());
         if (!ok) ok = co_await finish_client();
         if (meter) {
-          if (!compressed || infl) {
+          if (!shape.compressed || infl) {
             events.append(plain);
             sse_event ev;
             while (events.next(ev)) meter->on_event(ev);
           }
-        } else if (ok2xx && (!compressed || infl)) {
+        } else if (ok2xx && (!shape.compressed || infl)) {
           if (parse_.size() + plain.size() <= cfg_.max_parse_bytes)
             parse_.append(plain);
           else
@@ -1357,15 +1352,13 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
 
   if (c.error == errc::ok) {
     out_.clear();
-    {  // off the coroutine frame, as above
-      sse_event ev;
-      if (edit_events) {
-        // An unterminated final event is still the upstream's bytes: pass it on.
-        out_.assign(events.pending());
-        while (events.finish(ev)) meter->on_event(ev);
-      } else if (meter) {
-        while (events.finish(ev)) meter->on_event(ev);
-      }
+    sse_event ev;
+    if (shape.edit_events) {
+      // An unterminated final event is still the upstream's bytes: pass it on.
+      out_.assign(events.pending());
+      while (events.finish(ev)) meter->on_event(ev);
+    } else if (meter) {
+      while (events.finish(ev)) meter->on_event(ev);
     }
     if (!final_written && !send_client(out_, true) && !co_await finish_client()) c.error = errc::client_aborted;
   }

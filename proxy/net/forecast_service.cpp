@@ -364,13 +364,11 @@ struct forecast_service::impl {
       forecast_snapshot snap;
       snap.now_s = now_s;
       const std::size_t q50 = quantile_index(0.5), q90 = quantile_index(0.9);
-      snap.remaining_spend = [this, now_s, q50, q90](std::int64_t end_s, bool p90) {
-        return forecast_sum(s_spend, now_s, end_s, p90 ? q90 : q50);
-      };
-      snap.remaining_spend_learned = [this, now_s, q50](std::int64_t end_s) {
-        bool learned = true;
-        forecast_sum(s_spend, now_s, end_s, q50, &learned);
-        return learned;
+      snap.remaining_spend = [this, now_s, q50, q90](std::int64_t end_s) {
+        forecast_snapshot::spend_ahead r;
+        r.p50_usd = forecast_sum(s_spend, now_s, end_s, q50, &r.learned);
+        r.p90_usd = forecast_sum(s_spend, now_s, end_s, q90);
+        return r;
       };
       for (std::size_t s = 0; s < n_series; ++s) {
         const auto& a = tiers[0].f[s]->anomaly();

@@ -17,11 +17,14 @@ class metrics;
 // What the budget projections and anomaly alerts need after each refresh (forecast thread).
 struct forecast_snapshot {
   std::int64_t now_s = 0;
-  // Forecast spend (USD) over [now_s, end_s) at the 0.5 and 0.9 quantiles.
-  std::function<double(std::int64_t end_s, bool p90)> remaining_spend;
-  // Whether every forecaster behind remaining_spend(end_s) has learned its band (false while
-  // some step's quantiles still come from the cold-start prior).
-  std::function<bool(std::int64_t end_s)> remaining_spend_learned;
+  // Forecast spend (USD) over [now_s, end_s) at the 0.5 and 0.9 quantiles, and whether every
+  // forecaster behind it has learned its band (false while some step's quantiles still come
+  // from the cold-start prior).
+  struct spend_ahead {
+    double p50_usd = 0, p90_usd = 0;
+    bool learned = true;
+  };
+  std::function<spend_ahead(std::int64_t end_s)> remaining_spend;
   // Per series (requests, prompt_tokens, completion_tokens, spend_usd): flag and score.
   std::array<const char*, 4> series{};
   std::array<bool, 4> anomaly{};

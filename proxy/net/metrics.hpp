@@ -49,7 +49,6 @@ class metrics {
   // their own state (upstream breakers, budgets). Register at start-up only.
   void add_scrape_hook(std::function<void()> hook);
 
-
  private:
   struct impl;
   std::unique_ptr<impl> impl_;

@@ -184,9 +184,10 @@ void spend_control::on_forecast(const forecast_snapshot& snap) {
   if (snap.remaining_spend) {
     engine_->update_projections(snap.now_s * 1000, [&](calendar_period, const time_window& w) {
       policy_engine::spend_forecast f;
-      f.p50_usd = snap.remaining_spend(w.end_s, false);
-      f.p90_usd = snap.remaining_spend(w.end_s, true);
-      f.learned = !snap.remaining_spend_learned || snap.remaining_spend_learned(w.end_s);
+      const auto ahead = snap.remaining_spend(w.end_s);
+      f.p50_usd = ahead.p50_usd;
+      f.p90_usd = ahead.p90_usd;
+      f.learned = ahead.learned;
       return f;
     });
   }

@@ -218,8 +218,8 @@ TEST_CASE("forecast: a new proxy's first minute of spend projects the day and mo
   o.now_ms = [&] { return now_s * 1000; };
   bool learned = true;
   o.on_refresh = [&](const forecast_snapshot& snap) {
-    REQUIRE(snap.remaining_spend_learned);
-    learned = snap.remaining_spend_learned(now_s + 3600);
+    REQUIRE(snap.remaining_spend);
+    learned = snap.remaining_spend(now_s + 3600).learned;
   };
   forecast_service svc(agg, m, o);
   svc.refresh();
