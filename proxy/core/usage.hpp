@@ -74,7 +74,7 @@ class stream_meter {
   // Node: a parsed JSON value, from simdjson (the fast path) or nlohmann (bodies simdjson turns
   // down); defined and instantiated in usage.cpp only.
   template <class Node> bool on_document(const Node& j, const sse_event& ev);
-  template <class Node> bool on_chat(const Node& j);
+  template <class Node> bool on_chat(const Node& j, const sse_event& ev);
   template <class Node> void on_responses(const Node& j, std::string_view type);
   template <class Node> void on_messages(const Node& j, std::string_view type);
   template <class Node> void note_model_id(const Node& obj);
