@@ -57,6 +57,8 @@ bool is_array(const json& v) noexcept { return v.is_array(); }
 bool is_array(const fast_node& v) noexcept { return v.type() == dom_type::ARRAY; }
 bool is_null(const json& v) noexcept { return v.is_null(); }
 bool is_null(const fast_node& v) noexcept { return v.type() == dom_type::NULL_VALUE; }
+bool is_string(const json& v) noexcept { return v.is_string(); }
+bool is_string(const fast_node& v) noexcept { return v.type() == dom_type::STRING; }
 
 const json& member(const json& obj, std::string_view key) {
   static const json absent;
@@ -395,27 +397,127 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
       has_usage_ = true;
     }
     if (!is_array(choices)) return true;
-    bool any_choice = false;
+    std::size_t n_choices = 0, n_texts = 0;
+    bool tools = false;
+    std::string_view text_key, text_value;
+    auto tally = [&](std::string_view key, const Node& v) {
+      if (!is_string(v)) return;
+      ++n_texts;
+      text_key = key;
+      text_value = as_string(v);
+      streamed_text_.add(text_value);
+    };
     for_items(choices, [&](const Node& choice) {
-      any_choice = true;
+      ++n_choices;
       with_members<2>(choice, {"text", "delta"}, [&](const Node& text, const Node& delta) {
-        streamed_text_.add(as_string(text));  // legacy completions
+        tally("text", text);  // legacy completions
         if (!is_object(delta)) return;
         with_members<4>(delta, {"content", "reasoning_content", "reasoning", "tool_calls"},
                         [&](const Node& content, const Node& reasoning_content, const Node& reasoning,
                             const Node& tool_calls) {
-          streamed_text_.add(as_string(content));
-          streamed_text_.add(as_string(reasoning_content));
-          streamed_text_.add(as_string(reasoning));
+          tally("content", content);
+          tally("reasoning_content", reasoning_content);
+          tally("reasoning", reasoning);
+          tools = !is_null(tool_calls);
           for_items(tool_calls, [&](const Node& call) {
             streamed_text_.add(string_member(member(call, "function"), "arguments"));
           });
         });
       });
     });
+    // One choice with one text member, no usage and no tool calls: the shape of nearly every
+    // chunk of a stream, whose next chunks can be read through a frame (on_event).
+    if (n_choices == 1 && n_texts == 1 && !tools && is_null(usage) && ev.event.empty()) {
+      frame_key_ = text_key;
+      frame_text_ = text_value;
+    }
     // Only the include_usage chunk tollgate asked for on the client's behalf is dropped.
-    return !(strip_ && !any_choice && !is_null(usage));
+    return !(strip_ && n_choices == 0 && !is_null(usage));
   });
+}
+
+namespace {
+
+// Whether `s` can stand as the inside of a JSON string literal exactly as written: no quote,
+// backslash or control character, and well-formed UTF-8 (no overlong forms, no surrogates,
+// nothing above U+10FFFF), as simdjson and nlohmann both require.
+bool plain_json_text(std::string_view s) noexcept {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const std::size_t n = s.size();
+  for (std::size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    if (c < 0x80) {
+      if (c < 0x20 || c == '"' || c == '\\') return false;
+      ++i;
+      continue;
+    }
+    std::size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return false;
+    }
+    if (i + len > n || p[i + 1] < lo || p[i + 1] > hi) return false;
+    for (std::size_t k = 2; k < len; ++k)
+      if ((p[i + k] & 0xC0) != 0x80) return false;
+    i += len;
+  }
+  return true;
+}
+
+}  // namespace
+
+// Chunk frames. A chat stream's chunks are nearly always the same bytes but for one text value:
+//   {"id":"chatcmpl-1","object":"chat.completion.chunk",...,"choices":[{"index":0,"delta":{"content":"<text>"},...}],...}
+// After a chunk read by the full parser had one choice with one text member (and no usage, tool
+// call or error), the bytes before and after that member's value are kept. A later chunk that
+// is exactly head + T + tail, where T is valid as a string literal's inside as written, is that
+// same document with another text: it is tallied without a parse, with the same result the
+// parse would give. Why the head/tail are located exactly: in JSON text without a backslash,
+// every `"` delimits a string, so `"content":"` can only be a key followed by a string value;
+// when it occurs once, it is the member the parse read (a duplicate key would occur twice).
+// Anything else (an escape in the text, another shape, an `event:` name) takes the full parse.
+void stream_meter::learn_frame(std::string_view data) {
+  const std::string_view key = frame_key_, text = frame_text_;
+  frame_key_ = {};
+  frame_text_ = {};
+  if (data.find('\\') != std::string_view::npos) return;
+  char pattern[24];  // `"reasoning_content":"` is the longest
+  const std::size_t plen = key.size() + 4;
+  if (plen > sizeof pattern) return;
+  pattern[0] = '"';
+  std::memcpy(pattern + 1, key.data(), key.size());
+  std::memcpy(pattern + 1 + key.size(), "\":\"", 3);
+  const std::string_view pat(pattern, plen);
+  const std::size_t at = data.find(pat);
+  if (at == std::string_view::npos || data.find(pat, at + 1) != std::string_view::npos) return;
+  const std::size_t start = at + plen;
+  if (data.substr(start, text.size()) != text || start + text.size() >= data.size() ||
+      data[start + text.size()] != '"')
+    return;
+  frame_head_.assign(data.substr(0, start));
+  frame_tail_.assign(data.substr(start + text.size()));
+  has_frame_ = true;
+}
+
+bool stream_meter::through_frame(std::string_view data) {
+  if (data.size() < frame_head_.size() + frame_tail_.size() || !data.starts_with(frame_head_) ||
+      !data.ends_with(frame_tail_))
+    return false;
+  const std::string_view text = data.substr(frame_head_.size(), data.size() - frame_head_.size() - frame_tail_.size());
+  if (!plain_json_text(text)) return false;
+  streamed_text_.add(text);
+  ++framed_;
+  return true;
 }
 
 template <class Node>
@@ -507,8 +609,16 @@ bool stream_meter::on_event(const sse_event& ev) {
       saw_done_ = true;
       return true;
     }
-    if (fast_node root; parse_fast(data, root)) return on_document(root, ev);
-    return on_document(parse(data), ev);
+    if (has_frame_ && ev.event.empty() && through_frame(data)) return true;
+    frame_key_ = frame_text_ = {};
+    if (fast_node root; parse_fast(data, root)) {
+      const bool keep = on_document(root, ev);
+      if (!frame_key_.empty()) learn_frame(data);  // views into the parser: used before the next parse
+      return keep;
+    }
+    const bool keep = on_document(parse(data), ev);
+    frame_key_ = frame_text_ = {};  // they pointed into the document just freed; frames come from the fast path only
+    return keep;
   } catch (...) {  // only allocation failure can get here; never lose the client's bytes
     return true;
   }

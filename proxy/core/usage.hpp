@@ -69,6 +69,8 @@ class stream_meter {
   bool saw_error() const noexcept { return saw_error_; } // an `error` event / data: {"error":...}
   // Completion tokens estimated from the streamed text (content, reasoning, tool-call arguments).
   std::int64_t estimated_completion_tokens() const noexcept;
+  // Events read through a chunk frame instead of a parse (usage.cpp), for tests and benchmarks.
+  std::size_t framed_events() const noexcept { return framed_; }
 
  private:
   // Node: a parsed JSON value, from simdjson (the fast path) or nlohmann (bodies simdjson turns
@@ -78,6 +80,9 @@ class stream_meter {
   template <class Node> void on_responses(const Node& j, std::string_view type);
   template <class Node> void on_messages(const Node& j, std::string_view type);
   template <class Node> void note_model_id(const Node& obj);
+  // Chunk frames (usage.cpp): the bytes around the one text value of the last fully read chunk.
+  void learn_frame(std::string_view data);
+  bool through_frame(std::string_view data);
 
   route_kind route_;
   bool strip_;
@@ -91,6 +96,10 @@ class stream_meter {
   // rather than rounded up once per delta (a delta is often a single short token).
   text_tally streamed_text_;
   anthropic_usage anthropic_;  // message_start sets it; message_delta replaces fields
+  std::string_view frame_key_, frame_text_;  // set by on_chat for learn_frame, then cleared
+  std::string frame_head_, frame_tail_;
+  bool has_frame_ = false;
+  std::size_t framed_ = 0;
 };
 
 }  // namespace tollgate

@@ -505,3 +505,111 @@ TEST_CASE("usage: text_tally counts alike whatever the alignment", "[usage]") {
     CHECK(whole.other_chars == bytewise.other_chars);
   }
 }
+
+namespace {
+
+// The same stream metered twice: as is, and with every JSON payload behind a UTF-8 BOM, which
+// simdjson turns down, so the second meter reads every event with nlohmann and never through a
+// chunk frame. Both must agree on everything, and on the bytes forwarded.
+void check_framed_like_parsed(route_kind route, bool strip, const std::vector<std::string>& payloads,
+                              std::size_t min_framed) {
+  stream_meter framed(route, strip), parsed(route, strip);
+  std::string out_framed, out_parsed;
+  for (const auto& p : payloads) {
+    out_framed += relay(framed, data_event(p));
+    const std::string bom_payload = (p == "[DONE]" ? p : "\xEF\xBB\xBF" + p);
+    if (!relay(parsed, data_event(bom_payload)).empty()) out_parsed += data_event(p);
+  }
+  CHECK(out_framed == out_parsed);
+  CHECK(framed.estimated_completion_tokens() == parsed.estimated_completion_tokens());
+  CHECK(framed.has_usage() == parsed.has_usage());
+  CHECK(framed.usage().prompt == parsed.usage().prompt);
+  CHECK(framed.usage().completion == parsed.usage().completion);
+  CHECK(framed.model() == parsed.model());
+  CHECK(framed.id() == parsed.id());
+  CHECK(framed.saw_error() == parsed.saw_error());
+  CHECK(framed.saw_done() == parsed.saw_done());
+  CHECK(parsed.framed_events() == 0);
+  CHECK(framed.framed_events() >= min_framed);
+}
+
+std::string content_chunk(std::string_view json_text, std::string_view key = "content") {
+  return R"({"id":"chatcmpl-B9MBs","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4.1-mini-2025-04-14","service_tier":"default","system_fingerprint":"fp_b376dfbbd5","choices":[{"index":0,"delta":{")" +
+         std::string(key) + R"(":")" + std::string(json_text) + R"("},"logprobs":null,"finish_reason":null}],"usage":null})";
+}
+
+}  // namespace
+
+TEST_CASE("stream_meter: chunks read through a frame meter exactly as parsed ones", "[usage][stream]") {
+  const std::string role = R"({"id":"chatcmpl-B9MBs","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4.1-mini-2025-04-14","service_tier":"default","system_fingerprint":"fp_b376dfbbd5","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null})";
+  const std::string stop = R"({"id":"chatcmpl-B9MBs","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4.1-mini-2025-04-14","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null})";
+  const std::string usage = R"({"id":"chatcmpl-B9MBs","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4.1-mini-2025-04-14","choices":[],"usage":{"prompt_tokens":31,"completion_tokens":57,"total_tokens":88}})";
+
+  SECTION("a typical stream: nearly every content chunk goes through the frame") {
+    std::vector<std::string> s = {role};
+    for (std::string_view t : {"Hello", "!", " How", " can", " I", " help", " you", " today", "?", "", " 你好",
+                               "世界", " café", " 🚀", " naïve", " 1+1=2", " <b>", " a/b"})
+      s.push_back(content_chunk(t));
+    s.push_back(content_chunk(R"(\n\n)"));  // escapes: parsed
+    s.push_back(content_chunk(" back"));
+    s.push_back(content_chunk(R"(\"quoted\")"));
+    s.push_back(content_chunk(R"( \u00e9\ud83d\ude80)"));
+    s.push_back(content_chunk(" to"));
+    s.push_back(content_chunk(" reasoning", "reasoning_content"));  // another key: a new frame
+    s.push_back(content_chunk(" more thought", "reasoning_content"));
+    s.push_back(content_chunk(" answer"));
+    s.push_back(content_chunk(" again"));
+    s.insert(s.end(), {stop, usage, "[DONE]"});
+    for (bool strip : {false, true}) check_framed_like_parsed(route_kind::chat_completions, strip, s, 18);
+    check_framed_like_parsed(route_kind::other, false, s, 18);
+  }
+
+  SECTION("bytes that fit the frame but are not one text value take the parse") {
+    std::vector<std::string> s = {content_chunk("first"), content_chunk("second")};
+    s.push_back(content_chunk(R"(a","content":"b)"));                 // a duplicate key: the last wins
+    s.push_back(content_chunk(R"(x"},"logprobs":null,"finish_reason":null}],"usage":{"prompt_tokens":7,"completion_tokens":3}})" "\n"));  // not JSON
+    s.push_back(content_chunk(R"(x"},"extra":{"y":")"));                // another member, still valid JSON
+    s.push_back(content_chunk("bad \xC3\x28 utf8"));                    // invalid UTF-8: nothing is read
+    s.push_back(content_chunk("overlong \xC0\xAF"));
+    s.push_back(content_chunk("surrogate \xED\xA0\x80"));
+    s.push_back(content_chunk("cut \xE4\xBD"));
+    s.push_back(content_chunk("tab\there"));                            // a raw control character
+    s.push_back(content_chunk("ok"));
+    s.push_back(content_chunk("ok") + " ");                             // trailing space: trimmed, framed
+    s.push_back(content_chunk("ok") + "x");                             // trailing garbage
+    s.push_back(content_chunk(R"(lone \ud800)"));
+    s.push_back(usage);
+    check_framed_like_parsed(route_kind::chat_completions, true, s, 2);  // "second" and "ok " (the "extra" chunk makes a new frame)
+  }
+
+  SECTION("shapes that never make a frame") {
+    // Two choices, usage on the chunk, a tool call, an escaped key, the key twice, an error.
+    const std::vector<std::string> s = {
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"c"}}]})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"a"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"z"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"cont\u0065nt":"a"}}],"x":{"content":"a"}})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"cont\u0065nt":"a"}}],"x":{"content":"b"}})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"a","content":"b"}}]})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"a","content":"c"}}]})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"a","tool_calls":[{"function":{"arguments":"{}"}}]}}]})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"b","tool_calls":[{"function":{"arguments":"{}"}}]}}]})",
+        R"({"id":"c","error":{"message":"x"},"choices":[{"index":0,"delta":{"content":"a"}}]})",
+        R"({"id":"c","error":{"message":"x"},"choices":[{"index":0,"delta":{"content":"b"}}]})",
+    };
+    check_framed_like_parsed(route_kind::chat_completions, true, s, 0);
+    stream_meter m(route_kind::chat_completions, true);
+    for (const auto& p : s) relay(m, data_event(p));
+    CHECK(m.framed_events() == 0);
+  }
+
+  SECTION("an event name turns the frame off for that event") {
+    stream_meter m(route_kind::chat_completions, false);
+    relay(m, data_event(content_chunk("one")) + data_event(content_chunk("two")));
+    CHECK(m.framed_events() == 1);
+    relay(m, typed_event("error", content_chunk("three")));
+    CHECK(m.framed_events() == 1);
+    CHECK(m.saw_error());
+  }
+}
