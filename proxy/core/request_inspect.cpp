@@ -41,39 +41,6 @@ member classify(std::string_view k) noexcept {
   return member::other;
 }
 
-// True when s is well-formed UTF-8 (RFC 3629: no overlongs, no surrogates, <= U+10FFFF).
-bool valid_utf8(std::string_view text) noexcept {
-  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  const std::size_t n = text.size();
-  for (std::size_t i = 0; i < n;) {
-    const unsigned char c = s[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t len = 0;
-    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;  // overlong
-      if (c == 0xED) hi = 0x9F;  // UTF-16 surrogates
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;  // overlong
-      if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
-    } else {
-      return false;  // continuation byte as lead, C0/C1 overlongs, F5..FF
-    }
-    if (i + len > n || s[i + 1] < lo || s[i + 1] > hi) return false;
-    for (std::size_t j = 2; j < len; ++j)
-      if ((s[i + j] & 0xC0) != 0x80) return false;
-    i += len;
-  }
-  return true;
-}
-
 // The SAX handler. nlohmann's SAX parser is iterative, so depth costs no stack; returning false
 // from a callback stops the parse at once (used for too_deep).
 class inspector {

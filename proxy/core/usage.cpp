@@ -310,6 +310,39 @@ response_facts extract_response(route_kind route, std::string_view body) {
   }
 }
 
+// True when s is well-formed UTF-8 (RFC 3629: no overlongs, no surrogates, <= U+10FFFF).
+bool valid_utf8(std::string_view text) noexcept {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const std::size_t n = text.size();
+  for (std::size_t i = 0; i < n;) {
+    const unsigned char c = s[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;  // overlong
+      if (c == 0xED) hi = 0x9F;  // UTF-16 surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;  // overlong
+      if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
+    } else {
+      return false;  // continuation byte as lead, C0/C1 overlongs, F5..FF
+    }
+    if (i + len > n || s[i + 1] < lo || s[i + 1] > hi) return false;
+    for (std::size_t j = 2; j < len; ++j)
+      if ((s[i + j] & 0xC0) != 0x80) return false;
+    i += len;
+  }
+  return true;
+}
+
 // The heuristic, for when an upstream gives no usage (the row is marked estimated):
 //  - ASCII: 4 bytes per token, rounded up (the usual rule of thumb for English and code with
 //    BPE tokenizers such as cl100k / o200k);
@@ -439,39 +472,15 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
 namespace {
 
 // Whether `s` can stand as the inside of a JSON string literal exactly as written: no quote,
-// backslash or control character, and well-formed UTF-8 (no overlong forms, no surrogates,
-// nothing above U+10FFFF), as simdjson and nlohmann both require.
+// backslash or control character, and well-formed UTF-8, as simdjson and nlohmann both require.
 bool plain_json_text(std::string_view s) noexcept {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const std::size_t n = s.size();
-  for (std::size_t i = 0; i < n;) {
-    const unsigned char c = p[i];
-    if (c < 0x80) {
-      if (c < 0x20 || c == '"' || c == '\\') return false;
-      ++i;
-      continue;
-    }
-    std::size_t len;
-    unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    } else {
-      return false;
-    }
-    if (i + len > n || p[i + 1] < lo || p[i + 1] > hi) return false;
-    for (std::size_t k = 2; k < len; ++k)
-      if ((p[i + k] & 0xC0) != 0x80) return false;
-    i += len;
+  bool ascii = true;
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == '"' || c == '\\') return false;
+    ascii = ascii && c < 0x80;
   }
-  return true;
+  return ascii || valid_utf8(s);
 }
 
 }  // namespace

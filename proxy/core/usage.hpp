@@ -30,6 +30,9 @@ response_facts extract_response(route_kind route, std::string_view body);
 // Used only when usage is missing; rows carry usage_source = estimated.
 std::int64_t estimate_tokens(std::string_view text) noexcept;
 
+// True when `text` is well-formed UTF-8 (RFC 3629: no overlongs, no surrogates, <= U+10FFFF).
+bool valid_utf8(std::string_view text) noexcept;
+
 // Running character counts behind estimate_tokens(), for text that arrives in pieces.
 struct text_tally {
   std::int64_t ascii_bytes = 0;
