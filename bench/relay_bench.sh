@@ -3,7 +3,7 @@
 #  1. Throughput: wrk (Lua scripts posting a ~1 KB chat body) against a fast local upstream (nginx
 #     returning canned completion JSON / SSE with usage) directly, through nginx as a reverse proxy
 #     (upstream keepalive) and through tollgate (ledger + metrics + forecaster on, 1 worker), at 16
-#     and 64 connections, plus SSE at 16: RPS, p50/p99/p99.9, added latency vs direct, proxy CPU
+#     and 64 connections, plus SSE at 16 (a 4-event stream and a realistic 203-event one): RPS, p50/p99/p99.9, added latency vs direct, proxy CPU
 #     per request, errors. Then tollgate is stopped (SIGTERM drains) and its ledger rows are
 #     checked against the requests wrk completed through it.
 #  2. Streaming pass-through: bench/slow_sse.py as upstream (20 chunks 50 ms apart, then usage and
@@ -46,12 +46,33 @@ cp build/tollgate "$work/tollgate"   # every tollgate instance of this run is th
 chat='{"id":"chatcmpl-bench","object":"chat.completion","created":1764460800,"model":"gpt-4.1-2025-04-14","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! This is a canned benchmark reply."},"finish_reason":"stop"}],"usage":{"prompt_tokens":231,"completion_tokens":9,"total_tokens":240,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
 sse='data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4.1","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"finish_reason":null}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","model":"gpt-4.1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":231,"completion_tokens":2,"total_tokens":233}}\n\ndata: [DONE]\n\n'
 
+# A realistic stream: what an OpenAI chat stream of 200 tokens looks like on the wire (a role
+# chunk, 200 content chunks of ~300 bytes, the finish chunk, the usage chunk, [DONE]: 63 KB).
+# nginx only serves files to GET, so /v1/stream200 reaches it through the upstream itself.
+long_sse() {
+  local head='{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4.1-mini-2025-04-14","service_tier":"default","system_fingerprint":"fp_b376dfbbd5","choices":[{"index":0,"delta":{'
+  local tail='},"logprobs":null,"finish_reason":null}],"usage":null}'
+  local words=(" The" " quick" " brown" " fox" " jumps" " over" " the" " lazy" " dog" ".")
+  printf 'data: %s"role":"assistant","content":"","refusal":null%s\n\n' "$head" "$tail"
+  for i in $(seq 0 199); do printf 'data: %s"content":"%s"%s\n\n' "$head" "${words[i % 10]}" "$tail"; done
+  printf 'data: %s%s\n\n' "${head}" '},"logprobs":null,"finish_reason":"stop"}],"usage":null}'
+  printf 'data: {"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4.1-mini-2025-04-14","choices":[],"usage":{"prompt_tokens":231,"completion_tokens":200,"total_tokens":431}}\n\n'
+  printf 'data: [DONE]\n\n'
+}
+# nginx workers drop to an unprivileged user: the file must be reachable by them.
+mkdir -p "$work/www"; chmod 711 "$work"; chmod 755 "$work/www"
+long_sse > "$work/www/stream200.sse"; chmod 644 "$work/www/stream200.sse"
+
 cat > "$work/upstream.conf" <<NGX
 worker_processes 1; daemon off; error_log $work/up.err warn; pid $work/up.pid;
 worker_rlimit_nofile $NOFILE;
 events { worker_connections $NOFILE; }
 http { access_log off; client_body_buffer_size 64k;
+  upstream self { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 1000000; }
   server { listen 127.0.0.1:$UP backlog=4096; keepalive_requests 1000000;
+    location = /v1/stream200 { proxy_method GET; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://self/stream200.sse; }
+    location = /stream200.sse { default_type text/event-stream; root $work/www; }
     location = /v1/chat/completions {
       if (\$request_body ~ '"stream":true') { return 599; }
       default_type application/json; return 200 '$chat'; }
@@ -151,11 +172,16 @@ for c in 16 64; do
   t=$(run tollgate "http://127.0.0.1:$TG/v1/chat/completions" $c "$tg_pid" chat.lua)
   row "$d"; row "$n" "$d"; row "$t" "$d"
 done
-# Streaming: canned SSE through each peer (tollgate meters it; the client did not ask for usage).
+# Streaming: canned SSE through each peer (tollgate meters it; the client did not ask for usage):
+# a short stream (4 events) and a realistic one (203 events, 63 KB).
 for c in 16; do
   d=$(run "direct (SSE)" "http://127.0.0.1:$UP/v1/stream" $c "" chat_stream.lua)
   n=$(run "nginx proxy (SSE)" "http://127.0.0.1:$NGX/v1/stream" $c "$(ngx_worker)" chat_stream.lua)
   t=$(run "tollgate (SSE)" "http://127.0.0.1:$TG/v1/stream" $c "$tg_pid" chat_stream.lua)
+  row "$d"; row "$n" "$d"; row "$t" "$d"
+  d=$(run "direct (SSE, 200 chunks)" "http://127.0.0.1:$UP/v1/stream200" $c "" chat_stream.lua)
+  n=$(run "nginx proxy (SSE, 200 chunks)" "http://127.0.0.1:$NGX/v1/stream200" $c "$(ngx_worker)" chat_stream.lua)
+  t=$(run "tollgate (SSE, 200 chunks)" "http://127.0.0.1:$TG/v1/stream200" $c "$tg_pid" chat_stream.lua)
   row "$d"; row "$n" "$d"; row "$t" "$d"
 done
 
