@@ -152,6 +152,23 @@ void for_items(const fast_node& arr, F&& f) {
   for (const dom::element item : items) f(fast_node{item, true});
 }
 
+// The text members of one event, tallied as they are found; the last one found is kept for a
+// chunk frame (stream_meter::learn_frame), which needs exactly one.
+struct text_members {
+  explicit text_members(text_tally& t) noexcept : tally(t) {}
+  text_tally& tally;
+  std::size_t count = 0;
+  std::string_view key, value;
+  template <class Node>
+  void add(std::string_view k, const Node& v) {
+    if (!is_string(v)) return;
+    ++count;
+    key = k;
+    value = as_string(v);
+    tally.add(value);
+  }
+};
+
 template <class Node>
 std::string_view string_member(const Node& obj, std::string_view key) {
   return as_string(member(obj, key));
@@ -430,27 +447,20 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
       has_usage_ = true;
     }
     if (!is_array(choices)) return true;
-    std::size_t n_choices = 0, n_texts = 0;
+    std::size_t n_choices = 0;
     bool tools = false;
-    std::string_view text_key, text_value;
-    auto tally = [&](std::string_view key, const Node& v) {
-      if (!is_string(v)) return;
-      ++n_texts;
-      text_key = key;
-      text_value = as_string(v);
-      streamed_text_.add(text_value);
-    };
+    text_members texts(streamed_text_);
     for_items(choices, [&](const Node& choice) {
       ++n_choices;
       with_members<2>(choice, {"text", "delta"}, [&](const Node& text, const Node& delta) {
-        tally("text", text);  // legacy completions
+        texts.add("text", text);  // legacy completions
         if (!is_object(delta)) return;
         with_members<4>(delta, {"content", "reasoning_content", "reasoning", "tool_calls"},
                         [&](const Node& content, const Node& reasoning_content, const Node& reasoning,
                             const Node& tool_calls) {
-          tally("content", content);
-          tally("reasoning_content", reasoning_content);
-          tally("reasoning", reasoning);
+          texts.add("content", content);
+          texts.add("reasoning_content", reasoning_content);
+          texts.add("reasoning", reasoning);
           tools = !is_null(tool_calls);
           for_items(tool_calls, [&](const Node& call) {
             streamed_text_.add(string_member(member(call, "function"), "arguments"));
@@ -460,9 +470,9 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
     });
     // One choice with one text member, no usage and no tool calls: the shape of nearly every
     // chunk of a stream, whose next chunks can be read through a frame (on_event).
-    if (n_choices == 1 && n_texts == 1 && !tools && is_null(usage) && ev.event.empty()) {
-      frame_key_ = text_key;
-      frame_text_ = text_value;
+    if (n_choices == 1 && texts.count == 1 && !tools && is_null(usage)) {
+      frame_key_ = texts.key;
+      frame_text_ = texts.value;
     }
     // Only the include_usage chunk tollgate asked for on the client's behalf is dropped.
     return !(strip_ && n_choices == 0 && !is_null(usage));
@@ -487,15 +497,17 @@ bool plain_json_text(std::string_view s) noexcept {
 
 // Chunk frames. A chat stream's chunks are nearly always the same bytes but for one text value:
 //   {"id":"chatcmpl-1","object":"chat.completion.chunk",...,"choices":[{"index":0,"delta":{"content":"<text>"},...}],...}
-// After a chunk read by the full parser had one choice with one text member (and no usage, tool
-// call or error), the bytes before and after that member's value are kept. A later chunk that
+// (an Anthropic text delta likewise). After a chunk read by the full parser had one text member
+// (one choice, and no usage, tool call or error), the bytes before and after that member's value
+// are kept, with the event's `event:` name. A later chunk that
 // is exactly head + T + tail, where T is valid as a string literal's inside as written, is that
 // same document with another text: it is tallied without a parse, with the same result the
 // parse would give. Why the head/tail are located exactly: in JSON text without a backslash,
 // every `"` delimits a string, so `"content":"` can only be a key followed by a string value;
 // when it occurs once, it is the member the parse read (a duplicate key would occur twice).
-// Anything else (an escape in the text, another shape, an `event:` name) takes the full parse.
-void stream_meter::learn_frame(std::string_view data) {
+// The frame is used for events of the same `event:` name only (so the same type and branch).
+// Anything else (an escape in the text, another shape, another name) takes the full parse.
+void stream_meter::learn_frame(std::string_view data, std::string_view event) {
   const std::string_view key = frame_key_, text = frame_text_;
   frame_key_ = {};
   frame_text_ = {};
@@ -515,6 +527,7 @@ void stream_meter::learn_frame(std::string_view data) {
     return;
   frame_head_.assign(data.substr(0, start));
   frame_tail_.assign(data.substr(start + text.size()));
+  frame_event_.assign(event);
   has_frame_ = true;
 }
 
@@ -569,10 +582,17 @@ void stream_meter::on_messages(const Node& j, std::string_view type) {
       usage_ = anthropic_.to_openai();
     }
   } else if (type == "content_block_delta") {
-    const auto& delta = member(j, "delta");
-    streamed_text_.add(string_member(delta, "text"));
-    streamed_text_.add(string_member(delta, "thinking"));
-    streamed_text_.add(string_member(delta, "partial_json"));
+    text_members texts(streamed_text_);
+    with_members<3>(member(j, "delta"), {"text", "thinking", "partial_json"},
+                    [&](const Node& text, const Node& thinking, const Node& partial_json) {
+      texts.add("text", text);
+      texts.add("thinking", thinking);
+      texts.add("partial_json", partial_json);
+    });
+    if (texts.count == 1) {  // every text delta after the first reads through a frame
+      frame_key_ = texts.key;
+      frame_text_ = texts.value;
+    }
   } else if (type == "message_stop") {
     saw_done_ = true;
   }
@@ -618,11 +638,11 @@ bool stream_meter::on_event(const sse_event& ev) {
       saw_done_ = true;
       return true;
     }
-    if (has_frame_ && ev.event.empty() && through_frame(data)) return true;
+    if (has_frame_ && ev.event == frame_event_ && through_frame(data)) return true;
     frame_key_ = frame_text_ = {};
     if (fast_node root; parse_fast(data, root)) {
       const bool keep = on_document(root, ev);
-      if (!frame_key_.empty()) learn_frame(data);  // views into the parser: used before the next parse
+      if (!frame_key_.empty()) learn_frame(data, ev.event);  // views into the parser: used before the next parse
       return keep;
     }
     const bool keep = on_document(parse(data), ev);

@@ -84,7 +84,7 @@ class stream_meter {
   template <class Node> void on_messages(const Node& j, std::string_view type);
   template <class Node> void note_model_id(const Node& obj);
   // Chunk frames (usage.cpp): the bytes around the one text value of the last fully read chunk.
-  void learn_frame(std::string_view data);
+  void learn_frame(std::string_view data, std::string_view event);
   bool through_frame(std::string_view data);
 
   route_kind route_;
@@ -100,7 +100,7 @@ class stream_meter {
   text_tally streamed_text_;
   anthropic_usage anthropic_;  // message_start sets it; message_delta replaces fields
   std::string_view frame_key_, frame_text_;  // set by on_chat for learn_frame, then cleared
-  std::string frame_head_, frame_tail_;
+  std::string frame_head_, frame_tail_, frame_event_;
   bool has_frame_ = false;
   std::size_t framed_ = 0;
 };

@@ -604,6 +604,43 @@ TEST_CASE("stream_meter: chunks read through a frame meter exactly as parsed one
     CHECK(m.framed_events() == 0);
   }
 
+  SECTION("Anthropic text and thinking deltas go through a frame of their event name") {
+    auto delta = [](std::string_view type, std::string_view key, std::string_view text) {
+      return typed_event("content_block_delta", R"({"type":"content_block_delta","index":0,"delta":{"type":")" +
+                                                    std::string(type) + R"(",")" + std::string(key) + R"(":")" +
+                                                    std::string(text) + R"("}})");
+    };
+    const std::string start = typed_event("message_start", R"({"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"usage":{"input_tokens":25,"output_tokens":1}}})");
+    const std::string stop = typed_event("message_delta", R"({"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}})") +
+                             typed_event("message_stop", R"({"type":"message_stop"})");
+    std::string stream = start;
+    for (std::string_view t : {"Let", " me", " think", R"( \n)"}) stream += delta("thinking_delta", "thinking", t);
+    for (std::string_view t : {"Hello", "!", " 你好", " there", R"(\"x\")", " again", "bad \xC3\x28"}) stream += delta("text_delta", "text", t);
+    stream += typed_event("ping", R"({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"pong"}})");
+    stream += stop;
+    // The parsed twin: the same events with a BOM before each JSON payload.
+    std::string twin;
+    sse_parser parser;
+    parser.append(stream);
+    sse_event ev;
+    while (parser.next(ev)) {
+      twin += (ev.event.empty() ? "" : "event: " + std::string(ev.event) + "\n") + "data: \xEF\xBB\xBF" + std::string(ev.data) + "\n\n";
+    }
+    for (auto route : {route_kind::messages, route_kind::other}) {
+      stream_meter framed(route, false), parsed(route, false);
+      CHECK(relay(framed, stream) == stream);
+      relay(parsed, twin);
+      CHECK(framed.estimated_completion_tokens() == parsed.estimated_completion_tokens());
+      CHECK(framed.estimated_completion_tokens() > 0);
+      REQUIRE(framed.has_usage());
+      CHECK(framed.usage().completion == 15);
+      CHECK(framed.model() == "claude-sonnet-4-5");
+      CHECK(framed.saw_done());
+      CHECK(parsed.framed_events() == 0);
+      CHECK(framed.framed_events() >= 6);  // " me", " think", "!", " 你好", " there", " again"
+    }
+  }
+
   SECTION("an event name turns the frame off for that event") {
     stream_meter m(route_kind::chat_completions, false);
     relay(m, data_event(content_chunk("one")) + data_event(content_chunk("two")));
