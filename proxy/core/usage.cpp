@@ -495,18 +495,17 @@ bool plain_json_text(std::string_view s) noexcept {
 
 }  // namespace
 
-// Chunk frames. A chat stream's chunks are nearly always the same bytes but for one text value:
+// Chunk frames. A stream's chunks are nearly always the same bytes but for one text value:
 //   {"id":"chatcmpl-1","object":"chat.completion.chunk",...,"choices":[{"index":0,"delta":{"content":"<text>"},...}],...}
 // (an Anthropic text delta likewise). After a chunk read by the full parser had one text member
 // (one choice, and no usage, tool call or error), the bytes before and after that member's value
-// are kept, with the event's `event:` name. A later chunk that
-// is exactly head + T + tail, where T is valid as a string literal's inside as written, is that
-// same document with another text: it is tallied without a parse, with the same result the
-// parse would give. Why the head/tail are located exactly: in JSON text without a backslash,
-// every `"` delimits a string, so `"content":"` can only be a key followed by a string value;
-// when it occurs once, it is the member the parse read (a duplicate key would occur twice).
-// The frame is used for events of the same `event:` name only (so the same type and branch).
-// Anything else (an escape in the text, another shape, another name) takes the full parse.
+// are kept, with the event's `event:` name. A later event of the same name whose data is exactly
+// head + T + tail, where T is valid as the inside of a string literal as written, is that same
+// document with another text: T is tallied without a parse, with the result the parse would
+// give. Why head and tail are located exactly: in JSON text without a backslash every `"`
+// delimits a string, so `"content":"` can only be that key followed by a string value; when it
+// occurs once, it is the member the parse read (a duplicate key would occur twice). Anything else
+// (an escape in the text, another shape, another event name) takes the full parse.
 void stream_meter::learn_frame(std::string_view data, std::string_view event) {
   const std::string_view key = frame_key_, text = frame_text_;
   frame_key_ = {};
