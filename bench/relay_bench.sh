@@ -3,7 +3,7 @@
 #  1. Throughput: wrk (Lua scripts posting a ~1 KB chat body) against a fast local upstream (nginx
 #     returning canned completion JSON / SSE with usage) directly, through nginx as a reverse proxy
 #     (upstream keepalive) and through tollgate (ledger + metrics + forecaster on, 1 worker), at 16
-#     and 64 connections, plus SSE at 16 (a 4-event stream and a realistic 203-event one): RPS, p50/p99/p99.9, added latency vs direct, proxy CPU
+#     and 64 connections, plus SSE at 16 (a 4-event stream and a realistic 203-event one, 66 KB): RPS, p50/p99/p99.9, added latency vs direct, proxy CPU
 #     per request, errors. Then tollgate is stopped (SIGTERM drains) and its ledger rows are
 #     checked against the requests wrk completed through it.
 #  2. Streaming pass-through: bench/slow_sse.py as upstream (20 chunks 50 ms apart, then usage and
@@ -47,14 +47,16 @@ chat='{"id":"chatcmpl-bench","object":"chat.completion","created":1764460800,"mo
 sse='data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4.1","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"finish_reason":null}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","model":"gpt-4.1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":231,"completion_tokens":2,"total_tokens":233}}\n\ndata: [DONE]\n\n'
 
 # A realistic stream: what an OpenAI chat stream of 200 tokens looks like on the wire (a role
-# chunk, 200 content chunks of ~300 bytes, the finish chunk, the usage chunk, [DONE]: 63 KB).
+# chunk, 200 content chunks of ~300 bytes with OpenAI's `obfuscation` padding, the finish chunk,
+# the usage chunk, [DONE]: 66 KB).
 # nginx only serves files to GET, so /v1/stream200 reaches it through the upstream itself.
 long_sse() {
   local head='{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4.1-mini-2025-04-14","service_tier":"default","system_fingerprint":"fp_b376dfbbd5","choices":[{"index":0,"delta":{'
-  local tail='},"logprobs":null,"finish_reason":null}],"usage":null}'
+  local tail='},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"'
   local words=(" The" " quick" " brown" " fox" " jumps" " over" " the" " lazy" " dog" ".")
-  printf 'data: %s"role":"assistant","content":"","refusal":null%s\n\n' "$head" "$tail"
-  for i in $(seq 0 199); do printf 'data: %s"content":"%s"%s\n\n' "$head" "${words[i % 10]}" "$tail"; done
+  local pads=("Qx3vZ" "aZ09kLmNq" "p" "7Hh2wE" "" "mQ4" "Zr8sT1u" "k" "Yy62" "b0N")  # OpenAI's random padding
+  printf 'data: %s"role":"assistant","content":"","refusal":null%s%s"}\n\n' "$head" "$tail" "${pads[9]}"
+  for i in $(seq 0 199); do printf 'data: %s"content":"%s"%s%s"}\n\n' "$head" "${words[i % 10]}" "$tail" "${pads[i % 7]}"; done
   printf 'data: %s%s\n\n' "${head}" '},"logprobs":null,"finish_reason":"stop"}],"usage":null}'
   printf 'data: {"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4.1-mini-2025-04-14","choices":[],"usage":{"prompt_tokens":231,"completion_tokens":200,"total_tokens":431}}\n\n'
   printf 'data: [DONE]\n\n'
@@ -173,7 +175,7 @@ for c in 16 64; do
   row "$d"; row "$n" "$d"; row "$t" "$d"
 done
 # Streaming: canned SSE through each peer (tollgate meters it; the client did not ask for usage):
-# a short stream (4 events) and a realistic one (203 events, 63 KB).
+# a short stream (4 events) and a realistic one (203 events, 66 KB, with OpenAI's `obfuscation` padding).
 for c in 16; do
   d=$(run "direct (SSE)" "http://127.0.0.1:$UP/v1/stream" $c "" chat_stream.lua)
   n=$(run "nginx proxy (SSE)" "http://127.0.0.1:$NGX/v1/stream" $c "$(ngx_worker)" chat_stream.lua)

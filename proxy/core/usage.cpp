@@ -495,47 +495,87 @@ bool plain_json_text(std::string_view s) noexcept {
 
 }  // namespace
 
-// Chunk frames. A stream's chunks are nearly always the same bytes but for one text value:
-//   {"id":"chatcmpl-1","object":"chat.completion.chunk",...,"choices":[{"index":0,"delta":{"content":"<text>"},...}],...}
+// Chunk frames. A stream's chunks are nearly always the same bytes but for one text value (and,
+// from OpenAI, an `obfuscation` string of random padding that is never read):
+//   {"id":"chatcmpl-1",...,"choices":[{"index":0,"delta":{"content":"<text>"},...}],"usage":null,"obfuscation":"<pad>"}
 // (an Anthropic text delta likewise). After a chunk read by the full parser had one text member
-// (one choice, and no usage, tool call or error), the bytes before and after that member's value
-// are kept, with the event's `event:` name. A later event of the same name whose data is exactly
-// head + T + tail, where T is valid as the inside of a string literal as written, is that same
-// document with another text: T is tallied without a parse, with the result the parse would
-// give. Why head and tail are located exactly: in JSON text without a backslash every `"`
-// delimits a string, so `"content":"` can only be that key followed by a string value; when it
-// occurs once, it is the member the parse read (a duplicate key would occur twice). Anything else
-// (an escape in the text, another shape, another event name) takes the full parse.
-void stream_meter::learn_frame(std::string_view data, std::string_view event) {
-  const std::string_view key = frame_key_, text = frame_text_;
-  frame_key_ = {};
-  frame_text_ = {};
-  if (data.find('\\') != std::string_view::npos) return;
+// (one choice, and no usage, tool call or error), the bytes around those values are kept, with
+// the event's `event:` name. A later event of the same name whose data is exactly those bytes
+// with other string insides in the holes, each valid as written (no quote, backslash or control
+// byte, well-formed UTF-8), is that same document with other strings there: the text is tallied
+// without a parse, with the result the parse would give. Why the holes are located exactly: in
+// JSON text without a backslash every `"` delimits a string, so `"content":"` can only be that
+// key followed by a string value, and the value ends at the next `"`; when the key occurs once,
+// it is the member the parse read (a duplicate key would occur twice). Anything else (an escape
+// in the text, another shape, another event name) takes the full parse.
+namespace {
+
+// The inside of the string value of the one `"key":"` in `data`, or npos when the key is absent
+// or not unique. `data` has no backslash, so the value ends at the next quote.
+std::pair<std::size_t, std::size_t> unique_string_value(std::string_view data, std::string_view key) {
+  constexpr auto none = std::pair{std::string_view::npos, std::string_view::npos};
   char pattern[24];  // `"reasoning_content":"` is the longest
   const std::size_t plen = key.size() + 4;
-  if (plen > sizeof pattern) return;
+  if (plen > sizeof pattern) return none;
   pattern[0] = '"';
   std::memcpy(pattern + 1, key.data(), key.size());
   std::memcpy(pattern + 1 + key.size(), "\":\"", 3);
   const std::string_view pat(pattern, plen);
   const std::size_t at = data.find(pat);
-  if (at == std::string_view::npos || data.find(pat, at + 1) != std::string_view::npos) return;
-  const std::size_t start = at + plen;
-  if (data.substr(start, text.size()) != text || start + text.size() >= data.size() ||
-      data[start + text.size()] != '"')
-    return;
-  frame_head_.assign(data.substr(0, start));
-  frame_tail_.assign(data.substr(start + text.size()));
+  if (at == std::string_view::npos || data.find(pat, at + 1) != std::string_view::npos) return none;
+  const std::size_t start = at + plen, end = data.find('"', start);
+  if (end == std::string_view::npos) return none;
+  return {start, end};
+}
+
+}  // namespace
+
+void stream_meter::learn_frame(std::string_view data, std::string_view event) {
+  const std::string_view key = frame_key_, text = frame_text_;
+  frame_key_ = {};
+  frame_text_ = {};
+  if (data.find('\\') != std::string_view::npos) return;
+  const auto [ts, te] = unique_string_value(data, key);
+  if (ts == std::string_view::npos || data.substr(ts, te - ts) != text) return;
+  std::pair<std::size_t, std::size_t> holes[2] = {{ts, te}, {std::string_view::npos, 0}};
+  std::size_t n = 1;
+  if (data.find("\"obfuscation\":") != std::string_view::npos) {
+    const auto pad = unique_string_value(data, "obfuscation");
+    if (pad.first == std::string_view::npos) return;  // twice, or not a string: no frame
+    holes[n++] = pad;
+  }
+  std::size_t text_hole = 0;
+  if (n == 2 && holes[1].first < holes[0].first) {
+    std::swap(holes[0], holes[1]);
+    text_hole = 1;
+  }
+  std::size_t from = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    frame_seg_[i].assign(data.substr(from, holes[i].first - from));
+    from = holes[i].second;
+  }
+  frame_seg_[n].assign(data.substr(from));
+  frame_holes_ = n;
+  frame_text_hole_ = text_hole;
   frame_event_.assign(event);
   has_frame_ = true;
 }
 
 bool stream_meter::through_frame(std::string_view data) {
-  if (data.size() < frame_head_.size() + frame_tail_.size() || !data.starts_with(frame_head_) ||
-      !data.ends_with(frame_tail_))
-    return false;
-  const std::string_view text = data.substr(frame_head_.size(), data.size() - frame_head_.size() - frame_tail_.size());
-  if (!plain_json_text(text)) return false;
+  if (!data.starts_with(frame_seg_[0])) return false;
+  std::size_t at = frame_seg_[0].size();
+  std::string_view text;
+  for (std::size_t i = 0; i < frame_holes_; ++i) {
+    const std::size_t end = data.find('"', at);
+    if (end == std::string_view::npos) return false;
+    const std::string_view inside = data.substr(at, end - at);
+    if (!plain_json_text(inside)) return false;
+    if (i == frame_text_hole_) text = inside;
+    const std::string_view seg = frame_seg_[i + 1];
+    if (data.substr(end, seg.size()) != seg) return false;
+    at = end + seg.size();
+  }
+  if (at != data.size()) return false;
   streamed_text_.add(text);
   ++framed_;
   return true;

@@ -83,7 +83,8 @@ class stream_meter {
   template <class Node> void on_responses(const Node& j, std::string_view type);
   template <class Node> void on_messages(const Node& j, std::string_view type);
   template <class Node> void note_model_id(const Node& obj);
-  // Chunk frames (usage.cpp): the bytes around the one text value of the last fully read chunk.
+  // Chunk frames (usage.cpp): the bytes around the one text value (and an `obfuscation` value)
+  // of the last fully read chunk.
   void learn_frame(std::string_view data, std::string_view event);
   bool through_frame(std::string_view data);
 
@@ -100,7 +101,10 @@ class stream_meter {
   text_tally streamed_text_;
   anthropic_usage anthropic_;  // message_start sets it; message_delta replaces fields
   std::string_view frame_key_, frame_text_;  // set by on_chat for learn_frame, then cleared
-  std::string frame_head_, frame_tail_, frame_event_;
+  // The frame: fixed bytes seg[0] hole seg[1] (hole seg[2]); a hole is a string value's inside,
+  // which ends at the next `"`; one hole is the text, the other (if any) OpenAI's padding.
+  std::string frame_seg_[3], frame_event_;
+  std::size_t frame_holes_ = 0, frame_text_hole_ = 0;
   bool has_frame_ = false;
   std::size_t framed_ = 0;
 };

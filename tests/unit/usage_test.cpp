@@ -604,6 +604,28 @@ TEST_CASE("stream_meter: chunks read through a frame meter exactly as parsed one
     CHECK(m.framed_events() == 0);
   }
 
+  SECTION("OpenAI's obfuscation padding, which changes with every chunk, is a second hole") {
+    auto padded = [](std::string_view text, std::string_view pad) {
+      return R"({"id":"chatcmpl-C1","object":"chat.completion.chunk","created":1755000000,"model":"gpt-5-mini-2025-08-07","service_tier":"default","system_fingerprint":null,"choices":[{"index":0,"delta":{"content":")" +
+             std::string(text) + R"("},"finish_reason":null}],"usage":null,"obfuscation":")" + std::string(pad) + R"("})";
+    };
+    auto pad_first = [](std::string_view text, std::string_view pad) {
+      return R"({"obfuscation":")" + std::string(pad) + R"(","id":"c","choices":[{"index":0,"delta":{"content":")" +
+             std::string(text) + R"("}}]})";
+    };
+    std::vector<std::string> s;
+    const char* pads[] = {"Qx3", "", "aZ09kLmN", "p", "7Hh2", "x\"y", "tab\t", "\u0041", "zz"};
+    const char* texts[] = {"Hello", " there", "", " 你好", "\n", " friend", " a\"b", " ok", "!"};
+    for (int i = 0; i < 9; ++i) s.push_back(padded(texts[i], pads[i]));
+    for (int i = 0; i < 9; ++i) s.push_back(pad_first(texts[i], pads[(i + 3) % 9]));
+    s.push_back(padded("x", "a") + R"(,"obfuscation":"b")");  // not JSON: the parse rejects it
+    s.push_back(R"({"id":"c","choices":[{"index":0,"delta":{"content":"d"}}],"obfuscation":"a","obfuscation":"b"})");
+    s.push_back(R"({"id":"c","choices":[{"index":0,"delta":{"content":"e"}}],"obfuscation":"a","obfuscation":"c"})");
+    s.push_back(R"({"id":"c","choices":[{"index":0,"delta":{"content":"f"}}],"obfuscation":null})");
+    s.push_back(R"({"id":"c","choices":[{"index":0,"delta":{"content":"g"}}],"obfuscation":null})");
+    check_framed_like_parsed(route_kind::chat_completions, true, s, 7);
+  }
+
   SECTION("Anthropic text and thinking deltas go through a frame of their event name") {
     auto delta = [](std::string_view type, std::string_view key, std::string_view text) {
       return typed_event("content_block_delta", R"({"type":"content_block_delta","index":0,"delta":{"type":")" +
