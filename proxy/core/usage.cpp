@@ -496,9 +496,10 @@ bool plain_json_text(std::string_view s) noexcept {
 }  // namespace
 
 // Chunk frames. A stream's chunks are nearly always the same bytes but for one text value (and,
-// from OpenAI, an `obfuscation` string of random padding that is never read):
+// from OpenAI, an `obfuscation` string of random padding, and on Responses events a
+// `sequence_number`, neither of which the meter reads):
 //   {"id":"chatcmpl-1",...,"choices":[{"index":0,"delta":{"content":"<text>"},...}],"usage":null,"obfuscation":"<pad>"}
-// (an Anthropic text delta likewise). After a chunk read by the full parser had one text member
+// (Anthropic and Responses text deltas likewise). After a chunk read by the full parser had one text member
 // (one choice, and no usage, tool call or error), the bytes around those values are kept, with
 // the event's `event:` name. A later event of the same name whose data is exactly those bytes
 // with other string insides in the holes, each valid as written (no quote, backslash or control
@@ -537,26 +538,39 @@ void stream_meter::learn_frame(std::string_view data, std::string_view event) {
   if (data.find('\\') != std::string_view::npos) return;
   const auto [ts, te] = unique_string_value(data, key);
   if (ts == std::string_view::npos || data.substr(ts, te - ts) != text) return;
-  std::pair<std::size_t, std::size_t> holes[2] = {{ts, te}, {std::string_view::npos, 0}};
-  std::size_t n = 1;
+  struct hole {
+    std::size_t start, end;
+    frame_hole kind;
+  };
+  std::array<hole, kMaxFrameHoles> holes{};
+  std::size_t n = 0;
+  holes[n++] = {ts, te, frame_hole::text};
   if (data.find("\"obfuscation\":") != std::string_view::npos) {
-    const auto pad = unique_string_value(data, "obfuscation");
-    if (pad.first == std::string_view::npos) return;  // twice, or not a string: no frame
-    holes[n++] = pad;
+    const auto [ps, pe] = unique_string_value(data, "obfuscation");
+    if (ps == std::string_view::npos) return;  // twice, or not a string: no frame
+    holes[n++] = {ps, pe, frame_hole::padding};
   }
-  std::size_t text_hole = 0;
-  if (n == 2 && holes[1].first < holes[0].first) {
-    std::swap(holes[0], holes[1]);
-    text_hole = 1;
+  // Responses events count themselves: `"sequence_number":<integer>`, never read by the meter.
+  constexpr std::string_view seq = "\"sequence_number\":";
+  if (const std::size_t at = data.find(seq); at != std::string_view::npos) {
+    const std::size_t start = at + seq.size();
+    std::size_t end = start;
+    while (end < data.size() && data[end] >= '0' && data[end] <= '9') ++end;
+    if (data.find(seq, at + 1) != std::string_view::npos || end == start || end == data.size() ||
+        data[end] == '.' || data[end] == 'e' || data[end] == 'E')
+      return;
+    holes[n++] = {start, end, frame_hole::integer};
   }
+  std::sort(holes.begin(), holes.begin() + static_cast<std::ptrdiff_t>(n),
+            [](const hole& a, const hole& b) { return a.start < b.start; });
   std::size_t from = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    frame_seg_[i].assign(data.substr(from, holes[i].first - from));
-    from = holes[i].second;
+    frame_seg_[i].assign(data.substr(from, holes[i].start - from));
+    frame_kind_[i] = holes[i].kind;
+    from = holes[i].end;
   }
   frame_seg_[n].assign(data.substr(from));
   frame_holes_ = n;
-  frame_text_hole_ = text_hole;
   frame_event_.assign(event);
   has_frame_ = true;
 }
@@ -566,11 +580,19 @@ bool stream_meter::through_frame(std::string_view data) {
   std::size_t at = frame_seg_[0].size();
   std::string_view text;
   for (std::size_t i = 0; i < frame_holes_; ++i) {
-    const std::size_t end = data.find('"', at);
-    if (end == std::string_view::npos) return false;
-    const std::string_view inside = data.substr(at, end - at);
-    if (!plain_json_text(inside)) return false;
-    if (i == frame_text_hole_) text = inside;
+    std::size_t end = at;
+    if (frame_kind_[i] == frame_hole::integer) {
+      // A JSON integer as written: 0, or digits without a leading zero. The segment after it
+      // starts with what followed the learned number (`,` or `}`), never a digit, `.` or `e`.
+      while (end < data.size() && data[end] >= '0' && data[end] <= '9') ++end;
+      if (end == at || (data[at] == '0' && end - at > 1)) return false;
+    } else {
+      end = data.find('"', at);
+      if (end == std::string_view::npos) return false;
+      const std::string_view inside = data.substr(at, end - at);
+      if (!plain_json_text(inside)) return false;
+      if (frame_kind_[i] == frame_hole::text) text = inside;
+    }
     const std::string_view seg = frame_seg_[i + 1];
     if (data.substr(end, seg.size()) != seg) return false;
     at = end + seg.size();
@@ -588,7 +610,12 @@ void stream_meter::on_responses(const Node& j, std::string_view type) {
   } else if (type == "response.output_text.delta" || type == "response.reasoning_summary_text.delta" ||
              type == "response.reasoning_text.delta" || type == "response.refusal.delta" ||
              type == "response.function_call_arguments.delta") {
-    streamed_text_.add(string_member(j, "delta"));
+    text_members texts(streamed_text_);
+    texts.add("delta", member(j, "delta"));
+    if (texts.count == 1) {  // the next deltas read through a frame
+      frame_key_ = texts.key;
+      frame_text_ = texts.value;
+    }
   } else if (type == "response.completed" || type == "response.incomplete" ||
              type == "response.failed") {
     const auto& response = member(j, "response");

@@ -101,10 +101,14 @@ class stream_meter {
   text_tally streamed_text_;
   anthropic_usage anthropic_;  // message_start sets it; message_delta replaces fields
   std::string_view frame_key_, frame_text_;  // set by on_chat for learn_frame, then cleared
-  // The frame: fixed bytes seg[0] hole seg[1] (hole seg[2]); a hole is a string value's inside,
-  // which ends at the next `"`; one hole is the text, the other (if any) OpenAI's padding.
-  std::string frame_seg_[3], frame_event_;
-  std::size_t frame_holes_ = 0, frame_text_hole_ = 0;
+  // The frame: fixed bytes seg[0] hole seg[1] ... hole seg[n]. A string hole is a string value's
+  // inside (it ends at the next `"`): the text, or OpenAI's padding; an integer hole is a
+  // Responses `sequence_number`.
+  enum class frame_hole : std::uint8_t { text, padding, integer };
+  static constexpr std::size_t kMaxFrameHoles = 3;
+  std::string frame_seg_[kMaxFrameHoles + 1], frame_event_;
+  frame_hole frame_kind_[kMaxFrameHoles] = {};
+  std::size_t frame_holes_ = 0;
   bool has_frame_ = false;
   std::size_t framed_ = 0;
 };

@@ -626,6 +626,47 @@ TEST_CASE("stream_meter: chunks read through a frame meter exactly as parsed one
     check_framed_like_parsed(route_kind::chat_completions, true, s, 7);
   }
 
+  SECTION("Responses deltas: the sequence number and the padding are holes too") {
+    auto delta = [](int seq, std::string_view text, std::string_view pad) {
+      return typed_event("response.output_text.delta",
+                         R"({"type":"response.output_text.delta","sequence_number":)" + std::to_string(seq) +
+                             R"(,"item_id":"msg_68b1","output_index":0,"content_index":0,"delta":")" + std::string(text) +
+                             R"(","logprobs":[],"obfuscation":")" + std::string(pad) + R"("})");
+    };
+    std::string stream = typed_event("response.created", R"({"type":"response.created","sequence_number":0,"response":{"id":"resp_1","object":"response","model":"gpt-5-mini-2025-08-07","status":"in_progress","usage":null}})");
+    const char* texts[] = {"Hi", " there", "", " 你好", R"(
+)", " a", "b", " ok", "!", " end"};
+    const char* pads[] = {"Qx3", "", "aZ09kLmN", "p", "7Hh2", "zz", "q", "Yy", "k", "mm"};
+    for (int i = 0; i < 10; ++i) stream += delta(i + 1, texts[i], pads[i]);
+    stream += delta(7, "x", "y");  // a number seen before: still framed
+    std::string odd = delta(12, "lead", "zero");
+    odd.replace(odd.find(":12,"), 4, ":012,");  // not JSON: a leading zero
+    stream += odd;
+    std::string fl = delta(13, "float", "n");
+    fl.replace(fl.find(":13,"), 4, ":13.5,");  // a float: valid JSON, another shape
+    stream += fl + delta(14, "after", "n");
+    stream += typed_event("response.completed", R"({"type":"response.completed","sequence_number":15,"response":{"id":"resp_1","object":"response","model":"gpt-5-mini-2025-08-07","status":"completed","usage":{"input_tokens":12,"output_tokens":20,"total_tokens":32,"input_tokens_details":{"cached_tokens":0},"output_tokens_details":{"reasoning_tokens":0}}}})");
+    std::string twin;
+    sse_parser parser;
+    parser.append(stream);
+    sse_event ev;
+    while (parser.next(ev)) {
+      twin += (ev.event.empty() ? "" : "event: " + std::string(ev.event) + "\n") + "data: \xEF\xBB\xBF" + std::string(ev.data) + "\n\n";
+    }
+    for (auto route : {route_kind::responses, route_kind::other}) {
+      stream_meter framed(route, false), parsed(route, false);
+      CHECK(relay(framed, stream) == stream);
+      relay(parsed, twin);
+      CHECK(framed.estimated_completion_tokens() == parsed.estimated_completion_tokens());
+      REQUIRE(framed.has_usage());
+      CHECK(framed.usage().completion == 20);
+      CHECK(framed.model() == parsed.model());
+      CHECK(framed.saw_done());
+      CHECK(parsed.framed_events() == 0);
+      CHECK(framed.framed_events() >= 8);
+    }
+  }
+
   SECTION("Anthropic text and thinking deltas go through a frame of their event name") {
     auto delta = [](std::string_view type, std::string_view key, std::string_view text) {
       return typed_event("content_block_delta", R"({"type":"content_block_delta","index":0,"delta":{"type":")" +
