@@ -67,16 +67,6 @@ const json& member(const json& obj, std::string_view key) {
   return it == obj.end() ? absent : *it;
 }
 
-// The last duplicate wins, as in nlohmann's DOM.
-fast_node member(const fast_node& obj, std::string_view key) noexcept {
-  fast_node found;
-  if (!is_object(obj)) return found;
-  const dom::object members = obj.value.get_object().value_unsafe();
-  for (const dom::key_value_pair m : members) {
-    if (m.key == key) found = {m.value, true};
-  }
-  return found;
-}
 
 // Several members of one object, handed to `f` in the order of `keys`. On the DOM this is one
 // pass over the object instead of one per key (a chat chunk's lookups were ~40 % of its cost
@@ -106,6 +96,11 @@ decltype(auto) apply_members(const fast_node& obj, const std::array<std::string_
 template <std::size_t N, class Node, class F>
 decltype(auto) with_members(const Node& obj, const std::array<std::string_view, N>& keys, F&& f) {
   return apply_members(obj, keys, std::forward<F>(f), std::make_index_sequence<N>{});
+}
+
+// The last duplicate wins, as in nlohmann's DOM.
+fast_node member(const fast_node& obj, std::string_view key) noexcept {
+  return with_members<1>(obj, {key}, [](const fast_node& v) { return v; });
 }
 
 bool has_member(const json& obj, std::string_view key) { return obj.is_object() && obj.contains(key); }
@@ -166,6 +161,12 @@ struct text_members {
     key = k;
     value = as_string(v);
     tally.add(value);
+  }
+  // Proposes the one text member for a chunk frame (stream_meter::learn_frame).
+  void offer(std::string_view& frame_key, std::string_view& frame_text) const {
+    if (count != 1) return;
+    frame_key = key;
+    frame_text = value;
   }
 };
 
@@ -421,8 +422,14 @@ std::int64_t stream_meter::estimated_completion_tokens() const noexcept {
 
 template <class Node>
 void stream_meter::note_model_id(const Node& obj) {
-  if (model_.empty()) model_ = string_member(obj, "model");
-  if (id_.empty()) id_ = string_member(obj, "id");
+  if (!model_.empty() && !id_.empty()) return;
+  with_members<2>(obj, {"model", "id"}, [this](const Node& model, const Node& id) { note_model_id(model, id); });
+}
+
+template <class Node>
+void stream_meter::note_model_id(const Node& model, const Node& id) {
+  if (model_.empty()) model_ = as_string(model);
+  if (id_.empty()) id_ = as_string(id);
 }
 
 // A chat / completions chunk. Its members are read in one pass, `type` included (chat chunks
@@ -438,8 +445,7 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
       saw_error_ = true;
       return true;
     }
-    if (model_.empty()) model_ = as_string(model);
-    if (id_.empty()) id_ = as_string(id);
+    note_model_id(model, id);
     // The last non-null usage wins: relays send it on the usage-only chunk, on the last content
     // chunk, or as a running total on every chunk.
     if (const auto t = chat_usage(usage)) {
@@ -470,10 +476,7 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
     });
     // One choice with one text member, no usage and no tool calls: the shape of nearly every
     // chunk of a stream, whose next chunks can be read through a frame (on_event).
-    if (n_choices == 1 && texts.count == 1 && !tools && is_null(usage)) {
-      frame_key_ = texts.key;
-      frame_text_ = texts.value;
-    }
+    if (n_choices == 1 && !tools && is_null(usage)) texts.offer(frame_key_, frame_text_);
     // Only the include_usage chunk tollgate asked for on the client's behalf is dropped.
     return !(strip_ && n_choices == 0 && !is_null(usage));
   });
@@ -612,10 +615,7 @@ void stream_meter::on_responses(const Node& j, std::string_view type) {
              type == "response.function_call_arguments.delta") {
     text_members texts(streamed_text_);
     texts.add("delta", member(j, "delta"));
-    if (texts.count == 1) {  // the next deltas read through a frame
-      frame_key_ = texts.key;
-      frame_text_ = texts.value;
-    }
+    texts.offer(frame_key_, frame_text_);  // the next deltas read through a frame
   } else if (type == "response.completed" || type == "response.incomplete" ||
              type == "response.failed") {
     const auto& response = member(j, "response");
@@ -655,10 +655,7 @@ void stream_meter::on_messages(const Node& j, std::string_view type) {
       texts.add("thinking", thinking);
       texts.add("partial_json", partial_json);
     });
-    if (texts.count == 1) {  // every text delta after the first reads through a frame
-      frame_key_ = texts.key;
-      frame_text_ = texts.value;
-    }
+    texts.offer(frame_key_, frame_text_);  // every text delta after the first reads through a frame
   } else if (type == "message_stop") {
     saw_done_ = true;
   }

@@ -83,6 +83,7 @@ class stream_meter {
   template <class Node> void on_responses(const Node& j, std::string_view type);
   template <class Node> void on_messages(const Node& j, std::string_view type);
   template <class Node> void note_model_id(const Node& obj);
+  template <class Node> void note_model_id(const Node& model, const Node& id);
   // Chunk frames (usage.cpp): the bytes around the one text value (and an `obfuscation` value)
   // of the last fully read chunk.
   void learn_frame(std::string_view data, std::string_view event);
