@@ -9,6 +9,8 @@
 
 namespace tollgate {
 
+using namespace std::string_view_literals;
+
 namespace {
 // ASCII case folding: header names and tokens are ASCII (RFC 9110 §5.1), and std::tolower is a
 // locale-aware libc call per character (1.5 % of a proxied call's instructions).
@@ -96,12 +98,21 @@ std::optional<upstream_url> parse_upstream_url(std::string_view url) {
 }
 
 bool is_hop_by_hop(std::string_view name) noexcept {
-  static constexpr std::array<std::string_view, 11> names = {
-      "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-      "upgrade", "proxy-authorization", "proxy-authenticate", "expect", "trailers"};
-  for (auto n : names)
-    if (iequals(n, name)) return true;
-  return false;
+  // Dispatch on the length first: every request and response header passes through here or
+  // through is_safe_response_header, and a scan of the whole list with a compare per entry was
+  // ~1.5 % of a proxied call's instructions.
+  switch (name.size()) {
+    case 2: return iequals(name, "te");
+    case 6: return iequals(name, "expect");
+    case 7: return iequals(name, "trailer") || iequals(name, "upgrade");
+    case 8: return iequals(name, "trailers");
+    case 10: return iequals(name, "connection") || iequals(name, "keep-alive");
+    case 16: return iequals(name, "proxy-connection");
+    case 17: return iequals(name, "transfer-encoding");
+    case 18: return iequals(name, "proxy-authenticate");
+    case 19: return iequals(name, "proxy-authorization");
+    default: return false;
+  }
 }
 
 bool is_safe_response_header(std::string_view name) noexcept {
@@ -110,16 +121,23 @@ bool is_safe_response_header(std::string_view name) noexcept {
   // Everything else the upstream (or a CDN in front of it) says about itself stays behind:
   // cookies, Server, X-Powered-By, Via, Alt-Svc, HSTS, CORS, Location (it would name the
   // upstream's host), WWW-Authenticate (about tollgate's key, not the client's).
-  static constexpr std::array<std::string_view, 14> exact = {
-      "content-type", "content-encoding", "content-language", "content-disposition", "cache-control",
-      "expires",      "etag",             "last-modified",    "date",                "vary",
-      "retry-after",  "retry-after-ms",   "request-id",       "x-request-id"};
-  static constexpr std::array<std::string_view, 3> prefixes = {"openai-", "anthropic-", "x-ratelimit-"};
-  for (auto n : exact)
-    if (iequals(n, name)) return true;
-  for (auto p : prefixes)
-    if (name.size() >= p.size() && iequals(p, name.substr(0, p.size()))) return true;
-  return false;
+  // Prefixes first, then the exact names by length (see is_hop_by_hop).
+  if (name.empty()) return false;
+  if (const auto first = ascii_lower(static_cast<unsigned char>(name[0])); first == 'o' || first == 'a' || first == 'x')
+    if (istarts_with(name, "openai-") || istarts_with(name, "anthropic-") || istarts_with(name, "x-ratelimit-"))
+      return true;
+  switch (name.size()) {
+    case 4: return iequals(name, "date") || iequals(name, "etag") || iequals(name, "vary");
+    case 7: return iequals(name, "expires");
+    case 10: return iequals(name, "request-id");
+    case 11: return iequals(name, "retry-after");
+    case 12: return iequals(name, "content-type") || iequals(name, "x-request-id");
+    case 13: return iequals(name, "cache-control") || iequals(name, "last-modified");
+    case 14: return iequals(name, "retry-after-ms");
+    case 16: return iequals(name, "content-encoding") || iequals(name, "content-language");
+    case 19: return iequals(name, "content-disposition");
+    default: return false;
+  }
 }
 
 bool connection_lists(std::string_view value, std::string_view name) noexcept {
@@ -260,9 +278,9 @@ void append_upstream_head(std::span<const header_view> client_headers, const ups
   }
   out.reserve(out.size() + size);
   auto field = [&out](std::string_view name, std::string_view value) {
-    out.append(name).append(": ").append(value).append("\r\n");
+    out.append(name).append(": "sv).append(value).append("\r\n"sv);
   };
-  out.append(h.method).append(" ").append(h.target).append(" HTTP/1.1\r\n");
+  out.append(h.method).append(" "sv).append(h.target).append(" HTTP/1.1\r\n"sv);
   for (const auto& f : client_headers) {
     const auto n = f.name;
     if (is_hop_by_hop(n) || iequals(n, "host") || iequals(n, "content-length") || iequals(n, "authorization") ||
@@ -281,7 +299,7 @@ void append_upstream_head(std::span<const header_view> client_headers, const ups
     auto [end, ec] = std::to_chars(num, num + sizeof num, h.body_size);
     field("Content-Length", std::string_view(num, static_cast<std::size_t>(end - num)));
   }
-  out.append("\r\n");
+  out.append("\r\n"sv);
 }
 
 }  // namespace tollgate

@@ -928,7 +928,7 @@ bool ledger::reserve() noexcept {
 
 void ledger::release() noexcept { release_slots(reserved_, 1); }
 
-void ledger::submit(usage_record rec) {
+void ledger::submit(usage_record&& rec) {
   std::unique_lock lk(mu_);
   if (queue_.empty()) impl_->oldest = clock_type::now();
   queue_.push_back(std::move(rec));

@@ -962,14 +962,14 @@ client_session::response_shape client_session::shape_response(const upstream_par
   head_.clear();
   {
     auto field = [this](std::string_view name, std::string_view value) {
-      head_.append(name).append(": ").append(value).append("\r\n");
+      head_.append(name).append(": "sv).append(value).append("\r\n"sv);
     };
     char num[24];
     auto decimal = [&num](auto v) {
       return std::string_view(num, static_cast<std::size_t>(std::to_chars(num, num + sizeof num, v).ptr - num));
     };
     head_.append(c.client_version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ");
-    head_.append(decimal(status)).append(" ").append(ures.reason()).append("\r\n");
+    head_.append(decimal(status)).append(" "sv).append(ures.reason()).append("\r\n"sv);
     for (const auto& f : ures) {
       auto name = f.name_string();
       if (!is_safe_response_header(name) || f.name() == http::field::content_length ||
@@ -998,7 +998,7 @@ client_session::response_shape client_session::shape_response(const upstream_par
     }
     if (c.client_version == 11 && !keep_client) field("Connection", "close");
     if (c.client_version == 10 && keep_client) field("Connection", "keep-alive");
-    head_.append("\r\n");
+    head_.append("\r\n"sv);
   }
   return sh;
 }

@@ -4,6 +4,8 @@
 #include <nlohmann/json.hpp>
 #include <zlib.h>
 
+#include <algorithm>
+#include <cctype>
 #include <string>
 #include <vector>
 
@@ -193,6 +195,52 @@ TEST_CASE("http_rules: upstream response headers are relayed from an allow-list"
                        "Access-Control-Allow-Origin", "Location", "WWW-Authenticate", "Connection",
                        "Transfer-Encoding", "cf-ray", "x-envoy-upstream-service-time", "openai", "anthropic"})
     CHECK_FALSE(is_safe_response_header(dropped));
+}
+
+// The header-name checks dispatch on length; a plain scan of the lists is the reference, on
+// every listed name in three casings and on near misses (one byte more, less or changed).
+TEST_CASE("http_rules: header-name checks agree with a scan of their lists", "[http_rules]") {
+  const std::vector<std::string> hop = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                                        "transfer-encoding", "upgrade", "proxy-authorization",
+                                        "proxy-authenticate", "expect", "trailers"};
+  const std::vector<std::string> safe = {"content-type", "content-encoding", "content-language", "content-disposition",
+                                         "cache-control", "expires", "etag", "last-modified", "date", "vary",
+                                         "retry-after", "retry-after-ms", "request-id", "x-request-id"};
+  const std::vector<std::string> prefixes = {"openai-", "anthropic-", "x-ratelimit-"};
+  auto lower = [](std::string s) {
+    for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return s;
+  };
+  auto in = [&](const std::vector<std::string>& list, const std::string& n) {
+    return std::find(list.begin(), list.end(), lower(n)) != list.end();
+  };
+  auto safe_ref = [&](const std::string& n) {
+    for (const auto& p : prefixes)
+      if (lower(n).starts_with(p)) return true;
+    return in(safe, n);
+  };
+  std::vector<std::string> names;
+  for (const auto* list : {&hop, &safe, &prefixes}) {
+    for (const auto& n : *list) {
+      std::string upper = n, mixed = n;
+      for (std::size_t i = 0; i < n.size(); ++i) {
+        upper[i] = static_cast<char>(std::toupper(static_cast<unsigned char>(n[i])));
+        if (i % 2 == 0) mixed[i] = upper[i];
+      }
+      names.insert(names.end(), {n, upper, mixed, n + "x", n + "-", n.substr(0, n.size() - 1), "x" + n});
+      for (std::size_t i = 0; i < n.size(); ++i) {
+        std::string changed = n;
+        changed[i] = changed[i] == 'z' ? 'y' : 'z';
+        names.push_back(changed);
+      }
+    }
+  }
+  names.insert(names.end(), {"", "a", "x-", "openai", "OPENAI-ORGANIZATION", "X-RateLimit-Limit-Requests"});
+  for (const auto& n : names) {
+    INFO(n);
+    CHECK(is_hop_by_hop(n) == in(hop, n));
+    CHECK(is_safe_response_header(n) == safe_ref(n));
+  }
 }
 
 TEST_CASE("error: every code maps to a status and an OpenAI-shaped body", "[error]") {
