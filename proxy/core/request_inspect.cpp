@@ -241,6 +241,7 @@ request_facts inspect_slow(std::string_view body, int max_depth) {
     reject(f, request_problem::not_object, "request body must be a JSON object");
   } else {
     settle(f, sax.finish());
+    f.prompt_estimated = true;
   }
   return f;
 }
@@ -309,7 +310,7 @@ struct fast_reader {
 };
 
 // Fills f and returns true, or returns false when the slow path must take the body.
-bool inspect_fast(std::string_view body, int max_depth, request_facts& f) {
+bool inspect_fast(std::string_view body, int max_depth, bool estimate_prompt, request_facts& f) {
   if (body.size() > fast_max_bytes || max_depth < 1 || max_depth > fast_max_depth) return false;
   try {
     thread_local dom::parser parser;
@@ -357,14 +358,19 @@ bool inspect_fast(std::string_view body, int max_depth, request_facts& f) {
         case member::max_completion_tokens: r.limit(m.value, max_completion); break;
         case member::max_tokens: r.limit(m.value, max_tokens); break;
         case member::max_output_tokens: r.limit(m.value, max_output); break;
-        case member::prompt_text: r.tally(m.value, false, false); break;
-        case member::prompt_or_ids: r.tally(m.value, true, false); break;
+        case member::prompt_text:
+          if (estimate_prompt) r.tally(m.value, false, false);
+          break;
+        case member::prompt_or_ids:
+          if (estimate_prompt) r.tally(m.value, true, false);
+          break;
         case member::other: break;
       }
     }
     if (r.ambiguous) return false;
     f.max_tokens = max_completion ? max_completion : max_tokens ? max_tokens : max_output;
     f.prompt_tokens_estimate = r.text.tokens() + r.token_ids;
+    f.prompt_estimated = estimate_prompt;
     settle(f, model_bad ? request_problem::model_not_string
                         : stream_bad ? request_problem::stream_not_bool : request_problem::none);
     return true;
@@ -375,13 +381,13 @@ bool inspect_fast(std::string_view body, int max_depth, request_facts& f) {
 
 }  // namespace
 
-request_facts inspect_request(std::string_view body, int max_depth) {
+request_facts inspect_request(std::string_view body, int max_depth, bool estimate_prompt) {
   if (body.empty()) {
     request_facts f;
     reject(f, request_problem::malformed_json, "request body is empty");
     return f;
   }
-  if (request_facts f; inspect_fast(body, max_depth, f)) return f;
+  if (request_facts f; inspect_fast(body, max_depth, estimate_prompt, f)) return f;
   // nlohmann's lexer stops at a NUL byte as if the input ended there: a body like
   // `{"model":"a"}\0{"model":"b"}` would be read as model a and forwarded whole. A raw NUL is
   // never valid JSON.

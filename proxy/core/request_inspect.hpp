@@ -31,10 +31,14 @@ struct request_facts {
   std::string user;                      // top-level `user` (string), "" otherwise
   std::optional<std::int64_t> max_tokens;  // max_tokens / max_completion_tokens / max_output_tokens
   std::int64_t prompt_tokens_estimate = 0; // estimate_tokens() over the prompt-ish strings
+  bool prompt_estimated = false;         // prompt_tokens_estimate was computed (see below)
 };
 
 // max_depth: 128 per the relay-core issue (an object or array opening counts one level).
-request_facts inspect_request(std::string_view body, int max_depth = 128);
+// estimate_prompt = false may skip the prompt tally (prompt_estimated then stays false): the
+// relay needs the estimate only for admission control and for calls the upstream never reported
+// usage for, and walking every message is ~4 % of a proxied call's instructions.
+request_facts inspect_request(std::string_view body, int max_depth = 128, bool estimate_prompt = true);
 
 // Returns the body with stream_options.include_usage = true, everything else unchanged.
 // When there is no stream_options, inserts `"stream_options":{"include_usage":true},` right

@@ -283,6 +283,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
 
   awaitable<bool> handle_one();
   void take_head(const client_request& req, call::head_fields& h);
+  static std::int64_t prompt_estimate(call& c, const client_request& req);
   awaitable<bool> proxy(client_request& req, const route_decision& rd, const target_parts& tp,
                         call& c);
   // What admit() decided: a refusal (errc::ok: admitted) with its message, and the upstreams to
@@ -619,6 +620,18 @@ void client_session::take_head(const client_request& req, call::head_fields& h) 
   }
 }
 
+// The prompt's token estimate, computed on first use: admit() skips the tally when no
+// admission control reads it, and a call that ends without upstream usage (an abort, a cut
+// stream) tallies here. The model and include_usage rewrites leave the prompt members as they
+// were, so the body as sent gives the same figure as the client's.
+std::int64_t client_session::prompt_estimate(call& c, const client_request& req) {
+  if (!c.facts.prompt_estimated) {
+    c.facts.prompt_tokens_estimate = inspect_request(req.body()).prompt_tokens_estimate;
+    c.facts.prompt_estimated = true;
+  }
+  return c.facts.prompt_tokens_estimate;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Proxying one /v1 call
 
@@ -770,7 +783,8 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
   }
   if (rd.json_body) {
     if (!is_json_content_type(c.head.content_type)) return a.refuse(errc::unsupported_media_type, {});
-    c.facts = inspect_request(req.body());
+    // The prompt tally is skipped unless admission control will read it (prompt_estimate()).
+    c.facts = inspect_request(req.body(), 128, st_.policy && st_.policy->needs_admission(key.get()));
     if (c.facts.problem != request_problem::none) return a.refuse(errc::invalid_json, c.facts.problem_detail);
     rec.requested_model = c.facts.model;
     rec.stream = c.facts.stream;
@@ -795,7 +809,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     const model_price* price = st_.prices.resolve(send_model);
     const std::int64_t max_out = c.facts.max_tokens.value_or(cfg_.policy.default_max_tokens);
     token_usage worst;
-    worst.prompt = c.facts.prompt_tokens_estimate;
+    worst.prompt = prompt_estimate(c, req);
     worst.completion = max_out;
     policy_engine::call_facts pf;
     pf.key = key.get();
@@ -1377,7 +1391,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     if (c.error != errc::ok) {
       rec.aborted = true;
       if (!meter->has_usage()) {
-        rec.tokens.prompt = facts.prompt_tokens_estimate;
+        rec.tokens.prompt = prompt_estimate(c, req);
         rec.tokens.completion = meter->estimated_completion_tokens();
         rec.source = usage_source::estimated;
       }
@@ -1392,7 +1406,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     }
   } else if (ok2xx && c.error != errc::ok && facts.has_model) {
     rec.aborted = true;
-    rec.tokens.prompt = facts.prompt_tokens_estimate;
+    rec.tokens.prompt = prompt_estimate(c, req);
     rec.source = usage_source::estimated;
   }
   if (c.error != errc::ok) rec.aborted = true;

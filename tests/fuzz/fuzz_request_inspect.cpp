@@ -137,6 +137,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (fast.problem != request_problem::too_deep && slow.problem != request_problem::too_deep) {
     FUZZ_CHECK(same_fields(fast, slow));
   }
+  // As the proxy calls it when no admission control reads the prompt estimate: every other fact
+  // is the same, and an estimate it did compute is the same too.
+  request_facts untallied = tollgate::inspect_request(body, proxy_depth, false);
+  if (fast.problem == request_problem::none) FUZZ_CHECK(fast.prompt_estimated);
+  if (!untallied.prompt_estimated) untallied.prompt_tokens_estimate = fast.prompt_tokens_estimate;
+  FUZZ_CHECK(same_fields(untallied, fast));
   check_rewrites(body, fast, model);
   return 0;
 }

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <thread>
 
+#include "core/request_inspect.hpp"
 #include "support.hpp"
 #include "test_cert.hpp"
 
@@ -277,6 +278,10 @@ TEST_CASE("relay: a client that disconnects mid-stream cancels the upstream call
   CHECK(row["error_kind"] == "client_aborted");
   CHECK(row["usage_source"] == "estimated");
   CHECK(std::stoll(row["prompt_tokens"]) > 0);
+  // Tallied after the fact (no admission control read it up front), from the body as sent
+  // upstream (include_usage added): the client's prompt estimate all the same.
+  CHECK(std::stoll(row["prompt_tokens"]) ==
+        tollgate::inspect_request(tt::chat_body("gpt-4.1", true)).prompt_tokens_estimate);
   CHECK(std::stod(row["latency_ms"]) < 5000);  // not the 10 s the whole stream would take
 }
 

@@ -135,6 +135,30 @@ TEST_CASE("request_inspect: prompt estimate covers the prompt-bearing keys", "[r
   }
 }
 
+TEST_CASE("request_inspect: the prompt tally can be left for later", "[request_inspect]") {
+  for (const std::string& body :
+       {R"({"model":"gpt-4.1","messages":[{"role":"user","content":"Hello there"}],"max_tokens":5,"user":"u"})"s,
+        R"({"model":"m","prompt":[0, 1, 2],"stream":true,"stream_options":{"include_usage":false}})"s,
+        R"({"model":"m","input":[[-0, 3]]})"s, R"({"model":7,"messages":[]})"s, R"({"model":"m")"s}) {
+    INFO(body);
+    const auto full = inspect_request(body);
+    const auto quick = inspect_request(body, 128, false);
+    CHECK(quick.problem == full.problem);
+    CHECK(quick.problem_detail == full.problem_detail);
+    CHECK(quick.model == full.model);
+    CHECK(quick.stream == full.stream);
+    CHECK(quick.include_usage == full.include_usage);
+    CHECK(quick.user == full.user);
+    CHECK(quick.max_tokens == full.max_tokens);
+    if (full.problem == request_problem::none) {
+      CHECK(full.prompt_estimated);
+      // Either computed (the slow path always tallies) and then equal, or left for later.
+      CHECK((!quick.prompt_estimated || quick.prompt_tokens_estimate == full.prompt_tokens_estimate));
+    }
+  }
+  CHECK_FALSE(inspect_request(R"({"model":"m","messages":[{"role":"user","content":"hi"}]})", 128, false).prompt_estimated);
+}
+
 TEST_CASE("request_inspect: max tokens", "[request_inspect]") {
   CHECK(inspect_request(R"({"max_tokens":100})").max_tokens == 100);
   CHECK(inspect_request(R"({"max_output_tokens":300})").max_tokens == 300);
