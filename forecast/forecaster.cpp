@@ -23,10 +23,12 @@ constexpr std::size_t max_pool = 1440;      // bounds memory at short bins (a da
 constexpr double pool_days = 7.0;           // conformal pool length
 constexpr double track_days = 7.0;          // memory of the members' error averages...
 constexpr double short_hours = 6.0;         // ...and of their recent errors (level shifts)
+constexpr double recent_weight = 0.5;       // score = week^0.5 x recent^0.5 (mean absolute errors)
 constexpr double weight_power = 4.0;        // weight = mae^-4: close to picking the best, not quite
+constexpr double fast_shift_clip = 1.2;     // clip (and shift threshold) of the fast-shift ETS copy
 constexpr double mae_floor_log = 1e-3;      // member scores below these floors tie (log scale...
 constexpr double mae_floor_count = 1e-9;    // ...count scale: tiny, so dollar-per-bin series work)
-constexpr std::size_t max_members = 32;     // combine() scores members on the stack (18 today)
+constexpr std::size_t max_members = 32;     // combine() scores members on the stack (23 today)
 constexpr double vol_days = 3.0;            // volatility used to normalise errors
 constexpr double vol_long_days = 14.0;      // ...floored at 0.3 x its long-run value
 constexpr double aci_rate = 0.1;            // adaptive tail scale: log step per miss, / sqrt(step)
@@ -90,6 +92,11 @@ struct forecaster::impl {
     std::vector<double> pending;  // predictions awaiting their target, ring of size `step`
     double mae = 0.0;             // exponentially weighted mean |error| (count scale)
     double mae_short = 0.0;       // the same over the last few hours (reacts to level shifts)
+    // log of the member's score, (1 - recent_weight) ln mae + recent_weight ln mae_short, kept
+    // up to date here because combine() runs for every member at every step of every forecast:
+    // there a weight is then one exp instead of a sqrt and a pow (which pays for the 5 members
+    // of the fast-shift ETS copy).
+    double log_score = 0.0;
     std::size_t n = 0;
   };
   // The same at the next bin but on the log scale, for the spike detector's reference.
@@ -161,6 +168,13 @@ struct forecaster::impl {
     detail::ets_params shifting;  // same, but a sustained change moves the level at once
     shifting.accept_shifts = true;
     models.push_back(detail::make_ets(shifting, cfg.bin_s));
+    // A third copy with a tight clip: its level moves little on single spikes but takes a shift
+    // as soon as an hour of bins sits beyond 1.2 typical innovations (the copy above waits
+    // for 2), so it follows clients that stop, start or step within the hour.
+    detail::ets_params fast = shifting;
+    fast.clip = fast_shift_clip;
+    fast.name = "ets_fast";
+    models.push_back(detail::make_ets(fast, cfg.bin_s));
     member_offset.clear();
     members = 0;
     for (const auto& md : models) {
@@ -229,30 +243,33 @@ struct forecaster::impl {
     bracket(k, lo, hi, frac);
     log_scale = log_scale && hi == 0;
     // Weights relative to the best member's score, so they neither overflow nor underflow
-    // whatever the count scale (tokens, dollars).
-    std::array<double, max_members> score_buf;
+    // whatever the count scale (tokens, dollars). Scores are on the log scale: the weight
+    // (best / score)^weight_power is then one exp.
+    std::array<double, max_members> log_score;
+    std::array<bool, max_members> scored;
     const std::size_t nm = std::min(members, max_members);
     double best = std::numeric_limits<double>::infinity();
     for (std::size_t j = 0; j < nm; ++j) {
       const track& a = tracks[j][lo];
       const track& b = tracks[j][hi];
-      double s = -1.0;
-      if (a.n >= min_track && b.n >= min_track && std::isfinite(f[j])) {
-        if (log_scale) {
-          s = std::max(std::sqrt(onestep_log[j].mae * onestep_log[j].mae_short), mae_floor_log);
-        } else {
-          const double mae_long = a.mae + (b.mae - a.mae) * frac;
-          const double mae_recent = a.mae_short + (b.mae_short - a.mae_short) * frac;
-          s = std::max(std::sqrt(mae_long * mae_recent), mae_floor_count);
-        }
-        best = std::min(best, s);
+      scored[j] = a.n >= min_track && b.n >= min_track && std::isfinite(f[j]);
+      if (!scored[j]) continue;
+      double ls = 0.0;
+      if (log_scale) {
+        const log_track& lt = onestep_log[j];
+        ls = std::max(0.5 * (std::log(std::max(lt.mae, 1e-300)) + std::log(std::max(lt.mae_short, 1e-300))),
+                      std::log(mae_floor_log));
+      } else {
+        // Interpolated on log k between the representative steps (geometrically).
+        ls = std::max(a.log_score + (b.log_score - a.log_score) * frac, std::log(mae_floor_count));
       }
-      score_buf[j] = s;
+      log_score[j] = ls;
+      best = std::min(best, ls);
     }
     double num = 0.0, den = 0.0;
     for (std::size_t j = 0; j < nm; ++j) {
-      if (score_buf[j] <= 0.0) continue;
-      const double w = std::pow(best / score_buf[j], weight_power);
+      if (!scored[j]) continue;
+      const double w = std::exp(weight_power * (best - log_score[j]));
       num += w * f[j];
       den += w;
     }
@@ -348,6 +365,8 @@ struct forecaster::impl {
           const double err = std::fabs(y - std::max(0.0, std::expm1(f)));
           tr.mae += g * (err - tr.mae);
           tr.mae_short += gs * (err - tr.mae_short);
+          tr.log_score = (1.0 - recent_weight) * std::log(std::max(tr.mae, mae_floor_count)) +
+                         recent_weight * std::log(std::max(tr.mae_short, mae_floor_count));
           if (r == 0) {
             log_track& lt = onestep_log[j];
             lt.mae += g * (std::fabs(z - f) - lt.mae);

@@ -134,7 +134,8 @@ class ets_model final : public model {
            season_visits_.capacity() * sizeof(std::size_t);
   }
   std::string name(std::size_t i) const override {
-    return (p_.accept_shifts ? "ets_shift_p" : "ets_p") + std::to_string(p_.persistence_hour[i]).substr(0, 4);
+    const std::string prefix = p_.name ? p_.name : (p_.accept_shifts ? "ets_shift" : "ets");
+    return prefix + "_p" + std::to_string(p_.persistence_hour[i]).substr(0, 4);
   }
 
   void observe(const history& h, const calendar& cal, bool observed) noexcept override {

@@ -82,6 +82,7 @@ struct ets_params {
   // Innovations beyond the clip on the same side for an hour (at least 3 bins) are taken as a
   // level shift and moved into the level at once (else they stay clipped: a long burst).
   bool accept_shifts = false;
+  const char* name = nullptr;  // member name prefix; default "ets" / "ets_shift"
 };
 std::unique_ptr<model> make_ets(const ets_params& p, std::int64_t bin_s);
 
