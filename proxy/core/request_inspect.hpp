@@ -35,10 +35,11 @@ struct request_facts {
 };
 
 // max_depth: 128 per the relay-core issue (an object or array opening counts one level).
+inline constexpr int default_max_depth = 128;
 // estimate_prompt = false may skip the prompt tally (prompt_estimated then stays false): the
 // relay needs the estimate only for admission control and for calls the upstream never reported
 // usage for, and walking every message is ~4 % of a proxied call's instructions.
-request_facts inspect_request(std::string_view body, int max_depth = 128, bool estimate_prompt = true);
+request_facts inspect_request(std::string_view body, int max_depth = default_max_depth, bool estimate_prompt = true);
 
 // Returns the body with stream_options.include_usage = true, everything else unchanged.
 // When there is no stream_options, inserts `"stream_options":{"include_usage":true},` right

@@ -622,8 +622,9 @@ void client_session::take_head(const client_request& req, call::head_fields& h) 
 
 // The prompt's token estimate, computed on first use: admit() skips the tally when no
 // admission control reads it, and a call that ends without upstream usage (an abort, a cut
-// stream) tallies here. The model and include_usage rewrites leave the prompt members as they
-// were, so the body as sent gives the same figure as the client's.
+// stream) tallies here, from the body as sent: the model and include_usage rewrites leave the
+// prompt members' values as they were (a rewrite through nlohmann's DOM keeps only the last of
+// duplicate members, which the client's body would have counted twice).
 std::int64_t client_session::prompt_estimate(call& c, const client_request& req) {
   if (!c.facts.prompt_estimated) {
     c.facts.prompt_tokens_estimate = inspect_request(req.body()).prompt_tokens_estimate;
@@ -784,7 +785,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
   if (rd.json_body) {
     if (!is_json_content_type(c.head.content_type)) return a.refuse(errc::unsupported_media_type, {});
     // The prompt tally is skipped unless admission control will read it (prompt_estimate()).
-    c.facts = inspect_request(req.body(), 128, st_.policy && st_.policy->needs_admission(key.get()));
+    c.facts = inspect_request(req.body(), default_max_depth, st_.policy && st_.policy->needs_admission(key.get()));
     if (c.facts.problem != request_problem::none) return a.refuse(errc::invalid_json, c.facts.problem_detail);
     rec.requested_model = c.facts.model;
     rec.stream = c.facts.stream;
