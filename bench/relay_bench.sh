@@ -3,8 +3,8 @@
 #  1. Throughput: wrk (Lua scripts posting a ~1 KB chat body) against a fast local upstream (nginx
 #     returning canned completion JSON / SSE with usage) directly, through nginx as a reverse proxy
 #     (upstream keepalive) and through tollgate (ledger + metrics + forecaster on, 1 worker), at 16
-#     and 64 connections, plus SSE at 16 (a 4-event stream and a realistic 203-event one, 66 KB): RPS, p50/p99/p99.9, added latency vs direct, proxy CPU
-#     per request, errors. Then tollgate is stopped (SIGTERM drains) and its ledger rows are
+#     and 64 connections, plus SSE at 16 (a 4-event stream and a realistic 203-event one, 66 KB):
+#     RPS, p50/p99/p99.9, added latency vs direct, proxy CPU per request, errors. Then tollgate is stopped (SIGTERM drains) and its ledger rows are
 #     checked against the requests wrk completed through it.
 #  2. Streaming pass-through: bench/slow_sse.py as upstream (20 chunks 50 ms apart, then usage and
 #     [DONE]), CONNS x CALLS streaming calls direct / nginx / a second tollgate pointed at it:

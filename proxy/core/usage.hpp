@@ -84,8 +84,8 @@ class stream_meter {
   template <class Node> void on_messages(const Node& j, std::string_view type);
   template <class Node> void note_model_id(const Node& obj);
   template <class Node> void note_model_id(const Node& model, const Node& id);
-  // Chunk frames (usage.cpp): the bytes around the one text value (and an `obfuscation` value)
-  // of the last fully read chunk.
+  // Chunk frames (usage.cpp): the bytes around the one text value (and the `obfuscation` and
+  // `sequence_number` values) of the last fully read chunk.
   void learn_frame(std::string_view data, std::string_view event);
   bool through_frame(std::string_view data);
 
@@ -101,7 +101,7 @@ class stream_meter {
   // rather than rounded up once per delta (a delta is often a single short token).
   text_tally streamed_text_;
   anthropic_usage anthropic_;  // message_start sets it; message_delta replaces fields
-  std::string_view frame_key_, frame_text_;  // set by on_chat for learn_frame, then cleared
+  std::string_view frame_key_, frame_text_;  // proposed by text_members::offer for learn_frame, then cleared
   // The frame: fixed bytes seg[0] hole seg[1] ... hole seg[n]. A string hole is a string value's
   // inside (it ends at the next `"`): the text, or OpenAI's padding; an integer hole is a
   // Responses `sequence_number`.
