@@ -1,6 +1,7 @@
 // JSON-lines logger on stderr (see log.hpp). Timestamps are UTC, millisecond precision.
 #include "core/log.hpp"
 
+#include <pthread.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -125,6 +126,8 @@ void lower_thread_priority(int n) noexcept {
   int current = ::getpriority(PRIO_PROCESS, tid);
   if (errno == 0) ::setpriority(PRIO_PROCESS, tid, current + n);
 }
+
+void name_this_thread(const char* name) noexcept { ::pthread_setname_np(::pthread_self(), name); }
 
 void log_msg(log_level l, std::string_view msg) { log_line(l, msg).write(); }
 

@@ -42,6 +42,10 @@ void log_msg(log_level l, std::string_view msg);
 // call to relay always runs first: their work is batched and can wait a few milliseconds.
 void lower_thread_priority(int n) noexcept;
 
+// Names the calling thread (Linux keeps 15 bytes), so `top -H`, `ps -L`, perf and gdb tell the
+// I/O threads ("tg-io-0"...) from the ledger writer ("tg-ledger") and the other helpers.
+void name_this_thread(const char* name) noexcept;
+
 // Shortest round-trip decimal form of a double (money is printed unrounded).
 void append_double(std::string& out, double v);
 

@@ -1001,6 +1001,7 @@ void ledger::promote(writer_mode to) noexcept {
 }
 
 void ledger::run() {
+  name_this_thread("tg-ledger");
   lower_thread_priority(5);
   impl& I = *impl_;
   I.idle_allowed = can_leave_sched_idle();

@@ -339,7 +339,10 @@ void alert_notifier::start() {
   auto& s = *impl_;
   std::lock_guard lk(s.mutex);
   if (s.thread.joinable() || s.stopping || s.webhooks.empty()) return;
-  s.thread = std::thread([&s] { s.run(); });
+  s.thread = std::thread([&s] {
+    name_this_thread("tg-alerts");
+    s.run();
+  });
 }
 
 void alert_notifier::stop() {

@@ -462,6 +462,7 @@ void forecast_service::start() {
   if (impl_->thread.joinable()) return;
   impl_->stopping = false;
   impl_->thread = std::thread([this] {
+    name_this_thread("tg-forecast");
     lower_thread_priority(10);
     impl_->run();
   });

@@ -330,10 +330,11 @@ void app::start() {
                                          c.admin_listen.host + ":" + std::to_string(c.admin_listen.port)));
   I.admin_port = I.admin_acceptor->local_endpoint().port();
 
-  for (auto& wp : I.workers) {
-    worker& w = *wp;
+  for (std::size_t i = 0; i < I.workers.size(); ++i) {
+    worker& w = *I.workers[i];
     asio::co_spawn(w.ioc, accept_loop(w), asio::detached);
-    w.thread = std::thread([&w] {
+    w.thread = std::thread([&w, i] {
+      name_this_thread(("tg-io-" + std::to_string(i)).c_str());
       for (;;) {
         try {
           w.ioc.run();
@@ -488,6 +489,7 @@ void app::impl::start_admin() {
       },
       asio::detached);
   admin_thread = std::thread([this] {
+    name_this_thread("tg-admin");
     for (;;) {
       try {
         admin_ioc.run();

@@ -153,7 +153,10 @@ void spend_control::start(const std::string& ledger_path) {
   }
   if (notifier_) notifier_->start();
   started_ = true;
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    name_this_thread("tg-spend");
+    run();
+  });
 }
 
 void spend_control::run() {
