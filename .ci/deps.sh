@@ -6,7 +6,7 @@
 #   .ci/deps.sh bench    also what the benchmarks need (nginx, wrk)
 set -euo pipefail
 pkgs=(g++ cmake make pkg-config libboost1.81-dev libboost-system1.81-dev libssl-dev openssl ca-certificates
-      nlohmann-json3-dev libsimdjson-dev prometheus-cpp-dev catch2 libsqlite3-dev sqlite3 libyaml-cpp-dev zlib1g-dev libhowardhinnant-date-dev curl)
+      nlohmann-json3-dev libsimdjson-dev prometheus-cpp-dev catch2 libsqlite3-dev sqlite3 libyaml-cpp-dev zlib1g-dev libhowardhinnant-date-dev libjemalloc-dev curl)
 case "${1:-}" in
   test)  pkgs+=(prometheus python3 clang libclang-rt-14-dev) ; command -v npm >/dev/null || pkgs+=(nodejs npm) ;;
   bench) pkgs+=(nginx-light wrk util-linux procps python3) ;;
