@@ -25,7 +25,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -51,7 +50,19 @@ namespace http = beast::http;
 using tcp = net::ip::tcp;
 using namespace std::chrono_literals;
 
+// The tollgate being trained (-1: none). Every way out of a failed run kills it first, so a
+// failed build leaves no stray process behind.
+std::atomic<pid_t> running_child{-1};
+
+void kill_child() noexcept {
+  if (const pid_t pid = running_child.exchange(-1); pid > 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+  }
+}
+
 [[noreturn]] void die(const std::string& what) {
+  kill_child();
   std::fprintf(stderr, "tollgate-pgo-train: %s\n", what.c_str());
   std::exit(1);
 }
@@ -169,18 +180,6 @@ std::vector<call_kind> the_mix(const std::string& key) {
   return mix;
 }
 
-std::atomic<pid_t> running_child{-1};  // for the watchdog
-
-struct child {
-  pid_t pid = -1;
-  ~child() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  }
-};
-
 pid_t spawn(const std::string& bin, const std::string& config,
             const std::vector<std::pair<std::string, std::string>>& env_over) {
   std::vector<std::string> env;
@@ -199,13 +198,13 @@ pid_t spawn(const std::string& bin, const std::string& config,
   return pid;
 }
 
-void wait_healthy(child& c, std::uint16_t port) {
+void wait_healthy(pid_t pid, std::uint16_t port) {
   const auto until = std::chrono::steady_clock::now() + 30s;
   const auto probe = make(http::verb::get, "/healthz", "", {});
   while (std::chrono::steady_clock::now() < until) {
     int status = 0;
-    if (::waitpid(c.pid, &status, WNOHANG) == c.pid) {
-      c.pid = -1;
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      running_child = -1;
       die("tollgate exited at start-up (status " + std::to_string(status) + ")");
     }
     if (client(port).call(probe) == 200) return;
@@ -242,15 +241,15 @@ std::size_t drive(std::uint16_t port, std::uint16_t admin_port, const std::vecto
   return bad.load();
 }
 
-void stop(child& c) {
-  ::kill(c.pid, SIGTERM);
+void stop(pid_t pid) {
+  ::kill(pid, SIGTERM);
   int status = 0;
   const auto until = std::chrono::steady_clock::now() + 60s;
-  while (::waitpid(c.pid, &status, WNOHANG) != c.pid) {
+  while (::waitpid(pid, &status, WNOHANG) != pid) {
     if (std::chrono::steady_clock::now() > until) die("tollgate did not stop within 60 s of SIGTERM");
     std::this_thread::sleep_for(20ms);
   }
-  c.pid = -1;
+  running_child = -1;
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
     die("tollgate did not exit cleanly (status " + std::to_string(status) + "): no profile written");
 }
@@ -263,11 +262,10 @@ void phase(const char* name, const std::string& bin, const std::string& config,
   env.emplace_back("TOLLGATE_LOG_LEVEL", "warn");
   env.emplace_back("TOLLGATE_WORKERS", "1");
   const auto t0 = std::chrono::steady_clock::now();
-  child c;
-  c.pid = spawn(bin, config, env);
-  wait_healthy(c, port);
+  const pid_t pid = spawn(bin, config, env);
+  wait_healthy(pid, port);
   const std::size_t bad = drive(port, admin_port, the_mix(key), calls, 4);
-  stop(c);
+  stop(pid);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("tollgate-pgo-train: %s: %zu calls in %.1f s, %zu unexpected\n", name, calls, s, bad);
   if (bad > 0) die(std::string(name) + ": unexpected answers; no profile should be taken from this run");
@@ -289,7 +287,7 @@ int main(int argc, char** argv) {
   std::thread([] {
     std::this_thread::sleep_for(600s);
     std::fprintf(stderr, "tollgate-pgo-train: still running after 600 s, giving up\n");
-    if (const pid_t pid = running_child.load(); pid > 0) ::kill(pid, SIGKILL);
+    kill_child();
     std::_Exit(1);
   }).detach();
 
