@@ -825,6 +825,7 @@ struct ledger::impl {
 ledger::ledger(ledger_options opts) : opts_(std::move(opts)), impl_(nullptr) {
   // A zero batch would make the writer spin on empty transactions.
   opts_.batch_rows = std::max<std::size_t>(opts_.batch_rows, 1);
+  queue_.set_chunk(opts_.batch_rows);
   impl_ = new impl(*this, opts_);
 }
 
@@ -1055,10 +1056,8 @@ void ledger::run() {
     if (queue_due && queue_first) {
       // The rows leave the queue so submit() never waits on SQLite. `oldest` stays as is: any
       // row left behind arrived later, so it is written no later than its own interval.
-      const std::size_t n = std::min(opts_.batch_rows, queue_.size());
-      const auto split = queue_.begin() + static_cast<std::ptrdiff_t>(n);
-      batch.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(split));
-      queue_.erase(queue_.begin(), split);
+      queue_.take_front(batch);  // min(batch_rows, queued) rows, one swap
+      const std::size_t n = batch.size();
       lk.unlock();
       try {
         I.settle(batch, db_due);

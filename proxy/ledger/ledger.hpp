@@ -3,6 +3,7 @@
 // which never block on SQLite or the disk. While the database fails, the writer spills rows to
 // an append-only journal (journal.hpp) and replays it, exactly once, when the database recovers.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -79,6 +80,50 @@ struct writer_load {
 // quarter) of the threshold that was crossed, so modes do not flap.
 writer_mode next_writer_mode(writer_mode current, const writer_load& load, const ledger_options& o);
 
+// The writer's queue: rows in chunks of up to `chunk` rows each, so the writer takes the oldest
+// batch with one swap while it holds the lock, instead of moving hundreds of rows (each ~30
+// fields and eleven strings) while an I/O thread's submit() waits on that lock. The writer's
+// spent batch vector comes back as the next chunk: no allocation per batch in steady state.
+class row_chunks {
+ public:
+  void set_chunk(std::size_t rows) noexcept { chunk_ = rows == 0 ? 1 : rows; }
+  bool empty() const noexcept { return size_ == 0; }
+  std::size_t size() const noexcept { return size_; }
+  void push_back(usage_record&& r) {
+    if (chunks_.empty() || chunks_.back().size() >= chunk_) {
+      chunks_.emplace_back();
+      if (spare_.capacity() > 0) {
+        chunks_.back().swap(spare_);
+      } else {
+        // A large batch_rows grows its chunk as rows come instead of reserving it whole.
+        chunks_.back().reserve(std::min<std::size_t>(chunk_, kMaxReserve));
+      }
+    }
+    chunks_.back().push_back(std::move(r));
+    ++size_;
+  }
+  // The oldest min(chunk, size()) rows into `out`, in order (out's own rows are discarded: the
+  // writer hands in its settled, empty batch; its storage becomes the spare chunk).
+  void take_front(std::vector<usage_record>& out) {
+    out.clear();
+    out.swap(chunks_.front());
+    if (spare_.capacity() == 0) spare_.swap(chunks_.front());
+    chunks_.pop_front();
+    size_ -= out.size();
+  }
+  void clear() noexcept {
+    chunks_.clear();
+    size_ = 0;
+  }
+
+ private:
+  static constexpr std::size_t kMaxReserve = 4096;
+  std::deque<std::vector<usage_record>> chunks_;  // each full (chunk_ rows) but the last
+  std::vector<usage_record> spare_;               // empty, with capacity
+  std::size_t chunk_ = 1;
+  std::size_t size_ = 0;
+};
+
 class ledger {
  public:
   explicit ledger(ledger_options opts);
@@ -136,7 +181,7 @@ class ledger {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::condition_variable flushed_cv_;
-  std::deque<usage_record> queue_;
+  row_chunks queue_;
   bool stopping_ = false;
   std::uint64_t submitted_ = 0;  // guarded by mu_
   // The writer's mode (writer_mode) and thread id: submit() and flush() promote an idle writer

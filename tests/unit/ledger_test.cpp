@@ -134,6 +134,14 @@ usage_record make_row(int i) {
   return r;
 }
 
+// Rows from..to-1 through admission, as an I/O thread hands them over.
+void submit_rows(ledger& l, int from, int to) {
+  for (int i = from; i < to; ++i) {
+    REQUIRE(l.reserve());
+    l.submit(make_row(i));
+  }
+}
+
 ledger_options options_for(const temp_dir& dir) {
   ledger_options o;
   o.path = dir.file("tollgate.db");
@@ -205,6 +213,52 @@ TEST_CASE("ledger: batches of any size write each row once with its own values",
                    "1700000000000) OR prompt_tokens != (start_ms - 1700000000000) % 97 OR "
                    "completion_tokens != (start_ms - 1700000000000) % 13") == 0);
   CHECK(l.stats().rows_written == static_cast<std::uint64_t>(next));
+}
+
+// The writer's queue hands out the oldest rows first, at most one batch at a time.
+TEST_CASE("ledger: the row queue keeps order and hands out whole batches", "[ledger]") {
+  row_chunks q;
+  q.set_chunk(3);
+  CHECK(q.empty());
+  for (int i = 0; i < 8; ++i) q.push_back(make_row(i));
+  CHECK(q.size() == 8);
+  std::vector<usage_record> out;
+  std::vector<std::size_t> sizes;
+  int expect = 0;
+  while (!q.empty()) {
+    q.take_front(out);
+    sizes.push_back(out.size());
+    for (const auto& r : out) CHECK(r.request_id == make_row(expect++).request_id);
+    if (q.size() == 5) {  // rows pushed meanwhile go behind the ones still queued
+      for (int i = 8; i < 10; ++i) q.push_back(make_row(i));
+    }
+  }
+  CHECK(expect == 10);
+  CHECK(sizes == std::vector<std::size_t>{3, 3, 3, 1});
+  q.push_back(make_row(10));
+  q.take_front(out);  // out's earlier rows are dropped, not handed out again
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].request_id == make_row(10).request_id);
+  q.push_back(make_row(11));
+  q.clear();
+  CHECK(q.empty());
+  CHECK(q.size() == 0);
+}
+
+// Batches much smaller than the rows waiting: every row once, in submission order.
+TEST_CASE("ledger: small batches keep submission order", "[ledger]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+  opts.batch_rows = 7;
+  ledger l(opts);
+  l.start();
+  submit_rows(l, 0, 500);
+  l.flush();
+  db_conn db(opts.path);
+  CHECK(db.integer("SELECT COUNT(*) FROM calls") == 500);
+  // ids follow commit order: start_ms (the row's number) must rise with them.
+  CHECK(db.integer("SELECT COUNT(*) FROM calls a JOIN calls b ON b.id = a.id + 1 "
+                   "WHERE b.start_ms <= a.start_ms") == 0);
 }
 
 TEST_CASE("ledger: every record field lands in its column", "[ledger]") {
@@ -417,10 +471,7 @@ TEST_CASE("ledger: stop writes every queued row", "[ledger]") {
   {
     ledger l(opts);
     l.start();
-    for (int i = 0; i < 1000; ++i) {
-      REQUIRE(l.reserve());
-      l.submit(make_row(i));
-    }
+    submit_rows(l, 0, 1000);
     l.stop();
     CHECK(l.stats().rows_written == 1000);
     l.stop();  // idempotent
@@ -441,10 +492,7 @@ TEST_CASE("ledger: a locked database keeps the rows and writes them once it is f
 
   db_conn locker(opts.path);
   locker.exec("BEGIN EXCLUSIVE");
-  for (int i = 0; i < 25; ++i) {
-    REQUIRE(l.reserve());
-    l.submit(make_row(i));
-  }
+  submit_rows(l, 0, 25);
   REQUIRE(eventually([&] { return l.stats().write_errors >= 1; }));
   // (No check of writable() here: the writer's health probe only reads, which a WAL database
   // allows under another connection's write lock, so it may report writable again at any time.)
@@ -473,10 +521,7 @@ TEST_CASE("ledger: on_committed sees every committed row once", "[ledger]") {
     for (const auto& r : rows) seen.push_back(r.request_id);
   };
   l.start();
-  for (int i = 0; i < 1000; ++i) {
-    REQUIRE(l.reserve());
-    l.submit(make_row(i));
-  }
+  submit_rows(l, 0, 1000);
   l.flush();
   REQUIRE(seen.size() == 1000);
   CHECK(std::set<std::string>(seen.begin(), seen.end()).size() == 1000);
@@ -544,10 +589,7 @@ TEST_CASE("ledger: busy threads on the writer's CPU do not starve it", "[ledger]
       }
     });
   // A few rows: promoted by their age (4 flush intervals) on the next submit.
-  for (int i = 0; i < 3; ++i) {
-    REQUIRE(l.reserve());
-    l.submit(make_row(i));
-  }
+  submit_rows(l, 0, 3);
   std::this_thread::sleep_for(500ms);
   REQUIRE(l.reserve());
   l.submit(make_row(3));
