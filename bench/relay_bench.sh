@@ -119,6 +119,10 @@ wait_up() {  # what url [curl options]: any HTTP answer counts
   exit 1
 }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# Time the hypervisor ran something else while this VM wanted its CPUs (steal, all CPUs): a run
+# with steal in it has stalls of milliseconds that no peer caused; the tables show it per run.
+steal_ticks() { awk '$1 == "cpu" {print $9; exit}' /proc/stat; }
+steal_ms() { awk -v a="$1" -v b="$2" -v hz="$hz" 'BEGIN {printf "%.0f", (b - a) / hz * 1000}'; }
 ngx_worker() { pgrep -P "$ngx_pid" | head -1; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hz=$(getconf CLK_TCK)
@@ -134,9 +138,11 @@ wait_up tollgate "http://127.0.0.1:$TG/healthz"
 
 # ------------------------------------------------------------------------------ 1. throughput
 run() {  # name url conns pid script -> name|conns|rps|p50|p99|p999|cpu|errors|requests (µs)
-  local name=$1 url=$2 conns=$3 pid=$4 script=$5 t0=0 t1=0 out
+  local name=$1 url=$2 conns=$3 pid=$4 script=$5 t0=0 t1=0 out s0 s1
   if [ -n "$pid" ]; then t0=$(cpu_ticks "$pid"); fi
+  s0=$(steal_ticks)
   out=$(taskset -c 0 wrk -t1 -c"$conns" -d"${DUR}s" --latency -s "bench/$script" "$url" 2>&1)
+  s1=$(steal_ticks)
   if [ -n "$pid" ]; then t1=$(cpu_ticks "$pid"); fi
   local rps p50 p99 p999 reqs errs cpu="–"
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
@@ -150,22 +156,22 @@ run() {  # name url conns pid script -> name|conns|rps|p50|p99|p999|cpu|errors|r
   if [ -n "$pid" ]; then
     cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$reqs" 'BEGIN {if (n>0) printf "%.1f µs", (b-a)/hz/n*1e6; else print "–"}')
   fi
-  echo "$name|$conns|$rps|$p50|$p99|$p999|$cpu|$errs|$reqs"
+  echo "$name|$conns|$rps|$p50|$p99|$p999|$cpu|$errs|$reqs|$(steal_ms "$s0" "$s1")"
 }
 
 echo "### Throughput (wrk -t1, ${DUR} s per run, ~1 KB chat body, canned upstream reply)"
 echo
-echo "| peer | conns | requests/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | proxy CPU/request | errors |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| peer | conns | requests/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | proxy CPU/request | errors | VM steal ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 total_tg=0; conns_tg=0
 row() {  # run-line [direct-run-line]
-  local name conns rps p50 p99 p999 cpu errs reqs d50 d99 d999 a50="–" a99="–" a999="–"
-  IFS='|' read -r name conns rps p50 p99 p999 cpu errs reqs <<<"$1"
+  local name conns rps p50 p99 p999 cpu errs reqs steal d50 d99 d999 a50="–" a99="–" a999="–"
+  IFS='|' read -r name conns rps p50 p99 p999 cpu errs reqs steal <<<"$1"
   if [ -n "${2:-}" ]; then
-    IFS='|' read -r _ _ _ d50 d99 d999 _ _ _ <<<"$2"
+    IFS='|' read -r _ _ _ d50 d99 d999 _ _ _ _ <<<"$2"
     a50=$(added "$p50" "$d50"); a99=$(added "$p99" "$d99"); a999=$(added "$p999" "$d999")
   fi
-  echo "| $name | $conns | $rps | $(ms "$p50") | $(ms "$p99") | $(ms "$p999") | $a50 | $a99 | $a999 | $cpu | $errs |"
+  echo "| $name | $conns | $rps | $(ms "$p50") | $(ms "$p99") | $(ms "$p999") | $a50 | $a99 | $a999 | $cpu | $errs | $steal |"
   if [[ "$name" == tollgate* ]]; then total_tg=$((total_tg + reqs)); conns_tg=$((conns_tg + conns)); fi
 }
 for c in 16 64; do
@@ -216,7 +222,9 @@ declare -A S
 for peer in "direct|127.0.0.1:$SLOW|/v1/chat/completions" "nginx proxy|127.0.0.1:$NGX|/slow/v1/chat/completions" \
             "tollgate|127.0.0.1:$TG2|/v1/chat/completions"; do
   IFS='|' read -r name target path <<<"$peer"
+  s0=$(steal_ticks)
   out=$(slow_run "$target" "$path")
+  S["$name.steal"]=$(steal_ms "$s0" "$(steal_ticks)")
   for kv in $out; do S["$name.${kv%%=*}"]="${kv#*=}"; done
 done
 slow_ok=$(( ${S[tollgate.ok]} + ${S[tollgate.warmup_ok]} ))
@@ -230,8 +238,8 @@ echo "first chunk = request written -> first chunk read (includes the upstream's
 echo "upstream's timer jitter too); relay = upstream write -> client read of the same chunk (one clock,"
 echo "CLOCK_MONOTONIC, no timer in it): the pass-through delay itself; gap = between chunk arrivals."
 echo
-echo "| peer | streams ok | first chunk p50 ms | first chunk p99 ms | added p50 ms | added p99 ms | first-chunk relay p50 / p99 ms | added relay p50 / p99 ms | all-chunk relay p50 / p99 ms | gap p50 / max ms | total stream p50 ms | errors |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| peer | streams ok | first chunk p50 ms | first chunk p99 ms | added p50 ms | added p99 ms | first-chunk relay p50 / p99 ms | added relay p50 / p99 ms | all-chunk relay p50 / p99 ms | gap p50 / max ms | total stream p50 ms | errors | VM steal ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for name in direct "nginx proxy" tollgate; do
   a50="–"; a99="–"; ar="–"
   if [ "$name" != direct ]; then
@@ -241,7 +249,7 @@ for name in direct "nginx proxy" tollgate; do
   errs=$(( ${S[$name.errors]} + ${S[$name.warmup_errors]} )); [ -n "${S[$name.err]:-}" ] && errs="$errs (${S[$name.err]//_/ })"
   echo "| $name | ${S[$name.ok]}/${S[$name.calls]} | $(ms "${S[$name.first_p50]}") | $(ms "${S[$name.first_p99]}") | $a50 | $a99 |" \
        "$(ms "${S[$name.relay1_p50]}") / $(ms "${S[$name.relay1_p99]}") | $ar | $(ms "${S[$name.relay_p50]}") / $(ms "${S[$name.relay_p99]}") |" \
-       "$(ms "${S[$name.gap_p50]}") / $(ms "${S[$name.gap_max]}") | $(ms "${S[$name.total_p50]}") | $errs |"
+       "$(ms "${S[$name.gap_p50]}") / $(ms "${S[$name.gap_max]}") | $(ms "${S[$name.total_p50]}") | $errs | ${S[$name.steal]} |"
 done
 echo
 for name in "nginx proxy" tollgate; do
