@@ -228,3 +228,21 @@ TEST_CASE("forecaster: fit equals feeding the bins one by one", "[forecast]") {
     CHECK(ra.steps[k].quantiles == rb.steps[k].quantiles);
   }
 }
+
+TEST_CASE("forecaster: a constant series is forecast inside its band", "[forecast]") {
+  // Every error is float rounding noise here; the band must still contain the value.
+  for (double level : {7.0, 60.0, 12345.0, 0.0025}) {
+    forecaster f = hourly(24);
+    for (std::size_t i = 0; i < 21 * 24; ++i) f.observe(t0 + static_cast<std::int64_t>(i) * 3600, level);
+    const auto r = f.forecast(24);
+    check_well_formed(r);
+    for (const auto& s : r.steps) {
+      CHECK(s.point == Approx(level).epsilon(1e-6));
+      CHECK(s.quantiles[q05] <= level);
+      CHECK(s.quantiles[q10] <= level);
+      CHECK(s.quantiles[q90] >= level);
+      CHECK(s.quantiles[q95] >= level);
+      CHECK(s.quantiles[q95] <= level * (1.0 + 1e-3));
+    }
+  }
+}
