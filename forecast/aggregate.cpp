@@ -87,24 +87,44 @@ const char* quantity_name(quantity q) noexcept {
   return "requests";
 }
 
+namespace {
+
+struct bin_range {
+  std::int64_t first = 0, last = 0;
+  bool any = false;
+  std::uint64_t count() const noexcept { return any ? static_cast<std::uint64_t>(last - first) + 1 : 0; }
+};
+
+std::int64_t bin_of(std::int64_t ms, std::int64_t bin_ms) noexcept {
+  return ms >= 0 ? ms / bin_ms : -((-ms + bin_ms - 1) / bin_ms);
+}
+
+bin_range range_of(std::span<const request_event> events, std::int64_t bin_s, std::string_view model) {
+  bin_range r;
+  for (const auto& e : events) {
+    if (!model.empty() && e.model != model) continue;
+    const std::int64_t b = bin_of(e.timestamp_ms, bin_s * 1000);
+    r.first = r.any ? std::min(r.first, b) : b;
+    r.last = r.any ? std::max(r.last, b) : b;
+    r.any = true;
+  }
+  return r;
+}
+
+}  // namespace
+
+std::uint64_t bins_spanned(std::span<const request_event> events, std::int64_t bin_s, std::string_view model) {
+  return range_of(events, bin_s, model).count();
+}
+
 series aggregate_events(std::span<const request_event> events, std::int64_t bin_s, quantity q,
                         std::string_view model) {
   series s;
   s.bin_s = bin_s;
   const std::int64_t bin_ms = bin_s * 1000;
-  auto bin_of = [bin_ms](std::int64_t ms) {
-    return ms >= 0 ? ms / bin_ms : -((-ms + bin_ms - 1) / bin_ms);
-  };
-  std::int64_t first = 0, last = 0;
-  bool any = false;
-  for (const auto& e : events) {
-    if (!model.empty() && e.model != model) continue;
-    const std::int64_t b = bin_of(e.timestamp_ms);
-    first = any ? std::min(first, b) : b;
-    last = any ? std::max(last, b) : b;
-    any = true;
-  }
-  if (!any) return s;
+  const bin_range range = range_of(events, bin_s, model);
+  if (!range.any || range.count() > max_series_bins) return s;
+  const std::int64_t first = range.first, last = range.last;
   s.start_s = first * bin_s;
   s.values.assign(static_cast<std::size_t>(last - first + 1), 0.0);
   for (const auto& e : events) {
@@ -117,7 +137,7 @@ series aggregate_events(std::span<const request_event> events, std::int64_t bin_
       case quantity::total_tokens: v = e.prompt_tokens + e.completion_tokens; break;
       case quantity::cost_usd: v = e.cost_usd; break;
     }
-    s.values[static_cast<std::size_t>(bin_of(e.timestamp_ms) - first)] += v;
+    s.values[static_cast<std::size_t>(bin_of(e.timestamp_ms, bin_ms) - first)] += v;
   }
   return s;
 }
@@ -130,7 +150,9 @@ std::optional<std::int64_t> parse_timestamp_ms(std::string_view cell, double uni
   const auto [p, ec] = std::from_chars(cell.data(), cell.data() + cell.size(), v);
   if (ec == std::errc() && p == cell.data() + cell.size() && std::isfinite(v)) {
     const double unit = unit_ms > 0.0 ? unit_ms : (std::fabs(v) > 1e11 ? 1.0 : 1000.0);
-    return static_cast<std::int64_t>(std::floor(v * unit));
+    const double ms = std::floor(v * unit);
+    if (std::fabs(ms) > 1e15) return std::nullopt;  // also keeps the cast below defined
+    return static_cast<std::int64_t>(ms);
   }
   return parse_iso(cell);
 }

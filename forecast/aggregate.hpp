@@ -25,15 +25,25 @@ enum class quantity { requests, prompt_tokens, completion_tokens, total_tokens, 
 std::optional<quantity> parse_quantity(std::string_view name) noexcept;
 const char* quantity_name(quantity q) noexcept;
 
+// Bins a series may span: 9.5 years of minutes, 40 MB of values. Two stray timestamps decades
+// apart (a zero, a wrong unit) would otherwise ask for hundreds of millions of bins.
+inline constexpr std::uint64_t max_series_bins = 5'000'000;
+
+// Number of `bin_s` bins from the first to the last event's bin (of `model` when not empty);
+// 0 without events.
+std::uint64_t bins_spanned(std::span<const request_event> events, std::int64_t bin_s, std::string_view model = {});
+
 // Sums `q` per bin of `bin_s` seconds, bins aligned to multiples of bin_s since the epoch,
 // from the first event's bin to the last event's bin. A bin without events is a real zero.
-// Events of other models are skipped when `model` is not empty. Empty events: empty series.
+// Events of other models are skipped when `model` is not empty. Empty events, or a span of
+// more than max_series_bins: empty series (check bins_spanned() first to tell them apart).
 series aggregate_events(std::span<const request_event> events, std::int64_t bin_s, quantity q,
                         std::string_view model = {});
 
 // Parses a timestamp cell of a request log: a number (unit `unit_ms` milliseconds; 0 = guess:
 // values above 1e11 are milliseconds, else seconds), or an ISO 8601 / RFC 3339 date-time
 // ("2023-11-16 18:17:03.97996", "2025-01-06T00:00:00Z", "...+02:00"; no zone = UTC).
+// Numbers beyond ±1e15 ms (year ~33,000) are not timestamps: nullopt.
 std::optional<std::int64_t> parse_timestamp_ms(std::string_view cell, double unit_ms = 0.0) noexcept;
 
 }  // namespace tollgate::forecast

@@ -20,6 +20,19 @@ TEST_CASE("aggregate: timestamps in seconds, milliseconds and ISO 8601", "[forec
   CHECK(parse_timestamp_ms("\"2025-01-06\"") == 1736121600000);
   CHECK_FALSE(parse_timestamp_ms("yesterday"));
   CHECK_FALSE(parse_timestamp_ms(""));
+  CHECK_FALSE(parse_timestamp_ms("1e30"));  // not a time, and no undefined cast to int64
+  CHECK_FALSE(parse_timestamp_ms("-1e20"));
+}
+
+TEST_CASE("aggregate: a span beyond max_series_bins is reported, not allocated", "[forecast]") {
+  // A stray zero timestamp in a 2025 log: 29 million one-minute bins.
+  const std::vector<request_event> ev{{0, 1, 1, 0, "m"}, {1736121600000, 1, 1, 0, "m"}, {1736121660000, 1, 1, 0, "x"}};
+  CHECK(bins_spanned(ev, 60) == 1736121660000 / 60000 + 1);
+  CHECK(bins_spanned(ev, 60) > max_series_bins);
+  CHECK(aggregate_events(ev, 60, quantity::requests).values.empty());
+  CHECK(bins_spanned(std::span(ev).subspan(1), 60) == 2);
+  CHECK(bins_spanned(ev, 60, "x") == 1);
+  CHECK(bins_spanned({}, 60) == 0);
 }
 
 TEST_CASE("aggregate: requests and tokens per bin, empty bins are zeros", "[forecast]") {
