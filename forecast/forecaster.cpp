@@ -131,6 +131,7 @@ struct forecaster::impl {
   std::size_t vol_n = 0;
   double diff_mae = 0.0;  // mean |one-bin log change|, for the cold-start prior
   std::size_t diff_n = 0;
+  double level_mean = 0.0;  // mean observed count (last ~500 bins), the cold band's upper scale
   double last_observed_z = std::nan("");
   // The one-step forecasts made at the last origin (log scale): next_f is combined by log
   // accuracy (the spike detector's reference, gap filling, cleaning), next_point by count
@@ -211,6 +212,7 @@ struct forecaster::impl {
     vol_n = 0;
     diff_mae = 0.0;
     diff_n = 0;
+    level_mean = 0.0;
     last_observed_z = std::nan("");
     next_f = next_point = std::nan("");
     next_warm = false;
@@ -390,6 +392,7 @@ struct forecaster::impl {
         diff_mae += (std::fabs(z - last_observed_z) - diff_mae) / static_cast<double>(std::min<std::size_t>(diff_n + 1, 500));
         ++diff_n;
       }
+      level_mean += (std::expm1(z) - level_mean) / static_cast<double>(std::min<std::size_t>(diff_n + 1, 500));
       last_observed_z = z;
     }
 
@@ -435,11 +438,16 @@ struct forecaster::impl {
   // log1p scale the bands are built on. Applied on log1p directly they would be additive for a
   // series whose bins are much below 1 (dollars per minute): e^q - 1 dollars, whatever the
   // spend. Scaling the point instead keeps the prior relative at every magnitude; for bins far
-  // above 1 the two agree.
-  static std::array<double, 5> cold_offsets(double fc, const std::array<double, 5>& q) {
+  // above 1 the two agree. The upper side scales max(point, level) instead: a mostly idle new
+  // proxy (point 0) whose few busy minutes carried thousands of calls must not publish a band
+  // of [0, 0]; for a point at or above the mean level seen so far this is the same ratio.
+  static std::array<double, 5> cold_offsets(double fc, double level, const std::array<double, 5>& q) {
     const double point = std::max(0.0, std::expm1(fc));
+    const double scale = std::max(point, std::isfinite(level) ? level : 0.0);
     std::array<double, 5> out{};
-    for (std::size_t i = 0; i < 5; ++i) out[i] = std::log1p(point * std::exp(q[i])) - std::log1p(point);
+    for (std::size_t i = 0; i < 5; ++i)
+      out[i] = q[i] > 0.0 ? std::log1p(point + scale * std::expm1(q[i])) - std::log1p(point)
+                          : std::log1p(point * std::exp(q[i])) - std::log1p(point);
     return out;
   }
 
@@ -468,8 +476,8 @@ struct forecaster::impl {
       bracket(k, lo, hi, frac);
       // Beyond the recent errors, leave room for level shifts: up to +25% width a day ahead.
       const double widen = 1.0 + level_shift_widening * std::min(1.0, static_cast<double>(k) / static_cast<double>(cal.m));
-      const std::array<double, 5> q_lo = rq[lo].warm ? rq[lo].q : cold_offsets(fc, rq[lo].q);
-      const std::array<double, 5> q_hi = rq[hi].warm ? rq[hi].q : cold_offsets(fc, rq[hi].q);
+      const std::array<double, 5> q_lo = rq[lo].warm ? rq[lo].q : cold_offsets(fc, level_mean, rq[lo].q);
+      const std::array<double, 5> q_hi = rq[hi].warm ? rq[hi].q : cold_offsets(fc, level_mean, rq[hi].q);
       std::array<double, 5> qe{};
       for (std::size_t i = 0; i < 5; ++i) qe[i] = q_lo[i] + (q_hi[i] - q_lo[i]) * frac;
       for (std::size_t i : {q05, q10, q90, q95}) qe[i] = qe[q50] + widen * (qe[i] - qe[q50]);

@@ -179,6 +179,27 @@ TEST_CASE("forecaster: cold start gives finite, wide forecasts", "[forecast]") {
       CHECK(s.quantiles[q95] > s.quantiles[q05]);
     }
   }
+  SECTION("a mostly idle start: the band above a zero point still reaches the busy minutes") {
+    // A new proxy tried with three bursts of calls in 20 minutes, idle since: the point is ~0,
+    // but a band of [0, 0] for the next hour would say no call can come.
+    forecaster_config cfg;
+    cfg.bin_s = 60;
+    cfg.max_horizon = 60;
+    forecaster m(cfg);
+    for (std::size_t i = 0; i < 20; ++i)
+      m.observe(t0 + static_cast<std::int64_t>(i) * 60, (i == 2 || i == 5 || i == 9) ? 20000.0 : 0.0);
+    const auto r = m.forecast(60);
+    REQUIRE(r.steps.size() == 60);
+    CHECK_FALSE(r.warm);
+    check_well_formed(r);
+    const double mean = 3 * 20000.0 / 20;
+    for (const auto& s : r.steps) {
+      CHECK(s.point < mean / 100);
+      CHECK(s.quantiles[q05] <= s.point);
+      CHECK(s.quantiles[q95] >= mean);
+      CHECK(s.quantiles[q95] <= 20000.0 * 10.0);
+    }
+  }
 }
 
 TEST_CASE("forecaster: an all-zero series forecasts zero", "[forecast]") {
