@@ -15,14 +15,20 @@
 #     connections are held.
 # wrk, the upstreams and the Python clients are pinned to core 0, the proxy under test to core 1.
 #
+# Every throughput comparison warms both proxies up first (BENCH_WARM seconds of the same load,
+# not reported), then runs direct / nginx / tollgate in turn BENCH_ROUNDS times and reports each
+# peer's median round (by requests/s), all rounds' requests/s listed: on a VM whose neighbours
+# take the CPU for milliseconds at a time, one run per peer can be off by 20 % either way.
+#
 # usage: bash bench/relay_bench.sh [duration_seconds]   (needs a build in ./build)
-# env:   BENCH_PORT_BASE (18100: ports BASE+1..BASE+7), SLOW_CONNS (16), SLOW_CALLS (10),
-#        IDLE_CONNS (10000)
+# env:   BENCH_PORT_BASE (18100: ports BASE+1..BASE+7), BENCH_ROUNDS (3), BENCH_WARM (3),
+#        SLOW_CONNS (16), SLOW_CALLS (10), IDLE_CONNS (10000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${1:-10}"
 BASE="${BENCH_PORT_BASE:-18100}"
 SLOW_CONNS="${SLOW_CONNS:-16}"; SLOW_CALLS="${SLOW_CALLS:-10}"; IDLE_CONNS="${IDLE_CONNS:-10000}"
+ROUNDS="${BENCH_ROUNDS:-3}"; WARM="${BENCH_WARM:-3}"
 UP=$((BASE + 1)); NGX=$((BASE + 2)); TG=$((BASE + 3)); TGA=$((BASE + 4))
 SLOW=$((BASE + 5)); TG2=$((BASE + 6)); TGA2=$((BASE + 7))
 NOFILE=20000   # open-file limit for the proxies and upstreams (10k idle client connections + upstreams)
@@ -159,39 +165,57 @@ run() {  # name url conns pid script -> name|conns|rps|p50|p99|p999|cpu|errors|r
   echo "$name|$conns|$rps|$p50|$p99|$p999|$cpu|$errs|$reqs|$(steal_ms "$s0" "$s1")"
 }
 
-echo "### Throughput (wrk -t1, ${DUR} s per run, ~1 KB chat body, canned upstream reply)"
+echo "### Throughput (wrk -t1, ${DUR} s per run, ~1 KB chat body, canned upstream reply; median of $ROUNDS rounds after ${WARM} s of warm-up)"
 echo
-echo "| peer | conns | requests/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | proxy CPU/request | errors | VM steal ms |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| peer | conns | requests/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | proxy CPU/request | errors | VM steal ms | every round's requests/s |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 total_tg=0; conns_tg=0
-row() {  # run-line [direct-run-line]
+row() {  # run-line rounds [direct-run-line]
   local name conns rps p50 p99 p999 cpu errs reqs steal d50 d99 d999 a50="–" a99="–" a999="–"
   IFS='|' read -r name conns rps p50 p99 p999 cpu errs reqs steal <<<"$1"
-  if [ -n "${2:-}" ]; then
-    IFS='|' read -r _ _ _ d50 d99 d999 _ _ _ _ <<<"$2"
+  if [ -n "${3:-}" ]; then
+    IFS='|' read -r _ _ _ d50 d99 d999 _ _ _ _ <<<"$3"
     a50=$(added "$p50" "$d50"); a99=$(added "$p99" "$d99"); a999=$(added "$p999" "$d999")
   fi
-  echo "| $name | $conns | $rps | $(ms "$p50") | $(ms "$p99") | $(ms "$p999") | $a50 | $a99 | $a999 | $cpu | $errs | $steal |"
-  if [[ "$name" == tollgate* ]]; then total_tg=$((total_tg + reqs)); conns_tg=$((conns_tg + conns)); fi
+  echo "| $name | $conns | $rps | $(ms "$p50") | $(ms "$p99") | $(ms "$p999") | $a50 | $a99 | $a999 | $cpu | $errs | $steal | $2 |"
+}
+warm() {  # name url conns script: load before the measured rounds, not reported (caches, pools, the ledger file)
+  local out reqs
+  out=$(taskset -c 0 wrk -t1 -c"$3" -d"${WARM}s" --latency -s "bench/$4" "$2" 2>&1)
+  reqs=$(awk '$1=="REQUESTS" {print $2}' <<<"$out")
+  if [[ "$1" == tollgate* ]]; then total_tg=$((total_tg + ${reqs:-0})); conns_tg=$((conns_tg + $3)); fi
+}
+median() {  # run-lines (one per line) -> the line with the median requests/s
+  local n; n=$(wc -l <<<"$1")
+  sort -t'|' -k3,3g <<<"$1" | sed -n "$(( (n + 1) / 2 ))p"
+}
+rounds_rps() { cut -d'|' -f3 <<<"$1" | awk '{printf "%s%.0f", (NR > 1 ? " / " : ""), $1}'; }
+compare() {  # conns script label direct-url nginx-url tollgate-url
+  local c=$1 script=$2 label=$3 r d n t reqs D="" N="" T=""
+  warm "nginx proxy" "$5" "$c" "$script"
+  warm tollgate "$6" "$c" "$script"
+  for ((r = 0; r < ROUNDS; r++)); do
+    d=$(run "direct$label" "$4" "$c" "" "$script")
+    n=$(run "nginx proxy$label" "$5" "$c" "$(ngx_worker)" "$script")
+    t=$(run "tollgate$label" "$6" "$c" "$tg_pid" "$script")
+    D+="$d"$'\n'; N+="$n"$'\n'; T+="$t"$'\n'
+    IFS='|' read -r _ _ _ _ _ _ _ _ reqs _ <<<"$t"
+    total_tg=$((total_tg + reqs)); conns_tg=$((conns_tg + c))
+  done
+  D=${D%$'\n'}; N=${N%$'\n'}; T=${T%$'\n'}
+  d=$(median "$D")
+  row "$d" "$(rounds_rps "$D")"; row "$(median "$N")" "$(rounds_rps "$N")" "$d"; row "$(median "$T")" "$(rounds_rps "$T")" "$d"
 }
 for c in 16 64; do
-  d=$(run direct "http://127.0.0.1:$UP/v1/chat/completions" $c "" chat.lua)
-  n=$(run "nginx proxy" "http://127.0.0.1:$NGX/v1/chat/completions" $c "$(ngx_worker)" chat.lua)
-  t=$(run tollgate "http://127.0.0.1:$TG/v1/chat/completions" $c "$tg_pid" chat.lua)
-  row "$d"; row "$n" "$d"; row "$t" "$d"
+  compare $c chat.lua "" "http://127.0.0.1:$UP/v1/chat/completions" "http://127.0.0.1:$NGX/v1/chat/completions" \
+    "http://127.0.0.1:$TG/v1/chat/completions"
 done
 # Streaming: canned SSE through each peer (tollgate meters it; the client did not ask for usage):
 # a short stream (4 events) and a realistic one (203 events, 66 KB, with OpenAI's `obfuscation` padding).
-for c in 16; do
-  d=$(run "direct (SSE)" "http://127.0.0.1:$UP/v1/stream" $c "" chat_stream.lua)
-  n=$(run "nginx proxy (SSE)" "http://127.0.0.1:$NGX/v1/stream" $c "$(ngx_worker)" chat_stream.lua)
-  t=$(run "tollgate (SSE)" "http://127.0.0.1:$TG/v1/stream" $c "$tg_pid" chat_stream.lua)
-  row "$d"; row "$n" "$d"; row "$t" "$d"
-  d=$(run "direct (SSE, 200 chunks)" "http://127.0.0.1:$UP/v1/stream200" $c "" chat_stream.lua)
-  n=$(run "nginx proxy (SSE, 200 chunks)" "http://127.0.0.1:$NGX/v1/stream200" $c "$(ngx_worker)" chat_stream.lua)
-  t=$(run "tollgate (SSE, 200 chunks)" "http://127.0.0.1:$TG/v1/stream200" $c "$tg_pid" chat_stream.lua)
-  row "$d"; row "$n" "$d"; row "$t" "$d"
-done
+compare 16 chat_stream.lua " (SSE)" "http://127.0.0.1:$UP/v1/stream" "http://127.0.0.1:$NGX/v1/stream" \
+  "http://127.0.0.1:$TG/v1/stream"
+compare 16 chat_stream.lua " (SSE, 200 chunks)" "http://127.0.0.1:$UP/v1/stream200" "http://127.0.0.1:$NGX/v1/stream200" \
+  "http://127.0.0.1:$TG/v1/stream200"
 
 # Ledger: every call wrk completed through tollgate has its row once tollgate has drained.
 metrics=$(curl -s "http://127.0.0.1:$TGA/metrics" || true)
