@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 
 namespace tollgate::forecast {
 namespace {
@@ -14,13 +15,25 @@ std::string_view trim(std::string_view s) noexcept {
   return s;
 }
 
+// A field as spreadsheets and pandas write it: spaces around it, possibly in double quotes.
+std::string_view unquote(std::string_view s) noexcept {
+  s = trim(s);
+  if (s.size() >= 2 && s.front() == '"' && s.back() == '"') s = trim(s.substr(1, s.size() - 2));
+  return s;
+}
+
+// Excel and PowerShell start UTF-8 files with a byte-order mark.
+std::string_view strip_bom(std::string_view s) noexcept {
+  return s.substr(0, 3) == "\xEF\xBB\xBF" ? s.substr(3) : s;
+}
+
 std::vector<std::string_view> split_commas(std::string_view line) {
   std::vector<std::string_view> out;
   std::size_t pos = 0;
   while (true) {
     const std::size_t comma = line.find(',', pos);
-    out.push_back(trim(line.substr(pos, comma == std::string_view::npos ? std::string_view::npos
-                                                                         : comma - pos)));
+    out.push_back(unquote(line.substr(pos, comma == std::string_view::npos ? std::string_view::npos
+                                                                            : comma - pos)));
     if (comma == std::string_view::npos) break;
     pos = comma + 1;
   }
@@ -33,6 +46,15 @@ bool parse_number(std::string_view s, T& out) noexcept {
   return ec == std::errc() && ptr == s.data() + s.size();
 }
 
+// Unix seconds; "1736121600.0" too (pandas writes a float column so), if it is a whole second.
+bool parse_timestamp(std::string_view s, std::int64_t& out) noexcept {
+  if (parse_number(s, out)) return true;
+  double d = 0.0;
+  if (!parse_number(s, d) || !(std::fabs(d) < 1e15) || d != std::floor(d)) return false;
+  out = static_cast<std::int64_t>(d);
+  return true;
+}
+
 }  // namespace
 
 std::size_t series::missing_count() const noexcept {
@@ -43,7 +65,7 @@ std::vector<std::string> csv_header(std::istream& in) {
   std::string line;
   std::vector<std::string> names;
   if (std::getline(in, line))
-    for (auto f : split_commas(line)) names.emplace_back(f);
+    for (auto f : split_commas(strip_bom(line))) names.emplace_back(f);
   return names;
 }
 
@@ -54,7 +76,7 @@ series_read read_series_csv(std::istream& in, std::string_view column) {
     r.error = "empty file (no header line)";
     return r;
   }
-  const auto header = split_commas(line);
+  const auto header = split_commas(strip_bom(line));
   if (header.empty() || header[0] != "timestamp") {
     r.error = "line 1: column 0 must be `timestamp`";
     return r;
@@ -68,13 +90,14 @@ series_read read_series_csv(std::istream& in, std::string_view column) {
 
   series s;
   std::vector<std::int64_t> ts;
+  std::vector<std::size_t> row_line;  // file line of each row, for messages (blank lines skipped)
   std::size_t line_no = 1;
   while (std::getline(in, line)) {
     ++line_no;
     if (trim(line).empty()) continue;
     const auto fields = split_commas(line);
     std::int64_t t = 0;
-    if (!parse_number(fields[0], t)) {
+    if (!parse_timestamp(fields[0], t)) {
       r.error = "line " + std::to_string(line_no) + ": bad timestamp";
       return r;
     }
@@ -86,6 +109,7 @@ series_read read_series_csv(std::istream& in, std::string_view column) {
       }
     }
     ts.push_back(t);
+    row_line.push_back(line_no);
     s.values.push_back(v);
   }
   if (ts.size() < 2) {
@@ -99,7 +123,7 @@ series_read read_series_csv(std::istream& in, std::string_view column) {
   }
   for (std::size_t i = 1; i < ts.size(); ++i) {
     if (ts[i] - ts[i - 1] != b) {
-      r.error = "line " + std::to_string(i + 2) + ": timestamp step differs from " +
+      r.error = "line " + std::to_string(row_line[i]) + ": timestamp step differs from " +
                 std::to_string(b) + " s (rows must be contiguous)";
       return r;
     }

@@ -24,16 +24,38 @@ TEST_CASE("series: reads the selected column, empty cells as missing", "[forecas
   CHECK(a.data->values[2] == 3);
 }
 
+TEST_CASE("series: spreadsheet and pandas spellings of the same file", "[forecast]") {
+  const std::vector<double> want{10, 20, 30};
+  for (const char* text : {
+           "\xEF\xBB\xBFtimestamp,a\n3600,10\n7200,20\n10800,30\n",                  // UTF-8 BOM (Excel)
+           "\"timestamp\",\"a\"\n\"3600\",\"10\"\n\"7200\",\"20\"\n\"10800\",\"30\"\n",  // quoted
+           "timestamp,a\r\n3600.0,10.0\r\n7200.0,20.0\r\n10800.0,30.0\r\n",          // CRLF, float seconds
+           "timestamp,a\n3600,10\n\n7200,20\n10800,30",                                  // blank line, no final newline
+       }) {
+    std::istringstream in(text);
+    const auto r = read_series_csv(in, "a");
+    INFO(text);
+    REQUIRE(r.data);
+    CHECK(r.data->start_s == 3600);
+    CHECK(r.data->values == want);
+  }
+  std::istringstream bom("\xEF\xBB\xBFtimestamp,a\n");
+  CHECK(csv_header(bom) == std::vector<std::string>{"timestamp", "a"});
+  std::istringstream half("timestamp,a\n3600.5,1\n7200,2\n");
+  CHECK(read_series_csv(half, "a").error.find("line 2: bad timestamp") != std::string::npos);
+}
+
 TEST_CASE("series: rejects files that break the protocol", "[forecast]") {
   SECTION("unknown column") {
     std::istringstream in("timestamp,a\n0,1\n60,2\n");
     CHECK_FALSE(read_series_csv(in, "b").data);
   }
   SECTION("skipped row") {
-    std::istringstream in("timestamp,a\n0,1\n60,2\n180,3\n");
+    std::istringstream in("timestamp,a\n0,1\n\n60,2\n180,3\n");
     const auto r = read_series_csv(in, "a");
     CHECK_FALSE(r.data);
     CHECK(r.error.find("contiguous") != std::string::npos);
+    CHECK(r.error.find("line 5:") == 0);  // the file's line, blank lines counted
   }
   SECTION("bin width not dividing a day") {
     std::istringstream in("timestamp,a\n0,1\n7,2\n");
