@@ -39,6 +39,24 @@ TEST_CASE("inputs: a request-log CSV with the Azure trace's columns", "[forecast
   CHECK(r.events[1].completion_tokens == 8);
 }
 
+TEST_CASE("inputs: a byte-order mark before a CSV header or a JSON line", "[forecast]") {
+  const auto csv = temp_file("bom.csv");
+  write(csv, "\xEF\xBB\xBFTIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,4808,10\n");
+  const auto a = tool::load_request_log(csv.string(), 0.0);
+  fs::remove(csv);
+  REQUIRE(a.error.empty());
+  REQUIRE(a.events.size() == 1);
+  CHECK(a.events[0].prompt_tokens == 4808);
+  const auto jl = temp_file("bom.txt");  // no .jsonl suffix: recognised by its first '{'
+  write(jl, "\xEF\xBB\xBF{\"timestamp\": 1000, \"input_length\": 7, \"output_length\": 5}\n");
+  const auto b = tool::load_request_log(jl.string(), 1.0);
+  fs::remove(jl);
+  REQUIRE(b.error.empty());
+  REQUIRE(b.events.size() == 1);
+  CHECK(b.events[0].timestamp_ms == 1000);
+  CHECK(b.events[0].completion_tokens == 5);
+}
+
 TEST_CASE("inputs: JSON Lines with Mooncake's fields and a bad line", "[forecast]") {
   const auto p = temp_file("mooncake.jsonl");
   SECTION("good file") {
