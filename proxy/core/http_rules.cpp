@@ -286,6 +286,7 @@ void append_upstream_head(std::span<const header_view> client_headers, const ups
     if (is_hop_by_hop(n) || iequals(n, "host") || iequals(n, "content-length") || iequals(n, "authorization") ||
         iequals(n, "x-api-key") || iequals(n, "x-request-id") ||
         (h.drop_accept_encoding && iequals(n, "accept-encoding")) ||
+        (h.drop_content_encoding && iequals(n, "content-encoding")) ||
         (!connection_value.empty() && connection_lists(connection_value, n)))
       continue;
     field(n, f.value);

@@ -73,6 +73,7 @@ struct upstream_head {
   std::string_view request_id;         // sent as x-request-id
   std::string_view anthropic_version;  // added when not empty and the client sent none
   bool drop_accept_encoding = false;   // the response must come back readable (stream editing)
+  bool drop_content_encoding = false;  // the client's compressed body was decoded (sent as is)
   std::size_t body_size = 0;
 };
 

@@ -21,6 +21,7 @@ class inflater {
   // data is found corrupt; further calls do nothing.
   bool feed(std::string_view in, std::string& out, std::size_t limit);
   bool failed() const noexcept { return failed_; }
+  bool ended() const noexcept { return ended_; }  // the compressed stream's end was decoded
 
  private:
   bool init(int window_bits);

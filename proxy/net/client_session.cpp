@@ -277,12 +277,14 @@ class client_session : public std::enable_shared_from_this<client_session> {
       std::size_t hosts = 0;
       bool transfer_encoding = false;
       // Each the first field of its name; a null data() when absent (an empty value is present).
-      std::string_view expect, request_id, api_key, authorization, content_type;
+      std::string_view expect, request_id, api_key, authorization, content_type, content_encoding;
     } head;
+    bool body_decoded = false;  // a gzip/deflate request body was decoded in place (admit)
   };
 
   awaitable<bool> handle_one();
   void take_head(const client_request& req, call::head_fields& h);
+  std::pair<errc, std::string> decode_request_body(client_request& req, call& c) const;
   static std::int64_t prompt_estimate(call& c, const client_request& req);
   awaitable<bool> proxy(client_request& req, const route_decision& rd, const target_parts& tp,
                         call& c);
@@ -606,6 +608,7 @@ void client_session::take_head(const client_request& req, call::head_fields& h) 
       case http::field::expect: keep_first(h.expect, f.value()); break;
       case http::field::authorization: keep_first(h.authorization, f.value()); break;
       case http::field::content_type: keep_first(h.content_type, f.value()); break;
+      case http::field::content_encoding: keep_first(h.content_encoding, f.value()); break;
       case http::field::unknown: {
         const std::string_view name(f.name_string().data(), f.name_string().size());
         if (iequals(name, "x-request-id")) {
@@ -618,6 +621,36 @@ void client_session::take_head(const client_request& req, call::head_fields& h) 
       default: break;
     }
   }
+}
+
+// A JSON body sent with Content-Encoding gzip or deflate (some HTTP clients compress requests) is
+// decoded in place, within server.max_body_bytes decoded (a small bomb must not expand into
+// memory), and forwarded decoded without the header: the upstream is not assumed to accept
+// compressed requests, and tollgate must read the body to route, admit and meter it. Other
+// codings are refused (415) with their name rather than read as malformed JSON.
+std::pair<errc, std::string> client_session::decode_request_body(client_request& req, call& c) const {
+  std::string_view enc = c.head.content_encoding;
+  while (!enc.empty() && (enc.front() == ' ' || enc.front() == '\t')) enc.remove_prefix(1);
+  while (!enc.empty() && (enc.back() == ' ' || enc.back() == '\t')) enc.remove_suffix(1);
+  if (enc.empty() || iequals(enc, "identity")) return {errc::ok, {}};
+  if (!iequals(enc, "gzip") && !iequals(enc, "x-gzip") && !iequals(enc, "deflate"))
+    return {errc::unsupported_media_type,
+            "Content-Encoding '" + std::string(enc.substr(0, 64)) + "' is not supported; send the body uncompressed, gzip or deflate."};
+  std::string decoded;
+  inflater z;
+  const std::size_t limit = cfg_.max_body_bytes;
+  // In 4 KB slices, stopping once past the limit: deflate expands at most ~1,032x, so a bomb
+  // costs the I/O thread a few milliseconds, not the seconds its whole expansion would.
+  const std::string_view body = req.body();
+  for (std::size_t pos = 0; pos < body.size() && decoded.size() <= limit && !z.ended(); pos += 4096) {
+    if (!z.feed(body.substr(pos, 4096), decoded, limit + 1))
+      return {errc::invalid_json, "The request body is not valid " + std::string(enc) + " data."};
+  }
+  if (decoded.size() > limit) return {errc::body_too_large, {}};
+  if (!z.ended()) return {errc::invalid_json, "The request body is not valid " + std::string(enc) + " data (truncated)."};
+  req.body() = std::move(decoded);
+  c.body_decoded = true;
+  return {errc::ok, {}};
 }
 
 // The prompt's token estimate, computed on first use: admit() skips the tally when no
@@ -784,6 +817,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
   }
   if (rd.json_body) {
     if (!is_json_content_type(c.head.content_type)) return a.refuse(errc::unsupported_media_type, {});
+    if (auto e = decode_request_body(req, c); e.first != errc::ok) return a.refuse(e.first, e.second);
     // The prompt tally is skipped unless admission control will read it (prompt_estimate()).
     c.facts = inspect_request(req.body(), default_max_depth, st_.policy && st_.policy->needs_admission(key.get()));
     if (c.facts.problem != request_problem::none) return a.refuse(errc::invalid_json, c.facts.problem_detail);
@@ -917,6 +951,7 @@ void client_session::write_upstream_head(const upstream_node& t, const client_re
   uh.request_id = c.rec.request_id;
   if (t.cfg.protocol == upstream_protocol::anthropic) uh.anthropic_version = "2023-06-01";
   uh.drop_accept_encoding = c.strip;  // the stream must be readable to be edited
+  uh.drop_content_encoding = c.body_decoded;
   uh.body_size = req.body().size();
   up_head_.clear();
   append_upstream_head(up_headers_, uh, up_head_);

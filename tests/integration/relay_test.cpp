@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <zlib.h>
+
 #include <atomic>
 #include <thread>
 
@@ -14,6 +16,21 @@ using nlohmann::json;
 using tt::harness;
 
 namespace {
+// gzip (window_bits 31) or zlib (15) or raw deflate (-15) of `in`, as HTTP clients compress bodies.
+std::string deflate_bytes(const std::string& in, int window_bits) {
+  z_stream z{};
+  REQUIRE(deflateInit2(&z, 6, Z_DEFLATED, window_bits, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+  std::string out(deflateBound(&z, in.size()), '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  z.avail_in = static_cast<uInt>(in.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+
 std::vector<json> sse_data(const std::string& body) {
   std::vector<json> out;
   std::size_t pos = 0;
@@ -161,6 +178,41 @@ TEST_CASE("relay: gzip responses reach the client compressed and are still meter
   h.flush();
   CHECK(h.query_text("SELECT usage_source FROM calls") == "upstream");
   CHECK(h.query_int("SELECT prompt_tokens FROM calls") > 0);
+}
+
+TEST_CASE("relay: a gzip or deflate request body is decoded, checked and forwarded decoded", "[relay]") {
+  harness h({.tweak = [](tollgate::config& c) { c.max_body_bytes = 64 * 1024; }});
+  const std::string body = tt::chat_body("gpt-4.1");
+  int n = 0;
+  for (auto [coding, bits] : {std::pair{"gzip", 31}, {"deflate", 15}, {"deflate", -15}, {"x-gzip", 31}}) {
+    INFO(coding << " " << bits);
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", deflate_bytes(body, bits), {{"Content-Encoding", coding}});
+    REQUIRE(r.status == 200);
+    auto reqs = h.upstream->requests();
+    REQUIRE(reqs.size() == static_cast<std::size_t>(++n));
+    CHECK(reqs.back().body == body);  // the upstream gets JSON it can read...
+    CHECK(reqs.back().header("content-encoding").empty());  // ...and is not told it is compressed
+    CHECK(reqs.back().header("content-length") == std::to_string(body.size()));
+  }
+  // Not a coding tollgate decodes: named, not reported as malformed JSON.
+  auto br = tt::post_json(h.port(), "/v1/chat/completions", body, {{"Content-Encoding", "br"}});
+  CHECK(br.status == 415);
+  CHECK(json::parse(br.body)["error"]["message"].get<std::string>().find("'br'") != std::string::npos);
+  // Not gzip at all, and cut short.
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions", body, {{"Content-Encoding", "gzip"}}).status == 400);
+  const std::string gz = deflate_bytes(body, 31);
+  auto cut = tt::post_json(h.port(), "/v1/chat/completions", gz.substr(0, gz.size() / 2), {{"Content-Encoding", "gzip"}});
+  CHECK(cut.status == 400);
+  CHECK(cut.body.find("truncated") != std::string::npos);
+  // 40 MB of JSON in ~40 KB of gzip: bounded by max_body_bytes decoded, not expanded whole.
+  const std::string bomb = deflate_bytes(R"({"model":"gpt-4.1","messages":[{"role":"user","content":")" +
+                                             std::string(40u << 20, 'a') + R"("}]})", 31);
+  CHECK(bomb.size() < 64 * 1024);
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions", bomb, {{"Content-Encoding", "gzip"}}).status == 413);
+  CHECK(h.upstream->requests().size() == 4);
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls") == 8);  // refused calls are ledgered too
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE status = 200 AND usage_source = 'upstream'") == 4);
 }
 
 TEST_CASE("relay: completions, embeddings, responses and models routes", "[relay]") {
