@@ -265,6 +265,26 @@ bool is_json_content_type(std::string_view ct) noexcept {
   return media.size() > 5 && iequals(media.substr(media.size() - 5), "+json");
 }
 
+std::string meterable_accept_encoding(std::string_view value) {
+  std::string out;
+  bool compressed = false;
+  std::size_t pos = 0;
+  while (pos <= value.size()) {
+    const std::size_t comma = std::min(value.find(',', pos), value.size());
+    const std::string_view entry = trim(value.substr(pos, comma - pos));
+    const std::string_view coding = trim(entry.substr(0, entry.find(';')));
+    const bool decodable = iequals(coding, "gzip") || iequals(coding, "x-gzip") || iequals(coding, "deflate");
+    if (decodable || iequals(coding, "identity")) {
+      if (!out.empty()) out.append(", "sv);
+      out.append(entry);
+      compressed = compressed || decodable;
+    }
+    pos = comma + 1;
+  }
+  if (!compressed) out.clear();
+  return out;
+}
+
 void append_upstream_head(std::span<const header_view> client_headers, const upstream_head& h, std::string& out) {
   std::string_view connection_value;
   bool client_anthropic_version = false;
@@ -285,11 +305,17 @@ void append_upstream_head(std::span<const header_view> client_headers, const ups
     const auto n = f.name;
     if (is_hop_by_hop(n) || iequals(n, "host") || iequals(n, "content-length") || iequals(n, "authorization") ||
         iequals(n, "x-api-key") || iequals(n, "x-request-id") ||
-        (h.drop_accept_encoding && iequals(n, "accept-encoding")) ||
+        ((h.drop_accept_encoding || h.meterable_encodings_only) && iequals(n, "accept-encoding")) ||
         (h.drop_content_encoding && iequals(n, "content-encoding")) ||
         (!connection_value.empty() && connection_lists(connection_value, n)))
       continue;
     field(n, f.value);
+  }
+  if (h.meterable_encodings_only && !h.drop_accept_encoding) {
+    std::string offered;  // repeated fields are one list (RFC 9110 §5.3)
+    for (const auto& f : client_headers)
+      if (iequals(f.name, "accept-encoding")) offered.append(offered.empty() ? ""sv : ", "sv).append(f.value);
+    if (const std::string v = meterable_accept_encoding(offered); !v.empty()) field("Accept-Encoding", v);
   }
   field("Host", h.host);
   if (!h.credential_name.empty()) field(h.credential_name, h.credential_value);

@@ -74,6 +74,9 @@ struct upstream_head {
   std::string_view anthropic_version;  // added when not empty and the client sent none
   bool drop_accept_encoding = false;   // the response must come back readable (stream editing)
   bool drop_content_encoding = false;  // the client's compressed body was decoded (sent as is)
+  // The response is metered: the client's Accept-Encoding is cut to the codings tollgate can
+  // decode (meterable_accept_encoding), so an upstream never answers in br or zstd.
+  bool meterable_encodings_only = false;
   std::size_t body_size = 0;
 };
 
@@ -83,6 +86,11 @@ struct upstream_head {
 // credential, x-request-id and Content-Length (when there is a body or the method expects one,
 // as Beast's prepare_payload does). The client's key never leaves tollgate.
 void append_upstream_head(std::span<const header_view> client_headers, const upstream_head& h, std::string& out);
+
+// The entries of an Accept-Encoding value that tollgate's meter can decode (gzip, x-gzip,
+// deflate, with their parameters, as written); "" when none but identity is left (the header is
+// then not sent, and the upstream answers uncompressed). "*" is dropped: it would allow br.
+std::string meterable_accept_encoding(std::string_view value);
 
 // Content-Type acceptable for a JSON route: absent, application/json or any */*+json.
 bool is_json_content_type(std::string_view content_type) noexcept;

@@ -952,6 +952,9 @@ void client_session::write_upstream_head(const upstream_node& t, const client_re
   if (t.cfg.protocol == upstream_protocol::anthropic) uh.anthropic_version = "2023-06-01";
   uh.drop_accept_encoding = c.strip;  // the stream must be readable to be edited
   uh.drop_content_encoding = c.body_decoded;
+  // A metered answer must come in a coding the meter reads: Python's httpx offers br and zstd
+  // when their modules are installed, and an answer in either would leave the call unmetered.
+  uh.meterable_encodings_only = rd.json_body;
   uh.body_size = req.body().size();
   up_head_.clear();
   append_upstream_head(up_headers_, uh, up_head_);

@@ -180,6 +180,27 @@ TEST_CASE("relay: gzip responses reach the client compressed and are still meter
   CHECK(h.query_int("SELECT prompt_tokens FROM calls") > 0);
 }
 
+TEST_CASE("relay: a metered call never lets the upstream pick br or zstd; pass-through keeps the client's list", "[relay]") {
+  harness h;
+  // What the OpenAI Python SDK sends when brotli and zstandard are installed (httpx).
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"),
+                         {{"Accept-Encoding", "gzip, deflate, br, zstd"}, {"x-fake-gzip", "1"}});
+  REQUIRE(r.status == 200);
+  CHECK(r.header("content-encoding") == "gzip");
+  auto only_br = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"), {{"Accept-Encoding", "br"}});
+  REQUIRE(only_br.status == 200);
+  auto other = tt::request(h.port(), "PUT", "/v1/files/abc", "payload",
+                           {{"Content-Type", "text/plain"}, {"Accept-Encoding", "gzip, br"}});
+  REQUIRE(other.status == 200);
+  auto up = h.upstream->requests();
+  REQUIRE(up.size() == 3);
+  CHECK(up[0].header("accept-encoding") == "gzip, deflate");
+  CHECK(up[1].header("accept-encoding").empty());  // nothing decodable offered: the answer comes plain
+  CHECK(up[2].header("accept-encoding") == "gzip, br");  // not metered: untouched
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE route = 'chat_completions' AND usage_source = 'upstream'") == 2);
+}
+
 TEST_CASE("relay: a gzip or deflate request body is decoded, checked and forwarded decoded", "[relay]") {
   harness h({.tweak = [](tollgate::config& c) { c.max_body_bytes = 64 * 1024; }});
   const std::string body = tt::chat_body("gpt-4.1");

@@ -186,6 +186,41 @@ TEST_CASE("http_rules: the upstream request head", "[http_rules][security]") {
   }
 }
 
+TEST_CASE("http_rules: a metered call offers the upstream only codings the meter decodes", "[http_rules]") {
+  CHECK(meterable_accept_encoding("gzip, deflate") == "gzip, deflate");
+  CHECK(meterable_accept_encoding("gzip, deflate, br, zstd") == "gzip, deflate");  // httpx with brotli + zstandard
+  CHECK(meterable_accept_encoding("br;q=1.0, gzip;q=0.8, *;q=0.1") == "gzip;q=0.8");
+  CHECK(meterable_accept_encoding(" GZIP ,identity;q=0.5") == "GZIP, identity;q=0.5");
+  CHECK(meterable_accept_encoding("br") == "");        // nothing decodable: send none, get identity
+  CHECK(meterable_accept_encoding("identity") == "");
+  CHECK(meterable_accept_encoding("*") == "");
+  CHECK(meterable_accept_encoding("") == "");
+  CHECK(meterable_accept_encoding("x-gzip,,") == "x-gzip");
+
+  upstream_head h;
+  h.method = "POST";
+  h.target = "/v1/chat/completions";
+  h.host = "api.example.com";
+  h.request_id = "tg-1";
+  h.body_size = 2;
+  h.meterable_encodings_only = true;
+  std::string out;
+  const std::vector<header_view> two{{"Accept-Encoding", "gzip, br"}, {"accept-encoding", "zstd, deflate"}};
+  append_upstream_head(two, h, out);
+  CHECK(out.find("Accept-Encoding: gzip, deflate\r\n") != std::string::npos);  // both fields, one list
+  CHECK(out.find("br") == std::string::npos);
+  CHECK(out.find("zstd") == std::string::npos);
+  std::string only_br;
+  const std::vector<header_view> br{{"Accept-Encoding", "br"}};
+  append_upstream_head(br, h, only_br);
+  CHECK(only_br.find("ccept-") == std::string::npos);
+  h.drop_accept_encoding = true;  // a stream to edit: no coding at all
+  std::string edited;
+  const std::vector<header_view> gz{{"Accept-Encoding", "gzip"}};
+  append_upstream_head(gz, h, edited);
+  CHECK(edited.find("ccept-") == std::string::npos);
+}
+
 TEST_CASE("http_rules: upstream response headers are relayed from an allow-list", "[http_rules][security]") {
   for (auto kept : {"Content-Type", "content-encoding", "Retry-After", "retry-after-ms", "x-request-id", "request-id",
                     "openai-processing-ms", "OpenAI-Version", "anthropic-ratelimit-requests-remaining",
