@@ -39,7 +39,7 @@ std::uint16_t closed_port() {
 
 }  // namespace
 
-TEST_CASE("failover: a 503 from the first upstream is retried on the next; the ledger names who served",
+TEST_CASE("failover: a 503 from the first upstream is retried on the next, the ledger names who served",
           "[failover]") {
   auto bad = failing_upstream("x-fake-status", "503");
   tt::harness h({.tweak = [&](tollgate::config& c) {
@@ -92,7 +92,7 @@ TEST_CASE("failover: never after a streamed byte (no double billing)", "[failove
   CHECK(rows[0]["aborted"] == "1");
 }
 
-TEST_CASE("failover: the last upstream's 429 reaches the client unchanged; 429 never opens a breaker",
+TEST_CASE("failover: the last upstream's 429 reaches the client unchanged, 429 never opens a breaker",
           "[failover][breaker]") {
   auto limited = failing_upstream("x-fake-status", "429");
   tt::harness h({.tweak = [&](tollgate::config& c) {
@@ -110,7 +110,7 @@ TEST_CASE("failover: the last upstream's 429 reaches the client unchanged; 429 n
   CHECK(h.metric_sum("tollgate_upstream_up", "upstream=\"limited\"") == 1);
 }
 
-TEST_CASE("breaker: opens after N consecutive 5xx; calls skip the open upstream", "[breaker]") {
+TEST_CASE("breaker: opens after N consecutive 5xx, calls skip the open upstream", "[breaker]") {
   auto bad = failing_upstream("x-fake-status", "500");
   tt::harness h({.tweak = [&](tollgate::config& c) {
     auto primary = node("primary", bad->base_url(), 1);

@@ -180,7 +180,7 @@ TEST_CASE("relay: gzip responses reach the client compressed and are still meter
   CHECK(h.query_int("SELECT prompt_tokens FROM calls") > 0);
 }
 
-TEST_CASE("relay: a metered call never lets the upstream pick br or zstd; pass-through keeps the client's list", "[relay]") {
+TEST_CASE("relay: a metered call never lets the upstream pick br or zstd, pass-through keeps the client's list", "[relay]") {
   harness h;
   // What the OpenAI Python SDK sends when brotli and zstandard are installed (httpx).
   auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"),

@@ -85,7 +85,7 @@ tt::headers bearer(const std::string& secret) { return {{"Authorization", "Beare
 
 }  // namespace
 
-TEST_CASE("keys: auth required; the key is attributed, hashed, and never forwarded", "[keys]") {
+TEST_CASE("keys: auth required, the key is attributed, hashed, and never forwarded", "[keys]") {
   tt::harness h({.tweak = [](tollgate::config& c) {
     c.policy.auth = tollgate::auth_mode::required;
     c.policy.keys = {key("app-prod", "sk-client-secret-1", "web")};
@@ -266,7 +266,7 @@ TEST_CASE("alerts: a soft threshold alerts once per period (deduplicated)", "[al
   CHECK(got[0]["text"].get<std::string>().find("soft_threshold") != std::string::npos);
 }
 
-TEST_CASE("admin API: token required; spend equals the ledger; keys created at run time work at once",
+TEST_CASE("admin API: token required, spend equals the ledger, keys created at run time work at once",
           "[admin]") {
   tt::harness h({.tweak = [](tollgate::config& c) {
     c.policy.admin_token = "admin-secret";

@@ -420,7 +420,7 @@ TEST_CASE("ledger_journal: a journal that cannot be created reports the error",
 
 // ---------------------------------------------------------------- the ledger under failures
 
-TEST_CASE("ledger: a full disk (SQLITE_FULL) sends rows to the journal; they are replayed once "
+TEST_CASE("ledger: a full disk (SQLITE_FULL) sends rows to the journal, they are replayed once "
           "when there is room", "[ledger][durability]") {
   temp_dir dir;
   auto opts = options_for(dir);
@@ -508,7 +508,7 @@ TEST_CASE("ledger: a read-only database (SQLITE_READONLY) sends rows to the jour
 }
 
 TEST_CASE("ledger: a database locked by another connection beyond busy_timeout sends rows to "
-          "the journal; they are written once the lock is gone", "[ledger][durability]") {
+          "the journal, they are written once the lock is gone", "[ledger][durability]") {
   temp_dir dir;
   auto opts = options_for(dir);
   ledger l(opts);
@@ -536,7 +536,7 @@ TEST_CASE("ledger: a database locked by another connection beyond busy_timeout s
   CHECK(ids_in(opts.path) == expected_ids(0, 25));
 }
 
-TEST_CASE("ledger: the database directory gone (SQLITE_CANTOPEN) sends rows to the journal; "
+TEST_CASE("ledger: the database directory gone (SQLITE_CANTOPEN) sends rows to the journal, "
           "they are written when it is back", "[ledger][durability]") {
   temp_dir dir;
   auto opts = options_for(dir);
@@ -736,7 +736,7 @@ TEST_CASE("ledger: rows the journal cannot take wait in memory and are written w
   CHECK(ids_in(opts.path) == expected_ids(0, 20));
 }
 
-TEST_CASE("ledger: on_failure closed refuses reserve() while the database fails; open keeps "
+TEST_CASE("ledger: on_failure closed refuses reserve() while the database fails, open keeps "
           "admitting", "[ledger][durability]") {
   temp_dir dir;
   auto opts = options_for(dir);

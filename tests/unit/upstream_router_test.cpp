@@ -67,7 +67,7 @@ TEST_CASE("upstream_router: the first matching rule picks upstreams and the rewr
   }
 }
 
-TEST_CASE("upstream_router: weights balance the first pick; zero weight is a backup", "[router]") {
+TEST_CASE("upstream_router: weights balance the first pick, zero weight is a backup", "[router]") {
   upstream_router r({up("a", 3), up("b", 1), up("spare", 0)}, {});
   std::map<std::string, int> first;
   for (std::uint64_t i = 0; i < 4000; ++i) {
