@@ -26,7 +26,7 @@ constexpr double short_hours = 6.0;         // ...and of their recent errors (le
 constexpr double recent_weight = 0.5;       // score = week^0.5 x recent^0.5 (mean absolute errors)
 constexpr double weight_power = 4.0;        // weight = mae^-4: close to picking the best, not quite
 constexpr double fast_shift_clip = 1.2;     // clip (and shift threshold) of the fast-shift ETS copy
-constexpr double kMinHalfWidth = 1e-5;   // narrowest band half-width, relative to the log1p median
+constexpr double min_half_width = 1e-5;   // narrowest band half-width, relative to the log1p median
 constexpr double mae_floor_log = 1e-3;      // member scores below these floors tie (log scale...
 constexpr double mae_floor_count = 1e-9;    // ...count scale: tiny, so dollar-per-bin series work)
 constexpr std::size_t max_members = 32;     // combine() scores members on the stack (23 today)
@@ -483,11 +483,10 @@ struct forecaster::impl {
       for (std::size_t i : {q05, q10, q90, q95}) qe[i] = qe[q50] + widen * (qe[i] - qe[q50]);
       // The history and the error pools are floats (~1e-7 relative): on a series that never
       // varies (a cron job's exact 60 calls an hour) every error is rounding noise and the band
-      // would collapse onto a value a few ulps off the truth, covering none of it. A band is
-      // never narrower than the storage's precision.
-      // Relative to the median's log1p (float precision is relative): ~1e-5 of the value for
-      // bins far below 1 (dollars per minute), ~2e-4 at 1e9.
-      const double min_half = kMinHalfWidth * std::fabs(fc + qe[q50]);
+      // would collapse onto a value a few ulps off the truth, covering none of it. So a band is
+      // never narrower than that precision, taken relative to the median's log1p as float
+      // precision is: ~1e-5 of the value for bins far below 1 (dollars per minute), ~2e-4 at 1e9.
+      const double min_half = min_half_width * std::fabs(fc + qe[q50]);
       qe[q05] = std::min(qe[q05], qe[q50] - min_half);
       qe[q10] = std::min(qe[q10], qe[q50] - min_half);
       qe[q90] = std::max(qe[q90], qe[q50] + min_half);

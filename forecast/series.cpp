@@ -22,11 +22,6 @@ std::string_view unquote(std::string_view s) noexcept {
   return s;
 }
 
-// Excel and PowerShell start UTF-8 files with a byte-order mark.
-std::string_view strip_bom(std::string_view s) noexcept {
-  return s.substr(0, 3) == "\xEF\xBB\xBF" ? s.substr(3) : s;
-}
-
 std::vector<std::string_view> split_commas(std::string_view line) {
   std::vector<std::string_view> out;
   std::size_t pos = 0;
@@ -61,22 +56,33 @@ std::size_t series::missing_count() const noexcept {
   return static_cast<std::size_t>(std::count_if(values.begin(), values.end(), is_missing));
 }
 
+void skip_bom(std::istream& in) {
+  if (in.peek() != 0xEF) return;
+  char b[3] = {};
+  in.read(b, 3);
+  if (in.gcount() == 3 && b[1] == '\xBB' && b[2] == '\xBF') return;
+  in.clear();
+  in.seekg(0);
+}
+
 std::vector<std::string> csv_header(std::istream& in) {
   std::string line;
   std::vector<std::string> names;
+  skip_bom(in);
   if (std::getline(in, line))
-    for (auto f : split_commas(strip_bom(line))) names.emplace_back(f);
+    for (auto f : split_commas(line)) names.emplace_back(f);
   return names;
 }
 
 series_read read_series_csv(std::istream& in, std::string_view column) {
   series_read r;
   std::string line;
+  skip_bom(in);
   if (!std::getline(in, line)) {
     r.error = "empty file (no header line)";
     return r;
   }
-  const auto header = split_commas(strip_bom(line));
+  const auto header = split_commas(line);
   if (header.empty() || header[0] != "timestamp") {
     r.error = "line 1: column 0 must be `timestamp`";
     return r;

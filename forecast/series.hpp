@@ -40,6 +40,10 @@ struct series_read {
 // PROTOCOL.md rules: constant positive step, 86400 % step == 0, at least one value.
 series_read read_series_csv(std::istream& in, std::string_view column);
 
+// Skips a UTF-8 byte-order mark (Excel and PowerShell start files with one) at the stream's
+// start. Called by the readers here and by the request-log reader.
+void skip_bom(std::istream& in);
+
 // Column names of the header line (for error messages).
 std::vector<std::string> csv_header(std::istream& in);
 

@@ -59,17 +59,6 @@ std::vector<std::string_view> split(std::string_view line) {
   }
 }
 
-// Excel and PowerShell start UTF-8 files with a byte-order mark; skipped so the header's first
-// name (or a JSON line's opening brace) is seen as written.
-void skip_bom(std::istream& in) {
-  if (in.peek() != 0xEF) return;
-  char b[3] = {};
-  in.read(b, 3);
-  if (in.gcount() == 3 && b[1] == '\xBB' && b[2] == '\xBF') return;
-  in.clear();
-  in.seekg(0);
-}
-
 bool ends_with(const std::string& s, const char* suffix) {
   const std::string_view sv(suffix);
   return s.size() >= sv.size() && s.compare(s.size() - sv.size(), sv.size(), sv) == 0;

@@ -170,11 +170,13 @@ loaded load_input(const args& a) {
     }
     auto ev = ledger ? fc::tool::load_ledger(l.input) : fc::tool::load_request_log(l.input, unit_ms);
     if (!ev.error.empty()) die(ev.error);
-    if (const auto span = fc::bins_spanned(ev.events, *bin, a.get("model")); span > fc::max_series_bins)
-      die(l.input + ": the records span " + std::to_string(span) + " bins of " + a.get("bin", "10m") +
-          ", more than " + std::to_string(fc::max_series_bins) +
-          ": check for stray timestamps (a zero, a wrong --time-unit) or use a wider --bin");
     l.data = fc::aggregate_events(ev.events, *bin, *q, a.get("model"));
+    // An empty result is no events or too long a span; only then is the span measured.
+    if (l.data.values.empty())
+      if (const auto span = fc::bins_spanned(ev.events, *bin, a.get("model")); span > fc::max_series_bins)
+        die(l.input + ": the records span " + std::to_string(span) + " bins of " + a.get("bin", "10m") +
+            ", more than " + std::to_string(fc::max_series_bins) +
+            ": check for stray timestamps (a zero, a wrong --time-unit) or use a wider --bin");
     if (l.data.values.size() < 2) die(l.input + ": fewer than two bins of data" +
                                       (a.has("model") ? " for model " + a.get("model") : std::string()));
     l.column = fc::quantity_name(*q);

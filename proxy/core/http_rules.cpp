@@ -28,12 +28,18 @@ namespace {
 bool istarts_with(std::string_view s, std::string_view prefix) noexcept {
   return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
 }
-std::string_view trim(std::string_view s) noexcept {
+}  // namespace
+
+std::string_view trim_ows(std::string_view s) noexcept {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
   return s;
 }
-}  // namespace
+
+bool is_decodable_coding(std::string_view coding) noexcept {
+  coding = trim_ows(coding);
+  return iequals(coding, "gzip") || iequals(coding, "x-gzip") || iequals(coding, "deflate");
+}
 
 std::string upstream_url::origin() const {
   std::string o = tls ? "https://" : "http://";
@@ -143,7 +149,7 @@ bool is_safe_response_header(std::string_view name) noexcept {
 bool connection_lists(std::string_view value, std::string_view name) noexcept {
   while (!value.empty()) {
     auto comma = value.find(',');
-    auto token = trim(value.substr(0, comma));
+    auto token = trim_ows(value.substr(0, comma));
     if (iequals(token, name)) return true;
     if (comma == std::string_view::npos) break;
     value.remove_prefix(comma + 1);
@@ -257,10 +263,10 @@ std::string upstream_target(const upstream_url& u, std::string_view path, std::s
 }
 
 bool is_json_content_type(std::string_view ct) noexcept {
-  ct = trim(ct);
+  ct = trim_ows(ct);
   if (ct.empty()) return true;
   auto semi = ct.find(';');
-  auto media = trim(ct.substr(0, semi));
+  auto media = trim_ows(ct.substr(0, semi));
   if (iequals(media, "application/json")) return true;
   return media.size() > 5 && iequals(media.substr(media.size() - 5), "+json");
 }
@@ -271,9 +277,9 @@ std::string meterable_accept_encoding(std::string_view value) {
   std::size_t pos = 0;
   while (pos <= value.size()) {
     const std::size_t comma = std::min(value.find(',', pos), value.size());
-    const std::string_view entry = trim(value.substr(pos, comma - pos));
-    const std::string_view coding = trim(entry.substr(0, entry.find(';')));
-    const bool decodable = iequals(coding, "gzip") || iequals(coding, "x-gzip") || iequals(coding, "deflate");
+    const std::string_view entry = trim_ows(value.substr(pos, comma - pos));
+    const std::string_view coding = trim_ows(entry.substr(0, entry.find(';')));
+    const bool decodable = is_decodable_coding(coding);
     if (decodable || iequals(coding, "identity")) {
       if (!out.empty()) out.append(", "sv);
       out.append(entry);

@@ -87,6 +87,13 @@ struct upstream_head {
 // as Beast's prepare_payload does). The client's key never leaves tollgate.
 void append_upstream_head(std::span<const header_view> client_headers, const upstream_head& h, std::string& out);
 
+// Optional whitespace (spaces, tabs) around a header value or list entry removed.
+std::string_view trim_ows(std::string_view s) noexcept;
+
+// A content coding tollgate's inflater reads (inflate.hpp): gzip, x-gzip or deflate. The one
+// list for metered responses, decoded request bodies and the Accept-Encoding offered upstream.
+bool is_decodable_coding(std::string_view coding) noexcept;
+
 // The entries of an Accept-Encoding value that tollgate's meter can decode (gzip, x-gzip,
 // deflate, with their parameters, as written); "" when none but identity is left (the header is
 // then not sent, and the upstream answers uncompressed). "*" is dropped: it would allow br.

@@ -629,11 +629,9 @@ void client_session::take_head(const client_request& req, call::head_fields& h) 
 // compressed requests, and tollgate must read the body to route, admit and meter it. Other
 // codings are refused (415) with their name rather than read as malformed JSON.
 std::pair<errc, std::string> client_session::decode_request_body(client_request& req, call& c) const {
-  std::string_view enc = c.head.content_encoding;
-  while (!enc.empty() && (enc.front() == ' ' || enc.front() == '\t')) enc.remove_prefix(1);
-  while (!enc.empty() && (enc.back() == ' ' || enc.back() == '\t')) enc.remove_suffix(1);
+  const std::string_view enc = trim_ows(c.head.content_encoding);
   if (enc.empty() || iequals(enc, "identity")) return {errc::ok, {}};
-  if (!iequals(enc, "gzip") && !iequals(enc, "x-gzip") && !iequals(enc, "deflate"))
+  if (!is_decodable_coding(enc))
     return {errc::unsupported_media_type,
             "Content-Encoding '" + std::string(enc.substr(0, 64)) + "' is not supported; send the body uncompressed, gzip or deflate."};
   std::string decoded;
@@ -996,8 +994,7 @@ client_session::response_shape client_session::shape_response(const upstream_par
 
   sh.sse = content_type.find("text/event-stream") != std::string_view::npos;
   sh.compressed = !encoding.empty() && !beast::iequals(encoding, "identity");
-  sh.decodable = beast::iequals(encoding, "gzip") || beast::iequals(encoding, "x-gzip") ||
-                 beast::iequals(encoding, "deflate");
+  sh.decodable = is_decodable_coding(encoding);
   sh.edit_events = sh.sse && c.strip && !sh.compressed && ok2xx;
 
   // result_int(): a status Beast has no name for (Anthropic's 529, Cloudflare's 520) must pass
