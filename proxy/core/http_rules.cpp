@@ -161,15 +161,6 @@ route_decision classify(std::string_view method, std::string_view path) noexcept
   route_decision d;
   // One trailing slash is tolerated, as the OpenAI API does.
   if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
-  auto only = [&](std::string_view m, route_kind r, bool json) {
-    d.route = r;
-    d.json_body = json;
-    if (method != m) {
-      d.error = errc::method_not_allowed;
-      d.allow = m;
-    }
-    return d;
-  };
   if (path == "/healthz" || path == "/readyz") {
     d.local = true;
     if (method != "GET" && method != "HEAD") {
@@ -178,13 +169,26 @@ route_decision classify(std::string_view method, std::string_view path) noexcept
     }
     return d;
   }
-  if (path == "/v1/chat/completions") return only("POST", route_kind::chat_completions, true);
-  if (path == "/v1/completions") return only("POST", route_kind::completions, true);
-  if (path == "/v1/embeddings") return only("POST", route_kind::embeddings, true);
-  if (path == "/v1/responses") return only("POST", route_kind::responses, true);
-  if (path == "/v1/messages") return only("POST", route_kind::messages, true);
-  if (path == "/v1/models" || (path.starts_with("/v1/models/") && path.size() > 11))
-    return only("GET", route_kind::models, false);
+  // The metered routes are POST and the models routes GET. Another method on the same path is
+  // another API call, relayed unmetered like any other /v1 call (route `other`): GET
+  // /v1/chat/completions lists stored completions and DELETE /v1/models/{id} deletes a
+  // fine-tuned model, both in the OpenAI SDK. The upstream answers the methods it lacks.
+  auto metered_post = [&](route_kind r) {
+    if (method == "POST") {
+      d.route = r;
+      d.json_body = true;
+    }
+    return d;
+  };
+  if (path == "/v1/chat/completions") return metered_post(route_kind::chat_completions);
+  if (path == "/v1/completions") return metered_post(route_kind::completions);
+  if (path == "/v1/embeddings") return metered_post(route_kind::embeddings);
+  if (path == "/v1/responses") return metered_post(route_kind::responses);
+  if (path == "/v1/messages") return metered_post(route_kind::messages);
+  if ((path == "/v1/models" || (path.starts_with("/v1/models/") && path.size() > 11)) && method == "GET") {
+    d.route = route_kind::models;
+    return d;
+  }
   if (path == "/v1" || path.starts_with("/v1/")) {
     d.route = route_kind::other;  // transparent pass-through, any method
     return d;

@@ -67,6 +67,11 @@ struct metrics::impl {
       .Name("tollgate_ledger_write_errors_total")
       .Help("Failed ledger transactions (rows are kept and retried).")
       .Register(*registry);
+  pm::Family<pm::Counter>& unmetered_f = pm::BuildCounter()
+      .Name("tollgate_unmetered_requests_total")
+      .Help("Calls on a metered route answered 2xx whose usage could not be read (ledgered with "
+            "usage_source none and cost 0), by route.")
+      .Register(*registry);
   pm::Family<pm::Counter>& unpriced_f = pm::BuildCounter()
       .Name("tollgate_unpriced_requests_total")
       .Help("Calls whose model has no price (ledgered with cost 0 and priced = false).")
@@ -84,6 +89,7 @@ struct metrics::impl {
     pm::Histogram* duration;
     pm::Histogram* first_byte;
     pm::Histogram* overhead;
+    pm::Counter* unmetered;  // nullptr on routes that are not metered (models, other)
   };
   route_children routes[7];
 
@@ -119,9 +125,12 @@ metrics::metrics(const price_table& prices) : impl_(std::make_unique<impl>()) {
   auto& m = *impl_;
   for (int r = 0; r < 7; ++r) {
     std::string route(to_string(static_cast<route_kind>(r)));
+    const auto kind = static_cast<route_kind>(r);
+    const bool metered = kind != route_kind::models && kind != route_kind::other;
     m.routes[r] = {&m.duration.Add({{"route", route}}, latency_buckets()),
                    &m.first_byte.Add({{"route", route}}, latency_buckets()),
-                   &m.overhead_f.Add({{"route", route}}, overhead_buckets())};
+                   &m.overhead_f.Add({{"route", route}}, overhead_buckets()),
+                   metered ? &m.unmetered_f.Add({{"route", route}}) : nullptr};
   }
   auto add_model = [&](const std::string& name) {
     m.models.emplace(name, impl::model_children{
@@ -187,6 +196,10 @@ void metrics::record_call(const usage_record& rec, double overhead_s) {
   m.routes[route].duration->Observe(rec.latency_ms / 1000.0);
   if (rec.first_byte_ms >= 0) m.routes[route].first_byte->Observe(rec.first_byte_ms / 1000.0);
   if (overhead_s >= 0) m.routes[route].overhead->Observe(overhead_s);
+  // An answer the meter could not read (not JSON, cut, beyond max_parse_bytes, no usage): the
+  // provider may still bill it, so it is counted where an alert can see it.
+  if (rec.source == usage_source::none && rec.status >= 200 && rec.status < 300 && m.routes[route].unmetered)
+    m.routes[route].unmetered->Increment();
   if (rec.tokens.prompt) mc.prompt->Increment(static_cast<double>(rec.tokens.prompt));
   if (rec.tokens.completion) mc.completion->Increment(static_cast<double>(rec.tokens.completion));
   if (rec.tokens.cached) mc.cached->Increment(static_cast<double>(rec.tokens.cached));

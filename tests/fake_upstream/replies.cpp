@@ -641,6 +641,23 @@ reply model_reply(std::string_view id) {
   return error_reply(api::openai, 404, "The model '" + std::string(id) + "' does not exist", "model_not_found");
 }
 
+reply stored_completions_reply() {
+  json completion = {{"id", "chatcmpl-stored-1"},
+                     {"object", "chat.completion"},
+                     {"created", 1764460800},
+                     {"model", "gpt-4.1-2025-04-14"},
+                     {"choices", json::array({{{"index", 0},
+                                               {"message", {{"role", "assistant"}, {"content", "stored"}}},
+                                               {"finish_reason", "stop"}}})},
+                     {"usage", {{"prompt_tokens", 5}, {"completion_tokens", 1}, {"total_tokens", 6}}},
+                     {"metadata", json::object()}};
+  return json_reply(200, {{"object", "list"},
+                          {"data", json::array({completion})},
+                          {"first_id", "chatcmpl-stored-1"},
+                          {"last_id", "chatcmpl-stored-1"},
+                          {"has_more", false}});
+}
+
 reply echo_reply(const recorded_request& req, std::string_view path, std::string_view query) {
   return json_reply(200, {{"method", req.method},
                           {"path", path},
@@ -672,6 +689,11 @@ reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t req
   }
   if (req.method == "GET" && route == "/models") return models_reply();
   if (req.method == "GET" && route.starts_with("/models/")) return model_reply(route.substr(8));
+  // Stored chat completions (GET /chat/completions) and fine-tuned model deletion, as the
+  // OpenAI API answers them: calls on a metered path that are not metered.
+  if (req.method == "GET" && route == "/chat/completions") return stored_completions_reply();
+  if (req.method == "DELETE" && route.starts_with("/models/") && route.size() > 8)
+    return json_reply(200, {{"id", route.substr(8)}, {"object", "model"}, {"deleted", true}});
   return echo_reply(req, path, query);
 }
 

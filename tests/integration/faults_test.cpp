@@ -277,6 +277,9 @@ TEST_CASE("faults: a 200 with truncated JSON or a non-JSON body is relayed uncha
   check_row(rows[1], {"200", "<null>", "0", "none"});
   CHECK(rows[0]["cost_usd"] == "0.0");
   check_row(rows[2], normal_row);
+  // Counted where an alert can see them; the normal call is not.
+  CHECK(h.metric_sum("tollgate_unmetered_requests_total", "route=\"chat_completions\"") == 2);
+  CHECK(h.metric_sum("tollgate_unmetered_requests_total") == 2);
 }
 
 TEST_CASE("faults: a body larger than max_parse_bytes is relayed whole and ledgered as unmetered",
@@ -294,6 +297,7 @@ TEST_CASE("faults: a body larger than max_parse_bytes is relayed whole and ledge
   check_row(rows[0], {"200", "<null>", "0", "none"});
   CHECK(rows[0]["prompt_tokens"] == "0");
   check_row(rows[1], normal_row);
+  CHECK(h.metric_sum("tollgate_unmetered_requests_total") == 1);
 }
 
 TEST_CASE("faults: stalls before the first byte, between chunks and past the total limit are named timeouts",
@@ -568,17 +572,16 @@ TEST_CASE("faults: refusals before a call is routed leave no row, refusals of a 
   CHECK(raw("GET /v1/models HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n") == 400);
   CHECK(raw(post_head(2048) + std::string(2048, ' ')) == 413);
   CHECK(raw("GET /v1/models HTTP/1.1\r\nHost: a\r\nX-Big: " + std::string(70 * 1024, 'a') + "\r\n\r\n") == 431);
+  CHECK(raw("DELETE /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n") == 405);
   CHECK(ledger(h).empty());
   // Ledgered: a /v1 call tollgate refused itself, with the reason.
-  CHECK(raw("GET /v1/chat/completions HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n") == 405);
   CHECK(raw(post_head(2, "text/plain") + "{}") == 415);
   CHECK(raw(post_head(5) + "{nope") == 400);
   CHECK(h.upstream->request_count() == 0);
   auto rows = ledger(h);
-  REQUIRE(rows.size() == 3);
-  check_row(rows[0], {"405", "method_not_allowed", "0", "none"});
-  check_row(rows[1], {"415", "unsupported_media_type", "0", "none"});
-  check_row(rows[2], {"400", "invalid_json", "0", "none"});
+  REQUIRE(rows.size() == 2);
+  check_row(rows[0], {"415", "unsupported_media_type", "0", "none"});
+  check_row(rows[1], {"400", "invalid_json", "0", "none"});
 }
 
 // ---------------------------------------------------------------------------------------------

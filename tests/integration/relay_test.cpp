@@ -275,6 +275,31 @@ TEST_CASE("relay: other /v1 paths pass through with method, query and body", "[r
   CHECK(h.query_text("SELECT route FROM calls") == "other");
 }
 
+TEST_CASE("relay: another method on a metered or models path is relayed unmetered, not refused", "[relay]") {
+  harness h;
+  // The OpenAI SDK's chat.completions.list() and models.delete(): same paths as metered calls.
+  auto list = tt::request(h.port(), "GET", "/v1/chat/completions?limit=2&order=asc");
+  REQUIRE(list.status == 200);
+  auto page = json::parse(list.body);
+  CHECK(page["object"] == "list");
+  CHECK(page["data"][0]["id"] == "chatcmpl-stored-1");
+  auto del = tt::request(h.port(), "DELETE", "/v1/models/ft:gpt-4.1:acme::x1");
+  REQUIRE(del.status == 200);
+  CHECK(json::parse(del.body)["deleted"] == true);
+  auto up = h.upstream->requests();
+  REQUIRE(up.size() == 2);
+  CHECK(up[0].method == "GET");
+  CHECK(up[0].target == "/v1/chat/completions?limit=2&order=asc");
+  CHECK(up[1].method == "DELETE");
+  CHECK(up[1].target == "/v1/models/ft:gpt-4.1:acme::x1");
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE route = 'other' AND status = 200 AND cost_usd = 0") == 2);
+  // The stored completion's usage in the list is not a new call: nothing is metered, and a
+  // pass-through call is not an unmetered one.
+  CHECK(h.query_int("SELECT COALESCE(SUM(prompt_tokens), 0) FROM calls") == 0);
+  CHECK(h.metric_sum("tollgate_unmetered_requests_total") == 0);
+}
+
 TEST_CASE("relay: upstream errors reach the client unchanged", "[relay][errors]") {
   harness h;
   auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), {{"x-fake-status", "429"}});

@@ -107,6 +107,15 @@ test('models: list and retrieve', async () => {
   assert.equal(m.object, 'model');
 });
 
+test('stored chat completions list and model deletion: same paths as metered calls, other methods', async () => {
+  const ids = [];
+  for await (const c of client.chat.completions.list({ limit: 2 })) ids.push(c.id);
+  assert.deepEqual(ids, ['chatcmpl-stored-1']);
+  const deleted = await client.models.delete('ft:gpt-4.1:acme::x1');
+  assert.equal(deleted.id, 'ft:gpt-4.1:acme::x1');
+  assert.equal(deleted.deleted, true);
+});
+
 test('a 429 surfaces as RateLimitError with Retry-After', async () => {
   await assert.rejects(
     client.chat.completions.create({ model, messages }, { headers: { 'x-fake-status': '429' }, maxRetries: 0 }),

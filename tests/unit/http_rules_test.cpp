@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cctype>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/error.hpp"
@@ -26,11 +28,20 @@ TEST_CASE("http_rules: routes and methods", "[http_rules]") {
   CHECK(classify("GET", "/v1/models").route == route_kind::models);
   CHECK(classify("GET", "/v1/models/gpt-4.1").route == route_kind::models);
   CHECK_FALSE(classify("GET", "/v1/models").json_body);
-  SECTION("wrong method is 405 with Allow") {
-    auto d = classify("GET", "/v1/chat/completions");
-    CHECK(d.error == errc::method_not_allowed);
-    CHECK(d.allow == "POST");
-    CHECK(classify("POST", "/v1/models").error == errc::method_not_allowed);
+  SECTION("another method on a metered or models path is another API call, passed through") {
+    // GET /v1/chat/completions lists stored completions, DELETE /v1/models/{id} deletes a
+    // fine-tuned model: both are OpenAI SDK calls, so neither may be refused.
+    for (const auto& [method, path] : std::vector<std::pair<std::string_view, std::string_view>>{
+             {"GET", "/v1/chat/completions"}, {"GET", "/v1/chat/completions/"}, {"DELETE", "/v1/models/ft:gpt-4.1:acme::x"},
+             {"POST", "/v1/models"}, {"HEAD", "/v1/models"}, {"GET", "/v1/responses"}, {"OPTIONS", "/v1/messages"},
+             {"PUT", "/v1/embeddings"}, {"GET", "/v1/completions"}}) {
+      CAPTURE(method, path);
+      const auto d = classify(method, path);
+      CHECK(d.error == errc::ok);
+      CHECK(d.route == route_kind::other);
+      CHECK_FALSE(d.json_body);
+      CHECK(d.allow.empty());
+    }
   }
   SECTION("other /v1 paths pass through with any method") {
     CHECK(classify("DELETE", "/v1/files/abc").route == route_kind::other);
