@@ -157,6 +157,13 @@ bool connection_lists(std::string_view value, std::string_view name) noexcept {
   return false;
 }
 
+bool is_websocket_upgrade(std::string_view method, unsigned version, std::string_view connection,
+                          std::string_view upgrade) noexcept {
+  // Upgrade is a comma-separated list like Connection's; RFC 6455's keyword has no version.
+  return method == "GET" && version == 11 && connection_lists(connection, "upgrade") &&
+         connection_lists(upgrade, "websocket");
+}
+
 route_decision classify(std::string_view method, std::string_view path) noexcept {
   route_decision d;
   // One trailing slash is tolerated, as the OpenAI API does.
@@ -331,6 +338,10 @@ void append_upstream_head(std::span<const header_view> client_headers, const ups
   if (!h.credential_name.empty()) field(h.credential_name, h.credential_value);
   if (!h.anthropic_version.empty() && !client_anthropic_version) field("anthropic-version", h.anthropic_version);
   field("x-request-id", h.request_id);
+  if (h.websocket) {
+    field("Connection", "Upgrade");
+    field("Upgrade", "websocket");
+  }
   if (h.body_size > 0 || h.method == "POST" || h.method == "PUT" || h.method == "OPTIONS") {
     char num[24];
     auto [end, ec] = std::to_chars(num, num + sizeof num, h.body_size);

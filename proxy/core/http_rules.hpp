@@ -77,6 +77,9 @@ struct upstream_head {
   // The response is metered: the client's Accept-Encoding is cut to the codings tollgate can
   // decode (meterable_accept_encoding), so an upstream never answers in br or zstd.
   bool meterable_encodings_only = false;
+  // A WebSocket opening handshake: Connection: Upgrade and Upgrade: websocket are sent (the
+  // client's own are hop-by-hop and dropped like any other).
+  bool websocket = false;
   std::size_t body_size = 0;
 };
 
@@ -86,6 +89,11 @@ struct upstream_head {
 // credential, x-request-id and Content-Length (when there is a body or the method expects one,
 // as Beast's prepare_payload does). The client's key never leaves tollgate.
 void append_upstream_head(std::span<const header_view> client_headers, const upstream_head& h, std::string& out);
+
+// A WebSocket opening handshake (RFC 6455 §4.1): GET over HTTP/1.1 (version 11) whose
+// Connection lists "upgrade" and whose Upgrade lists "websocket" (both case-insensitive).
+bool is_websocket_upgrade(std::string_view method, unsigned version, std::string_view connection,
+                          std::string_view upgrade) noexcept;
 
 // Optional whitespace (spaces, tabs) around a header value or list entry removed.
 std::string_view trim_ows(std::string_view s) noexcept;

@@ -6,6 +6,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -278,8 +279,10 @@ class client_session : public std::enable_shared_from_this<client_session> {
       bool transfer_encoding = false;
       // Each the first field of its name; a null data() when absent (an empty value is present).
       std::string_view expect, request_id, api_key, authorization, content_type, content_encoding;
+      std::string_view connection, upgrade;
     } head;
     bool body_decoded = false;  // a gzip/deflate request body was decoded in place (admit)
+    bool websocket = false;     // a WebSocket opening handshake on a pass-through path (tunnel)
   };
 
   awaitable<bool> handle_one();
@@ -321,6 +324,10 @@ class client_session : public std::enable_shared_from_this<client_session> {
   awaitable<exchange_result> exchange(Stream& up, upstream_conn& conn, const upstream_config& uc, bool reused,
                                       client_request& req, call& c, bool& keep_client,
                                       bool& keep_upstream, bool may_fail_over);
+  awaitable<void> tunnel(const std::vector<candidate>& tries, client_request& req, const route_decision& rd,
+                         const target_parts& tp, call& c);
+  template <class Stream>
+  awaitable<void> tunnel_on(Stream& up, upstream_conn& conn, const upstream_config& uc, call& c);
   awaitable<bool> send_local(int status, std::string body, bool keep, std::string_view allow = {},
                              std::string_view request_id = {}, std::string_view content_type = "application/json");
   awaitable<bool> send_error(errc e, std::string_view message, bool keep, std::string_view request_id = {},
@@ -609,6 +616,8 @@ void client_session::take_head(const client_request& req, call::head_fields& h) 
       case http::field::authorization: keep_first(h.authorization, f.value()); break;
       case http::field::content_type: keep_first(h.content_type, f.value()); break;
       case http::field::content_encoding: keep_first(h.content_encoding, f.value()); break;
+      case http::field::connection: keep_first(h.connection, f.value()); break;
+      case http::field::upgrade: keep_first(h.upgrade, f.value()); break;
       case http::field::unknown: {
         const std::string_view name(f.name_string().data(), f.name_string().size());
         if (iequals(name, "x-request-id")) {
@@ -675,6 +684,9 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
   anthropic_errors_ = tp.path.starts_with("/v1/messages");
   rec.route = rd.route;
   rec.method = std::string(req.method_string());
+  // A handshake has no body (RFC 6455 §4.1); a GET that carries one is relayed as a plain call.
+  c.websocket = rd.route == route_kind::other && req.body().empty() &&
+                is_websocket_upgrade(req.method_string(), req.version(), c.head.connection, c.head.upgrade);
   if (auto id = c.head.request_id; !id.empty() && id.size() <= 200)
     rec.request_id = std::string(id);
   else
@@ -702,6 +714,11 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
     co_return k;
   }
   const auto& tries = a.tries;
+  if (c.websocket) {
+    co_await tunnel(tries, req, rd, tp, c);
+    finish_call(c);
+    co_return false;  // the connection was the session's
+  }
 
   // tp views the client's target, which the first attempt replaces: keep copies for the others.
   const std::string client_path(tp.path), client_query(tp.query);
@@ -953,6 +970,7 @@ void client_session::write_upstream_head(const upstream_node& t, const client_re
   // A metered answer must come in a coding the meter reads: Python's httpx offers br and zstd
   // when their modules are installed, and an answer in either would leave the call unmetered.
   uh.meterable_encodings_only = rd.json_body;
+  uh.websocket = c.websocket;
   uh.body_size = req.body().size();
   up_head_.clear();
   append_upstream_head(up_headers_, uh, up_head_);
@@ -1511,6 +1529,139 @@ void client_session::arm_sweep(worker& w) {
     }
     if (!w.watched.empty()) arm_sweep(w);
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket sessions (the OpenAI Realtime API: the SDK opens wss://…/v1/realtime, so tollgate
+// sits behind a TLS-terminating load balancer that forwards the upgrade).
+
+// The opening handshake goes to the first upstream that takes a connection, on a fresh one that
+// is never pooled, with the upstream's credentials. Its answer comes back; after a 101 the bytes
+// of both directions are relayed untouched until either side closes, or until
+// upstream.timeouts.total after the request. One ledger row per session: route other, status
+// 101, latency = the session's length; the frames are not metered.
+awaitable<void> client_session::tunnel(const std::vector<candidate>& tries, client_request& req,
+                                       const route_decision& rd, const target_parts& tp, call& c) {
+  auto& rec = c.rec;
+  const std::string path(tp.path), query(tp.query);
+  for (std::size_t k = 0; k < tries.size() && !c.head_sent; ++k) {
+    auto& t = *tries[k].t;
+    const bool probe = tries[k].probe;
+    write_upstream_head(t, req, c, rd, path, query);
+    rec.upstream = t.cfg.name;
+    rec.attempts = static_cast<int>(k) + 1;
+    c.error = errc::ok;
+    c.t_up_start = steady::now();
+    auto conn = co_await connect_upstream(*w_.pools[t.index], c.error);
+    if (!conn) {
+      t.breaker.on_failure(steady::now(), probe);  // nothing was sent: the next upstream may
+      continue;
+    }
+    t.inflight.fetch_add(1, std::memory_order_relaxed);
+    watch_conn_ = conn.get();
+    if (conn->tls)
+      co_await tunnel_on(*conn->tls, *conn, t.cfg, c);
+    else
+      co_await tunnel_on(*conn->plain, *conn, t.cfg, c);
+    watch_conn_ = nullptr;
+    conn->close();
+    t.inflight.fetch_sub(1, std::memory_order_relaxed);
+    if (!c.head_sent || rec.status >= 500)
+      t.breaker.on_failure(steady::now(), probe);
+    else
+      t.breaker.on_success(probe);
+    break;  // the handshake went out: never twice
+  }
+  if (!c.head_sent) {
+    if (c.error == errc::ok) c.error = errc::upstream_reset;
+    st_.metrics_->upstream_error(error_name(c.error));
+    rec.status = http_status(c.error);
+    co_await send_error(c.error, {}, false, rec.request_id);
+  }
+}
+
+template <class Stream>
+awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const upstream_config& uc, call& c) {
+  auto& rec = c.rec;
+  beast::error_code ec;
+  const auto deadline = c.t0 + uc.total_timeout;
+  conn.tcp().expires_at(std::min(steady::now() + uc.first_byte_timeout, deadline));
+  co_await asio::async_write(up, asio::buffer(up_head_), redirect_error(use_awaitable, ec));
+  // A 101 has no body; a refusal (401, 400, 5xx) brings a short one, relayed whole.
+  http::response_parser<http::string_body> p;
+  p.header_limit(64 * 1024);
+  p.body_limit(1024 * 1024);
+  if (!ec) co_await http::async_read(up, conn.buffer, p, redirect_error(use_awaitable, ec));
+  if (ec) {
+    c.error = classify_upstream_error(ec, errc::upstream_first_byte_timeout, deadline);
+    if (ec != beast::error::timeout && !is_eof_like(ec) && c.error != errc::upstream_tls)
+      c.error = errc::upstream_protocol;
+    co_return;
+  }
+  rec.first_byte_ms = ms_between(c.t0, steady::now());
+  const auto& res = p.get();
+  rec.status = res.result_int();
+  const bool upgraded = rec.status == 101;
+  head_.clear();
+  auto field = [this](std::string_view name, std::string_view value) {
+    head_.append(name).append(": "sv).append(value).append("\r\n"sv);
+  };
+  head_.append("HTTP/1.1 "sv).append(std::to_string(rec.status)).append(" "sv).append(res.reason()).append("\r\n"sv);
+  for (const auto& f : res) {
+    const std::string_view name(f.name_string().data(), f.name_string().size());
+    if (iequals(name, "x-request-id")) {
+      rec.upstream_request_id = std::string(f.value());
+      field("x-upstream-request-id", f.value());
+    } else if ((is_safe_response_header(name) && f.name() != http::field::content_length) ||
+               (upgraded && name.size() > 14 && iequals(name.substr(0, 14), "sec-websocket-"))) {
+      field(name, f.value());
+    }
+  }
+  field("x-request-id", rec.request_id);
+  if (upgraded) {
+    field("Connection", "Upgrade");
+    field("Upgrade", "websocket");
+  } else {
+    field("Content-Length", std::to_string(res.body().size()));
+    field("Connection", "close");
+  }
+  head_.append("\r\n"sv);
+  if (!upgraded) head_.append(res.body());
+  stream_.expires_after(local_write_timeout);
+  co_await asio::async_write(stream_, asio::buffer(head_), redirect_error(use_awaitable, ec));
+  c.head_sent = true;
+  if (ec) {
+    c.error = errc::client_aborted;
+    co_return;
+  }
+  if (!upgraded) co_return;
+
+  // Bytes either peer sent right behind the handshake were read with it: they go first.
+  if (conn.buffer.size() > 0)
+    co_await asio::async_write(stream_, conn.buffer.data(), redirect_error(use_awaitable, ec));
+  conn.buffer.consume(conn.buffer.size());
+  if (!ec && buffer_.size() > 0) co_await asio::async_write(up, buffer_.data(), redirect_error(use_awaitable, ec));
+  buffer_.consume(buffer_.size());
+  stream_.expires_at(deadline);
+  conn.tcp().expires_at(deadline);
+  // One direction ending (a close, a reset, the deadline) ends the session: shutting both
+  // sockets down wakes the other direction's pending read.
+  auto relay = [this, &conn](auto& from, auto& to) -> awaitable<void> {
+    std::unique_ptr<char[]> buf(new char[16 * 1024]);
+    beast::error_code rec_ec, wec;
+    for (;;) {
+      const std::size_t n =
+          co_await from.async_read_some(asio::buffer(buf.get(), 16 * 1024), redirect_error(use_awaitable, rec_ec));
+      if (n > 0) co_await asio::async_write(to, asio::buffer(buf.get(), n), redirect_error(use_awaitable, wec));
+      if (rec_ec || wec) break;
+    }
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    conn.tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
+  };
+  using namespace asio::experimental::awaitable_operators;
+  co_await (relay(stream_, up) && relay(up, stream_));
+  if (steady::now() + 5ms >= deadline) c.error = errc::upstream_total_timeout;
 }
 
 // ---------------------------------------------------------------------------------------------

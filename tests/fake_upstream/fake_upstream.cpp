@@ -10,11 +10,14 @@
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
 #include <list>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <thread>
 
@@ -100,6 +103,8 @@ struct server::impl {
   void run_connection(connection& c, tcp::socket sock);
   template <class Stream>
   void serve(connection& c, Stream& stream, tcp::socket& raw);
+  template <class Stream>
+  void realtime_session(Stream& stream, const http::request<http::string_body>& req, std::uint64_t number);
   template <class Stream>
   bool respond(connection& c, Stream& stream, tcp::socket& raw, const detail::knobs& k, detail::reply& r,
                std::uint64_t number, bool keep_alive);
@@ -247,6 +252,10 @@ void server::impl::serve(connection& c, Stream& stream, tcp::socket& raw) {
       for (const auto& h : opts.default_headers) with_defaults.headers.push_back(h);
       k = detail::parse_knobs(with_defaults);
     }
+    if (beast::websocket::is_upgrade(req) && k.status < 400 && k.fault_kind == fault::none) {
+      realtime_session(stream, req, number);
+      return;
+    }
     detail::reply r = detail::make_reply(rec, k, number);
     if (!pause(k.delay)) return;
     const bool keep_alive = respond(c, stream, raw, k, r, number, req.keep_alive());
@@ -254,6 +263,34 @@ void server::impl::serve(connection& c, Stream& stream, tcp::socket& raw) {
       std::fprintf(stderr, "fake upstream: %s %s -> %u%s\n", rec.method.c_str(), rec.target.c_str(), r.status,
                    k.fault_kind == fault::none ? "" : " (fault)");
     if (!keep_alive) return;
+  }
+}
+
+// A WebSocket session shaped like the OpenAI Realtime API's: "session.created" first, then
+// every text message comes back as {"type":"echo","data":…}; a message "close" makes the server
+// close the session (code 1000). Ends when the client closes or goes away.
+template <class Stream>
+void server::impl::realtime_session(Stream& stream, const http::request<http::string_body>& req, std::uint64_t number) {
+  beast::websocket::stream<Stream&> ws(stream);
+  ws.set_option(beast::websocket::stream_base::decorator([number](beast::websocket::response_type& res) {
+    res.set("x-request-id", "req_fake_" + std::to_string(number));
+  }));
+  ws.accept(req);
+  ws.text(true);
+  ws.write(net::buffer(std::string(R"({"type":"session.created","session":{"id":"sess_fake_)") +
+                       std::to_string(number) + R"("}})"));
+  for (;;) {
+    beast::flat_buffer in;
+    beast::error_code ec;
+    ws.read(in, ec);
+    if (ec) return;  // closed by the client (ws.read answered its close frame) or gone
+    const std::string text = beast::buffers_to_string(in.data());
+    if (text == "close") {
+      ws.close(beast::websocket::close_code::normal, ec);
+      return;
+    }
+    ws.write(net::buffer(nlohmann::json{{"type", "echo"}, {"data", text}}.dump()), ec);
+    if (ec) return;
   }
 }
 

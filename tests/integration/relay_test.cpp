@@ -5,6 +5,9 @@
 
 #include <zlib.h>
 
+#include <boost/beast/core.hpp>
+#include <boost/beast/websocket.hpp>
+
 #include <atomic>
 #include <thread>
 
@@ -298,6 +301,78 @@ TEST_CASE("relay: another method on a metered or models path is relayed unmetere
   // pass-through call is not an unmetered one.
   CHECK(h.query_int("SELECT COALESCE(SUM(prompt_tokens), 0) FROM calls") == 0);
   CHECK(h.metric_sum("tollgate_unmetered_requests_total") == 0);
+}
+
+TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstream's key and ledgered once",
+          "[relay][websocket]") {
+  namespace beast = boost::beast;
+  namespace websocket = beast::websocket;
+  namespace net = boost::asio;
+  harness h;
+  net::io_context ioc;
+  websocket::stream<beast::tcp_stream> ws(ioc);
+  ws.next_layer().connect({net::ip::make_address("127.0.0.1"), h.port()});
+  ws.set_option(websocket::stream_base::decorator([](websocket::request_type& r) {
+    r.set(beast::http::field::authorization, "Bearer sk-client-key");
+    r.set("OpenAI-Beta", "realtime=v1");
+  }));
+  websocket::response_type res;
+  ws.handshake(res, "127.0.0.1", "/v1/realtime?model=gpt-realtime");
+  CHECK(res.result_int() == 101);
+  CHECK(res["x-request-id"].starts_with("tg-"));
+  CHECK(res["x-upstream-request-id"].starts_with("req_fake_"));
+  auto next = [&ws] {
+    beast::flat_buffer b;
+    ws.read(b);
+    return json::parse(beast::buffers_to_string(b.data()));
+  };
+  CHECK(next()["type"] == "session.created");
+  ws.text(true);
+  ws.write(net::buffer(std::string(R"({"type":"response.create"})")));
+  auto echo = next();
+  CHECK(echo["type"] == "echo");
+  CHECK(echo["data"] == R"({"type":"response.create"})");
+  const std::string big(300 * 1024, 'a');  // many reads and writes each way
+  ws.write(net::buffer(big));
+  CHECK(next()["data"] == big);
+  SECTION("the client closes") {
+    ws.close(websocket::close_code::normal);
+  }
+  SECTION("the upstream closes") {
+    ws.write(net::buffer(std::string("close")));
+    beast::flat_buffer b;
+    beast::error_code ec;
+    ws.read(b, ec);
+    CHECK(ec == websocket::error::closed);
+    CHECK(ws.reason().code == websocket::close_code::normal);
+  }
+  SECTION("the client goes away without a close frame") {
+    ws.next_layer().socket().close();
+  }
+  h.flush();
+  auto rows = h.query_text("SELECT route || ' ' || method || ' ' || status || ' ' || usage_source || ' ' || cost_usd FROM calls");
+  CHECK(rows == "other GET 101 none 0.0");
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE latency_ms >= first_byte_ms AND first_byte_ms >= 0") == 1);
+  auto up = h.upstream->requests();
+  REQUIRE(up.size() == 1);
+  CHECK(up[0].method == "GET");
+  CHECK(up[0].target == "/v1/realtime?model=gpt-realtime");
+  CHECK(up[0].header("authorization") == "Bearer test-upstream-key");  // never the client's
+  CHECK(beast::iequals(up[0].header("upgrade"), "websocket"));
+  CHECK(!up[0].header("sec-websocket-key").empty());
+  CHECK(up[0].header("openai-beta") == "realtime=v1");
+}
+
+TEST_CASE("relay: a WebSocket handshake the upstream refuses comes back as its answer", "[relay][websocket]") {
+  harness h;
+  const std::string handshake =
+      "GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-fake-status: 401\r\n\r\n";
+  const std::string answer = tt::raw_exchange(h.port(), handshake);
+  CHECK(answer.starts_with("HTTP/1.1 401 "));
+  CHECK(answer.find("fake upstream error") != std::string::npos);
+  h.flush();
+  CHECK(h.query_text("SELECT route || ' ' || status FROM calls") == "other 401");
 }
 
 TEST_CASE("relay: upstream errors reach the client unchanged", "[relay][errors]") {

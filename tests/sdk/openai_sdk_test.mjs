@@ -4,6 +4,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import { OpenAIRealtimeWS } from 'openai/realtime/ws';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
 
 const baseURL = process.env.OPENAI_BASE_URL;
 if (!baseURL) throw new Error('set OPENAI_BASE_URL, e.g. http://127.0.0.1:8080/v1');
@@ -161,4 +168,49 @@ test('response headers: x-request-id via withResponse() and asResponse()', async
   assert.ok(raw.headers.get('x-request-id'), 'x-request-id missing');
   const body = await raw.json();
   assert.equal(body.object, 'chat.completion');
+});
+
+// The SDK's Realtime client always dials wss://<baseURL host>/…/realtime, so it reaches tollgate
+// the way production does: through a TLS-terminating front (a load balancer; here a Node TLS
+// server with a throwaway certificate that pipes bytes to the base URL's port).
+test('realtime over WebSocket through a TLS-terminating front: session.created, then events both ways', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tollgate-rt-'));
+  const front = tls.createServer(
+    (() => {
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1',
+        '-keyout', path.join(dir, 'key.pem'), '-out', path.join(dir, 'cert.pem')], { stdio: 'ignore' });
+      return { key: readFileSync(path.join(dir, 'key.pem')), cert: readFileSync(path.join(dir, 'cert.pem')) };
+    })(),
+    (socket) => {
+      const inner = net.connect(Number(new URL(baseURL).port), new URL(baseURL).hostname);
+      socket.pipe(inner).pipe(socket);
+      inner.on('error', () => socket.destroy());
+      socket.on('error', () => inner.destroy());
+    },
+  );
+  await new Promise((resolve) => front.listen(0, '127.0.0.1', resolve));
+  try {
+    const viaFront = new OpenAI({
+      baseURL: `https://127.0.0.1:${front.address().port}${new URL(baseURL).pathname}`,
+      apiKey: process.env.OPENAI_API_KEY || 'sk-sdk-test',
+      maxRetries: 0,
+    });
+    const rt = new OpenAIRealtimeWS({ model: 'gpt-realtime', options: { rejectUnauthorized: false } }, viaFront);
+    const seen = [];
+    const echo = await new Promise((resolve, reject) => {
+      rt.on('error', reject);
+      rt.on('event', (event) => seen.push(event.type));
+      rt.on('session.created', () => rt.send({ type: 'response.create', response: { modalities: ['text'] } }));
+      rt.on('echo', resolve);
+      setTimeout(() => reject(new Error(`no echo; events: ${seen}`)), 10_000).unref();
+    });
+    assert.equal(seen[0], 'session.created');
+    assert.equal(JSON.parse(echo.data).type, 'response.create');
+    const closed = new Promise((resolve) => rt.socket.on('close', (code) => resolve(code)));
+    rt.close();
+    assert.equal(await closed, 1000);
+  } finally {
+    front.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

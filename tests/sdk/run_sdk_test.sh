@@ -126,7 +126,7 @@ SQL
 }
 
 case "$sdk" in
-  openai) packages=(openai) ;;
+  openai) packages=(openai ws) ;;  # ws: the SDK's Realtime WebSocket client
   anthropic) packages=(anthropic-sdk-0 anthropic-sdk-1) ;;
 esac
 for package in "${packages[@]}"; do

@@ -197,6 +197,46 @@ TEST_CASE("http_rules: the upstream request head", "[http_rules][security]") {
   }
 }
 
+TEST_CASE("http_rules: a WebSocket handshake is recognised and goes upstream as one", "[http_rules]") {
+  CHECK(is_websocket_upgrade("GET", 11, "Upgrade", "websocket"));
+  CHECK(is_websocket_upgrade("GET", 11, "keep-alive, Upgrade", "WebSocket"));  // Firefox; any case
+  CHECK(is_websocket_upgrade("GET", 11, "upgrade", "h2c, websocket"));
+  CHECK_FALSE(is_websocket_upgrade("GET", 11, "keep-alive", "websocket"));  // Connection must list it
+  CHECK_FALSE(is_websocket_upgrade("GET", 11, "Upgrade", "h2c"));
+  CHECK_FALSE(is_websocket_upgrade("GET", 11, "Upgrade", {}));
+  CHECK_FALSE(is_websocket_upgrade("POST", 11, "Upgrade", "websocket"));
+  CHECK_FALSE(is_websocket_upgrade("GET", 10, "Upgrade", "websocket"));  // HTTP/1.0 cannot upgrade
+
+  const std::vector<header_view> client = {
+      {"Host", "tollgate:8080"},
+      {"Connection", "Upgrade"},
+      {"Upgrade", "websocket"},
+      {"Sec-WebSocket-Version", "13"},
+      {"Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="},
+      {"Authorization", "Bearer sk-client"},
+  };
+  upstream_head h;
+  h.method = "GET";
+  h.target = "/v1/realtime?model=gpt-realtime";
+  h.host = "api.example.com";
+  h.credential_name = "Authorization";
+  h.credential_value = "Bearer sk-upstream";
+  h.request_id = "tg-1";
+  h.websocket = true;
+  std::string out;
+  append_upstream_head(client, h, out);
+  CHECK(out ==
+        "GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Host: api.example.com\r\n"
+        "Authorization: Bearer sk-upstream\r\n"
+        "x-request-id: tg-1\r\n"
+        "Connection: Upgrade\r\n"
+        "Upgrade: websocket\r\n"
+        "\r\n");
+}
+
 TEST_CASE("http_rules: a metered call offers the upstream only codings the meter decodes", "[http_rules]") {
   CHECK(meterable_accept_encoding("gzip, deflate") == "gzip, deflate");
   CHECK(meterable_accept_encoding("gzip, deflate, br, zstd") == "gzip, deflate");  // httpx with brotli + zstandard
