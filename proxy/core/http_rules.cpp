@@ -157,6 +157,15 @@ bool connection_lists(std::string_view value, std::string_view name) noexcept {
   return false;
 }
 
+bool usage_is_new_spend(route_kind route, std::string_view method, std::string_view path) noexcept {
+  if (route != route_kind::other) return true;
+  if (method != "POST") return false;
+  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  if (path.starts_with("/v1/chat/completions/")) return false;
+  if (path.starts_with("/v1/responses/")) return path == "/v1/responses/compact";
+  return true;
+}
+
 bool is_websocket_upgrade(std::string_view method, unsigned version, std::string_view connection,
                           std::string_view upgrade) noexcept {
   // Upgrade is a comma-separated list like Connection's; RFC 6455's keyword has no version.

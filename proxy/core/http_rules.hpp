@@ -90,6 +90,14 @@ struct upstream_head {
 // as Beast's prepare_payload does). The client's key never leaves tollgate.
 void append_upstream_head(std::span<const header_view> client_headers, const upstream_head& h, std::string& out);
 
+// Whether a 2xx answer's usage is new spend, to be metered. Always on the metered routes; on
+// other paths only for a POST that makes something (an image, a transcription, a compaction):
+// a retrieval or an update of a stored object (GET /v1/responses/{id}, GET or POST
+// /v1/chat/completions/{id}, GET /v1/batches/{id}, POST /v1/responses/{id}/cancel) carries
+// usage that was billed once already, and a batch polled every minute would be counted every
+// minute.
+bool usage_is_new_spend(route_kind route, std::string_view method, std::string_view path) noexcept;
+
 // A WebSocket opening handshake (RFC 6455 §4.1): GET over HTTP/1.1 (version 11) whose
 // Connection lists "upgrade" and whose Upgrade lists "websocket" (both case-insensitive).
 bool is_websocket_upgrade(std::string_view method, unsigned version, std::string_view connection,

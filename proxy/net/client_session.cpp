@@ -283,6 +283,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     } head;
     bool body_decoded = false;  // a gzip/deflate request body was decoded in place (admit)
     bool websocket = false;     // a WebSocket opening handshake on a pass-through path (tunnel)
+    bool meter = true;          // a 2xx answer's usage is new spend (usage_is_new_spend)
   };
 
   awaitable<bool> handle_one();
@@ -684,6 +685,7 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
   anthropic_errors_ = tp.path.starts_with("/v1/messages");
   rec.route = rd.route;
   rec.method = std::string(req.method_string());
+  c.meter = usage_is_new_spend(rd.route, req.method_string(), tp.path);
   // A handshake has no body (RFC 6455 §4.1); a GET that carries one is relayed as a plain call.
   c.websocket = rd.route == route_kind::other && req.body().empty() &&
                 is_websocket_upgrade(req.method_string(), req.version(), c.head.connection, c.head.upgrade);
@@ -1277,12 +1279,13 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   sse_parser events;
   std::optional<inflater> infl;
   std::string decoded;
-  if (shape.sse && ok2xx) meter.emplace(rec.route, c.strip && shape.edit_events);
-  if (shape.compressed && shape.decodable && ok2xx) infl.emplace();
+  const bool metered = ok2xx && c.meter;
+  if (shape.sse && metered) meter.emplace(rec.route, c.strip && shape.edit_events);
+  if (shape.compressed && shape.decodable && metered) infl.emplace();
   parse_.clear();
   // The body to parse grows in place: one allocation when its length is known (it was released
   // while the connection idled, so appends would otherwise regrow it from empty every call).
-  if (!shape.sse && ok2xx && p.content_length())
+  if (!shape.sse && metered && p.content_length())
     parse_.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(*p.content_length(), cfg_.max_parse_bytes)));
   bool parse_overflow = false;
 
@@ -1394,7 +1397,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
             sse_event ev;
             while (events.next(ev)) meter->on_event(ev);
           }
-        } else if (ok2xx && (!shape.compressed || infl)) {
+        } else if (metered && (!shape.compressed || infl)) {
           if (parse_.size() + plain.size() <= cfg_.max_parse_bytes)
             parse_.append(plain);
           else
@@ -1450,7 +1453,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
         rec.source = usage_source::estimated;
       }
     }
-  } else if (ok2xx && !parse_.empty() && !parse_overflow && (c.error == errc::ok)) {
+  } else if (metered && !parse_.empty() && !parse_overflow && (c.error == errc::ok)) {
     auto rf = extract_response(rec.route, parse_);
     rec.served_model = std::move(rf.model);
     if (rec.upstream_request_id.empty()) rec.upstream_request_id = std::move(rf.id);

@@ -641,18 +641,21 @@ reply model_reply(std::string_view id) {
   return error_reply(api::openai, 404, "The model '" + std::string(id) + "' does not exist", "model_not_found");
 }
 
+json stored_completion() {
+  return {{"id", "chatcmpl-stored-1"},
+          {"object", "chat.completion"},
+          {"created", 1764460800},
+          {"model", "gpt-4.1-2025-04-14"},
+          {"choices", json::array({{{"index", 0},
+                                    {"message", {{"role", "assistant"}, {"content", "stored"}}},
+                                    {"finish_reason", "stop"}}})},
+          {"usage", {{"prompt_tokens", 5}, {"completion_tokens", 1}, {"total_tokens", 6}}},
+          {"metadata", json::object()}};
+}
+
 reply stored_completions_reply() {
-  json completion = {{"id", "chatcmpl-stored-1"},
-                     {"object", "chat.completion"},
-                     {"created", 1764460800},
-                     {"model", "gpt-4.1-2025-04-14"},
-                     {"choices", json::array({{{"index", 0},
-                                               {"message", {{"role", "assistant"}, {"content", "stored"}}},
-                                               {"finish_reason", "stop"}}})},
-                     {"usage", {{"prompt_tokens", 5}, {"completion_tokens", 1}, {"total_tokens", 6}}},
-                     {"metadata", json::object()}};
   return json_reply(200, {{"object", "list"},
-                          {"data", json::array({completion})},
+                          {"data", json::array({stored_completion()})},
                           {"first_id", "chatcmpl-stored-1"},
                           {"last_id", "chatcmpl-stored-1"},
                           {"has_more", false}});
@@ -692,6 +695,21 @@ reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t req
   // Stored chat completions (GET /chat/completions) and fine-tuned model deletion, as the
   // OpenAI API answers them: calls on a metered path that are not metered.
   if (req.method == "GET" && route == "/chat/completions") return stored_completions_reply();
+  // Objects that carry the usage of work billed earlier (a stored completion, a batch), and
+  // new work on a path tollgate does not know (an image, with gpt-image-1's usage).
+  if ((req.method == "GET" || req.method == "POST") && route.starts_with("/chat/completions/"))
+    return json_reply(200, stored_completion());
+  if (req.method == "GET" && route.starts_with("/batches/"))
+    return json_reply(200, {{"id", route.substr(9)},
+                            {"object", "batch"},
+                            {"endpoint", "/v1/chat/completions"},
+                            {"status", "in_progress"},
+                            {"usage", {{"input_tokens", 50000}, {"output_tokens", 20000}, {"total_tokens", 70000}}}});
+  if (req.method == "POST" && route == "/images/generations")
+    return json_reply(200, {{"created", 1764460800},
+                            {"data", json::array({{{"b64_json", "aGVsbG8="}}})},
+                            {"usage", {{"input_tokens", 12}, {"output_tokens", 4160}, {"total_tokens", 4172},
+                                       {"input_tokens_details", {{"text_tokens", 12}, {"image_tokens", 0}}}}}});
   if (req.method == "DELETE" && route.starts_with("/models/") && route.size() > 8)
     return json_reply(200, {{"id", route.substr(8)}, {"object", "model"}, {"deleted", true}});
   return echo_reply(req, path, query);

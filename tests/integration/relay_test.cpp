@@ -303,6 +303,26 @@ TEST_CASE("relay: another method on a metered or models path is relayed unmetere
   CHECK(h.metric_sum("tollgate_unmetered_requests_total") == 0);
 }
 
+TEST_CASE("relay: usage in a retrieved or updated stored object is not metered again, new work is", "[relay]") {
+  harness h;
+  // A stored completion retrieved twice and updated, a batch polled twice: billed once, long ago.
+  for (int i = 0; i < 2; ++i) {
+    auto got = tt::request(h.port(), "GET", "/v1/chat/completions/chatcmpl-stored-1");
+    REQUIRE(got.status == 200);
+    CHECK(json::parse(got.body)["usage"]["prompt_tokens"] == 5);  // relayed untouched
+    CHECK(tt::request(h.port(), "GET", "/v1/batches/batch_1").status == 200);
+  }
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions/chatcmpl-stored-1", R"({"metadata":{"k":"v"}})").status == 200);
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE usage_source = 'none' AND prompt_tokens = 0") == 5);
+  // An image made through a path tollgate does not know: its usage is new spend, metered.
+  auto image = tt::post_json(h.port(), "/v1/images/generations", R"({"model":"gpt-image-1","prompt":"a gate"})");
+  REQUIRE(image.status == 200);
+  h.flush();
+  CHECK(h.query_text("SELECT usage_source || ' ' || prompt_tokens || ' ' || completion_tokens FROM calls "
+                     "ORDER BY id DESC LIMIT 1") == "upstream 12 4160");
+}
+
 TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstream's key and ledgered once",
           "[relay][websocket]") {
   namespace beast = boost::beast;

@@ -197,6 +197,25 @@ TEST_CASE("http_rules: the upstream request head", "[http_rules][security]") {
   }
 }
 
+TEST_CASE("http_rules: only new work is metered, never a stored object's usage", "[http_rules]") {
+  for (auto r : {route_kind::chat_completions, route_kind::completions, route_kind::embeddings, route_kind::responses,
+                 route_kind::messages})
+    CHECK(usage_is_new_spend(r, "POST", "/v1/x"));
+  // New work on paths tollgate does not know.
+  CHECK(usage_is_new_spend(route_kind::other, "POST", "/v1/images/generations"));
+  CHECK(usage_is_new_spend(route_kind::other, "POST", "/v1/audio/transcriptions"));
+  CHECK(usage_is_new_spend(route_kind::other, "POST", "/v1/responses/compact"));
+  CHECK(usage_is_new_spend(route_kind::other, "POST", "/v1/responses/compact/"));
+  // Retrievals, updates and cancellations of stored objects, billed when they were made.
+  CHECK_FALSE(usage_is_new_spend(route_kind::other, "GET", "/v1/responses/resp_1"));
+  CHECK_FALSE(usage_is_new_spend(route_kind::other, "GET", "/v1/chat/completions/chatcmpl-1"));
+  CHECK_FALSE(usage_is_new_spend(route_kind::other, "POST", "/v1/chat/completions/chatcmpl-1"));
+  CHECK_FALSE(usage_is_new_spend(route_kind::other, "POST", "/v1/responses/resp_1/cancel"));
+  CHECK_FALSE(usage_is_new_spend(route_kind::other, "GET", "/v1/batches/batch_1"));
+  CHECK_FALSE(usage_is_new_spend(route_kind::other, "GET", "/v1/chat/completions"));
+  CHECK_FALSE(usage_is_new_spend(route_kind::other, "DELETE", "/v1/responses/resp_1"));
+}
+
 TEST_CASE("http_rules: a WebSocket handshake is recognised and goes upstream as one", "[http_rules]") {
   CHECK(is_websocket_upgrade("GET", 11, "Upgrade", "websocket"));
   CHECK(is_websocket_upgrade("GET", 11, "keep-alive, Upgrade", "WebSocket"));  // Firefox; any case
