@@ -166,6 +166,19 @@ bool usage_is_new_spend(route_kind route, std::string_view method, std::string_v
   return true;
 }
 
+std::string_view stored_response_id(std::string_view method, std::string_view path) noexcept {
+  constexpr std::string_view prefix = "/v1/responses/";
+  if (!path.starts_with(prefix)) return {};
+  path.remove_prefix(prefix.size());
+  if (path.ends_with('/')) path.remove_suffix(1);
+  const auto slash = path.find('/');
+  const std::string_view id = path.substr(0, slash), rest = slash == std::string_view::npos ? "" : path.substr(slash);
+  if (id.empty() || id == "compact" || id == "input_tokens") return {};
+  if (method == "GET" && rest.empty()) return id;
+  if (method == "POST" && rest == "/cancel") return id;
+  return {};
+}
+
 bool is_websocket_upgrade(std::string_view method, unsigned version, std::string_view connection,
                           std::string_view upgrade) noexcept {
   // Upgrade is a comma-separated list like Connection's; RFC 6455's keyword has no version.

@@ -98,6 +98,10 @@ void append_upstream_head(std::span<const header_view> client_headers, const ups
 // minute.
 bool usage_is_new_spend(route_kind route, std::string_view method, std::string_view path) noexcept;
 
+// The response id of a Responses API call that reads or ends a stored response (GET
+// /v1/responses/{id}, streamed or not, and POST /v1/responses/{id}/cancel); "" otherwise.
+std::string_view stored_response_id(std::string_view method, std::string_view path) noexcept;
+
 // A WebSocket opening handshake (RFC 6455 §4.1): GET over HTTP/1.1 (version 11) whose
 // Connection lists "upgrade" and whose Upgrade lists "websocket" (both case-insensitive).
 bool is_websocket_upgrade(std::string_view method, unsigned version, std::string_view connection,

@@ -110,6 +110,11 @@ bool has_member(const fast_node& obj, std::string_view key) noexcept {
   return std::any_of(members.begin(), members.end(), [key](const dom::key_value_pair& m) { return m.key == key; });
 }
 
+bool is_true(const json& v) noexcept { return v.is_boolean() && v.get<bool>(); }
+bool is_true(const fast_node& v) noexcept {
+  return v.type() == dom_type::BOOL && v.value.get_bool().value_unsafe();
+}
+
 std::string_view as_string(const json& v) noexcept {
   return v.is_string() ? std::string_view(v.get_ref<const std::string&>()) : std::string_view();
 }
@@ -280,10 +285,13 @@ constexpr bool is_cjk(char32_t cp) noexcept {
 template <class Node>
 response_facts read_response(route_kind route, const Node& j) {
   if (!is_object(j)) return {};
-  return with_members<3>(j, {"model", "id", "usage"}, [&](const Node& model, const Node& id, const Node& u) {
+  return with_members<5>(j, {"model", "id", "usage", "status", "background"},
+                         [&](const Node& model, const Node& id, const Node& u, const Node& status, const Node& bg) {
     response_facts f;
     f.model = as_string(model);
     f.id = as_string(id);
+    f.status = as_string(status);
+    f.background = is_true(bg);
     std::optional<token_usage> t;
     switch (route) {
       case route_kind::chat_completions:

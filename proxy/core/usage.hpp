@@ -20,6 +20,8 @@ struct response_facts {
   token_usage usage;        // converted to the OpenAI convention (see token_usage)
   std::string model;        // response `model` ("" when absent)
   std::string id;           // response `id` ("" when absent)
+  std::string status;       // response `status` (Responses API: queued, in_progress, completed...)
+  bool background = false;  // response `background` is true (Responses API)
 };
 
 // Parses a complete JSON response body of `route`. Never throws; malformed JSON gives

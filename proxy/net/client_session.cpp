@@ -284,6 +284,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     bool body_decoded = false;  // a gzip/deflate request body was decoded in place (admit)
     bool websocket = false;     // a WebSocket opening handshake on a pass-through path (tunnel)
     bool meter = true;          // a 2xx answer's usage is new spend (usage_is_new_spend)
+    std::string background_id;  // reads or cancels a pending background response: metered once
   };
 
   awaitable<bool> handle_one();
@@ -686,6 +687,13 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
   rec.route = rd.route;
   rec.method = std::string(req.method_string());
   c.meter = usage_is_new_spend(rd.route, req.method_string(), tp.path);
+  if (!c.meter && rd.route == route_kind::other) {
+    const std::string_view id = stored_response_id(req.method_string(), tp.path);
+    if (!id.empty() && st_.background_responses.contains(id)) {
+      c.meter = true;
+      c.background_id = std::string(id);
+    }
+  }
   // A handshake has no body (RFC 6455 §4.1); a GET that carries one is relayed as a plain call.
   c.websocket = rd.route == route_kind::other && req.body().empty() &&
                 is_websocket_upgrade(req.method_string(), req.version(), c.head.connection, c.head.upgrade);
@@ -1437,7 +1445,9 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
 
   // Usage and served model.
   auto& facts = c.facts;
+  bool finished_background = false;
   if (meter) {
+    finished_background = meter->has_usage();  // response.completed / failed / incomplete
     rec.served_model = meter->model();
     if (rec.upstream_request_id.empty()) rec.upstream_request_id = meter->id();
     if (meter->has_usage()) {
@@ -1455,6 +1465,10 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     }
   } else if (metered && !parse_.empty() && !parse_overflow && (c.error == errc::ok)) {
     auto rf = extract_response(rec.route, parse_);
+    // A background response answers `queued`: its usage comes with a later retrieval.
+    if (rec.route == route_kind::responses && rf.background && !rf.has_usage && !is_finished_response(rf.status))
+      st_.background_responses.add(rf.id);
+    if (!c.background_id.empty()) finished_background = is_finished_response(rf.status);
     rec.served_model = std::move(rf.model);
     if (rec.upstream_request_id.empty()) rec.upstream_request_id = std::move(rf.id);
     if (rf.has_usage) {
@@ -1467,6 +1481,12 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     rec.source = usage_source::estimated;
   }
   if (c.error != errc::ok) rec.aborted = true;
+  // A pending background response is metered by the first retrieval that sees it finished;
+  // any other retrieval (still running, or a second look) records no usage.
+  if (!c.background_id.empty() && !(finished_background && st_.background_responses.take(c.background_id))) {
+    rec.tokens = {};
+    rec.source = usage_source::none;
+  }
   co_return exchange_result::done;
 }
 

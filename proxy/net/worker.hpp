@@ -22,6 +22,7 @@
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/http_rules.hpp"
+#include "core/pending_responses.hpp"
 #include "core/pricing.hpp"
 #include "core/upstream_router.hpp"
 
@@ -63,6 +64,7 @@ struct shared_state {
   std::atomic<bool> draining{false};
   std::atomic<std::int64_t> inflight{0};
   std::atomic<std::uint64_t> upstream_retries{0};
+  pending_responses background_responses;  // metered once, when a retrieval sees them finished
   bool upstream_key_missing() const noexcept {
     for (const auto& u : upstreams)
       if (u->cfg.api_key.empty()) return true;

@@ -524,6 +524,13 @@ reply responses_reply(const json& body, const knobs& k, std::uint64_t n) {
   };
   const ojson done_item = item("completed", ojson::array({part(text)}));
 
+  if (field(body, "background").is_boolean() && field(body, "background").get<bool>() && !wants_stream(body, k)) {
+    // Background mode: queued now, no usage; GET /responses/resp_bg_* later says completed.
+    ojson queued = response("queued", ojson::array(), false);
+    queued["id"] = "resp_bg_" + std::to_string(n);
+    queued["background"] = true;
+    return json_reply(200, queued);
+  }
   if (!wants_stream(body, k)) return json_reply(200, response("completed", ojson::array({done_item}), true));
 
   std::vector<sse_event> events;
@@ -699,6 +706,22 @@ reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t req
   // new work on a path tollgate does not know (an image, with gpt-image-1's usage).
   if ((req.method == "GET" || req.method == "POST") && route.starts_with("/chat/completions/"))
     return json_reply(200, stored_completion());
+  // A background response (see responses_reply): completed with its usage, or the status
+  // x-fake-response-status names (then without usage).
+  if (req.method == "GET" && route.starts_with("/responses/resp_bg_")) {
+    const std::string status = req.header("x-fake-response-status");
+    json r = {{"id", route.substr(11)},
+              {"object", "response"},
+              {"status", status.empty() ? "completed" : status},
+              {"background", true},
+              {"model", "gpt-4.1-2025-04-14"},
+              {"output", json::array()},
+              {"usage", nullptr}};
+    if (status.empty())
+      r["usage"] = {{"input_tokens", 1000}, {"input_tokens_details", {{"cached_tokens", 0}}}, {"output_tokens", 500},
+                    {"output_tokens_details", {{"reasoning_tokens", 200}}}, {"total_tokens", 1500}};
+    return json_reply(200, r);
+  }
   if (req.method == "GET" && route.starts_with("/batches/"))
     return json_reply(200, {{"id", route.substr(9)},
                             {"object", "batch"},

@@ -323,6 +323,33 @@ TEST_CASE("relay: usage in a retrieved or updated stored object is not metered a
                      "ORDER BY id DESC LIMIT 1") == "upstream 12 4160");
 }
 
+TEST_CASE("relay: a background response is metered once, by the first retrieval that sees it finished",
+          "[relay]") {
+  harness h;
+  auto created = tt::post_json(h.port(), "/v1/responses", R"({"model":"gpt-4.1","input":"hi","background":true})");
+  REQUIRE(created.status == 200);
+  const auto body = json::parse(created.body);
+  CHECK(body["status"] == "queued");
+  const std::string id = body["id"];
+  const std::string path = "/v1/responses/" + id;
+  // Still running: no usage yet. Finished: metered. Looked at again: not again.
+  CHECK(tt::request(h.port(), "GET", path, {}, {{"x-fake-response-status", "in_progress"}}).status == 200);
+  auto done = tt::request(h.port(), "GET", path);
+  REQUIRE(done.status == 200);
+  CHECK(json::parse(done.body)["usage"]["input_tokens"] == 1000);
+  CHECK(tt::request(h.port(), "GET", path).status == 200);
+  // A response tollgate did not see created is not metered (its creator's proxy metered it).
+  CHECK(tt::request(h.port(), "GET", "/v1/responses/resp_bg_elsewhere").status == 200);
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls") == 5);
+  CHECK(h.query_text("SELECT route || ' ' || method || ' ' || prompt_tokens || ' ' || completion_tokens || ' ' || "
+                     "reasoning_tokens || ' ' || price_model FROM calls WHERE usage_source = 'upstream'") ==
+        "other GET 1000 500 200 gpt-4.1");
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE cost_usd > 0") == 1);
+  CHECK(h.query_int("SELECT SUM(prompt_tokens) FROM calls") == 1000);
+  CHECK(h.metric_sum("tollgate_unmetered_requests_total", "route=\"responses\"") == 1);  // the creation
+}
+
 TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstream's key and ledgered once",
           "[relay][websocket]") {
   namespace beast = boost::beast;

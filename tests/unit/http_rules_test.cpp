@@ -216,6 +216,18 @@ TEST_CASE("http_rules: only new work is metered, never a stored object's usage",
   CHECK_FALSE(usage_is_new_spend(route_kind::other, "DELETE", "/v1/responses/resp_1"));
 }
 
+TEST_CASE("http_rules: calls that read or end a stored response name it", "[http_rules]") {
+  CHECK(stored_response_id("GET", "/v1/responses/resp_1") == "resp_1");
+  CHECK(stored_response_id("GET", "/v1/responses/resp_1/") == "resp_1");
+  CHECK(stored_response_id("POST", "/v1/responses/resp_1/cancel") == "resp_1");
+  CHECK(stored_response_id("GET", "/v1/responses/resp_1/input_items").empty());
+  CHECK(stored_response_id("DELETE", "/v1/responses/resp_1").empty());
+  CHECK(stored_response_id("POST", "/v1/responses/compact").empty());
+  CHECK(stored_response_id("POST", "/v1/responses/input_tokens").empty());
+  CHECK(stored_response_id("GET", "/v1/responses").empty());
+  CHECK(stored_response_id("GET", "/v1/chat/completions/resp_1").empty());
+}
+
 TEST_CASE("http_rules: a WebSocket handshake is recognised and goes upstream as one", "[http_rules]") {
   CHECK(is_websocket_upgrade("GET", 11, "Upgrade", "websocket"));
   CHECK(is_websocket_upgrade("GET", 11, "keep-alive, Upgrade", "WebSocket"));  // Firefox; any case

@@ -1,0 +1,38 @@
+#include "core/pending_responses.hpp"
+
+namespace tollgate {
+
+void pending_responses::add(std::string_view id) {
+  if (id.empty()) return;
+  std::lock_guard lock(mu_);
+  if (!ids_.emplace(id).second) return;
+  order_.emplace_back(id);
+  while (order_.size() > cap_) {
+    ids_.erase(order_.front());
+    order_.pop_front();
+  }
+}
+
+bool pending_responses::contains(std::string_view id) const {
+  std::lock_guard lock(mu_);
+  return ids_.find(id) != ids_.end();
+}
+
+bool pending_responses::take(std::string_view id) {
+  std::lock_guard lock(mu_);
+  const auto it = ids_.find(id);
+  if (it == ids_.end()) return false;
+  ids_.erase(it);
+  return true;
+}
+
+std::size_t pending_responses::size() const {
+  std::lock_guard lock(mu_);
+  return ids_.size();
+}
+
+bool is_finished_response(std::string_view status) noexcept {
+  return status == "completed" || status == "failed" || status == "incomplete" || status == "cancelled";
+}
+
+}  // namespace tollgate

@@ -1,0 +1,38 @@
+// Background responses (Responses API, `background: true`) created through tollgate and not yet
+// finished. Their creating call answers `queued` without usage; the usage arrives with a later
+// retrieval, which is metered once: by the first retrieval that sees the response finished
+// (take() is true once per id). Any thread; bounded: past `capacity` ids the oldest is forgotten,
+// and its usage goes unmetered as if it had not been registered.
+#pragma once
+#include <cstddef>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+
+namespace tollgate {
+
+class pending_responses {
+ public:
+  explicit pending_responses(std::size_t capacity = 100'000) : cap_(capacity < 1 ? 1 : capacity) {}
+  void add(std::string_view id);
+  bool contains(std::string_view id) const;
+  bool take(std::string_view id);
+  std::size_t size() const;
+
+ private:
+  struct hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  };
+  mutable std::mutex mu_;
+  std::unordered_set<std::string, hash, std::equal_to<>> ids_;
+  std::deque<std::string> order_;  // insertion order, for the bound (taken ids age out too)
+  std::size_t cap_;
+};
+
+// A Responses API status after which a response does not change: its usage is final.
+bool is_finished_response(std::string_view status) noexcept;
+
+}  // namespace tollgate

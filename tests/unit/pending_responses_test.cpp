@@ -1,0 +1,55 @@
+// The registry of background responses awaiting their metered retrieval (core/pending_responses).
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/pending_responses.hpp"
+
+using tollgate::is_finished_response;
+using tollgate::pending_responses;
+
+TEST_CASE("pending_responses: an id is taken once, and only if it was added", "[pending_responses]") {
+  pending_responses p;
+  CHECK_FALSE(p.take("resp_1"));
+  p.add("resp_1");
+  p.add("resp_1");  // a repeat is one entry
+  p.add("");        // no id, nothing to remember
+  CHECK(p.size() == 1);
+  CHECK(p.contains("resp_1"));
+  CHECK(p.take("resp_1"));
+  CHECK_FALSE(p.take("resp_1"));
+  CHECK_FALSE(p.contains("resp_1"));
+}
+
+TEST_CASE("pending_responses: memory is bounded, the oldest ids go first", "[pending_responses]") {
+  pending_responses p(3);
+  for (int i = 0; i < 10; ++i) p.add("resp_" + std::to_string(i));
+  CHECK(p.size() == 3);
+  CHECK_FALSE(p.contains("resp_6"));
+  for (int i = 7; i < 10; ++i) CHECK(p.contains("resp_" + std::to_string(i)));
+  // Taken ids age out of the order too: adding and taking forever stays bounded.
+  for (int i = 0; i < 1000; ++i) {
+    p.add("x" + std::to_string(i));
+    CHECK(p.take("x" + std::to_string(i)));
+  }
+  CHECK(p.size() <= 3);
+}
+
+TEST_CASE("pending_responses: concurrent retrievals of one finished response meter it once",
+          "[pending_responses]") {
+  pending_responses p;
+  p.add("resp_race");
+  std::atomic<int> wins{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) threads.emplace_back([&] { wins += p.take("resp_race") ? 1 : 0; });
+  for (auto& t : threads) t.join();
+  CHECK(wins == 1);
+}
+
+TEST_CASE("pending_responses: finished statuses", "[pending_responses]") {
+  for (const char* s : {"completed", "failed", "incomplete", "cancelled"}) CHECK(is_finished_response(s));
+  for (const char* s : {"queued", "in_progress", "", "COMPLETED"}) CHECK_FALSE(is_finished_response(s));
+}
