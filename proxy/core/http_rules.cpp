@@ -198,26 +198,30 @@ route_decision classify(std::string_view method, std::string_view path) noexcept
     }
     return d;
   }
-  // The metered routes are POST and the models routes GET. Another method on the same path is
-  // another API call, relayed unmetered like any other /v1 call (route `other`): GET
-  // /v1/chat/completions lists stored completions and DELETE /v1/models/{id} deletes a
-  // fine-tuned model, both in the OpenAI SDK. The upstream answers the methods it lacks.
-  auto metered_post = [&](route_kind r) {
-    if (method == "POST") {
-      d.route = r;
-      d.json_body = true;
+  // The metered routes take POST and the models routes GET. A few other methods on the same
+  // paths are other API calls, relayed unmetered as route `other`: GET /v1/chat/completions
+  // lists stored completions and DELETE /v1/models/{id} deletes a fine-tuned model (both in the
+  // OpenAI SDK), and OPTIONS is a browser's CORS preflight. Any other method is a 405.
+  auto only = [&](std::string_view m, route_kind r, bool json, std::string_view also, std::string_view allow) {
+    d.route = r;
+    if (method == m) {
+      d.json_body = json;
+    } else if (method == "OPTIONS" || (!also.empty() && method == also)) {
+      d.route = route_kind::other;
+    } else {
+      d.error = errc::method_not_allowed;
+      d.allow = allow;
     }
     return d;
   };
-  if (path == "/v1/chat/completions") return metered_post(route_kind::chat_completions);
-  if (path == "/v1/completions") return metered_post(route_kind::completions);
-  if (path == "/v1/embeddings") return metered_post(route_kind::embeddings);
-  if (path == "/v1/responses") return metered_post(route_kind::responses);
-  if (path == "/v1/messages") return metered_post(route_kind::messages);
-  if ((path == "/v1/models" || (path.starts_with("/v1/models/") && path.size() > 11)) && method == "GET") {
-    d.route = route_kind::models;
-    return d;
-  }
+  if (path == "/v1/chat/completions") return only("POST", route_kind::chat_completions, true, "GET", "GET, POST");
+  if (path == "/v1/completions") return only("POST", route_kind::completions, true, {}, "POST");
+  if (path == "/v1/embeddings") return only("POST", route_kind::embeddings, true, {}, "POST");
+  if (path == "/v1/responses") return only("POST", route_kind::responses, true, {}, "POST");
+  if (path == "/v1/messages") return only("POST", route_kind::messages, true, {}, "POST");
+  if (path == "/v1/models") return only("GET", route_kind::models, false, {}, "GET");
+  if (path.starts_with("/v1/models/") && path.size() > 11)
+    return only("GET", route_kind::models, false, "DELETE", "GET, DELETE");
   if (path == "/v1" || path.starts_with("/v1/")) {
     d.route = route_kind::other;  // transparent pass-through, any method
     return d;

@@ -60,6 +60,7 @@ TEST_CASE("client errors: framing problems get their statuses", "[errors]") {
   CHECK(status_of(tt::raw_exchange(h.port(), "GARBAGE\r\n\r\n")) == 400);
   CHECK(status_of(tt::raw_exchange(h.port(), "GET /nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) == 404);
   CHECK(status_of(tt::raw_exchange(h.port(), "DELETE /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) == 405);
+  CHECK(status_of(tt::raw_exchange(h.port(), "GET /v1/embeddings HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) == 405);
   CHECK(status_of(tt::raw_exchange(h.port(), post_raw(std::string(2048, ' ')))) == 413);
   CHECK(status_of(tt::raw_exchange(h.port(), post_raw("{}", "text/plain"))) == 415);
   CHECK(status_of(tt::raw_exchange(h.port(), "GET /v1/../admin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) == 400);

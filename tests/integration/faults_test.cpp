@@ -575,13 +575,17 @@ TEST_CASE("faults: refusals before a call is routed leave no row, refusals of a 
   CHECK(raw("DELETE /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n") == 405);
   CHECK(ledger(h).empty());
   // Ledgered: a /v1 call tollgate refused itself, with the reason.
+  const std::string put = tt::raw_exchange(h.port(), "PUT /v1/chat/completions HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  CHECK(status_of(put) == 405);
+  CHECK(put.find("Allow: GET, POST\r\n") != std::string::npos);
   CHECK(raw(post_head(2, "text/plain") + "{}") == 415);
   CHECK(raw(post_head(5) + "{nope") == 400);
   CHECK(h.upstream->request_count() == 0);
   auto rows = ledger(h);
-  REQUIRE(rows.size() == 2);
-  check_row(rows[0], {"415", "unsupported_media_type", "0", "none"});
-  check_row(rows[1], {"400", "invalid_json", "0", "none"});
+  REQUIRE(rows.size() == 3);
+  check_row(rows[0], {"405", "method_not_allowed", "0", "none"});
+  check_row(rows[1], {"415", "unsupported_media_type", "0", "none"});
+  check_row(rows[2], {"400", "invalid_json", "0", "none"});
 }
 
 // ---------------------------------------------------------------------------------------------

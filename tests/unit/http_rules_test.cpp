@@ -8,6 +8,7 @@
 #include <cctype>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -28,19 +29,27 @@ TEST_CASE("http_rules: routes and methods", "[http_rules]") {
   CHECK(classify("GET", "/v1/models").route == route_kind::models);
   CHECK(classify("GET", "/v1/models/gpt-4.1").route == route_kind::models);
   CHECK_FALSE(classify("GET", "/v1/models").json_body);
-  SECTION("another method on a metered or models path is another API call, passed through") {
+  SECTION("the other API calls on a metered or models path pass through, other methods are 405") {
     // GET /v1/chat/completions lists stored completions, DELETE /v1/models/{id} deletes a
-    // fine-tuned model: both are OpenAI SDK calls, so neither may be refused.
+    // fine-tuned model (both OpenAI SDK calls); OPTIONS is a browser's CORS preflight.
     for (const auto& [method, path] : std::vector<std::pair<std::string_view, std::string_view>>{
              {"GET", "/v1/chat/completions"}, {"GET", "/v1/chat/completions/"}, {"DELETE", "/v1/models/ft:gpt-4.1:acme::x"},
-             {"POST", "/v1/models"}, {"HEAD", "/v1/models"}, {"GET", "/v1/responses"}, {"OPTIONS", "/v1/messages"},
-             {"PUT", "/v1/embeddings"}, {"GET", "/v1/completions"}}) {
+             {"OPTIONS", "/v1/chat/completions"}, {"OPTIONS", "/v1/messages"}, {"OPTIONS", "/v1/models"}}) {
       CAPTURE(method, path);
       const auto d = classify(method, path);
       CHECK(d.error == errc::ok);
       CHECK(d.route == route_kind::other);
       CHECK_FALSE(d.json_body);
-      CHECK(d.allow.empty());
+    }
+    for (const auto& [method, path, allow] : std::vector<std::tuple<std::string_view, std::string_view, std::string_view>>{
+             {"PUT", "/v1/chat/completions", "GET, POST"}, {"DELETE", "/v1/chat/completions", "GET, POST"},
+             {"GET", "/v1/completions", "POST"}, {"GET", "/v1/embeddings", "POST"}, {"GET", "/v1/responses", "POST"},
+             {"GET", "/v1/messages", "POST"}, {"POST", "/v1/models", "GET"}, {"DELETE", "/v1/models", "GET"},
+             {"HEAD", "/v1/models", "GET"}, {"POST", "/v1/models/gpt-4.1", "GET, DELETE"}}) {
+      CAPTURE(method, path);
+      const auto d = classify(method, path);
+      CHECK(d.error == errc::method_not_allowed);
+      CHECK(d.allow == allow);
     }
   }
   SECTION("other /v1 paths pass through with any method") {
