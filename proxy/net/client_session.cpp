@@ -159,6 +159,14 @@ errc classify_upstream_error(const beast::error_code& ec, errc timeout_kind, ste
   return errc::upstream_reset;
 }
 
+// Which failure a response head that could not be read means: a timeout or reset as
+// classify_upstream_error() says, else bytes that arrived but were not HTTP.
+errc upstream_head_error(const beast::error_code& ec, steady::time_point total_deadline) {
+  const errc e = classify_upstream_error(ec, errc::upstream_first_byte_timeout, total_deadline);
+  if (ec != beast::error::timeout && !is_eof_like(ec) && e != errc::upstream_tls) return errc::upstream_protocol;
+  return e;
+}
+
 // The first line of the buffered request is "method SP target SP HTTP/<digit>.<digit>".
 template <class Buffer>
 bool request_line_has_http_version(const Buffer& b) {
@@ -1261,9 +1269,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
       co_return exchange_result::done;
     }
     if (reused && is_eof_like(ec) && !p.got_some()) co_return exchange_result::retry;
-    c.error = classify_upstream_error(ec, errc::upstream_first_byte_timeout, total_deadline);
-    if (ec != beast::error::timeout && !is_eof_like(ec) && c.error != errc::upstream_tls)
-      c.error = errc::upstream_protocol;  // bytes arrived but they were not HTTP
+    c.error = upstream_head_error(ec, total_deadline);
     log_line(log_level::debug, "upstream response head failed").str("error", ec.message());
     co_return exchange_result::done;
   }
@@ -1616,9 +1622,7 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   p.body_limit(1024 * 1024);
   if (!ec) co_await http::async_read(up, conn.buffer, p, redirect_error(use_awaitable, ec));
   if (ec) {
-    c.error = classify_upstream_error(ec, errc::upstream_first_byte_timeout, deadline);
-    if (ec != beast::error::timeout && !is_eof_like(ec) && c.error != errc::upstream_tls)
-      c.error = errc::upstream_protocol;
+    c.error = upstream_head_error(ec, deadline);
     co_return;
   }
   rec.first_byte_ms = ms_between(c.t0, steady::now());
@@ -1670,12 +1674,12 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   // One direction ending (a close, a reset, the deadline) ends the session: shutting both
   // sockets down wakes the other direction's pending read.
   auto relay = [this, &conn](auto& from, auto& to) -> awaitable<void> {
-    std::unique_ptr<char[]> buf(new char[16 * 1024]);
+    relay_lease buf(w_.relay_blocks);
     beast::error_code rec_ec, wec;
     for (;;) {
       const std::size_t n =
-          co_await from.async_read_some(asio::buffer(buf.get(), 16 * 1024), redirect_error(use_awaitable, rec_ec));
-      if (n > 0) co_await asio::async_write(to, asio::buffer(buf.get(), n), redirect_error(use_awaitable, wec));
+          co_await from.async_read_some(asio::buffer(buf.data(), buf.size()), redirect_error(use_awaitable, rec_ec));
+      if (n > 0) co_await asio::async_write(to, asio::buffer(buf.data(), n), redirect_error(use_awaitable, wec));
       if (rec_ec || wec) break;
     }
     beast::error_code ignored;
