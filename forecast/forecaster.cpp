@@ -29,6 +29,9 @@ constexpr double fast_shift_clip = 1.2;     // clip (and shift threshold) of the
 constexpr double min_half_width = 1e-5;   // narrowest band half-width, relative to the log1p median
 constexpr double mae_floor_log = 1e-3;      // member scores below these floors tie (log scale...
 constexpr double mae_floor_count = 1e-9;    // ...count scale: tiny, so dollar-per-bin series work)
+constexpr double clip_members = 0.5;        // combine(): members clipped to the weighted median
+constexpr double clip_next_bin = 2.0;       // +- this x the 90 % half-width (next bin: +- this x)
+constexpr double clip_floor = 0.05;         // ...but never closer than 5 % (log 0.05)
 constexpr std::size_t max_members = 32;     // combine() scores members on the stack (23 today)
 constexpr double vol_days = 3.0;            // volatility used to normalise errors
 constexpr double vol_long_days = 14.0;      // ...floored at 0.3 x its long-run value
@@ -269,14 +272,52 @@ struct forecaster::impl {
       log_score[j] = ls;
       best = std::min(best, ls);
     }
-    double num = 0.0, den = 0.0;
+    // (forecast, weight) of the scored members.
+    std::array<std::pair<double, double>, max_members> fw;
+    std::size_t ns = 0;
+    double num = 0.0, den = 0.0, f_min = std::numeric_limits<double>::infinity(), f_max = -f_min;
     for (std::size_t j = 0; j < nm; ++j) {
       if (!scored[j]) continue;
       const double w = std::exp(weight_power * (best - log_score[j]));
+      fw[ns++] = {f[j], w};
       num += w * f[j];
       den += w;
+      f_min = std::min(f_min, f[j]);
+      f_max = std::max(f_max, f[j]);
     }
-    return den > 0.0 ? num / den : f[0];
+    if (den <= 0.0) return f[0];
+    // A weighted mean of log forecasts is at the mercy of one member that is far out: after an
+    // outage hour the naive, the persistent ETS outputs and a look-up of last week's outage
+    // forecast ~0 while the rest say 300k, and a fifth of the weight on log 0 takes the
+    // combination down 10x. So each member is first clipped to within half the ensemble's
+    // 90 % half-width at this step (on the long-run volatility, so an outage's own errors do
+    // not widen it) of the members' weighted median. At
+    // the next bin the clip is 4 times wider: there the member far from the others is the
+    // naive during a burst, and it is right.
+    const double clip = clip_width(lo, hi == 0);
+    if (f_max - f_min <= clip) return num / den;  // nobody can be clipped
+    std::sort(fw.begin(), fw.begin() + static_cast<std::ptrdiff_t>(ns));
+    double acc = 0.0, med = fw[ns - 1].first;
+    for (std::size_t i = 0; i < ns; ++i) {
+      acc += fw[i].second;
+      if (acc >= 0.5 * den) {
+        med = fw[i].first;
+        break;
+      }
+    }
+    num = 0.0;
+    for (std::size_t i = 0; i < ns; ++i) num += fw[i].second * std::clamp(fw[i].first, med - clip, med + clip);
+    return num / den;
+  }
+
+  // How far (log) a member may sit from the members' weighted median in combine(): a multiple
+  // of the pool's 90 % half-width (volatility-normalised) times the long-run volatility;
+  // infinite while the pool is cold.
+  double clip_width(std::size_t r, bool next_bin) const noexcept {
+    const pool& p = pools[r];
+    if (p.errors.sorted.size() < min_pool) return std::numeric_limits<double>::infinity();
+    const double half = 0.5 * (p.errors.sorted.quantile(0.95) - p.errors.sorted.quantile(0.05));
+    return (next_bin ? clip_next_bin : clip_members) * std::max(half * std::max(vol_long, 1e-3), clip_floor);
   }
 
   double vol_factor() const noexcept {
@@ -345,6 +386,19 @@ struct forecaster::impl {
     anomaly.flag = outside && rare && std::fabs(anomaly.score) >= det_threshold;
   }
 
+  // Median of the cleaned history at this bin's time of day over the last 7 days (NaN with
+  // fewer than 2 of them).
+  double seasonal_reference(std::size_t t) const noexcept {
+    std::array<double, 7> v{};
+    std::size_t c = 0;
+    for (std::size_t d = 1; d <= 7 && d * cal.m <= t; ++d)
+      if (hist.has(t - d * cal.m)) v[c++] = hist.clean(t - d * cal.m);
+    if (c < 2) return std::nan("");
+    for (std::size_t i = 1; i < c; ++i)  // insertion sort (std::sort on 7 trips -Warray-bounds)
+      for (std::size_t j = i; j > 0 && v[j] < v[j - 1]; --j) std::swap(v[j], v[j - 1]);
+    return c % 2 ? v[c / 2] : 0.5 * (v[c / 2 - 1] + v[c / 2]);
+  }
+
   void update(double value) noexcept {
     const std::size_t t = hist.size();  // index of the new bin
     const bool obs = std::isfinite(value);
@@ -403,7 +457,18 @@ struct forecaster::impl {
       z_fill = z_clean = std::isfinite(next_f) ? next_f : (t > 0 ? hist.z(t - 1) : 0.0);
     } else if (spike_scored) {
       const double center = next_f + det_center;
-      z_clean = std::clamp(z, center - clean_threshold * det_scale, center + clean_threshold * det_scale);
+      const double half = clean_threshold * det_scale;
+      z_clean = std::clamp(z, center - half, center + half);
+      // The one-step reference follows an outage down (the naive and the persistent members
+      // forecast the zero that just came), so the bin that ends it would be "cleaned" to
+      // near zero and come back in tomorrow's seasonal look-ups. A bin within the same band
+      // around the seasonal reference (median of this bin over the last days, cleaned) is
+      // normal and kept; otherwise it goes to whichever band's edge is nearer.
+      const double seasonal = seasonal_reference(t);
+      if (z_clean != z && std::isfinite(seasonal)) {
+        const double alt = std::clamp(z, seasonal - half, seasonal + half);
+        if (std::fabs(alt - z) < std::fabs(z_clean - z)) z_clean = alt;
+      }
     }
     hist.push(z_fill, z_clean, obs);
     for (auto& md : models) md->observe(hist, cal, obs);

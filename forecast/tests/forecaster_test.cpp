@@ -95,6 +95,29 @@ TEST_CASE("forecaster: a burst does not corrupt the same hour of the next days",
   CHECK(r.steps[k - 1].quantiles[q95] < 3.0 * daily(burst_at));
 }
 
+TEST_CASE("forecaster: an outage hour does not drag the next day's forecast down", "[forecast]") {
+  // Traffic in the hundreds of thousands an hour with one hour at zero (a collection outage,
+  // as ServeGen's clients show): the hour after it is normal again. Neither that hour nor the
+  // outage may come back in tomorrow's forecast, and the forecasts made right after the outage
+  // stay at the usual level (members that forecast the zero are outliers, not voters).
+  forecaster f = hourly(24);
+  std::mt19937 rng(5);
+  std::normal_distribution<double> noise(0.0, 0.05);
+  const std::size_t outage_at = 14 * 24 + 6;
+  auto traffic = [](std::size_t i) { return 2000.0 * daily(i); };
+  for (std::size_t i = 0; i <= outage_at + 6; ++i) {
+    const double v = i == outage_at ? 0.0 : traffic(i) * std::exp(noise(rng));
+    f.observe(t0 + static_cast<std::int64_t>(i) * 3600, v);
+    if (i > outage_at) {
+      const auto r = f.forecast(24);
+      for (std::size_t k = 1; k <= 24; ++k) {
+        INFO("origin " << i - outage_at << " h after the outage, step " << k);
+        CHECK(rel_err(r.steps[k - 1].point, traffic(i + k)) < 0.3);
+      }
+    }
+  }
+}
+
 TEST_CASE("forecaster: quantiles are ordered and finite on a noisy bursty series", "[forecast]") {
   forecaster_config cfg;
   cfg.bin_s = 600;
