@@ -39,7 +39,7 @@ constexpr double aci_rate = 0.1;            // adaptive tail scale: log step per
 constexpr double aci_log_min = -1.5, aci_log_max = 2.5;
 constexpr double aci_leak_days = 2.0;       // tail scales relax towards 1 with this time constant
 constexpr double level_shift_widening = 0.25;  // extra band width a day ahead (level shifts)
-constexpr double upper_cap_log = 0.6931471805599453;  // p90/p95 at most 2x the busiest bin kept
+constexpr double upper_cap_factor = 2.0;    // p90/p95 at most this x the busiest bin kept
 constexpr double detector_days = 14.0;      // spike detector's memory of one-step errors
 constexpr double clean_threshold = 4.0;     // robust z beyond which seasonal look-ups see a clipped value
 constexpr double cold_sd_max = 1.4;         // cold-start band at most x/÷10 at p95/p05 (1.645 x 1.4 = ln 10)
@@ -573,7 +573,8 @@ struct forecaster::impl {
       // four weeks is no 1-in-20 event; on the public traces the cap changes no coverage and
       // halves the hold-out's pinball loss (RESULTS.md section 9).
       if (rq[lo].warm && rq[hi].warm && std::isfinite(z_max)) {
-        const double cap = std::max(z_max + upper_cap_log - fc, qe[q50] + min_half);
+        // On the count scale (a log1p offset would be additive for dollar-per-bin series).
+        const double cap = std::max(std::log1p(upper_cap_factor * std::expm1(z_max)) - fc, qe[q50] + min_half);
         qe[q90] = std::min(qe[q90], cap);
         qe[q95] = std::min(qe[q95], cap);
       }
