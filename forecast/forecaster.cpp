@@ -159,6 +159,7 @@ struct forecaster::impl {
 
   void reset(std::int64_t start_s) {
     if (cfg.bin_s <= 0 || 86400 % cfg.bin_s != 0) cfg.bin_s = 60;
+    if (!(cfg.unit > 0.0) || !std::isfinite(cfg.unit)) cfg.unit = 1.0;
     cfg.max_horizon = std::max<std::size_t>(cfg.max_horizon, 1);
     cal.bin_s = cfg.bin_s;
     cal.m = static_cast<std::size_t>(86400 / cfg.bin_s);
@@ -382,8 +383,8 @@ struct forecaster::impl {
     spike_scored = true;
     const double center = next_f + det_center;
     const double e = z - next_f;
-    anomaly.expected = std::expm1(center);
-    anomaly.upper = std::expm1(std::max({center + det_threshold * det_scale, next_point + next_q[q95],
+    anomaly.expected = cfg.unit * std::expm1(center);
+    anomaly.upper = cfg.unit * std::expm1(std::max({center + det_threshold * det_scale, next_point + next_q[q95],
                                          next_f + det_tail_hi}));
     anomaly.score = (z - center) / det_scale;
     const bool outside = z - next_point > next_q[q95] || z - next_point < next_q[q05];
@@ -407,7 +408,7 @@ struct forecaster::impl {
   void update(double value) noexcept {
     const std::size_t t = hist.size();  // index of the new bin
     const bool obs = std::isfinite(value);
-    const double y = obs ? std::max(value, 0.0) : std::nan("");
+    const double y = obs ? std::max(value, 0.0) / cfg.unit : std::nan("");
     const double z = obs ? std::log1p(y) : std::nan("");
     spike_scored = false;
     if (obs) score_spike(z);
@@ -580,9 +581,9 @@ struct forecaster::impl {
       }
       step_forecast& sf = out.steps[k - 1];
       sf.timestamp_s = out.origin_s + static_cast<std::int64_t>(k) * cal.bin_s;
-      sf.point = std::max(0.0, std::expm1(fc));
+      sf.point = cfg.unit * std::max(0.0, std::expm1(fc));
       for (std::size_t i = 0; i < 5; ++i) {
-        sf.quantiles[i] = std::max(0.0, std::expm1(fc + qe[i]));
+        sf.quantiles[i] = cfg.unit * std::max(0.0, std::expm1(fc + qe[i]));
         if (i > 0) sf.quantiles[i] = std::max(sf.quantiles[i], sf.quantiles[i - 1]);
       }
     }
@@ -594,6 +595,17 @@ forecaster::forecaster(const forecaster_config& cfg) : impl_(std::make_unique<im
 forecaster::~forecaster() = default;
 forecaster::forecaster(forecaster&&) noexcept = default;
 forecaster& forecaster::operator=(forecaster&&) noexcept = default;
+
+double suggest_unit(const std::vector<double>& values) {
+  std::vector<double> pos;
+  for (double v : values)
+    if (std::isfinite(v) && v > 0.0) pos.push_back(v);
+  if (pos.empty()) return 1.0;
+  const auto mid = pos.begin() + static_cast<std::ptrdiff_t>(pos.size() / 2);
+  std::nth_element(pos.begin(), mid, pos.end());
+  if (*mid >= 1.0) return 1.0;
+  return std::pow(10.0, std::floor(std::log10(*mid)) - 3.0);
+}
 
 void forecaster::fit(const series& s) {
   impl_->cfg.bin_s = s.bin_s;

@@ -151,6 +151,40 @@ TEST_CASE("forecaster: hours of outage do not blow the upper band up", "[forecas
   }
 }
 
+TEST_CASE("forecaster: with a matching unit, dollars are forecast like counts", "[forecast]") {
+  // The same bursty daily traffic as requests per hour and as dollars per hour at $1e-6 a
+  // request. In the caller's unit log1p would be near-linear for the dollars (an additive
+  // model); with unit = 1e-6 every output is the count forecast times 1e-6.
+  forecaster_config counts_cfg;
+  counts_cfg.bin_s = 3600;
+  counts_cfg.max_horizon = 24;
+  forecaster_config usd_cfg = counts_cfg;
+  usd_cfg.unit = 1e-6;
+  forecaster counts(counts_cfg), usd(usd_cfg);
+  std::mt19937 rng(3);
+  std::normal_distribution<double> noise(0.0, 0.3);
+  for (std::size_t i = 0; i < 21 * 24; ++i) {
+    const double calls = std::round(daily(i) * std::exp(noise(rng)) * (i % 97 == 5 ? 8.0 : 1.0));
+    counts.observe(t0 + static_cast<std::int64_t>(i) * 3600, calls);
+    usd.observe(t0 + static_cast<std::int64_t>(i) * 3600, calls * 1e-6);
+    CHECK(usd.anomaly().flag == counts.anomaly().flag);
+  }
+  const auto rc = counts.forecast(24), ru = usd.forecast(24);
+  for (std::size_t k = 1; k <= 24; ++k) {
+    CHECK(ru.steps[k - 1].point == Approx(rc.steps[k - 1].point * 1e-6).epsilon(1e-4));
+    for (std::size_t q = 0; q < 5; ++q) CHECK(ru.steps[k - 1].quantiles[q] == Approx(rc.steps[k - 1].quantiles[q] * 1e-6).epsilon(1e-4));
+  }
+}
+
+TEST_CASE("forecaster: suggest_unit leaves counts alone and scales small amounts", "[forecast]") {
+  CHECK(suggest_unit({}) == 1.0);
+  CHECK(suggest_unit({0.0, 0.0, std::nan("")}) == 1.0);
+  CHECK(suggest_unit({0.0, 1.0, 3.0, 120.0}) == 1.0);
+  // dollars per minute around $0.0003: unit 1e-7, the median is ~3,000 units
+  CHECK(suggest_unit({0.0, 0.00031, 0.00027, 0.0009, 0.0}) == Approx(1e-7));
+  CHECK(suggest_unit({0.5, 0.7, 0.2}) == Approx(1e-4));
+}
+
 TEST_CASE("forecaster: quantiles are ordered and finite on a noisy bursty series", "[forecast]") {
   forecaster_config cfg;
   cfg.bin_s = 600;

@@ -283,6 +283,7 @@ fc::forecaster fit_all(const fc::series& s, std::size_t horizon) {
   fc::forecaster_config cfg;
   cfg.bin_s = s.bin_s;
   cfg.max_horizon = std::max<std::size_t>(horizon, 1);
+  cfg.unit = fc::suggest_unit(s.values);
   fc::forecaster f(cfg);
   progress_bar bar("fitting");
   for (std::size_t i = 0; i < s.size(); ++i) {
@@ -334,6 +335,7 @@ int cmd_plot(const args& a) {
   fc::forecaster_config cfg;
   cfg.bin_s = s.bin_s;
   cfg.max_horizon = std::max(lead, ahead);
+  cfg.unit = fc::suggest_unit(std::vector<double>(s.values.begin(), s.values.begin() + static_cast<std::ptrdiff_t>(std::min(from, s.size()))));
   fc::forecaster f(cfg);
   std::vector<fc::plot_point> pts;
   for (std::size_t i = from; i < s.size() + ahead; ++i) {

@@ -109,6 +109,9 @@ struct tier {
     cfg.bin_s = bin;
     cfg.max_horizon = horizon;
     for (auto s : series) {
+      // Spend is modelled in micro-dollars: a minute's $0.0003 is 300 units, so "twice the
+      // spend" is a ratio on log1p as "twice the calls" is (forecaster_config::unit).
+      cfg.unit = s == s_spend ? 1e-6 : 1.0;
       f[s].emplace(cfg);
       day[s].assign(season, kNaN);
     }
