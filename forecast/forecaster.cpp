@@ -297,9 +297,8 @@ struct forecaster::impl {
     // forecast ~0 while the rest say 300k, and a fifth of the weight on log 0 takes the
     // combination down 10x. So each member is first clipped to within half the ensemble's
     // 90 % half-width at this step (on the long-run volatility, so an outage's own errors do
-    // not widen it) of the members' weighted median. At
-    // the next bin the clip is 4 times wider: there the member far from the others is the
-    // naive during a burst, and it is right.
+    // not widen it) of the members' weighted median. At the next bin the clip is 4 times
+    // wider: there the member far from the others is the naive during a burst, and it is right.
     const double clip = clip_width(lo, hi == 0);
     if (f_max - f_min <= clip) return num / den;  // nobody can be clipped
     std::sort(fw.begin(), fw.begin() + static_cast<std::ptrdiff_t>(ns));
