@@ -174,7 +174,7 @@ backtest_outcome run_backtest(const series& s, const backtest_options& opt) {
     forecaster_config cfg;
     cfg.bin_s = b;
     cfg.max_horizon = h_max;
-    cfg.unit = suggest_unit(std::vector<double>(y.begin(), y.begin() + static_cast<std::ptrdiff_t>(n_train)));
+    cfg.unit = suggest_unit(y, n_train);
     forecaster fc(cfg);
     fc.observe(s.start_s, y[0]);
     for (std::size_t t = 1; t < n_train; ++t) fc.update(y[t]);
@@ -271,7 +271,7 @@ detection_report evaluate_detection(const series& s, const detection_options& op
   forecaster_config cfg = opt.forecaster;
   cfg.bin_s = s.bin_s;
   cfg.max_horizon = std::max<std::size_t>(cfg.max_horizon, 1);
-  cfg.unit = suggest_unit(std::vector<double>(s.values.begin(), s.values.begin() + static_cast<std::ptrdiff_t>(n_train)));
+  cfg.unit = suggest_unit(s.values, n_train);
   forecaster fc(cfg);
   std::vector<char> flag(n, 0);
   for (std::size_t i = 0; i < n; ++i) {

@@ -597,10 +597,10 @@ forecaster::~forecaster() = default;
 forecaster::forecaster(forecaster&&) noexcept = default;
 forecaster& forecaster::operator=(forecaster&&) noexcept = default;
 
-double suggest_unit(const std::vector<double>& values) {
+double suggest_unit(const std::vector<double>& values, std::size_t count) {
   std::vector<double> pos;
-  for (double v : values)
-    if (std::isfinite(v) && v > 0.0) pos.push_back(v);
+  for (std::size_t i = 0; i < std::min(count, values.size()); ++i)
+    if (std::isfinite(values[i]) && values[i] > 0.0) pos.push_back(values[i]);
   if (pos.empty()) return 1.0;
   const auto mid = pos.begin() + static_cast<std::ptrdiff_t>(pos.size() / 2);
   std::nth_element(pos.begin(), mid, pos.end());

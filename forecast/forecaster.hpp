@@ -37,9 +37,10 @@ struct forecaster_config {
   double unit = 1.0;
 };
 
-// A unit for forecaster_config::unit: 1 when the median of the positive finite values is at
-// least 1 (counts), else the power of ten that puts that median in [1,000, 10,000) units.
-double suggest_unit(const std::vector<double>& values);
+// A unit for forecaster_config::unit from the first `count` values (a training part): 1 when
+// the median of the positive finite ones is at least 1 (counts), else the power of ten that
+// puts that median in [1,000, 10,000) units.
+double suggest_unit(const std::vector<double>& values, std::size_t count = static_cast<std::size_t>(-1));
 
 struct step_forecast {
   std::int64_t timestamp_s = 0;      // start of the target bin (unix seconds)

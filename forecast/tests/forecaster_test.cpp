@@ -24,6 +24,13 @@ forecaster hourly(std::size_t horizon) {
   return forecaster(cfg);
 }
 
+forecaster ten_minute(std::size_t horizon) {
+  forecaster_config cfg;
+  cfg.bin_s = 600;
+  cfg.max_horizon = horizon;
+  return forecaster(cfg);
+}
+
 double rel_err(double a, double b) { return std::fabs(a - b) / std::fabs(b); }
 
 void check_well_formed(const forecast_result& r) {
@@ -123,10 +130,7 @@ TEST_CASE("forecaster: hours of outage do not blow the upper band up", "[forecas
   // clients have): the day-ahead error pools hold errors of e^11 both ways, and their 95th
   // percentile put p95 a day ahead at ~10^8 times the traffic. The upper quantiles stay
   // within twice the busiest bin seen, and the band still holds the usual traffic.
-  forecaster_config cfg;
-  cfg.bin_s = 600;
-  cfg.max_horizon = 144;
-  forecaster f(cfg);
+  forecaster f = ten_minute(144);
   std::mt19937 rng(9);
   std::normal_distribution<double> noise(0.0, 0.05);
   auto traffic = [](std::size_t i) {
@@ -186,10 +190,7 @@ TEST_CASE("forecaster: suggest_unit leaves counts alone and scales small amounts
 }
 
 TEST_CASE("forecaster: quantiles are ordered and finite on a noisy bursty series", "[forecast]") {
-  forecaster_config cfg;
-  cfg.bin_s = 600;
-  cfg.max_horizon = 144;
-  forecaster f(cfg);
+  forecaster f = ten_minute(144);
   std::mt19937 rng(3);
   std::lognormal_distribution<double> noise(0.0, 0.6);
   std::bernoulli_distribution burst(0.01);

@@ -335,7 +335,7 @@ int cmd_plot(const args& a) {
   fc::forecaster_config cfg;
   cfg.bin_s = s.bin_s;
   cfg.max_horizon = std::max(lead, ahead);
-  cfg.unit = fc::suggest_unit(std::vector<double>(s.values.begin(), s.values.begin() + static_cast<std::ptrdiff_t>(std::min(from, s.size()))));
+  cfg.unit = fc::suggest_unit(s.values, from);
   fc::forecaster f(cfg);
   std::vector<fc::plot_point> pts;
   for (std::size_t i = from; i < s.size() + ahead; ++i) {
