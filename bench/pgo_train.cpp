@@ -198,16 +198,16 @@ pid_t spawn(const std::string& bin, const std::string& config,
   return pid;
 }
 
-void wait_healthy(pid_t pid, std::uint16_t port) {
+// False when tollgate exited at start-up (its status in *status).
+bool wait_healthy(pid_t pid, std::uint16_t port, int* status) {
   const auto until = std::chrono::steady_clock::now() + 30s;
   const auto probe = make(http::verb::get, "/healthz", "", {});
   while (std::chrono::steady_clock::now() < until) {
-    int status = 0;
-    if (::waitpid(pid, &status, WNOHANG) == pid) {
+    if (::waitpid(pid, status, WNOHANG) == pid) {
       running_child = -1;
-      die("tollgate exited at start-up (status " + std::to_string(status) + ")");
+      return false;
     }
-    if (client(port).call(probe) == 200) return;
+    if (client(port).call(probe) == 200) return true;
     std::this_thread::sleep_for(50ms);
   }
   die("tollgate did not become healthy within 30 s");
@@ -256,14 +256,24 @@ void stop(pid_t pid) {
 
 void phase(const char* name, const std::string& bin, const std::string& config,
            std::vector<std::pair<std::string, std::string>> env, const std::string& key, std::size_t calls) {
-  const std::uint16_t port = free_port(), admin_port = free_port();
-  env.emplace_back("TOLLGATE_LISTEN", "127.0.0.1:" + std::to_string(port));
-  env.emplace_back("TOLLGATE_ADMIN_LISTEN", "127.0.0.1:" + std::to_string(admin_port));
   env.emplace_back("TOLLGATE_LOG_LEVEL", "warn");
   env.emplace_back("TOLLGATE_WORKERS", "1");
   const auto t0 = std::chrono::steady_clock::now();
-  const pid_t pid = spawn(bin, config, env);
-  wait_healthy(pid, port);
+  // The ports are free when picked, but another process (tests run in parallel) can take one
+  // before tollgate binds it: a start-up failure is retried on fresh ports, twice.
+  std::uint16_t port = 0, admin_port = 0;
+  pid_t pid = -1;
+  for (int attempt = 1;; ++attempt) {
+    port = free_port();
+    admin_port = free_port();
+    auto run_env = env;
+    run_env.emplace_back("TOLLGATE_LISTEN", "127.0.0.1:" + std::to_string(port));
+    run_env.emplace_back("TOLLGATE_ADMIN_LISTEN", "127.0.0.1:" + std::to_string(admin_port));
+    pid = spawn(bin, config, run_env);
+    int status = 0;
+    if (wait_healthy(pid, port, &status)) break;
+    if (attempt == 3) die("tollgate exited at start-up (status " + std::to_string(status) + ")");
+  }
   const std::size_t bad = drive(port, admin_port, the_mix(key), calls, 4);
   stop(pid);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -31,6 +31,7 @@
 #include "core/usage.hpp"
 #include "ledger/ledger.hpp"
 #include "net/metrics.hpp"
+#include "net/drained_read.hpp"
 #include "net/worker.hpp"
 
 namespace tollgate {
@@ -407,10 +408,12 @@ awaitable<void> client_session::run() {
         // Hot: a keep-alive client usually sends its next call at once (an agent loop, a pool
         // reusing the connection), so the read goes straight into the buffer, one recv per
         // request. Nothing within hot_idle: the read is cancelled and the connection parks.
+        // A drained read (net/drained_read.hpp): after a request that did not fill the block,
+        // the next one is awaited without a recv that fails first.
         const auto hot = std::min<steady::duration>(hot_idle, wait);
         arm_read_deadline(hot);
         const std::size_t n = co_await stream_.socket().async_read_some(
-            buffer_.prepare(w_.read_blocks.block()), redirect_error(use_awaitable, ec));
+            drained_buffer{buffer_.prepare(w_.read_blocks.block())}, redirect_error(use_awaitable, ec));
         disarm_read_deadline();
         if (!ec) {
           buffer_.commit(n);
@@ -430,9 +433,16 @@ awaitable<void> client_session::run() {
         buffer_.shrink_to_fit();
         for (std::string* s : {&parse_, &out_, &up_head_}) std::string().swap(*s);
         std::vector<header_view>().swap(up_headers_);
-        stream_.expires_after(wait);
-        co_await stream_.async_read_some(asio::buffer(&first_byte_, 1), redirect_error(use_awaitable, ec));
-        if (ec) break;
+        // First a read that does not wait (the socket is non-blocking): an end of stream that
+        // came with the last request is not announced again once the drained read took its
+        // event, and would otherwise hold the connection until the keep-alive timeout.
+        std::size_t got_now = stream_.socket().read_some(asio::buffer(&first_byte_, 1), ec);
+        if (ec == asio::error::would_block) {
+          ec = {};
+          stream_.expires_after(wait);
+          got_now = co_await stream_.async_read_some(asio::buffer(&first_byte_, 1), redirect_error(use_awaitable, ec));
+        }
+        if (ec || got_now != 1) break;
         auto b = buffer_.prepare(w_.read_blocks.block());
         *static_cast<char*>(b.data()) = first_byte_;
         buffer_.commit(1);
@@ -462,9 +472,21 @@ awaitable<void> client_session::linger_close() {
     close_socket();
     co_return;
   }
-  stream_.expires_after(2s);
   std::size_t drained = 0;
   std::array<char, 4096> sink;
+  // What is there already is read without waiting: an end of stream that came with the last
+  // request through a drained read (net/drained_read.hpp) would not wake the async read below.
+  while (drained < (1u << 20)) {
+    const std::size_t n = stream_.socket().read_some(asio::buffer(sink), ec);
+    if (ec == asio::error::would_block) break;
+    if (ec) {
+      close_socket();
+      co_return;
+    }
+    drained += n;
+  }
+  ec = {};
+  stream_.expires_after(2s);
   while (drained < (1u << 20)) {
     auto n = co_await stream_.async_read_some(asio::buffer(sink), redirect_error(use_awaitable, ec));
     if (ec) break;
@@ -1253,7 +1275,31 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     if (c.head_request) parser->skip(true);
   };
   fresh_parser();
-  if (!ec) {
+  // Set by the drained read of the head: the next wait on this socket in this call must follow a
+  // read that does not wait (an end of stream that came with the head is not announced again).
+  bool check_before_wait = false;
+  if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+    // The answer is awaited by a drained read (net/drained_read.hpp: no recv that fails first,
+    // on this call's connection and the next one's) and parsed from the buffer where it is
+    // whole; the async read below carries on only with a head not yet complete. The read size
+    // is Beast's own for the same buffer.
+    if (!ec && conn.buffer.size() == 0) {
+      check_before_wait = true;
+      const std::size_t n = co_await up.async_read_some(
+          drained_buffer{conn.buffer.prepare(beast::read_size(conn.buffer, 65536))}, redirect_error(use_awaitable, ec));
+      conn.buffer.commit(n);
+      // Interim 1xx heads are skipped here too; a head not yet whole makes read_header try the
+      // socket without waiting, which is the check a wait after a drained read needs.
+      while (!ec) {
+        http::read_header(up, conn.buffer, *parser, ec);
+        const int s = parser->get().result_int();
+        if (ec || s / 100 != 1 || s == 101) break;
+        fresh_parser();
+      }
+      if (ec == asio::error::would_block) ec = {};
+    }
+  }
+  if (!ec && !parser->is_header_done()) {
     // Skip interim 1xx responses (e.g. 103 Early Hints); 100 cannot come since Expect is removed.
     for (;;) {
       co_await http::async_read_header(up, conn.buffer, *parser, redirect_error(use_awaitable, ec));
@@ -1372,10 +1418,13 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     // resumed by the async one. What was parsed is relayed before waiting for more.
     bool parsed = false;
     if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
-      if (conn.buffer.size() > 0) {
+      if (conn.buffer.size() > 0 || check_before_wait) {
         http::read_some(up, conn.buffer, p, ec);
         parsed = ec != asio::error::would_block || ures.body().size < relay_buf_.size();
-        if (ec == asio::error::would_block) ec = {};
+        if (ec == asio::error::would_block) {
+          ec = {};
+          check_before_wait = false;  // the socket was just seen empty: waiting is safe
+        }
       }
     }
     if (!parsed) {

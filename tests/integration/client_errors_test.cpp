@@ -3,6 +3,11 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+
+#include <chrono>
+
 #include "support.hpp"
 
 using nlohmann::json;
@@ -92,6 +97,55 @@ TEST_CASE("client errors: pipelined requests are answered in order", "[errors]")
   CHECK(first != std::string::npos);
   CHECK(second != std::string::npos);
   CHECK(raw.find("gpt-4.1", second) != std::string::npos);
+}
+
+TEST_CASE("client errors: a keep-alive client that half-closes after its last request is answered and closed at once",
+          "[errors]") {
+  // The second request and the client's FIN arrive together and are taken by one drained read
+  // (net/drained_read.hpp). The answer goes out; the connection must then close on that end of
+  // stream, not sit until the keep-alive timeout (120 s).
+  harness h;
+  namespace asio = boost::asio;
+  asio::io_context ioc;
+  asio::ip::tcp::socket s(ioc);
+  s.connect({asio::ip::make_address("127.0.0.1"), h.port()});
+  const std::string call = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           "Content-Length: " + std::to_string(tt::chat_body().size()) + "\r\n\r\n" + tt::chat_body();
+  std::string got;
+  char buf[8192];
+  auto read_one = [&] {  // one whole response (Content-Length framed)
+    for (;;) {
+      const auto head_end = got.find("\r\n\r\n");
+      if (head_end != std::string::npos) {
+        const auto cl = got.find("Content-Length: ");
+        REQUIRE(cl != std::string::npos);
+        if (got.size() >= head_end + 4 + std::stoul(got.substr(cl + 16))) return;
+      }
+      boost::system::error_code ec;
+      const std::size_t n = s.read_some(asio::buffer(buf), ec);
+      got.append(buf, n);
+      REQUIRE(!ec);
+    }
+  };
+  asio::write(s, asio::buffer(call));
+  read_one();
+  REQUIRE(status_of(got) == 200);
+  got.clear();
+  const auto t0 = std::chrono::steady_clock::now();
+  asio::write(s, asio::buffer(call));
+  s.shutdown(asio::ip::tcp::socket::shutdown_send);
+  boost::system::error_code ec;
+  while (!ec) {
+    const std::size_t n = s.read_some(asio::buffer(buf), ec);
+    got.append(buf, n);
+  }
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  CHECK(ec == asio::error::eof);
+  CHECK(status_of(got) == 200);
+  CHECK(got.find("chat.completion") != std::string::npos);
+  CHECK(waited < std::chrono::seconds(3));
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE status = 200") == 2);
 }
 
 TEST_CASE("client errors: Expect 100-continue is answered before the body is read", "[errors]") {
