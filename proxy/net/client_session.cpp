@@ -1275,6 +1275,14 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     if (c.head_request) parser->skip(true);
   };
   fresh_parser();
+  // After a head: an interim 1xx (e.g. 103 Early Hints; 100 cannot come since Expect is removed)
+  // is skipped with a fresh parser. True when another head must be read.
+  auto skip_interim = [&] {
+    const int s = parser->get().result_int();
+    if (s / 100 != 1 || s == 101) return false;
+    fresh_parser();
+    return true;
+  };
   // Set by the drained read of the head: the next wait on this socket in this call must follow a
   // read that does not wait (an end of stream that came with the head is not announced again).
   bool check_before_wait = false;
@@ -1288,24 +1296,19 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
       const std::size_t n = co_await up.async_read_some(
           drained_buffer{conn.buffer.prepare(beast::read_size(conn.buffer, 65536))}, redirect_error(use_awaitable, ec));
       conn.buffer.commit(n);
-      // Interim 1xx heads are skipped here too; a head not yet whole makes read_header try the
-      // socket without waiting, which is the check a wait after a drained read needs.
+      // A head not yet whole makes read_header try the socket without waiting, which is the
+      // check a wait after a drained read needs.
       while (!ec) {
         http::read_header(up, conn.buffer, *parser, ec);
-        const int s = parser->get().result_int();
-        if (ec || s / 100 != 1 || s == 101) break;
-        fresh_parser();
+        if (ec || !skip_interim()) break;
       }
       if (ec == asio::error::would_block) ec = {};
     }
   }
   if (!ec && !parser->is_header_done()) {
-    // Skip interim 1xx responses (e.g. 103 Early Hints); 100 cannot come since Expect is removed.
     for (;;) {
       co_await http::async_read_header(up, conn.buffer, *parser, redirect_error(use_awaitable, ec));
-      int s = parser->get().result_int();
-      if (ec || s / 100 != 1 || s == 101) break;
-      fresh_parser();
+      if (ec || !skip_interim()) break;
     }
   }
   auto& p = *parser;

@@ -69,17 +69,24 @@ struct pair_fixture {
   }
   ~pair_fixture() { g_watch_fd = -1; }
 
-  // Runs the loop until the read completes or a second passes; returns the bytes read or -1.
-  long read_some(char* buf, std::size_t size) {
-    long got = -1;
-    server.async_read_some(tollgate::drained_buffer{asio::buffer(buf, size)}, [&](const boost::system::error_code& ec, std::size_t n) {
+  // Starts a read on the server socket and runs the loop until it completes or `limit` passes;
+  // returns the bytes read, -1 if still pending, -2 on an error. The result is a member, so a
+  // read left pending can still complete (cancelled) later.
+  template <class Buffers>
+  long read(const Buffers& buffers, std::chrono::milliseconds limit = 1s) {
+    got = -1;
+    server.async_read_some(buffers, [this](const boost::system::error_code& ec, std::size_t n) {
       got = ec ? -2 : static_cast<long>(n);
     });
     io.restart();
-    const auto until = std::chrono::steady_clock::now() + 1s;
+    const auto until = std::chrono::steady_clock::now() + limit;
     while (got == -1 && std::chrono::steady_clock::now() < until) io.run_for(10ms);
     return got;
   }
+  // A drained read (the type under test).
+  long read_some(char* buf, std::size_t size) { return read(tollgate::drained_buffer{asio::buffer(buf, size)}); }
+
+  long got = -1;
 };
 }  // namespace
 
@@ -130,12 +137,11 @@ TEST_CASE("a peek does not mark the socket drained") {
   char buf[64];
   asio::write(f.client, asio::buffer(std::string("peek")));
   std::this_thread::sleep_for(20ms);
-  long got = -1;
   f.server.async_receive(asio::buffer(buf, sizeof buf), tcp::socket::message_peek,
-                         [&](const boost::system::error_code& ec, std::size_t n) { got = ec ? -2 : long(n); });
+                         [&f](const boost::system::error_code& ec, std::size_t n) { f.got = ec ? -2 : long(n); });
   f.io.restart();
   f.io.run_for(200ms);
-  REQUIRE(got == 4);
+  REQUIRE(f.got == 4);
   CHECK(f.read_some(buf, sizeof buf) == 4);  // the peeked bytes are still there
 }
 
@@ -158,19 +164,9 @@ TEST_CASE("a plain read keeps Asio's rule: the next read tries recv first") {
   pair_fixture f;
   char buf[64];
   asio::write(f.client, asio::buffer(std::string("abc")));
-  long got = -1;
-  f.server.async_read_some(asio::buffer(buf, sizeof buf),
-                           [&](const boost::system::error_code& ec, std::size_t n) { got = ec ? -2 : long(n); });
-  f.io.restart();
-  f.io.run_for(200ms);
-  REQUIRE(got == 3);
+  REQUIRE(f.read(asio::buffer(buf, sizeof buf)) == 3);
   const long before = g_eagain.load();
-  got = -1;
-  f.server.async_read_some(asio::buffer(buf, sizeof buf),
-                           [&](const boost::system::error_code& ec, std::size_t n) { got = ec ? -2 : long(n); });
-  f.io.restart();
-  f.io.run_for(50ms);
-  CHECK(got == -1);
+  CHECK(f.read(asio::buffer(buf, sizeof buf), 50ms) == -1);
   CHECK(g_eagain.load() == before + 1);  // the speculative try
   f.server.cancel();
   f.io.restart();
