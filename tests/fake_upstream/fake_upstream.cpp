@@ -257,6 +257,11 @@ void server::impl::serve(connection& c, Stream& stream, tcp::socket& raw) {
       return;
     }
     detail::reply r = detail::make_reply(rec, k, number);
+    if (k.early_hints) {  // sent at once; x-fake-delay-ms then keeps it apart from the answer
+      beast::error_code ec;
+      net::write(stream, net::buffer(std::string_view("HTTP/1.1 103 Early Hints\r\nLink: </hint.css>; rel=preload\r\n\r\n")), ec);
+      if (ec) return;
+    }
     if (!pause(k.delay)) return;
     const bool keep_alive = respond(c, stream, raw, k, r, number, req.keep_alive());
     if (opts.verbose)

@@ -777,6 +777,7 @@ knobs parse_knobs(const recorded_request& req) {
   k.fault_kind = parse_fault(lower(req.header("x-fake-fault")));
   if (const auto b = header_number(req, "x-fake-body-bytes")) k.body_bytes = static_cast<std::size_t>(*b);
   k.echo_headers = req.header("x-fake-echo-headers") == "1";
+  k.early_hints = req.header("x-fake-early-hints") == "1";
   k.response_headers = response_headers_knob(req.header("x-fake-response-headers"));
   return k;
 }

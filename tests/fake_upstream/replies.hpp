@@ -50,6 +50,7 @@ struct knobs {
   fault fault_kind = fault::none;
   std::optional<std::size_t> body_bytes;
   bool echo_headers = false;
+  bool early_hints = false;  // x-fake-early-hints: 1 — an interim 103 head before the answer
   // x-fake-response-headers: {"Name": "value", ...}, added to the reply (a name the fake sets
   // itself, Server say, is replaced). Names or values with CR, LF or NUL are ignored.
   header_list response_headers;

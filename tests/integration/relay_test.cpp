@@ -573,6 +573,31 @@ TEST_CASE("relay: HTTPS upstream with a private CA file is verified and used", "
   CHECK(s.read_all().find("[DONE]") != std::string::npos);
 }
 
+TEST_CASE("relay: an interim 103 head from the upstream is skipped, plain and TLS, alone or with the answer",
+          "[relay]") {
+  for (bool tls : {false, true}) {
+    harness h([tls] {
+      tt::harness_options o;
+      o.tls = tls;
+      return o;
+    }());
+    // 20 ms apart: the 103 is read alone, then the answer by the wait after it; 0: often one read.
+    for (const char* delay : {"20", "0"}) {
+      INFO("tls " << tls << ", delay " << delay);
+      auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(),
+                             {{"x-fake-early-hints", "1"}, {"x-fake-delay-ms", delay}});
+      CHECK(r.status == 200);
+      CHECK(r.body.find("chat.completion") != std::string::npos);
+      tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", true),
+                          {{"x-fake-early-hints", "1"}, {"x-fake-delay-ms", delay}});
+      CHECK(s.status() == 200);
+      CHECK(s.read_all().find("[DONE]") != std::string::npos);
+    }
+    h.flush();
+    CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE status = 200 AND usage_source = 'upstream'") == 4);
+  }
+}
+
 TEST_CASE("relay: an untrusted upstream certificate is a 502, never a silent downgrade", "[relay][tls]") {
   for (auto kind : {fake::cert_kind::wrong_host, fake::cert_kind::expired, fake::cert_kind::self_signed}) {
     tt::temp_dir d;
