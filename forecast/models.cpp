@@ -194,10 +194,21 @@ class ets_model final : public model {
       for (std::size_t i = 0; i < n; ++i) out[i] = std::nan("");
       return;
     }
-    const std::size_t i = h.size() - 1 + k;
-    const double base = level_ + season_[cal.phase(i)] + weekday_[cal.weekday(i)];
+    const std::size_t t = h.size() - 1, i = t + k;
+    const std::size_t ph = cal.phase(i);
+    // On the first day a bin's profile entry takes nearly all of its deviation from the level
+    // (gain 1 on the first visit), so a target whose time of day was never seen would get
+    // the bare level from every output, the persistent ones included: the current deviation,
+    // parked in the current bin's entry, would be lost. There it persists like the residual
+    // (the persistent outputs follow the series, the pure ETS keeps the level).
+    double season = season_[ph], dev = residual_;
+    if (season_visits_[ph] == 0) {
+      season = 0.0;
+      dev += season_[cal.phase(t)];
+    }
+    const double base = level_ + season + weekday_[cal.weekday(i)];
     const double age = static_cast<double>(k + gap_age_);
-    for (std::size_t j = 0; j < phi_.size(); ++j) out[j] = base + std::pow(phi_[j], age) * residual_;
+    for (std::size_t j = 0; j < phi_.size(); ++j) out[j] = base + std::pow(phi_[j], age) * dev;
   }
 
  private:

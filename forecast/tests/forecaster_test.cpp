@@ -6,6 +6,7 @@
 #include <random>
 
 #include "forecast/forecaster.hpp"
+#include "forecast/models.hpp"
 
 using namespace tollgate::forecast;
 
@@ -291,6 +292,42 @@ TEST_CASE("forecaster: cold start gives finite, wide forecasts", "[forecast]") {
       CHECK(s.quantiles[q95] <= 20000.0 * 10.0);
     }
   }
+}
+
+TEST_CASE("ets: on its first day the persistent outputs carry the current deviation", "[forecast]") {
+  // Ten-minute bins from midnight: 8 hours around 100, then an hour around 150. No time of day
+  // after the last bin has been seen yet. A first visit puts nearly all of a bin's deviation
+  // into that bin's profile entry; a target whose entry was never visited used to get the bare
+  // level from every output, so "today's level carried forward" (persistence 1) was the slow
+  // running mean instead of the last value.
+  detail::history h;
+  h.reset(2000);
+  const detail::calendar cal{144, 600, t0};
+  auto ets = detail::make_ets(detail::ets_params{}, 600);
+  REQUIRE(ets->outputs() == 5);  // persistence per hour 0, 0.5, 0.8, 0.95, 1
+  for (std::size_t i = 0; i < 54; ++i) {
+    const double y = (i < 48 ? 100.0 : 150.0) * (i % 2 == 0 ? 0.95 : 1.05);
+    h.push(std::log1p(y), std::log1p(y), true);
+    ets->observe(h, cal, true);
+  }
+  const double z_now = h.z(53);
+  std::array<double, 5> out{};
+  for (std::size_t k : {1u, 6u, 24u}) {
+    ets->predict(h, cal, k, out.data());
+    INFO("step " << k);
+    CHECK(out[4] == Approx(z_now).margin(1e-6));          // persistence 1: the last value
+    CHECK(out[0] < std::log1p(120.0));                    // persistence 0: the level, still near 100
+    for (std::size_t j = 1; j < 5; ++j) CHECK(out[j - 1] <= out[j] + 1e-12);  // in between, ordered
+  }
+  // A day later every time of day has been visited: the profile speaks again. The same hour
+  // tomorrow (step 144 from the last bin) is forecast near its value today by every output.
+  for (std::size_t i = 54; i < 144 + 54; ++i) {
+    const double y = (i % 144 < 48 ? 100.0 : 150.0) * (i % 2 == 0 ? 0.95 : 1.05);
+    h.push(std::log1p(y), std::log1p(y), true);
+    ets->observe(h, cal, true);
+  }
+  ets->predict(h, cal, 144, out.data());
+  for (double v : out) CHECK(std::expm1(v) == Approx(150.0).epsilon(0.15));
 }
 
 TEST_CASE("forecaster: an all-zero series forecasts zero", "[forecast]") {
