@@ -200,11 +200,12 @@ class ets_model final : public model {
     // (gain 1 on the first visit), so a target whose time of day was never seen would get
     // the bare level from every output, the persistent ones included: the current deviation,
     // parked in the current bin's entry, would be lost. There it persists like the residual
-    // (the persistent outputs follow the series, the pure ETS keeps the level).
+    // (the persistent outputs follow the series, the pure ETS keeps the level). The residual
+    // belongs to the last observed bin, gap_age_ bins back, and so does the entry it pairs with.
     double season = season_[ph], dev = residual_;
     if (season_visits_[ph] == 0) {
       season = 0.0;
-      dev += season_[cal.phase(t)];
+      dev += season_[cal.phase(t - gap_age_)];
     }
     const double base = level_ + season + weekday_[cal.weekday(i)];
     const double age = static_cast<double>(k + gap_age_);

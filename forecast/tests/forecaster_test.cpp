@@ -319,9 +319,17 @@ TEST_CASE("ets: on its first day the persistent outputs carry the current deviat
     CHECK(out[0] < std::log1p(120.0));                    // persistence 0: the level, still near 100
     for (std::size_t j = 1; j < 5; ++j) CHECK(out[j - 1] <= out[j] + 1e-12);  // in between, ordered
   }
+  // Two missing bins (the history holds the ensemble's fill-in there): the deviation carried is
+  // still the last observed bin's.
+  for (std::size_t i = 54; i < 56; ++i) {
+    h.push(z_now, z_now, false);
+    ets->observe(h, cal, false);
+  }
+  ets->predict(h, cal, 1, out.data());
+  CHECK(out[4] == Approx(z_now).margin(1e-6));
   // A day later every time of day has been visited: the profile speaks again. The same hour
   // tomorrow (step 144 from the last bin) is forecast near its value today by every output.
-  for (std::size_t i = 54; i < 144 + 54; ++i) {
+  for (std::size_t i = 56; i < 144 + 56; ++i) {
     const double y = (i % 144 < 48 ? 100.0 : 150.0) * (i % 2 == 0 ? 0.95 : 1.05);
     h.push(std::log1p(y), std::log1p(y), true);
     ets->observe(h, cal, true);
