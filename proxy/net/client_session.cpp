@@ -347,6 +347,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
                       keep, allow, request_id);
   }
   awaitable<void> linger_close();
+  awaitable<std::size_t> read_now_or_wait(asio::mutable_buffer b, steady::time_point until, beast::error_code& ec);
   void finish_call(call& c);
   void arm_read_deadline(steady::duration d);
   void disarm_read_deadline();
@@ -433,15 +434,8 @@ awaitable<void> client_session::run() {
         buffer_.shrink_to_fit();
         for (std::string* s : {&parse_, &out_, &up_head_}) std::string().swap(*s);
         std::vector<header_view>().swap(up_headers_);
-        // First a read that does not wait (the socket is non-blocking): an end of stream that
-        // came with the last request is not announced again once the drained read took its
-        // event, and would otherwise hold the connection until the keep-alive timeout.
-        std::size_t got_now = stream_.socket().read_some(asio::buffer(&first_byte_, 1), ec);
-        if (ec == asio::error::would_block) {
-          ec = {};
-          stream_.expires_after(wait);
-          got_now = co_await stream_.async_read_some(asio::buffer(&first_byte_, 1), redirect_error(use_awaitable, ec));
-        }
+        const std::size_t got_now =
+            co_await read_now_or_wait(asio::buffer(&first_byte_, 1), steady::now() + wait, ec);
         if (ec || got_now != 1) break;
         auto b = buffer_.prepare(w_.read_blocks.block());
         *static_cast<char*>(b.data()) = first_byte_;
@@ -474,25 +468,26 @@ awaitable<void> client_session::linger_close() {
   }
   std::size_t drained = 0;
   std::array<char, 4096> sink;
-  // What is there already is read without waiting: an end of stream that came with the last
-  // request through a drained read (net/drained_read.hpp) would not wake the async read below.
+  const auto until = steady::now() + 2s;
   while (drained < (1u << 20)) {
-    const std::size_t n = stream_.socket().read_some(asio::buffer(sink), ec);
-    if (ec == asio::error::would_block) break;
-    if (ec) {
-      close_socket();
-      co_return;
-    }
-    drained += n;
-  }
-  ec = {};
-  stream_.expires_after(2s);
-  while (drained < (1u << 20)) {
-    auto n = co_await stream_.async_read_some(asio::buffer(sink), redirect_error(use_awaitable, ec));
+    const std::size_t n = co_await read_now_or_wait(asio::buffer(sink), until, ec);
     if (ec) break;
     drained += n;
   }
   close_socket();
+}
+
+// Reads what the socket holds without waiting (it is non-blocking), and waits (until `until`)
+// only when it holds nothing. After a drained read (net/drained_read.hpp) an end of stream that
+// came with the last request is not announced again: a wait alone would not see it and would
+// hold the connection until its deadline.
+awaitable<std::size_t> client_session::read_now_or_wait(asio::mutable_buffer b, steady::time_point until,
+                                                       beast::error_code& ec) {
+  const std::size_t n = stream_.socket().read_some(b, ec);
+  if (ec != asio::error::would_block) co_return n;
+  ec = {};
+  stream_.expires_at(until);
+  co_return co_await stream_.async_read_some(b, redirect_error(use_awaitable, ec));
 }
 
 awaitable<bool> client_session::send_local(int status, std::string body, bool keep, std::string_view allow,
