@@ -11,6 +11,7 @@
 #include <cstring>
 #include <ctime>
 #include <nlohmann/json.hpp>
+#include <openssl/evp.h>
 
 namespace fake::detail {
 namespace {
@@ -197,7 +198,9 @@ reply json_reply(unsigned status, const ojson& body) {
   reply r;
   r.status = status;
   r.headers.emplace_back("Content-Type", json_type);
-  r.body = body.dump();
+  // An echo may carry a binary upload (a file, audio): bytes that are not UTF-8 are replaced
+  // (U+FFFD) instead of making dump() throw, which closed the connection without an answer.
+  r.body = body.dump(-1, ' ', false, ojson::error_handler_t::replace);
   return r;
 }
 
@@ -668,6 +671,94 @@ reply stored_completions_reply() {
                           {"has_more", false}});
 }
 
+// The `file` part of a multipart/form-data body (RFC 7578): its bytes and filename, or nullopt
+// when the body is not multipart or has no such part. Enough for the SDKs' uploads, which
+// quote the boundary or not and end each part's head with CRLF CRLF.
+struct upload_part {
+  std::string_view data, filename;
+};
+std::optional<upload_part> multipart_file(const recorded_request& req) {
+  const std::string type = req.header("content-type");
+  const std::string lt = lower(type);
+  if (!lt.starts_with("multipart/form-data")) return std::nullopt;
+  auto b = lt.find("boundary=");
+  if (b == std::string::npos) return std::nullopt;
+  std::string boundary = type.substr(b + 9);
+  if (auto semi = boundary.find(';'); semi != std::string::npos) boundary.resize(semi);
+  if (boundary.size() >= 2 && boundary.front() == '"' && boundary.back() == '"') boundary = boundary.substr(1, boundary.size() - 2);
+  if (boundary.empty()) return std::nullopt;
+  const std::string delim = "--" + boundary;
+  const std::string_view body = req.body;
+  std::size_t at = body.find(delim);
+  while (at != std::string_view::npos) {
+    const std::size_t head = at + delim.size() + 2;  // past "--boundary\r\n"
+    const std::size_t head_end = body.find("\r\n\r\n", head);
+    if (head_end == std::string_view::npos) return std::nullopt;
+    const std::size_t data = head_end + 4;
+    const std::size_t next = body.find("\r\n" + delim, data);
+    if (next == std::string_view::npos) return std::nullopt;
+    const std::string part_head = lower(body.substr(head, head_end - head));
+    if (part_head.find("name=\"file\"") != std::string::npos) {
+      upload_part u{body.substr(data, next - data), {}};
+      const std::string_view raw_head = body.substr(head, head_end - head);
+      if (auto f = part_head.find("filename=\""); f != std::string::npos) {
+        const auto end = raw_head.find('"', f + 10);
+        if (end != std::string_view::npos) u.filename = raw_head.substr(f + 10, end - f - 10);
+      }
+      return u;
+    }
+    at = next + 2;
+  }
+  return std::nullopt;
+}
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out += hex[md[i] >> 4];
+    out += hex[md[i] & 15];
+  }
+  return out;
+}
+
+// Uploads (POST /files, /audio/transcriptions, /audio/translations) answer as OpenAI (or, for a
+// /files call with anthropic-version, Anthropic) does, with
+// the size and, in an extra member `fake_sha256`, the SHA-256 of the bytes received in the
+// `file` part, so a client can check that its upload went through the relay byte for byte.
+std::optional<reply> upload_reply(const recorded_request& req, std::string_view route, std::uint64_t request_number) {
+  const auto part = multipart_file(req);
+  if (!part) return std::nullopt;
+  reply r;
+  if (route == "/files" && !req.header("anthropic-version").empty()) {  // Anthropic's Files API
+    r = json_reply(200, {{"id", "file_fake" + std::to_string(request_number)},
+                         {"type", "file"},
+                         {"filename", part->filename},
+                         {"mime_type", "application/octet-stream"},
+                         {"size_bytes", part->data.size()},
+                         {"created_at", "2025-11-30T00:00:00Z"},
+                         {"downloadable", false},
+                         {"fake_sha256", sha256_hex(part->data)}});
+  } else if (route == "/files") {
+    r = json_reply(200, {{"id", "file-fake" + std::to_string(request_number)},
+                         {"object", "file"},
+                         {"bytes", part->data.size()},
+                         {"created_at", 1764460800},
+                         {"filename", part->filename},
+                         {"purpose", "batch"},
+                         {"status", "processed"},
+                         {"fake_sha256", sha256_hex(part->data)}});
+  } else {
+    r = json_reply(200, {{"text", "Fake transcription of " + std::to_string(part->data.size()) + " bytes."},
+                         {"usage", {{"type", "duration"}, {"seconds", 3}}},
+                         {"fake_sha256", sha256_hex(part->data)}});
+  }
+  return r;
+}
+
 reply echo_reply(const recorded_request& req, std::string_view path, std::string_view query) {
   return json_reply(200, {{"method", req.method},
                           {"path", path},
@@ -733,6 +824,8 @@ reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t req
                             {"data", json::array({{{"b64_json", "aGVsbG8="}}})},
                             {"usage", {{"input_tokens", 12}, {"output_tokens", 4160}, {"total_tokens", 4172},
                                        {"input_tokens_details", {{"text_tokens", 12}, {"image_tokens", 0}}}}}});
+  if (req.method == "POST" && (route == "/files" || route == "/audio/transcriptions" || route == "/audio/translations"))
+    if (auto r = upload_reply(req, route, request_number)) return std::move(*r);
   if (req.method == "DELETE" && route.starts_with("/models/") && route.size() > 8)
     return json_reply(200, {{"id", route.substr(8)}, {"object", "model"}, {"deleted", true}});
   return echo_reply(req, path, query);

@@ -9,9 +9,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFileSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 
 const sdk = process.env.ANTHROPIC_SDK || 'anthropic-sdk-1';
-const { default: Anthropic } = await import(sdk);
+const { default: Anthropic, toFile } = await import(sdk);
 const sdkVersion = JSON.parse(readFileSync(new URL(`./node_modules/${sdk}/package.json`, import.meta.url))).version;
 const generation = Number(sdkVersion.split('.')[0]);
 
@@ -277,6 +278,18 @@ async function assertRejects(promise, status, type, errorClass) {
 
 // 0.x has no class of its own for 529; 1.x adds OverloadedError (a subclass of InternalServerError).
 const overloaded = Anthropic.OverloadedError ?? Anthropic.InternalServerError;
+
+// The Files API (beta): a multipart upload of arbitrary bytes, relayed unmetered. The fake
+// upstream answers with the size and SHA-256 of the `file` part it received.
+test(`${sdk}: beta.files.upload passes a binary multipart body byte for byte`, async () => {
+  const bytes = Buffer.alloc(1024 * 1024 + 3);
+  for (let i = 0; i < bytes.length; ++i) bytes[i] = (i * 7919 + (i >> 11)) & 0xff;
+  const meta = await client.beta.files.upload({ file: await toFile(bytes, 'report.pdf', { type: 'application/pdf' }) });
+  assert.equal(meta.type, 'file');
+  assert.equal(meta.filename, 'report.pdf');
+  assert.equal(meta.size_bytes, bytes.length);
+  assert.equal(meta.fake_sha256, createHash('sha256').update(bytes).digest('hex'));
+});
 
 test(`${sdk}: a 429 surfaces as RateLimitError with Retry-After`, async () => {
   const { options } = call('error-429', { 'x-fake-status': '429' });

@@ -3,9 +3,10 @@
 // embeddings, models, errors and response headers. Run: node --test openai_sdk_test.mjs
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import OpenAI from 'openai';
+import OpenAI, { toFile } from 'openai';
 import { OpenAIRealtimeWS } from 'openai/realtime/ws';
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -121,6 +122,24 @@ test('stored chat completions list and model deletion: same paths as metered cal
   const deleted = await client.models.delete('ft:gpt-4.1:acme::x1');
   assert.equal(deleted.id, 'ft:gpt-4.1:acme::x1');
   assert.equal(deleted.deleted, true);
+});
+
+// Uploads are multipart/form-data bodies of arbitrary bytes, relayed unmetered (route other).
+// The fake upstream answers with the size and SHA-256 of the `file` part it received.
+test('uploads: files.create and audio.transcriptions pass binary multipart bodies byte for byte', async () => {
+  const bytes = Buffer.alloc(3 * 1024 * 1024 + 17);
+  for (let i = 0; i < bytes.length; ++i) bytes[i] = (i * 7919 + (i >> 11)) & 0xff;  // every byte value, no period of 2^n
+  const sha256 = (b) => createHash('sha256').update(b).digest('hex');
+  const file = await client.files.create({ file: await toFile(bytes, 'batch input.jsonl'), purpose: 'batch' });
+  assert.equal(file.object, 'file');
+  assert.equal(file.bytes, bytes.length);
+  assert.equal(file.filename, 'batch input.jsonl');
+  assert.equal(file.fake_sha256, sha256(bytes));
+
+  const audio = bytes.subarray(5, 200_005);
+  const transcript = await client.audio.transcriptions.create({ file: await toFile(audio, 'speech.mp3'), model: 'whisper-1' });
+  assert.equal(transcript.text, 'Fake transcription of 200000 bytes.');
+  assert.equal(transcript.fake_sha256, sha256(audio));
 });
 
 test('a 429 surfaces as RateLimitError with Retry-After', async () => {
