@@ -671,13 +671,13 @@ reply stored_completions_reply() {
                           {"has_more", false}});
 }
 
-// The `file` part of a multipart/form-data body (RFC 7578): its bytes and filename, or nullopt
-// when the body is not multipart or has no such part. Enough for the SDKs' uploads, which
-// quote the boundary or not and end each part's head with CRLF CRLF.
-struct upload_part {
+// A part of a multipart/form-data body (RFC 7578) by its field name: its bytes and filename, or
+// nullopt when the body is not multipart or has no such part. Enough for the SDKs' uploads,
+// which quote the boundary or not and end each part's head with CRLF CRLF.
+struct form_part {
   std::string_view data, filename;
 };
-std::optional<upload_part> multipart_file(const recorded_request& req) {
+std::optional<form_part> multipart_part(const recorded_request& req, std::string_view name) {
   const std::string type = req.header("content-type");
   const std::string lt = lower(type);
   if (!lt.starts_with("multipart/form-data")) return std::nullopt;
@@ -688,6 +688,7 @@ std::optional<upload_part> multipart_file(const recorded_request& req) {
   if (boundary.size() >= 2 && boundary.front() == '"' && boundary.back() == '"') boundary = boundary.substr(1, boundary.size() - 2);
   if (boundary.empty()) return std::nullopt;
   const std::string delim = "--" + boundary;
+  const std::string wanted = "name=\"" + lower(name) + "\"";
   const std::string_view body = req.body;
   std::size_t at = body.find(delim);
   while (at != std::string_view::npos) {
@@ -697,13 +698,15 @@ std::optional<upload_part> multipart_file(const recorded_request& req) {
     const std::size_t data = head_end + 4;
     const std::size_t next = body.find("\r\n" + delim, data);
     if (next == std::string_view::npos) return std::nullopt;
-    const std::string part_head = lower(body.substr(head, head_end - head));
-    if (part_head.find("name=\"file\"") != std::string::npos) {
-      upload_part u{body.substr(data, next - data), {}};
-      const std::string_view raw_head = body.substr(head, head_end - head);
+    const std::string_view raw_head = body.substr(head, head_end - head);
+    const std::string part_head = lower(raw_head);
+    // `name="x"` as its own parameter, not the tail of `filename="x"`.
+    for (auto n = part_head.find(wanted); n != std::string::npos; n = part_head.find(wanted, n + 1)) {
+      if (n == 0 || (part_head[n - 1] != ' ' && part_head[n - 1] != ';')) continue;
+      form_part u{body.substr(data, next - data), {}};
       if (auto f = part_head.find("filename=\""); f != std::string::npos) {
-        const auto end = raw_head.find('"', f + 10);
-        if (end != std::string_view::npos) u.filename = raw_head.substr(f + 10, end - f - 10);
+        const auto close = raw_head.find('"', f + 10);
+        if (close != std::string_view::npos) u.filename = raw_head.substr(f + 10, close - f - 10);
       }
       return u;
     }
@@ -725,38 +728,37 @@ std::string sha256_hex(std::string_view data) {
   return out;
 }
 
-// Uploads (POST /files, /audio/transcriptions, /audio/translations) answer as OpenAI (or, for a
-// /files call with anthropic-version, Anthropic) does, with
-// the size and, in an extra member `fake_sha256`, the SHA-256 of the bytes received in the
-// `file` part, so a client can check that its upload went through the relay byte for byte.
+// Uploads (POST /files, /audio/transcriptions, /audio/translations) answer as OpenAI does (a
+// /files call with anthropic-version as Anthropic does), with the size and, in an extra member
+// `fake_sha256`, the SHA-256 of the bytes received in the `file` part, so a client can check
+// that its upload went through the relay byte for byte.
 std::optional<reply> upload_reply(const recorded_request& req, std::string_view route, std::uint64_t request_number) {
-  const auto part = multipart_file(req);
-  if (!part) return std::nullopt;
-  reply r;
-  if (route == "/files" && !req.header("anthropic-version").empty()) {  // Anthropic's Files API
-    r = json_reply(200, {{"id", "file_fake" + std::to_string(request_number)},
-                         {"type", "file"},
-                         {"filename", part->filename},
-                         {"mime_type", "application/octet-stream"},
-                         {"size_bytes", part->data.size()},
-                         {"created_at", "2025-11-30T00:00:00Z"},
-                         {"downloadable", false},
-                         {"fake_sha256", sha256_hex(part->data)}});
-  } else if (route == "/files") {
-    r = json_reply(200, {{"id", "file-fake" + std::to_string(request_number)},
-                         {"object", "file"},
-                         {"bytes", part->data.size()},
-                         {"created_at", 1764460800},
-                         {"filename", part->filename},
-                         {"purpose", "batch"},
-                         {"status", "processed"},
-                         {"fake_sha256", sha256_hex(part->data)}});
-  } else {
-    r = json_reply(200, {{"text", "Fake transcription of " + std::to_string(part->data.size()) + " bytes."},
-                         {"usage", {{"type", "duration"}, {"seconds", 3}}},
-                         {"fake_sha256", sha256_hex(part->data)}});
+  const auto file = multipart_part(req, "file");
+  if (!file) return std::nullopt;
+  const std::string sha = sha256_hex(file->data);
+  if (route == "/files" && !req.header("anthropic-version").empty())  // Anthropic's Files API
+    return json_reply(200, {{"id", "file_fake" + std::to_string(request_number)},
+                            {"type", "file"},
+                            {"filename", file->filename},
+                            {"mime_type", "application/octet-stream"},
+                            {"size_bytes", file->data.size()},
+                            {"created_at", "2025-11-30T00:00:00Z"},
+                            {"downloadable", false},
+                            {"fake_sha256", sha}});
+  if (route == "/files") {
+    const auto purpose = multipart_part(req, "purpose");
+    return json_reply(200, {{"id", "file-fake" + std::to_string(request_number)},
+                            {"object", "file"},
+                            {"bytes", file->data.size()},
+                            {"created_at", 1764460800},
+                            {"filename", file->filename},
+                            {"purpose", purpose ? purpose->data : std::string_view("user_data")},
+                            {"status", "processed"},
+                            {"fake_sha256", sha}});
   }
-  return r;
+  return json_reply(200, {{"text", "Fake transcription of " + std::to_string(file->data.size()) + " bytes."},
+                          {"usage", {{"type", "duration"}, {"seconds", 3}}},
+                          {"fake_sha256", sha}});
 }
 
 reply echo_reply(const recorded_request& req, std::string_view path, std::string_view query) {

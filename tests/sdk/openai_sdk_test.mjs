@@ -134,6 +134,7 @@ test('uploads: files.create and audio.transcriptions pass binary multipart bodie
   assert.equal(file.object, 'file');
   assert.equal(file.bytes, bytes.length);
   assert.equal(file.filename, 'batch input.jsonl');
+  assert.equal(file.purpose, 'batch');
   assert.equal(file.fake_sha256, sha256(bytes));
 
   const audio = bytes.subarray(5, 200_005);
