@@ -671,48 +671,48 @@ reply stored_completions_reply() {
                           {"has_more", false}});
 }
 
-// A part of a multipart/form-data body (RFC 7578) by its field name: its bytes and filename, or
-// nullopt when the body is not multipart or has no such part. Enough for the SDKs' uploads,
-// which quote the boundary or not and end each part's head with CRLF CRLF.
+// The parts of a multipart/form-data body (RFC 7578), in order, split in one pass: field name,
+// filename and bytes of each; empty when the body is not multipart. Enough for the SDKs'
+// uploads, which quote the boundary or not and end each part's head with CRLF CRLF.
 struct form_part {
-  std::string_view data, filename;
+  std::string_view name, filename, data;
 };
-std::optional<form_part> multipart_part(const recorded_request& req, std::string_view name) {
+std::vector<form_part> multipart_parts(const recorded_request& req) {
+  std::vector<form_part> parts;
   const std::string type = req.header("content-type");
   const std::string lt = lower(type);
-  if (!lt.starts_with("multipart/form-data")) return std::nullopt;
-  auto b = lt.find("boundary=");
-  if (b == std::string::npos) return std::nullopt;
+  const auto b = lt.find("boundary=");
+  if (!lt.starts_with("multipart/form-data") || b == std::string::npos) return parts;
   std::string boundary = type.substr(b + 9);
   if (auto semi = boundary.find(';'); semi != std::string::npos) boundary.resize(semi);
   if (boundary.size() >= 2 && boundary.front() == '"' && boundary.back() == '"') boundary = boundary.substr(1, boundary.size() - 2);
-  if (boundary.empty()) return std::nullopt;
+  if (boundary.empty()) return parts;
   const std::string delim = "--" + boundary;
-  const std::string wanted = "name=\"" + lower(name) + "\"";
   const std::string_view body = req.body;
-  std::size_t at = body.find(delim);
-  while (at != std::string_view::npos) {
+  // A quoted parameter of the part's head, e.g. name="x"; `name` must start a parameter, so it
+  // is not found as the tail of filename="x".
+  auto param = [](std::string_view raw_head, const std::string& lowered, std::string_view key) {
+    const std::string wanted = std::string(key) + "=\"";
+    for (auto n = lowered.find(wanted); n != std::string::npos; n = lowered.find(wanted, n + 1)) {
+      if (n != 0 && lowered[n - 1] != ' ' && lowered[n - 1] != ';') continue;
+      const auto open = n + wanted.size(), close = raw_head.find('"', open);
+      if (close != std::string_view::npos) return raw_head.substr(open, close - open);
+    }
+    return std::string_view{};
+  };
+  for (std::size_t at = body.find(delim); at != std::string_view::npos;) {
     const std::size_t head = at + delim.size() + 2;  // past "--boundary\r\n"
     const std::size_t head_end = body.find("\r\n\r\n", head);
-    if (head_end == std::string_view::npos) return std::nullopt;
+    if (head_end == std::string_view::npos) break;
     const std::size_t data = head_end + 4;
     const std::size_t next = body.find("\r\n" + delim, data);
-    if (next == std::string_view::npos) return std::nullopt;
+    if (next == std::string_view::npos) break;
     const std::string_view raw_head = body.substr(head, head_end - head);
-    const std::string part_head = lower(raw_head);
-    // `name="x"` as its own parameter, not the tail of `filename="x"`.
-    for (auto n = part_head.find(wanted); n != std::string::npos; n = part_head.find(wanted, n + 1)) {
-      if (n == 0 || (part_head[n - 1] != ' ' && part_head[n - 1] != ';')) continue;
-      form_part u{body.substr(data, next - data), {}};
-      if (auto f = part_head.find("filename=\""); f != std::string::npos) {
-        const auto close = raw_head.find('"', f + 10);
-        if (close != std::string_view::npos) u.filename = raw_head.substr(f + 10, close - f - 10);
-      }
-      return u;
-    }
+    const std::string lowered = lower(raw_head);
+    parts.push_back({param(raw_head, lowered, "name"), param(raw_head, lowered, "filename"), body.substr(data, next - data)});
     at = next + 2;
   }
-  return std::nullopt;
+  return parts;
 }
 
 std::string sha256_hex(std::string_view data) {
@@ -733,7 +733,13 @@ std::string sha256_hex(std::string_view data) {
 // `fake_sha256`, the SHA-256 of the bytes received in the `file` part, so a client can check
 // that its upload went through the relay byte for byte.
 std::optional<reply> upload_reply(const recorded_request& req, std::string_view route, std::uint64_t request_number) {
-  const auto file = multipart_part(req, "file");
+  const auto parts = multipart_parts(req);
+  auto field = [&parts](std::string_view name) -> const form_part* {
+    for (const auto& p : parts)
+      if (p.name == name) return &p;
+    return nullptr;
+  };
+  const form_part* file = field("file");
   if (!file) return std::nullopt;
   const std::string sha = sha256_hex(file->data);
   if (route == "/files" && !req.header("anthropic-version").empty())  // Anthropic's Files API
@@ -746,7 +752,7 @@ std::optional<reply> upload_reply(const recorded_request& req, std::string_view 
                             {"downloadable", false},
                             {"fake_sha256", sha}});
   if (route == "/files") {
-    const auto purpose = multipart_part(req, "purpose");
+    const form_part* purpose = field("purpose");
     return json_reply(200, {{"id", "file-fake" + std::to_string(request_number)},
                             {"object", "file"},
                             {"bytes", file->data.size()},
