@@ -712,6 +712,11 @@ class loader {
   fields server_fields() {
     return {
         {"max_body_bytes", [this](const entry& e) { cfg_.max_body_bytes = size(e); }},
+        {"max_upload_bytes", [this](const entry& e) {
+           // 0 turns spooling off: every body is bounded by max_body_bytes.
+           cfg_.max_upload_bytes = trim(text(e)) == "0" ? 0 : size(e);
+         }},
+        {"spool_dir", [this](const entry& e) { cfg_.spool_dir = text(e); }},
         {"max_header_bytes", [this](const entry& e) { cfg_.max_header_bytes = size(e); }},
         {"header_timeout", [this](const entry& e) { cfg_.header_timeout = duration(e); }},
         {"body_timeout", [this](const entry& e) { cfg_.body_timeout = duration(e); }},

@@ -81,6 +81,10 @@ struct config {
 
   // Client side.
   std::size_t max_body_bytes = 32u << 20;   // 413 above
+  // A pass-through call's body over max_body_bytes (or chunked) is stored in an unnamed file in
+  // spool_dir and sent from there, up to this size (413 above); 0 or <= max_body_bytes: off.
+  std::uint64_t max_upload_bytes = 1ull << 30;
+  std::string spool_dir;                    // "": $TMPDIR, else /var/tmp
   std::size_t max_header_bytes = 64u << 10; // 431 above
   millis header_timeout{30'000};            // whole request head must arrive within this (slowloris)
   millis body_timeout{300'000};             // request body must arrive within this

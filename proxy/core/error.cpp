@@ -42,6 +42,7 @@ std::string_view error_name(errc e) noexcept {
     case errc::upstream_key_missing: return "upstream_key_missing";
     case errc::ledger_backpressure: return "ledger_backpressure";
     case errc::shutting_down: return "shutting_down";
+    case errc::upload_spool_failed: return "upload_spool_failed";
     case errc::upstream_connect: return "upstream_connect";
     case errc::upstream_tls: return "upstream_tls";
     case errc::upstream_reset: return "upstream_reset";
@@ -80,6 +81,7 @@ int http_status(errc e) noexcept {
     case errc::upstream_key_missing:
     case errc::ledger_backpressure:
     case errc::shutting_down: return 503;
+    case errc::upload_spool_failed: return 507;  // Insufficient Storage (RFC 4918 §11.5)
     case errc::upstream_connect:
     case errc::upstream_tls:
     case errc::upstream_reset:
@@ -133,6 +135,7 @@ std::string_view default_message(errc e) noexcept {
       return "tollgate has no upstream API key configured: set TOLLGATE_UPSTREAM_API_KEY (or upstream.api_key).";
     case errc::ledger_backpressure: return "tollgate's ledger queue is full; retry shortly.";
     case errc::shutting_down: return "tollgate is shutting down; retry on another instance.";
+    case errc::upload_spool_failed: return "tollgate could not store the request body (server.spool_dir).";
     case errc::upstream_connect: return "Could not connect to the upstream.";
     case errc::upstream_tls: return "TLS handshake with the upstream failed (certificate not trusted or host name mismatch).";
     case errc::upstream_reset: return "The upstream closed the connection before completing its response.";

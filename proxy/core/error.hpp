@@ -31,6 +31,7 @@ enum class errc {
   upstream_key_missing,   // no upstream API key configured
   ledger_backpressure,    // ledger queue full: refuse rather than lose a row
   shutting_down,
+  upload_spool_failed,    // a large upload's body could not be stored (server.spool_dir)
   // Upstream (5xx).
   upstream_connect,       // DNS failure, refused, unreachable
   upstream_tls,           // handshake or certificate verification failed

@@ -19,6 +19,7 @@
 #include <array>
 #include <charconv>
 #include <cerrno>
+#include <cstring>
 #include <mutex>
 #include <random>
 #include <set>
@@ -32,6 +33,7 @@
 #include "ledger/ledger.hpp"
 #include "net/metrics.hpp"
 #include "net/drained_read.hpp"
+#include "net/spool_body.hpp"
 #include "net/worker.hpp"
 
 namespace tollgate {
@@ -46,6 +48,10 @@ using namespace std::literals;
 namespace {
 
 constexpr auto local_write_timeout = 30s;
+constexpr std::string_view upload_too_large =
+    "Request body exceeds the configured limit for uploads (server.max_upload_bytes).";
+// A stored upload goes upstream in writes of this size (see send_spooled).
+constexpr std::size_t spool_chunk = 256 * 1024;
 // How long a keep-alive connection waits for its next request with a read buffer ready (one recv
 // per request) before it gives the buffer back and parks on a 1-byte read (see run()).
 constexpr auto hot_idle = 50ms;
@@ -242,6 +248,7 @@ class relay_lease {
 
 // The client's request, its header in field_pool nodes.
 using client_request = http::request<http::string_body, http::basic_fields<field_allocator<char>>>;
+using client_parser = http::request_parser<http::string_body, field_allocator<char>>;
 // An upstream response head, and its body relayed through a caller's buffer.
 using upstream_parser = http::response_parser<http::buffer_body, field_allocator<char>>;
 
@@ -294,10 +301,12 @@ class client_session : public std::enable_shared_from_this<client_session> {
     bool websocket = false;     // a WebSocket opening handshake on a pass-through path (tunnel)
     bool meter = true;          // a 2xx answer's usage is new spend (usage_is_new_spend)
     std::string background_id;  // reads or cancels a pending background response: metered once
+    spool_body::value_type spooled;  // a large pass-through body, in a file (spool_request_body)
   };
 
   awaitable<bool> handle_one();
   void take_head(const client_request& req, call::head_fields& h);
+  awaitable<errc> spool_request_body(client_parser& parser, call& c);
   std::pair<errc, std::string> decode_request_body(client_request& req, call& c) const;
   static std::int64_t prompt_estimate(call& c, const client_request& req);
   awaitable<bool> proxy(client_request& req, const route_decision& rd, const target_parts& tp,
@@ -337,6 +346,9 @@ class client_session : public std::enable_shared_from_this<client_session> {
                                       bool& keep_upstream, bool may_fail_over);
   awaitable<void> tunnel(const std::vector<candidate>& tries, client_request& req, const route_decision& rd,
                          const target_parts& tp, call& c);
+  template <class Stream>
+  awaitable<void> send_spooled(Stream& up, upstream_conn& conn, const upstream_config& uc, const call& c,
+                               steady::time_point total_deadline, beast::error_code& ec);
   template <class Stream>
   awaitable<void> tunnel_on(Stream& up, upstream_conn& conn, const upstream_config& uc, call& c);
   awaitable<bool> send_local(int status, std::string body, bool keep, std::string_view allow = {},
@@ -529,9 +541,12 @@ awaitable<bool> client_session::handle_one() {
 
   beast::error_code ec;
   anthropic_errors_ = false;
-  http::request_parser<http::string_body, field_allocator<char>> parser;
+  client_parser parser;
   parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(cfg_.max_header_bytes, UINT32_MAX)));
-  parser.body_limit(cfg_.max_body_bytes);
+  // Until the route is known, the larger of the two limits (a Content-Length above it is refused
+  // with the head); the body read below applies the route's own.
+  const bool spooling = cfg_.max_upload_bytes > cfg_.max_body_bytes;
+  parser.body_limit(spooling ? cfg_.max_upload_bytes : std::uint64_t{cfg_.max_body_bytes});
   // A request usually arrives whole in one read (run()): it is parsed from the buffer by the
   // synchronous read, which cannot block (the socket is non-blocking) and costs no timer, handler
   // or scheduler trip. Only a head still incomplete (would_block) goes to the async read, which
@@ -553,7 +568,11 @@ awaitable<bool> client_session::handle_one() {
   if (ec) {
     if (read_timed_out_) refuse(errc::request_timeout);
     else if (ec == http::error::header_limit) refuse(errc::headers_too_large);
-    else if (ec == http::error::body_limit) refuse(errc::body_too_large);
+    else if (ec == http::error::body_limit) {
+      const auto t = spooling ? split_target(req.target()) : std::nullopt;
+      const bool upload = t && classify(req.method_string(), t->path).route == route_kind::other;
+      refuse(errc::body_too_large, upload ? upload_too_large : std::string_view{});
+    }
     // 505 only for a well-formed "HTTP/x.y" we do not speak; junk in the version part is a 400.
     else if (ec == http::error::bad_version && request_line_has_http_version(buffer_)) refuse(errc::http_version);
     else {
@@ -578,26 +597,43 @@ awaitable<bool> client_session::handle_one() {
   if (answer.error == errc::ok) {
     tp = split_target(req.target());
     if (tp) rd = classify(req.method_string(), tp->path);
-    // Read the body (bounded) before answering anything, so the connection can stay open.
-    if (!parser.is_done()) {
+    // Read the body (bounded) before answering anything, so the connection can stay open. A
+    // pass-through call's body larger than max_body_bytes, or chunked, goes to a file
+    // (spool_request_body); anything else is read into memory within max_body_bytes.
+    const std::uint64_t length = parser.content_length().value_or(0);
+    const bool spool = spooling && tp && !rd.local && rd.error == errc::ok && rd.route == route_kind::other &&
+                       (parser.chunked() || length > cfg_.max_body_bytes);
+    if (!parser.is_done() && !spool && length > cfg_.max_body_bytes) {
+      refuse(errc::body_too_large);
+    } else if (!parser.is_done()) {
       if (iequals(c.head.expect, "100-continue") && req.version() == 11) {
         static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
         stream_.expires_after(local_write_timeout);
         co_await asio::async_write(stream_, asio::buffer(cont), redirect_error(use_awaitable, ec));
         if (ec) co_return false;
       }
-      http::read(stream_, buffer_, parser, ec);  // what is here already, as for the head
-      if (ec == asio::error::would_block) {
-        stream_.expires_never();
-        arm_read_deadline(cfg_.body_timeout);
-        co_await http::async_read(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
-        disarm_read_deadline();
-      }
-      if (ec) {
-        if (ec == http::error::body_limit) refuse(errc::body_too_large);
-        else if (read_timed_out_) refuse(errc::request_timeout);
-        else if (is_eof_like(ec)) co_return false;
-        else refuse(errc::bad_request);
+      if (spool) {
+        const errc e = co_await spool_request_body(parser, c);
+        if (e == errc::client_aborted) co_return false;
+        // The header moved to the file parser and back: the views into it are taken again.
+        take_head(req, c.head);
+        tp = split_target(req.target());
+        if (e != errc::ok) refuse(e, e == errc::body_too_large ? upload_too_large : std::string_view{});
+      } else {
+        parser.body_limit(cfg_.max_body_bytes);
+        http::read(stream_, buffer_, parser, ec);  // what is here already, as for the head
+        if (ec == asio::error::would_block) {
+          stream_.expires_never();
+          arm_read_deadline(cfg_.body_timeout);
+          co_await http::async_read(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
+          disarm_read_deadline();
+        }
+        if (ec) {
+          if (ec == http::error::body_limit) refuse(errc::body_too_large);
+          else if (read_timed_out_) refuse(errc::request_timeout);
+          else if (is_eof_like(ec)) co_return false;
+          else refuse(errc::bad_request);
+        }
       }
     }
   }
@@ -627,6 +663,46 @@ awaitable<bool> client_session::handle_one() {
   if (answer.error != errc::ok)
     co_return co_await send_error(answer.error, answer.message, answer.keep, {}, answer.allow);
   co_return co_await send_local(answer.status, std::move(answer.body), answer.keep);
+}
+
+// The body of a pass-through call larger than max_body_bytes (or chunked), read into an unnamed
+// file (spool_body.hpp) within max_upload_bytes and body_timeout, like an in-memory body. The
+// head moves to a parser with the file body (Beast's body-type conversion, allowed between the
+// head and the body) and back to the client's request when the body is read. Returns ok, the
+// refusal, or client_aborted when the client went away (the connection just closes).
+awaitable<errc> client_session::spool_request_body(client_parser& parser, call& c) {
+  std::string why;
+  if (!c.spooled.open(cfg_.spool_dir, why)) {
+    log_line(log_level::error, "cannot store an upload").str("error", why);
+    co_return errc::upload_spool_failed;
+  }
+  http::request_parser<spool_body, field_allocator<char>> sp(std::move(parser));
+  sp.get().body() = std::move(c.spooled);
+  sp.body_limit(cfg_.max_upload_bytes);
+  // Only the async read: each of its reads completes through the scheduler, so a client that
+  // sends a gigabyte as fast as loopback allows does not hold the worker's other connections up
+  // (the synchronous read used for small bodies loops for as long as data keeps arriving).
+  beast::error_code ec;
+  stream_.expires_never();
+  arm_read_deadline(cfg_.body_timeout);
+  co_await http::async_read(stream_, buffer_, sp, redirect_error(use_awaitable, ec));
+  disarm_read_deadline();
+  parser.get().base() = std::move(sp.get().base());
+  c.spooled = std::move(sp.get().body());
+  if (!ec) {
+    log_line(log_level::debug, "upload stored").integer("bytes", static_cast<std::int64_t>(c.spooled.size()));
+    co_return errc::ok;
+  }
+  if (c.spooled.write_error() != 0) {
+    log_line(log_level::error, "cannot store an upload")
+        .str("error", std::strerror(c.spooled.write_error()))
+        .str("spool_dir", cfg_.spool_dir);
+    co_return errc::upload_spool_failed;
+  }
+  if (ec == http::error::body_limit) co_return errc::body_too_large;
+  if (read_timed_out_) co_return errc::request_timeout;
+  if (is_eof_like(ec)) co_return errc::client_aborted;
+  co_return errc::bad_request;
 }
 
 // One walk of the parsed header: the fields tollgate reads, and the list the upstream's request
@@ -720,7 +796,7 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
     }
   }
   // A handshake has no body (RFC 6455 §4.1); a GET that carries one is relayed as a plain call.
-  c.websocket = rd.route == route_kind::other && req.body().empty() &&
+  c.websocket = rd.route == route_kind::other && req.body().empty() && !c.spooled.is_open() &&
                 is_websocket_upgrade(req.method_string(), req.version(), c.head.connection, c.head.upgrade);
   if (auto id = c.head.request_id; !id.empty() && id.size() <= 200)
     rec.request_id = std::string(id);
@@ -1006,7 +1082,7 @@ void client_session::write_upstream_head(const upstream_node& t, const client_re
   // when their modules are installed, and an answer in either would leave the call unmetered.
   uh.meterable_encodings_only = rd.json_body;
   uh.websocket = c.websocket;
-  uh.body_size = req.body().size();
+  uh.body_size = c.spooled.is_open() ? c.spooled.size() : req.body().size();
   up_head_.clear();
   append_upstream_head(up_headers_, uh, up_head_);
 }
@@ -1233,6 +1309,29 @@ awaitable<std::unique_ptr<upstream_conn>> client_session::connect_upstream(upstr
   co_return c;
 }
 
+// Sends the request head and a stored upload (c.spooled) on `up`, from offset 0 on every
+// attempt. Each write has the upstream's idle timeout: a large body takes as long as the link
+// needs, within the call's total. A read error of the file fails the attempt as a reset would.
+template <class Stream>
+awaitable<void> client_session::send_spooled(Stream& up, upstream_conn& conn, const upstream_config& uc,
+                                             const call& c, steady::time_point total_deadline, beast::error_code& ec) {
+  auto& tcp_up = conn.tcp();
+  tcp_up.expires_at(std::min(steady::now() + uc.idle_timeout, total_deadline));
+  co_await asio::async_write(up, asio::buffer(up_head_), redirect_error(use_awaitable, ec));
+  std::unique_ptr<char[]> chunk(new char[spool_chunk]);
+  for (std::uint64_t offset = 0; !ec && offset < c.spooled.size();) {
+    const long n = c.spooled.read_at(offset, chunk.get(), std::min<std::uint64_t>(spool_chunk, c.spooled.size() - offset));
+    if (n <= 0) {
+      log_line(log_level::error, "cannot read a stored upload").str("error", n < 0 ? std::strerror(errno) : "short file");
+      ec = asio::error::connection_reset;
+      break;
+    }
+    tcp_up.expires_at(std::min(steady::now() + uc.idle_timeout, total_deadline));
+    co_await asio::async_write(up, asio::buffer(chunk.get(), static_cast<std::size_t>(n)), redirect_error(use_awaitable, ec));
+    offset += static_cast<std::uint64_t>(n);
+  }
+}
+
 // Sends the request on `up` and relays the response to the client. Fills c (status, usage,
 // error). Returns retry when a reused connection turned out closed before any response byte.
 template <class Stream>
@@ -1251,8 +1350,11 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     c.t_up_start = steady::now();
   }
 
-  tcp_up.expires_at(std::min(steady::now() + uc.first_byte_timeout, total_deadline));
-  {
+  if (c.spooled.is_open()) {
+    co_await send_spooled(up, conn, uc, c, total_deadline, ec);
+    tcp_up.expires_at(std::min(steady::now() + uc.first_byte_timeout, total_deadline));
+  } else {
+    tcp_up.expires_at(std::min(steady::now() + uc.first_byte_timeout, total_deadline));
     const std::array<asio::const_buffer, 2> request_bytes{asio::buffer(up_head_), asio::buffer(req.body())};
     std::size_t sent = 0;
     if constexpr (std::is_same_v<Stream, beast::tcp_stream>) sent = send_now(up.socket(), request_bytes);

@@ -29,6 +29,7 @@
 #include "net/forecast_service.hpp"
 #include "net/metrics.hpp"
 #include "net/spend_control.hpp"
+#include "net/spool_body.hpp"
 #include "net/worker.hpp"
 
 namespace tollgate {
@@ -350,6 +351,13 @@ void app::start() {
   I.started = true;
 
   for (const auto& warning : c.warnings) log_msg(log_level::warn, warning);
+  if (c.max_upload_bytes > c.max_body_bytes) {
+    // Said now rather than at the first large upload (which would get 507).
+    spool_body::value_type probe;
+    std::string why;
+    if (!probe.open(c.spool_dir, why))
+      log_line(log_level::warn, "uploads larger than server.max_body_bytes will fail with 507").str("error", why);
+  }
   std::string upstream_list;
   for (const auto& t : I.st.upstreams) {
     if (t->url.tls && !t->cfg.tls_verify)

@@ -767,6 +767,53 @@ std::optional<reply> upload_reply(const recorded_request& req, std::string_view 
                           {"fake_sha256", sha}});
 }
 
+// The Uploads API (a large file in parts of up to 64 MB): POST /uploads (JSON) opens an upload,
+// POST /uploads/{id}/parts (multipart, the bytes in `data`) adds a part, with `fake_sha256` and
+// `fake_bytes` of what arrived, and POST /uploads/{id}/complete (JSON part_ids) closes it. The
+// fake keeps no state: the completed upload reports the number of parts it was given.
+std::optional<reply> uploads_api_reply(const recorded_request& req, std::string_view route, std::uint64_t request_number) {
+  if (route == "/uploads") {
+    const json body = json::parse(req.body, nullptr, false);
+    if (!body.is_object()) return std::nullopt;
+    return json_reply(200, {{"id", "upload_fake" + std::to_string(request_number)},
+                            {"object", "upload"},
+                            {"bytes", body.value("bytes", 0)},
+                            {"created_at", 1764460800},
+                            {"filename", body.value("filename", "")},
+                            {"purpose", body.value("purpose", "")},
+                            {"status", "pending"},
+                            {"expires_at", 1764464400}});
+  }
+  constexpr std::string_view prefix = "/uploads/";
+  const std::string_view rest = route.substr(prefix.size());
+  const auto slash = rest.find('/');
+  if (slash == std::string_view::npos) return std::nullopt;
+  const std::string_view id = rest.substr(0, slash), action = rest.substr(slash);
+  if (action == "/parts") {
+    for (const auto& p : multipart_parts(req))
+      if (p.name == "data")
+        return json_reply(200, {{"id", "part_fake" + std::to_string(request_number)},
+                                {"object", "upload.part"},
+                                {"created_at", 1764460800},
+                                {"upload_id", id},
+                                {"fake_bytes", p.data.size()},
+                                {"fake_sha256", sha256_hex(p.data)}});
+    return std::nullopt;
+  }
+  if (action == "/complete") {
+    const json body = json::parse(req.body, nullptr, false);
+    if (!body.is_object() || !body.contains("part_ids") || !body["part_ids"].is_array()) return std::nullopt;
+    return json_reply(200, {{"id", id},
+                            {"object", "upload"},
+                            {"created_at", 1764460800},
+                            {"status", "completed"},
+                            {"expires_at", 1764464400},
+                            {"fake_parts", body["part_ids"].size()},
+                            {"file", {{"id", "file-" + std::string(id)}, {"object", "file"}, {"status", "processed"}}}});
+  }
+  return std::nullopt;
+}
+
 reply echo_reply(const recorded_request& req, std::string_view path, std::string_view query) {
   return json_reply(200, {{"method", req.method},
                           {"path", path},
@@ -834,6 +881,8 @@ reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t req
                                        {"input_tokens_details", {{"text_tokens", 12}, {"image_tokens", 0}}}}}});
   if (req.method == "POST" && (route == "/files" || route == "/audio/transcriptions" || route == "/audio/translations"))
     if (auto r = upload_reply(req, route, request_number)) return std::move(*r);
+  if (req.method == "POST" && (route == "/uploads" || route.starts_with("/uploads/")))
+    if (auto r = uploads_api_reply(req, route, request_number)) return std::move(*r);
   if (req.method == "DELETE" && route.starts_with("/models/") && route.size() > 8)
     return json_reply(200, {{"id", route.substr(8)}, {"object", "model"}, {"deleted", true}});
   return echo_reply(req, path, query);

@@ -143,6 +143,24 @@ test('uploads: files.create and audio.transcriptions pass binary multipart bodie
   assert.equal(transcript.fake_sha256, sha256(audio));
 });
 
+test('uploads API: a 40 MB part, larger than max_body_bytes (32 MiB), passes byte for byte', async () => {
+  // The Uploads API takes parts of up to 64 MB; tollgate stores such a body in a file
+  // (server.spool_dir) instead of refusing it or holding it in memory.
+  const part = Buffer.alloc(40 * 1000 * 1000 + 7);
+  for (let i = 0; i < part.length; ++i) part[i] = (i * 7919 + (i >> 13)) & 0xff;
+  const upload = await client.uploads.create({ bytes: part.length, filename: 'big.jsonl', mime_type: 'application/jsonl', purpose: 'batch' });
+  assert.equal(upload.status, 'pending');
+  assert.equal(upload.bytes, part.length);
+  const added = await client.uploads.parts.create(upload.id, { data: await toFile(part, 'part-1') });
+  assert.equal(added.object, 'upload.part');
+  assert.equal(added.upload_id, upload.id);
+  assert.equal(added.fake_bytes, part.length);
+  assert.equal(added.fake_sha256, createHash('sha256').update(part).digest('hex'));
+  const done = await client.uploads.complete(upload.id, { part_ids: [added.id] });
+  assert.equal(done.status, 'completed');
+  assert.equal(done.fake_parts, 1);
+});
+
 test('a 429 surfaces as RateLimitError with Retry-After', async () => {
   await assert.rejects(
     client.chat.completions.create({ model, messages }, { headers: { 'x-fake-status': '429' }, maxRetries: 0 }),

@@ -1,0 +1,69 @@
+#include "net/spool_body.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace tollgate {
+
+bool spool_body::value_type::open(const std::string& dir, std::string& why) {
+  close();
+  size_ = 0;
+  error_ = 0;
+  // The default is disk: /var/tmp, not /tmp, which is RAM (tmpfs) on many systems.
+  const char* tmp = dir.empty() ? std::getenv("TMPDIR") : nullptr;
+  const std::string d = !dir.empty() ? dir : tmp && *tmp ? std::string(tmp) : std::string("/var/tmp");
+  int fd = ::open(d.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+    // A file system without O_TMPFILE (or an old kernel): a named file, unlinked at once.
+    std::vector<char> name(d.begin(), d.end());
+    static constexpr char suffix[] = "/tollgate-upload-XXXXXX";
+    name.insert(name.end(), suffix, suffix + sizeof suffix);  // with the terminating NUL
+    fd = ::mkostemp(name.data(), O_CLOEXEC);
+    if (fd >= 0) ::unlink(name.data());
+  }
+  if (fd < 0) {
+    why = "cannot create a temporary file in '" + d + "': " + std::strerror(errno);
+    return false;
+  }
+  fd_ = fd;
+  return true;
+}
+
+void spool_body::value_type::close() noexcept {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+long spool_body::value_type::read_at(std::uint64_t offset, char* out, std::size_t n) const noexcept {
+  for (;;) {
+    const ssize_t r = ::pread(fd_, out, n, static_cast<off_t>(offset));
+    if (r < 0 && errno == EINTR) continue;
+    return static_cast<long>(r);
+  }
+}
+
+bool spool_body::value_type::append(const char* data, std::size_t n) noexcept {
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd_, data, n, static_cast<off_t>(size_));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      error_ = errno;
+      return false;
+    }
+    if (w == 0) {  // not expected from a regular file; do not spin
+      error_ = EIO;
+      return false;
+    }
+    data += w;
+    n -= static_cast<std::size_t>(w);
+    size_ += static_cast<std::uint64_t>(w);
+  }
+  return true;
+}
+
+}  // namespace tollgate

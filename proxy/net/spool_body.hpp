@@ -1,0 +1,92 @@
+// A Beast body type that stores a request body in an unnamed temporary file: how a pass-through
+// upload larger than server.max_body_bytes (a 200 MB batch file, a 64 MB Uploads API part) is
+// taken whole without holding it in memory, then sent upstream from the file, as many times as
+// failover and stale-connection retries need (see the README's "Large uploads" design note).
+//
+// The file is created with O_TMPFILE (no name, so nothing is left behind by a crash) or, where
+// the file system lacks it, with mkstemp and an immediate unlink. Writes go to the page cache
+// from the I/O thread, as nginx's request-body buffering does; they block only when the disk
+// cannot keep up with dirty pages.
+#pragma once
+
+#include <boost/beast/core/error.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/optional.hpp>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+namespace tollgate {
+
+struct spool_body {
+  class value_type {
+   public:
+    value_type() = default;
+    value_type(value_type&& o) noexcept
+        : fd_(std::exchange(o.fd_, -1)), size_(std::exchange(o.size_, 0)), error_(std::exchange(o.error_, 0)) {}
+    value_type& operator=(value_type&& o) noexcept {
+      if (this != &o) {
+        close();
+        fd_ = std::exchange(o.fd_, -1);
+        size_ = std::exchange(o.size_, 0);
+        error_ = std::exchange(o.error_, 0);
+      }
+      return *this;
+    }
+    value_type(const value_type&) = delete;
+    value_type& operator=(const value_type&) = delete;
+    ~value_type() { close(); }
+
+    // Creates an empty unnamed file in `dir` ("": $TMPDIR, else /var/tmp). On failure returns
+    // false with the reason in `why`.
+    bool open(const std::string& dir, std::string& why);
+    void close() noexcept;
+    bool is_open() const noexcept { return fd_ >= 0; }
+    std::uint64_t size() const noexcept { return size_; }
+    // errno of the write that failed while the body was stored (0: none).
+    int write_error() const noexcept { return error_; }
+    // Up to `n` bytes from `offset` into `out`: the count read (0 at the end), or -1 with errno.
+    long read_at(std::uint64_t offset, char* out, std::size_t n) const noexcept;
+    // Appends `n` bytes; false (and write_error() set) when the file system refuses them.
+    bool append(const char* data, std::size_t n) noexcept;
+
+   private:
+    int fd_ = -1;
+    std::uint64_t size_ = 0;
+    int error_ = 0;
+  };
+
+  // What the parser writes the body through.
+  class reader {
+   public:
+    template <bool isRequest, class Fields>
+    reader(boost::beast::http::header<isRequest, Fields>&, value_type& body) : body_(body) {}
+
+    void init(const boost::optional<std::uint64_t>&, boost::beast::error_code& ec) {
+      ec = body_.is_open() ? boost::beast::error_code{}
+                           : boost::beast::error_code(EBADF, boost::system::system_category());
+    }
+    template <class ConstBufferSequence>
+    std::size_t put(const ConstBufferSequence& buffers, boost::beast::error_code& ec) {
+      std::size_t n = 0;
+      for (auto it = boost::asio::buffer_sequence_begin(buffers); it != boost::asio::buffer_sequence_end(buffers); ++it) {
+        boost::asio::const_buffer b = *it;
+        if (!body_.append(static_cast<const char*>(b.data()), b.size())) {
+          ec = boost::beast::error_code(body_.write_error(), boost::system::system_category());
+          return n;
+        }
+        n += b.size();
+      }
+      ec = {};
+      return n;
+    }
+    void finish(boost::beast::error_code& ec) { ec = {}; }
+
+   private:
+    value_type& body_;
+  };
+};
+
+}  // namespace tollgate

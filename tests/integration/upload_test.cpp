@@ -1,0 +1,247 @@
+// Large uploads on pass-through routes (/v1/files, /v1/uploads/{id}/parts, /v1/audio/*): a body
+// over server.max_body_bytes, or chunked, is stored in an unnamed file in server.spool_dir and
+// sent upstream from there, byte for byte, as many times as failover needs. Real sockets, the
+// fake upstream (which hashes the `file` part it receives) and a real ledger.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+#include <openssl/evp.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "support.hpp"
+
+using nlohmann::json;
+using tt::harness;
+
+namespace {
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  REQUIRE(EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr) == 1);
+  std::string out;
+  char hex[3];
+  for (unsigned i = 0; i < n; ++i) {
+    std::snprintf(hex, sizeof hex, "%02x", md[i]);
+    out += hex;
+  }
+  return out;
+}
+
+// n bytes of every value, with no short period (a lost or repeated block changes the hash).
+std::string file_bytes(std::size_t n) {
+  std::string b(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<char>((i * 7919 + (i >> 11)) & 0xff);
+  return b;
+}
+
+constexpr std::string_view boundary = "tollgate-test-boundary-7f3a";
+const std::string multipart_type = "multipart/form-data; boundary=" + std::string(boundary);
+
+// A files.create body: purpose, then the file part.
+std::string files_body(const std::string& file, const std::string& filename = "batch.jsonl") {
+  std::string b;
+  b += "--" + std::string(boundary) + "\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n";
+  b += "--" + std::string(boundary) + "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"" + filename +
+       "\"\r\nContent-Type: application/octet-stream\r\n\r\n";
+  b += file;
+  b += "\r\n--" + std::string(boundary) + "--\r\n";
+  return b;
+}
+
+// `body` in chunked framing, `piece` bytes per chunk.
+std::string chunked(const std::string& body, std::size_t piece) {
+  std::string out;
+  char size[32];
+  for (std::size_t pos = 0; pos < body.size(); pos += piece) {
+    const std::size_t n = std::min(piece, body.size() - pos);
+    std::snprintf(size, sizeof size, "%zx\r\n", n);
+    out += size;
+    out.append(body, pos, n);
+    out += "\r\n";
+  }
+  return out + "0\r\n\r\n";
+}
+
+int status_of(const std::string& raw) {
+  return raw.size() > 12 && raw.starts_with("HTTP/1.1 ") ? std::stoi(raw.substr(9, 3)) : 0;
+}
+
+// Entries of a directory (an unnamed O_TMPFILE file never shows; a named fallback must not stay).
+std::size_t entries(const std::string& dir) {
+  std::size_t n = 0;
+  for (auto it = std::filesystem::directory_iterator(dir); it != std::filesystem::directory_iterator(); ++it) ++n;
+  return n;
+}
+
+// tollgate with a small max_body_bytes (so a few MiB exercise the upload path) and its spool
+// directory in the harness's temp dir.
+tt::harness_options small_bodies(std::function<void(tollgate::config&)> more = {}) {
+  return {.tweak = [more](tollgate::config& c) {
+    c.max_body_bytes = 64 * 1024;
+    c.spool_dir = std::filesystem::path(c.ledger_path).parent_path() / "spool";
+    std::filesystem::create_directories(c.spool_dir);
+    if (more) more(c);
+  }};
+}
+
+}  // namespace
+
+TEST_CASE("uploads: a pass-through body above max_body_bytes is stored and relayed byte for byte", "[uploads]") {
+  harness h(small_bodies());
+  const std::string file = file_bytes(3 * 1024 * 1024 + 17);
+  auto r = tt::request(h.port(), "POST", "/v1/files", files_body(file), {{"Content-Type", multipart_type}});
+  REQUIRE(r.status == 200);
+  auto j = json::parse(r.body);
+  CHECK(j["bytes"] == file.size());
+  CHECK(j["purpose"] == "batch");
+  CHECK(j["fake_sha256"] == sha256_hex(file));
+  REQUIRE(h.upstream->request_count() == 1);
+  const auto got = h.upstream->requests()[0];
+  CHECK(got.body == files_body(file));
+  CHECK(got.header("content-length") == std::to_string(files_body(file).size()));
+  CHECK(got.header("authorization") == "Bearer test-upstream-key");
+  CHECK(entries(h.cfg.spool_dir) == 0);
+  h.flush();
+  auto rows = h.rows("SELECT route, method, status, error_kind IS NULL AS ok FROM calls");
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0]["route"] == "other");
+  CHECK(rows[0]["status"] == "200");
+  CHECK(rows[0]["method"] == "POST");
+  CHECK(rows[0]["ok"] == "1");
+
+  SECTION("a JSON route keeps max_body_bytes: 413 before the body is read") {
+    auto big = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", false, ",\"user\":\"" + std::string(100 * 1024, 'u') + "\""));
+    CHECK(big.status == 413);
+    CHECK(json::parse(big.body)["error"]["code"] == "body_too_large");
+    CHECK(h.upstream->request_count() == 1);
+  }
+}
+
+TEST_CASE("uploads: a chunked upload is stored and sent with its Content-Length, the connection stays usable",
+          "[uploads]") {
+  harness h(small_bodies());
+  const std::string file = file_bytes(700 * 1024 + 3);
+  const std::string body = files_body(file, "speech.mp3");
+  // Two requests on one connection: the chunked upload (with Expect: 100-continue, as curl sends
+  // it), then a models list; both are answered in order.
+  const std::string raw = tt::raw_exchange(
+      h.port(),
+      "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: a\r\nContent-Type: " + multipart_type +
+          "\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(body, 4096 + 11) +
+          "GET /v1/models HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+      std::chrono::seconds(10));
+  REQUIRE(raw.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 "));
+  CHECK(raw.find(sha256_hex(file)) != std::string::npos);
+  CHECK(raw.find("\"object\":\"list\"") != std::string::npos);
+  REQUIRE(h.upstream->request_count() == 2);
+  const auto got = h.upstream->requests()[0];
+  CHECK(got.body == body);
+  CHECK(got.header("content-length") == std::to_string(body.size()));
+  CHECK(got.header("transfer-encoding").empty());
+  CHECK(got.header("expect").empty());
+}
+
+TEST_CASE("uploads: a body above max_upload_bytes is refused with 413 and nothing goes upstream", "[uploads]") {
+  harness h(small_bodies([](tollgate::config& c) { c.max_upload_bytes = 1024 * 1024; }));
+  const std::string head = "POST /v1/files HTTP/1.1\r\nHost: a\r\nContent-Type: " + multipart_type + "\r\n";
+  SECTION("a Content-Length above it: refused with the head") {
+    const std::string raw = tt::raw_exchange(h.port(), head + "Content-Length: 2000000\r\n\r\n--");
+    CHECK(status_of(raw) == 413);
+    CHECK(raw.find("server.max_upload_bytes") != std::string::npos);
+    CHECK(raw.find("\"code\":\"body_too_large\"") != std::string::npos);
+  }
+  SECTION("a chunked body growing past it") {
+    const std::string raw = tt::raw_exchange(
+        h.port(), head + "Transfer-Encoding: chunked\r\n\r\n" + chunked(std::string(1024 * 1024 + 1, 'x'), 65536),
+        std::chrono::seconds(10));
+    CHECK(status_of(raw) == 413);
+    CHECK(raw.find("server.max_upload_bytes") != std::string::npos);
+  }
+  SECTION("with max_upload_bytes 0 there is no upload path: max_body_bytes for every route") {
+    harness off(small_bodies([](tollgate::config& c) { c.max_upload_bytes = 0; }));
+    auto r = tt::request(off.port(), "POST", "/v1/files", files_body(file_bytes(100 * 1024)), {{"Content-Type", multipart_type}});
+    CHECK(r.status == 413);
+    CHECK(off.upstream->request_count() == 0);
+  }
+  CHECK(h.upstream->request_count() == 0);
+  // Still serving.
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
+}
+
+TEST_CASE("uploads: failover sends the stored body again, whole, to the next upstream", "[uploads][failover]") {
+  fake::options o;
+  o.default_headers = {{"x-fake-status", "503"}};
+  fake::server bad(o);
+  harness h(small_bodies([&](tollgate::config& c) {
+    tollgate::upstream_config first, second;
+    first.name = "primary";
+    first.url = bad.base_url();
+    first.api_key = "key-primary";
+    second.name = "backup";
+    second.url = c.upstream.url;
+    second.api_key = "key-backup";
+    second.weight = 0;
+    c.upstreams = {first, second};
+  }));
+  const std::string file = file_bytes(1024 * 1024 + 5);
+  auto r = tt::request(h.port(), "POST", "/v1/files", files_body(file), {{"Content-Type", multipart_type}});
+  REQUIRE(r.status == 200);
+  CHECK(json::parse(r.body)["fake_sha256"] == sha256_hex(file));
+  REQUIRE(bad.request_count() == 1);
+  CHECK(bad.requests()[0].body == files_body(file));
+  REQUIRE(h.upstream->request_count() == 1);
+  CHECK(h.upstream->requests()[0].body == files_body(file));
+  h.flush();
+  CHECK(h.query_text("SELECT upstream FROM calls") == "backup");
+  CHECK(h.query_int("SELECT attempts FROM calls") == 2);
+}
+
+TEST_CASE("uploads: a spool_dir that cannot be written gives 507 upload_spool_failed, tollgate keeps serving",
+          "[uploads]") {
+  harness h(small_bodies([](tollgate::config& c) { c.spool_dir = "/nonexistent/tollgate-spool"; }));
+  auto r = tt::request(h.port(), "POST", "/v1/files", files_body(file_bytes(200 * 1024)), {{"Content-Type", multipart_type}});
+  CHECK(r.status == 507);
+  auto err = json::parse(r.body)["error"];
+  CHECK(err["code"] == "upload_spool_failed");
+  CHECK(err["type"] == "server_error");
+  CHECK(h.upstream->request_count() == 0);
+  // Small pass-through bodies never touch the spool.
+  auto small = tt::request(h.port(), "POST", "/v1/files", files_body("tiny"), {{"Content-Type", multipart_type}});
+  CHECK(small.status == 200);
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
+}
+
+TEST_CASE("uploads: a client that stops or leaves mid-upload gets 408 or nothing, and nothing goes upstream",
+          "[uploads][timeouts]") {
+  using namespace std::chrono_literals;
+  harness h(small_bodies([](tollgate::config& c) { c.body_timeout = 500ms; }));
+  const std::string body = files_body(file_bytes(300 * 1024));
+  const std::string head = "POST /v1/files HTTP/1.1\r\nHost: a\r\nContent-Type: " + multipart_type +
+                           "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+  SECTION("the rest of the body never comes: 408 after body_timeout") {
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string raw = tt::raw_exchange(h.port(), head + body.substr(0, body.size() / 2), 5s);
+    CHECK(status_of(raw) == 408);
+    CHECK(std::chrono::steady_clock::now() - t0 < 3s);
+  }
+  SECTION("the client closes half way") {
+    boost::asio::io_context ioc;
+    boost::asio::ip::tcp::socket s(ioc);
+    s.connect({boost::asio::ip::make_address("127.0.0.1"), h.port()});
+    boost::asio::write(s, boost::asio::buffer(head + body.substr(0, body.size() / 2)));
+    std::this_thread::sleep_for(100ms);
+    s.close();
+    std::this_thread::sleep_for(100ms);
+  }
+  CHECK(h.upstream->request_count() == 0);
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls") == 1);
+}
