@@ -111,6 +111,14 @@ std::string_view openai_type(errc e) noexcept {
   }
 }
 
+std::string_view should_retry(errc e) noexcept {
+  switch (e) {
+    case errc::budget_exceeded:
+    case errc::upstream_key_missing: return "false";
+    default: return {};
+  }
+}
+
 std::string_view default_message(errc e) noexcept {
   switch (e) {
     case errc::ok: return "ok";

@@ -57,6 +57,11 @@ std::string_view openai_type(errc e) noexcept;  // invalid_request_error, server
 std::string error_body(errc e, std::string_view message);
 // The same error in the Anthropic Messages API's shape (for /v1/messages* calls).
 std::string anthropic_error_body(errc e, std::string_view message);
+// The `x-should-retry` value sent with an error ("false" or empty: none). The official SDKs
+// retry 408, 409, 429 and 5xx unless this header says otherwise; "false" marks the refusals a
+// retry within seconds cannot change (a spent budget, no upstream key), which the SDK would
+// otherwise send two more times.
+std::string_view should_retry(errc e) noexcept;
 // The default human message of an error.
 std::string_view default_message(errc e) noexcept;
 

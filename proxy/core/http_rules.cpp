@@ -123,7 +123,8 @@ bool is_hop_by_hop(std::string_view name) noexcept {
 
 bool is_safe_response_header(std::string_view name) noexcept {
   // What an SDK or a browser-less client needs from an LLM API answer: the body's framing and
-  // type, caching validators, and the provider's rate-limit / request-id / processing headers.
+  // type, caching validators, and the provider's rate-limit / request-id / processing / retry
+  // headers (the SDKs obey x-should-retry over their own status rules).
   // Everything else the upstream (or a CDN in front of it) says about itself stays behind:
   // cookies, Server, X-Powered-By, Via, Alt-Svc, HSTS, CORS, Location (it would name the
   // upstream's host), WWW-Authenticate (about tollgate's key, not the client's).
@@ -139,7 +140,7 @@ bool is_safe_response_header(std::string_view name) noexcept {
     case 11: return iequals(name, "retry-after");
     case 12: return iequals(name, "content-type") || iequals(name, "x-request-id");
     case 13: return iequals(name, "cache-control") || iequals(name, "last-modified");
-    case 14: return iequals(name, "retry-after-ms");
+    case 14: return iequals(name, "retry-after-ms") || iequals(name, "x-should-retry");
     case 16: return iequals(name, "content-encoding") || iequals(name, "content-language");
     case 19: return iequals(name, "content-disposition");
     default: return false;

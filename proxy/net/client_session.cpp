@@ -355,6 +355,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
                              std::string_view request_id = {}, std::string_view content_type = "application/json");
   awaitable<bool> send_error(errc e, std::string_view message, bool keep, std::string_view request_id = {},
                              std::string_view allow = {}) {
+    if (const auto advice = should_retry(e); !advice.empty()) extra_headers_.emplace_back("x-should-retry", advice);
     return send_local(http_status(e), anthropic_errors_ ? anthropic_error_body(e, message) : error_body(e, message),
                       keep, allow, request_id);
   }
@@ -541,6 +542,9 @@ awaitable<bool> client_session::handle_one() {
 
   beast::error_code ec;
   anthropic_errors_ = false;
+  // This call's own: a local answer (a 404, /healthz) after a rate-limited call on the same
+  // connection must not carry that call's x-ratelimit-* or Retry-After.
+  extra_headers_.clear();
   client_parser parser;
   parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(cfg_.max_header_bytes, UINT32_MAX)));
   // Until the route is known, the larger of the two limits (a Content-Length above it is refused
@@ -783,7 +787,6 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
                                       const target_parts& tp, call& c) {
   bool keep = req.keep_alive() && !st_.draining.load(std::memory_order_relaxed);
   auto& rec = c.rec;
-  extra_headers_.clear();
   anthropic_errors_ = tp.path.starts_with("/v1/messages");
   rec.route = rd.route;
   rec.method = std::string(req.method_string());

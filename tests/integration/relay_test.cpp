@@ -639,6 +639,7 @@ TEST_CASE("relay: without an upstream key calls and /readyz say so", "[relay]") 
   auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body());
   CHECK(r.status == 503);
   CHECK(json::parse(r.body)["error"]["code"] == "upstream_key_missing");
+  CHECK(r.header("x-should-retry") == "false");  // the SDKs would otherwise retry a 503 twice
   CHECK(h.upstream->request_count() == 0);
   CHECK(tt::request(h.admin_port(), "GET", "/readyz").status == 503);
 }

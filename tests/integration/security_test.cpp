@@ -457,14 +457,21 @@ TEST_CASE("security: the headers SDKs read are relayed: content type, openai and
   CHECK(stream.header("openai-organization") == "org-test");
 }
 
-// The official SDKs honour retry-after-ms before Retry-After (WIRE.md, "Errors").
-TEST_CASE("security: retry-after-ms from the upstream reaches the client", "[security][headers]") {
+// The official SDKs honour retry-after-ms before Retry-After (WIRE.md, "Errors"), and
+// x-should-retry (Anthropic's API sends it) over their own status rules.
+TEST_CASE("security: retry-after-ms and x-should-retry from the upstream reach the client", "[security][headers]") {
   harness h;
   auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(),
                          {{"x-fake-status", "429"}, {"x-fake-response-headers", R"({"retry-after-ms":"1500"})"}});
   REQUIRE(r.status == 429);
   CHECK(r.header("retry-after") == "1");
   CHECK(r.header("retry-after-ms") == "1500");
+  auto overloaded = tt::post_json(h.port(), "/v1/messages",
+                                  R"({"model":"claude-sonnet-4.5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]})",
+                                  {{"anthropic-version", "2023-06-01"}, {"x-fake-status", "529"},
+                                   {"x-fake-response-headers", R"({"x-should-retry":"true"})"}});
+  REQUIRE(overloaded.status == 529);
+  CHECK(overloaded.header("x-should-retry") == "true");
 }
 
 TEST_CASE("security: TLS verification is off only by explicit option, with a warning at every start",

@@ -151,7 +151,8 @@ TEST_CASE("budgets: 200 concurrent calls against a nearly spent hard budget over
       auto r = tt::post_json(h.port(), "/v1/chat/completions", body);
       if (r.status == 200)
         ++ok;
-      else if (r.status == 429 && r.body.find("budget_exceeded") != std::string::npos)
+      // x-should-retry: false, or the SDKs would send a refused call twice more.
+      else if (r.status == 429 && r.body.find("budget_exceeded") != std::string::npos && r.header("x-should-retry") == "false")
         ++refused;
       else
         ++other;
@@ -193,8 +194,28 @@ TEST_CASE("rate limits: RPM per key with OpenAI's headers and Retry-After", "[ra
   CHECK(std::stoi(r3.header("retry-after")) >= 1);
   CHECK(r3.header("x-ratelimit-remaining-requests") == "0");
   CHECK(json::parse(r3.body)["error"]["code"] == "rate_limit_exceeded");
+  CHECK(r3.header("x-should-retry").empty());  // a rate limit passes: the SDK's retry (after Retry-After) is right
   CHECK(h.upstream->request_count() == 2);
   CHECK(h.metric_sum("tollgate_rate_limited_total", "kind=\"requests\"") == 1);
+
+  // On one keep-alive connection, a refused call then local answers: the refusal's Retry-After
+  // and x-ratelimit-* are its own, never carried into the next answer.
+  const std::string raw = tt::raw_exchange(
+      h.port(), "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer sk-batch-secret-1\r\n"
+                "Content-Type: application/json\r\nContent-Length: " + std::to_string(tt::chat_body().size()) +
+                "\r\n\r\n" + tt::chat_body() +
+                "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /nothing-here HTTP/1.1\r\nHost: a\r\n\r\n"
+                "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  auto count = [&raw](std::string_view needle) {
+    std::size_t n = 0;
+    for (auto at = raw.find(needle); at != std::string::npos; at = raw.find(needle, at + 1)) ++n;
+    return n;
+  };
+  REQUIRE(count("HTTP/1.1 ") == 4);
+  CHECK(raw.starts_with("HTTP/1.1 429 "));
+  CHECK(count("HTTP/1.1 404 ") == 1);
+  CHECK(count("retry-after: ") + count("Retry-After: ") == 1);
+  CHECK(count("x-ratelimit-limit-requests: ") == 1);
 }
 
 TEST_CASE("spend guard: a tripped guard reroutes the next call to the fallback model and alerts", "[guard][alerts]") {

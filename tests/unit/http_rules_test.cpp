@@ -315,7 +315,8 @@ TEST_CASE("http_rules: a metered call offers the upstream only codings the meter
 TEST_CASE("http_rules: upstream response headers are relayed from an allow-list", "[http_rules][security]") {
   for (auto kept : {"Content-Type", "content-encoding", "Retry-After", "retry-after-ms", "x-request-id", "request-id",
                     "openai-processing-ms", "OpenAI-Version", "anthropic-ratelimit-requests-remaining",
-                    "x-ratelimit-remaining-tokens", "cache-control", "etag", "date", "content-disposition"})
+                    "x-ratelimit-remaining-tokens", "cache-control", "etag", "date", "content-disposition",
+                    "x-should-retry"})
     CHECK(is_safe_response_header(kept));
   for (auto dropped : {"Set-Cookie", "Server", "X-Powered-By", "Via", "Alt-Svc", "Strict-Transport-Security",
                        "Access-Control-Allow-Origin", "Location", "WWW-Authenticate", "Connection",
@@ -331,7 +332,8 @@ TEST_CASE("http_rules: header-name checks agree with a scan of their lists", "[h
                                         "proxy-authenticate", "expect", "trailers"};
   const std::vector<std::string> safe = {"content-type", "content-encoding", "content-language", "content-disposition",
                                          "cache-control", "expires", "etag", "last-modified", "date", "vary",
-                                         "retry-after", "retry-after-ms", "request-id", "x-request-id"};
+                                         "retry-after", "retry-after-ms", "request-id", "x-request-id",
+                                         "x-should-retry"};
   const std::vector<std::string> prefixes = {"openai-", "anthropic-", "x-ratelimit-"};
   auto lower = [](std::string s) {
     for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
