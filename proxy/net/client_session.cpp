@@ -1367,6 +1367,13 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
       co_await asio::async_write(up, rest, redirect_error(use_awaitable, ec));
     }
   }
+  // An upstream may answer before it has read the whole body (a 413 for a large upload, a 401)
+  // and close: the write then fails, but the answer is waiting in the receive buffer (Linux
+  // delivers queued bytes before the reset). It is read like any answer, as nginx does; a
+  // connection whose write failed is never reused. Nothing there: the call fails as before
+  // (upstream_reset, or the stale-connection retry).
+  const bool write_failed = ec == asio::error::broken_pipe || ec == asio::error::connection_reset;
+  if (write_failed) ec = {};
   std::optional<upstream_parser> parser;
   auto fresh_parser = [&] {
     parser.emplace();
@@ -1599,7 +1606,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     }
     if (!final_written && !send_client(out_, true) && !co_await finish_client()) c.error = errc::client_aborted;
   }
-  keep_upstream = c.error == errc::ok && p.is_done() && p.keep_alive() && conn.buffer.size() == 0;
+  keep_upstream = c.error == errc::ok && !write_failed && p.is_done() && p.keep_alive() && conn.buffer.size() == 0;
 
   // Usage and served model.
   auto& facts = c.facts;

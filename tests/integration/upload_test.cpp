@@ -8,8 +8,10 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <thread>
@@ -244,4 +246,39 @@ TEST_CASE("uploads: a client that stops or leaves mid-upload gets 408 or nothing
   CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
   h.flush();
   CHECK(h.query_int("SELECT COUNT(*) FROM calls") == 1);
+}
+
+// An upstream that refuses a body after its head (as a size limit in front of an API does) and
+// closes without reading the rest: tollgate's write fails, and the answer is relayed rather
+// than replaced by a 502.
+TEST_CASE("uploads: an upstream that answers before reading the body is relayed, not a 502", "[uploads]") {
+  boost::asio::io_context ioc;
+  boost::asio::ip::tcp::acceptor acceptor(ioc, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  const auto upstream_port = acceptor.local_endpoint().port();
+  const std::string refusal = R"({"error":{"message":"File too large.","type":"invalid_request_error","code":"file_too_large"}})";
+  std::atomic<int> answered{0};
+  std::thread upstream([&] {  // one connection: it is a fresh one, so no stale-connection retry
+    boost::system::error_code ec;
+    boost::asio::ip::tcp::socket s(ioc);
+    acceptor.accept(s, ec);
+    if (ec) return;
+    std::string head;
+    char ch;
+    while (head.find("\r\n\r\n") == std::string::npos && boost::asio::read(s, boost::asio::buffer(&ch, 1), ec) == 1) head += ch;
+    if (ec) return;
+    boost::asio::write(s, boost::asio::buffer("HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
+                                              "Content-Length: " + std::to_string(refusal.size()) +
+                                              "\r\nConnection: close\r\n\r\n" + refusal), ec);
+    ++answered;
+    s.close(ec);  // with the body unread: a reset
+  });
+  harness h(small_bodies([&](tollgate::config& c) { c.upstream.url = "http://127.0.0.1:" + std::to_string(upstream_port) + "/v1"; }));
+  const std::string body = files_body(file_bytes(24 * 1024 * 1024));
+  auto r = tt::request(h.port(), "POST", "/v1/files", body, {{"Content-Type", multipart_type}});
+  upstream.join();
+  CHECK(answered == 1);
+  CHECK(r.status == 413);
+  CHECK(r.body == refusal);
+  h.flush();
+  CHECK(h.query_int("SELECT status FROM calls") == 413);
 }
