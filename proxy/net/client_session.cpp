@@ -306,6 +306,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
 
   awaitable<bool> handle_one();
   void take_head(const client_request& req, call::head_fields& h);
+  bool open_spool(call& c) const;
   awaitable<errc> spool_request_body(client_parser& parser, call& c);
   std::pair<errc, std::string> decode_request_body(client_request& req, call& c) const;
   static std::int64_t prompt_estimate(call& c, const client_request& req);
@@ -605,9 +606,19 @@ awaitable<bool> client_session::handle_one() {
     // pass-through call's body larger than max_body_bytes, or chunked, goes to a file
     // (spool_request_body); anything else is read into memory within max_body_bytes.
     const std::uint64_t length = parser.content_length().value_or(0);
-    const bool spool = spooling && tp && !rd.local && rd.error == errc::ok && rd.route == route_kind::other &&
-                       (parser.chunked() || length > cfg_.max_body_bytes);
-    if (!parser.is_done() && !spool && length > cfg_.max_body_bytes) {
+    bool spool = spooling && !parser.is_done() && tp && !rd.local && rd.error == errc::ok &&
+                 rd.route == route_kind::other && (parser.chunked() || length > cfg_.max_body_bytes);
+    bool no_spool = false;
+    if (spool && !open_spool(c)) {
+      // A chunked body can still be read into memory within max_body_bytes, as it was before
+      // uploads were stored (a read-only file system loses nothing that worked); a declared
+      // large one cannot.
+      spool = false;
+      no_spool = !parser.chunked();
+    }
+    if (no_spool) {
+      refuse(errc::upload_spool_failed);
+    } else if (!parser.is_done() && !spool && length > cfg_.max_body_bytes) {
       refuse(errc::body_too_large);
     } else if (!parser.is_done()) {
       if (iequals(c.head.expect, "100-continue") && req.version() == 11) {
@@ -669,17 +680,20 @@ awaitable<bool> client_session::handle_one() {
   co_return co_await send_local(answer.status, std::move(answer.body), answer.keep);
 }
 
-// The body of a pass-through call larger than max_body_bytes (or chunked), read into an unnamed
-// file (spool_body.hpp) within max_upload_bytes and body_timeout, like an in-memory body. The
+// The body of a pass-through call larger than max_body_bytes (or chunked), read into the unnamed
+// file open_spool() created (spool_body.hpp) within max_upload_bytes and body_timeout, like an
+// in-memory body. The
 // head moves to a parser with the file body (Beast's body-type conversion, allowed between the
 // head and the body) and back to the client's request when the body is read. Returns ok, the
 // refusal, or client_aborted when the client went away (the connection just closes).
-awaitable<errc> client_session::spool_request_body(client_parser& parser, call& c) {
+bool client_session::open_spool(call& c) const {
   std::string why;
-  if (!c.spooled.open(cfg_.spool_dir, why)) {
-    log_line(log_level::error, "cannot store an upload").str("error", why);
-    co_return errc::upload_spool_failed;
-  }
+  if (c.spooled.open(cfg_.spool_dir, why)) return true;
+  log_line(log_level::error, "cannot store an upload").str("error", why);
+  return false;
+}
+
+awaitable<errc> client_session::spool_request_body(client_parser& parser, call& c) {
   http::request_parser<spool_body, field_allocator<char>> sp(std::move(parser));
   sp.get().body() = std::move(c.spooled);
   sp.body_limit(cfg_.max_upload_bytes);

@@ -214,9 +214,20 @@ TEST_CASE("uploads: a spool_dir that cannot be written gives 507 upload_spool_fa
   CHECK(err["code"] == "upload_spool_failed");
   CHECK(err["type"] == "server_error");
   CHECK(h.upstream->request_count() == 0);
-  // Small pass-through bodies never touch the spool.
+  // Small pass-through bodies never touch the spool, and a chunked one is read into memory
+  // within max_body_bytes when it cannot be stored (as before uploads were stored).
   auto small = tt::request(h.port(), "POST", "/v1/files", files_body("tiny"), {{"Content-Type", multipart_type}});
   CHECK(small.status == 200);
+  const std::string chunked_small = tt::raw_exchange(
+      h.port(), "POST /v1/files HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Type: " + multipart_type +
+                    "\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(files_body("tiny"), 7));
+  CHECK(status_of(chunked_small) == 200);
+  CHECK(chunked_small.find(sha256_hex("tiny")) != std::string::npos);
+  const std::string chunked_big = tt::raw_exchange(
+      h.port(), "POST /v1/files HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Type: " + multipart_type +
+                    "\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(files_body(file_bytes(100 * 1024)), 4096),
+      std::chrono::seconds(10));
+  CHECK(status_of(chunked_big) == 413);
   CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
 }
 
