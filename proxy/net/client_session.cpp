@@ -603,19 +603,20 @@ awaitable<bool> client_session::handle_one() {
     tp = split_target(req.target());
     if (tp) rd = classify(req.method_string(), tp->path);
     // Read the body (bounded) before answering anything, so the connection can stay open. A
-    // pass-through call's body larger than max_body_bytes, or chunked, goes to a file
-    // (spool_request_body); anything else is read into memory within max_body_bytes.
+    // pass-through call's body larger than max_body_bytes, or chunked, is read by
+    // spool_request_body (a file, or memory then a file); anything else into memory within
+    // max_body_bytes.
     const std::uint64_t length = parser.content_length().value_or(0);
     bool spool = spooling && !parser.is_done() && tp && !rd.local && rd.error == errc::ok &&
                  rd.route == route_kind::other && (parser.chunked() || length > cfg_.max_body_bytes);
+    // A declared large body gets its file now (a 507 comes before any 100 Continue); a chunked
+    // one starts in memory and moves to a file only past max_body_bytes, so a small one never
+    // touches the disk, and a read-only spool_dir loses nothing that fitted in memory before.
     bool no_spool = false;
-    if (spool && !open_spool(c)) {
-      // A chunked body can still be read into memory within max_body_bytes, as it was before
-      // uploads were stored (a read-only file system loses nothing that worked); a declared
-      // large one cannot.
-      spool = false;
-      no_spool = !parser.chunked();
-    }
+    if (spool && parser.chunked())
+      c.spooled.start(cfg_.spool_dir, cfg_.max_body_bytes);
+    else if (spool)
+      no_spool = !open_spool(c);
     if (no_spool) {
       refuse(errc::upload_spool_failed);
     } else if (!parser.is_done() && !spool && length > cfg_.max_body_bytes) {
@@ -681,8 +682,8 @@ awaitable<bool> client_session::handle_one() {
 }
 
 // The body of a pass-through call larger than max_body_bytes (or chunked), read into the unnamed
-// file open_spool() created (spool_body.hpp) within max_upload_bytes and body_timeout, like an
-// in-memory body. The
+// file open_spool() created, or memory then a file (spool_body.hpp), within max_upload_bytes and
+// body_timeout, like an in-memory body. The
 // head moves to a parser with the file body (Beast's body-type conversion, allowed between the
 // head and the body) and back to the client's request when the body is read. Returns ok, the
 // refusal, or client_aborted when the client went away (the connection just closes).
@@ -813,7 +814,7 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
     }
   }
   // A handshake has no body (RFC 6455 §4.1); a GET that carries one is relayed as a plain call.
-  c.websocket = rd.route == route_kind::other && req.body().empty() && !c.spooled.is_open() &&
+  c.websocket = rd.route == route_kind::other && req.body().empty() && !c.spooled.active() &&
                 is_websocket_upgrade(req.method_string(), req.version(), c.head.connection, c.head.upgrade);
   if (auto id = c.head.request_id; !id.empty() && id.size() <= 200)
     rec.request_id = std::string(id);
@@ -1099,7 +1100,7 @@ void client_session::write_upstream_head(const upstream_node& t, const client_re
   // when their modules are installed, and an answer in either would leave the call unmetered.
   uh.meterable_encodings_only = rd.json_body;
   uh.websocket = c.websocket;
-  uh.body_size = c.spooled.is_open() ? c.spooled.size() : req.body().size();
+  uh.body_size = c.spooled.active() ? c.spooled.size() : req.body().size();
   up_head_.clear();
   append_upstream_head(up_headers_, uh, up_head_);
 }
@@ -1367,7 +1368,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     c.t_up_start = steady::now();
   }
 
-  if (c.spooled.is_open()) {
+  if (c.spooled.active()) {
     co_await send_spooled(up, conn, uc, c, total_deadline, ec);
     tcp_up.expires_at(std::min(steady::now() + uc.first_byte_timeout, total_deadline));
   } else {

@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <new>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -12,8 +14,21 @@ namespace tollgate {
 
 bool spool_body::value_type::open(const std::string& dir, std::string& why) {
   close();
-  size_ = 0;
-  error_ = 0;
+  const int fd = create_file(dir, why);
+  if (fd < 0) return false;
+  fd_ = fd;
+  active_ = true;
+  return true;
+}
+
+void spool_body::value_type::start(std::string dir, std::uint64_t spill_at) {
+  close();
+  dir_ = std::move(dir);
+  spill_at_ = spill_at;
+  active_ = true;
+}
+
+int spool_body::value_type::create_file(const std::string& dir, std::string& why) {
   // The default is disk: /var/tmp, not /tmp, which is RAM (tmpfs) on many systems.
   const char* tmp = dir.empty() ? std::getenv("TMPDIR") : nullptr;
   const std::string d = !dir.empty() ? dir : tmp && *tmp ? std::string(tmp) : std::string("/var/tmp");
@@ -27,19 +42,30 @@ bool spool_body::value_type::open(const std::string& dir, std::string& why) {
     if (fd >= 0) ::unlink(name.data());
   }
   if (fd < 0) {
-    why = "cannot create a temporary file in '" + d + "': " + std::strerror(errno);
-    return false;
+    const int e = errno;
+    why = "cannot create a temporary file in '" + d + "': " + std::strerror(e);
+    errno = e;
   }
-  fd_ = fd;
-  return true;
+  return fd;
 }
 
 void spool_body::value_type::close() noexcept {
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
+  size_ = 0;
+  error_ = 0;
+  active_ = false;
+  spill_at_ = 0;
+  memory_.clear();
 }
 
 long spool_body::value_type::read_at(std::uint64_t offset, char* out, std::size_t n) const noexcept {
+  if (fd_ < 0) {  // still in memory
+    if (offset >= memory_.size()) return 0;
+    const std::size_t k = std::min<std::size_t>(n, memory_.size() - static_cast<std::size_t>(offset));
+    std::memcpy(out, memory_.data() + offset, k);
+    return static_cast<long>(k);
+  }
   for (;;) {
     const ssize_t r = ::pread(fd_, out, n, static_cast<off_t>(offset));
     if (r < 0 && errno == EINTR) continue;
@@ -48,6 +74,30 @@ long spool_body::value_type::read_at(std::uint64_t offset, char* out, std::size_
 }
 
 bool spool_body::value_type::append(const char* data, std::size_t n) noexcept {
+  if (fd_ < 0) {
+    if (memory_.size() + n <= spill_at_) {
+      try {
+        memory_.append(data, n);
+      } catch (const std::bad_alloc&) {
+        error_ = ENOMEM;
+        return false;
+      }
+      size_ += n;
+      return true;
+    }
+    // Past the spill size: the file, with what was held so far first.
+    std::string why;
+    const int fd = create_file(dir_, why);
+    if (fd < 0) {
+      error_ = errno;
+      return false;
+    }
+    fd_ = fd;
+    std::string held = std::move(memory_);
+    memory_ = std::string();
+    size_ = 0;
+    if (!append(held.data(), held.size())) return false;
+  }
   while (n > 0) {
     const ssize_t w = ::pwrite(fd_, data, n, static_cast<off_t>(size_));
     if (w < 0) {

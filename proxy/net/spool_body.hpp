@@ -2,6 +2,8 @@
 // upload larger than server.max_body_bytes (a 200 MB batch file, a 64 MB Uploads API part) is
 // taken whole without holding it in memory, then sent upstream from the file, as many times as
 // failover and stale-connection retries need (see the README's "Large uploads" design note).
+// A body of unknown length (chunked) starts in memory and moves to a file only past a size
+// (spill), so a small one never touches the disk.
 //
 // The file is created with O_TMPFILE (no name, so nothing is left behind by a crash) or, where
 // the file system lacks it, with mkstemp and an immediate unlink. Writes go to the page cache
@@ -24,14 +26,11 @@ struct spool_body {
   class value_type {
    public:
     value_type() = default;
-    value_type(value_type&& o) noexcept
-        : fd_(std::exchange(o.fd_, -1)), size_(std::exchange(o.size_, 0)), error_(std::exchange(o.error_, 0)) {}
+    value_type(value_type&& o) noexcept { take(o); }
     value_type& operator=(value_type&& o) noexcept {
       if (this != &o) {
         close();
-        fd_ = std::exchange(o.fd_, -1);
-        size_ = std::exchange(o.size_, 0);
-        error_ = std::exchange(o.error_, 0);
+        take(o);
       }
       return *this;
     }
@@ -39,13 +38,17 @@ struct spool_body {
     value_type& operator=(const value_type&) = delete;
     ~value_type() { close(); }
 
-    // Creates an empty unnamed file in `dir` ("": $TMPDIR, else /var/tmp). On failure returns
-    // false with the reason in `why`.
+    // Creates an empty unnamed file in `dir` ("": $TMPDIR, else /var/tmp) at once. On failure
+    // returns false with the reason in `why`.
     bool open(const std::string& dir, std::string& why);
+    // Keeps up to `spill_at` bytes in memory; the file in `dir` is created when more come.
+    void start(std::string dir, std::uint64_t spill_at);
     void close() noexcept;
-    bool is_open() const noexcept { return fd_ >= 0; }
+    // The body is held here (open() or start() was called).
+    bool active() const noexcept { return active_; }
     std::uint64_t size() const noexcept { return size_; }
-    // errno of the write that failed while the body was stored (0: none).
+    // errno of the write, or of the creation of the file, that failed while the body was stored
+    // (0: none).
     int write_error() const noexcept { return error_; }
     // Up to `n` bytes from `offset` into `out`: the count read (0 at the end), or -1 with errno.
     long read_at(std::uint64_t offset, char* out, std::size_t n) const noexcept;
@@ -53,9 +56,23 @@ struct spool_body {
     bool append(const char* data, std::size_t n) noexcept;
 
    private:
+    static int create_file(const std::string& dir, std::string& why);
+    void take(value_type& o) noexcept {
+      fd_ = std::exchange(o.fd_, -1);
+      size_ = std::exchange(o.size_, 0);
+      error_ = std::exchange(o.error_, 0);
+      active_ = std::exchange(o.active_, false);
+      spill_at_ = std::exchange(o.spill_at_, 0);
+      memory_ = std::move(o.memory_);
+      dir_ = std::move(o.dir_);
+    }
     int fd_ = -1;
     std::uint64_t size_ = 0;
     int error_ = 0;
+    bool active_ = false;
+    std::uint64_t spill_at_ = 0;
+    std::string memory_;  // the body until it passes spill_at_ (then in the file)
+    std::string dir_;
   };
 
   // What the parser writes the body through.
@@ -65,8 +82,8 @@ struct spool_body {
     reader(boost::beast::http::header<isRequest, Fields>&, value_type& body) : body_(body) {}
 
     void init(const boost::optional<std::uint64_t>&, boost::beast::error_code& ec) {
-      ec = body_.is_open() ? boost::beast::error_code{}
-                           : boost::beast::error_code(EBADF, boost::system::system_category());
+      ec = body_.active() ? boost::beast::error_code{}
+                          : boost::beast::error_code(EBADF, boost::system::system_category());
     }
     template <class ConstBufferSequence>
     std::size_t put(const ConstBufferSequence& buffers, boost::beast::error_code& ec) {

@@ -214,8 +214,8 @@ TEST_CASE("uploads: a spool_dir that cannot be written gives 507 upload_spool_fa
   CHECK(err["code"] == "upload_spool_failed");
   CHECK(err["type"] == "server_error");
   CHECK(h.upstream->request_count() == 0);
-  // Small pass-through bodies never touch the spool, and a chunked one is read into memory
-  // within max_body_bytes when it cannot be stored (as before uploads were stored).
+  // Small pass-through bodies never touch the spool: a chunked one stays in memory while it is
+  // within max_body_bytes, and only one that grows past it needs the file (507 here).
   auto small = tt::request(h.port(), "POST", "/v1/files", files_body("tiny"), {{"Content-Type", multipart_type}});
   CHECK(small.status == 200);
   const std::string chunked_small = tt::raw_exchange(
@@ -227,7 +227,8 @@ TEST_CASE("uploads: a spool_dir that cannot be written gives 507 upload_spool_fa
       h.port(), "POST /v1/files HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Type: " + multipart_type +
                     "\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(files_body(file_bytes(100 * 1024)), 4096),
       std::chrono::seconds(10));
-  CHECK(status_of(chunked_big) == 413);
+  CHECK(status_of(chunked_big) == 507);
+  CHECK(chunked_big.find("upload_spool_failed") != std::string::npos);
   CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
 }
 
