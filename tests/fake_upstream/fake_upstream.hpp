@@ -39,6 +39,10 @@ struct recorded_request {
   std::string header(std::string_view name) const;
 };
 
+// Lower-case hex SHA-256 of `data`: what the upload replies report as `fake_sha256` (OpenSSL;
+// no code shared with tollgate, so a test's check of a relayed upload is independent of it).
+std::string sha256_hex(std::string_view data);
+
 class server {
  public:
   explicit server(options o);  // binds and starts serving in background threads; throws if it cannot bind

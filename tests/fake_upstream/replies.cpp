@@ -715,19 +715,6 @@ std::vector<form_part> multipart_parts(const recorded_request& req) {
   return parts;
 }
 
-std::string sha256_hex(std::string_view data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < len; ++i) {
-    out += hex[md[i] >> 4];
-    out += hex[md[i] & 15];
-  }
-  return out;
-}
-
 // Uploads (POST /files, /audio/transcriptions, /audio/translations) answer as OpenAI does (a
 // /files call with anthropic-version as Anthropic does), with the size and, in an extra member
 // `fake_sha256`, the SHA-256 of the bytes received in the `file` part, so a client can check
@@ -948,3 +935,20 @@ reply make_reply(const recorded_request& req, const knobs& k, std::uint64_t requ
 }
 
 }  // namespace fake::detail
+
+namespace fake {
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out += hex[md[i] >> 4];
+    out += hex[md[i] & 15];
+  }
+  return out;
+}
+
+}  // namespace fake

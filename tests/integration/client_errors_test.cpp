@@ -14,10 +14,7 @@ using nlohmann::json;
 using tt::harness;
 
 namespace {
-int status_of(const std::string& raw) {
-  if (raw.size() < 12 || raw.rfind("HTTP/1.", 0) != 0) return 0;
-  return std::stoi(raw.substr(9, 3));
-}
+using tt::status_of;
 std::string body_of(const std::string& raw) {
   auto p = raw.find("\r\n\r\n");
   return p == std::string::npos ? "" : raw.substr(p + 4);

@@ -29,10 +29,7 @@ using steady = std::chrono::steady_clock;
 
 namespace {
 
-int status_of(const std::string& raw) {
-  if (raw.size() < 12 || raw.rfind("HTTP/1.", 0) != 0) return 0;
-  return std::stoi(raw.substr(9, 3));
-}
+using tt::status_of;
 
 std::string body_of(const std::string& raw) {
   auto p = raw.find("\r\n\r\n");

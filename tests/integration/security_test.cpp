@@ -56,10 +56,7 @@ class stderr_capture {
   int saved_ = -1;
 };
 
-int status_of(const std::string& raw) {
-  if (raw.size() < 12 || raw.rfind("HTTP/1.", 0) != 0) return 0;
-  return std::stoi(raw.substr(9, 3));
-}
+using tt::status_of;
 
 std::string read_file(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);

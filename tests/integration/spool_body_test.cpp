@@ -25,12 +25,6 @@ std::string read_all(const spool_body::value_type& b, std::size_t piece) {
   return out;
 }
 
-std::size_t entries(const std::string& dir) {
-  std::size_t n = 0;
-  for (auto it = std::filesystem::directory_iterator(dir); it != std::filesystem::directory_iterator(); ++it) ++n;
-  return n;
-}
-
 }  // namespace
 
 TEST_CASE("spool_body: a body within the spill size stays in memory, needing no directory", "[uploads]") {
@@ -60,7 +54,7 @@ TEST_CASE("spool_body: past the spill size the body moves to an unnamed file, wh
   CHECK(b.size() == expect.size());
   CHECK(read_all(b, 7) == expect);
   CHECK(read_all(b, 1 << 16) == expect);
-  CHECK(entries(dir.path) == 0);  // unnamed: nothing to clean up, nothing left by a crash
+  CHECK(tt::directory_entries(dir.path) == 0);  // unnamed: nothing to clean up, nothing left by a crash
   // Moved, it is the same body; the moved-from one holds nothing.
   spool_body::value_type moved = std::move(b);
   CHECK_FALSE(b.active());

@@ -151,6 +151,17 @@ std::string raw_exchange(std::uint16_t port, const std::string& bytes, std::chro
   return out;
 }
 
+int status_of(const std::string& raw) {
+  if (raw.size() < 12 || raw.rfind("HTTP/1.", 0) != 0) return 0;
+  return std::stoi(raw.substr(9, 3));
+}
+
+std::size_t directory_entries(const std::string& dir) {
+  std::size_t n = 0;
+  for (auto it = std::filesystem::directory_iterator(dir); it != std::filesystem::directory_iterator(); ++it) ++n;
+  return n;
+}
+
 struct stream_client::impl {
   explicit impl(std::uint16_t port) : pending(port) {}
   outstanding_call pending;

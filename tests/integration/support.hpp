@@ -43,6 +43,12 @@ inline response post_json(std::uint16_t port, const std::string& target, const s
 std::string raw_exchange(std::uint16_t port, const std::string& bytes,
                          std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
+// The status code of a raw response (raw_exchange), 0 when it does not start with a status line.
+int status_of(const std::string& raw);
+
+// The number of entries in a directory.
+std::size_t directory_entries(const std::string& dir);
+
 // A streamed response read incrementally (for SSE and abort tests).
 class stream_client {
  public:

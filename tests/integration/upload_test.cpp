@@ -4,7 +4,6 @@
 // fake upstream (which hashes the `file` part it receives) and a real ledger.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
-#include <openssl/evp.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -22,19 +21,6 @@ using nlohmann::json;
 using tt::harness;
 
 namespace {
-
-std::string sha256_hex(std::string_view data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  REQUIRE(EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr) == 1);
-  std::string out;
-  char hex[3];
-  for (unsigned i = 0; i < n; ++i) {
-    std::snprintf(hex, sizeof hex, "%02x", md[i]);
-    out += hex;
-  }
-  return out;
-}
 
 // n bytes of every value, with no short period (a lost or repeated block changes the hash).
 std::string file_bytes(std::size_t n) {
@@ -71,16 +57,7 @@ std::string chunked(const std::string& body, std::size_t piece) {
   return out + "0\r\n\r\n";
 }
 
-int status_of(const std::string& raw) {
-  return raw.size() > 12 && raw.starts_with("HTTP/1.1 ") ? std::stoi(raw.substr(9, 3)) : 0;
-}
-
-// Entries of a directory (an unnamed O_TMPFILE file never shows; a named fallback must not stay).
-std::size_t entries(const std::string& dir) {
-  std::size_t n = 0;
-  for (auto it = std::filesystem::directory_iterator(dir); it != std::filesystem::directory_iterator(); ++it) ++n;
-  return n;
-}
+using tt::status_of;
 
 // tollgate with a small max_body_bytes (so a few MiB exercise the upload path) and its spool
 // directory in the harness's temp dir.
@@ -103,13 +80,13 @@ TEST_CASE("uploads: a pass-through body above max_body_bytes is stored and relay
   auto j = json::parse(r.body);
   CHECK(j["bytes"] == file.size());
   CHECK(j["purpose"] == "batch");
-  CHECK(j["fake_sha256"] == sha256_hex(file));
+  CHECK(j["fake_sha256"] == fake::sha256_hex(file));
   REQUIRE(h.upstream->request_count() == 1);
   const auto got = h.upstream->requests()[0];
   CHECK(got.body == files_body(file));
   CHECK(got.header("content-length") == std::to_string(files_body(file).size()));
   CHECK(got.header("authorization") == "Bearer test-upstream-key");
-  CHECK(entries(h.cfg.spool_dir) == 0);
+  CHECK(tt::directory_entries(h.cfg.spool_dir) == 0);  // unnamed (O_TMPFILE), or unlinked at once
   h.flush();
   auto rows = h.rows("SELECT route, method, status, error_kind IS NULL AS ok FROM calls");
   REQUIRE(rows.size() == 1);
@@ -140,7 +117,7 @@ TEST_CASE("uploads: a chunked upload is stored and sent with its Content-Length,
           "GET /v1/models HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
       std::chrono::seconds(10));
   REQUIRE(raw.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 "));
-  CHECK(raw.find(sha256_hex(file)) != std::string::npos);
+  CHECK(raw.find(fake::sha256_hex(file)) != std::string::npos);
   CHECK(raw.find("\"object\":\"list\"") != std::string::npos);
   REQUIRE(h.upstream->request_count() == 2);
   const auto got = h.upstream->requests()[0];
@@ -195,7 +172,7 @@ TEST_CASE("uploads: failover sends the stored body again, whole, to the next ups
   const std::string file = file_bytes(1024 * 1024 + 5);
   auto r = tt::request(h.port(), "POST", "/v1/files", files_body(file), {{"Content-Type", multipart_type}});
   REQUIRE(r.status == 200);
-  CHECK(json::parse(r.body)["fake_sha256"] == sha256_hex(file));
+  CHECK(json::parse(r.body)["fake_sha256"] == fake::sha256_hex(file));
   REQUIRE(bad.request_count() == 1);
   CHECK(bad.requests()[0].body == files_body(file));
   REQUIRE(h.upstream->request_count() == 1);
@@ -222,7 +199,7 @@ TEST_CASE("uploads: a spool_dir that cannot be written gives 507 upload_spool_fa
       h.port(), "POST /v1/files HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Type: " + multipart_type +
                     "\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(files_body("tiny"), 7));
   CHECK(status_of(chunked_small) == 200);
-  CHECK(chunked_small.find(sha256_hex("tiny")) != std::string::npos);
+  CHECK(chunked_small.find(fake::sha256_hex("tiny")) != std::string::npos);
   const std::string chunked_big = tt::raw_exchange(
       h.port(), "POST /v1/files HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Type: " + multipart_type +
                     "\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(files_body(file_bytes(100 * 1024)), 4096),
