@@ -30,7 +30,8 @@ struct request_facts {
   bool include_usage = false;            // stream_options.include_usage == true
   std::string user;                      // top-level `user` (string), "" otherwise
   std::optional<std::int64_t> max_tokens;  // max_tokens / max_completion_tokens / max_output_tokens
-  std::int64_t prompt_tokens_estimate = 0; // estimate_tokens() over the prompt-ish strings
+  std::int64_t prompt_tokens_estimate = 0; // estimate_tokens() over the prompt-ish strings (binary
+                                         // payloads at their media's rate: binary_payload_tokens)
   bool prompt_estimated = false;         // prompt_tokens_estimate was computed (see below)
 };
 
@@ -41,13 +42,26 @@ inline constexpr int default_max_depth = 128;
 // usage for, and walking every message is ~4 % of a proxied call's instructions.
 request_facts inspect_request(std::string_view body, int max_depth = default_max_depth, bool estimate_prompt = true);
 
-// Returns the body with stream_options.include_usage = true, everything else unchanged.
+// A prompt string that carries binary data rather than text: an image, PDF or audio clip sent
+// inline as base64, bare (Anthropic's `source.data`, OpenAI's `input_audio.data`) or in a
+// `data:` URL (`image_url.url`, `file_data`). Its tokens depend on the medium, not on its
+// length: a 1 MB PNG read as text would be ~350,000 tokens; the APIs bill it ~1,000-2,500.
+// Returns the tokens to count for s (see request_inspect.cpp for the rates), or -1 when s is
+// text. A base64 data: URL is always a payload; bare base64 only when it is 256 bytes or more
+// and decodes to a known file type (PNG, JPEG, GIF, WebP, HEIC/AVIF, PDF, WAV, MP3, Ogg, FLAC,
+// MP4, WebM).
+std::int64_t binary_payload_tokens(std::string_view s) noexcept;
+
+// Returns the body with stream_options.include_usage = true, everything else unchanged (byte-exact).
 // When there is no stream_options, inserts `"stream_options":{"include_usage":true},` right
-// after the opening brace (byte-exact otherwise); when stream_options exists, rewrites via a DOM.
+// after the opening brace; when stream_options exists, sets include_usage in it (a non-object
+// stream_options becomes {"include_usage":true}).
 std::string add_include_usage(std::string_view body, const request_facts& facts);
 
-// Returns the body with the top-level `model` set to `model` (member order kept); the body
-// unchanged when it is not a JSON object.
+// Returns the body with the top-level `model` set to `model`: the value edited in place, every
+// other byte as it was; the body unchanged when facts (inspect_request of this body) name a
+// problem. The two-argument form inspects the body itself.
+std::string replace_model(std::string_view body, std::string_view model, const request_facts& facts);
 std::string replace_model(std::string_view body, std::string_view model);
 
 }  // namespace tollgate

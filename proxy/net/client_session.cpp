@@ -1065,7 +1065,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       a.tries.push_back({fallback, false});
     }
   }
-  if (send_model != c.facts.model && rd.json_body && c.facts.has_model) req.body() = replace_model(req.body(), send_model);
+  if (send_model != c.facts.model && rd.json_body && c.facts.has_model) req.body() = replace_model(req.body(), send_model, c.facts);
 
   // Ask the upstream for usage on streams; the client will not see the extra chunk.
   if (c.facts.stream && !c.facts.include_usage &&

@@ -172,6 +172,73 @@ TEST_CASE("budgets: 200 concurrent calls against a nearly spent hard budget over
   CHECK(h.metric_sum("tollgate_budget_spent_usd", "scope=\"global\"") == Approx(spent).epsilon(1e-9));
 }
 
+namespace {
+
+// A PNG-looking file of n bytes, base64-encoded (what the SDKs put in a data: URL or `source.data`).
+std::string png_base64(std::size_t n) {
+  std::string bytes = "\x89PNG\r\n\x1a\n";
+  while (bytes.size() < n) bytes += static_cast<char>((bytes.size() * 7919) & 0xff);
+  static constexpr char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  for (std::size_t i = 0; i + 2 < bytes.size(); i += 3) {
+    const std::uint32_t v = static_cast<unsigned char>(bytes[i]) << 16 | static_cast<unsigned char>(bytes[i + 1]) << 8 |
+                            static_cast<unsigned char>(bytes[i + 2]);
+    for (int k = 18; k >= 0; k -= 6) out += abc[(v >> k) & 63];
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("budgets and rate limits: an image sent inline is reserved as an image, not as its base64 text",
+          "[budgets][ratelimit]") {
+  // A 1 MB image is ~1.4 MB of base64. Read as text it was ~350,000 prompt tokens: $1.05 reserved
+  // at Claude Sonnet's $3/MTok, so a $0.05 hard budget refused every image call, and a 100k TPM
+  // key was drained by one. Counted as an image (2,500 tokens), both admit it.
+  tt::harness h({.tweak = [](tollgate::config& c) {
+    c.policy.auth = tollgate::auth_mode::required;
+    auto k = key("vision", "sk-vision-secret-1");
+    k.limits.tpm = 100000;
+    c.policy.keys = {k};
+    tollgate::budget_config b;
+    b.scope = "global";
+    b.period = tollgate::calendar_period::day;
+    b.limit_usd = 0.05;
+    b.hard = true;
+    c.policy.budgets = {b};
+  }});
+  const std::string image = png_base64(1'000'000);
+  tt::headers anthropic = bearer("sk-vision-secret-1");
+  anthropic.emplace_back("anthropic-version", "2023-06-01");
+  auto r = tt::post_json(h.port(), "/v1/messages",
+                         R"({"model":"claude-sonnet-4.5","max_tokens":16,"messages":[{"role":"user","content":[)"
+                         R"({"type":"image","source":{"type":"base64","media_type":"image/png","data":")" + image +
+                             R"("}},{"type":"text","text":"What is in this image?"}]}]})",
+                         anthropic);
+  CHECK(r.status == 200);
+  // Charged at admission: the image's 2,500 tokens, a few of text and max_tokens, not 350,000.
+  const long remaining = std::stol(r.header("x-ratelimit-remaining-tokens"));
+  CHECK(remaining >= 100000 - 2500 - 100);
+  CHECK(remaining < 100000 - 2500);
+
+  SECTION("OpenAI's data: URL, and a stream cut short is ledgered with the estimate") {
+    tt::stream_client s(h.port(), "/v1/chat/completions",
+                        R"({"model":"gpt-4.1","stream":true,"max_tokens":16,"messages":[{"role":"user","content":[)"
+                        R"({"type":"text","text":"Describe it."},{"type":"image_url","image_url":{"url":"data:image/png;base64,)" +
+                            image + R"("}}]}]})",
+                        {{"Authorization", "Bearer sk-vision-secret-1"}, {"x-fake-fault", "reset-mid-stream"}});
+    CHECK(s.status() == 200);
+    s.read_all();
+    h.flush();
+    auto rows = h.rows("SELECT prompt_tokens, usage_source FROM calls WHERE route = 'chat_completions'");
+    REQUIRE(rows.size() == 1);
+    CHECK(rows[0]["usage_source"] == "estimated");
+    const long prompt = std::stol(rows[0]["prompt_tokens"]);
+    CHECK(prompt >= 2500);
+    CHECK(prompt < 2600);
+  }
+}
+
 TEST_CASE("rate limits: RPM per key with OpenAI's headers and Retry-After", "[ratelimit]") {
   tt::harness h({.tweak = [](tollgate::config& c) {
     c.policy.auth = tollgate::auth_mode::required;
