@@ -80,7 +80,7 @@ struct config {
   policy_config policy;                     // auth, keys, budgets, spend_guard, alerts (issue 4)
 
   // Client side.
-  std::size_t max_body_bytes = 32u << 20;   // 413 above
+  std::size_t max_body_bytes = 64u << 20;   // 413 above
   // A pass-through call's body over max_body_bytes is stored in an unnamed file in spool_dir
   // (a chunked one once it grows past max_body_bytes) and sent from there, up to this size
   // (413 above); 0 or <= max_body_bytes: off.

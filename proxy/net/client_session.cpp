@@ -52,6 +52,10 @@ constexpr std::string_view upload_too_large =
     "Request body exceeds the configured limit for uploads (server.max_upload_bytes).";
 // A stored upload goes upstream in writes of this size (see send_spooled).
 constexpr std::size_t spool_chunk = 256 * 1024;
+// A pass-through body larger than this (or than max_body_bytes, when smaller) is stored in a
+// file: max_body_bytes is sized for JSON with inline images (OpenAI takes 50 MB of them), and
+// an upload of that size need not sit in memory while it is read and sent.
+constexpr std::uint64_t spool_above_bytes = 8u << 20;
 // How long a keep-alive connection waits for its next request with a read buffer ready (one recv
 // per request) before it gives the buffer back and parks on a 1-byte read (see run()).
 constexpr auto hot_idle = 50ms;
@@ -306,7 +310,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
 
   awaitable<bool> handle_one();
   void take_head(const client_request& req, call::head_fields& h);
-  bool open_spool(call& c) const;
+  bool open_spool(call& c, bool fits_in_memory) const;
   awaitable<errc> spool_request_body(client_parser& parser, call& c);
   std::pair<errc, std::string> decode_request_body(client_request& req, call& c) const;
   static std::int64_t prompt_estimate(call& c, const client_request& req);
@@ -607,16 +611,20 @@ awaitable<bool> client_session::handle_one() {
     // spool_request_body (a file, or memory then a file); anything else into memory within
     // max_body_bytes.
     const std::uint64_t length = parser.content_length().value_or(0);
+    const std::uint64_t spool_above = std::min<std::uint64_t>(cfg_.max_body_bytes, spool_above_bytes);
     bool spool = spooling && !parser.is_done() && tp && !rd.local && rd.error == errc::ok &&
-                 rd.route == route_kind::other && (parser.chunked() || length > cfg_.max_body_bytes);
+                 rd.route == route_kind::other && (parser.chunked() || length > spool_above);
     // A declared large body gets its file now (a 507 comes before any 100 Continue); a chunked
-    // one starts in memory and moves to a file only past max_body_bytes, so a small one never
-    // touches the disk, and a read-only spool_dir loses nothing that fitted in memory before.
+    // one starts in memory and moves to a file only past spool_above, so a small one never
+    // touches the disk. Without a file (a read-only or full spool_dir) a body within
+    // max_body_bytes is held in memory, as any body could be before uploads were spooled.
     bool no_spool = false;
-    if (spool && parser.chunked())
-      c.spooled.start(cfg_.spool_dir, cfg_.max_body_bytes);
-    else if (spool)
-      no_spool = !open_spool(c);
+    if (spool && parser.chunked()) {
+      c.spooled.start(cfg_.spool_dir, spool_above, cfg_.max_body_bytes);
+    } else if (spool && !open_spool(c, length <= cfg_.max_body_bytes)) {
+      spool = false;
+      no_spool = length > cfg_.max_body_bytes;
+    }
     if (no_spool) {
       refuse(errc::upload_spool_failed);
     } else if (!parser.is_done() && !spool && length > cfg_.max_body_bytes) {
@@ -687,10 +695,13 @@ awaitable<bool> client_session::handle_one() {
 // head moves to a parser with the file body (Beast's body-type conversion, allowed between the
 // head and the body) and back to the client's request when the body is read. Returns ok, the
 // refusal, or client_aborted when the client went away (the connection just closes).
-bool client_session::open_spool(call& c) const {
+bool client_session::open_spool(call& c, bool fits_in_memory) const {
   std::string why;
   if (c.spooled.open(cfg_.spool_dir, why)) return true;
-  log_line(log_level::error, "cannot store an upload").str("error", why);
+  if (fits_in_memory)
+    log_line(log_level::warn, "cannot store an upload in a file: held in memory").str("error", why);
+  else
+    log_line(log_level::error, "cannot store an upload").str("error", why);
   return false;
 }
 

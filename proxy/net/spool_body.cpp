@@ -21,10 +21,11 @@ bool spool_body::value_type::open(const std::string& dir, std::string& why) {
   return true;
 }
 
-void spool_body::value_type::start(std::string dir, std::uint64_t spill_at) {
+void spool_body::value_type::start(std::string dir, std::uint64_t spill_at, std::uint64_t memory_cap) {
   close();
   dir_ = std::move(dir);
   spill_at_ = spill_at;
+  memory_cap_ = std::max(memory_cap, spill_at);
   active_ = true;
 }
 
@@ -56,6 +57,8 @@ void spool_body::value_type::close() noexcept {
   error_ = 0;
   active_ = false;
   spill_at_ = 0;
+  memory_cap_ = 0;
+  spill_error_ = 0;
   memory_.clear();
 }
 
@@ -75,7 +78,17 @@ long spool_body::value_type::read_at(std::uint64_t offset, char* out, std::size_
 
 bool spool_body::value_type::append(const char* data, std::size_t n) noexcept {
   if (fd_ < 0) {
-    if (memory_.size() + n <= spill_at_) {
+    int fd = -1;
+    if (memory_.size() + n > spill_at_ && spill_error_ == 0) {  // past the spill size: a file
+      std::string why;
+      fd = create_file(dir_, why);
+      if (fd < 0) spill_error_ = errno;
+    }
+    if (fd < 0) {  // memory: below the spill size, or no file could be made and within the cap
+      if (memory_.size() + n > (spill_error_ ? memory_cap_ : spill_at_)) {
+        error_ = spill_error_ ? spill_error_ : ENOSPC;
+        return false;
+      }
       try {
         memory_.append(data, n);
       } catch (const std::bad_alloc&) {
@@ -85,13 +98,7 @@ bool spool_body::value_type::append(const char* data, std::size_t n) noexcept {
       size_ += n;
       return true;
     }
-    // Past the spill size: the file, with what was held so far first.
-    std::string why;
-    const int fd = create_file(dir_, why);
-    if (fd < 0) {
-      error_ = errno;
-      return false;
-    }
+    // The file, with what was held so far first.
     fd_ = fd;
     std::string held = std::move(memory_);
     memory_ = std::string();

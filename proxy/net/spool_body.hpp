@@ -41,8 +41,9 @@ struct spool_body {
     // Creates an empty unnamed file in `dir` ("": $TMPDIR, else /var/tmp) at once. On failure
     // returns false with the reason in `why`.
     bool open(const std::string& dir, std::string& why);
-    // Keeps up to `spill_at` bytes in memory; the file in `dir` is created when more come.
-    void start(std::string dir, std::uint64_t spill_at);
+    // Keeps up to `spill_at` bytes in memory; the file in `dir` is created when more come. When
+    // it cannot be created, the body stays in memory up to `memory_cap` (then write_error()).
+    void start(std::string dir, std::uint64_t spill_at, std::uint64_t memory_cap);
     void close() noexcept;
     // The body is held here (open() or start() was called).
     bool active() const noexcept { return active_; }
@@ -63,6 +64,8 @@ struct spool_body {
       error_ = std::exchange(o.error_, 0);
       active_ = std::exchange(o.active_, false);
       spill_at_ = std::exchange(o.spill_at_, 0);
+      memory_cap_ = std::exchange(o.memory_cap_, 0);
+      spill_error_ = std::exchange(o.spill_error_, 0);
       memory_ = std::move(o.memory_);
       dir_ = std::move(o.dir_);
     }
@@ -71,6 +74,8 @@ struct spool_body {
     int error_ = 0;
     bool active_ = false;
     std::uint64_t spill_at_ = 0;
+    std::uint64_t memory_cap_ = 0;  // how far memory may hold it when no file can be created
+    int spill_error_ = 0;           // errno of that failed creation (not tried again)
     std::string memory_;  // the body until it passes spill_at_ (then in the file)
     std::string dir_;
   };

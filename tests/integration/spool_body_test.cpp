@@ -29,7 +29,7 @@ std::string read_all(const spool_body::value_type& b, std::size_t piece) {
 
 TEST_CASE("spool_body: a body within the spill size stays in memory, needing no directory", "[uploads]") {
   spool_body::value_type b;
-  b.start("/nonexistent/tollgate-spool", 10);
+  b.start("/nonexistent/tollgate-spool", 10, 10);
   REQUIRE(b.active());
   CHECK(b.append("hello", 5));
   CHECK(b.append("world", 5));
@@ -39,13 +39,24 @@ TEST_CASE("spool_body: a body within the spill size stays in memory, needing no 
   // One byte more needs the file, which cannot be created there.
   CHECK_FALSE(b.append("!", 1));
   CHECK(b.write_error() == ENOENT);
+  SECTION("with room in memory beyond the spill size, the body stays there, up to that cap") {
+    spool_body::value_type m;
+    m.start("/nonexistent/tollgate-spool", 4, 12);
+    CHECK(m.append("hello", 5));  // past the spill size: no file, memory instead
+    CHECK(m.append("world", 5));
+    CHECK(m.append("!!", 2));
+    CHECK(m.write_error() == 0);
+    CHECK(read_all(m, 5) == "helloworld!!");
+    CHECK_FALSE(m.append("?", 1));  // past the cap
+    CHECK(m.write_error() == ENOENT);
+  }
 }
 
 TEST_CASE("spool_body: past the spill size the body moves to an unnamed file, whole and in order", "[uploads]") {
   tt::temp_dir dir;
   std::string expect;
   spool_body::value_type b;
-  b.start(dir.path, 1000);
+  b.start(dir.path, 1000, 1000);
   for (int i = 0; i < 300; ++i) {
     const std::string piece = std::to_string(i) + ",";
     REQUIRE(b.append(piece.data(), piece.size()));

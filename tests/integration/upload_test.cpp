@@ -209,6 +209,43 @@ TEST_CASE("uploads: a spool_dir that cannot be written gives 507 upload_spool_fa
   CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
 }
 
+TEST_CASE("uploads: above 8 MiB a body is stored even within max_body_bytes, or held in memory when no file can be made",
+          "[uploads]") {
+  // max_body_bytes is sized for JSON with inline images (64 MiB by default); a pass-through body
+  // over 8 MiB goes to the spool file all the same, and when no file can be made a body within
+  // max_body_bytes is held in memory (as before spooling existed) rather than refused.
+  const std::string nine_mib = file_bytes(9 << 20);
+  auto spool_files = [](const harness& h) { return tt::directory_entries(h.cfg.spool_dir); };
+  SECTION("a writable spool_dir: stored, relayed byte for byte, no file left") {
+    harness h(small_bodies([](tollgate::config& c) { c.max_body_bytes = 16 << 20; }));
+    auto r = tt::request(h.port(), "POST", "/v1/files", files_body(nine_mib), {{"Content-Type", multipart_type}});
+    REQUIRE(r.status == 200);
+    CHECK(json::parse(r.body)["fake_sha256"] == fake::sha256_hex(nine_mib));
+    CHECK(spool_files(h) == 0);
+  }
+  SECTION("an unwritable one: within max_body_bytes 200 from memory, above it 507") {
+    harness h(small_bodies([](tollgate::config& c) {
+      c.max_body_bytes = 16 << 20;
+      c.spool_dir = "/nonexistent/tollgate-spool";
+    }));
+    auto r = tt::request(h.port(), "POST", "/v1/files", files_body(nine_mib), {{"Content-Type", multipart_type}});
+    REQUIRE(r.status == 200);
+    CHECK(json::parse(r.body)["fake_sha256"] == fake::sha256_hex(nine_mib));
+    const std::string chunked_nine = tt::raw_exchange(
+        h.port(), "POST /v1/files HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Type: " + multipart_type +
+                      "\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(files_body(nine_mib), 256 * 1024),
+        std::chrono::seconds(20));
+    CHECK(status_of(chunked_nine) == 200);
+    CHECK(chunked_nine.find(fake::sha256_hex(nine_mib)) != std::string::npos);
+    // Over max_body_bytes it needs the file: 507 with the head, before any 100 Continue.
+    const std::string big = tt::raw_exchange(
+        h.port(), "POST /v1/files HTTP/1.1\r\nHost: a\r\nContent-Type: " + multipart_type +
+                      "\r\nExpect: 100-continue\r\nContent-Length: " + std::to_string(17 << 20) + "\r\n\r\n");
+    CHECK(status_of(big) == 507);
+    CHECK(h.upstream->request_count() == 2);
+  }
+}
+
 TEST_CASE("uploads: a client that stops or leaves mid-upload gets 408 or nothing, and nothing goes upstream",
           "[uploads][timeouts]") {
   using namespace std::chrono_literals;

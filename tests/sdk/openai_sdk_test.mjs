@@ -143,9 +143,25 @@ test('uploads: files.create and audio.transcriptions pass binary multipart bodie
   assert.equal(transcript.fake_sha256, sha256(audio));
 });
 
-test('uploads API: a 40 MB part, larger than max_body_bytes (32 MiB), passes byte for byte', async () => {
+test('chat with 40 MB of inline image (a base64 data: URL, over the old 32 MiB limit) is relayed', async () => {
+  // OpenAI takes up to 50 MB of images in one request; max_body_bytes (64 MiB) is sized for it.
+  const png = Buffer.alloc(30 * 1000 * 1000);
+  png.set([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  for (let i = 8; i < png.length; ++i) png[i] = (i * 7919) & 0xff;
+  const url = `data:image/png;base64,${png.toString('base64')}`;
+  assert.ok(url.length > 40 * 1000 * 1000);
+  const completion = await client.chat.completions.create({
+    model,
+    messages: [{ role: 'user', content: [{ type: 'text', text: 'What is in this image?' }, { type: 'image_url', image_url: { url } }] }],
+  });
+  assert.equal(completion.object, 'chat.completion');
+  assert.ok(completion.choices[0].message.content.length > 0);
+  assert.ok(completion.usage.prompt_tokens > 0);
+});
+
+test('uploads API: a 40 MB part, stored in a file (over 8 MiB), passes byte for byte', async () => {
   // The Uploads API takes parts of up to 64 MB; tollgate stores such a body in a file
-  // (server.spool_dir) instead of refusing it or holding it in memory.
+  // (server.spool_dir) instead of holding it in memory.
   const part = Buffer.alloc(40 * 1000 * 1000 + 7);
   for (let i = 0; i < part.length; ++i) part[i] = (i * 7919 + (i >> 13)) & 0xff;
   const upload = await client.uploads.create({ bytes: part.length, filename: 'big.jsonl', mime_type: 'application/jsonl', purpose: 'batch' });
