@@ -124,7 +124,10 @@ struct prompt_tally {
   text_tally text;
   std::int64_t media = 0;
   void add(std::string_view s) noexcept {
-    if (const std::int64_t t = binary_payload_tokens(s); t >= 0)
+    // Inline, the test that rules out most strings (short, and not "data:…"): the hot path's
+    // chat bodies are dozens of short strings.
+    const bool maybe = s.size() >= 256 || (s.size() >= 13 && (s[0] | 0x20) == 'd' && s[4] == ':');
+    if (const std::int64_t t = maybe ? binary_payload_tokens(s) : -1; t >= 0)
       media += t;
     else
       text.add(s);

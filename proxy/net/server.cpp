@@ -356,7 +356,10 @@ void app::start() {
     spool_body::value_type probe;
     std::string why;
     if (!probe.open(c.spool_dir, why))
-      log_line(log_level::warn, "uploads larger than server.max_body_bytes will fail with 507").str("error", why);
+      log_line(log_level::warn,
+               "cannot store uploads in server.spool_dir: those over 8 MiB are held in memory, and those over "
+               "server.max_body_bytes fail with 507")
+          .str("error", why);
   }
   std::string upstream_list;
   for (const auto& t : I.st.upstreams) {
