@@ -115,6 +115,30 @@ test(`${sdk}: messages.create, non-stream with cache reads and 5m/1h writes`, as
   expectLedgerRow(id, message.usage, false);
 });
 
+test(`${sdk}: an image and a PDF sent as base64 sources: relayed, metered from the upstream's usage`, async () => {
+  // 1.5 MB of base64: tollgate's admission estimate counts them as an image and a PDF, not as
+  // ~400,000 tokens of text; the ledger row is the upstream's usage, as for any call.
+  const png = Buffer.alloc(600_000);
+  png.set([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  const pdf = Buffer.concat([Buffer.from('%PDF-1.7\n'), Buffer.alloc(500_000, 0x20)]);
+  const { id, options } = call('media');
+  const message = await client.messages.create({
+    model,
+    max_tokens: 256,
+    messages: [{
+      role: 'user',
+      content: [
+        { type: 'image', source: { type: 'base64', media_type: 'image/png', data: png.toString('base64') } },
+        { type: 'document', source: { type: 'base64', media_type: 'application/pdf', data: pdf.toString('base64') } },
+        { type: 'text', text: 'Compare the image with the document.' },
+      ],
+    }],
+  }, options);
+  assert.equal(message.content[0].text, replyText);
+  assert.ok(message.usage.input_tokens > 0);
+  expectLedgerRow(id, message.usage, false);
+});
+
 test(`${sdk}: messages.stream: text deltas, finalMessage() with cumulative usage and cache tokens`, async () => {
   const { id, options } = call('stream-helper', cacheKnobs);
   const stream = client.messages.stream(params, options);
