@@ -81,9 +81,10 @@ struct config {
 
   // Client side.
   std::size_t max_body_bytes = 64u << 20;   // 413 above
-  // A pass-through call's body over max_body_bytes is stored in an unnamed file in spool_dir
-  // (a chunked one once it grows past max_body_bytes) and sent from there, up to this size
-  // (413 above); 0 or <= max_body_bytes: off.
+  // A pass-through call's body over 8 MiB (or max_body_bytes, if smaller) is stored in an
+  // unnamed file in spool_dir (a chunked one once it grows past that) and sent from there, up to
+  // this size (413 above); 0 or <= max_body_bytes: off. Without a file, within max_body_bytes
+  // it is held in memory.
   std::uint64_t max_upload_bytes = 1ull << 30;
   std::string spool_dir;                    // "": $TMPDIR, else /var/tmp
   std::size_t max_header_bytes = 64u << 10; // 431 above
