@@ -107,6 +107,34 @@ TEST_CASE("usage: embeddings body has prompt tokens only", "[usage]") {
   CHECK(f.id.empty());
 }
 
+TEST_CASE("usage: a reply over 1 MiB (an embeddings batch) is read with the same answers", "[usage]") {
+  // 300 vectors of 1,536 floats, ~5.5 MB: a parser of its own rather than nlohmann's DOM.
+  std::string body = R"({"object":"list","data":[)";
+  for (int i = 0; i < 300; ++i) {
+    body += i ? "," : "";
+    body += R"({"object":"embedding","index":)" + std::to_string(i) + R"(,"embedding":[)";
+    for (int j = 0; j < 1536; ++j) body += (j ? ",-0.0" : "-0.0") + std::to_string(1000000 + (i * 7919 + j * 31) % 9000000);
+    body += "]}";
+  }
+  body += R"(],"model":"text-embedding-3-small","usage":{"prompt_tokens":8123,"total_tokens":8123}})";
+  REQUIRE(body.size() > 4'000'000);
+  const auto f = extract_response(route_kind::embeddings, body);
+  CHECK(f.has_usage);
+  CHECK(f.usage.prompt == 8123);
+  CHECK(f.usage.completion == 0);
+  CHECK(f.model == "text-embedding-3-small");
+  SECTION("what simdjson refuses (an integer beyond uint64) still goes to nlohmann") {
+    std::string odd = body;
+    odd.replace(odd.find(R"("index":0)"), 9, R"("index":18446744073709551616)");
+    const auto g = extract_response(route_kind::embeddings, odd);
+    CHECK(g.has_usage);
+    CHECK(g.usage.prompt == 8123);
+  }
+  SECTION("cut short: no usage, no crash") {
+    CHECK_FALSE(extract_response(route_kind::embeddings, body.substr(0, body.size() / 2)).has_usage);
+  }
+}
+
 TEST_CASE("usage: Responses body uses input/output tokens and their details", "[usage]") {
   const auto f = extract_response(route_kind::responses, R"({
     "id": "resp_67ccd3a9da748190baa7f1570fe91ac604becb25c45c1d41", "object": "response",
@@ -383,6 +411,24 @@ TEST_CASE("stream_meter: Anthropic error event sets saw_error", "[usage][stream]
   CHECK(relay(m, error) == error);
   CHECK(m.saw_error());
   CHECK_FALSE(m.saw_done());
+}
+
+TEST_CASE("stream_meter: an event over 1 MiB (a streamed partial image) is read and relayed whole", "[usage][stream]") {
+  // The image generation tool streams base64 images of 1-3 MB as single events.
+  const std::string image(2'000'000, 'A');
+  const std::string stream =
+      typed_event("response.image_generation_call.partial_image",
+                  R"({"type":"response.image_generation_call.partial_image","sequence_number":1,"item_id":"ig_1",)"
+                  R"("output_index":0,"partial_image_index":0,"partial_image_b64":")" + image + R"("})") +
+      typed_event("response.completed", R"({"type":"response.completed","sequence_number":2,"response":{"id":"resp_9",)"
+                                        R"("object":"response","status":"completed","model":"gpt-4.1","usage":{"input_tokens":70,)"
+                                        R"("output_tokens":1500,"total_tokens":1570}}})");
+  stream_meter m(route_kind::responses, false);
+  CHECK(relay(m, stream) == stream);
+  REQUIRE(m.has_usage());
+  CHECK(m.usage().prompt == 70);
+  CHECK(m.usage().completion == 1500);
+  CHECK(m.model() == "gpt-4.1");
 }
 
 TEST_CASE("stream_meter: Responses stream takes usage from response.completed", "[usage][stream]") {
