@@ -783,10 +783,6 @@ std::string add_include_usage(std::string_view body, const request_facts& facts)
 
 namespace tollgate {
 
-std::string replace_model(std::string_view body, std::string_view model) {
-  return replace_model(body, model, inspect_request(body, default_max_depth, false));
-}
-
 std::string replace_model(std::string_view body, std::string_view model, const request_facts& facts) {
   try {
     // A routing rewrite or a spend-guard reroute: only the value of `model` changes, in place.

@@ -60,8 +60,7 @@ std::string add_include_usage(std::string_view body, const request_facts& facts)
 
 // Returns the body with the top-level `model` set to `model`: the value edited in place, every
 // other byte as it was; the body unchanged when facts (inspect_request of this body) name a
-// problem. The two-argument form inspects the body itself.
+// problem.
 std::string replace_model(std::string_view body, std::string_view model, const request_facts& facts);
-std::string replace_model(std::string_view body, std::string_view model);
 
 }  // namespace tollgate

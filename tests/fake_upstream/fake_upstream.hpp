@@ -42,6 +42,9 @@ struct recorded_request {
 // Lower-case hex SHA-256 of `data`: what the upload replies report as `fake_sha256` (OpenSSL;
 // no code shared with tollgate, so a test's check of a relayed upload is independent of it).
 std::string sha256_hex(std::string_view data);
+// Standard base64 with padding (the embeddings replies' encoding_format "base64"; tests encode
+// inline images with it).
+std::string base64(std::string_view bytes);
 
 class server {
  public:

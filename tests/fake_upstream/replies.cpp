@@ -430,19 +430,6 @@ reply completions_reply(const json& body, const knobs& k, std::uint64_t n) {
   return stream_reply(openai_stream(head, steps, t, k, wants_usage_chunk(body)), openai_stream_error);
 }
 
-std::string base64(const unsigned char* data, std::size_t size) {
-  static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  for (std::size_t i = 0; i < size; i += 3) {
-    const unsigned v = (data[i] << 16) | (i + 1 < size ? data[i + 1] << 8 : 0) | (i + 2 < size ? data[i + 2] : 0);
-    out += alphabet[(v >> 18) & 63];
-    out += alphabet[(v >> 12) & 63];
-    out += i + 1 < size ? alphabet[(v >> 6) & 63] : '=';
-    out += i + 2 < size ? alphabet[v & 63] : '=';
-  }
-  return out;
-}
-
 // A unit-length 8-dim vector derived from the input text (FNV-1a), so equal inputs embed equally.
 std::array<float, 8> embed(const json& input) {
   const std::string text = input.dump();
@@ -479,7 +466,7 @@ reply embeddings_reply(const json& body, const knobs& k) {
     if (as_base64) {
       std::array<unsigned char, sizeof(v)> bytes;
       std::memcpy(bytes.data(), v.data(), sizeof(v));  // x86/ARM are little-endian, as the wire wants
-      embedding = base64(bytes.data(), bytes.size());
+      embedding = base64(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
     } else {
       embedding = ojson(std::vector<float>(v.begin(), v.end()));
     }
@@ -947,6 +934,21 @@ std::string sha256_hex(std::string_view data) {
   for (unsigned int i = 0; i < len; ++i) {
     out += hex[md[i] >> 4];
     out += hex[md[i] & 15];
+  }
+  return out;
+}
+
+std::string base64(std::string_view bytes) {
+  static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  const auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
+  const std::size_t size = bytes.size();
+  std::string out;
+  for (std::size_t i = 0; i < size; i += 3) {
+    const unsigned v = (data[i] << 16) | (i + 1 < size ? data[i + 1] << 8 : 0) | (i + 2 < size ? data[i + 2] : 0);
+    out += alphabet[(v >> 18) & 63];
+    out += alphabet[(v >> 12) & 63];
+    out += i + 1 < size ? alphabet[(v >> 6) & 63] : '=';
+    out += i + 2 < size ? alphabet[v & 63] : '=';
   }
   return out;
 }

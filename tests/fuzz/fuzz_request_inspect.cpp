@@ -89,7 +89,6 @@ void check_rewrites(std::string_view body, const request_facts& f, std::string_v
   }
 
   const std::string renamed = tollgate::replace_model(body, model, f);  // as the proxy calls it
-  FUZZ_CHECK(renamed == tollgate::replace_model(body, model));        // the form that reads the body itself
   // Not JSON, not an object: nothing to rename (a too-deep object still is one; the proxy only
   // renames accepted bodies).
   if (f.problem == request_problem::malformed_json || f.problem == request_problem::not_object ||
