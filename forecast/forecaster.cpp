@@ -43,6 +43,8 @@ constexpr double level_shift_widening = 0.25;  // extra band width a day ahead (
 constexpr double upper_cap_factor = 2.0;    // p90/p95 at most this x the busiest bin kept
 constexpr double detector_days = 14.0;      // spike detector's memory of one-step errors
 constexpr double clean_threshold = 4.0;     // robust z beyond which seasonal look-ups see a clipped value
+constexpr double burst_threshold = 4.0;     // bins this many seasonal scales above the usual level...
+constexpr double burst_max_days = 0.25;     // ...for at most 6 hours form a burst, cleaned when it ends
 constexpr double cold_sd_max = 1.4;         // cold-start band at most x/÷10 at p95/p05 (1.645 x 1.4 = ln 10)
 
 // Standard normal quantiles at quantile_levels (for the cold-start prior).
@@ -152,6 +154,11 @@ struct forecaster::impl {
   anomaly_state anomaly;
   bool spike_scored = false;  // the newest bin was scored (detector warm)
   std::vector<double> scratch;
+  // A burst in progress: the bins since burst_start sit above the seasonal reference by more
+  // than burst_edge() allows (see track_burst). seas_scale: mean |z - seasonal reference|, clipped.
+  std::size_t burst_start = 0, burst_len = 0;
+  double seas_scale = 0.0;
+  std::size_t seas_n = 0;
   // Busiest observed bin (log1p) of each day in the kept history, a ring by day index: the
   // upper cap of the bands (forecast()) without a scan of the whole history per forecast.
   std::vector<float> day_max;
@@ -227,6 +234,9 @@ struct forecaster::impl {
     next_f = next_point = std::nan("");
     next_warm = false;
     anomaly = {};
+    burst_start = burst_len = 0;
+    seas_scale = 0.0;
+    seas_n = 0;
     started = false;
   }
 
@@ -406,6 +416,54 @@ struct forecaster::impl {
     return c % 2 ? v[c / 2] : 0.5 * (v[c / 2 - 1] + v[c / 2]);
   }
 
+  // How far above the seasonal reference a bin may sit and still be usual traffic: the larger
+  // of the cleaning band and burst_threshold seasonal scales (the day-to-day spread of a time
+  // of day, which on smooth aggregates is several times the one-step error).
+  double burst_edge() const noexcept {
+    return std::max(clean_threshold * det_scale, burst_threshold * std::max(seas_scale, 0.05));
+  }
+
+  // Bursts leave the cleaned history once they have ended. The cleaning at append time clips
+  // a bin only against the one-step forecast, which follows a burst after its first bin (the
+  // naive and the persistent members carry it), so a burst of several bins stayed in the copy
+  // the seasonal look-ups read: a one-off batch of 40k requests on an otherwise idle client
+  // came back as next week's forecast, with a band as narrow as the idle week's errors. Here a
+  // run of bins above the seasonal reference (median of the last 7 days at that time of day)
+  // by more than burst_edge() that ends within burst_max_days is clipped to that edge in the
+  // cleaned copy, except bins that repeat the same time a day or a week earlier (a daily or
+  // weekly job is traffic to forecast, not a burst). A longer run is a level shift and is kept.
+  void track_burst(std::size_t t, double z) noexcept {
+    const double ref = seasonal_reference(t);
+    if (!std::isfinite(ref) || !spike_scored) {
+      burst_len = 0;
+      return;
+    }
+    const double edge = burst_edge();
+    const double d = z - ref;
+    const double g = 1.0 / static_cast<double>(std::min(seas_n + 1, 7 * cal.m));
+    seas_scale += g * (std::min(std::fabs(d), 3.0 * std::max(seas_scale, 0.05)) - seas_scale);
+    ++seas_n;
+    if (d > edge) {
+      if (burst_len == 0) burst_start = t;
+      ++burst_len;
+      return;
+    }
+    if (burst_len == 0) return;
+    const std::size_t max_len = std::max<std::size_t>(1, static_cast<std::size_t>(burst_max_days * static_cast<double>(cal.m)));
+    if (burst_len <= max_len) {
+      for (std::size_t i = burst_start; i < burst_start + burst_len; ++i) {
+        const double zi = hist.z(i);
+        auto repeats = [&](std::size_t back) {
+          return i >= back && hist.has(i - back) && hist.observed(i - back) && std::fabs(zi - hist.z(i - back)) <= edge;
+        };
+        if (repeats(cal.m) || repeats(7 * cal.m)) continue;
+        const double ri = seasonal_reference(i);
+        if (std::isfinite(ri)) hist.clip_clean(i, ri + edge);
+      }
+    }
+    burst_len = 0;
+  }
+
   void update(double value) noexcept {
     const std::size_t t = hist.size();  // index of the new bin
     const bool obs = std::isfinite(value);
@@ -472,12 +530,17 @@ struct forecaster::impl {
       // around the seasonal reference (median of this bin over the last days, cleaned) is
       // normal and kept; otherwise it goes to whichever band's edge is nearer.
       const double seasonal = seasonal_reference(t);
+      // Cleaning never moves a bin away from the seasonal reference either: the bin after a
+      // burst's peak sits below the one-step band (which followed the peak) but is usual
+      // traffic, and raising it would plant a copy of the peak, an hour late, in the look-ups.
       if (z_clean != z && std::isfinite(seasonal)) {
         const double alt = std::clamp(z, seasonal - half, seasonal + half);
-        if (std::fabs(alt - z) < std::fabs(z_clean - z)) z_clean = alt;
+        const bool away = (z_clean - z) * (seasonal - z) < 0.0;
+        if (away || std::fabs(alt - z) < std::fabs(z_clean - z)) z_clean = alt;
       }
     }
     hist.push(z_fill, z_clean, obs);
+    if (obs) track_burst(t, z);
     float& today_max = day_max[(t / cal.m) % day_max.size()];
     if (t % cal.m == 0 || t == 0) today_max = -std::numeric_limits<float>::infinity();
     if (obs) today_max = std::max(today_max, static_cast<float>(z));

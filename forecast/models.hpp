@@ -17,6 +17,10 @@ class history {
  public:
   void reset(std::size_t capacity);
   void push(double z, double clean, bool observed);
+  // Lowers the cleaned copy of a kept bin (a burst recognised once it has ended).
+  void clip_clean(std::size_t i, double at_most) noexcept {
+    if (has(i) && clean_[i % cap_] > at_most) clean_[i % cap_] = static_cast<float>(at_most);
+  }
   std::size_t size() const noexcept { return n_; }  // bins seen since reset
   std::size_t capacity() const noexcept { return cap_; }
   bool has(std::size_t i) const noexcept { return i < n_ && i + cap_ >= n_; }
