@@ -637,9 +637,18 @@ struct forecaster::impl {
       // percentile at e^12: p95 a day ahead at 10^8 times the traffic. Twice anything seen in
       // four weeks is no 1-in-20 event; on the public traces the cap changes no coverage and
       // halves the hold-out's pinball loss (RESULTS.md section 9).
-      if (rq[lo].warm && rq[hi].warm && std::isfinite(z_max)) {
+      // Applied as soon as either side is warm: between a warm step and a cold one (a young
+      // series) the warm side alone can carry such a tail (a step from 10 to 1e6 in a pool
+      // normalised by the flat series' volatility put p95 at e^10000, printed as inf); the
+      // cold prior alone is bounded (cold_sd_max).
+      if ((rq[lo].warm || rq[hi].warm) && std::isfinite(z_max)) {
         // On the count scale (a log1p offset would be additive for dollar-per-bin series).
-        const double cap = std::max(std::log1p(upper_cap_factor * std::expm1(z_max)) - fc, qe[q50] + min_half);
+        // The median too: a pool filled by one step change (ten minutes of 10 calls, then a
+        // million a minute) is all underforecasts, and its median offset put q50 at 3x anything
+        // ever seen.
+        const double top = std::log1p(upper_cap_factor * std::expm1(z_max)) - fc;
+        qe[q50] = std::min(qe[q50], std::max(top - min_half, 0.0));
+        const double cap = std::max(top, qe[q50] + min_half);
         qe[q90] = std::min(qe[q90], cap);
         qe[q95] = std::min(qe[q95], cap);
       }

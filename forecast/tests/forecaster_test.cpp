@@ -242,6 +242,43 @@ TEST_CASE("forecaster: quantiles are ordered and finite on a noisy bursty series
   check_well_formed(r);
 }
 
+TEST_CASE("forecaster: degenerate series of many shapes give finite, ordered forecasts at every origin", "[forecast]") {
+  // Shapes a proxy meets: idle, constant, alternating, steps of many orders of magnitude,
+  // spikes on zeros, mostly missing, amounts far below 1, huge token counts; young (cold)
+  // and a few days old, at 1-minute, 10-minute and hourly bins.
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  const std::array<std::int64_t, 3> bins{60, 600, 3600};
+  for (const std::int64_t bin_s : bins) {
+    const std::size_t m = static_cast<std::size_t>(86400 / bin_s);
+    for (int shape = 0; shape < 8; ++shape) {
+      forecaster_config cfg;
+      cfg.bin_s = bin_s;
+      cfg.max_horizon = std::min<std::size_t>(m, 144);
+      forecaster f(cfg);
+      const std::size_t n = std::min<std::size_t>(3 * m + 7, 2000);
+      for (std::size_t i = 0; i < n; ++i) {
+        double v = 0.0;
+        switch (shape) {
+          case 0: v = 0.0; break;
+          case 1: v = 42.0; break;
+          case 2: v = (i % 2) * 1e6; break;
+          case 3: v = i < n / 3 ? 10.0 : (i < 2 * n / 3 ? 1e6 : 0.0); break;
+          case 4: v = u(rng) < 0.02 ? 1e7 : 0.0; break;
+          case 5: v = u(rng) < 0.8 ? std::nan("") : 100.0 * u(rng); break;
+          case 6: v = 1e-9 * u(rng); break;
+          case 7: v = 1e15 * (1.0 + std::sin(2.0 * pi * static_cast<double>(i % m) / static_cast<double>(m))) + 1e14 * u(rng); break;
+        }
+        f.observe(t0 + static_cast<std::int64_t>(i) * bin_s, v);
+        if (i < 60 || i % 53 == 0) {
+          INFO("bin " << bin_s << " s, shape " << shape << ", after " << i + 1 << " bins");
+          check_well_formed(f.forecast(cfg.max_horizon));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("forecaster: gaps do not crash and are not read as zero traffic", "[forecast]") {
   forecaster f = hourly(24);
   SECTION("missing bins inside the series") {
@@ -328,6 +365,24 @@ TEST_CASE("forecaster: cold start gives finite, wide forecasts", "[forecast]") {
       CHECK(s.quantiles[q95] >= mean);
       CHECK(s.quantiles[q95] <= 20000.0 * 10.0);
     }
+  }
+  SECTION("a step of five orders of magnitude in the first hour: finite bands, capped") {
+    // 25 minutes at 10 calls, then 25 at a million. Between the warm early steps and the cold
+    // later ones the upper band was e^10000 (inf) and the median 3x anything seen. Warm steps
+    // stop at twice the busiest minute, cold ones at the prior's x10 (widened a little).
+    forecaster_config cfg;
+    cfg.bin_s = 60;
+    cfg.max_horizon = 60;
+    forecaster m(cfg);
+    for (std::size_t i = 0; i < 50; ++i) m.observe(t0 + static_cast<std::int64_t>(i) * 60, i < 25 ? 10.0 : 1e6);
+    const auto r = m.forecast(60);
+    REQUIRE(r.steps.size() == 60);
+    check_well_formed(r);
+    for (const auto& s : r.steps) {
+      CHECK(s.quantiles[q95] <= 1e6 * std::pow(10.0, 1.25));
+      CHECK(s.quantiles[q50] <= 2e6 * 1.001);
+    }
+    for (std::size_t k = 1; k <= 12; ++k) CHECK(r.steps[k - 1].quantiles[q95] <= 2e6 * 1.001);
   }
 }
 
