@@ -3,6 +3,7 @@
 #include "core/request_inspect.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <cstring>
 #include <limits>
@@ -86,6 +87,101 @@ std::size_t base64_head(std::string_view s, std::span<unsigned char> out) noexce
     }
   }
   return n;
+}
+
+// Decodes up to out.size() bytes from the start of base64 text, skipping MIME line breaks (a
+// JPEG's size can sit tens of kilobytes in, after its EXIF block); stops at padding or a
+// character outside the alphabets.
+std::size_t base64_prefix(std::string_view s, std::span<unsigned char> out) noexcept {
+  std::size_t n = 0;
+  std::uint32_t acc = 0;
+  int bits = 0;
+  for (const char c : s) {
+    if (n == out.size()) break;
+    if (c == '\r' || c == '\n') continue;
+    const int v = base64_table[static_cast<unsigned char>(c)];
+    if (v < 0 || v == 64) break;
+    acc = (acc << 6) | static_cast<std::uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[n++] = static_cast<unsigned char>(acc >> bits);
+    }
+  }
+  return n;
+}
+
+struct pixel_size {
+  std::uint32_t width = 0, height = 0;
+};
+
+// Width and height from a PNG, GIF, WebP or JPEG header; nothing for other formats (HEIC,
+// AVIF), a truncated header or implausible sizes.
+std::optional<pixel_size> image_size(std::span<const unsigned char> b) noexcept {
+  auto be16 = [&](std::size_t i) { return static_cast<std::uint32_t>(b[i] << 8 | b[i + 1]); };
+  auto le16 = [&](std::size_t i) { return static_cast<std::uint32_t>(b[i] | b[i + 1] << 8); };
+  auto le24 = [&](std::size_t i) { return static_cast<std::uint32_t>(b[i] | b[i + 1] << 8 | b[i + 2] << 16); };
+  auto be32 = [&](std::size_t i) { return be16(i) << 16 | be16(i + 2); };
+  auto at = [&](std::size_t off, std::string_view magic) {
+    return b.size() >= off + magic.size() && std::memcmp(b.data() + off, magic.data(), magic.size()) == 0;
+  };
+  pixel_size p;
+  if (at(0, "\x89PNG") && at(12, "IHDR") && b.size() >= 24) {
+    p = {be32(16), be32(20)};
+  } else if (at(0, "GIF8") && b.size() >= 10) {
+    p = {le16(6), le16(8)};
+  } else if (at(0, "RIFF") && at(8, "WEBP")) {
+    if (at(12, "VP8 ") && b.size() >= 30 && at(23, "\x9d\x01\x2a"))
+      p = {le16(26) & 0x3fff, le16(28) & 0x3fff};
+    else if (at(12, "VP8L") && b.size() >= 25 && b[20] == 0x2f) {
+      const std::uint32_t v = static_cast<std::uint32_t>(b[21] | b[22] << 8 | b[23] << 16 | static_cast<std::uint32_t>(b[24]) << 24);
+      p = {(v & 0x3fff) + 1, ((v >> 14) & 0x3fff) + 1};
+    } else if (at(12, "VP8X") && b.size() >= 30)
+      p = {le24(24) + 1, le24(27) + 1};
+  } else if (b.size() >= 4 && b[0] == 0xFF && b[1] == 0xD8) {
+    // JPEG: segments from offset 2 until a start-of-frame (SOF0-SOF15 but DHT, JPG and DAC).
+    for (std::size_t i = 2; i + 9 < b.size();) {
+      if (b[i] != 0xFF) return std::nullopt;
+      const unsigned char marker = b[i + 1];
+      if (marker == 0xFF) {  // fill byte
+        ++i;
+        continue;
+      }
+      if (marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC) {
+        p = {be16(i + 7), be16(i + 5)};
+        break;
+      }
+      if (marker == 0xD8 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) {  // no length
+        i += 2;
+        continue;
+      }
+      if (marker == 0xD9 || marker == 0xDA) return std::nullopt;  // image data before a frame
+      i += 2 + be16(i + 2);
+    }
+  }
+  if (p.width == 0 || p.height == 0 || p.width > 100'000 || p.height > 100'000) return std::nullopt;
+  return p;
+}
+
+// Tokens an image of this size is billed as by the common vision models, at most 2,500 (the
+// estimate for an image of unknown size): the largest of
+// - OpenAI's 512-px tiles (GPT-4o family, high detail): fitted within 2048 x 2048, then the
+//   shorter side down to 768; 85 + 170 per tile;
+// - OpenAI's 32-px patches (GPT-4.1-mini, o4-mini): at most 1,536, x 1.62;
+// - Anthropic: width x height / 750 after scaling to a long edge of 1,568 and ~1.15 megapixels.
+// No model bills fewer than 85 for an image (GPT-4o at low detail), none of these more than 2,500.
+std::int64_t image_tokens(pixel_size p) noexcept {
+  const double w = p.width, h = p.height;
+  double tw = w, th = h;
+  if (const double s = 2048.0 / std::max(tw, th); s < 1.0) tw *= s, th *= s;
+  if (const double s = 768.0 / std::min(tw, th); s < 1.0) tw *= s, th *= s;
+  const double tiles = 85.0 + 170.0 * std::ceil(tw / 512.0) * std::ceil(th / 512.0);
+  const double patches = 1.62 * std::min(1536.0, std::ceil(w / 32.0) * std::ceil(h / 32.0));
+  double aw = w, ah = h;
+  if (const double s = 1568.0 / std::max(aw, ah); s < 1.0) aw *= s, ah *= s;
+  if (const double s = std::sqrt(1.15e6 / (aw * ah)); s < 1.0) aw *= s, ah *= s;
+  const double anthropic = aw * ah / 750.0;
+  return std::clamp<std::int64_t>(static_cast<std::int64_t>(std::ceil(std::max({tiles, patches, anthropic}))), 85, 2500);
 }
 
 enum class medium : std::uint8_t { image, pdf, audio_video, text, other };
@@ -497,9 +593,13 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
 
 // Rates, per payload (decoded bytes = 3/4 of the base64 text): an estimate for admission
 // control and for calls the upstream reports no usage for, never a bill.
-// - image: 2,500 tokens, about the most the common vision models bill for one image at their
+// - image: by its size in pixels when the header gives it (PNG, GIF, WebP, JPEG; image_tokens:
+//   the most that GPT-4o's tiles, GPT-4.1-mini's patches or Anthropic's formula bill for it,
+//   85-2,500), else 2,500, about the most the common vision models bill for one image at their
 //   default detail (Anthropic ~width*height/750 after scaling to ~1.15 megapixels: <= ~1,600;
 //   GPT-4.1-mini and o4-mini <= 1,536 patches x 1.62 = 2,488; GPT-4o high detail <= ~1,450).
+//   A 200 x 200 thumbnail is 255 (GPT-4o's one tile), not 2,500: ten of them no longer reserve
+//   25,000 tokens. `detail: "low"` is not read (85 at GPT-4o, so the estimate errs high).
 //   GPT-4o-mini multiplies its image tokens (~25,000 for 1024x1024) so that the price matches
 //   GPT-4o's; the estimate's cost is then low by that factor, its tokens are not.
 // - PDF: one token per 16 bytes. Anthropic bills a page as its text (1,500-3,000 tokens) plus an
@@ -535,7 +635,20 @@ std::int64_t binary_payload_tokens(std::string_view s) noexcept {
   while (chars > 0 && payload[chars - 1] == '=') --chars;
   const auto bytes = static_cast<std::int64_t>(chars / 4 * 3 + chars % 4 * 3 / 4);
   switch (m) {
-    case medium::image: return 2500;
+    case medium::image: {
+      // The size sits in the first 30 bytes, or for a JPEG after its EXIF and ICC blocks (up
+      // to ~64 KB each): there 96 KiB are decoded at most (~0.1 ms).
+      std::array<unsigned char, 32> first{};
+      std::size_t n = base64_prefix(payload, first);
+      if (n < 2 || first[0] != 0xFF || first[1] != 0xD8) {
+        const auto size = image_size(std::span<const unsigned char>(first.data(), n));
+        return size ? image_tokens(*size) : 2500;
+      }
+      std::vector<unsigned char> jpeg(std::min<std::size_t>(static_cast<std::size_t>(bytes), 96 * 1024));
+      n = base64_prefix(payload, jpeg);
+      const auto size = image_size(std::span<const unsigned char>(jpeg.data(), n));
+      return size ? image_tokens(*size) : 2500;
+    }
     case medium::pdf: return std::max<std::int64_t>(1, bytes / 16);
     case medium::text: return (bytes + 3) / 4;
     case medium::audio_video:

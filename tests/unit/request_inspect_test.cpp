@@ -325,7 +325,7 @@ const std::string wav = file_bytes("RIFF\x24\x10\0\0WAVEfmt "s, 320'000);
 }  // namespace
 
 TEST_CASE("request_inspect: images, PDFs and audio sent as base64 are not counted as text", "[request_inspect]") {
-  SECTION("the rates: image flat, PDF by size, audio by size, base64 text as its text") {
+  SECTION("the rates: an image of unknown size 2,500, PDF by size, audio by size, base64 text as its text") {
     CHECK(binary_payload_tokens("data:image/png;base64," + base64(png)) == 2500);
     CHECK(binary_payload_tokens("data:image/jpeg;base64,/9j/4AAQ") == 2500);  // small images too
     CHECK(binary_payload_tokens("DATA:Image/WebP;base64," + base64(png)) == 2500);  // the mime decides
@@ -338,7 +338,7 @@ TEST_CASE("request_inspect: images, PDFs and audio sent as base64 are not counte
   SECTION("bare base64 (Anthropic's source.data, input_audio.data) by its magic bytes") {
     CHECK(binary_payload_tokens(base64(png)) == 2500);
     CHECK(binary_payload_tokens(base64(file_bytes("\xFF\xD8\xFF\xE0", 5000))) == 2500);
-    CHECK(binary_payload_tokens(base64(file_bytes("GIF89a", 5000))) == 2500);
+    CHECK(binary_payload_tokens(base64(file_bytes("GIF89a\x0a\0\x0a\0"s, 5000))) == 255);  // 10 x 10
     CHECK(binary_payload_tokens(base64(file_bytes("RIFF\0\0\0\0WEBPVP8 "s, 5000))) == 2500);
     CHECK(binary_payload_tokens(base64(pdf)) == 10'000);
     const std::int64_t lines = binary_payload_tokens(base64(pdf, 76));  // MIME-style, a line break every 76
@@ -346,6 +346,34 @@ TEST_CASE("request_inspect: images, PDFs and audio sent as base64 are not counte
     CHECK(lines <= 10'200);  // the line breaks count as data: 1.3 % more
     CHECK(binary_payload_tokens(base64(wav)) == 200);
     CHECK(binary_payload_tokens(base64(file_bytes("ID3\x04", 16'000))) == 10);
+  }
+  SECTION("an image whose header gives its size: the most a common model bills for that size") {
+    auto png_of = [](std::uint32_t w, std::uint32_t h) {
+      std::string b = "\x89PNG\r\n\x1a\n\0\0\0\rIHDR"s;
+      for (const std::uint32_t v : {w, h})
+        for (int shift = 24; shift >= 0; shift -= 8) b += static_cast<char>((v >> shift) & 0xff);
+      return file_bytes(b, 20'000);
+    };
+    // 200 x 200: one GPT-4o tile (85 + 170); 1024 x 1024: 1,024 GPT-4.1-mini patches x 1.62;
+    // 4000 x 3000: its 1,536 patches at most, x 1.62 (Anthropic: 1.15 MP / 750 = 1,533).
+    CHECK(binary_payload_tokens("data:image/png;base64," + base64(png_of(200, 200))) == 255);
+    CHECK(binary_payload_tokens(base64(png_of(1024, 1024))) == 1659);
+    CHECK(binary_payload_tokens(base64(png_of(4000, 3000))) == 2489);
+    CHECK(binary_payload_tokens(base64(png_of(1, 1))) == 255);
+    CHECK(binary_payload_tokens(base64(png_of(0, 500))) == 2500);        // implausible: unknown size
+    CHECK(binary_payload_tokens(base64(png_of(500'000, 500))) == 2500);
+    // A JPEG from a camera: its size comes after a 30 KB EXIF block. 800 x 600: 475 patches.
+    std::string jpeg = "\xFF\xD8\xFF\xE0\x00\x10JFIF\0\x01\x01\0\0\x01\0\x01\0\0"s;
+    jpeg += "\xFF\xE1\x75\x30" "Exif\0\0"s + std::string(30'000 - 8, 'e');
+    jpeg += "\xFF\xC0\x00\x11\x08\x02\x58\x03\x20\x03"s;
+    jpeg = file_bytes(jpeg, 60'000);
+    CHECK(binary_payload_tokens("data:image/jpeg;base64," + base64(jpeg)) == 770);
+    CHECK(binary_payload_tokens(base64(jpeg, 76)) == 770);  // MIME line breaks are skipped
+    CHECK(binary_payload_tokens(base64(jpeg.substr(0, 20'000))) == 2500);  // cut before its size
+    // WebP (extended): 300 x 150 is one tile.
+    std::string webp = "RIFF\0\0\0\0WEBPVP8X\x0a\0\0\0\0\0\0\0"s;
+    webp += "\x2b\x01\0\x95\0\0"s;  // width - 1 = 299, height - 1 = 149 (24-bit little-endian)
+    CHECK(binary_payload_tokens(base64(file_bytes(webp, 5000))) == 255);
   }
   SECTION("text stays text") {
     CHECK(binary_payload_tokens("Describe this picture in two sentences, please.") == -1);
