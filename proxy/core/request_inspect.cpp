@@ -71,24 +71,6 @@ bool all_base64(std::string_view s) noexcept {
   return true;
 }
 
-// The first bytes the base64 text decodes to (up to out.size()); stops at padding or a line break.
-std::size_t base64_head(std::string_view s, std::span<unsigned char> out) noexcept {
-  std::size_t n = 0;
-  std::uint32_t acc = 0;
-  int bits = 0;
-  for (const char c : s) {
-    const int v = base64_table[static_cast<unsigned char>(c)];
-    if (v < 0 || v == 64 || n == out.size()) break;
-    acc = (acc << 6) | static_cast<std::uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out[n++] = static_cast<unsigned char>(acc >> bits);
-    }
-  }
-  return n;
-}
-
 // Decodes up to out.size() bytes from the start of base64 text, skipping MIME line breaks (a
 // JPEG's size can sit tens of kilobytes in, after its EXIF block); stops at padding or a
 // character outside the alphabets.
@@ -624,7 +606,7 @@ std::int64_t binary_payload_tokens(std::string_view s) noexcept {
     payload = s;
   }
   std::array<unsigned char, 16> head{};
-  const std::size_t got = base64_head(payload, head);
+  const std::size_t got = base64_prefix(payload, head);
   if (m == medium::other) {
     m = medium_of_bytes(std::span<const unsigned char>(head.data(), got));
     // Bare base64 counts only as a known file type: a long run of letters and digits may be
