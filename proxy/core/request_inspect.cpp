@@ -3,10 +3,11 @@
 #include "core/request_inspect.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <optional>
 #include <span>
 #include <vector>
@@ -626,10 +627,14 @@ std::int64_t binary_payload_tokens(std::string_view s) noexcept {
         const auto size = image_size(std::span<const unsigned char>(first.data(), n));
         return size ? image_tokens(*size) : 2500;
       }
-      std::vector<unsigned char> jpeg(std::min<std::size_t>(static_cast<std::size_t>(bytes), 96 * 1024));
-      n = base64_prefix(payload, jpeg);
-      const auto size = image_size(std::span<const unsigned char>(jpeg.data(), n));
-      return size ? image_tokens(*size) : 2500;
+      try {
+        std::vector<unsigned char> jpeg(std::min<std::size_t>(static_cast<std::size_t>(bytes), 96 * 1024));
+        n = base64_prefix(payload, jpeg);
+        const auto size = image_size(std::span<const unsigned char>(jpeg.data(), n));
+        return size ? image_tokens(*size) : 2500;
+      } catch (const std::bad_alloc&) {
+        return 2500;
+      }
     }
     case medium::pdf: return std::max<std::int64_t>(1, bytes / 16);
     case medium::text: return (bytes + 3) / 4;
