@@ -432,9 +432,9 @@ struct forecaster::impl {
   // by more than burst_edge() that ends within burst_max_days is clipped to that edge in the
   // cleaned copy, except bins that repeat the same time a day or a week earlier (a daily or
   // weekly job is traffic to forecast, not a burst). A longer run is a level shift and is kept.
-  void track_burst(std::size_t t, double z) noexcept {
-    const double ref = seasonal_reference(t);
-    if (!std::isfinite(ref) || !spike_scored) {
+  // ref: seasonal_reference(t), NaN when unknown or the bin was not scored.
+  void track_burst(std::size_t t, double z, double ref) noexcept {
+    if (!std::isfinite(ref)) {
       burst_len = 0;
       return;
     }
@@ -518,6 +518,7 @@ struct forecaster::impl {
     // Append: a gap takes the ensemble's one-step forecast, never zero; the cleaned copy clips
     // an extreme spike to the edge of normal.
     double z_fill = z, z_clean = z;
+    double seasonal = std::nan("");  // the seasonal reference of a scored bin
     if (!obs) {
       z_fill = z_clean = std::isfinite(next_f) ? next_f : (t > 0 ? hist.z(t - 1) : 0.0);
     } else if (spike_scored) {
@@ -529,7 +530,7 @@ struct forecaster::impl {
       // near zero and come back in tomorrow's seasonal look-ups. A bin within the same band
       // around the seasonal reference (median of this bin over the last days, cleaned) is
       // normal and kept; otherwise it goes to whichever band's edge is nearer.
-      const double seasonal = seasonal_reference(t);
+      seasonal = seasonal_reference(t);
       // Cleaning never moves a bin away from the seasonal reference either: the bin after a
       // burst's peak sits below the one-step band (which followed the peak) but is usual
       // traffic, and raising it would plant a copy of the peak, an hour late, in the look-ups.
@@ -540,7 +541,7 @@ struct forecaster::impl {
       }
     }
     hist.push(z_fill, z_clean, obs);
-    if (obs) track_burst(t, z);
+    if (obs) track_burst(t, z, seasonal);
     float& today_max = day_max[(t / cal.m) % day_max.size()];
     if (t % cal.m == 0 || t == 0) today_max = -std::numeric_limits<float>::infinity();
     if (obs) today_max = std::max(today_max, static_cast<float>(z));

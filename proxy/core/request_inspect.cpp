@@ -94,6 +94,11 @@ std::size_t base64_prefix(std::string_view s, std::span<unsigned char> out) noex
   return n;
 }
 
+// The bytes `magic` at offset `off` of b.
+bool bytes_at(std::span<const unsigned char> b, std::size_t off, std::string_view magic) noexcept {
+  return b.size() >= off + magic.size() && std::memcmp(b.data() + off, magic.data(), magic.size()) == 0;
+}
+
 struct pixel_size {
   std::uint32_t width = 0, height = 0;
 };
@@ -105,9 +110,7 @@ std::optional<pixel_size> image_size(std::span<const unsigned char> b) noexcept 
   auto le16 = [&](std::size_t i) { return static_cast<std::uint32_t>(b[i] | b[i + 1] << 8); };
   auto le24 = [&](std::size_t i) { return static_cast<std::uint32_t>(b[i] | b[i + 1] << 8 | b[i + 2] << 16); };
   auto be32 = [&](std::size_t i) { return be16(i) << 16 | be16(i + 2); };
-  auto at = [&](std::size_t off, std::string_view magic) {
-    return b.size() >= off + magic.size() && std::memcmp(b.data() + off, magic.data(), magic.size()) == 0;
-  };
+  auto at = [&](std::size_t off, std::string_view magic) { return bytes_at(b, off, magic); };
   pixel_size p;
   if (at(0, "\x89PNG") && at(12, "IHDR") && b.size() >= 24) {
     p = {be32(16), be32(20)};
@@ -184,10 +187,7 @@ medium medium_of_mime(std::string_view mime) noexcept {
 
 // By the file's magic bytes.
 medium medium_of_bytes(std::span<const unsigned char> b) noexcept {
-  auto at = [&](std::size_t off, std::string_view magic) {
-    return b.size() >= off + magic.size() && std::equal(magic.begin(), magic.end(), b.begin() + static_cast<std::ptrdiff_t>(off),
-                                                        [](char m, unsigned char x) { return static_cast<unsigned char>(m) == x; });
-  };
+  auto at = [&](std::size_t off, std::string_view magic) { return bytes_at(b, off, magic); };
   if (at(0, "\x89PNG") || at(0, "\xFF\xD8\xFF") || at(0, "GIF8") || (at(0, "RIFF") && at(8, "WEBP")) ||
       at(4, "ftypavif") || at(4, "ftypheic") || at(4, "ftypheix") || at(4, "ftypmif1"))
     return medium::image;
@@ -606,10 +606,11 @@ std::int64_t binary_payload_tokens(std::string_view s) noexcept {
     if (s.size() < 256 || !all_base64(s)) return -1;
     payload = s;
   }
-  std::array<unsigned char, 16> head{};
-  const std::size_t got = base64_prefix(payload, head);
+  // The first bytes: the file type, and an image's size (except a JPEG's, further in).
+  std::array<unsigned char, 32> head_bytes{};
+  const std::span<const unsigned char> head(head_bytes.data(), base64_prefix(payload, head_bytes));
   if (m == medium::other) {
-    m = medium_of_bytes(std::span<const unsigned char>(head.data(), got));
+    m = medium_of_bytes(head);
     // Bare base64 counts only as a known file type: a long run of letters and digits may be
     // text (a DNA sequence, a hex digest) and is tallied as such.
     if (m == medium::other && payload.data() == s.data()) return -1;
@@ -619,22 +620,20 @@ std::int64_t binary_payload_tokens(std::string_view s) noexcept {
   const auto bytes = static_cast<std::int64_t>(chars / 4 * 3 + chars % 4 * 3 / 4);
   switch (m) {
     case medium::image: {
-      // The size sits in the first 30 bytes, or for a JPEG after its EXIF and ICC blocks (up
-      // to ~64 KB each): there 96 KiB are decoded at most (~0.1 ms).
-      std::array<unsigned char, 32> first{};
-      std::size_t n = base64_prefix(payload, first);
-      if (n < 2 || first[0] != 0xFF || first[1] != 0xD8) {
-        const auto size = image_size(std::span<const unsigned char>(first.data(), n));
-        return size ? image_tokens(*size) : 2500;
+      // A JPEG's size can sit after its EXIF and ICC blocks (up to ~64 KB each): there 96 KiB
+      // are decoded at most (~0.1 ms); without the memory, the size stays unknown.
+      std::span<const unsigned char> header = head;
+      std::vector<unsigned char> jpeg;
+      if (bytes_at(head, 0, "\xFF\xD8")) {
+        try {
+          jpeg.resize(std::min<std::size_t>(static_cast<std::size_t>(bytes), 96 * 1024));
+          header = std::span<const unsigned char>(jpeg.data(), base64_prefix(payload, jpeg));
+        } catch (const std::bad_alloc&) {
+          header = {};
+        }
       }
-      try {
-        std::vector<unsigned char> jpeg(std::min<std::size_t>(static_cast<std::size_t>(bytes), 96 * 1024));
-        n = base64_prefix(payload, jpeg);
-        const auto size = image_size(std::span<const unsigned char>(jpeg.data(), n));
-        return size ? image_tokens(*size) : 2500;
-      } catch (const std::bad_alloc&) {
-        return 2500;
-      }
+      const auto size = image_size(header);
+      return size ? image_tokens(*size) : 2500;
     }
     case medium::pdf: return std::max<std::int64_t>(1, bytes / 16);
     case medium::text: return (bytes + 3) / 4;

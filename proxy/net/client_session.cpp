@@ -52,10 +52,6 @@ constexpr std::string_view upload_too_large =
     "Request body exceeds the configured limit for uploads (server.max_upload_bytes).";
 // A stored upload goes upstream in writes of this size (see send_spooled).
 constexpr std::size_t spool_chunk = 256 * 1024;
-// A pass-through body larger than this (or than max_body_bytes, when smaller) is stored in a
-// file: max_body_bytes is sized for JSON with inline images (OpenAI takes 50 MB of them), and
-// an upload of that size need not sit in memory while it is read and sent.
-constexpr std::uint64_t spool_above_bytes = 8u << 20;
 // How long a keep-alive connection waits for its next request with a read buffer ready (one recv
 // per request) before it gives the buffer back and parks on a 1-byte read (see run()).
 constexpr auto hot_idle = 50ms;

@@ -355,11 +355,12 @@ void app::start() {
     // Said now rather than at the first large upload (which would get 507).
     spool_body::value_type probe;
     std::string why;
-    if (!probe.open(c.spool_dir, why))
-      log_line(log_level::warn,
-               "cannot store uploads in server.spool_dir: those over 8 MiB are held in memory, and those over "
-               "server.max_body_bytes fail with 507")
-          .str("error", why);
+    if (!probe.open(c.spool_dir, why)) {
+      const std::string msg = "cannot store uploads in server.spool_dir: those over " +
+                              std::to_string(spool_above_bytes >> 20) +
+                              " MiB are held in memory, and those over server.max_body_bytes fail with 507";
+      log_line(log_level::warn, msg).str("error", why);
+    }
   }
   std::string upstream_list;
   for (const auto& t : I.st.upstreams) {

@@ -22,6 +22,11 @@
 
 namespace tollgate {
 
+// A pass-through body larger than this (or than max_body_bytes, when smaller) is stored in a
+// file: max_body_bytes is sized for JSON with inline images (OpenAI takes 50 MB of them), and
+// an upload of that size need not sit in memory while it is read and sent.
+inline constexpr std::uint64_t spool_above_bytes = 8u << 20;
+
 struct spool_body {
   class value_type {
    public:
