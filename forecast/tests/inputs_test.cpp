@@ -77,6 +77,55 @@ TEST_CASE("inputs: JSON Lines with Mooncake's fields and a bad line", "[forecast
   fs::remove(p);
 }
 
+TEST_CASE("inputs: relative timestamps, their unit guessed per file", "[forecast]") {
+  SECTION("Mooncake: milliseconds since the trace start, said in a note") {
+    const auto p = temp_file("mooncake_guess.jsonl");
+    write(p, "{\"timestamp\": 0, \"input_length\": 6758, \"output_length\": 500, \"hash_ids\": [0, 1]}\n"
+             "{\"timestamp\": 3536999, \"input_length\": 7322, \"output_length\": 490, \"hash_ids\": [0]}\n");
+    const auto r = tool::load_request_log(p.string(), 0.0);
+    fs::remove(p);
+    REQUIRE(r.error.empty());
+    REQUIRE(r.events.size() == 2);
+    CHECK(r.events[1].timestamp_ms == 3536999);  // 59 minutes, not 41 days
+    CHECK(r.note.find("milliseconds") != std::string::npos);
+    CHECK(r.note.find("--time-unit s") != std::string::npos);
+  }
+  SECTION("BurstGPT's raw trace: seconds since its start, its token columns") {
+    const auto p = temp_file("burstgpt_raw.csv");
+    write(p, "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+             "5,ChatGPT,472,18,490,Conversation log\n"
+             "5183999.5,GPT-4,1087,0,1087,API log\n");
+    const auto r = tool::load_request_log(p.string(), 0.0);
+    fs::remove(p);
+    REQUIRE(r.error.empty());
+    REQUIRE(r.events.size() == 2);
+    CHECK(r.events[0].timestamp_ms == 5000);
+    CHECK(r.events[1].timestamp_ms == 5183999500);
+    CHECK(r.events[0].prompt_tokens == 472);
+    CHECK(r.events[0].completion_tokens == 18);
+    CHECK(r.events[1].model == "GPT-4");
+    CHECK(r.note.find("seconds since the trace start") != std::string::npos);
+  }
+  SECTION("epoch seconds and epoch milliseconds need no note; --time-unit wins") {
+    const auto p = temp_file("epoch.csv");
+    write(p, "timestamp,prompt_tokens\n1736121600,1\n1736121660.25,2\n");
+    auto r = tool::load_request_log(p.string(), 0.0);
+    REQUIRE(r.error.empty());
+    CHECK(r.events[1].timestamp_ms == 1736121660250);
+    CHECK(r.note.empty());
+    write(p, "timestamp,prompt_tokens\n1736121600000,1\n");
+    r = tool::load_request_log(p.string(), 0.0);
+    CHECK(r.events[0].timestamp_ms == 1736121600000);
+    write(p, "timestamp,prompt_tokens\n120,1\n");
+    r = tool::load_request_log(p.string(), 1.0);
+    CHECK(r.events[0].timestamp_ms == 120);
+    CHECK(r.note.empty());
+    write(p, "timestamp,prompt_tokens\n1e30,1\n");
+    CHECK(tool::load_request_log(p.string(), 0.0).error.find(":2:") != std::string::npos);
+    fs::remove(p);
+  }
+}
+
 TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
   const auto p = temp_file("ledger.db");
   fs::remove(p);

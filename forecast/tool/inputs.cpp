@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -26,9 +27,9 @@ field classify(std::string_view name) {
   const std::string n = lower(name);
   for (const char* k : {"timestamp", "time", "ts", "created", "start_ms", "arrival_time"})
     if (n == k) return field::timestamp;
-  for (const char* k : {"prompt_tokens", "input_tokens", "input_length", "contexttokens"})
+  for (const char* k : {"prompt_tokens", "input_tokens", "input_length", "contexttokens", "request tokens"})
     if (n == k) return field::prompt;
-  for (const char* k : {"completion_tokens", "output_tokens", "output_length", "generatedtokens"})
+  for (const char* k : {"completion_tokens", "output_tokens", "output_length", "generatedtokens", "response tokens"})
     if (n == k) return field::completion;
   if (n == "model" || n == "price_model") return field::model;
   if (n == "cost_usd" || n == "cost") return field::cost;
@@ -59,6 +60,63 @@ std::vector<std::string_view> split(std::string_view line) {
   }
 }
 
+// Numeric timestamps whose unit is guessed for the whole file once it has been read (a guess
+// per value cannot tell relative seconds from relative milliseconds: BurstGPT's raw trace
+// counts seconds since its start, Mooncake's milliseconds, both up to a few million).
+struct timestamp_reader {
+  double unit_ms = 0.0;          // given by --time-unit, else 0 (guess)
+  std::vector<double> raw;       // [event] the number as written, NaN when it was a date
+  bool mooncake_fields = false;  // hash_ids, or input_length with output_length, were seen
+
+  // Reads one cell into e.timestamp_ms (or, when guessing, raw); false when unreadable.
+  bool read(std::string_view cell, request_event& e) {
+    if (unit_ms > 0.0) {
+      const auto ms = parse_timestamp_ms(cell, unit_ms);
+      if (ms) e.timestamp_ms = *ms;
+      return ms.has_value();
+    }
+    cell = trim(cell);
+    double v = 0.0;
+    const auto [p, ec] = std::from_chars(cell.data(), cell.data() + cell.size(), v);
+    if (!cell.empty() && ec == std::errc() && p == cell.data() + cell.size() && std::isfinite(v)) {
+      if (std::fabs(v) > 1e15) return false;
+      raw.resize(index + 1, std::nan(""));
+      raw[index] = v;
+      return true;
+    }
+    const auto ms = parse_timestamp_ms(cell, 1.0);
+    if (ms) e.timestamp_ms = *ms;
+    return ms.has_value();
+  }
+
+  // After the file: the unit for all numeric timestamps, applied; a note when it is a guess
+  // between relative units.
+  void finish(std::vector<request_event>& events, const std::string& path, std::string& note) const {
+    double largest = 0.0;
+    bool any = false;
+    for (double v : raw)
+      if (std::isfinite(v)) {
+        largest = std::max(largest, std::fabs(v));
+        any = true;
+      }
+    if (!any) return;
+    double unit = 1000.0;  // epoch seconds (>= 1e8: 1973 on)
+    if (largest > 1e11) {
+      unit = 1.0;  // epoch milliseconds (1e11 s would be the year 5138)
+    } else if (largest < 1e8) {
+      unit = mooncake_fields ? 1.0 : 1000.0;
+      note = path + ": timestamps are relative (the largest is " + std::to_string(static_cast<long long>(largest)) +
+             "); read as " +
+             (mooncake_fields ? "milliseconds since the trace start (Mooncake's fields); --time-unit s reads them as seconds"
+                              : "seconds since the trace start; --time-unit ms reads them as milliseconds");
+    }
+    for (std::size_t i = 0; i < raw.size() && i < events.size(); ++i)
+      if (std::isfinite(raw[i])) events[i].timestamp_ms = static_cast<std::int64_t>(std::floor(raw[i] * unit));
+  }
+
+  std::size_t index = 0;  // the event being read
+};
+
 bool ends_with(const std::string& s, const char* suffix) {
   const std::string_view sv(suffix);
   return s.size() >= sv.size() && s.compare(s.size() - sv.size(), sv.size(), sv) == 0;
@@ -85,6 +143,8 @@ events_read load_request_log(const std::string& path, double unit_ms) {
   std::string line;
   const bool jsonl = ends_with(path, ".jsonl") || ends_with(path, ".ndjson") || in.peek() == '{';
   std::size_t line_no = 0;
+  timestamp_reader ts;
+  ts.unit_ms = unit_ms;
   if (jsonl) {
     while (std::getline(in, line)) {
       ++line_no;
@@ -96,14 +156,13 @@ events_read load_request_log(const std::string& path, double unit_ms) {
       }
       request_event e;
       bool has_ts = false;
+      ts.index = out.events.size();
+      if (j.contains("hash_ids") || (j.contains("input_length") && j.contains("output_length"))) ts.mooncake_fields = true;
       for (const auto& [key, v] : j.items()) {
         switch (classify(key)) {
           case field::timestamp: {
             const std::string cell = v.is_string() ? v.get<std::string>() : v.dump();
-            if (auto ms = parse_timestamp_ms(cell, unit_ms)) {
-              e.timestamp_ms = *ms;
-              has_ts = true;
-            }
+            has_ts = ts.read(cell, e) || has_ts;
             break;
           }
           case field::prompt: e.prompt_tokens = v.is_number() ? v.get<double>() : 0.0; break;
@@ -126,7 +185,15 @@ events_read load_request_log(const std::string& path, double unit_ms) {
     }
     line_no = 1;
     std::vector<field> cols;
-    for (auto name : split(line)) cols.push_back(classify(trim(name)));
+    bool input_length = false, output_length = false;
+    for (auto name : split(line)) {
+      cols.push_back(classify(trim(name)));
+      const std::string n = lower(trim(name));
+      input_length = input_length || n == "input_length";
+      output_length = output_length || n == "output_length";
+      ts.mooncake_fields = ts.mooncake_fields || n == "hash_ids";
+    }
+    ts.mooncake_fields = ts.mooncake_fields || (input_length && output_length);
     if (std::find(cols.begin(), cols.end(), field::timestamp) == cols.end()) {
       out.error = path + ":1: no timestamp column in the header";
       return out;
@@ -137,13 +204,11 @@ events_read load_request_log(const std::string& path, double unit_ms) {
       const auto cells = split(line);
       request_event e;
       bool has_ts = false;
+      ts.index = out.events.size();
       for (std::size_t i = 0; i < cells.size() && i < cols.size(); ++i) {
         switch (cols[i]) {
           case field::timestamp:
-            if (auto ms = parse_timestamp_ms(cells[i], unit_ms)) {
-              e.timestamp_ms = *ms;
-              has_ts = true;
-            }
+            has_ts = ts.read(cells[i], e) || has_ts;
             break;
           case field::prompt: e.prompt_tokens = to_double(cells[i]); break;
           case field::completion: e.completion_tokens = to_double(cells[i]); break;
@@ -159,6 +224,7 @@ events_read load_request_log(const std::string& path, double unit_ms) {
       out.events.push_back(std::move(e));
     }
   }
+  ts.finish(out.events, path, out.note);
   return out;
 }
 

@@ -14,6 +14,7 @@ series_read load_series_file(const std::string& path, const std::string& column)
 struct events_read {
   std::vector<request_event> events;
   std::string error;  // empty on success
+  std::string note;   // for stderr: how an ambiguous input was read (relative timestamps)
 };
 
 // Per-request log: CSV with a header, or JSON Lines (one object per line; chosen by the .jsonl
@@ -21,7 +22,10 @@ struct events_read {
 // timestamp (timestamp, time, ts, created, start_ms, arrival_time), prompt tokens
 // (prompt_tokens, input_tokens, input_length, contexttokens), completion tokens
 // (completion_tokens, output_tokens, output_length, generatedtokens), model, cost_usd.
-// `unit_ms` = milliseconds per numeric timestamp unit (0 = guess; see parse_timestamp_ms).
+// `unit_ms` = milliseconds per numeric timestamp unit, or 0 to guess it for the whole file:
+// above 1e11 epoch milliseconds, from 1e8 epoch seconds, below that relative to the trace's
+// start: milliseconds with Mooncake's fields (hash_ids, input_length + output_length), else
+// seconds (BurstGPT's raw trace), with a note saying which.
 events_read load_request_log(const std::string& path, double unit_ms);
 
 // The ledger's `calls` table (start_ms, prompt_tokens, completion_tokens, cost_usd, price_model).

@@ -41,7 +41,8 @@ input (one of):
   with --requests / --ledger:
     --value Q      requests | prompt_tokens | completion_tokens | total_tokens | cost_usd
                    (default requests)
-    --bin D        bin width, e.g. 1m, 10m, 1h (default 10m)
+    --bin D        bin width, e.g. 1m, 10m, 1h (default 10m; 1m when the records
+                   span less than two days)
     --model NAME   only this model (request log `model`, ledger `price_model`)
     --time-unit U  numeric request-log timestamps in s or ms (default: guess)
 
@@ -159,8 +160,11 @@ loaded load_input(const args& a) {
     l.input = ledger ? a.get("ledger") : a.get("requests");
     const auto q = fc::parse_quantity(a.get("value", "requests"));
     if (!q) die("--value must be requests, prompt_tokens, completion_tokens, total_tokens or cost_usd");
-    const auto bin = fc::parse_duration(a.get("bin", "10m"));
-    if (!bin || 86400 % *bin != 0) die("--bin must divide a day (e.g. 1m, 5m, 10m, 1h)");
+    std::optional<std::int64_t> bin;
+    if (a.has("bin")) {
+      bin = fc::parse_duration(a.get("bin"));
+      if (!bin || 86400 % *bin != 0) die("--bin must divide a day (e.g. 1m, 5m, 10m, 1h)");
+    }
     double unit_ms = 0.0;
     if (a.has("time-unit")) {
       const std::string u = a.get("time-unit");
@@ -170,13 +174,25 @@ loaded load_input(const args& a) {
     }
     auto ev = ledger ? fc::tool::load_ledger(l.input) : fc::tool::load_request_log(l.input, unit_ms);
     if (!ev.error.empty()) die(ev.error);
+    if (!ev.note.empty()) std::cerr << "note: " << ev.note << "\n";
+    // Default bin: 10 minutes, or 1 minute for records spanning less than two days (Azure's and
+    // Mooncake's one-hour traces would otherwise be six bins).
+    if (!bin) bin = fc::bins_spanned(ev.events, 60, a.get("model")) < 2 * 1440 ? 60 : 600;
+    const std::string bin_label = a.has("bin") ? a.get("bin") : std::to_string(*bin / 60) + "m";
     l.data = fc::aggregate_events(ev.events, *bin, *q, a.get("model"));
     // An empty result is no events or too long a span; only then is the span measured.
     if (l.data.values.empty())
       if (const auto span = fc::bins_spanned(ev.events, *bin, a.get("model")); span > fc::max_series_bins)
-        die(l.input + ": the records span " + std::to_string(span) + " bins of " + a.get("bin", "10m") +
+        die(l.input + ": the records span " + std::to_string(span) + " bins of " + bin_label +
             ", more than " + std::to_string(fc::max_series_bins) +
             ": check for stray timestamps (a zero, a wrong --time-unit) or use a wider --bin");
+    // A live proxy's ledger ends in the bin now in progress: its count is partial and would read
+    // as a drop in traffic, so it is left out (a finished ledger's last bin is kept).
+    if (ledger && !l.data.values.empty() &&
+        l.data.timestamp(l.data.values.size() - 1) + l.data.bin_s > static_cast<std::int64_t>(std::time(nullptr))) {
+      l.data.values.pop_back();
+      std::cerr << "note: " << l.input << ": the last " << bin_label << " bin is still in progress and is left out\n";
+    }
     if (l.data.values.size() < 2) die(l.input + ": fewer than two bins of data" +
                                       (a.has("model") ? " for model " + a.get("model") : std::string()));
     l.column = fc::quantity_name(*q);
