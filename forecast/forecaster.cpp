@@ -25,6 +25,7 @@ constexpr double track_days = 7.0;          // memory of the members' error aver
 constexpr double short_hours = 6.0;         // ...and of their recent errors (level shifts)
 constexpr double recent_weight = 0.5;       // score = week^0.5 x recent^0.5 (mean absolute errors)
 constexpr double weight_power = 4.0;        // weight = mae^-4: close to picking the best, not quite
+constexpr double family_share_power = 0.5;  // ...divided by sqrt(outputs of the member's model)
 constexpr double fast_shift_clip = 1.2;     // clip (and shift threshold) of the fast-shift ETS copy
 constexpr double min_half_width = 1e-5;   // narrowest band half-width, relative to the log1p median
 constexpr double mae_floor_log = 1e-3;      // member scores below these floors tie (log scale...
@@ -125,6 +126,9 @@ struct forecaster::impl {
   detail::history hist;
   std::vector<std::unique_ptr<detail::model>> models;
   std::vector<std::size_t> member_offset;  // first member index of each model
+  // [member] ln of its weight's share factor, -0.5 ln(outputs of its model): the five
+  // persistence outputs of one ETS are one model's opinion, not five votes (see combine()).
+  std::vector<double> member_log_share;
   std::size_t members = 0;
   std::vector<std::size_t> reps;
   std::vector<std::vector<track>> tracks;  // [member][rep]
@@ -195,10 +199,13 @@ struct forecaster::impl {
     fast.name = "ets_fast";
     models.push_back(detail::make_ets(fast, cfg.bin_s));
     member_offset.clear();
+    member_log_share.clear();
     members = 0;
     for (const auto& md : models) {
       member_offset.push_back(members);
       members += md->outputs();
+      member_log_share.insert(member_log_share.end(), md->outputs(),
+                              -family_share_power * std::log(static_cast<double>(md->outputs())));
     }
     scratch.assign(members, 0.0);
 
@@ -258,8 +265,13 @@ struct forecaster::impl {
   // Combined log forecast at step k: members weighted by mae^-weight_power of their recent
   // errors at the steps around k, where mae is the geometric mean of a week's and the last
   // hours' mean absolute error on the count scale (a member that was best all week but is
-  // wrong since a level shift loses its weight within hours). Before any member has a track
-  // record, the naive. `log_scale` (step 1 only): weights from log errors instead.
+  // wrong since a level shift loses its weight within hours). A model with several outputs
+  // (the ETS copies' five persistences, the five seasonal medians) has each output's weight
+  // divided by the square root of their number: its outputs are nearly the same forecast, and
+  // where they tied with a one-output model (the daily seasonal naive) on a week's errors,
+  // fifteen ETS outputs that missed a client's daily job outvoted the look-ups that had it
+  // (RESULTS.md section 15). Before any member has a track record, the naive. `log_scale`
+  // (step 1 only): weights from log errors instead.
   double combine(std::size_t k, const std::vector<double>& f, bool log_scale = false) const {
     std::size_t lo = 0, hi = 0;
     double frac = 0.0;
@@ -295,7 +307,7 @@ struct forecaster::impl {
     double num = 0.0, den = 0.0, f_min = std::numeric_limits<double>::infinity(), f_max = -f_min;
     for (std::size_t j = 0; j < nm; ++j) {
       if (!scored[j]) continue;
-      const double w = std::exp(weight_power * (best - log_score[j]));
+      const double w = std::exp(weight_power * (best - log_score[j]) + member_log_share[j]);
       fw[ns++] = {f[j], w};
       num += w * f[j];
       den += w;
