@@ -126,7 +126,7 @@ struct forecaster::impl {
   detail::history hist;
   std::vector<std::unique_ptr<detail::model>> models;
   std::vector<std::size_t> member_offset;  // first member index of each model
-  // [member] ln of its weight's share factor, -0.5 ln(outputs of its model): the five
+  // [member] ln of its weight's share, -family_share_power x ln(outputs of its model): the five
   // persistence outputs of one ETS are one model's opinion, not five votes (see combine()).
   std::vector<double> member_log_share;
   std::size_t members = 0;

@@ -67,6 +67,7 @@ struct timestamp_reader {
   double unit_ms = 0.0;          // given by --time-unit, else 0 (guess)
   std::vector<double> raw;       // [event] the number as written, NaN when it was a date
   bool mooncake_fields = false;  // hash_ids, or input_length with output_length, were seen
+  std::size_t index = 0;         // the event being read
 
   // Reads one cell into e.timestamp_ms (or, when guessing, raw); false when unreadable.
   bool read(std::string_view cell, request_event& e) {
@@ -113,8 +114,6 @@ struct timestamp_reader {
     for (std::size_t i = 0; i < raw.size() && i < events.size(); ++i)
       if (std::isfinite(raw[i])) events[i].timestamp_ms = static_cast<std::int64_t>(std::floor(raw[i] * unit));
   }
-
-  std::size_t index = 0;  // the event being read
 };
 
 bool ends_with(const std::string& s, const char* suffix) {

@@ -20,8 +20,9 @@ struct events_read {
 // Per-request log: CSV with a header, or JSON Lines (one object per line; chosen by the .jsonl
 // / .ndjson extension or a first character `{`). Recognised fields, case-insensitive:
 // timestamp (timestamp, time, ts, created, start_ms, arrival_time), prompt tokens
-// (prompt_tokens, input_tokens, input_length, contexttokens), completion tokens
-// (completion_tokens, output_tokens, output_length, generatedtokens), model, cost_usd.
+// (prompt_tokens, input_tokens, input_length, contexttokens, "request tokens"), completion
+// tokens (completion_tokens, output_tokens, output_length, generatedtokens, "response tokens"),
+// model, cost_usd.
 // `unit_ms` = milliseconds per numeric timestamp unit, or 0 to guess it for the whole file:
 // above 1e11 epoch milliseconds, from 1e8 epoch seconds, below that relative to the trace's
 // start: milliseconds with Mooncake's fields (hash_ids, input_length + output_length), else
