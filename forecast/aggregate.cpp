@@ -65,6 +65,12 @@ std::optional<std::int64_t> parse_iso(std::string_view s) noexcept {
   return secs * 1000 + static_cast<std::int64_t>(std::floor(frac * 1000.0));
 }
 
+std::string_view trim_cell(std::string_view cell) noexcept {
+  while (!cell.empty() && (cell.front() == ' ' || cell.front() == '"')) cell.remove_prefix(1);
+  while (!cell.empty() && (cell.back() == ' ' || cell.back() == '"' || cell.back() == '\r')) cell.remove_suffix(1);
+  return cell;
+}
+
 }  // namespace
 
 std::optional<quantity> parse_quantity(std::string_view name) noexcept {
@@ -142,18 +148,23 @@ series aggregate_events(std::span<const request_event> events, std::int64_t bin_
   return s;
 }
 
-std::optional<std::int64_t> parse_timestamp_ms(std::string_view cell, double unit_ms) noexcept {
-  while (!cell.empty() && (cell.front() == ' ' || cell.front() == '"')) cell.remove_prefix(1);
-  while (!cell.empty() && (cell.back() == ' ' || cell.back() == '"' || cell.back() == '\r')) cell.remove_suffix(1);
-  if (cell.empty()) return std::nullopt;
+std::optional<double> parse_timestamp_number(std::string_view cell) noexcept {
+  cell = trim_cell(cell);
   double v = 0.0;
   const auto [p, ec] = std::from_chars(cell.data(), cell.data() + cell.size(), v);
-  if (ec == std::errc() && p == cell.data() + cell.size() && std::isfinite(v)) {
-    const double unit = unit_ms > 0.0 ? unit_ms : (std::fabs(v) > 1e11 ? 1.0 : 1000.0);
-    const double ms = std::floor(v * unit);
+  if (cell.empty() || ec != std::errc() || p != cell.data() + cell.size() || !std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+std::optional<std::int64_t> parse_timestamp_ms(std::string_view cell, double unit_ms) noexcept {
+  if (const auto v = parse_timestamp_number(cell)) {
+    const double unit = unit_ms > 0.0 ? unit_ms : (std::fabs(*v) > 1e11 ? 1.0 : 1000.0);
+    const double ms = std::floor(*v * unit);
     if (std::fabs(ms) > 1e15) return std::nullopt;  // also keeps the cast below defined
     return static_cast<std::int64_t>(ms);
   }
+  cell = trim_cell(cell);
+  if (cell.empty()) return std::nullopt;
   return parse_iso(cell);
 }
 

@@ -45,5 +45,7 @@ series aggregate_events(std::span<const request_event> events, std::int64_t bin_
 // ("2023-11-16 18:17:03.97996", "2025-01-06T00:00:00Z", "...+02:00"; no zone = UTC).
 // Numbers beyond ±1e15 ms (year ~33,000) are not timestamps: nullopt.
 std::optional<std::int64_t> parse_timestamp_ms(std::string_view cell, double unit_ms = 0.0) noexcept;
+// The number a timestamp cell holds (spaces and quotes trimmed), or nullopt for a date or junk.
+std::optional<double> parse_timestamp_number(std::string_view cell) noexcept;
 
 }  // namespace tollgate::forecast

@@ -435,12 +435,13 @@ struct forecaster::impl {
     return std::max(clean_threshold * det_scale, burst_threshold * std::max(seas_scale, 0.05));
   }
 
-  // Whether bin t's raw value z is within `tol` of the raw value the same time a day or a
-  // week earlier: a daily or weekly job rather than a one-off burst. Callers pass the larger
-  // of the usual band and half the bin's distance from the reference it would be cleaned
-  // against: a job's runs differ by more than the noise of an idle client's zeros (2.5k one
-  // day, 6k the next) but far less than they differ from the idle hours around them.
-  bool repeats_earlier(std::size_t t, double z, double tol) const noexcept {
+  // Whether bin t's raw value z repeats the raw value the same time a day or a week earlier: a
+  // daily or weekly job rather than a one-off burst. Repeats = within the larger of `edge` (the
+  // usual band) and half the bin's distance from `ref`, the reference it would be cleaned
+  // against (NaN: the band alone): a job's runs differ by more than the noise of an idle
+  // client's zeros (2.5k one day, 6k the next) but far less than from the idle hours around them.
+  bool repeats_earlier(std::size_t t, double z, double ref, double edge) const noexcept {
+    const double tol = std::isfinite(ref) ? std::max(edge, 0.5 * std::fabs(z - ref)) : edge;
     for (const std::size_t back : {cal.m, 7 * cal.m})
       if (t >= back && hist.has(t - back) && hist.observed(t - back) && std::fabs(z - hist.z(t - back)) <= tol)
         return true;
@@ -477,7 +478,7 @@ struct forecaster::impl {
     if (burst_len <= max_len) {
       for (std::size_t i = burst_start; i < burst_start + burst_len; ++i) {
         const double ri = seasonal_reference(i);
-        if (repeats_earlier(i, hist.z(i), std::isfinite(ri) ? std::max(edge, 0.5 * (hist.z(i) - ri)) : edge)) continue;
+        if (repeats_earlier(i, hist.z(i), ri, edge)) continue;
         if (std::isfinite(ri)) hist.clip_clean(i, ri + edge);
       }
     }
@@ -564,7 +565,7 @@ struct forecaster::impl {
       // read the clipped copy, and every later run was clipped against it in turn: on a client
       // whose only traffic is an hour's job at 07:00 the look-ups forecast ~100 requests for
       // that hour instead of ~4,000 (RESULTS.md section 14).
-      if (z_clean != z && repeats_earlier(t, z, std::max(burst_edge(), 0.5 * std::fabs(z - center)))) z_clean = z;
+      if (z_clean != z && repeats_earlier(t, z, center, burst_edge())) z_clean = z;
     }
     hist.push(z_fill, z_clean, obs);
     if (obs) track_burst(t, z, seasonal);

@@ -76,16 +76,13 @@ struct timestamp_reader {
       if (ms) e.timestamp_ms = *ms;
       return ms.has_value();
     }
-    cell = trim(cell);
-    double v = 0.0;
-    const auto [p, ec] = std::from_chars(cell.data(), cell.data() + cell.size(), v);
-    if (!cell.empty() && ec == std::errc() && p == cell.data() + cell.size() && std::isfinite(v)) {
-      if (std::fabs(v) > 1e15) return false;
+    if (const auto v = parse_timestamp_number(cell)) {
+      if (std::fabs(*v) > 1e15) return false;
       raw.resize(index + 1, std::nan(""));
-      raw[index] = v;
+      raw[index] = *v;
       return true;
     }
-    const auto ms = parse_timestamp_ms(cell, 1.0);
+    const auto ms = parse_timestamp_ms(cell);  // a date: no unit to guess
     if (ms) e.timestamp_ms = *ms;
     return ms.has_value();
   }
