@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
-# The forecaster on series no setting was chosen on: every ServeGen language client (m-large,
-# m-small) with at least 20 requests per 10 minutes on average, as its own series at 10-minute
-# and hourly bins (windows where the whole model reports nothing are collection gaps, left
-# missing). Many are intermittent: clients that start, stop, run one batch and go idle.
+# The forecaster on series no setting was chosen on, two sets:
+# - default: every ServeGen language client (m-large, m-small) with at least 20 requests per
+#   10 minutes on average, as its own series at 10-minute and hourly bins (windows where the
+#   whole model reports nothing are collection gaps, left missing). Many are intermittent:
+#   clients that start, stop, run one batch and go idle.
+# - --windows: every 7-day window (one every 2 days) of the reference series of
+#   shared/data/series (4.9 training days, 2.1 test days): the history a deployment has in its
+#   first week, or a week-long trace; no weekly look-up exists yet.
 # Each is backtested per PROTOCOL.md (1 h and 24 h) and scored as tollgate's MASE over the
 # better of the naive and the daily seasonal naive on the same series (< 1: better); series
 # where that baseline is exact (~0, an idle test part) are left out, as are series with no
-# scale. Prints the geometric mean, median and count above 1 per bin width and horizon, mean
-# coverage, and the worst series.
+# scale. Prints the geometric mean, median, worst and count above 1 per group and horizon, mean
+# coverage, and the worst five.
 # usage: bash bench/forecast_holdout.sh [TRACES_DIR] [TOLLGATE_FORECAST_BIN]
-#        (defaults: ../shared/data/traces/servegen, build/tollgate-forecast)
+#        bash bench/forecast_holdout.sh --windows [SERIES_DIR] [TOLLGATE_FORECAST_BIN]
+#        (defaults: ../shared/data/traces/servegen, ../shared/data/series, build/tollgate-forecast)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-traces="${1:-../shared/data/traces/servegen}"
+mode=clients
+if [ "${1:-}" = "--windows" ]; then
+  mode=windows
+  shift
+fi
+if [ "$mode" = windows ]; then
+  input="${1:-../shared/data/series}"
+  check="$input/burstgpt_1h.csv"
+else
+  input="${1:-../shared/data/traces/servegen}"
+  check="$input/language/m-large"
+fi
 bin="${2:-build/tollgate-forecast}"
-if [ ! -d "$traces/language/m-large" ]; then
-  echo "forecast_holdout.sh: no ServeGen traces in '$traces'; pass their directory" >&2
+if [ ! -e "$check" ]; then
+  echo "forecast_holdout.sh: no $mode input in '$input'; pass its directory" >&2
   exit 2
 fi
 command -v python3 >/dev/null || bash .ci/deps.sh bench >/dev/null
@@ -23,7 +39,25 @@ command -v python3 >/dev/null || bash .ci/deps.sh bench >/dev/null
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-python3 - "$traces" "$work" <<'PY'
+# Series files are named GROUP~NAME.csv; the table has a row per GROUP and horizon.
+if [ "$mode" = windows ]; then
+python3 - "$input" "$work" <<'PY'
+import csv, sys
+series, out = sys.argv[1], sys.argv[2]
+specs = [("burstgpt_1h", ["conversation", "api", "all"]), ("servegen_mlarge_10m", ["requests"]),
+         ("servegen_mlarge_1h", ["requests"]), ("servegen_msmall_10m", ["requests"])]
+for name, cols in specs:
+    rows = list(csv.DictReader(open(f"{series}/{name}.csv")))
+    per_day = 86400 // (int(rows[1]["timestamp"]) - int(rows[0]["timestamp"]))
+    for off in range(0, len(rows) - 7 * per_day + 1, 2 * per_day):
+        for c in cols:
+            with open(f"{out}/{name}.{c}~day{off // per_day:02d}.csv", "w") as o:
+                o.write("timestamp,requests\n")
+                for r in rows[off:off + 7 * per_day]:
+                    o.write(f"{r['timestamp']},{r[c]}\n")
+PY
+else
+python3 - "$input" "$work" <<'PY'
 import csv, glob, os, sys
 traces, out = sys.argv[1], sys.argv[2]
 for model in ["m-large", "m-small"]:
@@ -38,16 +72,17 @@ for model in ["m-large", "m-small"]:
         if sum(v) / len(v) < 20:
             continue
         name = f"{model}_{os.path.basename(f).split('-')[1]}"
-        with open(f"{out}/{name}_10m.csv", "w") as o:
+        with open(f"{out}/10m~{name}.csv", "w") as o:
             o.write("timestamp,requests\n")
             for i, x in enumerate(v):
                 o.write(f"{600 * i}," + ("" if i in gaps else f"{x:.3f}") + "\n")
-        with open(f"{out}/{name}_1h.csv", "w") as o:
+        with open(f"{out}/1h~{name}.csv", "w") as o:
             o.write("timestamp,requests\n")
             for j in range(len(v) // 6):
                 seen = [v[i] for i in range(6 * j, 6 * j + 6) if i not in gaps]
                 o.write(f"{3600 * j}," + (f"{sum(seen) * 6 / len(seen):.3f}" if seen else "") + "\n")
 PY
+fi
 for f in "$work"/*.csv; do
   "$bin" backtest --input "$f" --column requests --horizons 1h,24h --json > "${f%.csv}.json" 2>/dev/null || true
 done
@@ -67,16 +102,20 @@ for f in sorted(glob.glob(sys.argv[1] + "/*.json")):
         if None in (t, n, s) or min(n, s) < 1e-6:
             continue
         rows.append((name, h, t / min(n, s), by[(h, "tollgate")]["coverage90"]))
-print(f"{len({r[0] for r in rows})} series (ServeGen language clients)\n")
-print("| bins | horizon | series | geometric mean, tollgate / better baseline | median | above 1 | mean coverage90 |")
-print("|---|---|---|---|---|---|---|")
-for res in ["10m", "1h"]:
+print(f"{len({r[0] for r in rows})} series\n")
+print("| group | horizon | series | geometric mean, tollgate / better baseline | median | worst | above 1 | mean coverage90 |")
+print("|---|---|---|---|---|---|---|---|")
+for group in sorted({r[0].split("~")[0] for r in rows}):
     for h in ["1h", "24h"]:
-        sel = [r for r in rows if r[1] == h and r[0].endswith("_" + res)]
+        sel = [r for r in rows if r[1] == h and r[0].split("~")[0] == group]
+        if not sel:
+            continue
         ratios = sorted(r[2] for r in sel)
         g = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
         cov = sum(r[3] for r in sel) / len(sel)
-        print(f"| {res} | {h} | {len(sel)} | {g:.4f} | {ratios[len(ratios) // 2]:.4f} | "
+        print(f"| {group} | {h} | {len(sel)} | {g:.4f} | {ratios[len(ratios) // 2]:.4f} | {ratios[-1]:.3f} | "
               f"{sum(x > 1 for x in ratios)} | {cov:.3f} |")
-print("\nWorst five:", ", ".join(f"{r[0]} {r[1]} {r[2]:.2f}" for r in sorted(rows, key=lambda r: -r[2])[:5]))
+g = math.exp(sum(math.log(r[2]) for r in rows) / len(rows))
+print(f"\nAll {len(rows)} (series, horizon) pairs: geometric mean {g:.4f}, above 1: {sum(r[2] > 1 for r in rows)}")
+print("Worst five:", ", ".join(f"{r[0].replace('~', ' ')} {r[1]} {r[2]:.2f}" for r in sorted(rows, key=lambda r: -r[2])[:5]))
 PY

@@ -173,6 +173,30 @@ TEST_CASE("forecaster: a daily job on an idle client is forecast at its hour", "
   CHECK(rel_err(m.steps[1].point, daily(origin2 + 2)) < 0.25);   // 04:00, back to normal
 }
 
+TEST_CASE("forecaster: a member that starts late does not take over on a quiet day", "[forecast]") {
+  // As a 10-day window of BurstGPT: on day 1 a burst of 60x the usual traffic lasts 30 hours
+  // (too long to be cleaned as a spike: it could be a new client), then traffic is normal. The
+  // week look-up starts on day 7. Scored on its first dozen errors alone, made on quiet days,
+  // it beat every member whose week included the burst, took most of the weight, and on day 8
+  // forecast the burst again from a week earlier. A late member's track now starts at its
+  // peers' median, so it must earn its weight.
+  std::mt19937 rng(11);
+  std::normal_distribution<double> noise(0.0, 0.15);
+  auto value = [&](std::size_t i) {
+    const double usual = daily(i) * std::exp(noise(rng));
+    return i >= 24 + 12 && i < 24 + 42 ? 60.0 * usual : usual;  // day 1 12:00 to day 2 18:00
+  };
+  forecaster f = hourly(24);
+  const std::size_t origin = 8 * 24 + 6;  // day 8, 06:00: the next day's look-ups read the burst
+  for (std::size_t i = 0; i <= origin; ++i) f.observe(t0 + static_cast<std::int64_t>(i) * 3600, value(i));
+  const auto r = f.forecast(24);
+  check_well_formed(r);
+  for (std::size_t k = 1; k <= 24; ++k) {
+    INFO("step " << k);
+    CHECK(r.steps[k - 1].point < 3.0 * daily(origin + k));
+  }
+}
+
 TEST_CASE("forecaster: an outage hour does not drag the next day's forecast down", "[forecast]") {
   // Traffic in the hundreds of thousands an hour with one hour at zero (a collection outage,
   // as ServeGen's clients show): the hour after it is normal again. Neither that hour nor the
