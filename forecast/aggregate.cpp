@@ -123,6 +123,29 @@ std::uint64_t bins_spanned(std::span<const request_event> events, std::int64_t b
   return range_of(events, bin_s, model).count();
 }
 
+edge_bins partial_edge_bins(std::span<const request_event> events, std::int64_t bin_s, std::string_view model) {
+  edge_bins out;
+  std::int64_t first = 0, last = 0;
+  std::uint64_t n = 0;
+  for (const auto& e : events) {
+    if (!model.empty() && e.model != model) continue;
+    first = n ? std::min(first, e.timestamp_ms) : e.timestamp_ms;
+    last = n ? std::max(last, e.timestamp_ms) : e.timestamp_ms;
+    ++n;
+  }
+  const std::int64_t bin_ms = bin_s * 1000;
+  if (n < 2 || bin_ms <= 0 || bin_of(first, bin_ms) == bin_of(last, bin_ms)) return out;  // one bin: nothing to compare
+  const double mean_gap = static_cast<double>(last - first) / static_cast<double>(n - 1);
+  const double tolerance = std::max(0.1 * static_cast<double>(bin_ms), 3.0 * mean_gap);
+  const double before = static_cast<double>(first - bin_of(first, bin_ms) * bin_ms);       // uncovered at the start
+  const double after = static_cast<double>((bin_of(last, bin_ms) + 1) * bin_ms - last);  // ...and at the end
+  out.first_covered = 1.0 - before / static_cast<double>(bin_ms);
+  out.last_covered = 1.0 - after / static_cast<double>(bin_ms);
+  out.first_partial = before > tolerance;
+  out.last_partial = after > tolerance;
+  return out;
+}
+
 series aggregate_events(std::span<const request_event> events, std::int64_t bin_s, quantity q,
                         std::string_view model) {
   series s;

@@ -55,6 +55,50 @@ TEST_CASE("aggregate: requests and tokens per bin, empty bins are zeros", "[fore
   CHECK_FALSE(parse_quantity("tokens"));
 }
 
+TEST_CASE("aggregate: edge bins the records cover only in part are found", "[forecast]") {
+  const std::int64_t t0 = 1700158500000;  // 2023-11-16T18:15:00Z, a minute boundary
+  auto every = [](std::int64_t from, std::int64_t to, std::int64_t step, const char* model = "m") {
+    std::vector<request_event> ev;
+    for (std::int64_t t = from; t <= to; t += step) ev.push_back({t, 1, 1, 0, model});
+    return ev;
+  };
+  SECTION("a trace cut mid-minute at both ends, as Azure's conversation trace (18:15:47 to 19:14:08)") {
+    const auto e = partial_edge_bins(every(t0 + 47'000, t0 + 59 * 60'000 + 8'000, 250), 60);
+    CHECK(e.first_partial);
+    CHECK(e.last_partial);
+    CHECK(e.first_covered == Approx(13.0 / 60.0).margin(0.01));
+    CHECK(e.last_covered == Approx(8.25 / 60.0).margin(0.01));
+  }
+  SECTION("a log cut on minute boundaries keeps both bins") {
+    const auto e = partial_edge_bins(every(t0 + 100, t0 + 45 * 60'000 - 150, 250), 60);
+    CHECK_FALSE(e.first_partial);
+    CHECK_FALSE(e.last_partial);
+  }
+  SECTION("up to 10 % uncovered is kept (Mooncake's hour ends 57 s into its last minute)") {
+    const auto e = partial_edge_bins(every(t0, t0 + 58 * 60'000 + 57'000, 300), 60);
+    CHECK_FALSE(e.last_partial);
+    CHECK(partial_edge_bins(every(t0, t0 + 58 * 60'000 + 50'000, 300), 60).last_partial);
+  }
+  SECTION("a sparse log (a call every 10 minutes) has mostly empty bins anyway: nothing is partial") {
+    const auto e = partial_edge_bins(every(t0 + 30'000, t0 + 600 * 60'000 + 30'000, 600'000), 60);
+    CHECK_FALSE(e.first_partial);
+    CHECK_FALSE(e.last_partial);
+  }
+  SECTION("one bin, one record, or none: nothing to compare") {
+    CHECK_FALSE(partial_edge_bins(every(t0 + 10'000, t0 + 20'000, 1'000), 60).last_partial);
+    CHECK_FALSE(partial_edge_bins(every(t0 + 10'000, t0 + 10'000, 1), 60).first_partial);
+    CHECK_FALSE(partial_edge_bins({}, 60).first_partial);
+  }
+  SECTION("only the chosen model's records count") {
+    auto ev = every(t0, t0 + 10 * 60'000 - 100, 250, "a");
+    const auto b = every(t0 + 30'000, t0 + 5 * 60'000 + 30'000, 250, "b");
+    ev.insert(ev.end(), b.begin(), b.end());
+    CHECK_FALSE(partial_edge_bins(ev, 60, "a").first_partial);
+    CHECK(partial_edge_bins(ev, 60, "b").first_partial);
+    CHECK(partial_edge_bins(ev, 60, "b").last_partial);
+  }
+}
+
 TEST_CASE("plot: the SVG has the band, both lines and an escaped title", "[forecast]") {
   std::vector<plot_point> pts;
   const double nan = std::nan("");

@@ -187,11 +187,28 @@ loaded load_input(const args& a) {
             ", more than " + std::to_string(fc::max_series_bins) +
             ": check for stray timestamps (a zero, a wrong --time-unit) or use a wider --bin");
     // A live proxy's ledger ends in the bin now in progress: its count is partial and would read
-    // as a drop in traffic, so it is left out (a finished ledger's last bin is kept).
+    // as a drop in traffic, so it is left out. So are edge bins the records cover only in part
+    // (a trace cut mid-minute, a proxy started or stopped mid-minute: partial_edge_bins), as
+    // long as a few bins remain.
+    bool last_dropped = false;
     if (ledger && !l.data.values.empty() &&
         l.data.timestamp(l.data.values.size() - 1) + l.data.bin_s > static_cast<std::int64_t>(std::time(nullptr))) {
       l.data.values.pop_back();
+      last_dropped = true;
       std::cerr << "note: " << l.input << ": the last " << bin_label << " bin is still in progress and is left out\n";
+    }
+    const auto edges = fc::partial_edge_bins(ev.events, *bin, a.get("model"));
+    auto covered = [](double share) { return std::to_string(static_cast<int>(std::lround(100.0 * share))) + " %"; };
+    if (edges.last_partial && !last_dropped && l.data.values.size() > 3) {
+      l.data.values.pop_back();
+      std::cerr << "note: " << l.input << ": the records end " << covered(edges.last_covered) << " into the last "
+                << bin_label << " bin, which is left out (its count would read as a drop)\n";
+    }
+    if (edges.first_partial && l.data.values.size() > 3) {
+      l.data.values.erase(l.data.values.begin());
+      l.data.start_s += l.data.bin_s;
+      std::cerr << "note: " << l.input << ": the records start " << covered(1.0 - edges.first_covered)
+                << " into the first " << bin_label << " bin, which is left out\n";
     }
     if (l.data.values.size() < 2) die(l.input + ": fewer than two bins of data" +
                                       (a.has("model") ? " for model " + a.get("model") : std::string()));
