@@ -275,6 +275,18 @@ int cmd_backtest(const args& a) {
   bar.done();
   if (!out.report) die(in.input + ": " + out.error);
   const fc::backtest_report& r = *out.report;
+  // All dashes say nothing to someone backtesting a one-hour trace: say why.
+  const std::size_t per_day = static_cast<std::size_t>(86400 / r.bin_seconds);
+  if (!r.mase_scale)
+    std::cerr << "note: no MASE or pinball loss: their scale is the daily seasonal naive's error on the training "
+              << "part, which " << (r.n_train <= per_day ? "needs more than a day of training bins (here " +
+                                                                std::to_string(r.n_train) + " of " + std::to_string(per_day) + ")"
+                                                          : std::string("has no observed pair of bins a day apart"))
+              << "; sMAPE and coverage are still scored\n";
+  for (const auto& m : r.results)
+    if (m.method == "tollgate" && m.n_origins == 0)
+      std::cerr << "note: horizon " << m.horizon << " has no origin: the test part (" << r.n - r.n_train
+                << " bins) is shorter than the horizon; give shorter --horizons or more data\n";
   if (a.has("json")) {
     json j;
     j["series"] = in.label;
