@@ -96,9 +96,10 @@ const char* quantity_name(quantity q) noexcept {
 namespace {
 
 struct bin_range {
-  std::int64_t first = 0, last = 0;
-  bool any = false;
-  std::uint64_t count() const noexcept { return any ? static_cast<std::uint64_t>(last - first) + 1 : 0; }
+  std::int64_t first = 0, last = 0;        // bins
+  std::int64_t first_ms = 0, last_ms = 0;  // the earliest and latest record
+  std::uint64_t records = 0;
+  std::uint64_t count() const noexcept { return records ? static_cast<std::uint64_t>(last - first) + 1 : 0; }
 };
 
 std::int64_t bin_of(std::int64_t ms, std::int64_t bin_ms) noexcept {
@@ -109,10 +110,13 @@ bin_range range_of(std::span<const request_event> events, std::int64_t bin_s, st
   bin_range r;
   for (const auto& e : events) {
     if (!model.empty() && e.model != model) continue;
-    const std::int64_t b = bin_of(e.timestamp_ms, bin_s * 1000);
-    r.first = r.any ? std::min(r.first, b) : b;
-    r.last = r.any ? std::max(r.last, b) : b;
-    r.any = true;
+    r.first_ms = r.records ? std::min(r.first_ms, e.timestamp_ms) : e.timestamp_ms;
+    r.last_ms = r.records ? std::max(r.last_ms, e.timestamp_ms) : e.timestamp_ms;
+    ++r.records;
+  }
+  if (r.records) {
+    r.first = bin_of(r.first_ms, bin_s * 1000);
+    r.last = bin_of(r.last_ms, bin_s * 1000);
   }
   return r;
 }
@@ -125,20 +129,14 @@ std::uint64_t bins_spanned(std::span<const request_event> events, std::int64_t b
 
 edge_bins partial_edge_bins(std::span<const request_event> events, std::int64_t bin_s, std::string_view model) {
   edge_bins out;
-  std::int64_t first = 0, last = 0;
-  std::uint64_t n = 0;
-  for (const auto& e : events) {
-    if (!model.empty() && e.model != model) continue;
-    first = n ? std::min(first, e.timestamp_ms) : e.timestamp_ms;
-    last = n ? std::max(last, e.timestamp_ms) : e.timestamp_ms;
-    ++n;
-  }
+  const bin_range r = range_of(events, bin_s, model);
   const std::int64_t bin_ms = bin_s * 1000;
-  if (n < 2 || bin_ms <= 0 || bin_of(first, bin_ms) == bin_of(last, bin_ms)) return out;  // one bin: nothing to compare
-  const double mean_gap = static_cast<double>(last - first) / static_cast<double>(n - 1);
+  if (r.records < 2 || bin_ms <= 0 || r.first == r.last) return out;  // one bin: nothing to compare
+  const std::int64_t first = r.first_ms, last = r.last_ms;
+  const double mean_gap = static_cast<double>(last - first) / static_cast<double>(r.records - 1);
   const double tolerance = std::max(0.1 * static_cast<double>(bin_ms), 3.0 * mean_gap);
-  const double before = static_cast<double>(first - bin_of(first, bin_ms) * bin_ms);       // uncovered at the start
-  const double after = static_cast<double>((bin_of(last, bin_ms) + 1) * bin_ms - last);  // ...and at the end
+  const double before = static_cast<double>(first - r.first * bin_ms);      // uncovered at the start
+  const double after = static_cast<double>((r.last + 1) * bin_ms - last);  // ...and at the end
   out.first_covered = 1.0 - before / static_cast<double>(bin_ms);
   out.last_covered = 1.0 - after / static_cast<double>(bin_ms);
   out.first_partial = before > tolerance;
@@ -152,7 +150,7 @@ series aggregate_events(std::span<const request_event> events, std::int64_t bin_
   s.bin_s = bin_s;
   const std::int64_t bin_ms = bin_s * 1000;
   const bin_range range = range_of(events, bin_s, model);
-  if (!range.any || range.count() > max_series_bins) return s;
+  if (range.records == 0 || range.count() > max_series_bins) return s;
   const std::int64_t first = range.first, last = range.last;
   s.start_s = first * bin_s;
   s.values.assign(static_cast<std::size_t>(last - first + 1), 0.0);

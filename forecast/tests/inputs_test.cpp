@@ -24,14 +24,21 @@ void write(const fs::path& p, const std::string& text) {
   out << text;
 }
 
+// A request log with this text, read and removed (the name's suffix picks CSV or JSON Lines).
+tool::events_read load_log(const std::string& name, const std::string& text, double unit_ms = 0.0) {
+  const auto p = temp_file(name);
+  write(p, text);
+  auto r = tool::load_request_log(p.string(), unit_ms);
+  fs::remove(p);
+  return r;
+}
+
 }  // namespace
 
 TEST_CASE("inputs: a request-log CSV with the Azure trace's columns", "[forecast]") {
-  const auto p = temp_file("azure.csv");
-  write(p, "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,4808,10\n"
-           "2023-11-16 18:17:04.0319600,3180,8\n");
-  const auto r = tool::load_request_log(p.string(), 0.0);
-  fs::remove(p);
+  const auto r = load_log("azure.csv",
+                           "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,4808,10\n"
+                           "2023-11-16 18:17:04.0319600,3180,8\n");
   REQUIRE(r.error.empty());
   REQUIRE(r.events.size() == 2);
   CHECK(r.events[0].timestamp_ms == 1700158623979);
@@ -40,17 +47,15 @@ TEST_CASE("inputs: a request-log CSV with the Azure trace's columns", "[forecast
 }
 
 TEST_CASE("inputs: a byte-order mark before a CSV header or a JSON line", "[forecast]") {
-  const auto csv = temp_file("bom.csv");
-  write(csv, "\xEF\xBB\xBFTIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,4808,10\n");
-  const auto a = tool::load_request_log(csv.string(), 0.0);
-  fs::remove(csv);
+  const auto a = load_log("bom.csv",
+                           "\xEF\xBB\xBFTIMESTAMP,ContextTokens,GeneratedTokens\n"
+                           "2023-11-16 18:17:03.9799600,4808,10\n");
   REQUIRE(a.error.empty());
   REQUIRE(a.events.size() == 1);
   CHECK(a.events[0].prompt_tokens == 4808);
-  const auto jl = temp_file("bom.txt");  // no .jsonl suffix: recognised by its first '{'
-  write(jl, "\xEF\xBB\xBF{\"timestamp\": 1000, \"input_length\": 7, \"output_length\": 5}\n");
-  const auto b = tool::load_request_log(jl.string(), 1.0);
-  fs::remove(jl);
+  // No .jsonl suffix: recognised by its first '{'.
+  const auto b =
+      load_log("bom.txt", "\xEF\xBB\xBF{\"timestamp\": 1000, \"input_length\": 7, \"output_length\": 5}\n", 1.0);
   REQUIRE(b.error.empty());
   REQUIRE(b.events.size() == 1);
   CHECK(b.events[0].timestamp_ms == 1000);
@@ -79,11 +84,10 @@ TEST_CASE("inputs: JSON Lines with Mooncake's fields and a bad line", "[forecast
 
 TEST_CASE("inputs: relative timestamps, their unit guessed per file", "[forecast]") {
   SECTION("Mooncake: milliseconds since the trace start, said in a note") {
-    const auto p = temp_file("mooncake_guess.jsonl");
-    write(p, "{\"timestamp\": 0, \"input_length\": 6758, \"output_length\": 500, \"hash_ids\": [0, 1]}\n"
-             "{\"timestamp\": 3536999, \"input_length\": 7322, \"output_length\": 490, \"hash_ids\": [0]}\n");
-    const auto r = tool::load_request_log(p.string(), 0.0);
-    fs::remove(p);
+    const auto r = load_log("mooncake_guess.jsonl",
+                            "{\"timestamp\": 0, \"input_length\": 6758, \"output_length\": 500, \"hash_ids\": [0, 1]}\n"
+                            "{\"timestamp\": 3536999, \"input_length\": 7322, \"output_length\": 490, "
+                            "\"hash_ids\": [0]}\n");
     REQUIRE(r.error.empty());
     REQUIRE(r.events.size() == 2);
     CHECK(r.events[1].timestamp_ms == 3536999);  // 59 minutes, not 41 days
@@ -91,12 +95,10 @@ TEST_CASE("inputs: relative timestamps, their unit guessed per file", "[forecast
     CHECK(r.note.find("--time-unit s") != std::string::npos);
   }
   SECTION("BurstGPT's raw trace: seconds since its start, its token columns") {
-    const auto p = temp_file("burstgpt_raw.csv");
-    write(p, "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
-             "5,ChatGPT,472,18,490,Conversation log\n"
-             "5183999.5,GPT-4,1087,0,1087,API log\n");
-    const auto r = tool::load_request_log(p.string(), 0.0);
-    fs::remove(p);
+    const auto r = load_log("burstgpt_raw.csv",
+                            "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                            "5,ChatGPT,472,18,490,Conversation log\n"
+                            "5183999.5,GPT-4,1087,0,1087,API log\n");
     REQUIRE(r.error.empty());
     REQUIRE(r.events.size() == 2);
     CHECK(r.events[0].timestamp_ms == 5000);
