@@ -19,7 +19,7 @@
 # series and horizon (bench/forecast_reference.py, statsmodels and xgboost set up by
 # bench/reference_env.sh), as the target is stated: the share of pairs at or below 0.9
 # and at or below 1. It costs ~2 s of CPU per hourly and ~5 s per 10-minute series (the default
-# set: ~25 minutes on 2 cores; --aggregates: ~1 minute).
+# set: ~30 minutes on 2 cores; --windows ~7; --aggregates ~1).
 # usage: bash bench/forecast_holdout.sh [--windows | --aggregates] [--reference] [INPUT_DIR] [TOLLGATE_FORECAST_BIN]
 #        (INPUT_DIR defaults: ../shared/data/traces/servegen, --windows ../shared/data/series,
 #        --aggregates ../shared/data (traces/ and series/ inside); BIN: build/tollgate-forecast)
@@ -194,7 +194,7 @@ for f in sorted(glob.glob(sys.argv[1] + "/*.ref")):
         best = min(methods, key=methods.get)
         if methods[best] < 1e-6:
             continue
-        ref.append((name, h, t / methods[best], best))
+        ref.append((name, h, max(t / methods[best], 1e-6), best))  # exact forecasts: no log(0)
 if ref:
     print("\nAgainst the best of the six reference methods (bench/forecast_reference.py), per series and horizon:\n")
     print("| group | horizon | pairs | geometric mean, tollgate / best of six | median | <= 0.9 | <= 1 | best method most often |")
@@ -207,7 +207,7 @@ if ref:
             ratios = sorted(r[2] for r in sel)
             g = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
             methods = [r[3] for r in sel]
-            common = max(set(methods), key=methods.count)
+            common = max(sorted(set(methods)), key=methods.count)
             print(f"| {group} | {h} | {len(sel)} | {g:.4f} | {ratios[len(ratios) // 2]:.4f} | "
                   f"{sum(x <= 0.9 for x in ratios)} | {sum(x <= 1 for x in ratios)} | {common} ({methods.count(common)}) |")
     g = math.exp(sum(math.log(r[2]) for r in ref) / len(ref))
