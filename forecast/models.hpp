@@ -88,6 +88,9 @@ struct ets_params {
   bool accept_shifts = false;
   const char* name = nullptr;  // member name prefix; default "ets" / "ets_shift"
 };
+// The origin's value plus the median change over the same k bins on each of the last `days`
+// days (the seasonally adjusted naive with an empirical profile); NaN beyond `max_k` steps.
+std::unique_ptr<model> make_seasonal_change(std::size_t days, std::size_t m, std::size_t max_k);
 std::unique_ptr<model> make_ets(const ets_params& p, std::int64_t bin_s);
 
 }  // namespace tollgate::forecast::detail

@@ -487,6 +487,47 @@ TEST_CASE("ets: on its first day the persistent outputs carry the current deviat
   for (double v : out) CHECK(std::expm1(v) == Approx(150.0).epsilon(0.15));
 }
 
+TEST_CASE("seasonal change: today's value plus the usual change to the target's time of day", "[forecast]") {
+  // Ten-minute bins, a daily shape repeated for three days, then today at 1.5 x the usual
+  // level: an hour ahead the forecast is today's last value moved by the shape's change over
+  // that hour on the past days, not the past days' values (the look-ups) nor today's flat value.
+  detail::history h;
+  h.reset(2000);
+  const detail::calendar cal{144, 600, t0};
+  auto change = detail::make_seasonal_change(3, 144, 6);
+  REQUIRE(change->outputs() == 1);
+  auto shape = [](std::size_t i) { return 1000.0 * (1.5 + std::sin(2.0 * 3.14159265358979 * static_cast<double>(i % 144) / 144.0)); };
+  std::array<double, 1> out{};
+  for (std::size_t i = 0; i < 3 * 144 + 60; ++i) {
+    const double y = shape(i) * (i >= 3 * 144 ? 1.5 : 1.0);
+    h.push(std::log1p(y), std::log1p(y), true);
+    change->observe(h, cal, true);
+    if (i == 144 + 59) {  // one past day: not a majority of three
+      change->predict(h, cal, 1, out.data());
+      CHECK(std::isnan(out[0]));
+    }
+  }
+  const std::size_t t = 3 * 144 + 59;
+  for (std::size_t k : {1u, 3u, 6u}) {
+    change->predict(h, cal, k, out.data());
+    INFO("step " << k);
+    const double usual = std::log1p(shape(t + k)) - std::log1p(shape(t));
+    CHECK(out[0] == Approx(h.z(t) + usual).margin(1e-5));
+    CHECK(std::expm1(out[0]) == Approx(1.5 * shape(t + k)).epsilon(0.001));
+  }
+  change->predict(h, cal, 7, out.data());  // beyond max_k: no say
+  CHECK(std::isnan(out[0]));
+  // A missing bin on one past day leaves two days' changes: still a forecast.
+  detail::history g;
+  g.reset(2000);
+  for (std::size_t i = 0; i < 3 * 144 + 60; ++i) {
+    const double y = shape(i);
+    g.push(std::log1p(y), std::log1p(y), i != 2 * 144 + 60);
+  }
+  change->predict(g, cal, 1, out.data());
+  CHECK(std::expm1(out[0]) == Approx(shape(3 * 144 + 60)).epsilon(0.001));
+}
+
 TEST_CASE("forecaster: an all-zero series forecasts zero", "[forecast]") {
   forecaster f = hourly(24);
   for (std::size_t i = 0; i < 10 * 24; ++i) f.observe(t0 + static_cast<std::int64_t>(i) * 3600, 0.0);
