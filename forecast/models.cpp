@@ -130,10 +130,11 @@ class seasonal_change_model final : public model {
   void observe(const history&, const calendar&, bool) noexcept override {}
   void predict(const history& h, const calendar&, std::size_t k, double* out) const noexcept override {
     out[0] = std::nan("");
+    if (k > max_k_) return;
     const std::size_t t = h.size() - 1;
     std::array<double, 16> v{};
     std::size_t c = 0;
-    for (std::size_t d = (k + m_ - 1) / m_; k <= max_k_ && c < days_ && c < v.size(); ++d) {
+    for (std::size_t d = (k + m_ - 1) / m_; c < days_ && c < v.size(); ++d) {
       const std::size_t back = d * m_;
       if (back > t || !h.has(t - back)) break;
       const std::size_t from = t - back, to = t - back + k;

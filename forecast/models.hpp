@@ -71,6 +71,9 @@ std::unique_ptr<model> make_seasonal_naive(std::size_t period, const char* name)
 // a burst on a minority of the days. NaN until enough history exists.
 std::unique_ptr<model> make_seasonal_median(std::vector<std::size_t> days, std::vector<std::size_t> weeks,
                                             std::size_t m);
+// The origin's value plus the median change over the same k bins on each of the last `days`
+// days (the seasonally adjusted naive with an empirical profile); NaN beyond `max_k` steps.
+std::unique_ptr<model> make_seasonal_change(std::size_t days, std::size_t m, std::size_t max_k);
 
 // Robust multi-seasonal exponential smoothing on the log scale: level + time-of-day profile +
 // day-of-week offset, updated with innovations clipped at `clip` robust scales so a burst
@@ -88,9 +91,6 @@ struct ets_params {
   bool accept_shifts = false;
   const char* name = nullptr;  // member name prefix; default "ets" / "ets_shift"
 };
-// The origin's value plus the median change over the same k bins on each of the last `days`
-// days (the seasonally adjusted naive with an empirical profile); NaN beyond `max_k` steps.
-std::unique_ptr<model> make_seasonal_change(std::size_t days, std::size_t m, std::size_t max_k);
 std::unique_ptr<model> make_ets(const ets_params& p, std::int64_t bin_s);
 
 }  // namespace tollgate::forecast::detail
