@@ -190,8 +190,10 @@ struct forecaster::impl {
     models.push_back(detail::make_seasonal_naive(m, "seasonal_naive_day"));
     if (history_bins >= 7 * m) models.push_back(detail::make_seasonal_naive(7 * m, "seasonal_naive_week"));
     models.push_back(detail::make_seasonal_median({3, 7}, {2, 3, 4}, m));
-    // Up to an hour ahead: the day-ahead pairs lost with it (forecast/RESULTS.md, 17). It
-    // takes no part in the log-scale one-step combination (the detector's reference, the gap
+    // Up to an hour ahead: the day-ahead pairs lost with it (forecast/RESULTS.md, 17). A step
+    // between two representative steps is weighted only if both are within that (1-minute bins:
+    // up to 48 steps, the representative step after it being 64; 10-minute and hourly: the hour).
+    // It takes no part in the log-scale one-step combination (the detector's reference, the gap
     // fill and the cleaning): there it lowered the score of BurstGPT's 02-18 10:00 burst below
     // the threshold (4 of 5 flagged), and that combination was chosen for the detector.
     std::size_t change_at = 0;
