@@ -146,14 +146,26 @@ fi
 
 python3 - "$work" <<'PY'
 import glob, json, math, sys
-rows = []
+
+def geo(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+def by_group(rows):  # (group, horizon, its rows, their ratios sorted) for each table row
+    for group in sorted({r[0].split("~")[0] for r in rows}):
+        for h in ["1h", "24h"]:
+            sel = [r for r in rows if r[1] == h and r[0].split("~")[0] == group]
+            if sel:
+                yield group, h, sel, sorted(r[2] for r in sel)
+
+results = {}  # series name -> {(horizon, method): result}
 for f in sorted(glob.glob(sys.argv[1] + "/*.json")):
     try:
         j = json.load(open(f))
     except ValueError:
         continue
-    name = f.rsplit("/", 1)[1][:-5]
-    by = {(r["horizon"], r["method"]): r for r in j["results"]}
+    results[f.rsplit("/", 1)[1][:-5]] = {(r["horizon"], r["method"]): r for r in j["results"]}
+rows = []
+for name, by in results.items():
     for h in ["1h", "24h"]:
         t, n, s = (by[(h, m)]["mase"] for m in ("tollgate", "naive", "seasonal_naive_day"))
         if None in (t, n, s) or min(n, s) < 1e-6:
@@ -162,33 +174,27 @@ for f in sorted(glob.glob(sys.argv[1] + "/*.json")):
 print(f"{len({r[0] for r in rows})} series\n")
 print("| group | horizon | series | geometric mean, tollgate / better baseline | median | worst | above 1 | mean coverage90 |")
 print("|---|---|---|---|---|---|---|---|")
-for group in sorted({r[0].split("~")[0] for r in rows}):
-    for h in ["1h", "24h"]:
-        sel = [r for r in rows if r[1] == h and r[0].split("~")[0] == group]
-        if not sel:
-            continue
-        ratios = sorted(r[2] for r in sel)
-        g = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-        cov = sum(r[3] for r in sel) / len(sel)
-        print(f"| {group} | {h} | {len(sel)} | {g:.4f} | {ratios[len(ratios) // 2]:.4f} | {ratios[-1]:.3f} | "
-              f"{sum(x > 1 for x in ratios)} | {cov:.3f} |")
-g = math.exp(sum(math.log(r[2]) for r in rows) / len(rows))
-print(f"\nAll {len(rows)} (series, horizon) pairs: geometric mean {g:.4f}, above 1: {sum(r[2] > 1 for r in rows)}")
+for group, h, sel, ratios in by_group(rows):
+    cov = sum(r[3] for r in sel) / len(sel)
+    print(f"| {group} | {h} | {len(sel)} | {geo(ratios):.4f} | {ratios[len(ratios) // 2]:.4f} | {ratios[-1]:.3f} | "
+          f"{sum(x > 1 for x in ratios)} | {cov:.3f} |")
+print(f"\nAll {len(rows)} (series, horizon) pairs: geometric mean {geo([r[2] for r in rows]):.4f}, "
+      f"above 1: {sum(r[2] > 1 for r in rows)}")
 print("Worst five:", ", ".join(f"{r[0].replace('~', ' ')} {r[1]} {r[2]:.2f}" for r in sorted(rows, key=lambda r: -r[2])[:5]))
 
 # Against the best of the six reference methods (--reference): issue 3's target, <= 0.9.
 ref = []
 for f in sorted(glob.glob(sys.argv[1] + "/*.ref")):
+    name = f.rsplit("/", 1)[1][:-4]
     try:
         r = json.load(open(f))
-        j = json.load(open(f[:-4] + ".json"))
-    except (ValueError, OSError):
+    except ValueError:
         continue
-    name = f.rsplit("/", 1)[1][:-4]
-    by = {(x["horizon"], x["method"]): x["mase"] for x in j["results"]}
+    if name not in results:
+        continue
     for h, secs in (("1h", "3600"), ("24h", "86400")):
         methods = {k.split(":", 1)[1]: v for k, v in r["mase"].items() if k.split(":", 1)[0] == secs and v is not None}
-        t = by.get((h, "tollgate"))
+        t = results[name].get((h, "tollgate"), {}).get("mase")
         if not methods or t is None:
             continue
         best = min(methods, key=methods.get)
@@ -199,19 +205,12 @@ if ref:
     print("\nAgainst the best of the six reference methods (bench/forecast_reference.py), per series and horizon:\n")
     print("| group | horizon | pairs | geometric mean, tollgate / best of six | median | <= 0.9 | <= 1 | best method most often |")
     print("|---|---|---|---|---|---|---|---|")
-    for group in sorted({r[0].split("~")[0] for r in ref}):
-        for h in ["1h", "24h"]:
-            sel = [r for r in ref if r[1] == h and r[0].split("~")[0] == group]
-            if not sel:
-                continue
-            ratios = sorted(r[2] for r in sel)
-            g = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-            methods = [r[3] for r in sel]
-            common = max(sorted(set(methods)), key=methods.count)
-            print(f"| {group} | {h} | {len(sel)} | {g:.4f} | {ratios[len(ratios) // 2]:.4f} | "
-                  f"{sum(x <= 0.9 for x in ratios)} | {sum(x <= 1 for x in ratios)} | {common} ({methods.count(common)}) |")
-    g = math.exp(sum(math.log(r[2]) for r in ref) / len(ref))
-    print(f"\nAll {len(ref)} pairs: geometric mean {g:.4f}, <= 0.9: {sum(r[2] <= 0.9 for r in ref)}, "
+    for group, h, sel, ratios in by_group(ref):
+        methods = [r[3] for r in sel]
+        common = max(sorted(set(methods)), key=methods.count)
+        print(f"| {group} | {h} | {len(sel)} | {geo(ratios):.4f} | {ratios[len(ratios) // 2]:.4f} | "
+              f"{sum(x <= 0.9 for x in ratios)} | {sum(x <= 1 for x in ratios)} | {common} ({methods.count(common)}) |")
+    print(f"\nAll {len(ref)} pairs: geometric mean {geo([r[2] for r in ref]):.4f}, <= 0.9: {sum(r[2] <= 0.9 for r in ref)}, "
           f"<= 1: {sum(r[2] <= 1 for r in ref)}")
     print("Worst five:", ", ".join(f"{r[0].replace('~', ' ')} {r[1]} {r[2]:.2f} ({r[3]})"
                                   for r in sorted(ref, key=lambda r: -r[2])[:5]))

@@ -196,8 +196,7 @@ struct forecaster::impl {
     // It takes no part in the log-scale one-step combination (the detector's reference, the gap
     // fill and the cleaning): there it lowered the score of BurstGPT's 02-18 10:00 burst below
     // the threshold (4 of 5 flagged), and that combination was chosen for the detector.
-    std::size_t change_at = 0;
-    for (const auto& md : models) change_at += md->outputs();
+    const std::size_t change_model = models.size();
     models.push_back(detail::make_seasonal_change(3, m, std::max<std::size_t>(1, static_cast<std::size_t>(3600 / cfg.bin_s))));
     models.push_back(detail::make_ets(detail::ets_params{}, cfg.bin_s));
     detail::ets_params shifting;  // same, but a sustained change moves the level at once
@@ -219,7 +218,7 @@ struct forecaster::impl {
       member_log_share.insert(member_log_share.end(), md->outputs(),
                               -family_share_power * std::log(static_cast<double>(md->outputs())));
     }
-    change_member = change_at;
+    change_member = member_offset[change_model];
     scratch.assign(members, 0.0);
 
     reps = representative_steps(cfg.max_horizon);
