@@ -99,7 +99,10 @@ struct bin_range {
   std::int64_t first = 0, last = 0;        // bins
   std::int64_t first_ms = 0, last_ms = 0;  // the earliest and latest record
   std::uint64_t records = 0;
-  std::uint64_t count() const noexcept { return records ? static_cast<std::uint64_t>(last - first) + 1 : 0; }
+  // Unsigned: the difference of two extreme int64 bins does not fit an int64.
+  std::uint64_t count() const noexcept {
+    return records ? static_cast<std::uint64_t>(last) - static_cast<std::uint64_t>(first) + 1 : 0;
+  }
 };
 
 std::int64_t bin_of(std::int64_t ms, std::int64_t bin_ms) noexcept {

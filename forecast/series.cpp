@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <limits>
 
 namespace tollgate::forecast {
 namespace {
@@ -48,6 +49,14 @@ bool parse_timestamp(std::string_view s, std::int64_t& out) noexcept {
   if (!parse_number(s, d) || !(std::fabs(d) < 1e15) || d != std::floor(d)) return false;
   out = static_cast<std::int64_t>(d);
   return true;
+}
+
+// A cell as quoted in a message: at most 40 characters, control characters as '?'.
+std::string printable(std::string_view cell) {
+  std::string out;
+  for (const char c : cell.substr(0, 40)) out += static_cast<unsigned char>(c) < 0x20 || c == 0x7f ? '?' : c;
+  if (cell.size() > 40) out += "...";
+  return out;
 }
 
 }  // namespace
@@ -110,7 +119,7 @@ series_read read_series_csv(std::istream& in, std::string_view column) {
     double v = missing;
     if (col < fields.size() && !fields[col].empty()) {
       if (!parse_number(fields[col], v) || !std::isfinite(v)) {
-        r.error = "line " + std::to_string(line_no) + ": bad value `" + std::string(fields[col]) + "`";
+        r.error = "line " + std::to_string(line_no) + ": bad value `" + printable(fields[col]) + "`";
         return r;
       }
     }
@@ -124,7 +133,12 @@ series_read read_series_csv(std::istream& in, std::string_view column) {
   }
   const std::int64_t b = ts[1] - ts[0];
   if (b <= 0 || 86400 % b != 0) {
-    r.error = "bin width " + std::to_string(b) + " s must be positive and divide 86400";
+    r.error = "line " + std::to_string(row_line[1]) + ": bin width " + std::to_string(b) +
+              " s (from the first two rows) must be positive and divide 86400" +
+              (b <= 0 ? ": rows must be in ascending time order"
+                      : b % 1000 == 0 && 86400 % (b / 1000) == 0
+                            ? ": timestamps are Unix seconds, these look like milliseconds"
+                            : "");
     return r;
   }
   for (std::size_t i = 1; i < ts.size(); ++i) {
@@ -157,6 +171,7 @@ std::optional<std::int64_t> parse_duration(std::string_view text) noexcept {
   }
   std::int64_t count = 0;
   if (!parse_number(text.substr(0, text.size() - 1), count) || count <= 0) return std::nullopt;
+  if (count > std::numeric_limits<std::int64_t>::max() / unit) return std::nullopt;  // would overflow
   return count * unit;
 }
 

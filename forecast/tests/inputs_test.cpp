@@ -128,6 +128,55 @@ TEST_CASE("inputs: relative timestamps, their unit guessed per file", "[forecast
   }
 }
 
+TEST_CASE("inputs: amounts that are not numbers are kept for the caller's error, empty ones counted", "[forecast]") {
+  SECTION("CSV: the first bad line of each field, empty cells and short rows") {
+    const auto r = load_log("amounts.csv",
+                            "timestamp,prompt_tokens,completion_tokens\n"
+                            "1736121600,10,1\n"
+                            "1736121660,abc,-3\n"
+                            "1736121720,,2\n"
+                            "1736121780,1e308,x\n"
+                            "1736121840,5\n");
+    REQUIRE(r.error.empty());  // a field nobody sums must not reject the file
+    REQUIRE(r.events.size() == 5);
+    CHECK(r.prompt.present);
+    CHECK(r.prompt.bad_line == 3);
+    CHECK(r.prompt.bad_text == "abc");
+    CHECK(r.prompt.empty == 1);
+    CHECK(r.completion.bad_line == 3);
+    CHECK(r.completion.bad_text == "-3");
+    CHECK(r.completion.empty == 1);  // the short last row
+    CHECK_FALSE(r.cost.present);
+    CHECK(r.events[0].prompt_tokens == 10);
+    CHECK(r.events[1].prompt_tokens == 0);
+  }
+  SECTION("JSON Lines: numbers as strings are read, null and absent keys are empty, other types bad") {
+    const auto r = load_log("amounts.jsonl",
+                            "{\"timestamp\": 1736121600, \"prompt_tokens\": \"12\", \"cost_usd\": 0.5}\n"
+                            "{\"timestamp\": 1736121660, \"prompt_tokens\": null}\n"
+                            "\t\n"
+                            "{\"timestamp\": 1736121720, \"prompt_tokens\": [1], \"cost_usd\": 1e10}\n");
+    REQUIRE(r.error.empty());
+    REQUIRE(r.events.size() == 3);
+    CHECK(r.events[0].prompt_tokens == 12);
+    CHECK(r.events[0].cost_usd == 0.5);
+    CHECK(r.prompt.empty == 1);
+    CHECK(r.prompt.bad_line == 4);
+    CHECK(r.prompt.bad_text == "[1]");
+    CHECK(r.cost.empty == 1);
+    CHECK(r.cost.bad_line == 4);  // above max_request_cost_usd
+    CHECK_FALSE(r.completion.present);
+    CHECK(r.completion.empty == 3);
+  }
+}
+
+TEST_CASE("inputs: epoch seconds mixed with epoch milliseconds are refused with both lines", "[forecast]") {
+  const auto r = load_log("mixed.csv", "timestamp\n1736121600\n1736121660\n1736121720000\n");
+  CHECK(r.error.find("mixed.csv:2: timestamp 1736121600 reads as epoch seconds") != std::string::npos);
+  CHECK(r.error.find("line 4") != std::string::npos);
+  CHECK(load_log("mixed_given.csv", "timestamp\n1736121600\n1736121720000\n", 1.0).error.empty());
+}
+
 TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
   const auto p = temp_file("ledger.db");
   fs::remove(p);
@@ -150,4 +199,23 @@ TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
   fs::remove(p);
 
   CHECK_FALSE(tool::load_ledger(temp_file("missing.db").string()).error.empty());
+
+  // A row without a usable start_ms (NULL, text, 0) would stretch the series back to 1970.
+  REQUIRE(sqlite3_open(p.string().c_str(), &db) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db,
+                       "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms, price_model TEXT, prompt_tokens,"
+                       " completion_tokens, cost_usd);"
+                       "INSERT INTO calls VALUES (1, 1736121600000, 'm', 1, 1, 0.1);"
+                       "INSERT INTO calls VALUES (2, NULL, 'm', 1, 1, 0.1);"
+                       "INSERT INTO calls VALUES (3, 0, 'm', 1, 1, 0.1);"
+                       "INSERT INTO calls VALUES (4, '2025-01-06', 'm', 1, 1, 0.1);"
+                       "INSERT INTO calls VALUES (5, 1736121660000, 'm', NULL, 1, 0.1);",
+                       nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  const auto skipped = tool::load_ledger(p.string());
+  REQUIRE(skipped.error.empty());
+  REQUIRE(skipped.events.size() == 2);
+  CHECK(skipped.events[1].prompt_tokens == 0);  // NULL usage: unknown, read as 0
+  CHECK(skipped.note.find("3 rows without a positive integer start_ms") != std::string::npos);
+  fs::remove(p);
 }

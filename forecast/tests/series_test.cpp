@@ -43,6 +43,14 @@ TEST_CASE("series: spreadsheet and pandas spellings of the same file", "[forecas
   CHECK(csv_header(bom) == std::vector<std::string>{"timestamp", "a"});
   std::istringstream half("timestamp,a\n3600.5,1\n7200,2\n");
   CHECK(read_series_csv(half, "a").error.find("line 2: bad timestamp") != std::string::npos);
+  // Messages say what is wrong in a way one can act on, and quote a cell only in part.
+  std::istringstream ms("timestamp,a\n1736121600000,1\n1736125200000,2\n");
+  CHECK(read_series_csv(ms, "a").error.find("these look like milliseconds") != std::string::npos);
+  std::istringstream down("timestamp,a\n7200,1\n3600,2\n");
+  CHECK(read_series_csv(down, "a").error.find("ascending time order") != std::string::npos);
+  std::istringstream junk("timestamp,a\n0,1\n3600," + std::string(100, 'x') + "\n");
+  const auto long_cell = read_series_csv(junk, "a").error;
+  CHECK(long_cell.find("line 3: bad value `" + std::string(40, 'x') + "...`") != std::string::npos);
 }
 
 TEST_CASE("series: rejects files that break the protocol", "[forecast]") {
@@ -81,6 +89,8 @@ TEST_CASE("series: horizon labels", "[forecast]") {
   CHECK_FALSE(parse_duration("0h"));
   CHECK_FALSE(parse_duration("1w"));
   CHECK_FALSE(parse_duration("-1h"));
+  CHECK_FALSE(parse_duration("9223372036854775807h"));  // would overflow the seconds
+  CHECK(parse_duration("9223372036854775807s") == 9223372036854775807);
 }
 
 TEST_CASE("series: gaps are filled from a day earlier, then the previous bin", "[forecast]") {

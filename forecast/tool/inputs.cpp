@@ -8,6 +8,7 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -42,11 +43,52 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-double to_double(std::string_view s) {
-  s = trim(s);
+bool blank(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c) != 0; });
+}
+
+// A value as quoted in a message: at most 40 characters, control characters as '?'.
+std::string shorten(std::string_view s) {
+  std::string out;
+  for (const char c : s.substr(0, 40)) out += static_cast<unsigned char>(c) < 0x20 || c == 0x7f ? '?' : c;
+  if (s.size() > 40) out += "...";
+  return out;
+}
+
+// One amount (tokens or USD) of a request: a number in [0, limit], else 0 and the first such
+// line is kept for the caller's error. Empty counts as absent.
+double amount(std::string_view cell, field_check& c, std::size_t line, double limit) {
+  cell = trim(cell);
+  if (cell.empty()) {
+    ++c.empty;
+    return 0.0;
+  }
   double v = 0.0;
-  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  return ec == std::errc() && std::isfinite(v) ? v : 0.0;
+  const auto [p, ec] = std::from_chars(cell.data(), cell.data() + cell.size(), v);
+  if (ec == std::errc() && p == cell.data() + cell.size() && std::isfinite(v) && v >= 0.0 && v <= limit) return v;
+  if (c.bad_line == 0) {
+    c.bad_line = line;
+    c.bad_text = shorten(cell);
+  }
+  return 0.0;
+}
+
+double amount(const nlohmann::json& v, field_check& c, std::size_t line, double limit) {
+  if (v.is_null()) {
+    ++c.empty;
+    return 0.0;
+  }
+  if (v.is_string()) return amount(std::string_view(v.get_ref<const std::string&>()), c, line, limit);
+  if (v.is_number() && !v.is_number_float()) return amount(std::string_view(v.dump()), c, line, limit);
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    if (std::isfinite(d) && d >= 0.0 && d <= limit) return d;
+  }
+  if (c.bad_line == 0) {
+    c.bad_line = line;
+    c.bad_text = shorten(v.dump());
+  }
+  return 0.0;
 }
 
 std::vector<std::string_view> split(std::string_view line) {
@@ -66,6 +108,8 @@ std::vector<std::string_view> split(std::string_view line) {
 struct timestamp_reader {
   double unit_ms = 0.0;          // given by --time-unit, else 0 (guess)
   std::vector<double> raw;       // [event] the number as written, NaN when it was a date
+  std::vector<std::size_t> lines;  // [event] its line in the file, for messages
+  std::size_t line = 0;            // the line being read
   bool mooncake_fields = false;  // hash_ids, or input_length with output_length, were seen
   std::size_t index = 0;         // the event being read
 
@@ -79,7 +123,9 @@ struct timestamp_reader {
     if (const auto v = parse_timestamp_number(cell)) {
       if (std::fabs(*v) > 1e15) return false;
       raw.resize(index + 1, std::nan(""));
+      lines.resize(index + 1, 0);
       raw[index] = *v;
+      lines[index] = line;
       return true;
     }
     const auto ms = parse_timestamp_ms(cell);  // a date: no unit to guess
@@ -89,7 +135,8 @@ struct timestamp_reader {
 
   // After the file: the unit for all numeric timestamps, applied; a note when it is a guess
   // between relative units.
-  void finish(std::vector<request_event>& events, const std::string& path, std::string& note) const {
+  // Empty `error` unless the file mixes epoch seconds with epoch milliseconds.
+  void finish(std::vector<request_event>& events, const std::string& path, std::string& note, std::string& error) const {
     double largest = 0.0;
     bool any = false;
     for (double v : raw)
@@ -101,6 +148,19 @@ struct timestamp_reader {
     double unit = 1000.0;  // epoch seconds (>= 1e8: 1973 on)
     if (largest > 1e11) {
       unit = 1.0;  // epoch milliseconds (1e11 s would be the year 5138)
+      // Epoch seconds among them (1973-5138 as seconds, 1970-01-02..03 as milliseconds) are a
+      // second source appended to the log; read as milliseconds they would stretch the series
+      // back to 1970.
+      for (std::size_t i = 0; i < raw.size(); ++i)
+        if (std::isfinite(raw[i]) && std::fabs(raw[i]) >= 1e8 && std::fabs(raw[i]) < 1e11) {
+          std::size_t ms_line = 0;
+          for (std::size_t k = 0; k < raw.size() && ms_line == 0; ++k)
+            if (std::isfinite(raw[k]) && std::fabs(raw[k]) > 1e11) ms_line = lines[k];
+          error = path + ":" + std::to_string(lines[i]) + ": timestamp " + std::to_string(static_cast<long long>(raw[i])) +
+                  " reads as epoch seconds, but line " + std::to_string(ms_line) +
+                  "'s are epoch milliseconds: one unit per file (or give --time-unit)";
+          return;
+        }
     } else if (largest < 1e8) {
       unit = mooncake_fields ? 1.0 : 1000.0;
       note = path + ": timestamps are relative (the largest is " + std::to_string(static_cast<long long>(largest)) +
@@ -121,6 +181,8 @@ bool ends_with(const std::string& s, const char* suffix) {
 }  // namespace
 
 series_read load_series_file(const std::string& path, const std::string& column) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return {std::nullopt, path + ": is a directory"};
   std::ifstream in(path);
   if (!in) return {std::nullopt, path + ": cannot open"};
   series_read r = read_series_csv(in, column);
@@ -130,6 +192,11 @@ series_read load_series_file(const std::string& path, const std::string& column)
 
 events_read load_request_log(const std::string& path, double unit_ms) {
   events_read out;
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    out.error = path + ": is a directory";
+    return out;
+  }
   std::ifstream in(path);
   if (!in) {
     out.error = path + ": cannot open";
@@ -144,15 +211,16 @@ events_read load_request_log(const std::string& path, double unit_ms) {
   if (jsonl) {
     while (std::getline(in, line)) {
       ++line_no;
-      if (trim(line).empty()) continue;
+      if (blank(line)) continue;
       const auto j = nlohmann::json::parse(line, nullptr, false);
       if (j.is_discarded() || !j.is_object()) {
         out.error = path + ":" + std::to_string(line_no) + ": not a JSON object";
         return out;
       }
       request_event e;
-      bool has_ts = false;
+      bool has_ts = false, has_prompt = false, has_completion = false, has_cost = false;
       ts.index = out.events.size();
+      ts.line = line_no;
       if (j.contains("hash_ids") || (j.contains("input_length") && j.contains("output_length"))) ts.mooncake_fields = true;
       for (const auto& [key, v] : j.items()) {
         switch (classify(key)) {
@@ -161,9 +229,18 @@ events_read load_request_log(const std::string& path, double unit_ms) {
             has_ts = ts.read(cell, e) || has_ts;
             break;
           }
-          case field::prompt: e.prompt_tokens = v.is_number() ? v.get<double>() : 0.0; break;
-          case field::completion: e.completion_tokens = v.is_number() ? v.get<double>() : 0.0; break;
-          case field::cost: e.cost_usd = v.is_number() ? v.get<double>() : 0.0; break;
+          case field::prompt:
+            e.prompt_tokens = amount(v, out.prompt, line_no, max_request_tokens);
+            has_prompt = out.prompt.present = true;
+            break;
+          case field::completion:
+            e.completion_tokens = amount(v, out.completion, line_no, max_request_tokens);
+            has_completion = out.completion.present = true;
+            break;
+          case field::cost:
+            e.cost_usd = amount(v, out.cost, line_no, max_request_cost_usd);
+            has_cost = out.cost.present = true;
+            break;
           case field::model: e.model = v.is_string() ? v.get<std::string>() : ""; break;
           case field::none: break;
         }
@@ -172,6 +249,9 @@ events_read load_request_log(const std::string& path, double unit_ms) {
         out.error = path + ":" + std::to_string(line_no) + ": no readable timestamp";
         return out;
       }
+      out.prompt.empty += has_prompt ? 0 : 1;
+      out.completion.empty += has_completion ? 0 : 1;
+      out.cost.empty += has_cost ? 0 : 1;
       out.events.push_back(std::move(e));
     }
   } else {
@@ -184,6 +264,9 @@ events_read load_request_log(const std::string& path, double unit_ms) {
     bool input_length = false, output_length = false;
     for (auto name : split(line)) {
       cols.push_back(classify(trim(name)));
+      out.prompt.present = out.prompt.present || cols.back() == field::prompt;
+      out.completion.present = out.completion.present || cols.back() == field::completion;
+      out.cost.present = out.cost.present || cols.back() == field::cost;
       const std::string n = lower(trim(name));
       input_length = input_length || n == "input_length";
       output_length = output_length || n == "output_length";
@@ -196,22 +279,31 @@ events_read load_request_log(const std::string& path, double unit_ms) {
     }
     while (std::getline(in, line)) {
       ++line_no;
-      if (trim(line).empty()) continue;
+      if (blank(trim(line))) continue;
       const auto cells = split(line);
       request_event e;
       bool has_ts = false;
       ts.index = out.events.size();
+      ts.line = line_no;
       for (std::size_t i = 0; i < cells.size() && i < cols.size(); ++i) {
         switch (cols[i]) {
           case field::timestamp:
             has_ts = ts.read(cells[i], e) || has_ts;
             break;
-          case field::prompt: e.prompt_tokens = to_double(cells[i]); break;
-          case field::completion: e.completion_tokens = to_double(cells[i]); break;
-          case field::cost: e.cost_usd = to_double(cells[i]); break;
+          case field::prompt: e.prompt_tokens = amount(cells[i], out.prompt, line_no, max_request_tokens); break;
+          case field::completion:
+            e.completion_tokens = amount(cells[i], out.completion, line_no, max_request_tokens);
+            break;
+          case field::cost: e.cost_usd = amount(cells[i], out.cost, line_no, max_request_cost_usd); break;
           case field::model: e.model = std::string(trim(cells[i])); break;
           case field::none: break;
         }
+      }
+      // A short row (fewer cells than the header) lacks the fields past its end.
+      for (std::size_t i = cells.size(); i < cols.size(); ++i) {
+        if (cols[i] == field::prompt) ++out.prompt.empty;
+        if (cols[i] == field::completion) ++out.completion.empty;
+        if (cols[i] == field::cost) ++out.cost.empty;
       }
       if (!has_ts) {
         out.error = path + ":" + std::to_string(line_no) + ": unreadable timestamp";
@@ -220,7 +312,7 @@ events_read load_request_log(const std::string& path, double unit_ms) {
       out.events.push_back(std::move(e));
     }
   }
-  ts.finish(out.events, path, out.note);
+  ts.finish(out.events, path, out.note, out.error);
   return out;
 }
 
@@ -234,7 +326,8 @@ events_read load_ledger(const std::string& path) {
   }
   sqlite3_stmt* st = nullptr;
   const char* sql =
-      "SELECT start_ms, prompt_tokens, completion_tokens, cost_usd, COALESCE(price_model, '') FROM calls";
+      "SELECT start_ms, prompt_tokens, completion_tokens, cost_usd, COALESCE(price_model, '') FROM calls"
+      " WHERE typeof(start_ms) = 'integer' AND start_ms > 0";
   if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) != SQLITE_OK) {
     out.error = path + ": " + sqlite3_errmsg(db) + " (not a tollgate ledger?)";
     sqlite3_close(db);
@@ -252,6 +345,14 @@ events_read load_ledger(const std::string& path) {
   }
   if (rc != SQLITE_DONE) out.error = path + ": " + sqlite3_errmsg(db);
   sqlite3_finalize(st);
+  if (out.error.empty() &&
+      sqlite3_prepare_v2(db, "SELECT count(*) FROM calls WHERE NOT (typeof(start_ms) = 'integer' AND start_ms > 0)",
+                         -1, &st, nullptr) == SQLITE_OK) {
+    if (sqlite3_step(st) == SQLITE_ROW)
+      if (const auto skipped = sqlite3_column_int64(st, 0); skipped > 0)
+        out.note = path + ": " + std::to_string(skipped) + " rows without a positive integer start_ms are left out";
+    sqlite3_finalize(st);
+  }
   sqlite3_close(db);
   return out;
 }

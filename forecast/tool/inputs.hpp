@@ -11,11 +11,27 @@ namespace tollgate::forecast::tool {
 
 series_read load_series_file(const std::string& path, const std::string& column);
 
+// What a request log said about one numeric field (prompt tokens, completion tokens, cost).
+struct field_check {
+  bool present = false;      // a column of the header, or a key of at least one line
+  std::size_t empty = 0;     // records where it is an empty cell, null or absent: read as 0
+  std::size_t bad_line = 0;  // first line whose value is not a number in [0, limit] (0: none)
+  std::string bad_text;      // that value, as written (shortened)
+};
+
 struct events_read {
   std::vector<request_event> events;
   std::string error;  // empty on success
   std::string note;   // for stderr: how an ambiguous input was read (relative timestamps)
+  // Request logs only (a ledger's columns are the proxy's own): checked by the caller against
+  // the --value asked for, so a broken column nobody sums does not reject the file.
+  field_check prompt, completion, cost;
 };
+
+// Largest prompt or completion tokens of one request, and USD of one request, read as
+// plausible; larger ones are a unit or parsing error upstream of us.
+inline constexpr double max_request_tokens = 1e12;
+inline constexpr double max_request_cost_usd = 1e9;
 
 // Per-request log: CSV with a header, or JSON Lines (one object per line; chosen by the .jsonl
 // / .ndjson extension or a first character `{`). Recognised fields, case-insensitive:
@@ -30,6 +46,8 @@ struct events_read {
 events_read load_request_log(const std::string& path, double unit_ms);
 
 // The ledger's `calls` table (start_ms, prompt_tokens, completion_tokens, cost_usd, price_model).
+// Rows whose start_ms is not a positive integer (a hand-edited or foreign table) are skipped,
+// with a note: one would otherwise stretch the series back to 1970.
 events_read load_ledger(const std::string& path);
 
 }  // namespace tollgate::forecast::tool

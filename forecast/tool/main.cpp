@@ -87,9 +87,35 @@ args parse_args(int argc, char** argv) {
     std::exit(0);
   }
   static const char* flags[] = {"--json", "--all-methods", "--help", "--log"};
+  // The options each command reads: a misspelt or misplaced one is an error, not ignored
+  // (`backtest --horizon 5h` would otherwise run the default horizons without a word).
+  static const std::map<std::string, std::vector<std::string>> known = {
+      {"backtest", {"horizons", "train-fraction", "all-methods"}},
+      {"forecast", {"horizon"}},
+      {"plot", {"horizon", "ahead", "output", "log", "train-fraction"}},
+      {"detect", {"threshold", "train-fraction"}},
+      {"bench", {"series", "days", "bin", "horizon", "json"}},
+  };
+  static const std::vector<std::string> input_opts = {"input", "column", "requests", "ledger", "value",
+                                                      "bin", "model", "time-unit", "json"};
+  const auto cmd = known.find(a.command);
+  if (cmd == known.end()) die("unknown command `" + a.command + "` (see --help)");
+  auto accepted = [&](const std::string& name) {
+    if (name == "help") return true;
+    const auto& own = cmd->second;
+    if (std::find(own.begin(), own.end(), name) != own.end()) return true;
+    return a.command != "bench" && std::find(input_opts.begin(), input_opts.end(), name) != input_opts.end();
+  };
   for (int i = 2; i < argc; ++i) {
     const std::string k = argv[i];
     if (k.rfind("--", 0) != 0) die("unexpected argument `" + k + "` (see --help)");
+    if (!accepted(k.substr(2))) {
+      std::string users;
+      for (const auto& [c, opts] : known)
+        if (std::find(opts.begin(), opts.end(), k.substr(2)) != opts.end()) users += (users.empty() ? "" : ", ") + c;
+      die(users.empty() ? "unknown option " + k + " (see --help)"
+                        : "option " + k + " does not apply to " + a.command + " (it is for " + users + ")");
+    }
     bool is_flag = false;
     for (const char* f : flags) is_flag = is_flag || k == f;
     if (is_flag) {
@@ -150,8 +176,24 @@ loaded load_input(const args& a) {
   loaded l;
   if (a.has("input")) {
     if (!a.has("column")) die("--input needs --column");
+    for (const char* o : {"bin", "value", "model", "time-unit"})
+      if (a.has(o))
+        die(std::string("--") + o + " applies to --requests and --ledger; a series CSV has its bins and its value column");
     auto r = fc::tool::load_series_file(a.get("input"), a.get("column"));
     if (!r.data) die(r.error);
+    // Counts and amounts per bin: a negative one reads as 0 (PROTOCOL.md: log1p(max(x, 0))), a
+    // huge one is not a count (and would overflow the forecast's sums).
+    std::size_t negative = 0, first_negative = 0;
+    for (std::size_t i = 0; i < r.data->values.size(); ++i) {
+      const double v = r.data->values[i];
+      if (v > 1e15)
+        die(a.get("input") + ": the value at timestamp " + std::to_string(r.data->timestamp(i)) + " is " +
+            json(v).dump() + ", above 1e15: not a count or amount per bin");
+      if (v < 0 && negative++ == 0) first_negative = i;
+    }
+    if (negative > 0)
+      std::cerr << "note: " << a.get("input") << ": " << negative << " negative values (the first at timestamp "
+                << r.data->timestamp(first_negative) << ") are read as 0\n";
     l.data = std::move(*r.data);
     l.input = a.get("input");
     l.column = a.get("column");
@@ -175,6 +217,25 @@ loaded load_input(const args& a) {
     auto ev = ledger ? fc::tool::load_ledger(l.input) : fc::tool::load_request_log(l.input, unit_ms);
     if (!ev.error.empty()) die(ev.error);
     if (!ev.note.empty()) std::cerr << "note: " << ev.note << "\n";
+    // A request log's amount fields, checked only for the quantity summed.
+    auto check = [&](const fc::tool::field_check& c, const char* what, const char* names, const char* limit) {
+      if (!c.present) die(l.input + ": no " + what + " field to sum (" + names + ")");
+      if (c.bad_line)
+        die(l.input + ":" + std::to_string(c.bad_line) + ": " + what + " `" + c.bad_text + "` is not a number from 0 to " + limit);
+      if (c.empty)
+        std::cerr << "note: " << l.input << ": " << c.empty << " of " << ev.events.size() << " records have no " << what
+                  << ", read as 0\n";
+    };
+    constexpr const char* prompt_names = "prompt_tokens, input_tokens, input_length, ContextTokens or Request tokens";
+    constexpr const char* completion_names =
+        "completion_tokens, output_tokens, output_length, GeneratedTokens or Response tokens";
+    if (!ledger) {
+      if (*q == fc::quantity::prompt_tokens || *q == fc::quantity::total_tokens)
+        check(ev.prompt, "prompt tokens", prompt_names, "1e12");
+      if (*q == fc::quantity::completion_tokens || *q == fc::quantity::total_tokens)
+        check(ev.completion, "completion tokens", completion_names, "1e12");
+      if (*q == fc::quantity::cost_usd) check(ev.cost, "cost", "cost_usd or cost", "1e9");
+    }
     // Default bin: 10 minutes, or 1 minute for records spanning less than two days (Azure's and
     // Mooncake's one-hour traces would otherwise be six bins).
     if (!bin) bin = fc::bins_spanned(ev.events, 60, a.get("model")) < 2 * 1440 ? 60 : 600;
@@ -257,16 +318,36 @@ std::string utc_iso(std::int64_t ts) {
   return buf;
 }
 
+// Steps a horizon may have: 69 days of minutes, 1.9 years of 10-minute bins. A forecast holds
+// every member's path over the horizon, so `--horizon 2147483648h` must be refused, not tried.
+constexpr std::size_t max_steps = 100'000;
+
 std::size_t steps_of(const std::string& label, std::int64_t bin_s) {
   const auto secs = fc::parse_duration(label);
-  if (!secs || *secs % bin_s != 0) die("duration `" + label + "` is not a whole number of " + std::to_string(bin_s) + " s bins");
-  return static_cast<std::size_t>(*secs / bin_s);
+  if (!secs) die("duration `" + label + "` must be a positive whole number and a unit: s, m, h or d (e.g. 90m, 24h)");
+  if (*secs % bin_s != 0) die("duration `" + label + "` is not a whole number of " + std::to_string(bin_s) + " s bins");
+  const auto steps = static_cast<std::size_t>(*secs / bin_s);
+  if (steps > max_steps)
+    die("duration `" + label + "` is " + std::to_string(steps) + " bins of " + std::to_string(bin_s) + " s; at most " +
+        std::to_string(max_steps) + " are forecast");
+  return steps;
+}
+
+// A strict number for an option: the whole text, finite.
+double number_option(const args& a, const std::string& name, const std::string& def) {
+  const std::string s = a.get(name, def);
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  if (s.empty() || end != s.c_str() + s.size() || !std::isfinite(v)) die("--" + name + " must be a number, not `" + s + "`");
+  return v;
 }
 
 int cmd_backtest(const args& a) {
   const loaded in = load_input(a);
   fc::backtest_options opt;
   opt.horizons = split_list(a.get("horizons", "1h,24h"));
+  if (opt.horizons.empty()) die("--horizons must list at least one horizon, e.g. 1h,24h");
+  for (const auto& h : opt.horizons) (void)steps_of(h, in.data.bin_s);
   opt.train_fraction = train_fraction(a);
   opt.extra_methods = a.has("all-methods");
   progress_bar bar("backtest");
@@ -308,7 +389,7 @@ int cmd_backtest(const args& a) {
   }
   auto num = [](const std::optional<double>& v, const char* f) {
     char buf[32];
-    if (!v) return std::string("-");
+    if (!v || !std::isfinite(*v)) return std::string("-");
     std::snprintf(buf, sizeof buf, f, *v);
     return std::string(buf);
   };
@@ -430,7 +511,10 @@ int cmd_detect(const args& a) {
   const loaded in = load_input(a);
   fc::detection_options opt;
   opt.train_fraction = train_fraction(a);
-  if (a.has("threshold")) opt.forecaster.anomaly_threshold = std::strtod(a.get("threshold").c_str(), nullptr);
+  if (a.has("threshold")) {
+    opt.forecaster.anomaly_threshold = number_option(a, "threshold", "3");
+    if (!(opt.forecaster.anomaly_threshold > 0.0)) die("--threshold must be above 0 (a robust z-score; default 3)");
+  }
   const fc::detection_report r = fc::evaluate_detection(in.data, opt);
   json j;
   j["series"] = in.label;
@@ -466,8 +550,12 @@ int cmd_bench(const args& a) {
   const auto bin = fc::parse_duration(a.get("bin", "1m"));
   if (!bin || 86400 % *bin != 0) die("--bin must divide a day");
   const std::size_t horizon = steps_of(a.get("horizon", "1h"), *bin);
-  const std::size_t n_series = static_cast<std::size_t>(std::stoul(a.get("series", "200")));
-  const double days = std::strtod(a.get("days", "14").c_str(), nullptr);
+  const double series_opt = number_option(a, "series", "200");
+  if (series_opt < 1 || series_opt > 100000 || series_opt != std::floor(series_opt))
+    die("--series must be a whole number from 1 to 100000");
+  const auto n_series = static_cast<std::size_t>(series_opt);
+  const double days = number_option(a, "days", "14");
+  if (!(days > 0.0 && days <= 366.0)) die("--days must be a number of days above 0 and at most 366");
   const std::size_t m = static_cast<std::size_t>(86400 / *bin);
   const std::size_t warm = static_cast<std::size_t>(days * static_cast<double>(m));
   fc::forecaster_config cfg;

@@ -1,0 +1,60 @@
+#!/bin/sh
+# tollgate-forecast's command line: bad options and bad inputs end in exit status 2 and a
+# message saying what is wrong, quickly, never a crash, a hang or a silently ignored option.
+# usage: cli_test.sh TOLLGATE_FORECAST DATA_DIR
+set -u
+tool=$1
+data=$2
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+series="$data/servegen_msmall_10m.csv"
+fails=0
+
+# expect STATUS REGEX ARGS...: the exit status and a line of stderr matching REGEX (if not empty).
+expect() {
+  want=$1 pattern=$2
+  shift 2
+  timeout 60 "$tool" "$@" > "$dir/out" 2> "$dir/err"
+  got=$?
+  if [ "$got" -ne "$want" ] || { [ -n "$pattern" ] && ! grep -Eq -- "$pattern" "$dir/err"; }; then
+    echo "FAIL: tollgate-forecast $*"
+    echo "  want status $want and stderr matching: $pattern"
+    echo "  got status $got, stderr:"
+    sed 's/^/    /' "$dir/err" | head -5
+    fails=$((fails + 1))
+  fi
+}
+
+expect 2 'unknown option --bogus' backtest --input "$series" --column requests --bogus 1
+expect 2 'option --horizon does not apply to backtest' backtest --input "$series" --column requests --horizon 5h
+expect 2 'at most 100000 are forecast' forecast --input "$series" --column requests --horizon 2147483648h
+expect 2 'positive whole number and a unit' forecast --input "$series" --column requests --horizon 9223372036854775807h
+expect 2 'at most 100000 are forecast' backtest --input "$series" --column requests --horizons 1h,100000d
+expect 2 '--horizons must list at least one' backtest --input "$series" --column requests --horizons ,
+expect 2 '--threshold must be a number' detect --input "$series" --column requests --threshold abc
+expect 2 '--threshold must be above 0' detect --input "$series" --column requests --threshold -1
+expect 2 '--series must be a whole number' bench --series -1
+expect 2 '--days must be a number' bench --days nan
+expect 2 '--bin applies to --requests and --ledger' forecast --input "$series" --column requests --bin 1h
+expect 2 'is a directory' forecast --input "$dir" --column requests
+
+printf 'timestamp,requests\n1736121600,1\n1736125200,1e300\n1736128800,3\n' > "$dir/huge.csv"
+expect 2 'above 1e15' forecast --input "$dir/huge.csv" --column requests
+
+# Request logs: a stray second unit, a broken amount of the quantity summed, a missing one.
+printf 'timestamp,prompt_tokens\n1736121600,5\n1736121660,abc\n1736121720000,7\n' > "$dir/log.csv"
+expect 2 'log.csv:2: timestamp 1736121600 reads as epoch seconds' forecast --requests "$dir/log.csv"
+printf 'timestamp,prompt_tokens\n1736121600,5\n1736121660,abc\n1736121720,7\n' > "$dir/log.csv"
+expect 2 'log.csv:3: prompt tokens `abc` is not a number' forecast --requests "$dir/log.csv" --value prompt_tokens --bin 1m
+expect 2 'no cost field to sum' forecast --requests "$dir/log.csv" --value cost_usd --bin 1m
+# ...while a column nobody sums does not stop a count of requests.
+expect 0 '' forecast --requests "$dir/log.csv" --bin 1m --horizon 5m
+# Two records 31 years apart: refused at once, not fitted for a minute.
+printf 'timestamp\n1\n1000000000\n' > "$dir/span.csv"
+expect 2 'more than 1000000' forecast --requests "$dir/span.csv" --time-unit s
+
+if [ "$fails" -ne 0 ]; then
+  echo "$fails case(s) failed"
+  exit 1
+fi
+echo "all cases passed"
