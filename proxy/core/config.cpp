@@ -201,8 +201,14 @@ class loader {
       : cfg_(cfg), file_(std::move(file)), dir_(std::move(dir)) {}
 
   void load(const YAML::Node& root) {
-    if (root.IsNull()) return;  // empty file or only comments: all defaults
-    read_section(root, "", 1, top_level_fields());
+    if (!root.IsNull()) read_section(root, "", 1, top_level_fields());  // null: empty file, all defaults
+    // Without pricing.file, the price table is `prices.yaml` next to the config file (as the
+    // README says), else `config/prices.yaml` under the working directory (a checkout's root).
+    if (!prices_file_given_ && !dir_.empty()) {
+      std::error_code ec;
+      const auto beside = (dir_ / "prices.yaml").lexically_normal();
+      if (std::filesystem::is_regular_file(beside, ec)) cfg_.prices_file = beside.string();
+    }
   }
 
  private:
@@ -347,6 +353,16 @@ class loader {
     } catch (const std::invalid_argument& ex) {
       fail(e, ex.what());
     }
+  }
+
+  // A socket binds to an address, not a name: refused here with its line, not at start-up.
+  host_port listen_address(const entry& e) {
+    host_port hp = address(e);
+    in6_addr buf{};
+    if (hp.host != "localhost" && ::inet_pton(AF_INET, hp.host.c_str(), &buf) != 1 &&
+        ::inet_pton(AF_INET6, hp.host.c_str(), &buf) != 1)
+      fail(e, "'" + hp.host + "' is not an IP address (use 127.0.0.1, 0.0.0.0, ::1, :: or localhost)");
+    return hp;
   }
 
   std::string url(const entry& e) {
@@ -584,8 +600,8 @@ class loader {
 
   fields top_level_fields() {
     return {
-        {"listen", [this](const entry& e) { cfg_.listen = address(e); }},
-        {"admin_listen", [this](const entry& e) { cfg_.admin_listen = address(e); }},
+        {"listen", [this](const entry& e) { cfg_.listen = listen_address(e); }},
+        {"admin_listen", [this](const entry& e) { cfg_.admin_listen = listen_address(e); }},
         {"workers", [this](const entry& e) {
            std::string v = text(e);
            try {
@@ -752,7 +768,10 @@ class loader {
 
   fields pricing_fields() {
     return {
-        {"file", [this](const entry& e) { cfg_.prices_file = pricing_path(e); }},
+        {"file", [this](const entry& e) {
+           cfg_.prices_file = pricing_path(e);
+           prices_file_given_ = true;
+         }},
         {"litellm_file", [this](const entry& e) { cfg_.litellm_prices_file = pricing_path(e); }},
     };
   }
@@ -800,6 +819,7 @@ class loader {
  private:
   std::string file_;
   std::filesystem::path dir_;  // directory of the config file; empty for strings
+  bool prices_file_given_ = false;
 };
 
 config load(const std::string& text, const std::string& name, const std::filesystem::path& dir) {

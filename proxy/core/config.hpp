@@ -105,7 +105,7 @@ struct config {
   bool ledger_synchronous_full = false;         // synchronous: normal | full (fsync every commit)
 
   // Pricing.
-  std::string prices_file = "config/prices.yaml";  // relative paths resolve from the config file's dir, then CWD
+  std::string prices_file = "config/prices.yaml";  // unset: prices.yaml beside the config file if there, else this (CWD)
   std::string litellm_prices_file;                 // optional LiteLLM JSON catalogue
 
   millis drain_timeout{30'000};             // SIGTERM: in-flight calls get this long

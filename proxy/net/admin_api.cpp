@@ -4,8 +4,10 @@
 
 #include <openssl/crypto.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -32,7 +34,7 @@ struct http_problem : std::runtime_error {
 
 std::string problem_body(std::string_view message, std::string_view type, std::string_view code) {
   json j = {{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", code}}}};
-  return j.dump();
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 admin_response fail(int status, std::string_view code, std::string_view message) {
@@ -75,6 +77,15 @@ std::map<std::string, std::string> parse_query(std::string_view q) {
     auto eq = part.find('=');
     std::string key = url_decode(part.substr(0, eq));
     std::string value = eq == std::string_view::npos ? std::string() : url_decode(part.substr(eq + 1));
+    // A control character (%00 above all) in a date or a model name is never meant, and would
+    // cut the message that quotes it short.
+    for (const std::string* t : {&key, &value})
+      if (std::any_of(t->begin(), t->end(), [](unsigned char c) { return c < 0x20 || c == 0x7f; }))
+        throw http_problem(400, "invalid_query", "Query parameter '" + key.substr(0, 40) + "' contains a control character.");
+    // Last-one-wins would drop the first silently (group_by=model&group_by=team grouped by team).
+    if (out.count(key))
+      throw http_problem(400, "invalid_query",
+                         "Query parameter '" + key.substr(0, 40) + "' is given twice; give it once (group_by takes a list: model,team).");
     out[key] = value;
   }
   return out;
@@ -127,7 +138,7 @@ admin_response report_response(const Report& report, bool csv) {
     r.content_type = "text/csv; charset=utf-8";
     r.body = to_csv(report);
   } else {
-    r.body = to_json(report).dump();
+    r.body = to_json(report).dump(-1, ' ', false, json::error_handler_t::replace);
   }
   return r;
 }
@@ -191,7 +202,7 @@ admin_response budgets(const admin_context& ctx) {
                                    {"max_usd", g.max_usd}});
   }
   admin_response r;
-  r.body = out.dump();
+  r.body = out.dump(-1, ' ', false, json::error_handler_t::replace);
   return r;
 }
 
@@ -215,22 +226,77 @@ admin_response keys_list(const admin_context& ctx) {
     out.push_back(std::move(v));
   }
   admin_response r;
-  r.body = json{{"keys", out}}.dump();
+  r.body = json{{"keys", out}}.dump(-1, ' ', false, json::error_handler_t::replace);
   return r;
 }
 
+// A field of the key body that must have one JSON type: a 400 naming it otherwise (nlohmann's own
+// message names neither the field nor the request).
+[[noreturn]] void bad_field(const std::string& field, const std::string& why) {
+  throw http_problem(400, "invalid_parameter", field + " " + why);
+}
+
+std::string string_field(const json& j, const char* field) {
+  const auto& v = j.at(field);
+  if (!v.is_string()) bad_field(field, "must be a string");
+  return v.get<std::string>();
+}
+
+// rpm / tpm: a whole number from 0 (0 or absent: no limit).
+std::int64_t limit_field(const json& limits, const char* field) {
+  const std::string name = std::string("limits.") + field;
+  if (!limits.contains(field) || limits.at(field).is_null()) return 0;
+  const auto& v = limits.at(field);
+  if (v.is_number_unsigned()) {
+    if (v.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      bad_field(name, "is too large");
+    return static_cast<std::int64_t>(v.get<std::uint64_t>());
+  }
+  if (v.is_number_integer()) {
+    if (v.get<std::int64_t>() < 0) bad_field(name, "must be >= 0");
+    return v.get<std::int64_t>();
+  }
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    if (d < 0) bad_field(name, "must be >= 0");
+    if (d != std::floor(d)) bad_field(name, "must be a whole number");
+    if (d >= 9.2e18) bad_field(name, "is too large");
+    return static_cast<std::int64_t>(d);
+  }
+  bad_field(name, "must be a number");
+}
+
 admin_response keys_create(const admin_context& ctx, const std::string& body) {
-  json j = json::parse(body, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) throw http_problem(400, "invalid_json", "body must be a JSON object");
+  json j;
+  try {
+    j = json::parse(body);
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
+    // nlohmann's message says where ("at line 1, column 27") and why (a number out of range).
+    throw http_problem(400, "invalid_json", std::string("body is not valid JSON: ") + e.what());
+  }
+  if (!j.is_object()) throw http_problem(400, "invalid_json", "body must be a JSON object");
+  // A field this API does not know is refused, as inside budgets[]: `{"key": "..."}` would
+  // otherwise look accepted while a generated key is returned.
+  for (const auto& [field, v] : j.items())
+    if (field != "name" && field != "team" && field != "tags" && field != "limits" && field != "budgets")
+      bad_field("'" + field.substr(0, 40) + "'", "is not a field of a key (name, team, tags, limits, budgets)");
   client_key_config k;
   try {
-    k.name = j.value("name", std::string());
-    if (j.contains("team") && !j["team"].is_null()) k.team = j.at("team").get<std::string>();
-    if (j.contains("tags")) k.tags = j.at("tags").get<std::vector<std::string>>();
-    if (j.contains("limits")) {
+    if (j.contains("name")) k.name = string_field(j, "name");
+    if (j.contains("team") && !j["team"].is_null()) k.team = string_field(j, "team");
+    if (j.contains("tags") && !j["tags"].is_null()) {
+      const auto& t = j.at("tags");
+      if (!t.is_array() || !std::all_of(t.begin(), t.end(), [](const json& x) { return x.is_string(); }))
+        bad_field("tags", "must be a list of strings");
+      k.tags = t.get<std::vector<std::string>>();
+    }
+    if (j.contains("limits") && !j["limits"].is_null()) {
       const auto& l = j.at("limits");
-      k.limits.rpm = l.value("rpm", std::int64_t{0});
-      k.limits.tpm = l.value("tpm", std::int64_t{0});
+      if (!l.is_object()) bad_field("limits", "must be an object {\"rpm\": n, \"tpm\": n}");
+      for (const auto& [field, v] : l.items())
+        if (field != "rpm" && field != "tpm") bad_field("limits." + field.substr(0, 40), "is not a limit (rpm, tpm)");
+      k.limits.rpm = limit_field(l, "rpm");
+      k.limits.tpm = limit_field(l, "tpm");
     }
     if (j.contains("budgets")) k.budgets = budgets_from_json(j.at("budgets"), k.name);
     validate_client_key(k);
@@ -256,7 +322,7 @@ admin_response keys_create(const admin_context& ctx, const std::string& body) {
   v["key"] = secret;  // shown once, never again
   admin_response r;
   r.status = 201;
-  r.body = v.dump();
+  r.body = v.dump(-1, ' ', false, json::error_handler_t::replace);
   return r;
 }
 
@@ -273,7 +339,7 @@ admin_response keys_revoke(const admin_context& ctx, std::string_view name) {
   ctx.policy.remove_key(name);
   log_line(log_level::info, "client key revoked").str("name", name);
   admin_response r;
-  r.body = json{{"name", name}, {"revoked", true}}.dump();
+  r.body = json{{"name", name}, {"revoked", true}}.dump(-1, ' ', false, json::error_handler_t::replace);
   return r;
 }
 
@@ -306,8 +372,10 @@ admin_response handle_admin(const admin_context& ctx, const admin_request& req) 
     }
     if (path.starts_with("/admin/keys/")) {
       std::string name = url_decode(path.substr(12));
-      if (req.method == "DELETE") return keys_revoke(ctx, name);
-      return not_allowed("DELETE");
+      if (req.method != "DELETE") return not_allowed("DELETE");
+      if (std::any_of(name.begin(), name.end(), [](unsigned char c) { return c < 0x20 || c == 0x7f; }))
+        return fail(404, "not_found", "No stored key has a name with a control character.");
+      return keys_revoke(ctx, name);
     }
     return fail(404, "not_found", "Unknown admin endpoint.");
   } catch (const http_problem& p) {

@@ -319,6 +319,10 @@ void app::start() {
   int n = c.workers > 0 ? c.workers : default_workers();
   auto addr = resolve_listen_host(c.listen.host);
   std::string listen_str = c.listen.host + ":" + std::to_string(c.listen.port);
+  // SO_REUSEPORT lets the workers share the port, but it would as well let a second tollgate
+  // (same user) bind it and take half the calls into its own ledger and budgets. A plain bind
+  // first fails while anyone listens there, as a one-worker start would.
+  if (n > 1 && c.listen.port != 0) (void)make_acceptor(I.admin_ioc, tcp::endpoint(addr, c.listen.port), false, listen_str);
   for (int i = 0; i < n; ++i) {
     auto w = std::make_unique<worker>(I.st);
     tcp::endpoint ep(addr, i == 0 ? c.listen.port : I.port);
@@ -523,7 +527,25 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
     parser.body_limit(64 * 1024);
     stream.expires_after(30s);
     co_await http::async_read(stream, buf, parser, redirect_error(use_awaitable, ec));
-    if (ec) break;
+    if (ec) {
+      // A client that went away or idled out gets nothing; one whose request cannot be read
+      // gets the same JSON error as on the client port, then the connection closes (the rest
+      // of the stream cannot be framed).
+      if (ec == http::error::end_of_stream || ec == http::error::partial_message || ec == beast::error::timeout ||
+          ec.category() != beast::error_code(http::error::bad_version).category())
+        break;
+      errc e = errc::bad_request;
+      if (ec == http::error::header_limit) e = errc::headers_too_large;
+      else if (ec == http::error::body_limit) e = errc::body_too_large;
+      http::response<http::string_body> bad{static_cast<http::status>(http_status(e)), 11};
+      bad.set(http::field::server, "tollgate");
+      bad.set(http::field::content_type, "application/json");
+      bad.body() = error_body(e, e == errc::body_too_large ? "Admin request bodies are limited to 64 KiB." : "");
+      bad.keep_alive(false);
+      bad.prepare_payload();
+      co_await http::async_write(stream, bad, redirect_error(use_awaitable, ec));
+      break;
+    }
     auto& req = parser.get();
     http::response<http::string_body> res{http::status::ok, req.version()};
     res.set(http::field::server, "tollgate");
@@ -538,7 +560,17 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
                         }};
       admin_request ar{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body())};
-      auto r = handle_admin(ctx, ar);
+      admin_response r;
+      try {
+        r = handle_admin(ctx, ar);
+      } catch (const std::exception& e) {
+        // A handler's bug must still answer (and say so in the log), not drop the connection.
+        log_line(log_level::error, "admin request failed").str("method", ar.method).str("error", e.what());
+        r = admin_response{};
+        r.status = 500;
+        r.body = R"({"error":{"message":"The admin request failed; see tollgate's log.","type":"server_error",)"
+                 R"("param":null,"code":"internal_error"}})";
+      }
       res.result(static_cast<http::status>(r.status));
       res.set(http::field::content_type, r.content_type);
       if (!r.allow.empty()) res.set(http::field::allow, r.allow);

@@ -348,6 +348,61 @@ TEST_CASE("security: the admin API needs the admin token, /metrics and health ch
   }
 }
 
+TEST_CASE("security: the admin port answers requests it cannot serve with a JSON error, never a dropped connection",
+          "[security][admin]") {
+  const std::string token = "adm-token-for-test";
+  harness h(with([&](tollgate::config& c) { c.policy.admin_token = token; }));
+  const tt::headers good = {{"Authorization", "Bearer " + token}};
+  SECTION("bytes that are not UTF-8, and control characters, in a value the error message quotes") {
+    for (const char* target : {"/admin/spend?from=%FF", "/admin/spend?month=%FE%FF", "/admin/whatif?model=%FF",
+                               "/admin/spend?group_by=%C3"}) {
+      INFO(target);
+      auto r = tt::request(h.admin_port(), "GET", target, "", good);
+      CHECK(r.status == 400);
+      CHECK(r.body.find("\"error\"") != std::string::npos);
+    }
+    auto nul = tt::request(h.admin_port(), "GET", "/admin/spend?from=2026-01-01%00x", "", good);
+    CHECK(nul.status == 400);
+    CHECK(nul.body.find("control character") != std::string::npos);
+    CHECK(tt::request(h.admin_port(), "DELETE", "/admin/keys/%FF", "", good).status == 404);
+  }
+  SECTION("a parameter given twice is refused, not half-read") {
+    auto r = tt::request(h.admin_port(), "GET", "/admin/spend?group_by=model&group_by=team", "", good);
+    CHECK(r.status == 400);
+    CHECK(r.body.find("given twice") != std::string::npos);
+  }
+  SECTION("framing errors: 413, 431, 400, like the client port") {
+    auto big = tt::request(h.admin_port(), "POST", "/admin/keys", std::string(70'000, ' '), good);
+    CHECK(big.status == 413);
+    CHECK(big.body.find("body_too_large") != std::string::npos);
+    CHECK(tt::request(h.admin_port(), "GET", "/metrics?x=" + std::string(20'000, 'a')).status == 431);
+    CHECK(tt::status_of(tt::raw_exchange(h.admin_port(), "GARBAGE\r\n\r\n")) == 400);
+    CHECK(tt::status_of(tt::raw_exchange(h.admin_port(), "POST /admin/keys HTTP/1.1\r\nHost: x\r\n"
+                                                          "Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n")) == 400);
+  }
+  // The admin port still serves after all of these.
+  CHECK(tt::request(h.admin_port(), "GET", "/admin/spend", "", good).status == 200);
+}
+
+TEST_CASE("security: a second tollgate cannot bind a client port another one listens on", "[security]") {
+  // Workers share their port through SO_REUSEPORT, which alone would let a second instance in
+  // and split the calls between two ledgers.
+  harness h(with([](tollgate::config& c) { c.workers = 2; }));
+  tollgate::config second = h.cfg;
+  second.listen.port = h.port();
+  second.admin_listen.port = 0;
+  second.ledger_path = h.dir.path + "/second.db";
+  std::string error;
+  try {
+    tollgate::app other(second);
+    other.start();
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  CHECK(error.find("Address already in use") != std::string::npos);
+  CHECK(tt::request(h.port(), "GET", "/healthz").status == 200);
+}
+
 TEST_CASE("security: without an admin token the admin API is disabled, and both ports default to loopback",
           "[security][admin]") {
   tollgate::config defaults;

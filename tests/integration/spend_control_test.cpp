@@ -385,6 +385,27 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
     CHECK(j["model"] == "deepseek-v3.2");
     CHECK(tt::request(h.admin_port(), "GET", "/admin/whatif?model=no-such-model", {}, admin).status == 400);
   }
+  SECTION("POST /admin/keys names the field that is wrong, and refuses fields it does not know") {
+    const tt::headers hs = {{"Authorization", "Bearer admin-secret"}, {"Content-Type", "application/json"}};
+    for (const auto& [body, says] : std::vector<std::pair<std::string, std::string>>{
+             {R"({"name":123})", "name must be a string"},
+             {R"({"name":"k","team":["a"]})", "team must be a string"},
+             {R"({"name":"k","tags":"a"})", "tags must be a list of strings"},
+             {R"({"name":"k","limits":[]})", "limits must be an object"},
+             {R"({"name":"k","limits":{"rpm":1.5}})", "limits.rpm must be a whole number"},
+             {R"({"name":"k","limits":{"rpm":-1}})", "limits.rpm must be >= 0"},
+             {R"({"name":"k","limits":{"tpm":1e30}})", "limits.tpm is too large"},
+             {R"({"name":"k","limits":{"rpn":5}})", "limits.rpn is not a limit"},
+             {R"({"name":"k","key":"my-own-secret"})", "'key' is not a field of a key"},
+             {R"({"name":"k","budgets":[{"limit_usd":1e400}]})", "body is not valid JSON"}}) {
+      INFO(body);
+      auto r = tt::request(h.admin_port(), "POST", "/admin/keys", body, hs);
+      CHECK(r.status == 400);
+      CHECK(r.body.find(says) != std::string::npos);
+    }
+    h.flush();
+    CHECK(h.query_int("SELECT COUNT(*) FROM client_keys") == 0);
+  }
   SECTION("POST /admin/keys returns the key once; it authenticates at once; DELETE revokes it") {
     auto created = tt::request(h.admin_port(), "POST", "/admin/keys", R"({"name":"ci","team":"qa","limits":{"rpm":100}})",
                                {{"Authorization", "Bearer admin-secret"}, {"Content-Type", "application/json"}});

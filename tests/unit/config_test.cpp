@@ -2,7 +2,11 @@
 // file:line errors, ${VAR} substitution, TOLLGATE_* overrides, validate() and the value parsers.
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <string>
 
@@ -209,6 +213,25 @@ TEST_CASE("config: relative pricing paths resolve next to the config file, else 
   config cfg = load_config_file(fixture("beside/tollgate.yaml"));
   CHECK(cfg.prices_file == fixture("beside/my_prices.yaml"));
   CHECK(cfg.litellm_prices_file == "not_here.json");
+}
+
+TEST_CASE("config: without pricing.file the price table is prices.yaml beside the config file", "[config]") {
+  // As the README's key table says; config/prices.yaml under the CWD is the fallback.
+  const auto dir = std::filesystem::temp_directory_path() / ("tollgate_cfg_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  { std::ofstream(dir / "tollgate.yaml") << "workers: 1\n"; }
+  CHECK(load_config_file((dir / "tollgate.yaml").string()).prices_file == config{}.prices_file);
+  { std::ofstream(dir / "prices.yaml") << "models: {}\n"; }
+  CHECK(load_config_file((dir / "tollgate.yaml").string()).prices_file == (dir / "prices.yaml").string());
+  { std::ofstream(dir / "tollgate.yaml") << "pricing:\n  file: /elsewhere/p.yaml\n"; }
+  CHECK(load_config_file((dir / "tollgate.yaml").string()).prices_file == "/elsewhere/p.yaml");
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("config: listen addresses are IP addresses, said with their line", "[config]") {
+  CHECK(load_error("workers: 1\nadmin_listen: nonexistent.invalid:9464\n") ==
+        "test.yaml:2: admin_listen: 'nonexistent.invalid' is not an IP address (use 127.0.0.1, 0.0.0.0, ::1, :: or localhost)");
+  CHECK_NOTHROW(load_config_string("listen: localhost:8080\nadmin_listen: '[::1]:9464'\n", "t"));
 }
 
 TEST_CASE("config: unknown keys name file:line and suggest the closest key", "[config]") {
