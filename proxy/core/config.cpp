@@ -827,7 +827,13 @@ config load(const std::string& text, const std::string& name, const std::filesys
   cfg.source_file = name;
   YAML::Node root;
   try {
-    root = YAML::Load(text);
+    // One document per file: the keys of a second one (after `---`) would be dropped unread.
+    const std::vector<YAML::Node> docs = YAML::LoadAll(text);
+    if (!docs.empty()) root = docs.front();
+    for (std::size_t i = 1; i < docs.size(); ++i)
+      if (!docs[i].IsNull())
+        throw config_error(name, docs[i].Mark().is_null() ? 0 : docs[i].Mark().line + 1,
+                           "a second YAML document: tollgate reads one document per file (remove the '---')");
   } catch (const YAML::Exception& ex) {
     throw config_error(name, ex.mark.is_null() ? 0 : ex.mark.line + 1, "YAML syntax error: " + ex.msg);
   }

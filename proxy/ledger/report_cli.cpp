@@ -215,6 +215,13 @@ void print_whatif(std::ostream& out, const whatif_report& r) {
   print_table(out, header, 1, rows);
 }
 
+// Indented JSON; a model name that is not UTF-8 (a hand-edited ledger) shows as U+FFFD instead
+// of stopping the report.
+template <class Json>
+std::string pretty(const Json& j) {
+  return j.dump(2, ' ', false, Json::error_handler_t::replace);
+}
+
 int run(const options& o, std::ostream& out, std::ostream& err) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(o.ledger, ec)) {
@@ -234,13 +241,13 @@ int run(const options& o, std::ostream& out, std::ostream& err) {
     }
     const auto report = query_whatif(o.ledger, {range, *o.whatif}, prices);
     if (o.format == output_format::csv) out << to_csv(report);
-    else if (o.format == output_format::json) out << to_json(report).dump(2) << '\n';
+    else if (o.format == output_format::json) out << pretty(to_json(report)) << '\n';
     else print_whatif(out, report);
     return 0;
   }
   const auto report = query_spend(o.ledger, {range, o.group_by, o.timezone});
   if (o.format == output_format::csv) out << to_csv(report);
-  else if (o.format == output_format::json) out << to_json(report).dump(2) << '\n';
+  else if (o.format == output_format::json) out << pretty(to_json(report)) << '\n';
   else print_spend(out, report);
   return 0;
 }

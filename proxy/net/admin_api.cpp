@@ -9,6 +9,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
@@ -278,10 +279,33 @@ admin_response keys_create(const admin_context& ctx, const std::string& body) {
   // A field this API does not know is refused, as inside budgets[]: `{"key": "..."}` would
   // otherwise look accepted while a generated key is returned.
   for (const auto& [field, v] : j.items())
-    if (field != "name" && field != "team" && field != "tags" && field != "limits" && field != "budgets")
-      bad_field("'" + field.substr(0, 40) + "'", "is not a field of a key (name, team, tags, limits, budgets)");
+    if (field != "name" && field != "team" && field != "tags" && field != "limits" && field != "budgets" &&
+        field != "key" && field != "key_sha256")
+      bad_field("'" + field.substr(0, 40) + "'",
+                "is not a field of a key (name, team, tags, limits, budgets, key, key_sha256)");
   client_key_config k;
+  // As in the config file, the caller may bring the key (`key`, echoed back once) or only its
+  // hash (`key_sha256`: the key never reaches tollgate); else one is generated.
+  std::optional<std::string> own_key;
+  bool own_hash = false;
   try {
+    if (j.contains("key") && j.contains("key_sha256")) bad_field("key", "and key_sha256 exclude each other");
+    if (j.contains("key")) {
+      own_key = string_field(j, "key");
+      if (own_key->size() < 8) bad_field("key", "must be at least 8 characters");
+      k.sha256 = key_sha256(*own_key);
+    }
+    if (j.contains("key_sha256")) {
+      const std::string hex = string_field(j, "key_sha256");
+      auto digit = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1; };
+      if (hex.size() != 2 * k.sha256.size()) bad_field("key_sha256", "must be 64 hex digits");
+      for (std::size_t i = 0; i < k.sha256.size(); ++i) {
+        const int hi = digit(hex[2 * i]), lo = digit(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) bad_field("key_sha256", "must be 64 hex digits");
+        k.sha256[i] = static_cast<unsigned char>(hi * 16 + lo);
+      }
+      own_hash = true;
+    }
     if (j.contains("name")) k.name = string_field(j, "name");
     if (j.contains("team") && !j["team"].is_null()) k.team = string_field(j, "team");
     if (j.contains("tags") && !j["tags"].is_null()) {
@@ -305,21 +329,29 @@ admin_response keys_create(const admin_context& ctx, const std::string& body) {
   } catch (const std::invalid_argument& e) {
     throw http_problem(400, "invalid_parameter", e.what());
   }
-  for (const auto& c : ctx.cfg.policy.keys)
+  for (const auto& c : ctx.cfg.policy.keys) {
     if (c.name == k.name) throw http_problem(409, "key_exists", "a configured key is named '" + k.name + "'");
+    if ((own_key || own_hash) && c.sha256 == k.sha256)
+      throw http_problem(409, "key_exists", "that key is already configured (as '" + c.name + "')");
+  }
   key_store store(ctx.ledger_path);
   std::string secret;
   try {
-    secret = store.create(k, ctx.now_ms());
+    if (own_key || own_hash) {
+      store.insert(k, ctx.now_ms());
+      if (own_key) secret = *own_key;
+    } else {
+      secret = store.create(k, ctx.now_ms());
+      k.sha256 = key_sha256(secret);
+    }
   } catch (const key_exists& e) {
     throw http_problem(409, "key_exists", e.what());
   }
-  k.sha256 = key_sha256(secret);
   for (auto& b : k.budgets) b.scope = "key:" + k.name;
   ctx.policy.add_key(k);
   log_line(log_level::info, "client key created").str("name", k.name).str("team", k.team);
   json v = key_view(k, "admin");
-  v["key"] = secret;  // shown once, never again
+  if (!own_hash) v["key"] = secret;  // shown once, never again
   admin_response r;
   r.status = 201;
   r.body = v.dump(-1, ' ', false, json::error_handler_t::replace);

@@ -396,7 +396,9 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
              {R"({"name":"k","limits":{"rpm":-1}})", "limits.rpm must be >= 0"},
              {R"({"name":"k","limits":{"tpm":1e30}})", "limits.tpm is too large"},
              {R"({"name":"k","limits":{"rpn":5}})", "limits.rpn is not a limit"},
-             {R"({"name":"k","key":"my-own-secret"})", "'key' is not a field of a key"},
+             {R"({"name":"k","secret":"my-own-secret"})", "'secret' is not a field of a key"},
+             {R"({"name":"k","key":"short"})", "key must be at least 8 characters"},
+             {R"({"name":"k","key_sha256":"abc"})", "key_sha256 must be 64 hex digits"},
              {R"({"name":"k","budgets":[{"limit_usd":1e400}]})", "body is not valid JSON"}}) {
       INFO(body);
       auto r = tt::request(h.admin_port(), "POST", "/admin/keys", body, hs);
@@ -421,6 +423,28 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
     CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer(secret)).status == 401);
     h.flush();
     CHECK(h.query_text("SELECT client_key_id FROM calls WHERE status = 200") == "ci");
+  }
+  SECTION("POST /admin/keys takes the caller's own key, or only its SHA-256, as the config file does") {
+    const tt::headers hs = {{"Authorization", "Bearer admin-secret"}, {"Content-Type", "application/json"}};
+    auto own = tt::request(h.admin_port(), "POST", "/admin/keys", R"({"name":"own","key":"sk-own-key-123456"})", hs);
+    REQUIRE(own.status == 201);
+    CHECK(json::parse(own.body)["key"] == "sk-own-key-123456");
+    CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer("sk-own-key-123456")).status == 200);
+    std::string hex;
+    for (unsigned char b : tollgate::policy_engine::sha256("sk-hashed-only-key-1")) {
+      static const char* digits = "0123456789abcdef";
+      hex += digits[b >> 4];
+      hex += digits[b & 15];
+    }
+    auto hashed = tt::request(h.admin_port(), "POST", "/admin/keys", R"({"name":"hashed","key_sha256":")" + hex + "\"}", hs);
+    REQUIRE(hashed.status == 201);
+    CHECK_FALSE(json::parse(hashed.body).contains("key"));
+    CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer("sk-hashed-only-key-1")).status == 200);
+    // The same key twice: 409, whoever holds it.
+    CHECK(tt::request(h.admin_port(), "POST", "/admin/keys", R"({"name":"again","key":"sk-own-key-123456"})", hs).status ==
+          409);
+    h.flush();
+    CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE client_key_id IN ('own', 'hashed')") == 2);
   }
   SECTION("budgets endpoint lists budgets and guards") {
     auto r = tt::request(h.admin_port(), "GET", "/admin/budgets", {}, admin);

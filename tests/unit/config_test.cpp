@@ -228,6 +228,13 @@ TEST_CASE("config: without pricing.file the price table is prices.yaml beside th
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("config: a second YAML document is an error, not dropped", "[config]") {
+  CHECK(load_error("listen: 127.0.0.1:1\n---\nworkers: 3\n") ==
+        "test.yaml:3: a second YAML document: tollgate reads one document per file (remove the '---')");
+  CHECK_NOTHROW(load_config_string("---\nworkers: 1\n", "t"));
+  CHECK_NOTHROW(load_config_string("workers: 1\n---\n", "t"));
+}
+
 TEST_CASE("config: listen addresses are IP addresses, said with their line", "[config]") {
   CHECK(load_error("workers: 1\nadmin_listen: nonexistent.invalid:9464\n") ==
         "test.yaml:2: admin_listen: 'nonexistent.invalid' is not an IP address (use 127.0.0.1, 0.0.0.0, ::1, :: or localhost)");
