@@ -35,7 +35,8 @@ expect 2 '--threshold must be a number' detect --input "$series" --column reques
 expect 2 '--threshold must be above 0' detect --input "$series" --column requests --threshold -1
 expect 2 '--series must be a whole number' bench --series -1
 expect 2 '--days must be a number' bench --days nan
-expect 2 '--bin applies to --requests and --ledger' forecast --input "$series" --column requests --bin 1h
+expect 2 're-binning needs the per-request records' forecast --input "$series" --column requests --bin 1h
+expect 0 '' forecast --input "$series" --column requests --bin 10m --horizon 1h
 expect 2 'is a directory' forecast --input "$dir" --column requests
 
 printf 'timestamp,requests\n1736121600,1\n1736125200,1e300\n1736128800,3\n' > "$dir/huge.csv"

@@ -176,11 +176,16 @@ loaded load_input(const args& a) {
   loaded l;
   if (a.has("input")) {
     if (!a.has("column")) die("--input needs --column");
-    for (const char* o : {"bin", "value", "model", "time-unit"})
-      if (a.has(o))
-        die(std::string("--") + o + " applies to --requests and --ledger; a series CSV has its bins and its value column");
     auto r = fc::tool::load_series_file(a.get("input"), a.get("column"));
     if (!r.data) die(r.error);
+    // A series CSV has its bins and its value column: --bin may only confirm the file's width
+    // (other bins would need the raw records); the record filters do not apply.
+    if (a.has("bin") && fc::parse_duration(a.get("bin")) != r.data->bin_s)
+      die("--bin " + a.get("bin") + ": " + a.get("input") + " has bins of " + std::to_string(r.data->bin_s) +
+          " s; re-binning needs the per-request records (--requests or --ledger)");
+    for (const char* o : {"value", "model", "time-unit"})
+      if (a.has(o))
+        std::cerr << "note: --" << o << " applies to --requests and --ledger; ignored for a series CSV (--column picks the value)\n";
     // Counts and amounts per bin: a negative one reads as 0 (PROTOCOL.md: log1p(max(x, 0))), a
     // huge one is not a count (and would overflow the forecast's sums).
     std::size_t negative = 0, first_negative = 0;

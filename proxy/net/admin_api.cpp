@@ -33,9 +33,16 @@ struct http_problem : std::runtime_error {
   std::string code;
 };
 
+// Compact JSON text; bytes that are not UTF-8 (a quoted query value, a hand-edited ledger's model
+// name) become U+FFFD instead of throwing out of the handler.
+template <class Json>
+std::string text_of(const Json& j) {
+  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
 std::string problem_body(std::string_view message, std::string_view type, std::string_view code) {
   json j = {{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", code}}}};
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+  return text_of(j);
 }
 
 admin_response fail(int status, std::string_view code, std::string_view message) {
@@ -139,7 +146,7 @@ admin_response report_response(const Report& report, bool csv) {
     r.content_type = "text/csv; charset=utf-8";
     r.body = to_csv(report);
   } else {
-    r.body = to_json(report).dump(-1, ' ', false, json::error_handler_t::replace);
+    r.body = text_of(to_json(report));
   }
   return r;
 }
@@ -203,7 +210,7 @@ admin_response budgets(const admin_context& ctx) {
                                    {"max_usd", g.max_usd}});
   }
   admin_response r;
-  r.body = out.dump(-1, ' ', false, json::error_handler_t::replace);
+  r.body = text_of(out);
   return r;
 }
 
@@ -227,7 +234,7 @@ admin_response keys_list(const admin_context& ctx) {
     out.push_back(std::move(v));
   }
   admin_response r;
-  r.body = json{{"keys", out}}.dump(-1, ' ', false, json::error_handler_t::replace);
+  r.body = text_of(json{{"keys", out}});
   return r;
 }
 
@@ -296,11 +303,10 @@ admin_response keys_create(const admin_context& ctx, const std::string& body) {
       k.sha256 = key_sha256(*own_key);
     }
     if (j.contains("key_sha256")) {
-      const std::string hex = string_field(j, "key_sha256");
-      auto digit = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1; };
-      if (hex.size() != 2 * k.sha256.size()) bad_field("key_sha256", "must be 64 hex digits");
+      const std::string digits = string_field(j, "key_sha256");
+      if (digits.size() != 2 * k.sha256.size()) bad_field("key_sha256", "must be 64 hex digits");
       for (std::size_t i = 0; i < k.sha256.size(); ++i) {
-        const int hi = digit(hex[2 * i]), lo = digit(hex[2 * i + 1]);
+        const int hi = hex(digits[2 * i]), lo = hex(digits[2 * i + 1]);
         if (hi < 0 || lo < 0) bad_field("key_sha256", "must be 64 hex digits");
         k.sha256[i] = static_cast<unsigned char>(hi * 16 + lo);
       }
@@ -354,7 +360,7 @@ admin_response keys_create(const admin_context& ctx, const std::string& body) {
   if (!own_hash) v["key"] = secret;  // shown once, never again
   admin_response r;
   r.status = 201;
-  r.body = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  r.body = text_of(v);
   return r;
 }
 
@@ -371,7 +377,7 @@ admin_response keys_revoke(const admin_context& ctx, std::string_view name) {
   ctx.policy.remove_key(name);
   log_line(log_level::info, "client key revoked").str("name", name);
   admin_response r;
-  r.body = json{{"name", name}, {"revoked", true}}.dump(-1, ' ', false, json::error_handler_t::replace);
+  r.body = text_of(json{{"name", name}, {"revoked", true}});
   return r;
 }
 
