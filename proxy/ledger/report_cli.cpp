@@ -225,7 +225,10 @@ std::string pretty(const Json& j) {
 int run(const options& o, std::ostream& out, std::ostream& err) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(o.ledger, ec)) {
-    err << "tollgate report: ledger file '" << o.ledger << "' not found\n";
+    const bool exists = std::filesystem::exists(o.ledger, ec);
+    err << "tollgate report: ledger file '" << o.ledger << "' "
+        << (!exists ? "not found" : std::filesystem::is_directory(o.ledger, ec) ? "is a directory" : "is not a regular file")
+        << "\n";
     return 2;
   }
   const calendar cal(o.timezone);

@@ -629,6 +629,7 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
     const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
         {{"--month", "2026-11"}, "--ledger FILE is required"},
         {{"--ledger", s.dir.file("missing.db")}, "ledger file '" + s.dir.file("missing.db") + "' not found"},
+        {{"--ledger", source_dir}, "ledger file '" + source_dir + "' is a directory"},
         {{"--ledger", s.path, "--month", "2026-13"}, "month: expected YYYY-MM"},
         {{"--ledger", s.path, "--month", "2026-11", "--from", "2026-11-01"}, "cannot be combined"},
         {{"--ledger", s.path, "--by", "user"}, "unknown column 'user'"},
