@@ -230,9 +230,12 @@ TEST_CASE("config: without pricing.file the price table is prices.yaml beside th
 
 TEST_CASE("config: a second YAML document is an error, not dropped", "[config]") {
   CHECK(load_error("listen: 127.0.0.1:1\n---\nworkers: 3\n") ==
+        "test.yaml:2: a second YAML document: tollgate reads one document per file (remove the '---')");
+  CHECK(load_error("# c\nworkers: 1\n--- # next\n\n# only a comment\n---\nworkers: 2\n") ==
         "test.yaml:3: a second YAML document: tollgate reads one document per file (remove the '---')");
   CHECK_NOTHROW(load_config_string("---\nworkers: 1\n", "t"));
-  CHECK_NOTHROW(load_config_string("workers: 1\n---\n", "t"));
+  CHECK_NOTHROW(load_config_string("# head\n---\nworkers: 1\n---\n# nothing after\n", "t"));
+  CHECK_NOTHROW(load_config_string("workers: 1\nupstream:\n  name: ---x\n", "t"));
 }
 
 TEST_CASE("config: listen addresses are IP addresses, said with their line", "[config]") {
