@@ -51,15 +51,14 @@ bool parse_timestamp(std::string_view s, std::int64_t& out) noexcept {
   return true;
 }
 
-// A cell as quoted in a message: at most 40 characters, control characters as '?'.
+}  // namespace
+
 std::string printable(std::string_view cell) {
   std::string out;
   for (const char c : cell.substr(0, 40)) out += static_cast<unsigned char>(c) < 0x20 || c == 0x7f ? '?' : c;
   if (cell.size() > 40) out += "...";
   return out;
 }
-
-}  // namespace
 
 std::size_t series::missing_count() const noexcept {
   return static_cast<std::size_t>(std::count_if(values.begin(), values.end(), is_missing));

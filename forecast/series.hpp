@@ -44,6 +44,9 @@ series_read read_series_csv(std::istream& in, std::string_view column);
 // start. Called by the readers here and by the request-log reader.
 void skip_bom(std::istream& in);
 
+// A cell as quoted in a message: at most 40 characters, control characters as '?'.
+std::string printable(std::string_view cell);
+
 // Column names of the header line (for error messages).
 std::vector<std::string> csv_header(std::istream& in);
 

@@ -47,14 +47,6 @@ bool blank(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c) != 0; });
 }
 
-// A value as quoted in a message: at most 40 characters, control characters as '?'.
-std::string shorten(std::string_view s) {
-  std::string out;
-  for (const char c : s.substr(0, 40)) out += static_cast<unsigned char>(c) < 0x20 || c == 0x7f ? '?' : c;
-  if (s.size() > 40) out += "...";
-  return out;
-}
-
 // One amount (tokens or USD) of a request: a number in [0, limit], else 0 and the first such
 // line is kept for the caller's error. Empty counts as absent.
 double amount(std::string_view cell, field_check& c, std::size_t line, double limit) {
@@ -68,7 +60,7 @@ double amount(std::string_view cell, field_check& c, std::size_t line, double li
   if (ec == std::errc() && p == cell.data() + cell.size() && std::isfinite(v) && v >= 0.0 && v <= limit) return v;
   if (c.bad_line == 0) {
     c.bad_line = line;
-    c.bad_text = shorten(cell);
+    c.bad_text = printable(cell);
   }
   return 0.0;
 }
@@ -79,14 +71,13 @@ double amount(const nlohmann::json& v, field_check& c, std::size_t line, double 
     return 0.0;
   }
   if (v.is_string()) return amount(std::string_view(v.get_ref<const std::string&>()), c, line, limit);
-  if (v.is_number() && !v.is_number_float()) return amount(std::string_view(v.dump()), c, line, limit);
-  if (v.is_number_float()) {
+  if (v.is_number()) {
     const double d = v.get<double>();
     if (std::isfinite(d) && d >= 0.0 && d <= limit) return d;
   }
   if (c.bad_line == 0) {
     c.bad_line = line;
-    c.bad_text = shorten(v.dump());
+    c.bad_text = printable(v.dump());
   }
   return 0.0;
 }
@@ -325,16 +316,19 @@ events_read load_ledger(const std::string& path) {
     return out;
   }
   sqlite3_stmt* st = nullptr;
-  const char* sql =
-      "SELECT start_ms, prompt_tokens, completion_tokens, cost_usd, COALESCE(price_model, '') FROM calls"
-      " WHERE typeof(start_ms) = 'integer' AND start_ms > 0";
+  const char* sql = "SELECT start_ms, prompt_tokens, completion_tokens, cost_usd, COALESCE(price_model, '') FROM calls";
   if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) != SQLITE_OK) {
     out.error = path + ": " + sqlite3_errmsg(db) + " (not a tollgate ledger?)";
     sqlite3_close(db);
     return out;
   }
   int rc = SQLITE_OK;
+  std::int64_t skipped = 0;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (sqlite3_column_type(st, 0) != SQLITE_INTEGER || sqlite3_column_int64(st, 0) <= 0) {
+      ++skipped;
+      continue;
+    }
     request_event e;
     e.timestamp_ms = sqlite3_column_int64(st, 0);
     e.prompt_tokens = sqlite3_column_double(st, 1);
@@ -345,14 +339,8 @@ events_read load_ledger(const std::string& path) {
   }
   if (rc != SQLITE_DONE) out.error = path + ": " + sqlite3_errmsg(db);
   sqlite3_finalize(st);
-  if (out.error.empty() &&
-      sqlite3_prepare_v2(db, "SELECT count(*) FROM calls WHERE NOT (typeof(start_ms) = 'integer' AND start_ms > 0)",
-                         -1, &st, nullptr) == SQLITE_OK) {
-    if (sqlite3_step(st) == SQLITE_ROW)
-      if (const auto skipped = sqlite3_column_int64(st, 0); skipped > 0)
-        out.note = path + ": " + std::to_string(skipped) + " rows without a positive integer start_ms are left out";
-    sqlite3_finalize(st);
-  }
+  if (skipped > 0)
+    out.note = path + ": " + std::to_string(skipped) + " rows without a positive integer start_ms are left out";
   sqlite3_close(db);
   return out;
 }
