@@ -402,6 +402,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   bool idle_ = true;
   bool aborting_ = false;
   bool anthropic_errors_ = false;  // this call is on the Messages API: errors in Anthropic's shape
+  bool head_request_ = false;      // this call is a HEAD: local answers send their head only
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -515,6 +516,9 @@ awaitable<bool> client_session::send_local(int status, std::string body, bool ke
   res.body() = std::move(body);
   res.keep_alive(keep);
   res.prepare_payload();
+  // RFC 9110 §9.3.2: the answer to HEAD is the GET answer's head, Content-Length included, and no
+  // content; bytes after it would be read by a keep-alive client as the next response.
+  if (head_request_) res.body().clear();
   stream_.expires_after(local_write_timeout);
   beast::error_code ec;
   co_await http::async_write(stream_, res, redirect_error(use_awaitable, ec));
@@ -543,6 +547,7 @@ awaitable<bool> client_session::handle_one() {
 
   beast::error_code ec;
   anthropic_errors_ = false;
+  head_request_ = false;
   // This call's own: a local answer (a 404, /healthz) after a rate-limited call on the same
   // connection must not carry that call's x-ratelimit-* or Retry-After.
   extra_headers_.clear();
@@ -588,7 +593,7 @@ awaitable<bool> client_session::handle_one() {
     c.t0 = steady::now();
     c.rec.start_ms = unix_ms_now();
     c.client_version = req.version();
-    c.head_request = req.method() == http::verb::head;
+    c.head_request = head_request_ = req.method() == http::verb::head;
     take_head(req, c.head);
     const auto& h = c.head;
     if (req.version() != 10 && req.version() != 11) refuse(errc::http_version);

@@ -308,6 +308,24 @@ TEST_CASE("security: /healthz and /readyz answer on both the client and the admi
   CHECK(h.query_int("SELECT COUNT(*) FROM calls") == 0);  // health checks are not calls
 }
 
+TEST_CASE("security: answers tollgate gives a HEAD itself carry no content, so a kept-alive "
+          "connection stays in step", "[security][health]") {
+  harness h;
+  // Each HEAD, then a GET /healthz on the same connection, which closes it. Before, a 404, 405 or
+  // /healthz answer to HEAD carried its JSON body, which the client read as the next response.
+  for (std::string target : {"/healthz", "/readyz", "/v1/models/gpt-4.1/x/y", "/nope", "/v1/embeddings"}) {
+    INFO(target);
+    const auto raw = tt::raw_exchange(h.port(), "HEAD " + target + " HTTP/1.1\r\nHost: a\r\n\r\n" +
+                                                    "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    const auto end_of_head = raw.find("\r\n\r\n");
+    REQUIRE(end_of_head != std::string::npos);
+    CHECK(raw.find("Content-Length: ") < end_of_head);  // the GET answer's length, as RFC 9110 allows
+    const auto second = raw.substr(end_of_head + 4);
+    CHECK(status_of(second) == 200);
+    CHECK(second.ends_with(R"({"status":"ok"})"));
+  }
+}
+
 TEST_CASE("security: the admin API needs the admin token, /metrics and health checks do not", "[security][admin]") {
   const std::string token = "adm-token-for-test";
   harness h(with([&](tollgate::config& c) { c.policy.admin_token = token; }));
