@@ -44,6 +44,9 @@ Environment overrides (for containers and tests):
 
 int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
+  // Until run_until_signal() catches it (and logs it), a SIGHUP during start-up must not end
+  // the process either.
+  std::signal(SIGHUP, SIG_IGN);
   // SQLite's allocation statistics take a global mutex around every malloc and free (~1k
   // instructions per ledger row); tollgate never reads them. Must precede sqlite3_initialize.
   sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);

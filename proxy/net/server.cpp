@@ -17,6 +17,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http.hpp>
 
+#include <csignal>
+#include <functional>
 #include <future>
 #include <thread>
 
@@ -455,11 +457,23 @@ void app::shutdown() {
 
 void app::run_until_signal() {
   asio::io_context ioc(1);
-  asio::signal_set signals(ioc, SIGINT, SIGTERM);
+  // SIGHUP is caught too: its default action would end the process at once, losing the calls
+  // in flight and the ledger rows still queued (a closed terminal sends it, and operators send
+  // it expecting a reload). tollgate has no live reload: it says so and keeps serving; a restart
+  // (SIGTERM, which drains) applies a changed config.
+  asio::signal_set signals(ioc, SIGINT, SIGTERM, SIGHUP);
   int got = 0;
-  signals.async_wait([&](const beast::error_code& ec, int sig) {
-    if (!ec) got = sig;
-  });
+  std::function<void(const beast::error_code&, int)> on_signal = [&](const beast::error_code& ec, int sig) {
+    if (ec) return;
+    if (sig == SIGHUP) {
+      log_line(log_level::warn, "SIGHUP ignored: tollgate does not reload its configuration; restart it "
+                                "(SIGTERM drains calls in flight) to apply changes");
+      signals.async_wait(on_signal);
+      return;
+    }
+    got = sig;
+  };
+  signals.async_wait(on_signal);
   ioc.run();
   log_line(log_level::info, "signal received").integer("signal", got);
   shutdown();

@@ -6,21 +6,23 @@
 #           the kill is in the ledger, once (calls of the last instant may be lost: at most the
 #           rows not yet committed).
 #   term    SIGTERM mid-load: every answered call is in the ledger, once.
+#   hup     SIGHUP (a closed terminal, or an operator expecting a reload): tollgate says it does
+#           not reload and keeps serving; the calls before and after it are in the ledger.
 #   locked  SIGTERM mid-load while another process holds the database's write lock: the rows go
 #           to the journal; a restart after the lock is gone replays them: every answered call
 #           is in the ledger, once, and the journal is gone.
-# usage: tests/durability/sigkill.sh TOLLGATE_BIN FAKE_UPSTREAM_BIN [kill|term|locked ...]
+# usage: tests/durability/sigkill.sh TOLLGATE_BIN FAKE_UPSTREAM_BIN [kill|term|hup|locked ...]
 # Env: PYTHON3, SQLITE3 (default: from PATH); LEDGER_SIGKILL_SLACK_MS (default 1000): time on
 # top of flush_interval for a row to be committed on a busy machine.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-usage="usage: $0 TOLLGATE_BIN FAKE_UPSTREAM_BIN [kill|term|locked ...]"
+usage="usage: $0 TOLLGATE_BIN FAKE_UPSTREAM_BIN [kill|term|hup|locked ...]"
 tollgate_bin="${1:?$usage}"
 fake_bin="${2:?$usage}"
 shift 2
 scenarios=("$@")
-(( ${#scenarios[@]} )) || scenarios=(kill term locked)
+(( ${#scenarios[@]} )) || scenarios=(kill term hup locked)
 python3="${PYTHON3:-python3}"
 sqlite3="${SQLITE3:-sqlite3}"
 config="$here/../../config/tollgate.yaml"
@@ -168,6 +170,28 @@ scenario_term() {
   check_calls "$workdir/term.json" "$db" -1
 }
 
+scenario_hup() {
+  local db="$workdir/hup.db" before after
+  echo "sigkill.sh: hup: SIGHUP is logged and ignored; tollgate keeps serving"
+  start_tollgate "$db" "$workdir/hup.err"
+  before="$(one_call)"
+  kill -HUP "$tollgate_pid"
+  for _ in $(seq 50); do
+    grep -q 'SIGHUP ignored' "$workdir/hup.err" && break
+    sleep 0.1
+  done
+  grep -q 'SIGHUP ignored' "$workdir/hup.err" || fail "SIGHUP was not reported"
+  kill -0 "$tollgate_pid" 2>/dev/null || fail "tollgate ended on SIGHUP"
+  kill -HUP "$tollgate_pid"  # the handler is armed again
+  after="$(one_call)"
+  [[ -n "$before" && -n "$after" ]] || fail "a call around the SIGHUP was not answered"
+  kill -TERM "$tollgate_pid"
+  wait_tollgate
+  (( tollgate_status == 0 )) || fail "tollgate exited with $tollgate_status after SIGTERM"
+  [[ "$("$sqlite3" "$db" "SELECT COUNT(*) FROM calls WHERE request_id IN ('$before', '$after')")" == 2 ]] ||
+    fail "the calls around the SIGHUP are not both in the ledger"
+}
+
 scenario_locked() {
   local db="$workdir/locked.db"
   echo "sigkill.sh: locked: SIGTERM under load while another process holds the write lock, then restart"
@@ -214,7 +238,7 @@ command -v curl >/dev/null || fail "curl not found"
 start_fake_upstream
 for s in "${scenarios[@]}"; do
   case "$s" in
-    kill | term | locked) "scenario_$s" ;;
+    kill | term | hup | locked) "scenario_$s" ;;
     *) echo "$usage" >&2; exit 2 ;;
   esac
 done
