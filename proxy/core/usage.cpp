@@ -663,12 +663,15 @@ void stream_meter::on_messages(const Node& j, std::string_view type) {
       apply(anthropic_, u);
       usage_ = anthropic_.to_openai();
       has_usage_ = true;
+      provisional_ = true;
     }
   } else if (type == "message_delta") {
     const auto& u = member(j, "usage");
     if (is_object(u)) {
       apply(anthropic_, u);
       usage_ = anthropic_.to_openai();
+      has_usage_ = true;
+      provisional_ = false;
     }
   } else if (type == "content_block_delta") {
     text_members texts(streamed_text_);

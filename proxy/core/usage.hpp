@@ -67,6 +67,10 @@ class stream_meter {
   bool on_event(const sse_event& ev);
 
   bool has_usage() const noexcept { return has_usage_; }
+  // The usage seen is provisional: Anthropic's message_start reports the input side for good but
+  // `output_tokens` as a placeholder (1-2) until message_delta gives the count. A stream cut
+  // before that has real input counts and an output count to take from the streamed text.
+  bool usage_provisional() const noexcept { return provisional_; }
   const token_usage& usage() const noexcept { return usage_; }
   const std::string& model() const noexcept { return model_; }
   const std::string& id() const noexcept { return id_; }
@@ -94,6 +98,7 @@ class stream_meter {
   route_kind route_;
   bool strip_;
   bool has_usage_ = false;
+  bool provisional_ = false;
   token_usage usage_;
   std::string model_;
   std::string id_;

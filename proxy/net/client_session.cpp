@@ -1645,6 +1645,12 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     if (meter->has_usage()) {
       rec.tokens = meter->usage();
       rec.source = usage_source::upstream;
+      if (meter->usage_provisional()) {
+        // An Anthropic stream that ended before message_delta (cut, or the client left): its
+        // input counts are real, its output count a placeholder; the text streamed says more.
+        rec.tokens.completion = std::max(rec.tokens.completion, meter->estimated_completion_tokens());
+        rec.source = usage_source::estimated;
+      }
     }
     if (c.error == errc::ok && !meter->saw_done()) c.error = errc::upstream_stream_truncated;
     if (c.error != errc::ok) {

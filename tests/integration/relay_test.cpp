@@ -8,6 +8,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/websocket.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -503,6 +504,38 @@ TEST_CASE("relay: a client that disconnects mid-stream cancels the upstream call
   CHECK(std::stoll(row["prompt_tokens"]) ==
         tollgate::inspect_request(tt::chat_body("gpt-4.1", true)).prompt_tokens_estimate);
   CHECK(std::stod(row["latency_ms"]) < 5000);  // not the 10 s the whole stream would take
+}
+
+TEST_CASE("relay: a Claude stream cut before message_delta keeps message_start's input counts and "
+          "estimates the output from the text streamed, not message_start's placeholder", "[relay][stream]") {
+  harness h;
+  const std::string body =
+      R"({"model":"claude-sonnet-4.5","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"Hi there"}]})";
+  std::string seen;
+  {
+    tt::stream_client s(h.port(), "/v1/messages", body,
+                        {{"anthropic-version", "2023-06-01"}, {"x-fake-chunks", "200"}, {"x-fake-chunk-interval-ms", "20"}});
+    REQUIRE(s.status() == 200);
+    while (std::count(seen.begin(), seen.end(), '\n') < 80) {  // ~25 text deltas of "tok "
+      auto piece = s.next();
+      REQUIRE(piece.has_value());
+      seen += *piece;
+    }
+    s.close();
+  }
+  REQUIRE(seen.find("message_start") != std::string::npos);
+  REQUIRE(seen.find("message_delta") == std::string::npos);
+  REQUIRE(harness::eventually([&] {
+    h.flush();
+    return h.query_int("SELECT COUNT(*) FROM calls") == 1;
+  }, std::chrono::seconds(5)));
+  auto row = h.rows("SELECT * FROM calls")[0];
+  CHECK(row["aborted"] == "1");
+  CHECK(row["error_kind"] == "client_aborted");
+  CHECK(row["usage_source"] == "estimated");
+  CHECK(row["prompt_tokens"] == "12");  // the fake's input_tokens (10 + 8 characters / 4), as message_start said
+  CHECK(std::stoll(row["completion_tokens"]) >= 15);  // message_start said 1
+  CHECK(std::stod(row["cost_usd"]) > 0);
 }
 
 TEST_CASE("relay: 200 concurrent calls give exactly 200 ledger rows whose sums equal the metrics", "[relay][load]") {

@@ -384,6 +384,19 @@ TEST_CASE("stream_meter: Anthropic message_delta usage is cumulative", "[usage][
   CHECK(m.model() == "claude-opus-4-20250514");
   CHECK(m.id() == "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY");
   CHECK(m.estimated_completion_tokens() == 3);  // "Hello world"
+  CHECK_FALSE(m.usage_provisional());
+
+  SECTION("cut before any message_delta: the input side is real, the output count a placeholder") {
+    stream_meter n(route_kind::messages, false);
+    relay(n, start + typed_event("content_block_delta",
+        R"({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello there, a longer answer"}})"));
+    REQUIRE(n.has_usage());
+    CHECK(n.usage_provisional());
+    CHECK(n.usage().prompt == 12 + 1800 + 2051);
+    CHECK(n.usage().cached == 1800);
+    CHECK(n.usage().completion == 1);  // message_start's placeholder
+    CHECK(n.estimated_completion_tokens() == 7);
+  }
 
   SECTION("message_delta may restate the input side") {
     stream_meter n(route_kind::messages, false);
