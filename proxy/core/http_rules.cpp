@@ -6,6 +6,7 @@
 #include <array>
 #include <cctype>
 #include <charconv>
+#include <cstring>
 
 namespace tollgate {
 
@@ -158,6 +159,59 @@ bool connection_lists(std::string_view value, std::string_view name) noexcept {
   return false;
 }
 
+bool only_chunked_coding(std::string_view value) noexcept {
+  bool any = false;
+  while (true) {
+    const auto comma = value.find(',');
+    const auto token = trim_ows(value.substr(0, comma));
+    if (!token.empty()) {  // empty list elements are allowed (RFC 9110 §5.6.1)
+      if (!iequals(token, "chunked")) return false;
+      any = true;
+    }
+    if (comma == std::string_view::npos) return any;
+    value.remove_prefix(comma + 1);
+  }
+}
+
+std::string_view http_date(std::int64_t t, char (&out)[29]) noexcept {
+  static constexpr const char* days[] = {"Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"};  // 1970-01-01: Thu
+  static constexpr const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  if (t < 0) t = 0;
+  std::int64_t days_since = t / 86400, sec = t % 86400;
+  // Civil date from days since the epoch (H. Hinnant's algorithm).
+  std::int64_t z = days_since + 719468;
+  const std::int64_t era = z / 146097;
+  const std::int64_t doe = z - era * 146097;
+  const std::int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+  const std::int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+  const std::int64_t mp = (5 * doy + 2) / 153;
+  const std::int64_t day = doy - (153 * mp + 2) / 5 + 1;
+  const std::int64_t month = mp < 10 ? mp + 3 : mp - 9;
+  const std::int64_t year = yoe + era * 400 + (month <= 2 ? 1 : 0);
+  auto two = [&](char* p, std::int64_t v) {
+    p[0] = static_cast<char>('0' + v / 10 % 10);
+    p[1] = static_cast<char>('0' + v % 10);
+  };
+  std::memcpy(out, days[days_since % 7], 3);
+  out[3] = ',';
+  out[4] = ' ';
+  two(out + 5, day);
+  out[7] = ' ';
+  std::memcpy(out + 8, months[month - 1], 3);
+  out[11] = ' ';
+  two(out + 12, year / 100);
+  two(out + 14, year % 100);
+  out[16] = ' ';
+  two(out + 17, sec / 3600);
+  out[19] = ':';
+  two(out + 20, sec / 60 % 60);
+  out[22] = ':';
+  two(out + 23, sec % 60);
+  std::memcpy(out + 25, " GMT", 4);
+  return {out, 29};
+}
+
 bool usage_is_new_spend(route_kind route, std::string_view method, std::string_view path) noexcept {
   if (route != route_kind::other) return true;
   if (method != "POST") return false;
@@ -202,12 +256,14 @@ route_decision classify(std::string_view method, std::string_view path) noexcept
   // The metered routes take POST and the models routes GET. A few other methods on the same
   // paths are other API calls, relayed unmetered as route `other`: GET /v1/chat/completions
   // lists stored completions and DELETE /v1/models/{id} deletes a fine-tuned model (both in the
-  // OpenAI SDK), and OPTIONS is a browser's CORS preflight. Any other method is a 405.
+  // OpenAI SDK), and OPTIONS is a browser's CORS preflight. HEAD goes wherever GET does (RFC 9110
+  // §9.1), relayed as a HEAD. Any other method is a 405.
   auto only = [&](std::string_view m, route_kind r, bool json, std::string_view also, std::string_view allow) {
     d.route = r;
-    if (method == m) {
-      d.json_body = json;
-    } else if (method == "OPTIONS" || (!also.empty() && method == also)) {
+    const bool head_of = method == "HEAD";
+    if (method == m || (head_of && m == "GET")) {
+      d.json_body = json && !head_of;
+    } else if (method == "OPTIONS" || (!also.empty() && (method == also || (head_of && also == "GET")))) {
       d.route = route_kind::other;
     } else {
       d.error = errc::method_not_allowed;
@@ -215,14 +271,14 @@ route_decision classify(std::string_view method, std::string_view path) noexcept
     }
     return d;
   };
-  if (path == "/v1/chat/completions") return only("POST", route_kind::chat_completions, true, "GET", "GET, POST");
+  if (path == "/v1/chat/completions") return only("POST", route_kind::chat_completions, true, "GET", "GET, HEAD, POST");
   if (path == "/v1/completions") return only("POST", route_kind::completions, true, {}, "POST");
   if (path == "/v1/embeddings") return only("POST", route_kind::embeddings, true, {}, "POST");
   if (path == "/v1/responses") return only("POST", route_kind::responses, true, {}, "POST");
   if (path == "/v1/messages") return only("POST", route_kind::messages, true, {}, "POST");
-  if (path == "/v1/models") return only("GET", route_kind::models, false, {}, "GET");
+  if (path == "/v1/models") return only("GET", route_kind::models, false, {}, "GET, HEAD");
   if (path.starts_with("/v1/models/") && path.size() > 11)
-    return only("GET", route_kind::models, false, "DELETE", "GET, DELETE");
+    return only("GET", route_kind::models, false, "DELETE", "GET, HEAD, DELETE");
   if (path == "/v1" || path.starts_with("/v1/")) {
     d.route = route_kind::other;  // transparent pass-through, any method
     return d;

@@ -110,6 +110,14 @@ bool is_websocket_upgrade(std::string_view method, unsigned version, std::string
 // Optional whitespace (spaces, tabs) around a header value or list entry removed.
 std::string_view trim_ows(std::string_view s) noexcept;
 
+// A request Transfer-Encoding value that lists only `chunked` (RFC 9112 §6.1: tollgate decodes
+// no other transfer coding; a body in one, e.g. "gzip, chunked", is refused, not relayed raw).
+bool only_chunked_coding(std::string_view transfer_encoding) noexcept;
+
+// An IMF-fixdate (RFC 9110 §5.6.7) for a Date header: "Sun, 06 Nov 1994 08:49:37 GMT", written
+// into `out` (29 characters).
+std::string_view http_date(std::int64_t unix_seconds, char (&out)[29]) noexcept;
+
 // A content coding tollgate's inflater reads (inflate.hpp): gzip, x-gzip or deflate. The one
 // list for metered responses, decoded request bodies and the Accept-Encoding offered upstream.
 bool is_decodable_coding(std::string_view coding) noexcept;

@@ -16,10 +16,12 @@
 #include <boost/beast/ssl.hpp>
 #include <boost/optional.hpp>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <mutex>
 #include <random>
 #include <set>
@@ -252,6 +254,44 @@ using client_parser = http::request_parser<http::string_body, field_allocator<ch
 // An upstream response head, and its body relayed through a caller's buffer.
 using upstream_parser = http::response_parser<http::buffer_body, field_allocator<char>>;
 
+namespace {
+
+// Every Transfer-Encoding field of the request lists only `chunked`.
+bool only_chunked_transfer(const client_request& req) noexcept {
+  auto [first, last] = req.equal_range(http::field::transfer_encoding);
+  for (auto it = first; it != last; ++it)
+    if (!only_chunked_coding(std::string_view(it->value().data(), it->value().size()))) return false;
+  return true;
+}
+
+// The Date header's value, formatted once a second per thread.
+std::string_view date_now() noexcept {
+  thread_local char text[29];
+  thread_local std::int64_t at = -1;
+  const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+  if (now != at) {
+    http_date(now, text);
+    at = now;
+  }
+  return {text, sizeof text};
+}
+
+// Trailer fields of a chunked request body: Beast's parser inserts them among the fields (after
+// the last one of the same name). RFC 9110 §6.5.1: they are not merged into the header section;
+// every field that is not one of the head's (`head_fields`, their addresses: a field is a node
+// that stays put) is dropped, so trailers neither reach the upstream nor pass for headers checked
+// with the head (Host, Authorization, x-fake-status...).
+void drop_trailers(client_request& req, const std::vector<const void*>& head_fields) {
+  for (auto it = req.begin(); it != req.end();) {
+    if (std::find(head_fields.begin(), head_fields.end(), static_cast<const void*>(&*it)) == head_fields.end())
+      it = req.erase(it);
+    else
+      ++it;
+  }
+}
+
+}  // namespace
+
 class client_session : public std::enable_shared_from_this<client_session> {
  public:
   client_session(worker& w, tcp::socket s)
@@ -403,6 +443,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   bool aborting_ = false;
   bool anthropic_errors_ = false;  // this call is on the Messages API: errors in Anthropic's shape
   bool head_request_ = false;      // this call is a HEAD: local answers send their head only
+  unsigned client_version_ = 11;   // this call's HTTP version (10 or 11): local answers speak it
+  std::size_t skipped_blank_ = 0;  // CR/LF bytes skipped before this request's line
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -507,8 +549,9 @@ awaitable<std::size_t> client_session::read_now_or_wait(asio::mutable_buffer b, 
 
 awaitable<bool> client_session::send_local(int status, std::string body, bool keep, std::string_view allow,
                                            std::string_view request_id, std::string_view content_type) {
-  http::response<http::string_body> res{static_cast<http::status>(status), 11};
+  http::response<http::string_body> res{static_cast<http::status>(status), client_version_};
   res.set(http::field::server, "tollgate");
+  res.set(http::field::date, date_now());
   res.set(http::field::content_type, content_type);
   if (!allow.empty()) res.set(http::field::allow, allow);
   if (!request_id.empty()) res.set("x-request-id", request_id);
@@ -548,6 +591,7 @@ awaitable<bool> client_session::handle_one() {
   beast::error_code ec;
   anthropic_errors_ = false;
   head_request_ = false;
+  client_version_ = 11;
   // This call's own: a local answer (a 404, /healthz) after a rate-limited call on the same
   // connection must not carry that call's x-ratelimit-* or Retry-After.
   extra_headers_.clear();
@@ -575,6 +619,20 @@ awaitable<bool> client_session::handle_one() {
   auto& req = parser.get();
   std::optional<target_parts> tp;
   route_decision rd;
+  std::vector<const void*> head_fields;  // a chunked request's head fields (its trailers are not); else empty
+  // RFC 9112 §2.2: empty lines before a request line are ignored (some clients send a CRLF after
+  // a POST body); a few, as they may arrive a byte at a time. The buffer is then parsed again.
+  if (ec && skipped_blank_ < 8 && !read_timed_out_ && ec != http::error::header_limit &&
+      ec != http::error::body_limit && buffer_.size() > 0) {
+    const auto* b = static_cast<const char*>(buffer_.data().data());
+    std::size_t blank = 0;
+    while (blank < buffer_.size() && skipped_blank_ + blank < 8 && (b[blank] == '\r' || b[blank] == '\n')) ++blank;
+    if (blank > 0) {
+      buffer_.consume(blank);
+      skipped_blank_ += blank;
+      co_return true;
+    }
+  }
   if (ec) {
     if (read_timed_out_) refuse(errc::request_timeout);
     else if (ec == http::error::header_limit) refuse(errc::headers_too_large);
@@ -594,12 +652,22 @@ awaitable<bool> client_session::handle_one() {
     c.rec.start_ms = unix_ms_now();
     c.client_version = req.version();
     c.head_request = head_request_ = req.method() == http::verb::head;
+    if (req.version() == 10) client_version_ = 10;
+    skipped_blank_ = 0;
+    // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request is faulty framing (a smuggling
+    // vector through 1.0 intermediaries): the request is answered, then the connection closed.
+    if (req.version() == 10 && req.count(http::field::transfer_encoding) != 0) req.keep_alive(false);
     take_head(req, c.head);
+    if (parser.chunked())
+      for (const auto& f : req) head_fields.push_back(&f);
     const auto& h = c.head;
     if (req.version() != 10 && req.version() != 11) refuse(errc::http_version);
     // RFC 9112 §6.3: a request whose Transfer-Encoding does not end in chunked has no knowable
     // length; answer 400 and close rather than read the rest as the next request.
     else if (h.transfer_encoding && !parser.chunked()) refuse(errc::bad_request, "Transfer-Encoding must end in chunked.");
+    // Any other transfer coding ("gzip, chunked") would be relayed still encoded, unlabelled.
+    else if (h.transfer_encoding && !only_chunked_transfer(req))
+      refuse(errc::bad_request, "Only the chunked transfer coding is supported in requests.");
     else if (h.hosts > 1) refuse(errc::duplicate_host);
     else if (h.hosts == 0 && req.version() == 11) refuse(errc::missing_host);
   }
@@ -641,6 +709,7 @@ awaitable<bool> client_session::handle_one() {
         const errc e = co_await spool_request_body(parser, c);
         if (e == errc::client_aborted) co_return false;
         // The header moved to the file parser and back: the views into it are taken again.
+        if (!head_fields.empty()) drop_trailers(req, head_fields);  // chunked
         take_head(req, c.head);
         tp = split_target(req.target());
         if (e != errc::ok) refuse(e, e == errc::body_too_large ? upload_too_large : std::string_view{});
@@ -658,6 +727,8 @@ awaitable<bool> client_session::handle_one() {
           else if (read_timed_out_) refuse(errc::request_timeout);
           else if (is_eof_like(ec)) co_return false;
           else refuse(errc::bad_request);
+        } else if (!head_fields.empty()) {  // chunked
+          drop_trailers(req, head_fields);
         }
       }
     }
@@ -1129,8 +1200,10 @@ client_session::response_shape client_session::shape_response(const upstream_par
   response_shape sh;
   // The response fields tollgate reads, in one walk (each operator[] was a search).
   std::string_view upstream_id, upstream_rid, content_type, encoding, connection_value, length_value;
+  bool has_date = false;
   for (const auto& f : ures) {
     switch (f.name()) {
+      case http::field::date: has_date = true; break;
       case http::field::content_type: keep_first(content_type, f.value()); break;
       case http::field::content_encoding: keep_first(encoding, f.value()); break;
       case http::field::connection: keep_first(connection_value, f.value()); break;
@@ -1194,6 +1267,8 @@ client_session::response_shape client_session::shape_response(const upstream_par
       if (!replaced) field(name, f.value());
     }
     field("x-request-id", rec.request_id);
+    // RFC 9110 §6.6.1: a response forwarded without a Date gets one.
+    if (!has_date) field("Date", date_now());
     for (const auto& [name, value] : extra_headers_) field(name, value);
     switch (sh.mode) {
       case framing::none:

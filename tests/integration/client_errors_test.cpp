@@ -6,7 +6,10 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
+#include <sstream>
 
 #include "support.hpp"
 
@@ -15,6 +18,11 @@ using tt::harness;
 
 namespace {
 using tt::status_of;
+bool iequal(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
 std::string body_of(const std::string& raw) {
   auto p = raw.find("\r\n\r\n");
   return p == std::string::npos ? "" : raw.substr(p + 4);
@@ -154,4 +162,106 @@ TEST_CASE("client errors: Expect 100-continue is answered before the body is rea
   CHECK(raw.rfind("HTTP/1.1 100 Continue\r\n\r\n", 0) == 0);
   CHECK(raw.find("HTTP/1.1 200 OK") != std::string::npos);
   CHECK(h.upstream->requests()[0].header("expect").empty());
+}
+
+TEST_CASE("client errors: trailer fields of a chunked request are dropped, not merged into its headers",
+          "[errors][security]") {
+  // RFC 9110 §6.5.1. Beast's parser inserts trailers among the head's fields: a trailer could
+  // then reach the upstream as a header, or pass for one checked with the head.
+  harness h;
+  const std::string trailers = "x-fake-status: 500\r\nContent-Type: text/evil\r\nAuthorization: Bearer zz\r\nX-Trail: 1\r\n\r\n";
+  SECTION("a pass-through call (its chunked body is spooled)") {
+    auto raw = tt::raw_exchange(h.port(), "POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                          "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n7\r\n{\"a\":1}\r\n0\r\n" + trailers);
+    CHECK(status_of(raw) == 200);
+  }
+  SECTION("a metered call (its chunked body is read into memory)") {
+    const std::string body = tt::chat_body();
+    std::ostringstream chunk;
+    chunk << std::hex << body.size();
+    auto raw = tt::raw_exchange(h.port(), "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                          "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunk.str() + "\r\n" +
+                                          body + "\r\n0\r\n" + trailers);
+    CHECK(status_of(raw) == 200);
+    h.flush();
+    CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE status = 200") == 1);
+  }
+  auto reqs = h.upstream->requests();
+  REQUIRE(reqs.size() == 1);
+  std::size_t content_types = 0;
+  for (const auto& [name, value] : reqs[0].headers) {
+    INFO(name << ": " << value);
+    CHECK_FALSE(iequal(name, "x-trail"));
+    CHECK_FALSE(iequal(name, "x-fake-status"));
+    if (iequal(name, "content-type")) ++content_types;
+  }
+  CHECK(content_types == 1);
+  CHECK(reqs[0].header("content-type") == "application/json");
+  CHECK(reqs[0].header("authorization") != "Bearer zz");
+}
+
+TEST_CASE("client errors: transfer codings other than chunked are refused, and HTTP/1.0 with one closes",
+          "[errors][security]") {
+  harness h;
+  // "gzip, chunked" would be relayed still gzipped, unlabelled.
+  auto raw = tt::raw_exchange(h.port(), "POST /v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                                        "7\r\n{\"a\":1}\r\n0\r\n\r\n");
+  CHECK(status_of(raw) == 400);
+  CHECK(raw.find("chunked transfer coding") != std::string::npos);
+  CHECK(h.upstream->request_count() == 0);
+  // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request is faulty framing; answered, then
+  // closed (a request pipelined behind it is not read).
+  raw = tt::raw_exchange(h.port(), "POST /v1/echo HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
+                                   "Transfer-Encoding: chunked\r\n\r\n7\r\n{\"a\":1}\r\n0\r\n\r\n"
+                                   "GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+  CHECK(status_of(raw) == 200);
+  CHECK(raw.find("HTTP/1.", 5) == std::string::npos);  // one answer only
+}
+
+TEST_CASE("client errors: empty lines before a request line are ignored", "[errors]") {
+  harness h;  // RFC 9112 §2.2: some clients send a CRLF after a POST body
+  auto raw = tt::raw_exchange(h.port(), "\r\n\r\nGET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  CHECK(status_of(raw) == 200);
+  const std::string body = tt::chat_body();
+  raw = tt::raw_exchange(h.port(), "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body +
+                                   "\r\nGET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  CHECK(status_of(raw) == 200);
+  CHECK(raw.find("HTTP/1.1 200", 5) != std::string::npos);
+  CHECK(raw.find("400") == std::string::npos);
+}
+
+TEST_CASE("client errors: tollgate's own answers speak the client's HTTP version and carry a Date", "[errors]") {
+  harness h;
+  // An HTTP/1.0 keep-alive client (ab -k) reuses a connection only if the answer says keep-alive.
+  auto raw = tt::raw_exchange(h.port(), "GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                                        "GET /nope HTTP/1.0\r\n\r\n");
+  CHECK(raw.starts_with("HTTP/1.0 200"));
+  const auto first_end = raw.find("\r\n\r\n");
+  REQUIRE(first_end != std::string::npos);
+  const std::string first_head = raw.substr(0, first_end);
+  CHECK(first_head.find("Connection: keep-alive") != std::string::npos);
+  CHECK(first_head.find("\r\nDate: ") != std::string::npos);
+  CHECK(raw.find("HTTP/1.0 404") != std::string::npos);
+  // A relayed answer without a Date (the fake upstream sends none) gets one (RFC 9110 §6.6.1).
+  raw = tt::raw_exchange(h.port(), "GET /v1/models HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  CHECK(status_of(raw) == 200);
+  CHECK(raw.substr(0, raw.find("\r\n\r\n")).find("\r\nDate: ") != std::string::npos);
+}
+
+TEST_CASE("client errors: HEAD goes wherever GET does and is relayed as a HEAD", "[errors]") {
+  harness h;
+  auto raw = tt::raw_exchange(h.port(), "HEAD /v1/models HTTP/1.1\r\nHost: a\r\n\r\n"
+                                        "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  CHECK(status_of(raw) == 200);
+  const auto head_end = raw.find("\r\n\r\n");
+  REQUIRE(head_end != std::string::npos);
+  CHECK(status_of(raw.substr(head_end + 4)) == 200);  // no body between the two answers
+  auto reqs = h.upstream->requests();
+  REQUIRE(reqs.size() == 1);
+  CHECK(reqs[0].method == "HEAD");
+  CHECK(reqs[0].target == "/v1/models");
+  raw = tt::raw_exchange(h.port(), "PUT /v1/models HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  CHECK(status_of(raw) == 405);
+  CHECK(raw.find("Allow: GET, HEAD\r\n") != std::string::npos);
 }

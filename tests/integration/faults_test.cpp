@@ -574,7 +574,7 @@ TEST_CASE("faults: refusals before a call is routed leave no row, refusals of a 
   // Ledgered: a /v1 call tollgate refused itself, with the reason.
   const std::string put = tt::raw_exchange(h.port(), "PUT /v1/chat/completions HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
   CHECK(status_of(put) == 405);
-  CHECK(put.find("Allow: GET, POST\r\n") != std::string::npos);
+  CHECK(put.find("Allow: GET, HEAD, POST\r\n") != std::string::npos);
   CHECK(raw(post_head(2, "text/plain") + "{}") == 415);
   CHECK(raw(post_head(5) + "{nope") == 400);
   CHECK(h.upstream->request_count() == 0);

@@ -29,6 +29,12 @@ TEST_CASE("http_rules: routes and methods", "[http_rules]") {
   CHECK(classify("GET", "/v1/models").route == route_kind::models);
   CHECK(classify("GET", "/v1/models/gpt-4.1").route == route_kind::models);
   CHECK_FALSE(classify("GET", "/v1/models").json_body);
+  // HEAD goes wherever GET does (RFC 9110 §9.1), and reads no body.
+  CHECK(classify("HEAD", "/v1/models").route == route_kind::models);
+  CHECK(classify("HEAD", "/v1/models/gpt-4.1").error == errc::ok);
+  CHECK(classify("HEAD", "/v1/chat/completions").route == route_kind::other);
+  CHECK_FALSE(classify("HEAD", "/v1/chat/completions").json_body);
+  CHECK(classify("HEAD", "/v1/embeddings").error == errc::method_not_allowed);
   SECTION("the other API calls on a metered or models path pass through, other methods are 405") {
     // GET /v1/chat/completions lists stored completions, DELETE /v1/models/{id} deletes a
     // fine-tuned model (both OpenAI SDK calls); OPTIONS is a browser's CORS preflight.
@@ -42,10 +48,10 @@ TEST_CASE("http_rules: routes and methods", "[http_rules]") {
       CHECK_FALSE(d.json_body);
     }
     for (const auto& [method, path, allow] : std::vector<std::tuple<std::string_view, std::string_view, std::string_view>>{
-             {"PUT", "/v1/chat/completions", "GET, POST"}, {"DELETE", "/v1/chat/completions", "GET, POST"},
+             {"PUT", "/v1/chat/completions", "GET, HEAD, POST"}, {"DELETE", "/v1/chat/completions", "GET, HEAD, POST"},
              {"GET", "/v1/completions", "POST"}, {"GET", "/v1/embeddings", "POST"}, {"GET", "/v1/responses", "POST"},
-             {"GET", "/v1/messages", "POST"}, {"POST", "/v1/models", "GET"}, {"DELETE", "/v1/models", "GET"},
-             {"HEAD", "/v1/models", "GET"}, {"POST", "/v1/models/gpt-4.1", "GET, DELETE"}}) {
+             {"GET", "/v1/messages", "POST"}, {"POST", "/v1/models", "GET, HEAD"}, {"DELETE", "/v1/models", "GET, HEAD"},
+             {"HEAD", "/v1/embeddings", "POST"}, {"POST", "/v1/models/gpt-4.1", "GET, HEAD, DELETE"}}) {
       CAPTURE(method, path);
       const auto d = classify(method, path);
       CHECK(d.error == errc::method_not_allowed);
@@ -369,6 +375,26 @@ TEST_CASE("http_rules: header-name checks agree with a scan of their lists", "[h
     CHECK(is_hop_by_hop(n) == in(hop, n));
     CHECK(is_safe_response_header(n) == safe_ref(n));
   }
+}
+
+TEST_CASE("http_rules: a request may use the chunked transfer coding only", "[http_rules]") {
+  for (std::string_view ok : {"chunked", "Chunked", " chunked ", "chunked,", ", chunked"}) {
+    CAPTURE(ok);
+    CHECK(only_chunked_coding(ok));
+  }
+  for (std::string_view bad : {"", "gzip, chunked", "chunked, gzip", "identity", "x-chunked", ",", "deflate"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(only_chunked_coding(bad));
+  }
+}
+
+TEST_CASE("http_rules: http_date writes IMF-fixdate", "[http_rules]") {
+  char buf[29];
+  CHECK(http_date(784111777, buf) == "Sun, 06 Nov 1994 08:49:37 GMT");  // RFC 9110's example
+  CHECK(http_date(0, buf) == "Thu, 01 Jan 1970 00:00:00 GMT");
+  CHECK(http_date(951782400, buf) == "Tue, 29 Feb 2000 00:00:00 GMT");
+  CHECK(http_date(1798761599, buf) == "Thu, 31 Dec 2026 23:59:59 GMT");
+  CHECK(http_date(4102444800, buf) == "Fri, 01 Jan 2100 00:00:00 GMT");
 }
 
 TEST_CASE("error: every code maps to a status and an OpenAI-shaped body", "[error]") {
