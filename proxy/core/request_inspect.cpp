@@ -899,3 +899,108 @@ std::string replace_model(std::string_view body, std::string_view model, const r
 }
 
 }  // namespace tollgate
+
+namespace tollgate {
+
+namespace {
+
+bool iequal_ascii(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
+
+std::string_view trim_spaces(std::string_view s) noexcept {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+// The value of parameter `name` in a header value `type; a=b; name="v"` ("" when absent).
+std::string_view header_param(std::string_view value, std::string_view name) noexcept {
+  std::size_t i = value.find(';');
+  while (i != std::string_view::npos) {
+    const std::size_t eq = value.find('=', i + 1);
+    if (eq == std::string_view::npos) return {};
+    const std::string_view key = trim_spaces(value.substr(i + 1, eq - i - 1));
+    std::size_t v = eq + 1;
+    while (v < value.size() && (value[v] == ' ' || value[v] == '\t')) ++v;
+    std::string_view found;
+    std::size_t next;
+    if (v < value.size() && value[v] == '"') {  // a quoted value may hold ';'
+      const std::size_t close = value.find('"', v + 1);
+      if (close == std::string_view::npos) return {};
+      found = value.substr(v + 1, close - v - 1);
+      next = value.find(';', close);
+    } else {
+      next = value.find(';', v);
+      found = trim_spaces(value.substr(v, next == std::string_view::npos ? std::string_view::npos : next - v));
+    }
+    if (iequal_ascii(key, name)) return found;
+    i = next;
+  }
+  return {};
+}
+
+}  // namespace
+
+form_facts inspect_form(std::string_view body, std::string_view content_type) {
+  form_facts f;
+  const std::string_view type = trim_spaces(content_type.substr(0, content_type.find(';')));
+  if (!iequal_ascii(type, "multipart/form-data")) return f;
+  const std::string_view boundary = header_param(content_type, "boundary");
+  if (boundary.empty() || boundary.size() > 200) return f;
+  const std::string delim = "--" + std::string(boundary);
+  const std::string next_delim = "\r\n" + delim;
+  constexpr std::size_t big_part = 256 * 1024, window = 64 * 1024, max_head = 4096;
+  bool has_stream = false;
+  std::size_t pos = body.starts_with(delim) ? 0 : body.find(next_delim);
+  if (pos == std::string_view::npos) return f;
+  if (pos != 0) pos += 2;
+  while (!(f.has_model && has_stream)) {
+    pos += delim.size();
+    if (body.substr(pos, 2) == "--") break;  // the closing delimiter
+    const std::size_t head_start = body.find("\r\n", pos);
+    if (head_start == std::string_view::npos) break;
+    const std::size_t head_end = body.substr(0, std::min(body.size(), head_start + max_head)).find("\r\n\r\n", head_start);
+    if (head_end == std::string_view::npos) break;
+    // The part's name, from its Content-Disposition.
+    std::string_view name;
+    for (std::string_view head = body.substr(head_start + 2, head_end - head_start - 2); !head.empty();) {
+      const std::size_t eol = head.find("\r\n");
+      const std::string_view line = head.substr(0, eol);
+      const std::size_t colon = line.find(':');
+      if (colon != std::string_view::npos && iequal_ascii(trim_spaces(line.substr(0, colon)), "content-disposition"))
+        name = header_param(line.substr(colon + 1), "name");
+      if (eol == std::string_view::npos) break;
+      head.remove_prefix(eol + 2);
+    }
+    const std::size_t content = head_end + 4;
+    const bool wanted = name == "model" || name == "stream";
+    std::size_t end;
+    if (wanted || body.size() - content <= big_part) {
+      end = body.find(next_delim, content);
+    } else {
+      end = body.substr(0, content + window).find(next_delim, content);
+      if (end == std::string_view::npos) end = body.find(next_delim, std::max(content, body.size() - window));
+    }
+    if (end == std::string_view::npos) break;
+    const std::string_view value = body.substr(content, end - content);
+    if (name == "model" && !f.has_model && value.size() <= 256) {
+      f.has_model = true;
+      f.model = std::string(value);
+    } else if (name == "stream") {
+      has_stream = true;
+      f.stream = iequal_ascii(trim_spaces(value), "true");
+    }
+    pos = end + 2;
+  }
+  return f;
+}
+
+}  // namespace tollgate

@@ -52,6 +52,18 @@ request_facts inspect_request(std::string_view body, int max_depth = default_max
 // MP4, WebM).
 std::int64_t binary_payload_tokens(std::string_view s) noexcept;
 
+// The `model` and `stream` fields of a multipart/form-data body (audio transcriptions and
+// translations, image edits): what the ledger needs of a pass-through call it may still price.
+// Bounded work on large bodies: a part over 256 KiB (the file) is skipped by looking for the next
+// boundary in its first 64 KiB, then in the body's last 64 KiB, so fields sent after a large file
+// are found when they lie at the end (the OpenAI SDKs send them before or right after it).
+struct form_facts {
+  bool has_model = false;
+  std::string model;
+  bool stream = false;
+};
+form_facts inspect_form(std::string_view body, std::string_view content_type);
+
 // Returns the body with stream_options.include_usage = true, everything else unchanged (byte-exact).
 // When there is no stream_options, inserts `"stream_options":{"include_usage":true},` right
 // after the opening brace; when stream_options exists, sets include_usage in it (a non-object

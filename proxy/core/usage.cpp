@@ -474,6 +474,7 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
       has_usage_ = true;
     }
     if (!is_array(choices)) return true;
+    known_kind_ = true;
     std::size_t n_choices = 0;
     bool tools = false;
     text_members texts(streamed_text_);
@@ -687,6 +688,31 @@ void stream_meter::on_messages(const Node& j, std::string_view type) {
   }
 }
 
+// Typed events of other streams: image generation and edits (`image_generation.partial_image`
+// ... `image_generation.completed`), transcriptions (`transcript.text.delta` ...
+// `transcript.text.done`) and speech (`speech.audio.delta` ... `speech.audio.done`). Their last
+// event carries the call's usage, shaped like the Responses API's (input_tokens, output_tokens).
+template <class Node>
+void stream_meter::on_media(const Node& j, std::string_view type) {
+  const bool last = type.ends_with(".completed") || type.ends_with(".done");
+  if (type.starts_with("image_generation.") || type.starts_with("image_edit.") ||
+      type.starts_with("transcript.text.") || type.starts_with("speech.audio."))
+    known_kind_ = true;
+  if (type == "transcript.text.delta") {
+    text_members texts(streamed_text_);
+    texts.add("delta", member(j, "delta"));
+  }
+  if (!last) return;
+  if (const auto t = usage_by_shape(j, member(j, "usage"))) {
+    usage_ = *t;
+    has_usage_ = true;
+    known_kind_ = true;
+    saw_done_ = true;
+  } else if (known_kind_) {
+    saw_done_ = true;
+  }
+}
+
 template <class Node>
 bool stream_meter::on_document(const Node& j, const sse_event& ev) {
   if (!is_object(j)) {
@@ -707,11 +733,17 @@ bool stream_meter::on_document(const Node& j, const sse_event& ev) {
     default:
       // An unknown route may still be a typed stream; chat chunks carry no `type`.
       if (type.starts_with("response.")) {
+        known_kind_ = true;
         on_responses(j, type);
         return true;
       }
       if (type.starts_with("message_") || type.starts_with("content_block_")) {
+        known_kind_ = true;
         on_messages(j, type);
+        return true;
+      }
+      if (!type.empty()) {
+        on_media(j, type);
         return true;
       }
       return on_chat(j, ev);

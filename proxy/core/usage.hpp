@@ -75,6 +75,10 @@ class stream_meter {
   const std::string& model() const noexcept { return model_; }
   const std::string& id() const noexcept { return id_; }
   bool saw_done() const noexcept { return saw_done_; }   // `data: [DONE]`, response.completed or message_stop
+  // Whether the stream is of a kind whose end tollgate knows (a chat, Responses, Anthropic or
+  // media stream; every stream of a metered route), so that an end without it is a truncation.
+  // A stream of an API tollgate does not know, on a pass-through path, ends when its body does.
+  bool knows_end() const noexcept { return route_ != route_kind::other || known_kind_; }
   bool saw_error() const noexcept { return saw_error_; } // an `error` event / data: {"error":...}
   // Completion tokens estimated from the streamed text (content, reasoning, tool-call arguments).
   std::int64_t estimated_completion_tokens() const noexcept;
@@ -88,6 +92,7 @@ class stream_meter {
   template <class Node> bool on_chat(const Node& j, const sse_event& ev);
   template <class Node> void on_responses(const Node& j, std::string_view type);
   template <class Node> void on_messages(const Node& j, std::string_view type);
+  template <class Node> void on_media(const Node& j, std::string_view type);
   template <class Node> void note_model_id(const Node& obj);
   template <class Node> void note_model_id(const Node& model, const Node& id);
   // Chunk frames (usage.cpp): the bytes around the one text value (and the `obfuscation` and
@@ -104,6 +109,7 @@ class stream_meter {
   std::string id_;
   bool saw_done_ = false;
   bool saw_error_ = false;
+  bool known_kind_ = false;  // route other: an event of a stream kind tollgate knows was seen
   // Character classes of all streamed text, so the estimate is taken over the whole text
   // rather than rounded up once per delta (a delta is often a single short token).
   text_tally streamed_text_;

@@ -50,6 +50,9 @@ using namespace std::literals;
 namespace {
 
 constexpr auto local_write_timeout = 30s;
+// A pass-through JSON body is read for its model (admit) up to this size: an image request is
+// small; a larger body would cost the I/O thread more than its ledger row is worth.
+constexpr std::size_t pass_through_inspect_limit = 1 << 20;
 constexpr std::string_view upload_too_large =
     "Request body exceeds the configured limit for uploads (server.max_upload_bytes).";
 // A stored upload goes upstream in writes of this size (see send_spooled).
@@ -1051,6 +1054,21 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     rec.requested_model = c.facts.model;
     rec.stream = c.facts.stream;
     rec.user = c.facts.user.size() <= 256 ? c.facts.user : c.facts.user.substr(0, 256);
+  } else if (rd.route == route_kind::other && c.meter && !req.body().empty()) {
+    // A pass-through call that may still bring usage (image generation, audio): the model it
+    // asked for, so the ledger can price it (these replies name none). Read only, never
+    // refused: the body is the upstream's business. Not for routing (c.facts stays empty).
+    if (is_json_content_type(c.head.content_type) && c.head.content_encoding.empty() &&
+        req.body().size() <= pass_through_inspect_limit) {
+      const auto facts = inspect_request(req.body(), default_max_depth, false);
+      if (facts.problem == request_problem::none && facts.has_model) {
+        rec.requested_model = facts.model.substr(0, 256);
+        rec.stream = facts.stream;
+      }
+    } else if (auto form = inspect_form(req.body(), c.head.content_type); form.has_model) {
+      rec.requested_model = std::move(form.model);
+      rec.stream = form.stream;
+    }
   }
   if (st_.draining.load(std::memory_order_relaxed)) return a.refuse(errc::shutting_down, {});
 
@@ -1727,7 +1745,8 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
         rec.source = usage_source::estimated;
       }
     }
-    if (c.error == errc::ok && !meter->saw_done()) c.error = errc::upstream_stream_truncated;
+    if (c.error == errc::ok && !meter->saw_done() && meter->knows_end()) c.error = errc::upstream_stream_truncated;
+    if (rec.route == route_kind::other) rec.stream = true;  // its request was not read
     if (c.error != errc::ok) {
       rec.aborted = true;
       if (!meter->has_usage()) {

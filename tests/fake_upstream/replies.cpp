@@ -848,11 +848,25 @@ reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t req
                             {"endpoint", "/v1/chat/completions"},
                             {"status", "in_progress"},
                             {"usage", {{"input_tokens", 50000}, {"output_tokens", 20000}, {"total_tokens", 70000}}}});
-  if (req.method == "POST" && route == "/images/generations")
-    return json_reply(200, {{"created", 1764460800},
-                            {"data", json::array({{{"b64_json", "aGVsbG8="}}})},
-                            {"usage", {{"input_tokens", 12}, {"output_tokens", 4160}, {"total_tokens", 4172},
-                                       {"input_tokens_details", {{"text_tokens", 12}, {"image_tokens", 0}}}}}});
+  if (req.method == "POST" && route == "/images/generations") {
+    const json usage = {{"input_tokens", 12}, {"output_tokens", 4160}, {"total_tokens", 4172},
+                        {"input_tokens_details", {{"text_tokens", 12}, {"image_tokens", 0}}}};
+    const json body = json::parse(req.body, nullptr, false);
+    if (!(body.is_object() && body.value("stream", false) == true))
+      return json_reply(200, {{"created", 1764460800}, {"data", json::array({{{"b64_json", "aGVsbG8="}}})}, {"usage", usage}});
+    // Streamed (`stream: true`): partial images, then image_generation.completed with the usage.
+    std::vector<sse_event> events;
+    for (int i = 0; i < 2; ++i)
+      events.push_back({typed_event("image_generation.partial_image",
+                                    ojson{{"type", "image_generation.partial_image"}, {"b64_json", "aGVsbG8="},
+                                         {"partial_image_index", i}}),
+                        i == 0 ? std::chrono::milliseconds{0} : k.chunk_interval});
+    events.push_back({typed_event("image_generation.completed",
+                                  ojson{{"type", "image_generation.completed"}, {"b64_json", "aGVsbG8="},
+                                        {"usage", ojson::parse(usage.dump())}}),
+                      k.chunk_interval});
+    return stream_reply(std::move(events), {});
+  }
   if (req.method == "POST" && (route == "/files" || route == "/audio/transcriptions" || route == "/audio/translations"))
     if (auto r = upload_reply(req, route, request_number)) return std::move(*r);
   if (req.method == "POST" && (route == "/uploads" || route.starts_with("/uploads/")))

@@ -322,6 +322,17 @@ TEST_CASE("relay: usage in a retrieved or updated stored object is not metered a
   h.flush();
   CHECK(h.query_text("SELECT usage_source || ' ' || prompt_tokens || ' ' || completion_tokens FROM calls "
                      "ORDER BY id DESC LIMIT 1") == "upstream 12 4160");
+  // Its model is read from the request (the reply names none), so a price can apply.
+  CHECK(h.query_text("SELECT requested_model || ' ' || stream FROM calls ORDER BY id DESC LIMIT 1") == "gpt-image-1 0");
+  // Streamed, the usage comes on image_generation.completed, and the stream is complete.
+  tt::stream_client s(h.port(), "/v1/images/generations", R"({"model":"gpt-image-1","prompt":"a gate","stream":true})");
+  const auto events = s.read_all();
+  CHECK(events.find("image_generation.completed") != std::string::npos);
+  CHECK(s.ended_cleanly());
+  h.flush();
+  CHECK(h.query_text("SELECT requested_model || ' ' || stream || ' ' || aborted || ' ' || COALESCE(error_kind, '-') || ' ' || "
+                     "usage_source || ' ' || prompt_tokens || ' ' || completion_tokens FROM calls ORDER BY id DESC LIMIT 1") ==
+        "gpt-image-1 1 0 - upstream 12 4160");
 }
 
 TEST_CASE("relay: a background response is metered once, by the first retrieval that sees it finished",

@@ -127,6 +127,26 @@ TEST_CASE("uploads: a chunked upload is stored and sent with its Content-Length,
   CHECK(got.header("expect").empty());
 }
 
+TEST_CASE("uploads: a transcription's model is read from its form fields, before or after the file", "[uploads]") {
+  harness h;
+  const std::string file = file_bytes(300 * 1024 + 1);
+  auto field = [](std::string_view name, std::string_view value) {
+    return "--" + std::string(boundary) + "\r\nContent-Disposition: form-data; name=\"" + std::string(name) + "\"\r\n\r\n" +
+           std::string(value) + "\r\n";
+  };
+  const std::string file_part = "--" + std::string(boundary) +
+                                "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n"
+                                "Content-Type: audio/mpeg\r\n\r\n" + file + "\r\n";
+  const std::string end = "--" + std::string(boundary) + "--\r\n";
+  for (const std::string& body : {field("model", "gpt-4o-transcribe") + file_part + end,     // the Python SDK's order
+                                  file_part + field("model", "gpt-4o-transcribe") + end}) {  // the Node SDK's
+    auto r = tt::request(h.port(), "POST", "/v1/audio/transcriptions", body, {{"Content-Type", multipart_type}});
+    CHECK(r.status == 200);
+  }
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE requested_model = 'gpt-4o-transcribe'") == 2);
+}
+
 TEST_CASE("uploads: a body above max_upload_bytes is refused with 413 and nothing goes upstream", "[uploads]") {
   harness h(small_bodies([](tollgate::config& c) { c.max_upload_bytes = 1024 * 1024; }));
   const std::string head = "POST /v1/files HTTP/1.1\r\nHost: a\r\nContent-Type: " + multipart_type + "\r\n";

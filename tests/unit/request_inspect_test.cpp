@@ -554,3 +554,37 @@ TEST_CASE("the rewrites edit one value in place and keep every other byte", "[re
     CHECK(with_usage.size() == big.size() + 20);
   }
 }
+
+TEST_CASE("inspect_form: model and stream of a multipart body, before or after a large file", "[inspect][form]") {
+  const std::string ct = "multipart/form-data; boundary=----formdata-undici-0123";
+  auto part = [](std::string_view name, std::string_view value, bool file = false) {
+    std::string p = "------formdata-undici-0123\r\nContent-Disposition: form-data; name=\"" + std::string(name) + "\"";
+    if (file) p += "; filename=\"a;b.wav\"\r\nContent-Type: audio/wav";
+    return p + "\r\n\r\n" + std::string(value) + "\r\n";
+  };
+  const std::string end = "------formdata-undici-0123--\r\n";
+  SECTION("fields first (the Python SDK)") {
+    const auto f = inspect_form(part("model", "gpt-4o-transcribe") + part("stream", "true") +
+                                    part("file", std::string(3'000'000, 'x'), true) + end, ct);
+    CHECK(f.has_model);
+    CHECK(f.model == "gpt-4o-transcribe");
+    CHECK(f.stream);
+  }
+  SECTION("a large file first (the Node SDK: object key order); the fields are at the end") {
+    std::string file(3'000'000, 'x');
+    file[1'000'000] = '\r';  // a stray CRLF-- inside the file is not a boundary
+    const auto f = inspect_form(part("file", file, true) + part("model", "whisper-1") + part("response_format", "json") + end, ct);
+    CHECK(f.model == "whisper-1");
+    CHECK_FALSE(f.stream);
+  }
+  SECTION("quoted boundary, unquoted name, LF-only bodies and other types give what they can") {
+    const auto f = inspect_form("--b\r\nContent-Disposition: form-data; name=model\r\n\r\ngpt-image-1\r\n--b--\r\n",
+                                "multipart/form-data; boundary=\"b\"");
+    CHECK(f.model == "gpt-image-1");
+    CHECK_FALSE(inspect_form("--b\nContent-Disposition: form-data; name=model\n\nx\n--b--", "multipart/form-data; boundary=b").has_model);
+    CHECK_FALSE(inspect_form(part("model", "x") + end, "application/json").has_model);
+    CHECK_FALSE(inspect_form(part("model", "x") + end, "multipart/form-data").has_model);
+    CHECK_FALSE(inspect_form("", ct).has_model);
+    CHECK_FALSE(inspect_form("------formdata-undici-0123\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nunterminated", ct).has_model);
+  }
+}

@@ -761,3 +761,55 @@ TEST_CASE("stream_meter: chunks read through a frame meter exactly as parsed one
     CHECK(m.saw_error());
   }
 }
+
+TEST_CASE("stream_meter: image, transcription and speech streams end with their usage event", "[usage][stream]") {
+  // Shapes as in the OpenAI API reference (image_generation.completed, transcript.text.done,
+  // speech.audio.done): usage on the last event, Responses-style.
+  SECTION("image generation") {
+    stream_meter m(route_kind::other, false);
+    relay(m, typed_event("image_generation.partial_image",
+                         R"({"type":"image_generation.partial_image","b64_json":"iVBORw0K","partial_image_index":0})") +
+                 typed_event("image_generation.completed",
+                             R"({"type":"image_generation.completed","b64_json":"iVBORw0K","usage":{"total_tokens":4172,"input_tokens":12,"output_tokens":4160,"input_tokens_details":{"text_tokens":12,"image_tokens":0}}})"));
+    REQUIRE(m.has_usage());
+    CHECK(m.usage().prompt == 12);
+    CHECK(m.usage().completion == 4160);
+    CHECK(m.saw_done());
+    CHECK(m.knows_end());
+  }
+  SECTION("transcription: cut before transcript.text.done, it is a known stream without its end") {
+    stream_meter m(route_kind::other, false);
+    const std::string delta = typed_event("transcript.text.delta", R"({"type":"transcript.text.delta","delta":"Hello there"})");
+    relay(m, delta);
+    CHECK_FALSE(m.saw_done());
+    CHECK(m.knows_end());
+    CHECK(m.estimated_completion_tokens() == 3);
+    relay(m, typed_event("transcript.text.done",
+                         R"({"type":"transcript.text.done","text":"Hello there","usage":{"type":"tokens","input_tokens":14,"input_token_details":{"text_tokens":0,"audio_tokens":14},"output_tokens":45,"total_tokens":59}})"));
+    CHECK(m.saw_done());
+    CHECK(m.usage().prompt == 14);
+    CHECK(m.usage().completion == 45);
+  }
+  SECTION("speech") {
+    stream_meter m(route_kind::other, false);
+    relay(m, typed_event("speech.audio.delta", R"({"type":"speech.audio.delta","audio":"UklGRg=="})") +
+                 typed_event("speech.audio.done",
+                             R"({"type":"speech.audio.done","usage":{"input_tokens":14,"output_tokens":101,"total_tokens":115}})"));
+    CHECK(m.saw_done());
+    CHECK(m.usage().completion == 101);
+  }
+  SECTION("a typed stream of an API tollgate does not know ends when its body does") {
+    stream_meter m(route_kind::other, false);
+    relay(m, typed_event("thing.progress", R"({"type":"thing.progress","pct":50})") +
+                 typed_event("thing.done", R"({"type":"thing.done"})"));
+    CHECK_FALSE(m.has_usage());
+    CHECK_FALSE(m.saw_done());
+    CHECK_FALSE(m.knows_end());
+  }
+  SECTION("chat chunks on a pass-through path still need their [DONE]") {
+    stream_meter m(route_kind::other, false);
+    relay(m, "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n");
+    CHECK(m.knows_end());
+    CHECK_FALSE(m.saw_done());
+  }
+}
