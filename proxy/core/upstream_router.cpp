@@ -32,26 +32,31 @@ bool glob_match(std::string_view p, std::string_view s) noexcept {
 upstream_router::upstream_router(std::vector<upstream_config> upstreams, std::vector<route_rule> rules)
     : upstreams_(std::move(upstreams)), rules_(std::move(rules)) {}
 
-route_plan upstream_router::plan(std::string_view path, std::string_view model, std::uint64_t random) const {
+route_plan upstream_router::plan(std::string_view path, std::string_view model, std::uint64_t random,
+                                 bool anthropic_client) const {
   route_plan out;
   const bool anthropic_api = path.starts_with("/v1/messages");
-  auto fits = [&](const upstream_config& u) { return u.protocol == upstream_protocol::openai || anthropic_api; };
-
-  std::vector<std::uint16_t> candidates;
   const route_rule* rule = nullptr;
   for (const auto& r : rules_)
     if (glob_match(r.model, model)) {
       rule = &r;
       break;
     }
-  if (rule && !rule->upstreams.empty()) {
-    for (const auto& name : rule->upstreams)
+  std::vector<std::uint16_t> candidates;
+  auto gather = [&](auto fits) {
+    if (rule && !rule->upstreams.empty()) {
+      for (const auto& name : rule->upstreams)
+        for (std::size_t i = 0; i < upstreams_.size(); ++i)
+          if (upstreams_[i].name == name && fits(upstreams_[i])) candidates.push_back(static_cast<std::uint16_t>(i));
+    } else {
       for (std::size_t i = 0; i < upstreams_.size(); ++i)
-        if (upstreams_[i].name == name && fits(upstreams_[i])) candidates.push_back(static_cast<std::uint16_t>(i));
-  } else {
-    for (std::size_t i = 0; i < upstreams_.size(); ++i)
-      if (fits(upstreams_[i])) candidates.push_back(static_cast<std::uint16_t>(i));
-  }
+        if (fits(upstreams_[i])) candidates.push_back(static_cast<std::uint16_t>(i));
+    }
+  };
+  if (anthropic_client && !anthropic_api)
+    gather([](const upstream_config& u) { return u.protocol == upstream_protocol::anthropic; });
+  if (candidates.empty())
+    gather([&](const upstream_config& u) { return u.protocol == upstream_protocol::openai || anthropic_api; });
   if (rule) out.rewrite = rule->rewrite;
 
   // Weighted draw without replacement among positive weights (a small splitmix64 stream from

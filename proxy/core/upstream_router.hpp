@@ -27,10 +27,14 @@ class upstream_router {
   upstream_router(std::vector<upstream_config> upstreams, std::vector<route_rule> rules);
 
   // Upstreams able to serve `path` (e.g. "/v1/messages") for `model`, first matching rule wins
-  // (no rule matches: every upstream). Anthropic-protocol upstreams serve only /v1/messages*.
+  // (no rule matches: every upstream). Anthropic-protocol upstreams serve /v1/messages*, and an
+  // Anthropic client's other calls (`anthropic_client`: it sent anthropic-version, as the
+  // Anthropic SDKs do on every call: models, files, batches); those go to them alone when there
+  // are any, else where OpenAI-protocol calls go.
   // Among the candidates, positive weights are balanced with `random` (any uniform 64-bit value):
   // the order is a weighted draw without replacement, zero-weight upstreams last (backups).
-  route_plan plan(std::string_view path, std::string_view model, std::uint64_t random) const;
+  route_plan plan(std::string_view path, std::string_view model, std::uint64_t random,
+                  bool anthropic_client = false) const;
 
   const std::vector<upstream_config>& upstreams() const noexcept { return upstreams_; }
 

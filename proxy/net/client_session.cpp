@@ -339,6 +339,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
       // Each the first field of its name; a null data() when absent (an empty value is present).
       std::string_view expect, request_id, api_key, authorization, content_type, content_encoding;
       std::string_view connection, upgrade;
+      std::string_view anthropic_version;  // an Anthropic SDK sends it on every call
     } head;
     bool body_decoded = false;  // a gzip/deflate request body was decoded in place (admit)
     bool websocket = false;     // a WebSocket opening handshake on a pass-through path (tunnel)
@@ -832,6 +833,8 @@ void client_session::take_head(const client_request& req, call::head_fields& h) 
           keep_first(h.request_id, f.value());
         } else if (iequals(name, "x-api-key")) {
           keep_first(h.api_key, f.value());
+        } else if (iequals(name, "anthropic-version")) {
+          keep_first(h.anthropic_version, f.value());
         }
         break;
       }
@@ -888,7 +891,8 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
                                       const target_parts& tp, call& c) {
   bool keep = req.keep_alive() && !st_.draining.load(std::memory_order_relaxed);
   auto& rec = c.rec;
-  anthropic_errors_ = tp.path.starts_with("/v1/messages");
+  // Errors in Anthropic's shape on the Messages API, and for an Anthropic client's other calls.
+  anthropic_errors_ = tp.path.starts_with("/v1/messages") || !c.head.anthropic_version.empty();
   rec.route = rd.route;
   rec.method = std::string(req.method_string());
   c.meter = usage_is_new_spend(rd.route, req.method_string(), tp.path);
@@ -1074,7 +1078,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
 
   // Routing: the upstreams to try, in order, and the model to send them.
   thread_local std::mt19937_64 route_rng{std::random_device{}()};
-  route_plan plan = st_.router->plan(tp.path, c.facts.model, route_rng());
+  route_plan plan = st_.router->plan(tp.path, c.facts.model, route_rng(), !c.head.anthropic_version.empty());
   if (plan.order.empty()) {
     std::string msg = "No configured upstream serves " + std::string(tp.path);
     if (!c.facts.model.empty()) msg += " for model '" + c.facts.model + "'";
@@ -1140,7 +1144,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
           .str("from", send_model)
           .str("to", d.reroute_model);
       send_model = d.reroute_model;
-      plan = st_.router->plan(tp.path, send_model, route_rng());
+      plan = st_.router->plan(tp.path, send_model, route_rng(), !c.head.anthropic_version.empty());
       if (!plan.rewrite.empty()) send_model = plan.rewrite;
       if (plan.order.empty())
         return a.refuse(errc::no_upstream, "No configured upstream serves the fallback model '" + send_model + "'.");

@@ -172,6 +172,19 @@ TEST_CASE("routing: model globs pick upstreams, rewrite the model, and respect t
     CHECK(got.header("authorization").empty());
     CHECK(got.header("anthropic-version") == "2023-06-01");  // added: the native API requires it
   }
+  SECTION("an Anthropic client's other calls (models.list) go to the anthropic upstream, an OpenAI client's to the relay") {
+    auto r = tt::request(h.port(), "GET", "/v1/models?limit=20", {},
+                         {{"x-api-key", "client-secret"}, {"anthropic-version", "2023-06-01"}});
+    CHECK(r.status == 200);
+    REQUIRE(claude->request_count() == 1);
+    auto got = claude->requests()[0];
+    CHECK(got.target == "/v1/models?limit=20");
+    CHECK(got.header("x-api-key") == "key-anthropic");
+    CHECK(h.upstream->request_count() == 0);
+    CHECK(tt::request(h.port(), "GET", "/v1/models").status == 200);
+    CHECK(h.upstream->request_count() == 1);
+    CHECK(claude->request_count() == 1);
+  }
   SECTION("an OpenAI route is never sent to an anthropic-protocol upstream") {
     auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("claude-sonnet-4.5"));
     CHECK(r.status == 404);

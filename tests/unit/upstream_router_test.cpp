@@ -65,6 +65,13 @@ TEST_CASE("upstream_router: the first matching rule picks upstreams and the rewr
   SECTION("count_tokens is part of the Messages API") {
     CHECK(r.plan("/v1/messages/count_tokens", "x", 1).order.size() == 3);
   }
+  SECTION("an Anthropic client's other calls (models, files) go to the Anthropic upstreams alone") {
+    CHECK(names(r, r.plan("/v1/models", "", 1, true)) == std::vector<std::string>{"anthropic"});
+    CHECK(r.plan("/v1/models", "", 1, false).order.size() == 2);  // an OpenAI client's: the others
+    CHECK(r.plan("/v1/messages", "m", 1, true).order.size() == 3);
+    upstream_router openai_only({up("relay")}, {});
+    CHECK(names(openai_only, openai_only.plan("/v1/models", "", 1, true)) == std::vector<std::string>{"relay"});
+  }
 }
 
 TEST_CASE("upstream_router: weights balance the first pick, zero weight is a backup", "[router]") {
