@@ -633,7 +633,9 @@ bool stream_meter::through_frame(std::string_view data) {
 template <class Node>
 void stream_meter::on_responses(const Node& j, std::string_view type) {
   if (type == "response.created" || type == "response.in_progress") {
-    note_model_id(member(j, "response"));
+    const auto& response = member(j, "response");
+    note_model_id(response);
+    if (is_true(member(response, "background"))) background_ = true;
   } else if (type == "response.output_text.delta" || type == "response.reasoning_summary_text.delta" ||
              type == "response.reasoning_text.delta" || type == "response.refusal.delta" ||
              type == "response.function_call_arguments.delta") {

@@ -80,6 +80,9 @@ class stream_meter {
   // A stream of an API tollgate does not know, on a pass-through path, ends when its body does.
   bool knows_end() const noexcept { return route_ != route_kind::other || known_kind_; }
   bool saw_error() const noexcept { return saw_error_; } // an `error` event / data: {"error":...}
+  // A Responses stream whose response.created says `background: true`: cut before it completes,
+  // the response goes on upstream and its usage comes with a later retrieval.
+  bool background() const noexcept { return background_; }
   // Completion tokens estimated from the streamed text (content, reasoning, tool-call arguments).
   std::int64_t estimated_completion_tokens() const noexcept;
   // Events read through a chunk frame instead of a parse (usage.cpp), for tests and benchmarks.
@@ -109,6 +112,7 @@ class stream_meter {
   std::string id_;
   bool saw_done_ = false;
   bool saw_error_ = false;
+  bool background_ = false;
   bool known_kind_ = false;  // route other: an event of a stream kind tollgate knows was seen
   // Character classes of all streamed text, so the estimate is taken over the whole text
   // rather than rounded up once per delta (a delta is often a single short token).

@@ -1759,6 +1759,15 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
         rec.source = usage_source::estimated;
       }
     }
+    // A background response streamed at its creation and cut before response.completed runs on
+    // upstream to its end: like a non-stream create that answered `queued`, it is metered by the
+    // first retrieval that sees it finished (a resumed stream, a poll), not estimated here.
+    if (meter->background() && !meter->has_usage() && !meter->id().empty() && c.background_id.empty() &&
+        rec.route == route_kind::responses) {
+      st_.background_responses.add(meter->id());
+      rec.tokens = {};
+      rec.source = usage_source::none;
+    }
   } else if (metered && !parse_.empty() && !parse_overflow && (c.error == errc::ok)) {
     auto rf = extract_response(rec.route, parse_);
     // A background response answers `queued`: its usage comes with a later retrieval.

@@ -480,7 +480,9 @@ reply embeddings_reply(const json& body, const knobs& k) {
 
 reply responses_reply(const json& body, const knobs& k, std::uint64_t n) {
   const std::string model = string_field(body, "model", "fake-model");
-  const std::string resp_id = "resp_fake" + std::to_string(n);
+  const bool background = field(body, "background").is_boolean() && field(body, "background").get<bool>();
+  // A background response's id is one GET /responses/resp_bg_* answers later (streamed or not).
+  const std::string resp_id = (background ? "resp_bg_" : "resp_fake") + std::to_string(n);
   const std::string msg_id = "msg_fake" + std::to_string(n);
   const auto pieces = content_pieces(k);
   const std::string text = join(pieces);
@@ -509,18 +511,14 @@ reply responses_reply(const json& body, const knobs& k, std::uint64_t n) {
                {"tool_choice", "auto"},
                {"tools", ojson::array()},
                {"text", {{"format", {{"type", "text"}}}}}};
+    if (background) r["background"] = true;
     r["usage"] = with_usage && k.usage != usage_mode::none ? responses_usage(t) : ojson(nullptr);
     return r;
   };
   const ojson done_item = item("completed", ojson::array({part(text)}));
 
-  if (field(body, "background").is_boolean() && field(body, "background").get<bool>() && !wants_stream(body, k)) {
-    // Background mode: queued now, no usage; GET /responses/resp_bg_* later says completed.
-    ojson queued = response("queued", ojson::array(), false);
-    queued["id"] = "resp_bg_" + std::to_string(n);
-    queued["background"] = true;
-    return json_reply(200, queued);
-  }
+  if (background && !wants_stream(body, k))  // queued now, no usage; GET /responses/resp_bg_* later says completed
+    return json_reply(200, response("queued", ojson::array(), false));
   if (!wants_stream(body, k)) return json_reply(200, response("completed", ojson::array({done_item}), true));
 
   std::vector<sse_event> events;

@@ -335,6 +335,39 @@ TEST_CASE("relay: usage in a retrieved or updated stored object is not metered a
         "gpt-image-1 1 0 - upstream 12 4160");
 }
 
+TEST_CASE("relay: a background response streamed at its creation and cut is metered by its retrieval, once",
+          "[relay]") {
+  // OpenAI's resume pattern: responses.create({background: true, stream: true}), the connection
+  // drops, the response runs on upstream; a retrieval (a resumed stream or a poll) sees it done.
+  harness h;
+  std::string id;
+  {
+    tt::stream_client s(h.port(), "/v1/responses", R"({"model":"gpt-4.1","input":"hi","background":true,"stream":true})",
+                        {{"x-fake-chunks", "200"}, {"x-fake-chunk-interval-ms", "20"}});
+    REQUIRE(s.status() == 200);
+    std::string seen;
+    while (seen.find("output_text.delta") == std::string::npos) {
+      auto piece = s.next();
+      REQUIRE(piece.has_value());
+      seen += *piece;
+    }
+    const auto at = seen.find("\"id\":\"resp_bg_");
+    REQUIRE(at != std::string::npos);
+    id = seen.substr(at + 6, seen.find('"', at + 6) - at - 6);
+    s.close();
+  }
+  REQUIRE(harness::eventually([&] {
+    h.flush();
+    return h.query_int("SELECT COUNT(*) FROM calls") == 1;
+  }, std::chrono::seconds(5)));
+  // The cut create is not estimated: the response goes on, and its retrieval brings the usage.
+  CHECK(h.query_text("SELECT aborted || ' ' || usage_source || ' ' || prompt_tokens FROM calls") == "1 none 0");
+  for (int i = 0; i < 2; ++i) CHECK(tt::request(h.port(), "GET", "/v1/responses/" + id).status == 200);
+  h.flush();
+  CHECK(h.query_int("SELECT SUM(prompt_tokens) FROM calls") == 1000);  // the first retrieval only
+  CHECK(h.query_int("SELECT SUM(completion_tokens) FROM calls") == 500);
+}
+
 TEST_CASE("relay: a background response is metered once, by the first retrieval that sees it finished",
           "[relay]") {
   harness h;
