@@ -159,6 +159,37 @@ bool connection_lists(std::string_view value, std::string_view name) noexcept {
   return false;
 }
 
+bool is_valid_host_value(std::string_view h) noexcept {
+  auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
+  std::string_view port;
+  if (!h.empty() && h.front() == '[') {  // IP-literal
+    const auto close = h.find(']');
+    if (close == std::string_view::npos) return false;
+    for (char c : h.substr(1, close - 1))  // IPv6 (a zone id after %25, RFC 6874) or IPvFuture
+      if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) ||
+            std::string_view(":.%-_~").find(c) != std::string_view::npos))
+        return false;
+    port = h.substr(close + 1);
+    if (!port.empty() && port.front() != ':') return false;
+  } else {
+    const auto colon = h.find(':');
+    for (char c : h.substr(0, colon)) {
+      // reg-name: unreserved, pct-encoded, sub-delims
+      const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) ||
+                      std::string_view("-._~%!$&'()*+,;=").find(c) != std::string_view::npos;
+      if (!ok) return false;
+    }
+    if (colon != std::string_view::npos) port = h.substr(colon);
+  }
+  if (!port.empty()) {
+    port.remove_prefix(1);  // ':'
+    if (port.size() > 5) return false;
+    for (char c : port)
+      if (!is_digit(c)) return false;
+  }
+  return true;
+}
+
 bool only_chunked_coding(std::string_view value) noexcept {
   bool any = false;
   while (true) {

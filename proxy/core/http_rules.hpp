@@ -110,6 +110,10 @@ bool is_websocket_upgrade(std::string_view method, unsigned version, std::string
 // Optional whitespace (spaces, tabs) around a header value or list entry removed.
 std::string_view trim_ows(std::string_view s) noexcept;
 
+// A Host header value as RFC 9110 §7.2 / RFC 3986 allow it: reg-name, IPv4 or [IPv6] with an
+// optional :port (a request with any other value gets a 400, RFC 9112 §3.2). May be empty.
+bool is_valid_host_value(std::string_view host) noexcept;
+
 // A request Transfer-Encoding value that lists only `chunked` (RFC 9112 §6.1: tollgate decodes
 // no other transfer coding; a body in one, e.g. "gzip, chunked", is refused, not relayed raw).
 bool only_chunked_coding(std::string_view transfer_encoding) noexcept;

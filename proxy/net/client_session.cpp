@@ -340,6 +340,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
       std::string_view expect, request_id, api_key, authorization, content_type, content_encoding;
       std::string_view connection, upgrade;
       std::string_view anthropic_version;  // an Anthropic SDK sends it on every call
+      std::string_view host;
     } head;
     bool body_decoded = false;  // a gzip/deflate request body was decoded in place (admit)
     bool websocket = false;     // a WebSocket opening handshake on a pass-through path (tunnel)
@@ -674,6 +675,7 @@ awaitable<bool> client_session::handle_one() {
       refuse(errc::bad_request, "Only the chunked transfer coding is supported in requests.");
     else if (h.hosts > 1) refuse(errc::duplicate_host);
     else if (h.hosts == 0 && req.version() == 11) refuse(errc::missing_host);
+    else if (h.hosts == 1 && !is_valid_host_value(h.host)) refuse(errc::bad_request, "Invalid Host header.");
   }
 
   if (answer.error == errc::ok) {
@@ -819,7 +821,10 @@ void client_session::take_head(const client_request& req, call::head_fields& h) 
   for (const auto& f : req) {
     up_headers_.push_back({f.name_string(), f.value()});
     switch (f.name()) {
-      case http::field::host: ++h.hosts; break;
+      case http::field::host:
+        ++h.hosts;
+        keep_first(h.host, f.value());
+        break;
       case http::field::transfer_encoding: h.transfer_encoding = true; break;
       case http::field::expect: keep_first(h.expect, f.value()); break;
       case http::field::authorization: keep_first(h.authorization, f.value()); break;

@@ -66,6 +66,7 @@ TEST_CASE("client errors: framing problems get their statuses", "[errors]") {
   }());
   CHECK(status_of(tt::raw_exchange(h.port(), "GET /healthz HTTP/1.1\r\n\r\n")) == 400);                 // no Host
   CHECK(status_of(tt::raw_exchange(h.port(), "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")) == 400);
+  CHECK(status_of(tt::raw_exchange(h.port(), "GET /healthz HTTP/1.1\r\nHost: a b/c\r\n\r\n")) == 400);  // RFC 9112 §3.2
   CHECK(status_of(tt::raw_exchange(h.port(), "GET /healthz HTTP/2.0\r\nHost: a\r\n\r\n")) == 505);
   CHECK(status_of(tt::raw_exchange(h.port(), "GARBAGE\r\n\r\n")) == 400);
   CHECK(status_of(tt::raw_exchange(h.port(), "GET /nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) == 404);

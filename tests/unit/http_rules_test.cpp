@@ -388,6 +388,19 @@ TEST_CASE("http_rules: a request may use the chunked transfer coding only", "[ht
   }
 }
 
+TEST_CASE("http_rules: Host values", "[http_rules]") {
+  for (std::string_view ok : {"", "a", "api.example.com", "api.example.com:8080", "127.0.0.1:9000", "[::1]",
+                              "[::1]:443", "[fe80::1%25eth0]", "my_host-1.local", "localhost:"}) {
+    CAPTURE(ok);
+    CHECK(is_valid_host_value(ok));
+  }
+  for (std::string_view bad : {"a b", "a/b", "user@host", "host:80:81", "host:http", "[::1", "[::1]x", "host:123456",
+                               "a\tb", "evil.com/x?y", "h\"x"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(is_valid_host_value(bad));
+  }
+}
+
 TEST_CASE("http_rules: http_date writes IMF-fixdate", "[http_rules]") {
   char buf[29];
   CHECK(http_date(784111777, buf) == "Sun, 06 Nov 1994 08:49:37 GMT");  // RFC 9110's example
