@@ -396,6 +396,10 @@ bool is_json_content_type(std::string_view ct) noexcept {
   return media.size() > 5 && iequals(media.substr(media.size() - 5), "+json");
 }
 
+bool is_event_stream(std::string_view ct) noexcept {
+  return iequals(trim_ows(ct.substr(0, ct.find(';'))), "text/event-stream");
+}
+
 std::string meterable_accept_encoding(std::string_view value) {
   std::string out;
   bool compressed = false;

@@ -134,4 +134,7 @@ std::string meterable_accept_encoding(std::string_view value);
 // Content-Type acceptable for a JSON route: absent, application/json or any */*+json.
 bool is_json_content_type(std::string_view content_type) noexcept;
 
+// A response Content-Type of an SSE stream: text/event-stream, in any case, with any parameters.
+bool is_event_stream(std::string_view content_type) noexcept;
+
 }  // namespace tollgate

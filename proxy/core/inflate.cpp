@@ -25,8 +25,29 @@ bool inflater::init(int window_bits) {
   return inflateInit2(z_, window_bits) == Z_OK;
 }
 
+namespace {
+// The start of another gzip member (RFC 1952 §2.2: a gzip body may be several members in a
+// row, e.g. a stream compressed event by event).
+bool gzip_magic(const unsigned char* p, std::size_t n) noexcept { return n >= 2 && p[0] == 0x1f && p[1] == 0x8b; }
+}  // namespace
+
 bool inflater::feed(std::string_view in, std::string& out, std::size_t limit) {
-  if (failed_ || ended_) return !failed_;
+  if (failed_) return false;
+  if (ended_) {
+    if (raw_tried_ || after_end_ == "-") return true;  // not gzip, or not a member that followed
+    if (after_end_.size() + in.size() < 2) {            // the next member's magic split: wait
+      after_end_.append(in);
+      return true;
+    }
+    std::string next = std::move(after_end_);
+    next.append(in);
+    after_end_ = "-";
+    if (!gzip_magic(reinterpret_cast<const unsigned char*>(next.data()), next.size())) return true;
+    after_end_.clear();
+    inflateReset(z_);
+    ended_ = false;
+    return feed(next, out, limit);
+  }
   if (!z_ && !init(15 + 32)) {  // 15 + 32: zlib or gzip header, auto-detected
     failed_ = true;
     return false;
@@ -48,6 +69,14 @@ bool inflater::feed(std::string_view in, std::string& out, std::size_t limit) {
     }
     if (rc == Z_STREAM_END) {
       ended_ = true;
+      if (!raw_tried_ && gzip_magic(z_->next_in, z_->avail_in)) {
+        inflateReset(z_);
+        ended_ = false;
+      } else if (z_->avail_in == 1) {
+        after_end_.assign(reinterpret_cast<const char*>(z_->next_in), 1);  // decided by the next byte
+      } else if (z_->avail_in > 1) {
+        after_end_ = "-";
+      }
     } else if (rc == Z_DATA_ERROR && !started_ && !raw_tried_) {
       // "deflate" sent as raw deflate without the zlib wrapper: retry on the bytes seen so far.
       raw_tried_ = true;

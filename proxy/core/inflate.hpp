@@ -31,6 +31,7 @@ class inflater {
   bool failed_ = false;
   bool ended_ = false;
   std::string head_;       // bytes kept for a raw-deflate retry
+  std::string after_end_;  // bytes after a gzip member's end, until 2 tell whether a member follows ("-": none)
 };
 
 }  // namespace tollgate

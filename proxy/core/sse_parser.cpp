@@ -86,6 +86,13 @@ std::size_t sse_parser::find_event_end(bool at_eof) noexcept {
     std::size_t next_line = eol + 1;
     if (b[eol] == '\r') {
       if (next_line == n && !at_eof) {
+        // A blank line's CR ends the event whatever follows: it is complete now (a first event
+        // must not wait for the upstream's next write, which may come seconds later). An LF
+        // that follows (CRLF) is then a blank line of its own: an empty event, relayed as is.
+        if (eol == line_) {
+          line_ = scan_ = next_line;
+          return next_line;
+        }
         scan_ = eol;  // CR or CRLF? Decided by the next byte.
         return npos;
       }

@@ -21,7 +21,8 @@ class sse_parser {
   // Appends bytes read from the upstream (any split: mid-line, mid-CRLF, mid-UTF-8).
   void append(std::string_view bytes);
   // Extracts the next complete event (terminated by a blank line; lines end in LF, CRLF or CR).
-  // A lone CR at the end of the buffer waits for the next byte to know whether LF follows.
+  // A lone CR at the end of the buffer waits for the next byte to know whether LF follows,
+  // except a blank line's: the event is complete, and an LF after it is an empty event.
   bool next(sse_event& out);
   // At end of stream: bytes of an unterminated trailing event (forwarded as-is by the relay).
   std::string_view pending() const noexcept;

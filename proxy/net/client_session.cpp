@@ -1251,10 +1251,13 @@ client_session::response_shape client_session::shape_response(const upstream_par
   else if (!upstream_rid.empty())
     rec.upstream_request_id = std::string(upstream_rid);
 
-  sh.sse = content_type.find("text/event-stream") != std::string_view::npos;
+  sh.sse = is_event_stream(content_type);
   sh.compressed = !encoding.empty() && !beast::iequals(encoding, "identity");
   sh.decodable = is_decodable_coding(encoding);
-  sh.edit_events = sh.sse && c.strip && !sh.compressed && ok2xx;
+  // A compressed stream is edited decoded, and sent on without its Content-Encoding (identity is
+  // always acceptable): tollgate asked the upstream for no coding, but one that compresses anyway
+  // would otherwise show the client the usage chunk it never asked for.
+  sh.edit_events = sh.sse && c.strip && (!sh.compressed || sh.decodable) && ok2xx;
 
   // result_int(): a status Beast has no name for (Anthropic's 529, Cloudflare's 520) must pass
   // through as its number, not as "unknown".
@@ -1282,6 +1285,7 @@ client_session::response_shape client_session::shape_response(const upstream_par
     for (const auto& f : ures) {
       auto name = f.name_string();
       if (!is_safe_response_header(name) || f.name() == http::field::content_length ||
+          (sh.edit_events && sh.compressed && f.name() == http::field::content_encoding) ||
           (!connection_value.empty() && connection_lists(connection_value, name)))
         continue;
       if (beast::iequals(name, "x-request-id")) {
@@ -1684,7 +1688,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
       bool ok = true;
       if (shape.edit_events) {
         out_.clear();
-        events.append(piece);
+        events.append(plain);
         sse_event ev;
         while (events.next(ev))
           if (meter->on_event(ev)) append_without_null_usage(ev.raw, out_);
@@ -1727,9 +1731,10 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     out_.clear();
     sse_event ev;
     if (shape.edit_events) {
-      // An unterminated final event is still the upstream's bytes: pass it on.
-      out_.assign(events.pending());
-      while (events.finish(ev)) meter->on_event(ev);
+      // An unterminated final event is still the upstream's bytes: passed on, edited as any
+      // other (a usage-only chunk the client did not ask for stays hidden).
+      while (events.finish(ev))
+        if (meter->on_event(ev)) append_without_null_usage(ev.raw, out_);
     } else if (meter) {
       while (events.finish(ev)) meter->on_event(ev);
     }
@@ -1755,14 +1760,18 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
       }
     }
     if (c.error == errc::ok && !meter->saw_done() && meter->knows_end()) c.error = errc::upstream_stream_truncated;
+    // An error event (`data: {"error": ...}`) the upstream followed with [DONE]: the answer was
+    // not completed, whatever its end says.
+    if (c.error == errc::ok && meter->saw_error() && !meter->has_usage()) c.error = errc::upstream_stream_truncated;
     if (rec.route == route_kind::other) rec.stream = true;  // its request was not read
-    if (c.error != errc::ok) {
-      rec.aborted = true;
-      if (!meter->has_usage()) {
-        rec.tokens.prompt = prompt_estimate(c, req);
-        rec.tokens.completion = meter->estimated_completion_tokens();
-        rec.source = usage_source::estimated;
-      }
+    if (c.error != errc::ok) rec.aborted = true;
+    // A stream without usage, cut or whole (a provider that ignores include_usage): the spend is
+    // estimated from the request and the text streamed, never left at $0 (counted in
+    // tollgate_unmetered_requests_total all the same: the upstream did not report it).
+    if (!meter->has_usage() && (c.error != errc::ok || meter->knows_end())) {
+      rec.tokens.prompt = prompt_estimate(c, req);
+      rec.tokens.completion = meter->estimated_completion_tokens();
+      rec.source = usage_source::estimated;
     }
     // A background response streamed at its creation and cut before response.completed runs on
     // upstream to its end: like a non-stream create that answered `queued`, it is metered by the

@@ -196,9 +196,11 @@ void metrics::record_call(const usage_record& rec, double overhead_s) {
   m.routes[route].duration->Observe(rec.latency_ms / 1000.0);
   if (rec.first_byte_ms >= 0) m.routes[route].first_byte->Observe(rec.first_byte_ms / 1000.0);
   if (overhead_s >= 0) m.routes[route].overhead->Observe(overhead_s);
-  // An answer the meter could not read (not JSON, cut, beyond max_parse_bytes, no usage): the
-  // provider may still bill it, so it is counted where an alert can see it.
-  if (rec.source == usage_source::none && rec.status >= 200 && rec.status < 300 && m.routes[route].unmetered)
+  // An answer the meter could not read (not JSON, cut, beyond max_parse_bytes, no usage) or whose
+  // usage tollgate estimated though it was not cut (a whole stream without usage): the provider
+  // may bill otherwise, so it is counted where an alert can see it.
+  const bool unreported = rec.source == usage_source::none || (rec.source == usage_source::estimated && !rec.aborted);
+  if (unreported && rec.status >= 200 && rec.status < 300 && m.routes[route].unmetered)
     m.routes[route].unmetered->Increment();
   if (rec.tokens.prompt) mc.prompt->Increment(static_cast<double>(rec.tokens.prompt));
   if (rec.tokens.completion) mc.completion->Increment(static_cast<double>(rec.tokens.completion));

@@ -906,7 +906,9 @@ knobs parse_knobs(const recorded_request& req) {
             : usage == "every-chunk" ? usage_mode::every_chunk
                                      : usage_mode::normal;
   const std::string accept = lower(req.header("accept-encoding"));
-  if (req.header("x-fake-gzip") == "1" && accept.find("gzip") != std::string::npos)
+  // `always`: gzip whatever Accept-Encoding says (a server that ignores it).
+  if ((req.header("x-fake-gzip") == "1" && accept.find("gzip") != std::string::npos) ||
+      req.header("x-fake-gzip") == "always")
     k.coding = content_coding::gzip;
   else if (req.header("x-fake-deflate") == "1" && accept.find("deflate") != std::string::npos)
     k.coding = content_coding::deflate;

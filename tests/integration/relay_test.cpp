@@ -525,6 +525,43 @@ TEST_CASE("relay: an upstream that cuts a stream leaves a visibly truncated stre
   CHECK(std::stoll(rows[1]["completion_tokens"]) > 0);
 }
 
+TEST_CASE("relay: a stream gzipped by an upstream asked for no coding is edited decoded: the client never sees "
+          "the usage chunk it did not ask for", "[relay][stream]") {
+  harness h;
+  tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", true),
+                      {{"x-fake-gzip", "always"}, {"Accept-Encoding", "gzip"}});
+  CHECK(s.header("content-encoding").empty());  // sent on decoded
+  const auto all = s.read_all();
+  CHECK(s.ended_cleanly());
+  CHECK(all.find("[DONE]") != std::string::npos);
+  CHECK(all.find("\"choices\":[]") == std::string::npos);
+  CHECK(all.find("\"usage\"") == std::string::npos);
+  CHECK(all.find("Hello!") != std::string::npos);
+  h.flush();
+  CHECK(h.query_text("SELECT usage_source || ' ' || aborted FROM calls") == "upstream 0");
+  CHECK(h.query_int("SELECT prompt_tokens FROM calls") > 0);
+}
+
+TEST_CASE("relay: a whole stream without usage (a provider that ignores include_usage) is estimated, not $0",
+          "[relay][stream]") {
+  harness h;
+  tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", true), {{"x-fake-usage", "none"}});
+  const auto all = s.read_all();
+  CHECK(all.find("[DONE]") != std::string::npos);
+  CHECK(s.ended_cleanly());
+  h.flush();
+  auto row = h.rows("SELECT * FROM calls")[0];
+  CHECK(row["aborted"] == "0");
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE error_kind IS NULL") == 1);
+  CHECK(row["usage_source"] == "estimated");
+  CHECK(std::stoll(row["prompt_tokens"]) > 0);
+  CHECK(std::stoll(row["completion_tokens"]) > 0);
+  CHECK(row["priced"] == "1");
+  CHECK(std::stod(row["cost_usd"]) > 0);
+  // Still counted: the upstream did not report this call's usage.
+  CHECK(h.metric_sum("tollgate_unmetered_requests_total") == 1);
+}
+
 TEST_CASE("relay: a client that disconnects mid-stream cancels the upstream call and is ledgered as aborted", "[relay][stream]") {
   harness h;
   {

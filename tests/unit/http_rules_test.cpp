@@ -388,6 +388,13 @@ TEST_CASE("http_rules: a request may use the chunked transfer coding only", "[ht
   }
 }
 
+TEST_CASE("http_rules: an SSE Content-Type in any case", "[http_rules]") {
+  for (std::string_view ok : {"text/event-stream", "Text/Event-Stream", "text/event-stream; charset=utf-8", " TEXT/EVENT-STREAM ;x=y"})
+    CHECK(is_event_stream(ok));
+  for (std::string_view bad : {"", "text/plain", "application/json", "text/event-streams", "x-text/event-stream"})
+    CHECK_FALSE(is_event_stream(bad));
+}
+
 TEST_CASE("http_rules: Host values", "[http_rules]") {
   for (std::string_view ok : {"", "a", "api.example.com", "api.example.com:8080", "127.0.0.1:9000", "[::1]",
                               "[::1]:443", "[fe80::1%25eth0]", "my_host-1.local", "localhost:"}) {
@@ -470,6 +477,17 @@ TEST_CASE("inflate: gzip, zlib and raw deflate decode in pieces", "[inflate]") {
     std::string out;
     inf.feed(compress(text, 31), out, 100);
     CHECK(out.size() == 100);
+  }
+  SECTION("a gzip body of several members (a stream compressed event by event) decodes whole") {
+    const std::string a = "data: {\"x\":1}\n\n", b = "data: {\"usage\":{\"prompt_tokens\":10}}\n\n";
+    const std::string packed = compress(a, 31) + compress(b, 31) + compress(a, 31);
+    for (std::size_t step : {std::size_t{1}, std::size_t{2}, std::size_t{5}, std::size_t{7}, packed.size()}) {
+      INFO(step);
+      inflater inf;
+      std::string out;
+      for (std::size_t i = 0; i < packed.size(); i += step) CHECK(inf.feed(std::string_view(packed).substr(i, step), out, 1 << 20));
+      CHECK(out == a + b + a);
+    }
   }
   SECTION("garbage fails without crashing") {
     inflater inf;
