@@ -180,13 +180,13 @@ void append_json_string(std::string& out, std::string_view s) {
   out.push_back('"');
 }
 
-std::string error_body(errc e, std::string_view message) {
+std::string error_body(errc e, std::string_view message, std::string_view type) {
   std::string out;
   out.reserve(160 + message.size());
   out += "{\"error\":{\"message\":";
   append_json_string(out, message.empty() ? default_message(e) : message);
   out += ",\"type\":";
-  append_json_string(out, openai_type(e));
+  append_json_string(out, type.empty() ? openai_type(e) : type);
   out += ",\"param\":null,\"code\":";
   append_json_string(out, error_name(e));
   out += "}}";

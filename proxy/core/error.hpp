@@ -53,8 +53,9 @@ std::string_view error_name(errc e) noexcept;  // stable snake_case name (ledger
 int http_status(errc e) noexcept;
 std::string_view openai_type(errc e) noexcept;  // invalid_request_error, server_error, ...
 
-// {"error":{"message":..., "type":..., "param":null, "code":...}}; message is tollgate's own text.
-std::string error_body(errc e, std::string_view message);
+// {"error":{"message":..., "type":..., "param":null, "code":...}}; message is tollgate's own text;
+// type replaces openai_type(e) when given (a 429 on a token limit is of type "tokens", as OpenAI's).
+std::string error_body(errc e, std::string_view message, std::string_view type = {});
 // The same error in the Anthropic Messages API's shape (for /v1/messages* calls).
 std::string anthropic_error_body(errc e, std::string_view message);
 // The `x-should-retry` value sent with an error ("false" or empty: none). The official SDKs

@@ -323,14 +323,16 @@ struct policy_engine::impl {
   // Adds settled (alert = true) or seeded (alert = false) spend to every matching budget and
   // guard. Settled spend lagging behind a window counts in the current window; seeded rows of an
   // earlier window are skipped.
+  // started_ms: when the call began; its period is the one it started in (see settle()).
   void add_spend(key_state* ks, std::string_view team, std::string_view model, double usd, std::int64_t t,
-                 bool alert) {
+                 bool alert, std::int64_t started_ms = std::numeric_limits<std::int64_t>::max()) {
     const std::int64_t t_s = floor_div(t, 1000);
+    const std::int64_t started_s = floor_div(std::min(t, started_ms), 1000);
     const std::string_view key = ks ? std::string_view(ks->name) : std::string_view();
     global_recent.add(usd, t);
     auto apply = [&](budget_state& b) {
       b.roll(cal, t_s);
-      if (!alert && t_s < b.window.start_s) return;
+      if ((!alert || started_ms != std::numeric_limits<std::int64_t>::max()) && started_s < b.window.start_s) return;
       b.spent += usd;
       b.recent.add(usd, t);
       soft_check(b, t, alert);
@@ -532,11 +534,14 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
         ticket_slot& s = m.slots[index];
         s.reserved.clear();
         budget_state* refused = nullptr;
+        // A model without a price would be ledgered at cost 0 (priced = false): a hard budget
+        // could never count it, so such a call is refused wherever a hard budget applies.
+        const bool unpriced = !f.model.empty() && f.price_model.empty();
         auto check = [&](budget_state& b) {
           b.roll(m.cal, now_s);
           s.reserved.push_back(&b);
           if (refused == nullptr && b.cfg.hard &&
-              (b.spent >= b.cfg.limit_usd || b.spent + b.reserved + reserve > b.cfg.limit_usd))
+              (unpriced || b.spent >= b.cfg.limit_usd || b.spent + b.reserved + reserve > b.cfg.limit_usd))
             refused = &b;
         };
         for (auto& b : m.budgets)
@@ -548,6 +553,7 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
           m.free_slots.push_back(index);
           ++refused->rejections;
           d.outcome = decision::budget_exceeded;
+          d.unpriced = unpriced;
           d.limit_usd = refused->cfg.limit_usd;
           d.spent_usd = refused->spent;
           // Blocked only by calls in flight: worth retrying soon; otherwise when the window ends.
@@ -595,7 +601,7 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
 }
 
 void policy_engine::settle(std::uint64_t ticket, double cost_usd, std::int64_t tokens, std::string_view price_model,
-                           std::int64_t now_ms) noexcept {
+                           std::int64_t now_ms, std::int64_t start_ms) noexcept {
   if (ticket == 0) return;
   std::shared_ptr<key_state> key;  // declared before the lock: released after it
   try {
@@ -608,7 +614,7 @@ void policy_engine::settle(std::uint64_t ticket, double cost_usd, std::int64_t t
       b.refill(now_ms);
       b.level = std::min(b.capacity, b.level - static_cast<double>(std::max<std::int64_t>(0, tokens) - s->reserve_tokens));
     }
-    impl_->add_spend(s->key.get(), s->team, price_model, clean_usd(cost_usd), now_ms, true);
+    impl_->add_spend(s->key.get(), s->team, price_model, clean_usd(cost_usd), now_ms, true, start_ms);
     impl_->free_slot(*s, key);
   } catch (...) {
     // Only allocation can fail (an alert, the free list); the spend counted so far stays.

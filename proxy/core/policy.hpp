@@ -56,6 +56,7 @@ class policy_engine {
 
   struct decision {
     enum verdict { admit, budget_exceeded, rate_limited, guard_rejected } outcome = admit;
+    bool unpriced = false;      // budget_exceeded: the model has no price, and a hard budget applies
     std::string scope;          // the scope that refused ("key:app-prod", "team:web", "global")
     std::string period;         // budget period ("day") or guard window ("1h")
     double limit_usd = 0;       // budget limit / guard max_usd
@@ -85,9 +86,12 @@ class policy_engine {
   // tokens - reserve_tokens, adds the spend to every matching budget and guard (the model scope
   // is the SERVED price model, so a rerouted call counts on the fallback), and raises soft-threshold
   // and guard-trip alerts at once. Spend counts in the window containing now_ms (or the current
-  // window if now_ms lags behind it). Unknown, settled or released tickets are ignored.
+  // window if now_ms lags behind it), unless the call started (start_ms) before that window: a
+  // call that crosses midnight is the day it started in, as the ledger (by start_ms), reports and
+  // a warm start count it, so a restart enforces what ran before it. Unknown, settled or
+  // released tickets are ignored.
   void settle(std::uint64_t ticket, double cost_usd, std::int64_t tokens, std::string_view price_model,
-              std::int64_t now_ms) noexcept;
+              std::int64_t now_ms, std::int64_t start_ms = std::numeric_limits<std::int64_t>::max()) noexcept;
   // The call never went upstream: the budget reservation and the TPM charge go back, the RPM
   // charge stays.
   void release(std::uint64_t ticket) noexcept;

@@ -31,9 +31,15 @@ enum class member : std::uint8_t {
   max_completion_tokens,
   max_tokens,
   max_output_tokens,
+  choices,          // n: completions per call (chat, legacy completions)
   prompt_text,      // messages, system, instructions, tools: strings count
   prompt_or_ids,    // prompt, input: strings count, and so do token-id arrays ([1234, 5678])
 };
+
+// `n` as the reservation reads it: 1 when absent or 0, at most 128 (the API's own limit).
+std::int64_t choices_count(const std::optional<std::int64_t>& n) noexcept {
+  return n && *n > 1 ? std::min<std::int64_t>(*n, 128) : 1;
+}
 
 member classify(std::string_view k) noexcept {
   if (k == "model") return member::model;
@@ -43,6 +49,7 @@ member classify(std::string_view k) noexcept {
   if (k == "max_completion_tokens") return member::max_completion_tokens;
   if (k == "max_tokens") return member::max_tokens;
   if (k == "max_output_tokens") return member::max_output_tokens;
+  if (k == "n") return member::choices;
   if (k == "messages" || k == "system" || k == "instructions" || k == "tools") return member::prompt_text;
   if (k == "prompt" || k == "input") return member::prompt_or_ids;
   return member::other;
@@ -229,6 +236,7 @@ class inspector {
       if (member_ == member::max_completion_tokens) max_completion_ = n;
       if (member_ == member::max_tokens) max_tokens_ = n;
       if (member_ == member::max_output_tokens) max_output_ = n;
+      if (member_ == member::choices) choices_ = n;
     }
     if (member_ == member::prompt_or_ids && depth_ > 1) ++token_ids_;
     return scalar(kind::number);
@@ -283,6 +291,7 @@ class inspector {
   // Fills what is known only at the end; a later duplicate member wins, as in most parsers.
   request_problem finish() {
     f_.max_tokens = max_completion_ ? max_completion_ : max_tokens_ ? max_tokens_ : max_output_;
+    f_.choices = choices_count(choices_);
     f_.prompt_tokens_estimate = text_.tokens() + token_ids_;
     if (model_bad_) return request_problem::model_not_string;
     if (stream_bad_) return request_problem::stream_not_bool;
@@ -357,7 +366,7 @@ class inspector {
   bool option_is_include_usage_ = false;
   bool model_bad_ = false;
   bool stream_bad_ = false;
-  std::optional<std::int64_t> max_completion_, max_tokens_, max_output_;
+  std::optional<std::int64_t> max_completion_, max_tokens_, max_output_, choices_;
   prompt_tally text_;
   std::int64_t token_ids_ = 0;
 };
@@ -519,7 +528,7 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
     }
     fast_reader r;
     bool model_bad = false, stream_bad = false;
-    std::optional<std::int64_t> max_completion, max_tokens, max_output;
+    std::optional<std::int64_t> max_completion, max_tokens, max_output, choices;
     const dom::object members = root.get_object().value_unsafe();
     for (const dom::key_value_pair m : members) {  // in order, so a later duplicate wins
       const element_type type = m.value.type();
@@ -551,6 +560,7 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
         case member::max_completion_tokens: r.limit(m.value, max_completion); break;
         case member::max_tokens: r.limit(m.value, max_tokens); break;
         case member::max_output_tokens: r.limit(m.value, max_output); break;
+        case member::choices: r.limit(m.value, choices); break;
         case member::prompt_text:
           if (estimate_prompt) r.tally(m.value, false, false);
           break;
@@ -562,6 +572,7 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
     }
     if (r.ambiguous) return false;
     f.max_tokens = max_completion ? max_completion : max_tokens ? max_tokens : max_output;
+    f.choices = choices_count(choices);
     f.prompt_tokens_estimate = r.text.tokens() + r.token_ids;
     f.prompt_estimated = estimate_prompt;
     settle(f, model_bad ? request_problem::model_not_string

@@ -30,6 +30,7 @@ struct request_facts {
   bool include_usage = false;            // stream_options.include_usage == true
   std::string user;                      // top-level `user` (string), "" otherwise
   std::optional<std::int64_t> max_tokens;  // max_tokens / max_completion_tokens / max_output_tokens
+  std::int64_t choices = 1;              // `n` (1-128): each choice may use max_tokens
   std::int64_t prompt_tokens_estimate = 0; // estimate_tokens() over the prompt-ish strings (binary
                                          // payloads at their media's rate: binary_payload_tokens)
   bool prompt_estimated = false;         // prompt_tokens_estimate was computed (see below)

@@ -402,7 +402,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   awaitable<bool> send_error(errc e, std::string_view message, bool keep, std::string_view request_id = {},
                              std::string_view allow = {}) {
     if (const auto advice = should_retry(e); !advice.empty()) extra_headers_.emplace_back("x-should-retry", advice);
-    return send_local(http_status(e), anthropic_errors_ ? anthropic_error_body(e, message) : error_body(e, message),
+    return send_local(http_status(e),
+                      anthropic_errors_ ? anthropic_error_body(e, message) : error_body(e, message, error_type_),
                       keep, allow, request_id);
   }
   awaitable<void> linger_close();
@@ -448,6 +449,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   bool aborting_ = false;
   bool anthropic_errors_ = false;  // this call is on the Messages API: errors in Anthropic's shape
   bool head_request_ = false;      // this call is a HEAD: local answers send their head only
+  std::string_view error_type_;    // an OpenAI error `type` other than the code's ("tokens"); a literal
   unsigned client_version_ = 11;   // this call's HTTP version (10 or 11): local answers speak it
   std::size_t skipped_blank_ = 0;  // CR/LF bytes skipped before this request's line
 };
@@ -596,6 +598,7 @@ awaitable<bool> client_session::handle_one() {
   beast::error_code ec;
   anthropic_errors_ = false;
   head_request_ = false;
+  error_type_ = {};
   client_version_ = 11;
   // This call's own: a local answer (a 404, /healthz) after a rate-limited call on the same
   // connection must not carry that call's x-ratelimit-* or Retry-After.
@@ -1096,7 +1099,10 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     double multiplier = 0;
     for (auto i : plan.order) multiplier = std::max(multiplier, st_.upstreams[i]->cfg.price_multiplier);
     const model_price* price = st_.prices.resolve(send_model);
-    const std::int64_t max_out = c.facts.max_tokens.value_or(cfg_.policy.default_max_tokens);
+    // Completion tokens: max_tokens (or the default) for each of the `n` choices; none for
+    // embeddings, which produce none. Capped so that a huge max_tokens cannot overflow.
+    std::int64_t max_out = std::min<std::int64_t>(c.facts.max_tokens.value_or(cfg_.policy.default_max_tokens), 1LL << 40);
+    max_out = rd.route == route_kind::embeddings ? 0 : max_out * c.facts.choices;
     token_usage worst;
     worst.prompt = prompt_estimate(c, req);
     worst.completion = max_out;
@@ -1130,10 +1136,14 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     switch (d.outcome) {
       case policy_engine::decision::admit: break;
       case policy_engine::decision::budget_exceeded:
+        if (d.unpriced)
+          return a.refuse(errc::budget_exceeded, "Model '" + send_model + "' has no price, so the hard budget " + d.scope +
+                                                     " (" + d.period + ") cannot hold its calls: add it to the price table.");
         return a.refuse(errc::budget_exceeded, "Budget " + d.scope + " (" + d.period + ") of " + money(d.limit_usd) +
                                                    " would be exceeded: " + money(d.spent_usd) + " spent.");
       case policy_engine::decision::rate_limited:
         extra_headers_.emplace_back("retry-after", std::to_string(std::max<std::int64_t>(1, d.retry_after_s)));
+        error_type_ = d.rate_kind == "tokens" ? "tokens" : "requests";
         return a.refuse(errc::rate_limited, "Rate limit reached for " + d.scope + " on " + d.rate_kind +
                                                 " per min. Retry after " +
                                                 std::to_string(std::max<std::int64_t>(1, d.retry_after_s)) + "s.");
@@ -2039,7 +2049,8 @@ void client_session::finish_call(call& c) {
   if (c.t_up_start != steady::time_point{} && c.t_up_end != steady::time_point{})
     overhead = std::chrono::duration<double>((c.t_up_start - c.t0) + (end - c.t_up_end)).count();
 
-  if (c.ticket != 0) st_.policy->settle(c.ticket, rec.cost_usd, rec.tokens.total(), rec.price_model, unix_ms_now());
+  if (c.ticket != 0)
+    st_.policy->settle(c.ticket, rec.cost_usd, rec.tokens.total(), rec.price_model, unix_ms_now(), rec.start_ms);
   st_.metrics_->record_call(rec, overhead);
   if (log_enabled(log_level::info)) {
     log_line(log_level::info, "call")

@@ -278,6 +278,45 @@ TEST_CASE("rate limits: RPM per key with OpenAI's headers and Retry-After", "[ra
   CHECK(count("x-ratelimit-limit-requests: ") == 1);
 }
 
+TEST_CASE("rate limits and budgets: embeddings reserve no completion, n multiplies it, a token limit says "
+          "'tokens', a model without a price meets a hard budget with a clear refusal", "[ratelimit][budgets]") {
+  tt::harness h({.tweak = [](tollgate::config& c) {
+    c.policy.auth = tollgate::auth_mode::required;
+    auto k = key("emb", "sk-emb-secret-1");
+    k.limits.tpm = 20000;
+    tollgate::budget_config b;
+    b.scope = "key:emb";
+    b.period = tollgate::calendar_period::day;
+    b.limit_usd = 5;
+    b.hard = true;
+    k.budgets = {b};
+    c.policy.keys = {k};
+  }});
+  // Embeddings produce no completion: before, each reserved reserve_max_tokens (4,096) of TPM.
+  auto e = tt::post_json(h.port(), "/v1/embeddings", R"({"model":"text-embedding-3-small","input":"hello world"})",
+                         bearer("sk-emb-secret-1"));
+  REQUIRE(e.status == 200);
+  CHECK(std::stol(e.header("x-ratelimit-remaining-tokens")) >= 20000 - 10);
+  // n = 8 choices of up to 2,000 tokens: 16,000 reserved at admission; of 3,000: 24,000, over the limit.
+  auto first = tt::post_json(h.port(), "/v1/chat/completions",
+                             R"({"model":"gpt-4.1","n":8,"max_tokens":2000,"messages":[{"role":"user","content":"Hi"}]})",
+                             bearer("sk-emb-secret-1"));
+  REQUIRE(first.status == 200);
+  CHECK(std::stol(first.header("x-ratelimit-remaining-tokens")) < 20000 - 16000);
+  auto second = tt::post_json(h.port(), "/v1/chat/completions",
+                              R"({"model":"gpt-4.1","n":8,"max_tokens":3000,"messages":[{"role":"user","content":"Hi"}]})",
+                              bearer("sk-emb-secret-1"));
+  REQUIRE(second.status == 429);
+  CHECK(json::parse(second.body)["error"]["type"] == "tokens");  // as OpenAI's token-limit 429
+  // A model the price table does not know would be ledgered at $0: a hard budget cannot hold it.
+  auto unpriced = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("o3-pro-unknown"), bearer("sk-emb-secret-1"));
+  CHECK(unpriced.status == 429);
+  const auto err = json::parse(unpriced.body)["error"];
+  CHECK(err["type"] == "budget_exceeded");
+  CHECK(err["message"].get<std::string>().find("has no price") != std::string::npos);
+  CHECK(unpriced.header("x-should-retry") == "false");
+}
+
 TEST_CASE("spend guard: a tripped guard reroutes the next call to the fallback model and alerts", "[guard][alerts]") {
   webhook_receiver hook;
   tt::harness h({.tweak = [&](tollgate::config& c) {

@@ -298,6 +298,43 @@ TEST_CASE("policy budgets: hard limits count reservations, soft budgets never re
   }
 }
 
+TEST_CASE("policy budgets: a model without a price is refused wherever a hard budget applies", "[policy]") {
+  // Its calls are ledgered at cost 0 (priced = false): a hard budget could never count them.
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::month, 100, false));
+  cfg.keys.push_back(key("capped", "sk-capped", {}, {budget("key:capped", calendar_period::day, 1, true)}));
+  policy_engine e(cfg, "UTC");
+  auto capped = e.find_key("sk-capped");
+  auto unpriced = call(0, t0, "", capped.get());
+  unpriced.model = "o3-pro";
+  const auto d = e.admit(unpriced);
+  CHECK(d.outcome == decision::budget_exceeded);
+  CHECK(d.unpriced);
+  CHECK(d.scope == "key:capped");
+  // Without a hard budget (only the soft global one) it goes through, as before.
+  unpriced.key = nullptr;
+  CHECK(e.admit(unpriced).outcome == decision::admit);
+  // A call without a model (a pass-through path: files, models) is not refused.
+  auto no_model = call(0, t0, "", capped.get());
+  no_model.model = "";
+  CHECK(e.admit(no_model).outcome == decision::admit);
+}
+
+TEST_CASE("policy budgets: a call that crosses midnight counts in the day it started, as the ledger does",
+          "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::day, 10, true));
+  policy_engine e(cfg, "UTC");
+  const std::int64_t before = utc_ms(2026, 11, 30, 23, 59, 37), after = utc_ms(2026, 12, 1, 0, 0, 6);
+  auto d = e.admit(call(1, before));
+  REQUIRE(d.outcome == decision::admit);
+  e.settle(d.ticket, 4, 0, "gpt-4.1", after, before);
+  CHECK(spent(e, "global", after) == 0);  // Nov 30's spend, not Dec 1's (a warm start reads it so too)
+  auto d2 = e.admit(call(1, after));
+  e.settle(d2.ticket, 3, 0, "gpt-4.1", after + 1000, after);
+  CHECK(spent(e, "global", after + 1000) == 3);
+}
+
 TEST_CASE("policy budgets: windows roll over at local calendar boundaries", "[policy]") {
   SECTION("a month budget in Europe/Paris resets at local midnight on the 1st") {
     policy_config cfg;

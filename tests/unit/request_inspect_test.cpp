@@ -588,3 +588,14 @@ TEST_CASE("inspect_form: model and stream of a multipart body, before or after a
     CHECK_FALSE(inspect_form("------formdata-undici-0123\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nunterminated", ct).has_model);
   }
 }
+
+TEST_CASE("inspect_request: n, the completions per call a reservation multiplies", "[inspect]") {
+  CHECK(inspect_request(R"({"model":"m","messages":[]})").choices == 1);
+  CHECK(inspect_request(R"({"model":"m","n":8,"messages":[]})").choices == 8);
+  CHECK(inspect_request(R"({"model":"m","n":0})").choices == 1);
+  CHECK(inspect_request(R"({"model":"m","n":100000})").choices == 128);
+  CHECK(inspect_request(R"({"model":"m","n":"3"})").choices == 1);
+  CHECK(inspect_request(R"({"model":"m","extra":{"n":5}})").choices == 1);  // top level only
+  // The slow path (which a 0 among the integers read sends the body to) reads it too.
+  CHECK(inspect_request(R"({"model":"m","n":4,"max_tokens":0})").choices == 4);
+}
