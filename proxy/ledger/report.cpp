@@ -187,7 +187,7 @@ class statement {
 // NULL, read as 0.
 std::string figure_columns(std::string_view over) {
   std::string out;
-  for (const char* agg : {"COUNT(*)", "SUM(priced = 0)", "SUM(prompt_tokens)", "SUM(completion_tokens)",
+  for (const char* agg : {"COUNT(*)", "SUM(priced = 0 AND usage_source <> 'none')", "SUM(prompt_tokens)", "SUM(completion_tokens)",
                           "SUM(cached_tokens)", "SUM(cache_write_tokens)", "SUM(reasoning_tokens)", "SUM(cost_usd)"}) {
     if (!out.empty()) out += ", ";
     out += agg;
@@ -241,7 +241,7 @@ std::string grouped_sql(const std::vector<spend_group>& cols) {
     inner += std::string(group_expr(cols[i])) + " AS " + k + ", ";
   }
   return "SELECT " + outer + "n0, n1, n2, n3, n4, n5, n6, n7 FROM (SELECT " + inner +
-         "COUNT(*) OVER w AS n0, SUM(priced = 0) OVER w AS n1, SUM(prompt_tokens) OVER w AS n2, "
+         "COUNT(*) OVER w AS n0, SUM(priced = 0 AND usage_source <> 'none') OVER w AS n1, SUM(prompt_tokens) OVER w AS n2, "
          "SUM(completion_tokens) OVER w AS n3, SUM(cached_tokens) OVER w AS n4, "
          "SUM(cache_write_tokens) OVER w AS n5, SUM(reasoning_tokens) OVER w AS n6, "
          "SUM(cost_usd) OVER w AS n7, LEAD(start_ms) OVER w AS next_start "

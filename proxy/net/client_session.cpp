@@ -2044,6 +2044,7 @@ void client_session::finish_call(call& c) {
     }
   } else if (auto* price = st_.prices.resolve(model)) {
     rec.price_model = price->name;
+    rec.priced = true;  // a refused or failed call of a priced model is not an unpriced one
   }
   double overhead = -1;
   if (c.t_up_start != steady::time_point{} && c.t_up_end != steady::time_point{})

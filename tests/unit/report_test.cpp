@@ -212,6 +212,24 @@ TEST_CASE("report: group_by names are parsed in order, unknown or repeated ones 
   CHECK_THROWS_WITH(parse_group_by("day,model,day"), Contains("'day' given twice"));
 }
 
+TEST_CASE("report: a refused call without usage is a request, not an unpriced one", "[report]") {
+  // Older ledgers wrote priced = 0 on every row without usage (a 429, a 5xx): only a call with
+  // usage and no price is unpriced.
+  sample_ledger s;
+  const auto t = utc_ms(2026, 11, 10, 12);
+  auto unpriced = call(t, "", 0);
+  unpriced.requested_model = unpriced.served_model = "mystery-1";
+  unpriced.tokens = {100, 10, 0, 0, 0, 0};
+  auto refused = call(t + 1, "", 0);
+  refused.requested_model = refused.served_model = "gpt-4.1";
+  refused.source = usage_source::none;
+  refused.status = 429;
+  s.write({unpriced, refused});
+  const auto r = query_spend(s.path, {{utc_ms(2026, 11, 1), utc_ms(2026, 12, 1)}, {}, "UTC"});
+  CHECK(r.total.requests == 2);
+  CHECK(r.total.unpriced_requests == 1);
+}
+
 TEST_CASE("report: spend groups by model, team and key in the order given", "[report]") {
   sample_ledger s;
   const auto t = utc_ms(2026, 11, 10, 12);
