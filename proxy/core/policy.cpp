@@ -321,9 +321,9 @@ struct policy_engine::impl {
   }
 
   // Adds settled (alert = true) or seeded (alert = false) spend to every matching budget and
-  // guard. Settled spend lagging behind a window counts in the current window; seeded rows of an
-  // earlier window are skipped.
-  // started_ms: when the call began; its period is the one it started in (see settle()).
+  // guard. A budget counts a call in the window it started in (started_ms; a seeded row's time is
+  // its start): a call or row of an earlier window is skipped there. Settled spend without a start
+  // (max) lagging behind a window counts in the current window.
   void add_spend(key_state* ks, std::string_view team, std::string_view model, double usd, std::int64_t t,
                  bool alert, std::int64_t started_ms = std::numeric_limits<std::int64_t>::max()) {
     const std::int64_t t_s = floor_div(t, 1000);

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <simdjson.h>
 
+#include "core/http_rules.hpp"
 #include "core/usage.hpp"
 
 namespace tollgate {
@@ -915,30 +916,13 @@ namespace tollgate {
 
 namespace {
 
-bool iequal_ascii(std::string_view a, std::string_view b) noexcept {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
-    if (x != y) return false;
-  }
-  return true;
-}
-
-std::string_view trim_spaces(std::string_view s) noexcept {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
 // The value of parameter `name` in a header value `type; a=b; name="v"` ("" when absent).
 std::string_view header_param(std::string_view value, std::string_view name) noexcept {
   std::size_t i = value.find(';');
   while (i != std::string_view::npos) {
     const std::size_t eq = value.find('=', i + 1);
     if (eq == std::string_view::npos) return {};
-    const std::string_view key = trim_spaces(value.substr(i + 1, eq - i - 1));
+    const std::string_view key = trim_ows(value.substr(i + 1, eq - i - 1));
     std::size_t v = eq + 1;
     while (v < value.size() && (value[v] == ' ' || value[v] == '\t')) ++v;
     std::string_view found;
@@ -950,9 +934,9 @@ std::string_view header_param(std::string_view value, std::string_view name) noe
       next = value.find(';', close);
     } else {
       next = value.find(';', v);
-      found = trim_spaces(value.substr(v, next == std::string_view::npos ? std::string_view::npos : next - v));
+      found = trim_ows(value.substr(v, next == std::string_view::npos ? std::string_view::npos : next - v));
     }
-    if (iequal_ascii(key, name)) return found;
+    if (iequals(key, name)) return found;
     i = next;
   }
   return {};
@@ -962,8 +946,8 @@ std::string_view header_param(std::string_view value, std::string_view name) noe
 
 form_facts inspect_form(std::string_view body, std::string_view content_type) {
   form_facts f;
-  const std::string_view type = trim_spaces(content_type.substr(0, content_type.find(';')));
-  if (!iequal_ascii(type, "multipart/form-data")) return f;
+  const std::string_view type = trim_ows(content_type.substr(0, content_type.find(';')));
+  if (!iequals(type, "multipart/form-data")) return f;
   const std::string_view boundary = header_param(content_type, "boundary");
   if (boundary.empty() || boundary.size() > 200) return f;
   const std::string delim = "--" + std::string(boundary);
@@ -986,7 +970,7 @@ form_facts inspect_form(std::string_view body, std::string_view content_type) {
       const std::size_t eol = head.find("\r\n");
       const std::string_view line = head.substr(0, eol);
       const std::size_t colon = line.find(':');
-      if (colon != std::string_view::npos && iequal_ascii(trim_spaces(line.substr(0, colon)), "content-disposition"))
+      if (colon != std::string_view::npos && iequals(trim_ows(line.substr(0, colon)), "content-disposition"))
         name = header_param(line.substr(colon + 1), "name");
       if (eol == std::string_view::npos) break;
       head.remove_prefix(eol + 2);
@@ -1007,7 +991,7 @@ form_facts inspect_form(std::string_view body, std::string_view content_type) {
       f.model = std::string(value);
     } else if (name == "stream") {
       has_stream = true;
-      f.stream = iequal_ascii(trim_spaces(value), "true");
+      f.stream = iequals(trim_ows(value), "true");
     }
     pos = end + 2;
   }
