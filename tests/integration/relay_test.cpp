@@ -46,6 +46,15 @@ std::vector<json> sse_data(const std::string& body) {
   }
   return out;
 }
+
+// The one ledger row of a call that ended after its client left (written within 5 s).
+std::map<std::string, std::string> only_row(harness& h) {
+  REQUIRE(harness::eventually([&] {
+    h.flush();
+    return h.query_int("SELECT COUNT(*) FROM calls") == 1;
+  }, std::chrono::seconds(5)));
+  return h.rows("SELECT * FROM calls")[0];
+}
 }  // namespace
 
 TEST_CASE("relay: non-stream chat is forwarded, metered, priced and ledgered", "[relay]") {
@@ -356,10 +365,7 @@ TEST_CASE("relay: a background response streamed at its creation and cut is mete
     id = seen.substr(at + 6, seen.find('"', at + 6) - at - 6);
     s.close();
   }
-  REQUIRE(harness::eventually([&] {
-    h.flush();
-    return h.query_int("SELECT COUNT(*) FROM calls") == 1;
-  }, std::chrono::seconds(5)));
+  only_row(h);
   // The cut create is not estimated: the response goes on, and its retrieval brings the usage.
   CHECK(h.query_text("SELECT aborted || ' ' || usage_source || ' ' || prompt_tokens FROM calls") == "1 none 0");
   for (int i = 0; i < 2; ++i) CHECK(tt::request(h.port(), "GET", "/v1/responses/" + id).status == 200);
@@ -571,11 +577,7 @@ TEST_CASE("relay: a client that disconnects mid-stream cancels the upstream call
     REQUIRE(s.next().has_value());
     s.close();
   }
-  REQUIRE(harness::eventually([&] {
-    h.flush();
-    return h.query_int("SELECT COUNT(*) FROM calls") == 1;
-  }, std::chrono::seconds(5)));
-  auto row = h.rows("SELECT * FROM calls")[0];
+  auto row = only_row(h);
   CHECK(row["aborted"] == "1");
   CHECK(row["error_kind"] == "client_aborted");
   CHECK(row["usage_source"] == "estimated");
@@ -606,11 +608,7 @@ TEST_CASE("relay: a Claude stream cut before message_delta keeps message_start's
   }
   REQUIRE(seen.find("message_start") != std::string::npos);
   REQUIRE(seen.find("message_delta") == std::string::npos);
-  REQUIRE(harness::eventually([&] {
-    h.flush();
-    return h.query_int("SELECT COUNT(*) FROM calls") == 1;
-  }, std::chrono::seconds(5)));
-  auto row = h.rows("SELECT * FROM calls")[0];
+  auto row = only_row(h);
   CHECK(row["aborted"] == "1");
   CHECK(row["error_kind"] == "client_aborted");
   CHECK(row["usage_source"] == "estimated");
