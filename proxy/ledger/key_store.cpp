@@ -282,14 +282,23 @@ void key_store::insert(const client_key_config& key, std::int64_t now_ms) {
   // IMMEDIATE: the check and the insert see the same table, whoever else writes meanwhile.
   c.exec("BEGIN IMMEDIATE");
   {
-    statement taken(c, "SELECT name FROM client_keys WHERE name = ?1 OR key_sha256 = ?2");
+    // A secret once stored never comes back, even revoked (a leaked key stays dead); a revoked
+    // key's name may be given to a new key, so a rotated service keeps its name and history.
+    statement taken(c, "SELECT name, key_sha256 = ?2, revoked_ms IS NULL FROM client_keys WHERE name = ?1 OR key_sha256 = ?2");
     taken.bind(1, key.name);
     taken.bind(2, hash);
-    if (taken.step()) {
+    while (taken.step()) {
       const auto other = taken.text(0);
-      if (other == key.name) throw key_exists("client key '" + key.name + "' already exists");
-      throw key_exists("that key is already stored as '" + other + "'");
+      if (taken.i64(1) != 0) throw key_exists("that key is already stored as '" + other + "'");
+      if (taken.i64(2) != 0) throw key_exists("client key '" + key.name + "' already exists");
     }
+  }
+  {
+    // A revoked key of that name keeps its row (its hash still refuses the old secret) under the
+    // name "<name>@revoked-<revoked_ms>", which no valid key name can take.
+    statement keep(c, "UPDATE client_keys SET name = name || '@revoked-' || revoked_ms WHERE name = ?1 AND revoked_ms IS NOT NULL");
+    keep.bind(1, key.name);
+    keep.step();
   }
   {
     statement ins(c,

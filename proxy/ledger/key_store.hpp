@@ -58,12 +58,14 @@ class key_store {
   std::vector<client_key_config> load_active() const;
 
   // Stores a key whose sha256 is already set. Throws std::invalid_argument (validate_client_key),
-  // key_exists when the name or the key is taken, std::runtime_error on a database error.
+  // key_exists when the name (of a key not revoked) or the key (of any) is taken,
+  // std::runtime_error on a database error.
   void insert(const client_key_config& key, std::int64_t now_ms);
   // Generates a key, stores its hash under key.name and returns the key: the only time it is
   // ever visible. Throws as insert().
   std::string create(client_key_config key, std::int64_t now_ms);
-  // Marks a key revoked at now_ms; it stays listed (and its name taken).
+  // Marks a key revoked at now_ms; it stays listed, and its hash taken. A new key may take its
+  // name: the revoked one is then listed as "<name>@revoked-<revoked_ms>".
   revoke_result revoke(std::string_view name, std::int64_t now_ms);
 
   const std::string& path() const noexcept { return path_; }

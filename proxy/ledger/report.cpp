@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -160,6 +161,11 @@ class statement {
     bound_ = true;
     sqlite3_bind_int64(st_, i, v);
   }
+  void bind_text(int i, const std::string& v) {
+    if (!bound_) sqlite3_reset(st_);
+    bound_ = true;
+    sqlite3_bind_text64(st_, i, v.data(), v.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
+  }
   // true: a row is ready; false: done. Throws on a SQLite error.
   bool step() {
     bound_ = false;
@@ -259,6 +265,53 @@ std::string format_double(double v) {
   return std::string(buf, r.ptr);
 }
 
+void put_json(std::string& out, const nlohmann::json& j, int indent, int depth) {
+  using value_t = nlohmann::json::value_t;
+  const auto newline = [&](int level) {
+    if (indent < 0) return;
+    out += '\n';
+    out.append(static_cast<std::size_t>(indent) * static_cast<std::size_t>(level), ' ');
+  };
+  switch (j.type()) {
+    case value_t::object:
+    case value_t::array: {
+      const bool object = j.is_object();
+      out += object ? '{' : '[';
+      if (j.empty()) {
+        out += object ? '}' : ']';
+        return;
+      }
+      bool first = true;
+      for (auto it = j.begin(); it != j.end(); ++it) {
+        if (!first) out += ',';
+        first = false;
+        newline(depth + 1);
+        if (object) {
+          out += nlohmann::json(it.key()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+          out += indent < 0 ? ":" : ": ";
+        }
+        put_json(out, *it, indent, depth + 1);
+      }
+      newline(depth);
+      out += object ? '}' : ']';
+      return;
+    }
+    case value_t::number_float: {
+      const double v = j.get<double>();
+      if (!std::isfinite(v)) {
+        out += "null";
+        return;
+      }
+      const std::string t = format_double(v);
+      out += t;
+      if (t.find_first_of(".eEn") == std::string::npos) out += ".0";  // still reads as a float
+      return;
+    }
+    default:
+      out += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+}
+
 std::string csv_field(std::string_view s) {
   if (s.find_first_of(",\"\r\n") == std::string_view::npos) return std::string(s);
   std::string out = "\"";
@@ -336,6 +389,12 @@ struct tier_tokens {
 };
 
 }  // namespace
+
+std::string json_text(const nlohmann::json& j, int indent) {
+  std::string out;
+  put_json(out, j, indent, 0);
+  return out;
+}
 
 // ---- Time ----------------------------------------------------------------------------------------
 
@@ -570,62 +629,137 @@ std::string to_csv(const spend_report& r) {
 
 // ---- What-if -------------------------------------------------------------------------------------
 
+namespace {
+
+// Where one what-if question finds a model's price: its own entries first (under the name given,
+// or under the table entry that name resolves to), then the table.
+class whatif_prices {
+ public:
+  whatif_prices(const price_table& table, const std::vector<model_price>& own) : table_(table) {
+    for (const auto& p : own) {
+      const model_price* base = table.resolve(p.name);
+      own_[base ? base->name : p.name] = p;
+      own_[base ? base->name : p.name].name = base ? base->name : p.name;
+    }
+  }
+  const model_price* find(std::string_view model) const {
+    if (const auto it = own_.find(std::string(model)); it != own_.end()) return &it->second;
+    const model_price* p = table_.resolve(model);
+    if (p == nullptr) return nullptr;
+    if (const auto it = own_.find(p->name); it != own_.end()) return &it->second;
+    return p;
+  }
+  // Whether two model ids are the same model: equal, or resolving to the same table entry.
+  bool same(std::string_view a, std::string_view b) const {
+    if (a == b) return true;
+    const model_price *pa = table_.resolve(a), *pb = table_.resolve(b);
+    return pa != nullptr && pa == pb;
+  }
+
+ private:
+  const price_table& table_;
+  std::map<std::string, model_price> own_;
+};
+
+}  // namespace
+
 whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q, const price_table& prices) {
-  const model_price* target = prices.resolve(q.model);
-  if (target == nullptr)
+  if (q.model.empty() && q.swap.empty() && q.prices.empty())
+    throw std::invalid_argument("say what to change: model, swap or prices");
+  const whatif_prices book(prices, q.prices);
+  const model_price* blanket = nullptr;
+  if (!q.model.empty() && (blanket = book.find(q.model)) == nullptr)
     throw std::invalid_argument("model: '" + q.model + "' is not in the price table");
+  for (const auto& [from, to] : q.swap)
+    if (book.find(to) == nullptr)
+      throw std::invalid_argument("swap: '" + to + "' (for '" + from + "') is not in the price table");
   reader db(ledger_path);
   db.consistent();
   // The actual side is the spend query's, so both reports show the same figures.
   const spend_report actual = spend_on(db, calendar("UTC"), {q.range, {spend_group::model}, "UTC"});
 
   whatif_report out;
-  out.model = target->name;
+  out.model = blanket ? blanket->name : std::string();
   out.range = q.range;
   out.actual_total = actual.total;
-  for (const auto& row : actual.rows) out.rows.push_back({row.keys[0], row.figures, 0, 0});
+  // Each original model's price: its swap entry, else the blanket model, else its own.
+  std::vector<const model_price*> target;
+  for (const auto& row : actual.rows) {
+    const model_price* t = blanket;
+    for (const auto& [from, to] : q.swap)
+      if (row.keys[0] && book.same(*row.keys[0], from)) t = book.find(to);
+    if (t == blanket && blanket == nullptr && row.keys[0]) t = book.find(*row.keys[0]);
+    target.push_back(t);
+    out.rows.push_back({row.keys[0], row.figures, 0, 0, t ? std::optional<std::string>(t->name) : std::nullopt});
+  }
 
-  // Billable tokens per call clamped as compute_cost() clamps them, summed per (model, tier).
+  // Billable tokens per call clamped as compute_cost() clamps them, summed per (model, tier); a
+  // call's tier is decided by its target's threshold (?3: the rows without a model).
+  std::string threshold = "?3";
+  if (!out.rows.empty()) {
+    threshold = "CASE m";
+    for (std::size_t i = 0; i < out.rows.size(); ++i)
+      threshold += " WHEN ?" + std::to_string(4 + 2 * i) + " THEN ?" + std::to_string(5 + 2 * i);
+    threshold += " ELSE ?3 END";
+  }
   statement st(db,
-               "SELECT m, ?3 > 0 AND p > ?3, SUM(p - c - w), SUM(c), SUM(w - w1), SUM(w1), SUM(o), SUM(w1_raw) "
-               "FROM (SELECT COALESCE(price_model, served_model, requested_model) AS m, "
+               "SELECT m, t > 0 AND p > t, SUM(p - c - w), SUM(c), SUM(w - w1), SUM(w1), SUM(o), SUM(w1_raw) "
+               "FROM (SELECT *, " + threshold + " AS t FROM (SELECT COALESCE(price_model, served_model, requested_model) AS m, "
                "MAX(cached_tokens, 0) AS c, MAX(cache_write_tokens, 0) AS w, "
                "MIN(MAX(cache_write_1h_tokens, 0), MAX(cache_write_tokens, 0)) AS w1, "
                "MAX(prompt_tokens, 0, MAX(cached_tokens, 0) + MAX(cache_write_tokens, 0)) AS p, "
                "MAX(completion_tokens, 0) AS o, cache_write_1h_tokens AS w1_raw "
-               "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2) GROUP BY 1, 2");
+               "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2)) GROUP BY 1, 2");
   st.bind(1, q.range.from_ms);
   st.bind(2, q.range.to_ms);
-  st.bind(3, target->long_context_threshold);
+  st.bind(3, std::int64_t{0});
+  for (std::size_t i = 0; i < out.rows.size(); ++i) {
+    const auto& m = out.rows[i].model;
+    const std::int64_t t = target[i] ? target[i]->long_context_threshold : 0;
+    if (m)
+      st.bind_text(static_cast<int>(4 + 2 * i), *m);
+    else
+      st.bind(3, t);  // NULL never equals a WHEN value: the ELSE branch is this row's
+    st.bind(static_cast<int>(5 + 2 * i), t);
+  }
   std::map<std::optional<std::string>, std::pair<tier_tokens, tier_tokens>> by_model;  // short, long
   std::map<std::optional<std::string>, std::int64_t> write_1h_by_model;
-  tier_tokens all_short, all_long;
   while (st.step()) {
     const auto model = st.text(0);
     const bool long_tier = st.i64(1) != 0;
     const tier_tokens t{st.i64(2), st.i64(3), st.i64(4), st.i64(5), st.i64(6)};
     auto& slot = by_model[model];
     (long_tier ? slot.second : slot.first).add(t);
-    (long_tier ? all_long : all_short).add(t);
     write_1h_by_model[model] += st.i64(7);
     out.cache_write_1h_tokens += st.i64(7);
   }
-  const tier_prices short_prices = prices_of(*target, false), long_prices = prices_of(*target, true);
-  const auto cost = [&](const tier_tokens& s, const tier_tokens& l) {
-    return s.cost(short_prices) + l.cost(long_prices);
-  };
-  for (auto& row : out.rows) {
-    if (const auto it = by_model.find(row.model); it != by_model.end())
-      row.whatif_cost_usd = cost(it->second.first, it->second.second);
+  // The total sums tokens per target before pricing them, so a question with one target costs
+  // each price once (as one call's what-if is compute_cost's figure exactly).
+  std::map<const model_price*, std::pair<tier_tokens, tier_tokens>> by_target;
+  out.whatif_cost_usd = 0;
+  for (std::size_t i = 0; i < out.rows.size(); ++i) {
+    auto& row = out.rows[i];
     row.cache_write_1h_tokens = write_1h_by_model[row.model];
+    const auto it = by_model.find(row.model);
+    if (target[i] == nullptr) {  // not re-priced: what it cost
+      row.whatif_cost_usd = row.actual.cost_usd;
+      out.whatif_cost_usd += row.actual.cost_usd;
+      continue;
+    }
+    if (it == by_model.end()) continue;
+    const tier_prices s = prices_of(*target[i], false), l = prices_of(*target[i], true);
+    row.whatif_cost_usd = it->second.first.cost(s) + it->second.second.cost(l);
+    by_target[target[i]].first.add(it->second.first);
+    by_target[target[i]].second.add(it->second.second);
   }
-  out.whatif_cost_usd = cost(all_short, all_long);
+  for (const auto& [t, tokens] : by_target)
+    out.whatif_cost_usd += tokens.first.cost(prices_of(*t, false)) + tokens.second.cost(prices_of(*t, true));
   return out;
 }
 
 nlohmann::json to_json(const whatif_report& r) {
   nlohmann::json j;
-  j["model"] = r.model;
+  j["model"] = r.model.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.model);
   put_range(j, r.range);
   auto& rows = j["rows"] = nlohmann::json::array();
   for (const auto& row : r.rows) {
@@ -634,6 +768,7 @@ nlohmann::json to_json(const whatif_report& r) {
     put_figures(o, row.actual, "actual_cost_usd");
     o["cache_write_1h_tokens"] = row.cache_write_1h_tokens;
     o["whatif_cost_usd"] = row.whatif_cost_usd;
+    o["target"] = row.target ? nlohmann::json(*row.target) : nlohmann::json(nullptr);
     rows.push_back(std::move(o));
   }
   auto& total = j["total"];
@@ -646,20 +781,22 @@ nlohmann::json to_json(const whatif_report& r) {
 std::string to_csv(const whatif_report& r) {
   std::string out = "row,model,";
   out += kFigureHeader;
-  out += ",actual_cost_usd,cache_write_1h_tokens,whatif_cost_usd\n";
+  out += ",actual_cost_usd,cache_write_1h_tokens,whatif_cost_usd,target\n";
   const auto line = [&](std::string_view kind, const std::string& model, const spend_figures& f, std::int64_t w1h,
-                        double whatif) {
+                        double whatif, const std::string& target) {
     out += kind;
     (out += ',') += csv_field(model);
     out += ',';
     put_csv_figures(out, f);
     (out += ',') += std::to_string(w1h);
     (out += ',') += format_double(whatif);
+    (out += ',') += csv_field(target);
     out += '\n';
   };
   for (const auto& row : r.rows)
-    line("group", row.model.value_or(""), row.actual, row.cache_write_1h_tokens, row.whatif_cost_usd);
-  line("total", "", r.actual_total, r.cache_write_1h_tokens, r.whatif_cost_usd);
+    line("group", row.model.value_or(""), row.actual, row.cache_write_1h_tokens, row.whatif_cost_usd,
+         row.target.value_or(""));
+  line("total", "", r.actual_total, r.cache_write_1h_tokens, r.whatif_cost_usd, "");
   return out;
 }
 

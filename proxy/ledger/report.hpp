@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -13,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/calendar.hpp"
+#include "core/pricing.hpp"
 
 namespace tollgate {
 
@@ -119,22 +121,41 @@ nlohmann::json to_json(const spend_report& r);
 // lines end in "\n" (what Unix tools expect; spreadsheets and CSV libraries accept it).
 std::string to_csv(const spend_report& r);
 
+// JSON text of a report: like nlohmann's dump() (indent < 0: compact; else that many spaces
+// per level; bytes that are not UTF-8 become U+FFFD), except that every amount is printed
+// shortest round-trip (std::to_chars): nlohmann's Grisu2 sometimes prints 17 digits where 16
+// read back the same double, and then JSON and CSV would show the same amount differently.
+// Non-finite numbers print as null.
+std::string json_text(const nlohmann::json& j, int indent = -1);
+
 // ---- What-if -----------------------------------------------------------------------------------
 
+// What would the period have cost: every call at one model (`model`), some models swapped for
+// others (`swap`), and/or other prices (`prices`). A call's target is its swap entry, else
+// `model`, else its own model; its price is the target's entry in `prices`, else the table's.
 struct whatif_query {
   time_range range;
-  std::string model;  // price-table id (aliases and snapshot ids resolve)
+  std::string model;  // price-table id (aliases and snapshot ids resolve); empty: no blanket swap
+  // original model -> model its calls are re-priced at (both resolve as ids do; a key matches a
+  // ledger model exactly or through the same price-table entry)
+  std::map<std::string, std::string> swap{};
+  // Price entries for this question only: replace the table's entry of that name (or alias), or
+  // add a model the table lacks.
+  std::vector<model_price> prices{};
 };
 
 struct whatif_row {
   std::optional<std::string> model;  // the original model (spend_group::model's rule)
   spend_figures actual;              // as query_spend grouped by model: exact ledger sums
   std::int64_t cache_write_1h_tokens = 0;
-  double whatif_cost_usd = 0;        // the same tokens at the target model's list prices
+  double whatif_cost_usd = 0;        // the same tokens at the target's prices
+  // The price entry the row was re-priced at; empty when it was not (its own model has no price
+  // and nothing swapped it): its what-if cost is then its actual cost.
+  std::optional<std::string> target;
 };
 
 struct whatif_report {
-  std::string model;  // the target's canonical price-table name
+  std::string model;  // the blanket target's canonical price-table name; empty without one
   time_range range;
   std::vector<whatif_row> rows;  // sorted by original model
   spend_figures actual_total;    // exact ledger sums of the range
@@ -143,16 +164,17 @@ struct whatif_report {
 };
 
 // Re-prices each call's tokens (uncached prompt, cache reads, 5-minute and 1-hour cache writes,
-// completion) at `q.model`'s prices with compute_cost()'s formula, its long-context tier
+// completion) at its target's prices with compute_cost()'s formula, its long-context tier
 // decided per call, and without the upstream's price multiplier (list prices). Token counts are
 // summed per (original model, tier) in SQL as integers, so the what-if cost is exact up to one
-// multiplication per price. Throws std::invalid_argument when the model is not in `prices`.
+// multiplication per price. Throws std::invalid_argument when `q.model` or a swap target has no
+// price (in `q.prices` or the table), or when the query asks for no change at all.
 whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q, const price_table& prices);
 
-// {"model", "from", "to", "from_ms", "to_ms", "rows": [{"model", <token sums>, "actual_cost_usd",
-//  "whatif_cost_usd"}], "total": {...}}.
+// {"model" (null without a blanket target), "from", "to", "from_ms", "to_ms", "rows": [{"model",
+//  <token sums>, "actual_cost_usd", "whatif_cost_usd", "target"}], "total": {...}}.
 nlohmann::json to_json(const whatif_report& r);
-// CSV as for spend: row,model,<figures>,actual_cost_usd,cache_write_1h_tokens,whatif_cost_usd.
+// CSV as for spend: row,model,<figures>,actual_cost_usd,cache_write_1h_tokens,whatif_cost_usd,target.
 std::string to_csv(const whatif_report& r);
 
 // ---- Warm start --------------------------------------------------------------------------------

@@ -217,10 +217,7 @@ void print_whatif(std::ostream& out, const whatif_report& r) {
 
 // Indented JSON; a model name that is not UTF-8 (a hand-edited ledger) shows as U+FFFD instead
 // of stopping the report.
-template <class Json>
-std::string pretty(const Json& j) {
-  return j.dump(2, ' ', false, Json::error_handler_t::replace);
-}
+std::string pretty(const nlohmann::json& j) { return json_text(j, 2); }
 
 int run(const options& o, std::ostream& out, std::ostream& err) {
   std::error_code ec;
@@ -242,7 +239,7 @@ int run(const options& o, std::ostream& out, std::ostream& err) {
           << '\n';
       return 2;
     }
-    const auto report = query_whatif(o.ledger, {range, *o.whatif}, prices);
+    const auto report = query_whatif(o.ledger, {.range = range, .model = *o.whatif}, prices);
     if (o.format == output_format::csv) out << to_csv(report);
     else if (o.format == output_format::json) out << pretty(to_json(report)) << '\n';
     else print_whatif(out, report);

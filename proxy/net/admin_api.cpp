@@ -16,6 +16,7 @@
 #include "core/calendar.hpp"
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "core/http_rules.hpp"
 #include "core/log.hpp"
 #include "core/policy.hpp"
 #include "core/pricing.hpp"
@@ -34,11 +35,8 @@ struct http_problem : std::runtime_error {
 };
 
 // Compact JSON text; bytes that are not UTF-8 (a quoted query value, a hand-edited ledger's model
-// name) become U+FFFD instead of throwing out of the handler.
-template <class Json>
-std::string text_of(const Json& j) {
-  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
-}
+// name) become U+FFFD instead of throwing out of the handler; amounts shortest round-trip.
+std::string text_of(const json& j) { return json_text(j); }
 
 std::string problem_body(std::string_view message, std::string_view type, std::string_view code) {
   json j = {{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", code}}}};
@@ -102,10 +100,9 @@ std::map<std::string, std::string> parse_query(std::string_view q) {
 bool token_ok(const config& cfg, std::string_view authorization) {
   const std::string& want = cfg.policy.admin_token;
   if (want.empty()) return false;
-  if (authorization.size() < 7) return false;
-  std::string_view scheme = authorization.substr(0, 7);
-  if (!(scheme == "Bearer " || scheme == "bearer ")) return false;
-  std::string_view got = authorization.substr(7);
+  // The scheme is case-insensitive (RFC 9110 section 11.1), as on the client port.
+  if (authorization.size() < 7 || !iequals(authorization.substr(0, 7), "bearer ")) return false;
+  std::string_view got = trim_ows(authorization.substr(7));
   // Compare digests so the comparison takes the same time whatever the lengths.
   auto a = policy_engine::sha256(got), b = policy_engine::sha256(want);
   return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
@@ -167,13 +164,100 @@ admin_response spend(const admin_context& ctx, const std::map<std::string, std::
   return report_response(query_spend(ctx.ledger_path, sq), csv);
 }
 
-admin_response whatif(const admin_context& ctx, const std::map<std::string, std::string>& q) {
-  calendar cal(ctx.cfg.timezone);
+// A field of the key body that must have one JSON type: a 400 naming it otherwise (nlohmann's own
+// message names neither the field nor the request).
+[[noreturn]] void bad_field(const std::string& field, const std::string& why) {
+  throw http_problem(400, "invalid_parameter", field + " " + why);
+}
+
+// A price a what-if body gives: a number >= 0.
+double price_field(const json& entry, const std::string& where, const char* field) {
+  const auto& v = entry.at(field);
+  if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0)
+    throw http_problem(400, "invalid_parameter", where + "." + field + " must be a number >= 0 (USD per 1M tokens)");
+  return v.get<double>();
+}
+
+// One entry of a what-if body's "prices", with prices.yaml's keys: it starts from the table's
+// entry of that model (when there is one), so `{"output": 6}` changes only the output price.
+model_price price_override(const price_table& table, const std::string& model, const json& entry) {
+  const std::string where = "prices." + model.substr(0, 60);
+  if (!entry.is_object()) throw http_problem(400, "invalid_parameter", where + " must be an object of prices");
+  model_price p;
+  if (const model_price* base = table.resolve(model)) p = *base;
+  else if (!entry.contains("input") || !entry.contains("output"))
+    throw http_problem(400, "invalid_parameter", where + ": a model the price table lacks needs input and output");
+  p.name = model;
+  for (const auto& [field, v] : entry.items()) {
+    if (field == "input") p.input = price_field(entry, where, "input");
+    else if (field == "output") p.output = price_field(entry, where, "output");
+    else if (field == "cached_input") p.cached_input = price_field(entry, where, "cached_input");
+    else if (field == "cache_write_5m") p.cache_write_5m = price_field(entry, where, "cache_write_5m");
+    else if (field == "cache_write_1h") p.cache_write_1h = price_field(entry, where, "cache_write_1h");
+    else if (field == "long_context") {
+      const std::string lw = where + ".long_context";
+      if (!v.is_object()) throw http_problem(400, "invalid_parameter", lw + " must be an object");
+      for (const auto& [lf, lv] : v.items()) {
+        if (lf == "threshold") {
+          if (!lv.is_number_unsigned() || lv.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+            throw http_problem(400, "invalid_parameter", lw + ".threshold must be a whole number of tokens");
+          p.long_context_threshold = static_cast<std::int64_t>(lv.get<std::uint64_t>());
+        } else if (lf == "input") p.long_input = price_field(v, lw, "input");
+        else if (lf == "output") p.long_output = price_field(v, lw, "output");
+        else if (lf == "cached_input") p.long_cached_input = price_field(v, lw, "cached_input");
+        else if (lf == "cache_write_5m") p.long_cache_write_5m = price_field(v, lw, "cache_write_5m");
+        else if (lf == "cache_write_1h") p.long_cache_write_1h = price_field(v, lw, "cache_write_1h");
+        else throw http_problem(400, "invalid_parameter", lw + "." + lf.substr(0, 40) + " is not a price key");
+      }
+    } else {
+      throw http_problem(400, "invalid_parameter",
+                         where + "." + field.substr(0, 40) +
+                             " is not a price key (input, cached_input, output, cache_write_5m, cache_write_1h, long_context)");
+    }
+  }
+  // A new model's cached price defaults to its input price, as in prices.yaml.
+  if (table.resolve(model) == nullptr && !entry.contains("cached_input")) p.cached_input = p.input;
+  return p;
+}
+
+// GET /admin/whatif?model=X&from=&to= re-prices every call at X. POST takes a JSON body for the
+// other questions: {"from", "to", "month", "format", "model", "swap": {"claude-sonnet-4.5":
+// "deepseek-v3.2"}, "prices": {"gpt-4o": {"output": 6}}} (query parameters work too).
+admin_response whatif(const admin_context& ctx, std::map<std::string, std::string> q, const std::string* body) {
   whatif_query wq;
+  if (body != nullptr) {
+    json j;
+    try {
+      j = json::parse(*body);
+    } catch (const json::exception& e) {
+      throw http_problem(400, "invalid_json", std::string("body is not valid JSON: ") + e.what());
+    }
+    if (!j.is_object()) throw http_problem(400, "invalid_json", "body must be a JSON object");
+    for (const auto& [field, v] : j.items()) {
+      if (field == "from" || field == "to" || field == "month" || field == "format" || field == "model") {
+        if (!v.is_string()) bad_field(field, "must be a string");
+        if (q.count(field)) bad_field(field, "is given both in the query and in the body");
+        q[field] = v.get<std::string>();
+      } else if (field == "swap") {
+        if (!v.is_object()) bad_field("swap", "must be an object {\"original model\": \"model to price it at\"}");
+        for (const auto& [from, to] : v.items()) {
+          if (!to.is_string()) bad_field("swap." + from.substr(0, 60), "must be a model id (a string)");
+          wq.swap[from] = to.get<std::string>();
+        }
+      } else if (field == "prices") {
+        if (!v.is_object()) bad_field("prices", "must be an object {\"model\": {\"input\": n, \"output\": n}}");
+        for (const auto& [model, entry] : v.items()) wq.prices.push_back(price_override(ctx.prices, model, entry));
+      } else {
+        bad_field("'" + field.substr(0, 40) + "'", "is not a what-if field (from, to, month, format, model, swap, prices)");
+      }
+    }
+  }
+  calendar cal(ctx.cfg.timezone);
   wq.range = range_of(q, cal);
-  auto it = q.find("model");
-  if (it == q.end() || it->second.empty()) throw http_problem(400, "missing_parameter", "model is required");
-  wq.model = it->second;
+  if (auto it = q.find("model"); it != q.end()) wq.model = it->second;
+  if (wq.model.empty() && wq.swap.empty() && wq.prices.empty())
+    throw http_problem(400, "missing_parameter",
+                       body ? "say what to change: model, swap or prices" : "model is required (POST a JSON body for swaps and price changes)");
   bool csv = want_csv(q);
   whatif_report report;
   try {
@@ -192,6 +276,7 @@ admin_response budgets(const admin_context& ctx) {
                               {"period", std::string(to_string(b.period))},
                               {"limit_usd", b.limit_usd},
                               {"spent_usd", b.spent_usd},
+                              {"remaining_usd", std::max(0.0, b.limit_usd - b.spent_usd)},
                               {"reserved_usd", b.reserved_usd},
                               {"hard", b.hard},
                               {"window_start", format_rfc3339_utc(b.window.start_s * 1000)},
@@ -236,12 +321,6 @@ admin_response keys_list(const admin_context& ctx) {
   admin_response r;
   r.body = text_of(json{{"keys", out}});
   return r;
-}
-
-// A field of the key body that must have one JSON type: a 400 naming it otherwise (nlohmann's own
-// message names neither the field nor the request).
-[[noreturn]] void bad_field(const std::string& field, const std::string& why) {
-  throw http_problem(400, "invalid_parameter", field + " " + why);
 }
 
 std::string string_field(const json& j, const char* field) {
@@ -389,11 +468,12 @@ admin_response handle_admin(const admin_context& ctx, const admin_request& req) 
   try {
     std::string_view target = req.target;
     std::string_view path = target.substr(0, target.find('?'));
-    auto query = parse_query(path.size() < target.size() ? target.substr(path.size() + 1) : std::string_view{});
     if (ctx.cfg.policy.admin_token.empty())
       return fail(401, "admin_disabled", "The admin API is disabled: set admin_token (or TOLLGATE_ADMIN_TOKEN).");
     if (!token_ok(ctx.cfg, req.authorization))
       return fail(401, "invalid_admin_token", "Missing or wrong admin token (Authorization: Bearer <admin_token>).");
+    // Only a caller with the token learns what is wrong with its query.
+    auto query = parse_query(path.size() < target.size() ? target.substr(path.size() + 1) : std::string_view{});
     const bool get = req.method == "GET" || req.method == "HEAD";
     auto not_allowed = [](std::string allow) {
       auto r = fail(405, "method_not_allowed", "Method not allowed on this endpoint.");
@@ -401,7 +481,11 @@ admin_response handle_admin(const admin_context& ctx, const admin_request& req) 
       return r;
     };
     if (path == "/admin/spend") return get ? spend(ctx, query) : not_allowed("GET, HEAD");
-    if (path == "/admin/whatif") return get ? whatif(ctx, query) : not_allowed("GET, HEAD");
+    if (path == "/admin/whatif") {
+      if (get) return whatif(ctx, std::move(query), nullptr);
+      if (req.method == "POST") return whatif(ctx, std::move(query), &req.body);
+      return not_allowed("GET, HEAD, POST");
+    }
     if (path == "/admin/budgets") return get ? budgets(ctx) : not_allowed("GET, HEAD");
     if (path == "/admin/keys") {
       if (get) return keys_list(ctx);

@@ -1048,7 +1048,10 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       while (!presented.empty() && presented.front() == ' ') presented.remove_prefix(1);
     }
     if (!presented.empty()) key = st_.policy->find_key(presented);
-    if (presented.empty() && cfg_.policy.auth == auth_mode::required)
+    // RFC 9110 section 11.6.1: a 401 says which scheme it wants.
+    const bool missing = presented.empty() && cfg_.policy.auth == auth_mode::required;
+    if (missing || (!presented.empty() && !key)) extra_headers_.emplace_back("www-authenticate", "Bearer realm=\"tollgate\"");
+    if (missing)
       return a.refuse(errc::unauthorized,
                       "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key'.");
     if (!presented.empty() && !key) return a.refuse(errc::unauthorized, "Incorrect API key provided.");

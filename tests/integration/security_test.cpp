@@ -345,13 +345,18 @@ TEST_CASE("security: the admin API needs the admin token, /metrics and health ch
         auto r = tt::request(h.admin_port(), method, target, method == "POST" ? R"({"name":"x"})" : "", hs);
         CHECK(r.status == 401);
         CHECK(r.body.find("admin") != std::string::npos);
+        CHECK(r.header("www-authenticate").find("Bearer") == 0);
+        // A bad query is told apart only for a caller with the token.
+        CHECK(tt::request(h.admin_port(), "GET", "/admin/spend?a=1&a=2", "", hs).status == 401);
       }
     }
     h.flush();
     CHECK(h.query_int("SELECT COUNT(*) FROM client_keys") == 0);  // the refused POST created nothing
   }
-  SECTION("the right token: 200") {
+  SECTION("the right token: 200, whatever the case of the scheme (RFC 9110)") {
     CHECK(tt::request(h.admin_port(), "GET", "/admin/spend", "", good).status == 200);
+    CHECK(tt::request(h.admin_port(), "GET", "/admin/spend", "", {{"Authorization", "BEARER " + token}}).status == 200);
+    CHECK(tt::request(h.admin_port(), "GET", "/admin/spend?a=1&a=2", "", good).status == 400);
     CHECK(tt::request(h.admin_port(), "GET", "/admin/keys", "", good).status == 200);
   }
   SECTION("no token needed for /metrics, /healthz, /readyz") {

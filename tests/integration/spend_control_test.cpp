@@ -424,6 +424,60 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
     CHECK(j["model"] == "deepseek-v3.2");
     CHECK(tt::request(h.admin_port(), "GET", "/admin/whatif?model=no-such-model", {}, admin).status == 400);
   }
+  SECTION("POST /admin/whatif swaps some models and changes prices; unchanged models keep list prices") {
+    tt::headers hs = admin;
+    hs.emplace_back("Content-Type", "application/json");
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("claude-sonnet-4.5")).status == 200);
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1")).status == 200);
+    h.flush();
+    const auto tokens = [&](const char* model, const char* column) {
+      return h.query_double(std::string("SELECT SUM(") + column + ") FROM calls WHERE price_model = '" + model + "'");
+    };
+    const double sonnet_in = tokens("claude-sonnet-4.5", "prompt_tokens"), sonnet_out = tokens("claude-sonnet-4.5", "completion_tokens");
+    const double gpt_in = tokens("gpt-4.1", "prompt_tokens"), gpt_out = tokens("gpt-4.1", "completion_tokens");
+    REQUIRE(sonnet_out > 0);
+    REQUIRE(h.query_double("SELECT SUM(cached_tokens + cache_write_tokens) FROM calls") == 0);
+    // Sonnet swapped for DeepSeek (0.28 / 0.42 per 1M in prices.yaml), gpt-4.1's output price cut to 6.
+    auto r = tt::request(h.admin_port(), "POST", "/admin/whatif",
+                         R"({"swap":{"claude-sonnet-4-5":"deepseek-v3.2"},"prices":{"gpt-4.1":{"output":6}},"from":"2020-01-01"})", hs);
+    REQUIRE(r.status == 200);
+    auto j = json::parse(r.body);
+    CHECK(j["model"].is_null());
+    REQUIRE(j["rows"].size() == 2);
+    const double deepseek_in = 0.28, deepseek_out = 0.42;  // config/prices.yaml
+    for (const auto& row : j["rows"]) {
+      INFO(row.dump());
+      if (row["model"] == "claude-sonnet-4.5") {
+        CHECK(row["target"] == "deepseek-v3.2");
+        CHECK(row["whatif_cost_usd"].get<double>() ==
+              Approx((sonnet_in * deepseek_in + sonnet_out * deepseek_out) / 1e6).epsilon(1e-12));
+      } else {
+        CHECK(row["target"] == "gpt-4.1");
+        CHECK(row["whatif_cost_usd"].get<double>() == Approx((gpt_in * 2.00 + gpt_out * 6.0) / 1e6).epsilon(1e-12));
+      }
+    }
+    CHECK(j["total"]["whatif_cost_usd"].get<double>() ==
+          Approx(j["rows"][0]["whatif_cost_usd"].get<double>() + j["rows"][1]["whatif_cost_usd"].get<double>()).epsilon(1e-12));
+    for (const auto& [body, says] : std::vector<std::pair<std::string, std::string>>{
+             {R"({})", "say what to change"},
+             {R"({"swap":{"gpt-4.1":"no-such-model"}})", "'no-such-model' (for 'gpt-4.1') is not in the price table"},
+             {R"({"prices":{"new-model":{"output":1}}})", "needs input and output"},
+             {R"({"prices":{"gpt-4.1":{"output":-1}}})", "prices.gpt-4.1.output must be a number >= 0"},
+             {R"({"prices":{"gpt-4.1":{"outptu":1}}})", "outptu is not a price key"},
+             {R"({"model":"gpt-4o","moddel":"x"})", "'moddel' is not a what-if field"},
+             {R"([1])", "body must be a JSON object"}}) {
+      INFO(body);
+      auto bad = tt::request(h.admin_port(), "POST", "/admin/whatif", body, hs);
+      CHECK(bad.status == 400);
+      CHECK(bad.body.find(says) != std::string::npos);
+    }
+    // A model the table lacks, priced by the question itself.
+    auto added = tt::request(h.admin_port(), "POST", "/admin/whatif",
+                             R"({"model":"my-model","prices":{"my-model":{"input":1,"output":2}}})", hs);
+    REQUIRE(added.status == 200);
+    CHECK(json::parse(added.body)["total"]["whatif_cost_usd"].get<double>() ==
+          Approx(((sonnet_in + gpt_in) * 1 + (sonnet_out + gpt_out) * 2) / 1e6).epsilon(1e-12));
+  }
   SECTION("POST /admin/keys names the field that is wrong, and refuses fields it does not know") {
     const tt::headers hs = {{"Authorization", "Bearer admin-secret"}, {"Content-Type", "application/json"}};
     for (const auto& [body, says] : std::vector<std::pair<std::string, std::string>>{
@@ -459,9 +513,21 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
     CHECK(list["keys"].size() == 1);
     CHECK(list.dump().find(secret) == std::string::npos);
     CHECK(tt::request(h.admin_port(), "DELETE", "/admin/keys/ci", {}, admin).status == 200);
-    CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer(secret)).status == 401);
+    auto refused = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer(secret));
+    CHECK(refused.status == 401);
+    CHECK(refused.header("www-authenticate").find("Bearer") == 0);
     h.flush();
     CHECK(h.query_text("SELECT client_key_id FROM calls WHERE status = 200") == "ci");
+    // The name of a revoked key may be given to a new key (rotation); the revoked secret stays dead.
+    const tt::headers hs = {{"Authorization", "Bearer admin-secret"}, {"Content-Type", "application/json"}};
+    auto again = tt::request(h.admin_port(), "POST", "/admin/keys", R"({"name":"ci","team":"qa"})", hs);
+    REQUIRE(again.status == 201);
+    std::string rotated = json::parse(again.body)["key"];
+    CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer(rotated)).status == 200);
+    CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer(secret)).status == 401);
+    CHECK(tt::request(h.admin_port(), "POST", "/admin/keys", R"({"name":"ci"})", hs).status == 409);  // live again
+    auto reuse = tt::request(h.admin_port(), "POST", "/admin/keys", R"({"name":"other","key":")" + secret + R"("})", hs);
+    CHECK(reuse.status == 409);
   }
   SECTION("POST /admin/keys takes the caller's own key, or only its SHA-256, as the config file does") {
     const tt::headers hs = {{"Authorization", "Bearer admin-secret"}, {"Content-Type", "application/json"}};

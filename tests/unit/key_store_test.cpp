@@ -204,11 +204,25 @@ TEST_CASE("key_store: names and keys are unique, revoked ones included", "[key_s
     twin.sha256 = first.sha256;
     CHECK_THROWS_WITH(store.insert(twin, 2), Contains("already stored as 'app'"));
   }
-  SECTION("a revoked name stays taken") {
+  SECTION("a revoked key's name may be given to a new key; its secret stays refused") {
     REQUIRE(store.revoke("app", 3) == revoke_result::revoked);
     auto again = sample_key("app");
     again.sha256 = key_sha256("another-secret");
-    CHECK_THROWS_AS(store.insert(again, 4), key_exists);
+    REQUIRE_NOTHROW(store.insert(again, 4));
+    const auto listed = store.list();
+    REQUIRE(listed.size() == 2);
+    CHECK(listed[0].key.name == "app");
+    CHECK(!listed[0].revoked_ms);
+    CHECK(listed[1].key.name == "app@revoked-3");
+    CHECK(listed[1].revoked_ms == 3);
+    REQUIRE(store.load_active().size() == 1);
+    CHECK(store.load_active()[0].sha256 == again.sha256);
+    auto old_secret = sample_key("revived");
+    old_secret.sha256 = first.sha256;
+    CHECK_THROWS_WITH(store.insert(old_secret, 5), Contains("already stored as 'app@revoked-3'"));
+    auto third = sample_key("app");
+    third.sha256 = key_sha256("a-third-secret");
+    CHECK_THROWS_WITH(store.insert(third, 5), Contains("client key 'app' already exists"));
   }
   SECTION("a refused insert leaves the store unchanged") {
     CHECK_THROWS(store.insert(first, 2));

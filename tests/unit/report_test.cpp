@@ -1,6 +1,7 @@
 // Tests of the finance reports (proxy/ledger/report.cpp, report_cli.cpp) against real ledger
 // files written by the ledger writer: time parsing, spend groups, local days across DST and
 // month ends, exact sums, CSV/JSON output, what-if re-pricing, warm-start rows and the CLI.
+#include <cmath>
 #include <sqlite3.h>
 
 #include <catch2/catch.hpp>
@@ -501,7 +502,7 @@ TEST_CASE("report: what-if re-prices the tokens at another model's prices", "[re
     sonnet.cost_usd = compute_cost(prices, "claude-sonnet-4.5", sonnet.tokens).usd;
     REQUIRE(sonnet.cost_usd == Approx(150.0));
     s.write({sonnet});
-    const auto r = query_whatif(s.path, {{}, "deepseek-v3.2"}, prices);
+    const auto r = query_whatif(s.path, {.range = {}, .model = "deepseek-v3.2"}, prices);
     CHECK(r.model == "deepseek-v3.2");
     REQUIRE(r.rows.size() == 1);
     CHECK(r.rows[0].model == "claude-sonnet-4.5");
@@ -510,7 +511,7 @@ TEST_CASE("report: what-if re-prices the tokens at another model's prices", "[re
     CHECK(r.rows[0].whatif_cost_usd == Approx(4.2).epsilon(1e-12));
     CHECK(r.actual_total.cost_usd == sonnet.cost_usd);
     CHECK(r.whatif_cost_usd == Approx(4.2).epsilon(1e-12));
-    const auto back = query_whatif(s.path, {{}, "claude-sonnet-4-5-20250929"}, prices);
+    const auto back = query_whatif(s.path, {.range = {}, .model = "claude-sonnet-4-5-20250929"}, prices);
     CHECK(back.model == "claude-sonnet-4.5");
     CHECK(back.whatif_cost_usd == Approx(150.0).epsilon(1e-12));
   }
@@ -532,7 +533,7 @@ TEST_CASE("report: what-if re-prices the tokens at another model's prices", "[re
     const auto target = *prices.resolve("claude-sonnet-4.5");
     double expected = 0;
     for (const auto& u : usages) expected += compute_cost(target, u).usd;
-    const auto r = query_whatif(s.path, {{}, "claude-sonnet-4.5"}, prices);
+    const auto r = query_whatif(s.path, {.range = {}, .model = "claude-sonnet-4.5"}, prices);
     CHECK(r.whatif_cost_usd == Approx(expected).epsilon(1e-12));
     REQUIRE(r.rows.size() == 2);
     CHECK(r.rows[1].model == "gpt-4.1");
@@ -546,17 +547,17 @@ TEST_CASE("report: what-if re-prices the tokens at another model's prices", "[re
     one.tokens = {123'456, 7'890, 23'456, 1'000, 400, 0};
     s.write({one});
     for (const char* m : {"claude-sonnet-4.5", "gpt-5", "deepseek-v3.2"})
-      CHECK(query_whatif(s.path, {{}, m}, prices).whatif_cost_usd == compute_cost(*prices.resolve(m), one.tokens).usd);
+      CHECK(query_whatif(s.path, {.range = {}, .model = m}, prices).whatif_cost_usd == compute_cost(*prices.resolve(m), one.tokens).usd);
   }
   SECTION("an unknown model is refused") {
     s.write({call(t, "gpt-4.1", 1)});
-    CHECK_THROWS_WITH(query_whatif(s.path, {{}, "no-such-model"}, prices), Contains("'no-such-model' is not in the price table"));
+    CHECK_THROWS_WITH(query_whatif(s.path, {.range = {}, .model = "no-such-model"}, prices), Contains("'no-such-model' is not in the price table"));
   }
   SECTION("JSON and CSV carry both costs") {
     auto r1 = call(t, "gpt-4.1", 0.008);
     r1.tokens.completion = 1000;
     s.write({r1});
-    const auto r = query_whatif(s.path, {{}, "gpt-4.1-mini"}, prices);
+    const auto r = query_whatif(s.path, {.range = {}, .model = "gpt-4.1-mini"}, prices);
     const auto j = to_json(r);
     CHECK(j["model"] == "gpt-4.1-mini");
     CHECK(j["rows"][0]["actual_cost_usd"] == 0.008);
@@ -678,4 +679,17 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
     CHECK(rc == 1);
     CHECK_THAT(err, Contains(bogus) && Contains("not a tollgate ledger"));
   }
+}
+
+TEST_CASE("json_text: amounts shortest round-trip, the rest as nlohmann prints it", "[report]") {
+  nlohmann::json j = {{"cost_usd", 0.04489090291969575}, {"n", 3}, {"s", "a\"b"}, {"whole", 2.0},
+                      {"none", nullptr}, {"list", {1, 0.1, "x"}}, {"empty", nlohmann::json::object()}};
+  const std::string compact = json_text(j);
+  CHECK(compact.find("\"cost_usd\":0.04489090291969575,") != std::string::npos);  // nlohmann: ...695747
+  CHECK(compact.find("\"whole\":2.0") != std::string::npos);
+  CHECK(nlohmann::json::parse(compact) == j);
+  nlohmann::json no_floats = {{"a", {1, 2}}, {"b", {{"c", "d"}}}, {"e", nlohmann::json::array()}};
+  CHECK(json_text(no_floats) == no_floats.dump());
+  CHECK(json_text(no_floats, 2) == no_floats.dump(2));
+  CHECK(json_text(nlohmann::json(std::nan(""))) == "null");
 }
