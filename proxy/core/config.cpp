@@ -173,6 +173,14 @@ std::string format_host_port(const host_port& hp) {
 
 bool is_wildcard(const std::string& host) { return host == "0.0.0.0" || host == "::"; }
 
+// Upstream names label metrics and log lines and are matched by routes: no spaces, quotes or
+// line breaks (an unterminated quote in YAML would otherwise swallow the lines after it).
+bool valid_upstream_name(std::string_view s) {
+  return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '-' || c == '_' || c == '.';
+  });
+}
+
 const char* env_value(const char* name) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? v : nullptr;
@@ -197,17 +205,32 @@ struct entry {
 // unknown key is found (with a suggestion) in one place.
 class loader {
  public:
-  loader(config& cfg, std::string file, std::filesystem::path dir)
-      : cfg_(cfg), file_(std::move(file)), dir_(std::move(dir)) {}
+  loader(config& cfg, std::string file, std::filesystem::path dir, std::string_view text)
+      : cfg_(cfg), file_(std::move(file)), dir_(std::move(dir)) {
+    for (std::size_t at = 0; at <= text.size();) {
+      const std::size_t nl = std::min(text.find('\n', at), text.size());
+      lines_.push_back(text.substr(at, nl - at));
+      at = nl + 1;
+    }
+  }
 
   void load(const YAML::Node& root) {
     if (!root.IsNull()) read_section(root, "", 1, top_level_fields());  // null: empty file, all defaults
     // Without pricing.file, the price table is `prices.yaml` next to the config file (as the
     // README says), else `config/prices.yaml` under the working directory (a checkout's root).
+    // A config elsewhere, started from elsewhere (`tollgate --config /tmp/t.yaml` run from /),
+    // still finds the table this binary was built with: the checkout's config/prices.yaml.
     if (!prices_file_given_ && !dir_.empty()) {
       std::error_code ec;
       const auto beside = (dir_ / "prices.yaml").lexically_normal();
-      if (std::filesystem::is_regular_file(beside, ec)) cfg_.prices_file = beside.string();
+      if (std::filesystem::is_regular_file(beside, ec)) {
+        cfg_.prices_file = beside.string();
+      } else if (!std::filesystem::is_regular_file(cfg_.prices_file, ec)) {
+#ifdef TOLLGATE_SOURCE_DIR
+        const std::filesystem::path built_with = std::filesystem::path(TOLLGATE_SOURCE_DIR) / "config" / "prices.yaml";
+        if (std::filesystem::is_regular_file(built_with, ec)) cfg_.prices_file = built_with.string();
+#endif
+      }
     }
   }
 
@@ -303,7 +326,32 @@ class loader {
     }
     if (e.node.IsSequence()) fail(e, "expected a single value, not a list");
     if (e.node.IsMap()) fail(e, "expected a single value, not a mapping");
+    ends_on_its_line(e);
     return substitute(e.node.Scalar(), e.line);
+  }
+
+  // YAML lets a quoted value run on over the next lines, so a missing closing quote silently
+  // takes the keys below it into the value (`name: "relay` swallowing a hard budget). No value
+  // of this file spans lines: a quoted one must close on the line it opens.
+  void ends_on_its_line(const entry& e) const {
+    const YAML::Mark m = e.node.Mark();
+    if (m.is_null() || m.line < 0 || static_cast<std::size_t>(m.line) >= lines_.size()) return;
+    const std::string_view l = lines_[static_cast<std::size_t>(m.line)];
+    const auto start = static_cast<std::size_t>(std::max(m.column, 0));
+    if (start >= l.size() || (l[start] != '"' && l[start] != '\'')) return;
+    const char q = l[start];
+    for (std::size_t i = start + 1; i < l.size(); ++i) {
+      if (q == '"' && l[i] == '\\') {
+        ++i;
+      } else if (l[i] == q) {
+        if (q == '\'' && i + 1 < l.size() && l[i + 1] == '\'') {
+          ++i;  // '' is a quote inside a single-quoted value
+          continue;
+        }
+        return;
+      }
+    }
+    fail(e, std::string("the quoted value opened here does not close on this line (a missing ") + q + "?)");
   }
 
   std::string str(const entry& e) { return text(e, true); }
@@ -315,12 +363,15 @@ class loader {
     fail(e, "expected true or false, got '" + v + "'");
   }
 
-  std::size_t count(const entry& e, std::size_t min) {
+  // A whole number from `min` to `max` (10^15 unless said: every count of this file fits a signed
+  // 64-bit integer then, and none means anything larger).
+  std::size_t count(const entry& e, std::size_t min, std::size_t max = 1'000'000'000'000'000) {
     std::string v = text(e);
     std::size_t out = 0;
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
     if (ec != std::errc() || p != v.data() + v.size() || out < min)
       fail(e, "expected a whole number >= " + std::to_string(min) + ", got '" + v + "'");
+    if (out > max) fail(e, "too large: at most " + std::to_string(max) + ", got '" + v + "'");
     return out;
   }
 
@@ -340,6 +391,8 @@ class loader {
     try {
       millis out = parse_duration(v);
       if (out.count() == 0) fail(e, "must be greater than 0 (got '" + v + "')");
+      // Deadlines are now + duration on clocks counting nanoseconds: ~292 years overflow them.
+      if (out > std::chrono::hours(24 * 3650)) fail(e, "too large: at most 3650d (got '" + v + "')");
       return out;
     } catch (const std::invalid_argument& ex) {
       fail(e, ex.what());
@@ -560,7 +613,15 @@ class loader {
   webhook_config webhook(const entry& e) {
     webhook_config w;
     item_section(e, {
-        {"url", [&](const entry& x) { w.url = url(x); }},
+        {"url", [&](const entry& x) {
+           // Unlike an upstream's base URL, a webhook's may carry a query (Google Chat's key and
+           // token, Teams' api-version and sig): the part before it is checked.
+           w.url = text(x);
+           const std::string_view base = std::string_view(w.url).substr(0, w.url.find_first_of("?#"));
+           if (std::string why = url_problem(base); !why.empty()) fail(x, "URL " + why);
+           if (std::any_of(w.url.begin(), w.url.end(), [](unsigned char c) { return c <= ' ' || c == 0x7f; }))
+             fail(x, "URL must not contain spaces or control characters");
+         }},
         {"format", [&](const entry& x) {
            w.format = choice<webhook_format>(x, {{"json", webhook_format::json}, {"slack", webhook_format::slack}});
          }},
@@ -704,9 +765,14 @@ class loader {
         {"name", [this, &u](const entry& e) {
            u.name = text(e);
            if (u.name.empty()) fail(e, "must not be empty");
+           if (!valid_upstream_name(u.name))
+             fail(e, "expected 1-64 letters, digits, '-', '_' or '.' (it names the upstream in logs, metrics and routes)");
          }},
         {"url", [this, &u](const entry& e) { u.url = url(e); }},
-        {"api_key", [this, &u](const entry& e) { u.api_key = str(e); }},
+        {"api_key", [this, &u](const entry& e) {
+           u.api_key = str(e);
+           if (&u == &cfg_.upstream) upstream_key_given_ = true;
+         }},
         {"ca_file", [this, &u](const entry& e) { u.ca_file = str(e); }},
         {"tls_verify", [this, &u](const entry& e) { u.tls_verify = boolean(e); }},
         {"price_multiplier", [this, &u](const entry& e) { u.price_multiplier = multiplier(e); }},
@@ -748,7 +814,7 @@ class loader {
            cfg_.ledger_path = text(e);
            if (cfg_.ledger_path.empty()) fail(e, "must not be empty");
          }},
-        {"batch_rows", [this](const entry& e) { cfg_.ledger_batch_rows = count(e, 1); }},
+        {"batch_rows", [this](const entry& e) { cfg_.ledger_batch_rows = count(e, 1, 1'000'000); }},
         {"flush_interval", [this](const entry& e) { cfg_.ledger_flush_interval = duration(e); }},
         {"queue_capacity", [this](const entry& e) { cfg_.ledger_queue_capacity = count(e, 1); }},
         {"on_failure", [this](const entry& e) {
@@ -795,12 +861,17 @@ class loader {
   std::vector<int> route_lines_;  // line of each routes[] item, for cross-checks after loading
   int upstreams_line_ = 0;
   int upstream_line_ = 0;
+  bool upstream_key_given_ = false;
 
  public:
   // Cross-references inside the file, checked once everything is read.
   void check_references() {
     if (upstream_line_ != 0 && upstreams_line_ != 0)
       fail(std::max(upstream_line_, upstreams_line_), "set either 'upstream' (one) or 'upstreams' (a list), not both");
+    // The single upstream's documented key, also when the file has no `upstream:` section at
+    // all (the issue's own example config has none): HOLYSHEEP_API_KEY.
+    if (!upstream_key_given_)
+      if (const char* v = env_value("HOLYSHEEP_API_KEY")) cfg_.upstream.api_key = v;
     for (std::size_t i = 0; i < cfg_.routes.size(); ++i) {
       for (const auto& name : cfg_.routes[i].upstreams) {
         auto names = effective_upstreams(cfg_);
@@ -819,6 +890,7 @@ class loader {
  private:
   std::string file_;
   std::filesystem::path dir_;  // directory of the config file; empty for strings
+  std::vector<std::string_view> lines_;  // the file's text by line (it outlives the loader)
   bool prices_file_given_ = false;
 };
 
@@ -860,7 +932,7 @@ config load(const std::string& text, const std::string& name, const std::filesys
   }
   if (const int line = second_document_line(text); line > 0)
     throw config_error(name, line, "a second YAML document: tollgate reads one document per file (remove the '---')");
-  loader l(cfg, name, dir);
+  loader l(cfg, name, dir, text);
   l.load(root);
   l.check_references();
   if (!cfg.upstream.tls_verify)
@@ -896,6 +968,11 @@ void apply_env_overrides(config& cfg) {
       } catch (const std::invalid_argument& ex) {
         fail(var, ex.what());
       }
+      // As for the file's listen keys: a socket binds to an address, not a name.
+      in6_addr buf{};
+      if (out.host != "localhost" && ::inet_pton(AF_INET, out.host.c_str(), &buf) != 1 &&
+          ::inet_pton(AF_INET6, out.host.c_str(), &buf) != 1)
+        fail(var, "'" + out.host + "' is not an IP address (use 127.0.0.1, 0.0.0.0, ::1, :: or localhost)");
     }
   };
   address("TOLLGATE_LISTEN", cfg.listen);
@@ -944,7 +1021,12 @@ void validate(config& cfg) {
     throw config_error(file, 0, "refusing to listen on " + format_host_port(cfg.listen) +
                                     " without client authentication; set allow_public_without_auth: true to allow it");
   const host_port &a = cfg.listen, &b = cfg.admin_listen;
-  if (a.port != 0 && a.port == b.port && (lower(a.host) == lower(b.host) || is_wildcard(a.host) || is_wildcard(b.host)))
+  const auto same_host = [](std::string x, std::string y) {  // localhost binds 127.0.0.1 (server.cpp)
+    x = lower(x) == "localhost" ? "127.0.0.1" : lower(x);
+    y = lower(y) == "localhost" ? "127.0.0.1" : lower(y);
+    return x == y;
+  };
+  if (a.port != 0 && a.port == b.port && (same_host(a.host, b.host) || is_wildcard(a.host) || is_wildcard(b.host)))
     throw config_error(file, 0, "listen (" + format_host_port(a) + ") and admin_listen (" + format_host_port(b) +
                                     ") use the same port");
 }

@@ -28,7 +28,7 @@ enum class upstream_protocol : std::uint8_t { openai, anthropic };
 enum class upstream_auth : std::uint8_t { automatic, bearer, x_api_key };
 
 struct upstream_config {
-  std::string name = "default";
+  std::string name = "holysheep";  // the default upstream: the HolySheep relay
   upstream_protocol protocol = upstream_protocol::openai;
   upstream_auth auth_header = upstream_auth::automatic;
   unsigned weight = 1;                               // share of calls among upstreams serving a model

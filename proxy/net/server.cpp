@@ -245,6 +245,25 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   set_log_level(c.log);
   if (!c.prices_file.empty()) st.prices.load_yaml_file(c.prices_file);
   if (!c.litellm_prices_file.empty()) st.prices.load_litellm_file(c.litellm_prices_file);
+  // A model budget or guard names its model as clients do ("claude-sonnet-4-5", "GPT-4.1"), while
+  // calls are counted under their price-table entry: the scope takes the entry's name, or it
+  // would never match a call (and a hard budget never hold).
+  const auto canonical_scope = [&](std::string& scope, std::string_view what) {
+    if (!scope.starts_with("model:")) return;
+    if (const model_price* p = st.prices.resolve(std::string_view(scope).substr(6))) {
+      scope = "model:" + p->name;
+    } else {
+      c.warnings.push_back(std::string(what) + " scope '" + scope +
+                           "' names no model of the price table: calls of an unpriced model cost nothing, so it counts none");
+    }
+  };
+  for (auto& b : c.policy.budgets) canonical_scope(b.scope, "budget");
+  for (auto& g : c.policy.spend_guards) {
+    canonical_scope(g.scope, "spend guard");
+    if (g.action == guard_action::reroute && !g.fallback_model.empty() && st.prices.resolve(g.fallback_model) == nullptr)
+      c.warnings.push_back("spend guard " + g.scope + ": fallback_model '" + g.fallback_model +
+                           "' is not in the price table: rerouted calls will be unpriced");
+  }
 
   auto ups = effective_upstreams(c);
   for (std::size_t i = 0; i < ups.size(); ++i) {

@@ -581,3 +581,19 @@ TEST_CASE("budgets: spend of the current period survives a restart (rebuilt from
   tt::harness again({.tweak = tweak});
   CHECK(again.metric_sum("tollgate_budget_spent_usd", "scope=\"model:gpt-4.1\"") == Approx(spent).epsilon(1e-12));
 }
+
+TEST_CASE("budgets: a model scope spelled as clients spell the model counts that model's calls", "[budgets]") {
+  auto tweak = [](tollgate::config& c) {
+    tollgate::budget_config b;
+    b.scope = "model:GPT-4.1-2025-04-14";  // an alias, in another case
+    b.period = tollgate::calendar_period::day;
+    b.limit_usd = 100;
+    c.policy.budgets = {b};
+  };
+  tt::harness h({.tweak = tweak});
+  REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1")).status == 200);
+  h.flush();
+  const double spent = h.query_double("SELECT SUM(cost_usd) FROM calls");
+  REQUIRE(spent > 0);
+  CHECK(h.metric_sum("tollgate_budget_spent_usd", "scope=\"model:gpt-4.1\"") == Approx(spent).epsilon(1e-12));
+}

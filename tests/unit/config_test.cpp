@@ -135,7 +135,9 @@ TEST_CASE("config: an empty file keeps every default", "[config]") {
     CHECK(cfg.listen.port == d.listen.port);
     CHECK(cfg.upstream.name == d.upstream.name);
     CHECK(cfg.upstream.url == d.upstream.url);
-    CHECK(cfg.prices_file == d.prices_file);
+    // config/prices.yaml under the CWD, or the checkout's when the CWD has none (a test's CWD)
+    const std::string source_prices = std::string(TOLLGATE_SOURCE_DIR) + "/config/prices.yaml";
+    CHECK((cfg.prices_file == d.prices_file || cfg.prices_file == source_prices));
     CHECK(cfg.ledger_path == d.ledger_path);
     CHECK(cfg.warnings.empty());
   }
@@ -220,7 +222,9 @@ TEST_CASE("config: without pricing.file the price table is prices.yaml beside th
   const auto dir = std::filesystem::temp_directory_path() / ("tollgate_cfg_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   { std::ofstream(dir / "tollgate.yaml") << "workers: 1\n"; }
-  CHECK(load_config_file((dir / "tollgate.yaml").string()).prices_file == config{}.prices_file);
+  const std::string fallback = load_config_file((dir / "tollgate.yaml").string()).prices_file;
+  const bool in_cwd = std::filesystem::is_regular_file(config{}.prices_file);
+  CHECK(fallback == (in_cwd ? config{}.prices_file : std::string(TOLLGATE_SOURCE_DIR) + "/config/prices.yaml"));
   { std::ofstream(dir / "prices.yaml") << "models: {}\n"; }
   CHECK(load_config_file((dir / "tollgate.yaml").string()).prices_file == (dir / "prices.yaml").string());
   { std::ofstream(dir / "tollgate.yaml") << "pricing:\n  file: /elsewhere/p.yaml\n"; }
@@ -606,4 +610,51 @@ TEST_CASE("config: parse_log_level and is_loopback", "[config]") {
     INFO(host);
     CHECK_FALSE(is_loopback(host));
   }
+}
+
+TEST_CASE("config: a file without an upstream section keeps the documented upstream and its key", "[config]") {
+  clean_overrides clean;
+  scoped_env key("HOLYSHEEP_API_KEY", "sk-holysheep");
+  for (const char* yaml : {"timezone: UTC\n", "upstream:\n  url: https://api.holysheep.ai/v1\n"}) {
+    INFO(yaml);
+    const config cfg = load_config_string(yaml, "t.yaml");
+    CHECK(cfg.upstream.name == "holysheep");
+    CHECK(cfg.upstream.api_key == "sk-holysheep");
+  }
+  CHECK(load_config_string("upstream:\n  api_key: mine\n", "t.yaml").upstream.api_key == "mine");
+  CHECK(load_config_string("upstream:\n  api_key: \"\"\n", "t.yaml").upstream.api_key.empty());  // said empty: empty
+}
+
+TEST_CASE("config: values that would overflow or swallow lines are refused with file:line", "[config]") {
+  CHECK_THAT(load_error("ledger:\n  batch_rows: 18446744073709551615\n"), StartsWith("test.yaml:2: ledger.batch_rows: too large"));
+  CHECK_THAT(load_error("reserve_max_tokens: 9223372036854775808\n"), StartsWith("test.yaml:1: reserve_max_tokens: too large"));
+  CHECK_THAT(load_error("upstream:\n  timeouts:\n    total: 106752d\n"), StartsWith("test.yaml:3: upstream.timeouts.total: too large"));
+  CHECK_NOTHROW(load_config_string("upstream:\n  timeouts:\n    total: 3650d\n"));
+  // An unterminated quote: YAML would fold the lines below into the value, budget and all.
+  CHECK_THAT(load_error("upstream:\n  name: \"relay\nbudgets:\n  - { scope: global, period: day, limit_usd: 1, hard: true }\n"),
+             StartsWith("test.yaml:2: upstream.name: the quoted value opened here does not close on this line"));
+  CHECK_THAT(load_error("admin_token: 'abc\ntimezone: UTC\n"), Contains("does not close on this line"));
+  const config quoted = load_config_string("admin_token: \"a \\\" b\"\nledger:\n  path: 'it''s.db'\n", "t.yaml");
+  CHECK(quoted.policy.admin_token == "a \" b");
+  CHECK(quoted.ledger_path == "it's.db");
+  CHECK_THAT(load_error("upstream:\n  name: \"my relay\"\n"), Contains("upstream.name: expected 1-64 letters"));
+}
+
+TEST_CASE("config: a webhook URL may carry a query", "[config]") {
+  const config cfg = load_config_string(
+      "alerts:\n  webhooks:\n    - { url: \"https://chat.googleapis.com/v1/spaces/X/messages?key=a&token=b\" }\n", "t.yaml");
+  REQUIRE(cfg.policy.webhooks.size() == 1);
+  CHECK(cfg.policy.webhooks[0].url == "https://chat.googleapis.com/v1/spaces/X/messages?key=a&token=b");
+  CHECK_THAT(load_error("alerts:\n  webhooks:\n    - { url: \"https://x/y?a b\" }\n"), Contains("spaces or control characters"));
+}
+
+TEST_CASE("config: listen addresses from the environment are checked like the file's", "[config]") {
+  clean_overrides clean;
+  scoped_env listen("TOLLGATE_LISTEN", "example.com:8085");
+  config cfg = load_config_string("", "t.yaml");
+  CHECK_THAT(error_of([&] { apply_env_overrides(cfg); }), Contains("TOLLGATE_LISTEN: 'example.com' is not an IP address"));
+  config same;
+  same.listen = {"localhost", 9000};
+  same.admin_listen = {"127.0.0.1", 9000};
+  CHECK_THAT(error_of([&] { validate(same); }), Contains("use the same port"));
 }
