@@ -13,6 +13,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http.hpp>
@@ -58,6 +59,10 @@ struct app::impl {
   asio::io_context admin_ioc{1};
   std::optional<tcp::acceptor> admin_acceptor;
   std::thread admin_thread;
+  // Admin API requests run here, off the admin thread: a report over months of ledger takes
+  // seconds, and /metrics, /healthz and /readyz must answer meanwhile (a scrape timeout marks
+  // the target down; a liveness probe would restart the process).
+  asio::thread_pool admin_queries{1};
 
   bool started = false;
   bool stopped = false;
@@ -468,6 +473,7 @@ void app::shutdown() {
   I.spend_->stop();  // every settled call has raised its alerts: deliver them
   I.admin_ioc.stop();
   if (I.admin_thread.joinable()) I.admin_thread.join();
+  I.admin_queries.join();  // a report still running finishes before what it reads goes
   auto st = I.ledger_->stats();
   log_line(log_level::info, "tollgate stopped")
       .integer("ledger_rows_written", static_cast<std::int64_t>(st.rows_written))
@@ -593,17 +599,22 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
                         }};
       admin_request ar{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body())};
-      admin_response r;
-      try {
-        r = handle_admin(ctx, ar);
-      } catch (const std::exception& e) {
-        // A handler's bug must still answer (and say so in the log), not drop the connection.
-        log_line(log_level::error, "admin request failed").str("method", ar.method).str("error", e.what());
-        r = admin_response{};
-        r.status = 500;
-        r.body = R"({"error":{"message":"The admin request failed; see tollgate's log.","type":"server_error",)"
-                 R"("param":null,"code":"internal_error"}})";
-      }
+      admin_response r = co_await asio::co_spawn(
+          admin_queries,
+          [&]() -> awaitable<admin_response> {
+            try {
+              co_return handle_admin(ctx, ar);
+            } catch (const std::exception& e) {
+              // A handler's bug must still answer (and say so in the log), not drop the connection.
+              log_line(log_level::error, "admin request failed").str("method", ar.method).str("error", e.what());
+              admin_response fail;
+              fail.status = 500;
+              fail.body = R"({"error":{"message":"The admin request failed; see tollgate's log.","type":"server_error",)"
+                          R"("param":null,"code":"internal_error"}})";
+              co_return fail;
+            }
+          },
+          use_awaitable);
       res.result(static_cast<http::status>(r.status));
       res.set(http::field::content_type, r.content_type);
       if (!r.allow.empty()) res.set(http::field::allow, r.allow);

@@ -8,6 +8,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <map>
+#include <memory>
+#include <set>
 
 #include "core/calendar.hpp"
 #include "core/config.hpp"
@@ -29,6 +32,43 @@ std::int64_t unix_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
+
+// The series one scrape sets; those the previous scrape set and this one did not are removed.
+class scrape_series {
+ public:
+  void begin() { now_.clear(); }
+  pm::Gauge& gauge(pm::Family<pm::Gauge>& f, const pm::Labels& l) { return note(f, l, gauges_); }
+  pm::Counter& counter(pm::Family<pm::Counter>& f, const pm::Labels& l) { return note(f, l, counters_); }
+  void end() {
+    sweep(gauges_);
+    sweep(counters_);
+  }
+
+ private:
+  template <class T>
+  using seen = std::map<std::pair<pm::Family<T>*, pm::Labels>, T*>;
+  template <class T>
+  T& note(pm::Family<T>& f, const pm::Labels& l, seen<T>& all) {
+    T& m = f.Add(l);
+    all[{&f, l}] = &m;
+    now_.insert(&m);
+    return m;
+  }
+  template <class T>
+  void sweep(seen<T>& all) {
+    for (auto it = all.begin(); it != all.end();) {
+      if (now_.count(it->second) == 0) {
+        it->first.first->Remove(it->second);
+        it = all.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  seen<pm::Gauge> gauges_;
+  seen<pm::Counter> counters_;
+  std::set<const void*> now_;
+};
 
 // The budget/guard/rate-limit families, refreshed from the engine's snapshots at each scrape.
 // Scopes come from the configured budgets, guards and keys only, so the label sets are bounded.
@@ -67,25 +107,47 @@ void register_metrics(metrics& m, policy_engine& engine, alert_notifier* notifie
                      .Name("tollgate_alerts_total")
                      .Help("Alert deliveries to webhooks, by outcome (sent, failed, retried, suppressed, dropped).")
                      .Register(reg);
-  m.add_scrape_hook([&, notifier, &engine = engine] {
+  // Series of a key that was revoked (or of anything no longer configured) go at the next scrape,
+  // so key rotation does not grow the exposition.
+  auto live = std::make_shared<scrape_series>();
+  m.add_scrape_hook([&, notifier, live, &engine = engine] {
     const std::int64_t now = unix_ms();
-    for (const auto& b : engine.budgets(now)) {
-      const std::string period(to_string(b.period));
-      limit.Add({{"scope", b.scope}, {"period", period}}).Set(b.limit_usd);
-      spent.Add({{"scope", b.scope}, {"period", period}}).Set(b.spent_usd);
-      projected.Add({{"scope", b.scope}, {"period", period}, {"quantile", "0.5"}}).Set(b.projected_p50);
-      projected.Add({{"scope", b.scope}, {"period", period}, {"quantile", "0.9"}}).Set(b.projected_p90);
-      exhaustion.Add({{"scope", b.scope}, {"period", period}, {"quantile", "0.5"}}).Set(b.exhaustion_p50_s);
-      exhaustion.Add({{"scope", b.scope}, {"period", period}, {"quantile", "0.9"}}).Set(b.exhaustion_p90_s);
+    live->begin();
+    // Several budgets of one scope and period (a key's own day budget and a `key:<name>` one) share
+    // their series: it shows the binding one, the smallest limit (their spend is the same).
+    std::map<std::pair<std::string, std::string>, policy_engine::budget_status> binding;
+    for (auto& b : engine.budgets(now)) {
+      auto [it, fresh] = binding.try_emplace({b.scope, std::string(to_string(b.period))}, b);
+      if (!fresh && b.limit_usd < it->second.limit_usd) it->second = std::move(b);
     }
-    for (const auto& g : engine.guards(now)) tripped.Add({{"scope", g.scope}}).Set(g.tripped ? 1 : 0);
+    for (const auto& [key, b] : binding) {
+      const auto& [scope, period] = key;
+      live->gauge(limit, {{"scope", scope}, {"period", period}}).Set(b.limit_usd);
+      live->gauge(spent, {{"scope", scope}, {"period", period}}).Set(b.spent_usd);
+      live->gauge(projected, {{"scope", scope}, {"period", period}, {"quantile", "0.5"}}).Set(b.projected_p50);
+      live->gauge(projected, {{"scope", scope}, {"period", period}, {"quantile", "0.9"}}).Set(b.projected_p90);
+      live->gauge(exhaustion, {{"scope", scope}, {"period", period}, {"quantile", "0.5"}}).Set(b.exhaustion_p50_s);
+      live->gauge(exhaustion, {{"scope", scope}, {"period", period}, {"quantile", "0.9"}}).Set(b.exhaustion_p90_s);
+    }
+    // Several guards of one scope (a 5-minute and a 1-hour one): tripped while any of them is.
+    std::map<std::string, bool> any_tripped;
+    for (const auto& g : engine.guards(now)) any_tripped[g.scope] = any_tripped[g.scope] || g.tripped;
+    for (const auto& [scope, on] : any_tripped) live->gauge(tripped, {{"scope", scope}}).Set(on ? 1 : 0);
+    // Counts of several guards or budgets under one label set add up.
+    const auto totals = [&](pm::Family<pm::Counter>& family, const auto& entries, const char* second) {
+      std::map<std::pair<std::string, std::string>, double> sum;
+      for (const auto& c : entries) sum[{c.scope, second ? c.kind : std::string()}] += static_cast<double>(c.value);
+      for (const auto& [k, v] : sum) {
+        pm::Labels labels{{"scope", k.first}};
+        if (second) labels.emplace(second, k.second);
+        set_counter_total(live->counter(family, labels), v);
+      }
+    };
     auto counts = engine.counters();
-    for (const auto& c : counts.rate_limited)
-      set_counter_total(rate_limited.Add({{"scope", c.scope}, {"kind", c.kind}}), static_cast<double>(c.value));
-    for (const auto& c : counts.budget_rejections)
-      set_counter_total(rejections.Add({{"scope", c.scope}}), static_cast<double>(c.value));
-    for (const auto& c : counts.guard_actions)
-      set_counter_total(guard_actions.Add({{"scope", c.scope}, {"action", c.kind}}), static_cast<double>(c.value));
+    totals(rate_limited, counts.rate_limited, "kind");
+    totals(rejections, counts.budget_rejections, nullptr);
+    totals(guard_actions, counts.guard_actions, "action");
+    live->end();
     if (notifier) {
       auto s = notifier->stats();
       set_counter_total(alerts.Add({{"outcome", "sent"}}), static_cast<double>(s.sent));

@@ -597,3 +597,38 @@ TEST_CASE("budgets: a model scope spelled as clients spell the model counts that
   REQUIRE(spent > 0);
   CHECK(h.metric_sum("tollgate_budget_spent_usd", "scope=\"model:gpt-4.1\"") == Approx(spent).epsilon(1e-12));
 }
+
+TEST_CASE("metrics: budgets and guards sharing a scope share one series, and a revoked key's series go", "[budgets][metrics]") {
+  tt::harness h({.tweak = [](tollgate::config& c) {
+    c.policy.admin_token = "admin-secret";
+    tollgate::budget_config loose, tight;
+    loose.scope = tight.scope = "global";
+    loose.period = tight.period = tollgate::calendar_period::month;
+    loose.limit_usd = 200;
+    tight.limit_usd = 100;
+    c.policy.budgets = {loose, tight};
+    tollgate::spend_guard_config fast, slow;
+    fast.scope = slow.scope = "global";
+    fast.window = 1min;
+    fast.max_usd = 0.00001;  // one gpt-4.1 call trips it
+    slow.window = 1h;
+    slow.max_usd = 1000;
+    c.policy.spend_guards = {fast, slow};
+  }});
+  REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1")).status == 200);
+  h.flush();
+  // the binding (smallest) limit, once
+  CHECK(h.metric_sum("tollgate_budget_limit_usd", "scope=\"global\"") == 100);
+  CHECK(h.eventually([&] { return h.metric_sum("tollgate_spend_guard_tripped", "scope=\"global\"") == 1; }));
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1")).status == 429);
+  CHECK(h.metric_sum("tollgate_spend_guard_actions_total", "scope=\"global\"") == 1);
+
+  const tt::headers admin = {{"Authorization", "Bearer admin-secret"}, {"Content-Type", "application/json"}};
+  auto created = tt::request(h.admin_port(), "POST", "/admin/keys",
+                             R"({"name":"temp1","budgets":[{"period":"day","limit_usd":1.5}]})", admin);
+  REQUIRE(created.status == 201);
+  CHECK(h.metric_sum("tollgate_budget_limit_usd", "scope=\"key:temp1\"") == 1.5);
+  REQUIRE(tt::request(h.admin_port(), "DELETE", "/admin/keys/temp1", {}, admin).status == 200);
+  CHECK(h.metrics_text().find("key:temp1") == std::string::npos);
+  CHECK(h.metric_sum("tollgate_budget_limit_usd", "scope=\"global\"") == 100);
+}
