@@ -323,6 +323,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
     request_facts facts;
     bool strip = false;           // tollgate added include_usage; drop the usage-only chunk
     steady::time_point t0;        // request head received
+    // t_up_start: the first attempt's start; failed attempts and failover are upstream time, not
+    // tollgate's overhead (tollgate_overhead_seconds).
     steady::time_point t_up_start, t_up_end;
     bool head_sent = false;
     errc error = errc::ok;
@@ -349,6 +351,9 @@ class client_session : public std::enable_shared_from_this<client_session> {
     spool_body::value_type spooled;  // a large pass-through body, in a file (spool_request_body)
   };
 
+  static void mark_upstream_start(call& c) {
+    if (c.t_up_start == steady::time_point{}) c.t_up_start = steady::now();
+  }
   awaitable<bool> handle_one();
   void take_head(const client_request& req, call::head_fields& h);
   bool open_spool(call& c, bool fits_in_memory) const;
@@ -1344,7 +1349,7 @@ awaitable<client_session::exchange_result> client_session::attempt(upstream_pool
     bool reused = conn != nullptr;
     if (!conn) {
       errc err = errc::ok;
-      c.t_up_start = steady::now();
+      mark_upstream_start(c);
       conn = co_await connect_upstream(pool, err);
       if (!conn) {
         c.error = client_gone() ? errc::client_aborted : err;
@@ -1496,7 +1501,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   if (!reused) {
     // connect time counts as tollgate-independent upstream time
   } else {
-    c.t_up_start = steady::now();
+    mark_upstream_start(c);
   }
 
   if (c.spooled.active()) {
@@ -1906,7 +1911,7 @@ awaitable<void> client_session::tunnel(const std::vector<candidate>& tries, clie
     rec.upstream = t.cfg.name;
     rec.attempts = static_cast<int>(k) + 1;
     c.error = errc::ok;
-    c.t_up_start = steady::now();
+    mark_upstream_start(c);
     auto conn = co_await connect_upstream(*w_.pools[t.index], c.error);
     if (!conn) {
       t.breaker.on_failure(steady::now(), probe);  // nothing was sent: the next upstream may

@@ -220,3 +220,17 @@ TEST_CASE("routing: weights balance calls between upstreams serving the same mod
   CHECK(a > 40);  // expected 60; a 3:1 split lands far from 40:40
   CHECK(b > 5);
 }
+
+TEST_CASE("failover: time spent on the failed upstream is upstream time, not tollgate's overhead", "[failover][metrics]") {
+  fake::options o;
+  o.default_headers = {{"x-fake-status", "503"}, {"x-fake-delay-ms", "300"}};
+  auto slow_fail = std::make_unique<fake::server>(o);
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    c.upstreams = {node("primary", slow_fail->base_url(), 1), node("backup", c.upstream.url, 0)};
+  }});
+  REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
+  REQUIRE(slow_fail->request_count() == 1);
+  // The one call's overhead lies in a bucket at or below 0.1 s, though the call took over 0.3 s.
+  CHECK(h.metric_sum("tollgate_overhead_seconds_bucket", "le=\"0.1\"") == 1);
+  CHECK(h.metric_sum("tollgate_request_duration_seconds_sum") >= 0.3);
+}
