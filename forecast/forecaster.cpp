@@ -417,6 +417,7 @@ struct forecaster::impl {
     anomaly = {};
     if (!std::isfinite(next_f) || !next_warm || detector.sorted.size() < min_pool) return;
     spike_scored = true;
+    anomaly.scored = true;
     const double center = next_f + det_center;
     const double e = z - next_f;
     anomaly.expected = cfg.unit * std::expm1(center);

@@ -60,6 +60,7 @@ struct anomaly_state {
   bool flag = false;      // see forecaster_config::anomaly_threshold (both directions)
   double expected = 0.0;  // the median forecast the bin was compared with (count scale)
   double upper = 0.0;     // the value above which the bin would have been flagged
+  bool scored = false;    // false while the detector is still learning: score and flag say nothing
 };
 
 class forecaster {

@@ -126,7 +126,9 @@ struct budget_state {
   std::int64_t outstanding = 0;  // tickets holding a reservation here
   std::vector<char> crossed;     // per soft fraction, this window
   bool projected_alerted = false;
-  double p50 = nan_v, p90 = nan_v, exh50 = nan_v, exh90 = nan_v;
+  // The forecaster's spend for the rest of the window, this scope's share (NaN: no forecast yet).
+  // Projections add it to the spend of the moment they are read, so they never fall below it.
+  double rest50 = nan_v, rest90 = nan_v;
   decayed_sum recent;
   std::uint64_t rejections = 0;
 
@@ -139,9 +141,18 @@ struct budget_state {
     spent = 0;
     std::fill(crossed.begin(), crossed.end(), 0);
     projected_alerted = false;
-    p50 = p90 = exh50 = exh90 = nan_v;
+    rest50 = rest90 = nan_v;
   }
   std::string name() const { return cfg.scope + "/" + std::string(to_string(cfg.period)); }
+  double projected(double rest) const { return std::isfinite(rest) ? spent + rest : nan_v; }
+  // When the projection reaches the limit, spend accruing linearly from now to the window's end
+  // (Unix seconds): now once the limit is reached; NaN when the projection stays within it.
+  double exhaustion(double projection, double now_f) const {
+    if (spent >= cfg.limit_usd) return now_f;
+    if (!(projection > cfg.limit_usd)) return nan_v;
+    const double end_f = static_cast<double>(window.end_s);
+    return now_f + (cfg.limit_usd - spent) / (projection - spent) * std::max(0.0, end_f - now_f);
+  }
 };
 
 struct guard_state {
@@ -689,8 +700,10 @@ std::vector<policy_engine::budget_status> policy_engine::budgets(std::int64_t no
     if (b.window.end_s != 0 && now_s < b.window.end_s) {
       st.spent_usd = b.spent;
       st.window = b.window;
-      st.projected_p50 = b.p50, st.projected_p90 = b.p90;
-      st.exhaustion_p50_s = b.exh50, st.exhaustion_p90_s = b.exh90;
+      const double now_f = static_cast<double>(now_ms) / 1000.0;
+      st.projected_p50 = b.projected(b.rest50), st.projected_p90 = b.projected(b.rest90);
+      st.exhaustion_p50_s = b.exhaustion(st.projected_p50, now_f);
+      st.exhaustion_p90_s = b.exhaustion(st.projected_p90, now_f);
     } else {
       st.window = impl_->cal.window(b.cfg.period, now_s);  // rolled over: nothing spent yet
     }
@@ -764,21 +777,10 @@ void policy_engine::update_projections(std::int64_t now_ms, const remaining_spen
     double share = 1;
     if (b.scope.kind != scope_kind::global)
       share = global_recent > 0 ? std::clamp(b.recent.at(now_ms) / global_recent, 0.0, 1.0) : 0.0;
-    const double now_f = static_cast<double>(now_ms) / 1000.0, end_f = static_cast<double>(b.window.end_s);
-    auto projection = [&](double remaining) {
-      return std::isfinite(remaining) ? b.spent + share * std::max(0.0, remaining) : nan_v;
-    };
-    // Spend is assumed to accrue linearly from now to the window's end.
-    auto exhaustion = [&](double projected) {
-      if (!(projected > b.cfg.limit_usd)) return nan_v;
-      if (b.spent >= b.cfg.limit_usd) return now_f;
-      return now_f + (b.cfg.limit_usd - b.spent) / (projected - b.spent) * std::max(0.0, end_f - now_f);
-    };
-    b.p50 = projection(f.p50_usd);
-    b.p90 = projection(f.p90_usd);
-    b.exh50 = exhaustion(b.p50);
-    b.exh90 = exhaustion(b.p90);
-    const double basis = f.learned ? b.p90 : b.p50;
+    auto rest = [&](double remaining) { return std::isfinite(remaining) ? share * std::max(0.0, remaining) : nan_v; };
+    b.rest50 = rest(f.p50_usd);
+    b.rest90 = rest(f.p90_usd);
+    const double basis = b.projected(f.learned ? b.rest90 : b.rest50);
     if (b.projected_alerted || !(basis > b.cfg.limit_usd)) return;
     b.projected_alerted = true;
     alert_event e{alert_kind::projected_overspend, b.cfg.scope, std::string(to_string(b.cfg.period)), b.cfg.limit_usd,

@@ -309,14 +309,22 @@ struct forecast_service::impl {
   // Forecast sum of series s over [from_s, to_s) at quantile q: each tier's steps cover what the
   // finer tiers do not reach, a bin cut by an edge counts in proportion. Per-step quantiles are
   // added (comonotonic sum, see README "Design notes").
+  // A fresh ledger has no hourly steps for an hour and no 10-minute ones for ten minutes: the
+  // part of the window beyond the last tier with steps is then carried at that tier's mean
+  // forecast rate, and the sum is not `learned` (a day and a month would otherwise be forecast
+  // as the next hour). No tier with steps at all: NaN.
   double forecast_sum(std::size_t s, std::int64_t from_s, std::int64_t to_s, std::size_t q, bool* learned = nullptr) const {
     double total = 0;
     if (learned != nullptr) *learned = true;
     std::int64_t cursor = from_s;
+    double rate = kNaN;  // per second, of the last tier with steps
     for (const tier& t : tiers) {
       if (cursor >= to_s) break;
       if (!t.f[s] || t.result[s].steps.empty()) continue;
       const auto& steps = t.result[s].steps;
+      double mean = 0;
+      for (const auto& st : steps) mean += st.quantiles[q];
+      rate = mean / static_cast<double>(steps.size()) / static_cast<double>(t.bin_s);
       const std::int64_t reach = steps.back().timestamp_s + t.bin_s;
       const std::int64_t seg_end = std::min(to_s, reach);
       for (const auto& st : steps) {
@@ -329,6 +337,11 @@ struct forecast_service::impl {
         if (learned != nullptr && !t.result[s].warm) *learned = false;
       }
       cursor = std::max(cursor, seg_end);
+    }
+    if (cursor < to_s) {
+      if (std::isnan(rate)) return kNaN;
+      total += rate * static_cast<double>(to_s - cursor);
+      if (learned != nullptr) *learned = false;
     }
     return total;
   }
@@ -359,7 +372,7 @@ struct forecast_service::impl {
     for (std::size_t s = 0; s < n_series; ++s) {
       const auto& a = tiers[0].f[s]->anomaly();
       anomaly[s]->Set(a.flag ? 1 : 0);
-      anomaly_score[s]->Set(tiers[0].f[s]->bins_seen() > 0 ? a.score : kNaN);
+      anomaly_score[s]->Set(a.scored ? a.score : kNaN);
       for (std::size_t h = 0; h < kHorizons.size(); ++h) mase_g[s][h]->Set(mase[s][h]->value());
     }
     last_refresh->Set(static_cast<double>(now_s));
@@ -377,7 +390,7 @@ struct forecast_service::impl {
         const auto& a = tiers[0].f[s]->anomaly();
         snap.series[s] = kSeriesNames[s];
         snap.anomaly[s] = a.flag;
-        snap.anomaly_score[s] = tiers[0].f[s]->bins_seen() > 0 ? a.score : kNaN;
+        snap.anomaly_score[s] = a.scored ? a.score : kNaN;
       }
       try {
         opts.on_refresh(snap);

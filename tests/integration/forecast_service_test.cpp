@@ -225,15 +225,26 @@ TEST_CASE("forecast: a new proxy's first minute of spend projects the day and mo
   svc.refresh();
   CHECK_FALSE(learned);  // so budget alerts compare the median, not the prior's p90
   const std::string text = m.serialize(ledger_stats{});
-  for (const char* window : {"day", "month"}) {
+  // The rest of the day is 718 minutes; of the month (to 2025-02-01T00:00Z), 36,718.
+  const std::int64_t month_end = 1738368000;
+  const double rest_minutes[] = {718, static_cast<double>(month_end - now_s) / 60.0};
+  std::vector<double> p50;
+  for (int w = 0; w < 2; ++w) {
+    const char* window = w == 0 ? "day" : "month";
     INFO(window);
     auto q = quantiles(text, "tollgate_forecast_spend_usd", {{"window", window}});
     REQUIRE(ordered(q));
     CHECK(q[0] >= 0.000288 * 0.999);
     // At most x10 the first minute's rate at p95 (widened a little a day ahead) for the rest of
-    // the day: 718 minutes.
-    CHECK(q[4] <= 0.000288 + 0.000288 * std::pow(10.0, 1.25) * 718);
+    // the window.
+    CHECK(q[4] <= 0.000288 + 0.000288 * std::pow(10.0, 1.25) * rest_minutes[w]);
+    p50.push_back(q[2]);
   }
+  // The month is not forecast as the day (on a fresh ledger the hourly tier has no steps yet:
+  // the rest of the month is carried at the finer tiers' rate).
+  CHECK(p50[1] > 10 * (p50[0] - 0.000288));
+  // One minute of history: the detector has nothing to compare with yet.
+  CHECK(std::isnan(sample(text, "tollgate_traffic_anomaly_score", {{"series", "requests"}})));
 }
 
 TEST_CASE("forecast: stop() is prompt while the first fit is still learning", "[forecast]") {

@@ -634,6 +634,13 @@ TEST_CASE("policy projections: scope shares of the global forecast and one overs
   CHECK(a[0].spent_usd == 30);
   CHECK_THAT(a[0].message, Contains("team:web/month"));
 
+  // Spend settled after the refresh moves the projection with it: never below what is spent.
+  spend(e, 50, t0 + 1000);
+  b = e.budgets(t0 + 1000);
+  CHECK(b[0].spent_usd == Approx(170));
+  CHECK(b[0].projected_p50 == Approx(570));
+  CHECK(b[0].projected_p50 >= b[0].spent_usd);
+
   e.update_projections(t0 + minute_ms, forecast);
   CHECK(e.take_alerts().empty());
   // Unknown forecasts clear the projections.
@@ -641,6 +648,7 @@ TEST_CASE("policy projections: scope shares of the global forecast and one overs
     return policy_engine::spend_forecast{};
   });
   CHECK(std::isnan(e.budgets(t0)[1].projected_p90));
+  CHECK(std::isnan(e.budgets(t0)[1].exhaustion_p90_s));
   // The next month may alert again.
   spend(e, 1, utc_ms(2026, 12, 2));
   f.now_ms = utc_ms(2026, 12, 2);
@@ -681,4 +689,15 @@ TEST_CASE("policy projections: while the band is the cold-start prior, the media
   CHECK(a[0].threshold == Approx(3100));
   CHECK(a[0].projection_quantile == 0.9);
   CHECK_THAT(a[0].message, Contains("p90 $3100.00"));
+}
+
+TEST_CASE("policy projections: a budget already spent is exhausted now, forecast or not", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::day, 10, false));
+  policy_engine e(cfg, "UTC");
+  spend(e, 12, t0);
+  const auto b = e.budgets(t0 + 5000);
+  CHECK(std::isnan(b[0].projected_p50));  // no forecast: no projection
+  CHECK(b[0].exhaustion_p50_s == Approx((t0 + 5000) / 1000.0));
+  CHECK(b[0].exhaustion_p90_s == Approx((t0 + 5000) / 1000.0));
 }
