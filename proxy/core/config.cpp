@@ -988,8 +988,14 @@ void apply_env_overrides(config& cfg) {
     cfg.upstream.protocol = upstream_protocol::openai;
     cfg.upstream.weight = 1;
   }
-  if (const char* v = env_value("TOLLGATE_UPSTREAM_API_KEY"))
+  if (const char* v = env_value("TOLLGATE_UPSTREAM_API_KEY")) {
     (cfg.upstreams.empty() ? cfg.upstream : cfg.upstreams.front()).api_key = v;
+    // The shipped config's `api_key: ${HOLYSHEEP_API_KEY}` is replaced: its unset variable is moot.
+    if (cfg.upstreams.empty())
+      std::erase_if(cfg.warnings, [](const std::string& w) {
+        return w.find("environment variable HOLYSHEEP_API_KEY is not set") != std::string::npos;
+      });
+  }
   if (const char* v = env_value("TOLLGATE_ADMIN_TOKEN")) cfg.policy.admin_token = v;
   if (const char* v = env_value("TOLLGATE_LEDGER_PATH")) cfg.ledger_path = v;
   if (const char* v = env_value("TOLLGATE_LOG_LEVEL")) {

@@ -440,15 +440,14 @@ std::int64_t parse_time_bound(std::string_view text, range_end end, const calend
   }
   std::int64_t offset_s = 0;
   if (in.accept('Z') || in.accept('z')) {
-  } else if (in.peek() == '+' || in.peek() == '-') {
+  } else if (in.peek() == '+' || in.peek() == '-' || in.peek() == ' ') {
+    // A space is a '+' a URL query turned into one (from=...T10:00:00+05:30 unencoded).
     const int sign = in.peek() == '-' ? -1 : 1;
     in.accept(in.peek());
     const int oh = in.ranged(2, "the offset's hours", 0, 23);
     in.expect(':', "in the offset (+HH:MM)");
     const int om = in.ranged(2, "the offset's minutes", 0, 59);
     offset_s = sign * (oh * 3600 + om * 60);
-  } else if (in.peek() == ' ') {
-    in.fail("the offset must start with '+' or '-' (in a URL, write '+' as %2B)");
   } else {
     in.fail("expected 'Z' or an offset such as +01:00 after the time");
   }

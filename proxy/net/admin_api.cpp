@@ -110,6 +110,9 @@ bool token_ok(const config& cfg, std::string_view authorization) {
 
 time_range range_of(const std::map<std::string, std::string>& q, const calendar& cal) {
   time_range r;
+  const auto given = [&](const char* k) { return q.count(k) != 0 && !q.at(k).empty(); };
+  if (given("month") && (given("from") || given("to")))
+    throw http_problem(400, "invalid_parameter", "give either month or from/to, not both");
   try {
     if (auto it = q.find("month"); it != q.end() && !it->second.empty()) r = parse_month(it->second, cal);
     if (auto it = q.find("from"); it != q.end() && !it->second.empty())

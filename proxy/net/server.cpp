@@ -620,6 +620,10 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
       if (!r.allow.empty()) res.set(http::field::allow, r.allow);
       if (r.status == 401) res.set(http::field::www_authenticate, "Bearer realm=\"tollgate-admin\"");
       res.body() = std::move(r.body);
+    } else if (target != "/metrics" && target != "/healthz" && target != "/readyz") {
+      res.result(http::status::not_found);
+      res.set(http::field::content_type, "application/json");
+      res.body() = error_body(errc::not_found, {});
     } else if (!get) {
       res.result(http::status::method_not_allowed);
       res.set(http::field::allow, "GET, HEAD");
@@ -636,10 +640,6 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
       res.result(static_cast<http::status>(r.status));
       res.set(http::field::content_type, "application/json");
       res.body() = std::move(r.body);
-    } else {
-      res.result(http::status::not_found);
-      res.set(http::field::content_type, "application/json");
-      res.body() = error_body(errc::not_found, {});
     }
     res.keep_alive(req.keep_alive());
     res.prepare_payload();

@@ -357,9 +357,13 @@ TEST_CASE("security: the admin API needs the admin token, /metrics and health ch
     CHECK(tt::request(h.admin_port(), "GET", "/admin/spend", "", good).status == 200);
     CHECK(tt::request(h.admin_port(), "GET", "/admin/spend", "", {{"Authorization", "BEARER " + token}}).status == 200);
     CHECK(tt::request(h.admin_port(), "GET", "/admin/spend?a=1&a=2", "", good).status == 400);
+    CHECK(tt::request(h.admin_port(), "GET", "/admin/spend?month=2026-11&from=2026-11-02", "", good).status == 400);
+    CHECK(tt::request(h.admin_port(), "GET", "/admin/spend?from=2026-11-01T10:00:00+05:30", "", good).status == 200);
     CHECK(tt::request(h.admin_port(), "GET", "/admin/keys", "", good).status == 200);
   }
-  SECTION("no token needed for /metrics, /healthz, /readyz") {
+  SECTION("no token needed for /metrics, /healthz, /readyz; other paths are 404 whatever the method") {
+    CHECK(tt::request(h.admin_port(), "POST", "/nope", "{}").status == 404);
+    CHECK(tt::request(h.admin_port(), "POST", "/metrics", "{}").status == 405);
     CHECK(tt::request(h.admin_port(), "GET", "/metrics").status == 200);
     CHECK(tt::request(h.admin_port(), "GET", "/healthz").status == 200);
     CHECK(tt::request(h.admin_port(), "GET", "/readyz").status == 200);
