@@ -31,6 +31,9 @@ struct alert_event {
   std::string message;      // one human sentence (the Slack text)
   // projected: 0.9, or 0.5 while the forecast band is still the cold-start prior
   double projection_quantile = 0.9;
+  // projected: the budget window's start (Unix s); remembered in the ledger database so a restart
+  // inside the window does not send the alert again (key_store.hpp, window alerts)
+  std::int64_t window_start_s = 0;
   // Dedupe key: the same kind+scope+period(+threshold for soft) is sent once per cooldown.
   std::string dedupe_key() const {
     std::string k(to_string(kind));

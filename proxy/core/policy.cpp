@@ -434,6 +434,20 @@ bool policy_engine::add_key(client_key_config k) {
   return true;
 }
 
+void policy_engine::mark_projected_alerted(const std::string& scope, calendar_period period, std::int64_t window_start_s,
+                                           std::int64_t now_ms) {
+  const std::int64_t now_s = floor_div(now_ms, 1000);
+  std::lock_guard lock(impl_->mu);
+  auto mark = [&](budget_state& b) {
+    if (b.cfg.scope != scope || b.cfg.period != period) return;
+    b.roll(impl_->cal, now_s);
+    if (b.window.start_s == window_start_s) b.projected_alerted = true;
+  };
+  for (auto& b : impl_->budgets) mark(b);
+  for (auto& [name, ks] : impl_->key_states)
+    for (auto& b : ks->budgets) mark(b);
+}
+
 bool policy_engine::remove_key(std::string_view name) {
   std::lock_guard write(impl_->keys_write_mu);
   const auto old = impl_->keys();
@@ -790,6 +804,7 @@ void policy_engine::update_projections(std::int64_t now_ms, const remaining_spen
                       " (" + money(b.spent) + " spent so far" +
                       (f.learned ? ")" : "; the median, while the forecast band is still being learned)")};
     e.projection_quantile = f.learned ? 0.9 : 0.5;
+    e.window_start_s = b.window.start_s;
     m.raise(std::move(e));
   };
   for (auto& b : m.budgets) project(b);

@@ -104,6 +104,10 @@ class policy_engine {
   // Alerts raised since the last call (soft_threshold, spend_guard, projected_overspend), oldest
   // first. At most 1024 are held between calls; more are counted in counters().alerts_dropped.
   std::vector<alert_event> take_alerts();
+  // A projected_overspend alert of this budget was already sent in the window starting at
+  // window_start_s (before a restart): not again in that window.
+  void mark_projected_alerted(const std::string& scope, calendar_period period, std::int64_t window_start_s,
+                              std::int64_t now_ms);
 
   // ---- Snapshots (gauges, GET /admin/budgets) ----
   struct budget_status {

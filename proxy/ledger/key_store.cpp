@@ -317,6 +317,32 @@ void key_store::insert(const client_key_config& key, std::int64_t now_ms) {
   c.exec("COMMIT");
 }
 
+constexpr const char* kWindowAlertsSql =
+    "CREATE TABLE IF NOT EXISTS window_alerts (kind TEXT NOT NULL, scope TEXT NOT NULL, period TEXT NOT NULL,"
+    " window_start_s INTEGER NOT NULL, sent_ms INTEGER NOT NULL, PRIMARY KEY (kind, scope, period, window_start_s))";
+
+void record_window_alert(const std::string& ledger_path, const window_alert_mark& m, std::int64_t now_ms) {
+  connection c(ledger_path);
+  c.exec(kWindowAlertsSql);
+  statement ins(c, "INSERT OR IGNORE INTO window_alerts (kind, scope, period, window_start_s, sent_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
+  ins.bind(1, m.kind);
+  ins.bind(2, m.scope);
+  ins.bind(3, m.period);
+  ins.bind(4, m.window_start_s);
+  ins.bind(5, now_ms);
+  ins.step();
+}
+
+std::vector<window_alert_mark> window_alerts_since(const std::string& ledger_path, std::int64_t since_s) {
+  connection c(ledger_path);
+  c.exec(kWindowAlertsSql);
+  statement st(c, "SELECT kind, scope, period, window_start_s FROM window_alerts WHERE window_start_s >= ?1");
+  st.bind(1, since_s);
+  std::vector<window_alert_mark> out;
+  while (st.step()) out.push_back({st.text(0), st.text(1), st.text(2), st.i64(3)});
+  return out;
+}
+
 std::string key_store::create(client_key_config key, std::int64_t now_ms) {
   std::string raw = generate_client_key();
   key.sha256 = key_sha256(raw);

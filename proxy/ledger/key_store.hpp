@@ -74,6 +74,18 @@ class key_store {
   std::string path_;
 };
 
+// Alerts sent once per budget window (projected_overspend), remembered in the ledger database
+// beside the stored keys, so a restart inside the window does not send them again. The table
+// (window_alerts) is made on first use, outside the versioned schema like journal_replay.
+struct window_alert_mark {
+  std::string kind, scope, period;
+  std::int64_t window_start_s = 0;
+};
+// Throws std::runtime_error on a database error.
+void record_window_alert(const std::string& ledger_path, const window_alert_mark& m, std::int64_t now_ms);
+// Marks of windows starting at or after since_s; none when the table does not exist yet.
+std::vector<window_alert_mark> window_alerts_since(const std::string& ledger_path, std::int64_t since_s);
+
 // {"name", "team" (null when none), "tags", "limits": {"rpm", "tpm"}, "budgets", "created_ms",
 //  "revoked_ms" (null when active)}: the admin API's view. Neither the key nor its hash.
 nlohmann::json to_json(const stored_key& k);

@@ -93,9 +93,9 @@ CREATE INDEX calls_client_key_id_start_ms ON calls(client_key_id, start_ms);
 )sql";
 
 // Schema version 2: client keys added at run time through the admin API (key_store.hpp). Only
-// the key's SHA-256 (hex) is stored; tags and budgets are JSON; revoked keys stay, so a name (the
-// ledger's client_key_id) is never reused. One key under two names would make attribution
-// ambiguous, hence the unique hash.
+// the key's SHA-256 (hex) is stored; tags and budgets are JSON; revoked keys stay (a new key may
+// take a revoked one's name, which key_store then renames "<name>@revoked-<ms>"). One key under
+// two names would make attribution ambiguous, hence the unique hash.
 constexpr const char* kSchemaV2 = R"sql(
 CREATE TABLE client_keys (
   name TEXT PRIMARY KEY,

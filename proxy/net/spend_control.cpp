@@ -213,6 +213,17 @@ void spend_control::start(const std::string& ledger_path) {
       log_line(log_level::warn, "budget warm start failed: budgets start from zero").str("error", e.what());
     }
   }
+  // A projected_overspend alert already sent in a budget's current window is not sent again.
+  ledger_path_ = ledger_path;
+  try {
+    for (const auto& m : window_alerts_since(ledger_path, since / 1000)) {
+      if (m.kind != to_string(alert_kind::projected_overspend)) continue;
+      for (calendar_period p : {calendar_period::day, calendar_period::week, calendar_period::month})
+        if (m.period == to_string(p)) engine_->mark_projected_alerted(m.scope, p, m.window_start_s, now);
+    }
+  } catch (const std::exception& e) {
+    log_line(log_level::warn, "sent alerts not read back: a projection may alert again").str("error", e.what());
+  }
   if (notifier_) notifier_->start();
   started_ = true;
   thread_ = std::thread([this] {
@@ -241,6 +252,13 @@ void spend_control::pump() {
         .num("limit_usd", a.limit_usd)
         .num("spent_usd", a.spent_usd)
         .str("message", a.message);
+    if (a.kind == alert_kind::projected_overspend && a.window_start_s != 0 && !ledger_path_.empty()) {
+      try {
+        record_window_alert(ledger_path_, {std::string(to_string(a.kind)), a.scope, a.period, a.window_start_s}, a.time_ms);
+      } catch (const std::exception& e) {
+        log_line(log_level::warn, "alert not remembered: it may be sent again after a restart").str("error", e.what());
+      }
+    }
     if (notifier_) notifier_->notify(std::move(a));
   }
 }

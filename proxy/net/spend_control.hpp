@@ -48,6 +48,7 @@ class spend_control {
   std::condition_variable cv_;
   bool stopping_ = false;
   bool started_ = false;
+  std::string ledger_path_;  // where projected_overspend alerts are remembered (window_alerts)
   std::vector<bool> anomaly_was_;  // per forecast series, to alert on a rising edge only
 };
 

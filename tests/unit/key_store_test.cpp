@@ -305,3 +305,17 @@ TEST_CASE("key_store: the ledger's migrations create the client_keys table", "[k
   sqlite3_close(db);
   CHECK(ledger_schema_version() == 3);
 }
+
+TEST_CASE("key_store: window alert marks round-trip, once per window", "[key_store]") {
+  ledger_file f;
+  CHECK(window_alerts_since(f.path, 0).empty());  // the table is made on first use
+  record_window_alert(f.path, {"projected_overspend", "global", "month", 1000}, 5);
+  record_window_alert(f.path, {"projected_overspend", "global", "month", 1000}, 6);  // the same: kept once
+  record_window_alert(f.path, {"projected_overspend", "team:web", "day", 2000}, 7);
+  CHECK(window_alerts_since(f.path, 0).size() == 2);
+  const auto later = window_alerts_since(f.path, 1500);
+  REQUIRE(later.size() == 1);
+  CHECK(later[0].scope == "team:web");
+  CHECK(later[0].period == "day");
+  CHECK(later[0].window_start_s == 2000);
+}

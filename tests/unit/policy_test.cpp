@@ -701,3 +701,25 @@ TEST_CASE("policy projections: a budget already spent is exhausted now, forecast
   CHECK(b[0].exhaustion_p50_s == Approx((t0 + 5000) / 1000.0));
   CHECK(b[0].exhaustion_p90_s == Approx((t0 + 5000) / 1000.0));
 }
+
+TEST_CASE("policy projections: an overspend alert sent before a restart is not sent again in its window", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::month, 100, false));
+  auto over = [](calendar_period, const time_window&) { return policy_engine::spend_forecast{400, 1000}; };
+  policy_engine first(cfg, "UTC");
+  spend(first, 10, t0);
+  first.update_projections(t0, over);
+  auto sent = first.take_alerts();
+  REQUIRE(sent.size() == 1);
+  CHECK(sent[0].window_start_s * 1000 == utc_ms(2026, 11, 1));
+
+  policy_engine restarted(cfg, "UTC");
+  restarted.mark_projected_alerted("global", calendar_period::month, sent[0].window_start_s, t0 + minute_ms);
+  restarted.update_projections(t0 + minute_ms, over);
+  CHECK(restarted.take_alerts().empty());
+  // A mark of another window (last month's) does not silence this one.
+  policy_engine other(cfg, "UTC");
+  other.mark_projected_alerted("global", calendar_period::month, utc_ms(2026, 10, 1) / 1000, t0 + minute_ms);
+  other.update_projections(t0 + minute_ms, over);
+  CHECK(other.take_alerts().size() == 1);
+}
