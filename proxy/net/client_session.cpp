@@ -2030,6 +2030,8 @@ void client_session::finish_call(call& c) {
   auto end = steady::now();
   rec.latency_ms = ms_between(c.t0, end);
   if (c.error != errc::ok) rec.error_kind = std::string(error_name(c.error));
+  // A client that left before its answer (499) aborted the call as much as one that left mid-stream.
+  if (c.error == errc::client_aborted) rec.aborted = true;
   // The served model prices the call; an upstream that answers with an id the table does not
   // know (a private snapshot name, say) falls back to the requested model.
   const std::string& model = rec.served_model.empty() ? rec.requested_model : rec.served_model;

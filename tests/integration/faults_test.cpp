@@ -723,6 +723,7 @@ TEST_CASE("faults: a client that half-closes after its request is taken as gone:
   REQUIRE(rows.size() == 2);
   CHECK(rows[0]["status"] == "499");
   CHECK(rows[0]["error_kind"] == "client_aborted");
+  CHECK(rows[0]["aborted"] == "1");
   CHECK(rows[0]["usage_source"] == "none");
   check_row(rows[1], normal_row);
 }
