@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <iostream>
 #include <limits>
+#include <map>
 #include <optional>
 #include <stdexcept>
 
@@ -21,7 +22,7 @@ namespace {
 constexpr const char* kUsage =
     R"(Usage: tollgate report --ledger FILE [--month YYYY-MM | --from WHEN [--to WHEN]]
                        [--by day,model,team,key] [--timezone ZONE] [--csv | --json]
-                       [--whatif MODEL [--prices FILE]]
+                       [[--whatif MODEL] [--swap FROM=TO ...] [--prices FILE]]
 
 Prints the spend recorded in a ledger file: the figures of the admin API's /admin/spend (and,
 with --whatif, /admin/whatif), as an aligned table, CSV or JSON. Amounts are unrounded.
@@ -39,7 +40,10 @@ Options:
   --timezone ZONE    IANA zone of dates, months and the day column (default: UTC)
   --csv, --json      machine-readable output instead of the table
   --whatif MODEL     re-price the period's tokens at MODEL's prices, per original model
-  --prices FILE      price table for --whatif (default: config/prices.yaml)
+  --swap FROM=TO     re-price the calls of model FROM at model TO's prices (repeatable; with
+                     --whatif, the other models go to MODEL, else they keep their own)
+  --prices FILE      price table for --whatif and --swap (default: config/prices.yaml); an
+                     edited copy answers "what if prices changed"
   -h, --help         print this help
 )";
 
@@ -52,6 +56,7 @@ enum class output_format { table, csv, json };
 struct options {
   std::string ledger;
   std::optional<std::string> month, from, to, whatif;
+  std::map<std::string, std::string> swap;  // --swap FROM=TO
   std::string prices = "config/prices.yaml";
   std::string timezone = "UTC";
   std::vector<spend_group> group_by;
@@ -101,6 +106,12 @@ options parse_args(const std::vector<std::string>& args) {
       o.format = output_format::json;
     } else if (name == "--whatif") {
       o.whatif = value();
+    } else if (name == "--swap") {
+      const std::string v = value();
+      const auto eq = v.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == v.size())
+        throw usage_error("--swap takes FROM=TO (two model ids), got '" + v + "'");
+      o.swap[v.substr(0, eq)] = v.substr(eq + 1);
     } else if (name == "--prices") {
       o.prices = value();
     } else {
@@ -111,7 +122,8 @@ options parse_args(const std::vector<std::string>& args) {
   if (o.ledger.empty()) throw usage_error("--ledger FILE is required");
   if (o.month && (o.from || o.to)) throw usage_error("--month cannot be combined with --from/--to");
   o.group_by = parse_group_by(by);
-  if (o.whatif && !o.group_by.empty()) throw usage_error("--whatif reports per original model; drop --by");
+  if ((o.whatif || !o.swap.empty()) && !o.group_by.empty())
+    throw usage_error("--whatif and --swap report per original model; drop --by");
   return o;
 }
 
@@ -196,11 +208,12 @@ void print_spend(std::ostream& out, const spend_report& r) {
 }
 
 void print_whatif(std::ostream& out, const whatif_report& r) {
-  out << "What-if at " << r.model << " prices, " << period_text(r.range) << "; tokens, cost in USD\n\n";
-  const std::vector<std::string> header = {"model",       "requests", "prompt",     "cached",
-                                           "cache_write", "completion", "actual_usd", "whatif_usd"};
+  out << "What-if at " << (r.model.empty() ? std::string("swapped") : r.model) << " prices, " << period_text(r.range)
+      << "; tokens, cost in USD\n\n";
+  const std::vector<std::string> header = {"model",      "requests",   "prompt",     "cached",    "cache_write",
+                                           "completion", "actual_usd", "whatif_usd", "priced_as"};
   std::vector<std::vector<std::string>> rows;
-  const auto cells = [](const std::string& label, const spend_figures& f, double whatif) {
+  const auto cells = [](const std::string& label, const spend_figures& f, double whatif, const std::string& target) {
     return std::vector<std::string>{label,
                                     std::to_string(f.requests),
                                     std::to_string(f.prompt_tokens),
@@ -208,10 +221,12 @@ void print_whatif(std::ostream& out, const whatif_report& r) {
                                     std::to_string(f.cache_write_tokens),
                                     std::to_string(f.completion_tokens),
                                     shortest(f.cost_usd),
-                                    shortest(whatif)};
+                                    shortest(whatif),
+                                    target};
   };
-  for (const auto& row : r.rows) rows.push_back(cells(row.model.value_or("(none)"), row.actual, row.whatif_cost_usd));
-  rows.push_back(cells("total", r.actual_total, r.whatif_cost_usd));
+  for (const auto& row : r.rows)
+    rows.push_back(cells(row.model.value_or("(none)"), row.actual, row.whatif_cost_usd, row.target.value_or("(as ledgered)")));
+  rows.push_back(cells("total", r.actual_total, r.whatif_cost_usd, ""));
   print_table(out, header, 1, rows);
 }
 
@@ -230,7 +245,7 @@ int run(const options& o, std::ostream& out, std::ostream& err) {
   }
   const calendar cal(o.timezone);
   const time_range range = range_of(o, cal);
-  if (o.whatif) {
+  if (o.whatif || !o.swap.empty()) {
     price_table prices;
     try {
       prices.load_yaml_file(o.prices);
@@ -239,7 +254,7 @@ int run(const options& o, std::ostream& out, std::ostream& err) {
           << '\n';
       return 2;
     }
-    const auto report = query_whatif(o.ledger, {.range = range, .model = *o.whatif}, prices);
+    const auto report = query_whatif(o.ledger, {.range = range, .model = o.whatif.value_or(""), .swap = o.swap}, prices);
     if (o.format == output_format::csv) out << to_csv(report);
     else if (o.format == output_format::json) out << pretty(to_json(report)) << '\n';
     else print_whatif(out, report);

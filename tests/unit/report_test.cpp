@@ -641,6 +641,17 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
     REQUIRE(rc == 0);
     CHECK_THAT(out, Contains("What-if at deepseek-v3.2 prices") && Contains("whatif_usd") && Contains("\ntotal "));
   }
+  SECTION("--swap re-prices one model's calls, the others at their own prices, as POST /admin/whatif") {
+    const auto [rc, out, err] = run({"--ledger", s.path, "--swap", "gpt-4.1=deepseek-v3.2", "--prices",
+                                     source_dir + "/config/prices.yaml", "--json"});
+    REQUIRE(rc == 0);
+    const auto j = nlohmann::json::parse(out);
+    CHECK(j["model"].is_null());
+    for (const auto& row : j["rows"]) {
+      INFO(row.dump());
+      if (row["model"] == "gpt-4.1") CHECK(row["target"] == "deepseek-v3.2");
+    }
+  }
   SECTION("--help prints the usage") {
     const auto [rc, out, err] = run({"--help"});
     CHECK(rc == 0);
@@ -662,6 +673,8 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
         {{"--ledger", s.path, "--csv=yes"}, "--csv takes no value"},
         {{"--ledger", s.path, "--whatif", "nope", "--prices", source_dir + "/config/prices.yaml"}, "'nope' is not in the price table"},
         {{"--ledger", s.path, "--whatif", "gpt-4.1", "--prices", s.dir.file("none.yaml")}, "none.yaml"},
+        {{"--ledger", s.path, "--swap", "gpt-4.1"}, "--swap takes FROM=TO"},
+        {{"--ledger", s.path, "--swap", "gpt-4.1=x", "--by", "model"}, "drop --by"},
     };
     for (const auto& [args, message] : cases) {
       const auto [rc, out, err] = run(args);
