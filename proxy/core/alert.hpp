@@ -31,14 +31,18 @@ struct alert_event {
   std::string message;      // one human sentence (the Slack text)
   // projected: 0.9, or 0.5 while the forecast band is still the cold-start prior
   double projection_quantile = 0.9;
-  // projected: the budget window's start (Unix s); remembered in the ledger database so a restart
-  // inside the window does not send the alert again (key_store.hpp, window alerts)
+  // soft and projected: the budget window's start (Unix s), part of the dedupe key; projected
+  // alerts are also remembered in the ledger database so a restart inside the window does not
+  // send them again (key_store.hpp, window alerts)
   std::int64_t window_start_s = 0;
-  // Dedupe key: the same kind+scope+period(+threshold for soft) is sent once per cooldown.
+  // Dedupe key: the same kind+scope+period(+threshold for soft, +window for budget alerts) is sent
+  // once per cooldown.
   std::string dedupe_key() const {
     std::string k(to_string(kind));
     k += '|' + scope + '|' + period;
     if (kind == alert_kind::soft_threshold) k += '|' + std::to_string(static_cast<int>(threshold * 1000 + 0.5));
+    // A budget alert belongs to its window: the next day's 50 % is news, even within the cooldown.
+    if (window_start_s != 0) k += '|' + std::to_string(window_start_s);
     return k;
   }
 };

@@ -334,9 +334,11 @@ struct policy_engine::impl {
       if (!alert) continue;
       char pct[32];
       std::snprintf(pct, sizeof pct, "%g%%", f * 100);
-      raise({alert_kind::soft_threshold, b.cfg.scope, std::string(to_string(b.cfg.period)), b.cfg.limit_usd, b.spent, f,
-             now_ms,
-             "Budget " + b.name() + " reached " + pct + " (" + money(b.spent) + " of " + money(b.cfg.limit_usd) + ")"});
+      alert_event e{alert_kind::soft_threshold, b.cfg.scope, std::string(to_string(b.cfg.period)), b.cfg.limit_usd,
+                    b.spent, f, now_ms,
+                    "Budget " + b.name() + " reached " + pct + " (" + money(b.spent) + " of " + money(b.cfg.limit_usd) + ")"};
+      e.window_start_s = b.window.start_s;  // a new period alerts again, whatever the cooldown
+      raise(std::move(e));
     }
   }
 
@@ -503,7 +505,7 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
     if (!needs_admission(f.key)) return d;
 
     impl& m = *impl_;
-    const double reserve = clean_usd(f.reserve_usd);
+    double reserve = clean_usd(f.reserve_usd);
     const std::int64_t reserve_tokens = std::max<std::int64_t>(0, f.reserve_tokens);
     const std::int64_t now = f.now_ms, now_s = floor_div(now, 1000);
     // Strings are copied into `d` after the lock is released; these point into state that
@@ -532,7 +534,10 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
         if (!req_ok || !tok_ok) {
           d.outcome = decision::rate_limited;
           d.rate_kind = req_ok ? "tokens" : "requests";
-          d.retry_after_s = retry_seconds(req_ok ? ks->tpm.ms_until(need_tokens) : ks->rpm.ms_until(1));
+          // Both exhausted: the later of the two waits, so a client that honours Retry-After passes.
+          std::int64_t wait = req_ok ? 0 : ks->rpm.ms_until(1);
+          if (!tok_ok) wait = std::max(wait, ks->tpm.ms_until(need_tokens));
+          d.retry_after_s = retry_seconds(wait);
           ++(req_ok ? ks->limited_tokens : ks->limited_requests);
           scope = &ks->scope;
         }
@@ -559,7 +564,12 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
           const std::string& fb = g.cfg.fallback_model;
           if (reroute == nullptr && fb != f.price_model && fb != f.model) reroute = &g;
         }
-        if (d.outcome == decision::admit && reroute != nullptr) model = reroute->cfg.fallback_model;
+        if (d.outcome == decision::admit && reroute != nullptr) {
+          model = reroute->cfg.fallback_model;
+          // The call will run at the fallback's prices: reserve those (a cheap fallback must not
+          // be refused for the expensive model's worst case).
+          if (f.reserve_at != nullptr) reserve = clean_usd(f.reserve_at(f.reserve_ctx, model));
+        }
       }
 
       // 3. Budgets: the call must fit, with every outstanding reservation, under each hard limit.

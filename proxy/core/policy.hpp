@@ -50,6 +50,10 @@ class policy_engine {
     std::string_view model;                  // model id as requested (a reroute is skipped when
                                              // either id already is the guard's fallback)
     double reserve_usd = 0;                  // worst-case cost computed by the caller
+    // The same worst case at another model's prices (a reroute guard's fallback), when the caller
+    // can price it: reserve_at(reserve_ctx, model). Called only for a reroute, under the lock.
+    double (*reserve_at)(const void* ctx, std::string_view model) = nullptr;
+    const void* reserve_ctx = nullptr;
     std::int64_t reserve_tokens = 0;         // prompt estimate + max_tokens (the TPM charge)
     std::int64_t now_ms = 0;
   };

@@ -179,20 +179,23 @@ std::string to_csv(const whatif_report& r);
 
 // ---- Warm start --------------------------------------------------------------------------------
 
-// Spend of one (key, team, price model) within one UTC minute.
+// Spend of one (key, team, price model) within one UTC minute (or second, see spend_since).
 struct spend_sample {
   std::string client_key_id;  // "" when none
   std::string team;
   std::string price_model;    // "" when unpriced
   double cost_usd = 0;        // SQLite SUM of the minute's calls
-  std::int64_t ts_ms = 0;     // start_ms of the minute's last call: inside the same minute, so in
+  std::int64_t ts_ms = 0;     // start_ms of the minute's last costed call: inside the same minute, so in
                               // the same calendar period as every call it sums (zone offsets are
                               // whole minutes), and never older than any of them
 };
 
 // Calls with start_ms >= since_ms and a non-zero cost, summed per minute and (key, team, price
-// model), oldest first: the rows budgets and spend guards are seeded from at boot. A missing
-// ledger file yields nothing (first start). Throws std::runtime_error naming the file otherwise.
-std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64_t since_ms);
+// model), oldest first: the rows budgets and spend guards are seeded from at boot. From
+// fine_since_ms on they are summed per second instead: a spend guard's window (a minute, say)
+// must not see a minute's spend dated at its last call. A missing ledger file yields nothing
+// (first start). Throws std::runtime_error naming the file otherwise.
+std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64_t since_ms,
+                                      std::int64_t fine_since_ms = std::numeric_limits<std::int64_t>::max());
 
 }  // namespace tollgate

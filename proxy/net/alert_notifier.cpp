@@ -261,12 +261,9 @@ std::string alert_notifier::json_payload(const alert_event& e) {
 // Slack reads `text` and ignores the other top-level fields, which keep the payload
 // machine-readable like the generic one.
 std::string alert_notifier::slack_payload(const alert_event& e) {
-  nlohmann::ordered_json j{{"text", slack_text(e)},
-                           {"kind", to_string(e.kind)},
-                           {"scope", e.scope},
-                           {"period", e.period},
-                           {"limit_usd", e.limit_usd},
-                           {"spent_usd", e.spent_usd}};
+  nlohmann::ordered_json j{{"text", slack_text(e)}};
+  const auto fields = nlohmann::ordered_json::parse(json_payload(e));  // the generic payload's, after text
+  for (const auto& [k, v] : fields.items()) j[k] = v;
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

@@ -1120,6 +1120,17 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     pf.price_model = price ? std::string_view(price->name) : std::string_view{};
     pf.model = send_model;
     pf.reserve_usd = price ? compute_cost(*price, worst, multiplier).usd : 0.0;
+    struct reserve_context {
+      const price_table& prices;
+      const token_usage& worst;
+      double multiplier;
+    } rc{st_.prices, worst, multiplier};
+    pf.reserve_ctx = &rc;
+    pf.reserve_at = [](const void* ctx, std::string_view model) {
+      const auto& r = *static_cast<const reserve_context*>(ctx);
+      const model_price* p = r.prices.resolve(model);
+      return p ? compute_cost(*p, r.worst, r.multiplier).usd : 0.0;
+    };
     pf.reserve_tokens = worst.prompt + worst.completion;
     pf.now_ms = unix_ms_now();
     auto d = st_.policy->admit(pf);

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <set>
@@ -200,11 +201,15 @@ void spend_control::start(const std::string& ledger_path) {
   for (const auto& b : cfg_.policy.budgets) consider(b);
   for (const auto& k : engine_->keys())
     for (const auto& b : k->budgets) consider(b);
-  for (const auto& g : cfg_.policy.spend_guards) since = std::min(since, now - g.window.count());
+  std::int64_t fine_since = std::numeric_limits<std::int64_t>::max();  // guards' windows: per second
+  for (const auto& g : cfg_.policy.spend_guards) {
+    since = std::min(since, now - g.window.count());
+    fine_since = std::min(fine_since, now - g.window.count());
+  }
   if (since < now) {
     try {
       auto t0 = std::chrono::steady_clock::now();
-      auto samples = spend_since(ledger_path, since);
+      auto samples = spend_since(ledger_path, since, fine_since);
       for (const auto& s : samples) engine_->seed(s.client_key_id, s.team, s.price_model, s.cost_usd, s.ts_ms);
       log_line(log_level::info, "budgets warm-started from the ledger")
           .integer("minutes", static_cast<std::int64_t>(samples.size()))

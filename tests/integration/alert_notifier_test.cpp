@@ -208,6 +208,11 @@ TEST_CASE("alert_notifier: generic JSON payload carries the alert's fields", "[a
   CHECK(j["period"] == "month");
   CHECK(j["limit_usd"] == 2000.0);
   CHECK(j["spent_usd"] == 1600.0);
+  // the generic payload's other fields too, as the README says
+  CHECK(j["threshold"] == 0.8);
+  CHECK(j["message"] == "Monthly budget: 80% spent.");
+  CHECK(j["source"] == "tollgate");
+  CHECK(j.contains("time"));
   CHECK(j["threshold"] == 0.8);
   CHECK(j["time"] == "2023-11-14T22:13:20.123Z");
   CHECK(j["message"] == "Monthly budget: 80% spent.");
@@ -277,19 +282,22 @@ TEST_CASE("alert_notifier: the same alert is sent once per cooldown", "[alerts]"
   auto other = soft_alert();
   other.threshold = 1.0;   // another soft threshold of the same budget is another alert
   n.notify(other);
+  auto next_period = soft_alert();
+  next_period.window_start_s = 1'701'388'800;  // the same threshold in the next month is news
+  n.notify(next_period);
   n.start();
-  REQUIRE(seen.wait(alert_outcome::sent, 2));
+  REQUIRE(seen.wait(alert_outcome::sent, 3));
   REQUIRE(seen.wait(alert_outcome::suppressed, 1));
-  CHECK(rx.requests().size() == 2);
+  CHECK(rx.requests().size() == 3);
 
   // Waiting for the cooldown to pass is the behaviour under test, not synchronisation.
   std::this_thread::sleep_until(seen.of(alert_outcome::sent).front().at + w.cooldown);
   n.notify(soft_alert());
-  REQUIRE(seen.wait(alert_outcome::sent, 3));
+  REQUIRE(seen.wait(alert_outcome::sent, 4));
   auto s = n.stats();
-  CHECK(s.sent == 3);
+  CHECK(s.sent == 4);
   CHECK(s.suppressed == 1);
-  CHECK(rx.requests().size() == 3);
+  CHECK(rx.requests().size() == 4);
 }
 
 TEST_CASE("alert_notifier: failed attempts are retried with exponential backoff until one succeeds", "[alerts]") {

@@ -430,14 +430,20 @@ TEST_CASE("policy seed: warm start restores spend and crossed thresholds without
   CHECK(a[0].threshold == 1.0);
 }
 
-TEST_CASE("policy spend guard: trips, reroutes, rejects and resets with hysteresis", "[policy]") {
-  policy_config cfg;
+// A global reroute guard over one hour, falling back to deepseek-v3.2.
+spend_guard_config reroute_guard(double max_usd) {
   spend_guard_config g;
   g.scope = "global";
   g.window = std::chrono::hours(1);
-  g.max_usd = 50;
+  g.max_usd = max_usd;
   g.action = guard_action::reroute;
   g.fallback_model = "deepseek-v3.2";
+  return g;
+}
+
+TEST_CASE("policy spend guard: trips, reroutes, rejects and resets with hysteresis", "[policy]") {
+  policy_config cfg;
+  spend_guard_config g = reroute_guard(50);
   cfg.spend_guards.push_back(g);
   cfg.budgets.push_back(budget("model:deepseek-v3.2", calendar_period::day, 1000, false));
 
@@ -722,4 +728,35 @@ TEST_CASE("policy projections: an overspend alert sent before a restart is not s
   other.mark_projected_alerted("global", calendar_period::month, utc_ms(2026, 10, 1) / 1000, t0 + minute_ms);
   other.update_projections(t0 + minute_ms, over);
   CHECK(other.take_alerts().size() == 1);
+}
+
+TEST_CASE("policy rate limits: with both limits spent, Retry-After covers the later one", "[policy]") {
+  policy_config cfg;
+  cfg.keys.push_back(key("app", "sk-app", {2, 1000}));
+  policy_engine e(cfg, "UTC");
+  auto k = e.find_key("sk-app");
+  REQUIRE(e.admit(call(0, t0, "gpt-4.1", k.get(), 100)).outcome == decision::admit);
+  auto d = e.admit(call(0, t0, "gpt-4.1", k.get(), 900));  // the token bucket is empty
+  REQUIRE(d.outcome == decision::admit);
+  auto r = e.admit(call(0, t0, "gpt-4.1", k.get(), 500));
+  REQUIRE(r.outcome == decision::rate_limited);
+  CHECK(r.retry_after_s == 30);  // a request and 500 tokens both come back in 30 s
+  auto both = e.admit(call(0, t0, "gpt-4.1", k.get(), 1000));
+  REQUIRE(both.outcome == decision::rate_limited);
+  CHECK(both.retry_after_s == 60);  // a full token bucket takes a minute; a request only 30 s
+}
+
+TEST_CASE("policy spend guard: a rerouted call reserves the fallback's worst case", "[policy]") {
+  policy_config cfg;
+  cfg.spend_guards.push_back(reroute_guard(1));
+  cfg.budgets.push_back(budget("global", calendar_period::day, 2, true));
+  policy_engine e(cfg, "UTC");
+  spend(e, 1.5, t0, "gpt-4.1");  // trips the guard; 0.5 left in the day
+  auto f = call(0.8, t0 + 1, "gpt-4.1");  // at gpt-4.1 prices it would not fit
+  CHECK(e.admit(f).outcome == decision::budget_exceeded);
+  f.reserve_at = [](const void*, std::string_view model) { return model == "deepseek-v3.2" ? 0.05 : 0.8; };
+  auto d = e.admit(f);
+  CHECK(d.outcome == decision::admit);
+  CHECK(d.reroute_model == "deepseek-v3.2");
+  CHECK(e.budgets(t0 + 1)[0].reserved_usd == Approx(0.05));
 }

@@ -594,6 +594,23 @@ TEST_CASE("report: spend_since sums per minute and key, oldest first, for warm s
   }
   CHECK(a_gpt == 3.0);
   SECTION("a ledger that does not exist yet seeds nothing") { CHECK(spend_since(s.dir.file("new.db"), 0).empty()); }
+  SECTION("from fine_since on, per second: a guard's short window keeps each call's time") {
+    const auto fine = spend_since(s.path, m0, m0);
+    double a_gpt = 0;
+    std::vector<std::int64_t> times;
+    for (const auto& r : fine) {
+      if (r.client_key_id != "a" || r.price_model != "gpt-4.1") continue;
+      a_gpt += r.cost_usd;
+      times.push_back(r.ts_ms);
+    }
+    CHECK(a_gpt == 3.0);
+    CHECK(times == std::vector<std::int64_t>{m0 + 1'000, m0 + 59'000});
+  }
+  SECTION("a refused call (cost 0) in the same minute does not date its spend later") {
+    s.write({with(call(m0 + 119'000, "gpt-4.1", 0.0), "b", "")});
+    for (const auto& r : spend_since(s.path, m0))
+      if (r.client_key_id == "b") CHECK(r.ts_ms == m0 + 61'000);
+  }
 }
 
 TEST_CASE("report: the report command prints the spend query's figures", "[report]") {
