@@ -53,20 +53,7 @@ bool matches(const parsed_scope& p, std::string_view team, std::string_view key,
   return false;
 }
 
-// Cents for amounts a person reads as money; below a cent, enough digits that a tiny test budget
-// does not read "$0.00 of $0.00" ($0.000096, not $0.00).
-std::string money(double v) {
-  char b[64];
-  if (!(std::fabs(v) < 0.01) || v == 0) std::snprintf(b, sizeof b, "$%.2f", v);
-  else std::snprintf(b, sizeof b, "$%.2g", v);
-  std::string out = b;
-  if (out.find('e') != std::string::npos) {  // %g chose an exponent: write it out in full
-    std::snprintf(b, sizeof b, "$%.12f", v);
-    out = b;
-    while (out.back() == '0') out.pop_back();
-  }
-  return out;
-}
+std::string money(double v) { return format_usd(v); }
 
 // A guard window as configured: "1h", "5m", "30s", "250ms".
 std::string format_window(std::int64_t ms) {
@@ -823,6 +810,21 @@ void policy_engine::update_projections(std::int64_t now_ms, const remaining_spen
 }
 
 // ---- Formatting ----
+
+// Cents for amounts a person reads as money; below a cent, enough digits that a tiny test budget
+// does not read "$0.00 of $0.00" ($0.000096, not $0.00).
+std::string format_usd(double v) {
+  char b[64];
+  if (!(std::fabs(v) < 0.01) || v == 0) std::snprintf(b, sizeof b, "$%.2f", v);
+  else std::snprintf(b, sizeof b, "$%.2g", v);
+  std::string out = b;
+  if (out.find('e') != std::string::npos) {  // %g chose an exponent: write it out in full
+    std::snprintf(b, sizeof b, "$%.12f", v);
+    out = b;
+    while (out.back() == '0') out.pop_back();
+  }
+  return out;
+}
 
 std::string format_reset(std::int64_t ms) {
   if (ms <= 0) return "0s";

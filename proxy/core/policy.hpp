@@ -179,5 +179,8 @@ class policy_engine {
 // OpenAI-style (Go) durations for x-ratelimit-reset-*: "20ms", "1s", "1.5s", "6m0s", "1h2m3s";
 // "0s" for zero or less.
 std::string format_reset(std::int64_t ms);
+// USD for messages people read: cents ("$12.50"), or below a cent two significant digits
+// ("$0.000096"), so a small test budget does not read "$0.00 of $0.00".
+std::string format_usd(double v);
 
 }  // namespace tollgate

@@ -1147,14 +1147,13 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
         extra_headers_.emplace_back("x-ratelimit-reset-tokens", format_reset(d.reset_tokens_ms));
       }
     }
-    auto money = [](double v) {
-      char buf[32];
-      std::snprintf(buf, sizeof buf, "$%.2f", v);
-      return std::string(buf);
-    };
+    const auto money = [](double v) { return format_usd(v); };
     switch (d.outcome) {
       case policy_engine::decision::admit: break;
       case policy_engine::decision::budget_exceeded:
+        // When the budget can take calls again: in a second when only calls in flight hold it,
+        // else when its period ends (informative: x-should-retry stays false).
+        extra_headers_.emplace_back("retry-after", std::to_string(std::max<std::int64_t>(1, d.retry_after_s)));
         if (d.unpriced)
           return a.refuse(errc::budget_exceeded, "Model '" + send_model + "' has no price, so the hard budget " + d.scope +
                                                      " (" + d.period + ") cannot hold its calls: add it to the price table.");

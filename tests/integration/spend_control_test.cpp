@@ -315,6 +315,7 @@ TEST_CASE("rate limits and budgets: embeddings reserve no completion, n multipli
   CHECK(err["type"] == "budget_exceeded");
   CHECK(err["message"].get<std::string>().find("has no price") != std::string::npos);
   CHECK(unpriced.header("x-should-retry") == "false");
+  CHECK(std::stol(unpriced.header("retry-after")) >= 1);  // when the budget's period ends
 }
 
 TEST_CASE("spend guard: a tripped guard reroutes the next call to the fallback model and alerts", "[guard][alerts]") {

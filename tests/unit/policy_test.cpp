@@ -760,3 +760,11 @@ TEST_CASE("policy spend guard: a rerouted call reserves the fallback's worst cas
   CHECK(d.reroute_model == "deepseek-v3.2");
   CHECK(e.budgets(t0 + 1)[0].reserved_usd == Approx(0.05));
 }
+
+TEST_CASE("policy: format_usd keeps sub-cent amounts readable", "[policy]") {
+  CHECK(format_usd(12.5) == "$12.50");
+  CHECK(format_usd(0) == "$0.00");
+  CHECK(format_usd(0.01) == "$0.01");
+  CHECK(format_usd(0.005) == "$0.005");
+  CHECK(format_usd(9.6e-05) == "$0.000096");
+}
