@@ -181,6 +181,15 @@ bool valid_upstream_name(std::string_view s) {
   });
 }
 
+// A socket binds to an address, not a name: an IPv4 or IPv6 address, or localhost.
+bool is_listen_host(const std::string& host) {
+  in6_addr buf{};
+  return host == "localhost" || ::inet_pton(AF_INET, host.c_str(), &buf) == 1 || ::inet_pton(AF_INET6, host.c_str(), &buf) == 1;
+}
+std::string not_listen_host(const std::string& host) {
+  return "'" + host + "' is not an IP address (use 127.0.0.1, 0.0.0.0, ::1, :: or localhost)";
+}
+
 const char* env_value(const char* name) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? v : nullptr;
@@ -411,10 +420,7 @@ class loader {
   // A socket binds to an address, not a name: refused here with its line, not at start-up.
   host_port listen_address(const entry& e) {
     host_port hp = address(e);
-    in6_addr buf{};
-    if (hp.host != "localhost" && ::inet_pton(AF_INET, hp.host.c_str(), &buf) != 1 &&
-        ::inet_pton(AF_INET6, hp.host.c_str(), &buf) != 1)
-      fail(e, "'" + hp.host + "' is not an IP address (use 127.0.0.1, 0.0.0.0, ::1, :: or localhost)");
+    if (!is_listen_host(hp.host)) fail(e, not_listen_host(hp.host));
     return hp;
   }
 
@@ -968,11 +974,7 @@ void apply_env_overrides(config& cfg) {
       } catch (const std::invalid_argument& ex) {
         fail(var, ex.what());
       }
-      // As for the file's listen keys: a socket binds to an address, not a name.
-      in6_addr buf{};
-      if (out.host != "localhost" && ::inet_pton(AF_INET, out.host.c_str(), &buf) != 1 &&
-          ::inet_pton(AF_INET6, out.host.c_str(), &buf) != 1)
-        fail(var, "'" + out.host + "' is not an IP address (use 127.0.0.1, 0.0.0.0, ::1, :: or localhost)");
+      if (!is_listen_host(out.host)) fail(var, not_listen_host(out.host));  // as the file's listen keys
     }
   };
   address("TOLLGATE_LISTEN", cfg.listen);

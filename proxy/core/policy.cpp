@@ -53,8 +53,6 @@ bool matches(const parsed_scope& p, std::string_view team, std::string_view key,
   return false;
 }
 
-std::string money(double v) { return format_usd(v); }
-
 // A guard window as configured: "1h", "5m", "30s", "250ms".
 std::string format_window(std::int64_t ms) {
   if (ms > 0 && ms % 3'600'000 == 0) return std::to_string(ms / 3'600'000) + "h";
@@ -323,7 +321,7 @@ struct policy_engine::impl {
       std::snprintf(pct, sizeof pct, "%g%%", f * 100);
       alert_event e{alert_kind::soft_threshold, b.cfg.scope, std::string(to_string(b.cfg.period)), b.cfg.limit_usd,
                     b.spent, f, now_ms,
-                    "Budget " + b.name() + " reached " + pct + " (" + money(b.spent) + " of " + money(b.cfg.limit_usd) + ")"};
+                    "Budget " + b.name() + " reached " + pct + " (" + format_usd(b.spent) + " of " + format_usd(b.cfg.limit_usd) + ")"};
       e.window_start_s = b.window.start_s;  // a new period alerts again, whatever the cooldown
       raise(std::move(e));
     }
@@ -359,8 +357,8 @@ struct policy_engine::impl {
       if (!alert) continue;
       std::string what = g.cfg.action == guard_action::reroute ? "rerouting to " + g.cfg.fallback_model : "rejecting calls";
       raise({alert_kind::spend_guard, g.cfg.scope, g.window_name, g.cfg.max_usd, s, 0, t,
-             "Spend guard " + g.cfg.scope + " tripped: " + money(s) + " spent in the last " + g.window_name + " (max " +
-                 money(g.cfg.max_usd) + "); " + what});
+             "Spend guard " + g.cfg.scope + " tripped: " + format_usd(s) + " spent in the last " + g.window_name + " (max " +
+                 format_usd(g.cfg.max_usd) + "); " + what});
     }
   }
 };
@@ -796,9 +794,9 @@ void policy_engine::update_projections(std::int64_t now_ms, const remaining_spen
     b.projected_alerted = true;
     alert_event e{alert_kind::projected_overspend, b.cfg.scope, std::string(to_string(b.cfg.period)), b.cfg.limit_usd,
                   b.spent, basis, now_ms,
-                  "Budget " + b.name() + " is projected to overspend: " + (f.learned ? "p90 " : "p50 ") + money(basis) +
-                      " of " + money(b.cfg.limit_usd) + " by the end of the " + std::string(to_string(b.cfg.period)) +
-                      " (" + money(b.spent) + " spent so far" +
+                  "Budget " + b.name() + " is projected to overspend: " + (f.learned ? "p90 " : "p50 ") + format_usd(basis) +
+                      " of " + format_usd(b.cfg.limit_usd) + " by the end of the " + std::string(to_string(b.cfg.period)) +
+                      " (" + format_usd(b.spent) + " spent so far" +
                       (f.learned ? ")" : "; the median, while the forecast band is still being learned)")};
     e.projection_quantile = f.learned ? 0.9 : 0.5;
     e.window_start_s = b.window.start_s;

@@ -187,7 +187,8 @@ model_price price_override(const price_table& table, const std::string& model, c
   const std::string where = "prices." + model.substr(0, 60);
   if (!entry.is_object()) throw http_problem(400, "invalid_parameter", where + " must be an object of prices");
   model_price p;
-  if (const model_price* base = table.resolve(model)) p = *base;
+  const model_price* base = table.resolve(model);
+  if (base != nullptr) p = *base;
   else if (!entry.contains("input") || !entry.contains("output"))
     throw http_problem(400, "invalid_parameter", where + ": a model the price table lacks needs input and output");
   p.name = model;
@@ -219,7 +220,7 @@ model_price price_override(const price_table& table, const std::string& model, c
     }
   }
   // A new model's cached price defaults to its input price, as in prices.yaml.
-  if (table.resolve(model) == nullptr && !entry.contains("cached_input")) p.cached_input = p.input;
+  if (base == nullptr && !entry.contains("cached_input")) p.cached_input = p.input;
   return p;
 }
 

@@ -244,27 +244,34 @@ std::string_view to_string(alert_outcome o) noexcept {
   return "failed";
 }
 
-std::string alert_notifier::json_payload(const alert_event& e) {
-  nlohmann::ordered_json j{{"kind", to_string(e.kind)},
-                           {"scope", e.scope},
-                           {"period", e.period},
-                           {"limit_usd", e.limit_usd},
-                           {"spent_usd", e.spent_usd},
-                           {"threshold", e.threshold},
-                           {"time", rfc3339_utc(e.time_ms)},
-                           {"message", e.message},
-                           {"source", "tollgate"}};
+namespace {
+// The generic payload's fields; a Slack payload puts `text` before them.
+nlohmann::ordered_json payload(const alert_event& e, const std::string* text) {
+  nlohmann::ordered_json j;
+  if (text != nullptr) j["text"] = *text;
+  j["kind"] = to_string(e.kind);
+  j["scope"] = e.scope;
+  j["period"] = e.period;
+  j["limit_usd"] = e.limit_usd;
+  j["spent_usd"] = e.spent_usd;
+  j["threshold"] = e.threshold;
+  j["time"] = rfc3339_utc(e.time_ms);
+  j["message"] = e.message;
+  j["source"] = "tollgate";
   if (e.kind == alert_kind::projected_overspend) j["quantile"] = e.projection_quantile;
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return j;
+}
+}  // namespace
+
+std::string alert_notifier::json_payload(const alert_event& e) {
+  return payload(e, nullptr).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 // Slack reads `text` and ignores the other top-level fields, which keep the payload
 // machine-readable like the generic one.
 std::string alert_notifier::slack_payload(const alert_event& e) {
-  nlohmann::ordered_json j{{"text", slack_text(e)}};
-  const auto fields = nlohmann::ordered_json::parse(json_payload(e));  // the generic payload's, after text
-  for (const auto& [k, v] : fields.items()) j[k] = v;
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  const std::string text = slack_text(e);
+  return payload(e, &text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 struct alert_notifier::impl {

@@ -1147,7 +1147,6 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
         extra_headers_.emplace_back("x-ratelimit-reset-tokens", format_reset(d.reset_tokens_ms));
       }
     }
-    const auto money = [](double v) { return format_usd(v); };
     switch (d.outcome) {
       case policy_engine::decision::admit: break;
       case policy_engine::decision::budget_exceeded:
@@ -1157,8 +1156,8 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
         if (d.unpriced)
           return a.refuse(errc::budget_exceeded, "Model '" + send_model + "' has no price, so the hard budget " + d.scope +
                                                      " (" + d.period + ") cannot hold its calls: add it to the price table.");
-        return a.refuse(errc::budget_exceeded, "Budget " + d.scope + " (" + d.period + ") of " + money(d.limit_usd) +
-                                                   " would be exceeded: " + money(d.spent_usd) + " spent.");
+        return a.refuse(errc::budget_exceeded, "Budget " + d.scope + " (" + d.period + ") of " + format_usd(d.limit_usd) +
+                                                   " would be exceeded: " + format_usd(d.spent_usd) + " spent.");
       case policy_engine::decision::rate_limited:
         extra_headers_.emplace_back("retry-after", std::to_string(std::max<std::int64_t>(1, d.retry_after_s)));
         error_type_ = d.rate_kind == "tokens" ? "tokens" : "requests";
@@ -1167,8 +1166,8 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
                                                 std::to_string(std::max<std::int64_t>(1, d.retry_after_s)) + "s.");
       case policy_engine::decision::guard_rejected:
         extra_headers_.emplace_back("retry-after", std::to_string(std::max<std::int64_t>(1, d.retry_after_s)));
-        return a.refuse(errc::spend_guard, "Spend guard " + d.scope + " tripped: " + money(d.spent_usd) +
-                                               " in the last " + d.period + " (max " + money(d.limit_usd) + ").");
+        return a.refuse(errc::spend_guard, "Spend guard " + d.scope + " tripped: " + format_usd(d.spent_usd) +
+                                               " in the last " + d.period + " (max " + format_usd(d.limit_usd) + ").");
     }
     if (!d.reroute_model.empty() && d.reroute_model != send_model) {
       log_line(log_level::warn, "spend guard tripped: call rerouted")

@@ -317,14 +317,12 @@ struct forecast_service::impl {
     double total = 0;
     if (learned != nullptr) *learned = true;
     std::int64_t cursor = from_s;
-    double rate = kNaN;  // per second, of the last tier with steps
+    const tier* last = nullptr;  // the last tier with steps
     for (const tier& t : tiers) {
       if (cursor >= to_s) break;
       if (!t.f[s] || t.result[s].steps.empty()) continue;
+      last = &t;
       const auto& steps = t.result[s].steps;
-      double mean = 0;
-      for (const auto& st : steps) mean += st.quantiles[q];
-      rate = mean / static_cast<double>(steps.size()) / static_cast<double>(t.bin_s);
       const std::int64_t reach = steps.back().timestamp_s + t.bin_s;
       const std::int64_t seg_end = std::min(to_s, reach);
       for (const auto& st : steps) {
@@ -339,8 +337,12 @@ struct forecast_service::impl {
       cursor = std::max(cursor, seg_end);
     }
     if (cursor < to_s) {
-      if (std::isnan(rate)) return kNaN;
-      total += rate * static_cast<double>(to_s - cursor);
+      if (last == nullptr) return kNaN;
+      const auto& steps = last->result[s].steps;
+      double mean = 0;
+      for (const auto& st : steps) mean += st.quantiles[q];
+      mean /= static_cast<double>(steps.size());
+      total += mean * static_cast<double>(to_s - cursor) / static_cast<double>(last->bin_s);
       if (learned != nullptr) *learned = false;
     }
     return total;
