@@ -120,6 +120,7 @@ struct forecaster::impl {
     std::vector<double> pending;      // combined forecasts awaiting their target
     std::vector<double> pending_vol;  // volatility factor at their origin
     sorted_fifo errors;
+    std::size_t stride = 1, seen = 0;  // once full, keep every stride-th error (see reset())
     double log_up = 0.0, log_lo = 0.0;
   };
 
@@ -235,6 +236,8 @@ struct forecaster::impl {
       pools[r].pending.assign(reps[r], std::nan(""));
       pools[r].pending_vol.assign(reps[r], 1.0);
       pools[r].errors.reset(days_to_bins(pool_days, m, max_pool));
+      pools[r].stride = (static_cast<std::size_t>(pool_days * static_cast<double>(m)) + max_pool - 1) / max_pool;
+      pools[r].seen = 0;
     }
     detector.reset(days_to_bins(detector_days, m, 2 * max_pool));
     // The z threshold also covers the Gaussian tail of the target rate, which matters where
@@ -410,7 +413,10 @@ struct forecaster::impl {
       p.log_up = std::clamp(p.log_up + g * ((e * vf > q[q95] * vf_origin ? 1.0 : 0.0) - 0.05), aci_log_min, aci_log_max);
       p.log_lo = std::clamp(p.log_lo + g * ((e * vf < q[q05] * vf_origin ? 1.0 : 0.0) - 0.05), aci_log_min, aci_log_max);
     }
-    p.errors.push(e / vf_origin);
+    // Full pools keep every stride-th error: at 1-minute bins the cap holds one day of
+    // origins, all from the same day of the week; the stride makes it span pool_days.
+    const bool full = p.errors.sorted.size() >= p.errors.fifo.size();
+    if (!full || p.seen++ % p.stride == 0) p.errors.push(e / vf_origin);
   }
 
   void score_spike(double z) {
