@@ -16,26 +16,6 @@ std::string_view trim(std::string_view s) noexcept {
   return s;
 }
 
-// A field as spreadsheets and pandas write it: spaces around it, possibly in double quotes.
-std::string_view unquote(std::string_view s) noexcept {
-  s = trim(s);
-  if (s.size() >= 2 && s.front() == '"' && s.back() == '"') s = trim(s.substr(1, s.size() - 2));
-  return s;
-}
-
-std::vector<std::string_view> split_commas(std::string_view line) {
-  std::vector<std::string_view> out;
-  std::size_t pos = 0;
-  while (true) {
-    const std::size_t comma = line.find(',', pos);
-    out.push_back(unquote(line.substr(pos, comma == std::string_view::npos ? std::string_view::npos
-                                                                            : comma - pos)));
-    if (comma == std::string_view::npos) break;
-    pos = comma + 1;
-  }
-  return out;
-}
-
 template <typename T>
 bool parse_number(std::string_view s, T& out) noexcept {
   const auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
@@ -52,6 +32,37 @@ bool parse_timestamp(std::string_view s, std::int64_t& out) noexcept {
 }
 
 }  // namespace
+
+std::vector<std::string> split_csv(std::string_view line) {
+  std::vector<std::string> out;
+  std::size_t i = 0;
+  for (;;) {
+    std::string field;
+    while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+    if (i < line.size() && line[i] == '"') {
+      for (++i; i < line.size(); ++i) {
+        if (line[i] != '"') {
+          field += line[i];
+        } else if (i + 1 < line.size() && line[i + 1] == '"') {
+          field += '"';
+          ++i;
+        } else {
+          ++i;
+          break;
+        }
+      }
+      // Anything between the closing quote and the next comma (not RFC 4180) is kept.
+      while (i < line.size() && line[i] != ',') field += line[i++];
+    } else {
+      const std::size_t comma = std::min(line.find(',', i), line.size());
+      field.assign(line.substr(i, comma - i));
+      i = comma;
+    }
+    out.emplace_back(trim(field));
+    if (i >= line.size()) return out;
+    ++i;  // the comma
+  }
+}
 
 std::string printable(std::string_view cell) {
   std::string out;
@@ -78,7 +89,7 @@ std::vector<std::string> csv_header(std::istream& in) {
   std::vector<std::string> names;
   skip_bom(in);
   if (std::getline(in, line))
-    for (auto f : split_commas(line)) names.emplace_back(f);
+    names = split_csv(line);
   return names;
 }
 
@@ -90,7 +101,7 @@ series_read read_series_csv(std::istream& in, std::string_view column) {
     r.error = "empty file (no header line)";
     return r;
   }
-  const auto header = split_commas(line);
+  const auto header = split_csv(line);
   if (header.empty() || header[0] != "timestamp") {
     r.error = "line 1: column 0 must be `timestamp`";
     return r;
@@ -109,7 +120,7 @@ series_read read_series_csv(std::istream& in, std::string_view column) {
   while (std::getline(in, line)) {
     ++line_no;
     if (trim(line).empty()) continue;
-    const auto fields = split_commas(line);
+    const auto fields = split_csv(line);
     std::int64_t t = 0;
     if (!parse_timestamp(fields[0], t)) {
       r.error = "line " + std::to_string(line_no) + ": bad timestamp";

@@ -47,6 +47,11 @@ void skip_bom(std::istream& in);
 // A cell as quoted in a message: at most 40 characters, control characters as '?'.
 std::string printable(std::string_view cell);
 
+// One CSV line split as RFC 4180 reads it: a field in double quotes may hold commas and doubled
+// quotes (`""` is one `"`); spaces and tabs around a field, and a trailing CR, are not part of
+// it. Used by every CSV reader of the tool (series files and request logs).
+std::vector<std::string> split_csv(std::string_view line);
+
 // Column names of the header line (for error messages).
 std::vector<std::string> csv_header(std::istream& in);
 

@@ -10,15 +10,40 @@
 namespace tollgate::forecast {
 namespace {
 
+// Text for an SVG (XML 1.0) element: markup characters escaped, control characters as '?', and
+// bytes that are not valid UTF-8 (a column name in Latin-1) as U+FFFD, so the file still parses.
 std::string escape(const std::string& s) {
   std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      switch (c) {
+        case '<': out += "&lt;"; break;
+        case '>': out += "&gt;"; break;
+        case '&': out += "&amp;"; break;
+        case '"': out += "&quot;"; break;
+        default: out += c < 0x20 && c != '\t' ? '?' : static_cast<char>(c);
+      }
+      ++i;
+      continue;
+    }
+    // Length of a well-formed sequence starting here (no overlongs, surrogates or > U+10FFFF).
+    std::size_t len = 0;
+    const auto at = [&](std::size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0u; };
+    const auto cont = [&](std::size_t k, unsigned lo, unsigned hi) { return at(k) >= lo && at(k) <= hi; };
+    if (c >= 0xC2 && c <= 0xDF && cont(1, 0x80, 0xBF)) len = 2;
+    else if (c == 0xE0 && cont(1, 0xA0, 0xBF) && cont(2, 0x80, 0xBF)) len = 3;
+    else if (((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) && cont(1, 0x80, 0xBF) && cont(2, 0x80, 0xBF)) len = 3;
+    else if (c == 0xED && cont(1, 0x80, 0x9F) && cont(2, 0x80, 0xBF)) len = 3;
+    else if (c == 0xF0 && cont(1, 0x90, 0xBF) && cont(2, 0x80, 0xBF) && cont(3, 0x80, 0xBF)) len = 4;
+    else if (c >= 0xF1 && c <= 0xF3 && cont(1, 0x80, 0xBF) && cont(2, 0x80, 0xBF) && cont(3, 0x80, 0xBF)) len = 4;
+    else if (c == 0xF4 && cont(1, 0x80, 0x8F) && cont(2, 0x80, 0xBF) && cont(3, 0x80, 0xBF)) len = 4;
+    if (len == 0) {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    } else {
+      out.append(s, i, len);
+      i += len;
     }
   }
   return out;
@@ -41,6 +66,7 @@ double nice_step(double span, int target) {
 
 std::string short_number(double v) {
   const double a = std::fabs(v);
+  if (a >= 1e12) return fmt("%.3gT", v / 1e12);
   if (a >= 1e9) return fmt("%.3gG", v / 1e9);
   if (a >= 1e6) return fmt("%.3gM", v / 1e6);
   if (a >= 1e4) return fmt("%.3gk", v / 1e3);
@@ -96,10 +122,11 @@ std::string render_svg(std::span<const plot_point> pts, const plot_options& opt)
   if (y_max <= 0.0) y_max = std::max(band_max, 1.0);
   // Linear axis with "nice" steps, or log1p axis with ticks at 0, 1, 10, 100, ...
   std::vector<double> ticks;
+  const double unit = opt.log_unit > 0.0 && std::isfinite(opt.log_unit) ? opt.log_unit : 1.0;
   if (opt.log_scale) {
-    y_max = std::pow(10.0, std::ceil(std::log10(std::max(y_max, 1.0))));
+    y_max = unit * std::pow(10.0, std::ceil(std::log10(std::max(y_max / unit, 1.0))));
     ticks.push_back(0.0);
-    for (double v = 1.0; v <= y_max * 1.0001; v *= 10.0) ticks.push_back(v);
+    for (double v = unit; v <= y_max * 1.0001; v *= 10.0) ticks.push_back(v);
   } else {
     const double step = nice_step(y_max, 6);
     y_max = std::ceil(y_max / step) * step;
@@ -108,7 +135,7 @@ std::string render_svg(std::span<const plot_point> pts, const plot_options& opt)
   auto X = [&](std::int64_t t) { return left + pw * static_cast<double>(t - t_min) / static_cast<double>(t_max - t_min); };
   auto Y = [&](double v) {
     const double c = std::clamp(v, 0.0, y_max);
-    const double frac = opt.log_scale ? std::log1p(c) / std::log1p(y_max) : c / y_max;
+    const double frac = opt.log_scale ? std::log1p(c / unit) / std::log1p(y_max / unit) : c / y_max;
     return top + ph * (1.0 - frac);
   };
 

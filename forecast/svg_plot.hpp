@@ -21,7 +21,9 @@ struct plot_options {
   int width = 1100;
   int height = 420;
   std::int64_t marker_s = 0;  // a dashed vertical line here (forecast origin); 0 = none
-  bool log_scale = false;     // log1p y axis (bursty series)
+  bool log_scale = false;     // log1p y axis (bursty series)...
+  double log_unit = 1.0;      // ...of y / log_unit: amounts far below 1 (dollars per minute) need
+                              // a small unit, as the forecaster does (suggest_unit)
 };
 
 std::string render_svg(std::span<const plot_point> points, const plot_options& opt);

@@ -54,6 +54,20 @@ expect 0 '' forecast --requests "$dir/log.csv" --bin 1m --horizon 5m
 printf 'timestamp\n1\n1000000000\n' > "$dir/span.csv"
 expect 2 'more than 1000000' forecast --requests "$dir/span.csv" --time-unit s
 
+# One input at a time, options once, and --json only where it means something.
+expect 2 'give one input' forecast --input "$series" --column requests --requests /nonexistent.jsonl
+expect 2 'option --horizons is given twice' backtest --input "$series" --column requests --horizons 1h --horizons 24h
+expect 2 'option --json does not apply to plot' plot --input "$series" --column requests --json
+expect 2 'no rolling forecast to draw' plot --input "$series" --column requests --horizon 2000h
+# A quoted comma is part of its field (RFC 4180), not a second field.
+printf 'timestamp,note,prompt_tokens\n' > "$dir/quoted.csv"
+for i in 0 1 2 3 4 5; do printf '%d,"retry, 5",1000\n' $((1736121600 + i * 60)) >> "$dir/quoted.csv"; done
+expect 0 '' forecast --requests "$dir/quoted.csv" --value prompt_tokens --bin 1m --horizon 1m
+grep -q ' 1000 ' "$dir/out" || { echo "FAIL: quoted comma: the forecast is not 1000"; fails=$((fails + 1)); }
+expect 2 'no record names a model' forecast --requests "$dir/quoted.csv" --model gpt-4o --bin 1m
+printf '[{"timestamp": 1736121600}]\n' > "$dir/array.json"
+expect 2 'a JSON array; give JSON Lines' forecast --requests "$dir/array.json"
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails case(s) failed"
   exit 1

@@ -218,4 +218,24 @@ TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
   CHECK(skipped.events[1].prompt_tokens == 0);  // NULL usage: unknown, read as 0
   CHECK(skipped.note.find("3 rows without a positive integer start_ms") != std::string::npos);
   fs::remove(p);
+
+  // Amounts are checked as a request log's: the first bad one is named by its rowid.
+  REQUIRE(sqlite3_open(p.string().c_str(), &db) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db,
+                       "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms, price_model TEXT, prompt_tokens,"
+                       " completion_tokens, cost_usd);"
+                       "INSERT INTO calls VALUES (1, 1736121600000, 'm', 1, 1, 0.1);"
+                       "INSERT INTO calls VALUES (7, 1736121660000, 'm', 'x', -5, 1e10);"
+                       "INSERT INTO calls VALUES (8, 1736121720000, 'm', '12', 1, NULL);",
+                       nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  const auto bad = tool::load_ledger(p.string());
+  REQUIRE(bad.error.empty());
+  CHECK(bad.prompt.bad_line == 7);
+  CHECK(bad.prompt.bad_text == "x");
+  CHECK(bad.completion.bad_line == 7);
+  CHECK(bad.cost.bad_line == 7);
+  CHECK(bad.cost.empty == 1);
+  CHECK(bad.events[2].prompt_tokens == 12);  // a number stored as text is still a number
+  fs::remove(p);
 }

@@ -53,6 +53,20 @@ TEST_CASE("series: spreadsheet and pandas spellings of the same file", "[forecas
   CHECK(long_cell.find("line 3: bad value `" + std::string(40, 'x') + "...`") != std::string::npos);
 }
 
+TEST_CASE("series: CSV fields as RFC 4180 quotes them", "[forecast]") {
+  using v = std::vector<std::string>;
+  CHECK(split_csv("a,b,c") == v{"a", "b", "c"});
+  CHECK(split_csv("1,\"retry, 5\",7\r") == v{"1", "retry, 5", "7"});    // a comma inside quotes
+  CHECK(split_csv("\"a \"\"b\"\"\", c ,") == v{"a \"b\"", "c", ""});  // doubled quotes, spaces, trailing comma
+  CHECK(split_csv("") == v{""});
+  CHECK(split_csv("\"open, never closed") == v{"open, never closed"});
+  // A series file whose other column holds a quoted comma: the value column is still found.
+  std::istringstream in("timestamp,comment,\"a,b\"\n3600,\"ok, 7\",10\n7200,\"\",20\n");
+  const auto r = read_series_csv(in, "a,b");
+  REQUIRE(r.data);
+  CHECK(r.data->values == std::vector<double>{10, 20});
+}
+
 TEST_CASE("series: rejects files that break the protocol", "[forecast]") {
   SECTION("unknown column") {
     std::istringstream in("timestamp,a\n0,1\n60,2\n");

@@ -37,9 +37,11 @@ field classify(std::string_view name) {
   return field::none;
 }
 
+// Cells come from split_csv (quotes and surrounding spaces already gone); JSON strings may
+// still carry spaces.
 std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '"')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '"' || s.back() == '\r')) s.remove_suffix(1);
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
   return s;
 }
 
@@ -80,17 +82,6 @@ double amount(const nlohmann::json& v, field_check& c, std::size_t line, double 
     c.bad_text = printable(v.dump());
   }
   return 0.0;
-}
-
-std::vector<std::string_view> split(std::string_view line) {
-  std::vector<std::string_view> out;
-  std::size_t pos = 0;
-  for (;;) {
-    const std::size_t c = line.find(',', pos);
-    out.push_back(line.substr(pos, c == std::string_view::npos ? std::string_view::npos : c - pos));
-    if (c == std::string_view::npos) return out;
-    pos = c + 1;
-  }
 }
 
 // Numeric timestamps whose unit is guessed for the whole file once it has been read (a guess
@@ -194,6 +185,10 @@ events_read load_request_log(const std::string& path, double unit_ms) {
     return out;
   }
   skip_bom(in);
+  if (in.peek() == '[') {
+    out.error = path + ": a JSON array; give JSON Lines (one object per line) or a CSV with a header";
+    return out;
+  }
   std::string line;
   const bool jsonl = ends_with(path, ".jsonl") || ends_with(path, ".ndjson") || in.peek() == '{';
   std::size_t line_no = 0;
@@ -253,7 +248,7 @@ events_read load_request_log(const std::string& path, double unit_ms) {
     line_no = 1;
     std::vector<field> cols;
     bool input_length = false, output_length = false;
-    for (auto name : split(line)) {
+    for (const auto& name : split_csv(line)) {
       cols.push_back(classify(trim(name)));
       out.prompt.present = out.prompt.present || cols.back() == field::prompt;
       out.completion.present = out.completion.present || cols.back() == field::completion;
@@ -271,7 +266,7 @@ events_read load_request_log(const std::string& path, double unit_ms) {
     while (std::getline(in, line)) {
       ++line_no;
       if (blank(trim(line))) continue;
-      const auto cells = split(line);
+      const auto cells = split_csv(line);
       request_event e;
       bool has_ts = false;
       ts.index = out.events.size();
@@ -281,11 +276,11 @@ events_read load_request_log(const std::string& path, double unit_ms) {
           case field::timestamp:
             has_ts = ts.read(cells[i], e) || has_ts;
             break;
-          case field::prompt: e.prompt_tokens = amount(cells[i], out.prompt, line_no, max_request_tokens); break;
+          case field::prompt: e.prompt_tokens = amount(std::string_view(cells[i]), out.prompt, line_no, max_request_tokens); break;
           case field::completion:
-            e.completion_tokens = amount(cells[i], out.completion, line_no, max_request_tokens);
+            e.completion_tokens = amount(std::string_view(cells[i]), out.completion, line_no, max_request_tokens);
             break;
-          case field::cost: e.cost_usd = amount(cells[i], out.cost, line_no, max_request_cost_usd); break;
+          case field::cost: e.cost_usd = amount(std::string_view(cells[i]), out.cost, line_no, max_request_cost_usd); break;
           case field::model: e.model = std::string(trim(cells[i])); break;
           case field::none: break;
         }
@@ -315,26 +310,59 @@ events_read load_ledger(const std::string& path) {
     sqlite3_close(db);
     return out;
   }
+  sqlite3_busy_timeout(db, 5000);
   sqlite3_stmt* st = nullptr;
-  const char* sql = "SELECT start_ms, prompt_tokens, completion_tokens, cost_usd, COALESCE(price_model, '') FROM calls";
+  const char* sql =
+      "SELECT rowid, start_ms, prompt_tokens, completion_tokens, cost_usd, COALESCE(price_model, '') FROM calls";
   if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) != SQLITE_OK) {
-    out.error = path + ": " + sqlite3_errmsg(db) + " (not a tollgate ledger?)";
+    // Only a missing table or column says "not a ledger"; a lock or an unreadable file says so itself.
+    const bool schema = sqlite3_errcode(db) == SQLITE_ERROR;
+    out.error = path + ": " + sqlite3_errmsg(db) + (schema ? " (not a tollgate ledger?)" : "");
     sqlite3_close(db);
     return out;
   }
+  out.prompt.present = out.completion.present = out.cost.present = true;
+  // One amount of a row, checked as a request log's: NULL reads as 0 (counted), text must be a
+  // number, and the value must lie in [0, limit].
+  auto read_amount = [&](int col, field_check& c, std::size_t rowid, double limit) {
+    switch (sqlite3_column_type(st, col)) {
+      case SQLITE_NULL: ++c.empty; return 0.0;
+      case SQLITE_TEXT:
+        return amount(std::string_view(reinterpret_cast<const char*>(sqlite3_column_text(st, col)),
+                                       static_cast<std::size_t>(sqlite3_column_bytes(st, col))),
+                      c, rowid, limit);
+      case SQLITE_INTEGER:
+      case SQLITE_FLOAT: {
+        const double v = sqlite3_column_double(st, col);
+        if (std::isfinite(v) && v >= 0.0 && v <= limit) return v;
+        if (c.bad_line == 0) {
+          c.bad_line = rowid;
+          c.bad_text = printable(nlohmann::json(v).dump());
+        }
+        return 0.0;
+      }
+      default:
+        if (c.bad_line == 0) {
+          c.bad_line = rowid;
+          c.bad_text = "(blob)";
+        }
+        return 0.0;
+    }
+  };
   int rc = SQLITE_OK;
   std::int64_t skipped = 0;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    if (sqlite3_column_type(st, 0) != SQLITE_INTEGER || sqlite3_column_int64(st, 0) <= 0) {
+    if (sqlite3_column_type(st, 1) != SQLITE_INTEGER || sqlite3_column_int64(st, 1) <= 0) {
       ++skipped;
       continue;
     }
+    const auto rowid = static_cast<std::size_t>(std::max<sqlite3_int64>(sqlite3_column_int64(st, 0), 1));
     request_event e;
-    e.timestamp_ms = sqlite3_column_int64(st, 0);
-    e.prompt_tokens = sqlite3_column_double(st, 1);
-    e.completion_tokens = sqlite3_column_double(st, 2);
-    e.cost_usd = sqlite3_column_double(st, 3);
-    if (const auto* m = sqlite3_column_text(st, 4)) e.model = reinterpret_cast<const char*>(m);
+    e.timestamp_ms = sqlite3_column_int64(st, 1);
+    e.prompt_tokens = read_amount(2, out.prompt, rowid, max_request_tokens);
+    e.completion_tokens = read_amount(3, out.completion, rowid, max_request_tokens);
+    e.cost_usd = read_amount(4, out.cost, rowid, max_request_cost_usd);
+    if (const auto* m = sqlite3_column_text(st, 5)) e.model = reinterpret_cast<const char*>(m);
     out.events.push_back(std::move(e));
   }
   if (rc != SQLITE_DONE) out.error = path + ": " + sqlite3_errmsg(db);

@@ -15,7 +15,7 @@ series_read load_series_file(const std::string& path, const std::string& column)
 struct field_check {
   bool present = false;      // a column of the header, or a key of at least one line
   std::size_t empty = 0;     // records where it is an empty cell, null or absent: read as 0
-  std::size_t bad_line = 0;  // first line whose value is not a number in [0, limit] (0: none)
+  std::size_t bad_line = 0;  // first line (ledger: rowid) whose value is not a number in [0, limit] (0: none)
   std::string bad_text;      // that value, as written (shortened)
 };
 
@@ -47,7 +47,9 @@ events_read load_request_log(const std::string& path, double unit_ms);
 
 // The ledger's `calls` table (start_ms, prompt_tokens, completion_tokens, cost_usd, price_model).
 // Rows whose start_ms is not a positive integer (a hand-edited or foreign table) are skipped,
-// with a note: one would otherwise stretch the series back to 1970.
+// with a note: one would otherwise stretch the series back to 1970. The amounts are checked as a
+// request log's are (bad_line is then the row's rowid). A ledger a writer holds locked is
+// waited for (5 s), as the proxy's own readers do.
 events_read load_ledger(const std::string& path);
 
 }  // namespace tollgate::forecast::tool

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <iostream>
@@ -51,12 +52,14 @@ options:
   --train-fraction F     backtest/detect/plot split (default 0.7)
   --json                 machine-readable output on stdout
   --all-methods          backtest: also seasonal_naive_week
-  --horizon D            forecast: how far ahead (default 24h); plot: lead time shown (default 1 bin)
+  --horizon D            forecast: how far ahead (default 24h); plot: lead time shown (default 1 bin);
+                         bench: steps forecast per refresh (default 1h)
   --ahead D              plot: forecast appended after the last bin (default 24h)
   --output FILE          plot: SVG file (default stdout)
   --log                  plot: logarithmic y axis
   --threshold X          detect: spike threshold, robust z-score on the log scale (default 3)
   --series N             bench: number of series (default 200)
+  --bin D                bench: bin width of the synthetic series (default 1m)
   --days D               bench: history fed before timing (default 14)
 )";
 
@@ -90,14 +93,14 @@ args parse_args(int argc, char** argv) {
   // The options each command reads: a misspelt or misplaced one is an error, not ignored
   // (`backtest --horizon 5h` would otherwise run the default horizons without a word).
   static const std::map<std::string, std::vector<std::string>> known = {
-      {"backtest", {"horizons", "train-fraction", "all-methods"}},
-      {"forecast", {"horizon"}},
+      {"backtest", {"horizons", "train-fraction", "all-methods", "json"}},
+      {"forecast", {"horizon", "json"}},
       {"plot", {"horizon", "ahead", "output", "log", "train-fraction"}},
-      {"detect", {"threshold", "train-fraction"}},
+      {"detect", {"threshold", "train-fraction", "json"}},
       {"bench", {"series", "days", "bin", "horizon", "json"}},
   };
   static const std::vector<std::string> input_opts = {"input", "column", "requests", "ledger", "value",
-                                                      "bin", "model", "time-unit", "json"};
+                                                      "bin", "model", "time-unit"};
   const auto cmd = known.find(a.command);
   if (cmd == known.end()) die("unknown command `" + a.command + "` (see --help)");
   auto accepted = [&](const std::string& name) {
@@ -116,6 +119,8 @@ args parse_args(int argc, char** argv) {
       die(users.empty() ? "unknown option " + k + " (see --help)"
                         : "option " + k + " does not apply to " + a.command + " (it is for " + users + ")");
     }
+    // Given twice is a mistake (which one was meant?), not "the last one wins".
+    if (a.has(k.substr(2))) die("option " + k + " is given twice");
     bool is_flag = false;
     for (const char* f : flags) is_flag = is_flag || k == f;
     if (is_flag) {
@@ -147,8 +152,9 @@ class progress_bar {
     std::fflush(stderr);
     shown_ = true;
   }
+  // Clears the bar's line: the table or JSON that follows starts on a clean line.
   void done() {
-    if (shown_) std::fprintf(stderr, "\n");
+    if (shown_) std::fprintf(stderr, "\r%*s\r", 45 + static_cast<int>(std::strlen(label_)), "");
     shown_ = false;
   }
 
@@ -174,6 +180,8 @@ struct loaded {
 
 loaded load_input(const args& a) {
   loaded l;
+  if (a.has("input") + a.has("requests") + a.has("ledger") > 1)
+    die("give one input: --input FILE --column COL, --requests FILE or --ledger FILE");
   if (a.has("input")) {
     if (!a.has("column")) die("--input needs --column");
     auto r = fc::tool::load_series_file(a.get("input"), a.get("column"));
@@ -222,11 +230,12 @@ loaded load_input(const args& a) {
     auto ev = ledger ? fc::tool::load_ledger(l.input) : fc::tool::load_request_log(l.input, unit_ms);
     if (!ev.error.empty()) die(ev.error);
     if (!ev.note.empty()) std::cerr << "note: " << ev.note << "\n";
-    // A request log's amount fields, checked only for the quantity summed.
+    // The amount fields, checked only for the quantity summed.
     auto check = [&](const fc::tool::field_check& c, const char* what, const char* names, const char* limit) {
       if (!c.present) die(l.input + ": no " + what + " field to sum (" + names + ")");
       if (c.bad_line)
-        die(l.input + ":" + std::to_string(c.bad_line) + ": " + what + " `" + c.bad_text + "` is not a number from 0 to " + limit);
+        die(l.input + (ledger ? ": calls row " + std::to_string(c.bad_line) : ":" + std::to_string(c.bad_line)) +
+            ": " + what + " `" + c.bad_text + "` is not a number from 0 to " + limit);
       if (c.empty)
         std::cerr << "note: " << l.input << ": " << c.empty << " of " << ev.events.size() << " records have no " << what
                   << ", read as 0\n";
@@ -234,13 +243,14 @@ loaded load_input(const args& a) {
     constexpr const char* prompt_names = "prompt_tokens, input_tokens, input_length, ContextTokens or Request tokens";
     constexpr const char* completion_names =
         "completion_tokens, output_tokens, output_length, GeneratedTokens or Response tokens";
-    if (!ledger) {
-      if (*q == fc::quantity::prompt_tokens || *q == fc::quantity::total_tokens)
-        check(ev.prompt, "prompt tokens", prompt_names, "1e12");
-      if (*q == fc::quantity::completion_tokens || *q == fc::quantity::total_tokens)
-        check(ev.completion, "completion tokens", completion_names, "1e12");
-      if (*q == fc::quantity::cost_usd) check(ev.cost, "cost", "cost_usd or cost", "1e9");
-    }
+    if (*q == fc::quantity::prompt_tokens || *q == fc::quantity::total_tokens)
+      check(ev.prompt, "prompt tokens", prompt_names, "1e12");
+    if (*q == fc::quantity::completion_tokens || *q == fc::quantity::total_tokens)
+      check(ev.completion, "completion tokens", completion_names, "1e12");
+    if (*q == fc::quantity::cost_usd) check(ev.cost, "cost", "cost_usd or cost", "1e9");
+    if (a.has("model") && std::none_of(ev.events.begin(), ev.events.end(), [](const auto& e) { return !e.model.empty(); }))
+      die(l.input + ": --model " + a.get("model") + ": no record names a model (" +
+          (ledger ? "price_model" : "field `model`") + ")");
     // Default bin: 10 minutes, or 1 minute for records spanning less than two days (Azure's and
     // Mooncake's one-hour traces would otherwise be six bins).
     if (!bin) bin = fc::bins_spanned(ev.events, 60, a.get("model")) < 2 * 1440 ? 60 : 600;
@@ -306,6 +316,10 @@ double train_fraction(const args& a) {
   if (end == s.c_str() || *end != '\0' || !(f > 0.0 && f < 1.0)) die("--train-fraction must be a number in (0, 1)");
   return f;
 }
+
+// JSON text; strings that are not valid UTF-8 (a Latin-1 column or file name) get U+FFFD
+// instead of aborting the output.
+std::string dump(const json& j, int indent = -1) { return j.dump(indent, ' ', false, json::error_handler_t::replace); }
 
 json opt_number(const std::optional<double>& v) { return v ? json(*v) : json(nullptr); }
 
@@ -389,7 +403,7 @@ int cmd_backtest(const args& a) {
                               {"smape", opt_number(m.smape)}, {"coverage90", opt_number(m.coverage90)},
                               {"pinball", opt_number(m.pinball)}, {"n_origins", m.n_origins},
                               {"n_points", m.n_points}, {"n_points_prob", m.n_points_prob}});
-    std::cout << j.dump() << "\n";
+    std::cout << dump(j) << "\n";
     return 0;
   }
   auto num = [](const std::optional<double>& v, const char* f) {
@@ -439,7 +453,7 @@ int cmd_forecast(const args& a) {
     j["steps"] = json::array();
     for (const auto& s : r.steps)
       j["steps"].push_back({{"timestamp", s.timestamp_s}, {"point", s.point}, {"quantiles", s.quantiles}});
-    std::cout << j.dump() << "\n";
+    std::cout << dump(j) << "\n";
     return 0;
   }
   std::printf("%s  bin %llds  last bin %s%s\n", in.label.c_str(), static_cast<long long>(in.data.bin_s),
@@ -463,6 +477,13 @@ int cmd_plot(const args& a) {
   const std::size_t lead = a.has("horizon") ? steps_of(a.get("horizon"), s.bin_s) : 1;
   const std::size_t ahead = steps_of(a.get("ahead", "24h"), s.bin_s);
   const std::size_t from = static_cast<std::size_t>(std::floor(train_fraction(a) * static_cast<double>(s.size())));
+  // The rolling forecast for bin i is made at bin i - lead: none exists for bins before `lead`.
+  if (lead >= s.size())
+    die("--horizon " + a.get("horizon") + " is " + std::to_string(lead) + " bins, as long as the whole series (" +
+        std::to_string(s.size()) + "): no rolling forecast to draw");
+  if (lead > from)
+    std::cerr << "note: --horizon " << a.get("horizon") << " is " << lead << " bins: the rolling forecast starts "
+              << lead - from << " bins into the " << s.size() - from << " shown\n";
   fc::forecaster_config cfg;
   cfg.bin_s = s.bin_s;
   cfg.max_horizon = std::max(lead, ahead);
@@ -501,6 +522,7 @@ int cmd_plot(const args& a) {
                 std::to_string(s.bin_s) + " s bins); band = 5%..95%";
   po.marker_s = s.timestamp(s.size() - 1) + s.bin_s;
   po.log_scale = a.has("log");
+  po.log_unit = cfg.unit;
   const std::string svg = fc::render_svg(pts, po);
   if (!a.has("output") || a.get("output") == "-") {
     std::cout << svg;
@@ -537,7 +559,7 @@ int cmd_detect(const args& a) {
   j["false_alarms_per_day"] = r.false_alarms_per_day;
   j["episodes_outside_top_bursts"] = r.episodes_outside_top_bursts;
   j["episodes_outside_top_bursts_per_day"] = r.episodes_outside_top_bursts_per_day;
-  std::cout << (a.has("json") ? j.dump() : j.dump(2)) << "\n";
+  std::cout << dump(j, a.has("json") ? -1 : 2) << "\n";
   return 0;
 }
 
@@ -596,7 +618,7 @@ int cmd_bench(const args& a) {
   j["per_series_cpu_us"] = 1000.0 * cpu_ms / static_cast<double>(n_series);
   j["memory_bytes_per_series"] = bytes / std::max<std::size_t>(n_series, 1);
   j["checksum"] = sink;
-  std::cout << (a.has("json") ? j.dump() : j.dump(2)) << "\n";
+  std::cout << dump(j, a.has("json") ? -1 : 2) << "\n";
   return 0;
 }
 
