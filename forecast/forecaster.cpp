@@ -285,13 +285,30 @@ struct forecaster::impl {
   // divided by the square root of their number: its outputs are nearly the same forecast, and
   // where they tied with a one-output model (the daily seasonal naive) on a week's errors,
   // fifteen ETS outputs that missed a client's daily job outvoted the look-ups that had it
-  // (RESULTS.md section 15). Before any member has a track record, the naive. `log_scale`
+  // (RESULTS.md section 15). Before any member has a track record, the naive; beyond the longest
+  // step with one, that step's weights. `log_scale`
   // (step 1 only): weights from log errors instead.
   double combine(std::size_t k, const std::vector<double>& f, bool log_scale = false) const {
     std::size_t lo = 0, hi = 0;
     double frac = 0.0;
     bracket(k, lo, hi, frac);
     log_scale = log_scale && hi == 0;
+    // A step beyond every scored one (a month ahead on three weeks of hourly history: no
+    // forecast that far has met its target yet) takes the weights of the longest step that has
+    // a track record. Falling back to the naive there flattened the month's hourly path at the
+    // last hour's value: a month projection made at the daily peak was twice one made at the
+    // trough.
+    const auto recorded = [&](std::size_t r) {
+      for (std::size_t j = 0; j < members; ++j)
+        if (tracks[j][r].own >= min_track) return true;
+      return false;
+    };
+    if (!log_scale && !recorded(hi)) {
+      std::size_t r = hi;
+      while (r > 0 && !recorded(r)) --r;
+      lo = hi = r;
+      frac = 0.0;
+    }
     // Weights relative to the best member's score, so they neither overflow nor underflow
     // whatever the count scale (tokens, dollars). Scores are on the log scale: the weight
     // (best / score)^weight_power is then one exp.

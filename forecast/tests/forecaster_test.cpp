@@ -66,6 +66,29 @@ TEST_CASE("forecaster: a pure daily cycle is forecast almost exactly", "[forecas
   CHECK(r.steps[23].quantiles[q95] / r.steps[23].quantiles[q05] < 1.2);
 }
 
+TEST_CASE("forecaster: a month ahead of three weeks of history keeps the daily cycle", "[forecast]") {
+  // No step beyond ~3 weeks has a track record yet; those steps take the weights of the longest
+  // step that has one instead of the naive, whose flat path at the last hour's value made a
+  // month projected at the daily peak twice one projected at the trough.
+  const std::size_t h = 31 * 24;
+  double truth = 0.0;
+  for (std::size_t k = 1; k <= h; ++k) truth += daily(k);  // the same for any whole-day origin shift
+  for (const std::size_t end_hour : {6u, 18u}) {
+    forecaster f = hourly(h);
+    const std::size_t n = 20 * 24 + end_hour;
+    for (std::size_t i = 0; i < n; ++i) f.observe(t0 + static_cast<std::int64_t>(i) * 3600, daily(i));
+    const auto r = f.forecast(h);
+    double sum = 0.0;
+    for (std::size_t k = 1; k <= h; ++k) {
+      sum += r.steps[k - 1].point;
+      if (k > 600) CHECK(rel_err(r.steps[k - 1].point, daily(n - 1 + k)) < 0.05);
+    }
+    INFO("last hour " << end_hour);
+    CHECK(rel_err(sum, truth) < 0.02);
+    check_well_formed(r);
+  }
+}
+
 TEST_CASE("forecaster: a level step is followed within a day", "[forecast]") {
   forecaster f = hourly(24);
   std::mt19937 rng(7);

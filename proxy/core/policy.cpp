@@ -790,7 +790,7 @@ void policy_engine::update_projections(std::int64_t now_ms, const remaining_spen
     b.rest50 = rest(f.p50_usd);
     b.rest90 = rest(f.p90_usd);
     const double basis = b.projected(f.learned ? b.rest90 : b.rest50);
-    if (b.projected_alerted || !(basis > b.cfg.limit_usd)) return;
+    if (b.projected_alerted || f.extrapolated || !(basis > b.cfg.limit_usd)) return;
     b.projected_alerted = true;
     alert_event e{alert_kind::projected_overspend, b.cfg.scope, std::string(to_string(b.cfg.period)), b.cfg.limit_usd,
                   b.spent, basis, now_ms,

@@ -162,6 +162,10 @@ class policy_engine {
     // to a month for the hourly steps). Alerts then compare the median: a prior's p90 is ~6x
     // the point and would call every budget on a sixth of its pace overspent.
     bool learned = true;
+    // True while part of the window is carried at the rate of the first minutes' forecast (a
+    // fresh ledger's first hour has no hourly forecast yet): the projection is published but
+    // raises no projected_overspend (one busy first minute projected a month of it).
+    bool extrapolated = false;
   };
   // `global_remaining(period, window)` is called (without the engine's lock held) once per
   // period some budget uses. Each budget's projection is spent + share * remaining, where share

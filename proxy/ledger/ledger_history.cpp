@@ -11,7 +11,7 @@
 
 namespace tollgate {
 
-history_load load_ledger_history(const std::string& path, std::int64_t since_ms, aggregator& agg) {
+history_load load_ledger_history(const std::string& path, std::int64_t since_ms, aggregator& agg, std::int64_t until_ms) {
   history_load out;
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) return out;
@@ -27,11 +27,12 @@ history_load load_ledger_history(const std::string& path, std::int64_t since_ms,
   // Integer division keeps the minute in SQLite; start_ms is indexed (calls_start_ms).
   static const char* kSql =
       "SELECT start_ms / 60000, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), price_model "
-      "FROM calls WHERE start_ms >= ? GROUP BY 1, price_model ORDER BY 1";
+      "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2 GROUP BY 1, price_model ORDER BY 1";
   sqlite3_stmt* stmt = nullptr;
   rc = sqlite3_prepare_v2(db, kSql, -1, &stmt, nullptr);
   if (rc != SQLITE_OK) throw fail(sqlite3_errmsg(db));
   sqlite3_bind_int64(stmt, 1, since_ms);
+  sqlite3_bind_int64(stmt, 2, until_ms);
   std::int64_t last_minute = aggregator::no_data;
   while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
     std::int64_t minute = sqlite3_column_int64(stmt, 0);
@@ -46,6 +47,16 @@ history_load load_ledger_history(const std::string& path, std::int64_t since_ms,
   std::string err = rc == SQLITE_DONE ? std::string() : sqlite3_errmsg(db);
   sqlite3_finalize(stmt);
   if (!err.empty()) throw fail(err);
+  if (until_ms != std::numeric_limits<std::int64_t>::max()) {
+    rc = sqlite3_prepare_v2(db, "SELECT COUNT(*), MAX(start_ms) FROM calls WHERE start_ms >= ?", -1, &stmt, nullptr);
+    if (rc != SQLITE_OK) throw fail(sqlite3_errmsg(db));
+    sqlite3_bind_int64(stmt, 1, until_ms);
+    if (sqlite3_step(stmt) == SQLITE_ROW) {
+      out.future_rows = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 0));
+      out.latest_future_ms = sqlite3_column_int64(stmt, 1);
+    }
+    sqlite3_finalize(stmt);
+  }
   sqlite3_close(db);
   return out;
 }

@@ -801,7 +801,8 @@ std::string to_csv(const whatif_report& r) {
 
 // ---- Warm start --------------------------------------------------------------------------------
 
-std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64_t since_ms, std::int64_t fine_since_ms) {
+std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64_t since_ms, std::int64_t fine_since_ms,
+                                      std::int64_t until_ms) {
   std::error_code ec;
   if (!std::filesystem::exists(ledger_path, ec)) return {};
   reader db(ledger_path);
@@ -809,10 +810,11 @@ std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64
   // Refused and failed calls (cost 0) do not date a bucket.
   statement st(db,
                "SELECT client_key_id, team, price_model, SUM(cost_usd), MAX(start_ms) FROM calls "
-               "WHERE start_ms >= ?1 AND cost_usd <> 0 GROUP BY CASE WHEN start_ms >= ?2 THEN start_ms / 1000 ELSE start_ms / " +
+               "WHERE start_ms >= ?1 AND start_ms < ?3 AND cost_usd <> 0 GROUP BY CASE WHEN start_ms >= ?2 THEN start_ms / 1000 ELSE start_ms / " +
                    std::to_string(kMinuteMs) + " * 60 END, client_key_id, team, price_model ORDER BY 5");
   st.bind(1, since_ms);
   st.bind(2, fine_since_ms);
+  st.bind(3, until_ms);
   std::vector<spend_sample> out;
   while (st.step())
     out.push_back({st.text(0).value_or(""), st.text(1).value_or(""), st.text(2).value_or(""), st.real(3), st.i64(4)});

@@ -194,8 +194,11 @@ struct spend_sample {
 // model), oldest first: the rows budgets and spend guards are seeded from at boot. From
 // fine_since_ms on they are summed per second instead: a spend guard's window (a minute, say)
 // must not see a minute's spend dated at its last call. A missing ledger file yields nothing
-// (first start). Throws std::runtime_error naming the file otherwise.
+// (first start). Rows at or after until_ms (dated in the future: a clock set wrong, a hand
+// edit) are left out: one would move every period's window to its date and hide today's spend.
+// Throws std::runtime_error naming the file otherwise.
 std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64_t since_ms,
-                                      std::int64_t fine_since_ms = std::numeric_limits<std::int64_t>::max());
+                                      std::int64_t fine_since_ms = std::numeric_limits<std::int64_t>::max(),
+                                      std::int64_t until_ms = std::numeric_limits<std::int64_t>::max());
 
 }  // namespace tollgate

@@ -311,11 +311,13 @@ struct forecast_service::impl {
   // added (comonotonic sum, see README "Design notes").
   // A fresh ledger has no hourly steps for an hour and no 10-minute ones for ten minutes: the
   // part of the window beyond the last tier with steps is then carried at that tier's mean
-  // forecast rate, and the sum is not `learned` (a day and a month would otherwise be forecast
-  // as the next hour). No tier with steps at all: NaN.
-  double forecast_sum(std::size_t s, std::int64_t from_s, std::int64_t to_s, std::size_t q, bool* learned = nullptr) const {
+  // forecast rate, and the sum is not `learned` and is `extrapolated` (a day and a month would
+  // otherwise be forecast as the next hour). No tier with steps at all: NaN.
+  double forecast_sum(std::size_t s, std::int64_t from_s, std::int64_t to_s, std::size_t q, bool* learned = nullptr,
+                      bool* extrapolated = nullptr) const {
     double total = 0;
     if (learned != nullptr) *learned = true;
+    if (extrapolated != nullptr) *extrapolated = false;
     std::int64_t cursor = from_s;
     const tier* last = nullptr;  // the last tier with steps
     for (const tier& t : tiers) {
@@ -344,6 +346,7 @@ struct forecast_service::impl {
       mean /= static_cast<double>(steps.size());
       total += mean * static_cast<double>(to_s - cursor) / static_cast<double>(last->bin_s);
       if (learned != nullptr) *learned = false;
+      if (extrapolated != nullptr) *extrapolated = true;
     }
     return total;
   }
@@ -384,7 +387,7 @@ struct forecast_service::impl {
       const std::size_t q50 = quantile_index(0.5), q90 = quantile_index(0.9);
       snap.remaining_spend = [this, now_s, q50, q90](std::int64_t end_s) {
         forecast_snapshot::spend_ahead r;
-        r.p50_usd = forecast_sum(s_spend, now_s, end_s, q50, &r.learned);
+        r.p50_usd = forecast_sum(s_spend, now_s, end_s, q50, &r.learned, &r.extrapolated);
         r.p90_usd = forecast_sum(s_spend, now_s, end_s, q90);
         return r;
       };

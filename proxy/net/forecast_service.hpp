@@ -23,6 +23,9 @@ struct forecast_snapshot {
   struct spend_ahead {
     double p50_usd = 0, p90_usd = 0;
     bool learned = true;
+    // Part of the window lies beyond every tier's steps (a fresh ledger's first hour) and is
+    // carried at the finest tier's mean rate: a gauge, not a basis for alerts.
+    bool extrapolated = false;
   };
   std::function<spend_ahead(std::int64_t end_s)> remaining_spend;
   // Per series (requests, prompt_tokens, completion_tokens, spend_usd): flag and score.

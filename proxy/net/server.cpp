@@ -214,7 +214,12 @@ void warm_start(app::impl& I) {
   const auto& o = I.aggregator_->options();
   const std::int64_t days = static_cast<std::int64_t>(std::max(o.total_coarse_days, c.forecast.history_days));
   try {
-    history_load h = load_ledger_history(c.ledger_path, now_ms - days * 86'400'000, *I.aggregator_);
+    // A minute of slack for clocks of a fleet sharing the ledger; later rows are a wrong clock.
+    history_load h = load_ledger_history(c.ledger_path, now_ms - days * 86'400'000, *I.aggregator_, now_ms + 60'000);
+    if (h.future_rows > 0)
+      log_line(log_level::warn, "ledger rows dated in the future are left out of the history and the budgets")
+          .integer("rows", static_cast<std::int64_t>(h.future_rows))
+          .integer("latest_start_ms", h.latest_future_ms);
     log_line(log_level::info, "forecaster warm start from the ledger")
         .integer("minutes_loaded", static_cast<std::int64_t>(h.minutes))
         .integer("calls", static_cast<std::int64_t>(h.calls))

@@ -209,7 +209,7 @@ void spend_control::start(const std::string& ledger_path) {
   if (since < now) {
     try {
       auto t0 = std::chrono::steady_clock::now();
-      auto samples = spend_since(ledger_path, since, fine_since);
+      auto samples = spend_since(ledger_path, since, fine_since, now + 60'000);  // not rows dated in the future
       for (const auto& s : samples) engine_->seed(s.client_key_id, s.team, s.price_model, s.cost_usd, s.ts_ms);
       log_line(log_level::info, "budgets warm-started from the ledger")
           .integer("minutes", static_cast<std::int64_t>(samples.size()))
@@ -276,6 +276,7 @@ void spend_control::on_forecast(const forecast_snapshot& snap) {
       f.p50_usd = ahead.p50_usd;
       f.p90_usd = ahead.p90_usd;
       f.learned = ahead.learned;
+      f.extrapolated = ahead.extrapolated;
       return f;
     });
   }

@@ -195,6 +195,14 @@ TEST_CASE("ledger history: the warm start loads the ledger's per-minute sums", "
   CHECK(a.sum(kDay0, kDay0 + 60, "other").requests == 1);
   CHECK(a.sum(kDay0 + 60, kDay0 + 120, "claude-sonnet-4.5").cost_usd == 0.5);
 
+  SECTION("rows dated at or after until_ms (a wrong clock) are left out and counted") {
+    aggregator until({"gpt-4.1", "claude-sonnet-4.5"});
+    const history_load u = load_ledger_history(path, t, until, kDay0 * 1000 + 60'000);
+    CHECK(u.calls == 3);  // the second minute's call is "in the future" here
+    CHECK(u.future_rows == 1);
+    CHECK(u.latest_future_ms >= kDay0 * 1000 + 60'000);
+    CHECK(until.sum(kDay0 + 60, kDay0 + 120).requests == 0);
+  }
   SECTION("a missing ledger file loads nothing") {
     aggregator empty({});
     CHECK(load_ledger_history((dir.path / "absent.db").string(), 0, empty).minutes == 0);

@@ -697,6 +697,25 @@ TEST_CASE("policy projections: while the band is the cold-start prior, the media
   CHECK_THAT(a[0].message, Contains("p90 $3100.00"));
 }
 
+TEST_CASE("policy projections: a month carried at a fresh ledger's first-minutes rate alerts nobody", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::month, 100, false));
+  policy_engine e(cfg, "UTC");
+  spend(e, 1, t0);
+  // One busy first minute, carried over the month: far past the limit, but no hourly forecast
+  // exists yet. The gauges show it; no projected_overspend is sent.
+  policy_engine::spend_forecast first_hour{380, 3800};
+  first_hour.learned = false;
+  first_hour.extrapolated = true;
+  e.update_projections(t0, [&](calendar_period, const time_window&) { return first_hour; });
+  CHECK(e.budgets(t0)[0].projected_p50 == Approx(381));
+  CHECK(e.take_alerts().empty());
+  // An hour later the hourly tier forecasts the month: the same median now alerts.
+  first_hour.extrapolated = false;
+  e.update_projections(t0 + 60 * minute_ms, [&](calendar_period, const time_window&) { return first_hour; });
+  CHECK(e.take_alerts().size() == 1);
+}
+
 TEST_CASE("policy projections: a budget already spent is exhausted now, forecast or not", "[policy]") {
   policy_config cfg;
   cfg.budgets.push_back(budget("global", calendar_period::day, 10, false));

@@ -594,6 +594,11 @@ TEST_CASE("report: spend_since sums per minute and key, oldest first, for warm s
   }
   CHECK(a_gpt == 3.0);
   SECTION("a ledger that does not exist yet seeds nothing") { CHECK(spend_since(s.dir.file("new.db"), 0).empty()); }
+  SECTION("rows at or after until_ms (dated in the future) seed nothing") {
+    const auto until = spend_since(s.path, m0, std::numeric_limits<std::int64_t>::max(), m0 + 60'000);
+    REQUIRE(until.size() == 2);
+    for (const auto& r : until) CHECK(r.client_key_id == "a");
+  }
   SECTION("from fine_since on, per second: a guard's short window keeps each call's time") {
     const auto fine = spend_since(s.path, m0, m0);
     double a_gpt = 0;
