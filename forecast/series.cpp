@@ -10,12 +10,6 @@
 namespace tollgate::forecast {
 namespace {
 
-std::string_view trim(std::string_view s) noexcept {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
-  return s;
-}
-
 template <typename T>
 bool parse_number(std::string_view s, T& out) noexcept {
   const auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
@@ -58,10 +52,16 @@ std::vector<std::string> split_csv(std::string_view line) {
       field.assign(line.substr(i, comma - i));
       i = comma;
     }
-    out.emplace_back(trim(field));
+    out.emplace_back(trim_blanks(field));
     if (i >= line.size()) return out;
     ++i;  // the comma
   }
+}
+
+std::string_view trim_blanks(std::string_view s) noexcept {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  return s;
 }
 
 std::string printable(std::string_view cell) {
@@ -119,7 +119,7 @@ series_read read_series_csv(std::istream& in, std::string_view column) {
   std::size_t line_no = 1;
   while (std::getline(in, line)) {
     ++line_no;
-    if (trim(line).empty()) continue;
+    if (trim_blanks(line).empty()) continue;
     const auto fields = split_csv(line);
     std::int64_t t = 0;
     if (!parse_timestamp(fields[0], t)) {
@@ -169,7 +169,7 @@ series_read read_series_csv(std::istream& in, std::string_view column) {
 }
 
 std::optional<std::int64_t> parse_duration(std::string_view text) noexcept {
-  text = trim(text);
+  text = trim_blanks(text);
   if (text.size() < 2) return std::nullopt;
   std::int64_t unit = 0;
   switch (text.back()) {

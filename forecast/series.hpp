@@ -47,6 +47,9 @@ void skip_bom(std::istream& in);
 // A cell as quoted in a message: at most 40 characters, control characters as '?'.
 std::string printable(std::string_view cell);
 
+// `s` without the spaces and tabs around it and a trailing CR.
+std::string_view trim_blanks(std::string_view s) noexcept;
+
 // One CSV line split as RFC 4180 reads it: a field in double quotes may hold commas and doubled
 // quotes (`""` is one `"`); spaces and tabs around a field, and a trailing CR, are not part of
 // it. Used by every CSV reader of the tool (series files and request logs).

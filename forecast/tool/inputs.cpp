@@ -37,14 +37,6 @@ field classify(std::string_view name) {
   return field::none;
 }
 
-// Cells come from split_csv (quotes and surrounding spaces already gone); JSON strings may
-// still carry spaces.
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
-  return s;
-}
-
 bool blank(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c) != 0; });
 }
@@ -52,7 +44,7 @@ bool blank(std::string_view s) {
 // One amount (tokens or USD) of a request: a number in [0, limit], else 0 and the first such
 // line is kept for the caller's error. Empty counts as absent.
 double amount(std::string_view cell, field_check& c, std::size_t line, double limit) {
-  cell = trim(cell);
+  cell = trim_blanks(cell);  // split_csv trimmed CSV cells; JSON strings may carry spaces
   if (cell.empty()) {
     ++c.empty;
     return 0.0;
@@ -249,11 +241,11 @@ events_read load_request_log(const std::string& path, double unit_ms) {
     std::vector<field> cols;
     bool input_length = false, output_length = false;
     for (const auto& name : split_csv(line)) {
-      cols.push_back(classify(trim(name)));
+      cols.push_back(classify(trim_blanks(name)));
       out.prompt.present = out.prompt.present || cols.back() == field::prompt;
       out.completion.present = out.completion.present || cols.back() == field::completion;
       out.cost.present = out.cost.present || cols.back() == field::cost;
-      const std::string n = lower(trim(name));
+      const std::string n = lower(trim_blanks(name));
       input_length = input_length || n == "input_length";
       output_length = output_length || n == "output_length";
       ts.mooncake_fields = ts.mooncake_fields || n == "hash_ids";
@@ -265,7 +257,7 @@ events_read load_request_log(const std::string& path, double unit_ms) {
     }
     while (std::getline(in, line)) {
       ++line_no;
-      if (blank(trim(line))) continue;
+      if (blank(trim_blanks(line))) continue;
       const auto cells = split_csv(line);
       request_event e;
       bool has_ts = false;
@@ -281,7 +273,7 @@ events_read load_request_log(const std::string& path, double unit_ms) {
             e.completion_tokens = amount(std::string_view(cells[i]), out.completion, line_no, max_request_tokens);
             break;
           case field::cost: e.cost_usd = amount(std::string_view(cells[i]), out.cost, line_no, max_request_cost_usd); break;
-          case field::model: e.model = std::string(trim(cells[i])); break;
+          case field::model: e.model = std::string(trim_blanks(cells[i])); break;
           case field::none: break;
         }
       }

@@ -70,7 +70,7 @@ class live_mase {
     if (pending_.empty() || pending_.front().first != t) return;
     double point = pending_.front().second;
     pending_.pop_front();
-    if (std::isnan(y_season_ago)) return;
+    if (std::isnan(y) || std::isnan(y_season_ago)) return;  // a gap scores nothing
     scored_.emplace_back(std::fabs(y - point), std::fabs(y - y_season_ago));
     if (scored_.size() > window_) scored_.pop_front();
   }
@@ -181,6 +181,13 @@ struct forecast_service::impl {
   std::condition_variable cv;
   std::thread thread;
   bool first_done = false;
+  std::int64_t offline_from = 0, offline_to = 0;  // [from, to) seconds: set_offline()
+
+  // A bin more than a tenth of whose width the proxy was down is unknown, not quiet.
+  bool offline(std::int64_t bin_start, std::int64_t bin_s) const {
+    const std::int64_t overlap = std::min(bin_start + bin_s, offline_to) - std::max(bin_start, offline_from);
+    return overlap * 10 > bin_s;
+  }
 
   impl(const aggregator& a, metrics& m, forecast_service_options o)
       : agg(a),
@@ -288,7 +295,7 @@ struct forecast_service::impl {
         const std::int64_t ts = t.next_bin;
         for (std::size_t s = 0; s < n_series; ++s) {
           if (!t.f[s]) continue;
-          double y = value_of(values[i], s);
+          const double y = offline(ts, t.bin_s) ? kNaN : value_of(values[i], s);
           double ago = t.season_ago(s, ts);
           for (std::size_t h = 0; h < kHorizons.size(); ++h)
             if (kHorizons[h].tier == tier_index) mase[s][h]->actual(ts, y, ago);
@@ -499,6 +506,11 @@ void forecast_service::stop() {
 }
 
 void forecast_service::refresh() noexcept { impl_->refresh_guarded(); }
+
+void forecast_service::set_offline(std::int64_t from_s, std::int64_t to_s) {
+  impl_->offline_from = from_s;
+  impl_->offline_to = to_s;
+}
 
 std::size_t forecast_service::memory_bytes() const { return impl_->memory_bytes(); }
 

@@ -71,6 +71,13 @@ class forecast_service {
   // concurrently with the thread: tests call it without start(). Never throws.
   void refresh() noexcept;
 
+  // Marks [from_s, to_s) as time this proxy was not running (the warm start passes the span
+  // from the newest minute of the ledger's history to its own start). A bin more than a tenth
+  // inside it is folded as a gap, not as a bin without calls: read as zeros, hours of downtime
+  // pulled the forecasters' level down and the first live minute at the usual rate was flagged
+  // as a burst after every restart. Before start() or the first refresh().
+  void set_offline(std::int64_t from_s, std::int64_t to_s);
+
   // Forecaster state held (fixed once the histories are full). Not while the thread runs.
   std::size_t memory_bytes() const;
 

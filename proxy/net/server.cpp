@@ -220,8 +220,18 @@ void warm_start(app::impl& I) {
       log_line(log_level::warn, "ledger rows dated in the future are left out of the history and the budgets")
           .integer("rows", static_cast<std::int64_t>(h.future_rows))
           .integer("latest_start_ms", h.latest_future_ms);
+    // From the newest minute with calls to now this proxy relayed nothing: unknown, not quiet
+    // (forecast_service::set_offline). A fleet's shared ledger has calls up to now, so its span
+    // is short; an idle spell just before a stop is lost as history, which costs little.
+    const std::int64_t newest = I.aggregator_->newest_minute();
+    std::int64_t gap_minutes = 0;
+    if (newest != aggregator::no_data && I.forecast_) {
+      I.forecast_->set_offline((newest + 1) * 60, now_ms / 1000 + 1);
+      gap_minutes = std::max<std::int64_t>(0, now_ms / 60'000 - newest);
+    }
     log_line(log_level::info, "forecaster warm start from the ledger")
         .integer("minutes_loaded", static_cast<std::int64_t>(h.minutes))
+        .integer("gap_minutes", gap_minutes)
         .integer("calls", static_cast<std::int64_t>(h.calls))
         .integer("days", days)
         .num("duration_s", std::chrono::duration<double>(steady::now() - t0).count());

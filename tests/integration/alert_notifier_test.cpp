@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "net/alert_notifier.hpp"
+#include "support.hpp"
 #include "test_cert.hpp"
 
 using namespace tollgate;
@@ -178,13 +179,6 @@ alert_notifier_options fast_retries() {
   alert_notifier_options o;
   o.base_backoff = 20ms;
   return o;
-}
-
-// A port nobody listens on: bound once, then released.
-std::uint16_t closed_port() {
-  net::io_context ioc;
-  tcp::acceptor a(ioc, {net::ip::make_address("127.0.0.1"), 0});
-  return a.local_endpoint().port();
 }
 
 }  // namespace
@@ -366,7 +360,8 @@ TEST_CASE("alert_notifier: a retry waiting for its backoff does not hold up a la
 TEST_CASE("alert_notifier: an unreachable webhook counts as failed", "[alerts]") {
   outcomes seen;
   SECTION("connection refused") {
-    auto w = hook_to("http://127.0.0.1:" + std::to_string(closed_port()) + "/hook");
+    const tt::refused_port refused;
+    auto w = hook_to("http://127.0.0.1:" + std::to_string(refused.port()) + "/hook");
     w.max_attempts = 2;
     alert_notifier n({w}, seen.hook(), fast_retries());
     n.start();

@@ -29,14 +29,6 @@ std::unique_ptr<fake::server> failing_upstream(const std::string& knob, const st
 }
 
 // A loopback port nothing listens on (bound, then closed).
-std::uint16_t closed_port() {
-  boost::asio::io_context ioc;
-  boost::asio::ip::tcp::acceptor a(ioc, {boost::asio::ip::make_address("127.0.0.1"), 0});
-  auto p = a.local_endpoint().port();
-  a.close();
-  return p;
-}
-
 }  // namespace
 
 TEST_CASE("failover: a 503 from the first upstream is retried on the next, the ledger names who served",
@@ -62,8 +54,9 @@ TEST_CASE("failover: a 503 from the first upstream is retried on the next, the l
 }
 
 TEST_CASE("failover: connection refused moves on to the next upstream", "[failover]") {
+  const tt::refused_port dead;
   tt::harness h({.tweak = [&](tollgate::config& c) {
-    c.upstreams = {node("dead", "http://127.0.0.1:" + std::to_string(closed_port()) + "/v1", 1),
+    c.upstreams = {node("dead", "http://127.0.0.1:" + std::to_string(dead.port()) + "/v1", 1),
                    node("live", c.upstream.url, 0)};
   }});
   auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", true));

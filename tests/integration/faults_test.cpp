@@ -44,14 +44,6 @@ std::string error_code_of(const std::string& body) {
 }
 
 // A loopback port nothing listens on (bound, then closed).
-std::uint16_t closed_port() {
-  boost::asio::io_context ioc;
-  boost::asio::ip::tcp::acceptor a(ioc, {boost::asio::ip::make_address("127.0.0.1"), 0});
-  auto p = a.local_endpoint().port();
-  a.close();
-  return p;
-}
-
 std::string post_head(std::size_t content_length, const std::string& content_type = "application/json") {
   return "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Type: " + content_type +
          "\r\nContent-Length: " + std::to_string(content_length) + "\r\n\r\n";
@@ -170,7 +162,8 @@ tt::harness_options with(std::function<void(tollgate::config&)> tweak) {
 
 TEST_CASE("faults: an upstream refusing connections is a 502 upstream_connect and a row without usage",
           "[faults][upstream]") {
-  const auto dead_port = closed_port();
+  const tt::refused_port refused;
+  const auto dead_port = refused.port();
   harness h(with([&](tollgate::config& c) {
     tollgate::upstream_config dead = c.upstream, live = c.upstream;
     dead.name = "dead";

@@ -318,3 +318,45 @@ TEST_CASE("forecast: the proxy warm-starts from its ledger and forecasts the cal
   CHECK(ordered(quantiles(text, "tollgate_forecast_requests_per_second", {{"horizon", "5m"}})));
   CHECK(text.find("tollgate_traffic_anomaly{series=\"requests\"}") != std::string::npos);
 }
+
+TEST_CASE("forecast: hours of downtime before a restart are a gap to the forecasters, not a lull", "[forecast]") {
+  // The ledger holds the trace up to 10:00 of its fourth day; the proxy comes back at 13:00:20
+  // and relays the trace's usual traffic for an hour. Read as three hours without calls, the
+  // downtime dragged the forecast down and the first live minute scored as an 8-sigma burst
+  // (what an SRE's alert on tollgate_traffic_anomaly_score > 3 fires on).
+  const std::size_t down = 3 * 1440 + 600, up = 3 * 1440 + 780;
+  struct outcome {
+    int flagged = 0;
+    double max_score = 0;
+  };
+  auto after_restart = [&](bool mark_offline) {
+    replay r;
+    r.feed(down);
+    const std::int64_t boot_s = r.tr.minute(up) * 60 + 20;
+    if (mark_offline) r.svc.set_offline(r.tr.minute(down) * 60, boot_s + 1);
+    r.now_ms = boot_s * 1000;
+    r.svc.refresh();
+    r.agg.add(r.tr.minute(up), "gpt-4.1", r.tr.bucket(up, 40.0 / 60));  // the boot minute's last 40 s
+    r.fed = up + 1;
+    outcome o;
+    for (std::size_t i = up + 2; i <= up + 61; ++i) {
+      r.feed(i);
+      r.svc.refresh();
+      const std::string text = r.text();
+      for (const char* s : {"requests", "spend_usd"}) {
+        o.flagged += sample(text, "tollgate_traffic_anomaly", {{"series", s}}) == 1 ? 1 : 0;
+        const double score = sample(text, "tollgate_traffic_anomaly_score", {{"series", s}});
+        if (std::isfinite(score)) o.max_score = std::max(o.max_score, score);
+      }
+    }
+    return o;
+  };
+  const outcome as_gap = after_restart(true);
+  const outcome as_zeros = after_restart(false);
+  INFO("first live hour: downtime as a gap: " << as_gap.flagged << " flags, top score " << as_gap.max_score
+                                              << "; as zeros: " << as_zeros.flagged << " flags, top score "
+                                              << as_zeros.max_score);
+  CHECK(as_gap.flagged == 0);
+  CHECK(as_gap.max_score < 2);
+  CHECK(as_zeros.max_score > 3);  // the test reproduces what it guards against
+}

@@ -2,7 +2,11 @@
 // tollgate + fake upstream harness and SQLite/metrics helpers.
 #include "support.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sqlite3.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -154,6 +158,23 @@ std::string raw_exchange(std::uint16_t port, const std::string& bytes, std::chro
 int status_of(const std::string& raw) {
   if (raw.size() < 12 || raw.rfind("HTTP/1.", 0) != 0) return 0;
   return std::stoi(raw.substr(9, 3));
+}
+
+refused_port::refused_port() {
+  fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  // No SO_REUSEADDR: nobody else can bind the port while it is held.
+  if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    throw std::runtime_error("refused_port: cannot bind a loopback port");
+  port_ = ntohs(a.sin_port);
+}
+
+refused_port::~refused_port() {
+  if (fd_ >= 0) ::close(fd_);
 }
 
 std::size_t directory_entries(const std::string& dir) {

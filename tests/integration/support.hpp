@@ -49,6 +49,22 @@ int status_of(const std::string& raw);
 // The number of entries in a directory.
 std::size_t directory_entries(const std::string& dir);
 
+// A loopback port that refuses connections for the object's lifetime: a socket bound to it that
+// never listens. A port bound and then closed could be taken meanwhile by a server of a test
+// running in parallel (ctest -j), which then answered the "dead" upstream with a 404.
+class refused_port {
+ public:
+  refused_port();
+  ~refused_port();
+  refused_port(const refused_port&) = delete;
+  refused_port& operator=(const refused_port&) = delete;
+  std::uint16_t port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  std::uint16_t port_ = 0;
+};
+
 // A streamed response read incrementally (for SSE and abort tests).
 class stream_client {
  public:
