@@ -1,5 +1,6 @@
-// The webhook notifier (alert_notifier.hpp): the payload formats, the delivery thread with its
-// due-time queue of attempts, and a blocking Beast client run on that thread's own io_context.
+// The webhook notifier (alert_notifier.hpp): the payload formats, one delivery thread per webhook
+// with its due-time queue of attempts, and a blocking Beast client run on that thread's own
+// io_context.
 // The server owns one; the policy engine and the forecaster call notify().
 #include "net/alert_notifier.hpp"
 
@@ -275,40 +276,45 @@ std::string alert_notifier::slack_payload(const alert_event& e) {
 }
 
 struct alert_notifier::impl {
-  struct webhook {
+  // One webhook: its own thread, due-time queue of attempts and io_context, so a receiver that
+  // hangs until its timeout (or is retried for minutes) delays no other webhook's alerts.
+  struct lane {
+    std::size_t index = 0;  // in the configured list
     webhook_config cfg;
     webhook_target target;
+    std::deque<std::shared_ptr<const alert_event>> incoming;  // guarded by impl::mutex
+    std::thread thread;
+
+    // The lane thread's own state, never touched elsewhere while it runs.
     std::unordered_map<std::string, steady::time_point> last_sent;  // dedupe key -> when accepted
+    net::io_context ioc{1};
+    std::map<std::pair<steady::time_point, std::uint64_t>, delivery> pending;  // by due time, then FIFO
+    std::uint64_t next_seq = 0;
+
+    void schedule(delivery&& d, steady::time_point due) { pending.emplace(std::make_pair(due, next_seq++), std::move(d)); }
   };
 
-  std::vector<webhook> webhooks;
-  alert_hook hook;
+  std::vector<std::unique_ptr<lane>> lanes;
+  alert_hook hook;  // called from every lane's thread
   alert_notifier_options opts;
-  std::unique_ptr<ssl::context> tls;  // only when some webhook is https
+  std::unique_ptr<ssl::context> tls;  // only when some webhook is https; shared, never modified once built
 
   std::mutex mutex;
   std::condition_variable cv;
-  std::deque<alert_event> incoming;  // guarded by mutex
   bool stopping = false;             // guarded by mutex
+  bool started = false;              // guarded by mutex
   steady::time_point stop_deadline;  // guarded by mutex; set by stop()
-  std::thread thread;
 
   std::atomic<std::uint64_t> sent{0}, failed{0}, retried{0}, suppressed{0}, dropped{0};
+  std::atomic<std::uint64_t> drops_logged{0};
 
-  // The delivery thread's own state, never touched elsewhere while it runs.
-  net::io_context ioc{1};
-  std::map<std::pair<steady::time_point, std::uint64_t>, delivery> pending;  // by due time, then FIFO
-  std::uint64_t next_seq = 0;
-  std::uint64_t drops_logged = 0;
-
-  void run() noexcept;
-  void admit(alert_event&& e);
-  void attempt_next(std::optional<steady::time_point> stop_by);
-  void abandon_all();
-  void schedule(delivery&& d, steady::time_point due) { pending.emplace(std::make_pair(due, next_seq++), std::move(d)); }
-  void report(alert_outcome o, const delivery& d, int status, std::string_view error) noexcept;
+  void run(lane& l) noexcept;
+  void admit(lane& l, std::shared_ptr<const alert_event>&& ev);
+  void attempt_next(lane& l, std::optional<steady::time_point> stop_by);
+  void abandon_all(lane& l);
+  void report(alert_outcome o, const lane& l, const delivery& d, int status, std::string_view error) noexcept;
   std::chrono::milliseconds backoff(int attempts, std::chrono::seconds retry_after) const;
-  attempt_result post(const webhook_target& t, const std::string& body, steady::time_point deadline);
+  attempt_result post(lane& l, steady::time_point deadline, const std::string& body);
   net::awaitable<void> exchange(const webhook_target& t, const std::string& body, steady::time_point deadline,
                                 attempt_result& out);
 };
@@ -322,9 +328,13 @@ alert_notifier::alert_notifier(std::vector<webhook_config> webhooks, alert_hook 
     auto t = parse_webhook_url(webhooks[i].url);
     // The URL itself stays out of the message: a Slack webhook URL is a credential.
     if (!t) throw std::invalid_argument("alerts.webhooks[" + std::to_string(i) + "].url is not an http(s)://host[:port][/path] URL");
-    s.webhooks.push_back({std::move(webhooks[i]), std::move(*t), {}});
+    auto l = std::make_unique<impl::lane>();
+    l->index = i;
+    l->cfg = std::move(webhooks[i]);
+    l->target = std::move(*t);
+    s.lanes.push_back(std::move(l));
   }
-  if (std::any_of(s.webhooks.begin(), s.webhooks.end(), [](const auto& w) { return w.target.tls; })) {
+  if (std::any_of(s.lanes.begin(), s.lanes.end(), [](const auto& l) { return l->target.tls; })) {
     s.tls = std::make_unique<ssl::context>(ssl::context::tls_client);
     SSL_CTX_set_min_proto_version(s.tls->native_handle(), TLS1_2_VERSION);
     beast::error_code ec;
@@ -342,11 +352,14 @@ alert_notifier::~alert_notifier() { stop(); }
 void alert_notifier::start() {
   auto& s = *impl_;
   std::lock_guard lk(s.mutex);
-  if (s.thread.joinable() || s.stopping || s.webhooks.empty()) return;
-  s.thread = std::thread([&s] {
-    name_this_thread("tg-alerts");
-    s.run();
-  });
+  if (s.started || s.stopping || s.lanes.empty()) return;
+  s.started = true;
+  for (auto& l : s.lanes) {
+    l->thread = std::thread([&s, ln = l.get()] {
+      name_this_thread("tg-alerts");
+      s.run(*ln);
+    });
+  }
 }
 
 void alert_notifier::stop() {
@@ -356,32 +369,38 @@ void alert_notifier::stop() {
     if (!s.stopping) s.stop_deadline = steady::now() + s.opts.stop_timeout;
     s.stopping = true;
     // Never started: nobody will deliver what was queued.
-    if (!s.thread.joinable()) {
-      s.dropped += s.incoming.size();
-      s.incoming.clear();
+    if (!s.started) {
+      for (auto& l : s.lanes) {
+        s.dropped += l->incoming.size();
+        l->incoming.clear();
+      }
     }
   }
-  s.cv.notify_one();
-  if (s.thread.joinable()) s.thread.join();
+  s.cv.notify_all();
+  for (auto& l : s.lanes)
+    if (l->thread.joinable()) l->thread.join();
 }
 
 void alert_notifier::notify(alert_event e) noexcept {
   auto& s = *impl_;
-  if (s.webhooks.empty()) return;
+  if (s.lanes.empty()) return;
   if (e.time_ms == 0)
     e.time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
   try {
+    auto ev = std::make_shared<const alert_event>(std::move(e));
     std::lock_guard lk(s.mutex);
-    if (s.stopping || s.incoming.size() >= s.opts.queue_capacity) {
-      ++s.dropped;
-      return;
+    for (auto& l : s.lanes) {
+      if (s.stopping || l->incoming.size() >= s.opts.queue_capacity) {
+        ++s.dropped;
+        continue;
+      }
+      l->incoming.push_back(ev);
     }
-    s.incoming.push_back(std::move(e));
   } catch (...) {  // bad_alloc, or a failing mutex
     ++s.dropped;
     return;
   }
-  s.cv.notify_one();
+  s.cv.notify_all();
 }
 
 alert_notifier_stats alert_notifier::stats() const noexcept {
@@ -402,119 +421,111 @@ void alert_notifier::log_delivery(const alert_delivery& d) {
   if (!d.error.empty()) line.str("error", d.error);
 }
 
-void alert_notifier::impl::run() noexcept {
+void alert_notifier::impl::run(lane& l) noexcept {
   // Alerts can wait a few milliseconds; an I/O thread with a call to relay cannot.
   lower_thread_priority(5);
   std::optional<steady::time_point> stop_by;
-  auto due = [this] { return pending.begin()->first.first; };
+  auto due = [&l] { return l.pending.begin()->first.first; };
   // Stopping and nothing left that can be tried before the deadline.
-  auto done = [&](steady::time_point now) { return stop_by && (pending.empty() || now >= *stop_by || due() > *stop_by); };
+  auto done = [&](steady::time_point now) {
+    return stop_by && (l.pending.empty() || now >= *stop_by || due() > *stop_by);
+  };
   for (;;) {
-    std::deque<alert_event> fresh;
+    std::deque<std::shared_ptr<const alert_event>> fresh;
     {
       std::unique_lock lk(mutex);
       for (;;) {
         auto now = steady::now();
-        if (!incoming.empty() || (stopping && !stop_by) || done(now)) break;
-        if (!pending.empty() && due() <= now) break;
-        if (pending.empty())
+        if (!l.incoming.empty() || (stopping && !stop_by) || done(now)) break;
+        if (!l.pending.empty() && due() <= now) break;
+        if (l.pending.empty())
           cv.wait(lk);
         else
           cv.wait_until(lk, due());
       }
-      fresh.swap(incoming);
+      fresh.swap(l.incoming);
       if (stopping && !stop_by) stop_by = stop_deadline;
     }
-    for (auto& e : fresh) admit(std::move(e));
-    if (auto d = dropped.load(); d != drops_logged) {
-      drops_logged = d;
+    for (auto& e : fresh) admit(l, std::move(e));
+    if (auto d = dropped.load(), logged = drops_logged.load(); d != logged && drops_logged.compare_exchange_strong(logged, d))
       log_line(log_level::warn, "alert queue full, alerts dropped").integer("dropped_total", static_cast<std::int64_t>(d));
-    }
     if (done(steady::now())) {
-      abandon_all();
+      abandon_all(l);
       return;
     }
-    if (!pending.empty() && due() <= steady::now()) attempt_next(stop_by);
+    if (!l.pending.empty() && due() <= steady::now()) attempt_next(l, stop_by);
   }
 }
 
-void alert_notifier::impl::admit(alert_event&& e) {
+void alert_notifier::impl::admit(lane& l, std::shared_ptr<const alert_event>&& ev) {
   try {
-    auto ev = std::make_shared<const alert_event>(std::move(e));
     std::string key = ev->dedupe_key();
-    std::shared_ptr<const std::string> bodies[2];
     auto now = steady::now();
-    for (std::size_t i = 0; i < webhooks.size(); ++i) {
-      auto& w = webhooks[i];
-      delivery d{i, 0, ev, key, nullptr};
-      auto it = w.last_sent.find(key);
-      if (it != w.last_sent.end() && now - it->second < w.cfg.cooldown) {
-        ++suppressed;
-        report(alert_outcome::suppressed, d, 0, {});
-        continue;
-      }
-      // Retries pile up only while endpoints fail; bound them like the queue.
-      if (pending.size() >= opts.queue_capacity * webhooks.size()) {
-        ++dropped;
-        continue;
-      }
-      w.last_sent[key] = now;
-      if (w.last_sent.size() > 4096)  // anomaly series names are many; expired marks go
-        std::erase_if(w.last_sent, [&](const auto& kv) { return now - kv.second >= w.cfg.cooldown; });
-      auto& body = bodies[w.cfg.format == webhook_format::slack];
-      if (!body)
-        body = std::make_shared<const std::string>(w.cfg.format == webhook_format::slack ? alert_notifier::slack_payload(*ev)
-                                                                                        : alert_notifier::json_payload(*ev));
-      d.body = body;
-      schedule(std::move(d), now);
+    delivery d{l.index, 0, std::move(ev), key, nullptr};
+    auto it = l.last_sent.find(key);
+    if (it != l.last_sent.end() && now - it->second < l.cfg.cooldown) {
+      ++suppressed;
+      report(alert_outcome::suppressed, l, d, 0, {});
+      return;
     }
+    // Retries pile up only while the endpoint fails; bound them like the queue.
+    if (l.pending.size() >= opts.queue_capacity) {
+      ++dropped;
+      return;
+    }
+    l.last_sent[key] = now;
+    if (l.last_sent.size() > 4096)  // anomaly series names are many; expired marks go
+      std::erase_if(l.last_sent, [&](const auto& kv) { return now - kv.second >= l.cfg.cooldown; });
+    d.body = std::make_shared<const std::string>(l.cfg.format == webhook_format::slack ? alert_notifier::slack_payload(*d.event)
+                                                                                      : alert_notifier::json_payload(*d.event));
+    l.schedule(std::move(d), now);
   } catch (const std::exception& ex) {
     ++failed;
     log_line(log_level::error, "alert notifier: cannot queue alert").str("error", ex.what());
   }
 }
 
-void alert_notifier::impl::attempt_next(std::optional<steady::time_point> stop_by) {
-  auto node = pending.extract(pending.begin());
+void alert_notifier::impl::attempt_next(lane& l, std::optional<steady::time_point> stop_by) {
+  auto node = l.pending.extract(l.pending.begin());
   delivery& d = node.mapped();
-  auto& w = webhooks[d.webhook];
   try {
-    auto deadline = steady::now() + w.cfg.timeout;
+    auto deadline = steady::now() + l.cfg.timeout;
     if (stop_by) deadline = std::min(deadline, *stop_by);
-    attempt_result r = post(w.target, *d.body, deadline);
+    attempt_result r = post(l, deadline, *d.body);
     ++d.attempts;
     if (r.ok()) {
       ++sent;
-      report(alert_outcome::sent, d, r.status, {});
+      report(alert_outcome::sent, l, d, r.status, {});
       return;
     }
-    if (d.attempts < std::max(w.cfg.max_attempts, 1)) {
+    if (d.attempts < std::max(l.cfg.max_attempts, 1)) {
       ++retried;
-      report(alert_outcome::retrying, d, r.status, r.error);
+      report(alert_outcome::retrying, l, d, r.status, r.error);
       auto wait = backoff(d.attempts, r.retry_after);
-      schedule(std::move(d), steady::now() + wait);
+      l.schedule(std::move(d), steady::now() + wait);
       return;
     }
-    w.last_sent.erase(d.key);  // an alert that never arrived does not silence the next one
+    l.last_sent.erase(d.key);  // an alert that never arrived does not silence the next one
     ++failed;
-    report(alert_outcome::failed, d, r.status, r.error);
+    report(alert_outcome::failed, l, d, r.status, r.error);
   } catch (const std::exception& ex) {
     ++failed;
-    log_line(log_level::error, "alert notifier: delivery error").str("webhook", w.target.origin).str("error", ex.what());
+    log_line(log_level::error, "alert notifier: delivery error").str("webhook", l.target.origin).str("error", ex.what());
   }
 }
 
-void alert_notifier::impl::abandon_all() {
-  for (auto& [when, d] : pending) {
+void alert_notifier::impl::abandon_all(lane& l) {
+  for (auto& [when, d] : l.pending) {
     ++failed;
-    report(alert_outcome::failed, d, 0, "shut down before delivery");
+    report(alert_outcome::failed, l, d, 0, "shut down before delivery");
   }
-  pending.clear();
+  l.pending.clear();
 }
 
-void alert_notifier::impl::report(alert_outcome o, const delivery& d, int status, std::string_view error) noexcept {
+void alert_notifier::impl::report(alert_outcome o, const lane& l, const delivery& d, int status,
+                                  std::string_view error) noexcept {
   try {
-    alert_delivery info{o, *d.event, d.webhook, webhooks[d.webhook].target.origin, d.attempts, status, error};
+    alert_delivery info{o, *d.event, d.webhook, l.target.origin, d.attempts, status, error};
     if (hook)
       hook(info);
     else
@@ -533,9 +544,9 @@ std::chrono::milliseconds alert_notifier::impl::backoff(int attempts, std::chron
 
 // Runs one attempt to completion on this thread's io_context: the async operations are there
 // only so that tcp_stream's deadline applies (Beast's synchronous calls have no timeout).
-attempt_result alert_notifier::impl::post(const webhook_target& t, const std::string& body, steady::time_point deadline) {
+attempt_result alert_notifier::impl::post(lane& l, steady::time_point deadline, const std::string& body) {
   attempt_result out;
-  net::co_spawn(ioc, exchange(t, body, deadline, out), [&out](std::exception_ptr p) {
+  net::co_spawn(l.ioc, exchange(l.target, body, deadline, out), [&out](std::exception_ptr p) {
     if (!p) return;
     out.status = 0;
     try {
@@ -546,8 +557,8 @@ attempt_result alert_notifier::impl::post(const webhook_target& t, const std::st
       out.error = "internal error";
     }
   });
-  ioc.restart();
-  ioc.run();
+  l.ioc.restart();
+  l.ioc.run();
   return out;
 }
 

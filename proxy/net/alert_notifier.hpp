@@ -1,6 +1,7 @@
-// The webhook notifier (issue 4, item 6): alert events from any thread go into a bounded queue;
-// one background thread deduplicates them per webhook, posts them as generic JSON or
-// Slack-compatible payloads, and retries failures with exponential backoff.
+// The webhook notifier (issue 4, item 6): alert events from any thread go into a bounded queue
+// per webhook; one background thread per webhook deduplicates them, posts them as generic JSON
+// or Slack-compatible payloads, and retries failures with exponential backoff. Webhooks are
+// independent: one that hangs until its timeout, or is being retried, delays no other.
 #pragma once
 #include <chrono>
 #include <cstddef>
@@ -17,7 +18,7 @@
 namespace tollgate {
 
 struct alert_notifier_options {
-  std::size_t queue_capacity = 1000;               // events waiting for the thread; more are dropped
+  std::size_t queue_capacity = 1000;               // events waiting per webhook (and retries); more are dropped
   std::chrono::milliseconds base_backoff{1'000};   // wait before the first retry; doubles per retry
   std::chrono::milliseconds max_backoff{60'000};   // cap of the retry wait (and of a Retry-After)
   std::chrono::milliseconds stop_timeout{5'000};   // stop() delivers what is queued for this long
@@ -50,22 +51,22 @@ struct alert_notifier_stats {
   std::uint64_t failed = 0;      // deliveries given up after max_attempts (or at stop)
   std::uint64_t retried = 0;     // retry attempts scheduled
   std::uint64_t suppressed = 0;  // deliveries skipped by the cooldown
-  std::uint64_t dropped = 0;     // events refused by notify() (queue full, after stop()), and deliveries
-                                 // refused while queue_capacity per webhook already wait for a retry
+  std::uint64_t dropped = 0;     // deliveries refused by notify() (that webhook's queue full, after stop())
+                                 // or while queue_capacity of that webhook's already wait for a retry
 };
 
 class alert_notifier {
  public:
   // Throws std::invalid_argument when a URL is not http(s)://host[:port][/path][?query], and
-  // std::runtime_error when ca_pem does not load. `hook` runs on the notifier thread for every
-  // outcome; empty: log_delivery.
+  // std::runtime_error when ca_pem does not load. `hook` runs for every outcome on the thread of
+  // the delivery's webhook, so concurrently for two webhooks; empty: log_delivery.
   alert_notifier(std::vector<webhook_config> webhooks, alert_hook hook = {}, alert_notifier_options opts = {});
   ~alert_notifier();  // stop()
   alert_notifier(const alert_notifier&) = delete;
   alert_notifier& operator=(const alert_notifier&) = delete;
 
-  // Starts the delivery thread (at lowered priority). Events queued before start() wait for it.
-  // No thread when no webhook is configured.
+  // Starts one delivery thread per webhook (at lowered priority). Events queued before start()
+  // wait for it. No thread when no webhook is configured.
   void start();
   // Stops taking events, delivers the queued ones and the retries due until stop_timeout from
   // now, counts the rest as failed, joins. An attempt already in flight keeps its own webhook
@@ -74,7 +75,7 @@ class alert_notifier {
   void stop();
 
   // Queues e for every webhook. Any thread, never blocks beyond a short mutex hold, never
-  // throws; a full queue drops e (counted). time_ms == 0 is stamped with the current time.
+  // throws; a webhook whose queue is full misses e (counted as dropped). time_ms == 0 is stamped with the current time.
   void notify(alert_event e) noexcept;
 
   alert_notifier_stats stats() const noexcept;

@@ -175,6 +175,18 @@ webhook_config hook_to(std::string url, webhook_format f = webhook_format::json)
   return w;
 }
 
+// A webhook that listens but never accepts: the kernel completes the handshake, nobody answers.
+struct silent_webhook {
+  net::io_context ioc;
+  tcp::acceptor acceptor{ioc, {net::ip::make_address("127.0.0.1"), 0}};
+  webhook_config hook(std::chrono::milliseconds timeout, int max_attempts = webhook_config{}.max_attempts) const {
+    auto w = hook_to("http://127.0.0.1:" + std::to_string(acceptor.local_endpoint().port()) + "/hook");
+    w.timeout = timeout;
+    w.max_attempts = max_attempts;
+    return w;
+  }
+};
+
 alert_notifier_options fast_retries() {
   alert_notifier_options o;
   o.base_backoff = 20ms;
@@ -373,12 +385,8 @@ TEST_CASE("alert_notifier: an unreachable webhook counts as failed", "[alerts]")
     CHECK(n.stats().failed == 1);
   }
   SECTION("no answer within the webhook's timeout") {
-    // Listening but never accepting: the kernel completes the handshake, nobody answers.
-    net::io_context ioc;
-    tcp::acceptor silent(ioc, {net::ip::make_address("127.0.0.1"), 0});
-    auto w = hook_to("http://127.0.0.1:" + std::to_string(silent.local_endpoint().port()) + "/hook");
-    w.timeout = 200ms;
-    w.max_attempts = 1;
+    silent_webhook silent;
+    auto w = silent.hook(200ms, 1);
     alert_notifier n({w}, seen.hook());
     auto t0 = steady::now();
     n.start();
@@ -390,12 +398,32 @@ TEST_CASE("alert_notifier: an unreachable webhook counts as failed", "[alerts]")
   }
 }
 
+TEST_CASE("alert_notifier: a webhook that hangs delays no other webhook", "[alerts]") {
+  // The first webhook accepts (the kernel completes the handshake) and never answers. With one
+  // delivery thread for all webhooks, each alert to the second one waited out that timeout.
+  silent_webhook silent;
+  auto hang = silent.hook(2s, 1);
+  receiver rx;
+  outcomes seen;
+  alert_notifier_options opts;
+  opts.stop_timeout = 100ms;
+  alert_notifier n({hang, hook_to(rx.url())}, seen.hook(), opts);
+  const auto t0 = steady::now();
+  n.start();
+  n.notify(soft_alert("global"));
+  n.notify(soft_alert("key:web"));
+  REQUIRE(seen.wait(alert_outcome::sent, 2));
+  CHECK(seen.of(alert_outcome::sent).at(1).at - t0 < 1s);
+  CHECK(seen.of(alert_outcome::failed).empty());  // the first webhook's attempt is still waiting
+  CHECK(rx.requests().size() == 2);
+  n.stop();  // returns when the attempt in flight times out; the queued one is given up
+  CHECK(n.stats().failed == 2);
+  CHECK(n.stats().sent == 2);
+}
+
 TEST_CASE("alert_notifier: notify() never blocks and drops past the queue capacity", "[alerts]") {
-  net::io_context ioc;
-  tcp::acceptor silent(ioc, {net::ip::make_address("127.0.0.1"), 0});
-  auto w = hook_to("http://127.0.0.1:" + std::to_string(silent.local_endpoint().port()) + "/hook");
-  w.timeout = 300ms;
-  w.max_attempts = 1;
+  silent_webhook silent;
+  auto w = silent.hook(300ms, 1);
   alert_notifier_options opts;
   opts.stop_timeout = 100ms;
   outcomes seen;
@@ -427,10 +455,8 @@ TEST_CASE("alert_notifier: stop() delivers what is queued", "[alerts]") {
 }
 
 TEST_CASE("alert_notifier: stop() gives up what it cannot deliver by stop_timeout", "[alerts]") {
-  net::io_context ioc;
-  tcp::acceptor silent(ioc, {net::ip::make_address("127.0.0.1"), 0});
-  auto w = hook_to("http://127.0.0.1:" + std::to_string(silent.local_endpoint().port()) + "/hook");
-  w.timeout = 100ms;
+  silent_webhook silent;
+  auto w = silent.hook(100ms);
   alert_notifier_options opts;
   opts.stop_timeout = 300ms;
   opts.base_backoff = 10s;  // a retry due after the deadline is not waited for
