@@ -32,6 +32,7 @@ std::string_view error_name(errc e) noexcept {
     case errc::method_not_allowed: return "method_not_allowed";
     case errc::body_too_large: return "body_too_large";
     case errc::headers_too_large: return "headers_too_large";
+    case errc::uri_too_long: return "uri_too_long";
     case errc::request_timeout: return "request_timeout";
     case errc::http_version: return "http_version_not_supported";
     case errc::unauthorized: return "invalid_api_key";
@@ -76,6 +77,7 @@ int http_status(errc e) noexcept {
     case errc::body_too_large: return 413;
     case errc::unsupported_media_type: return 415;
     case errc::headers_too_large: return 431;
+    case errc::uri_too_long: return 414;
     case errc::client_aborted: return 499;  // nginx's convention; only ever in the ledger
     case errc::http_version: return 505;
     case errc::upstream_key_missing:
@@ -106,7 +108,7 @@ std::string_view openai_type(errc e) noexcept {
   }
   switch (http_status(e)) {
     case 404: return "not_found_error";
-    case 400: case 405: case 408: case 413: case 415: case 431: case 505: return "invalid_request_error";
+    case 400: case 405: case 408: case 413: case 414: case 415: case 431: case 505: return "invalid_request_error";
     default: return "server_error";
   }
 }
@@ -132,6 +134,7 @@ std::string_view default_message(errc e) noexcept {
     case errc::method_not_allowed: return "Method not allowed on this endpoint.";
     case errc::body_too_large: return "Request body exceeds the configured limit (server.max_body_bytes).";
     case errc::headers_too_large: return "Request headers exceed the configured limit (server.max_header_bytes).";
+    case errc::uri_too_long: return "Request line exceeds the configured limit (server.max_header_bytes).";
     case errc::request_timeout: return "Request was not received in time.";
     case errc::http_version: return "Only HTTP/1.0 and HTTP/1.1 are supported.";
     case errc::unauthorized: return "Missing or invalid API key for this tollgate.";

@@ -20,6 +20,7 @@ enum class errc {
   method_not_allowed,
   body_too_large,
   headers_too_large,
+  uri_too_long,           // the request line alone is over the head limit
   request_timeout,        // request head/body did not arrive in time
   http_version,           // not HTTP/1.0 or 1.1
   unauthorized,           // missing or unknown client key (auth: required/optional)

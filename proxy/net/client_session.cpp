@@ -192,6 +192,15 @@ bool request_line_has_http_version(const Buffer& b) {
   return v.size() == 8 && v.starts_with("HTTP/") && digit(v[5]) && v[6] == '.' && digit(v[7]);
 }
 
+// Over the head limit before the request line was parsed (Beast parses it only once the whole
+// head is in, so the buffer still starts with it) and no line end in the buffer: the request
+// line alone is too long, a 414 (RFC 9110 §15.5.15) rather than the 431 of too many header bytes.
+template <class Buffer>
+bool request_line_unterminated(const Buffer& b) {
+  std::string_view data(static_cast<const char*>(b.data().data()), b.size());
+  return data.find('\n') == std::string_view::npos;
+}
+
 // Allocator for the client read buffer: its usual block (8 KiB) comes from the worker's cache,
 // so releasing the buffer whenever the connection goes idle costs no malloc/free churn. Other
 // sizes (a request head or body past 8 KiB) go to operator new.
@@ -648,7 +657,8 @@ awaitable<bool> client_session::handle_one() {
   }
   if (ec) {
     if (read_timed_out_) refuse(errc::request_timeout);
-    else if (ec == http::error::header_limit) refuse(errc::headers_too_large);
+    else if (ec == http::error::header_limit)
+      refuse(req.target().empty() && request_line_unterminated(buffer_) ? errc::uri_too_long : errc::headers_too_large);
     else if (ec == http::error::body_limit) {
       const auto t = spooling ? split_target(req.target()) : std::nullopt;
       const bool upload = t && classify(req.method_string(), t->path).route == route_kind::other;
