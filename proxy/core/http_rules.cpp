@@ -318,6 +318,50 @@ route_decision classify(std::string_view method, std::string_view path) noexcept
   return d;
 }
 
+namespace {
+
+// No dot segment, raw or percent-encoded ("%2e", "%2E"), and no empty segment ("//") in a path
+// without its leading '/' (a trailing '/' is fine); with decode_slash, "%2F" separates segments
+// too, as an upstream that decodes it would read the path.
+bool clean_segments(std::string_view p, bool decode_slash) noexcept {
+  std::size_t i = 0;
+  for (;;) {
+    // One segment: [i, end); `next` is where the following one starts, npos after the last.
+    std::size_t end = i, next = std::string_view::npos;
+    while (end < p.size()) {
+      if (p[end] == '/') {
+        next = end + 1;
+        break;
+      }
+      if (decode_slash && end + 2 < p.size() && p[end] == '%' && p[end + 1] == '2' && (p[end + 2] == 'f' || p[end + 2] == 'F')) {
+        next = end + 3;
+        break;
+      }
+      ++end;
+    }
+    const std::string_view seg = p.substr(i, end - i);
+    // A dot segment once "%2e"/"%2E" are decoded: one or two dots and nothing else.
+    std::size_t dots = 0;
+    bool other = false;
+    for (std::size_t k = 0; k < seg.size() && !other && dots <= 2; ++k) {
+      if (seg[k] == '.') {
+        ++dots;
+      } else if (seg[k] == '%' && k + 2 < seg.size() && seg[k + 1] == '2' && (seg[k + 2] == 'e' || seg[k + 2] == 'E')) {
+        ++dots;
+        k += 2;
+      } else {
+        other = true;
+      }
+    }
+    if (!other && (dots == 1 || dots == 2)) return false;
+    if (seg.empty() && next != std::string_view::npos) return false;
+    if (next == std::string_view::npos) return true;
+    i = next;
+  }
+}
+
+}  // namespace
+
 std::optional<target_parts> split_target(std::string_view target) noexcept {
   if (target.empty()) return std::nullopt;
   if (target.front() != '/') {
@@ -341,33 +385,16 @@ std::optional<target_parts> split_target(std::string_view target) noexcept {
   // Path parameters: some upstream stacks (Tomcat, Spring) read "..;" as "..". No LLM API path
   // uses ';', so none is let through.
   if (t.path.find(';') != std::string_view::npos) return std::nullopt;
-  // Reject dot segments, raw or percent-encoded ("%2e", "%2E"), and empty segments ("//").
-  std::string_view p = t.path.substr(1);
-  while (true) {
-    auto slash = p.find('/');
-    auto seg = p.substr(0, slash);
-    // A dot segment once "%2e"/"%2E" are decoded: one or two dots and nothing else.
-    std::size_t dots = 0;
-    bool other = false;
-    for (std::size_t i = 0; i < seg.size() && !other && dots <= 2; ++i) {
-      if (seg[i] == '.') {
-        ++dots;
-      } else if (seg[i] == '%' && i + 2 < seg.size() && seg[i + 1] == '2' && (seg[i + 2] == 'e' || seg[i + 2] == 'E')) {
-        ++dots;
-        i += 2;
-      } else {
-        other = true;
-      }
-    }
-    if (!other && (dots == 1 || dots == 2)) return std::nullopt;
-    if (seg.empty() && slash != std::string_view::npos) return std::nullopt;
-    if (slash == std::string_view::npos) break;
-    p.remove_prefix(slash + 1);
-  }
-  // Encoded slashes or backslashes could be decoded into new segments by some upstreams.
-  for (std::size_t i = 0; i + 2 < t.path.size(); ++i)
-    if (t.path[i] == '%' && t.path[i + 1] == '2' && (t.path[i + 2] == 'f' || t.path[i + 2] == 'F'))
-      return std::nullopt;
+  // An encoded slash is part of a segment: a model id with a provider prefix, as the OpenAI SDK
+  // sends `models.retrieve("openai/gpt-4.1")` (/v1/models/openai%2Fgpt-4.1). Some upstreams
+  // decode it into a separator, so the path must be clean read either way, and it is let through
+  // in model ids only: /v1/chat%2Fcompletions would be route `other` here and a chat upstream.
+  const std::string_view rest = t.path.substr(1);
+  if (!clean_segments(rest, false) || !clean_segments(rest, true)) return std::nullopt;
+  if (!t.path.starts_with("/v1/models/"))
+    for (std::size_t i = 0; i + 2 < t.path.size(); ++i)
+      if (t.path[i] == '%' && t.path[i + 1] == '2' && (t.path[i + 2] == 'f' || t.path[i + 2] == 'F')) return std::nullopt;
+  // Encoded backslashes could be read as separators by some upstreams; no API id holds one.
   for (std::size_t i = 0; i + 2 < t.path.size(); ++i)
     if (t.path[i] == '%' && t.path[i + 1] == '5' && (t.path[i + 2] == 'c' || t.path[i + 2] == 'C'))
       return std::nullopt;

@@ -630,10 +630,20 @@ reply models_reply() {
   return json_reply(200, {{"object", "list"}, {"data", std::move(data)}});
 }
 
-reply model_reply(std::string_view id) {
-  for (const auto& m : known_models)
-    if (id == m.id) return json_reply(200, model_object(m));
-  return error_reply(api::openai, 404, "The model '" + std::string(id) + "' does not exist", "model_not_found");
+// A relay's provider-prefixed id ("openai/gpt-4.1", sent as openai%2Fgpt-4.1) is answered
+// under that id, as OpenRouter-style relays do.
+reply model_reply(std::string_view raw_id) {
+  std::string id(raw_id);
+  for (std::size_t i; (i = id.find("%2F")) != std::string::npos || (i = id.find("%2f")) != std::string::npos;)
+    id.replace(i, 3, "/");
+  const std::string_view base = std::string_view(id).substr(id.rfind('/') == std::string::npos ? 0 : id.rfind('/') + 1);
+  for (const auto& m : known_models) {
+    if (base != m.id) continue;
+    ojson o = model_object(m);
+    o["id"] = id;
+    return json_reply(200, o);
+  }
+  return error_reply(api::openai, 404, "The model '" + id + "' does not exist", "model_not_found");
 }
 
 json stored_completion() {

@@ -113,6 +113,9 @@ test('models: list and retrieve', async () => {
   const m = await client.models.retrieve('gpt-4.1');
   assert.equal(m.id, 'gpt-4.1');
   assert.equal(m.object, 'model');
+  // A relay's provider-prefixed id: the SDK sends /v1/models/openai%2Fgpt-4.1.
+  const prefixed = await client.models.retrieve('openai/gpt-4.1');
+  assert.equal(prefixed.id, 'openai/gpt-4.1');
 });
 
 test('stored chat completions list and model deletion: same paths as metered calls, other methods', async () => {

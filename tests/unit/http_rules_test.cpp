@@ -90,6 +90,16 @@ TEST_CASE("http_rules: request targets cannot escape the base path", "[http_rule
                      "/v1/a%2fb", "/v1/a\\b", "*", "", "v1/models", "/v1/\x01"})
       CHECK_FALSE(split_target(bad));
   }
+  SECTION("an encoded slash is let through in a model id only, and only if the path is clean decoded") {
+    // The OpenAI SDK's models.retrieve("openai/gpt-4.1") and models.delete() send this.
+    auto m = split_target("/v1/models/openai%2Fgpt-4.1");
+    REQUIRE(m);
+    CHECK(m->path == "/v1/models/openai%2Fgpt-4.1");  // relayed as sent
+    CHECK(split_target("/v1/models/openrouter%2fanthropic%2Fclaude-sonnet-4.5"));
+    for (auto bad : {"/v1/models/%2F..%2Fadmin", "/v1/models/a%2F%2Fb", "/v1/models/..%2Fx", "/v1/models/a%2F.",
+                     "/v1/models%2F..%2Fadmin", "/v1/chat%2Fcompletions", "/v1/files/a%2Fb", "/v1/models/a%5Cb"})
+      CHECK_FALSE(split_target(bad));
+  }
   SECTION("dots inside names are fine") {
     CHECK(split_target("/v1/models/gpt-4.1"));
     CHECK(split_target("/v1/models/ft:gpt-4.1:org..x"));
