@@ -687,6 +687,20 @@ void policy_engine::seed(std::string_view key, std::string_view team, std::strin
   }
 }
 
+void policy_engine::seed_rate(std::string_view key, std::int64_t tokens, std::int64_t ts_ms) noexcept {
+  std::lock_guard lock(impl_->mu);
+  const auto it = impl_->key_states.find(key);
+  if (it == impl_->key_states.end() || !it->second->limited()) return;
+  key_state& ks = *it->second;
+  for (token_bucket* b : {&ks.rpm, &ks.tpm}) {
+    if (b->capacity <= 0) continue;
+    if (!b->started) b->level = b->capacity, b->at_ms = ts_ms, b->started = true;
+    b->refill(ts_ms);
+  }
+  if (ks.rpm.capacity > 0) ks.rpm.level -= 1;
+  if (ks.tpm.capacity > 0) ks.tpm.level -= static_cast<double>(std::max<std::int64_t>(0, tokens));
+}
+
 std::vector<alert_event> policy_engine::take_alerts() {
   std::vector<alert_event> out;
   std::lock_guard lock(impl_->mu);

@@ -105,6 +105,12 @@ class policy_engine {
   void seed(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
             std::int64_t ts_ms) noexcept;
 
+  // Warm start of a key's rate limits: one call it made at ts_ms that went upstream, `tokens`
+  // its settled TPM charge. Calls of the last minute, oldest first, replay the buckets as they
+  // stood (full a minute before the first), so a restart is no way around an RPM or TPM limit.
+  // Keys without limits, and names no longer configured, are ignored.
+  void seed_rate(std::string_view key, std::int64_t tokens, std::int64_t ts_ms) noexcept;
+
   // Alerts raised since the last call (soft_threshold, spend_guard, projected_overspend), oldest
   // first. At most 1024 are held between calls; more are counted in counters().alerts_dropped.
   std::vector<alert_event> take_alerts();

@@ -821,4 +821,20 @@ std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64
   return out;
 }
 
+std::vector<key_call> key_calls_since(const std::string& ledger_path, std::int64_t since_ms, std::int64_t until_ms) {
+  std::error_code ec;
+  if (!std::filesystem::exists(ledger_path, ec)) return {};
+  reader db(ledger_path);
+  statement st(db,
+               "SELECT client_key_id, start_ms, total_tokens FROM calls WHERE start_ms >= ?1 AND start_ms < ?2 "
+               "AND client_key_id IS NOT NULL AND client_key_id <> '' AND (error_kind IS NULL OR error_kind = "
+               "'client_aborted' OR (error_kind LIKE 'upstream_%' AND error_kind <> 'upstream_key_missing')) "
+               "ORDER BY start_ms");
+  st.bind(1, since_ms);
+  st.bind(2, until_ms);
+  std::vector<key_call> out;
+  while (st.step()) out.push_back({st.text(0).value_or(""), st.i64(1), st.i64(2)});
+  return out;
+}
+
 }  // namespace tollgate

@@ -201,4 +201,17 @@ std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64
                                       std::int64_t fine_since_ms = std::numeric_limits<std::int64_t>::max(),
                                       std::int64_t until_ms = std::numeric_limits<std::int64_t>::max());
 
+// One call of a client key that went upstream (charged to the key's rate limits).
+struct key_call {
+  std::string client_key_id;
+  std::int64_t start_ms = 0;
+  std::int64_t tokens = 0;  // total_tokens: the TPM charge once a call is settled
+};
+
+// Calls with a client key and start_ms in [since_ms, until_ms) that were admitted and went
+// upstream (no error_kind, an upstream_* one or client_aborted; not tollgate's own refusals),
+// oldest first: the key rate limits' buckets are replayed from them at boot. A missing ledger
+// file yields nothing. Throws std::runtime_error naming the file otherwise.
+std::vector<key_call> key_calls_since(const std::string& ledger_path, std::int64_t since_ms, std::int64_t until_ms);
+
 }  // namespace tollgate

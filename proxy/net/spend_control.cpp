@@ -6,6 +6,7 @@
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -216,6 +217,17 @@ void spend_control::start(const std::string& ledger_path) {
           .num("duration_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     } catch (const std::exception& e) {
       log_line(log_level::warn, "budget warm start failed: budgets start from zero").str("error", e.what());
+    }
+  }
+  // Key rate limits resume too: the last minute's calls of limited keys replay their buckets.
+  const auto keys = engine_->keys();
+  if (std::any_of(keys.begin(), keys.end(), [](const auto& k) { return k->limits.rpm > 0 || k->limits.tpm > 0; })) {
+    try {
+      const auto calls = key_calls_since(ledger_path, now - 60'000, now + 60'000);
+      for (const auto& c : calls) engine_->seed_rate(c.client_key_id, c.tokens, c.start_ms);
+      log_line(log_level::info, "rate limits warm-started from the ledger").integer("calls", static_cast<std::int64_t>(calls.size()));
+    } catch (const std::exception& e) {
+      log_line(log_level::warn, "rate limit warm start failed: buckets start full").str("error", e.what());
     }
   }
   // A projected_overspend alert already sent in a budget's current window is not sent again.

@@ -583,6 +583,32 @@ TEST_CASE("budgets: spend of the current period survives a restart (rebuilt from
   CHECK(again.metric_sum("tollgate_budget_spent_usd", "scope=\"model:gpt-4.1\"") == Approx(spent).epsilon(1e-12));
 }
 
+TEST_CASE("rate limits: a restart is no way around a key's RPM (the last minute is replayed from the ledger)",
+          "[ratelimit]") {
+  tt::temp_dir shared;
+  auto tweak = [&](tollgate::config& c) {
+    c.ledger_path = shared.path + "/ledger.db";
+    c.policy.auth = tollgate::auth_mode::required;
+    auto k = key("batch", "sk-batch-secret-1");
+    k.limits.rpm = 2;
+    c.policy.keys = {k};
+  };
+  {
+    tt::harness h({.tweak = tweak});
+    for (int i = 0; i < 2; ++i)
+      REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer("sk-batch-secret-1")).status == 200);
+    // Refused calls were never charged: they do not count after the restart either.
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), bearer("sk-batch-secret-1")).status == 429);
+    h.flush();
+  }
+  tt::harness again({.tweak = tweak});
+  auto r = tt::post_json(again.port(), "/v1/chat/completions", tt::chat_body(), bearer("sk-batch-secret-1"));
+  CHECK(r.status == 429);
+  CHECK(r.header("x-ratelimit-remaining-requests") == "0");
+  CHECK(std::stoi(r.header("retry-after")) >= 20);  // one request back 30 s after the first call
+  CHECK(again.upstream->request_count() == 0);
+}
+
 TEST_CASE("budgets: a model scope spelled as clients spell the model counts that model's calls", "[budgets]") {
   auto tweak = [](tollgate::config& c) {
     tollgate::budget_config b;

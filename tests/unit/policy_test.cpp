@@ -514,6 +514,32 @@ TEST_CASE("policy spend guard: trips, reroutes, rejects and resets with hysteres
   }
 }
 
+TEST_CASE("policy rate limits: the last minute's calls from the ledger replay the buckets", "[policy]") {
+  policy_config cfg;
+  cfg.keys.push_back(key("app", "sk-app", {2, 1000}));
+  cfg.keys.push_back(key("free", "sk-free"));
+  policy_engine e(cfg, "UTC");
+  auto k = e.find_key("sk-app");
+  SECTION("two calls 10 and 5 s before a restart: the RPM is spent, the TPM holds what they left") {
+    e.seed_rate("app", 300, t0 - 10'000);
+    e.seed_rate("app", 200, t0 - 5'000);
+    e.seed_rate("free", 10'000, t0 - 5'000);  // no limits: ignored
+    e.seed_rate("gone", 10'000, t0 - 5'000);  // not configured any more: ignored
+    auto r = e.admit(call(0, t0, "gpt-4.1", k.get(), 100));
+    CHECK(r.outcome == decision::rate_limited);
+    CHECK(r.rate_kind == "requests");
+    // 2 per minute, one back every 30 s: 1/3 of a request is back by now, the rest in 20 s.
+    CHECK(r.remaining_requests == 0);
+    CHECK(r.retry_after_s == 20);
+  }
+  SECTION("a call 50 s before is mostly refilled") {
+    e.seed_rate("app", 900, t0 - 50'000);
+    auto d = e.admit(call(0, t0, "gpt-4.1", k.get(), 100));
+    CHECK(d.outcome == decision::admit);
+    CHECK(d.remaining_tokens == 833);  // 1000 - 900, + 50 s x 1000/60 back, - the 100 reserved
+  }
+}
+
 TEST_CASE("policy rate limits: rpm and tpm buckets refill and report OpenAI headers", "[policy]") {
   policy_config cfg;
   cfg.keys.push_back(key("app", "sk-app", {2, 1000}));
