@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The Prometheus files under docker/prometheus: the config and its rule file pass promtool, the
-# alert rules pass their unit tests, and every tollgate metric a rule reads is one the README's
-# metrics table documents (a renamed metric would leave an alert that can never fire). Given the
-# binaries, also end to end: a real Prometheus server scrapes a real tollgate whose budget one
-# call has spent, and fires TollgateBudgetExhausted.
+# The Prometheus files under docker/prometheus and the Grafana dashboard: the config and its rule
+# file pass promtool, the alert rules pass their unit tests, and every tollgate metric a rule or
+# the dashboard reads is one the README's metrics table documents (a renamed metric would leave
+# an alert that can never fire). Given the binaries, also end to end: a real Prometheus server
+# scrapes a real tollgate whose budget one call has spent and fires TollgateBudgetExhausted, and
+# takes every query of the dashboard.
 # usage: bash tests/prometheus_rules.sh REPO [FAKE_UPSTREAM_BIN TOLLGATE_BIN]
 set -euo pipefail
 repo="${1:?usage: $0 REPO [FAKE_UPSTREAM_BIN TOLLGATE_BIN]}"
@@ -12,10 +13,18 @@ tollgate_bin="${3:-}"
 dir="$repo/docker/prometheus"
 promtool check config "$dir/prometheus.yml"
 (cd "$dir" && promtool test rules tollgate_rules_test.yml)
+dashboard="$repo/docker/grafana/tollgate.json"
+# Every PromQL expression of the Grafana dashboard, one per line.
+dashboard_exprs() {
+  python3 -c 'import json, sys
+for p in json.load(open(sys.argv[1]))["panels"]:
+    for t in p.get("targets", []): print(t["expr"])' "$dashboard"
+}
 missing=0
-for m in $(grep -v '^ *#' "$dir/tollgate_rules.yml" | grep -o 'tollgate_[a-z0-9_]*' | sort -u); do
-  if ! grep -q "\`$m\`" "$repo/README.md"; then
-    echo "prometheus_rules.sh: $m is read by a rule but not in the README's metrics table" >&2
+for m in $( (grep -v '^ *#' "$dir/tollgate_rules.yml"; dashboard_exprs) | grep -o 'tollgate_[a-z0-9_]*' | sort -u); do
+  documented="${m%_bucket}"
+  if ! grep -q "\`$documented\`" "$repo/README.md"; then
+    echo "prometheus_rules.sh: $m is read by a rule or the dashboard but not in the README's metrics table" >&2
     missing=1
   fi
 done
@@ -89,6 +98,22 @@ alerts = json.load(sys.stdin).get("data", {}).get("alerts", [])
 sys.exit(0 if any(a["labels"].get("alertname") == "TollgateBudgetExhausted" and a["labels"].get("scope") == "global"
                   and a["state"] == "firing" for a in alerts) else 1)' <<<"$alerts"; then
     echo "prometheus_rules.sh: Prometheus fired TollgateBudgetExhausted on a live tollgate"
+    # Every query of the dashboard is valid PromQL to this Prometheus, on tollgate's real series.
+    dashboard_exprs | python3 -c '
+import json, sys, urllib.parse, urllib.request
+bad = 0
+for expr in sys.stdin.read().splitlines():
+    url = "http://127.0.0.1:" + sys.argv[1] + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        r = json.load(urllib.request.urlopen(url, timeout=10))
+        ok = r.get("status") == "success"
+    except Exception as e:
+        ok, r = False, str(e)
+    if not ok:
+        bad += 1
+        print("dashboard query refused:", expr, r, file=sys.stderr)
+print("prometheus_rules.sh: dashboard queries refused:", bad)
+sys.exit(1 if bad else 0)' "$prom_port" || fail "a dashboard query is not valid PromQL"
     exit 0
   fi
   sleep 0.1
