@@ -835,6 +835,27 @@ class loader {
         {"synchronous", [this](const entry& e) {
            cfg_.ledger_synchronous_full = choice<bool>(e, {{"normal", false}, {"full", true}});
          }},
+        {"postgres", [this](const entry& e) { read_section(e.node, e.path, e.line, postgres_fields()); }},
+    };
+  }
+
+  fields postgres_fields() {
+    auto& pg = cfg_.ledger_postgres;
+    return {
+        {"url", [this, &pg](const entry& e) {
+           pg.url = str(e);
+           pg.url_line = e.line;
+         }},
+        {"instance", [this, &pg](const entry& e) {
+           pg.instance = str(e);
+           if (!pg.instance.empty() && !valid_name(pg.instance))
+             fail(e, "must match [A-Za-z0-9._-]{1,64} (or be empty: the host name)");
+         }},
+        {"batch_rows", [this, &pg](const entry& e) { pg.batch_rows = count(e, 1, 100'000); }},
+        {"interval", [this, &pg](const entry& e) {
+           pg.interval = duration(e);
+           if (pg.interval.count() < 10) fail(e, "must be at least 10ms");
+         }},
     };
   }
 
@@ -1000,6 +1021,10 @@ void apply_env_overrides(config& cfg) {
   }
   if (const char* v = env_value("TOLLGATE_ADMIN_TOKEN")) cfg.policy.admin_token = v;
   if (const char* v = env_value("TOLLGATE_LEDGER_PATH")) cfg.ledger_path = v;
+  if (const char* v = env_value("TOLLGATE_LEDGER_POSTGRES_URL")) {
+    cfg.ledger_postgres.url = v;
+    cfg.ledger_postgres.url_line = 0;
+  }
   if (const char* v = env_value("TOLLGATE_LOG_LEVEL")) {
     try {
       cfg.log = parse_log_level(v);

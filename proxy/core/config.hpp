@@ -103,6 +103,15 @@ struct config {
   std::string ledger_journal_path;              // "" : ledger_path + ".journal"
   std::uint64_t ledger_journal_max_bytes = 1ull << 30;  // 0: no journal
   bool ledger_synchronous_full = false;         // synchronous: normal | full (fsync every commit)
+  // Fleet ledger (ledger.postgres): committed rows copied to one PostgreSQL table shared by every
+  // instance. "" url: off. The SQLite file stays the ledger of record (pg_shipper.hpp).
+  struct postgres_ship {
+    std::string url;               // libpq URI or key=value conninfo
+    int url_line = 0;              // config line of `url` (errors name it)
+    std::string instance;          // fleet member name ("" : the host name)
+    std::size_t batch_rows = 5000; // rows per PostgreSQL transaction
+    millis interval{1000};         // how often new rows are looked for
+  } ledger_postgres;
 
   // Pricing.
   std::string prices_file = "config/prices.yaml";  // unset: prices.yaml beside the config file if there, else this (CWD)

@@ -8,6 +8,7 @@
 #include <prometheus/registry.h>
 
 #include <sched.h>
+#include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -18,6 +19,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http.hpp>
 
+#include <cctype>
 #include <csignal>
 #include <functional>
 #include <future>
@@ -27,6 +29,7 @@
 #include "core/log.hpp"
 #include "ledger/ledger.hpp"
 #include "ledger/ledger_history.hpp"
+#include "ledger/pg_shipper.hpp"
 #include "core/policy.hpp"
 #include "net/admin_api.hpp"
 #include "net/forecast_service.hpp"
@@ -46,6 +49,8 @@ using namespace std::literals;
 struct app::impl {
   shared_state st;
   std::unique_ptr<ledger> ledger_;
+  // The fleet ledger (ledger.postgres.url): committed rows copied to PostgreSQL.
+  std::unique_ptr<pg_shipper> shipper_;
   std::unique_ptr<metrics> metrics_;
   // The forecaster (forecast.enabled): buckets fed by the ledger thread, gauges by its thread.
   std::unique_ptr<aggregator> aggregator_;
@@ -166,6 +171,55 @@ void register_ledger_metrics(ledger& l, metrics& m) {
     journal_bytes.Set(static_cast<double>(s.journal_bytes));
     memory_rows.Set(static_cast<double>(s.memory_rows));
     healthy.Set(s.healthy ? 1 : 0);
+  });
+}
+
+// The fleet member's name when ledger.postgres.instance is unset: the host name (a container's
+// id under Docker), kept to the characters an instance name allows.
+std::string default_instance_name() {
+  char host[256] = {};
+  std::string name;
+  if (::gethostname(host, sizeof host - 1) == 0)
+    for (const char* p = host; *p && name.size() < 64; ++p)
+      name += std::isalnum(static_cast<unsigned char>(*p)) || *p == '-' || *p == '_' || *p == '.' ? *p : '_';
+  return name.empty() ? "tollgate" : name;
+}
+
+void register_postgres_metrics(pg_shipper& p, metrics& m) {
+  namespace pm = prometheus;
+  auto& reg = m.registry();
+  auto& shipped = pm::BuildCounter()
+                      .Name("tollgate_ledger_postgres_shipped_rows_total")
+                      .Help("Ledger rows this process copied into the fleet's PostgreSQL table.")
+                      .Register(reg)
+                      .Add({});
+  auto& errors = pm::BuildCounter()
+                     .Name("tollgate_ledger_postgres_errors_total")
+                     .Help("Failed PostgreSQL connections or shipping transactions (rows wait in the local ledger).")
+                     .Register(reg)
+                     .Add({});
+  auto& lag = pm::BuildGauge()
+                  .Name("tollgate_ledger_postgres_lag_rows")
+                  .Help("Rows of the local ledger past the last one known to be in PostgreSQL (while it is unreachable: rows waiting).")
+                  .Register(reg)
+                  .Add({});
+  auto& up = pm::BuildGauge()
+                 .Name("tollgate_ledger_postgres_up")
+                 .Help("1 when the last exchange with the fleet's PostgreSQL worked, else 0.")
+                 .Register(reg)
+                 .Add({});
+  auto& last = pm::BuildGauge()
+                   .Name("tollgate_ledger_postgres_last_success_timestamp_seconds")
+                   .Help("When a shipping pass last reached the end of the local ledger (0: never).")
+                   .Register(reg)
+                   .Add({});
+  m.add_scrape_hook([&, &p = p] {
+    auto s = p.stats();
+    set_counter_total(shipped, static_cast<double>(s.shipped_rows));
+    set_counter_total(errors, static_cast<double>(s.errors));
+    if (s.lag_rows >= 0) lag.Set(static_cast<double>(s.lag_rows));
+    up.Set(s.connected ? 1 : 0);
+    last.Set(s.last_success_unix);
   });
 }
 
@@ -323,6 +377,22 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   st.metrics_ = impl_->metrics_.get();
   register_upstream_metrics(st, *impl_->metrics_);
   register_ledger_metrics(*impl_->ledger_, *impl_->metrics_);
+  if (!c.ledger_postgres.url.empty()) {
+    try {
+      check_postgres_url(c.ledger_postgres.url);
+    } catch (const std::invalid_argument& ex) {
+      throw config_error(c.ledger_postgres.url_line > 0 ? c.source_file : "TOLLGATE_LEDGER_POSTGRES_URL",
+                         c.ledger_postgres.url_line, std::string("ledger.postgres.url: ") + ex.what());
+    }
+    pg_ship_options po;
+    po.url = c.ledger_postgres.url;
+    po.instance = c.ledger_postgres.instance.empty() ? default_instance_name() : c.ledger_postgres.instance;
+    po.ledger_path = c.ledger_path;
+    po.batch_rows = c.ledger_postgres.batch_rows;
+    po.interval = c.ledger_postgres.interval;
+    impl_->shipper_ = std::make_unique<pg_shipper>(po);
+    register_postgres_metrics(*impl_->shipper_, *impl_->metrics_);
+  }
   impl_->spend_ = std::make_unique<spend_control>(st.cfg, *impl_->metrics_);
   st.policy = &impl_->spend_->engine();
   if (c.forecast.enabled) {
@@ -354,6 +424,7 @@ void app::start() {
   auto& I = *impl_;
   auto& c = I.st.cfg;
   I.ledger_->start();
+  if (I.shipper_) I.shipper_->start();
   if (I.aggregator_) warm_start(I);
   I.spend_->start(c.ledger_path);
 
@@ -447,6 +518,7 @@ void app::shutdown() {
   if (I.forecast_) I.forecast_->stop();
   if (!I.started) {
     I.ledger_->stop();
+    if (I.shipper_) I.shipper_->stop();
   I.spend_->stop();  // every settled call has raised its alerts: deliver them
     return;
   }
@@ -485,6 +557,7 @@ void app::shutdown() {
     if (wp->thread.joinable()) wp->thread.join();
   }
   I.ledger_->stop();
+  if (I.shipper_) I.shipper_->stop();  // after the ledger: its last rows ship too
   I.spend_->stop();  // every settled call has raised its alerts: deliver them
   I.admin_ioc.stop();
   if (I.admin_thread.joinable()) I.admin_thread.join();

@@ -45,7 +45,8 @@ class scoped_env {
 struct clean_overrides {
   scoped_env listen{"TOLLGATE_LISTEN", nullptr}, admin{"TOLLGATE_ADMIN_LISTEN", nullptr},
       url{"TOLLGATE_UPSTREAM_URL", nullptr}, key{"TOLLGATE_UPSTREAM_API_KEY", nullptr},
-      ledger{"TOLLGATE_LEDGER_PATH", nullptr}, log{"TOLLGATE_LOG_LEVEL", nullptr}, workers{"TOLLGATE_WORKERS", nullptr};
+      ledger{"TOLLGATE_LEDGER_PATH", nullptr}, log{"TOLLGATE_LOG_LEVEL", nullptr}, workers{"TOLLGATE_WORKERS", nullptr},
+      pg{"TOLLGATE_LEDGER_POSTGRES_URL", nullptr};
 };
 
 template <class F>
@@ -103,6 +104,10 @@ TEST_CASE("config: the shipped tollgate.yaml loads with the built-in defaults", 
     CHECK(cfg.ledger_batch_rows == d.ledger_batch_rows);
     CHECK(cfg.ledger_flush_interval == d.ledger_flush_interval);
     CHECK(cfg.ledger_queue_capacity == d.ledger_queue_capacity);
+    CHECK(cfg.ledger_postgres.url.empty());
+    CHECK(cfg.ledger_postgres.instance == d.ledger_postgres.instance);
+    CHECK(cfg.ledger_postgres.batch_rows == d.ledger_postgres.batch_rows);
+    CHECK(cfg.ledger_postgres.interval == d.ledger_postgres.interval);
     CHECK_THAT(cfg.prices_file, Contains("prices.yaml"));
     CHECK(cfg.litellm_prices_file.empty());
     REQUIRE(cfg.warnings.size() == 1);
@@ -230,6 +235,41 @@ TEST_CASE("config: without pricing.file the price table is prices.yaml beside th
   { std::ofstream(dir / "tollgate.yaml") << "pricing:\n  file: /elsewhere/p.yaml\n"; }
   CHECK(load_config_file((dir / "tollgate.yaml").string()).prices_file == "/elsewhere/p.yaml");
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("config: ledger.postgres, the fleet ledger", "[config]") {
+  clean_overrides clean;
+  const config d;
+  CHECK(d.ledger_postgres.url.empty());  // off unless configured
+  config cfg = load_config_string(R"(
+ledger:
+  postgres:
+    url: postgresql://tollgate@db.internal:5432/fleet?sslmode=require
+    instance: edge-1
+    batch_rows: 200
+    interval: 250ms
+)", "t.yaml");
+  CHECK(cfg.ledger_postgres.url == "postgresql://tollgate@db.internal:5432/fleet?sslmode=require");
+  CHECK(cfg.ledger_postgres.url_line == 4);
+  CHECK(cfg.ledger_postgres.instance == "edge-1");
+  CHECK(cfg.ledger_postgres.batch_rows == 200);
+  CHECK(cfg.ledger_postgres.interval == 250ms);
+
+  CHECK(load_error("ledger:\n  postgres:\n    batch_rows: 0\n") ==
+        "test.yaml:3: ledger.postgres.batch_rows: expected a whole number >= 1, got '0'");
+  CHECK(load_error("ledger:\n  postgres:\n    batch_rows: 100001\n") ==
+        "test.yaml:3: ledger.postgres.batch_rows: too large: at most 100000, got '100001'");
+  CHECK_THAT(load_error("ledger:\n  postgres:\n    interval: 1ms\n"),
+             StartsWith("test.yaml:3: ledger.postgres.interval: must be at least 10ms"));
+  CHECK_THAT(load_error("ledger:\n  postgres:\n    instance: edge 1\n"),
+             StartsWith("test.yaml:3: ledger.postgres.instance: must match [A-Za-z0-9._-]{1,64}"));
+  CHECK_THAT(load_error("ledger:\n  postgres:\n    urll: x\n"), Contains("test.yaml:3:") && Contains("url"));
+
+  scoped_env env("TOLLGATE_LEDGER_POSTGRES_URL", "host=10.0.0.5 dbname=fleet");
+  config over = load_config_string("ledger:\n  postgres:\n    url: postgresql://x/y\n", "t.yaml");
+  apply_env_overrides(over);
+  CHECK(over.ledger_postgres.url == "host=10.0.0.5 dbname=fleet");
+  CHECK(over.ledger_postgres.url_line == 0);
 }
 
 TEST_CASE("config: a second YAML document is an error, not dropped", "[config]") {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/usage_record.hpp"
+#include "ledger/pg_shipper.hpp"
 #include "ledger/ledger.hpp"
 
 namespace tollgate {
@@ -611,4 +612,24 @@ TEST_CASE("ledger: busy threads on the writer's CPU do not starve it", "[ledger]
   l.stop();
   db_conn c(opts.path);
   CHECK(c.integer("SELECT COUNT(*) FROM calls") == 3004);
+}
+
+TEST_CASE("fleet ledger: COPY text escapes what COPY would misread and keeps UTF-8 valid", "[ledger][postgres]") {
+  auto copy = [](std::string_view in) {
+    std::string out;
+    tollgate::append_copy_text(out, in);
+    return out;
+  };
+  CHECK(copy("plain ascii 123") == "plain ascii 123");
+  CHECK(copy("") == "");
+  CHECK(copy("a\tb\nc\rd") == "a\\tb\\nc\\rd");
+  CHECK(copy("back\\slash") == "back\\\\slash");
+  CHECK(copy("\\N") == "\\\\N");  // the literal text \N, not NULL
+  CHECK(copy("\xc3\xa9 \xe2\x9c\x93 \xf0\x9f\x98\x80") == "\xc3\xa9 \xe2\x9c\x93 \xf0\x9f\x98\x80");
+  // NUL and broken UTF-8 (PostgreSQL rejects the whole batch for either) become U+FFFD.
+  CHECK(copy(std::string_view("a\0b", 3)) == "a\xef\xbf\xbd" "b");
+  CHECK(copy("x\xff\xfey") == "x\xef\xbf\xbd\xef\xbf\xbdy");
+  CHECK(copy("cut \xe2\x9c") == "cut \xef\xbf\xbd\xef\xbf\xbd");
+  CHECK(copy("\xed\xa0\x80") != "\xed\xa0\x80");  // a UTF-16 surrogate is not UTF-8
+  CHECK(copy("\xc0\xaf").find("\xc0") == std::string::npos);  // overlong
 }

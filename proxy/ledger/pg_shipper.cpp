@@ -1,0 +1,509 @@
+// The fleet ledger's shipping thread (pg_shipper.hpp): reads committed rows from the local SQLite
+// ledger in id order and copies them into PostgreSQL in one transaction per batch.
+#include "ledger/pg_shipper.hpp"
+
+#include <libpq-fe.h>
+#include <openssl/rand.h>
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
+#include <vector>
+
+#include "core/log.hpp"
+
+namespace tollgate {
+
+using namespace std::chrono_literals;
+
+namespace {
+
+// The local ledger's columns, in `calls` order; PostgreSQL's table puts instance and ledger_uid
+// first. Column names are the SQLite ledger's, so a query runs on either (quote "user" in
+// PostgreSQL, where it is a reserved word).
+constexpr const char* kSelect =
+    "SELECT id, request_id, start_ms, route, method, requested_model, served_model, price_model,"
+    " upstream, client_key_id, team, user, status, stream, aborted, prompt_tokens,"
+    " completion_tokens, cached_tokens, cache_write_tokens, cache_write_1h_tokens,"
+    " reasoning_tokens, total_tokens, usage_source, priced, cost_usd, latency_ms, first_byte_ms,"
+    " error_kind, upstream_request_id, attempts FROM calls WHERE id > ?1 ORDER BY id LIMIT ?2";
+constexpr int kColumns = 30;
+
+constexpr const char* kSchema = R"sql(CREATE TABLE IF NOT EXISTS tollgate_calls (
+  instance TEXT NOT NULL,
+  ledger_uid TEXT NOT NULL,
+  id BIGINT NOT NULL,
+  request_id TEXT NOT NULL,
+  start_ms BIGINT NOT NULL,
+  route TEXT NOT NULL,
+  method TEXT NOT NULL,
+  requested_model TEXT,
+  served_model TEXT,
+  price_model TEXT,
+  upstream TEXT,
+  client_key_id TEXT,
+  team TEXT,
+  "user" TEXT,
+  status INTEGER NOT NULL,
+  stream INTEGER NOT NULL,
+  aborted INTEGER NOT NULL,
+  prompt_tokens BIGINT NOT NULL,
+  completion_tokens BIGINT NOT NULL,
+  cached_tokens BIGINT NOT NULL,
+  cache_write_tokens BIGINT NOT NULL,
+  cache_write_1h_tokens BIGINT NOT NULL,
+  reasoning_tokens BIGINT NOT NULL,
+  total_tokens BIGINT NOT NULL,
+  usage_source TEXT NOT NULL,
+  priced INTEGER NOT NULL,
+  cost_usd DOUBLE PRECISION NOT NULL,
+  latency_ms DOUBLE PRECISION NOT NULL,
+  first_byte_ms DOUBLE PRECISION,
+  error_kind TEXT,
+  upstream_request_id TEXT,
+  attempts INTEGER NOT NULL,
+  PRIMARY KEY (ledger_uid, id)
+);
+CREATE INDEX IF NOT EXISTS tollgate_calls_start_ms ON tollgate_calls (start_ms);
+CREATE INDEX IF NOT EXISTS tollgate_calls_instance_start_ms ON tollgate_calls (instance, start_ms);
+)sql";
+
+double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string trim_message(std::string m) {
+  // libpq's messages are lines, continuation lines indented with a tab: one line for the log.
+  std::string out;
+  for (std::size_t i = 0; i < m.size(); ++i) {
+    if (m[i] == '\n' || m[i] == '\t') {
+      while (i + 1 < m.size() && (m[i + 1] == '\n' || m[i + 1] == '\t' || m[i + 1] == ' ')) ++i;
+      if (!out.empty() && i + 1 < m.size()) out += "; ";
+    } else {
+      out += m[i];
+    }
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
+// Length of the well-formed UTF-8 sequence at s[i] (RFC 3629), 0 when it is not one.
+std::size_t utf8_sequence(std::string_view s, std::size_t i) {
+  const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = b(i);
+  if (c >= 0x01 && c < 0x80) return 1;
+  std::size_t n = 0;
+  unsigned char lo = 0x80, hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) n = 2;
+  else if (c >= 0xE0 && c <= 0xEF) n = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+  else if (c >= 0xF0 && c <= 0xF4) n = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+  else return 0;
+  if (i + n > s.size()) return 0;
+  if (b(i + 1) < lo || b(i + 1) > hi) return 0;
+  for (std::size_t k = 2; k < n; ++k)
+    if (b(i + k) < 0x80 || b(i + k) > 0xBF) return 0;
+  return n;
+}
+
+}  // namespace
+
+void append_copy_text(std::string& out, std::string_view field) {
+  // PostgreSQL text takes neither NUL nor malformed UTF-8 (the connection's encoding is UTF8): a
+  // header value with such bytes would fail its batch on every retry, so they become U+FFFD.
+  for (std::size_t i = 0; i < field.size();) {
+    const char c = field[i];
+    switch (c) {
+      case '\\': out += "\\\\"; ++i; continue;
+      case '\t': out += "\\t"; ++i; continue;
+      case '\n': out += "\\n"; ++i; continue;
+      case '\r': out += "\\r"; ++i; continue;
+      default: break;
+    }
+    const std::size_t n = utf8_sequence(field, i);
+    if (n == 0) {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    } else {
+      out.append(field.substr(i, n));
+      i += n;
+    }
+  }
+}
+
+void check_postgres_url(const std::string& url) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(url.c_str(), &err);
+  if (opts == nullptr) {
+    std::string why = err ? trim_message(err) : "out of memory";
+    if (err) PQfreemem(err);
+    throw std::invalid_argument(why);
+  }
+  PQconninfoFree(opts);
+}
+
+const char* postgres_schema_sql() { return kSchema; }
+
+struct pg_shipper::impl {
+  sqlite3* db = nullptr;
+  sqlite3_stmt* select = nullptr;
+  sqlite3_stmt* max_id = nullptr;
+  PGconn* conn = nullptr;
+  PGcancel* cancel = nullptr;  // guarded by the shipper's mu_: stop() may cancel a hung statement
+  std::int64_t watermark = 0;  // the largest id of this ledger in PostgreSQL
+  std::string buf;
+
+  ~impl() {
+    disconnect();
+    sqlite3_finalize(select);
+    sqlite3_finalize(max_id);
+    sqlite3_close(db);
+  }
+  void disconnect() {
+    if (cancel) PQfreeCancel(cancel);
+    cancel = nullptr;
+    if (conn) PQfinish(conn);
+    conn = nullptr;
+  }
+};
+
+namespace {
+
+// Runs a command expecting `want`; fills `err` (with the SQLSTATE) and returns false otherwise.
+bool exec(PGconn* c, const char* sql, ExecStatusType want, std::string& err) {
+  PGresult* r = PQexec(c, sql);
+  const bool ok = r != nullptr && PQresultStatus(r) == want;
+  if (!ok) {
+    const char* state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+    err = trim_message(r ? PQresultErrorMessage(r) : PQerrorMessage(c));
+    if (err.empty()) err = trim_message(PQerrorMessage(c));
+    if (state) err += std::string(" (SQLSTATE ") + state + ")";
+  }
+  PQclear(r);
+  return ok;
+}
+
+std::string sqlite_error(sqlite3* db, const char* what) {
+  return std::string("ledger ") + what + ": " + (db ? sqlite3_errmsg(db) : "not open");
+}
+
+}  // namespace
+
+pg_shipper::pg_shipper(pg_ship_options o) : opts_(std::move(o)) {
+  opts_.batch_rows = std::max<std::size_t>(opts_.batch_rows, 1);
+}
+
+pg_shipper::~pg_shipper() {
+  stop();
+  delete impl_;
+}
+
+void pg_shipper::start() {
+  if (impl_) return;
+  auto I = std::make_unique<impl>();
+  auto fail = [&](const std::string& why) {
+    return std::runtime_error("ledger.postgres: cannot read the ledger '" + opts_.ledger_path + "': " + why);
+  };
+  int rc = sqlite3_open_v2(opts_.ledger_path.c_str(), &I->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) throw fail(I->db ? sqlite3_errmsg(I->db) : sqlite3_errstr(rc));
+  sqlite3_busy_timeout(I->db, 5000);
+  // The ledger file's identity, outside the versioned schema (as journal_replay): created once,
+  // kept with the file, so a copy of the file ships as the same ledger and a new file as another.
+  unsigned char raw[16];
+  if (RAND_bytes(raw, sizeof raw) != 1) throw fail("no random bytes for its ledger_uid");
+  char hex[33];
+  for (int i = 0; i < 16; ++i) std::snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+  const std::string create =
+      "CREATE TABLE IF NOT EXISTS ledger_identity (id INTEGER PRIMARY KEY CHECK (id = 1), uid TEXT NOT NULL);"
+      "INSERT OR IGNORE INTO ledger_identity (id, uid) VALUES (1, '" + std::string(hex) + "');";
+  char* err = nullptr;
+  if (sqlite3_exec(I->db, create.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string why = err ? err : sqlite3_errmsg(I->db);
+    sqlite3_free(err);
+    throw fail(why);
+  }
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(I->db, "SELECT uid FROM ledger_identity WHERE id = 1", -1, &st, nullptr) != SQLITE_OK ||
+      sqlite3_step(st) != SQLITE_ROW) {
+    sqlite3_finalize(st);
+    throw fail(sqlite3_errmsg(I->db));
+  }
+  uid_ = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+  sqlite3_finalize(st);
+  if (sqlite3_prepare_v2(I->db, kSelect, -1, &I->select, nullptr) != SQLITE_OK ||
+      sqlite3_prepare_v2(I->db, "SELECT COALESCE(MAX(id), 0) FROM calls", -1, &I->max_id, nullptr) != SQLITE_OK)
+    throw fail(sqlite3_errmsg(I->db));
+  impl_ = I.release();
+  thread_ = std::thread([this] { run(); });
+}
+
+void pg_shipper::stop() {
+  if (!thread_.joinable()) return;
+  // A last pass while PostgreSQL answers; while it is down, shutdown does not wait for it.
+  if (stats().connected) (void)sync(opts_.stop_budget);
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    // A statement still running past the budget (a server that stopped answering) is cancelled;
+    // its batch rolls back and ships at the next start.
+    if (impl_ && impl_->cancel) {
+      char buf[256];
+      (void)PQcancel(impl_->cancel, buf, sizeof buf);
+    }
+  }
+  cv_.notify_all();
+  thread_.join();
+  if (impl_) impl_->disconnect();
+}
+
+bool pg_shipper::sync(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  if (!thread_.joinable() || stopping_) return false;
+  const std::uint64_t ticket = ++requested_;
+  cv_.notify_all();
+  return done_cv_.wait_for(lock, timeout, [&] { return served_ >= ticket || stopping_; }) && served_ >= ticket;
+}
+
+pg_ship_stats pg_shipper::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+void pg_shipper::run() {
+  auto& I = *impl_;
+  auto backoff = std::chrono::milliseconds(500);
+  bool was_failing = false;
+  std::int64_t failures_logged = 0;
+  auto last_failure_log = std::chrono::steady_clock::time_point{};
+
+  auto note_error = [&](const std::string& err, bool connection) {
+    {
+      std::lock_guard lock(mu_);
+      ++stats_.errors;
+      stats_.last_error = err;
+      if (connection) stats_.connected = false;
+    }
+    // The first failure, then at most one line a minute while it lasts.
+    const auto now = std::chrono::steady_clock::now();
+    if (!was_failing || now - last_failure_log >= 60s) {
+      log_line(log_level::warn, "postgres fleet ledger: shipping failed; rows wait in the local ledger")
+          .str("error", err)
+          .integer("failures", failures_logged + 1);
+      last_failure_log = now;
+    }
+    ++failures_logged;
+    was_failing = true;
+  };
+  auto wait = [&](std::chrono::milliseconds d, std::uint64_t serving) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, d, [&] { return stopping_ || requested_ != serving; });
+  };
+
+  for (;;) {
+    std::uint64_t serving = 0;
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) break;
+      serving = requested_;
+    }
+    // Rows of the local ledger past the last id known to be in PostgreSQL (all of them before the
+    // first connection: what would be shipped).
+    auto local_lag = [&]() -> std::int64_t {
+      std::int64_t local_max = I.watermark;
+      sqlite3_reset(I.max_id);
+      if (sqlite3_step(I.max_id) == SQLITE_ROW) local_max = sqlite3_column_int64(I.max_id, 0);
+      sqlite3_reset(I.max_id);
+      return std::max<std::int64_t>(0, local_max - I.watermark);
+    };
+    // PostgreSQL refused or went away: count it, show what waits, back off.
+    auto postgres_failed = [&](const std::string& why) {
+      note_error(why, true);
+      const std::int64_t lag = local_lag();
+      {
+        std::lock_guard lock(mu_);
+        stats_.lag_rows = lag;
+      }
+      wait(backoff, serving);
+      backoff = std::min(backoff * 2, opts_.max_backoff);
+    };
+    std::string err;
+    if (!I.conn) {
+      const std::string timeout = std::to_string(std::max<long long>(1, opts_.connect_timeout.count()));
+      // Keywords before dbname may be overridden by the url's own (libpq processes them in order
+      // and expands dbname as a connection string).
+      const char* keys[] = {"connect_timeout", "application_name", "tcp_user_timeout", "dbname", nullptr};
+      const char* vals[] = {timeout.c_str(), "tollgate", "30000", opts_.url.c_str(), nullptr};
+      PGconn* c = PQconnectdbParams(keys, vals, 1);
+      bool ok = c != nullptr && PQstatus(c) == CONNECTION_OK;
+      if (!ok) err = trim_message(c ? PQerrorMessage(c) : "out of memory");
+      if (ok && PQsetClientEncoding(c, "UTF8") != 0) ok = false, err = trim_message(PQerrorMessage(c));
+      if (ok) {
+        // Create the table unless it exists (a role may use it without the right to create it);
+        // the advisory lock keeps instances starting together from racing on CREATE.
+        PGresult* r = PQexec(c, "SELECT to_regclass('tollgate_calls') IS NULL");
+        const bool missing = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+                             std::string_view(PQgetvalue(r, 0, 0)) == "t";
+        if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) ok = false, err = trim_message(PQerrorMessage(c));
+        PQclear(r);
+        if (ok && missing) {
+          const std::string ddl = std::string("BEGIN; SELECT pg_advisory_xact_lock(7411962201); ") + kSchema + " COMMIT;";
+          ok = exec(c, ddl.c_str(), PGRES_COMMAND_OK, err);
+        }
+      }
+      if (ok)
+        ok = exec(c, "CREATE TEMP TABLE tollgate_stage (LIKE tollgate_calls) ON COMMIT DELETE ROWS",
+                  PGRES_COMMAND_OK, err);
+      std::int64_t resume = 0;
+      if (ok) {
+        const char* params[] = {uid_.c_str()};
+        PGresult* r = PQexecParams(c, "SELECT COALESCE(MAX(id), 0) FROM tollgate_calls WHERE ledger_uid = $1", 1,
+                                   nullptr, params, nullptr, nullptr, 0);
+        ok = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+        if (ok) resume = std::strtoll(PQgetvalue(r, 0, 0), nullptr, 10);
+        else err = trim_message(r ? PQresultErrorMessage(r) : PQerrorMessage(c));
+        PQclear(r);
+      }
+      if (!ok) {
+        if (c) PQfinish(c);
+        postgres_failed("connect: " + err);
+        continue;
+      }
+      I.conn = c;
+      I.watermark = resume;
+      {
+        std::lock_guard lock(mu_);
+        I.cancel = PQgetCancel(c);
+        stats_.connected = true;
+      }
+      backoff = std::chrono::milliseconds(500);
+      log_line(log_level::info, "postgres fleet ledger connected")
+          .str("instance", opts_.instance)
+          .str("ledger_uid", uid_)
+          .integer("resume_after_id", resume);
+    }
+
+    // One pass: batches until the local ledger's end (or a failure).
+    bool reached_end = false, pg_failed = false, local_failed = false;
+    for (;;) {
+      {
+        std::lock_guard lock(mu_);
+        if (stopping_) break;
+      }
+      sqlite3_reset(I.select);
+      sqlite3_bind_int64(I.select, 1, I.watermark);
+      sqlite3_bind_int64(I.select, 2, static_cast<sqlite3_int64>(opts_.batch_rows));
+      I.buf.clear();
+      std::size_t n = 0;
+      std::int64_t last = I.watermark;
+      int rc;
+      while ((rc = sqlite3_step(I.select)) == SQLITE_ROW) {
+        append_copy_text(I.buf, opts_.instance);
+        I.buf += '\t';
+        I.buf += uid_;
+        for (int col = 0; col < kColumns; ++col) {
+          I.buf += '\t';
+          char num[32];
+          switch (sqlite3_column_type(I.select, col)) {
+            case SQLITE_NULL: I.buf += "\\N"; break;
+            case SQLITE_INTEGER:
+              std::snprintf(num, sizeof num, "%lld", static_cast<long long>(sqlite3_column_int64(I.select, col)));
+              I.buf += num;
+              break;
+            case SQLITE_FLOAT:
+              std::snprintf(num, sizeof num, "%.17g", sqlite3_column_double(I.select, col));
+              I.buf += num;
+              break;
+            default:
+              append_copy_text(I.buf, std::string_view(reinterpret_cast<const char*>(sqlite3_column_text(I.select, col)),
+                                                       static_cast<std::size_t>(sqlite3_column_bytes(I.select, col))));
+          }
+        }
+        I.buf += '\n';
+        last = sqlite3_column_int64(I.select, 0);
+        ++n;
+      }
+      sqlite3_reset(I.select);
+      if (rc != SQLITE_DONE) {
+        err = sqlite_error(I.db, "read");
+        local_failed = true;
+        break;
+      }
+      if (n == 0) {
+        reached_end = true;
+        break;
+      }
+      std::int64_t inserted = 0;
+      bool ok = exec(I.conn, "BEGIN", PGRES_COMMAND_OK, err) &&
+                exec(I.conn, "COPY tollgate_stage FROM STDIN", PGRES_COPY_IN, err);
+      if (ok) {
+        ok = PQputCopyData(I.conn, I.buf.data(), static_cast<int>(I.buf.size())) == 1 &&
+             PQputCopyEnd(I.conn, nullptr) == 1;
+        if (!ok) err = trim_message(PQerrorMessage(I.conn));
+        // The COPY's own result, then the end of results.
+        while (PGresult* r = PQgetResult(I.conn)) {
+          if (ok && PQresultStatus(r) != PGRES_COMMAND_OK) {
+            ok = false;
+            err = trim_message(PQresultErrorMessage(r));
+          }
+          PQclear(r);
+        }
+      }
+      if (ok) {
+        PGresult* r = PQexec(I.conn, "INSERT INTO tollgate_calls SELECT * FROM tollgate_stage ON CONFLICT DO NOTHING");
+        ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (ok) inserted = std::strtoll(PQcmdTuples(r), nullptr, 10);
+        else err = trim_message(r ? PQresultErrorMessage(r) : PQerrorMessage(I.conn));
+        PQclear(r);
+      }
+      if (ok) ok = exec(I.conn, "COMMIT", PGRES_COMMAND_OK, err);
+      if (!ok) {
+        pg_failed = true;
+        break;
+      }
+      I.watermark = last;
+      {
+        std::lock_guard lock(mu_);
+        stats_.shipped_rows += static_cast<std::uint64_t>(inserted);
+        stats_.connected = true;
+      }
+      if (n < opts_.batch_rows) {
+        reached_end = true;
+        break;
+      }
+    }
+
+    if (pg_failed) {
+      {
+        std::lock_guard lock(mu_);
+        if (I.cancel) PQfreeCancel(I.cancel);
+        I.cancel = nullptr;
+      }
+      if (I.conn) PQfinish(I.conn);
+      I.conn = nullptr;  // reconnects and re-reads the watermark: the failed batch ships again
+      postgres_failed(err);
+      continue;
+    }
+    if (local_failed) {
+      note_error(err, false);
+      wait(opts_.interval, serving);
+      continue;
+    }
+    if (reached_end) {
+      const std::int64_t lag = local_lag();
+      if (was_failing)
+        log_line(log_level::info, "postgres fleet ledger: shipping again").integer("resume_after_id", I.watermark);
+      was_failing = false;
+      {
+        std::lock_guard lock(mu_);
+        served_ = std::max(served_, serving);
+        stats_.lag_rows = lag;
+        stats_.last_success_unix = unix_now();
+        stats_.last_error.clear();
+      }
+      done_cv_.notify_all();
+      wait(opts_.interval, serving);
+    }
+  }
+}
+
+}  // namespace tollgate

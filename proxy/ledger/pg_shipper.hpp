@@ -1,0 +1,98 @@
+// The fleet ledger: every row committed to this instance's SQLite ledger is copied, exactly once,
+// into one PostgreSQL table that all instances of a fleet share (`tollgate_calls`), so finance
+// and SRE query one place for the whole fleet.
+//
+// Why a shipper rather than a PostgreSQL writer on the hot path: the SQLite file on local disk
+// stays the ledger of record (the I/O threads never wait on the network, a PostgreSQL outage
+// costs no call and no row, budgets and reports keep working), and shipping in large COPY
+// batches costs the database a fraction of one INSERT per call. The price is a lag of about
+// `interval` behind the local ledger (tollgate_ledger_postgres_lag_rows).
+//
+// Exactly once: PostgreSQL's rows are keyed (ledger_uid, id), where ledger_uid is a random id the
+// local ledger file keeps (table `ledger_identity`) and id is the row's id in `calls`. The shipper
+// resumes after MAX(id) of its ledger_uid in PostgreSQL, so nothing is kept outside the two
+// databases; a batch is one transaction, inserted ON CONFLICT DO NOTHING. A ledger file replaced
+// by a new one gets a new ledger_uid and never collides with the old file's rows.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+
+namespace tollgate {
+
+struct pg_ship_options {
+  std::string url;          // libpq URI (postgresql://user:pass@host:5432/db) or key=value conninfo
+  std::string instance;     // this fleet member's name (column `instance`)
+  std::string ledger_path;  // the SQLite ledger to read
+  std::size_t batch_rows = 5000;
+  std::chrono::milliseconds interval{1000};       // looks for new rows this often
+  std::chrono::seconds connect_timeout{5};        // unless the url sets connect_timeout
+  std::chrono::milliseconds stop_budget{5000};    // the last pass at stop() gets this long
+  std::chrono::milliseconds max_backoff{30'000};  // between reconnection attempts
+};
+
+struct pg_ship_stats {
+  std::uint64_t shipped_rows = 0;  // rows this process inserted into PostgreSQL
+  std::uint64_t errors = 0;        // failed connections, transactions or ledger reads
+  std::int64_t lag_rows = -1;      // local rows past the last id known in PostgreSQL (-1: not looked yet)
+  bool connected = false;          // the last PostgreSQL exchange worked
+  double last_success_unix = 0;    // end of the last pass that reached the local ledger's end
+  std::string last_error;          // "" after a success
+};
+
+// Throws std::invalid_argument with libpq's reason when `url` is not a connection string libpq
+// accepts (a config error at start-up rather than a retry loop).
+void check_postgres_url(const std::string& url);
+
+// One field in PostgreSQL's COPY text format: backslash, tab, newline and carriage return
+// escaped (pure; exposed for tests).
+void append_copy_text(std::string& out, std::string_view field);
+
+// The table every instance ships to (CREATE TABLE IF NOT EXISTS; also in the README).
+const char* postgres_schema_sql();
+
+class pg_shipper {
+ public:
+  explicit pg_shipper(pg_ship_options o);
+  ~pg_shipper();  // stop()
+  pg_shipper(const pg_shipper&) = delete;
+  pg_shipper& operator=(const pg_shipper&) = delete;
+
+  // Reads (or creates) the local ledger's ledger_uid and starts the shipping thread. Throws
+  // std::runtime_error when the ledger file cannot be opened; PostgreSQL being down is not an
+  // error here: the thread retries with backoff, and rows wait in the local ledger.
+  void start();
+  // Ships what the local ledger holds, for at most stop_budget (the rest goes at the next
+  // start), then ends the thread. Idempotent.
+  void stop();
+  // Wakes the thread and waits until every row committed to the local ledger before this call
+  // is in PostgreSQL. false on timeout (PostgreSQL down). Tests and admin; never I/O threads.
+  bool sync(std::chrono::milliseconds timeout);
+
+  pg_ship_stats stats() const;
+  const std::string& ledger_uid() const noexcept { return uid_; }
+  const pg_ship_options& options() const noexcept { return opts_; }
+
+ private:
+  struct impl;
+  void run();
+  pg_ship_options opts_;
+  std::string uid_;
+  impl* impl_ = nullptr;  // libpq and SQLite handles (kept out of this header)
+  mutable std::mutex mu_;
+  std::condition_variable cv_;       // wakes the thread (sync, stop)
+  std::condition_variable done_cv_;  // a pass reached the end of the local ledger
+  bool stopping_ = false;
+  std::uint64_t requested_ = 0;  // sync() calls so far
+  std::uint64_t served_ = 0;     // requests covered by a pass that reached the ledger's end
+  pg_ship_stats stats_;
+  std::thread thread_;
+};
+
+}  // namespace tollgate

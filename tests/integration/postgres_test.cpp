@@ -1,0 +1,280 @@
+// The fleet ledger (ledger.postgres) against a real PostgreSQL server that the test starts itself
+// (initdb + pg_ctl into a temp dir, 127.0.0.1 on a free port): every ledgered call lands in
+// tollgate_calls exactly once with the same figures, through PostgreSQL being down at start,
+// restarted mid-run and tollgate itself restarting; two instances share one table.
+#include <catch2/catch.hpp>
+#include <libpq-fe.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "support.hpp"
+
+namespace {
+
+std::uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A throwaway PostgreSQL cluster. PostgreSQL refuses to run as root, so under root (CI) the
+// server runs as the `postgres` account the Debian package creates.
+class pg_server {
+ public:
+  pg_server() {
+    as_ = ::geteuid() == 0 ? "runuser -u postgres -- " : "";
+    if (::geteuid() == 0) {
+      passwd* pw = ::getpwnam("postgres");
+      REQUIRE(pw != nullptr);
+      REQUIRE(::chown(dir_.path.c_str(), pw->pw_uid, pw->pw_gid) == 0);
+    }
+    run(std::string(TOLLGATE_PG_BINDIR) + "/initdb -D " + shell_quote(data()) +
+        " -U tollgate --auth=trust -E UTF8 --no-sync --no-instructions");
+    port_ = free_port();
+  }
+  ~pg_server() { stop(); }
+
+  // Starts on port() (a new free port when it was taken meanwhile by a parallel test).
+  void start() {
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      const std::string opts = "-k " + dir_.path + " -h 127.0.0.1 -p " + std::to_string(port_) + " -F";
+      if (run_status(std::string(TOLLGATE_PG_BINDIR) + "/pg_ctl -D " + shell_quote(data()) + " -o " +
+                     shell_quote(opts) + " -l " + shell_quote(dir_.path + "/server.log") + " -t 30 -w start") == 0) {
+        running_ = true;
+        return;
+      }
+      port_ = free_port();
+    }
+    FAIL("PostgreSQL did not start: " << read_file(dir_.path + "/server.log"));
+  }
+  void stop() {
+    if (!running_) return;
+    run_status(std::string(TOLLGATE_PG_BINDIR) + "/pg_ctl -D " + shell_quote(data()) + " -m fast -t 30 -w stop");
+    running_ = false;
+  }
+  std::uint16_t port() const { return port_; }
+  std::string url() const { return "postgresql://tollgate@127.0.0.1:" + std::to_string(port_) + "/postgres"; }
+
+  // Rows of a query as tab-joined lines (NULL as \N), in the query's order.
+  std::vector<std::string> query(const std::string& sql) const {
+    PGconn* c = PQconnectdb(url().c_str());
+    std::vector<std::string> out;
+    if (PQstatus(c) != CONNECTION_OK) {
+      const std::string err = PQerrorMessage(c);
+      PQfinish(c);
+      FAIL("connect: " << err);
+    }
+    PGresult* r = PQexec(c, sql.c_str());
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+      const std::string err = PQresultErrorMessage(r);
+      PQclear(r);
+      PQfinish(c);
+      FAIL(sql << ": " << err);
+    }
+    for (int i = 0; i < PQntuples(r); ++i) {
+      std::string line;
+      for (int j = 0; j < PQnfields(r); ++j) {
+        if (j) line += '\t';
+        line += PQgetisnull(r, i, j) ? std::string("\\N") : std::string(PQgetvalue(r, i, j));
+      }
+      out.push_back(line);
+    }
+    PQclear(r);
+    PQfinish(c);
+    return out;
+  }
+  std::int64_t count(const std::string& where = "true") const {
+    // The table appears at tollgate's first connection.
+    auto exists = query("SELECT to_regclass('tollgate_calls') IS NOT NULL");
+    if (exists.at(0) != "t") return 0;
+    return std::stoll(query("SELECT count(*) FROM tollgate_calls WHERE " + where).at(0));
+  }
+
+ private:
+  std::string data() const { return dir_.path + "/data"; }
+  int run_status(const std::string& cmd) const {
+    return std::system((as_ + cmd + " >>" + shell_quote(dir_.path + "/commands.log") + " 2>&1").c_str());
+  }
+  void run(const std::string& cmd) const {
+    if (run_status(cmd) != 0) FAIL(cmd << " failed: " << read_file(dir_.path + "/commands.log"));
+  }
+
+  tt::temp_dir dir_;
+  std::string as_;
+  std::uint16_t port_ = 0;
+  bool running_ = false;
+};
+
+std::function<void(tollgate::config&)> fleet(const pg_server& pg, const std::string& instance,
+                                             const std::string& ledger = {}) {
+  return [url = pg.url(), instance, ledger](tollgate::config& c) {
+    c.ledger_postgres.url = url;
+    c.ledger_postgres.instance = instance;
+    c.ledger_postgres.interval = std::chrono::milliseconds(20);
+    if (!ledger.empty()) c.ledger_path = ledger;
+  };
+}
+
+void calls(tt::harness& h, int n, const std::string& model = "gpt-4.1") {
+  for (int i = 0; i < n; ++i) {
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model, i % 2 == 1));
+    REQUIRE(r.status == 200);
+  }
+  h.flush();
+}
+
+}  // namespace
+
+TEST_CASE("every ledgered call reaches the fleet table once, with the local ledger's figures") {
+  pg_server pg;
+  pg.start();
+  tt::harness h({.tweak = fleet(pg, "edge-1")});
+  calls(h, 6, "gpt-4.1");
+  calls(h, 4, "claude-sonnet-4-5");
+  // Awkward text survives COPY: tab, newline, backslash, quotes and non-ASCII in the user id.
+  auto r = tt::post_json(h.port(), "/v1/chat/completions",
+                         tt::chat_body("gpt-4.1-mini", false, R"(,"user":"tab\there\nnew \\ \"q\" é✓")"));
+  REQUIRE(r.status == 200);
+  // An upstream error is a ledger row too.
+  auto bad = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"), {{"x-fake-status", "500"}});
+  REQUIRE(bad.status == 500);
+  h.flush();
+  const auto local = h.query_int("SELECT count(*) FROM calls");
+  REQUIRE(local == 12);
+  REQUIRE(tt::harness::eventually([&] { return pg.count() == local; }));
+
+  // Row by row, the columns finance and SRE query are the local ledger's.
+  const auto pg_rows = pg.query(
+      "SELECT request_id, instance, route, requested_model, price_model, status, stream, prompt_tokens, "
+      "completion_tokens, cached_tokens, reasoning_tokens, priced, cost_usd, \"user\", start_ms "
+      "FROM tollgate_calls ORDER BY id");
+  const auto sqlite_rows = h.rows(
+      "SELECT request_id, route, requested_model, price_model, status, stream, prompt_tokens, completion_tokens, "
+      "cached_tokens, reasoning_tokens, priced, cost_usd, user, start_ms FROM calls ORDER BY id");
+  REQUIRE(pg_rows.size() == sqlite_rows.size());
+  for (std::size_t i = 0; i < pg_rows.size(); ++i) {
+    const auto& s = sqlite_rows[i];
+    auto nul = [&](const char* k) { return s.at(k) == "<null>" ? std::string("\\N") : s.at(k); };
+    const std::string expect = s.at("request_id") + "\tedge-1\t" + s.at("route") + "\t" + nul("requested_model") +
+                               "\t" + nul("price_model") + "\t" + s.at("status") + "\t" + s.at("stream") + "\t" +
+                               s.at("prompt_tokens") + "\t" + s.at("completion_tokens") + "\t" +
+                               s.at("cached_tokens") + "\t" + s.at("reasoning_tokens") + "\t" + s.at("priced");
+    INFO("row " << i << ": " << pg_rows[i]);
+    CHECK(pg_rows[i].rfind(expect + "\t", 0) == 0);
+  }
+  // Cost and user compared as values (PostgreSQL prints doubles its own way).
+  CHECK(std::stod(pg.query("SELECT sum(cost_usd) FROM tollgate_calls").at(0)) ==
+        Approx(h.query_double("SELECT sum(cost_usd) FROM calls")).epsilon(1e-12));
+  CHECK(std::stod(pg.query("SELECT sum(cost_usd) FROM tollgate_calls").at(0)) > 0);
+  CHECK(pg.query("SELECT \"user\" FROM tollgate_calls WHERE requested_model = 'gpt-4.1-mini'").at(0) ==
+        "tab\there\nnew \\ \"q\" é✓");
+  CHECK(pg.count("status = 500") == 1);
+  CHECK(pg.count("start_ms = 0") == 0);
+  CHECK(pg.query("SELECT count(DISTINCT ledger_uid) FROM tollgate_calls").at(0) == "1");
+
+  REQUIRE(tt::harness::eventually([&] {
+    return h.metric_sum("tollgate_ledger_postgres_shipped_rows_total") == 12 &&
+           h.metric_sum("tollgate_ledger_postgres_lag_rows") == 0;
+  }));
+  CHECK(h.metric_sum("tollgate_ledger_postgres_up") == 1);
+  CHECK(h.metric_sum("tollgate_ledger_postgres_errors_total") == 0);
+  CHECK(h.metric_sum("tollgate_ledger_postgres_last_success_timestamp_seconds") > 1.7e9);
+}
+
+TEST_CASE("PostgreSQL down at start, restarted mid-run, and tollgate restarted: every row once") {
+  pg_server pg;  // not started yet
+  tt::temp_dir keep;
+  const std::string ledger = keep.path + "/ledger.db";
+  {
+    tt::harness h({.tweak = fleet(pg, "edge-2", ledger)});
+    calls(h, 5);  // served while PostgreSQL is down
+    REQUIRE(tt::harness::eventually([&] {
+      return h.metric_sum("tollgate_ledger_postgres_errors_total") >= 1 &&
+             h.metric_sum("tollgate_ledger_postgres_lag_rows") == 5;
+    }));
+    CHECK(h.metric_sum("tollgate_ledger_postgres_up") == 0);
+
+    pg.start();  // the shipper's backoff starts at 500 ms
+    REQUIRE(tt::harness::eventually([&] { return pg.count() == 5; }, std::chrono::seconds(20)));
+    REQUIRE(tt::harness::eventually([&] { return h.metric_sum("tollgate_ledger_postgres_up") == 1; }));
+
+    pg.stop();
+    calls(h, 3);
+    pg.start();
+    REQUIRE(tt::harness::eventually([&] { return pg.count() == 8; }, std::chrono::seconds(40)));
+    calls(h, 2);
+    REQUIRE(tt::harness::eventually([&] { return pg.count() == 10; }));
+  }
+  // tollgate restarts on the same ledger: it resumes after the last id in PostgreSQL.
+  {
+    tt::harness h({.tweak = fleet(pg, "edge-2", ledger)});
+    calls(h, 4);
+    REQUIRE(h.query_int("SELECT count(*) FROM calls") == 14);
+    REQUIRE(tt::harness::eventually([&] { return pg.count() == 14; }));
+    REQUIRE(tt::harness::eventually([&] { return h.metric_sum("tollgate_ledger_postgres_lag_rows") == 0; }));
+    CHECK(h.metric_sum("tollgate_ledger_postgres_shipped_rows_total") == 4);
+  }
+  CHECK(pg.query("SELECT count(DISTINCT id), min(id), max(id) FROM tollgate_calls").at(0) == "14\t1\t14");
+}
+
+TEST_CASE("a fleet: two instances, one table, each row under its instance") {
+  pg_server pg;
+  pg.start();
+  tt::harness a({.tweak = fleet(pg, "edge-a")});
+  tt::harness b({.tweak = fleet(pg, "edge-b")});
+  calls(a, 3);
+  calls(b, 5);
+  calls(a, 1);
+  REQUIRE(tt::harness::eventually([&] { return pg.count() == 9; }));
+  CHECK(pg.query("SELECT instance, count(*) FROM tollgate_calls GROUP BY 1 ORDER BY 1") ==
+        std::vector<std::string>{"edge-a\t4", "edge-b\t5"});
+  // Ids repeat across instances; (ledger_uid, id) tells the rows apart.
+  CHECK(pg.query("SELECT count(DISTINCT ledger_uid) FROM tollgate_calls").at(0) == "2");
+  CHECK(pg.count("id = 1") == 2);
+}
+
+TEST_CASE("a PostgreSQL url libpq cannot parse is a config error naming the key") {
+  tollgate::config c;
+  c.listen = {"127.0.0.1", 0};
+  c.admin_listen = {"127.0.0.1", 0};
+  tt::temp_dir d;
+  c.ledger_path = d.path + "/l.db";
+  c.upstream.url = "http://127.0.0.1:9/v1";
+  c.prices_file = std::string(TOLLGATE_SOURCE_DIR) + "/config/prices.yaml";
+  c.ledger_postgres.url = "postgresql://host:notaport:/x?bogus_option=1";
+  try {
+    tollgate::app app(c);
+    app.start();
+    FAIL("accepted a bad url");
+  } catch (const std::exception& e) {
+    INFO(e.what());
+    CHECK(std::string(e.what()).find("ledger.postgres.url") != std::string::npos);
+  }
+}
