@@ -6,6 +6,8 @@
 #include <openssl/rand.h>
 #include <sqlite3.h>
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
@@ -271,6 +273,11 @@ pg_ship_stats pg_shipper::stats() const {
 
 void pg_shipper::run() {
   auto& I = *impl_;
+  name_this_thread("tg-pg-ship");
+  // Behind the I/O threads and the ledger writer when the CPUs are busy (Linux: per thread): a
+  // saturated proxy lets the fleet table lag (tollgate_ledger_postgres_lag_rows) and it catches
+  // up when load eases, rather than taking CPU from calls.
+  ::setpriority(PRIO_PROCESS, 0, 10);
   auto backoff = std::chrono::milliseconds(500);
   bool was_failing = false;
   std::int64_t failures_logged = 0;
