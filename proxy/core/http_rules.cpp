@@ -414,6 +414,28 @@ std::string upstream_target(const upstream_url& u, std::string_view path, std::s
   return t;
 }
 
+std::string model_id_of_path(std::string_view id) {
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(id.size());
+  for (std::size_t i = 0; i < id.size(); ++i) {
+    char c = id[i];
+    if (c == '%') {
+      if (i + 2 >= id.size() || hex(id[i + 1]) < 0 || hex(id[i + 2]) < 0) return {};
+      c = static_cast<char>(hex(id[i + 1]) * 16 + hex(id[i + 2]));
+      i += 2;
+    }
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return {};
+    out += c;
+  }
+  return out;
+}
+
 bool is_json_content_type(std::string_view ct) noexcept {
   ct = trim_ows(ct);
   if (ct.empty()) return true;

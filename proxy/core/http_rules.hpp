@@ -134,6 +134,11 @@ std::string meterable_accept_encoding(std::string_view value);
 // Content-Type acceptable for a JSON route: absent, application/json or any */*+json.
 bool is_json_content_type(std::string_view content_type) noexcept;
 
+// The model id of a GET /v1/models/{id} path's last part (after "/v1/models/"), percent-decoded
+// ("openai%2Fgpt-4.1" is "openai/gpt-4.1"), for routing rules; "" when a %XX is malformed or
+// decodes to a control character.
+std::string model_id_of_path(std::string_view id);
+
 // A response Content-Type of an SSE stream: text/event-stream, in any case, with any parameters.
 bool is_event_stream(std::string_view content_type) noexcept;
 

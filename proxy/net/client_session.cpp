@@ -342,6 +342,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     int failover_status = 0;      // the upstream answered 429/5xx and another upstream will be tried
     double price_multiplier = 1;  // of the upstream that served the call
     std::uint64_t ticket = 0;     // policy reservation, settled in finish_call
+    std::string sent_model;       // the model a routing rule rewrote the body to ("": as asked)
     // The request header fields tollgate reads, found in one walk of the parsed header (each
     // operator[] was a case-insensitive tree search); the first of duplicates, as operator[].
     struct head_fields {
@@ -1084,32 +1085,55 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     rec.requested_model = c.facts.model;
     rec.stream = c.facts.stream;
     rec.user = c.facts.user.size() <= 256 ? c.facts.user : c.facts.user.substr(0, 256);
-  } else if (rd.route == route_kind::other && c.meter && !req.body().empty()) {
-    // A pass-through call that may still bring usage (image generation, audio): the model it
-    // asked for, so the ledger can price it (these replies name none). Read only, never
-    // refused: the body is the upstream's business. Not for routing (c.facts stays empty).
+  }
+  // A pass-through call's model: a JSON body's top-level `model` (count_tokens, image generation,
+  // responses/compact), a form's `model` field (audio, image edits) or the id of
+  // GET /v1/models/{id}. Routing rules apply to it as to the metered routes (count_tokens for a
+  // claude-* model goes where claude-* calls go) and a JSON body gets the rule's rewrite. Read
+  // only, never refused: the body is the upstream's business, and c.facts stays empty (admission
+  // control reserves nothing for these calls). A call that may still bring usage (c.meter:
+  // images, audio) records it as requested_model, so the ledger can price it (these replies
+  // name none).
+  request_facts pass_facts;
+  std::string pass_model;
+  if (rd.route == route_kind::other && !req.body().empty()) {
     if (is_json_content_type(c.head.content_type) && c.head.content_encoding.empty() &&
         req.body().size() <= pass_through_inspect_limit) {
-      const auto facts = inspect_request(req.body(), default_max_depth, false);
-      if (facts.problem == request_problem::none && facts.has_model) {
-        rec.requested_model = facts.model.substr(0, 256);
-        rec.stream = facts.stream;
-      }
+      pass_facts = inspect_request(req.body(), default_max_depth, false);
+      if (pass_facts.problem == request_problem::none && pass_facts.has_model) pass_model = pass_facts.model;
+      else pass_facts.has_model = false;
     } else if (auto form = inspect_form(req.body(), c.head.content_type); form.has_model) {
-      rec.requested_model = std::move(form.model);
-      rec.stream = form.stream;
+      pass_model = std::move(form.model);
+      pass_facts.stream = form.stream;
     }
+    if (c.meter && !pass_model.empty()) {
+      rec.requested_model = pass_model.substr(0, 256);
+      rec.stream = pass_facts.stream;
+    }
+  } else if (rd.route == route_kind::models && tp.path.size() > 11) {
+    std::string_view id = tp.path.substr(11);
+    if (id.ends_with('/')) id.remove_suffix(1);
+    pass_model = model_id_of_path(id);
   }
   if (st_.draining.load(std::memory_order_relaxed)) return a.refuse(errc::shutting_down, {});
 
   // Routing: the upstreams to try, in order, and the model to send them.
   thread_local std::mt19937_64 route_rng{std::random_device{}()};
-  route_plan plan = st_.router->plan(tp.path, c.facts.model, route_rng(), !c.head.anthropic_version.empty());
+  const std::string& asked_model = rd.json_body ? c.facts.model : pass_model;
+  route_plan plan = st_.router->plan(tp.path, asked_model, route_rng(), !c.head.anthropic_version.empty());
   if (plan.order.empty()) {
     std::string msg = "No configured upstream serves " + std::string(tp.path);
-    if (!c.facts.model.empty()) msg += " for model '" + c.facts.model + "'";
+    if (!asked_model.empty()) msg += " for model '" + asked_model + "'";
     msg += ".";
     return a.refuse(errc::no_upstream, msg);
+  }
+  if (!rd.json_body) {
+    // A pass-through JSON body names the model the rule rewrites to; admission control stays out.
+    if (!plan.rewrite.empty() && pass_facts.has_model && plan.rewrite != pass_model) {
+      req.body() = replace_model(req.body(), plan.rewrite, pass_facts);
+      if (c.meter) c.sent_model = plan.rewrite;
+    }
+    plan.rewrite.clear();
   }
   // Spend controls: rate limits, spend guards and budgets decide before anything goes upstream.
   std::string send_model = plan.rewrite.empty() ? c.facts.model : plan.rewrite;
@@ -1212,7 +1236,10 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       a.tries.push_back({fallback, false});
     }
   }
-  if (send_model != c.facts.model && rd.json_body && c.facts.has_model) req.body() = replace_model(req.body(), send_model, c.facts);
+  if (send_model != c.facts.model && rd.json_body && c.facts.has_model) {
+    req.body() = replace_model(req.body(), send_model, c.facts);
+    c.sent_model = send_model;
+  }
 
   // Ask the upstream for usage on streams; the client will not see the extra chunk.
   if (c.facts.stream && !c.facts.include_usage &&
@@ -2052,11 +2079,15 @@ void client_session::finish_call(call& c) {
   // A client that left before its answer (499) aborted the call as much as one that left mid-stream.
   if (c.error == errc::client_aborted) rec.aborted = true;
   // The served model prices the call; an upstream that answers with an id the table does not
-  // know (a private snapshot name, say) falls back to the requested model.
-  const std::string& model = rec.served_model.empty() ? rec.requested_model : rec.served_model;
+  // know (a private snapshot name, say), or no id at all (images, audio), falls back to the
+  // model sent (a routing rule's rewrite), then to the requested one.
+  const std::string& fallback = c.sent_model.empty() ? rec.requested_model : c.sent_model;
+  const std::string& model = rec.served_model.empty() ? fallback : rec.served_model;
   if (rec.source != usage_source::none) {
     auto cost = compute_cost(st_.prices, model, rec.tokens, c.price_multiplier);
-    if (!cost.priced && !rec.served_model.empty() && !rec.requested_model.empty())
+    if (!cost.priced && !rec.served_model.empty() && !fallback.empty())
+      cost = compute_cost(st_.prices, fallback, rec.tokens, c.price_multiplier);
+    if (!cost.priced && &fallback != &rec.requested_model && !rec.requested_model.empty())
       cost = compute_cost(st_.prices, rec.requested_model, rec.tokens, c.price_multiplier);
     rec.priced = cost.priced;
     rec.cost_usd = cost.usd;

@@ -227,3 +227,57 @@ TEST_CASE("failover: time spent on the failed upstream is upstream time, not tol
   CHECK(h.metric_sum("tollgate_overhead_seconds_bucket", "le=\"0.1\"") == 1);
   CHECK(h.metric_sum("tollgate_request_duration_seconds_sum") >= 0.3);
 }
+
+TEST_CASE("routing: pass-through calls follow the rules of the model they name, rewrite included", "[routing]") {
+  auto claude = std::make_unique<fake::server>(fake::options{});
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    // Two OpenAI-protocol relays (as a HolySheep-style relay serves Claude's native API too).
+    c.upstreams = {node("relay", c.upstream.url), node("claude-relay", claude->base_url())};
+    c.routes = {{"claude-*", {"claude-relay"}, ""},
+                {"sonnet", {"claude-relay"}, "claude-sonnet-4-5"},
+                {"*", {"relay"}, ""}};
+  }});
+  const tt::headers anthropic = {{"x-api-key", "client-secret"}, {"anthropic-version", "2023-06-01"}};
+  SECTION("count_tokens for a claude model goes where claude calls go") {
+    for (int i = 0; i < 6; ++i) {
+      auto r = tt::post_json(h.port(), "/v1/messages/count_tokens",
+                             R"({"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"hi"}]})", anthropic);
+      REQUIRE(r.status == 200);
+      CHECK(r.body.find("input_tokens") != std::string::npos);
+    }
+    CHECK(claude->request_count() == 6);
+    CHECK(h.upstream->request_count() == 0);
+  }
+  SECTION("an alias in a pass-through JSON body is rewritten as on the metered routes") {
+    auto r = tt::post_json(h.port(), "/v1/messages/count_tokens",
+                           R"({"model":"sonnet","messages":[{"role":"user","content":"hi"}]})", anthropic);
+    REQUIRE(r.status == 200);
+    REQUIRE(claude->request_count() == 1);
+    CHECK(claude->requests()[0].body ==
+          R"({"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"hi"}]})");
+  }
+  SECTION("GET /v1/models/{id} is routed by the id, percent-encoded ids too") {
+    CHECK(tt::request(h.port(), "GET", "/v1/models/claude-sonnet-4.5").status == 200);
+    CHECK(claude->request_count() == 1);
+    CHECK(h.upstream->request_count() == 0);
+    CHECK(tt::request(h.port(), "GET", "/v1/models/gpt-4.1").status == 200);
+    CHECK(tt::request(h.port(), "GET", "/v1/models/openai%2Fgpt-4.1").status != 0);
+    CHECK(h.upstream->request_count() == 2);
+    CHECK(claude->request_count() == 1);
+  }
+  SECTION("a pass-through call without a model takes the catch-all rule") {
+    CHECK(tt::request(h.port(), "GET", "/v1/files").status == 200);
+    CHECK(h.upstream->request_count() == 1);
+    CHECK(claude->request_count() == 0);
+  }
+  SECTION("a metered pass-through with a rewritten model is priced by the model sent") {
+    auto r = tt::post_json(h.port(), "/v1/images/generations", R"({"model":"sonnet","prompt":"a cat"})");
+    REQUIRE(r.status == 200);
+    REQUIRE(claude->request_count() == 1);
+    CHECK(claude->requests()[0].body == R"({"model":"claude-sonnet-4-5","prompt":"a cat"})");
+    h.flush();
+    CHECK(h.query_text("SELECT requested_model FROM calls") == "sonnet");
+    CHECK(h.query_text("SELECT price_model FROM calls") == "claude-sonnet-4.5");
+    CHECK(h.query_double("SELECT cost_usd FROM calls") > 0);
+  }
+}

@@ -506,3 +506,14 @@ TEST_CASE("inflate: gzip, zlib and raw deflate decode in pieces", "[inflate]") {
     CHECK(inf.failed());
   }
 }
+
+TEST_CASE("http_rules: the model id of GET /v1/models/{id} is percent-decoded for routing", "[http_rules]") {
+  CHECK(model_id_of_path("gpt-4.1") == "gpt-4.1");
+  CHECK(model_id_of_path("openai%2Fgpt-4.1") == "openai/gpt-4.1");
+  CHECK(model_id_of_path("openai%2fgpt-4.1") == "openai/gpt-4.1");
+  CHECK(model_id_of_path("claude-sonnet-4-5%40latest") == "claude-sonnet-4-5@latest");
+  CHECK(model_id_of_path("bad%2") == "");
+  CHECK(model_id_of_path("bad%zz") == "");
+  CHECK(model_id_of_path("nul%00") == "");
+  CHECK(model_id_of_path("") == "");
+}
