@@ -191,6 +191,8 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       e.price.cache_write_5m = yaml_price(file, kv.second, what);
     } else if (key == "cache_write_1h") {
       e.price.cache_write_1h = yaml_price(file, kv.second, what);
+    } else if (key == "web_search") {
+      e.price.web_search = yaml_price(file, kv.second, what);
     } else if (key == "long_context") {
       parse_long_context(file, model, kv.second, e.price);
     } else if (key == "aliases") {
@@ -202,7 +204,7 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
     } else {
       fail(file, kv.first, "'" + model + "': unknown key '" + key +
                                 "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
-                                "long_context, aliases)");
+                                "web_search, long_context, aliases)");
     }
   }
   if (!has_input || !has_output) fail(file, node, "'" + model + "' needs both input and output prices");
@@ -417,8 +419,10 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
   const double w5 = (long_tier ? price.long_cache_write_5m : price.cache_write_5m).value_or(1.25 * in);
   const double w1 = (long_tier ? price.long_cache_write_1h : price.cache_write_1h).value_or(2.0 * in);
 
+  // Web searches are per request, the same in either tier.
   const double usd =
-      (uncached * in + cached * cached_in + write_5m * w5 + write_1h * w1 + completion * out) / per_million;
+      (uncached * in + cached * cached_in + write_5m * w5 + write_1h * w1 + completion * out) / per_million +
+      clamp0(usage.web_search) * price.web_search / 1000.0;
   return {usd * multiplier, true, &price};
 }
 

@@ -31,6 +31,7 @@ struct model_price {
   double output = 0;                   // USD per 1M completion tokens (reasoning included)
   std::optional<double> cache_write_5m;  // USD per 1M; default 1.25 x input
   std::optional<double> cache_write_1h;  // USD per 1M; default 2 x input
+  double web_search = 0;               // USD per 1,000 server-side web search requests
   // Long-context tier (e.g. Claude Sonnet 4.5 above 200k prompt tokens): when the prompt
   // (input + cache read + cache write) exceeds `long_context_threshold`, these prices apply.
   std::int64_t long_context_threshold = 0;  // 0: no tier

@@ -4,6 +4,7 @@
 #include "core/usage.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <cstring>
 #include <utility>
@@ -131,13 +132,20 @@ std::string_view as_string(const fast_node& v) noexcept {
   return v.type() == dom_type::STRING ? v.value.get_string().value_unsafe() : std::string_view();
 }
 
-// A token count: integers only (null, missing, strings and floats give nullopt), clamped to
+// A token count: an integer, or a number with no fractional part as some relays re-serialize
+// them (12.0, 1.2e3); null, missing, strings and fractions give nullopt. Clamped to
 // [0, max_count].
+std::optional<std::int64_t> whole_count(double d) noexcept {
+  if (!std::isfinite(d) || d != std::floor(d)) return std::nullopt;
+  if (d <= 0) return 0;
+  return d >= static_cast<double>(max_count) ? max_count : static_cast<std::int64_t>(d);
+}
 std::optional<std::int64_t> as_count(const json& v) {
   if (v.is_number_unsigned()) {
     return static_cast<std::int64_t>(std::min<std::uint64_t>(v.get<std::uint64_t>(), max_count));
   }
   if (v.is_number_integer()) return std::clamp<std::int64_t>(v.get<std::int64_t>(), 0, max_count);
+  if (v.is_number_float()) return whole_count(v.get<double>());
   return std::nullopt;
 }
 std::optional<std::int64_t> as_count(const fast_node& v) noexcept {
@@ -145,6 +153,7 @@ std::optional<std::int64_t> as_count(const fast_node& v) noexcept {
     case dom_type::UINT64:  // only values above INT64_MAX
       return static_cast<std::int64_t>(std::min<std::uint64_t>(v.value.get_uint64().value_unsafe(), max_count));
     case dom_type::INT64: return std::clamp<std::int64_t>(v.value.get_int64().value_unsafe(), 0, max_count);
+    case dom_type::DOUBLE: return whole_count(v.value.get_double().value_unsafe());
     default: return std::nullopt;
   }
 }
@@ -254,6 +263,8 @@ void apply(anthropic_usage& a, const Node& u) {
   const auto& creation = member(u, "cache_creation");
   if (const auto v = count_field(creation, "ephemeral_5m_input_tokens")) a.cache_5m = *v;
   if (const auto v = count_field(creation, "ephemeral_1h_input_tokens")) a.cache_1h = *v;
+  // Server tools billed per use: web search ($10 per 1,000 at Anthropic); web fetch is free.
+  if (const auto v = count_field(member(u, "server_tool_use"), "web_search_requests")) a.web_search = *v;
 }
 
 // Anthropic `usage` of a whole message.
@@ -333,6 +344,7 @@ token_usage anthropic_usage::to_openai() const noexcept {
   t.cached = cache_read;
   t.cache_write = write;
   t.cache_write_1h = cache_1h;
+  t.web_search = web_search;
   return clamp_parts(t);
 }
 

@@ -32,6 +32,8 @@ struct token_usage {
   std::int64_t cache_write = 0;     // cache creation (5 min + 1 h), part of prompt (Anthropic)
   std::int64_t cache_write_1h = 0;  // the 1-hour part of cache_write, when reported
   std::int64_t reasoning = 0;       // part of completion
+  std::int64_t web_search = 0;      // server-side web searches billed per request (Anthropic
+                                    // usage.server_tool_use.web_search_requests); not tokens
   std::int64_t total() const noexcept { return prompt + completion; }
 };
 

@@ -155,6 +155,16 @@ TEST_CASE("pricing: cost follows the formula", "[pricing]") {
     CHECK(r.usd == Approx(expected));
     CHECK(r.usd == Approx(0.16125));
   }
+  SECTION("claude web searches cost $10 per 1,000 on top of the tokens, times the multiplier") {
+    auto u = usage(10'000, 1'000);
+    const auto plain = compute_cost(t, "claude-sonnet-4.5", u);
+    u.web_search = 3;
+    const auto searched = compute_cost(t, "claude-sonnet-4.5", u);
+    CHECK(searched.usd - plain.usd == Approx(0.03));
+    CHECK(compute_cost(t, "claude-haiku-4-5", u, 1.5).usd ==
+          Approx(((10'000 * 1.00 + 1'000 * 5.00) / 1e6 + 0.03) * 1.5));
+    CHECK(compute_cost(t, "gpt-4.1", u).usd == Approx(compute_cost(t, "gpt-4.1", usage(10'000, 1'000)).usd));
+  }
   SECTION("claude-sonnet-4.5 long-context tier above 200k prompt tokens") {
     // 250k prompt: 150k uncached, 80k read, 20k written (all 5 min), 1k out, all at long prices.
     const auto r = compute_cost(t, "claude-sonnet-4.5", usage(250'000, 1'000, 80'000, 20'000));

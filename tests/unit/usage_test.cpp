@@ -172,6 +172,14 @@ TEST_CASE("usage: Anthropic body is converted to the OpenAI convention", "[usage
   CHECK(f.model == "claude-sonnet-4-20250514");
   CHECK(f.id == "msg_013Zva2CMHLNnXjNJJKqJ2EF");
 
+  SECTION("web searches of the server tool are counted (billed per request)") {
+    const auto g = extract_response(route_kind::messages, R"({"type":"message","model":"claude-sonnet-4-5","usage":
+      {"input_tokens":2103,"output_tokens":510,"server_tool_use":{"web_search_requests":3,"web_fetch_requests":1}}})");
+    REQUIRE(g.has_usage);
+    CHECK(g.usage.web_search == 3);
+    CHECK(g.usage.prompt == 2103);
+    CHECK(f.usage.web_search == 0);
+  }
   SECTION("cache fields null or missing count 0") {
     const auto g = extract_response(route_kind::messages, R"({"type":"message","usage":
       {"input_tokens":25,"cache_creation_input_tokens":null,"output_tokens":9}})");
@@ -230,6 +238,20 @@ TEST_CASE("usage: malformed or usage-less bodies give no usage", "[usage]") {
 }
 
 TEST_CASE("usage: counts clamp negatives to 0 and ignore non-integers", "[usage]") {
+  SECTION("whole numbers written as floats (a relay that re-serializes usage) count") {
+    const auto g = extract_response(route_kind::chat_completions,
+        R"({"usage":{"prompt_tokens":1.2e3,"completion_tokens":7.0,"prompt_tokens_details":{"cached_tokens":200.0},
+            "completion_tokens_details":{"reasoning_tokens":-0.0}}})");
+    REQUIRE(g.has_usage);
+    CHECK(g.usage.prompt == 1200);
+    CHECK(g.usage.completion == 7);
+    CHECK(g.usage.cached == 200);
+    CHECK(g.usage.reasoning == 0);
+    const auto m = extract_response(route_kind::messages, R"({"usage":{"input_tokens":25.0,"output_tokens":3.0}})");
+    REQUIRE(m.has_usage);
+    CHECK(m.usage.prompt == 25);
+    CHECK(m.usage.completion == 3);
+  }
   const auto f = extract_response(route_kind::chat_completions,
       R"({"usage":{"prompt_tokens":-5,"completion_tokens":7,"prompt_tokens_details":{"cached_tokens":2.5},
           "completion_tokens_details":{"reasoning_tokens":"3"}}})");
@@ -380,8 +402,19 @@ TEST_CASE("stream_meter: Anthropic message_delta usage is cumulative", "[usage][
   CHECK(m.usage().cached == 1800);
   CHECK(m.usage().cache_write == 2051);
   CHECK(m.usage().cache_write_1h == 2000);
+  CHECK(m.usage().web_search == 0);
   CHECK(m.saw_done());
   CHECK(m.model() == "claude-opus-4-20250514");
+
+  SECTION("web searches arrive in message_delta's cumulative usage") {
+    const std::string searched = typed_event("message_delta",
+        R"({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":40,"server_tool_use":{"web_search_requests":2}}})");
+    stream_meter s(route_kind::messages, true);
+    relay(s, start + searched + stop);
+    REQUIRE(s.has_usage());
+    CHECK(s.usage().web_search == 2);
+    CHECK(s.usage().completion == 40);
+  }
   CHECK(m.id() == "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY");
   CHECK(m.estimated_completion_tokens() == 3);  // "Hello world"
   CHECK_FALSE(m.usage_provisional());
