@@ -45,7 +45,8 @@ std::string yaml_error(const std::string& text) {
 TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]") {
   const auto t = shipped_table();
   const char* expected[] = {"gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-4o", "gpt-4o-mini", "gpt-5",
-                            "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini", "claude-sonnet-4.5", "claude-sonnet-4",
+                            "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini", "gpt-3.5-turbo", "gpt-3.5-turbo-1106",
+                            "gpt-3.5-turbo-instruct", "claude-sonnet-4.5", "claude-sonnet-4",
                             "claude-haiku-4.5", "claude-opus-4.1", "deepseek-v3.2", "deepseek-chat",
                             "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
                             "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"};
