@@ -36,6 +36,7 @@ Environment overrides (for containers and tests):
   TOLLGATE_UPSTREAM_API_KEY                upstream API key (the single or first upstream)
   TOLLGATE_ADMIN_TOKEN                     admin API token (admin_token)
   TOLLGATE_LEDGER_PATH                     SQLite ledger file
+  TOLLGATE_LEDGER_POSTGRES_URL             fleet ledger PostgreSQL (ledger.postgres.url)
   TOLLGATE_LOG_LEVEL                       trace|debug|info|warn|error
   TOLLGATE_WORKERS                         I/O threads (0 = CPUs available)
 )";
