@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 
 #include <sys/resource.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -31,6 +32,21 @@ constexpr const char* kSelect =
     " reasoning_tokens, total_tokens, usage_source, priced, cost_usd, latency_ms, first_byte_ms,"
     " error_kind, upstream_request_id, attempts FROM calls WHERE id > ?1 ORDER BY id LIMIT ?2";
 constexpr int kColumns = 30;
+
+// The PostgreSQL columns tollgate writes, named: a table an administrator extended with columns
+// of their own (inserted_at DEFAULT now(), say) keeps working.
+#define TOLLGATE_PG_COLUMNS                                                                          \
+  "instance, ledger_uid, id, request_id, start_ms, route, method, requested_model, served_model, " \
+  "price_model, upstream, client_key_id, team, \"user\", status, stream, aborted, prompt_tokens, "  \
+  "completion_tokens, cached_tokens, cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, " \
+  "total_tokens, usage_source, priced, cost_usd, latency_ms, first_byte_ms, error_kind, "          \
+  "upstream_request_id, attempts"
+constexpr const char* kCreateStage = "CREATE TEMP TABLE tollgate_stage ON COMMIT DELETE ROWS AS SELECT " TOLLGATE_PG_COLUMNS
+                                     " FROM tollgate_calls WITH NO DATA";
+constexpr const char* kCopyStage = "COPY tollgate_stage (" TOLLGATE_PG_COLUMNS ") FROM STDIN";
+constexpr const char* kInsert = "INSERT INTO tollgate_calls (" TOLLGATE_PG_COLUMNS ") SELECT " TOLLGATE_PG_COLUMNS
+                                " FROM tollgate_stage ON CONFLICT DO NOTHING";
+#undef TOLLGATE_PG_COLUMNS
 
 constexpr const char* kSchema = R"sql(CREATE TABLE IF NOT EXISTS tollgate_calls (
   instance TEXT NOT NULL,
@@ -133,13 +149,22 @@ void append_copy_text(std::string& out, std::string_view field) {
   }
 }
 
+// `text` with every copy of `url` replaced by "<url>": libpq's parse errors quote the whole
+// url, password included.
+std::string redact_url(std::string text, const std::string& url) {
+  if (url.empty()) return text;
+  for (std::size_t at; (at = text.find(url)) != std::string::npos;) text.replace(at, url.size(), "<url>");
+  return text;
+}
+
 void check_postgres_url(const std::string& url) {
   char* err = nullptr;
   PQconninfoOption* opts = PQconninfoParse(url.c_str(), &err);
   if (opts == nullptr) {
     std::string why = err ? trim_message(err) : "out of memory";
     if (err) PQfreemem(err);
-    throw std::invalid_argument(why);
+    // libpq quotes the url; a password in it must not reach the terminal or the logs.
+    throw std::invalid_argument(redact_url(why, url));
   }
   PQconninfoFree(opts);
 }
@@ -151,7 +176,7 @@ struct pg_shipper::impl {
   sqlite3_stmt* select = nullptr;
   sqlite3_stmt* max_id = nullptr;
   PGconn* conn = nullptr;
-  PGcancel* cancel = nullptr;  // guarded by the shipper's mu_: stop() may cancel a hung statement
+  int sock = -1;  // conn's socket, guarded by the shipper's mu_: stop() shuts it down
   std::int64_t watermark = 0;  // the largest id of this ledger in PostgreSQL
   std::string buf;
 
@@ -162,8 +187,7 @@ struct pg_shipper::impl {
     sqlite3_close(db);
   }
   void disconnect() {
-    if (cancel) PQfreeCancel(cancel);
-    cancel = nullptr;
+    sock = -1;
     if (conn) PQfinish(conn);
     conn = nullptr;
   }
@@ -246,12 +270,12 @@ void pg_shipper::stop() {
   {
     std::lock_guard lock(mu_);
     stopping_ = true;
-    // A statement still running past the budget (a server that stopped answering) is cancelled;
-    // its batch rolls back and ships at the next start.
-    if (impl_ && impl_->cancel) {
-      char buf[256];
-      (void)PQcancel(impl_->cancel, buf, sizeof buf);
-    }
+    // A statement still running past the budget (a server that stopped answering, a table lock)
+    // must not hold up shutdown: its socket is shut down under it, so libpq's wait ends with an
+    // error at once; the open transaction rolls back on the server and the batch ships at the
+    // next start. (Not PQcancel: it opens a connection of its own and can hang just the same.)
+    // A connection attempt in progress ends within its connect_timeout.
+    if (impl_ && impl_->sock >= 0) ::shutdown(impl_->sock, SHUT_RDWR);
   }
   cv_.notify_all();
   thread_.join();
@@ -272,6 +296,7 @@ pg_ship_stats pg_shipper::stats() const {
 }
 
 void pg_shipper::run() {
+
   auto& I = *impl_;
   name_this_thread("tg-pg-ship");
   // Behind the I/O threads and the ledger writer when the CPUs are busy (Linux: per thread): a
@@ -358,7 +383,7 @@ void pg_shipper::run() {
         }
       }
       if (ok)
-        ok = exec(c, "CREATE TEMP TABLE tollgate_stage (LIKE tollgate_calls) ON COMMIT DELETE ROWS",
+        ok = exec(c, kCreateStage,
                   PGRES_COMMAND_OK, err);
       std::int64_t resume = 0;
       if (ok) {
@@ -379,7 +404,7 @@ void pg_shipper::run() {
       I.watermark = resume;
       {
         std::lock_guard lock(mu_);
-        I.cancel = PQgetCancel(c);
+        I.sock = PQsocket(c);
         stats_.connected = true;
       }
       backoff = std::chrono::milliseconds(500);
@@ -441,7 +466,7 @@ void pg_shipper::run() {
       }
       std::int64_t inserted = 0;
       bool ok = exec(I.conn, "BEGIN", PGRES_COMMAND_OK, err) &&
-                exec(I.conn, "COPY tollgate_stage FROM STDIN", PGRES_COPY_IN, err);
+                exec(I.conn, kCopyStage, PGRES_COPY_IN, err);
       if (ok) {
         ok = PQputCopyData(I.conn, I.buf.data(), static_cast<int>(I.buf.size())) == 1 &&
              PQputCopyEnd(I.conn, nullptr) == 1;
@@ -456,7 +481,7 @@ void pg_shipper::run() {
         }
       }
       if (ok) {
-        PGresult* r = PQexec(I.conn, "INSERT INTO tollgate_calls SELECT * FROM tollgate_stage ON CONFLICT DO NOTHING");
+        PGresult* r = PQexec(I.conn, kInsert);
         ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
         if (ok) inserted = std::strtoll(PQcmdTuples(r), nullptr, 10);
         else err = trim_message(r ? PQresultErrorMessage(r) : PQerrorMessage(I.conn));
@@ -468,10 +493,12 @@ void pg_shipper::run() {
         break;
       }
       I.watermark = last;
+      const std::int64_t lag = n < opts_.batch_rows ? -1 : local_lag();  // a catch-up shows its backlog
       {
         std::lock_guard lock(mu_);
         stats_.shipped_rows += static_cast<std::uint64_t>(inserted);
         stats_.connected = true;
+        if (lag >= 0) stats_.lag_rows = lag;
       }
       if (n < opts_.batch_rows) {
         reached_end = true;
@@ -482,8 +509,7 @@ void pg_shipper::run() {
     if (pg_failed) {
       {
         std::lock_guard lock(mu_);
-        if (I.cancel) PQfreeCancel(I.cancel);
-        I.cancel = nullptr;
+        I.sock = -1;
       }
       if (I.conn) PQfinish(I.conn);
       I.conn = nullptr;  // reconnects and re-reads the watermark: the failed batch ships again

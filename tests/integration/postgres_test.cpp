@@ -14,6 +14,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "support.hpp"
 
@@ -268,7 +269,7 @@ TEST_CASE("a PostgreSQL url libpq cannot parse is a config error naming the key"
   c.ledger_path = d.path + "/l.db";
   c.upstream.url = "http://127.0.0.1:9/v1";
   c.prices_file = std::string(TOLLGATE_SOURCE_DIR) + "/config/prices.yaml";
-  c.ledger_postgres.url = "postgresql://host:notaport:/x?bogus_option=1";
+  c.ledger_postgres.url = "postgresql://bob:S3CRETpw@host/x?bogus_option=1";
   try {
     tollgate::app app(c);
     app.start();
@@ -276,5 +277,34 @@ TEST_CASE("a PostgreSQL url libpq cannot parse is a config error naming the key"
   } catch (const std::exception& e) {
     INFO(e.what());
     CHECK(std::string(e.what()).find("ledger.postgres.url") != std::string::npos);
+    CHECK(std::string(e.what()).find("S3CRETpw") == std::string::npos);  // never echoed
   }
+}
+
+TEST_CASE("an administrator's extra column is left to its default, and a locked table does not hold up shutdown") {
+  pg_server pg;
+  pg.start();
+  {
+    tt::harness h({.tweak = fleet(pg, "edge-x")});
+    calls(h, 2);
+    REQUIRE(tt::harness::eventually([&] { return pg.count() == 2; }));
+  }
+  // The DBA adds a column of their own; shipping goes on.
+  pg.query("ALTER TABLE tollgate_calls ADD COLUMN inserted_at timestamptz NOT NULL DEFAULT now(); SELECT 1");
+  tt::harness h({.tweak = fleet(pg, "edge-x")});
+  calls(h, 3);
+  REQUIRE(tt::harness::eventually([&] { return pg.count("inserted_at IS NOT NULL") == 5; }));
+
+  // A session holds the table: tollgate's shutdown waits a bounded time, not for the lock.
+  PGconn* locker = PQconnectdb(pg.url().c_str());
+  REQUIRE(PQstatus(locker) == CONNECTION_OK);
+  PQclear(PQexec(locker, "BEGIN; LOCK TABLE tollgate_calls IN ACCESS EXCLUSIVE MODE"));
+  calls(h, 2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the shipper is now waiting on the lock
+  const auto t0 = std::chrono::steady_clock::now();
+  h.proxy->shutdown();
+  const auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(took < std::chrono::seconds(12));
+  PQclear(PQexec(locker, "ROLLBACK"));
+  PQfinish(locker);
 }
