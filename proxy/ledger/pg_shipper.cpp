@@ -169,8 +169,6 @@ void check_postgres_url(const std::string& url) {
   PQconninfoFree(opts);
 }
 
-const char* postgres_schema_sql() { return kSchema; }
-
 struct pg_shipper::impl {
   sqlite3* db = nullptr;
   sqlite3_stmt* select = nullptr;

@@ -54,9 +54,6 @@ void check_postgres_url(const std::string& url);
 // escaped (pure; exposed for tests).
 void append_copy_text(std::string& out, std::string_view field);
 
-// The table every instance ships to (CREATE TABLE IF NOT EXISTS; also in the README).
-const char* postgres_schema_sql();
-
 class pg_shipper {
  public:
   explicit pg_shipper(pg_ship_options o);
@@ -76,8 +73,6 @@ class pg_shipper {
   bool sync(std::chrono::milliseconds timeout);
 
   pg_ship_stats stats() const;
-  const std::string& ledger_uid() const noexcept { return uid_; }
-  const pg_ship_options& options() const noexcept { return opts_; }
 
  private:
   struct impl;
