@@ -21,7 +21,8 @@ struct host_port {
 };
 
 // openai: serves every OpenAI route and also /v1/messages (a relay speaking both APIs);
-// anthropic: serves /v1/messages and /v1/messages/count_tokens only.
+// anthropic: serves /v1/messages*, and an Anthropic client's other calls (a request carrying
+// anthropic-version: models.list, files, batches).
 enum class upstream_protocol : std::uint8_t { openai, anthropic };
 // How the upstream key is sent. auto: x-api-key for anthropic upstreams; Bearer for openai ones,
 // except that a /v1/messages call keeps the client's style (x-api-key or Bearer).
@@ -135,7 +136,8 @@ config load_config_string(const std::string& text, const std::string& name = "<s
 
 // Applies TOLLGATE_LISTEN, TOLLGATE_ADMIN_LISTEN, TOLLGATE_UPSTREAM_URL (replaces the upstream list
 // by one upstream serving everything), TOLLGATE_UPSTREAM_API_KEY (the single or first upstream),
-// TOLLGATE_ADMIN_TOKEN, TOLLGATE_LEDGER_PATH, TOLLGATE_LOG_LEVEL (and TOLLGATE_WORKERS). Throws config_error("env", 0, ...)
+// TOLLGATE_ADMIN_TOKEN, TOLLGATE_LEDGER_PATH, TOLLGATE_LEDGER_POSTGRES_URL, TOLLGATE_LOG_LEVEL
+// (and TOLLGATE_WORKERS). Throws config_error("env", 0, ...)
 // on a malformed value.
 void apply_env_overrides(config& cfg);
 
