@@ -165,6 +165,45 @@ void parse_long_context(const std::string& file, const std::string& model, const
   p.long_cached_input = cached.value_or(p.long_input);
 }
 
+// A service tier: either a number (a factor on every token price of the entry: `flex: 0.5`) or a
+// map of its own prices (input and output required; cached_input defaults to the tier's input
+// times the entry's cached/input ratio, cache writes to 1.25x / 2x the tier's input). Called
+// after the entry's own prices are read.
+tier_price parse_tier(const std::string& file, const std::string& model, const std::string& key,
+                      const YAML::Node& node, const model_price& base, std::optional<double> base_cached) {
+  const std::string what = "'" + model + "': " + key;
+  tier_price t;
+  const double cached = base_cached.value_or(base.input);
+  if (node.IsScalar()) {
+    const double f = yaml_price(file, node, what);
+    if (f > 100) fail(file, node, what + " as a number is a factor on the entry's prices (0.5 = half), got a value above 100");
+    t.input = base.input * f;
+    t.cached_input = cached * f;
+    t.output = base.output * f;
+    if (base.cache_write_5m) t.cache_write_5m = *base.cache_write_5m * f;
+    if (base.cache_write_1h) t.cache_write_1h = *base.cache_write_1h * f;
+    return t;
+  }
+  if (!node.IsMap()) fail(file, node, what + " must be a factor (0.5) or a map of prices {input, cached_input, output}");
+  bool has_input = false, has_output = false;
+  std::optional<double> tier_cached;
+  for (const auto& kv : node) {
+    const auto k = kv.first.as<std::string>();
+    const auto w = what + "." + k;
+    if (k == "input") t.input = yaml_price(file, kv.second, w), has_input = true;
+    else if (k == "cached_input") tier_cached = yaml_price(file, kv.second, w);
+    else if (k == "output") t.output = yaml_price(file, kv.second, w), has_output = true;
+    else if (k == "cache_write_5m") t.cache_write_5m = yaml_price(file, kv.second, w);
+    else if (k == "cache_write_1h") t.cache_write_1h = yaml_price(file, kv.second, w);
+    else
+      fail(file, kv.first, "'" + model + "': unknown key '" + key + "." + k +
+                               "' (expected input, cached_input, output, cache_write_5m, cache_write_1h)");
+  }
+  if (!has_input || !has_output) fail(file, node, what + " needs input and output prices");
+  t.cached_input = tier_cached.value_or(base.input > 0 ? t.input * (cached / base.input) : t.input);
+  return t;
+}
+
 struct yaml_entry {
   model_price price;
   std::vector<std::string> aliases;
@@ -176,6 +215,7 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
   e.price.name = model;
   bool has_input = false, has_output = false;
   std::optional<double> cached;
+  std::vector<std::pair<std::string, YAML::Node>> tiers;
   for (const auto& kv : node) {
     const auto key = kv.first.as<std::string>();
     const auto what = "'" + model + "': " + key;
@@ -195,6 +235,8 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       e.price.web_search = yaml_price(file, kv.second, what);
     } else if (key == "long_context") {
       parse_long_context(file, model, kv.second, e.price);
+    } else if (key == "flex" || key == "priority" || key == "scale") {
+      tiers.emplace_back(key, kv.second);  // read once the entry's own prices are known
     } else if (key == "aliases") {
       if (!kv.second.IsSequence()) fail(file, kv.second, what + " must be a list of model ids");
       for (const auto& a : kv.second) {
@@ -204,11 +246,15 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
     } else {
       fail(file, kv.first, "'" + model + "': unknown key '" + key +
                                 "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
-                                "web_search, long_context, aliases)");
+                                "web_search, long_context, flex, priority, scale, aliases)");
     }
   }
   if (!has_input || !has_output) fail(file, node, "'" + model + "' needs both input and output prices");
   e.price.cached_input = cached.value_or(e.price.input);
+  for (const auto& [key, n] : tiers) {
+    tier_price t = parse_tier(file, model, key, n, e.price, cached);
+    (key == "flex" ? e.price.flex : key == "priority" ? e.price.priority : e.price.scale) = t;
+  }
   return e;
 }
 
@@ -341,6 +387,16 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
       p.long_cached_input = litellm_cost(spec, "cache_read_input_token_cost_above_200k_tokens").value_or(p.long_input);
       p.long_cache_write_5m = litellm_cost(spec, "cache_creation_input_token_cost_above_200k_tokens");
     }
+    // Service tiers: input_cost_per_token_flex, output_cost_per_token_priority, ...
+    for (const auto& [suffix, slot] : {std::pair{"_flex", &p.flex}, std::pair{"_priority", &p.priority}}) {
+      const auto in = litellm_cost(spec, ("input_cost_per_token" + std::string(suffix)).c_str());
+      const auto out = litellm_cost(spec, ("output_cost_per_token" + std::string(suffix)).c_str());
+      if (!in || !out) continue;
+      tier_price t;
+      t.input = *in, t.output = *out;
+      t.cached_input = litellm_cost(spec, ("cache_read_input_token_cost" + std::string(suffix)).c_str()).value_or(*in);
+      *slot = t;
+    }
     added.insert(key);
     from_litellm_.insert(model);
     entries_.insert_or_assign(model, std::move(p));
@@ -411,13 +467,21 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
   const double uncached = prompt - cached - write;
   const double completion = clamp0(usage.completion);  // reasoning is part of it: billed once
 
-  const bool long_tier = price.long_context_threshold > 0 && prompt > static_cast<double>(price.long_context_threshold);
-  const double in = long_tier ? price.long_input : price.input;
-  const double cached_in = long_tier ? price.long_cached_input : price.cached_input;
-  const double out = long_tier ? price.long_output : price.output;
-  // Anthropic: 5-minute writes cost 1.25x and 1-hour writes 2x the (tier's) input price.
-  const double w5 = (long_tier ? price.long_cache_write_5m : price.cache_write_5m).value_or(1.25 * in);
-  const double w1 = (long_tier ? price.long_cache_write_1h : price.cache_write_1h).value_or(2.0 * in);
+  double in, cached_in, out, w5, w1;
+  if (const tier_price* t = price.tier(usage.tier)) {  // flex / priority / scale
+    in = t->input, cached_in = t->cached_input, out = t->output;
+    w5 = t->cache_write_5m.value_or(1.25 * in);
+    w1 = t->cache_write_1h.value_or(2.0 * in);
+  } else {
+    const bool long_tier =
+        price.long_context_threshold > 0 && prompt > static_cast<double>(price.long_context_threshold);
+    in = long_tier ? price.long_input : price.input;
+    cached_in = long_tier ? price.long_cached_input : price.cached_input;
+    out = long_tier ? price.long_output : price.output;
+    // Anthropic: 5-minute writes cost 1.25x and 1-hour writes 2x the (tier's) input price.
+    w5 = (long_tier ? price.long_cache_write_5m : price.cache_write_5m).value_or(1.25 * in);
+    w1 = (long_tier ? price.long_cache_write_1h : price.cache_write_1h).value_or(2.0 * in);
+  }
 
   // Web searches are per request, the same in either tier.
   const double usd =

@@ -24,6 +24,14 @@ struct config_error : std::runtime_error {
   int line_;
 };
 
+// Prices of one processing tier (OpenAI flex / priority / scale), USD per 1M tokens. A call
+// served at that tier is billed at these instead of the entry's (long-context tier included:
+// OpenAI's priority prices exclude long context, whose calls are answered at the default tier).
+struct tier_price {
+  double input = 0, cached_input = 0, output = 0;
+  std::optional<double> cache_write_5m, cache_write_1h;  // default 1.25x / 2x this input
+};
+
 struct model_price {
   std::string name;                    // canonical entry name (the metrics `model` label)
   double input = 0;                    // USD per 1M uncached prompt tokens
@@ -38,6 +46,16 @@ struct model_price {
   double long_input = 0, long_cached_input = 0, long_output = 0;
   std::optional<double> long_cache_write_5m;  // USD per 1M in the long tier; default 1.25 x long_input
   std::optional<double> long_cache_write_1h;  // USD per 1M in the long tier; default 2 x long_input
+  std::optional<tier_price> flex, priority, scale;  // service tiers; absent: billed as standard
+  // The prices of tier `t`, nullptr when the entry has none for it (standard prices apply).
+  const tier_price* tier(service_tier t) const noexcept {
+    switch (t) {
+      case service_tier::flex: return flex ? &*flex : nullptr;
+      case service_tier::priority: return priority ? &*priority : nullptr;
+      case service_tier::scale: return scale ? &*scale : nullptr;
+      default: return nullptr;
+    }
+  }
 };
 
 struct cost_result {

@@ -265,6 +265,7 @@ void apply(anthropic_usage& a, const Node& u) {
   if (const auto v = count_field(creation, "ephemeral_1h_input_tokens")) a.cache_1h = *v;
   // Server tools billed per use: web search ($10 per 1,000 at Anthropic); web fetch is free.
   if (const auto v = count_field(member(u, "server_tool_use"), "web_search_requests")) a.web_search = *v;
+  if (const auto tier = string_member(u, "service_tier"); !tier.empty()) a.tier = parse_service_tier(tier);
 }
 
 // Anthropic `usage` of a whole message.
@@ -305,8 +306,9 @@ constexpr bool is_cjk(char32_t cp) noexcept {
 template <class Node>
 response_facts read_response(route_kind route, const Node& j) {
   if (!is_object(j)) return {};
-  return with_members<5>(j, {"model", "id", "usage", "status", "background"},
-                         [&](const Node& model, const Node& id, const Node& u, const Node& status, const Node& bg) {
+  return with_members<6>(j, {"model", "id", "usage", "status", "background", "service_tier"},
+                         [&](const Node& model, const Node& id, const Node& u, const Node& status, const Node& bg,
+                             const Node& tier) {
     response_facts f;
     f.model = as_string(model);
     f.id = as_string(id);
@@ -328,6 +330,9 @@ response_facts read_response(route_kind route, const Node& j) {
     if (t) {
       f.has_usage = true;
       f.usage = *t;
+      // OpenAI names the tier that served the call at the top level (chat, Responses);
+      // Anthropic inside `usage` (read with it).
+      if (const auto name = as_string(tier); !name.empty()) f.usage.tier = parse_service_tier(name);
     }
     return f;
   });
@@ -345,6 +350,7 @@ token_usage anthropic_usage::to_openai() const noexcept {
   t.cache_write = write;
   t.cache_write_1h = cache_1h;
   t.web_search = web_search;
+  t.tier = tier;
   return clamp_parts(t);
 }
 
@@ -469,9 +475,9 @@ void stream_meter::note_model_id(const Node& model, const Node& id) {
 // carry none; an `error` event type or a typed error document is an error).
 template <class Node>
 bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
-  return with_members<6>(j, {"type", "error", "model", "id", "usage", "choices"},
+  return with_members<7>(j, {"type", "error", "model", "id", "usage", "choices", "service_tier"},
                          [&](const Node& type_node, const Node& error, const Node& model, const Node& id,
-                             const Node& usage, const Node& choices) {
+                             const Node& usage, const Node& choices, const Node& tier) {
     std::string_view type = as_string(type_node);
     if (type.empty()) type = ev.event;
     if (type == "error" || !is_null(error)) {  // mid-stream `data: {"error": {...}}`
@@ -479,10 +485,14 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
       return true;
     }
     note_model_id(model, id);
+    // Every chunk names the tier serving the call; the usage chunk is always parsed.
+    if (const auto name = as_string(tier); !name.empty()) usage_.tier = parse_service_tier(name);
     // The last non-null usage wins: relays send it on the usage-only chunk, on the last content
     // chunk, or as a running total on every chunk.
     if (const auto t = chat_usage(usage)) {
+      const service_tier seen = usage_.tier;
       usage_ = *t;
+      usage_.tier = seen;
       has_usage_ = true;
     }
     if (!is_array(choices)) return true;
@@ -660,6 +670,8 @@ void stream_meter::on_responses(const Node& j, std::string_view type) {
     note_model_id(response);
     if (const auto t = responses_usage(member(response, "usage"))) {
       usage_ = *t;
+      if (const auto name = string_member(response, "service_tier"); !name.empty())
+        usage_.tier = parse_service_tier(name);
       has_usage_ = true;
     }
     saw_done_ = true;

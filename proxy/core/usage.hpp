@@ -53,6 +53,7 @@ struct anthropic_usage {
   std::int64_t cache_5m = 0;      // cache_creation.ephemeral_5m_input_tokens
   std::int64_t cache_1h = 0;      // cache_creation.ephemeral_1h_input_tokens
   std::int64_t web_search = 0;    // server_tool_use.web_search_requests
+  service_tier tier = service_tier::none;  // usage.service_tier (standard, priority, batch)
   token_usage to_openai() const noexcept;
 };
 

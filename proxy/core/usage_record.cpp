@@ -25,4 +25,27 @@ std::string_view to_string(usage_source s) noexcept {
   return "none";
 }
 
+std::string_view to_string(service_tier t) noexcept {
+  switch (t) {
+    case service_tier::none: return "";
+    case service_tier::standard: return "default";
+    case service_tier::flex: return "flex";
+    case service_tier::priority: return "priority";
+    case service_tier::scale: return "scale";
+    case service_tier::batch: return "batch";
+    case service_tier::other: return "other";
+  }
+  return "";
+}
+
+service_tier parse_service_tier(std::string_view name) noexcept {
+  if (name.empty()) return service_tier::none;
+  if (name == "default" || name == "auto" || name == "standard") return service_tier::standard;
+  if (name == "flex") return service_tier::flex;
+  if (name == "priority") return service_tier::priority;
+  if (name == "scale") return service_tier::scale;
+  if (name == "batch") return service_tier::batch;
+  return service_tier::other;
+}
+
 }  // namespace tollgate

@@ -22,6 +22,16 @@ std::string_view to_string(route_kind r) noexcept;
 enum class usage_source : std::uint8_t { none, upstream, estimated };
 std::string_view to_string(usage_source s) noexcept;
 
+// The processing tier a response says served it (OpenAI `service_tier`: default, flex, priority,
+// scale; Anthropic `usage.service_tier`: standard, priority, batch). Flex and priority are billed
+// at other prices than the standard tier (prices.yaml `flex` / `priority` / `scale`).
+// none: the response named no tier (billed as standard); other: a name tollgate does not know
+// (billed as standard). The ledger's `service_tier` column holds to_string() (NULL for none).
+enum class service_tier : std::uint8_t { none, standard, flex, priority, scale, batch, other };
+std::string_view to_string(service_tier t) noexcept;
+// "default", "auto" and "standard" are the standard tier; "" is none; unknown names are other.
+service_tier parse_service_tier(std::string_view name) noexcept;
+
 // Token counts in the OpenAI convention: `prompt` INCLUDES cached (cache read) and cache-write
 // tokens; `completion` INCLUDES reasoning tokens. Anthropic usage is converted into this
 // convention when extracted (prompt = input + cache_read + cache_write, cached = cache_read).
@@ -34,6 +44,7 @@ struct token_usage {
   std::int64_t reasoning = 0;       // part of completion
   std::int64_t web_search = 0;      // server-side web searches billed per request (Anthropic
                                     // usage.server_tool_use.web_search_requests); not tokens
+  service_tier tier = service_tier::none;  // tier the response reports (prices flex/priority)
   std::int64_t total() const noexcept { return prompt + completion; }
 };
 

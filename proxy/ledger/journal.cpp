@@ -125,6 +125,9 @@ void encode_record(std::string& out, std::uint64_t seq, const usage_record& r) {
   put_str(out, r.error_kind);
   put_str(out, r.upstream_request_id);
   put_u32(out, static_cast<std::uint32_t>(r.attempts));
+  // Added after the first journal format: a record without them (an older tollgate's) ends here.
+  put_i64(out, r.tokens.web_search);
+  put_u8(out, static_cast<unsigned>(r.tokens.tier));
 
   const auto* body = reinterpret_cast<const unsigned char*>(out.data() + head + kRecordHead);
   const std::size_t len = out.size() - head - kRecordHead;
@@ -167,7 +170,13 @@ bool decode_body(const unsigned char* p, std::size_t len, journal_entry& e) {
   r.error_kind = in.str();
   r.upstream_request_id = in.str();
   r.attempts = static_cast<int>(in.u32());
-  if (!in.ok || in.p != in.end) return false;
+  unsigned tier = 0;
+  if (in.ok && in.p != in.end) {  // fields of later formats (see encode_record)
+    r.tokens.web_search = in.i64();
+    tier = in.u8();
+  }
+  if (!in.ok || in.p != in.end || tier > static_cast<unsigned>(service_tier::other)) return false;
+  r.tokens.tier = static_cast<service_tier>(tier);
   if (route > static_cast<unsigned>(route_kind::other) ||
       source > static_cast<unsigned>(usage_source::estimated))
     return false;

@@ -119,6 +119,14 @@ DROP INDEX IF EXISTS calls_price_model_start_ms;
 DROP INDEX IF EXISTS calls_client_key_id_start_ms;
 )sql";
 
+// Schema version 4: the processing tier a call was served at (flex and priority calls are billed
+// at other prices), and the web searches billed per request, so a what-if re-prices them too.
+// ADD COLUMN rewrites nothing: old rows read service_tier NULL and web_search_requests 0.
+constexpr const char* kSchemaV4 = R"sql(
+ALTER TABLE calls ADD COLUMN service_tier TEXT;
+ALTER TABLE calls ADD COLUMN web_search_requests INTEGER NOT NULL DEFAULT 0;
+)sql";
+
 // Migration N takes a database at version N-1 to version N. Append only; never edit a step
 // that has shipped. The applied versions are rows of `schema_version` (one per step, so the
 // table is also the history); the database's version is MAX(version), 0 when empty.
@@ -130,13 +138,14 @@ const std::vector<migration> kMigrations = {
     {1, kSchemaV1},
     {2, kSchemaV2},
     {3, kSchemaV3},
+    {4, kSchemaV4},
 };
 
 // The insert, for 8, 4, 2 and 1 rows at once (inserts[k] takes 8 >> k): a batch is written 8
 // rows per statement, and its remainder in at most three more. SQLite's per-statement work
 // (opening the cursors, the statement journal, VdbeHalt: ~6k of the ~27k instructions a one-row
 // insert cost with schema 2's three indexes) is then paid once per 8 rows.
-constexpr int kInsertColumns = 29;
+constexpr int kInsertColumns = 31;
 constexpr std::size_t kInsertSizes = 4;
 constexpr std::size_t kMaxInsertRows = std::size_t{1} << (kInsertSizes - 1);
 std::string insert_sql(std::size_t rows) {
@@ -145,7 +154,7 @@ std::string insert_sql(std::size_t rows) {
       " price_model, upstream, client_key_id, team, user, status, stream, aborted, prompt_tokens,"
       " completion_tokens, cached_tokens, cache_write_tokens, cache_write_1h_tokens,"
       " reasoning_tokens, total_tokens, usage_source, priced, cost_usd, latency_ms, first_byte_ms,"
-      " error_kind, upstream_request_id, attempts) VALUES ";
+      " error_kind, upstream_request_id, attempts, service_tier, web_search_requests) VALUES ";
   for (std::size_t r = 0; r < rows; ++r) {
     sql += r == 0 ? "(" : ",(";
     for (int c = 0; c < kInsertColumns; ++c) sql += c == 0 ? "?" : ",?";
@@ -217,7 +226,7 @@ bool needs_reopen(int code) {
 int bind_text(sqlite3_stmt* st, int i, std::string_view s) {
   return sqlite3_bind_text64(st, i, s.data(), s.size(), SQLITE_STATIC, SQLITE_UTF8);
 }
-int bind_nullable_text(sqlite3_stmt* st, int i, const std::string& s) {
+int bind_nullable_text(sqlite3_stmt* st, int i, std::string_view s) {
   return s.empty() ? sqlite3_bind_null(st, i) : bind_text(st, i, s);
 }
 // SQLite stores a NaN as NULL, which a NOT NULL column rejects; one such row would fail its
@@ -270,7 +279,7 @@ struct replay_mark {
 int ledger_schema_version() { return kMigrations.back().version; }
 
 const char* ledger_schema_sql() {
-  static const std::string sql = std::string(kSchemaV1) + kSchemaV3;  // calls, as it is now
+  static const std::string sql = std::string(kSchemaV1) + kSchemaV3 + kSchemaV4;  // calls, as it is now
   return sql.c_str();
 }
 
@@ -471,7 +480,7 @@ struct ledger::impl {
     return std::nullopt;
   }
 
-  // Binds one record to the 29 parameters after index `i`.
+  // Binds one record to the 31 parameters after index `i`.
   static void bind_row(sqlite3_stmt* st, int i, const usage_record& r) {
     bind_text(st, ++i, r.request_id);
     sqlite3_bind_int64(st, ++i, r.start_ms);
@@ -505,6 +514,8 @@ struct ledger::impl {
     bind_nullable_text(st, ++i, r.error_kind);
     bind_nullable_text(st, ++i, r.upstream_request_id);
     sqlite3_bind_int(st, ++i, r.attempts);
+    bind_nullable_text(st, ++i, to_string(r.tokens.tier));
+    sqlite3_bind_int64(st, ++i, std::max<std::int64_t>(r.tokens.web_search, 0));
   }
 
   // Steps a bound statement and resets it either way.

@@ -30,8 +30,20 @@ constexpr const char* kSelect =
     " upstream, client_key_id, team, user, status, stream, aborted, prompt_tokens,"
     " completion_tokens, cached_tokens, cache_write_tokens, cache_write_1h_tokens,"
     " reasoning_tokens, total_tokens, usage_source, priced, cost_usd, latency_ms, first_byte_ms,"
-    " error_kind, upstream_request_id, attempts FROM calls WHERE id > ?1 ORDER BY id LIMIT ?2";
-constexpr int kColumns = 30;
+    " error_kind, upstream_request_id, attempts, service_tier, web_search_requests"
+    " FROM calls WHERE id > ?1 ORDER BY id LIMIT ?2";
+constexpr int kColumns = 32;
+// Columns added by ledger schema 4, last in kSelect: a fleet table created by an older tollgate
+// gets them with ALTER TABLE; a role that may not alter it ships the rows without them.
+constexpr int kLaterColumns = 2;
+constexpr const char* kLaterNames = ", service_tier, web_search_requests";
+constexpr const char* kAddLater =
+    "BEGIN; SELECT pg_advisory_xact_lock(7411962201); ALTER TABLE tollgate_calls"
+    " ADD COLUMN IF NOT EXISTS service_tier TEXT,"
+    " ADD COLUMN IF NOT EXISTS web_search_requests BIGINT NOT NULL DEFAULT 0; COMMIT;";
+constexpr const char* kHasLater =
+    "SELECT count(*) FROM pg_attribute WHERE attrelid = 'tollgate_calls'::regclass"
+    " AND attname IN ('service_tier', 'web_search_requests') AND NOT attisdropped";
 
 // The PostgreSQL columns tollgate writes, named: a table an administrator extended with columns
 // of their own (inserted_at DEFAULT now(), say) keeps working.
@@ -41,11 +53,17 @@ constexpr int kColumns = 30;
   "completion_tokens, cached_tokens, cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, " \
   "total_tokens, usage_source, priced, cost_usd, latency_ms, first_byte_ms, error_kind, "          \
   "upstream_request_id, attempts"
-constexpr const char* kCreateStage = "CREATE TEMP TABLE tollgate_stage ON COMMIT DELETE ROWS AS SELECT " TOLLGATE_PG_COLUMNS
-                                     " FROM tollgate_calls WITH NO DATA";
-constexpr const char* kCopyStage = "COPY tollgate_stage (" TOLLGATE_PG_COLUMNS ") FROM STDIN";
-constexpr const char* kInsert = "INSERT INTO tollgate_calls (" TOLLGATE_PG_COLUMNS ") SELECT " TOLLGATE_PG_COLUMNS
-                                " FROM tollgate_stage ON CONFLICT DO NOTHING";
+// The statements of one connection; `later`: the table has the schema-4 columns.
+struct pg_statements {
+  std::string create_stage, copy_stage, insert;
+  explicit pg_statements(bool later) {
+    const std::string cols = std::string(TOLLGATE_PG_COLUMNS) + (later ? kLaterNames : "");
+    create_stage = "CREATE TEMP TABLE tollgate_stage ON COMMIT DELETE ROWS AS SELECT " + cols +
+                   " FROM tollgate_calls WITH NO DATA";
+    copy_stage = "COPY tollgate_stage (" + cols + ") FROM STDIN";
+    insert = "INSERT INTO tollgate_calls (" + cols + ") SELECT " + cols + " FROM tollgate_stage ON CONFLICT DO NOTHING";
+  }
+};
 #undef TOLLGATE_PG_COLUMNS
 
 constexpr const char* kSchema = R"sql(CREATE TABLE IF NOT EXISTS tollgate_calls (
@@ -81,6 +99,8 @@ constexpr const char* kSchema = R"sql(CREATE TABLE IF NOT EXISTS tollgate_calls 
   error_kind TEXT,
   upstream_request_id TEXT,
   attempts INTEGER NOT NULL,
+  service_tier TEXT,
+  web_search_requests BIGINT NOT NULL DEFAULT 0,
   PRIMARY KEY (ledger_uid, id)
 );
 CREATE INDEX IF NOT EXISTS tollgate_calls_start_ms ON tollgate_calls (start_ms);
@@ -177,6 +197,8 @@ struct pg_shipper::impl {
   int sock = -1;  // conn's socket, guarded by the shipper's mu_: stop() shuts it down
   std::int64_t watermark = 0;  // the largest id of this ledger in PostgreSQL
   std::string buf;
+  pg_statements stmts{true};
+  int columns = kColumns;
 
   ~impl() {
     disconnect();
@@ -380,9 +402,29 @@ void pg_shipper::run() {
           ok = exec(c, ddl.c_str(), PGRES_COMMAND_OK, err);
         }
       }
-      if (ok)
-        ok = exec(c, kCreateStage,
-                  PGRES_COMMAND_OK, err);
+      // A table made by an older tollgate lacks the schema-4 columns: add them if this role may.
+      bool later = false;
+      if (ok) {
+        PGresult* r = PQexec(c, kHasLater);
+        ok = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+        if (ok) later = std::string_view(PQgetvalue(r, 0, 0)) == std::to_string(kLaterColumns);
+        else err = trim_message(r ? PQresultErrorMessage(r) : PQerrorMessage(c));
+        PQclear(r);
+        if (ok && !later) {
+          std::string why;
+          later = exec(c, kAddLater, PGRES_COMMAND_OK, why);
+          if (!later) {
+            PGresult* rb = PQexec(c, "ROLLBACK");
+            PQclear(rb);
+            log_line(log_level::warn, "postgres fleet ledger: tollgate_calls lacks service_tier and "
+                                      "web_search_requests and they could not be added; rows are shipped without them")
+                .str("error", why);
+          }
+        }
+      }
+      I.stmts = pg_statements(later);
+      I.columns = later ? kColumns : kColumns - kLaterColumns;
+      if (ok) ok = exec(c, I.stmts.create_stage.c_str(), PGRES_COMMAND_OK, err);
       std::int64_t resume = 0;
       if (ok) {
         const char* params[] = {uid_.c_str()};
@@ -430,7 +472,7 @@ void pg_shipper::run() {
         append_copy_text(I.buf, opts_.instance);
         I.buf += '\t';
         I.buf += uid_;
-        for (int col = 0; col < kColumns; ++col) {
+        for (int col = 0; col < I.columns; ++col) {
           I.buf += '\t';
           char num[32];
           switch (sqlite3_column_type(I.select, col)) {
@@ -464,7 +506,7 @@ void pg_shipper::run() {
       }
       std::int64_t inserted = 0;
       bool ok = exec(I.conn, "BEGIN", PGRES_COMMAND_OK, err) &&
-                exec(I.conn, kCopyStage, PGRES_COPY_IN, err);
+                exec(I.conn, I.stmts.copy_stage.c_str(), PGRES_COPY_IN, err);
       if (ok) {
         ok = PQputCopyData(I.conn, I.buf.data(), static_cast<int>(I.buf.size())) == 1 &&
              PQputCopyEnd(I.conn, nullptr) == 1;
@@ -479,7 +521,7 @@ void pg_shipper::run() {
         }
       }
       if (ok) {
-        PGresult* r = PQexec(I.conn, kInsert);
+        PGresult* r = PQexec(I.conn, I.stmts.insert.c_str());
         ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
         if (ok) inserted = std::strtoll(PQcmdTuples(r), nullptr, 10);
         else err = trim_message(r ? PQresultErrorMessage(r) : PQerrorMessage(I.conn));

@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <charconv>
 #include <cmath>
@@ -373,6 +374,18 @@ tier_prices prices_of(const model_price& p, bool long_tier) {
           long_tier ? p.long_output : p.output};
 }
 
+// The price classes of a what-if: standard, long context, and the service tiers (a call served
+// at flex, priority or scale is re-priced at the target's prices of that tier when it has them).
+enum price_class : std::size_t { pc_standard, pc_long, pc_flex, pc_priority, pc_scale, pc_count };
+tier_prices prices_of(const model_price& p, std::size_t c) {
+  const tier_price* t = c == pc_flex ? p.tier(service_tier::flex)
+                        : c == pc_priority ? p.tier(service_tier::priority)
+                        : c == pc_scale ? p.tier(service_tier::scale) : nullptr;
+  if (t == nullptr) return prices_of(p, c == pc_long);
+  return {t->input, t->cached_input, t->cache_write_5m.value_or(1.25 * t->input),
+          t->cache_write_1h.value_or(2.0 * t->input), t->output};
+}
+
 // Billable token sums of one tier, clamped per call as compute_cost() clamps them.
 struct tier_tokens {
   std::int64_t uncached = 0, cached = 0, write_5m = 0, write_1h = 0, completion = 0;
@@ -702,13 +715,16 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
     threshold += " ELSE ?3 END";
   }
   statement st(db,
-               "SELECT m, t > 0 AND p > t, SUM(p - c - w), SUM(c), SUM(w - w1), SUM(w1), SUM(o), SUM(w1_raw) "
+               "SELECT m, t > 0 AND p > t, s, SUM(p - c - w), SUM(c), SUM(w - w1), SUM(w1), SUM(o), SUM(w1_raw), "
+               "SUM(MAX(web_search_requests, 0)) "
                "FROM (SELECT *, " + threshold + " AS t FROM (SELECT COALESCE(price_model, served_model, requested_model) AS m, "
                "MAX(cached_tokens, 0) AS c, MAX(cache_write_tokens, 0) AS w, "
                "MIN(MAX(cache_write_1h_tokens, 0), MAX(cache_write_tokens, 0)) AS w1, "
                "MAX(prompt_tokens, 0, MAX(cached_tokens, 0) + MAX(cache_write_tokens, 0)) AS p, "
-               "MAX(completion_tokens, 0) AS o, cache_write_1h_tokens AS w1_raw "
-               "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2)) GROUP BY 1, 2");
+               "MAX(completion_tokens, 0) AS o, cache_write_1h_tokens AS w1_raw, "
+               "CASE WHEN service_tier IN ('flex', 'priority', 'scale') THEN service_tier END AS s, "
+               "web_search_requests "
+               "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2)) GROUP BY 1, 2, 3");
   st.bind(1, q.range.from_ms);
   st.bind(2, q.range.to_ms);
   st.bind(3, std::int64_t{0});
@@ -721,38 +737,64 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
       st.bind(3, t);  // NULL never equals a WHEN value: the ELSE branch is this row's
     st.bind(static_cast<int>(5 + 2 * i), t);
   }
-  std::map<std::optional<std::string>, std::pair<tier_tokens, tier_tokens>> by_model;  // short, long
-  std::map<std::optional<std::string>, std::int64_t> write_1h_by_model;
+  // Per model: token sums per price class (the class a call falls in depends on its target:
+  // a flex call is re-priced at the target's flex prices if it has them, else as any call), and
+  // the web searches, billed per request at the target's `web_search` price.
+  struct tier_row {
+    bool long_tier;
+    std::size_t tier;  // pc_standard (no service tier priced apart), pc_flex, pc_priority, pc_scale
+    tier_tokens t;
+  };
+  std::map<std::optional<std::string>, std::vector<tier_row>> rows_by_model;
+  std::map<std::optional<std::string>, std::int64_t> write_1h_by_model, searches_by_model;
   while (st.step()) {
     const auto model = st.text(0);
-    const bool long_tier = st.i64(1) != 0;
-    const tier_tokens t{st.i64(2), st.i64(3), st.i64(4), st.i64(5), st.i64(6)};
-    auto& slot = by_model[model];
-    (long_tier ? slot.second : slot.first).add(t);
-    write_1h_by_model[model] += st.i64(7);
-    out.cache_write_1h_tokens += st.i64(7);
+    const auto tier = st.text(2);
+    const std::size_t c = !tier ? pc_standard : *tier == "flex" ? pc_flex : *tier == "priority" ? pc_priority : pc_scale;
+    rows_by_model[model].push_back({st.i64(1) != 0, c, {st.i64(3), st.i64(4), st.i64(5), st.i64(6), st.i64(7)}});
+    write_1h_by_model[model] += st.i64(8);
+    out.cache_write_1h_tokens += st.i64(8);
+    searches_by_model[model] += st.i64(9);
   }
+  // The class of each group for the target `p`: its service tier's if `p` prices that tier.
+  const auto classify = [](const model_price& p, const tier_row& r) {
+    if (r.tier != pc_standard &&
+        p.tier(r.tier == pc_flex ? service_tier::flex : r.tier == pc_priority ? service_tier::priority : service_tier::scale))
+      return r.tier;
+    return r.long_tier ? std::size_t{pc_long} : std::size_t{pc_standard};
+  };
+  const auto sums_for = [&](const model_price& p, const std::vector<tier_row>& rows) {
+    std::array<tier_tokens, pc_count> by{};
+    for (const auto& r : rows) by[classify(p, r)].add(r.t);
+    return by;
+  };
+  const auto cost_of = [](const model_price& p, const std::array<tier_tokens, pc_count>& by, std::int64_t searches) {
+    double usd = 0;
+    for (std::size_t c = 0; c < pc_count; ++c) usd += by[c].cost(prices_of(p, c));
+    return usd + static_cast<double>(searches) * p.web_search / 1000.0;
+  };
   // The total sums tokens per target before pricing them, so a question with one target costs
   // each price once (as one call's what-if is compute_cost's figure exactly).
-  std::map<const model_price*, std::pair<tier_tokens, tier_tokens>> by_target;
+  std::map<const model_price*, std::pair<std::array<tier_tokens, pc_count>, std::int64_t>> by_target;
   out.whatif_cost_usd = 0;
   for (std::size_t i = 0; i < out.rows.size(); ++i) {
     auto& row = out.rows[i];
     row.cache_write_1h_tokens = write_1h_by_model[row.model];
-    const auto it = by_model.find(row.model);
+    const auto it = rows_by_model.find(row.model);
     if (target[i] == nullptr) {  // not re-priced: what it cost
       row.whatif_cost_usd = row.actual.cost_usd;
       out.whatif_cost_usd += row.actual.cost_usd;
       continue;
     }
-    if (it == by_model.end()) continue;
-    const tier_prices s = prices_of(*target[i], false), l = prices_of(*target[i], true);
-    row.whatif_cost_usd = it->second.first.cost(s) + it->second.second.cost(l);
-    by_target[target[i]].first.add(it->second.first);
-    by_target[target[i]].second.add(it->second.second);
+    if (it == rows_by_model.end()) continue;
+    const auto by = sums_for(*target[i], it->second);
+    const std::int64_t searches = searches_by_model[row.model];
+    row.whatif_cost_usd = cost_of(*target[i], by, searches);
+    auto& acc = by_target[target[i]];
+    for (std::size_t c = 0; c < pc_count; ++c) acc.first[c].add(by[c]);
+    acc.second += searches;
   }
-  for (const auto& [t, tokens] : by_target)
-    out.whatif_cost_usd += tokens.first.cost(prices_of(*t, false)) + tokens.second.cost(prices_of(*t, true));
+  for (const auto& [t, acc] : by_target) out.whatif_cost_usd += cost_of(*t, acc.first, acc.second);
   return out;
 }
 

@@ -1835,6 +1835,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     if (!meter->has_usage() && (c.error != errc::ok || meter->knows_end())) {
       rec.tokens.prompt = prompt_estimate(c, req);
       rec.tokens.completion = meter->estimated_completion_tokens();
+      rec.tokens.tier = meter->usage().tier;  // chunks name their tier before any usage
       rec.source = usage_source::estimated;
     }
     // A background response streamed at its creation and cut before response.completed runs on

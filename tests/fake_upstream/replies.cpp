@@ -333,6 +333,13 @@ void splice_padding(std::string& dumped, std::size_t bytes) {
   dumped = std::move(out);
 }
 
+// The tier OpenAI says served a call: the one asked for when it is flex or priority (as when the
+// project has them), else default.
+std::string served_tier(const json& body) {
+  const std::string asked = string_field(body, "service_tier", "");
+  return asked == "flex" || asked == "priority" ? asked : "default";
+}
+
 reply chat_reply(const json& body, const recorded_request& req, const knobs& k, std::uint64_t n) {
   const std::string model = string_field(body, "model", "fake-model");
   const std::string id = "chatcmpl-fake" + std::to_string(n);
@@ -366,7 +373,7 @@ reply chat_reply(const json& body, const recorded_request& req, const knobs& k, 
     j["choices"] = ojson::array(
         {{{"index", 0}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", finish}}});
     if (k.echo_headers) j["received_headers"] = headers_object(req);
-    j["service_tier"] = "default";
+    j["service_tier"] = served_tier(body);
     j["system_fingerprint"] = "fp_fake";
     if (k.usage != usage_mode::none) j["usage"] = openai_usage(t);
     reply r = json_reply(200, j);
@@ -378,6 +385,7 @@ reply chat_reply(const json& body, const recorded_request& req, const knobs& k, 
                       {"object", "chat.completion.chunk"},
                       {"created", created},
                       {"model", model},
+                      {"service_tier", served_tier(body)},
                       {"system_fingerprint", "fp_fake"}};
   auto choice = [](ojson delta, ojson finish_reason) {
     return ojson{{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr},
@@ -508,6 +516,7 @@ reply responses_reply(const json& body, const knobs& k, std::uint64_t n) {
                {"model", model},
                {"output", std::move(output)},
                {"parallel_tool_calls", true},
+               {"service_tier", served_tier(body)},
                {"tool_choice", "auto"},
                {"tools", ojson::array()},
                {"text", {{"format", {{"type", "text"}}}}}};

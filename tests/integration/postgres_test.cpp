@@ -308,3 +308,40 @@ TEST_CASE("an administrator's extra column is left to its default, and a locked 
   PQclear(PQexec(locker, "ROLLBACK"));
   PQfinish(locker);
 }
+
+TEST_CASE("the service tier and web searches ship, and an older fleet table gains their columns or ships without them") {
+  pg_server pg;
+  pg.start();
+  {
+    tt::harness h({.tweak = fleet(pg, "edge-t")});
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-5", false, R"(,"service_tier":"flex")"))
+                .status == 200);
+    h.flush();
+    REQUIRE(tt::harness::eventually([&] { return pg.count() == 1; }));
+    CHECK(pg.query("SELECT service_tier, web_search_requests FROM tollgate_calls").at(0) == "flex\t0");
+  }
+  // The table as an older tollgate made it.
+  pg.query("ALTER TABLE tollgate_calls DROP COLUMN service_tier, DROP COLUMN web_search_requests; SELECT 1");
+  {
+    tt::harness h({.tweak = fleet(pg, "edge-t")});
+    calls(h, 1, "gpt-5");
+    REQUIRE(tt::harness::eventually([&] { return pg.count() == 2; }));
+    CHECK(pg.query("SELECT count(*) FROM tollgate_calls WHERE service_tier = 'default'").at(0) == "1");
+  }
+  // Again, now for a role that may write the table but not alter it: rows ship without them.
+  pg.query("ALTER TABLE tollgate_calls DROP COLUMN service_tier, DROP COLUMN web_search_requests; "
+           "CREATE ROLE writer LOGIN; GRANT SELECT, INSERT ON tollgate_calls TO writer; "
+           "GRANT CREATE, USAGE ON SCHEMA public TO writer; SELECT 1");
+  std::string url = pg.url();
+  url.replace(url.find("tollgate@"), 9, "writer@");
+  tt::harness h({.tweak = [url](tollgate::config& c) {
+    c.ledger_postgres.url = url;
+    c.ledger_postgres.instance = "edge-w";
+    c.ledger_postgres.interval = std::chrono::milliseconds(20);
+  }});
+  calls(h, 2, "gpt-5");
+  REQUIRE(tt::harness::eventually([&] { return pg.count("instance = 'edge-w'") == 2; }));
+  CHECK(pg.query("SELECT count(*) FROM pg_attribute WHERE attrelid = 'tollgate_calls'::regclass "
+                 "AND attname = 'service_tier' AND NOT attisdropped").at(0) == "0");
+  CHECK(h.metric_sum("tollgate_ledger_postgres_up") == 1);
+}

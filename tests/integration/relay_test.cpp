@@ -112,6 +112,37 @@ TEST_CASE("relay: cached and reasoning tokens are priced once each", "[relay]") 
   CHECK(std::stod(row["cost_usd"]) == Approx(((p - 8) * 2.0 + 8 * 0.5 + c * 8.0) / 1e6).epsilon(1e-12));
 }
 
+TEST_CASE("relay: flex and priority calls are billed at their tier's prices and ledgered with it", "[relay]") {
+  harness h;
+  auto flex = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-5", false, R"(,"service_tier":"flex")"));
+  REQUIRE(flex.status == 200);
+  CHECK(json::parse(flex.body)["service_tier"] == "flex");
+  auto plain = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-5"));
+  REQUIRE(plain.status == 200);
+  tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-5", true, R"(,"service_tier":"flex")"));
+  REQUIRE(s.status() == 200);
+  s.read_all();
+  CHECK(s.ended_cleanly());
+  auto prio = tt::post_json(h.port(), "/v1/responses", R"({"model":"o3","input":"hi","service_tier":"priority"})");
+  REQUIRE(prio.status == 200);
+  h.flush();
+  auto rows = h.rows("SELECT * FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 4);
+  const auto cost = [](std::map<std::string, std::string>& r, double in, double out) {
+    return (std::stod(r["prompt_tokens"]) * in + std::stod(r["completion_tokens"]) * out) / 1e6;
+  };
+  CHECK(rows[0]["service_tier"] == "flex");
+  CHECK(std::stod(rows[0]["cost_usd"]) == Approx(cost(rows[0], 0.625, 5.00)).epsilon(1e-12));
+  CHECK(rows[1]["service_tier"] == "default");
+  CHECK(std::stod(rows[1]["cost_usd"]) == Approx(cost(rows[1], 1.25, 10.00)).epsilon(1e-12));
+  CHECK(rows[2]["stream"] == "1");
+  CHECK(rows[2]["service_tier"] == "flex");
+  CHECK(std::stod(rows[2]["cost_usd"]) == Approx(cost(rows[2], 0.625, 5.00)).epsilon(1e-12));
+  CHECK(rows[3]["route"] == "responses");
+  CHECK(rows[3]["service_tier"] == "priority");
+  CHECK(std::stod(rows[3]["cost_usd"]) == Approx(cost(rows[3], 3.50, 14.00)).epsilon(1e-12));
+}
+
 TEST_CASE("relay: a stream without include_usage is metered but the client sees no usage chunk", "[relay][stream]") {
   harness h;
   tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4o-mini", true));

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include <zlib.h>
+
 #include "core/usage_record.hpp"
 #include "ledger/journal.hpp"
 #include "ledger/ledger.hpp"
@@ -197,6 +199,8 @@ TEST_CASE("ledger_journal: appended rows read back in order with every field, ac
   full.stream = true;
   full.aborted = true;
   full.tokens = {1200, 340, 800, 300, 100, 40};
+  full.tokens.web_search = 7;
+  full.tokens.tier = service_tier::priority;
   full.source = usage_source::estimated;
   full.priced = true;
   full.cost_usd = 0.1 + 0.2;  // not a short decimal: must come back bit for bit
@@ -247,6 +251,8 @@ TEST_CASE("ledger_journal: appended rows read back in order with every field, ac
   CHECK(back.tokens.cache_write == 300);
   CHECK(back.tokens.cache_write_1h == 100);
   CHECK(back.tokens.reasoning == 40);
+  CHECK(back.tokens.web_search == 7);
+  CHECK(back.tokens.tier == service_tier::priority);
   CHECK(back.source == full.source);
   CHECK(back.priced);
   CHECK(back.cost_usd == full.cost_usd);
@@ -277,6 +283,54 @@ TEST_CASE("ledger_journal: appended rows read back in order with every field, ac
     REQUIRE(out.size() == 2);
     CHECK(out[0].row.request_id == "req-4");
   }
+}
+
+TEST_CASE("ledger_journal: a record of the first format (without web searches and tier) still reads",
+          "[ledger][journal]") {
+  temp_dir dir;
+  const auto path = dir.file("j");
+  auto rows = make_rows(0, 1);
+  rows[0].tokens.web_search = 2;
+  rows[0].tokens.tier = service_tier::flex;
+  {
+    ledger_journal j(path, 1 << 20, false);
+    REQUIRE(j.open().error.empty());
+    std::string err;
+    REQUIRE(j.append(pointers(rows), err) == 1);
+    j.close();
+  }
+  // Rewrite the one record as the first format wrote it: its body without the last 9 bytes
+  // (web searches i64, tier u8), with its length and CRC-32 made again.
+  std::string file;
+  {
+    std::ifstream in(path, std::ios::binary);
+    file.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  constexpr std::size_t header = 8 + 16, head = 12;
+  REQUIRE(file.size() > header + head + 9);
+  std::string body = file.substr(header + head, file.size() - header - head - 9);
+  const auto put32 = [](std::string& b, std::size_t at, std::uint32_t v) {
+    for (int i = 0; i < 4; ++i) b[at + i] = static_cast<char>(v >> (8 * i));
+  };
+  std::string old = file.substr(0, header + head) + body;
+  put32(old, header + 4, static_cast<std::uint32_t>(body.size()));
+  put32(old, header + 8, static_cast<std::uint32_t>(
+      crc32(0L, reinterpret_cast<const unsigned char*>(body.data()), static_cast<unsigned>(body.size()))));
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << old;
+  }
+  ledger_journal j(path, 1 << 20, false);
+  const auto opened = j.open();
+  CHECK(opened.records == 1);
+  CHECK(opened.cut_bytes == 0);
+  std::vector<journal_entry> out;
+  REQUIRE_FALSE(j.read(10, out));
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].row.request_id == rows[0].request_id);
+  CHECK(out[0].row.attempts == rows[0].attempts);
+  CHECK(out[0].row.tokens.web_search == 0);
+  CHECK(out[0].row.tokens.tier == service_tier::none);
 }
 
 TEST_CASE("ledger_journal: a torn last record is cut off, the records before it kept",

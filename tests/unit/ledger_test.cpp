@@ -348,16 +348,18 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
     db_conn db(opts.path);
     CHECK(db.rows("PRAGMA journal_mode")[0][0] == "wal");
     CHECK(db.integer("SELECT MAX(version) FROM schema_version") == ledger_schema_version());
-    CHECK(ledger_schema_version() == 3);  // 1: calls; 2: client_keys; 3: start_ms the only index
+    // 1: calls; 2: client_keys; 3: start_ms the only index; 4: service_tier, web_search_requests
+    CHECK(ledger_schema_version() == 4);
     CHECK(db.integer("SELECT COUNT(*) FROM sqlite_master WHERE name = 'client_keys'") == 1);
     CHECK(db.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'calls_%'") ==
           std::vector<std::vector<std::optional<std::string>>>{{"calls_start_ms"}});
   }
 
-  SECTION("a version-2 database loses its two composite indexes and keeps its rows") {
+  SECTION("a version-2 database loses its two composite indexes, gains the schema-4 columns and keeps its rows") {
     {
       db_conn db(opts.path);
       db.exec(ledger_schema_sql());
+      db.exec("ALTER TABLE calls DROP COLUMN service_tier; ALTER TABLE calls DROP COLUMN web_search_requests;");
       db.exec("CREATE INDEX calls_price_model_start_ms ON calls(price_model, start_ms);"
               "CREATE INDEX calls_client_key_id_start_ms ON calls(client_key_id, start_ms);"
               "CREATE TABLE schema_version(version INTEGER NOT NULL);"
@@ -376,10 +378,13 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
     l.submit(make_row(1));
     l.stop();
     db_conn db(opts.path);
-    CHECK(db.integer("SELECT MAX(version) FROM schema_version") == 3);
+    CHECK(db.integer("SELECT MAX(version) FROM schema_version") == 4);
     CHECK(db.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'calls_%'") ==
           std::vector<std::vector<std::optional<std::string>>>{{"calls_start_ms"}});
     CHECK(db.integer("SELECT COUNT(*) FROM calls") == 2);
+    // The old row reads no tier and no searches; the new one was written with both columns.
+    CHECK(db.rows("SELECT service_tier, web_search_requests FROM calls WHERE request_id = 'old'") ==
+          std::vector<std::vector<std::optional<std::string>>>{{std::nullopt, "0"}});
   }
 
   SECTION("reopening an existing database keeps its rows and applies no migration twice") {
@@ -399,11 +404,11 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
     {
       db_conn db(opts.path);
       db.exec("CREATE TABLE schema_version(version INTEGER NOT NULL);"
-              "INSERT INTO schema_version VALUES (1), (2), (3), (4)");
+              "INSERT INTO schema_version VALUES (1), (2), (3), (4), (5)");
     }
     ledger l(opts);
     CHECK_THROWS_WITH(l.start(), Catch::StartsWith("ledger: cannot open " + opts.path) &&
-                                     Catch::Contains("schema version 4 is newer"));
+                                     Catch::Contains("schema version 5 is newer"));
   }
 
   SECTION("a path that cannot be a database is refused with the path in the message") {
@@ -416,8 +421,29 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
   SECTION("ledger_schema_sql creates the table the writer inserts into") {
     db_conn db(dir.file("tool.db"));
     db.exec(ledger_schema_sql());
-    CHECK(db.integer("SELECT COUNT(*) FROM pragma_table_info('calls')") == 30);
+    CHECK(db.integer("SELECT COUNT(*) FROM pragma_table_info('calls')") == 32);
   }
+}
+
+TEST_CASE("ledger: the service tier and web searches are written to their columns", "[ledger]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+  {
+    ledger l(opts);
+    l.start();
+    auto a = make_row(1), b = make_row(2);
+    a.tokens.tier = service_tier::flex;
+    a.tokens.web_search = 3;
+    b.tokens.tier = service_tier::none;
+    REQUIRE(l.reserve());
+    l.submit(a);
+    REQUIRE(l.reserve());
+    l.submit(b);
+    l.stop();
+  }
+  db_conn db(opts.path);
+  CHECK(db.rows("SELECT service_tier, web_search_requests FROM calls ORDER BY id") ==
+        std::vector<std::vector<std::optional<std::string>>>{{"flex", "3"}, {std::nullopt, "0"}});
 }
 
 TEST_CASE("ledger: reserve refuses at capacity until a slot is released or committed",

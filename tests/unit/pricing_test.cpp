@@ -344,3 +344,71 @@ TEST_CASE("pricing: LiteLLM catalogue fills gaps and YAML wins", "[pricing]") {
     CHECK_THROWS_AS(bad.load_litellm_file("/nonexistent/litellm.json"), config_error);
   }
 }
+
+TEST_CASE("pricing: service tiers (flex, priority) are billed at their own prices", "[pricing]") {
+  const auto t = shipped_table();
+  auto u = usage(10'000, 2'000, 4'000);  // 6k uncached + 4k cache reads, 2k out
+  const auto at = [&](service_tier tier, std::string_view model) {
+    auto v = u;
+    v.tier = tier;
+    return compute_cost(t, model, v).usd;
+  };
+  const double standard = (6'000 * 1.25 + 4'000 * 0.125 + 2'000 * 10.00) / 1e6;
+  SECTION("gpt-5: flex is half, priority has its published prices") {
+    CHECK(at(service_tier::none, "gpt-5") == Approx(standard));
+    CHECK(at(service_tier::standard, "gpt-5") == Approx(standard));
+    CHECK(at(service_tier::flex, "gpt-5-2025-08-07") == Approx(standard / 2));
+    CHECK(at(service_tier::priority, "gpt-5") == Approx((6'000 * 2.50 + 4'000 * 0.25 + 2'000 * 20.00) / 1e6));
+  }
+  SECTION("a tier the entry does not price, or one tollgate does not know, is billed as standard") {
+    CHECK(at(service_tier::flex, "gpt-4.1") == Approx(at(service_tier::none, "gpt-4.1")));
+    CHECK(at(service_tier::scale, "gpt-5") == Approx(standard));
+    CHECK(at(service_tier::other, "gpt-5") == Approx(standard));
+    CHECK(at(service_tier::priority, "claude-sonnet-4.5") == Approx(at(service_tier::none, "claude-sonnet-4.5")));
+  }
+  SECTION("gpt-4.1 priority, with the upstream's multiplier") {
+    auto v = u;
+    v.tier = service_tier::priority;
+    CHECK(compute_cost(t, "gpt-4.1", v, 2.0).usd == Approx(2.0 * (6'000 * 3.50 + 4'000 * 0.875 + 2'000 * 14.00) / 1e6));
+  }
+  SECTION("a factor scales every token price; a map's cached_input defaults to the entry's ratio") {
+    price_table p;
+    p.load_yaml_string(R"(models:
+  m: { input: 4.0, cached_input: 1.0, output: 8.0, cache_write_5m: 5.0, flex: 0.25,
+       priority: { input: 6.0, output: 12.0 }, scale: { input: 1.0, cached_input: 0.5, output: 2.0 },
+       long_context: { threshold: 100, input: 40, output: 80 } }
+)");
+    auto v = usage(1'000, 100, 400, 100);  // 500 uncached, 400 read, 100 written (5 min), 100 out
+    v.tier = service_tier::flex;
+    CHECK(compute_cost(p, "m", v).usd == Approx(0.25 * (500 * 4.0 + 400 * 1.0 + 100 * 5.0 + 100 * 8.0) / 1e6));
+    v.tier = service_tier::priority;  // cached 6.0 * 1/4; writes 1.25x the tier's input
+    CHECK(compute_cost(p, "m", v).usd == Approx((500 * 6.0 + 400 * 1.5 + 100 * 7.5 + 100 * 12.0) / 1e6));
+    v.tier = service_tier::scale;
+    CHECK(compute_cost(p, "m", v).usd == Approx((500 * 1.0 + 400 * 0.5 + 100 * 1.25 + 100 * 2.0) / 1e6));
+    v.tier = service_tier::none;  // 1,000 prompt tokens > 100: the long tier
+    CHECK(compute_cost(p, "m", v).usd == Approx((500 * 40.0 + 400 * 40.0 + 100 * 50.0 + 100 * 80.0) / 1e6));
+  }
+  SECTION("bad tier entries are reported with file:line") {
+    CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, flex: { input: 1 } }\n"),
+               Catch::StartsWith("bad.yaml:2") && Catch::Contains("flex needs input and output"));
+    CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, priority: { input: 1, output: 2, speed: 3 } }\n"),
+               Catch::StartsWith("bad.yaml:2") && Catch::Contains("unknown key 'priority.speed'"));
+    CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, flex: [1] }\n"),
+               Catch::StartsWith("bad.yaml:2") && Catch::Contains("must be a factor"));
+    CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, flex: -1 }\n"), Catch::StartsWith("bad.yaml:2"));
+    CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, turbo: 2 }\n"),
+               Catch::Contains("flex, priority, scale"));
+  }
+  SECTION("LiteLLM's _flex and _priority prices are read") {
+    price_table p;
+    p.load_litellm_string(R"({"gpt-x": {"input_cost_per_token": 1e-6, "output_cost_per_token": 4e-6,
+      "cache_read_input_token_cost": 1e-7, "input_cost_per_token_flex": 5e-7, "output_cost_per_token_flex": 2e-6,
+      "cache_read_input_token_cost_flex": 5e-8, "input_cost_per_token_priority": 2e-6,
+      "output_cost_per_token_priority": 8e-6}})", "l.json");
+    auto v = usage(1'000'000, 1'000'000, 500'000);
+    v.tier = service_tier::flex;
+    CHECK(compute_cost(p, "gpt-x", v).usd == Approx(0.5 * 0.5 + 0.5 * 0.05 + 2.0));
+    v.tier = service_tier::priority;  // no priority cache price: the tier's input
+    CHECK(compute_cost(p, "gpt-x", v).usd == Approx(0.5 * 2.0 + 0.5 * 2.0 + 8.0));
+  }
+}

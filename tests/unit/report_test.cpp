@@ -551,6 +551,38 @@ TEST_CASE("report: what-if re-prices the tokens at another model's prices", "[re
     for (const char* m : {"claude-sonnet-4.5", "gpt-5", "deepseek-v3.2"})
       CHECK(query_whatif(s.path, {.range = {}, .model = m}, prices).whatif_cost_usd == compute_cost(*prices.resolve(m), one.tokens).usd);
   }
+  SECTION("service tiers and web searches are re-priced as compute_cost bills them") {
+    std::vector<usage_record> rows;
+    std::vector<token_usage> usages = {
+        {10'000, 2'000, 4'000, 0, 0, 0}, {10'000, 2'000, 4'000, 0, 0, 0}, {10'000, 2'000, 4'000, 0, 0, 0},
+        {300'000, 1'000, 0, 0, 0, 0},  // long context unless its tier is priced
+        {5'000, 100, 0, 0, 0, 0}};
+    usages[0].tier = service_tier::flex;
+    usages[1].tier = service_tier::priority;
+    usages[2].tier = service_tier::standard;
+    usages[3].tier = service_tier::priority;
+    usages[4].web_search = 4;
+    for (std::size_t i = 0; i < usages.size(); ++i) {
+      auto r = call(t + static_cast<std::int64_t>(i), i % 2 ? "o3" : "gpt-5", 0.01);
+      r.tokens = usages[i];
+      rows.push_back(r);
+    }
+    s.write(rows);
+    for (const char* m : {"gpt-5", "o4-mini", "claude-sonnet-4.5", "gpt-4.1"}) {
+      const auto target = *prices.resolve(m);
+      double expected = 0;
+      for (const auto& u : usages) expected += compute_cost(target, u).usd;
+      const auto r = query_whatif(s.path, {.range = {}, .model = m}, prices);
+      CHECK(r.whatif_cost_usd == Approx(expected).epsilon(1e-12));
+    }
+    // Swapping to a model without a flex price bills the flex call at its standard prices.
+    const auto r = query_whatif(s.path, {.range = {}, .model = "gpt-4.1"}, prices);
+    auto standard = usages;
+    for (auto& u : standard) u.tier = u.tier == service_tier::flex ? service_tier::none : u.tier;
+    double expected = 0;
+    for (const auto& u : standard) expected += compute_cost(*prices.resolve("gpt-4.1"), u).usd;
+    CHECK(r.whatif_cost_usd == Approx(expected).epsilon(1e-12));
+  }
   SECTION("an unknown model is refused") {
     s.write({call(t, "gpt-4.1", 1)});
     CHECK_THROWS_WITH(query_whatif(s.path, {.range = {}, .model = "no-such-model"}, prices), Contains("'no-such-model' is not in the price table"));

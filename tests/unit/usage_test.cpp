@@ -14,6 +14,8 @@ using tollgate::route_kind;
 using tollgate::sse_event;
 using tollgate::sse_parser;
 using tollgate::stream_meter;
+using tollgate::service_tier;
+using tollgate::parse_service_tier;
 
 namespace {
 
@@ -844,5 +846,60 @@ TEST_CASE("stream_meter: image, transcription and speech streams end with their 
     relay(m, "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n");
     CHECK(m.knows_end());
     CHECK_FALSE(m.saw_done());
+  }
+}
+
+TEST_CASE("usage: the service tier a response names is read with its usage", "[usage]") {
+  SECTION("chat body") {
+    const auto f = extract_response(route_kind::chat_completions, R"({"id":"chatcmpl-1","object":"chat.completion",
+      "model":"gpt-5-2025-08-07","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5},"service_tier":"flex"})");
+    REQUIRE(f.has_usage);
+    CHECK(f.usage.tier == service_tier::flex);
+    CHECK(extract_response(route_kind::chat_completions,
+                           R"({"usage":{"prompt_tokens":1,"completion_tokens":1},"service_tier":"default"})")
+              .usage.tier == service_tier::standard);
+    CHECK(extract_response(route_kind::chat_completions, R"({"usage":{"prompt_tokens":1,"completion_tokens":1}})")
+              .usage.tier == service_tier::none);
+    CHECK(extract_response(route_kind::chat_completions,
+                           R"({"usage":{"prompt_tokens":1,"completion_tokens":1},"service_tier":null})")
+              .usage.tier == service_tier::none);
+  }
+  SECTION("Responses body and Anthropic usage") {
+    CHECK(extract_response(route_kind::responses, R"({"id":"resp_1","object":"response","status":"completed",
+      "service_tier":"priority","usage":{"input_tokens":3,"output_tokens":4}})").usage.tier == service_tier::priority);
+    CHECK(extract_response(route_kind::messages, R"({"type":"message","usage":{"input_tokens":3,"output_tokens":4,
+      "service_tier":"priority"}})").usage.tier == service_tier::priority);
+    CHECK(extract_response(route_kind::messages, R"({"type":"message","usage":{"input_tokens":3,"output_tokens":4,
+      "service_tier":"standard"}})").usage.tier == service_tier::standard);
+  }
+  SECTION("names") {
+    CHECK(parse_service_tier("auto") == service_tier::standard);
+    CHECK(parse_service_tier("scale") == service_tier::scale);
+    CHECK(parse_service_tier("ultrafast") == service_tier::other);
+    CHECK(to_string(service_tier::standard) == "default");
+    CHECK(to_string(service_tier::none).empty());
+  }
+}
+
+TEST_CASE("stream_meter: the service tier of chat and Responses streams", "[usage][stream]") {
+  SECTION("chat chunks name it on every chunk, the usage chunk included") {
+    const std::string stream =
+        data_event(R"({"id":"c1","object":"chat.completion.chunk","model":"gpt-5","service_tier":"flex","choices":[{"index":0,"delta":{"content":"Hi"}}]})") +
+        data_event(R"({"id":"c1","object":"chat.completion.chunk","model":"gpt-5","service_tier":"flex","choices":[{"index":0,"delta":{"content":" there"}}]})") +
+        data_event(R"({"id":"c1","object":"chat.completion.chunk","model":"gpt-5","service_tier":"flex","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}})") +
+        "data: [DONE]\n\n";
+    stream_meter m(route_kind::chat_completions, false);
+    relay(m, stream);
+    REQUIRE(m.has_usage());
+    CHECK(m.usage().tier == service_tier::flex);
+    CHECK(m.usage().prompt == 9);
+  }
+  SECTION("Responses: response.completed's response") {
+    const std::string stream = typed_event("response.completed",
+        R"({"type":"response.completed","sequence_number":6,"response":{"id":"resp_1","object":"response","status":"completed","model":"o3","service_tier":"priority","usage":{"input_tokens":37,"output_tokens":11}}})");
+    stream_meter m(route_kind::responses, true);
+    relay(m, stream);
+    REQUIRE(m.has_usage());
+    CHECK(m.usage().tier == service_tier::priority);
   }
 }
