@@ -268,6 +268,19 @@ void apply(anthropic_usage& a, const Node& u) {
   if (const auto tier = string_member(u, "service_tier"); !tier.empty()) a.tier = parse_service_tier(tier);
 }
 
+// Web searches of a Responses reply: its `web_search_call` output items (the hosted web_search
+// tool, billed per call on top of the tokens). A reply shows the calls it made; OpenAI may bill
+// internal sub-searches it does not show, so this is a floor.
+template <class Node>
+std::int64_t web_search_calls(const Node& output) {
+  std::int64_t n = 0;
+  if (!is_array(output)) return 0;
+  for_items(output, [&](const Node& item) {
+    if (string_member(item, "type") == "web_search_call") ++n;
+  });
+  return n;
+}
+
 // Anthropic `usage` of a whole message.
 template <class Node>
 std::optional<token_usage> messages_usage(const Node& u) {
@@ -306,9 +319,9 @@ constexpr bool is_cjk(char32_t cp) noexcept {
 template <class Node>
 response_facts read_response(route_kind route, const Node& j) {
   if (!is_object(j)) return {};
-  return with_members<6>(j, {"model", "id", "usage", "status", "background", "service_tier"},
+  return with_members<8>(j, {"model", "id", "usage", "status", "background", "service_tier", "object", "output"},
                          [&](const Node& model, const Node& id, const Node& u, const Node& status, const Node& bg,
-                             const Node& tier) {
+                             const Node& tier, const Node& object, const Node& output) {
     response_facts f;
     f.model = as_string(model);
     f.id = as_string(id);
@@ -333,6 +346,8 @@ response_facts read_response(route_kind route, const Node& j) {
       // OpenAI names the tier that served the call at the top level (chat, Responses);
       // Anthropic inside `usage` (read with it).
       if (const auto name = as_string(tier); !name.empty()) f.usage.tier = parse_service_tier(name);
+      // A Responses object (a create, or a retrieval of a background response).
+      if (as_string(object) == "response") f.usage.web_search = web_search_calls(output);
     }
     return f;
   });
@@ -672,6 +687,7 @@ void stream_meter::on_responses(const Node& j, std::string_view type) {
       usage_ = *t;
       if (const auto name = string_member(response, "service_tier"); !name.empty())
         usage_.tier = parse_service_tier(name);
+      usage_.web_search = web_search_calls(member(response, "output"));
       has_usage_ = true;
     }
     saw_done_ = true;

@@ -525,10 +525,23 @@ reply responses_reply(const json& body, const knobs& k, std::uint64_t n) {
     return r;
   };
   const ojson done_item = item("completed", ojson::array({part(text)}));
+  // With the hosted web_search tool in the request, the model searched once before answering.
+  ojson final_output = ojson::array();
+  const json& tools = field(body, "tools");
+  if (tools.is_array())
+    for (const json& tool : tools)
+      if (string_field(tool, "type", "").rfind("web_search", 0) == 0) {
+        final_output.push_back({{"type", "web_search_call"},
+                                {"id", "ws_fake"},
+                                {"status", "completed"},
+                                {"action", {{"type", "search"}, {"query", "fake query"}}}});
+        break;
+      }
+  final_output.push_back(done_item);
 
   if (background && !wants_stream(body, k))  // queued now, no usage; GET /responses/resp_bg_* later says completed
     return json_reply(200, response("queued", ojson::array(), false));
-  if (!wants_stream(body, k)) return json_reply(200, response("completed", ojson::array({done_item}), true));
+  if (!wants_stream(body, k)) return json_reply(200, response("completed", final_output, true));
 
   std::vector<sse_event> events;
   long long seq = 0;
@@ -552,7 +565,7 @@ reply responses_reply(const json& body, const knobs& k, std::uint64_t n) {
   add("response.content_part.done",
       {{"item_id", msg_id}, {"output_index", 0}, {"content_index", 0}, {"part", part(text)}});
   add("response.output_item.done", {{"output_index", 0}, {"item", done_item}});
-  add("response.completed", {{"response", response("completed", ojson::array({done_item}), true)}});
+  add("response.completed", {{"response", response("completed", final_output, true)}});
   return stream_reply(std::move(events),
                       typed_event("error", {{"type", "error"},
                                             {"code", "server_error"},

@@ -143,6 +143,26 @@ TEST_CASE("relay: flex and priority calls are billed at their tier's prices and 
   CHECK(std::stod(rows[3]["cost_usd"]) == Approx(cost(rows[3], 3.50, 14.00)).epsilon(1e-12));
 }
 
+TEST_CASE("relay: a Responses call's hosted web searches are billed per call, stream and not", "[relay]") {
+  harness h;
+  const std::string body = R"({"model":"gpt-4.1","input":"news?","tools":[{"type":"web_search"}])";
+  auto r = tt::post_json(h.port(), "/v1/responses", body + "}");
+  REQUIRE(r.status == 200);
+  CHECK(json::parse(r.body)["output"][0]["type"] == "web_search_call");
+  tt::stream_client s(h.port(), "/v1/responses", body + R"(,"stream":true})");
+  REQUIRE(s.status() == 200);
+  s.read_all();
+  CHECK(s.ended_cleanly());
+  h.flush();
+  auto rows = h.rows("SELECT * FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 2);
+  for (auto& row : rows) {
+    CHECK(row["web_search_requests"] == "1");
+    const double tokens = (std::stod(row["prompt_tokens"]) * 2.0 + std::stod(row["completion_tokens"]) * 8.0) / 1e6;
+    CHECK(std::stod(row["cost_usd"]) == Approx(tokens + 0.01).epsilon(1e-12));
+  }
+}
+
 TEST_CASE("relay: a stream without include_usage is metered but the client sees no usage chunk", "[relay][stream]") {
   harness h;
   tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4o-mini", true));

@@ -164,7 +164,9 @@ TEST_CASE("pricing: cost follows the formula", "[pricing]") {
     CHECK(searched.usd - plain.usd == Approx(0.03));
     CHECK(compute_cost(t, "claude-haiku-4-5", u, 1.5).usd ==
           Approx(((10'000 * 1.00 + 1'000 * 5.00) / 1e6 + 0.03) * 1.5));
-    CHECK(compute_cost(t, "gpt-4.1", u).usd == Approx(compute_cost(t, "gpt-4.1", usage(10'000, 1'000)).usd));
+    // OpenAI's hosted web_search tool: $10 per 1,000 calls too; DeepSeek has no such fee.
+    CHECK(compute_cost(t, "gpt-4.1", u).usd - compute_cost(t, "gpt-4.1", usage(10'000, 1'000)).usd == Approx(0.03));
+    CHECK(compute_cost(t, "deepseek-v3.2", u).usd == Approx(compute_cost(t, "deepseek-v3.2", usage(10'000, 1'000)).usd));
   }
   SECTION("claude-sonnet-4.5 long-context tier above 200k prompt tokens") {
     // 250k prompt: 150k uncached, 80k read, 20k written (all 5 min), 1k out, all at long prices.

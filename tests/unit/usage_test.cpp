@@ -903,3 +903,28 @@ TEST_CASE("stream_meter: the service tier of chat and Responses streams", "[usag
     CHECK(m.usage().tier == service_tier::priority);
   }
 }
+
+TEST_CASE("usage: a Responses reply's web_search_call items are counted as web searches", "[usage]") {
+  const std::string output = R"("output":[{"type":"web_search_call","id":"ws_1","status":"completed","action":{"type":"search","query":"a"}},)"
+                             R"({"type":"web_search_call","id":"ws_2","status":"completed","action":{"type":"search","query":"b"}},)"
+                             R"({"type":"message","id":"msg_1","status":"completed","role":"assistant","content":[{"type":"output_text","text":"x"}]}])";
+  const auto f = extract_response(route_kind::responses,
+      R"({"id":"resp_1","object":"response","status":"completed","model":"gpt-5",)" + output +
+      R"(,"usage":{"input_tokens":30,"output_tokens":4}})");
+  REQUIRE(f.has_usage);
+  CHECK(f.usage.web_search == 2);
+  // A retrieval of a background response (route other) is read by its object.
+  CHECK(extract_response(route_kind::other, R"({"id":"resp_1","object":"response","status":"completed",)" + output +
+                                                R"(,"usage":{"input_tokens":30,"output_tokens":4}})")
+            .usage.web_search == 2);
+  CHECK(extract_response(route_kind::chat_completions, R"({"object":"chat.completion",)" + output +
+                                                          R"(,"usage":{"prompt_tokens":30,"completion_tokens":4}})")
+            .usage.web_search == 0);
+  SECTION("stream: response.completed's output") {
+    stream_meter m(route_kind::responses, true);
+    relay(m, typed_event("response.completed", R"({"type":"response.completed","sequence_number":3,"response":{"id":"resp_1","object":"response","status":"completed",)" +
+                                                   output + R"(,"usage":{"input_tokens":30,"output_tokens":4}}})"));
+    REQUIRE(m.has_usage());
+    CHECK(m.usage().web_search == 2);
+  }
+}
