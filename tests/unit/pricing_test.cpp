@@ -49,7 +49,12 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-3.5-turbo-instruct", "claude-sonnet-4.5", "claude-sonnet-4",
                             "claude-haiku-4.5", "claude-opus-4.1", "deepseek-v3.2", "deepseek-chat",
                             "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
-                            "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"};
+                            "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
+                            "gpt-5.1", "gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-5-codex", "gpt-5-chat-latest",
+                            "gpt-5-pro", "o3-pro", "o3-mini", "o1", "o1-pro", "o1-mini", "codex-mini-latest",
+                            "gpt-4o-2024-05-13", "gpt-4-turbo", "gpt-4", "claude-opus-4.5", "claude-opus-4",
+                            "claude-3-7-sonnet", "claude-3-5-haiku", "claude-3-haiku", "gemini-2.0-flash",
+                            "gemini-2.0-flash-lite", "gemini-3-pro-preview"};
   CHECK(t.size() == std::size(expected));
   for (const char* name : expected) {
     INFO(name);
@@ -73,6 +78,21 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
     CHECK(gemini->long_context_threshold == 200000);
     CHECK(gemini->long_cached_input == Approx(0.25));
     CHECK(t.resolve("gpt-4.1-nano")->cached_input == Approx(0.025));
+  }
+  SECTION("snapshots priced apart from their alias, and ids that resolve to the newer entries") {
+    CHECK(t.resolve("gpt-4o-2024-05-13")->name == "gpt-4o-2024-05-13");
+    CHECK(t.resolve("gpt-4o-2024-08-06")->name == "gpt-4o");
+    CHECK(t.resolve("claude-opus-4-5-20251101")->name == "claude-opus-4.5");
+    CHECK(t.resolve("claude-opus-4-20250514")->name == "claude-opus-4");
+    CHECK(t.resolve("claude-opus-4-1-20250805")->name == "claude-opus-4.1");
+    CHECK(t.resolve("claude-3-7-sonnet-latest")->name == "claude-3-7-sonnet");
+    CHECK(t.resolve("gpt-4-turbo-2024-04-09")->name == "gpt-4-turbo");
+    CHECK(t.resolve("gpt-4-0613")->name == "gpt-4");
+    CHECK(t.resolve("o3-mini-2025-01-31")->name == "o3-mini");
+    CHECK(t.resolve("gpt-5.1-2025-11-13")->name == "gpt-5.1");
+    CHECK(t.resolve("openai/gpt-5.1-codex")->name == "gpt-5.1-codex");
+    CHECK(t.resolve("gemini-3-pro-preview")->long_context_threshold == 200000);
+    CHECK(t.resolve("claude-opus-4.5")->output == 25.00);
   }
   SECTION("cached_input defaults to input") {
     CHECK(t.resolve("text-embedding-3-large")->cached_input == Approx(0.13));
@@ -290,7 +310,10 @@ TEST_CASE("pricing: bad YAML is a config_error with file and line", "[pricing]")
 }
 
 TEST_CASE("pricing: LiteLLM catalogue fills gaps and YAML wins", "[pricing]") {
-  auto t = shipped_table();
+  // A YAML table without claude-3-5-haiku (the shipped one has it), so LiteLLM's fills the gap.
+  price_table t;
+  t.load_yaml_string("models:\n  gpt-4.1: { input: 2.00, cached_input: 0.50, output: 8.00 }\n"
+                     "  deepseek-chat: { input: 0.28, cached_input: 0.028, output: 0.42 }\n");
   const auto yaml_size = t.size();
   t.load_litellm_file(source_dir + "/tests/data/litellm_sample.json");
 
