@@ -252,17 +252,34 @@ bool usage_is_new_spend(route_kind route, std::string_view method, std::string_v
   return true;
 }
 
-std::string_view stored_response_id(std::string_view method, std::string_view path) noexcept {
-  constexpr std::string_view prefix = "/v1/responses/";
+namespace {
+// The {id} of `GET <prefix>{id}` and `POST <prefix>{id}/cancel` (a trailing slash allowed); "" for
+// any other call.
+std::string_view stored_object_id(std::string_view method, std::string_view path, std::string_view prefix) noexcept {
   if (!path.starts_with(prefix)) return {};
   path.remove_prefix(prefix.size());
   if (path.ends_with('/')) path.remove_suffix(1);
   const auto slash = path.find('/');
   const std::string_view id = path.substr(0, slash), rest = slash == std::string_view::npos ? "" : path.substr(slash);
-  if (id.empty() || id == "compact" || id == "input_tokens") return {};
+  if (id.empty()) return {};
   if (method == "GET" && rest.empty()) return id;
   if (method == "POST" && rest == "/cancel") return id;
   return {};
+}
+}  // namespace
+
+std::string_view stored_response_id(std::string_view method, std::string_view path) noexcept {
+  const std::string_view id = stored_object_id(method, path, "/v1/responses/");
+  return id == "compact" || id == "input_tokens" ? std::string_view() : id;
+}
+
+std::string_view batch_id_of(std::string_view method, std::string_view path) noexcept {
+  return stored_object_id(method, path, "/v1/batches/");
+}
+
+bool creates_batch(std::string_view method, std::string_view path) noexcept {
+  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  return method == "POST" && path == "/v1/batches";
 }
 
 bool is_websocket_upgrade(std::string_view method, unsigned version, std::string_view connection,

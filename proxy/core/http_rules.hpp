@@ -102,6 +102,13 @@ bool usage_is_new_spend(route_kind route, std::string_view method, std::string_v
 // /v1/responses/{id}, streamed or not, and POST /v1/responses/{id}/cancel); "" otherwise.
 std::string_view stored_response_id(std::string_view method, std::string_view path) noexcept;
 
+// Batch API calls (OpenAI's /v1/batches): the id of a batch a call reads or cancels (GET
+// /v1/batches/{id}, POST /v1/batches/{id}/cancel), "" otherwise; and whether a call creates one
+// (POST /v1/batches). A batch created through tollgate is metered once, by the first retrieval
+// that sees it ended with its usage (the batch object's `usage`, at the model's batch prices).
+std::string_view batch_id_of(std::string_view method, std::string_view path) noexcept;
+bool creates_batch(std::string_view method, std::string_view path) noexcept;
+
 // A WebSocket opening handshake (RFC 6455 §4.1): GET over HTTP/1.1 (version 11) whose
 // Connection lists "upgrade" and whose Upgrade lists "websocket" (both case-insensitive).
 bool is_websocket_upgrade(std::string_view method, unsigned version, std::string_view connection,

@@ -31,6 +31,10 @@ std::size_t pending_responses::size() const {
   return ids_.size();
 }
 
+bool is_finished_batch(std::string_view status) noexcept {
+  return status == "completed" || status == "failed" || status == "expired" || status == "cancelled";
+}
+
 bool is_finished_response(std::string_view status) noexcept {
   return status == "completed" || status == "failed" || status == "incomplete" || status == "cancelled";
 }

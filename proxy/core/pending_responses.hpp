@@ -34,5 +34,7 @@ class pending_responses {
 
 // A Responses API status after which a response does not change: its usage is final.
 bool is_finished_response(std::string_view status) noexcept;
+// A Batch API status after which a batch does not change (completed, failed, expired, cancelled).
+bool is_finished_batch(std::string_view status) noexcept;
 
 }  // namespace tollgate

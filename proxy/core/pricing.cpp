@@ -177,12 +177,9 @@ tier_price parse_tier(const std::string& file, const std::string& model, const s
   if (node.IsScalar()) {
     const double f = yaml_price(file, node, what);
     if (f > 100) fail(file, node, what + " as a number is a factor on the entry's prices (0.5 = half), got a value above 100");
-    t.input = base.input * f;
-    t.cached_input = cached * f;
-    t.output = base.output * f;
-    if (base.cache_write_5m) t.cache_write_5m = *base.cache_write_5m * f;
-    if (base.cache_write_1h) t.cache_write_1h = *base.cache_write_1h * f;
-    return t;
+    model_price b = base;
+    b.cached_input = cached;
+    return scaled_tier(b, f);
   }
   if (!node.IsMap()) fail(file, node, what + " must be a factor (0.5) or a map of prices {input, cached_input, output}");
   bool has_input = false, has_output = false;
@@ -235,7 +232,7 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       e.price.web_search = yaml_price(file, kv.second, what);
     } else if (key == "long_context") {
       parse_long_context(file, model, kv.second, e.price);
-    } else if (key == "flex" || key == "priority" || key == "scale") {
+    } else if (key == "flex" || key == "priority" || key == "scale" || key == "batch") {
       tiers.emplace_back(key, kv.second);  // read once the entry's own prices are known
     } else if (key == "aliases") {
       if (!kv.second.IsSequence()) fail(file, kv.second, what + " must be a list of model ids");
@@ -246,15 +243,16 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
     } else {
       fail(file, kv.first, "'" + model + "': unknown key '" + key +
                                 "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
-                                "web_search, long_context, flex, priority, scale, aliases)");
+                                "web_search, long_context, flex, priority, scale, batch, aliases)");
     }
   }
   if (!has_input || !has_output) fail(file, node, "'" + model + "' needs both input and output prices");
   e.price.cached_input = cached.value_or(e.price.input);
   for (const auto& [key, n] : tiers) {
     tier_price t = parse_tier(file, model, key, n, e.price, cached);
-    (key == "flex" ? e.price.flex : key == "priority" ? e.price.priority : e.price.scale) = t;
+    (key == "flex" ? e.price.flex : key == "priority" ? e.price.priority : key == "scale" ? e.price.scale : e.price.batch) = t;
   }
+  apply_default_tiers(e.price);
   return e;
 }
 
@@ -388,7 +386,8 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
       p.long_cache_write_5m = litellm_cost(spec, "cache_creation_input_token_cost_above_200k_tokens");
     }
     // Service tiers: input_cost_per_token_flex, output_cost_per_token_priority, ...
-    for (const auto& [suffix, slot] : {std::pair{"_flex", &p.flex}, std::pair{"_priority", &p.priority}}) {
+    for (const auto& [suffix, slot] :
+         {std::pair{"_flex", &p.flex}, std::pair{"_priority", &p.priority}, std::pair{"_batches", &p.batch}}) {
       const auto in = litellm_cost(spec, ("input_cost_per_token" + std::string(suffix)).c_str());
       const auto out = litellm_cost(spec, ("output_cost_per_token" + std::string(suffix)).c_str());
       if (!in || !out) continue;
@@ -397,6 +396,7 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
       t.cached_input = litellm_cost(spec, ("cache_read_input_token_cost" + std::string(suffix)).c_str()).value_or(*in);
       *slot = t;
     }
+    apply_default_tiers(p);
     added.insert(key);
     from_litellm_.insert(model);
     entries_.insert_or_assign(model, std::move(p));
@@ -454,6 +454,21 @@ std::vector<std::string> price_table::names() const {
   out.reserve(entries_.size());
   for (const auto& [n, p] : entries_) out.push_back(n);
   return out;
+}
+
+tier_price scaled_tier(const model_price& base, double factor) {
+  tier_price t;
+  t.input = base.input * factor;
+  t.cached_input = base.cached_input * factor;
+  t.output = base.output * factor;
+  if (base.cache_write_5m) t.cache_write_5m = *base.cache_write_5m * factor;
+  if (base.cache_write_1h) t.cache_write_1h = *base.cache_write_1h * factor;
+  return t;
+}
+
+// OpenAI, Anthropic and Google all sell their batch APIs at half the standard prices.
+void apply_default_tiers(model_price& p) {
+  if (!p.batch) p.batch = scaled_tier(p, 0.5);
 }
 
 cost_result compute_cost(const model_price& price, const token_usage& usage, double multiplier) {

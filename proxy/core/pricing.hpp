@@ -47,16 +47,26 @@ struct model_price {
   std::optional<double> long_cache_write_5m;  // USD per 1M in the long tier; default 1.25 x long_input
   std::optional<double> long_cache_write_1h;  // USD per 1M in the long tier; default 2 x long_input
   std::optional<tier_price> flex, priority, scale;  // service tiers; absent: billed as standard
+  // Batch API prices (OpenAI and Anthropic batches, tier `batch`); every loader sets it, to half
+  // the standard prices unless the entry (or LiteLLM's *_batches keys) says otherwise.
+  std::optional<tier_price> batch;
   // The prices of tier `t`, nullptr when the entry has none for it (standard prices apply).
   const tier_price* tier(service_tier t) const noexcept {
     switch (t) {
       case service_tier::flex: return flex ? &*flex : nullptr;
       case service_tier::priority: return priority ? &*priority : nullptr;
       case service_tier::scale: return scale ? &*scale : nullptr;
+      case service_tier::batch: return batch ? &*batch : nullptr;
       default: return nullptr;
     }
   }
 };
+
+// A tier at `factor` times every token price of `base` (cache writes included; the long-context
+// tier is not scaled: tier prices replace it).
+tier_price scaled_tier(const model_price& base, double factor);
+// Sets the tiers an entry gets when it names none: `batch` at half price.
+void apply_default_tiers(model_price& p);
 
 struct cost_result {
   double usd = 0;

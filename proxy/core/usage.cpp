@@ -326,6 +326,7 @@ response_facts read_response(route_kind route, const Node& j) {
     f.model = as_string(model);
     f.id = as_string(id);
     f.status = as_string(status);
+    f.object = as_string(object);
     f.background = is_true(bg);
     std::optional<token_usage> t;
     switch (route) {

@@ -21,6 +21,7 @@ struct response_facts {
   std::string model;        // response `model` ("" when absent)
   std::string id;           // response `id` ("" when absent)
   std::string status;       // response `status` (Responses API: queued, in_progress, completed...)
+  std::string object;       // response `object` (chat.completion, response, batch...)
   bool background = false;  // response `background` is true (Responses API)
 };
 

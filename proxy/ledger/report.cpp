@@ -376,11 +376,15 @@ tier_prices prices_of(const model_price& p, bool long_tier) {
 
 // The price classes of a what-if: standard, long context, and the service tiers (a call served
 // at flex, priority or scale is re-priced at the target's prices of that tier when it has them).
-enum price_class : std::size_t { pc_standard, pc_long, pc_flex, pc_priority, pc_scale, pc_count };
+enum price_class : std::size_t { pc_standard, pc_long, pc_flex, pc_priority, pc_scale, pc_batch, pc_count };
+service_tier tier_of(std::size_t c) {
+  return c == pc_flex ? service_tier::flex
+         : c == pc_priority ? service_tier::priority
+         : c == pc_scale ? service_tier::scale
+         : c == pc_batch ? service_tier::batch : service_tier::none;
+}
 tier_prices prices_of(const model_price& p, std::size_t c) {
-  const tier_price* t = c == pc_flex ? p.tier(service_tier::flex)
-                        : c == pc_priority ? p.tier(service_tier::priority)
-                        : c == pc_scale ? p.tier(service_tier::scale) : nullptr;
+  const tier_price* t = p.tier(tier_of(c));
   if (t == nullptr) return prices_of(p, c == pc_long);
   return {t->input, t->cached_input, t->cache_write_5m.value_or(1.25 * t->input),
           t->cache_write_1h.value_or(2.0 * t->input), t->output};
@@ -722,7 +726,7 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
                "MIN(MAX(cache_write_1h_tokens, 0), MAX(cache_write_tokens, 0)) AS w1, "
                "MAX(prompt_tokens, 0, MAX(cached_tokens, 0) + MAX(cache_write_tokens, 0)) AS p, "
                "MAX(completion_tokens, 0) AS o, cache_write_1h_tokens AS w1_raw, "
-               "CASE WHEN service_tier IN ('flex', 'priority', 'scale') THEN service_tier END AS s, "
+               "CASE WHEN service_tier IN ('flex', 'priority', 'scale', 'batch') THEN service_tier END AS s, "
                "web_search_requests "
                "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2)) GROUP BY 1, 2, 3");
   st.bind(1, q.range.from_ms);
@@ -742,7 +746,7 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
   // the web searches, billed per request at the target's `web_search` price.
   struct tier_row {
     bool long_tier;
-    std::size_t tier;  // pc_standard (no service tier priced apart), pc_flex, pc_priority, pc_scale
+    std::size_t tier;  // pc_standard (no service tier priced apart), or pc_flex .. pc_batch
     tier_tokens t;
   };
   std::map<std::optional<std::string>, std::vector<tier_row>> rows_by_model;
@@ -750,7 +754,11 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
   while (st.step()) {
     const auto model = st.text(0);
     const auto tier = st.text(2);
-    const std::size_t c = !tier ? pc_standard : *tier == "flex" ? pc_flex : *tier == "priority" ? pc_priority : pc_scale;
+    const std::size_t c = !tier                  ? pc_standard
+                          : *tier == "flex"     ? pc_flex
+                          : *tier == "priority" ? pc_priority
+                          : *tier == "scale"    ? pc_scale
+                                                : pc_batch;
     rows_by_model[model].push_back({st.i64(1) != 0, c, {st.i64(3), st.i64(4), st.i64(5), st.i64(6), st.i64(7)}});
     write_1h_by_model[model] += st.i64(8);
     out.cache_write_1h_tokens += st.i64(8);
@@ -758,9 +766,7 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
   }
   // The class of each group for the target `p`: its service tier's if `p` prices that tier.
   const auto classify = [](const model_price& p, const tier_row& r) {
-    if (r.tier != pc_standard &&
-        p.tier(r.tier == pc_flex ? service_tier::flex : r.tier == pc_priority ? service_tier::priority : service_tier::scale))
-      return r.tier;
+    if (r.tier != pc_standard && p.tier(tier_of(r.tier))) return r.tier;
     return r.long_tier ? std::size_t{pc_long} : std::size_t{pc_standard};
   };
   const auto sums_for = [&](const model_price& p, const std::vector<tier_row>& rows) {

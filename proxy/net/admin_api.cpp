@@ -221,6 +221,7 @@ model_price price_override(const price_table& table, const std::string& model, c
   }
   // A new model's cached price defaults to its input price, as in prices.yaml.
   if (base == nullptr && !entry.contains("cached_input")) p.cached_input = p.input;
+  if (base == nullptr) apply_default_tiers(p);
   return p;
 }
 

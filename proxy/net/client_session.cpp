@@ -358,6 +358,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
     bool websocket = false;     // a WebSocket opening handshake on a pass-through path (tunnel)
     bool meter = true;          // a 2xx answer's usage is new spend (usage_is_new_spend)
     std::string background_id;  // reads or cancels a pending background response: metered once
+    std::string batch_id;       // reads or cancels a batch created through tollgate: metered once
+    bool creates_batch = false; // POST /v1/batches: its id is remembered
     spool_body::value_type spooled;  // a large pass-through body, in a file (spool_request_body)
   };
 
@@ -926,7 +928,13 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
       c.meter = true;
       c.background_id = std::string(id);
     }
+    if (const std::string_view batch = batch_id_of(req.method_string(), tp.path);
+        !batch.empty() && st_.pending_batches.contains(batch)) {
+      c.meter = true;
+      c.batch_id = std::string(batch);
+    }
   }
+  c.creates_batch = rd.route == route_kind::other && creates_batch(req.method_string(), tp.path);
   // A handshake has no body (RFC 6455 §4.1); a GET that carries one is relayed as a plain call.
   c.websocket = rd.route == route_kind::other && req.body().empty() && !c.spooled.active() &&
                 is_websocket_upgrade(req.method_string(), req.version(), c.head.connection, c.head.upgrade);
@@ -1853,6 +1861,17 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     if (rec.route == route_kind::responses && rf.background && !rf.has_usage && !is_finished_response(rf.status))
       st_.background_responses.add(rf.id);
     if (!c.background_id.empty()) finished_background = is_finished_response(rf.status);
+    if (rf.object == "batch") {
+      // A batch object's usage is the batch's running total: metered once, at the batch prices,
+      // by the first retrieval that sees a batch created through tollgate ended.
+      if (c.creates_batch && !rf.id.empty()) st_.pending_batches.add(rf.id);
+      const bool ended = is_finished_batch(rf.status);
+      if (!(rf.has_usage && ended && !c.batch_id.empty() && st_.pending_batches.take(c.batch_id))) {
+        if (ended && !c.batch_id.empty()) st_.pending_batches.take(c.batch_id);  // ended without usage
+        rf.has_usage = false;
+      }
+      rf.usage.tier = service_tier::batch;
+    }
     rec.served_model = std::move(rf.model);
     if (rec.upstream_request_id.empty()) rec.upstream_request_id = std::move(rf.id);
     if (rf.has_usage) {

@@ -65,6 +65,7 @@ struct shared_state {
   std::atomic<std::int64_t> inflight{0};
   std::atomic<std::uint64_t> upstream_retries{0};
   pending_responses background_responses;  // metered once, when a retrieval sees them finished
+  pending_responses pending_batches;       // batches created through tollgate, metered the same way
   bool upstream_key_missing() const noexcept {
     for (const auto& u : upstreams)
       if (u->cfg.api_key.empty()) return true;

@@ -872,12 +872,36 @@ reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t req
                     {"output_tokens_details", {{"reasoning_tokens", 200}}}, {"total_tokens", 1500}};
     return json_reply(200, r);
   }
-  if (req.method == "GET" && route.starts_with("/batches/"))
-    return json_reply(200, {{"id", route.substr(9)},
+  // The Batch API: a new batch validates; a poll answers in_progress with its running usage, or
+  // the status x-fake-batch-status names (completed, cancelled...) with the final usage.
+  if (req.method == "POST" && route == "/batches") {
+    const json body = json::parse(req.body, nullptr, false);
+    return json_reply(200, {{"id", "batch_fake" + std::to_string(request_number)},
+                            {"object", "batch"},
+                            {"endpoint", body.is_object() ? body.value("endpoint", "") : ""},
+                            {"input_file_id", body.is_object() ? body.value("input_file_id", "") : ""},
+                            {"completion_window", "24h"},
+                            {"status", "validating"},
+                            {"created_at", 1764460800}});
+  }
+  if ((req.method == "GET" && route.starts_with("/batches/")) ||
+      (req.method == "POST" && route.starts_with("/batches/") && route.ends_with("/cancel"))) {
+    const std::string id(route.substr(9, route.find('/', 9) == std::string_view::npos ? std::string_view::npos
+                                                                                      : route.find('/', 9) - 9));
+    std::string status = req.header("x-fake-batch-status");
+    if (req.method == "POST") status = "cancelling";
+    const bool ended = status == "completed" || status == "cancelled";
+    return json_reply(200, {{"id", id},
                             {"object", "batch"},
                             {"endpoint", "/v1/chat/completions"},
-                            {"status", "in_progress"},
-                            {"usage", {{"input_tokens", 50000}, {"output_tokens", 20000}, {"total_tokens", 70000}}}});
+                            {"model", "gpt-4.1-mini-2025-04-14"},
+                            {"status", status.empty() ? "in_progress" : status},
+                            {"usage", {{"input_tokens", ended ? 100000 : 50000},
+                                       {"input_tokens_details", {{"cached_tokens", ended ? 20000 : 0}}},
+                                       {"output_tokens", ended ? 40000 : 20000},
+                                       {"output_tokens_details", {{"reasoning_tokens", 0}}},
+                                       {"total_tokens", ended ? 140000 : 70000}}}});
+  }
   if (req.method == "POST" && route == "/images/generations") {
     const json usage = {{"input_tokens", 12}, {"output_tokens", 4160}, {"total_tokens", 4172},
                         {"input_tokens_details", {{"text_tokens", 12}, {"image_tokens", 0}}}};

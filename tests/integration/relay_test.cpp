@@ -163,6 +163,41 @@ TEST_CASE("relay: a Responses call's hosted web searches are billed per call, st
   }
 }
 
+TEST_CASE("relay: a batch created through tollgate is metered once, at batch prices, when a poll sees it ended",
+          "[relay]") {
+  harness h;
+  auto created = tt::post_json(h.port(), "/v1/batches",
+                               R"({"input_file_id":"file-abc","endpoint":"/v1/chat/completions","completion_window":"24h"})");
+  REQUIRE(created.status == 200);
+  const std::string id = json::parse(created.body)["id"];
+  CHECK(tt::request(h.port(), "GET", "/v1/batches/" + id).status == 200);            // in progress
+  CHECK(tt::request(h.port(), "POST", "/v1/batches/" + id + "/cancel").status == 200);  // cancelling
+  auto done = tt::request(h.port(), "GET", "/v1/batches/" + id, "", {{"x-fake-batch-status", "completed"}});
+  REQUIRE(done.status == 200);
+  CHECK(json::parse(done.body)["usage"]["input_tokens"] == 100000);
+  CHECK(tt::request(h.port(), "GET", "/v1/batches/" + id, "", {{"x-fake-batch-status", "completed"}}).status == 200);
+  // A batch created elsewhere: its usage was never this tollgate's to meter.
+  CHECK(tt::request(h.port(), "GET", "/v1/batches/batch_other", "", {{"x-fake-batch-status", "completed"}}).status == 200);
+  h.flush();
+  auto rows = h.rows("SELECT * FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 6);
+  for (std::size_t i : {0, 1, 2, 4, 5}) {
+    INFO("row " << i);
+    CHECK(rows[i]["usage_source"] == "none");
+    CHECK(std::stod(rows[i]["cost_usd"]) == 0);
+  }
+  auto& m = rows[3];
+  CHECK(m["usage_source"] == "upstream");
+  CHECK(m["service_tier"] == "batch");
+  CHECK(m["served_model"] == "gpt-4.1-mini-2025-04-14");
+  CHECK(m["price_model"] == "gpt-4.1-mini");
+  CHECK(m["prompt_tokens"] == "100000");
+  CHECK(m["cached_tokens"] == "20000");
+  CHECK(m["completion_tokens"] == "40000");
+  // gpt-4.1-mini at half price: 80k uncached x $0.20, 20k cached x $0.05, 40k out x $0.80 per 1M.
+  CHECK(std::stod(m["cost_usd"]) == Approx((80'000 * 0.20 + 20'000 * 0.05 + 40'000 * 0.80) / 1e6).epsilon(1e-12));
+}
+
 TEST_CASE("relay: a stream without include_usage is metered but the client sees no usage chunk", "[relay][stream]") {
   harness h;
   tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4o-mini", true));

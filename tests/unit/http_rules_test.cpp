@@ -253,6 +253,20 @@ TEST_CASE("http_rules: calls that read or end a stored response name it", "[http
   CHECK(stored_response_id("GET", "/v1/chat/completions/resp_1").empty());
 }
 
+TEST_CASE("http_rules: Batch API calls that create, read or cancel a batch", "[http_rules]") {
+  CHECK(creates_batch("POST", "/v1/batches"));
+  CHECK(creates_batch("POST", "/v1/batches/"));
+  CHECK_FALSE(creates_batch("GET", "/v1/batches"));
+  CHECK_FALSE(creates_batch("POST", "/v1/batches/batch_1/cancel"));
+  CHECK(batch_id_of("GET", "/v1/batches/batch_1") == "batch_1");
+  CHECK(batch_id_of("GET", "/v1/batches/batch_1/") == "batch_1");
+  CHECK(batch_id_of("POST", "/v1/batches/batch_1/cancel") == "batch_1");
+  CHECK(batch_id_of("GET", "/v1/batches").empty());
+  CHECK(batch_id_of("DELETE", "/v1/batches/batch_1").empty());
+  CHECK(batch_id_of("GET", "/v1/batches/batch_1/other").empty());
+  CHECK(batch_id_of("GET", "/v1/files/batch_1").empty());
+}
+
 TEST_CASE("http_rules: a WebSocket handshake is recognised and goes upstream as one", "[http_rules]") {
   CHECK(is_websocket_upgrade("GET", 11, "Upgrade", "websocket"));
   CHECK(is_websocket_upgrade("GET", 11, "keep-alive, Upgrade", "WebSocket"));  // Firefox; any case

@@ -413,6 +413,22 @@ TEST_CASE("pricing: service tiers (flex, priority) are billed at their own price
     v.tier = service_tier::none;  // 1,000 prompt tokens > 100: the long tier
     CHECK(compute_cost(p, "m", v).usd == Approx((500 * 40.0 + 400 * 40.0 + 100 * 50.0 + 100 * 80.0) / 1e6));
   }
+  SECTION("batch: half price unless the entry says otherwise") {
+    CHECK(at(service_tier::batch, "gpt-5") == Approx(standard / 2));
+    CHECK(at(service_tier::batch, "claude-sonnet-4.5") == Approx(at(service_tier::none, "claude-sonnet-4.5") / 2));
+    price_table p;
+    p.load_yaml_string("models:\n  m: { input: 4.0, output: 8.0, batch: 0.4 }\n  n: { input: 4.0, output: 8.0 }\n");
+    auto v = usage(1'000'000, 1'000'000);
+    v.tier = service_tier::batch;
+    CHECK(compute_cost(p, "m", v).usd == Approx(0.4 * 12.0));
+    CHECK(compute_cost(p, "n", v).usd == Approx(0.5 * 12.0));
+    price_table l;
+    l.load_litellm_string(R"({"x": {"input_cost_per_token": 4e-6, "output_cost_per_token": 8e-6,
+      "input_cost_per_token_batches": 1e-6, "output_cost_per_token_batches": 2e-6}, "y": {"input_cost_per_token": 4e-6,
+      "output_cost_per_token": 8e-6}})", "l.json");
+    CHECK(compute_cost(l, "x", v).usd == Approx(3.0));
+    CHECK(compute_cost(l, "y", v).usd == Approx(6.0));
+  }
   SECTION("bad tier entries are reported with file:line") {
     CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, flex: { input: 1 } }\n"),
                Catch::StartsWith("bad.yaml:2") && Catch::Contains("flex needs input and output"));

@@ -556,7 +556,8 @@ TEST_CASE("report: what-if re-prices the tokens at another model's prices", "[re
     std::vector<token_usage> usages = {
         {10'000, 2'000, 4'000, 0, 0, 0}, {10'000, 2'000, 4'000, 0, 0, 0}, {10'000, 2'000, 4'000, 0, 0, 0},
         {300'000, 1'000, 0, 0, 0, 0},  // long context unless its tier is priced
-        {5'000, 100, 0, 0, 0, 0}};
+        {5'000, 100, 0, 0, 0, 0}, {8'000, 900, 1'000, 0, 0, 0}};
+    usages[5].tier = service_tier::batch;  // half price on every target (its default batch tier)
     usages[0].tier = service_tier::flex;
     usages[1].tier = service_tier::priority;
     usages[2].tier = service_tier::standard;
