@@ -18,7 +18,7 @@ namespace {
 
 constexpr const char* usage_text =
     R"(Usage: tollgate [--config FILE] [--check-config] [--version] [--help]
-       tollgate report --ledger FILE [--month YYYY-MM | --from X --to Y] [--by model|team|key|day] [--csv]
+       tollgate report --ledger FILE [--month YYYY-MM | --from X --to Y] [--by model|team|key|tier|day] [--csv]
                        (see 'tollgate report --help')
 
 An LLM API relay: point your OpenAI/Anthropic base URL at it; every call is forwarded to the

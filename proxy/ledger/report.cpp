@@ -228,6 +228,7 @@ const char* group_expr(spend_group g) noexcept {
     case spend_group::model: return "COALESCE(price_model, served_model, requested_model)";
     case spend_group::team: return "team";
     case spend_group::key: return "client_key_id";
+    case spend_group::tier: return "service_tier";
     case spend_group::day: break;
   }
   return "NULL";
@@ -511,6 +512,7 @@ std::string_view to_string(spend_group g) noexcept {
     case spend_group::model: return "model";
     case spend_group::team: return "team";
     case spend_group::key: return "key";
+    case spend_group::tier: return "tier";
   }
   return "day";
 }
@@ -524,11 +526,11 @@ std::vector<spend_group> parse_group_by(std::string_view list) {
     pos = comma + 1;
     if (name.empty()) continue;
     std::optional<spend_group> g;
-    for (const auto c : {spend_group::day, spend_group::model, spend_group::team, spend_group::key})
+    for (const auto c : {spend_group::day, spend_group::model, spend_group::team, spend_group::key, spend_group::tier})
       if (name == to_string(c)) g = c;
     if (!g)
       throw std::invalid_argument("group_by: unknown column '" + std::string(name) +
-                                  "' (expected day, model, team or key)");
+                                  "' (expected day, model, team, key or tier)");
     if (std::find(out.begin(), out.end(), *g) != out.end())
       throw std::invalid_argument("group_by: '" + std::string(name) + "' given twice");
     out.push_back(*g);

@@ -60,7 +60,7 @@ std::string format_rfc3339_utc(std::int64_t ms);
 // name (with unpriced_requests counting them) instead of disappearing. key: the client key's
 // name (client_key_id). team: the key's team. Absent values (auth off, no team) are null in
 // JSON and an empty field in CSV.
-enum class spend_group : std::uint8_t { day, model, team, key };
+enum class spend_group : std::uint8_t { day, model, team, key, tier };  // tier: service_tier
 std::string_view to_string(spend_group g) noexcept;
 // "day,model" -> {day, model}, order kept. Throws std::invalid_argument on an unknown or
 // repeated name.

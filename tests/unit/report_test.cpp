@@ -211,7 +211,7 @@ TEST_CASE("report: group_by names are parsed in order, unknown or repeated ones 
   CHECK(parse_group_by("model, day") == std::vector<spend_group>{spend_group::model, spend_group::day});
   CHECK(parse_group_by("key,team,day,model").size() == 4);
   CHECK(parse_group_by("").empty());
-  CHECK_THROWS_WITH(parse_group_by("day,user"), Contains("unknown column 'user'") && Contains("day, model, team or key"));
+  CHECK_THROWS_WITH(parse_group_by("day,user"), Contains("unknown column 'user'") && Contains("day, model, team, key or tier"));
   CHECK_THROWS_WITH(parse_group_by("day,model,day"), Contains("'day' given twice"));
 }
 
@@ -270,6 +270,24 @@ TEST_CASE("report: spend groups by model, team and key in the order given", "[re
     CHECK(r.total.requests == 5);
     CHECK(r.total.unpriced_requests == 1);
     CHECK(r.total.cost_usd == 3.0);
+  }
+  SECTION("by tier: calls whose reply named none form the null group") {
+    sample_ledger tiers;
+    auto flex = call(t, "gpt-5", 0.25);
+    flex.tokens.tier = service_tier::flex;
+    auto batch = call(t + 1, "gpt-5", 0.5);
+    batch.tokens.tier = service_tier::batch;
+    auto plain = call(t + 2, "gpt-5", 1.0);
+    plain.tokens.tier = service_tier::standard;
+    tiers.write({flex, batch, plain, call(t + 3, "gpt-5", 2.0)});
+    const auto r = query_spend(tiers.path, {nov, {spend_group::tier, spend_group::model}, "UTC"});
+    REQUIRE(r.rows.size() == 4);
+    CHECK(r.rows[0].keys == std::vector<std::optional<std::string>>{std::nullopt, "gpt-5"});
+    CHECK(r.rows[1].keys == keys({"batch", "gpt-5"}));
+    CHECK(r.rows[2].keys == keys({"default", "gpt-5"}));
+    CHECK(r.rows[3].keys == keys({"flex", "gpt-5"}));
+    CHECK(r.rows[3].figures.cost_usd == 0.25);
+    CHECK(parse_group_by("tier,day") == std::vector<spend_group>{spend_group::tier, spend_group::day});
   }
   SECTION("by key and by team: calls without one form a null group, sorted first") {
     const auto by_key = query_spend(s.path, {nov, {spend_group::key}, "UTC"});
