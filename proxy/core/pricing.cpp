@@ -230,6 +230,8 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       e.price.cache_write_1h = yaml_price(file, kv.second, what);
     } else if (key == "web_search") {
       e.price.web_search = yaml_price(file, kv.second, what);
+    } else if (key == "image_input") {
+      e.price.image_input = yaml_price(file, kv.second, what);
     } else if (key == "long_context") {
       parse_long_context(file, model, kv.second, e.price);
     } else if (key == "flex" || key == "priority" || key == "scale" || key == "batch") {
@@ -243,7 +245,7 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
     } else {
       fail(file, kv.first, "'" + model + "': unknown key '" + key +
                                 "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
-                                "web_search, long_context, flex, priority, scale, batch, aliases)");
+                                "web_search, image_input, long_context, flex, priority, scale, batch, aliases)");
     }
   }
   if (!has_input || !has_output) fail(file, node, "'" + model + "' needs both input and output prices");
@@ -498,9 +500,15 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
     w1 = (long_tier ? price.long_cache_write_1h : price.cache_write_1h).value_or(2.0 * in);
   }
 
+  // Image input tokens (gpt-image-1 edits) are part of the uncached input, at their own price.
+  const double image = std::min(clamp0(usage.image_in), uncached);
+  // In a tier (batch, flex) the image price moves with the text input price.
+  double image_in = in;
+  if (price.image_input) image_in = price.input > 0 ? *price.image_input * (in / price.input) : *price.image_input;
   // Web searches are per request, the same in either tier.
   const double usd =
-      (uncached * in + cached * cached_in + write_5m * w5 + write_1h * w1 + completion * out) / per_million +
+      ((uncached - image) * in + image * image_in + cached * cached_in + write_5m * w5 + write_1h * w1 +
+       completion * out) / per_million +
       clamp0(usage.web_search) * price.web_search / 1000.0;
   return {usd * multiplier, true, &price};
 }

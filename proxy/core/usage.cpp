@@ -248,7 +248,9 @@ std::optional<token_usage> responses_usage(const Node& u) {
   token_usage t;
   t.prompt = input.value_or(0);
   t.completion = output.value_or(0);
-  t.cached = count(member(u, "input_tokens_details"), "cached_tokens");
+  const auto& input_details = member(u, "input_tokens_details");
+  t.cached = count(input_details, "cached_tokens");
+  t.image_in = std::min(count(input_details, "image_tokens"), t.prompt);
   t.reasoning = count(member(u, "output_tokens_details"), "reasoning_tokens");
   return clamp_parts(t);
 }

@@ -45,6 +45,9 @@ struct token_usage {
   std::int64_t web_search = 0;      // server-side web searches billed per request (Anthropic
                                     // usage.server_tool_use.web_search_requests); not tokens
   service_tier tier = service_tier::none;  // tier the response reports (prices flex/priority)
+  std::int64_t image_in = 0;        // image input tokens, part of prompt (gpt-image-1's
+                                    // input_tokens_details.image_tokens): priced at image_input;
+                                    // not a ledger column (a what-if prices them as text)
   std::int64_t total() const noexcept { return prompt + completion; }
 };
 

@@ -198,6 +198,7 @@ model_price price_override(const price_table& table, const std::string& model, c
     else if (field == "cached_input") p.cached_input = price_field(entry, where, "cached_input");
     else if (field == "cache_write_5m") p.cache_write_5m = price_field(entry, where, "cache_write_5m");
     else if (field == "cache_write_1h") p.cache_write_1h = price_field(entry, where, "cache_write_1h");
+    else if (field == "web_search") p.web_search = price_field(entry, where, "web_search");
     else if (field == "long_context") {
       const std::string lw = where + ".long_context";
       if (!v.is_object()) throw http_problem(400, "invalid_parameter", lw + " must be an object");
@@ -216,7 +217,7 @@ model_price price_override(const price_table& table, const std::string& model, c
     } else {
       throw http_problem(400, "invalid_parameter",
                          where + "." + field.substr(0, 40) +
-                             " is not a price key (input, cached_input, output, cache_write_5m, cache_write_1h, long_context)");
+                             " is not a price key (input, cached_input, output, cache_write_5m, cache_write_1h, web_search, long_context)");
     }
   }
   // A new model's cached price defaults to its input price, as in prices.yaml.

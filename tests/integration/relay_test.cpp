@@ -428,6 +428,9 @@ TEST_CASE("relay: usage in a retrieved or updated stored object is not metered a
   CHECK(h.query_text("SELECT requested_model || ' ' || stream || ' ' || aborted || ' ' || COALESCE(error_kind, '-') || ' ' || "
                      "usage_source || ' ' || prompt_tokens || ' ' || completion_tokens FROM calls ORDER BY id DESC LIMIT 1") ==
         "gpt-image-1 1 0 - upstream 12 4160");
+  // gpt-image-1 prices: 12 text input tokens at $5, 4,160 image output tokens at $40 per 1M.
+  CHECK(h.query_double("SELECT cost_usd FROM calls ORDER BY id DESC LIMIT 1") ==
+        Approx((12 * 5.0 + 4160 * 40.0) / 1e6).epsilon(1e-12));
 }
 
 TEST_CASE("relay: a background response streamed at its creation and cut is metered by its retrieval, once",

@@ -54,7 +54,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-5-pro", "o3-pro", "o3-mini", "o1", "o1-pro", "o1-mini", "codex-mini-latest",
                             "gpt-4o-2024-05-13", "gpt-4-turbo", "gpt-4", "claude-opus-4.5", "claude-opus-4",
                             "claude-3-7-sonnet", "claude-3-5-haiku", "claude-3-haiku", "gemini-2.0-flash",
-                            "gemini-2.0-flash-lite", "gemini-3-pro-preview"};
+                            "gemini-2.0-flash-lite", "gemini-3-pro-preview", "gpt-image-1", "gpt-image-1-mini"};
   CHECK(t.size() == std::size(expected));
   for (const char* name : expected) {
     INFO(name);
@@ -428,6 +428,15 @@ TEST_CASE("pricing: service tiers (flex, priority) are billed at their own price
       "output_cost_per_token": 8e-6}})", "l.json");
     CHECK(compute_cost(l, "x", v).usd == Approx(3.0));
     CHECK(compute_cost(l, "y", v).usd == Approx(6.0));
+  }
+  SECTION("gpt-image-1: image input tokens at the image price, text at the text price, in any tier") {
+    auto v = usage(1'000, 4'160);
+    v.image_in = 600;  // an edit: 400 text + 600 image tokens in
+    CHECK(compute_cost(t, "gpt-image-1", v).usd == Approx((400 * 5.0 + 600 * 10.0 + 4'160 * 40.0) / 1e6));
+    v.tier = service_tier::batch;
+    CHECK(compute_cost(t, "gpt-image-1", v).usd == Approx(0.5 * (400 * 5.0 + 600 * 10.0 + 4'160 * 40.0) / 1e6));
+    v.tier = service_tier::none;
+    CHECK(compute_cost(t, "gpt-4.1", v).usd == Approx((1'000 * 2.0 + 4'160 * 8.0) / 1e6));  // no image price: input
   }
   SECTION("bad tier entries are reported with file:line") {
     CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, flex: { input: 1 } }\n"),

@@ -928,3 +928,13 @@ TEST_CASE("usage: a Responses reply's web_search_call items are counted as web s
     CHECK(m.usage().web_search == 2);
   }
 }
+
+TEST_CASE("usage: gpt-image-1's image input tokens are read from input_tokens_details", "[usage]") {
+  const auto f = extract_response(route_kind::other, R"({"created":1764460800,"data":[{"b64_json":"aGVsbG8="}],
+    "usage":{"input_tokens":612,"output_tokens":4160,"total_tokens":4772,
+             "input_tokens_details":{"text_tokens":12,"image_tokens":600}}})");
+  REQUIRE(f.has_usage);
+  CHECK(f.usage.prompt == 612);
+  CHECK(f.usage.image_in == 600);
+  CHECK(f.usage.completion == 4160);
+}
