@@ -232,6 +232,10 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       e.price.web_search = yaml_price(file, kv.second, what);
     } else if (key == "image_input") {
       e.price.image_input = yaml_price(file, kv.second, what);
+    } else if (key == "audio_input") {
+      e.price.audio_input = yaml_price(file, kv.second, what);
+    } else if (key == "audio_output") {
+      e.price.audio_output = yaml_price(file, kv.second, what);
     } else if (key == "long_context") {
       parse_long_context(file, model, kv.second, e.price);
     } else if (key == "flex" || key == "priority" || key == "scale" || key == "batch") {
@@ -245,7 +249,8 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
     } else {
       fail(file, kv.first, "'" + model + "': unknown key '" + key +
                                 "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
-                                "web_search, image_input, long_context, flex, priority, scale, batch, aliases)");
+                                "web_search, image_input, audio_input, audio_output, long_context, flex, priority, scale, "
+                                "batch, aliases)");
     }
   }
   if (!has_input || !has_output) fail(file, node, "'" + model + "' needs both input and output prices");
@@ -500,15 +505,22 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
     w1 = (long_tier ? price.long_cache_write_1h : price.cache_write_1h).value_or(2.0 * in);
   }
 
-  // Image input tokens (gpt-image-1 edits) are part of the uncached input, at their own price.
+  // Image and audio input tokens are part of the uncached input, audio output tokens part of the
+  // completion, each at its own price; in a tier (batch, flex) those prices move with the text
+  // prices, by the tier's ratio.
+  const auto media = [](const std::optional<double>& own, double text_now, double text_base) {
+    if (!own) return text_now;
+    return text_base > 0 ? *own * (text_now / text_base) : *own;
+  };
   const double image = std::min(clamp0(usage.image_in), uncached);
-  // In a tier (batch, flex) the image price moves with the text input price.
-  double image_in = in;
-  if (price.image_input) image_in = price.input > 0 ? *price.image_input * (in / price.input) : *price.image_input;
+  const double audio = std::min(clamp0(usage.audio_in), uncached - image);
+  const double audio_out = std::min(clamp0(usage.audio_out), completion);
   // Web searches are per request, the same in either tier.
   const double usd =
-      ((uncached - image) * in + image * image_in + cached * cached_in + write_5m * w5 + write_1h * w1 +
-       completion * out) / per_million +
+      ((uncached - image - audio) * in + image * media(price.image_input, in, price.input) +
+       audio * media(price.audio_input, in, price.input) + cached * cached_in + write_5m * w5 + write_1h * w1 +
+       (completion - audio_out) * out + audio_out * media(price.audio_output, out, price.output)) /
+          per_million +
       clamp0(usage.web_search) * price.web_search / 1000.0;
   return {usd * multiplier, true, &price};
 }

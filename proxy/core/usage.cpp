@@ -213,6 +213,9 @@ std::int64_t count(const Node& obj, std::string_view key) {
 token_usage clamp_parts(token_usage t) noexcept {
   t.cached = std::min(t.cached, t.prompt);
   t.reasoning = std::min(t.reasoning, t.completion);
+  t.image_in = std::min(t.image_in, t.prompt);
+  t.audio_in = std::min(t.audio_in, t.prompt - t.image_in);
+  t.audio_out = std::min(t.audio_out, t.completion);
   t.cache_write_1h = std::min(t.cache_write_1h, t.cache_write);
   return t;
 }
@@ -235,6 +238,9 @@ std::optional<token_usage> chat_usage(const Node& u) {
         // DeepSeek reports cache hits as a top-level prompt_cache_hit_tokens instead of the details.
         t.cached = count_field(details, "cached_tokens").value_or(as_count(hits).value_or(0));
         t.reasoning = count(completion_details, "reasoning_tokens");
+        // Audio models (gpt-4o-audio-preview): audio tokens in and out at their own prices.
+        t.audio_in = count(details, "audio_tokens");
+        t.audio_out = count(completion_details, "audio_tokens");
         return clamp_parts(t);
       });
 }
@@ -248,9 +254,12 @@ std::optional<token_usage> responses_usage(const Node& u) {
   token_usage t;
   t.prompt = input.value_or(0);
   t.completion = output.value_or(0);
-  const auto& input_details = member(u, "input_tokens_details");
+  // Transcriptions spell it input_token_details.
+  const auto& plural = member(u, "input_tokens_details");
+  const auto& input_details = is_object(plural) ? plural : member(u, "input_token_details");
   t.cached = count(input_details, "cached_tokens");
-  t.image_in = std::min(count(input_details, "image_tokens"), t.prompt);
+  t.image_in = count(input_details, "image_tokens");
+  t.audio_in = count(input_details, "audio_tokens");
   t.reasoning = count(member(u, "output_tokens_details"), "reasoning_tokens");
   return clamp_parts(t);
 }

@@ -45,9 +45,10 @@ struct token_usage {
   std::int64_t web_search = 0;      // server-side web searches billed per request (Anthropic
                                     // usage.server_tool_use.web_search_requests); not tokens
   service_tier tier = service_tier::none;  // tier the response reports (prices flex/priority)
-  std::int64_t image_in = 0;        // image input tokens, part of prompt (gpt-image-1's
-                                    // input_tokens_details.image_tokens): priced at image_input;
-                                    // not a ledger column (a what-if prices them as text)
+  // Media tokens priced apart (not ledger columns: a what-if prices them as text): image input
+  // (gpt-image-1's input_tokens_details.image_tokens) and audio input (audio and transcription
+  // models), parts of prompt; audio output, part of completion.
+  std::int64_t image_in = 0, audio_in = 0, audio_out = 0;
   std::int64_t total() const noexcept { return prompt + completion; }
 };
 

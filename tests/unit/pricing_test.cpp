@@ -54,7 +54,9 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-5-pro", "o3-pro", "o3-mini", "o1", "o1-pro", "o1-mini", "codex-mini-latest",
                             "gpt-4o-2024-05-13", "gpt-4-turbo", "gpt-4", "claude-opus-4.5", "claude-opus-4",
                             "claude-3-7-sonnet", "claude-3-5-haiku", "claude-3-haiku", "gemini-2.0-flash",
-                            "gemini-2.0-flash-lite", "gemini-3-pro-preview", "gpt-image-1", "gpt-image-1-mini"};
+                            "gemini-2.0-flash-lite", "gemini-3-pro-preview", "gpt-image-1", "gpt-image-1-mini",
+                            "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-mini-tts", "gpt-4o-audio-preview",
+                            "gpt-4o-mini-audio-preview"};
   CHECK(t.size() == std::size(expected));
   for (const char* name : expected) {
     INFO(name);
@@ -437,6 +439,16 @@ TEST_CASE("pricing: service tiers (flex, priority) are billed at their own price
     CHECK(compute_cost(t, "gpt-image-1", v).usd == Approx(0.5 * (400 * 5.0 + 600 * 10.0 + 4'160 * 40.0) / 1e6));
     v.tier = service_tier::none;
     CHECK(compute_cost(t, "gpt-4.1", v).usd == Approx((1'000 * 2.0 + 4'160 * 8.0) / 1e6));  // no image price: input
+  }
+  SECTION("audio tokens in and out at the audio prices") {
+    auto v = usage(1'000, 500);
+    v.audio_in = 700;
+    v.audio_out = 400;
+    CHECK(compute_cost(t, "gpt-4o-audio-preview", v).usd ==
+          Approx((300 * 2.50 + 700 * 40.0 + 100 * 10.0 + 400 * 80.0) / 1e6));
+    auto w = usage(1'200, 80);
+    w.audio_in = 1'150;  // a transcription: 50 text (prompt) tokens, 1,150 audio tokens
+    CHECK(compute_cost(t, "gpt-4o-transcribe", w).usd == Approx((50 * 2.50 + 1'150 * 6.0 + 80 * 10.0) / 1e6));
   }
   SECTION("bad tier entries are reported with file:line") {
     CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, flex: { input: 1 } }\n"),

@@ -938,3 +938,23 @@ TEST_CASE("usage: gpt-image-1's image input tokens are read from input_tokens_de
   CHECK(f.usage.image_in == 600);
   CHECK(f.usage.completion == 4160);
 }
+
+TEST_CASE("usage: audio tokens of chat and transcription replies", "[usage]") {
+  const auto chat = extract_response(route_kind::chat_completions, R"({"object":"chat.completion","model":"gpt-4o-audio-preview",
+    "usage":{"prompt_tokens":1000,"completion_tokens":500,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":700},
+             "completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":400}}})");
+  REQUIRE(chat.has_usage);
+  CHECK(chat.usage.audio_in == 700);
+  CHECK(chat.usage.audio_out == 400);
+  const auto transcript = extract_response(route_kind::other, R"({"text":"Hello.","usage":{"type":"tokens",
+    "input_tokens":1200,"input_token_details":{"text_tokens":50,"audio_tokens":1150},"output_tokens":80,"total_tokens":1280}})");
+  REQUIRE(transcript.has_usage);
+  CHECK(transcript.usage.prompt == 1200);
+  CHECK(transcript.usage.audio_in == 1150);
+  CHECK(transcript.usage.completion == 80);
+  // Counts past their totals are clamped.
+  const auto odd = extract_response(route_kind::chat_completions, R"({"usage":{"prompt_tokens":10,"completion_tokens":5,
+    "prompt_tokens_details":{"audio_tokens":70},"completion_tokens_details":{"audio_tokens":40}}})");
+  CHECK(odd.usage.audio_in == 10);
+  CHECK(odd.usage.audio_out == 5);
+}
