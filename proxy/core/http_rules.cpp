@@ -282,6 +282,40 @@ bool creates_batch(std::string_view method, std::string_view path) noexcept {
   return method == "POST" && path == "/v1/batches";
 }
 
+bool holds_message_batches(std::string_view path) noexcept {
+  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  return (path == "/v1/messages/batches" || path.starts_with("/v1/messages/batches/")) && !path.ends_with("/results");
+}
+
+std::size_t relativize_results_urls(char* body, std::size_t size) noexcept {
+  constexpr std::string_view key = "\"results_url\"";
+  constexpr std::string_view path = "/v1/messages/batches/";
+  std::string_view all(body, size);
+  std::size_t done = 0;
+  for (std::size_t at = all.find(key); at != std::string_view::npos; at = all.find(key, at + key.size())) {
+    std::size_t i = at + key.size();
+    while (i < size && (all[i] == ' ' || all[i] == '\t' || all[i] == '\n' || all[i] == '\r')) ++i;
+    if (i >= size || all[i] != ':') continue;
+    ++i;
+    while (i < size && (all[i] == ' ' || all[i] == '\t' || all[i] == '\n' || all[i] == '\r')) ++i;
+    if (i >= size || all[i] != '"') continue;
+    const std::size_t open = i;
+    const std::size_t close = all.find('"', open + 1);
+    if (close == std::string_view::npos) break;  // cut by the end of this piece
+    const std::string_view value = all.substr(open + 1, close - open - 1);
+    if (value.find('\\') != std::string_view::npos || value.starts_with('/')) continue;
+    const std::size_t p = value.find(path);
+    if (p == std::string_view::npos || p == 0) continue;
+    // "<origin and prefix>/v1/messages/batches/..." -> "/v1/messages/batches/...", then spaces.
+    const std::size_t keep = value.size() - p;
+    std::memmove(body + open + 1, body + open + 1 + p, keep);
+    body[open + 1 + keep] = '"';
+    std::memset(body + open + 2 + keep, ' ', close - (open + 1 + keep));
+    ++done;
+  }
+  return done;
+}
+
 bool is_websocket_upgrade(std::string_view method, unsigned version, std::string_view connection,
                           std::string_view upgrade) noexcept {
   // Upgrade is a comma-separated list like Connection's; RFC 6455's keyword has no version.

@@ -109,6 +109,18 @@ std::string_view stored_response_id(std::string_view method, std::string_view pa
 std::string_view batch_id_of(std::string_view method, std::string_view path) noexcept;
 bool creates_batch(std::string_view method, std::string_view path) noexcept;
 
+// Anthropic's message batch objects name their results as an absolute URL on the upstream's host
+// (`"results_url": "https://api.anthropic.com/v1/messages/batches/{id}/results"`), which the
+// Anthropic SDKs fetch as is: past tollgate, with the client's tollgate key, to a 401. Rewrites
+// every such value in `body` to its path (`/v1/messages/batches/{id}/results`), which the SDKs
+// resolve against their base URL (tollgate), padding with spaces after the string so the body
+// keeps its length (and its Content-Length). In place; returns how many values were rewritten.
+// A value not whole in `body`, or without that path, is left alone.
+std::size_t relativize_results_urls(char* body, std::size_t size) noexcept;
+// Whether a call's answer may hold message batch objects (Anthropic's /v1/messages/batches, its
+// `/results` JSONL download aside).
+bool holds_message_batches(std::string_view path) noexcept;
+
 // A WebSocket opening handshake (RFC 6455 §4.1): GET over HTTP/1.1 (version 11) whose
 // Connection lists "upgrade" and whose Upgrade lists "websocket" (both case-insensitive).
 bool is_websocket_upgrade(std::string_view method, unsigned version, std::string_view connection,

@@ -360,6 +360,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     std::string background_id;  // reads or cancels a pending background response: metered once
     std::string batch_id;       // reads or cancels a batch created through tollgate: metered once
     bool creates_batch = false; // POST /v1/batches: its id is remembered
+    bool batch_objects = false; // Anthropic message batches: results_url made relative
     spool_body::value_type spooled;  // a large pass-through body, in a file (spool_request_body)
   };
 
@@ -935,6 +936,7 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
     }
   }
   c.creates_batch = rd.route == route_kind::other && creates_batch(req.method_string(), tp.path);
+  c.batch_objects = rd.route == route_kind::other && holds_message_batches(tp.path);
   // A handshake has no body (RFC 6455 §4.1); a GET that carries one is relayed as a plain call.
   c.websocket = rd.route == route_kind::other && req.body().empty() && !c.spooled.active() &&
                 is_websocket_upgrade(req.method_string(), req.version(), c.head.connection, c.head.upgrade);
@@ -1276,7 +1278,7 @@ void client_session::write_upstream_head(const upstream_node& t, const client_re
   uh.credential_value = use_x_api_key ? std::string_view(t.cfg.api_key) : std::string_view(t.bearer);
   uh.request_id = c.rec.request_id;
   if (t.cfg.protocol == upstream_protocol::anthropic) uh.anthropic_version = "2023-06-01";
-  uh.drop_accept_encoding = c.strip;  // the stream must be readable to be edited
+  uh.drop_accept_encoding = c.strip || c.batch_objects;  // the answer must be readable to be edited
   uh.drop_content_encoding = c.body_decoded;
   // A metered answer must come in a coding the meter reads: Python's httpx offers br and zstd
   // when their modules are installed, and an answer in either would leave the call unmetered.
@@ -1767,6 +1769,8 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
         ok = send_client(out_, !ec && p.is_done() && events.pending().empty());
         if (!ok) ok = co_await finish_client();
       } else {
+        // Anthropic batch objects: their results_url must lead back through tollgate.
+        if (c.batch_objects && !shape.compressed) relativize_results_urls(relay_buf_.data(), n);
         ok = send_client(piece, !ec && p.is_done());
         if (!ok) ok = co_await finish_client();
         if (meter) {

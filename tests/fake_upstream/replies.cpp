@@ -872,6 +872,60 @@ reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t req
                     {"output_tokens_details", {{"reasoning_tokens", 200}}}, {"total_tokens", 1500}};
     return json_reply(200, r);
   }
+  // Anthropic's Message Batches: created in progress, ended at the first retrieval, with a
+  // results_url on this server's own host (as Anthropic's names api.anthropic.com), and the
+  // results as JSON lines: one succeeded message per request (a custom_id "fail-..." errs).
+  if (route == "/messages/batches" || route.starts_with("/messages/batches/")) {
+    const std::string host = req.header("host");
+    auto batch = [&](std::string id, bool ended, std::size_t n) {
+      ojson b = {{"id", id},
+                 {"type", "message_batch"},
+                 {"processing_status", ended ? "ended" : "in_progress"},
+                 {"request_counts", {{"processing", ended ? 0 : n}, {"succeeded", ended ? n : 0}, {"errored", 0},
+                                     {"canceled", 0}, {"expired", 0}}},
+                 {"ended_at", ended ? ojson("2026-12-04T00:10:00Z") : ojson(nullptr)},
+                 {"created_at", "2026-12-04T00:00:00Z"},
+                 {"expires_at", "2026-12-05T00:00:00Z"},
+                 {"archived_at", nullptr},
+                 {"cancel_initiated_at", nullptr},
+                 {"results_url", ended ? ojson("http://" + host + "/v1/messages/batches/" + id + "/results")
+                                       : ojson(nullptr)}};
+      return b;
+    };
+    if (req.method == "POST" && route == "/messages/batches") {
+      const json body = json::parse(req.body, nullptr, false);
+      const json& requests = field(body, "requests");
+      return json_reply(200, batch("msgbatch_fake" + std::to_string(request_number), false,
+                                   requests.is_array() ? requests.size() : 0));
+    }
+    if (req.method == "GET" && route == "/messages/batches")
+      return json_reply(200, {{"data", ojson::array({batch("msgbatch_listed", true, 1)})}, {"has_more", false},
+                              {"first_id", "msgbatch_listed"}, {"last_id", "msgbatch_listed"}});
+    const std::string_view rest = route.size() > 18 ? route.substr(18) : std::string_view();
+    const std::string id(rest.substr(0, rest.find('/')));
+    if (req.method == "GET" && rest.ends_with("/results")) {
+      std::string lines;
+      for (const char* custom : {"first", "second"}) {
+        ojson m = {{"custom_id", custom},
+                   {"result", {{"type", "succeeded"},
+                               {"message", {{"id", std::string("msg_batch_") + custom},
+                                            {"type", "message"},
+                                            {"role", "assistant"},
+                                            {"model", "claude-sonnet-4-5-20250929"},
+                                            {"content", ojson::array({{{"type", "text"}, {"text", "Hello from a batch."}}})},
+                                            {"stop_reason", "end_turn"},
+                                            {"stop_sequence", nullptr},
+                                            {"usage", {{"input_tokens", 20}, {"output_tokens", 6}}}}}}}};
+        lines += m.dump() + "\n";
+      }
+      reply r;
+      r.headers.emplace_back("Content-Type", "application/binary");
+      r.body = lines;
+      return r;
+    }
+    if (req.method == "GET" && !id.empty() && rest.find('/') == std::string_view::npos)
+      return json_reply(200, batch(id, true, 2));
+  }
   // The Batch API: a new batch validates; a poll answers in_progress with its running usage, or
   // the status x-fake-batch-status names (completed, cancelled...) with the final usage.
   if (req.method == "POST" && route == "/batches") {

@@ -315,6 +315,29 @@ test(`${sdk}: beta.files.upload passes a binary multipart body byte for byte`, a
   assert.equal(meta.fake_sha256, createHash('sha256').update(bytes).digest('hex'));
 });
 
+// Message Batches: the batch object names its results as an absolute URL on the upstream's host,
+// and batches.results() fetches that URL as is. Through tollgate it must lead back to tollgate
+// (the upstream would refuse the client's tollgate key), so the relay makes it a path the SDK
+// resolves against its base URL.
+test(`${sdk}: messages.batches create, retrieve, list and results`, async () => {
+  const created = await client.messages.batches.create({
+    requests: [{ custom_id: 'first', params }, { custom_id: 'second', params }],
+  });
+  assert.equal(created.type, 'message_batch');
+  assert.equal(created.processing_status, 'in_progress');
+  const batch = await client.messages.batches.retrieve(created.id);
+  assert.equal(batch.processing_status, 'ended');
+  if (upstreamKey) assert.equal(batch.results_url, `/v1/messages/batches/${created.id}/results`);
+  else assert.ok(batch.results_url.startsWith('http'));
+  const page = await client.messages.batches.list();
+  if (upstreamKey) assert.equal(page.data[0].results_url, '/v1/messages/batches/msgbatch_listed/results');
+  const results = [];
+  for await (const entry of await client.messages.batches.results(created.id)) results.push(entry);
+  assert.deepEqual(results.map((r) => r.custom_id), ['first', 'second']);
+  assert.equal(results[0].result.type, 'succeeded');
+  assert.equal(results[0].result.message.usage.input_tokens, 20);
+});
+
 test(`${sdk}: a 429 surfaces as RateLimitError with Retry-After`, async () => {
   const { options } = call('error-429', { 'x-fake-status': '429' });
   await assertRejects(client.messages.create(params, options), 429, 'rate_limit_error', Anthropic.RateLimitError);

@@ -267,6 +267,42 @@ TEST_CASE("http_rules: Batch API calls that create, read or cancel a batch", "[h
   CHECK(batch_id_of("GET", "/v1/files/batch_1").empty());
 }
 
+TEST_CASE("http_rules: message batch results_url values lead back through the relay, at the same length",
+          "[http_rules]") {
+  const auto run = [](std::string body) {
+    const std::size_t size = body.size();
+    const std::size_t n = relativize_results_urls(body.data(), body.size());
+    CHECK(body.size() == size);
+    return std::pair{n, body};
+  };
+  const std::string one =
+      R"({"id":"msgbatch_1","type":"message_batch","results_url":"https://api.anthropic.com/v1/messages/batches/msgbatch_1/results","x":1})";
+  auto [n, out] = run(one);
+  CHECK(n == 1);
+  const auto j = nlohmann::json::parse(out);
+  CHECK(j["results_url"] == "/v1/messages/batches/msgbatch_1/results");
+  CHECK(j["x"] == 1);
+  // Spaced JSON, a relay's path prefix, two objects (a list), a null one, one already relative.
+  const std::string list = R"({"data":[{"results_url" : "https://relay.example/anthropic/v1/messages/batches/b1/results"},)"
+                           R"({"results_url":null},{"results_url":"/v1/messages/batches/b2/results"},)"
+                           R"({"results_url":"https://api.anthropic.com/v1/messages/batches/b3/results"}]})";
+  auto [m, out2] = run(list);
+  CHECK(m == 2);
+  const auto l = nlohmann::json::parse(out2);
+  CHECK(l["data"][0]["results_url"] == "/v1/messages/batches/b1/results");
+  CHECK(l["data"][1]["results_url"].is_null());
+  CHECK(l["data"][2]["results_url"] == "/v1/messages/batches/b2/results");
+  CHECK(l["data"][3]["results_url"] == "/v1/messages/batches/b3/results");
+  // Left alone: a value cut by the end of the piece, another URL, a key in a string.
+  CHECK(run(R"({"results_url":"https://api.anthropic.com/v1/messages/batc)").first == 0);
+  CHECK(run(R"({"results_url":"https://files.example/x"})").first == 0);
+  CHECK(holds_message_batches("/v1/messages/batches"));
+  CHECK(holds_message_batches("/v1/messages/batches/b1"));
+  CHECK(holds_message_batches("/v1/messages/batches/b1/cancel"));
+  CHECK_FALSE(holds_message_batches("/v1/messages/batches/b1/results"));
+  CHECK_FALSE(holds_message_batches("/v1/messages"));
+}
+
 TEST_CASE("http_rules: a WebSocket handshake is recognised and goes upstream as one", "[http_rules]") {
   CHECK(is_websocket_upgrade("GET", 11, "Upgrade", "websocket"));
   CHECK(is_websocket_upgrade("GET", 11, "keep-alive, Upgrade", "WebSocket"));  // Firefox; any case
