@@ -282,6 +282,20 @@ bool creates_batch(std::string_view method, std::string_view path) noexcept {
   return method == "POST" && path == "/v1/batches";
 }
 
+std::string_view message_batch_results_id(std::string_view method, std::string_view path) noexcept {
+  constexpr std::string_view prefix = "/v1/messages/batches/", suffix = "/results";
+  if (method != "GET" || !path.starts_with(prefix)) return {};
+  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  if (!path.ends_with(suffix) || path.size() <= prefix.size() + suffix.size()) return {};
+  const std::string_view id = path.substr(prefix.size(), path.size() - prefix.size() - suffix.size());
+  return id.find('/') == std::string_view::npos ? id : std::string_view();
+}
+
+bool creates_message_batch(std::string_view method, std::string_view path) noexcept {
+  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  return method == "POST" && path == "/v1/messages/batches";
+}
+
 bool holds_message_batches(std::string_view path) noexcept {
   if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
   return (path == "/v1/messages/batches" || path.starts_with("/v1/messages/batches/")) && !path.ends_with("/results");

@@ -120,6 +120,11 @@ std::size_t relativize_results_urls(char* body, std::size_t size) noexcept;
 // Whether a call's answer may hold message batch objects (Anthropic's /v1/messages/batches, its
 // `/results` JSONL download aside).
 bool holds_message_batches(std::string_view path) noexcept;
+// Anthropic message batches are metered by their results file: the id of a batch whose results
+// a call downloads (GET /v1/messages/batches/{id}/results), "" otherwise; and whether a call
+// creates one (POST /v1/messages/batches).
+std::string_view message_batch_results_id(std::string_view method, std::string_view path) noexcept;
+bool creates_message_batch(std::string_view method, std::string_view path) noexcept;
 
 // A WebSocket opening handshake (RFC 6455 §4.1): GET over HTTP/1.1 (version 11) whose
 // Connection lists "upgrade" and whose Upgrade lists "websocket" (both case-insensitive).

@@ -381,6 +381,46 @@ token_usage anthropic_usage::to_openai() const noexcept {
   return clamp_parts(t);
 }
 
+template <class Node>
+void add_batch_line(const Node& line, batch_results& out) {
+  const auto& result = member(line, "result");
+  if (string_member(result, "type") != "succeeded") return;
+  const auto& message = member(result, "message");
+  const auto t = messages_usage(member(message, "usage"));
+  if (!t) return;
+  ++out.succeeded;
+  const std::string_view model = string_member(message, "model");
+  auto it = std::find_if(out.by_model.begin(), out.by_model.end(), [&](const auto& m) { return m.first == model; });
+  if (it == out.by_model.end()) {
+    out.by_model.emplace_back(std::string(model), token_usage{});
+    it = std::prev(out.by_model.end());
+    it->second.tier = service_tier::batch;
+  }
+  token_usage& sum = it->second;
+  sum.prompt += t->prompt;
+  sum.completion += t->completion;
+  sum.cached += t->cached;
+  sum.cache_write += t->cache_write;
+  sum.cache_write_1h += t->cache_write_1h;
+  sum.web_search += t->web_search;
+}
+
+batch_results extract_batch_results(std::string_view jsonl) {
+  batch_results out;
+  try {
+    while (!jsonl.empty()) {
+      const std::size_t eol = jsonl.find('\n');
+      const std::string_view line = trim(jsonl.substr(0, eol));
+      jsonl.remove_prefix(eol == std::string_view::npos ? jsonl.size() : eol + 1);
+      if (line.empty()) continue;
+      if (fast_node root; parse_fast(line, root)) add_batch_line(root, out);
+      else if (const json j = parse(line); j.is_object()) add_batch_line(j, out);
+    }
+  } catch (...) {  // only allocation failure can get here: what was summed stays
+  }
+  return out;
+}
+
 response_facts extract_response(route_kind route, std::string_view body) {
   try {
     if (fast_node root; parse_fast(body, root)) return read_response(route, root);

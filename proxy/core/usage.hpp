@@ -6,6 +6,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -28,6 +30,16 @@ struct response_facts {
 // Parses a complete JSON response body of `route`. Never throws; malformed JSON gives
 // has_usage = false.
 response_facts extract_response(route_kind route, std::string_view body);
+
+// An Anthropic message batch's results file (JSON lines: {"custom_id", "result": {"type":
+// "succeeded", "message": {"model", "usage"}}}): the usage of its succeeded requests, summed per
+// model in the order models first appear (converted to the OpenAI convention, tier `batch`).
+// Lines that are not such results (errored, canceled, expired, malformed) count nothing.
+struct batch_results {
+  std::vector<std::pair<std::string, token_usage>> by_model;
+  std::size_t succeeded = 0;
+};
+batch_results extract_batch_results(std::string_view jsonl);
 
 // Rough token count of text (~4 bytes per token for ASCII, 1 token per CJK character...).
 // Used only when usage is missing; rows carry usage_source = estimated.

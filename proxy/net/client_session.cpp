@@ -361,6 +361,10 @@ class client_session : public std::enable_shared_from_this<client_session> {
     std::string batch_id;       // reads or cancels a batch created through tollgate: metered once
     bool creates_batch = false; // POST /v1/batches: its id is remembered
     bool batch_objects = false; // Anthropic message batches: results_url made relative
+    bool creates_message_batch = false;  // POST /v1/messages/batches: its id is remembered
+    std::string message_batch_id;        // downloads the results of a message batch created here
+    // Usage of a message batch's results, per model (each priced at its model's batch prices).
+    std::vector<std::pair<std::string, token_usage>> batch_usage;
     spool_body::value_type spooled;  // a large pass-through body, in a file (spool_request_body)
   };
 
@@ -937,6 +941,14 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
   }
   c.creates_batch = rd.route == route_kind::other && creates_batch(req.method_string(), tp.path);
   c.batch_objects = rd.route == route_kind::other && holds_message_batches(tp.path);
+  if (rd.route == route_kind::other) {
+    c.creates_message_batch = creates_message_batch(req.method_string(), tp.path);
+    if (const std::string_view id = message_batch_results_id(req.method_string(), tp.path);
+        !id.empty() && st_.pending_batches.contains(id)) {
+      c.meter = true;
+      c.message_batch_id = std::string(id);
+    }
+  }
   // A handshake has no body (RFC 6455 §4.1); a GET that carries one is relayed as a plain call.
   c.websocket = rd.route == route_kind::other && req.body().empty() && !c.spooled.active() &&
                 is_websocket_upgrade(req.method_string(), req.version(), c.head.connection, c.head.upgrade);
@@ -1278,7 +1290,8 @@ void client_session::write_upstream_head(const upstream_node& t, const client_re
   uh.credential_value = use_x_api_key ? std::string_view(t.cfg.api_key) : std::string_view(t.bearer);
   uh.request_id = c.rec.request_id;
   if (t.cfg.protocol == upstream_protocol::anthropic) uh.anthropic_version = "2023-06-01";
-  uh.drop_accept_encoding = c.strip || c.batch_objects;  // the answer must be readable to be edited
+  // The answer must be readable to be edited (a stream, batch objects) or read (batch results).
+  uh.drop_accept_encoding = c.strip || c.batch_objects || !c.message_batch_id.empty();
   uh.drop_content_encoding = c.body_decoded;
   // A metered answer must come in a coding the meter reads: Python's httpx offers br and zstd
   // when their modules are installed, and an answer in either would leave the call unmetered.
@@ -1859,8 +1872,27 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
       rec.tokens = {};
       rec.source = usage_source::none;
     }
+  } else if (metered && !c.message_batch_id.empty()) {
+    // A message batch's results (JSON lines): metered once, by the first complete download.
+    if (!parse_overflow && c.error == errc::ok) {
+      batch_results br = extract_batch_results(parse_);
+      if (br.succeeded > 0 && st_.pending_batches.take(c.message_batch_id)) {
+        rec.served_model = br.by_model.front().first;
+        token_usage total;
+        total.tier = service_tier::batch;
+        for (const auto& [m, u] : br.by_model) {
+          total.prompt += u.prompt, total.completion += u.completion, total.cached += u.cached;
+          total.cache_write += u.cache_write, total.cache_write_1h += u.cache_write_1h;
+          total.web_search += u.web_search;
+        }
+        rec.tokens = total;
+        rec.source = usage_source::upstream;
+        c.batch_usage = std::move(br.by_model);
+      }
+    }
   } else if (metered && !parse_.empty() && !parse_overflow && (c.error == errc::ok)) {
     auto rf = extract_response(rec.route, parse_);
+    if (c.creates_message_batch && !rf.id.empty()) st_.pending_batches.add(rf.id);
     // A background response answers `queued`: its usage comes with a later retrieval.
     if (rec.route == route_kind::responses && rf.background && !rf.has_usage && !is_finished_response(rf.status))
       st_.background_responses.add(rf.id);
@@ -2107,7 +2139,18 @@ void client_session::finish_call(call& c) {
   // model sent (a routing rule's rewrite), then to the requested one.
   const std::string& fallback = c.sent_model.empty() ? rec.requested_model : c.sent_model;
   const std::string& model = rec.served_model.empty() ? fallback : rec.served_model;
-  if (rec.source != usage_source::none) {
+  if (!c.batch_usage.empty()) {
+    // A message batch's results: each model's requests at that model's batch prices.
+    rec.priced = true;
+    rec.cost_usd = 0;
+    for (const auto& [m, u] : c.batch_usage) {
+      const auto cost = compute_cost(st_.prices, m, u, c.price_multiplier);
+      rec.priced = rec.priced && cost.priced;
+      rec.cost_usd += cost.usd;
+      if (cost.price && rec.price_model.empty()) rec.price_model = cost.price->name;
+    }
+    if (!rec.priced) st_.metrics_->unpriced_call();
+  } else if (rec.source != usage_source::none) {
     auto cost = compute_cost(st_.prices, model, rec.tokens, c.price_multiplier);
     if (!cost.priced && !rec.served_model.empty() && !fallback.empty())
       cost = compute_cost(st_.prices, fallback, rec.tokens, c.price_multiplier);

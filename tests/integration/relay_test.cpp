@@ -198,6 +198,41 @@ TEST_CASE("relay: a batch created through tollgate is metered once, at batch pri
   CHECK(std::stod(m["cost_usd"]) == Approx((80'000 * 0.20 + 20'000 * 0.05 + 40'000 * 0.80) / 1e6).epsilon(1e-12));
 }
 
+TEST_CASE("relay: an Anthropic message batch is metered once, from its results, at batch prices", "[relay]") {
+  harness h;
+  const tt::headers anthropic = {{"anthropic-version", "2023-06-01"}};
+  auto created = tt::request(h.port(), "POST", "/v1/messages/batches",
+                             R"({"requests":[{"custom_id":"first","params":{"model":"claude-sonnet-4-5","max_tokens":9,)"
+                             R"("messages":[{"role":"user","content":"hi"}]}}]})",
+                             {{"anthropic-version", "2023-06-01"}, {"content-type", "application/json"}});
+  REQUIRE(created.status == 200);
+  const std::string id = json::parse(created.body)["id"];
+  auto batch = tt::request(h.port(), "GET", "/v1/messages/batches/" + id, "", anthropic);
+  REQUIRE(batch.status == 200);
+  CHECK(json::parse(batch.body)["results_url"] == "/v1/messages/batches/" + id + "/results");
+  for (int i = 0; i < 2; ++i) {  // downloaded twice: metered once
+    auto results = tt::request(h.port(), "GET", "/v1/messages/batches/" + id + "/results", "", anthropic);
+    REQUIRE(results.status == 200);
+    CHECK(results.body.find(R"("custom_id":"second")") != std::string::npos);
+  }
+  // The results of a batch created elsewhere are not this tollgate's to meter.
+  REQUIRE(tt::request(h.port(), "GET", "/v1/messages/batches/msgbatch_other/results", "", anthropic).status == 200);
+  h.flush();
+  auto rows = h.rows("SELECT * FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 5);
+  auto& m = rows[2];
+  CHECK(m["usage_source"] == "upstream");
+  CHECK(m["service_tier"] == "batch");
+  CHECK(m["price_model"] == "claude-sonnet-4.5");
+  CHECK(m["prompt_tokens"] == "40");  // two results of 20 input and 6 output tokens
+  CHECK(m["completion_tokens"] == "12");
+  CHECK(std::stod(m["cost_usd"]) == Approx((40 * 1.50 + 12 * 7.50) / 1e6).epsilon(1e-12));
+  for (std::size_t i : {0, 1, 3, 4}) {
+    INFO("row " << i);
+    CHECK(rows[i]["usage_source"] == "none");
+  }
+}
+
 TEST_CASE("relay: a stream without include_usage is metered but the client sees no usage chunk", "[relay][stream]") {
   harness h;
   tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4o-mini", true));

@@ -296,6 +296,13 @@ TEST_CASE("http_rules: message batch results_url values lead back through the re
   // Left alone: a value cut by the end of the piece, another URL, a key in a string.
   CHECK(run(R"({"results_url":"https://api.anthropic.com/v1/messages/batc)").first == 0);
   CHECK(run(R"({"results_url":"https://files.example/x"})").first == 0);
+  CHECK(message_batch_results_id("GET", "/v1/messages/batches/mb_1/results") == "mb_1");
+  CHECK(message_batch_results_id("GET", "/v1/messages/batches/mb_1/results/") == "mb_1");
+  CHECK(message_batch_results_id("POST", "/v1/messages/batches/mb_1/results").empty());
+  CHECK(message_batch_results_id("GET", "/v1/messages/batches//results").empty());
+  CHECK(message_batch_results_id("GET", "/v1/messages/batches/mb_1").empty());
+  CHECK(creates_message_batch("POST", "/v1/messages/batches"));
+  CHECK_FALSE(creates_message_batch("GET", "/v1/messages/batches"));
   CHECK(holds_message_batches("/v1/messages/batches"));
   CHECK(holds_message_batches("/v1/messages/batches/b1"));
   CHECK(holds_message_batches("/v1/messages/batches/b1/cancel"));

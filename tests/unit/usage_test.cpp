@@ -958,3 +958,23 @@ TEST_CASE("usage: audio tokens of chat and transcription replies", "[usage]") {
   CHECK(odd.usage.audio_in == 10);
   CHECK(odd.usage.audio_out == 5);
 }
+
+TEST_CASE("usage: an Anthropic batch's results are summed per model, succeeded requests only", "[usage]") {
+  const std::string jsonl =
+      R"({"custom_id":"a","result":{"type":"succeeded","message":{"model":"claude-sonnet-4-5","usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":3}}}})" "\n"
+      R"({"custom_id":"b","result":{"type":"errored","error":{"type":"invalid_request","message":"x"}}})" "\n"
+      R"({"custom_id":"c","result":{"type":"succeeded","message":{"model":"claude-haiku-4-5","usage":{"input_tokens":7,"output_tokens":2}}}})" "\r\n"
+      "not json\n\n"
+      R"({"custom_id":"d","result":{"type":"succeeded","message":{"model":"claude-sonnet-4-5","usage":{"input_tokens":1,"output_tokens":1}}}})";
+  const auto r = tollgate::extract_batch_results(jsonl);
+  CHECK(r.succeeded == 3);
+  REQUIRE(r.by_model.size() == 2);
+  CHECK(r.by_model[0].first == "claude-sonnet-4-5");
+  CHECK(r.by_model[0].second.prompt == 16);  // input + cache reads, as every Anthropic row
+  CHECK(r.by_model[0].second.cached == 5);
+  CHECK(r.by_model[0].second.completion == 4);
+  CHECK(r.by_model[0].second.tier == service_tier::batch);
+  CHECK(r.by_model[1].first == "claude-haiku-4-5");
+  CHECK(r.by_model[1].second.prompt == 7);
+  CHECK(tollgate::extract_batch_results("").succeeded == 0);
+}
