@@ -7,10 +7,23 @@ void pending_responses::add(std::string_view id) {
   std::lock_guard lock(mu_);
   if (!ids_.emplace(id).second) return;
   order_.emplace_back(id);
+  if (tracking_) changes_.push_back({std::string(id), true});
   while (order_.size() > cap_) {
-    ids_.erase(order_.front());
+    if (ids_.erase(order_.front()) > 0 && tracking_) changes_.push_back({order_.front(), false});
     order_.pop_front();
   }
+}
+
+void pending_responses::track_changes() {
+  std::lock_guard lock(mu_);
+  tracking_ = true;
+}
+
+std::vector<pending_responses::change> pending_responses::take_changes() {
+  std::lock_guard lock(mu_);
+  std::vector<change> out;
+  out.swap(changes_);
+  return out;
 }
 
 bool pending_responses::contains(std::string_view id) const {
@@ -22,6 +35,7 @@ bool pending_responses::take(std::string_view id) {
   std::lock_guard lock(mu_);
   const auto it = ids_.find(id);
   if (it == ids_.end()) return false;
+  if (tracking_) changes_.push_back({*it, false});
   ids_.erase(it);
   return true;
 }

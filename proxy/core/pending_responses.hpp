@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_set>
+#include <vector>
 
 namespace tollgate {
 
@@ -21,6 +22,15 @@ class pending_responses {
   bool take(std::string_view id);
   std::size_t size() const;
 
+  // Persistence (the ledger database keeps the set across restarts): once track_changes() is
+  // called, every id added, taken or aged out is logged, and take_changes() hands the log over.
+  struct change {
+    std::string id;
+    bool added;
+  };
+  void track_changes();
+  std::vector<change> take_changes();
+
  private:
   struct hash {
     using is_transparent = void;
@@ -30,6 +40,8 @@ class pending_responses {
   std::unordered_set<std::string, hash, std::equal_to<>> ids_;
   std::deque<std::string> order_;  // insertion order, for the bound (taken ids age out too)
   std::size_t cap_;
+  bool tracking_ = false;
+  std::vector<change> changes_;
 };
 
 // A Responses API status after which a response does not change: its usage is final.

@@ -127,6 +127,10 @@ class statement {
   }
   void bind_nullable(int i, std::string_view s) { s.empty() ? (void)sqlite3_bind_null(st_, i) : bind(i, s); }
   void bind(int i, std::int64_t v) { sqlite3_bind_int64(st_, i, v); }
+  void reset() noexcept {
+    sqlite3_reset(st_);
+    sqlite3_clear_bindings(st_);
+  }
   bool step() {
     const int rc = sqlite3_step(st_);
     if (rc == SQLITE_ROW) return true;
@@ -331,6 +335,51 @@ void record_window_alert(const std::string& ledger_path, const window_alert_mark
   ins.bind(4, m.window_start_s);
   ins.bind(5, now_ms);
   ins.step();
+}
+
+constexpr const char* kPendingObjectsSql =
+    "CREATE TABLE IF NOT EXISTS pending_objects (kind TEXT NOT NULL, id TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL, PRIMARY KEY (kind, id))";
+
+void record_pending_objects(const std::string& ledger_path, std::string_view kind,
+                            const std::vector<std::pair<std::string, bool>>& changes, std::int64_t now_ms) {
+  if (changes.empty()) return;
+  connection c(ledger_path);
+  c.exec(kPendingObjectsSql);
+  c.exec("BEGIN IMMEDIATE");
+  try {
+    statement ins(c, "INSERT OR IGNORE INTO pending_objects (kind, id, created_ms) VALUES (?1, ?2, ?3)");
+    statement del(c, "DELETE FROM pending_objects WHERE kind = ?1 AND id = ?2");
+    for (const auto& [id, added] : changes) {
+      statement& st = added ? ins : del;
+      st.reset();
+      st.bind(1, kind);
+      st.bind(2, id);
+      if (added) st.bind(3, now_ms);
+      st.step();
+    }
+    c.exec("COMMIT");
+  } catch (...) {
+    try { c.exec("ROLLBACK"); } catch (...) {}
+    throw;
+  }
+}
+
+std::vector<std::string> load_pending_objects(const std::string& ledger_path, std::string_view kind,
+                                              std::int64_t since_ms) {
+  connection c(ledger_path);
+  c.exec(kPendingObjectsSql);
+  {
+    statement old(c, "DELETE FROM pending_objects WHERE kind = ?1 AND created_ms < ?2");
+    old.bind(1, kind);
+    old.bind(2, since_ms);
+    old.step();
+  }
+  statement st(c, "SELECT id FROM pending_objects WHERE kind = ?1 ORDER BY created_ms, rowid");
+  st.bind(1, kind);
+  std::vector<std::string> out;
+  while (st.step()) out.push_back(st.text(0));
+  return out;
 }
 
 std::vector<window_alert_mark> window_alerts_since(const std::string& ledger_path, std::int64_t since_s) {

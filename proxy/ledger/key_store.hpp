@@ -86,6 +86,16 @@ void record_window_alert(const std::string& ledger_path, const window_alert_mark
 // Marks of windows starting at or after since_s; none when the table does not exist yet.
 std::vector<window_alert_mark> window_alerts_since(const std::string& ledger_path, std::int64_t since_s);
 
+// Objects created through tollgate whose usage a later call meters once (background responses,
+// batches: pending_responses), remembered in the ledger database so a restart in between keeps
+// them: table pending_objects (kind, id, created_ms), made on first use like window_alerts.
+// Ids added are inserted, ids taken deleted, in one transaction. Throw std::runtime_error.
+void record_pending_objects(const std::string& ledger_path, std::string_view kind,
+                            const std::vector<std::pair<std::string, bool>>& changes, std::int64_t now_ms);
+// The ids of `kind` created at or after since_ms, oldest first (older ones are deleted).
+std::vector<std::string> load_pending_objects(const std::string& ledger_path, std::string_view kind,
+                                              std::int64_t since_ms);
+
 // {"name", "team" (null when none), "tags", "limits": {"rpm", "tpm"}, "budgets", "created_ms",
 //  "revoked_ms" (null when active)}: the admin API's view. Neither the key nor its hash.
 nlohmann::json to_json(const stored_key& k);

@@ -426,6 +426,7 @@ void app::start() {
   I.ledger_->start();
   if (I.shipper_) I.shipper_->start();
   if (I.aggregator_) warm_start(I);
+  I.spend_->track_pending({{"response", &I.st.background_responses}, {"batch", &I.st.pending_batches}});
   I.spend_->start(c.ledger_path);
 
   int n = c.workers > 0 ? c.workers : default_workers();

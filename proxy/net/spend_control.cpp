@@ -241,6 +241,17 @@ void spend_control::start(const std::string& ledger_path) {
   } catch (const std::exception& e) {
     log_line(log_level::warn, "sent alerts not read back: a projection may alert again").str("error", e.what());
   }
+  // Background responses and batches created before a restart are still metered once.
+  for (auto& [kind, set] : pending_) {
+    try {
+      for (const auto& id : load_pending_objects(ledger_path, kind, now - std::int64_t{30} * 86'400'000)) set->add(id);
+    } catch (const std::exception& e) {
+      log_line(log_level::warn, "pending objects not read back: their usage may go unmetered")
+          .str("kind", kind)
+          .str("error", e.what());
+    }
+    set->track_changes();
+  }
   if (notifier_) notifier_->start();
   started_ = true;
   thread_ = std::thread([this] {
@@ -260,7 +271,30 @@ void spend_control::run() {
   }
 }
 
+void spend_control::track_pending(std::vector<std::pair<std::string, pending_responses*>> sets) {
+  pending_ = std::move(sets);
+}
+
+void spend_control::save_pending() {
+  if (ledger_path_.empty()) return;
+  for (auto& [kind, set] : pending_) {
+    auto changes = set->take_changes();
+    if (changes.empty()) continue;
+    std::vector<std::pair<std::string, bool>> rows;
+    rows.reserve(changes.size());
+    for (auto& ch : changes) rows.emplace_back(std::move(ch.id), ch.added);
+    try {
+      record_pending_objects(ledger_path_, kind, rows, unix_ms());
+    } catch (const std::exception& e) {
+      log_line(log_level::warn, "pending objects not saved: a restart may leave their usage unmetered")
+          .str("kind", kind)
+          .str("error", e.what());
+    }
+  }
+}
+
 void spend_control::pump() {
+  save_pending();
   for (auto& a : engine_->take_alerts()) {
     log_line(log_level::warn, "alert")
         .str("kind", to_string(a.kind))

@@ -8,6 +8,10 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
+
+#include "core/pending_responses.hpp"
 #include <vector>
 
 namespace tollgate {
@@ -37,6 +41,9 @@ class spend_control {
   void on_forecast(const forecast_snapshot& snap);
   // Pumps alerts now (tests; the thread does it every second).
   void pump();
+  // Before start(): sets of pending objects (background responses, batches) kept in the ledger
+  // database under `kind`: start() loads them (30 days at most), pump() writes their changes.
+  void track_pending(std::vector<std::pair<std::string, pending_responses*>> sets);
 
  private:
   void run();
@@ -50,6 +57,8 @@ class spend_control {
   bool started_ = false;
   std::string ledger_path_;  // where projected_overspend alerts are remembered (window_alerts)
   std::vector<bool> anomaly_was_;  // per forecast series, to alert on a rising edge only
+  std::vector<std::pair<std::string, pending_responses*>> pending_;  // kind -> set (track_pending)
+  void save_pending();
 };
 
 }  // namespace tollgate

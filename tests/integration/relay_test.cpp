@@ -198,6 +198,30 @@ TEST_CASE("relay: a batch created through tollgate is metered once, at batch pri
   CHECK(std::stod(m["cost_usd"]) == Approx((80'000 * 0.20 + 20'000 * 0.05 + 40'000 * 0.80) / 1e6).epsilon(1e-12));
 }
 
+TEST_CASE("relay: a batch and a background response created before a restart are still metered once after it",
+          "[relay]") {
+  tt::temp_dir shared;
+  auto tweak = [&](tollgate::config& c) { c.ledger_path = shared.path + "/ledger.db"; };
+  std::string batch_id, response_id;
+  {
+    tt::harness h({.tweak = tweak});
+    auto created = tt::post_json(h.port(), "/v1/batches", R"({"input_file_id":"file-abc","endpoint":"/v1/chat/completions"})");
+    REQUIRE(created.status == 200);
+    batch_id = json::parse(created.body)["id"];
+    auto queued = tt::post_json(h.port(), "/v1/responses", R"({"model":"gpt-4.1","input":"hi","background":true})");
+    REQUIRE(queued.status == 200);
+    response_id = json::parse(queued.body)["id"];
+    REQUIRE(!response_id.empty());
+  }  // a clean stop: the pending ids are saved
+  tt::harness h({.tweak = tweak});
+  CHECK(tt::request(h.port(), "GET", "/v1/batches/" + batch_id, "", {{"x-fake-batch-status", "completed"}}).status == 200);
+  CHECK(tt::request(h.port(), "GET", "/v1/batches/" + batch_id, "", {{"x-fake-batch-status", "completed"}}).status == 200);
+  CHECK(tt::request(h.port(), "GET", "/v1/responses/" + response_id).status == 200);
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE service_tier = 'batch' AND usage_source = 'upstream'") == 1);
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE method = 'GET' AND route = 'other' AND usage_source = 'upstream'") == 2);
+}
+
 TEST_CASE("relay: an Anthropic message batch is metered once, from its results, at batch prices", "[relay]") {
   harness h;
   const tt::headers anthropic = {{"anthropic-version", "2023-06-01"}};

@@ -319,3 +319,14 @@ TEST_CASE("key_store: window alert marks round-trip, once per window", "[key_sto
   CHECK(later[0].period == "day");
   CHECK(later[0].window_start_s == 2000);
 }
+
+TEST_CASE("key_store: pending objects are saved, taken ones deleted, old ones dropped at load", "[key_store]") {
+  ledger_file f;
+  record_pending_objects(f.path, "batch", {{"batch_1", true}, {"batch_2", true}, {"batch_3", true}}, 1'000);
+  record_pending_objects(f.path, "batch", {{"batch_2", false}, {"batch_4", true}}, 5'000);
+  record_pending_objects(f.path, "response", {{"resp_1", true}}, 5'000);
+  CHECK(load_pending_objects(f.path, "batch", 0) == std::vector<std::string>{"batch_1", "batch_3", "batch_4"});
+  CHECK(load_pending_objects(f.path, "batch", 2'000) == std::vector<std::string>{"batch_4"});
+  CHECK(load_pending_objects(f.path, "batch", 0) == std::vector<std::string>{"batch_4"});  // the old ones are gone
+  CHECK(load_pending_objects(f.path, "response", 0) == std::vector<std::string>{"resp_1"});
+}

@@ -53,3 +53,22 @@ TEST_CASE("pending_responses: finished statuses", "[pending_responses]") {
   for (const char* s : {"completed", "failed", "incomplete", "cancelled"}) CHECK(is_finished_response(s));
   for (const char* s : {"queued", "in_progress", "", "COMPLETED"}) CHECK_FALSE(is_finished_response(s));
 }
+
+TEST_CASE("pending_responses: changes are logged once tracked, aged-out ids as removed", "[pending_responses]") {
+  pending_responses p(2);
+  p.add("before");  // not tracked yet: loaded from the database, say
+  p.track_changes();
+  p.add("a");
+  p.add("b");       // three ids for two places: "before" ages out
+  CHECK(p.take("b"));
+  CHECK_FALSE(p.take("zzz"));
+  const auto ch = p.take_changes();
+  REQUIRE(ch.size() == 4);
+  CHECK((ch[0].id == "a" && ch[0].added));
+  CHECK((ch[1].id == "b" && ch[1].added));
+  CHECK((ch[2].id == "before" && !ch[2].added));
+  CHECK((ch[3].id == "b" && !ch[3].added));
+  CHECK(p.take_changes().empty());
+  CHECK(tollgate::is_finished_batch("expired"));
+  CHECK_FALSE(tollgate::is_finished_batch("finalizing"));
+}
