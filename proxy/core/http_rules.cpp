@@ -279,7 +279,7 @@ std::string_view batch_id_of(std::string_view method, std::string_view path) noe
 
 bool creates_batch(std::string_view method, std::string_view path) noexcept {
   if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
-  return method == "POST" && path == "/v1/batches";
+  return method == "POST" && (path == "/v1/batches" || path == "/v1/messages/batches");
 }
 
 std::string_view message_batch_results_id(std::string_view method, std::string_view path) noexcept {
@@ -289,11 +289,6 @@ std::string_view message_batch_results_id(std::string_view method, std::string_v
   if (!path.ends_with(suffix) || path.size() <= prefix.size() + suffix.size()) return {};
   const std::string_view id = path.substr(prefix.size(), path.size() - prefix.size() - suffix.size());
   return id.find('/') == std::string_view::npos ? id : std::string_view();
-}
-
-bool creates_message_batch(std::string_view method, std::string_view path) noexcept {
-  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
-  return method == "POST" && path == "/v1/messages/batches";
 }
 
 bool holds_message_batches(std::string_view path) noexcept {

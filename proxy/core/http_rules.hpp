@@ -103,8 +103,8 @@ bool usage_is_new_spend(route_kind route, std::string_view method, std::string_v
 std::string_view stored_response_id(std::string_view method, std::string_view path) noexcept;
 
 // Batch API calls (OpenAI's /v1/batches): the id of a batch a call reads or cancels (GET
-// /v1/batches/{id}, POST /v1/batches/{id}/cancel), "" otherwise; and whether a call creates one
-// (POST /v1/batches). A batch created through tollgate is metered once, by the first retrieval
+// /v1/batches/{id}, POST /v1/batches/{id}/cancel), "" otherwise; and whether a call creates a
+// batch of either API (POST /v1/batches, POST /v1/messages/batches). A batch created through tollgate is metered once, by the first retrieval
 // that sees it ended with its usage (the batch object's `usage`, at the model's batch prices).
 std::string_view batch_id_of(std::string_view method, std::string_view path) noexcept;
 bool creates_batch(std::string_view method, std::string_view path) noexcept;
@@ -121,10 +121,8 @@ std::size_t relativize_results_urls(char* body, std::size_t size) noexcept;
 // `/results` JSONL download aside).
 bool holds_message_batches(std::string_view path) noexcept;
 // Anthropic message batches are metered by their results file: the id of a batch whose results
-// a call downloads (GET /v1/messages/batches/{id}/results), "" otherwise; and whether a call
-// creates one (POST /v1/messages/batches).
+// a call downloads (GET /v1/messages/batches/{id}/results), "" otherwise.
 std::string_view message_batch_results_id(std::string_view method, std::string_view path) noexcept;
-bool creates_message_batch(std::string_view method, std::string_view path) noexcept;
 
 // A WebSocket opening handshake (RFC 6455 §4.1): GET over HTTP/1.1 (version 11) whose
 // Connection lists "upgrade" and whose Upgrade lists "websocket" (both case-insensitive).

@@ -168,18 +168,15 @@ void parse_long_context(const std::string& file, const std::string& model, const
 // A service tier: either a number (a factor on every token price of the entry: `flex: 0.5`) or a
 // map of its own prices (input and output required; cached_input defaults to the tier's input
 // times the entry's cached/input ratio, cache writes to 1.25x / 2x the tier's input). Called
-// after the entry's own prices are read.
+// once the entry's own prices are read.
 tier_price parse_tier(const std::string& file, const std::string& model, const std::string& key,
-                      const YAML::Node& node, const model_price& base, std::optional<double> base_cached) {
+                      const YAML::Node& node, const model_price& base) {
   const std::string what = "'" + model + "': " + key;
   tier_price t;
-  const double cached = base_cached.value_or(base.input);
   if (node.IsScalar()) {
     const double f = yaml_price(file, node, what);
     if (f > 100) fail(file, node, what + " as a number is a factor on the entry's prices (0.5 = half), got a value above 100");
-    model_price b = base;
-    b.cached_input = cached;
-    return scaled_tier(b, f);
+    return scaled_tier(base, f);
   }
   if (!node.IsMap()) fail(file, node, what + " must be a factor (0.5) or a map of prices {input, cached_input, output}");
   bool has_input = false, has_output = false;
@@ -197,8 +194,19 @@ tier_price parse_tier(const std::string& file, const std::string& model, const s
                                "' (expected input, cached_input, output, cache_write_5m, cache_write_1h)");
   }
   if (!has_input || !has_output) fail(file, node, what + " needs input and output prices");
-  t.cached_input = tier_cached.value_or(base.input > 0 ? t.input * (cached / base.input) : t.input);
+  t.cached_input = tier_cached.value_or(base.input > 0 ? t.input * (base.cached_input / base.input) : t.input);
   return t;
+}
+
+// Entry keys whose price has a default derived from others (see prices.yaml).
+std::optional<double> model_price::*optional_price(std::string_view key) noexcept {
+  static constexpr std::pair<std::string_view, std::optional<double> model_price::*> keys[] = {
+      {"cache_write_5m", &model_price::cache_write_5m}, {"cache_write_1h", &model_price::cache_write_1h},
+      {"image_input", &model_price::image_input},       {"audio_input", &model_price::audio_input},
+      {"audio_output", &model_price::audio_output}};
+  for (const auto& [name, slot] : keys)
+    if (name == key) return slot;
+  return nullptr;
 }
 
 struct yaml_entry {
@@ -224,18 +232,10 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
     } else if (key == "output") {
       e.price.output = yaml_price(file, kv.second, what);
       has_output = true;
-    } else if (key == "cache_write_5m") {
-      e.price.cache_write_5m = yaml_price(file, kv.second, what);
-    } else if (key == "cache_write_1h") {
-      e.price.cache_write_1h = yaml_price(file, kv.second, what);
+    } else if (const auto slot = optional_price(key)) {
+      e.price.*slot = yaml_price(file, kv.second, what);
     } else if (key == "web_search") {
       e.price.web_search = yaml_price(file, kv.second, what);
-    } else if (key == "image_input") {
-      e.price.image_input = yaml_price(file, kv.second, what);
-    } else if (key == "audio_input") {
-      e.price.audio_input = yaml_price(file, kv.second, what);
-    } else if (key == "audio_output") {
-      e.price.audio_output = yaml_price(file, kv.second, what);
     } else if (key == "long_context") {
       parse_long_context(file, model, kv.second, e.price);
     } else if (key == "flex" || key == "priority" || key == "scale" || key == "batch") {
@@ -255,10 +255,7 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
   }
   if (!has_input || !has_output) fail(file, node, "'" + model + "' needs both input and output prices");
   e.price.cached_input = cached.value_or(e.price.input);
-  for (const auto& [key, n] : tiers) {
-    tier_price t = parse_tier(file, model, key, n, e.price, cached);
-    (key == "flex" ? e.price.flex : key == "priority" ? e.price.priority : key == "scale" ? e.price.scale : e.price.batch) = t;
-  }
+  for (const auto& [key, n] : tiers) e.price.tier_slot(parse_service_tier(key)) = parse_tier(file, model, key, n, e.price);
   apply_default_tiers(e.price);
   return e;
 }
@@ -393,15 +390,15 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
       p.long_cache_write_5m = litellm_cost(spec, "cache_creation_input_token_cost_above_200k_tokens");
     }
     // Service tiers: input_cost_per_token_flex, output_cost_per_token_priority, ...
-    for (const auto& [suffix, slot] :
-         {std::pair{"_flex", &p.flex}, std::pair{"_priority", &p.priority}, std::pair{"_batches", &p.batch}}) {
+    for (const auto& [suffix, tier] : {std::pair{"_flex", service_tier::flex}, std::pair{"_priority", service_tier::priority},
+                                       std::pair{"_batches", service_tier::batch}}) {
       const auto in = litellm_cost(spec, ("input_cost_per_token" + std::string(suffix)).c_str());
       const auto out = litellm_cost(spec, ("output_cost_per_token" + std::string(suffix)).c_str());
       if (!in || !out) continue;
       tier_price t;
       t.input = *in, t.output = *out;
       t.cached_input = litellm_cost(spec, ("cache_read_input_token_cost" + std::string(suffix)).c_str()).value_or(*in);
-      *slot = t;
+      p.tier_slot(tier) = t;
     }
     apply_default_tiers(p);
     added.insert(key);
@@ -475,7 +472,19 @@ tier_price scaled_tier(const model_price& base, double factor) {
 
 // OpenAI, Anthropic and Google all sell their batch APIs at half the standard prices.
 void apply_default_tiers(model_price& p) {
-  if (!p.batch) p.batch = scaled_tier(p, 0.5);
+  if (auto& batch = p.tier_slot(service_tier::batch); !batch) batch = scaled_tier(p, 0.5);
+}
+
+billed_prices billed_prices_of(const model_price& p, service_tier t, bool long_context) noexcept {
+  if (const tier_price* tier = p.tier(t))  // flex, priority, scale, batch: replace the long tier too
+    return {tier->input, tier->cached_input, tier->cache_write_5m.value_or(1.25 * tier->input),
+            tier->cache_write_1h.value_or(2.0 * tier->input), tier->output};
+  const double in = long_context ? p.long_input : p.input;
+  // Anthropic: 5-minute writes cost 1.25x and 1-hour writes 2x the (tier's) input price.
+  return {in, long_context ? p.long_cached_input : p.cached_input,
+          (long_context ? p.long_cache_write_5m : p.cache_write_5m).value_or(1.25 * in),
+          (long_context ? p.long_cache_write_1h : p.cache_write_1h).value_or(2.0 * in),
+          long_context ? p.long_output : p.output};
 }
 
 cost_result compute_cost(const model_price& price, const token_usage& usage, double multiplier) {
@@ -489,21 +498,10 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
   const double uncached = prompt - cached - write;
   const double completion = clamp0(usage.completion);  // reasoning is part of it: billed once
 
-  double in, cached_in, out, w5, w1;
-  if (const tier_price* t = price.tier(usage.tier)) {  // flex / priority / scale
-    in = t->input, cached_in = t->cached_input, out = t->output;
-    w5 = t->cache_write_5m.value_or(1.25 * in);
-    w1 = t->cache_write_1h.value_or(2.0 * in);
-  } else {
-    const bool long_tier =
-        price.long_context_threshold > 0 && prompt > static_cast<double>(price.long_context_threshold);
-    in = long_tier ? price.long_input : price.input;
-    cached_in = long_tier ? price.long_cached_input : price.cached_input;
-    out = long_tier ? price.long_output : price.output;
-    // Anthropic: 5-minute writes cost 1.25x and 1-hour writes 2x the (tier's) input price.
-    w5 = (long_tier ? price.long_cache_write_5m : price.cache_write_5m).value_or(1.25 * in);
-    w1 = (long_tier ? price.long_cache_write_1h : price.cache_write_1h).value_or(2.0 * in);
-  }
+  const bool long_context =
+      price.long_context_threshold > 0 && prompt > static_cast<double>(price.long_context_threshold);
+  const billed_prices b = billed_prices_of(price, usage.tier, long_context);
+  const double in = b.input, cached_in = b.cached_input, out = b.output, w5 = b.write_5m, w1 = b.write_1h;
 
   // Image and audio input tokens are part of the uncached input, audio output tokens part of the
   // completion, each at its own price; in a tier (batch, flex) those prices move with the text

@@ -3,6 +3,7 @@
 // Pure: no I/O beyond reading the files at start-up.
 #pragma once
 #include <cstdint>
+#include <array>
 #include <map>
 #include <optional>
 #include <set>
@@ -49,21 +50,25 @@ struct model_price {
   double long_input = 0, long_cached_input = 0, long_output = 0;
   std::optional<double> long_cache_write_5m;  // USD per 1M in the long tier; default 1.25 x long_input
   std::optional<double> long_cache_write_1h;  // USD per 1M in the long tier; default 2 x long_input
-  std::optional<tier_price> flex, priority, scale;  // service tiers; absent: billed as standard
-  // Batch API prices (OpenAI and Anthropic batches, tier `batch`); every loader sets it, to half
-  // the standard prices unless the entry (or LiteLLM's *_batches keys) says otherwise.
-  std::optional<tier_price> batch;
+  // Service tiers' prices, by service_tier (flex, priority, scale, batch; absent: billed as
+  // standard). Every loader sets `batch`: half the standard prices unless the entry (or
+  // LiteLLM's *_batches keys) says otherwise.
+  std::array<std::optional<tier_price>, kServiceTiers> tiers;
+  std::optional<tier_price>& tier_slot(service_tier t) noexcept { return tiers[static_cast<std::size_t>(t)]; }
   // The prices of tier `t`, nullptr when the entry has none for it (standard prices apply).
   const tier_price* tier(service_tier t) const noexcept {
-    switch (t) {
-      case service_tier::flex: return flex ? &*flex : nullptr;
-      case service_tier::priority: return priority ? &*priority : nullptr;
-      case service_tier::scale: return scale ? &*scale : nullptr;
-      case service_tier::batch: return batch ? &*batch : nullptr;
-      default: return nullptr;
-    }
+    const auto& s = tiers[static_cast<std::size_t>(t)];
+    return s ? &*s : nullptr;
   }
 };
+
+// The prices a call is billed at: its service tier's when the entry has them, else the
+// long-context tier's when `long_context`, else the entry's own; cache writes defaulted to 1.25x
+// and 2x the input price. compute_cost() and the what-if reports both price through this.
+struct billed_prices {
+  double input, cached_input, write_5m, write_1h, output;
+};
+billed_prices billed_prices_of(const model_price& p, service_tier t, bool long_context) noexcept;
 
 // A tier at `factor` times every token price of `base` (cache writes included; the long-context
 // tier is not scaled: tier prices replace it).

@@ -396,13 +396,7 @@ void add_batch_line(const Node& line, batch_results& out) {
     it = std::prev(out.by_model.end());
     it->second.tier = service_tier::batch;
   }
-  token_usage& sum = it->second;
-  sum.prompt += t->prompt;
-  sum.completion += t->completion;
-  sum.cached += t->cached;
-  sum.cache_write += t->cache_write;
-  sum.cache_write_1h += t->cache_write_1h;
-  sum.web_search += t->web_search;
+  it->second.add(*t);
 }
 
 batch_results extract_batch_results(std::string_view jsonl) {

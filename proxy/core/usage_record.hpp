@@ -1,6 +1,7 @@
 // The per-call facts tollgate meters: token usage and the ledger row built from it.
 // Shared by the relay (which fills it), the ledger writer and the metrics.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -28,6 +29,7 @@ std::string_view to_string(usage_source s) noexcept;
 // none: the response named no tier (billed as standard); other: a name tollgate does not know
 // (billed as standard). The ledger's `service_tier` column holds to_string() (NULL for none).
 enum class service_tier : std::uint8_t { none, standard, flex, priority, scale, batch, other };
+inline constexpr std::size_t kServiceTiers = 7;
 std::string_view to_string(service_tier t) noexcept;
 // "default", "auto" and "standard" are the standard tier; "" is none; unknown names are other.
 service_tier parse_service_tier(std::string_view name) noexcept;
@@ -50,6 +52,12 @@ struct token_usage {
   // models), parts of prompt; audio output, part of completion.
   std::int64_t image_in = 0, audio_in = 0, audio_out = 0;
   std::int64_t total() const noexcept { return prompt + completion; }
+  // Adds every count of `o` (the tier is left as it is).
+  void add(const token_usage& o) noexcept {
+    prompt += o.prompt, completion += o.completion, cached += o.cached, cache_write += o.cache_write;
+    cache_write_1h += o.cache_write_1h, reasoning += o.reasoning, web_search += o.web_search;
+    image_in += o.image_in, audio_in += o.audio_in, audio_out += o.audio_out;
+  }
 };
 
 // One ledger row. No prompt or completion text, ever.

@@ -362,33 +362,14 @@ void put_csv_figures(std::string& out, const spend_figures& f) {
   out += format_double(f.cost_usd);
 }
 
-// What-if prices of one tier, as compute_cost() derives them (the 1.25x / 2x cache-write
-// defaults included), so a one-call what-if equals compute_cost() bit for bit.
-struct tier_prices {
-  double in, cached_in, write_5m, write_1h, out;
-};
-tier_prices prices_of(const model_price& p, bool long_tier) {
-  const double in = long_tier ? p.long_input : p.input;
-  return {in, long_tier ? p.long_cached_input : p.cached_input,
-          (long_tier ? p.long_cache_write_5m : p.cache_write_5m).value_or(1.25 * in),
-          (long_tier ? p.long_cache_write_1h : p.cache_write_1h).value_or(2.0 * in),
-          long_tier ? p.long_output : p.output};
-}
-
-// The price classes of a what-if: standard, long context, and the service tiers (a call served
-// at flex, priority or scale is re-priced at the target's prices of that tier when it has them).
-enum price_class : std::size_t { pc_standard, pc_long, pc_flex, pc_priority, pc_scale, pc_batch, pc_count };
-service_tier tier_of(std::size_t c) {
-  return c == pc_flex ? service_tier::flex
-         : c == pc_priority ? service_tier::priority
-         : c == pc_scale ? service_tier::scale
-         : c == pc_batch ? service_tier::batch : service_tier::none;
-}
-tier_prices prices_of(const model_price& p, std::size_t c) {
-  const tier_price* t = p.tier(tier_of(c));
-  if (t == nullptr) return prices_of(p, c == pc_long);
-  return {t->input, t->cached_input, t->cache_write_5m.value_or(1.25 * t->input),
-          t->cache_write_1h.value_or(2.0 * t->input), t->output};
+// The price classes of a what-if: standard, long context, then one per service tier (a call
+// served at flex or batch is re-priced at the target's prices of that tier when it has them).
+// Prices come from billed_prices_of(), as compute_cost()'s, so a one-call what-if equals
+// compute_cost() bit for bit.
+constexpr std::size_t pc_standard = 0, pc_long = 1, pc_count = 2 + kServiceTiers;
+std::size_t class_of(service_tier t) noexcept { return 2 + static_cast<std::size_t>(t); }
+billed_prices class_prices(const model_price& p, std::size_t c) noexcept {
+  return billed_prices_of(p, c >= 2 ? static_cast<service_tier>(c - 2) : service_tier::none, c == pc_long);
 }
 
 // Billable token sums of one tier, clamped per call as compute_cost() clamps them.
@@ -398,10 +379,10 @@ struct tier_tokens {
     uncached += o.uncached, cached += o.cached, write_5m += o.write_5m, write_1h += o.write_1h,
         completion += o.completion;
   }
-  double cost(const tier_prices& r) const noexcept {
+  double cost(const billed_prices& r) const noexcept {
     const auto d = [](std::int64_t v) { return static_cast<double>(v); };
-    return (d(uncached) * r.in + d(cached) * r.cached_in + d(write_5m) * r.write_5m + d(write_1h) * r.write_1h +
-            d(completion) * r.out) /
+    return (d(uncached) * r.input + d(cached) * r.cached_input + d(write_5m) * r.write_5m +
+            d(write_1h) * r.write_1h + d(completion) * r.output) /
            1e6;
   }
 };
@@ -728,7 +709,7 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
                "MIN(MAX(cache_write_1h_tokens, 0), MAX(cache_write_tokens, 0)) AS w1, "
                "MAX(prompt_tokens, 0, MAX(cached_tokens, 0) + MAX(cache_write_tokens, 0)) AS p, "
                "MAX(completion_tokens, 0) AS o, cache_write_1h_tokens AS w1_raw, "
-               "CASE WHEN service_tier IN ('flex', 'priority', 'scale', 'batch') THEN service_tier END AS s, "
+               "service_tier AS s, "
                "web_search_requests "
                "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2)) GROUP BY 1, 2, 3");
   st.bind(1, q.range.from_ms);
@@ -748,7 +729,7 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
   // the web searches, billed per request at the target's `web_search` price.
   struct tier_row {
     bool long_tier;
-    std::size_t tier;  // pc_standard (no service tier priced apart), or pc_flex .. pc_batch
+    std::size_t tier;  // class_of(its service tier), pc_standard when it names none
     tier_tokens t;
   };
   std::map<std::optional<std::string>, std::vector<tier_row>> rows_by_model;
@@ -756,11 +737,7 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
   while (st.step()) {
     const auto model = st.text(0);
     const auto tier = st.text(2);
-    const std::size_t c = !tier                  ? pc_standard
-                          : *tier == "flex"     ? pc_flex
-                          : *tier == "priority" ? pc_priority
-                          : *tier == "scale"    ? pc_scale
-                                                : pc_batch;
+    const std::size_t c = tier ? class_of(parse_service_tier(*tier)) : pc_standard;
     rows_by_model[model].push_back({st.i64(1) != 0, c, {st.i64(3), st.i64(4), st.i64(5), st.i64(6), st.i64(7)}});
     write_1h_by_model[model] += st.i64(8);
     out.cache_write_1h_tokens += st.i64(8);
@@ -768,7 +745,7 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
   }
   // The class of each group for the target `p`: its service tier's if `p` prices that tier.
   const auto classify = [](const model_price& p, const tier_row& r) {
-    if (r.tier != pc_standard && p.tier(tier_of(r.tier))) return r.tier;
+    if (r.tier >= 2 && p.tier(static_cast<service_tier>(r.tier - 2))) return r.tier;
     return r.long_tier ? std::size_t{pc_long} : std::size_t{pc_standard};
   };
   const auto sums_for = [&](const model_price& p, const std::vector<tier_row>& rows) {
@@ -778,7 +755,7 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
   };
   const auto cost_of = [](const model_price& p, const std::array<tier_tokens, pc_count>& by, std::int64_t searches) {
     double usd = 0;
-    for (std::size_t c = 0; c < pc_count; ++c) usd += by[c].cost(prices_of(p, c));
+    for (std::size_t c = 0; c < pc_count; ++c) usd += by[c].cost(class_prices(p, c));
     return usd + static_cast<double>(searches) * p.web_search / 1000.0;
   };
   // The total sums tokens per target before pricing them, so a question with one target costs

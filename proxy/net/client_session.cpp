@@ -359,10 +359,9 @@ class client_session : public std::enable_shared_from_this<client_session> {
     bool meter = true;          // a 2xx answer's usage is new spend (usage_is_new_spend)
     std::string background_id;  // reads or cancels a pending background response: metered once
     std::string batch_id;       // reads or cancels a batch created through tollgate: metered once
-    bool creates_batch = false; // POST /v1/batches: its id is remembered
+    bool creates_batch = false; // POST /v1/batches or /v1/messages/batches: its id is remembered
     bool batch_objects = false; // Anthropic message batches: results_url made relative
-    bool creates_message_batch = false;  // POST /v1/messages/batches: its id is remembered
-    std::string message_batch_id;        // downloads the results of a message batch created here
+    std::string message_batch_id;  // downloads the results of a message batch created here
     // Usage of a message batch's results, per model (each priced at its model's batch prices).
     std::vector<std::pair<std::string, token_usage>> batch_usage;
     spool_body::value_type spooled;  // a large pass-through body, in a file (spool_request_body)
@@ -938,16 +937,15 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
       c.meter = true;
       c.batch_id = std::string(batch);
     }
-  }
-  c.creates_batch = rd.route == route_kind::other && creates_batch(req.method_string(), tp.path);
-  c.batch_objects = rd.route == route_kind::other && holds_message_batches(tp.path);
-  if (rd.route == route_kind::other) {
-    c.creates_message_batch = creates_message_batch(req.method_string(), tp.path);
-    if (const std::string_view id = message_batch_results_id(req.method_string(), tp.path);
-        !id.empty() && st_.pending_batches.contains(id)) {
+    if (const std::string_view batch = message_batch_results_id(req.method_string(), tp.path);
+        !batch.empty() && st_.pending_batches.contains(batch)) {
       c.meter = true;
-      c.message_batch_id = std::string(id);
+      c.message_batch_id = std::string(batch);
     }
+  }
+  if (rd.route == route_kind::other) {
+    c.creates_batch = creates_batch(req.method_string(), tp.path);
+    c.batch_objects = holds_message_batches(tp.path);
   }
   // A handshake has no body (RFC 6455 §4.1); a GET that carries one is relayed as a plain call.
   c.websocket = rd.route == route_kind::other && req.body().empty() && !c.spooled.active() &&
@@ -1878,21 +1876,16 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
       batch_results br = extract_batch_results(parse_);
       if (br.succeeded > 0 && st_.pending_batches.take(c.message_batch_id)) {
         rec.served_model = br.by_model.front().first;
-        token_usage total;
-        total.tier = service_tier::batch;
-        for (const auto& [m, u] : br.by_model) {
-          total.prompt += u.prompt, total.completion += u.completion, total.cached += u.cached;
-          total.cache_write += u.cache_write, total.cache_write_1h += u.cache_write_1h;
-          total.web_search += u.web_search;
-        }
-        rec.tokens = total;
+        rec.tokens = {};
+        rec.tokens.tier = service_tier::batch;
+        for (const auto& [m, u] : br.by_model) rec.tokens.add(u);
         rec.source = usage_source::upstream;
         c.batch_usage = std::move(br.by_model);
       }
     }
   } else if (metered && !parse_.empty() && !parse_overflow && (c.error == errc::ok)) {
     auto rf = extract_response(rec.route, parse_);
-    if (c.creates_message_batch && !rf.id.empty()) st_.pending_batches.add(rf.id);
+    if (c.creates_batch && !rf.id.empty()) st_.pending_batches.add(rf.id);
     // A background response answers `queued`: its usage comes with a later retrieval.
     if (rec.route == route_kind::responses && rf.background && !rf.has_usage && !is_finished_response(rf.status))
       st_.background_responses.add(rf.id);
@@ -1900,7 +1893,6 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     if (rf.object == "batch") {
       // A batch object's usage is the batch's running total: metered once, at the batch prices,
       // by the first retrieval that sees a batch created through tollgate ended.
-      if (c.creates_batch && !rf.id.empty()) st_.pending_batches.add(rf.id);
       const bool ended = is_finished_batch(rf.status);
       if (!(rf.has_usage && ended && !c.batch_id.empty() && st_.pending_batches.take(c.batch_id))) {
         if (ended && !c.batch_id.empty()) st_.pending_batches.take(c.batch_id);  // ended without usage

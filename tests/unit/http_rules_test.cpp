@@ -301,8 +301,8 @@ TEST_CASE("http_rules: message batch results_url values lead back through the re
   CHECK(message_batch_results_id("POST", "/v1/messages/batches/mb_1/results").empty());
   CHECK(message_batch_results_id("GET", "/v1/messages/batches//results").empty());
   CHECK(message_batch_results_id("GET", "/v1/messages/batches/mb_1").empty());
-  CHECK(creates_message_batch("POST", "/v1/messages/batches"));
-  CHECK_FALSE(creates_message_batch("GET", "/v1/messages/batches"));
+  CHECK(creates_batch("POST", "/v1/messages/batches"));
+  CHECK_FALSE(creates_batch("GET", "/v1/messages/batches"));
   CHECK(holds_message_batches("/v1/messages/batches"));
   CHECK(holds_message_batches("/v1/messages/batches/b1"));
   CHECK(holds_message_batches("/v1/messages/batches/b1/cancel"));
