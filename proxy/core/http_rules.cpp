@@ -496,6 +496,16 @@ std::string model_id_of_path(std::string_view id) {
   return out;
 }
 
+std::string_view query_param(std::string_view query, std::string_view name) noexcept {
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    const std::string_view part = query.substr(0, amp);
+    query.remove_prefix(amp == std::string_view::npos ? query.size() : amp + 1);
+    if (part.size() > name.size() && part.starts_with(name) && part[name.size()] == '=') return part.substr(name.size() + 1);
+  }
+  return {};
+}
+
 bool is_json_content_type(std::string_view ct) noexcept {
   ct = trim_ows(ct);
   if (ct.empty()) return true;
@@ -551,6 +561,9 @@ void append_upstream_head(std::span<const header_view> client_headers, const ups
         iequals(n, "x-api-key") || iequals(n, "x-request-id") ||
         ((h.drop_accept_encoding || h.meterable_encodings_only) && iequals(n, "accept-encoding")) ||
         (h.drop_content_encoding && iequals(n, "content-encoding")) ||
+        // No permessage-deflate: the Realtime meter reads the upstream's frames, and a compressed
+        // one needs the session's inflate context (RFC 7692), so the session runs uncompressed.
+        (h.websocket && iequals(n, "sec-websocket-extensions")) ||
         (!connection_value.empty() && connection_lists(connection_value, n)))
       continue;
     field(n, f.value);

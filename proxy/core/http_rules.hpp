@@ -78,7 +78,8 @@ struct upstream_head {
   // decode (meterable_accept_encoding), so an upstream never answers in br or zstd.
   bool meterable_encodings_only = false;
   // A WebSocket opening handshake: Connection: Upgrade and Upgrade: websocket are sent (the
-  // client's own are hop-by-hop and dropped like any other).
+  // client's own are hop-by-hop and dropped like any other); Sec-WebSocket-Extensions is not
+  // (no permessage-deflate: the Realtime meter reads the frames).
   bool websocket = false;
   std::size_t body_size = 0;
 };
@@ -160,6 +161,10 @@ bool is_json_content_type(std::string_view content_type) noexcept;
 // ("openai%2Fgpt-4.1" is "openai/gpt-4.1"), for routing rules; "" when a %XX is malformed or
 // decodes to a control character.
 std::string model_id_of_path(std::string_view id);
+
+// The raw value of the first `name=value` parameter of a query string (no '?'), not decoded;
+// "" when absent. (The Realtime API's handshake names its model so: /v1/realtime?model=…)
+std::string_view query_param(std::string_view query, std::string_view name) noexcept;
 
 // A response Content-Type of an SSE stream: text/event-stream, in any case, with any parameters.
 bool is_event_stream(std::string_view content_type) noexcept;

@@ -203,7 +203,8 @@ std::optional<double> model_price::*optional_price(std::string_view key) noexcep
   static constexpr std::pair<std::string_view, std::optional<double> model_price::*> keys[] = {
       {"cache_write_5m", &model_price::cache_write_5m}, {"cache_write_1h", &model_price::cache_write_1h},
       {"image_input", &model_price::image_input},       {"audio_input", &model_price::audio_input},
-      {"audio_output", &model_price::audio_output}};
+      {"audio_output", &model_price::audio_output},     {"cached_image_input", &model_price::cached_image_input},
+      {"cached_audio_input", &model_price::cached_audio_input}};
   for (const auto& [name, slot] : keys)
     if (name == key) return slot;
   return nullptr;
@@ -249,7 +250,8 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
     } else {
       fail(file, kv.first, "'" + model + "': unknown key '" + key +
                                 "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
-                                "web_search, image_input, audio_input, audio_output, long_context, flex, priority, scale, "
+                                "web_search, image_input, audio_input, audio_output, cached_image_input, cached_audio_input, "
+                                "long_context, flex, priority, scale, "
                                 "batch, aliases)");
     }
   }
@@ -382,6 +384,12 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
     p.cached_input = litellm_cost(spec, "cache_read_input_token_cost").value_or(p.input);
     p.cache_write_5m = litellm_cost(spec, "cache_creation_input_token_cost");
     p.cache_write_1h = litellm_cost(spec, "cache_creation_input_token_cost_above_1hr");
+    // Media tokens (audio and realtime models, image models), per token like the text prices.
+    p.image_input = litellm_cost(spec, "input_cost_per_image_token");
+    p.cached_image_input = litellm_cost(spec, "cache_read_input_image_token_cost");
+    p.audio_input = litellm_cost(spec, "input_cost_per_audio_token");
+    p.cached_audio_input = litellm_cost(spec, "cache_read_input_audio_token_cost");
+    p.audio_output = litellm_cost(spec, "output_cost_per_audio_token");
     if (const auto long_in = litellm_cost(spec, "input_cost_per_token_above_200k_tokens")) {
       p.long_context_threshold = 200000;
       p.long_input = *long_in;
@@ -513,10 +521,15 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
   const double image = std::min(clamp0(usage.image_in), uncached);
   const double audio = std::min(clamp0(usage.audio_in), uncached - image);
   const double audio_out = std::min(clamp0(usage.audio_out), completion);
+  // Cache reads of image and audio tokens (Realtime) likewise, parts of the cached input.
+  const double image_hit = std::min(clamp0(usage.image_cached), cached);
+  const double audio_hit = std::min(clamp0(usage.audio_cached), cached - image_hit);
   // Web searches are per request, the same in either tier.
   const double usd =
       ((uncached - image - audio) * in + image * media(price.image_input, in, price.input) +
-       audio * media(price.audio_input, in, price.input) + cached * cached_in + write_5m * w5 + write_1h * w1 +
+       audio * media(price.audio_input, in, price.input) + (cached - image_hit - audio_hit) * cached_in +
+       image_hit * media(price.cached_image_input, cached_in, price.cached_input) +
+       audio_hit * media(price.cached_audio_input, cached_in, price.cached_input) + write_5m * w5 + write_1h * w1 +
        (completion - audio_out) * out + audio_out * media(price.audio_output, out, price.output)) /
           per_million +
       clamp0(usage.web_search) * price.web_search / 1000.0;

@@ -44,6 +44,8 @@ struct model_price {
   std::optional<double> image_input;   // USD per 1M uncached image input tokens; default input
   std::optional<double> audio_input;   // USD per 1M uncached audio input tokens; default input
   std::optional<double> audio_output;  // USD per 1M audio output tokens; default output
+  std::optional<double> cached_image_input;  // USD per 1M image cache-read tokens; default cached_input
+  std::optional<double> cached_audio_input;  // USD per 1M audio cache-read tokens; default cached_input
   // Long-context tier (e.g. Claude Sonnet 4.5 above 200k prompt tokens): when the prompt
   // (input + cache read + cache write) exceeds `long_context_threshold`, these prices apply.
   std::int64_t long_context_threshold = 0;  // 0: no tier

@@ -216,6 +216,8 @@ token_usage clamp_parts(token_usage t) noexcept {
   t.image_in = std::min(t.image_in, t.prompt);
   t.audio_in = std::min(t.audio_in, t.prompt - t.image_in);
   t.audio_out = std::min(t.audio_out, t.completion);
+  t.image_cached = std::min(t.image_cached, t.cached);
+  t.audio_cached = std::min(t.audio_cached, t.cached - t.image_cached);
   t.cache_write_1h = std::min(t.cache_write_1h, t.cache_write);
   return t;
 }
@@ -262,6 +264,23 @@ std::optional<token_usage> responses_usage(const Node& u) {
   t.audio_in = count(input_details, "audio_tokens");
   t.reasoning = count(member(u, "output_tokens_details"), "reasoning_tokens");
   return clamp_parts(t);
+}
+
+// OpenAI Realtime `usage` (response.done): input_token_details splits the input into text, audio
+// and image tokens, cached_tokens_details the cache reads the same way; output_token_details the
+// output into text and audio. Each kind has its own price, cache reads included.
+template <class Node>
+std::optional<token_usage> realtime_usage(const Node& u) {
+  auto t = responses_usage(u);  // input_token_details: the cached, image and audio counts
+  if (!t) return t;
+  const auto& hit = member(member(u, "input_token_details"), "cached_tokens_details");
+  t->image_cached = count(hit, "image_tokens");
+  t->audio_cached = count(hit, "audio_tokens");
+  // The image and audio counts include their cache reads; image_in and audio_in are the rest.
+  t->image_in = std::max<std::int64_t>(t->image_in - t->image_cached, 0);
+  t->audio_in = std::max<std::int64_t>(t->audio_in - t->audio_cached, 0);
+  t->audio_out = count(member(u, "output_token_details"), "audio_tokens");
+  return clamp_parts(*t);
 }
 
 // Replaces each field `u` reports: message_delta counts are cumulative, never increments.
@@ -412,6 +431,96 @@ batch_results extract_batch_results(std::string_view jsonl) {
     }
   } catch (...) {  // only allocation failure can get here: what was summed stays
   }
+  return out;
+}
+
+std::optional<std::string_view> top_level_string(std::string_view head, std::string_view key) noexcept {
+  int depth = 0;
+  std::size_t i = 0;
+  // The string that opens at head[i] ('"'), without its quotes; i moves past it. nullopt when it
+  // does not end within the head.
+  auto string_at = [&head, &i]() -> std::optional<std::string_view> {
+    const std::size_t start = ++i;
+    for (; i < head.size(); ++i) {
+      if (head[i] == '\\') {
+        ++i;
+      } else if (head[i] == '"') {
+        return head.substr(start, i++ - start);
+      }
+    }
+    return std::nullopt;
+  };
+  auto skip_space = [&head, &i] {
+    while (i < head.size() && (head[i] == ' ' || head[i] == '\t' || head[i] == '\n' || head[i] == '\r')) ++i;
+  };
+  while (i < head.size()) {
+    const char c = head[i];
+    if (c == '"') {
+      const auto s = string_at();
+      if (!s) return std::nullopt;
+      if (depth != 1) continue;
+      skip_space();
+      if (i >= head.size() || head[i] != ':') continue;  // a value, not a key
+      ++i;
+      if (*s != key) continue;
+      skip_space();
+      if (i >= head.size() || head[i] != '"') return std::nullopt;
+      return string_at();
+    }
+    if (c == '{' || c == '[') ++depth;
+    if (c == '}' || c == ']') --depth;
+    ++i;
+  }
+  return std::nullopt;
+}
+
+bool realtime_meter::wanted(std::string_view head) noexcept {
+  const auto type = top_level_string(head, "type");
+  if (!type) return true;  // not within the head: read the whole message to know
+  return *type == "response.done" || *type == "session.created" || *type == "session.updated" ||
+         *type == "transcription_session.created" || *type == "transcription_session.updated" ||
+         *type == "conversation.item.input_audio_transcription.completed";
+}
+
+void realtime_meter::on_message(std::string_view text) {
+  try {
+    const json j = parse(text);
+    if (!j.is_object()) return;
+    const std::string_view type = string_member(j, "type");
+    if (type == "response.done") {
+      if (const auto t = realtime_usage(member(member(j, "response"), "usage"))) {
+        ++responses_;
+        responses_usage_.add(*t);
+      }
+    } else if (type == "conversation.item.input_audio_transcription.completed") {
+      // Token usage (gpt-4o-transcribe and its kin); whisper-1 reports seconds, which no entry prices.
+      const auto& u = member(j, "usage");
+      if (string_member(u, "type") == "duration" || transcription_model_.empty()) return;
+      const auto t = responses_usage(u);
+      if (!t) return;
+      ++transcriptions_;
+      auto it = std::find_if(transcription_usage_.begin(), transcription_usage_.end(),
+                             [this](const auto& m) { return m.first == transcription_model_; });
+      if (it == transcription_usage_.end()) it = transcription_usage_.insert(it, {transcription_model_, token_usage{}});
+      it->second.add(*t);
+    } else if (type.ends_with("session.created") || type.ends_with("session.updated")) {
+      const auto& session = member(j, "session");
+      if (const auto m = string_member(session, "model"); !m.empty() && m.size() <= 256) model_ = std::string(m);
+      // GA: session.audio.input.transcription; beta: session.input_audio_transcription. A
+      // transcription session (intent=transcription) names only that model.
+      const auto& ga = member(member(member(session, "audio"), "input"), "transcription");
+      const auto& beta = member(session, "input_audio_transcription");
+      const auto m = string_member(is_object(ga) ? ga : beta, "model");
+      if (!m.empty() && m.size() <= 256) transcription_model_ = std::string(m);
+    }
+  } catch (...) {  // only allocation failure can get here: what was summed stays
+  }
+}
+
+std::vector<std::pair<std::string, token_usage>> realtime_meter::by_model() const {
+  std::vector<std::pair<std::string, token_usage>> out;
+  if (responses_ > 0) out.emplace_back(model_, responses_usage_);
+  for (const auto& m : transcription_usage_) out.push_back(m);
   return out;
 }
 

@@ -41,6 +41,39 @@ struct batch_results {
 };
 batch_results extract_batch_results(std::string_view jsonl);
 
+// A Realtime API session's server events (OpenAI, over WebSocket), as they pass: the session's
+// model (session.created / session.updated `session.model`), every response.done's usage summed,
+// and the input audio transcriptions' usage (conversation.item.input_audio_transcription.completed),
+// which is billed at the transcription model the session names, not the session's.
+class realtime_meter {
+ public:
+  // `requested_model`: the handshake's ?model=, used until the session names its own.
+  explicit realtime_meter(std::string requested_model) : model_(std::move(requested_model)) {}
+  // Whether a text message whose first bytes are `head` may be one of the events read here (its
+  // top-level `type` is one of them, or is not within the head): ws_message_reader's filter.
+  static bool wanted(std::string_view head) noexcept;
+  // One whole server event (JSON text). Anything else is ignored.
+  void on_message(std::string_view text);
+
+  bool has_usage() const noexcept { return responses_ + transcriptions_ > 0; }
+  const std::string& model() const noexcept { return model_; }
+  std::size_t responses() const noexcept { return responses_; }
+  std::size_t transcriptions() const noexcept { return transcriptions_; }
+  // Usage per model, the session's model first (its responses), then each transcription model.
+  std::vector<std::pair<std::string, token_usage>> by_model() const;
+
+ private:
+  std::string model_;
+  std::string transcription_model_;
+  token_usage responses_usage_;
+  std::vector<std::pair<std::string, token_usage>> transcription_usage_;
+  std::size_t responses_ = 0, transcriptions_ = 0;
+};
+
+// The top-level string member `key` of the JSON object text starts with, when `head` (maybe only
+// the text's first bytes) holds it whole; nullopt otherwise. Escapes are not decoded.
+std::optional<std::string_view> top_level_string(std::string_view head, std::string_view key) noexcept;
+
 // Rough token count of text (~4 bytes per token for ASCII, 1 token per CJK character...).
 // Used only when usage is missing; rows carry usage_source = estimated.
 std::int64_t estimate_tokens(std::string_view text) noexcept;

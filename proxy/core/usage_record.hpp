@@ -49,14 +49,17 @@ struct token_usage {
   service_tier tier = service_tier::none;  // tier the response reports (prices flex/priority)
   // Media tokens priced apart (not ledger columns: a what-if prices them as text): image input
   // (gpt-image-1's input_tokens_details.image_tokens) and audio input (audio and transcription
-  // models), parts of prompt; audio output, part of completion.
+  // models), uncached parts of prompt; audio output, part of completion; cache reads of image and
+  // audio tokens (Realtime's cached_tokens_details), parts of `cached`.
   std::int64_t image_in = 0, audio_in = 0, audio_out = 0;
+  std::int64_t image_cached = 0, audio_cached = 0;
   std::int64_t total() const noexcept { return prompt + completion; }
   // Adds every count of `o` (the tier is left as it is).
   void add(const token_usage& o) noexcept {
     prompt += o.prompt, completion += o.completion, cached += o.cached, cache_write += o.cache_write;
     cache_write_1h += o.cache_write_1h, reasoning += o.reasoning, web_search += o.web_search;
     image_in += o.image_in, audio_in += o.audio_in, audio_out += o.audio_out;
+    image_cached += o.image_cached, audio_cached += o.audio_cached;
   }
 };
 

@@ -32,6 +32,7 @@
 #include "core/request_inspect.hpp"
 #include "core/sse_parser.hpp"
 #include "core/usage.hpp"
+#include "core/ws_frames.hpp"
 #include "ledger/ledger.hpp"
 #include "net/metrics.hpp"
 #include "net/drained_read.hpp"
@@ -55,6 +56,9 @@ constexpr auto local_write_timeout = 30s;
 constexpr std::size_t pass_through_inspect_limit = 1 << 20;
 constexpr std::string_view upload_too_large =
     "Request body exceeds the configured limit for uploads (server.max_upload_bytes).";
+// A Realtime server event larger than this is not metered (a response.done is a few KB; its
+// text output would have to be megabytes long).
+constexpr std::size_t realtime_max_message = 8 << 20;
 // A stored upload goes upstream in writes of this size (see send_spooled).
 constexpr std::size_t spool_chunk = 256 * 1024;
 // How long a keep-alive connection waits for its next request with a read buffer ready (one recv
@@ -362,8 +366,9 @@ class client_session : public std::enable_shared_from_this<client_session> {
     bool creates_batch = false; // POST /v1/batches or /v1/messages/batches: its id is remembered
     bool batch_objects = false; // Anthropic message batches: results_url made relative
     std::string message_batch_id;  // downloads the results of a message batch created here
-    // Usage of a message batch's results, per model (each priced at its model's batch prices).
-    std::vector<std::pair<std::string, token_usage>> batch_usage;
+    // Usage of a call that bills several models, per model, each priced at its own: a message
+    // batch's results (at batch prices), a Realtime session (its model, its transcription model).
+    std::vector<std::pair<std::string, token_usage>> usage_by_model;
     spool_body::value_type spooled;  // a large pass-through body, in a file (spool_request_body)
   };
 
@@ -1130,6 +1135,11 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       rec.requested_model = pass_model.substr(0, 256);
       rec.stream = pass_facts.stream;
     }
+  } else if (c.websocket) {
+    // A Realtime session names its model in the handshake's query (?model=gpt-realtime): routing
+    // rules apply to it, and the ledger prices the session by it until the session names its own.
+    pass_model = model_id_of_path(query_param(tp.query, "model"));
+    rec.requested_model = pass_model.substr(0, 256);
   } else if (rd.route == route_kind::models && tp.path.size() > 11) {
     std::string_view id = tp.path.substr(11);
     if (id.ends_with('/')) id.remove_suffix(1);
@@ -1880,7 +1890,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
         rec.tokens.tier = service_tier::batch;
         for (const auto& [m, u] : br.by_model) rec.tokens.add(u);
         rec.source = usage_source::upstream;
-        c.batch_usage = std::move(br.by_model);
+        c.usage_by_model = std::move(br.by_model);
       }
     }
   } else if (metered && !parse_.empty() && !parse_overflow && (c.error == errc::ok)) {
@@ -2088,9 +2098,23 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   }
   if (!upgraded) co_return;
 
+  // The upstream's frames are read as they pass (the bytes go on untouched) for the Realtime
+  // API's usage events: the session's row is priced from them, per model, when it ends.
+  realtime_meter meter(rec.requested_model);
+  ws_message_reader reader(&realtime_meter::wanted, realtime_max_message);
+  std::vector<std::string> events;
+  auto read_frames = [&meter, &reader, &events](std::string_view bytes) {
+    if (reader.failed()) return;
+    reader.feed(bytes, events);
+    for (const auto& e : events) meter.on_message(e);
+    events.clear();
+  };
   // Bytes either peer sent right behind the handshake were read with it: they go first.
-  if (conn.buffer.size() > 0)
+  if (conn.buffer.size() > 0) {
+    const auto b = conn.buffer.data();  // a flat_buffer: one piece
+    read_frames(std::string_view(static_cast<const char*>(b.data()), b.size()));
     co_await asio::async_write(stream_, conn.buffer.data(), redirect_error(use_awaitable, ec));
+  }
   conn.buffer.consume(conn.buffer.size());
   if (!ec && buffer_.size() > 0) co_await asio::async_write(up, buffer_.data(), redirect_error(use_awaitable, ec));
   buffer_.consume(buffer_.size());
@@ -2098,13 +2122,14 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   conn.tcp().expires_at(deadline);
   // One direction ending (a close, a reset, the deadline) ends the session: shutting both
   // sockets down wakes the other direction's pending read.
-  auto relay = [this, &conn](auto& from, auto& to) -> awaitable<void> {
+  auto relay = [this, &conn, &read_frames](auto& from, auto& to, bool from_upstream) -> awaitable<void> {
     relay_lease buf(w_.relay_blocks);
     beast::error_code rec_ec, wec;
     for (;;) {
       const std::size_t n =
           co_await from.async_read_some(asio::buffer(buf.data(), buf.size()), redirect_error(use_awaitable, rec_ec));
       if (n > 0) co_await asio::async_write(to, asio::buffer(buf.data(), n), redirect_error(use_awaitable, wec));
+      if (n > 0 && from_upstream) read_frames(std::string_view(buf.data(), n));
       if (rec_ec || wec) break;
     }
     beast::error_code ignored;
@@ -2112,8 +2137,21 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
     conn.tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
   };
   using namespace asio::experimental::awaitable_operators;
-  co_await (relay(stream_, up) && relay(up, stream_));
+  co_await (relay(stream_, up, false) && relay(up, stream_, true));
   if (steady::now() + 5ms >= deadline) c.error = errc::upstream_total_timeout;
+  if (!meter.model().empty()) rec.served_model = meter.model();
+  if (meter.has_usage()) {
+    c.usage_by_model = meter.by_model();
+    rec.tokens = {};
+    for (const auto& [m, u] : c.usage_by_model) rec.tokens.add(u);
+    rec.source = usage_source::upstream;
+  }
+  if (reader.failed() || reader.oversized() > 0 || reader.compressed() > 0)
+    log_line(log_level::warn, "realtime session: some upstream messages could not be metered")
+        .str("request_id", rec.request_id)
+        .boolean("protocol_error", reader.failed())
+        .integer("oversized", static_cast<std::int64_t>(reader.oversized()))
+        .integer("compressed", static_cast<std::int64_t>(reader.compressed()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2131,11 +2169,11 @@ void client_session::finish_call(call& c) {
   // model sent (a routing rule's rewrite), then to the requested one.
   const std::string& fallback = c.sent_model.empty() ? rec.requested_model : c.sent_model;
   const std::string& model = rec.served_model.empty() ? fallback : rec.served_model;
-  if (!c.batch_usage.empty()) {
-    // A message batch's results: each model's requests at that model's batch prices.
+  if (!c.usage_by_model.empty()) {
+    // A message batch's results (each model's requests at its batch prices), a Realtime session.
     rec.priced = true;
     rec.cost_usd = 0;
-    for (const auto& [m, u] : c.batch_usage) {
+    for (const auto& [m, u] : c.usage_by_model) {
       const auto cost = compute_cost(st_.prices, m, u, c.price_multiplier);
       rec.priced = rec.priced && cost.priced;
       rec.cost_usd += cost.usd;

@@ -271,19 +271,31 @@ void server::impl::serve(connection& c, Stream& stream, tcp::socket& raw) {
   }
 }
 
-// A WebSocket session shaped like the OpenAI Realtime API's: "session.created" first, then
-// every text message comes back as {"type":"echo","data":…}; a message "close" makes the server
-// close the session (code 1000). Ends when the client closes or goes away.
+// A WebSocket session shaped like the OpenAI Realtime API's: "session.created" first (its
+// `model` the handshake's ?model=), then every text message comes back as {"type":"echo",
+// "data":…}; a message "close" makes the server close the session (code 1000). A
+// {"type":"response.create"} is also answered as the API does: audio deltas (40 KB of base64
+// each), a transcript delta, then "response.done" with the usage of the Realtime reference
+// (input 1,000: text 200, audio 800, 600 cached of which 500 audio; output 300: text 50, audio
+// 250). Ends when the client closes or goes away.
 template <class Stream>
 void server::impl::realtime_session(Stream& stream, const http::request<http::string_body>& req, std::uint64_t number) {
   beast::websocket::stream<Stream&> ws(stream);
   ws.set_option(beast::websocket::stream_base::decorator([number](beast::websocket::response_type& res) {
     res.set("x-request-id", "req_fake_" + std::to_string(number));
   }));
+  std::string model;
+  const std::string_view target(req.target().data(), req.target().size());
+  if (const auto q = target.find("model="); q != std::string_view::npos)
+    model = std::string(target.substr(q + 6, target.find('&', q) - (q + 6)));
   ws.accept(req);
   ws.text(true);
-  ws.write(net::buffer(std::string(R"({"type":"session.created","session":{"id":"sess_fake_)") +
-                       std::to_string(number) + R"("}})"));
+  nlohmann::json created{{"type", "session.created"},
+                         {"event_id", "event_0"},
+                         {"session", {{"id", "sess_fake_" + std::to_string(number)}, {"object", "realtime.session"}}}};
+  if (!model.empty()) created["session"]["model"] = model;
+  ws.write(net::buffer(created.dump()));
+  int responses = 0;
   for (;;) {
     beast::flat_buffer in;
     beast::error_code ec;
@@ -295,6 +307,35 @@ void server::impl::realtime_session(Stream& stream, const http::request<http::st
       return;
     }
     ws.write(net::buffer(nlohmann::json{{"type", "echo"}, {"data", text}}.dump()), ec);
+    if (ec) return;
+    const auto event = nlohmann::json::parse(text, nullptr, false);
+    if (!event.is_object() || event.value("type", "") != "response.create") continue;
+    const std::string id = "resp_fake_" + std::to_string(number) + "_" + std::to_string(++responses);
+    for (int k = 0; k < 3 && !ec; ++k)
+      ws.write(net::buffer(nlohmann::json{{"type", "response.output_audio.delta"}, {"event_id", "event_d" + std::to_string(k)},
+                                          {"response_id", id}, {"delta", std::string(40 * 1024, 'A')}}
+                               .dump()),
+               ec);
+    if (!ec)
+      ws.write(net::buffer(nlohmann::json{{"type", "response.output_audio_transcript.delta"}, {"response_id", id},
+                                          {"delta", "Hello"}}
+                               .dump()),
+               ec);
+    const nlohmann::json usage{
+        {"total_tokens", 1300},
+        {"input_tokens", 1000},
+        {"output_tokens", 300},
+        {"input_token_details",
+         {{"text_tokens", 200}, {"audio_tokens", 800}, {"image_tokens", 0}, {"cached_tokens", 600},
+          {"cached_tokens_details", {{"text_tokens", 100}, {"audio_tokens", 500}, {"image_tokens", 0}}}}},
+        {"output_token_details", {{"text_tokens", 50}, {"audio_tokens", 250}}}};
+    if (!ec)
+      ws.write(net::buffer(nlohmann::json{{"type", "response.done"},
+                                          {"event_id", "event_done"},
+                                          {"response", {{"id", id}, {"object", "realtime.response"},
+                                                        {"status", "completed"}, {"usage", usage}}}}
+                               .dump()),
+               ec);
     if (ec) return;
   }
 }

@@ -549,7 +549,7 @@ TEST_CASE("relay: a background response is metered once, by the first retrieval 
   CHECK(h.metric_sum("tollgate_unmetered_requests_total", "route=\"responses\"") == 1);  // the creation
 }
 
-TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstream's key and ledgered once",
+TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstream's key and ledgered once, metered",
           "[relay][websocket]") {
   namespace beast = boost::beast;
   namespace websocket = beast::websocket;
@@ -561,10 +561,13 @@ TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstr
   ws.set_option(websocket::stream_base::decorator([](websocket::request_type& r) {
     r.set(beast::http::field::authorization, "Bearer sk-client-key");
     r.set("OpenAI-Beta", "realtime=v1");
+    // Node's ws offers compression; tollgate keeps the session uncompressed so it can read it.
+    r.set(beast::http::field::sec_websocket_extensions, "permessage-deflate; client_max_window_bits");
   }));
   websocket::response_type res;
   ws.handshake(res, "127.0.0.1", "/v1/realtime?model=gpt-realtime");
   CHECK(res.result_int() == 101);
+  CHECK(res[beast::http::field::sec_websocket_extensions].empty());
   CHECK(res["x-request-id"].starts_with("tg-"));
   CHECK(res["x-upstream-request-id"].starts_with("req_fake_"));
   auto next = [&ws] {
@@ -574,10 +577,17 @@ TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstr
   };
   CHECK(next()["type"] == "session.created");
   ws.text(true);
-  ws.write(net::buffer(std::string(R"({"type":"response.create"})")));
-  auto echo = next();
-  CHECK(echo["type"] == "echo");
-  CHECK(echo["data"] == R"({"type":"response.create"})");
+  // Two responses, each answered by audio deltas (skipped by the meter), a transcript delta and
+  // response.done with usage: metered, both summed in the session's one row.
+  for (int r = 0; r < 2; ++r) {
+    ws.write(net::buffer(std::string(R"({"type":"response.create"})")));
+    auto echo = next();
+    CHECK(echo["type"] == "echo");
+    CHECK(echo["data"] == R"({"type":"response.create"})");
+    for (int k = 0; k < 3; ++k) CHECK(next()["type"] == "response.output_audio.delta");
+    CHECK(next()["type"] == "response.output_audio_transcript.delta");
+    CHECK(next()["type"] == "response.done");
+  }
   const std::string big(300 * 1024, 'a');  // many reads and writes each way
   ws.write(net::buffer(big));
   CHECK(next()["data"] == big);
@@ -596,8 +606,15 @@ TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstr
     ws.next_layer().socket().close();
   }
   h.flush();
-  auto rows = h.query_text("SELECT route || ' ' || method || ' ' || status || ' ' || usage_source || ' ' || cost_usd FROM calls");
-  CHECK(rows == "other GET 101 none 0.0");
+  auto rows = h.query_text(
+      "SELECT route || ' ' || method || ' ' || status || ' ' || usage_source || ' ' || requested_model || ' ' || "
+      "served_model || ' ' || price_model || ' ' || prompt_tokens || ' ' || completion_tokens || ' ' || cached_tokens "
+      "FROM calls");
+  CHECK(rows == "other GET 101 upstream gpt-realtime gpt-realtime gpt-realtime 2000 600 1200");
+  // gpt-realtime, per response: text 100 in at $4, audio 300 at $32, cached 100 text + 500 audio at
+  // $0.40, text 50 out at $16, audio 250 out at $64 (per 1M).
+  const double per_response = (100 * 4.0 + 300 * 32.0 + 600 * 0.40 + 50 * 16.0 + 250 * 64.0) / 1e6;
+  CHECK(h.query_double("SELECT cost_usd FROM calls") == Approx(2 * per_response));
   CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE latency_ms >= first_byte_ms AND first_byte_ms >= 0") == 1);
   auto up = h.upstream->requests();
   REQUIRE(up.size() == 1);
@@ -607,6 +624,7 @@ TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstr
   CHECK(beast::iequals(up[0].header("upgrade"), "websocket"));
   CHECK(!up[0].header("sec-websocket-key").empty());
   CHECK(up[0].header("openai-beta") == "realtime=v1");
+  CHECK(up[0].header("sec-websocket-extensions").empty());
 }
 
 TEST_CASE("relay: a WebSocket handshake the upstream refuses comes back as its answer", "[relay][websocket]") {

@@ -230,7 +230,7 @@ test('response headers: x-request-id via withResponse() and asResponse()', async
 // The SDK's Realtime client always dials wss://<baseURL host>/…/realtime, so it reaches tollgate
 // the way production does: through a TLS-terminating front (a load balancer; here a Node TLS
 // server with a throwaway certificate that pipes bytes to the base URL's port).
-test('realtime over WebSocket through a TLS-terminating front: session.created, then events both ways', async () => {
+test('realtime over WebSocket through a TLS-terminating front: session.created, then events both ways, response.done with usage', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'tollgate-rt-'));
   const front = tls.createServer(
     (() => {
@@ -254,15 +254,21 @@ test('realtime over WebSocket through a TLS-terminating front: session.created, 
     });
     const rt = new OpenAIRealtimeWS({ model: 'gpt-realtime', options: { rejectUnauthorized: false } }, viaFront);
     const seen = [];
-    const echo = await new Promise((resolve, reject) => {
+    let echo;
+    const done = await new Promise((resolve, reject) => {
       rt.on('error', reject);
       rt.on('event', (event) => seen.push(event.type));
       rt.on('session.created', () => rt.send({ type: 'response.create', response: { modalities: ['text'] } }));
-      rt.on('echo', resolve);
-      setTimeout(() => reject(new Error(`no echo; events: ${seen}`)), 10_000).unref();
+      rt.on('echo', (event) => { echo = event; });
+      rt.on('response.done', resolve);
+      setTimeout(() => reject(new Error(`no response.done; events: ${seen}`)), 10_000).unref();
     });
     assert.equal(seen[0], 'session.created');
     assert.equal(JSON.parse(echo.data).type, 'response.create');
+    // The audio deltas (40 KB each) came through whole, and the usage tollgate meters.
+    assert.equal(seen.filter((t) => t === 'response.output_audio.delta').length, 3);
+    assert.equal(done.response.usage.input_tokens, 1000);
+    assert.equal(done.response.usage.output_token_details.audio_tokens, 250);
     const closed = new Promise((resolve) => rt.socket.on('close', (code) => resolve(code)));
     rt.close();
     assert.equal(await closed, 1000);

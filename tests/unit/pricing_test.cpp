@@ -56,7 +56,8 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "claude-3-7-sonnet", "claude-3-5-haiku", "claude-3-haiku", "gemini-2.0-flash",
                             "gemini-2.0-flash-lite", "gemini-3-pro-preview", "gpt-image-1", "gpt-image-1-mini",
                             "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-mini-tts", "gpt-4o-audio-preview",
-                            "gpt-4o-mini-audio-preview"};
+                            "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini", "gpt-realtime",
+                            "gpt-realtime-mini", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview"};
   CHECK(t.size() == std::size(expected));
   for (const char* name : expected) {
     INFO(name);
@@ -449,6 +450,36 @@ TEST_CASE("pricing: service tiers (flex, priority) are billed at their own price
     auto w = usage(1'200, 80);
     w.audio_in = 1'150;  // a transcription: 50 text (prompt) tokens, 1,150 audio tokens
     CHECK(compute_cost(t, "gpt-4o-transcribe", w).usd == Approx((50 * 2.50 + 1'150 * 6.0 + 80 * 10.0) / 1e6));
+  }
+  SECTION("realtime: text, audio and image tokens and their cache reads each at their own price") {
+    // gpt-realtime-mini: text 0.60 / cached 0.06 / out 2.40, audio 10 / cached 0.30 / out 20,
+    // image 0.80 / cached 0.08.
+    auto v = usage(10'000, 1'000, 6'000);  // 6,000 cache reads of 10,000 tokens in
+    v.audio_cached = 5'000;
+    v.image_cached = 200;
+    v.audio_in = 2'500;  // uncached audio
+    v.image_in = 300;    // uncached image
+    v.audio_out = 800;
+    const double text_in = 10'000 - 6'000 - 2'500 - 300, text_hit = 6'000 - 5'000 - 200;
+    CHECK(compute_cost(t, "gpt-realtime-mini", v).usd ==
+          Approx((text_in * 0.60 + 2'500 * 10.0 + 300 * 0.80 + text_hit * 0.06 + 5'000 * 0.30 + 200 * 0.08 +
+                  200 * 2.40 + 800 * 20.0) / 1e6));
+    CHECK(compute_cost(t, "gpt-realtime-2025-08-28", v).usd ==
+          Approx((text_in * 4.0 + 2'500 * 32.0 + 300 * 5.0 + text_hit * 0.40 + 5'000 * 0.40 + 200 * 0.50 +
+                  200 * 16.0 + 800 * 64.0) / 1e6));
+    CHECK(compute_cost(t, "gpt-4o-realtime-preview-2024-12-17", v).price->name == "gpt-4o-realtime-preview");
+    // No cached media prices: their cache reads at the text cache-read price.
+    CHECK(compute_cost(t, "gpt-4.1", v).usd == Approx((4'000 * 2.0 + 6'000 * 0.50 + 1'000 * 8.0) / 1e6));
+    // LiteLLM's audio keys.
+    price_table l;
+    l.load_litellm_string(R"({"rt": {"input_cost_per_token": 4e-6, "output_cost_per_token": 1.6e-5,
+      "cache_read_input_token_cost": 4e-7, "input_cost_per_audio_token": 3.2e-5, "output_cost_per_audio_token": 6.4e-5,
+      "cache_read_input_audio_token_cost": 3e-7}})", "l.json");
+    auto a = usage(1'000, 100, 600);
+    a.audio_cached = 500;
+    a.audio_in = 300;
+    a.audio_out = 100;
+    CHECK(compute_cost(l, "rt", a).usd == Approx((100 * 4.0 + 300 * 32.0 + 100 * 0.4 + 500 * 0.3 + 100 * 64.0) / 1e6));
   }
   SECTION("bad tier entries are reported with file:line") {
     CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, flex: { input: 1 } }\n"),

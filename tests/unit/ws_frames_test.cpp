@@ -1,0 +1,209 @@
+// Unit tests of the WebSocket message reader (core/ws_frames.hpp) and the Realtime API meter
+// (core/usage.hpp realtime_meter): frames as RFC 6455 writes them, split anywhere.
+#include <catch2/catch.hpp>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/pricing.hpp"
+#include "core/usage.hpp"
+#include "core/ws_frames.hpp"
+
+using tollgate::realtime_meter;
+using tollgate::token_usage;
+using tollgate::top_level_string;
+using tollgate::ws_message_reader;
+
+namespace {
+
+// One frame: FIN, opcode, payload; masked with `mask` when given (as a client sends).
+std::string frame(unsigned opcode, std::string_view payload, bool fin = true, const char* mask = nullptr,
+                  bool rsv1 = false) {
+  std::string f;
+  f += static_cast<char>((fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | opcode);
+  const unsigned char m = mask ? 0x80 : 0;
+  if (payload.size() < 126) {
+    f += static_cast<char>(m | payload.size());
+  } else if (payload.size() < 65536) {
+    f += static_cast<char>(m | 126);
+    f += static_cast<char>(payload.size() >> 8);
+    f += static_cast<char>(payload.size() & 0xff);
+  } else {
+    f += static_cast<char>(m | 127);
+    for (int i = 7; i >= 0; --i) f += static_cast<char>((static_cast<std::uint64_t>(payload.size()) >> (8 * i)) & 0xff);
+  }
+  if (mask) f.append(mask, 4);
+  for (std::size_t i = 0; i < payload.size(); ++i) f += mask ? static_cast<char>(payload[i] ^ mask[i & 3]) : payload[i];
+  return f;
+}
+
+bool want_all(std::string_view) { return true; }
+bool want_keep(std::string_view head) { return head.starts_with("keep"); }
+
+// Feeds `bytes` in pieces of `step` bytes (0: whole).
+std::vector<std::string> read_all(ws_message_reader& r, std::string_view bytes, std::size_t step = 0) {
+  std::vector<std::string> out;
+  if (step == 0) step = bytes.size();
+  for (std::size_t i = 0; i < bytes.size(); i += step) r.feed(bytes.substr(i, step), out);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("ws frames: text messages come out whole, in any split, control frames between fragments") {
+  const std::string big(70'000, 'x');  // a 64-bit length
+  const std::string mid(300, 'y');     // a 16-bit length
+  std::string wire = frame(1, "hello") + frame(9, "ping") + frame(1, mid) + frame(1, "frag", false) +
+                     frame(10, "pong") + frame(0, "men", false) + frame(0, "ted") + frame(2, "binary") +
+                     frame(1, big) + frame(1, "") + frame(8, "\x03\xe8");
+  for (std::size_t step : {0, 1, 2, 3, 7, 126, 4096}) {
+    ws_message_reader r(want_all, 1 << 20);
+    const auto out = read_all(r, wire, step);
+    INFO("step " << step);
+    REQUIRE(out.size() == 5);  // the binary message is not text
+    CHECK(out[0] == "hello");
+    CHECK(out[1] == mid);
+    CHECK(out[2] == "fragmented");
+    CHECK(out[3] == big);
+    CHECK(out[4].empty());
+    CHECK(r.messages() == 6);
+    CHECK(!r.failed());
+  }
+}
+
+TEST_CASE("ws frames: masked frames are unmasked across pieces") {
+  const char mask[4] = {'\x12', '\x34', '\x56', '\x78'};
+  const std::string text = R"({"type":"response.create","response":{"modalities":["text"]}})";
+  const std::string wire = frame(1, text.substr(0, 10), false, mask) + frame(0, text.substr(10), true, mask);
+  for (std::size_t step : {0, 1, 5}) {
+    ws_message_reader r(want_all, 1 << 20);
+    const auto out = read_all(r, wire, step);
+    REQUIRE(out.size() == 1);
+    CHECK(out[0] == text);
+  }
+}
+
+TEST_CASE("ws frames: unwanted messages are skipped by their head, oversized and compressed ones dropped") {
+  const std::string keep_long = "keep" + std::string(1'000, 'k');
+  const std::string skip_long = "skip" + std::string(100'000, 's');
+  std::string wire = frame(1, skip_long) + frame(1, keep_long) + frame(1, "keep short") + frame(1, "nope") +
+                     frame(1, "keep" + std::string(5'000, 'o')) + frame(1, "keep compressed", true, nullptr, true);
+  ws_message_reader r(want_keep, 4'096);
+  const auto out = read_all(r, wire, 100);
+  REQUIRE(out.size() == 2);
+  CHECK(out[0] == keep_long);
+  CHECK(out[1] == "keep short");
+  CHECK(r.oversized() == 1);
+  CHECK(r.compressed() == 1);
+  CHECK(r.messages() == 6);
+}
+
+TEST_CASE("ws frames: protocol errors stop the reader, never crash it") {
+  auto fails = [](std::string wire) {
+    ws_message_reader r(want_all, 1 << 20);
+    std::vector<std::string> out;
+    r.feed(wire, out);
+    return r.failed();
+  };
+  CHECK(fails(frame(0, "orphan continuation")));
+  CHECK(fails(frame(1, "a", false) + frame(1, "b")));  // a new message inside one
+  CHECK(fails(frame(3, "reserved")));
+  CHECK(fails(frame(11, "reserved control")));
+  CHECK(fails(frame(9, "fragmented ping", false)));
+  CHECK(fails(frame(9, std::string(126, 'p'))));
+  CHECK(fails(std::string("\x81\x7f\x80\0\0\0\0\0\0\0", 10)));  // top bit of a 64-bit length
+  CHECK(!fails(frame(1, "fine") + frame(8, "")));
+  // Random bytes: whatever they are, no crash and no output beyond the cap.
+  std::mt19937 rng(7);
+  for (int k = 0; k < 2'000; ++k) {
+    std::string junk(static_cast<std::size_t>(rng() % 300), '\0');
+    for (auto& c : junk) c = static_cast<char>(rng());
+    ws_message_reader r(want_all, 1'000);
+    std::vector<std::string> out;
+    r.feed(junk, out);
+    for (const auto& m : out) CHECK(m.size() <= 1'000);
+  }
+}
+
+TEST_CASE("realtime: top-level type is found in a message head, not nested or cut") {
+  CHECK(top_level_string(R"({"type":"response.done","event_id":"e"})", "type") == "response.done");
+  CHECK(top_level_string(R"({ "event_id" : "e1", "type" : "session.created" })", "type") == "session.created");
+  CHECK(top_level_string(R"({"response":{"type":"nested"},"type":"outer"})", "type") == "outer");
+  CHECK(top_level_string(R"({"note":"\"type\":\"fake\"","type":"real"})", "type") == "real");
+  CHECK(!top_level_string(R"({"event_id":"e","type":"response.out)", "type"));  // cut
+  CHECK(!top_level_string(R"({"type":3})", "type"));
+  CHECK(!top_level_string("not json", "type"));
+  CHECK(realtime_meter::wanted(R"({"type":"response.done")"));
+  CHECK(realtime_meter::wanted(R"({"type":"session.updated")"));
+  CHECK(realtime_meter::wanted(R"({"type":"conversation.item.input_audio_transcription.completed")"));
+  CHECK(!realtime_meter::wanted(R"({"type":"response.output_audio.delta","delta":"AAAA)"));
+  CHECK(realtime_meter::wanted(R"({"event_id":"e","delta":"AAAA)"));  // type not seen yet: read it
+}
+
+TEST_CASE("realtime: response.done usage summed per session, transcriptions at their own model") {
+  realtime_meter m("gpt-realtime");
+  m.on_message(R"({"type":"session.created","event_id":"e0","session":{"object":"realtime.session",
+    "model":"gpt-realtime-2025-08-28","audio":{"input":{"transcription":{"model":"gpt-4o-transcribe"}}}}})");
+  CHECK(m.model() == "gpt-realtime-2025-08-28");
+  m.on_message(R"({"type":"response.done","event_id":"e1","response":{"object":"realtime.response","status":"completed",
+    "usage":{"total_tokens":253,"input_tokens":132,"output_tokens":121,
+      "input_token_details":{"text_tokens":119,"audio_tokens":13,"image_tokens":0,"cached_tokens":64,
+        "cached_tokens_details":{"text_tokens":64,"audio_tokens":0,"image_tokens":0}},
+      "output_token_details":{"text_tokens":30,"audio_tokens":91}}}})");
+  m.on_message(R"({"type":"response.done","event_id":"e2","response":{"status":"cancelled",
+    "usage":{"input_tokens":1000,"output_tokens":10,"input_token_details":{"text_tokens":200,"audio_tokens":800,
+      "cached_tokens":900,"cached_tokens_details":{"text_tokens":150,"audio_tokens":750}},
+      "output_token_details":{"text_tokens":0,"audio_tokens":10}}}})");
+  m.on_message(R"({"type":"response.done","response":{"status":"failed","usage":null}})");  // nothing to add
+  m.on_message(R"({"type":"conversation.item.input_audio_transcription.completed","item_id":"i","transcript":"hi",
+    "usage":{"type":"tokens","total_tokens":27,"input_tokens":14,"input_token_details":{"text_tokens":0,"audio_tokens":14},
+    "output_tokens":13}})");
+  m.on_message(R"({"type":"response.output_audio.delta","delta":"AAAA"})");
+  m.on_message("not json");
+  CHECK(m.responses() == 2);
+  CHECK(m.transcriptions() == 1);
+  const auto by = m.by_model();
+  REQUIRE(by.size() == 2);
+  CHECK(by[0].first == "gpt-realtime-2025-08-28");
+  const token_usage& u = by[0].second;
+  CHECK(u.prompt == 1132);
+  CHECK(u.completion == 131);
+  CHECK(u.cached == 964);
+  CHECK(u.audio_cached == 750);
+  CHECK(u.audio_in == 13 + 50);
+  CHECK(u.audio_out == 101);
+  CHECK(by[1].first == "gpt-4o-transcribe");
+  CHECK(by[1].second.prompt == 14);
+  CHECK(by[1].second.audio_in == 14);
+  CHECK(by[1].second.completion == 13);
+
+  // Priced as the ledger will: text 1132-964-63 = 105 in, 214 cached text, 750 cached audio.
+  tollgate::price_table t;
+  t.load_yaml_file(TOLLGATE_SOURCE_DIR "/config/prices.yaml");
+  const double usd = tollgate::compute_cost(t, by[0].first, u).usd;
+  CHECK(usd == Approx((105 * 4.0 + 63 * 32.0 + 214 * 0.40 + 750 * 0.40 + 30 * 16.0 + 101 * 64.0) / 1e6));
+}
+
+TEST_CASE("realtime: beta event names, a transcription session, whisper's seconds") {
+  realtime_meter m("gpt-4o-mini-realtime-preview");
+  m.on_message(R"({"type":"response.done","response":{"usage":{"input_tokens":10,"output_tokens":5}}})");
+  m.on_message(R"({"type":"session.updated","session":{"model":"gpt-4o-mini-realtime-preview-2024-12-17",
+    "input_audio_transcription":{"model":"whisper-1"}}})");
+  m.on_message(R"({"type":"conversation.item.input_audio_transcription.completed","usage":{"type":"duration","seconds":3}})");
+  CHECK(m.transcriptions() == 0);
+  const auto by = m.by_model();
+  REQUIRE(by.size() == 1);
+  CHECK(by[0].first == "gpt-4o-mini-realtime-preview-2024-12-17");  // the session's model when it ends
+  CHECK(by[0].second.prompt == 10);
+
+  realtime_meter tr("");
+  tr.on_message(R"({"type":"transcription_session.created","session":{"input_audio_transcription":{"model":"gpt-4o-mini-transcribe"}}})");
+  tr.on_message(R"({"type":"conversation.item.input_audio_transcription.completed","usage":{"type":"tokens",
+    "input_tokens":20,"input_token_details":{"audio_tokens":20},"output_tokens":7}})");
+  const auto tb = tr.by_model();
+  REQUIRE(tb.size() == 1);
+  CHECK(tb[0].first == "gpt-4o-mini-transcribe");
+  CHECK(tb[0].second.audio_in == 20);
+  CHECK(!realtime_meter("x").has_usage());
+}
