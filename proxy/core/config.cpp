@@ -856,6 +856,7 @@ class loader {
            pg.interval = duration(e);
            if (pg.interval.count() < 10) fail(e, "must be at least 10ms");
          }},
+        {"fleet_budgets", [this, &pg](const entry& e) { pg.fleet_budgets = boolean(e); }},
     };
   }
 

@@ -112,6 +112,9 @@ struct config {
     std::string instance;          // fleet member name ("" : the host name)
     std::size_t batch_rows = 5000; // rows per PostgreSQL transaction
     millis interval{1000};         // how often new rows are looked for
+    // Budgets and spend guards count the other instances' spend, read from the fleet table
+    // (pg_shipper's remote pass), so a fleet enforces one budget rather than one per instance.
+    bool fleet_budgets = true;
   } ledger_postgres;
 
   // Pricing.

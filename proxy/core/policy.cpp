@@ -670,10 +670,20 @@ void policy_engine::release(std::uint64_t ticket) noexcept {
 
 void policy_engine::seed(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
                          std::int64_t ts_ms) noexcept {
+  add_named(key, team, price_model, cost_usd, ts_ms, false, std::numeric_limits<std::int64_t>::max());
+}
+
+void policy_engine::add_remote(std::string_view key, std::string_view team, std::string_view price_model,
+                               double cost_usd, std::int64_t ts_ms, std::int64_t now_ms) noexcept {
+  add_named(key, team, price_model, cost_usd, std::max(now_ms, ts_ms), true, ts_ms);
+}
+
+void policy_engine::add_named(std::string_view key, std::string_view team, std::string_view price_model,
+                              double cost_usd, std::int64_t t_ms, bool alert, std::int64_t start_ms) noexcept {
   try {
     std::lock_guard lock(impl_->mu);
     key_state* ks = nullptr;
-    key_state anonymous;  // a key no longer configured still counts for key: scopes by name
+    key_state anonymous;  // a key not configured here still counts for key: scopes by name
     if (!key.empty()) {
       if (auto it = impl_->key_states.find(key); it != impl_->key_states.end()) {
         ks = it->second.get();
@@ -682,7 +692,7 @@ void policy_engine::seed(std::string_view key, std::string_view team, std::strin
         ks = &anonymous;
       }
     }
-    impl_->add_spend(ks, team, price_model, clean_usd(cost_usd), ts_ms, false);
+    impl_->add_spend(ks, team, price_model, clean_usd(cost_usd), t_ms, alert, start_ms);
   } catch (...) {
   }
 }

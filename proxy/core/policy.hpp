@@ -105,6 +105,11 @@ class policy_engine {
   void seed(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
             std::int64_t ts_ms) noexcept;
 
+  // Spend of another instance of the fleet (its rows in the fleet table): counted as a call of
+  // this instance that started at ts_ms and settled now (budgets, guards, alerts as settle()).
+  void add_remote(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
+                  std::int64_t ts_ms, std::int64_t now_ms) noexcept;
+
   // Warm start of a key's rate limits: one call it made at ts_ms that went upstream, `tokens`
   // its settled TPM charge. Calls of the last minute, oldest first, replay the buckets as they
   // stood (full a minute before the first), so a restart is no way around an RPM or TPM limit.
@@ -182,6 +187,9 @@ class policy_engine {
   void update_projections(std::int64_t now_ms, const remaining_spend_fn& global_remaining);
 
  private:
+  // seed() and add_remote(): spend of a key known by name only (maybe not configured here).
+  void add_named(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
+                 std::int64_t t_ms, bool alert, std::int64_t start_ms) noexcept;
   struct impl;
   std::unique_ptr<impl> impl_;
 };

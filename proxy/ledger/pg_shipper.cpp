@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
+#include <optional>
 #include <vector>
 
 #include "core/log.hpp"
@@ -107,6 +108,23 @@ CREATE INDEX IF NOT EXISTS tollgate_calls_start_ms ON tollgate_calls (start_ms);
 CREATE INDEX IF NOT EXISTS tollgate_calls_instance_start_ms ON tollgate_calls (instance, start_ms);
 )sql";
 
+// How far each ledger of the fleet has shipped: updated in the transaction of each batch, so a
+// reader that sees last_id sees every row up to it. Instances read the others' rows from here on
+// (fleet budgets) with a primary-key range scan instead of a scan of the whole table.
+constexpr const char* kLedgersSchema =
+    "BEGIN; SELECT pg_advisory_xact_lock(7411962201); CREATE TABLE IF NOT EXISTS tollgate_ledgers ("
+    " ledger_uid TEXT PRIMARY KEY, instance TEXT NOT NULL, last_id BIGINT NOT NULL, updated_ms BIGINT NOT NULL);"
+    " COMMIT;";
+constexpr const char* kLedgerUpsert =
+    "INSERT INTO tollgate_ledgers (ledger_uid, instance, last_id, updated_ms) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (ledger_uid) DO UPDATE SET last_id = GREATEST(tollgate_ledgers.last_id, EXCLUDED.last_id),"
+    " instance = EXCLUDED.instance, updated_ms = EXCLUDED.updated_ms";
+// Another ledger's priced rows in (after, upto], from since_ms on, per key, team, model and minute.
+constexpr const char* kRemoteSpend =
+    "SELECT COALESCE(client_key_id, ''), COALESCE(team, ''), COALESCE(price_model, ''), MAX(start_ms), SUM(cost_usd)"
+    " FROM tollgate_calls WHERE ledger_uid = $1 AND id > $2 AND id <= $3 AND start_ms >= $4 AND cost_usd > 0"
+    " GROUP BY 1, 2, 3, start_ms / 60000";
+
 double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -199,6 +217,8 @@ struct pg_shipper::impl {
   std::string buf;
   pg_statements stmts{true};
   int columns = kColumns;
+  bool ledgers = false;  // tollgate_ledgers is there and this role may write it
+  std::map<std::string, std::int64_t, std::less<>> cursors;  // other ledger -> last id read
 
   ~impl() {
     disconnect();
@@ -231,6 +251,44 @@ bool exec(PGconn* c, const char* sql, ExecStatusType want, std::string& err) {
 
 std::string sqlite_error(sqlite3* db, const char* what) {
   return std::string("ledger ") + what + ": " + (db ? sqlite3_errmsg(db) : "not open");
+}
+
+// Runs a parameterized statement expecting `want`; the result, nullptr on failure (err filled).
+PGresult* exec_params(PGconn* c, const char* sql, std::initializer_list<std::string> params, ExecStatusType want,
+                      std::string& err) {
+  std::vector<const char*> values;
+  for (const auto& p : params) values.push_back(p.c_str());
+  PGresult* r = PQexecParams(c, sql, static_cast<int>(values.size()), nullptr, values.data(), nullptr, nullptr, 0);
+  if (r != nullptr && PQresultStatus(r) == want) return r;
+  err = trim_message(r ? PQresultErrorMessage(r) : PQerrorMessage(c));
+  PQclear(r);
+  return nullptr;
+}
+
+std::int64_t unix_ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Whether table `name` is missing (to_regclass); nullopt when the question failed (err filled).
+std::optional<bool> table_missing(PGconn* c, const std::string& name, std::string& err) {
+  PGresult* r = exec_params(c, "SELECT to_regclass($1) IS NULL", {name}, PGRES_TUPLES_OK, err);
+  if (!r) return std::nullopt;
+  const bool missing = PQntuples(r) == 1 && std::string_view(PQgetvalue(r, 0, 0)) == "t";
+  PQclear(r);
+  return missing;
+}
+
+// Ends a transaction a failed statement left open (a no-op warning outside one).
+void rollback(PGconn* c) { PQclear(PQexec(c, "ROLLBACK")); }
+
+// This ledger's entry in tollgate_ledgers: shipped up to `last_id`.
+bool record_ledger(PGconn* c, const std::string& uid, const std::string& instance, std::int64_t last_id,
+                   std::string& err) {
+  PGresult* r = exec_params(c, kLedgerUpsert, {uid, instance, std::to_string(last_id), std::to_string(unix_ms_now())},
+                            PGRES_COMMAND_OK, err);
+  const bool ok = r != nullptr;
+  PQclear(r);
+  return ok;
 }
 
 }  // namespace
@@ -308,6 +366,47 @@ bool pg_shipper::sync(std::chrono::milliseconds timeout) {
   const std::uint64_t ticket = ++requested_;
   cv_.notify_all();
   return done_cv_.wait_for(lock, timeout, [&] { return served_ >= ticket || stopping_; }) && served_ >= ticket;
+}
+
+bool pg_shipper::pull_remote(std::string& err) {
+  auto& I = *impl_;
+  PGresult* r = exec_params(I.conn, "SELECT ledger_uid, last_id FROM tollgate_ledgers WHERE ledger_uid <> $1", {uid_},
+                            PGRES_TUPLES_OK, err);
+  if (!r) return false;
+  std::vector<std::pair<std::string, std::int64_t>> ledgers;
+  for (int i = 0; i < PQntuples(r); ++i) ledgers.emplace_back(PQgetvalue(r, i, 0), std::strtoll(PQgetvalue(r, i, 1), nullptr, 10));
+  PQclear(r);
+  double usd = 0;
+  for (const auto& [uid, last] : ledgers) {
+    const auto it = I.cursors.find(uid);
+    const std::int64_t after = it == I.cursors.end() ? -1 : it->second;
+    if (after >= last) continue;
+    const std::int64_t now = unix_ms_now();
+    const std::int64_t since = opts_.remote_since_ms ? opts_.remote_since_ms() : now;
+    std::vector<remote_spend> rows;
+    if (since < now) {
+      PGresult* s = exec_params(I.conn, kRemoteSpend,
+                                {uid, std::to_string(after), std::to_string(last), std::to_string(since)}, PGRES_TUPLES_OK, err);
+      if (!s) return false;
+      rows.reserve(static_cast<std::size_t>(PQntuples(s)));
+      for (int i = 0; i < PQntuples(s); ++i) {
+        remote_spend& x = rows.emplace_back();
+        x.client_key_id = PQgetvalue(s, i, 0);
+        x.team = PQgetvalue(s, i, 1);
+        x.price_model = PQgetvalue(s, i, 2);
+        x.ts_ms = std::strtoll(PQgetvalue(s, i, 3), nullptr, 10);
+        x.cost_usd = std::strtod(PQgetvalue(s, i, 4), nullptr);
+        usd += x.cost_usd;
+      }
+      PQclear(s);
+    }
+    if (!rows.empty()) opts_.on_remote_spend(rows);
+    I.cursors[uid] = last;
+  }
+  std::lock_guard lock(mu_);
+  stats_.remote_spend_usd += usd;
+  stats_.remote_ledgers = ledgers.size();
+  return true;
 }
 
 pg_ship_stats pg_shipper::stats() const {
@@ -392,12 +491,9 @@ void pg_shipper::run() {
       if (ok) {
         // Create the table unless it exists (a role may use it without the right to create it);
         // the advisory lock keeps instances starting together from racing on CREATE.
-        PGresult* r = PQexec(c, "SELECT to_regclass('tollgate_calls') IS NULL");
-        const bool missing = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
-                             std::string_view(PQgetvalue(r, 0, 0)) == "t";
-        if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) ok = false, err = trim_message(PQerrorMessage(c));
-        PQclear(r);
-        if (ok && missing) {
+        const auto missing = table_missing(c, "tollgate_calls", err);
+        ok = missing.has_value();
+        if (ok && *missing) {
           const std::string ddl = std::string("BEGIN; SELECT pg_advisory_xact_lock(7411962201); ") + kSchema + " COMMIT;";
           ok = exec(c, ddl.c_str(), PGRES_COMMAND_OK, err);
         }
@@ -414,8 +510,7 @@ void pg_shipper::run() {
           std::string why;
           later = exec(c, kAddLater, PGRES_COMMAND_OK, why);
           if (!later) {
-            PGresult* rb = PQexec(c, "ROLLBACK");
-            PQclear(rb);
+            rollback(c);
             log_line(log_level::warn, "postgres fleet ledger: tollgate_calls lacks service_tier and "
                                       "web_search_requests and they could not be added; rows are shipped without them")
                 .str("error", why);
@@ -427,18 +522,32 @@ void pg_shipper::run() {
       if (ok) ok = exec(c, I.stmts.create_stage.c_str(), PGRES_COMMAND_OK, err);
       std::int64_t resume = 0;
       if (ok) {
-        const char* params[] = {uid_.c_str()};
-        PGresult* r = PQexecParams(c, "SELECT COALESCE(MAX(id), 0) FROM tollgate_calls WHERE ledger_uid = $1", 1,
-                                   nullptr, params, nullptr, nullptr, 0);
-        ok = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+        PGresult* r = exec_params(c, "SELECT COALESCE(MAX(id), 0) FROM tollgate_calls WHERE ledger_uid = $1", {uid_},
+                                  PGRES_TUPLES_OK, err);
+        ok = r && PQntuples(r) == 1;
         if (ok) resume = std::strtoll(PQgetvalue(r, 0, 0), nullptr, 10);
-        else err = trim_message(r ? PQresultErrorMessage(r) : PQerrorMessage(c));
         PQclear(r);
       }
       if (!ok) {
         if (c) PQfinish(c);
         postgres_failed("connect: " + err);
         continue;
+      }
+      // The ledgers table (fleet budgets): made if missing, this ledger's entry brought up to
+      // date. A role that may not create or write it ships all the same, without fleet budgets.
+      {
+        std::string why;
+        const auto missing = table_missing(c, "tollgate_ledgers", why);
+        bool usable = missing.has_value();
+        if (usable && *missing) usable = exec(c, kLedgersSchema, PGRES_COMMAND_OK, why);
+        if (usable) usable = record_ledger(c, uid_, opts_.instance, resume, why);
+        if (!usable) {
+          rollback(c);
+          log_line(log_level::warn, "postgres fleet ledger: table tollgate_ledgers cannot be created or written; "
+                                    "rows are shipped, but budgets count this instance's spend only")
+              .str("error", why);
+        }
+        I.ledgers = usable;
       }
       I.conn = c;
       I.watermark = resume;
@@ -527,6 +636,7 @@ void pg_shipper::run() {
         else err = trim_message(r ? PQresultErrorMessage(r) : PQerrorMessage(I.conn));
         PQclear(r);
       }
+      if (ok && I.ledgers) ok = record_ledger(I.conn, uid_, opts_.instance, last, err);
       if (ok) ok = exec(I.conn, "COMMIT", PGRES_COMMAND_OK, err);
       if (!ok) {
         pg_failed = true;
@@ -560,6 +670,11 @@ void pg_shipper::run() {
       note_error(err, false);
       wait(opts_.interval, serving);
       continue;
+    }
+    // Fleet budgets: the spend other ledgers shipped since the last look. A failure is counted
+    // and retried at the next pass (the cursors move only past what was handed over).
+    if (reached_end && I.ledgers && opts_.on_remote_spend) {
+      if (!pull_remote(err)) note_error("fleet spend: " + err, false);
     }
     if (reached_end) {
       const std::int64_t lag = local_lag();

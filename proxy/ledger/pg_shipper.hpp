@@ -23,8 +23,19 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <functional>
+#include <map>
+#include <vector>
 
 namespace tollgate {
+
+// Spend of other instances of the fleet, read from the fleet table: one (key, team, price model,
+// minute) group of their priced rows; ts_ms is the group's latest call start.
+struct remote_spend {
+  std::string client_key_id, team, price_model;
+  double cost_usd = 0;
+  std::int64_t ts_ms = 0;
+};
 
 struct pg_ship_options {
   std::string url;          // libpq URI (postgresql://user:pass@host:5432/db) or key=value conninfo
@@ -35,6 +46,13 @@ struct pg_ship_options {
   std::chrono::seconds connect_timeout{5};        // unless the url sets connect_timeout
   std::chrono::milliseconds stop_budget{5000};    // the last pass at stop() gets this long
   std::chrono::milliseconds max_backoff{30'000};  // between reconnection attempts
+  // Fleet budgets: after each pass, the rows other ledgers shipped since the last look (found
+  // through table tollgate_ledgers, where every shipper records how far it has shipped), summed
+  // per key, team, price model and minute, go to on_remote_spend (the shipping thread calls it).
+  // A ledger seen for the first time is read from remote_since_ms() on (the oldest budget or
+  // guard window; nothing is read when it returns a time not in the past). Unset: no remote pass.
+  std::function<void(const std::vector<remote_spend>&)> on_remote_spend;
+  std::function<std::int64_t()> remote_since_ms;
 };
 
 struct pg_ship_stats {
@@ -44,6 +62,8 @@ struct pg_ship_stats {
   bool connected = false;          // the last PostgreSQL exchange worked
   double last_success_unix = 0;    // end of the last pass that reached the local ledger's end
   std::string last_error;          // "" after a success
+  double remote_spend_usd = 0;     // other instances' spend handed to on_remote_spend
+  std::size_t remote_ledgers = 0;  // other ledgers in tollgate_ledgers at the last look
 };
 
 // Throws std::invalid_argument with libpq's reason when `url` is not a connection string libpq
@@ -77,6 +97,7 @@ class pg_shipper {
  private:
   struct impl;
   void run();
+  bool pull_remote(std::string& err);  // the shipping thread's remote pass (on_remote_spend)
   pg_ship_options opts_;
   std::string uid_;
   impl* impl_ = nullptr;  // libpq and SQLite handles (kept out of this header)

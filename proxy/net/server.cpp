@@ -213,8 +213,20 @@ void register_postgres_metrics(pg_shipper& p, metrics& m) {
                    .Help("When a shipping pass last reached the end of the local ledger (0: never).")
                    .Register(reg)
                    .Add({});
+  auto& remote = pm::BuildCounter()
+                     .Name("tollgate_ledger_postgres_remote_spend_usd_total")
+                     .Help("Spend of the fleet's other instances read from PostgreSQL into this instance's budgets and guards.")
+                     .Register(reg)
+                     .Add({});
+  auto& ledgers = pm::BuildGauge()
+                      .Name("tollgate_ledger_postgres_remote_ledgers")
+                      .Help("Other ledgers (instances) of the fleet at the last look.")
+                      .Register(reg)
+                      .Add({});
   m.add_scrape_hook([&, &p = p] {
     auto s = p.stats();
+    set_counter_total(remote, s.remote_spend_usd);
+    ledgers.Set(static_cast<double>(s.remote_ledgers));
     set_counter_total(shipped, static_cast<double>(s.shipped_rows));
     set_counter_total(errors, static_cast<double>(s.errors));
     if (s.lag_rows >= 0) lag.Set(static_cast<double>(s.lag_rows));
@@ -377,6 +389,8 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   st.metrics_ = impl_->metrics_.get();
   register_upstream_metrics(st, *impl_->metrics_);
   register_ledger_metrics(*impl_->ledger_, *impl_->metrics_);
+  impl_->spend_ = std::make_unique<spend_control>(st.cfg, *impl_->metrics_);
+  st.policy = &impl_->spend_->engine();
   if (!c.ledger_postgres.url.empty()) {
     try {
       check_postgres_url(c.ledger_postgres.url);
@@ -390,11 +404,17 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
     po.ledger_path = c.ledger_path;
     po.batch_rows = c.ledger_postgres.batch_rows;
     po.interval = c.ledger_postgres.interval;
+    if (c.ledger_postgres.fleet_budgets) {
+      // The other instances' spend counts in this instance's budgets and guards.
+      po.on_remote_spend = [sc = impl_->spend_.get()](const std::vector<remote_spend>& rows) { sc->add_remote(rows); };
+      po.remote_since_ms = [sc = impl_->spend_.get()] {
+        const auto now = std::chrono::system_clock::now().time_since_epoch();
+        return sc->spend_horizon_ms(std::chrono::duration_cast<std::chrono::milliseconds>(now).count());
+      };
+    }
     impl_->shipper_ = std::make_unique<pg_shipper>(po);
     register_postgres_metrics(*impl_->shipper_, *impl_->metrics_);
   }
-  impl_->spend_ = std::make_unique<spend_control>(st.cfg, *impl_->metrics_);
-  st.policy = &impl_->spend_->engine();
   if (c.forecast.enabled) {
     aggregator_options ao;
     ao.total_minutes = c.forecast.history_days * 1440;

@@ -19,6 +19,7 @@
 #include "core/log.hpp"
 #include "core/policy.hpp"
 #include "ledger/key_store.hpp"
+#include "ledger/pg_shipper.hpp"
 #include "ledger/report.hpp"
 #include "net/alert_notifier.hpp"
 #include "net/forecast_service.hpp"
@@ -181,6 +182,22 @@ spend_control::spend_control(const config& cfg, metrics& m) : cfg_(cfg) {
 
 spend_control::~spend_control() { stop(); }
 
+std::int64_t spend_control::spend_horizon_ms(std::int64_t now) const {
+  std::int64_t since = now;
+  calendar cal(cfg_.timezone);
+  auto consider = [&](const budget_config& b) { since = std::min(since, cal.window(b.period, now / 1000).start_s * 1000); };
+  for (const auto& b : cfg_.policy.budgets) consider(b);
+  for (const auto& k : engine_->keys())
+    for (const auto& b : k->budgets) consider(b);
+  for (const auto& g : cfg_.policy.spend_guards) since = std::min(since, now - g.window.count());
+  return since;
+}
+
+void spend_control::add_remote(const std::vector<remote_spend>& rows) {
+  const std::int64_t now = unix_ms();
+  for (const auto& r : rows) engine_->add_remote(r.client_key_id, r.team, r.price_model, r.cost_usd, r.ts_ms, now);
+}
+
 void spend_control::start(const std::string& ledger_path) {
   const std::int64_t now = unix_ms();
   // Keys added through the admin API live in the ledger database.
@@ -196,17 +213,9 @@ void spend_control::start(const std::string& ledger_path) {
     log_line(log_level::warn, "stored client keys not loaded").str("error", e.what());
   }
   // Budgets and guards resume from the ledger: spend of the current periods counts at once.
-  std::int64_t since = now;
-  calendar cal(cfg_.timezone);
-  auto consider = [&](const budget_config& b) { since = std::min(since, cal.window(b.period, now / 1000).start_s * 1000); };
-  for (const auto& b : cfg_.policy.budgets) consider(b);
-  for (const auto& k : engine_->keys())
-    for (const auto& b : k->budgets) consider(b);
+  const std::int64_t since = spend_horizon_ms(now);
   std::int64_t fine_since = std::numeric_limits<std::int64_t>::max();  // guards' windows: per second
-  for (const auto& g : cfg_.policy.spend_guards) {
-    since = std::min(since, now - g.window.count());
-    fine_since = std::min(fine_since, now - g.window.count());
-  }
+  for (const auto& g : cfg_.policy.spend_guards) fine_since = std::min(fine_since, now - g.window.count());
   if (since < now) {
     try {
       auto t0 = std::chrono::steady_clock::now();

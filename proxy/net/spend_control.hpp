@@ -21,6 +21,7 @@ class metrics;
 class policy_engine;
 class alert_notifier;
 struct forecast_snapshot;
+struct remote_spend;
 
 class spend_control {
  public:
@@ -44,6 +45,11 @@ class spend_control {
   // Before start(): sets of pending objects (background responses, batches) kept in the ledger
   // database under `kind`: start() loads them (30 days at most), pump() writes their changes.
   void track_pending(std::vector<std::pair<std::string, pending_responses*>> sets);
+  // Fleet budgets (ledger.postgres.fleet_budgets), on the fleet ledger's thread: the start of the
+  // oldest window a budget or spend guard counts (now_ms when there is none), and the spend of
+  // the fleet's other instances, counted as this instance's calls are.
+  std::int64_t spend_horizon_ms(std::int64_t now_ms) const;
+  void add_remote(const std::vector<remote_spend>& rows);
 
  private:
   void run();

@@ -261,6 +261,65 @@ TEST_CASE("a fleet: two instances, one table, each row under its instance") {
   CHECK(pg.count("id = 1") == 2);
 }
 
+TEST_CASE("fleet budgets: the other instances' spend counts, at start and as it ships") {
+  pg_server pg;
+  pg.start();
+  constexpr double limit = 0.002;
+  auto budgeted = [&](const std::string& instance, bool fleet_budgets) {
+    return [=, base = fleet(pg, instance)](tollgate::config& c) {
+      base(c);
+      c.ledger_postgres.fleet_budgets = fleet_budgets;
+      tollgate::budget_config b;
+      b.scope = "global";
+      b.period = tollgate::calendar_period::day;
+      b.limit_usd = limit;
+      b.hard = true;
+      c.policy.budgets = {b};
+    };
+  };
+  const std::string body = tt::chat_body("gpt-4.1", false, R"(,"max_tokens":100)");
+  tt::harness a({.tweak = budgeted("edge-a", true)});
+  // B starts before A spends: it reads A's rows as A ships them.
+  tt::harness b({.tweak = budgeted("edge-b", true)});
+  int accepted = 0;
+  for (int i = 0; i < 100; ++i) {
+    auto r = tt::post_json(a.port(), "/v1/chat/completions", body);
+    if (r.status != 200) {
+      CHECK(r.status == 429);
+      break;
+    }
+    ++accepted;
+  }
+  REQUIRE(accepted > 1);
+  a.flush();
+  const double spent = a.query_double("SELECT sum(cost_usd) FROM calls");
+  // A's rows reach PostgreSQL and B's budget: B refuses a call it alone never paid for.
+  REQUIRE(tt::harness::eventually([&] {
+    return b.metric_sum("tollgate_budget_spent_usd", "scope=\"global\"") == Approx(spent).epsilon(1e-9);
+  }));
+  auto refused = tt::post_json(b.port(), "/v1/chat/completions", body);
+  CHECK(refused.status == 429);
+  CHECK(refused.body.find("budget_exceeded") != std::string::npos);
+  CHECK(b.metric_sum("tollgate_ledger_postgres_remote_spend_usd_total") == Approx(spent).epsilon(1e-9));
+  CHECK(b.metric_sum("tollgate_ledger_postgres_remote_ledgers") == 1);
+  // C starts after: its first look reads A's rows of the budget's day (B's refusal cost nothing).
+  tt::harness c({.tweak = budgeted("edge-c", true)});
+  REQUIRE(tt::harness::eventually([&] {
+    return c.metric_sum("tollgate_budget_spent_usd", "scope=\"global\"") == Approx(spent).epsilon(1e-9);
+  }));
+  CHECK(tt::post_json(c.port(), "/v1/chat/completions", body).status == 429);
+  // An instance with fleet_budgets off counts its own calls only.
+  tt::harness d({.tweak = budgeted("edge-d", false)});
+  CHECK(tt::post_json(d.port(), "/v1/chat/completions", body).status == 200);
+  // Each ledger records how far it has shipped.
+  b.flush();
+  REQUIRE(tt::harness::eventually([&] { return pg.count("instance = 'edge-b'") == 1; }));
+  const auto ledgers = pg.query("SELECT instance, last_id FROM tollgate_ledgers ORDER BY instance");
+  REQUIRE(ledgers.size() >= 3);
+  CHECK(ledgers[0] == "edge-a\t" + std::to_string(accepted + 1));
+  CHECK(ledgers[1] == "edge-b\t1");
+}
+
 TEST_CASE("a PostgreSQL url libpq cannot parse is a config error naming the key") {
   tollgate::config c;
   c.listen = {"127.0.0.1", 0};

@@ -430,6 +430,30 @@ TEST_CASE("policy seed: warm start restores spend and crossed thresholds without
   CHECK(a[0].threshold == 1.0);
 }
 
+TEST_CASE("policy fleet: another instance's spend counts as a settled call, alerts included", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::day, 100, true, {0.5}));
+  cfg.budgets.push_back(budget("key:elsewhere", calendar_period::day, 40, true));
+  policy_engine e(cfg, "UTC");
+  e.add_remote("", "", "gpt-4.1", 99, t0 - 24 * 60 * minute_ms, t0);  // yesterday's call: not today's
+  CHECK(spent(e, "global", t0) == 0);
+  e.add_remote("elsewhere", "web", "gpt-4.1", 45, t0 - minute_ms, t0);  // a key this instance does not have
+  CHECK(spent(e, "global", t0) == 45);
+  CHECK(spent(e, "key:elsewhere", t0) == 45);
+  CHECK(e.take_alerts().empty());
+  e.add_remote("", "", "gpt-4.1", 10, t0 - 2000, t0);  // 55: the 50 % threshold, alerted here too
+  auto a = e.take_alerts();
+  REQUIRE(a.size() == 1);
+  CHECK(a[0].threshold == 0.5);
+  e.add_remote("", "", "gpt-4.1", 50, t0 - 1000, t0);  // 105: the hard budget refuses this instance's calls
+  policy_engine::call_facts f;
+  f.price_model = "gpt-4.1";
+  f.model = "gpt-4.1";
+  f.reserve_usd = 0.01;
+  f.now_ms = t0;
+  CHECK(e.admit(f).outcome == decision::budget_exceeded);
+}
+
 // A global reroute guard over one hour, falling back to deepseek-v3.2.
 spend_guard_config reroute_guard(double max_usd) {
   spend_guard_config g;
