@@ -237,6 +237,10 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       e.price.*slot = yaml_price(file, kv.second, what);
     } else if (key == "web_search") {
       e.price.web_search = yaml_price(file, kv.second, what);
+    } else if (key == "per_minute") {
+      e.price.per_minute = yaml_price(file, kv.second, what);
+    } else if (key == "per_million_characters") {
+      e.price.per_million_characters = yaml_price(file, kv.second, what);
     } else if (key == "long_context") {
       parse_long_context(file, model, kv.second, e.price);
     } else if (key == "flex" || key == "priority" || key == "scale" || key == "batch") {
@@ -251,11 +255,14 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       fail(file, kv.first, "'" + model + "': unknown key '" + key +
                                 "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
                                 "web_search, image_input, audio_input, audio_output, cached_image_input, cached_audio_input, "
-                                "long_context, flex, priority, scale, "
+                                "per_minute, per_million_characters, long_context, flex, priority, scale, "
                                 "batch, aliases)");
     }
   }
-  if (!has_input || !has_output) fail(file, node, "'" + model + "' needs both input and output prices");
+  // A model billed per minute or per character only (whisper-1, tts-1) needs no token prices.
+  const bool per_unit = e.price.per_minute > 0 || e.price.per_million_characters > 0;
+  if ((!has_input || !has_output) && !per_unit)
+    fail(file, node, "'" + model + "' needs both input and output prices (or per_minute / per_million_characters)");
   e.price.cached_input = cached.value_or(e.price.input);
   for (const auto& [key, n] : tiers) e.price.tier_slot(parse_service_tier(key)) = parse_tier(file, model, key, n, e.price);
   apply_default_tiers(e.price);
@@ -369,9 +376,14 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
   std::set<std::string, std::less<>> added;
   for (const auto& [model, spec] : doc.items()) {
     if (model == "sample_spec" || model.empty() || !spec.is_object()) continue;
-    const auto input = litellm_cost(spec, "input_cost_per_token");
-    const auto output = litellm_cost(spec, "output_cost_per_token");
-    if (!input || !output) continue;  // image, audio or per-request pricing: not ours to meter
+    auto input = litellm_cost(spec, "input_cost_per_token");
+    auto output = litellm_cost(spec, "output_cost_per_token");
+    // Audio billed per second of input (whisper-1) or speech per input character (tts-1), USD
+    // per unit in the catalogue; litellm_cost's figures are per 1M units.
+    const auto per_second = litellm_cost(spec, "input_cost_per_second");
+    const auto per_character = litellm_cost(spec, "input_cost_per_character");
+    if ((!input || !output) && (per_second || per_character)) input = output = 0.0;
+    if (!input || !output) continue;  // image or per-request pricing: not ours to meter
     const auto key = lower(model);
     if (index_.contains(key) || added.contains(key)) continue;
     if (const auto slash = key.rfind('/'); slash != std::string::npos && yaml_owns(std::string_view(key).substr(slash + 1)))
@@ -382,6 +394,8 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
     p.input = *input;
     p.output = *output;
     p.cached_input = litellm_cost(spec, "cache_read_input_token_cost").value_or(p.input);
+    p.per_minute = per_second.value_or(0) * 60 / per_million;
+    p.per_million_characters = per_character.value_or(0);
     p.cache_write_5m = litellm_cost(spec, "cache_creation_input_token_cost");
     p.cache_write_1h = litellm_cost(spec, "cache_creation_input_token_cost_above_1hr");
     // Media tokens (audio and realtime models, image models), per token like the text prices.
@@ -532,7 +546,8 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
        audio_hit * media(price.cached_audio_input, cached_in, price.cached_input) + write_5m * w5 + write_1h * w1 +
        (completion - audio_out) * out + audio_out * media(price.audio_output, out, price.output)) /
           per_million +
-      clamp0(usage.web_search) * price.web_search / 1000.0;
+      clamp0(usage.web_search) * price.web_search / 1000.0 + clamp0(usage.audio_ms) / 60'000.0 * price.per_minute +
+      clamp0(usage.characters) * price.per_million_characters / per_million;
   return {usd * multiplier, true, &price};
 }
 

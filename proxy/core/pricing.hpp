@@ -46,6 +46,8 @@ struct model_price {
   std::optional<double> audio_output;  // USD per 1M audio output tokens; default output
   std::optional<double> cached_image_input;  // USD per 1M image cache-read tokens; default cached_input
   std::optional<double> cached_audio_input;  // USD per 1M audio cache-read tokens; default cached_input
+  double per_minute = 0;              // USD per minute of audio input (whisper-1), billed per second
+  double per_million_characters = 0;  // USD per 1M input characters (tts-1 speech)
   // Long-context tier (e.g. Claude Sonnet 4.5 above 200k prompt tokens): when the prompt
   // (input + cache read + cache write) exceeds `long_context_threshold`, these prices apply.
   std::int64_t long_context_threshold = 0;  // 0: no tier

@@ -944,6 +944,16 @@ std::string_view header_param(std::string_view value, std::string_view name) noe
 
 }  // namespace
 
+std::int64_t speech_input_characters(std::string_view body) {
+  const auto j = nlohmann::json::parse(body.begin(), body.end(), nullptr, false);
+  if (!j.is_object()) return 0;
+  const auto it = j.find("input");
+  if (it == j.end() || !it->is_string()) return 0;
+  std::int64_t n = 0;
+  for (const char c : it->get_ref<const std::string&>()) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+
 form_facts inspect_form(std::string_view body, std::string_view content_type) {
   form_facts f;
   const std::string_view type = trim_ows(content_type.substr(0, content_type.find(';')));

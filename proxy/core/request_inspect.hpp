@@ -65,6 +65,10 @@ struct form_facts {
 };
 form_facts inspect_form(std::string_view body, std::string_view content_type);
 
+// The characters (Unicode code points) of a speech request's top-level `input` string (POST
+// /v1/audio/speech: what tts-1 bills); 0 when the body is not JSON or has no such string.
+std::int64_t speech_input_characters(std::string_view body);
+
 // Returns the body with stream_options.include_usage = true, everything else unchanged (byte-exact).
 // When there is no stream_options, inserts `"stream_options":{"include_usage":true},` right
 // after the opening brace; when stream_options exists, sets include_usage in it (a non-object

@@ -158,6 +158,19 @@ std::optional<std::int64_t> as_count(const fast_node& v) noexcept {
   }
 }
 
+// Any JSON number as a double (a duration in seconds); nullopt for anything else.
+std::optional<double> as_number(const json& v) {
+  return v.is_number() ? std::optional<double>(v.get<double>()) : std::nullopt;
+}
+std::optional<double> as_number(const fast_node& v) noexcept {
+  switch (v.type()) {
+    case dom_type::UINT64: return static_cast<double>(v.value.get_uint64().value_unsafe());
+    case dom_type::INT64: return static_cast<double>(v.value.get_int64().value_unsafe());
+    case dom_type::DOUBLE: return v.value.get_double().value_unsafe();
+    default: return std::nullopt;
+  }
+}
+
 template <class F>
 void for_items(const json& arr, F&& f) {
   if (!arr.is_array()) return;
@@ -266,6 +279,17 @@ std::optional<token_usage> responses_usage(const Node& u) {
   return clamp_parts(t);
 }
 
+// Audio billed by its length (whisper-1 transcriptions and translations: usage {"type":
+// "duration", "seconds": 3.2}), in milliseconds; nullopt without a usable `seconds`.
+template <class Node>
+std::optional<token_usage> duration_usage(const Node& u) {
+  const double seconds = as_number(member(u, "seconds")).value_or(-1);
+  if (!(seconds >= 0 && seconds < 1e9)) return std::nullopt;
+  token_usage t;
+  t.audio_ms = static_cast<std::int64_t>(std::llround(seconds * 1000));
+  return t;
+}
+
 // OpenAI Realtime `usage` (response.done): input_token_details splits the input into text, audio
 // and image tokens, cached_tokens_details the cache reads the same way; output_token_details the
 // output into text and audio. Each kind has its own price, cache reads included.
@@ -324,6 +348,7 @@ std::optional<token_usage> messages_usage(const Node& u) {
 template <class Node>
 std::optional<token_usage> usage_by_shape(const Node& body, const Node& u) {
   if (!is_object(u)) return std::nullopt;
+  if (string_member(u, "type") == "duration") return duration_usage(u);
   if (has_member(u, "prompt_tokens") || has_member(u, "completion_tokens")) return chat_usage(u);
   const bool anthropic = string_member(body, "type") == "message" ||
                          has_member(u, "cache_read_input_tokens") ||
@@ -495,8 +520,8 @@ void realtime_meter::on_message(std::string_view text) {
     } else if (type == "conversation.item.input_audio_transcription.completed") {
       // Token usage (gpt-4o-transcribe and its kin); whisper-1 reports seconds, which no entry prices.
       const auto& u = member(j, "usage");
-      if (string_member(u, "type") == "duration" || transcription_model_.empty()) return;
-      const auto t = responses_usage(u);
+      if (transcription_model_.empty()) return;
+      const auto t = string_member(u, "type") == "duration" ? duration_usage(u) : responses_usage(u);
       if (!t) return;
       ++transcriptions_;
       auto it = std::find_if(transcription_usage_.begin(), transcription_usage_.end(),

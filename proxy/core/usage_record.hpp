@@ -53,13 +53,16 @@ struct token_usage {
   // audio tokens (Realtime's cached_tokens_details), parts of `cached`.
   std::int64_t image_in = 0, audio_in = 0, audio_out = 0;
   std::int64_t image_cached = 0, audio_cached = 0;
+  // Units billed other than tokens: audio input length (whisper-1's usage {"type": "duration",
+  // "seconds"}) and input characters (tts-1 speech, from the request's `input`).
+  std::int64_t audio_ms = 0, characters = 0;
   std::int64_t total() const noexcept { return prompt + completion; }
   // Adds every count of `o` (the tier is left as it is).
   void add(const token_usage& o) noexcept {
     prompt += o.prompt, completion += o.completion, cached += o.cached, cache_write += o.cache_write;
     cache_write_1h += o.cache_write_1h, reasoning += o.reasoning, web_search += o.web_search;
     image_in += o.image_in, audio_in += o.audio_in, audio_out += o.audio_out;
-    image_cached += o.image_cached, audio_cached += o.audio_cached;
+    image_cached += o.image_cached, audio_cached += o.audio_cached, audio_ms += o.audio_ms, characters += o.characters;
   }
 };
 

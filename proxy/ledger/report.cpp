@@ -648,6 +648,12 @@ class whatif_prices {
     if (const auto it = own_.find(p->name); it != own_.end()) return &it->second;
     return p;
   }
+  // Whether the question gives `model` prices of its own (`prices`).
+  bool overridden(std::string_view model) const {
+    if (own_.contains(std::string(model))) return true;
+    const model_price* p = table_.resolve(model);
+    return p != nullptr && own_.contains(p->name);
+  }
   // Whether two model ids are the same model: equal, or resolving to the same table entry.
   bool same(std::string_view a, std::string_view b) const {
     if (a == b) return true;
@@ -661,6 +667,11 @@ class whatif_prices {
 };
 
 }  // namespace
+
+static bool bills_beyond_columns(const model_price& p) {
+  return p.image_input || p.audio_input || p.audio_output || p.cached_image_input || p.cached_audio_input ||
+         p.per_minute > 0 || p.per_million_characters > 0;
+}
 
 whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q, const price_table& prices) {
   if (q.model.empty() && q.swap.empty() && q.prices.empty())
@@ -687,7 +698,14 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
     const model_price* t = blanket;
     for (const auto& [from, to] : q.swap)
       if (row.keys[0] && book.same(*row.keys[0], from)) t = book.find(to);
-    if (t == blanket && blanket == nullptr && row.keys[0]) t = book.find(*row.keys[0]);
+    if (t == blanket && blanket == nullptr && row.keys[0]) {
+      t = book.find(*row.keys[0]);
+      // Its own model, at its own prices, when they are in units the ledger does not split (audio
+      // and image tokens, minutes, characters): re-pricing its token columns would bill it as
+      // text (a Realtime session's audio at the text price, whisper-1 at $0), so it keeps what it
+      // cost, as a model without a price does.
+      if (t && !book.overridden(*row.keys[0]) && bills_beyond_columns(*t)) t = nullptr;
+    }
     target.push_back(t);
     out.rows.push_back({row.keys[0], row.figures, 0, 0, t ? std::optional<std::string>(t->name) : std::nullopt});
   }

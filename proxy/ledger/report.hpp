@@ -149,8 +149,9 @@ struct whatif_row {
   spend_figures actual;              // as query_spend grouped by model: exact ledger sums
   std::int64_t cache_write_1h_tokens = 0;
   double whatif_cost_usd = 0;        // the same tokens at the target's prices
-  // The price entry the row was re-priced at; empty when it was not (its own model has no price
-  // and nothing swapped it): its what-if cost is then its actual cost.
+  // The price entry the row was re-priced at; empty when it was not (nothing swapped it and its
+  // own model has no price, or prices units the ledger does not split: audio or image tokens,
+  // minutes, characters): its what-if cost is then its actual cost.
   std::optional<std::string> target;
 };
 

@@ -369,6 +369,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     // Usage of a call that bills several models, per model, each priced at its own: a message
     // batch's results (at batch prices), a Realtime session (its model, its transcription model).
     std::vector<std::pair<std::string, token_usage>> usage_by_model;
+    std::int64_t speech_chars = 0;  // POST /v1/audio/speech: its input's characters (tts-1 bills them)
     spool_body::value_type spooled;  // a large pass-through body, in a file (spool_request_body)
   };
 
@@ -1127,6 +1128,8 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       pass_facts = inspect_request(req.body(), default_max_depth, false);
       if (pass_facts.problem == request_problem::none && pass_facts.has_model) pass_model = pass_facts.model;
       else pass_facts.has_model = false;
+      if (c.meter && (tp.path == "/v1/audio/speech" || tp.path == "/v1/audio/speech/"))
+        c.speech_chars = speech_input_characters(req.body());
     } else if (auto form = inspect_form(req.body(), c.head.content_type); form.has_model) {
       pass_model = std::move(form.model);
       pass_facts.stream = form.stream;
@@ -1920,6 +1923,16 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     rec.aborted = true;
     rec.tokens.prompt = prompt_estimate(c, req);
     rec.source = usage_source::estimated;
+  }
+  // Speech answers with audio and no usage; a model billed per input character (tts-1) is
+  // metered by the characters of the request's input, the unit its price is in.
+  if (metered && c.speech_chars > 0 && c.error == errc::ok && rec.source == usage_source::none) {
+    const model_price* p = st_.prices.resolve(c.sent_model.empty() ? rec.requested_model : c.sent_model);
+    if (p && p->per_million_characters > 0) {
+      rec.tokens = {};
+      rec.tokens.characters = c.speech_chars;
+      rec.source = usage_source::upstream;
+    }
   }
   if (c.error != errc::ok) rec.aborted = true;
   // A pending background response is metered by the first retrieval that sees it finished;

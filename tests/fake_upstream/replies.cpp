@@ -975,6 +975,13 @@ reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t req
                       k.chunk_interval});
     return stream_reply(std::move(events), {});
   }
+  if (req.method == "POST" && route == "/audio/speech") {  // audio, and no usage (as OpenAI's)
+    reply r;
+    r.status = 200;
+    r.headers.emplace_back("Content-Type", "audio/mpeg");
+    r.body.assign(4096, '\xff');
+    return r;
+  }
   if (req.method == "POST" && (route == "/files" || route == "/audio/transcriptions" || route == "/audio/translations"))
     if (auto r = upload_reply(req, route, request_number)) return std::move(*r);
   if (req.method == "POST" && (route == "/uploads" || route.starts_with("/uploads/")))

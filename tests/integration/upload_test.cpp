@@ -147,6 +147,37 @@ TEST_CASE("uploads: a transcription's model is read from its form fields, before
   CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE requested_model = 'gpt-4o-transcribe'") == 2);
 }
 
+TEST_CASE("uploads: whisper-1 is metered by the seconds its usage reports, tts-1 by its input's characters",
+          "[uploads]") {
+  harness h;
+  const std::string file = file_bytes(50 * 1024);
+  const std::string file_part = "--" + std::string(boundary) +
+                                "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n"
+                                "Content-Type: audio/mpeg\r\n\r\n" + file + "\r\n";
+  const std::string model_part = "--" + std::string(boundary) +
+                                 "\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n";
+  auto r = tt::request(h.port(), "POST", "/v1/audio/transcriptions", model_part + file_part + "--" + std::string(boundary) + "--\r\n",
+                       {{"Content-Type", multipart_type}});
+  REQUIRE(r.status == 200);
+  // 12 characters, two of them outside ASCII: characters, not bytes.
+  auto s = tt::post_json(h.port(), "/v1/audio/speech", R"({"model":"tts-1-hd","input":"Héllo wörld!","voice":"alloy"})");
+  REQUIRE(s.status == 200);
+  CHECK(s.body.size() == 4096);  // the audio, untouched
+  auto t = tt::post_json(h.port(), "/v1/audio/speech", R"({"model":"gpt-4o-mini-tts","input":"Hello","voice":"alloy"})");
+  REQUIRE(t.status == 200);
+  h.flush();
+  // whisper-1: 3 seconds at $0.006 per minute.
+  CHECK(h.query_text("SELECT price_model || ' ' || usage_source || ' ' || priced FROM calls WHERE requested_model = 'whisper-1'") ==
+        "whisper-1 upstream 1");
+  CHECK(h.query_double("SELECT cost_usd FROM calls WHERE requested_model = 'whisper-1'") == Approx(3 * 0.006 / 60));
+  CHECK(h.query_text("SELECT price_model || ' ' || usage_source FROM calls WHERE requested_model = 'tts-1-hd'") ==
+        "tts-1-hd upstream");
+  CHECK(h.query_double("SELECT cost_usd FROM calls WHERE requested_model = 'tts-1-hd'") == Approx(12 * 30.0 / 1e6));
+  // A token-billed speech model answers without usage: unmetered, never priced by characters.
+  CHECK(h.query_text("SELECT usage_source || ' ' || cost_usd FROM calls WHERE requested_model = 'gpt-4o-mini-tts'") ==
+        "none 0.0");
+}
+
 TEST_CASE("uploads: a body above max_upload_bytes is refused with 413 and nothing goes upstream", "[uploads]") {
   harness h(small_bodies([](tollgate::config& c) { c.max_upload_bytes = 1024 * 1024; }));
   const std::string head = "POST /v1/files HTTP/1.1\r\nHost: a\r\nContent-Type: " + multipart_type + "\r\n";

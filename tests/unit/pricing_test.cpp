@@ -57,7 +57,8 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gemini-2.0-flash-lite", "gemini-3-pro-preview", "gpt-image-1", "gpt-image-1-mini",
                             "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-mini-tts", "gpt-4o-audio-preview",
                             "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini", "gpt-realtime",
-                            "gpt-realtime-mini", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview"};
+                            "gpt-realtime-mini", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview",
+                            "whisper-1", "tts-1", "tts-1-hd"};
   CHECK(t.size() == std::size(expected));
   for (const char* name : expected) {
     INFO(name);
@@ -480,6 +481,22 @@ TEST_CASE("pricing: service tiers (flex, priority) are billed at their own price
     a.audio_in = 300;
     a.audio_out = 100;
     CHECK(compute_cost(l, "rt", a).usd == Approx((100 * 4.0 + 300 * 32.0 + 100 * 0.4 + 500 * 0.3 + 100 * 64.0) / 1e6));
+  }
+  SECTION("whisper-1 per minute of audio, tts-1 per character, from the table and from LiteLLM") {
+    token_usage a;
+    a.audio_ms = 90'500;  // 90.5 s
+    CHECK(compute_cost(t, "whisper-1", a).usd == Approx(90.5 / 60 * 0.006));
+    token_usage c;
+    c.characters = 2'000;
+    CHECK(compute_cost(t, "tts-1", c).usd == Approx(2'000 * 15.0 / 1e6));
+    CHECK(compute_cost(t, "tts-1-hd", c).usd == Approx(2'000 * 30.0 / 1e6));
+    CHECK(compute_cost(t, "gpt-4.1", c).usd == 0);  // no per-character price
+    price_table l;
+    l.load_litellm_string(R"({"whisper-1": {"mode": "audio_transcription", "input_cost_per_second": 0.0001,
+      "output_cost_per_second": 0.0001}, "tts-1": {"mode": "audio_speech", "input_cost_per_character": 1.5e-05}})", "l.json");
+    CHECK(compute_cost(l, "whisper-1", a).usd == Approx(90.5 / 60 * 0.006));
+    CHECK(compute_cost(l, "tts-1", c).usd == Approx(2'000 * 15.0 / 1e6));
+    CHECK_THAT(yaml_error("models:\n  m: { input: 1 }\n"), Catch::StartsWith("bad.yaml:2") && Catch::Contains("per_minute"));
   }
   SECTION("bad tier entries are reported with file:line") {
     CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, flex: { input: 1 } }\n"),

@@ -602,6 +602,38 @@ TEST_CASE("report: what-if re-prices the tokens at another model's prices", "[re
     for (const auto& u : standard) expected += compute_cost(*prices.resolve("gpt-4.1"), u).usd;
     CHECK(r.whatif_cost_usd == Approx(expected).epsilon(1e-12));
   }
+  SECTION("calls priced in units the ledger does not split keep their cost unless swapped or re-priced") {
+    auto realtime = call(t, "gpt-realtime", 0);
+    realtime.tokens = {1'000, 300, 600, 0, 0, 0};
+    realtime.tokens.audio_in = 300, realtime.tokens.audio_cached = 500, realtime.tokens.audio_out = 250;
+    realtime.cost_usd = compute_cost(prices, "gpt-realtime", realtime.tokens).usd;
+    auto whisper = call(t + 1, "whisper-1", 0);
+    whisper.tokens.audio_ms = 60'000;
+    whisper.cost_usd = compute_cost(prices, "whisper-1", whisper.tokens).usd;
+    auto chat = call(t + 2, "gpt-4.1", 0);
+    chat.tokens = {1'000, 100, 0, 0, 0, 0};
+    chat.cost_usd = compute_cost(prices, "gpt-4.1", chat.tokens).usd;
+    s.write({realtime, whisper, chat});
+    const auto r = query_whatif(s.path, {.range = {}, .swap = {{"gpt-4.1", "gpt-4.1-mini"}}}, prices);
+    REQUIRE(r.rows.size() == 3);
+    for (const auto& row : r.rows) {
+      INFO(row.model.value_or("?"));
+      if (row.model == "gpt-4.1") {
+        CHECK(row.target == "gpt-4.1-mini");
+        CHECK(row.whatif_cost_usd == Approx(compute_cost(prices, "gpt-4.1-mini", chat.tokens).usd));
+      } else {
+        CHECK(!row.target);
+        CHECK(row.whatif_cost_usd == row.actual.cost_usd);
+        CHECK(row.actual.cost_usd > 0);
+      }
+    }
+    // Prices given for the model itself re-price its columns (its media tokens as text).
+    model_price own = *prices.resolve("gpt-realtime");
+    own.output = 8;
+    const auto p = query_whatif(s.path, {.range = {}, .prices = {own}}, prices);
+    for (const auto& row : p.rows)
+      if (row.model == "gpt-realtime") CHECK(row.target == "gpt-realtime");
+  }
   SECTION("an unknown model is refused") {
     s.write({call(t, "gpt-4.1", 1)});
     CHECK_THROWS_WITH(query_whatif(s.path, {.range = {}, .model = "no-such-model"}, prices), Contains("'no-such-model' is not in the price table"));

@@ -957,6 +957,15 @@ TEST_CASE("usage: audio tokens of chat and transcription replies", "[usage]") {
     "prompt_tokens_details":{"audio_tokens":70},"completion_tokens_details":{"audio_tokens":40}}})");
   CHECK(odd.usage.audio_in == 10);
   CHECK(odd.usage.audio_out == 5);
+  // whisper-1 reports the audio's length; nonsense lengths count nothing.
+  const auto whisper = extract_response(route_kind::other, R"({"text":"Hi.","usage":{"type":"duration","seconds":12.25}})");
+  REQUIRE(whisper.has_usage);
+  CHECK(whisper.usage.audio_ms == 12'250);
+  CHECK(whisper.usage.prompt == 0);
+  const auto big = std::string(R"({"text":"Hi.","usage":{"type":"duration","seconds":7}})") + std::string(2 << 20, ' ');
+  CHECK(extract_response(route_kind::other, big).usage.audio_ms == 7'000);  // the large-document reader
+  CHECK(!extract_response(route_kind::other, R"({"usage":{"type":"duration","seconds":-1}})").has_usage);
+  CHECK(!extract_response(route_kind::other, R"({"usage":{"type":"duration","seconds":"3"}})").has_usage);
 }
 
 TEST_CASE("usage: an Anthropic batch's results are summed per model, succeeded requests only", "[usage]") {

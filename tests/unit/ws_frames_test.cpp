@@ -190,10 +190,12 @@ TEST_CASE("realtime: beta event names, a transcription session, whisper's second
   m.on_message(R"({"type":"response.done","response":{"usage":{"input_tokens":10,"output_tokens":5}}})");
   m.on_message(R"({"type":"session.updated","session":{"model":"gpt-4o-mini-realtime-preview-2024-12-17",
     "input_audio_transcription":{"model":"whisper-1"}}})");
-  m.on_message(R"({"type":"conversation.item.input_audio_transcription.completed","usage":{"type":"duration","seconds":3}})");
-  CHECK(m.transcriptions() == 0);
+  m.on_message(R"({"type":"conversation.item.input_audio_transcription.completed","usage":{"type":"duration","seconds":3.5}})");
+  CHECK(m.transcriptions() == 1);
   const auto by = m.by_model();
-  REQUIRE(by.size() == 1);
+  REQUIRE(by.size() == 2);
+  CHECK(by[1].first == "whisper-1");
+  CHECK(by[1].second.audio_ms == 3'500);
   CHECK(by[0].first == "gpt-4o-mini-realtime-preview-2024-12-17");  // the session's model when it ends
   CHECK(by[0].second.prompt == 10);
 
