@@ -835,6 +835,15 @@ class loader {
         {"synchronous", [this](const entry& e) {
            cfg_.ledger_synchronous_full = choice<bool>(e, {{"normal", false}, {"full", true}});
          }},
+        {"retention", [this](const entry& e) {
+           // 0 keeps every row. Budgets warm-start from the current month's rows, and reports
+           // and the what-if read whole months: a shorter retention would lose what they count.
+           if (trim(text(e)) == "0") return void(cfg_.ledger_retention = millis(0));
+           cfg_.ledger_retention = duration(e);
+           if (cfg_.ledger_retention < std::chrono::hours(24 * 32))
+             fail(e, "must be 0 (keep every row) or at least 32d, so a month's budgets and reports keep their rows (got '" +
+                         text(e) + "')");
+         }},
         {"postgres", [this](const entry& e) { read_section(e.node, e.path, e.line, postgres_fields()); }},
     };
   }

@@ -104,6 +104,7 @@ struct config {
   std::string ledger_journal_path;              // "" : ledger_path + ".journal"
   std::uint64_t ledger_journal_max_bytes = 1ull << 30;  // 0: no journal
   bool ledger_synchronous_full = false;         // synchronous: normal | full (fsync every commit)
+  millis ledger_retention{0};                   // rows older than this are deleted (0: kept forever)
   // Fleet ledger (ledger.postgres): committed rows copied to one PostgreSQL table shared by every
   // instance. "" url: off. The SQLite file stays the ledger of record (pg_shipper.hpp).
   struct postgres_ship {

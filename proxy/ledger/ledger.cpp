@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iterator>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string_view>
@@ -45,6 +46,10 @@ constexpr auto kMaxBackoff = 5s;
 // With an empty queue, the database is probed this often so /readyz notices it went read-only,
 // locked or deleted even when no call is being written.
 constexpr auto kProbeInterval = 5s;
+// Retention: rows deleted per statement (a few milliseconds of the writer), and how soon the
+// next batch follows one that found a full batch (a backlog: up to kPruneRows a second).
+constexpr std::int64_t kPruneRows = 2000;
+constexpr auto kPruneBacklogPause = 1s;
 // At shutdown, rows that neither the database nor the journal takes are retried this long.
 // Waiting forever would hang SIGTERM on a dead disk; giving up at once would lose rows over a
 // brief lock held by a backup tool.
@@ -355,6 +360,7 @@ struct ledger::impl {
   std::chrono::milliseconds backoff = kFirstBackoff;
   clock_type::time_point retry_at{};   // unhealthy: no database attempt before this
   clock_type::time_point idle_since{};  // last commit or probe
+  clock_type::time_point prune_at{};    // retention: the next delete of old rows
   bool journal_failing = false, journal_full = false, dropping = false;  // logged once each
   std::string last_error;               // of the database, as last logged
   std::vector<journal_entry> entries;   // replay buffers, reused
@@ -372,7 +378,7 @@ struct ledger::impl {
   // left in the journal at stop(), for the next start() to replay.
   std::atomic<std::uint64_t> written{0}, committed_own{0}, handed_over{0}, replayed{0},
       dropped{0}, write_errors{0}, journal_errors{0}, journal_rows{0}, journal_bytes{0},
-      held_rows{0};
+      held_rows{0}, pruned{0};
 
   const std::string& path() const { return self.opts_.path; }
 
@@ -831,6 +837,39 @@ struct ledger::impl {
     else
       db_ok();
   }
+
+  // Retention: deletes up to kPruneRows rows that started before now - retention (and, with a
+  // fleet ledger, are in PostgreSQL already). Through the start_ms index; one statement, its own
+  // transaction. Returns whether a full batch went (more may wait).
+  bool prune_step() {
+    if (auto e = ensure()) {
+      db_failed(*e, false);
+      return false;
+    }
+    const std::int64_t cutoff =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count() -
+        self.opts_.retention.count();
+    const std::int64_t through =
+        self.opts_.prunable_through_id ? self.opts_.prunable_through_id() : std::numeric_limits<std::int64_t>::max();
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db, "DELETE FROM calls WHERE id IN (SELECT id FROM calls WHERE start_ms < ?1 AND id <= ?2 LIMIT ?3)",
+                           -1, &st, nullptr) != SQLITE_OK) {
+      db_failed(error_of(db), false);
+      return false;
+    }
+    sqlite3_bind_int64(st, 1, cutoff);
+    sqlite3_bind_int64(st, 2, through);
+    sqlite3_bind_int64(st, 3, kPruneRows);
+    const int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+      db_failed(error_of(db), false);
+      return false;
+    }
+    const auto n = sqlite3_changes64(db);
+    pruned += static_cast<std::uint64_t>(n);
+    return n >= kPruneRows;
+  }
 };
 
 ledger::ledger(ledger_options opts) : opts_(std::move(opts)), impl_(nullptr) {
@@ -996,6 +1035,7 @@ ledger_stats ledger::stats() const {
   s.journal_errors = I.journal_errors;
   s.healthy = writable_.load(std::memory_order_relaxed);
   s.writer_mode = mode_.load(std::memory_order_relaxed);
+  s.pruned_rows = I.pruned;
   return s;
 }
 
@@ -1117,8 +1157,19 @@ void ledger::run() {
         break;
       }
     }
+    // Nothing is due: old rows past the retention go now, a batch at a time (a backlog of them,
+    // such as the first start with a retention, at most kPruneRows a second).
+    const bool pruning = opts_.retention.count() > 0 && I.healthy && !stopping_ && !flushing;
+    if (pruning && now >= I.prune_at) {
+      lk.unlock();
+      const bool more = I.prune_step();
+      I.prune_at = clock_type::now() + (more ? clock_type::duration(kPruneBacklogPause) : clock_type::duration(opts_.prune_interval));
+      lk.lock();
+      continue;
+    }
     auto wake = clock_type::time_point::max();
-    if (!queue_.empty()) wake = due_at;
+    if (pruning) wake = I.prune_at;
+    if (!queue_.empty()) wake = std::min(wake, due_at);
     if (backlog) wake = std::min(wake, I.retry_at);
     if (give_up_at) wake = std::min(wake, *give_up_at);
     if (!backlog && queue_.empty() && !stopping_) {

@@ -37,6 +37,15 @@ struct ledger_options {
   // SQLite synchronous=FULL and an fdatasync per journal append: survives a power cut too.
   // Default NORMAL: in WAL mode a process crash (SIGKILL) loses no commit, a power cut may.
   bool synchronous_full = false;
+  // Retention: rows whose call started more than `retention` ago are deleted by the writer, a
+  // few thousand at a time when no batch is due (0: every row is kept). prunable_through_id,
+  // when set, bounds them: rows above that id stay (the fleet ledger's rows not yet in
+  // PostgreSQL); it is called on the writer thread.
+  std::chrono::milliseconds retention{0};
+  std::function<std::int64_t()> prunable_through_id;
+  // How soon the writer looks again after a look that found less than a full batch to delete
+  // (a full one: after a second).
+  std::chrono::milliseconds prune_interval{60'000};
 };
 
 struct ledger_stats {
@@ -53,6 +62,7 @@ struct ledger_stats {
   std::uint64_t journal_errors = 0;   // failed journal writes or reads (counter)
   bool healthy = false;               // the database took the last write or probe
   int writer_mode = 0;                // writer_mode: 0 idle, 1 paced, 2 full
+  std::uint64_t pruned_rows = 0;      // rows deleted past the retention (counter)
 };
 
 // How hard the writer thread competes with the I/O threads for a CPU. A batch of inserts is

@@ -551,6 +551,7 @@ void pg_shipper::run() {
       }
       I.conn = c;
       I.watermark = resume;
+      shipped_through_.store(resume, std::memory_order_relaxed);
       {
         std::lock_guard lock(mu_);
         I.sock = PQsocket(c);
@@ -643,6 +644,7 @@ void pg_shipper::run() {
         break;
       }
       I.watermark = last;
+      shipped_through_.store(last, std::memory_order_relaxed);
       const std::int64_t lag = n < opts_.batch_rows ? -1 : local_lag();  // a catch-up shows its backlog
       {
         std::lock_guard lock(mu_);

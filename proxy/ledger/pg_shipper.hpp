@@ -93,6 +93,9 @@ class pg_shipper {
   bool sync(std::chrono::milliseconds timeout);
 
   pg_ship_stats stats() const;
+  // The largest id of the local ledger known to be in PostgreSQL (0 before the first
+  // connection): the ledger's retention deletes no row above it. Any thread.
+  std::int64_t shipped_through() const noexcept { return shipped_through_.load(std::memory_order_relaxed); }
 
  private:
   struct impl;
@@ -108,6 +111,7 @@ class pg_shipper {
   std::uint64_t requested_ = 0;  // sync() calls so far
   std::uint64_t served_ = 0;     // requests covered by a pass that reached the ledger's end
   pg_ship_stats stats_;
+  std::atomic<std::int64_t> shipped_through_{0};
   std::thread thread_;
 };
 

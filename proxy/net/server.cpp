@@ -125,6 +125,11 @@ void register_ledger_metrics(ledger& l, metrics& m) {
                       .Help("Ledger rows lost: neither the database, the journal nor the memory hold took them.")
                       .Register(reg)
                       .Add({});
+  auto& pruned = pm::BuildCounter()
+                     .Name("tollgate_ledger_pruned_rows_total")
+                     .Help("Ledger rows deleted because their call is older than ledger.retention.")
+                     .Register(reg)
+                     .Add({});
   auto& replayed = pm::BuildCounter()
                        .Name("tollgate_ledger_replayed_rows_total")
                        .Help("Rows committed from the journal after the database recovered.")
@@ -166,6 +171,7 @@ void register_ledger_metrics(ledger& l, metrics& m) {
     writer_mode.Set(static_cast<double>(s.writer_mode));
     set_counter_total(dropped, static_cast<double>(s.dropped_rows));
     set_counter_total(replayed, static_cast<double>(s.replayed_rows));
+    set_counter_total(pruned, static_cast<double>(s.pruned_rows));
     set_counter_total(journal_errors, static_cast<double>(s.journal_errors));
     journal_rows.Set(static_cast<double>(s.journaled_rows));
     journal_bytes.Set(static_cast<double>(s.journal_bytes));
@@ -383,6 +389,12 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   lo.journal_path = c.ledger_journal_path;
   lo.journal_max_bytes = c.ledger_journal_max_bytes;
   lo.synchronous_full = c.ledger_synchronous_full;
+  lo.retention = c.ledger_retention;
+  if (!c.ledger_postgres.url.empty()) {
+    // With a fleet ledger, retention deletes only rows PostgreSQL has (the shipper is made below,
+    // before the ledger starts).
+    lo.prunable_through_id = [I = impl_.get()] { return I->shipper_ ? I->shipper_->shipped_through() : 0; };
+  }
   impl_->ledger_ = std::make_unique<ledger>(lo);
   impl_->metrics_ = std::make_unique<metrics>(st.prices);
   st.ledger_ = impl_->ledger_.get();

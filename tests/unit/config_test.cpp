@@ -248,7 +248,10 @@ ledger:
     instance: edge-1
     batch_rows: 200
     interval: 250ms
+    fleet_budgets: false
 )", "t.yaml");
+  CHECK(d.ledger_postgres.fleet_budgets);
+  CHECK(!cfg.ledger_postgres.fleet_budgets);
   CHECK(cfg.ledger_postgres.url == "postgresql://tollgate@db.internal:5432/fleet?sslmode=require");
   CHECK(cfg.ledger_postgres.url_line == 4);
   CHECK(cfg.ledger_postgres.instance == "edge-1");
@@ -270,6 +273,15 @@ ledger:
   apply_env_overrides(over);
   CHECK(over.ledger_postgres.url == "host=10.0.0.5 dbname=fleet");
   CHECK(over.ledger_postgres.url_line == 0);
+}
+
+TEST_CASE("config: ledger.retention keeps every row by default, or at least 32 days", "[config]") {
+  CHECK(config{}.ledger_retention.count() == 0);
+  CHECK(load_config_string("ledger:\n  retention: 400d\n", "t.yaml").ledger_retention == std::chrono::hours(24 * 400));
+  CHECK(load_config_string("ledger:\n  retention: 0\n", "t.yaml").ledger_retention.count() == 0);
+  CHECK_THAT(load_error("ledger:\n  retention: 7d\n"),
+             StartsWith("test.yaml:2: ledger.retention: must be 0 (keep every row) or at least 32d"));
+  CHECK_THAT(load_error("ledger:\n  retention: forever\n"), StartsWith("test.yaml:2: ledger.retention: invalid duration"));
 }
 
 TEST_CASE("config: a second YAML document is an error, not dropped", "[config]") {

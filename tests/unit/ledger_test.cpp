@@ -490,6 +490,53 @@ TEST_CASE("ledger: a batch is written after flush_interval without a flush", "[l
   CHECK(f.get() == 1);
 }
 
+TEST_CASE("ledger: retention deletes rows past it in batches, keeps recent ones and rows not yet shipped",
+          "[ledger]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+  opts.batch_rows = 1000;
+  opts.flush_interval = 5ms;
+  opts.retention = std::chrono::hours(24 * 40);
+  opts.prune_interval = 50ms;  // the writer's first look may come before the rows
+  const auto now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  auto recent_rows = [&](ledger& l) {
+    for (int i = 0; i < 10; ++i) {
+      auto r = make_row(100'000 + i);
+      r.start_ms = now_ms - std::int64_t{39} * 86'400'000;  // 39 days old: kept
+      REQUIRE(l.reserve());
+      l.submit(std::move(r));
+    }
+  };
+  SECTION("every old row goes, a full batch a second") {
+    ledger l(opts);
+    l.start();
+    submit_rows(l, 0, 5'000);  // 2023: long past the retention
+    recent_rows(l);
+    l.flush();
+    REQUIRE(eventually([&] { return l.stats().pruned_rows == 5'000; }, 20s));
+    l.stop();
+    db_conn db(opts.path);
+    CHECK(db.integer("SELECT COUNT(*) FROM calls") == 10);
+    CHECK(db.integer("SELECT MIN(id) FROM calls") == 5'001);
+  }
+  SECTION("rows above prunable_through_id stay (a fleet ledger's rows not yet in PostgreSQL)") {
+    opts.prunable_through_id = [] { return std::int64_t{2'500}; };
+    ledger l(opts);
+    l.start();
+    submit_rows(l, 0, 5'000);
+    recent_rows(l);
+    l.flush();
+    REQUIRE(eventually([&] { return l.stats().pruned_rows == 2'500; }, 20s));
+    std::this_thread::sleep_for(300ms);
+    CHECK(l.stats().pruned_rows == 2'500);
+    l.stop();
+    db_conn db(opts.path);
+    CHECK(db.integer("SELECT COUNT(*) FROM calls") == 2'510);
+    CHECK(db.integer("SELECT MIN(id) FROM calls") == 2'501);
+  }
+}
+
 TEST_CASE("ledger: stop writes every queued row", "[ledger]") {
   temp_dir dir;
   auto opts = options_for(dir);
