@@ -219,6 +219,7 @@ struct ticket_slot {
   std::vector<budget_state*> reserved;
   double reserve_usd = 0;
   std::int64_t reserve_tokens = 0;
+  double charged = 0;  // spend already counted by charge()
   std::string team;
 };
 
@@ -611,6 +612,7 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
           s.team.assign(f.team);
           s.reserve_usd = reserve;
           s.reserve_tokens = reserve_tokens;
+          s.charged = 0;
           d.ticket = (static_cast<std::uint64_t>(s.generation) << 32) | (index + 1u);
         }
       }
@@ -643,11 +645,29 @@ void policy_engine::settle(std::uint64_t ticket, double cost_usd, std::int64_t t
       b.refill(now_ms);
       b.level = std::min(b.capacity, b.level - static_cast<double>(std::max<std::int64_t>(0, tokens) - s->reserve_tokens));
     }
-    impl_->add_spend(s->key.get(), s->team, price_model, clean_usd(cost_usd), now_ms, true, start_ms);
+    impl_->add_spend(s->key.get(), s->team, price_model, std::max(0.0, clean_usd(cost_usd) - s->charged), now_ms, true,
+                     start_ms);
     impl_->free_slot(*s, key);
   } catch (...) {
     // Only allocation can fail (an alert, the free list); the spend counted so far stays.
   }
+}
+
+bool policy_engine::charge(std::uint64_t ticket, double usd, std::string_view price_model, std::int64_t now_ms) noexcept {
+  if (ticket == 0) return false;
+  try {
+    std::lock_guard lock(impl_->mu);
+    ticket_slot* s = impl_->find_slot(ticket);
+    if (s == nullptr) return false;
+    const double add = clean_usd(usd);
+    impl_->add_spend(s->key.get(), s->team, price_model, add, now_ms, true);
+    s->charged += add;
+    // The budgets the call was admitted under (its requested model's scopes).
+    for (const budget_state* b : s->reserved)
+      if (b->cfg.hard && b->spent >= b->cfg.limit_usd) return true;
+  } catch (...) {
+  }
+  return false;
 }
 
 void policy_engine::release(std::uint64_t ticket) noexcept {

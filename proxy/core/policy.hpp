@@ -96,6 +96,11 @@ class policy_engine {
   // released tickets are ignored.
   void settle(std::uint64_t ticket, double cost_usd, std::int64_t tokens, std::string_view price_model,
               std::int64_t now_ms, std::int64_t start_ms = std::numeric_limits<std::int64_t>::max()) noexcept;
+  // Spend of a call still running (a Realtime session's responses as each completes): counted
+  // now in every matching budget and guard, alerts included, as settle() counts; settle() then
+  // adds only the rest of the final cost. Returns true when a hard budget the call counts in is
+  // spent (the caller ends the call rather than let it run on past the limit).
+  bool charge(std::uint64_t ticket, double usd, std::string_view price_model, std::int64_t now_ms) noexcept;
   // The call never went upstream: the budget reservation and the TPM charge go back, the RPM
   // charge stays.
   void release(std::uint64_t ticket) noexcept;

@@ -4,6 +4,32 @@
 
 namespace tollgate {
 
+std::string ws_server_frame(unsigned opcode, std::string_view payload) {
+  std::string f;
+  f.reserve(payload.size() + 10);
+  f += static_cast<char>(0x80 | (opcode & 0x0f));
+  if (payload.size() < 126) {
+    f += static_cast<char>(payload.size());
+  } else if (payload.size() < 65536) {
+    f += static_cast<char>(126);
+    f += static_cast<char>((payload.size() >> 8) & 0xff);
+    f += static_cast<char>(payload.size() & 0xff);
+  } else {
+    f += static_cast<char>(127);
+    for (int i = 7; i >= 0; --i) f += static_cast<char>((static_cast<std::uint64_t>(payload.size()) >> (8 * i)) & 0xff);
+  }
+  f.append(payload);
+  return f;
+}
+
+std::string ws_close_frame(unsigned code, std::string_view reason) {
+  std::string body;
+  body += static_cast<char>((code >> 8) & 0xff);
+  body += static_cast<char>(code & 0xff);
+  body.append(reason.substr(0, 123));
+  return ws_server_frame(8, body);
+}
+
 // A frame (RFC 6455 §5.2): FIN, RSV1-3 and the opcode; MASK and a 7-bit length, then 16 or 64
 // bits of length when it says 126 or 127; the 4-byte mask key when MASK is set; the payload.
 void ws_message_reader::feed(std::string_view bytes, std::vector<std::string>& out) {

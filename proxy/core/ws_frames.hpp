@@ -11,6 +11,12 @@
 
 namespace tollgate {
 
+// A server's frame (unmasked, FIN set) of `opcode` (1 text, 8 close) around `payload`.
+std::string ws_server_frame(unsigned opcode, std::string_view payload);
+// A close frame with a status code (RFC 6455 §7.4; 1008: policy violation) and a short reason
+// (cut to the 123 bytes a control frame allows).
+std::string ws_close_frame(unsigned code, std::string_view reason);
+
 class ws_message_reader {
  public:
   // How many leading bytes of a message `wanted` sees (fewer when the message is shorter).
@@ -30,6 +36,9 @@ class ws_message_reader {
   std::size_t oversized() const noexcept { return oversized_; }    // wanted messages over the cap
   std::size_t compressed() const noexcept { return compressed_; }  // RSV1 (permessage-deflate): unread
   std::uint64_t messages() const noexcept { return messages_; }    // data messages completed
+  // Between messages: the bytes read so far end a whole message (or control frame), so a frame
+  // of one's own may follow them on the same stream.
+  bool between_messages() const noexcept { return !failed_ && !in_payload_ && hdr_have_ == 0 && !in_message_; }
 
  private:
   void payload(std::string_view bytes);

@@ -2027,6 +2027,7 @@ awaitable<void> client_session::tunnel(const std::vector<candidate>& tries, clie
     write_upstream_head(t, req, c, rd, path, query);
     rec.upstream = t.cfg.name;
     rec.attempts = static_cast<int>(k) + 1;
+    c.price_multiplier = t.cfg.price_multiplier;
     c.error = errc::ok;
     mark_upstream_start(c);
     auto conn = co_await connect_upstream(*w_.pools[t.index], c.error);
@@ -2135,15 +2136,70 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   conn.tcp().expires_at(deadline);
   // One direction ending (a close, a reset, the deadline) ends the session: shutting both
   // sockets down wakes the other direction's pending read.
-  auto relay = [this, &conn, &read_frames](auto& from, auto& to, bool from_upstream) -> awaitable<void> {
+  // Each response a session completes is charged to the budgets at once (a session may run for
+  // many minutes); when a hard budget it counts in is spent, the session ends: the client gets an
+  // `error` event and a close frame (1008) at the next message boundary, the upstream's socket is
+  // shut. The row then carries error_kind budget_exceeded and the whole session's cost.
+  std::size_t charged_events = 0;
+  double charged_usd = 0;
+  auto over_budget = [&]() -> bool {
+    if (st_.policy == nullptr || c.ticket == 0) return false;
+    const std::size_t events = meter.responses() + meter.transcriptions();
+    if (events == charged_events) return false;
+    charged_events = events;
+    double usd = 0;
+    std::string_view price_model;
+    for (const auto& [m, u] : meter.by_model()) {
+      const auto cost = compute_cost(st_.prices, m, u, c.price_multiplier);
+      usd += cost.usd;
+      if (cost.price && price_model.empty()) price_model = cost.price->name;
+    }
+    const double delta = usd - charged_usd;
+    charged_usd = usd;
+    return st_.policy->charge(c.ticket, delta, price_model, unix_ms_now());
+  };
+  // The budget's end of a session: the upstream's side closes at once; the client gets the error
+  // event and a close frame when the bytes so far end a message (else its connection just ends),
+  // and its answering close frame (RFC 6455 §5.5.1) is waited for, up to 5 s, before the
+  // connection goes: only the sending side is shut meanwhile, so the answer is not refused.
+  bool client_side_done = false;
+  asio::steady_timer closing(stream_.get_executor());
+  auto close_for_budget = [&]() -> awaitable<void> {
+    c.error = errc::budget_exceeded;
+    beast::error_code ignored;
+    conn.tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
+    if (!reader.between_messages()) co_return;
+    constexpr std::string_view event =
+        R"({"type":"error","event_id":"event_tollgate_budget","error":{"type":"invalid_request_error",)"
+        R"("code":"budget_exceeded","message":"A hard budget this session counts in is spent: tollgate )"
+        R"(closed the session.","param":null,"event_id":null}})";
+    const std::string bye = ws_server_frame(1, event) + ws_close_frame(1008, "budget exceeded");
+    co_await asio::async_write(stream_, asio::buffer(bye), redirect_error(use_awaitable, ignored));
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    if (client_side_done) co_return;
+    closing.expires_after(5s);
+    co_await closing.async_wait(redirect_error(use_awaitable, ignored));
+  };
+  auto relay = [this, &conn, &read_frames, &over_budget, &close_for_budget, &client_side_done, &closing](
+                   auto& from, auto& to, bool from_upstream) -> awaitable<void> {
     relay_lease buf(w_.relay_blocks);
     beast::error_code rec_ec, wec;
     for (;;) {
       const std::size_t n =
           co_await from.async_read_some(asio::buffer(buf.data(), buf.size()), redirect_error(use_awaitable, rec_ec));
       if (n > 0) co_await asio::async_write(to, asio::buffer(buf.data(), n), redirect_error(use_awaitable, wec));
-      if (n > 0 && from_upstream) read_frames(std::string_view(buf.data(), n));
+      if (n > 0 && from_upstream) {
+        read_frames(std::string_view(buf.data(), n));
+        if (!wec && over_budget()) {
+          co_await close_for_budget();
+          break;
+        }
+      }
       if (rec_ec || wec) break;
+    }
+    if (!from_upstream) {
+      client_side_done = true;
+      closing.cancel();
     }
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);

@@ -549,6 +549,26 @@ TEST_CASE("relay: a background response is metered once, by the first retrieval 
   CHECK(h.metric_sum("tollgate_unmetered_requests_total", "route=\"responses\"") == 1);  // the creation
 }
 
+namespace {
+using ws_client = boost::beast::websocket::stream<boost::beast::tcp_stream>;
+json next_event(ws_client& ws) {
+  boost::beast::flat_buffer b;
+  ws.read(b);
+  return json::parse(boost::beast::buffers_to_string(b.data()));
+}
+// One response.create and what the fake upstream answers: the echo, three audio deltas, a
+// transcript delta and response.done with usage.
+void realtime_response(ws_client& ws) {
+  ws.write(boost::asio::buffer(std::string(R"({"type":"response.create"})")));
+  auto echo = next_event(ws);
+  CHECK(echo["type"] == "echo");
+  CHECK(echo["data"] == R"({"type":"response.create"})");
+  for (int k = 0; k < 3; ++k) CHECK(next_event(ws)["type"] == "response.output_audio.delta");
+  CHECK(next_event(ws)["type"] == "response.output_audio_transcript.delta");
+  CHECK(next_event(ws)["type"] == "response.done");
+}
+}  // namespace
+
 TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstream's key and ledgered once, metered",
           "[relay][websocket]") {
   namespace beast = boost::beast;
@@ -570,24 +590,12 @@ TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstr
   CHECK(res[beast::http::field::sec_websocket_extensions].empty());
   CHECK(res["x-request-id"].starts_with("tg-"));
   CHECK(res["x-upstream-request-id"].starts_with("req_fake_"));
-  auto next = [&ws] {
-    beast::flat_buffer b;
-    ws.read(b);
-    return json::parse(beast::buffers_to_string(b.data()));
-  };
+  auto next = [&ws] { return next_event(ws); };
   CHECK(next()["type"] == "session.created");
   ws.text(true);
   // Two responses, each answered by audio deltas (skipped by the meter), a transcript delta and
   // response.done with usage: metered, both summed in the session's one row.
-  for (int r = 0; r < 2; ++r) {
-    ws.write(net::buffer(std::string(R"({"type":"response.create"})")));
-    auto echo = next();
-    CHECK(echo["type"] == "echo");
-    CHECK(echo["data"] == R"({"type":"response.create"})");
-    for (int k = 0; k < 3; ++k) CHECK(next()["type"] == "response.output_audio.delta");
-    CHECK(next()["type"] == "response.output_audio_transcript.delta");
-    CHECK(next()["type"] == "response.done");
-  }
+  for (int r = 0; r < 2; ++r) realtime_response(ws);
   const std::string big(300 * 1024, 'a');  // many reads and writes each way
   ws.write(net::buffer(big));
   CHECK(next()["data"] == big);
@@ -625,6 +633,56 @@ TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstr
   CHECK(!up[0].header("sec-websocket-key").empty());
   CHECK(up[0].header("openai-beta") == "realtime=v1");
   CHECK(up[0].header("sec-websocket-extensions").empty());
+}
+
+TEST_CASE("relay: a Realtime session is charged as its responses complete and closed when a hard budget is spent",
+          "[relay][websocket][budgets]") {
+  namespace beast = boost::beast;
+  namespace websocket = beast::websocket;
+  namespace net = boost::asio;
+  const double per_response = (100 * 4.0 + 300 * 32.0 + 600 * 0.40 + 50 * 16.0 + 250 * 64.0) / 1e6;  // $0.02704
+  harness h({.tweak = [&](tollgate::config& c) {
+    tollgate::budget_config b;
+    b.scope = "global";
+    b.period = tollgate::calendar_period::day;
+    b.limit_usd = 0.04;  // the second response spends it
+    b.hard = true;
+    c.policy.budgets = {b};
+  }});
+  net::io_context ioc;
+  websocket::stream<beast::tcp_stream> ws(ioc);
+  ws.next_layer().connect({net::ip::make_address("127.0.0.1"), h.port()});
+  ws.handshake("127.0.0.1", "/v1/realtime?model=gpt-realtime");
+  auto next = [&ws] { return next_event(ws); };
+  CHECK(next()["type"] == "session.created");
+  ws.text(true);
+  realtime_response(ws);
+  // The first response is in the budget already, while the session runs.
+  REQUIRE(tt::harness::eventually([&] {
+    return h.metric_sum("tollgate_budget_spent_usd", "scope=\"global\"") == Approx(per_response);
+  }));
+  realtime_response(ws);
+  // The second spent the budget: an error event, then a close frame (1008).
+  const auto error = next();
+  CHECK(error["type"] == "error");
+  CHECK(error["error"]["code"] == "budget_exceeded");
+  beast::flat_buffer b;
+  beast::error_code ec;
+  ws.read(b, ec);
+  CHECK(ec == websocket::error::closed);
+  CHECK(ws.reason().code == websocket::close_code::policy_error);
+  h.flush();
+  CHECK(h.query_text("SELECT status || ' ' || error_kind FROM calls") == "101 budget_exceeded");
+  CHECK(h.query_double("SELECT cost_usd FROM calls") == Approx(2 * per_response));
+  // Counted once: charged as it ran, settled for the rest (nothing).
+  CHECK(h.metric_sum("tollgate_budget_spent_usd", "scope=\"global\"") == Approx(2 * per_response));
+  // A new session is refused at its handshake.
+  websocket::stream<beast::tcp_stream> again(ioc);
+  again.next_layer().connect({net::ip::make_address("127.0.0.1"), h.port()});
+  websocket::response_type refused;
+  again.handshake(refused, "127.0.0.1", "/v1/realtime?model=gpt-realtime", ec);
+  CHECK(ec);
+  CHECK(refused.result_int() == 429);
 }
 
 TEST_CASE("relay: a WebSocket handshake the upstream refuses comes back as its answer", "[relay][websocket]") {

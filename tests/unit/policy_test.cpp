@@ -454,6 +454,28 @@ TEST_CASE("policy fleet: another instance's spend counts as a settled call, aler
   CHECK(e.admit(f).outcome == decision::budget_exceeded);
 }
 
+TEST_CASE("policy charge: a running call's spend counts at once, its settle adds only the rest", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::day, 10, true, {0.5}));
+  policy_engine e(cfg, "UTC");
+  policy_engine::call_facts f;
+  f.price_model = "gpt-realtime";
+  f.model = "gpt-realtime";
+  f.now_ms = t0;
+  const auto d = e.admit(f);
+  REQUIRE(d.outcome == decision::admit);
+  CHECK(!e.charge(d.ticket, 3, "gpt-realtime", t0 + 1000));
+  CHECK(spent(e, "global", t0 + 1000) == 3);
+  CHECK(!e.charge(d.ticket, 2.5, "gpt-realtime", t0 + 2000));  // 5.5: the 50 % alert, mid-call
+  CHECK(e.take_alerts().size() == 1);
+  CHECK(e.charge(d.ticket, 4.5, "gpt-realtime", t0 + 3000));   // 10: spent, the call should end
+  e.settle(d.ticket, 10.25, 0, "gpt-realtime", t0 + 4000, t0);  // the final cost: 0.25 more
+  CHECK(spent(e, "global", t0 + 4000) == 10.25);
+  CHECK(!e.charge(d.ticket, 1, "gpt-realtime", t0 + 5000));  // a settled ticket: ignored
+  CHECK(spent(e, "global", t0 + 5000) == 10.25);
+  CHECK(!e.charge(0, 1, "gpt-realtime", t0));
+}
+
 // A global reroute guard over one hour, falling back to deepseek-v3.2.
 spend_guard_config reroute_guard(double max_usd) {
   spend_guard_config g;

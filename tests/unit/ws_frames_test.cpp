@@ -72,6 +72,34 @@ TEST_CASE("ws frames: text messages come out whole, in any split, control frames
   }
 }
 
+TEST_CASE("ws frames: tollgate's own server frames read back, and the reader knows message boundaries") {
+  const std::string event = R"({"type":"error","error":{"code":"budget_exceeded"}})";
+  for (std::size_t size : {std::size_t{5}, std::size_t{300}, std::size_t{70'000}}) {
+    ws_message_reader r(want_all, 1 << 20);
+    std::vector<std::string> out;
+    const std::string text(size, 't');
+    const std::string wire = tollgate::ws_server_frame(1, text);
+    r.feed(wire.substr(0, 3), out);
+    CHECK(!r.between_messages());
+    r.feed(wire.substr(3), out);
+    CHECK(r.between_messages());
+    REQUIRE(out.size() == 1);
+    CHECK(out[0] == text);
+  }
+  ws_message_reader r(want_all, 1 << 20);
+  std::vector<std::string> out;
+  r.feed(frame(1, "part", false), out);
+  CHECK(!r.between_messages());  // inside a fragmented message
+  r.feed(frame(0, "end"), out);
+  const std::string close = tollgate::ws_close_frame(1008, "budget exceeded");
+  CHECK(close == std::string("\x88\x11\x03\xf0" "budget exceeded", 19));
+  r.feed(tollgate::ws_server_frame(1, event) + close, out);
+  CHECK(r.between_messages());
+  REQUIRE(out.size() == 2);
+  CHECK(out[1] == event);
+  CHECK(tollgate::ws_close_frame(1000, std::string(200, 'r')).size() == 2 + 2 + 123);
+}
+
 TEST_CASE("ws frames: masked frames are unmasked across pieces") {
   const char mask[4] = {'\x12', '\x34', '\x56', '\x78'};
   const std::string text = R"({"type":"response.create","response":{"modalities":["text"]}})";
