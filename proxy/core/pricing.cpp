@@ -551,6 +551,18 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
   return {usd * multiplier, true, &price};
 }
 
+cost_result compute_cost(const price_table& table, const std::vector<std::pair<std::string, token_usage>>& by_model,
+                         double multiplier) {
+  cost_result out{0, true, nullptr};
+  for (const auto& [m, u] : by_model) {
+    const auto cost = compute_cost(table, m, u, multiplier);
+    out.priced = out.priced && cost.priced;
+    out.usd += cost.usd;
+    if (out.price == nullptr) out.price = cost.price;
+  }
+  return out;
+}
+
 cost_result compute_cost(const price_table& table, std::string_view model, const token_usage& usage,
                          double multiplier) {
   const model_price* p = table.resolve(model);

@@ -124,5 +124,10 @@ class price_table {
 cost_result compute_cost(const price_table& table, std::string_view model, const token_usage& usage,
                          double multiplier = 1.0);
 cost_result compute_cost(const model_price& price, const token_usage& usage, double multiplier = 1.0);
+// A call that bills several models (a message batch's results, a Realtime session and its
+// transcriptions): the sum of each model's cost; priced only when every model is, `price` the
+// first priced entry.
+cost_result compute_cost(const price_table& table, const std::vector<std::pair<std::string, token_usage>>& by_model,
+                         double multiplier = 1.0);
 
 }  // namespace tollgate

@@ -2147,16 +2147,11 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
     const std::size_t events = meter.responses() + meter.transcriptions();
     if (events == charged_events) return false;
     charged_events = events;
-    double usd = 0;
-    std::string_view price_model;
-    for (const auto& [m, u] : meter.by_model()) {
-      const auto cost = compute_cost(st_.prices, m, u, c.price_multiplier);
-      usd += cost.usd;
-      if (cost.price && price_model.empty()) price_model = cost.price->name;
-    }
-    const double delta = usd - charged_usd;
-    charged_usd = usd;
-    return st_.policy->charge(c.ticket, delta, price_model, unix_ms_now());
+    const auto cost = compute_cost(st_.prices, meter.by_model(), c.price_multiplier);
+    const double delta = cost.usd - charged_usd;
+    charged_usd = cost.usd;
+    return st_.policy->charge(c.ticket, delta, cost.price ? std::string_view(cost.price->name) : std::string_view(),
+                              unix_ms_now());
   };
   // The budget's end of a session: the upstream's side closes at once; the client gets the error
   // event and a close frame when the bytes so far end a message (else its connection just ends),
@@ -2240,14 +2235,10 @@ void client_session::finish_call(call& c) {
   const std::string& model = rec.served_model.empty() ? fallback : rec.served_model;
   if (!c.usage_by_model.empty()) {
     // A message batch's results (each model's requests at its batch prices), a Realtime session.
-    rec.priced = true;
-    rec.cost_usd = 0;
-    for (const auto& [m, u] : c.usage_by_model) {
-      const auto cost = compute_cost(st_.prices, m, u, c.price_multiplier);
-      rec.priced = rec.priced && cost.priced;
-      rec.cost_usd += cost.usd;
-      if (cost.price && rec.price_model.empty()) rec.price_model = cost.price->name;
-    }
+    const auto cost = compute_cost(st_.prices, c.usage_by_model, c.price_multiplier);
+    rec.priced = cost.priced;
+    rec.cost_usd = cost.usd;
+    if (cost.price) rec.price_model = cost.price->name;
     if (!rec.priced) st_.metrics_->unpriced_call();
   } else if (rec.source != usage_source::none) {
     auto cost = compute_cost(st_.prices, model, rec.tokens, c.price_multiplier);

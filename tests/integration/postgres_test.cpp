@@ -269,12 +269,7 @@ TEST_CASE("fleet budgets: the other instances' spend counts, at start and as it 
     return [=, base = fleet(pg, instance)](tollgate::config& c) {
       base(c);
       c.ledger_postgres.fleet_budgets = fleet_budgets;
-      tollgate::budget_config b;
-      b.scope = "global";
-      b.period = tollgate::calendar_period::day;
-      b.limit_usd = limit;
-      b.hard = true;
-      c.policy.budgets = {b};
+      c.policy.budgets = {tt::hard_daily_budget(limit)};
     };
   };
   const std::string body = tt::chat_body("gpt-4.1", false, R"(,"max_tokens":100)");

@@ -642,12 +642,7 @@ TEST_CASE("relay: a Realtime session is charged as its responses complete and cl
   namespace net = boost::asio;
   const double per_response = (100 * 4.0 + 300 * 32.0 + 600 * 0.40 + 50 * 16.0 + 250 * 64.0) / 1e6;  // $0.02704
   harness h({.tweak = [&](tollgate::config& c) {
-    tollgate::budget_config b;
-    b.scope = "global";
-    b.period = tollgate::calendar_period::day;
-    b.limit_usd = 0.04;  // the second response spends it
-    b.hard = true;
-    c.policy.budgets = {b};
+    c.policy.budgets = {tt::hard_daily_budget(0.04)};  // the second response spends it
   }});
   net::io_context ioc;
   websocket::stream<beast::tcp_stream> ws(ioc);

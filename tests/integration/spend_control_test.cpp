@@ -135,12 +135,7 @@ TEST_CASE("budgets: 200 concurrent calls against a nearly spent hard budget over
           "[budgets]") {
   constexpr double limit = 0.002;
   tt::harness h({.tweak = [&](tollgate::config& c) {
-    tollgate::budget_config b;
-    b.scope = "global";
-    b.period = tollgate::calendar_period::day;
-    b.limit_usd = limit;
-    b.hard = true;
-    c.policy.budgets = {b};
+    c.policy.budgets = {tt::hard_daily_budget(limit)};
   }});
   // One reservation: the prompt estimate plus max_tokens at gpt-4.1's prices ($2 in, $8 out).
   const std::string body = tt::chat_body("gpt-4.1", false, R"(,"max_tokens":100)");
@@ -193,12 +188,7 @@ TEST_CASE("budgets and rate limits: an image sent inline is reserved as an image
     auto k = key("vision", "sk-vision-secret-1");
     k.limits.tpm = 100000;
     c.policy.keys = {k};
-    tollgate::budget_config b;
-    b.scope = "global";
-    b.period = tollgate::calendar_period::day;
-    b.limit_usd = 0.05;
-    b.hard = true;
-    c.policy.budgets = {b};
+    c.policy.budgets = {tt::hard_daily_budget(0.05)};
   }});
   const std::string image = png_base64(1'000'000);
   tt::headers anthropic = bearer("sk-vision-secret-1");

@@ -90,6 +90,16 @@ struct temp_dir {
   std::string path;
 };
 
+// A hard budget on all spend, per UTC day, of `limit_usd`.
+inline tollgate::budget_config hard_daily_budget(double limit_usd) {
+  tollgate::budget_config b;
+  b.scope = "global";
+  b.period = tollgate::calendar_period::day;
+  b.limit_usd = limit_usd;
+  b.hard = true;
+  return b;
+}
+
 struct harness_options {
   bool tls = false;
   std::string api_key = "test-upstream-key";
