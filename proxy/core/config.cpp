@@ -866,6 +866,7 @@ class loader {
            if (pg.interval.count() < 10) fail(e, "must be at least 10ms");
          }},
         {"fleet_budgets", [this, &pg](const entry& e) { pg.fleet_budgets = boolean(e); }},
+        {"fleet_alerts", [this, &pg](const entry& e) { pg.fleet_alerts = boolean(e); }},
     };
   }
 

@@ -116,6 +116,9 @@ struct config {
     // Budgets and spend guards count the other instances' spend, read from the fleet table
     // (pg_shipper's remote pass), so a fleet enforces one budget rather than one per instance.
     bool fleet_budgets = true;
+    // A budget or guard alert that several instances raise goes out once for the fleet: each
+    // claims it in PostgreSQL (table tollgate_alerts) before its webhooks get it.
+    bool fleet_alerts = true;
   } ledger_postgres;
 
   // Pricing.

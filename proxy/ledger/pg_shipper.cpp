@@ -253,6 +253,21 @@ std::string sqlite_error(sqlite3* db, const char* what) {
   return std::string("ledger ") + what + ": " + (db ? sqlite3_errmsg(db) : "not open");
 }
 
+// A connection in UTF-8; nullptr (the connection closed, err filled) when it fails. Keywords
+// before dbname may be overridden by the url's own (libpq processes them in order and expands
+// dbname as a connection string).
+PGconn* connect_postgres(const std::string& url, std::chrono::seconds connect_timeout, const char* application,
+                         const char* tcp_user_timeout_ms, std::string& err) {
+  const std::string timeout = std::to_string(std::max<long long>(1, connect_timeout.count()));
+  const char* keys[] = {"connect_timeout", "application_name", "tcp_user_timeout", "dbname", nullptr};
+  const char* vals[] = {timeout.c_str(), application, tcp_user_timeout_ms, url.c_str(), nullptr};
+  PGconn* c = PQconnectdbParams(keys, vals, 1);
+  if (c != nullptr && PQstatus(c) == CONNECTION_OK && PQsetClientEncoding(c, "UTF8") == 0) return c;
+  err = trim_message(c ? PQerrorMessage(c) : "out of memory");
+  if (c) PQfinish(c);
+  return nullptr;
+}
+
 // Runs a parameterized statement expecting `want`; the result, nullptr on failure (err filled).
 PGresult* exec_params(PGconn* c, const char* sql, std::initializer_list<std::string> params, ExecStatusType want,
                       std::string& err) {
@@ -479,15 +494,8 @@ void pg_shipper::run() {
     };
     std::string err;
     if (!I.conn) {
-      const std::string timeout = std::to_string(std::max<long long>(1, opts_.connect_timeout.count()));
-      // Keywords before dbname may be overridden by the url's own (libpq processes them in order
-      // and expands dbname as a connection string).
-      const char* keys[] = {"connect_timeout", "application_name", "tcp_user_timeout", "dbname", nullptr};
-      const char* vals[] = {timeout.c_str(), "tollgate", "30000", opts_.url.c_str(), nullptr};
-      PGconn* c = PQconnectdbParams(keys, vals, 1);
-      bool ok = c != nullptr && PQstatus(c) == CONNECTION_OK;
-      if (!ok) err = trim_message(c ? PQerrorMessage(c) : "out of memory");
-      if (ok && PQsetClientEncoding(c, "UTF8") != 0) ok = false, err = trim_message(PQerrorMessage(c));
+      PGconn* c = connect_postgres(opts_.url, opts_.connect_timeout, "tollgate", "30000", err);
+      bool ok = c != nullptr;
       if (ok) {
         // Create the table unless it exists (a role may use it without the right to create it);
         // the advisory lock keeps instances starting together from racing on CREATE.
@@ -674,15 +682,30 @@ void pg_shipper::run() {
       continue;
     }
     // Fleet budgets: the spend other ledgers shipped since the last look. A failure is counted
-    // and retried at the next pass (the cursors move only past what was handed over).
-    if (reached_end && I.ledgers && opts_.on_remote_spend) {
-      if (!pull_remote(err)) note_error("fleet spend: " + err, false);
+    // and retried at the next pass (the cursors move only past what was handed over). A pass with
+    // no new local rows says nothing to PostgreSQL but this, so a connection the server dropped
+    // (a restart) is found here: it is made again, with backoff, as for a failed batch; otherwise
+    // an idle instance would never read the fleet's spend again.
+    bool remote_failed = false;
+    if (reached_end && I.ledgers && opts_.on_remote_spend && !pull_remote(err)) {
+      if (PQstatus(I.conn) != CONNECTION_OK) {
+        {
+          std::lock_guard lock(mu_);
+          I.sock = -1;
+        }
+        PQfinish(I.conn);
+        I.conn = nullptr;
+        postgres_failed("fleet spend: " + err);
+        continue;
+      }
+      note_error("fleet spend: " + err, false);
+      remote_failed = true;
     }
     if (reached_end) {
       const std::int64_t lag = local_lag();
-      if (was_failing)
+      if (was_failing && !remote_failed)
         log_line(log_level::info, "postgres fleet ledger: shipping again").integer("resume_after_id", I.watermark);
-      was_failing = false;
+      was_failing = remote_failed;  // a lasting failure logs once a minute
       {
         std::lock_guard lock(mu_);
         served_ = std::max(served_, serving);
@@ -693,6 +716,106 @@ void pg_shipper::run() {
       done_cv_.notify_all();
       wait(opts_.interval, serving);
     }
+  }
+}
+
+// ---- fleet alerts (pg_alert_claims) ----
+
+namespace {
+
+constexpr const char* kAlertsSchema =
+    "CREATE TABLE IF NOT EXISTS tollgate_alerts ("
+    " dedupe_key TEXT PRIMARY KEY, instance TEXT NOT NULL, sent_ms BIGINT NOT NULL)";
+// Takes the key when it is new, or when its last send is at least $4 ms old ($4 < 0: never).
+// Concurrent claims of one key queue on its row lock; the second re-reads the row the first one
+// wrote, finds it too recent, and returns no row.
+constexpr const char* kAlertClaim =
+    "INSERT INTO tollgate_alerts (dedupe_key, instance, sent_ms) VALUES ($1, $2, $3)"
+    " ON CONFLICT (dedupe_key) DO UPDATE SET instance = EXCLUDED.instance, sent_ms = EXCLUDED.sent_ms"
+    " WHERE $4::bigint >= 0 AND tollgate_alerts.sent_ms <= EXCLUDED.sent_ms - $4::bigint RETURNING 1";
+// Claims older than the longest budget window (a month) are of windows that are over.
+constexpr std::int64_t kAlertKeepMs = std::int64_t{40} * 86'400'000;
+
+}  // namespace
+
+std::string_view to_string(alert_claim c) noexcept {
+  switch (c) {
+    case alert_claim::claimed: return "claimed";
+    case alert_claim::taken: return "taken";
+    case alert_claim::unavailable: return "unavailable";
+  }
+  return "unavailable";
+}
+
+struct pg_alert_claims::impl {
+  PGconn* conn = nullptr;
+  std::chrono::steady_clock::time_point next_try{};
+  bool failing = false;
+  ~impl() {
+    if (conn) PQfinish(conn);
+  }
+};
+
+pg_alert_claims::pg_alert_claims(pg_alert_claim_options o) : opts_(std::move(o)), impl_(new impl) {}
+pg_alert_claims::~pg_alert_claims() { delete impl_; }
+
+alert_claim pg_alert_claims::claim(const std::string& key, std::int64_t now_ms, std::int64_t cooldown_ms) noexcept {
+  auto& I = *impl_;
+  auto failed = [&](const std::string& why) {
+    if (I.conn) PQfinish(I.conn);
+    I.conn = nullptr;
+    I.next_try = std::chrono::steady_clock::now() + opts_.retry_after;
+    if (!I.failing)
+      log_line(log_level::warn, "postgres fleet alerts: cannot claim alerts; this instance sends the fleet's alerts it sees")
+          .str("error", why);
+    I.failing = true;
+    return alert_claim::unavailable;
+  };
+  try {
+    // Twice at most: a connection the server dropped since the last alert is made again at once.
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      std::string err;
+      const bool fresh = I.conn == nullptr;
+      if (fresh) {
+        if (std::chrono::steady_clock::now() < I.next_try) return alert_claim::unavailable;
+        PGconn* c = connect_postgres(opts_.url, opts_.connect_timeout, "tollgate-alerts", "10000", err);
+        bool ok = c != nullptr;
+        // Statements end within 5 s: an alert thread held by a locked row would hold up budgets' alerts.
+        if (ok) ok = exec(c, "SET statement_timeout = 5000", PGRES_COMMAND_OK, err);
+        if (ok) {
+          const auto missing = table_missing(c, "tollgate_alerts", err);
+          ok = missing.has_value() && (!*missing || exec(c, kAlertsSchema, PGRES_COMMAND_OK, err));
+        }
+        if (ok) {
+          PGresult* r = exec_params(c, "DELETE FROM tollgate_alerts WHERE sent_ms < $1",
+                                    {std::to_string(now_ms - kAlertKeepMs)}, PGRES_COMMAND_OK, err);
+          ok = r != nullptr;
+          PQclear(r);
+        }
+        if (!ok) {
+          if (c) PQfinish(c);
+          return failed("connect: " + err);
+        }
+        I.conn = c;
+        if (I.failing) log_line(log_level::info, "postgres fleet alerts: claiming alerts again");
+        I.failing = false;
+      }
+      PGresult* r = exec_params(I.conn, kAlertClaim,
+                                {key, opts_.instance, std::to_string(now_ms), std::to_string(cooldown_ms)},
+                                PGRES_TUPLES_OK, err);
+      if (r) {
+        const bool won = PQntuples(r) == 1;
+        PQclear(r);
+        return won ? alert_claim::claimed : alert_claim::taken;
+      }
+      const bool dropped = PQstatus(I.conn) != CONNECTION_OK;
+      if (!dropped || fresh) return failed(err);
+      PQfinish(I.conn);
+      I.conn = nullptr;
+    }
+    return failed("connection lost");
+  } catch (const std::exception& e) {
+    return failed(e.what());
   }
 }
 

@@ -115,4 +115,44 @@ class pg_shipper {
   std::thread thread_;
 };
 
+
+// Fleet alerts: one instance of a fleet sends an alert that every instance sees (a soft threshold
+// or a guard trip raised by the fleet's shared spend), not N. Before an instance hands such an
+// alert to its webhooks it claims the alert's dedupe key in the shared table `tollgate_alerts`
+// (dedupe_key primary key, instance, sent_ms), in one statement: an INSERT ... ON CONFLICT DO
+// UPDATE that only takes the row when its last send is older than the cooldown. PostgreSQL
+// serialises concurrent claims of one key (the second waits on the row lock, then sees the first
+// one's sent_ms), so exactly one instance wins. When PostgreSQL cannot answer, the alert is sent
+// anyway: a duplicate alert beats a fleet that stays silent.
+enum class alert_claim : std::uint8_t {
+  claimed,      // this instance sends it
+  taken,        // another instance (or this one) sent it within the cooldown: not sent again
+  unavailable,  // PostgreSQL did not answer (or is being waited out): sent locally
+};
+std::string_view to_string(alert_claim c) noexcept;
+
+struct pg_alert_claim_options {
+  std::string url;       // as pg_ship_options::url
+  std::string instance;  // recorded with the claim
+  std::chrono::seconds connect_timeout{2};      // unless the url sets connect_timeout
+  std::chrono::milliseconds retry_after{30'000};  // no new connection attempt sooner after a failure
+};
+
+// One libpq connection, used by one thread (the alert thread); made on first use.
+class pg_alert_claims {
+ public:
+  explicit pg_alert_claims(pg_alert_claim_options o);
+  ~pg_alert_claims();
+  pg_alert_claims(const pg_alert_claims&) = delete;
+  pg_alert_claims& operator=(const pg_alert_claims&) = delete;
+  // Claims `key` at now_ms: claimed when no instance sent it within cooldown_ms (cooldown_ms < 0:
+  // ever, for alerts that belong to one budget window and carry it in their key). Never throws.
+  alert_claim claim(const std::string& key, std::int64_t now_ms, std::int64_t cooldown_ms) noexcept;
+
+ private:
+  struct impl;
+  pg_alert_claim_options opts_;
+  impl* impl_;
+};
+
 }  // namespace tollgate

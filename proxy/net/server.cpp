@@ -401,7 +401,10 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   st.metrics_ = impl_->metrics_.get();
   register_upstream_metrics(st, *impl_->metrics_);
   register_ledger_metrics(*impl_->ledger_, *impl_->metrics_);
-  impl_->spend_ = std::make_unique<spend_control>(st.cfg, *impl_->metrics_);
+  const std::string fleet_instance =
+      c.ledger_postgres.url.empty() ? std::string()
+      : c.ledger_postgres.instance.empty() ? default_instance_name() : c.ledger_postgres.instance;
+  impl_->spend_ = std::make_unique<spend_control>(st.cfg, *impl_->metrics_, fleet_instance);
   st.policy = &impl_->spend_->engine();
   if (!c.ledger_postgres.url.empty()) {
     try {
@@ -412,7 +415,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
     }
     pg_ship_options po;
     po.url = c.ledger_postgres.url;
-    po.instance = c.ledger_postgres.instance.empty() ? default_instance_name() : c.ledger_postgres.instance;
+    po.instance = fleet_instance;
     po.ledger_path = c.ledger_path;
     po.batch_rows = c.ledger_postgres.batch_rows;
     po.interval = c.ledger_postgres.interval;

@@ -164,7 +164,7 @@ void register_metrics(metrics& m, policy_engine& engine, alert_notifier* notifie
 
 }  // namespace
 
-spend_control::spend_control(const config& cfg, metrics& m) : cfg_(cfg) {
+spend_control::spend_control(const config& cfg, metrics& m, const std::string& fleet_instance) : cfg_(cfg) {
   try {
     engine_ = std::make_unique<policy_engine>(cfg.policy, cfg.timezone);
   } catch (const std::invalid_argument& e) {
@@ -178,6 +178,26 @@ spend_control::spend_control(const config& cfg, metrics& m) : cfg_(cfg) {
     }
   }
   register_metrics(m, *engine_, notifier_.get());
+  if (notifier_ && !fleet_instance.empty() && !cfg.ledger_postgres.url.empty() && cfg.ledger_postgres.fleet_alerts) {
+    pg_alert_claim_options o;
+    o.url = cfg.ledger_postgres.url;
+    o.instance = fleet_instance;
+    claims_ = std::make_unique<pg_alert_claims>(std::move(o));
+    claim_cooldown_ms_ = std::numeric_limits<std::int64_t>::max();
+    for (const auto& w : cfg.policy.webhooks) claim_cooldown_ms_ = std::min<std::int64_t>(claim_cooldown_ms_, w.cooldown.count());
+    auto& family = pm::BuildCounter()
+                       .Name("tollgate_alerts_fleet_claims_total")
+                       .Help("Budget and guard alerts claimed in the fleet ledger before sending, by outcome (claimed: "
+                             "sent by this instance; taken: another instance sent it; unavailable: PostgreSQL did not "
+                             "answer, sent by this instance).")
+                       .Register(m.registry());
+    auto* claimed = &family.Add({{"outcome", "claimed"}});
+    auto* taken = &family.Add({{"outcome", "taken"}});
+    auto* unavailable = &family.Add({{"outcome", "unavailable"}});
+    count_claim_ = [=](std::string_view outcome) {
+      (outcome == "claimed" ? claimed : outcome == "taken" ? taken : unavailable)->Increment();
+    };
+  }
 }
 
 spend_control::~spend_control() { stop(); }
@@ -317,6 +337,17 @@ void spend_control::pump() {
         record_window_alert(ledger_path_, {std::string(to_string(a.kind)), a.scope, a.period, a.window_start_s}, a.time_ms);
       } catch (const std::exception& e) {
         log_line(log_level::warn, "alert not remembered: it may be sent again after a restart").str("error", e.what());
+      }
+    }
+    if (notifier_ && claims_ && a.kind != alert_kind::anomaly) {
+      // Raised from the fleet's shared spend, so maybe by every instance at once: one sends it.
+      // An alert of one budget window carries the window in its key and goes once per window;
+      // a guard trip once per (shortest) cooldown.
+      const auto c = claims_->claim(a.dedupe_key(), unix_ms(), a.window_start_s != 0 ? -1 : claim_cooldown_ms_);
+      count_claim_(to_string(c));
+      if (c == alert_claim::taken) {
+        log_line(log_level::info, "alert sent by another instance of the fleet").str("kind", to_string(a.kind)).str("scope", a.scope);
+        continue;
       }
     }
     if (notifier_) notifier_->notify(std::move(a));

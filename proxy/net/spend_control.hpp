@@ -4,15 +4,17 @@
 // the budget, guard and rate-limit metrics.
 #pragma once
 #include <condition_variable>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "core/pending_responses.hpp"
-#include <vector>
 
 namespace tollgate {
 
@@ -20,13 +22,17 @@ struct config;
 class metrics;
 class policy_engine;
 class alert_notifier;
+class pg_alert_claims;
 struct forecast_snapshot;
 struct remote_spend;
 
 class spend_control {
  public:
   // Throws std::invalid_argument / config_error on a bad policy (scopes, webhook URLs).
-  spend_control(const config& cfg, metrics& m);
+  // fleet_instance: this instance's name in the fleet ledger ("" without ledger.postgres); with
+  // ledger.postgres.fleet_alerts and webhooks, budget and guard alerts are claimed in PostgreSQL
+  // first, so a fleet sends each once.
+  spend_control(const config& cfg, metrics& m, const std::string& fleet_instance = {});
   ~spend_control();  // stop()
   spend_control(const spend_control&) = delete;
   spend_control& operator=(const spend_control&) = delete;
@@ -56,6 +62,9 @@ class spend_control {
   const config& cfg_;
   std::unique_ptr<policy_engine> engine_;
   std::unique_ptr<alert_notifier> notifier_;
+  std::unique_ptr<pg_alert_claims> claims_;  // fleet alerts; null: every alert raised here is sent
+  std::int64_t claim_cooldown_ms_ = 0;        // the shortest webhook cooldown
+  std::function<void(std::string_view)> count_claim_;  // tollgate_alerts_fleet_claims_total{outcome}
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;

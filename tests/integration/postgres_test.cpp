@@ -315,6 +315,93 @@ TEST_CASE("fleet budgets: the other instances' spend counts, at start and as it 
   CHECK(ledgers[1] == "edge-b\t1");
 }
 
+TEST_CASE("fleet budgets: an idle instance reads the fleet's spend again after PostgreSQL restarts") {
+  pg_server pg;
+  pg.start();
+  auto budgeted = [&](const std::string& instance) {
+    return [=, base = fleet(pg, instance)](tollgate::config& c) {
+      base(c);
+      c.policy.budgets = {tt::hard_daily_budget(1.0)};
+    };
+  };
+  tt::harness a({.tweak = budgeted("edge-a")});
+  tt::harness b({.tweak = budgeted("edge-b")});  // serves no call: its only PostgreSQL traffic is the fleet look
+  calls(a, 2);
+  const double first = a.query_double("SELECT sum(cost_usd) FROM calls");
+  REQUIRE(tt::harness::eventually([&] {
+    return b.metric_sum("tollgate_budget_spent_usd", "scope=\"global\"") == Approx(first).epsilon(1e-9);
+  }));
+  pg.stop();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // B's look fails on its dropped connection
+  pg.start();
+  calls(a, 3);
+  const double all = a.query_double("SELECT sum(cost_usd) FROM calls");
+  REQUIRE(tt::harness::eventually([&] {
+    return b.metric_sum("tollgate_budget_spent_usd", "scope=\"global\"") == Approx(all).epsilon(1e-9);
+  }, std::chrono::seconds(20)));
+}
+
+TEST_CASE("fleet alerts: a threshold and a guard trip the whole fleet sees are sent once, and without PostgreSQL by each") {
+  using namespace std::chrono_literals;
+  pg_server pg;
+  pg.start();
+  tt::webhook_receiver hook;  // the fleet's one alert channel
+  auto alerting = [&](const std::string& instance, bool fleet_alerts) {
+    return [=, base = fleet(pg, instance), url = hook.url()](tollgate::config& c) {
+      base(c);
+      c.ledger_postgres.fleet_alerts = fleet_alerts;
+      c.forecast.enabled = false;  // no projected_overspend alert from a forecast refresh
+      c.policy.budgets = {tt::soft_monthly_budget()};
+      c.policy.spend_guards = {tt::reroute_guard()};  // one gpt-4.1 call trips it
+      c.policy.webhooks = tt::webhook_to(url);
+    };
+  };
+  auto of_kind = [&](const std::string& kind) {
+    std::size_t n = 0;
+    for (const auto& a : hook.received()) n += a.value("kind", "") == kind;
+    return n;
+  };
+  tt::harness a({.tweak = alerting("edge-a", true)});
+  tt::harness b({.tweak = alerting("edge-b", true)});
+  for (int i = 0; i < 3; ++i) REQUIRE(tt::post_json(a.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1")).status == 200);
+  a.flush();
+  const double spent = a.query_double("SELECT sum(cost_usd) FROM calls");
+  REQUIRE(spent > 0.00005);
+  // Both instances see the threshold crossed and the guard tripped: A by its calls, B by A's rows.
+  REQUIRE(tt::harness::eventually([&] {
+    return b.metric_sum("tollgate_spend_guard_tripped", "scope=\"global\"") == 1 &&
+           b.metric_sum("tollgate_budget_spent_usd", "scope=\"global\"") == Approx(spent).epsilon(1e-9);
+  }));
+  // B's alert thread claims within a second or two of B counting the spend.
+  REQUIRE(tt::harness::eventually([&] {
+    return a.metric_sum("tollgate_alerts_fleet_claims_total") + b.metric_sum("tollgate_alerts_fleet_claims_total") >= 4;
+  }, 15s));
+  std::this_thread::sleep_for(1500ms);  // a duplicate, if any, would have left by now
+  CHECK(of_kind("soft_threshold") == 1);
+  CHECK(of_kind("spend_guard") == 1);
+  CHECK(a.metric_sum("tollgate_alerts_fleet_claims_total", "outcome=\"claimed\"") == 2);
+  CHECK(b.metric_sum("tollgate_alerts_fleet_claims_total", "outcome=\"taken\"") == 2);
+  CHECK(b.metric_sum("tollgate_alerts_total", "outcome=\"sent\"") == 0);
+  const auto claims = pg.query("SELECT instance, dedupe_key FROM tollgate_alerts ORDER BY dedupe_key");
+  REQUIRE(claims.size() == 2);
+  CHECK(claims[0].rfind("edge-a\tsoft_threshold|global|month|500|", 0) == 0);
+  CHECK(claims[1] == "edge-a\tspend_guard|global|1h");
+
+  SECTION("with fleet_alerts off, an instance sends what it sees") {
+    tt::harness d({.tweak = alerting("edge-d", false)});
+    REQUIRE(tt::harness::eventually([&] { return of_kind("soft_threshold") == 2 && of_kind("spend_guard") == 2; }, 15s));
+    CHECK(d.metric_sum("tollgate_alerts_fleet_claims_total") == 0);
+  }
+  SECTION("PostgreSQL down: an instance that cannot claim sends the alert itself") {
+    pg.stop();
+    // A fresh ledger: a new instance whose own calls cross the threshold while PostgreSQL is down.
+    tt::harness e({.tweak = alerting("edge-e", true)});
+    for (int i = 0; i < 3; ++i) REQUIRE(tt::post_json(e.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1")).status == 200);
+    REQUIRE(tt::harness::eventually([&] { return of_kind("soft_threshold") == 2 && of_kind("spend_guard") == 2; }, 15s));
+    CHECK(e.metric_sum("tollgate_alerts_fleet_claims_total", "outcome=\"unavailable\"") == 2);
+  }
+}
+
 TEST_CASE("a PostgreSQL url libpq cannot parse is a config error naming the key") {
   tollgate::config c;
   c.listen = {"127.0.0.1", 0};

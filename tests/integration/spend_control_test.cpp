@@ -3,13 +3,9 @@
 // the budget gauges; real sockets, a real ledger and the fake upstream.
 #include <catch2/catch.hpp>
 
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
 #include <atomic>
-#include <mutex>
 #include <thread>
 
 #include "core/policy.hpp"
@@ -17,61 +13,8 @@
 
 using namespace std::chrono_literals;
 using json = nlohmann::json;
-namespace net = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
-using tcp = net::ip::tcp;
 
 namespace {
-
-// Records webhook POSTs and answers 200.
-class webhook_receiver {
- public:
-  webhook_receiver() : acceptor_(ioc_, {net::ip::make_address("127.0.0.1"), 0}) {
-    thread_ = std::thread([this] {
-      for (;;) {
-        tcp::socket s(ioc_);
-        boost::system::error_code ec;
-        acceptor_.accept(s, ec);
-        if (ec || stopping_) return;
-        beast::flat_buffer buf;
-        http::request<http::string_body> req;
-        http::read(s, buf, req, ec);
-        if (ec) continue;
-        {
-          std::lock_guard lock(mu_);
-          bodies_.push_back(req.body());
-        }
-        http::response<http::string_body> res{http::status::ok, 11};
-        res.body() = "ok";
-        res.prepare_payload();
-        http::write(s, res, ec);
-      }
-    });
-  }
-  ~webhook_receiver() {
-    stopping_ = true;
-    tcp::socket wake(ioc_);
-    boost::system::error_code ec;
-    wake.connect(acceptor_.local_endpoint(), ec);
-    thread_.join();
-  }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(acceptor_.local_endpoint().port()) + "/hook"; }
-  std::vector<json> received() const {
-    std::lock_guard lock(mu_);
-    std::vector<json> out;
-    for (const auto& b : bodies_) out.push_back(json::parse(b, nullptr, false));
-    return out;
-  }
-
- private:
-  net::io_context ioc_;
-  tcp::acceptor acceptor_;
-  std::thread thread_;
-  std::atomic<bool> stopping_{false};
-  mutable std::mutex mu_;
-  std::vector<std::string> bodies_;
-};
 
 tollgate::client_key_config key(const std::string& name, const std::string& secret, const std::string& team = {}) {
   tollgate::client_key_config k;
@@ -309,18 +252,10 @@ TEST_CASE("rate limits and budgets: embeddings reserve no completion, n multipli
 }
 
 TEST_CASE("spend guard: a tripped guard reroutes the next call to the fallback model and alerts", "[guard][alerts]") {
-  webhook_receiver hook;
+  tt::webhook_receiver hook;
   tt::harness h({.tweak = [&](tollgate::config& c) {
-    tollgate::spend_guard_config g;
-    g.scope = "global";
-    g.window = 1h;
-    g.max_usd = 0.00001;  // one gpt-4.1 call trips it
-    g.action = tollgate::guard_action::reroute;
-    g.fallback_model = "deepseek-v3.2";
-    c.policy.spend_guards = {g};
-    tollgate::webhook_config w;
-    w.url = hook.url();
-    c.policy.webhooks = {w};
+    c.policy.spend_guards = {tt::reroute_guard()};  // one gpt-4.1 call trips it
+    c.policy.webhooks = tt::webhook_to(hook.url());
   }});
   REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1")).status == 200);
   auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"));
@@ -345,14 +280,9 @@ TEST_CASE("spend guard: a tripped guard reroutes the next call to the fallback m
 }
 
 TEST_CASE("alerts: a soft threshold alerts once per period (deduplicated)", "[alerts]") {
-  webhook_receiver hook;
+  tt::webhook_receiver hook;
   tt::harness h({.tweak = [&](tollgate::config& c) {
-    tollgate::budget_config b;
-    b.scope = "global";
-    b.period = tollgate::calendar_period::month;
-    b.limit_usd = 0.0001;
-    b.soft = {0.5};
-    c.policy.budgets = {b};
+    c.policy.budgets = {tt::soft_monthly_budget()};
     tollgate::webhook_config w;
     w.url = hook.url();
     w.format = tollgate::webhook_format::slack;

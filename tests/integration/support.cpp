@@ -392,4 +392,55 @@ std::string chat_body(const std::string& model, bool stream, const std::string& 
   return b;
 }
 
+struct webhook_receiver::impl {
+  asio::io_context ioc;
+  tcp::acceptor acceptor{ioc, {asio::ip::make_address("127.0.0.1"), 0}};
+  std::thread thread;
+  std::atomic<bool> stopping{false};
+  mutable std::mutex mu;
+  std::vector<std::string> bodies;
+};
+
+webhook_receiver::webhook_receiver() : impl_(std::make_unique<impl>()) {
+  impl_->thread = std::thread([I = impl_.get()] {
+    for (;;) {
+      tcp::socket s(I->ioc);
+      boost::system::error_code ec;
+      I->acceptor.accept(s, ec);
+      if (ec || I->stopping) return;
+      beast::flat_buffer buf;
+      http::request<http::string_body> req;
+      http::read(s, buf, req, ec);
+      if (ec) continue;
+      {
+        std::lock_guard lock(I->mu);
+        I->bodies.push_back(req.body());
+      }
+      http::response<http::string_body> res{http::status::ok, 11};
+      res.body() = "ok";
+      res.prepare_payload();
+      http::write(s, res, ec);
+    }
+  });
+}
+
+webhook_receiver::~webhook_receiver() {
+  impl_->stopping = true;
+  tcp::socket wake(impl_->ioc);
+  boost::system::error_code ec;
+  wake.connect(impl_->acceptor.local_endpoint(), ec);
+  impl_->thread.join();
+}
+
+std::string webhook_receiver::url() const {
+  return "http://127.0.0.1:" + std::to_string(impl_->acceptor.local_endpoint().port()) + "/hook";
+}
+
+std::vector<nlohmann::json> webhook_receiver::received() const {
+  std::lock_guard lock(impl_->mu);
+  std::vector<nlohmann::json> out;
+  for (const auto& b : impl_->bodies) out.push_back(nlohmann::json::parse(b, nullptr, false));
+  return out;
+}
+
 }  // namespace tt

@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/config.hpp"
 #include "fake_upstream.hpp"
 #include "net/server.hpp"
@@ -100,6 +102,36 @@ inline tollgate::budget_config hard_daily_budget(double limit_usd) {
   return b;
 }
 
+// A global monthly budget that alerts at half of limit_usd (the default: two gpt-4.1 calls of
+// the fake upstream cross it).
+inline tollgate::budget_config soft_monthly_budget(double limit_usd = 0.0001) {
+  tollgate::budget_config b;
+  b.scope = "global";
+  b.period = tollgate::calendar_period::month;
+  b.limit_usd = limit_usd;
+  b.soft = {0.5};
+  return b;
+}
+
+// A global one-hour spend guard that reroutes to deepseek-v3.2 once max_usd is spent (the
+// default: one gpt-4.1 call trips it).
+inline tollgate::spend_guard_config reroute_guard(double max_usd = 0.00001) {
+  tollgate::spend_guard_config g;
+  g.scope = "global";
+  g.window = std::chrono::hours(1);
+  g.max_usd = max_usd;
+  g.action = tollgate::guard_action::reroute;
+  g.fallback_model = "deepseek-v3.2";
+  return g;
+}
+
+// Alerts to one webhook at url.
+inline std::vector<tollgate::webhook_config> webhook_to(const std::string& url) {
+  tollgate::webhook_config w;
+  w.url = url;
+  return {w};
+}
+
 struct harness_options {
   bool tls = false;
   std::string api_key = "test-upstream-key";
@@ -132,5 +164,20 @@ struct harness {
 };
 
 std::string chat_body(const std::string& model = "gpt-4.1", bool stream = false, const std::string& extra = {});
+
+// Records webhook POSTs (alert deliveries) and answers 200, on its own thread.
+class webhook_receiver {
+ public:
+  webhook_receiver();
+  ~webhook_receiver();
+  webhook_receiver(const webhook_receiver&) = delete;
+  webhook_receiver& operator=(const webhook_receiver&) = delete;
+  std::string url() const;
+  std::vector<nlohmann::json> received() const;  // the bodies so far, parsed (discarded when not JSON)
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
 
 }  // namespace tt

@@ -249,9 +249,12 @@ ledger:
     batch_rows: 200
     interval: 250ms
     fleet_budgets: false
+    fleet_alerts: false
 )", "t.yaml");
   CHECK(d.ledger_postgres.fleet_budgets);
   CHECK(!cfg.ledger_postgres.fleet_budgets);
+  CHECK(d.ledger_postgres.fleet_alerts);
+  CHECK(!cfg.ledger_postgres.fleet_alerts);
   CHECK(cfg.ledger_postgres.url == "postgresql://tollgate@db.internal:5432/fleet?sslmode=require");
   CHECK(cfg.ledger_postgres.url_line == 4);
   CHECK(cfg.ledger_postgres.instance == "edge-1");
