@@ -20,6 +20,7 @@ namespace {
 constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
 constexpr int guard_buckets = 60;                  // a guard's window in 60 buckets
 constexpr double share_tau_ms = 24.0 * 3'600'000;  // time constant of "recent spend" (shares)
+constexpr double max_fleet_scale = 100;              // projections: the fleet's rest at most 100x this instance's
 constexpr std::size_t max_pending_alerts = 1024;
 
 std::int64_t floor_div(std::int64_t a, std::int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
@@ -255,7 +256,8 @@ struct policy_engine::impl {
   std::map<std::string, std::shared_ptr<key_state>, std::less<>> key_states;
   std::vector<ticket_slot> slots;
   std::vector<std::uint32_t> free_slots;
-  decayed_sum global_recent;
+  decayed_sum global_recent;  // every call counted: this instance's and the fleet's others'
+  decayed_sum local_recent;   // this instance's own calls (settled, charged, warm-started)
   std::vector<alert_event> alerts;
   std::uint64_t alerts_dropped = 0;
 
@@ -333,11 +335,12 @@ struct policy_engine::impl {
   // its start): a call or row of an earlier window is skipped there. Settled spend without a start
   // (max) lagging behind a window counts in the current window.
   void add_spend(key_state* ks, std::string_view team, std::string_view model, double usd, std::int64_t t,
-                 bool alert, std::int64_t started_ms = std::numeric_limits<std::int64_t>::max()) {
+                 bool alert, std::int64_t started_ms = std::numeric_limits<std::int64_t>::max(), bool remote = false) {
     const std::int64_t t_s = floor_div(t, 1000);
     const std::int64_t started_s = floor_div(std::min(t, started_ms), 1000);
     const std::string_view key = ks ? std::string_view(ks->name) : std::string_view();
     global_recent.add(usd, t);
+    if (!remote) local_recent.add(usd, t);
     auto apply = [&](budget_state& b) {
       b.roll(cal, t_s);
       if ((!alert || started_ms != std::numeric_limits<std::int64_t>::max()) && started_s < b.window.start_s) return;
@@ -690,16 +693,17 @@ void policy_engine::release(std::uint64_t ticket) noexcept {
 
 void policy_engine::seed(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
                          std::int64_t ts_ms) noexcept {
-  add_named(key, team, price_model, cost_usd, ts_ms, false, std::numeric_limits<std::int64_t>::max());
+  add_named(key, team, price_model, cost_usd, ts_ms, false, std::numeric_limits<std::int64_t>::max(), false);
 }
 
 void policy_engine::add_remote(std::string_view key, std::string_view team, std::string_view price_model,
                                double cost_usd, std::int64_t ts_ms, std::int64_t now_ms) noexcept {
-  add_named(key, team, price_model, cost_usd, std::max(now_ms, ts_ms), true, ts_ms);
+  add_named(key, team, price_model, cost_usd, std::max(now_ms, ts_ms), true, ts_ms, true);
 }
 
 void policy_engine::add_named(std::string_view key, std::string_view team, std::string_view price_model,
-                              double cost_usd, std::int64_t t_ms, bool alert, std::int64_t start_ms) noexcept {
+                              double cost_usd, std::int64_t t_ms, bool alert, std::int64_t start_ms,
+                              bool remote) noexcept {
   try {
     std::lock_guard lock(impl_->mu);
     key_state* ks = nullptr;
@@ -712,7 +716,7 @@ void policy_engine::add_named(std::string_view key, std::string_view team, std::
         ks = &anonymous;
       }
     }
-    impl_->add_spend(ks, team, price_model, clean_usd(cost_usd), t_ms, alert, start_ms);
+    impl_->add_spend(ks, team, price_model, clean_usd(cost_usd), t_ms, alert, start_ms, remote);
   } catch (...) {
   }
 }
@@ -824,13 +828,23 @@ void policy_engine::update_projections(std::int64_t now_ms, const remaining_spen
 
   std::lock_guard lock(m.mu);
   const double global_recent = m.global_recent.at(now_ms);
+  // The forecast is of this instance's own spend. In a fleet (other instances' spend counted,
+  // ledger.postgres.fleet_budgets) the rest of the period is the fleet's: this instance's forecast
+  // scaled by the fleet's recent spend over its own, i.e. its share behind the load balancer is
+  // taken to hold. Capped: an instance that serves almost nothing cannot speak for the fleet.
+  const double local_recent = m.local_recent.at(now_ms);
+  const double fleet = local_recent > 0 && global_recent > local_recent
+                           ? std::min(global_recent / local_recent, max_fleet_scale)
+                           : 1.0;
   auto project = [&](budget_state& b) {
     b.roll(m.cal, now_s);
     const spend_forecast& f = fc[static_cast<std::size_t>(b.cfg.period)];
     double share = 1;
     if (b.scope.kind != scope_kind::global)
       share = global_recent > 0 ? std::clamp(b.recent.at(now_ms) / global_recent, 0.0, 1.0) : 0.0;
-    auto rest = [&](double remaining) { return std::isfinite(remaining) ? share * std::max(0.0, remaining) : nan_v; };
+    auto rest = [&](double remaining) {
+      return std::isfinite(remaining) ? share * fleet * std::max(0.0, remaining) : nan_v;
+    };
     b.rest50 = rest(f.p50_usd);
     b.rest90 = rest(f.p90_usd);
     const double basis = b.projected(f.learned ? b.rest90 : b.rest50);

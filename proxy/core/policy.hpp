@@ -186,7 +186,9 @@ class policy_engine {
   // `global_remaining(period, window)` is called (without the engine's lock held) once per
   // period some budget uses. Each budget's projection is spent + share * remaining, where share
   // is the scope's share of recent spend (exponentially decayed, one-day time constant; 1 for
-  // global). A p90 projection above the limit raises projected_overspend once per window (the
+  // global). With other instances' spend counted (add_remote), `remaining` (this instance's
+  // forecast) is scaled by the fleet's recent spend over this instance's own (at most 100x).
+  // A p90 projection above the limit raises projected_overspend once per window (the
   // p50 one while the forecast is not `learned`).
   using remaining_spend_fn = std::function<spend_forecast(calendar_period, const time_window&)>;
   void update_projections(std::int64_t now_ms, const remaining_spend_fn& global_remaining);
@@ -194,7 +196,7 @@ class policy_engine {
  private:
   // seed() and add_remote(): spend of a key known by name only (maybe not configured here).
   void add_named(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
-                 std::int64_t t_ms, bool alert, std::int64_t start_ms) noexcept;
+                 std::int64_t t_ms, bool alert, std::int64_t start_ms, bool remote) noexcept;
   struct impl;
   std::unique_ptr<impl> impl_;
 };

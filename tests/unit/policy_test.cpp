@@ -735,6 +735,39 @@ TEST_CASE("policy projections: scope shares of the global forecast and one overs
   CHECK(e.take_alerts().size() == 1);
 }
 
+TEST_CASE("policy projections: in a fleet, this instance's forecast is scaled to the fleet's spend", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::month, 2000, false));
+  policy_engine e(cfg, "UTC");
+  const auto forecast = [](calendar_period, const time_window&) { return policy_engine::spend_forecast{400, 1000}; };
+  // Alone: spent + this instance's forecast.
+  spend(e, 30, t0);
+  e.update_projections(t0, forecast);
+  CHECK(e.budgets(t0)[0].projected_p50 == Approx(30 + 400));
+  // Three more instances spend 90 in the same hours: this one serves a quarter of the fleet, so
+  // the fleet's rest of the month is four times this instance's forecast.
+  e.add_remote("", "", "gpt-4.1", 90, t0 - 1000, t0);
+  e.update_projections(t0, forecast);
+  auto b = e.budgets(t0)[0];
+  CHECK(b.spent_usd == Approx(120));
+  CHECK(b.projected_p50 == Approx(120 + 4 * 400));
+  CHECK(b.projected_p90 == Approx(120 + 4 * 1000));
+  auto a = e.take_alerts();
+  REQUIRE(a.size() == 1);  // p90 4,120 > 2,000 (alone it was 1,030: no alert)
+  CHECK(a[0].kind == alert_kind::projected_overspend);
+  // An instance that has served nothing cannot speak for the fleet: its forecast is not scaled.
+  policy_engine idle(cfg, "UTC");
+  idle.add_remote("", "", "gpt-4.1", 90, t0 - 1000, t0);
+  idle.update_projections(t0, forecast);
+  CHECK(idle.budgets(t0)[0].projected_p50 == Approx(90 + 400));
+  // One that served a sliver: at most 100x.
+  policy_engine sliver(cfg, "UTC");
+  spend(sliver, 0.001, t0);
+  sliver.add_remote("", "", "gpt-4.1", 90, t0 - 1000, t0);
+  sliver.update_projections(t0, forecast);
+  CHECK(sliver.budgets(t0)[0].projected_p50 == Approx(90.001 + 100 * 400));
+}
+
 TEST_CASE("policy projections: while the band is the cold-start prior, the median decides the alert", "[policy]") {
   policy_config cfg;
   cfg.budgets.push_back(budget("global", calendar_period::month, 1000, false));
