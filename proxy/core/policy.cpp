@@ -735,6 +735,24 @@ void policy_engine::seed_rate(std::string_view key, std::int64_t tokens, std::in
   if (ks.tpm.capacity > 0) ks.tpm.level -= static_cast<double>(std::max<std::int64_t>(0, tokens));
 }
 
+void policy_engine::add_remote_calls(std::string_view key, std::int64_t calls, std::int64_t tokens, std::int64_t ts_ms,
+                                     std::int64_t now_ms) noexcept {
+  if (calls <= 0 || now_ms - ts_ms >= 60'000) return;
+  std::lock_guard lock(impl_->mu);
+  const auto it = impl_->key_states.find(key);
+  if (it == impl_->key_states.end() || !it->second->limited()) return;
+  key_state& ks = *it->second;
+  // The debt is bounded by one minute of the limit: calls the other instances let through before
+  // they saw this one's (the lag) do not lock the key out here for minutes.
+  auto take = [&](token_bucket& b, double amount) {
+    if (b.capacity <= 0) return;
+    b.refill(now_ms);
+    b.level = std::min(b.level, std::max(-b.capacity, b.level - amount));
+  };
+  take(ks.rpm, static_cast<double>(calls));
+  take(ks.tpm, static_cast<double>(std::max<std::int64_t>(0, tokens)));
+}
+
 std::vector<alert_event> policy_engine::take_alerts() {
   std::vector<alert_event> out;
   std::lock_guard lock(impl_->mu);

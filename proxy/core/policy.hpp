@@ -115,6 +115,14 @@ class policy_engine {
   void add_remote(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
                   std::int64_t ts_ms, std::int64_t now_ms) noexcept;
 
+  // Calls another instance of the fleet made with a rate-limited key (its rows in the fleet
+  // table): `calls` requests and `tokens` settled tokens that started at ts_ms, taken from the
+  // key's RPM and TPM buckets now, so a fleet holds a key to one limit, not one per instance
+  // (about two shipping intervals late). Calls older than a minute, or of keys without limits
+  // here, change nothing.
+  void add_remote_calls(std::string_view key, std::int64_t calls, std::int64_t tokens, std::int64_t ts_ms,
+                        std::int64_t now_ms) noexcept;
+
   // Warm start of a key's rate limits: one call it made at ts_ms that went upstream, `tokens`
   // its settled TPM charge. Calls of the last minute, oldest first, replay the buckets as they
   // stood (full a minute before the first), so a restart is no way around an RPM or TPM limit.

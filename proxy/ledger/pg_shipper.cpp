@@ -125,6 +125,30 @@ constexpr const char* kRemoteSpend =
     " FROM tollgate_calls WHERE ledger_uid = $1 AND id > $2 AND id <= $3 AND start_ms >= $4 AND cost_usd > 0"
     " GROUP BY 1, 2, 3, start_ms / 60000";
 
+// The calls that count against a key's rate limits: those that went upstream (as key_calls_since,
+// the local warm start).
+constexpr const char* kRemoteCalls =
+    "SELECT client_key_id, MAX(start_ms), COUNT(*), COALESCE(SUM(total_tokens), 0)"
+    " FROM tollgate_calls WHERE ledger_uid = $1 AND id > $2 AND id <= $3 AND start_ms >= $4"
+    " AND client_key_id = ANY($5::text[]) AND (error_kind IS NULL OR error_kind = 'client_aborted'"
+    " OR (error_kind LIKE 'upstream_%' AND error_kind <> 'upstream_key_missing'))"
+    " GROUP BY 1, start_ms / 1000";
+
+// A text[] literal: {"a","b"} with backslash and double quote escaped.
+std::string text_array(const std::vector<std::string>& items) {
+  std::string out = "{";
+  for (const auto& x : items) {
+    if (out.size() > 1) out += ',';
+    out += '"';
+    for (char c : x) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  return out + "}";
+}
+
 double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -416,6 +440,25 @@ bool pg_shipper::pull_remote(std::string& err) {
       PQclear(s);
     }
     if (!rows.empty()) opts_.on_remote_spend(rows);
+    // Rate limits: the last minute of calls of the keys that have limits here.
+    const auto keys = opts_.remote_rate_keys && opts_.on_remote_calls ? opts_.remote_rate_keys() : std::vector<std::string>{};
+    if (!keys.empty()) {
+      PGresult* s = exec_params(I.conn, kRemoteCalls,
+                                {uid, std::to_string(after), std::to_string(last), std::to_string(now - 60'000), text_array(keys)},
+                                PGRES_TUPLES_OK, err);
+      if (!s) return false;
+      std::vector<remote_calls> calls;
+      calls.reserve(static_cast<std::size_t>(PQntuples(s)));
+      for (int i = 0; i < PQntuples(s); ++i) {
+        remote_calls& x = calls.emplace_back();
+        x.client_key_id = PQgetvalue(s, i, 0);
+        x.ts_ms = std::strtoll(PQgetvalue(s, i, 1), nullptr, 10);
+        x.calls = std::strtoll(PQgetvalue(s, i, 2), nullptr, 10);
+        x.tokens = std::strtoll(PQgetvalue(s, i, 3), nullptr, 10);
+      }
+      PQclear(s);
+      if (!calls.empty()) opts_.on_remote_calls(calls);
+    }
     I.cursors[uid] = last;
   }
   std::lock_guard lock(mu_);

@@ -37,6 +37,15 @@ struct remote_spend {
   std::int64_t ts_ms = 0;
 };
 
+// Calls of a rate-limited key that other instances of the fleet made: one (key, second) group of
+// their rows that count against RPM/TPM (as a key's calls at warm start); ts_ms is the group's
+// latest call start.
+struct remote_calls {
+  std::string client_key_id;
+  std::int64_t calls = 0, tokens = 0;
+  std::int64_t ts_ms = 0;
+};
+
 struct pg_ship_options {
   std::string url;          // libpq URI (postgresql://user:pass@host:5432/db) or key=value conninfo
   std::string instance;     // this fleet member's name (column `instance`)
@@ -53,6 +62,10 @@ struct pg_ship_options {
   // guard window; nothing is read when it returns a time not in the past). Unset: no remote pass.
   std::function<void(const std::vector<remote_spend>&)> on_remote_spend;
   std::function<std::int64_t()> remote_since_ms;
+  // Fleet rate limits: in the same pass, the other ledgers' calls of the keys remote_rate_keys()
+  // names (those with limits; none: no query), of the last minute, summed per key and second.
+  std::function<void(const std::vector<remote_calls>&)> on_remote_calls;
+  std::function<std::vector<std::string>()> remote_rate_keys;
 };
 
 struct pg_ship_stats {

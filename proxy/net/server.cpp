@@ -426,6 +426,9 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
         const auto now = std::chrono::system_clock::now().time_since_epoch();
         return sc->spend_horizon_ms(std::chrono::duration_cast<std::chrono::milliseconds>(now).count());
       };
+      // Key rate limits hold across the fleet too.
+      po.on_remote_calls = [sc = impl_->spend_.get()](const std::vector<remote_calls>& rows) { sc->add_remote_calls(rows); };
+      po.remote_rate_keys = [sc = impl_->spend_.get()] { return sc->rate_limited_keys(); };
     }
     impl_->shipper_ = std::make_unique<pg_shipper>(po);
     register_postgres_metrics(*impl_->shipper_, *impl_->metrics_);

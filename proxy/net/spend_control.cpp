@@ -218,6 +218,18 @@ void spend_control::add_remote(const std::vector<remote_spend>& rows) {
   for (const auto& r : rows) engine_->add_remote(r.client_key_id, r.team, r.price_model, r.cost_usd, r.ts_ms, now);
 }
 
+std::vector<std::string> spend_control::rate_limited_keys() const {
+  std::vector<std::string> out;
+  for (const auto& k : engine_->keys())
+    if (k->limits.rpm > 0 || k->limits.tpm > 0) out.push_back(k->name);
+  return out;
+}
+
+void spend_control::add_remote_calls(const std::vector<remote_calls>& rows) {
+  const std::int64_t now = unix_ms();
+  for (const auto& r : rows) engine_->add_remote_calls(r.client_key_id, r.calls, r.tokens, r.ts_ms, now);
+}
+
 void spend_control::start(const std::string& ledger_path) {
   const std::int64_t now = unix_ms();
   // Keys added through the admin API live in the ledger database.

@@ -25,6 +25,7 @@ class alert_notifier;
 class pg_alert_claims;
 struct forecast_snapshot;
 struct remote_spend;
+struct remote_calls;
 
 class spend_control {
  public:
@@ -56,6 +57,10 @@ class spend_control {
   // the fleet's other instances, counted as this instance's calls are.
   std::int64_t spend_horizon_ms(std::int64_t now_ms) const;
   void add_remote(const std::vector<remote_spend>& rows);
+  // Fleet rate limits, on the same thread: the keys with RPM/TPM limits here, and the other
+  // instances' calls of them, taken from their buckets.
+  std::vector<std::string> rate_limited_keys() const;
+  void add_remote_calls(const std::vector<remote_calls>& rows);
 
  private:
   void run();

@@ -16,6 +16,7 @@
 #include <sstream>
 #include <thread>
 
+#include "core/policy.hpp"
 #include "support.hpp"
 
 namespace {
@@ -339,6 +340,37 @@ TEST_CASE("fleet budgets: an idle instance reads the fleet's spend again after P
   REQUIRE(tt::harness::eventually([&] {
     return b.metric_sum("tollgate_budget_spent_usd", "scope=\"global\"") == Approx(all).epsilon(1e-9);
   }, std::chrono::seconds(20)));
+}
+
+TEST_CASE("fleet rate limits: a key's calls through one instance count at the others") {
+  pg_server pg;
+  pg.start();
+  auto limited = [&](const std::string& instance) {
+    return [=, base = fleet(pg, instance)](tollgate::config& c) {
+      base(c);
+      c.policy.auth = tollgate::auth_mode::required;
+      tollgate::client_key_config k;
+      k.name = "batch";
+      k.sha256 = tollgate::policy_engine::sha256("sk-batch-secret-1");
+      k.limits.rpm = 4;
+      c.policy.keys = {k};
+    };
+  };
+  const tt::headers auth = {{"Authorization", "Bearer sk-batch-secret-1"}};
+  tt::harness a({.tweak = limited("edge-a")});
+  tt::harness b({.tweak = limited("edge-b")});
+  for (int i = 0; i < 3; ++i)
+    REQUIRE(tt::post_json(a.port(), "/v1/chat/completions", tt::chat_body(), auth).status == 200);
+  a.flush();
+  // B never served the key: once A's three calls ship, B has one request of the minute left.
+  REQUIRE(tt::harness::eventually([&] { return pg.count("instance = 'edge-a'") == 3; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // B's next look (every 20 ms here)
+  auto r = tt::post_json(b.port(), "/v1/chat/completions", tt::chat_body(), auth);
+  REQUIRE(r.status == 200);
+  CHECK(r.header("x-ratelimit-remaining-requests") == "0");
+  auto refused = tt::post_json(b.port(), "/v1/chat/completions", tt::chat_body(), auth);
+  CHECK(refused.status == 429);
+  CHECK(refused.body.find("rate_limit_exceeded") != std::string::npos);
 }
 
 TEST_CASE("fleet alerts: a threshold and a guard trip the whole fleet sees are sent once, and without PostgreSQL by each") {

@@ -586,6 +586,28 @@ TEST_CASE("policy rate limits: the last minute's calls from the ledger replay th
   }
 }
 
+TEST_CASE("policy rate limits: other instances' calls of a key take from its buckets", "[policy]") {
+  policy_config cfg;
+  cfg.keys.push_back(key("app", "sk-app", {5, 1000}));
+  cfg.keys.push_back(key("free", "sk-free"));
+  policy_engine e(cfg, "UTC");
+  auto k = e.find_key("sk-app");
+  e.add_remote_calls("app", 4, 300, t0 - 1000, t0);      // four calls elsewhere, a second ago
+  e.add_remote_calls("app", 9, 9000, t0 - 61'000, t0);   // a minute old: changes nothing
+  e.add_remote_calls("free", 50, 10'000, t0 - 1000, t0);  // no limits here: ignored
+  e.add_remote_calls("gone", 50, 10'000, t0 - 1000, t0);  // not configured: ignored
+  auto d = e.admit(call(0, t0, "gpt-4.1", k.get(), 100));
+  REQUIRE(d.outcome == decision::admit);
+  CHECK(d.remaining_requests == 0);
+  CHECK(d.remaining_tokens == 600);  // 1000 - 300 elsewhere - 100 reserved here
+  CHECK(e.admit(call(0, t0, "gpt-4.1", k.get(), 100)).outcome == decision::rate_limited);
+  // A fleet that let a burst through before it saw this instance's calls owes at most a minute.
+  e.add_remote_calls("app", 1000, 0, t0 - 500, t0);
+  auto r = e.admit(call(0, t0, "gpt-4.1", k.get(), 100));
+  CHECK(r.outcome == decision::rate_limited);
+  CHECK(r.retry_after_s <= 72);  // from -5 back to 1 at 5 a minute
+}
+
 TEST_CASE("policy rate limits: rpm and tpm buckets refill and report OpenAI headers", "[policy]") {
   policy_config cfg;
   cfg.keys.push_back(key("app", "sk-app", {2, 1000}));
