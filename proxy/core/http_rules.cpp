@@ -506,6 +506,40 @@ std::string_view query_param(std::string_view query, std::string_view name) noex
   return {};
 }
 
+std::string with_query_param(std::string_view query, std::string_view name, std::string_view value) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  std::string encoded;
+  for (unsigned char ch : value) {
+    if (std::isalnum(ch) || ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+      encoded += static_cast<char>(ch);
+    } else {
+      encoded += '%';
+      encoded += hex[ch >> 4];
+      encoded += hex[ch & 15];
+    }
+  }
+  std::string out;
+  bool done = false;
+  std::size_t pos = 0;
+  while (pos < query.size()) {
+    const std::size_t amp = std::min(query.find('&', pos), query.size());
+    const std::string_view part = query.substr(pos, amp - pos);
+    if (!out.empty() || pos > 0) out += '&';
+    if (!done && part.size() > name.size() && part.starts_with(name) && part[name.size()] == '=') {
+      out.append(name).append("=").append(encoded);
+      done = true;
+    } else {
+      out.append(part);
+    }
+    pos = amp + 1;
+  }
+  if (!done) {
+    if (!out.empty()) out += '&';
+    out.append(name).append("=").append(encoded);
+  }
+  return out;
+}
+
 bool is_json_content_type(std::string_view ct) noexcept {
   ct = trim_ows(ct);
   if (ct.empty()) return true;

@@ -166,6 +166,11 @@ std::string model_id_of_path(std::string_view id);
 // "" when absent. (The Realtime API's handshake names its model so: /v1/realtime?model=…)
 std::string_view query_param(std::string_view query, std::string_view name) noexcept;
 
+// `query` with the first `name=` parameter's value replaced by `value`, percent-encoded (RFC 3986
+// unreserved characters kept), or the parameter appended when absent; the other parameters and
+// their order are kept. (A routing rule's rewrite of a Realtime handshake's ?model=.)
+std::string with_query_param(std::string_view query, std::string_view name, std::string_view value);
+
 // A response Content-Type of an SSE stream: text/event-stream, in any case, with any parameters.
 bool is_event_stream(std::string_view content_type) noexcept;
 

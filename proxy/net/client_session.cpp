@@ -1166,6 +1166,8 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       req.body() = replace_model(req.body(), plan.rewrite, pass_facts);
       if (c.meter) c.sent_model = plan.rewrite;
     }
+    // A Realtime handshake names its model in the query: the rule's model goes there (tunnel()).
+    if (c.websocket && !plan.rewrite.empty() && plan.rewrite != pass_model) c.sent_model = plan.rewrite;
     plan.rewrite.clear();
   }
   // Spend controls: rate limits, spend guards and budgets decide before anything goes upstream.
@@ -2016,11 +2018,13 @@ void client_session::arm_sweep(worker& w) {
 // is never pooled, with the upstream's credentials. Its answer comes back; after a 101 the bytes
 // of both directions are relayed untouched until either side closes, or until
 // upstream.timeouts.total after the request. One ledger row per session: route other, status
-// 101, latency = the session's length; the frames are not metered.
+// 101, latency = the session's length, usage and cost from the upstream's response.done events
+// (read as they pass, below). A routing rule's rewrite replaces the query's `model`.
 awaitable<void> client_session::tunnel(const std::vector<candidate>& tries, client_request& req,
                                        const route_decision& rd, const target_parts& tp, call& c) {
   auto& rec = c.rec;
-  const std::string path(tp.path), query(tp.query);
+  const std::string path(tp.path);
+  const std::string query = c.sent_model.empty() ? std::string(tp.query) : with_query_param(tp.query, "model", c.sent_model);
   for (std::size_t k = 0; k < tries.size() && !c.head_sent; ++k) {
     auto& t = *tries[k].t;
     const bool probe = tries[k].probe;
@@ -2114,7 +2118,7 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
 
   // The upstream's frames are read as they pass (the bytes go on untouched) for the Realtime
   // API's usage events: the session's row is priced from them, per model, when it ends.
-  realtime_meter meter(rec.requested_model);
+  realtime_meter meter(c.sent_model.empty() ? rec.requested_model : c.sent_model);
   ws_message_reader reader(&realtime_meter::wanted, realtime_max_message);
   std::vector<std::string> events;
   auto read_frames = [&meter, &reader, &events](std::string_view bytes) {

@@ -270,6 +270,14 @@ TEST_CASE("routing: pass-through calls follow the rules of the model they name, 
     CHECK(h.upstream->request_count() == 1);
     CHECK(claude->request_count() == 0);
   }
+  SECTION("a Realtime handshake's ?model= takes the rule's model") {
+    auto r = tt::request(h.port(), "GET", "/v1/realtime?model=sonnet&x=1", {},
+                         {{"Connection", "Upgrade"}, {"Upgrade", "websocket"}, {"Sec-WebSocket-Version", "13"},
+                          {"Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="}});
+    REQUIRE(claude->request_count() == 1);
+    CHECK(claude->requests()[0].target == "/v1/realtime?model=claude-sonnet-4-5&x=1");
+    CHECK(h.upstream->request_count() == 0);
+  }
   SECTION("a metered pass-through with a rewritten model is priced by the model sent") {
     auto r = tt::post_json(h.port(), "/v1/images/generations", R"({"model":"sonnet","prompt":"a cat"})");
     REQUIRE(r.status == 200);

@@ -574,3 +574,15 @@ TEST_CASE("http_rules: the model id of GET /v1/models/{id} is percent-decoded fo
   CHECK(model_id_of_path("nul%00") == "");
   CHECK(model_id_of_path("") == "");
 }
+
+TEST_CASE("http_rules: a query parameter is read, replaced in place or appended", "[http_rules]") {
+  CHECK(query_param("model=gpt-realtime", "model") == "gpt-realtime");
+  CHECK(query_param("a=1&model=x&model=y", "model") == "x");
+  CHECK(query_param("models=x", "model") == "");
+  CHECK(with_query_param("model=gpt-realtime", "model", "gpt-realtime-mini") == "model=gpt-realtime-mini");
+  CHECK(with_query_param("a=1&model=x&b=2&model=y", "model", "z") == "a=1&model=z&b=2&model=y");
+  CHECK(with_query_param("models=x", "model", "z") == "models=x&model=z");
+  CHECK(with_query_param("", "model", "z") == "model=z");
+  CHECK(with_query_param("model=x", "model", "openai/gpt realtime&x=1") == "model=openai%2Fgpt%20realtime%26x%3D1");
+  CHECK(with_query_param("&a=1", "model", "z") == "&a=1&model=z");
+}
