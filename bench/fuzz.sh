@@ -19,7 +19,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${FUZZ_BUILD_DIR:-$repo/build-fuzz}"
 seconds="${FUZZ_SECONDS:-60}"
 jobs="${FUZZ_JOBS:-$(nproc)}"
-all_targets=(fuzz_sse fuzz_usage fuzz_pricing fuzz_config fuzz_request_inspect fuzz_http_request)
+all_targets=(fuzz_sse fuzz_usage fuzz_pricing fuzz_config fuzz_request_inspect fuzz_http_request fuzz_ws_frames)
 
 targets=()
 ci=0
@@ -49,6 +49,7 @@ dicts_of() {
     fuzz_pricing|fuzz_config) echo "$d/yaml.dict" ;;
     fuzz_request_inspect) echo "$d/json.dict" ;;
     fuzz_http_request) echo "$d/http.dict $d/json.dict" ;;
+    fuzz_ws_frames) echo "$d/json.dict" ;;
   esac
 }
 
