@@ -127,6 +127,55 @@ double yaml_price(const std::string& file, const YAML::Node& n, const std::strin
   return v;
 }
 
+// `per_image` / `per_second`: a number (any output), or a map from an output to its price, the
+// output named `default`, `standard`, `hd`, `WxH` or `standard WxH` / `hd WxH`
+// (`{1024x1024: 0.04, hd 1024x1024: 0.08}`). USD per image or per second of video.
+std::vector<unit_price> parse_unit_prices(const std::string& file, const std::string& model, const std::string& key,
+                                          const YAML::Node& node) {
+  const std::string what = "'" + model + "': " + key;
+  const auto price = [&](const YAML::Node& n, const std::string& w) {
+    double v = 0;
+    if (!n.IsScalar() || !YAML::convert<double>::decode(n, v) || !std::isfinite(v))
+      fail(file, n, w + " must be a number (USD per " + (key == "per_image" ? "image)" : "second of video)"));
+    if (v < 0) fail(file, n, w + " must not be negative");
+    if (v > max_price_per_million) fail(file, n, w + " is above 1000000 USD");
+    return v;
+  };
+  std::vector<unit_price> out;
+  if (node.IsScalar()) {
+    out.push_back({0, 0, -1, price(node, what)});
+    return out;
+  }
+  if (!node.IsMap() || node.size() == 0)
+    fail(file, node, what + " must be a price or a map of prices by output ({1024x1024: 0.04, hd 1024x1024: 0.08})");
+  for (const auto& kv : node) {
+    const auto name = kv.first.as<std::string>();
+    unit_price u;
+    std::string_view rest = name;
+    if (rest.starts_with("hd") || rest.starts_with("standard")) {
+      u.hd = rest.starts_with("hd") ? 1 : 0;
+      rest.remove_prefix(u.hd ? 2 : 8);
+      if (!rest.empty() && rest.front() != ' ') rest = "?";  // "hdx", "standards"
+      while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
+    }
+    if (rest == "default" && u.hd < 0) {
+      rest = {};
+    } else if (!rest.empty()) {
+      const auto size = parse_pixel_size(rest);
+      if (!size)
+        fail(file, kv.first, what + ": '" + name +
+                                 "' is not an output (expected default, standard, hd, WIDTHxHEIGHT, standard WIDTHxHEIGHT "
+                                 "or hd WIDTHxHEIGHT)");
+      u.w = size->first, u.h = size->second;
+    }
+    u.usd = price(kv.second, what + "." + name);
+    for (const auto& o : out)
+      if (o.w == u.w && o.h == u.h && o.hd == u.hd) fail(file, kv.first, what + ": '" + name + "' is priced twice");
+    out.push_back(u);
+  }
+  return out;
+}
+
 // The `long_context:` block of one entry. YAML maps are walked as `for (const auto& kv : node)`:
 // yaml-cpp's `it->second` is a member of a temporary and dangles in a nested range-for.
 void parse_long_context(const std::string& file, const std::string& model, const YAML::Node& node,
@@ -241,6 +290,10 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       e.price.per_minute = yaml_price(file, kv.second, what);
     } else if (key == "per_million_characters") {
       e.price.per_million_characters = yaml_price(file, kv.second, what);
+    } else if (key == "per_image") {
+      e.price.per_image = parse_unit_prices(file, model, key, kv.second);
+    } else if (key == "per_second") {
+      e.price.per_second = parse_unit_prices(file, model, key, kv.second);
     } else if (key == "long_context") {
       parse_long_context(file, model, kv.second, e.price);
     } else if (key == "flex" || key == "priority" || key == "scale" || key == "batch") {
@@ -255,14 +308,19 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       fail(file, kv.first, "'" + model + "': unknown key '" + key +
                                 "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
                                 "web_search, image_input, audio_input, audio_output, cached_image_input, cached_audio_input, "
-                                "per_minute, per_million_characters, long_context, flex, priority, scale, "
+                                "per_minute, per_million_characters, per_image, per_second, long_context, flex, "
+                                "priority, scale, "
                                 "batch, aliases)");
     }
   }
-  // A model billed per minute or per character only (whisper-1, tts-1) needs no token prices.
-  const bool per_unit = e.price.per_minute > 0 || e.price.per_million_characters > 0;
+  // A model billed per minute, character, image or second of video only (whisper-1, tts-1,
+  // dall-e-3, sora-2) needs no token prices.
+  const bool per_unit = e.price.per_minute > 0 || e.price.per_million_characters > 0 || !e.price.per_image.empty() ||
+                        !e.price.per_second.empty();
   if ((!has_input || !has_output) && !per_unit)
-    fail(file, node, "'" + model + "' needs both input and output prices (or per_minute / per_million_characters)");
+    fail(file, node, "'" + model +
+                         "' needs both input and output prices (or per_minute / per_million_characters / per_image / "
+                         "per_second)");
   e.price.cached_input = cached.value_or(e.price.input);
   for (const auto& [key, n] : tiers) e.price.tier_slot(parse_service_tier(key)) = parse_tier(file, model, key, n, e.price);
   apply_default_tiers(e.price);
@@ -509,8 +567,54 @@ billed_prices billed_prices_of(const model_price& p, service_tier t, bool long_c
           long_context ? p.long_output : p.output};
 }
 
+std::optional<std::pair<std::uint16_t, std::uint16_t>> parse_pixel_size(std::string_view s) noexcept {
+  const auto x = s.find('x');
+  if (x == std::string_view::npos) return std::nullopt;
+  const auto number = [](std::string_view d) -> std::optional<std::uint16_t> {
+    unsigned v = 0;
+    if (d.empty() || d.size() > 5) return std::nullopt;
+    for (char c : d) {
+      if (c < '0' || c > '9') return std::nullopt;
+      v = v * 10 + static_cast<unsigned>(c - '0');
+    }
+    if (v == 0 || v > 65535) return std::nullopt;
+    return static_cast<std::uint16_t>(v);
+  };
+  const auto w = number(s.substr(0, x)), h = number(s.substr(x + 1));
+  if (!w || !h) return std::nullopt;
+  return std::pair{*w, *h};
+}
+
+std::optional<double> unit_price_of(const std::vector<unit_price>& prices, std::uint16_t w, std::uint16_t h,
+                                    bool hd) noexcept {
+  const std::int8_t q = hd ? 1 : 0;
+  const bool sized = w != 0 && h != 0;
+  // Most specific first: size and quality, size, quality, anything.
+  for (int pass = 0; pass < 4; ++pass)
+    for (const auto& u : prices) {
+      const bool any_size = u.w == 0 && u.h == 0;
+      const bool size_ok = pass < 2 ? sized && u.w == w && u.h == h : any_size;
+      const bool quality_ok = pass % 2 == 0 ? u.hd == q : u.hd < 0;
+      if (size_ok && quality_ok) return u.usd;
+    }
+  return std::nullopt;
+}
+
 cost_result compute_cost(const model_price& price, const token_usage& usage, double multiplier) {
   const auto clamp0 = [](std::int64_t v) { return static_cast<double>(std::max<std::int64_t>(v, 0)); };
+  // Images and seconds of video at the price of their output; an output the entry has no price
+  // for leaves the call unpriced (counted as such), never at $0.
+  double per_unit = 0;
+  if (usage.images > 0) {
+    const auto each = unit_price_of(price.per_image, usage.media_w, usage.media_h, usage.media_hd);
+    if (!each) return {};
+    per_unit += clamp0(usage.images) * *each;
+  }
+  if (usage.video_seconds > 0) {
+    const auto each = unit_price_of(price.per_second, usage.media_w, usage.media_h, usage.media_hd);
+    if (!each) return {};
+    per_unit += clamp0(usage.video_seconds) * *each;
+  }
   const double cached = clamp0(usage.cached);
   const double write = clamp0(usage.cache_write);
   const double write_1h = std::min(clamp0(usage.cache_write_1h), write);
@@ -547,7 +651,7 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
        (completion - audio_out) * out + audio_out * media(price.audio_output, out, price.output)) /
           per_million +
       clamp0(usage.web_search) * price.web_search / 1000.0 + clamp0(usage.audio_ms) / 60'000.0 * price.per_minute +
-      clamp0(usage.characters) * price.per_million_characters / per_million;
+      clamp0(usage.characters) * price.per_million_characters / per_million + per_unit;
   return {usd * multiplier, true, &price};
 }
 

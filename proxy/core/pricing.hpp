@@ -33,6 +33,21 @@ struct tier_price {
   std::optional<double> cache_write_5m, cache_write_1h;  // default 1.25x / 2x this input
 };
 
+// The price of one image or one second of video of a given output: `w` x `h` pixels (0 x 0: any
+// size) and quality (`hd`: -1 any, 0 standard, 1 hd). prices.yaml `per_image` / `per_second`.
+struct unit_price {
+  std::uint16_t w = 0, h = 0;
+  std::int8_t hd = -1;
+  double usd = 0;
+};
+// The price of an output of `w` x `h` pixels (0 x 0: not stated) and quality `hd` among
+// `prices`: the entry naming both, else the size at any quality, else the quality at any size,
+// else the one for any output; nullopt when none applies (the call is then unpriced).
+std::optional<double> unit_price_of(const std::vector<unit_price>& prices, std::uint16_t w, std::uint16_t h,
+                                    bool hd) noexcept;
+// "1024x1792" -> {1024, 1792}; nullopt for anything else ("auto", "", "0x5", "99999x1").
+std::optional<std::pair<std::uint16_t, std::uint16_t>> parse_pixel_size(std::string_view s) noexcept;
+
 struct model_price {
   std::string name;                    // canonical entry name (the metrics `model` label)
   double input = 0;                    // USD per 1M uncached prompt tokens
@@ -48,6 +63,8 @@ struct model_price {
   std::optional<double> cached_audio_input;  // USD per 1M audio cache-read tokens; default cached_input
   double per_minute = 0;              // USD per minute of audio input (whisper-1), billed per second
   double per_million_characters = 0;  // USD per 1M input characters (tts-1 speech)
+  std::vector<unit_price> per_image;   // USD per generated image (DALL-E), by size and quality
+  std::vector<unit_price> per_second;  // USD per second of generated video (Sora), by size
   // Long-context tier (e.g. Claude Sonnet 4.5 above 200k prompt tokens): when the prompt
   // (input + cache read + cache write) exceeds `long_context_threshold`, these prices apply.
   std::int64_t long_context_threshold = 0;  // 0: no tier

@@ -963,11 +963,11 @@ form_facts inspect_form(std::string_view body, std::string_view content_type) {
   const std::string delim = "--" + std::string(boundary);
   const std::string next_delim = "\r\n" + delim;
   constexpr std::size_t big_part = 256 * 1024, window = 64 * 1024, max_head = 4096;
-  bool has_stream = false;
   std::size_t pos = body.starts_with(delim) ? 0 : body.find(next_delim);
   if (pos == std::string_view::npos) return f;
   if (pos != 0) pos += 2;
-  while (!(f.has_model && has_stream)) {
+  // Every part is looked at (a form has a handful; large ones are skipped as said above).
+  for (;;) {
     pos += delim.size();
     if (body.substr(pos, 2) == "--") break;  // the closing delimiter
     const std::size_t head_start = body.find("\r\n", pos);
@@ -986,7 +986,8 @@ form_facts inspect_form(std::string_view body, std::string_view content_type) {
       head.remove_prefix(eol + 2);
     }
     const std::size_t content = head_end + 4;
-    const bool wanted = name == "model" || name == "stream";
+    const bool media_field = name == "size" || name == "quality" || name == "seconds" || name == "n";
+    const bool wanted = name == "model" || name == "stream" || media_field;
     std::size_t end;
     if (wanted || body.size() - content <= big_part) {
       end = body.find(next_delim, content);
@@ -1000,8 +1001,10 @@ form_facts inspect_form(std::string_view body, std::string_view content_type) {
       f.has_model = true;
       f.model = std::string(value);
     } else if (name == "stream") {
-      has_stream = true;
       f.stream = iequals(trim_ows(value), "true");
+    } else if (media_field && value.size() <= 64) {
+      (name == "size" ? f.size : name == "quality" ? f.quality : name == "seconds" ? f.seconds : f.n) =
+          std::string(trim_ows(value));
     }
     pos = end + 2;
   }

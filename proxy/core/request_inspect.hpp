@@ -58,10 +58,12 @@ std::int64_t binary_payload_tokens(std::string_view s) noexcept;
 // Bounded work on large bodies: a part over 256 KiB (the file) is skipped by looking for the next
 // boundary in its first 64 KiB, then in the body's last 64 KiB, so fields sent after a large file
 // are found when they lie at the end (the OpenAI SDKs send them before or right after it).
+// Also an image edit's or video's `size`, `quality`, `seconds` and `n` (what its price depends on).
 struct form_facts {
   bool has_model = false;
   std::string model;
   bool stream = false;
+  std::string size, quality, seconds, n;  // "" when absent (or over 64 bytes)
 };
 form_facts inspect_form(std::string_view body, std::string_view content_type);
 

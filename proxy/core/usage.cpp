@@ -3,6 +3,8 @@
 // Reads with simdjson; what simdjson turns down goes through nlohmann, so both give one answer.
 #include "core/usage.hpp"
 
+#include "core/pricing.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <array>
@@ -560,6 +562,146 @@ response_facts extract_response(route_kind route, std::string_view body) {
   } catch (...) {  // only allocation failure can get here
     return {};
   }
+}
+
+namespace {
+
+// A size, quality or length as sent: a string, or a whole number written out ("seconds": 8).
+template <class Node>
+std::string text_or_count(const Node& v) {
+  if (is_string(v)) return std::string(as_string(v).substr(0, 64));
+  if (const auto n = as_count(v)) return std::to_string(*n);
+  return {};
+}
+
+template <class Node>
+media_request read_media_request(const Node& j) {
+  return with_members<4>(j, {"size", "quality", "seconds", "n"},
+                         [](const Node& size, const Node& quality, const Node& seconds, const Node& n) {
+    return media_request{text_or_count(size), text_or_count(quality), text_or_count(seconds), text_or_count(n)};
+  });
+}
+
+template <class Node>
+media_reply read_media_reply(const Node& j) {
+  media_reply r;
+  if (!is_object(j)) return r;
+  with_members<8>(j, {"data", "seconds", "size", "quality", "model", "status", "object", "usage"},
+                  [&](const Node& data, const Node& seconds, const Node& size, const Node& quality, const Node& model,
+                      const Node& status, const Node& object, const Node& usage) {
+    if (is_array(data)) {
+      r.images = 0;
+      for_items(data, [&](const Node&) { ++r.images; });
+    }
+    // Sora's `seconds` is a string ("8"); a number is taken too. Fractions are not whole seconds.
+    const std::string secs = text_or_count(seconds);
+    if (!secs.empty() && secs.size() <= 6 && std::all_of(secs.begin(), secs.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      r.seconds = std::stoll(secs);
+    r.size = text_or_count(size);
+    r.quality = text_or_count(quality);
+    r.model = std::string(as_string(model).substr(0, 256));
+    r.status = std::string(as_string(status).substr(0, 64));
+    r.object = std::string(as_string(object).substr(0, 64));
+    r.has_usage = is_object(usage);
+  });
+  return r;
+}
+
+// Parses `body` with simdjson (a parser of its own above fast_max_bytes), else nlohmann, and
+// hands the root to f.
+template <class R, class F>
+R read_json(std::string_view body, F&& f) {
+  try {
+    if (fast_node root; parse_fast(body, root)) return f(root);
+    if (body.size() > fast_max_bytes) {
+      dom::parser big;
+      if (fast_node root; parse_large(body, big, root)) return f(root);
+    }
+    return f(parse(body));
+  } catch (...) {  // only allocation failure can get here
+    return R{};
+  }
+}
+
+}  // namespace
+
+media_call media_call_of(std::string_view method, std::string_view path) noexcept {
+  if (method != "POST") return media_call::none;
+  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  if (path == "/v1/images/generations" || path == "/v1/images/edits" || path == "/v1/images/variations")
+    return media_call::images;
+  if (path == "/v1/videos") return media_call::video;
+  constexpr std::string_view videos = "/v1/videos/", remix = "/remix";
+  if (path.starts_with(videos) && path.ends_with(remix) && path.size() > videos.size() + remix.size() &&
+      path.substr(videos.size(), path.size() - videos.size() - remix.size()).find('/') == std::string_view::npos)
+    return media_call::video_remix;
+  return media_call::none;
+}
+
+media_request media_request_of(std::string_view json_body) {
+  return read_json<media_request>(json_body, [](const auto& root) {
+    return is_object(root) ? read_media_request(root) : media_request{};
+  });
+}
+
+media_reply extract_media(std::string_view body) {
+  return read_json<media_reply>(body, [](const auto& root) { return read_media_reply(root); });
+}
+
+namespace {
+// A whole number of up to 6 digits, else -1.
+std::int64_t small_count(std::string_view s) noexcept {
+  if (s.empty() || s.size() > 6 || !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) return -1;
+  std::int64_t v = 0;
+  for (char c : s) v = v * 10 + (c - '0');
+  return v;
+}
+}  // namespace
+
+token_usage media_worst(media_call kind, const media_request& req) {
+  token_usage t;
+  if (kind == media_call::none) return t;
+  std::string_view size = req.size;
+  if (kind == media_call::images) {
+    const std::int64_t n = small_count(req.n);
+    t.images = n < 1 ? 1 : std::min<std::int64_t>(n, 10);
+    if (size.empty()) size = "1024x1024";
+  } else {
+    const std::int64_t s = small_count(req.seconds);
+    // A remix asks nothing: its original's length is not known here, so the longest (12 s).
+    t.video_seconds = s > 0 ? s : kind == media_call::video_remix ? 12 : 4;
+    if (size.empty()) size = "720x1280";
+  }
+  if (const auto wh = parse_pixel_size(size)) t.media_w = wh->first, t.media_h = wh->second;
+  t.media_hd = req.quality == "hd";
+  return t;
+}
+
+std::optional<token_usage> media_usage(media_call kind, const media_request& req, const media_reply& reply) {
+  if (kind == media_call::none || reply.has_usage) return std::nullopt;
+  token_usage t;
+  const auto pick = [](const std::string& a, const std::string& b) -> const std::string& { return a.empty() ? b : a; };
+  const std::string& quality = pick(reply.quality, req.quality);
+  std::string_view size = pick(reply.size, req.size);
+  if (kind == media_call::images) {
+    if (reply.images <= 0) return std::nullopt;
+    t.images = reply.images;
+    if (size.empty()) size = "1024x1024";  // DALL-E 2 and 3's default
+  } else {
+    // A create or remix answers with the queued video object; one that failed at once bills nothing.
+    if (reply.object != "video" || reply.status == "failed") return std::nullopt;
+    std::int64_t seconds = reply.seconds;
+    if (seconds < 0 && !req.seconds.empty() && req.seconds.size() <= 6 &&
+        std::all_of(req.seconds.begin(), req.seconds.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      seconds = std::stoll(req.seconds);
+    if (seconds < 0) seconds = 4;  // the API's default length
+    if (seconds == 0) return std::nullopt;
+    t.video_seconds = seconds;
+    if (size.empty()) size = "720x1280";  // the API's default
+  }
+  if (const auto wh = parse_pixel_size(size)) t.media_w = wh->first, t.media_h = wh->second;
+  t.media_hd = quality == "hd";
+  return t;
 }
 
 // True when s is well-formed UTF-8 (RFC 3629: no overlongs, no surrogates, <= U+10FFFF).

@@ -41,6 +41,46 @@ struct batch_results {
 };
 batch_results extract_batch_results(std::string_view jsonl);
 
+// Image and video generation (OpenAI): DALL-E replies carry no usage and Sora's video objects
+// none either; they are billed per image and per second of video, at the output's size and
+// quality (prices.yaml per_image / per_second). gpt-image-1 replies carry token usage and are
+// priced by it (extract_response), not here.
+enum class media_call : std::uint8_t {
+  none,
+  images,  // POST /v1/images/generations, /v1/images/edits, /v1/images/variations
+  video,        // POST /v1/videos
+  video_remix,  // POST /v1/videos/{id}/remix (a new video of the original's length and size)
+};
+// Which media call a request is (a trailing slash allowed); none for anything else, GETs of
+// video objects and content included.
+media_call media_call_of(std::string_view method, std::string_view path) noexcept;
+// What the request asks for: the output's size, quality and length, as sent (JSON members or
+// form fields; "" when absent).
+struct media_request {
+  std::string size, quality, seconds, n;
+};
+// The JSON request body's top-level `size`, `quality`, `seconds` and `n` (strings or numbers).
+media_request media_request_of(std::string_view json_body);
+// A media reply: `data` entries (images), `seconds` (a video object's length), `size`,
+// `quality`, `model`, `status`, `object`, and whether it carries a `usage` object.
+struct media_reply {
+  std::int64_t images = -1;   // -1: no `data` array
+  std::int64_t seconds = -1;  // -1: absent or not a whole number of seconds
+  std::string size, quality, model, status, object;
+  bool has_usage = false;
+};
+media_reply extract_media(std::string_view body);
+// The usage a media call bills: images (the reply's `data` entries) or seconds of video (the
+// video object's, else the request's), with the output's size (the reply's, else the request's,
+// else the API's default: 1024x1024 for images, 720x1280 for videos) and quality ("hd").
+// nullopt when the reply bills nothing here: it carries token usage (gpt-image-1), holds no
+// image, is not a video object, or reports a failed video.
+std::optional<token_usage> media_usage(media_call kind, const media_request& req, const media_reply& reply);
+// What a media call may bill at most, for budget reservations: `n` images (1 when not asked, at
+// most 10) or the asked seconds (the API's default 4 s; a remix, which asks none, 12 s), at the
+// asked size and quality (or the API's default size).
+token_usage media_worst(media_call kind, const media_request& req);
+
 // A Realtime API session's server events (OpenAI, over WebSocket), as they pass: the session's
 // model (session.created / session.updated `session.model`), every response.done's usage summed,
 // and the input audio transcriptions' usage (conversation.item.input_audio_transcription.completed),

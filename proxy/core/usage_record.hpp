@@ -56,6 +56,12 @@ struct token_usage {
   // Units billed other than tokens: audio input length (whisper-1's usage {"type": "duration",
   // "seconds"}) and input characters (tts-1 speech, from the request's `input`).
   std::int64_t audio_ms = 0, characters = 0;
+  // Media billed per item (DALL-E images: the reply's `data` entries) or per second (Sora
+  // videos: the video object's `seconds`), priced by the output's size in pixels (0 x 0: not
+  // stated) and quality (DALL-E 3's "hd"). Not ledger columns; the row's cost holds their price.
+  std::int64_t images = 0, video_seconds = 0;
+  std::uint16_t media_w = 0, media_h = 0;
+  bool media_hd = false;
   std::int64_t total() const noexcept { return prompt + completion; }
   // Adds every count of `o` (the tier is left as it is).
   void add(const token_usage& o) noexcept {
@@ -63,6 +69,8 @@ struct token_usage {
     cache_write_1h += o.cache_write_1h, reasoning += o.reasoning, web_search += o.web_search;
     image_in += o.image_in, audio_in += o.audio_in, audio_out += o.audio_out;
     image_cached += o.image_cached, audio_cached += o.audio_cached, audio_ms += o.audio_ms, characters += o.characters;
+    images += o.images, video_seconds += o.video_seconds;
+    if (media_w == 0 && media_h == 0) media_w = o.media_w, media_h = o.media_h, media_hd = o.media_hd;
   }
 };
 

@@ -670,7 +670,7 @@ class whatif_prices {
 
 static bool bills_beyond_columns(const model_price& p) {
   return p.image_input || p.audio_input || p.audio_output || p.cached_image_input || p.cached_audio_input ||
-         p.per_minute > 0 || p.per_million_characters > 0;
+         p.per_minute > 0 || p.per_million_characters > 0 || !p.per_image.empty() || !p.per_second.empty();
 }
 
 whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q, const price_table& prices) {

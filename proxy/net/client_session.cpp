@@ -370,6 +370,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
     // batch's results (at batch prices), a Realtime session (its model, its transcription model).
     std::vector<std::pair<std::string, token_usage>> usage_by_model;
     std::int64_t speech_chars = 0;  // POST /v1/audio/speech: its input's characters (tts-1 bills them)
+    media_call media = media_call::none;  // an image or video generation (billed per image / second)
+    media_request media_req;              // its size, quality and length as asked
     spool_body::value_type spooled;  // a large pass-through body, in a file (spool_request_body)
   };
 
@@ -1130,13 +1132,24 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       else pass_facts.has_model = false;
       if (c.meter && (tp.path == "/v1/audio/speech" || tp.path == "/v1/audio/speech/"))
         c.speech_chars = speech_input_characters(req.body());
-    } else if (auto form = inspect_form(req.body(), c.head.content_type); form.has_model) {
-      pass_model = std::move(form.model);
+      if (c.meter && (c.media = media_call_of(req.method_string(), tp.path)) != media_call::none)
+        c.media_req = media_request_of(req.body());
+    } else if (auto form = inspect_form(req.body(), c.head.content_type); form.has_model || !form.size.empty()) {
+      if (form.has_model) pass_model = std::move(form.model);
       pass_facts.stream = form.stream;
+      if (c.meter && (c.media = media_call_of(req.method_string(), tp.path)) != media_call::none)
+        c.media_req = {std::move(form.size), std::move(form.quality), std::move(form.seconds), std::move(form.n)};
+    } else if (c.meter) {
+      c.media = media_call_of(req.method_string(), tp.path);
     }
     if (c.meter && !pass_model.empty()) {
       rec.requested_model = pass_model.substr(0, 256);
       rec.stream = pass_facts.stream;
+    } else if (c.media == media_call::images || c.media == media_call::video) {
+      // The API's default model when the request names none (an image variation never does). A
+      // remix names none: its model is the original's, which its reply names.
+      rec.requested_model = c.media == media_call::images ? "dall-e-2" : "sora-2";
+      pass_model = rec.requested_model;
     }
   } else if (c.websocket) {
     // A Realtime session names its model in the handshake's query (?model=gpt-realtime): routing
@@ -1175,19 +1188,29 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
   if (st_.policy && st_.policy->needs_admission(key.get())) {
     double multiplier = 0;
     for (auto i : plan.order) multiplier = std::max(multiplier, st_.upstreams[i]->cfg.price_multiplier);
-    const model_price* price = st_.prices.resolve(send_model);
-    // Completion tokens: max_tokens (or the default) for each of the `n` choices; none for
-    // embeddings, which produce none. Capped so that a huge max_tokens cannot overflow.
-    std::int64_t max_out = std::min<std::int64_t>(c.facts.max_tokens.value_or(cfg_.policy.default_max_tokens), 1LL << 40);
-    max_out = rd.route == route_kind::embeddings ? 0 : max_out * c.facts.choices;
+    // An image or video generation is reserved at its model (the body's, else the API's
+    // default) for the images or seconds it asks; a remix (model unknown here) reserves nothing.
+    const bool media = c.media == media_call::images || c.media == media_call::video;
+    const std::string& price_id = media && send_model.empty() ? pass_model : send_model;
+    const model_price* price = st_.prices.resolve(price_id);
     token_usage worst;
-    worst.prompt = prompt_estimate(c, req);
-    worst.completion = max_out;
+    if (media) {
+      worst = media_worst(c.media, c.media_req);
+    } else {
+      // Completion tokens: max_tokens (or the default) for each of the `n` choices; none for
+      // embeddings, which produce none. Capped so that a huge max_tokens cannot overflow.
+      std::int64_t max_out = std::min<std::int64_t>(c.facts.max_tokens.value_or(cfg_.policy.default_max_tokens), 1LL << 40);
+      max_out = rd.route == route_kind::embeddings ? 0 : max_out * c.facts.choices;
+      worst.prompt = prompt_estimate(c, req);
+      worst.completion = max_out;
+    }
     policy_engine::call_facts pf;
     pf.key = key.get();
     pf.team = rec.team;
     pf.price_model = price ? std::string_view(price->name) : std::string_view{};
-    pf.model = send_model;
+    // An output its entry has no price for would be ledgered unpriced: as a model without a price.
+    if (media && price && !compute_cost(*price, worst).priced) pf.price_model = {};
+    pf.model = price_id;
     pf.reserve_usd = price ? compute_cost(*price, worst, multiplier).usd : 0.0;
     struct reserve_context {
       const price_table& prices;
@@ -1223,8 +1246,10 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
         // else when its period ends (informative: x-should-retry stays false).
         extra_headers_.emplace_back("retry-after", std::to_string(std::max<std::int64_t>(1, d.retry_after_s)));
         if (d.unpriced)
-          return a.refuse(errc::budget_exceeded, "Model '" + send_model + "' has no price, so the hard budget " + d.scope +
-                                                     " (" + d.period + ") cannot hold its calls: add it to the price table.");
+          return a.refuse(errc::budget_exceeded, "Model '" + price_id + "' has no price" +
+                                                     (media && price ? " for this size or quality" : "") +
+                                                     ", so the hard budget " + d.scope + " (" + d.period +
+                                                     ") cannot hold its calls: add it to the price table.");
         return a.refuse(errc::budget_exceeded, "Budget " + d.scope + " (" + d.period + ") of " + format_usd(d.limit_usd) +
                                                    " would be exceeded: " + format_usd(d.spent_usd) + " spent.");
       case policy_engine::decision::rate_limited:
@@ -1238,7 +1263,9 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
         return a.refuse(errc::spend_guard, "Spend guard " + d.scope + " tripped: " + format_usd(d.spent_usd) +
                                                " in the last " + d.period + " (max " + format_usd(d.limit_usd) + ").");
     }
-    if (!d.reroute_model.empty() && d.reroute_model != send_model) {
+    // A reroute changes the model of a metered route's JSON body; a pass-through call (an image,
+    // a file, a video) keeps its body, so it is not sent to the fallback's upstream either.
+    if (!d.reroute_model.empty() && d.reroute_model != send_model && rd.json_body) {
       log_line(log_level::warn, "spend guard tripped: call rerouted")
           .str("request_id", rec.request_id)
           .str("scope", d.reroute_scope)
@@ -1926,6 +1953,16 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     rec.tokens.prompt = prompt_estimate(c, req);
     rec.source = usage_source::estimated;
   }
+  // DALL-E images and Sora videos: no usage in the reply; billed per image or second of video.
+  if (metered && c.media != media_call::none && c.error == errc::ok && rec.source == usage_source::none &&
+      !parse_.empty() && !parse_overflow) {
+    const media_reply mr = extract_media(parse_);
+    if (auto t = media_usage(c.media, c.media_req, mr)) {
+      rec.tokens = *t;
+      rec.source = usage_source::upstream;
+      if (rec.served_model.empty() && !mr.model.empty()) rec.served_model = mr.model;
+    }
+  }
   // Speech answers with audio and no usage; a model billed per input character (tts-1) is
   // metered by the characters of the request's input, the unit its price is in.
   if (metered && c.speech_chars > 0 && c.error == errc::ok && rec.source == usage_source::none) {
@@ -2259,9 +2296,18 @@ void client_session::finish_call(call& c) {
       static std::mutex warned_mu;
       static std::set<std::string, std::less<>> warned;
       std::lock_guard lock(warned_mu);
-      if (warned.size() < 1000 && warned.insert(model).second)
-        log_line(log_level::warn, "model has no price: calls are ledgered with cost 0 and priced=false")
-            .str("model", model);
+      const bool media = rec.tokens.images > 0 || rec.tokens.video_seconds > 0;
+      const std::string size = std::to_string(rec.tokens.media_w) + "x" + std::to_string(rec.tokens.media_h) +
+                               (rec.tokens.media_hd ? " hd" : "");
+      if (warned.size() < 1000 && warned.insert(media ? model + " " + size : model).second) {
+        if (media && st_.prices.resolve(model))  // an image or video size its entry does not price
+          log_line(log_level::warn, "model has no price for this output: calls are ledgered with cost 0 and priced=false")
+              .str("model", model)
+              .str("output", size);
+        else
+          log_line(log_level::warn, "model has no price: calls are ledgered with cost 0 and priced=false")
+              .str("model", model);
+      }
     }
   } else if (auto* price = st_.prices.resolve(model)) {
     rec.price_model = price->name;

@@ -956,6 +956,56 @@ reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t req
                                        {"output_tokens_details", {{"reasoning_tokens", 0}}},
                                        {"total_tokens", ended ? 140000 : 70000}}}});
   }
+  // DALL-E (a model named dall-e-*, or none: the API's default is dall-e-2) answers with `n`
+  // images and no usage, as OpenAI does; so do edits and variations sent as forms.
+  if (req.method == "POST" && (route == "/images/generations" || route == "/images/edits" || route == "/images/variations")) {
+    std::string model;
+    long long n = 1;
+    if (const json body = json::parse(req.body, nullptr, false); body.is_object()) {
+      model = string_field(body, "model", "");
+      if (body.contains("n") && body["n"].is_number_integer()) n = body["n"].get<long long>();
+    } else {
+      for (const auto& part : multipart_parts(req)) {
+        if (part.name == "model") model = std::string(part.data);
+        if (part.name == "n") n = std::atoll(std::string(part.data).c_str());
+      }
+    }
+    if (model.empty() || model.starts_with("dall-e")) {
+      json data = json::array();
+      for (long long i = 0; i < std::clamp(n, 1LL, 10LL); ++i)
+        data.push_back(model == "dall-e-3" ? json{{"url", "https://images.example/" + std::to_string(i)}, {"revised_prompt", "a gate"}}
+                                           : json{{"b64_json", "aGVsbG8="}});
+      return json_reply(200, {{"created", 1764460800}, {"data", data}});
+    }
+  }
+  // Sora: a create or remix answers with the queued video object (no usage), a retrieval with the
+  // finished one; the length and size are the request's, else the API's defaults.
+  if (route == "/videos" || route.starts_with("/videos/")) {
+    std::string model = "sora-2", size = "720x1280", seconds = "4";
+    if (const json body = json::parse(req.body, nullptr, false); body.is_object()) {
+      model = string_field(body, "model", model), size = string_field(body, "size", size);
+      seconds = string_field(body, "seconds", seconds);
+    } else {
+      for (const auto& part : multipart_parts(req)) {
+        if (part.name == "model") model = std::string(part.data);
+        if (part.name == "size") size = std::string(part.data);
+        if (part.name == "seconds") seconds = std::string(part.data);
+      }
+    }
+    const bool create = req.method == "POST";
+    std::string id = "video_" + std::to_string(request_number);
+    if (!create) id = std::string(route.substr(8, route.find('/', 8) == std::string_view::npos ? std::string_view::npos : route.find('/', 8) - 8));
+    if (route.ends_with("/content")) {
+      reply r;
+      r.status = 200;
+      r.headers.emplace_back("Content-Type", "video/mp4");
+      r.body.assign(2048, '\x01');
+      return r;
+    }
+    return json_reply(200, {{"id", id}, {"object", "video"}, {"model", model}, {"status", create ? "queued" : "completed"},
+                            {"progress", create ? 0 : 100}, {"created_at", 1764460800}, {"size", size},
+                            {"seconds", seconds}, {"quality", "standard"}});
+  }
   if (req.method == "POST" && route == "/images/generations") {
     const json usage = {{"input_tokens", 12}, {"output_tokens", 4160}, {"total_tokens", 4172},
                         {"input_tokens_details", {{"text_tokens", 12}, {"image_tokens", 0}}}};

@@ -359,3 +359,85 @@ TEST_CASE("uploads: an upstream that answers before reading the body is relayed,
   h.flush();
   CHECK(h.query_int("SELECT status FROM calls") == 413);
 }
+
+TEST_CASE("media: DALL-E images are billed per image and Sora videos per second at their size", "[uploads][media]") {
+  harness h;
+  const std::string b = "--" + std::string(boundary);
+  auto field = [&](const std::string& name, const std::string& value) {
+    return b + "\r\nContent-Disposition: form-data; name=\"" + name + "\"\r\n\r\n" + value + "\r\n";
+  };
+  auto file = [&](const std::string& name, std::size_t n) {
+    return b + "\r\nContent-Disposition: form-data; name=\"" + name + "\"; filename=\"in.png\"\r\nContent-Type: image/png\r\n\r\n" +
+           file_bytes(n) + "\r\n";
+  };
+  const std::string end = b + "--\r\n";
+  auto cost_of = [&](const std::string& request_id) {
+    return h.query_text("SELECT ifnull(requested_model, '') || '|' || ifnull(served_model, '') || '|' || ifnull(price_model, '') || "
+                        "'|' || usage_source || '|' || priced || '|' || printf('%.4f', cost_usd) FROM calls WHERE request_id = '" +
+                        request_id + "'");
+  };
+  auto post = [&](const std::string& path, const std::string& body, const std::string& id, bool form = false) {
+    auto r = tt::request(h.port(), "POST", path, body,
+                         {{"Content-Type", form ? multipart_type : std::string("application/json")}, {"x-request-id", id}});
+    CHECK(r.status == 200);
+    return r;
+  };
+  // DALL-E 3 HD landscape: $0.12 an image.
+  post("/v1/images/generations", R"({"model":"dall-e-3","prompt":"a gate","size":"1792x1024","quality":"hd"})", "img-1");
+  // DALL-E 2, three 512x512 images: 3 x $0.018.
+  post("/v1/images/generations", R"({"model":"dall-e-2","prompt":"a gate","n":3,"size":"512x512"})", "img-2");
+  // A variation (a form naming no model: the API's default, dall-e-2), two 256x256 images.
+  post("/v1/images/variations", file("image", 300'000) + field("n", "2") + field("size", "256x256") + end, "img-3", true);
+  // No size: DALL-E's default 1024x1024 ($0.04).
+  post("/v1/images/generations", R"({"model":"dall-e-3","prompt":"a gate"})", "img-4");
+  // A size the table has no price for: unpriced, not $0 as if free.
+  post("/v1/images/generations", R"({"model":"dall-e-3","prompt":"a gate","size":"512x512"})", "img-5");
+  // Sora 2 Pro, 8 seconds at 1792x1024: 8 x $0.50.
+  auto created = post("/v1/videos", R"({"model":"sora-2-pro","prompt":"a gate","size":"1792x1024","seconds":"8"})", "vid-1");
+  const std::string video_id = json::parse(created.body)["id"];
+  // Retrievals and the download bill nothing; a remix is a new video (the fake's: sora-2, 4 s, $0.40).
+  CHECK(tt::request(h.port(), "GET", "/v1/videos/" + video_id, "", {{"x-request-id", "vid-2"}}).status == 200);
+  CHECK(tt::request(h.port(), "GET", "/v1/videos/" + video_id + "/content", "", {{"x-request-id", "vid-3"}}).status == 200);
+  post("/v1/videos/" + video_id + "/remix", R"({"prompt":"at night"})", "vid-4");
+  // A form with an input reference image: sora-2, 12 seconds.
+  post("/v1/videos", field("model", "sora-2") + field("prompt", "a gate") + field("seconds", "12") + file("input_reference", 2000) + end,
+       "vid-5", true);
+  h.flush();
+  CHECK(cost_of("img-1") == "dall-e-3||dall-e-3|upstream|1|0.1200");
+  CHECK(cost_of("img-2") == "dall-e-2||dall-e-2|upstream|1|0.0540");
+  CHECK(cost_of("img-3") == "dall-e-2||dall-e-2|upstream|1|0.0320");
+  CHECK(cost_of("img-4") == "dall-e-3||dall-e-3|upstream|1|0.0400");
+  CHECK(cost_of("img-5") == "dall-e-3|||upstream|0|0.0000");
+  CHECK(cost_of("vid-1") == "sora-2-pro|sora-2-pro|sora-2-pro|upstream|1|4.0000");
+  CHECK(cost_of("vid-2") == "|||none|0|0.0000");
+  CHECK(cost_of("vid-3") == "|||none|0|0.0000");
+  CHECK(cost_of("vid-4") == "|sora-2|sora-2|upstream|1|0.4000");  // a remix names no model: the reply does
+  CHECK(cost_of("vid-5") == "sora-2|sora-2|sora-2|upstream|1|1.2000");
+  // The spend counter holds them too; the unpriced image is counted as unpriced.
+  const std::string metrics = h.metrics_text();
+  CHECK(metrics.find("tollgate_spend_usd_total{model=\"sora-2-pro\"} 4") != std::string::npos);
+  CHECK(metrics.find("tollgate_spend_usd_total{model=\"dall-e-3\"} 0.16") != std::string::npos);
+  CHECK(metrics.find("tollgate_unpriced_requests_total 1") != std::string::npos);
+}
+
+TEST_CASE("media: a hard budget reserves an image's or a video's price before it goes upstream", "[uploads][media][budgets]") {
+  harness h({.tweak = [](tollgate::config& c) { c.policy.budgets = {tt::hard_daily_budget(5.0)}; }});
+  const std::string pro = R"({"model":"sora-2-pro","prompt":"a gate","size":"1792x1024","seconds":"8"})";  // $4.00
+  CHECK(tt::post_json(h.port(), "/v1/videos", pro).status == 200);
+  // $4 spent, $4 more asked: refused before the upstream bills it (the reply says nothing
+  // about usage, so only the reservation can stop it).
+  auto second = tt::post_json(h.port(), "/v1/videos", pro);
+  CHECK(second.status == 429);
+  CHECK(json::parse(second.body)["error"]["code"] == "budget_exceeded");
+  // Asking for fewer seconds fits: 4 s of sora-2 is $0.40.
+  CHECK(tt::post_json(h.port(), "/v1/videos", R"({"prompt":"a gate","seconds":"4"})").status == 200);
+  // Ten DALL-E 2 images ($0.20) fit; a size the table does not price cannot be counted: refused.
+  CHECK(tt::post_json(h.port(), "/v1/images/generations", R"({"model":"dall-e-2","prompt":"x","n":10})").status == 200);
+  auto unpriced = tt::post_json(h.port(), "/v1/images/generations", R"({"model":"dall-e-3","prompt":"x","size":"640x480"})");
+  CHECK(unpriced.status == 429);
+  CHECK_THAT(json::parse(unpriced.body)["error"]["message"].get<std::string>(),
+             Catch::StartsWith("Model 'dall-e-3' has no price for this size or quality"));
+  CHECK(h.upstream->request_count() == 3);
+  h.flush();
+  CHECK(h.query_double("SELECT SUM(cost_usd) FROM calls") == Approx(4.0 + 0.4 + 0.2));
+}

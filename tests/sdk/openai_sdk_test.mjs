@@ -146,6 +146,17 @@ test('uploads: files.create and audio.transcriptions pass binary multipart bodie
   assert.equal(transcript.fake_sha256, sha256(audio));
 });
 
+// DALL-E answers without usage (tollgate bills it per image); the SDK must get the images whole.
+test('images: dall-e-3 generation and a dall-e-2 variation (a form) come back whole', async () => {
+  const generated = await client.images.generate({ model: 'dall-e-3', prompt: 'a toll gate', size: '1792x1024', quality: 'hd' });
+  assert.equal(generated.data.length, 1);
+  assert.ok(generated.data[0].url.startsWith('https://'));
+  const png = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, ...Array(4096).fill(7)]);
+  const variations = await client.images.createVariation({ image: await toFile(png, 'gate.png'), n: 2, size: '256x256' });
+  assert.equal(variations.data.length, 2);
+  assert.equal(variations.data[0].b64_json, 'aGVsbG8=');
+});
+
 test('chat with 40 MB of inline image (a base64 data: URL, over the old 32 MiB limit) is relayed', async () => {
   // OpenAI takes up to 50 MB of images in one request; max_body_bytes (64 MiB) is sized for it.
   const png = Buffer.alloc(30 * 1000 * 1000);

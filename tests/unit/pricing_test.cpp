@@ -58,7 +58,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-mini-tts", "gpt-4o-audio-preview",
                             "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini", "gpt-realtime",
                             "gpt-realtime-mini", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview",
-                            "whisper-1", "tts-1", "tts-1-hd"};
+                            "whisper-1", "tts-1", "tts-1-hd", "dall-e-3", "dall-e-2", "sora-2", "sora-2-pro"};
   CHECK(t.size() == std::size(expected));
   for (const char* name : expected) {
     INFO(name);
@@ -520,5 +520,64 @@ TEST_CASE("pricing: service tiers (flex, priority) are billed at their own price
     CHECK(compute_cost(p, "gpt-x", v).usd == Approx(0.5 * 0.5 + 0.5 * 0.05 + 2.0));
     v.tier = service_tier::priority;  // no priority cache price: the tier's input
     CHECK(compute_cost(p, "gpt-x", v).usd == Approx(0.5 * 2.0 + 0.5 * 2.0 + 8.0));
+  }
+}
+
+TEST_CASE("pricing: DALL-E images per image and Sora videos per second by size and quality", "[pricing]") {
+  const auto t = shipped_table();
+  const auto media = [](std::int64_t images, std::int64_t seconds, std::uint16_t w, std::uint16_t h, bool hd = false) {
+    token_usage u;
+    u.images = images, u.video_seconds = seconds, u.media_w = w, u.media_h = h, u.media_hd = hd;
+    return u;
+  };
+  CHECK(compute_cost(t, "dall-e-3", media(1, 0, 1024, 1024)).usd == Approx(0.04));
+  CHECK(compute_cost(t, "dall-e-3", media(2, 0, 1792, 1024, true)).usd == Approx(0.24));
+  CHECK(compute_cost(t, "dall-e-3", media(1, 0, 1024, 1792)).usd == Approx(0.08));
+  CHECK(compute_cost(t, "dall-e-2", media(3, 0, 512, 512)).usd == Approx(0.054));
+  CHECK(compute_cost(t, "dall-e-2", media(1, 0, 256, 256, true)).usd == Approx(0.016));  // no hd price: any quality
+  CHECK(compute_cost(t, "sora-2", media(0, 8, 1280, 720)).usd == Approx(0.8));
+  CHECK(compute_cost(t, "sora-2", media(0, 4, 0, 0)).usd == Approx(0.4));  // one price for every size
+  CHECK(compute_cost(t, "sora-2-pro", media(0, 12, 1792, 1024)).usd == Approx(6.0));
+  CHECK(compute_cost(t, "sora-2-pro", media(0, 4, 720, 1280)).usd == Approx(1.2));
+  // An output the entry has no price for is unpriced, never $0; so is a model without per-unit prices.
+  CHECK_FALSE(compute_cost(t, "dall-e-3", media(1, 0, 512, 512)).priced);
+  CHECK_FALSE(compute_cost(t, "dall-e-3", media(1, 0, 0, 0)).priced);
+  CHECK_FALSE(compute_cost(t, "sora-2-pro", media(0, 4, 1024, 1024)).priced);
+  CHECK_FALSE(compute_cost(t, "gpt-4.1", media(1, 0, 1024, 1024)).priced);
+  CHECK_FALSE(compute_cost(t, "dall-e-3", media(0, 4, 1024, 1024)).priced);
+  // The upstream's price multiplier applies as to tokens.
+  CHECK(compute_cost(t, "dall-e-3", media(1, 0, 1024, 1024), 1.5).usd == Approx(0.06));
+
+  SECTION("the most specific price wins") {
+    price_table m;
+    m.load_yaml_string("models:\n  img: { per_image: { default: 1, hd: 2, 64x64: 3, hd 64x64: 4, standard 32x32: 5 } }\n");
+    const auto cost = [&](std::uint16_t w, std::uint16_t h, bool hd) { return compute_cost(m, "img", media(1, 0, w, h, hd)).usd; };
+    CHECK(cost(64, 64, true) == 4);
+    CHECK(cost(64, 64, false) == 3);
+    CHECK(cost(32, 32, false) == 5);
+    CHECK(cost(32, 32, true) == 2);
+    CHECK(cost(16, 16, false) == 1);
+    CHECK(cost(0, 0, true) == 2);
+  }
+  SECTION("bad per-unit prices are reported with file:line") {
+    CHECK_THAT(yaml_error("models:\n  a: { per_image: { 1024x1024: 0.04 } }\n  b: { per_image: { big: 1 } }\n"),
+               Catch::StartsWith("bad.yaml:3") && Catch::Contains("'big' is not an output"));
+    CHECK_THAT(yaml_error("models:\n  b: { per_image: { hd1024x1024: 1 } }\n"), Catch::StartsWith("bad.yaml:2"));
+    CHECK_THAT(yaml_error("models:\n  b: { per_image: { 0x10: 1 } }\n"), Catch::StartsWith("bad.yaml:2"));
+    CHECK_THAT(yaml_error("models:\n  b: { per_second: { 8x8: -1 } }\n"),
+               Catch::StartsWith("bad.yaml:2") && Catch::Contains("negative"));
+    CHECK_THAT(yaml_error("models:\n  b: { per_second: cheap }\n"),
+               Catch::StartsWith("bad.yaml:2") && Catch::Contains("USD per second of video"));
+    CHECK_THAT(yaml_error("models:\n  b: { per_image: [1] }\n"), Catch::StartsWith("bad.yaml:2"));
+    CHECK_THAT(yaml_error("models:\n  b: { per_image: { 8x8: 1, standard 8x8: 2, 8x8: 3 } }\n"),
+               Catch::StartsWith("bad.yaml:2"));
+  }
+  SECTION("sizes") {
+    CHECK(parse_pixel_size("1024x1792") == std::pair<std::uint16_t, std::uint16_t>{1024, 1792});
+    CHECK_FALSE(parse_pixel_size("auto"));
+    CHECK_FALSE(parse_pixel_size("1024x"));
+    CHECK_FALSE(parse_pixel_size("x1024"));
+    CHECK_FALSE(parse_pixel_size("70000x1"));
+    CHECK_FALSE(parse_pixel_size("10 x 10"));
   }
 }

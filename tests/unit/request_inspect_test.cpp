@@ -577,6 +577,20 @@ TEST_CASE("inspect_form: model and stream of a multipart body, before or after a
     CHECK(f.model == "whisper-1");
     CHECK_FALSE(f.stream);
   }
+  SECTION("an image edit's or a video's size, quality and seconds (what their price depends on)") {
+    const auto f = inspect_form(part("image", std::string(400'000, 'p'), true) + part("model", "dall-e-2") +
+                                    part("size", "512x512") + part("n", "3") + end, ct);
+    CHECK(f.model == "dall-e-2");
+    CHECK(f.size == "512x512");
+    CHECK(f.quality.empty());
+    const auto v = inspect_form(part("prompt", "a gate") + part("seconds", "8") + part("size", "1280x720") +
+                                    part("quality", "hd") + part("input_reference", std::string(1000, 'j'), true) + end, ct);
+    CHECK_FALSE(v.has_model);
+    CHECK(v.seconds == "8");
+    CHECK(v.size == "1280x720");
+    CHECK(v.quality == "hd");
+    CHECK(inspect_form(part("size", std::string(65, '1')) + end, ct).size.empty());  // not a size
+  }
   SECTION("quoted boundary, unquoted name, LF-only bodies and other types give what they can") {
     const auto f = inspect_form("--b\r\nContent-Disposition: form-data; name=model\r\n\r\ngpt-image-1\r\n--b--\r\n",
                                 "multipart/form-data; boundary=\"b\"");

@@ -987,3 +987,75 @@ TEST_CASE("usage: an Anthropic batch's results are summed per model, succeeded r
   CHECK(r.by_model[1].second.prompt == 7);
   CHECK(tollgate::extract_batch_results("").succeeded == 0);
 }
+
+TEST_CASE("usage: DALL-E and Sora calls are billed per image and per second of video", "[usage][media]") {
+  using tollgate::media_call;
+  using tollgate::media_call_of;
+  using tollgate::media_request;
+  using tollgate::media_usage;
+  CHECK(media_call_of("POST", "/v1/images/generations") == media_call::images);
+  CHECK(media_call_of("POST", "/v1/images/edits/") == media_call::images);
+  CHECK(media_call_of("POST", "/v1/images/variations") == media_call::images);
+  CHECK(media_call_of("GET", "/v1/images/generations") == media_call::none);
+  CHECK(media_call_of("POST", "/v1/videos") == media_call::video);
+  CHECK(media_call_of("POST", "/v1/videos/video_123/remix") == media_call::video_remix);
+  CHECK(media_call_of("GET", "/v1/videos/video_123") == media_call::none);  // a retrieval bills nothing
+  CHECK(media_call_of("POST", "/v1/videos/video_123") == media_call::none);
+  CHECK(media_call_of("POST", "/v1/videos//remix") == media_call::none);
+  CHECK(media_call_of("POST", "/v1/videos/a/b/remix") == media_call::none);
+  CHECK(media_call_of("DELETE", "/v1/videos/video_123") == media_call::none);
+
+  const auto req = tollgate::media_request_of(R"({"model":"dall-e-3","prompt":"x","n":1,"size":"1792x1024","quality":"hd"})");
+  CHECK(req.size == "1792x1024");
+  CHECK(req.quality == "hd");
+  CHECK(tollgate::media_request_of(R"({"seconds": 8})").seconds == "8");
+  CHECK(tollgate::media_request_of("not json").size.empty());
+
+  SECTION("images: the reply's data entries at the request's size and quality") {
+    const auto reply = tollgate::extract_media(R"({"created":1,"data":[{"url":"u1","revised_prompt":"p"},{"url":"u2"}]})");
+    CHECK(reply.images == 2);
+    const auto u = media_usage(media_call::images, req, reply);
+    REQUIRE(u);
+    CHECK(u->images == 2);
+    CHECK((u->media_w == 1792 && u->media_h == 1024 && u->media_hd));
+    CHECK(u->prompt == 0);
+    // No size asked: the API's default 1024x1024, standard quality.
+    const auto d = media_usage(media_call::images, {}, reply);
+    REQUIRE(d);
+    CHECK((d->media_w == 1024 && d->media_h == 1024 && !d->media_hd));
+    // The reply's own size and quality win (gpt-image-style replies state them).
+    const auto stated = tollgate::extract_media(R"({"data":[{"b64_json":"x"}],"size":"1024x1536","quality":"standard"})");
+    const auto s = media_usage(media_call::images, req, stated);
+    REQUIRE(s);
+    CHECK((s->media_w == 1024 && s->media_h == 1536 && !s->media_hd));
+    // Token usage (gpt-image-1) is priced by its tokens, not here; an empty or missing data bills nothing.
+    CHECK_FALSE(media_usage(media_call::images, req, tollgate::extract_media(R"({"data":[{}],"usage":{"input_tokens":1}})")));
+    CHECK_FALSE(media_usage(media_call::images, req, tollgate::extract_media(R"({"data":[]})")));
+    CHECK_FALSE(media_usage(media_call::images, req, tollgate::extract_media(R"({"error":{"message":"x"}})")));
+    CHECK_FALSE(media_usage(media_call::images, req, tollgate::extract_media("<html>")));
+  }
+  SECTION("videos: the video object's seconds and size, else the request's, else the defaults") {
+    const auto v = tollgate::extract_media(
+        R"({"id":"video_1","object":"video","model":"sora-2-pro","status":"queued","size":"1792x1024","seconds":"12"})");
+    CHECK(v.seconds == 12);
+    CHECK(v.model == "sora-2-pro");
+    const auto u = media_usage(media_call::video, {}, v);
+    REQUIRE(u);
+    CHECK(u->video_seconds == 12);
+    CHECK((u->media_w == 1792 && u->media_h == 1024));
+    const auto bare = tollgate::extract_media(R"({"id":"video_1","object":"video","status":"queued"})");
+    const auto r = media_usage(media_call::video, media_request{"1280x720", "", "8"}, bare);
+    REQUIRE(r);
+    CHECK(r->video_seconds == 8);
+    CHECK((r->media_w == 1280 && r->media_h == 720));
+    const auto def = media_usage(media_call::video, {}, bare);
+    REQUIRE(def);
+    CHECK(def->video_seconds == 4);
+    CHECK((def->media_w == 720 && def->media_h == 1280));
+    CHECK(tollgate::extract_media(R"({"object":"video","seconds":8})").seconds == 8);
+    CHECK(tollgate::extract_media(R"({"object":"video","seconds":"8.5"})").seconds == -1);
+    // A video that failed at once, or a reply that is not a video object, bills nothing.
+    CHECK_FALSE(media_usage(media_call::video, {}, tollgate::extract_media(R"({"object":"video","status":"failed","seconds":"4"})")));
+    CHECK_FALSE(media_usage(media_call::video, {}, tollgate::extract_media(R"({"object":"list","data":[]})")));
+  }
+}
