@@ -1208,8 +1208,12 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     pf.key = key.get();
     pf.team = rec.team;
     pf.price_model = price ? std::string_view(price->name) : std::string_view{};
-    // An output its entry has no price for would be ledgered unpriced: as a model without a price.
-    if (media && price && !compute_cost(*price, worst).priced) pf.price_model = {};
+    if (media && price) {
+      if ((c.media == media_call::images ? price->per_image : price->per_second).empty())
+        worst = {};  // token-priced (gpt-image-1): its reply's usage prices it; nothing to reserve here
+      else if (!compute_cost(*price, worst).priced)
+        pf.price_model = {};  // an output its entry has no price for: as a model without a price
+    }
     pf.model = price_id;
     pf.reserve_usd = price ? compute_cost(*price, worst, multiplier).usd : 0.0;
     struct reserve_context {

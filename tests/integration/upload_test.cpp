@@ -437,7 +437,9 @@ TEST_CASE("media: a hard budget reserves an image's or a video's price before it
   CHECK(unpriced.status == 429);
   CHECK_THAT(json::parse(unpriced.body)["error"]["message"].get<std::string>(),
              Catch::StartsWith("Model 'dall-e-3' has no price for this size or quality"));
-  CHECK(h.upstream->request_count() == 3);
+  // gpt-image-1 is priced by the tokens its reply reports, not per image: admitted.
+  CHECK(tt::post_json(h.port(), "/v1/images/generations", R"({"model":"gpt-image-1","prompt":"x"})").status == 200);
+  CHECK(h.upstream->request_count() == 4);
   h.flush();
-  CHECK(h.query_double("SELECT SUM(cost_usd) FROM calls") == Approx(4.0 + 0.4 + 0.2));
+  CHECK(h.query_double("SELECT SUM(cost_usd) FROM calls") == Approx(4.0 + 0.4 + 0.2 + (12 * 5.0 + 4160 * 40.0) / 1e6));
 }
