@@ -944,14 +944,20 @@ std::string_view header_param(std::string_view value, std::string_view name) noe
 
 }  // namespace
 
-std::int64_t speech_input_characters(std::string_view body) {
+speech_facts speech_request_of(std::string_view body) {
+  speech_facts f;
   const auto j = nlohmann::json::parse(body.begin(), body.end(), nullptr, false);
-  if (!j.is_object()) return 0;
-  const auto it = j.find("input");
-  if (it == j.end() || !it->is_string()) return 0;
-  std::int64_t n = 0;
-  for (const char c : it->get_ref<const std::string&>()) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
-  return n;
+  if (!j.is_object()) return f;
+  if (const auto it = j.find("input"); it != j.end() && it->is_string()) {
+    const std::string& input = it->get_ref<const std::string&>();
+    for (const char c : input) f.characters += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+    f.text_tokens += estimate_tokens(input);
+  }
+  if (const auto it = j.find("instructions"); it != j.end() && it->is_string())
+    f.text_tokens += estimate_tokens(it->get_ref<const std::string&>());
+  if (const auto it = j.find("response_format"); it != j.end() && it->is_string() && it->get_ref<const std::string&>().size() <= 16)
+    f.format = it->get<std::string>();
+  return f;
 }
 
 form_facts inspect_form(std::string_view body, std::string_view content_type) {

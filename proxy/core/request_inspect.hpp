@@ -67,9 +67,16 @@ struct form_facts {
 };
 form_facts inspect_form(std::string_view body, std::string_view content_type);
 
-// The characters (Unicode code points) of a speech request's top-level `input` string (POST
-// /v1/audio/speech: what tts-1 bills); 0 when the body is not JSON or has no such string.
-std::int64_t speech_input_characters(std::string_view body);
+// A speech request (POST /v1/audio/speech): the characters (Unicode code points) of its top-level
+// `input` string (what tts-1 bills; 0 when the body is not JSON or has no such string), the
+// estimated text tokens of `input` and `instructions` (what gpt-4o-mini-tts bills as input), and
+// its `response_format` ("mp3" when absent).
+struct speech_facts {
+  std::int64_t characters = 0;
+  std::int64_t text_tokens = 0;
+  std::string format = "mp3";
+};
+speech_facts speech_request_of(std::string_view body);
 
 // Returns the body with stream_options.include_usage = true, everything else unchanged (byte-exact).
 // When there is no stream_options, inserts `"stream_options":{"include_usage":true},` right

@@ -20,12 +20,14 @@
 #include <array>
 #include <charconv>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <ctime>
 #include <mutex>
 #include <random>
 #include <set>
 
+#include "core/audio_length.hpp"
 #include "core/inflate.hpp"
 #include "core/log.hpp"
 #include "core/policy.hpp"
@@ -40,6 +42,11 @@
 #include "net/worker.hpp"
 
 namespace tollgate {
+
+// Audio tokens gpt-4o-mini-tts bills per second of speech, for a reply that reports none: one
+// per 50 ms, as OpenAI's audio models count output audio ($12 per 1M tokens = $0.0144 a minute;
+// OpenAI quotes ~$0.015; a 268 s reply of a measured call billed ~19.6 a second).
+constexpr double kSpeechAudioTokensPerSecond = 20.0;
 
 namespace http = beast::http;
 namespace ssl = asio::ssl;
@@ -369,7 +376,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     // Usage of a call that bills several models, per model, each priced at its own: a message
     // batch's results (at batch prices), a Realtime session (its model, its transcription model).
     std::vector<std::pair<std::string, token_usage>> usage_by_model;
-    std::int64_t speech_chars = 0;  // POST /v1/audio/speech: its input's characters (tts-1 bills them)
+    speech_facts speech;  // POST /v1/audio/speech: its input's characters (tts-1 bills them) and text tokens
     media_call media = media_call::none;  // an image or video generation (billed per image / second)
     media_request media_req;              // its size, quality and length as asked
     spool_body::value_type spooled;  // a large pass-through body, in a file (spool_request_body)
@@ -1131,7 +1138,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       if (pass_facts.problem == request_problem::none && pass_facts.has_model) pass_model = pass_facts.model;
       else pass_facts.has_model = false;
       if (c.meter && (tp.path == "/v1/audio/speech" || tp.path == "/v1/audio/speech/"))
-        c.speech_chars = speech_input_characters(req.body());
+        c.speech = speech_request_of(req.body());
       if (c.meter && (c.media = media_call_of(req.method_string(), tp.path)) != media_call::none)
         c.media_req = media_request_of(req.body());
     } else if (auto form = inspect_form(req.body(), c.head.content_type); form.has_model || !form.size.empty()) {
@@ -1968,13 +1975,24 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     }
   }
   // Speech answers with audio and no usage; a model billed per input character (tts-1) is
-  // metered by the characters of the request's input, the unit its price is in.
-  if (metered && c.speech_chars > 0 && c.error == errc::ok && rec.source == usage_source::none) {
+  // metered by the characters of the request's input, the unit its price is in. A token-billed
+  // one (gpt-4o-mini-tts, which reports usage only when streamed) is estimated: the request's
+  // text tokens in, and out the audio's length (from its container's headers) at
+  // kSpeechAudioTokensPerSecond.
+  if (metered && c.speech.characters > 0 && c.error == errc::ok && rec.source == usage_source::none) {
     const model_price* p = st_.prices.resolve(c.sent_model.empty() ? rec.requested_model : c.sent_model);
     if (p && p->per_million_characters > 0) {
       rec.tokens = {};
-      rec.tokens.characters = c.speech_chars;
+      rec.tokens.characters = c.speech.characters;
       rec.source = usage_source::upstream;
+    } else if (p && !parse_overflow) {
+      if (const auto seconds = audio_seconds(parse_, c.speech.format)) {
+        rec.tokens = {};
+        rec.tokens.prompt = c.speech.text_tokens;
+        rec.tokens.completion = rec.tokens.audio_out =
+            static_cast<std::int64_t>(std::ceil(*seconds * kSpeechAudioTokensPerSecond - 1e-6));  // sums of frames
+        rec.source = usage_source::estimated;
+      }
     }
   }
   if (c.error != errc::ok) rec.aborted = true;

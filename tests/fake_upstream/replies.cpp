@@ -1026,10 +1026,15 @@ reply route_reply(const recorded_request& req, const knobs& k, std::uint64_t req
     return stream_reply(std::move(events), {});
   }
   if (req.method == "POST" && route == "/audio/speech") {  // audio, and no usage (as OpenAI's)
+    // 3 seconds of MP3: 125 MPEG-2 layer III frames (24 kHz, 64 kbit/s: 192 bytes, 576 samples).
     reply r;
     r.status = 200;
     r.headers.emplace_back("Content-Type", "audio/mpeg");
-    r.body.assign(4096, '\xff');
+    for (int i = 0; i < 125; ++i) {
+      std::string frame(192, '\0');
+      frame[0] = '\xff', frame[1] = '\xf3', frame[2] = '\x84', frame[3] = '\xc4';
+      r.body += frame;
+    }
     return r;
   }
   if (req.method == "POST" && (route == "/files" || route == "/audio/transcriptions" || route == "/audio/translations"))

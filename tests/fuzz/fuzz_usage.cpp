@@ -47,6 +47,17 @@ void check_body(route_kind route, std::string_view body) {
   FUZZ_CHECK(fuzz::same_usage(g.usage, f.usage));
   FUZZ_CHECK(g.model == f.model);
   FUZZ_CHECK(g.id == f.id);
+  // Media replies (DALL-E, Sora): counts never negative, one answer from either reader.
+  const auto m = tollgate::extract_media(body), n = tollgate::extract_media(with_bom);
+  FUZZ_CHECK(m.images == n.images && m.seconds == n.seconds && m.size == n.size && m.model == n.model &&
+             m.has_usage == n.has_usage);
+  FUZZ_CHECK(m.images >= -1 && m.seconds >= -1);
+  for (auto kind : {tollgate::media_call::images, tollgate::media_call::video, tollgate::media_call::video_remix}) {
+    const auto u = tollgate::media_usage(kind, tollgate::media_request{m.size, m.quality, m.status, m.object}, m);
+    if (!u) continue;
+    FUZZ_CHECK(u->images >= 0 && u->video_seconds >= 0 && u->prompt == 0 && u->completion == 0);
+    FUZZ_CHECK((kind == tollgate::media_call::images) == (u->images > 0));
+  }
 }
 
 // The members append_without_null_usage must remove: `"usage": null` in objects that have another

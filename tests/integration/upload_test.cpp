@@ -162,7 +162,7 @@ TEST_CASE("uploads: whisper-1 is metered by the seconds its usage reports, tts-1
   // 12 characters, two of them outside ASCII: characters, not bytes.
   auto s = tt::post_json(h.port(), "/v1/audio/speech", R"({"model":"tts-1-hd","input":"Héllo wörld!","voice":"alloy"})");
   REQUIRE(s.status == 200);
-  CHECK(s.body.size() == 4096);  // the audio, untouched
+  CHECK(s.body.size() == 125 * 192);  // the audio (3 s of MP3), untouched
   auto t = tt::post_json(h.port(), "/v1/audio/speech", R"({"model":"gpt-4o-mini-tts","input":"Hello","voice":"alloy"})");
   REQUIRE(t.status == 200);
   h.flush();
@@ -173,9 +173,12 @@ TEST_CASE("uploads: whisper-1 is metered by the seconds its usage reports, tts-1
   CHECK(h.query_text("SELECT price_model || ' ' || usage_source FROM calls WHERE requested_model = 'tts-1-hd'") ==
         "tts-1-hd upstream");
   CHECK(h.query_double("SELECT cost_usd FROM calls WHERE requested_model = 'tts-1-hd'") == Approx(12 * 30.0 / 1e6));
-  // A token-billed speech model answers without usage: unmetered, never priced by characters.
-  CHECK(h.query_text("SELECT usage_source || ' ' || cost_usd FROM calls WHERE requested_model = 'gpt-4o-mini-tts'") ==
-        "none 0.0");
+  // A token-billed speech model answers without usage: estimated from its input's text tokens
+  // ("Hello": 2) and the audio's length (3 s at 20 audio tokens a second), never priced by characters.
+  CHECK(h.query_text("SELECT usage_source || ' ' || prompt_tokens || ' ' || completion_tokens FROM calls "
+                     "WHERE requested_model = 'gpt-4o-mini-tts'") == "estimated 2 60");
+  CHECK(h.query_double("SELECT cost_usd FROM calls WHERE requested_model = 'gpt-4o-mini-tts'") ==
+        Approx((2 * 0.60 + 60 * 12.0) / 1e6));
 }
 
 TEST_CASE("uploads: a body above max_upload_bytes is refused with 413 and nothing goes upstream", "[uploads]") {
