@@ -8,10 +8,12 @@
 // removes exactly the `"usage":null` members and keeps the JSON valid.
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <deque>
 #include <string>
 #include <vector>
 
+#include "core/audio_length.hpp"
 #include "core/sse_parser.hpp"
 #include "core/usage.hpp"
 #include "fuzz_common.hpp"
@@ -47,6 +49,9 @@ void check_body(route_kind route, std::string_view body) {
   FUZZ_CHECK(fuzz::same_usage(g.usage, f.usage));
   FUZZ_CHECK(g.model == f.model);
   FUZZ_CHECK(g.id == f.id);
+  // Audio files (a speech reply's length): any bytes give a positive finite length or none.
+  for (std::string_view format : {"mp3", "pcm"})
+    if (const auto seconds = tollgate::audio_seconds(body, format)) FUZZ_CHECK(std::isfinite(*seconds) && *seconds > 0);
   // Media replies (DALL-E, Sora): counts never negative, one answer from either reader.
   const auto m = tollgate::extract_media(body), n = tollgate::extract_media(with_bom);
   FUZZ_CHECK(m.images == n.images && m.seconds == n.seconds && m.size == n.size && m.model == n.model &&
