@@ -286,6 +286,8 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       e.price.*slot = yaml_price(file, kv.second, what);
     } else if (key == "web_search") {
       e.price.web_search = yaml_price(file, kv.second, what);
+    } else if (key == "file_search") {
+      e.price.file_search = yaml_price(file, kv.second, what);
     } else if (key == "per_minute") {
       e.price.per_minute = yaml_price(file, kv.second, what);
     } else if (key == "per_million_characters") {
@@ -307,7 +309,7 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
     } else {
       fail(file, kv.first, "'" + model + "': unknown key '" + key +
                                 "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
-                                "web_search, image_input, audio_input, audio_output, cached_image_input, cached_audio_input, "
+                                "web_search, file_search, image_input, audio_input, audio_output, cached_image_input, cached_audio_input, "
                                 "per_minute, per_million_characters, per_image, per_second, long_context, flex, "
                                 "priority, scale, "
                                 "batch, aliases)");
@@ -650,7 +652,8 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
        audio_hit * media(price.cached_audio_input, cached_in, price.cached_input) + write_5m * w5 + write_1h * w1 +
        (completion - audio_out) * out + audio_out * media(price.audio_output, out, price.output)) /
           per_million +
-      clamp0(usage.web_search) * price.web_search / 1000.0 + clamp0(usage.audio_ms) / 60'000.0 * price.per_minute +
+      clamp0(usage.web_search) * price.web_search / 1000.0 + clamp0(usage.file_search) * price.file_search / 1000.0 +
+      clamp0(usage.audio_ms) / 60'000.0 * price.per_minute +
       clamp0(usage.characters) * price.per_million_characters / per_million + per_unit;
   return {usd * multiplier, true, &price};
 }

@@ -56,6 +56,8 @@ struct model_price {
   std::optional<double> cache_write_5m;  // USD per 1M; default 1.25 x input
   std::optional<double> cache_write_1h;  // USD per 1M; default 2 x input
   double web_search = 0;               // USD per 1,000 server-side web search requests
+  double file_search = 2.5;            // USD per 1,000 hosted file_search tool calls (OpenAI's price
+                                       // for every model; only Responses replies carry such calls)
   std::optional<double> image_input;   // USD per 1M uncached image input tokens; default input
   std::optional<double> audio_input;   // USD per 1M uncached audio input tokens; default input
   std::optional<double> audio_output;  // USD per 1M audio output tokens; default output

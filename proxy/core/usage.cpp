@@ -327,14 +327,17 @@ void apply(anthropic_usage& a, const Node& u) {
 // Web searches of a Responses reply: its `web_search_call` output items (the hosted web_search
 // tool, billed per call on top of the tokens). A reply shows the calls it made; OpenAI may bill
 // internal sub-searches it does not show, so this is a floor.
+// File searches likewise: `file_search_call` items (the hosted file_search tool, $2.50 per
+// 1,000 calls). Both counted in one pass over the output items into `t`.
 template <class Node>
-std::int64_t web_search_calls(const Node& output) {
-  std::int64_t n = 0;
-  if (!is_array(output)) return 0;
+void count_tool_calls(const Node& output, token_usage& t) {
+  t.web_search = t.file_search = 0;
+  if (!is_array(output)) return;
   for_items(output, [&](const Node& item) {
-    if (string_member(item, "type") == "web_search_call") ++n;
+    const std::string_view type = string_member(item, "type");
+    if (type == "web_search_call") ++t.web_search;
+    else if (type == "file_search_call") ++t.file_search;
   });
-  return n;
 }
 
 // Anthropic `usage` of a whole message.
@@ -405,7 +408,7 @@ response_facts read_response(route_kind route, const Node& j) {
       // Anthropic inside `usage` (read with it).
       if (const auto name = as_string(tier); !name.empty()) f.usage.tier = parse_service_tier(name);
       // A Responses object (a create, or a retrieval of a background response).
-      if (as_string(object) == "response") f.usage.web_search = web_search_calls(output);
+      if (as_string(object) == "response") count_tool_calls(output, f.usage);
     }
     return f;
   });
@@ -1009,7 +1012,7 @@ void stream_meter::on_responses(const Node& j, std::string_view type) {
       usage_ = *t;
       if (const auto name = string_member(response, "service_tier"); !name.empty())
         usage_.tier = parse_service_tier(name);
-      usage_.web_search = web_search_calls(member(response, "output"));
+      count_tool_calls(member(response, "output"), usage_);
       has_usage_ = true;
     }
     saw_done_ = true;

@@ -46,6 +46,8 @@ struct token_usage {
   std::int64_t reasoning = 0;       // part of completion
   std::int64_t web_search = 0;      // server-side web searches billed per request (Anthropic
                                     // usage.server_tool_use.web_search_requests); not tokens
+  std::int64_t file_search = 0;     // OpenAI hosted file_search tool calls (a Responses reply's
+                                    // file_search_call items), billed per call; not a ledger column
   service_tier tier = service_tier::none;  // tier the response reports (prices flex/priority)
   // Media tokens priced apart (not ledger columns: a what-if prices them as text): image input
   // (gpt-image-1's input_tokens_details.image_tokens) and audio input (audio and transcription
@@ -67,6 +69,7 @@ struct token_usage {
   void add(const token_usage& o) noexcept {
     prompt += o.prompt, completion += o.completion, cached += o.cached, cache_write += o.cache_write;
     cache_write_1h += o.cache_write_1h, reasoning += o.reasoning, web_search += o.web_search;
+    file_search += o.file_search;
     image_in += o.image_in, audio_in += o.audio_in, audio_out += o.audio_out;
     image_cached += o.image_cached, audio_cached += o.audio_cached, audio_ms += o.audio_ms, characters += o.characters;
     images += o.images, video_seconds += o.video_seconds;

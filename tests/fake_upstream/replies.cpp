@@ -537,6 +537,15 @@ reply responses_reply(const json& body, const knobs& k, std::uint64_t n) {
                                 {"action", {{"type", "search"}, {"query", "fake query"}}}});
         break;
       }
+  // With the hosted file_search tool, two searches of the vector stores.
+  if (tools.is_array())
+    for (const json& tool : tools)
+      if (string_field(tool, "type", "") == "file_search") {
+        for (const char* id : {"fs_fake_1", "fs_fake_2"})
+          final_output.push_back({{"type", "file_search_call"}, {"id", id}, {"status", "completed"},
+                                  {"queries", ojson::array({"fake query"})}, {"results", nullptr}});
+        break;
+      }
   final_output.push_back(done_item);
 
   if (background && !wants_stream(body, k))  // queued now, no usage; GET /responses/resp_bg_* later says completed

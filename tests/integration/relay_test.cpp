@@ -163,6 +163,25 @@ TEST_CASE("relay: a Responses call's hosted web searches are billed per call, st
   }
 }
 
+TEST_CASE("relay: a Responses call's hosted file searches are billed per call, stream and not", "[relay]") {
+  harness h;
+  const std::string body = R"({"model":"gpt-4.1","input":"what do my files say?","tools":[{"type":"file_search","vector_store_ids":["vs_1"]}])";
+  auto r = tt::post_json(h.port(), "/v1/responses", body + "}");
+  REQUIRE(r.status == 200);
+  CHECK(json::parse(r.body)["output"][1]["type"] == "file_search_call");
+  tt::stream_client s(h.port(), "/v1/responses", body + R"(,"stream":true})");
+  REQUIRE(s.status() == 200);
+  s.read_all();
+  CHECK(s.ended_cleanly());
+  h.flush();
+  auto rows = h.rows("SELECT * FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 2);
+  for (auto& row : rows) {
+    const double tokens = (std::stod(row["prompt_tokens"]) * 2.0 + std::stod(row["completion_tokens"]) * 8.0) / 1e6;
+    CHECK(std::stod(row["cost_usd"]) == Approx(tokens + 2 * 2.5 / 1000).epsilon(1e-12));  // $2.50 per 1,000 calls
+  }
+}
+
 TEST_CASE("relay: a batch created through tollgate is metered once, at batch prices, when a poll sees it ended",
           "[relay]") {
   harness h;

@@ -581,3 +581,15 @@ TEST_CASE("pricing: DALL-E images per image and Sora videos per second by size a
     CHECK_FALSE(parse_pixel_size("10 x 10"));
   }
 }
+
+TEST_CASE("pricing: hosted file_search calls cost 2.50 USD per 1000 unless an entry says otherwise", "[pricing]") {
+  const auto t = shipped_table();
+  token_usage u = usage(3'000, 40);
+  u.file_search = 3;
+  u.web_search = 1;
+  CHECK(compute_cost(t, "gpt-4.1", u).usd == Approx((3'000 * 2.0 + 40 * 8.0) / 1e6 + 1 * 10.0 / 1e3 + 3 * 2.5 / 1e3));
+  price_table own;
+  own.load_yaml_string("models:\n  m: { input: 1, output: 2, file_search: 0 }\n");
+  CHECK(compute_cost(own, "m", u).usd == Approx((3'000 * 1.0 + 40 * 2.0) / 1e6));
+  CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, file_search: -1 }\n"), Catch::StartsWith("bad.yaml:2"));
+}

@@ -929,6 +929,24 @@ TEST_CASE("usage: a Responses reply's web_search_call items are counted as web s
   }
 }
 
+TEST_CASE("usage: a Responses reply's file_search_call items are counted as file searches", "[usage]") {
+  const std::string output = R"("output":[{"type":"file_search_call","id":"fs_1","status":"completed","queries":["a"],"results":null},)"
+                             R"({"type":"web_search_call","id":"ws_1","status":"completed"},)"
+                             R"({"type":"file_search_call","id":"fs_2","status":"completed","queries":["b"]},)"
+                             R"({"type":"file_search_call","id":"fs_3","status":"completed","queries":["c"]},)"
+                             R"({"type":"message","id":"msg_1","role":"assistant","content":[{"type":"output_text","text":"x"}]}])";
+  const auto f = extract_response(route_kind::responses, R"({"id":"resp_1","object":"response","status":"completed","model":"gpt-4.1",)" +
+                                                             output + R"(,"usage":{"input_tokens":3000,"output_tokens":40}})");
+  REQUIRE(f.has_usage);
+  CHECK(f.usage.file_search == 3);
+  CHECK(f.usage.web_search == 1);
+  stream_meter m(route_kind::responses, true);
+  relay(m, typed_event("response.completed", R"({"type":"response.completed","response":{"id":"resp_1","object":"response","status":"completed",)" +
+                                                 output + R"(,"usage":{"input_tokens":3000,"output_tokens":40}}})"));
+  REQUIRE(m.has_usage());
+  CHECK(m.usage().file_search == 3);
+}
+
 TEST_CASE("usage: gpt-image-1's image input tokens are read from input_tokens_details", "[usage]") {
   const auto f = extract_response(route_kind::other, R"({"created":1764460800,"data":[{"b64_json":"aGVsbG8="}],
     "usage":{"input_tokens":612,"output_tokens":4160,"total_tokens":4772,
