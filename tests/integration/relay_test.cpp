@@ -143,42 +143,33 @@ TEST_CASE("relay: flex and priority calls are billed at their tier's prices and 
   CHECK(std::stod(rows[3]["cost_usd"]) == Approx(cost(rows[3], 3.50, 14.00)).epsilon(1e-12));
 }
 
-TEST_CASE("relay: a Responses call's hosted web searches are billed per call, stream and not", "[relay]") {
-  harness h;
-  const std::string body = R"({"model":"gpt-4.1","input":"news?","tools":[{"type":"web_search"}])";
-  auto r = tt::post_json(h.port(), "/v1/responses", body + "}");
-  REQUIRE(r.status == 200);
-  CHECK(json::parse(r.body)["output"][0]["type"] == "web_search_call");
-  tt::stream_client s(h.port(), "/v1/responses", body + R"(,"stream":true})");
-  REQUIRE(s.status() == 200);
-  s.read_all();
-  CHECK(s.ended_cleanly());
-  h.flush();
-  auto rows = h.rows("SELECT * FROM calls ORDER BY id");
-  REQUIRE(rows.size() == 2);
-  for (auto& row : rows) {
-    CHECK(row["web_search_requests"] == "1");
-    const double tokens = (std::stod(row["prompt_tokens"]) * 2.0 + std::stod(row["completion_tokens"]) * 8.0) / 1e6;
-    CHECK(std::stod(row["cost_usd"]) == Approx(tokens + 0.01).epsilon(1e-12));
-  }
-}
-
-TEST_CASE("relay: a Responses call's hosted file searches are billed per call, stream and not", "[relay]") {
-  harness h;
-  const std::string body = R"({"model":"gpt-4.1","input":"what do my files say?","tools":[{"type":"file_search","vector_store_ids":["vs_1"]}])";
-  auto r = tt::post_json(h.port(), "/v1/responses", body + "}");
-  REQUIRE(r.status == 200);
-  CHECK(json::parse(r.body)["output"][1]["type"] == "file_search_call");
-  tt::stream_client s(h.port(), "/v1/responses", body + R"(,"stream":true})");
-  REQUIRE(s.status() == 200);
-  s.read_all();
-  CHECK(s.ended_cleanly());
-  h.flush();
-  auto rows = h.rows("SELECT * FROM calls ORDER BY id");
-  REQUIRE(rows.size() == 2);
-  for (auto& row : rows) {
-    const double tokens = (std::stod(row["prompt_tokens"]) * 2.0 + std::stod(row["completion_tokens"]) * 8.0) / 1e6;
-    CHECK(std::stod(row["cost_usd"]) == Approx(tokens + 2 * 2.5 / 1000).epsilon(1e-12));  // $2.50 per 1,000 calls
+TEST_CASE("relay: a Responses call's hosted web and file searches are billed per call, stream and not", "[relay]") {
+  struct tool_case {
+    std::string tool, item;
+    int item_index;
+    std::string web_searches;
+    double usd;  // the fake's calls: one web search at $10 per 1,000, two file searches at $2.50 per 1,000
+  };
+  for (const tool_case& c : {tool_case{R"({"type":"web_search"})", "web_search_call", 0, "1", 0.01},
+                             tool_case{R"({"type":"file_search","vector_store_ids":["vs_1"]})", "file_search_call", 1, "0", 0.005}}) {
+    INFO(c.item);
+    harness h;
+    const std::string body = R"({"model":"gpt-4.1","input":"news?","tools":[)" + c.tool + "]";
+    auto r = tt::post_json(h.port(), "/v1/responses", body + "}");
+    REQUIRE(r.status == 200);
+    CHECK(json::parse(r.body)["output"][c.item_index]["type"] == c.item);
+    tt::stream_client s(h.port(), "/v1/responses", body + R"(,"stream":true})");
+    REQUIRE(s.status() == 200);
+    s.read_all();
+    CHECK(s.ended_cleanly());
+    h.flush();
+    auto rows = h.rows("SELECT * FROM calls ORDER BY id");
+    REQUIRE(rows.size() == 2);
+    for (auto& row : rows) {
+      CHECK(row["web_search_requests"] == c.web_searches);
+      const double tokens = (std::stod(row["prompt_tokens"]) * 2.0 + std::stod(row["completion_tokens"]) * 8.0) / 1e6;
+      CHECK(std::stod(row["cost_usd"]) == Approx(tokens + c.usd).epsilon(1e-12));
+    }
   }
 }
 
