@@ -144,5 +144,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (!untallied.prompt_estimated) untallied.prompt_tokens_estimate = fast.prompt_tokens_estimate;
   FUZZ_CHECK(same_fields(untallied, fast));
   check_rewrites(body, fast, model);
+
+  // The same bytes as a multipart form (audio, image edits, videos) and as a speech request:
+  // bounded fields, no crash, whatever the parts look like.
+  const auto form = tollgate::inspect_form(body, "multipart/form-data; boundary=b");
+  FUZZ_CHECK(form.model.size() <= 256);
+  FUZZ_CHECK(form.has_model || form.model.empty());
+  FUZZ_CHECK(form.size.size() <= 64 && form.quality.size() <= 64 && form.seconds.size() <= 64 && form.n.size() <= 64);
+  const auto speech = tollgate::speech_request_of(body);
+  FUZZ_CHECK(speech.characters >= 0 && speech.text_tokens >= 0 && speech.format.size() <= 16);
+  FUZZ_CHECK(speech.characters <= static_cast<std::int64_t>(body.size()));
   return 0;
 }
