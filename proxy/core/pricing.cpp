@@ -442,8 +442,11 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
     // per unit in the catalogue; litellm_cost's figures are per 1M units.
     const auto per_second = litellm_cost(spec, "input_cost_per_second");
     const auto per_character = litellm_cost(spec, "input_cost_per_character");
-    if ((!input || !output) && (per_second || per_character)) input = output = 0.0;
-    if (!input || !output) continue;  // image or per-request pricing: not ours to meter
+    // Images and videos billed per image or per second of video, at any size (USD per unit).
+    const auto per_image = litellm_cost(spec, "output_cost_per_image");
+    const auto per_video_second = litellm_cost(spec, "output_cost_per_video_per_second");
+    if ((!input || !output) && (per_second || per_character || per_image || per_video_second)) input = output = 0.0;
+    if (!input || !output) continue;  // per-pixel or per-request pricing: not ours to meter
     const auto key = lower(model);
     if (index_.contains(key) || added.contains(key)) continue;
     if (const auto slash = key.rfind('/'); slash != std::string::npos && yaml_owns(std::string_view(key).substr(slash + 1)))
@@ -456,6 +459,8 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
     p.cached_input = litellm_cost(spec, "cache_read_input_token_cost").value_or(p.input);
     p.per_minute = per_second.value_or(0) * 60 / per_million;
     p.per_million_characters = per_character.value_or(0);
+    if (per_image) p.per_image = {{0, 0, -1, *per_image / per_million}};
+    if (per_video_second) p.per_second = {{0, 0, -1, *per_video_second / per_million}};
     p.cache_write_5m = litellm_cost(spec, "cache_creation_input_token_cost");
     p.cache_write_1h = litellm_cost(spec, "cache_creation_input_token_cost_above_1hr");
     // Media tokens (audio and realtime models, image models), per token like the text prices.

@@ -572,6 +572,16 @@ TEST_CASE("pricing: DALL-E images per image and Sora videos per second by size a
     CHECK_THAT(yaml_error("models:\n  b: { per_image: { 8x8: 1, standard 8x8: 2, 8x8: 3 } }\n"),
                Catch::StartsWith("bad.yaml:2"));
   }
+  SECTION("from a LiteLLM catalogue: output_cost_per_image and output_cost_per_video_per_second, any size") {
+    price_table l;
+    l.load_litellm_string(R"({"openai/sora-2": {"mode": "video_generation", "output_cost_per_video_per_second": 0.1},
+      "img-model": {"mode": "image_generation", "output_cost_per_image": 0.039},
+      "standard/1024-x-1024/dall-e-3": {"mode": "image_generation", "input_cost_per_pixel": 4.0054321e-08, "output_cost_per_pixel": 0.0}})",
+                          "l.json");
+    CHECK(compute_cost(l, "sora-2", media(0, 8, 1280, 720)).usd == Approx(0.8));
+    CHECK(compute_cost(l, "img-model", media(2, 0, 1024, 1024)).usd == Approx(0.078));
+    CHECK(l.resolve("standard/1024-x-1024/dall-e-3") == nullptr);  // per pixel: not read
+  }
   SECTION("sizes") {
     CHECK(parse_pixel_size("1024x1792") == std::pair<std::uint16_t, std::uint16_t>{1024, 1792});
     CHECK_FALSE(parse_pixel_size("auto"));
