@@ -49,6 +49,10 @@ struct token_usage {
   std::int64_t file_search = 0;     // OpenAI hosted file_search tool calls (a Responses reply's
                                     // file_search_call items), billed per call; not a ledger column
   service_tier tier = service_tier::none;  // tier the response reports (prices flex/priority)
+  // The size in pixels (0 x 0: not stated) and quality (DALL-E 3's "hd") of the images or video
+  // counted below (`images`, `video_seconds`); beside `tier`, in its padding.
+  bool media_hd = false;
+  std::uint16_t media_w = 0, media_h = 0;
   // Media tokens priced apart (not ledger columns: a what-if prices them as text): image input
   // (gpt-image-1's input_tokens_details.image_tokens) and audio input (audio and transcription
   // models), uncached parts of prompt; audio output, part of completion; cache reads of image and
@@ -59,11 +63,9 @@ struct token_usage {
   // "seconds"}) and input characters (tts-1 speech, from the request's `input`).
   std::int64_t audio_ms = 0, characters = 0;
   // Media billed per item (DALL-E images: the reply's `data` entries) or per second (Sora
-  // videos: the video object's `seconds`), priced by the output's size in pixels (0 x 0: not
-  // stated) and quality (DALL-E 3's "hd"). Not ledger columns; the row's cost holds their price.
+  // videos: the video object's `seconds`), priced by the output's size and quality (media_w,
+  // media_h, media_hd). Not ledger columns; the row's cost holds their price.
   std::int64_t images = 0, video_seconds = 0;
-  std::uint16_t media_w = 0, media_h = 0;
-  bool media_hd = false;
   std::int64_t total() const noexcept { return prompt + completion; }
   // Adds every count of `o` (the tier is left as it is).
   void add(const token_usage& o) noexcept {

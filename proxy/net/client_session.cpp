@@ -370,15 +370,25 @@ class client_session : public std::enable_shared_from_this<client_session> {
     bool meter = true;          // a 2xx answer's usage is new spend (usage_is_new_spend)
     std::string background_id;  // reads or cancels a pending background response: metered once
     std::string batch_id;       // reads or cancels a batch created through tollgate: metered once
-    bool creates_batch = false; // POST /v1/batches or /v1/messages/batches: its id is remembered
-    bool batch_objects = false; // Anthropic message batches: results_url made relative
     std::string message_batch_id;  // downloads the results of a message batch created here
     // Usage of a call that bills several models, per model, each priced at its own: a message
     // batch's results (at batch prices), a Realtime session (its model, its transcription model).
     std::vector<std::pair<std::string, token_usage>> usage_by_model;
-    speech_facts speech;  // POST /v1/audio/speech: its input's characters (tts-1 bills them) and text tokens
     media_call media = media_call::none;  // an image or video generation (billed per image / second)
-    media_request media_req;              // its size, quality and length as asked
+    bool creates_batch = false; // POST /v1/batches or /v1/messages/batches: its id is remembered
+    bool batch_objects = false; // Anthropic message batches: results_url made relative
+    // What a speech, image or video request asks for (billed per character, per second of audio,
+    // per image, per second of video). Allocated only for those calls: the call lives in the
+    // coroutine frame of every idle connection, so what most calls never use stays out of it.
+    struct media_facts {
+      speech_facts speech;      // POST /v1/audio/speech: its input's characters and text tokens
+      media_request media_req;  // an image's or video's size, quality and length as asked
+    };
+    std::unique_ptr<media_facts> media_in;
+    media_facts& media_of() {
+      if (!media_in) media_in = std::make_unique<media_facts>();
+      return *media_in;
+    }
     spool_body::value_type spooled;  // a large pass-through body, in a file (spool_request_body)
   };
 
@@ -1138,14 +1148,14 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       if (pass_facts.problem == request_problem::none && pass_facts.has_model) pass_model = pass_facts.model;
       else pass_facts.has_model = false;
       if (c.meter && (tp.path == "/v1/audio/speech" || tp.path == "/v1/audio/speech/"))
-        c.speech = speech_request_of(req.body());
+        c.media_of().speech = speech_request_of(req.body());
       if (c.meter && (c.media = media_call_of(req.method_string(), tp.path)) != media_call::none)
-        c.media_req = media_request_of(req.body());
+        c.media_of().media_req = media_request_of(req.body());
     } else if (auto form = inspect_form(req.body(), c.head.content_type); form.has_model || !form.size.empty()) {
       if (form.has_model) pass_model = std::move(form.model);
       pass_facts.stream = form.stream;
       if (c.meter && (c.media = media_call_of(req.method_string(), tp.path)) != media_call::none)
-        c.media_req = {std::move(form.size), std::move(form.quality), std::move(form.seconds), std::move(form.n)};
+        c.media_of().media_req = {std::move(form.size), std::move(form.quality), std::move(form.seconds), std::move(form.n)};
     } else if (c.meter) {
       c.media = media_call_of(req.method_string(), tp.path);
     }
@@ -1202,7 +1212,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     const model_price* price = st_.prices.resolve(price_id);
     token_usage worst;
     if (media) {
-      worst = media_worst(c.media, c.media_req);
+      worst = media_worst(c.media, c.media_of().media_req);
     } else {
       // Completion tokens: max_tokens (or the default) for each of the `n` choices; none for
       // embeddings, which produce none. Capped so that a huge max_tokens cannot overflow.
@@ -1968,7 +1978,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   if (metered && c.media != media_call::none && c.error == errc::ok && rec.source == usage_source::none &&
       !parse_.empty() && !parse_overflow) {
     const media_reply mr = extract_media(parse_);
-    if (auto t = media_usage(c.media, c.media_req, mr)) {
+    if (auto t = media_usage(c.media, c.media_of().media_req, mr)) {
       rec.tokens = *t;
       rec.source = usage_source::upstream;
       if (rec.served_model.empty() && !mr.model.empty()) rec.served_model = mr.model;
@@ -1979,16 +1989,18 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   // one (gpt-4o-mini-tts, which reports usage only when streamed) is estimated: the request's
   // text tokens in, and out the audio's length (from its container's headers) at
   // kSpeechAudioTokensPerSecond.
-  if (metered && c.speech.characters > 0 && c.error == errc::ok && rec.source == usage_source::none) {
+  if (metered && c.media_in && c.media_in->speech.characters > 0 && c.error == errc::ok &&
+      rec.source == usage_source::none) {
+    const speech_facts& speech = c.media_in->speech;
     const model_price* p = st_.prices.resolve(c.sent_model.empty() ? rec.requested_model : c.sent_model);
     if (p && p->per_million_characters > 0) {
       rec.tokens = {};
-      rec.tokens.characters = c.speech.characters;
+      rec.tokens.characters = speech.characters;
       rec.source = usage_source::upstream;
     } else if (p && !parse_overflow) {
-      if (const auto seconds = audio_seconds(parse_, c.speech.format)) {
+      if (const auto seconds = audio_seconds(parse_, speech.format)) {
         rec.tokens = {};
-        rec.tokens.prompt = c.speech.text_tokens;
+        rec.tokens.prompt = speech.text_tokens;
         rec.tokens.completion = rec.tokens.audio_out =
             static_cast<std::int64_t>(std::ceil(*seconds * kSpeechAudioTokensPerSecond - 1e-6));  // sums of frames
         rec.source = usage_source::estimated;
