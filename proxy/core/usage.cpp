@@ -569,6 +569,14 @@ response_facts extract_response(route_kind route, std::string_view body) {
 
 namespace {
 
+// A whole number of up to 6 digits, else -1.
+std::int64_t small_count(std::string_view s) noexcept {
+  if (s.empty() || s.size() > 6 || !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) return -1;
+  std::int64_t v = 0;
+  for (char c : s) v = v * 10 + (c - '0');
+  return v;
+}
+
 // A size, quality or length as sent: a string, or a whole number written out ("seconds": 8).
 template <class Node>
 std::string text_or_count(const Node& v) {
@@ -597,9 +605,7 @@ media_reply read_media_reply(const Node& j) {
       for_items(data, [&](const Node&) { ++r.images; });
     }
     // Sora's `seconds` is a string ("8"); a number is taken too. Fractions are not whole seconds.
-    const std::string secs = text_or_count(seconds);
-    if (!secs.empty() && secs.size() <= 6 && std::all_of(secs.begin(), secs.end(), [](char c) { return c >= '0' && c <= '9'; }))
-      r.seconds = std::stoll(secs);
+    r.seconds = small_count(text_or_count(seconds));
     r.size = text_or_count(size);
     r.quality = text_or_count(quality);
     r.model = std::string(as_string(model).substr(0, 256));
@@ -651,16 +657,6 @@ media_reply extract_media(std::string_view body) {
   return read_json<media_reply>(body, [](const auto& root) { return read_media_reply(root); });
 }
 
-namespace {
-// A whole number of up to 6 digits, else -1.
-std::int64_t small_count(std::string_view s) noexcept {
-  if (s.empty() || s.size() > 6 || !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) return -1;
-  std::int64_t v = 0;
-  for (char c : s) v = v * 10 + (c - '0');
-  return v;
-}
-}  // namespace
-
 token_usage media_worst(media_call kind, const media_request& req) {
   token_usage t;
   if (kind == media_call::none) return t;
@@ -694,9 +690,7 @@ std::optional<token_usage> media_usage(media_call kind, const media_request& req
     // A create or remix answers with the queued video object; one that failed at once bills nothing.
     if (reply.object != "video" || reply.status == "failed") return std::nullopt;
     std::int64_t seconds = reply.seconds;
-    if (seconds < 0 && !req.seconds.empty() && req.seconds.size() <= 6 &&
-        std::all_of(req.seconds.begin(), req.seconds.end(), [](char c) { return c >= '0' && c <= '9'; }))
-      seconds = std::stoll(req.seconds);
+    if (seconds < 0) seconds = small_count(req.seconds);
     if (seconds < 0) seconds = 4;  // the API's default length
     if (seconds == 0) return std::nullopt;
     t.video_seconds = seconds;
