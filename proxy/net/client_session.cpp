@@ -69,7 +69,7 @@ constexpr std::size_t realtime_max_message = 8 << 20;
 // A stored upload goes upstream in writes of this size (see send_spooled).
 constexpr std::size_t spool_chunk = 256 * 1024;
 // How long a keep-alive connection waits for its next request with a read buffer ready (one recv
-// per request) before it gives the buffer back and parks on a 1-byte read (see run()).
+// per request) before it gives the buffer back and parks on a 1-byte read (see park()).
 constexpr auto hot_idle = 50ms;
 
 // Allocator of the header containers (basic_fields) of the client's request and the upstream's
@@ -326,7 +326,15 @@ class client_session : public std::enable_shared_from_this<client_session> {
   client_session& operator=(const client_session&) = delete;
   ~client_session() { stop_watch(); }  // a call's frame destroyed mid-call (shutdown)
 
-  awaitable<void> run();
+  // A new connection parks until its first byte, under the header timeout (slowloris).
+  void begin() {
+    beast::error_code ec;
+    if (park(cfg_.header_timeout, ec)) return;
+    if (ec)
+      close_socket();
+    else
+      spawn(shared_from_this());
+  }
   void close_if_idle() {
     if (idle_) close_socket();
   }
@@ -460,6 +468,10 @@ class client_session : public std::enable_shared_from_this<client_session> {
   void start_watch();
   void stop_watch();
   static void arm_sweep(worker& w);
+  awaitable<void> run();
+  bool park(steady::duration wait, beast::error_code& ec);
+  void take_first_byte();
+  static void spawn(const std::shared_ptr<client_session>& s);
   void close_socket() {
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
@@ -504,55 +516,36 @@ class client_session : public std::enable_shared_from_this<client_session> {
 // Connection loop
 
 awaitable<void> client_session::run() {
+  // Entered with the first byte of a request in buffer_ (park()).
   auto self = shared_from_this();
   beast::error_code ec;
-  bool first = true;
   bool linger = false;
   for (;;) {
     idle_ = true;
     if (st_.draining.load(std::memory_order_relaxed) || aborting_) break;
     if (buffer_.size() == 0) {
       // Waiting for the next request: the keep-alive timeout applies until its first byte.
-      steady::duration wait = first ? steady::duration(cfg_.header_timeout) : cfg_.keepalive_timeout;
-      bool got = false;
-      if (!first) {
-        // Hot: a keep-alive client usually sends its next call at once (an agent loop, a pool
-        // reusing the connection), so the read goes straight into the buffer, one recv per
-        // request. Nothing within hot_idle: the read is cancelled and the connection parks.
-        // A drained read (net/drained_read.hpp): after a request that did not fill the block,
-        // the next one is awaited without a recv that fails first.
-        const auto hot = std::min<steady::duration>(hot_idle, wait);
-        arm_read_deadline(hot);
-        const std::size_t n = co_await stream_.socket().async_read_some(
-            drained_buffer{buffer_.prepare(w_.read_blocks.block())}, redirect_error(use_awaitable, ec));
-        disarm_read_deadline();
-        if (!ec) {
-          buffer_.commit(n);
-          got = true;
-        } else if (ec != asio::error::operation_aborted || !read_timed_out_ || wait <= hot) {
-          break;
-        } else {
-          wait -= hot;
-        }
-      }
-      if (!got) {
-        // Parked: an idle connection holds no buffers. The first byte is read alone, then the
-        // rest of the request into a fresh buffer (it is already there: one more recv, no
-        // wait). 10k idle keep-alive connections would otherwise pin 10k read and relay buffers
-        // (~240 MB).
-        buffer_.clear();
-        buffer_.shrink_to_fit();
-        for (std::string* s : {&parse_, &out_, &up_head_}) std::string().swap(*s);
-        std::vector<header_view>().swap(up_headers_);
-        const std::size_t got_now =
-            co_await read_now_or_wait(asio::buffer(&first_byte_, 1), steady::now() + wait, ec);
-        if (ec || got_now != 1) break;
-        auto b = buffer_.prepare(w_.read_blocks.block());
-        *static_cast<char*>(b.data()) = first_byte_;
-        buffer_.commit(1);
+      // Hot: a keep-alive client usually sends its next call at once (an agent loop, a pool
+      // reusing the connection), so the read goes straight into the buffer, one recv per
+      // request. Nothing within hot_idle: the read is cancelled and the connection parks.
+      // A drained read (net/drained_read.hpp): after a request that did not fill the block,
+      // the next one is awaited without a recv that fails first.
+      const steady::duration wait = cfg_.keepalive_timeout;
+      const auto hot = std::min<steady::duration>(hot_idle, wait);
+      arm_read_deadline(hot);
+      const std::size_t n = co_await stream_.socket().async_read_some(
+          drained_buffer{buffer_.prepare(w_.read_blocks.block())}, redirect_error(use_awaitable, ec));
+      disarm_read_deadline();
+      if (!ec) {
+        buffer_.commit(n);
+      } else if (ec != asio::error::operation_aborted || !read_timed_out_ || wait <= hot) {
+        break;
+      } else if (park(wait - hot, ec)) {
+        co_return;  // parked: this frame goes; park() starts a new run() on the next byte
+      } else if (ec) {
+        break;
       }
     }
-    first = false;
     idle_ = false;
     bool keep = co_await handle_one();
     if (!keep) {
@@ -565,6 +558,58 @@ awaitable<void> client_session::run() {
     co_await linger_close();
   else
     close_socket();
+}
+
+// Parked: an idle connection holds no buffers and no coroutine, only its session, its socket
+// and two pending operations (a one-byte read and its deadline). 10k idle keep-alive
+// connections would otherwise pin 10k read and relay buffers (~240 MB), and each a run()
+// frame and co_spawn's own (~1.3 KB). The socket is read once without waiting first (after a
+// drained read a pending end of stream is not announced again, drained_read.hpp): if a byte
+// is there it goes to buffer_ and park() returns false, as it does on an error (ec) or end of
+// stream. Otherwise the read waits, and on its byte a new run() is spawned; true.
+bool client_session::park(steady::duration wait, beast::error_code& ec) {
+  buffer_.clear();
+  buffer_.shrink_to_fit();
+  for (std::string* s : {&parse_, &out_, &head_, &up_head_}) std::string().swap(*s);
+  std::vector<header_view>().swap(up_headers_);
+  decltype(extra_headers_)().swap(extra_headers_);
+  const std::size_t n = stream_.socket().read_some(asio::buffer(&first_byte_, 1), ec);
+  if (ec != asio::error::would_block) {
+    if (!ec && n == 1) take_first_byte();
+    return false;
+  }
+  ec = {};
+  arm_read_deadline(wait);
+  stream_.socket().async_read_some(asio::buffer(&first_byte_, 1),
+                                   [self = shared_from_this()](const beast::error_code& e, std::size_t got) {
+                                     self->disarm_read_deadline();
+                                     if (e || got != 1 || self->aborting_) {
+                                       self->close_socket();
+                                       return;
+                                     }
+                                     self->take_first_byte();
+                                     spawn(self);
+                                   });
+  return true;
+}
+
+void client_session::take_first_byte() {
+  auto b = buffer_.prepare(w_.read_blocks.block());
+  *static_cast<char*>(b.data()) = first_byte_;
+  buffer_.commit(1);
+}
+
+void client_session::spawn(const std::shared_ptr<client_session>& s) {
+  asio::co_spawn(s->w_.ioc, s->run(), [](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      log_line(log_level::error, "session failed").str("error", ex.what());
+    } catch (...) {
+      log_msg(log_level::error, "session failed");
+    }
+  });
 }
 
 // Half-close, then drain what the client still sends for a moment, so an error response is not
@@ -2388,16 +2433,7 @@ void start_client_session(worker& w, tcp::socket socket) {
   if (++w.session_count % 256 == 0)
     w.sessions.remove_if([](const std::weak_ptr<client_session>& p) { return p.expired(); });
   w.sessions.push_back(s);
-  asio::co_spawn(w.ioc, s->run(), [](std::exception_ptr e) {
-    if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      log_line(log_level::error, "session failed").str("error", ex.what());
-    } catch (...) {
-      log_msg(log_level::error, "session failed");
-    }
-  });
+  s->begin();
 }
 
 void close_idle_sessions(worker& w) {

@@ -66,6 +66,7 @@ class raw_conn {
   ~raw_conn() { close(); }
 
   bool connected() const { return fd_ >= 0; }
+  int fd() const { return fd_; }
   // False once the peer has closed or reset the connection.
   bool send(std::string_view bytes) {
     while (!bytes.empty()) {
@@ -843,6 +844,52 @@ TEST_CASE("faults: idle connections are closed: silent ones after header_timeout
   }
   expect_normal_call(h);
   CHECK(ledger(h).size() == 1);
+}
+
+TEST_CASE("faults: parked connections: a request that trickles in is served and a client's close is seen "
+          "and a shutdown closes the rest at once", "[faults][client][timeouts]") {
+  // Past hot_idle (50 ms) an idle connection parks without a coroutine (client_session::park);
+  // its next byte spawns a new one. Long timeouts here: nothing may close on its own.
+  harness h(with([](tollgate::config& c) {
+    c.header_timeout = 30s;
+    c.keepalive_timeout = 30s;
+  }));
+  const auto ok = [](const std::string& b) { return b.find(R"({"status":"ok"})") != std::string::npos; };
+  std::vector<raw_conn> conns;
+  for (int i = 0; i < 40; ++i) {
+    conns.emplace_back(h.port());
+    REQUIRE(conns.back().send("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"));
+    REQUIRE(status_of(conns.back().read_for(5s, ok).bytes) == 200);
+  }
+  raw_conn fresh(h.port());  // never served: parked from its accept
+  std::this_thread::sleep_for(150ms);
+  // One byte, then the rest a moment later (the byte alone wakes the connection; the rest is
+  // read by the new run()), then a whole request again after it parked once more.
+  REQUIRE(conns[0].send("G"));
+  std::this_thread::sleep_for(100ms);
+  REQUIRE(conns[0].send("ET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"));
+  CHECK(status_of(conns[0].read_for(5s, ok).bytes) == 200);
+  std::this_thread::sleep_for(100ms);
+  REQUIRE(fresh.send("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"));
+  CHECK(status_of(fresh.read_for(5s, ok).bytes) == 200);
+  // A client that half-closes its parked connection: tollgate closes its side too.
+  ::shutdown(conns[1].fd(), SHUT_WR);
+  auto gone = conns[1].read_for(5s);
+  CHECK(gone.closed);
+  CHECK(gone.bytes.empty());
+  // A real call on a parked connection, ledgered as any other.
+  std::this_thread::sleep_for(100ms);
+  const std::string body = tt::chat_body();
+  REQUIRE(conns[2].send("POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                        "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body));
+  auto called = conns[2].read_for(5s, [](const std::string& b) { return b.find("chat.completion") != std::string::npos; });
+  CHECK(status_of(called.bytes) == 200);
+  // Shutdown: every parked connection is closed at once, not after keepalive_timeout.
+  const auto t0 = steady::now();
+  h.proxy->shutdown();
+  CHECK(steady::now() - t0 < 3s);
+  for (std::size_t i = 3; i < conns.size(); ++i) CHECK(conns[i].read_for(2s).closed);
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls") == 1);
 }
 
 namespace {
