@@ -321,10 +321,14 @@ class client_session : public std::enable_shared_from_this<client_session> {
       : w_(w), st_(w.state), cfg_(w.state.cfg), stream_(std::move(s)), buffer_(read_block_allocator(w.read_blocks)), read_timer_(w.ioc) {
     beast::error_code ec;
     stream_.socket().non_blocking(true, ec);  // for send_now(); async operations are unaffected
+    st_.client_connections.fetch_add(1, std::memory_order_relaxed);
   }
   client_session(const client_session&) = delete;
   client_session& operator=(const client_session&) = delete;
-  ~client_session() { stop_watch(); }  // a call's frame destroyed mid-call (shutdown)
+  ~client_session() {
+    stop_watch();  // a call's frame destroyed mid-call (shutdown)
+    st_.client_connections.fetch_sub(1, std::memory_order_relaxed);
+  }
 
   // A new connection parks until its first byte, under the header timeout (slowloris).
   void begin() {
@@ -580,8 +584,10 @@ bool client_session::park(steady::duration wait, beast::error_code& ec) {
   }
   ec = {};
   arm_read_deadline(wait);
+  st_.parked_connections.fetch_add(1, std::memory_order_relaxed);
   stream_.socket().async_read_some(asio::buffer(&first_byte_, 1),
                                    [self = shared_from_this()](const beast::error_code& e, std::size_t got) {
+                                     self->st_.parked_connections.fetch_sub(1, std::memory_order_relaxed);
                                      self->disarm_read_deadline();
                                      if (e || got != 1 || self->aborting_) {
                                        self->close_socket();

@@ -116,6 +116,23 @@ void register_upstream_metrics(shared_state& st, metrics& m) {
   });
 }
 
+// Client connections by state, read at each scrape.
+void register_connection_metrics(shared_state& st, metrics& m) {
+  namespace pm = prometheus;
+  auto& f = pm::BuildGauge()
+                .Name("tollgate_client_connections")
+                .Help("Open client connections: idle = parked, waiting for a request (keep-alive past 50 ms, or new and silent); active = the rest.")
+                .Register(m.registry());
+  auto* active = &f.Add({{"state", "active"}});
+  auto* idle = &f.Add({{"state", "idle"}});
+  m.add_scrape_hook([active, idle, &st] {
+    const auto open = st.client_connections.load(std::memory_order_relaxed);
+    const auto parked = st.parked_connections.load(std::memory_order_relaxed);
+    idle->Set(static_cast<double>(parked));
+    active->Set(static_cast<double>(std::max<std::int64_t>(0, open - parked)));
+  });
+}
+
 // The ledger's durability figures (journal, memory hold, drops, health), read at each scrape.
 void register_ledger_metrics(ledger& l, metrics& m) {
   namespace pm = prometheus;
@@ -400,6 +417,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   st.ledger_ = impl_->ledger_.get();
   st.metrics_ = impl_->metrics_.get();
   register_upstream_metrics(st, *impl_->metrics_);
+  register_connection_metrics(st, *impl_->metrics_);
   register_ledger_metrics(*impl_->ledger_, *impl_->metrics_);
   const std::string fleet_instance =
       c.ledger_postgres.url.empty() ? std::string()

@@ -64,6 +64,10 @@ struct shared_state {
   std::atomic<bool> draining{false};
   std::atomic<std::int64_t> inflight{0};
   std::atomic<std::uint64_t> upstream_retries{0};
+  // Client connections open, and of those parked (client_session::park): written once per
+  // connection and per park, read by the scrape (tollgate_client_connections).
+  std::atomic<std::int64_t> client_connections{0};
+  std::atomic<std::int64_t> parked_connections{0};
   pending_responses background_responses;  // metered once, when a retrieval sees them finished
   pending_responses pending_batches;       // batches created through tollgate, metered the same way
   bool upstream_key_missing() const noexcept {

@@ -863,6 +863,10 @@ TEST_CASE("faults: parked connections: a request that trickles in is served and 
   }
   raw_conn fresh(h.port());  // never served: parked from its accept
   std::this_thread::sleep_for(150ms);
+  const auto connections = [&](const char* state) {
+    return h.metric_sum("tollgate_client_connections", std::string("state=\"") + state + "\"");
+  };
+  CHECK(harness::eventually([&] { return connections("idle") == 41 && connections("active") == 0; }));
   // One byte, then the rest a moment later (the byte alone wakes the connection; the rest is
   // read by the new run()), then a whole request again after it parked once more.
   REQUIRE(conns[0].send("G"));
@@ -877,6 +881,7 @@ TEST_CASE("faults: parked connections: a request that trickles in is served and 
   auto gone = conns[1].read_for(5s);
   CHECK(gone.closed);
   CHECK(gone.bytes.empty());
+  CHECK(harness::eventually([&] { return connections("idle") == 40 && connections("active") == 0; }));
   // A real call on a parked connection, ledgered as any other.
   std::this_thread::sleep_for(100ms);
   const std::string body = tt::chat_body();
