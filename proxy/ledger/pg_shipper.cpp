@@ -766,9 +766,12 @@ void pg_shipper::run() {
 
 namespace {
 
+// Under the advisory lock the other fleet tables are made under: CREATE TABLE IF NOT EXISTS is
+// not safe against itself (two instances starting together: one fails on pg_type's unique index,
+// and an instance that cannot claim sends the fleet's alerts itself, so they went out twice).
 constexpr const char* kAlertsSchema =
-    "CREATE TABLE IF NOT EXISTS tollgate_alerts ("
-    " dedupe_key TEXT PRIMARY KEY, instance TEXT NOT NULL, sent_ms BIGINT NOT NULL)";
+    "BEGIN; SELECT pg_advisory_xact_lock(7411962201); CREATE TABLE IF NOT EXISTS tollgate_alerts ("
+    " dedupe_key TEXT PRIMARY KEY, instance TEXT NOT NULL, sent_ms BIGINT NOT NULL); COMMIT;";
 // Takes the key when it is new, or when its last send is at least $4 ms old ($4 < 0: never).
 // Concurrent claims of one key queue on its row lock; the second re-reads the row the first one
 // wrote, finds it too recent, and returns no row.
