@@ -547,6 +547,14 @@ std::vector<std::string> price_table::names() const {
   return out;
 }
 
+std::pair<const model_price*, unit_price> price_table::priciest_per_second() const {
+  std::pair<const model_price*, unit_price> best{nullptr, {}};
+  for (const auto& [n, p] : entries_)
+    for (const unit_price& u : p.per_second)
+      if (best.first == nullptr || u.usd > best.second.usd) best = {&p, u};
+  return best;
+}
+
 tier_price scaled_tier(const model_price& base, double factor) {
   tier_price t;
   t.input = base.input * factor;

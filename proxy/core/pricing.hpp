@@ -6,6 +6,7 @@
 #include <array>
 #include <map>
 #include <optional>
+#include <utility>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -123,6 +124,9 @@ class price_table {
 
   // Names of all canonical entries (bounded label set for metrics).
   std::vector<std::string> names() const;
+  // The entry and output with the highest price per second of video ({nullptr, {}} when no
+  // entry prices seconds): what a remix of a video tollgate does not know may cost per second.
+  std::pair<const model_price*, unit_price> priciest_per_second() const;
   std::size_t size() const noexcept { return entries_.size(); }
 
  private:

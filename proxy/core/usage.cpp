@@ -597,9 +597,9 @@ template <class Node>
 media_reply read_media_reply(const Node& j) {
   media_reply r;
   if (!is_object(j)) return r;
-  with_members<8>(j, {"data", "seconds", "size", "quality", "model", "status", "object", "usage"},
+  with_members<9>(j, {"data", "seconds", "size", "quality", "model", "status", "object", "usage", "id"},
                   [&](const Node& data, const Node& seconds, const Node& size, const Node& quality, const Node& model,
-                      const Node& status, const Node& object, const Node& usage) {
+                      const Node& status, const Node& object, const Node& usage, const Node& id) {
     if (is_array(data)) {
       r.images = 0;
       for_items(data, [&](const Node&) { ++r.images; });
@@ -612,6 +612,7 @@ media_reply read_media_reply(const Node& j) {
     r.status = std::string(as_string(status).substr(0, 64));
     r.object = std::string(as_string(object).substr(0, 64));
     r.has_usage = is_object(usage);
+    r.id = std::string(as_string(id).substr(0, 256));
   });
   return r;
 }
@@ -634,16 +635,22 @@ R read_json(std::string_view body, F&& f) {
 
 }  // namespace
 
+std::string_view remix_source_id(std::string_view method, std::string_view path) noexcept {
+  if (method != "POST") return {};
+  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  constexpr std::string_view videos = "/v1/videos/", remix = "/remix";
+  if (!path.starts_with(videos) || !path.ends_with(remix) || path.size() <= videos.size() + remix.size()) return {};
+  const std::string_view id = path.substr(videos.size(), path.size() - videos.size() - remix.size());
+  return id.find('/') == std::string_view::npos ? id : std::string_view();
+}
+
 media_call media_call_of(std::string_view method, std::string_view path) noexcept {
   if (method != "POST") return media_call::none;
   if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
   if (path == "/v1/images/generations" || path == "/v1/images/edits" || path == "/v1/images/variations")
     return media_call::images;
   if (path == "/v1/videos") return media_call::video;
-  constexpr std::string_view videos = "/v1/videos/", remix = "/remix";
-  if (path.starts_with(videos) && path.ends_with(remix) && path.size() > videos.size() + remix.size() &&
-      path.substr(videos.size(), path.size() - videos.size() - remix.size()).find('/') == std::string_view::npos)
-    return media_call::video_remix;
+  if (!remix_source_id(method, path).empty()) return media_call::video_remix;
   return media_call::none;
 }
 

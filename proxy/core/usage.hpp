@@ -54,6 +54,8 @@ enum class media_call : std::uint8_t {
 // Which media call a request is (a trailing slash allowed); none for anything else, GETs of
 // video objects and content included.
 media_call media_call_of(std::string_view method, std::string_view path) noexcept;
+// The {id} of the video a remix call (POST /v1/videos/{id}/remix) remixes; "" for other calls.
+std::string_view remix_source_id(std::string_view method, std::string_view path) noexcept;
 // What the request asks for: the output's size, quality and length, as sent (JSON members or
 // form fields; "" when absent).
 struct media_request {
@@ -66,7 +68,7 @@ media_request media_request_of(std::string_view json_body);
 struct media_reply {
   std::int64_t images = -1;   // -1: no `data` array
   std::int64_t seconds = -1;  // -1: absent or not a whole number of seconds
-  std::string size, quality, model, status, object;
+  std::string size, quality, model, status, object, id;
   bool has_usage = false;
 };
 media_reply extract_media(std::string_view body);

@@ -1257,13 +1257,30 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     double multiplier = 0;
     for (auto i : plan.order) multiplier = std::max(multiplier, st_.upstreams[i]->cfg.price_multiplier);
     // An image or video generation is reserved at its model (the body's, else the API's
-    // default) for the images or seconds it asks; a remix (model unknown here) reserves nothing.
-    const bool media = c.media == media_call::images || c.media == media_call::video;
-    const std::string& price_id = media && send_model.empty() ? pass_model : send_model;
-    const model_price* price = st_.prices.resolve(price_id);
+    // default) for the images or seconds it asks. A remix names no model, size or length: it
+    // reserves its original's (a video created through tollgate, remembered), else the
+    // priciest per-second output of the price table for the longest video (12 s).
+    const bool media = c.media != media_call::none;
+    const bool remix = c.media == media_call::video_remix && send_model.empty();
+    std::string price_id = media && send_model.empty() ? pass_model : send_model;
+    const model_price* price = remix ? nullptr : st_.prices.resolve(price_id);
     token_usage worst;
     if (media) {
       worst = media_worst(c.media, c.media_of().media_req);
+      if (remix) {
+        const auto v = st_.videos.find(remix_source_id(req.method_string(), tp.path));
+        if (v && (price = st_.prices.resolve(v->model)) != nullptr) {
+          worst.video_seconds = v->seconds;
+          worst.media_w = v->w;
+          worst.media_h = v->h;
+        } else if (const auto [p, unit] = st_.prices.priciest_per_second(); p != nullptr) {
+          price = p;
+          worst.media_w = unit.w;
+          worst.media_h = unit.h;
+          worst.media_hd = unit.hd == 1;
+        }
+        if (price) price_id = price->name;
+      }
     } else {
       // Completion tokens: max_tokens (or the default) for each of the `n` choices; none for
       // embeddings, which produce none. Capped so that a huge max_tokens cannot overflow.
@@ -2033,6 +2050,9 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
       rec.tokens = *t;
       rec.source = usage_source::upstream;
       if (rec.served_model.empty() && !mr.model.empty()) rec.served_model = mr.model;
+      // A video, for what its remixes will reserve.
+      if (c.media != media_call::images && !mr.id.empty())
+        st_.videos.remember(mr.id, {rec.served_model, t->media_w, t->media_h, t->video_seconds});
     }
   }
   // Speech answers with audio and no usage; a model billed per input character (tts-1) is

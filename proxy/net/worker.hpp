@@ -24,6 +24,7 @@
 #include "core/http_rules.hpp"
 #include "core/pending_responses.hpp"
 #include "core/pricing.hpp"
+#include "core/video_memory.hpp"
 #include "core/upstream_router.hpp"
 
 namespace tollgate {
@@ -70,6 +71,7 @@ struct shared_state {
   std::atomic<std::int64_t> parked_connections{0};
   pending_responses background_responses;  // metered once, when a retrieval sees them finished
   pending_responses pending_batches;       // batches created through tollgate, metered the same way
+  video_memory videos;                     // videos created through tollgate: what their remixes reserve
   bool upstream_key_missing() const noexcept {
     for (const auto& u : upstreams)
       if (u->cfg.api_key.empty()) return true;

@@ -55,7 +55,7 @@ void check_body(route_kind route, std::string_view body) {
   // Media replies (DALL-E, Sora): counts never negative, one answer from either reader.
   const auto m = tollgate::extract_media(body), n = tollgate::extract_media(with_bom);
   FUZZ_CHECK(m.images == n.images && m.seconds == n.seconds && m.size == n.size && m.model == n.model &&
-             m.has_usage == n.has_usage);
+             m.has_usage == n.has_usage && m.id == n.id && m.id.size() <= 256);
   FUZZ_CHECK(m.images >= -1 && m.seconds >= -1);
   for (auto kind : {tollgate::media_call::images, tollgate::media_call::video, tollgate::media_call::video_remix}) {
     const auto u = tollgate::media_usage(kind, tollgate::media_request{m.size, m.quality, m.status, m.object}, m);

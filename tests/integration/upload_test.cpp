@@ -426,23 +426,34 @@ TEST_CASE("media: DALL-E images are billed per image and Sora videos per second 
 TEST_CASE("media: a hard budget reserves an image's or a video's price before it goes upstream", "[uploads][media][budgets]") {
   harness h({.tweak = [](tollgate::config& c) { c.policy.budgets = {tt::hard_daily_budget(5.0)}; }});
   const std::string pro = R"({"model":"sora-2-pro","prompt":"a gate","size":"1792x1024","seconds":"8"})";  // $4.00
-  CHECK(tt::post_json(h.port(), "/v1/videos", pro).status == 200);
+  auto first = tt::post_json(h.port(), "/v1/videos", pro);
+  REQUIRE(first.status == 200);
+  const std::string pro_id = json::parse(first.body)["id"];
   // $4 spent, $4 more asked: refused before the upstream bills it (the reply says nothing
   // about usage, so only the reservation can stop it).
   auto second = tt::post_json(h.port(), "/v1/videos", pro);
   CHECK(second.status == 429);
   CHECK(json::parse(second.body)["error"]["code"] == "budget_exceeded");
-  // Asking for fewer seconds fits: 4 s of sora-2 is $0.40.
-  CHECK(tt::post_json(h.port(), "/v1/videos", R"({"prompt":"a gate","seconds":"4"})").status == 200);
-  // Ten DALL-E 2 images ($0.20) fit; a size the table does not price cannot be counted: refused.
-  CHECK(tt::post_json(h.port(), "/v1/images/generations", R"({"model":"dall-e-2","prompt":"x","n":10})").status == 200);
+  // A remix names no model, size or length: it reserves its original's ($4 more: refused), and
+  // the remix of a video tollgate has not seen the priciest per-second output for 12 s ($6).
+  auto remix_pro = tt::post_json(h.port(), "/v1/videos/" + pro_id + "/remix", R"({"prompt":"at night"})");
+  CHECK(remix_pro.status == 429);
+  CHECK(json::parse(remix_pro.body)["error"]["code"] == "budget_exceeded");
+  CHECK(tt::post_json(h.port(), "/v1/videos/video_elsewhere/remix", R"({"prompt":"at night"})").status == 429);
+  // Asking for fewer seconds fits: 4 s of sora-2 is $0.40; its remix reserves as much and fits.
+  auto small = tt::post_json(h.port(), "/v1/videos", R"({"prompt":"a gate","seconds":"4"})");
+  REQUIRE(small.status == 200);
+  const std::string small_id = json::parse(small.body)["id"];
+  CHECK(tt::post_json(h.port(), "/v1/videos/" + small_id + "/remix", R"({"prompt":"at night"})").status == 200);
+  // Five DALL-E 2 images ($0.10) fit; a size the table does not price cannot be counted: refused.
+  CHECK(tt::post_json(h.port(), "/v1/images/generations", R"({"model":"dall-e-2","prompt":"x","n":5})").status == 200);
   auto unpriced = tt::post_json(h.port(), "/v1/images/generations", R"({"model":"dall-e-3","prompt":"x","size":"640x480"})");
   CHECK(unpriced.status == 429);
   CHECK_THAT(json::parse(unpriced.body)["error"]["message"].get<std::string>(),
              Catch::StartsWith("Model 'dall-e-3' has no price for this size or quality"));
   // gpt-image-1 is priced by the tokens its reply reports, not per image: admitted.
   CHECK(tt::post_json(h.port(), "/v1/images/generations", R"({"model":"gpt-image-1","prompt":"x"})").status == 200);
-  CHECK(h.upstream->request_count() == 4);
+  CHECK(h.upstream->request_count() == 5);
   h.flush();
-  CHECK(h.query_double("SELECT SUM(cost_usd) FROM calls") == Approx(4.0 + 0.4 + 0.2 + (12 * 5.0 + 4160 * 40.0) / 1e6));
+  CHECK(h.query_double("SELECT SUM(cost_usd) FROM calls") == Approx(4.0 + 0.4 + 0.4 + 0.1 + (12 * 5.0 + 4160 * 40.0) / 1e6));
 }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/pending_responses.hpp"
+#include "core/video_memory.hpp"
 
 using tollgate::is_finished_response;
 using tollgate::pending_responses;
@@ -71,4 +72,26 @@ TEST_CASE("pending_responses: changes are logged once tracked, aged-out ids as r
   CHECK(p.take_changes().empty());
   CHECK(tollgate::is_finished_batch("expired"));
   CHECK_FALSE(tollgate::is_finished_batch("finalizing"));
+}
+
+TEST_CASE("video_memory: a video's model, size and length are found by id, and the oldest go past the bound",
+          "[pending_responses][media]") {
+  tollgate::video_memory v(3);
+  CHECK_FALSE(v.find("video_1"));
+  v.remember("video_1", {"sora-2-pro", 1792, 1024, 8});
+  v.remember("", {"sora-2", 0, 0, 4});                      // no id: nothing to remember
+  v.remember(std::string(300, 'x'), {"sora-2", 0, 0, 4});  // not an id anyone will send
+  CHECK(v.size() == 1);
+  auto f = v.find("video_1");
+  REQUIRE(f);
+  CHECK(f->model == "sora-2-pro");
+  CHECK((f->w == 1792 && f->h == 1024 && f->seconds == 8));
+  v.remember("video_1", {"sora-2-pro", 1792, 1024, 12});  // an update, not a second entry
+  CHECK(v.find("video_1")->seconds == 12);
+  v.remember("video_2", {"sora-2", 720, 1280, 4});
+  v.remember("video_3", {"sora-2", 720, 1280, 4});
+  v.remember("video_4", {"sora-2", 720, 1280, 4});
+  CHECK(v.size() == 3);
+  CHECK_FALSE(v.find("video_1"));
+  CHECK(v.find("video_4"));
 }

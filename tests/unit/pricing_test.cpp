@@ -547,6 +547,13 @@ TEST_CASE("pricing: DALL-E images per image and Sora videos per second by size a
   CHECK_FALSE(compute_cost(t, "dall-e-3", media(0, 4, 1024, 1024)).priced);
   // The upstream's price multiplier applies as to tokens.
   CHECK(compute_cost(t, "dall-e-3", media(1, 0, 1024, 1024), 1.5).usd == Approx(0.06));
+  // What a remix of an unknown video reserves per second: sora-2-pro at 1792x1024 ($0.50).
+  const auto [priciest, unit] = t.priciest_per_second();
+  REQUIRE(priciest != nullptr);
+  CHECK(priciest->name == "sora-2-pro");
+  CHECK(unit.usd == Approx(0.5));
+  CHECK(((unit.w == 1792 && unit.h == 1024) || (unit.w == 1024 && unit.h == 1792)));
+  CHECK(price_table().priciest_per_second().first == nullptr);
 
   SECTION("the most specific price wins") {
     price_table m;

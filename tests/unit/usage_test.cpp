@@ -1022,6 +1022,14 @@ TEST_CASE("usage: DALL-E and Sora calls are billed per image and per second of v
   CHECK(media_call_of("POST", "/v1/videos//remix") == media_call::none);
   CHECK(media_call_of("POST", "/v1/videos/a/b/remix") == media_call::none);
   CHECK(media_call_of("DELETE", "/v1/videos/video_123") == media_call::none);
+  CHECK(tollgate::remix_source_id("POST", "/v1/videos/video_123/remix") == "video_123");
+  CHECK(tollgate::remix_source_id("POST", "/v1/videos/video_123/remix/") == "video_123");
+  CHECK(tollgate::remix_source_id("GET", "/v1/videos/video_123/remix").empty());
+  CHECK(tollgate::remix_source_id("POST", "/v1/videos//remix").empty());
+  CHECK(tollgate::remix_source_id("POST", "/v1/videos/a/b/remix").empty());
+  CHECK(tollgate::remix_source_id("POST", "/v1/videos").empty());
+  CHECK(tollgate::extract_media(R"({"id":"video_9","object":"video","model":"sora-2"})").id == "video_9");
+  CHECK(tollgate::extract_media(R"({"id":9,"object":"video"})").id.empty());
 
   const auto req = tollgate::media_request_of(R"({"model":"dall-e-3","prompt":"x","n":1,"size":"1792x1024","quality":"hd"})");
   CHECK(req.size == "1792x1024");
