@@ -12,6 +12,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include "core/string_hash.hpp"
+
 namespace tollgate {
 
 class pending_responses {
@@ -32,12 +34,8 @@ class pending_responses {
   std::vector<change> take_changes();
 
  private:
-  struct hash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-  };
   mutable std::mutex mu_;
-  std::unordered_set<std::string, hash, std::equal_to<>> ids_;
+  std::unordered_set<std::string, string_hash, std::equal_to<>> ids_;
   std::deque<std::string> order_;  // insertion order, for the bound (taken ids age out too)
   std::size_t cap_;
   bool tracking_ = false;

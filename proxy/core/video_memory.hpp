@@ -14,6 +14,8 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "core/string_hash.hpp"
+
 namespace tollgate {
 
 struct video_fact {
@@ -31,12 +33,8 @@ class video_memory {
   std::size_t size() const;
 
  private:
-  struct hash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-  };
   mutable std::mutex mu_;
-  std::unordered_map<std::string, video_fact, hash, std::equal_to<>> facts_;
+  std::unordered_map<std::string, video_fact, string_hash, std::equal_to<>> facts_;
   std::deque<std::string> order_;  // insertion order, for the bound
   std::size_t cap_;
 };

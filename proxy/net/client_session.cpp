@@ -1262,7 +1262,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     // priciest per-second output of the price table for the longest video (12 s).
     const bool media = c.media != media_call::none;
     const bool remix = c.media == media_call::video_remix && send_model.empty();
-    std::string price_id = media && send_model.empty() ? pass_model : send_model;
+    std::string_view price_id = media && send_model.empty() ? pass_model : send_model;
     const model_price* price = remix ? nullptr : st_.prices.resolve(price_id);
     token_usage worst;
     if (media) {
@@ -1335,7 +1335,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
         // else when its period ends (informative: x-should-retry stays false).
         extra_headers_.emplace_back("retry-after", std::to_string(std::max<std::int64_t>(1, d.retry_after_s)));
         if (d.unpriced)
-          return a.refuse(errc::budget_exceeded, "Model '" + price_id + "' has no price" +
+          return a.refuse(errc::budget_exceeded, "Model '" + std::string(price_id) + "' has no price" +
                                                      (media && price ? " for this size or quality" : "") +
                                                      ", so the hard budget " + d.scope + " (" + d.period +
                                                      ") cannot hold its calls: add it to the price table.");
