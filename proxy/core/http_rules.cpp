@@ -346,8 +346,10 @@ route_decision classify(std::string_view method, std::string_view path) noexcept
   }
   // The metered routes take POST and the models routes GET. A few other methods on the same
   // paths are other API calls, relayed unmetered as route `other`: GET /v1/chat/completions
-  // lists stored completions and DELETE /v1/models/{id} deletes a fine-tuned model (both in the
-  // OpenAI SDK), and OPTIONS is a browser's CORS preflight. HEAD goes wherever GET does (RFC 9110
+  // lists stored completions, DELETE /v1/models/{id} deletes a fine-tuned model (both in the
+  // OpenAI SDK), a GET of /v1/responses opens the Responses API's WebSocket mode (the SDKs'
+  // `responses.connect()`: a tunnel, metered per response), and OPTIONS is a browser's CORS
+  // preflight. HEAD goes wherever GET does (RFC 9110
   // §9.1), relayed as a HEAD. Any other method is a 405.
   auto only = [&](std::string_view m, route_kind r, bool json, std::string_view also, std::string_view allow) {
     d.route = r;
@@ -365,7 +367,7 @@ route_decision classify(std::string_view method, std::string_view path) noexcept
   if (path == "/v1/chat/completions") return only("POST", route_kind::chat_completions, true, "GET", "GET, HEAD, POST");
   if (path == "/v1/completions") return only("POST", route_kind::completions, true, {}, "POST");
   if (path == "/v1/embeddings") return only("POST", route_kind::embeddings, true, {}, "POST");
-  if (path == "/v1/responses") return only("POST", route_kind::responses, true, {}, "POST");
+  if (path == "/v1/responses") return only("POST", route_kind::responses, true, "GET", "GET, HEAD, POST");
   if (path == "/v1/messages") return only("POST", route_kind::messages, true, {}, "POST");
   if (path == "/v1/models") return only("GET", route_kind::models, false, {}, "GET, HEAD");
   if (path.starts_with("/v1/models/") && path.size() > 11)

@@ -507,7 +507,8 @@ std::optional<std::string_view> top_level_string(std::string_view head, std::str
 bool realtime_meter::wanted(std::string_view head) noexcept {
   const auto type = top_level_string(head, "type");
   if (!type) return true;  // not within the head: read the whole message to know
-  return *type == "response.done" || *type == "session.created" || *type == "session.updated" ||
+  return *type == "response.done" || *type == "response.completed" || *type == "response.incomplete" ||
+         *type == "response.failed" || *type == "session.created" || *type == "session.updated" ||
          *type == "transcription_session.created" || *type == "transcription_session.updated" ||
          *type == "conversation.item.input_audio_transcription.completed";
 }
@@ -520,7 +521,26 @@ void realtime_meter::on_message(std::string_view text) {
     if (type == "response.done") {
       if (const auto t = realtime_usage(member(member(j, "response"), "usage"))) {
         ++responses_;
+        ++realtime_responses_;
         responses_usage_.add(*t);
+      }
+    } else if (type == "response.completed" || type == "response.incomplete" || type == "response.failed") {
+      // The Responses API over WebSocket: a whole Responses object, as its SSE stream ends.
+      const auto& response = member(j, "response");
+      auto t = responses_usage(member(response, "usage"));
+      if (!t) return;
+      if (const auto tier = string_member(response, "service_tier"); !tier.empty()) t->tier = parse_service_tier(tier);
+      count_tool_calls(member(response, "output"), *t);
+      std::string_view m = string_member(response, "model");
+      if (m.size() > 256) m = {};
+      if (m.empty()) m = model_;  // the handshake's ?model=, if any
+      ++responses_;
+      auto it = std::find_if(api_responses_.begin(), api_responses_.end(),
+                             [&](const auto& e) { return e.first == m && e.second.tier == t->tier; });
+      if (it == api_responses_.end()) {
+        api_responses_.emplace_back(std::string(m), *t);
+      } else {
+        it->second.add(*t);
       }
     } else if (type == "conversation.item.input_audio_transcription.completed") {
       // Token usage (gpt-4o-transcribe and its kin); whisper-1 reports seconds, which no entry prices.
@@ -549,7 +569,8 @@ void realtime_meter::on_message(std::string_view text) {
 
 std::vector<std::pair<std::string, token_usage>> realtime_meter::by_model() const {
   std::vector<std::pair<std::string, token_usage>> out;
-  if (responses_ > 0) out.emplace_back(model_, responses_usage_);
+  if (realtime_responses_ > 0) out.emplace_back(model_, responses_usage_);
+  for (const auto& m : api_responses_) out.push_back(m);
   for (const auto& m : transcription_usage_) out.push_back(m);
   return out;
 }

@@ -83,10 +83,15 @@ std::optional<token_usage> media_usage(media_call kind, const media_request& req
 // asked size and quality (or the API's default size).
 token_usage media_worst(media_call kind, const media_request& req);
 
-// A Realtime API session's server events (OpenAI, over WebSocket), as they pass: the session's
-// model (session.created / session.updated `session.model`), every response.done's usage summed,
-// and the input audio transcriptions' usage (conversation.item.input_audio_transcription.completed),
-// which is billed at the transcription model the session names, not the session's.
+// A WebSocket session's server events (OpenAI), as they pass.
+// - The Realtime API (GET /v1/realtime): the session's model (session.created / session.updated
+//   `session.model`), every response.done's usage summed, and the input audio transcriptions'
+//   usage (conversation.item.input_audio_transcription.completed), which is billed at the
+//   transcription model the session names, not the session's.
+// - The Responses API's WebSocket mode (GET /v1/responses, the SDKs' `responses.connect()`): each
+//   response.completed / .incomplete / .failed carries a whole Responses object, its usage priced
+//   at its own `model` and `service_tier` (every response.create may name another model), its
+//   hosted tool calls (web and file searches) counted as on POST /v1/responses.
 class realtime_meter {
  public:
   // `requested_model`: the handshake's ?model=, used until the session names its own.
@@ -98,16 +103,22 @@ class realtime_meter {
   void on_message(std::string_view text);
 
   bool has_usage() const noexcept { return responses_ + transcriptions_ > 0; }
-  const std::string& model() const noexcept { return model_; }
+  // The session's model; in WebSocket mode, where no session names one, the first response's.
+  const std::string& model() const noexcept {
+    return model_.empty() && !api_responses_.empty() ? api_responses_.front().first : model_;
+  }
   std::size_t responses() const noexcept { return responses_; }
   std::size_t transcriptions() const noexcept { return transcriptions_; }
-  // Usage per model, the session's model first (its responses), then each transcription model.
+  // Usage per model, the session's model first (its responses), then each Responses API model
+  // (one entry per model and service tier), then each transcription model.
   std::vector<std::pair<std::string, token_usage>> by_model() const;
 
  private:
   std::string model_;
   std::string transcription_model_;
   token_usage responses_usage_;
+  std::vector<std::pair<std::string, token_usage>> api_responses_;  // WebSocket mode, per model and tier
+  std::size_t realtime_responses_ = 0;
   std::vector<std::pair<std::string, token_usage>> transcription_usage_;
   std::size_t responses_ = 0, transcriptions_ = 0;
 };

@@ -63,9 +63,6 @@ constexpr auto local_write_timeout = 30s;
 constexpr std::size_t pass_through_inspect_limit = 1 << 20;
 constexpr std::string_view upload_too_large =
     "Request body exceeds the configured limit for uploads (server.max_upload_bytes).";
-// A Realtime server event larger than this is not metered (a response.done is a few KB; its
-// text output would have to be megabytes long).
-constexpr std::size_t realtime_max_message = 8 << 20;
 // A stored upload goes upstream in writes of this size (see send_spooled).
 constexpr std::size_t spool_chunk = 256 * 1024;
 // How long a keep-alive connection waits for its next request with a read buffer ready (one recv
@@ -1026,6 +1023,8 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
   // A handshake has no body (RFC 6455 §4.1); a GET that carries one is relayed as a plain call.
   c.websocket = rd.route == route_kind::other && req.body().empty() && !c.spooled.active() &&
                 is_websocket_upgrade(req.method_string(), req.version(), c.head.connection, c.head.upgrade);
+  // The Responses API's WebSocket mode: its row is a responses call's, as its POSTs are.
+  if (c.websocket && (tp.path == "/v1/responses" || tp.path == "/v1/responses/")) rec.route = route_kind::responses;
   if (auto id = c.head.request_id; !id.empty() && id.size() <= 200)
     rec.request_id = std::string(id);
   else
@@ -2153,15 +2152,20 @@ void client_session::arm_sweep(worker& w) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// WebSocket sessions (the OpenAI Realtime API: the SDK opens wss://…/v1/realtime, so tollgate
-// sits behind a TLS-terminating load balancer that forwards the upgrade).
+// WebSocket sessions: the OpenAI Realtime API (the SDK opens wss://…/v1/realtime, so tollgate
+// sits behind a TLS-terminating load balancer that forwards the upgrade) and the Responses API's
+// WebSocket mode (GET /v1/responses; the SDK dials ws:// for an http:// base URL).
 
 // The opening handshake goes to the first upstream that takes a connection, on a fresh one that
 // is never pooled, with the upstream's credentials. Its answer comes back; after a 101 the bytes
 // of both directions are relayed untouched until either side closes, or until
-// upstream.timeouts.total after the request. One ledger row per session: route other, status
-// 101, latency = the session's length, usage and cost from the upstream's response.done events
-// (read as they pass, below). A routing rule's rewrite replaces the query's `model`.
+// upstream.timeouts.total after the request. One ledger row per session: route other (responses
+// for the Responses API), status 101, latency = the session's length, usage and cost from the
+// upstream's response.done (Realtime) or response.completed (Responses) events, read as they
+// pass (below). A routing rule's rewrite replaces the query's `model`.
+// Why one row per session and not per response: a Responses socket may run several responses at
+// once (`stream_id` lanes), and a Realtime response has no request of its own; the budgets see
+// each response as it completes all the same.
 awaitable<void> client_session::tunnel(const std::vector<candidate>& tries, client_request& req,
                                        const route_decision& rd, const target_parts& tp, call& c) {
   auto& rec = c.rec;
@@ -2261,7 +2265,10 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   // The upstream's frames are read as they pass (the bytes go on untouched) for the Realtime
   // API's usage events: the session's row is priced from them, per model, when it ends.
   realtime_meter meter(c.sent_model.empty() ? rec.requested_model : c.sent_model);
-  ws_message_reader reader(&realtime_meter::wanted, realtime_max_message);
+  // A usage event larger than server.max_parse_bytes is not metered, as a POST's body would not
+  // be: a Realtime response.done is a few KB, but a Responses API response.completed holds the
+  // whole response (an image_generation call's base64 images are megabytes).
+  ws_message_reader reader(&realtime_meter::wanted, cfg_.max_parse_bytes);
   std::vector<std::string> events;
   auto read_frames = [&meter, &reader, &events](std::string_view bytes) {
     if (reader.failed()) return;
@@ -2310,11 +2317,18 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
     beast::error_code ignored;
     conn.tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
     if (!reader.between_messages()) co_return;
-    constexpr std::string_view event =
+    // The Realtime API's error event, or the Responses API's (WebSocket mode: with the HTTP status
+    // a POST would have had).
+    constexpr std::string_view realtime_event =
         R"({"type":"error","event_id":"event_tollgate_budget","error":{"type":"invalid_request_error",)"
         R"("code":"budget_exceeded","message":"A hard budget this session counts in is spent: tollgate )"
         R"(closed the session.","param":null,"event_id":null}})";
-    const std::string bye = ws_server_frame(1, event) + ws_close_frame(1008, "budget exceeded");
+    constexpr std::string_view responses_event =
+        R"({"type":"error","status":429,"error":{"type":"budget_exceeded",)"
+        R"("code":"budget_exceeded","message":"A hard budget this session counts in is spent: tollgate )"
+        R"(closed the session.","param":null}})";
+    const std::string bye = ws_server_frame(1, rec.route == route_kind::responses ? responses_event : realtime_event) +
+                            ws_close_frame(1008, "budget exceeded");
     co_await asio::async_write(stream_, asio::buffer(bye), redirect_error(use_awaitable, ignored));
     stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
     if (client_side_done) co_return;
@@ -2354,6 +2368,10 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
     c.usage_by_model = meter.by_model();
     rec.tokens = {};
     for (const auto& [m, u] : c.usage_by_model) rec.tokens.add(u);
+    // The row's service_tier: the one its responses all report (none when they differ).
+    const auto tier = c.usage_by_model.front().second.tier;
+    if (std::all_of(c.usage_by_model.begin(), c.usage_by_model.end(), [tier](const auto& e) { return e.second.tier == tier; }))
+      rec.tokens.tier = tier;
     rec.source = usage_source::upstream;
   }
   if (reader.failed() || reader.oversized() > 0 || reader.compressed() > 0)

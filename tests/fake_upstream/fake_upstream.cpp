@@ -106,6 +106,9 @@ struct server::impl {
   template <class Stream>
   void realtime_session(Stream& stream, const http::request<http::string_body>& req, std::uint64_t number);
   template <class Stream>
+  void responses_session(Stream& stream, const http::request<http::string_body>& req, const detail::knobs& k,
+                         std::uint64_t number);
+  template <class Stream>
   bool respond(connection& c, Stream& stream, tcp::socket& raw, const detail::knobs& k, detail::reply& r,
                std::uint64_t number, bool keep_alive);
   template <class Stream>
@@ -253,7 +256,11 @@ void server::impl::serve(connection& c, Stream& stream, tcp::socket& raw) {
       k = detail::parse_knobs(with_defaults);
     }
     if (beast::websocket::is_upgrade(req) && k.status < 400 && k.fault_kind == fault::none) {
-      realtime_session(stream, req, number);
+      const std::string_view path(req.target().data(), std::min(req.target().size(), req.target().find('?')));
+      if (path == "/v1/responses" || path == "/v1/responses/")
+        responses_session(stream, req, k, number);
+      else
+        realtime_session(stream, req, number);
       return;
     }
     detail::reply r = detail::make_reply(rec, k, number);
@@ -337,6 +344,61 @@ void server::impl::realtime_session(Stream& stream, const http::request<http::st
                                .dump()),
                ec);
     if (ec) return;
+  }
+}
+
+// A WebSocket session shaped like the Responses API's WebSocket mode (GET /v1/responses): each
+// {"type":"response.create", ...} is answered with the events a streamed POST /v1/responses of
+// the same body would send (response.created ... response.completed with usage, the handshake's
+// x-fake-* knobs applying), each its own text message, tagged with the create's `stream_id` when
+// it has one; any other message gets an error event. A message "close" makes the server close
+// the session (code 1000). Ends when the client closes or goes away.
+template <class Stream>
+void server::impl::responses_session(Stream& stream, const http::request<http::string_body>& req,
+                                     const detail::knobs& k, std::uint64_t number) {
+  beast::websocket::stream<Stream&> ws(stream);
+  ws.set_option(beast::websocket::stream_base::decorator([number](beast::websocket::response_type& res) {
+    res.set("x-request-id", "req_fake_" + std::to_string(number));
+  }));
+  ws.accept(req);
+  ws.text(true);
+  std::uint64_t responses = 0;
+  for (;;) {
+    beast::flat_buffer in;
+    beast::error_code ec;
+    ws.read(in, ec);
+    if (ec) return;
+    const std::string text = beast::buffers_to_string(in.data());
+    if (text == "close") {
+      ws.close(beast::websocket::close_code::normal, ec);
+      return;
+    }
+    auto event = nlohmann::json::parse(text, nullptr, false);
+    if (!event.is_object() || event.value("type", "") != "response.create") {
+      const nlohmann::json error{{"type", "error"},
+                                 {"status", 400},
+                                 {"error", {{"type", "invalid_request_error"}, {"code", "unknown_event"},
+                                            {"message", "fake upstream: expected response.create"}, {"param", nullptr}}}};
+      ws.write(net::buffer(error.dump()), ec);
+      if (ec) return;
+      continue;
+    }
+    const nlohmann::json lane = event.contains("stream_id") ? event["stream_id"] : nlohmann::json();
+    event.erase("type");
+    event.erase("stream_id");
+    event["stream"] = true;
+    recorded_request as_post{"POST", "/v1/responses", event.dump(), {}};
+    for (const auto& f : req) as_post.headers.emplace_back(f.name_string(), f.value());
+    const detail::reply r = detail::make_reply(as_post, k, number * 1000 + ++responses);
+    for (const auto& e : r.events) {
+      const std::size_t data = e.text.find("data: ");
+      if (data == std::string::npos) continue;
+      auto j = nlohmann::json::parse(e.text.substr(data + 6), nullptr, false);
+      if (!j.is_object()) continue;  // [DONE]
+      if (!lane.is_null()) j["stream_id"] = lane;
+      ws.write(net::buffer(j.dump()), ec);
+      if (ec) return;
+    }
   }
 }
 

@@ -690,6 +690,94 @@ TEST_CASE("relay: a Realtime session is charged as its responses complete and cl
   CHECK(refused.result_int() == 429);
 }
 
+namespace {
+// One response.create over a Responses API WebSocket (GET /v1/responses) and the events the fake
+// upstream answers with, up to the terminal one, which is returned.
+json ws_response(ws_client& ws, const json& create) {
+  ws.write(boost::asio::buffer(create.dump()));
+  for (;;) {
+    json e = next_event(ws);
+    if (create.contains("stream_id")) CHECK(e["stream_id"] == create["stream_id"]);
+    if (e["type"] == "response.completed" || e["type"] == "error") return e;
+  }
+}
+double gpt41_cost(const json& usage, double in, double cached, double out) {
+  const double c = usage["input_tokens_details"]["cached_tokens"].get<double>();
+  return ((usage["input_tokens"].get<double>() - c) * in + c * cached + usage["output_tokens"].get<double>() * out) / 1e6;
+}
+}  // namespace
+
+TEST_CASE("relay: the Responses API over WebSocket (responses.connect) is tunnelled and its responses metered",
+          "[relay][websocket]") {
+  namespace beast = boost::beast;
+  namespace websocket = beast::websocket;
+  namespace net = boost::asio;
+  harness h;
+  net::io_context ioc;
+  ws_client ws(ioc);
+  ws.next_layer().connect({net::ip::make_address("127.0.0.1"), h.port()});
+  ws.set_option(websocket::stream_base::decorator([](websocket::request_type& r) {
+    r.set(beast::http::field::authorization, "Bearer sk-client-key");
+    r.set("x-fake-cached-tokens", "4");
+  }));
+  websocket::response_type res;
+  ws.handshake(res, "127.0.0.1", "/v1/responses");
+  CHECK(res.result_int() == 101);
+  CHECK(res["x-request-id"].starts_with("tg-"));
+  ws.text(true);
+  // Two responses at two models, one on a lane (stream_id), each priced at its own model.
+  const json first = ws_response(ws, {{"type", "response.create"}, {"model", "gpt-4.1"}, {"input", "Say hello."}});
+  REQUIRE(first["type"] == "response.completed");
+  CHECK(first["response"]["model"] == "gpt-4.1");
+  const json second = ws_response(ws, {{"type", "response.create"}, {"model", "gpt-4.1-mini"}, {"input", "Now goodbye."},
+                                       {"stream_id", "lane-1"}, {"previous_response_id", first["response"]["id"]}});
+  REQUIRE(second["type"] == "response.completed");
+  CHECK(ws_response(ws, {{"type", "response.steer"}})["type"] == "error");  // the upstream's answer, relayed
+  ws.close(websocket::close_code::normal);
+  h.flush();
+  CHECK(h.query_text("SELECT route || ' ' || method || ' ' || status || ' ' || usage_source || ' ' || served_model || ' ' || "
+                     "price_model FROM calls") == "responses GET 101 upstream gpt-4.1 gpt-4.1");
+  const json& u1 = first["response"]["usage"];
+  const json& u2 = second["response"]["usage"];
+  CHECK(h.query_int("SELECT prompt_tokens FROM calls") == u1["input_tokens"].get<int>() + u2["input_tokens"].get<int>());
+  CHECK(h.query_int("SELECT cached_tokens FROM calls") == 8);
+  CHECK(h.query_int("SELECT completion_tokens FROM calls") == u1["output_tokens"].get<int>() + u2["output_tokens"].get<int>());
+  // gpt-4.1 $2 / $0.50 cached / $8 per 1M, gpt-4.1-mini $0.40 / $0.10 / $1.60.
+  CHECK(h.query_double("SELECT cost_usd FROM calls") == Approx(gpt41_cost(u1, 2.0, 0.5, 8.0) + gpt41_cost(u2, 0.4, 0.1, 1.6)));
+  auto up = h.upstream->requests();
+  REQUIRE(up.size() == 1);
+  CHECK(up[0].method == "GET");
+  CHECK(up[0].target == "/v1/responses");
+  CHECK(up[0].header("authorization") == "Bearer test-upstream-key");
+  CHECK(beast::iequals(up[0].header("upgrade"), "websocket"));
+}
+
+TEST_CASE("relay: a Responses WebSocket is closed with a Responses error event when a hard budget is spent",
+          "[relay][websocket][budgets]") {
+  namespace beast = boost::beast;
+  namespace websocket = beast::websocket;
+  namespace net = boost::asio;
+  harness h({.tweak = [&](tollgate::config& c) { c.policy.budgets = {tt::hard_daily_budget(1e-9)}; }});
+  net::io_context ioc;
+  ws_client ws(ioc);
+  ws.next_layer().connect({net::ip::make_address("127.0.0.1"), h.port()});
+  ws.handshake("127.0.0.1", "/v1/responses");
+  ws.text(true);
+  CHECK(ws_response(ws, {{"type", "response.create"}, {"model", "gpt-4.1"}, {"input", "hi"}})["type"] == "response.completed");
+  const json error = next_event(ws);
+  CHECK(error["type"] == "error");
+  CHECK(error["status"] == 429);
+  CHECK(error["error"]["code"] == "budget_exceeded");
+  beast::flat_buffer b;
+  beast::error_code ec;
+  ws.read(b, ec);
+  CHECK(ec == websocket::error::closed);
+  CHECK(ws.reason().code == websocket::close_code::policy_error);
+  h.flush();
+  CHECK(h.query_text("SELECT route || ' ' || status || ' ' || error_kind FROM calls") == "responses 101 budget_exceeded");
+  CHECK(h.query_double("SELECT cost_usd FROM calls") > 0);
+}
+
 TEST_CASE("relay: a WebSocket handshake the upstream refuses comes back as its answer", "[relay][websocket]") {
   harness h;
   const std::string handshake =

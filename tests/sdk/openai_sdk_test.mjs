@@ -1,10 +1,10 @@
 // Drives the official OpenAI Node SDK against OPENAI_BASE_URL (tollgate, or the fake upstream
 // directly) and checks that what the SDK parses is intact: content, usage, streams, tool calls,
 // embeddings, models, errors and response headers. Run: node --test openai_sdk_test.mjs
+// OPENAI_SDK names the package to drive (package.json installs two generations under aliases:
+// `openai`, 5.x, and `openai-7`, the current 7.x); the default is `openai`.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import OpenAI, { toFile } from 'openai';
-import { OpenAIRealtimeWS } from 'openai/realtime/ws';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -12,6 +12,12 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
+
+const sdk = process.env.OPENAI_SDK || 'openai';
+const { default: OpenAI, toFile } = await import(sdk);
+const { OpenAIRealtimeWS } = await import(`${sdk}/realtime/ws`);
+// The Responses API's WebSocket mode (GET /v1/responses): 7.x only.
+const ResponsesWS = await import(`${sdk}/resources/responses/ws`).then((m) => m.ResponsesWS, () => null);
 
 const baseURL = process.env.OPENAI_BASE_URL;
 if (!baseURL) throw new Error('set OPENAI_BASE_URL, e.g. http://127.0.0.1:8080/v1');
@@ -286,5 +292,37 @@ test('realtime over WebSocket through a TLS-terminating front: session.created, 
   } finally {
     front.close();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// The Responses API over one WebSocket (the SDK's ResponsesWS; the OpenAI Agents SDK's websocket
+// transport): for an http:// base URL the SDK dials ws:// at <base>/responses, so it reaches
+// tollgate directly. Two turns at two models, the second continuing the first; tollgate meters
+// each response.completed at its own model (run_sdk_test.sh checks the session's ledger row).
+test('responses API over WebSocket (ResponsesWS): two turns, each response.completed with usage', { skip: !ResponsesWS && `${sdk} has no ResponsesWS` }, async () => {
+  const ws = new ResponsesWS(client);
+  const completed = [];
+  let text = '';
+  try {
+    await new Promise((resolve, reject) => {
+      ws.on('error', reject);
+      ws.on('event', (event) => {
+        if (event.type === 'response.output_text.delta') text += event.delta;
+        if (event.type !== 'response.completed') return;
+        completed.push(event.response);
+        if (completed.length === 2) return resolve();
+        ws.send({ type: 'response.create', model: 'gpt-4.1-mini', input: 'Now say goodbye.', previous_response_id: event.response.id });
+      });
+      ws.send({ type: 'response.create', model, input: 'Say hello to the SDK test.' });
+      setTimeout(() => reject(new Error(`${completed.length} of 2 responses completed`)), 10_000).unref();
+    });
+  } finally {
+    ws.close();
+  }
+  assert.ok(text.length > 0);
+  assert.deepEqual(completed.map((r) => r.model), [model, 'gpt-4.1-mini']);
+  for (const r of completed) {
+    assert.equal(r.status, 'completed');
+    assert.ok(r.usage.input_tokens > 0 && r.usage.output_tokens > 0);
   }
 });

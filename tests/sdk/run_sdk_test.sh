@@ -126,7 +126,7 @@ SQL
 }
 
 case "$sdk" in
-  openai) packages=(openai ws) ;;  # ws: the SDK's Realtime WebSocket client
+  openai) packages=(openai openai-7 ws) ;;  # ws: the SDKs' Realtime and Responses WebSocket clients
   anthropic) packages=(anthropic-sdk-0 anthropic-sdk-1) ;;
 esac
 for package in "${packages[@]}"; do
@@ -145,8 +145,12 @@ fi
 cd "$here"
 status=0
 if [[ "$sdk" == openai ]]; then
-  echo "run_sdk_test.sh: OpenAI SDK against $base_url"
-  OPENAI_BASE_URL="$base_url" OPENAI_API_KEY="${OPENAI_API_KEY:-sk-tollgate-sdk-test}" node --test openai_sdk_test.mjs
+  # Both generations run even when the first fails.
+  for package in openai openai-7; do
+    echo "run_sdk_test.sh: OpenAI SDK $package against $base_url"
+    OPENAI_SDK="$package" OPENAI_BASE_URL="$base_url" OPENAI_API_KEY="${OPENAI_API_KEY:-sk-tollgate-sdk-test}" \
+      node --test openai_sdk_test.mjs || status=1
+  done
 else
   # The Anthropic SDKs add /v1 themselves. Both generations run even when the first fails.
   for package in "${packages[@]}"; do
@@ -171,6 +175,17 @@ if [[ -n "$tollgate_bin" ]]; then
   if (( rows < 10 )); then
     echo "run_sdk_test.sh: expected every SDK call in the ledger" >&2
     exit 1
+  fi
+  if [[ "$sdk" == openai ]]; then
+    # openai-7's ResponsesWS session (two responses, gpt-4.1 then gpt-4.1-mini): one row, route
+    # responses, status 101, priced at each response's model.
+    ws_rows="$(sqlite3 "$workdir/ledger.db" "SELECT COUNT(*) FROM calls WHERE route = 'responses' AND method = 'GET'
+      AND status = 101 AND usage_source = 'upstream' AND price_model = 'gpt-4.1' AND priced = 1 AND cost_usd > 0")"
+    echo "run_sdk_test.sh: metered Responses WebSocket sessions: $ws_rows"
+    if (( ws_rows != 1 )); then
+      echo "run_sdk_test.sh: expected the ResponsesWS session's row in the ledger" >&2
+      status=1
+    fi
   fi
   if [[ "$sdk" == anthropic ]]; then
     for package in "${packages[@]}"; do

@@ -37,9 +37,11 @@ TEST_CASE("http_rules: routes and methods", "[http_rules]") {
   CHECK(classify("HEAD", "/v1/embeddings").error == errc::method_not_allowed);
   SECTION("the other API calls on a metered or models path pass through, other methods are 405") {
     // GET /v1/chat/completions lists stored completions, DELETE /v1/models/{id} deletes a
-    // fine-tuned model (both OpenAI SDK calls); OPTIONS is a browser's CORS preflight.
+    // fine-tuned model (both OpenAI SDK calls), GET /v1/responses opens the Responses API's
+    // WebSocket mode; OPTIONS is a browser's CORS preflight.
     for (const auto& [method, path] : std::vector<std::pair<std::string_view, std::string_view>>{
              {"GET", "/v1/chat/completions"}, {"GET", "/v1/chat/completions/"}, {"DELETE", "/v1/models/ft:gpt-4.1:acme::x"},
+             {"GET", "/v1/responses"}, {"GET", "/v1/responses/"}, {"HEAD", "/v1/responses"},
              {"OPTIONS", "/v1/chat/completions"}, {"OPTIONS", "/v1/messages"}, {"OPTIONS", "/v1/models"}}) {
       CAPTURE(method, path);
       const auto d = classify(method, path);
@@ -49,7 +51,7 @@ TEST_CASE("http_rules: routes and methods", "[http_rules]") {
     }
     for (const auto& [method, path, allow] : std::vector<std::tuple<std::string_view, std::string_view, std::string_view>>{
              {"PUT", "/v1/chat/completions", "GET, HEAD, POST"}, {"DELETE", "/v1/chat/completions", "GET, HEAD, POST"},
-             {"GET", "/v1/completions", "POST"}, {"GET", "/v1/embeddings", "POST"}, {"GET", "/v1/responses", "POST"},
+             {"GET", "/v1/completions", "POST"}, {"GET", "/v1/embeddings", "POST"}, {"PUT", "/v1/responses", "GET, HEAD, POST"},
              {"GET", "/v1/messages", "POST"}, {"POST", "/v1/models", "GET, HEAD"}, {"DELETE", "/v1/models", "GET, HEAD"},
              {"HEAD", "/v1/embeddings", "POST"}, {"POST", "/v1/models/gpt-4.1", "GET, HEAD, DELETE"}}) {
       CAPTURE(method, path);

@@ -1070,7 +1070,7 @@ TEST_CASE("usage: DALL-E and Sora calls are billed per image and per second of v
     CHECK(u->video_seconds == 12);
     CHECK((u->media_w == 1792 && u->media_h == 1024));
     const auto bare = tollgate::extract_media(R"({"id":"video_1","object":"video","status":"queued"})");
-    const auto r = media_usage(media_call::video, media_request{"1280x720", "", "8"}, bare);
+    const auto r = media_usage(media_call::video, media_request{"1280x720", "", "8", ""}, bare);
     REQUIRE(r);
     CHECK(r->video_seconds == 8);
     CHECK((r->media_w == 1280 && r->media_h == 720));

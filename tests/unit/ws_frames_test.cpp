@@ -237,3 +237,51 @@ TEST_CASE("realtime: beta event names, a transcription session, whisper's second
   CHECK(tb[0].second.audio_in == 20);
   CHECK(!realtime_meter("x").has_usage());
 }
+
+TEST_CASE("realtime: the Responses API over WebSocket is metered per response at its own model and tier") {
+  // GET /v1/responses (the SDKs' responses.connect()): no session event names a model; each
+  // response.create may name another, and the terminal event carries the whole response.
+  CHECK(realtime_meter::wanted(R"({"type":"response.completed","response":{)"));
+  CHECK(realtime_meter::wanted(R"({"type":"response.incomplete")"));
+  CHECK(realtime_meter::wanted(R"({"type":"response.failed")"));
+  CHECK(!realtime_meter::wanted(R"({"type":"response.output_text.delta","delta":"hi)"));
+  realtime_meter m("");
+  CHECK(m.model().empty());
+  m.on_message(R"({"type":"response.created","response":{"model":"gpt-5-2025-08-07","usage":null}})");
+  m.on_message(R"({"type":"response.completed","sequence_number":9,"response":{"id":"resp_1","model":"gpt-5-2025-08-07",
+    "service_tier":"default","output":[{"type":"web_search_call","id":"ws_1","status":"completed"},
+      {"type":"message","content":[{"type":"output_text","text":"hi"}]}],
+    "usage":{"input_tokens":1000,"input_tokens_details":{"cached_tokens":400},"output_tokens":500,
+      "output_tokens_details":{"reasoning_tokens":200},"total_tokens":1500}}})");
+  m.on_message(R"({"type":"response.completed","stream_id":"lane-2","response":{"model":"gpt-5-mini","service_tier":"priority",
+    "output":[],"usage":{"input_tokens":100,"output_tokens":50}}})");
+  m.on_message(R"({"type":"response.incomplete","response":{"model":"gpt-5-2025-08-07","service_tier":"default",
+    "incomplete_details":{"reason":"max_output_tokens"},"usage":{"input_tokens":200,"output_tokens":100}}})");
+  m.on_message(R"({"type":"response.failed","response":{"model":"gpt-5-2025-08-07","usage":null}})");  // nothing billed
+  m.on_message(R"({"type":"error","status":400,"error":{"code":"x","message":"y"}})");
+  CHECK(m.responses() == 3);
+  CHECK(m.has_usage());
+  CHECK(m.model() == "gpt-5-2025-08-07");  // the first response's
+  const auto by = m.by_model();
+  REQUIRE(by.size() == 2);
+  CHECK(by[0].first == "gpt-5-2025-08-07");
+  CHECK(by[0].second.prompt == 1200);
+  CHECK(by[0].second.cached == 400);
+  CHECK(by[0].second.completion == 600);
+  CHECK(by[0].second.reasoning == 200);
+  CHECK(by[0].second.web_search == 1);
+  CHECK(by[1].first == "gpt-5-mini");
+  CHECK(by[1].second.tier == tollgate::service_tier::priority);
+  CHECK(by[1].second.prompt == 100);
+
+  tollgate::price_table t;
+  t.load_yaml_file(TOLLGATE_SOURCE_DIR "/config/prices.yaml");
+  const double usd = tollgate::compute_cost(t, by).usd;
+  CHECK(usd == Approx((800 * 1.25 + 400 * 0.125 + 600 * 10.0) / 1e6 + 10.0 / 1e3 + (100 * 0.45 + 50 * 3.60) / 1e6));
+
+  // A handshake that names a model (?model=) prices a response whose object names none.
+  realtime_meter q("gpt-4.1");
+  q.on_message(R"({"type":"response.completed","response":{"usage":{"input_tokens":10,"output_tokens":5}}})");
+  REQUIRE(q.by_model().size() == 1);
+  CHECK(q.by_model()[0].first == "gpt-4.1");
+}
