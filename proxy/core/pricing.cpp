@@ -286,6 +286,10 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       e.price.*slot = yaml_price(file, kv.second, what);
     } else if (key == "web_search") {
       e.price.web_search = yaml_price(file, kv.second, what);
+    } else if (key == "us_inference") {
+      e.price.us_inference = yaml_price(file, kv.second, what);
+      if (e.price.us_inference < 1 || e.price.us_inference > 10)
+        fail(file, kv.second, what + " is a factor on the token prices (1.1 = 10 % more), between 1 and 10");
     } else if (key == "file_search") {
       e.price.file_search = yaml_price(file, kv.second, what);
     } else if (key == "per_minute") {
@@ -298,7 +302,7 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       e.price.per_second = parse_unit_prices(file, model, key, kv.second);
     } else if (key == "long_context") {
       parse_long_context(file, model, kv.second, e.price);
-    } else if (key == "flex" || key == "priority" || key == "scale" || key == "batch") {
+    } else if (key == "flex" || key == "priority" || key == "scale" || key == "batch" || key == "fast") {
       tiers.emplace_back(key, kv.second);  // read once the entry's own prices are known
     } else if (key == "aliases") {
       if (!kv.second.IsSequence()) fail(file, kv.second, what + " must be a list of model ids");
@@ -309,10 +313,9 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
     } else {
       fail(file, kv.first, "'" + model + "': unknown key '" + key +
                                 "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
-                                "web_search, file_search, image_input, audio_input, audio_output, cached_image_input, cached_audio_input, "
-                                "per_minute, per_million_characters, per_image, per_second, long_context, flex, "
-                                "priority, scale, "
-                                "batch, aliases)");
+                                "web_search, file_search, us_inference, image_input, audio_input, audio_output, "
+                                "cached_image_input, cached_audio_input, per_minute, per_million_characters, per_image, "
+                                "per_second, long_context, flex, priority, scale, batch, fast, aliases)");
     }
   }
   // A model billed per minute, character, image or second of video only (whisper-1, tts-1,
@@ -571,7 +574,7 @@ void apply_default_tiers(model_price& p) {
 }
 
 billed_prices billed_prices_of(const model_price& p, service_tier t, bool long_context) noexcept {
-  if (const tier_price* tier = p.tier(t))  // flex, priority, scale, batch: replace the long tier too
+  if (const tier_price* tier = p.tier(t))  // flex, priority, scale, batch, fast: replace the long tier too
     return {tier->input, tier->cached_input, tier->cache_write_5m.value_or(1.25 * tier->input),
             tier->cache_write_1h.value_or(2.0 * tier->input), tier->output};
   const double in = long_context ? p.long_input : p.input;
@@ -657,14 +660,14 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
   // Cache reads of image and audio tokens (Realtime) likewise, parts of the cached input.
   const double image_hit = std::min(clamp0(usage.image_cached), cached);
   const double audio_hit = std::min(clamp0(usage.audio_cached), cached - image_hit);
-  // Web searches are per request, the same in either tier.
+  // Web searches are per request, the same in either tier; US-only inference scales the tokens.
   const double usd =
       ((uncached - image - audio) * in + image * media(price.image_input, in, price.input) +
        audio * media(price.audio_input, in, price.input) + (cached - image_hit - audio_hit) * cached_in +
        image_hit * media(price.cached_image_input, cached_in, price.cached_input) +
        audio_hit * media(price.cached_audio_input, cached_in, price.cached_input) + write_5m * w5 + write_1h * w1 +
        (completion - audio_out) * out + audio_out * media(price.audio_output, out, price.output)) /
-          per_million +
+          per_million * (usage.geo_us ? price.us_inference : 1.0) +
       clamp0(usage.web_search) * price.web_search / 1000.0 + clamp0(usage.file_search) * price.file_search / 1000.0 +
       clamp0(usage.audio_ms) / 60'000.0 * price.per_minute +
       clamp0(usage.characters) * price.per_million_characters / per_million + per_unit;

@@ -57,6 +57,8 @@ struct model_price {
   std::optional<double> cache_write_5m;  // USD per 1M; default 1.25 x input
   std::optional<double> cache_write_1h;  // USD per 1M; default 2 x input
   double web_search = 0;               // USD per 1,000 server-side web search requests
+  double us_inference = 1;             // factor on the token prices of a call that ran US-only
+                                       // (Anthropic usage.inference_geo "us": 1.1 on Opus 4.6+)
   double file_search = 2.5;            // USD per 1,000 hosted file_search tool calls (OpenAI's price
                                        // for every model; only Responses replies carry such calls)
   std::optional<double> image_input;   // USD per 1M uncached image input tokens; default input

@@ -35,7 +35,20 @@ enum class member : std::uint8_t {
   choices,          // n: completions per call (chat, legacy completions)
   prompt_text,      // messages, system, instructions, tools: strings count
   prompt_or_ids,    // prompt, input: strings count, and so do token-id arrays ([1234, 5678])
+  speed,            // pricing hints (request_facts::fast, priority, geo_us)
+  service_tier,
+  inference_geo,
 };
+
+// A pricing hint's string value ("" for any other type: a later duplicate wins, as for model).
+void pricing_hint(member m, std::string_view s, request_facts& f) noexcept {
+  if (m == member::speed) f.fast = s == "fast";
+  if (m == member::service_tier) f.priority = s == "priority" || s == "fast";
+  if (m == member::inference_geo) f.geo_us = s == "us";
+}
+bool is_pricing_hint(member m) noexcept {
+  return m == member::speed || m == member::service_tier || m == member::inference_geo;
+}
 
 // `n` as the reservation reads it: 1 when absent or 0, at most 128 (the API's own limit).
 std::int64_t choices_count(const std::optional<std::int64_t>& n) noexcept {
@@ -53,6 +66,9 @@ member classify(std::string_view k) noexcept {
   if (k == "n") return member::choices;
   if (k == "messages" || k == "system" || k == "instructions" || k == "tools") return member::prompt_text;
   if (k == "prompt" || k == "input") return member::prompt_or_ids;
+  if (k == "speed") return member::speed;
+  if (k == "service_tier") return member::service_tier;
+  if (k == "inference_geo") return member::inference_geo;
   return member::other;
 }
 
@@ -254,6 +270,8 @@ class inspector {
         model_bad_ = false;
       } else if (member_ == member::user) {
         f_.user = s;
+      } else if (is_pricing_hint(member_)) {
+        pricing_hint(member_, s, f_);
       }
     }
     return scalar(kind::string);
@@ -328,6 +346,11 @@ class inspector {
           break;
         case member::user:
           if (k != kind::string) f_.user.clear();
+          break;
+        case member::speed:
+        case member::service_tier:
+        case member::inference_geo:
+          if (k != kind::string) pricing_hint(member_, {}, f_);
           break;
         default:
           break;
@@ -557,6 +580,12 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
           break;
         case member::user:
           f.user = type == element_type::STRING ? m.value.get_string().value_unsafe() : std::string_view();
+          break;
+        case member::speed:
+        case member::service_tier:
+        case member::inference_geo:
+          pricing_hint(classify(m.key), type == element_type::STRING ? m.value.get_string().value_unsafe() : std::string_view(),
+                       f);
           break;
         case member::max_completion_tokens: r.limit(m.value, max_completion); break;
         case member::max_tokens: r.limit(m.value, max_tokens); break;

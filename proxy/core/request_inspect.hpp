@@ -34,6 +34,10 @@ struct request_facts {
   std::int64_t prompt_tokens_estimate = 0; // estimate_tokens() over the prompt-ish strings (binary
                                          // payloads at their media's rate: binary_payload_tokens)
   bool prompt_estimated = false;         // prompt_tokens_estimate was computed (see below)
+  // What the call asks to be billed at, for the worst-case reservation: `speed` "fast"
+  // (Anthropic's fast mode, up to 6x), `service_tier` "priority" or "fast" (OpenAI priority
+  // processing), `inference_geo` "us" (Anthropic's US-only inference, 1.1x).
+  bool fast = false, priority = false, geo_us = false;
 };
 
 // max_depth: 128 per the relay-core issue (an object or array opening counts one level).

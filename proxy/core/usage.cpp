@@ -322,6 +322,10 @@ void apply(anthropic_usage& a, const Node& u) {
   // Server tools billed per use: web search ($10 per 1,000 at Anthropic); web fetch is free.
   if (const auto v = count_field(member(u, "server_tool_use"), "web_search_requests")) a.web_search = *v;
   if (const auto tier = string_member(u, "service_tier"); !tier.empty()) a.tier = parse_service_tier(tier);
+  // Fast mode and US-only inference are priced apart (platform.claude.com/docs: fast-mode, data
+  // residency); the usage says which the call ran at.
+  if (const auto speed = string_member(u, "speed"); !speed.empty()) a.fast = speed == "fast";
+  if (const auto geo = string_member(u, "inference_geo"); !geo.empty()) a.geo_us = geo == "us";
 }
 
 // Web searches of a Responses reply: its `web_search_call` output items (the hosted web_search
@@ -426,7 +430,8 @@ token_usage anthropic_usage::to_openai() const noexcept {
   t.cache_write = write;
   t.cache_write_1h = cache_1h;
   t.web_search = web_search;
-  t.tier = tier;
+  t.tier = fast ? service_tier::fast : tier;
+  t.geo_us = geo_us;
   return clamp_parts(t);
 }
 

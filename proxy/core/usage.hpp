@@ -153,6 +153,8 @@ struct anthropic_usage {
   std::int64_t cache_1h = 0;      // cache_creation.ephemeral_1h_input_tokens
   std::int64_t web_search = 0;    // server_tool_use.web_search_requests
   service_tier tier = service_tier::none;  // usage.service_tier (standard, priority, batch)
+  bool fast = false;                       // usage.speed "fast": billed at the entry's `fast` tier
+  bool geo_us = false;                     // usage.inference_geo "us": the entry's us_inference factor
   token_usage to_openai() const noexcept;
 };
 

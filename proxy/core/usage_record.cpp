@@ -34,6 +34,7 @@ std::string_view to_string(service_tier t) noexcept {
     case service_tier::scale: return "scale";
     case service_tier::batch: return "batch";
     case service_tier::other: return "other";
+    case service_tier::fast: return "fast";
   }
   return "";
 }
@@ -45,6 +46,7 @@ service_tier parse_service_tier(std::string_view name) noexcept {
   if (name == "priority") return service_tier::priority;
   if (name == "scale") return service_tier::scale;
   if (name == "batch") return service_tier::batch;
+  if (name == "fast") return service_tier::fast;
   return service_tier::other;
 }
 

@@ -28,8 +28,10 @@ std::string_view to_string(usage_source s) noexcept;
 // at other prices than the standard tier (prices.yaml `flex` / `priority` / `scale`).
 // none: the response named no tier (billed as standard); other: a name tollgate does not know
 // (billed as standard). The ledger's `service_tier` column holds to_string() (NULL for none).
-enum class service_tier : std::uint8_t { none, standard, flex, priority, scale, batch, other };
-inline constexpr std::size_t kServiceTiers = 7;
+// `fast` is Anthropic's fast mode (usage.speed "fast": the same model at a premium per token); it
+// comes last so the journal's stored numbers of the others keep their meaning.
+enum class service_tier : std::uint8_t { none, standard, flex, priority, scale, batch, other, fast };
+inline constexpr std::size_t kServiceTiers = 8;
 std::string_view to_string(service_tier t) noexcept;
 // "default", "auto" and "standard" are the standard tier; "" is none; unknown names are other.
 service_tier parse_service_tier(std::string_view name) noexcept;
@@ -53,6 +55,9 @@ struct token_usage {
   // counted below (`images`, `video_seconds`); beside `tier`, in its padding.
   bool media_hd = false;
   std::uint16_t media_w = 0, media_h = 0;
+  // Anthropic usage.inference_geo "us": US-only inference, billed at the entry's us_inference
+  // factor (1.1 on Opus 4.6 and later). Not a ledger column; the row's cost holds it.
+  bool geo_us = false;
   // Media tokens priced apart (not ledger columns: a what-if prices them as text): image input
   // (gpt-image-1's input_tokens_details.image_tokens) and audio input (audio and transcription
   // models), uncached parts of prompt; audio output, part of completion; cache reads of image and

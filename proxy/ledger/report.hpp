@@ -135,7 +135,7 @@ std::string json_text(const nlohmann::json& j, int indent = -1);
 // `model`, else its own model; its price is the target's entry in `prices`, else the table's.
 struct whatif_query {
   time_range range;
-  std::string model;  // price-table id (aliases and snapshot ids resolve); empty: no blanket swap
+  std::string model{};  // price-table id (aliases and snapshot ids resolve); empty: no blanket swap
   // original model -> model its calls are re-priced at (both resolve as ids do; a key matches a
   // ledger model exactly or through the same price-table entry)
   std::map<std::string, std::string> swap{};

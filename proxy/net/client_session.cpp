@@ -1287,6 +1287,9 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       max_out = rd.route == route_kind::embeddings ? 0 : max_out * c.facts.choices;
       worst.prompt = prompt_estimate(c, req);
       worst.completion = max_out;
+      // At the prices the request asks for: fast mode and priority cost several times standard.
+      worst.tier = c.facts.fast ? service_tier::fast : c.facts.priority ? service_tier::priority : service_tier::none;
+      worst.geo_us = c.facts.geo_us;
     }
     policy_engine::call_facts pf;
     pf.key = key.get();

@@ -27,7 +27,8 @@ bool same_fields(const request_facts& a, const request_facts& b) {
   return a.problem == b.problem && a.problem_detail == b.problem_detail && a.has_model == b.has_model &&
          a.model == b.model && a.stream == b.stream && a.has_stream_options == b.has_stream_options &&
          a.include_usage == b.include_usage && a.user == b.user && a.max_tokens == b.max_tokens &&
-         a.prompt_tokens_estimate == b.prompt_tokens_estimate;
+         a.prompt_tokens_estimate == b.prompt_tokens_estimate && a.fast == b.fast && a.priority == b.priority &&
+         a.geo_us == b.geo_us;
 }
 
 // The facts other than the stream options, which add_include_usage() is allowed to change. A

@@ -579,3 +579,24 @@ TEST_CASE("metrics: budgets and guards sharing a scope share one series, and a r
   CHECK(h.metrics_text().find("key:temp1") == std::string::npos);
   CHECK(h.metric_sum("tollgate_budget_limit_usd", "scope=\"global\"") == 100);
 }
+
+TEST_CASE("budgets: a call that asks for fast mode or priority is reserved at those prices", "[budgets]") {
+  tt::harness h({.tweak = [](tollgate::config& c) { c.policy.budgets = {tt::hard_daily_budget(1.0)}; }});
+  // claude-opus-4-6, 20,000 tokens out at most: $0.50 at standard prices, $3.00 in fast mode (6x).
+  const std::string standard =
+      R"({"model":"claude-opus-4-6","max_tokens":20000,"messages":[{"role":"user","content":"Hi"}]})";
+  const std::string fast =
+      R"({"model":"claude-opus-4-6","speed":"fast","max_tokens":20000,"messages":[{"role":"user","content":"Hi"}]})";
+  const tt::headers anthropic{{"anthropic-version", "2023-06-01"}};
+  CHECK(tt::post_json(h.port(), "/v1/messages", standard, anthropic).status == 200);
+  const auto refused = tt::post_json(h.port(), "/v1/messages", fast, anthropic);
+  CHECK(refused.status == 429);
+  CHECK(json::parse(refused.body)["error"]["code"] == "budget_exceeded");  // Anthropic-shaped: type rate_limit_error
+  // gpt-5 priority: $20 per 1M out instead of $10; 60,000 tokens fit the budget only at standard.
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions",
+                      R"({"model":"gpt-5","max_completion_tokens":60000,"messages":[{"role":"user","content":"Hi"}]})")
+            .status == 200);
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions",
+                      R"({"model":"gpt-5","service_tier":"priority","max_completion_tokens":60000,"messages":[{"role":"user","content":"Hi"}]})")
+            .status == 429);
+}

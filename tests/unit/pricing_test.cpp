@@ -47,7 +47,9 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
   const char* expected[] = {"gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-4o", "gpt-4o-mini", "gpt-5",
                             "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini", "gpt-3.5-turbo", "gpt-3.5-turbo-1106",
                             "gpt-3.5-turbo-instruct", "claude-sonnet-4.5", "claude-sonnet-4",
-                            "claude-haiku-4.5", "claude-opus-4.1", "deepseek-v3.2", "deepseek-chat",
+                            "claude-haiku-4.5", "claude-opus-4.1", "claude-opus-4.6", "claude-opus-4.7", "claude-opus-4.8",
+                            "claude-opus-5", "claude-opus-5.5", "claude-sonnet-4.6", "claude-sonnet-5", "claude-fable-5",
+                            "deepseek-v3.2", "deepseek-chat",
                             "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
                             "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
                             "gpt-5.1", "gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-5-codex", "gpt-5-chat-latest",
@@ -609,4 +611,49 @@ TEST_CASE("pricing: hosted file_search calls cost 2.50 USD per 1000 unless an en
   own.load_yaml_string("models:\n  m: { input: 1, output: 2, file_search: 0 }\n");
   CHECK(compute_cost(own, "m", u).usd == Approx((3'000 * 1.0 + 40 * 2.0) / 1e6));
   CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, file_search: -1 }\n"), Catch::StartsWith("bad.yaml:2"));
+}
+
+TEST_CASE("pricing: Anthropic fast mode and US-only inference are priced by what the usage reports", "[pricing]") {
+  const auto t = shipped_table();
+  // 600k prompt (no long tier on the 2026 models: 1M context at standard prices): 500k uncached,
+  // 80k cache reads, 20k 5-minute writes; 10k out.
+  auto u = usage(600'000, 10'000, 80'000, 20'000);
+  const double standard = (500'000 * 5.00 + 80'000 * 0.50 + 20'000 * 6.25 + 10'000 * 25.00) / 1e6;
+  CHECK(compute_cost(t, "claude-opus-4-6", u).usd == Approx(standard));
+  CHECK(compute_cost(t, "claude-opus-5", u).usd == Approx(standard));
+  auto fast = u;
+  fast.tier = service_tier::fast;
+  CHECK(compute_cost(t, "claude-opus-4-6", fast).usd == Approx(6 * standard));  // $30 / $150
+  CHECK(compute_cost(t, "claude-opus-4-7", fast).usd == Approx(6 * standard));
+  CHECK(compute_cost(t, "claude-opus-4-8", fast).usd == Approx(2 * standard));  // $10 / $50
+  CHECK(compute_cost(t, "claude-opus-5", fast).usd == Approx(2 * standard));
+  // An entry without a fast tier bills a fast call at its standard prices (a floor).
+  CHECK(compute_cost(t, "claude-sonnet-4.5", fast).usd == Approx(compute_cost(t, "claude-sonnet-4.5", u).usd));
+  auto us = u;
+  us.geo_us = true;
+  CHECK(compute_cost(t, "claude-opus-4-6", us).usd == Approx(1.1 * standard));
+  us.tier = service_tier::fast;
+  CHECK(compute_cost(t, "claude-opus-4-6", us).usd == Approx(1.1 * 6 * standard));
+  // Per-request fees are not tokens: a web search costs the same wherever inference ran.
+  auto search = usage(0, 0);
+  search.web_search = 2;
+  search.geo_us = true;
+  CHECK(compute_cost(t, "claude-opus-4-6", search).usd == Approx(0.02));
+  // Entries without us_inference (older models, which refuse inference_geo) ignore the flag.
+  auto old = usage(100'000, 0);
+  old.geo_us = true;
+  CHECK(compute_cost(t, "claude-sonnet-4.5", old).usd == Approx(0.30));
+  // The 2026 ids resolve by their dash spellings and dated snapshots.
+  CHECK(t.resolve("claude-opus-5-5")->name == "claude-opus-5.5");
+  CHECK(t.resolve("claude-opus-5-20260724")->name == "claude-opus-5");
+  CHECK(t.resolve("claude-sonnet-4-6")->name == "claude-sonnet-4.6");
+  CHECK(t.resolve("claude-fable-5")->name == "claude-fable-5");
+  CHECK(t.resolve("claude-opus-5-5")->cached_input == Approx(0.20));  // 0.05x input on Opus 5.5
+  CHECK_THAT(yaml_error("models:\n  m: { input: 1, output: 2, us_inference: 0.5 }\n"),
+             Catch::StartsWith("bad.yaml:2") && Catch::Contains("between 1 and 10"));
+  price_table p;
+  p.load_yaml_string("models:\n  m: { input: 4.0, output: 8.0, fast: { input: 24, output: 48 } }\n");
+  auto v = usage(1'000'000, 1'000'000);
+  v.tier = service_tier::fast;
+  CHECK(compute_cost(p, "m", v).usd == Approx(72.0));
 }

@@ -613,3 +613,25 @@ TEST_CASE("inspect_request: n, the completions per call a reservation multiplies
   // The slow path (which a 0 among the integers read sends the body to) reads it too.
   CHECK(inspect_request(R"({"model":"m","n":4,"max_tokens":0})").choices == 4);
 }
+
+TEST_CASE("request_inspect: the prices a call asks for (fast mode, priority, US-only) are read by both readers",
+          "[request_inspect]") {
+  // max_depth 1025 is past the fast reader's limit: nlohmann's SAX reader alone.
+  for (const int depth : {128, 1025}) {
+    INFO(depth);
+    const auto a = inspect_request(
+        R"({"model":"claude-opus-4-6","speed":"fast","inference_geo":"us","messages":[{"role":"user","content":"hi"}],"max_tokens":9})",
+        depth);
+    CHECK(a.fast);
+    CHECK(a.geo_us);
+    CHECK_FALSE(a.priority);
+    CHECK(inspect_request(R"({"model":"gpt-5","service_tier":"priority"})", depth).priority);
+    CHECK(inspect_request(R"({"model":"gpt-5","service_tier":"fast"})", depth).priority);  // OpenAI's alias
+    const auto b = inspect_request(R"({"model":"gpt-5","service_tier":"flex","speed":"standard","inference_geo":"global"})", depth);
+    CHECK_FALSE((b.fast || b.priority || b.geo_us));
+    // Only top-level members count; a later duplicate wins, a non-string reads as not asked.
+    CHECK_FALSE(inspect_request(R"({"metadata":{"speed":"fast"}})", depth).fast);
+    CHECK_FALSE(inspect_request(R"({"speed":"fast","speed":null})", depth).fast);
+    CHECK(inspect_request(R"({"speed":1,"speed":"fast"})", depth).fast);
+  }
+}

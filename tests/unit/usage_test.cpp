@@ -182,6 +182,20 @@ TEST_CASE("usage: Anthropic body is converted to the OpenAI convention", "[usage
     CHECK(g.usage.prompt == 2103);
     CHECK(f.usage.web_search == 0);
   }
+  SECTION("fast mode and US-only inference: the usage says what the call ran at") {
+    const auto g = extract_response(route_kind::messages, R"({"type":"message","model":"claude-opus-4-6","usage":
+      {"input_tokens":100,"output_tokens":50,"service_tier":"standard","inference_geo":"us","speed":"fast",
+       "output_tokens_details":{"thinking_tokens":20}}})");
+    REQUIRE(g.has_usage);
+    CHECK(g.usage.tier == tollgate::service_tier::fast);
+    CHECK(g.usage.geo_us);
+    const auto h = extract_response(route_kind::messages, R"({"type":"message","usage":
+      {"input_tokens":100,"output_tokens":50,"service_tier":"priority","inference_geo":"global","speed":"standard"}})");
+    CHECK(h.usage.tier == tollgate::service_tier::priority);
+    CHECK_FALSE(h.usage.geo_us);
+    CHECK_FALSE(f.usage.geo_us);
+    CHECK(f.usage.tier == tollgate::service_tier::standard);
+  }
   SECTION("cache fields null or missing count 0") {
     const auto g = extract_response(route_kind::messages, R"({"type":"message","usage":
       {"input_tokens":25,"cache_creation_input_tokens":null,"output_tokens":9}})");
@@ -431,6 +445,18 @@ TEST_CASE("stream_meter: Anthropic message_delta usage is cumulative", "[usage][
     CHECK(n.usage().cached == 1800);
     CHECK(n.usage().completion == 1);  // message_start's placeholder
     CHECK(n.estimated_completion_tokens() == 7);
+  }
+
+  SECTION("a fast-mode stream: message_start's usage names the speed and the geography") {
+    const std::string fast_start = typed_event("message_start",
+        R"({"type":"message_start","message":{"id":"msg_f","type":"message","role":"assistant","content":[],"model":"claude-opus-4-6","usage":{"input_tokens":12,"output_tokens":1,"service_tier":"standard","speed":"fast","inference_geo":"us"}}})");
+    stream_meter n(route_kind::messages, true);
+    relay(n, fast_start + typed_event("message_delta",
+        R"({"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":30}})") + stop);
+    REQUIRE(n.has_usage());
+    CHECK(n.usage().tier == tollgate::service_tier::fast);
+    CHECK(n.usage().geo_us);
+    CHECK(n.usage().completion == 30);
   }
 
   SECTION("message_delta may restate the input side") {
