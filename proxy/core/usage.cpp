@@ -321,6 +321,7 @@ void apply(anthropic_usage& a, const Node& u) {
   if (const auto v = count_field(creation, "ephemeral_1h_input_tokens")) a.cache_1h = *v;
   // Server tools billed per use: web search ($10 per 1,000 at Anthropic); web fetch is free.
   if (const auto v = count_field(member(u, "server_tool_use"), "web_search_requests")) a.web_search = *v;
+  if (const auto v = count_field(member(u, "output_tokens_details"), "thinking_tokens")) a.thinking = *v;
   if (const auto tier = string_member(u, "service_tier"); !tier.empty()) a.tier = parse_service_tier(tier);
   // Fast mode and US-only inference are priced apart (platform.claude.com/docs: fast-mode, data
   // residency); the usage says which the call ran at.
@@ -430,6 +431,7 @@ token_usage anthropic_usage::to_openai() const noexcept {
   t.cache_write = write;
   t.cache_write_1h = cache_1h;
   t.web_search = web_search;
+  t.reasoning = thinking;  // the ledger's reasoning column: part of completion, not billed twice
   t.tier = fast ? service_tier::fast : tier;
   t.geo_us = geo_us;
   return clamp_parts(t);

@@ -152,6 +152,7 @@ struct anthropic_usage {
   std::int64_t cache_5m = 0;      // cache_creation.ephemeral_5m_input_tokens
   std::int64_t cache_1h = 0;      // cache_creation.ephemeral_1h_input_tokens
   std::int64_t web_search = 0;    // server_tool_use.web_search_requests
+  std::int64_t thinking = 0;      // output_tokens_details.thinking_tokens (part of output)
   service_tier tier = service_tier::none;  // usage.service_tier (standard, priority, batch)
   bool fast = false;                       // usage.speed "fast": billed at the entry's `fast` tier
   bool geo_us = false;                     // usage.inference_geo "us": the entry's us_inference factor

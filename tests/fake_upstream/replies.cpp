@@ -607,7 +607,15 @@ reply messages_reply(const json& body, const recorded_request& req, const knobs&
                {"stop_reason", std::move(stop_reason)},
                {"stop_sequence", nullptr}};
     if (k.echo_headers) m["received_headers"] = headers_object(req);  // streams: in message_start
-    if (usage) m["usage"] = anthropic_usage(t, output_tokens);
+    if (usage) {
+      m["usage"] = anthropic_usage(t, output_tokens);
+      // The API says what the call ran at when the request asks: speed (fast mode) and
+      // inference_geo (US-only); x-fake-reasoning-tokens are the thinking part of the output.
+      for (const char* name : {"speed", "inference_geo"})
+        if (const json& v = field(body, name); v.is_string()) m["usage"][name] = v;
+      if (k.reasoning_tokens > 0)
+        m["usage"]["output_tokens_details"] = {{"thinking_tokens", std::min(k.reasoning_tokens, output_tokens)}};
+    }
     return m;
   };
   if (!wants_stream(body, k))
@@ -627,7 +635,11 @@ reply messages_reply(const json& body, const recorded_request& req, const knobs&
         i == 0 ? milliseconds{0} : k.chunk_interval);
   add("content_block_stop", {{"index", 0}});
   ojson delta = {{"delta", {{"stop_reason", "end_turn"}, {"stop_sequence", nullptr}}}};
-  if (usage) delta["usage"] = anthropic_delta_usage(t);  // cumulative, as Anthropic sends it
+  if (usage) {
+    delta["usage"] = anthropic_delta_usage(t);  // cumulative, as Anthropic sends it
+    if (k.reasoning_tokens > 0)
+      delta["usage"]["output_tokens_details"] = {{"thinking_tokens", std::min(k.reasoning_tokens, t.completion)}};
+  }
   add("message_delta", std::move(delta));
   add("message_stop", ojson::object());
   return stream_reply(std::move(events),

@@ -1101,3 +1101,46 @@ TEST_CASE("relay: metrics pass the exposition format and carry bounded labels", 
   h.flush();
   CHECK(h.query_int("SELECT priced FROM calls WHERE requested_model = 'some-unknown-model'") == 0);
 }
+
+TEST_CASE("relay: a Claude call in fast mode and US-only is priced as its usage reports, streamed or not",
+          "[relay][pricing]") {
+  harness h;
+  // The fake echoes the request's speed and inference_geo into usage, as the API does, and
+  // reports 6 of the output tokens as thinking.
+  const tt::headers anthropic{{"anthropic-version", "2023-06-01"}, {"x-fake-reasoning-tokens", "6"}};
+  const std::string fast =
+      R"({"model":"claude-opus-4-6","speed":"fast","inference_geo":"us","max_tokens":100,"messages":[{"role":"user","content":"Hi there"}]})";
+  auto r = tt::post_json(h.port(), "/v1/messages", fast, anthropic);
+  REQUIRE(r.status == 200);
+  const auto usage = json::parse(r.body)["usage"];
+  CHECK(usage["speed"] == "fast");
+  {
+    std::string body = fast;
+    body.insert(1, R"("stream":true,)");
+    tt::stream_client s(h.port(), "/v1/messages", body, anthropic);
+    s.read_all();
+    REQUIRE(s.status() == 200);
+  }
+  REQUIRE(tt::post_json(h.port(), "/v1/messages",
+                        R"({"model":"claude-opus-4-6","max_tokens":100,"messages":[{"role":"user","content":"Hi there"}]})",
+                        anthropic)
+              .status == 200);
+  h.flush();
+  const auto rows = h.rows("SELECT stream, service_tier, prompt_tokens, completion_tokens, reasoning_tokens, cost_usd "
+                           "FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 3);
+  // claude-opus-4.6: $5 in, $25 out per 1M; fast 6x, US-only 1.1x.
+  const auto standard = [](const std::map<std::string, std::string>& row) {
+    return (std::stod(row.at("prompt_tokens")) * 5.0 + std::stod(row.at("completion_tokens")) * 25.0) / 1e6;
+  };
+  for (int i = 0; i < 2; ++i) {
+    INFO(i);
+    CHECK(rows[i].at("service_tier") == "fast");
+    CHECK(rows[i].at("reasoning_tokens") == "6");
+    CHECK(std::stod(rows[i].at("cost_usd")) == Approx(6 * 1.1 * standard(rows[i])));
+  }
+  CHECK(rows[0].at("stream") == "0");
+  CHECK(rows[1].at("stream") == "1");
+  CHECK(rows[2].at("service_tier") == "default");
+  CHECK(std::stod(rows[2].at("cost_usd")) == Approx(standard(rows[2])));
+}

@@ -189,6 +189,8 @@ TEST_CASE("usage: Anthropic body is converted to the OpenAI convention", "[usage
     REQUIRE(g.has_usage);
     CHECK(g.usage.tier == tollgate::service_tier::fast);
     CHECK(g.usage.geo_us);
+    CHECK(g.usage.reasoning == 20);  // output_tokens_details.thinking_tokens, part of the 50 out
+    CHECK(g.usage.completion == 50);
     const auto h = extract_response(route_kind::messages, R"({"type":"message","usage":
       {"input_tokens":100,"output_tokens":50,"service_tier":"priority","inference_geo":"global","speed":"standard"}})");
     CHECK(h.usage.tier == tollgate::service_tier::priority);
@@ -457,6 +459,7 @@ TEST_CASE("stream_meter: Anthropic message_delta usage is cumulative", "[usage][
     CHECK(n.usage().tier == tollgate::service_tier::fast);
     CHECK(n.usage().geo_us);
     CHECK(n.usage().completion == 30);
+    CHECK(n.usage().reasoning == 0);
   }
 
   SECTION("message_delta may restate the input side") {
