@@ -349,8 +349,8 @@ route_decision classify(std::string_view method, std::string_view path) noexcept
   // lists stored completions, DELETE /v1/models/{id} deletes a fine-tuned model (both in the
   // OpenAI SDK), a GET of /v1/responses opens the Responses API's WebSocket mode (the SDKs'
   // `responses.connect()`: a tunnel, metered per response), and OPTIONS is a browser's CORS
-  // preflight. HEAD goes wherever GET does (RFC 9110
-  // §9.1), relayed as a HEAD. Any other method is a 405.
+  // preflight. HEAD goes wherever GET does (RFC 9110 §9.1), relayed as a HEAD. Any other method
+  // is a 405.
   auto only = [&](std::string_view m, route_kind r, bool json, std::string_view also, std::string_view allow) {
     d.route = r;
     const bool head_of = method == "HEAD";

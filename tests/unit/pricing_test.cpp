@@ -49,6 +49,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-3.5-turbo-instruct", "claude-sonnet-4.5", "claude-sonnet-4",
                             "claude-haiku-4.5", "claude-opus-4.1", "claude-opus-4.6", "claude-opus-4.7", "claude-opus-4.8",
                             "claude-opus-5", "claude-opus-5.5", "claude-sonnet-4.6", "claude-sonnet-5", "claude-fable-5",
+                            "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro",
                             "deepseek-v3.2", "deepseek-chat",
                             "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
                             "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
@@ -656,4 +657,17 @@ TEST_CASE("pricing: Anthropic fast mode and US-only inference are priced by what
   auto v = usage(1'000'000, 1'000'000);
   v.tier = service_tier::fast;
   CHECK(compute_cost(p, "m", v).usd == Approx(72.0));
+}
+
+TEST_CASE("pricing: the 2026 OpenAI models resolve by snapshot and are priced per tier", "[pricing]") {
+  const auto t = shipped_table();
+  // Dated snapshots find their entry; gpt-5.4-mini is not gpt-5.4.
+  CHECK(t.resolve("gpt-5.5-2026-04-23")->name == "gpt-5.5");
+  CHECK(t.resolve("gpt-5.4-mini-2026-03-17")->name == "gpt-5.4-mini");
+  auto p55 = usage(100'000, 10'000, 40'000);
+  CHECK(compute_cost(t, "gpt-5.5", p55).usd == Approx((60'000 * 5.00 + 40'000 * 0.50 + 10'000 * 30.00) / 1e6));
+  p55.tier = service_tier::priority;
+  CHECK(compute_cost(t, "gpt-5.5", p55).usd == Approx((60'000 * 12.50 + 40'000 * 1.25 + 10'000 * 75.00) / 1e6));
+  p55.tier = service_tier::flex;
+  CHECK(compute_cost(t, "gpt-5.5", p55).usd == Approx(0.5 * (60'000 * 5.00 + 40'000 * 0.50 + 10'000 * 30.00) / 1e6));
 }
