@@ -515,17 +515,24 @@ bool realtime_meter::wanted(std::string_view head) noexcept {
   const auto type = top_level_string(head, "type");
   if (!type) return true;  // not within the head: read the whole message to know
   return *type == "response.done" || *type == "response.completed" || *type == "response.incomplete" ||
-         *type == "response.failed" || *type == "session.created" || *type == "session.updated" ||
+         *type == "response.failed" || *type == "response.created" || *type == "session.created" ||
+         *type == "session.updated" ||
          *type == "transcription_session.created" || *type == "transcription_session.updated" ||
          *type == "conversation.item.input_audio_transcription.completed";
 }
 
 void realtime_meter::on_message(std::string_view text) {
+  // A response.created is only counted: its type leads the event, no parse needed.
+  if (top_level_string(text, "type") == "response.created") {
+    ++created_;
+    return;
+  }
   try {
     const json j = parse(text);
     if (!j.is_object()) return;
     const std::string_view type = string_member(j, "type");
     if (type == "response.done") {
+      ++finished_;
       if (const auto t = realtime_usage(member(member(j, "response"), "usage"))) {
         ++responses_;
         ++realtime_responses_;
@@ -533,6 +540,7 @@ void realtime_meter::on_message(std::string_view text) {
       }
     } else if (type == "response.completed" || type == "response.incomplete" || type == "response.failed") {
       // The Responses API over WebSocket: a whole Responses object, as its SSE stream ends.
+      ++finished_;
       const auto& response = member(j, "response");
       auto t = responses_usage(member(response, "usage"));
       if (!t) return;

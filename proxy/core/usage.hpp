@@ -109,6 +109,10 @@ class realtime_meter {
   }
   std::size_t responses() const noexcept { return responses_; }
   std::size_t transcriptions() const noexcept { return transcriptions_; }
+  // Responses the upstream has started (response.created) and not yet ended (response.done, or
+  // response.completed / .incomplete / .failed): a draining tollgate closes the socket only when
+  // none is in flight, so no client loses a response it is being sent.
+  std::size_t in_flight() const noexcept { return created_ > finished_ ? created_ - finished_ : 0; }
   // Usage per model, the session's model first (its responses), then each Responses API model
   // (one entry per model and service tier), then each transcription model.
   std::vector<std::pair<std::string, token_usage>> by_model() const;
@@ -121,6 +125,7 @@ class realtime_meter {
   std::size_t realtime_responses_ = 0;
   std::vector<std::pair<std::string, token_usage>> transcription_usage_;
   std::size_t responses_ = 0, transcriptions_ = 0;
+  std::size_t created_ = 0, finished_ = 0;
 };
 
 // The top-level string member `key` of the JSON object text starts with, when `head` (maybe only

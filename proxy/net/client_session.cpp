@@ -336,8 +336,20 @@ class client_session : public std::enable_shared_from_this<client_session> {
     else
       spawn(shared_from_this());
   }
+  // At the start of a drain: an idle connection closes; a WebSocket tunnel closes as soon as no
+  // response is in flight (now, or when the one in flight ends), with a close frame 1001 to the
+  // client (the SDKs reconnect), instead of holding the drain to its deadline and then vanishing.
   void close_if_idle() {
-    if (idle_) close_socket();
+    if (idle_) {
+      close_socket();
+    } else if (tunnel_ != nullptr) {
+      tunnel_->going_away = true;
+      beast::error_code ignored;  // ends the upstream read; the relay then says goodbye
+      if (tunnel_->quiet()) {
+        tunnel_->shut = true;
+        tunnel_->conn->tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
+      }
+    }
   }
   void abort() {
     aborting_ = true;
@@ -504,6 +516,17 @@ class client_session : public std::enable_shared_from_this<client_session> {
   upstream_conn* watch_conn_ = nullptr;
   // Headers tollgate adds to this call's response, relayed or local (x-ratelimit-*, Retry-After).
   std::vector<std::pair<std::string, std::string>> extra_headers_;
+  // A WebSocket tunnel's state a drain reads (close_if_idle), set while tunnel_on relays.
+  struct tunnel_ctl {
+    const ws_message_reader* reader;
+    const realtime_meter* meter;
+    upstream_conn* conn;
+    bool going_away = false;
+    bool shut = false;  // the drain shut the upstream's socket (not the upstream itself)
+    // Between the upstream's messages, with no response in flight.
+    bool quiet() const noexcept { return reader->between_messages() && meter->in_flight() == 0; }
+  };
+  tunnel_ctl* tunnel_ = nullptr;
   bool idle_ = true;
   bool aborting_ = false;
   bool anthropic_errors_ = false;  // this call is on the Messages API: errors in Anthropic's shape
@@ -2309,17 +2332,24 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
     return st_.policy->charge(c.ticket, delta, cost.price ? std::string_view(cost.price->name) : std::string_view(),
                               unix_ms_now());
   };
-  // The budget's end of a session: the upstream's side closes at once; the client gets the error
-  // event and a close frame when the bytes so far end a message (else its connection just ends),
-  // and its answering close frame (RFC 6455 §5.5.1) is waited for, up to 5 s, before the
-  // connection goes: only the sending side is shut meanwhile, so the answer is not refused.
   bool client_side_done = false;
   asio::steady_timer closing(stream_.get_executor());
-  auto close_for_budget = [&]() -> awaitable<void> {
-    c.error = errc::budget_exceeded;
+  // Ends the session from tollgate's side: the upstream's socket closes at once; `frames` (ending
+  // in a close frame) go to the client when the bytes so far end a message (else its connection
+  // just ends), and its answering close frame (RFC 6455 §5.5.1) is waited for, up to 5 s, before
+  // the connection goes: only the sending side is shut meanwhile, so the answer is not refused.
+  auto close_client = [&](std::string frames) -> awaitable<void> {
     beast::error_code ignored;
     conn.tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
     if (!reader.between_messages()) co_return;
+    co_await asio::async_write(stream_, asio::buffer(frames), redirect_error(use_awaitable, ignored));
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    if (client_side_done) co_return;
+    closing.expires_after(5s);
+    co_await closing.async_wait(redirect_error(use_awaitable, ignored));
+  };
+  auto close_for_budget = [&]() -> awaitable<void> {
+    c.error = errc::budget_exceeded;
     // The Realtime API's error event, or the Responses API's (WebSocket mode: with the HTTP status
     // a POST would have had).
     constexpr std::string_view realtime_event =
@@ -2330,16 +2360,15 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
         R"({"type":"error","status":429,"error":{"type":"budget_exceeded",)"
         R"("code":"budget_exceeded","message":"A hard budget this session counts in is spent: tollgate )"
         R"(closed the session.","param":null}})";
-    const std::string bye = ws_server_frame(1, rec.route == route_kind::responses ? responses_event : realtime_event) +
-                            ws_close_frame(1008, "budget exceeded");
-    co_await asio::async_write(stream_, asio::buffer(bye), redirect_error(use_awaitable, ignored));
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-    if (client_side_done) co_return;
-    closing.expires_after(5s);
-    co_await closing.async_wait(redirect_error(use_awaitable, ignored));
+    co_await close_client(ws_server_frame(1, rec.route == route_kind::responses ? responses_event : realtime_event) +
+                          ws_close_frame(1008, "budget exceeded"));
   };
-  auto relay = [this, &conn, &read_frames, &over_budget, &close_for_budget, &client_side_done, &closing](
-                   auto& from, auto& to, bool from_upstream) -> awaitable<void> {
+  // A drain (close_if_idle) ends the session between responses with 1001 "going away".
+  tunnel_ctl ctl{&reader, &meter, &conn};
+  tunnel_ = &ctl;
+  auto go_away = [&]() -> awaitable<void> { co_await close_client(ws_close_frame(1001, "tollgate is shutting down")); };
+  auto relay = [this, &conn, &read_frames, &over_budget, &close_for_budget, &go_away, &ctl, &client_side_done,
+                &closing](auto& from, auto& to, bool from_upstream) -> awaitable<void> {
     relay_lease buf(w_.relay_blocks);
     beast::error_code rec_ec, wec;
     for (;;) {
@@ -2352,8 +2381,16 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
           co_await close_for_budget();
           break;
         }
+        if (!wec && ctl.going_away && ctl.quiet()) {  // draining: the response in flight has ended
+          co_await go_away();
+          break;
+        }
       }
-      if (rec_ec || wec) break;
+      if (rec_ec || wec) {
+        // A drain shut the upstream's socket between responses (close_if_idle): say why.
+        if (from_upstream && !wec && ctl.shut) co_await go_away();
+        break;
+      }
     }
     if (!from_upstream) {
       client_side_done = true;
@@ -2365,6 +2402,7 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   };
   using namespace asio::experimental::awaitable_operators;
   co_await (relay(stream_, up, false) && relay(up, stream_, true));
+  tunnel_ = nullptr;
   if (steady::now() + 5ms >= deadline) c.error = errc::upstream_total_timeout;
   if (!meter.model().empty()) rec.served_model = meter.model();
   if (meter.has_usage()) {

@@ -350,7 +350,7 @@ void server::impl::realtime_session(Stream& stream, const http::request<http::st
 // A WebSocket session shaped like the Responses API's WebSocket mode (GET /v1/responses): each
 // {"type":"response.create", ...} is answered with the events a streamed POST /v1/responses of
 // the same body would send (response.created ... response.completed with usage, the handshake's
-// x-fake-* knobs applying), each its own text message, tagged with the create's `stream_id` when
+// x-fake-* knobs applying, chunk intervals included), each its own text message, tagged with the create's `stream_id` when
 // it has one; any other message gets an error event. A message "close" makes the server close
 // the session (code 1000). Ends when the client closes or goes away.
 template <class Stream>
@@ -391,6 +391,7 @@ void server::impl::responses_session(Stream& stream, const http::request<http::s
     for (const auto& f : req) as_post.headers.emplace_back(f.name_string(), f.value());
     const detail::reply r = detail::make_reply(as_post, k, number * 1000 + ++responses);
     for (const auto& e : r.events) {
+      if (e.delay_before.count() > 0) std::this_thread::sleep_for(e.delay_before);  // x-fake-chunk-interval-ms
       const std::size_t data = e.text.find("data: ");
       if (data == std::string::npos) continue;
       auto j = nlohmann::json::parse(e.text.substr(data + 6), nullptr, false);

@@ -701,6 +701,21 @@ json ws_response(ws_client& ws, const json& create) {
     if (e["type"] == "response.completed" || e["type"] == "error") return e;
   }
 }
+// A text-mode WebSocket client on tollgate's `/v1/responses` (the Responses API's WebSocket mode),
+// its handshake carrying `headers`; the handshake's answer in `res`.
+std::unique_ptr<ws_client> open_responses_ws(boost::asio::io_context& ioc, std::uint16_t port,
+                                             std::vector<std::pair<std::string, std::string>> headers,
+                                             boost::beast::websocket::response_type& res) {
+  namespace websocket = boost::beast::websocket;
+  auto ws = std::make_unique<ws_client>(ioc);
+  ws->next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
+  ws->set_option(websocket::stream_base::decorator([headers](websocket::request_type& r) {
+    for (const auto& [name, value] : headers) r.set(name, value);
+  }));
+  ws->handshake(res, "127.0.0.1", "/v1/responses");
+  ws->text(true);
+  return ws;
+}
 double gpt41_cost(const json& usage, double in, double cached, double out) {
   const double c = usage["input_tokens_details"]["cached_tokens"].get<double>();
   return ((usage["input_tokens"].get<double>() - c) * in + c * cached + usage["output_tokens"].get<double>() * out) / 1e6;
@@ -714,17 +729,11 @@ TEST_CASE("relay: the Responses API over WebSocket (responses.connect) is tunnel
   namespace net = boost::asio;
   harness h;
   net::io_context ioc;
-  ws_client ws(ioc);
-  ws.next_layer().connect({net::ip::make_address("127.0.0.1"), h.port()});
-  ws.set_option(websocket::stream_base::decorator([](websocket::request_type& r) {
-    r.set(beast::http::field::authorization, "Bearer sk-client-key");
-    r.set("x-fake-cached-tokens", "4");
-  }));
   websocket::response_type res;
-  ws.handshake(res, "127.0.0.1", "/v1/responses");
+  auto client = open_responses_ws(ioc, h.port(), {{"Authorization", "Bearer sk-client-key"}, {"x-fake-cached-tokens", "4"}}, res);
+  ws_client& ws = *client;
   CHECK(res.result_int() == 101);
   CHECK(res["x-request-id"].starts_with("tg-"));
-  ws.text(true);
   // Two responses at two models, one on a lane (stream_id), each priced at its own model.
   const json first = ws_response(ws, {{"type", "response.create"}, {"model", "gpt-4.1"}, {"input", "Say hello."}});
   REQUIRE(first["type"] == "response.completed");
@@ -759,10 +768,9 @@ TEST_CASE("relay: a Responses WebSocket is closed with a Responses error event w
   namespace net = boost::asio;
   harness h({.tweak = [&](tollgate::config& c) { c.policy.budgets = {tt::hard_daily_budget(1e-9)}; }});
   net::io_context ioc;
-  ws_client ws(ioc);
-  ws.next_layer().connect({net::ip::make_address("127.0.0.1"), h.port()});
-  ws.handshake("127.0.0.1", "/v1/responses");
-  ws.text(true);
+  websocket::response_type res;
+  auto client = open_responses_ws(ioc, h.port(), {}, res);
+  ws_client& ws = *client;
   CHECK(ws_response(ws, {{"type", "response.create"}, {"model", "gpt-4.1"}, {"input", "hi"}})["type"] == "response.completed");
   const json error = next_event(ws);
   CHECK(error["type"] == "error");
@@ -1143,4 +1151,42 @@ TEST_CASE("relay: a Claude call in fast mode and US-only is priced as its usage 
   CHECK(rows[1].at("stream") == "1");
   CHECK(rows[2].at("service_tier") == "default");
   CHECK(std::stod(rows[2].at("cost_usd")) == Approx(standard(rows[2])));
+}
+
+TEST_CASE("relay: a graceful shutdown lets a WebSocket's response in flight finish, then closes it with 1001",
+          "[relay][websocket][shutdown]") {
+  namespace beast = boost::beast;
+  namespace websocket = beast::websocket;
+  namespace net = boost::asio;
+  harness h;
+  net::io_context ioc;
+  websocket::response_type res;  // each response streams 10 deltas 100 ms apart
+  auto client = open_responses_ws(ioc, h.port(), {{"x-fake-chunks", "10"}, {"x-fake-chunk-interval-ms", "100"}}, res);
+  ws_client& ws = *client;
+  ws.write(net::buffer(json{{"type", "response.create"}, {"model", "gpt-4.1"}, {"input", "hi"}}.dump()));
+  // The response is under way when the drain starts.
+  for (json e = next_event(ws); e["type"] != "response.output_text.delta"; e = next_event(ws)) {
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  std::thread stopper([&] { h.proxy->shutdown(); });
+  std::vector<std::string> types;
+  beast::error_code ec;
+  for (;;) {
+    beast::flat_buffer b;
+    ws.read(b, ec);
+    if (ec) break;
+    types.push_back(json::parse(beast::buffers_to_string(b.data()))["type"]);
+  }
+  stopper.join();
+  const double stop_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // The response came whole, then a close frame saying why (not a vanished connection at the
+  // drain deadline, 30 s later).
+  REQUIRE(!types.empty());
+  CHECK(types.back() == "response.completed");
+  CHECK(ec == websocket::error::closed);
+  CHECK(ws.reason().code == websocket::close_code::going_away);
+  CHECK(stop_s < 10);
+  CHECK(h.query_text("SELECT route || ' ' || status || ' ' || aborted || ' ' || usage_source FROM calls") ==
+        "responses 101 0 upstream");
+  CHECK(h.query_double("SELECT cost_usd FROM calls") > 0);
 }

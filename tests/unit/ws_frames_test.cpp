@@ -285,3 +285,19 @@ TEST_CASE("realtime: the Responses API over WebSocket is metered per response at
   REQUIRE(q.by_model().size() == 1);
   CHECK(q.by_model()[0].first == "gpt-4.1");
 }
+
+TEST_CASE("realtime: responses in flight are counted from response.created to their end, for both APIs") {
+  realtime_meter m("gpt-realtime");
+  CHECK(realtime_meter::wanted(R"({"type":"response.created","response":{)"));
+  CHECK(m.in_flight() == 0);
+  m.on_message(R"({"type":"response.created","event_id":"e1","response":{"id":"r1","status":"in_progress"}})");
+  m.on_message(R"({"type":"response.created","response":{"id":"r2"}})");
+  CHECK(m.in_flight() == 2);
+  m.on_message(R"({"type":"response.done","response":{"id":"r1","status":"cancelled","usage":null}})");  // ends, bills nothing
+  CHECK(m.in_flight() == 1);
+  CHECK(m.responses() == 0);
+  m.on_message(R"({"type":"response.completed","response":{"model":"gpt-4.1","usage":{"input_tokens":3,"output_tokens":2}}})");
+  CHECK(m.in_flight() == 0);
+  m.on_message(R"({"type":"response.failed","response":{"usage":null}})");  // an end without a start stays at 0
+  CHECK(m.in_flight() == 0);
+}
