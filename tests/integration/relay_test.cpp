@@ -18,6 +18,9 @@
 
 using nlohmann::json;
 using tt::harness;
+namespace beast = boost::beast;
+namespace websocket = boost::beast::websocket;
+namespace net = boost::asio;
 
 namespace {
 // gzip (window_bits 31) or zlib (15) or raw deflate (-15) of `in`, as HTTP clients compress bodies.
@@ -581,9 +584,6 @@ void realtime_response(ws_client& ws) {
 
 TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstream's key and ledgered once, metered",
           "[relay][websocket]") {
-  namespace beast = boost::beast;
-  namespace websocket = beast::websocket;
-  namespace net = boost::asio;
   harness h;
   net::io_context ioc;
   websocket::stream<beast::tcp_stream> ws(ioc);
@@ -647,9 +647,6 @@ TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstr
 
 TEST_CASE("relay: a Realtime session is charged as its responses complete and closed when a hard budget is spent",
           "[relay][websocket][budgets]") {
-  namespace beast = boost::beast;
-  namespace websocket = beast::websocket;
-  namespace net = boost::asio;
   const double per_response = (100 * 4.0 + 300 * 32.0 + 600 * 0.40 + 50 * 16.0 + 250 * 64.0) / 1e6;  // $0.02704
   harness h({.tweak = [&](tollgate::config& c) {
     c.policy.budgets = {tt::hard_daily_budget(0.04)};  // the second response spends it
@@ -706,7 +703,6 @@ json ws_response(ws_client& ws, const json& create) {
 std::unique_ptr<ws_client> open_responses_ws(boost::asio::io_context& ioc, std::uint16_t port,
                                              std::vector<std::pair<std::string, std::string>> headers,
                                              boost::beast::websocket::response_type& res) {
-  namespace websocket = boost::beast::websocket;
   auto ws = std::make_unique<ws_client>(ioc);
   ws->next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
   ws->set_option(websocket::stream_base::decorator([headers](websocket::request_type& r) {
@@ -724,9 +720,6 @@ double gpt41_cost(const json& usage, double in, double cached, double out) {
 
 TEST_CASE("relay: the Responses API over WebSocket (responses.connect) is tunnelled and its responses metered",
           "[relay][websocket]") {
-  namespace beast = boost::beast;
-  namespace websocket = beast::websocket;
-  namespace net = boost::asio;
   harness h;
   net::io_context ioc;
   websocket::response_type res;
@@ -763,9 +756,6 @@ TEST_CASE("relay: the Responses API over WebSocket (responses.connect) is tunnel
 
 TEST_CASE("relay: a Responses WebSocket is closed with a Responses error event when a hard budget is spent",
           "[relay][websocket][budgets]") {
-  namespace beast = boost::beast;
-  namespace websocket = beast::websocket;
-  namespace net = boost::asio;
   harness h({.tweak = [&](tollgate::config& c) { c.policy.budgets = {tt::hard_daily_budget(1e-9)}; }});
   net::io_context ioc;
   websocket::response_type res;
@@ -1155,9 +1145,6 @@ TEST_CASE("relay: a Claude call in fast mode and US-only is priced as its usage 
 
 TEST_CASE("relay: a graceful shutdown lets a WebSocket's response in flight finish, then closes it with 1001",
           "[relay][websocket][shutdown]") {
-  namespace beast = boost::beast;
-  namespace websocket = beast::websocket;
-  namespace net = boost::asio;
   harness h;
   net::io_context ioc;
   websocket::response_type res;  // each response streams 10 deltas 100 ms apart
