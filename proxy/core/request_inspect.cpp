@@ -556,7 +556,8 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
     const dom::object members = root.get_object().value_unsafe();
     for (const dom::key_value_pair m : members) {  // in order, so a later duplicate wins
       const element_type type = m.value.type();
-      switch (classify(m.key)) {
+      const member which = classify(m.key);
+      switch (which) {
         case member::model:
           model_bad = type != element_type::STRING;
           f.has_model = !model_bad;
@@ -584,8 +585,7 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
         case member::speed:
         case member::service_tier:
         case member::inference_geo:
-          pricing_hint(classify(m.key), type == element_type::STRING ? m.value.get_string().value_unsafe() : std::string_view(),
-                       f);
+          pricing_hint(which, type == element_type::STRING ? m.value.get_string().value_unsafe() : std::string_view(), f);
           break;
         case member::max_completion_tokens: r.limit(m.value, max_completion); break;
         case member::max_tokens: r.limit(m.value, max_tokens); break;
