@@ -237,27 +237,73 @@ token_usage clamp_parts(token_usage t) noexcept {
   return t;
 }
 
+// Cache writes in an OpenAI-shaped usage. OpenAI itself never reports them (its cache is written
+// for free), but relays that serve Claude through the chat API do, each under its own name:
+// OpenRouter `prompt_tokens_details.cache_write_tokens`, LiteLLM `cache_creation_tokens` there
+// (with `cache_creation_token_details` splitting off the 1-hour writes) and a top-level
+// `cache_creation_input_tokens`, new-api (one-api's successor, which many relays run)
+// `cached_creation_tokens` there and top-level `claude_cache_creation_5_m_tokens` /
+// `_1_h_tokens`. Read as the largest count given, since a relay may fill one name and leave
+// another at 0. Left unread, these writes were billed at the plain input price: 1.25x or 2x of
+// that short on every Claude call that writes the cache.
+struct openai_cache_writes {
+  std::int64_t write = 0, write_1h = 0;
+  template <class Node>
+  void details(const Node& d) {
+    with_members<4>(d, {"cache_write_tokens", "cache_creation_tokens", "cached_creation_tokens",
+                        "cache_creation_token_details"},
+                    [&](const Node& a, const Node& b, const Node& c, const Node& split) {
+      for (const Node* n : {&a, &b, &c}) take(write, *n);
+      take(write_1h, member(split, "ephemeral_1h_input_tokens"));
+    });
+  }
+  template <class Node>
+  void top(const Node& creation_input, const Node& claude_5m, const Node& claude_1h) {
+    take(write, creation_input);
+    if (as_count(claude_5m) || as_count(claude_1h))
+      write = std::max(write, as_count(claude_5m).value_or(0) + as_count(claude_1h).value_or(0));
+    take(write_1h, claude_1h);
+  }
+  template <class Node>
+  static void take(std::int64_t& into, const Node& v) {
+    if (const auto n = as_count(v)) into = std::max(into, *n);
+  }
+};
+
 // OpenAI chat/completions/embeddings `usage`; nullopt unless it carries a token count.
 template <class Node>
 std::optional<token_usage> chat_usage(const Node& u) {
   if (!is_object(u)) return std::nullopt;
-  return with_members<5>(
+  return with_members<9>(
       u, {"prompt_tokens", "completion_tokens", "prompt_tokens_details", "prompt_cache_hit_tokens",
-          "completion_tokens_details"},
-      [](const Node& p, const Node& c, const Node& details, const Node& hits,
-         const Node& completion_details) -> std::optional<token_usage> {
+          "completion_tokens_details", "cache_creation_input_tokens", "cache_read_input_tokens",
+          "claude_cache_creation_5_m_tokens", "claude_cache_creation_1_h_tokens"},
+      [](const Node& p, const Node& c, const Node& details, const Node& hits, const Node& completion_details,
+         const Node& creation_input, const Node& cache_read, const Node& claude_5m,
+         const Node& claude_1h) -> std::optional<token_usage> {
         const auto prompt = as_count(p);
         const auto completion = as_count(c);
         if (!prompt && !completion) return std::nullopt;
         token_usage t;
         t.prompt = prompt.value_or(0);
         t.completion = completion.value_or(0);
-        // DeepSeek reports cache hits as a top-level prompt_cache_hit_tokens instead of the details.
-        t.cached = count_field(details, "cached_tokens").value_or(as_count(hits).value_or(0));
+        // DeepSeek reports cache hits as a top-level prompt_cache_hit_tokens instead of the
+        // details, LiteLLM's Claude usage also as a top-level cache_read_input_tokens.
+        t.cached = count_field(details, "cached_tokens")
+                       .value_or(as_count(hits).value_or(as_count(cache_read).value_or(0)));
         t.reasoning = count(completion_details, "reasoning_tokens");
         // Audio models (gpt-4o-audio-preview): audio tokens in and out at their own prices.
         t.audio_in = count(details, "audio_tokens");
         t.audio_out = count(completion_details, "audio_tokens");
+        openai_cache_writes w;
+        w.details(details);
+        w.top(creation_input, claude_5m, claude_1h);
+        t.cache_write = w.write;
+        t.cache_write_1h = w.write_1h;
+        // prompt_tokens includes the cache reads and writes (OpenAI's convention, which these
+        // relays follow). One that cannot (reads + writes above it) reported Anthropic's
+        // input_tokens under OpenAI's name: the prompt is then the sum.
+        if (t.cache_write > 0 && t.cached + t.cache_write > t.prompt) t.prompt += t.cached + t.cache_write;
         return clamp_parts(t);
       });
 }
@@ -275,6 +321,12 @@ std::optional<token_usage> responses_usage(const Node& u) {
   const auto& plural = member(u, "input_tokens_details");
   const auto& input_details = is_object(plural) ? plural : member(u, "input_token_details");
   t.cached = count(input_details, "cached_tokens");
+  // Claude through a relay's Responses API (new-api, LiteLLM): its cache writes, as in chat.
+  openai_cache_writes w;
+  w.details(input_details);
+  t.cache_write = w.write;
+  t.cache_write_1h = w.write_1h;
+  if (t.cache_write > 0 && t.cached + t.cache_write > t.prompt) t.prompt += t.cached + t.cache_write;
   t.image_in = count(input_details, "image_tokens");
   t.audio_in = count(input_details, "audio_tokens");
   t.reasoning = count(member(u, "output_tokens_details"), "reasoning_tokens");

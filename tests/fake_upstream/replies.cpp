@@ -109,11 +109,18 @@ token_counts count_tokens(std::size_t prompt_chars, std::size_t reply_pieces, co
   return t;
 }
 
+// OpenAI never reports cache writes; a relay serving Claude through the chat API does, as
+// OpenRouter does (prompt_tokens_details.cache_write_tokens, part of prompt_tokens): given when
+// x-fake-cache-creation-tokens asks for writes.
 ojson openai_usage(const token_counts& t) {
-  return {{"prompt_tokens", t.prompt},
+  const long long writes = t.cache_creation + t.cache_creation_1h;
+  const long long prompt = writes > 0 ? t.prompt + writes : t.prompt;
+  ojson details = {{"cached_tokens", t.cached}, {"audio_tokens", 0}};
+  if (writes > 0) details["cache_write_tokens"] = writes;
+  return {{"prompt_tokens", prompt},
           {"completion_tokens", t.completion},
-          {"total_tokens", t.prompt + t.completion},
-          {"prompt_tokens_details", {{"cached_tokens", t.cached}, {"audio_tokens", 0}}},
+          {"total_tokens", prompt + t.completion},
+          {"prompt_tokens_details", details},
           {"completion_tokens_details",
            {{"reasoning_tokens", t.reasoning},
             {"audio_tokens", 0},

@@ -115,6 +115,31 @@ TEST_CASE("relay: cached and reasoning tokens are priced once each", "[relay]") 
   CHECK(std::stod(row["cost_usd"]) == Approx(((p - 8) * 2.0 + 8 * 0.5 + c * 8.0) / 1e6).epsilon(1e-12));
 }
 
+// Claude through a relay's OpenAI-compatible API reports its cache writes in the usage
+// (OpenRouter's prompt_tokens_details.cache_write_tokens here); they bill at 1.25x input.
+TEST_CASE("relay: a relayed Claude chat call's cache writes are billed at the write price", "[relay]") {
+  harness h;
+  const tt::headers knobs = {{"x-fake-cached-tokens", "200"}, {"x-fake-cache-creation-tokens", "1000"}};
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("claude-sonnet-4-5"), knobs);
+  REQUIRE(r.status == 200);
+  CHECK(json::parse(r.body)["usage"]["prompt_tokens_details"]["cache_write_tokens"] == 1000);
+  tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("claude-sonnet-4-5", true), knobs);
+  REQUIRE(s.status() == 200);
+  s.read_all();
+  CHECK(s.ended_cleanly());
+  h.flush();
+  auto rows = h.rows("SELECT * FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 2);
+  for (auto& row : rows) {
+    CHECK(row["cached_tokens"] == "200");
+    CHECK(row["cache_write_tokens"] == "1000");
+    const double p = std::stod(row["prompt_tokens"]), c = std::stod(row["completion_tokens"]);
+    CHECK(p >= 1200);
+    CHECK(std::stod(row["cost_usd"]) ==
+          Approx(((p - 1200) * 3.0 + 200 * 0.30 + 1000 * 3.75 + c * 15.0) / 1e6).epsilon(1e-12));
+  }
+}
+
 TEST_CASE("relay: flex and priority calls are billed at their tier's prices and ledgered with it", "[relay]") {
   harness h;
   auto flex = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-5", false, R"(,"service_tier":"flex")"));

@@ -98,6 +98,80 @@ TEST_CASE("usage: DeepSeek prompt_cache_hit_tokens counts as cached", "[usage]")
   CHECK(f.usage.reasoning == 70);
 }
 
+// Claude served through a relay's OpenAI-compatible chat API: each relay names the cache writes
+// its own way (shapes from OpenRouter, LiteLLM and new-api). prompt_tokens includes them.
+TEST_CASE("usage: relayed Claude cache writes in an OpenAI-shaped usage", "[usage]") {
+  const auto chat = [](std::string_view usage) {
+    return extract_response(route_kind::chat_completions,
+                            std::string(R"({"id":"gen-1","object":"chat.completion","model":"anthropic/claude-sonnet-4.5",)"
+                                        R"("choices":[],"usage":)") + std::string(usage) + "}");
+  };
+  SECTION("OpenRouter: prompt_tokens_details.cache_write_tokens") {
+    const auto f = chat(R"({"prompt_tokens":5000,"completion_tokens":10,"total_tokens":5010,
+      "prompt_tokens_details":{"cached_tokens":0,"cache_write_tokens":4096,"audio_tokens":0}})");
+    REQUIRE(f.has_usage);
+    CHECK(f.usage.prompt == 5000);
+    CHECK(f.usage.cached == 0);
+    CHECK(f.usage.cache_write == 4096);
+    CHECK(f.usage.cache_write_1h == 0);
+  }
+  SECTION("LiteLLM: cache_creation_tokens with its 5m/1h split and the top-level Anthropic names") {
+    const auto f = chat(R"({"prompt_tokens":130,"completion_tokens":25,"total_tokens":155,
+      "prompt_tokens_details":{"text_tokens":100,"cached_tokens":20,"cache_write_tokens":0,"cache_creation_tokens":10,
+        "cache_creation_token_details":{"ephemeral_5m_input_tokens":7,"ephemeral_1h_input_tokens":3}},
+      "cache_creation_input_tokens":10,"cache_read_input_tokens":20,"inference_geo":"not_available"})");
+    REQUIRE(f.has_usage);
+    CHECK(f.usage.prompt == 130);
+    CHECK(f.usage.cached == 20);
+    CHECK(f.usage.cache_write == 10);
+    CHECK(f.usage.cache_write_1h == 3);
+  }
+  SECTION("LiteLLM: only the top-level Anthropic names") {
+    const auto f = chat(R"({"prompt_tokens":1200,"completion_tokens":5,"cache_creation_input_tokens":1000,
+      "cache_read_input_tokens":150})");
+    CHECK(f.usage.cached == 150);
+    CHECK(f.usage.cache_write == 1000);
+  }
+  SECTION("new-api: cached_creation_tokens and the claude_cache_creation split") {
+    const auto f = chat(R"({"prompt_tokens":3619,"completion_tokens":36,"total_tokens":3655,
+      "prompt_tokens_details":{"cached_tokens":2921,"cached_creation_tokens":600},
+      "claude_cache_creation_5_m_tokens":200,"claude_cache_creation_1_h_tokens":400})");
+    CHECK(f.usage.prompt == 3619);
+    CHECK(f.usage.cached == 2921);
+    CHECK(f.usage.cache_write == 600);
+    CHECK(f.usage.cache_write_1h == 400);
+  }
+  SECTION("Anthropic's input_tokens under OpenAI's name: the prompt is the sum") {
+    const auto f = chat(R"({"prompt_tokens":12,"completion_tokens":3,
+      "prompt_tokens_details":{"cached_tokens":2000,"cached_creation_tokens":500}})");
+    CHECK(f.usage.prompt == 2512);
+    CHECK(f.usage.cached == 2000);
+    CHECK(f.usage.cache_write == 500);
+  }
+  SECTION("OpenAI's own usage reports no writes") {
+    const auto f = chat(R"({"prompt_tokens":1117,"completion_tokens":46,
+      "prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0}})");
+    CHECK(f.usage.prompt == 1117);
+    CHECK(f.usage.cached == 1024);
+    CHECK(f.usage.cache_write == 0);
+  }
+  SECTION("a stream's usage chunk, and a relay's Responses usage") {
+    stream_meter m(route_kind::chat_completions, false);
+    relay(m, data_event(R"({"id":"gen-2","model":"claude-sonnet-4-5","choices":[],"usage":{"prompt_tokens":900,)"
+                        R"("completion_tokens":4,"prompt_tokens_details":{"cached_tokens":100,"cache_write_tokens":700}}})") +
+                 done_event);
+    REQUIRE(m.has_usage());
+    CHECK(m.usage().cache_write == 700);
+    CHECK(m.usage().cached == 100);
+    const auto r = extract_response(route_kind::responses, R"({"id":"resp_1","object":"response","model":"claude-sonnet-4-5",
+      "output":[],"usage":{"input_tokens":3619,"output_tokens":36,"total_tokens":3655,
+      "input_tokens_details":{"cached_tokens":2921,"cached_creation_tokens":120,"cache_write_tokens":120}}})");
+    CHECK(r.usage.prompt == 3619);
+    CHECK(r.usage.cached == 2921);
+    CHECK(r.usage.cache_write == 120);
+  }
+}
+
 TEST_CASE("usage: embeddings body has prompt tokens only", "[usage]") {
   const auto f = extract_response(route_kind::embeddings, R"({"object":"list",
     "data":[{"object":"embedding","embedding":[0.0023064255,-0.009327292,-0.0028842222],"index":0}],
