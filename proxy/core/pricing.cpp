@@ -216,7 +216,7 @@ void parse_long_context(const std::string& file, const std::string& model, const
 
 // A service tier: either a number (a factor on every token price of the entry: `flex: 0.5`) or a
 // map of its own prices (input and output required; cached_input defaults to the tier's input
-// times the entry's cached/input ratio, cache writes to 1.25x / 2x the tier's input). Called
+// times the entry's cached/input ratio, cache writes as the entry's on the tier's input). Called
 // once the entry's own prices are read.
 tier_price parse_tier(const std::string& file, const std::string& model, const std::string& key,
                       const YAML::Node& node, const model_price& base) {
@@ -571,17 +571,22 @@ tier_price scaled_tier(const model_price& base, double factor) {
 // OpenAI, Anthropic and Google all sell their batch APIs at half the standard prices.
 void apply_default_tiers(model_price& p) {
   if (auto& batch = p.tier_slot(service_tier::batch); !batch) batch = scaled_tier(p, 0.5);
+  std::string lower = p.name;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  p.write_surcharge = lower.find("claude") != std::string::npos;
 }
 
 billed_prices billed_prices_of(const model_price& p, service_tier t, bool long_context) noexcept {
+  // Unpriced writes: Anthropic's 5-minute writes cost 1.25x and 1-hour writes 2x the (tier's)
+  // input price; other vendors' writes cost their input price (model_price::write_surcharge).
+  const double w5 = p.write_surcharge ? 1.25 : 1.0, w1 = p.write_surcharge ? 2.0 : 1.0;
   if (const tier_price* tier = p.tier(t))  // flex, priority, scale, batch, fast: replace the long tier too
-    return {tier->input, tier->cached_input, tier->cache_write_5m.value_or(1.25 * tier->input),
-            tier->cache_write_1h.value_or(2.0 * tier->input), tier->output};
+    return {tier->input, tier->cached_input, tier->cache_write_5m.value_or(w5 * tier->input),
+            tier->cache_write_1h.value_or(w1 * tier->input), tier->output};
   const double in = long_context ? p.long_input : p.input;
-  // Anthropic: 5-minute writes cost 1.25x and 1-hour writes 2x the (tier's) input price.
   return {in, long_context ? p.long_cached_input : p.cached_input,
-          (long_context ? p.long_cache_write_5m : p.cache_write_5m).value_or(1.25 * in),
-          (long_context ? p.long_cache_write_1h : p.cache_write_1h).value_or(2.0 * in),
+          (long_context ? p.long_cache_write_5m : p.cache_write_5m).value_or(w5 * in),
+          (long_context ? p.long_cache_write_1h : p.cache_write_1h).value_or(w1 * in),
           long_context ? p.long_output : p.output};
 }
 

@@ -31,7 +31,7 @@ struct config_error : std::runtime_error {
 // OpenAI's priority prices exclude long context, whose calls are answered at the default tier).
 struct tier_price {
   double input = 0, cached_input = 0, output = 0;
-  std::optional<double> cache_write_5m, cache_write_1h;  // default 1.25x / 2x this input
+  std::optional<double> cache_write_5m, cache_write_1h;  // default as the entry's, on this input
 };
 
 // The price of one image or one second of video of a given output: `w` x `h` pixels (0 x 0: any
@@ -54,8 +54,13 @@ struct model_price {
   double input = 0;                    // USD per 1M uncached prompt tokens
   double cached_input = 0;             // USD per 1M cache-read tokens
   double output = 0;                   // USD per 1M completion tokens (reasoning included)
-  std::optional<double> cache_write_5m;  // USD per 1M; default 1.25 x input
-  std::optional<double> cache_write_1h;  // USD per 1M; default 2 x input
+  std::optional<double> cache_write_5m;  // USD per 1M; default 1.25 x input (Claude), else input
+  std::optional<double> cache_write_1h;  // USD per 1M; default 2 x input (Claude), else input
+  // Whether cache writes the entry does not price cost more than input: Anthropic's 1.25x / 2x
+  // for a Claude entry (its name holds "claude"). Elsewhere a write is plain input: OpenAI wrote
+  // its cache for free before GPT-5.6 (whose entries price writes), as do Gemini and DeepSeek, so
+  // a reported write count must not raise their cost. Set by apply_default_tiers().
+  bool write_surcharge = true;
   double web_search = 0;               // USD per 1,000 server-side web search requests
   double us_inference = 1;             // factor on the token prices of a call that ran US-only
                                        // (Anthropic usage.inference_geo "us": 1.1 on Opus 4.6+)
@@ -74,8 +79,8 @@ struct model_price {
   // (input + cache read + cache write) exceeds `long_context_threshold`, these prices apply.
   std::int64_t long_context_threshold = 0;  // 0: no tier
   double long_input = 0, long_cached_input = 0, long_output = 0;
-  std::optional<double> long_cache_write_5m;  // USD per 1M in the long tier; default 1.25 x long_input
-  std::optional<double> long_cache_write_1h;  // USD per 1M in the long tier; default 2 x long_input
+  std::optional<double> long_cache_write_5m;  // USD per 1M in the long tier; default as cache_write_5m
+  std::optional<double> long_cache_write_1h;  // USD per 1M in the long tier; default as cache_write_1h
   // Service tiers' prices, by service_tier (flex, priority, scale, batch; absent: billed as
   // standard). Every loader sets `batch`: half the standard prices unless the entry (or
   // LiteLLM's *_batches keys) says otherwise.
@@ -89,8 +94,9 @@ struct model_price {
 };
 
 // The prices a call is billed at: its service tier's when the entry has them, else the
-// long-context tier's when `long_context`, else the entry's own; cache writes defaulted to 1.25x
-// and 2x the input price. compute_cost() and the what-if reports both price through this.
+// long-context tier's when `long_context`, else the entry's own; unpriced cache writes at 1.25x
+// and 2x the input price on a Claude entry, at the input price on others (write_surcharge).
+// compute_cost() and the what-if reports both price through this.
 struct billed_prices {
   double input, cached_input, write_5m, write_1h, output;
 };

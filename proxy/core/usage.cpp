@@ -237,8 +237,10 @@ token_usage clamp_parts(token_usage t) noexcept {
   return t;
 }
 
-// Cache writes in an OpenAI-shaped usage. OpenAI itself never reports them (its cache is written
-// for free), but relays that serve Claude through the chat API do, each under its own name:
+// Cache writes in an OpenAI-shaped usage. OpenAI reports them as `cache_write_tokens` (billed at
+// 1.25x input from GPT-5.6 on, with `cache_write_tokens_details.ttl_12h_tokens` the 12-hour
+// writes, kept as the long-lived writes; free before), and relays that serve Claude through the
+// chat API do too, each under its own name:
 // OpenRouter `prompt_tokens_details.cache_write_tokens`, LiteLLM `cache_creation_tokens` there
 // (with `cache_creation_token_details` splitting off the 1-hour writes) and a top-level
 // `cache_creation_input_tokens`, new-api (one-api's successor, which many relays run)
@@ -250,11 +252,12 @@ struct openai_cache_writes {
   std::int64_t write = 0, write_1h = 0;
   template <class Node>
   void details(const Node& d) {
-    with_members<4>(d, {"cache_write_tokens", "cache_creation_tokens", "cached_creation_tokens",
-                        "cache_creation_token_details"},
-                    [&](const Node& a, const Node& b, const Node& c, const Node& split) {
+    with_members<5>(d, {"cache_write_tokens", "cache_creation_tokens", "cached_creation_tokens",
+                        "cache_creation_token_details", "cache_write_tokens_details"},
+                    [&](const Node& a, const Node& b, const Node& c, const Node& split, const Node& ttl) {
       for (const Node* n : {&a, &b, &c}) take(write, *n);
       take(write_1h, member(split, "ephemeral_1h_input_tokens"));
+      take(write_1h, member(ttl, "ttl_12h_tokens"));
     });
   }
   template <class Node>

@@ -49,7 +49,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-3.5-turbo-instruct", "claude-sonnet-4.5", "claude-sonnet-4",
                             "claude-haiku-4.5", "claude-opus-4.1", "claude-opus-4.6", "claude-opus-4.7", "claude-opus-4.8",
                             "claude-opus-5", "claude-opus-5.5", "claude-sonnet-4.6", "claude-sonnet-5", "claude-fable-5",
-                            "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro",
+                            "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro", "gpt-5.6-sol", "gpt-5.6-terra", "gpt-5.6-luna",
                             "deepseek-v3.2", "deepseek-chat",
                             "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
                             "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
@@ -217,11 +217,17 @@ TEST_CASE("pricing: cost follows the formula", "[pricing]") {
     const auto r = compute_cost(t, "deepseek-chat", usage(100'000, 10'000, 60'000));
     CHECK(r.usd == Approx((40'000 * 0.28 + 60'000 * 0.028 + 10'000 * 0.42) / 1e6));
   }
-  SECTION("cache writes default to 1.25x and 2x input") {
+  SECTION("cache writes default to 1.25x and 2x input on a Claude entry and to input elsewhere") {
     price_table small;
-    small.load_yaml_string("models:\n  m: { input: 4, output: 0 }\n");
-    const auto r = compute_cost(small, "m", usage(3'000'000, 0, 0, 3'000'000, 1'000'000));
+    small.load_yaml_string("models:\n  my-claude: { input: 4, output: 0 }\n  m: { input: 4, output: 0 }\n");
+    const auto r = compute_cost(small, "my-claude", usage(3'000'000, 0, 0, 3'000'000, 1'000'000));
     CHECK(r.usd == Approx(2 * 5.0 + 1 * 8.0));
+    // OpenAI before GPT-5.6 (and Gemini, DeepSeek) write the cache for free: plain input.
+    CHECK(compute_cost(small, "m", usage(3'000'000, 0, 0, 3'000'000, 1'000'000)).usd == Approx(3 * 4.0));
+    CHECK(compute_cost(t, "gpt-5.5", usage(10'000, 0, 0, 8'000)).usd == Approx(10'000 * 5.00 / 1e6));
+    // GPT-5.6 prices its writes: 1.25x input, reads 0.1x.
+    CHECK(compute_cost(t, "gpt-5.6-terra", usage(10'000, 1'000, 2'000, 8'000)).usd ==
+          Approx((8'000 * 3.125 + 2'000 * 0.25 + 1'000 * 15.00) / 1e6));
   }
   SECTION("counters that disagree never bill negative input") {
     const auto r = compute_cost(t, "gpt-4.1", usage(100, 0, 300));
@@ -404,21 +410,22 @@ TEST_CASE("pricing: service tiers (flex, priority) are billed at their own price
     CHECK(compute_cost(t, "gpt-4.1", v, 2.0).usd == Approx(2.0 * (6'000 * 3.50 + 4'000 * 0.875 + 2'000 * 14.00) / 1e6));
   }
   SECTION("a factor scales every token price; a map's cached_input defaults to the entry's ratio") {
+    // A Claude entry: unpriced writes default to 1.25x the tier's input.
     price_table p;
     p.load_yaml_string(R"(models:
-  m: { input: 4.0, cached_input: 1.0, output: 8.0, cache_write_5m: 5.0, flex: 0.25,
-       priority: { input: 6.0, output: 12.0 }, scale: { input: 1.0, cached_input: 0.5, output: 2.0 },
-       long_context: { threshold: 100, input: 40, output: 80 } }
+  claude-m: { input: 4.0, cached_input: 1.0, output: 8.0, cache_write_5m: 5.0, flex: 0.25,
+              priority: { input: 6.0, output: 12.0 }, scale: { input: 1.0, cached_input: 0.5, output: 2.0 },
+              long_context: { threshold: 100, input: 40, output: 80 } }
 )");
     auto v = usage(1'000, 100, 400, 100);  // 500 uncached, 400 read, 100 written (5 min), 100 out
     v.tier = service_tier::flex;
-    CHECK(compute_cost(p, "m", v).usd == Approx(0.25 * (500 * 4.0 + 400 * 1.0 + 100 * 5.0 + 100 * 8.0) / 1e6));
+    CHECK(compute_cost(p, "claude-m", v).usd == Approx(0.25 * (500 * 4.0 + 400 * 1.0 + 100 * 5.0 + 100 * 8.0) / 1e6));
     v.tier = service_tier::priority;  // cached 6.0 * 1/4; writes 1.25x the tier's input
-    CHECK(compute_cost(p, "m", v).usd == Approx((500 * 6.0 + 400 * 1.5 + 100 * 7.5 + 100 * 12.0) / 1e6));
+    CHECK(compute_cost(p, "claude-m", v).usd == Approx((500 * 6.0 + 400 * 1.5 + 100 * 7.5 + 100 * 12.0) / 1e6));
     v.tier = service_tier::scale;
-    CHECK(compute_cost(p, "m", v).usd == Approx((500 * 1.0 + 400 * 0.5 + 100 * 1.25 + 100 * 2.0) / 1e6));
+    CHECK(compute_cost(p, "claude-m", v).usd == Approx((500 * 1.0 + 400 * 0.5 + 100 * 1.25 + 100 * 2.0) / 1e6));
     v.tier = service_tier::none;  // 1,000 prompt tokens > 100: the long tier
-    CHECK(compute_cost(p, "m", v).usd == Approx((500 * 40.0 + 400 * 40.0 + 100 * 50.0 + 100 * 80.0) / 1e6));
+    CHECK(compute_cost(p, "claude-m", v).usd == Approx((500 * 40.0 + 400 * 40.0 + 100 * 50.0 + 100 * 80.0) / 1e6));
   }
   SECTION("batch: half price unless the entry says otherwise") {
     CHECK(at(service_tier::batch, "gpt-5") == Approx(standard / 2));

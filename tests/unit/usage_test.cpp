@@ -148,6 +148,16 @@ TEST_CASE("usage: relayed Claude cache writes in an OpenAI-shaped usage", "[usag
     CHECK(f.usage.cached == 2000);
     CHECK(f.usage.cache_write == 500);
   }
+  SECTION("OpenAI's own writes (GPT-5.6): cache_write_tokens, the 12-hour ones kept as long-lived") {
+    const auto r = extract_response(route_kind::responses, R"({"id":"resp_2","object":"response","model":"gpt-5.6-terra",
+      "output":[],"usage":{"input_tokens":20000,"output_tokens":40,"total_tokens":20040,
+      "input_tokens_details":{"cached_tokens":0,"cache_write_tokens":18000,
+        "cache_write_tokens_details":{"ttl_12h_tokens":6000,"ttl_30m_tokens":12000}},
+      "output_tokens_details":{"reasoning_tokens":0}}})");
+    CHECK(r.usage.prompt == 20000);
+    CHECK(r.usage.cache_write == 18000);
+    CHECK(r.usage.cache_write_1h == 6000);
+  }
   SECTION("OpenAI's own usage reports no writes") {
     const auto f = chat(R"({"prompt_tokens":1117,"completion_tokens":46,
       "prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0}})");
