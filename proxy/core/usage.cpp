@@ -566,14 +566,62 @@ std::optional<std::string_view> top_level_string(std::string_view head, std::str
   return std::nullopt;
 }
 
+namespace {
+
+bool is_response_end(std::string_view type) noexcept {
+  return type == "response.completed" || type == "response.incomplete" || type == "response.failed";
+}
+
+// A Live response.event wraps one Responses streaming event: only its response.created and ends
+// are read, not the deltas in between. Its type is the first "response.…" string after the
+// outer one (`"type":"response.event","event":{"type":"response.output_text.delta"`); when the
+// head shows none, the whole message is read to know.
+bool wanted_live_response_event(std::string_view head) noexcept {
+  constexpr std::string_view outer = "\"response.event\"";
+  const std::size_t skip = head.find(outer);
+  for (std::size_t at = head.find("\"response.", 0); at != std::string_view::npos; at = head.find("\"response.", at + 1)) {
+    if (at == skip) continue;
+    const std::size_t end = head.find('"', at + 1);
+    if (end == std::string_view::npos) return true;  // cut by the head
+    const std::string_view type = head.substr(at + 1, end - at - 1);
+    return type == "response.created" || is_response_end(type);
+  }
+  return true;
+}
+
+}  // namespace
+
 bool realtime_meter::wanted(std::string_view head) noexcept {
   const auto type = top_level_string(head, "type");
   if (!type) return true;  // not within the head: read the whole message to know
-  return *type == "response.done" || *type == "response.completed" || *type == "response.incomplete" ||
-         *type == "response.failed" || *type == "response.created" || *type == "session.created" ||
-         *type == "session.updated" ||
+  if (*type == "response.event") return wanted_live_response_event(head);
+  return *type == "response.done" || is_response_end(*type) || *type == "response.created" ||
+         *type == "session.created" || *type == "session.updated" || *type == "session.started" ||
+         *type == "session.usage.updated" || *type == "session.closed" || *type == "decision.event" ||
          *type == "transcription_session.created" || *type == "transcription_session.updated" ||
          *type == "conversation.item.input_audio_transcription.completed";
+}
+
+// A whole Responses object that ended (WebSocket mode's response.completed / .incomplete /
+// .failed, or one a Live session's Responses backend delegated), or a Live session's Decision:
+// its usage at its own model and service tier, its hosted tool calls counted.
+template <class Node>
+void realtime_meter::add_api_response(const Node& response) {
+  auto t = responses_usage(member(response, "usage"));
+  if (!t) return;
+  if (const auto tier = string_member(response, "service_tier"); !tier.empty()) t->tier = parse_service_tier(tier);
+  count_tool_calls(member(response, "output"), *t);
+  std::string_view m = string_member(response, "model");
+  if (m.size() > 256) m = {};
+  if (m.empty()) m = model_;  // the handshake's ?model=, if any
+  ++responses_;
+  auto it = std::find_if(api_responses_.begin(), api_responses_.end(),
+                         [&](const auto& e) { return e.first == m && e.second.tier == t->tier; });
+  if (it == api_responses_.end()) {
+    api_responses_.emplace_back(std::string(m), *t);
+  } else {
+    it->second.add(*t);
+  }
 }
 
 void realtime_meter::on_message(std::string_view text) {
@@ -593,24 +641,37 @@ void realtime_meter::on_message(std::string_view text) {
         ++realtime_responses_;
         responses_usage_.add(*t);
       }
-    } else if (type == "response.completed" || type == "response.incomplete" || type == "response.failed") {
+    } else if (is_response_end(type)) {
       // The Responses API over WebSocket: a whole Responses object, as its SSE stream ends.
       ++finished_;
-      const auto& response = member(j, "response");
-      auto t = responses_usage(member(response, "usage"));
-      if (!t) return;
-      if (const auto tier = string_member(response, "service_tier"); !tier.empty()) t->tier = parse_service_tier(tier);
-      count_tool_calls(member(response, "output"), *t);
-      std::string_view m = string_member(response, "model");
-      if (m.size() > 256) m = {};
-      if (m.empty()) m = model_;  // the handshake's ?model=, if any
-      ++responses_;
-      auto it = std::find_if(api_responses_.begin(), api_responses_.end(),
-                             [&](const auto& e) { return e.first == m && e.second.tier == t->tier; });
-      if (it == api_responses_.end()) {
-        api_responses_.emplace_back(std::string(m), *t);
-      } else {
-        it->second.add(*t);
+      add_api_response(member(j, "response"));
+    } else if (type == "response.event") {
+      // A Live session's delegated Responses backend: the nested event is read as WebSocket
+      // mode's own.
+      const auto& inner = member(j, "event");
+      const std::string_view inner_type = string_member(inner, "type");
+      if (inner_type == "response.created") {
+        ++created_;
+      } else if (is_response_end(inner_type)) {
+        ++finished_;
+        add_api_response(member(inner, "response"));
+      }
+    } else if (type == "decision.event") {
+      // A Live session delegating to the Decisions API: the whole Decision (model, usage shaped
+      // as the Responses API's) in its decision.completed.
+      const auto& inner = member(j, "event");
+      if (string_member(inner, "type") == "decision.completed") add_api_response(member(inner, "decision"));
+    } else if (type == "session.usage.updated" || type == "session.closed") {
+      // Live audio: cumulative seconds; a smaller total (a replayed event) changes nothing.
+      const auto seconds = as_number(member(member(j, "usage"), "seconds"));
+      if (seconds && std::isfinite(*seconds) && *seconds > live_seconds_ && *seconds < 1e9) {
+        live_seconds_ = *seconds;
+        ++live_updates_;
+      }
+      if (type == "session.closed") {
+        const auto& session = member(j, "session");
+        if (const auto m = string_member(session, "model"); !m.empty() && m.size() <= 256 && model_.empty())
+          model_ = std::string(m);
       }
     } else if (type == "conversation.item.input_audio_transcription.completed") {
       // Token usage (gpt-4o-transcribe and its kin); whisper-1 reports seconds, which no entry prices.
@@ -623,7 +684,7 @@ void realtime_meter::on_message(std::string_view text) {
                              [this](const auto& m) { return m.first == transcription_model_; });
       if (it == transcription_usage_.end()) it = transcription_usage_.insert(it, {transcription_model_, token_usage{}});
       it->second.add(*t);
-    } else if (type.ends_with("session.created") || type.ends_with("session.updated")) {
+    } else if (type.ends_with("session.created") || type.ends_with("session.updated") || type == "session.started") {
       const auto& session = member(j, "session");
       if (const auto m = string_member(session, "model"); !m.empty() && m.size() <= 256) model_ = std::string(m);
       // GA: session.audio.input.transcription; beta: session.input_audio_transcription. A
@@ -640,6 +701,11 @@ void realtime_meter::on_message(std::string_view text) {
 std::vector<std::pair<std::string, token_usage>> realtime_meter::by_model() const {
   std::vector<std::pair<std::string, token_usage>> out;
   if (realtime_responses_ > 0) out.emplace_back(model_, responses_usage_);
+  if (live_seconds_ > 0) {  // a Live session's audio, at its model's per_minute price
+    token_usage audio;
+    audio.audio_ms = static_cast<std::int64_t>(std::llround(live_seconds_ * 1000));
+    out.emplace_back(model_, audio);
+  }
   for (const auto& m : api_responses_) out.push_back(m);
   for (const auto& m : transcription_usage_) out.push_back(m);
   return out;

@@ -92,6 +92,11 @@ token_usage media_worst(media_call kind, const media_request& req);
 //   response.completed / .incomplete / .failed carries a whole Responses object, its usage priced
 //   at its own `model` and `service_tier` (every response.create may name another model), its
 //   hosted tool calls (web and file searches) counted as on POST /v1/responses.
+// - The Live API (GET /v1/live/sessions and a fork's socket, openai-node 7.x `LiveWS`): the
+//   session's model (session.started), its cumulative audio seconds (session.usage.updated,
+//   session.closed: totals, never summed), billed at the model's per_minute price, and the
+//   delegated Responses backend's responses, nested in response.event events, each priced at its
+//   own model as in WebSocket mode, and its Decisions (decision.event's decision.completed).
 class realtime_meter {
  public:
   // `requested_model`: the handshake's ?model=, used until the session names its own.
@@ -102,7 +107,14 @@ class realtime_meter {
   // One whole server event (JSON text). Anything else is ignored.
   void on_message(std::string_view text);
 
-  bool has_usage() const noexcept { return responses_ + transcriptions_ > 0; }
+  // A message filter that keeps nothing: a sideband socket (a Live session's /attach) sees the
+  // events of a session metered on its own socket, which would be counted twice.
+  static bool wanted_none(std::string_view) noexcept { return false; }
+
+  bool has_usage() const noexcept { return responses_ + transcriptions_ > 0 || live_seconds_ > 0; }
+  // Usage events read so far (a budget charges the session's cost again when this grows).
+  std::size_t events() const noexcept { return responses_ + transcriptions_ + live_updates_; }
+  double live_seconds() const noexcept { return live_seconds_; }
   // The session's model; in WebSocket mode, where no session names one, the first response's.
   const std::string& model() const noexcept {
     return model_.empty() && !api_responses_.empty() ? api_responses_.front().first : model_;
@@ -126,6 +138,10 @@ class realtime_meter {
   std::vector<std::pair<std::string, token_usage>> transcription_usage_;
   std::size_t responses_ = 0, transcriptions_ = 0;
   std::size_t created_ = 0, finished_ = 0;
+  double live_seconds_ = 0;      // the Live session's cumulative audio seconds
+  std::size_t live_updates_ = 0;  // times they grew
+  template <class Node>
+  void add_api_response(const Node& response);
 };
 
 // The top-level string member `key` of the JSON object text starts with, when `head` (maybe only

@@ -388,6 +388,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     } head;
     bool body_decoded = false;  // a gzip/deflate request body was decoded in place (admit)
     bool websocket = false;     // a WebSocket opening handshake on a pass-through path (tunnel)
+    bool ws_sideband = false;   // ... of a Live session's sideband (/attach): relayed unmetered
     bool meter = true;          // a 2xx answer's usage is new spend (usage_is_new_spend)
     std::string background_id;  // reads or cancels a pending background response: metered once
     std::string batch_id;       // reads or cancels a batch created through tollgate: metered once
@@ -2196,6 +2197,7 @@ awaitable<void> client_session::tunnel(const std::vector<candidate>& tries, clie
                                        const route_decision& rd, const target_parts& tp, call& c) {
   auto& rec = c.rec;
   const std::string path(tp.path);
+  c.ws_sideband = path.starts_with("/v1/live/sessions/") && (path.ends_with("/attach") || path.ends_with("/attach/"));
   const std::string query = c.sent_model.empty() ? std::string(tp.query) : with_query_param(tp.query, "model", c.sent_model);
   for (std::size_t k = 0; k < tries.size() && !c.head_sent; ++k) {
     auto& t = *tries[k].t;
@@ -2294,7 +2296,9 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   // A usage event larger than server.max_parse_bytes is not metered, as a POST's body would not
   // be: a Realtime response.done is a few KB, but a Responses API response.completed holds the
   // whole response (an image_generation call's base64 images are megabytes).
-  ws_message_reader reader(&realtime_meter::wanted, cfg_.max_parse_bytes);
+  // A Live session's sideband socket (/v1/live/sessions/{id}/attach) mirrors a session that is
+  // metered on its own socket: it is relayed, and its row carries no usage.
+  ws_message_reader reader(c.ws_sideband ? &realtime_meter::wanted_none : &realtime_meter::wanted, cfg_.max_parse_bytes);
   std::vector<std::string> events;
   auto read_frames = [&meter, &reader, &events](std::string_view bytes) {
     if (reader.failed()) return;
@@ -2323,7 +2327,7 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   double charged_usd = 0;
   auto over_budget = [&]() -> bool {
     if (st_.policy == nullptr || c.ticket == 0) return false;
-    const std::size_t events = meter.responses() + meter.transcriptions();
+    const std::size_t events = meter.events();
     if (events == charged_events) return false;
     charged_events = events;
     const auto cost = compute_cost(st_.prices, meter.by_model(), c.price_multiplier);

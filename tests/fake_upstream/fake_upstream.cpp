@@ -106,6 +106,9 @@ struct server::impl {
   template <class Stream>
   void realtime_session(Stream& stream, const http::request<http::string_body>& req, std::uint64_t number);
   template <class Stream>
+  void live_session(Stream& stream, const http::request<http::string_body>& req, const detail::knobs& k,
+                    std::uint64_t number, bool sideband);
+  template <class Stream>
   void responses_session(Stream& stream, const http::request<http::string_body>& req, const detail::knobs& k,
                          std::uint64_t number);
   template <class Stream>
@@ -259,6 +262,8 @@ void server::impl::serve(connection& c, Stream& stream, tcp::socket& raw) {
       const std::string_view path(req.target().data(), std::min(req.target().size(), req.target().find('?')));
       if (path == "/v1/responses" || path == "/v1/responses/")
         responses_session(stream, req, k, number);
+      else if (path.starts_with("/v1/live/sessions"))
+        live_session(stream, req, k, number, path.ends_with("/attach"));
       else
         realtime_session(stream, req, number);
       return;
@@ -400,6 +405,85 @@ void server::impl::responses_session(Stream& stream, const http::request<http::s
       ws.write(net::buffer(j.dump()), ec);
       if (ec) return;
     }
+  }
+}
+
+// A WebSocket session shaped like the Live API's (GET /v1/live/sessions, a fork's socket; openai
+// 7.x LiveWS): session.start is answered with session.started (its model the start's, else
+// gpt-live-1); each session.input_audio.append adds its audio's length (base64 of PCM16 at
+// 24 kHz) to the session's seconds, reported as a cumulative session.usage.updated; a
+// response.create gets the events of a streamed POST /v1/responses at the delegation's model
+// (session.delegation.responses.model, else gpt-4.1), each nested in a response.event; a
+// session.close gets session.closed with the final seconds, then close 1000. A sideband socket
+// (/attach) is sent what it would mirror of another socket's session: 30 s of audio and one
+// delegated response, then it echoes.
+template <class Stream>
+void server::impl::live_session(Stream& stream, const http::request<http::string_body>& req,
+                                const detail::knobs& k, std::uint64_t number, bool sideband) {
+  beast::websocket::stream<Stream&> ws(stream);
+  ws.set_option(beast::websocket::stream_base::decorator([number](beast::websocket::response_type& res) {
+    res.set("x-request-id", "req_fake_" + std::to_string(number));
+  }));
+  ws.accept(req);
+  ws.text(true);
+  nlohmann::json session{{"id", "ls_fake_" + std::to_string(number)}, {"model", "gpt-live-1"}, {"status", "active"},
+                         {"expires_at", 4102444800}};
+  std::string delegate = "gpt-4.1";
+  double seconds = 0;
+  std::uint64_t responses = 0;
+  beast::error_code ec;
+  auto send = [&](const nlohmann::json& j) { ws.write(net::buffer(j.dump()), ec); };
+  auto delegated = [&](std::string_view delegation) {
+    recorded_request as_post{"POST", "/v1/responses", nlohmann::json{{"model", delegate}, {"input", "live"}, {"stream", true}}.dump(), {}};
+    for (const auto& f : req) as_post.headers.emplace_back(f.name_string(), f.value());
+    const detail::reply r = detail::make_reply(as_post, k, number * 1000 + ++responses);
+    for (const auto& e : r.events) {
+      const std::size_t data = e.text.find("data: ");
+      if (data == std::string::npos || ec) continue;
+      auto j = nlohmann::json::parse(e.text.substr(data + 6), nullptr, false);
+      if (!j.is_object()) continue;  // [DONE]
+      send({{"type", "response.event"}, {"event_id", "ev_" + std::to_string(responses)}, {"delegation_id", delegation}, {"event", j}});
+    }
+  };
+  if (sideband) {
+    send({{"type", "session.usage.updated"}, {"event_id", "ev_u"}, {"usage", {{"seconds", 30.0}}}});
+    if (!ec) delegated("dl_sideband");
+  }
+  for (;;) {
+    beast::flat_buffer in;
+    ws.read(in, ec);
+    if (ec) return;
+    const std::string text = beast::buffers_to_string(in.data());
+    const auto event = nlohmann::json::parse(text, nullptr, false);
+    const std::string type = event.is_object() ? event.value("type", "") : "";
+    if (sideband) {
+      send({{"type", "echo"}, {"data", text}});
+    } else if (type == "session.start") {
+      const auto& cfg = event.contains("session") && event["session"].is_object() ? event["session"] : nlohmann::json::object();
+      if (cfg.contains("model") && cfg["model"].is_string()) session["model"] = cfg["model"];
+      if (cfg.contains("delegation") && cfg["delegation"].is_object()) {
+        const auto& d = cfg["delegation"];
+        if (d.contains("responses") && d["responses"].is_object() && d["responses"].contains("model") &&
+            d["responses"]["model"].is_string())
+          delegate = d["responses"]["model"].get<std::string>();
+      }
+      send({{"type", "session.started"}, {"event_id", "ev_s"}, {"session", session}});
+    } else if (type == "session.input_audio.append") {
+      const std::size_t b64 = event.contains("audio") && event["audio"].is_string() ? event["audio"].get_ref<const std::string&>().size() : 0;
+      seconds += static_cast<double>(b64 / 4 * 3) / (24000.0 * 2);
+      send({{"type", "session.usage.updated"}, {"event_id", "ev_a"}, {"usage", {{"seconds", seconds}}}});
+    } else if (type == "response.create") {
+      delegated("dl_" + std::to_string(responses + 1));
+    } else if (type == "session.close") {
+      send({{"type", "session.closed"}, {"event_id", "ev_c"}, {"reason", "close_requested"}, {"session", session},
+            {"usage", {{"seconds", seconds}}}});
+      if (!ec) ws.close(beast::websocket::close_code::normal, ec);
+      return;
+    } else {
+      send({{"type", "error"}, {"event_id", "ev_e"},
+            {"error", {{"type", "invalid_request_error"}, {"code", "unknown_event"}, {"message", "fake upstream: unknown Live event"}}}});
+    }
+    if (ec) return;
   }
 }
 

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <fstream>
 #include <thread>
 
 #include "core/request_inspect.hpp"
@@ -727,13 +728,14 @@ json ws_response(ws_client& ws, const json& create) {
 // its handshake carrying `headers`; the handshake's answer in `res`.
 std::unique_ptr<ws_client> open_responses_ws(boost::asio::io_context& ioc, std::uint16_t port,
                                              std::vector<std::pair<std::string, std::string>> headers,
-                                             boost::beast::websocket::response_type& res) {
+                                             boost::beast::websocket::response_type& res,
+                                             const std::string& target = "/v1/responses") {
   auto ws = std::make_unique<ws_client>(ioc);
   ws->next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
   ws->set_option(websocket::stream_base::decorator([headers](websocket::request_type& r) {
     for (const auto& [name, value] : headers) r.set(name, value);
   }));
-  ws->handshake(res, "127.0.0.1", "/v1/responses");
+  ws->handshake(res, "127.0.0.1", target);
   ws->text(true);
   return ws;
 }
@@ -777,6 +779,71 @@ TEST_CASE("relay: the Responses API over WebSocket (responses.connect) is tunnel
   CHECK(up[0].target == "/v1/responses");
   CHECK(up[0].header("authorization") == "Bearer test-upstream-key");
   CHECK(beast::iequals(up[0].header("upgrade"), "websocket"));
+}
+
+// The Live API (openai-node 7.x LiveWS): the session's audio seconds at its model's per_minute
+// price, its delegated responses at their own model; a sideband socket (/attach) that mirrors a
+// session is relayed without usage, so nothing is counted twice.
+TEST_CASE("relay: a Live API session is tunnelled and metered, its sideband relayed unmetered", "[relay][websocket]") {
+  tt::temp_dir prices;
+  {
+    std::ofstream f(prices.path + "/prices.yaml");
+    f << "models:\n  gpt-4.1: { input: 2.00, cached_input: 0.50, output: 8.00 }\n  gpt-live-1: { per_minute: 0.06 }\n";
+  }
+  harness h({.tweak = [&](tollgate::config& c) { c.prices_file = prices.path + "/prices.yaml"; }});
+  net::io_context ioc;
+  websocket::response_type res;
+  auto client = open_responses_ws(ioc, h.port(), {}, res, "/v1/live/sessions");
+  ws_client& ws = *client;
+  CHECK(res.result_int() == 101);
+  ws.write(net::buffer(json{{"type", "session.start"},
+                            {"session", {{"model", "gpt-live-1"},
+                                         {"delegation", {{"type", "responses"}, {"responses", {{"model", "gpt-4.1"}}}}}}}}
+                           .dump()));
+  CHECK(next_event(ws)["type"] == "session.started");
+  // 2 x 1.5 s of PCM16 at 24 kHz (72,000 bytes: 96,000 base64 characters).
+  for (int i = 0; i < 2; ++i) {
+    ws.write(net::buffer(json{{"type", "session.input_audio.append"}, {"audio", std::string(96'000, 'A')}}.dump()));
+    CHECK(next_event(ws)["type"] == "session.usage.updated");
+  }
+  ws.write(net::buffer(json{{"type", "response.create"}}.dump()));
+  json completed;
+  for (;;) {
+    const json e = next_event(ws);
+    REQUIRE(e["type"] == "response.event");
+    if (e["event"]["type"] == "response.completed") {
+      completed = e["event"]["response"];
+      break;
+    }
+  }
+  ws.write(net::buffer(json{{"type", "session.close"}}.dump()));
+  const json closed = next_event(ws);
+  CHECK(closed["type"] == "session.closed");
+  CHECK(closed["usage"]["seconds"] == 3.0);
+  beast::flat_buffer b;
+  beast::error_code ec;
+  ws.read(b, ec);
+  CHECK(ec == websocket::error::closed);
+  // A sideband on the same session: what it mirrors is not billed again.
+  auto side = open_responses_ws(ioc, h.port(), {}, res, "/v1/live/sessions/ls_fake_1/attach");
+  for (int i = 0; i < 20; ++i) {
+    const json e = next_event(*side);
+    if (e.contains("event") && e["event"]["type"] == "response.completed") break;
+  }
+  side->close(websocket::close_code::normal);
+  h.flush();
+  auto rows = h.rows("SELECT * FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[0]["route"] == "other");
+  CHECK(rows[0]["status"] == "101");
+  CHECK(rows[0]["served_model"] == "gpt-live-1");
+  CHECK(rows[0]["usage_source"] == "upstream");
+  CHECK(rows[0]["priced"] == "1");
+  CHECK(std::stoll(rows[0]["prompt_tokens"]) == completed["usage"]["input_tokens"].get<long long>());
+  CHECK(std::stod(rows[0]["cost_usd"]) == Approx(3.0 / 60 * 0.06 + gpt41_cost(completed["usage"], 2.0, 0.5, 8.0)));
+  CHECK(rows[1]["status"] == "101");
+  CHECK(rows[1]["usage_source"] == "none");
+  CHECK(std::stod(rows[1]["cost_usd"]) == 0);
 }
 
 TEST_CASE("relay: a Responses WebSocket is closed with a Responses error event when a hard budget is spent",

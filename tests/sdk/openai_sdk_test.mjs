@@ -18,6 +18,7 @@ const { default: OpenAI, toFile } = await import(sdk);
 const { OpenAIRealtimeWS } = await import(`${sdk}/realtime/ws`);
 // The Responses API's WebSocket mode (GET /v1/responses): 7.x only.
 const ResponsesWS = await import(`${sdk}/resources/responses/ws`).then((m) => m.ResponsesWS, () => null);
+const LiveWS = await import(`${sdk}/resources/live/ws`).then((m) => m.LiveWS, () => null);
 
 const baseURL = process.env.OPENAI_BASE_URL;
 if (!baseURL) throw new Error('set OPENAI_BASE_URL, e.g. http://127.0.0.1:8080/v1');
@@ -325,4 +326,42 @@ test('responses API over WebSocket (ResponsesWS): two turns, each response.compl
     assert.equal(r.status, 'completed');
     assert.ok(r.usage.input_tokens > 0 && r.usage.output_tokens > 0);
   }
+});
+
+// The Live API (the SDK's LiveWS: GET <base>/live/sessions): start a session with a Responses
+// delegation, send audio, ask the delegate for a response, close. tollgate meters the audio
+// seconds and the delegated response (run_sdk_test.sh checks the session's ledger row).
+test('Live API session (LiveWS): audio seconds and a delegated response', { skip: !LiveWS && `${sdk} has no LiveWS` }, async () => {
+  const ws = new LiveWS(client);
+  const seen = { started: null, seconds: 0, completed: null, closed: null };
+  try {
+    await new Promise((resolve, reject) => {
+      ws.on('error', reject);
+      ws.on('event', (event) => {
+        if (event.type === 'session.started') {
+          seen.started = event.session;
+          // 0.5 s of PCM16 silence at 24 kHz.
+          ws.send({ type: 'session.input_audio.append', audio: Buffer.alloc(24_000).toString('base64') });
+        } else if (event.type === 'session.usage.updated') {
+          seen.seconds = event.usage.seconds;
+          ws.send({ type: 'response.create' });
+        } else if (event.type === 'response.event' && event.event.type === 'response.completed') {
+          seen.completed = event.event.response;
+          ws.send({ type: 'session.close' });
+        } else if (event.type === 'session.closed') {
+          seen.closed = event;
+          resolve();
+        }
+      });
+      ws.send({ type: 'session.start', session: { model: 'gpt-live-1', delegation: { type: 'responses', responses: { model } } } });
+      setTimeout(() => reject(new Error(`Live session incomplete: ${JSON.stringify(seen)}`)), 10_000).unref();
+    });
+  } finally {
+    ws.close();
+  }
+  assert.equal(seen.started.model, 'gpt-live-1');
+  assert.equal(seen.seconds, 0.5);
+  assert.equal(seen.completed.model, model);
+  assert.ok(seen.completed.usage.input_tokens > 0);
+  assert.equal(seen.closed.usage.seconds, 0.5);
 });

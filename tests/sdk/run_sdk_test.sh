@@ -193,6 +193,15 @@ if [[ -n "$tollgate_bin" ]]; then
       echo "run_sdk_test.sh: expected the ResponsesWS session's row in the ledger" >&2
       status=1
     fi
+    # Its LiveWS session: one row, its model gpt-live-1 (no price shipped: unpriced), carrying the
+    # delegated gpt-4.1 response's tokens and cost.
+    live_rows="$(sqlite3 "$workdir/ledger.db" "SELECT COUNT(*) FROM calls WHERE route = 'other' AND method = 'GET'
+      AND status = 101 AND served_model = 'gpt-live-1' AND usage_source = 'upstream' AND prompt_tokens > 0 AND cost_usd > 0")"
+    echo "run_sdk_test.sh: metered Live sessions: $live_rows"
+    if (( live_rows != 1 )); then
+      echo "run_sdk_test.sh: expected the LiveWS session's row in the ledger" >&2
+      status=1
+    fi
   fi
   if [[ "$sdk" == anthropic ]]; then
     for package in "${packages[@]}"; do

@@ -301,3 +301,62 @@ TEST_CASE("realtime: responses in flight are counted from response.created to th
   m.on_message(R"({"type":"response.failed","response":{"usage":null}})");  // an end without a start stays at 0
   CHECK(m.in_flight() == 0);
 }
+
+TEST_CASE("realtime: a Live session's audio seconds and its delegated responses are metered") {
+  // GET /v1/live/sessions (openai-node 7.x LiveWS): session.started names the model; the audio
+  // seconds are cumulative totals; the Responses backend's events arrive nested in response.event.
+  CHECK(realtime_meter::wanted(R"({"type":"session.started","session":{"id":"ls_1","model":"gpt-live-1"}})"));
+  CHECK(realtime_meter::wanted(R"({"type":"session.usage.updated","usage":{"seconds":1.5}})"));
+  CHECK(realtime_meter::wanted(R"({"type":"session.closed","reason":"close_requested")"));
+  CHECK(realtime_meter::wanted(R"({"type":"response.event","event":{"type":"response.completed","response":{)"));
+  CHECK(realtime_meter::wanted(R"({"type":"response.event","delegation_id":"d1","event":{"type":"response.created")"));
+  CHECK(!realtime_meter::wanted(R"({"type":"response.event","event":{"type":"response.output_text.delta","delta":"hi)"));
+  CHECK(realtime_meter::wanted(R"({"event":{"type":"response.incomplete","response":{}},"type":"response.event"})"));
+  CHECK(realtime_meter::wanted(R"({"type":"response.event","event":{"type":"response.compl)"));  // cut: read it whole
+  CHECK(!realtime_meter::wanted(R"({"type":"session.output_audio.delta","audio":"AAAA)"));
+  CHECK(!realtime_meter::wanted_none(R"({"type":"session.usage.updated","usage":{"seconds":1.5}})"));
+
+  realtime_meter m("");
+  m.on_message(R"({"type":"session.started","event_id":"e0","session":{"id":"ls_1","model":"gpt-live-1","status":"active"}})");
+  CHECK(m.model() == "gpt-live-1");
+  CHECK_FALSE(m.has_usage());
+  m.on_message(R"({"type":"session.usage.updated","event_id":"e1","usage":{"seconds":2.5}})");
+  CHECK(m.events() == 1);
+  m.on_message(R"({"type":"session.usage.updated","usage":{"seconds":2.0}})");  // never backwards
+  CHECK(m.events() == 1);
+  m.on_message(R"({"type":"response.event","delegation_id":"d1","event":{"type":"response.created","response":{"id":"r1"}}})");
+  CHECK(m.in_flight() == 1);
+  m.on_message(R"({"type":"response.event","delegation_id":"d1","event":{"type":"response.completed","sequence_number":7,
+    "response":{"id":"r1","model":"gpt-4.1","status":"completed","output":[],
+      "usage":{"input_tokens":300,"input_tokens_details":{"cached_tokens":0},"output_tokens":20,"total_tokens":320}}}})");
+  CHECK(m.in_flight() == 0);
+  CHECK(realtime_meter::wanted(R"({"type":"decision.event","delegation_id":null,"event":{"type":"decision.completed")"));
+  m.on_message(R"({"type":"decision.event","delegation_id":null,"event_id":"e5","trigger_id":"t1","event":{
+    "type":"decision.completed","decision":{"model":"gpt-4.1","answers":[],"usage":{"input_tokens":50,
+    "input_tokens_details":{"cache_write_tokens":0,"cached_tokens":0},"output_tokens":2,"total_tokens":52}}}})");
+  CHECK(m.in_flight() == 0);
+  m.on_message(R"({"type":"session.closed","reason":"close_requested","session":{"id":"ls_1","model":"gpt-live-1"},
+    "usage":{"seconds":61.25}})");
+  CHECK(m.events() == 4);
+  CHECK(m.live_seconds() == 61.25);
+  const auto by = m.by_model();
+  REQUIRE(by.size() == 2);
+  CHECK(by[0].first == "gpt-live-1");
+  CHECK(by[0].second.audio_ms == 61'250);
+  CHECK(by[0].second.prompt == 0);
+  CHECK(by[1].first == "gpt-4.1");
+  CHECK(by[1].second.prompt == 350);
+
+  // The audio is billed at the model's per_minute price once the table has one; until then the
+  // session is unpriced, its delegated responses still counted.
+  tollgate::price_table t;
+  t.load_yaml_string("models:\n  gpt-4.1: { input: 2, output: 8 }\n");
+  auto cost = tollgate::compute_cost(t, by);
+  CHECK_FALSE(cost.priced);
+  CHECK(cost.usd == Approx((350 * 2.0 + 22 * 8.0) / 1e6));
+  tollgate::price_table live;
+  live.load_yaml_string("models:\n  gpt-4.1: { input: 2, output: 8 }\n  gpt-live-1: { per_minute: 0.06 }\n");
+  cost = tollgate::compute_cost(live, by);
+  CHECK(cost.priced);
+  CHECK(cost.usd == Approx(61.25 / 60 * 0.06 + (350 * 2.0 + 22 * 8.0) / 1e6));
+}
