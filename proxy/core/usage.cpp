@@ -364,9 +364,10 @@ std::optional<token_usage> realtime_usage(const Node& u) {
   return clamp_parts(*t);
 }
 
-// Replaces each field `u` reports: message_delta counts are cumulative, never increments.
+// The token counts of an Anthropic usage (or of one of its iterations), each field `u` reports
+// replacing the one held.
 template <class Node>
-void apply(anthropic_usage& a, const Node& u) {
+void apply_counts(anthropic_usage& a, const Node& u) {
   if (const auto v = count_field(u, "input_tokens")) a.input = *v;
   if (const auto v = count_field(u, "output_tokens")) a.output = *v;
   if (const auto v = count_field(u, "cache_read_input_tokens")) a.cache_read = *v;
@@ -374,6 +375,12 @@ void apply(anthropic_usage& a, const Node& u) {
   const auto& creation = member(u, "cache_creation");
   if (const auto v = count_field(creation, "ephemeral_5m_input_tokens")) a.cache_5m = *v;
   if (const auto v = count_field(creation, "ephemeral_1h_input_tokens")) a.cache_1h = *v;
+}
+
+// Replaces each field `u` reports: message_delta counts are cumulative, never increments.
+template <class Node>
+void apply(anthropic_usage& a, const Node& u) {
+  apply_counts(a, u);
   // Server tools billed per use: web search ($10 per 1,000 at Anthropic); web fetch is free.
   if (const auto v = count_field(member(u, "server_tool_use"), "web_search_requests")) a.web_search = *v;
   if (const auto v = count_field(member(u, "output_tokens_details"), "thinking_tokens")) a.thinking = *v;
@@ -382,6 +389,29 @@ void apply(anthropic_usage& a, const Node& u) {
   // residency); the usage says which the call ran at.
   if (const auto speed = string_member(u, "speed"); !speed.empty()) a.fast = speed == "fast";
   if (const auto geo = string_member(u, "inference_geo"); !geo.empty()) a.geo_us = geo == "us";
+  // usage.iterations, whole in each usage that carries it (message_delta repeats it): read anew.
+  const auto& iterations = member(u, "iterations");
+  if (!is_array(iterations)) return;
+  a.compaction_input = a.compaction_output = a.compaction_read = a.compaction_write = a.compaction_write_1h = 0;
+  a.advisors.clear();
+  for_items(iterations, [&a](const Node& it) {
+    const std::string_view type = string_member(it, "type");
+    if (type != "compaction" && type != "advisor_message") return;  // `message` ones are in the top level
+    anthropic_usage part;
+    apply_counts(part, it);
+    if (type == "compaction") {
+      const std::int64_t write = part.cache_write >= 0 ? part.cache_write : part.cache_5m + part.cache_1h;
+      a.compaction_input += part.input, a.compaction_output += part.output, a.compaction_read += part.cache_read;
+      a.compaction_write += write, a.compaction_write_1h += part.cache_1h;
+      return;
+    }
+    std::string_view model = string_member(it, "model");
+    if (model.size() > 256) model = {};
+    const token_usage t = part.to_openai();
+    auto at = std::find_if(a.advisors.begin(), a.advisors.end(), [&](const auto& e) { return e.first == model; });
+    if (at == a.advisors.end() && a.advisors.size() < 16) a.advisors.emplace_back(std::string(model), t);
+    else if (at != a.advisors.end()) at->second.add(t);
+  });
 }
 
 // Web searches of a Responses reply: its `web_search_call` output items (the hosted web_search
@@ -402,23 +432,26 @@ void count_tool_calls(const Node& output, token_usage& t) {
 
 // Anthropic `usage` of a whole message.
 template <class Node>
-std::optional<token_usage> messages_usage(const Node& u) {
+std::optional<token_usage> messages_usage(const Node& u,
+                                          std::vector<std::pair<std::string, token_usage>>* advisors = nullptr) {
   if (!count_field(u, "input_tokens") && !count_field(u, "output_tokens")) return std::nullopt;
   anthropic_usage a;
   apply(a, u);
+  if (advisors != nullptr) *advisors = std::move(a.advisors);
   return a.to_openai();
 }
 
 // Routes tollgate does not know: the usage object's fields tell which API answered.
 template <class Node>
-std::optional<token_usage> usage_by_shape(const Node& body, const Node& u) {
+std::optional<token_usage> usage_by_shape(const Node& body, const Node& u,
+                                          std::vector<std::pair<std::string, token_usage>>* advisors = nullptr) {
   if (!is_object(u)) return std::nullopt;
   if (string_member(u, "type") == "duration") return duration_usage(u);
   if (has_member(u, "prompt_tokens") || has_member(u, "completion_tokens")) return chat_usage(u);
   const bool anthropic = string_member(body, "type") == "message" ||
                          has_member(u, "cache_read_input_tokens") ||
                          has_member(u, "cache_creation_input_tokens");
-  return anthropic ? messages_usage(u) : responses_usage(u);
+  return anthropic ? messages_usage(u, advisors) : responses_usage(u);
 }
 
 std::string_view trim(std::string_view s) noexcept {
@@ -457,9 +490,9 @@ response_facts read_response(route_kind route, const Node& j) {
         if (t) t->completion = t->reasoning = 0;
         break;
       case route_kind::responses: t = responses_usage(u); break;
-      case route_kind::messages: t = messages_usage(u); break;
+      case route_kind::messages: t = messages_usage(u, &f.other_models); break;
       case route_kind::models:
-      case route_kind::other: t = usage_by_shape(j, u); break;
+      case route_kind::other: t = usage_by_shape(j, u, &f.other_models); break;
     }
     if (t) {
       f.has_usage = true;
@@ -478,13 +511,14 @@ response_facts read_response(route_kind route, const Node& j) {
 
 token_usage anthropic_usage::to_openai() const noexcept {
   // Anthropic's input_tokens excludes the cache; the OpenAI convention counts it in prompt.
-  const std::int64_t write = cache_write >= 0 ? cache_write : cache_5m + cache_1h;
+  // Compaction passes are billed at the same model, outside the top-level counts: added here.
+  const std::int64_t write = (cache_write >= 0 ? cache_write : cache_5m + cache_1h) + compaction_write;
   token_usage t;
-  t.prompt = input + cache_read + write;
-  t.completion = output;
-  t.cached = cache_read;
+  t.prompt = input + cache_read + write + compaction_input + compaction_read;
+  t.completion = output + compaction_output;
+  t.cached = cache_read + compaction_read;
   t.cache_write = write;
-  t.cache_write_1h = cache_1h;
+  t.cache_write_1h = cache_1h + compaction_write_1h;
   t.web_search = web_search;
   t.reasoning = thinking;  // the ledger's reasoning column: part of completion, not billed twice
   t.tier = fast ? service_tier::fast : tier;

@@ -25,6 +25,9 @@ struct response_facts {
   std::string status;       // response `status` (Responses API: queued, in_progress, completed...)
   std::string object;       // response `object` (chat.completion, response, batch...)
   bool background = false;  // response `background` is true (Responses API)
+  // Usage billed at other models than the response's (an Anthropic message's advisor
+  // sub-inferences, usage.iterations): not part of `usage`.
+  std::vector<std::pair<std::string, token_usage>> other_models;
 };
 
 // Parses a complete JSON response body of `route`. Never throws; malformed JSON gives
@@ -177,6 +180,13 @@ struct anthropic_usage {
   service_tier tier = service_tier::none;  // usage.service_tier (standard, priority, batch)
   bool fast = false;                       // usage.speed "fast": billed at the entry's `fast` tier
   bool geo_us = false;                     // usage.inference_geo "us": the entry's us_inference factor
+  // usage.iterations (beta): a `compaction` pass is billed at the call's model but left out of
+  // the top-level counts (its tokens are added by to_openai()); an `advisor_message` is an
+  // advisor sub-inference billed at the advisor's own model, also outside the top-level counts
+  // (which cover the executor only): `advisors`, one entry per model.
+  std::int64_t compaction_input = 0, compaction_output = 0, compaction_read = 0, compaction_write = 0,
+               compaction_write_1h = 0;
+  std::vector<std::pair<std::string, token_usage>> advisors;
   token_usage to_openai() const noexcept;
 };
 
@@ -197,6 +207,8 @@ class stream_meter {
   // before that has real input counts and an output count to take from the streamed text.
   bool usage_provisional() const noexcept { return provisional_; }
   const token_usage& usage() const noexcept { return usage_; }
+  // Usage billed at other models than model()'s (Anthropic advisor sub-inferences), not in usage().
+  const std::vector<std::pair<std::string, token_usage>>& other_models() const noexcept { return anthropic_.advisors; }
   const std::string& model() const noexcept { return model_; }
   const std::string& id() const noexcept { return id_; }
   bool saw_done() const noexcept { return saw_done_; }   // `data: [DONE]`, response.completed or message_stop

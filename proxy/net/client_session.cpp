@@ -477,6 +477,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   awaitable<void> linger_close();
   awaitable<std::size_t> read_now_or_wait(asio::mutable_buffer b, steady::time_point until, beast::error_code& ec);
   void finish_call(call& c);
+  void add_other_models(call& c, const std::vector<std::pair<std::string, token_usage>>& others);
   void arm_read_deadline(steady::duration d);
   void disarm_read_deadline();
   void start_watch();
@@ -1996,6 +1997,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     if (meter->has_usage()) {
       rec.tokens = meter->usage();
       rec.source = usage_source::upstream;
+      add_other_models(c, meter->other_models());
       if (meter->usage_provisional()) {
         // An Anthropic stream that ended before message_delta (cut, or the client left): its
         // input counts are real, its output count a placeholder; the text streamed says more.
@@ -2062,6 +2064,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     if (rf.has_usage) {
       rec.tokens = rf.usage;
       rec.source = usage_source::upstream;
+      add_other_models(c, rf.other_models);
     }
   } else if (ok2xx && c.error != errc::ok && facts.has_model) {
     rec.aborted = true;
@@ -2425,6 +2428,21 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
         .boolean("protocol_error", reader.failed())
         .integer("oversized", static_cast<std::int64_t>(reader.oversized()))
         .integer("compressed", static_cast<std::int64_t>(reader.compressed()));
+}
+
+// A reply whose usage bills other models besides its own (an Anthropic message's advisor
+// sub-inferences): the call is priced per model, its own usage at the model it would be priced
+// at alone, and the row's tokens are the sums (as a Realtime session's).
+void client_session::add_other_models(call& c, const std::vector<std::pair<std::string, token_usage>>& others) {
+  if (others.empty()) return;
+  auto& rec = c.rec;
+  const std::string& fallback = c.sent_model.empty() ? rec.requested_model : c.sent_model;
+  c.usage_by_model.clear();
+  c.usage_by_model.emplace_back(rec.served_model.empty() ? fallback : rec.served_model, rec.tokens);
+  for (const auto& [m, u] : others) {
+    c.usage_by_model.emplace_back(m, u);
+    rec.tokens.add(u);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

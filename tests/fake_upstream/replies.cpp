@@ -604,6 +604,9 @@ reply messages_reply(const json& body, const recorded_request& req, const knobs&
   t.cached = k.cached_tokens;
   t.cache_creation_1h = k.cache_creation_1h_tokens;
   const bool usage = k.usage != usage_mode::none;
+  // usage.iterations as asked (compaction passes, advisor calls): on the whole message's usage
+  // and on message_delta's, as the API repeats it.
+  const ojson iterations = k.usage_iterations.empty() ? ojson() : ojson::parse(k.usage_iterations, nullptr, false);
 
   auto message = [&](ojson content, ojson stop_reason, long long output_tokens) {
     ojson m = {{"id", id},
@@ -622,6 +625,7 @@ reply messages_reply(const json& body, const recorded_request& req, const knobs&
         if (const json& v = field(body, name); v.is_string()) m["usage"][name] = v;
       if (k.reasoning_tokens > 0)
         m["usage"]["output_tokens_details"] = {{"thinking_tokens", std::min(k.reasoning_tokens, output_tokens)}};
+      if (iterations.is_array() && !m["stop_reason"].is_null()) m["usage"]["iterations"] = iterations;
     }
     return m;
   };
@@ -644,6 +648,7 @@ reply messages_reply(const json& body, const recorded_request& req, const knobs&
   ojson delta = {{"delta", {{"stop_reason", "end_turn"}, {"stop_sequence", nullptr}}}};
   if (usage) {
     delta["usage"] = anthropic_delta_usage(t);  // cumulative, as Anthropic sends it
+    if (iterations.is_array()) delta["usage"]["iterations"] = iterations;
     if (k.reasoning_tokens > 0)
       delta["usage"]["output_tokens_details"] = {{"thinking_tokens", std::min(k.reasoning_tokens, t.completion)}};
   }
@@ -1100,6 +1105,7 @@ knobs parse_knobs(const recorded_request& req) {
   k.reasoning_tokens = header_number(req, "x-fake-reasoning-tokens").value_or(0);
   k.cache_creation_tokens = header_number(req, "x-fake-cache-creation-tokens").value_or(0);
   k.cache_creation_1h_tokens = header_number(req, "x-fake-cache-creation-1h-tokens").value_or(0);
+  k.usage_iterations = std::string(req.header("x-fake-usage-iterations"));
   const std::string usage = lower(req.header("x-fake-usage"));
   k.usage = usage == "none"          ? usage_mode::none
             : usage == "last-chunk"  ? usage_mode::last_chunk

@@ -1192,6 +1192,48 @@ TEST_CASE("relay: metrics pass the exposition format and carry bounded labels", 
   CHECK(h.query_int("SELECT priced FROM calls WHERE requested_model = 'some-unknown-model'") == 0);
 }
 
+// usage.iterations: a compaction pass (same model, outside the top-level counts) and advisor
+// calls (the advisor's model) are billed too; the row's tokens are the sums.
+TEST_CASE("relay: a Claude call's compaction and advisor iterations are billed, streamed or not", "[relay][pricing]") {
+  harness h;
+  const tt::headers anthropic{
+      {"anthropic-version", "2023-06-01"},
+      {"x-fake-usage-iterations",
+       R"([{"type":"compaction","input_tokens":180000,"output_tokens":3500,"cache_read_input_tokens":0,"cache_creation_input_tokens":0},)"
+       R"({"type":"message","input_tokens":50,"output_tokens":9},)"
+       R"({"type":"advisor_message","model":"claude-opus-4-8","input_tokens":9000,"output_tokens":1500,"cache_read_input_tokens":4000,"cache_creation_input_tokens":0}])"}};
+  const std::string body = R"({"model":"claude-sonnet-4-6","max_tokens":100,"messages":[{"role":"user","content":"Hi there"}]})";
+  auto r = tt::post_json(h.port(), "/v1/messages", body, anthropic);
+  REQUIRE(r.status == 200);
+  const auto usage = json::parse(r.body)["usage"];
+  REQUIRE(usage["iterations"].size() == 3);
+  {
+    std::string streamed = body;
+    streamed.insert(1, R"("stream":true,)");
+    tt::stream_client s(h.port(), "/v1/messages", streamed, anthropic);
+    s.read_all();
+    REQUIRE(s.status() == 200);
+  }
+  h.flush();
+  const auto rows = h.rows("SELECT stream, prompt_tokens, completion_tokens, cached_tokens, price_model, priced, cost_usd "
+                           "FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 2);
+  for (const auto& row : rows) {
+    INFO(row.at("stream"));
+    // The executor's own tokens (top level + compaction) at claude-sonnet-4.6 ($3 / $15), the
+    // advisor's at claude-opus-4.8 ($5 in, $0.50 cached, $25 out).
+    const double prompt = std::stod(row.at("prompt_tokens")), completion = std::stod(row.at("completion_tokens"));
+    const double own_prompt = prompt - 13000, own_completion = completion - 1500;
+    CHECK(own_prompt > 180000);
+    CHECK(row.at("cached_tokens") == "4000");
+    CHECK(row.at("priced") == "1");
+    CHECK(row.at("price_model") == "claude-sonnet-4.6");
+    CHECK(std::stod(row.at("cost_usd")) ==
+          Approx((own_prompt * 3.0 + own_completion * 15.0) / 1e6 + (9000 * 5.0 + 4000 * 0.5 + 1500 * 25.0) / 1e6));
+  }
+  CHECK(std::stod(rows[0].at("completion_tokens")) == usage["output_tokens"].get<double>() + 3500 + 1500);
+}
+
 TEST_CASE("relay: a Claude call in fast mode and US-only is priced as its usage reports, streamed or not",
           "[relay][pricing]") {
   harness h;

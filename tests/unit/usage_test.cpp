@@ -1,6 +1,7 @@
 // Unit tests of usage extraction (core/usage.hpp): non-stream bodies and SSE streams in the real
 // wire shapes of the OpenAI and Anthropic APIs, and the token estimator.
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <random>
 
 #include <string>
@@ -180,6 +181,19 @@ TEST_CASE("usage: relayed Claude cache writes in an OpenAI-shaped usage", "[usag
     CHECK(r.usage.cached == 2921);
     CHECK(r.usage.cache_write == 120);
   }
+}
+
+// POST /v1/decisions (openai-node 7.x client.decisions.create) is route `other`: the Decision's
+// usage is read by its shape (the Responses API's), with its model.
+TEST_CASE("usage: a Decisions API reply is metered by the shape of its usage", "[usage]") {
+  const auto f = extract_response(route_kind::other, R"({"answers":[{"type":"predicate","name":"spam","probability":0.02}],
+    "model":"gpt-5.4-mini","usage":{"input_tokens":120,"input_tokens_details":{"cache_write_tokens":0,"cached_tokens":64},
+    "output_tokens":3,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}})");
+  REQUIRE(f.has_usage);
+  CHECK(f.model == "gpt-5.4-mini");
+  CHECK(f.usage.prompt == 120);
+  CHECK(f.usage.cached == 64);
+  CHECK(f.usage.completion == 3);
 }
 
 TEST_CASE("usage: embeddings body has prompt tokens only", "[usage]") {
@@ -480,6 +494,56 @@ TEST_CASE("stream_meter: comments and malformed events are forwarded and ignored
     CHECK_FALSE(m.has_usage());
     CHECK_FALSE(m.saw_error());
     CHECK(m.estimated_completion_tokens() == 0);
+  }
+}
+
+// usage.iterations (Anthropic beta): a compaction pass is billed at the call's model but is not in
+// the top-level counts; an advisor sub-inference is billed at the advisor's model, also outside
+// them (the top level covers the executor); `message` iterations are already in the top level.
+TEST_CASE("usage: Anthropic compaction and advisor iterations are counted apart from the top level", "[usage]") {
+  const std::string iterations = R"([
+    {"type":"compaction","input_tokens":180000,"output_tokens":3500,"cache_read_input_tokens":0,
+     "cache_creation_input_tokens":0,"cache_creation":null},
+    {"type":"message","input_tokens":23000,"output_tokens":1000,"cache_read_input_tokens":0,"cache_creation_input_tokens":0},
+    {"type":"advisor_message","model":"claude-opus-4-8","input_tokens":9000,"output_tokens":1500,
+     "cache_read_input_tokens":4000,"cache_creation_input_tokens":500,
+     "cache_creation":{"ephemeral_5m_input_tokens":500,"ephemeral_1h_input_tokens":0}},
+    {"type":"advisor_message","model":"claude-opus-4-8","input_tokens":1000,"output_tokens":200,
+     "cache_read_input_tokens":0,"cache_creation_input_tokens":0}])";
+  const auto f = extract_response(route_kind::messages,
+      R"({"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-6","content":[],
+          "stop_reason":"end_turn","usage":{"input_tokens":23000,"output_tokens":1000,"cache_read_input_tokens":0,
+          "cache_creation_input_tokens":0,"iterations":)" + iterations + "}}");
+  REQUIRE(f.has_usage);
+  CHECK(f.usage.prompt == 23000 + 180000);
+  CHECK(f.usage.completion == 1000 + 3500);
+  REQUIRE(f.other_models.size() == 1);
+  CHECK(f.other_models[0].first == "claude-opus-4-8");
+  CHECK(f.other_models[0].second.prompt == 9000 + 4000 + 500 + 1000);
+  CHECK(f.other_models[0].second.cached == 4000);
+  CHECK(f.other_models[0].second.cache_write == 500);
+  CHECK(f.other_models[0].second.completion == 1700);
+
+  SECTION("streamed: message_delta repeats the whole list; it is read anew, never added up") {
+    std::string one_line = iterations;  // an SSE data line holds no newline
+    std::replace(one_line.begin(), one_line.end(), '\n', ' ');
+    const std::string start = typed_event("message_start",
+        R"({"type":"message_start","message":{"id":"msg_2","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-6","usage":{"input_tokens":23000,"output_tokens":1}}})");
+    const std::string delta = typed_event("message_delta",
+        R"({"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1000,"iterations":)" + one_line + "}}");
+    stream_meter m(route_kind::messages, false);
+    relay(m, start + delta + delta + typed_event("message_stop", R"({"type":"message_stop"})"));
+    REQUIRE(m.has_usage());
+    CHECK(m.usage().prompt == 23000 + 180000);
+    CHECK(m.usage().completion == 1000 + 3500);
+    REQUIRE(m.other_models().size() == 1);
+    CHECK(m.other_models()[0].second.completion == 1700);
+  }
+  SECTION("without iterations nothing changes") {
+    const auto plain = extract_response(route_kind::messages,
+        R"({"type":"message","model":"claude-sonnet-4-6","usage":{"input_tokens":10,"output_tokens":2}})");
+    CHECK(plain.usage.prompt == 10);
+    CHECK(plain.other_models.empty());
   }
 }
 
