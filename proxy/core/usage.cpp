@@ -223,6 +223,14 @@ std::int64_t count(const Node& obj, std::string_view key) {
   return count_field(obj, key).value_or(0);
 }
 
+// The service tier an OpenAI reply names at its top level (chat, Responses). OpenAI's "fast"
+// (fast mode, openai-node 7.x) is its priority processing, billed at the priority prices; the
+// API answers "priority" for it, but a relay may echo the request's word. Anthropic's fast mode
+// is told by usage.speed, never by this field.
+service_tier openai_service_tier(std::string_view name) noexcept {
+  return name == "fast" ? service_tier::priority : parse_service_tier(name);
+}
+
 // The "part of" counts can never exceed their whole; a provider that says otherwise would
 // otherwise produce negative costs downstream.
 token_usage clamp_parts(token_usage t) noexcept {
@@ -499,7 +507,7 @@ response_facts read_response(route_kind route, const Node& j) {
       f.usage = *t;
       // OpenAI names the tier that served the call at the top level (chat, Responses);
       // Anthropic inside `usage` (read with it).
-      if (const auto name = as_string(tier); !name.empty()) f.usage.tier = parse_service_tier(name);
+      if (const auto name = as_string(tier); !name.empty()) f.usage.tier = openai_service_tier(name);
       // A Responses object (a create, or a retrieval of a background response).
       if (as_string(object) == "response") count_tool_calls(output, f.usage);
     }
@@ -643,7 +651,7 @@ template <class Node>
 void realtime_meter::add_api_response(const Node& response) {
   auto t = responses_usage(member(response, "usage"));
   if (!t) return;
-  if (const auto tier = string_member(response, "service_tier"); !tier.empty()) t->tier = parse_service_tier(tier);
+  if (const auto tier = string_member(response, "service_tier"); !tier.empty()) t->tier = openai_service_tier(tier);
   count_tool_calls(member(response, "output"), *t);
   std::string_view m = string_member(response, "model");
   if (m.size() > 256) m = {};
@@ -1018,7 +1026,7 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
     }
     note_model_id(model, id);
     // Every chunk names the tier serving the call; the usage chunk is always parsed.
-    if (const auto name = as_string(tier); !name.empty()) usage_.tier = parse_service_tier(name);
+    if (const auto name = as_string(tier); !name.empty()) usage_.tier = openai_service_tier(name);
     // The last non-null usage wins: relays send it on the usage-only chunk, on the last content
     // chunk, or as a running total on every chunk.
     if (const auto t = chat_usage(usage)) {
@@ -1203,7 +1211,7 @@ void stream_meter::on_responses(const Node& j, std::string_view type) {
     if (const auto t = responses_usage(member(response, "usage"))) {
       usage_ = *t;
       if (const auto name = string_member(response, "service_tier"); !name.empty())
-        usage_.tier = parse_service_tier(name);
+        usage_.tier = openai_service_tier(name);
       count_tool_calls(member(response, "output"), usage_);
       has_usage_ = true;
     }

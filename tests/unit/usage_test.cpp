@@ -196,6 +196,21 @@ TEST_CASE("usage: a Decisions API reply is metered by the shape of its usage", "
   CHECK(f.usage.completion == 3);
 }
 
+// openai-node 7.x: service_tier "fast" is OpenAI's fast mode, its priority processing (the API
+// answers "priority"; a relay echoing the request's word must not bill it at standard prices).
+TEST_CASE("usage: OpenAI's service_tier fast is its priority tier", "[usage]") {
+  const auto f = extract_response(route_kind::chat_completions, R"({"id":"c1","object":"chat.completion","model":"gpt-5.5",
+    "service_tier":"fast","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":2}})");
+  CHECK(f.usage.tier == service_tier::priority);
+  const auto r = extract_response(route_kind::responses, R"({"id":"r1","object":"response","model":"gpt-5.5",
+    "service_tier":"fast","output":[],"usage":{"input_tokens":10,"output_tokens":2}})");
+  CHECK(r.usage.tier == service_tier::priority);
+  // Anthropic's fast mode is usage.speed.
+  const auto a = extract_response(route_kind::messages, R"({"type":"message","model":"claude-opus-4-6",
+    "usage":{"input_tokens":10,"output_tokens":2,"speed":"fast"}})");
+  CHECK(a.usage.tier == service_tier::fast);
+}
+
 TEST_CASE("usage: embeddings body has prompt tokens only", "[usage]") {
   const auto f = extract_response(route_kind::embeddings, R"({"object":"list",
     "data":[{"object":"embedding","embedding":[0.0023064255,-0.009327292,-0.0028842222],"index":0}],
