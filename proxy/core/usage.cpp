@@ -728,6 +728,8 @@ void realtime_meter::on_message(std::string_view text) {
       it->second.add(*t);
     } else if (type.ends_with("session.created") || type.ends_with("session.updated") || type == "session.started") {
       const auto& session = member(j, "session");
+      if (type == "session.started" && live_session_id_.empty())
+        if (const auto id = string_member(session, "id"); !id.empty() && id.size() <= 256) live_session_id_ = std::string(id);
       if (const auto m = string_member(session, "model"); !m.empty() && m.size() <= 256) model_ = std::string(m);
       // GA: session.audio.input.transcription; beta: session.input_audio_transcription. A
       // transcription session (intent=transcription) names only that model.

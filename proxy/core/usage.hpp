@@ -123,6 +123,8 @@ class realtime_meter {
     return model_.empty() && !api_responses_.empty() ? api_responses_.front().first : model_;
   }
   std::size_t responses() const noexcept { return responses_; }
+  // The id of a Live session (session.started's session.id); "" until one is seen.
+  const std::string& live_session_id() const noexcept { return live_session_id_; }
   std::size_t transcriptions() const noexcept { return transcriptions_; }
   // Responses the upstream has started (response.created) and not yet ended (response.done, or
   // response.completed / .incomplete / .failed): a draining tollgate closes the socket only when
@@ -141,6 +143,7 @@ class realtime_meter {
   std::vector<std::pair<std::string, token_usage>> transcription_usage_;
   std::size_t responses_ = 0, transcriptions_ = 0;
   std::size_t created_ = 0, finished_ = 0;
+  std::string live_session_id_;
   double live_seconds_ = 0;      // the Live session's cumulative audio seconds
   std::size_t live_updates_ = 0;  // times they grew
   template <class Node>

@@ -388,7 +388,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     } head;
     bool body_decoded = false;  // a gzip/deflate request body was decoded in place (admit)
     bool websocket = false;     // a WebSocket opening handshake on a pass-through path (tunnel)
-    bool ws_sideband = false;   // ... of a Live session's sideband (/attach): relayed unmetered
+    bool ws_sideband = false;   // ... of a sideband on a Live session metered here: relayed unmetered
     bool meter = true;          // a 2xx answer's usage is new spend (usage_is_new_spend)
     std::string background_id;  // reads or cancels a pending background response: metered once
     std::string batch_id;       // reads or cancels a batch created through tollgate: metered once
@@ -478,6 +478,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   awaitable<std::size_t> read_now_or_wait(asio::mutable_buffer b, steady::time_point until, beast::error_code& ec);
   void finish_call(call& c);
   void add_other_models(call& c, const std::vector<std::pair<std::string, token_usage>>& others);
+  bool is_live_sideband_of_metered(std::string_view path) const;
   void arm_read_deadline(steady::duration d);
   void disarm_read_deadline();
   void start_watch();
@@ -2200,7 +2201,7 @@ awaitable<void> client_session::tunnel(const std::vector<candidate>& tries, clie
                                        const route_decision& rd, const target_parts& tp, call& c) {
   auto& rec = c.rec;
   const std::string path(tp.path);
-  c.ws_sideband = path.starts_with("/v1/live/sessions/") && (path.ends_with("/attach") || path.ends_with("/attach/"));
+  c.ws_sideband = is_live_sideband_of_metered(path);
   const std::string query = c.sent_model.empty() ? std::string(tp.query) : with_query_param(tp.query, "model", c.sent_model);
   for (std::size_t k = 0; k < tries.size() && !c.head_sent; ++k) {
     auto& t = *tries[k].t;
@@ -2303,11 +2304,16 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   // metered on its own socket: it is relayed, and its row carries no usage.
   ws_message_reader reader(c.ws_sideband ? &realtime_meter::wanted_none : &realtime_meter::wanted, cfg_.max_parse_bytes);
   std::vector<std::string> events;
-  auto read_frames = [&meter, &reader, &events](std::string_view bytes) {
+  bool live_registered = false;
+  auto read_frames = [this, &meter, &reader, &events, &live_registered](std::string_view bytes) {
     if (reader.failed()) return;
     reader.feed(bytes, events);
     for (const auto& e : events) meter.on_message(e);
     events.clear();
+    if (!live_registered && !meter.live_session_id().empty()) {  // its sidebands are not metered again
+      st_.live_sessions.add(meter.live_session_id());
+      live_registered = true;
+    }
   };
   // Bytes either peer sent right behind the handshake were read with it: they go first.
   if (conn.buffer.size() > 0) {
@@ -2428,6 +2434,16 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
         .boolean("protocol_error", reader.failed())
         .integer("oversized", static_cast<std::int64_t>(reader.oversized()))
         .integer("compressed", static_cast<std::int64_t>(reader.compressed()));
+}
+
+// A Live session's sideband socket (/v1/live/sessions/{id}/attach) on a session whose own
+// socket passed through this tollgate (so its usage is metered there).
+bool client_session::is_live_sideband_of_metered(std::string_view path) const {
+  constexpr std::string_view prefix = "/v1/live/sessions/";
+  if (path.ends_with('/')) path.remove_suffix(1);
+  if (!path.starts_with(prefix) || !path.ends_with("/attach")) return false;
+  const std::string_view id = path.substr(prefix.size(), path.size() - prefix.size() - 7);
+  return !id.empty() && id.find('/') == std::string_view::npos && st_.live_sessions.contains(id);
 }
 
 // A reply whose usage bills other models besides its own (an Anthropic message's advisor

@@ -72,6 +72,11 @@ struct shared_state {
   pending_responses background_responses;  // metered once, when a retrieval sees them finished
   pending_responses pending_batches;       // batches created through tollgate, metered the same way
   video_memory videos;                     // videos created through tollgate: what their remixes reserve
+  // Live API sessions metered on their own socket through this tollgate (session.started's id):
+  // a sideband socket (/v1/live/sessions/{id}/attach) on one of them mirrors what is metered
+  // already; on any other (a WebRTC or SIP session, whose media never passes here) the sideband
+  // is the only place its usage is seen, and is metered.
+  pending_responses live_sessions{10'000};
   bool upstream_key_missing() const noexcept {
     for (const auto& u : upstreams)
       if (u->cfg.api_key.empty()) return true;

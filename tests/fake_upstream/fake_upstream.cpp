@@ -415,8 +415,8 @@ void server::impl::responses_session(Stream& stream, const http::request<http::s
 // response.create gets the events of a streamed POST /v1/responses at the delegation's model
 // (session.delegation.responses.model, else gpt-4.1), each nested in a response.event; a
 // session.close gets session.closed with the final seconds, then close 1000. A sideband socket
-// (/attach) is sent what it would mirror of another socket's session: 30 s of audio and one
-// delegated response, then it echoes.
+// (/attach) is sent what it would mirror of the session: a session.updated snapshot (its id the
+// path's), 30 s of audio and one delegated response, then it echoes.
 template <class Stream>
 void server::impl::live_session(Stream& stream, const http::request<http::string_body>& req,
                                 const detail::knobs& k, std::uint64_t number, bool sideband) {
@@ -446,6 +446,10 @@ void server::impl::live_session(Stream& stream, const http::request<http::string
     }
   };
   if (sideband) {
+    const std::string_view target(req.target().data(), req.target().size());
+    const std::size_t from = std::string_view("/v1/live/sessions/").size();
+    session["id"] = std::string(target.substr(from, target.find("/attach") - from));
+    send({{"type", "session.updated"}, {"event_id", "ev_s"}, {"session", session}});
     send({{"type", "session.usage.updated"}, {"event_id", "ev_u"}, {"usage", {{"seconds", 30.0}}}});
     if (!ec) delegated("dl_sideband");
   }

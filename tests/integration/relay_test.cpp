@@ -782,9 +782,10 @@ TEST_CASE("relay: the Responses API over WebSocket (responses.connect) is tunnel
 }
 
 // The Live API (openai-node 7.x LiveWS): the session's audio seconds at its model's per_minute
-// price, its delegated responses at their own model; a sideband socket (/attach) that mirrors a
-// session is relayed without usage, so nothing is counted twice.
-TEST_CASE("relay: a Live API session is tunnelled and metered, its sideband relayed unmetered", "[relay][websocket]") {
+// price, its delegated responses at their own model; a sideband socket (/attach) on a session
+// metered here is relayed without usage (nothing counted twice), one on another session
+// (WebRTC: its media never passes here) is metered.
+TEST_CASE("relay: a Live API session is tunnelled and metered, a sideband on it relayed unmetered", "[relay][websocket]") {
   tt::temp_dir prices;
   {
     std::ofstream f(prices.path + "/prices.yaml");
@@ -800,7 +801,9 @@ TEST_CASE("relay: a Live API session is tunnelled and metered, its sideband rela
                             {"session", {{"model", "gpt-live-1"},
                                          {"delegation", {{"type", "responses"}, {"responses", {{"model", "gpt-4.1"}}}}}}}}
                            .dump()));
-  CHECK(next_event(ws)["type"] == "session.started");
+  const json started = next_event(ws);
+  REQUIRE(started["type"] == "session.started");
+  const std::string session_id = started["session"]["id"];
   // 2 x 1.5 s of PCM16 at 24 kHz (72,000 bytes: 96,000 base64 characters).
   for (int i = 0; i < 2; ++i) {
     ws.write(net::buffer(json{{"type", "session.input_audio.append"}, {"audio", std::string(96'000, 'A')}}.dump()));
@@ -824,16 +827,23 @@ TEST_CASE("relay: a Live API session is tunnelled and metered, its sideband rela
   beast::error_code ec;
   ws.read(b, ec);
   CHECK(ec == websocket::error::closed);
-  // A sideband on the same session: what it mirrors is not billed again.
-  auto side = open_responses_ws(ioc, h.port(), {}, res, "/v1/live/sessions/ls_fake_1/attach");
-  for (int i = 0; i < 20; ++i) {
-    const json e = next_event(*side);
-    if (e.contains("event") && e["event"]["type"] == "response.completed") break;
+  // A sideband on the same session: what it mirrors is not billed again. One on a session whose
+  // media never passed here (WebRTC): the only place its usage is seen, metered.
+  json mirrored;
+  for (const std::string& id : {session_id, std::string("ls_webrtc_1")}) {
+    auto side = open_responses_ws(ioc, h.port(), {}, res, "/v1/live/sessions/" + id + "/attach");
+    for (int i = 0; i < 20; ++i) {
+      const json e = next_event(*side);
+      if (e.contains("event") && e["event"]["type"] == "response.completed") {
+        mirrored = e["event"]["response"];
+        break;
+      }
+    }
+    side->close(websocket::close_code::normal);
   }
-  side->close(websocket::close_code::normal);
   h.flush();
   auto rows = h.rows("SELECT * FROM calls ORDER BY id");
-  REQUIRE(rows.size() == 2);
+  REQUIRE(rows.size() == 3);
   CHECK(rows[0]["route"] == "other");
   CHECK(rows[0]["status"] == "101");
   CHECK(rows[0]["served_model"] == "gpt-live-1");
@@ -844,6 +854,9 @@ TEST_CASE("relay: a Live API session is tunnelled and metered, its sideband rela
   CHECK(rows[1]["status"] == "101");
   CHECK(rows[1]["usage_source"] == "none");
   CHECK(std::stod(rows[1]["cost_usd"]) == 0);
+  CHECK(rows[2]["usage_source"] == "upstream");
+  CHECK(rows[2]["served_model"] == "gpt-live-1");
+  CHECK(std::stod(rows[2]["cost_usd"]) == Approx(30.0 / 60 * 0.06 + gpt41_cost(mirrored["usage"], 2.0, 0.5, 8.0)));
 }
 
 TEST_CASE("relay: a Responses WebSocket is closed with a Responses error event when a hard budget is spent",

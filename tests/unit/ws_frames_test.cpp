@@ -319,6 +319,7 @@ TEST_CASE("realtime: a Live session's audio seconds and its delegated responses 
   realtime_meter m("");
   m.on_message(R"({"type":"session.started","event_id":"e0","session":{"id":"ls_1","model":"gpt-live-1","status":"active"}})");
   CHECK(m.model() == "gpt-live-1");
+  CHECK(m.live_session_id() == "ls_1");
   CHECK_FALSE(m.has_usage());
   m.on_message(R"({"type":"session.usage.updated","event_id":"e1","usage":{"seconds":2.5}})");
   CHECK(m.events() == 1);
