@@ -623,6 +623,16 @@ std::optional<double> unit_price_of(const std::vector<unit_price>& prices, std::
   return std::nullopt;
 }
 
+double reserve_cost(const model_price& price, const token_usage& worst, std::uint8_t cache_writes, double multiplier) {
+  const double plain = compute_cost(price, worst, multiplier).usd;
+  if (price.write_surcharge && cache_writes == 0) return plain;
+  token_usage written = worst;
+  written.cached = 0;
+  written.cache_write = std::max<std::int64_t>(worst.prompt, 0);
+  written.cache_write_1h = cache_writes >= 2 ? written.cache_write : 0;
+  return std::max(plain, compute_cost(price, written, multiplier).usd);
+}
+
 cost_result compute_cost(const model_price& price, const token_usage& usage, double multiplier) {
   const auto clamp0 = [](std::int64_t v) { return static_cast<double>(std::max<std::int64_t>(v, 0)); };
   // Images and seconds of video at the price of their output; an output the entry has no price

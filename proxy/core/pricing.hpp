@@ -155,6 +155,13 @@ class price_table {
 cost_result compute_cost(const price_table& table, std::string_view model, const token_usage& usage,
                          double multiplier = 1.0);
 cost_result compute_cost(const model_price& price, const token_usage& usage, double multiplier = 1.0);
+// The worst-case cost of a call not yet made (budget reservations): `worst` priced as is, or
+// with its whole prompt written to the prompt cache when the call may write it, whichever costs
+// more. A Claude entry writes only when the request asks (`cache_writes`: 1 cache_control, 2 with
+// a ttl of "1h", billed at cache_write_1h); other entries may write on their own (OpenAI caches
+// automatically; GPT-5.6 bills writes at 1.25x input, older models at input, so no more).
+double reserve_cost(const model_price& price, const token_usage& worst, std::uint8_t cache_writes,
+                    double multiplier = 1.0);
 // A call that bills several models (a message batch's results, a Realtime session and its
 // transcriptions): the sum of each model's cost; priced only when every model is, `price` the
 // first priced entry.

@@ -38,6 +38,7 @@ enum class member : std::uint8_t {
   speed,            // pricing hints (request_facts::fast, priority, geo_us)
   service_tier,
   inference_geo,
+  cache_control,    // Anthropic's top-level (automatic) prompt caching
 };
 
 // A pricing hint's string value ("" for any other type: a later duplicate wins, as for model).
@@ -69,6 +70,7 @@ member classify(std::string_view k) noexcept {
   if (k == "speed") return member::speed;
   if (k == "service_tier") return member::service_tier;
   if (k == "inference_geo") return member::inference_geo;
+  if (k == "cache_control") return member::cache_control;
   return member::other;
 }
 
@@ -263,6 +265,7 @@ class inspector {
 
   bool string(json::string_t& s) {
     if (depth_ >= 1 && (member_ == member::prompt_text || member_ == member::prompt_or_ids)) text_.add(s);
+    if (ttl_key_ && s == "1h") f_.cache_control = 2;
     if (at_top_level()) {
       if (member_ == member::model) {
         f_.has_model = true;
@@ -278,8 +281,12 @@ class inspector {
   }
 
   bool key(json::string_t& k) {
+    ttl_key_ = !cache_objects_.empty() && cache_objects_.back() == depth_ && k == "ttl";
     if (at_top_level()) {
       member_ = classify(k);
+      cache_key_ = member_ == member::cache_control;
+    } else if (member_ == member::prompt_text || member_ == member::prompt_or_ids) {
+      cache_key_ = k == "cache_control";
     } else if (depth_ == 2 && member_ == member::stream_options) {
       option_is_include_usage_ = k == "include_usage";
     }
@@ -288,7 +295,10 @@ class inspector {
 
   bool start_object(std::size_t) {
     if (depth_ == 0) root_object_ = true;
-    return open(kind::container);
+    object_opening_ = true;
+    const bool ok = open(kind::container);
+    object_opening_ = false;
+    return ok;
   }
   bool start_array(std::size_t) { return open(kind::container); }
   bool end_object() { return close(); }
@@ -325,6 +335,13 @@ class inspector {
 
   // A value (scalar or container) starts at the current position.
   void on_value(kind k) {
+    // A cache_control's value: an object's "ttl" members are read (the fast path's caching()).
+    if (cache_key_) {
+      f_.cache_control = std::max<std::uint8_t>(f_.cache_control, 1);
+      if (k == kind::container && object_opening_) cache_objects_.push_back(depth_ + 1);
+      cache_key_ = false;
+    }
+    ttl_key_ = ttl_key_ && k == kind::string;
     if (at_top_level()) {
       switch (member_) {
         case member::model:
@@ -375,6 +392,7 @@ class inspector {
   }
 
   bool close() {
+    if (!cache_objects_.empty() && cache_objects_.back() == depth_) cache_objects_.pop_back();
     --depth_;
     return true;
   }
@@ -388,6 +406,10 @@ class inspector {
   std::size_t error_position_ = 0;
   member member_ = member::other;
   bool option_is_include_usage_ = false;
+  bool cache_key_ = false;      // the value being read is a cache_control's
+  bool ttl_key_ = false;        // the value being read is a "ttl" of a cache_control object
+  bool object_opening_ = false;
+  std::vector<int> cache_objects_;  // depths of the cache_control objects open
   bool model_bad_ = false;
   bool stream_bad_ = false;
   std::optional<std::int64_t> max_completion_, max_tokens_, max_output_, choices_;
@@ -480,6 +502,17 @@ struct fast_reader {
   prompt_tally text;
   std::int64_t token_ids = 0;
   bool ambiguous = false;  // the slow path must decide
+  std::uint8_t cache_control = 0;  // request_facts::cache_control
+
+  // A cache_control value: {"type": "ephemeral"} caches for 5 minutes, with "ttl": "1h" for an hour.
+  void caching(dom::element v) noexcept {
+    cache_control = std::max<std::uint8_t>(cache_control, 1);
+    if (v.type() != element_type::OBJECT) return;
+    const dom::object members = v.get_object().value_unsafe();
+    for (const dom::key_value_pair m : members)
+      if (m.key == "ttl" && m.value.type() == element_type::STRING && m.value.get_string().value_unsafe() == "1h")
+        cache_control = 2;
+  }
 
   // Every string value under a prompt-ish member counts; with `ids`, so does every nested
   // non-negative integer (token-id arrays). simdjson already bounded the depth.
@@ -499,7 +532,10 @@ struct fast_reader {
       }
       case element_type::OBJECT: {
         const dom::object members = v.get_object().value_unsafe();
-        for (const dom::key_value_pair m : members) tally(m.value, ids, true);
+        for (const dom::key_value_pair m : members) {
+          if (m.key == "cache_control") caching(m.value);
+          tally(m.value, ids, true);
+        }
         break;
       }
       default: break;
@@ -597,6 +633,7 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
         case member::prompt_or_ids:
           if (estimate_prompt) r.tally(m.value, true, false);
           break;
+        case member::cache_control: r.caching(m.value); break;
         case member::other: break;
       }
     }
@@ -605,6 +642,7 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
     f.choices = choices_count(choices);
     f.prompt_tokens_estimate = r.text.tokens() + r.token_ids;
     f.prompt_estimated = estimate_prompt;
+    f.cache_control = r.cache_control;
     settle(f, model_bad ? request_problem::model_not_string
                         : stream_bad ? request_problem::stream_not_bool : request_problem::none);
     return true;

@@ -38,6 +38,11 @@ struct request_facts {
   // (Anthropic's fast mode, up to 6x), `service_tier` "priority" or "fast" (OpenAI priority
   // processing), `inference_geo` "us" (Anthropic's US-only inference, 1.1x).
   bool fast = false, priority = false, geo_us = false;
+  // Prompt caching the call asks for (Anthropic `cache_control`, on a content block, a tool, a
+  // system block or top-level): 0 none, 1 writes at the 5-minute price, 2 a `ttl` of "1h"
+  // (writes at 2x input). Read only with the prompt tally (estimate_prompt): the reservation
+  // prices the prompt as written to the cache when the call may write it.
+  std::uint8_t cache_control = 0;
 };
 
 // max_depth: 128 per the relay-core issue (an object or array opening counts one level).

@@ -1007,7 +1007,9 @@ std::pair<errc, std::string> client_session::decode_request_body(client_request&
 // duplicate members, which the client's body would have counted twice).
 std::int64_t client_session::prompt_estimate(call& c, const client_request& req) {
   if (!c.facts.prompt_estimated) {
-    c.facts.prompt_tokens_estimate = inspect_request(req.body()).prompt_tokens_estimate;
+    const request_facts f = inspect_request(req.body());
+    c.facts.prompt_tokens_estimate = f.prompt_tokens_estimate;
+    c.facts.cache_control = f.cache_control;
     c.facts.prompt_estimated = true;
   }
   return c.facts.prompt_tokens_estimate;
@@ -1290,6 +1292,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     std::string_view price_id = media && send_model.empty() ? pass_model : send_model;
     const model_price* price = remix ? nullptr : st_.prices.resolve(price_id);
     token_usage worst;
+    std::uint8_t worst_writes = 0;  // request_facts::cache_control
     if (media) {
       worst = media_worst(c.media, c.media_of().media_req);
       if (remix) {
@@ -1316,6 +1319,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       // At the prices the request asks for: fast mode and priority cost several times standard.
       worst.tier = c.facts.fast ? service_tier::fast : c.facts.priority ? service_tier::priority : service_tier::none;
       worst.geo_us = c.facts.geo_us;
+      worst_writes = c.facts.cache_control;
     }
     policy_engine::call_facts pf;
     pf.key = key.get();
@@ -1328,17 +1332,18 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
         pf.price_model = {};  // an output its entry has no price for: as a model without a price
     }
     pf.model = price_id;
-    pf.reserve_usd = price ? compute_cost(*price, worst, multiplier).usd : 0.0;
+    pf.reserve_usd = price ? reserve_cost(*price, worst, worst_writes, multiplier) : 0.0;
     struct reserve_context {
       const price_table& prices;
       const token_usage& worst;
+      std::uint8_t writes;
       double multiplier;
-    } rc{st_.prices, worst, multiplier};
+    } rc{st_.prices, worst, worst_writes, multiplier};
     pf.reserve_ctx = &rc;
     pf.reserve_at = [](const void* ctx, std::string_view model) {
       const auto& r = *static_cast<const reserve_context*>(ctx);
       const model_price* p = r.prices.resolve(model);
-      return p ? compute_cost(*p, r.worst, r.multiplier).usd : 0.0;
+      return p ? reserve_cost(*p, r.worst, r.writes, r.multiplier) : 0.0;
     };
     pf.reserve_tokens = worst.prompt + worst.completion;
     pf.now_ms = unix_ms_now();

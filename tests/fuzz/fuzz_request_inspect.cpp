@@ -28,7 +28,7 @@ bool same_fields(const request_facts& a, const request_facts& b) {
          a.model == b.model && a.stream == b.stream && a.has_stream_options == b.has_stream_options &&
          a.include_usage == b.include_usage && a.user == b.user && a.max_tokens == b.max_tokens &&
          a.prompt_tokens_estimate == b.prompt_tokens_estimate && a.fast == b.fast && a.priority == b.priority &&
-         a.geo_us == b.geo_us;
+         a.geo_us == b.geo_us && a.cache_control == b.cache_control;
 }
 
 // The facts other than the stream options, which add_include_usage() is allowed to change. A
@@ -142,7 +142,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // is the same, and an estimate it did compute is the same too.
   request_facts untallied = tollgate::inspect_request(body, proxy_depth, false);
   if (fast.problem == request_problem::none) FUZZ_CHECK(fast.prompt_estimated);
-  if (!untallied.prompt_estimated) untallied.prompt_tokens_estimate = fast.prompt_tokens_estimate;
+  // (The prompt caching asked for is read with the tally: request_facts::cache_control.)
+  if (!untallied.prompt_estimated) {
+    untallied.prompt_tokens_estimate = fast.prompt_tokens_estimate;
+    untallied.cache_control = fast.cache_control;
+  }
   FUZZ_CHECK(same_fields(untallied, fast));
   check_rewrites(body, fast, model);
 

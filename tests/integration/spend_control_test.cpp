@@ -600,3 +600,21 @@ TEST_CASE("budgets: a call that asks for fast mode or priority is reserved at th
                       R"({"model":"gpt-5","service_tier":"priority","max_completion_tokens":60000,"messages":[{"role":"user","content":"Hi"}]})")
             .status == 429);
 }
+
+TEST_CASE("budgets: a Claude call that asks for prompt caching is reserved at the cache-write price", "[budgets]") {
+  tt::harness h({.tweak = [](tollgate::config& c) { c.policy.budgets = {tt::hard_daily_budget(0.20)}; }});
+  // ~45,000 prompt tokens (4 bytes each) on claude-sonnet-4-5: $0.135 at $3 input, $0.17 written for 5 minutes
+  // ($3.75), $0.27 written for an hour ($6): only the hour's writes leave the $0.20 budget.
+  std::string text;
+  for (int i = 0; i < 30'000; ++i) text += "hello ";
+  auto body = [&](std::string_view cache_control) {
+    const std::string block = R"({"type":"text","text":")" + text + R"(","cache_control":)" + std::string(cache_control);
+    return R"({"model":"claude-sonnet-4-5","max_tokens":100,"messages":[{"role":"user","content":[)" + block + "}]}]}";
+  };
+  const tt::headers anthropic{{"anthropic-version", "2023-06-01"}};
+  const auto hour = tt::post_json(h.port(), "/v1/messages", body(R"({"type":"ephemeral","ttl":"1h"})"), anthropic);
+  CHECK(hour.status == 429);
+  CHECK(json::parse(hour.body)["error"]["code"] == "budget_exceeded");
+  // (The call's actual cost, here the fake upstream's usage, then leaves too little for another.)
+  CHECK(tt::post_json(h.port(), "/v1/messages", body(R"({"type":"ephemeral"})"), anthropic).status == 200);
+}

@@ -678,3 +678,26 @@ TEST_CASE("pricing: the 2026 OpenAI models resolve by snapshot and are priced pe
   p55.tier = service_tier::flex;
   CHECK(compute_cost(t, "gpt-5.5", p55).usd == Approx(0.5 * (60'000 * 5.00 + 40'000 * 0.50 + 10'000 * 30.00) / 1e6));
 }
+
+TEST_CASE("pricing: a reservation prices the prompt as written to the cache when the call may write it", "[pricing]") {
+  const auto t = shipped_table();
+  token_usage w;
+  w.prompt = 100'000;
+  w.completion = 1'000;
+  // Claude writes only when asked: $3 input, $3.75 5-minute writes, $6 1-hour writes, $15 out.
+  const model_price& sonnet = *t.resolve("claude-sonnet-4-5");
+  CHECK(reserve_cost(sonnet, w, 0) == Approx((100'000 * 3.00 + 1'000 * 15.0) / 1e6));
+  CHECK(reserve_cost(sonnet, w, 1) == Approx((100'000 * 3.75 + 1'000 * 15.0) / 1e6));
+  CHECK(reserve_cost(sonnet, w, 2) == Approx((100'000 * 6.00 + 1'000 * 15.0) / 1e6));
+  CHECK(reserve_cost(sonnet, w, 2, 1.5) == Approx(1.5 * (100'000 * 6.00 + 1'000 * 15.0) / 1e6));
+  // GPT-5.6 caches on its own and bills writes at 1.25x input; GPT-5.5 writes at input (no more).
+  const model_price& terra = *t.resolve("gpt-5.6-terra");
+  CHECK(reserve_cost(terra, w, 0) == Approx((100'000 * 2.50 * 1.25 + 1'000 * 15.0) / 1e6));
+  const model_price& g55 = *t.resolve("gpt-5.5");
+  CHECK(reserve_cost(g55, w, 1) == Approx(compute_cost(g55, w).usd));
+  // The tier the call asks for still applies (fast mode: 6x on Opus 4.6, writes included).
+  auto fast = w;
+  fast.tier = service_tier::fast;
+  const model_price& opus = *t.resolve("claude-opus-4-6");
+  CHECK(reserve_cost(opus, fast, 2) == Approx(6 * (100'000 * 10.0 + 1'000 * 25.0) / 1e6));
+}

@@ -635,3 +635,39 @@ TEST_CASE("request_inspect: the prices a call asks for (fast mode, priority, US-
     CHECK(inspect_request(R"({"speed":1,"speed":"fast"})", depth).fast);
   }
 }
+
+TEST_CASE("request_inspect: prompt caching asked for (cache_control and its ttl) is read by both readers",
+          "[request_inspect]") {
+  for (const int depth : {128, 1025}) {
+    INFO(depth);
+    CHECK(inspect_request(R"({"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"hi"}]})", depth)
+              .cache_control == 0);
+    // On a content block, a system block or a tool: 5 minutes unless a ttl says "1h".
+    CHECK(inspect_request(
+              R"({"model":"c","messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}]})",
+              depth)
+              .cache_control == 1);
+    CHECK(inspect_request(R"({"model":"c","system":[{"type":"text","text":"s","cache_control":{"type":"ephemeral","ttl":"5m"}}]})",
+                          depth)
+              .cache_control == 1);
+    CHECK(inspect_request(
+              R"({"model":"c","tools":[{"name":"t","input_schema":{},"cache_control":{"type":"ephemeral","ttl":"1h"}}],"messages":[]})",
+              depth)
+              .cache_control == 2);
+    // Top level: Anthropic's automatic caching.
+    CHECK(inspect_request(R"({"model":"c","cache_control":{"type":"ephemeral"},"messages":[]})", depth).cache_control == 1);
+    CHECK(inspect_request(R"({"model":"c","cache_control":{"type":"ephemeral","ttl":"1h"},"messages":[]})", depth)
+              .cache_control == 2);
+    // Text that mentions it is not a request for it.
+    CHECK(inspect_request(R"({"model":"c","messages":[{"role":"user","content":"cache_control ttl 1h"}]})", depth)
+              .cache_control == 0);
+    // Only a cache_control's own ttl counts; a "ttl" elsewhere (a tool's schema) is not it.
+    CHECK(inspect_request(
+              R"({"model":"c","tools":[{"name":"t","input_schema":{"ttl":"1h"},"cache_control":{"type":"ephemeral"}}]})", depth)
+              .cache_control == 1);
+    CHECK(inspect_request(
+              R"({"model":"c","tools":[{"cache_control":{"type":"ephemeral","x":{"ttl":"1h"}},"ttl":"1h"}]})", depth)
+              .cache_control == 1);
+    CHECK(inspect_request(R"({"model":"c","metadata":{"cache_control":{"ttl":"1h"}}})", depth).cache_control == 0);
+  }
+}
