@@ -401,24 +401,35 @@ void apply(anthropic_usage& a, const Node& u) {
   const auto& iterations = member(u, "iterations");
   if (!is_array(iterations)) return;
   a.compaction_input = a.compaction_output = a.compaction_read = a.compaction_write = a.compaction_write_1h = 0;
+  a.hop_input = a.hop_output = a.hop_read = a.hop_write = a.hop_write_1h = 0;
   a.advisors.clear();
-  for_items(iterations, [&a](const Node& it) {
+  bool fallback = false;
+  for_items(iterations, [&fallback](const Node& it) { fallback = fallback || string_member(it, "type") == "fallback_message"; });
+  for_items(iterations, [&a, fallback](const Node& it) {
     const std::string_view type = string_member(it, "type");
-    if (type != "compaction" && type != "advisor_message") return;  // `message` ones are in the top level
+    const bool hop = fallback && (type == "message" || type == "fallback_message");
+    // `message` entries are in the top level, and all at the call's model but in a fallback turn.
+    if (type != "compaction" && type != "advisor_message" && !hop) return;
     anthropic_usage part;
     apply_counts(part, it);
+    const std::int64_t write = part.cache_write >= 0 ? part.cache_write : part.cache_5m + part.cache_1h;
     if (type == "compaction") {
-      const std::int64_t write = part.cache_write >= 0 ? part.cache_write : part.cache_5m + part.cache_1h;
       a.compaction_input += part.input, a.compaction_output += part.output, a.compaction_read += part.cache_read;
       a.compaction_write += write, a.compaction_write_1h += part.cache_1h;
       return;
     }
     std::string_view model = string_member(it, "model");
     if (model.size() > 256) model = {};
-    const token_usage t = part.to_openai();
+    if (hop && model.empty()) return;  // a hop that names no model stays in the top level, at the call's
     auto at = std::find_if(a.advisors.begin(), a.advisors.end(), [&](const auto& e) { return e.first == model; });
-    if (at == a.advisors.end() && a.advisors.size() < 16) a.advisors.emplace_back(std::string(model), t);
-    else if (at != a.advisors.end()) at->second.add(t);
+    if (at == a.advisors.end() && a.advisors.size() >= 16) return;
+    if (hop) {
+      a.hop_input += part.input, a.hop_output += part.output, a.hop_read += part.cache_read;
+      a.hop_write += write, a.hop_write_1h += part.cache_1h;
+    }
+    const token_usage t = part.to_openai();
+    if (at == a.advisors.end()) a.advisors.emplace_back(std::string(model), t);
+    else at->second.add(t);
   });
 }
 
@@ -520,13 +531,18 @@ response_facts read_response(route_kind route, const Node& j) {
 token_usage anthropic_usage::to_openai() const noexcept {
   // Anthropic's input_tokens excludes the cache; the OpenAI convention counts it in prompt.
   // Compaction passes are billed at the same model, outside the top-level counts: added here.
-  const std::int64_t write = (cache_write >= 0 ? cache_write : cache_5m + cache_1h) + compaction_write;
+  // A fallback turn's hops are billed at their own models (`advisors`): out of the top level.
+  const auto less = [](std::int64_t v, std::int64_t hop) { return std::max<std::int64_t>(v - hop, 0); };
+  const std::int64_t top_write = less(cache_write >= 0 ? cache_write : cache_5m + cache_1h, hop_write);
+  const std::int64_t top_1h = std::min(less(cache_1h, hop_write_1h), top_write);
+  const std::int64_t top_read = less(cache_read, hop_read);
+  const std::int64_t write = top_write + compaction_write;
   token_usage t;
-  t.prompt = input + cache_read + write + compaction_input + compaction_read;
-  t.completion = output + compaction_output;
-  t.cached = cache_read + compaction_read;
+  t.prompt = less(input, hop_input) + top_read + write + compaction_input + compaction_read;
+  t.completion = less(output, hop_output) + compaction_output;
+  t.cached = top_read + compaction_read;
   t.cache_write = write;
-  t.cache_write_1h = cache_1h + compaction_write_1h;
+  t.cache_write_1h = top_1h + compaction_write_1h;
   t.web_search = web_search;
   t.reasoning = thinking;  // the ledger's reasoning column: part of completion, not billed twice
   t.tier = fast ? service_tier::fast : tier;

@@ -187,8 +187,14 @@ struct anthropic_usage {
   // the top-level counts (its tokens are added by to_openai()); an `advisor_message` is an
   // advisor sub-inference billed at the advisor's own model, also outside the top-level counts
   // (which cover the executor only): `advisors`, one entry per model.
+  // A turn served by a server-side fallback (a `fallback_message` entry) ran more than one model:
+  // each `message` / `fallback_message` entry naming its model (the hop that declined, the one
+  // that served) is billed at that model, in `advisors` too, and taken out of the top-level
+  // counts (`hop_*`, which to_openai() subtracts; whatever the top level holds beyond them stays
+  // at the call's model, and hops it does not hold are billed all the same).
   std::int64_t compaction_input = 0, compaction_output = 0, compaction_read = 0, compaction_write = 0,
                compaction_write_1h = 0;
+  std::int64_t hop_input = 0, hop_output = 0, hop_read = 0, hop_write = 0, hop_write_1h = 0;
   std::vector<std::pair<std::string, token_usage>> advisors;
   token_usage to_openai() const noexcept;
 };

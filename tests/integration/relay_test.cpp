@@ -1247,6 +1247,39 @@ TEST_CASE("relay: a Claude call's compaction and advisor iterations are billed, 
   CHECK(std::stod(rows[0].at("completion_tokens")) == usage["output_tokens"].get<double>() + 3500 + 1500);
 }
 
+TEST_CASE("relay: a Claude turn served by a server-side fallback bills each hop at its model, streamed or not",
+          "[relay][pricing]") {
+  harness h;
+  // claude-opus-4-8 ($5 / $25) declined; claude-sonnet-4-6 ($3 / $15) served. The iterations
+  // hold more than the fake's top level: all of it is in the hops, each billed at its model.
+  const tt::headers anthropic{
+      {"anthropic-version", "2023-06-01"},
+      {"anthropic-beta", "server-side-fallback-2026-07-01"},
+      {"x-fake-usage-iterations",
+       R"([{"type":"message","model":"claude-opus-4-8","input_tokens":1000,"output_tokens":20,"cache_read_input_tokens":0,"cache_creation_input_tokens":0},)"
+       R"({"type":"fallback_message","model":"claude-sonnet-4-6","input_tokens":1000,"output_tokens":300,"cache_read_input_tokens":0,"cache_creation_input_tokens":0}])"}};
+  const std::string body =
+      R"({"model":"claude-opus-4-8","fallbacks":[{"model":"claude-sonnet-4-6"}],"max_tokens":100,"messages":[{"role":"user","content":"Hi there"}]})";
+  REQUIRE(tt::post_json(h.port(), "/v1/messages", body, anthropic).status == 200);
+  {
+    std::string streamed = body;
+    streamed.insert(1, R"("stream":true,)");
+    tt::stream_client s(h.port(), "/v1/messages", streamed, anthropic);
+    s.read_all();
+    REQUIRE(s.status() == 200);
+  }
+  h.flush();
+  const auto rows = h.rows("SELECT stream, prompt_tokens, completion_tokens, priced, cost_usd FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 2);
+  for (const auto& row : rows) {
+    INFO(row.at("stream"));
+    CHECK(row.at("prompt_tokens") == "2000");
+    CHECK(row.at("completion_tokens") == "320");
+    CHECK(row.at("priced") == "1");
+    CHECK(std::stod(row.at("cost_usd")) == Approx((1000 * 5.0 + 20 * 25.0) / 1e6 + (1000 * 3.0 + 300 * 15.0) / 1e6));
+  }
+}
+
 TEST_CASE("relay: a Claude call in fast mode and US-only is priced as its usage reports, streamed or not",
           "[relay][pricing]") {
   harness h;

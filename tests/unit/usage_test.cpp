@@ -562,6 +562,67 @@ TEST_CASE("usage: Anthropic compaction and advisor iterations are counted apart 
   }
 }
 
+TEST_CASE("usage: a turn served by a server-side fallback bills each hop at its own model", "[usage]") {
+  // claude-opus-4-8 declined after reading the prompt; claude-sonnet-4-6 served the turn. The top
+  // level holds both hops (only compaction and advisor entries are left out of it).
+  const std::string iterations = R"([
+    {"type":"message","model":"claude-opus-4-8","input_tokens":2000,"output_tokens":40,"cache_read_input_tokens":8000,
+     "cache_creation_input_tokens":0,"cache_creation":null},
+    {"type":"fallback_message","model":"claude-sonnet-4-6","input_tokens":2100,"output_tokens":900,
+     "cache_read_input_tokens":0,"cache_creation_input_tokens":8000,
+     "cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":8000}}])";
+  const std::string usage = R"({"input_tokens":4100,"output_tokens":940,"cache_read_input_tokens":8000,)"
+                            R"("cache_creation_input_tokens":8000,"cache_creation":{"ephemeral_5m_input_tokens":0,)"
+                            R"("ephemeral_1h_input_tokens":8000},"iterations":)" + iterations + "}";
+  auto check = [](const tollgate::token_usage& top, const std::vector<std::pair<std::string, tollgate::token_usage>>& others) {
+    // Nothing is left at the response's own model; each hop at its model, the row's sums unchanged.
+    CHECK(top.prompt == 0);
+    CHECK(top.completion == 0);
+    REQUIRE(others.size() == 2);
+    CHECK(others[0].first == "claude-opus-4-8");
+    CHECK(others[0].second.prompt == 10'000);
+    CHECK(others[0].second.cached == 8000);
+    CHECK(others[0].second.completion == 40);
+    CHECK(others[1].first == "claude-sonnet-4-6");
+    CHECK(others[1].second.prompt == 10'100);
+    CHECK(others[1].second.cache_write == 8000);
+    CHECK(others[1].second.cache_write_1h == 8000);
+    CHECK(others[1].second.completion == 900);
+  };
+  const auto f = extract_response(route_kind::messages,
+      R"({"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-6","content":[],"stop_reason":"end_turn","usage":)" +
+          usage + "}");
+  REQUIRE(f.has_usage);
+  check(f.usage, f.other_models);
+
+  SECTION("streamed: message_delta's list is read anew") {
+    std::string one_line = usage;
+    std::replace(one_line.begin(), one_line.end(), '\n', ' ');
+    const std::string start = typed_event("message_start",
+        R"({"type":"message_start","message":{"id":"msg_2","type":"message","role":"assistant","content":[],"model":"claude-opus-4-8","usage":{"input_tokens":4100,"cache_read_input_tokens":8000,"cache_creation_input_tokens":8000,"output_tokens":1}}})");
+    const std::string delta = typed_event("message_delta",
+        R"({"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":)" + one_line + "}");
+    stream_meter m(route_kind::messages, false);
+    relay(m, start + delta + delta + typed_event("message_stop", R"({"type":"message_stop"})"));
+    REQUIRE(m.has_usage());
+    check(m.usage(), m.other_models());
+  }
+  SECTION("a top level that holds only the serving hop: the declined one is billed all the same") {
+    const auto g = extract_response(route_kind::messages,
+        R"({"type":"message","model":"claude-sonnet-4-6","usage":{"input_tokens":2100,"output_tokens":900,"cache_read_input_tokens":0,"cache_creation_input_tokens":8000,"iterations":)" +
+            iterations + "}}");
+    CHECK(g.usage.prompt == 0);
+    REQUIRE(g.other_models.size() == 2);
+    CHECK(g.other_models[0].second.prompt == 10'000);
+  }
+  SECTION("message entries of a turn no fallback served stay in the top level") {
+    const auto h = extract_response(route_kind::messages,
+        R"({"type":"message","model":"claude-sonnet-4-6","usage":{"input_tokens":30,"output_tokens":5,"iterations":[{"type":"message","model":"claude-sonnet-4-6","input_tokens":10,"output_tokens":2},{"type":"message","model":"claude-sonnet-4-6","input_tokens":20,"output_tokens":3}]}})");
+    CHECK(h.usage.prompt == 30);
+    CHECK(h.other_models.empty());
+  }
+}
+
 TEST_CASE("stream_meter: Anthropic message_delta usage is cumulative", "[usage][stream]") {
   const std::string start = typed_event("message_start",
       R"({"type":"message_start","message":{"id":"msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY","type":"message","role":"assistant","content":[],"model":"claude-opus-4-20250514","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":2051,"cache_read_input_tokens":1800,"cache_creation":{"ephemeral_5m_input_tokens":51,"ephemeral_1h_input_tokens":2000},"output_tokens":1,"service_tier":"standard"}}})");
