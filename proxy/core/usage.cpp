@@ -660,6 +660,24 @@ bool realtime_meter::wanted(std::string_view head) noexcept {
          *type == "conversation.item.input_audio_transcription.completed";
 }
 
+bool realtime_meter::wanted_request(std::string_view head) noexcept {
+  const auto type = top_level_string(head, "type");
+  return !type || *type == "response.create";
+}
+
+std::string realtime_meter::requested_model(std::string_view text) {
+  try {
+    const json j = parse(text);
+    if (string_member(j, "type") != "response.create") return {};
+    // The SDKs send the Responses body's fields beside `type`; an older shape nests them in `response`.
+    std::string_view m = string_member(j, "model");
+    if (m.empty()) m = string_member(member(j, "response"), "model");
+    return std::string(m.substr(0, 256));
+  } catch (...) {
+    return {};
+  }
+}
+
 // A whole Responses object that ended (WebSocket mode's response.completed / .incomplete /
 // .failed, or one a Live session's Responses backend delegated), or a Live session's Decision:
 // its usage at its own model and service tier, its hosted tool calls counted.

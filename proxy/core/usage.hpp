@@ -113,6 +113,11 @@ class realtime_meter {
   // A message filter that keeps nothing: a sideband socket (a Live session's /attach) sees the
   // events of a session metered on its own socket, which would be counted twice.
   static bool wanted_none(std::string_view) noexcept { return false; }
+  // The client's side of a Responses WebSocket: its response.create messages (a filter for
+  // ws_message_reader, as wanted()), and the `model` one names ("" if none): the row's
+  // requested_model, which the handshake does not name.
+  static bool wanted_request(std::string_view head) noexcept;
+  static std::string requested_model(std::string_view text);
 
   bool has_usage() const noexcept { return responses_ + transcriptions_ > 0 || live_seconds_ > 0; }
   // Usage events read so far (a budget charges the session's cost again when this grows).

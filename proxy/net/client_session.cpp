@@ -2320,6 +2320,21 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
       live_registered = true;
     }
   };
+  // A Responses WebSocket's handshake names no model: the row's requested_model is the first
+  // that a response.create names, read from the client's frames until one does.
+  ws_message_reader requests(&realtime_meter::wanted_request, cfg_.max_parse_bytes);
+  bool want_model = rec.requested_model.empty() && rec.route == route_kind::responses && !c.ws_sideband;
+  auto read_requests = [&rec, &requests, &events, &want_model](std::string_view bytes) {
+    requests.feed(bytes, events);
+    for (const auto& e : events)
+      if (rec.requested_model.empty()) rec.requested_model = realtime_meter::requested_model(e);
+    events.clear();
+    want_model = rec.requested_model.empty() && !requests.failed();
+  };
+  if (want_model && buffer_.size() > 0) {
+    const auto b = buffer_.data();
+    read_requests(std::string_view(static_cast<const char*>(b.data()), b.size()));
+  }
   // Bytes either peer sent right behind the handshake were read with it: they go first.
   if (conn.buffer.size() > 0) {
     const auto b = conn.buffer.data();  // a flat_buffer: one piece
@@ -2385,14 +2400,15 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   tunnel_ctl ctl{&reader, &meter, &conn};
   tunnel_ = &ctl;
   auto go_away = [&]() -> awaitable<void> { co_await close_client(ws_close_frame(1001, "tollgate is shutting down")); };
-  auto relay = [this, &conn, &read_frames, &over_budget, &close_for_budget, &go_away, &ctl, &client_side_done,
-                &closing](auto& from, auto& to, bool from_upstream) -> awaitable<void> {
+  auto relay = [this, &conn, &read_frames, &read_requests, &want_model, &over_budget, &close_for_budget, &go_away, &ctl,
+                &client_side_done, &closing](auto& from, auto& to, bool from_upstream) -> awaitable<void> {
     relay_lease buf(w_.relay_blocks);
     beast::error_code rec_ec, wec;
     for (;;) {
       const std::size_t n =
           co_await from.async_read_some(asio::buffer(buf.data(), buf.size()), redirect_error(use_awaitable, rec_ec));
       if (n > 0) co_await asio::async_write(to, asio::buffer(buf.data(), n), redirect_error(use_awaitable, wec));
+      if (n > 0 && !from_upstream && want_model) read_requests(std::string_view(buf.data(), n));
       if (n > 0 && from_upstream) {
         read_frames(std::string_view(buf.data(), n));
         if (!wec && over_budget()) {

@@ -766,6 +766,8 @@ TEST_CASE("relay: the Responses API over WebSocket (responses.connect) is tunnel
   h.flush();
   CHECK(h.query_text("SELECT route || ' ' || method || ' ' || status || ' ' || usage_source || ' ' || served_model || ' ' || "
                      "price_model FROM calls") == "responses GET 101 upstream gpt-4.1 gpt-4.1");
+  // The handshake names no model: the first response.create's, read from the client's (masked) frames.
+  CHECK(h.query_text("SELECT requested_model FROM calls") == "gpt-4.1");
   const json& u1 = first["response"]["usage"];
   const json& u2 = second["response"]["usage"];
   CHECK(h.query_int("SELECT prompt_tokens FROM calls") == u1["input_tokens"].get<int>() + u2["input_tokens"].get<int>());

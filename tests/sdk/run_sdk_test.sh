@@ -185,9 +185,11 @@ if [[ -n "$tollgate_bin" ]]; then
   fi
   if [[ "$sdk" == openai && " ${generations[*]} " == *" openai-7 "* ]]; then
     # openai-7's ResponsesWS session (two responses, gpt-4.1 then gpt-4.1-mini): one row, route
-    # responses, status 101, priced at each response's model.
+    # responses, status 101, priced at each response's model, requested_model the first
+    # response.create's (read from the SDK's masked frames).
     ws_rows="$(sqlite3 "$workdir/ledger.db" "SELECT COUNT(*) FROM calls WHERE route = 'responses' AND method = 'GET'
-      AND status = 101 AND usage_source = 'upstream' AND price_model = 'gpt-4.1' AND priced = 1 AND cost_usd > 0")"
+      AND status = 101 AND usage_source = 'upstream' AND price_model = 'gpt-4.1' AND requested_model = 'gpt-4.1'
+      AND priced = 1 AND cost_usd > 0")"
     echo "run_sdk_test.sh: metered Responses WebSocket sessions: $ws_rows"
     if (( ws_rows != 1 )); then
       echo "run_sdk_test.sh: expected the ResponsesWS session's row in the ledger" >&2

@@ -112,6 +112,21 @@ TEST_CASE("ws frames: masked frames are unmasked across pieces") {
   }
 }
 
+TEST_CASE("realtime: a Responses WebSocket's requested model is the first response.create's") {
+  const char mask[4] = {'\x01', '\x02', '\x03', '\x04'};
+  const std::string audio = R"({"type":"input_audio_buffer.append","audio":")" + std::string(5000, 'A') + "\"}";
+  const std::string create = R"({"type":"response.create","input":[{"role":"user","content":"hi"}],"model":"gpt-5.5","store":false})";
+  const std::string wire = frame(1, audio, true, mask) + frame(1, create, true, mask);
+  ws_message_reader r(&realtime_meter::wanted_request, 1 << 20);
+  const auto out = read_all(r, wire, 7);
+  REQUIRE(out.size() == 1);  // the audio append is skipped by its head
+  CHECK(realtime_meter::requested_model(out[0]) == "gpt-5.5");
+  CHECK(realtime_meter::requested_model(R"({"type":"response.create","response":{"model":"gpt-4o"}})") == "gpt-4o");
+  CHECK(realtime_meter::requested_model(R"({"type":"response.create"})").empty());
+  CHECK(realtime_meter::requested_model(R"({"type":"session.update","model":"x"})").empty());
+  CHECK(realtime_meter::requested_model("{not json").empty());
+}
+
 TEST_CASE("ws frames: unwanted messages are skipped by their head, oversized and compressed ones dropped") {
   const std::string keep_long = "keep" + std::string(1'000, 'k');
   const std::string skip_long = "skip" + std::string(100'000, 's');
