@@ -39,7 +39,15 @@ enum class member : std::uint8_t {
   service_tier,
   inference_geo,
   cache_control,    // Anthropic's top-level (automatic) prompt caching
+  fallbacks,        // Anthropic's server-side fallbacks (request_facts::fallbacks)
 };
+
+// A `fallbacks` entry's members that matter.
+enum class hop_member : std::uint8_t { other, model, max_tokens, speed };
+hop_member classify_hop(std::string_view k) noexcept {
+  return k == "model" ? hop_member::model : k == "max_tokens" ? hop_member::max_tokens : k == "speed" ? hop_member::speed : hop_member::other;
+}
+constexpr std::size_t max_fallbacks = 8;
 
 // A pricing hint's string value ("" for any other type: a later duplicate wins, as for model).
 void pricing_hint(member m, std::string_view s, request_facts& f) noexcept {
@@ -71,6 +79,7 @@ member classify(std::string_view k) noexcept {
   if (k == "service_tier") return member::service_tier;
   if (k == "inference_geo") return member::inference_geo;
   if (k == "cache_control") return member::cache_control;
+  if (k == "fallbacks") return member::fallbacks;
   return member::other;
 }
 
@@ -257,6 +266,9 @@ class inspector {
       if (member_ == member::max_output_tokens) max_output_ = n;
       if (member_ == member::choices) choices_ = n;
     }
+    if (in_hop() && hop_key_ == hop_member::max_tokens &&
+        v <= static_cast<json::number_unsigned_t>(std::numeric_limits<std::int64_t>::max()))
+      hop_.max_tokens = static_cast<std::int64_t>(v);
     if (member_ == member::prompt_or_ids && depth_ > 1) ++token_ids_;
     return scalar(kind::number);
   }
@@ -266,6 +278,8 @@ class inspector {
   bool string(json::string_t& s) {
     if (depth_ >= 1 && (member_ == member::prompt_text || member_ == member::prompt_or_ids)) text_.add(s);
     if (ttl_key_ && s == "1h") f_.cache_control = 2;
+    if (in_hop() && hop_key_ == hop_member::model) hop_.model = s;
+    if (in_hop() && hop_key_ == hop_member::speed) hop_.fast = s == "fast";
     if (at_top_level()) {
       if (member_ == member::model) {
         f_.has_model = true;
@@ -277,11 +291,14 @@ class inspector {
         pricing_hint(member_, s, f_);
       }
     }
-    return scalar(kind::string);
+    const bool ok = scalar(kind::string);  // (a top-level fallbacks value resets them first)
+    if (at_top_level() && member_ == member::fallbacks) f_.default_fallbacks = s == "default";
+    return ok;
   }
 
   bool key(json::string_t& k) {
     ttl_key_ = !cache_objects_.empty() && cache_objects_.back() == depth_ && k == "ttl";
+    if (in_hop()) hop_key_ = classify_hop(k);
     if (at_top_level()) {
       member_ = classify(k);
       cache_key_ = member_ == member::cache_control;
@@ -342,6 +359,7 @@ class inspector {
       cache_key_ = false;
     }
     ttl_key_ = ttl_key_ && k == kind::string;
+    if (root_object_ && member_ == member::fallbacks) fallbacks_value(k);
     if (at_top_level()) {
       switch (member_) {
         case member::model:
@@ -391,7 +409,32 @@ class inspector {
     return true;
   }
 
+  // A value under the top-level `fallbacks` (at the depth it starts at): the member itself, an
+  // entry of its array, or an entry's member (strings and numbers: string(), number_unsigned()).
+  void fallbacks_value(kind k) {
+    if (depth_ == 1) {
+      f_.fallbacks.clear();
+      f_.default_fallbacks = false;
+      fallbacks_array_ = k == kind::container && !object_opening_;
+      hop_open_ = false;
+    } else if (depth_ == 2 && fallbacks_array_ && k == kind::container && object_opening_) {
+      hop_ = {};
+      hop_open_ = true;
+      hop_key_ = hop_member::other;
+    } else if (in_hop()) {
+      if (hop_key_ == hop_member::model && k != kind::string) hop_.model.clear();
+      if (hop_key_ == hop_member::speed && k == kind::null) hop_.fast = false;
+    }
+  }
+  // Inside a `fallbacks` entry's object (its keys and values).
+  bool in_hop() const noexcept { return hop_open_ && depth_ == 3 && member_ == member::fallbacks; }
+
   bool close() {
+    if (in_hop()) {
+      if (!hop_.model.empty() && f_.fallbacks.size() < max_fallbacks) f_.fallbacks.push_back(std::move(hop_));
+      hop_open_ = false;
+    }
+    if (depth_ == 2 && member_ == member::fallbacks) fallbacks_array_ = false;
     if (!cache_objects_.empty() && cache_objects_.back() == depth_) cache_objects_.pop_back();
     --depth_;
     return true;
@@ -410,6 +453,10 @@ class inspector {
   bool ttl_key_ = false;        // the value being read is a "ttl" of a cache_control object
   bool object_opening_ = false;
   std::vector<int> cache_objects_;  // depths of the cache_control objects open
+  bool fallbacks_array_ = false;    // the top-level fallbacks value being read is an array
+  bool hop_open_ = false;           // one of its entries (an object) is being read: hop_
+  hop_member hop_key_ = hop_member::other;
+  request_facts::fallback_hop hop_;
   bool model_bad_ = false;
   bool stream_bad_ = false;
   std::optional<std::int64_t> max_completion_, max_tokens_, max_output_, choices_;
@@ -542,6 +589,34 @@ struct fast_reader {
     }
   }
 
+  // The top-level `fallbacks` (a later duplicate replaces an earlier one): request_facts::fallbacks.
+  void fallbacks(dom::element v, request_facts& f) {
+    f.fallbacks.clear();
+    f.default_fallbacks = v.type() == element_type::STRING && v.get_string().value_unsafe() == "default";
+    if (v.type() != element_type::ARRAY) return;
+    const dom::array entries = v.get_array().value_unsafe();
+    for (const dom::element entry : entries) {
+      if (entry.type() != element_type::OBJECT) continue;
+      request_facts::fallback_hop hop;
+      const dom::object members = entry.get_object().value_unsafe();
+      for (const dom::key_value_pair m : members) {
+        const element_type type = m.value.type();
+        switch (classify_hop(m.key)) {
+          case hop_member::model:
+            hop.model = type == element_type::STRING ? std::string(m.value.get_string().value_unsafe()) : std::string();
+            break;
+          case hop_member::max_tokens: limit(m.value, hop.max_tokens); break;
+          case hop_member::speed:
+            if (type == element_type::STRING) hop.fast = m.value.get_string().value_unsafe() == "fast";
+            if (type == element_type::NULL_VALUE) hop.fast = false;
+            break;
+          case hop_member::other: break;
+        }
+      }
+      if (!hop.model.empty() && f.fallbacks.size() < max_fallbacks) f.fallbacks.push_back(std::move(hop));
+    }
+  }
+
   // A max-tokens member: set when the value is a non-negative integer that fits int64 (a
   // later duplicate of another type leaves it, as on the SAX path).
   void limit(dom::element v, std::optional<std::int64_t>& out) {
@@ -634,6 +709,7 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
           if (estimate_prompt) r.tally(m.value, true, false);
           break;
         case member::cache_control: r.caching(m.value); break;
+        case member::fallbacks: r.fallbacks(m.value, f); break;
         case member::other: break;
       }
     }

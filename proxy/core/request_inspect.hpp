@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 #include <string_view>
 
 namespace tollgate {
@@ -43,6 +44,19 @@ struct request_facts {
   // (writes at 2x input). Read only with the prompt tally (estimate_prompt): the reservation
   // prices the prompt as written to the cache when the call may write it.
   std::uint8_t cache_control = 0;
+  // Anthropic's server-side fallbacks (`fallbacks`, beta): the models tried in turn when the
+  // requested one declines, each billed for the prompt again and up to its own `max_tokens`
+  // (the request's when not set), at its `speed` (the request's fast mode when not set, standard
+  // when null). "default" (the model's server-defined chain, models not named) sets
+  // default_fallbacks. At most 8 entries are kept; an entry without a string model is skipped.
+  struct fallback_hop {
+    std::string model;
+    std::optional<std::int64_t> max_tokens;
+    std::optional<bool> fast;  // unset: as the request
+    bool operator==(const fallback_hop&) const = default;
+  };
+  std::vector<fallback_hop> fallbacks;
+  bool default_fallbacks = false;
 };
 
 // max_depth: 128 per the relay-core issue (an object or array opening counts one level).

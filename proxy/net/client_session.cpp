@@ -1293,6 +1293,8 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     const model_price* price = remix ? nullptr : st_.prices.resolve(price_id);
     token_usage worst;
     std::uint8_t worst_writes = 0;  // request_facts::cache_control
+    double hops_usd = 0;            // server-side fallbacks' worst case, beside the call's own
+    std::int64_t hops_tokens = 0;
     if (media) {
       worst = media_worst(c.media, c.media_of().media_req);
       if (remix) {
@@ -1320,6 +1322,21 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       worst.tier = c.facts.fast ? service_tier::fast : c.facts.priority ? service_tier::priority : service_tier::none;
       worst.geo_us = c.facts.geo_us;
       worst_writes = c.facts.cache_control;
+      // Anthropic's server-side fallbacks: when the model declines, each entry in turn runs on the
+      // whole prompt again, up to its own max_tokens, and every hop that ran is billed. The worst
+      // case is that they all run. "default" (a server-defined chain, models not named) is
+      // reserved as one more hop at the requested model's prices.
+      for (const auto& hop : c.facts.fallbacks) {
+        token_usage w = worst;
+        w.completion = std::min<std::int64_t>(hop.max_tokens.value_or(w.completion), 1LL << 40);
+        if (hop.fast) w.tier = *hop.fast ? service_tier::fast : c.facts.priority ? service_tier::priority : service_tier::none;
+        hops_tokens += w.prompt + w.completion;
+        if (const model_price* p = st_.prices.resolve(hop.model)) hops_usd += reserve_cost(*p, w, worst_writes, multiplier);
+      }
+      if (c.facts.default_fallbacks) {
+        hops_tokens += worst.prompt + worst.completion;
+        if (price) hops_usd += reserve_cost(*price, worst, worst_writes, multiplier);
+      }
     }
     policy_engine::call_facts pf;
     pf.key = key.get();
@@ -1332,20 +1349,20 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
         pf.price_model = {};  // an output its entry has no price for: as a model without a price
     }
     pf.model = price_id;
-    pf.reserve_usd = price ? reserve_cost(*price, worst, worst_writes, multiplier) : 0.0;
+    pf.reserve_usd = price ? reserve_cost(*price, worst, worst_writes, multiplier) + hops_usd : 0.0;
     struct reserve_context {
       const price_table& prices;
       const token_usage& worst;
       std::uint8_t writes;
-      double multiplier;
-    } rc{st_.prices, worst, worst_writes, multiplier};
+      double multiplier, hops_usd;
+    } rc{st_.prices, worst, worst_writes, multiplier, hops_usd};
     pf.reserve_ctx = &rc;
     pf.reserve_at = [](const void* ctx, std::string_view model) {
       const auto& r = *static_cast<const reserve_context*>(ctx);
       const model_price* p = r.prices.resolve(model);
-      return p ? reserve_cost(*p, r.worst, r.writes, r.multiplier) : 0.0;
+      return p ? reserve_cost(*p, r.worst, r.writes, r.multiplier) + r.hops_usd : 0.0;
     };
-    pf.reserve_tokens = worst.prompt + worst.completion;
+    pf.reserve_tokens = worst.prompt + worst.completion + hops_tokens;
     pf.now_ms = unix_ms_now();
     auto d = st_.policy->admit(pf);
     c.ticket = d.ticket;

@@ -28,7 +28,8 @@ bool same_fields(const request_facts& a, const request_facts& b) {
          a.model == b.model && a.stream == b.stream && a.has_stream_options == b.has_stream_options &&
          a.include_usage == b.include_usage && a.user == b.user && a.max_tokens == b.max_tokens &&
          a.prompt_tokens_estimate == b.prompt_tokens_estimate && a.fast == b.fast && a.priority == b.priority &&
-         a.geo_us == b.geo_us && a.cache_control == b.cache_control;
+         a.geo_us == b.geo_us && a.cache_control == b.cache_control && a.fallbacks == b.fallbacks &&
+         a.default_fallbacks == b.default_fallbacks;
 }
 
 // The facts other than the stream options, which add_include_usage() is allowed to change. A

@@ -618,3 +618,20 @@ TEST_CASE("budgets: a Claude call that asks for prompt caching is reserved at th
   // (The call's actual cost, here the fake upstream's usage, then leaves too little for another.)
   CHECK(tt::post_json(h.port(), "/v1/messages", body(R"({"type":"ephemeral"})"), anthropic).status == 200);
 }
+
+TEST_CASE("budgets: a call with server-side fallbacks is reserved for every model that may run", "[budgets]") {
+  tt::harness h({.tweak = [](tollgate::config& c) { c.policy.budgets = {tt::hard_daily_budget(1.0)}; }});
+  // claude-opus-4-6, 20,000 tokens out at most: $0.50; a fallback to claude-opus-4-6 with 30,000
+  // more ($0.75) may run after it declines, a fallback to claude-sonnet-4-5 with 20,000 ($0.30).
+  const tt::headers anthropic{{"anthropic-version", "2023-06-01"}, {"anthropic-beta", "server-side-fallback-2026-07-01"}};
+  auto body = [](std::string_view fallbacks) {
+    return R"({"model":"claude-opus-4-6","max_tokens":20000,"fallbacks":)" + std::string(fallbacks) +
+           R"(,"messages":[{"role":"user","content":"Hi"}]})";
+  };
+  const auto refused = tt::post_json(h.port(), "/v1/messages", body(R"([{"model":"claude-opus-4-6","max_tokens":30000}])"), anthropic);
+  CHECK(refused.status == 429);
+  CHECK(json::parse(refused.body)["error"]["code"] == "budget_exceeded");
+  // "default" (a chain the server picks) counts as one more hop at the requested model: $1.00 + prompt.
+  CHECK(tt::post_json(h.port(), "/v1/messages", body(R"("default")"), anthropic).status == 429);
+  CHECK(tt::post_json(h.port(), "/v1/messages", body(R"([{"model":"claude-sonnet-4-5"}])"), anthropic).status == 200);
+}

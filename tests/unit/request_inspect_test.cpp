@@ -671,3 +671,32 @@ TEST_CASE("request_inspect: prompt caching asked for (cache_control and its ttl)
     CHECK(inspect_request(R"({"model":"c","metadata":{"cache_control":{"ttl":"1h"}}})", depth).cache_control == 0);
   }
 }
+
+TEST_CASE("request_inspect: Anthropic's server-side fallbacks are read by both readers", "[request_inspect]") {
+  using hop = tollgate::request_facts::fallback_hop;
+  for (const int depth : {128, 1025}) {
+    INFO(depth);
+    const auto a = inspect_request(
+        R"({"model":"claude-fable-5","max_tokens":1000,"speed":"fast","fallbacks":[{"model":"claude-opus-4-8","max_tokens":4000,)"
+        R"("thinking":{"type":"adaptive","model":"x"}},{"model":"claude-sonnet-4-6","speed":null},{"max_tokens":5},)"
+        R"("claude-haiku-4-5",{"model":"claude-opus-4-6","speed":"fast","max_tokens":-1}],"messages":[]})",
+        depth);
+    REQUIRE(a.fallbacks.size() == 3);  // an entry without a model (or not an object) is skipped
+    CHECK(a.fallbacks[0] == hop{"claude-opus-4-8", 4000, std::nullopt});
+    CHECK(a.fallbacks[1] == hop{"claude-sonnet-4-6", std::nullopt, false});
+    CHECK(a.fallbacks[2] == hop{"claude-opus-4-6", std::nullopt, true});
+    CHECK_FALSE(a.default_fallbacks);
+    const auto d = inspect_request(R"({"model":"claude-fable-5","fallbacks":"default"})", depth);
+    CHECK(d.default_fallbacks);
+    CHECK(d.fallbacks.empty());
+    // A later duplicate replaces the earlier one; a nested "fallbacks" is not it.
+    const auto e = inspect_request(R"({"fallbacks":"default","fallbacks":[{"model":"m"}],"metadata":{"fallbacks":"default"}})", depth);
+    CHECK_FALSE(e.default_fallbacks);
+    REQUIRE(e.fallbacks.size() == 1);
+    CHECK(e.fallbacks[0].model == "m");
+    std::string many = R"({"fallbacks":[)";
+    for (int i = 0; i < 12; ++i) many += std::string(i ? "," : "") + R"({"model":"m)" + std::to_string(i) + "\"}";
+    CHECK(inspect_request(many + "]}", depth).fallbacks.size() == 8);
+    CHECK(inspect_request(R"({"model":"claude-opus-4-8","messages":[]})", depth).fallbacks.empty());
+  }
+}
