@@ -403,8 +403,19 @@ void apply(anthropic_usage& a, const Node& u) {
   a.compaction_input = a.compaction_output = a.compaction_read = a.compaction_write = a.compaction_write_1h = 0;
   a.hop_input = a.hop_output = a.hop_read = a.hop_write = a.hop_write_1h = 0;
   a.advisors.clear();
+  // A turn more than one model ran: a fallback served it (a fallback_message entry), or the
+  // whole chain declined (message entries naming different models, no fallback_message).
   bool fallback = false;
-  for_items(iterations, [&fallback](const Node& it) { fallback = fallback || string_member(it, "type") == "fallback_message"; });
+  std::string_view first_model;
+  for_items(iterations, [&fallback, &first_model](const Node& it) {
+    const std::string_view type = string_member(it, "type");
+    if (type == "fallback_message") fallback = true;
+    if (type != "message") return;
+    const std::string_view m = string_member(it, "model");
+    if (m.empty()) return;
+    if (first_model.empty()) first_model = m;
+    else if (m != first_model) fallback = true;
+  });
   for_items(iterations, [&a, fallback](const Node& it) {
     const std::string_view type = string_member(it, "type");
     const bool hop = fallback && (type == "message" || type == "fallback_message");

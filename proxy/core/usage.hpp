@@ -192,7 +192,8 @@ struct anthropic_usage {
   // the top-level counts (its tokens are added by to_openai()); an `advisor_message` is an
   // advisor sub-inference billed at the advisor's own model, also outside the top-level counts
   // (which cover the executor only): `advisors`, one entry per model.
-  // A turn served by a server-side fallback (a `fallback_message` entry) ran more than one model:
+  // A turn served by a server-side fallback (a `fallback_message` entry), or whose whole chain
+  // declined (`message` entries naming different models), ran more than one model:
   // each `message` / `fallback_message` entry naming its model (the hop that declined, the one
   // that served) is billed at that model, in `advisors` too, and taken out of the top-level
   // counts (`hop_*`, which to_openai() subtracts; whatever the top level holds beyond them stays

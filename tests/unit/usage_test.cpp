@@ -615,6 +615,15 @@ TEST_CASE("usage: a turn served by a server-side fallback bills each hop at its 
     REQUIRE(g.other_models.size() == 2);
     CHECK(g.other_models[0].second.prompt == 10'000);
   }
+  SECTION("a chain that declined throughout (no fallback_message): each hop at its model all the same") {
+    const auto r = extract_response(route_kind::messages,
+        R"({"type":"message","model":"claude-opus-4-8","stop_reason":"refusal","usage":{"input_tokens":3000,"output_tokens":3,"iterations":[{"type":"message","model":"claude-fable-5","input_tokens":1000,"output_tokens":1},{"type":"message","model":"claude-opus-4-8","input_tokens":2000,"output_tokens":2}]}})");
+    CHECK(r.usage.prompt == 0);
+    REQUIRE(r.other_models.size() == 2);
+    CHECK(r.other_models[0].first == "claude-fable-5");
+    CHECK(r.other_models[0].second.prompt == 1000);
+    CHECK(r.other_models[1].second.completion == 2);
+  }
   SECTION("message entries of a turn no fallback served stay in the top level") {
     const auto h = extract_response(route_kind::messages,
         R"({"type":"message","model":"claude-sonnet-4-6","usage":{"input_tokens":30,"output_tokens":5,"iterations":[{"type":"message","model":"claude-sonnet-4-6","input_tokens":10,"output_tokens":2},{"type":"message","model":"claude-sonnet-4-6","input_tokens":20,"output_tokens":3}]}})");
