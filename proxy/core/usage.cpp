@@ -281,17 +281,27 @@ struct openai_cache_writes {
   }
 };
 
+// Reasoning tokens are part of the output in OpenAI's convention. xAI's API reports them beside
+// it instead (Grok reasoning models: completion_tokens holds the answer alone, total_tokens =
+// prompt + completion + reasoning), and bills them as output: a usage whose reasoning exceeds
+// its output, or whose total counts the reasoning on top, has them added to the output.
+// `prompt`: the input as reported (before any correction of a relay's cache counts).
+void add_exclusive_reasoning(token_usage& t, std::optional<std::int64_t> total, std::int64_t prompt) noexcept {
+  if (t.reasoning <= 0) return;
+  if (t.reasoning > t.completion || (total && *total == prompt + t.completion + t.reasoning)) t.completion += t.reasoning;
+}
+
 // OpenAI chat/completions/embeddings `usage`; nullopt unless it carries a token count.
 template <class Node>
 std::optional<token_usage> chat_usage(const Node& u) {
   if (!is_object(u)) return std::nullopt;
-  return with_members<9>(
+  return with_members<10>(
       u, {"prompt_tokens", "completion_tokens", "prompt_tokens_details", "prompt_cache_hit_tokens",
           "completion_tokens_details", "cache_creation_input_tokens", "cache_read_input_tokens",
-          "claude_cache_creation_5_m_tokens", "claude_cache_creation_1_h_tokens"},
+          "claude_cache_creation_5_m_tokens", "claude_cache_creation_1_h_tokens", "total_tokens"},
       [](const Node& p, const Node& c, const Node& details, const Node& hits, const Node& completion_details,
-         const Node& creation_input, const Node& cache_read, const Node& claude_5m,
-         const Node& claude_1h) -> std::optional<token_usage> {
+         const Node& creation_input, const Node& cache_read, const Node& claude_5m, const Node& claude_1h,
+         const Node& total) -> std::optional<token_usage> {
         const auto prompt = as_count(p);
         const auto completion = as_count(c);
         if (!prompt && !completion) return std::nullopt;
@@ -303,6 +313,7 @@ std::optional<token_usage> chat_usage(const Node& u) {
         t.cached = count_field(details, "cached_tokens")
                        .value_or(as_count(hits).value_or(as_count(cache_read).value_or(0)));
         t.reasoning = count(completion_details, "reasoning_tokens");
+        add_exclusive_reasoning(t, as_count(total), t.prompt);
         // Audio models (gpt-4o-audio-preview): audio tokens in and out at their own prices.
         t.audio_in = count(details, "audio_tokens");
         t.audio_out = count(completion_details, "audio_tokens");
@@ -341,6 +352,7 @@ std::optional<token_usage> responses_usage(const Node& u) {
   t.image_in = count(input_details, "image_tokens");
   t.audio_in = count(input_details, "audio_tokens");
   t.reasoning = count(member(u, "output_tokens_details"), "reasoning_tokens");
+  add_exclusive_reasoning(t, count_field(u, "total_tokens"), input.value_or(0));
   return clamp_parts(t);
 }
 

@@ -392,12 +392,14 @@ TEST_CASE("usage: counts clamp negatives to 0 and ignore non-integers", "[usage]
   CHECK(f.usage.cached == 0);
   CHECK(f.usage.reasoning == 0);
 
-  SECTION("a part never exceeds its whole") {
+  SECTION("a part never exceeds its whole; reasoning beyond the output is on top of it (xAI)") {
     const auto g = extract_response(route_kind::chat_completions,
         R"({"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":50},
-            "completion_tokens_details":{"reasoning_tokens":9}}})");
+            "completion_tokens_details":{"reasoning_tokens":9,"audio_tokens":70}}})");
     CHECK(g.usage.cached == 10);
-    CHECK(g.usage.reasoning == 5);
+    CHECK(g.usage.completion == 14);
+    CHECK(g.usage.reasoning == 9);
+    CHECK(g.usage.audio_out == 14);
   }
   SECTION("huge values do not overflow") {
     const auto g = extract_response(route_kind::messages,
@@ -629,6 +631,46 @@ TEST_CASE("usage: a turn served by a server-side fallback bills each hop at its 
         R"({"type":"message","model":"claude-sonnet-4-6","usage":{"input_tokens":30,"output_tokens":5,"iterations":[{"type":"message","model":"claude-sonnet-4-6","input_tokens":10,"output_tokens":2},{"type":"message","model":"claude-sonnet-4-6","input_tokens":20,"output_tokens":3}]}})");
     CHECK(h.usage.prompt == 30);
     CHECK(h.other_models.empty());
+  }
+}
+
+TEST_CASE("usage: reasoning reported beside the output (xAI Grok) is billed as output", "[usage]") {
+  // Grok reasoning models: completion_tokens is the answer alone, total_tokens counts the
+  // reasoning on top (32 + 9 + 94 = 135).
+  const auto x = extract_response(route_kind::chat_completions,
+      R"({"model":"grok-3-mini","usage":{"prompt_tokens":32,"completion_tokens":9,"total_tokens":135,)"
+      R"("prompt_tokens_details":{"text_tokens":32,"cached_tokens":6},"completion_tokens_details":{"reasoning_tokens":94}}})");
+  CHECK(x.usage.prompt == 32);
+  CHECK(x.usage.completion == 103);
+  CHECK(x.usage.reasoning == 94);
+  // Reasoning below the answer's length: the total tells (40 + 50 + 20 = 110).
+  const auto y = extract_response(route_kind::chat_completions,
+      R"({"usage":{"prompt_tokens":40,"completion_tokens":50,"total_tokens":110,"completion_tokens_details":{"reasoning_tokens":20}}})");
+  CHECK(y.usage.completion == 70);
+  // OpenAI's convention (and relays that restate Grok's that way): reasoning inside the output.
+  const auto o = extract_response(route_kind::chat_completions,
+      R"({"usage":{"prompt_tokens":686,"completion_tokens":123,"total_tokens":809,)"
+      R"("completion_tokens_details":{"text_tokens":11,"reasoning_tokens":112}}})");
+  CHECK(o.usage.completion == 123);
+  CHECK(o.usage.reasoning == 112);
+  const auto n = extract_response(route_kind::chat_completions,
+      R"({"usage":{"prompt_tokens":40,"completion_tokens":50,"completion_tokens_details":{"reasoning_tokens":20}}})");
+  CHECK(n.usage.completion == 50);
+  // The Responses API alike.
+  const auto r = extract_response(route_kind::responses,
+      R"({"object":"response","model":"grok-4","usage":{"input_tokens":100,"output_tokens":30,"total_tokens":330,)"
+      R"("output_tokens_details":{"reasoning_tokens":200}}})");
+  CHECK(r.usage.completion == 230);
+  const auto ro = extract_response(route_kind::responses,
+      R"({"object":"response","usage":{"input_tokens":100,"output_tokens":230,"total_tokens":330,"output_tokens_details":{"reasoning_tokens":200}}})");
+  CHECK(ro.usage.completion == 230);
+  SECTION("streamed: the final chunk's usage") {
+    stream_meter m(route_kind::chat_completions, false);
+    relay(m, "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"grok-3-mini\",\"choices\":[],"
+             "\"usage\":{\"prompt_tokens\":32,\"completion_tokens\":9,\"total_tokens\":135,"
+             "\"completion_tokens_details\":{\"reasoning_tokens\":94}}}\n\ndata: [DONE]\n\n");
+    REQUIRE(m.has_usage());
+    CHECK(m.usage().completion == 103);
   }
 }
 
