@@ -295,13 +295,13 @@ void add_exclusive_reasoning(token_usage& t, std::optional<std::int64_t> total, 
 template <class Node>
 std::optional<token_usage> chat_usage(const Node& u) {
   if (!is_object(u)) return std::nullopt;
-  return with_members<10>(
+  return with_members<11>(
       u, {"prompt_tokens", "completion_tokens", "prompt_tokens_details", "prompt_cache_hit_tokens",
           "completion_tokens_details", "cache_creation_input_tokens", "cache_read_input_tokens",
-          "claude_cache_creation_5_m_tokens", "claude_cache_creation_1_h_tokens", "total_tokens"},
+          "claude_cache_creation_5_m_tokens", "claude_cache_creation_1_h_tokens", "total_tokens", "cached_tokens"},
       [](const Node& p, const Node& c, const Node& details, const Node& hits, const Node& completion_details,
          const Node& creation_input, const Node& cache_read, const Node& claude_5m, const Node& claude_1h,
-         const Node& total) -> std::optional<token_usage> {
+         const Node& total, const Node& top_cached) -> std::optional<token_usage> {
         const auto prompt = as_count(p);
         const auto completion = as_count(c);
         if (!prompt && !completion) return std::nullopt;
@@ -309,9 +309,10 @@ std::optional<token_usage> chat_usage(const Node& u) {
         t.prompt = prompt.value_or(0);
         t.completion = completion.value_or(0);
         // DeepSeek reports cache hits as a top-level prompt_cache_hit_tokens instead of the
-        // details, LiteLLM's Claude usage also as a top-level cache_read_input_tokens.
+        // details, LiteLLM's Claude usage also as a top-level cache_read_input_tokens, Moonshot's
+        // (moonshot-v1 context caching) as a top-level cached_tokens.
         t.cached = count_field(details, "cached_tokens")
-                       .value_or(as_count(hits).value_or(as_count(cache_read).value_or(0)));
+                       .value_or(as_count(hits).value_or(as_count(cache_read).value_or(as_count(top_cached).value_or(0))));
         t.reasoning = count(completion_details, "reasoning_tokens");
         add_exclusive_reasoning(t, as_count(total), t.prompt);
         // Audio models (gpt-4o-audio-preview): audio tokens in and out at their own prices.
@@ -1097,11 +1098,22 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
     if (!is_array(choices)) return true;
     known_kind_ = true;
     std::size_t n_choices = 0;
-    bool tools = false;
+    bool tools = false, choice_usage = false;
     text_members texts(streamed_text_);
     for_items(choices, [&](const Node& choice) {
       ++n_choices;
-      with_members<2>(choice, {"text", "delta"}, [&](const Node& text, const Node& delta) {
+      with_members<3>(choice, {"text", "delta", "usage"}, [&](const Node& text, const Node& delta, const Node& u) {
+        // Moonshot (Kimi) puts the usage in the finish chunk's choice (and may repeat it at the
+        // top level on a later chunk): taken when the chunk has none at the top, never summed.
+        if (!is_null(u)) {
+          choice_usage = true;
+          if (const auto t = chat_usage(u); t && is_null(usage)) {
+            const service_tier seen = usage_.tier;
+            usage_ = *t;
+            usage_.tier = seen;
+            has_usage_ = true;
+          }
+        }
         texts.add("text", text);  // legacy completions
         if (!is_object(delta)) return;
         with_members<4>(delta, {"content", "reasoning_content", "reasoning", "tool_calls"},
@@ -1119,7 +1131,7 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
     });
     // One choice with one text member, no usage and no tool calls: the shape of nearly every
     // chunk of a stream, whose next chunks can be read through a frame (on_event).
-    if (n_choices == 1 && !tools && is_null(usage)) texts.offer(frame_key_, frame_text_);
+    if (n_choices == 1 && !tools && !choice_usage && is_null(usage)) texts.offer(frame_key_, frame_text_);
     // Only the include_usage chunk tollgate asked for on the client's behalf is dropped.
     return !(strip_ && n_choices == 0 && !is_null(usage));
   });

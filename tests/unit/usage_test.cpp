@@ -674,6 +674,48 @@ TEST_CASE("usage: reasoning reported beside the output (xAI Grok) is billed as o
   }
 }
 
+TEST_CASE("usage: Moonshot (Kimi) usage in the finish chunk's choice and its top-level cached_tokens", "[usage][stream]") {
+  auto chunk = [](std::string_view choice_extra, std::string_view top_extra, std::string_view content) {
+    return "data: {\"id\":\"chatcmpl-k\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"kimi-k2.6\","
+           "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"" + std::string(content) + "\"}" + std::string(choice_extra) +
+           "}]" + std::string(top_extra) + "}\n\n";
+  };
+  const std::string usage = R"({"prompt_tokens":1200,"completion_tokens":40,"total_tokens":1240,"cached_tokens":1024})";
+  const std::string body = chunk("", "", "Hel") + chunk("", "", "lo") + chunk("", "", " there") +
+                           chunk(R"(,"finish_reason":"stop","usage":)" + usage, "", "");
+  SECTION("in the choice only (as Moonshot documents it)") {
+    stream_meter m(route_kind::chat_completions, false);
+    relay(m, body + "data: [DONE]\n\n");
+    REQUIRE(m.has_usage());
+    CHECK(m.usage().prompt == 1200);
+    CHECK(m.usage().completion == 40);
+    CHECK(m.usage().cached == 1024);
+  }
+  SECTION("repeated at the top level on a trailing chunk: taken once") {
+    stream_meter m(route_kind::chat_completions, false);
+    relay(m, body + "data: {\"id\":\"chatcmpl-k\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":" + usage +
+                 "}\n\ndata: [DONE]\n\n");
+    REQUIRE(m.has_usage());
+    CHECK(m.usage().prompt == 1200);
+    CHECK(m.usage().completion == 40);
+  }
+  SECTION("a chunk's top-level usage wins over its choice's") {
+    stream_meter m(route_kind::chat_completions, false);
+    relay(m, chunk(R"(,"usage":{"prompt_tokens":1,"completion_tokens":1})", R"(,"usage":{"prompt_tokens":7,"completion_tokens":3})", "x"));
+    REQUIRE(m.has_usage());
+    CHECK(m.usage().prompt == 7);
+  }
+  SECTION("not streamed: the top-level cached_tokens") {
+    const auto f = extract_response(route_kind::chat_completions,
+        R"({"id":"c","object":"chat.completion","model":"moonshot-v1-128k","choices":[],"usage":)" + usage + "}");
+    CHECK(f.usage.cached == 1024);
+    // The details win when both are given.
+    const auto g = extract_response(route_kind::chat_completions,
+        R"({"usage":{"prompt_tokens":100,"completion_tokens":1,"cached_tokens":5,"prompt_tokens_details":{"cached_tokens":64}}})");
+    CHECK(g.usage.cached == 64);
+  }
+}
+
 TEST_CASE("stream_meter: Anthropic message_delta usage is cumulative", "[usage][stream]") {
   const std::string start = typed_event("message_start",
       R"({"type":"message_start","message":{"id":"msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY","type":"message","role":"assistant","content":[],"model":"claude-opus-4-20250514","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":2051,"cache_read_input_tokens":1800,"cache_creation":{"ephemeral_5m_input_tokens":51,"ephemeral_1h_input_tokens":2000},"output_tokens":1,"service_tier":"standard"}}})");
