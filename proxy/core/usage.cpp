@@ -285,10 +285,19 @@ struct openai_cache_writes {
 // it instead (Grok reasoning models: completion_tokens holds the answer alone, total_tokens =
 // prompt + completion + reasoning), and bills them as output: a usage whose reasoning exceeds
 // its output, or whose total counts the reasoning on top, has them added to the output.
-// `prompt`: the input as reported (before any correction of a relay's cache counts).
+// Gemini through a converter that maps its candidates alone to completion_tokens and reports no
+// reasoning at all (thoughtsTokenCount dropped, but kept in total_tokens) is the same mistake
+// unreported: a total above prompt + completion, on a usage with no cache counts (a relay's
+// Claude usage may leave cache reads out of prompt_tokens), is that hidden reasoning.
+// `prompt`: the input as reported (before any correction of a relay's cache counts); `t.cached`
+// and `t.cache_write` already read.
 void add_exclusive_reasoning(token_usage& t, std::optional<std::int64_t> total, std::int64_t prompt) noexcept {
-  if (t.reasoning <= 0) return;
-  if (t.reasoning > t.completion || (total && *total == prompt + t.completion + t.reasoning)) t.completion += t.reasoning;
+  if (t.reasoning > 0) {
+    if (t.reasoning > t.completion || (total && *total == prompt + t.completion + t.reasoning)) t.completion += t.reasoning;
+  } else if (total && t.cached == 0 && t.cache_write == 0 && *total > prompt + t.completion) {
+    t.reasoning = *total - prompt - t.completion;
+    t.completion += t.reasoning;
+  }
 }
 
 // OpenAI chat/completions/embeddings `usage`; nullopt unless it carries a token count.
@@ -314,7 +323,6 @@ std::optional<token_usage> chat_usage(const Node& u) {
         t.cached = count_field(details, "cached_tokens")
                        .value_or(as_count(hits).value_or(as_count(cache_read).value_or(as_count(top_cached).value_or(0))));
         t.reasoning = count(completion_details, "reasoning_tokens");
-        add_exclusive_reasoning(t, as_count(total), t.prompt);
         // Audio models (gpt-4o-audio-preview): audio tokens in and out at their own prices.
         t.audio_in = count(details, "audio_tokens");
         t.audio_out = count(completion_details, "audio_tokens");
@@ -323,6 +331,7 @@ std::optional<token_usage> chat_usage(const Node& u) {
         w.top(creation_input, claude_5m, claude_1h);
         t.cache_write = w.write;
         t.cache_write_1h = w.write_1h;
+        add_exclusive_reasoning(t, as_count(total), t.prompt);
         // prompt_tokens includes the cache reads and writes (OpenAI's convention, which these
         // relays follow). One that cannot (reads + writes above it) reported Anthropic's
         // input_tokens under OpenAI's name: the prompt is then the sum.

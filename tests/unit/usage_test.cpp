@@ -664,6 +664,25 @@ TEST_CASE("usage: reasoning reported beside the output (xAI Grok) is billed as o
   const auto ro = extract_response(route_kind::responses,
       R"({"object":"response","usage":{"input_tokens":100,"output_tokens":230,"total_tokens":330,"output_tokens_details":{"reasoning_tokens":200}}})");
   CHECK(ro.usage.completion == 230);
+  SECTION("Gemini through a converter that dropped its thoughts but kept them in the total") {
+    // gemini-2.5-flash: 20 prompt, 198 answer, 405 thoughts, total 623.
+    const auto g = extract_response(route_kind::chat_completions,
+        R"({"model":"gemini-2.5-flash","usage":{"prompt_tokens":20,"completion_tokens":198,"total_tokens":623}})");
+    CHECK(g.usage.completion == 603);
+    CHECK(g.usage.reasoning == 405);
+    // A usage with cache counts may leave them out of prompt_tokens (a relay's Claude usage):
+    // there the total says nothing about hidden output.
+    const auto c = extract_response(route_kind::chat_completions,
+        R"({"usage":{"prompt_tokens":20,"completion_tokens":10,"total_tokens":1030,"prompt_tokens_details":{"cached_tokens":1000}}})");
+    CHECK(c.usage.completion == 10);
+    // A total that is the sum, or below it, changes nothing.
+    const auto e = extract_response(route_kind::chat_completions,
+        R"({"usage":{"prompt_tokens":20,"completion_tokens":10,"total_tokens":25}})");
+    CHECK(e.usage.completion == 10);
+    const auto em = extract_response(route_kind::embeddings, R"({"usage":{"prompt_tokens":8,"total_tokens":8}})");
+    CHECK(em.usage.prompt == 8);
+    CHECK(em.usage.completion == 0);
+  }
   SECTION("streamed: the final chunk's usage") {
     stream_meter m(route_kind::chat_completions, false);
     relay(m, "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"grok-3-mini\",\"choices\":[],"
