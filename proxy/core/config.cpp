@@ -867,6 +867,10 @@ class loader {
          }},
         {"fleet_budgets", [this, &pg](const entry& e) { pg.fleet_budgets = boolean(e); }},
         {"fleet_alerts", [this, &pg](const entry& e) { pg.fleet_alerts = boolean(e); }},
+        {"alert_lease", [this, &pg](const entry& e) {
+           pg.alert_lease = duration(e);
+           if (pg.alert_lease.count() < 1000) fail(e, "must be at least 1s");
+         }},
     };
   }
 

@@ -119,6 +119,9 @@ struct config {
     // A budget or guard alert that several instances raise goes out once for the fleet: each
     // claims it in PostgreSQL (table tollgate_alerts) before its webhooks get it.
     bool fleet_alerts = true;
+    // A claim not confirmed delivered within this long (its instance stopped first) is taken
+    // over by another instance that saw the alert, which sends it.
+    millis alert_lease{120'000};
   } ledger_postgres;
 
   // Pricing.

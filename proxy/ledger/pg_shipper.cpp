@@ -771,14 +771,36 @@ namespace {
 // and an instance that cannot claim sends the fleet's alerts itself, so they went out twice).
 constexpr const char* kAlertsSchema =
     "BEGIN; SELECT pg_advisory_xact_lock(7411962201); CREATE TABLE IF NOT EXISTS tollgate_alerts ("
-    " dedupe_key TEXT PRIMARY KEY, instance TEXT NOT NULL, sent_ms BIGINT NOT NULL); COMMIT;";
-// Takes the key when it is new, or when its last send is at least $4 ms old ($4 < 0: never).
+    " dedupe_key TEXT PRIMARY KEY, instance TEXT NOT NULL, sent_ms BIGINT NOT NULL,"
+    " delivered BOOLEAN NOT NULL DEFAULT TRUE); COMMIT;";
+// A table made before leases lacks `delivered` (its rows count as delivered).
+constexpr const char* kHasDelivered =
+    "SELECT count(*) FROM pg_attribute WHERE attrelid = 'tollgate_alerts'::regclass"
+    " AND attname = 'delivered' AND NOT attisdropped";
+constexpr const char* kAddDelivered =
+    "BEGIN; SELECT pg_advisory_xact_lock(7411962201); ALTER TABLE tollgate_alerts"
+    " ADD COLUMN IF NOT EXISTS delivered BOOLEAN NOT NULL DEFAULT TRUE; COMMIT;";
+// Takes the key when it is new, or when its last send is at least $4 ms old ($4 < 0: never), or
+// when its claim was never confirmed and is at least $5 ms old (its sender stopped first).
 // Concurrent claims of one key queue on its row lock; the second re-reads the row the first one
 // wrote, finds it too recent, and returns no row.
 constexpr const char* kAlertClaim =
+    "INSERT INTO tollgate_alerts (dedupe_key, instance, sent_ms, delivered) VALUES ($1, $2, $3, false)"
+    " ON CONFLICT (dedupe_key) DO UPDATE SET instance = EXCLUDED.instance, sent_ms = EXCLUDED.sent_ms,"
+    " delivered = false"
+    " WHERE ($4::bigint >= 0 AND tollgate_alerts.sent_ms <= EXCLUDED.sent_ms - $4::bigint)"
+    " OR (NOT tollgate_alerts.delivered AND tollgate_alerts.sent_ms <= EXCLUDED.sent_ms - $5::bigint) RETURNING 1";
+// The same without leases (a table this role may not add `delivered` to).
+constexpr const char* kAlertClaimFinal =
     "INSERT INTO tollgate_alerts (dedupe_key, instance, sent_ms) VALUES ($1, $2, $3)"
     " ON CONFLICT (dedupe_key) DO UPDATE SET instance = EXCLUDED.instance, sent_ms = EXCLUDED.sent_ms"
     " WHERE $4::bigint >= 0 AND tollgate_alerts.sent_ms <= EXCLUDED.sent_ms - $4::bigint RETURNING 1";
+constexpr const char* kAlertConfirm =
+    "UPDATE tollgate_alerts SET delivered = true WHERE dedupe_key = $1 AND instance = $2";
+constexpr const char* kAlertSteal =
+    "UPDATE tollgate_alerts SET instance = $2, sent_ms = $3 WHERE dedupe_key = $1 AND NOT delivered"
+    " AND sent_ms <= $3::bigint - $4::bigint RETURNING 1";
+constexpr const char* kAlertState = "SELECT delivered FROM tollgate_alerts WHERE dedupe_key = $1";
 // Claims older than the longest budget window (a month) are of windows that are over.
 constexpr std::int64_t kAlertKeepMs = std::int64_t{40} * 86'400'000;
 
@@ -797,6 +819,7 @@ struct pg_alert_claims::impl {
   PGconn* conn = nullptr;
   std::chrono::steady_clock::time_point next_try{};
   bool failing = false;
+  bool leases = false;  // the table has `delivered`
   ~impl() {
     if (conn) PQfinish(conn);
   }
@@ -805,17 +828,22 @@ struct pg_alert_claims::impl {
 pg_alert_claims::pg_alert_claims(pg_alert_claim_options o) : opts_(std::move(o)), impl_(new impl) {}
 pg_alert_claims::~pg_alert_claims() { delete impl_; }
 
-alert_claim pg_alert_claims::claim(const std::string& key, std::int64_t now_ms, std::int64_t cooldown_ms) noexcept {
-  auto& I = *impl_;
-  auto failed = [&](const std::string& why) {
+namespace {
+
+// Runs `statement(conn, err)` (a PGresult* or null on failure) on the alert connection, made
+// first if needed, again once on a fresh connection if the server had dropped the old one. null:
+// PostgreSQL did not answer (the connection is dropped and not tried again for retry_after).
+template <class Impl, class Statement>
+PGresult* run_alert_statement(Impl& I, const pg_alert_claim_options& opts, std::int64_t now_ms, Statement statement) {
+  auto failed = [&](const std::string& why) -> PGresult* {
     if (I.conn) PQfinish(I.conn);
     I.conn = nullptr;
-    I.next_try = std::chrono::steady_clock::now() + opts_.retry_after;
+    I.next_try = std::chrono::steady_clock::now() + opts.retry_after;
     if (!I.failing)
       log_line(log_level::warn, "postgres fleet alerts: cannot claim alerts; this instance sends the fleet's alerts it sees")
           .str("error", why);
     I.failing = true;
-    return alert_claim::unavailable;
+    return nullptr;
   };
   try {
     // Twice at most: a connection the server dropped since the last alert is made again at once.
@@ -823,14 +851,31 @@ alert_claim pg_alert_claims::claim(const std::string& key, std::int64_t now_ms, 
       std::string err;
       const bool fresh = I.conn == nullptr;
       if (fresh) {
-        if (std::chrono::steady_clock::now() < I.next_try) return alert_claim::unavailable;
-        PGconn* c = connect_postgres(opts_.url, opts_.connect_timeout, "tollgate-alerts", "10000", err);
+        if (std::chrono::steady_clock::now() < I.next_try) return nullptr;
+        PGconn* c = connect_postgres(opts.url, opts.connect_timeout, "tollgate-alerts", "10000", err);
         bool ok = c != nullptr;
         // Statements end within 5 s: an alert thread held by a locked row would hold up budgets' alerts.
         if (ok) ok = exec(c, "SET statement_timeout = 5000", PGRES_COMMAND_OK, err);
         if (ok) {
           const auto missing = table_missing(c, "tollgate_alerts", err);
           ok = missing.has_value() && (!*missing || exec(c, kAlertsSchema, PGRES_COMMAND_OK, err));
+        }
+        if (ok) {  // a table made before leases: add `delivered` if this role may
+          PGresult* r = PQexec(c, kHasDelivered);
+          ok = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+          I.leases = ok && std::string_view(PQgetvalue(r, 0, 0)) == "1";
+          if (!ok) err = trim_message(r ? PQresultErrorMessage(r) : PQerrorMessage(c));
+          PQclear(r);
+          if (ok && !I.leases) {
+            std::string why;
+            I.leases = exec(c, kAddDelivered, PGRES_COMMAND_OK, why);
+            if (!I.leases) {
+              rollback(c);
+              log_line(log_level::warn, "postgres fleet alerts: tollgate_alerts lacks `delivered` and it could not be "
+                                        "added; a claim is final even if its instance stops before sending")
+                  .str("error", why);
+            }
+          }
         }
         if (ok) {
           PGresult* r = exec_params(c, "DELETE FROM tollgate_alerts WHERE sent_ms < $1",
@@ -846,14 +891,7 @@ alert_claim pg_alert_claims::claim(const std::string& key, std::int64_t now_ms, 
         if (I.failing) log_line(log_level::info, "postgres fleet alerts: claiming alerts again");
         I.failing = false;
       }
-      PGresult* r = exec_params(I.conn, kAlertClaim,
-                                {key, opts_.instance, std::to_string(now_ms), std::to_string(cooldown_ms)},
-                                PGRES_TUPLES_OK, err);
-      if (r) {
-        const bool won = PQntuples(r) == 1;
-        PQclear(r);
-        return won ? alert_claim::claimed : alert_claim::taken;
-      }
+      if (PGresult* r = statement(I.conn, err)) return r;
       const bool dropped = PQstatus(I.conn) != CONNECTION_OK;
       if (!dropped || fresh) return failed(err);
       PQfinish(I.conn);
@@ -863,6 +901,57 @@ alert_claim pg_alert_claims::claim(const std::string& key, std::int64_t now_ms, 
   } catch (const std::exception& e) {
     return failed(e.what());
   }
+}
+
+}  // namespace
+
+alert_claim pg_alert_claims::claim(const std::string& key, std::int64_t now_ms, std::int64_t cooldown_ms) noexcept {
+  auto& I = *impl_;
+  PGresult* r = run_alert_statement(I, opts_, now_ms, [&](PGconn* c, std::string& err) {
+    return I.leases ? exec_params(c, kAlertClaim,
+                                  {key, opts_.instance, std::to_string(now_ms), std::to_string(cooldown_ms),
+                                   std::to_string(opts_.lease.count())},
+                                  PGRES_TUPLES_OK, err)
+                    : exec_params(c, kAlertClaimFinal,
+                                  {key, opts_.instance, std::to_string(now_ms), std::to_string(cooldown_ms)},
+                                  PGRES_TUPLES_OK, err);
+  });
+  if (r == nullptr) return alert_claim::unavailable;
+  const bool won = PQntuples(r) == 1;
+  PQclear(r);
+  return won ? alert_claim::claimed : alert_claim::taken;
+}
+
+void pg_alert_claims::confirm(const std::string& key) noexcept {
+  auto& I = *impl_;
+  if (I.conn != nullptr && !I.leases) return;
+  PQclear(run_alert_statement(I, opts_, 0, [&](PGconn* c, std::string& err) {
+    return I.leases ? exec_params(c, kAlertConfirm, {key, opts_.instance}, PGRES_COMMAND_OK, err) : PQmakeEmptyPGresult(c, PGRES_COMMAND_OK);
+  }));
+}
+
+alert_steal pg_alert_claims::steal(const std::string& key, std::int64_t now_ms) noexcept {
+  auto& I = *impl_;
+  bool stolen = false, leases = false;
+  PGresult* r = run_alert_statement(I, opts_, now_ms, [&](PGconn* c, std::string& err) -> PGresult* {
+    leases = I.leases;
+    if (!leases) return PQmakeEmptyPGresult(c, PGRES_TUPLES_OK);
+    PGresult* taken = exec_params(c, kAlertSteal, {key, opts_.instance, std::to_string(now_ms), std::to_string(opts_.lease.count())},
+                                  PGRES_TUPLES_OK, err);
+    if (taken == nullptr) return nullptr;
+    stolen = PQntuples(taken) == 1;
+    if (stolen) return taken;
+    PQclear(taken);
+    return exec_params(c, kAlertState, {key}, PGRES_TUPLES_OK, err);
+  });
+  if (r == nullptr || !leases) {
+    PQclear(r);
+    return alert_steal::unavailable;
+  }
+  // Not stolen: pending while the row is there and unconfirmed.
+  const bool pending = !stolen && PQntuples(r) == 1 && std::string_view(PQgetvalue(r, 0, 0)) == "f";
+  PQclear(r);
+  return stolen ? alert_steal::stolen : pending ? alert_steal::pending : alert_steal::done;
 }
 
 }  // namespace tollgate

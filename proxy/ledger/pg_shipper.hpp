@@ -137,6 +137,10 @@ class pg_shipper {
 // serialises concurrent claims of one key (the second waits on the row lock, then sees the first
 // one's sent_ms), so exactly one instance wins. When PostgreSQL cannot answer, the alert is sent
 // anyway: a duplicate alert beats a fleet that stays silent.
+// A claim is a lease until its sender confirms the delivery (column `delivered`): an instance that
+// claimed an alert and stopped before a webhook took it (a restart, a crash, a webhook being
+// retried) would otherwise have silenced it for the whole fleet. A claim left unconfirmed for
+// `lease` is taken over by an instance that saw the alert (steal()), which sends it.
 enum class alert_claim : std::uint8_t {
   claimed,      // this instance sends it
   taken,        // another instance (or this one) sent it within the cooldown: not sent again
@@ -149,6 +153,15 @@ struct pg_alert_claim_options {
   std::string instance;  // recorded with the claim
   std::chrono::seconds connect_timeout{2};      // unless the url sets connect_timeout
   std::chrono::milliseconds retry_after{30'000};  // no new connection attempt sooner after a failure
+  std::chrono::milliseconds lease{120'000};       // an unconfirmed claim older than this is taken over
+};
+
+enum class alert_steal : std::uint8_t {
+  stolen,       // the claim was left unconfirmed past its lease: this instance sends the alert now
+  done,         // delivered (or no longer held): nothing to do
+  pending,      // claimed and not confirmed yet, within its lease: ask again later
+  unavailable,  // PostgreSQL did not answer, or the table has no `delivered` column (a role that
+                // may not add it: claims are then final, as before leases)
 };
 
 // One libpq connection, used by one thread (the alert thread); made on first use.
@@ -161,6 +174,11 @@ class pg_alert_claims {
   // Claims `key` at now_ms: claimed when no instance sent it within cooldown_ms (cooldown_ms < 0:
   // ever, for alerts that belong to one budget window and carry it in their key). Never throws.
   alert_claim claim(const std::string& key, std::int64_t now_ms, std::int64_t cooldown_ms) noexcept;
+  // This instance's claim of `key` was delivered (a webhook took it). Best effort; never throws.
+  void confirm(const std::string& key) noexcept;
+  // Takes over the claim of `key` if it is unconfirmed and older than the lease (its sender
+  // stopped); else says whether it is done or still pending. Never throws.
+  alert_steal steal(const std::string& key, std::int64_t now_ms) noexcept;
 
  private:
   struct impl;

@@ -172,7 +172,15 @@ spend_control::spend_control(const config& cfg, metrics& m, const std::string& f
   }
   if (!cfg.policy.webhooks.empty()) {
     try {
-      notifier_ = std::make_unique<alert_notifier>(cfg.policy.webhooks);
+      // A delivery of a claimed alert is confirmed in the fleet table (a claim is a lease until then).
+      notifier_ = std::make_unique<alert_notifier>(cfg.policy.webhooks, [this](const alert_delivery& d) {
+        alert_notifier::log_delivery(d);
+        if (claims_ && d.event.kind != alert_kind::anomaly &&
+            (d.outcome == alert_outcome::sent || d.outcome == alert_outcome::suppressed)) {
+          std::lock_guard lock(confirm_mu_);
+          confirmed_.push_back(d.event.dedupe_key());
+        }
+      });
     } catch (const std::exception& e) {
       throw config_error(cfg.source_file, 0, std::string("alerts.webhooks: ") + e.what());
     }
@@ -182,6 +190,7 @@ spend_control::spend_control(const config& cfg, metrics& m, const std::string& f
     pg_alert_claim_options o;
     o.url = cfg.ledger_postgres.url;
     o.instance = fleet_instance;
+    o.lease = cfg.ledger_postgres.alert_lease;
     claims_ = std::make_unique<pg_alert_claims>(std::move(o));
     claim_cooldown_ms_ = std::numeric_limits<std::int64_t>::max();
     for (const auto& w : cfg.policy.webhooks) claim_cooldown_ms_ = std::min<std::int64_t>(claim_cooldown_ms_, w.cooldown.count());
@@ -334,8 +343,48 @@ void spend_control::save_pending() {
   }
 }
 
+// Confirms the claims whose alert a webhook took (this instance's claims: a lease until then).
+void spend_control::confirm_claims() {
+  if (!claims_) return;
+  std::vector<std::string> keys;
+  {
+    std::lock_guard lock(confirm_mu_);
+    keys.swap(confirmed_);
+  }
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  for (const auto& k : keys) claims_->confirm(k);
+}
+
+// Alerts another instance claimed, once their lease is over: sent here when that claim was never
+// confirmed (its instance stopped before a webhook took the alert), else forgotten once delivered.
+void spend_control::settle_claims(std::int64_t now_ms) {
+  confirm_claims();
+  for (auto it = claimed_elsewhere_.begin(); it != claimed_elsewhere_.end();) {
+    if (it->recheck_ms > now_ms) {
+      ++it;
+      continue;
+    }
+    const auto s = claims_->steal(it->event.dedupe_key(), now_ms);
+    if (s == alert_steal::stolen) {
+      log_line(log_level::warn, "alert sent here: the instance that claimed it never confirmed its delivery")
+          .str("kind", to_string(it->event.kind))
+          .str("scope", it->event.scope);
+      count_claim_("claimed");
+      if (notifier_) notifier_->notify(std::move(it->event));
+    }
+    if (s == alert_steal::stolen || s == alert_steal::done || it->give_up_ms <= now_ms) {
+      it = claimed_elsewhere_.erase(it);
+    } else {
+      it->recheck_ms = now_ms + cfg_.ledger_postgres.alert_lease.count();
+      ++it;
+    }
+  }
+}
+
 void spend_control::pump() {
   save_pending();
+  if (claims_) settle_claims(unix_ms());
   for (auto& a : engine_->take_alerts()) {
     log_line(log_level::warn, "alert")
         .str("kind", to_string(a.kind))
@@ -355,10 +404,13 @@ void spend_control::pump() {
       // Raised from the fleet's shared spend, so maybe by every instance at once: one sends it.
       // An alert of one budget window carries the window in its key and goes once per window;
       // a guard trip once per (shortest) cooldown.
-      const auto c = claims_->claim(a.dedupe_key(), unix_ms(), a.window_start_s != 0 ? -1 : claim_cooldown_ms_);
+      const auto now = unix_ms();
+      const auto c = claims_->claim(a.dedupe_key(), now, a.window_start_s != 0 ? -1 : claim_cooldown_ms_);
       count_claim_(to_string(c));
       if (c == alert_claim::taken) {
         log_line(log_level::info, "alert sent by another instance of the fleet").str("kind", to_string(a.kind)).str("scope", a.scope);
+        if (claimed_elsewhere_.size() >= 1000) claimed_elsewhere_.erase(claimed_elsewhere_.begin());
+        claimed_elsewhere_.push_back({std::move(a), now + cfg_.ledger_postgres.alert_lease.count(), now + 86'400'000});
         continue;
       }
     }
@@ -405,6 +457,7 @@ void spend_control::stop() {
   if (thread_.joinable()) thread_.join();
   if (started_) pump();
   if (notifier_) notifier_->stop();
+  confirm_claims();  // what the webhooks took while stopping
 }
 
 }  // namespace tollgate

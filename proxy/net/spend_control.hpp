@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/alert.hpp"
 #include "core/pending_responses.hpp"
 
 namespace tollgate {
@@ -70,6 +71,20 @@ class spend_control {
   std::unique_ptr<pg_alert_claims> claims_;  // fleet alerts; null: every alert raised here is sent
   std::int64_t claim_cooldown_ms_ = 0;        // the shortest webhook cooldown
   std::function<void(std::string_view)> count_claim_;  // tollgate_alerts_fleet_claims_total{outcome}
+  // Claims made here whose alert a webhook took: confirmed in PostgreSQL by the spend thread
+  // (the hook runs on the webhooks' threads; the claims connection is the spend thread's).
+  std::mutex confirm_mu_;
+  std::vector<std::string> confirmed_;
+  // Alerts another instance claimed: checked again after the lease, sent here if that claim was
+  // never confirmed (its instance stopped first). At most 1,000, the oldest dropped.
+  struct claimed_elsewhere {
+    alert_event event;
+    std::int64_t recheck_ms;
+    std::int64_t give_up_ms;  // a day after it was raised
+  };
+  std::vector<claimed_elsewhere> claimed_elsewhere_;
+  void settle_claims(std::int64_t now_ms);
+  void confirm_claims();
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;

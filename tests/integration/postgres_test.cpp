@@ -431,6 +431,8 @@ TEST_CASE("fleet alerts: a threshold and a guard trip the whole fleet sees are s
     const std::string instance = row.substr(row.find('\t') + 1);
     CHECK((instance == "edge-a" || instance == "edge-b"));
   }
+  // Each claim is confirmed once its webhook took the alert (a claim is a lease until then).
+  CHECK(tt::harness::eventually([&] { return pg.query("SELECT count(*) FROM tollgate_alerts WHERE delivered") == std::vector<std::string>{"2"}; }));
 
   SECTION("with fleet_alerts off, an instance sends what it sees") {
     tt::harness d({.tweak = alerting("edge-d", false)});
@@ -445,6 +447,51 @@ TEST_CASE("fleet alerts: a threshold and a guard trip the whole fleet sees are s
     REQUIRE(tt::harness::eventually([&] { return of_kind("soft_threshold") == 2 && of_kind("spend_guard") == 2; }, 15s));
     CHECK(e.metric_sum("tollgate_alerts_fleet_claims_total", "outcome=\"unavailable\"") == 2);
   }
+}
+
+TEST_CASE("fleet alerts: an alert whose claimer never confirmed its delivery is sent by another instance after the lease") {
+  using namespace std::chrono_literals;
+  pg_server pg;
+  pg.start();
+  tt::webhook_receiver hook;
+  // A's only webhook never answers (nothing listens there): A claims the alerts, its deliveries
+  // fail, it never confirms, as if it had stopped before sending. B's webhook works.
+  auto alerting = [&](const std::string& instance, const std::string& url) {
+    return [=, base = fleet(pg, instance)](tollgate::config& c) {
+      base(c);
+      c.ledger_postgres.alert_lease = 1s;
+      c.forecast.enabled = false;
+      c.policy.budgets = {tt::soft_monthly_budget()};
+      c.policy.spend_guards = {tt::reroute_guard()};
+      c.policy.webhooks = tt::webhook_to(url);
+    };
+  };
+  auto of_kind = [&](const std::string& kind) {
+    std::size_t n = 0;
+    for (const auto& a : hook.received()) n += a.value("kind", "") == kind;
+    return n;
+  };
+  std::string dead_url;
+  {
+    tt::webhook_receiver gone;  // a port that was just freed: connections to it are refused
+    dead_url = gone.url();
+  }
+  // The table as a tollgate before leases made it: the first instance adds `delivered`.
+  pg.query("CREATE TABLE tollgate_alerts (dedupe_key TEXT PRIMARY KEY, instance TEXT NOT NULL, sent_ms BIGINT NOT NULL); SELECT 1");
+  tt::harness a({.tweak = alerting("edge-a", dead_url)});
+  for (int i = 0; i < 3; ++i) REQUIRE(tt::post_json(a.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1")).status == 200);
+  a.flush();
+  REQUIRE(tt::harness::eventually([&] { return a.metric_sum("tollgate_alerts_fleet_claims_total", "outcome=\"claimed\"") == 2; }, 15s));
+  CHECK(pg.query("SELECT count(*) FROM tollgate_alerts WHERE NOT delivered AND instance = 'edge-a'") == std::vector<std::string>{"2"});
+  // B sees the same alerts through PostgreSQL; A's unconfirmed claims pass to B after the lease.
+  tt::harness b({.tweak = alerting("edge-b", hook.url())});
+  REQUIRE(tt::harness::eventually([&] { return of_kind("soft_threshold") == 1 && of_kind("spend_guard") == 1; }, 20s));
+  REQUIRE(tt::harness::eventually([&] {
+    return pg.query("SELECT count(*) FROM tollgate_alerts WHERE delivered AND instance = 'edge-b'") == std::vector<std::string>{"2"};
+  }));
+  std::this_thread::sleep_for(1500ms);  // once each: a delivered claim is never taken over
+  CHECK(of_kind("soft_threshold") == 1);
+  CHECK(of_kind("spend_guard") == 1);
 }
 
 TEST_CASE("a PostgreSQL url libpq cannot parse is a config error naming the key") {

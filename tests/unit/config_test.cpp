@@ -250,7 +250,12 @@ ledger:
     interval: 250ms
     fleet_budgets: false
     fleet_alerts: false
+    alert_lease: 30s
 )", "t.yaml");
+  CHECK(d.ledger_postgres.alert_lease == 2min);
+  CHECK(cfg.ledger_postgres.alert_lease == 30s);
+  CHECK_THAT(load_error("ledger:\n  postgres:\n    alert_lease: 10ms\n"),
+             StartsWith("test.yaml:3: ledger.postgres.alert_lease: must be at least 1s"));
   CHECK(d.ledger_postgres.fleet_budgets);
   CHECK(!cfg.ledger_postgres.fleet_budgets);
   CHECK(d.ledger_postgres.fleet_alerts);
