@@ -95,6 +95,7 @@ std::size_t text_chars(const json& v) {
 
 struct token_counts {
   long long prompt = 0, completion = 0, cached = 0, reasoning = 0, cache_creation = 0, cache_creation_1h = 0;
+  bool reasoning_beside = false;  // knobs::reasoning_beside
 };
 
 // prompt = 10 + chars/4; completion = reply pieces + reasoning (reasoning is part of completion);
@@ -106,6 +107,7 @@ token_counts count_tokens(std::size_t prompt_chars, std::size_t reply_pieces, co
   t.cached = k.cached_tokens;
   t.reasoning = k.reasoning_tokens;
   t.cache_creation = k.cache_creation_tokens;
+  t.reasoning_beside = k.reasoning_beside;
   return t;
 }
 
@@ -118,7 +120,7 @@ ojson openai_usage(const token_counts& t) {
   ojson details = {{"cached_tokens", t.cached}, {"audio_tokens", 0}};
   if (writes > 0) details["cache_write_tokens"] = writes;
   return {{"prompt_tokens", prompt},
-          {"completion_tokens", t.completion},
+          {"completion_tokens", t.reasoning_beside ? t.completion - t.reasoning : t.completion},
           {"total_tokens", prompt + t.completion},
           {"prompt_tokens_details", details},
           {"completion_tokens_details",
@@ -279,6 +281,7 @@ std::vector<sse_event> openai_stream(const ojson& head, const std::vector<stream
     chunk["choices"] = ojson::array({steps[i].choice});
     if (k.usage == usage_mode::normal && include_usage) chunk["usage"] = nullptr;
     if (k.usage == usage_mode::last_chunk && i + 1 == steps.size()) chunk["usage"] = openai_usage(t);
+    if (k.usage == usage_mode::in_choice && i + 1 == steps.size()) chunk["choices"][0]["usage"] = openai_usage(t);
     if (k.usage == usage_mode::every_chunk) {
       token_counts running = t;
       running.completion = t.reasoning + steps[i].tokens_after;
@@ -1103,6 +1106,7 @@ knobs parse_knobs(const recorded_request& req) {
   k.chunk_interval = milliseconds{header_number(req, "x-fake-chunk-interval-ms").value_or(0)};
   k.cached_tokens = header_number(req, "x-fake-cached-tokens").value_or(0);
   k.reasoning_tokens = header_number(req, "x-fake-reasoning-tokens").value_or(0);
+  k.reasoning_beside = req.header("x-fake-reasoning-beside") == "1";
   k.cache_creation_tokens = header_number(req, "x-fake-cache-creation-tokens").value_or(0);
   k.cache_creation_1h_tokens = header_number(req, "x-fake-cache-creation-1h-tokens").value_or(0);
   k.usage_iterations = std::string(req.header("x-fake-usage-iterations"));
@@ -1110,6 +1114,7 @@ knobs parse_knobs(const recorded_request& req) {
   k.usage = usage == "none"          ? usage_mode::none
             : usage == "last-chunk"  ? usage_mode::last_chunk
             : usage == "every-chunk" ? usage_mode::every_chunk
+            : usage == "in-choice"   ? usage_mode::in_choice
                                      : usage_mode::normal;
   const std::string accept = lower(req.header("accept-encoding"));
   // `always`: gzip whatever Accept-Encoding says (a server that ignores it).

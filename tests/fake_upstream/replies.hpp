@@ -16,7 +16,8 @@ namespace fake::detail {
 
 using header_list = std::vector<std::pair<std::string, std::string>>;
 
-enum class usage_mode { normal, none, last_chunk, every_chunk };
+// in_choice: Moonshot's (Kimi) stream, the usage in the last chunk's choice (x-fake-usage: in-choice).
+enum class usage_mode { normal, none, last_chunk, every_chunk, in_choice };
 enum class content_coding { identity, gzip, deflate };
 enum class fault {
   none,
@@ -43,6 +44,9 @@ struct knobs {
   std::chrono::milliseconds chunk_interval{0};
   long long cached_tokens = 0;
   long long reasoning_tokens = 0;
+  // x-fake-reasoning-beside: 1 — xAI's convention: completion_tokens the answer alone, the
+  // reasoning beside it, total_tokens counting both.
+  bool reasoning_beside = false;
   long long cache_creation_tokens = 0;     // Anthropic 5-minute cache writes (x-fake-cache-creation-tokens)
   long long cache_creation_1h_tokens = 0;  // Anthropic 1-hour cache writes (x-fake-cache-creation-1h-tokens)
   std::string usage_iterations;  // a JSON array put in an Anthropic message's usage.iterations (x-fake-usage-iterations)

@@ -1282,6 +1282,45 @@ TEST_CASE("relay: a Claude turn served by a server-side fallback bills each hop 
   }
 }
 
+TEST_CASE("relay: usage where other vendors put it (xAI's reasoning beside the output, Kimi's in the choice) is billed exactly",
+          "[relay][pricing]") {
+  harness h;
+  const std::string body = R"({"model":"gpt-4.1","messages":[{"role":"user","content":"Hi there"}]})";
+  std::string streamed = body;
+  streamed.insert(1, R"("stream":true,)");
+  // xAI: completion_tokens without the 50 reasoning tokens, total_tokens with them.
+  const tt::headers beside{{"x-fake-reasoning-tokens", "50"}, {"x-fake-reasoning-beside", "1"}};
+  const auto r = tt::post_json(h.port(), "/v1/chat/completions", body, beside);
+  REQUIRE(r.status == 200);
+  const auto u = json::parse(r.body)["usage"];
+  REQUIRE(u["total_tokens"].get<int>() == u["prompt_tokens"].get<int>() + u["completion_tokens"].get<int>() + 50);
+  {
+    tt::stream_client s(h.port(), "/v1/chat/completions", streamed, beside);
+    s.read_all();
+    REQUIRE(s.status() == 200);
+  }
+  // Moonshot: the stream's usage in the finish chunk's choice.
+  {
+    tt::stream_client s(h.port(), "/v1/chat/completions", streamed, {{"x-fake-usage", "in-choice"}});
+    const std::string sse = s.read_all();
+    REQUIRE(s.status() == 200);
+    CHECK(sse.find(R"("usage":{)") != std::string::npos);  // in a choice: the fake sends no usage chunk then
+    CHECK(sse.find(R"("choices":[])") == std::string::npos);
+  }
+  h.flush();
+  const auto rows = h.rows("SELECT stream, prompt_tokens, completion_tokens, reasoning_tokens, usage_source, cost_usd FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 3);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    INFO(i);
+    const auto& row = rows[i];
+    CHECK(row.at("usage_source") == "upstream");
+    CHECK(row.at("reasoning_tokens") == (i < 2 ? "50" : "0"));
+    const double prompt = std::stod(row.at("prompt_tokens")), completion = std::stod(row.at("completion_tokens"));
+    CHECK(std::stod(row.at("cost_usd")) == Approx((prompt * 2.0 + completion * 8.0) / 1e6));  // gpt-4.1
+  }
+  CHECK(std::stod(rows[0].at("completion_tokens")) == u["completion_tokens"].get<double>() + 50);
+}
+
 TEST_CASE("relay: a Claude call in fast mode and US-only is priced as its usage reports, streamed or not",
           "[relay][pricing]") {
   harness h;
