@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -21,7 +22,23 @@
 
 namespace {
 
+// A port free now, for a server started later. Not the kernel's next ephemeral port (bind to 0):
+// tests run in parallel (ctest -j2) get the same few ports back from it, so a server whose URL
+// was configured before it started could find its port taken by another test's server, and its
+// tollgate talking to that one. A random port below the ephemeral range makes that unlikely.
 std::uint16_t free_port() {
+  static std::mt19937 rng{std::random_device{}()};
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    const auto port = static_cast<std::uint16_t>(std::uniform_int_distribution<int>(20000, 32000)(rng));
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    if (ok) return port;
+  }
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
