@@ -1098,12 +1098,14 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
     if (const auto name = as_string(tier); !name.empty()) usage_.tier = openai_service_tier(name);
     // The last non-null usage wins: relays send it on the usage-only chunk, on the last content
     // chunk, or as a running total on every chunk.
-    if (const auto t = chat_usage(usage)) {
+    // The tier comes from the chunks' service_tier, not from the usage.
+    auto take_usage = [this](const token_usage& t) {
       const service_tier seen = usage_.tier;
-      usage_ = *t;
+      usage_ = t;
       usage_.tier = seen;
       has_usage_ = true;
-    }
+    };
+    if (const auto t = chat_usage(usage)) take_usage(*t);
     if (!is_array(choices)) return true;
     known_kind_ = true;
     std::size_t n_choices = 0;
@@ -1116,12 +1118,7 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
         // top level on a later chunk): taken when the chunk has none at the top, never summed.
         if (!is_null(u)) {
           choice_usage = true;
-          if (const auto t = chat_usage(u); t && is_null(usage)) {
-            const service_tier seen = usage_.tier;
-            usage_ = *t;
-            usage_.tier = seen;
-            has_usage_ = true;
-          }
+          if (const auto t = chat_usage(u); t && is_null(usage)) take_usage(*t);
         }
         texts.add("text", text);  // legacy completions
         if (!is_object(delta)) return;
