@@ -341,6 +341,25 @@ std::optional<double> litellm_cost(const nlohmann::json& obj, const char* key) {
   return std::round(v * per_million * 1e9) / 1e9;
 }
 
+// The lowest N of a LiteLLM entry's `input_cost_per_token_above_<N>k_tokens` with a usable
+// price, in tokens (0: none). Keys with a further suffix (`..._tokens_priority`) are other tiers.
+std::int64_t litellm_long_band(const nlohmann::json& spec) {
+  static constexpr std::string_view head = "input_cost_per_token_above_", tail = "k_tokens";
+  std::int64_t best = 0;
+  for (const auto& [key, value] : spec.items()) {
+    const std::string_view k = key;
+    if (k.size() <= head.size() + tail.size() || !k.starts_with(head) || !k.ends_with(tail)) continue;
+    const auto digits = k.substr(head.size(), k.size() - head.size() - tail.size());
+    std::int64_t n = 0;
+    if (digits.size() > 6 || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      continue;
+    for (char c : digits) n = n * 10 + (c - '0');
+    if (n == 0 || !litellm_cost(spec, key.c_str())) continue;
+    if (best == 0 || n * 1000 < best) best = n * 1000;
+  }
+  return best;
+}
+
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw config_error(path, 0, std::string("cannot read price file: ") + std::strerror(errno));
@@ -472,12 +491,17 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
     p.audio_input = litellm_cost(spec, "input_cost_per_audio_token");
     p.cached_audio_input = litellm_cost(spec, "cache_read_input_audio_token_cost");
     p.audio_output = litellm_cost(spec, "output_cost_per_audio_token");
-    if (const auto long_in = litellm_cost(spec, "input_cost_per_token_above_200k_tokens")) {
-      p.long_context_threshold = 200000;
-      p.long_input = *long_in;
-      p.long_output = litellm_cost(spec, "output_cost_per_token_above_200k_tokens").value_or(p.output);
-      p.long_cached_input = litellm_cost(spec, "cache_read_input_token_cost_above_200k_tokens").value_or(p.long_input);
-      p.long_cache_write_5m = litellm_cost(spec, "cache_creation_input_token_cost_above_200k_tokens");
+    // The long tier: `..._above_200k_tokens` (Claude Sonnet 4 / 4.5, Gemini 2.5 Pro),
+    // `..._above_272k_tokens` (gpt-5.4 and later); an entry with several bands keeps its lowest
+    // (one long tier per entry: a floor above the next band).
+    if (const auto band = litellm_long_band(spec); band > 0) {
+      const auto suffix = "_above_" + std::to_string(band / 1000) + "k_tokens";
+      const auto cost = [&](const char* key) { return litellm_cost(spec, (key + suffix).c_str()); };
+      p.long_context_threshold = band;
+      p.long_input = *cost("input_cost_per_token");
+      p.long_output = cost("output_cost_per_token").value_or(p.output);
+      p.long_cached_input = cost("cache_read_input_token_cost").value_or(p.long_input);
+      p.long_cache_write_5m = cost("cache_creation_input_token_cost");
     }
     // Service tiers: input_cost_per_token_flex, output_cost_per_token_priority, ...
     for (const auto& [suffix, tier] : {std::pair{"_flex", service_tier::flex}, std::pair{"_priority", service_tier::priority},
@@ -565,6 +589,7 @@ tier_price scaled_tier(const model_price& base, double factor) {
   t.output = base.output * factor;
   if (base.cache_write_5m) t.cache_write_5m = *base.cache_write_5m * factor;
   if (base.cache_write_1h) t.cache_write_1h = *base.cache_write_1h * factor;
+  t.factor = factor;
   return t;
 }
 
@@ -580,14 +605,18 @@ billed_prices billed_prices_of(const model_price& p, service_tier t, bool long_c
   // Unpriced writes: Anthropic's 5-minute writes cost 1.25x and 1-hour writes 2x the (tier's)
   // input price; other vendors' writes cost their input price (model_price::write_surcharge).
   const double w5 = p.write_surcharge ? 1.25 : 1.0, w1 = p.write_surcharge ? 2.0 : 1.0;
-  if (const tier_price* tier = p.tier(t))  // flex, priority, scale, batch, fast: replace the long tier too
+  const tier_price* tier = p.tier(t);
+  // A tier with its own prices (priority, a map) replaces the long tier; a factor tier (flex: 0.5,
+  // batch) scales whichever of the entry's tiers the prompt falls in.
+  if (tier != nullptr && !(long_context && tier->factor > 0))
     return {tier->input, tier->cached_input, tier->cache_write_5m.value_or(w5 * tier->input),
             tier->cache_write_1h.value_or(w1 * tier->input), tier->output};
+  const double k = tier != nullptr ? tier->factor : 1.0;
   const double in = long_context ? p.long_input : p.input;
-  return {in, long_context ? p.long_cached_input : p.cached_input,
-          (long_context ? p.long_cache_write_5m : p.cache_write_5m).value_or(w5 * in),
-          (long_context ? p.long_cache_write_1h : p.cache_write_1h).value_or(w1 * in),
-          long_context ? p.long_output : p.output};
+  return {k * in, k * (long_context ? p.long_cached_input : p.cached_input),
+          k * (long_context ? p.long_cache_write_5m : p.cache_write_5m).value_or(w5 * in),
+          k * (long_context ? p.long_cache_write_1h : p.cache_write_1h).value_or(w1 * in),
+          k * (long_context ? p.long_output : p.output)};
 }
 
 std::optional<std::pair<std::uint16_t, std::uint16_t>> parse_pixel_size(std::string_view s) noexcept {

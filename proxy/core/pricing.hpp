@@ -32,6 +32,11 @@ struct config_error : std::runtime_error {
 struct tier_price {
   double input = 0, cached_input = 0, output = 0;
   std::optional<double> cache_write_5m, cache_write_1h;  // default as the entry's, on this input
+  // A tier given as a factor (`flex: 0.5`, the default batch half price): the factor, so that a
+  // long-context call is billed at the long tier times it (OpenAI bills a prompt over 272k at the
+  // long prices on standard, batch and flex alike; Anthropic's and Google's batches halve their
+  // long tiers too). 0 for a tier with its own prices, which replace the long tier.
+  double factor = 0;
 };
 
 // The price of one image or one second of video of a given output: `w` x `h` pixels (0 x 0: any

@@ -363,12 +363,15 @@ void put_csv_figures(std::string& out, const spend_figures& f) {
 }
 
 // The price classes of a what-if: standard, long context, then one per service tier (a call
-// served at flex or batch is re-priced at the target's prices of that tier when it has them).
+// served at flex or batch is re-priced at the target's prices of that tier when it has them),
+// then one per service tier for long-context calls (a factor tier scales the long tier).
 // Prices come from billed_prices_of(), as compute_cost()'s, so a one-call what-if equals
 // compute_cost() bit for bit.
-constexpr std::size_t pc_standard = 0, pc_long = 1, pc_count = 2 + kServiceTiers;
+constexpr std::size_t pc_standard = 0, pc_long = 1, pc_long_tiers = 2 + kServiceTiers,
+                      pc_count = 2 + 2 * kServiceTiers;
 std::size_t class_of(service_tier t) noexcept { return 2 + static_cast<std::size_t>(t); }
 billed_prices class_prices(const model_price& p, std::size_t c) noexcept {
+  if (c >= pc_long_tiers) return billed_prices_of(p, static_cast<service_tier>(c - pc_long_tiers), true);
   return billed_prices_of(p, c >= 2 ? static_cast<service_tier>(c - 2) : service_tier::none, c == pc_long);
 }
 
@@ -763,7 +766,7 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
   }
   // The class of each group for the target `p`: its service tier's if `p` prices that tier.
   const auto classify = [](const model_price& p, const tier_row& r) {
-    if (r.tier >= 2 && p.tier(static_cast<service_tier>(r.tier - 2))) return r.tier;
+    if (r.tier >= 2 && p.tier(static_cast<service_tier>(r.tier - 2))) return r.long_tier ? r.tier + kServiceTiers : r.tier;
     return r.long_tier ? std::size_t{pc_long} : std::size_t{pc_standard};
   };
   const auto sums_for = [&](const model_price& p, const std::vector<tier_row>& rows) {

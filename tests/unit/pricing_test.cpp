@@ -418,9 +418,14 @@ TEST_CASE("pricing: service tiers (flex, priority) are billed at their own price
               long_context: { threshold: 100, input: 40, output: 80 } }
 )");
     auto v = usage(1'000, 100, 400, 100);  // 500 uncached, 400 read, 100 written (5 min), 100 out
-    v.tier = service_tier::flex;
-    CHECK(compute_cost(p, "claude-m", v).usd == Approx(0.25 * (500 * 4.0 + 400 * 1.0 + 100 * 5.0 + 100 * 8.0) / 1e6));
-    v.tier = service_tier::priority;  // cached 6.0 * 1/4; writes 1.25x the tier's input
+    v.tier = service_tier::flex;  // 1,000 prompt tokens > 100: the factor scales the long tier
+    CHECK(compute_cost(p, "claude-m", v).usd == Approx(0.25 * (500 * 40.0 + 400 * 40.0 + 100 * 50.0 + 100 * 80.0) / 1e6));
+    v.tier = service_tier::batch;  // the default batch tier is a factor too
+    CHECK(compute_cost(p, "claude-m", v).usd == Approx(0.5 * (500 * 40.0 + 400 * 40.0 + 100 * 50.0 + 100 * 80.0) / 1e6));
+    auto short_call = usage(90, 10, 40);
+    short_call.tier = service_tier::flex;
+    CHECK(compute_cost(p, "claude-m", short_call).usd == Approx(0.25 * (50 * 4.0 + 40 * 1.0 + 10 * 8.0) / 1e6));
+    v.tier = service_tier::priority;  // its own prices replace the long tier; cached 6.0 * 1/4; writes 1.25x the tier's input
     CHECK(compute_cost(p, "claude-m", v).usd == Approx((500 * 6.0 + 400 * 1.5 + 100 * 7.5 + 100 * 12.0) / 1e6));
     v.tier = service_tier::scale;
     CHECK(compute_cost(p, "claude-m", v).usd == Approx((500 * 1.0 + 400 * 0.5 + 100 * 1.25 + 100 * 2.0) / 1e6));
@@ -677,6 +682,62 @@ TEST_CASE("pricing: the 2026 OpenAI models resolve by snapshot and are priced pe
   CHECK(compute_cost(t, "gpt-5.5", p55).usd == Approx((60'000 * 12.50 + 40'000 * 1.25 + 10'000 * 75.00) / 1e6));
   p55.tier = service_tier::flex;
   CHECK(compute_cost(t, "gpt-5.5", p55).usd == Approx(0.5 * (60'000 * 5.00 + 40'000 * 0.50 + 10'000 * 30.00) / 1e6));
+}
+
+TEST_CASE("pricing: gpt-5.4 and later bill a prompt over 272k tokens at 2x input and 1.5x output on standard batch and flex", "[pricing]") {
+  const auto t = shipped_table();
+  const auto cost = [&](std::string_view model, std::int64_t prompt, std::int64_t cached, service_tier tier) {
+    auto u = usage(prompt, 10'000, cached);
+    u.tier = tier;
+    return compute_cost(t, model, u).usd;
+  };
+  // 272,000 prompt tokens: standard; one more: the whole call at the long prices.
+  CHECK(cost("gpt-5.4", 272'000, 0, service_tier::none) == Approx((272'000 * 2.50 + 10'000 * 15.00) / 1e6));
+  CHECK(cost("gpt-5.4", 272'001, 0, service_tier::none) == Approx((272'001 * 5.00 + 10'000 * 22.50) / 1e6));
+  const double long54 = (200'000 * 5.00 + 100'000 * 0.50 + 10'000 * 22.50) / 1e6;
+  CHECK(cost("gpt-5.4-2026-03-05", 300'000, 100'000, service_tier::standard) == Approx(long54));
+  CHECK(cost("gpt-5.4", 300'000, 100'000, service_tier::flex) == Approx(long54 / 2));
+  CHECK(cost("gpt-5.4", 300'000, 100'000, service_tier::batch) == Approx(long54 / 2));
+  // Priority publishes no long price: its own prices, a floor.
+  CHECK(cost("gpt-5.4", 300'000, 100'000, service_tier::priority) ==
+        Approx((200'000 * 5.00 + 100'000 * 0.50 + 10'000 * 30.00) / 1e6));
+  CHECK(cost("gpt-5.5", 400'000, 0, service_tier::none) == Approx((400'000 * 10.00 + 10'000 * 45.00) / 1e6));
+  CHECK(cost("gpt-5.5-pro", 400'000, 0, service_tier::batch) == Approx(0.5 * (400'000 * 60.00 + 10'000 * 270.00) / 1e6));
+  CHECK(cost("gpt-5.4-pro", 100'000, 0, service_tier::none) == Approx((100'000 * 30.00 + 10'000 * 180.00) / 1e6));
+  // GPT-5.6 doubles its cache writes too; the 400k-context gpt-5.4-mini has no long tier.
+  auto written = usage(300'000, 10'000, 50'000, 150'000);
+  CHECK(compute_cost(t, "gpt-5.6-terra", written).usd ==
+        Approx((100'000 * 5.00 + 50'000 * 0.50 + 150'000 * 6.25 + 10'000 * 22.50) / 1e6));
+  CHECK(cost("gpt-5.4-mini", 300'000, 0, service_tier::none) == Approx((300'000 * 0.75 + 10'000 * 4.50) / 1e6));
+  // A hard budget reserves a long prompt at the long prices.
+  auto worst = usage(300'000, 10'000);
+  CHECK(reserve_cost(*t.resolve("gpt-5.5"), worst, 0, 1.0) == Approx((300'000 * 10.00 + 10'000 * 45.00) / 1e6));
+}
+
+TEST_CASE("pricing: a LiteLLM entry's lowest above_Nk_tokens band is its long tier", "[pricing]") {
+  price_table l;
+  l.load_litellm_string(R"({
+    "gpt-x": {"input_cost_per_token": 2.5e-6, "output_cost_per_token": 1.5e-5, "cache_read_input_token_cost": 2.5e-7,
+              "input_cost_per_token_above_272k_tokens": 5e-6, "output_cost_per_token_above_272k_tokens": 2.25e-5,
+              "cache_read_input_token_cost_above_272k_tokens": 5e-7, "input_cost_per_token_above_272k_tokens_priority": 1e-5},
+    "qwen-x": {"input_cost_per_token": 1e-6, "output_cost_per_token": 4e-6,
+               "input_cost_per_token_above_256k_tokens": 3e-6, "output_cost_per_token_above_256k_tokens": 9e-6,
+               "input_cost_per_token_above_128k_tokens": 2e-6, "output_cost_per_token_above_128k_tokens": 6e-6},
+    "bad-x": {"input_cost_per_token": 1e-6, "output_cost_per_token": 4e-6, "input_cost_per_token_above_k_tokens": 3e-6,
+              "input_cost_per_token_above_0k_tokens": 3e-6, "input_cost_per_token_above_64k_tokens": "free"}})",
+                        "l.json");
+  const auto* g = l.resolve("gpt-x");
+  REQUIRE(g != nullptr);
+  CHECK(g->long_context_threshold == 272000);
+  CHECK(g->long_input == 5.0);
+  CHECK(g->long_cached_input == 0.5);
+  CHECK(g->long_output == 22.5);
+  const auto* q = l.resolve("qwen-x");
+  REQUIRE(q != nullptr);
+  CHECK(q->long_context_threshold == 128000);
+  CHECK(q->long_input == 2.0);
+  CHECK(q->long_output == 6.0);
+  CHECK(l.resolve("bad-x")->long_context_threshold == 0);
 }
 
 TEST_CASE("pricing: a reservation prices the prompt as written to the cache when the call may write it", "[pricing]") {
