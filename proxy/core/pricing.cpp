@@ -496,7 +496,8 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
     // (one long tier per entry: a floor above the next band).
     if (const auto band = litellm_long_band(spec); band > 0) {
       const auto suffix = "_above_" + std::to_string(band / 1000) + "k_tokens";
-      const auto cost = [&](const char* key) { return litellm_cost(spec, (key + suffix).c_str()); };
+      // (`entry`, not the structured binding: clang before 16 cannot capture one in a lambda)
+      const auto cost = [&suffix, &entry = spec](const char* key) { return litellm_cost(entry, (key + suffix).c_str()); };
       p.long_context_threshold = band;
       p.long_input = *cost("input_cost_per_token");
       p.long_output = cost("output_cost_per_token").value_or(p.output);
