@@ -50,7 +50,8 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "claude-haiku-4.5", "claude-opus-4.1", "claude-opus-4.6", "claude-opus-4.7", "claude-opus-4.8",
                             "claude-opus-5", "claude-opus-5.5", "claude-sonnet-4.6", "claude-sonnet-5", "claude-fable-5",
                             "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro", "gpt-5.6-sol", "gpt-5.6-terra", "gpt-5.6-luna",
-                            "deepseek-v3.2", "deepseek-chat",
+                            "gpt-5.2", "gpt-5.2-pro", "gpt-5.2-codex", "gpt-5.3-codex", "gpt-5.1-codex-max",
+                            "gemini-3-flash-preview", "gemini-3.1-pro-preview", "deepseek-v3.2", "deepseek-chat",
                             "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
                             "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
                             "gpt-5.1", "gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-5-codex", "gpt-5-chat-latest",
@@ -676,6 +677,17 @@ TEST_CASE("pricing: the 2026 OpenAI models resolve by snapshot and are priced pe
   // Dated snapshots find their entry; gpt-5.4-mini is not gpt-5.4.
   CHECK(t.resolve("gpt-5.5-2026-04-23")->name == "gpt-5.5");
   CHECK(t.resolve("gpt-5.4-mini-2026-03-17")->name == "gpt-5.4-mini");
+  // GPT-5.2 and the Codex models of the 2026 rate card; gpt-5.2-codex is not gpt-5.2.
+  CHECK(t.resolve("gpt-5.2-2025-12-11")->name == "gpt-5.2");
+  CHECK(t.resolve("gpt-5.2-chat-latest")->name == "gpt-5.2");
+  CHECK(t.resolve("openai/gpt-5.3-codex")->name == "gpt-5.3-codex");
+  CHECK(t.resolve("gpt-5.1-codex-max")->name == "gpt-5.1-codex-max");
+  CHECK(t.resolve("gemini-3.1-pro-preview")->long_context_threshold == 200000);
+  auto p52 = usage(100'000, 10'000, 40'000);
+  CHECK(compute_cost(t, "gpt-5.2", p52).usd == Approx((60'000 * 1.75 + 40'000 * 0.175 + 10'000 * 14.00) / 1e6));
+  p52.tier = service_tier::flex;
+  CHECK(compute_cost(t, "gpt-5.2", p52).usd == Approx(0.5 * (60'000 * 1.75 + 40'000 * 0.175 + 10'000 * 14.00) / 1e6));
+  CHECK(compute_cost(t, "gpt-5.2-pro", usage(1'000'000, 1'000'000)).usd == Approx(21.00 + 168.00));
   auto p55 = usage(100'000, 10'000, 40'000);
   CHECK(compute_cost(t, "gpt-5.5", p55).usd == Approx((60'000 * 5.00 + 40'000 * 0.50 + 10'000 * 30.00) / 1e6));
   p55.tier = service_tier::priority;
