@@ -51,7 +51,8 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "claude-opus-5", "claude-opus-5.5", "claude-sonnet-4.6", "claude-sonnet-5", "claude-fable-5",
                             "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro", "gpt-5.6-sol", "gpt-5.6-terra", "gpt-5.6-luna",
                             "gpt-5.2", "gpt-5.2-pro", "gpt-5.2-codex", "gpt-5.3-codex", "gpt-5.1-codex-max",
-                            "gemini-3-flash-preview", "gemini-3.1-pro-preview", "deepseek-v3.2", "deepseek-chat",
+                            "gemini-3-flash-preview", "gemini-3.1-pro-preview", "grok-4", "grok-4-fast", "grok-4.1-fast",
+                            "grok-code-fast-1", "grok-4.6", "grok-4.7", "deepseek-v3.2", "deepseek-chat",
                             "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
                             "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
                             "gpt-5.1", "gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-5-codex", "gpt-5-chat-latest",
@@ -683,6 +684,12 @@ TEST_CASE("pricing: the 2026 OpenAI models resolve by snapshot and are priced pe
   CHECK(t.resolve("openai/gpt-5.3-codex")->name == "gpt-5.3-codex");
   CHECK(t.resolve("gpt-5.1-codex-max")->name == "gpt-5.1-codex-max");
   CHECK(t.resolve("gemini-3.1-pro-preview")->long_context_threshold == 200000);
+  // xAI: dated and reasoning / non-reasoning ids; 200k prompt tokens and above at the long prices.
+  CHECK(t.resolve("grok-4-0709")->name == "grok-4");
+  CHECK(t.resolve("xai/grok-4-1-fast-non-reasoning")->name == "grok-4.1-fast");
+  CHECK(t.resolve("grok-4-fast-reasoning")->name == "grok-4-fast");
+  CHECK(compute_cost(t, "grok-4.7", usage(199'999, 1'000)).usd == Approx((199'999 * 2.00 + 1'000 * 6.00) / 1e6));
+  CHECK(compute_cost(t, "grok-4.7", usage(200'000, 1'000)).usd == Approx((200'000 * 4.00 + 1'000 * 12.00) / 1e6));
   auto p52 = usage(100'000, 10'000, 40'000);
   CHECK(compute_cost(t, "gpt-5.2", p52).usd == Approx((60'000 * 1.75 + 40'000 * 0.175 + 10'000 * 14.00) / 1e6));
   p52.tier = service_tier::flex;
