@@ -49,6 +49,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-3.5-turbo-instruct", "claude-sonnet-4.5", "claude-sonnet-4",
                             "claude-haiku-4.5", "claude-opus-4.1", "claude-opus-4.6", "claude-opus-4.7", "claude-opus-4.8",
                             "claude-opus-5", "claude-opus-5.5", "claude-sonnet-4.6", "claude-sonnet-5", "claude-fable-5",
+                            "claude-sonnet-5.5", "claude-haiku-5.5", "claude-fable-5.1", "claude-fable-5.2",
                             "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro", "gpt-5.6-sol", "gpt-5.6-terra", "gpt-5.6-luna",
                             "gpt-5.2", "gpt-5.2-pro", "gpt-5.2-codex", "gpt-5.3-codex", "gpt-5.1-codex-max",
                             "gemini-3-flash-preview", "gemini-3.1-pro-preview", "grok-4", "grok-4-fast", "grok-4.1-fast",
@@ -757,6 +758,29 @@ TEST_CASE("pricing: a LiteLLM entry's lowest above_Nk_tokens band is its long ti
   CHECK(q->long_input == 2.0);
   CHECK(q->long_output == 6.0);
   CHECK(l.resolve("bad-x")->long_context_threshold == 0);
+}
+
+TEST_CASE("pricing: the Claude models of late 2026 resolve and Haiku 5.5 bills a prompt over 100k at its long tier", "[pricing]") {
+  const auto t = shipped_table();
+  CHECK(t.resolve("claude-sonnet-5-5-20261001")->name == "claude-sonnet-5.5");
+  CHECK(t.resolve("anthropic/claude-mythos-5-1")->name == "claude-fable-5.1");
+  CHECK(t.resolve("claude-mythos-5-20260701")->name == "claude-fable-5");
+  CHECK(t.resolve("claude-mythos-5.2")->name == "claude-fable-5.2");
+  // Haiku 5.5: 10k read, 20k written for 5 minutes, 70k uncached (100k: the short band), 1k out.
+  auto h = usage(100'000, 1'000, 10'000, 20'000);
+  CHECK(compute_cost(t, "claude-haiku-5-5", h).usd ==
+        Approx((70'000 * 0.10 + 10'000 * 0.01 + 20'000 * 0.125 + 1'000 * 0.50) / 1e6));
+  h.prompt = 100'001;  // one token more: every token at the long prices
+  CHECK(compute_cost(t, "claude-haiku-5-5", h).usd ==
+        Approx((70'001 * 0.50 + 10'000 * 0.05 + 20'000 * 0.625 + 1'000 * 2.50) / 1e6));
+  h.tier = service_tier::batch;  // the batch half of the long band
+  CHECK(compute_cost(t, "claude-haiku-5-5", h).usd ==
+        Approx(0.5 * (70'001 * 0.50 + 10'000 * 0.05 + 20'000 * 0.625 + 1'000 * 2.50) / 1e6));
+  // Fable 5.1 reads its cache at 0.025x; Opus 5.5 fast mode at 2x.
+  CHECK(compute_cost(t, "claude-fable-5.1", usage(1'000'000, 0, 1'000'000)).usd == Approx(0.25));
+  auto fast = usage(1'000'000, 1'000'000);
+  fast.tier = service_tier::fast;
+  CHECK(compute_cost(t, "claude-opus-5.5", fast).usd == Approx(2 * (4.00 + 20.00)));
 }
 
 TEST_CASE("pricing: a reservation prices the prompt as written to the cache when the call may write it", "[pricing]") {
