@@ -60,7 +60,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-5-pro", "o3-pro", "o3-mini", "o1", "o1-pro", "o1-mini", "codex-mini-latest",
                             "gpt-4o-2024-05-13", "gpt-4-turbo", "gpt-4", "claude-opus-4.5", "claude-opus-4",
                             "claude-3-7-sonnet", "claude-3-5-haiku", "claude-3-haiku", "gemini-2.0-flash",
-                            "gemini-2.0-flash-lite", "gemini-3-pro-preview", "gpt-image-1", "gpt-image-1-mini",
+                            "gemini-2.0-flash-lite", "gemini-3-pro-preview", "gpt-image-1", "gpt-image-1-mini", "gpt-image-2",
                             "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-mini-tts", "gpt-4o-audio-preview",
                             "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini", "gpt-realtime",
                             "gpt-realtime-mini", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview",
@@ -459,6 +459,13 @@ TEST_CASE("pricing: service tiers (flex, priority) are billed at their own price
     CHECK(compute_cost(t, "gpt-image-1", v).usd == Approx(0.5 * (400 * 5.0 + 600 * 10.0 + 4'160 * 40.0) / 1e6));
     v.tier = service_tier::none;
     CHECK(compute_cost(t, "gpt-4.1", v).usd == Approx((1'000 * 2.0 + 4'160 * 8.0) / 1e6));  // no image price: input
+  }
+  SECTION("gpt-image-2: image input tokens, their cache reads and image output at its own prices") {
+    auto v = usage(1'500, 4'160, 500);
+    v.image_in = 600;      // 400 text + 600 image tokens uncached
+    v.image_cached = 300;  // of the 500 read from the cache, 300 image tokens
+    CHECK(compute_cost(t, "gpt-image-2", v).usd ==
+          Approx((400 * 5.0 + 600 * 8.0 + 200 * 1.25 + 300 * 2.0 + 4'160 * 30.0) / 1e6));
   }
   SECTION("audio tokens in and out at the audio prices") {
     auto v = usage(1'000, 500);
