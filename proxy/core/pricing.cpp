@@ -264,6 +264,32 @@ struct yaml_entry {
   std::vector<std::string> aliases;
 };
 
+// `peak_hours_utc`: a list of "HH:MM-HH:MM" ranges of the UTC day ("01:00-04:00"; "24:00" ends
+// the day), each [from, to) with from < to, as minutes.
+std::vector<std::pair<std::uint16_t, std::uint16_t>> parse_peak_hours(const std::string& file, const std::string& model,
+                                                                      const YAML::Node& node) {
+  const std::string what = "'" + model + "': peak_hours_utc";
+  if (!node.IsSequence() || node.size() == 0)
+    fail(file, node, what + " must be a list of UTC time ranges such as [\"01:00-04:00\", \"06:00-10:00\"]");
+  std::vector<std::pair<std::uint16_t, std::uint16_t>> out;
+  for (const auto& r : node) {
+    const std::string s = r.IsScalar() ? r.Scalar() : std::string();
+    const auto minute = [&](std::size_t at) -> int {
+      const auto d = [&](std::size_t i) { return s[at + i] >= '0' && s[at + i] <= '9' ? s[at + i] - '0' : -100; };
+      if (s[at + 2] != ':') return -1;
+      const int h = d(0) * 10 + d(1), m = d(3) * 10 + d(4);
+      if (h < 0 || m < 0 || m > 59 || h > 24 || (h == 24 && m != 0)) return -1;
+      return h * 60 + m;
+    };
+    const int from = s.size() == 11 && s[5] == '-' ? minute(0) : -1;
+    const int to = from >= 0 ? minute(6) : -1;
+    if (from < 0 || to < 0 || from >= to)
+      fail(file, r, what + ": '" + s + "' is not a range HH:MM-HH:MM of the UTC day with its start before its end");
+    out.emplace_back(static_cast<std::uint16_t>(from), static_cast<std::uint16_t>(to));
+  }
+  return out;
+}
+
 yaml_entry parse_entry(const std::string& file, const std::string& model, const YAML::Node& node) {
   if (!node.IsMap()) fail(file, node, "'" + model + "' must be a map of prices");
   yaml_entry e;
@@ -302,8 +328,11 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       e.price.per_second = parse_unit_prices(file, model, key, kv.second);
     } else if (key == "long_context") {
       parse_long_context(file, model, kv.second, e.price);
-    } else if (key == "flex" || key == "priority" || key == "scale" || key == "batch" || key == "fast") {
+    } else if (key == "flex" || key == "priority" || key == "scale" || key == "batch" || key == "fast" ||
+               key == "off_peak") {
       tiers.emplace_back(key, kv.second);  // read once the entry's own prices are known
+    } else if (key == "peak_hours_utc") {
+      e.price.peak_utc = parse_peak_hours(file, model, kv.second);
     } else if (key == "aliases") {
       if (!kv.second.IsSequence()) fail(file, kv.second, what + " must be a list of model ids");
       for (const auto& a : kv.second) {
@@ -315,7 +344,8 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
                                 "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
                                 "web_search, file_search, us_inference, image_input, audio_input, audio_output, "
                                 "cached_image_input, cached_audio_input, per_minute, per_million_characters, per_image, "
-                                "per_second, long_context, flex, priority, scale, batch, fast, aliases)");
+                                                                "per_second, long_context, flex, priority, scale, batch, fast, off_peak, "
+                                "peak_hours_utc, aliases)");
     }
   }
   // A model billed per minute, character, image or second of video only (whisper-1, tts-1,
@@ -328,6 +358,11 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
                          "per_second)");
   e.price.cached_input = cached.value_or(e.price.input);
   for (const auto& [key, n] : tiers) e.price.tier_slot(parse_service_tier(key)) = parse_tier(file, model, key, n, e.price);
+  // An off-peak tier and its schedule come together: one without the other prices nothing.
+  if (e.price.tier(service_tier::off_peak) && e.price.peak_utc.empty())
+    fail(file, node, "'" + model + "': off_peak needs peak_hours_utc (the UTC hours billed at the entry's prices)");
+  if (!e.price.tier(service_tier::off_peak) && !e.price.peak_utc.empty())
+    fail(file, node, "'" + model + "': peak_hours_utc needs an off_peak tier (a factor such as 0.5, or prices)");
   apply_default_tiers(e.price);
   return e;
 }
@@ -618,6 +653,14 @@ billed_prices billed_prices_of(const model_price& p, service_tier t, bool long_c
           k * (long_context ? p.long_cache_write_5m : p.cache_write_5m).value_or(w5 * in),
           k * (long_context ? p.long_cache_write_1h : p.cache_write_1h).value_or(w1 * in),
           k * (long_context ? p.long_output : p.output)};
+}
+
+bool off_peak_at(const model_price& p, std::int64_t unix_ms) noexcept {
+  if (p.peak_utc.empty() || unix_ms <= 0 || !p.tier(service_tier::off_peak)) return false;
+  const auto minute = static_cast<std::uint16_t>((unix_ms / 60'000) % 1440);
+  for (const auto& [from, to] : p.peak_utc)
+    if (minute >= from && minute < to) return false;
+  return true;
 }
 
 std::optional<std::pair<std::uint16_t, std::uint16_t>> parse_pixel_size(std::string_view s) noexcept {

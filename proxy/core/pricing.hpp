@@ -90,6 +90,10 @@ struct model_price {
   // standard). Every loader sets `batch`: half the standard prices unless the entry (or
   // LiteLLM's *_batches keys) says otherwise.
   std::array<std::optional<tier_price>, kServiceTiers> tiers;
+  // Peak hours (prices.yaml `peak_hours_utc`, with an `off_peak` tier): [from, to) minutes of the
+  // UTC day. A call that starts outside them is billed at the `off_peak` tier (DeepSeek's
+  // off-peak half price). Empty: no schedule.
+  std::vector<std::pair<std::uint16_t, std::uint16_t>> peak_utc;
   std::optional<tier_price>& tier_slot(service_tier t) noexcept { return tiers[static_cast<std::size_t>(t)]; }
   // The prices of tier `t`, nullptr when the entry has none for it (standard prices apply).
   const tier_price* tier(service_tier t) const noexcept {
@@ -106,6 +110,10 @@ struct billed_prices {
   double input, cached_input, write_5m, write_1h, output;
 };
 billed_prices billed_prices_of(const model_price& p, service_tier t, bool long_context) noexcept;
+
+// Whether a call of entry `p` that started at `unix_ms` falls outside the entry's peak hours and
+// is billed at its `off_peak` tier (false for an entry without a schedule).
+bool off_peak_at(const model_price& p, std::int64_t unix_ms) noexcept;
 
 // A tier at `factor` times every token price of `base` (cache writes included; the long-context
 // tier is not scaled: tier prices replace it).

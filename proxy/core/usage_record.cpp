@@ -35,6 +35,7 @@ std::string_view to_string(service_tier t) noexcept {
     case service_tier::batch: return "batch";
     case service_tier::other: return "other";
     case service_tier::fast: return "fast";
+    case service_tier::off_peak: return "off_peak";
   }
   return "";
 }
@@ -47,6 +48,7 @@ service_tier parse_service_tier(std::string_view name) noexcept {
   if (name == "scale") return service_tier::scale;
   if (name == "batch") return service_tier::batch;
   if (name == "fast") return service_tier::fast;
+  if (name == "off_peak") return service_tier::off_peak;
   return service_tier::other;
 }
 

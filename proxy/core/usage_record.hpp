@@ -28,10 +28,12 @@ std::string_view to_string(usage_source s) noexcept;
 // at other prices than the standard tier (prices.yaml `flex` / `priority` / `scale`).
 // none: the response named no tier (billed as standard); other: a name tollgate does not know
 // (billed as standard). The ledger's `service_tier` column holds to_string() (NULL for none).
-// `fast` is Anthropic's fast mode (usage.speed "fast": the same model at a premium per token); it
-// comes last so the journal's stored numbers of the others keep their meaning.
-enum class service_tier : std::uint8_t { none, standard, flex, priority, scale, batch, other, fast };
-inline constexpr std::size_t kServiceTiers = 8;
+// `fast` is Anthropic's fast mode (usage.speed "fast": the same model at a premium per token);
+// `off_peak` a call made outside its entry's `peak_hours_utc` (DeepSeek bills those at half
+// price; no response names it: tollgate sets it from the call's start time). Later tiers come
+// last so the journal's stored numbers of the others keep their meaning.
+enum class service_tier : std::uint8_t { none, standard, flex, priority, scale, batch, other, fast, off_peak };
+inline constexpr std::size_t kServiceTiers = 9;
 std::string_view to_string(service_tier t) noexcept;
 // "default", "auto" and "standard" are the standard tier; "" is none; unknown names are other.
 service_tier parse_service_tier(std::string_view name) noexcept;

@@ -175,7 +175,7 @@ bool decode_body(const unsigned char* p, std::size_t len, journal_entry& e) {
     r.tokens.web_search = in.i64();
     tier = in.u8();
   }
-  if (!in.ok || in.p != in.end || tier > static_cast<unsigned>(service_tier::fast)) return false;
+  if (!in.ok || in.p != in.end || tier > static_cast<unsigned>(service_tier::off_peak)) return false;
   r.tokens.tier = static_cast<service_tier>(tier);
   if (route > static_cast<unsigned>(route_kind::other) ||
       source > static_cast<unsigned>(usage_source::estimated))

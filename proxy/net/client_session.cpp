@@ -2522,6 +2522,14 @@ void client_session::finish_call(call& c) {
     if (cost.price) rec.price_model = cost.price->name;
     if (!rec.priced) st_.metrics_->unpriced_call();
   } else if (rec.source != usage_source::none) {
+    // A call no response put in a tier, made outside its entry's peak hours (DeepSeek's off-peak
+    // half price), is billed at the entry's off_peak tier, and the ledger's service_tier says so.
+    if (rec.tokens.tier == service_tier::none || rec.tokens.tier == service_tier::standard) {
+      const model_price* p = st_.prices.resolve(model);
+      if (p == nullptr && !fallback.empty()) p = st_.prices.resolve(fallback);
+      if (p == nullptr && !rec.requested_model.empty()) p = st_.prices.resolve(rec.requested_model);
+      if (p != nullptr && off_peak_at(*p, rec.start_ms)) rec.tokens.tier = service_tier::off_peak;
+    }
     auto cost = compute_cost(st_.prices, model, rec.tokens, c.price_multiplier);
     if (!cost.priced && !rec.served_model.empty() && !fallback.empty())
       cost = compute_cost(st_.prices, fallback, rec.tokens, c.price_multiplier);

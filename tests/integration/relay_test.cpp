@@ -141,6 +141,46 @@ TEST_CASE("relay: a relayed Claude chat call's cache writes are billed at the wr
   }
 }
 
+// DeepSeek-style time-of-day prices: a call made outside the entry's peak hours is billed at its
+// off_peak tier and ledgered with service_tier "off_peak"; one inside them at the entry's prices.
+TEST_CASE("relay: a call outside its entry's peak hours is billed at the off-peak tier", "[relay]") {
+  tt::temp_dir prices;
+  {
+    // "peak-all" is in its peak hours all day; "peak-other" in two hours at least eight away from now.
+    const auto now = std::chrono::system_clock::now().time_since_epoch();
+    const auto hour = std::chrono::duration_cast<std::chrono::hours>(now).count() % 24;
+    const auto start = (hour + 10) % 22;
+    char other[16];
+    std::snprintf(other, sizeof other, "%02d:00-%02d:00", static_cast<int>(start), static_cast<int>(start + 2));
+    std::ofstream f(prices.path + "/prices.yaml");
+    f << "models:\n"
+         "  peak-all: { input: 2.00, output: 8.00, off_peak: 0.5, peak_hours_utc: [\"00:00-24:00\"] }\n"
+         "  peak-other: { input: 2.00, output: 8.00, off_peak: 0.5, peak_hours_utc: [\""
+      << other << "\"] }\n";
+  }
+  harness h({.tweak = [&](tollgate::config& c) { c.prices_file = prices.path + "/prices.yaml"; }});
+  for (const char* model : {"peak-all", "peak-other"}) {
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model));
+    REQUIRE(r.status == 200);
+    tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body(model, true));
+    REQUIRE(s.status() == 200);
+    s.read_all();
+    CHECK(s.ended_cleanly());
+  }
+  h.flush();
+  auto rows = h.rows("SELECT * FROM calls ORDER BY start_ms, id");
+  REQUIRE(rows.size() == 4);
+  for (auto& row : rows) {
+    INFO(row["price_model"]);
+    const bool off = row["price_model"] == "peak-other";
+    CHECK(row["service_tier"] == (off ? "off_peak" : "default"));  // the fake upstream names "default"
+    const double p = std::stod(row["prompt_tokens"]), c = std::stod(row["completion_tokens"]);
+    CHECK(p > 0);
+    CHECK(std::stod(row["cost_usd"]) == Approx((off ? 0.5 : 1.0) * (p * 2.0 + c * 8.0) / 1e6).epsilon(1e-12));
+  }
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE price_model = 'peak-other'") == 2);
+}
+
 TEST_CASE("relay: flex and priority calls are billed at their tier's prices and ledgered with it", "[relay]") {
   harness h;
   auto flex = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-5", false, R"(,"service_tier":"flex")"));

@@ -200,7 +200,7 @@ TEST_CASE("ledger_journal: appended rows read back in order with every field, ac
   full.aborted = true;
   full.tokens = {1200, 340, 800, 300, 100, 40};
   full.tokens.web_search = 7;
-  full.tokens.tier = service_tier::priority;
+  full.tokens.tier = service_tier::off_peak;  // the newest tier: the journal reads back every one
   full.source = usage_source::estimated;
   full.priced = true;
   full.cost_usd = 0.1 + 0.2;  // not a short decimal: must come back bit for bit
@@ -252,7 +252,7 @@ TEST_CASE("ledger_journal: appended rows read back in order with every field, ac
   CHECK(back.tokens.cache_write_1h == 100);
   CHECK(back.tokens.reasoning == 40);
   CHECK(back.tokens.web_search == 7);
-  CHECK(back.tokens.tier == service_tier::priority);
+  CHECK(back.tokens.tier == service_tier::off_peak);
   CHECK(back.source == full.source);
   CHECK(back.priced);
   CHECK(back.cost_usd == full.cost_usd);

@@ -53,7 +53,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro", "gpt-5.6-sol", "gpt-5.6-terra", "gpt-5.6-luna",
                             "gpt-5.2", "gpt-5.2-pro", "gpt-5.2-codex", "gpt-5.3-codex", "gpt-5.1-codex-max",
                             "gemini-3-flash-preview", "gemini-3.1-pro-preview", "grok-4", "grok-4-fast", "grok-4.1-fast",
-                            "grok-code-fast-1", "grok-4.6", "grok-4.7", "deepseek-v3.2", "deepseek-chat",
+                            "grok-code-fast-1", "grok-4.6", "grok-4.7", "deepseek-flash", "deepseek-v4-pro", "deepseek-v3.2", "deepseek-chat",
                             "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
                             "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
                             "gpt-5.1", "gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-5-codex", "gpt-5-chat-latest",
@@ -788,6 +788,64 @@ TEST_CASE("pricing: the Claude models of late 2026 resolve and Haiku 5.5 bills a
   auto fast = usage(1'000'000, 1'000'000);
   fast.tier = service_tier::fast;
   CHECK(compute_cost(t, "claude-opus-5.5", fast).usd == Approx(2 * (4.00 + 20.00)));
+}
+
+TEST_CASE("pricing: DeepSeek's off-peak hours are billed at the off_peak tier", "[pricing]") {
+  const auto t = shipped_table();
+  const auto* flash = t.resolve("deepseek-v4-flash");
+  REQUIRE(flash != nullptr);
+  CHECK(flash->name == "deepseek-flash");
+  // 2026-12-07 (a Monday) at a given UTC time, in Unix ms.
+  const auto at = [](int h, int m) { return (std::int64_t{1796601600} + h * 3600 + m * 60) * 1000; };
+  CHECK_FALSE(off_peak_at(*flash, at(1, 0)));   // peak starts at 01:00
+  CHECK_FALSE(off_peak_at(*flash, at(3, 59)));
+  CHECK(off_peak_at(*flash, at(4, 0)));          // and ends at 04:00
+  CHECK(off_peak_at(*flash, at(5, 30)));
+  CHECK_FALSE(off_peak_at(*flash, at(9, 59)));
+  CHECK(off_peak_at(*flash, at(10, 0)));
+  CHECK(off_peak_at(*flash, at(0, 59)));
+  CHECK(off_peak_at(*flash, at(23, 0)));
+  CHECK_FALSE(off_peak_at(*flash, 0));           // no start time: the entry's prices
+  CHECK_FALSE(off_peak_at(*t.resolve("gpt-4.1"), at(5, 0)));  // no schedule
+  auto u = usage(100'000, 10'000, 40'000);
+  const double peak = (60'000 * 0.30 + 40'000 * 0.006 + 10'000 * 1.20) / 1e6;
+  CHECK(compute_cost(t, "deepseek-flash", u).usd == Approx(peak));
+  u.tier = service_tier::off_peak;
+  CHECK(compute_cost(t, "deepseek-flash", u).usd == Approx(peak / 2));
+  CHECK(compute_cost(t, "deepseek-v4-pro", u).usd == Approx((60'000 * 0.66 + 40'000 * 0.022 + 10'000 * 1.98) / 1e6));
+  CHECK(compute_cost(t, "gpt-4.1", u).usd == Approx(compute_cost(t, "gpt-4.1", usage(100'000, 10'000, 40'000)).usd));
+  CHECK(to_string(service_tier::off_peak) == "off_peak");
+  CHECK(parse_service_tier("off_peak") == service_tier::off_peak);
+
+  SECTION("a schedule and its tier come together, and ranges are checked with their line") {
+    price_table p;
+    p.load_yaml_string("models:\n  m: { input: 1, output: 2, off_peak: { input: 0.25, output: 1 },\n"
+                       "       peak_hours_utc: [\"00:00-08:30\", \"20:00-24:00\"] }\n");
+    const auto* m = p.resolve("m");
+    CHECK(off_peak_at(*m, at(8, 30)));
+    CHECK_FALSE(off_peak_at(*m, at(23, 59)));
+    auto v = usage(1'000'000, 1'000'000);
+    v.tier = service_tier::off_peak;
+    CHECK(compute_cost(p, "m", v).usd == Approx(1.25));
+    const auto error = [](const std::string& yaml) {
+      price_table bad;
+      try {
+        bad.load_yaml_string(yaml, "p.yaml");
+      } catch (const config_error& e) {
+        return std::string(e.what());
+      }
+      return std::string("no error");
+    };
+    CHECK_THAT(error("models:\n  m: { input: 1, output: 2, off_peak: 0.5 }\n"), Catch::Contains("needs peak_hours_utc"));
+    CHECK_THAT(error("models:\n  m: { input: 1, output: 2, peak_hours_utc: [\"01:00-02:00\"] }\n"),
+               Catch::Contains("needs an off_peak tier"));
+    for (const char* range : {"04:00-01:00", "1:00-4:00", "01:00-25:00", "01:60-02:00", "01:00-01:00", "abc"})
+      CHECK_THAT(error(std::string("models:\n  m: { input: 1, output: 2, off_peak: 0.5,\n  peak_hours_utc: [\"") +
+                       range + "\"] }\n"),
+                 Catch::Contains("p.yaml:3:") && Catch::Contains("is not a range HH:MM-HH:MM"));
+    CHECK_THAT(error("models:\n  m: { input: 1, output: 2, off_peak: 0.5, peak_hours_utc: \"01:00-02:00\" }\n"),
+               Catch::Contains("must be a list"));
+  }
 }
 
 TEST_CASE("pricing: a reservation prices the prompt as written to the cache when the call may write it", "[pricing]") {

@@ -575,10 +575,12 @@ TEST_CASE("report: what-if re-prices the tokens at another model's prices", "[re
         {10'000, 2'000, 4'000, 0, 0, 0}, {10'000, 2'000, 4'000, 0, 0, 0}, {10'000, 2'000, 4'000, 0, 0, 0},
         {300'000, 1'000, 0, 0, 0, 0},  // long context unless its tier is priced
         {5'000, 100, 0, 0, 0, 0}, {8'000, 900, 1'000, 0, 0, 0},
-        {300'000, 1'000, 20'000, 0, 0, 0}, {400'000, 1'000, 0, 0, 0, 0}};  // long context in a factor tier
+        {300'000, 1'000, 20'000, 0, 0, 0}, {400'000, 1'000, 0, 0, 0, 0},  // long context in a factor tier
+        {20'000, 2'000, 5'000, 0, 0, 0}};  // off-peak: the target's off_peak tier, else its standard prices
     usages[5].tier = service_tier::batch;  // half price on every target (its default batch tier)
     usages[6].tier = service_tier::flex;   // gpt-5.4: half its long prices; a target without flex: its long prices
     usages[7].tier = service_tier::batch;
+    usages[8].tier = service_tier::off_peak;
     usages[0].tier = service_tier::flex;
     usages[1].tier = service_tier::priority;
     usages[2].tier = service_tier::standard;
@@ -590,7 +592,7 @@ TEST_CASE("report: what-if re-prices the tokens at another model's prices", "[re
       rows.push_back(r);
     }
     s.write(rows);
-    for (const char* m : {"gpt-5", "o4-mini", "claude-sonnet-4.5", "gpt-4.1", "gpt-5.4", "gpt-5.6-sol"}) {
+    for (const char* m : {"gpt-5", "o4-mini", "claude-sonnet-4.5", "gpt-4.1", "gpt-5.4", "gpt-5.6-sol", "deepseek-flash"}) {
       const auto target = *prices.resolve(m);
       double expected = 0;
       for (const auto& u : usages) expected += compute_cost(target, u).usd;
