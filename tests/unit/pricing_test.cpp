@@ -52,7 +52,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "claude-sonnet-5.5", "claude-haiku-5.5", "claude-fable-5.1", "claude-fable-5.2",
                             "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro", "gpt-5.6-sol", "gpt-5.6-terra", "gpt-5.6-luna",
                             "gpt-5.2", "gpt-5.2-pro", "gpt-5.2-codex", "gpt-5.3-codex", "gpt-5.1-codex-max",
-                            "gemini-3-flash-preview", "gemini-3.1-pro-preview", "grok-4", "grok-4-fast", "grok-4.1-fast",
+                            "gemini-3-flash-preview", "gemini-3.5-flash", "gemini-3.1-pro-preview", "grok-4", "grok-4-fast", "grok-4.1-fast",
                             "grok-code-fast-1", "grok-4.6", "grok-4.7", "deepseek-flash", "deepseek-v4-pro", "deepseek-v3.2", "deepseek-chat",
                             "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
                             "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
@@ -692,6 +692,7 @@ TEST_CASE("pricing: the 2026 OpenAI models resolve by snapshot and are priced pe
   CHECK(t.resolve("openai/gpt-5.3-codex")->name == "gpt-5.3-codex");
   CHECK(t.resolve("gpt-5.1-codex-max")->name == "gpt-5.1-codex-max");
   CHECK(t.resolve("gemini-3.1-pro-preview")->long_context_threshold == 200000);
+  CHECK(t.resolve("google/gemini-3.5-flash-preview")->name == "gemini-3.5-flash");
   // xAI: dated and reasoning / non-reasoning ids; 200k prompt tokens and above at the long prices.
   CHECK(t.resolve("grok-4-0709")->name == "grok-4");
   CHECK(t.resolve("xai/grok-4-1-fast-non-reasoning")->name == "grok-4.1-fast");
