@@ -2522,19 +2522,25 @@ void client_session::finish_call(call& c) {
     if (cost.price) rec.price_model = cost.price->name;
     if (!rec.priced) st_.metrics_->unpriced_call();
   } else if (rec.source != usage_source::none) {
-    // A call no response put in a tier, made outside its entry's peak hours (DeepSeek's off-peak
-    // half price), is billed at the entry's off_peak tier, and the ledger's service_tier says so.
-    if (rec.tokens.tier == service_tier::none || rec.tokens.tier == service_tier::standard) {
-      const model_price* p = st_.prices.resolve(model);
-      if (p == nullptr && !fallback.empty()) p = st_.prices.resolve(fallback);
-      if (p == nullptr && !rec.requested_model.empty()) p = st_.prices.resolve(rec.requested_model);
-      if (p != nullptr && off_peak_at(*p, rec.start_ms)) rec.tokens.tier = service_tier::off_peak;
+    // Each candidate name resolved once: the first entry that prices the call bills it. A call no
+    // response put in a tier, made outside that entry's peak hours (DeepSeek's off-peak half
+    // price), is billed at its off_peak tier, and the ledger's service_tier says so.
+    cost_result cost{};
+    const bool untiered = rec.tokens.tier == service_tier::none || rec.tokens.tier == service_tier::standard;
+    const std::string* tried = nullptr;
+    for (const std::string* name : std::initializer_list<const std::string*>{&model, &fallback, &rec.requested_model}) {
+      if (name == tried || name->empty()) continue;
+      tried = name;
+      const model_price* p = st_.prices.resolve(*name);
+      if (p == nullptr) continue;
+      token_usage u = rec.tokens;
+      if (untiered && off_peak_at(*p, rec.start_ms)) u.tier = service_tier::off_peak;
+      cost = compute_cost(*p, u, c.price_multiplier);
+      if (cost.priced) {
+        rec.tokens.tier = u.tier;
+        break;
+      }
     }
-    auto cost = compute_cost(st_.prices, model, rec.tokens, c.price_multiplier);
-    if (!cost.priced && !rec.served_model.empty() && !fallback.empty())
-      cost = compute_cost(st_.prices, fallback, rec.tokens, c.price_multiplier);
-    if (!cost.priced && &fallback != &rec.requested_model && !rec.requested_model.empty())
-      cost = compute_cost(st_.prices, rec.requested_model, rec.tokens, c.price_multiplier);
     rec.priced = cost.priced;
     rec.cost_usd = cost.usd;
     if (cost.price) {
