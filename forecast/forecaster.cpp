@@ -31,11 +31,12 @@ constexpr double fast_shift_clip = 1.2;     // clip (and shift threshold) of the
 constexpr double min_half_width = 1e-5;   // narrowest band half-width, relative to the log1p median
 constexpr double mae_floor_log = 1e-3;      // member scores below these floors tie (log scale...
 constexpr double mae_floor_count = 1e-9;    // ...count scale: tiny, so dollar-per-bin series work)
+constexpr double trend_gate_log = 0.09531017980432493;  // ln 1.1: the trend member's margin (combine())
 constexpr double clip_members = 0.5;        // combine(): members clipped to the weighted median
 constexpr double clip_next_bin = 2.0;       // +- this x the 90 % half-width (next bin: +- this x)
 constexpr double clip_floor = 0.05;         // ...but never closer than 5 % (log 0.05)
 constexpr std::size_t clip_min_pool = 60;   // ...and only once 3 errors per 5 % tail give that width
-constexpr std::size_t max_members = 32;     // combine() scores members on the stack (24 today)
+constexpr std::size_t max_members = 32;     // combine() scores members on the stack (25 today)
 constexpr double vol_days = 3.0;            // volatility used to normalise errors
 constexpr double vol_long_days = 14.0;      // ...floored at 0.3 x its long-run value
 constexpr double aci_rate = 0.1;            // adaptive tail scale: log step per miss, / sqrt(step)
@@ -134,6 +135,7 @@ struct forecaster::impl {
   std::vector<double> member_log_share;
   std::size_t members = 0;
   std::size_t change_member = 0;  // the seasonal-change member: point forecasts only (reset())
+  std::size_t trend_member = 0;   // the same over 7 days at every step: a challenger (combine())
   std::vector<std::size_t> reps;
   std::vector<std::vector<track>> tracks;  // [member][rep]
   std::vector<log_track> onestep_log;      // [member], step 1 only
@@ -199,6 +201,12 @@ struct forecaster::impl {
     // the threshold (4 of 5 flagged), and that combination was chosen for the detector.
     const std::size_t change_model = models.size();
     models.push_back(detail::make_seasonal_change(3, m, std::max<std::size_t>(1, static_cast<std::size_t>(3600 / cfg.bin_s))));
+    // The trend challenger: the same look-up over 7 days at every step, the one member that
+    // carries a trend (today's value plus the usual change to the target). As an ordinary member
+    // it lost a day ahead on every real set, so combine() weighs it only where it beats every
+    // other member by trend_gate_log (forecast/RESULTS.md, 19).
+    const std::size_t trend_model = models.size();
+    models.push_back(detail::make_seasonal_change(7, m, cfg.max_horizon));
     models.push_back(detail::make_ets(detail::ets_params{}, cfg.bin_s));
     detail::ets_params shifting;  // same, but a sustained change moves the level at once
     shifting.accept_shifts = true;
@@ -220,6 +228,7 @@ struct forecaster::impl {
                               -family_share_power * std::log(static_cast<double>(md->outputs())));
     }
     change_member = member_offset[change_model];
+    trend_member = member_offset[trend_model];
     scratch.assign(members, 0.0);
 
     reps = representative_steps(cfg.max_horizon);
@@ -320,7 +329,7 @@ struct forecaster::impl {
       const track& a = tracks[j][lo];
       const track& b = tracks[j][hi];
       scored[j] = a.own >= min_track && b.own >= min_track && std::isfinite(f[j]) &&
-                  !(log_scale && j == change_member);
+                  !(log_scale && (j == change_member || j == trend_member));
       if (!scored[j]) continue;
       double ls = 0.0;
       if (log_scale) {
@@ -332,7 +341,13 @@ struct forecaster::impl {
         ls = std::max(a.log_score + (b.log_score - a.log_score) * frac, std::log(mae_floor_count));
       }
       log_score[j] = ls;
-      best = std::min(best, ls);
+      if (j != trend_member) best = std::min(best, ls);
+    }
+    // The trend challenger has a say only where it is clearly the best; then the others are
+    // weighed against it.
+    if (trend_member < nm && scored[trend_member]) {
+      if (log_score[trend_member] < best - trend_gate_log) best = log_score[trend_member];
+      else scored[trend_member] = false;
     }
     // (forecast, weight) of the scored members.
     std::array<std::pair<double, double>, max_members> fw;
