@@ -31,6 +31,7 @@ constexpr double fast_shift_clip = 1.2;     // clip (and shift threshold) of the
 constexpr double min_half_width = 1e-5;   // narrowest band half-width, relative to the log1p median
 constexpr double mae_floor_log = 1e-3;      // member scores below these floors tie (log scale...
 constexpr double mae_floor_count = 1e-9;    // ...count scale: tiny, so dollar-per-bin series work)
+constexpr std::int64_t trend_anchor_s = 10800;        // the trend member's level: the last 3 hours' gap to their days
 constexpr double trend_gate_log = 0.09531017980432493;  // ln 1.1: the trend member's margin (combine())
 constexpr double clip_members = 0.5;        // combine(): members clipped to the weighted median
 constexpr double clip_next_bin = 2.0;       // +- this x the 90 % half-width (next bin: +- this x)
@@ -206,7 +207,7 @@ struct forecaster::impl {
     // it lost a day ahead on every real set, so combine() weighs it only where it beats every
     // other member by trend_gate_log (forecast/RESULTS.md, 19).
     const std::size_t trend_model = models.size();
-    models.push_back(detail::make_seasonal_change(7, m, cfg.max_horizon));
+    models.push_back(detail::make_seasonal_change(7, m, cfg.max_horizon, std::max<std::size_t>(1, static_cast<std::size_t>(trend_anchor_s / cfg.bin_s))));
     models.push_back(detail::make_ets(detail::ets_params{}, cfg.bin_s));
     detail::ets_params shifting;  // same, but a sustained change moves the level at once
     shifting.accept_shifts = true;

@@ -124,7 +124,8 @@ class seasonal_median_model final : public model {
 // best of the six reference methods on the hold-out sets (forecast/RESULTS.md, 17).
 class seasonal_change_model final : public model {
  public:
-  seasonal_change_model(std::size_t days, std::size_t m, std::size_t max_k) : days_(days), m_(m), max_k_(max_k) {}
+  seasonal_change_model(std::size_t days, std::size_t m, std::size_t max_k, std::size_t anchor)
+      : days_(days), m_(m), max_k_(max_k), anchor_(std::max<std::size_t>(anchor, 1)) {}
   std::string name(std::size_t) const override { return "change_" + std::to_string(days_) + "d"; }
   std::size_t memory_bytes() const noexcept override { return sizeof(*this); }
   void observe(const history&, const calendar&, bool) noexcept override {}
@@ -138,15 +139,26 @@ class seasonal_change_model final : public model {
       const std::size_t back = d * m_;
       if (back > t || !h.has(t - back)) break;
       const std::size_t from = t - back, to = t - back + k;
-      if (h.observed(from) && h.observed(to)) v[c++] = h.clean(to) - h.clean(from);
+      if (!h.observed(from) || !h.observed(to)) continue;
+      // The change from `from` to `to`, added to today's level: the last `anchor_` bins' mean
+      // gap to the same bins that day (one bin's noise is the level's error otherwise).
+      double gap = 0.0;
+      std::size_t g = 0;
+      for (std::size_t j = 0; j < anchor_ && j <= from && h.has(from - j); ++j) {
+        if (!h.observed(from - j)) continue;  // z(): a gap today holds its one-step forecast
+        gap += h.z(t - j) - h.clean(from - j);
+        ++g;
+      }
+      if (g == 0) continue;
+      v[c++] = h.clean(to) + gap / static_cast<double>(g);
     }
     if (c == 0 || c * 2 < days_) return;  // a majority of the days is needed, as for the medians
     std::sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(c));
-    out[0] = h.z(t) + (c % 2 ? v[c / 2] : 0.5 * (v[c / 2 - 1] + v[c / 2]));
+    out[0] = c % 2 ? v[c / 2] : 0.5 * (v[c / 2 - 1] + v[c / 2]);
   }
 
  private:
-  std::size_t days_, m_, max_k_;
+  std::size_t days_, m_, max_k_, anchor_;
 };
 
 double per_bin(double per_hour, std::int64_t bin_s) noexcept {
@@ -294,8 +306,8 @@ std::unique_ptr<model> make_seasonal_median(std::vector<std::size_t> days, std::
                                             std::size_t m) {
   return std::make_unique<seasonal_median_model>(std::move(days), std::move(weeks), m);
 }
-std::unique_ptr<model> make_seasonal_change(std::size_t days, std::size_t m, std::size_t max_k) {
-  return std::make_unique<seasonal_change_model>(days, m, max_k);
+std::unique_ptr<model> make_seasonal_change(std::size_t days, std::size_t m, std::size_t max_k, std::size_t anchor) {
+  return std::make_unique<seasonal_change_model>(days, m, max_k, anchor);
 }
 std::unique_ptr<model> make_ets(const ets_params& p, std::int64_t bin_s) {
   return std::make_unique<ets_model>(p, bin_s);

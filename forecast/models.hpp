@@ -73,7 +73,9 @@ std::unique_ptr<model> make_seasonal_median(std::vector<std::size_t> days, std::
                                             std::size_t m);
 // The origin's value plus the median change over the same k bins on each of the last `days`
 // days (the seasonally adjusted naive with an empirical profile); NaN beyond `max_k` steps.
-std::unique_ptr<model> make_seasonal_change(std::size_t days, std::size_t m, std::size_t max_k);
+// With `anchor` > 1, today's level is the mean gap of the last `anchor` bins to the same bins
+// on each past day, added to that day's value at the target's time.
+std::unique_ptr<model> make_seasonal_change(std::size_t days, std::size_t m, std::size_t max_k, std::size_t anchor = 1);
 
 // Robust multi-seasonal exponential smoothing on the log scale: level + time-of-day profile +
 // day-of-week offset, updated with innovations clipped at `clip` robust scales so a burst

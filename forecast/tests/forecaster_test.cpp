@@ -579,6 +579,32 @@ TEST_CASE("seasonal change: today's value plus the usual change to the target's 
   CHECK(std::expm1(out[0]) == Approx(shape(3 * 144 + 60)).epsilon(0.001));
 }
 
+TEST_CASE("seasonal change: an anchor of several bins takes today's level from all of them", "[forecast]") {
+  // Ten-minute bins, a daily shape for four days, then today at 1.2 x with its last bin a 3 x
+  // spike. With one bin as the anchor the spike is the level; with 18 bins (3 hours: the trend
+  // challenger's) the level is their mean gap to the same bins on the past days, 1.2 x nearly.
+  const detail::calendar cal{144, 600, t0};
+  auto shape = [](std::size_t i) { return 1000.0 * (1.5 + std::sin(2.0 * 3.14159265358979 * static_cast<double>(i % 144) / 144.0)); };
+  detail::history h;
+  h.reset(2000);
+  const std::size_t t = 4 * 144 + 70;
+  for (std::size_t i = 0; i <= t; ++i) {
+    const double y = shape(i) * (i >= 4 * 144 ? 1.2 : 1.0) * (i == t ? 2.5 : 1.0);
+    h.push(std::log1p(y), std::log1p(y), true);
+  }
+  auto one = detail::make_seasonal_change(3, 144, 144);
+  auto several = detail::make_seasonal_change(3, 144, 144, 18);
+  std::array<double, 1> out{};
+  for (std::size_t k : {6u, 144u}) {
+    INFO("step " << k);
+    one->predict(h, cal, k, out.data());
+    CHECK(std::expm1(out[0]) == Approx(3.0 * shape(t + k)).epsilon(0.01));
+    several->predict(h, cal, k, out.data());
+    // ln(2.5) / 18 of the spike is left in the mean: 1.2 x e^(0.051).
+    CHECK(std::expm1(out[0]) == Approx(1.2 * std::exp(std::log(2.5) / 18.0) * shape(t + k)).epsilon(0.01));
+  }
+}
+
 TEST_CASE("forecaster: an all-zero series forecasts zero", "[forecast]") {
   forecaster f = hourly(24);
   for (std::size_t i = 0; i < 10 * 24; ++i) f.observe(t0 + static_cast<std::int64_t>(i) * 3600, 0.0);
