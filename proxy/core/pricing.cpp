@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -290,6 +291,100 @@ std::vector<std::pair<std::uint16_t, std::uint16_t>> parse_peak_hours(const std:
   return out;
 }
 
+// A change's `from`: "YYYY-MM-DD" (00:00 UTC) or "YYYY-MM-DDTHH:MM[:SS]Z", as unix ms; nullopt
+// when it is neither or names no real day or time.
+std::optional<std::int64_t> parse_utc_instant(std::string_view s) {
+  const auto num = [&](std::size_t at, std::size_t n) -> int {
+    if (at + n > s.size()) return -1;
+    int v = 0;
+    for (std::size_t i = at; i < at + n; ++i) {
+      if (s[i] < '0' || s[i] > '9') return -1;
+      v = v * 10 + (s[i] - '0');
+    }
+    return v;
+  };
+  if (s.size() < 10 || s[4] != '-' || s[7] != '-') return std::nullopt;
+  const int y = num(0, 4), mo = num(5, 2), d = num(8, 2);
+  if (y < 1970 || mo < 1 || d < 1) return std::nullopt;
+  const std::chrono::year_month_day ymd{std::chrono::year{y}, std::chrono::month{static_cast<unsigned>(mo)},
+                                        std::chrono::day{static_cast<unsigned>(d)}};
+  if (!ymd.ok()) return std::nullopt;
+  int hh = 0, mm = 0, ss = 0;
+  if (s.size() > 10) {
+    const bool with_seconds = s.size() == 20 && s[16] == ':';
+    if (!(s.size() == 17 || with_seconds) || s[10] != 'T' || s[13] != ':' || s.back() != 'Z') return std::nullopt;
+    hh = num(11, 2), mm = num(14, 2), ss = with_seconds ? num(17, 2) : 0;
+    if (hh < 0 || hh > 23 || mm < 0 || mm > 59 || ss < 0 || ss > 59) return std::nullopt;
+  }
+  const auto days = std::chrono::sys_days{ymd}.time_since_epoch().count();
+  return ((static_cast<std::int64_t>(days) * 24 + hh) * 60 + mm) * 60'000 + static_cast<std::int64_t>(ss) * 1000;
+}
+
+yaml_entry parse_entry(const std::string& file, const std::string& model, const YAML::Node& node);
+
+// Every key of a prices.yaml entry (parse_entry() reads them).
+constexpr std::string_view entry_keys =
+    "input, cached_input, output, cache_write_5m, cache_write_1h, web_search, file_search, us_inference, "
+    "image_input, audio_input, audio_output, cached_image_input, cached_audio_input, per_minute, "
+    "per_million_characters, per_image, per_second, long_context, flex, priority, scale, batch, fast, off_peak, "
+    "peak_hours_utc, changes, aliases";
+bool known_entry_key(std::string_view key) {
+  for (std::string_view rest = entry_keys; !rest.empty();) {
+    const auto comma = rest.find(", ");
+    if (rest.substr(0, comma) == key) return true;
+    rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 2);
+  }
+  return false;
+}
+
+// `changes`: a list of maps, each a `from` instant and the entry keys that change then; each
+// becomes a whole version of the entry (its other keys as the entry's), parsed and checked as
+// an entry is. Instants must ascend.
+void parse_changes(const std::string& file, const std::string& model, const YAML::Node& entry,
+                   const YAML::Node& list, model_price& price) {
+  const std::string what = "'" + model + "': changes";
+  if (!list.IsSequence() || list.size() == 0)
+    fail(file, list, what + " must be a list of {from: YYYY-MM-DD, <the prices that change>}");
+  // Each version is the one before with the change's keys replaced: a new map whose values are
+  // the document's own nodes, so an error in one still names its line.
+  YAML::Node before(YAML::NodeType::Map);
+  for (const auto& kv : entry) {
+    const auto key = kv.first.as<std::string>();
+    if (key != "changes" && key != "aliases") before[key] = kv.second;
+  }
+  for (const auto& change : list) {
+    if (!change.IsMap()) fail(file, change, what + ": each change is a map {from: YYYY-MM-DD, <prices>}");
+    std::optional<std::int64_t> from;
+    YAML::Node version(YAML::NodeType::Map);
+    for (const auto& kv : change) {
+      const auto key = kv.first.as<std::string>();
+      if (key == "from") {
+        from = kv.second.IsScalar() ? parse_utc_instant(kv.second.Scalar()) : std::nullopt;
+        if (!from)
+          fail(file, kv.second, what + ".from must be a UTC date YYYY-MM-DD or time YYYY-MM-DDTHH:MMZ (as 2027-01-01)");
+      } else if (key == "changes" || key == "aliases") {
+        fail(file, kv.first, what + ": '" + key + "' belongs to the entry, not to one of its changes");
+      } else if (!known_entry_key(key)) {
+        fail(file, kv.first, "'" + model + "': unknown key '" + key + "' in a change (expected " +
+                                 std::string(entry_keys) + ")");
+      } else {
+        version[key] = kv.second;
+      }
+    }
+    if (!from) fail(file, change, what + ": each change needs 'from' (the UTC date its prices start)");
+    if (!price.changes.empty() && *from <= price.changes.back().first)
+      fail(file, change, what + ": changes must be listed in time order, each 'from' after the one before");
+    if (version.size() == 0) fail(file, change, what + ": a change needs at least one price that changes");
+    // A tier given as a factor (flex: 0.5) then scales the new prices, as it scales any.
+    for (const auto& kv : before) {
+      const auto key = kv.first.as<std::string>();
+      if (!std::as_const(version)[key]) version[key] = kv.second;
+    }
+    price.changes.emplace_back(*from, std::make_shared<const model_price>(parse_entry(file, model, version).price));
+    before = version;
+  }
+}
+
 yaml_entry parse_entry(const std::string& file, const std::string& model, const YAML::Node& node) {
   if (!node.IsMap()) fail(file, node, "'" + model + "' must be a map of prices");
   yaml_entry e;
@@ -297,6 +392,7 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
   bool has_input = false, has_output = false;
   std::optional<double> cached;
   std::vector<std::pair<std::string, YAML::Node>> tiers;
+  std::optional<YAML::Node> changes;  // (a default YAML::Node counts as defined)
   for (const auto& kv : node) {
     const auto key = kv.first.as<std::string>();
     const auto what = "'" + model + "': " + key;
@@ -333,6 +429,8 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       tiers.emplace_back(key, kv.second);  // read once the entry's own prices are known
     } else if (key == "peak_hours_utc") {
       e.price.peak_utc = parse_peak_hours(file, model, kv.second);
+    } else if (key == "changes") {
+      changes = kv.second;
     } else if (key == "aliases") {
       if (!kv.second.IsSequence()) fail(file, kv.second, what + " must be a list of model ids");
       for (const auto& a : kv.second) {
@@ -340,12 +438,7 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
         e.aliases.push_back(a.Scalar());
       }
     } else {
-      fail(file, kv.first, "'" + model + "': unknown key '" + key +
-                                "' (expected input, cached_input, output, cache_write_5m, cache_write_1h, "
-                                "web_search, file_search, us_inference, image_input, audio_input, audio_output, "
-                                "cached_image_input, cached_audio_input, per_minute, per_million_characters, per_image, "
-                                                                "per_second, long_context, flex, priority, scale, batch, fast, off_peak, "
-                                "peak_hours_utc, aliases)");
+      fail(file, kv.first, "'" + model + "': unknown key '" + key + "' (expected " + std::string(entry_keys) + ")");
     }
   }
   // A model billed per minute, character, image or second of video only (whisper-1, tts-1,
@@ -364,6 +457,7 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
   if (!e.price.tier(service_tier::off_peak) && !e.price.peak_utc.empty())
     fail(file, node, "'" + model + "': peak_hours_utc needs an off_peak tier (a factor such as 0.5, or prices)");
   apply_default_tiers(e.price);
+  if (changes) parse_changes(file, model, node, *changes, e.price);
   return e;
 }
 
@@ -583,7 +677,31 @@ void price_table::rebuild_index_() {
   }
 }
 
+const model_price& price_at(const model_price& p, std::int64_t unix_ms) noexcept {
+  for (auto it = p.changes.rbegin(); it != p.changes.rend(); ++it)
+    if (it->first <= unix_ms) return *it->second;
+  return p;
+}
+
+namespace {
+std::int64_t wall_ms() noexcept {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
 const model_price* price_table::resolve(std::string_view model) const {
+  const model_price* p = find_entry_(model);
+  // Most entries have no scheduled change: no clock read for them.
+  return p == nullptr || p->changes.empty() ? p : &price_at(*p, wall_ms());
+}
+
+const model_price* price_table::resolve_at(std::string_view model, std::int64_t unix_ms) const {
+  const model_price* p = find_entry_(model);
+  return p == nullptr ? p : &price_at(*p, unix_ms);
+}
+
+const model_price* price_table::find_entry_(std::string_view model) const {
   if (const auto it = entries_.find(model); it != entries_.end()) return &it->second;
   if (model.empty()) return nullptr;
   // Lower-cased copy: on the stack for any realistic id.

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <array>
 #include <map>
+#include <memory>
 #include <optional>
 #include <utility>
 #include <set>
@@ -94,6 +95,11 @@ struct model_price {
   // UTC day. A call that starts outside them is billed at the `off_peak` tier (DeepSeek's
   // off-peak half price). Empty: no schedule.
   std::vector<std::pair<std::uint16_t, std::uint16_t>> peak_utc;
+  // Scheduled price changes (prices.yaml `changes`): from each instant (unix ms, ascending) the
+  // entry is billed as the version given, a whole entry with the change's keys replacing the
+  // entry's own. A version has no changes of its own. price_table::resolve() gives the version
+  // in effect now, resolve_at() the one in effect when a call started.
+  std::vector<std::pair<std::int64_t, std::shared_ptr<const model_price>>> changes;
   std::optional<tier_price>& tier_slot(service_tier t) noexcept { return tiers[static_cast<std::size_t>(t)]; }
   // The prices of tier `t`, nullptr when the entry has none for it (standard prices apply).
   const tier_price* tier(service_tier t) const noexcept {
@@ -114,6 +120,10 @@ billed_prices billed_prices_of(const model_price& p, service_tier t, bool long_c
 // Whether a call of entry `p` that started at `unix_ms` falls outside the entry's peak hours and
 // is billed at its `off_peak` tier (false for an entry without a schedule).
 bool off_peak_at(const model_price& p, std::int64_t unix_ms) noexcept;
+
+// The version of entry `p` in effect at `unix_ms`: the last of its `changes` from at or before
+// it, else `p` itself.
+const model_price& price_at(const model_price& p, std::int64_t unix_ms) noexcept;
 
 // A tier at `factor` times every token price of `base` (cache writes included; the long-context
 // tier is not scaled: tier prices replace it).
@@ -141,7 +151,10 @@ class price_table {
   // exact name, alias, case-insensitive, provider prefix stripped ("openai/gpt-4.1"),
   // date/version suffix stripped ("gpt-4.1-2025-04-14", "claude-sonnet-4-5-20250929",
   // "gpt-4o-2024-08-06", "...@20250929", "-latest"). nullptr when unknown.
+  // The entry's version in effect now (its scheduled `changes`), as resolve_at(model, now).
   const model_price* resolve(std::string_view model) const;
+  // The version in effect at `unix_ms` (a call's start: what the call is billed at).
+  const model_price* resolve_at(std::string_view model, std::int64_t unix_ms) const;
 
   // Names of all canonical entries (bounded label set for metrics).
   std::vector<std::string> names() const;
@@ -155,6 +168,8 @@ class price_table {
   std::map<std::string, std::string, std::less<>> aliases_;   // lower-case alias -> canonical name
 
   void rebuild_index_();
+  // The entry a model id names (resolve()'s look-up), before its scheduled changes.
+  const model_price* find_entry_(std::string_view model) const;
   // Every lower-case spelling resolve() may look up -> entry: names, aliases, then their
   // "4.5"/"4-5" twins and (LiteLLM) provider-less forms. Rebuilt after each load.
   std::map<std::string, const model_price*, std::less<>> index_;

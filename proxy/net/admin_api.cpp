@@ -188,10 +188,11 @@ model_price price_override(const price_table& table, const std::string& model, c
   if (!entry.is_object()) throw http_problem(400, "invalid_parameter", where + " must be an object of prices");
   model_price p;
   const model_price* base = table.resolve(model);
-  if (base != nullptr) p = *base;
+  if (base != nullptr) p = *base;  // the prices in effect now (a version has no changes)
   else if (!entry.contains("input") || !entry.contains("output"))
     throw http_problem(400, "invalid_parameter", where + ": a model the price table lacks needs input and output");
   p.name = model;
+  p.changes.clear();  // the override is the price, whatever the date
   for (const auto& [field, v] : entry.items()) {
     if (field == "input") p.input = price_field(entry, where, "input");
     else if (field == "output") p.output = price_field(entry, where, "output");

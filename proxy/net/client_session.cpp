@@ -2531,7 +2531,7 @@ void client_session::finish_call(call& c) {
     for (const std::string* name : std::initializer_list<const std::string*>{&model, &fallback, &rec.requested_model}) {
       if (name == tried || name->empty()) continue;
       tried = name;
-      const model_price* p = st_.prices.resolve(*name);
+      const model_price* p = st_.prices.resolve_at(*name, rec.start_ms);  // the prices when it started
       if (p == nullptr) continue;
       token_usage u = rec.tokens;
       if (untiered && off_peak_at(*p, rec.start_ms)) u.tier = service_tier::off_peak;

@@ -1,6 +1,6 @@
 // libFuzzer target: the price table (core/pricing). The first byte picks the mode:
 //   0: the rest is a model id, resolved against the shipped config/prices.yaml (on every call);
-//   1: the rest is a prices.yaml text;   2: the rest is a LiteLLM JSON catalogue.
+//   1: the rest is a prices.yaml text (scheduled changes included);   2: the rest is a LiteLLM JSON catalogue.
 // Invariants: loaders fail only with config_error; resolve() ends, is case-insensitive, finds
 // every canonical name as itself and returns entries of the table; a provider prefix changes
 // nothing; costs are never negative or NaN, whatever the (even nonsensical) token counts.
@@ -85,6 +85,17 @@ void check_table(const price_table& t, std::string_view seed) {
     check_cost(*p, usage_from(seed));
     check_cost(*p, token_usage{1'000'000, 1'000'000, 0, 0, 0, 0});
     check_cost(*p, token_usage{-5, std::numeric_limits<std::int64_t>::max(), 7, 9, 11, -3});
+    // Scheduled changes: versions of the same entry in time order, each in effect from its
+    // instant, none with changes of its own, each pricing any usage.
+    const model_price* base = t.resolve_at(n, std::numeric_limits<std::int64_t>::min());
+    FUZZ_CHECK(base != nullptr && base->name == n);
+    for (std::size_t i = 0; i < base->changes.size(); ++i) {
+      const auto& [from, v] = base->changes[i];
+      FUZZ_CHECK(v != nullptr && v->name == n && v->changes.empty());
+      if (i > 0) FUZZ_CHECK(from > base->changes[i - 1].first);
+      FUZZ_CHECK(t.resolve_at(n, from) == v.get());
+      check_cost(*v, usage_from(seed));
+    }
     // Dated snapshot of a name resolves to an entry of the table (not necessarily this one: a
     // separate entry may be spelled that way).
     if (const auto* q = t.resolve(n + "-2025-04-14")) FUZZ_CHECK(in_table(t, q));

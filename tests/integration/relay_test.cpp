@@ -141,6 +141,21 @@ TEST_CASE("relay: a relayed Claude chat call's cache writes are billed at the wr
   }
 }
 
+namespace {
+// One chat call of each model, non-stream then streamed, all answered; the rows flushed.
+void chat_each_both_ways(harness& h, std::initializer_list<const char*> models) {
+  for (const char* model : models) {
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model));
+    REQUIRE(r.status == 200);
+    tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body(model, true));
+    REQUIRE(s.status() == 200);
+    s.read_all();
+    CHECK(s.ended_cleanly());
+  }
+  h.flush();
+}
+}  // namespace
+
 // DeepSeek-style time-of-day prices: a call made outside the entry's peak hours is billed at its
 // off_peak tier and ledgered with service_tier "off_peak"; one inside them at the entry's prices.
 TEST_CASE("relay: a call outside its entry's peak hours is billed at the off-peak tier", "[relay]") {
@@ -159,15 +174,7 @@ TEST_CASE("relay: a call outside its entry's peak hours is billed at the off-pea
       << other << "\"] }\n";
   }
   harness h({.tweak = [&](tollgate::config& c) { c.prices_file = prices.path + "/prices.yaml"; }});
-  for (const char* model : {"peak-all", "peak-other"}) {
-    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model));
-    REQUIRE(r.status == 200);
-    tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body(model, true));
-    REQUIRE(s.status() == 200);
-    s.read_all();
-    CHECK(s.ended_cleanly());
-  }
-  h.flush();
+  chat_each_both_ways(h, {"peak-all", "peak-other"});
   auto rows = h.rows("SELECT * FROM calls ORDER BY start_ms, id");
   REQUIRE(rows.size() == 4);
   for (auto& row : rows) {
@@ -179,6 +186,36 @@ TEST_CASE("relay: a call outside its entry's peak hours is billed at the off-pea
     CHECK(std::stod(row["cost_usd"]) == Approx((off ? 0.5 : 1.0) * (p * 2.0 + c * 8.0) / 1e6).epsilon(1e-12));
   }
   CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE price_model = 'peak-other'") == 2);
+}
+
+// Scheduled price changes (prices.yaml `changes`): a call is billed at the version in effect
+// when it started; a change not yet due prices nothing.
+TEST_CASE("relay: a call is billed at the prices in effect when it started (scheduled changes)", "[relay]") {
+  tt::temp_dir prices;
+  {
+    std::ofstream f(prices.path + "/prices.yaml");
+    f << "models:\n"
+         "  changed: { input: 2.00, output: 8.00, changes: [ { from: 2020-01-01, input: 1.00, output: 4.00 } ] }\n"
+         "  not-yet:\n"
+         "    input: 2.00\n"
+         "    output: 8.00\n"
+         "    changes:\n"
+         "      - { from: 2020-01-01, output: 6.00 }\n"
+         "      - { from: 2100-01-01, input: 20.00, output: 80.00 }\n";
+  }
+  harness h({.tweak = [&](tollgate::config& c) { c.prices_file = prices.path + "/prices.yaml"; }});
+  chat_each_both_ways(h, {"changed", "not-yet"});
+  auto rows = h.rows("SELECT * FROM calls ORDER BY start_ms, id");
+  REQUIRE(rows.size() == 4);
+  for (auto& row : rows) {
+    INFO(row["price_model"]);
+    const bool changed = row["price_model"] == "changed";
+    const double p = std::stod(row["prompt_tokens"]), c = std::stod(row["completion_tokens"]);
+    CHECK(p > 0);
+    CHECK(row["priced"] == "1");
+    CHECK(std::stod(row["cost_usd"]) == Approx((changed ? p * 1.0 + c * 4.0 : p * 2.0 + c * 6.0) / 1e6).epsilon(1e-12));
+  }
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE price_model = 'not-yet'") == 2);
 }
 
 TEST_CASE("relay: flex and priority calls are billed at their tier's prices and ledgered with it", "[relay]") {

@@ -849,6 +849,75 @@ TEST_CASE("pricing: DeepSeek's off-peak hours are billed at the off_peak tier", 
   }
 }
 
+TEST_CASE("pricing: scheduled price changes bill each call at the prices in effect when it started", "[pricing]") {
+  constexpr std::int64_t jan1_2027 = 1798761600000;  // 2027-01-01T00:00:00Z
+  price_table t;
+  t.load_yaml_string("models:\n"
+                     "  m:\n"
+                     "    input: 0.50\n"
+                     "    output: 3.00\n"
+                     "    flex: 0.5\n"
+                     "    priority: { input: 0.90, output: 5.40 }\n"
+                     "    long_context: { threshold: 200000, input: 1.00, output: 4.50 }\n"
+                     "    aliases: [m-latest]\n"
+                     "    changes:\n"
+                     "      - { from: 2027-01-01, input: 1.00, output: 6.00 }\n"
+                     "      - { from: \"2027-03-01T12:30Z\", cached_input: 0.05 }\n"
+                     "  plain: { input: 1, output: 2 }\n");
+  const model_price* base = t.resolve_at("m", jan1_2027 - 1);
+  const model_price* jan = t.resolve_at("m-latest", jan1_2027);
+  const model_price* mar = t.resolve_at("M", jan1_2027 + 59LL * 86'400'000 + 45'000'000);  // 03-01 12:30
+  REQUIRE(base != nullptr);
+  REQUIRE(jan != nullptr);
+  REQUIRE(mar != nullptr);
+  CHECK(base->input == 0.50);
+  CHECK(base->output == 3.00);
+  CHECK(jan->input == 1.00);
+  CHECK(jan->output == 6.00);
+  CHECK(jan->name == "m");  // one entry, one metrics label
+  CHECK(jan->cached_input == 1.00);  // the default follows the new input price
+  CHECK(mar->input == 1.00);         // a later change keeps the earlier one's prices
+  CHECK(mar->cached_input == 0.05);
+  CHECK(t.resolve_at("m", jan1_2027 + 59LL * 86'400'000 + 45'000'000 - 1)->cached_input == 1.00);
+  // A tier given as a factor scales the new prices; one given as prices and the long tier stay.
+  CHECK(jan->tier(service_tier::flex)->input == 0.50);
+  CHECK(base->tier(service_tier::flex)->input == 0.25);
+  CHECK(jan->tier(service_tier::priority)->output == 5.40);
+  CHECK(jan->tier(service_tier::batch)->output == 3.00);  // the default batch half price, of the new prices
+  CHECK(jan->long_context_threshold == 200000);
+  CHECK(jan->long_output == 4.50);
+  CHECK(jan->changes.empty());
+  // resolve() is the version in effect now; an entry without changes is itself at any time.
+  CHECK(t.resolve("plain") == t.resolve_at("plain", 0));
+  const auto u = usage(100'000, 10'000);
+  CHECK(compute_cost(*base, u).usd == Approx(0.05 + 0.03));
+  CHECK(compute_cost(*jan, u).usd == Approx(0.10 + 0.06));
+  CHECK(&price_at(*t.resolve_at("m", 0), jan1_2027) == jan);
+
+  const auto entry = [](const std::string& changes) {
+    return "models:\n  m:\n    input: 1\n    output: 2\n    changes:\n" + changes;
+  };
+  for (const char* from : {"2027-13-01", "2027-02-30", "27-01-01", "2027-01-01T25:00Z", "2027-01-01T10:00",
+                           "2027-01-01 10:00Z", "tomorrow", "1969-12-31"})
+    CHECK_THAT(yaml_error(entry(std::string("      - { from: \"") + from + "\", input: 2 }\n")),
+               Catch::Contains("bad.yaml:6:") && Catch::Contains("from must be a UTC date"));
+  CHECK_THAT(yaml_error(entry("      - { from: 2027-02-01, input: 2 }\n      - { from: 2027-01-01, input: 3 }\n")),
+             Catch::Contains("bad.yaml:7:") && Catch::Contains("in time order"));
+  CHECK_THAT(yaml_error(entry("      - { input: 2 }\n")), Catch::Contains("bad.yaml:6:") && Catch::Contains("needs 'from'"));
+  CHECK_THAT(yaml_error(entry("      - { from: 2027-01-01 }\n")), Catch::Contains("at least one price"));
+  CHECK_THAT(yaml_error(entry("      - { from: 2027-01-01, aliases: [x] }\n")), Catch::Contains("belongs to the entry"));
+  CHECK_THAT(yaml_error(entry("      - { from: 2027-01-01,\n          inptu: 2 }\n")),
+             Catch::Contains("bad.yaml:7:") && Catch::Contains("unknown key 'inptu' in a change"));
+  CHECK_THAT(yaml_error(entry("      - { from: 2027-01-01, input: -2 }\n")), Catch::Contains("bad.yaml:6:"));
+  CHECK_THAT(yaml_error(entry("      from: 2027-01-01\n")), Catch::Contains("must be a list"));
+  // A change may bring in what the entry did not have, and is checked as an entry is.
+  CHECK_THAT(yaml_error(entry("      - { from: 2027-01-01, off_peak: 0.5 }\n")), Catch::Contains("needs peak_hours_utc"));
+  price_table ok;
+  ok.load_yaml_string(entry("      - { from: \"2027-01-01T08:00:30Z\", off_peak: 0.5, peak_hours_utc: [\"01:00-02:00\"] }\n"));
+  CHECK(ok.resolve_at("m", jan1_2027 + 8 * 3'600'000 + 30'000)->tier(service_tier::off_peak) != nullptr);
+  CHECK(ok.resolve_at("m", jan1_2027 + 8 * 3'600'000 + 29'999)->tier(service_tier::off_peak) == nullptr);
+}
+
 TEST_CASE("pricing: a reservation prices the prompt as written to the cache when the call may write it", "[pricing]") {
   const auto t = shipped_table();
   token_usage w;
