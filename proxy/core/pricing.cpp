@@ -253,7 +253,8 @@ std::optional<double> model_price::*optional_price(std::string_view key) noexcep
   static constexpr std::pair<std::string_view, std::optional<double> model_price::*> keys[] = {
       {"cache_write_5m", &model_price::cache_write_5m}, {"cache_write_1h", &model_price::cache_write_1h},
       {"image_input", &model_price::image_input},       {"audio_input", &model_price::audio_input},
-      {"audio_output", &model_price::audio_output},     {"cached_image_input", &model_price::cached_image_input},
+      {"audio_output", &model_price::audio_output},     {"text_output", &model_price::text_output},
+      {"cached_image_input", &model_price::cached_image_input},
       {"cached_audio_input", &model_price::cached_audio_input}};
   for (const auto& [name, slot] : keys)
     if (name == key) return slot;
@@ -325,7 +326,7 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
 // Every key of a prices.yaml entry (parse_entry() reads them).
 constexpr std::string_view entry_keys =
     "input, cached_input, output, cache_write_5m, cache_write_1h, web_search, file_search, us_inference, "
-    "image_input, audio_input, audio_output, cached_image_input, cached_audio_input, per_minute, "
+    "image_input, audio_input, audio_output, text_output, cached_image_input, cached_audio_input, per_minute, "
     "per_million_characters, per_image, per_second, long_context, flex, priority, scale, batch, fast, off_peak, "
     "peak_hours_utc, changes, aliases";
 bool known_entry_key(std::string_view key) {
@@ -863,6 +864,7 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
   const double image = std::min(clamp0(usage.image_in), uncached);
   const double audio = std::min(clamp0(usage.audio_in), uncached - image);
   const double audio_out = std::min(clamp0(usage.audio_out), completion);
+  const double text_out = std::min(clamp0(usage.text_out), completion - audio_out);
   // Cache reads of image and audio tokens (Realtime) likewise, parts of the cached input.
   const double image_hit = std::min(clamp0(usage.image_cached), cached);
   const double audio_hit = std::min(clamp0(usage.audio_cached), cached - image_hit);
@@ -872,7 +874,8 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
        audio * media(price.audio_input, in, price.input) + (cached - image_hit - audio_hit) * cached_in +
        image_hit * media(price.cached_image_input, cached_in, price.cached_input) +
        audio_hit * media(price.cached_audio_input, cached_in, price.cached_input) + write_5m * w5 + write_1h * w1 +
-       (completion - audio_out) * out + audio_out * media(price.audio_output, out, price.output)) /
+       (completion - audio_out - text_out) * out + audio_out * media(price.audio_output, out, price.output) +
+       text_out * media(price.text_output, out, price.output)) /
           per_million * (usage.geo_us ? price.us_inference : 1.0) +
       clamp0(usage.web_search) * price.web_search / 1000.0 + clamp0(usage.file_search) * price.file_search / 1000.0 +
       clamp0(usage.audio_ms) / 60'000.0 * price.per_minute +

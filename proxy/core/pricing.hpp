@@ -75,6 +75,7 @@ struct model_price {
   std::optional<double> image_input;   // USD per 1M uncached image input tokens; default input
   std::optional<double> audio_input;   // USD per 1M uncached audio input tokens; default input
   std::optional<double> audio_output;  // USD per 1M audio output tokens; default output
+  std::optional<double> text_output;   // USD per 1M text output tokens of an image model; default output
   std::optional<double> cached_image_input;  // USD per 1M image cache-read tokens; default cached_input
   std::optional<double> cached_audio_input;  // USD per 1M audio cache-read tokens; default cached_input
   double per_minute = 0;              // USD per minute of audio input (whisper-1), billed per second

@@ -239,6 +239,7 @@ token_usage clamp_parts(token_usage t) noexcept {
   t.image_in = std::min(t.image_in, t.prompt);
   t.audio_in = std::min(t.audio_in, t.prompt - t.image_in);
   t.audio_out = std::min(t.audio_out, t.completion);
+  t.text_out = std::min(t.text_out, t.completion - t.audio_out);
   t.image_cached = std::min(t.image_cached, t.cached);
   t.audio_cached = std::min(t.audio_cached, t.cached - t.image_cached);
   t.cache_write_1h = std::min(t.cache_write_1h, t.cache_write);
@@ -361,7 +362,10 @@ std::optional<token_usage> responses_usage(const Node& u) {
   if (t.cache_write > 0 && t.cached + t.cache_write > t.prompt) t.prompt += t.cached + t.cache_write;
   t.image_in = count(input_details, "image_tokens");
   t.audio_in = count(input_details, "audio_tokens");
-  t.reasoning = count(member(u, "output_tokens_details"), "reasoning_tokens");
+  const auto& output_details = member(u, "output_tokens_details");
+  t.reasoning = count(output_details, "reasoning_tokens");
+  // An image model's output splits into image and text tokens, priced apart (gpt-image-1.5, 2).
+  t.text_out = count(output_details, "text_tokens");
   add_exclusive_reasoning(t, count_field(u, "total_tokens"), input.value_or(0));
   return clamp_parts(t);
 }

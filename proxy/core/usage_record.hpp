@@ -63,8 +63,9 @@ struct token_usage {
   // Media tokens priced apart (not ledger columns: a what-if prices them as text): image input
   // (gpt-image-1's input_tokens_details.image_tokens) and audio input (audio and transcription
   // models), uncached parts of prompt; audio output, part of completion; cache reads of image and
-  // audio tokens (Realtime's cached_tokens_details), parts of `cached`.
-  std::int64_t image_in = 0, audio_in = 0, audio_out = 0;
+  // audio tokens (Realtime's cached_tokens_details), parts of `cached`; an image model's text
+  // output (gpt-image-1.5 and 2's output_tokens_details.text_tokens), part of completion.
+  std::int64_t image_in = 0, audio_in = 0, audio_out = 0, text_out = 0;
   std::int64_t image_cached = 0, audio_cached = 0;
   // Units billed other than tokens: audio input length (whisper-1's usage {"type": "duration",
   // "seconds"}) and input characters (tts-1 speech, from the request's `input`).
@@ -79,7 +80,7 @@ struct token_usage {
     prompt += o.prompt, completion += o.completion, cached += o.cached, cache_write += o.cache_write;
     cache_write_1h += o.cache_write_1h, reasoning += o.reasoning, web_search += o.web_search;
     file_search += o.file_search;
-    image_in += o.image_in, audio_in += o.audio_in, audio_out += o.audio_out;
+    image_in += o.image_in, audio_in += o.audio_in, audio_out += o.audio_out, text_out += o.text_out;
     image_cached += o.image_cached, audio_cached += o.audio_cached, audio_ms += o.audio_ms, characters += o.characters;
     images += o.images, video_seconds += o.video_seconds;
     if (media_w == 0 && media_h == 0) media_w = o.media_w, media_h = o.media_h, media_hd = o.media_hd;

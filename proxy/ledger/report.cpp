@@ -672,7 +672,7 @@ class whatif_prices {
 }  // namespace
 
 static bool bills_beyond_columns(const model_price& p) {
-  return p.image_input || p.audio_input || p.audio_output || p.cached_image_input || p.cached_audio_input ||
+  return p.image_input || p.audio_input || p.audio_output || p.text_output || p.cached_image_input || p.cached_audio_input ||
          p.per_minute > 0 || p.per_million_characters > 0 || !p.per_image.empty() || !p.per_second.empty();
 }
 

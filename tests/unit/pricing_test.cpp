@@ -60,7 +60,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-5-pro", "o3-pro", "o3-mini", "o1", "o1-pro", "o1-mini", "codex-mini-latest",
                             "gpt-4o-2024-05-13", "gpt-4-turbo", "gpt-4", "claude-opus-4.5", "claude-opus-4",
                             "claude-3-7-sonnet", "claude-3-5-haiku", "claude-3-haiku", "gemini-2.0-flash",
-                            "gemini-2.0-flash-lite", "gemini-3-pro-preview", "gpt-image-1", "gpt-image-1-mini", "gpt-image-2",
+                            "gemini-2.0-flash-lite", "gemini-3-pro-preview", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2",
                             "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-mini-tts", "gpt-4o-audio-preview",
                             "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini", "gpt-realtime",
                             "gpt-realtime-mini", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview",
@@ -466,6 +466,21 @@ TEST_CASE("pricing: service tiers (flex, priority) are billed at their own price
     v.image_cached = 300;  // of the 500 read from the cache, 300 image tokens
     CHECK(compute_cost(t, "gpt-image-2", v).usd ==
           Approx((400 * 5.0 + 600 * 8.0 + 200 * 1.25 + 300 * 2.0 + 4'160 * 30.0) / 1e6));
+  }
+  SECTION("gpt-image-1.5 and 2: text output tokens at the text price, the rest at the image price") {
+    auto v = usage(1'000, 4'260);
+    v.text_out = 100;  // output_tokens_details: 4,160 image + 100 text tokens
+    CHECK(compute_cost(t, "gpt-image-2", v).usd == Approx((1'000 * 5.0 + 4'160 * 30.0 + 100 * 10.0) / 1e6));
+    CHECK(compute_cost(t, "gpt-image-1.5-2025-12-16", v).usd == Approx((1'000 * 5.0 + 4'160 * 32.0 + 100 * 10.0) / 1e6));
+    CHECK(compute_cost(t, "chatgpt-image-latest", v).price == t.resolve("gpt-image-1.5"));
+    v.tier = service_tier::batch;  // half price, text and image alike
+    CHECK(compute_cost(t, "gpt-image-2", v).usd == Approx(0.5 * (1'000 * 5.0 + 4'160 * 30.0 + 100 * 10.0) / 1e6));
+    v.tier = service_tier::none;
+    // A model without a text output price bills every output token at `output`; counts past
+    // the output are clamped.
+    CHECK(compute_cost(t, "gpt-image-1", v).usd == Approx((1'000 * 5.0 + 4'260 * 40.0) / 1e6));
+    v.text_out = 99'999;
+    CHECK(compute_cost(t, "gpt-image-2", v).usd == Approx((1'000 * 5.0 + 4'260 * 10.0) / 1e6));
   }
   SECTION("audio tokens in and out at the audio prices") {
     auto v = usage(1'000, 500);

@@ -1320,6 +1320,18 @@ TEST_CASE("usage: gpt-image-1's image input tokens are read from input_tokens_de
   CHECK(f.usage.prompt == 612);
   CHECK(f.usage.image_in == 600);
   CHECK(f.usage.completion == 4160);
+  CHECK(f.usage.text_out == 0);
+  // gpt-image-1.5 and 2 split their output into image and text tokens.
+  const auto split = extract_response(route_kind::other, R"({"created":1764460800,"data":[{"b64_json":"aGVsbG8="}],
+    "usage":{"input_tokens":12,"output_tokens":4260,"total_tokens":4272,
+             "input_tokens_details":{"text_tokens":12,"image_tokens":0},
+             "output_tokens_details":{"image_tokens":4160,"text_tokens":100}}})");
+  REQUIRE(split.has_usage);
+  CHECK(split.usage.completion == 4260);
+  CHECK(split.usage.text_out == 100);
+  const auto odd = extract_response(route_kind::other, R"({"usage":{"input_tokens":1,"output_tokens":50,
+             "output_tokens_details":{"text_tokens":70}}})");
+  CHECK(odd.usage.text_out == 50);
 }
 
 TEST_CASE("usage: audio tokens of chat and transcription replies", "[usage]") {
