@@ -64,7 +64,11 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-mini-tts", "gpt-4o-audio-preview",
                             "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini", "gpt-realtime",
                             "gpt-realtime-mini", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview",
-                            "whisper-1", "tts-1", "tts-1-hd", "dall-e-3", "dall-e-2", "sora-2", "sora-2-pro"};
+                            "whisper-1", "tts-1", "tts-1-hd", "dall-e-3", "dall-e-2", "sora-2", "sora-2-pro",
+                            "kimi-k2.6", "kimi-k2.5", "kimi-k2", "kimi-k2-thinking", "glm-5.3", "glm-5.2", "glm-5.1",
+                            "glm-5", "glm-5-turbo", "glm-5v-turbo", "glm-5-code", "glm-4.7", "glm-4.7-flashx",
+                            "glm-4.7-flash", "glm-4.6", "glm-4.5", "glm-4.5-x", "glm-4.5-air", "glm-4.5-airx",
+                            "glm-4.5-flash", "glm-4-32b-0414-128k"};
   CHECK(t.size() == std::size(expected));
   for (const char* name : expected) {
     INFO(name);
@@ -108,6 +112,39 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
     CHECK(t.resolve("text-embedding-3-large")->cached_input == Approx(0.13));
     CHECK(t.resolve("text-embedding-3-large")->output == 0);
   }
+}
+
+// Kimi and GLM ids as Moonshot, Z.ai and the routers spell them (OpenRouter "moonshotai/kimi-k2",
+// "z-ai/glm-4.6", Hugging Face "zai-org/GLM-4.6", dashes for dots), and their cache reads.
+TEST_CASE("pricing: Kimi and GLM ids resolve and bill cache hits at their cached price", "[pricing]") {
+  const auto t = shipped_table();
+  const std::pair<const char*, const char*> ids[] = {
+      {"kimi-k2.6", "kimi-k2.6"},          {"moonshotai/kimi-k2.6", "kimi-k2.6"}, {"kimi-k2-6", "kimi-k2.6"},
+      {"kimi-k2-0905-preview", "kimi-k2"}, {"moonshotai/kimi-k2", "kimi-k2"},     {"kimi-k2-instruct-0905", "kimi-k2"},
+      {"kimi-k2-thinking", "kimi-k2-thinking"}, {"z-ai/glm-4.6", "glm-4.6"},      {"zai-org/GLM-4.6", "glm-4.6"},
+      {"glm-5-1", "glm-5.1"},              {"GLM-4.7-Flash", "glm-4.7-flash"},   {"glm-4.7-flashx", "glm-4.7-flashx"},
+      {"glm-4.5-air", "glm-4.5-air"}};
+  for (const auto& [id, entry] : ids) {
+    INFO(id);
+    const auto* p = t.resolve(id);
+    REQUIRE(p != nullptr);
+    CHECK(p->name == entry);
+  }
+  CHECK(t.resolve("kimi-k2.7-code") == nullptr);  // not priced: never guessed from a sibling
+  CHECK(t.resolve("glm-4.7-flashy") == nullptr);
+
+  // 100k prompt tokens of which 80k cache hits, 2k out.
+  const auto k26 = compute_cost(t, "kimi-k2.6", usage(100'000, 2'000, 80'000));
+  CHECK(k26.priced);
+  CHECK(k26.usd == Approx((20'000 * 0.95 + 80'000 * 0.16 + 2'000 * 4.00) / 1e6));
+  const auto glm = compute_cost(t, "glm-4.6", usage(100'000, 2'000, 80'000));
+  CHECK(glm.usd == Approx((20'000 * 0.60 + 80'000 * 0.11 + 2'000 * 2.20) / 1e6));
+  const auto glm53 = compute_cost(t, "glm-5.3", usage(1'000'000, 1'000'000));
+  CHECK(glm53.usd == Approx(1.40 + 4.40));
+  // A free model is priced at $0, not unpriced.
+  const auto free = compute_cost(t, "glm-4.7-flash", usage(5'000, 500));
+  CHECK(free.priced);
+  CHECK(free.usd == 0);
 }
 
 TEST_CASE("pricing: model ids resolve to their base entry", "[pricing]") {
