@@ -52,7 +52,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "claude-sonnet-5.5", "claude-haiku-5.5", "claude-fable-5.1", "claude-fable-5.2",
                             "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro", "gpt-5.6-sol", "gpt-5.6-terra", "gpt-5.6-luna",
                             "gpt-5.2", "gpt-5.2-pro", "gpt-5.2-codex", "gpt-5.3-codex", "gpt-5.1-codex-max",
-                            "gemini-3-flash-preview", "gemini-3.5-flash", "gemini-3.1-pro-preview", "grok-4", "grok-4-fast", "grok-4.1-fast",
+                            "gemini-3-flash-preview", "gemini-3.1-flash-lite", "gemini-3.5-flash", "gemini-3.1-pro-preview", "grok-4", "grok-4-fast", "grok-4.1-fast",
                             "grok-code-fast-1", "grok-4.6", "grok-4.7", "deepseek-flash", "deepseek-v4-pro", "deepseek-v3.2", "deepseek-chat",
                             "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
                             "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
@@ -145,6 +145,19 @@ TEST_CASE("pricing: Kimi and GLM ids resolve and bill cache hits at their cached
   const auto free = compute_cost(t, "glm-4.7-flash", usage(5'000, 500));
   CHECK(free.priced);
   CHECK(free.usd == 0);
+}
+
+// Gemini bills audio input above text (2.5 Flash $1.00 against $0.30); a usage that reports its
+// audio tokens (prompt_tokens_details.audio_tokens) is billed so.
+TEST_CASE("pricing: Gemini audio input at its own price, 3.1 Flash-Lite priced", "[pricing]") {
+  const auto t = shipped_table();
+  auto u = usage(100'000, 10'000);
+  u.audio_in = 40'000;
+  CHECK(compute_cost(t, "gemini-2.5-flash", u).usd == Approx((60'000 * 0.30 + 40'000 * 1.00 + 10'000 * 2.50) / 1e6));
+  CHECK(compute_cost(t, "google/gemini-3.1-flash-lite-preview", u).usd ==
+        Approx((60'000 * 0.25 + 40'000 * 0.50 + 10'000 * 1.50) / 1e6));
+  // Without an audio count the whole prompt is text, as before.
+  CHECK(compute_cost(t, "gemini-2.5-flash", usage(100'000, 10'000)).usd == Approx((100'000 * 0.30 + 10'000 * 2.50) / 1e6));
 }
 
 TEST_CASE("pricing: model ids resolve to their base entry", "[pricing]") {
