@@ -68,7 +68,8 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "kimi-k2.6", "kimi-k2.5", "kimi-k2", "kimi-k2-thinking", "glm-5.3", "glm-5.2", "glm-5.1",
                             "glm-5", "glm-5-turbo", "glm-5v-turbo", "glm-5-code", "glm-4.7", "glm-4.7-flashx",
                             "glm-4.7-flash", "glm-4.6", "glm-4.5", "glm-4.5-x", "glm-4.5-air", "glm-4.5-airx",
-                            "glm-4.5-flash", "glm-4-32b-0414-128k"};
+                            "glm-4.5-flash", "glm-4-32b-0414-128k", "gpt-5.6-cyber", "gpt-6-astra", "gpt-6-sol",
+                            "gpt-6-luna", "gpt-6.1-sol"};
   CHECK(t.size() == std::size(expected));
   for (const char* name : expected) {
     INFO(name);
@@ -278,9 +279,9 @@ TEST_CASE("pricing: cost follows the formula", "[pricing]") {
     // OpenAI before GPT-5.6 (and Gemini, DeepSeek) write the cache for free: plain input.
     CHECK(compute_cost(small, "m", usage(3'000'000, 0, 0, 3'000'000, 1'000'000)).usd == Approx(3 * 4.0));
     CHECK(compute_cost(t, "gpt-5.5", usage(10'000, 0, 0, 8'000)).usd == Approx(10'000 * 5.00 / 1e6));
-    // GPT-5.6 prices its writes: 1.25x input, reads 0.1x.
+    // GPT-5.6 prices its writes: 1.25x input, reads 0.1x (Terra since 2026-07-30: $2 / $12).
     CHECK(compute_cost(t, "gpt-5.6-terra", usage(10'000, 1'000, 2'000, 8'000)).usd ==
-          Approx((8'000 * 3.125 + 2'000 * 0.25 + 1'000 * 15.00) / 1e6));
+          Approx((8'000 * 2.50 + 2'000 * 0.20 + 1'000 * 12.00) / 1e6));
   }
   SECTION("counters that disagree never bill negative input") {
     const auto r = compute_cost(t, "gpt-4.1", usage(100, 0, 300));
@@ -800,7 +801,7 @@ TEST_CASE("pricing: gpt-5.4 and later bill a prompt over 272k tokens at 2x input
   // GPT-5.6 doubles its cache writes too; the 400k-context gpt-5.4-mini has no long tier.
   auto written = usage(300'000, 10'000, 50'000, 150'000);
   CHECK(compute_cost(t, "gpt-5.6-terra", written).usd ==
-        Approx((100'000 * 5.00 + 50'000 * 0.50 + 150'000 * 6.25 + 10'000 * 22.50) / 1e6));
+        Approx((100'000 * 4.00 + 50'000 * 0.40 + 150'000 * 5.00 + 10'000 * 18.00) / 1e6));
   CHECK(cost("gpt-5.4-mini", 300'000, 0, service_tier::none) == Approx((300'000 * 0.75 + 10'000 * 4.50) / 1e6));
   // A hard budget reserves a long prompt at the long prices.
   auto worst = usage(300'000, 10'000);
@@ -914,6 +915,45 @@ TEST_CASE("pricing: DeepSeek's off-peak hours are billed at the off_peak tier", 
   }
 }
 
+// OpenAI repriced GPT-5.6 twice (Terra and Luna on 2026-07-30, Sol's promotion on 2026-08-21): the
+// shipped table stages both as `changes`, so a call is billed at the prices of the day it started.
+TEST_CASE("pricing: the shipped GPT-5.6 repricings and GPT-6 prices", "[pricing]") {
+  constexpr std::int64_t jul30 = 1785369600000;  // 2026-07-30T00:00:00Z
+  constexpr std::int64_t aug21 = 1787270400000;  // 2026-08-21T00:00:00Z
+  const auto t = shipped_table();
+  const auto u = usage(100'000, 10'000, 20'000, 30'000);  // 50k uncached, 20k read, 30k written
+  const auto at = [&](std::string_view model, std::int64_t ms, service_tier tier = service_tier::none) {
+    auto v = u;
+    v.tier = tier;
+    const model_price* p = t.resolve_at(model, ms);
+    REQUIRE(p != nullptr);
+    return compute_cost(*p, v).usd;
+  };
+  const auto bill = [](double in, double hit, double write, double out) {
+    return (50'000 * in + 20'000 * hit + 30'000 * write + 10'000 * out) / 1e6;
+  };
+  CHECK(at("gpt-5.6-luna", jul30 - 1) == Approx(bill(1.00, 0.10, 1.25, 6.00)));
+  CHECK(at("gpt-5.6-luna", jul30) == Approx(bill(0.20, 0.02, 0.25, 1.20)));
+  CHECK(at("gpt-5.6-terra", jul30 - 1) == Approx(bill(2.50, 0.25, 3.125, 15.00)));
+  CHECK(at("gpt-5.6-terra", jul30) == Approx(bill(2.00, 0.20, 2.50, 12.00)));
+  CHECK(at("gpt-5.6-sol", aug21 - 1) == Approx(bill(5.00, 0.50, 6.25, 30.00)));
+  CHECK(at("gpt-5.6", aug21) == Approx(bill(4.00, 0.40, 5.00, 20.00)));  // the alias routes to Sol
+  // Priority (Fast mode) a flat 2x, Flex half, on the version in effect.
+  CHECK(at("gpt-5.6-sol", aug21, service_tier::priority) == Approx(2 * bill(4.00, 0.40, 5.00, 20.00)));
+  CHECK(at("gpt-5.6-terra", jul30, service_tier::flex) == Approx(0.5 * bill(2.00, 0.20, 2.50, 12.00)));
+  // A long prompt at the version's long tier.
+  auto big = usage(300'000, 10'000);
+  CHECK(compute_cost(*t.resolve_at("gpt-5.6-sol", aug21), big).usd == Approx((300'000 * 8.00 + 10'000 * 30.00) / 1e6));
+  CHECK(compute_cost(*t.resolve_at("gpt-5.6-sol", aug21 - 1), big).usd == Approx((300'000 * 10.00 + 10'000 * 45.00) / 1e6));
+  // GPT-6.
+  CHECK(at("gpt-6-astra", aug21) == Approx(bill(10.00, 1.00, 12.50, 50.00)));
+  CHECK(at("openai/gpt-6-sol", aug21) == Approx(bill(2.00, 0.20, 2.50, 10.00)));
+  CHECK(at("gpt-6-luna", aug21) == Approx(bill(0.10, 0.01, 0.125, 0.50)));
+  CHECK(at("gpt-6.1-sol", aug21) == Approx(bill(2.00, 0.10, 2.50, 10.00)));
+  CHECK(compute_cost(t, "gpt-6-astra", big).usd == Approx((300'000 * 20.00 + 10'000 * 75.00) / 1e6));
+  CHECK(t.resolve("gpt-6") == nullptr);  // the bare id's target is not published: never guessed
+}
+
 TEST_CASE("pricing: scheduled price changes bill each call at the prices in effect when it started", "[pricing]") {
   constexpr std::int64_t jan1_2027 = 1798761600000;  // 2027-01-01T00:00:00Z
   price_table t;
@@ -996,7 +1036,7 @@ TEST_CASE("pricing: a reservation prices the prompt as written to the cache when
   CHECK(reserve_cost(sonnet, w, 2, 1.5) == Approx(1.5 * (100'000 * 6.00 + 1'000 * 15.0) / 1e6));
   // GPT-5.6 caches on its own and bills writes at 1.25x input; GPT-5.5 writes at input (no more).
   const model_price& terra = *t.resolve("gpt-5.6-terra");
-  CHECK(reserve_cost(terra, w, 0) == Approx((100'000 * 2.50 * 1.25 + 1'000 * 15.0) / 1e6));
+  CHECK(reserve_cost(terra, w, 0) == Approx((100'000 * 2.00 * 1.25 + 1'000 * 12.0) / 1e6));
   const model_price& g55 = *t.resolve("gpt-5.5");
   CHECK(reserve_cost(g55, w, 1) == Approx(compute_cost(g55, w).usd));
   // The tier the call asks for still applies (fast mode: 6x on Opus 4.6, writes included).
