@@ -292,6 +292,28 @@ std::vector<std::pair<std::uint16_t, std::uint16_t>> parse_peak_hours(const std:
   return out;
 }
 
+// `peak_days_utc`: a list of UTC weekdays ("mon" .. "sun" or the full names, any case), as a
+// bit set (bit 0 Sunday). Each day once.
+std::uint8_t parse_peak_days(const std::string& file, const std::string& model, const YAML::Node& node) {
+  const std::string what = "'" + model + "': peak_days_utc";
+  if (!node.IsSequence() || node.size() == 0)
+    fail(file, node, what + " must be a list of UTC weekdays such as [mon, tue, wed, thu, fri]");
+  static constexpr std::array<std::string_view, 7> names = {"sunday", "monday", "tuesday", "wednesday",
+                                                            "thursday", "friday", "saturday"};
+  std::uint8_t days = 0;
+  for (const auto& d : node) {
+    std::string s = d.IsScalar() ? d.Scalar() : std::string();
+    for (auto& c : s) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+    int day = -1;
+    for (std::size_t i = 0; i < names.size(); ++i)
+      if (s == names[i] || s == names[i].substr(0, 3)) day = static_cast<int>(i);
+    if (day < 0) fail(file, d, what + ": '" + s + "' is not a weekday (mon, tue, wed, thu, fri, sat, sun)");
+    if (days & (1u << day)) fail(file, d, what + ": '" + s + "' is listed twice");
+    days = static_cast<std::uint8_t>(days | (1u << day));
+  }
+  return days;
+}
+
 // A change's `from`: "YYYY-MM-DD" (00:00 UTC) or "YYYY-MM-DDTHH:MM[:SS]Z", as unix ms; nullopt
 // when it is neither or names no real day or time.
 std::optional<std::int64_t> parse_utc_instant(std::string_view s) {
@@ -328,7 +350,7 @@ constexpr std::string_view entry_keys =
     "input, cached_input, output, cache_write_5m, cache_write_1h, web_search, file_search, us_inference, "
     "image_input, audio_input, audio_output, text_output, cached_image_input, cached_audio_input, per_minute, "
     "per_million_characters, per_image, per_second, long_context, flex, priority, scale, batch, fast, off_peak, "
-    "peak_hours_utc, changes, aliases";
+    "peak_hours_utc, peak_days_utc, changes, aliases";
 bool known_entry_key(std::string_view key) {
   for (std::string_view rest = entry_keys; !rest.empty();) {
     const auto comma = rest.find(", ");
@@ -394,6 +416,7 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
   std::optional<double> cached;
   std::vector<std::pair<std::string, YAML::Node>> tiers;
   std::optional<YAML::Node> changes;  // (a default YAML::Node counts as defined)
+  std::optional<YAML::Node> peak_days_node;
   for (const auto& kv : node) {
     const auto key = kv.first.as<std::string>();
     const auto what = "'" + model + "': " + key;
@@ -430,6 +453,9 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       tiers.emplace_back(key, kv.second);  // read once the entry's own prices are known
     } else if (key == "peak_hours_utc") {
       e.price.peak_utc = parse_peak_hours(file, model, kv.second);
+    } else if (key == "peak_days_utc") {
+      e.price.peak_days = parse_peak_days(file, model, kv.second);
+      peak_days_node = kv.second;
     } else if (key == "changes") {
       changes = kv.second;
     } else if (key == "aliases") {
@@ -457,6 +483,8 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
     fail(file, node, "'" + model + "': off_peak needs peak_hours_utc (the UTC hours billed at the entry's prices)");
   if (!e.price.tier(service_tier::off_peak) && !e.price.peak_utc.empty())
     fail(file, node, "'" + model + "': peak_hours_utc needs an off_peak tier (a factor such as 0.5, or prices)");
+  if (peak_days_node && e.price.peak_utc.empty())
+    fail(file, *peak_days_node, "'" + model + "': peak_days_utc needs peak_hours_utc (the hours that are peak on those days)");
   apply_default_tiers(e.price);
   if (changes) parse_changes(file, model, node, *changes, e.price);
   return e;
@@ -777,6 +805,8 @@ billed_prices billed_prices_of(const model_price& p, service_tier t, bool long_c
 bool off_peak_at(const model_price& p, std::int64_t unix_ms) noexcept {
   if (p.peak_utc.empty() || unix_ms <= 0 || !p.tier(service_tier::off_peak)) return false;
   const auto minute = static_cast<std::uint16_t>((unix_ms / 60'000) % 1440);
+  const auto weekday = static_cast<unsigned>((unix_ms / 86'400'000 + 4) % 7);  // 1970-01-01 was a Thursday
+  if ((p.peak_days & (1u << weekday)) == 0) return true;
   for (const auto& [from, to] : p.peak_utc)
     if (minute >= from && minute < to) return false;
   return true;

@@ -96,6 +96,10 @@ struct model_price {
   // UTC day. A call that starts outside them is billed at the `off_peak` tier (DeepSeek's
   // off-peak half price). Empty: no schedule.
   std::vector<std::pair<std::uint16_t, std::uint16_t>> peak_utc;
+  // The UTC weekdays those hours are peak on (prices.yaml `peak_days_utc`), bit d for day d
+  // (0 Sunday .. 6 Saturday); every day by default. Any time of another day is off-peak
+  // (DeepSeek: its peak hours are Monday to Friday's).
+  std::uint8_t peak_days = 0x7F;
   // Scheduled price changes (prices.yaml `changes`): from each instant (unix ms, ascending) the
   // entry is billed as the version given, a whole entry with the change's keys replacing the
   // entry's own. A version has no changes of its own. price_table::resolve() gives the version

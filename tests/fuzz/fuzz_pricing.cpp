@@ -96,6 +96,13 @@ void check_table(const price_table& t, std::string_view seed) {
       FUZZ_CHECK(t.resolve_at(n, from) == v.get());
       check_cost(*v, usage_from(seed));
     }
+    // Peak schedule: an entry without one is never off-peak; with one, a week holds both kinds
+    // of minute unless its hours or days cover everything (any instant answers, none crashes).
+    for (std::int64_t ms : {std::int64_t{1}, std::int64_t{1796601600000}, std::numeric_limits<std::int64_t>::max(),
+                            std::numeric_limits<std::int64_t>::min()}) {
+      const bool off = off_peak_at(*p, ms);
+      if (p->peak_utc.empty()) FUZZ_CHECK(!off);
+    }
     // Dated snapshot of a name resolves to an entry of the table (not necessarily this one: a
     // separate entry may be spelled that way).
     if (const auto* q = t.resolve(n + "-2025-04-14")) FUZZ_CHECK(in_table(t, q));

@@ -65,7 +65,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini", "gpt-realtime",
                             "gpt-realtime-mini", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview",
                             "whisper-1", "tts-1", "tts-1-hd", "dall-e-3", "dall-e-2", "sora-2", "sora-2-pro",
-                            "kimi-k2.6", "kimi-k2.5", "kimi-k2", "kimi-k2-thinking", "glm-5.3", "glm-5.2", "glm-5.1",
+                            "kimi-k3", "kimi-k2.6", "kimi-k2.5", "kimi-k2", "kimi-k2-thinking", "glm-5.3", "glm-5.2", "glm-5.1",
                             "glm-5", "glm-5-turbo", "glm-5v-turbo", "glm-5-code", "glm-4.7", "glm-4.7-flashx",
                             "glm-4.7-flash", "glm-4.6", "glm-4.5", "glm-4.5-x", "glm-4.5-air", "glm-4.5-airx",
                             "glm-4.5-flash", "glm-4-32b-0414-128k", "gpt-5.6-cyber", "gpt-6-astra", "gpt-6-sol",
@@ -124,7 +124,7 @@ TEST_CASE("pricing: Kimi and GLM ids resolve and bill cache hits at their cached
       {"kimi-k2-0905-preview", "kimi-k2"}, {"moonshotai/kimi-k2", "kimi-k2"},     {"kimi-k2-instruct-0905", "kimi-k2"},
       {"kimi-k2-thinking", "kimi-k2-thinking"}, {"z-ai/glm-4.6", "glm-4.6"},      {"zai-org/GLM-4.6", "glm-4.6"},
       {"glm-5-1", "glm-5.1"},              {"GLM-4.7-Flash", "glm-4.7-flash"},   {"glm-4.7-flashx", "glm-4.7-flashx"},
-      {"glm-4.5-air", "glm-4.5-air"}};
+      {"glm-4.5-air", "glm-4.5-air"},       {"moonshotai/kimi-k3", "kimi-k3"}};
   for (const auto& [id, entry] : ids) {
     INFO(id);
     const auto* p = t.resolve(id);
@@ -873,6 +873,14 @@ TEST_CASE("pricing: DeepSeek's off-peak hours are billed at the off_peak tier", 
   CHECK(off_peak_at(*flash, at(0, 59)));
   CHECK(off_peak_at(*flash, at(23, 0)));
   CHECK_FALSE(off_peak_at(*flash, 0));           // no start time: the entry's prices
+  // Peak hours are Monday to Friday's: Saturday and Sunday are off-peak all day, Friday is not.
+  constexpr std::int64_t day = 86'400'000;
+  CHECK(off_peak_at(*flash, at(2, 0) - 2 * day));        // Saturday 2026-12-05 02:00
+  CHECK(off_peak_at(*flash, at(7, 0) - day));            // Sunday 07:00
+  CHECK_FALSE(off_peak_at(*flash, at(2, 0) - 3 * day));  // Friday 02:00
+  CHECK_FALSE(off_peak_at(*flash, at(9, 0) + 4 * day));  // Friday 2026-12-11 09:00
+  CHECK(off_peak_at(*flash, at(9, 0) + 5 * day));        // Saturday 09:00
+  CHECK(off_peak_at(*t.resolve("deepseek-v4-pro"), at(2, 0) - day));
   CHECK_FALSE(off_peak_at(*t.resolve("gpt-4.1"), at(5, 0)));  // no schedule
   auto u = usage(100'000, 10'000, 40'000);
   const double peak = (60'000 * 0.30 + 40'000 * 0.006 + 10'000 * 1.20) / 1e6;
@@ -912,6 +920,28 @@ TEST_CASE("pricing: DeepSeek's off-peak hours are billed at the off_peak tier", 
                  Catch::Contains("p.yaml:3:") && Catch::Contains("is not a range HH:MM-HH:MM"));
     CHECK_THAT(error("models:\n  m: { input: 1, output: 2, off_peak: 0.5, peak_hours_utc: \"01:00-02:00\" }\n"),
                Catch::Contains("must be a list"));
+    // Peak days: names or their first three letters, any case, each once; they need the hours.
+    price_table d;
+    d.load_yaml_string("models:\n  m: { input: 1, output: 2, off_peak: 0.5, peak_hours_utc: [\"00:00-24:00\"],\n"
+                       "       peak_days_utc: [Sunday, WED] }\n");
+    const auto* dm = d.resolve("m");
+    constexpr std::int64_t day = 86'400'000;
+    CHECK_FALSE(off_peak_at(*dm, at(12, 0) - day));     // Sunday
+    CHECK(off_peak_at(*dm, at(12, 0)));                 // Monday
+    CHECK(off_peak_at(*dm, at(12, 0) + day));           // Tuesday
+    CHECK_FALSE(off_peak_at(*dm, at(0, 0) + 2 * day));  // Wednesday 00:00
+    CHECK(off_peak_at(*dm, at(0, 0) + 3 * day));        // Thursday 00:00
+    CHECK_THAT(error("models:\n  m: { input: 1, output: 2, off_peak: 0.5, peak_hours_utc: [\"01:00-02:00\"],\n"
+                     "  peak_days_utc: [mon, funday] }\n"),
+               Catch::Contains("p.yaml:3:") && Catch::Contains("'funday' is not a weekday"));
+    CHECK_THAT(error("models:\n  m: { input: 1, output: 2, off_peak: 0.5, peak_hours_utc: [\"01:00-02:00\"],\n"
+                     "  peak_days_utc: [mon, Monday] }\n"),
+               Catch::Contains("'monday' is listed twice"));
+    CHECK_THAT(error("models:\n  m: { input: 1, output: 2, off_peak: 0.5, peak_hours_utc: [\"01:00-02:00\"],\n"
+                     "  peak_days_utc: [] }\n"),
+               Catch::Contains("must be a list of UTC weekdays"));
+    CHECK_THAT(error("models:\n  m: { input: 1, output: 2,\n  peak_days_utc: [mon] }\n"),
+               Catch::Contains("p.yaml:3:") && Catch::Contains("peak_days_utc needs peak_hours_utc"));
   }
 }
 
