@@ -53,7 +53,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro", "gpt-5.6-sol", "gpt-5.6-terra", "gpt-5.6-luna",
                             "gpt-5.2", "gpt-5.2-pro", "gpt-5.2-codex", "gpt-5.3-codex", "gpt-5.1-codex-max",
                             "gemini-3-flash-preview", "gemini-3.1-flash-lite", "gemini-3.5-flash", "gemini-3.1-pro-preview", "grok-4", "grok-4-fast", "grok-4.1-fast",
-                            "grok-code-fast-1", "grok-4.6", "grok-4.7", "deepseek-flash", "deepseek-v4-pro", "deepseek-v3.2", "deepseek-chat",
+                            "grok-code-fast-1", "grok-4.20", "grok-4.3", "grok-4.5", "grok-4.6", "grok-4.7", "deepseek-flash", "deepseek-v4-pro", "deepseek-v3.2", "deepseek-chat",
                             "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
                             "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
                             "gpt-5.1", "gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-5-codex", "gpt-5-chat-latest",
@@ -117,14 +117,15 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
 
 // Kimi and GLM ids as Moonshot, Z.ai and the routers spell them (OpenRouter "moonshotai/kimi-k2",
 // "z-ai/glm-4.6", Hugging Face "zai-org/GLM-4.6", dashes for dots), and their cache reads.
-TEST_CASE("pricing: Kimi and GLM ids resolve and bill cache hits at their cached price", "[pricing]") {
+TEST_CASE("pricing: Kimi, GLM and Grok ids resolve and bill cache hits at their cached price", "[pricing]") {
   const auto t = shipped_table();
   const std::pair<const char*, const char*> ids[] = {
       {"kimi-k2.6", "kimi-k2.6"},          {"moonshotai/kimi-k2.6", "kimi-k2.6"}, {"kimi-k2-6", "kimi-k2.6"},
       {"kimi-k2-0905-preview", "kimi-k2"}, {"moonshotai/kimi-k2", "kimi-k2"},     {"kimi-k2-instruct-0905", "kimi-k2"},
       {"kimi-k2-thinking", "kimi-k2-thinking"}, {"z-ai/glm-4.6", "glm-4.6"},      {"zai-org/GLM-4.6", "glm-4.6"},
       {"glm-5-1", "glm-5.1"},              {"GLM-4.7-Flash", "glm-4.7-flash"},   {"glm-4.7-flashx", "glm-4.7-flashx"},
-      {"glm-4.5-air", "glm-4.5-air"},       {"moonshotai/kimi-k3", "kimi-k3"}};
+      {"glm-4.5-air", "glm-4.5-air"},       {"moonshotai/kimi-k3", "kimi-k3"},    {"xai/grok-4-20", "grok-4.20"},
+      {"grok-4.20-0309-reasoning", "grok-4.20"}, {"grok-4.5-latest", "grok-4.5"}};
   for (const auto& [id, entry] : ids) {
     INFO(id);
     const auto* p = t.resolve(id);
@@ -142,6 +143,9 @@ TEST_CASE("pricing: Kimi and GLM ids resolve and bill cache hits at their cached
   CHECK(glm.usd == Approx((20'000 * 0.60 + 80'000 * 0.11 + 2'000 * 2.20) / 1e6));
   const auto glm53 = compute_cost(t, "glm-5.3", usage(1'000'000, 1'000'000));
   CHECK(glm53.usd == Approx(1.40 + 4.40));
+  // Grok 4.5 doubles every rate from 200k prompt tokens.
+  CHECK(compute_cost(t, "grok-4.5", usage(199'999, 1'000)).usd == Approx((199'999 * 2.00 + 1'000 * 6.00) / 1e6));
+  CHECK(compute_cost(t, "grok-4.5", usage(200'000, 1'000)).usd == Approx((200'000 * 4.00 + 1'000 * 12.00) / 1e6));
   // A free model is priced at $0, not unpriced.
   const auto free = compute_cost(t, "glm-4.7-flash", usage(5'000, 500));
   CHECK(free.priced);
