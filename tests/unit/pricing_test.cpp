@@ -52,7 +52,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "claude-sonnet-5.5", "claude-haiku-5.5", "claude-fable-5.1", "claude-fable-5.2",
                             "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro", "gpt-5.6-sol", "gpt-5.6-terra", "gpt-5.6-luna",
                             "gpt-5.2", "gpt-5.2-pro", "gpt-5.2-codex", "gpt-5.3-codex", "gpt-5.1-codex-max",
-                            "gemini-3-flash-preview", "gemini-3.1-flash-lite", "gemini-3.5-flash", "gemini-3.1-pro-preview", "grok-4", "grok-4-fast", "grok-4.1-fast",
+                            "gemini-3-flash-preview", "gemini-3.1-flash-lite", "gemini-3.5-flash", "gemini-3.7-flash", "gemini-3.8-flash", "gemini-3.1-pro-preview", "grok-4", "grok-4-fast", "grok-4.1-fast",
                             "grok-code-fast-1", "grok-4.20", "grok-4.3", "grok-4.5", "grok-4.6", "grok-4.7", "deepseek-flash", "deepseek-v4-pro", "deepseek-v3.2", "deepseek-chat",
                             "deepseek-reasoner", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
                             "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
@@ -154,13 +154,18 @@ TEST_CASE("pricing: Kimi, GLM and Grok ids resolve and bill cache hits at their 
 
 // Gemini bills audio input above text (2.5 Flash $1.00 against $0.30); a usage that reports its
 // audio tokens (prompt_tokens_details.audio_tokens) is billed so.
-TEST_CASE("pricing: Gemini audio input at its own price, 3.1 Flash-Lite priced", "[pricing]") {
+TEST_CASE("pricing: Gemini audio input at its own price, 3.1 Flash-Lite priced, 3.8 Flash's intro price ends", "[pricing]") {
   const auto t = shipped_table();
   auto u = usage(100'000, 10'000);
   u.audio_in = 40'000;
   CHECK(compute_cost(t, "gemini-2.5-flash", u).usd == Approx((60'000 * 0.30 + 40'000 * 1.00 + 10'000 * 2.50) / 1e6));
   CHECK(compute_cost(t, "google/gemini-3.1-flash-lite-preview", u).usd ==
         Approx((60'000 * 0.25 + 40'000 * 0.50 + 10'000 * 1.50) / 1e6));
+  // Gemini 3.7 and 3.8 Flash leave their introductory prices on 2027-01-01 (00:00 UTC).
+  constexpr std::int64_t jan1_2027 = 1798761600000;
+  const auto flash38 = [&](std::int64_t ms) { return compute_cost(*t.resolve_at("gemini-3.8-flash", ms), usage(1'000'000, 1'000'000, 500'000)).usd; };
+  CHECK(flash38(jan1_2027 - 1) == Approx(0.5 * 0.75 + 0.5 * 0.075 + 3.75));
+  CHECK(flash38(jan1_2027) == Approx(0.5 * 1.50 + 0.5 * 0.15 + 7.50));
   // Without an audio count the whole prompt is text, as before.
   CHECK(compute_cost(t, "gemini-2.5-flash", usage(100'000, 10'000)).usd == Approx((100'000 * 0.30 + 10'000 * 2.50) / 1e6));
 }
