@@ -65,7 +65,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini", "gpt-realtime",
                             "gpt-realtime-mini", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview",
                             "whisper-1", "tts-1", "tts-1-hd", "dall-e-3", "dall-e-2", "sora-2", "sora-2-pro",
-                            "kimi-k3", "kimi-k2.6", "kimi-k2.5", "kimi-k2", "kimi-k2-thinking", "glm-5.3", "glm-5.2", "glm-5.1",
+                            "minimax-m2.7", "kimi-k3", "kimi-k2.6", "kimi-k2.5", "kimi-k2", "kimi-k2-thinking", "glm-5.3", "glm-5.2", "glm-5.1",
                             "glm-5", "glm-5-turbo", "glm-5v-turbo", "glm-5-code", "glm-4.7", "glm-4.7-flashx",
                             "glm-4.7-flash", "glm-4.6", "glm-4.5", "glm-4.5-x", "glm-4.5-air", "glm-4.5-airx",
                             "glm-4.5-flash", "glm-4-32b-0414-128k", "gpt-5.6-cyber", "gpt-6-astra", "gpt-6-sol",
@@ -125,7 +125,7 @@ TEST_CASE("pricing: Kimi, GLM and Grok ids resolve and bill cache hits at their 
       {"kimi-k2-thinking", "kimi-k2-thinking"}, {"z-ai/glm-4.6", "glm-4.6"},      {"zai-org/GLM-4.6", "glm-4.6"},
       {"glm-5-1", "glm-5.1"},              {"GLM-4.7-Flash", "glm-4.7-flash"},   {"glm-4.7-flashx", "glm-4.7-flashx"},
       {"glm-4.5-air", "glm-4.5-air"},       {"moonshotai/kimi-k3", "kimi-k3"},    {"xai/grok-4-20", "grok-4.20"},
-      {"grok-4.20-0309-reasoning", "grok-4.20"}, {"grok-4.5-latest", "grok-4.5"}};
+      {"grok-4.20-0309-reasoning", "grok-4.20"}, {"grok-4.5-latest", "grok-4.5"},   {"MiniMax-M2.7", "minimax-m2.7"}};
   for (const auto& [id, entry] : ids) {
     INFO(id);
     const auto* p = t.resolve(id);
@@ -134,6 +134,7 @@ TEST_CASE("pricing: Kimi, GLM and Grok ids resolve and bill cache hits at their 
   }
   CHECK(t.resolve("kimi-k2.7-code") == nullptr);  // not priced: never guessed from a sibling
   CHECK(t.resolve("glm-4.7-flashy") == nullptr);
+  CHECK(t.resolve("MiniMax-M3") == nullptr);
 
   // 100k prompt tokens of which 80k cache hits, 2k out.
   const auto k26 = compute_cost(t, "kimi-k2.6", usage(100'000, 2'000, 80'000));
