@@ -278,7 +278,7 @@ TEST_CASE("pricing: cost follows the formula", "[pricing]") {
     CHECK(r.usd == Approx((200'000 * 2.50 + 100'000 * 0.25 + 10'000 * 15.00) / 1e6));
   }
   SECTION("deepseek cache hits") {
-    const auto r = compute_cost(t, "deepseek-chat", usage(100'000, 10'000, 60'000));
+    const auto r = compute_cost(t, "deepseek-v3.2", usage(100'000, 10'000, 60'000));
     CHECK(r.usd == Approx((40'000 * 0.28 + 60'000 * 0.028 + 10'000 * 0.42) / 1e6));
   }
   SECTION("cache writes default to 1.25x and 2x input on a Claude entry and to input elsewhere") {
@@ -891,6 +891,21 @@ TEST_CASE("pricing: DeepSeek's off-peak hours are billed at the off_peak tier", 
   CHECK_FALSE(off_peak_at(*flash, at(9, 0) + 4 * day));  // Friday 2026-12-11 09:00
   CHECK(off_peak_at(*flash, at(9, 0) + 5 * day));        // Saturday 09:00
   CHECK(off_peak_at(*t.resolve("deepseek-v4-pro"), at(2, 0) - day));
+  // The staged history: deepseek-chat on V3.2 prices until 2026-07-24, then V4 Flash's launch
+  // prices (no schedule), peak hours every day from 2026-08-16, weekdays only from 2026-08-24,
+  // V4.1 Flash's prices from 2026-09-10; deepseek-flash the same from V4 Flash's launch.
+  const auto chat = [&](std::int64_t ms) { return t.resolve_at("deepseek-chat", ms); };
+  constexpr std::int64_t jul24 = 1784851200000, aug16 = 1786838400000, aug24 = 1787529600000, sep10 = 1788998400000;
+  CHECK(chat(jul24 - 1)->input == Approx(0.28));
+  CHECK(chat(jul24)->input == Approx(0.14));
+  CHECK_FALSE(off_peak_at(*chat(jul24), jul24 + 12 * 3'600'000));  // no schedule yet
+  CHECK(chat(aug16)->output == Approx(1.32));
+  CHECK_FALSE(off_peak_at(*chat(aug16), aug16 + 2 * 3'600'000));  // Sunday 02:00: peak every day then
+  CHECK(off_peak_at(*chat(aug24), aug24 + 5 * day + 2 * 3'600'000));  // Saturday 08-29 02:00
+  CHECK(chat(sep10)->input == Approx(0.30));
+  CHECK(chat(at(2, 0))->output == Approx(1.20));
+  CHECK(t.resolve_at("deepseek-reasoner", sep10)->input == Approx(0.30));
+  CHECK(t.resolve_at("deepseek-v4-flash", aug16 - 1)->output == Approx(0.28));
   CHECK_FALSE(off_peak_at(*t.resolve("gpt-4.1"), at(5, 0)));  // no schedule
   auto u = usage(100'000, 10'000, 40'000);
   const double peak = (60'000 * 0.30 + 40'000 * 0.006 + 10'000 * 1.20) / 1e6;
