@@ -125,7 +125,8 @@ TEST_CASE("pricing: Kimi, GLM and Grok ids resolve and bill cache hits at their 
       {"kimi-k2-thinking", "kimi-k2-thinking"}, {"z-ai/glm-4.6", "glm-4.6"},      {"zai-org/GLM-4.6", "glm-4.6"},
       {"glm-5-1", "glm-5.1"},              {"GLM-4.7-Flash", "glm-4.7-flash"},   {"glm-4.7-flashx", "glm-4.7-flashx"},
       {"glm-4.5-air", "glm-4.5-air"},       {"moonshotai/kimi-k3", "kimi-k3"},    {"xai/grok-4-20", "grok-4.20"},
-      {"grok-4.20-0309-reasoning", "grok-4.20"}, {"grok-4.5-latest", "grok-4.5"},   {"MiniMax-M2.7", "minimax-m2.7"}};
+      {"grok-4.20-0309-reasoning", "grok-4.20"}, {"grok-4.5-latest", "grok-4.5"},   {"MiniMax-M2.7", "minimax-m2.7"},
+      {"google/gemini-3.1-pro", "gemini-3.1-pro-preview"}};
   for (const auto& [id, entry] : ids) {
     INFO(id);
     const auto* p = t.resolve(id);
