@@ -63,7 +63,7 @@ TEST_CASE("pricing: the shipped prices.yaml loads with every entry", "[pricing]"
                             "gemini-2.0-flash-lite", "gemini-3-pro-preview", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2",
                             "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-mini-tts", "gpt-4o-audio-preview",
                             "gpt-4o-mini-audio-preview", "gpt-audio", "gpt-audio-mini", "gpt-realtime",
-                            "gpt-realtime-mini", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview",
+                            "gpt-realtime-mini", "gpt-realtime-2", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview",
                             "whisper-1", "tts-1", "tts-1-hd", "dall-e-3", "dall-e-2", "sora-2", "sora-2-pro",
                             "minimax-m2.7", "kimi-k3", "kimi-k2.6", "kimi-k2.5", "kimi-k2", "kimi-k2-thinking", "glm-5.3", "glm-5.2", "glm-5.1",
                             "glm-5", "glm-5-turbo", "glm-5v-turbo", "glm-5-code", "glm-4.7", "glm-4.7-flashx",
@@ -126,7 +126,8 @@ TEST_CASE("pricing: Kimi, GLM and Grok ids resolve and bill cache hits at their 
       {"glm-5-1", "glm-5.1"},              {"GLM-4.7-Flash", "glm-4.7-flash"},   {"glm-4.7-flashx", "glm-4.7-flashx"},
       {"glm-4.5-air", "glm-4.5-air"},       {"moonshotai/kimi-k3", "kimi-k3"},    {"xai/grok-4-20", "grok-4.20"},
       {"grok-4.20-0309-reasoning", "grok-4.20"}, {"grok-4.5-latest", "grok-4.5"},   {"MiniMax-M2.7", "minimax-m2.7"},
-      {"google/gemini-3.1-pro", "gemini-3.1-pro-preview"}};
+      {"google/gemini-3.1-pro", "gemini-3.1-pro-preview"}, {"gpt-realtime-2.1", "gpt-realtime-2"},
+      {"gpt-realtime-2.1-mini", "gpt-realtime-mini"}, {"gpt-realtime-1.5", "gpt-realtime"}, {"gpt-audio-1.5", "gpt-audio"}};
   for (const auto& [id, entry] : ids) {
     INFO(id);
     const auto* p = t.resolve(id);
