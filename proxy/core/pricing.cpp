@@ -794,7 +794,9 @@ billed_prices billed_prices_of(const model_price& p, service_tier t, bool long_c
   if (tier != nullptr && !(long_context && tier->factor > 0))
     return {tier->input, tier->cached_input, tier->cache_write_5m.value_or(w5 * tier->input),
             tier->cache_write_1h.value_or(w1 * tier->input), tier->output};
-  const double k = tier != nullptr ? tier->factor : 1.0;
+  // OpenAI's Priority (Fast mode) excludes long context: a long call is billed at the standard
+  // long prices whatever tier its reply names, so a priority factor does not scale them.
+  const double k = tier == nullptr || (long_context && t == service_tier::priority) ? 1.0 : tier->factor;
   const double in = long_context ? p.long_input : p.input;
   return {k * in, k * (long_context ? p.long_cached_input : p.cached_input),
           k * (long_context ? p.long_cache_write_5m : p.cache_write_5m).value_or(w5 * in),

@@ -998,8 +998,16 @@ TEST_CASE("pricing: the shipped GPT-5.6 repricings and GPT-6 prices", "[pricing]
   // Priority (Fast mode) a flat 2x, Flex half, on the version in effect.
   CHECK(at("gpt-5.6-sol", aug21, service_tier::priority) == Approx(2 * bill(4.00, 0.40, 5.00, 20.00)));
   CHECK(at("gpt-5.6-terra", jul30, service_tier::flex) == Approx(0.5 * bill(2.00, 0.20, 2.50, 12.00)));
-  // A long prompt at the version's long tier.
+  // A long prompt at the version's long tier; Priority excludes long context (standard long prices).
   auto big = usage(300'000, 10'000);
+  auto big_priority = big;
+  big_priority.tier = service_tier::priority;
+  CHECK(compute_cost(*t.resolve_at("gpt-5.6-sol", aug21), big_priority).usd ==
+        Approx((300'000 * 8.00 + 10'000 * 30.00) / 1e6));
+  auto big_flex = big;
+  big_flex.tier = service_tier::flex;
+  CHECK(compute_cost(*t.resolve_at("gpt-5.6-sol", aug21), big_flex).usd ==
+        Approx(0.5 * (300'000 * 8.00 + 10'000 * 30.00) / 1e6));
   CHECK(compute_cost(*t.resolve_at("gpt-5.6-sol", aug21), big).usd == Approx((300'000 * 8.00 + 10'000 * 30.00) / 1e6));
   CHECK(compute_cost(*t.resolve_at("gpt-5.6-sol", aug21 - 1), big).usd == Approx((300'000 * 10.00 + 10'000 * 45.00) / 1e6));
   // GPT-6.
