@@ -788,15 +788,15 @@ billed_prices billed_prices_of(const model_price& p, service_tier t, bool long_c
   // Unpriced writes: Anthropic's 5-minute writes cost 1.25x and 1-hour writes 2x the (tier's)
   // input price; other vendors' writes cost their input price (model_price::write_surcharge).
   const double w5 = p.write_surcharge ? 1.25 : 1.0, w1 = p.write_surcharge ? 2.0 : 1.0;
-  const tier_price* tier = p.tier(t);
-  // A tier with its own prices (priority, a map) replaces the long tier; a factor tier (flex: 0.5,
-  // batch) scales whichever of the entry's tiers the prompt falls in.
+  // OpenAI's Priority (Fast mode) excludes long context: a long call is billed at the standard
+  // long prices whatever tier its reply names (a priority map or factor does not apply to it).
+  const tier_price* tier = long_context && t == service_tier::priority ? nullptr : p.tier(t);
+  // A tier with its own prices (a map) replaces the long tier; a factor tier (flex: 0.5, batch)
+  // scales whichever of the entry's tiers the prompt falls in.
   if (tier != nullptr && !(long_context && tier->factor > 0))
     return {tier->input, tier->cached_input, tier->cache_write_5m.value_or(w5 * tier->input),
             tier->cache_write_1h.value_or(w1 * tier->input), tier->output};
-  // OpenAI's Priority (Fast mode) excludes long context: a long call is billed at the standard
-  // long prices whatever tier its reply names, so a priority factor does not scale them.
-  const double k = tier == nullptr || (long_context && t == service_tier::priority) ? 1.0 : tier->factor;
+  const double k = tier != nullptr ? tier->factor : 1.0;
   const double in = long_context ? p.long_input : p.input;
   return {k * in, k * (long_context ? p.long_cached_input : p.cached_input),
           k * (long_context ? p.long_cache_write_5m : p.cache_write_5m).value_or(w5 * in),

@@ -28,8 +28,9 @@ struct config_error : std::runtime_error {
 };
 
 // Prices of one processing tier (OpenAI flex / priority / scale), USD per 1M tokens. A call
-// served at that tier is billed at these instead of the entry's (long-context tier included:
-// OpenAI's priority prices exclude long context, whose calls are answered at the default tier).
+// served at that tier is billed at these instead of the entry's (long-context tier included),
+// except `priority` on a long call: OpenAI's Priority excludes long context, so such a call is
+// billed at the standard long prices (billed_prices_of()).
 struct tier_price {
   double input = 0, cached_input = 0, output = 0;
   std::optional<double> cache_write_5m, cache_write_1h;  // default as the entry's, on this input

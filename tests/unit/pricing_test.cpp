@@ -491,9 +491,11 @@ TEST_CASE("pricing: service tiers (flex, priority) are billed at their own price
     auto short_call = usage(90, 10, 40);
     short_call.tier = service_tier::flex;
     CHECK(compute_cost(p, "claude-m", short_call).usd == Approx(0.25 * (50 * 4.0 + 40 * 1.0 + 10 * 8.0) / 1e6));
-    v.tier = service_tier::priority;  // its own prices replace the long tier; cached 6.0 * 1/4; writes 1.25x the tier's input
-    CHECK(compute_cost(p, "claude-m", v).usd == Approx((500 * 6.0 + 400 * 1.5 + 100 * 7.5 + 100 * 12.0) / 1e6));
-    v.tier = service_tier::scale;
+    short_call.tier = service_tier::priority;  // its own prices; cached 6.0 * 1/4 (the entry's ratio)
+    CHECK(compute_cost(p, "claude-m", short_call).usd == Approx((50 * 6.0 + 40 * 1.5 + 10 * 12.0) / 1e6));
+    v.tier = service_tier::priority;  // Priority excludes long context: the standard long tier
+    CHECK(compute_cost(p, "claude-m", v).usd == Approx((500 * 40.0 + 400 * 40.0 + 100 * 50.0 + 100 * 80.0) / 1e6));
+    v.tier = service_tier::scale;  // a map's own prices replace the long tier; writes 1.25x the tier's input
     CHECK(compute_cost(p, "claude-m", v).usd == Approx((500 * 1.0 + 400 * 0.5 + 100 * 1.25 + 100 * 2.0) / 1e6));
     v.tier = service_tier::none;  // 1,000 prompt tokens > 100: the long tier
     CHECK(compute_cost(p, "claude-m", v).usd == Approx((500 * 40.0 + 400 * 40.0 + 100 * 50.0 + 100 * 80.0) / 1e6));
@@ -804,9 +806,10 @@ TEST_CASE("pricing: gpt-5.4 and later bill a prompt over 272k tokens at 2x input
   CHECK(cost("gpt-5.4-2026-03-05", 300'000, 100'000, service_tier::standard) == Approx(long54));
   CHECK(cost("gpt-5.4", 300'000, 100'000, service_tier::flex) == Approx(long54 / 2));
   CHECK(cost("gpt-5.4", 300'000, 100'000, service_tier::batch) == Approx(long54 / 2));
-  // Priority publishes no long price: its own prices, a floor.
-  CHECK(cost("gpt-5.4", 300'000, 100'000, service_tier::priority) ==
-        Approx((200'000 * 5.00 + 100'000 * 0.50 + 10'000 * 30.00) / 1e6));
+  // Priority excludes long context: a long call is billed at the standard long prices.
+  CHECK(cost("gpt-5.4", 300'000, 100'000, service_tier::priority) == Approx(long54));
+  CHECK(cost("gpt-5.4", 200'000, 100'000, service_tier::priority) ==
+        Approx((100'000 * 5.00 + 100'000 * 0.50 + 10'000 * 30.00) / 1e6));  // not long: Priority's own
   CHECK(cost("gpt-5.5", 400'000, 0, service_tier::none) == Approx((400'000 * 10.00 + 10'000 * 45.00) / 1e6));
   CHECK(cost("gpt-5.5-pro", 400'000, 0, service_tier::batch) == Approx(0.5 * (400'000 * 60.00 + 10'000 * 270.00) / 1e6));
   CHECK(cost("gpt-5.4-pro", 100'000, 0, service_tier::none) == Approx((100'000 * 30.00 + 10'000 * 180.00) / 1e6));
