@@ -302,8 +302,7 @@ std::uint8_t parse_peak_days(const std::string& file, const std::string& model, 
                                                             "thursday", "friday", "saturday"};
   std::uint8_t days = 0;
   for (const auto& d : node) {
-    std::string s = d.IsScalar() ? d.Scalar() : std::string();
-    for (auto& c : s) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+    const std::string s = lower(d.IsScalar() ? d.Scalar() : std::string());
     int day = -1;
     for (std::size_t i = 0; i < names.size(); ++i)
       if (s == names[i] || s == names[i].substr(0, 3)) day = static_cast<int>(i);
@@ -416,7 +415,6 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
   std::optional<double> cached;
   std::vector<std::pair<std::string, YAML::Node>> tiers;
   std::optional<YAML::Node> changes;  // (a default YAML::Node counts as defined)
-  std::optional<YAML::Node> peak_days_node;
   for (const auto& kv : node) {
     const auto key = kv.first.as<std::string>();
     const auto what = "'" + model + "': " + key;
@@ -455,7 +453,6 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
       e.price.peak_utc = parse_peak_hours(file, model, kv.second);
     } else if (key == "peak_days_utc") {
       e.price.peak_days = parse_peak_days(file, model, kv.second);
-      peak_days_node = kv.second;
     } else if (key == "changes") {
       changes = kv.second;
     } else if (key == "aliases") {
@@ -483,8 +480,8 @@ yaml_entry parse_entry(const std::string& file, const std::string& model, const 
     fail(file, node, "'" + model + "': off_peak needs peak_hours_utc (the UTC hours billed at the entry's prices)");
   if (!e.price.tier(service_tier::off_peak) && !e.price.peak_utc.empty())
     fail(file, node, "'" + model + "': peak_hours_utc needs an off_peak tier (a factor such as 0.5, or prices)");
-  if (peak_days_node && e.price.peak_utc.empty())
-    fail(file, *peak_days_node, "'" + model + "': peak_days_utc needs peak_hours_utc (the hours that are peak on those days)");
+  if (const auto days = node["peak_days_utc"]; days && e.price.peak_utc.empty())
+    fail(file, days, "'" + model + "': peak_days_utc needs peak_hours_utc (the hours that are peak on those days)");
   apply_default_tiers(e.price);
   if (changes) parse_changes(file, model, node, *changes, e.price);
   return e;
