@@ -125,32 +125,41 @@ class seasonal_median_model final : public model {
 class seasonal_change_model final : public model {
  public:
   seasonal_change_model(std::size_t days, std::size_t m, std::size_t max_k, std::size_t anchor)
-      : days_(days), m_(m), max_k_(max_k), anchor_(std::max<std::size_t>(anchor, 1)) {}
+      : days_(days), m_(m), max_k_(max_k), anchor_(std::max<std::size_t>(anchor, 1)),
+        gaps_(std::min<std::size_t>(2 * days + (max_k + m - 1) / m, max_cached_days)) {}
   std::string name(std::size_t) const override { return "change_" + std::to_string(days_) + "d"; }
-  std::size_t memory_bytes() const noexcept override { return sizeof(*this); }
-  void observe(const history&, const calendar&, bool) noexcept override {}
+  std::size_t memory_bytes() const noexcept override { return sizeof(*this) + gaps_.capacity() * sizeof(day_gap); }
+  // Today's level gap to each earlier day does not depend on the step, so it is computed once
+  // per bin here rather than at every step of every forecast: at one-minute bins with a
+  // 3-hour anchor that was 180 bins x 7 days per step, two thirds of a refresh's CPU.
+  void observe(const history& h, const calendar&, bool) noexcept override {
+    const std::size_t t = h.size() - 1;
+    for (std::size_t i = 0; i < gaps_.size(); ++i) gaps_[i].st = gap_of(h, t, (i + 1) * m_, gaps_[i].gap);
+    cached_ = &h;
+    cached_size_ = h.size();
+  }
   void predict(const history& h, const calendar&, std::size_t k, double* out) const noexcept override {
     out[0] = std::nan("");
     if (k > max_k_) return;
     const std::size_t t = h.size() - 1;
+    const bool cached = cached_ == &h && cached_size_ == h.size();
     std::array<double, 16> v{};
     std::size_t c = 0;
     for (std::size_t d = (k + m_ - 1) / m_; c < days_ && c < v.size(); ++d) {
       const std::size_t back = d * m_;
-      if (back > t || !h.has(t - back)) break;
-      const std::size_t from = t - back, to = t - back + k;
-      if (!h.observed(from) || !h.observed(to)) continue;
-      // The change from `from` to `to`, added to today's level: the last `anchor_` bins' mean
-      // gap to the same bins that day (one bin's noise is the level's error otherwise).
       double gap = 0.0;
-      std::size_t g = 0;
-      for (std::size_t j = 0; j < anchor_ && j <= from && h.has(from - j); ++j) {
-        if (!h.observed(from - j)) continue;  // z(): a gap today holds its one-step forecast
-        gap += h.z(t - j) - h.clean(from - j);
-        ++g;
+      state st;
+      if (cached && d >= 1 && d <= gaps_.size()) {
+        st = gaps_[d - 1].st;
+        gap = gaps_[d - 1].gap;
+      } else {
+        st = gap_of(h, t, back, gap);
       }
-      if (g == 0) continue;
-      v[c++] = h.clean(to) + gap / static_cast<double>(g);
+      if (st == state::end) break;
+      if (st == state::none) continue;
+      const std::size_t to = t - back + k;
+      if (!h.observed(to)) continue;
+      v[c++] = h.clean(to) + gap;
     }
     if (c == 0 || c * 2 < days_) return;  // a majority of the days is needed, as for the medians
     std::sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(c));
@@ -158,7 +167,39 @@ class seasonal_change_model final : public model {
   }
 
  private:
+  enum class state : unsigned char { end, none, ok };
+  struct day_gap {
+    double gap = 0.0;
+    state st = state::end;
+  };
+  static constexpr std::size_t max_cached_days = 32;
+
+  // The day `back` bins ago: `end` if the history does not reach it (no earlier day does
+  // either), `none` if its bin is a gap or none of the anchor's bins is observed, else `ok`
+  // with `gap`: the change is added to today's level, the last `anchor_` bins' mean gap to the
+  // same bins that day (one bin's noise is the level's error otherwise).
+  state gap_of(const history& h, std::size_t t, std::size_t back, double& gap) const noexcept {
+    if (back > t || !h.has(t - back)) return state::end;
+    const std::size_t from = t - back;
+    if (!h.observed(from)) return state::none;
+    double sum = 0.0;
+    std::size_t g = 0;
+    for (std::size_t j = 0; j < anchor_ && j <= from && h.has(from - j); ++j) {
+      if (!h.observed(from - j)) continue;  // z(): a gap today holds its one-step forecast
+      sum += h.z(t - j) - h.clean(from - j);
+      ++g;
+    }
+    if (g == 0) return state::none;
+    gap = sum / static_cast<double>(g);
+    return state::ok;
+  }
+
   std::size_t days_, m_, max_k_, anchor_;
+  // [d - 1]: day d's gap at the newest bin of the history observe() last saw (cached_, of
+  // size cached_size_); a predict() on any other history computes its gaps itself.
+  std::vector<day_gap> gaps_;
+  const history* cached_ = nullptr;
+  std::size_t cached_size_ = 0;
 };
 
 double per_bin(double per_hour, std::int64_t bin_s) noexcept {
