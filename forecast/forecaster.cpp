@@ -40,6 +40,7 @@ constexpr std::size_t clip_min_pool = 60;   // ...and only once 3 errors per 5 %
 constexpr std::size_t max_members = 32;     // combine() scores members on the stack (25 today)
 constexpr double vol_days = 3.0;            // volatility used to normalise errors
 constexpr double vol_long_days = 14.0;      // ...floored at 0.3 x its long-run value
+constexpr std::int64_t slow_vol_s = 600;    // steps from this far ahead: the volatility this far ahead
 constexpr double aci_rate = 0.1;            // adaptive tail scale: log step per miss, / sqrt(step)
 constexpr double aci_log_min = -1.5, aci_log_max = 2.5;
 constexpr double aci_leak_days = 2.0;       // tail scales relax towards 1 with this time constant
@@ -147,6 +148,17 @@ struct forecaster::impl {
   // Volatility: mean |one-step error| over a few days (and its long-run value as a floor).
   double vol = 0.0, vol_long = 0.0;
   std::size_t vol_n = 0;
+  // Bins shorter than 10 minutes: steps from 10 minutes on are normalised by the combined
+  // forecast's error at the first representative step of at least 10 minutes (slow_rep), not
+  // by the next bin's. A one-minute bin's next-bin error is mostly counting noise, which
+  // shrinks relative to the level as traffic grows, so a day-ahead band scaled by it narrowed
+  // just when the level moved (forecast/RESULTS.md, 20). 0 = not used (10-minute bins and up).
+  struct volatility {
+    double v = 0.0, v_long = 0.0;
+    std::size_t n = 0;
+  };
+  volatility slow_vol;
+  std::size_t slow_rep = 0;
   double diff_mae = 0.0;  // mean |one-bin log change|, for the cold-start prior
   std::size_t diff_n = 0;
   double level_mean = 0.0;  // mean observed count (last ~500 bins), the cold band's upper scale
@@ -259,6 +271,9 @@ struct forecaster::impl {
     det_tail_hi = det_tail_lo = 0.0;
     vol = vol_long = 0.0;
     vol_n = 0;
+    slow_vol = {};
+    slow_rep = 0;
+    while (slow_rep + 1 < reps.size() && static_cast<std::int64_t>(reps[slow_rep]) * cfg.bin_s < slow_vol_s) ++slow_rep;
     diff_mae = 0.0;
     diff_n = 0;
     level_mean = 0.0;
@@ -395,11 +410,23 @@ struct forecaster::impl {
     const pool& p = pools[r];
     if (p.errors.sorted.size() < clip_min_pool) return std::numeric_limits<double>::infinity();
     const double half = 0.5 * (p.errors.sorted.quantile(0.95) - p.errors.sorted.quantile(0.05));
-    return (next_bin ? clip_next_bin : clip_members) * std::max(half * std::max(vol_long, 1e-3), clip_floor);
+    const double vl = (slow_rep > 0 && r >= slow_rep) ? slow_vol.v_long : vol_long;
+    return (next_bin ? clip_next_bin : clip_members) * std::max(half * std::max(vl, 1e-3), clip_floor);
+  }
+
+  // One more |error| into a volatility's 3-day and 14-day means.
+  void add_volatility(double& v, double& v_long, std::size_t& n, double err) const noexcept {
+    v += (err - v) / static_cast<double>(std::min(n + 1, days_to_bins(vol_days, cal.m, 1u << 20)));
+    v_long += (err - v_long) / static_cast<double>(std::min(n + 1, days_to_bins(vol_long_days, cal.m, 1u << 20)));
+    ++n;
   }
 
   double vol_factor() const noexcept {
     return vol_n < 5 ? 1.0 : std::max({vol, 0.3 * vol_long, 1e-3});
+  }
+  double vol_factor(std::size_t r) const noexcept {
+    if (slow_rep == 0 || r < slow_rep) return vol_factor();
+    return slow_vol.n < 5 ? 1.0 : std::max({slow_vol.v, 0.3 * slow_vol.v_long, 1e-3});
   }
 
   // Log-scale error quantiles at one representative step: the pool's quantiles times the
@@ -408,7 +435,7 @@ struct forecaster::impl {
     std::array<double, 5> q{};
     const pool& p = pools[r];
     if (p.errors.sorted.size() >= min_pool) {
-      const double vf = vol_factor();
+      const double vf = vol_factor(r);
       for (std::size_t i = 0; i < 5; ++i) q[i] = vf * p.errors.sorted.quantile(quantile_levels[i]);
       const double up = std::exp(p.log_up), lo = std::exp(p.log_lo);
       for (std::size_t i : {q05, q10}) q[i] = q[q50] + lo * (q[i] - q[q50]);
@@ -436,7 +463,7 @@ struct forecaster::impl {
     if (p.errors.sorted.size() >= min_pool) {
       bool warm = true;
       const auto q = rep_quantiles(r, warm);
-      const double vf = vol_factor();
+      const double vf = vol_factor(r);
       const double g = aci_rate / std::sqrt(static_cast<double>(reps[r]));
       // The leak forgets old misses: plain ACI would over-cover for ~19 bins per past miss to
       // make up for a volatile hour, which on a short horizon of evaluation is just too wide.
@@ -614,11 +641,9 @@ struct forecaster::impl {
         score_pool(r, z - f, pools[r].pending_vol[slot]);
         if (r == 0) {
           if (std::isfinite(next_f)) detector.push(z - next_f);
-          const double err = std::fabs(z - f);
-          vol += (err - vol) / static_cast<double>(std::min(vol_n + 1, days_to_bins(vol_days, cal.m, 1u << 20)));
-          vol_long += (err - vol_long) / static_cast<double>(std::min(vol_n + 1, days_to_bins(vol_long_days, cal.m, 1u << 20)));
-          ++vol_n;
+          add_volatility(vol, vol_long, vol_n, std::fabs(z - f));
         }
+        if (slow_rep > 0 && r == slow_rep) add_volatility(slow_vol.v, slow_vol.v_long, slow_vol.n, std::fabs(z - f));
       }
       if (std::isfinite(last_observed_z)) {
         diff_mae += (std::fabs(z - last_observed_z) - diff_mae) / static_cast<double>(std::min<std::size_t>(diff_n + 1, 500));
@@ -667,8 +692,8 @@ struct forecaster::impl {
     for (auto& md : models) md->observe(hist, cal, obs);
 
     // New predictions from this origin at every representative step.
-    const double vf = vol_factor();
     for (std::size_t r = 0; r < reps.size(); ++r) {
+      const double vf = vol_factor(r);
       const std::size_t k = reps[r];
       predict_all(k, scratch);
       for (std::size_t j = 0; j < members; ++j) tracks[j][r].pending[t % k] = scratch[j];
