@@ -145,19 +145,18 @@ struct forecaster::impl {
   std::size_t track_window = 0;
   std::size_t short_window = 3;
   bool started = false;
-  // Volatility: mean |one-step error| over a few days (and its long-run value as a floor).
-  double vol = 0.0, vol_long = 0.0;
-  std::size_t vol_n = 0;
-  // Bins shorter than 10 minutes: steps from 10 minutes on are normalised by the combined
-  // forecast's error at the first representative step of at least 10 minutes (slow_rep), not
-  // by the next bin's. A one-minute bin's next-bin error is mostly counting noise, which
+  // Volatility: mean |error| of the combined forecast over a few days (and its long-run value
+  // as a floor), at the next bin. Bins shorter than 10 minutes: steps from 10 minutes on use
+  // slow_vol, the same at the first representative step of at least 10 minutes (slow_rep),
+  // not the next bin's. A one-minute bin's next-bin error is mostly counting noise, which
   // shrinks relative to the level as traffic grows, so a day-ahead band scaled by it narrowed
-  // just when the level moved (forecast/RESULTS.md, 20). 0 = not used (10-minute bins and up).
+  // just when the level moved (forecast/RESULTS.md, 20). slow_rep 0 = not used (10-minute
+  // bins and up).
   struct volatility {
     double v = 0.0, v_long = 0.0;
     std::size_t n = 0;
   };
-  volatility slow_vol;
+  volatility next_vol, slow_vol;
   std::size_t slow_rep = 0;
   double diff_mae = 0.0;  // mean |one-bin log change|, for the cold-start prior
   std::size_t diff_n = 0;
@@ -269,9 +268,7 @@ struct forecaster::impl {
     det_center = 0.0;
     det_scale = 1.0;
     det_tail_hi = det_tail_lo = 0.0;
-    vol = vol_long = 0.0;
-    vol_n = 0;
-    slow_vol = {};
+    next_vol = slow_vol = {};
     slow_rep = 0;
     while (slow_rep + 1 < reps.size() && static_cast<std::int64_t>(reps[slow_rep]) * cfg.bin_s < slow_vol_s) ++slow_rep;
     diff_mae = 0.0;
@@ -410,23 +407,24 @@ struct forecaster::impl {
     const pool& p = pools[r];
     if (p.errors.sorted.size() < clip_min_pool) return std::numeric_limits<double>::infinity();
     const double half = 0.5 * (p.errors.sorted.quantile(0.95) - p.errors.sorted.quantile(0.05));
-    const double vl = (slow_rep > 0 && r >= slow_rep) ? slow_vol.v_long : vol_long;
-    return (next_bin ? clip_next_bin : clip_members) * std::max(half * std::max(vl, 1e-3), clip_floor);
+    return (next_bin ? clip_next_bin : clip_members) * std::max(half * std::max(vol_at(r).v_long, 1e-3), clip_floor);
+  }
+
+  const volatility& vol_at(std::size_t r) const noexcept {
+    return slow_rep > 0 && r >= slow_rep ? slow_vol : next_vol;
   }
 
   // One more |error| into a volatility's 3-day and 14-day means.
-  void add_volatility(double& v, double& v_long, std::size_t& n, double err) const noexcept {
-    v += (err - v) / static_cast<double>(std::min(n + 1, days_to_bins(vol_days, cal.m, 1u << 20)));
-    v_long += (err - v_long) / static_cast<double>(std::min(n + 1, days_to_bins(vol_long_days, cal.m, 1u << 20)));
-    ++n;
+  void add_volatility(volatility& vo, double err) const noexcept {
+    vo.v += (err - vo.v) / static_cast<double>(std::min(vo.n + 1, days_to_bins(vol_days, cal.m, 1u << 20)));
+    vo.v_long += (err - vo.v_long) / static_cast<double>(std::min(vo.n + 1, days_to_bins(vol_long_days, cal.m, 1u << 20)));
+    ++vo.n;
   }
 
-  double vol_factor() const noexcept {
-    return vol_n < 5 ? 1.0 : std::max({vol, 0.3 * vol_long, 1e-3});
-  }
+  // What the errors at representative step r are divided by (pools) and multiplied by (bands).
   double vol_factor(std::size_t r) const noexcept {
-    if (slow_rep == 0 || r < slow_rep) return vol_factor();
-    return slow_vol.n < 5 ? 1.0 : std::max({slow_vol.v, 0.3 * slow_vol.v_long, 1e-3});
+    const volatility& vo = vol_at(r);
+    return vo.n < 5 ? 1.0 : std::max({vo.v, 0.3 * vo.v_long, 1e-3});
   }
 
   // Log-scale error quantiles at one representative step: the pool's quantiles times the
@@ -641,9 +639,9 @@ struct forecaster::impl {
         score_pool(r, z - f, pools[r].pending_vol[slot]);
         if (r == 0) {
           if (std::isfinite(next_f)) detector.push(z - next_f);
-          add_volatility(vol, vol_long, vol_n, std::fabs(z - f));
+          add_volatility(next_vol, std::fabs(z - f));
         }
-        if (slow_rep > 0 && r == slow_rep) add_volatility(slow_vol.v, slow_vol.v_long, slow_vol.n, std::fabs(z - f));
+        if (slow_rep > 0 && r == slow_rep) add_volatility(slow_vol, std::fabs(z - f));
       }
       if (std::isfinite(last_observed_z)) {
         diff_mae += (std::fabs(z - last_observed_z) - diff_mae) / static_cast<double>(std::min<std::size_t>(diff_n + 1, 500));

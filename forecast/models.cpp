@@ -149,7 +149,7 @@ class seasonal_change_model final : public model {
       const std::size_t back = d * m_;
       double gap = 0.0;
       state st;
-      if (cached && d >= 1 && d <= gaps_.size()) {
+      if (cached && d - 1 < gaps_.size()) {  // (d is at least 1: k is)
         st = gaps_[d - 1].st;
         gap = gaps_[d - 1].gap;
       } else {
