@@ -44,6 +44,7 @@ constexpr std::int64_t slow_vol_s = 600;    // steps from this far ahead: the vo
 constexpr double aci_rate = 0.1;            // adaptive tail scale: log step per miss, / sqrt(step)
 constexpr double aci_log_min = -1.5, aci_log_max = 2.5;
 constexpr double aci_leak_days = 2.0;       // tail scales relax towards 1 with this time constant
+constexpr std::int64_t aci_coarse_s = 3600;  // bins < 10 min: steps this far count in 10-minute units
 constexpr double level_shift_widening = 0.25;  // extra band width a day ahead (level shifts)
 constexpr double upper_cap_factor = 2.0;    // p90/p95 at most this x the busiest bin kept
 constexpr double detector_days = 14.0;      // spike detector's memory of one-step errors
@@ -453,16 +454,32 @@ struct forecaster::impl {
     return q;
   }
 
+  // How far one miss moves a tail scale at step reps[r]: aci_rate / sqrt(step). At bins
+  // under 10 minutes, steps of an hour or more count in 10-minute units, b = bins per 10 minutes:
+  // the step is k / b and each miss 1 / b of one, aci_rate / sqrt(k / b) / b = aci_rate /
+  // sqrt(k b). A day-ahead error of a one-minute bin is not news its neighbours lack: a level shift
+  // misses ten one-minute bins for each 10-minute one. Counted per bin, the tails moved sqrt(10)
+  // times as far in a day as at 10-minute bins, so after three calm days the day-ahead upper tail
+  // was 0.4 narrower in log and the next day's 2.5x level missed it (forecast/RESULTS.md, 21).
+  // Shorter steps keep the per-bin gain: their errors arrive within the hour, and on short
+  // one-minute traces the quick correction is what holds their coverage.
+  double aci_gain(std::size_t r) const noexcept {
+    const double k = static_cast<double>(reps[r]);
+    if (cfg.bin_s >= slow_vol_s || static_cast<std::int64_t>(reps[r]) * cfg.bin_s < aci_coarse_s)
+      return aci_rate / std::sqrt(k);
+    return aci_rate / std::sqrt(k * static_cast<double>(slow_vol_s) / static_cast<double>(cfg.bin_s));
+  }
+
   // Records the ensemble's error at step reps[r]; first moves the tail scales (a miss widens
-  // that tail by aci_rate/sqrt(step), a hit narrows it by 1/19 of that, so each tail settles
-  // where 5% of errors fall outside; sqrt(step) because a step-k error arrives k bins late).
+  // that tail by aci_gain(r), a hit narrows it by 1/19 of that, so each tail settles where 5%
+  // of errors fall outside; / sqrt(step) because a step-k error arrives k bins late).
   void score_pool(std::size_t r, double e, double vf_origin) {
     pool& p = pools[r];
     if (p.errors.sorted.size() >= min_pool) {
       bool warm = true;
       const auto q = rep_quantiles(r, warm);
       const double vf = vol_factor(r);
-      const double g = aci_rate / std::sqrt(static_cast<double>(reps[r]));
+      const double g = aci_gain(r);
       // The leak forgets old misses: plain ACI would over-cover for ~19 bins per past miss to
       // make up for a volatile hour, which on a short horizon of evaluation is just too wide.
       const double keep = 1.0 - 1.0 / (aci_leak_days * static_cast<double>(cal.m));
