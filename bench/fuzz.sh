@@ -6,7 +6,8 @@
 #   bench/fuzz.sh                   every target, FUZZ_SECONDS (default 60) each
 #   bench/fuzz.sh --smoke           every target, 10 s each
 #   bench/fuzz.sh --ci              every target: the seed corpus replayed, then 20000 mutations
-#                                   from a fixed seed (deterministic: what passes here passes in CI)
+#                                   (fuzz_forecast 3000) from a fixed seed (deterministic: what
+#                                   passes here passes in CI)
 #   bench/fuzz.sh fuzz_sse ...      only these targets
 #
 # Environment: FUZZ_SECONDS (per target), FUZZ_JOBS (build parallelism, default: all CPUs),
@@ -19,7 +20,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${FUZZ_BUILD_DIR:-$repo/build-fuzz}"
 seconds="${FUZZ_SECONDS:-60}"
 jobs="${FUZZ_JOBS:-$(nproc)}"
-all_targets=(fuzz_sse fuzz_usage fuzz_pricing fuzz_config fuzz_request_inspect fuzz_http_request fuzz_ws_frames)
+all_targets=(fuzz_sse fuzz_usage fuzz_pricing fuzz_config fuzz_request_inspect fuzz_http_request fuzz_ws_frames fuzz_forecast)
 
 targets=()
 ci=0
@@ -41,6 +42,14 @@ max_len_of() {
     *) echo 8192 ;;
   esac
 }
+# Mutations of --ci per target: the forecaster runs ~60 inputs a second under the sanitizers
+# (every input fits up to 160 bins), the others thousands.
+runs_of() {
+  case "$1" in
+    fuzz_forecast) echo "${FUZZ_RUNS:-3000}" ;;
+    *) echo "${FUZZ_RUNS:-20000}" ;;
+  esac
+}
 dicts_of() {
   local d="$repo/tests/fuzz/dict"
   case "$1" in
@@ -50,6 +59,7 @@ dicts_of() {
     fuzz_request_inspect) echo "$d/json.dict" ;;
     fuzz_http_request) echo "$d/http.dict $d/json.dict" ;;
     fuzz_ws_frames) echo "$d/json.dict" ;;
+    fuzz_forecast) echo "$d/forecast.dict" ;;
   esac
 }
 
@@ -86,7 +96,7 @@ for t in "${targets[@]}"; do
   status=0
   # The outer timeout only guards against a hung run; libFuzzer stops itself at max_total_time.
   timeout --kill-after=10 $((seconds + 120)) nice -n 10 "$build/fuzz/$t" "$corpus" \
-    $(if [[ $ci == 1 ]]; then echo "-seed=1 -runs=${FUZZ_RUNS:-20000}"; else echo "-max_total_time=$seconds"; fi) \
+    $(if [[ $ci == 1 ]]; then echo "-seed=1 -runs=$(runs_of "$t")"; else echo "-max_total_time=$seconds"; fi) \
     -max_len="$(max_len_of "$t")" -dict="$dict" -timeout=10 -rss_limit_mb=2560 \
     -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1 || status=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

@@ -501,7 +501,7 @@ struct forecaster::impl {
     anomaly.scored = true;
     const double center = next_f + det_center;
     const double e = z - next_f;
-    anomaly.expected = cfg.unit * std::expm1(center);
+    anomaly.expected = cfg.unit * std::max(0.0, std::expm1(center));  // idle: a centre a hair below 0
     anomaly.upper = cfg.unit * std::expm1(std::max({center + det_threshold * det_scale, next_point + next_q[q95],
                                          next_f + det_tail_hi}));
     anomaly.score = (z - center) / det_scale;
