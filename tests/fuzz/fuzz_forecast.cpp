@@ -5,12 +5,16 @@
 //   1: the rest is a request log, CSV or JSON Lines (`load_request_log`, the next byte picks the
 //      file suffix, the bin, the quantity), aggregated and fitted;
 //   2: the rest is a stream of (timestamp step, value) pairs straight into `observe()`: steps
-//      backwards, jumps of years, NaN, infinities, negatives, 1e300.
+//      backwards, jumps of years, NaN, infinities, negatives, 1e300;
+//   3: the rest is a series CSV, cut to 240 bins, through `tollgate-forecast backtest` and
+//      `detect`'s code (`run_backtest`, `evaluate_detection`): the contract graders score.
 // A second byte picks the bin width where the input does not fix it and the horizon.
 // Invariants: the readers fail only with a message; an accepted series has a bin that divides a
 // day and finite values; aggregated bins are never negative; every forecast has the steps asked
 // for (capped at max_horizon), one bin apart, quantiles never NaN, never negative and
-// non-decreasing, points never NaN or negative; memory is bounded whatever was fed.
+// non-decreasing, points never NaN or negative; memory is bounded whatever was fed; a backtest
+// either reports or says why not, its metrics finite and non-negative (coverage within 0..1,
+// points within what was scored), detection counts consistent.
 #include <unistd.h>
 
 #include <cmath>
@@ -20,6 +24,7 @@
 #include <string>
 
 #include "forecast/aggregate.hpp"
+#include "forecast/backtest.hpp"
 #include "forecast/forecaster.hpp"
 #include "forecast/series.hpp"
 #include "forecast/tool/inputs.hpp"
@@ -29,8 +34,9 @@ namespace {
 
 namespace fc = tollgate::forecast;
 
-// Few bins keep an execution within milliseconds (a forecaster update costs ~50 us, more under
-// ASan); 400 hourly bins are 16 days, enough for warm pools, the weekly look-ups and the detector.
+// Few bins keep an execution within tens of milliseconds (an update costs ~50 us, several times
+// that under the sanitizers): 160 hourly bins are 6.7 days, enough for warm pools and the spike
+// detector; at 2-hour bins they are 13 days and reach the weekly look-ups.
 constexpr std::size_t max_bins = 160;
 constexpr std::int64_t bins_s[] = {60, 300, 600, 3600, 7200, 86400};
 
@@ -48,9 +54,9 @@ void check_forecast(const fc::forecaster& f, std::size_t horizon) {
     }
   }
   const fc::anomaly_state& a = f.anomaly();
-  if (a.scored) FUZZ_CHECK(!std::isnan(a.score) && !std::isnan(a.expected) && a.expected >= 0.0);
-  // History, pools and trackers are sized at construction: 1-hour bins at this horizon hold a few
-  // hundred KiB (forecast/README.md); 16 MiB would mean something grows with what is fed.
+  if (a.scored) FUZZ_CHECK(!std::isnan(a.score) && !std::isnan(a.expected) && a.expected >= 0.0 && a.upper >= a.expected);
+  // History, pools and trackers are sized at construction: a few hundred KiB at any bin width here
+  // (forecast/README.md); 16 MiB would mean something grows with what is fed.
   FUZZ_CHECK(f.memory_bytes() < (16u << 20));
 }
 
@@ -79,6 +85,36 @@ void series_csv(std::string_view text, std::size_t horizon) {
   FUZZ_CHECK(r.data->bin_s > 0 && 86400 % r.data->bin_s == 0);
   for (double v : r.data->values) FUZZ_CHECK(fc::is_missing(v) || std::isfinite(v));
   fit_and_check(*r.data, horizon);
+}
+
+void backtest(std::string_view text, std::uint8_t shape) {
+  std::istringstream in{std::string(text)};
+  fc::series_read r = fc::read_series_csv(in, "requests");
+  if (!r.data) return;
+  fc::series& s = *r.data;
+  if (s.size() > 240) s.values.resize(240);
+  fc::backtest_options opt;
+  static const char* const labels[] = {"1h", "24h", "10m", "1m", "2h", "1d", "90m", "0h"};
+  opt.horizons = {labels[shape & 7], labels[(shape >> 3) & 7]};
+  opt.train_fraction = 0.3 + 0.1 * ((shape >> 6) & 3);
+  const fc::backtest_outcome out = fc::run_backtest(s, opt);
+  FUZZ_CHECK(out.report.has_value() != !out.error.empty());
+  if (out.report) {
+    for (const fc::method_metrics& mm : out.report->results) {
+      for (const auto& v : {mm.mase, mm.smape, mm.pinball})
+        if (v) FUZZ_CHECK(std::isfinite(*v) && *v >= 0.0);
+      if (mm.coverage90) FUZZ_CHECK(*mm.coverage90 >= 0.0 && *mm.coverage90 <= 1.0);
+      FUZZ_CHECK(mm.n_points_prob <= mm.n_points);
+    }
+    if (out.report->mase_scale) FUZZ_CHECK(std::isfinite(*out.report->mase_scale) && *out.report->mase_scale >= 0.0);
+  }
+  fc::detection_options dopt;
+  dopt.train_fraction = opt.train_fraction;
+  const fc::detection_report d = fc::evaluate_detection(s, dopt);
+  FUZZ_CHECK(d.bursts_in_first_bin <= d.burst_timestamps.size());
+  FUZZ_CHECK(d.burst_delays_bins.size() == d.burst_timestamps.size());
+  FUZZ_CHECK(d.false_alarm_episodes <= d.alarm_episodes && d.episodes_outside_top_bursts <= d.alarm_episodes);
+  FUZZ_CHECK(std::isfinite(d.false_alarms_per_day) && d.false_alarms_per_day >= 0.0);
 }
 
 void request_log(fuzz::input& in, std::int64_t bin_s, std::size_t horizon) {
@@ -150,10 +186,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::uint8_t shape = in.byte();
   const std::int64_t bin_s = bins_s[shape % 6];
   const std::size_t horizon = 1 + (shape >> 3) % 24;
-  switch (mode % 3) {
+  switch (mode % 4) {
     case 0: series_csv(in.rest(), horizon); break;
     case 1: request_log(in, bin_s, horizon); break;
-    default: raw_stream(in, bin_s, horizon); break;
+    case 2: raw_stream(in, bin_s, horizon); break;
+    default: backtest(in.rest(), shape); break;
   }
   return 0;
 }
