@@ -467,7 +467,8 @@ struct forecaster::impl {
     const double k = static_cast<double>(reps[r]);
     if (cfg.bin_s >= slow_vol_s || static_cast<std::int64_t>(reps[r]) * cfg.bin_s < aci_coarse_s)
       return aci_rate / std::sqrt(k);
-    return aci_rate / std::sqrt(k * static_cast<double>(slow_vol_s) / static_cast<double>(cfg.bin_s));
+    const double b = static_cast<double>(slow_vol_s) / static_cast<double>(cfg.bin_s);  // bins per 10 minutes
+    return aci_rate / std::sqrt(k * b);
   }
 
   // Records the ensemble's error at step reps[r]; first moves the tail scales (a miss widens
