@@ -18,8 +18,10 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 
@@ -77,21 +79,26 @@ void fit_and_check(const fc::series& s, std::size_t horizon) {
   check_forecast(f, horizon);
 }
 
-void series_csv(std::string_view text, std::size_t horizon) {
+// The series of a CSV text (`requests` column), checked; nullopt when the reader refused it.
+std::optional<fc::series> read_csv(std::string_view text) {
   std::istringstream in{std::string(text)};
-  const fc::series_read r = fc::read_series_csv(in, "requests");
+  fc::series_read r = fc::read_series_csv(in, "requests");
   FUZZ_CHECK(r.data.has_value() != !r.error.empty());
-  if (!r.data) return;
-  FUZZ_CHECK(r.data->bin_s > 0 && 86400 % r.data->bin_s == 0);
-  for (double v : r.data->values) FUZZ_CHECK(fc::is_missing(v) || std::isfinite(v));
-  fit_and_check(*r.data, horizon);
+  if (r.data) {
+    FUZZ_CHECK(r.data->bin_s > 0 && 86400 % r.data->bin_s == 0);
+    for (double v : r.data->values) FUZZ_CHECK(fc::is_missing(v) || std::isfinite(v));
+  }
+  return std::move(r.data);
+}
+
+void series_csv(std::string_view text, std::size_t horizon) {
+  if (const auto s = read_csv(text)) fit_and_check(*s, horizon);
 }
 
 void backtest(std::string_view text, std::uint8_t shape) {
-  std::istringstream in{std::string(text)};
-  fc::series_read r = fc::read_series_csv(in, "requests");
-  if (!r.data) return;
-  fc::series& s = *r.data;
+  std::optional<fc::series> read = read_csv(text);
+  if (!read) return;
+  fc::series& s = *read;
   if (s.size() > 240) s.values.resize(240);
   fc::backtest_options opt;
   static const char* const labels[] = {"1h", "24h", "10m", "1m", "2h", "1d", "90m", "0h"};
@@ -136,7 +143,7 @@ void request_log(fuzz::input& in, std::int64_t bin_s, std::size_t horizon) {
   }
   if (r.events.empty()) return;
   // The tool refuses spans above max_series_bins before aggregating; so does this harness.
-  const std::string model = (choice & 0x40) && !r.events.empty() ? r.events.front().model : std::string();
+  const std::string model = (choice & 0x40) ? r.events.front().model : std::string();
   const std::uint64_t span = fc::bins_spanned(r.events, bin_s, model);
   if (span == 0 || span > 20'000) return;
   const auto q = static_cast<fc::quantity>((choice >> 3) % 5);
