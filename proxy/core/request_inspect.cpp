@@ -1149,6 +1149,8 @@ form_facts inspect_form(std::string_view body, std::string_view content_type) {
     if (name == "model" && !f.has_model && value.size() <= 256) {
       f.has_model = true;
       f.model = std::string(value);
+      f.model_at = content;
+      f.model_len = value.size();
     } else if (name == "stream") {
       f.stream = iequals(trim_ows(value), "true");
     } else if (media_field && value.size() <= 64) {
@@ -1156,6 +1158,24 @@ form_facts inspect_form(std::string_view body, std::string_view content_type) {
           std::string(trim_ows(value));
     }
     pos = end + 2;
+  }
+  return f;
+}
+
+form_facts inspect_form_ends(std::string_view head, std::string_view tail, std::uint64_t size,
+                             std::string_view content_type) {
+  if (tail.empty()) return inspect_form(head, content_type);
+  // The joined bytes are a form whose one large part (the file) lost its middle: the boundary
+  // never occurs inside a part, so every part on either side is found as in the whole body.
+  std::string joined;
+  joined.reserve(head.size() + tail.size());
+  joined.append(head).append(tail);
+  form_facts f = inspect_form(joined, content_type);
+  if (f.has_model && f.model_at >= head.size()) {
+    f.model_at += static_cast<std::size_t>(size - joined.size());
+  } else if (f.has_model && f.model_at + f.model_len > head.size()) {
+    f.has_model = false;  // across the seam: not a value of the body
+    f.model.clear();
   }
   return f;
 }

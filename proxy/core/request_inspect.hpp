@@ -85,10 +85,18 @@ std::int64_t binary_payload_tokens(std::string_view s) noexcept;
 struct form_facts {
   bool has_model = false;
   std::string model;
+  std::size_t model_at = 0;  // the model value's bytes in the body (a rewrite replaces them)
+  std::size_t model_len = 0;
   bool stream = false;
   std::string size, quality, seconds, n;  // "" when absent (or over 64 bytes)
 };
 form_facts inspect_form(std::string_view body, std::string_view content_type);
+// The same facts of a form stored in a file (over the spool size), from its first bytes `head`
+// and its last bytes `tail` (empty when `head` is the whole body): the SDKs send the fields
+// before the file (Python) or after it (Node). `size` is the whole body's; model_at is an offset
+// in it. A value cut by the seam between the two is not read.
+form_facts inspect_form_ends(std::string_view head, std::string_view tail, std::uint64_t size,
+                             std::string_view content_type);
 
 // A speech request (POST /v1/audio/speech): the characters (Unicode code points) of its top-level
 // `input` string (what tts-1 bills; 0 when the body is not JSON or has no such string), the

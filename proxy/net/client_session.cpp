@@ -23,7 +23,9 @@
 #include <cmath>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -412,6 +414,16 @@ class client_session : public std::enable_shared_from_this<client_session> {
       return *media_in;
     }
     spool_body::value_type spooled;  // a large pass-through body, in a file (spool_request_body)
+    // Bytes of `spooled` sent replaced (a routing rewrite of a stored form's model): `length`
+    // bytes at `offset` go as `text`.
+    struct splice {
+      std::uint64_t offset = 0, length = 0;
+      std::string text;
+    };
+    std::unique_ptr<splice> spool_edit;
+    std::uint64_t spooled_size_sent() const {
+      return spool_edit ? spooled.size() - spool_edit->length + spool_edit->text.size() : spooled.size();
+    }
   };
 
   static void mark_upstream_start(call& c) {
@@ -420,6 +432,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   awaitable<bool> handle_one();
   void take_head(const client_request& req, call::head_fields& h);
   bool open_spool(call& c, bool fits_in_memory) const;
+  form_facts stored_form(const call& c) const;
   awaitable<errc> spool_request_body(client_parser& parser, call& c);
   std::pair<errc, std::string> decode_request_body(client_request& req, call& c) const;
   static std::int64_t prompt_estimate(call& c, const client_request& req);
@@ -907,6 +920,26 @@ bool client_session::open_spool(call& c, bool fits_in_memory) const {
   return false;
 }
 
+// The fields of a stored form, read from its first and last 64 KiB (inspect_form_ends): a large
+// transcription or image edit is routed, rewritten and priced by its model as a small one is.
+form_facts client_session::stored_form(const call& c) const {
+  constexpr std::uint64_t window = 64 * 1024;
+  const std::uint64_t size = c.spooled.size();
+  auto read = [&](std::uint64_t offset, std::uint64_t n) {
+    std::string out(static_cast<std::size_t>(n), '\0');
+    std::size_t got = 0;
+    while (got < out.size()) {
+      const long r = c.spooled.read_at(offset + got, out.data() + got, out.size() - got);
+      if (r <= 0) break;
+      got += static_cast<std::size_t>(r);
+    }
+    out.resize(got);
+    return out;
+  };
+  if (size <= 2 * window) return inspect_form(read(0, size), c.head.content_type);
+  return inspect_form_ends(read(0, window), read(size - window, window), size, c.head.content_type);
+}
+
 awaitable<errc> client_session::spool_request_body(client_parser& parser, call& c) {
   http::request_parser<spool_body, field_allocator<char>> sp(std::move(parser));
   sp.get().body() = std::move(c.spooled);
@@ -1219,8 +1252,9 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
   // name none).
   request_facts pass_facts;
   std::string pass_model;
-  if (rd.route == route_kind::other && !req.body().empty()) {
-    if (is_json_content_type(c.head.content_type) && c.head.content_encoding.empty() &&
+  std::optional<std::pair<std::size_t, std::size_t>> form_model;  // the form's model value (offset, length)
+  if (rd.route == route_kind::other && (!req.body().empty() || c.spooled.active())) {
+    if (is_json_content_type(c.head.content_type) && c.head.content_encoding.empty() && !c.spooled.active() &&
         req.body().size() <= pass_through_inspect_limit) {
       pass_facts = inspect_request(req.body(), default_max_depth, false);
       if (pass_facts.problem == request_problem::none && pass_facts.has_model) pass_model = pass_facts.model;
@@ -1229,8 +1263,12 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
         c.media_of().speech = speech_request_of(req.body());
       if (c.meter && (c.media = media_call_of(req.method_string(), tp.path)) != media_call::none)
         c.media_of().media_req = media_request_of(req.body());
-    } else if (auto form = inspect_form(req.body(), c.head.content_type); form.has_model || !form.size.empty()) {
-      if (form.has_model) pass_model = std::move(form.model);
+    } else if (auto form = c.spooled.active() ? stored_form(c) : inspect_form(req.body(), c.head.content_type);
+               form.has_model || !form.size.empty()) {
+      if (form.has_model) {
+        pass_model = std::move(form.model);
+        form_model.emplace(form.model_at, form.model_len);
+      }
       pass_facts.stream = form.stream;
       if (c.meter && (c.media = media_call_of(req.method_string(), tp.path)) != media_call::none)
         c.media_of().media_req = {std::move(form.size), std::move(form.quality), std::move(form.seconds), std::move(form.n)};
@@ -1272,6 +1310,15 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     // A pass-through JSON body names the model the rule rewrites to; admission control stays out.
     if (!plan.rewrite.empty() && pass_facts.has_model && plan.rewrite != pass_model) {
       req.body() = replace_model(req.body(), plan.rewrite, pass_facts);
+      if (c.meter) c.sent_model = plan.rewrite;
+    }
+    // A form's model field: its value's bytes are replaced, in memory or, for a stored form, as
+    // send_spooled() sends the file (which stays as received).
+    if (!plan.rewrite.empty() && form_model && plan.rewrite != pass_model) {
+      if (c.spooled.active())
+        c.spool_edit = std::make_unique<call::splice>(call::splice{form_model->first, form_model->second, plan.rewrite});
+      else
+        req.body().replace(form_model->first, form_model->second, plan.rewrite);
       if (c.meter) c.sent_model = plan.rewrite;
     }
     // A Realtime handshake names its model in the query: the rule's model goes there (tunnel()).
@@ -1476,7 +1523,7 @@ void client_session::write_upstream_head(const upstream_node& t, const client_re
   // when their modules are installed, and an answer in either would leave the call unmetered.
   uh.meterable_encodings_only = rd.json_body;
   uh.websocket = c.websocket;
-  uh.body_size = c.spooled.active() ? c.spooled.size() : req.body().size();
+  uh.body_size = c.spooled.active() ? c.spooled_size_sent() : req.body().size();
   up_head_.clear();
   append_upstream_head(up_headers_, uh, up_head_);
 }
@@ -1721,8 +1768,20 @@ awaitable<void> client_session::send_spooled(Stream& up, upstream_conn& conn, co
   tcp_up.expires_at(std::min(steady::now() + uc.idle_timeout, total_deadline));
   co_await asio::async_write(up, asio::buffer(up_head_), redirect_error(use_awaitable, ec));
   std::unique_ptr<char[]> chunk(new char[spool_chunk]);
+  // With a splice, the file goes in two stretches with its replacement text between them.
+  const std::uint64_t cut = c.spool_edit ? c.spool_edit->offset : c.spooled.size();
+  const std::uint64_t resume = c.spool_edit ? c.spool_edit->offset + c.spool_edit->length : c.spooled.size();
+  bool spliced = !c.spool_edit;
   for (std::uint64_t offset = 0; !ec && offset < c.spooled.size();) {
-    const long n = c.spooled.read_at(offset, chunk.get(), std::min<std::uint64_t>(spool_chunk, c.spooled.size() - offset));
+    if (!spliced && offset == cut) {
+      tcp_up.expires_at(std::min(steady::now() + uc.idle_timeout, total_deadline));
+      co_await asio::async_write(up, asio::buffer(c.spool_edit->text), redirect_error(use_awaitable, ec));
+      offset = resume;
+      spliced = true;
+      continue;
+    }
+    const std::uint64_t until = spliced ? c.spooled.size() : cut;
+    const long n = c.spooled.read_at(offset, chunk.get(), std::min<std::uint64_t>(spool_chunk, until - offset));
     if (n <= 0) {
       log_line(log_level::error, "cannot read a stored upload").str("error", n < 0 ? std::strerror(errno) : "short file");
       ec = asio::error::connection_reset;

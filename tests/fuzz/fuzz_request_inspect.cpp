@@ -157,6 +157,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   FUZZ_CHECK(form.model.size() <= 256);
   FUZZ_CHECK(form.has_model || form.model.empty());
   FUZZ_CHECK(form.size.size() <= 64 && form.quality.size() <= 64 && form.seconds.size() <= 64 && form.n.size() <= 64);
+  // The value a rewrite replaces is the model's bytes in the body.
+  FUZZ_CHECK(!form.has_model || body.substr(form.model_at, form.model_len) == form.model);
+  // A stored form read from its two ends (a window of a third of the body each): a model found
+  // lies at its offset in the whole body.
+  if (body.size() >= 3) {
+    const std::size_t w = body.size() / 3;
+    const auto ends = tollgate::inspect_form_ends(body.substr(0, w), body.substr(body.size() - w), body.size(),
+                                                  "multipart/form-data; boundary=b");
+    FUZZ_CHECK(!ends.has_model || body.substr(ends.model_at, ends.model_len) == ends.model);
+  }
   const auto speech = tollgate::speech_request_of(body);
   FUZZ_CHECK(speech.characters >= 0 && speech.text_tokens >= 0 && speech.format.size() <= 16);
   FUZZ_CHECK(speech.characters <= static_cast<std::int64_t>(body.size()));

@@ -43,6 +43,17 @@ std::string files_body(const std::string& file, const std::string& filename = "b
   return b;
 }
 
+// A form's text field, an audio file part, and the closing delimiter.
+std::string form_field(std::string_view name, std::string_view value) {
+  return "--" + std::string(boundary) + "\r\nContent-Disposition: form-data; name=\"" + std::string(name) + "\"\r\n\r\n" +
+         std::string(value) + "\r\n";
+}
+std::string audio_part(const std::string& file) {
+  return "--" + std::string(boundary) + "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n"
+         "Content-Type: audio/mpeg\r\n\r\n" + file + "\r\n";
+}
+const std::string form_end = "--" + std::string(boundary) + "--\r\n";
+
 // `body` in chunked framing, `piece` bytes per chunk.
 std::string chunked(const std::string& body, std::size_t piece) {
   std::string out;
@@ -130,16 +141,9 @@ TEST_CASE("uploads: a chunked upload is stored and sent with its Content-Length,
 TEST_CASE("uploads: a transcription's model is read from its form fields, before or after the file", "[uploads]") {
   harness h;
   const std::string file = file_bytes(300 * 1024 + 1);
-  auto field = [](std::string_view name, std::string_view value) {
-    return "--" + std::string(boundary) + "\r\nContent-Disposition: form-data; name=\"" + std::string(name) + "\"\r\n\r\n" +
-           std::string(value) + "\r\n";
-  };
-  const std::string file_part = "--" + std::string(boundary) +
-                                "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n"
-                                "Content-Type: audio/mpeg\r\n\r\n" + file + "\r\n";
-  const std::string end = "--" + std::string(boundary) + "--\r\n";
-  for (const std::string& body : {field("model", "gpt-4o-transcribe") + file_part + end,     // the Python SDK's order
-                                  file_part + field("model", "gpt-4o-transcribe") + end}) {  // the Node SDK's
+  const std::string file_part = audio_part(file);
+  for (const std::string& body : {form_field("model", "gpt-4o-transcribe") + file_part + form_end,     // the Python SDK's order
+                                  file_part + form_field("model", "gpt-4o-transcribe") + form_end}) {  // the Node SDK's
     auto r = tt::request(h.port(), "POST", "/v1/audio/transcriptions", body, {{"Content-Type", multipart_type}});
     CHECK(r.status == 200);
   }
@@ -147,16 +151,61 @@ TEST_CASE("uploads: a transcription's model is read from its form fields, before
   CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE requested_model = 'gpt-4o-transcribe'") == 2);
 }
 
+TEST_CASE("uploads: a stored form (over the spool size) is routed, rewritten and priced by its model field",
+          "[uploads][routing]") {
+  // A 3 MiB transcription behind a 64 KiB max_body_bytes goes through a file, as a 10 MB one does
+  // behind the default 8 MiB. A rule renames the alias `stt` to whisper-1.
+  harness h(small_bodies([](tollgate::config& c) { c.routes = {{"stt", {}, "whisper-1"}, {"*", {}, ""}}; }));
+  const std::string file = file_bytes(3 * 1024 * 1024 + 5);
+  const std::string file_part = audio_part(file);
+  for (const bool model_first : {true, false}) {  // the Python SDK's order, then the Node SDK's
+    for (const std::string model : {"whisper-1", "stt"}) {
+      INFO((model_first ? "fields first, " : "file first, ") << model);
+      auto body = [&](std::string_view m) {
+        return model_first ? form_field("model", m) + form_field("language", "en") + file_part + form_end
+                           : file_part + form_field("model", m) + form_field("language", "en") + form_end;
+      };
+      const auto before = h.upstream->request_count();
+      auto r = tt::request(h.port(), "POST", "/v1/audio/transcriptions", body(model), {{"Content-Type", multipart_type}});
+      REQUIRE(r.status == 200);
+      CHECK(json::parse(r.body)["fake_sha256"] == fake::sha256_hex(file));
+      REQUIRE(h.upstream->request_count() == before + 1);
+      const auto got = h.upstream->requests()[before];
+      CHECK(got.body == body("whisper-1"));  // the alias replaced in place, every other byte as sent
+      CHECK(got.header("content-length") == std::to_string(body("whisper-1").size()));
+    }
+  }
+  CHECK(tt::directory_entries(h.cfg.spool_dir) == 0);
+  h.flush();
+  // Each call priced as whisper-1: 3 seconds at $0.006 a minute; the alias kept as asked.
+  auto rows = h.rows("SELECT requested_model, price_model, priced, cost_usd FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 4);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    CHECK(rows[i]["requested_model"] == (i % 2 ? "stt" : "whisper-1"));
+    CHECK(rows[i]["price_model"] == "whisper-1");
+    CHECK(rows[i]["priced"] == "1");
+    CHECK(std::stod(rows[i]["cost_usd"]) == Approx(3 * 0.006 / 60));
+  }
+}
+
+TEST_CASE("uploads: a form in memory gets the rule's model too", "[uploads][routing]") {
+  harness h({.tweak = [](tollgate::config& c) { c.routes = {{"stt", {}, "gpt-4o-transcribe"}, {"*", {}, ""}}; }});
+  const std::string body = "--" + std::string(boundary) +
+                           "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF....\r\n--" +
+                           std::string(boundary) + "\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n";
+  const std::string tail = "\r\n--" + std::string(boundary) + "--\r\n";
+  auto r = tt::request(h.port(), "POST", "/v1/audio/transcriptions", body + "stt" + tail, {{"Content-Type", multipart_type}});
+  REQUIRE(r.status == 200);
+  REQUIRE(h.upstream->request_count() == 1);
+  CHECK(h.upstream->requests()[0].body == body + "gpt-4o-transcribe" + tail);
+  CHECK(h.upstream->requests()[0].header("content-length") == std::to_string((body + "gpt-4o-transcribe" + tail).size()));
+}
+
 TEST_CASE("uploads: whisper-1 is metered by the seconds its usage reports, tts-1 by its input's characters",
           "[uploads]") {
   harness h;
   const std::string file = file_bytes(50 * 1024);
-  const std::string file_part = "--" + std::string(boundary) +
-                                "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n"
-                                "Content-Type: audio/mpeg\r\n\r\n" + file + "\r\n";
-  const std::string model_part = "--" + std::string(boundary) +
-                                 "\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n";
-  auto r = tt::request(h.port(), "POST", "/v1/audio/transcriptions", model_part + file_part + "--" + std::string(boundary) + "--\r\n",
+  auto r = tt::request(h.port(), "POST", "/v1/audio/transcriptions", form_field("model", "whisper-1") + audio_part(file) + form_end,
                        {{"Content-Type", multipart_type}});
   REQUIRE(r.status == 200);
   // 12 characters, two of them outside ASCII: characters, not bytes.

@@ -151,6 +151,16 @@ test('uploads: files.create and audio.transcriptions pass binary multipart bodie
   const transcript = await client.audio.transcriptions.create({ file: await toFile(audio, 'speech.mp3'), model: 'whisper-1' });
   assert.equal(transcript.text, 'Fake transcription of 200000 bytes.');
   assert.equal(transcript.fake_sha256, sha256(audio));
+
+  // A 9 MB recording: over 8 MiB, tollgate stores the form in a file, and must still read the
+  // model the SDK sends after the file (run_sdk_test.sh checks both whisper-1 rows are priced).
+  const long = Buffer.alloc(9 * 1000 * 1000);
+  for (let i = 0; i < long.length; ++i) long[i] = (i * 7919 + (i >> 13)) & 0xff;
+  const longTranscript = await client.audio.transcriptions.create({
+    file: await toFile(long, 'meeting.mp3'), model: 'whisper-1', language: 'en',
+  });
+  assert.equal(longTranscript.text, `Fake transcription of ${long.length} bytes.`);
+  assert.equal(longTranscript.fake_sha256, sha256(long));
 });
 
 // DALL-E answers without usage (tollgate bills it per image); the SDK must get the images whole.

@@ -183,6 +183,17 @@ if [[ -n "$tollgate_bin" ]]; then
     echo "run_sdk_test.sh: expected every SDK call in the ledger" >&2
     exit 1
   fi
+  if [[ "$sdk" == openai ]]; then
+    # Each generation's two whisper-1 transcriptions, 200 kB and 9 MB (the second stored in a
+    # file, its model sent after it): both read as whisper-1 and priced by the seconds reported.
+    stt_rows="$(sqlite3 "$workdir/ledger.db" "SELECT COUNT(*) FROM calls WHERE route = 'other'
+      AND requested_model = 'whisper-1' AND price_model = 'whisper-1' AND priced = 1 AND cost_usd > 0")"
+    echo "run_sdk_test.sh: priced whisper-1 transcriptions: $stt_rows"
+    if (( stt_rows != 2 * ${#generations[@]} )); then
+      echo "run_sdk_test.sh: expected $(( 2 * ${#generations[@]} )) priced whisper-1 rows" >&2
+      status=1
+    fi
+  fi
   if [[ "$sdk" == openai && " ${generations[*]} " == *" openai-7 "* ]]; then
     # openai-7's ResponsesWS session (two responses, gpt-4.1 then gpt-4.1-mini): one row, route
     # responses, status 101, priced at each response's model, requested_model the first

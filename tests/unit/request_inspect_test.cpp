@@ -601,6 +601,47 @@ TEST_CASE("inspect_form: model and stream of a multipart body, before or after a
     CHECK_FALSE(inspect_form("", ct).has_model);
     CHECK_FALSE(inspect_form("------formdata-undici-0123\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nunterminated", ct).has_model);
   }
+  SECTION("the model value's bytes, where a rewrite replaces them") {
+    const std::string body = part("file", std::string(300'000, 'x'), true) + part("model", "whisper-1") + end;
+    const auto f = inspect_form(body, ct);
+    REQUIRE(f.has_model);
+    CHECK(body.substr(f.model_at, f.model_len) == "whisper-1");
+  }
+}
+
+TEST_CASE("inspect_form_ends: a stored form's fields from its first and last bytes", "[inspect][form]") {
+  const std::string ct = "multipart/form-data; boundary=tg";
+  auto part = [](std::string_view name, std::string_view value, bool file = false) {
+    return "--tg\r\nContent-Disposition: form-data; name=\"" + std::string(name) + "\"" +
+           (file ? "; filename=\"a.mp3\"\r\nContent-Type: audio/mpeg" : "") + "\r\n\r\n" + std::string(value) + "\r\n";
+  };
+  const std::string end = "--tg--\r\n";
+  const std::size_t w = 64 * 1024;
+  std::string file(10'000'000, 'a');
+  for (std::size_t i = 0; i < file.size(); ++i) file[i] = static_cast<char>((i * 7919) >> 3);
+  auto ends = [&](const std::string& body) {
+    return inspect_form_ends(std::string_view(body).substr(0, w), std::string_view(body).substr(body.size() - w), body.size(), ct);
+  };
+  SECTION("fields before the file (the Python SDK) and after it (the Node SDK), offsets in the whole body") {
+    for (const std::string& body : {part("model", "whisper-1") + part("language", "en") + part("file", file, true) + end,
+                                    part("file", file, true) + part("model", "whisper-1") + part("size", "1024x1024") + end}) {
+      const auto f = ends(body);
+      REQUIRE(f.has_model);
+      CHECK(f.model == "whisper-1");
+      CHECK(body.substr(f.model_at, f.model_len) == "whisper-1");
+    }
+    CHECK(ends(part("file", file, true) + part("model", "gpt-image-1") + part("size", "1024x1024") + end).size == "1024x1024");
+  }
+  SECTION("a value cut by the seam is not read; a body within both windows is read whole") {
+    // The model's value starts 3 bytes before the head window ends.
+    const std::string model_head = "--tg\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n";
+    std::string body = part("prompt", std::string(w - 3 - model_head.size() - part("prompt", "").size(), 'p')) + model_head;
+    REQUIRE(body.size() == w - 3);
+    body += "whisper-1\r\n" + part("file", file, true) + end;
+    CHECK_FALSE(ends(body).has_model);
+    const std::string small = part("model", "whisper-1") + part("file", std::string(100, 'f'), true) + end;
+    CHECK(inspect_form_ends(small, "", small.size(), ct).model == "whisper-1");
+  }
 }
 
 TEST_CASE("inspect_request: n, the completions per call a reservation multiplies", "[inspect]") {
