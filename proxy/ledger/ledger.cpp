@@ -49,6 +49,9 @@ constexpr auto kProbeInterval = 5s;
 // Retention: rows deleted per statement (a few milliseconds of the writer), and how soon the
 // next batch follows one that found a full batch (a backlog: up to kPruneRows a second).
 constexpr std::int64_t kPruneRows = 2000;
+// The file gives back up to this many free pages (4 MiB at 4 KiB pages) after each delete: more
+// than a batch of rows frees, so the file shrinks as fast as rows go, and one step stays short.
+constexpr int kVacuumPages = 1000;
 constexpr auto kPruneBacklogPause = 1s;
 // At shutdown, rows that neither the database nor the journal takes are retried this long.
 // Waiting forever would hang SIGTERM on a dead disk; giving up at once would lose rows over a
@@ -361,6 +364,7 @@ struct ledger::impl {
   clock_type::time_point retry_at{};   // unhealthy: no database attempt before this
   clock_type::time_point idle_since{};  // last commit or probe
   clock_type::time_point prune_at{};    // retention: the next delete of old rows
+  bool vacuum_checked = false;          // a file without auto_vacuum was warned about
   bool journal_failing = false, journal_full = false, dropping = false;  // logged once each
   std::string last_error;               // of the database, as last logged
   std::vector<journal_entry> entries;   // replay buffers, reused
@@ -422,6 +426,10 @@ struct ledger::impl {
     if (sqlite3_db_readonly(db, "main") == 1)
       return fail({SQLITE_READONLY, "the database file is read-only for this process"});
     sqlite3_busy_timeout(db, static_cast<int>(busy_timeout.count()));
+    // A new file keeps its free pages in a list it can give back (retention's deletes shrink it,
+    // see prune_step). Only a file without tables takes this; an older ledger keeps its mode
+    // (the README says how to convert one).
+    if (auto e = exec(db, "PRAGMA auto_vacuum=INCREMENTAL")) return fail(*e);
     // journal_mode answers with the mode in effect; a file system without shared memory
     // support keeps the old one, which would silently make readers block the writer.
     sqlite3_stmt* st = nullptr;
@@ -445,6 +453,16 @@ struct ledger::impl {
                                                       : "PRAGMA synchronous=NORMAL"))
       return fail(*e);
     if (auto e = migrate(db)) return fail(*e);
+    if (self.opts_.retention.count() > 0 && !vacuum_checked) {
+      vacuum_checked = true;
+      sqlite3_stmt* q = nullptr;
+      if (sqlite3_prepare_v2(db, "PRAGMA auto_vacuum", -1, &q, nullptr) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW &&
+          sqlite3_column_int(q, 0) == 0)
+        log_line(log_level::warn, "ledger.retention deletes rows, but this ledger file was made without auto_vacuum: "
+                                  "it reuses the freed pages and does not shrink until converted (README, ledger.retention)")
+            .str("path", path());
+      sqlite3_finalize(q);
+    }
     std::vector<std::pair<std::string, sqlite3_stmt**>> statements = {
         {"BEGIN IMMEDIATE", &begin},
         {"COMMIT", &commit},
@@ -868,6 +886,14 @@ struct ledger::impl {
     }
     const auto n = sqlite3_changes64(db);
     pruned += static_cast<std::uint64_t>(n);
+    // The freed pages go back to the file system (the file is cut at the next checkpoint); a
+    // file created without auto_vacuum ignores this and reuses them instead.
+    static const std::string vacuum = "PRAGMA incremental_vacuum(" + std::to_string(kVacuumPages) + ")";
+    if (n > 0)
+      if (auto e = exec(db, vacuum.c_str())) {
+        db_failed(*e, false);
+        return false;
+      }
     return n >= kPruneRows;
   }
 };

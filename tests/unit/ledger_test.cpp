@@ -519,6 +519,11 @@ TEST_CASE("ledger: retention deletes rows past it in batches, keeps recent ones 
     db_conn db(opts.path);
     CHECK(db.integer("SELECT COUNT(*) FROM calls") == 10);
     CHECK(db.integer("SELECT MIN(id) FROM calls") == 5'001);
+    // The freed pages went back: a new ledger is incremental-vacuum, and no free page is left.
+    CHECK(db.integer("PRAGMA auto_vacuum") == 2);
+    CHECK(db.integer("PRAGMA freelist_count") == 0);
+    INFO("pages left " << db.integer("PRAGMA page_count"));
+    CHECK(db.integer("PRAGMA page_count") < 40);
   }
   SECTION("rows above prunable_through_id stay (a fleet ledger's rows not yet in PostgreSQL)") {
     opts.prunable_through_id = [] { return std::int64_t{2'500}; };
