@@ -494,4 +494,20 @@ std::optional<std::string> ledger_journal::remove() {
   return std::nullopt;
 }
 
+std::string encode_usage_record(const usage_record& r) {
+  std::string out;
+  encode_record(out, 0, r);
+  return out;
+}
+
+std::optional<usage_record> decode_usage_record(std::string_view bytes) {
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  if (bytes.size() < kRecordHead || get_u32(p) != kRecordMagic) return std::nullopt;
+  const std::uint32_t len = get_u32(p + 4);
+  if (len != bytes.size() - kRecordHead || crc32(0L, p + kRecordHead, len) != get_u32(p + 8)) return std::nullopt;
+  journal_entry e;
+  if (!decode_body(p + kRecordHead, len, e)) return std::nullopt;
+  return std::move(e.row);
+}
+
 }  // namespace tollgate

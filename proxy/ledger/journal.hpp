@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/usage_record.hpp"
@@ -30,6 +31,12 @@ struct journal_open_result {
   std::uint64_t cut_bytes = 0;    // torn or damaged tail removed from the file
   std::uint64_t skipped_bytes = 0;  // damaged bytes between valid records (left in place)
 };
+
+// One row in the journal's record format (magic, length, CRC, body), on its own: how a Realtime
+// session's row so far is kept while the session runs (key_store.hpp, open_sessions). decode
+// gives nothing for bytes that are not one whole, intact record.
+std::string encode_usage_record(const usage_record& r);
+std::optional<usage_record> decode_usage_record(std::string_view bytes);
 
 class ledger_journal {
  public:

@@ -127,6 +127,7 @@ class statement {
   }
   void bind_nullable(int i, std::string_view s) { s.empty() ? (void)sqlite3_bind_null(st_, i) : bind(i, s); }
   void bind(int i, std::int64_t v) { sqlite3_bind_int64(st_, i, v); }
+  void bind_blob(int i, std::string_view s) { sqlite3_bind_blob64(st_, i, s.data(), s.size(), SQLITE_TRANSIENT); }
   void reset() noexcept {
     sqlite3_reset(st_);
     sqlite3_clear_bindings(st_);
@@ -142,6 +143,10 @@ class statement {
     return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(st_, c))) : std::string();
   }
   std::int64_t i64(int c) const noexcept { return sqlite3_column_int64(st_, c); }
+  std::string blob(int c) const {
+    const auto* p = static_cast<const char*>(sqlite3_column_blob(st_, c));
+    return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(st_, c))) : std::string();
+  }
   bool is_null(int c) const noexcept { return sqlite3_column_type(st_, c) == SQLITE_NULL; }
 
  private:
@@ -379,6 +384,45 @@ std::vector<std::string> load_pending_objects(const std::string& ledger_path, st
   st.bind(1, kind);
   std::vector<std::string> out;
   while (st.step()) out.push_back(st.text(0));
+  return out;
+}
+
+constexpr const char* kOpenSessionsSql =
+    "CREATE TABLE IF NOT EXISTS open_sessions (request_id TEXT PRIMARY KEY, start_ms INTEGER NOT NULL,"
+    " row BLOB NOT NULL)";
+
+void save_open_sessions(const std::string& ledger_path, const std::vector<open_session_row>& rows) {
+  connection c(ledger_path);
+  c.exec(kOpenSessionsSql);
+  c.exec("BEGIN IMMEDIATE");
+  try {
+    c.exec("DELETE FROM open_sessions");
+    statement ins(c, "INSERT OR REPLACE INTO open_sessions (request_id, start_ms, row) VALUES (?1, ?2, ?3)");
+    for (const auto& r : rows) {
+      ins.reset();
+      ins.bind(1, r.request_id);
+      ins.bind(2, r.start_ms);
+      ins.bind_blob(3, r.row);
+      ins.step();
+    }
+    c.exec("COMMIT");
+  } catch (...) {
+    try { c.exec("ROLLBACK"); } catch (...) {}
+    throw;
+  }
+}
+
+std::vector<std::string> load_open_sessions(const std::string& ledger_path) {
+  connection c(ledger_path);
+  c.exec(kOpenSessionsSql);
+  std::vector<std::string> out;
+  {
+    // A session whose row was committed just before the stop is there already: once is enough.
+    // (calls' start_ms index finds it; the ledger's writer made the table before this runs.)
+    statement st(c, "SELECT o.row FROM open_sessions o WHERE NOT EXISTS (SELECT 1 FROM calls k "
+                    "WHERE k.start_ms = o.start_ms AND k.request_id = o.request_id)");
+    while (st.step()) out.push_back(st.blob(0));
+  }
   return out;
 }
 

@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/open_sessions.hpp"
 #include "core/policy_config.hpp"
 
 namespace tollgate {
@@ -95,6 +96,14 @@ void record_pending_objects(const std::string& ledger_path, std::string_view kin
 // The ids of `kind` created at or after since_ms, oldest first (older ones are deleted).
 std::vector<std::string> load_pending_objects(const std::string& ledger_path, std::string_view kind,
                                               std::int64_t since_ms);
+
+// Realtime sessions in progress and their rows so far (journal-encoded usage_record), kept so a
+// crash loses none of them: table open_sessions (request_id, start_ms, row), replaced whole by
+// save_open_sessions (an empty list empties it). load_open_sessions, at a start, returns the
+// rows whose session never reached the ledger (no calls row with its start_ms and request_id).
+// Both throw std::runtime_error on a database error.
+void save_open_sessions(const std::string& ledger_path, const std::vector<open_session_row>& rows);
+std::vector<std::string> load_open_sessions(const std::string& ledger_path);
 
 // {"name", "team" (null when none), "tags", "limits": {"rpm", "tpm"}, "budgets", "created_ms",
 //  "revoked_ms" (null when active)}: the admin API's view. Neither the key nor its hash.

@@ -40,6 +40,7 @@
 #include "ledger/ledger.hpp"
 #include "net/metrics.hpp"
 #include "net/drained_read.hpp"
+#include "ledger/journal.hpp"
 #include "net/spool_body.hpp"
 #include "net/worker.hpp"
 
@@ -491,6 +492,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   awaitable<std::size_t> read_now_or_wait(asio::mutable_buffer b, steady::time_point until, beast::error_code& ec);
   void finish_call(call& c);
   void add_other_models(call& c, const std::vector<std::pair<std::string, token_usage>>& others);
+  static void add_session_usage(const realtime_meter& meter, usage_record& rec,
+                                std::vector<std::pair<std::string, token_usage>>& by_model);
   bool is_live_sideband_of_metered(std::string_view path) const;
   void arm_read_deadline(steady::duration d);
   void disarm_read_deadline();
@@ -2441,6 +2444,25 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
     return st_.policy->charge(c.ticket, delta, cost.price ? std::string_view(cost.price->name) : std::string_view(),
                               unix_ms_now());
   };
+  // The row so far, kept for a crash (open_sessions.hpp): now, and after each usage event.
+  std::size_t saved_events = 0;
+  auto save_row = [&] {
+    usage_record row = rec;
+    std::vector<std::pair<std::string, token_usage>> by_model;
+    add_session_usage(meter, row, by_model);
+    if (!by_model.empty()) {
+      const auto cost = compute_cost(st_.prices, by_model, c.price_multiplier);
+      row.priced = cost.priced;
+      row.cost_usd = cost.usd;
+      if (cost.price) row.price_model = cost.price->name;
+    }
+    row.latency_ms = ms_between(c.t0, steady::now());
+    row.aborted = true;
+    row.error_kind = "tollgate_restart";
+    st_.realtime_rows.set({row.request_id, row.start_ms, encode_usage_record(row)});
+    saved_events = meter.events();
+  };
+  save_row();
   bool client_side_done = false;
   asio::steady_timer closing(stream_.get_executor());
   // Ends the session from tollgate's side: the upstream's socket closes at once; `frames` (ending
@@ -2477,7 +2499,8 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   tunnel_ = &ctl;
   auto go_away = [&]() -> awaitable<void> { co_await close_client(ws_close_frame(1001, "tollgate is shutting down")); };
   auto relay = [this, &conn, &read_frames, &read_requests, &want_model, &over_budget, &close_for_budget, &go_away, &ctl,
-                &client_side_done, &closing](auto& from, auto& to, bool from_upstream) -> awaitable<void> {
+                &client_side_done, &closing, &save_row, &saved_events, &meter](auto& from, auto& to,
+                                                                           bool from_upstream) -> awaitable<void> {
     relay_lease buf(w_.relay_blocks);
     beast::error_code rec_ec, wec;
     for (;;) {
@@ -2487,6 +2510,7 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
       if (n > 0 && !from_upstream && want_model) read_requests(std::string_view(buf.data(), n));
       if (n > 0 && from_upstream) {
         read_frames(std::string_view(buf.data(), n));
+        if (meter.events() != saved_events) save_row();
         if (!wec && over_budget()) {
           co_await close_for_budget();
           break;
@@ -2513,18 +2537,9 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   using namespace asio::experimental::awaitable_operators;
   co_await (relay(stream_, up, false) && relay(up, stream_, true));
   tunnel_ = nullptr;
+  st_.realtime_rows.erase(rec.request_id);  // its row goes to the ledger now (finish_call)
   if (steady::now() + 5ms >= deadline) c.error = errc::upstream_total_timeout;
-  if (!meter.model().empty()) rec.served_model = meter.model();
-  if (meter.has_usage()) {
-    c.usage_by_model = meter.by_model();
-    rec.tokens = {};
-    for (const auto& [m, u] : c.usage_by_model) rec.tokens.add(u);
-    // The row's service_tier: the one its responses all report (none when they differ).
-    const auto tier = c.usage_by_model.front().second.tier;
-    if (std::all_of(c.usage_by_model.begin(), c.usage_by_model.end(), [tier](const auto& e) { return e.second.tier == tier; }))
-      rec.tokens.tier = tier;
-    rec.source = usage_source::upstream;
-  }
+  add_session_usage(meter, rec, c.usage_by_model);
   if (reader.failed() || reader.oversized() > 0 || reader.compressed() > 0)
     log_line(log_level::warn, "realtime session: some upstream messages could not be metered")
         .str("request_id", rec.request_id)
@@ -2541,6 +2556,22 @@ bool client_session::is_live_sideband_of_metered(std::string_view path) const {
   if (!path.starts_with(prefix) || !path.ends_with("/attach")) return false;
   const std::string_view id = path.substr(prefix.size(), path.size() - prefix.size() - 7);
   return !id.empty() && id.find('/') == std::string_view::npos && st_.live_sessions.contains(id);
+}
+
+// A Realtime session's usage so far into its row: the model its session names, the tokens summed
+// over every model (the row's service_tier: the one its responses all report, none when they
+// differ), and per model for pricing.
+void client_session::add_session_usage(const realtime_meter& meter, usage_record& rec,
+                                       std::vector<std::pair<std::string, token_usage>>& by_model) {
+  if (!meter.model().empty()) rec.served_model = meter.model();
+  if (!meter.has_usage()) return;
+  by_model = meter.by_model();
+  rec.tokens = {};
+  for (const auto& [m, u] : by_model) rec.tokens.add(u);
+  const auto tier = by_model.front().second.tier;
+  if (std::all_of(by_model.begin(), by_model.end(), [tier](const auto& e) { return e.second.tier == tier; }))
+    rec.tokens.tier = tier;
+  rec.source = usage_source::upstream;
 }
 
 // A reply whose usage bills other models besides its own (an Anthropic message's advisor

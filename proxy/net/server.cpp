@@ -27,6 +27,8 @@
 
 #include "core/aggregator.hpp"
 #include "core/log.hpp"
+#include "ledger/journal.hpp"
+#include "ledger/key_store.hpp"
 #include "ledger/ledger.hpp"
 #include "ledger/ledger_history.hpp"
 #include "ledger/pg_shipper.hpp"
@@ -293,6 +295,32 @@ tcp::acceptor make_acceptor(asio::io_context& ioc, const tcp::endpoint& ep, bool
   return a;
 }
 
+// Realtime sessions that a crash (or a kill) cut while they ran: their rows as saved at the last
+// second (open_sessions.hpp) go to the ledger and the metrics now, aborted, error_kind
+// `tollgate_restart`, committed before the budgets warm-start from the ledger so their spend
+// counts; then the table is emptied (a crash in between is harmless: a row already in calls is
+// not read again).
+void recover_open_sessions(app::impl& I) {
+  const std::string& path = I.st.cfg.ledger_path;
+  try {
+    std::size_t n = 0;
+    for (const auto& bytes : load_open_sessions(path)) {
+      auto r = decode_usage_record(bytes);
+      if (!r || !I.ledger_->reserve()) continue;
+      I.metrics_->record_call(*r, -1);  // the crashed process never counted it (rows count when they end)
+      I.ledger_->submit(std::move(*r));
+      ++n;
+    }
+    if (n > 0) I.ledger_->flush();
+    save_open_sessions(path, {});  // rows whose session reached calls before the stop go too
+    if (n == 0) return;
+    log_line(log_level::warn, "Realtime sessions cut by an unclean stop: ledgered as they stood at its last second")
+        .integer("sessions", static_cast<std::int64_t>(n));
+  } catch (const std::exception& e) {
+    log_line(log_level::warn, "open Realtime sessions not read back: a crash may have lost their rows").str("error", e.what());
+  }
+}
+
 // Reads the ledger's recent calls back into the aggregator (before the listeners open, so no
 // new row can be counted twice). A failure only costs history: warn and go on.
 void warm_start(app::impl& I) {
@@ -482,7 +510,9 @@ void app::start() {
   I.ledger_->start();
   if (I.shipper_) I.shipper_->start();
   if (I.aggregator_) warm_start(I);
+  recover_open_sessions(I);  // after the aggregator's warm start: on_committed counts these once
   I.spend_->track_pending({{"response", &I.st.background_responses}, {"batch", &I.st.pending_batches}});
+  I.spend_->track_open_sessions(&I.st.realtime_rows);
   I.spend_->start(c.ledger_path);
 
   int n = c.workers > 0 ? c.workers : default_workers();

@@ -327,6 +327,17 @@ void spend_control::track_pending(std::vector<std::pair<std::string, pending_res
 
 void spend_control::save_pending() {
   if (ledger_path_.empty()) return;
+  if (open_sessions_ != nullptr) {
+    if (auto rows = open_sessions_->take_if_changed()) {
+      try {
+        save_open_sessions(ledger_path_, *rows);
+      } catch (const std::exception& e) {
+        log_line(log_level::warn, "open Realtime sessions not saved: a crash now would lose their rows")
+            .str("error", e.what());
+        open_sessions_->touch();  // tried again at the next pump
+      }
+    }
+  }
   for (auto& [kind, set] : pending_) {
     auto changes = set->take_changes();
     if (changes.empty()) continue;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/alert.hpp"
+#include "core/open_sessions.hpp"
 #include "core/pending_responses.hpp"
 
 namespace tollgate {
@@ -53,6 +54,9 @@ class spend_control {
   // Before start(): sets of pending objects (background responses, batches) kept in the ledger
   // database under `kind`: start() loads them (30 days at most), pump() writes their changes.
   void track_pending(std::vector<std::pair<std::string, pending_responses*>> sets);
+  // Before start(): Realtime sessions' rows so far, saved by pump() when they changed (table
+  // open_sessions), so a crash loses none (app::start ledgers what a crash left there).
+  void track_open_sessions(open_sessions* sessions) { open_sessions_ = sessions; }
   // Fleet budgets (ledger.postgres.fleet_budgets), on the fleet ledger's thread: the start of the
   // oldest window a budget or spend guard counts (now_ms when there is none), and the spend of
   // the fleet's other instances, counted as this instance's calls are.
@@ -93,6 +97,7 @@ class spend_control {
   std::string ledger_path_;  // where projected_overspend alerts are remembered (window_alerts)
   std::vector<bool> anomaly_was_;  // per forecast series, to alert on a rising edge only
   std::vector<std::pair<std::string, pending_responses*>> pending_;  // kind -> set (track_pending)
+  open_sessions* open_sessions_ = nullptr;                          // track_open_sessions
   void save_pending();
 };
 

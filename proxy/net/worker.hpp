@@ -22,6 +22,7 @@
 #include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/http_rules.hpp"
+#include "core/open_sessions.hpp"
 #include "core/pending_responses.hpp"
 #include "core/pricing.hpp"
 #include "core/video_memory.hpp"
@@ -77,6 +78,7 @@ struct shared_state {
   // already; on any other (a WebRTC or SIP session, whose media never passes here) the sideband
   // is the only place its usage is seen, and is metered.
   pending_responses live_sessions{10'000};
+  open_sessions realtime_rows;  // Realtime sessions' rows so far, saved for a crash (spend_control)
   bool upstream_key_missing() const noexcept {
     for (const auto& u : upstreams)
       if (u->cfg.api_key.empty()) return true;

@@ -11,18 +11,21 @@
 #   locked  SIGTERM mid-load while another process holds the database's write lock: the rows go
 #           to the journal; a restart after the lock is gone replays them: every answered call
 #           is in the ledger, once, and the journal is gone.
-# usage: tests/durability/sigkill.sh TOLLGATE_BIN FAKE_UPSTREAM_BIN [kill|term|hup|locked ...]
+#   realtime  SIGKILL while a Realtime (WebSocket) session runs, restart: the session's row as
+#           it stood at its last save (two responses, priced) is ledgered once, error_kind
+#           tollgate_restart.
+# usage: tests/durability/sigkill.sh TOLLGATE_BIN FAKE_UPSTREAM_BIN [kill|term|hup|locked|realtime ...]
 # Env: PYTHON3, SQLITE3 (default: from PATH); LEDGER_SIGKILL_SLACK_MS (default 1000): time on
 # top of flush_interval for a row to be committed on a busy machine.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-usage="usage: $0 TOLLGATE_BIN FAKE_UPSTREAM_BIN [kill|term|hup|locked ...]"
+usage="usage: $0 TOLLGATE_BIN FAKE_UPSTREAM_BIN [kill|term|hup|locked|realtime ...]"
 tollgate_bin="${1:?$usage}"
 fake_bin="${2:?$usage}"
 shift 2
 scenarios=("$@")
-(( ${#scenarios[@]} )) || scenarios=(kill term hup locked)
+(( ${#scenarios[@]} )) || scenarios=(kill term hup locked realtime)
 python3="${PYTHON3:-python3}"
 sqlite3="${SQLITE3:-sqlite3}"
 config="$here/../../config/tollgate.yaml"
@@ -232,13 +235,45 @@ sys.stdin.read()
   check_calls "$workdir/locked.json" "$db" -1
 }
 
+scenario_realtime() {
+  local db="$workdir/realtime.db" id row
+  echo "sigkill.sh: realtime: SIGKILL while a Realtime session runs, restart (the session's row so far must be ledgered)"
+  start_tollgate "$db" "$workdir/realtime-1.err"
+  "$python3" "$here/realtime_client.py" --url "$base_url" --responses 2 --hold 30 >"$workdir/realtime.out" \
+    2>"$workdir/realtime-client.err" &
+  local client_pid=$!
+  pids+=("$client_pid")
+  for _ in $(seq 100); do
+    [[ -s "$workdir/realtime.out" ]] && break
+    sleep 0.1
+  done
+  id="$(head -n 1 "$workdir/realtime.out")"
+  [[ -n "$id" ]] || fail "the Realtime session did not run"
+  sleep 1.5  # the session's row is saved within a second of its last usage event
+  kill -KILL "$tollgate_pid"
+  wait_tollgate
+  (( tollgate_status == 137 )) || fail "tollgate did not die of SIGKILL (status $tollgate_status)"
+  wait "$client_pid" || true
+  start_tollgate "$db" "$workdir/realtime-2.err"
+  kill -TERM "$tollgate_pid"
+  wait_tollgate
+  (( tollgate_status == 0 )) || fail "tollgate exited with $tollgate_status after SIGTERM"
+  integrity "$db"
+  grep -q 'Realtime sessions cut by an unclean stop' "$workdir/realtime-2.err" || fail "the restart did not report the cut session"
+  row="$("$sqlite3" -separator ' ' "$db" "SELECT COUNT(*), status, aborted, error_kind, usage_source, price_model,
+    prompt_tokens, completion_tokens, cost_usd > 0 FROM calls WHERE request_id = '$id'")"
+  echo "sigkill.sh:   the cut session's row: $row"
+  [[ "$row" == "1 101 1 tollgate_restart upstream gpt-realtime 2000 600 1" ]] ||
+    fail "the Realtime session cut by SIGKILL is not ledgered once with its two responses ($row)"
+}
+
 command -v "$python3" >/dev/null || fail "python3 not found"
 command -v "$sqlite3" >/dev/null || fail "sqlite3 not found"
 command -v curl >/dev/null || fail "curl not found"
 start_fake_upstream
 for s in "${scenarios[@]}"; do
   case "$s" in
-    kill | term | hup | locked) "scenario_$s" ;;
+    kill | term | hup | locked | realtime) "scenario_$s" ;;
     *) echo "$usage" >&2; exit 2 ;;
   esac
 done

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <sqlite3.h>
 #include <zlib.h>
 
 #include <boost/beast/core.hpp>
@@ -14,6 +15,7 @@
 #include <thread>
 
 #include "core/request_inspect.hpp"
+#include "ledger/journal.hpp"
 #include "support.hpp"
 #include "test_cert.hpp"
 
@@ -746,6 +748,65 @@ TEST_CASE("relay: a WebSocket session (Realtime API) is tunnelled with the upstr
   CHECK(!up[0].header("sec-websocket-key").empty());
   CHECK(up[0].header("openai-beta") == "realtime=v1");
   CHECK(up[0].header("sec-websocket-extensions").empty());
+}
+
+TEST_CASE("relay: a Realtime session's row so far is kept while it runs, so a crash loses none of it",
+          "[relay][websocket][durability]") {
+  // The ledger file as a crash would leave it mid-session: a consistent copy (VACUUM INTO) taken
+  // while the session runs; a tollgate started on the copy ledgers the session as it stood.
+  harness h;
+  const std::string crashed = h.dir.path + "/crashed.db";
+  net::io_context ioc;
+  websocket::stream<beast::tcp_stream> ws(ioc);
+  ws.next_layer().connect({net::ip::make_address("127.0.0.1"), h.port()});
+  ws.handshake("127.0.0.1", "/v1/realtime?model=gpt-realtime");
+  CHECK(next_event(ws)["type"] == "session.created");
+  ws.text(true);
+  for (int r = 0; r < 2; ++r) realtime_response(ws);
+  const double per_response = (100 * 4.0 + 300 * 32.0 + 600 * 0.40 + 50 * 16.0 + 250 * 64.0) / 1e6;
+  // Saved within a second of each usage event (by the alert thread's pump): the saved row has
+  // both responses.
+  auto saved_cost = [&h]() -> double {
+    if (h.query_int("SELECT COUNT(*) FROM sqlite_master WHERE name = 'open_sessions'") == 0) return -1;
+    const std::string hex = h.query_text("SELECT COALESCE((SELECT hex(row) FROM open_sessions), '')");
+    std::string bytes;
+    for (std::size_t i = 0; i + 1 < hex.size(); i += 2) bytes += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+    const auto row = tollgate::decode_usage_record(bytes);
+    return row ? row->cost_usd : -1;
+  };
+  REQUIRE(harness::eventually([&] { return saved_cost() == Approx(2 * per_response); }));
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls") == 0);
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(h.cfg.ledger_path.c_str(), &db) == SQLITE_OK);
+    const std::string sql = "VACUUM INTO '" + crashed + "'";
+    CHECK(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  ws.close(websocket::close_code::normal);
+  h.flush();
+  // The session ended: its own row is in the ledger, and the saved one goes at the next save.
+  CHECK(h.query_text("SELECT COALESCE(error_kind, 'none') FROM calls") == "none");
+  CHECK(harness::eventually([&] { return h.query_int("SELECT COUNT(*) FROM open_sessions") == 0; }));
+
+  // A start on the file as the crash left it: the session's row, priced as it stood, once.
+  harness after({.tweak = [&](tollgate::config& c) { c.ledger_path = crashed; }});
+  after.flush();
+  auto rows = after.rows("SELECT route, status, aborted, error_kind, usage_source, price_model, prompt_tokens, "
+                         "completion_tokens, cost_usd FROM calls");
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0]["route"] == "other");
+  CHECK(rows[0]["status"] == "101");
+  CHECK(rows[0]["aborted"] == "1");
+  CHECK(rows[0]["error_kind"] == "tollgate_restart");
+  CHECK(rows[0]["usage_source"] == "upstream");
+  CHECK(rows[0]["price_model"] == "gpt-realtime");
+  CHECK(rows[0]["prompt_tokens"] == "2000");
+  CHECK(rows[0]["completion_tokens"] == "600");
+  CHECK(std::stod(rows[0]["cost_usd"]) == Approx(2 * per_response));
+  CHECK(after.query_int("SELECT COUNT(*) FROM open_sessions") == 0);
+  // Budgets warm-start from the ledger after the recovery: the session's spend counts.
+  CHECK(after.metric_sum("tollgate_spend_usd_total") == Approx(2 * per_response));
 }
 
 TEST_CASE("relay: a Realtime session is charged as its responses complete and closed when a hard budget is spent",

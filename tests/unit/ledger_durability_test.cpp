@@ -285,6 +285,33 @@ TEST_CASE("ledger_journal: appended rows read back in order with every field, ac
   }
 }
 
+TEST_CASE("encode_usage_record: one row on its own round-trips; damaged or partial bytes give nothing",
+          "[ledger][journal]") {
+  usage_record r = make_row(7);
+  r.route = route_kind::other;
+  r.status = 101;
+  r.aborted = true;
+  r.error_kind = "tollgate_restart";
+  r.cost_usd = 0.1 + 0.2;
+  const std::string bytes = encode_usage_record(r);
+  const auto back = decode_usage_record(bytes);
+  REQUIRE(back);
+  CHECK(back->request_id == r.request_id);
+  CHECK(back->status == 101);
+  CHECK(back->aborted);
+  CHECK(back->error_kind == "tollgate_restart");
+  CHECK(back->cost_usd == r.cost_usd);
+  CHECK(back->tokens.prompt == r.tokens.prompt);
+  CHECK_FALSE(decode_usage_record(bytes.substr(0, bytes.size() - 1)));
+  CHECK_FALSE(decode_usage_record(bytes + "x"));
+  CHECK_FALSE(decode_usage_record(""));
+  for (std::size_t i = 0; i < bytes.size(); i += 7) {
+    std::string bad = bytes;
+    bad[i] = static_cast<char>(bad[i] ^ 0x20);
+    CHECK_FALSE(decode_usage_record(bad));
+  }
+}
+
 TEST_CASE("ledger_journal: a record of the first format (without web searches and tier) still reads",
           "[ledger][journal]") {
   temp_dir dir;
