@@ -2463,6 +2463,13 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
     saved_events = meter.events();
   };
   save_row();
+  // However the tunnel ends (an exception included), the session leaves the set: its own row is
+  // written by finish_call.
+  struct forget_row {
+    open_sessions& set;
+    const std::string& id;
+    ~forget_row() { set.erase(id); }
+  } forget{st_.realtime_rows, rec.request_id};
   bool client_side_done = false;
   asio::steady_timer closing(stream_.get_executor());
   // Ends the session from tollgate's side: the upstream's socket closes at once; `frames` (ending
@@ -2537,7 +2544,6 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   using namespace asio::experimental::awaitable_operators;
   co_await (relay(stream_, up, false) && relay(up, stream_, true));
   tunnel_ = nullptr;
-  st_.realtime_rows.erase(rec.request_id);  // its row goes to the ledger now (finish_call)
   if (steady::now() + 5ms >= deadline) c.error = errc::upstream_total_timeout;
   add_session_usage(meter, rec, c.usage_by_model);
   if (reader.failed() || reader.oversized() > 0 || reader.compressed() > 0)
