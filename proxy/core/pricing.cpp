@@ -913,10 +913,11 @@ cost_result compute_cost(const model_price& price, const token_usage& usage, dou
 }
 
 cost_result compute_cost(const price_table& table, const std::vector<std::pair<std::string, token_usage>>& by_model,
-                         double multiplier) {
+                         double multiplier, std::int64_t at_ms) {
   cost_result out{0, true, nullptr};
   for (const auto& [m, u] : by_model) {
-    const auto cost = compute_cost(table, m, u, multiplier);
+    const model_price* p = at_ms < 0 ? table.resolve(m) : table.resolve_at(m, at_ms);
+    const auto cost = p ? compute_cost(*p, u, multiplier) : cost_result{};
     out.priced = out.priced && cost.priced;
     out.usd += cost.usd;
     if (out.price == nullptr) out.price = cost.price;

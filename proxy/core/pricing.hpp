@@ -198,8 +198,9 @@ double reserve_cost(const model_price& price, const token_usage& worst, std::uin
                     double multiplier = 1.0);
 // A call that bills several models (a message batch's results, a Realtime session and its
 // transcriptions): the sum of each model's cost; priced only when every model is, `price` the
-// first priced entry.
+// first priced entry. Each model at its version in effect at `at_ms` (Unix ms: when the call
+// started, as a one-model call is billed), or now when at_ms is negative.
 cost_result compute_cost(const price_table& table, const std::vector<std::pair<std::string, token_usage>>& by_model,
-                         double multiplier = 1.0);
+                         double multiplier = 1.0, std::int64_t at_ms = -1);
 
 }  // namespace tollgate

@@ -2438,7 +2438,7 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
     const std::size_t events = meter.events();
     if (events == charged_events) return false;
     charged_events = events;
-    const auto cost = compute_cost(st_.prices, meter.by_model(), c.price_multiplier);
+    const auto cost = compute_cost(st_.prices, meter.by_model(), c.price_multiplier, rec.start_ms);
     const double delta = cost.usd - charged_usd;
     charged_usd = cost.usd;
     return st_.policy->charge(c.ticket, delta, cost.price ? std::string_view(cost.price->name) : std::string_view(),
@@ -2451,7 +2451,7 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
     std::vector<std::pair<std::string, token_usage>> by_model;
     add_session_usage(meter, row, by_model);
     if (!by_model.empty()) {
-      const auto cost = compute_cost(st_.prices, by_model, c.price_multiplier);
+      const auto cost = compute_cost(st_.prices, by_model, c.price_multiplier, rec.start_ms);
       row.priced = cost.priced;
       row.cost_usd = cost.usd;
       if (cost.price) row.price_model = cost.price->name;
@@ -2612,7 +2612,7 @@ void client_session::finish_call(call& c) {
   const std::string& model = rec.served_model.empty() ? fallback : rec.served_model;
   if (!c.usage_by_model.empty()) {
     // A message batch's results (each model's requests at its batch prices), a Realtime session.
-    const auto cost = compute_cost(st_.prices, c.usage_by_model, c.price_multiplier);
+    const auto cost = compute_cost(st_.prices, c.usage_by_model, c.price_multiplier, rec.start_ms);
     rec.priced = cost.priced;
     rec.cost_usd = cost.usd;
     if (cost.price) rec.price_model = cost.price->name;

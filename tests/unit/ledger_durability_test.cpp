@@ -285,7 +285,7 @@ TEST_CASE("ledger_journal: appended rows read back in order with every field, ac
   }
 }
 
-TEST_CASE("encode_usage_record: one row on its own round-trips; damaged or partial bytes give nothing",
+TEST_CASE("encode_usage_record: one row on its own round-trips, damaged or partial bytes give nothing",
           "[ledger][journal]") {
   usage_record r = make_row(7);
   r.route = route_kind::other;

@@ -1066,6 +1066,12 @@ TEST_CASE("pricing: scheduled price changes bill each call at the prices in effe
   CHECK(compute_cost(*base, u).usd == Approx(0.05 + 0.03));
   CHECK(compute_cost(*jan, u).usd == Approx(0.10 + 0.06));
   CHECK(&price_at(*t.resolve_at("m", 0), jan1_2027) == jan);
+  // A call that bills several models (a Realtime session, a message batch's results) prices each
+  // at its version in effect when the call started too.
+  const std::vector<std::pair<std::string, token_usage>> by_model = {{"m", u}, {"plain", u}};
+  CHECK(compute_cost(t, by_model, 1.0, jan1_2027 - 1).usd == Approx(0.05 + 0.03 + 0.10 + 0.02));
+  CHECK(compute_cost(t, by_model, 1.0, jan1_2027).usd == Approx(0.10 + 0.06 + 0.10 + 0.02));
+  CHECK(compute_cost(t, by_model, 1.0, jan1_2027).price == jan);
 
   const auto entry = [](const std::string& changes) {
     return "models:\n  m:\n    input: 1\n    output: 2\n    changes:\n" + changes;
