@@ -37,10 +37,10 @@
 #include "core/sse_parser.hpp"
 #include "core/usage.hpp"
 #include "core/ws_frames.hpp"
+#include "ledger/journal.hpp"
 #include "ledger/ledger.hpp"
 #include "net/metrics.hpp"
 #include "net/drained_read.hpp"
-#include "ledger/journal.hpp"
 #include "net/spool_body.hpp"
 #include "net/worker.hpp"
 
