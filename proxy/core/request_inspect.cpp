@@ -1103,10 +1103,13 @@ speech_facts speech_request_of(std::string_view body) {
   return f;
 }
 
+bool is_form_data(std::string_view content_type) noexcept {
+  return iequals(trim_ows(content_type.substr(0, content_type.find(';'))), "multipart/form-data");
+}
+
 form_facts inspect_form(std::string_view body, std::string_view content_type) {
   form_facts f;
-  const std::string_view type = trim_ows(content_type.substr(0, content_type.find(';')));
-  if (!iequals(type, "multipart/form-data")) return f;
+  if (!is_form_data(content_type)) return f;
   const std::string_view boundary = header_param(content_type, "boundary");
   if (boundary.empty() || boundary.size() > 200) return f;
   const std::string delim = "--" + std::string(boundary);

@@ -91,6 +91,8 @@ struct form_facts {
   std::string size, quality, seconds, n;  // "" when absent (or over 64 bytes)
 };
 form_facts inspect_form(std::string_view body, std::string_view content_type);
+// The content type is multipart/form-data (parameters aside).
+bool is_form_data(std::string_view content_type) noexcept;
 // The same facts of a form stored in a file (over the spool size), from its first bytes `head`
 // and its last bytes `tail` (empty when `head` is the whole body): the SDKs send the fields
 // before the file (Python) or after it (Node). `size` is the whole body's; model_at is an offset

@@ -49,9 +49,9 @@ constexpr auto kProbeInterval = 5s;
 // Retention: rows deleted per statement (a few milliseconds of the writer), and how soon the
 // next batch follows one that found a full batch (a backlog: up to kPruneRows a second).
 constexpr std::int64_t kPruneRows = 2000;
-// The file gives back up to this many free pages (4 MiB at 4 KiB pages) after each delete: more
-// than a batch of rows frees, so the file shrinks as fast as rows go, and one step stays short.
-constexpr int kVacuumPages = 1000;
+// After each delete the file gives back up to 1,000 free pages (4 MiB at 4 KiB pages): more than
+// a batch of rows frees, so the file shrinks as fast as rows go, and one step stays short.
+constexpr const char* kVacuumSql = "PRAGMA incremental_vacuum(1000)";
 constexpr auto kPruneBacklogPause = 1s;
 // At shutdown, rows that neither the database nor the journal takes are retried this long.
 // Waiting forever would hang SIGTERM on a dead disk; giving up at once would lose rows over a
@@ -888,9 +888,8 @@ struct ledger::impl {
     pruned += static_cast<std::uint64_t>(n);
     // The freed pages go back to the file system (the file is cut at the next checkpoint); a
     // file created without auto_vacuum ignores this and reuses them instead.
-    static const std::string vacuum = "PRAGMA incremental_vacuum(" + std::to_string(kVacuumPages) + ")";
     if (n > 0)
-      if (auto e = exec(db, vacuum.c_str())) {
+      if (auto e = exec(db, kVacuumSql)) {
         db_failed(*e, false);
         return false;
       }

@@ -926,6 +926,7 @@ bool client_session::open_spool(call& c, bool fits_in_memory) const {
 // The fields of a stored form, read from its first and last 64 KiB (inspect_form_ends): a large
 // transcription or image edit is routed, rewritten and priced by its model as a small one is.
 form_facts client_session::stored_form(const call& c) const {
+  if (!is_form_data(c.head.content_type)) return {};  // nothing to read back (a raw upload part)
   constexpr std::uint64_t window = 64 * 1024;
   const std::uint64_t size = c.spooled.size();
   auto read = [&](std::uint64_t offset, std::uint64_t n) {
@@ -2431,36 +2432,33 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
   // many minutes); when a hard budget it counts in is spent, the session ends: the client gets an
   // `error` event and a close frame (1008) at the next message boundary, the upstream's socket is
   // shut. The row then carries error_kind budget_exceeded and the whole session's cost.
-  std::size_t charged_events = 0;
-  double charged_usd = 0;
-  auto over_budget = [&]() -> bool {
-    if (st_.policy == nullptr || c.ticket == 0) return false;
-    const std::size_t events = meter.events();
-    if (events == charged_events) return false;
-    charged_events = events;
-    const auto cost = compute_cost(st_.prices, meter.by_model(), c.price_multiplier, rec.start_ms);
-    const double delta = cost.usd - charged_usd;
-    charged_usd = cost.usd;
-    return st_.policy->charge(c.ticket, delta, cost.price ? std::string_view(cost.price->name) : std::string_view(),
-                              unix_ms_now());
-  };
-  // The row so far, kept for a crash (open_sessions.hpp): now, and after each usage event.
+  // The row so far, kept for a crash (open_sessions.hpp): now, and after each usage event. Its
+  // cost is what the budgets are charged (over_budget), computed once per event.
   std::size_t saved_events = 0;
+  cost_result session_cost{};
   auto save_row = [&] {
     usage_record row = rec;
     std::vector<std::pair<std::string, token_usage>> by_model;
     add_session_usage(meter, row, by_model);
-    if (!by_model.empty()) {
-      const auto cost = compute_cost(st_.prices, by_model, c.price_multiplier, rec.start_ms);
-      row.priced = cost.priced;
-      row.cost_usd = cost.usd;
-      if (cost.price) row.price_model = cost.price->name;
-    }
+    session_cost = by_model.empty() ? cost_result{} : compute_cost(st_.prices, by_model, c.price_multiplier, rec.start_ms);
+    row.priced = session_cost.priced;
+    row.cost_usd = session_cost.usd;
+    if (session_cost.price) row.price_model = session_cost.price->name;
     row.latency_ms = ms_between(c.t0, steady::now());
     row.aborted = true;
     row.error_kind = "tollgate_restart";
     st_.realtime_rows.set({row.request_id, row.start_ms, encode_usage_record(row)});
     saved_events = meter.events();
+  };
+  std::size_t charged_events = 0;
+  double charged_usd = 0;
+  auto over_budget = [&]() -> bool {
+    if (st_.policy == nullptr || c.ticket == 0 || saved_events == charged_events) return false;
+    charged_events = saved_events;
+    const double delta = session_cost.usd - charged_usd;
+    charged_usd = session_cost.usd;
+    return st_.policy->charge(c.ticket, delta, session_cost.price ? std::string_view(session_cost.price->name) : std::string_view(),
+                              unix_ms_now());
   };
   save_row();
   // However the tunnel ends (an exception included), the session leaves the set: its own row is
