@@ -2,12 +2,12 @@
 
 namespace tollgate {
 
-void pending_responses::add(std::string_view id) {
+void pending_responses::add(std::string_view id, std::int64_t created_ms) {
   if (id.empty()) return;
   std::lock_guard lock(mu_);
-  if (!ids_.emplace(id).second) return;
+  if (!ids_.emplace(id, created_ms).second) return;
   order_.emplace_back(id);
-  if (tracking_) changes_.push_back({std::string(id), true});
+  if (tracking_) changes_.push_back({std::string(id), true, created_ms});
   while (order_.size() > cap_) {
     if (ids_.erase(order_.front()) > 0 && tracking_) changes_.push_back({order_.front(), false});
     order_.pop_front();
@@ -31,11 +31,12 @@ bool pending_responses::contains(std::string_view id) const {
   return ids_.find(id) != ids_.end();
 }
 
-bool pending_responses::take(std::string_view id) {
+bool pending_responses::take(std::string_view id, std::int64_t* created_ms) {
   std::lock_guard lock(mu_);
   const auto it = ids_.find(id);
   if (it == ids_.end()) return false;
-  if (tracking_) changes_.push_back({*it, false});
+  if (created_ms != nullptr) *created_ms = it->second;
+  if (tracking_) changes_.push_back({it->first, false});
   ids_.erase(it);
   return true;
 }

@@ -347,7 +347,7 @@ constexpr const char* kPendingObjectsSql =
     " created_ms INTEGER NOT NULL, PRIMARY KEY (kind, id))";
 
 void record_pending_objects(const std::string& ledger_path, std::string_view kind,
-                            const std::vector<std::pair<std::string, bool>>& changes, std::int64_t now_ms) {
+                            const std::vector<pending_responses::change>& changes, std::int64_t now_ms) {
   if (changes.empty()) return;
   connection c(ledger_path);
   c.exec(kPendingObjectsSql);
@@ -355,12 +355,12 @@ void record_pending_objects(const std::string& ledger_path, std::string_view kin
   try {
     statement ins(c, "INSERT OR IGNORE INTO pending_objects (kind, id, created_ms) VALUES (?1, ?2, ?3)");
     statement del(c, "DELETE FROM pending_objects WHERE kind = ?1 AND id = ?2");
-    for (const auto& [id, added] : changes) {
-      statement& st = added ? ins : del;
+    for (const auto& ch : changes) {
+      statement& st = ch.added ? ins : del;
       st.reset();
       st.bind(1, kind);
-      st.bind(2, id);
-      if (added) st.bind(3, now_ms);
+      st.bind(2, ch.id);
+      if (ch.added) st.bind(3, ch.created_ms >= 0 ? ch.created_ms : now_ms);
       st.step();
     }
     c.exec("COMMIT");
@@ -370,8 +370,8 @@ void record_pending_objects(const std::string& ledger_path, std::string_view kin
   }
 }
 
-std::vector<std::string> load_pending_objects(const std::string& ledger_path, std::string_view kind,
-                                              std::int64_t since_ms) {
+std::vector<std::pair<std::string, std::int64_t>> load_pending_objects(const std::string& ledger_path,
+                                                                       std::string_view kind, std::int64_t since_ms) {
   connection c(ledger_path);
   c.exec(kPendingObjectsSql);
   {
@@ -380,10 +380,10 @@ std::vector<std::string> load_pending_objects(const std::string& ledger_path, st
     old.bind(2, since_ms);
     old.step();
   }
-  statement st(c, "SELECT id FROM pending_objects WHERE kind = ?1 ORDER BY created_ms, rowid");
+  statement st(c, "SELECT id, created_ms FROM pending_objects WHERE kind = ?1 ORDER BY created_ms, rowid");
   st.bind(1, kind);
-  std::vector<std::string> out;
-  while (st.step()) out.push_back(st.text(0));
+  std::vector<std::pair<std::string, std::int64_t>> out;
+  while (st.step()) out.emplace_back(st.text(0), st.i64(1));
   return out;
 }
 

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/open_sessions.hpp"
+#include "core/pending_responses.hpp"
 #include "core/policy_config.hpp"
 
 namespace tollgate {
@@ -90,12 +91,14 @@ std::vector<window_alert_mark> window_alerts_since(const std::string& ledger_pat
 // Objects created through tollgate whose usage a later call meters once (background responses,
 // batches: pending_responses), remembered in the ledger database so a restart in between keeps
 // them: table pending_objects (kind, id, created_ms), made on first use like window_alerts.
-// Ids added are inserted, ids taken deleted, in one transaction. Throw std::runtime_error.
+// Ids added are inserted (created_ms: their creating call's start, now_ms when unknown), ids taken
+// deleted, in one transaction. Throw std::runtime_error.
 void record_pending_objects(const std::string& ledger_path, std::string_view kind,
-                            const std::vector<std::pair<std::string, bool>>& changes, std::int64_t now_ms);
-// The ids of `kind` created at or after since_ms, oldest first (older ones are deleted).
-std::vector<std::string> load_pending_objects(const std::string& ledger_path, std::string_view kind,
-                                              std::int64_t since_ms);
+                            const std::vector<pending_responses::change>& changes, std::int64_t now_ms);
+// The ids of `kind` created at or after since_ms with their created_ms, oldest first (older ones
+// are deleted).
+std::vector<std::pair<std::string, std::int64_t>> load_pending_objects(const std::string& ledger_path,
+                                                                       std::string_view kind, std::int64_t since_ms);
 
 // Realtime sessions in progress and their rows so far (journal-encoded usage_record), kept so a
 // crash loses none of them: table open_sessions (request_id, start_ms, row), replaced whole by

@@ -396,6 +396,9 @@ class client_session : public std::enable_shared_from_this<client_session> {
     std::string background_id;  // reads or cancels a pending background response: metered once
     std::string batch_id;       // reads or cancels a batch created through tollgate: metered once
     std::string message_batch_id;  // downloads the results of a message batch created here
+    // The start of the call that created the object this call meters (a background response, a
+    // batch: pending_responses), Unix ms: its usage is priced at the prices of then; -1: this one's.
+    std::int64_t created_ms = -1;
     // Usage of a call that bills several models, per model, each priced at its own: a message
     // batch's results (at batch prices), a Realtime session (its model, its transcription model).
     std::vector<std::pair<std::string, token_usage>> usage_by_model;
@@ -2111,7 +2114,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     // first retrieval that sees it finished (a resumed stream, a poll), not estimated here.
     if (meter->background() && !meter->has_usage() && !meter->id().empty() && c.background_id.empty() &&
         rec.route == route_kind::responses) {
-      st_.background_responses.add(meter->id());
+      st_.background_responses.add(meter->id(), rec.start_ms);
       rec.tokens = {};
       rec.source = usage_source::none;
     }
@@ -2119,7 +2122,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     // A message batch's results (JSON lines): metered once, by the first complete download.
     if (!parse_overflow && c.error == errc::ok) {
       batch_results br = extract_batch_results(parse_);
-      if (br.succeeded > 0 && st_.pending_batches.take(c.message_batch_id)) {
+      if (br.succeeded > 0 && st_.pending_batches.take(c.message_batch_id, &c.created_ms)) {
         rec.served_model = br.by_model.front().first;
         rec.tokens = {};
         rec.tokens.tier = service_tier::batch;
@@ -2130,16 +2133,16 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
     }
   } else if (metered && !parse_.empty() && !parse_overflow && (c.error == errc::ok)) {
     auto rf = extract_response(rec.route, parse_);
-    if (c.creates_batch && !rf.id.empty()) st_.pending_batches.add(rf.id);
+    if (c.creates_batch && !rf.id.empty()) st_.pending_batches.add(rf.id, rec.start_ms);
     // A background response answers `queued`: its usage comes with a later retrieval.
     if (rec.route == route_kind::responses && rf.background && !rf.has_usage && !is_finished_response(rf.status))
-      st_.background_responses.add(rf.id);
+      st_.background_responses.add(rf.id, rec.start_ms);
     if (!c.background_id.empty()) finished_background = is_finished_response(rf.status);
     if (rf.object == "batch") {
       // A batch object's usage is the batch's running total: metered once, at the batch prices,
       // by the first retrieval that sees a batch created through tollgate ended.
       const bool ended = is_finished_batch(rf.status);
-      if (!(rf.has_usage && ended && !c.batch_id.empty() && st_.pending_batches.take(c.batch_id))) {
+      if (!(rf.has_usage && ended && !c.batch_id.empty() && st_.pending_batches.take(c.batch_id, &c.created_ms))) {
         if (ended && !c.batch_id.empty()) st_.pending_batches.take(c.batch_id);  // ended without usage
         rf.has_usage = false;
       }
@@ -2196,7 +2199,8 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   if (c.error != errc::ok) rec.aborted = true;
   // A pending background response is metered by the first retrieval that sees it finished;
   // any other retrieval (still running, or a second look) records no usage.
-  if (!c.background_id.empty() && !(finished_background && st_.background_responses.take(c.background_id))) {
+  if (!c.background_id.empty() &&
+      !(finished_background && st_.background_responses.take(c.background_id, &c.created_ms))) {
     rec.tokens = {};
     rec.source = usage_source::none;
   }
@@ -2608,9 +2612,12 @@ void client_session::finish_call(call& c) {
   // model sent (a routing rule's rewrite), then to the requested one.
   const std::string& fallback = c.sent_model.empty() ? rec.requested_model : c.sent_model;
   const std::string& model = rec.served_model.empty() ? fallback : rec.served_model;
+  // Prices in effect when the call started, or when the object it meters was created (a batch or
+  // background response created through tollgate and metered by a later retrieval).
+  const std::int64_t priced_at = c.created_ms >= 0 ? c.created_ms : rec.start_ms;
   if (!c.usage_by_model.empty()) {
     // A message batch's results (each model's requests at its batch prices), a Realtime session.
-    const auto cost = compute_cost(st_.prices, c.usage_by_model, c.price_multiplier, rec.start_ms);
+    const auto cost = compute_cost(st_.prices, c.usage_by_model, c.price_multiplier, priced_at);
     rec.priced = cost.priced;
     rec.cost_usd = cost.usd;
     if (cost.price) rec.price_model = cost.price->name;
@@ -2625,10 +2632,10 @@ void client_session::finish_call(call& c) {
     for (const std::string* name : std::initializer_list<const std::string*>{&model, &fallback, &rec.requested_model}) {
       if (name == tried || name->empty()) continue;
       tried = name;
-      const model_price* p = st_.prices.resolve_at(*name, rec.start_ms);  // the prices when it started
+      const model_price* p = st_.prices.resolve_at(*name, priced_at);
       if (p == nullptr) continue;
       token_usage u = rec.tokens;
-      if (untiered && off_peak_at(*p, rec.start_ms)) u.tier = service_tier::off_peak;
+      if (untiered && off_peak_at(*p, priced_at)) u.tier = service_tier::off_peak;
       cost = compute_cost(*p, u, c.price_multiplier);
       if (cost.priced) {
         rec.tokens.tier = u.tier;

@@ -294,7 +294,8 @@ void spend_control::start(const std::string& ledger_path) {
   // Background responses and batches created before a restart are still metered once.
   for (auto& [kind, set] : pending_) {
     try {
-      for (const auto& id : load_pending_objects(ledger_path, kind, now - std::int64_t{30} * 86'400'000)) set->add(id);
+      for (const auto& [id, created_ms] : load_pending_objects(ledger_path, kind, now - std::int64_t{30} * 86'400'000))
+        set->add(id, created_ms);
     } catch (const std::exception& e) {
       log_line(log_level::warn, "pending objects not read back: their usage may go unmetered")
           .str("kind", kind)
@@ -341,11 +342,8 @@ void spend_control::save_pending() {
   for (auto& [kind, set] : pending_) {
     auto changes = set->take_changes();
     if (changes.empty()) continue;
-    std::vector<std::pair<std::string, bool>> rows;
-    rows.reserve(changes.size());
-    for (auto& ch : changes) rows.emplace_back(std::move(ch.id), ch.added);
     try {
-      record_pending_objects(ledger_path_, kind, rows, unix_ms());
+      record_pending_objects(ledger_path_, kind, changes, unix_ms());
     } catch (const std::exception& e) {
       log_line(log_level::warn, "pending objects not saved: a restart may leave their usage unmetered")
           .str("kind", kind)

@@ -340,6 +340,80 @@ TEST_CASE("relay: a batch and a background response created before a restart are
   CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE method = 'GET' AND route = 'other' AND usage_source = 'upstream'") == 2);
 }
 
+// A batch or background response is metered by a later retrieval, maybe hours later and past a
+// scheduled price change: billed at the prices in effect when its creating call started, as any
+// call is. The pending id keeps that time, across a restart too.
+TEST_CASE("relay: a batch and a background response are billed at the prices of their creation, not of the poll",
+          "[relay]") {
+  using namespace std::chrono;
+  const std::int64_t now_ms = duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+  // A change a day ago (prices.yaml takes minutes); the objects are made to look two days old.
+  const std::time_t change_s = static_cast<std::time_t>(now_ms / 1000 - 86'400);
+  std::tm tm{};
+  gmtime_r(&change_s, &tm);
+  char from[32];
+  std::strftime(from, sizeof from, "%Y-%m-%dT%H:%MZ", &tm);
+  tt::temp_dir shared;
+  {
+    std::ofstream f(shared.path + "/prices.yaml");
+    f << "models:\n"
+         "  gpt-4.1-mini: { input: 0.40, cached_input: 0.10, output: 1.60, aliases: [gpt-4.1-mini-2025-04-14],\n"
+         "                  changes: [ { from: " << from << ", input: 4.00, cached_input: 1.00, output: 16.00 } ] }\n"
+         "  gpt-4.1: { input: 2.00, cached_input: 0.50, output: 8.00, aliases: [gpt-4.1-2025-04-14],\n"
+         "             changes: [ { from: " << from << ", input: 20.00, cached_input: 5.00, output: 80.00 } ] }\n";
+  }
+  auto tweak = [&](tollgate::config& c) {
+    c.ledger_path = shared.path + "/ledger.db";
+    c.prices_file = shared.path + "/prices.yaml";
+  };
+  // gpt-4.1-mini's batch (the fake's usage: 100k in, 20k of them cached, 40k out) at half price,
+  // and gpt-4.1's background response (1,000 in, 500 out).
+  const auto batch_usd = [](double in, double cached, double out) { return (80'000 * in + 20'000 * cached + 40'000 * out) / 2e6; };
+  const auto response_usd = [](double in, double out) { return (1'000 * in + 500 * out) / 1e6; };
+  const auto create = [](tt::harness& h) {
+    auto batch = tt::post_json(h.port(), "/v1/batches", R"({"input_file_id":"file-abc","endpoint":"/v1/chat/completions"})");
+    auto queued = tt::post_json(h.port(), "/v1/responses", R"({"model":"gpt-4.1","input":"hi","background":true})");
+    REQUIRE(batch.status == 200);
+    REQUIRE(queued.status == 200);
+    return std::pair<std::string, std::string>{json::parse(batch.body)["id"], json::parse(queued.body)["id"]};
+  };
+  const auto poll = [](tt::harness& h, const std::pair<std::string, std::string>& ids) {
+    CHECK(tt::request(h.port(), "GET", "/v1/batches/" + ids.first, "", {{"x-fake-batch-status", "completed"}}).status == 200);
+    CHECK(tt::request(h.port(), "GET", "/v1/responses/" + ids.second).status == 200);
+    h.flush();
+  };
+  // Both retrievals are route other; their price entries tell them apart.
+  const std::string metered = "SELECT cost_usd FROM calls WHERE method = 'GET' AND usage_source = 'upstream' AND price_model = ";
+  std::pair<std::string, std::string> old_ids;
+  {
+    tt::harness h({.tweak = tweak});
+    // Created and polled now: today's prices.
+    poll(h, create(h));
+    CHECK(h.query_double(metered + "'gpt-4.1-mini'") == Approx(batch_usd(4.00, 1.00, 16.00)).epsilon(1e-12));
+    CHECK(h.query_double(metered + "'gpt-4.1'") == Approx(response_usd(20.00, 80.00)).epsilon(1e-12));
+    old_ids = create(h);
+  }  // a clean stop: the pending ids are saved, each with its creating call's start
+  {
+    tt::harness h({.tweak = tweak});
+    CHECK(h.query_int("SELECT COUNT(*) FROM pending_objects p JOIN calls c ON c.start_ms = p.created_ms AND "
+                      "c.method = 'POST' AND c.route = CASE p.kind WHEN 'batch' THEN 'other' ELSE 'responses' END") == 2);
+  }
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open((shared.path + "/ledger.db").c_str(), &db) == SQLITE_OK);
+    const std::string sql = "UPDATE pending_objects SET created_ms = " + std::to_string(now_ms - 2 * 86'400'000);
+    CHECK(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  // Polled after the change: the prices of two days ago, once each.
+  tt::harness h({.tweak = tweak});
+  poll(h, old_ids);
+  poll(h, old_ids);
+  REQUIRE(h.query_int("SELECT COUNT(*) FROM calls WHERE method = 'GET' AND usage_source = 'upstream'") == 4);
+  CHECK(h.query_double(metered + "'gpt-4.1-mini' ORDER BY id DESC LIMIT 1") == Approx(batch_usd(0.40, 0.10, 1.60)).epsilon(1e-12));
+  CHECK(h.query_double(metered + "'gpt-4.1' ORDER BY id DESC LIMIT 1") == Approx(response_usd(2.00, 8.00)).epsilon(1e-12));
+}
+
 TEST_CASE("relay: an Anthropic message batch is metered once, from its results, at batch prices", "[relay]") {
   harness h;
   const tt::headers anthropic = {{"anthropic-version", "2023-06-01"}};

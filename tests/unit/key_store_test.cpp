@@ -321,12 +321,15 @@ TEST_CASE("key_store: window alert marks round-trip, once per window", "[key_sto
 }
 
 TEST_CASE("key_store: pending objects are saved, taken ones deleted, old ones dropped at load", "[key_store]") {
+  using ids = std::vector<std::pair<std::string, std::int64_t>>;
   ledger_file f;
   record_pending_objects(f.path, "batch", {{"batch_1", true}, {"batch_2", true}, {"batch_3", true}}, 1'000);
   record_pending_objects(f.path, "batch", {{"batch_2", false}, {"batch_4", true}}, 5'000);
   record_pending_objects(f.path, "response", {{"resp_1", true}}, 5'000);
-  CHECK(load_pending_objects(f.path, "batch", 0) == std::vector<std::string>{"batch_1", "batch_3", "batch_4"});
-  CHECK(load_pending_objects(f.path, "batch", 2'000) == std::vector<std::string>{"batch_4"});
-  CHECK(load_pending_objects(f.path, "batch", 0) == std::vector<std::string>{"batch_4"});  // the old ones are gone
-  CHECK(load_pending_objects(f.path, "response", 0) == std::vector<std::string>{"resp_1"});
+  // An id that knows its creating call's start keeps that, not the time it was saved.
+  record_pending_objects(f.path, "response", {{"resp_2", true, 4'200}}, 6'000);
+  CHECK(load_pending_objects(f.path, "batch", 0) == ids{{"batch_1", 1'000}, {"batch_3", 1'000}, {"batch_4", 5'000}});
+  CHECK(load_pending_objects(f.path, "batch", 2'000) == ids{{"batch_4", 5'000}});
+  CHECK(load_pending_objects(f.path, "batch", 0) == ids{{"batch_4", 5'000}});  // the old ones are gone
+  CHECK(load_pending_objects(f.path, "response", 0) == ids{{"resp_2", 4'200}, {"resp_1", 5'000}});
 }

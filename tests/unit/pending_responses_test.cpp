@@ -25,6 +25,24 @@ TEST_CASE("pending_responses: an id is taken once, and only if it was added", "[
   CHECK_FALSE(p.contains("resp_1"));
 }
 
+TEST_CASE("pending_responses: an id keeps its creating call's start, for the prices of then",
+          "[pending_responses]") {
+  pending_responses p;
+  p.track_changes();
+  p.add("batch_1", 1'700'000'000'000);
+  p.add("batch_2");  // unknown
+  std::int64_t created = 0;
+  CHECK(p.take("batch_1", &created));
+  CHECK(created == 1'700'000'000'000);
+  CHECK(p.take("batch_2", &created));
+  CHECK(created == -1);
+  CHECK_FALSE(p.take("batch_1", &created));
+  const auto changes = p.take_changes();
+  REQUIRE(changes.size() == 4);
+  CHECK((changes[0].id == "batch_1" && changes[0].added && changes[0].created_ms == 1'700'000'000'000));
+  CHECK((changes[2].id == "batch_1" && !changes[2].added));
+}
+
 TEST_CASE("pending_responses: memory is bounded, the oldest ids go first", "[pending_responses]") {
   pending_responses p(3);
   for (int i = 0; i < 10; ++i) p.add("resp_" + std::to_string(i));
