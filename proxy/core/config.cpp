@@ -782,6 +782,11 @@ class loader {
         {"ca_file", [this, &u](const entry& e) { u.ca_file = str(e); }},
         {"tls_verify", [this, &u](const entry& e) { u.tls_verify = boolean(e); }},
         {"price_multiplier", [this, &u](const entry& e) { u.price_multiplier = multiplier(e); }},
+        {"reported_cost", [this, &u](const entry& e) {
+           u.reported_cost = choice<reported_cost_use>(e, {{"fallback", reported_cost_use::fallback},
+                                                           {"prefer", reported_cost_use::prefer},
+                                                           {"ignore", reported_cost_use::ignore}});
+         }},
         {"timeouts", [this, &u](const entry& e) {
            read_section(e.node, e.path, e.line,
                         {{"connect", [this, &u](const entry& t) { u.connect_timeout = duration(t); }},

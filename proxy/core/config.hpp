@@ -27,6 +27,11 @@ enum class upstream_protocol : std::uint8_t { openai, anthropic };
 // How the upstream key is sent. auto: x-api-key for anthropic upstreams; Bearer for openai ones,
 // except that a /v1/messages call keeps the client's style (x-api-key or Bearer).
 enum class upstream_auth : std::uint8_t { automatic, bearer, x_api_key };
+// What a cost the upstream reports in its usage (OpenRouter, Perplexity: token_usage::reported_usd)
+// does. fallback: it prices a call the price table does not (instead of cost 0, unpriced);
+// prefer: it prices every call it comes with (the relay's own bill, whatever the table says);
+// ignore: the table alone prices.
+enum class reported_cost_use : std::uint8_t { fallback, prefer, ignore };
 
 struct upstream_config {
   std::string name = "holysheep";  // the default upstream: the HolySheep relay
@@ -41,6 +46,7 @@ struct upstream_config {
   std::string ca_file;                               // extra CA bundle for private relays ("" = system CAs)
   bool tls_verify = true;                            // false only by explicit option; warns at each start
   double price_multiplier = 1.0;                     // relay bills at a markup / other currency
+  reported_cost_use reported_cost = reported_cost_use::fallback;  // the usage's own cost, if any
   millis connect_timeout{10'000};
   millis first_byte_timeout{600'000};   // reasoning models may think for minutes
   millis idle_timeout{300'000};         // between two body chunks

@@ -301,17 +301,36 @@ void add_exclusive_reasoning(token_usage& t, std::optional<std::int64_t> total, 
   }
 }
 
+// The cost an upstream reports in an OpenAI-shaped usage, USD; -1 when none. OpenRouter's
+// `cost` is a number of credits (1 credit = 1 USD): what the call cost the account; on a BYOK
+// call (`is_byok`) that is OpenRouter's fee alone, and the provider bills the key's owner
+// `cost_details.upstream_inference_cost` apart, so the two are added. Perplexity's `cost` is an
+// object whose `total_cost` is the call's (tokens, searches and request fee). A negative or
+// non-finite figure is no report.
+template <class Node>
+double reported_cost(const Node& cost, const Node& byok, const Node& details) {
+  std::optional<double> usd = as_number(cost);
+  if (!usd && is_object(cost)) usd = as_number(member(cost, "total_cost"));
+  if (!usd || !std::isfinite(*usd) || *usd < 0) return -1;
+  if (is_true(byok))
+    if (const auto provider = as_number(member(details, "upstream_inference_cost")); provider && std::isfinite(*provider) && *provider > 0)
+      *usd += *provider;
+  return *usd;
+}
+
 // OpenAI chat/completions/embeddings `usage`; nullopt unless it carries a token count.
 template <class Node>
 std::optional<token_usage> chat_usage(const Node& u) {
   if (!is_object(u)) return std::nullopt;
-  return with_members<11>(
+  return with_members<14>(
       u, {"prompt_tokens", "completion_tokens", "prompt_tokens_details", "prompt_cache_hit_tokens",
           "completion_tokens_details", "cache_creation_input_tokens", "cache_read_input_tokens",
-          "claude_cache_creation_5_m_tokens", "claude_cache_creation_1_h_tokens", "total_tokens", "cached_tokens"},
+          "claude_cache_creation_5_m_tokens", "claude_cache_creation_1_h_tokens", "total_tokens", "cached_tokens",
+          "cost", "is_byok", "cost_details"},
       [](const Node& p, const Node& c, const Node& details, const Node& hits, const Node& completion_details,
          const Node& creation_input, const Node& cache_read, const Node& claude_5m, const Node& claude_1h,
-         const Node& total, const Node& top_cached) -> std::optional<token_usage> {
+         const Node& total, const Node& top_cached, const Node& cost, const Node& byok,
+         const Node& cost_details) -> std::optional<token_usage> {
         const auto prompt = as_count(p);
         const auto completion = as_count(c);
         if (!prompt && !completion) return std::nullopt;
@@ -337,6 +356,7 @@ std::optional<token_usage> chat_usage(const Node& u) {
         // relays follow). One that cannot (reads + writes above it) reported Anthropic's
         // input_tokens under OpenAI's name: the prompt is then the sum.
         if (t.cache_write > 0 && t.cached + t.cache_write > t.prompt) t.prompt += t.cached + t.cache_write;
+        t.reported_usd = reported_cost(cost, byok, cost_details);
         return clamp_parts(t);
       });
 }
@@ -367,6 +387,10 @@ std::optional<token_usage> responses_usage(const Node& u) {
   // An image model's output splits into image and text tokens, priced apart (gpt-image-1.5, 2).
   t.text_out = count(output_details, "text_tokens");
   add_exclusive_reasoning(t, count_field(u, "total_tokens"), input.value_or(0));
+  // OpenRouter's Responses API reports its cost as its chat API does.
+  t.reported_usd = with_members<3>(u, {"cost", "is_byok", "cost_details"}, [](const Node& cost, const Node& byok, const Node& d) {
+    return reported_cost(cost, byok, d);
+  });
   return clamp_parts(t);
 }
 

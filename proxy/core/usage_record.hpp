@@ -74,6 +74,11 @@ struct token_usage {
   // videos: the video object's `seconds`), priced by the output's size and quality (media_w,
   // media_h, media_hd). Not ledger columns; the row's cost holds their price.
   std::int64_t images = 0, video_seconds = 0;
+  // The call's cost as the upstream reports it, USD (-1: none): OpenRouter's usage.cost (plus
+  // cost_details.upstream_inference_cost on a BYOK call, which the provider bills apart),
+  // Perplexity's usage.cost.total_cost. Used as the upstream's `reported_cost` says (by default
+  // for a call the price table does not price); not a ledger column, not summed by add().
+  double reported_usd = -1;
   std::int64_t total() const noexcept { return prompt + completion; }
   // Adds every count of `o` (the tier is left as it is).
   void add(const token_usage& o) noexcept {

@@ -376,6 +376,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     bool head_request = false;
     int failover_status = 0;      // the upstream answered 429/5xx and another upstream will be tried
     double price_multiplier = 1;  // of the upstream that served the call
+    reported_cost_use reported_cost = reported_cost_use::fallback;  // ... and what its usage's cost does
     std::uint64_t ticket = 0;     // policy reservation, settled in finish_call
     std::string sent_model;       // the model a routing rule rewrote the body to ("": as asked)
     // The request header fields tollgate reads, found in one walk of the parsed header (each
@@ -1138,6 +1139,7 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
     write_upstream_head(t, req, c, rd, client_path, client_query);
     rec.upstream = t.cfg.name;
     c.price_multiplier = t.cfg.price_multiplier;
+    c.reported_cost = t.cfg.reported_cost;
     c.failover_status = 0;
 
     t.inflight.fetch_add(1, std::memory_order_relaxed);
@@ -2299,6 +2301,7 @@ awaitable<void> client_session::tunnel(const std::vector<candidate>& tries, clie
     rec.upstream = t.cfg.name;
     rec.attempts = static_cast<int>(k) + 1;
     c.price_multiplier = t.cfg.price_multiplier;
+    c.reported_cost = t.cfg.reported_cost;
     c.error = errc::ok;
     mark_upstream_start(c);
     auto conn = co_await connect_upstream(*w_.pools[t.index], c.error);
@@ -2642,11 +2645,21 @@ void client_session::finish_call(call& c) {
         break;
       }
     }
+    // The cost the upstream's usage states (OpenRouter, Perplexity), as the upstream's
+    // reported_cost says: for a call the table does not price (its row keeps price_model empty),
+    // or for every call (prefer: the row keeps the entry that would have priced it). It is the
+    // relay's own bill, so price_multiplier does not apply.
+    const double reported = rec.tokens.reported_usd;
+    if (reported >= 0 && rec.source == usage_source::upstream &&
+        (c.reported_cost == reported_cost_use::prefer || (c.reported_cost == reported_cost_use::fallback && !cost.priced))) {
+      cost.priced = true;
+      cost.usd = reported;
+    }
     rec.priced = cost.priced;
     rec.cost_usd = cost.usd;
     if (cost.price) {
       rec.price_model = cost.price->name;
-    } else {
+    } else if (!cost.priced) {
       st_.metrics_->unpriced_call();
       static std::mutex warned_mu;
       static std::set<std::string, std::less<>> warned;

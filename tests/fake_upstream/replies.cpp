@@ -96,7 +96,17 @@ std::size_t text_chars(const json& v) {
 struct token_counts {
   long long prompt = 0, completion = 0, cached = 0, reasoning = 0, cache_creation = 0, cache_creation_1h = 0;
   bool reasoning_beside = false;  // knobs::reasoning_beside
+  const std::string* usage_extra = nullptr;  // knobs::usage_extra
 };
+
+// x-fake-usage-extra's members (a JSON object) added to an OpenAI-shaped usage, as a relay
+// adds its own (OpenRouter's cost, is_byok, cost_details; Perplexity's cost object).
+void add_usage_extra(ojson& usage, const token_counts& t) {
+  if (t.usage_extra == nullptr || t.usage_extra->empty()) return;
+  const ojson extra = ojson::parse(*t.usage_extra, nullptr, false);
+  if (!extra.is_object()) return;
+  for (auto it = extra.begin(); it != extra.end(); ++it) usage[it.key()] = it.value();
+}
 
 // prompt = 10 + chars/4; completion = reply pieces + reasoning (reasoning is part of completion);
 // cached is part of prompt, so prompt grows to hold it.
@@ -108,6 +118,7 @@ token_counts count_tokens(std::size_t prompt_chars, std::size_t reply_pieces, co
   t.reasoning = k.reasoning_tokens;
   t.cache_creation = k.cache_creation_tokens;
   t.reasoning_beside = k.reasoning_beside;
+  t.usage_extra = &k.usage_extra;
   return t;
 }
 
@@ -119,23 +130,27 @@ ojson openai_usage(const token_counts& t) {
   const long long prompt = writes > 0 ? t.prompt + writes : t.prompt;
   ojson details = {{"cached_tokens", t.cached}, {"audio_tokens", 0}};
   if (writes > 0) details["cache_write_tokens"] = writes;
-  return {{"prompt_tokens", prompt},
-          {"completion_tokens", t.reasoning_beside ? t.completion - t.reasoning : t.completion},
-          {"total_tokens", prompt + t.completion},
-          {"prompt_tokens_details", details},
-          {"completion_tokens_details",
-           {{"reasoning_tokens", t.reasoning},
-            {"audio_tokens", 0},
-            {"accepted_prediction_tokens", 0},
-            {"rejected_prediction_tokens", 0}}}};
+  ojson u = {{"prompt_tokens", prompt},
+             {"completion_tokens", t.reasoning_beside ? t.completion - t.reasoning : t.completion},
+             {"total_tokens", prompt + t.completion},
+             {"prompt_tokens_details", details},
+             {"completion_tokens_details",
+              {{"reasoning_tokens", t.reasoning},
+               {"audio_tokens", 0},
+               {"accepted_prediction_tokens", 0},
+               {"rejected_prediction_tokens", 0}}}};
+  add_usage_extra(u, t);
+  return u;
 }
 
 ojson responses_usage(const token_counts& t) {
-  return {{"input_tokens", t.prompt},
-          {"input_tokens_details", {{"cached_tokens", t.cached}}},
-          {"output_tokens", t.completion},
-          {"output_tokens_details", {{"reasoning_tokens", t.reasoning}}},
-          {"total_tokens", t.prompt + t.completion}};
+  ojson u = {{"input_tokens", t.prompt},
+             {"input_tokens_details", {{"cached_tokens", t.cached}}},
+             {"output_tokens", t.completion},
+             {"output_tokens_details", {{"reasoning_tokens", t.reasoning}}},
+             {"total_tokens", t.prompt + t.completion}};
+  add_usage_extra(u, t);
+  return u;
 }
 
 // Anthropic's input_tokens excludes cache reads and writes: t.prompt here is the uncached part.
@@ -1110,6 +1125,7 @@ knobs parse_knobs(const recorded_request& req) {
   k.cache_creation_tokens = header_number(req, "x-fake-cache-creation-tokens").value_or(0);
   k.cache_creation_1h_tokens = header_number(req, "x-fake-cache-creation-1h-tokens").value_or(0);
   k.usage_iterations = std::string(req.header("x-fake-usage-iterations"));
+  k.usage_extra = std::string(req.header("x-fake-usage-extra"));
   const std::string usage = lower(req.header("x-fake-usage"));
   k.usage = usage == "none"          ? usage_mode::none
             : usage == "last-chunk"  ? usage_mode::last_chunk

@@ -50,6 +50,7 @@ struct knobs {
   long long cache_creation_tokens = 0;     // Anthropic 5-minute cache writes (x-fake-cache-creation-tokens)
   long long cache_creation_1h_tokens = 0;  // Anthropic 1-hour cache writes (x-fake-cache-creation-1h-tokens)
   std::string usage_iterations;  // a JSON array put in an Anthropic message's usage.iterations (x-fake-usage-iterations)
+  std::string usage_extra;       // a JSON object whose members join an OpenAI-shaped usage (x-fake-usage-extra)
   usage_mode usage = usage_mode::normal;
   content_coding coding = content_coding::identity;  // only when Accept-Encoding allows it
   fault fault_kind = fault::none;

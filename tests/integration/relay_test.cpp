@@ -220,6 +220,66 @@ TEST_CASE("relay: a call is billed at the prices in effect when it started (sche
   CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE price_model = 'not-yet'") == 2);
 }
 
+// A relay that bills its own prices (OpenRouter, Perplexity) states each call's cost in its usage.
+// By default (reported_cost: fallback) that figure prices a call the table cannot, which would
+// otherwise be ledgered at $0; `prefer` takes it for every call; `ignore` never.
+TEST_CASE("relay: a cost the upstream reports prices what the table does not, or everything with prefer",
+          "[relay]") {
+  const tt::headers cost_42 = {{"x-fake-usage-extra", R"({"cost":0.0042,"is_byok":false})"}};
+  const auto calls = [&](tt::harness& h) {
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("qwen/qwen3-235b-a22b"), cost_42).status == 200);
+    tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body("qwen/qwen3-235b-a22b", true), cost_42);
+    REQUIRE(s.status() == 200);
+    s.read_all();
+    CHECK(s.ended_cleanly());
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"), cost_42).status == 200);
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("qwen/qwen3-235b-a22b")).status == 200);  // no report
+    h.flush();
+    return h.rows("SELECT requested_model, stream, priced, COALESCE(price_model, '') AS price_model, cost_usd, "
+                  "prompt_tokens, completion_tokens FROM calls ORDER BY id");
+  };
+  const auto table_cost = [](std::map<std::string, std::string>& r) {  // gpt-4.1 at $2 / $8
+    return (std::stod(r["prompt_tokens"]) * 2.0 + std::stod(r["completion_tokens"]) * 8.0) / 1e6;
+  };
+  SECTION("fallback (the default)") {
+    tt::harness h;
+    auto rows = calls(h);
+    REQUIRE(rows.size() == 4);
+    for (int i : {0, 1}) {
+      INFO("row " << i);
+      CHECK(rows[i]["priced"] == "1");
+      CHECK(rows[i]["price_model"] == "");  // no entry priced it
+      CHECK(std::stod(rows[i]["cost_usd"]) == Approx(0.0042).epsilon(1e-12));
+    }
+    CHECK(rows[1]["stream"] == "1");
+    CHECK(rows[2]["price_model"] == "gpt-4.1");  // the table prices it: the report is not used
+    CHECK(std::stod(rows[2]["cost_usd"]) == Approx(table_cost(rows[2])).epsilon(1e-12));
+    CHECK(rows[3]["priced"] == "0");
+    CHECK(std::stod(rows[3]["cost_usd"]) == 0);
+    CHECK(h.metric_sum("tollgate_unpriced_requests_total") == 1);
+    CHECK(h.metric_sum("tollgate_spend_usd_total") == Approx(2 * 0.0042 + table_cost(rows[2])).epsilon(1e-9));
+  }
+  SECTION("prefer") {
+    tt::harness h({.tweak = [](tollgate::config& c) { c.upstream.reported_cost = tollgate::reported_cost_use::prefer; }});
+    auto rows = calls(h);
+    REQUIRE(rows.size() == 4);
+    CHECK(rows[2]["price_model"] == "gpt-4.1");
+    CHECK(std::stod(rows[2]["cost_usd"]) == Approx(0.0042).epsilon(1e-12));
+    CHECK(std::stod(rows[0]["cost_usd"]) == Approx(0.0042).epsilon(1e-12));
+  }
+  SECTION("ignore") {
+    tt::harness h({.tweak = [](tollgate::config& c) { c.upstream.reported_cost = tollgate::reported_cost_use::ignore; }});
+    auto rows = calls(h);
+    REQUIRE(rows.size() == 4);
+    for (int i : {0, 1, 3}) {
+      INFO("row " << i);
+      CHECK(rows[i]["priced"] == "0");
+      CHECK(std::stod(rows[i]["cost_usd"]) == 0);
+    }
+    CHECK(std::stod(rows[2]["cost_usd"]) == Approx(table_cost(rows[2])).epsilon(1e-12));
+  }
+}
+
 TEST_CASE("relay: flex and priority calls are billed at their tier's prices and ledgered with it", "[relay]") {
   harness h;
   auto flex = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-5", false, R"(,"service_tier":"flex")"));

@@ -162,6 +162,7 @@ upstream:
   ca_file: /etc/ssl/private-ca.pem
   tls_verify: true
   price_multiplier: 1.25
+  reported_cost: Prefer
   timeouts: { connect: 2s, first_byte: 90s, idle: 30s, total: 2h }
   pool: { max_idle: 0, idle_timeout: 15s }
 server:
@@ -194,6 +195,7 @@ pricing:
   CHECK(cfg.upstream.api_key == "sk-abc");
   CHECK(cfg.upstream.ca_file == "/etc/ssl/private-ca.pem");
   CHECK(cfg.upstream.price_multiplier == 1.25);
+  CHECK(cfg.upstream.reported_cost == tollgate::reported_cost_use::prefer);
   CHECK(cfg.upstream.connect_timeout == 2s);
   CHECK(cfg.upstream.first_byte_timeout == 90s);
   CHECK(cfg.upstream.idle_timeout == 30s);
@@ -361,6 +363,10 @@ TEST_CASE("config: values of the wrong type name file:line and the problem", "[c
   SECTION("workers out of range") {
     CHECK_THAT(load_error("workers: 2000\n"), StartsWith("test.yaml:1: workers: expected an integer 0..1024"));
     CHECK_THAT(load_error("workers: -1\n"), StartsWith("test.yaml:1: workers:"));
+  }
+  SECTION("an unknown reported_cost") {
+    CHECK(load_error("upstream:\n  reported_cost: always\n") ==
+          "test.yaml:2: upstream.reported_cost: expected fallback | prefer | ignore, got 'always'");
   }
   SECTION("not a boolean") {
     CHECK(load_error("allow_public_without_auth: maybe\n") ==

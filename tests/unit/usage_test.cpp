@@ -185,6 +185,44 @@ TEST_CASE("usage: relayed Claude cache writes in an OpenAI-shaped usage", "[usag
 
 // POST /v1/decisions (openai-node 7.x client.decisions.create) is route `other`: the Decision's
 // usage is read by its shape (the Responses API's), with its model.
+// Relays that bill their own prices say what a call cost in its usage: OpenRouter as a number of
+// credits (USD), with the provider's part beside it on a BYOK call; Perplexity as an object.
+TEST_CASE("usage: a cost the upstream reports in its usage is read, in USD", "[usage]") {
+  const auto reported = [](route_kind route, const std::string& usage) {
+    const auto r = extract_response(route, R"({"id":"gen-1","model":"qwen/qwen3-235b","usage":)" + usage + "}");
+    REQUIRE(r.has_usage);
+    return r.usage.reported_usd;
+  };
+  const std::string tokens = R"("prompt_tokens":1200,"completion_tokens":300,"total_tokens":1500)";
+  // OpenRouter: usage.cost in credits; is_byok false.
+  CHECK(reported(route_kind::chat_completions, "{" + tokens + R"(,"cost":0.000957,"is_byok":false,"cost_details":{"upstream_inference_cost":null}})") ==
+        Approx(0.000957).epsilon(1e-12));
+  // A BYOK call: OpenRouter's fee plus what the provider bills the key's owner.
+  CHECK(reported(route_kind::chat_completions, "{" + tokens + R"(,"cost":0.00005,"is_byok":true,"cost_details":{"upstream_inference_cost":0.001}})") ==
+        Approx(0.00105).epsilon(1e-12));
+  // Perplexity: usage.cost.total_cost, beside its own token kinds.
+  CHECK(reported(route_kind::chat_completions,
+                 "{" + tokens + R"(,"search_context_size":"low","citation_tokens":0,"num_search_queries":1,"cost":{"input_tokens_cost":0.0012,"output_tokens_cost":0.0003,"request_cost":0.005,"total_cost":0.0065}})") ==
+        Approx(0.0065).epsilon(1e-12));
+  // OpenRouter's Responses API.
+  CHECK(reported(route_kind::responses, R"({"input_tokens":10,"output_tokens":5,"total_tokens":15,"cost":0.00002})") ==
+        Approx(0.00002).epsilon(1e-12));
+  // A free model costs 0, which is a report; no cost, a negative one, a string or an object
+  // without total_cost is none.
+  CHECK(reported(route_kind::chat_completions, "{" + tokens + R"(,"cost":0})") == 0);
+  for (const std::string bad : {"", R"(,"cost":-0.1)", R"(,"cost":"0.01")", R"(,"cost":{"request_cost":0.005})", R"(,"cost":null)"}) {
+    INFO(bad);
+    CHECK(reported(route_kind::chat_completions, "{" + tokens + bad + "}") == -1);
+  }
+  // In a stream: the usage chunk's cost.
+  stream_meter m(route_kind::chat_completions, false);
+  relay(m, data_event(R"({"id":"gen-2","object":"chat.completion.chunk","model":"qwen/qwen3-235b","choices":[{"index":0,"delta":{"content":"Hi"}}]})") +
+               data_event(R"({"id":"gen-2","object":"chat.completion.chunk","model":"qwen/qwen3-235b","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14,"cost":0.0000071}})") +
+               done_event);
+  REQUIRE(m.has_usage());
+  CHECK(m.usage().reported_usd == Approx(0.0000071).epsilon(1e-12));
+}
+
 TEST_CASE("usage: a Decisions API reply is metered by the shape of its usage", "[usage]") {
   const auto f = extract_response(route_kind::other, R"({"answers":[{"type":"predicate","name":"spam","probability":0.02}],
     "model":"gpt-5.4-mini","usage":{"input_tokens":120,"input_tokens_details":{"cache_write_tokens":0,"cached_tokens":64},
