@@ -377,6 +377,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     int failover_status = 0;      // the upstream answered 429/5xx and another upstream will be tried
     double price_multiplier = 1;  // of the upstream that served the call
     reported_cost_use reported_cost = reported_cost_use::fallback;  // ... and what its usage's cost does
+    double header_cost_usd = -1;  // a LiteLLM proxy's x-litellm-response-cost (non-stream replies; -1: none)
     std::uint64_t ticket = 0;     // policy reservation, settled in finish_call
     std::string sent_model;       // the model a routing rule rewrote the body to ("": as asked)
     // The request header fields tollgate reads, found in one walk of the parsed header (each
@@ -1549,6 +1550,7 @@ client_session::response_shape client_session::shape_response(const upstream_par
   response_shape sh;
   // The response fields tollgate reads, in one walk (each operator[] was a search).
   std::string_view upstream_id, upstream_rid, content_type, encoding, connection_value, length_value;
+  std::string_view litellm_cost;
   bool has_date = false;
   for (const auto& f : ures) {
     switch (f.name()) {
@@ -1563,6 +1565,8 @@ client_session::response_shape client_session::shape_response(const upstream_par
           keep_first(upstream_id, f.value());
         else if (iequals(name, "request-id"))
           keep_first(upstream_rid, f.value());
+        else if (iequals(name, "x-litellm-response-cost"))
+          keep_first(litellm_cost, f.value());
         break;
       }
       default: break;
@@ -1574,6 +1578,16 @@ client_session::response_shape client_session::shape_response(const upstream_par
     rec.upstream_request_id = std::string(upstream_rid);
 
   sh.sse = is_event_stream(content_type);
+  // A LiteLLM proxy states what it priced the call at in a header (USD), sent before a stream's
+  // tokens exist: read for whole replies only, and only a positive figure (its 0 also means
+  // "no price known"). A cost in the usage itself, when there is one, comes first.
+  c.header_cost_usd = -1;
+  if (!litellm_cost.empty() && !sh.sse && ok2xx) {
+    double v = 0;
+    const auto [end, err] = std::from_chars(litellm_cost.data(), litellm_cost.data() + litellm_cost.size(), v);
+    if (err == std::errc{} && end == litellm_cost.data() + litellm_cost.size() && std::isfinite(v) && v > 0)
+      c.header_cost_usd = v;
+  }
   sh.compressed = !encoding.empty() && !beast::iequals(encoding, "identity");
   sh.decodable = is_decodable_coding(encoding);
   // A compressed stream is edited decoded, and sent on without its Content-Encoding (identity is
@@ -2645,11 +2659,11 @@ void client_session::finish_call(call& c) {
         break;
       }
     }
-    // The cost the upstream's usage states (OpenRouter, Perplexity), as the upstream's
-    // reported_cost says: for a call the table does not price (its row keeps price_model empty),
-    // or for every call (prefer: the row keeps the entry that would have priced it). It is the
-    // relay's own bill, so price_multiplier does not apply.
-    const double reported = rec.tokens.reported_usd;
+    // The cost the upstream states (OpenRouter's and Perplexity's usage, a LiteLLM proxy's
+    // header), as the upstream's reported_cost says: for a call the table does not price (its
+    // row keeps price_model empty), or for every call (prefer: the row keeps the entry that would
+    // have priced it). It is the relay's own bill, so price_multiplier does not apply.
+    const double reported = rec.tokens.reported_usd >= 0 ? rec.tokens.reported_usd : c.header_cost_usd;
     if (reported >= 0 && rec.source == usage_source::upstream &&
         (c.reported_cost == reported_cost_use::prefer || (c.reported_cost == reported_cost_use::fallback && !cost.priced))) {
       cost.priced = true;

@@ -259,6 +259,33 @@ TEST_CASE("relay: a cost the upstream reports prices what the table does not, or
     CHECK(h.metric_sum("tollgate_unpriced_requests_total") == 1);
     CHECK(h.metric_sum("tollgate_spend_usd_total") == Approx(2 * 0.0042 + table_cost(rows[2])).epsilon(1e-9));
   }
+  SECTION("a LiteLLM proxy's x-litellm-response-cost header, on whole replies") {
+    tt::harness h;
+    const auto header = [](const std::string& v) {
+      return tt::headers{{"x-fake-response-headers", R"({"x-litellm-response-cost": ")" + v + R"("})"}};
+    };
+    const std::string model = "qwen/qwen3-235b-a22b";
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model), header("0.0031")).status == 200);
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model), header("0")).status == 200);  // not priced there either
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model), header("n/a")).status == 200);
+    tt::headers both = header("0.0031");
+    both.emplace_back("x-fake-usage-extra", R"({"cost":0.0042})");
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model), both).status == 200);  // the usage's comes first
+    tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body(model, true), header("0.0031"));
+    REQUIRE(s.status() == 200);
+    s.read_all();  // sent before the tokens: not the stream's cost
+    h.flush();
+    auto rows = h.rows("SELECT priced, cost_usd FROM calls ORDER BY id");
+    REQUIRE(rows.size() == 5);
+    CHECK(std::stod(rows[0]["cost_usd"]) == Approx(0.0031).epsilon(1e-12));
+    CHECK(rows[0]["priced"] == "1");
+    for (int i : {1, 2, 4}) {
+      INFO("row " << i);
+      CHECK(rows[i]["priced"] == "0");
+      CHECK(std::stod(rows[i]["cost_usd"]) == 0);
+    }
+    CHECK(std::stod(rows[3]["cost_usd"]) == Approx(0.0042).epsilon(1e-12));
+  }
   SECTION("prefer") {
     tt::harness h({.tweak = [](tollgate::config& c) { c.upstream.reported_cost = tollgate::reported_cost_use::prefer; }});
     auto rows = calls(h);
