@@ -1,5 +1,6 @@
 // json_bench: nanoseconds per call of the relay's hot-path JSON readers (inspect_request on a
-// ~1 KB chat body, extract_response on a chat completion, stream_meter on one SSE chunk).
+// ~1 KB chat body, extract_response on a chat completion, stream_meter on one SSE chunk, the
+// null-usage edit of a chunk, a whole 4-event stream through a new meter).
 // Not a test; run by hand: build-<dir>/json_bench [iterations]
 #include <chrono>
 #include <cstdio>
@@ -8,6 +9,7 @@
 #include <string_view>
 
 #include "core/request_inspect.hpp"
+#include "core/sse_parser.hpp"
 #include "core/usage.hpp"
 
 namespace {
@@ -47,6 +49,14 @@ constexpr std::string_view chunk_data =
     R"({"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741569952,)"
     R"("model":"gpt-4.1-mini-2025-04-14","service_tier":"default","system_fingerprint":"fp_b376dfbbd5",)"
     R"("choices":[{"index":0,"delta":{"content":" failover"},"logprobs":null,"finish_reason":null}],"usage":null})";
+
+// A whole short stream (the bench harness's 4-event SSE): what a short streamed call costs the
+// meter, its parser and their set-up.
+constexpr std::string_view short_stream =
+    "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4.1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hello\"},\"finish_reason\":null}]}\n\n"
+    "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4.1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"
+    "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4.1\",\"choices\":[],\"usage\":{\"prompt_tokens\":231,\"completion_tokens\":2,\"total_tokens\":233}}\n\n"
+    "data: [DONE]\n\n";
 
 // Sinks the results so the calls cannot be optimised away.
 volatile std::int64_t sink = 0;
@@ -88,5 +98,23 @@ int main(int argc, char** argv) {
               }));
   std::printf("stream_meter      (%4zu B chat chunk):      %8.0f ns/call\n", chunk_data.size(),
               ns_per_call(iterations, [&] { sink = sink + meter.on_event(ev); }));
+  // A chunk of a stream whose usage tollgate asked for: its "usage":null member removed.
+  const std::string chunk_event = "data: " + std::string(chunk_data) + "\n\n";
+  std::string edited;
+  std::printf("null usage edit   (%4zu B chat chunk):      %8.0f ns/call\n", chunk_event.size(),
+              ns_per_call(iterations, [&] {
+                edited.clear();
+                sink = sink + append_without_null_usage(chunk_event, edited);
+              }));
+  std::printf("short stream      (%4zu B, 4 events, new meter): %3.0f ns/call\n", short_stream.size(),
+              ns_per_call(iterations, [] {
+                stream_meter m(route_kind::other, false);
+                sse_parser events;
+                events.append(short_stream);
+                sse_event e;
+                while (events.next(e)) m.on_event(e);
+                while (events.finish(e)) m.on_event(e);
+                sink = sink + m.usage().prompt;
+              }));
   return 0;
 }

@@ -3,7 +3,8 @@
 #  1. Throughput: wrk (Lua scripts posting a ~1 KB chat body) against a fast local upstream (nginx
 #     returning canned completion JSON / SSE with usage) directly, through nginx as a reverse proxy
 #     (upstream keepalive) and through tollgate (ledger + metrics + forecaster on, 1 worker), at 16
-#     and 64 connections, plus SSE at 16 (a 4-event stream and a realistic 203-event one, 66 KB):
+#     and 64 connections, plus SSE at 16 (a 4-event stream and a realistic 203-event one, 66 KB, also as
+#     a chat stream whose usage tollgate adds and hides):
 #     RPS, p50/p99/p99.9, added latency vs direct, proxy CPU per request, errors. Then tollgate is stopped (SIGTERM drains) and its ledger rows are
 #     checked against the requests wrk completed through it.
 #  2. Streaming pass-through: bench/slow_sse.py as upstream (20 chunks 50 ms apart, then usage and
@@ -82,6 +83,7 @@ http { access_log off; client_body_buffer_size 64k;
       proxy_pass http://self/stream200.sse; }
     location = /stream200.sse { default_type text/event-stream; root $work/www; }
     location = /v1/chat/completions {
+      if (\$http_x_bench_stream) { rewrite ^ /v1/stream200 last; }  # chat_stream.lua: the realistic stream
       if (\$request_body ~ '"stream":true') { return 599; }
       default_type application/json; return 200 '$chat'; }
     location = /v1/stream { default_type text/event-stream; return 200 '$sse'; }
@@ -216,6 +218,12 @@ compare 16 chat_stream.lua " (SSE)" "http://127.0.0.1:$UP/v1/stream" "http://127
   "http://127.0.0.1:$TG/v1/stream"
 compare 16 chat_stream.lua " (SSE, 200 chunks)" "http://127.0.0.1:$UP/v1/stream200" "http://127.0.0.1:$NGX/v1/stream200" \
   "http://127.0.0.1:$TG/v1/stream200"
+# The same 203 events as a chat stream (POST /v1/chat/completions, which the upstream answers with
+# them): what an SDK's streamed chat call costs. tollgate asks the upstream for the usage the client
+# did not ask for and edits it out of every chunk (`"usage":null`) and the last one, as it does for
+# real clients; nginx passes the bytes as they are.
+compare 16 chat_stream.lua " (chat SSE, 200 chunks, usage hidden)" "http://127.0.0.1:$UP/v1/chat/completions" \
+  "http://127.0.0.1:$NGX/v1/chat/completions" "http://127.0.0.1:$TG/v1/chat/completions"
 
 # Ledger: every call wrk completed through tollgate has its row once tollgate has drained.
 metrics=$(curl -s "http://127.0.0.1:$TGA/metrics" || true)

@@ -964,6 +964,23 @@ TEST_CASE("append_without_null_usage: removes only the null usage member", "[usa
   // A key ending in an escaped quote is not the usage member (found by fuzz_usage).
   CHECK_FALSE(tollgate::append_without_null_usage(R"({"\"usage":null,"a":1})", out));
   CHECK(out == R"({"\"usage":null,"a":1})");
+  // Every spelling, and several members in one event (each removed once, left to right).
+  const std::pair<std::string_view, std::string_view> cases[] = {
+      {R"({"a":1, "usage": null})", R"({"a":1})"},
+      {R"({"a":1,"usage": null})", R"({"a":1})"},
+      {R"({"usage": null, "a":1})", R"({"a":1})"},
+      {R"({"usage": null,"a":1})", R"({"a":1})"},
+      {R"({ "usage":null,"a":1})", R"({ "a":1})"},
+      {R"({"usage":null})", R"({"usage":null})"},  // alone: no comma to take with it
+      {R"({"x":{"usage":null,"b":2},"usage":null})", R"({"x":{"b":2}})"},
+      {R"({"usage":{"a":1},"b":{"usage":null,"c":3}})", R"({"usage":{"a":1},"b":{"c":3}})"},
+  };
+  for (const auto& [in, expected] : cases) {
+    INFO(in);
+    out.clear();
+    CHECK(tollgate::append_without_null_usage(in, out) == (in != expected));
+    CHECK(out == expected);
+  }
 }
 
 TEST_CASE("stream_meter: a data line with nothing in it is passed on and read as nothing", "[usage]") {
