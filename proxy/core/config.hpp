@@ -27,8 +27,8 @@ enum class upstream_protocol : std::uint8_t { openai, anthropic };
 // How the upstream key is sent. auto: x-api-key for anthropic upstreams; Bearer for openai ones,
 // except that a /v1/messages call keeps the client's style (x-api-key or Bearer).
 enum class upstream_auth : std::uint8_t { automatic, bearer, x_api_key };
-// What a cost the upstream reports in its usage (OpenRouter, Perplexity: token_usage::reported_usd)
-// does. fallback: it prices a call the price table does not (instead of cost 0, unpriced);
+// What a cost the upstream states does (in its usage: OpenRouter, Perplexity, token_usage::
+// reported_usd; in a header: a LiteLLM proxy's x-litellm-response-cost). fallback: it prices a call the price table does not (instead of cost 0, unpriced);
 // prefer: it prices every call it comes with (the relay's own bill, whatever the table says);
 // ignore: the table alone prices.
 enum class reported_cost_use : std::uint8_t { fallback, prefer, ignore };
