@@ -37,6 +37,15 @@ struct fast_node {
   dom_type type() const noexcept { return present ? value.type() : dom_type::NULL_VALUE; }
 };
 
+// `needle` in `hay` from `from` on, or npos: memmem, since string_view::find stops at every byte
+// equal to the needle's first one (a quote, a comma: in JSON, at every member) to compare the
+// rest, ~30 library calls for one search of a 300-byte chunk.
+std::size_t find_bytes(std::string_view hay, std::string_view needle, std::size_t from = 0) noexcept {
+  if (from > hay.size() || needle.size() > hay.size() - from) return std::string_view::npos;
+  const void* p = ::memmem(hay.data() + from, hay.size() - from, needle.data(), needle.size());
+  return p == nullptr ? std::string_view::npos : static_cast<std::size_t>(static_cast<const char*>(p) - hay.data());
+}
+
 // Bodies above this get a parser of their own (extract_response): the DOM keeps ~14 bytes of
 // buffers per input byte, and the per-thread parser keeps them for reuse.
 constexpr std::size_t fast_max_bytes = std::size_t{1} << 20;
@@ -697,8 +706,9 @@ bool is_response_end(std::string_view type) noexcept {
 // head shows none, the whole message is read to know.
 bool wanted_live_response_event(std::string_view head) noexcept {
   constexpr std::string_view outer = "\"response.event\"";
-  const std::size_t skip = head.find(outer);
-  for (std::size_t at = head.find("\"response.", 0); at != std::string_view::npos; at = head.find("\"response.", at + 1)) {
+  constexpr std::string_view inner = "\"response.";
+  const std::size_t skip = find_bytes(head, outer);
+  for (std::size_t at = find_bytes(head, inner); at != std::string_view::npos; at = find_bytes(head, inner, at + 1)) {
     if (at == skip) continue;
     const std::size_t end = head.find('"', at + 1);
     if (end == std::string_view::npos) return true;  // cut by the head
@@ -1202,15 +1212,6 @@ bool plain_json_text(std::string_view s) noexcept {
 // it is the member the parse read (a duplicate key would occur twice). Anything else (an escape
 // in the text, another shape, another event name) takes the full parse.
 namespace {
-
-// `needle` in `hay` from `from` on, or npos: memmem, since string_view::find stops at every byte
-// equal to the needle's first one (a quote, a comma: in JSON, at every member) to compare the
-// rest, ~30 library calls for one search of a 300-byte chunk.
-std::size_t find_bytes(std::string_view hay, std::string_view needle, std::size_t from = 0) noexcept {
-  if (from > hay.size() || needle.size() > hay.size() - from) return std::string_view::npos;
-  const void* p = ::memmem(hay.data() + from, hay.size() - from, needle.data(), needle.size());
-  return p == nullptr ? std::string_view::npos : static_cast<std::size_t>(static_cast<const char*>(p) - hay.data());
-}
 
 // The inside of the string value of the one `"key":"` in `data`, or npos when the key is absent
 // or not unique. `data` has no backslash, so the value ends at the next quote.
