@@ -74,6 +74,23 @@ test('chat stream with include_usage: a final usage chunk', async () => {
   assert.ok(text.length > 0);
 });
 
+// A relay that bills its own prices (OpenRouter) states each call's cost in its usage; the fake
+// upstream adds it on request. Through tollgate the model, absent from the price table, is priced
+// at that cost (the runner checks the ledger): whole, and streamed with its usage hidden.
+test('a stated cost (OpenRouter usage.cost): passed through, and an unknown model streamed without usage', async () => {
+  const opts = { headers: { 'x-fake-usage-extra': '{"cost":0.0042,"is_byok":false}' } };
+  const stated = 'qwen/qwen3-235b-a22b';
+  const completion = await client.chat.completions.create({ model: stated, messages }, opts);
+  assert.equal(completion.usage.cost, 0.0042);
+  const stream = await client.chat.completions.create({ model: stated, messages, stream: true }, opts);
+  let text = '';
+  for await (const chunk of stream) {
+    assert.ok(chunk.usage == null, 'usage arrived without include_usage');
+    text += chunk.choices[0]?.delta?.content ?? '';
+  }
+  assert.ok(text.length > 0);
+});
+
 test('tool call, non-stream: arguments parse as JSON', async () => {
   const completion = await client.chat.completions.create({ model, messages, tools });
   const choice = completion.choices[0];

@@ -194,6 +194,17 @@ if [[ -n "$tollgate_bin" ]]; then
       status=1
     fi
   fi
+  if [[ "$sdk" == openai ]]; then
+    # Each generation's two calls of a model the price table lacks, whose (fake) relay states
+    # their cost in the usage: priced at it, the stream too (its usage hidden from the SDK).
+    stated_rows="$(sqlite3 "$workdir/ledger.db" "SELECT COUNT(*) FROM calls WHERE route = 'chat_completions'
+      AND requested_model = 'qwen/qwen3-235b-a22b' AND price_model IS NULL AND priced = 1 AND abs(cost_usd - 0.0042) < 1e-12")"
+    echo "run_sdk_test.sh: calls priced at the cost their upstream stated: $stated_rows"
+    if (( stated_rows != 2 * ${#generations[@]} )); then
+      echo "run_sdk_test.sh: expected $(( 2 * ${#generations[@]} )) rows priced at the stated cost" >&2
+      status=1
+    fi
+  fi
   if [[ "$sdk" == openai && " ${generations[*]} " == *" openai-7 "* ]]; then
     # openai-7's ResponsesWS session (two responses, gpt-4.1 then gpt-4.1-mini): one row, route
     # responses, status 101, priced at each response's model, requested_model the first
