@@ -2315,7 +2315,6 @@ awaitable<void> client_session::tunnel(const std::vector<candidate>& tries, clie
     rec.upstream = t.cfg.name;
     rec.attempts = static_cast<int>(k) + 1;
     c.price_multiplier = t.cfg.price_multiplier;
-    c.reported_cost = t.cfg.reported_cost;
     c.error = errc::ok;
     mark_upstream_start(c);
     auto conn = co_await connect_upstream(*w_.pools[t.index], c.error);
