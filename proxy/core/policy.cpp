@@ -568,8 +568,9 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
         s.reserved.clear();
         budget_state* refused = nullptr;
         // A model without a price would be ledgered at cost 0 (priced = false): a hard budget
-        // could never count it, so such a call is refused wherever a hard budget applies.
-        const bool unpriced = !f.model.empty() && f.price_model.empty();
+        // could never count it, so such a call is refused wherever a hard budget applies, unless
+        // its upstream states the cost (then settled at that cost, reserved from stated_rates).
+        const bool unpriced = !f.model.empty() && f.price_model.empty() && !f.stated;
         auto check = [&](budget_state& b) {
           b.roll(m.cal, now_s);
           s.reserved.push_back(&b);

@@ -56,6 +56,9 @@ class policy_engine {
     const void* reserve_ctx = nullptr;
     std::int64_t reserve_tokens = 0;         // prompt estimate + max_tokens (the TPM charge)
     std::int64_t now_ms = 0;
+    // The model has no price, but the upstream states each call's cost and reserve_usd is bounded
+    // from what it charged (stated_rates): a hard budget admits it like a priced call.
+    bool stated = false;
   };
 
   struct decision {

@@ -762,6 +762,15 @@ std::pair<const model_price*, unit_price> price_table::priciest_per_second() con
   return best;
 }
 
+std::pair<double, double> price_table::priciest_tokens() const {
+  std::pair<double, double> top{0, 0};
+  for (const auto& [n, p] : entries_) {
+    top.first = std::max({top.first, p.input, p.long_input});
+    top.second = std::max({top.second, p.output, p.long_output});
+  }
+  return top;
+}
+
 tier_price scaled_tier(const model_price& base, double factor) {
   tier_price t;
   t.input = base.input * factor;

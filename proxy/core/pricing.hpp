@@ -167,6 +167,10 @@ class price_table {
   // The entry and output with the highest price per second of video ({nullptr, {}} when no
   // entry prices seconds): what a remix of a video tollgate does not know may cost per second.
   std::pair<const model_price*, unit_price> priciest_per_second() const;
+  // The highest input and output prices per 1M tokens of any entry (long-context tiers
+  // included), each on its own: what a call of a model the table lacks may cost at most, as far
+  // as the table knows ({0, 0} for an empty table).
+  std::pair<double, double> priciest_tokens() const;
   std::size_t size() const noexcept { return entries_.size(); }
 
  private:

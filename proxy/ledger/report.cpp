@@ -885,4 +885,22 @@ std::vector<key_call> key_calls_since(const std::string& ledger_path, std::int64
   return out;
 }
 
+std::size_t for_each_stated_cost(const std::string& ledger_path, std::int64_t since_ms, std::int64_t until_ms,
+                                 const std::function<void(std::string_view, bool, std::string_view, std::int64_t,
+                                                          std::int64_t, double)>& fn) {
+  std::error_code ec;
+  if (!std::filesystem::exists(ledger_path, ec)) return 0;
+  reader db(ledger_path);
+  statement st(db,
+               "SELECT upstream, stream, requested_model, prompt_tokens - cached_tokens, completion_tokens, cost_usd FROM calls "
+               "WHERE start_ms >= ?1 AND start_ms < ?2 AND priced = 1 AND price_model IS NULL "
+               "AND usage_source = 'upstream' AND upstream IS NOT NULL ORDER BY start_ms");
+  st.bind(1, since_ms);
+  st.bind(2, until_ms);
+  std::size_t n = 0;
+  for (; st.step(); ++n)
+    fn(st.text(0).value_or(""), st.i64(1) != 0, st.text(2).value_or(""), st.i64(3), st.i64(4), st.real(5));
+  return n;
+}
+
 }  // namespace tollgate

@@ -4,6 +4,7 @@
 // report` command and start-up, never for an I/O thread.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <map>
 #include <optional>
@@ -214,5 +215,16 @@ struct key_call {
 // oldest first: the key rate limits' buckets are replayed from them at boot. A missing ledger
 // file yields nothing. Throws std::runtime_error naming the file otherwise.
 std::vector<key_call> key_calls_since(const std::string& ledger_path, std::int64_t since_ms, std::int64_t until_ms);
+
+// Calls priced at the cost their upstream stated for a model the price table lacks (priced = 1,
+// price_model NULL, usage from the upstream) with start_ms in [since_ms, until_ms), oldest first,
+// each passed to `fn` (so a long window holds no list in memory): upstream, whether the call was a
+// stream, requested model, prompt tokens not read from a cache, completion tokens, cost.
+// stated_rates is warm-started from them. A missing ledger file yields nothing; returns the rows read. Throws std::runtime_error
+// naming the file otherwise.
+std::size_t for_each_stated_cost(const std::string& ledger_path, std::int64_t since_ms, std::int64_t until_ms,
+                                 const std::function<void(std::string_view upstream, bool stream, std::string_view model,
+                                                          std::int64_t uncached_prompt, std::int64_t completion,
+                                                          double usd)>& fn);
 
 }  // namespace tollgate

@@ -379,6 +379,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     reported_cost_use reported_cost = reported_cost_use::fallback;  // ... and what its usage's cost does
     double header_cost_usd = -1;  // a LiteLLM proxy's x-litellm-response-cost (non-stream replies; -1: none)
     std::uint64_t ticket = 0;     // policy reservation, settled in finish_call
+    bool stated_reserve = false;  // ... reserved at stated_rates: an unpriced model a hard budget holds
     std::string sent_model;       // the model a routing rule rewrote the body to ("": as asked)
     // The request header fields tollgate reads, found in one walk of the parsed header (each
     // operator[] was a case-insensitive tree search); the first of duplicates, as operator[].
@@ -497,6 +498,9 @@ class client_session : public std::enable_shared_from_this<client_session> {
   awaitable<std::size_t> read_now_or_wait(asio::mutable_buffer b, steady::time_point until, beast::error_code& ec);
   void finish_call(call& c);
   void add_other_models(call& c, const std::vector<std::pair<std::string, token_usage>>& others);
+  std::optional<stated_rates::rates> stated_reserve_rates(std::string_view model) const;
+  bool reserve_stated(const route_plan& plan, route_kind route, bool stream, std::string_view model,
+                      const token_usage& worst, double& reserve_usd) const;
   static void add_session_usage(const realtime_meter& meter, usage_record& rec,
                                 std::vector<std::pair<std::string, token_usage>>& by_model);
   bool is_live_sideband_of_metered(std::string_view path) const;
@@ -1407,6 +1411,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     }
     pf.model = price_id;
     pf.reserve_usd = price ? reserve_cost(*price, worst, worst_writes, multiplier) + hops_usd : 0.0;
+    if (!price && !media) pf.stated = reserve_stated(plan, rd.route, c.facts.stream, price_id, worst, pf.reserve_usd);
     struct reserve_context {
       const price_table& prices;
       const token_usage& worst;
@@ -1423,6 +1428,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     pf.now_ms = unix_ms_now();
     auto d = st_.policy->admit(pf);
     c.ticket = d.ticket;
+    c.stated_reserve = pf.stated && d.ticket != 0;
     if (d.rate_headers) {
       if (d.limit_requests > 0) {
         extra_headers_.emplace_back("x-ratelimit-limit-requests", std::to_string(d.limit_requests));
@@ -1445,7 +1451,8 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
           return a.refuse(errc::budget_exceeded, "Model '" + std::string(price_id) + "' has no price" +
                                                      (media && price ? " for this size or quality" : "") +
                                                      ", so the hard budget " + d.scope + " (" + d.period +
-                                                     ") cannot hold its calls: add it to the price table.");
+                                                     ") cannot hold its calls: add it to the price table, or send it through an upstream that "
+                                                     "states each call's cost (upstream.reported_cost).");
         return a.refuse(errc::budget_exceeded, "Budget " + d.scope + " (" + d.period + ") of " + format_usd(d.limit_usd) +
                                                    " would be exceeded: " + format_usd(d.spent_usd) + " spent.");
       case policy_engine::decision::rate_limited:
@@ -2613,6 +2620,43 @@ void client_session::add_other_models(call& c, const std::vector<std::pair<std::
   }
 }
 
+// The per-token prices a hard budget holds a model the table lacks at: the bounds of what relays
+// charged for it (stated_rates), each capped by the table's dearest price, or the table's dearest
+// prices while nothing is learned; nullopt when neither exists.
+std::optional<stated_rates::rates> client_session::stated_reserve_rates(std::string_view model) const {
+  const auto [top_in, top_out] = st_.prices.priciest_tokens();
+  stated_rates::rates r{top_in / 1e6, top_out / 1e6};
+  if (const auto learned = st_.stated.bound(model)) {
+    if (top_in <= 0 || learned->input < r.input) r.input = learned->input;
+    if (top_out <= 0 || learned->output < r.output) r.output = learned->output;
+  } else if (top_out <= 0) {
+    return std::nullopt;
+  }
+  return r;
+}
+
+// A model the price table lacks, sent only to upstreams that state each call's cost (OpenRouter,
+// Perplexity, a LiteLLM proxy's whole replies: each known or seen doing so, and its reported_cost
+// not `ignore`), on an API whose replies carry that cost (chat, completions, Responses, Messages),
+// can be held by a hard budget: its call is settled at the stated cost, and its worst case is
+// reserved at stated_reserve_rates(). No price_multiplier: the stated cost is the relay's own bill.
+// False (refused under a hard budget, as unpriced): an upstream not known to state this call's
+// cost, another API, or nothing at all to reserve at.
+bool client_session::reserve_stated(const route_plan& plan, route_kind route, bool stream, std::string_view model,
+                                    const token_usage& worst, double& reserve_usd) const {
+  if (model.empty() || (route != route_kind::chat_completions && route != route_kind::completions &&
+                        route != route_kind::responses && route != route_kind::messages))
+    return false;
+  for (auto i : plan.order) {
+    const upstream_config& u = st_.upstreams[i]->cfg;
+    if (u.reported_cost == reported_cost_use::ignore || !st_.stated.states_costs(u.name, stream)) return false;
+  }
+  const auto r = stated_reserve_rates(model);
+  if (!r) return false;
+  reserve_usd = r->input * static_cast<double>(worst.prompt) + r->output * static_cast<double>(worst.completion);
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Completion: price, ledger, metrics, log line.
 
@@ -2663,10 +2707,27 @@ void client_session::finish_call(call& c) {
     // row keeps price_model empty), or for every call (prefer: the row keeps the entry that would
     // have priced it). It is the relay's own bill, so price_multiplier does not apply.
     const double reported = rec.tokens.reported_usd >= 0 ? rec.tokens.reported_usd : c.header_cost_usd;
-    if (reported >= 0 && rec.source == usage_source::upstream &&
-        (c.reported_cost == reported_cost_use::prefer || (c.reported_cost == reported_cost_use::fallback && !cost.priced))) {
-      cost.priced = true;
-      cost.usd = reported;
+    if (reported >= 0 && rec.source == usage_source::upstream && c.reported_cost != reported_cost_use::ignore) {
+      // What the relay charged teaches the bounds a hard budget reserves its unpriced models at.
+      const bool in_usage = rec.tokens.reported_usd >= 0;
+      if (cost.price == nullptr)
+        st_.stated.observe(rec.upstream, in_usage, fallback, rec.tokens.prompt - rec.tokens.cached,
+                           rec.tokens.completion, reported);
+      else
+        st_.stated.mark_upstream(rec.upstream, in_usage);
+      if (c.reported_cost == reported_cost_use::prefer || !cost.priced) {
+        cost.priced = true;
+        cost.usd = reported;
+      }
+    } else if (c.stated_reserve && !cost.priced) {
+      // A hard budget admitted this unpriced model for the cost its relay would state, and none
+      // came (a stream the client left before its usage chunk, tokens estimated): it is priced at
+      // the rates it was reserved at, so leaving early cannot get a call past the budget.
+      if (const auto r = stated_reserve_rates(fallback)) {
+        cost.priced = true;
+        cost.usd = r->input * static_cast<double>(rec.tokens.prompt - rec.tokens.cached) +
+                   r->output * static_cast<double>(rec.tokens.completion);
+      }
     }
     rec.priced = cost.priced;
     rec.cost_usd = cost.usd;

@@ -513,6 +513,9 @@ void app::start() {
   recover_open_sessions(I);  // after the aggregator's warm start: on_committed counts these once
   I.spend_->track_pending({{"response", &I.st.background_responses}, {"batch", &I.st.pending_batches}});
   I.spend_->track_open_sessions(&I.st.realtime_rows);
+  I.spend_->track_stated_rates(&I.st.stated);
+  for (const auto& u : I.st.upstreams)
+    if (stated_rates::known_relay(u->url.host)) I.st.stated.mark_upstream(u->cfg.name, true);
   I.spend_->start(c.ledger_path);
 
   int n = c.workers > 0 ? c.workers : default_workers();

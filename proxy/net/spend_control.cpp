@@ -18,6 +18,7 @@
 #include "core/config.hpp"
 #include "core/log.hpp"
 #include "core/policy.hpp"
+#include "core/stated_rates.hpp"
 #include "ledger/key_store.hpp"
 #include "ledger/pg_shipper.hpp"
 #include "ledger/report.hpp"
@@ -278,6 +279,26 @@ void spend_control::start(const std::string& ledger_path) {
       log_line(log_level::info, "rate limits warm-started from the ledger").integer("calls", static_cast<std::int64_t>(calls.size()));
     } catch (const std::exception& e) {
       log_line(log_level::warn, "rate limit warm start failed: buckets start full").str("error", e.what());
+    }
+  }
+  // A hard budget reserves a model the table lacks at what its relay charged for it: the last
+  // day's calls priced at a stated cost teach those bounds again (a model not seen in that day
+  // is reserved at the table's dearest prices until its first call ends).
+  const auto statuses = engine_->budgets(now);
+  if (stated_ != nullptr && std::any_of(statuses.begin(), statuses.end(), [](const auto& b) { return b.hard; })) {
+    try {
+      const std::size_t n = for_each_stated_cost(
+          ledger_path, now - 86'400'000, now + 60'000,
+          // A stream's stated cost came in its usage; a whole reply's may have come in a header.
+          [this](std::string_view upstream, bool stream, std::string_view model, std::int64_t uncached,
+                 std::int64_t completion, double usd) { stated_->observe(upstream, stream, model, uncached, completion, usd); });
+      if (n > 0)
+        log_line(log_level::info, "stated costs of unpriced models read from the ledger")
+            .integer("calls", static_cast<std::int64_t>(n))
+            .integer("models", static_cast<std::int64_t>(stated_->models()));
+    } catch (const std::exception& e) {
+      log_line(log_level::warn, "stated costs not read from the ledger: unpriced models reserve at the dearest prices")
+          .str("error", e.what());
     }
   }
   // A projected_overspend alert already sent in a budget's current window is not sent again.

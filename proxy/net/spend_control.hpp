@@ -23,6 +23,7 @@ namespace tollgate {
 struct config;
 class metrics;
 class policy_engine;
+class stated_rates;
 class alert_notifier;
 class pg_alert_claims;
 struct forecast_snapshot;
@@ -57,6 +58,9 @@ class spend_control {
   // Before start(): Realtime sessions' rows so far, saved by pump() when they changed (table
   // open_sessions), so a crash loses none (app::start ledgers what a crash left there).
   void track_open_sessions(open_sessions* sessions) { open_sessions_ = sessions; }
+  // Before start(): what relays charged for models the price table lacks, learned again by
+  // start() from the last day's ledger rows priced at a stated cost when a hard budget exists.
+  void track_stated_rates(stated_rates* rates) { stated_ = rates; }
   // Fleet budgets (ledger.postgres.fleet_budgets), on the fleet ledger's thread: the start of the
   // oldest window a budget or spend guard counts (now_ms when there is none), and the spend of
   // the fleet's other instances, counted as this instance's calls are.
@@ -98,6 +102,7 @@ class spend_control {
   std::vector<bool> anomaly_was_;  // per forecast series, to alert on a rising edge only
   std::vector<std::pair<std::string, pending_responses*>> pending_;  // kind -> set (track_pending)
   open_sessions* open_sessions_ = nullptr;                          // track_open_sessions
+  stated_rates* stated_ = nullptr;                                  // track_stated_rates
   void save_pending();
 };
 

@@ -25,6 +25,7 @@
 #include "core/open_sessions.hpp"
 #include "core/pending_responses.hpp"
 #include "core/pricing.hpp"
+#include "core/stated_rates.hpp"
 #include "core/video_memory.hpp"
 #include "core/upstream_router.hpp"
 
@@ -73,6 +74,7 @@ struct shared_state {
   pending_responses background_responses;  // metered once, when a retrieval sees them finished
   pending_responses pending_batches;       // batches created through tollgate, metered the same way
   video_memory videos;                     // videos created through tollgate: what their remixes reserve
+  stated_rates stated;                     // what relays stating their costs charged for unpriced models
   // Live API sessions metered on their own socket through this tollgate (session.started's id):
   // a sideband socket (/v1/live/sessions/{id}/attach) on one of them mirrors what is metered
   // already; on any other (a WebRTC or SIP session, whose media never passes here) the sideband

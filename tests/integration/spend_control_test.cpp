@@ -635,3 +635,95 @@ TEST_CASE("budgets: a call with server-side fallbacks is reserved for every mode
   CHECK(tt::post_json(h.port(), "/v1/messages", body(R"("default")"), anthropic).status == 429);
   CHECK(tt::post_json(h.port(), "/v1/messages", body(R"([{"model":"claude-sonnet-4-5"}])"), anthropic).status == 200);
 }
+
+// A relay that bills its own prices (OpenRouter) states each call's cost in its usage. A model the
+// price table lacks is then ledgered at that cost, and a hard budget can hold it: once the upstream
+// is known to state costs, a call reserves at the table's dearest prices until calls of the model
+// have taught what the relay charges per token, then at those bounds; a stream the client leaves
+// before its usage is priced at them. Refused, as before, while nothing says the cost will come.
+TEST_CASE("budgets: a hard budget holds a model the table lacks when its upstream states each call's cost",
+          "[budgets]") {
+  tt::temp_dir shared;
+  tollgate::reported_cost_use use = tollgate::reported_cost_use::fallback;
+  auto tweak = [&](tollgate::config& c) {
+    c.ledger_path = shared.path + "/ledger.db";
+    c.upstream.reported_cost = use;
+    tollgate::budget_config b;
+    b.scope = "global";
+    b.period = tollgate::calendar_period::day;
+    b.limit_usd = 1;
+    b.hard = true;
+    c.policy.budgets = {b};
+  };
+  const std::string model = "qwen/qwen3-235b-a22b";
+  const auto stated = [](const std::string& usd) { return tt::headers{{"x-fake-usage-extra", R"({"cost":)" + usd + "}"}}; };
+  const auto ask = [&](tt::harness& h, int max_tokens) {
+    return tt::post_json(h.port(), "/v1/chat/completions",
+                         tt::chat_body(model, false, ",\"max_tokens\":" + std::to_string(max_tokens)), stated("0.00042"));
+  };
+  const auto refused_as_unpriced = [](const tt::response& r) {
+    CHECK(r.status == 429);
+    const auto err = json::parse(r.body)["error"];
+    CHECK(err["type"] == "budget_exceeded");
+    CHECK(err["message"].get<std::string>().find("has no price") != std::string::npos);
+  };
+  {
+    tt::harness h({.tweak = tweak});
+    // Nothing says this upstream states costs yet.
+    refused_as_unpriced(ask(h, 50));
+    // A call of a priced model states its cost: the upstream does.
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"), stated("0.01")).status == 200);
+    // Nothing learned about the model: 5,000 tokens at the table's dearest output price (o1-pro's
+    // $600 / 1M) would be $3, over the $1 budget.
+    auto big = ask(h, 5000);
+    CHECK(big.status == 429);
+    CHECK(json::parse(big.body)["error"]["message"].get<std::string>().find("would be exceeded") != std::string::npos);
+    // A short call fits; it teaches output <= $0.00042 / its completion tokens.
+    REQUIRE(ask(h, 50).status == 200);
+    REQUIRE(ask(h, 5000).status == 200);
+    tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body(model, true), stated("0.00042"));
+    REQUIRE(s.status() == 200);
+    s.read_all();
+    // A stream left before its usage chunk: no stated cost, priced at the reserved rates.
+    tt::stream_client cut(h.port(), "/v1/chat/completions", tt::chat_body(model, true),
+                          {{"x-fake-chunks", "40"}, {"x-fake-chunk-interval-ms", "50"}, stated("0.00042")[0]});
+    REQUIRE(cut.status() == 200);
+    REQUIRE(cut.next().has_value());
+    cut.close();
+    REQUIRE(tt::harness::eventually([&] {
+      h.flush();
+      return h.query_int("SELECT COUNT(*) FROM calls") == 7;
+    }));
+    auto rows = h.rows("SELECT stream, aborted, priced, COALESCE(price_model, '') AS price_model, cost_usd, usage_source, "
+                       "prompt_tokens, completion_tokens FROM calls WHERE requested_model = '" + model + "' AND status = 200 ORDER BY id");
+    REQUIRE(rows.size() == 4);
+    for (int i : {0, 1, 2}) {
+      INFO("row " << i);
+      CHECK(rows[i]["priced"] == "1");
+      CHECK(rows[i]["price_model"] == "");
+      CHECK(std::stod(rows[i]["cost_usd"]) == Approx(0.00042).epsilon(1e-12));
+    }
+    auto& left = rows[3];
+    CHECK(left["aborted"] == "1");
+    CHECK(left["usage_source"] == "estimated");
+    CHECK(left["priced"] == "1");
+    // The bounds: input <= 0.00042 / the first call's prompt tokens, output <= 0.00042 / its completion.
+    const double p0 = std::stod(rows[0]["prompt_tokens"]), c0 = std::stod(rows[0]["completion_tokens"]);
+    const double bound = 0.00042 / p0 * std::stod(left["prompt_tokens"]) + 0.00042 / c0 * std::stod(left["completion_tokens"]);
+    CHECK(std::stod(left["cost_usd"]) == Approx(bound).epsilon(1e-9));
+    CHECK(std::stod(left["cost_usd"]) > 0);
+    // The budget counted every call at its ledgered cost.
+    const double total = h.query_double("SELECT SUM(cost_usd) FROM calls");
+    CHECK(h.metric_sum("tollgate_budget_spent_usd") == Approx(total).epsilon(1e-9));
+  }
+  {
+    // After a restart the last day's rows teach it all again: 5,000 tokens fit at once.
+    tt::harness h({.tweak = tweak});
+    REQUIRE(ask(h, 5000).status == 200);
+  }
+  {
+    use = tollgate::reported_cost_use::ignore;  // the stated cost would not price the call
+    tt::harness h({.tweak = tweak});
+    refused_as_unpriced(ask(h, 50));
+  }
+}

@@ -1,0 +1,84 @@
+#include "core/stated_rates.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <limits>
+
+namespace tollgate {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
+  return out;
+}
+
+}  // namespace
+
+bool stated_rates::known_relay(std::string_view host) noexcept {
+  auto is = [&](std::string_view domain) {
+    return host == domain || (host.size() > domain.size() && host.ends_with(domain) &&
+                              host[host.size() - domain.size() - 1] == '.');
+  };
+  return is("openrouter.ai") || is("perplexity.ai");
+}
+
+void stated_rates::mark_upstream(std::string_view upstream, bool in_usage) {
+  const std::uint8_t flag = in_usage ? 1 : 2;
+  std::lock_guard lock(mu_);
+  if (auto it = upstreams_.find(upstream); it != upstreams_.end())
+    it->second |= flag;
+  else if (upstreams_.size() < kMaxUpstreams)
+    upstreams_.emplace(upstream, flag);
+}
+
+void stated_rates::observe(std::string_view upstream, bool in_usage, std::string_view model,
+                           std::int64_t uncached_prompt, std::int64_t completion, double usd) {
+  if (!std::isfinite(usd) || usd < 0) return;
+  mark_upstream(upstream, in_usage);
+  if (model.empty() || model.size() > 256 || (uncached_prompt <= 0 && completion <= 0)) return;
+  const std::string key = lower(model);
+  std::lock_guard lock(mu_);
+  auto it = models_.find(key);
+  if (it == models_.end()) {
+    if (models_.size() >= kMaxModels) return;
+    it = models_.emplace(key, model_bounds{{kInf, kInf}, {kInf, kInf}, 0}).first;
+  }
+  model_bounds& b = it->second;
+  if (b.seen == kGeneration) {  // a new generation: the one before it is forgotten
+    b.input[1] = b.input[0];
+    b.output[1] = b.output[0];
+    b.input[0] = b.output[0] = kInf;
+    b.seen = 0;
+  }
+  ++b.seen;
+  if (uncached_prompt > 0) b.input[0] = std::min(b.input[0], usd / static_cast<double>(uncached_prompt));
+  if (completion > 0) b.output[0] = std::min(b.output[0], usd / static_cast<double>(completion));
+}
+
+bool stated_rates::states_costs(std::string_view upstream, bool stream) const {
+  std::lock_guard lock(mu_);
+  const auto it = upstreams_.find(upstream);
+  return it != upstreams_.end() && (it->second & (stream ? 1 : 3)) != 0;
+}
+
+std::optional<stated_rates::rates> stated_rates::bound(std::string_view model) const {
+  const std::string key = lower(model);
+  std::lock_guard lock(mu_);
+  const auto it = models_.find(key);
+  if (it == models_.end()) return std::nullopt;
+  const model_bounds& b = it->second;
+  const rates r{std::min(b.input[0], b.input[1]), std::min(b.output[0], b.output[1])};
+  if (!std::isfinite(r.input) || !std::isfinite(r.output)) return std::nullopt;
+  return r;
+}
+
+std::size_t stated_rates::models() const {
+  std::lock_guard lock(mu_);
+  return models_.size();
+}
+
+}  // namespace tollgate

@@ -1,0 +1,68 @@
+// stated_rates: per-token bounds learned from the costs relays state (no sockets).
+#include <catch2/catch.hpp>
+
+#include <limits>
+
+#include "core/stated_rates.hpp"
+
+using tollgate::stated_rates;
+
+TEST_CASE("stated rates: each bound is the smallest cost per token, and holds the true price", "[stated]") {
+  // A relay billing $1 / 1M input and $4 / 1M output.
+  const auto bill = [](std::int64_t in, std::int64_t out) { return (in * 1.0 + out * 4.0) / 1e6; };
+  stated_rates s;
+  CHECK_FALSE(s.bound("qwen/qwen3").has_value());
+  s.observe("openrouter", true, "qwen/qwen3", 20, 200, bill(20, 200));
+  auto b = s.bound("Qwen/Qwen3");  // names compare without case
+  REQUIRE(b.has_value());
+  // One call: input <= cost / 20, output <= cost / 200; both above the true prices.
+  CHECK(b->input == Approx(bill(20, 200) / 20));
+  CHECK(b->output == Approx(bill(20, 200) / 200));
+  CHECK(b->output >= 4.0 / 1e6);
+  // A long prompt with a short answer pins the input price, a long answer the output price.
+  s.observe("openrouter", true, "qwen/qwen3", 100'000, 1, bill(100'000, 1));
+  s.observe("openrouter", true, "qwen/qwen3", 10, 50'000, bill(10, 50'000));
+  b = s.bound("qwen/qwen3");
+  REQUIRE(b.has_value());
+  CHECK(b->input >= 1.0 / 1e6);
+  CHECK(b->input <= 1.0001 / 1e6);
+  CHECK(b->output >= 4.0 / 1e6);
+  CHECK(b->output <= 4.001 / 1e6);
+}
+
+TEST_CASE("stated rates: a bound needs both sides, and old generations are forgotten", "[stated]") {
+  stated_rates s;
+  s.observe("u", true, "m", 0, 100, 0.001);  // an answer without a prompt bounds only the output
+  CHECK_FALSE(s.bound("m").has_value());
+  s.observe("u", true, "m", 100, 0, 0.0001);
+  REQUIRE(s.bound("m").has_value());
+  CHECK(s.bound("m")->input == Approx(1e-6));
+  CHECK(s.bound("m")->output == Approx(1e-5));
+  // Bad figures are no observation.
+  s.observe("u", true, "m", 100, 100, -1);
+  s.observe("u", true, "m", 100, 100, std::numeric_limits<double>::quiet_NaN());
+  CHECK(s.bound("m")->input == Approx(1e-6));
+  // The relay doubles its prices: within two generations the old, lower bounds are gone.
+  for (std::uint32_t i = 0; i < 2 * stated_rates::kGeneration; ++i) s.observe("u", true, "m", 100, 100, 0.004);
+  CHECK(s.bound("m")->input == Approx(4e-5));
+  CHECK(s.bound("m")->output == Approx(4e-5));
+  CHECK(s.models() == 1);
+}
+
+TEST_CASE("stated rates: which upstreams state costs, and where", "[stated]") {
+  stated_rates s;
+  CHECK_FALSE(s.states_costs("litellm", false));
+  s.observe("litellm", false, "m", 10, 10, 0.001);  // a header on a whole reply: not for streams
+  CHECK(s.states_costs("litellm", false));
+  CHECK_FALSE(s.states_costs("litellm", true));
+  s.mark_upstream("litellm", true);
+  CHECK(s.states_costs("litellm", true));
+  s.mark_upstream("openrouter", true);
+  CHECK(s.states_costs("openrouter", true));
+  CHECK(s.states_costs("openrouter", false));
+  CHECK(stated_rates::known_relay("openrouter.ai"));
+  CHECK(stated_rates::known_relay("api.perplexity.ai"));
+  CHECK_FALSE(stated_rates::known_relay("notopenrouter.ai"));
+  CHECK_FALSE(stated_rates::known_relay("openrouter.ai.evil.example"));
+  CHECK_FALSE(stated_rates::known_relay("api.holysheep.ai"));
+}
