@@ -2637,15 +2637,15 @@ std::optional<stated_rates::rates> client_session::stated_reserve_rates(std::str
 
 // A model the price table lacks, sent only to upstreams that state each call's cost (OpenRouter,
 // Perplexity, a LiteLLM proxy's whole replies: each known or seen doing so, and its reported_cost
-// not `ignore`), on an API whose replies carry that cost (chat, completions, Responses, Messages),
+// not `ignore`), on an API whose usage tollgate reads that cost from (chat, completions, Responses),
 // can be held by a hard budget: its call is settled at the stated cost, and its worst case is
 // reserved at stated_reserve_rates(). No price_multiplier: the stated cost is the relay's own bill.
 // False (refused under a hard budget, as unpriced): an upstream not known to state this call's
 // cost, another API, or nothing at all to reserve at.
 bool client_session::reserve_stated(const route_plan& plan, route_kind route, bool stream, std::string_view model,
                                     const token_usage& worst, double& reserve_usd) const {
-  if (model.empty() || (route != route_kind::chat_completions && route != route_kind::completions &&
-                        route != route_kind::responses && route != route_kind::messages))
+  if (model.empty() ||
+      (route != route_kind::chat_completions && route != route_kind::completions && route != route_kind::responses))
     return false;
   for (auto i : plan.order) {
     const upstream_config& u = st_.upstreams[i]->cfg;
