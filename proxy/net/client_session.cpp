@@ -377,9 +377,9 @@ class client_session : public std::enable_shared_from_this<client_session> {
     int failover_status = 0;      // the upstream answered 429/5xx and another upstream will be tried
     double price_multiplier = 1;  // of the upstream that served the call
     reported_cost_use reported_cost = reported_cost_use::fallback;  // ... and what its usage's cost does
+    bool stated_reserve = false;  // a hard budget reserved at stated_rates (an unpriced model whose relay states costs)
     double header_cost_usd = -1;  // a LiteLLM proxy's x-litellm-response-cost (non-stream replies; -1: none)
     std::uint64_t ticket = 0;     // policy reservation, settled in finish_call
-    bool stated_reserve = false;  // ... reserved at stated_rates: an unpriced model a hard budget holds
     std::string sent_model;       // the model a routing rule rewrote the body to ("": as asked)
     // The request header fields tollgate reads, found in one walk of the parsed header (each
     // operator[] was a case-insensitive tree search); the first of duplicates, as operator[].
