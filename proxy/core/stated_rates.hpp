@@ -8,8 +8,9 @@
 // cost nothing less than zero), so input <= cost / uncached prompt, and likewise output <= cost /
 // completion. The smallest ratio over recent calls is the tightest such upper bound; a call with
 // a large prompt and a short answer pins the input price, one with a long answer the output
-// price. Recent: two generations of 256 calls per model, so a relay's price rise (or a route
-// to a dearer provider) is learned within 512 calls. Also remembered: which upstreams state
+// price. Recent: two generations of 256 calls per model, so a relay's price rise is learned
+// within 512 calls. A model served by several providers at different prices (OpenRouter's
+// routing) is bounded by the cheapest route seen: a reservation, not a guarantee. Also remembered: which upstreams state
 // costs at all, and where: in the usage (OpenRouter, Perplexity: whole replies and streams) or
 // only in a header of whole replies (LiteLLM: a stream's header goes out before its tokens), since
 // only then is a model the upstream has not priced yet reserved at the table's dearest token
