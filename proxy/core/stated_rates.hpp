@@ -10,19 +10,22 @@
 // a large prompt and a short answer pins the input price, one with a long answer the output
 // price. Recent: two generations of 256 calls per model, so a relay's price rise is learned
 // within 512 calls. A model served by several providers at different prices (OpenRouter's
-// routing) is bounded by the cheapest route seen: a reservation, not a guarantee. Also remembered: which upstreams state
-// costs at all, and where: in the usage (OpenRouter, Perplexity: whole replies and streams) or
-// only in a header of whole replies (LiteLLM: a stream's header goes out before its tokens), since
-// only then is a model the upstream has not priced yet reserved at the table's dearest token
-// prices instead of being refused. OpenRouter and Perplexity are known from their hosts.
+// routing) is bounded by the cheapest route seen: a reservation, not a guarantee.
 //
-// Thread-safe (one mutex; used only on calls of models the table lacks). Bounded: 10,000 models,
-// 256 upstreams; past that, new names are not learned.
+// Also remembered: which upstreams state costs at all, and where: in the usage (OpenRouter,
+// Perplexity: whole replies and streams) or only in a header of whole replies (LiteLLM: a
+// stream's header goes out before its tokens). Only through such an upstream is a model not
+// learned yet reserved at the table's dearest token prices instead of being refused. OpenRouter
+// and Perplexity are known from their hosts.
+//
+// Thread-safe (one mutex, taken only on calls whose cost the upstream stated and on admissions
+// of models the table lacks). Bounded: 10,000 models, 256 upstreams; past that, new names are
+// not learned.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <optional>
-#include <map>
 #include <string>
 #include <string_view>
 #include <unordered_map>
