@@ -727,3 +727,31 @@ TEST_CASE("budgets: a hard budget holds a model the table lacks when its upstrea
     refused_as_unpriced(ask(h, 50));
   }
 }
+
+// A LiteLLM proxy states a whole reply's cost in a header, which a stream's head carries before
+// its tokens exist: such an upstream is trusted with a hard budget's unpriced models only for
+// whole replies. A stream of the model is refused as unpriced, as it would be ledgered at $0.
+TEST_CASE("budgets: an upstream that states costs only in a header holds unpriced models for whole replies only",
+          "[budgets]") {
+  tt::harness h({.tweak = [](tollgate::config& c) {
+    tollgate::budget_config b;
+    b.scope = "global";
+    b.period = tollgate::calendar_period::day;
+    b.limit_usd = 1;
+    b.hard = true;
+    c.policy.budgets = {b};
+  }});
+  const tt::headers header = {{"x-fake-response-headers", R"({"x-litellm-response-cost": "0.0031"})"}};
+  const std::string model = "qwen/qwen3-235b-a22b";
+  const std::string small = ",\"max_tokens\":50";
+  // A priced call whose reply states its cost in the header: the upstream does, for whole replies.
+  REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"), header).status == 200);
+  REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model, false, small), header).status == 200);
+  tt::stream_client s(h.port(), "/v1/chat/completions", tt::chat_body(model, true, small), header);
+  CHECK(s.status() == 429);
+  CHECK(json::parse(s.read_all())["error"]["message"].get<std::string>().find("has no price") != std::string::npos);
+  h.flush();
+  CHECK(h.query_double("SELECT cost_usd FROM calls WHERE requested_model = '" + model + "' AND status = 200") ==
+        Approx(0.0031).epsilon(1e-12));
+  CHECK(h.query_int("SELECT priced FROM calls WHERE requested_model = '" + model + "' AND status = 200") == 1);
+}
