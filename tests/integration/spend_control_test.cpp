@@ -648,12 +648,7 @@ TEST_CASE("budgets: a hard budget holds a model the table lacks when its upstrea
   auto tweak = [&](tollgate::config& c) {
     c.ledger_path = shared.path + "/ledger.db";
     c.upstream.reported_cost = use;
-    tollgate::budget_config b;
-    b.scope = "global";
-    b.period = tollgate::calendar_period::day;
-    b.limit_usd = 1;
-    b.hard = true;
-    c.policy.budgets = {b};
+    c.policy.budgets = {tt::hard_daily_budget(1)};
   };
   const std::string model = "qwen/qwen3-235b-a22b";
   const auto stated = [](const std::string& usd) { return tt::headers{{"x-fake-usage-extra", R"({"cost":)" + usd + "}"}}; };
@@ -733,14 +728,7 @@ TEST_CASE("budgets: a hard budget holds a model the table lacks when its upstrea
 // whole replies. A stream of the model is refused as unpriced, as it would be ledgered at $0.
 TEST_CASE("budgets: an upstream that states costs only in a header holds unpriced models for whole replies only",
           "[budgets]") {
-  tt::harness h({.tweak = [](tollgate::config& c) {
-    tollgate::budget_config b;
-    b.scope = "global";
-    b.period = tollgate::calendar_period::day;
-    b.limit_usd = 1;
-    b.hard = true;
-    c.policy.budgets = {b};
-  }});
+  tt::harness h({.tweak = [](tollgate::config& c) { c.policy.budgets = {tt::hard_daily_budget(1)}; }});
   const tt::headers header = {{"x-fake-response-headers", R"({"x-litellm-response-cost": "0.0031"})"}};
   const std::string model = "qwen/qwen3-235b-a22b";
   const std::string small = ",\"max_tokens\":50";
