@@ -679,6 +679,11 @@ void price_table::load_litellm_string(std::string_view text, const std::string& 
 }
 
 void price_table::rebuild_index_() {
+  priciest_tokens_ = {0, 0};
+  for (const auto& [n, p] : entries_) {
+    priciest_tokens_.first = std::max({priciest_tokens_.first, p.input, p.long_input});
+    priciest_tokens_.second = std::max({priciest_tokens_.second, p.output, p.long_output});
+  }
   index_.clear();
   std::vector<std::pair<std::string, const model_price*>> primary;  // in precedence order
   for (const auto& [n, p] : entries_)
@@ -760,15 +765,6 @@ std::pair<const model_price*, unit_price> price_table::priciest_per_second() con
     for (const unit_price& u : p.per_second)
       if (best.first == nullptr || u.usd > best.second.usd) best = {&p, u};
   return best;
-}
-
-std::pair<double, double> price_table::priciest_tokens() const {
-  std::pair<double, double> top{0, 0};
-  for (const auto& [n, p] : entries_) {
-    top.first = std::max({top.first, p.input, p.long_input});
-    top.second = std::max({top.second, p.output, p.long_output});
-  }
-  return top;
 }
 
 tier_price scaled_tier(const model_price& base, double factor) {

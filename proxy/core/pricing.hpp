@@ -169,14 +169,16 @@ class price_table {
   std::pair<const model_price*, unit_price> priciest_per_second() const;
   // The highest input and output prices per 1M tokens of any entry (long-context tiers
   // included), each on its own: what a call of a model the table lacks may cost at most, as far
-  // as the table knows ({0, 0} for an empty table).
-  std::pair<double, double> priciest_tokens() const;
+  // as the table knows ({0, 0} for an empty table). Kept by each load (rebuild_index_): an
+  // admission of such a model reads it.
+  std::pair<double, double> priciest_tokens() const noexcept { return priciest_tokens_; }
   std::size_t size() const noexcept { return entries_.size(); }
 
  private:
   std::map<std::string, model_price, std::less<>> entries_;   // canonical name -> price
   std::map<std::string, std::string, std::less<>> aliases_;   // lower-case alias -> canonical name
 
+  std::pair<double, double> priciest_tokens_{0, 0};
   void rebuild_index_();
   // The entry a model id names (resolve()'s look-up), before its scheduled changes.
   const model_price* find_entry_(std::string_view model) const;
