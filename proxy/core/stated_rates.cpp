@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 namespace tollgate {
@@ -36,24 +37,37 @@ void stated_rates::mark_upstream(std::string_view upstream, bool in_usage) {
 }
 
 void stated_rates::observe(std::string_view upstream, bool in_usage, std::string_view model,
-                           std::int64_t uncached_prompt, std::int64_t completion, double usd) {
+                           std::int64_t uncached_prompt, std::int64_t completion, double usd,
+                           std::string_view provider) {
   if (!std::isfinite(usd) || usd < 0) return;
   mark_upstream(upstream, in_usage);
   if (model.empty() || model.size() > 256 || (uncached_prompt <= 0 && completion <= 0)) return;
   const std::string key = lower(model);
+  const std::size_t who = std::hash<std::string>{}(lower(provider.substr(0, 256)));
   std::lock_guard lock(mu_);
   auto it = models_.find(key);
   if (it == models_.end()) {
     if (models_.size() >= kMaxModels) return;
-    it = models_.emplace(key, model_bounds{{kInf, kInf}, {kInf, kInf}, 0}).first;
+    it = models_.emplace(key, model_bounds{}).first;
   }
-  model_bounds& b = it->second;
-  if (b.seen == kGeneration) {  // a new generation: the one before it is forgotten
-    b.input[1] = b.input[0];
-    b.output[1] = b.output[0];
+  model_bounds& m = it->second;
+  ++m.calls;
+  // Routes the relay no longer takes are forgotten, so they hold no reservation high.
+  std::erase_if(m.providers, [&](const provider_bounds& p) { return !recent(m, p) && p.provider != who; });
+  auto p = std::find_if(m.providers.begin(), m.providers.end(), [&](const provider_bounds& b) { return b.provider == who; });
+  if (p == m.providers.end()) {
+    if (m.providers.size() >= kMaxProviders) return;
+    p = m.providers.insert(m.providers.end(), provider_bounds{who, {kInf, kInf}, {kInf, kInf}, 0, 0});
+  }
+  provider_bounds& b = *p;
+  if (b.seen == kGeneration || !recent(m, b)) {  // a new generation: the one before it is forgotten
+    const bool stale = !recent(m, b);
+    b.input[1] = stale ? kInf : b.input[0];
+    b.output[1] = stale ? kInf : b.output[0];
     b.input[0] = b.output[0] = kInf;
     b.seen = 0;
   }
+  b.last = m.calls;
   ++b.seen;
   if (uncached_prompt > 0) b.input[0] = std::min(b.input[0], usd / static_cast<double>(uncached_prompt));
   if (completion > 0) b.output[0] = std::min(b.output[0], usd / static_cast<double>(completion));
@@ -70,8 +84,13 @@ std::optional<stated_rates::rates> stated_rates::bound(std::string_view model) c
   std::lock_guard lock(mu_);
   const auto it = models_.find(key);
   if (it == models_.end()) return std::nullopt;
-  const model_bounds& b = it->second;
-  const rates r{std::min(b.input[0], b.input[1]), std::min(b.output[0], b.output[1])};
+  // Each side: the largest of the recent providers' bounds that are pinned (-inf: none is).
+  rates r{-kInf, -kInf};
+  for (const provider_bounds& b : it->second.providers) {
+    if (!recent(it->second, b)) continue;
+    if (const double in = std::min(b.input[0], b.input[1]); std::isfinite(in)) r.input = std::max(r.input, in);
+    if (const double out = std::min(b.output[0], b.output[1]); std::isfinite(out)) r.output = std::max(r.output, out);
+  }
   if (!std::isfinite(r.input) || !std::isfinite(r.output)) return std::nullopt;
   return r;
 }

@@ -8,9 +8,18 @@
 // cost nothing less than zero), so input <= cost / uncached prompt, and likewise output <= cost /
 // completion. The smallest ratio over recent calls is the tightest such upper bound; a call with
 // a large prompt and a short answer pins the input price, one with a long answer the output
-// price. Recent: two generations of 256 calls per model, so a relay's price rise is learned
-// within 512 calls. A model served by several providers at different prices (OpenRouter's
-// routing) is bounded by the cheapest route seen: a reservation, not a guarantee.
+// price. Recent: two generations of 256 calls, so a relay's price rise is learned within 512
+// calls.
+//
+// A relay may serve one model from several providers at different prices (OpenRouter routes
+// each call to one of them and names it in the reply's top-level `provider`). A smallest ratio
+// over all of them would bound the cheapest route only, and a call routed to a dearer one could
+// cost several times what was reserved. So the bounds are kept per provider (a call that names
+// none counts under ""), and a model's bound on each side is the largest of its providers'
+// bounds: it holds every route seen. A provider not seen in the model's last 512 calls is
+// dropped (a route the relay no longer takes keeps no reservation high). Still a reservation,
+// not a guarantee: a route never seen before can be dearer, and its call is settled at its
+// stated cost all the same.
 //
 // Also remembered: which upstreams state costs at all, and where: in the usage (OpenRouter,
 // Perplexity: whole replies and streams) or only in a header of whole replies (LiteLLM: a
@@ -18,9 +27,9 @@
 // learned yet reserved at the table's dearest token prices instead of being refused. OpenRouter
 // and Perplexity are known from their hosts.
 //
-// Thread-safe (one mutex, taken only on calls whose cost the upstream stated and on admissions
-// of models the table lacks). Bounded: 10,000 models, 256 upstreams; past that, new names are
-// not learned.
+// Thread-safe (one mutex, taken on every call whose cost the upstream stated, to mark the
+// upstream, and on admissions of models the table lacks). Bounded: 10,000 models, 16 providers
+// each, 256 upstreams; past that, new names are not learned.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -29,6 +38,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "core/string_hash.hpp"
 
@@ -43,8 +53,10 @@ class stated_rates {
   // One call `upstream` billed at `usd` (>= 0) for `model`: its prompt tokens not read from a
   // cache, and its completion tokens (reasoning included). Model names are compared without case.
   // in_usage: the cost came in the usage (every reply and stream states it), else in a header.
+  // provider: the relay's provider that served the call ("" when the reply names none); compared
+  // without case.
   void observe(std::string_view upstream, bool in_usage, std::string_view model, std::int64_t uncached_prompt,
-               std::int64_t completion, double usd);
+               std::int64_t completion, double usd, std::string_view provider = {});
   // Marks `upstream` as one that states its costs (a call of a priced model, a known host).
   void mark_upstream(std::string_view upstream, bool in_usage);
   // Whether `upstream` states the cost of a call: a stream's only in its usage.
@@ -52,20 +64,32 @@ class stated_rates {
   // Relays known to state every call's cost in its usage, by host: OpenRouter (usage.cost),
   // Perplexity (usage.cost.total_cost).
   static bool known_relay(std::string_view host) noexcept;
-  // Both bounds for `model`, once calls have pinned each; nullopt before.
+  // Both bounds for `model`, each the largest over its providers that pinned it; nullopt until
+  // some provider pinned each side.
   std::optional<rates> bound(std::string_view model) const;
   std::size_t models() const;
 
   static constexpr std::uint32_t kGeneration = 256;
   static constexpr std::size_t kMaxModels = 10'000;
+  static constexpr std::size_t kMaxProviders = 16;  // per model
   static constexpr std::size_t kMaxUpstreams = 256;
 
  private:
-  struct model_bounds {
+  struct provider_bounds {
+    std::size_t provider;  // hash of the lower-cased name
     // [0]: the current generation, [1]: the previous one; +inf when nothing pinned it.
     double input[2], output[2];
-    std::uint32_t seen = 0;  // calls in the current generation
+    std::uint32_t seen = 0;   // calls in the current generation
+    std::uint64_t last = 0;   // the model's call count at this provider's last call
   };
+  struct model_bounds {
+    std::uint64_t calls = 0;  // calls observed, every provider
+    std::vector<provider_bounds> providers;
+  };
+  // Whether `p` served one of the model's last 2 * kGeneration calls.
+  static bool recent(const model_bounds& m, const provider_bounds& p) noexcept {
+    return m.calls - p.last < 2 * kGeneration;
+  }
   mutable std::mutex mu_;
   std::unordered_map<std::string, model_bounds, string_hash, std::equal_to<>> models_;
   std::map<std::string, std::uint8_t, std::less<>> upstreams_;  // 1: in the usage, 2: in a header

@@ -561,14 +561,15 @@ constexpr bool is_cjk(char32_t cp) noexcept {
 template <class Node>
 response_facts read_response(route_kind route, const Node& j) {
   if (!is_object(j)) return {};
-  return with_members<8>(j, {"model", "id", "usage", "status", "background", "service_tier", "object", "output"},
+  return with_members<9>(j, {"model", "id", "usage", "status", "background", "service_tier", "object", "output", "provider"},
                          [&](const Node& model, const Node& id, const Node& u, const Node& status, const Node& bg,
-                             const Node& tier, const Node& object, const Node& output) {
+                             const Node& tier, const Node& object, const Node& output, const Node& provider) {
     response_facts f;
     f.model = as_string(model);
     f.id = as_string(id);
     f.status = as_string(status);
     f.object = as_string(object);
+    f.provider = as_string(provider).substr(0, 64);
     f.background = is_true(bg);
     std::optional<token_usage> t;
     switch (route) {
@@ -1122,9 +1123,9 @@ void stream_meter::note_model_id(const Node& model, const Node& id) {
 // carry none; an `error` event type or a typed error document is an error).
 template <class Node>
 bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
-  return with_members<7>(j, {"type", "error", "model", "id", "usage", "choices", "service_tier"},
+  return with_members<8>(j, {"type", "error", "model", "id", "usage", "choices", "service_tier", "provider"},
                          [&](const Node& type_node, const Node& error, const Node& model, const Node& id,
-                             const Node& usage, const Node& choices, const Node& tier) {
+                             const Node& usage, const Node& choices, const Node& tier, const Node& provider) {
     std::string_view type = as_string(type_node);
     if (type.empty()) type = ev.event;
     if (type == "error" || !is_null(error)) {  // mid-stream `data: {"error": {...}}`
@@ -1132,6 +1133,7 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
       return true;
     }
     note_model_id(model, id);
+    if (provider_.empty()) provider_ = as_string(provider).substr(0, 64);
     // Every chunk names the tier serving the call; the usage chunk is always parsed.
     if (const auto name = as_string(tier); !name.empty()) usage_.tier = openai_service_tier(name);
     // The last non-null usage wins: relays send it on the usage-only chunk, on the last content

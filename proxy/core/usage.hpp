@@ -24,6 +24,9 @@ struct response_facts {
   std::string id;           // response `id` ("" when absent)
   std::string status;       // response `status` (Responses API: queued, in_progress, completed...)
   std::string object;       // response `object` (chat.completion, response, batch...)
+  // The relay's provider that served the call (OpenRouter's top-level `provider`: "DeepInfra",
+  // "Together"...; "" when absent): a model's price can differ between them.
+  std::string provider;
   bool background = false;  // response `background` is true (Responses API)
   // Usage billed at other models than the response's (an Anthropic message's advisor
   // sub-inferences, usage.iterations): not part of `usage`.
@@ -226,6 +229,9 @@ class stream_meter {
   const std::vector<std::pair<std::string, token_usage>>& other_models() const noexcept { return anthropic_.advisors; }
   const std::string& model() const noexcept { return model_; }
   const std::string& id() const noexcept { return id_; }
+  // The relay's provider serving the stream (a chat chunk's top-level `provider`, as OpenRouter
+  // names it on every chunk; "" when none does).
+  const std::string& provider() const noexcept { return provider_; }
   bool saw_done() const noexcept { return saw_done_; }   // `data: [DONE]`, response.completed or message_stop
   // Whether the stream is of a kind whose end tollgate knows (a chat, Responses, Anthropic or
   // media stream; every stream of a metered route), so that an end without it is a truncation.
@@ -262,6 +268,7 @@ class stream_meter {
   token_usage usage_;
   std::string model_;
   std::string id_;
+  std::string provider_;
   bool saw_done_ = false;
   bool saw_error_ = false;
   bool background_ = false;

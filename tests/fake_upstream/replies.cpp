@@ -400,18 +400,20 @@ reply chat_reply(const json& body, const recorded_request& req, const knobs& k, 
     if (k.echo_headers) j["received_headers"] = headers_object(req);
     j["service_tier"] = served_tier(body);
     j["system_fingerprint"] = "fp_fake";
+    if (!k.provider.empty()) j["provider"] = k.provider;
     if (k.usage != usage_mode::none) j["usage"] = openai_usage(t);
     reply r = json_reply(200, j);
     if (k.body_bytes) splice_padding(r.body, *k.body_bytes);
     return r;
   }
 
-  const ojson head = {{"id", id},
-                      {"object", "chat.completion.chunk"},
-                      {"created", created},
-                      {"model", model},
-                      {"service_tier", served_tier(body)},
-                      {"system_fingerprint", "fp_fake"}};
+  ojson head = {{"id", id},
+                {"object", "chat.completion.chunk"},
+                {"created", created},
+                {"model", model},
+                {"service_tier", served_tier(body)},
+                {"system_fingerprint", "fp_fake"}};
+  if (!k.provider.empty()) head["provider"] = k.provider;
   auto choice = [](ojson delta, ojson finish_reason) {
     return ojson{{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr},
                  {"finish_reason", std::move(finish_reason)}};
@@ -1126,6 +1128,7 @@ knobs parse_knobs(const recorded_request& req) {
   k.cache_creation_1h_tokens = header_number(req, "x-fake-cache-creation-1h-tokens").value_or(0);
   k.usage_iterations = std::string(req.header("x-fake-usage-iterations"));
   k.usage_extra = std::string(req.header("x-fake-usage-extra"));
+  k.provider = std::string(req.header("x-fake-provider"));
   const std::string usage = lower(req.header("x-fake-usage"));
   k.usage = usage == "none"          ? usage_mode::none
             : usage == "last-chunk"  ? usage_mode::last_chunk

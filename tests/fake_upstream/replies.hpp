@@ -51,6 +51,9 @@ struct knobs {
   long long cache_creation_1h_tokens = 0;  // Anthropic 1-hour cache writes (x-fake-cache-creation-1h-tokens)
   std::string usage_iterations;  // a JSON array put in an Anthropic message's usage.iterations (x-fake-usage-iterations)
   std::string usage_extra;       // a JSON object whose members join an OpenAI-shaped usage (x-fake-usage-extra)
+  // x-fake-provider: a chat reply's and every chat chunk's top-level `provider`, as OpenRouter
+  // names the provider it routed the call to.
+  std::string provider;
   usage_mode usage = usage_mode::normal;
   content_coding coding = content_coding::identity;  // only when Accept-Encoding allows it
   fault fault_kind = fault::none;

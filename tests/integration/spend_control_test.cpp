@@ -723,6 +723,35 @@ TEST_CASE("budgets: a hard budget holds a model the table lacks when its upstrea
   }
 }
 
+// OpenRouter routes a model's calls to several providers at different prices and names the one
+// it chose in each reply: a hard budget reserves at the dearest provider seen, so a call routed
+// to it cannot cost many times what was held.
+TEST_CASE("budgets: a model served by several providers is reserved at the dearest one seen", "[budgets]") {
+  tt::harness h({.tweak = [](tollgate::config& c) { c.policy.budgets = {tt::hard_daily_budget(1)}; }});
+  const std::string model = "qwen/qwen3-235b-a22b";
+  const auto ask = [&](int max_tokens, const std::string& provider, const std::string& usd) {
+    return tt::post_json(h.port(), "/v1/chat/completions",
+                         tt::chat_body(model, false, ",\"max_tokens\":" + std::to_string(max_tokens)),
+                         {{"x-fake-usage-extra", R"({"cost":)" + usd + "}"}, {"x-fake-provider", provider}});
+  };
+  // A priced call states its cost: the upstream does. Then the cheap provider's price is learned.
+  REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"),
+                        {{"x-fake-usage-extra", R"({"cost":0.01})"}}).status == 200);
+  REQUIRE(ask(50, "Cheap", "0.00042").status == 200);
+  // 2,000 tokens at the cheap provider's bounds fit in the $1 budget.
+  REQUIRE(ask(2000, "Cheap", "0.00042").status == 200);
+  // One call routed to a provider a hundred times dearer: 2,000 tokens at its bounds (capped at
+  // the table's dearest output price, o1-pro's $600 / 1M: $1.20) would not fit.
+  REQUIRE(ask(50, "Dear", "0.042").status == 200);
+  const auto big = ask(2000, "Cheap", "0.00042");
+  CHECK(big.status == 429);
+  CHECK(json::parse(big.body)["error"]["message"].get<std::string>().find("would be exceeded") != std::string::npos);
+  // Each call is settled at the cost its provider stated.
+  h.flush();
+  CHECK(h.query_double("SELECT SUM(cost_usd) FROM calls WHERE requested_model = '" + model + "' AND status = 200") ==
+        Approx(0.00042 * 2 + 0.042).epsilon(1e-12));
+}
+
 // A LiteLLM proxy states a whole reply's cost in a header, which a stream's head carries before
 // its tokens exist: such an upstream is trusted with a hard budget's unpriced models only for
 // whole replies. A stream of the model is refused as unpriced, as it would be ledgered at $0.

@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <limits>
+#include <string>
 
 #include "core/stated_rates.hpp"
 
@@ -47,6 +48,53 @@ TEST_CASE("stated rates: a bound needs both sides, and old generations are forgo
   CHECK(s.bound("m")->input == Approx(4e-5));
   CHECK(s.bound("m")->output == Approx(4e-5));
   CHECK(s.models() == 1);
+}
+
+// OpenRouter serves a model from several providers at different prices: the reservation must
+// hold the dearest route seen, not the cheapest.
+TEST_CASE("stated rates: a model served by several providers is bounded by the dearest one", "[stated]") {
+  stated_rates s;
+  // "Cheap" bills $1 / $4 per 1M, "Dear" $3 / $12.
+  const auto bill = [](double in_price, double out_price, std::int64_t in, std::int64_t out) {
+    return (static_cast<double>(in) * in_price + static_cast<double>(out) * out_price) / 1e6;
+  };
+  s.observe("openrouter", true, "m", 100'000, 1, bill(1, 4, 100'000, 1), "Cheap");
+  s.observe("openrouter", true, "m", 1, 100'000, bill(1, 4, 1, 100'000), "Cheap");
+  REQUIRE(s.bound("m").has_value());
+  CHECK(s.bound("m")->input == Approx(1e-6).epsilon(1e-3));
+  CHECK(s.bound("m")->output == Approx(4e-6).epsilon(1e-3));
+  // One call through the dear provider: its ratios are above its prices, and above the cheap
+  // provider's bounds, so they bound the model (the smallest ratio over both would not hold it).
+  s.observe("openrouter", true, "m", 1000, 1000, bill(3, 12, 1000, 1000), "Dear");
+  CHECK(s.bound("m")->input == Approx(bill(3, 12, 1000, 1000) / 1000));
+  CHECK(s.bound("m")->output == Approx(bill(3, 12, 1000, 1000) / 1000));
+  // More calls pin the dear provider's prices; names compare without case.
+  s.observe("openrouter", true, "m", 100'000, 1, bill(3, 12, 100'000, 1), "dear");
+  s.observe("openrouter", true, "m", 1, 100'000, bill(3, 12, 1, 100'000), "DEAR");
+  CHECK(s.bound("m")->input == Approx(3e-6).epsilon(1e-3));
+  CHECK(s.bound("m")->output == Approx(12e-6).epsilon(1e-3));
+  // A side that only one provider pinned is bounded by that one.
+  stated_rates half;
+  half.observe("u", true, "m", 100, 100, 0.0002, "A");  // input <= 2e-6, output <= 2e-6
+  half.observe("u", true, "m", 0, 100, 0.01, "B");       // B pins only its output: <= 1e-4
+  REQUIRE(half.bound("m").has_value());
+  CHECK(half.bound("m")->input == Approx(2e-6));
+  CHECK(half.bound("m")->output == Approx(1e-4));
+  // The relay stops routing to the dear provider: after 512 calls of the model without it, the
+  // cheap provider's bounds alone hold the model. Routed there again, it starts afresh.
+  for (std::uint32_t i = 0; i < 2 * stated_rates::kGeneration; ++i) {
+    const std::int64_t in = i % 2 == 0 ? 100'000 : 1, out = i % 2 == 0 ? 1 : 100'000;
+    s.observe("openrouter", true, "m", in, out, bill(1, 4, in, out), "Cheap");
+  }
+  CHECK(s.bound("m")->input == Approx(1e-6).epsilon(1e-3));
+  CHECK(s.bound("m")->output == Approx(4e-6).epsilon(1e-3));
+  s.observe("openrouter", true, "m", 1000, 1000, bill(3, 12, 1000, 1000), "Dear");
+  CHECK(s.bound("m")->output == Approx(bill(3, 12, 1000, 1000) / 1000));
+  // At most kMaxProviders providers per model are learned.
+  stated_rates many;
+  for (std::size_t i = 0; i < stated_rates::kMaxProviders + 4; ++i)
+    many.observe("u", true, "m", 100, 100, 0.0001 * static_cast<double>(i + 1), "p" + std::to_string(i));
+  CHECK(many.bound("m")->output == Approx(0.0001 * stated_rates::kMaxProviders / 100));
 }
 
 TEST_CASE("stated rates: which upstreams state costs, and where", "[stated]") {

@@ -223,6 +223,30 @@ TEST_CASE("usage: a cost the upstream reports in its usage is read, in USD", "[u
   CHECK(m.usage().reported_usd == Approx(0.0000071).epsilon(1e-12));
 }
 
+// OpenRouter names the provider it routed a call to at the top level of the reply and of every
+// chunk: a model's price differs between providers, so what a call cost is learned per provider.
+TEST_CASE("usage: the relay's provider that served a call is read from the reply and the stream", "[usage]") {
+  const auto f = extract_response(route_kind::chat_completions,
+                                  R"({"id":"gen-1","provider":"DeepInfra","model":"qwen/qwen3-235b","object":"chat.completion",
+    "choices":[],"usage":{"prompt_tokens":12,"completion_tokens":2,"cost":0.0000071}})");
+  CHECK(f.provider == "DeepInfra");
+  CHECK(extract_response(route_kind::chat_completions, R"({"id":"c","model":"gpt-4.1","usage":{"prompt_tokens":1}})").provider.empty());
+  // A provider that is not a string is none.
+  CHECK(extract_response(route_kind::chat_completions, R"({"provider":{"name":"x"},"usage":{"prompt_tokens":1}})").provider.empty());
+  // A stream: the first chunk that names one (the content chunks after it go through the frame).
+  stream_meter m(route_kind::chat_completions, false);
+  std::string chunks;
+  for (int i = 0; i < 4; ++i)
+    chunks += data_event(R"({"id":"gen-2","provider":"Together","model":"qwen/qwen3-235b","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"}}]})");
+  relay(m, chunks + data_event(R"({"id":"gen-2","provider":"Together","model":"qwen/qwen3-235b","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":4,"cost":0.00001}})") +
+               done_event);
+  REQUIRE(m.has_usage());
+  CHECK(m.provider() == "Together");
+  stream_meter plain(route_kind::chat_completions, false);
+  relay(plain, data_event(R"({"id":"c","model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}})") + done_event);
+  CHECK(plain.provider().empty());
+}
+
 TEST_CASE("usage: a Decisions API reply is metered by the shape of its usage", "[usage]") {
   const auto f = extract_response(route_kind::other, R"({"answers":[{"type":"predicate","name":"spam","probability":0.02}],
     "model":"gpt-5.4-mini","usage":{"input_tokens":120,"input_tokens_details":{"cache_write_tokens":0,"cached_tokens":64},
