@@ -442,6 +442,8 @@ admin_response keys_create(const admin_context& ctx, const std::string& body) {
   for (auto& b : k.budgets) b.scope = "key:" + k.name;
   ctx.policy.add_key(k);
   log_line(log_level::info, "client key created").str("name", k.name).str("team", k.team);
+  if (ctx.hard_budget_added && std::any_of(k.budgets.begin(), k.budgets.end(), [](const budget_config& b) { return b.hard; }))
+    ctx.hard_budget_added();
   json v = key_view(k, "admin");
   if (!own_hash) v["key"] = secret;  // shown once, never again
   admin_response r;

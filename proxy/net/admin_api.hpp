@@ -34,6 +34,9 @@ struct admin_context {
   policy_engine& policy;
   std::string ledger_path;
   std::function<std::int64_t()> now_ms;
+  // Called after a key with a hard budget is added (may be empty): hard budgets reserve the
+  // models the table lacks at what their relays charged, learned from the ledger once.
+  std::function<void()> hard_budget_added;
 };
 
 // True for paths this API answers ("/admin/..."); everything else is the listener's.

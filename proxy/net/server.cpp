@@ -770,11 +770,13 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
     target = target.substr(0, target.find('?'));
     bool get = req.method() == http::verb::get || req.method() == http::verb::head;
     if (is_admin_path(target)) {
-      admin_context ctx{st.cfg, st.prices, *st.policy, st.cfg.ledger_path, [] {
+      admin_context ctx{st.cfg, st.prices, *st.policy, st.cfg.ledger_path,
+                        [] {
                           return std::chrono::duration_cast<std::chrono::milliseconds>(
                                      std::chrono::system_clock::now().time_since_epoch())
                               .count();
-                        }};
+                        },
+                        [this] { spend_->learn_stated_costs(); }};
       admin_request ar{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body())};
       admin_response r = co_await asio::co_spawn(

@@ -240,6 +240,30 @@ void spend_control::add_remote_calls(const std::vector<remote_calls>& rows) {
   for (const auto& r : rows) engine_->add_remote_calls(r.client_key_id, r.calls, r.tokens, r.ts_ms, now);
 }
 
+// The last day's calls priced at a stated cost teach stated_rates again what relays charged for
+// the models the table lacks (a model not seen in that day is reserved at the table's dearest
+// prices until its first call ends). Once: at start when a hard budget exists, or when the first
+// is added later (a key's, through the admin API); without one nothing reserves at them, and the
+// calls of the meantime are learned as they end.
+void spend_control::learn_stated_costs() {
+  if (stated_ == nullptr || ledger_path_.empty() || stated_learned_.exchange(true)) return;
+  const std::int64_t now = unix_ms();
+  try {
+    const std::size_t n = for_each_stated_cost(
+        ledger_path_, now - 86'400'000, now + 60'000,
+        // A stream's stated cost came in its usage; a whole reply's may have come in a header.
+        [this](std::string_view upstream, bool stream, std::string_view model, std::int64_t uncached,
+               std::int64_t completion, double usd) { stated_->observe(upstream, stream, model, uncached, completion, usd); });
+    if (n > 0)
+      log_line(log_level::info, "stated costs of unpriced models read from the ledger")
+          .integer("calls", static_cast<std::int64_t>(n))
+          .integer("models", static_cast<std::int64_t>(stated_->models()));
+  } catch (const std::exception& e) {
+    log_line(log_level::warn, "stated costs not read from the ledger: unpriced models reserve at the dearest prices")
+        .str("error", e.what());
+  }
+}
+
 void spend_control::start(const std::string& ledger_path) {
   const std::int64_t now = unix_ms();
   // Keys added through the admin API live in the ledger database.
@@ -281,28 +305,11 @@ void spend_control::start(const std::string& ledger_path) {
       log_line(log_level::warn, "rate limit warm start failed: buckets start full").str("error", e.what());
     }
   }
-  // A hard budget reserves a model the table lacks at what its relay charged for it: the last
-  // day's calls priced at a stated cost teach those bounds again (a model not seen in that day
-  // is reserved at the table's dearest prices until its first call ends).
-  const auto statuses = engine_->budgets(now);
-  if (stated_ != nullptr && std::any_of(statuses.begin(), statuses.end(), [](const auto& b) { return b.hard; })) {
-    try {
-      const std::size_t n = for_each_stated_cost(
-          ledger_path, now - 86'400'000, now + 60'000,
-          // A stream's stated cost came in its usage; a whole reply's may have come in a header.
-          [this](std::string_view upstream, bool stream, std::string_view model, std::int64_t uncached,
-                 std::int64_t completion, double usd) { stated_->observe(upstream, stream, model, uncached, completion, usd); });
-      if (n > 0)
-        log_line(log_level::info, "stated costs of unpriced models read from the ledger")
-            .integer("calls", static_cast<std::int64_t>(n))
-            .integer("models", static_cast<std::int64_t>(stated_->models()));
-    } catch (const std::exception& e) {
-      log_line(log_level::warn, "stated costs not read from the ledger: unpriced models reserve at the dearest prices")
-          .str("error", e.what());
-    }
-  }
-  // A projected_overspend alert already sent in a budget's current window is not sent again.
+  // A hard budget reserves a model the table lacks at what its relay charged for it.
   ledger_path_ = ledger_path;
+  const auto statuses = engine_->budgets(now);
+  if (std::any_of(statuses.begin(), statuses.end(), [](const auto& b) { return b.hard; })) learn_stated_costs();
+  // A projected_overspend alert already sent in a budget's current window is not sent again.
   try {
     for (const auto& m : window_alerts_since(ledger_path, since / 1000)) {
       if (m.kind != to_string(alert_kind::projected_overspend)) continue;

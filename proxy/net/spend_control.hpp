@@ -3,6 +3,7 @@
 // engine to the notifier once a second, feeds forecasts into budget projections, and publishes
 // the budget, guard and rate-limit metrics.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -58,9 +59,12 @@ class spend_control {
   // Before start(): Realtime sessions' rows so far, saved by pump() when they changed (table
   // open_sessions), so a crash loses none (app::start ledgers what a crash left there).
   void track_open_sessions(open_sessions* sessions) { open_sessions_ = sessions; }
-  // Before start(): what relays charged for models the price table lacks, learned again by
-  // start() from the last day's ledger rows priced at a stated cost when a hard budget exists.
+  // Before start(): what relays charged for models the price table lacks, learned again from the
+  // last day's ledger rows priced at a stated cost by learn_stated_costs().
   void track_stated_rates(stated_rates* rates) { stated_ = rates; }
+  // After start(), once per process (later calls do nothing): start() calls it when a hard
+  // budget exists, the admin API when it adds one. Reads the ledger on the caller's thread.
+  void learn_stated_costs();
   // Fleet budgets (ledger.postgres.fleet_budgets), on the fleet ledger's thread: the start of the
   // oldest window a budget or spend guard counts (now_ms when there is none), and the spend of
   // the fleet's other instances, counted as this instance's calls are.
@@ -103,6 +107,7 @@ class spend_control {
   std::vector<std::pair<std::string, pending_responses*>> pending_;  // kind -> set (track_pending)
   open_sessions* open_sessions_ = nullptr;                          // track_open_sessions
   stated_rates* stated_ = nullptr;                                  // track_stated_rates
+  std::atomic<bool> stated_learned_{false};                         // learn_stated_costs ran
   void save_pending();
 };
 

@@ -723,6 +723,43 @@ TEST_CASE("budgets: a hard budget holds a model the table lacks when its upstrea
   }
 }
 
+// An instance that started without a hard budget did not read what relays charged from the
+// ledger. The first hard budget added at run time (a key's, through the admin API) reads it then,
+// so the key's unpriced calls are held at the learned bounds at once instead of being refused.
+TEST_CASE("budgets: a key's hard budget added at run time learns from the ledger what relays charged", "[budgets]") {
+  tt::temp_dir shared;
+  auto tweak = [&](tollgate::config& c) {
+    c.ledger_path = shared.path + "/ledger.db";
+    c.policy.admin_token = "admin-secret";
+    c.policy.auth = tollgate::auth_mode::optional;
+  };
+  const std::string model = "qwen/qwen3-235b-a22b";
+  const tt::headers stated = {{"x-fake-usage-extra", R"({"cost":0.00042})"}};
+  {
+    tt::harness h({.tweak = tweak});
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model, false, ",\"max_tokens\":50"), stated).status == 200);
+  }
+  tt::harness h({.tweak = tweak});
+  const tt::headers admin = {{"Authorization", "Bearer admin-secret"}, {"Content-Type", "application/json"}};
+  const auto key_with = [&](const std::string& name, const std::string& budgets) {
+    auto created = tt::request(h.admin_port(), "POST", "/admin/keys", R"({"name":")" + name + R"(","budgets":)" + budgets + "}", admin);
+    REQUIRE(created.status == 201);
+    return tt::headers{{"Authorization", "Bearer " + json::parse(created.body)["key"].get<std::string>()}, stated[0]};
+  };
+  const auto ask = [&](const tt::headers& key) {
+    return tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model, false, ",\"max_tokens\":5000"), key);
+  };
+  // A soft budget reserves nothing, and the ledger is not read for it.
+  key_with("soft", R"([{"period":"day","limit_usd":1}])");
+  // A hard one: 5,000 tokens fit at the bounds the ledger's row teaches (at the table's dearest
+  // output price they would be $3, and before the ledger is read the upstream is not known to
+  // state costs: refused as unpriced).
+  const auto hard = key_with("hard", R"([{"period":"day","limit_usd":1,"hard":true}])");
+  CHECK(ask(hard).status == 200);
+  h.flush();
+  CHECK(h.query_double("SELECT cost_usd FROM calls WHERE client_key_id = 'hard'") == Approx(0.00042).epsilon(1e-12));
+}
+
 // OpenRouter routes a model's calls to several providers at different prices and names the one
 // it chose in each reply: a hard budget reserves at the dearest provider seen, so a call routed
 // to it cannot cost many times what was held.
