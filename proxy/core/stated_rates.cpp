@@ -19,6 +19,19 @@ std::string lower(std::string_view s) {
 
 }  // namespace
 
+std::optional<double> stated_rates::rates::cost(std::int64_t uncached_prompt, std::int64_t completion) const noexcept {
+  double usd = 0;
+  if (uncached_prompt > 0) {
+    if (!std::isfinite(input)) return std::nullopt;
+    usd += input * static_cast<double>(uncached_prompt);
+  }
+  if (completion > 0) {
+    if (!std::isfinite(output)) return std::nullopt;
+    usd += output * static_cast<double>(completion);
+  }
+  return usd;
+}
+
 bool stated_rates::known_relay(std::string_view host) noexcept {
   auto is = [&](std::string_view domain) {
     return host == domain || (host.size() > domain.size() && host.ends_with(domain) &&
@@ -91,7 +104,9 @@ std::optional<stated_rates::rates> stated_rates::bound(std::string_view model) c
     if (const double in = std::min(b.input[0], b.input[1]); std::isfinite(in)) r.input = std::max(r.input, in);
     if (const double out = std::min(b.output[0], b.output[1]); std::isfinite(out)) r.output = std::max(r.output, out);
   }
-  if (!std::isfinite(r.input) || !std::isfinite(r.output)) return std::nullopt;
+  if (!std::isfinite(r.input) && !std::isfinite(r.output)) return std::nullopt;
+  if (!std::isfinite(r.input)) r.input = kInf;
+  if (!std::isfinite(r.output)) r.output = kInf;
   return r;
 }
 

@@ -49,6 +49,9 @@ class stated_rates {
   // USD per token.
   struct rates {
     double input = 0, output = 0;
+    // What `uncached_prompt` and `completion` tokens cost at these rates; nullopt when a side
+    // they need has no rate (+inf).
+    std::optional<double> cost(std::int64_t uncached_prompt, std::int64_t completion) const noexcept;
   };
   // One call `upstream` billed at `usd` (>= 0) for `model`: its prompt tokens not read from a
   // cache, and its completion tokens (reasoning included). Model names are compared without case.
@@ -64,8 +67,8 @@ class stated_rates {
   // Relays known to state every call's cost in its usage, by host: OpenRouter (usage.cost),
   // Perplexity (usage.cost.total_cost).
   static bool known_relay(std::string_view host) noexcept;
-  // Both bounds for `model`, each the largest over its providers that pinned it; nullopt until
-  // some provider pinned each side.
+  // Both bounds for `model`, each the largest over its providers that pinned it, +inf for a side
+  // none pinned (an embedding model's output); nullopt until a side is pinned.
   std::optional<rates> bound(std::string_view model) const;
   std::size_t models() const;
 

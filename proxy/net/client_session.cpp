@@ -22,6 +22,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <ctime>
 #include <memory>
 #include <mutex>
@@ -499,7 +500,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   awaitable<std::size_t> read_now_or_wait(asio::mutable_buffer b, steady::time_point until, beast::error_code& ec);
   void finish_call(call& c);
   void add_other_models(call& c, const std::vector<std::pair<std::string, token_usage>>& others);
-  std::optional<stated_rates::rates> stated_reserve_rates(std::string_view model) const;
+  stated_rates::rates stated_reserve_rates(std::string_view model) const;
   bool reserve_stated(const route_plan& plan, route_kind route, bool stream, std::string_view model,
                       const token_usage& worst, double& reserve_usd) const;
   static void add_session_usage(const realtime_meter& meter, usage_record& rec,
@@ -2625,38 +2626,38 @@ void client_session::add_other_models(call& c, const std::vector<std::pair<std::
 
 // The per-token prices a hard budget holds a model the table lacks at: the bounds of what relays
 // charged for it (stated_rates), each capped by the table's dearest price, or the table's dearest
-// prices while nothing is learned; nullopt when neither exists.
-std::optional<stated_rates::rates> client_session::stated_reserve_rates(std::string_view model) const {
+// prices while nothing is learned (+inf: neither exists, nothing to reserve at).
+stated_rates::rates client_session::stated_reserve_rates(std::string_view model) const {
+  constexpr double none = std::numeric_limits<double>::infinity();
   const auto [top_in, top_out] = st_.prices.priciest_tokens();
-  stated_rates::rates r{top_in / 1e6, top_out / 1e6};
+  stated_rates::rates r{top_in > 0 ? top_in / 1e6 : none, top_out > 0 ? top_out / 1e6 : none};
   if (const auto learned = st_.stated.bound(model)) {
-    if (top_in <= 0 || learned->input < r.input) r.input = learned->input;
-    if (top_out <= 0 || learned->output < r.output) r.output = learned->output;
-  } else if (top_out <= 0) {
-    return std::nullopt;
+    r.input = std::min(r.input, learned->input);
+    r.output = std::min(r.output, learned->output);
   }
   return r;
 }
 
 // A model the price table lacks, sent only to upstreams that state each call's cost (OpenRouter,
 // Perplexity, a LiteLLM proxy's whole replies: each known or seen doing so, and its reported_cost
-// not `ignore`), on an API whose usage tollgate reads that cost from (chat, completions, Responses),
+// not `ignore`), on an API whose usage tollgate reads that cost from (chat, completions, Responses,
+// embeddings),
 // can be held by a hard budget: its call is settled at the stated cost, and its worst case is
 // reserved at stated_reserve_rates(). No price_multiplier: the stated cost is the relay's own bill.
 // False (refused under a hard budget, as unpriced): an upstream not known to state this call's
 // cost, another API, or nothing at all to reserve at.
 bool client_session::reserve_stated(const route_plan& plan, route_kind route, bool stream, std::string_view model,
                                     const token_usage& worst, double& reserve_usd) const {
-  if (model.empty() ||
-      (route != route_kind::chat_completions && route != route_kind::completions && route != route_kind::responses))
+  if (model.empty() || (route != route_kind::chat_completions && route != route_kind::completions &&
+                         route != route_kind::responses && route != route_kind::embeddings))
     return false;
   for (auto i : plan.order) {
     const upstream_config& u = st_.upstreams[i]->cfg;
     if (u.reported_cost == reported_cost_use::ignore || !st_.stated.states_costs(u.name, stream)) return false;
   }
-  const auto r = stated_reserve_rates(model);
-  if (!r) return false;
-  reserve_usd = r->input * static_cast<double>(worst.prompt) + r->output * static_cast<double>(worst.completion);
+  const auto usd = stated_reserve_rates(model).cost(worst.prompt, worst.completion);
+  if (!usd) return false;
+  reserve_usd = *usd;
   return true;
 }
 
@@ -2726,10 +2727,9 @@ void client_session::finish_call(call& c) {
       // A hard budget admitted this unpriced model for the cost its relay would state, and none
       // came (a stream the client left before its usage chunk, tokens estimated): it is priced at
       // the rates it was reserved at, so leaving early cannot get a call past the budget.
-      if (const auto r = stated_reserve_rates(fallback)) {
+      if (const auto usd = stated_reserve_rates(fallback).cost(rec.tokens.prompt - rec.tokens.cached, rec.tokens.completion)) {
         cost.priced = true;
-        cost.usd = r->input * static_cast<double>(rec.tokens.prompt - rec.tokens.cached) +
-                   r->output * static_cast<double>(rec.tokens.completion);
+        cost.usd = *usd;
       }
     }
     rec.priced = cost.priced;

@@ -508,8 +508,12 @@ reply embeddings_reply(const json& body, const knobs& k) {
     data.push_back({{"object", "embedding"}, {"index", i}, {"embedding", std::move(embedding)}});
   }
   ojson j = {{"object", "list"}, {"data", std::move(data)}, {"model", string_field(body, "model", "fake-model")}};
-  if (k.usage != usage_mode::none)
+  if (k.usage != usage_mode::none) {
     j["usage"] = {{"prompt_tokens", prompt_tokens}, {"total_tokens", prompt_tokens}};
+    token_counts extra;
+    extra.usage_extra = &k.usage_extra;
+    add_usage_extra(j["usage"], extra);  // OpenRouter's embeddings state their cost too
+  }
   return json_reply(200, j);
 }
 

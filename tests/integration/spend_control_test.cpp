@@ -717,6 +717,22 @@ TEST_CASE("budgets: a hard budget holds a model the table lacks when its upstrea
     REQUIRE(ask(h, 5000).status == 200);
   }
   {
+    // Embeddings through a relay that states their cost (OpenRouter's usage.cost): the first call
+    // is reserved at the table's dearest input price, and teaches the model's input bound.
+    tt::harness h({.tweak = tweak});
+    const std::string embed = "qwen/qwen3-embedding-8b";
+    const auto embeddings = [&] {
+      return tt::post_json(h.port(), "/v1/embeddings", R"({"model":")" + embed + R"(","input":"the quick brown fox"})",
+                           stated("0.00000004"));
+    };
+    REQUIRE(embeddings().status == 200);
+    REQUIRE(embeddings().status == 200);
+    h.flush();
+    CHECK(h.query_double("SELECT SUM(cost_usd) FROM calls WHERE requested_model = '" + embed + "'") ==
+          Approx(0.00000008).epsilon(1e-12));
+    CHECK(h.query_int("SELECT SUM(priced) FROM calls WHERE requested_model = '" + embed + "'") == 2);
+  }
+  {
     use = tollgate::reported_cost_use::ignore;  // the stated cost would not price the call
     tt::harness h({.tweak = tweak});
     refused_as_unpriced(ask(h, 50));

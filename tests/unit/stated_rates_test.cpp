@@ -31,10 +31,21 @@ TEST_CASE("stated rates: each bound is the smallest cost per token, and holds th
   CHECK(b->output <= 4.001 / 1e6);
 }
 
-TEST_CASE("stated rates: a bound needs both sides, and old generations are forgotten", "[stated]") {
+TEST_CASE("stated rates: a side nothing pinned has no bound, and old generations are forgotten", "[stated]") {
   stated_rates s;
-  s.observe("u", true, "m", 0, 100, 0.001);  // an answer without a prompt bounds only the output
   CHECK_FALSE(s.bound("m").has_value());
+  s.observe("u", true, "m", 0, 100, 0.001);  // an answer without a prompt bounds only the output
+  REQUIRE(s.bound("m").has_value());
+  CHECK(s.bound("m")->input == std::numeric_limits<double>::infinity());
+  CHECK(s.bound("m")->output == Approx(1e-5));
+  // A cost needs a rate for each side it uses.
+  CHECK_FALSE(s.bound("m")->cost(10, 10).has_value());
+  CHECK(s.bound("m")->cost(0, 10) == Approx(1e-4));
+  // An embedding model's calls pin the input alone; a cost without completion tokens needs no output rate.
+  s.observe("u", true, "embed", 1000, 0, 0.00002);
+  CHECK(s.bound("embed")->output == std::numeric_limits<double>::infinity());
+  CHECK(s.bound("embed")->cost(500, 0) == Approx(0.00001));
+  CHECK(s.bound("embed")->cost(0, 0) == 0);
   s.observe("u", true, "m", 100, 0, 0.0001);
   REQUIRE(s.bound("m").has_value());
   CHECK(s.bound("m")->input == Approx(1e-6));
@@ -47,7 +58,7 @@ TEST_CASE("stated rates: a bound needs both sides, and old generations are forgo
   for (std::uint32_t i = 0; i < 2 * stated_rates::kGeneration; ++i) s.observe("u", true, "m", 100, 100, 0.004);
   CHECK(s.bound("m")->input == Approx(4e-5));
   CHECK(s.bound("m")->output == Approx(4e-5));
-  CHECK(s.models() == 1);
+  CHECK(s.models() == 2);
 }
 
 // OpenRouter serves a model from several providers at different prices: the reservation must
