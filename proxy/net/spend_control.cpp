@@ -253,7 +253,9 @@ void spend_control::learn_stated_costs() {
         ledger_path_, now - 86'400'000, now + 60'000,
         // A stream's stated cost came in its usage; a whole reply's may have come in a header.
         [this](std::string_view upstream, bool stream, std::string_view model, std::int64_t uncached,
-               std::int64_t completion, double usd) { stated_->observe(upstream, stream, model, uncached, completion, usd); });
+               std::int64_t completion, double usd) {
+          stated_->observe(upstream, stream, sent_model_ ? sent_model_(model) : std::string(model), uncached, completion, usd);
+        });
     if (n > 0)
       log_line(log_level::info, "stated costs of unpriced models read from the ledger")
           .integer("calls", static_cast<std::int64_t>(n))

@@ -60,8 +60,13 @@ class spend_control {
   // open_sessions), so a crash loses none (app::start ledgers what a crash left there).
   void track_open_sessions(open_sessions* sessions) { open_sessions_ = sessions; }
   // Before start(): what relays charged for models the price table lacks, learned again from the
-  // last day's ledger rows priced at a stated cost by learn_stated_costs().
-  void track_stated_rates(stated_rates* rates) { stated_ = rates; }
+  // last day's ledger rows priced at a stated cost by learn_stated_costs(). `sent_model` maps a
+  // row's requested model to the model a routing rule sends upstream (what the bounds are kept
+  // and looked up under); empty: as requested.
+  void track_stated_rates(stated_rates* rates, std::function<std::string(std::string_view)> sent_model = {}) {
+    stated_ = rates;
+    sent_model_ = std::move(sent_model);
+  }
   // After start(), once per process (later calls do nothing): start() calls it when a hard
   // budget exists, the admin API when it adds one. Reads the ledger on the caller's thread.
   void learn_stated_costs();
@@ -107,6 +112,7 @@ class spend_control {
   std::vector<std::pair<std::string, pending_responses*>> pending_;  // kind -> set (track_pending)
   open_sessions* open_sessions_ = nullptr;                          // track_open_sessions
   stated_rates* stated_ = nullptr;                                  // track_stated_rates
+  std::function<std::string(std::string_view)> sent_model_;         // track_stated_rates
   std::atomic<bool> stated_learned_{false};                         // learn_stated_costs ran
   void save_pending();
 };

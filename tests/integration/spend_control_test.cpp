@@ -739,6 +739,34 @@ TEST_CASE("budgets: a hard budget holds a model the table lacks when its upstrea
   }
 }
 
+// A routing rule sends an alias upstream as the model it names: what the relay charged is kept
+// under the model sent, at run time and when read back from the ledger (whose rows name the
+// model the client asked for), so a restart keeps the alias's calls at their learned bounds.
+TEST_CASE("budgets: stated costs read back after a restart are kept under the model a routing rule sends", "[budgets]") {
+  tt::temp_dir shared;
+  auto tweak = [&](tollgate::config& c) {
+    c.ledger_path = shared.path + "/ledger.db";
+    c.policy.budgets = {tt::hard_daily_budget(1)};
+    c.routes = {tollgate::route_rule{"cheap-alias", {}, "qwen/qwen3-235b-a22b"}};
+  };
+  const tt::headers stated = {{"x-fake-usage-extra", R"({"cost":0.00042})"}};
+  const auto ask = [&](tt::harness& h, int max_tokens) {
+    return tt::post_json(h.port(), "/v1/chat/completions",
+                         tt::chat_body("cheap-alias", false, ",\"max_tokens\":" + std::to_string(max_tokens)), stated);
+  };
+  {
+    tt::harness h({.tweak = tweak});
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"), stated).status == 200);
+    REQUIRE(ask(h, 50).status == 200);
+    REQUIRE(ask(h, 5000).status == 200);  // learned under the model sent
+    h.flush();
+    CHECK(h.query_text("SELECT requested_model FROM calls ORDER BY id DESC LIMIT 1") == "cheap-alias");
+  }
+  // After a restart: 5,000 tokens at the table's dearest output price would be $3.
+  tt::harness h({.tweak = tweak});
+  CHECK(ask(h, 5000).status == 200);
+}
+
 // An instance that started without a hard budget did not read what relays charged from the
 // ledger. The first hard budget added at run time (a key's, through the admin API) reads it then,
 // so the key's unpriced calls are held at the learned bounds at once instead of being refused.
