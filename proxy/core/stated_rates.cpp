@@ -32,6 +32,16 @@ std::optional<double> stated_rates::rates::cost(std::int64_t uncached_prompt, st
   return usd;
 }
 
+stated_rates::rates stated_rates::reserve_rates(const std::optional<rates>& learned, double top_input,
+                                               double top_output) noexcept {
+  rates r{top_input > 0 ? top_input / 1e6 : kInf, top_output > 0 ? top_output / 1e6 : kInf};
+  if (learned) {
+    r.input = std::min(r.input, learned->input);
+    r.output = std::min(r.output, learned->output);
+  }
+  return r;
+}
+
 bool stated_rates::known_relay(std::string_view host) noexcept {
   auto is = [&](std::string_view domain) {
     return host == domain || (host.size() > domain.size() && host.ends_with(domain) &&
@@ -92,15 +102,11 @@ bool stated_rates::states_costs(std::string_view upstream, bool stream) const {
   return it != upstreams_.end() && (it->second & (stream ? 1 : 3)) != 0;
 }
 
-std::optional<stated_rates::rates> stated_rates::bound(std::string_view model) const {
-  const std::string key = lower(model);
-  std::lock_guard lock(mu_);
-  const auto it = models_.find(key);
-  if (it == models_.end()) return std::nullopt;
+std::optional<stated_rates::rates> stated_rates::bound_of(const model_bounds& m) noexcept {
   // Each side: the largest of the recent providers' bounds that are pinned (-inf: none is).
   rates r{-kInf, -kInf};
-  for (const provider_bounds& b : it->second.providers) {
-    if (!recent(it->second, b)) continue;
+  for (const provider_bounds& b : m.providers) {
+    if (!recent(m, b)) continue;
     if (const double in = std::min(b.input[0], b.input[1]); std::isfinite(in)) r.input = std::max(r.input, in);
     if (const double out = std::min(b.output[0], b.output[1]); std::isfinite(out)) r.output = std::max(r.output, out);
   }
@@ -108,6 +114,38 @@ std::optional<stated_rates::rates> stated_rates::bound(std::string_view model) c
   if (!std::isfinite(r.input)) r.input = kInf;
   if (!std::isfinite(r.output)) r.output = kInf;
   return r;
+}
+
+std::optional<stated_rates::rates> stated_rates::bound(std::string_view model) const {
+  const std::string key = lower(model);
+  std::lock_guard lock(mu_);
+  const auto it = models_.find(key);
+  if (it == models_.end()) return std::nullopt;
+  return bound_of(it->second);
+}
+
+std::vector<stated_rates::model_view> stated_rates::learned() const {
+  std::vector<model_view> out;
+  {
+    std::lock_guard lock(mu_);
+    out.reserve(models_.size());
+    for (const auto& [name, m] : models_) {
+      const auto b = bound_of(m);
+      if (!b) continue;
+      const auto n = static_cast<std::size_t>(
+          std::count_if(m.providers.begin(), m.providers.end(), [&](const provider_bounds& p) { return recent(m, p); }));
+      out.push_back({name, *b, n});
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const model_view& a, const model_view& b) { return a.model < b.model; });
+  return out;
+}
+
+std::vector<stated_rates::upstream_view> stated_rates::stating_upstreams() const {
+  std::lock_guard lock(mu_);
+  std::vector<upstream_view> out;
+  for (const auto& [name, flags] : upstreams_) out.push_back({name, (flags & 1) != 0});
+  return out;
 }
 
 std::size_t stated_rates::models() const {

@@ -64,6 +64,10 @@ class stated_rates {
   void mark_upstream(std::string_view upstream, bool in_usage);
   // Whether `upstream` states the cost of a call: a stream's only in its usage.
   bool states_costs(std::string_view upstream, bool stream) const;
+  // What a hard budget reserves a model the table lacks at: each side the learned bound capped
+  // by the table's dearest price (`top_*`, USD per 1M tokens; 0: none), or that price while
+  // nothing is learned; +inf when neither exists.
+  static rates reserve_rates(const std::optional<rates>& learned, double top_input, double top_output) noexcept;
   // Relays known to state every call's cost in its usage, by host: OpenRouter (usage.cost),
   // Perplexity (usage.cost.total_cost).
   static bool known_relay(std::string_view host) noexcept;
@@ -71,6 +75,20 @@ class stated_rates {
   // none pinned (an embedding model's output); nullopt until a side is pinned.
   std::optional<rates> bound(std::string_view model) const;
   std::size_t models() const;
+  // What is learned, for the admin API: each model (lower-cased, sorted) with bound() and the
+  // count of its recent providers; each upstream known to state costs, and whether it does so
+  // for streams too (in its usage) or for whole replies only (a header).
+  struct model_view {
+    std::string model;
+    rates bound;
+    std::size_t providers = 0;
+  };
+  struct upstream_view {
+    std::string name;
+    bool streams = false;
+  };
+  std::vector<model_view> learned() const;
+  std::vector<upstream_view> stating_upstreams() const;
 
   static constexpr std::uint32_t kGeneration = 256;
   static constexpr std::size_t kMaxModels = 10'000;
@@ -89,6 +107,7 @@ class stated_rates {
     std::uint64_t calls = 0;  // calls observed, every provider
     std::vector<provider_bounds> providers;
   };
+  static std::optional<rates> bound_of(const model_bounds& m) noexcept;
   // Whether `p` served one of the model's last 2 * kGeneration calls.
   static bool recent(const model_bounds& m, const provider_bounds& p) noexcept {
     return m.calls - p.last < 2 * kGeneration;

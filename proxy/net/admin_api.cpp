@@ -20,6 +20,7 @@
 #include "core/log.hpp"
 #include "core/policy.hpp"
 #include "core/pricing.hpp"
+#include "core/stated_rates.hpp"
 #include "ledger/key_store.hpp"
 #include "ledger/report.hpp"
 
@@ -301,6 +302,23 @@ admin_response budgets(const admin_context& ctx) {
                                    {"window_spent_usd", g.window_spent_usd},
                                    {"max_usd", g.max_usd}});
   }
+  // What a hard budget reserves the models the table lacks at, when their upstream states each
+  // call's cost: the learned bounds, each capped by the table's dearest price (as the relay
+  // path does), USD per 1M tokens; null: nothing to reserve that side at.
+  json stated = {{"upstreams", json::array()}, {"models", json::array()}};
+  if (ctx.stated != nullptr) {
+    for (const auto& u : ctx.stated->stating_upstreams())
+      stated["upstreams"].push_back({{"name", u.name}, {"streams", u.streams}});
+    const auto [top_in, top_out] = ctx.prices.priciest_tokens();
+    for (const auto& m : ctx.stated->learned()) {
+      const auto r = stated_rates::reserve_rates(m.bound, top_in, top_out);
+      stated["models"].push_back({{"model", m.model},
+                                  {"reserve_input_usd_per_1m", number_or_null(r.input * 1e6)},
+                                  {"reserve_output_usd_per_1m", number_or_null(r.output * 1e6)},
+                                  {"providers", m.providers}});
+    }
+  }
+  out["stated_costs"] = std::move(stated);
   admin_response r;
   r.body = text_of(out);
   return r;

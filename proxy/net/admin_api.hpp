@@ -13,6 +13,7 @@ namespace tollgate {
 struct config;
 class price_table;
 class policy_engine;
+class stated_rates;
 
 struct admin_request {
   std::string method;         // "GET", "POST", "DELETE", "HEAD"
@@ -37,6 +38,9 @@ struct admin_context {
   // Called after a key with a hard budget is added (may be empty): hard budgets reserve the
   // models the table lacks at what their relays charged, learned from the ledger once.
   std::function<void()> hard_budget_added;
+  // What relays stating their costs charged for the models the table lacks (may be null): shown
+  // by /admin/budgets, as what a hard budget reserves those models at.
+  const stated_rates* stated = nullptr;
 };
 
 // True for paths this API answers ("/admin/..."); everything else is the listener's.

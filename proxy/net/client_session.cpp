@@ -22,7 +22,6 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <ctime>
 #include <memory>
 #include <mutex>
@@ -2628,14 +2627,8 @@ void client_session::add_other_models(call& c, const std::vector<std::pair<std::
 // charged for it (stated_rates), each capped by the table's dearest price, or the table's dearest
 // prices while nothing is learned (+inf: neither exists, nothing to reserve at).
 stated_rates::rates client_session::stated_reserve_rates(std::string_view model) const {
-  constexpr double none = std::numeric_limits<double>::infinity();
   const auto [top_in, top_out] = st_.prices.priciest_tokens();
-  stated_rates::rates r{top_in > 0 ? top_in / 1e6 : none, top_out > 0 ? top_out / 1e6 : none};
-  if (const auto learned = st_.stated.bound(model)) {
-    r.input = std::min(r.input, learned->input);
-    r.output = std::min(r.output, learned->output);
-  }
-  return r;
+  return stated_rates::reserve_rates(st_.stated.bound(model), top_in, top_out);
 }
 
 // A model the price table lacks, sent only to upstreams that state each call's cost (OpenRouter,

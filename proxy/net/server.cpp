@@ -781,7 +781,7 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
                                      std::chrono::system_clock::now().time_since_epoch())
                               .count();
                         },
-                        [this] { spend_->learn_stated_costs(); }};
+                        [this] { spend_->learn_stated_costs(); }, &st.stated};
       admin_request ar{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body())};
       admin_response r = co_await asio::co_spawn(

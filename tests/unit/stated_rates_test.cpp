@@ -108,6 +108,40 @@ TEST_CASE("stated rates: a model served by several providers is bounded by the d
   CHECK(many.bound("m")->output == Approx(0.0001 * stated_rates::kMaxProviders / 100));
 }
 
+TEST_CASE("stated rates: what a hard budget reserves at, and what is shown of it", "[stated]") {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  // Nothing learned: the table's dearest prices (per 1M) as per-token rates; no table, no rate.
+  auto r = stated_rates::reserve_rates(std::nullopt, 150, 600);
+  CHECK(r.input == Approx(150e-6));
+  CHECK(r.output == Approx(600e-6));
+  CHECK(stated_rates::reserve_rates(std::nullopt, 0, 0).input == inf);
+  // Learned bounds below the cap stand; above it, or unpinned, the cap does.
+  r = stated_rates::reserve_rates(stated_rates::rates{1e-6, 1e-3}, 150, 600);
+  CHECK(r.input == Approx(1e-6));
+  CHECK(r.output == Approx(600e-6));
+  r = stated_rates::reserve_rates(stated_rates::rates{1e-6, inf}, 0, 0);
+  CHECK(r.input == Approx(1e-6));
+  CHECK(r.output == inf);
+  stated_rates s;
+  s.observe("openrouter", true, "Zeta/Model", 100, 100, 0.0002, "A");
+  s.observe("openrouter", true, "zeta/model", 100, 100, 0.0004, "B");
+  s.observe("litellm", false, "alpha", 100, 0, 0.0001);
+  const auto models = s.learned();
+  REQUIRE(models.size() == 2);
+  CHECK(models[0].model == "alpha");
+  CHECK(models[0].providers == 1);
+  CHECK(models[0].bound.output == inf);
+  CHECK(models[1].model == "zeta/model");
+  CHECK(models[1].providers == 2);
+  CHECK(models[1].bound.input == Approx(4e-6));
+  const auto ups = s.stating_upstreams();
+  REQUIRE(ups.size() == 2);
+  CHECK(ups[0].name == "litellm");
+  CHECK_FALSE(ups[0].streams);
+  CHECK(ups[1].name == "openrouter");
+  CHECK(ups[1].streams);
+}
+
 TEST_CASE("stated rates: which upstreams state costs, and where", "[stated]") {
   stated_rates s;
   CHECK_FALSE(s.states_costs("litellm", false));
