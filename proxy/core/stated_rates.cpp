@@ -59,9 +59,9 @@ void stated_rates::mark_upstream(std::string_view upstream, bool in_usage) {
     upstreams_.emplace(upstream, flag);
 }
 
-void stated_rates::observe(std::string_view upstream, bool in_usage, std::string_view model,
-                           std::int64_t uncached_prompt, std::int64_t completion, double usd,
-                           std::string_view provider) {
+void stated_rates::learn(std::string_view upstream, bool in_usage, std::string_view model,
+                         std::int64_t uncached_prompt, std::int64_t completion, double usd,
+                         std::string_view provider, bool live) {
   if (!std::isfinite(usd) || usd < 0) return;
   mark_upstream(upstream, in_usage);
   if (model.empty() || model.size() > 256 || (uncached_prompt <= 0 && completion <= 0)) return;
@@ -74,17 +74,20 @@ void stated_rates::observe(std::string_view upstream, bool in_usage, std::string
     it = models_.emplace(key, model_bounds{}).first;
   }
   model_bounds& m = it->second;
-  ++m.calls;
-  // Routes the relay no longer takes are forgotten, so they hold no reservation high.
-  std::erase_if(m.providers, [&](const provider_bounds& p) { return !recent(m, p) && p.provider != who; });
+  if (live) {
+    ++m.calls;
+    // Routes the relay no longer takes are forgotten, so they hold no reservation high.
+    std::erase_if(m.providers, [&](const provider_bounds& p) { return !recent(m, p) && p.provider != who; });
+  }
   auto p = std::find_if(m.providers.begin(), m.providers.end(), [&](const provider_bounds& b) { return b.provider == who; });
   if (p == m.providers.end()) {
     if (m.providers.size() >= kMaxProviders) return;
     p = m.providers.insert(m.providers.end(), provider_bounds{who, {kInf, kInf}, {kInf, kInf}, 0, 0});
   }
   provider_bounds& b = *p;
-  if (b.seen == kGeneration || !recent(m, b)) {  // a new generation: the one before it is forgotten
-    const bool stale = !recent(m, b);
+  // A new generation: the one before it is forgotten (both, when the provider comes back after
+  // an absence: its old figures are of a route the relay had stopped taking).
+  if (const bool stale = !recent(m, b); b.seen == kGeneration || stale) {
     b.input[1] = stale ? kInf : b.input[0];
     b.output[1] = stale ? kInf : b.output[0];
     b.input[0] = b.output[0] = kInf;

@@ -59,7 +59,16 @@ class stated_rates {
   // provider: the relay's provider that served the call ("" when the reply names none); compared
   // without case.
   void observe(std::string_view upstream, bool in_usage, std::string_view model, std::int64_t uncached_prompt,
-               std::int64_t completion, double usd, std::string_view provider = {});
+               std::int64_t completion, double usd, std::string_view provider = {}) {
+    learn(upstream, in_usage, model, uncached_prompt, completion, usd, provider, true);
+  }
+  // A call of an earlier run, read back from the ledger (which keeps no provider): learned under
+  // provider "", without counting towards the model's recent calls, so that history read while
+  // calls are being served never ages out the providers those calls named.
+  void replay(std::string_view upstream, bool in_usage, std::string_view model, std::int64_t uncached_prompt,
+              std::int64_t completion, double usd) {
+    learn(upstream, in_usage, model, uncached_prompt, completion, usd, {}, false);
+  }
   // Marks `upstream` as one that states its costs (a call of a priced model, a known host).
   void mark_upstream(std::string_view upstream, bool in_usage);
   // Whether `upstream` states the cost of a call: a stream's only in its usage.
@@ -108,6 +117,9 @@ class stated_rates {
     std::vector<provider_bounds> providers;
   };
   static std::optional<rates> bound_of(const model_bounds& m) noexcept;
+  // live: a call served now (counts towards the model's recent calls), else replayed history.
+  void learn(std::string_view upstream, bool in_usage, std::string_view model, std::int64_t uncached_prompt,
+             std::int64_t completion, double usd, std::string_view provider, bool live);
   // Whether `p` served one of the model's last 2 * kGeneration calls.
   static bool recent(const model_bounds& m, const provider_bounds& p) noexcept {
     return m.calls - p.last < 2 * kGeneration;

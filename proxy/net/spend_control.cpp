@@ -243,18 +243,17 @@ void spend_control::add_remote_calls(const std::vector<remote_calls>& rows) {
 // The last day's calls priced at a stated cost teach stated_rates again what relays charged for
 // the models the table lacks (a model not seen in that day is reserved at the table's dearest
 // prices until its first call ends). Once: at start when a hard budget exists, or when the first
-// is added later (a key's, through the admin API); without one nothing reserves at them, and the
-// calls of the meantime are learned as they end.
+// is added later (a key's, through the admin API); without one nothing reserves at them. Only the
+// calls before this run's start are read: the run's own were learned as they ended.
 void spend_control::learn_stated_costs() {
   if (stated_ == nullptr || ledger_path_.empty() || stated_learned_.exchange(true)) return;
-  const std::int64_t now = unix_ms();
   try {
     const std::size_t n = for_each_stated_cost(
-        ledger_path_, now - 86'400'000, now + 60'000,
+        ledger_path_, started_ms_ - 86'400'000, started_ms_,
         // A stream's stated cost came in its usage; a whole reply's may have come in a header.
         [this](std::string_view upstream, bool stream, std::string_view model, std::int64_t uncached,
                std::int64_t completion, double usd) {
-          stated_->observe(upstream, stream, sent_model_ ? sent_model_(model) : std::string(model), uncached, completion, usd);
+          stated_->replay(upstream, stream, sent_model_ ? sent_model_(model) : std::string(model), uncached, completion, usd);
         });
     if (n > 0)
       log_line(log_level::info, "stated costs of unpriced models read from the ledger")
@@ -309,6 +308,7 @@ void spend_control::start(const std::string& ledger_path) {
   }
   // A hard budget reserves a model the table lacks at what its relay charged for it.
   ledger_path_ = ledger_path;
+  started_ms_ = now;
   const auto statuses = engine_->budgets(now);
   if (std::any_of(statuses.begin(), statuses.end(), [](const auto& b) { return b.hard; })) learn_stated_costs();
   // A projected_overspend alert already sent in a budget's current window is not sent again.

@@ -114,6 +114,7 @@ class spend_control {
   stated_rates* stated_ = nullptr;                                  // track_stated_rates
   std::function<std::string(std::string_view)> sent_model_;         // track_stated_rates
   std::atomic<bool> stated_learned_{false};                         // learn_stated_costs ran
+  std::int64_t started_ms_ = 0;                                     // start()'s time: rows before it are read back
   void save_pending();
 };
 

@@ -108,6 +108,24 @@ TEST_CASE("stated rates: a model served by several providers is bounded by the d
   CHECK(many.bound("m")->output == Approx(0.0001 * stated_rates::kMaxProviders / 100));
 }
 
+// The ledger keeps no provider: rows read back count as provider "", and reading a day of them
+// while calls are served must not age out the providers those calls named.
+TEST_CASE("stated rates: history read back from the ledger never ages out the providers seen live", "[stated]") {
+  stated_rates s;
+  s.observe("openrouter", true, "m", 100, 100, 0.003, "Dear");  // each side <= 3e-5 per token
+  for (int i = 0; i < 3000; ++i) s.replay("openrouter", true, "m", 100, 100, 0.0001);
+  REQUIRE(s.bound("m").has_value());
+  CHECK(s.bound("m")->input == Approx(3e-5));
+  // Replayed history alone bounds a model until live calls name their providers; it ages out
+  // like any provider once 512 live calls have passed without it.
+  stated_rates fresh;
+  for (int i = 0; i < 3000; ++i) fresh.replay("openrouter", true, "m", 100, 100, 0.003);
+  CHECK(fresh.bound("m")->input == Approx(3e-5));
+  for (std::uint32_t i = 0; i < 2 * stated_rates::kGeneration; ++i) fresh.observe("openrouter", true, "m", 100, 100, 0.0001, "Cheap");
+  CHECK(fresh.bound("m")->input == Approx(1e-6));
+  CHECK(fresh.learned().front().providers == 1);
+}
+
 TEST_CASE("stated rates: what a hard budget reserves at, and what is shown of it", "[stated]") {
   constexpr double inf = std::numeric_limits<double>::infinity();
   // Nothing learned: the table's dearest prices (per 1M) as per-token rates; no table, no rate.
