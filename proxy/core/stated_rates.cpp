@@ -132,12 +132,14 @@ std::vector<stated_rates::model_view> stated_rates::learned() const {
   {
     std::lock_guard lock(mu_);
     out.reserve(models_.size());
-    for (const auto& [name, m] : models_) {
+    // Not a structured binding: clang before 16 (the fuzz build) rejects one captured by a lambda.
+    for (const auto& entry : models_) {
+      const model_bounds& m = entry.second;
       const auto b = bound_of(m);
       if (!b) continue;
       const auto n = static_cast<std::size_t>(
           std::count_if(m.providers.begin(), m.providers.end(), [&](const provider_bounds& p) { return recent(m, p); }));
-      out.push_back({name, *b, n});
+      out.push_back({entry.first, *b, n});
     }
   }
   std::sort(out.begin(), out.end(), [](const model_view& a, const model_view& b) { return a.model < b.model; });
