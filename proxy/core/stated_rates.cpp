@@ -99,10 +99,11 @@ void stated_rates::learn(std::string_view upstream, bool in_usage, std::string_v
   if (completion > 0) b.output[0] = std::min(b.output[0], usd / static_cast<double>(completion));
 }
 
-bool stated_rates::states_costs(std::string_view upstream, bool stream) const {
+bool stated_rates::states_costs(std::string_view upstream, bool stream, bool header_only) const {
+  const std::uint8_t where = header_only ? (stream ? 0 : 2) : (stream ? 1 : 3);
   std::lock_guard lock(mu_);
   const auto it = upstreams_.find(upstream);
-  return it != upstreams_.end() && (it->second & (stream ? 1 : 3)) != 0;
+  return it != upstreams_.end() && (it->second & where) != 0;
 }
 
 std::optional<stated_rates::rates> stated_rates::bound_of(const model_bounds& m) noexcept {

@@ -71,8 +71,10 @@ class stated_rates {
   }
   // Marks `upstream` as one that states its costs (a call of a priced model, a known host).
   void mark_upstream(std::string_view upstream, bool in_usage);
-  // Whether `upstream` states the cost of a call: a stream's only in its usage.
-  bool states_costs(std::string_view upstream, bool stream) const;
+  // Whether `upstream` states the cost of a call: a stream's only in its usage. header_only: a
+  // call whose usage carries no cost (Anthropic's Messages API), so only a header states it, and
+  // only on a whole reply.
+  bool states_costs(std::string_view upstream, bool stream, bool header_only = false) const;
   // What a hard budget reserves a model the table lacks at: each side the learned bound capped
   // by the table's dearest price (`top_*`, USD per 1M tokens; 0: none), or that price while
   // nothing is learned; +inf when neither exists.

@@ -2634,19 +2634,21 @@ stated_rates::rates client_session::stated_reserve_rates(std::string_view model)
 // A model the price table lacks, sent only to upstreams that state each call's cost (OpenRouter,
 // Perplexity, a LiteLLM proxy's whole replies: each known or seen doing so, and its reported_cost
 // not `ignore`), on an API whose usage tollgate reads that cost from (chat, completions, Responses,
-// embeddings),
-// can be held by a hard budget: its call is settled at the stated cost, and its worst case is
-// reserved at stated_reserve_rates(). No price_multiplier: the stated cost is the relay's own bill.
+// embeddings), or, for Anthropic's Messages API, whose usage carries none, a whole reply through
+// an upstream that states it in a header (LiteLLM's), can be held by a hard budget: its call is
+// settled at the stated cost, and its worst case is reserved at stated_reserve_rates(). No
+// price_multiplier: the stated cost is the relay's own bill.
 // False (refused under a hard budget, as unpriced): an upstream not known to state this call's
 // cost, another API, or nothing at all to reserve at.
 bool client_session::reserve_stated(const route_plan& plan, route_kind route, bool stream, std::string_view model,
                                     const token_usage& worst, double& reserve_usd) const {
-  if (model.empty() || (route != route_kind::chat_completions && route != route_kind::completions &&
+  const bool messages = route == route_kind::messages;
+  if (model.empty() || (!messages && route != route_kind::chat_completions && route != route_kind::completions &&
                          route != route_kind::responses && route != route_kind::embeddings))
     return false;
   for (auto i : plan.order) {
     const upstream_config& u = st_.upstreams[i]->cfg;
-    if (u.reported_cost == reported_cost_use::ignore || !st_.stated.states_costs(u.name, stream)) return false;
+    if (u.reported_cost == reported_cost_use::ignore || !st_.stated.states_costs(u.name, stream, messages)) return false;
   }
   const auto usd = stated_reserve_rates(model).cost(worst.prompt, worst.completion);
   if (!usd) return false;

@@ -875,4 +875,19 @@ TEST_CASE("budgets: an upstream that states costs only in a header holds unprice
   CHECK(h.query_double("SELECT cost_usd FROM calls WHERE requested_model = '" + model + "' AND status = 200") ==
         Approx(0.0031).epsilon(1e-12));
   CHECK(h.query_int("SELECT priced FROM calls WHERE requested_model = '" + model + "' AND status = 200") == 1);
+  // Anthropic's Messages API (a LiteLLM proxy serves /v1/messages too): its usage carries no
+  // cost, so only the header can state it, on a whole reply; a stream is refused as unpriced.
+  const std::string claude = "claude-unlisted-9";
+  tt::headers anthropic = header;
+  anthropic.emplace_back("anthropic-version", "2023-06-01");
+  const auto message = [&](bool stream) {
+    return std::string(R"({"model":")") + claude + R"(","max_tokens":50,"stream":)" + (stream ? "true" : "false") +
+           R"(,"messages":[{"role":"user","content":"Hi"}]})";
+  };
+  REQUIRE(tt::post_json(h.port(), "/v1/messages", message(false), anthropic).status == 200);
+  tt::stream_client ms(h.port(), "/v1/messages", message(true), anthropic);
+  CHECK(ms.status() == 429);
+  h.flush();
+  CHECK(h.query_double("SELECT cost_usd FROM calls WHERE requested_model = '" + claude + "' AND status = 200") ==
+        Approx(0.0031).epsilon(1e-12));
 }

@@ -166,6 +166,12 @@ TEST_CASE("stated rates: which upstreams state costs, and where", "[stated]") {
   s.observe("litellm", false, "m", 10, 10, 0.001);  // a header on a whole reply: not for streams
   CHECK(s.states_costs("litellm", false));
   CHECK_FALSE(s.states_costs("litellm", true));
+  // A call whose usage carries no cost (Anthropic's Messages API): a header, whole replies only.
+  CHECK(s.states_costs("litellm", false, true));
+  CHECK_FALSE(s.states_costs("litellm", true, true));
+  s.mark_upstream("openrouter-only-usage", true);
+  CHECK(s.states_costs("openrouter-only-usage", false));
+  CHECK_FALSE(s.states_costs("openrouter-only-usage", false, true));
   s.mark_upstream("litellm", true);
   CHECK(s.states_costs("litellm", true));
   s.mark_upstream("openrouter", true);
