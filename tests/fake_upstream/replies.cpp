@@ -101,9 +101,9 @@ struct token_counts {
 
 // x-fake-usage-extra's members (a JSON object) added to an OpenAI-shaped usage, as a relay
 // adds its own (OpenRouter's cost, is_byok, cost_details; Perplexity's cost object).
-void add_usage_extra(ojson& usage, const token_counts& t) {
-  if (t.usage_extra == nullptr || t.usage_extra->empty()) return;
-  const ojson extra = ojson::parse(*t.usage_extra, nullptr, false);
+void add_usage_extra(ojson& usage, const std::string* members) {
+  if (members == nullptr || members->empty()) return;
+  const ojson extra = ojson::parse(*members, nullptr, false);
   if (!extra.is_object()) return;
   for (auto it = extra.begin(); it != extra.end(); ++it) usage[it.key()] = it.value();
 }
@@ -139,7 +139,7 @@ ojson openai_usage(const token_counts& t) {
                {"audio_tokens", 0},
                {"accepted_prediction_tokens", 0},
                {"rejected_prediction_tokens", 0}}}};
-  add_usage_extra(u, t);
+  add_usage_extra(u, t.usage_extra);
   return u;
 }
 
@@ -149,7 +149,7 @@ ojson responses_usage(const token_counts& t) {
              {"output_tokens", t.completion},
              {"output_tokens_details", {{"reasoning_tokens", t.reasoning}}},
              {"total_tokens", t.prompt + t.completion}};
-  add_usage_extra(u, t);
+  add_usage_extra(u, t.usage_extra);
   return u;
 }
 
@@ -510,9 +510,7 @@ reply embeddings_reply(const json& body, const knobs& k) {
   ojson j = {{"object", "list"}, {"data", std::move(data)}, {"model", string_field(body, "model", "fake-model")}};
   if (k.usage != usage_mode::none) {
     j["usage"] = {{"prompt_tokens", prompt_tokens}, {"total_tokens", prompt_tokens}};
-    token_counts extra;
-    extra.usage_extra = &k.usage_extra;
-    add_usage_extra(j["usage"], extra);  // OpenRouter's embeddings state their cost too
+    add_usage_extra(j["usage"], &k.usage_extra);  // OpenRouter's embeddings state their cost too
   }
   return json_reply(200, j);
 }
