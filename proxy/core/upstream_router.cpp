@@ -32,16 +32,17 @@ bool glob_match(std::string_view p, std::string_view s) noexcept {
 upstream_router::upstream_router(std::vector<upstream_config> upstreams, std::vector<route_rule> rules)
     : upstreams_(std::move(upstreams)), rules_(std::move(rules)) {}
 
+const route_rule* upstream_router::rule_for(std::string_view model) const noexcept {
+  for (const auto& r : rules_)
+    if (glob_match(r.model, model)) return &r;
+  return nullptr;
+}
+
 route_plan upstream_router::plan(std::string_view path, std::string_view model, std::uint64_t random,
                                  bool anthropic_client) const {
   route_plan out;
   const bool anthropic_api = path.starts_with("/v1/messages");
-  const route_rule* rule = nullptr;
-  for (const auto& r : rules_)
-    if (glob_match(r.model, model)) {
-      rule = &r;
-      break;
-    }
+  const route_rule* rule = rule_for(model);
   std::vector<std::uint16_t> candidates;
   auto gather = [&](auto fits) {
     if (rule && !rule->upstreams.empty()) {

@@ -36,6 +36,10 @@ class upstream_router {
   route_plan plan(std::string_view path, std::string_view model, std::uint64_t random,
                   bool anthropic_client = false) const;
 
+  // The first rule whose model glob matches `model` (nullptr: none). Rules match the model alone,
+  // so a rule's rewrite is known without planning a call.
+  const route_rule* rule_for(std::string_view model) const noexcept;
+
   const std::vector<upstream_config>& upstreams() const noexcept { return upstreams_; }
 
  private:

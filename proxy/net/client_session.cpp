@@ -2721,7 +2721,8 @@ void client_session::finish_call(call& c) {
     } else if (c.stated_reserve && !cost.priced) {
       // A hard budget admitted this unpriced model for the cost its relay would state, and none
       // came (a stream the client left before its usage chunk, tokens estimated): it is priced at
-      // the rates it was reserved at, so leaving early cannot get a call past the budget.
+      // the reservation rates (the bounds as they stand when it ends, still upper bounds of what
+      // the relay charges), so leaving early cannot get a call past the budget.
       if (const auto usd = stated_reserve_rates(fallback).cost(rec.tokens.prompt - rec.tokens.cached, rec.tokens.completion)) {
         cost.priced = true;
         cost.usd = *usd;

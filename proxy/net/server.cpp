@@ -513,11 +513,11 @@ void app::start() {
   recover_open_sessions(I);  // after the aggregator's warm start: on_committed counts these once
   I.spend_->track_pending({{"response", &I.st.background_responses}, {"batch", &I.st.pending_batches}});
   I.spend_->track_open_sessions(&I.st.realtime_rows);
-  // A row's requested model goes upstream as a routing rule's rewrite says (rules match the model
-  // alone), and the bounds are kept under the model sent.
+  // A row's requested model goes upstream as a routing rule's rewrite says, and the bounds are
+  // kept under the model sent.
   I.spend_->track_stated_rates(&I.st.stated, [router = I.st.router.get()](std::string_view model) {
-    auto plan = router->plan("/v1/chat/completions", model, 0);
-    return plan.rewrite.empty() ? std::string(model) : std::move(plan.rewrite);
+    const route_rule* rule = router->rule_for(model);
+    return rule == nullptr || rule->rewrite.empty() ? std::string(model) : rule->rewrite;
   });
   for (const auto& u : I.st.upstreams)
     if (stated_rates::known_relay(u->url.host)) I.st.stated.mark_upstream(u->cfg.name, true);
