@@ -62,12 +62,14 @@ class stated_rates {
                std::int64_t completion, double usd, std::string_view provider = {}) {
     learn(upstream, in_usage, model, uncached_prompt, completion, usd, provider, true);
   }
-  // A call of an earlier run, read back from the ledger (which keeps no provider): learned under
-  // provider "", without counting towards the model's recent calls, so that history read while
-  // calls are being served never ages out the providers those calls named.
+  // A call of an earlier run, read back from the ledger (its `provider` column; "" in rows written
+  // before ledger schema 5): learned under its provider without counting towards the model's
+  // recent calls, so that history read while calls are being served never ages out the
+  // providers those calls named. A route history names stays in the bound until the model's
+  // next 512 live calls pass it by: after a restart the bound holds every route of the day read.
   void replay(std::string_view upstream, bool in_usage, std::string_view model, std::int64_t uncached_prompt,
-              std::int64_t completion, double usd) {
-    learn(upstream, in_usage, model, uncached_prompt, completion, usd, {}, false);
+              std::int64_t completion, double usd, std::string_view provider = {}) {
+    learn(upstream, in_usage, model, uncached_prompt, completion, usd, provider, false);
   }
   // Marks `upstream` as one that states its costs (a call of a priced model, a known host).
   void mark_upstream(std::string_view upstream, bool in_usage);

@@ -102,6 +102,8 @@ struct usage_record {
   std::string served_model;         // `model` of the response ("" when unknown)
   std::string price_model;          // price-table entry that priced it ("" when unpriced)
   std::string upstream;             // name of the upstream that served it
+  std::string provider;             // the relay's provider the reply names (OpenRouter's top-level
+                                    // `provider`, e.g. "DeepInfra"); "" when it names none
   std::string client_key_id;        // client key name/id ("" when auth is off), never the key
   std::string team;
   std::string user;                 // the body's `user` field

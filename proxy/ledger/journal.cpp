@@ -128,6 +128,8 @@ void encode_record(std::string& out, std::uint64_t seq, const usage_record& r) {
   // Added after the first journal format: a record without them (an older tollgate's) ends here.
   put_i64(out, r.tokens.web_search);
   put_u8(out, static_cast<unsigned>(r.tokens.tier));
+  // Added with ledger schema 5; a record of the format before ends before it.
+  put_str(out, r.provider);
 
   const auto* body = reinterpret_cast<const unsigned char*>(out.data() + head + kRecordHead);
   const std::size_t len = out.size() - head - kRecordHead;
@@ -174,6 +176,7 @@ bool decode_body(const unsigned char* p, std::size_t len, journal_entry& e) {
   if (in.ok && in.p != in.end) {  // fields of later formats (see encode_record)
     r.tokens.web_search = in.i64();
     tier = in.u8();
+    if (in.ok && in.p != in.end) r.provider = in.str();
   }
   if (!in.ok || in.p != in.end || tier > static_cast<unsigned>(service_tier::off_peak)) return false;
   r.tokens.tier = static_cast<service_tier>(tier);

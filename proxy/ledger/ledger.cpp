@@ -135,6 +135,14 @@ ALTER TABLE calls ADD COLUMN service_tier TEXT;
 ALTER TABLE calls ADD COLUMN web_search_requests INTEGER NOT NULL DEFAULT 0;
 )sql";
 
+// Schema version 5: the provider a relay names as having served the call (OpenRouter routes one
+// model to several providers at different prices and names the one in each reply), so the
+// bounds a hard budget reserves unpriced models at keep each route's prices across a restart,
+// and spend can be read per provider. NULL when the reply names none.
+constexpr const char* kSchemaV5 = R"sql(
+ALTER TABLE calls ADD COLUMN provider TEXT;
+)sql";
+
 // Migration N takes a database at version N-1 to version N. Append only; never edit a step
 // that has shipped. The applied versions are rows of `schema_version` (one per step, so the
 // table is also the history); the database's version is MAX(version), 0 when empty.
@@ -147,13 +155,14 @@ const std::vector<migration> kMigrations = {
     {2, kSchemaV2},
     {3, kSchemaV3},
     {4, kSchemaV4},
+    {5, kSchemaV5},
 };
 
 // The insert, for 8, 4, 2 and 1 rows at once (inserts[k] takes 8 >> k): a batch is written 8
 // rows per statement, and its remainder in at most three more. SQLite's per-statement work
 // (opening the cursors, the statement journal, VdbeHalt: ~6k of the ~27k instructions a one-row
 // insert cost with schema 2's three indexes) is then paid once per 8 rows.
-constexpr int kInsertColumns = 31;
+constexpr int kInsertColumns = 32;
 constexpr std::size_t kInsertSizes = 4;
 constexpr std::size_t kMaxInsertRows = std::size_t{1} << (kInsertSizes - 1);
 std::string insert_sql(std::size_t rows) {
@@ -162,7 +171,7 @@ std::string insert_sql(std::size_t rows) {
       " price_model, upstream, client_key_id, team, user, status, stream, aborted, prompt_tokens,"
       " completion_tokens, cached_tokens, cache_write_tokens, cache_write_1h_tokens,"
       " reasoning_tokens, total_tokens, usage_source, priced, cost_usd, latency_ms, first_byte_ms,"
-      " error_kind, upstream_request_id, attempts, service_tier, web_search_requests) VALUES ";
+      " error_kind, upstream_request_id, attempts, service_tier, web_search_requests, provider) VALUES ";
   for (std::size_t r = 0; r < rows; ++r) {
     sql += r == 0 ? "(" : ",(";
     for (int c = 0; c < kInsertColumns; ++c) sql += c == 0 ? "?" : ",?";
@@ -287,7 +296,7 @@ struct replay_mark {
 int ledger_schema_version() { return kMigrations.back().version; }
 
 const char* ledger_schema_sql() {
-  static const std::string sql = std::string(kSchemaV1) + kSchemaV3 + kSchemaV4;  // calls, as it is now
+  static const std::string sql = std::string(kSchemaV1) + kSchemaV3 + kSchemaV4 + kSchemaV5;  // calls, as it is now
   return sql.c_str();
 }
 
@@ -540,6 +549,7 @@ struct ledger::impl {
     sqlite3_bind_int(st, ++i, r.attempts);
     bind_nullable_text(st, ++i, to_string(r.tokens.tier));
     sqlite3_bind_int64(st, ++i, std::max<std::int64_t>(r.tokens.web_search, 0));
+    bind_nullable_text(st, ++i, r.provider);
   }
 
   // Steps a bound statement and resets it either way.

@@ -31,20 +31,21 @@ constexpr const char* kSelect =
     " upstream, client_key_id, team, user, status, stream, aborted, prompt_tokens,"
     " completion_tokens, cached_tokens, cache_write_tokens, cache_write_1h_tokens,"
     " reasoning_tokens, total_tokens, usage_source, priced, cost_usd, latency_ms, first_byte_ms,"
-    " error_kind, upstream_request_id, attempts, service_tier, web_search_requests"
+    " error_kind, upstream_request_id, attempts, service_tier, web_search_requests, provider"
     " FROM calls WHERE id > ?1 ORDER BY id LIMIT ?2";
-constexpr int kColumns = 32;
-// Columns added by ledger schema 4, last in kSelect: a fleet table created by an older tollgate
-// gets them with ALTER TABLE; a role that may not alter it ships the rows without them.
-constexpr int kLaterColumns = 2;
-constexpr const char* kLaterNames = ", service_tier, web_search_requests";
+constexpr int kColumns = 33;
+// Columns added by ledger schemas 4 and 5, last in kSelect: a fleet table created by an older
+// tollgate gets them with ALTER TABLE; a role that may not alter it ships the rows without them.
+constexpr int kLaterColumns = 3;
+constexpr const char* kLaterNames = ", service_tier, web_search_requests, provider";
 constexpr const char* kAddLater =
     "BEGIN; SELECT pg_advisory_xact_lock(7411962201); ALTER TABLE tollgate_calls"
     " ADD COLUMN IF NOT EXISTS service_tier TEXT,"
-    " ADD COLUMN IF NOT EXISTS web_search_requests BIGINT NOT NULL DEFAULT 0; COMMIT;";
+    " ADD COLUMN IF NOT EXISTS web_search_requests BIGINT NOT NULL DEFAULT 0,"
+    " ADD COLUMN IF NOT EXISTS provider TEXT; COMMIT;";
 constexpr const char* kHasLater =
     "SELECT count(*) FROM pg_attribute WHERE attrelid = 'tollgate_calls'::regclass"
-    " AND attname IN ('service_tier', 'web_search_requests') AND NOT attisdropped";
+    " AND attname IN ('service_tier', 'web_search_requests', 'provider') AND NOT attisdropped";
 
 // The PostgreSQL columns tollgate writes, named: a table an administrator extended with columns
 // of their own (inserted_at DEFAULT now(), say) keeps working.
@@ -54,7 +55,7 @@ constexpr const char* kHasLater =
   "completion_tokens, cached_tokens, cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, " \
   "total_tokens, usage_source, priced, cost_usd, latency_ms, first_byte_ms, error_kind, "          \
   "upstream_request_id, attempts"
-// The statements of one connection; `later`: the table has the schema-4 columns.
+// The statements of one connection; `later`: the table has the schema-4 and -5 columns.
 struct pg_statements {
   std::string create_stage, copy_stage, insert;
   explicit pg_statements(bool later) {
@@ -102,6 +103,7 @@ constexpr const char* kSchema = R"sql(CREATE TABLE IF NOT EXISTS tollgate_calls 
   attempts INTEGER NOT NULL,
   service_tier TEXT,
   web_search_requests BIGINT NOT NULL DEFAULT 0,
+  provider TEXT,
   PRIMARY KEY (ledger_uid, id)
 );
 CREATE INDEX IF NOT EXISTS tollgate_calls_start_ms ON tollgate_calls (start_ms);
@@ -549,7 +551,7 @@ void pg_shipper::run() {
           ok = exec(c, ddl.c_str(), PGRES_COMMAND_OK, err);
         }
       }
-      // A table made by an older tollgate lacks the schema-4 columns: add them if this role may.
+      // A table made by an older tollgate lacks the later columns: add them if this role may.
       bool later = false;
       if (ok) {
         PGresult* r = PQexec(c, kHasLater);
@@ -562,8 +564,8 @@ void pg_shipper::run() {
           later = exec(c, kAddLater, PGRES_COMMAND_OK, why);
           if (!later) {
             rollback(c);
-            log_line(log_level::warn, "postgres fleet ledger: tollgate_calls lacks service_tier and "
-                                      "web_search_requests and they could not be added; rows are shipped without them")
+            log_line(log_level::warn, "postgres fleet ledger: tollgate_calls lacks service_tier, "
+                                      "web_search_requests or provider and they could not be added; rows are shipped without them")
                 .str("error", why);
           }
         }

@@ -229,6 +229,7 @@ const char* group_expr(spend_group g) noexcept {
     case spend_group::team: return "team";
     case spend_group::key: return "client_key_id";
     case spend_group::tier: return "service_tier";
+    case spend_group::provider: return "provider";
     case spend_group::day: break;
   }
   return "NULL";
@@ -497,6 +498,7 @@ std::string_view to_string(spend_group g) noexcept {
     case spend_group::team: return "team";
     case spend_group::key: return "key";
     case spend_group::tier: return "tier";
+    case spend_group::provider: return "provider";
   }
   return "day";
 }
@@ -510,11 +512,12 @@ std::vector<spend_group> parse_group_by(std::string_view list) {
     pos = comma + 1;
     if (name.empty()) continue;
     std::optional<spend_group> g;
-    for (const auto c : {spend_group::day, spend_group::model, spend_group::team, spend_group::key, spend_group::tier})
+    for (const auto c : {spend_group::day, spend_group::model, spend_group::team, spend_group::key, spend_group::tier,
+                         spend_group::provider})
       if (name == to_string(c)) g = c;
     if (!g)
       throw std::invalid_argument("group_by: unknown column '" + std::string(name) +
-                                  "' (expected day, model, team, key or tier)");
+                                  "' (expected day, model, team, key, tier or provider)");
     if (std::find(out.begin(), out.end(), *g) != out.end())
       throw std::invalid_argument("group_by: '" + std::string(name) + "' given twice");
     out.push_back(*g);
@@ -886,20 +889,22 @@ std::vector<key_call> key_calls_since(const std::string& ledger_path, std::int64
 }
 
 std::size_t for_each_stated_cost(const std::string& ledger_path, std::int64_t since_ms, std::int64_t until_ms,
-                                 const std::function<void(std::string_view, bool, std::string_view, std::int64_t,
-                                                          std::int64_t, double)>& fn) {
+                                 const std::function<void(const stated_cost_row&)>& fn) {
   std::error_code ec;
   if (!std::filesystem::exists(ledger_path, ec)) return 0;
   reader db(ledger_path);
   statement st(db,
-               "SELECT upstream, stream, requested_model, prompt_tokens - cached_tokens, completion_tokens, cost_usd FROM calls "
-               "WHERE start_ms >= ?1 AND start_ms < ?2 AND priced = 1 AND price_model IS NULL "
+               "SELECT upstream, stream, requested_model, prompt_tokens - cached_tokens, completion_tokens, cost_usd, "
+               "provider FROM calls WHERE start_ms >= ?1 AND start_ms < ?2 AND priced = 1 AND price_model IS NULL "
                "AND usage_source = 'upstream' AND upstream IS NOT NULL ORDER BY start_ms");
   st.bind(1, since_ms);
   st.bind(2, until_ms);
   std::size_t n = 0;
-  for (; st.step(); ++n)
-    fn(st.text(0).value_or(""), st.i64(1) != 0, st.text(2).value_or(""), st.i64(3), st.i64(4), st.real(5));
+  for (; st.step(); ++n) {
+    const std::string upstream = st.text(0).value_or(""), model = st.text(2).value_or(""),
+                      provider = st.text(6).value_or("");
+    fn({upstream, st.i64(1) != 0, model, st.i64(3), st.i64(4), st.real(5), provider});
+  }
   return n;
 }
 

@@ -60,8 +60,9 @@ std::string format_rfc3339_utc(std::int64_t ms);
 // call, the served model, else the requested model, so unknown models show under their own
 // name (with unpriced_requests counting them) instead of disappearing. key: the client key's
 // name (client_key_id). team: the key's team. Absent values (auth off, no team) are null in
-// JSON and an empty field in CSV.
-enum class spend_group : std::uint8_t { day, model, team, key, tier };  // tier: service_tier
+// JSON and an empty field in CSV. tier: the service tier (service_tier). provider: the provider
+// a relay named as having served the call (OpenRouter's), null for a reply that names none.
+enum class spend_group : std::uint8_t { day, model, team, key, tier, provider };
 std::string_view to_string(spend_group g) noexcept;
 // "day,model" -> {day, model}, order kept. Throws std::invalid_argument on an unknown or
 // repeated name.
@@ -219,12 +220,19 @@ std::vector<key_call> key_calls_since(const std::string& ledger_path, std::int64
 // Calls priced at the cost their upstream stated for a model the price table lacks (priced = 1,
 // price_model NULL, usage from the upstream) with start_ms in [since_ms, until_ms), oldest first,
 // each passed to `fn` (so a long window holds no list in memory): upstream, whether the call was a
-// stream, requested model, prompt tokens not read from a cache, completion tokens, cost.
-// stated_rates is warm-started from them. A missing ledger file yields nothing; returns the rows read. Throws std::runtime_error
-// naming the file otherwise.
+// stream, requested model, prompt tokens not read from a cache, completion tokens, cost, and the
+// provider the relay named ("" for none, and for rows of ledgers before schema 5).
+// stated_rates is warm-started from them. A missing ledger file yields nothing; returns the rows
+// read. Throws std::runtime_error naming the file otherwise.
+struct stated_cost_row {
+  std::string_view upstream;
+  bool stream = false;
+  std::string_view model;
+  std::int64_t uncached_prompt = 0, completion = 0;
+  double usd = 0;
+  std::string_view provider;
+};
 std::size_t for_each_stated_cost(const std::string& ledger_path, std::int64_t since_ms, std::int64_t until_ms,
-                                 const std::function<void(std::string_view upstream, bool stream, std::string_view model,
-                                                          std::int64_t uncached_prompt, std::int64_t completion,
-                                                          double usd)>& fn);
+                                 const std::function<void(const stated_cost_row&)>& fn);
 
 }  // namespace tollgate

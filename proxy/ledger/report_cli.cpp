@@ -21,7 +21,7 @@ namespace {
 
 constexpr const char* kUsage =
     R"(Usage: tollgate report --ledger FILE [--month YYYY-MM | --from WHEN [--to WHEN]]
-                       [--by day,model,team,key,tier] [--timezone ZONE] [--csv | --json]
+                       [--by day,model,team,key,tier,provider] [--timezone ZONE] [--csv | --json]
                        [[--whatif MODEL] [--swap FROM=TO ...] [--prices FILE]]
 
 Prints the spend recorded in a ledger file: the figures of the admin API's /admin/spend (and,

@@ -381,7 +381,6 @@ class client_session : public std::enable_shared_from_this<client_session> {
     double header_cost_usd = -1;  // a LiteLLM proxy's x-litellm-response-cost (non-stream replies; -1: none)
     std::uint64_t ticket = 0;     // policy reservation, settled in finish_call
     std::string sent_model;       // the model a routing rule rewrote the body to ("": as asked)
-    std::string provider;         // the relay's provider the reply names (OpenRouter's `provider`)
     // The request header fields tollgate reads, found in one walk of the parsed header (each
     // operator[] was a case-insensitive tree search); the first of duplicates, as operator[].
     struct head_fields {
@@ -2106,7 +2105,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   if (meter) {
     finished_background = meter->has_usage();  // response.completed / failed / incomplete
     rec.served_model = meter->model();
-    c.provider = meter->provider();
+    rec.provider = meter->provider();
     if (rec.upstream_request_id.empty()) rec.upstream_request_id = meter->id();
     if (meter->has_usage()) {
       rec.tokens = meter->usage();
@@ -2174,7 +2173,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
       rf.usage.tier = service_tier::batch;
     }
     rec.served_model = std::move(rf.model);
-    c.provider = std::move(rf.provider);
+    rec.provider = std::move(rf.provider);
     if (rec.upstream_request_id.empty()) rec.upstream_request_id = std::move(rf.id);
     if (rf.has_usage) {
       rec.tokens = rf.usage;
@@ -2711,7 +2710,7 @@ void client_session::finish_call(call& c) {
       const bool in_usage = rec.tokens.reported_usd >= 0;
       if (cost.price == nullptr)
         st_.stated.observe(rec.upstream, in_usage, fallback, rec.tokens.prompt - rec.tokens.cached,
-                           rec.tokens.completion, reported, c.provider);
+                           rec.tokens.completion, reported, rec.provider);
       else
         st_.stated.mark_upstream(rec.upstream, in_usage);
       if (c.reported_cost == reported_cost_use::prefer || !cost.priced) {

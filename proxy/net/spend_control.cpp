@@ -251,9 +251,9 @@ void spend_control::learn_stated_costs() {
     const std::size_t n = for_each_stated_cost(
         ledger_path_, started_ms_ - 86'400'000, started_ms_,
         // A stream's stated cost came in its usage; a whole reply's may have come in a header.
-        [this](std::string_view upstream, bool stream, std::string_view model, std::int64_t uncached,
-               std::int64_t completion, double usd) {
-          stated_->replay(upstream, stream, sent_model_ ? sent_model_(model) : std::string(model), uncached, completion, usd);
+        [this](const stated_cost_row& r) {
+          stated_->replay(r.upstream, r.stream, sent_model_ ? sent_model_(r.model) : std::string(r.model),
+                          r.uncached_prompt, r.completion, r.usd, r.provider);
         });
     if (n > 0)
       log_line(log_level::info, "stated costs of unpriced models read from the ledger")

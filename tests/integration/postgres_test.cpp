@@ -559,27 +559,38 @@ TEST_CASE("an administrator's extra column is left to its default, and a locked 
   PQfinish(locker);
 }
 
-TEST_CASE("the service tier and web searches ship, and an older fleet table gains their columns or ships without them") {
+TEST_CASE("the service tier, web searches and provider ship, and an older fleet table gains their columns or ships without them") {
   pg_server pg;
   pg.start();
   {
     tt::harness h({.tweak = fleet(pg, "edge-t")});
-    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-5", false, R"(,"service_tier":"flex")"))
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-5", false, R"(,"service_tier":"flex")"),
+                          {{"x-fake-provider", "DeepInfra"}})
                 .status == 200);
     h.flush();
     REQUIRE(tt::harness::eventually([&] { return pg.count() == 1; }));
-    CHECK(pg.query("SELECT service_tier, web_search_requests FROM tollgate_calls").at(0) == "flex\t0");
+    CHECK(pg.query("SELECT service_tier, web_search_requests, provider FROM tollgate_calls").at(0) == "flex\t0\tDeepInfra");
+  }
+  // The table as the tollgate before ledger schema 5 made it: only the provider is added.
+  pg.query("ALTER TABLE tollgate_calls DROP COLUMN provider; SELECT 1");
+  {
+    tt::harness h({.tweak = fleet(pg, "edge-t")});
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-5", false), {{"x-fake-provider", "Groq"}})
+                .status == 200);
+    h.flush();
+    REQUIRE(tt::harness::eventually([&] { return pg.count() == 2; }));
+    CHECK(pg.query("SELECT count(*) FROM tollgate_calls WHERE provider = 'Groq'").at(0) == "1");
   }
   // The table as an older tollgate made it.
-  pg.query("ALTER TABLE tollgate_calls DROP COLUMN service_tier, DROP COLUMN web_search_requests; SELECT 1");
+  pg.query("ALTER TABLE tollgate_calls DROP COLUMN service_tier, DROP COLUMN web_search_requests, DROP COLUMN provider; SELECT 1");
   {
     tt::harness h({.tweak = fleet(pg, "edge-t")});
     calls(h, 1, "gpt-5");
-    REQUIRE(tt::harness::eventually([&] { return pg.count() == 2; }));
+    REQUIRE(tt::harness::eventually([&] { return pg.count() == 3; }));
     CHECK(pg.query("SELECT count(*) FROM tollgate_calls WHERE service_tier = 'default'").at(0) == "1");
   }
   // Again, now for a role that may write the table but not alter it: rows ship without them.
-  pg.query("ALTER TABLE tollgate_calls DROP COLUMN service_tier, DROP COLUMN web_search_requests; "
+  pg.query("ALTER TABLE tollgate_calls DROP COLUMN service_tier, DROP COLUMN web_search_requests, DROP COLUMN provider; "
            "CREATE ROLE writer LOGIN; GRANT SELECT, INSERT ON tollgate_calls TO writer; "
            "GRANT CREATE, USAGE ON SCHEMA public TO writer; SELECT 1");
   std::string url = pg.url();

@@ -808,52 +808,68 @@ TEST_CASE("budgets: a key's hard budget added at run time learns from the ledger
 // it chose in each reply: a hard budget reserves at the dearest provider seen, so a call routed
 // to it cannot cost many times what was held.
 TEST_CASE("budgets: a model served by several providers is reserved at the dearest one seen", "[budgets]") {
-  tt::harness h({.tweak = [](tollgate::config& c) {
+  tt::temp_dir shared;
+  const auto tweak = [&](tollgate::config& c) {
+    c.ledger_path = shared.path + "/ledger.db";
     c.policy.budgets = {tt::hard_daily_budget(1)};
     c.policy.admin_token = "admin-secret";
-  }});
+  };
   // What /admin/budgets says a hard budget reserves the model at.
-  const auto reserved = [&] {
+  const auto reserved = [&](tt::harness& h) {
     const auto r = tt::request(h.admin_port(), "GET", "/admin/budgets", {}, {{"Authorization", "Bearer admin-secret"}});
     REQUIRE(r.status == 200);
     return json::parse(r.body)["stated_costs"];
   };
   const std::string model = "qwen/qwen3-235b-a22b";
-  const auto ask = [&](int max_tokens, const std::string& provider, const std::string& usd) {
+  const auto ask = [&](tt::harness& h, int max_tokens, const std::string& provider, const std::string& usd) {
     return tt::post_json(h.port(), "/v1/chat/completions",
                          tt::chat_body(model, false, ",\"max_tokens\":" + std::to_string(max_tokens)),
                          {{"x-fake-usage-extra", R"({"cost":)" + usd + "}"}, {"x-fake-provider", provider}});
   };
-  // A priced call states its cost: the upstream does. Then the cheap provider's price is learned.
-  REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"),
-                        {{"x-fake-usage-extra", R"({"cost":0.01})"}}).status == 200);
-  REQUIRE(ask(50, "Cheap", "0.00042").status == 200);
-  // 2,000 tokens at the cheap provider's bounds fit in the $1 budget.
-  REQUIRE(ask(2000, "Cheap", "0.00042").status == 200);
-  h.flush();
-  const double completion = h.query_double("SELECT MIN(completion_tokens) FROM calls WHERE requested_model = '" + model + "'");
-  auto stated = reserved();
+  {
+    tt::harness h({.tweak = tweak});
+    // A priced call states its cost: the upstream does. Then the cheap provider's price is learned.
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"),
+                          {{"x-fake-usage-extra", R"({"cost":0.01})"}}).status == 200);
+    REQUIRE(ask(h, 50, "Cheap", "0.00042").status == 200);
+    // 2,000 tokens at the cheap provider's bounds fit in the $1 budget.
+    REQUIRE(ask(h, 2000, "Cheap", "0.00042").status == 200);
+    h.flush();
+    const double completion = h.query_double("SELECT MIN(completion_tokens) FROM calls WHERE requested_model = '" + model + "'");
+    auto stated = reserved(h);
+    REQUIRE(stated["models"].size() == 1);
+    CHECK(stated["models"][0]["model"] == model);
+    CHECK(stated["models"][0]["providers"] == 1);
+    CHECK(stated["models"][0]["reserve_output_usd_per_1m"].get<double>() == Approx(0.00042 / completion * 1e6));
+    REQUIRE(stated["upstreams"].size() == 1);
+    CHECK(stated["upstreams"][0]["name"] == h.query_text("SELECT upstream FROM calls LIMIT 1"));
+    CHECK(stated["upstreams"][0]["streams"] == true);
+    // One call routed to a provider a hundred times dearer: 2,000 tokens at its bounds (capped at
+    // the table's dearest output price, o1-pro's $600 / 1M: $1.20) would not fit.
+    REQUIRE(ask(h, 50, "Dear", "0.042").status == 200);
+    const auto big = ask(h, 2000, "Cheap", "0.00042");
+    CHECK(big.status == 429);
+    CHECK(json::parse(big.body)["error"]["message"].get<std::string>().find("would be exceeded") != std::string::npos);
+    // Two providers now; the dear one's output bound is above the table's dearest price, which caps it.
+    stated = reserved(h);
+    CHECK(stated["models"][0]["providers"] == 2);
+    CHECK(stated["models"][0]["reserve_output_usd_per_1m"].get<double>() == Approx(600));
+    // Each call is settled at the cost its provider stated, and its row names the provider.
+    h.flush();
+    CHECK(h.query_double("SELECT SUM(cost_usd) FROM calls WHERE requested_model = '" + model + "' AND status = 200") ==
+          Approx(0.00042 * 2 + 0.042).epsilon(1e-12));
+    CHECK(h.query_text("SELECT group_concat(provider, ',') FROM (SELECT provider FROM calls WHERE requested_model = '" +
+                       model + "' AND status = 200 ORDER BY id)") == "Cheap,Cheap,Dear");
+  }
+  // After a restart the ledger's provider column brings both routes back: the dear one still
+  // holds the reservation, and the same 2,000-token call is refused again.
+  tt::harness h({.tweak = tweak});
+  const auto stated = reserved(h);
   REQUIRE(stated["models"].size() == 1);
-  CHECK(stated["models"][0]["model"] == model);
-  CHECK(stated["models"][0]["providers"] == 1);
-  CHECK(stated["models"][0]["reserve_output_usd_per_1m"].get<double>() == Approx(0.00042 / completion * 1e6));
-  REQUIRE(stated["upstreams"].size() == 1);
-  CHECK(stated["upstreams"][0]["name"] == h.query_text("SELECT upstream FROM calls LIMIT 1"));
-  CHECK(stated["upstreams"][0]["streams"] == true);
-  // One call routed to a provider a hundred times dearer: 2,000 tokens at its bounds (capped at
-  // the table's dearest output price, o1-pro's $600 / 1M: $1.20) would not fit.
-  REQUIRE(ask(50, "Dear", "0.042").status == 200);
-  const auto big = ask(2000, "Cheap", "0.00042");
-  CHECK(big.status == 429);
-  CHECK(json::parse(big.body)["error"]["message"].get<std::string>().find("would be exceeded") != std::string::npos);
-  // Two providers now; the dear one's output bound is above the table's dearest price, which caps it.
-  stated = reserved();
   CHECK(stated["models"][0]["providers"] == 2);
   CHECK(stated["models"][0]["reserve_output_usd_per_1m"].get<double>() == Approx(600));
-  // Each call is settled at the cost its provider stated.
-  h.flush();
-  CHECK(h.query_double("SELECT SUM(cost_usd) FROM calls WHERE requested_model = '" + model + "' AND status = 200") ==
-        Approx(0.00042 * 2 + 0.042).epsilon(1e-12));
+  CHECK(ask(h, 2000, "Cheap", "0.00042").status == 429);
+  CHECK(ask(h, 50, "Cheap", "0.00042").status == 200);
 }
 
 // A LiteLLM proxy states a whole reply's cost in a header, which a stream's head carries before

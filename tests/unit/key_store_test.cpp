@@ -303,7 +303,7 @@ TEST_CASE("key_store: the ledger's migrations create the client_keys table", "[k
   CHECK(sqlite3_column_int(st, 0) == 9);
   sqlite3_finalize(st);
   sqlite3_close(db);
-  CHECK(ledger_schema_version() == 4);
+  CHECK(ledger_schema_version() == 5);
 }
 
 TEST_CASE("key_store: window alert marks round-trip, once per window", "[key_store]") {

@@ -209,6 +209,7 @@ TEST_CASE("ledger_journal: appended rows read back in order with every field, ac
   full.error_kind = "upstream_reset";
   full.upstream_request_id = "msg_01ABC";
   full.attempts = 3;
+  full.provider = "DeepInfra";
   auto rows = make_rows(0, 5);
   rows.push_back(full);
   {
@@ -261,6 +262,7 @@ TEST_CASE("ledger_journal: appended rows read back in order with every field, ac
   CHECK(back.error_kind == full.error_kind);
   CHECK(back.upstream_request_id == full.upstream_request_id);
   CHECK(back.attempts == 3);
+  CHECK(back.provider == "DeepInfra");
   CHECK(out[2].row.request_id == "req-2");
 
   SECTION("reading in batches and consuming moves the cursor") {
@@ -312,13 +314,14 @@ TEST_CASE("encode_usage_record: one row on its own round-trips, damaged or parti
   }
 }
 
-TEST_CASE("ledger_journal: a record of the first format (without web searches and tier) still reads",
+TEST_CASE("ledger_journal: records of the earlier formats (without provider, web searches and tier) still read",
           "[ledger][journal]") {
   temp_dir dir;
   const auto path = dir.file("j");
   auto rows = make_rows(0, 1);
   rows[0].tokens.web_search = 2;
   rows[0].tokens.tier = service_tier::flex;
+  rows[0].provider = "Groq";
   {
     ledger_journal j(path, 1 << 20, false);
     REQUIRE(j.open().error.empty());
@@ -326,16 +329,20 @@ TEST_CASE("ledger_journal: a record of the first format (without web searches an
     REQUIRE(j.append(pointers(rows), err) == 1);
     j.close();
   }
-  // Rewrite the one record as the first format wrote it: its body without the last 9 bytes
-  // (web searches i64, tier u8), with its length and CRC-32 made again.
+  // Rewrite the one record as an earlier format wrote it: its body without the fields added
+  // since (provider: u32 length + 4 bytes; web searches i64, tier u8), with its length and
+  // CRC-32 made again.
+  const std::size_t provider_bytes = 4 + 4;
+  const bool second = GENERATE(true, false);  // schema-4 format (tier, no provider), or the first
+  const std::size_t drop = provider_bytes + (second ? 0 : 9);
   std::string file;
   {
     std::ifstream in(path, std::ios::binary);
     file.assign(std::istreambuf_iterator<char>(in), {});
   }
   constexpr std::size_t header = 8 + 16, head = 12;
-  REQUIRE(file.size() > header + head + 9);
-  std::string body = file.substr(header + head, file.size() - header - head - 9);
+  REQUIRE(file.size() > header + head + drop);
+  std::string body = file.substr(header + head, file.size() - header - head - drop);
   const auto put32 = [](std::string& b, std::size_t at, std::uint32_t v) {
     for (int i = 0; i < 4; ++i) b[at + i] = static_cast<char>(v >> (8 * i));
   };
@@ -356,8 +363,9 @@ TEST_CASE("ledger_journal: a record of the first format (without web searches an
   REQUIRE(out.size() == 1);
   CHECK(out[0].row.request_id == rows[0].request_id);
   CHECK(out[0].row.attempts == rows[0].attempts);
-  CHECK(out[0].row.tokens.web_search == 0);
-  CHECK(out[0].row.tokens.tier == service_tier::none);
+  CHECK(out[0].row.provider.empty());
+  CHECK(out[0].row.tokens.web_search == (second ? 2 : 0));
+  CHECK(out[0].row.tokens.tier == (second ? service_tier::flex : service_tier::none));
 }
 
 TEST_CASE("ledger_journal: a torn last record is cut off, the records before it kept",

@@ -272,7 +272,7 @@ TEST_CASE("ledger: every record field lands in its column", "[ledger]") {
       " client_key_id, team, user, status, stream, aborted, prompt_tokens, completion_tokens,"
       " cached_tokens, cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, total_tokens,"
       " usage_source, priced, cost_usd, latency_ms, first_byte_ms, error_kind,"
-      " upstream_request_id, attempts";
+      " upstream_request_id, attempts, provider";
 
   SECTION("a fully populated record") {
     usage_record r;
@@ -299,6 +299,7 @@ TEST_CASE("ledger: every record field lands in its column", "[ledger]") {
     r.error_kind = "upstream_reset";
     r.upstream_request_id = "msg_01ABC";
     r.attempts = 2;
+    r.provider = "Google Vertex";
     REQUIRE(l.reserve());
     l.submit(r);
     l.flush();
@@ -310,7 +311,7 @@ TEST_CASE("ledger: every record field lands in its column", "[ledger]") {
         "req-full", "1733000000123", "messages", "POST", "claude-sonnet-4-5",
         "claude-sonnet-4-5-20250929", "claude-sonnet-4-5", "anthropic", "key-7", "search", "u-42",
         "502", "1", "1", "1200", "340", "800", "300", "100", "40", "1540", "estimated", "1",
-        "0.0123", "1532.25", "210.5", "upstream_reset", "msg_01ABC", "2"};
+        "0.0123", "1532.25", "210.5", "upstream_reset", "msg_01ABC", "2", "Google Vertex"};
     CHECK(rows[0] == expected);
     CHECK(db.real("SELECT cost_usd FROM calls") == 0.0123);
   }
@@ -332,7 +333,7 @@ TEST_CASE("ledger: every record field lands in its column", "[ledger]") {
     const std::vector<std::optional<std::string>> expected = {
         "req-empty", "0", "models", "GET", null, null, null, null, null, null, null,
         "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "none", "0",
-        "0.0", "0.0", null, null, null, "1"};
+        "0.0", "0.0", null, null, null, "1", null};
     CHECK(rows[0] == expected);
   }
 }
@@ -348,18 +349,20 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
     db_conn db(opts.path);
     CHECK(db.rows("PRAGMA journal_mode")[0][0] == "wal");
     CHECK(db.integer("SELECT MAX(version) FROM schema_version") == ledger_schema_version());
-    // 1: calls; 2: client_keys; 3: start_ms the only index; 4: service_tier, web_search_requests
-    CHECK(ledger_schema_version() == 4);
+    // 1: calls; 2: client_keys; 3: start_ms the only index; 4: service_tier, web_search_requests;
+    // 5: provider
+    CHECK(ledger_schema_version() == 5);
     CHECK(db.integer("SELECT COUNT(*) FROM sqlite_master WHERE name = 'client_keys'") == 1);
     CHECK(db.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'calls_%'") ==
           std::vector<std::vector<std::optional<std::string>>>{{"calls_start_ms"}});
   }
 
-  SECTION("a version-2 database loses its two composite indexes, gains the schema-4 columns and keeps its rows") {
+  SECTION("a version-2 database loses its two composite indexes, gains the later columns and keeps its rows") {
     {
       db_conn db(opts.path);
       db.exec(ledger_schema_sql());
-      db.exec("ALTER TABLE calls DROP COLUMN service_tier; ALTER TABLE calls DROP COLUMN web_search_requests;");
+      db.exec("ALTER TABLE calls DROP COLUMN service_tier; ALTER TABLE calls DROP COLUMN web_search_requests;"
+              "ALTER TABLE calls DROP COLUMN provider;");
       db.exec("CREATE INDEX calls_price_model_start_ms ON calls(price_model, start_ms);"
               "CREATE INDEX calls_client_key_id_start_ms ON calls(client_key_id, start_ms);"
               "CREATE TABLE schema_version(version INTEGER NOT NULL);"
@@ -378,13 +381,41 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
     l.submit(make_row(1));
     l.stop();
     db_conn db(opts.path);
-    CHECK(db.integer("SELECT MAX(version) FROM schema_version") == 4);
+    CHECK(db.integer("SELECT MAX(version) FROM schema_version") == 5);
     CHECK(db.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'calls_%'") ==
           std::vector<std::vector<std::optional<std::string>>>{{"calls_start_ms"}});
     CHECK(db.integer("SELECT COUNT(*) FROM calls") == 2);
-    // The old row reads no tier and no searches; the new one was written with both columns.
-    CHECK(db.rows("SELECT service_tier, web_search_requests FROM calls WHERE request_id = 'old'") ==
-          std::vector<std::vector<std::optional<std::string>>>{{std::nullopt, "0"}});
+    // The old row reads no tier, no searches and no provider; the new one was written with them.
+    CHECK(db.rows("SELECT service_tier, web_search_requests, provider FROM calls WHERE request_id = 'old'") ==
+          std::vector<std::vector<std::optional<std::string>>>{{std::nullopt, "0", std::nullopt}});
+  }
+
+  SECTION("a version-4 database gains the provider column and keeps its rows") {
+    {
+      db_conn db(opts.path);
+      db.exec(ledger_schema_sql());
+      db.exec("ALTER TABLE calls DROP COLUMN provider;"
+              "CREATE TABLE schema_version(version INTEGER NOT NULL);"
+              "INSERT INTO schema_version VALUES (1), (2), (3), (4);"
+              "INSERT INTO calls (request_id, start_ms, route, method, status, stream, aborted,"
+              " prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens,"
+              " cache_write_1h_tokens, reasoning_tokens, total_tokens, usage_source, priced,"
+              " cost_usd, latency_ms, attempts, service_tier)"
+              " VALUES ('old', 1, 'chat_completions', 'POST', 200, 0, 0, 1, 2, 0, 0, 0, 0, 3,"
+              " 'upstream', 1, 0.5, 10, 1, 'flex')");
+    }
+    ledger l(opts);
+    l.start();
+    auto row = make_row(1);
+    row.provider = "DeepInfra";
+    REQUIRE(l.reserve());
+    l.submit(row);
+    l.stop();
+    db_conn db(opts.path);
+    CHECK(db.integer("SELECT MAX(version) FROM schema_version") == 5);
+    CHECK(db.rows("SELECT request_id, service_tier, provider FROM calls ORDER BY id") ==
+          std::vector<std::vector<std::optional<std::string>>>{{"old", "flex", std::nullopt},
+                                                              {row.request_id, std::nullopt, "DeepInfra"}});
   }
 
   SECTION("reopening an existing database keeps its rows and applies no migration twice") {
@@ -404,11 +435,11 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
     {
       db_conn db(opts.path);
       db.exec("CREATE TABLE schema_version(version INTEGER NOT NULL);"
-              "INSERT INTO schema_version VALUES (1), (2), (3), (4), (5)");
+              "INSERT INTO schema_version VALUES (1), (2), (3), (4), (5), (6)");
     }
     ledger l(opts);
     CHECK_THROWS_WITH(l.start(), Catch::StartsWith("ledger: cannot open " + opts.path) &&
-                                     Catch::Contains("schema version 5 is newer"));
+                                     Catch::Contains("schema version 6 is newer"));
   }
 
   SECTION("a path that cannot be a database is refused with the path in the message") {
@@ -421,7 +452,7 @@ TEST_CASE("ledger: schema, WAL mode and migrations", "[ledger]") {
   SECTION("ledger_schema_sql creates the table the writer inserts into") {
     db_conn db(dir.file("tool.db"));
     db.exec(ledger_schema_sql());
-    CHECK(db.integer("SELECT COUNT(*) FROM pragma_table_info('calls')") == 32);
+    CHECK(db.integer("SELECT COUNT(*) FROM pragma_table_info('calls')") == 33);
   }
 }
 

@@ -211,7 +211,7 @@ TEST_CASE("report: group_by names are parsed in order, unknown or repeated ones 
   CHECK(parse_group_by("model, day") == std::vector<spend_group>{spend_group::model, spend_group::day});
   CHECK(parse_group_by("key,team,day,model").size() == 4);
   CHECK(parse_group_by("").empty());
-  CHECK_THROWS_WITH(parse_group_by("day,user"), Contains("unknown column 'user'") && Contains("day, model, team, key or tier"));
+  CHECK_THROWS_WITH(parse_group_by("day,user"), Contains("unknown column 'user'") && Contains("day, model, team, key, tier or provider"));
   CHECK_THROWS_WITH(parse_group_by("day,model,day"), Contains("'day' given twice"));
 }
 
@@ -288,6 +288,28 @@ TEST_CASE("report: spend groups by model, team and key in the order given", "[re
     CHECK(r.rows[3].keys == keys({"flex", "gpt-5"}));
     CHECK(r.rows[3].figures.cost_usd == 0.25);
     CHECK(parse_group_by("tier,day") == std::vector<spend_group>{spend_group::tier, spend_group::day});
+  }
+  SECTION("by provider: what each of a relay's providers served, calls naming none in the null group") {
+    sample_ledger routes;
+    auto cheap = call(t, "", 0.125);
+    cheap.served_model = "qwen/qwen3-235b-a22b";
+    cheap.provider = "DeepInfra";
+    auto dear = call(t + 1, "", 4.0);
+    dear.served_model = "qwen/qwen3-235b-a22b";
+    dear.provider = "Together";
+    auto again = call(t + 2, "", 0.25);
+    again.served_model = "qwen/qwen3-235b-a22b";
+    again.provider = "DeepInfra";
+    routes.write({cheap, dear, again, call(t + 3, "gpt-5", 2.0)});
+    const auto r = query_spend(routes.path, {nov, {spend_group::provider, spend_group::model}, "UTC"});
+    REQUIRE(r.rows.size() == 3);
+    CHECK(r.rows[0].keys == std::vector<std::optional<std::string>>{std::nullopt, "gpt-5"});
+    CHECK(r.rows[1].keys == keys({"DeepInfra", "qwen/qwen3-235b-a22b"}));
+    CHECK(r.rows[1].figures.requests == 2);
+    CHECK(r.rows[1].figures.cost_usd == 0.375);
+    CHECK(r.rows[2].keys == keys({"Together", "qwen/qwen3-235b-a22b"}));
+    CHECK(r.rows[2].figures.cost_usd == 4.0);
+    CHECK(parse_group_by("provider") == std::vector<spend_group>{spend_group::provider});
   }
   SECTION("by key and by team: calls without one form a null group, sorted first") {
     const auto by_key = query_spend(s.path, {nov, {spend_group::key}, "UTC"});

@@ -124,6 +124,16 @@ TEST_CASE("stated rates: history read back from the ledger never ages out the pr
   for (std::uint32_t i = 0; i < 2 * stated_rates::kGeneration; ++i) fresh.observe("openrouter", true, "m", 100, 100, 0.0001, "Cheap");
   CHECK(fresh.bound("m")->input == Approx(1e-6));
   CHECK(fresh.learned().front().providers == 1);
+  // Rows that name their provider (ledger schema 5) are replayed under it: a dear route read back
+  // holds the bound above a cheap one read after it, and ages out once 512 live calls pass it by.
+  stated_rates named;
+  named.replay("openrouter", true, "m", 100, 100, 0.003, "Dear");
+  for (int i = 0; i < 3000; ++i) named.replay("openrouter", true, "m", 100, 100, 0.0001, "Cheap");
+  CHECK(named.bound("m")->input == Approx(3e-5));
+  CHECK(named.learned().front().providers == 2);
+  for (std::uint32_t i = 0; i < 2 * stated_rates::kGeneration; ++i) named.observe("openrouter", true, "m", 100, 100, 0.0001, "cheap");
+  CHECK(named.bound("m")->input == Approx(1e-6));
+  CHECK(named.learned().front().providers == 1);
 }
 
 TEST_CASE("stated rates: what a hard budget reserves at, and what is shown of it", "[stated]") {
