@@ -139,6 +139,8 @@ class reader {
   [[noreturn]] void fail() const {
     std::string why = sqlite3_errmsg(db_);
     if (why.rfind("no such table", 0) == 0) why += " (not a tollgate ledger?)";
+    // A column a later schema added (service_tier, provider) in a file no newer tollgate opened.
+    if (why.rfind("no such column", 0) == 0) why += " (a ledger from an older tollgate: start the proxy on it once to migrate it)";
     throw ledger_error(path_, why);
   }
 

@@ -826,6 +826,15 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
     CHECK(rc == 1);
     CHECK_THAT(err, Contains(bogus) && Contains("not a tollgate ledger"));
   }
+  SECTION("a ledger of an older schema grouped by a later column exits 1 saying how to migrate it") {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(s.path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "ALTER TABLE calls DROP COLUMN provider", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+    const auto [rc, out, err] = run({"--ledger", s.path, "--month", "2026-11", "--by", "provider"});
+    CHECK(rc == 1);
+    CHECK_THAT(err, Contains("no such column: provider") && Contains("start the proxy on it once to migrate it"));
+  }
 }
 
 TEST_CASE("json_text: amounts shortest round-trip, the rest as nlohmann prints it", "[report]") {
