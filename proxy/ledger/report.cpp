@@ -180,6 +180,9 @@ class statement {
   std::int64_t i64(int c) const noexcept { return sqlite3_column_int64(st_, c); }
   double real(int c) const noexcept { return sqlite3_column_double(st_, c); }
   bool is_null(int c) const noexcept { return sqlite3_column_type(st_, c) == SQLITE_NULL; }
+  int columns() const noexcept { return sqlite3_column_count(st_); }
+  const char* name(int c) const noexcept { return sqlite3_column_name(st_, c); }
+  int type(int c) const noexcept { return sqlite3_column_type(st_, c); }
   std::optional<std::string> text(int c) const {
     if (is_null(c)) return std::nullopt;
     const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(st_, c));
@@ -631,6 +634,92 @@ std::string to_csv(const spend_report& r) {
   out += ',';
   put_csv_figures(out, r.total);
   out += '\n';
+  return out;
+}
+
+// ---- Calls ---------------------------------------------------------------------------------------
+
+std::pair<std::int64_t, std::int64_t> parse_calls_cursor(std::string_view text) {
+  const auto colon = text.find(':');
+  std::pair<std::int64_t, std::int64_t> out{};
+  const auto number = [](std::string_view t, std::int64_t& v) {
+    const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+    return ec == std::errc{} && end == t.data() + t.size() && !t.empty();
+  };
+  if (colon == std::string_view::npos || !number(text.substr(0, colon), out.first) ||
+      !number(text.substr(colon + 1), out.second))
+    throw std::invalid_argument("before must be the next_before of an earlier page (<start_ms>:<id>), got '" +
+                                std::string(text.substr(0, 60)) + "'");
+  return out;
+}
+
+namespace {
+// Each filter's name and its term; `?` is its value's parameter.
+constexpr std::pair<std::string_view, std::string_view> kCallFilters[] = {
+    {"request_id", "request_id = ?"},
+    {"key", "client_key_id = ?"},
+    {"team", "team = ?"},
+    {"model", "(requested_model = ? OR served_model = ? OR price_model = ?)"},
+    {"provider", "provider = ?"},
+    {"route", "route = ?"},
+};
+}  // namespace
+
+const std::vector<std::string_view>& calls_filters() {
+  static const std::vector<std::string_view> names = [] {
+    std::vector<std::string_view> out;
+    for (const auto& f : kCallFilters) out.push_back(f.first);
+    return out;
+  }();
+  return names;
+}
+
+nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q) {
+  // Parameters are numbered by their place; each filter given adds its term.
+  std::string sql = "SELECT * FROM calls WHERE start_ms >= ?1 AND start_ms < ?2";
+  std::vector<std::pair<int, const std::string*>> texts;
+  int n = 2;
+  for (const auto& [name, value] : q.match) {
+    const auto* f = std::find_if(std::begin(kCallFilters), std::end(kCallFilters), [&](const auto& e) { return e.first == name; });
+    if (f == std::end(kCallFilters)) throw std::invalid_argument("unknown calls filter '" + name + "'");
+    texts.emplace_back(++n, &value);
+    sql += " AND ";
+    for (const char c : f->second) c == '?' ? (sql += '?') += std::to_string(n) : sql += c;
+  }
+  if (q.status) sql += " AND status = " + std::to_string(*q.status);
+  if (q.before) sql += " AND (start_ms, id) < (" + std::to_string(q.before->first) + ", " + std::to_string(q.before->second) + ")";
+  const std::size_t limit = std::clamp<std::size_t>(q.limit, 1, 1000);
+  sql += " ORDER BY start_ms DESC, id DESC LIMIT " + std::to_string(limit + 1);  // one more: is there a next page?
+
+  reader db(ledger_path);
+  statement st(db, sql);
+  st.bind(1, q.range.from_ms);
+  st.bind(2, q.range.to_ms);
+  for (const auto& [i, v] : texts) st.bind_text(i, *v);
+  nlohmann::json out;
+  auto& calls = out["calls"] = nlohmann::json::array();
+  out["next_before"] = nullptr;
+  while (st.step()) {
+    nlohmann::json row = nlohmann::json::object();
+    std::int64_t start_ms = 0;
+    for (int c = 0; c < st.columns(); ++c) {
+      const std::string col = st.name(c);
+      switch (st.type(c)) {
+        case SQLITE_INTEGER: row[col] = st.i64(c); break;
+        case SQLITE_FLOAT: row[col] = st.real(c); break;
+        case SQLITE_NULL: row[col] = nullptr; break;
+        default: row[col] = *st.text(c); break;
+      }
+      if (col == "start_ms") start_ms = st.i64(c);
+    }
+    if (calls.size() == limit) {  // the extra row: the page ends at the one before it
+      out["next_before"] = std::to_string(calls.back()["start_ms"].get<std::int64_t>()) + ":" +
+                           std::to_string(calls.back()["id"].get<std::int64_t>());
+      break;
+    }
+    row["start"] = format_rfc3339_utc(start_ms);
+    calls.push_back(std::move(row));
+  }
   return out;
 }
 

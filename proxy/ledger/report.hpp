@@ -180,6 +180,32 @@ nlohmann::json to_json(const whatif_report& r);
 // CSV as for spend: row,model,<figures>,actual_cost_usd,cache_write_1h_tokens,whatif_cost_usd,target.
 std::string to_csv(const whatif_report& r);
 
+// ---- Calls -------------------------------------------------------------------------------------
+
+// One page of the ledger's rows for GET /admin/calls: what one call cost, and why, without a
+// shell on the machine that holds the file. Rows whose start_ms lies in `range` and that match
+// every filter given, newest first (start_ms, then id, descending: the start_ms index serves the
+// order, so a page costs its rows, not the ledger's). A row is there once the writer has
+// committed it (ledger.flush_interval after the call ends).
+struct calls_query {
+  time_range range;
+  // Exact matches by filter name (calls_filters()): request_id, key (client_key_id), team, model
+  // (the requested, served or pricing model), provider, route.
+  std::map<std::string, std::string, std::less<>> match;
+  std::optional<int> status;
+  // The page after the one that ended at this row (next_before of that page), else the newest.
+  std::optional<std::pair<std::int64_t, std::int64_t>> before;  // (start_ms, id)
+  std::size_t limit = 100;
+};
+// {"calls": [row, ...], "next_before": "<start_ms>:<id>" or null}. Each row has every column of
+// the ledger's `calls` table under its name (integers, reals, text or null, as stored) and
+// `start`, start_ms as RFC 3339 UTC. Throws std::runtime_error naming the file.
+nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q);
+// The names calls_query::match takes, in order; another throws std::invalid_argument.
+const std::vector<std::string_view>& calls_filters();
+// "<start_ms>:<id>" -> the pair; std::invalid_argument otherwise.
+std::pair<std::int64_t, std::int64_t> parse_calls_cursor(std::string_view text);
+
 // ---- Warm start --------------------------------------------------------------------------------
 
 // Spend of one (key, team, price model) within one UTC minute (or second, see spend_since).

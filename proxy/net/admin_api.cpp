@@ -168,6 +168,46 @@ admin_response spend(const admin_context& ctx, const std::map<std::string, std::
   return report_response(query_spend(ctx.ledger_path, sq), csv);
 }
 
+// GET /admin/calls: one page of ledger rows, newest first (report.hpp, query_calls).
+admin_response calls(const admin_context& ctx, const std::map<std::string, std::string>& q) {
+  calls_query cq;
+  std::string expected;
+  for (const auto name : calls_filters()) (expected += name) += ", ";
+  expected += "from, to, month, status, before, limit";
+  for (const auto& [k, v] : q) {
+    const auto& names = calls_filters();
+    if (std::find(names.begin(), names.end(), k) != names.end()) {
+      if (!v.empty()) cq.match.emplace(k, v);
+    } else if (k != "from" && k != "to" && k != "month" && k != "status" && k != "before" && k != "limit") {
+      throw http_problem(400, "invalid_parameter", "Unknown query parameter '" + k.substr(0, 40) + "' (expected " + expected + ").");
+    }
+  }
+  cq.range = range_of(q, calendar(ctx.cfg.timezone));
+  const auto whole = [&](const char* k, long lo, long hi) -> std::optional<long> {
+    auto it = q.find(k);
+    if (it == q.end() || it->second.empty()) return std::nullopt;
+    long v = 0;
+    const auto& t = it->second;
+    const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+    if (ec != std::errc{} || end != t.data() + t.size() || v < lo || v > hi)
+      throw http_problem(400, "invalid_parameter", std::string(k) + " must be a whole number from " + std::to_string(lo) +
+                                                       " to " + std::to_string(hi) + ", got '" + t.substr(0, 40) + "'");
+    return v;
+  };
+  if (const auto s = whole("status", 0, 999)) cq.status = static_cast<int>(*s);
+  if (const auto l = whole("limit", 1, 1000)) cq.limit = static_cast<std::size_t>(*l);
+  if (auto it = q.find("before"); it != q.end() && !it->second.empty()) {
+    try {
+      cq.before = parse_calls_cursor(it->second);
+    } catch (const std::invalid_argument& e) {
+      throw http_problem(400, "invalid_parameter", e.what());
+    }
+  }
+  admin_response r;
+  r.body = text_of(query_calls(ctx.ledger_path, cq));
+  return r;
+}
+
 // A field of the key body that must have one JSON type: a 400 naming it otherwise (nlohmann's own
 // message names neither the field nor the request).
 [[noreturn]] void bad_field(const std::string& field, const std::string& why) {
@@ -514,6 +554,7 @@ admin_response handle_admin(const admin_context& ctx, const admin_request& req) 
       return not_allowed("GET, HEAD, POST");
     }
     if (path == "/admin/budgets") return get ? budgets(ctx) : not_allowed("GET, HEAD");
+    if (path == "/admin/calls") return get ? calls(ctx, query) : not_allowed("GET, HEAD");
     if (path == "/admin/keys") {
       if (get) return keys_list(ctx);
       if (req.method == "POST") return keys_create(ctx, req.body);

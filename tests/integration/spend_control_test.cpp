@@ -320,6 +320,39 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
     CHECK(tt::request(h.admin_port(), "GET", "/metrics").status == 200);
     CHECK(tt::request(h.admin_port(), "GET", "/healthz").status == 200);
   }
+  SECTION("calls: one call's row found by its request id, the newest first, bad parameters a 400") {
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"), {{"x-request-id", "find-me-1"}}).status == 200);
+    REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("deepseek-v3.2"),
+                          {{"x-request-id", "find-me-2"}, {"x-fake-provider", "DeepInfra"}}).status == 200);
+    h.flush();
+    auto r = tt::request(h.admin_port(), "GET", "/admin/calls?request_id=find-me-2", {}, admin);
+    REQUIRE(r.status == 200);
+    CHECK(r.header("content-type").find("application/json") == 0);
+    auto j = json::parse(r.body);
+    REQUIRE(j["calls"].size() == 1);
+    const auto& row = j["calls"][0];
+    CHECK(row["requested_model"] == "deepseek-v3.2");
+    CHECK(row["provider"] == "DeepInfra");
+    CHECK(row["cost_usd"].get<double>() == h.query_double("SELECT cost_usd FROM calls WHERE request_id = 'find-me-2'"));
+    CHECK(row["prompt_tokens"] == h.query_int("SELECT prompt_tokens FROM calls WHERE request_id = 'find-me-2'"));
+    CHECK(j["next_before"].is_null());
+    // The newest call first, one a page, the next page after it.
+    j = json::parse(tt::request(h.admin_port(), "GET", "/admin/calls?limit=1", {}, admin).body);
+    REQUIRE(j["calls"].size() == 1);
+    CHECK(j["calls"][0]["request_id"] == "find-me-2");
+    REQUIRE(j["next_before"].is_string());
+    j = json::parse(tt::request(h.admin_port(), "GET", "/admin/calls?limit=1&before=" + j["next_before"].get<std::string>(), {}, admin).body);
+    CHECK(j["calls"][0]["request_id"] == "find-me-1");
+    for (const char* bad : {"/admin/calls?limit=0", "/admin/calls?limit=5000", "/admin/calls?status=abc", "/admin/calls?before=xyz",
+                            "/admin/calls?request-id=find-me-1", "/admin/calls?from=2026-13-01"}) {
+      INFO(bad);
+      r = tt::request(h.admin_port(), "GET", bad, {}, admin);
+      CHECK(r.status == 400);
+      CHECK(json::parse(r.body)["error"]["code"] == "invalid_parameter");
+    }
+    CHECK(tt::request(h.admin_port(), "GET", "/admin/calls").status == 401);
+    CHECK(tt::request(h.admin_port(), "POST", "/admin/calls", "{}", admin).status == 405);
+  }
   SECTION("spend grouped by model: totals are the ledger's sums; CSV too") {
     for (auto m : {"gpt-4.1", "gpt-4.1", "deepseek-v3.2"})
       REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(m)).status == 200);

@@ -837,6 +837,83 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
   }
 }
 
+TEST_CASE("report: calls come newest first, filtered, in pages that resume where the last ended", "[report]") {
+  sample_ledger s;
+  const auto t = utc_ms(2026, 11, 10, 12);
+  std::vector<usage_record> rows;
+  for (int i = 0; i < 7; ++i) {
+    auto r = with(call(t + i * 1000, i % 2 ? "gpt-4.1" : "claude-sonnet-4.5", 0.125 * i), i < 4 ? "app" : "batch", "web");
+    r.request_id = "req-call-" + std::to_string(i);
+    r.provider = i == 3 ? "DeepInfra" : "";
+    r.status = i == 5 ? 429 : 200;
+    rows.push_back(r);
+  }
+  // A long call written last that started first: the order is by start, not by row id.
+  auto late = call(t - 5000, "gpt-4.1", 1.5);
+  late.request_id = "req-call-late";
+  rows.push_back(late);
+  s.write(rows);
+  const auto ids = [](const nlohmann::json& page) {
+    std::vector<std::string> out;
+    for (const auto& c : page["calls"]) out.push_back(c["request_id"].get<std::string>());
+    return out;
+  };
+
+  calls_query q;
+  auto page = query_calls(s.path, q);
+  CHECK(ids(page) == std::vector<std::string>{"req-call-6", "req-call-5", "req-call-4", "req-call-3", "req-call-2",
+                                              "req-call-1", "req-call-0", "req-call-late"});
+  CHECK(page["next_before"].is_null());
+  // Every column under its name, as stored, and the start as RFC 3339.
+  const auto& third = page["calls"][3];
+  CHECK(third["provider"] == "DeepInfra");
+  CHECK(third["client_key_id"] == "app");
+  CHECK(third["cost_usd"].get<double>() == 0.375);
+  CHECK(third["status"] == 200);
+  CHECK(third["first_byte_ms"].is_null());
+  CHECK(third["start"] == format_rfc3339_utc(t + 3000));
+  CHECK(third["start_ms"] == t + 3000);
+  CHECK(third.contains("web_search_requests"));
+  CHECK(page["calls"][4]["provider"].is_null());
+
+  SECTION("pages of three, each resuming after the last, until none is left") {
+    q.limit = 3;
+    std::vector<std::string> seen;
+    for (int pages = 0; pages < 5; ++pages) {
+      page = query_calls(s.path, q);
+      for (const auto& id : ids(page)) seen.push_back(id);
+      if (page["next_before"].is_null()) break;
+      q.before = parse_calls_cursor(page["next_before"].get<std::string>());
+    }
+    CHECK(seen == ids(query_calls(s.path, calls_query{})));
+  }
+  SECTION("filters: exact matches, all of them at once") {
+    q.match = {{"request_id", "req-call-2"}};
+    CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-2"});
+    q = {};
+    q.match = {{"key", "batch"}, {"model", "gpt-4.1"}};  // model: requested, served or pricing model
+    CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-5"});
+    q.status = 200;
+    CHECK(ids(query_calls(s.path, q)).empty());
+    q = {};
+    q.match = {{"provider", "DeepInfra"}};
+    CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-3"});
+    q = {};
+    q.range = {t, t + 2000};
+    CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-1", "req-call-0"});
+    q.match = {{"team", "nope"}};
+    CHECK(ids(query_calls(s.path, q)).empty());
+    q.match = {{"user", "x"}};
+    CHECK_THROWS_WITH(query_calls(s.path, q), Contains("unknown calls filter 'user'"));
+  }
+  SECTION("a cursor that is not one is refused") {
+    CHECK(parse_calls_cursor("1733000000000:42") == std::pair<std::int64_t, std::int64_t>{1733000000000, 42});
+    CHECK(parse_calls_cursor("-5:1") == std::pair<std::int64_t, std::int64_t>{-5, 1});
+    for (const char* bad : {"", "12", "12:", ":3", "1:2:3", "a:b", "1 :2"})
+      CHECK_THROWS_WITH(parse_calls_cursor(bad), Contains("next_before of an earlier page"));
+  }
+}
+
 TEST_CASE("json_text: amounts shortest round-trip, the rest as nlohmann prints it", "[report]") {
   nlohmann::json j = {{"cost_usd", 0.04489090291969575}, {"n", 3}, {"s", "a\"b"}, {"whole", 2.0},
                       {"none", nullptr}, {"list", {1, 0.1, "x"}}, {"empty", nlohmann::json::object()}};
