@@ -171,15 +171,15 @@ admin_response spend(const admin_context& ctx, const std::map<std::string, std::
 // GET /admin/calls: one page of ledger rows, newest first (report.hpp, query_calls).
 admin_response calls(const admin_context& ctx, const std::map<std::string, std::string>& q) {
   calls_query cq;
-  std::string expected;
-  for (const auto name : calls_filters()) (expected += name) += ", ";
-  expected += "from, to, month, status, before, limit";
+  const auto& filters = calls_filters();
   for (const auto& [k, v] : q) {
-    const auto& names = calls_filters();
-    if (std::find(names.begin(), names.end(), k) != names.end()) {
+    if (std::find(filters.begin(), filters.end(), k) != filters.end()) {
       if (!v.empty()) cq.match.emplace(k, v);
     } else if (k != "from" && k != "to" && k != "month" && k != "status" && k != "before" && k != "limit") {
-      throw http_problem(400, "invalid_parameter", "Unknown query parameter '" + k.substr(0, 40) + "' (expected " + expected + ").");
+      std::string expected;
+      for (const auto name : filters) (expected += name) += ", ";
+      throw http_problem(400, "invalid_parameter", "Unknown query parameter '" + k.substr(0, 40) + "' (expected " + expected +
+                                                       "from, to, month, status, before, limit).");
     }
   }
   cq.range = range_of(q, calendar(ctx.cfg.timezone));
