@@ -700,6 +700,11 @@ nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q)
   auto& calls = out["calls"] = nlohmann::json::array();
   out["next_before"] = nullptr;
   while (st.step()) {
+    if (calls.size() == limit) {  // the extra row: the page ends at the one before it
+      out["next_before"] = std::to_string(calls.back()["start_ms"].get<std::int64_t>()) + ":" +
+                           std::to_string(calls.back()["id"].get<std::int64_t>());
+      break;
+    }
     nlohmann::json row = nlohmann::json::object();
     std::int64_t start_ms = 0;
     for (int c = 0; c < st.columns(); ++c) {
@@ -711,11 +716,6 @@ nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q)
         default: row[col] = *st.text(c); break;
       }
       if (col == "start_ms") start_ms = st.i64(c);
-    }
-    if (calls.size() == limit) {  // the extra row: the page ends at the one before it
-      out["next_before"] = std::to_string(calls.back()["start_ms"].get<std::int64_t>()) + ":" +
-                           std::to_string(calls.back()["id"].get<std::int64_t>());
-      break;
     }
     row["start"] = format_rfc3339_utc(start_ms);
     calls.push_back(std::move(row));
