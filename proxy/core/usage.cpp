@@ -6,6 +6,7 @@
 #include "core/pricing.hpp"
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <array>
 #include <cstring>
@@ -1199,6 +1200,59 @@ bool plain_json_text(std::string_view s) noexcept {
 
 }  // namespace
 
+namespace {
+
+// The `"usage": null` members append_without_null_usage removes from `raw`: calls
+// removed(at, len) for each, in order, with offsets into `raw`.
+// One scan for the member's name (find_bytes: a search per spelling stopped at every quote or
+// comma, ~0.9 µs per 300-byte chunk), then the spellings are matched around each occurrence.
+// Those that carry their leading comma start before it, so they win over those that carry the
+// trailing one (the longest first), which must start where a member can: after `{` or `,` (a
+// key ending in an escaped quote, `"\"usage":null,`, is not the member).
+template <class F>
+void for_each_null_usage(std::string_view raw, F&& removed) {
+  struct spelling {
+    std::size_t back;  // bytes before the name's opening quote
+    std::string_view form;
+  };
+  static constexpr spelling leading[] = {{2, ", \"usage\": null"}, {1, ",\"usage\":null"}, {1, ",\"usage\": null"}};
+  static constexpr std::string_view trailing[] = {"\"usage\": null, ", "\"usage\": null,", "\"usage\":null,"};
+  constexpr std::string_view name = "\"usage\"";
+  std::size_t base = 0;  // offset of `raw` in the caller's bytes
+  std::size_t from = 0;
+  for (;;) {
+    const std::size_t q = find_bytes(raw, name, from);
+    if (q == std::string_view::npos) break;
+    const auto spelled = [&](std::size_t start, std::string_view form) { return raw.substr(start, form.size()) == form; };
+    std::size_t at = std::string_view::npos, len = 0;
+    for (const spelling& s : leading)
+      if (q >= s.back && spelled(q - s.back, s.form)) {
+        at = q - s.back, len = s.form.size();
+        break;
+      }
+    if (at == std::string_view::npos) {
+      std::size_t b = q;
+      while (b > 0 && (raw[b - 1] == ' ' || raw[b - 1] == '\t' || raw[b - 1] == '\n' || raw[b - 1] == '\r')) --b;
+      if (b > 0 && (raw[b - 1] == '{' || raw[b - 1] == ','))
+        for (std::string_view form : trailing)
+          if (spelled(q, form)) {
+            at = q, len = form.size();
+            break;
+          }
+    }
+    if (at == std::string_view::npos) {
+      from = q + 1;
+      continue;
+    }
+    removed(base + at, len);
+    raw.remove_prefix(at + len);
+    base += at + len;
+    from = 0;
+  }
+}
+
+}  // namespace
+
 // Chunk frames. A stream's chunks are nearly always the same bytes but for one text value (and,
 // from OpenAI, an `obfuscation` string of random padding, and on Responses events a
 // `sequence_number`, neither of which the meter reads):
@@ -1279,6 +1333,72 @@ void stream_meter::learn_frame(std::string_view data, std::string_view event) {
   frame_holes_ = n;
   frame_event_.assign(event);
   has_frame_ = true;
+  frame_strips_ = false;
+  if (strip_) {
+    for (std::size_t i = 0; i < n; ++i) hole_start_[i] = holes[i].start, hole_end_[i] = holes[i].end;
+    plan_stripping(data);
+  }
+}
+
+// Strip mode: where the frame's `"usage": null` members are, so that append_stripped cuts a framed
+// event without a search. Each member found in the learned data must lie inside one segment.
+// Then every framed event has it at the same place: the event differs only inside the holes,
+// which hold no quote, so no other `"usage"` can appear, and the bytes a match is decided on
+// (the comma before, the spelling after, the `{` or `,` before the name) are the segment's. The
+// plan is checked against append_without_null_usage on the learned data before it is used.
+// hole_start_ / hole_end_ hold the learned data's holes.
+void stream_meter::plan_stripping(std::string_view data) {
+  const std::size_t n = frame_holes_;
+  const auto seg_begin = [&](std::size_t i) { return i == 0 ? std::size_t{0} : hole_end_[i - 1]; };
+  const auto seg_end = [&](std::size_t i) { return i == n ? data.size() : hole_start_[i]; };
+  n_cuts_ = 0;
+  bool fits = true;
+  std::size_t seg = 0;
+  for_each_null_usage(data, [&](std::size_t at, std::size_t len) {
+    while (seg <= n && at + len > seg_end(seg)) ++seg;
+    if (!fits || seg > n || at < seg_begin(seg) || n_cuts_ == kMaxCuts) {
+      fits = false;  // across a hole, or too many
+      return;
+    }
+    cuts_[n_cuts_++] = {seg, at - seg_begin(seg), len};
+  });
+  if (!fits) return;
+  std::string planned, expected;
+  append_cut(data, 0, planned);
+  append_without_null_usage(data, expected);
+  frame_strips_ = planned == expected;
+}
+
+// `raw` without the plan's cuts; the framed data, whose holes are hole_start_ / hole_end_, starts
+// at raw[base].
+void stream_meter::append_cut(std::string_view raw, std::size_t base, std::string& out) const {
+  std::size_t kept = 0;
+  for (std::size_t k = 0; k < n_cuts_; ++k) {
+    const cut& c = cuts_[k];
+    const std::size_t at = base + (c.seg == 0 ? 0 : hole_end_[c.seg - 1]) + c.offset;
+    out.append(raw.data() + kept, at - kept);
+    kept = at + c.len;
+  }
+  out.append(raw.data() + kept, raw.size() - kept);
+}
+
+void stream_meter::append_stripped(const sse_event& ev, std::string& out) {
+  const std::string_view raw = ev.raw, d = framed_data_;
+  // The plan covers the data; the bytes around it (`data: `, the blank line) are kept as they
+  // are when they hold no quote, so no member can start or end there.
+  const auto no_quote = [](const char* p, const char* end) {
+    for (; p != end; ++p)
+      if (*p == '"') return false;
+    return true;
+  };
+  if (frame_strips_ && !d.empty() && std::less_equal<>{}(raw.data(), d.data()) &&
+      std::less_equal<>{}(d.data() + d.size(), raw.data() + raw.size()) && no_quote(raw.data(), d.data()) &&
+      no_quote(d.data() + d.size(), raw.data() + raw.size())) {
+    append_cut(raw, static_cast<std::size_t>(d.data() - raw.data()), out);
+    ++cut_by_frame_;
+    return;
+  }
+  append_without_null_usage(raw, out);
 }
 
 bool stream_meter::through_frame(std::string_view data) {
@@ -1301,11 +1421,14 @@ bool stream_meter::through_frame(std::string_view data) {
     }
     const std::string_view seg = frame_seg_[i + 1];
     if (data.substr(end, seg.size()) != seg) return false;
+    hole_start_[i] = at;
+    hole_end_[i] = end;
     at = end + seg.size();
   }
   if (at != data.size()) return false;
   streamed_text_.add(text);
   ++framed_;
+  framed_data_ = data;
   return true;
 }
 
@@ -1435,6 +1558,7 @@ bool stream_meter::on_document(const Node& j, const sse_event& ev) {
 }
 
 bool stream_meter::on_event(const sse_event& ev) {
+  framed_data_ = {};
   if (!ev.has_data) return true;  // comments / keep-alives
   try {
     const std::string_view data = trim(ev.data);
@@ -1471,50 +1595,14 @@ bool stream_meter::on_event(const sse_event& ev) {
 namespace tollgate {
 
 bool append_without_null_usage(std::string_view raw, std::string& out) {
-  // One scan for the member's name (find_bytes: a search per spelling stopped at every quote or
-  // comma, ~0.9 µs per 300-byte chunk), then the spellings are matched around each occurrence.
-  // Those that carry their leading comma start before it, so they win over those that carry the
-  // trailing one (the longest first), which must start where a member can: after `{` or `,` (a
-  // key ending in an escaped quote, `"\"usage":null,`, is not the member).
-  struct spelling {
-    std::size_t back;  // bytes before the name's opening quote
-    std::string_view form;
-  };
-  static constexpr spelling leading[] = {{2, ", \"usage\": null"}, {1, ",\"usage\":null"}, {1, ",\"usage\": null"}};
-  static constexpr std::string_view trailing[] = {"\"usage\": null, ", "\"usage\": null,", "\"usage\":null,"};
-  constexpr std::string_view name = "\"usage\"";
+  std::size_t kept = 0;
   bool removed = false;
-  std::size_t from = 0;
-  for (;;) {
-    const std::size_t q = find_bytes(raw, name, from);
-    if (q == std::string_view::npos) break;
-    const auto spelled = [&](std::size_t start, std::string_view form) { return raw.substr(start, form.size()) == form; };
-    std::size_t at = std::string_view::npos, len = 0;
-    for (const spelling& s : leading)
-      if (q >= s.back && spelled(q - s.back, s.form)) {
-        at = q - s.back, len = s.form.size();
-        break;
-      }
-    if (at == std::string_view::npos) {
-      std::size_t b = q;
-      while (b > 0 && (raw[b - 1] == ' ' || raw[b - 1] == '\t' || raw[b - 1] == '\n' || raw[b - 1] == '\r')) --b;
-      if (b > 0 && (raw[b - 1] == '{' || raw[b - 1] == ','))
-        for (std::string_view form : trailing)
-          if (spelled(q, form)) {
-            at = q, len = form.size();
-            break;
-          }
-    }
-    if (at == std::string_view::npos) {
-      from = q + 1;
-      continue;
-    }
-    out.append(raw.substr(0, at));
-    raw.remove_prefix(at + len);
-    from = 0;
+  for_each_null_usage(raw, [&](std::size_t at, std::size_t len) {
+    out.append(raw.substr(kept, at - kept));
+    kept = at + len;
     removed = true;
-  }
-  out.append(raw);
+  });
+  out.append(raw.substr(kept));
   return removed;
 }
 

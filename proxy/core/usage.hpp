@@ -2,6 +2,7 @@
 // routes (chat/completions/embeddings/responses) and Anthropic messages. Also the token
 // estimator used when a stream ends without usage. Pure; see shared/WIRE.md for the traps.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -218,6 +219,11 @@ class stream_meter {
 
   // Returns true when the event must be forwarded to the client, false to drop it.
   bool on_event(const sse_event& ev);
+  // Appends `ev`, the event on_event was just given, as a client that did not ask for
+  // include_usage gets it: without the `"usage": null` members tollgate's include_usage added
+  // (append_without_null_usage, byte for byte). An event read through the chunk frame is cut
+  // where the frame says, without a search.
+  void append_stripped(const sse_event& ev, std::string& out);
 
   bool has_usage() const noexcept { return has_usage_; }
   // The usage seen is provisional: Anthropic's message_start reports the input side for good but
@@ -245,6 +251,8 @@ class stream_meter {
   std::int64_t estimated_completion_tokens() const noexcept;
   // Events read through a chunk frame instead of a parse (usage.cpp), for tests and benchmarks.
   std::size_t framed_events() const noexcept { return framed_; }
+  // Events append_stripped cut where the frame said, without a search; for tests and benchmarks.
+  std::size_t cut_by_frame() const noexcept { return cut_by_frame_; }
 
  private:
   // Node: a parsed JSON value, from simdjson (the fast path) or nlohmann (bodies simdjson turns
@@ -260,6 +268,8 @@ class stream_meter {
   // `sequence_number` values) of the last fully read chunk.
   void learn_frame(std::string_view data, std::string_view event);
   bool through_frame(std::string_view data);
+  void plan_stripping(std::string_view data);
+  void append_cut(std::string_view raw, std::size_t base, std::string& out) const;
 
   route_kind route_;
   bool strip_;
@@ -287,6 +297,19 @@ class stream_meter {
   frame_hole frame_kind_[kMaxFrameHoles] = {};
   std::size_t frame_holes_ = 0;
   bool has_frame_ = false;
+  // Strip mode: the frame's `"usage": null` members, each inside one segment, at an offset into
+  // it; a framed event is forwarded without them (plan_stripping, append_stripped).
+  struct cut {
+    std::size_t seg, offset, len;
+  };
+  static constexpr std::size_t kMaxCuts = 4;
+  std::array<cut, kMaxCuts> cuts_{};
+  std::size_t n_cuts_ = 0;
+  bool frame_strips_ = false;  // the cuts are checked and apply to framed events
+  std::size_t cut_by_frame_ = 0;
+  // The data of the event on_event just read through the frame (empty otherwise), and its holes.
+  std::string_view framed_data_;
+  std::size_t hole_start_[kMaxFrameHoles] = {}, hole_end_[kMaxFrameHoles] = {};
   std::size_t framed_ = 0;
 };
 

@@ -2046,7 +2046,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
         events.append(plain);
         sse_event ev;
         while (events.next(ev))
-          if (meter->on_event(ev)) append_without_null_usage(ev.raw, out_);
+          if (meter->on_event(ev)) meter->append_stripped(ev, out_);
         ok = send_client(out_, !ec && p.is_done() && events.pending().empty());
         if (!ok) ok = co_await finish_client();
       } else {
@@ -2091,7 +2091,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
       // An unterminated final event is still the upstream's bytes: passed on, edited as any
       // other (a usage-only chunk the client did not ask for stays hidden).
       while (events.finish(ev))
-        if (meter->on_event(ev)) append_without_null_usage(ev.raw, out_);
+        if (meter->on_event(ev)) meter->append_stripped(ev, out_);
     } else if (meter) {
       while (events.finish(ev)) meter->on_event(ev);
     }

@@ -198,6 +198,26 @@ void check_stream(route_kind route, bool strip, std::string_view stream) {
   }
   check_meters(meter, slow);
   if (meter.has_usage()) fuzz::check_usage(meter.usage());
+
+  // What the relay forwards to a client that did not ask for include_usage, event by event as
+  // client_session does: the frame's cuts (append_stripped) must be the search's, byte for byte.
+  if (strip) {
+    tollgate::stream_meter relay(route, true);
+    tollgate::sse_parser events;
+    events.append(stream);
+    std::string by_meter, by_search;
+    const auto take = [&](const tollgate::sse_event& e) {
+      if (!fuzz::strict() && e.has_data && trim(e.data).empty()) return;  // the known finding above
+      if (!relay.on_event(e)) return;
+      by_meter.clear();
+      by_search.clear();
+      relay.append_stripped(e, by_meter);
+      tollgate::append_without_null_usage(e.raw, by_search);
+      FUZZ_CHECK(by_meter == by_search);
+    };
+    while (events.next(ev)) take(ev);
+    while (events.finish(ev)) take(ev);
+  }
 }
 
 }  // namespace

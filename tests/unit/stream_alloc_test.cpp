@@ -53,7 +53,7 @@ void relay_piece(std::string_view piece, sse_parser& events, stream_meter& meter
   sse_event ev;
   while (events.next(ev)) {
     const bool forward = meter.on_event(ev);
-    if (edit && forward) append_without_null_usage(ev.raw, out);
+    if (edit && forward) meter.append_stripped(ev, out);
   }
 }
 

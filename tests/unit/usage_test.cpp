@@ -1241,6 +1241,96 @@ TEST_CASE("stream_meter: chunks read through a frame meter exactly as parsed one
   }
 }
 
+namespace {
+
+// What the relay sends a client that did not ask for include_usage, event by event as
+// client_session does (on_event, then append_stripped), beside the general edit of every raw
+// event; `pieces` splits the stream as reads from the upstream would.
+struct stripped_relay {
+  std::string by_meter, by_search;
+  std::size_t cut_by_frame = 0, framed = 0;
+};
+stripped_relay relay_stripped(route_kind route, std::string_view stream, std::size_t piece = 0) {
+  stripped_relay r;
+  stream_meter meter(route, true);
+  sse_parser parser;
+  sse_event ev;
+  const auto take = [&](bool keep) {
+    if (!keep) return;
+    meter.append_stripped(ev, r.by_meter);
+    tollgate::append_without_null_usage(ev.raw, r.by_search);
+  };
+  for (std::size_t at = 0; at < stream.size();) {
+    const std::size_t n = piece == 0 ? stream.size() : std::min(piece, stream.size() - at);
+    parser.append(stream.substr(at, n));
+    at += n;
+    while (parser.next(ev)) take(meter.on_event(ev));
+  }
+  while (parser.finish(ev)) take(meter.on_event(ev));
+  r.cut_by_frame = meter.cut_by_frame();
+  r.framed = meter.framed_events();
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("stream_meter: framed chunks lose their null usage where the frame says, as a search would cut them", "[usage][stream]") {
+  auto chunk = [](std::string_view text, std::string_view pad) {
+    return R"({"id":"chatcmpl-B9MBs","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4.1-mini-2025-04-14","service_tier":"default","system_fingerprint":"fp_b376dfbbd5","choices":[{"index":0,"delta":{"content":")" +
+           std::string(text) + R"("},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":")" + std::string(pad) + R"("})";
+  };
+  const std::string usage_chunk = data_event(R"({"id":"chatcmpl-B9MBs","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":31,"completion_tokens":12,"total_tokens":43}})");
+  const char* texts[] = {"Hello", " there", "", " 你好", " usage", R"( \"usage\":null,)", " friend", " ok", "!", " a,b"};
+  const char* pads[] = {"Qx3", "", "aZ09kLmN", "p", "usage", "7Hh2", "zz", "q", "Yy", "k"};
+
+  SECTION("OpenAI's chunks: every framed one is cut by the frame, the usage-only chunk is dropped") {
+    std::string stream;
+    for (int i = 0; i < 10; ++i) stream += data_event(chunk(texts[i], pads[i]));
+    stream += usage_chunk + "data: [DONE]\n\n";
+    for (std::size_t piece : {std::size_t{0}, std::size_t{7}, std::size_t{300}}) {
+      const auto r = relay_stripped(route_kind::chat_completions, stream, piece);
+      CHECK(r.by_meter == r.by_search);
+      CHECK(r.by_meter.find("\"usage\":") == std::string::npos);  // neither the nulls nor the usage chunk
+      CHECK(r.by_meter.find("\"obfuscation\":\"usage\"}") != std::string::npos);  // a hole that spells it stays
+      CHECK(r.by_meter.find("\"content\":\" friend\"},\"logprobs\":null,\"finish_reason\":null}],\"obfuscation\":\"zz\"}") != std::string::npos);
+      // The first chunk teaches the frame; the escaped text is parsed and read through the search.
+      CHECK(r.framed == 8);
+      CHECK(r.cut_by_frame == 8);
+    }
+  }
+
+  SECTION("other spellings and places of the member, CRLF lines, comments and names around the data") {
+    std::vector<std::string> shapes = {
+        R"({"usage":null,"id":"c","choices":[{"index":0,"delta":{"content":"TEXT"}}]})",
+        R"({"id":"c", "usage": null, "choices":[{"index":0,"delta":{"content":"TEXT"}}]})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"TEXT"}}] , "usage": null})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"TEXT"},"usage":null}],"usage":null})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"TEXT"}}],"x":{"usage":null},"usage":null})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"TEXT"}}],"usage":null,"u2":{"a":1,"usage":null},"usage3":null})",
+        R"({"id":"c","choices":[{"index":0,"delta":{"content":"TEXT"}}]})",
+    };
+    for (const auto& shape : shapes) {
+      for (std::string_view frame : {"data: %\n\n", "data:%\r\n\r\n", ": keep-alive\ndata: %\n\n", "id: 7\ndata:  %\n\n",
+                                     "id: \"q\"\ndata: %\n\n", "data: %\ndata: \n\n"}) {
+        std::string stream;
+        for (int i = 0; i < 10; ++i) {
+          std::string data = shape;
+          data.replace(data.find("TEXT"), 4, texts[i]);
+          std::string event(frame);
+          event.replace(event.find('%'), 1, data);
+          stream += event;
+        }
+        INFO(shape << " in " << frame);
+        const auto r = relay_stripped(route_kind::chat_completions, stream);
+        CHECK(r.by_meter == r.by_search);
+        // A quote around the data (an `id:` in quotes) or two data lines: the search cuts them.
+        const bool plain = frame.find('"') == std::string_view::npos && frame.find("data: \n") == std::string_view::npos;
+        CHECK((r.cut_by_frame > 0) == plain);
+      }
+    }
+  }
+}
+
 TEST_CASE("stream_meter: image, transcription and speech streams end with their usage event", "[usage][stream]") {
   // Shapes as in the OpenAI API reference (image_generation.completed, transcript.text.done,
   // speech.audio.done): usage on the last event, Responses-style.
