@@ -12,14 +12,16 @@ constexpr std::string_view utf8_bom = "\xEF\xBB\xBF";
 constexpr std::size_t npos = std::string_view::npos;
 
 // First CR or LF in [from, to), or npos. Streams are almost always LF-only, so look for LF
-// first and then for a CR only in front of it: two vectorised scans instead of a byte loop.
-std::size_t find_eol(const char* base, std::size_t from, std::size_t to) noexcept {
+// first and then for a CR only in front of it: two vectorised scans instead of a byte loop, and
+// one when the buffer holds no CR at all (`cr`: sse_parser::cr_).
+std::size_t find_eol(const char* base, std::size_t from, std::size_t to, bool cr) noexcept {
   const char* s = base + from;
   const std::size_t len = to - from;
   const auto* lf = static_cast<const char*>(std::memchr(s, '\n', len));
+  if (!cr) return lf ? static_cast<std::size_t>(lf - base) : npos;
   const std::size_t before_lf = lf ? static_cast<std::size_t>(lf - s) : len;
-  if (const auto* cr = static_cast<const char*>(std::memchr(s, '\r', before_lf))) {
-    return static_cast<std::size_t>(cr - base);
+  if (const auto* cr_at = static_cast<const char*>(std::memchr(s, '\r', before_lf))) {
+    return static_cast<std::size_t>(cr_at - base);
   }
   return lf ? static_cast<std::size_t>(lf - base) : npos;
 }
@@ -35,7 +37,10 @@ void sse_parser::append(std::string_view bytes) {
     line_ -= pos_;
     scan_ -= pos_;
     pos_ = 0;
+    if (cr_) cr_ = std::memchr(buf_.data(), '\r', buf_.size()) != nullptr;
   }
+  // One scan of the new bytes spares every line its own scan for a CR (find_eol).
+  if (!cr_ && !bytes.empty()) cr_ = std::memchr(bytes.data(), '\r', bytes.size()) != nullptr;
   buf_.append(bytes);
 }
 
@@ -52,6 +57,7 @@ void sse_parser::reset() {
   data_.clear();
   pos_ = lines_ = line_ = scan_ = 0;
   bom_pending_ = true;
+  cr_ = false;
 }
 
 bool sse_parser::extract(sse_event& out, bool at_eof) {
@@ -78,7 +84,7 @@ std::size_t sse_parser::find_event_end(bool at_eof) noexcept {
   const char* b = buf_.data();
   const std::size_t n = buf_.size();
   for (;;) {
-    const std::size_t eol = find_eol(b, scan_, n);
+    const std::size_t eol = find_eol(b, scan_, n, cr_);
     if (eol == npos) {
       scan_ = n;
       return npos;
@@ -114,7 +120,7 @@ void sse_parser::parse_event(std::size_t end, sse_event& out) {
   std::size_t data_lines = 0;
 
   for (std::size_t p = lines_; p < end;) {
-    std::size_t eol = find_eol(buf_.data(), p, end);
+    std::size_t eol = find_eol(buf_.data(), p, end, cr_);
     std::size_t next_line;
     if (eol == npos) {  // last line of an unterminated tail (finish())
       eol = next_line = end;

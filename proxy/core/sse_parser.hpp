@@ -43,6 +43,7 @@ class sse_parser {
   std::size_t line_ = 0;     // start of the line whose terminator is being looked for
   std::size_t scan_ = 0;     // where to resume looking for that terminator
   bool bom_pending_ = true;  // stream start: a UTF-8 BOM may still arrive
+  bool cr_ = false;          // buf_ may hold a CR (false: it holds none, lines end at LF)
 };
 
 }  // namespace tollgate

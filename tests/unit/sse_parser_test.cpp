@@ -125,6 +125,11 @@ TEST_CASE("sse_parser: every split of the input gives the same events", "[sse]")
     }
     input = mixed;
   }
+  SECTION("LF, then CR from the fourth event on (the first CR arrives in a later read)") {
+    std::size_t at = 0;
+    for (int i = 0; i < 3; ++i) at = input.find("\n\n", at) + 2;
+    input = input.substr(0, at) + replace_all(input.substr(at), "\n", "\r");
+  }
   SECTION("leading BOM") { input = "\xEF\xBB\xBF" + input; }
 
   const auto whole = parse_all(input);
