@@ -36,6 +36,7 @@ void sse_parser::append(std::string_view bytes) {
     lines_ -= pos_;
     line_ -= pos_;
     scan_ -= pos_;
+    for (std::size_t k = 0; k < n_ends_; ++k) ends_[k].eol -= pos_, ends_[k].next -= pos_;
     pos_ = 0;
     if (cr_) cr_ = std::memchr(buf_.data(), '\r', buf_.size()) != nullptr;
   }
@@ -58,6 +59,7 @@ void sse_parser::reset() {
   pos_ = lines_ = line_ = scan_ = 0;
   bom_pending_ = true;
   cr_ = false;
+  n_ends_ = 0;
 }
 
 bool sse_parser::extract(sse_event& out, bool at_eof) {
@@ -76,6 +78,7 @@ bool sse_parser::extract(sse_event& out, bool at_eof) {
   }
   parse_event(end, out);
   pos_ = lines_ = line_ = scan_ = end;
+  n_ends_ = 0;
   return true;
 }
 
@@ -96,6 +99,7 @@ std::size_t sse_parser::find_event_end(bool at_eof) noexcept {
         // must not wait for the upstream's next write, which may come seconds later). An LF
         // that follows (CRLF) is then a blank line of its own: an empty event, relayed as is.
         if (eol == line_) {
+          note_line_end(eol, next_line);
           line_ = scan_ = next_line;
           return next_line;
         }
@@ -105,6 +109,7 @@ std::size_t sse_parser::find_event_end(bool at_eof) noexcept {
       if (next_line < n && b[next_line] == '\n') ++next_line;
     }
     const bool blank = eol == line_;
+    note_line_end(eol, next_line);
     line_ = scan_ = next_line;
     if (blank) return next_line;
   }
@@ -119,10 +124,13 @@ void sse_parser::parse_event(std::size_t end, sse_event& out) {
   out.has_data = false;
   std::size_t data_lines = 0;
 
+  std::size_t k = 0;  // lines whose ends find_event_end noted
   for (std::size_t p = lines_; p < end;) {
-    std::size_t eol = find_eol(buf_.data(), p, end, cr_);
-    std::size_t next_line;
-    if (eol == npos) {  // last line of an unterminated tail (finish())
+    std::size_t eol, next_line;
+    if (k < n_ends_) {
+      eol = ends_[k].eol;
+      next_line = ends_[k++].next;
+    } else if (eol = find_eol(buf_.data(), p, end, cr_); eol == npos) {  // last line of an unterminated tail (finish())
       eol = next_line = end;
     } else {
       next_line = eol + (buf[eol] == '\r' && eol + 1 < end && buf[eol + 1] == '\n' ? 2 : 1);

@@ -44,6 +44,17 @@ class sse_parser {
   std::size_t scan_ = 0;     // where to resume looking for that terminator
   bool bom_pending_ = true;  // stream start: a UTF-8 BOM may still arrive
   bool cr_ = false;          // buf_ may hold a CR (false: it holds none, lines end at LF)
+  // The first lines of the current event as find_event_end found their ends (terminator, next
+  // line), so that parse_event does not scan them again; an event has two or three lines.
+  void note_line_end(std::size_t eol, std::size_t next) noexcept {
+    if (n_ends_ < kNotedLines) ends_[n_ends_++] = {eol, next};
+  }
+  struct line_end {
+    std::size_t eol, next;
+  };
+  static constexpr std::size_t kNotedLines = 8;
+  line_end ends_[kNotedLines] = {};
+  std::size_t n_ends_ = 0;
 };
 
 }  // namespace tollgate
