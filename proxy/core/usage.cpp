@@ -1355,8 +1355,9 @@ void stream_meter::plan_stripping(std::string_view data) {
   bool fits = true;
   std::size_t seg = 0;
   for_each_null_usage(data, [&](std::size_t at, std::size_t len) {
+    if (!fits) return;
     while (seg <= n && at + len > seg_end(seg)) ++seg;
-    if (!fits || seg > n || at < seg_begin(seg) || n_cuts_ == kMaxCuts) {
+    if (seg > n || at < seg_begin(seg) || n_cuts_ == kMaxCuts) {
       fits = false;  // across a hole, or too many
       return;
     }
@@ -1386,11 +1387,7 @@ void stream_meter::append_stripped(const sse_event& ev, std::string& out) {
   const std::string_view raw = ev.raw, d = framed_data_;
   // The plan covers the data; the bytes around it (`data: `, the blank line) are kept as they
   // are when they hold no quote, so no member can start or end there.
-  const auto no_quote = [](const char* p, const char* end) {
-    for (; p != end; ++p)
-      if (*p == '"') return false;
-    return true;
-  };
+  const auto no_quote = [](const char* p, const char* end) { return std::find(p, end, '"') == end; };
   if (frame_strips_ && !d.empty() && std::less_equal<>{}(raw.data(), d.data()) &&
       std::less_equal<>{}(d.data() + d.size(), raw.data() + raw.size()) && no_quote(raw.data(), d.data()) &&
       no_quote(d.data() + d.size(), raw.data() + raw.size())) {
