@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string_view>
@@ -160,14 +161,17 @@ const std::vector<migration> kMigrations = {
 
 // The insert, for 8, 4, 2 and 1 rows at once (inserts[k] takes 8 >> k): a batch is written 8
 // rows per statement, and its remainder in at most three more. SQLite's per-statement work
-// (opening the cursors, the statement journal, VdbeHalt: ~6k of the ~27k instructions a one-row
-// insert cost with schema 2's three indexes) is then paid once per 8 rows.
+// (opening the cursors, VdbeHalt: ~6k of the ~27k instructions a one-row insert cost with
+// schema 2's three indexes) is then paid once per 8 rows. `OR FAIL`: a statement of several rows
+// under the default ABORT opens a statement journal, to undo its own earlier rows should a later
+// one fail; write() rolls the whole transaction back on any failure, so that undo is never
+// needed, and FAIL skips it (~5 % of SQLite's time per row).
 constexpr int kInsertColumns = 32;
 constexpr std::size_t kInsertSizes = 4;
 constexpr std::size_t kMaxInsertRows = std::size_t{1} << (kInsertSizes - 1);
 std::string insert_sql(std::size_t rows) {
   std::string sql =
-      "INSERT INTO calls (request_id, start_ms, route, method, requested_model, served_model,"
+      "INSERT OR FAIL INTO calls (request_id, start_ms, route, method, requested_model, served_model,"
       " price_model, upstream, client_key_id, team, user, status, stream, aborted, prompt_tokens,"
       " completion_tokens, cached_tokens, cache_write_tokens, cache_write_1h_tokens,"
       " reasoning_tokens, total_tokens, usage_source, priced, cost_usd, latency_ms, first_byte_ms,"
@@ -243,12 +247,74 @@ bool needs_reopen(int code) {
 int bind_text(sqlite3_stmt* st, int i, std::string_view s) {
   return sqlite3_bind_text64(st, i, s.data(), s.size(), SQLITE_STATIC, SQLITE_UTF8);
 }
-int bind_nullable_text(sqlite3_stmt* st, int i, std::string_view s) {
-  return s.empty() ? sqlite3_bind_null(st, i) : bind_text(st, i, s);
-}
 // SQLite stores a NaN as NULL, which a NOT NULL column rejects; one such row would fail its
 // batch forever. Non-finite amounts are stored as 0.
 double finite_or_zero(double v) { return std::isfinite(v) ? v : 0.0; }
+
+// What each parameter of one prepared insert holds, so that a row binds only the values that
+// differ from those bound at the same place for the row before it. A statement keeps its
+// bindings across sqlite3_reset, and rows in a row mostly repeat each other: route, method,
+// models, upstream, key, team, user, status, flags, source, tier and the token kinds a workload
+// does not use are ~23 of the 32 columns. A bind call costs ~20 ns, a third of the ~2.2 µs SQLite
+// spends per row (bench/RESULTS.md, thirty-second session); a comparison costs a few.
+// Texts are bound from the cache's own copies (SQLITE_STATIC), which stay unchanged until the
+// parameter is bound again, so the rows' strings may go with their batch. The slots live in a
+// fixed array: a short string's bytes are inside its slot, and SQLite keeps their address.
+class bound_params {
+ public:
+  // After the statement was prepared: nothing is known to be bound.
+  void forget(int n) {
+    slots_ = std::make_unique<slot[]>(static_cast<std::size_t>(n));
+    n_ = n;
+  }
+  void null(sqlite3_stmt* st, int i) {
+    slot& s = at(i);
+    if (s.k == kind::null) return;
+    s.k = sqlite3_bind_null(st, i) == SQLITE_OK ? kind::null : kind::unknown;
+  }
+  void integer(sqlite3_stmt* st, int i, std::int64_t v) {
+    slot& s = at(i);
+    if (s.k == kind::integer && s.i == v) return;
+    s.i = v;
+    s.k = sqlite3_bind_int64(st, i, v) == SQLITE_OK ? kind::integer : kind::unknown;
+  }
+  // Compared bit for bit: 0.0 and -0.0 are different values to bind.
+  void real(sqlite3_stmt* st, int i, double v) {
+    slot& s = at(i);
+    std::int64_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    if (s.k == kind::real && s.i == bits) return;
+    s.i = bits;
+    s.k = sqlite3_bind_double(st, i, v) == SQLITE_OK ? kind::real : kind::unknown;
+  }
+  void text(sqlite3_stmt* st, int i, std::string_view v) {
+    slot& s = at(i);
+    if (s.k == kind::text && s.s == v) return;
+    s.s.assign(v);
+    s.k = bind_text(st, i, s.s) == SQLITE_OK ? kind::text : kind::unknown;
+  }
+  // Empty text is stored as NULL.
+  void nullable_text(sqlite3_stmt* st, int i, std::string_view v) {
+    if (v.empty())
+      null(st, i);
+    else
+      text(st, i, v);
+  }
+
+ private:
+  enum class kind : std::uint8_t { unknown, null, integer, real, text };
+  struct slot {
+    kind k = kind::unknown;
+    std::int64_t i = 0;  // the integer, or the double's bits
+    std::string s;
+  };
+  slot& at(int i) {
+    if (i < 1 || i > n_) throw std::out_of_range("ledger: insert parameter out of range");
+    return slots_[static_cast<std::size_t>(i - 1)];
+  }
+  std::unique_ptr<slot[]> slots_;
+  int n_ = 0;
+};
 
 // Applies the pending migrations in one transaction, so a crash leaves the old version whole.
 db_result migrate(sqlite3* db) {
@@ -354,6 +420,7 @@ struct ledger::impl {
   // --- The connection: start(), then the writer thread only.
   sqlite3* db = nullptr;
   std::array<sqlite3_stmt*, kInsertSizes> inserts{};  // [k]: kMaxInsertRows >> k rows
+  std::array<bound_params, kInsertSizes> bound;       // what inserts[k]'s parameters hold
   sqlite3_stmt* begin = nullptr;        // BEGIN IMMEDIATE
   sqlite3_stmt* commit = nullptr;
   sqlite3_stmt* mark = nullptr;  // kReplayMarkSql, prepared by the first replay
@@ -482,6 +549,8 @@ struct ledger::impl {
       if (sqlite3_prepare_v3(db, sql.c_str(), static_cast<int>(sql.size()),
                              SQLITE_PREPARE_PERSISTENT, st, nullptr) != SQLITE_OK)
         return fail(error_of(db));
+    for (std::size_t k = 0; k < kInsertSizes; ++k)
+      bound[k].forget(static_cast<int>(kMaxInsertRows >> k) * kInsertColumns);
     struct stat sb {};
     if (::stat(path().c_str(), &sb) != 0) return fail({SQLITE_CANTOPEN, "stat failed"});
     dev = sb.st_dev;
@@ -513,43 +582,44 @@ struct ledger::impl {
     return std::nullopt;
   }
 
-  // Binds one record to the 31 parameters after index `i`.
-  static void bind_row(sqlite3_stmt* st, int i, const usage_record& r) {
-    bind_text(st, ++i, r.request_id);
-    sqlite3_bind_int64(st, ++i, r.start_ms);
-    bind_text(st, ++i, to_string(r.route));
-    bind_text(st, ++i, r.method);
-    bind_nullable_text(st, ++i, r.requested_model);
-    bind_nullable_text(st, ++i, r.served_model);
-    bind_nullable_text(st, ++i, r.price_model);
-    bind_nullable_text(st, ++i, r.upstream);
-    bind_nullable_text(st, ++i, r.client_key_id);
-    bind_nullable_text(st, ++i, r.team);
-    bind_nullable_text(st, ++i, r.user);
-    sqlite3_bind_int(st, ++i, r.status);
-    sqlite3_bind_int(st, ++i, r.stream ? 1 : 0);
-    sqlite3_bind_int(st, ++i, r.aborted ? 1 : 0);
-    sqlite3_bind_int64(st, ++i, r.tokens.prompt);
-    sqlite3_bind_int64(st, ++i, r.tokens.completion);
-    sqlite3_bind_int64(st, ++i, r.tokens.cached);
-    sqlite3_bind_int64(st, ++i, r.tokens.cache_write);
-    sqlite3_bind_int64(st, ++i, r.tokens.cache_write_1h);
-    sqlite3_bind_int64(st, ++i, r.tokens.reasoning);
-    sqlite3_bind_int64(st, ++i, r.tokens.total());
-    bind_text(st, ++i, to_string(r.source));
-    sqlite3_bind_int(st, ++i, r.priced ? 1 : 0);
-    sqlite3_bind_double(st, ++i, finite_or_zero(r.cost_usd));
-    sqlite3_bind_double(st, ++i, finite_or_zero(r.latency_ms));
+  // Binds one record to the 32 parameters after index `i`, those it repeats from the row bound
+  // there before excepted.
+  static void bind_row(bound_params& p, sqlite3_stmt* st, int i, const usage_record& r) {
+    p.text(st, ++i, r.request_id);
+    p.integer(st, ++i, r.start_ms);
+    p.text(st, ++i, to_string(r.route));
+    p.text(st, ++i, r.method);
+    p.nullable_text(st, ++i, r.requested_model);
+    p.nullable_text(st, ++i, r.served_model);
+    p.nullable_text(st, ++i, r.price_model);
+    p.nullable_text(st, ++i, r.upstream);
+    p.nullable_text(st, ++i, r.client_key_id);
+    p.nullable_text(st, ++i, r.team);
+    p.nullable_text(st, ++i, r.user);
+    p.integer(st, ++i, r.status);
+    p.integer(st, ++i, r.stream ? 1 : 0);
+    p.integer(st, ++i, r.aborted ? 1 : 0);
+    p.integer(st, ++i, r.tokens.prompt);
+    p.integer(st, ++i, r.tokens.completion);
+    p.integer(st, ++i, r.tokens.cached);
+    p.integer(st, ++i, r.tokens.cache_write);
+    p.integer(st, ++i, r.tokens.cache_write_1h);
+    p.integer(st, ++i, r.tokens.reasoning);
+    p.integer(st, ++i, r.tokens.total());
+    p.text(st, ++i, to_string(r.source));
+    p.integer(st, ++i, r.priced ? 1 : 0);
+    p.real(st, ++i, finite_or_zero(r.cost_usd));
+    p.real(st, ++i, finite_or_zero(r.latency_ms));
     if (r.first_byte_ms >= 0 && std::isfinite(r.first_byte_ms))
-      sqlite3_bind_double(st, ++i, r.first_byte_ms);
+      p.real(st, ++i, r.first_byte_ms);
     else
-      sqlite3_bind_null(st, ++i);
-    bind_nullable_text(st, ++i, r.error_kind);
-    bind_nullable_text(st, ++i, r.upstream_request_id);
-    sqlite3_bind_int(st, ++i, r.attempts);
-    bind_nullable_text(st, ++i, to_string(r.tokens.tier));
-    sqlite3_bind_int64(st, ++i, std::max<std::int64_t>(r.tokens.web_search, 0));
-    bind_nullable_text(st, ++i, r.provider);
+      p.null(st, ++i);
+    p.nullable_text(st, ++i, r.error_kind);
+    p.nullable_text(st, ++i, r.upstream_request_id);
+    p.integer(st, ++i, r.attempts);
+    p.nullable_text(st, ++i, to_string(r.tokens.tier));
+    p.integer(st, ++i, std::max<std::int64_t>(r.tokens.web_search, 0));
+    p.nullable_text(st, ++i, r.provider);
   }
 
   // Steps a bound statement and resets it either way.
@@ -564,8 +634,8 @@ struct ledger::impl {
   db_result insert_rows(const std::vector<usage_record>& batch, std::size_t i, std::size_t k) {
     sqlite3_stmt* st = inserts[k];
     const std::size_t n = kMaxInsertRows >> k;
-    for (std::size_t k = 0; k < n; ++k)
-      bind_row(st, static_cast<int>(k) * kInsertColumns, batch[i + k]);
+    for (std::size_t r = 0; r < n; ++r)
+      bind_row(bound[k], st, static_cast<int>(r) * kInsertColumns, batch[i + r]);
     return step(st);
   }
 

@@ -216,6 +216,140 @@ TEST_CASE("ledger: batches of any size write each row once with its own values",
   CHECK(l.stats().rows_written == static_cast<std::uint64_t>(next));
 }
 
+// The writer binds only the parameters whose value differs from the row bound at the same place
+// before (bound_params in ledger.cpp). Rows whose columns repeat and change in turn, between
+// NULL, empty, short and long texts, integers and reals, in batches of every remainder (8-, 4-,
+// 2- and 1-row statements), must each read back with exactly their own values.
+TEST_CASE("ledger: rows that repeat and change columns in turn each keep their own values", "[ledger]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+  ledger l(opts);
+  l.start();
+  std::mt19937 rng(12345);
+  auto pick = [&](auto const& choices) { return choices[rng() % choices.size()]; };
+  const std::vector<std::string> texts = {"", "", "a", "gpt-4.1", "gpt-4.1", "gpt-4.1-mini",
+                                          "a model name longer than a short string holds", "ü"};
+  const std::vector<std::int64_t> ints = {0, 0, 1, 200, 200, -3, 1'000'000'000'000};
+  const std::vector<double> reals = {0.0, 0.0, -0.0, 0.25, 0.25, 1e-9, 1532.125, -1.0};
+  const std::vector<route_kind> routes = {route_kind::chat_completions, route_kind::chat_completions,
+                                          route_kind::messages, route_kind::embeddings};
+  std::vector<usage_record> rows;
+  for (int i = 0; i < 600; ++i) {
+    usage_record r;
+    r.request_id = i % 3 == 0 ? "req-" + std::to_string(i) : "a long request id, past any short string " + std::to_string(i);
+    r.start_ms = i % 5 == 0 ? 1'700'000'000'000 : 1'700'000'000'000 + i;
+    r.route = pick(routes);
+    r.method = rng() % 4 ? "POST" : "GET";
+    r.requested_model = pick(texts);
+    r.served_model = pick(texts);
+    r.price_model = pick(texts);
+    r.upstream = pick(texts);
+    r.client_key_id = pick(texts);
+    r.team = pick(texts);
+    r.user = pick(texts);
+    r.status = static_cast<int>(pick(ints) % 1000);
+    r.stream = rng() % 2;
+    r.aborted = rng() % 5 == 0;
+    r.tokens.prompt = pick(ints);
+    r.tokens.completion = pick(ints);
+    r.tokens.cached = pick(ints);
+    r.tokens.cache_write = pick(ints);
+    r.tokens.cache_write_1h = pick(ints);
+    r.tokens.reasoning = pick(ints);
+    r.tokens.web_search = pick(ints);
+    r.tokens.tier = rng() % 3 ? service_tier::none : service_tier::flex;
+    r.source = rng() % 2 ? usage_source::upstream : usage_source::estimated;
+    r.priced = rng() % 2;
+    r.cost_usd = pick(reals);
+    r.latency_ms = pick(reals);
+    r.first_byte_ms = rng() % 3 ? pick(reals) : -1;
+    r.error_kind = pick(texts);
+    r.upstream_request_id = pick(texts);
+    r.attempts = static_cast<int>(pick(ints) % 7);
+    r.provider = pick(texts);
+    rows.push_back(r);
+  }
+  for (std::size_t i = 0; i < rows.size();) {
+    const std::size_t n = std::min<std::size_t>(rows.size() - i, 1 + rng() % 23);
+    for (std::size_t k = 0; k < n; ++k, ++i) {
+      REQUIRE(l.reserve());
+      l.submit(usage_record(rows[i]));
+    }
+    l.flush();
+  }
+
+  db_conn db(opts.path);
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db.db,
+                             "SELECT request_id, start_ms, route, method, requested_model, served_model,"
+                             " price_model, upstream, client_key_id, team, user, status, stream, aborted,"
+                             " prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens,"
+                             " cache_write_1h_tokens, reasoning_tokens, total_tokens, usage_source, priced,"
+                             " cost_usd, latency_ms, first_byte_ms, error_kind, upstream_request_id, attempts,"
+                             " service_tier, web_search_requests, provider FROM calls ORDER BY id",
+                             -1, &st, nullptr) == SQLITE_OK);
+  std::size_t n = 0;
+  for (; sqlite3_step(st) == SQLITE_ROW; ++n) {
+    REQUIRE(n < rows.size());
+    const usage_record& r = rows[n];
+    INFO("row " << n);
+    int c = 0;
+    auto text = [&](std::string_view want, bool nullable) {
+      const int col = c++;
+      INFO("column " << sqlite3_column_name(st, col));
+      if (nullable && want.empty()) {
+        CHECK(sqlite3_column_type(st, col) == SQLITE_NULL);
+        return;
+      }
+      REQUIRE(sqlite3_column_type(st, col) == SQLITE_TEXT);
+      CHECK(std::string_view(reinterpret_cast<const char*>(sqlite3_column_text(st, col)),
+                             static_cast<std::size_t>(sqlite3_column_bytes(st, col))) == want);
+    };
+    auto integer = [&](std::int64_t want) {
+      const int col = c++;
+      INFO("column " << sqlite3_column_name(st, col));
+      REQUIRE(sqlite3_column_type(st, col) == SQLITE_INTEGER);
+      CHECK(sqlite3_column_int64(st, col) == want);
+    };
+    auto real = [&](std::optional<double> want) {
+      const int col = c++;
+      INFO("column " << sqlite3_column_name(st, col));
+      if (!want) {
+        CHECK(sqlite3_column_type(st, col) == SQLITE_NULL);
+        return;
+      }
+      REQUIRE(sqlite3_column_type(st, col) == SQLITE_FLOAT);
+      CHECK(sqlite3_column_double(st, col) == *want);
+    };
+    text(r.request_id, false);
+    integer(r.start_ms);
+    text(to_string(r.route), false);
+    text(r.method, false);
+    for (const std::string* t : {&r.requested_model, &r.served_model, &r.price_model, &r.upstream,
+                                 &r.client_key_id, &r.team, &r.user})
+      text(*t, true);
+    integer(r.status);
+    integer(r.stream);
+    integer(r.aborted);
+    for (std::int64_t v : {r.tokens.prompt, r.tokens.completion, r.tokens.cached, r.tokens.cache_write,
+                           r.tokens.cache_write_1h, r.tokens.reasoning, r.tokens.total()})
+      integer(v);
+    text(to_string(r.source), false);
+    integer(r.priced);
+    real(r.cost_usd);
+    real(r.latency_ms);
+    real(r.first_byte_ms >= 0 ? std::optional<double>(r.first_byte_ms) : std::nullopt);
+    text(r.error_kind, true);
+    text(r.upstream_request_id, true);
+    integer(r.attempts);
+    text(to_string(r.tokens.tier), true);
+    integer(std::max<std::int64_t>(r.tokens.web_search, 0));
+    text(r.provider, true);
+  }
+  sqlite3_finalize(st);
+  CHECK(n == rows.size());
+}
+
 // The writer's queue hands out the oldest rows first, at most one batch at a time.
 TEST_CASE("ledger: the row queue keeps order and hands out whole batches", "[ledger]") {
   row_chunks q;
