@@ -674,7 +674,13 @@ const std::vector<std::string_view>& calls_filters() {
   return names;
 }
 
-nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q) {
+namespace {
+
+// One page of rows, newest first: header(st) once the query is prepared (its columns are known
+// then), row(st, start_ms) for each row of the page. Returns the next page's cursor,
+// "<start_ms>:<id>" of the page's last row, or "" when this page is the last.
+template <class Header, class Row>
+std::string walk_calls(const std::string& ledger_path, const calls_query& q, Header&& header, Row&& row) {
   // Parameters are numbered by their place; each filter given adds its term.
   std::string sql = "SELECT * FROM calls WHERE start_ms >= ?1 AND start_ms < ?2";
   std::vector<std::pair<int, const std::string*>> texts;
@@ -696,17 +702,33 @@ nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q)
   st.bind(1, q.range.from_ms);
   st.bind(2, q.range.to_ms);
   for (const auto& [i, v] : texts) st.bind_text(i, *v);
+  int start_col = -1, id_col = -1;
+  for (int c = 0; c < st.columns(); ++c) {
+    const std::string_view name = st.name(c);
+    if (name == "start_ms") start_col = c;
+    if (name == "id") id_col = c;
+  }
+  if (start_col < 0 || id_col < 0) throw ledger_error(ledger_path, "the calls table has no start_ms or id column");
+  header(st);
+  std::size_t rows = 0;
+  std::int64_t start_ms = 0, id = 0;  // of the page's last row so far
+  while (st.step()) {
+    if (rows == limit) return std::to_string(start_ms) + ":" + std::to_string(id);  // the extra row
+    start_ms = st.i64(start_col);
+    id = st.i64(id_col);
+    row(st, start_ms);
+    ++rows;
+  }
+  return {};
+}
+
+}  // namespace
+
+nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q) {
   nlohmann::json out;
   auto& calls = out["calls"] = nlohmann::json::array();
-  out["next_before"] = nullptr;
-  while (st.step()) {
-    if (calls.size() == limit) {  // the extra row: the page ends at the one before it
-      out["next_before"] = std::to_string(calls.back()["start_ms"].get<std::int64_t>()) + ":" +
-                           std::to_string(calls.back()["id"].get<std::int64_t>());
-      break;
-    }
+  const std::string next = walk_calls(ledger_path, q, [](const statement&) {}, [&](const statement& st, std::int64_t start_ms) {
     nlohmann::json row = nlohmann::json::object();
-    std::int64_t start_ms = 0;
     for (int c = 0; c < st.columns(); ++c) {
       const std::string col = st.name(c);
       switch (st.type(c)) {
@@ -715,11 +737,35 @@ nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q)
         case SQLITE_NULL: row[col] = nullptr; break;
         default: row[col] = *st.text(c); break;
       }
-      if (col == "start_ms") start_ms = st.i64(c);
     }
     row["start"] = format_rfc3339_utc(start_ms);
     calls.push_back(std::move(row));
-  }
+  });
+  out["next_before"] = next.empty() ? nlohmann::json(nullptr) : nlohmann::json(next);
+  return out;
+}
+
+std::string query_calls_csv(const std::string& ledger_path, const calls_query& q, std::string& next_before) {
+  std::string out;
+  next_before = walk_calls(
+      ledger_path, q,
+      [&](const statement& st) {
+        for (int c = 0; c < st.columns(); ++c) (out += csv_field(st.name(c))) += ',';
+        out += "start\n";
+      },
+      [&](const statement& st, std::int64_t start_ms) {
+        for (int c = 0; c < st.columns(); ++c) {
+          switch (st.type(c)) {
+            case SQLITE_INTEGER: out += std::to_string(st.i64(c)); break;
+            case SQLITE_FLOAT: out += format_double(st.real(c)); break;
+            case SQLITE_NULL: break;
+            default: out += csv_field(*st.text(c)); break;
+          }
+          out += ',';
+        }
+        out += format_rfc3339_utc(start_ms);
+        out += '\n';
+      });
   return out;
 }
 

@@ -201,6 +201,11 @@ struct calls_query {
 // the ledger's `calls` table under its name (integers, reals, text or null, as stored) and
 // `start`, start_ms as RFC 3339 UTC. Throws std::runtime_error naming the file.
 nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q);
+// The same page as CSV: a header of the table's columns in their order and `start`, then one line
+// per row (integers and reals as stored, reals in their shortest round-trip form; NULL is an
+// empty field; text quoted when it holds a comma, quote or line break). `next_before` is set to
+// the next page's cursor, "" when this page is the last.
+std::string query_calls_csv(const std::string& ledger_path, const calls_query& q, std::string& next_before);
 // The names calls_query::match takes, in order; another throws std::invalid_argument.
 const std::vector<std::string_view>& calls_filters();
 // "<start_ms>:<id>" -> the pair; std::invalid_argument otherwise.

@@ -175,11 +175,11 @@ admin_response calls(const admin_context& ctx, const std::map<std::string, std::
   for (const auto& [k, v] : q) {
     if (std::find(filters.begin(), filters.end(), k) != filters.end()) {
       if (!v.empty()) cq.match.emplace(k, v);
-    } else if (k != "from" && k != "to" && k != "month" && k != "status" && k != "before" && k != "limit") {
+    } else if (k != "from" && k != "to" && k != "month" && k != "status" && k != "before" && k != "limit" && k != "format") {
       std::string expected;
       for (const auto name : filters) (expected += name) += ", ";
       throw http_problem(400, "invalid_parameter", "Unknown query parameter '" + k.substr(0, 40) + "' (expected " + expected +
-                                                       "from, to, month, status, before, limit).");
+                                                       "from, to, month, status, before, limit, format).");
     }
   }
   cq.range = range_of(q, calendar(ctx.cfg.timezone));
@@ -204,7 +204,14 @@ admin_response calls(const admin_context& ctx, const std::map<std::string, std::
     }
   }
   admin_response r;
-  r.body = text_of(query_calls(ctx.ledger_path, cq));
+  if (want_csv(q)) {
+    r.content_type = "text/csv; charset=utf-8";
+    r.body = query_calls_csv(ctx.ledger_path, cq, r.next_before);
+  } else {
+    const auto page = query_calls(ctx.ledger_path, cq);
+    if (page["next_before"].is_string()) r.next_before = page["next_before"].get<std::string>();
+    r.body = text_of(page);
+  }
   return r;
 }
 

@@ -27,6 +27,7 @@ struct admin_response {
   std::string content_type = "application/json";
   std::string body;
   std::string allow;  // for 405
+  std::string next_before;  // GET /admin/calls: the next page's cursor, sent as x-next-before
 };
 
 struct admin_context {

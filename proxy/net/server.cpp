@@ -803,6 +803,7 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
       res.result(static_cast<http::status>(r.status));
       res.set(http::field::content_type, r.content_type);
       if (!r.allow.empty()) res.set(http::field::allow, r.allow);
+      if (!r.next_before.empty()) res.set("x-next-before", r.next_before);
       if (r.status == 401) res.set(http::field::www_authenticate, "Bearer realm=\"tollgate-admin\"");
       res.body() = std::move(r.body);
     } else if (target != "/metrics" && target != "/healthz" && target != "/readyz") {

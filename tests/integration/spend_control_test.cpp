@@ -341,10 +341,26 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
     REQUIRE(j["calls"].size() == 1);
     CHECK(j["calls"][0]["request_id"] == "find-me-2");
     REQUIRE(j["next_before"].is_string());
-    j = json::parse(tt::request(h.admin_port(), "GET", "/admin/calls?limit=1&before=" + j["next_before"].get<std::string>(), {}, admin).body);
+    const std::string cursor = j["next_before"].get<std::string>();
+    j = json::parse(tt::request(h.admin_port(), "GET", "/admin/calls?limit=1&before=" + cursor, {}, admin).body);
     CHECK(j["calls"][0]["request_id"] == "find-me-1");
+    // The same page as CSV, its cursor in x-next-before (the JSON page sends it there too).
+    r = tt::request(h.admin_port(), "GET", "/admin/calls?limit=1&format=csv", {}, admin);
+    REQUIRE(r.status == 200);
+    CHECK(r.header("content-type").find("text/csv") == 0);
+    CHECK(r.header("x-next-before") == cursor);
+    CHECK(tt::request(h.admin_port(), "GET", "/admin/calls?limit=1", {}, admin).header("x-next-before") == cursor);
+    REQUIRE(std::count(r.body.begin(), r.body.end(), '\n') == 2);
+    const std::string head = r.body.substr(0, r.body.find('\n'));
+    const std::string line = r.body.substr(head.size() + 1);
+    CHECK(head.starts_with("id,request_id,start_ms,route,"));
+    CHECK(head.ends_with(",provider,start"));
+    CHECK(std::count(head.begin(), head.end(), ',') == std::count(line.begin(), line.end(), ','));
+    CHECK(line.find(",find-me-2,") != std::string::npos);
+    CHECK(line.find(",DeepInfra,") != std::string::npos);
+    CHECK(tt::request(h.admin_port(), "GET", "/admin/calls?limit=1&before=" + cursor + "&format=csv", {}, admin).header("x-next-before").empty());
     for (const char* bad : {"/admin/calls?limit=0", "/admin/calls?limit=5000", "/admin/calls?status=abc", "/admin/calls?before=xyz",
-                            "/admin/calls?request-id=find-me-1", "/admin/calls?from=2026-13-01"}) {
+                            "/admin/calls?request-id=find-me-1", "/admin/calls?from=2026-13-01", "/admin/calls?format=xml"}) {
       INFO(bad);
       r = tt::request(h.admin_port(), "GET", bad, {}, admin);
       CHECK(r.status == 400);

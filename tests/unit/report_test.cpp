@@ -887,6 +887,54 @@ TEST_CASE("report: calls come newest first, filtered, in pages that resume where
     }
     CHECK(seen == ids(query_calls(s.path, calls_query{})));
   }
+  SECTION("as CSV: the table's columns in order, the same rows and cursor as JSON, fields quoted") {
+    rows[2].user = "Smith, \"J\"\nline two";
+    sample_ledger quoted;
+    quoted.write(rows);
+    q.limit = 3;
+    std::string next;
+    const std::string csv = query_calls_csv(quoted.path, q, next);
+    const auto json_page = query_calls(quoted.path, q);
+    CHECK(next == json_page["next_before"].get<std::string>());
+    // The header: every column of the table, in its order, then `start`.
+    std::string header;
+    {
+      sqlite3* db = nullptr;
+      REQUIRE(sqlite3_open(quoted.path.c_str(), &db) == SQLITE_OK);
+      sqlite3_stmt* st = nullptr;
+      REQUIRE(sqlite3_prepare_v2(db, "SELECT * FROM calls", -1, &st, nullptr) == SQLITE_OK);
+      for (int c = 0; c < sqlite3_column_count(st); ++c) (header += sqlite3_column_name(st, c)) += ',';
+      sqlite3_finalize(st);
+      sqlite3_close(db);
+    }
+    header += "start";
+    REQUIRE(csv.substr(0, csv.find('\n')) == header);
+    CHECK(header.starts_with("id,request_id,start_ms,route,"));
+    // A line per row (the quoted line break excepted), newest first, each the JSON row's values.
+    CHECK(csv.find("req-call-6,") != std::string::npos);
+    CHECK(csv.find("req-call-5,") > csv.find("req-call-6,"));
+    CHECK(csv.find("req-call-4,") > csv.find("req-call-5,"));
+    CHECK(csv.find("req-call-3,") == std::string::npos);  // the next page's
+    std::size_t lines = 0;
+    for (const char c : csv) lines += c == '\n';
+    CHECK(lines == 4);
+    // The fourth page row through JSON and CSV: null is empty, reals shortest, start last.
+    q.before = parse_calls_cursor(next);
+    q.limit = 1;
+    const std::string one = query_calls_csv(quoted.path, q, next);
+    const auto row = query_calls(quoted.path, q)["calls"][0];
+    CHECK(row["request_id"] == "req-call-3");
+    const std::string line = one.substr(one.find('\n') + 1);
+    CHECK(line.starts_with(std::to_string(row["id"].get<std::int64_t>()) + ",req-call-3," + std::to_string(t + 3000) + ","));
+    CHECK(line.find(",0.375,") != std::string::npos);                    // cost_usd
+    CHECK(line.find(",DeepInfra,") != std::string::npos);                // provider
+    CHECK(line.ends_with("," + format_rfc3339_utc(t + 3000) + "\n"));  // start
+    // The user with a comma, quotes and a line break, as RFC 4180 quotes it.
+    q = {};
+    q.match = {{"request_id", "req-call-2"}};
+    CHECK(query_calls_csv(quoted.path, q, next).find(",\"Smith, \"\"J\"\"\nline two\",") != std::string::npos);
+    CHECK(next.empty());
+  }
   SECTION("filters: exact matches, all of them at once") {
     q.match = {{"request_id", "req-call-2"}};
     CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-2"});
