@@ -164,6 +164,11 @@ class statement {
     bound_ = true;
     sqlite3_bind_int64(st_, i, v);
   }
+  void bind_real(int i, double v) {
+    if (!bound_) sqlite3_reset(st_);
+    bound_ = true;
+    sqlite3_bind_double(st_, i, v);
+  }
   void bind_text(int i, const std::string& v) {
     if (!bound_) sqlite3_reset(st_);
     bound_ = true;
@@ -693,6 +698,14 @@ std::string walk_calls(const std::string& ledger_path, const calls_query& q, Hea
     for (const char c : f->second) c == '?' ? (sql += '?') += std::to_string(n) : sql += c;
   }
   if (q.status) sql += " AND status = " + std::to_string(*q.status);
+  // Bounds are bound as reals (never printed into the SQL, so no rounding on the way).
+  std::vector<std::pair<int, double>> reals;
+  for (const auto& [bound, term] : {std::pair{&q.min_cost_usd, "cost_usd >= ?"}, std::pair{&q.max_cost_usd, "cost_usd <= ?"},
+                                    std::pair{&q.min_latency_ms, "latency_ms >= ?"}, std::pair{&q.max_latency_ms, "latency_ms <= ?"}})
+    if (*bound) {
+      reals.emplace_back(++n, **bound);
+      ((sql += " AND ") += term) += std::to_string(n);  // "cost_usd >= ?3"
+    }
   if (q.before) sql += " AND (start_ms, id) < (" + std::to_string(q.before->first) + ", " + std::to_string(q.before->second) + ")";
   const std::size_t limit = std::clamp<std::size_t>(q.limit, 1, 1000);
   sql += " ORDER BY start_ms DESC, id DESC LIMIT " + std::to_string(limit + 1);  // one more: is there a next page?
@@ -702,6 +715,7 @@ std::string walk_calls(const std::string& ledger_path, const calls_query& q, Hea
   st.bind(1, q.range.from_ms);
   st.bind(2, q.range.to_ms);
   for (const auto& [i, v] : texts) st.bind_text(i, *v);
+  for (const auto& [i, v] : reals) st.bind_real(i, v);
   int start_col = -1, id_col = -1;
   for (int c = 0; c < st.columns(); ++c) {
     const std::string_view name = st.name(c);

@@ -193,6 +193,8 @@ struct calls_query {
   // (the requested, served or pricing model), provider, route.
   std::map<std::string, std::string, std::less<>> match;
   std::optional<int> status;
+  // Ranges, bounds included: the expensive or slow calls (cost_usd in USD, latency_ms in ms).
+  std::optional<double> min_cost_usd, max_cost_usd, min_latency_ms, max_latency_ms;
   // The page after the one that ended at this row (next_before of that page), else the newest.
   std::optional<std::pair<std::int64_t, std::int64_t>> before;  // (start_ms, id)
   std::size_t limit = 100;

@@ -168,6 +168,10 @@ admin_response spend(const admin_context& ctx, const std::map<std::string, std::
   return report_response(query_spend(ctx.ledger_path, sq), csv);
 }
 
+// The query parameters of GET /admin/calls besides its exact-match filters.
+constexpr std::string_view kCallsOptions[] = {"from", "to", "month", "status", "min_cost_usd", "max_cost_usd",
+                                              "min_latency_ms", "max_latency_ms", "before", "limit", "format"};
+
 // GET /admin/calls: one page of ledger rows, newest first (report.hpp, query_calls).
 admin_response calls(const admin_context& ctx, const std::map<std::string, std::string>& q) {
   calls_query cq;
@@ -175,11 +179,12 @@ admin_response calls(const admin_context& ctx, const std::map<std::string, std::
   for (const auto& [k, v] : q) {
     if (std::find(filters.begin(), filters.end(), k) != filters.end()) {
       if (!v.empty()) cq.match.emplace(k, v);
-    } else if (k != "from" && k != "to" && k != "month" && k != "status" && k != "before" && k != "limit" && k != "format") {
+    } else if (std::find(std::begin(kCallsOptions), std::end(kCallsOptions), k) == std::end(kCallsOptions)) {
       std::string expected;
       for (const auto name : filters) (expected += name) += ", ";
-      throw http_problem(400, "invalid_parameter", "Unknown query parameter '" + k.substr(0, 40) + "' (expected " + expected +
-                                                       "from, to, month, status, before, limit, format).");
+      for (const auto name : kCallsOptions) (expected += name) += ", ";
+      expected.resize(expected.size() - 2);
+      throw http_problem(400, "invalid_parameter", "Unknown query parameter '" + k.substr(0, 40) + "' (expected " + expected + ").");
     }
   }
   cq.range = range_of(q, calendar(ctx.cfg.timezone));
@@ -195,6 +200,21 @@ admin_response calls(const admin_context& ctx, const std::map<std::string, std::
     return v;
   };
   if (const auto s = whole("status", 0, 999)) cq.status = static_cast<int>(*s);
+  // A bound of a range: a finite, non-negative decimal number.
+  const auto bound = [&](const char* k, std::optional<double>& out) {
+    auto it = q.find(k);
+    if (it == q.end() || it->second.empty()) return;
+    double v = 0;
+    const auto& t = it->second;
+    const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+    if (ec != std::errc{} || end != t.data() + t.size() || !std::isfinite(v) || v < 0)
+      throw http_problem(400, "invalid_parameter", std::string(k) + " must be a number of 0 or more, got '" + t.substr(0, 40) + "'");
+    out = v;
+  };
+  bound("min_cost_usd", cq.min_cost_usd);
+  bound("max_cost_usd", cq.max_cost_usd);
+  bound("min_latency_ms", cq.min_latency_ms);
+  bound("max_latency_ms", cq.max_latency_ms);
   if (const auto l = whole("limit", 1, 1000)) cq.limit = static_cast<std::size_t>(*l);
   if (auto it = q.find("before"); it != q.end() && !it->second.empty()) {
     try {

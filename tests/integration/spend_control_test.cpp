@@ -359,8 +359,20 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
     CHECK(line.find(",find-me-2,") != std::string::npos);
     CHECK(line.find(",DeepInfra,") != std::string::npos);
     CHECK(tt::request(h.admin_port(), "GET", "/admin/calls?limit=1&before=" + cursor + "&format=csv", {}, admin).header("x-next-before").empty());
+    // Ranges of cost and latency: the gpt-4.1 call costs more than the deepseek one.
+    const double cost1 = h.query_double("SELECT cost_usd FROM calls WHERE request_id = 'find-me-1'");
+    const double cost2 = h.query_double("SELECT cost_usd FROM calls WHERE request_id = 'find-me-2'");
+    REQUIRE(cost1 > cost2);
+    j = json::parse(tt::request(h.admin_port(), "GET", "/admin/calls?min_cost_usd=" + std::to_string(cost2 * 1.5), {}, admin).body);
+    REQUIRE(j["calls"].size() == 1);
+    CHECK(j["calls"][0]["request_id"] == "find-me-1");
+    j = json::parse(tt::request(h.admin_port(), "GET", "/admin/calls?max_cost_usd=" + std::to_string(cost2 * 1.5) + "&min_latency_ms=0", {}, admin).body);
+    REQUIRE(j["calls"].size() == 1);
+    CHECK(j["calls"][0]["request_id"] == "find-me-2");
+    CHECK(json::parse(tt::request(h.admin_port(), "GET", "/admin/calls?min_latency_ms=3600000", {}, admin).body)["calls"].empty());
     for (const char* bad : {"/admin/calls?limit=0", "/admin/calls?limit=5000", "/admin/calls?status=abc", "/admin/calls?before=xyz",
-                            "/admin/calls?request-id=find-me-1", "/admin/calls?from=2026-13-01", "/admin/calls?format=xml"}) {
+                            "/admin/calls?request-id=find-me-1", "/admin/calls?from=2026-13-01", "/admin/calls?format=xml",
+                            "/admin/calls?min_cost_usd=-1", "/admin/calls?max_latency_ms=abc", "/admin/calls?min_cost_usd=inf"}) {
       INFO(bad);
       r = tt::request(h.admin_port(), "GET", bad, {}, admin);
       CHECK(r.status == 400);

@@ -846,6 +846,7 @@ TEST_CASE("report: calls come newest first, filtered, in pages that resume where
     r.request_id = "req-call-" + std::to_string(i);
     r.provider = i == 3 ? "DeepInfra" : "";
     r.status = i == 5 ? 429 : 200;
+    r.latency_ms = 100.0 * i;
     rows.push_back(r);
   }
   // A long call written last that started first: the order is by start, not by row id.
@@ -953,6 +954,21 @@ TEST_CASE("report: calls come newest first, filtered, in pages that resume where
     CHECK(ids(query_calls(s.path, q)).empty());
     q.match = {{"user", "x"}};
     CHECK_THROWS_WITH(query_calls(s.path, q), Contains("unknown calls filter 'user'"));
+  }
+  SECTION("ranges of cost and latency, bounds included") {
+    q.min_cost_usd = 0.5;  // costs 0.125 * i, the late call's 1.5
+    CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-6", "req-call-5", "req-call-4", "req-call-late"});
+    q.max_cost_usd = 0.625;
+    CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-5", "req-call-4"});
+    q = {};
+    q.min_latency_ms = 150;  // latencies 100 * i, the late call's 10
+    q.max_latency_ms = 300;
+    CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-3", "req-call-2"});
+    q.match = {{"provider", "DeepInfra"}};
+    q.min_cost_usd = 0.375;
+    CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-3"});
+    q.min_cost_usd = 0.376;
+    CHECK(ids(query_calls(s.path, q)).empty());
   }
   SECTION("a cursor that is not one is refused") {
     CHECK(parse_calls_cursor("1733000000000:42") == std::pair<std::int64_t, std::int64_t>{1733000000000, 42});
