@@ -160,18 +160,15 @@ class statement {
 
   // Rebinds for another run.
   void bind(int i, std::int64_t v) {
-    if (!bound_) sqlite3_reset(st_);
-    bound_ = true;
+    rebinding();
     sqlite3_bind_int64(st_, i, v);
   }
   void bind_real(int i, double v) {
-    if (!bound_) sqlite3_reset(st_);
-    bound_ = true;
+    rebinding();
     sqlite3_bind_double(st_, i, v);
   }
   void bind_text(int i, const std::string& v) {
-    if (!bound_) sqlite3_reset(st_);
-    bound_ = true;
+    rebinding();
     sqlite3_bind_text64(st_, i, v.data(), v.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
   }
   // true: a row is ready; false: done. Throws on a SQLite error.
@@ -195,6 +192,11 @@ class statement {
   }
 
  private:
+  // The first bind after a run resets the statement (bindings themselves survive a reset).
+  void rebinding() {
+    if (!bound_) sqlite3_reset(st_);
+    bound_ = true;
+  }
   const reader& r_;
   sqlite3_stmt* st_ = nullptr;
   bool bound_ = false;

@@ -168,6 +168,20 @@ admin_response spend(const admin_context& ctx, const std::map<std::string, std::
   return report_response(query_spend(ctx.ledger_path, sq), csv);
 }
 
+// Query parameter `k` as a number, nullopt when absent or empty; a 400 saying it must be `what`
+// when it is not a number `ok` takes.
+template <class T, class Ok>
+std::optional<T> number_param(const std::map<std::string, std::string>& q, const char* k, Ok ok, const std::string& what) {
+  auto it = q.find(k);
+  if (it == q.end() || it->second.empty()) return std::nullopt;
+  T v{};
+  const auto& t = it->second;
+  const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+  if (ec != std::errc{} || end != t.data() + t.size() || !ok(v))
+    throw http_problem(400, "invalid_parameter", std::string(k) + " must be " + what + ", got '" + t.substr(0, 40) + "'");
+  return v;
+}
+
 // The query parameters of GET /admin/calls besides its exact-match filters.
 constexpr std::string_view kCallsOptions[] = {"from", "to", "month", "status", "min_cost_usd", "max_cost_usd",
                                               "min_latency_ms", "max_latency_ms", "before", "limit", "format"};
@@ -188,33 +202,15 @@ admin_response calls(const admin_context& ctx, const std::map<std::string, std::
     }
   }
   cq.range = range_of(q, calendar(ctx.cfg.timezone));
-  const auto whole = [&](const char* k, long lo, long hi) -> std::optional<long> {
-    auto it = q.find(k);
-    if (it == q.end() || it->second.empty()) return std::nullopt;
-    long v = 0;
-    const auto& t = it->second;
-    const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
-    if (ec != std::errc{} || end != t.data() + t.size() || v < lo || v > hi)
-      throw http_problem(400, "invalid_parameter", std::string(k) + " must be a whole number from " + std::to_string(lo) +
-                                                       " to " + std::to_string(hi) + ", got '" + t.substr(0, 40) + "'");
-    return v;
+  const auto whole = [&](const char* k, long lo, long hi) {
+    return number_param<long>(q, k, [&](long v) { return v >= lo && v <= hi; },
+                              "a whole number from " + std::to_string(lo) + " to " + std::to_string(hi));
   };
   if (const auto s = whole("status", 0, 999)) cq.status = static_cast<int>(*s);
-  // A bound of a range: a finite, non-negative decimal number.
-  const auto bound = [&](const char* k, std::optional<double>& out) {
-    auto it = q.find(k);
-    if (it == q.end() || it->second.empty()) return;
-    double v = 0;
-    const auto& t = it->second;
-    const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
-    if (ec != std::errc{} || end != t.data() + t.size() || !std::isfinite(v) || v < 0)
-      throw http_problem(400, "invalid_parameter", std::string(k) + " must be a number of 0 or more, got '" + t.substr(0, 40) + "'");
-    out = v;
-  };
-  bound("min_cost_usd", cq.min_cost_usd);
-  bound("max_cost_usd", cq.max_cost_usd);
-  bound("min_latency_ms", cq.min_latency_ms);
-  bound("max_latency_ms", cq.max_latency_ms);
+  // The bounds of the ranges: finite, non-negative numbers.
+  for (const auto& [k, out] : {std::pair{"min_cost_usd", &cq.min_cost_usd}, std::pair{"max_cost_usd", &cq.max_cost_usd},
+                               std::pair{"min_latency_ms", &cq.min_latency_ms}, std::pair{"max_latency_ms", &cq.max_latency_ms}})
+    *out = number_param<double>(q, k, [](double v) { return std::isfinite(v) && v >= 0; }, "a number of 0 or more");
   if (const auto l = whole("limit", 1, 1000)) cq.limit = static_cast<std::size_t>(*l);
   if (auto it = q.find("before"); it != q.end() && !it->second.empty()) {
     try {
