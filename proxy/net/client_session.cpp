@@ -33,6 +33,7 @@
 #include "core/inflate.hpp"
 #include "core/log.hpp"
 #include "core/policy.hpp"
+#include "core/request_id.hpp"
 #include "core/request_inspect.hpp"
 #include "core/sse_parser.hpp"
 #include "core/usage.hpp"
@@ -142,17 +143,11 @@ struct field_allocator {
   bool operator==(const field_allocator<U>&) const noexcept { return true; }
 };
 
-std::string new_request_id() {
+// A call's id when the client sends none (core/request_id.hpp: its start, then 48 random bits).
+std::string new_request_id(std::int64_t start_ms) {
   thread_local std::mt19937_64 rng{std::random_device{}() ^
                                    static_cast<std::uint64_t>(steady::now().time_since_epoch().count())};
-  static constexpr char hex[] = "0123456789abcdef";
-  char id[27] = {'t', 'g', '-'};
-  char* out = id + 3;
-  for (int w = 0; w < 2; ++w) {
-    auto v = rng();
-    for (int i = 0; i < 12; ++i, v >>= 4) *out++ = hex[v & 15];
-  }
-  return std::string(id, sizeof id);
+  return make_request_id(start_ms, rng());
 }
 
 std::int64_t unix_ms_now() {
@@ -1102,7 +1097,7 @@ awaitable<bool> client_session::proxy(client_request& req, const route_decision&
   if (auto id = c.head.request_id; !id.empty() && id.size() <= 200)
     rec.request_id = std::string(id);
   else
-    rec.request_id = new_request_id();
+    rec.request_id = new_request_id(rec.start_ms);
 
   // Admission: a ledger slot is reserved before anything else, so every call we accept has a row.
   if (!st_.ledger_->reserve()) {

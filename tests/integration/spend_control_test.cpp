@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "core/policy.hpp"
+#include "core/request_id.hpp"
 #include "support.hpp"
 
 using namespace std::chrono_literals;
@@ -380,6 +381,18 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
     }
     CHECK(tt::request(h.admin_port(), "GET", "/admin/calls").status == 401);
     CHECK(tt::request(h.admin_port(), "POST", "/admin/calls", "{}", admin).status == 405);
+    // A call without an id of its own gets tollgate's, which carries its start: found by it.
+    const auto own = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"));
+    REQUIRE(own.status == 200);
+    const std::string generated = own.header("x-request-id");
+    REQUIRE(tollgate::request_id_time(generated));
+    h.flush();
+    CHECK(*tollgate::request_id_time(generated) ==
+          h.query_int("SELECT start_ms FROM calls WHERE request_id = '" + generated + "'"));
+    j = json::parse(tt::request(h.admin_port(), "GET", "/admin/calls?request_id=" + generated, {}, admin).body);
+    REQUIRE(j["calls"].size() == 1);
+    CHECK(j["calls"][0]["request_id"] == generated);
+    CHECK(j["calls"][0]["requested_model"] == "gpt-4.1");
   }
   SECTION("spend grouped by model: totals are the ledger's sums; CSV too") {
     for (auto m : {"gpt-4.1", "gpt-4.1", "deepseek-v3.2"})

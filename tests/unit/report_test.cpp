@@ -1,6 +1,7 @@
 // Tests of the finance reports (proxy/ledger/report.cpp, report_cli.cpp) against real ledger
 // files written by the ledger writer: time parsing, spend groups, local days across DST and
 // month ends, exact sums, CSV/JSON output, what-if re-pricing, warm-start rows and the CLI.
+#include <algorithm>
 #include <cmath>
 #include <sqlite3.h>
 
@@ -16,6 +17,7 @@
 
 #include "core/calendar.hpp"
 #include "core/pricing.hpp"
+#include "core/request_id.hpp"
 #include "ledger/ledger.hpp"
 #include "ledger/report.hpp"
 #include "ledger/report_cli.hpp"
@@ -976,6 +978,78 @@ TEST_CASE("report: calls come newest first, filtered, in pages that resume where
     for (const char* bad : {"", "12", "12:", ":3", "1:2:3", "a:b", "1 :2"})
       CHECK_THROWS_WITH(parse_calls_cursor(bad), Contains("next_before of an earlier page"));
   }
+}
+
+TEST_CASE("request ids: a generated id carries its start, and only a generated shape decodes", "[report]") {
+  const auto t = utc_ms(2026, 11, 10, 12, 0, 0, 345);
+  const std::string id = make_request_id(t, 0xfedcba9876543210ULL);
+  CHECK(id.size() == 27);
+  CHECK(id == "tg-01a1c5545359ba9876543210");  // 48 bits of start in hex, then the low 48 random bits
+  CHECK(request_id_time(id) == t);
+  CHECK(make_request_id(t + 1, 0) > make_request_id(t, ~0ULL));  // ordered by start
+  CHECK(request_id_time(make_request_id(0, 0)) == 0);
+  for (const std::string bad : {"", "tg-", "tg-019a6dac39b9ba987654321", "tg-019a6dac39b9ba98765432100",
+                                "TG-019a6dac39b9ba9876543210", "tg-019A6DAC39B9BA9876543210", "tg-019a6dac39b9ba987654321g",
+                                "xx-019a6dac39b9ba9876543210", "req-call-1"}) {
+    INFO(bad);
+    CHECK_FALSE(request_id_time(bad));
+  }
+}
+
+TEST_CASE("report: a lookup by a generated request id reads the minutes around its start, else the whole range", "[report]") {
+  sample_ledger s;
+  const auto t = utc_ms(2026, 11, 10, 12);
+  const std::string generated = make_request_id(t, 42);
+  // An id generated before ids carried their start: 24 random digits, read as a time far away.
+  const std::string old_style = "tg-7f3e9a01c4d2b85e6a0f1c39";
+  REQUIRE(request_id_time(old_style));
+  REQUIRE(*request_id_time(old_style) > utc_ms(2100, 1, 1));
+  std::vector<usage_record> rows;
+  auto first = call(t, "gpt-4.1", 0.5);
+  first.request_id = generated;
+  // The same id sent again by a client ten minutes later: another call under the same id.
+  auto reused = call(t + 600'000, "gpt-4.1", 0.25);
+  reused.request_id = generated;
+  auto old = call(t + 1000, "gpt-4.1", 0.125);
+  old.request_id = old_style;
+  // An id a tollgate in front generated and sent on: this call started 400 ms after the id's time.
+  auto behind = call(t + 2400, "gpt-4.1", 0.0625);
+  behind.request_id = make_request_id(t + 2000, 7);
+  for (int i = 0; i < 50; ++i) rows.push_back(call(t - 3'600'000 + i * 60'000, "gpt-4.1", 0.01));
+  rows.push_back(first);
+  rows.push_back(reused);
+  rows.push_back(old);
+  rows.push_back(behind);
+  s.write(rows);
+  const auto costs = [](const nlohmann::json& page) {
+    std::vector<double> out;
+    for (const auto& c : page["calls"]) out.push_back(c["cost_usd"].get<double>());
+    return out;
+  };
+
+  calls_query q;
+  q.match = {{"request_id", generated}};
+  // The call that got the id; the client's later call under it lies outside those minutes.
+  CHECK(costs(query_calls(s.path, q)) == std::vector<double>{0.5});
+  // A range that leaves those minutes out reads the range, and finds the later call.
+  q.range = {t + 120'000, t + 3'600'000};
+  CHECK(costs(query_calls(s.path, q)) == std::vector<double>{0.25});
+  q = {};
+  q.match = {{"request_id", behind.request_id}};
+  CHECK(costs(query_calls(s.path, q)) == std::vector<double>{0.0625});
+  // An id whose time finds nothing falls back to the whole range, with one CSV header.
+  q = {};
+  q.match = {{"request_id", old_style}};
+  CHECK(costs(query_calls(s.path, q)) == std::vector<double>{0.125});
+  std::string next;
+  const std::string csv = query_calls_csv(s.path, q, next);
+  CHECK(std::count(csv.begin(), csv.end(), '\n') == 2);
+  CHECK(csv.starts_with("id,request_id,"));
+  CHECK(csv.find(old_style) != std::string::npos);
+  CHECK(next.empty());
+  // Other filters still apply inside those minutes.
+  q.match = {{"request_id", generated}, {"team", "nope"}};
+  CHECK(query_calls(s.path, q)["calls"].empty());
 }
 
 TEST_CASE("json_text: amounts shortest round-trip, the rest as nlohmann prints it", "[report]") {
