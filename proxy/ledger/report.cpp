@@ -665,6 +665,8 @@ namespace {
 // Each filter's name and its term; `?` is its value's parameter.
 constexpr std::pair<std::string_view, std::string_view> kCallFilters[] = {
     {"request_id", "request_id = ?"},
+    // The upstream's id (its x-request-id, else the reply's `id`): a provider's support ticket.
+    {"upstream_request_id", "upstream_request_id = ?"},
     {"key", "client_key_id = ?"},
     {"team", "team = ?"},
     {"model", "(requested_model = ? OR served_model = ? OR price_model = ?)"},

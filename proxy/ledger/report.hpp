@@ -189,8 +189,8 @@ std::string to_csv(const whatif_report& r);
 // committed it (ledger.flush_interval after the call ends).
 struct calls_query {
   time_range range;
-  // Exact matches by filter name (calls_filters()): request_id, key (client_key_id), team, model
-  // (the requested, served or pricing model), provider, route.
+  // Exact matches by filter name (calls_filters()): request_id, upstream_request_id, key
+  // (client_key_id), team, model (the requested, served or pricing model), provider, route.
   std::map<std::string, std::string, std::less<>> match;
   std::optional<int> status;
   // Ranges, bounds included: the expensive or slow calls (cost_usd in USD, latency_ms in ms).

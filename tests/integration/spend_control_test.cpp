@@ -337,6 +337,12 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
     CHECK(row["cost_usd"].get<double>() == h.query_double("SELECT cost_usd FROM calls WHERE request_id = 'find-me-2'"));
     CHECK(row["prompt_tokens"] == h.query_int("SELECT prompt_tokens FROM calls WHERE request_id = 'find-me-2'"));
     CHECK(j["next_before"].is_null());
+    // By the upstream's id, as a provider's support ticket names the call.
+    const std::string upstream_id = row["upstream_request_id"].get<std::string>();
+    REQUIRE(!upstream_id.empty());
+    j = json::parse(tt::request(h.admin_port(), "GET", "/admin/calls?upstream_request_id=" + upstream_id, {}, admin).body);
+    REQUIRE(j["calls"].size() == 1);
+    CHECK(j["calls"][0]["request_id"] == "find-me-2");
     // The newest call first, one a page, the next page after it.
     j = json::parse(tt::request(h.admin_port(), "GET", "/admin/calls?limit=1", {}, admin).body);
     REQUIRE(j["calls"].size() == 1);

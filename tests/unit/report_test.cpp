@@ -849,6 +849,7 @@ TEST_CASE("report: calls come newest first, filtered, in pages that resume where
     r.provider = i == 3 ? "DeepInfra" : "";
     r.status = i == 5 ? 429 : 200;
     r.latency_ms = 100.0 * i;
+    r.upstream_request_id = "chatcmpl-" + std::to_string(i);
     rows.push_back(r);
   }
   // A long call written last that started first: the order is by start, not by row id.
@@ -941,6 +942,8 @@ TEST_CASE("report: calls come newest first, filtered, in pages that resume where
   SECTION("filters: exact matches, all of them at once") {
     q.match = {{"request_id", "req-call-2"}};
     CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-2"});
+    q.match = {{"upstream_request_id", "chatcmpl-4"}};  // the upstream's id, for a provider's ticket
+    CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-4"});
     q = {};
     q.match = {{"key", "batch"}, {"model", "gpt-4.1"}};  // model: requested, served or pricing model
     CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-5"});
