@@ -103,10 +103,14 @@ decltype(auto) apply_members(const fast_node& obj, const std::array<std::string_
                              std::index_sequence<I...>) {
   std::array<fast_node, sizeof...(I)> found{};
   if (is_object(obj)) {
+    // Keys' lengths as a bit set: most members that match no key are passed over by one test.
+    std::uint64_t lengths = 0;
+    for (const auto k : keys) lengths |= std::uint64_t{1} << std::min<std::size_t>(k.size(), 63);
     const dom::object members = obj.value.get_object().value_unsafe();
     for (const dom::key_value_pair m : members) {
+      if ((lengths >> std::min<std::size_t>(m.key.size(), 63) & 1) == 0) continue;
       for (std::size_t i = 0; i < keys.size(); ++i) {
-        if (m.key == keys[i]) {
+        if (m.key.size() == keys[i].size() && std::memcmp(m.key.data(), keys[i].data(), keys[i].size()) == 0) {
           found[i] = {m.value, true};
           break;
         }
