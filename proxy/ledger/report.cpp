@@ -741,18 +741,20 @@ std::string walk_range(const std::string& ledger_path, const calls_query& q, Hea
   return {};
 }
 
-// Where a lookup by a generated id looks first, around the start the id carries: the
-// millisecond itself (the id holds its own call's start_ms exactly), then a minute either side,
+// Where a lookup by an id that carries a time (core/request_id.hpp) looks first, around that
+// time: the millisecond itself when it is the row's start_ms (tollgate's own ids), then a minute
+// either side: for a client's UUIDv7, made by the client's clock a moment before the call, and
 // for a tollgate behind another one, which takes the front's id as the client's and starts the
-// call a little later (or, on another machine, with a clock a little off).
-constexpr std::int64_t kIdWindowsMs[][2] = {{0, 1}, {-60'000, 60'000}};
+// call a little later (or, on another machine, by a clock a little off).
+constexpr std::int64_t kExactWindowMs[2] = {0, 1};
+constexpr std::int64_t kNearWindowMs[2] = {-60'000, 60'000};
 
-// walk_range, but a lookup by a generated request id (core/request_id.hpp) first reads the
-// millisecond, then the two minutes, around the start the id carries: the `start_ms` index finds
-// them at once, where a scan of the range reads every row (half a second a million rows). When
-// nothing there matches (an id generated before that format, or a client's own id of the same
-// shape), the whole range is read. An id a client reused for later calls is found only near its
-// first call's start.
+// walk_range, but a lookup by a request id that carries a time first reads the millisecond (a
+// generated id), then the two minutes, around it: the `start_ms` index finds them at once, where
+// a scan of the range reads every row (half a second a million rows). When nothing there
+// matches (an id generated before ids carried their start, a client's id of the same shape, a
+// client clock far off), the whole range is read. An id a client reused for later calls is
+// found only near its first call's start.
 template <class Header, class Row>
 std::string walk_calls(const std::string& ledger_path, const calls_query& q, Header&& header, Row&& row) {
   bool headed = false;
@@ -761,10 +763,11 @@ std::string walk_calls(const std::string& ledger_path, const calls_query& q, Hea
   };
   if (const auto it = q.match.find("request_id"); it != q.match.end())
     if (const auto t = request_id_time(it->second))
-      for (const auto& [lo, hi] : kIdWindowsMs) {
+      for (const auto* window : {kExactWindowMs, kNearWindowMs}) {
+        if (window == kExactWindowMs && !t->exact) continue;
         calls_query near = q;
-        near.range.from_ms = std::max(q.range.from_ms, *t + lo);
-        near.range.to_ms = std::min(q.range.to_ms, *t + hi);
+        near.range.from_ms = std::max(q.range.from_ms, t->ms + window[0]);
+        near.range.to_ms = std::min(q.range.to_ms, t->ms + window[1]);
         if (near.range.from_ms >= near.range.to_ms) continue;
         std::size_t rows = 0;
         std::string next = walk_range(ledger_path, near, header_once, [&](const statement& st, std::int64_t start_ms) {

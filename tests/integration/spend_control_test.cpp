@@ -393,7 +393,7 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
     const std::string generated = own.header("x-request-id");
     REQUIRE(tollgate::request_id_time(generated));
     h.flush();
-    CHECK(*tollgate::request_id_time(generated) ==
+    CHECK(tollgate::request_id_time(generated)->ms ==
           h.query_int("SELECT start_ms FROM calls WHERE request_id = '" + generated + "'"));
     j = json::parse(tt::request(h.admin_port(), "GET", "/admin/calls?request_id=" + generated, {}, admin).body);
     REQUIRE(j["calls"].size() == 1);

@@ -983,17 +983,31 @@ TEST_CASE("report: calls come newest first, filtered, in pages that resume where
   }
 }
 
-TEST_CASE("request ids: a generated id carries its start, and only a generated shape decodes", "[report]") {
+TEST_CASE("request ids: a generated id carries its start, a UUIDv7 its creation, nothing else decodes", "[report]") {
   const auto t = utc_ms(2026, 11, 10, 12, 0, 0, 345);
   const std::string id = make_request_id(t, 0xfedcba9876543210ULL);
   CHECK(id.size() == 27);
   CHECK(id == "tg-01a1c5545359ba9876543210");  // 48 bits of start in hex, then the low 48 random bits
-  CHECK(request_id_time(id) == t);
+  REQUIRE(request_id_time(id));
+  CHECK(request_id_time(id)->ms == t);
+  CHECK(request_id_time(id)->exact);
   CHECK(make_request_id(t + 1, 0) > make_request_id(t, ~0ULL));  // ordered by start
-  CHECK(request_id_time(make_request_id(0, 0)) == 0);
+  CHECK(request_id_time(make_request_id(0, 0))->ms == 0);
+  // A client's UUIDv7 (RFC 9562): its first 48 bits, either case; a time, but not the start's.
+  for (const std::string v7 : {"01a1c554-5359-7cc3-98c4-dc0c0c07398f", "01A1C554-5359-7CC3-B8C4-DC0C0C07398F"}) {
+    INFO(v7);
+    REQUIRE(request_id_time(v7));
+    CHECK(request_id_time(v7)->ms == t);
+    CHECK_FALSE(request_id_time(v7)->exact);
+  }
   for (const std::string bad : {"", "tg-", "tg-019a6dac39b9ba987654321", "tg-019a6dac39b9ba98765432100",
                                 "TG-019a6dac39b9ba9876543210", "tg-019A6DAC39B9BA9876543210", "tg-019a6dac39b9ba987654321g",
-                                "xx-019a6dac39b9ba9876543210", "req-call-1"}) {
+                                "xx-019a6dac39b9ba9876543210", "req-call-1",
+                                "01a1c554-5359-4cc3-98c4-dc0c0c07398f",    // a UUIDv4: random, no time
+                                "01a1c554-5359-7cc3-c8c4-dc0c0c07398f",    // variant 110x
+                                "01a1c554-5359-7cc3-98c4-dc0c0c07398",     // short
+                                "01a1c554+5359-7cc3-98c4-dc0c0c07398f",    // not a dash
+                                "01a1c554-5359-7cc3-98c4-dc0c0c07398g"}) {  // not hex
     INFO(bad);
     CHECK_FALSE(request_id_time(bad));
   }
@@ -1006,7 +1020,7 @@ TEST_CASE("report: a lookup by a generated request id reads the minutes around i
   // An id generated before ids carried their start: 24 random digits, read as a time far away.
   const std::string old_style = "tg-7f3e9a01c4d2b85e6a0f1c39";
   REQUIRE(request_id_time(old_style));
-  REQUIRE(*request_id_time(old_style) > utc_ms(2100, 1, 1));
+  REQUIRE(request_id_time(old_style)->ms > utc_ms(2100, 1, 1));
   std::vector<usage_record> rows;
   auto first = call(t, "gpt-4.1", 0.5);
   first.request_id = generated;
@@ -1015,6 +1029,10 @@ TEST_CASE("report: a lookup by a generated request id reads the minutes around i
   reused.request_id = generated;
   auto old = call(t + 1000, "gpt-4.1", 0.125);
   old.request_id = old_style;
+  // A client's UUIDv7, made 1.5 s before the call reached tollgate (by the client's clock).
+  auto uuid_call = call(t + 5000, "gpt-4.1", 0.03125);
+  uuid_call.request_id = "01a1c554-5fac-7cc3-98c4-dc0c0c07398f";
+  REQUIRE(request_id_time(uuid_call.request_id)->ms == t + 3500);
   // An id a tollgate in front generated and sent on: this call started 400 ms after the id's time.
   auto behind = call(t + 2400, "gpt-4.1", 0.0625);
   behind.request_id = make_request_id(t + 2000, 7);
@@ -1023,6 +1041,10 @@ TEST_CASE("report: a lookup by a generated request id reads the minutes around i
   rows.push_back(reused);
   rows.push_back(old);
   rows.push_back(behind);
+  rows.push_back(uuid_call);
+  auto uuid_again = call(t + 605'000, "gpt-4.1", 0.015625);  // the client sent it again, later
+  uuid_again.request_id = uuid_call.request_id;
+  rows.push_back(uuid_again);
   s.write(rows);
   const auto costs = [](const nlohmann::json& page) {
     std::vector<double> out;
@@ -1040,6 +1062,8 @@ TEST_CASE("report: a lookup by a generated request id reads the minutes around i
   q = {};
   q.match = {{"request_id", behind.request_id}};
   CHECK(costs(query_calls(s.path, q)) == std::vector<double>{0.0625});
+  q.match = {{"request_id", uuid_call.request_id}};
+  CHECK(costs(query_calls(s.path, q)) == std::vector<double>{0.03125});  // the minutes of its time only
   // An id whose time finds nothing falls back to the whole range, with one CSV header.
   q = {};
   q.match = {{"request_id", old_style}};
