@@ -1,6 +1,7 @@
 // The configuration loader: YAML file -> `config`, ${VAR} substitution, TOLLGATE_* overrides and
 // the value parsers (durations, sizes, host:port). Called once by main() before anything starts.
 #include "core/config.hpp"
+#include "core/ledger_indexes.hpp"
 
 #include <arpa/inet.h>
 #include <yaml-cpp/yaml.h>
@@ -848,6 +849,23 @@ class loader {
            if (cfg_.ledger_retention < std::chrono::hours(24 * 32))
              fail(e, "must be 0 (keep every row) or at least 32d, so a month's budgets and reports keep their rows (got '" +
                          text(e) + "')");
+         }},
+        {"indexes", [this](const entry& e) {
+           cfg_.ledger_indexes.clear();
+           list(e, [&](const entry& it) {
+             const std::string name = text(it);
+             const bool known = std::any_of(std::begin(kLedgerIndexes), std::end(kLedgerIndexes),
+                                            [&](const ledger_index& x) { return x.filter == name; });
+             if (!known) {
+               std::string names;  // each filter once (model's three indexes are adjacent)
+               for (std::size_t i = 0; i < std::size(kLedgerIndexes); ++i)
+                 if (i == 0 || kLedgerIndexes[i - 1].filter != kLedgerIndexes[i].filter)
+                   (names += names.empty() ? "" : ", ") += kLedgerIndexes[i].filter;
+               fail(it, "unknown index '" + name + "'; use one of " + names);
+             }
+             if (std::find(cfg_.ledger_indexes.begin(), cfg_.ledger_indexes.end(), name) == cfg_.ledger_indexes.end())
+               cfg_.ledger_indexes.push_back(name);
+           });
          }},
         {"postgres", [this](const entry& e) { read_section(e.node, e.path, e.line, postgres_fields()); }},
     };

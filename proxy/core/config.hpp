@@ -111,6 +111,9 @@ struct config {
   std::uint64_t ledger_journal_max_bytes = 1ull << 30;  // 0: no journal
   bool ledger_synchronous_full = false;         // synchronous: normal | full (fsync every commit)
   millis ledger_retention{0};                   // rows older than this are deleted (0: kept forever)
+  // Optional indexes by /admin/calls filter (core/ledger_indexes.hpp); each listed once, in the
+  // order given. Those not listed are dropped at start.
+  std::vector<std::string> ledger_indexes;
   // Fleet ledger (ledger.postgres): committed rows copied to one PostgreSQL table shared by every
   // instance. "" url: off. The SQLite file stays the ledger of record (pg_shipper.hpp).
   struct postgres_ship {

@@ -46,6 +46,9 @@ struct ledger_options {
   // How soon the writer looks again after a look that found less than a full batch to delete
   // (a full one: after a second).
   std::chrono::milliseconds prune_interval{60'000};
+  // Optional indexes, by /admin/calls filter (core/ledger_indexes.hpp): made when the database is
+  // opened (a ledger of millions of rows takes seconds, logged), and those not listed dropped.
+  std::vector<std::string> indexes;
 };
 
 struct ledger_stats {

@@ -435,6 +435,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   lo.journal_max_bytes = c.ledger_journal_max_bytes;
   lo.synchronous_full = c.ledger_synchronous_full;
   lo.retention = c.ledger_retention;
+  lo.indexes = c.ledger_indexes;
   if (!c.ledger_postgres.url.empty()) {
     // With a fleet ledger, retention deletes only rows PostgreSQL has (the shipper is made below,
     // before the ledger starts).

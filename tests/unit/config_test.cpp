@@ -285,6 +285,19 @@ ledger:
   CHECK(over.ledger_postgres.url_line == 0);
 }
 
+TEST_CASE("config: ledger.indexes names /admin/calls filters, each once", "[config]") {
+  CHECK(config{}.ledger_indexes.empty());
+  CHECK(load_config_string("ledger:\n  indexes: [team, model, team]\n", "t.yaml").ledger_indexes ==
+        std::vector<std::string>{"team", "model"});
+  CHECK(load_config_string("ledger:\n  indexes:\n    - request_id\n    - key\n", "t.yaml").ledger_indexes ==
+        std::vector<std::string>{"request_id", "key"});
+  CHECK(load_config_string("ledger:\n  indexes: []\n", "t.yaml").ledger_indexes.empty());
+  CHECK_THAT(load_error("ledger:\n  indexes:\n    - team\n    - user\n"),
+             StartsWith("test.yaml:4: ledger.indexes[1]: unknown index 'user'; use one of request_id, upstream_request_id, "
+                        "key, team, model, provider, route"));
+  CHECK_THAT(load_error("ledger:\n  indexes: team\n"), StartsWith("test.yaml:2: ledger.indexes: expected a list"));
+}
+
 TEST_CASE("config: ledger.retention keeps every row by default, or at least 32 days", "[config]") {
   CHECK(config{}.ledger_retention.count() == 0);
   CHECK(load_config_string("ledger:\n  retention: 400d\n", "t.yaml").ledger_retention == std::chrono::hours(24 * 400));

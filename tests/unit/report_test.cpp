@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <random>
 #include <sstream>
+#include <set>
 #include <string>
 #include <tuple>
 #include <variant>
@@ -83,9 +84,11 @@ usage_record with(usage_record r, const std::string& key, const std::string& tea
 struct sample_ledger {
   temp_dir dir;
   std::string path = dir.file("tollgate.db");
+  std::vector<std::string> indexes;  // ledger.indexes
   void write(const std::vector<usage_record>& rows) {
     ledger_options o;
     o.path = path;
+    o.indexes = indexes;
     ledger l(o);
     l.start();
     for (const auto& r : rows) {
@@ -981,6 +984,95 @@ TEST_CASE("report: calls come newest first, filtered, in pages that resume where
     for (const char* bad : {"", "12", "12:", ":3", "1:2:3", "a:b", "1 :2"})
       CHECK_THROWS_WITH(parse_calls_cursor(bad), Contains("next_before of an earlier page"));
   }
+}
+
+TEST_CASE("report: with ledger.indexes every filter returns the same pages, and an index not listed is dropped", "[report]") {
+  const auto t = utc_ms(2026, 11, 10, 12);
+  std::vector<usage_record> rows;
+  const char* models[][3] = {{"gpt-4.1", "gpt-4.1-2025-04-14", "gpt-4.1"},  // two of the three columns match
+                             {"fast", "gpt-4.1", ""},                         // only the served model
+                             {"x", "y", "gpt-4.1"},                           // only the pricing model
+                             {"claude-sonnet-4.5", "claude-sonnet-4.5", "claude-sonnet-4.5"}};
+  for (int i = 0; i < 40; ++i) {
+    // 13 distinct starts: pages end inside a millisecond several rows share.
+    auto r = with(call(t + (i % 13) * 1000, "", 0.125 * i), i % 3 ? "app" : "batch", i % 5 ? "web" : "rare");
+    r.requested_model = models[i % 4][0];
+    r.served_model = models[i % 4][1];
+    r.price_model = models[i % 4][2];
+    r.provider = i % 7 == 0 ? "DeepInfra" : "";
+    r.route = i % 6 == 0 ? route_kind::responses : route_kind::chat_completions;
+    r.request_id = "req-" + std::to_string(i % 10);  // reused ids
+    r.upstream_request_id = "up-" + std::to_string(i % 4);
+    r.status = i % 9 == 0 ? 429 : 200;
+    rows.push_back(r);
+  }
+  sample_ledger plain, indexed;
+  indexed.indexes = {"request_id", "upstream_request_id", "key", "team", "model", "provider", "route"};
+  plain.write(rows);
+  indexed.write(rows);
+  const auto index_names = [](const std::string& path) {
+    std::vector<std::string> out;
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'calls' ORDER BY name",
+                               -1, &st, nullptr) == SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) out.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return out;
+  };
+  CHECK(index_names(plain.path) == std::vector<std::string>{"calls_start_ms"});
+  CHECK(index_names(indexed.path) ==
+        std::vector<std::string>{"calls_by_client_key_id", "calls_by_price_model", "calls_by_provider", "calls_by_request_id",
+                                 "calls_by_requested_model", "calls_by_route", "calls_by_served_model", "calls_by_team",
+                                 "calls_by_upstream_request_id", "calls_start_ms"});
+
+  // Every page, walked to the end in pages of three, is the same with and without the indexes.
+  const auto all_pages = [](const std::string& path, calls_query q) {
+    q.limit = 3;
+    nlohmann::json seen = nlohmann::json::array();
+    for (int pages = 0; pages < 20; ++pages) {
+      const auto page = query_calls(path, q);
+      for (const auto& c : page["calls"]) seen.push_back(c);
+      if (page["next_before"].is_null()) return seen;
+      q.before = parse_calls_cursor(page["next_before"].get<std::string>());
+    }
+    FAIL("more pages than rows");
+    return seen;
+  };
+  CHECK(all_pages(plain.path, calls_query{}).size() == rows.size());
+  CHECK(all_pages(indexed.path, calls_query{}).size() == rows.size());
+  const std::vector<std::map<std::string, std::string, std::less<>>> filters = {
+      {}, {{"model", "gpt-4.1"}}, {{"model", "claude-sonnet-4.5"}}, {{"model", "y"}}, {{"model", "none"}},
+      {{"team", "rare"}}, {{"key", "batch"}}, {{"provider", "DeepInfra"}}, {{"route", "responses"}},
+      {{"request_id", "req-3"}}, {{"upstream_request_id", "up-1"}}, {{"model", "gpt-4.1"}, {"team", "web"}, {"key", "app"}}};
+  for (const auto& f : filters)
+    for (const std::optional<int> status : {std::optional<int>{}, std::optional<int>{200}}) {
+      calls_query q;
+      q.match = f;
+      q.status = status;
+      const auto want = all_pages(plain.path, q);
+      INFO(want.size() << " rows, filter " << (f.empty() ? "none" : f.begin()->first + "=" + f.begin()->second));
+      CHECK(all_pages(indexed.path, q) == want);
+      q.min_cost_usd = 1;  // with a range too
+      q.range = {t + 2000, t + 11'000};
+      CHECK(all_pages(indexed.path, q) == all_pages(plain.path, q));
+    }
+  // The model filter matches a row once, whichever of its columns name the model.
+  calls_query q;
+  q.match = {{"model", "gpt-4.1"}};
+  const auto matched = all_pages(indexed.path, q);
+  CHECK(matched.size() == 30);
+  std::set<std::int64_t> ids;
+  for (const auto& c : matched) ids.insert(c["id"].get<std::int64_t>());
+  CHECK(ids.size() == matched.size());
+
+  // Taken out of the list, an index is dropped at the next start; the rows stay.
+  indexed.indexes = {"team"};
+  indexed.write({});
+  CHECK(index_names(indexed.path) == std::vector<std::string>{"calls_by_team", "calls_start_ms"});
+  CHECK(all_pages(indexed.path, q) == matched);
 }
 
 TEST_CASE("request ids: a generated id carries its start, a UUIDv7 its creation, nothing else decodes", "[report]") {
