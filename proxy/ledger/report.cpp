@@ -15,11 +15,13 @@
 #include <filesystem>
 #include <map>
 #include <stdexcept>
+#include <unordered_map>
 #include <utility>
 
 #include "core/ledger_indexes.hpp"
 #include "core/pricing.hpp"
 #include "core/request_id.hpp"
+#include "core/string_hash.hpp"
 
 namespace tollgate {
 
@@ -187,6 +189,12 @@ class statement {
   int columns() const noexcept { return sqlite3_column_count(st_); }
   const char* name(int c) const noexcept { return sqlite3_column_name(st_, c); }
   int type(int c) const noexcept { return sqlite3_column_type(st_, c); }
+  // Valid until the next step(); no copy.
+  std::optional<std::string_view> text_view(int c) const {
+    if (is_null(c)) return std::nullopt;
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(st_, c));
+    return std::string_view(p, static_cast<std::size_t>(sqlite3_column_bytes(st_, c)));
+  }
   std::optional<std::string> text(int c) const {
     if (is_null(c)) return std::nullopt;
     const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(st_, c));
@@ -272,6 +280,73 @@ std::string grouped_sql(const std::vector<spend_group>& cols) {
          "WINDOW w AS (PARTITION BY " + keys +
          " ORDER BY start_ms, id ROWS UNBOUNDED PRECEDING)) WHERE next_start IS NULL";
 }
+
+// The rows of [?1, ?2) with their group keys and the figures' terms, in the order the plain
+// range query reads them (the start_ms index: start_ms, then id; the ORDER BY costs no sort).
+std::string group_rows_sql(const std::vector<spend_group>& cols) {
+  std::string keys;
+  for (const auto g : cols) (keys += group_expr(g)) += ", ";
+  return "SELECT " + keys +
+         "priced = 0 AND usage_source <> 'none', prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, "
+         "reasoning_tokens, cost_usd FROM calls WHERE start_ms >= ?1 AND start_ms < ?2 ORDER BY start_ms, id";
+}
+
+// SQLite before 3.43 adds SUM's reals one at a time in double precision; 3.43 and later sum them
+// with Kahan-Babuska-Neumaier compensation. With the former, sums made here over the rows in the
+// plain query's order are that query's SUM bit for bit.
+bool sql_sum_adds_plainly() noexcept { return sqlite3_libversion_number() < 3043000; }
+
+// Per-group figures summed in one pass over group_rows_sql's rows, in their order: the group's
+// rows are added in the order the plain range query narrowed to that group would read them. A
+// GROUP BY (or the window query, grouped_sql) sorts the range's rows first: 14-16 s for a month
+// of 3.5M rows grouped by team, against ~2 s for this pass.
+class group_sums {
+ public:
+  // `total` gets every row's terms too, in the same order.
+  group_sums(std::size_t ncols, spend_figures& total) : ncols_(static_cast<int>(ncols)), total_(total) {}
+  void add(const statement& st) {
+    // The keys as one string (NULL, else its length and bytes): one hash lookup, no allocation
+    // once the group is known.
+    key_.clear();
+    for (int c = 0; c < ncols_; ++c) {
+      const auto v = st.text_view(c);
+      if (!v) {
+        key_ += '\0';
+        continue;
+      }
+      key_ += '\1';
+      const auto n = static_cast<std::uint32_t>(v->size());
+      key_.append(reinterpret_cast<const char*>(&n), sizeof n);
+      key_ += *v;
+    }
+    auto it = index_.find(std::string_view(key_));
+    if (it == index_.end()) {
+      spend_row row;
+      for (int c = 0; c < ncols_; ++c) row.keys.push_back(st.text(c));
+      it = index_.emplace(key_, rows_.size()).first;
+      rows_.push_back(std::move(row));
+    }
+    add_to(rows_[it->second].figures, st);
+    add_to(total_, st);
+  }
+  std::vector<spend_row> take() { return std::move(rows_); }
+
+ private:
+  void add_to(spend_figures& f, const statement& st) const {
+    const int k = ncols_;
+    ++f.requests;
+    for (auto [sum, col] : {std::pair{&f.unpriced_requests, k}, std::pair{&f.prompt_tokens, k + 1},
+                            std::pair{&f.completion_tokens, k + 2}, std::pair{&f.cached_tokens, k + 3},
+                            std::pair{&f.cache_write_tokens, k + 4}, std::pair{&f.reasoning_tokens, k + 5}})
+      if (__builtin_add_overflow(*sum, st.i64(col), sum)) throw std::runtime_error("ledger: integer overflow in a token sum");
+    f.cost_usd += st.real(k + 6);
+  }
+  int ncols_;
+  spend_figures& total_;
+  std::string key_;
+  std::unordered_map<std::string, std::size_t, string_hash, std::equal_to<>> index_;
+  std::vector<spend_row> rows_;
+};
 
 // Null sorts first, then byte order (SQLite's BINARY collation).
 bool keys_less(const spend_row& a, const spend_row& b) { return a.keys < b.keys; }
@@ -545,29 +620,44 @@ spend_report spend_on(const reader& db, const calendar& cal, const spend_query& 
   spend_report out;
   out.query = q;
 
-  statement total(db, range_sql());
-  total.bind(1, q.range.from_ms);
-  total.bind(2, q.range.to_ms);
-  if (total.step()) out.total = read_figures(total, 0);
-  if (q.group_by.empty() || out.total.requests == 0) return out;
-
   std::vector<spend_group> cols;  // every group but day, in the given order
   for (const auto g : q.group_by)
     if (g != spend_group::day) cols.push_back(g);
   const auto day_at = std::find(q.group_by.begin(), q.group_by.end(), spend_group::day);
   const bool by_day = day_at != q.group_by.end();
   const auto day_pos = static_cast<std::size_t>(day_at - q.group_by.begin());
+  // Sums of [from, to) per group, with `day` (when grouped by day) at its place among the keys:
+  // summed here from the rows in order where SQLite's SUM adds plainly (the total too, in the
+  // same pass: the runs read the range in order), else by the window query.
+  const bool summed_here = !q.group_by.empty() && sql_sum_adds_plainly();
 
-  // Sums of [from, to) per group, with `day` (when grouped by day) at its place among the keys.
-  statement grouped(db, cols.empty() ? range_sql() : grouped_sql(cols));
+  if (!summed_here) {
+    statement total(db, range_sql());
+    total.bind(1, q.range.from_ms);
+    total.bind(2, q.range.to_ms);
+    if (total.step()) out.total = read_figures(total, 0);
+    if (q.group_by.empty() || out.total.requests == 0) return out;
+  }
+
+  statement grouped(db, summed_here ? group_rows_sql(cols) : cols.empty() ? range_sql() : grouped_sql(cols));
   const auto run = [&](std::int64_t from, std::int64_t to, const std::optional<std::string>& day) {
     grouped.bind(1, from);
     grouped.bind(2, to);
-    while (grouped.step()) {
-      spend_row row;
-      for (std::size_t i = 0; i < cols.size(); ++i) row.keys.push_back(grouped.text(static_cast<int>(i)));
+    std::vector<spend_row> rows;
+    if (summed_here) {
+      group_sums sums(cols.size(), out.total);
+      while (grouped.step()) sums.add(grouped);
+      rows = sums.take();
+    } else {
+      while (grouped.step()) {
+        spend_row row;
+        for (std::size_t i = 0; i < cols.size(); ++i) row.keys.push_back(grouped.text(static_cast<int>(i)));
+        row.figures = read_figures(grouped, static_cast<int>(cols.size()));
+        rows.push_back(std::move(row));
+      }
+    }
+    for (auto& row : rows) {
       if (by_day) row.keys.insert(row.keys.begin() + static_cast<std::ptrdiff_t>(day_pos), day);
-      row.figures = read_figures(grouped, static_cast<int>(cols.size()));
       if (row.figures.requests > 0) out.rows.push_back(std::move(row));
     }
   };
