@@ -777,9 +777,6 @@ const std::vector<std::string_view>& calls_filters() {
 
 namespace {
 
-// One page of rows, newest first: header(st) once the query is prepared (its columns are known
-// then), row(st, start_ms) for each row of the page. Returns the next page's cursor,
-// "<start_ms>:<id>" of the page's last row, or "" when this page is the last.
 // True when every optional index of `filter` (core/ledger_indexes.hpp, ledger.indexes) exists.
 bool has_indexes(reader& db, std::string_view filter) {
   int want = 0, found = 0;
@@ -793,6 +790,9 @@ bool has_indexes(reader& db, std::string_view filter) {
   return want > 0 && found == want;
 }
 
+// One page of rows, newest first: header(st) once the query is prepared (its columns are known
+// then), row(st, start_ms) for each row of the page. Returns the next page's cursor,
+// "<start_ms>:<id>" of the page's last row, or "" when this page is the last.
 template <class Header, class Row>
 std::string walk_range(const std::string& ledger_path, const calls_query& q, Header&& header, Row&& row) {
   reader db(ledger_path);
