@@ -296,17 +296,16 @@ std::string group_rows_sql(const std::vector<spend_group>& cols) {
 // plain query's order are that query's SUM bit for bit.
 bool sql_sum_adds_plainly() noexcept { return sqlite3_libversion_number() < 3043000; }
 
-// Per-group figures summed in one pass over group_rows_sql's rows, in their order: the group's
-// rows are added in the order the plain range query narrowed to that group would read them. A
-// GROUP BY (or the window query, grouped_sql) sorts the range's rows first: 14-16 s for a month
-// of 3.5M rows grouped by team, against ~2 s for this pass.
-class group_sums {
+// The group of a statement's current row, by its first `ncols` columns (text or NULL): one hash
+// lookup per row, no allocation once the group is known. Row holds a group's `keys` and what is
+// summed for it; groups are kept in order of first sight. A GROUP BY sorts every row of the
+// range first instead (a month of 3.5M rows grouped by team: 14-16 s, against ~2 s this way).
+template <class Row>
+class group_index {
  public:
-  // `total` gets every row's terms too, in the same order.
-  group_sums(std::size_t ncols, spend_figures& total) : ncols_(static_cast<int>(ncols)), total_(total) {}
-  void add(const statement& st) {
-    // The keys as one string (NULL, else its length and bytes): one hash lookup, no allocation
-    // once the group is known.
+  explicit group_index(std::size_t ncols) : ncols_(static_cast<int>(ncols)) {}
+  Row& at(const statement& st) {
+    // The keys as one string: per column, NULL or its length and bytes.
     key_.clear();
     for (int c = 0; c < ncols_; ++c) {
       const auto v = st.text_view(c);
@@ -321,15 +320,38 @@ class group_sums {
     }
     auto it = index_.find(std::string_view(key_));
     if (it == index_.end()) {
-      spend_row row;
+      Row row;
       for (int c = 0; c < ncols_; ++c) row.keys.push_back(st.text(c));
       it = index_.emplace(key_, rows_.size()).first;
       rows_.push_back(std::move(row));
     }
-    add_to(rows_[it->second].figures, st);
+    return rows_[it->second];
+  }
+  std::vector<Row> take() { return std::move(rows_); }
+
+ private:
+  int ncols_;
+  std::string key_;
+  std::unordered_map<std::string, std::size_t, string_hash, std::equal_to<>> index_;
+  std::vector<Row> rows_;
+};
+
+// `sum += v`, refusing what SQLite's SUM refuses.
+void add_checked(std::int64_t& sum, std::int64_t v) {
+  if (__builtin_add_overflow(sum, v, &sum)) throw std::runtime_error("ledger: integer overflow in a token sum");
+}
+
+// Per-group figures summed in one pass over group_rows_sql's rows, in their order: the group's
+// rows are added in the order the plain range query narrowed to that group would read them.
+class group_sums {
+ public:
+  // `total` gets every row's terms too, in the same order.
+  group_sums(std::size_t ncols, spend_figures& total) : ncols_(static_cast<int>(ncols)), groups_(ncols), total_(total) {}
+  void add(const statement& st) {
+    add_to(groups_.at(st).figures, st);
     add_to(total_, st);
   }
-  std::vector<spend_row> take() { return std::move(rows_); }
+  std::vector<spend_row> take() { return groups_.take(); }
 
  private:
   void add_to(spend_figures& f, const statement& st) const {
@@ -338,14 +360,12 @@ class group_sums {
     for (auto [sum, col] : {std::pair{&f.unpriced_requests, k}, std::pair{&f.prompt_tokens, k + 1},
                             std::pair{&f.completion_tokens, k + 2}, std::pair{&f.cached_tokens, k + 3},
                             std::pair{&f.cache_write_tokens, k + 4}, std::pair{&f.reasoning_tokens, k + 5}})
-      if (__builtin_add_overflow(*sum, st.i64(col), sum)) throw std::runtime_error("ledger: integer overflow in a token sum");
+      add_checked(*sum, st.i64(col));
     f.cost_usd += st.real(k + 6);
   }
   int ncols_;
+  group_index<spend_row> groups_;
   spend_figures& total_;
-  std::string key_;
-  std::unordered_map<std::string, std::size_t, string_hash, std::equal_to<>> index_;
-  std::vector<spend_row> rows_;
 };
 
 // Null sorts first, then byte order (SQLite's BINARY collation).
@@ -1037,37 +1057,43 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
     out.rows.push_back({row.keys[0], row.figures, 0, 0, t ? std::optional<std::string>(t->name) : std::nullopt});
   }
 
-  // Billable tokens per call clamped as compute_cost() clamps them, summed per (model, tier); a
-  // call's tier is decided by its target's threshold (?3: the rows without a model).
-  std::string threshold = "?3";
-  if (!out.rows.empty()) {
-    threshold = "CASE m";
-    for (std::size_t i = 0; i < out.rows.size(); ++i)
-      threshold += " WHEN ?" + std::to_string(4 + 2 * i) + " THEN ?" + std::to_string(5 + 2 * i);
-    threshold += " ELSE ?3 END";
-  }
+  // Billable tokens per call clamped as compute_cost() clamps them, summed per (model, tier,
+  // long context); a call is long-context by its target's threshold. Summed here in one pass:
+  // the same clamps as SQL expressions and a GROUP BY took SQLite 7-8 s for a month of 3.5M rows
+  // (evaluating them, not the sort), this ~2 s. Integer sums, so the order does not matter.
+  std::map<std::optional<std::string>, std::int64_t> threshold_of;
+  for (std::size_t i = 0; i < out.rows.size(); ++i)
+    threshold_of[out.rows[i].model] = target[i] ? target[i]->long_context_threshold : 0;
+  struct token_group {
+    std::vector<std::optional<std::string>> keys;  // model, service tier
+    std::int64_t threshold = -1;                    // its model's target's; -1 until looked up
+    // [long context]: rows; uncached, cached, 5-minute and 1-hour writes, completion; the
+    // 1-hour writes as stored (unclamped, for the report's own column), web searches.
+    std::array<std::array<std::int64_t, 8>, 2> sums{};
+  };
+  group_index<token_group> groups(2);
   statement st(db,
-               "SELECT m, t > 0 AND p > t, s, SUM(p - c - w), SUM(c), SUM(w - w1), SUM(w1), SUM(o), SUM(w1_raw), "
-               "SUM(MAX(web_search_requests, 0)) "
-               "FROM (SELECT *, " + threshold + " AS t FROM (SELECT COALESCE(price_model, served_model, requested_model) AS m, "
-               "MAX(cached_tokens, 0) AS c, MAX(cache_write_tokens, 0) AS w, "
-               "MIN(MAX(cache_write_1h_tokens, 0), MAX(cache_write_tokens, 0)) AS w1, "
-               "MAX(prompt_tokens, 0, MAX(cached_tokens, 0) + MAX(cache_write_tokens, 0)) AS p, "
-               "MAX(completion_tokens, 0) AS o, cache_write_1h_tokens AS w1_raw, "
-               "service_tier AS s, "
-               "web_search_requests "
-               "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2)) GROUP BY 1, 2, 3");
+               "SELECT COALESCE(price_model, served_model, requested_model), service_tier, prompt_tokens, cached_tokens, "
+               "cache_write_tokens, cache_write_1h_tokens, completion_tokens, web_search_requests "
+               "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2");
   st.bind(1, q.range.from_ms);
   st.bind(2, q.range.to_ms);
-  st.bind(3, std::int64_t{0});
-  for (std::size_t i = 0; i < out.rows.size(); ++i) {
-    const auto& m = out.rows[i].model;
-    const std::int64_t t = target[i] ? target[i]->long_context_threshold : 0;
-    if (m)
-      st.bind_text(static_cast<int>(4 + 2 * i), *m);
-    else
-      st.bind(3, t);  // NULL never equals a WHEN value: the ELSE branch is this row's
-    st.bind(static_cast<int>(5 + 2 * i), t);
+  while (st.step()) {
+    auto& g = groups.at(st);
+    if (g.threshold < 0) {
+      const auto it = threshold_of.find(g.keys[0]);
+      g.threshold = it == threshold_of.end() ? 0 : it->second;
+    }
+    const std::int64_t c = std::max<std::int64_t>(st.i64(3), 0), w = std::max<std::int64_t>(st.i64(4), 0);
+    const std::int64_t w1 = std::min(std::max<std::int64_t>(st.i64(5), 0), w);
+    std::int64_t cw = 0;
+    if (__builtin_add_overflow(c, w, &cw)) throw std::runtime_error("ledger: integer overflow in a token sum");
+    const std::int64_t p = std::max({st.i64(2), std::int64_t{0}, cw});
+    auto& v = g.sums[g.threshold > 0 && p > g.threshold ? 1 : 0];
+    ++v[0];
+    const std::int64_t terms[7] = {p - cw, c, w - w1, w1, std::max<std::int64_t>(st.i64(6), 0), st.i64(5),
+                                   std::max<std::int64_t>(st.i64(7), 0)};
+    for (std::size_t k = 0; k < 7; ++k) add_checked(v[k + 1], terms[k]);
   }
   // Per model: token sums per price class (the class a call falls in depends on its target:
   // a flex call is re-priced at the target's flex prices if it has them, else as any call), and
@@ -1079,14 +1105,17 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
   };
   std::map<std::optional<std::string>, std::vector<tier_row>> rows_by_model;
   std::map<std::optional<std::string>, std::int64_t> write_1h_by_model, searches_by_model;
-  while (st.step()) {
-    const auto model = st.text(0);
-    const auto tier = st.text(2);
-    const std::size_t c = tier ? class_of(parse_service_tier(*tier)) : pc_standard;
-    rows_by_model[model].push_back({st.i64(1) != 0, c, {st.i64(3), st.i64(4), st.i64(5), st.i64(6), st.i64(7)}});
-    write_1h_by_model[model] += st.i64(8);
-    out.cache_write_1h_tokens += st.i64(8);
-    searches_by_model[model] += st.i64(9);
+  for (const auto& g : groups.take()) {
+    const auto& model = g.keys[0];
+    const std::size_t c = g.keys[1] ? class_of(parse_service_tier(*g.keys[1])) : pc_standard;
+    for (const bool long_tier : {false, true}) {
+      const auto& v = g.sums[long_tier ? 1 : 0];
+      if (v[0] == 0) continue;  // no call of this group on this side of the threshold
+      rows_by_model[model].push_back({long_tier, c, {v[1], v[2], v[3], v[4], v[5]}});
+      write_1h_by_model[model] += v[6];
+      out.cache_write_1h_tokens += v[6];
+      searches_by_model[model] += v[7];
+    }
   }
   // The class of each group for the target `p`: its service tier's if `p` prices that tier.
   const auto classify = [](const model_price& p, const tier_row& r) {

@@ -570,6 +570,7 @@ TEST_CASE("report: what-if re-prices the tokens at another model's prices", "[re
         {200'000, 10, 0, 0, 0, 0},               // exactly at the threshold: not long
         {7, 3, 0, 0, 0, 0},
         {10, 5, 20, 0, 0, 0},                    // inconsistent counters: clamped, never negative
+        {50, 5, 0, 10, 40, 0},                   // more 1-hour writes than writes: billed as 10
     };
     for (std::size_t i = 0; i < usages.size(); ++i) {
       auto r = call(t + static_cast<std::int64_t>(i), i % 2 ? "gpt-4.1" : "deepseek-v3.2", 0.01);
@@ -585,9 +586,13 @@ TEST_CASE("report: what-if re-prices the tokens at another model's prices", "[re
     REQUIRE(r.rows.size() == 2);
     CHECK(r.rows[1].model == "gpt-4.1");
     CHECK(r.rows[1].whatif_cost_usd ==
-          Approx(compute_cost(target, usages[1]).usd + compute_cost(target, usages[3]).usd).epsilon(1e-12));
+          Approx(compute_cost(target, usages[1]).usd + compute_cost(target, usages[3]).usd +
+                 compute_cost(target, usages[5]).usd)
+              .epsilon(1e-12));
     CHECK(r.rows[0].cache_write_1h_tokens == 100);
-    CHECK(r.actual_total.requests == 5);
+    CHECK(r.rows[1].cache_write_1h_tokens == 40);  // as the ledger holds it
+    CHECK(r.cache_write_1h_tokens == 140);
+    CHECK(r.actual_total.requests == 6);
   }
   SECTION("one call's what-if is compute_cost's figure exactly") {
     auto one = call(t, "gpt-4.1", 0.5);
