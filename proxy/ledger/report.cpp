@@ -327,7 +327,11 @@ class group_index {
     }
     return rows_[it->second];
   }
-  std::vector<Row> take() { return std::move(rows_); }
+  // The groups so far, in order of first sight; the index starts empty again.
+  std::vector<Row> take() {
+    index_.clear();
+    return std::exchange(rows_, {});
+  }
 
  private:
   int ncols_;
@@ -1208,17 +1212,43 @@ std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64
   if (!std::filesystem::exists(ledger_path, ec)) return {};
   reader db(ledger_path);
   // Buckets in seconds: the minute's first second before fine_since_ms, each second after it.
-  // Refused and failed calls (cost 0) do not date a bucket.
+  // Refused and failed calls (cost 0) do not date a bucket. The rows come in start_ms order (the
+  // index, no sort), so a bucket's rows are contiguous: each bucket's groups are summed as they
+  // come and handed on by their last call, as the query's ORDER BY MAX(start_ms) had them. A
+  // GROUP BY of the bucket, key, team and model sorted every row first (2.2 s for a month of
+  // 3.5M rows).
   statement st(db,
-               "SELECT client_key_id, team, price_model, SUM(cost_usd), MAX(start_ms) FROM calls "
-               "WHERE start_ms >= ?1 AND start_ms < ?3 AND cost_usd <> 0 GROUP BY CASE WHEN start_ms >= ?2 THEN start_ms / 1000 ELSE start_ms / " +
-                   std::to_string(kMinuteMs) + " * 60 END, client_key_id, team, price_model ORDER BY 5");
+               "SELECT client_key_id, team, price_model, cost_usd, start_ms FROM calls "
+               "WHERE start_ms >= ?1 AND start_ms < ?2 AND cost_usd <> 0 ORDER BY start_ms");
   st.bind(1, since_ms);
-  st.bind(2, fine_since_ms);
-  st.bind(3, until_ms);
+  st.bind(2, until_ms);
+  struct sample_group {
+    std::vector<std::optional<std::string>> keys;  // key, team, price model
+    double cost_usd = 0;
+    std::int64_t last_ms = 0;
+  };
+  group_index<sample_group> groups(3);
   std::vector<spend_sample> out;
-  while (st.step())
-    out.push_back({st.text(0).value_or(""), st.text(1).value_or(""), st.text(2).value_or(""), st.real(3), st.i64(4)});
+  std::int64_t bucket = std::numeric_limits<std::int64_t>::min();
+  const auto flush = [&] {
+    auto done = groups.take();
+    std::sort(done.begin(), done.end(), [](const sample_group& a, const sample_group& b) { return a.last_ms < b.last_ms; });
+    for (auto& g : done)
+      out.push_back({g.keys[0].value_or(""), g.keys[1].value_or(""), g.keys[2].value_or(""), g.cost_usd, g.last_ms});
+  };
+  while (st.step()) {
+    const std::int64_t start_ms = st.i64(4);
+    // As SQLite's integer division truncates.
+    const std::int64_t b = start_ms >= fine_since_ms ? start_ms / 1000 : start_ms / kMinuteMs * 60;
+    if (b != bucket) {
+      flush();
+      bucket = b;
+    }
+    auto& g = groups.at(st);
+    g.cost_usd += st.real(3);
+    g.last_ms = std::max(g.last_ms, start_ms);
+  }
+  flush();
   return out;
 }
 

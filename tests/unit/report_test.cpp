@@ -702,6 +702,10 @@ TEST_CASE("report: spend_since sums per minute and key, oldest first, for warm s
   const auto rows = spend_since(s.path, m0);
   REQUIRE(rows.size() == 3);
   CHECK(rows[0].ts_ms / 60'000 == m0 / 60'000);
+  // Oldest first by each sample's last call, within a minute too (o3 at +30 s, gpt-4.1 at +59 s,
+  // although gpt-4.1's first call came first).
+  CHECK(rows[0].price_model == "o3");
+  CHECK(rows[1].price_model == "gpt-4.1");
   CHECK(rows[2].client_key_id == "b");
   CHECK(rows[2].team.empty());
   CHECK(rows[2].cost_usd == 8.0);
