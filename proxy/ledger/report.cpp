@@ -1232,7 +1232,7 @@ std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64
   std::int64_t bucket = std::numeric_limits<std::int64_t>::min();
   const auto flush = [&] {
     auto done = groups.take();
-    std::sort(done.begin(), done.end(), [](const sample_group& a, const sample_group& b) { return a.last_ms < b.last_ms; });
+    std::stable_sort(done.begin(), done.end(), [](const sample_group& a, const sample_group& b) { return a.last_ms < b.last_ms; });
     for (auto& g : done)
       out.push_back({g.keys[0].value_or(""), g.keys[1].value_or(""), g.keys[2].value_or(""), g.cost_usd, g.last_ms});
   };
