@@ -16,15 +16,8 @@ cd "$(dirname "$0")/.."
 A=$(readlink -f "$1"); B=$(readlink -f "$2"); PAIRS=${3:-4}; DUR=${4:-8}
 UP=18401; TG=18403; TGA=18404
 bash .ci/deps.sh bench >/dev/null
-work=$(mktemp -d); chmod 711 "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-chat='{"id":"chatcmpl-bench","object":"chat.completion","created":1764460800,"model":"gpt-4.1-2025-04-14","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! This is a canned benchmark reply."},"finish_reason":"stop"}],"usage":{"prompt_tokens":231,"completion_tokens":9,"total_tokens":240,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
+. bench/bench_lib.sh   # $work, $pids and their cleanup; $chat, the canned reply
+chmod 711 "$work"
 cat > "$work/up.conf" <<NGX
 worker_processes 1; daemon off; error_log $work/up.err warn; pid $work/up.pid;
 events { worker_connections 4096; }

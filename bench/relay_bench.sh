@@ -39,18 +39,9 @@ if [ ! -x build/tollgate ]; then   # being relinked right now? give it a moment 
   if [ -f build/CMakeCache.txt ]; then for _ in $(seq 300); do [ -x build/tollgate ] && break; sleep 0.2; done; fi
   [ -x build/tollgate ] || bash .ci/build.sh >/dev/null
 fi
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. bench/bench_lib.sh   # $work, $pids and their cleanup; $chat, the canned reply
 cp build/tollgate "$work/tollgate"   # every tollgate instance of this run is the same binary
 
-chat='{"id":"chatcmpl-bench","object":"chat.completion","created":1764460800,"model":"gpt-4.1-2025-04-14","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! This is a canned benchmark reply."},"finish_reason":"stop"}],"usage":{"prompt_tokens":231,"completion_tokens":9,"total_tokens":240,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
 sse='data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4.1","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"finish_reason":null}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","model":"gpt-4.1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":231,"completion_tokens":2,"total_tokens":233}}\n\ndata: [DONE]\n\n'
 
 # A realistic stream: what an OpenAI chat stream of 200 tokens looks like on the wire (a role
