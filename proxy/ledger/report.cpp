@@ -281,14 +281,16 @@ std::string grouped_sql(const std::vector<spend_group>& cols) {
          " ORDER BY start_ms, id ROWS UNBOUNDED PRECEDING)) WHERE next_start IS NULL";
 }
 
-// The rows of [?1, ?2) with their group keys and the figures' terms, in the order the plain
-// range query reads them (the start_ms index: start_ms, then id; the ORDER BY costs no sort).
-std::string group_rows_sql(const std::vector<spend_group>& cols) {
+// The rows of [?1, ?2) with their group keys, the figures' terms and then `extra` columns (", a, b"),
+// in the order the plain range query reads them (the start_ms index: start_ms, then id; the
+// ORDER BY costs no sort).
+std::string group_rows_sql(const std::vector<spend_group>& cols, std::string_view extra = {}) {
   std::string keys;
   for (const auto g : cols) (keys += group_expr(g)) += ", ";
   return "SELECT " + keys +
          "priced = 0 AND usage_source <> 'none', prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, "
-         "reasoning_tokens, cost_usd FROM calls WHERE start_ms >= ?1 AND start_ms < ?2 ORDER BY start_ms, id";
+         "reasoning_tokens, cost_usd" + std::string(extra) +
+         " FROM calls WHERE start_ms >= ?1 AND start_ms < ?2 ORDER BY start_ms, id";
 }
 
 // SQLite before 3.43 adds SUM's reals one at a time in double precision; 3.43 and later sum them
@@ -349,25 +351,32 @@ void add_checked(std::int64_t& sum, std::int64_t v) {
 // rows are added in the order the plain range query narrowed to that group would read them.
 class group_sums {
  public:
-  // `total` gets every row's terms too, in the same order.
-  group_sums(std::size_t ncols, spend_figures& total) : ncols_(static_cast<int>(ncols)), groups_(ncols), total_(total) {}
-  void add(const statement& st) {
-    add_to(groups_.at(st).figures, st);
-    add_to(total_, st);
+  // `total` gets every row's terms too, in the same order. The groups are by the first `ncols`
+  // columns; the figures' terms start at column `first` (by default right after them).
+  group_sums(std::size_t ncols, spend_figures& total, int first = -1)
+      : first_(first < 0 ? static_cast<int>(ncols) : first), groups_(ncols), total_(total) {}
+  // Returns the row's terms (unpriced flag, prompt, completion, cached, writes, reasoning), each
+  // read from the statement once.
+  std::array<std::int64_t, 6> add(const statement& st) {
+    std::array<std::int64_t, 6> terms;
+    for (int i = 0; i < 6; ++i) terms[static_cast<std::size_t>(i)] = st.i64(first_ + i);
+    const double cost = st.real(first_ + 6);
+    add_to(groups_.at(st).figures, terms, cost);
+    add_to(total_, terms, cost);
+    return terms;
   }
   std::vector<spend_row> take() { return groups_.take(); }
 
  private:
-  void add_to(spend_figures& f, const statement& st) const {
-    const int k = ncols_;
+  static void add_to(spend_figures& f, const std::array<std::int64_t, 6>& terms, double cost) {
     ++f.requests;
-    for (auto [sum, col] : {std::pair{&f.unpriced_requests, k}, std::pair{&f.prompt_tokens, k + 1},
-                            std::pair{&f.completion_tokens, k + 2}, std::pair{&f.cached_tokens, k + 3},
-                            std::pair{&f.cache_write_tokens, k + 4}, std::pair{&f.reasoning_tokens, k + 5}})
-      add_checked(*sum, st.i64(col));
-    f.cost_usd += st.real(k + 6);
+    std::size_t i = 0;
+    for (auto* sum : {&f.unpriced_requests, &f.prompt_tokens, &f.completion_tokens, &f.cached_tokens,
+                      &f.cache_write_tokens, &f.reasoning_tokens})
+      add_checked(*sum, terms[i++]);
+    f.cost_usd += cost;
   }
-  int ncols_;
+  int first_;
   group_index<spend_row> groups_;
   spend_figures& total_;
 };
@@ -1036,38 +1045,33 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
       throw std::invalid_argument("swap: '" + to + "' (for '" + from + "') is not in the price table");
   reader db(ledger_path);
   db.consistent();
-  // The actual side is the spend query's, so both reports show the same figures.
-  const spend_report actual = spend_on(db, calendar("UTC"), {q.range, {spend_group::model}, "UTC"});
 
-  whatif_report out;
-  out.model = blanket ? blanket->name : std::string();
-  out.range = q.range;
-  out.actual_total = actual.total;
   // Each original model's price: its swap entry, else the blanket model, else its own.
-  std::vector<const model_price*> target;
-  for (const auto& row : actual.rows) {
+  const auto target_of = [&](const std::optional<std::string>& model) -> const model_price* {
     const model_price* t = blanket;
     for (const auto& [from, to] : q.swap)
-      if (row.keys[0] && book.same(*row.keys[0], from)) t = book.find(to);
-    if (t == blanket && blanket == nullptr && row.keys[0]) {
-      t = book.find(*row.keys[0]);
+      if (model && book.same(*model, from)) t = book.find(to);
+    if (t == blanket && blanket == nullptr && model) {
+      t = book.find(*model);
       // Its own model, at its own prices, when they are in units the ledger does not split (audio
       // and image tokens, minutes, characters): re-pricing its token columns would bill it as
       // text (a Realtime session's audio at the text price, whisper-1 at $0), so it keeps what it
       // cost, as a model without a price does.
-      if (t && !book.overridden(*row.keys[0]) && bills_beyond_columns(*t)) t = nullptr;
+      if (t && !book.overridden(*model) && bills_beyond_columns(*t)) t = nullptr;
     }
-    target.push_back(t);
-    out.rows.push_back({row.keys[0], row.figures, 0, 0, t ? std::optional<std::string>(t->name) : std::nullopt});
-  }
+    return t;
+  };
 
-  // Billable tokens per call clamped as compute_cost() clamps them, summed per (model, tier,
-  // long context); a call is long-context by its target's threshold. Summed here in one pass:
-  // the same clamps as SQL expressions and a GROUP BY took SQLite 7-8 s for a month of 3.5M rows
-  // (evaluating them, not the sort), this ~2 s. Integer sums, so the order does not matter.
-  std::map<std::optional<std::string>, std::int64_t> threshold_of;
-  for (std::size_t i = 0; i < out.rows.size(); ++i)
-    threshold_of[out.rows[i].model] = target[i] ? target[i]->long_context_threshold : 0;
+  // One ordered pass over the range's rows (the start_ms index, no sort) sums two things:
+  // - the actual side per model and in total, as the spend query sums them (group_sums), so both
+  //   reports show the same figures bit for bit. Where SQLite's SUM is compensated (3.43+) the
+  //   spend query's own figures are read instead, after the pass;
+  // - the billable tokens per call clamped as compute_cost() clamps them, per (model, tier, long
+  //   context); a call is long-context by its target's threshold. Integer sums: their order does
+  //   not matter. The same clamps as SQL expressions and a GROUP BY took SQLite 7-8 s for a month
+  //   of 3.5M rows (evaluating them, not the sort); this pass, the actual side included, ~3.5 s.
+  // Columns: 0 model, 1 service tier, 2-8 the figures' terms (group_sums reads them), 9 1-hour
+  // writes, 10 web searches.
   struct token_group {
     std::vector<std::optional<std::string>> keys;  // model, service tier
     std::int64_t threshold = -1;                    // its model's target's; -1 until looked up
@@ -1076,29 +1080,47 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
     std::array<std::array<std::int64_t, 8>, 2> sums{};
   };
   group_index<token_group> groups(2);
-  statement st(db,
-               "SELECT COALESCE(price_model, served_model, requested_model), service_tier, prompt_tokens, cached_tokens, "
-               "cache_write_tokens, cache_write_1h_tokens, completion_tokens, web_search_requests "
-               "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2");
+  spend_report actual;
+  group_sums by_model(1, actual.total, 2);
+  statement st(db, group_rows_sql({spend_group::model, spend_group::tier}, ", cache_write_1h_tokens, web_search_requests"));
   st.bind(1, q.range.from_ms);
   st.bind(2, q.range.to_ms);
   while (st.step()) {
+    const auto f = by_model.add(st);  // [1] prompt, [2] completion, [3] cached, [4] writes
     auto& g = groups.at(st);
     if (g.threshold < 0) {
-      const auto it = threshold_of.find(g.keys[0]);
-      g.threshold = it == threshold_of.end() ? 0 : it->second;
+      const model_price* t = target_of(g.keys[0]);
+      g.threshold = t ? t->long_context_threshold : 0;
     }
-    const std::int64_t c = std::max<std::int64_t>(st.i64(3), 0), w = std::max<std::int64_t>(st.i64(4), 0);
-    const std::int64_t w1 = std::min(std::max<std::int64_t>(st.i64(5), 0), w);
+    const std::int64_t w1_stored = st.i64(9);
+    const std::int64_t c = std::max<std::int64_t>(f[3], 0), w = std::max<std::int64_t>(f[4], 0);
+    const std::int64_t w1 = std::min(std::max<std::int64_t>(w1_stored, 0), w);
     std::int64_t cw = 0;
     if (__builtin_add_overflow(c, w, &cw)) throw std::runtime_error("ledger: integer overflow in a token sum");
-    const std::int64_t p = std::max({st.i64(2), std::int64_t{0}, cw});
+    const std::int64_t p = std::max({f[1], std::int64_t{0}, cw});
     auto& v = g.sums[g.threshold > 0 && p > g.threshold ? 1 : 0];
     ++v[0];
-    const std::int64_t terms[7] = {p - cw, c, w - w1, w1, std::max<std::int64_t>(st.i64(6), 0), st.i64(5),
-                                   std::max<std::int64_t>(st.i64(7), 0)};
+    const std::int64_t terms[7] = {p - cw, c, w - w1, w1, std::max<std::int64_t>(f[2], 0), w1_stored,
+                                   std::max<std::int64_t>(st.i64(10), 0)};
     for (std::size_t k = 0; k < 7; ++k) add_checked(v[k + 1], terms[k]);
   }
+  if (sql_sum_adds_plainly()) {
+    actual.rows = by_model.take();
+    std::sort(actual.rows.begin(), actual.rows.end(), keys_less);
+  } else {
+    actual = spend_on(db, calendar("UTC"), {q.range, {spend_group::model}, "UTC"});
+  }
+
+  whatif_report out;
+  out.model = blanket ? blanket->name : std::string();
+  out.range = q.range;
+  out.actual_total = actual.total;
+  std::vector<const model_price*> target;
+  for (const auto& row : actual.rows) {
+    target.push_back(target_of(row.keys[0]));
+    out.rows.push_back({row.keys[0], row.figures, 0, 0, target.back() ? std::optional<std::string>(target.back()->name) : std::nullopt});
+  }
+
   // Per model: token sums per price class (the class a call falls in depends on its target:
   // a flex call is re-priced at the target's flex prices if it has them, else as any call), and
   // the web searches, billed per request at the target's `web_search` price.

@@ -425,6 +425,21 @@ TEST_CASE("report: every sum equals the ledger's SQL SUM bit for bit", "[report]
     const auto day_model = query_spend(s.path, {nov, {spend_group::day, spend_group::model}, "Europe/Paris"});
     CHECK(row_with(day_model, keys({"2026-11-10", "gpt-4.1"})).figures.cost_usd == day10);
   }
+  SECTION("the what-if's actual side, per model and in total, is the spend query's") {
+    price_table prices;
+    prices.load_yaml_file(source_dir + "/config/prices.yaml");
+    const auto spend = query_spend(s.path, {nov, {spend_group::model}, "UTC"});
+    const auto w = query_whatif(s.path, {.range = nov, .model = "gpt-4.1-mini"}, prices);
+    CHECK(w.actual_total.cost_usd == plain);
+    REQUIRE(w.rows.size() == spend.rows.size());
+    for (std::size_t i = 0; i < w.rows.size(); ++i) {
+      CHECK(w.rows[i].model == spend.rows[i].keys[0]);
+      CHECK(w.rows[i].actual.requests == spend.rows[i].figures.requests);
+      CHECK(w.rows[i].actual.cost_usd == spend.rows[i].figures.cost_usd);
+    }
+    CHECK(w.rows[0].actual.cost_usd ==
+          sql_real(s.path, range + " AND price_model = ?3", {nov.from_ms, nov.to_ms, std::string("gpt-4.1")}));
+  }
 }
 
 TEST_CASE("report: days are local days across DST changes and month ends", "[report]") {
