@@ -37,6 +37,9 @@ expect 2 '--series must be a whole number' bench --series -1
 expect 2 '--days must be a number' bench --days nan
 expect 2 're-binning needs the per-request records' forecast --input "$series" --column requests --bin 1h
 expect 0 '' forecast --input "$series" --column requests --bin 10m --horizon 1h
+printf 'timestamp,requests\n1704067200,10\n1704153600,12\n1704240000,11\n' > "$dir/daily.csv"
+expect 2 'whole number of 86400 s bins .*give a multiple of 1d$' backtest --input "$dir/daily.csv" --column requests
+expect 2 'whole number of 600 s bins .*give a multiple of 10m$' forecast --input "$series" --column requests --horizon 1000s
 expect 2 'is a directory' forecast --input "$dir" --column requests
 
 printf 'timestamp,requests\n1736121600,1\n1736125200,1e300\n1736128800,3\n' > "$dir/huge.csv"

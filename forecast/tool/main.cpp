@@ -344,7 +344,16 @@ constexpr std::size_t max_steps = 100'000;
 std::size_t steps_of(const std::string& label, std::int64_t bin_s) {
   const auto secs = fc::parse_duration(label);
   if (!secs) die("duration `" + label + "` must be a positive whole number and a unit: s, m, h or d (e.g. 90m, 24h)");
-  if (*secs % bin_s != 0) die("duration `" + label + "` is not a whole number of " + std::to_string(bin_s) + " s bins");
+  if (*secs % bin_s != 0) {
+    // Name the bin as a duration the options take, so the fix is in the message (a daily series
+    // with backtest's default horizons, 1h and 24h: "give a multiple of 1d").
+    const std::int64_t units[] = {86'400, 3'600, 60, 1};
+    const char* names[] = {"d", "h", "m", "s"};
+    std::size_t u = 0;
+    while (bin_s % units[u] != 0) ++u;
+    die("duration `" + label + "` is not a whole number of " + std::to_string(bin_s) + " s bins (the input's bin): give a multiple of " +
+        std::to_string(bin_s / units[u]) + names[u]);
+  }
   const auto steps = static_cast<std::size_t>(*secs / bin_s);
   if (steps > max_steps)
     die("duration `" + label + "` is " + std::to_string(steps) + " bins of " + std::to_string(bin_s) + " s; at most " +
