@@ -23,16 +23,6 @@
 
 namespace fuzz {
 
-// TOLLGATE_FUZZ_STRICT=1 turns off the tolerances for known findings (see findings/README.md), so
-// their reproducers fail again; without it the fuzzer explores past them.
-inline bool strict() {
-  static const bool on = [] {
-    const char* v = std::getenv("TOLLGATE_FUZZ_STRICT");
-    return v != nullptr && v[0] == '1';
-  }();
-  return on;
-}
-
 // Takes leading bytes of the input as choices (route, split sizes...); the rest is the payload.
 class input {
  public:
