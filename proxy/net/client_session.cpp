@@ -765,8 +765,10 @@ awaitable<bool> client_session::handle_one() {
   // Beast 1.81 checks header_limit per parse window, not over the whole head: field lines parsed
   // before a read that ended mid-head are not counted again, so a head could pass at up to ~2x
   // the limit, or not, depending on how TCP split it (tests/fuzz/findings #5). The head's own size
-  // (start line to the blank line, as the parser consumed it) decides, whatever the reads.
-  if (!ec && head_bytes > cfg_.max_header_bytes) ec = http::error::header_limit;
+  // (start line to the blank line, as the parser consumed it) decides, whatever the reads; also
+  // over a Content-Length above the body limit, which the parser checks at the head's end (so a
+  // head over the limit is 431 whether Beast counted it whole or not).
+  if ((!ec || ec == http::error::body_limit) && head_bytes > cfg_.max_header_bytes) ec = http::error::header_limit;
 
   call c;
   auto& req = parser.get();

@@ -142,7 +142,7 @@ bool handle_one(beast::test::stream& stream, beast::flat_buffer& buffer, std::si
   parser.body_limit(body_limit);
   const std::size_t head_bytes = http::read_header(stream, buffer, parser, ec);
   // As handle_one: the head's own size decides, not Beast's per-window count (findings #5).
-  if (!ec && head_bytes > header_limit) ec = http::error::header_limit;
+  if ((!ec || ec == http::error::body_limit) && head_bytes > header_limit) ec = http::error::header_limit;
   if (ec) {
     out.framing = ec;
     return false;
@@ -260,8 +260,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (a && b && (a == http::error::partial_message || b == http::error::partial_message)) a = b;
     // A head over the limit that is also malformed: Beast reports whichever it meets first, and
     // once it had to wait it waits for the head's end before parsing on, so which one depends on
-    // the reads. Either way the connection closes with nothing forwarded (431 or 400).
-    if (a && b && (a == http::error::header_limit || b == http::error::header_limit)) a = b;
+    // the reads. Either way the connection closes with nothing forwarded (431 or 400). (A body
+    // over its limit is no such excuse: the head was read whole, and its size decides.)
+    const auto malformed = [](const beast::error_code& e) { return e && e != http::error::body_limit; };
+    if (malformed(a) && malformed(b) && (a == http::error::header_limit || b == http::error::header_limit)) a = b;
   }
   if (whole != split) {
     std::fprintf(stderr, "reads of %zu bytes:\n", read_size);
