@@ -212,19 +212,6 @@ class statement {
   bool bound_ = false;
 };
 
-// The figures' aggregates, in spend_figures order; `over` is "" or " OVER w". SUM of no rows is
-// NULL, read as 0.
-std::string figure_columns(std::string_view over) {
-  std::string out;
-  for (const char* agg : {"COUNT(*)", "SUM(priced = 0 AND usage_source <> 'none')", "SUM(prompt_tokens)", "SUM(completion_tokens)",
-                          "SUM(cached_tokens)", "SUM(cache_write_tokens)", "SUM(reasoning_tokens)", "SUM(cost_usd)"}) {
-    if (!out.empty()) out += ", ";
-    out += agg;
-    out += over;
-  }
-  return out;
-}
-
 spend_figures read_figures(const statement& st, int first) {
   spend_figures f;
   f.requests = st.i64(first);
@@ -241,7 +228,9 @@ spend_figures read_figures(const statement& st, int first) {
 // The plain range aggregate: the query a person checks the report against.
 const std::string& range_sql() {
   static const std::string sql =
-      "SELECT " + figure_columns("") + " FROM calls WHERE start_ms >= ?1 AND start_ms < ?2";
+      "SELECT COUNT(*), SUM(priced = 0 AND usage_source <> 'none'), SUM(prompt_tokens), SUM(completion_tokens), "
+      "SUM(cached_tokens), SUM(cache_write_tokens), SUM(reasoning_tokens), SUM(cost_usd) "
+      "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2";
   return sql;
 }
 
@@ -257,30 +246,6 @@ const char* group_expr(spend_group g) noexcept {
   return "NULL";
 }
 
-// Sums per group of `cols` (no day) over [?1, ?2). A GROUP BY would feed SUM each group's rows
-// in its sorter's order; a window ordered by (start_ms, id) feeds them in the order the plain
-// range query reads them through the start_ms index, so each group equals that query narrowed
-// to the group bit for bit. The running sums of a partition's last row (the one LEAD finds no
-// successor for) are the group's; a frame ending at the current row streams instead of
-// buffering each partition, about a fifth cheaper.
-std::string grouped_sql(const std::vector<spend_group>& cols) {
-  std::string keys, outer, inner;
-  for (std::size_t i = 0; i < cols.size(); ++i) {
-    const std::string k = "k" + std::to_string(i);
-    keys += (i > 0 ? ", " : "") + std::string(group_expr(cols[i]));
-    outer += k + ", ";
-    inner += std::string(group_expr(cols[i])) + " AS " + k + ", ";
-  }
-  return "SELECT " + outer + "n0, n1, n2, n3, n4, n5, n6, n7 FROM (SELECT " + inner +
-         "COUNT(*) OVER w AS n0, SUM(priced = 0 AND usage_source <> 'none') OVER w AS n1, SUM(prompt_tokens) OVER w AS n2, "
-         "SUM(completion_tokens) OVER w AS n3, SUM(cached_tokens) OVER w AS n4, "
-         "SUM(cache_write_tokens) OVER w AS n5, SUM(reasoning_tokens) OVER w AS n6, "
-         "SUM(cost_usd) OVER w AS n7, LEAD(start_ms) OVER w AS next_start "
-         "FROM calls WHERE start_ms >= ?1 AND start_ms < ?2 "
-         "WINDOW w AS (PARTITION BY " + keys +
-         " ORDER BY start_ms, id ROWS UNBOUNDED PRECEDING)) WHERE next_start IS NULL";
-}
-
 // The rows of [?1, ?2) with their group keys, the figures' terms and then `extra` columns (", a, b"),
 // in the order the plain range query reads them (the start_ms index: start_ms, then id; the
 // ORDER BY costs no sort).
@@ -293,10 +258,37 @@ std::string group_rows_sql(const std::vector<spend_group>& cols, std::string_vie
          " FROM calls WHERE start_ms >= ?1 AND start_ms < ?2 ORDER BY start_ms, id";
 }
 
-// SQLite before 3.43 adds SUM's reals one at a time in double precision; 3.43 and later sum them
-// with Kahan-Babuska-Neumaier compensation. With the former, sums made here over the rows in the
-// plain query's order are that query's SUM bit for bit.
-bool sql_sum_adds_plainly() noexcept { return sqlite3_libversion_number() < 3043000; }
+// SQLite's SUM() of reals, bit for bit, when given the same values in the same order. Before
+// 3.43 SUM adds them one at a time in double precision. From 3.43 on it adds them with
+// Kahan-Babuska-Neumaier compensation and returns the sum plus the compensation, or the sum alone
+// when the compensation is not finite (func.c, sumStep and sumFinalize). The running sum of that
+// algorithm is the plain one, so both are kept and the linked SQLite's version picks the result.
+class sql_real_sum {
+ public:
+  void add(double r) noexcept {
+    const double s = sum_, t = s + r;
+    err_ += std::fabs(s) > std::fabs(r) ? (s - t) + r : (r - t) + s;
+    sum_ = t;
+  }
+  double value() const noexcept {
+    static const bool compensated = sqlite3_libversion_number() >= 3043000;
+    return compensated && std::isfinite(err_) ? sum_ + err_ : sum_;
+  }
+
+ private:
+  double sum_ = 0, err_ = 0;
+};
+
+// Figures being summed row by row, the cost as SQLite's SUM sums it.
+struct figure_sums {
+  spend_figures figures;  // cost_usd set by value()
+  sql_real_sum cost;
+  spend_figures value() const {
+    spend_figures f = figures;
+    f.cost_usd = cost.value();
+    return f;
+  }
+};
 
 // The group of a statement's current row, by its first `ncols` columns (text or NULL): one hash
 // lookup per row, no allocation once the group is known. Row holds a group's `keys` and what is
@@ -348,12 +340,13 @@ void add_checked(std::int64_t& sum, std::int64_t v) {
 }
 
 // Per-group figures summed in one pass over group_rows_sql's rows, in their order: the group's
-// rows are added in the order the plain range query narrowed to that group would read them.
+// rows are added in the order the plain range query narrowed to that group would read them, so
+// each group's sums are that query's (sql_real_sum).
 class group_sums {
  public:
   // `total` gets every row's terms too, in the same order. The groups are by the first `ncols`
   // columns; the figures' terms start at column `first` (by default right after them).
-  group_sums(std::size_t ncols, spend_figures& total, int first = -1)
+  group_sums(std::size_t ncols, figure_sums& total, int first = -1)
       : first_(first < 0 ? static_cast<int>(ncols) : first), groups_(ncols), total_(total) {}
   // Returns the row's terms (unpriced flag, prompt, completion, cached, writes, reasoning), each
   // read from the statement once.
@@ -361,24 +354,34 @@ class group_sums {
     std::array<std::int64_t, 6> terms;
     for (int i = 0; i < 6; ++i) terms[static_cast<std::size_t>(i)] = st.i64(first_ + i);
     const double cost = st.real(first_ + 6);
-    add_to(groups_.at(st).figures, terms, cost);
+    add_to(groups_.at(st).sums, terms, cost);
     add_to(total_, terms, cost);
     return terms;
   }
-  std::vector<spend_row> take() { return groups_.take(); }
+  // The groups so far, in order of first sight.
+  std::vector<spend_row> take() {
+    std::vector<spend_row> out;
+    for (auto& g : groups_.take()) out.push_back({std::move(g.keys), g.sums.value()});
+    return out;
+  }
 
  private:
-  static void add_to(spend_figures& f, const std::array<std::int64_t, 6>& terms, double cost) {
+  struct group {
+    std::vector<std::optional<std::string>> keys;
+    figure_sums sums;
+  };
+  static void add_to(figure_sums& s, const std::array<std::int64_t, 6>& terms, double cost) {
+    auto& f = s.figures;
     ++f.requests;
     std::size_t i = 0;
     for (auto* sum : {&f.unpriced_requests, &f.prompt_tokens, &f.completion_tokens, &f.cached_tokens,
                       &f.cache_write_tokens, &f.reasoning_tokens})
       add_checked(*sum, terms[i++]);
-    f.cost_usd += cost;
+    s.cost.add(cost);
   }
   int first_;
-  group_index<spend_row> groups_;
-  spend_figures& total_;
+  group_index<group> groups_;
+  figure_sums& total_;
 };
 
 // Null sorts first, then byte order (SQLite's BINARY collation).
@@ -659,39 +662,29 @@ spend_report spend_on(const reader& db, const calendar& cal, const spend_query& 
   const auto day_at = std::find(q.group_by.begin(), q.group_by.end(), spend_group::day);
   const bool by_day = day_at != q.group_by.end();
   const auto day_pos = static_cast<std::size_t>(day_at - q.group_by.begin());
-  // Sums of [from, to) per group, with `day` (when grouped by day) at its place among the keys:
-  // summed here from the rows in order where SQLite's SUM adds plainly (the total too, in the
-  // same pass: the runs read the range in order), else by the window query.
-  const bool summed_here = !q.group_by.empty() && sql_sum_adds_plainly();
-
-  if (!summed_here) {
+  // Without groups, the plain range query is the report. With groups, the sums of [from, to) per
+  // group, with `day` (when grouped by day) at its place among the keys, are made here from the
+  // rows in the plain query's order (the total too, in the same pass: the days' runs read the
+  // range in order). A GROUP BY, or a window partitioned by the groups, sorts every row of the
+  // range first (14-16 s for a month of 3.5M rows by team; this way ~2 s).
+  if (q.group_by.empty()) {
     statement total(db, range_sql());
     total.bind(1, q.range.from_ms);
     total.bind(2, q.range.to_ms);
     if (total.step()) out.total = read_figures(total, 0);
-    if (q.group_by.empty() || out.total.requests == 0) return out;
+    return out;
   }
 
-  statement grouped(db, summed_here ? group_rows_sql(cols) : cols.empty() ? range_sql() : grouped_sql(cols));
+  figure_sums total;
+  statement grouped(db, group_rows_sql(cols));
   const auto run = [&](std::int64_t from, std::int64_t to, const std::optional<std::string>& day) {
     grouped.bind(1, from);
     grouped.bind(2, to);
-    std::vector<spend_row> rows;
-    if (summed_here) {
-      group_sums sums(cols.size(), out.total);
-      while (grouped.step()) sums.add(grouped);
-      rows = sums.take();
-    } else {
-      while (grouped.step()) {
-        spend_row row;
-        for (std::size_t i = 0; i < cols.size(); ++i) row.keys.push_back(grouped.text(static_cast<int>(i)));
-        row.figures = read_figures(grouped, static_cast<int>(cols.size()));
-        rows.push_back(std::move(row));
-      }
-    }
-    for (auto& row : rows) {
+    group_sums sums(cols.size(), total);
+    while (grouped.step()) sums.add(grouped);
+    for (auto& row : sums.take()) {
       if (by_day) row.keys.insert(row.keys.begin() + static_cast<std::ptrdiff_t>(day_pos), day);
-      if (row.figures.requests > 0) out.rows.push_back(std::move(row));
+      out.rows.push_back(std::move(row));
     }
   };
 
@@ -716,6 +709,7 @@ spend_report spend_on(const reader& db, const calendar& cal, const spend_query& 
       from = hi;
     }
   }
+  out.total = total.value();
   std::sort(out.rows.begin(), out.rows.end(), keys_less);
   return out;
 }
@@ -1064,8 +1058,7 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
 
   // One ordered pass over the range's rows (the start_ms index, no sort) sums two things:
   // - the actual side per model and in total, as the spend query sums them (group_sums), so both
-  //   reports show the same figures bit for bit. Where SQLite's SUM is compensated (3.43+) the
-  //   spend query's own figures are read instead, after the pass;
+  //   reports show the same figures bit for bit;
   // - the billable tokens per call clamped as compute_cost() clamps them, per (model, tier, long
   //   context); a call is long-context by its target's threshold. Integer sums: their order does
   //   not matter. The same clamps as SQL expressions and a GROUP BY took SQLite 7-8 s for a month
@@ -1080,8 +1073,8 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
     std::array<std::array<std::int64_t, 8>, 2> sums{};
   };
   group_index<token_group> groups(2);
-  spend_report actual;
-  group_sums by_model(1, actual.total, 2);
+  figure_sums actual_total;
+  group_sums by_model(1, actual_total, 2);
   statement st(db, group_rows_sql({spend_group::model, spend_group::tier}, ", cache_write_1h_tokens, web_search_requests"));
   st.bind(1, q.range.from_ms);
   st.bind(2, q.range.to_ms);
@@ -1104,19 +1097,15 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
                                    std::max<std::int64_t>(st.i64(10), 0)};
     for (std::size_t k = 0; k < 7; ++k) add_checked(v[k + 1], terms[k]);
   }
-  if (sql_sum_adds_plainly()) {
-    actual.rows = by_model.take();
-    std::sort(actual.rows.begin(), actual.rows.end(), keys_less);
-  } else {
-    actual = spend_on(db, calendar("UTC"), {q.range, {spend_group::model}, "UTC"});
-  }
+  auto actual = by_model.take();
+  std::sort(actual.begin(), actual.end(), keys_less);
 
   whatif_report out;
   out.model = blanket ? blanket->name : std::string();
   out.range = q.range;
-  out.actual_total = actual.total;
+  out.actual_total = actual_total.value();
   std::vector<const model_price*> target;
-  for (const auto& row : actual.rows) {
+  for (const auto& row : actual) {
     target.push_back(target_of(row.keys[0]));
     out.rows.push_back({row.keys[0], row.figures, 0, 0, target.back() ? std::optional<std::string>(target.back()->name) : std::nullopt});
   }

@@ -453,6 +453,59 @@ TEST_CASE("report: every sum equals the ledger's SQL SUM bit for bit", "[report]
   }
 }
 
+TEST_CASE("report: random costs over nine orders of magnitude sum to SQL's SUM in every group", "[report]") {
+  // Whichever way the linked SQLite's SUM adds reals (plainly before 3.43, compensated from then
+  // on; this test also runs against 3.50), each group's cost and the total are what SUM gives
+  // for the group's rows, bit for bit: both branches of the compensation, large after small and
+  // small after large, in an order (start time) unrelated to the writing order.
+  sample_ledger s;
+  std::mt19937_64 rng(20261207);
+  const auto t0 = utc_ms(2026, 11, 1);
+  std::uniform_int_distribution<std::int64_t> when(0, 30LL * 86'400'000 - 1);
+  std::uniform_real_distribution<double> exponent(-6, 3);
+  const std::vector<std::string> models = {"gpt-4.1", "o3", "claude-sonnet-4.5", "deepseek-v3.2"};
+  const std::vector<std::string> teams = {"web", "data", "ops"};
+  std::vector<usage_record> rows;
+  for (int i = 0; i < 3000; ++i)
+    rows.push_back(with(call(t0 + when(rng), models[rng() % models.size()], std::pow(10.0, exponent(rng))),
+                        "k" + std::to_string(rng() % 5), teams[rng() % teams.size()]));
+  s.write(rows);
+  const time_range nov{t0, utc_ms(2026, 12, 1)};
+  const std::string range = "SELECT SUM(cost_usd) FROM calls WHERE start_ms >= ?1 AND start_ms < ?2";
+
+  const auto by_model = query_spend(s.path, {nov, {spend_group::model}, "UTC"});
+  CHECK(by_model.total.cost_usd == sql_real(s.path, range, {nov.from_ms, nov.to_ms}));
+  REQUIRE(by_model.rows.size() == models.size());
+  for (const auto& m : models)
+    CHECK(row_with(by_model, {std::optional<std::string>(m)}).figures.cost_usd == sql_real(s.path, range + " AND price_model = ?3", {nov.from_ms, nov.to_ms, m}));
+  const auto by_team = query_spend(s.path, {nov, {spend_group::team}, "UTC"});
+  CHECK(by_team.total.cost_usd == by_model.total.cost_usd);
+  for (const auto& t : teams)
+    CHECK(row_with(by_team, {std::optional<std::string>(t)}).figures.cost_usd == sql_real(s.path, range + " AND team = ?3", {nov.from_ms, nov.to_ms, t}));
+  const auto by_day = query_spend(s.path, {nov, {spend_group::day, spend_group::model}, "UTC"});
+  CHECK(by_day.total.cost_usd == by_model.total.cost_usd);
+  REQUIRE(by_day.rows.size() > 100);
+  for (const auto& row : by_day.rows) {
+    const auto day = parse_time_bound(*row.keys[0], range_end::from, calendar("UTC"));
+    CHECK(row.figures.cost_usd ==
+          sql_real(s.path, range + " AND price_model = ?3", {day, day + 86'400'000, *row.keys[1]}));
+  }
+  price_table prices;
+  prices.load_yaml_file(source_dir + "/config/prices.yaml");
+  const auto w = query_whatif(s.path, {.range = nov, .model = "gpt-4.1-mini"}, prices);
+  CHECK(w.actual_total.cost_usd == by_model.total.cost_usd);
+  for (const auto& r : w.rows) CHECK(r.actual.cost_usd == row_with(by_model, {r.model}).figures.cost_usd);
+
+  // A sum past the largest double is infinite either way (SQLite 3.43+ then drops its
+  // compensation, which is not a number).
+  sample_ledger huge;
+  huge.write({call(t0 + 1, "o3", 1e308), call(t0 + 2, "o3", 1e308), call(t0 + 3, "o3", 1.0)});
+  const auto inf = query_spend(huge.path, {nov, {spend_group::model}, "UTC"});
+  CHECK(std::isinf(sql_real(huge.path, range, {nov.from_ms, nov.to_ms})));
+  CHECK(std::isinf(inf.total.cost_usd));
+  CHECK(std::isinf(inf.rows.at(0).figures.cost_usd));
+}
+
 TEST_CASE("report: days are local days across DST changes and month ends", "[report]") {
   sample_ledger s;
   s.write({
