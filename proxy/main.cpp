@@ -18,7 +18,7 @@ namespace {
 
 constexpr const char* usage_text =
     R"(Usage: tollgate [--config FILE] [--check-config] [--version] [--help]
-       tollgate report --ledger FILE [--month YYYY-MM | --from X --to Y] [--by model|team|key|tier|day] [--csv]
+       tollgate report [--ledger FILE] [--month YYYY-MM | --from X --to Y] [--by model|team|key|tier|provider|day] [--csv]
                        (see 'tollgate report --help')
 
 An LLM API relay: point your OpenAI/Anthropic base URL at it; every call is forwarded to the
@@ -77,10 +77,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (config_path.empty()) {
-    const char* env = std::getenv("TOLLGATE_CONFIG");
-    config_path = env && *env ? env : "config/tollgate.yaml";
-  }
+  if (config_path.empty()) config_path = tollgate::default_config_path();
 
   try {
     tollgate::config cfg = tollgate::load_config_file(config_path);

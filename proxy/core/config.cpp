@@ -1079,6 +1079,11 @@ void apply_env_overrides(config& cfg) {
   }
 }
 
+std::string default_config_path() {
+  const char* env = std::getenv("TOLLGATE_CONFIG");
+  return env && *env ? env : "config/tollgate.yaml";
+}
+
 std::vector<upstream_config> effective_upstreams(const config& cfg) {
   if (!cfg.upstreams.empty()) return cfg.upstreams;
   return {cfg.upstream};

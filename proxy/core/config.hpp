@@ -147,6 +147,10 @@ struct config {
 // The upstreams calls may go to: `upstreams` when given, else the single `upstream`.
 std::vector<upstream_config> effective_upstreams(const config& cfg);
 
+// The configuration file `tollgate` starts with when --config is not given: $TOLLGATE_CONFIG,
+// else config/tollgate.yaml.
+std::string default_config_path();
+
 // Loads `path`: YAML, ${VAR} / ${VAR:-default} substitution in scalar values (an unset VAR
 // without default becomes "" and adds a warning), unknown keys rejected, values validated.
 // Throws config_error naming file, line and problem.

@@ -2,6 +2,8 @@
 // resolution (on every call) and the cost formula. Money is USD as double, per 1M tokens.
 #include "core/pricing.hpp"
 
+#include "core/config.hpp"
+
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -590,6 +592,11 @@ void price_table::load_yaml_string(std::string_view text, const std::string& nam
 }
 
 void price_table::load_litellm_file(const std::string& path) { load_litellm_string(read_file(path), path); }
+
+void price_table::load_configured(const config& cfg) {
+  if (!cfg.prices_file.empty()) load_yaml_file(cfg.prices_file);
+  if (!cfg.litellm_prices_file.empty()) load_litellm_file(cfg.litellm_prices_file);
+}
 
 void price_table::load_litellm_string(std::string_view text, const std::string& name) {
   nlohmann::json doc;

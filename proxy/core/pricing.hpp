@@ -18,6 +18,8 @@
 
 namespace tollgate {
 
+struct config;
+
 // A start-up error that names the file and line (line 0 when unknown).
 struct config_error : std::runtime_error {
   config_error(std::string file, int line, const std::string& what)
@@ -152,6 +154,8 @@ class price_table {
   // defined by the YAML table win. Throws config_error on unreadable or malformed files.
   void load_litellm_file(const std::string& path);
   void load_litellm_string(std::string_view text, const std::string& name = "<string>");
+  // The table a configuration names: its pricing.file, then its LiteLLM catalogue (if any).
+  void load_configured(const config& cfg);
 
   // Resolves a model id as sent by a client or returned by an upstream:
   // exact name, alias, case-insensitive, provider prefix stripped ("openai/gpt-4.1"),

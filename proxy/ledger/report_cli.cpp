@@ -12,6 +12,7 @@
 #include <optional>
 #include <stdexcept>
 
+#include "core/config.hpp"
 #include "core/pricing.hpp"
 #include "ledger/report.hpp"
 
@@ -20,30 +21,36 @@ namespace tollgate {
 namespace {
 
 constexpr const char* kUsage =
-    R"(Usage: tollgate report --ledger FILE [--month YYYY-MM | --from WHEN [--to WHEN]]
+    R"(Usage: tollgate report [--ledger FILE] [--month YYYY-MM | --from WHEN [--to WHEN]]
                        [--by day,model,team,key,tier,provider] [--timezone ZONE] [--csv | --json]
-                       [[--whatif MODEL] [--swap FROM=TO ...] [--prices FILE]]
+                       [[--whatif MODEL] [--swap FROM=TO ...] [--prices FILE]] [--config FILE]
 
 Prints the spend recorded in a ledger file: the figures of the admin API's /admin/spend (and,
 with --whatif, /admin/whatif), as an aligned table, CSV or JSON. Amounts are unrounded.
 
 Options:
-  --ledger FILE      the SQLite ledger (default: $TOLLGATE_LEDGER_PATH)
+  --ledger FILE      the SQLite ledger (default: $TOLLGATE_LEDGER_PATH, else the
+                     configuration's ledger.path)
   --month YYYY-MM    one calendar month in --timezone
   --from WHEN        start, inclusive: YYYY-MM-DD (local midnight), YYYY-MM, or RFC 3339
                      (2026-11-01T10:00:00Z, 2026-11-01T10:00:00+01:00)
   --to WHEN          end: a date or month is inclusive (up to the end of that local day or
                      month), an RFC 3339 time is exclusive
                      Without --month, --from or --to: every call in the ledger.
-  --by LIST          group by day, model, team and/or key, in that order of columns
-                     (comma-separated or repeated); without it, the total only
+  --by LIST          group by day, model, team, key, tier (the processing tier) and/or
+                     provider, in the order given as columns (comma-separated or
+                     repeated); without it, the total only
   --timezone ZONE    IANA zone of dates, months and the day column (default: UTC)
   --csv, --json      machine-readable output instead of the table
   --whatif MODEL     re-price the period's tokens at MODEL's prices, per original model
   --swap FROM=TO     re-price the calls of model FROM at model TO's prices (repeatable; with
                      --whatif, the other models go to MODEL, else they keep their own)
-  --prices FILE      price table for --whatif and --swap (default: config/prices.yaml); an
-                     edited copy answers "what if prices changed"
+  --prices FILE      price table for --whatif and --swap (default: the configuration's, as
+                     the proxy loads it: pricing.file and the LiteLLM catalogue); an edited
+                     copy answers "what if prices changed"
+  --config FILE      the configuration whose ledger and price table are the defaults: the
+                     one tollgate starts with (default: $TOLLGATE_CONFIG, else
+                     config/tollgate.yaml when it is there)
   -h, --help         print this help
 )";
 
@@ -57,7 +64,7 @@ struct options {
   std::string ledger;
   std::optional<std::string> month, from, to, whatif;
   std::map<std::string, std::string> swap;  // --swap FROM=TO
-  std::string prices = "config/prices.yaml";
+  std::optional<std::string> prices, config;
   std::string timezone = "UTC";
   std::vector<spend_group> group_by;
   output_format format = output_format::table;
@@ -114,12 +121,13 @@ options parse_args(const std::vector<std::string>& args) {
       o.swap[v.substr(0, eq)] = v.substr(eq + 1);
     } else if (name == "--prices") {
       o.prices = value();
+    } else if (name == "--config") {
+      o.config = value();
     } else {
       throw usage_error("unknown argument '" + args[i] + "'");
     }
   }
   if (o.help) return o;
-  if (o.ledger.empty()) throw usage_error("--ledger FILE is required");
   if (o.month && (o.from || o.to)) throw usage_error("--month cannot be combined with --from/--to");
   o.group_by = parse_group_by(by);
   if ((o.whatif || !o.swap.empty()) && !o.group_by.empty())
@@ -234,7 +242,32 @@ void print_whatif(std::ostream& out, const whatif_report& r) {
 // of stopping the report.
 std::string pretty(const nlohmann::json& j) { return json_text(j, 2); }
 
-int run(const options& o, std::ostream& out, std::ostream& err) {
+// What the command line leaves out comes from the configuration tollgate itself starts with
+// (--config, else $TOLLGATE_CONFIG, else config/tollgate.yaml): the ledger (its ledger.path,
+// after $TOLLGATE_LEDGER_PATH, which overrides it for the proxy too) and a what-if's price table
+// (as the proxy loads it). None when no file is named and config/tollgate.yaml is not there.
+std::optional<config> configuration(const options& o) {
+  const char* env = std::getenv("TOLLGATE_CONFIG");
+  const std::string path = o.config.value_or(default_config_path());
+  std::error_code ec;
+  if (!o.config && !(env && *env) && !std::filesystem::is_regular_file(path, ec)) return std::nullopt;
+  return load_config_file(path);
+}
+
+int run(options o, std::ostream& out, std::ostream& err) {
+  const bool whatif = o.whatif || !o.swap.empty();
+  std::optional<config> cfg;
+  if (o.ledger.empty() || (whatif && !o.prices)) {
+    try {
+      cfg = configuration(o);
+    } catch (const config_error& e) {
+      err << "tollgate report: configuration error: " << e.what() << '\n';
+      return 2;
+    }
+  }
+  if (o.ledger.empty() && cfg) o.ledger = cfg->ledger_path;
+  if (o.ledger.empty())
+    throw usage_error("no ledger: give --ledger FILE, set TOLLGATE_LEDGER_PATH, or give the proxy's --config FILE");
   std::error_code ec;
   if (!std::filesystem::is_regular_file(o.ledger, ec)) {
     const bool exists = std::filesystem::exists(o.ledger, ec);
@@ -245,12 +278,15 @@ int run(const options& o, std::ostream& out, std::ostream& err) {
   }
   const calendar cal(o.timezone);
   const time_range range = range_of(o, cal);
-  if (o.whatif || !o.swap.empty()) {
+  if (whatif) {
+    if (!o.prices && !cfg)
+      throw usage_error("no price table: give --prices FILE, or the proxy's --config FILE (its price table)");
     price_table prices;
     try {
-      prices.load_yaml_file(o.prices);
+      if (o.prices) prices.load_yaml_file(*o.prices);
+      else prices.load_configured(*cfg);
     } catch (const config_error& e) {
-      err << "tollgate report: " << e.what() << (o.prices == "config/prices.yaml" ? " (use --prices FILE)" : "")
+      err << "tollgate report: " << e.what() << (o.prices ? "" : " (the configuration's price table; or use --prices FILE)")
           << '\n';
       return 2;
     }

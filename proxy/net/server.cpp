@@ -380,8 +380,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   st.cfg = std::move(cfg);
   auto& c = st.cfg;
   set_log_level(c.log);
-  if (!c.prices_file.empty()) st.prices.load_yaml_file(c.prices_file);
-  if (!c.litellm_prices_file.empty()) st.prices.load_litellm_file(c.litellm_prices_file);
+  st.prices.load_configured(c);
   // A model budget or guard names its model as clients do ("claude-sonnet-4-5", "GPT-4.1"), while
   // calls are counted under their price-table entry: the scope takes the entry's name, or it
   // would never match a call (and a hard budget never hold).

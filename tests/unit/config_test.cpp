@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/config.hpp"
+#include "scoped_env.hpp"
 
 using namespace tollgate;
 using namespace std::chrono_literals;
@@ -21,25 +22,7 @@ namespace {
 
 std::string fixture(const std::string& name) { return std::string(TOLLGATE_SOURCE_DIR) + "/tests/data/config/" + name; }
 
-// Sets (or with nullptr unsets) an environment variable for one scope, restoring it afterwards.
-class scoped_env {
- public:
-  scoped_env(std::string name, const char* value) : name_(std::move(name)) {
-    if (const char* old = std::getenv(name_.c_str())) old_ = old;
-    if (value != nullptr) ::setenv(name_.c_str(), value, 1);
-    else ::unsetenv(name_.c_str());
-  }
-  ~scoped_env() {
-    if (old_) ::setenv(name_.c_str(), old_->c_str(), 1);
-    else ::unsetenv(name_.c_str());
-  }
-  scoped_env(const scoped_env&) = delete;
-  scoped_env& operator=(const scoped_env&) = delete;
-
- private:
-  std::string name_;
-  std::optional<std::string> old_;
-};
+using tollgate::testing::scoped_env;
 
 // Clears every TOLLGATE_* override so the developer's shell cannot change a test's outcome.
 struct clean_overrides {

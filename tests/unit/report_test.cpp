@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <sstream>
 #include <set>
@@ -22,6 +23,7 @@
 #include "ledger/ledger.hpp"
 #include "ledger/report.hpp"
 #include "ledger/report_cli.hpp"
+#include "scoped_env.hpp"
 
 namespace {
 
@@ -880,11 +882,17 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
   SECTION("--help prints the usage") {
     const auto [rc, out, err] = run({"--help"});
     CHECK(rc == 0);
-    CHECK_THAT(out, Contains("Usage: tollgate report --ledger FILE"));
+    CHECK_THAT(out, Contains("Usage: tollgate report [--ledger FILE]") && Contains("--config FILE"));
   }
   SECTION("bad arguments and missing files exit 2 with a message") {
+    // Where no configuration is found (no config/tollgate.yaml, no $TOLLGATE_CONFIG).
+    const testing::scoped_cwd elsewhere(s.dir.path);
+    const testing::scoped_env no_config("TOLLGATE_CONFIG", nullptr), no_ledger("TOLLGATE_LEDGER_PATH", nullptr);
     const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
-        {{"--month", "2026-11"}, "--ledger FILE is required"},
+        {{"--month", "2026-11"}, "no ledger: give --ledger FILE, set TOLLGATE_LEDGER_PATH, or give the proxy's --config FILE"},
+        {{"--ledger", s.path, "--whatif", "gpt-4.1"}, "no price table: give --prices FILE, or the proxy's --config FILE"},
+        {{"--config", s.dir.file("none.yaml")}, "configuration error: " + s.dir.file("none.yaml") + ": cannot open"},
+        {{"--ledger", s.path, "--config"}, "--config needs a value"},
         {{"--ledger", s.dir.file("missing.db")}, "ledger file '" + s.dir.file("missing.db") + "' not found"},
         {{"--ledger", source_dir}, "ledger file '" + source_dir + "' is a directory"},
         {{"--ledger", s.path, "--month", "2026-13"}, "month: expected YYYY-MM"},
@@ -907,6 +915,48 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
       CHECK(rc == 2);
       CHECK(out.empty());
       CHECK_THAT(err, Contains("tollgate report: ") && Contains(message));
+    }
+  }
+  SECTION("without --ledger or --prices, the configuration tollgate starts with names the ledger and price table") {
+    // Its ledger.path, and its price table as the proxy loads it (the YAML table and the LiteLLM
+    // catalogue: a model only the catalogue prices is a what-if target through it).
+    const testing::scoped_env no_config("TOLLGATE_CONFIG", nullptr), no_ledger("TOLLGATE_LEDGER_PATH", nullptr);
+    fs::create_directories(s.dir.path / "config");
+    const auto config_file = s.dir.file("config/tollgate.yaml");
+    {
+      std::ofstream f(config_file);
+      f << "ledger:\n  path: " << s.path << "\npricing:\n  file: " << source_dir << "/config/prices.yaml\n"
+        << "  litellm_file: " << source_dir << "/tests/data/litellm_sample.json\n";
+    }
+    const std::string only_litellm = "openrouter/meta-llama/llama-3.3-70b-instruct";
+    const auto [rc0, given, err0] = run({"--ledger", s.path, "--month", "2026-11", "--by", "model", "--json"});
+    REQUIRE(rc0 == 0);
+    const auto [rc1, by_option, err1] = run({"--config", config_file, "--month", "2026-11", "--by", "model", "--json"});
+    CHECK(rc1 == 0);
+    CHECK(by_option == given);
+    {
+      const testing::scoped_env env("TOLLGATE_CONFIG", config_file.c_str());
+      const auto [rc, by_env, err] = run({"--month", "2026-11", "--by", "model", "--json"});
+      CHECK(rc == 0);
+      CHECK(by_env == given);
+    }
+    {
+      const testing::scoped_cwd checkout(s.dir.path);  // config/tollgate.yaml under the working directory
+      const auto [rc, in_cwd, err] = run({"--month", "2026-11", "--by", "model", "--json"});
+      CHECK(rc == 0);
+      CHECK(in_cwd == given);
+      const auto [rc2, whatif, err2] = run({"--month", "2026-11", "--whatif", only_litellm, "--json"});
+      INFO(err2);
+      CHECK(rc2 == 0);
+      CHECK(nlohmann::json::parse(whatif)["model"] == only_litellm);
+      const auto [rc3, out3, err3] = run({"--month", "2026-11", "--whatif", only_litellm, "--prices", source_dir + "/config/prices.yaml"});
+      CHECK(rc3 == 2);
+      CHECK_THAT(err3, Contains("is not in the price table"));
+      // $TOLLGATE_LEDGER_PATH comes before the configuration's ledger.path, as for the proxy.
+      const testing::scoped_env ledger("TOLLGATE_LEDGER_PATH", s.dir.file("other.db").c_str());
+      const auto [rc4, out4, err4] = run({"--month", "2026-11"});
+      CHECK(rc4 == 2);
+      CHECK_THAT(err4, Contains("ledger file '" + s.dir.file("other.db") + "' not found"));
     }
   }
   SECTION("a file that is not a ledger exits 1 naming it") {
