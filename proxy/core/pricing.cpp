@@ -2,8 +2,6 @@
 // resolution (on every call) and the cost formula. Money is USD as double, per 1M tokens.
 #include "core/pricing.hpp"
 
-#include "core/config.hpp"
-
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -14,6 +12,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+
+#include "core/config.hpp"
 
 namespace tollgate {
 namespace {

@@ -3,8 +3,8 @@
 # the ledger's tests built a second time against a current SQLite (tests/CMakeLists.txt).
 #
 # Why: Debian 12's SQLite is 3.40, but Debian 13 ships 3.46 and Ubuntu 24.04 3.45, and from 3.43
-# on SUM() adds reals with compensation, so the reports take another path there (report.cpp,
-# sql_sum_adds_plainly). Debian packages no amalgamation and npm's registry is the only network
+# on SUM() adds reals with compensation, and the reports, which equal SUM bit for bit, add as
+# the linked version does (report.cpp, sql_real_sum). Debian packages no amalgamation and npm's registry is the only network
 # the CI has: the npm package better-sqlite3 12.4.1 bundles the upstream amalgamation of 3.50.4
 # (its one patch writes two constants of the date functions as their values). Pinned by SHA-256;
 # nothing of the package but those two files is used, and nothing is built or installed by npm.
