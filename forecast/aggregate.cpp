@@ -95,51 +95,88 @@ const char* quantity_name(quantity q) noexcept {
 
 namespace {
 
-struct bin_range {
-  std::int64_t first = 0, last = 0;        // bins
-  std::int64_t first_ms = 0, last_ms = 0;  // the earliest and latest record
-  std::uint64_t records = 0;
-  // Unsigned: the difference of two extreme int64 bins does not fit an int64.
-  std::uint64_t count() const noexcept {
-    return records ? static_cast<std::uint64_t>(last) - static_cast<std::uint64_t>(first) + 1 : 0;
-  }
-};
-
 std::int64_t bin_of(std::int64_t ms, std::int64_t bin_ms) noexcept {
   return ms >= 0 ? ms / bin_ms : -((-ms + bin_ms - 1) / bin_ms);
 }
 
-bin_range range_of(std::span<const request_event> events, std::int64_t bin_s, std::string_view model) {
-  bin_range r;
-  for (const auto& e : events) {
-    if (!model.empty() && e.model != model) continue;
-    r.first_ms = r.records ? std::min(r.first_ms, e.timestamp_ms) : e.timestamp_ms;
-    r.last_ms = r.records ? std::max(r.last_ms, e.timestamp_ms) : e.timestamp_ms;
-    ++r.records;
+double value_of(const request_event& e, quantity q) noexcept {
+  switch (q) {
+    case quantity::requests: return 1.0;
+    case quantity::prompt_tokens: return e.prompt_tokens;
+    case quantity::completion_tokens: return e.completion_tokens;
+    case quantity::total_tokens: return e.prompt_tokens + e.completion_tokens;
+    case quantity::cost_usd: return e.cost_usd;
   }
-  if (r.records) {
-    r.first = bin_of(r.first_ms, bin_s * 1000);
-    r.last = bin_of(r.last_ms, bin_s * 1000);
-  }
-  return r;
+  return 1.0;
+}
+
+event_bins fold(std::span<const request_event> events, std::int64_t bin_s, quantity q, std::string_view model) {
+  event_bins bins(bin_s, q);
+  for (const auto& e : events)
+    if (model.empty() || e.model == model) bins.add(e);
+  return bins;
 }
 
 }  // namespace
 
-std::uint64_t bins_spanned(std::span<const request_event> events, std::int64_t bin_s, std::string_view model) {
-  return range_of(events, bin_s, model).count();
+void event_bins::add(const request_event& e) {
+  const std::int64_t bin_ms = bin_s_ * 1000;
+  first_ms_ = records_ ? std::min(first_ms_, e.timestamp_ms) : e.timestamp_ms;
+  last_ms_ = records_ ? std::max(last_ms_, e.timestamp_ms) : e.timestamp_ms;
+  ++records_;
+  if (too_long_) return;
+  if (bins_spanned() > max_series_bins) {
+    too_long_ = true;
+    std::vector<double>().swap(sums_);
+    return;
+  }
+  const std::int64_t b = bin_of(e.timestamp_ms, bin_ms);
+  const auto size = static_cast<std::int64_t>(sums_.size());
+  if (sums_.empty()) {
+    base_ = b;
+    sums_.assign(1, 0.0);
+  } else if (b < base_) {
+    // Headroom as large as what is held, but never a bin more than max_series_bins before the
+    // last record's (the span is within that, so b is too).
+    const std::int64_t last = bin_of(last_ms_, bin_ms);
+    const std::int64_t lowest = last - static_cast<std::int64_t>(max_series_bins) + 1;
+    const std::int64_t new_base = std::max(std::min(b, base_ - size), lowest);
+    sums_.insert(sums_.begin(), static_cast<std::size_t>(base_ - new_base), 0.0);
+    base_ = new_base;
+  } else if (b - base_ >= size) {
+    sums_.resize(static_cast<std::size_t>(b - base_ + 1), 0.0);
+  }
+  sums_[static_cast<std::size_t>(b - base_)] += value_of(e, q_);
 }
 
-edge_bins partial_edge_bins(std::span<const request_event> events, std::int64_t bin_s, std::string_view model) {
+std::uint64_t event_bins::bins_spanned() const noexcept {
+  if (records_ == 0) return 0;
+  const std::int64_t bin_ms = bin_s_ * 1000;
+  // Unsigned: the difference of two extreme int64 bins does not fit an int64.
+  return static_cast<std::uint64_t>(bin_of(last_ms_, bin_ms)) - static_cast<std::uint64_t>(bin_of(first_ms_, bin_ms)) + 1;
+}
+
+series event_bins::result() const {
+  series s;
+  s.bin_s = bin_s_;
+  if (records_ == 0 || too_long_) return s;
+  const std::int64_t bin_ms = bin_s_ * 1000;
+  const std::int64_t first = bin_of(first_ms_, bin_ms), last = bin_of(last_ms_, bin_ms);
+  s.start_s = first * bin_s_;
+  s.values.assign(sums_.begin() + (first - base_), sums_.begin() + (last - base_ + 1));
+  return s;
+}
+
+edge_bins event_bins::edges() const noexcept {
   edge_bins out;
-  const bin_range r = range_of(events, bin_s, model);
-  const std::int64_t bin_ms = bin_s * 1000;
-  if (r.records < 2 || bin_ms <= 0 || r.first == r.last) return out;  // one bin: nothing to compare
-  const std::int64_t first = r.first_ms, last = r.last_ms;
-  const double mean_gap = static_cast<double>(last - first) / static_cast<double>(r.records - 1);
+  const std::int64_t bin_ms = bin_s_ * 1000;
+  if (records_ < 2 || bin_ms <= 0) return out;
+  const std::int64_t first_bin = bin_of(first_ms_, bin_ms), last_bin = bin_of(last_ms_, bin_ms);
+  if (first_bin == last_bin) return out;  // one bin: nothing to compare
+  const double mean_gap = static_cast<double>(last_ms_ - first_ms_) / static_cast<double>(records_ - 1);
   const double tolerance = std::max(0.1 * static_cast<double>(bin_ms), 3.0 * mean_gap);
-  const double before = static_cast<double>(first - r.first * bin_ms);      // uncovered at the start
-  const double after = static_cast<double>((r.last + 1) * bin_ms - last);  // ...and at the end
+  const double before = static_cast<double>(first_ms_ - first_bin * bin_ms);     // uncovered at the start
+  const double after = static_cast<double>((last_bin + 1) * bin_ms - last_ms_);  // ...and at the end
   out.first_covered = 1.0 - before / static_cast<double>(bin_ms);
   out.last_covered = 1.0 - after / static_cast<double>(bin_ms);
   out.first_partial = before > tolerance;
@@ -147,29 +184,17 @@ edge_bins partial_edge_bins(std::span<const request_event> events, std::int64_t 
   return out;
 }
 
+std::uint64_t bins_spanned(std::span<const request_event> events, std::int64_t bin_s, std::string_view model) {
+  return fold(events, bin_s, quantity::requests, model).bins_spanned();
+}
+
+edge_bins partial_edge_bins(std::span<const request_event> events, std::int64_t bin_s, std::string_view model) {
+  return fold(events, bin_s, quantity::requests, model).edges();
+}
+
 series aggregate_events(std::span<const request_event> events, std::int64_t bin_s, quantity q,
                         std::string_view model) {
-  series s;
-  s.bin_s = bin_s;
-  const std::int64_t bin_ms = bin_s * 1000;
-  const bin_range range = range_of(events, bin_s, model);
-  if (range.records == 0 || range.count() > max_series_bins) return s;
-  const std::int64_t first = range.first, last = range.last;
-  s.start_s = first * bin_s;
-  s.values.assign(static_cast<std::size_t>(last - first + 1), 0.0);
-  for (const auto& e : events) {
-    if (!model.empty() && e.model != model) continue;
-    double v = 1.0;
-    switch (q) {
-      case quantity::requests: v = 1.0; break;
-      case quantity::prompt_tokens: v = e.prompt_tokens; break;
-      case quantity::completion_tokens: v = e.completion_tokens; break;
-      case quantity::total_tokens: v = e.prompt_tokens + e.completion_tokens; break;
-      case quantity::cost_usd: v = e.cost_usd; break;
-    }
-    s.values[static_cast<std::size_t>(bin_of(e.timestamp_ms, bin_ms) - first)] += v;
-  }
-  return s;
+  return fold(events, bin_s, q, model).result();
 }
 
 std::optional<double> parse_timestamp_number(std::string_view cell) noexcept {

@@ -6,6 +6,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "forecast/series.hpp"
 
@@ -31,17 +32,6 @@ const char* quantity_name(quantity q) noexcept;
 // millions of bins and minutes of work on a two-line file.
 inline constexpr std::uint64_t max_series_bins = 1'000'000;
 
-// Number of `bin_s` bins from the first to the last event's bin (of `model` when not empty);
-// 0 without events.
-std::uint64_t bins_spanned(std::span<const request_event> events, std::int64_t bin_s, std::string_view model = {});
-
-// Sums `q` per bin of `bin_s` seconds, bins aligned to multiples of bin_s since the epoch,
-// from the first event's bin to the last event's bin. A bin without events is a real zero.
-// Events of other models are skipped when `model` is not empty. Empty events, or a span of
-// more than max_series_bins: empty series (check bins_spanned() first to tell them apart).
-series aggregate_events(std::span<const request_event> events, std::int64_t bin_s, quantity q,
-                        std::string_view model = {});
-
 // The first and last bins of aggregate_events() hold only part of their width's traffic when
 // the records start after the first bin's start or end before the last bin's end: Azure's
 // conversation trace ends at 19:14:08, so its 19:14 minute holds 8 seconds of calls, 7 instead
@@ -54,6 +44,55 @@ struct edge_bins {
   bool last_partial = false;
   double first_covered = 1.0, last_covered = 1.0;  // share of each bin the records cover
 };
+
+// Per-request records folded into per-bin sums of one quantity, one record at a time and in
+// any order. Memory follows the bins the records span (at most max_series_bins), not their
+// number: a year of a busy proxy's ledger, tens of millions of rows, is binned in a few MB
+// instead of being held as records. aggregate_events(), bins_spanned() and partial_edge_bins()
+// below are this over a span of records; `tollgate-forecast --ledger` feeds it row by row.
+// Each bin adds its records in the order they are added, so the sums are aggregate_events()'s
+// bit for bit.
+class event_bins {
+ public:
+  event_bins(std::int64_t bin_s, quantity q) noexcept : bin_s_(bin_s), q_(q) {}
+  void add(const request_event& e);
+
+  std::int64_t bin_s() const noexcept { return bin_s_; }
+  std::uint64_t records() const noexcept { return records_; }
+  // Bins from the first to the last record's bin; 0 without records.
+  std::uint64_t bins_spanned() const noexcept;
+  // From the first to the last record's bin, bins aligned to multiples of bin_s since the
+  // epoch, a bin without records a real zero. Without records, or over max_series_bins: an
+  // empty series (bins_spanned() tells the two apart).
+  series result() const;
+  edge_bins edges() const noexcept;
+
+ private:
+  std::int64_t bin_s_;
+  quantity q_;
+  std::int64_t first_ms_ = 0, last_ms_ = 0;  // the earliest and latest record
+  std::uint64_t records_ = 0;
+  // Sums of bins base_, base_ + 1, ...: a superset of the records' bins. Bins before the first
+  // are added with headroom (as a vector's capacity after its end), so records read newest
+  // first cost amortised O(1) each, not a shift of every bin. Emptied for good once the span
+  // passes max_series_bins.
+  std::int64_t base_ = 0;
+  std::vector<double> sums_;
+  bool too_long_ = false;
+};
+
+// Number of `bin_s` bins from the first to the last event's bin (of `model` when not empty);
+// 0 without events.
+std::uint64_t bins_spanned(std::span<const request_event> events, std::int64_t bin_s, std::string_view model = {});
+
+// Sums `q` per bin of `bin_s` seconds, bins aligned to multiples of bin_s since the epoch,
+// from the first event's bin to the last event's bin. A bin without events is a real zero.
+// Events of other models are skipped when `model` is not empty. Empty events, or a span of
+// more than max_series_bins: empty series (check bins_spanned() first to tell them apart).
+series aggregate_events(std::span<const request_event> events, std::int64_t bin_s, quantity q,
+                        std::string_view model = {});
+
+// The edge bins of aggregate_events() over the same events (see edge_bins).
 edge_bins partial_edge_bins(std::span<const request_event> events, std::int64_t bin_s, std::string_view model = {});
 
 // Parses a timestamp cell of a request log: a number (unit `unit_ms` milliseconds; 0 = guess:

@@ -1,7 +1,9 @@
 // Request-log binning, timestamp formats, and the SVG plot.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 
 #include "forecast/aggregate.hpp"
 #include "forecast/svg_plot.hpp"
@@ -53,6 +55,71 @@ TEST_CASE("aggregate: requests and tokens per bin, empty bins are zeros", "[fore
   CHECK(aggregate_events(ev, 60, quantity::requests, "other").values.empty());
   CHECK(parse_quantity("prompt_tokens") == quantity::prompt_tokens);
   CHECK_FALSE(parse_quantity("tokens"));
+}
+
+TEST_CASE("aggregate: event_bins folds records in any order into the same bins, holding bins, not records", "[forecast]") {
+  // Three days of records at irregular times, with integer amounts (their sums are exact in
+  // any order), two models.
+  std::vector<request_event> ev;
+  std::uint64_t state = 12345;
+  auto next = [&state] { return (state = state * 6364136223846793005ULL + 1442695040888963407ULL) >> 33; };
+  for (int i = 0; i < 30'000; ++i)
+    ev.push_back({1736121600000 + static_cast<std::int64_t>(next() % 259'200'000), static_cast<double>(next() % 1000),
+                  static_cast<double>(next() % 100), static_cast<double>(next() % 7), i % 3 ? "a" : "b"});
+  const series expected = aggregate_events(ev, 60, quantity::total_tokens);
+  REQUIRE(expected.values.size() > 4000);
+  auto fold = [](auto first, auto last, std::int64_t bin_s, quantity q) {
+    event_bins b(bin_s, q);
+    for (; first != last; ++first) b.add(*first);
+    return b;
+  };
+  SECTION("newest first, sorted, and shuffled") {
+    const event_bins backwards = fold(ev.rbegin(), ev.rend(), 60, quantity::total_tokens);
+    CHECK(backwards.result().values == expected.values);
+    CHECK(backwards.result().start_s == expected.start_s);
+    CHECK(backwards.records() == ev.size());
+    auto sorted = ev;
+    std::sort(sorted.begin(), sorted.end(), [](const auto& x, const auto& y) { return x.timestamp_ms < y.timestamp_ms; });
+    CHECK(fold(sorted.rbegin(), sorted.rend(), 60, quantity::total_tokens).result().values == expected.values);
+    CHECK(fold(sorted.begin(), sorted.end(), 60, quantity::total_tokens).result().values == expected.values);
+    std::shuffle(sorted.begin(), sorted.end(), std::mt19937(7));
+    CHECK(fold(sorted.begin(), sorted.end(), 60, quantity::total_tokens).result().values == expected.values);
+  }
+  SECTION("every quantity and width, and the edges, as aggregate_events and partial_edge_bins say") {
+    for (const quantity q : {quantity::requests, quantity::prompt_tokens, quantity::completion_tokens,
+                             quantity::cost_usd})
+      for (const std::int64_t w : {60, 600, 3600}) {
+        const event_bins b = fold(ev.rbegin(), ev.rend(), w, q);
+        CHECK(b.result().values == aggregate_events(ev, w, q).values);
+        CHECK(b.bins_spanned() == b.result().values.size());
+        CHECK(b.edges().first_covered == partial_edge_bins(ev, w).first_covered);
+        CHECK(b.edges().last_covered == partial_edge_bins(ev, w).last_covered);
+      }
+  }
+  SECTION("a record decades away ends the binning, however many come after; the span is still told") {
+    event_bins b(60, quantity::requests);
+    b.add(ev[0]);
+    b.add({1000, 1, 1, 0, "a"});  // a stray timestamp near 1970
+    for (const auto& e : ev) b.add(e);
+    CHECK(b.result().values.empty());
+    CHECK(b.bins_spanned() > max_series_bins);
+    CHECK(b.records() == ev.size() + 2);
+    // Just within the limit, newest first: the headroom before the first bin never reaches
+    // past max_series_bins before the last record.
+    event_bins edge(60, quantity::requests);
+    const std::int64_t last = 1736121600000;
+    edge.add({last, 1, 1, 0, ""});
+    edge.add({last - 60'000, 1, 1, 0, ""});
+    edge.add({last - static_cast<std::int64_t>(max_series_bins - 1) * 60'000, 1, 1, 0, ""});
+    REQUIRE(edge.bins_spanned() == max_series_bins);
+    const series s = edge.result();
+    REQUIRE(s.values.size() == max_series_bins);
+    CHECK(s.values.front() == 1);
+    CHECK(s.values[max_series_bins - 2] == 1);
+    CHECK(s.values.back() == 1);
+  }
+  CHECK(event_bins(60, quantity::requests).result().values.empty());
+  CHECK(event_bins(60, quantity::requests).bins_spanned() == 0);
 }
 
 TEST_CASE("aggregate: edge bins the records cover only in part are found", "[forecast]") {

@@ -71,6 +71,36 @@ expect 2 'no record names a model' forecast --requests "$dir/quoted.csv" --model
 printf '[{"timestamp": 1736121600}]\n' > "$dir/array.json"
 expect 2 'a JSON array; give JSON Lines' forecast --requests "$dir/array.json"
 
+# Options that need no input are checked before it is read (a typo should not wait for a month
+# of ledger): here the input does not even exist.
+expect 2 'duration `6` must be a positive whole number' forecast --ledger "$dir/absent.db" --horizon 6
+expect 2 '--train-fraction must be a number' backtest --requests "$dir/absent.csv" --train-fraction 2
+expect 2 'duration `x` must be' backtest --ledger "$dir/absent.db" --horizons 1h,x
+
+# A ledger is folded into bins row by row, never held: it forecasts as the same records read as
+# a request log. Its rows are written newest first (the bins grow at the front), over three days
+# (the default bin is then 10m), for two models.
+sqlite3 "$dir/ledger.db" "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms INTEGER NOT NULL,
+    price_model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL);
+  WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+  INSERT INTO calls (start_ms, price_model, prompt_tokens, completion_tokens, cost_usd)
+  SELECT 1736121600000 + (20000 - i) * 13007 + (i % 5) * 7919, CASE i % 3 WHEN 0 THEN 'a' ELSE 'b' END,
+         100 + i % 50, 10 + i % 7, (100 + i % 50) * 1.7e-6 FROM n;"
+sqlite3 -csv -header "$dir/ledger.db" "SELECT start_ms AS timestamp, price_model AS model, prompt_tokens,
+    completion_tokens, cost_usd FROM calls ORDER BY id" > "$dir/ledger.csv"
+for opts in "" "--value cost_usd --model a" "--value total_tokens --bin 1h"; do
+  # shellcheck disable=SC2086
+  expect 0 '' forecast --ledger "$dir/ledger.db" --horizon 2h $opts
+  mv "$dir/out" "$dir/from_ledger"
+  # shellcheck disable=SC2086
+  expect 0 '' forecast --requests "$dir/ledger.csv" --horizon 2h $opts
+  if ! cmp -s "$dir/from_ledger" "$dir/out" || [ "$(wc -l < "$dir/out")" -lt 4 ]; then
+    echo "FAIL: forecast --ledger $opts differs from the same records as a request log"
+    diff "$dir/from_ledger" "$dir/out" | head -5
+    fails=$((fails + 1))
+  fi
+done
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails case(s) failed"
   exit 1

@@ -196,6 +196,14 @@ TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
   CHECK(r.events[1].model.empty());
   CHECK(r.events[1].cost_usd == 0.25);
   CHECK(r.events[1].timestamp_ms == 1736121660000);
+  CHECK(r.records == 2);
+  // Row by row: each handed over as read, none kept.
+  std::vector<std::string> models;
+  const auto streamed = tool::load_ledger(p.string(), [&](const request_event& e) { models.push_back(e.model + "@" + std::to_string(e.timestamp_ms)); });
+  CHECK(streamed.error.empty());
+  CHECK(streamed.events.empty());
+  CHECK(streamed.records == 2);
+  CHECK(models == std::vector<std::string>{"gpt-4o@1736121600000", "@1736121660000"});
   fs::remove(p);
 
   CHECK_FALSE(tool::load_ledger(temp_file("missing.db").string()).error.empty());

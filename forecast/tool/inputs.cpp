@@ -291,10 +291,18 @@ events_read load_request_log(const std::string& path, double unit_ms) {
     }
   }
   ts.finish(out.events, path, out.note, out.error);
+  out.records = out.events.size();
   return out;
 }
 
 events_read load_ledger(const std::string& path) {
+  std::vector<request_event> events;
+  events_read out = load_ledger(path, [&events](const request_event& e) { events.push_back(e); });
+  out.events = std::move(events);
+  return out;
+}
+
+events_read load_ledger(const std::string& path, const std::function<void(const request_event&)>& each) {
   events_read out;
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
@@ -343,19 +351,22 @@ events_read load_ledger(const std::string& path) {
   };
   int rc = SQLITE_OK;
   std::int64_t skipped = 0;
+  request_event e;  // one record, reused: its model string keeps its buffer from row to row
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     if (sqlite3_column_type(st, 1) != SQLITE_INTEGER || sqlite3_column_int64(st, 1) <= 0) {
       ++skipped;
       continue;
     }
     const auto rowid = static_cast<std::size_t>(std::max<sqlite3_int64>(sqlite3_column_int64(st, 0), 1));
-    request_event e;
     e.timestamp_ms = sqlite3_column_int64(st, 1);
     e.prompt_tokens = read_amount(2, out.prompt, rowid, max_request_tokens);
     e.completion_tokens = read_amount(3, out.completion, rowid, max_request_tokens);
     e.cost_usd = read_amount(4, out.cost, rowid, max_request_cost_usd);
-    if (const auto* m = sqlite3_column_text(st, 5)) e.model = reinterpret_cast<const char*>(m);
-    out.events.push_back(std::move(e));
+    const auto* m = sqlite3_column_text(st, 5);  // COALESCE: never NULL but on out of memory
+    e.model.assign(m ? reinterpret_cast<const char*>(m) : "",
+                   m ? static_cast<std::size_t>(sqlite3_column_bytes(st, 5)) : 0);
+    ++out.records;
+    each(e);
   }
   if (rc != SQLITE_DONE) out.error = path + ": " + sqlite3_errmsg(db);
   sqlite3_finalize(st);

@@ -1,6 +1,7 @@
 // Input readers of `tollgate-forecast`: the series CSV, per-request logs (CSV or JSONL) and the
 // tollgate ledger (SQLite, opened read-only). Each returns the data or a message for stderr.
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,7 @@ struct field_check {
 
 struct events_read {
   std::vector<request_event> events;
+  std::size_t records = 0;  // records read (the ledger's rows are counted here, not kept)
   std::string error;  // empty on success
   std::string note;   // for stderr: how an ambiguous input was read (relative timestamps)
   // Request logs only (a ledger's columns are the proxy's own): checked by the caller against
@@ -50,6 +52,10 @@ events_read load_request_log(const std::string& path, double unit_ms);
 // with a note: one would otherwise stretch the series back to 1970. The amounts are checked as a
 // request log's are (bad_line is then the row's rowid). A ledger a writer holds locked is
 // waited for (5 s), as the proxy's own readers do.
+// Each row is handed to `each` as it is read, and `events` stays empty: a ledger may hold tens of
+// millions of rows, which the caller folds into bins (event_bins) rather than holds.
+events_read load_ledger(const std::string& path, const std::function<void(const request_event&)>& each);
+// The same, collecting the rows into `events`.
 events_read load_ledger(const std::string& path);
 
 }  // namespace tollgate::forecast::tool

@@ -178,7 +178,10 @@ struct loaded {
   std::string column;  // column or value
 };
 
+void check_options(const args& a);
+
 loaded load_input(const args& a) {
+  check_options(a);
   loaded l;
   if (a.has("input") + a.has("requests") + a.has("ledger") > 1)
     die("give one input: --input FILE --column COL, --requests FILE or --ledger FILE");
@@ -227,7 +230,26 @@ loaded load_input(const args& a) {
       else if (u == "ms") unit_ms = 1.0;
       else die("--time-unit must be s or ms");
     }
-    auto ev = ledger ? fc::tool::load_ledger(l.input) : fc::tool::load_request_log(l.input, unit_ms);
+    // The records are folded into bins as they come (a ledger row by row, never held): at the
+    // width asked for, or at 1m and 10m until the span picks one.
+    const std::string model = a.get("model");
+    std::vector<fc::event_bins> widths;
+    if (bin) widths.emplace_back(*bin, *q);
+    else for (const std::int64_t w : {60, 600}) widths.emplace_back(w, *q);
+    bool any_model = false;
+    auto fold = [&](const fc::request_event& e) {
+      any_model = any_model || !e.model.empty();
+      if (!model.empty() && e.model != model) return;
+      for (auto& w : widths) w.add(e);
+    };
+    fc::tool::events_read ev;
+    if (ledger) {
+      ev = fc::tool::load_ledger(l.input, fold);
+    } else {
+      ev = fc::tool::load_request_log(l.input, unit_ms);  // whole: its timestamp unit is read from all of them
+      if (ev.error.empty()) std::for_each(ev.events.begin(), ev.events.end(), fold);
+      std::vector<fc::request_event>().swap(ev.events);
+    }
     if (!ev.error.empty()) die(ev.error);
     if (!ev.note.empty()) std::cerr << "note: " << ev.note << "\n";
     // The amount fields, checked only for the quantity summed.
@@ -237,7 +259,7 @@ loaded load_input(const args& a) {
         die(l.input + (ledger ? ": calls row " + std::to_string(c.bad_line) : ":" + std::to_string(c.bad_line)) +
             ": " + what + " `" + c.bad_text + "` is not a number from 0 to " + limit);
       if (c.empty)
-        std::cerr << "note: " << l.input << ": " << c.empty << " of " << ev.events.size() << " records have no " << what
+        std::cerr << "note: " << l.input << ": " << c.empty << " of " << ev.records << " records have no " << what
                   << ", read as 0\n";
     };
     constexpr const char* prompt_names = "prompt_tokens, input_tokens, input_length, ContextTokens or Request tokens";
@@ -248,23 +270,23 @@ loaded load_input(const args& a) {
     if (*q == fc::quantity::completion_tokens || *q == fc::quantity::total_tokens)
       check(ev.completion, "completion tokens", completion_names, "1e12");
     if (*q == fc::quantity::cost_usd) check(ev.cost, "cost", "cost_usd or cost", "1e9");
-    if (a.has("model") && std::none_of(ev.events.begin(), ev.events.end(), [](const auto& e) { return !e.model.empty(); }))
-      die(l.input + ": --model " + a.get("model") + ": no record names a model (" +
+    if (a.has("model") && !any_model)
+      die(l.input + ": --model " + model + ": no record names a model (" +
           (ledger ? "price_model" : "field `model`") + ")");
     // Default bin: 10 minutes, or 1 minute for records spanning less than two days (Azure's and
     // Mooncake's one-hour traces would otherwise be six bins).
-    if (!bin) bin = fc::bins_spanned(ev.events, 60, a.get("model")) < 2 * 1440 ? 60 : 600;
+    const fc::event_bins& binned = bin || widths[0].bins_spanned() < 2 * 1440 ? widths[0] : widths[1];
+    bin = binned.bin_s();
     const std::string bin_label = a.has("bin") ? a.get("bin") : std::to_string(*bin / 60) + "m";
-    l.data = fc::aggregate_events(ev.events, *bin, *q, a.get("model"));
-    // An empty result is no events or too long a span; only then is the span measured.
-    if (l.data.values.empty())
-      if (const auto span = fc::bins_spanned(ev.events, *bin, a.get("model")); span > fc::max_series_bins)
-        die(l.input + ": the records span " + std::to_string(span) + " bins of " + bin_label +
-            ", more than " + std::to_string(fc::max_series_bins) +
-            ": check for stray timestamps (a zero, a wrong --time-unit) or use a wider --bin");
+    l.data = binned.result();
+    // An empty result is no records or too long a span.
+    if (l.data.values.empty() && binned.bins_spanned() > fc::max_series_bins)
+      die(l.input + ": the records span " + std::to_string(binned.bins_spanned()) + " bins of " + bin_label +
+          ", more than " + std::to_string(fc::max_series_bins) +
+          ": check for stray timestamps (a zero, a wrong --time-unit) or use a wider --bin");
     // A live proxy's ledger ends in the bin now in progress: its count is partial and would read
     // as a drop in traffic, so it is left out. So are edge bins the records cover only in part
-    // (a trace cut mid-minute, a proxy started or stopped mid-minute: partial_edge_bins), as
+    // (a trace cut mid-minute, a proxy started or stopped mid-minute: fc::edge_bins), as
     // long as a few bins remain.
     bool last_dropped = false;
     if (ledger && !l.data.values.empty() &&
@@ -273,7 +295,7 @@ loaded load_input(const args& a) {
       last_dropped = true;
       std::cerr << "note: " << l.input << ": the last " << bin_label << " bin is still in progress and is left out\n";
     }
-    const auto edges = fc::partial_edge_bins(ev.events, *bin, a.get("model"));
+    const auto edges = binned.edges();
     auto covered = [](double share) { return std::to_string(static_cast<int>(std::lround(100.0 * share))) + " %"; };
     if (edges.last_partial && !last_dropped && l.data.values.size() > 3) {
       l.data.values.pop_back();
@@ -341,10 +363,15 @@ std::string utc_iso(std::int64_t ts) {
 // every member's path over the horizon, so `--horizon 2147483648h` must be refused, not tried.
 constexpr std::size_t max_steps = 100'000;
 
-std::size_t steps_of(const std::string& label, std::int64_t bin_s) {
+std::int64_t duration_option(const std::string& label) {
   const auto secs = fc::parse_duration(label);
   if (!secs) die("duration `" + label + "` must be a positive whole number and a unit: s, m, h or d (e.g. 90m, 24h)");
-  if (*secs % bin_s != 0) {
+  return *secs;
+}
+
+std::size_t steps_of(const std::string& label, std::int64_t bin_s) {
+  const std::int64_t secs = duration_option(label);
+  if (secs % bin_s != 0) {
     // Name the bin as a duration the options take, so the fix is in the message (a daily series
     // with backtest's default horizons, 1h and 24h: "give a multiple of 1d").
     const std::int64_t units[] = {86'400, 3'600, 60, 1};
@@ -354,7 +381,7 @@ std::size_t steps_of(const std::string& label, std::int64_t bin_s) {
     die("duration `" + label + "` is not a whole number of " + std::to_string(bin_s) + " s bins (the input's bin): give a multiple of " +
         std::to_string(bin_s / units[u]) + names[u]);
   }
-  const auto steps = static_cast<std::size_t>(*secs / bin_s);
+  const auto steps = static_cast<std::size_t>(secs / bin_s);
   if (steps > max_steps)
     die("duration `" + label + "` is " + std::to_string(steps) + " bins of " + std::to_string(bin_s) + " s; at most " +
         std::to_string(max_steps) + " are forecast");
@@ -368,6 +395,17 @@ double number_option(const args& a, const std::string& name, const std::string& 
   const double v = std::strtod(s.c_str(), &end);
   if (s.empty() || end != s.c_str() + s.size() || !std::isfinite(v)) die("--" + name + " must be a number, not `" + s + "`");
   return v;
+}
+
+// The options whose check needs no input, checked before the input is read: a misspelt
+// duration should not wait for a month of ledger to be read first. (Whether a duration is a
+// whole number of bins is known only once the input's bin is.)
+void check_options(const args& a) {
+  for (const auto& h : split_list(a.get("horizons"))) (void)duration_option(h);
+  for (const char* o : {"horizon", "ahead"})
+    if (a.has(o)) (void)duration_option(a.get(o));
+  if (a.has("train-fraction")) (void)train_fraction(a);
+  if (a.has("threshold")) (void)number_option(a, "threshold", "3");
 }
 
 int cmd_backtest(const args& a) {
