@@ -80,26 +80,39 @@ expect 2 'duration `x` must be' backtest --ledger "$dir/absent.db" --horizons 1h
 # A ledger is folded into bins row by row, never held: it forecasts as the same records read as
 # a request log. Its rows are written newest first (the bins grow at the front), over three days
 # (the default bin is then 10m), for two models.
+# With --team or --key, only that team's or key's calls: as a log of those calls alone.
 sqlite3 "$dir/ledger.db" "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms INTEGER NOT NULL,
-    price_model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL);
+    price_model TEXT, client_key_id TEXT, team TEXT, prompt_tokens INTEGER, completion_tokens INTEGER,
+    cost_usd REAL);
   WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
-  INSERT INTO calls (start_ms, price_model, prompt_tokens, completion_tokens, cost_usd)
+  INSERT INTO calls (start_ms, price_model, client_key_id, team, prompt_tokens, completion_tokens, cost_usd)
   SELECT 1736121600000 + (20000 - i) * 13007 + (i % 5) * 7919, CASE i % 3 WHEN 0 THEN 'a' ELSE 'b' END,
-         100 + i % 50, 10 + i % 7, (100 + i % 50) * 1.7e-6 FROM n;"
-sqlite3 -csv -header "$dir/ledger.db" "SELECT start_ms AS timestamp, price_model AS model, prompt_tokens,
-    completion_tokens, cost_usd FROM calls ORDER BY id" > "$dir/ledger.csv"
-for opts in "" "--value cost_usd --model a" "--value total_tokens --bin 1h"; do
+         'key-' || (i % 4), CASE WHEN i % 4 < 3 THEN 'research' END, 100 + i % 50, 10 + i % 7,
+         (100 + i % 50) * 1.7e-6 FROM n;"
+log_of() {  # log_of DIR WHERE: the ledger's rows as a request log, DIR/ledger.csv (the same label)
+  mkdir -p "$dir/$1"
+  sqlite3 -csv -header "$dir/ledger.db" "SELECT start_ms AS timestamp, price_model AS model, prompt_tokens,
+      completion_tokens, cost_usd FROM calls WHERE $2 ORDER BY id" > "$dir/$1/ledger.csv"
+}
+log_of all 1
+log_of team "team = 'research'"
+log_of key "client_key_id = 'key-3'"
+for case in ":all" "--value cost_usd --model a:all" "--value total_tokens --bin 1h:all" \
+    "--team research --value cost_usd:team" "--key key-3 --model b:key"; do
+  opts=${case%:*} log=${case##*:}
   # shellcheck disable=SC2086
   expect 0 '' forecast --ledger "$dir/ledger.db" --horizon 2h $opts
   mv "$dir/out" "$dir/from_ledger"
   # shellcheck disable=SC2086
-  expect 0 '' forecast --requests "$dir/ledger.csv" --horizon 2h $opts
+  expect 0 '' forecast --requests "$dir/$log/ledger.csv" --horizon 2h $(echo "$opts" | sed 's/--team [^ ]*//; s/--key [^ ]*//')
   if ! cmp -s "$dir/from_ledger" "$dir/out" || [ "$(wc -l < "$dir/out")" -lt 4 ]; then
-    echo "FAIL: forecast --ledger $opts differs from the same records as a request log"
+    echo "FAIL: forecast --ledger $opts differs from the same records as a request log ($log)"
     diff "$dir/from_ledger" "$dir/out" | head -5
     fails=$((fails + 1))
   fi
 done
+expect 2 'no records for team nobody$' forecast --ledger "$dir/ledger.db" --team nobody
+expect 2 '--key applies to --ledger only' forecast --requests "$dir/all/ledger.csv" --key key-3
 
 if [ "$fails" -ne 0 ]; then
   echo "$fails case(s) failed"

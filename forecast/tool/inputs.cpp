@@ -12,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <utility>
 
 namespace tollgate::forecast::tool {
 namespace {
@@ -295,14 +296,15 @@ events_read load_request_log(const std::string& path, double unit_ms) {
   return out;
 }
 
-events_read load_ledger(const std::string& path) {
+events_read load_ledger(const std::string& path, const ledger_filter& filter) {
   std::vector<request_event> events;
-  events_read out = load_ledger(path, [&events](const request_event& e) { events.push_back(e); });
+  events_read out = load_ledger(path, [&events](const request_event& e) { events.push_back(e); }, filter);
   out.events = std::move(events);
   return out;
 }
 
-events_read load_ledger(const std::string& path, const std::function<void(const request_event&)>& each) {
+events_read load_ledger(const std::string& path, const std::function<void(const request_event&)>& each,
+                        const ledger_filter& filter) {
   events_read out;
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
@@ -312,15 +314,23 @@ events_read load_ledger(const std::string& path, const std::function<void(const 
   }
   sqlite3_busy_timeout(db, 5000);
   sqlite3_stmt* st = nullptr;
-  const char* sql =
-      "SELECT rowid, start_ms, prompt_tokens, completion_tokens, cost_usd, COALESCE(price_model, '') FROM calls";
-  if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) != SQLITE_OK) {
+  std::string sql = "SELECT rowid, start_ms, prompt_tokens, completion_tokens, cost_usd, COALESCE(price_model, '') FROM calls";
+  std::vector<const std::string*> params;
+  for (const auto& [column, value] : {std::pair{"team", &filter.team}, std::pair{"client_key_id", &filter.key}})
+    if (!value->empty()) {
+      sql += params.empty() ? " WHERE " : " AND ";
+      sql += std::string(column) + " = ?";
+      params.push_back(value);
+    }
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) != SQLITE_OK) {
     // Only a missing table or column says "not a ledger"; a lock or an unreadable file says so itself.
     const bool schema = sqlite3_errcode(db) == SQLITE_ERROR;
     out.error = path + ": " + sqlite3_errmsg(db) + (schema ? " (not a tollgate ledger?)" : "");
     sqlite3_close(db);
     return out;
   }
+  for (std::size_t i = 0; i < params.size(); ++i)
+    sqlite3_bind_text(st, static_cast<int>(i + 1), params[i]->data(), static_cast<int>(params[i]->size()), SQLITE_STATIC);
   out.prompt.present = out.completion.present = out.cost.present = true;
   // One amount of a row, checked as a request log's: NULL reads as 0 (counted), text must be a
   // number, and the value must lie in [0, limit].

@@ -54,8 +54,15 @@ events_read load_request_log(const std::string& path, double unit_ms);
 // waited for (5 s), as the proxy's own readers do.
 // Each row is handed to `each` as it is read, and `events` stays empty: a ledger may hold tens of
 // millions of rows, which the caller folds into bins (event_bins) rather than holds.
-events_read load_ledger(const std::string& path, const std::function<void(const request_event&)>& each);
+// `filter` keeps only one team's or one client key's calls (columns `team`, `client_key_id`;
+// empty: any), selected by the query, so the other rows are neither checked nor counted.
+struct ledger_filter {
+  std::string team;
+  std::string key;
+};
+events_read load_ledger(const std::string& path, const std::function<void(const request_event&)>& each,
+                        const ledger_filter& filter = {});
 // The same, collecting the rows into `events`.
-events_read load_ledger(const std::string& path);
+events_read load_ledger(const std::string& path, const ledger_filter& filter = {});
 
 }  // namespace tollgate::forecast::tool
