@@ -45,10 +45,10 @@ input (one of):
     --bin D        bin width, e.g. 1m, 10m, 1h (default 10m; 1m when the records
                    span less than two days)
     --model NAME   only this model (request log `model`, ledger `price_model`)
+    --time-unit U  numeric request-log timestamps in s or ms (default: guess)
   with --ledger:
     --team NAME    only this team's calls (column `team`)
     --key ID       only this client key's calls (column `client_key_id`)
-    --time-unit U  numeric request-log timestamps in s or ms (default: guess)
 
 options:
   --horizons LIST        backtest horizons (default 1h,24h)
@@ -183,6 +183,113 @@ struct loaded {
 
 void check_options(const args& a);
 
+// Per-request records (--requests or --ledger) binned into the series forecast: l.data, l.input
+// and l.column.
+void load_records(const args& a, loaded& l) {
+  const bool ledger = a.has("ledger");
+  l.input = ledger ? a.get("ledger") : a.get("requests");
+  const fc::tool::ledger_filter filter{a.get("team"), a.get("key")};
+  // Which records are forecast, for messages: "" or " for model m, team t".
+  std::string selection;
+  for (const char* o : {"model", "team", "key"})
+    if (a.has(o)) selection += (selection.empty() ? " for " : ", ") + std::string(o) + " " + a.get(o);
+  const auto q = fc::parse_quantity(a.get("value", "requests"));
+  if (!q) die("--value must be requests, prompt_tokens, completion_tokens, total_tokens or cost_usd");
+  std::optional<std::int64_t> bin;
+  if (a.has("bin")) {
+    bin = fc::parse_duration(a.get("bin"));
+    if (!bin || 86400 % *bin != 0) die("--bin must divide a day (e.g. 1m, 5m, 10m, 1h)");
+  }
+  double unit_ms = 0.0;
+  if (a.has("time-unit")) {
+    const std::string u = a.get("time-unit");
+    if (u == "s") unit_ms = 1000.0;
+    else if (u == "ms") unit_ms = 1.0;
+    else die("--time-unit must be s or ms");
+  }
+  // The records are folded into bins as they come (a ledger row by row, never held): at the
+  // width asked for, or at 1m and 10m until the span picks one.
+  const std::string model = a.get("model");
+  std::vector<fc::event_bins> widths;
+  if (bin) widths.emplace_back(*bin, *q);
+  else for (const std::int64_t w : {60, 600}) widths.emplace_back(w, *q);
+  bool any_model = false;
+  auto fold = [&](const fc::request_event& e) {
+    any_model = any_model || !e.model.empty();
+    if (!model.empty() && e.model != model) return;
+    for (auto& w : widths) w.add(e);
+  };
+  fc::tool::events_read ev;
+  if (ledger) {
+    ev = fc::tool::load_ledger(l.input, fold, filter);
+  } else {
+    ev = fc::tool::load_request_log(l.input, unit_ms);  // whole: its timestamp unit is read from all of them
+    if (ev.error.empty()) std::for_each(ev.events.begin(), ev.events.end(), fold);
+    std::vector<fc::request_event>().swap(ev.events);
+  }
+  if (!ev.error.empty()) die(ev.error);
+  if (!ev.note.empty()) std::cerr << "note: " << ev.note << "\n";
+  // The amount fields, checked only for the quantity summed.
+  auto check = [&](const fc::tool::field_check& c, const char* what, const char* names, const char* limit) {
+    if (!c.present) die(l.input + ": no " + what + " field to sum (" + names + ")");
+    if (c.bad_line)
+      die(l.input + (ledger ? ": calls row " + std::to_string(c.bad_line) : ":" + std::to_string(c.bad_line)) +
+          ": " + what + " `" + c.bad_text + "` is not a number from 0 to " + limit);
+    if (c.empty)
+      std::cerr << "note: " << l.input << ": " << c.empty << " of " << ev.records << " records have no " << what
+                << ", read as 0\n";
+  };
+  constexpr const char* prompt_names = "prompt_tokens, input_tokens, input_length, ContextTokens or Request tokens";
+  constexpr const char* completion_names =
+      "completion_tokens, output_tokens, output_length, GeneratedTokens or Response tokens";
+  if (*q == fc::quantity::prompt_tokens || *q == fc::quantity::total_tokens)
+    check(ev.prompt, "prompt tokens", prompt_names, "1e12");
+  if (*q == fc::quantity::completion_tokens || *q == fc::quantity::total_tokens)
+    check(ev.completion, "completion tokens", completion_names, "1e12");
+  if (*q == fc::quantity::cost_usd) check(ev.cost, "cost", "cost_usd or cost", "1e9");
+  if (a.has("model") && !any_model)
+    die(l.input + ": --model " + model + ": no record names a model (" +
+        (ledger ? "price_model" : "field `model`") + ")");
+  // Default bin: 10 minutes, or 1 minute for records spanning less than two days (Azure's and
+  // Mooncake's one-hour traces would otherwise be six bins).
+  const fc::event_bins& binned = bin || widths[0].bins_spanned() < 2 * 1440 ? widths[0] : widths[1];
+  bin = binned.bin_s();
+  const std::string bin_label = a.has("bin") ? a.get("bin") : std::to_string(*bin / 60) + "m";
+  if (binned.records() == 0) die(l.input + ": no records" + selection);
+  l.data = binned.result();
+  // An empty result is no records or too long a span.
+  if (l.data.values.empty() && binned.bins_spanned() > fc::max_series_bins)
+    die(l.input + ": the records span " + std::to_string(binned.bins_spanned()) + " bins of " + bin_label +
+        ", more than " + std::to_string(fc::max_series_bins) +
+        ": check for stray timestamps (a zero, a wrong --time-unit) or use a wider --bin");
+  // A live proxy's ledger ends in the bin now in progress: its count is partial and would read
+  // as a drop in traffic, so it is left out. So are edge bins the records cover only in part
+  // (a trace cut mid-minute, a proxy started or stopped mid-minute: fc::edge_bins), as
+  // long as a few bins remain.
+  bool last_dropped = false;
+  if (ledger && !l.data.values.empty() &&
+      l.data.timestamp(l.data.values.size() - 1) + l.data.bin_s > static_cast<std::int64_t>(std::time(nullptr))) {
+    l.data.values.pop_back();
+    last_dropped = true;
+    std::cerr << "note: " << l.input << ": the last " << bin_label << " bin is still in progress and is left out\n";
+  }
+  const auto edges = binned.edges();
+  auto covered = [](double share) { return std::to_string(static_cast<int>(std::lround(100.0 * share))) + " %"; };
+  if (edges.last_partial && !last_dropped && l.data.values.size() > 3) {
+    l.data.values.pop_back();
+    std::cerr << "note: " << l.input << ": the records end " << covered(edges.last_covered) << " into the last "
+              << bin_label << " bin, which is left out (its count would read as a drop)\n";
+  }
+  if (edges.first_partial && l.data.values.size() > 3) {
+    l.data.values.erase(l.data.values.begin());
+    l.data.start_s += l.data.bin_s;
+    std::cerr << "note: " << l.input << ": the records start " << covered(1.0 - edges.first_covered)
+              << " into the first " << bin_label << " bin, which is left out\n";
+  }
+  if (l.data.values.size() < 2) die(l.input + ": fewer than two bins of data" + selection);
+  l.column = fc::quantity_name(*q);
+}
+
 loaded load_input(const args& a) {
   check_options(a);
   loaded l;
@@ -190,9 +297,8 @@ loaded load_input(const args& a) {
     die("give one input: --input FILE --column COL, --requests FILE or --ledger FILE");
   // Not ignored with a note as the other record options are for a series CSV: a forecast of
   // all traffic taken for one team's would be wrong without a word on stdout.
-  for (const char* o : {"team", "key"})
-    if (a.has(o) && !a.has("ledger"))
-      die(std::string("--") + o + " applies to --ledger only (the ledger's " + (o == std::string("team") ? "team" : "client_key_id") + " column)");
+  for (const auto& [o, column] : {std::pair{"team", "team"}, std::pair{"key", "client_key_id"}})
+    if (a.has(o) && !a.has("ledger")) die(std::string("--") + o + " applies to --ledger only (the ledger's " + column + " column)");
   if (a.has("input")) {
     if (!a.has("column")) die("--input needs --column");
     auto r = fc::tool::load_series_file(a.get("input"), a.get("column"));
@@ -222,108 +328,7 @@ loaded load_input(const args& a) {
     l.input = a.get("input");
     l.column = a.get("column");
   } else if (a.has("requests") || a.has("ledger")) {
-    const bool ledger = a.has("ledger");
-    l.input = ledger ? a.get("ledger") : a.get("requests");
-    const fc::tool::ledger_filter filter{a.get("team"), a.get("key")};
-    // Which records are forecast, for messages: "" or " for model m, team t".
-    std::string selection;
-    for (const char* o : {"model", "team", "key"})
-      if (a.has(o)) selection += (selection.empty() ? " for " : ", ") + std::string(o) + " " + a.get(o);
-    const auto q = fc::parse_quantity(a.get("value", "requests"));
-    if (!q) die("--value must be requests, prompt_tokens, completion_tokens, total_tokens or cost_usd");
-    std::optional<std::int64_t> bin;
-    if (a.has("bin")) {
-      bin = fc::parse_duration(a.get("bin"));
-      if (!bin || 86400 % *bin != 0) die("--bin must divide a day (e.g. 1m, 5m, 10m, 1h)");
-    }
-    double unit_ms = 0.0;
-    if (a.has("time-unit")) {
-      const std::string u = a.get("time-unit");
-      if (u == "s") unit_ms = 1000.0;
-      else if (u == "ms") unit_ms = 1.0;
-      else die("--time-unit must be s or ms");
-    }
-    // The records are folded into bins as they come (a ledger row by row, never held): at the
-    // width asked for, or at 1m and 10m until the span picks one.
-    const std::string model = a.get("model");
-    std::vector<fc::event_bins> widths;
-    if (bin) widths.emplace_back(*bin, *q);
-    else for (const std::int64_t w : {60, 600}) widths.emplace_back(w, *q);
-    bool any_model = false;
-    auto fold = [&](const fc::request_event& e) {
-      any_model = any_model || !e.model.empty();
-      if (!model.empty() && e.model != model) return;
-      for (auto& w : widths) w.add(e);
-    };
-    fc::tool::events_read ev;
-    if (ledger) {
-      ev = fc::tool::load_ledger(l.input, fold, filter);
-    } else {
-      ev = fc::tool::load_request_log(l.input, unit_ms);  // whole: its timestamp unit is read from all of them
-      if (ev.error.empty()) std::for_each(ev.events.begin(), ev.events.end(), fold);
-      std::vector<fc::request_event>().swap(ev.events);
-    }
-    if (!ev.error.empty()) die(ev.error);
-    if (!ev.note.empty()) std::cerr << "note: " << ev.note << "\n";
-    // The amount fields, checked only for the quantity summed.
-    auto check = [&](const fc::tool::field_check& c, const char* what, const char* names, const char* limit) {
-      if (!c.present) die(l.input + ": no " + what + " field to sum (" + names + ")");
-      if (c.bad_line)
-        die(l.input + (ledger ? ": calls row " + std::to_string(c.bad_line) : ":" + std::to_string(c.bad_line)) +
-            ": " + what + " `" + c.bad_text + "` is not a number from 0 to " + limit);
-      if (c.empty)
-        std::cerr << "note: " << l.input << ": " << c.empty << " of " << ev.records << " records have no " << what
-                  << ", read as 0\n";
-    };
-    constexpr const char* prompt_names = "prompt_tokens, input_tokens, input_length, ContextTokens or Request tokens";
-    constexpr const char* completion_names =
-        "completion_tokens, output_tokens, output_length, GeneratedTokens or Response tokens";
-    if (*q == fc::quantity::prompt_tokens || *q == fc::quantity::total_tokens)
-      check(ev.prompt, "prompt tokens", prompt_names, "1e12");
-    if (*q == fc::quantity::completion_tokens || *q == fc::quantity::total_tokens)
-      check(ev.completion, "completion tokens", completion_names, "1e12");
-    if (*q == fc::quantity::cost_usd) check(ev.cost, "cost", "cost_usd or cost", "1e9");
-    if (a.has("model") && !any_model)
-      die(l.input + ": --model " + model + ": no record names a model (" +
-          (ledger ? "price_model" : "field `model`") + ")");
-    // Default bin: 10 minutes, or 1 minute for records spanning less than two days (Azure's and
-    // Mooncake's one-hour traces would otherwise be six bins).
-    const fc::event_bins& binned = bin || widths[0].bins_spanned() < 2 * 1440 ? widths[0] : widths[1];
-    bin = binned.bin_s();
-    const std::string bin_label = a.has("bin") ? a.get("bin") : std::to_string(*bin / 60) + "m";
-    if (binned.records() == 0) die(l.input + ": no records" + selection);
-    l.data = binned.result();
-    // An empty result is no records or too long a span.
-    if (l.data.values.empty() && binned.bins_spanned() > fc::max_series_bins)
-      die(l.input + ": the records span " + std::to_string(binned.bins_spanned()) + " bins of " + bin_label +
-          ", more than " + std::to_string(fc::max_series_bins) +
-          ": check for stray timestamps (a zero, a wrong --time-unit) or use a wider --bin");
-    // A live proxy's ledger ends in the bin now in progress: its count is partial and would read
-    // as a drop in traffic, so it is left out. So are edge bins the records cover only in part
-    // (a trace cut mid-minute, a proxy started or stopped mid-minute: fc::edge_bins), as
-    // long as a few bins remain.
-    bool last_dropped = false;
-    if (ledger && !l.data.values.empty() &&
-        l.data.timestamp(l.data.values.size() - 1) + l.data.bin_s > static_cast<std::int64_t>(std::time(nullptr))) {
-      l.data.values.pop_back();
-      last_dropped = true;
-      std::cerr << "note: " << l.input << ": the last " << bin_label << " bin is still in progress and is left out\n";
-    }
-    const auto edges = binned.edges();
-    auto covered = [](double share) { return std::to_string(static_cast<int>(std::lround(100.0 * share))) + " %"; };
-    if (edges.last_partial && !last_dropped && l.data.values.size() > 3) {
-      l.data.values.pop_back();
-      std::cerr << "note: " << l.input << ": the records end " << covered(edges.last_covered) << " into the last "
-                << bin_label << " bin, which is left out (its count would read as a drop)\n";
-    }
-    if (edges.first_partial && l.data.values.size() > 3) {
-      l.data.values.erase(l.data.values.begin());
-      l.data.start_s += l.data.bin_s;
-      std::cerr << "note: " << l.input << ": the records start " << covered(1.0 - edges.first_covered)
-                << " into the first " << bin_label << " bin, which is left out\n";
-    }
-    if (l.data.values.size() < 2) die(l.input + ": fewer than two bins of data" + selection);
-    l.column = fc::quantity_name(*q);
+    load_records(a, l);
   } else {
     die("no input: give --input FILE --column COL, --requests FILE or --ledger FILE");
   }
