@@ -662,6 +662,33 @@ TEST_CASE("forecaster: the spike detector's expected value is never negative on 
   }
 }
 
+TEST_CASE("forecaster: a series that stops is not flagged as a spike for its zeros", "[forecast]") {
+  // Found by fuzz_forecast: two bins of ~220 calls, then only zeros, with gaps (5-minute bins).
+  // The detector's errors were mostly the drop to zero, its centre fell to log1p(-0.98), and
+  // the next bin of 0 scored +32 and was flagged, "above" an upper bound of -0.76 calls.
+  const int steps[] = {1, 1, 1, 2, 1, 1, -2, 7, 1, 50, 1, 1, 1, 50, 1, 1, 1, -2,
+                       7, 1, 50, 1, -2, 7, 1, 1, 1, 1, 50, 1, 1, 1, -2, 7, 1, 50};
+  forecaster_config cfg;
+  cfg.bin_s = 300;
+  forecaster f(cfg);
+  std::int64_t t = t0;
+  std::size_t i = 0, scored = 0;
+  for (const int step : steps) {
+    t += step * cfg.bin_s;
+    f.observe(t, i == 0 ? 210.0 : i == 1 ? 229.0 : 0.0);
+    ++i;
+    const anomaly_state& a = f.anomaly();
+    if (!a.scored) continue;
+    ++scored;
+    INFO("bin " << i << ": score " << a.score << ", expected " << a.expected << ", upper " << a.upper);
+    CHECK_FALSE(a.flag);
+    CHECK(a.score <= 0.0);  // 0 calls is at or below any centre
+    CHECK(a.expected >= 0.0);
+    CHECK(a.upper >= a.expected);
+  }
+  CHECK(scored > 0);
+}
+
 TEST_CASE("forecaster: fit equals feeding the bins one by one", "[forecast]") {
   series s;
   s.start_s = t0;
