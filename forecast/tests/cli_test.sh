@@ -112,6 +112,14 @@ for case in ":all" "--value cost_usd --model a:all" "--value total_tokens --bin 
   fi
 done
 expect 2 'no records for team nobody$' forecast --ledger "$dir/ledger.db" --team nobody
+# A ledger of one minute (a proxy just started): the message says what there is and what would do.
+sqlite3 "$dir/new.db" "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms INTEGER NOT NULL, price_model TEXT,
+    prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL);
+  INSERT INTO calls VALUES (1, 1736121600000, 'a', 1, 1, 0.1), (2, 1736121630000, 'a', 1, 1, 0.1);"
+expect 2 'new.db: fewer than two bins of data \(1 complete 1m bin\); a forecast needs two: wait for more history$' \
+  forecast --ledger "$dir/new.db"
+expect 2 'new.db: fewer than two bins of data \(1 complete 1h bin\); a forecast needs two: give a smaller --bin, or wait' \
+  forecast --ledger "$dir/new.db" --bin 1h
 expect 2 '--key applies to --ledger only' forecast --requests "$dir/all/ledger.csv" --key key-3
 
 if [ "$fails" -ne 0 ]; then

@@ -286,7 +286,11 @@ void load_records(const args& a, loaded& l) {
     std::cerr << "note: " << l.input << ": the records start " << covered(1.0 - edges.first_covered)
               << " into the first " << bin_label << " bin, which is left out\n";
   }
-  if (l.data.values.size() < 2) die(l.input + ": fewer than two bins of data" + selection);
+  // A new proxy's ledger, or a short log at a wide bin: say what there is and what would do.
+  if (l.data.values.size() < 2)
+    die(l.input + ": fewer than two bins of data" + selection + " (" + std::to_string(l.data.values.size()) +
+        " complete " + bin_label + " bin" + (l.data.values.size() == 1 ? "" : "s") +
+        "); a forecast needs two: " + (*bin > 60 ? "give a smaller --bin, or " : "") + "wait for more history");
   l.column = fc::quantity_name(*q);
 }
 
