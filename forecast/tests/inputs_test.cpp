@@ -177,18 +177,23 @@ TEST_CASE("inputs: epoch seconds mixed with epoch milliseconds are refused with 
   CHECK(load_log("mixed_given.csv", "timestamp\n1736121600\n1736121720000\n", 1.0).error.empty());
 }
 
+// A ledger file at `path` made by `sql` (any previous file removed first).
+void write_ledger(const fs::path& path, const char* sql) {
+  fs::remove(path);
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(path.string().c_str(), &db) == SQLITE_OK);
+  const int rc = sqlite3_exec(db, sql, nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  REQUIRE(rc == SQLITE_OK);
+}
+
 TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
   const auto p = temp_file("ledger.db");
-  fs::remove(p);
-  sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open(p.string().c_str(), &db) == SQLITE_OK);
-  REQUIRE(sqlite3_exec(db,
-                       "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms INTEGER NOT NULL, price_model TEXT,"
-                       " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost_usd REAL NOT NULL);"
-                       "INSERT INTO calls VALUES (1, 1736121600000, 'gpt-4o', 100, 10, 0.5);"
-                       "INSERT INTO calls VALUES (2, 1736121660000, NULL, 200, 20, 0.25);",
-                       nullptr, nullptr, nullptr) == SQLITE_OK);
-  sqlite3_close(db);
+  write_ledger(p,
+               "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms INTEGER NOT NULL, price_model TEXT,"
+               " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost_usd REAL NOT NULL);"
+               "INSERT INTO calls VALUES (1, 1736121600000, 'gpt-4o', 100, 10, 0.5);"
+               "INSERT INTO calls VALUES (2, 1736121660000, NULL, 200, 20, 0.25);");
   const auto r = tool::load_ledger(p.string());
   REQUIRE(r.error.empty());
   REQUIRE(r.events.size() == 2);
@@ -208,16 +213,13 @@ TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
 
   // One team's or one key's calls, selected by the query: the others are not read at all (a
   // broken amount in another team's row is not this forecast's problem).
-  REQUIRE(sqlite3_open(p.string().c_str(), &db) == SQLITE_OK);
-  REQUIRE(sqlite3_exec(db,
-                       "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms INTEGER NOT NULL, price_model TEXT,"
-                       " client_key_id TEXT, team TEXT, prompt_tokens, completion_tokens, cost_usd);"
-                       "INSERT INTO calls VALUES (1, 1736121600000, 'm', 'k1', 'red', 1, 1, 0.1);"
-                       "INSERT INTO calls VALUES (2, 1736121660000, 'm', 'k2', 'red', 2, 1, 0.2);"
-                       "INSERT INTO calls VALUES (3, 1736121720000, 'm', 'k3', 'blue', 'x', 1, 0.3);"
-                       "INSERT INTO calls VALUES (4, 1736121780000, 'm', 'k2', NULL, 4, 1, 0.4);",
-                       nullptr, nullptr, nullptr) == SQLITE_OK);
-  sqlite3_close(db);
+  write_ledger(p,
+               "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms INTEGER NOT NULL, price_model TEXT,"
+               " client_key_id TEXT, team TEXT, prompt_tokens, completion_tokens, cost_usd);"
+               "INSERT INTO calls VALUES (1, 1736121600000, 'm', 'k1', 'red', 1, 1, 0.1);"
+               "INSERT INTO calls VALUES (2, 1736121660000, 'm', 'k2', 'red', 2, 1, 0.2);"
+               "INSERT INTO calls VALUES (3, 1736121720000, 'm', 'k3', 'blue', 'x', 1, 0.3);"
+               "INSERT INTO calls VALUES (4, 1736121780000, 'm', 'k2', NULL, 4, 1, 0.4);");
   auto costs = [&](const tool::ledger_filter& f) {
     const auto r = tool::load_ledger(p.string(), f);
     CHECK(r.error.empty());
@@ -238,17 +240,14 @@ TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
   CHECK_FALSE(tool::load_ledger(temp_file("missing.db").string()).error.empty());
 
   // A row without a usable start_ms (NULL, text, 0) would stretch the series back to 1970.
-  REQUIRE(sqlite3_open(p.string().c_str(), &db) == SQLITE_OK);
-  REQUIRE(sqlite3_exec(db,
-                       "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms, price_model TEXT, prompt_tokens,"
-                       " completion_tokens, cost_usd);"
-                       "INSERT INTO calls VALUES (1, 1736121600000, 'm', 1, 1, 0.1);"
-                       "INSERT INTO calls VALUES (2, NULL, 'm', 1, 1, 0.1);"
-                       "INSERT INTO calls VALUES (3, 0, 'm', 1, 1, 0.1);"
-                       "INSERT INTO calls VALUES (4, '2025-01-06', 'm', 1, 1, 0.1);"
-                       "INSERT INTO calls VALUES (5, 1736121660000, 'm', NULL, 1, 0.1);",
-                       nullptr, nullptr, nullptr) == SQLITE_OK);
-  sqlite3_close(db);
+  write_ledger(p,
+               "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms, price_model TEXT, prompt_tokens,"
+               " completion_tokens, cost_usd);"
+               "INSERT INTO calls VALUES (1, 1736121600000, 'm', 1, 1, 0.1);"
+               "INSERT INTO calls VALUES (2, NULL, 'm', 1, 1, 0.1);"
+               "INSERT INTO calls VALUES (3, 0, 'm', 1, 1, 0.1);"
+               "INSERT INTO calls VALUES (4, '2025-01-06', 'm', 1, 1, 0.1);"
+               "INSERT INTO calls VALUES (5, 1736121660000, 'm', NULL, 1, 0.1);");
   const auto skipped = tool::load_ledger(p.string());
   REQUIRE(skipped.error.empty());
   REQUIRE(skipped.events.size() == 2);
@@ -257,15 +256,12 @@ TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
   fs::remove(p);
 
   // Amounts are checked as a request log's: the first bad one is named by its rowid.
-  REQUIRE(sqlite3_open(p.string().c_str(), &db) == SQLITE_OK);
-  REQUIRE(sqlite3_exec(db,
-                       "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms, price_model TEXT, prompt_tokens,"
-                       " completion_tokens, cost_usd);"
-                       "INSERT INTO calls VALUES (1, 1736121600000, 'm', 1, 1, 0.1);"
-                       "INSERT INTO calls VALUES (7, 1736121660000, 'm', 'x', -5, 1e10);"
-                       "INSERT INTO calls VALUES (8, 1736121720000, 'm', '12', 1, NULL);",
-                       nullptr, nullptr, nullptr) == SQLITE_OK);
-  sqlite3_close(db);
+  write_ledger(p,
+               "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms, price_model TEXT, prompt_tokens,"
+               " completion_tokens, cost_usd);"
+               "INSERT INTO calls VALUES (1, 1736121600000, 'm', 1, 1, 0.1);"
+               "INSERT INTO calls VALUES (7, 1736121660000, 'm', 'x', -5, 1e10);"
+               "INSERT INTO calls VALUES (8, 1736121720000, 'm', '12', 1, NULL);");
   const auto bad = tool::load_ledger(p.string());
   REQUIRE(bad.error.empty());
   CHECK(bad.prompt.bad_line == 7);
