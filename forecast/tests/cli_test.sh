@@ -5,6 +5,11 @@
 set -u
 tool=$1
 data=$2
+# Absolute: some cases run in another directory (a proxy's, with its config/tollgate.yaml).
+case $tool in /*) ;; *) tool=$PWD/$tool ;; esac
+case $data in /*) ;; *) data=$PWD/$data ;; esac
+# The ledger a command line without an input reads comes from these: the caller's are not ours.
+unset TOLLGATE_CONFIG TOLLGATE_LEDGER_PATH
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 series="$data/servegen_msmall_10m.csv"
@@ -112,6 +117,7 @@ for case in ":all" "--value cost_usd --model a:all" "--value total_tokens --bin 
   fi
 done
 expect 2 'no records for team nobody$' forecast --ledger "$dir/ledger.db" --team nobody
+
 # A ledger of one minute (a proxy just started): the message says what there is and what would do.
 sqlite3 "$dir/new.db" "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms INTEGER NOT NULL, price_model TEXT,
     prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL);
@@ -120,7 +126,39 @@ expect 2 'new.db: fewer than two bins of data \(1 complete 1m bin\); a forecast 
   forecast --ledger "$dir/new.db"
 expect 2 'new.db: fewer than two bins of data \(1 complete 1h bin\); a forecast needs two: give a smaller --bin, or wait' \
   forecast --ledger "$dir/new.db" --bin 1h
-expect 2 '--key applies to --ledger only' forecast --requests "$dir/all/ledger.csv" --key key-3
+expect 2 '--key applies to the ledger only' forecast --requests "$dir/all/ledger.csv" --key key-3
+
+# The proxy's configuration names the ledger: --config FILE, or with no input at all the one
+# tollgate starts with ($TOLLGATE_CONFIG, else config/tollgate.yaml); $TOLLGATE_LEDGER_PATH wins
+# over a file's ledger.path, as it does for the proxy. Each says on stderr which ledger it reads.
+expect 0 '' forecast --ledger "$dir/ledger.db" --horizon 2h --team research
+mv "$dir/out" "$dir/from_ledger"
+mkdir -p "$dir/proxy/config"
+printf 'listen: 127.0.0.1:8080\nledger:\n  path: %s\n' "$dir/ledger.db" > "$dir/proxy/config/tollgate.yaml"
+same_as_ledger() {
+  if ! cmp -s "$dir/from_ledger" "$dir/out"; then
+    echo "FAIL: $1 does not forecast the configuration's ledger as --ledger does"
+    fails=$((fails + 1))
+  fi
+}
+expect 0 "^note: reading the ledger $dir/ledger.db \\(ledger.path of $dir/proxy/config/tollgate.yaml\\)$" \
+  forecast --config "$dir/proxy/config/tollgate.yaml" --horizon 2h --team research
+same_as_ledger "--config FILE"
+cd "$dir/proxy" || exit 1
+expect 0 '\(ledger.path of config/tollgate.yaml\)$' forecast --horizon 2h --team research
+same_as_ledger "config/tollgate.yaml"
+cd "$dir" || exit 1
+expect 2 '^tollgate-forecast: no input: give .*--config FILE' forecast --horizon 2h
+export TOLLGATE_CONFIG="$dir/proxy/config/tollgate.yaml"
+expect 0 '\(ledger.path of .*/proxy/config/tollgate.yaml\)$' forecast --horizon 2h --team research
+same_as_ledger "\$TOLLGATE_CONFIG"
+export TOLLGATE_LEDGER_PATH="$dir/new.db"
+expect 2 "overrides .*tollgate.yaml's ledger.path" forecast --config "$dir/proxy/config/tollgate.yaml"
+expect 2 '^tollgate-forecast: .*/new.db: fewer than two bins' forecast --config "$dir/proxy/config/tollgate.yaml"
+unset TOLLGATE_CONFIG TOLLGATE_LEDGER_PATH
+printf 'ledger:\n  pth: x.db\n' > "$dir/bad.yaml"
+expect 2 "^tollgate-forecast: configuration error: .*bad.yaml:2: unknown key 'pth'" forecast --config "$dir/bad.yaml"
+expect 2 'give one input' forecast --config "$dir/bad.yaml" --ledger "$dir/ledger.db"
 
 if [ "$fails" -ne 0 ]; then
   echo "$fails case(s) failed"

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/config.hpp"
 #include "forecast/aggregate.hpp"
 #include "forecast/backtest.hpp"
 #include "forecast/forecaster.hpp"
@@ -39,14 +41,17 @@ input (one of):
   --input FILE --column COL      series CSV (timestamp + value columns, empty cell = gap)
   --requests FILE                per-request log, CSV with header or JSON Lines
   --ledger FILE                  tollgate ledger (SQLite, table calls), opened read-only
-  with --requests / --ledger:
+  --config FILE                  the ledger of this tollgate configuration (its ledger.path)
+  none of these: the ledger of $TOLLGATE_LEDGER_PATH, else of the configuration tollgate
+                 starts with ($TOLLGATE_CONFIG, else config/tollgate.yaml when it is there)
+  with --requests or a ledger:
     --value Q      requests | prompt_tokens | completion_tokens | total_tokens | cost_usd
                    (default requests)
     --bin D        bin width, e.g. 1m, 10m, 1h (default 10m; 1m when the records
                    span less than two days)
     --model NAME   only this model (request log `model`, ledger `price_model`)
     --time-unit U  numeric request-log timestamps in s or ms (default: guess)
-  with --ledger:
+  with a ledger:
     --team NAME    only this team's calls (column `team`)
     --key ID       only this client key's calls (column `client_key_id`)
 
@@ -102,7 +107,7 @@ args parse_args(int argc, char** argv) {
       {"detect", {"threshold", "train-fraction", "json"}},
       {"bench", {"series", "days", "bin", "horizon", "json"}},
   };
-  static const std::vector<std::string> input_opts = {"input", "column", "requests", "ledger", "value",
+  static const std::vector<std::string> input_opts = {"input", "column", "requests", "ledger", "config", "value",
                                                       "bin", "model", "time-unit", "team", "key"};
   const auto cmd = known.find(a.command);
   if (cmd == known.end()) die("unknown command `" + a.command + "` (see --help)");
@@ -183,11 +188,11 @@ struct loaded {
 
 void check_options(const args& a);
 
-// Per-request records (--requests or --ledger) binned into the series forecast: l.data, l.input
-// and l.column.
-void load_records(const args& a, loaded& l) {
-  const bool ledger = a.has("ledger");
-  l.input = ledger ? a.get("ledger") : a.get("requests");
+// Per-request records (--requests, or the ledger `ledger_file` names) binned into the series
+// forecast: l.data, l.input and l.column.
+void load_records(const args& a, loaded& l, const std::optional<std::string>& ledger_file) {
+  const bool ledger = ledger_file.has_value();
+  l.input = ledger ? *ledger_file : a.get("requests");
   const fc::tool::ledger_filter filter{a.get("team"), a.get("key")};
   // Which records are forecast, for messages: "" or " for model m, team t".
   std::string selection;
@@ -294,15 +299,49 @@ void load_records(const args& a, loaded& l) {
   l.column = fc::quantity_name(*q);
 }
 
+// The ledger read when the command line names none (--ledger, --requests, --input), found as
+// `tollgate report` finds it: $TOLLGATE_LEDGER_PATH, else the ledger.path of --config FILE or of
+// the configuration tollgate starts with ($TOLLGATE_CONFIG, else config/tollgate.yaml when it is
+// there). The variable wins over a file's ledger.path as it does for the proxy, so this is the
+// ledger the proxy started with that configuration writes. Says on stderr which file it reads;
+// none when nothing names a ledger.
+std::optional<std::string> configured_ledger(const args& a) {
+  const char* env_ledger = std::getenv("TOLLGATE_LEDGER_PATH");
+  const char* env_config = std::getenv("TOLLGATE_CONFIG");
+  const std::string path = a.has("config") ? a.get("config") : tollgate::default_config_path();
+  std::error_code ec;
+  const bool have_config = a.has("config") || (env_config && *env_config) || std::filesystem::is_regular_file(path, ec);
+  std::string ledger;
+  if (have_config) {
+    try {
+      ledger = tollgate::load_config_file(path).ledger_path;
+    } catch (const std::exception& e) {
+      die(std::string("configuration error: ") + e.what());
+    }
+  }
+  if (env_ledger && *env_ledger) {
+    std::cerr << "note: reading the ledger " << env_ledger << " ($TOLLGATE_LEDGER_PATH"
+              << (have_config ? ", which overrides " + path + "'s ledger.path" : std::string()) << ")\n";
+    return std::string(env_ledger);
+  }
+  if (!have_config) return std::nullopt;
+  if (ledger.empty()) die(path + ": no ledger.path");
+  std::cerr << "note: reading the ledger " << ledger << " (ledger.path of " << path << ")\n";
+  return ledger;
+}
+
 loaded load_input(const args& a) {
   check_options(a);
   loaded l;
-  if (a.has("input") + a.has("requests") + a.has("ledger") > 1)
-    die("give one input: --input FILE --column COL, --requests FILE or --ledger FILE");
+  if (a.has("input") + a.has("requests") + a.has("ledger") + a.has("config") > 1)
+    die("give one input: --input FILE --column COL, --requests FILE, --ledger FILE or --config FILE (its ledger)");
+  std::optional<std::string> ledger;
+  if (a.has("ledger")) ledger = a.get("ledger");
+  else if (!a.has("input") && !a.has("requests")) ledger = configured_ledger(a);
   // Not ignored with a note as the other record options are for a series CSV: a forecast of
   // all traffic taken for one team's would be wrong without a word on stdout.
   for (const auto& [o, column] : {std::pair{"team", "team"}, std::pair{"key", "client_key_id"}})
-    if (a.has(o) && !a.has("ledger")) die(std::string("--") + o + " applies to --ledger only (the ledger's " + column + " column)");
+    if (a.has(o) && !ledger) die(std::string("--") + o + " applies to the ledger only (the ledger's " + column + " column)");
   if (a.has("input")) {
     if (!a.has("column")) die("--input needs --column");
     auto r = fc::tool::load_series_file(a.get("input"), a.get("column"));
@@ -331,10 +370,11 @@ loaded load_input(const args& a) {
     l.data = std::move(*r.data);
     l.input = a.get("input");
     l.column = a.get("column");
-  } else if (a.has("requests") || a.has("ledger")) {
-    load_records(a, l);
+  } else if (a.has("requests") || ledger) {
+    load_records(a, l, ledger);
   } else {
-    die("no input: give --input FILE --column COL, --requests FILE or --ledger FILE");
+    die("no input: give --input FILE --column COL, --requests FILE, --ledger FILE or the proxy's --config FILE "
+        "(or set TOLLGATE_LEDGER_PATH)");
   }
   l.label = stem(l.input) + ":" + l.column;
   return l;
