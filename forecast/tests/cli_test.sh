@@ -53,6 +53,9 @@ expect 2 'above 1e15' forecast --input "$dir/huge.csv" --column requests
 # Request logs: a stray second unit, a broken amount of the quantity summed, a missing one.
 printf 'timestamp,prompt_tokens\n1736121600,5\n1736121660,abc\n1736121720000,7\n' > "$dir/log.csv"
 expect 2 'log.csv:2: timestamp 1736121600 reads as epoch seconds' forecast --requests "$dir/log.csv"
+printf 'timestamp,prompt_tokens\n1736121600,5\n0,5\n' > "$dir/log.csv"
+expect 2 "log.csv:3: timestamp 0 reads as time since the trace start, but line 2's 1736121600 reads as epoch seconds" \
+  forecast --requests "$dir/log.csv"
 printf 'timestamp,prompt_tokens\n1736121600,5\n1736121660,abc\n1736121720,7\n' > "$dir/log.csv"
 expect 2 'log.csv:3: prompt tokens `abc` is not a number' forecast --requests "$dir/log.csv" --value prompt_tokens --bin 1m
 expect 2 'no cost field to sum' forecast --requests "$dir/log.csv" --value cost_usd --bin 1m

@@ -175,6 +175,56 @@ TEST_CASE("inputs: epoch seconds mixed with epoch milliseconds are refused with 
   CHECK(r.error.find("mixed.csv:2: timestamp 1736121600 reads as epoch seconds") != std::string::npos);
   CHECK(r.error.find("line 4") != std::string::npos);
   CHECK(load_log("mixed_given.csv", "timestamp\n1736121600\n1736121720000\n", 1.0).error.empty());
+  // The file's first numeric timestamp sets its clock; the line with the smaller clock is named
+  // first. A stray 0 in an epoch log, first or later:
+  CHECK(load_log("stray_first.csv", "timestamp\n0\n1736121600\n").error ==
+        temp_file("stray_first.csv").string() +
+            ":2: timestamp 0 reads as time since the trace start, but line 3's 1736121600 reads as epoch seconds: "
+            "one unit per file (or give --time-unit)");
+  CHECK(load_log("stray_later.jsonl", "{\"ts\": 1736121600000}\n{\"ts\": 1736121660000}\n{\"ts\": 0}\n").error.find(
+            "stray_later.jsonl:3: timestamp 0 reads as time since the trace start, but line 1's 1736121600000 reads "
+            "as epoch milliseconds") != std::string::npos);
+  // Relative milliseconds past 1e8 (27.8 hours) read as epoch seconds when guessed: refused,
+  // and --time-unit ms reads them.
+  const std::string long_trace = "timestamp,input_length,output_length\n0,1,1\n99999999,1,1\n100000000,1,1\n";
+  CHECK(load_log("long_trace.csv", long_trace).error.find(":2: timestamp 0 reads as time since the trace start, but "
+                                                          "line 4's 100000000 reads as epoch seconds") != std::string::npos);
+  const auto given = load_log("long_trace.csv", long_trace, 1.0);
+  REQUIRE(given.error.empty());
+  CHECK(given.events.back().timestamp_ms == 100000000);
+  // A date among numbers has no unit to guess and is read as the date.
+  const auto dated = load_log("dated.csv", "timestamp\n1736121600\n2025-01-06T00:01:00Z\n1736121720\n");
+  REQUIRE(dated.error.empty());
+  CHECK(dated.events[1].timestamp_ms == 1736121660000);
+  CHECK(dated.events[2].timestamp_ms == 1736121720000);
+}
+
+TEST_CASE("inputs: a request log is handed on line by line, none kept", "[forecast]") {
+  const auto p = temp_file("streamed.csv");
+  write(p, "timestamp,model,prompt_tokens\n1736121600,a,5\n1736121660,,7\n1736121720,b\n");  // a short last row
+  std::vector<std::string> seen;
+  const auto r = tool::load_request_log(p.string(), 0.0, [&](const request_event& e) {
+    seen.push_back(e.model + "@" + std::to_string(e.timestamp_ms) + "=" + std::to_string(static_cast<int>(e.prompt_tokens)));
+  });
+  fs::remove(p);
+  REQUIRE(r.error.empty());
+  CHECK(r.events.empty());
+  CHECK(r.records == 3);
+  CHECK(r.prompt.empty == 1);
+  // Each record is its own line's: no model or amount carried over from the line before.
+  CHECK(seen == std::vector<std::string>{"a@1736121600000=5", "@1736121660000=7", "b@1736121720000=0"});
+  // JSON Lines, relative milliseconds (Mooncake's fields): converted as they are read, the note at the end.
+  const auto q = temp_file("streamed.jsonl");
+  write(q, "{\"timestamp\": 0, \"hash_ids\": [1], \"model\": \"m\", \"input_length\": 3}\n{\"timestamp\": 60000}\n");
+  seen.clear();
+  const auto j = tool::load_request_log(q.string(), 0.0, [&](const request_event& e) {
+    seen.push_back(e.model + "@" + std::to_string(e.timestamp_ms) + "=" + std::to_string(static_cast<int>(e.prompt_tokens)));
+  });
+  fs::remove(q);
+  REQUIRE(j.error.empty());
+  CHECK(j.records == 2);
+  CHECK(seen == std::vector<std::string>{"m@0=3", "@60000=0"});
+  CHECK(j.note.find("the largest is 60000); read as milliseconds") != std::string::npos);
 }
 
 // A ledger file at `path` made by `sql` (any previous file removed first).

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
 #include <utility>
 
 namespace tollgate::forecast::tool {
@@ -77,30 +78,55 @@ double amount(const nlohmann::json& v, field_check& c, std::size_t line, double 
   return 0.0;
 }
 
-// Numeric timestamps whose unit is guessed for the whole file once it has been read (a guess
-// per value cannot tell relative seconds from relative milliseconds: BurstGPT's raw trace
-// counts seconds since its start, Mooncake's milliseconds, both up to a few million).
+// Numeric timestamps without --time-unit: the first one read decides the clock of the whole
+// file by its magnitude (above 1e11 epoch milliseconds, from 1e8 epoch seconds, below that time
+// since the trace's start), and a later one of another magnitude is an error naming both lines.
+// A guess per value could not tell relative seconds from relative milliseconds (BurstGPT's raw
+// trace counts seconds since its start, Mooncake's milliseconds, both up to a few million):
+// relative ones are milliseconds when the rows carry Mooncake's fields, else seconds, with a
+// note. One clock per file lets each record be handed on as it is read, never held.
 struct timestamp_reader {
-  double unit_ms = 0.0;          // given by --time-unit, else 0 (guess)
-  std::vector<double> raw;       // [event] the number as written, NaN when it was a date
-  std::vector<std::size_t> lines;  // [event] its line in the file, for messages
+  enum class clock { unknown, relative, epoch_s, epoch_ms };  // ordered: see mismatch()
+  std::string path;
+  bool unit_given = false;         // --time-unit: every number in unit_ms, no guess
+  double unit_ms = 0.0;            // given, or set by the first numeric timestamp
+  clock kind = clock::unknown;     // the file's clock, from its first numeric timestamp
+  double first = 0.0;              // that timestamp and its line, for the error
+  std::size_t first_line = 0;
+  double largest = 0.0;            // largest magnitude read, for the note
   std::size_t line = 0;            // the line being read
-  bool mooncake_fields = false;  // hash_ids, or input_length with output_length, were seen
-  std::size_t index = 0;         // the event being read
+  bool mooncake_fields = false;    // hash_ids, or input_length with output_length, were seen
+  std::string error;               // a second clock in the file (read() then returns false)
 
-  // Reads one cell into e.timestamp_ms (or, when guessing, raw); false when unreadable.
+  static clock clock_of(double v) {
+    const double m = std::fabs(v);
+    return m > 1e11 ? clock::epoch_ms : m >= 1e8 ? clock::epoch_s : clock::relative;  // 1e11 s: year 5138
+  }
+  static const char* name(clock c) {
+    return c == clock::epoch_ms ? "epoch milliseconds" : c == clock::epoch_s ? "epoch seconds" : "time since the trace start";
+  }
+
+  // Reads one cell into e.timestamp_ms; false when unreadable or of a second clock (error).
   bool read(std::string_view cell, request_event& e) {
-    if (unit_ms > 0.0) {
+    if (unit_given) {
       const auto ms = parse_timestamp_ms(cell, unit_ms);
       if (ms) e.timestamp_ms = *ms;
       return ms.has_value();
     }
     if (const auto v = parse_timestamp_number(cell)) {
       if (std::fabs(*v) > 1e15) return false;
-      raw.resize(index + 1, std::nan(""));
-      lines.resize(index + 1, 0);
-      raw[index] = *v;
-      lines[index] = line;
+      const clock c = clock_of(*v);
+      if (kind == clock::unknown) {
+        kind = c;
+        first = *v;
+        first_line = line;
+        unit_ms = c == clock::epoch_ms ? 1.0 : c == clock::epoch_s ? 1000.0 : mooncake_fields ? 1.0 : 1000.0;
+      } else if (c != kind) {
+        mismatch(*v, c);
+        return false;
+      }
+      largest = std::max(largest, std::fabs(*v));
+      e.timestamp_ms = static_cast<std::int64_t>(std::floor(*v * unit_ms));
       return true;
     }
     const auto ms = parse_timestamp_ms(cell);  // a date: no unit to guess
@@ -108,43 +134,27 @@ struct timestamp_reader {
     return ms.has_value();
   }
 
-  // After the file: the unit for all numeric timestamps, applied; a note when it is a guess
-  // between relative units.
-  // Empty `error` unless the file mixes epoch seconds with epoch milliseconds.
-  void finish(std::vector<request_event>& events, const std::string& path, std::string& note, std::string& error) const {
-    double largest = 0.0;
-    bool any = false;
-    for (double v : raw)
-      if (std::isfinite(v)) {
-        largest = std::max(largest, std::fabs(v));
-        any = true;
-      }
-    if (!any) return;
-    double unit = 1000.0;  // epoch seconds (>= 1e8: 1973 on)
-    if (largest > 1e11) {
-      unit = 1.0;  // epoch milliseconds (1e11 s would be the year 5138)
-      // Epoch seconds among them (1973-5138 as seconds, 1970-01-02..03 as milliseconds) are a
-      // second source appended to the log; read as milliseconds they would stretch the series
-      // back to 1970.
-      for (std::size_t i = 0; i < raw.size(); ++i)
-        if (std::isfinite(raw[i]) && std::fabs(raw[i]) >= 1e8 && std::fabs(raw[i]) < 1e11) {
-          std::size_t ms_line = 0;
-          for (std::size_t k = 0; k < raw.size() && ms_line == 0; ++k)
-            if (std::isfinite(raw[k]) && std::fabs(raw[k]) > 1e11) ms_line = lines[k];
-          error = path + ":" + std::to_string(lines[i]) + ": timestamp " + std::to_string(static_cast<long long>(raw[i])) +
-                  " reads as epoch seconds, but line " + std::to_string(ms_line) +
-                  "'s are epoch milliseconds: one unit per file (or give --time-unit)";
-          return;
-        }
-    } else if (largest < 1e8) {
-      unit = mooncake_fields ? 1.0 : 1000.0;
-      note = path + ": timestamps are relative (the largest is " + std::to_string(static_cast<long long>(largest)) +
-             "); read as " +
-             (mooncake_fields ? "milliseconds since the trace start (Mooncake's fields); --time-unit s reads them as seconds"
-                              : "seconds since the trace start; --time-unit ms reads them as milliseconds");
-    }
-    for (std::size_t i = 0; i < raw.size() && i < events.size(); ++i)
-      if (std::isfinite(raw[i])) events[i].timestamp_ms = static_cast<std::int64_t>(std::floor(raw[i] * unit));
+  // Two clocks in one file: epoch seconds appended to a log of epoch milliseconds (a second
+  // source), a stray 0 in an epoch log, relative milliseconds past 1e8 (27 hours). Read in one
+  // unit they would stretch the series back to 1970. The line with the smaller clock is named
+  // first (the seconds among milliseconds, the relative one among epoch times).
+  void mismatch(double v, clock c) {
+    const bool current_first = c < kind;
+    const auto [la, va, ca] = current_first ? std::tuple{line, v, c} : std::tuple{first_line, first, kind};
+    const auto [lb, vb, cb] = current_first ? std::tuple{first_line, first, kind} : std::tuple{line, v, c};
+    error = path + ":" + std::to_string(la) + ": timestamp " + std::to_string(static_cast<long long>(va)) + " reads as " +
+            name(ca) + ", but line " + std::to_string(lb) + "'s " + std::to_string(static_cast<long long>(vb)) +
+            " reads as " + name(cb) + ": one unit per file (or give --time-unit)";
+  }
+
+  // After the file: how relative timestamps were read, for stderr ("" otherwise).
+  std::string note() const {
+    if (kind != clock::relative) return "";
+    const bool ms = unit_ms == 1.0;
+    return path + ": timestamps are relative (the largest is " + std::to_string(static_cast<long long>(largest)) +
+           "); read as " +
+           (ms ? "milliseconds since the trace start (Mooncake's fields); --time-unit s reads them as seconds"
+               : "seconds since the trace start; --time-unit ms reads them as milliseconds");
   }
 };
 
@@ -166,6 +176,14 @@ series_read load_series_file(const std::string& path, const std::string& column)
 }
 
 events_read load_request_log(const std::string& path, double unit_ms) {
+  std::vector<request_event> events;
+  events_read out = load_request_log(path, unit_ms, [&events](const request_event& e) { events.push_back(e); });
+  out.events = std::move(events);
+  return out;
+}
+
+events_read load_request_log(const std::string& path, double unit_ms,
+                             const std::function<void(const request_event&)>& each) {
   events_read out;
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) {
@@ -186,7 +204,20 @@ events_read load_request_log(const std::string& path, double unit_ms) {
   const bool jsonl = ends_with(path, ".jsonl") || ends_with(path, ".ndjson") || in.peek() == '{';
   std::size_t line_no = 0;
   timestamp_reader ts;
+  ts.path = path;
+  ts.unit_given = unit_ms > 0.0;
   ts.unit_ms = unit_ms;
+  // The record handed on, one per line: its model string keeps its buffer from line to line.
+  request_event e;
+  auto clear = [](request_event& r) {
+    r.timestamp_ms = 0;
+    r.prompt_tokens = r.completion_tokens = r.cost_usd = 0.0;
+    r.model.clear();
+  };
+  auto hand_on = [&] {
+    ++out.records;
+    each(e);
+  };
   if (jsonl) {
     while (std::getline(in, line)) {
       ++line_no;
@@ -196,9 +227,8 @@ events_read load_request_log(const std::string& path, double unit_ms) {
         out.error = path + ":" + std::to_string(line_no) + ": not a JSON object";
         return out;
       }
-      request_event e;
+      clear(e);
       bool has_ts = false, has_prompt = false, has_completion = false, has_cost = false;
-      ts.index = out.events.size();
       ts.line = line_no;
       if (j.contains("hash_ids") || (j.contains("input_length") && j.contains("output_length"))) ts.mooncake_fields = true;
       for (const auto& [key, v] : j.items()) {
@@ -220,18 +250,21 @@ events_read load_request_log(const std::string& path, double unit_ms) {
             e.cost_usd = amount(v, out.cost, line_no, max_request_cost_usd);
             has_cost = out.cost.present = true;
             break;
-          case field::model: e.model = v.is_string() ? v.get<std::string>() : ""; break;
+          case field::model:
+            if (v.is_string()) e.model = v.get_ref<const std::string&>();
+            else e.model.clear();
+            break;
           case field::none: break;
         }
       }
-      if (!has_ts) {
-        out.error = path + ":" + std::to_string(line_no) + ": no readable timestamp";
+      if (!ts.error.empty() || !has_ts) {
+        out.error = !ts.error.empty() ? ts.error : path + ":" + std::to_string(line_no) + ": no readable timestamp";
         return out;
       }
       out.prompt.empty += has_prompt ? 0 : 1;
       out.completion.empty += has_completion ? 0 : 1;
       out.cost.empty += has_cost ? 0 : 1;
-      out.events.push_back(std::move(e));
+      hand_on();
     }
   } else {
     if (!std::getline(in, line)) {
@@ -260,9 +293,8 @@ events_read load_request_log(const std::string& path, double unit_ms) {
       ++line_no;
       if (blank(trim_blanks(line))) continue;
       const auto cells = split_csv(line);
-      request_event e;
+      clear(e);
       bool has_ts = false;
-      ts.index = out.events.size();
       ts.line = line_no;
       for (std::size_t i = 0; i < cells.size() && i < cols.size(); ++i) {
         switch (cols[i]) {
@@ -274,7 +306,7 @@ events_read load_request_log(const std::string& path, double unit_ms) {
             e.completion_tokens = amount(std::string_view(cells[i]), out.completion, line_no, max_request_tokens);
             break;
           case field::cost: e.cost_usd = amount(std::string_view(cells[i]), out.cost, line_no, max_request_cost_usd); break;
-          case field::model: e.model = std::string(trim_blanks(cells[i])); break;
+          case field::model: e.model.assign(trim_blanks(cells[i])); break;
           case field::none: break;
         }
       }
@@ -284,15 +316,14 @@ events_read load_request_log(const std::string& path, double unit_ms) {
         if (cols[i] == field::completion) ++out.completion.empty;
         if (cols[i] == field::cost) ++out.cost.empty;
       }
-      if (!has_ts) {
-        out.error = path + ":" + std::to_string(line_no) + ": unreadable timestamp";
+      if (!ts.error.empty() || !has_ts) {
+        out.error = !ts.error.empty() ? ts.error : path + ":" + std::to_string(line_no) + ": unreadable timestamp";
         return out;
       }
-      out.events.push_back(std::move(e));
+      hand_on();
     }
   }
-  ts.finish(out.events, path, out.note, out.error);
-  out.records = out.events.size();
+  out.note = ts.note();
   return out;
 }
 

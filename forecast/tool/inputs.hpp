@@ -22,7 +22,7 @@ struct field_check {
 
 struct events_read {
   std::vector<request_event> events;
-  std::size_t records = 0;  // records read (the ledger's rows are counted here, not kept)
+  std::size_t records = 0;  // records read (when streamed they are counted here, not kept)
   std::string error;  // empty on success
   std::string note;   // for stderr: how an ambiguous input was read (relative timestamps)
   // Request logs only (a ledger's columns are the proxy's own): checked by the caller against
@@ -41,10 +41,16 @@ inline constexpr double max_request_cost_usd = 1e9;
 // (prompt_tokens, input_tokens, input_length, contexttokens, "request tokens"), completion
 // tokens (completion_tokens, output_tokens, output_length, generatedtokens, "response tokens"),
 // model, cost_usd.
-// `unit_ms` = milliseconds per numeric timestamp unit, or 0 to guess it for the whole file:
-// above 1e11 epoch milliseconds, from 1e8 epoch seconds, below that relative to the trace's
-// start: milliseconds with Mooncake's fields (hash_ids, input_length + output_length), else
-// seconds (BurstGPT's raw trace), with a note saying which.
+// `unit_ms` = milliseconds per numeric timestamp unit, or 0 to guess it for the whole file from
+// its first numeric timestamp: above 1e11 epoch milliseconds, from 1e8 epoch seconds, below that
+// relative to the trace's start: milliseconds with Mooncake's fields (hash_ids, input_length +
+// output_length), else seconds (BurstGPT's raw trace), with a note saying which. A later
+// timestamp of another magnitude is an error naming both lines (one unit per file).
+// Each record is handed to `each` as it is read, and `events` stays empty: memory does not grow
+// with the log (a record seen before an error has been handed on; the caller stops on the error).
+events_read load_request_log(const std::string& path, double unit_ms,
+                             const std::function<void(const request_event&)>& each);
+// The same, collecting the records into `events`.
 events_read load_request_log(const std::string& path, double unit_ms);
 
 // The ledger's `calls` table (start_ms, prompt_tokens, completion_tokens, cost_usd, price_model).

@@ -212,8 +212,8 @@ void load_records(const args& a, loaded& l, const std::optional<std::string>& le
     else if (u == "ms") unit_ms = 1.0;
     else die("--time-unit must be s or ms");
   }
-  // The records are folded into bins as they come (a ledger row by row, never held): at the
-  // width asked for, or at 1m and 10m until the span picks one.
+  // The records are folded into bins as they come (row by row or line by line, never held): at
+  // the width asked for, or at 1m and 10m until the span picks one.
   const std::string model = a.get("model");
   std::vector<fc::event_bins> widths;
   if (bin) widths.emplace_back(*bin, *q);
@@ -224,14 +224,8 @@ void load_records(const args& a, loaded& l, const std::optional<std::string>& le
     if (!model.empty() && e.model != model) return;
     for (auto& w : widths) w.add(e);
   };
-  fc::tool::events_read ev;
-  if (ledger) {
-    ev = fc::tool::load_ledger(l.input, fold, filter);
-  } else {
-    ev = fc::tool::load_request_log(l.input, unit_ms);  // whole: its timestamp unit is read from all of them
-    if (ev.error.empty()) std::for_each(ev.events.begin(), ev.events.end(), fold);
-    std::vector<fc::request_event>().swap(ev.events);
-  }
+  const fc::tool::events_read ev =
+      ledger ? fc::tool::load_ledger(l.input, fold, filter) : fc::tool::load_request_log(l.input, unit_ms, fold);
   if (!ev.error.empty()) die(ev.error);
   if (!ev.note.empty()) std::cerr << "note: " << ev.note << "\n";
   // The amount fields, checked only for the quantity summed.
