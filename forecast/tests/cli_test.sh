@@ -120,6 +120,43 @@ for case in ":all" "--value cost_usd --model a:all" "--value total_tokens --bin 
   fi
 done
 expect 2 'no records for team nobody$' forecast --ledger "$dir/ledger.db" --team nobody
+# A time window: the ledger selects it in its query, a request log as it is read, each as the
+# rows of [from, to) exported alone.
+log_of window "start_ms >= 1736164800000 AND start_ms < 1736380800000"  # --to 2025-01-08: to its end
+for opts in "--from 2025-01-06T12:00:00Z --to 2025-01-08" "--from 2025-01-06T12:00:00Z --to 2025-01-08 --model b --bin 1h"; do
+  # shellcheck disable=SC2086
+  expect 0 '' forecast --requests "$dir/window/ledger.csv" --horizon 2h $(echo "$opts" | sed 's/--from [^ ]* --to [^ ]*//')
+  mv "$dir/out" "$dir/from_window"
+  for input in "--ledger $dir/ledger.db" "--requests $dir/all/ledger.csv"; do
+    # shellcheck disable=SC2086
+    expect 0 '' forecast $input --horizon 2h $opts
+    if ! cmp -s "$dir/from_window" "$dir/out" || [ "$(wc -l < "$dir/out")" -lt 4 ]; then
+      echo "FAIL: forecast $input $opts differs from the rows of that window alone"
+      diff "$dir/from_window" "$dir/out" | head -5
+      fails=$((fails + 1))
+    fi
+  done
+done
+expect 2 'no records from 2025-02-01T00:00:00Z$' forecast --ledger "$dir/ledger.db" --from 2025-02
+expect 2 'no records for model b from 2025-02-01T00:00:00Z$' forecast --requests "$dir/all/ledger.csv" --from 2025-02 --model b
+expect 2 '^tollgate-forecast: --from must start before --to$' forecast --ledger "$dir/absent.db" --from 2025-01-07 --to 2025-01-06
+expect 2 '^tollgate-forecast: --last and --from both' forecast --ledger "$dir/absent.db" --from 2025-01-07 --last 1d
+expect 2 "^tollgate-forecast: --to: '2025-02-30' is not a valid time: no such day" forecast --ledger "$dir/absent.db" --to 2025-02-30
+expect 2 'duration `1y` must be' forecast --ledger "$dir/absent.db" --last 1y
+# A series CSV keeps the bins that start in the window.
+expect 0 '' forecast --input "$series" --column requests --from 2025-01-10 --to 2025-01-12T00:05:00Z --horizon 10m
+grep -q 'last bin 2025-01-12T00:00:00Z' "$dir/out" || { echo "FAIL: --to on a series CSV"; fails=$((fails + 1)); }
+expect 2 'fewer than two bins from 2025-01-10T00:00:00Z to 2025-01-10T00:10:00Z \(1\)' \
+  forecast --input "$series" --column requests --from 2025-01-10 --to 2025-01-10T00:10:00Z
+# --last: the calls of the last hour only. A proxy's ledger of the last three hours whose calls
+# were 1000 prompt tokens each until an hour ago and 1 since (one call every 10 s).
+sqlite3 "$dir/recent.db" "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms INTEGER NOT NULL, price_model TEXT,
+    prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL);
+  WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1080)
+  INSERT INTO calls (start_ms, price_model, prompt_tokens, completion_tokens, cost_usd)
+  SELECT CAST(strftime('%s', 'now') AS INTEGER) * 1000 - i * 10000, 'a', CASE WHEN i < 350 THEN 1 ELSE 1000 END, 1, 0 FROM n;"
+expect 0 '' forecast --ledger "$dir/recent.db" --value prompt_tokens --bin 1m --horizon 1m --last 55m
+awk '$1 == 1 { exit !($3 < 10) }' "$dir/out" || { echo "FAIL: --last 55m forecasts more than the last hour's calls"; cat "$dir/out"; fails=$((fails + 1)); }
 
 # A ledger of one minute (a proxy just started): the message says what there is and what would do.
 sqlite3 "$dir/new.db" "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms INTEGER NOT NULL, price_model TEXT,

@@ -261,15 +261,15 @@ TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
   CHECK(models == std::vector<std::string>{"gpt-4o@1736121600000", "@1736121660000"});
   fs::remove(p);
 
-  // One team's or one key's calls, selected by the query: the others are not read at all (a
-  // broken amount in another team's row is not this forecast's problem).
+  // One model's, team's or key's calls in a time window, selected by the query: the others are
+  // not read at all (a broken amount in another team's row is not this forecast's problem).
   write_ledger(p,
                "CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ms INTEGER NOT NULL, price_model TEXT,"
                " client_key_id TEXT, team TEXT, prompt_tokens, completion_tokens, cost_usd);"
                "INSERT INTO calls VALUES (1, 1736121600000, 'm', 'k1', 'red', 1, 1, 0.1);"
                "INSERT INTO calls VALUES (2, 1736121660000, 'm', 'k2', 'red', 2, 1, 0.2);"
                "INSERT INTO calls VALUES (3, 1736121720000, 'm', 'k3', 'blue', 'x', 1, 0.3);"
-               "INSERT INTO calls VALUES (4, 1736121780000, 'm', 'k2', NULL, 4, 1, 0.4);");
+               "INSERT INTO calls VALUES (4, 1736121780000, 'n', 'k2', NULL, 4, 1, 0.4);");
   auto costs = [&](const tool::ledger_filter& f) {
     const auto r = tool::load_ledger(p.string(), f);
     CHECK(r.error.empty());
@@ -278,13 +278,20 @@ TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
     for (const auto& e : r.events) c.push_back(e.cost_usd);
     return c;
   };
-  CHECK(costs({"red", ""}) == std::vector<double>{0.1, 0.2});
-  CHECK(costs({"", "k2"}) == std::vector<double>{0.2, 0.4});
-  CHECK(costs({"red", "k2"}) == std::vector<double>{0.2});
-  CHECK(costs({"green", ""}).empty());
+  CHECK(costs({.team = "red"}) == std::vector<double>{0.1, 0.2});
+  CHECK(costs({.key = "k2"}) == std::vector<double>{0.2, 0.4});
+  CHECK(costs({.team = "red", .key = "k2"}) == std::vector<double>{0.2});
+  CHECK(costs({.team = "green"}).empty());
   CHECK(costs({}).size() == 4);
-  CHECK(tool::load_ledger(p.string(), tool::ledger_filter{"red", ""}).prompt.bad_line == 0);
-  CHECK(tool::load_ledger(p.string(), tool::ledger_filter{"blue", ""}).prompt.bad_line == 3);
+  CHECK(costs({.model = "n"}) == std::vector<double>{0.4});
+  CHECK(costs({.model = "m", .key = "k2"}) == std::vector<double>{0.2});
+  // [from, to): the row at `from` is in, the one at `to` out.
+  CHECK(costs({.from_ms = 1736121660000, .to_ms = 1736121780000}) == std::vector<double>{0.2, 0.3});
+  CHECK(costs({.from_ms = 1736121660001}) == std::vector<double>{0.3, 0.4});
+  CHECK(costs({.to_ms = 1736121660000}) == std::vector<double>{0.1});
+  CHECK(costs({.key = "k2", .from_ms = 1736121700000}) == std::vector<double>{0.4});
+  CHECK(tool::load_ledger(p.string(), tool::ledger_filter{.team = "red"}).prompt.bad_line == 0);
+  CHECK(tool::load_ledger(p.string(), tool::ledger_filter{.team = "blue"}).prompt.bad_line == 3);
   fs::remove(p);
 
   CHECK_FALSE(tool::load_ledger(temp_file("missing.db").string()).error.empty());

@@ -347,12 +347,22 @@ events_read load_ledger(const std::string& path, const std::function<void(const 
   sqlite3_stmt* st = nullptr;
   std::string sql = "SELECT rowid, start_ms, prompt_tokens, completion_tokens, cost_usd, COALESCE(price_model, '') FROM calls";
   std::vector<const std::string*> params;
-  for (const auto& [column, value] : {std::pair{"team", &filter.team}, std::pair{"client_key_id", &filter.key}})
+  auto where = [&sql, first = true](const char* condition) mutable {
+    sql += first ? " WHERE " : " AND ";
+    sql += condition;
+    first = false;
+  };
+  for (const auto& [condition, value] : {std::pair{"price_model = ?", &filter.model}, std::pair{"team = ?", &filter.team},
+                                         std::pair{"client_key_id = ?", &filter.key}})
     if (!value->empty()) {
-      sql += params.empty() ? " WHERE " : " AND ";
-      sql += std::string(column) + " = ?";
+      where(condition);
       params.push_back(value);
     }
+  // The bounds are bound after the text parameters, in this order.
+  const bool from = filter.from_ms != std::numeric_limits<std::int64_t>::min();
+  const bool to = filter.to_ms != std::numeric_limits<std::int64_t>::max();
+  if (from) where("start_ms >= ?");
+  if (to) where("start_ms < ?");
   if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) != SQLITE_OK) {
     // Only a missing table or column says "not a ledger"; a lock or an unreadable file says so itself.
     const bool schema = sqlite3_errcode(db) == SQLITE_ERROR;
@@ -360,8 +370,10 @@ events_read load_ledger(const std::string& path, const std::function<void(const 
     sqlite3_close(db);
     return out;
   }
-  for (std::size_t i = 0; i < params.size(); ++i)
-    sqlite3_bind_text(st, static_cast<int>(i + 1), params[i]->data(), static_cast<int>(params[i]->size()), SQLITE_STATIC);
+  int n = 0;
+  for (const std::string* p : params) sqlite3_bind_text(st, ++n, p->data(), static_cast<int>(p->size()), SQLITE_STATIC);
+  if (from) sqlite3_bind_int64(st, ++n, filter.from_ms);
+  if (to) sqlite3_bind_int64(st, ++n, filter.to_ms);
   out.prompt.present = out.completion.present = out.cost.present = true;
   // One amount of a row, checked as a request log's: NULL reads as 0 (counted), text must be a
   // number, and the value must lie in [0, limit].

@@ -1,7 +1,9 @@
 // Input readers of `tollgate-forecast`: the series CSV, per-request logs (CSV or JSONL) and the
 // tollgate ledger (SQLite, opened read-only). Each returns the data or a message for stderr.
 #pragma once
+#include <cstdint>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -60,11 +62,16 @@ events_read load_request_log(const std::string& path, double unit_ms);
 // waited for (5 s), as the proxy's own readers do.
 // Each row is handed to `each` as it is read, and `events` stays empty: a ledger may hold tens of
 // millions of rows, which the caller folds into bins (event_bins) rather than holds.
-// `filter` keeps only one team's or one client key's calls (columns `team`, `client_key_id`;
-// empty: any), selected by the query, so the other rows are neither checked nor counted.
+// `filter` keeps only one model's, team's or client key's calls (columns `price_model`, `team`,
+// `client_key_id`; empty: any) started in [from_ms, to_ms), selected by the query (the ledger's
+// indexes on start_ms and on price_model or client_key_id with start_ms serve it), so the other
+// rows are neither checked nor counted.
 struct ledger_filter {
+  std::string model;
   std::string team;
   std::string key;
+  std::int64_t from_ms = std::numeric_limits<std::int64_t>::min();
+  std::int64_t to_ms = std::numeric_limits<std::int64_t>::max();
 };
 events_read load_ledger(const std::string& path, const std::function<void(const request_event&)>& each,
                         const ledger_filter& filter = {});

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -10,18 +11,21 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "core/calendar.hpp"
 #include "core/config.hpp"
 #include "forecast/aggregate.hpp"
 #include "forecast/backtest.hpp"
 #include "forecast/forecaster.hpp"
 #include "forecast/svg_plot.hpp"
 #include "forecast/tool/inputs.hpp"
+#include "ledger/report.hpp"
 
 namespace fc = tollgate::forecast;
 using json = nlohmann::ordered_json;
@@ -54,6 +58,12 @@ input (one of):
   with a ledger:
     --team NAME    only this team's calls (column `team`)
     --key ID       only this client key's calls (column `client_key_id`)
+  with any input:
+    --from WHEN    only records (bins of a series CSV) from WHEN, inclusive: YYYY-MM-DD,
+                   YYYY-MM (UTC) or RFC 3339 (2026-11-01T10:00:00Z)
+    --to WHEN      only those before WHEN: a date or month is inclusive (to its end), an
+                   RFC 3339 time exclusive
+    --last D       only the last D before now (e.g. 30d, 12h); instead of --from
 
 options:
   --horizons LIST        backtest horizons (default 1h,24h)
@@ -108,7 +118,7 @@ args parse_args(int argc, char** argv) {
       {"bench", {"series", "days", "bin", "horizon", "json"}},
   };
   static const std::vector<std::string> input_opts = {"input", "column", "requests", "ledger", "config", "value",
-                                                      "bin", "model", "time-unit", "team", "key"};
+                                                      "bin", "model", "time-unit", "team", "key", "from", "to", "last"};
   const auto cmd = known.find(a.command);
   if (cmd == known.end()) die("unknown command `" + a.command + "` (see --help)");
   auto accepted = [&](const std::string& name) {
@@ -187,17 +197,55 @@ struct loaded {
 };
 
 void check_options(const args& a);
+std::int64_t duration_option(const std::string& label);
 
-// Per-request records (--requests, or the ledger `ledger_file` names) binned into the series
-// forecast: l.data, l.input and l.column.
-void load_records(const args& a, loaded& l, const std::optional<std::string>& ledger_file) {
+// The records (or bins) forecast: [from_ms, to_ms) of --from, --to and --last.
+struct time_window {
+  std::int64_t from_ms = std::numeric_limits<std::int64_t>::min();
+  std::int64_t to_ms = std::numeric_limits<std::int64_t>::max();
+  bool contains(std::int64_t ms) const { return ms >= from_ms && ms < to_ms; }
+  // For messages: "" or " from 2026-11-01T00:00:00Z to ...".
+  std::string text() const {
+    std::string t;
+    if (from_ms != std::numeric_limits<std::int64_t>::min()) t += " from " + tollgate::format_rfc3339_utc(from_ms);
+    if (to_ms != std::numeric_limits<std::int64_t>::max()) t += " to " + tollgate::format_rfc3339_utc(to_ms);
+    return t;
+  }
+};
+
+// --from and --to as `tollgate report` reads them (dates and months in UTC here, as the tool's
+// tables are), or --last D back from now. Checked before the input is read.
+time_window window_of(const args& a) {
+  time_window w;
+  if (a.has("last") && a.has("from")) die("--last and --from both set where the records start; give one");
+  const tollgate::calendar utc("UTC");
+  try {
+    if (a.has("from")) w.from_ms = tollgate::parse_time_bound(a.get("from"), tollgate::range_end::from, utc);
+    if (a.has("to")) w.to_ms = tollgate::parse_time_bound(a.get("to"), tollgate::range_end::to, utc);
+  } catch (const std::invalid_argument& e) {
+    die(std::string("--") + e.what());  // "from: '2026-13-01' is not a valid time: ..."
+  }
+  if (a.has("last")) {
+    const std::int64_t now_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    w.from_ms = now_ms - duration_option(a.get("last")) * 1000;
+  }
+  if (w.from_ms >= w.to_ms) die("--" + std::string(a.has("last") ? "last" : "from") + " must start before --to");
+  return w;
+}
+
+// Per-request records (--requests, or the ledger `ledger_file` names) within `window`, binned
+// into the series forecast: l.data, l.input and l.column.
+void load_records(const args& a, loaded& l, const std::optional<std::string>& ledger_file, const time_window& window) {
   const bool ledger = ledger_file.has_value();
   l.input = ledger ? *ledger_file : a.get("requests");
-  const fc::tool::ledger_filter filter{a.get("team"), a.get("key")};
-  // Which records are forecast, for messages: "" or " for model m, team t".
+  const fc::tool::ledger_filter filter{
+      .model = a.get("model"), .team = a.get("team"), .key = a.get("key"), .from_ms = window.from_ms, .to_ms = window.to_ms};
+  // Which records are forecast, for messages: "" or " for model m, team t from ...".
   std::string selection;
   for (const char* o : {"model", "team", "key"})
     if (a.has(o)) selection += (selection.empty() ? " for " : ", ") + std::string(o) + " " + a.get(o);
+  selection += window.text();
   const auto q = fc::parse_quantity(a.get("value", "requests"));
   if (!q) die("--value must be requests, prompt_tokens, completion_tokens, total_tokens or cost_usd");
   std::optional<std::int64_t> bin;
@@ -219,9 +267,10 @@ void load_records(const args& a, loaded& l, const std::optional<std::string>& le
   if (bin) widths.emplace_back(*bin, *q);
   else for (const std::int64_t w : {60, 600}) widths.emplace_back(w, *q);
   bool any_model = false;
+  // The ledger's query has applied the filters already; a request log's are applied here.
   auto fold = [&](const fc::request_event& e) {
     any_model = any_model || !e.model.empty();
-    if (!model.empty() && e.model != model) return;
+    if ((!model.empty() && e.model != model) || !window.contains(e.timestamp_ms)) return;
     for (auto& w : widths) w.add(e);
   };
   const fc::tool::events_read ev =
@@ -246,9 +295,7 @@ void load_records(const args& a, loaded& l, const std::optional<std::string>& le
   if (*q == fc::quantity::completion_tokens || *q == fc::quantity::total_tokens)
     check(ev.completion, "completion tokens", completion_names, "1e12");
   if (*q == fc::quantity::cost_usd) check(ev.cost, "cost", "cost_usd or cost", "1e9");
-  if (a.has("model") && !any_model)
-    die(l.input + ": --model " + model + ": no record names a model (" +
-        (ledger ? "price_model" : "field `model`") + ")");
+  if (!ledger && a.has("model") && !any_model) die(l.input + ": --model " + model + ": no record names a model (field `model`)");
   // Default bin: 10 minutes, or 1 minute for records spanning less than two days (Azure's and
   // Mooncake's one-hour traces would otherwise be six bins).
   const fc::event_bins& binned = bin || widths[0].bins_spanned() < 2 * 1440 ? widths[0] : widths[1];
@@ -326,6 +373,7 @@ std::optional<std::string> configured_ledger(const args& a) {
 
 loaded load_input(const args& a) {
   check_options(a);
+  const time_window window = window_of(a);
   loaded l;
   if (a.has("input") + a.has("requests") + a.has("ledger") + a.has("config") > 1)
     die("give one input: --input FILE --column COL, --requests FILE, --ledger FILE or --config FILE (its ledger)");
@@ -348,6 +396,17 @@ loaded load_input(const args& a) {
     for (const char* o : {"value", "model", "time-unit"})
       if (a.has(o))
         std::cerr << "note: --" << o << " applies to --requests and --ledger; ignored for a series CSV (--column picks the value)\n";
+    // The window keeps the bins that start in it.
+    auto& v = r.data->values;
+    std::size_t first = 0, end = v.size();
+    while (first < end && !window.contains(r.data->timestamp(first) * 1000)) ++first;
+    while (end > first && !window.contains(r.data->timestamp(end - 1) * 1000)) --end;
+    if (end - first < 2)
+      die(a.get("input") + ": fewer than two bins" + window.text() + " (" + std::to_string(end - first) +
+          "); a forecast needs two");
+    r.data->start_s = r.data->timestamp(first);
+    v.erase(v.begin() + static_cast<std::ptrdiff_t>(end), v.end());
+    v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(first));
     // Counts and amounts per bin: a negative one reads as 0 (PROTOCOL.md: log1p(max(x, 0))), a
     // huge one is not a count (and would overflow the forecast's sums).
     std::size_t negative = 0, first_negative = 0;
@@ -365,7 +424,7 @@ loaded load_input(const args& a) {
     l.input = a.get("input");
     l.column = a.get("column");
   } else if (a.has("requests") || ledger) {
-    load_records(a, l, ledger);
+    load_records(a, l, ledger, window);
   } else {
     die("no input: give --input FILE --column COL, --requests FILE, --ledger FILE or the proxy's --config FILE "
         "(or set TOLLGATE_LEDGER_PATH)");
