@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "forecast/tool/inputs.hpp"
 
@@ -270,6 +271,18 @@ TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
                "INSERT INTO calls VALUES (2, 1736121660000, 'm', 'k2', 'red', 2, 1, 0.2);"
                "INSERT INTO calls VALUES (3, 1736121720000, 'm', 'k3', 'blue', 'x', 1, 0.3);"
                "INSERT INTO calls VALUES (4, 1736121780000, 'n', 'k2', NULL, 4, 1, 0.4);");
+  // A filter (designated initializers that leave members out warn with g++ 12's -Wextra).
+  auto where = [](const char* model, const char* team, const char* key,
+                  std::int64_t from_ms = std::numeric_limits<std::int64_t>::min(),
+                  std::int64_t to_ms = std::numeric_limits<std::int64_t>::max()) {
+    tool::ledger_filter f;
+    f.model = model;
+    f.team = team;
+    f.key = key;
+    f.from_ms = from_ms;
+    f.to_ms = to_ms;
+    return f;
+  };
   auto costs = [&](const tool::ledger_filter& f) {
     const auto r = tool::load_ledger(p.string(), f);
     CHECK(r.error.empty());
@@ -278,20 +291,20 @@ TEST_CASE("inputs: the ledger's calls table, opened read-only", "[forecast]") {
     for (const auto& e : r.events) c.push_back(e.cost_usd);
     return c;
   };
-  CHECK(costs({.team = "red"}) == std::vector<double>{0.1, 0.2});
-  CHECK(costs({.key = "k2"}) == std::vector<double>{0.2, 0.4});
-  CHECK(costs({.team = "red", .key = "k2"}) == std::vector<double>{0.2});
-  CHECK(costs({.team = "green"}).empty());
+  CHECK(costs(where("", "red", "")) == std::vector<double>{0.1, 0.2});
+  CHECK(costs(where("", "", "k2")) == std::vector<double>{0.2, 0.4});
+  CHECK(costs(where("", "red", "k2")) == std::vector<double>{0.2});
+  CHECK(costs(where("", "green", "")).empty());
   CHECK(costs({}).size() == 4);
-  CHECK(costs({.model = "n"}) == std::vector<double>{0.4});
-  CHECK(costs({.model = "m", .key = "k2"}) == std::vector<double>{0.2});
+  CHECK(costs(where("n", "", "")) == std::vector<double>{0.4});
+  CHECK(costs(where("m", "", "k2")) == std::vector<double>{0.2});
   // [from, to): the row at `from` is in, the one at `to` out.
-  CHECK(costs({.from_ms = 1736121660000, .to_ms = 1736121780000}) == std::vector<double>{0.2, 0.3});
-  CHECK(costs({.from_ms = 1736121660001}) == std::vector<double>{0.3, 0.4});
-  CHECK(costs({.to_ms = 1736121660000}) == std::vector<double>{0.1});
-  CHECK(costs({.key = "k2", .from_ms = 1736121700000}) == std::vector<double>{0.4});
-  CHECK(tool::load_ledger(p.string(), tool::ledger_filter{.team = "red"}).prompt.bad_line == 0);
-  CHECK(tool::load_ledger(p.string(), tool::ledger_filter{.team = "blue"}).prompt.bad_line == 3);
+  CHECK(costs(where("", "", "", 1736121660000, 1736121780000)) == std::vector<double>{0.2, 0.3});
+  CHECK(costs(where("", "", "", 1736121660001)) == std::vector<double>{0.3, 0.4});
+  CHECK(costs(where("", "", "", std::numeric_limits<std::int64_t>::min(), 1736121660000)) == std::vector<double>{0.1});
+  CHECK(costs(where("", "", "k2", 1736121700000)) == std::vector<double>{0.4});
+  CHECK(tool::load_ledger(p.string(), where("", "red", "")).prompt.bad_line == 0);
+  CHECK(tool::load_ledger(p.string(), where("", "blue", "")).prompt.bad_line == 3);
   fs::remove(p);
 
   CHECK_FALSE(tool::load_ledger(temp_file("missing.db").string()).error.empty());

@@ -1,7 +1,9 @@
-// File readers for `tollgate-forecast`: series CSV, request logs (CSV/JSONL) and the SQLite
-// ledger. Only the tool links SQLite and nlohmann-json; the library stays pure.
+// File readers for `tollgate-forecast`: series CSV, request logs (CSV/JSONL), the SQLite ledger
+// and the fleet ledger in PostgreSQL. Only the tool links SQLite, libpq and nlohmann-json; the
+// library stays pure.
 #include "forecast/tool/inputs.hpp"
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -155,6 +157,34 @@ struct timestamp_reader {
            "); read as " +
            (ms ? "milliseconds since the trace start (Mooncake's fields); --time-unit s reads them as seconds"
                : "seconds since the trace start; --time-unit ms reads them as milliseconds");
+  }
+};
+
+// The query of a ledger's rows (SQLite's `calls`, PostgreSQL's `tollgate_calls`: the same
+// columns) under a filter: the text conditions' values in `texts`, then the bounds, in that
+// order; `placeholder(n)` writes the n-th parameter (1-based) as the database spells it.
+struct selection {
+  std::string sql;
+  std::vector<const std::string*> texts;
+  bool from = false, to = false;
+  selection(const ledger_filter& f, const char* table, const char* id, const std::function<std::string(int)>& placeholder) {
+    sql = std::string("SELECT ") + id + ", start_ms, prompt_tokens, completion_tokens, cost_usd, COALESCE(price_model, '') FROM " +
+          table;
+    int n = 0;
+    auto where = [&](const char* column) {
+      sql += n == 0 ? " WHERE " : " AND ";
+      sql += column + placeholder(++n);
+    };
+    for (const auto& [column, value] : {std::pair{"price_model = ", &f.model}, std::pair{"team = ", &f.team},
+                                        std::pair{"client_key_id = ", &f.key}})
+      if (!value->empty()) {
+        where(column);
+        texts.push_back(value);
+      }
+    from = f.from_ms != std::numeric_limits<std::int64_t>::min();
+    to = f.to_ms != std::numeric_limits<std::int64_t>::max();
+    if (from) where("start_ms >= ");
+    if (to) where("start_ms < ");
   }
 };
 
@@ -345,24 +375,8 @@ events_read load_ledger(const std::string& path, const std::function<void(const 
   }
   sqlite3_busy_timeout(db, 5000);
   sqlite3_stmt* st = nullptr;
-  std::string sql = "SELECT rowid, start_ms, prompt_tokens, completion_tokens, cost_usd, COALESCE(price_model, '') FROM calls";
-  std::vector<const std::string*> params;
-  auto where = [&sql, first = true](const char* condition) mutable {
-    sql += first ? " WHERE " : " AND ";
-    sql += condition;
-    first = false;
-  };
-  for (const auto& [condition, value] : {std::pair{"price_model = ?", &filter.model}, std::pair{"team = ?", &filter.team},
-                                         std::pair{"client_key_id = ?", &filter.key}})
-    if (!value->empty()) {
-      where(condition);
-      params.push_back(value);
-    }
-  // The bounds are bound after the text parameters, in this order.
-  const bool from = filter.from_ms != std::numeric_limits<std::int64_t>::min();
-  const bool to = filter.to_ms != std::numeric_limits<std::int64_t>::max();
-  if (from) where("start_ms >= ?");
-  if (to) where("start_ms < ?");
+  const selection sel(filter, "calls", "rowid", [](int) { return std::string("?"); });
+  const std::string& sql = sel.sql;
   if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) != SQLITE_OK) {
     // Only a missing table or column says "not a ledger"; a lock or an unreadable file says so itself.
     const bool schema = sqlite3_errcode(db) == SQLITE_ERROR;
@@ -371,9 +385,9 @@ events_read load_ledger(const std::string& path, const std::function<void(const 
     return out;
   }
   int n = 0;
-  for (const std::string* p : params) sqlite3_bind_text(st, ++n, p->data(), static_cast<int>(p->size()), SQLITE_STATIC);
-  if (from) sqlite3_bind_int64(st, ++n, filter.from_ms);
-  if (to) sqlite3_bind_int64(st, ++n, filter.to_ms);
+  for (const std::string* p : sel.texts) sqlite3_bind_text(st, ++n, p->data(), static_cast<int>(p->size()), SQLITE_STATIC);
+  if (sel.from) sqlite3_bind_int64(st, ++n, filter.from_ms);
+  if (sel.to) sqlite3_bind_int64(st, ++n, filter.to_ms);
   out.prompt.present = out.completion.present = out.cost.present = true;
   // One amount of a row, checked as a request log's: NULL reads as 0 (counted), text must be a
   // number, and the value must lie in [0, limit].
@@ -426,6 +440,80 @@ events_read load_ledger(const std::string& path, const std::function<void(const 
   if (skipped > 0)
     out.note = path + ": " + std::to_string(skipped) + " rows without a positive integer start_ms are left out";
   sqlite3_close(db);
+  return out;
+}
+
+events_read load_fleet(const std::string& url, const std::function<void(const request_event&)>& each,
+                       const ledger_filter& filter) {
+  events_read out;
+  auto message = [](const char* text) {  // libpq's messages end in a newline
+    std::string m = text ? text : "";
+    while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
+    return m;
+  };
+  // The url's own connect_timeout wins: it comes after (expand_dbname).
+  const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
+  const char* values[] = {"10", "tollgate-forecast", url.c_str(), nullptr};
+  PGconn* c = PQconnectdbParams(keys, values, 1);
+  if (PQstatus(c) != CONNECTION_OK) {
+    out.error = "PostgreSQL: " + message(PQerrorMessage(c));
+    PQfinish(c);
+    return out;
+  }
+  const selection sel(filter, "tollgate_calls", "id", [](int n) { return "$" + std::to_string(n); });
+  std::vector<std::string> bounds;
+  std::vector<const char*> params;
+  for (const std::string* t : sel.texts) params.push_back(t->c_str());
+  if (sel.from) bounds.push_back(std::to_string(filter.from_ms));
+  if (sel.to) bounds.push_back(std::to_string(filter.to_ms));
+  for (const auto& b : bounds) params.push_back(b.c_str());
+  if (!PQsendQueryParams(c, sel.sql.c_str(), static_cast<int>(params.size()), nullptr, params.data(), nullptr, nullptr, 0) ||
+      !PQsetSingleRowMode(c)) {
+    out.error = "PostgreSQL: " + message(PQerrorMessage(c));
+    PQfinish(c);
+    return out;
+  }
+  out.prompt.present = out.completion.present = out.cost.present = true;
+  auto read_amount = [&](PGresult* r, int col, field_check& ch, std::size_t id, double limit) {
+    if (PQgetisnull(r, 0, col)) {
+      ++ch.empty;
+      return 0.0;
+    }
+    return amount(std::string_view(PQgetvalue(r, 0, col), static_cast<std::size_t>(PQgetlength(r, 0, col))), ch, id, limit);
+  };
+  std::int64_t skipped = 0;
+  request_event e;  // one record, reused: its model string keeps its buffer from row to row
+  while (PGresult* r = PQgetResult(c)) {
+    const ExecStatusType status = PQresultStatus(r);
+    if (status == PGRES_SINGLE_TUPLE) {
+      std::int64_t start_ms = 0;
+      const char* ts = PQgetvalue(r, 0, 1);
+      const auto [p, ec] = std::from_chars(ts, ts + PQgetlength(r, 0, 1), start_ms);
+      if (PQgetisnull(r, 0, 1) || ec != std::errc() || start_ms <= 0) {
+        ++skipped;
+      } else {
+        std::size_t id = 1;
+        std::from_chars(PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 0) + PQgetlength(r, 0, 0), id);
+        e.timestamp_ms = start_ms;
+        e.prompt_tokens = read_amount(r, 2, out.prompt, id, max_request_tokens);
+        e.completion_tokens = read_amount(r, 3, out.completion, id, max_request_tokens);
+        e.cost_usd = read_amount(r, 4, out.cost, id, max_request_cost_usd);
+        e.model.assign(PQgetvalue(r, 0, 5), static_cast<std::size_t>(PQgetlength(r, 0, 5)));
+        ++out.records;
+        each(e);
+      }
+    } else if (status != PGRES_TUPLES_OK && out.error.empty()) {
+      // A missing table or column (SQLSTATE 42P01, 42703) says "not a fleet ledger".
+      const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+      const bool schema = state && (std::string_view(state) == "42P01" || std::string_view(state) == "42703");
+      out.error = "PostgreSQL: " + message(PQresultErrorMessage(r)) +
+                  (schema ? " (no tollgate fleet ledger here: ledger.postgres makes table tollgate_calls)" : "");
+    }
+    PQclear(r);
+  }
+  PQfinish(c);
+  if (skipped > 0)
+    out.note = "tollgate_calls: " + std::to_string(skipped) + " rows without a positive start_ms are left out";
   return out;
 }
 

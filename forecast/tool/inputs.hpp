@@ -1,5 +1,6 @@
-// Input readers of `tollgate-forecast`: the series CSV, per-request logs (CSV or JSONL) and the
-// tollgate ledger (SQLite, opened read-only). Each returns the data or a message for stderr.
+// Input readers of `tollgate-forecast`: the series CSV, per-request logs (CSV or JSONL), the
+// tollgate ledger (SQLite, opened read-only) and the fleet ledger (PostgreSQL). Each returns the
+// data or a message for stderr.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -77,5 +78,13 @@ events_read load_ledger(const std::string& path, const std::function<void(const 
                         const ledger_filter& filter = {});
 // The same, collecting the rows into `events`.
 events_read load_ledger(const std::string& path, const ledger_filter& filter = {});
+
+// The fleet ledger: table `tollgate_calls` in PostgreSQL (ledger.postgres), every instance's
+// calls, read as the SQLite ledger's `calls` (same columns, same filter, same checks; a bad
+// amount's bad_line is the row's `id`). `url` is a libpq URI or conninfo (connect_timeout 10 s
+// unless it says otherwise). The rows are streamed (libpq's single-row mode), never held.
+// Messages never repeat the url (it may hold a password).
+events_read load_fleet(const std::string& url, const std::function<void(const request_event&)>& each,
+                       const ledger_filter& filter = {});
 
 }  // namespace tollgate::forecast::tool

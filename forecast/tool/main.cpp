@@ -1,5 +1,6 @@
 // tollgate-forecast: backtest (shared/data/series/PROTOCOL.md), forecast, plot and detect on a
-// series CSV, a per-request log (CSV/JSONL) or the tollgate ledger. See forecast/README.md.
+// series CSV, a per-request log (CSV/JSONL), the tollgate ledger or the fleet ledger in PostgreSQL.
+// See forecast/README.md.
 #include <unistd.h>
 
 #include <algorithm>
@@ -46,16 +47,18 @@ input (one of):
   --requests FILE                per-request log, CSV with header or JSON Lines
   --ledger FILE                  tollgate ledger (SQLite, table calls), opened read-only
   --config FILE                  the ledger of this tollgate configuration (its ledger.path)
+  --postgres URL                 the fleet ledger: every instance's calls (ledger.postgres,
+                                 table tollgate_calls), a libpq URI or conninfo
   none of these: the ledger of $TOLLGATE_LEDGER_PATH, else of the configuration tollgate
                  starts with ($TOLLGATE_CONFIG, else config/tollgate.yaml when it is there)
-  with --requests or a ledger:
+  with --requests, a ledger or --postgres:
     --value Q      requests | prompt_tokens | completion_tokens | total_tokens | cost_usd
                    (default requests)
     --bin D        bin width, e.g. 1m, 10m, 1h (default 10m; 1m when the records
                    span less than two days)
     --model NAME   only this model (request log `model`, ledger `price_model`)
     --time-unit U  numeric request-log timestamps in s or ms (default: guess)
-  with a ledger:
+  with a ledger or --postgres:
     --team NAME    only this team's calls (column `team`)
     --key ID       only this client key's calls (column `client_key_id`)
   with any input:
@@ -117,7 +120,7 @@ args parse_args(int argc, char** argv) {
       {"detect", {"threshold", "train-fraction", "json"}},
       {"bench", {"series", "days", "bin", "horizon", "json"}},
   };
-  static const std::vector<std::string> input_opts = {"input", "column", "requests", "ledger", "config", "value",
+  static const std::vector<std::string> input_opts = {"input", "column", "requests", "ledger", "config", "postgres", "value",
                                                       "bin", "model", "time-unit", "team", "key", "from", "to", "last"};
   const auto cmd = known.find(a.command);
   if (cmd == known.end()) die("unknown command `" + a.command + "` (see --help)");
@@ -234,11 +237,18 @@ time_window window_of(const args& a) {
   return w;
 }
 
-// Per-request records (--requests, or the ledger `ledger_file` names) within `window`, binned
-// into the series forecast: l.data, l.input and l.column.
-void load_records(const args& a, loaded& l, const std::optional<std::string>& ledger_file, const time_window& window) {
-  const bool ledger = ledger_file.has_value();
-  l.input = ledger ? *ledger_file : a.get("requests");
+// Where per-request records come from.
+struct record_source {
+  enum class kind { request_log, ledger, fleet } is;
+  std::string where;  // the file, or the fleet ledger's url (never shown: it may hold a password)
+};
+
+// Per-request records of `src` within `window`, binned into the series forecast: l.data,
+// l.input and l.column.
+void load_records(const args& a, loaded& l, const record_source& src, const time_window& window) {
+  using kind = record_source::kind;
+  const bool ledger = src.is != kind::request_log;  // the proxy's rows: a ledger's checks and filters
+  l.input = src.is == kind::fleet ? "tollgate_calls" : src.where;
   const fc::tool::ledger_filter filter{
       .model = a.get("model"), .team = a.get("team"), .key = a.get("key"), .from_ms = window.from_ms, .to_ms = window.to_ms};
   // Which records are forecast, for messages: "" or " for model m, team t from ...".
@@ -273,15 +283,16 @@ void load_records(const args& a, loaded& l, const std::optional<std::string>& le
     if ((!model.empty() && e.model != model) || !window.contains(e.timestamp_ms)) return;
     for (auto& w : widths) w.add(e);
   };
-  const fc::tool::events_read ev =
-      ledger ? fc::tool::load_ledger(l.input, fold, filter) : fc::tool::load_request_log(l.input, unit_ms, fold);
+  const fc::tool::events_read ev = src.is == kind::ledger ? fc::tool::load_ledger(src.where, fold, filter)
+                                   : src.is == kind::fleet ? fc::tool::load_fleet(src.where, fold, filter)
+                                                           : fc::tool::load_request_log(src.where, unit_ms, fold);
   if (!ev.error.empty()) die(ev.error);
   if (!ev.note.empty()) std::cerr << "note: " << ev.note << "\n";
   // The amount fields, checked only for the quantity summed.
   auto check = [&](const fc::tool::field_check& c, const char* what, const char* names, const char* limit) {
     if (!c.present) die(l.input + ": no " + what + " field to sum (" + names + ")");
     if (c.bad_line)
-      die(l.input + (ledger ? ": calls row " + std::to_string(c.bad_line) : ":" + std::to_string(c.bad_line)) +
+      die(l.input + (src.is == kind::ledger ? ": calls row " : src.is == kind::fleet ? " id " : ":") + std::to_string(c.bad_line) +
           ": " + what + " `" + c.bad_text + "` is not a number from 0 to " + limit);
     if (c.empty)
       std::cerr << "note: " << l.input << ": " << c.empty << " of " << ev.records << " records have no " << what
@@ -375,15 +386,17 @@ loaded load_input(const args& a) {
   check_options(a);
   const time_window window = window_of(a);
   loaded l;
-  if (a.has("input") + a.has("requests") + a.has("ledger") + a.has("config") > 1)
-    die("give one input: --input FILE --column COL, --requests FILE, --ledger FILE or --config FILE (its ledger)");
+  if (a.has("input") + a.has("requests") + a.has("ledger") + a.has("config") + a.has("postgres") > 1)
+    die("give one input: --input FILE --column COL, --requests FILE, --ledger FILE, --config FILE (its ledger) or "
+        "--postgres URL");
   std::optional<std::string> ledger;
   if (a.has("ledger")) ledger = a.get("ledger");
-  else if (!a.has("input") && !a.has("requests")) ledger = configured_ledger(a);
+  else if (!a.has("input") && !a.has("requests") && !a.has("postgres")) ledger = configured_ledger(a);
   // Not ignored with a note as the other record options are for a series CSV: a forecast of
   // all traffic taken for one team's would be wrong without a word on stdout.
   for (const auto& [o, column] : {std::pair{"team", "team"}, std::pair{"key", "client_key_id"}})
-    if (a.has(o) && !ledger) die(std::string("--") + o + " applies to the ledger only (the ledger's " + column + " column)");
+    if (a.has(o) && !ledger && !a.has("postgres"))
+      die(std::string("--") + o + " applies to the ledger only (the ledger's " + column + " column)");
   if (a.has("input")) {
     if (!a.has("column")) die("--input needs --column");
     auto r = fc::tool::load_series_file(a.get("input"), a.get("column"));
@@ -423,10 +436,14 @@ loaded load_input(const args& a) {
     l.data = std::move(*r.data);
     l.input = a.get("input");
     l.column = a.get("column");
-  } else if (a.has("requests") || ledger) {
-    load_records(a, l, ledger, window);
+  } else if (a.has("requests") || a.has("postgres") || ledger) {
+    using kind = record_source::kind;
+    const record_source src = ledger             ? record_source{kind::ledger, *ledger}
+                              : a.has("postgres") ? record_source{kind::fleet, a.get("postgres")}
+                                                  : record_source{kind::request_log, a.get("requests")};
+    load_records(a, l, src, window);
   } else {
-    die("no input: give --input FILE --column COL, --requests FILE, --ledger FILE or the proxy's --config FILE "
+    die("no input: give --input FILE --column COL, --requests FILE, --ledger FILE, the proxy's --config FILE, --postgres URL "
         "(or set TOLLGATE_LEDGER_PATH)");
   }
   l.label = stem(l.input) + ":" + l.column;

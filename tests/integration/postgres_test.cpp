@@ -4,12 +4,16 @@
 // restarted mid-run and tollgate itself restarting; two instances share one table.
 #include <catch2/catch.hpp>
 #include <libpq-fe.h>
+#include <sqlite3.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -605,4 +609,95 @@ TEST_CASE("the service tier, web searches and provider ship, and an older fleet 
   CHECK(pg.query("SELECT count(*) FROM pg_attribute WHERE attrelid = 'tollgate_calls'::regclass "
                  "AND attname = 'service_tier' AND NOT attisdropped").at(0) == "0");
   CHECK(h.metric_sum("tollgate_ledger_postgres_up") == 1);
+}
+
+namespace {
+
+// Runs tollgate-forecast with `args` (shell words): its exit status and stdout; stderr in `err`.
+int forecast_tool(const std::string& args, std::string& out, std::string& err) {
+  const tt::temp_dir dir;
+  const int status = std::system((std::string(TOLLGATE_FORECAST_BIN) + " " + args + " >" + shell_quote(dir.path + "/out") +
+                                  " 2>" + shell_quote(dir.path + "/err"))
+                                     .c_str());
+  out = read_file(dir.path + "/out");
+  err = read_file(dir.path + "/err");
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// A table without its first word (the input's name: the ledger file's stem, or tollgate_calls).
+std::string without_label(const std::string& table) { return table.substr(std::min(table.find(' '), table.size())); }
+
+}  // namespace
+
+TEST_CASE("tollgate-forecast --postgres forecasts the fleet table as --ledger forecasts the ledger that shipped it") {
+  pg_server pg;
+  pg.start();
+  tt::harness h({.tweak = fleet(pg, "edge-f")});
+  calls(h, 2, "gpt-4.1");
+  calls(h, 2, "claude-sonnet-4-5");
+  // Three hours of history ending ten minutes ago on a minute boundary: 2,160 copies of those
+  // four rows, one every 5 s, in two teams, with varied prompt tokens. The shipper ships them
+  // as it ships any committed row.
+  const std::int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const std::int64_t end_ms = (now_ms / 60000 - 10) * 60000, begin_ms = end_ms - 3 * 3600 * 1000;
+  std::string columns, values;
+  for (const auto& row : h.rows("SELECT name FROM pragma_table_info('calls') WHERE name <> 'id'")) {
+    const std::string name = row.at("name");
+    const std::map<std::string, std::string> made = {
+        {"request_id", "c.request_id || '-h' || n.i"},
+        {"start_ms", std::to_string(begin_ms) + " + n.i * 5000 + (n.i % 7) * 311"},
+        {"team", "CASE n.i % 3 WHEN 0 THEN 'red' ELSE 'blue' END"},
+        {"prompt_tokens", "100 + n.i % 37"}};
+    columns += (columns.empty() ? "\"" : ", \"") + name + "\"";
+    values += (values.empty() ? "" : ", ") + (made.count(name) ? made.at(name) : "c.\"" + name + "\"");
+  }
+  const std::string insert = "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 2159) INSERT INTO calls (" +
+                             columns + ") SELECT " + values + " FROM n JOIN calls c ON c.id = (SELECT min(id) FROM calls) + n.i % 4";
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(h.cfg.ledger_path.c_str(), &db) == SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  char* error = nullptr;
+  const int rc = sqlite3_exec(db, insert.c_str(), nullptr, nullptr, &error);
+  const std::string message = error ? error : "";
+  sqlite3_free(error);
+  sqlite3_close(db);
+  INFO(message);
+  REQUIRE(rc == SQLITE_OK);
+  const auto local = h.query_int("SELECT count(*) FROM calls");
+  REQUIRE(local == 2164);
+  REQUIRE(tt::harness::eventually([&] { return pg.count() == local; }, std::chrono::seconds(30)));
+
+  // The window ends where the history does: the live calls' minute, still in progress, stays out.
+  const std::time_t end_s = end_ms / 1000;
+  char to[32];
+  std::strftime(to, sizeof to, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&end_s));
+  const std::string price_model = h.query_text("SELECT price_model FROM calls WHERE requested_model = 'gpt-4.1' LIMIT 1");
+  for (const std::string& opts : {std::string(""), std::string("--value prompt_tokens --team red"),
+                                 "--value total_tokens --model " + price_model, std::string("--key nobody")}) {
+    INFO(opts);
+    std::string from_ledger, from_fleet, err;
+    const std::string common = " --bin 1m --horizon 10m --to " + std::string(to) + " " + opts;
+    const int ledger_status = forecast_tool("forecast --ledger " + shell_quote(h.cfg.ledger_path) + common, from_ledger, err);
+    const int fleet_status = forecast_tool("forecast --postgres " + shell_quote(pg.url()) + common, from_fleet, err);
+    CHECK(fleet_status == ledger_status);
+    if (opts == "--key nobody") {
+      CHECK(fleet_status == 2);
+      CHECK(err == "tollgate-forecast: tollgate_calls: no records for key nobody to " + std::string(to) + "\n");
+      continue;
+    }
+    REQUIRE(ledger_status == 0);
+    CHECK(from_fleet.rfind("tollgate_calls:", 0) == 0);
+    CHECK(std::count(from_fleet.begin(), from_fleet.end(), '\n') == 13);  // header, columns, 10 steps, sum
+    CHECK(without_label(from_fleet) == without_label(from_ledger));
+  }
+
+  // No fleet table in that database: said so, and the url (with its password) is not repeated.
+  std::string url = pg.url();
+  url.replace(url.find("tollgate@"), 9, "tollgate:s3cret@");
+  url.replace(url.rfind("/postgres"), 9, "/template1");
+  std::string out, err;
+  CHECK(forecast_tool("forecast --postgres " + shell_quote(url), out, err) == 2);
+  CHECK(err.find("no tollgate fleet ledger here") != std::string::npos);
+  CHECK(err.find("s3cret") == std::string::npos);
 }
