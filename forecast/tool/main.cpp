@@ -351,6 +351,48 @@ void load_records(const args& a, loaded& l, const record_source& src, const time
   l.column = fc::quantity_name(*q);
 }
 
+// A series CSV (--input, --column), the bins of `window`: l.data, l.input and l.column.
+void load_series(const args& a, loaded& l, const time_window& window) {
+  if (!a.has("column")) die("--input needs --column");
+  auto r = fc::tool::load_series_file(a.get("input"), a.get("column"));
+  if (!r.data) die(r.error);
+  // A series CSV has its bins and its value column: --bin may only confirm the file's width
+  // (other bins would need the raw records); the record filters do not apply.
+  if (a.has("bin") && fc::parse_duration(a.get("bin")) != r.data->bin_s)
+    die("--bin " + a.get("bin") + ": " + a.get("input") + " has bins of " + std::to_string(r.data->bin_s) +
+        " s; re-binning needs the per-request records (--requests or --ledger)");
+  for (const char* o : {"value", "model", "time-unit"})
+    if (a.has(o))
+      std::cerr << "note: --" << o << " applies to --requests and --ledger; ignored for a series CSV (--column picks the value)\n";
+  // The window keeps the bins that start in it.
+  auto& values = r.data->values;
+  std::size_t first = 0, end = values.size();
+  while (first < end && !window.contains(r.data->timestamp(first) * 1000)) ++first;
+  while (end > first && !window.contains(r.data->timestamp(end - 1) * 1000)) --end;
+  if (end - first < 2)
+    die(a.get("input") + ": fewer than two bins" + window.text() + " (" + std::to_string(end - first) +
+        "); a forecast needs two");
+  r.data->start_s = r.data->timestamp(first);
+  values.erase(values.begin() + static_cast<std::ptrdiff_t>(end), values.end());
+  values.erase(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(first));
+  // Counts and amounts per bin: a negative one reads as 0 (PROTOCOL.md: log1p(max(x, 0))), a
+  // huge one is not a count (and would overflow the forecast's sums).
+  std::size_t negative = 0, first_negative = 0;
+  for (std::size_t i = 0; i < r.data->values.size(); ++i) {
+    const double v = r.data->values[i];
+    if (v > 1e15)
+      die(a.get("input") + ": the value at timestamp " + std::to_string(r.data->timestamp(i)) + " is " +
+          json(v).dump() + ", above 1e15: not a count or amount per bin");
+    if (v < 0 && negative++ == 0) first_negative = i;
+  }
+  if (negative > 0)
+    std::cerr << "note: " << a.get("input") << ": " << negative << " negative values (the first at timestamp "
+              << r.data->timestamp(first_negative) << ") are read as 0\n";
+  l.data = std::move(*r.data);
+  l.input = a.get("input");
+  l.column = a.get("column");
+}
+
 // The ledger read when the command line names none (--ledger, --requests, --input), found as
 // `tollgate report` finds it: $TOLLGATE_LEDGER_PATH, else the ledger.path of --config FILE or of
 // the configuration tollgate starts with ($TOLLGATE_CONFIG, else config/tollgate.yaml when it is
@@ -398,44 +440,7 @@ loaded load_input(const args& a) {
     if (a.has(o) && !ledger && !a.has("postgres"))
       die(std::string("--") + o + " applies to the ledger only (the ledger's " + column + " column)");
   if (a.has("input")) {
-    if (!a.has("column")) die("--input needs --column");
-    auto r = fc::tool::load_series_file(a.get("input"), a.get("column"));
-    if (!r.data) die(r.error);
-    // A series CSV has its bins and its value column: --bin may only confirm the file's width
-    // (other bins would need the raw records); the record filters do not apply.
-    if (a.has("bin") && fc::parse_duration(a.get("bin")) != r.data->bin_s)
-      die("--bin " + a.get("bin") + ": " + a.get("input") + " has bins of " + std::to_string(r.data->bin_s) +
-          " s; re-binning needs the per-request records (--requests or --ledger)");
-    for (const char* o : {"value", "model", "time-unit"})
-      if (a.has(o))
-        std::cerr << "note: --" << o << " applies to --requests and --ledger; ignored for a series CSV (--column picks the value)\n";
-    // The window keeps the bins that start in it.
-    auto& v = r.data->values;
-    std::size_t first = 0, end = v.size();
-    while (first < end && !window.contains(r.data->timestamp(first) * 1000)) ++first;
-    while (end > first && !window.contains(r.data->timestamp(end - 1) * 1000)) --end;
-    if (end - first < 2)
-      die(a.get("input") + ": fewer than two bins" + window.text() + " (" + std::to_string(end - first) +
-          "); a forecast needs two");
-    r.data->start_s = r.data->timestamp(first);
-    v.erase(v.begin() + static_cast<std::ptrdiff_t>(end), v.end());
-    v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(first));
-    // Counts and amounts per bin: a negative one reads as 0 (PROTOCOL.md: log1p(max(x, 0))), a
-    // huge one is not a count (and would overflow the forecast's sums).
-    std::size_t negative = 0, first_negative = 0;
-    for (std::size_t i = 0; i < r.data->values.size(); ++i) {
-      const double v = r.data->values[i];
-      if (v > 1e15)
-        die(a.get("input") + ": the value at timestamp " + std::to_string(r.data->timestamp(i)) + " is " +
-            json(v).dump() + ", above 1e15: not a count or amount per bin");
-      if (v < 0 && negative++ == 0) first_negative = i;
-    }
-    if (negative > 0)
-      std::cerr << "note: " << a.get("input") << ": " << negative << " negative values (the first at timestamp "
-                << r.data->timestamp(first_negative) << ") are read as 0\n";
-    l.data = std::move(*r.data);
-    l.input = a.get("input");
-    l.column = a.get("column");
+    load_series(a, l, window);
   } else if (a.has("requests") || a.has("postgres") || ledger) {
     using kind = record_source::kind;
     const record_source src = ledger             ? record_source{kind::ledger, *ledger}
