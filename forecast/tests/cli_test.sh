@@ -9,7 +9,7 @@ data=$2
 case $tool in /*) ;; *) tool=$PWD/$tool ;; esac
 case $data in /*) ;; *) data=$PWD/$data ;; esac
 # The ledger a command line without an input reads comes from these: the caller's are not ours.
-unset TOLLGATE_CONFIG TOLLGATE_LEDGER_PATH
+unset TOLLGATE_CONFIG TOLLGATE_LEDGER_PATH TOLLGATE_LEDGER_POSTGRES_URL
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 series="$data/servegen_msmall_10m.csv"
@@ -196,6 +196,17 @@ export TOLLGATE_LEDGER_PATH="$dir/new.db"
 expect 2 "overrides .*tollgate.yaml's ledger.path" forecast --config "$dir/proxy/config/tollgate.yaml"
 expect 2 '^tollgate-forecast: .*/new.db: fewer than two bins' forecast --config "$dir/proxy/config/tollgate.yaml"
 unset TOLLGATE_CONFIG TOLLGATE_LEDGER_PATH
+# --fleet: the fleet ledger's url from the configuration or $TOLLGATE_LEDGER_POSTGRES_URL, which
+# is never shown (postgres_test reads a real one).
+expect 2 '^tollgate-forecast: --fleet: no configuration names a fleet ledger' forecast --fleet
+expect 2 '^tollgate-forecast: .*/proxy/config/tollgate.yaml: no ledger.postgres.url$' \
+  forecast --fleet --config "$dir/proxy/config/tollgate.yaml"
+export TOLLGATE_LEDGER_POSTGRES_URL="postgresql://reader:s3cret@127.0.0.1:1/fleet"
+expect 2 '^note: reading the fleet ledger \(\$TOLLGATE_LEDGER_POSTGRES_URL\)$' forecast --fleet
+grep -q s3cret "$dir/err" && { echo "FAIL: --fleet shows the url's password"; fails=$((fails + 1)); }
+expect 2 '^tollgate-forecast: PostgreSQL: connection to server at "127.0.0.1", port 1 failed' forecast --fleet
+unset TOLLGATE_LEDGER_POSTGRES_URL
+expect 2 'give one input' forecast --fleet --ledger "$dir/ledger.db"
 printf 'ledger:\n  pth: x.db\n' > "$dir/bad.yaml"
 expect 2 "^tollgate-forecast: configuration error: .*bad.yaml:2: unknown key 'pth'" forecast --config "$dir/bad.yaml"
 expect 2 'give one input' forecast --config "$dir/bad.yaml" --ledger "$dir/ledger.db"

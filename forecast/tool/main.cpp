@@ -49,16 +49,18 @@ input (one of):
   --config FILE                  the ledger of this tollgate configuration (its ledger.path)
   --postgres URL                 the fleet ledger: every instance's calls (ledger.postgres,
                                  table tollgate_calls), a libpq URI or conninfo
+  --fleet                        the fleet ledger of the configuration (--config FILE, else as
+                                 below): $TOLLGATE_LEDGER_POSTGRES_URL, else ledger.postgres.url
   none of these: the ledger of $TOLLGATE_LEDGER_PATH, else of the configuration tollgate
                  starts with ($TOLLGATE_CONFIG, else config/tollgate.yaml when it is there)
-  with --requests, a ledger or --postgres:
+  with --requests, a ledger or the fleet's:
     --value Q      requests | prompt_tokens | completion_tokens | total_tokens | cost_usd
                    (default requests)
     --bin D        bin width, e.g. 1m, 10m, 1h (default 10m; 1m when the records
                    span less than two days)
     --model NAME   only this model (request log `model`, ledger `price_model`)
     --time-unit U  numeric request-log timestamps in s or ms (default: guess)
-  with a ledger or --postgres:
+  with a ledger or the fleet's:
     --team NAME    only this team's calls (column `team`)
     --key ID       only this client key's calls (column `client_key_id`)
   with any input:
@@ -110,7 +112,7 @@ args parse_args(int argc, char** argv) {
     std::cout << usage_text;
     std::exit(0);
   }
-  static const char* flags[] = {"--json", "--all-methods", "--help", "--log"};
+  static const char* flags[] = {"--json", "--all-methods", "--help", "--log", "--fleet"};
   // The options each command reads: a misspelt or misplaced one is an error, not ignored
   // (`backtest --horizon 5h` would otherwise run the default horizons without a word).
   static const std::map<std::string, std::vector<std::string>> known = {
@@ -120,7 +122,7 @@ args parse_args(int argc, char** argv) {
       {"detect", {"threshold", "train-fraction", "json"}},
       {"bench", {"series", "days", "bin", "horizon", "json"}},
   };
-  static const std::vector<std::string> input_opts = {"input", "column", "requests", "ledger", "config", "postgres", "value",
+  static const std::vector<std::string> input_opts = {"input", "column", "requests", "ledger", "config", "postgres", "fleet", "value",
                                                       "bin", "model", "time-unit", "team", "key", "from", "to", "last"};
   const auto cmd = known.find(a.command);
   if (cmd == known.end()) die("unknown command `" + a.command + "` (see --help)");
@@ -393,59 +395,85 @@ void load_series(const args& a, loaded& l, const time_window& window) {
   l.column = a.get("column");
 }
 
-// The ledger read when the command line names none (--ledger, --requests, --input), found as
-// `tollgate report` finds it: $TOLLGATE_LEDGER_PATH, else the ledger.path of --config FILE or of
-// the configuration tollgate starts with ($TOLLGATE_CONFIG, else config/tollgate.yaml when it is
-// there). The variable wins over a file's ledger.path as it does for the proxy, so this is the
-// ledger the proxy started with that configuration writes. Says on stderr which file it reads;
-// none when nothing names a ledger.
-std::optional<std::string> configured_ledger(const args& a) {
-  const char* env_ledger = std::getenv("TOLLGATE_LEDGER_PATH");
+// The configuration tollgate starts with, as `tollgate report` finds it: --config FILE, else
+// $TOLLGATE_CONFIG, else config/tollgate.yaml when it is there (`path` names it); none when no
+// file is named and that one is not there. One that does not load is a file:line error.
+std::optional<tollgate::config> proxy_config(const args& a, std::string& path) {
   const char* env_config = std::getenv("TOLLGATE_CONFIG");
-  const std::string path = a.has("config") ? a.get("config") : tollgate::default_config_path();
+  path = a.has("config") ? a.get("config") : tollgate::default_config_path();
   std::error_code ec;
-  const bool have_config = a.has("config") || (env_config && *env_config) || std::filesystem::is_regular_file(path, ec);
-  std::string ledger;
-  if (have_config) {
-    try {
-      ledger = tollgate::load_config_file(path).ledger_path;
-    } catch (const std::exception& e) {
-      die(std::string("configuration error: ") + e.what());
-    }
+  if (!a.has("config") && !(env_config && *env_config) && !std::filesystem::is_regular_file(path, ec)) return std::nullopt;
+  try {
+    return tollgate::load_config_file(path);
+  } catch (const std::exception& e) {
+    die(std::string("configuration error: ") + e.what());
   }
-  if (env_ledger && *env_ledger) {
-    std::cerr << "note: reading the ledger " << env_ledger << " ($TOLLGATE_LEDGER_PATH"
-              << (have_config ? ", which overrides " + path + "'s ledger.path" : std::string()) << ")\n";
-    return std::string(env_ledger);
+}
+
+// A setting of the proxy's as the proxy itself would take it: the variable `env` wins over the
+// configuration's `key`. Says on stderr which was read (`show`: with the value; a url may hold a
+// password). None when neither is there.
+std::optional<std::string> proxy_setting(const args& a, const char* env, const char* key,
+                                         std::string (*get)(const tollgate::config&), const char* what, bool show) {
+  std::string path;
+  const auto cfg = proxy_config(a, path);
+  if (const char* v = std::getenv(env); v && *v) {
+    std::cerr << "note: reading " << what << (show ? " " + std::string(v) : "") << " ($" << env
+              << (cfg ? ", which overrides " + path + "'s " + key : std::string()) << ")\n";
+    return std::string(v);
   }
-  if (!have_config) return std::nullopt;
-  if (ledger.empty()) die(path + ": no ledger.path");
-  std::cerr << "note: reading the ledger " << ledger << " (ledger.path of " << path << ")\n";
-  return ledger;
+  if (!cfg) return std::nullopt;
+  std::string value = get(*cfg);
+  if (value.empty()) die(path + ": no " + key);
+  std::cerr << "note: reading " << what << (show ? " " + value : "") << " (" << key << " of " << path << ")\n";
+  return value;
+}
+
+// The ledger read when the command line names no input: $TOLLGATE_LEDGER_PATH, else the
+// configuration's ledger.path: the ledger the proxy started with that configuration writes.
+std::optional<std::string> configured_ledger(const args& a) {
+  return proxy_setting(a, "TOLLGATE_LEDGER_PATH", "ledger.path", [](const tollgate::config& c) { return c.ledger_path; },
+                       "the ledger", true);
+}
+
+// --fleet: the fleet ledger the proxy ships to, $TOLLGATE_LEDGER_POSTGRES_URL, else the
+// configuration's ledger.postgres.url; the url stays off the command line (and out of `ps`).
+std::string configured_fleet(const args& a) {
+  const auto url = proxy_setting(
+      a, "TOLLGATE_LEDGER_POSTGRES_URL", "ledger.postgres.url",
+      [](const tollgate::config& c) { return c.ledger_postgres.url; }, "the fleet ledger", false);
+  if (!url)
+    die("--fleet: no configuration names a fleet ledger: give the proxy's --config FILE (its ledger.postgres.url), set "
+        "TOLLGATE_LEDGER_POSTGRES_URL, or give --postgres URL");
+  return *url;
 }
 
 loaded load_input(const args& a) {
   check_options(a);
   const time_window window = window_of(a);
   loaded l;
-  if (a.has("input") + a.has("requests") + a.has("ledger") + a.has("config") + a.has("postgres") > 1)
-    die("give one input: --input FILE --column COL, --requests FILE, --ledger FILE, --config FILE (its ledger) or "
-        "--postgres URL");
-  std::optional<std::string> ledger;
+  // --config names an input by itself (its ledger), or the configuration --fleet reads.
+  if (a.has("input") + a.has("requests") + a.has("ledger") + a.has("postgres") + a.has("fleet") +
+          (a.has("config") && !a.has("fleet")) > 1)
+    die("give one input: --input FILE --column COL, --requests FILE, --ledger FILE, --config FILE (its ledger), "
+        "--postgres URL or --fleet");
+  std::optional<std::string> ledger, fleet;
   if (a.has("ledger")) ledger = a.get("ledger");
-  else if (!a.has("input") && !a.has("requests") && !a.has("postgres")) ledger = configured_ledger(a);
+  else if (a.has("postgres")) fleet = a.get("postgres");
+  else if (a.has("fleet")) fleet = configured_fleet(a);
+  else if (!a.has("input") && !a.has("requests")) ledger = configured_ledger(a);
   // Not ignored with a note as the other record options are for a series CSV: a forecast of
   // all traffic taken for one team's would be wrong without a word on stdout.
   for (const auto& [o, column] : {std::pair{"team", "team"}, std::pair{"key", "client_key_id"}})
-    if (a.has(o) && !ledger && !a.has("postgres"))
+    if (a.has(o) && !ledger && !fleet)
       die(std::string("--") + o + " applies to the ledger only (the ledger's " + column + " column)");
   if (a.has("input")) {
     load_series(a, l, window);
-  } else if (a.has("requests") || a.has("postgres") || ledger) {
+  } else if (a.has("requests") || ledger || fleet) {
     using kind = record_source::kind;
-    const record_source src = ledger             ? record_source{kind::ledger, *ledger}
-                              : a.has("postgres") ? record_source{kind::fleet, a.get("postgres")}
-                                                  : record_source{kind::request_log, a.get("requests")};
+    const record_source src = ledger  ? record_source{kind::ledger, *ledger}
+                              : fleet ? record_source{kind::fleet, *fleet}
+                                      : record_source{kind::request_log, a.get("requests")};
     load_records(a, l, src, window);
   } else {
     die("no input: give --input FILE --column COL, --requests FILE, --ledger FILE, the proxy's --config FILE, --postgres URL "

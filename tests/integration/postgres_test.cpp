@@ -673,6 +673,7 @@ TEST_CASE("tollgate-forecast --postgres forecasts the fleet table as --ledger fo
   char to[32];
   std::strftime(to, sizeof to, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&end_s));
   const std::string price_model = h.query_text("SELECT price_model FROM calls WHERE requested_model = 'gpt-4.1' LIMIT 1");
+  std::string whole;  // the whole ledger's forecast
   for (const std::string& opts : {std::string(""), std::string("--value prompt_tokens --team red"),
                                  "--value total_tokens --model " + price_model, std::string("--key nobody")}) {
     INFO(opts);
@@ -690,13 +691,24 @@ TEST_CASE("tollgate-forecast --postgres forecasts the fleet table as --ledger fo
     CHECK(from_fleet.rfind("tollgate_calls:", 0) == 0);
     CHECK(std::count(from_fleet.begin(), from_fleet.end(), '\n') == 13);  // header, columns, 10 steps, sum
     CHECK(without_label(from_fleet) == without_label(from_ledger));
+    if (opts.empty()) whole = from_ledger;
   }
+
+  // --fleet: the url from the proxy's configuration (ledger.postgres.url), off the command line.
+  const tt::temp_dir conf;
+  std::ofstream(conf.path + "/tollgate.yaml") << "ledger:\n  postgres:\n    url: " << pg.url() << "\n";
+  std::string from_config, err;
+  REQUIRE(forecast_tool("forecast --fleet --config " + shell_quote(conf.path + "/tollgate.yaml") +
+                            " --bin 1m --horizon 10m --to " + std::string(to),
+                        from_config, err) == 0);
+  CHECK(without_label(from_config) == without_label(whole));
+  CHECK(err == "note: reading the fleet ledger (ledger.postgres.url of " + conf.path + "/tollgate.yaml)\n");
 
   // No fleet table in that database: said so, and the url (with its password) is not repeated.
   std::string url = pg.url();
   url.replace(url.find("tollgate@"), 9, "tollgate:s3cret@");
   url.replace(url.rfind("/postgres"), 9, "/template1");
-  std::string out, err;
+  std::string out;
   CHECK(forecast_tool("forecast --postgres " + shell_quote(url), out, err) == 2);
   CHECK(err.find("no tollgate fleet ledger here") != std::string::npos);
   CHECK(err.find("s3cret") == std::string::npos);
