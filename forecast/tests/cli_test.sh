@@ -207,6 +207,7 @@ grep -q s3cret "$dir/err" && { echo "FAIL: --fleet shows the url's password"; fa
 expect 2 '^tollgate-forecast: PostgreSQL: connection to server at "127.0.0.1", port 1 failed' forecast --fleet
 unset TOLLGATE_LEDGER_POSTGRES_URL
 expect 2 'give one input' forecast --fleet --ledger "$dir/ledger.db"
+expect 2 '^tollgate-forecast: --instance applies to the fleet ledger only' forecast --ledger "$dir/ledger.db" --instance edge-1
 printf 'ledger:\n  pth: x.db\n' > "$dir/bad.yaml"
 expect 2 "^tollgate-forecast: configuration error: .*bad.yaml:2: unknown key 'pth'" forecast --config "$dir/bad.yaml"
 expect 2 'give one input' forecast --config "$dir/bad.yaml" --ledger "$dir/ledger.db"

@@ -176,7 +176,7 @@ struct selection {
       sql += column + placeholder(++n);
     };
     for (const auto& [column, value] : {std::pair{"price_model = ", &f.model}, std::pair{"team = ", &f.team},
-                                        std::pair{"client_key_id = ", &f.key}})
+                                        std::pair{"client_key_id = ", &f.key}, std::pair{"instance = ", &f.instance}})
       if (!value->empty()) {
         where(column);
         texts.push_back(value);

@@ -71,6 +71,7 @@ struct ledger_filter {
   std::string model;
   std::string team;
   std::string key;
+  std::string instance;  // the fleet ledger's `instance` (load_fleet only)
   std::int64_t from_ms = std::numeric_limits<std::int64_t>::min();
   std::int64_t to_ms = std::numeric_limits<std::int64_t>::max();
 };

@@ -63,6 +63,7 @@ input (one of):
   with a ledger or the fleet's:
     --team NAME    only this team's calls (column `team`)
     --key ID       only this client key's calls (column `client_key_id`)
+    --instance N   the fleet's only: this instance's calls (ledger.postgres.instance)
   with any input:
     --from WHEN    only records (bins of a series CSV) from WHEN, inclusive: YYYY-MM-DD,
                    YYYY-MM (UTC) or RFC 3339 (2026-11-01T10:00:00Z)
@@ -123,7 +124,7 @@ args parse_args(int argc, char** argv) {
       {"bench", {"series", "days", "bin", "horizon", "json"}},
   };
   static const std::vector<std::string> input_opts = {"input", "column", "requests", "ledger", "config", "postgres", "fleet", "value",
-                                                      "bin", "model", "time-unit", "team", "key", "from", "to", "last"};
+                                                      "bin", "model", "time-unit", "team", "key", "instance", "from", "to", "last"};
   const auto cmd = known.find(a.command);
   if (cmd == known.end()) die("unknown command `" + a.command + "` (see --help)");
   auto accepted = [&](const std::string& name) {
@@ -252,10 +253,15 @@ void load_records(const args& a, loaded& l, const record_source& src, const time
   const bool ledger = src.is != kind::request_log;  // the proxy's rows: a ledger's checks and filters
   l.input = src.is == kind::fleet ? "tollgate_calls" : src.where;
   const fc::tool::ledger_filter filter{
-      .model = a.get("model"), .team = a.get("team"), .key = a.get("key"), .from_ms = window.from_ms, .to_ms = window.to_ms};
+      .model = a.get("model"),
+      .team = a.get("team"),
+      .key = a.get("key"),
+      .instance = a.get("instance"),
+      .from_ms = window.from_ms,
+      .to_ms = window.to_ms};
   // Which records are forecast, for messages: "" or " for model m, team t from ...".
   std::string selection;
-  for (const char* o : {"model", "team", "key"})
+  for (const char* o : {"model", "team", "key", "instance"})
     if (a.has(o)) selection += (selection.empty() ? " for " : ", ") + std::string(o) + " " + a.get(o);
   selection += window.text();
   const auto q = fc::parse_quantity(a.get("value", "requests"));
@@ -467,6 +473,8 @@ loaded load_input(const args& a) {
   for (const auto& [o, column] : {std::pair{"team", "team"}, std::pair{"key", "client_key_id"}})
     if (a.has(o) && !ledger && !fleet)
       die(std::string("--") + o + " applies to the ledger only (the ledger's " + column + " column)");
+  // One instance's calls: a column of the fleet table only (a ledger file is one instance's).
+  if (a.has("instance") && !fleet) die("--instance applies to the fleet ledger only (--postgres URL or --fleet)");
   if (a.has("input")) {
     load_series(a, l, window);
   } else if (a.has("requests") || ledger || fleet) {

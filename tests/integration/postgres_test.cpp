@@ -703,6 +703,15 @@ TEST_CASE("tollgate-forecast --postgres forecasts the fleet table as --ledger fo
                         from_config, err) == 0);
   CHECK(without_label(from_config) == without_label(whole));
   CHECK(err == "note: reading the fleet ledger (ledger.postgres.url of " + conf.path + "/tollgate.yaml)\n");
+  // One instance's calls: all of them are edge-f's here.
+  std::string one_instance;
+  REQUIRE(forecast_tool("forecast --postgres " + shell_quote(pg.url()) + " --instance edge-f --bin 1m --horizon 10m --to " +
+                            std::string(to),
+                        one_instance, err) == 0);
+  CHECK(without_label(one_instance) == without_label(whole));
+  CHECK(forecast_tool("forecast --postgres " + shell_quote(pg.url()) + " --instance edge-9 --to " + std::string(to),
+                      one_instance, err) == 2);
+  CHECK(err == "tollgate-forecast: tollgate_calls: no records for instance edge-9 to " + std::string(to) + "\n");
 
   // No fleet table in that database: said so, and the url (with its password) is not repeated.
   std::string url = pg.url();
