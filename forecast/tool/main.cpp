@@ -205,24 +205,24 @@ struct loaded {
 void check_options(const args& a);
 std::int64_t duration_option(const std::string& label);
 
-// The records (or bins) forecast: [from_ms, to_ms) of --from, --to and --last.
-struct time_window {
-  std::int64_t from_ms = std::numeric_limits<std::int64_t>::min();
-  std::int64_t to_ms = std::numeric_limits<std::int64_t>::max();
-  bool contains(std::int64_t ms) const { return ms >= from_ms && ms < to_ms; }
-  // For messages: "" or " from 2026-11-01T00:00:00Z to ...".
-  std::string text() const {
-    std::string t;
-    if (from_ms != std::numeric_limits<std::int64_t>::min()) t += " from " + tollgate::format_rfc3339_utc(from_ms);
-    if (to_ms != std::numeric_limits<std::int64_t>::max()) t += " to " + tollgate::format_rfc3339_utc(to_ms);
-    return t;
-  }
-};
+// The records (or bins) forecast: [from_ms, to_ms) of --from, --to and --last, in `tollgate
+// report`'s range type (unbounded ends are its defaults).
+using time_range = tollgate::time_range;
+
+bool contains(const time_range& r, std::int64_t ms) { return ms >= r.from_ms && ms < r.to_ms; }
+
+// For messages: "" or " from 2026-11-01T00:00:00Z to ...".
+std::string range_text(const time_range& r) {
+  std::string t;
+  if (r.from_ms != time_range{}.from_ms) t += " from " + tollgate::format_rfc3339_utc(r.from_ms);
+  if (r.to_ms != time_range{}.to_ms) t += " to " + tollgate::format_rfc3339_utc(r.to_ms);
+  return t;
+}
 
 // --from and --to as `tollgate report` reads them (dates and months in UTC here, as the tool's
 // tables are), or --last D back from now. Checked before the input is read.
-time_window window_of(const args& a) {
-  time_window w;
+time_range window_of(const args& a) {
+  time_range w;
   if (a.has("last") && a.has("from")) die("--last and --from both set where the records start; give one");
   const tollgate::calendar utc("UTC");
   try {
@@ -248,7 +248,7 @@ struct record_source {
 
 // Per-request records of `src` within `window`, binned into the series forecast: l.data,
 // l.input and l.column.
-void load_records(const args& a, loaded& l, const record_source& src, const time_window& window) {
+void load_records(const args& a, loaded& l, const record_source& src, const time_range& window) {
   using kind = record_source::kind;
   const bool ledger = src.is != kind::request_log;  // the proxy's rows: a ledger's checks and filters
   l.input = src.is == kind::fleet ? "tollgate_calls" : src.where;
@@ -263,7 +263,7 @@ void load_records(const args& a, loaded& l, const record_source& src, const time
   std::string selection;
   for (const char* o : {"model", "team", "key", "instance"})
     if (a.has(o)) selection += (selection.empty() ? " for " : ", ") + std::string(o) + " " + a.get(o);
-  selection += window.text();
+  selection += range_text(window);
   const auto q = fc::parse_quantity(a.get("value", "requests"));
   if (!q) die("--value must be requests, prompt_tokens, completion_tokens, total_tokens or cost_usd");
   std::optional<std::int64_t> bin;
@@ -285,10 +285,11 @@ void load_records(const args& a, loaded& l, const record_source& src, const time
   if (bin) widths.emplace_back(*bin, *q);
   else for (const std::int64_t w : {60, 600}) widths.emplace_back(w, *q);
   bool any_model = false;
-  // The ledger's query has applied the filters already; a request log's are applied here.
+  // A request log is filtered here; the databases' queries have already selected these rows
+  // (the check passes them all).
   auto fold = [&](const fc::request_event& e) {
     any_model = any_model || !e.model.empty();
-    if ((!model.empty() && e.model != model) || !window.contains(e.timestamp_ms)) return;
+    if ((!model.empty() && e.model != model) || !contains(window, e.timestamp_ms)) return;
     for (auto& w : widths) w.add(e);
   };
   const fc::tool::events_read ev = src.is == kind::ledger ? fc::tool::load_ledger(src.where, fold, filter)
@@ -360,7 +361,7 @@ void load_records(const args& a, loaded& l, const record_source& src, const time
 }
 
 // A series CSV (--input, --column), the bins of `window`: l.data, l.input and l.column.
-void load_series(const args& a, loaded& l, const time_window& window) {
+void load_series(const args& a, loaded& l, const time_range& window) {
   if (!a.has("column")) die("--input needs --column");
   auto r = fc::tool::load_series_file(a.get("input"), a.get("column"));
   if (!r.data) die(r.error);
@@ -375,10 +376,10 @@ void load_series(const args& a, loaded& l, const time_window& window) {
   // The window keeps the bins that start in it.
   auto& values = r.data->values;
   std::size_t first = 0, end = values.size();
-  while (first < end && !window.contains(r.data->timestamp(first) * 1000)) ++first;
-  while (end > first && !window.contains(r.data->timestamp(end - 1) * 1000)) --end;
+  while (first < end && !contains(window, r.data->timestamp(first) * 1000)) ++first;
+  while (end > first && !contains(window, r.data->timestamp(end - 1) * 1000)) --end;
   if (end - first < 2)
-    die(a.get("input") + ": fewer than two bins" + window.text() + " (" + std::to_string(end - first) +
+    die(a.get("input") + ": fewer than two bins" + range_text(window) + " (" + std::to_string(end - first) +
         "); a forecast needs two");
   r.data->start_s = r.data->timestamp(first);
   values.erase(values.begin() + static_cast<std::ptrdiff_t>(end), values.end());
@@ -456,7 +457,7 @@ std::string configured_fleet(const args& a) {
 
 loaded load_input(const args& a) {
   check_options(a);
-  const time_window window = window_of(a);
+  const time_range window = window_of(a);
   loaded l;
   // --config names an input by itself (its ledger), or the configuration --fleet reads.
   if (a.has("input") + a.has("requests") + a.has("ledger") + a.has("postgres") + a.has("fleet") +
