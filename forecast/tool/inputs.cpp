@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +17,8 @@
 #include <sstream>
 #include <tuple>
 #include <utility>
+
+#include "ledger/postgres.hpp"
 
 namespace tollgate::forecast::tool {
 namespace {
@@ -446,18 +449,10 @@ events_read load_ledger(const std::string& path, const std::function<void(const 
 events_read load_fleet(const std::string& url, const std::function<void(const request_event&)>& each,
                        const ledger_filter& filter) {
   events_read out;
-  auto message = [](const char* text) {  // libpq's messages end in a newline
-    std::string m = text ? text : "";
-    while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
-    return m;
-  };
-  // The url's own connect_timeout wins: it comes after (expand_dbname).
-  const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
-  const char* values[] = {"10", "tollgate-forecast", url.c_str(), nullptr};
-  PGconn* c = PQconnectdbParams(keys, values, 1);
-  if (PQstatus(c) != CONNECTION_OK) {
-    out.error = "PostgreSQL: " + message(PQerrorMessage(c));
-    PQfinish(c);
+  std::string err;
+  PGconn* c = tollgate::connect_postgres(url, std::chrono::seconds(10), "tollgate-forecast", "60000", err);
+  if (c == nullptr) {
+    out.error = "PostgreSQL: " + err;
     return out;
   }
   const selection sel(filter, "tollgate_calls", "id", [](int n) { return "$" + std::to_string(n); });
@@ -469,7 +464,7 @@ events_read load_fleet(const std::string& url, const std::function<void(const re
   for (const auto& b : bounds) params.push_back(b.c_str());
   if (!PQsendQueryParams(c, sel.sql.c_str(), static_cast<int>(params.size()), nullptr, params.data(), nullptr, nullptr, 0) ||
       !PQsetSingleRowMode(c)) {
-    out.error = "PostgreSQL: " + message(PQerrorMessage(c));
+    out.error = "PostgreSQL: " + tollgate::trim_message(PQerrorMessage(c));
     PQfinish(c);
     return out;
   }
@@ -506,8 +501,7 @@ events_read load_fleet(const std::string& url, const std::function<void(const re
       // A missing table or column (SQLSTATE 42P01, 42703) says "not a fleet ledger".
       const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
       const bool schema = state && (std::string_view(state) == "42P01" || std::string_view(state) == "42703");
-      out.error = "PostgreSQL: " + message(PQresultErrorMessage(r)) +
-                  (schema ? " (no tollgate fleet ledger here: ledger.postgres makes table tollgate_calls)" : "");
+      out.error = "PostgreSQL: " + tollgate::trim_message(PQresultErrorMessage(r)) + (schema ? tollgate::kNoFleetTable : "");
     }
     PQclear(r);
   }

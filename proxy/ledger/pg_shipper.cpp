@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/log.hpp"
+#include "ledger/postgres.hpp"
 
 namespace tollgate {
 
@@ -155,21 +156,6 @@ double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-std::string trim_message(std::string m) {
-  // libpq's messages are lines, continuation lines indented with a tab: one line for the log.
-  std::string out;
-  for (std::size_t i = 0; i < m.size(); ++i) {
-    if (m[i] == '\n' || m[i] == '\t') {
-      while (i + 1 < m.size() && (m[i + 1] == '\n' || m[i + 1] == '\t' || m[i + 1] == ' ')) ++i;
-      if (!out.empty() && i + 1 < m.size()) out += "; ";
-    } else {
-      out += m[i];
-    }
-  }
-  while (!out.empty() && out.back() == ' ') out.pop_back();
-  return out;
-}
-
 // Length of the well-formed UTF-8 sequence at s[i] (RFC 3629), 0 when it is not one.
 std::size_t utf8_sequence(std::string_view s, std::size_t i) {
   const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
@@ -279,20 +265,6 @@ std::string sqlite_error(sqlite3* db, const char* what) {
   return std::string("ledger ") + what + ": " + (db ? sqlite3_errmsg(db) : "not open");
 }
 
-// A connection in UTF-8; nullptr (the connection closed, err filled) when it fails. Keywords
-// before dbname may be overridden by the url's own (libpq processes them in order and expands
-// dbname as a connection string).
-PGconn* connect_postgres(const std::string& url, std::chrono::seconds connect_timeout, const char* application,
-                         const char* tcp_user_timeout_ms, std::string& err) {
-  const std::string timeout = std::to_string(std::max<long long>(1, connect_timeout.count()));
-  const char* keys[] = {"connect_timeout", "application_name", "tcp_user_timeout", "dbname", nullptr};
-  const char* vals[] = {timeout.c_str(), application, tcp_user_timeout_ms, url.c_str(), nullptr};
-  PGconn* c = PQconnectdbParams(keys, vals, 1);
-  if (c != nullptr && PQstatus(c) == CONNECTION_OK && PQsetClientEncoding(c, "UTF8") == 0) return c;
-  err = trim_message(c ? PQerrorMessage(c) : "out of memory");
-  if (c) PQfinish(c);
-  return nullptr;
-}
 
 // Runs a parameterized statement expecting `want`; the result, nullptr on failure (err filled).
 PGresult* exec_params(PGconn* c, const char* sql, std::initializer_list<std::string> params, ExecStatusType want,

@@ -3,6 +3,7 @@
 // Called by the admin API, `tollgate report` and start-up, each call on its own read-only connection.
 #include "ledger/report.hpp"
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cmath>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <stdexcept>
@@ -22,6 +24,7 @@
 #include "core/pricing.hpp"
 #include "core/request_id.hpp"
 #include "core/string_hash.hpp"
+#include "ledger/postgres.hpp"
 
 namespace tollgate {
 
@@ -212,6 +215,85 @@ class statement {
   bool bound_ = false;
 };
 
+// ---- PostgreSQL (the fleet ledger) -------------------------------------------------------------
+
+// One query's rows from the fleet ledger, streamed (libpq's single-row mode: one row in memory
+// however long the range) in binary form, so integers and doubles arrive exactly as stored (no
+// text round trip). The same row interface as `statement`, so one pass serves both databases.
+class fleet_rows {
+ public:
+  fleet_rows(const std::string& url, const std::string& sql, const std::vector<std::string>& params) {
+    std::string err;
+    conn_ = connect_postgres(url, std::chrono::seconds(10), "tollgate-report", "60000", err);
+    if (conn_ == nullptr) throw std::runtime_error("PostgreSQL: " + err);
+    std::vector<const char*> values;
+    for (const auto& p : params) values.push_back(p.c_str());
+    if (!PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr, nullptr, 1) ||
+        !PQsetSingleRowMode(conn_)) {
+      const std::string why = trim_message(PQerrorMessage(conn_));
+      PQfinish(conn_);
+      throw std::runtime_error("PostgreSQL: " + why);
+    }
+  }
+  ~fleet_rows() {
+    PQclear(row_);
+    // Stopped early (an exception mid-pass): the rest of the result is not read.
+    if (conn_ != nullptr) PQfinish(conn_);
+  }
+  fleet_rows(const fleet_rows&) = delete;
+  fleet_rows& operator=(const fleet_rows&) = delete;
+
+  // true: a row is ready; false: done. Throws on a query error (a database without the fleet
+  // table says so).
+  bool step() {
+    PQclear(row_);
+    row_ = PQgetResult(conn_);
+    if (row_ != nullptr && PQresultStatus(row_) == PGRES_SINGLE_TUPLE) return true;
+    std::string error;
+    for (; row_ != nullptr; row_ = PQgetResult(conn_)) {  // the end (TUPLES_OK) or an error, then nullptr
+      if (PQresultStatus(row_) != PGRES_TUPLES_OK && error.empty()) {
+        const char* state = PQresultErrorField(row_, PG_DIAG_SQLSTATE);
+        error = "PostgreSQL: " + trim_message(PQresultErrorMessage(row_)) +
+                (state && std::string_view(state) == "42P01" ? kNoFleetTable : "");
+      }
+      PQclear(row_);
+    }
+    if (!error.empty()) throw std::runtime_error(error);
+    return false;
+  }
+  bool is_null(int c) const noexcept { return PQgetisnull(row_, 0, c) != 0; }
+  // Integers of 2, 4 or 8 bytes (network order); 0 for NULL, as SQLite reads it.
+  std::int64_t i64(int c) const noexcept {
+    const auto* p = reinterpret_cast<const unsigned char*>(PQgetvalue(row_, 0, c));
+    const int n = PQgetlength(row_, 0, c);
+    if (is_null(c) || (n != 2 && n != 4 && n != 8)) return 0;
+    std::uint64_t v = 0;
+    for (int i = 0; i < n; ++i) v = v << 8 | p[i];
+    if (n < 8 && (p[0] & 0x80)) v |= ~std::uint64_t{0} << (8 * n);  // sign-extend
+    return static_cast<std::int64_t>(v);
+  }
+  // A float8 (the SQL casts reals to it); 0 for NULL.
+  double real(int c) const noexcept {
+    if (is_null(c) || PQgetlength(row_, 0, c) != 8) return 0;
+    const auto bits = static_cast<std::uint64_t>(i64(c));
+    double v;
+    std::memcpy(&v, &bits, sizeof v);
+    return v;
+  }
+  std::optional<std::string_view> text_view(int c) const {
+    if (is_null(c)) return std::nullopt;
+    return std::string_view(PQgetvalue(row_, 0, c), static_cast<std::size_t>(PQgetlength(row_, 0, c)));
+  }
+  std::optional<std::string> text(int c) const {
+    const auto v = text_view(c);
+    return v ? std::optional<std::string>(*v) : std::nullopt;
+  }
+
+ private:
+  PGconn* conn_ = nullptr;
+  PGresult* row_ = nullptr;
+};
+
 spend_figures read_figures(const statement& st, int first) {
   spend_figures f;
   f.requests = st.i64(first);
@@ -241,21 +323,44 @@ const char* group_expr(spend_group g) noexcept {
     case spend_group::key: return "client_key_id";
     case spend_group::tier: return "service_tier";
     case spend_group::provider: return "provider";
+    case spend_group::instance: return "instance";
     case spend_group::day: break;
   }
   return "NULL";
 }
 
+// Where group_rows_sql reads: the local ledger file, or the fleet ledger (all of it, or one
+// instance's rows).
+struct rows_from {
+  bool fleet = false;
+  bool instance = false;  // fleet only: `AND instance = $3`
+};
+
 // The rows of [?1, ?2) with their group keys, the figures' terms and then `extra` columns (", a, b"),
 // in the order the plain range query reads them (the start_ms index: start_ms, then id; the
-// ORDER BY costs no sort).
-std::string group_rows_sql(const std::vector<spend_group>& cols, std::string_view extra = {}) {
+// ORDER BY costs no sort). The fleet's rows come in (start_ms, ledger_uid, id) order, its terms
+// cast to the types fleet_rows reads.
+std::string group_rows_sql(const std::vector<spend_group>& cols, std::string_view extra = {}, rows_from from = {}) {
   std::string keys;
   for (const auto g : cols) (keys += group_expr(g)) += ", ";
+  if (from.fleet)
+    return "SELECT " + keys +
+           "(priced = 0 AND usage_source <> 'none')::int, prompt_tokens, completion_tokens, cached_tokens, "
+           "cache_write_tokens, reasoning_tokens, cost_usd::float8" + std::string(extra) + " FROM " + kFleetTable +
+           " WHERE start_ms >= $1 AND start_ms < $2" + (from.instance ? " AND instance = $3" : "") +
+           " ORDER BY start_ms, ledger_uid, id";
   return "SELECT " + keys +
          "priced = 0 AND usage_source <> 'none', prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, "
          "reasoning_tokens, cost_usd" + std::string(extra) +
          " FROM calls WHERE start_ms >= ?1 AND start_ms < ?2 ORDER BY start_ms, id";
+}
+
+// The fleet's rows of `sql` (group_rows_sql with rows_from{true, instance}) in `range`.
+fleet_rows fleet_query(const std::string& url, const std::string& sql, const time_range& range,
+                       const std::optional<std::string>& instance) {
+  std::vector<std::string> params = {std::to_string(range.from_ms), std::to_string(range.to_ms)};
+  if (instance) params.push_back(*instance);
+  return fleet_rows(url, sql, params);
 }
 
 // SQLite's SUM() of reals, bit for bit, when given the same values in the same order. Before
@@ -298,7 +403,8 @@ template <class Row>
 class group_index {
  public:
   explicit group_index(std::size_t ncols) : ncols_(static_cast<int>(ncols)) {}
-  Row& at(const statement& st) {
+  template <class Rows>  // statement or fleet_rows
+  Row& at(const Rows& st) {
     // The keys as one string: per column, NULL or its length and bytes.
     key_.clear();
     for (int c = 0; c < ncols_; ++c) {
@@ -350,7 +456,8 @@ class group_sums {
       : first_(first < 0 ? static_cast<int>(ncols) : first), groups_(ncols), total_(total) {}
   // Returns the row's terms (unpriced flag, prompt, completion, cached, writes, reasoning), each
   // read from the statement once.
-  std::array<std::int64_t, 6> add(const statement& st) {
+  template <class Rows>  // statement or fleet_rows
+  std::array<std::int64_t, 6> add(const Rows& st) {
     std::array<std::int64_t, 6> terms;
     for (int i = 0; i < 6; ++i) terms[static_cast<std::size_t>(i)] = st.i64(first_ + i);
     const double cost = st.real(first_ + 6);
@@ -624,11 +731,12 @@ std::string_view to_string(spend_group g) noexcept {
     case spend_group::key: return "key";
     case spend_group::tier: return "tier";
     case spend_group::provider: return "provider";
+    case spend_group::instance: return "instance";
   }
   return "day";
 }
 
-std::vector<spend_group> parse_group_by(std::string_view list) {
+std::vector<spend_group> parse_group_by(std::string_view list, bool fleet) {
   std::vector<spend_group> out;
   std::size_t pos = 0;
   while (pos <= list.size()) {
@@ -638,11 +746,15 @@ std::vector<spend_group> parse_group_by(std::string_view list) {
     if (name.empty()) continue;
     std::optional<spend_group> g;
     for (const auto c : {spend_group::day, spend_group::model, spend_group::team, spend_group::key, spend_group::tier,
-                         spend_group::provider})
+                         spend_group::provider, spend_group::instance})
       if (name == to_string(c)) g = c;
     if (!g)
-      throw std::invalid_argument("group_by: unknown column '" + std::string(name) +
-                                  "' (expected day, model, team, key, tier or provider)");
+      throw std::invalid_argument("group_by: unknown column '" + std::string(name) + "' (expected day, model, team, key, tier" +
+                                  (fleet ? ", provider or instance)" : " or provider)"));
+    if (*g == spend_group::instance && !fleet)
+      throw std::invalid_argument(
+          "group_by: 'instance' is a column of the fleet ledger (tollgate report --fleet); a ledger file holds one "
+          "instance's calls");
     if (std::find(out.begin(), out.end(), *g) != out.end())
       throw std::invalid_argument("group_by: '" + std::string(name) + "' given twice");
     out.push_back(*g);
@@ -652,21 +764,57 @@ std::vector<spend_group> parse_group_by(std::string_view list) {
 
 namespace {
 
+// The group columns of `q` but day, in the given order: group_rows_sql's key columns.
+std::vector<spend_group> key_columns(const spend_query& q) {
+  std::vector<spend_group> cols;
+  for (const auto g : q.group_by)
+    if (g != spend_group::day) cols.push_back(g);
+  return cols;
+}
+
+// The report's groups and total from group_rows_sql(key_columns(q), ", start_ms") rows, one pass
+// in their order: the sums of [from, to) per group, with `day` (when grouped by day) at its place
+// among the keys, and the total in the same pass. A GROUP BY, or a window partitioned by the
+// groups, sorts every row of the range first (14-16 s for a month of 3.5M rows by team; this way
+// ~2 s). SQL cannot evaluate IANA zones (and PostgreSQL's zone database need not be this
+// machine's), so a new local day starts at the calendar's bound (23- and 25-hour days across DST
+// changes): the groups so far are the previous day's.
+template <class Rows>
+void spend_pass(Rows& rows, const calendar& cal, const spend_query& q, spend_report& out) {
+  const std::size_t ncols = key_columns(q).size();
+  const auto day_at = std::find(q.group_by.begin(), q.group_by.end(), spend_group::day);
+  const bool by_day = day_at != q.group_by.end();
+  const auto day_pos = day_at - q.group_by.begin();
+  const int start_col = static_cast<int>(ncols) + 7;
+  figure_sums total;
+  group_sums sums(ncols, total);
+  std::optional<std::string> day;
+  std::int64_t day_end_ms = std::numeric_limits<std::int64_t>::min();
+  const auto end_day = [&] {
+    for (auto& row : sums.take()) {
+      if (by_day) row.keys.insert(row.keys.begin() + day_pos, day);
+      out.rows.push_back(std::move(row));
+    }
+  };
+  while (rows.step()) {
+    if (by_day && rows.i64(start_col) >= day_end_ms) {
+      end_day();
+      const time_window w = cal.window(calendar_period::day, floor_div(rows.i64(start_col), 1000));
+      day_end_ms = w.end_s * 1000;
+      day = cal.local_date(w.start_s);
+    }
+    sums.add(rows);
+  }
+  end_day();
+  out.total = total.value();
+  if (q.group_by.empty()) out.rows.clear();  // the one group of no keys is the total
+  std::sort(out.rows.begin(), out.rows.end(), keys_less);
+}
+
 spend_report spend_on(const reader& db, const calendar& cal, const spend_query& q) {
   spend_report out;
   out.query = q;
-
-  std::vector<spend_group> cols;  // every group but day, in the given order
-  for (const auto g : q.group_by)
-    if (g != spend_group::day) cols.push_back(g);
-  const auto day_at = std::find(q.group_by.begin(), q.group_by.end(), spend_group::day);
-  const bool by_day = day_at != q.group_by.end();
-  const auto day_pos = static_cast<std::size_t>(day_at - q.group_by.begin());
-  // Without groups, the plain range query is the report. With groups, the sums of [from, to) per
-  // group, with `day` (when grouped by day) at its place among the keys, are made here from the
-  // rows in the plain query's order (the total too, in the same pass: the days' runs read the
-  // range in order). A GROUP BY, or a window partitioned by the groups, sorts every row of the
-  // range first (14-16 s for a month of 3.5M rows by team; this way ~2 s).
+  // Without groups, the plain range query is the report.
   if (q.group_by.empty()) {
     statement total(db, range_sql());
     total.bind(1, q.range.from_ms);
@@ -674,43 +822,10 @@ spend_report spend_on(const reader& db, const calendar& cal, const spend_query& 
     if (total.step()) out.total = read_figures(total, 0);
     return out;
   }
-
-  figure_sums total;
-  statement grouped(db, group_rows_sql(cols));
-  const auto run = [&](std::int64_t from, std::int64_t to, const std::optional<std::string>& day) {
-    grouped.bind(1, from);
-    grouped.bind(2, to);
-    group_sums sums(cols.size(), total);
-    while (grouped.step()) sums.add(grouped);
-    for (auto& row : sums.take()) {
-      if (by_day) row.keys.insert(row.keys.begin() + static_cast<std::ptrdiff_t>(day_pos), day);
-      out.rows.push_back(std::move(row));
-    }
-  };
-
-  if (!by_day) {
-    run(q.range.from_ms, q.range.to_ms, std::nullopt);
-  } else {
-    // One pass per local day that has calls. SQL cannot evaluate IANA zones, so the day bounds
-    // come from the calendar (23- and 25-hour days across DST changes) and jumping to the next
-    // call skips empty stretches of a sparse ledger.
-    statement next_call(db, "SELECT MIN(start_ms) FROM calls WHERE start_ms >= ?1 AND start_ms < ?2");
-    std::int64_t from = q.range.from_ms;
-    for (;;) {
-      next_call.bind(1, from);
-      next_call.bind(2, q.range.to_ms);
-      if (!next_call.step() || next_call.is_null(0)) break;
-      const std::int64_t at = next_call.i64(0);
-      const time_window day = cal.window(calendar_period::day, floor_div(at, 1000));
-      const std::int64_t lo = std::max(day.start_s * 1000, q.range.from_ms);
-      const std::int64_t hi = std::min(day.end_s * 1000, q.range.to_ms);
-      run(lo, hi, cal.local_date(day.start_s));
-      if (hi >= q.range.to_ms) break;
-      from = hi;
-    }
-  }
-  out.total = total.value();
-  std::sort(out.rows.begin(), out.rows.end(), keys_less);
+  statement rows(db, group_rows_sql(key_columns(q), ", start_ms"));
+  rows.bind(1, q.range.from_ms);
+  rows.bind(2, q.range.to_ms);
+  spend_pass(rows, cal, q, out);
   return out;
 }
 
@@ -721,6 +836,17 @@ spend_report query_spend(const std::string& ledger_path, const spend_query& q) {
   reader db(ledger_path);
   db.consistent();
   return spend_on(db, cal, q);
+}
+
+spend_report query_fleet_spend(const std::string& url, const spend_query& q, const std::optional<std::string>& instance) {
+  const calendar cal(q.timezone);
+  spend_report out;
+  out.query = q;
+  // Every figure is summed here, the total included: PostgreSQL's SUM of doubles adds them in
+  // whatever order its (parallel) plan reads them, so it need not equal a sum in start_ms order.
+  auto rows = fleet_query(url, group_rows_sql(key_columns(q), ", start_ms", {true, instance.has_value()}), q.range, instance);
+  spend_pass(rows, cal, q, out);
+  return out;
 }
 
 nlohmann::json to_json(const spend_report& r) {
@@ -1020,26 +1146,33 @@ class whatif_prices {
   std::map<std::string, model_price> own_;
 };
 
-}  // namespace
-
-static bool bills_beyond_columns(const model_price& p) {
+bool bills_beyond_columns(const model_price& p) {
   return p.image_input || p.audio_input || p.audio_output || p.text_output || p.cached_image_input || p.cached_audio_input ||
          p.per_minute > 0 || p.per_million_characters > 0 || !p.per_image.empty() || !p.per_second.empty();
 }
 
-whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q, const price_table& prices) {
+// The question's blanket target (nullptr without one), after checking that it asks for a change
+// and that every target has a price. Throws std::invalid_argument otherwise.
+const model_price* whatif_blanket(const whatif_query& q, const whatif_prices& book) {
   if (q.model.empty() && q.swap.empty() && q.prices.empty())
     throw std::invalid_argument("say what to change: model, swap or prices");
-  const whatif_prices book(prices, q.prices);
   const model_price* blanket = nullptr;
   if (!q.model.empty() && (blanket = book.find(q.model)) == nullptr)
     throw std::invalid_argument("model: '" + q.model + "' is not in the price table");
   for (const auto& [from, to] : q.swap)
     if (book.find(to) == nullptr)
       throw std::invalid_argument("swap: '" + to + "' (for '" + from + "') is not in the price table");
-  reader db(ledger_path);
-  db.consistent();
+  return blanket;
+}
 
+// The columns whatif_pass reads.
+std::string whatif_sql(rows_from from) {
+  return group_rows_sql({spend_group::model, spend_group::tier}, ", cache_write_1h_tokens, web_search_requests", from);
+}
+
+// The what-if report of whatif_sql's rows of q.range (statement or fleet_rows).
+template <class Rows>
+whatif_report whatif_pass(Rows& st, const whatif_query& q, const whatif_prices& book, const model_price* blanket) {
   // Each original model's price: its swap entry, else the blanket model, else its own.
   const auto target_of = [&](const std::optional<std::string>& model) -> const model_price* {
     const model_price* t = blanket;
@@ -1075,9 +1208,6 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
   group_index<token_group> groups(2);
   figure_sums actual_total;
   group_sums by_model(1, actual_total, 2);
-  statement st(db, group_rows_sql({spend_group::model, spend_group::tier}, ", cache_write_1h_tokens, web_search_requests"));
-  st.bind(1, q.range.from_ms);
-  st.bind(2, q.range.to_ms);
   while (st.step()) {
     const auto f = by_model.add(st);  // [1] prompt, [2] completion, [3] cached, [4] writes
     auto& g = groups.at(st);
@@ -1170,6 +1300,27 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
   }
   for (const auto& [t, acc] : by_target) out.whatif_cost_usd += cost_of(*t, acc.first, acc.second);
   return out;
+}
+
+}  // namespace
+
+whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q, const price_table& prices) {
+  const whatif_prices book(prices, q.prices);
+  const model_price* blanket = whatif_blanket(q, book);
+  reader db(ledger_path);
+  db.consistent();
+  statement st(db, whatif_sql({}));
+  st.bind(1, q.range.from_ms);
+  st.bind(2, q.range.to_ms);
+  return whatif_pass(st, q, book, blanket);
+}
+
+whatif_report query_fleet_whatif(const std::string& url, const whatif_query& q, const price_table& prices,
+                                 const std::optional<std::string>& instance) {
+  const whatif_prices book(prices, q.prices);
+  const model_price* blanket = whatif_blanket(q, book);
+  auto rows = fleet_query(url, whatif_sql({true, instance.has_value()}), q.range, instance);
+  return whatif_pass(rows, q, book, blanket);
 }
 
 nlohmann::json to_json(const whatif_report& r) {

@@ -21,25 +21,35 @@ namespace tollgate {
 namespace {
 
 constexpr const char* kUsage =
-    R"(Usage: tollgate report [--ledger FILE] [--month YYYY-MM | --from WHEN [--to WHEN]]
-                       [--by day,model,team,key,tier,provider] [--timezone ZONE] [--csv | --json]
-                       [[--whatif MODEL] [--swap FROM=TO ...] [--prices FILE]] [--config FILE]
+    R"(Usage: tollgate report [--ledger FILE | --fleet | --postgres URL [--instance NAME]]
+                       [--month YYYY-MM | --from WHEN [--to WHEN]]
+                       [--by day,model,team,key,tier,provider,instance] [--timezone ZONE]
+                       [--csv | --json] [[--whatif MODEL] [--swap FROM=TO ...] [--prices FILE]]
+                       [--config FILE]
 
 Prints the spend recorded in a ledger file: the figures of the admin API's /admin/spend (and,
-with --whatif, /admin/whatif), as an aligned table, CSV or JSON. Amounts are unrounded.
+with --whatif, /admin/whatif), as an aligned table, CSV or JSON. Amounts are unrounded. With
+--fleet or --postgres, the same report over the fleet ledger in PostgreSQL: every instance's
+calls (ledger.postgres).
 
 Options:
   --ledger FILE      the SQLite ledger (default: $TOLLGATE_LEDGER_PATH, else the
                      configuration's ledger.path)
+  --fleet            the fleet ledger the proxy ships to: $TOLLGATE_LEDGER_POSTGRES_URL, else
+                     the configuration's ledger.postgres.url (kept off the command line, where
+                     other users can read it)
+  --postgres URL     the fleet ledger at this libpq URI or conninfo (table tollgate_calls)
+  --instance NAME    with --fleet or --postgres: one instance's calls (its
+                     ledger.postgres.instance)
   --month YYYY-MM    one calendar month in --timezone
   --from WHEN        start, inclusive: YYYY-MM-DD (local midnight), YYYY-MM, or RFC 3339
                      (2026-11-01T10:00:00Z, 2026-11-01T10:00:00+01:00)
   --to WHEN          end: a date or month is inclusive (up to the end of that local day or
                      month), an RFC 3339 time is exclusive
                      Without --month, --from or --to: every call in the ledger.
-  --by LIST          group by day, model, team, key, tier (the processing tier) and/or
-                     provider, in the order given as columns (comma-separated or
-                     repeated); without it, the total only
+  --by LIST          group by day, model, team, key, tier (the processing tier), provider
+                     and/or (fleet only) instance, in the order given as columns
+                     (comma-separated or repeated); without it, the total only
   --timezone ZONE    IANA zone of dates, months and the day column (default: UTC)
   --csv, --json      machine-readable output instead of the table
   --whatif MODEL     re-price the period's tokens at MODEL's prices, per original model
@@ -62,6 +72,9 @@ enum class output_format { table, csv, json };
 
 struct options {
   std::string ledger;
+  bool ledger_given = false;  // --ledger (else ledger is $TOLLGATE_LEDGER_PATH or empty)
+  bool fleet = false;         // --fleet
+  std::optional<std::string> postgres, instance;
   std::optional<std::string> month, from, to, whatif;
   std::map<std::string, std::string> swap;  // --swap FROM=TO
   std::optional<std::string> prices, config;
@@ -95,6 +108,14 @@ options parse_args(const std::vector<std::string>& args) {
       o.help = true;
     } else if (name == "--ledger") {
       o.ledger = value();
+      o.ledger_given = true;
+    } else if (name == "--fleet") {
+      flag();
+      o.fleet = true;
+    } else if (name == "--postgres") {
+      o.postgres = value();
+    } else if (name == "--instance") {
+      o.instance = value();
     } else if (name == "--month") {
       o.month = value();
     } else if (name == "--from") {
@@ -129,7 +150,13 @@ options parse_args(const std::vector<std::string>& args) {
   }
   if (o.help) return o;
   if (o.month && (o.from || o.to)) throw usage_error("--month cannot be combined with --from/--to");
-  o.group_by = parse_group_by(by);
+  if (o.ledger_given + o.fleet + o.postgres.has_value() > 1)
+    throw usage_error("give one ledger: --ledger FILE, --fleet or --postgres URL");
+  const bool fleet = o.fleet || o.postgres;
+  if (o.instance && !fleet)
+    throw usage_error("--instance applies to the fleet ledger only (--fleet or --postgres URL): a ledger file is one "
+                      "instance's");
+  o.group_by = parse_group_by(by, fleet);
   if ((o.whatif || !o.swap.empty()) && !o.group_by.empty())
     throw usage_error("--whatif and --swap report per original model; drop --by");
   return o;
@@ -192,8 +219,9 @@ std::vector<std::string> figure_cells(const spend_figures& f) {
           std::to_string(f.reasoning_tokens), shortest(f.cost_usd)};
 }
 
-void print_spend(std::ostream& out, const spend_report& r) {
-  out << "Spend " << period_text(r.query.range) << " (timezone " << r.query.timezone
+// `of`: "" for a ledger file, else which part of the fleet ledger (" of the fleet", ...).
+void print_spend(std::ostream& out, const spend_report& r, const std::string& of) {
+  out << "Spend" << of << ' ' << period_text(r.query.range) << " (timezone " << r.query.timezone
       << "); tokens, cost in USD\n\n";
   std::vector<std::string> header;
   for (const auto g : r.query.group_by) header.emplace_back(to_string(g));
@@ -215,8 +243,9 @@ void print_spend(std::ostream& out, const spend_report& r) {
   print_table(out, header, text_columns, rows);
 }
 
-void print_whatif(std::ostream& out, const whatif_report& r) {
-  out << "What-if at " << (r.model.empty() ? std::string("swapped") : r.model) << " prices, " << period_text(r.range)
+void print_whatif(std::ostream& out, const whatif_report& r, const std::string& of) {
+  out << "What-if at " << (r.model.empty() ? std::string("swapped") : r.model) << " prices" << of << ", "
+      << period_text(r.range)
       << "; tokens, cost in USD\n\n";
   const std::vector<std::string> header = {"model",      "requests",   "prompt",     "cached",    "cache_write",
                                            "completion", "actual_usd", "whatif_usd", "priced_as"};
@@ -254,10 +283,28 @@ std::optional<config> configuration(const options& o) {
   return load_config_file(path);
 }
 
+// The fleet ledger's url: --postgres, else (--fleet) $TOLLGATE_LEDGER_POSTGRES_URL, which
+// overrides the key for the proxy too, else the configuration's ledger.postgres.url. Never
+// printed: it may hold a password.
+// The first two; nullopt when the configuration is needed.
+std::optional<std::string> given_fleet_url(const options& o) {
+  if (o.postgres) return *o.postgres;
+  if (const char* env = std::getenv("TOLLGATE_LEDGER_POSTGRES_URL"); env && *env) return env;
+  return std::nullopt;
+}
+std::string fleet_url(const options& o, const std::optional<config>& cfg) {
+  if (auto url = given_fleet_url(o)) return *url;
+  if (cfg && !cfg->ledger_postgres.url.empty()) return cfg->ledger_postgres.url;
+  throw usage_error(
+      "--fleet: no fleet ledger configured: give the proxy's --config FILE (its ledger.postgres.url), set "
+      "TOLLGATE_LEDGER_POSTGRES_URL, or give --postgres URL");
+}
+
 int run(options o, std::ostream& out, std::ostream& err) {
   const bool whatif = o.whatif || !o.swap.empty();
+  const bool fleet = o.fleet || o.postgres;
   std::optional<config> cfg;
-  if (o.ledger.empty() || (whatif && !o.prices)) {
+  if ((fleet ? !given_fleet_url(o) : o.ledger.empty()) || (whatif && !o.prices)) {
     try {
       cfg = configuration(o);
     } catch (const config_error& e) {
@@ -265,17 +312,25 @@ int run(options o, std::ostream& out, std::ostream& err) {
       return 2;
     }
   }
-  if (o.ledger.empty() && cfg) o.ledger = cfg->ledger_path;
-  if (o.ledger.empty())
-    throw usage_error("no ledger: give --ledger FILE, set TOLLGATE_LEDGER_PATH, or give the proxy's --config FILE");
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(o.ledger, ec)) {
-    const bool exists = std::filesystem::exists(o.ledger, ec);
-    err << "tollgate report: ledger file '" << o.ledger << "' "
-        << (!exists ? "not found" : std::filesystem::is_directory(o.ledger, ec) ? "is a directory" : "is not a regular file")
-        << "\n";
-    return 2;
+  std::string url;
+  if (fleet) {
+    url = fleet_url(o, cfg);
+  } else {
+    if (o.ledger.empty() && cfg) o.ledger = cfg->ledger_path;
+    if (o.ledger.empty())
+      throw usage_error(
+          "no ledger: give --ledger FILE, set TOLLGATE_LEDGER_PATH, give the proxy's --config FILE, or read the fleet "
+          "ledger with --fleet");
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(o.ledger, ec)) {
+      const bool exists = std::filesystem::exists(o.ledger, ec);
+      err << "tollgate report: ledger file '" << o.ledger << "' "
+          << (!exists ? "not found" : std::filesystem::is_directory(o.ledger, ec) ? "is a directory" : "is not a regular file")
+          << "\n";
+      return 2;
+    }
   }
+  const std::string of = !fleet ? "" : o.instance ? " of instance " + *o.instance + " (fleet ledger)" : " of the fleet";
   const calendar cal(o.timezone);
   const time_range range = range_of(o, cal);
   if (whatif) {
@@ -290,16 +345,18 @@ int run(options o, std::ostream& out, std::ostream& err) {
           << '\n';
       return 2;
     }
-    const auto report = query_whatif(o.ledger, {.range = range, .model = o.whatif.value_or(""), .swap = o.swap}, prices);
+    const whatif_query q{.range = range, .model = o.whatif.value_or(""), .swap = o.swap};
+    const auto report = fleet ? query_fleet_whatif(url, q, prices, o.instance) : query_whatif(o.ledger, q, prices);
     if (o.format == output_format::csv) out << to_csv(report);
     else if (o.format == output_format::json) out << pretty(to_json(report)) << '\n';
-    else print_whatif(out, report);
+    else print_whatif(out, report, of);
     return 0;
   }
-  const auto report = query_spend(o.ledger, {range, o.group_by, o.timezone});
+  const spend_query q{range, o.group_by, o.timezone};
+  const auto report = fleet ? query_fleet_spend(url, q, o.instance) : query_spend(o.ledger, q);
   if (o.format == output_format::csv) out << to_csv(report);
   else if (o.format == output_format::json) out << pretty(to_json(report)) << '\n';
-  else print_spend(out, report);
+  else print_spend(out, report, of);
   return 0;
 }
 

@@ -20,8 +20,12 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <tuple>
+
+#include <nlohmann/json.hpp>
 
 #include "core/policy.hpp"
+#include "ledger/report_cli.hpp"
 #include "support.hpp"
 
 namespace {
@@ -627,33 +631,25 @@ int forecast_tool(const std::string& args, std::string& out, std::string& err) {
 // A table without its first word (the input's name: the ledger file's stem, or tollgate_calls).
 std::string without_label(const std::string& table) { return table.substr(std::min(table.find(' '), table.size())); }
 
-}  // namespace
-
-TEST_CASE("tollgate-forecast --postgres forecasts the fleet table as --ledger forecasts the ledger that shipped it") {
-  pg_server pg;
-  pg.start();
-  tt::harness h({.tweak = fleet(pg, "edge-f")});
-  calls(h, 2, "gpt-4.1");
-  calls(h, 2, "claude-sonnet-4-5");
-  // Three hours of history ending ten minutes ago on a minute boundary: 2,160 copies of those
-  // four rows, one every 5 s, in two teams, with varied prompt tokens. The shipper ships them
-  // as it ships any committed row.
-  const std::int64_t now_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-  const std::int64_t end_ms = (now_ms / 60000 - 10) * 60000, begin_ms = end_ms - 3 * 3600 * 1000;
+// Adds `rows` copies of the ledger's first four rows to its calls table (n.i = 0 .. rows-1 is
+// the copy's number: `start_ms` is an SQL expression of it), in two teams (red, blue), with
+// varied prompt tokens and `more` columns made by their own expressions. The shipper ships them
+// as any committed row.
+void add_history(tt::harness& h, int rows, const std::string& start_ms, const std::map<std::string, std::string>& more = {}) {
   std::string columns, values;
   for (const auto& row : h.rows("SELECT name FROM pragma_table_info('calls') WHERE name <> 'id'")) {
     const std::string name = row.at("name");
-    const std::map<std::string, std::string> made = {
-        {"request_id", "c.request_id || '-h' || n.i"},
-        {"start_ms", std::to_string(begin_ms) + " + n.i * 5000 + (n.i % 7) * 311"},
-        {"team", "CASE n.i % 3 WHEN 0 THEN 'red' ELSE 'blue' END"},
-        {"prompt_tokens", "100 + n.i % 37"}};
+    std::map<std::string, std::string> made = {{"request_id", "c.request_id || '-h' || n.i"},
+                                               {"start_ms", start_ms},
+                                               {"team", "CASE n.i % 3 WHEN 0 THEN 'red' ELSE 'blue' END"},
+                                               {"prompt_tokens", "100 + n.i % 37"}};
+    made.insert(more.begin(), more.end());
     columns += (columns.empty() ? "\"" : ", \"") + name + "\"";
     values += (values.empty() ? "" : ", ") + (made.count(name) ? made.at(name) : "c.\"" + name + "\"");
   }
-  const std::string insert = "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 2159) INSERT INTO calls (" +
-                             columns + ") SELECT " + values + " FROM n JOIN calls c ON c.id = (SELECT min(id) FROM calls) + n.i % 4";
+  const std::string insert = "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < " +
+                             std::to_string(rows - 1) + ") INSERT INTO calls (" + columns + ") SELECT " + values +
+                             " FROM n JOIN calls c ON c.id = (SELECT min(id) FROM calls) + n.i % 4";
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open(h.cfg.ledger_path.c_str(), &db) == SQLITE_OK);
   sqlite3_busy_timeout(db, 5000);
@@ -664,6 +660,21 @@ TEST_CASE("tollgate-forecast --postgres forecasts the fleet table as --ledger fo
   sqlite3_close(db);
   INFO(message);
   REQUIRE(rc == SQLITE_OK);
+}
+
+}  // namespace
+
+TEST_CASE("tollgate-forecast --postgres forecasts the fleet table as --ledger forecasts the ledger that shipped it") {
+  pg_server pg;
+  pg.start();
+  tt::harness h({.tweak = fleet(pg, "edge-f")});
+  calls(h, 2, "gpt-4.1");
+  calls(h, 2, "claude-sonnet-4-5");
+  // Three hours of history ending ten minutes ago on a minute boundary, one row every 5 s.
+  const std::int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const std::int64_t end_ms = (now_ms / 60000 - 10) * 60000, begin_ms = end_ms - 3 * 3600 * 1000;
+  add_history(h, 2160, std::to_string(begin_ms) + " + n.i * 5000 + (n.i % 7) * 311");
   const auto local = h.query_int("SELECT count(*) FROM calls");
   REQUIRE(local == 2164);
   REQUIRE(tt::harness::eventually([&] { return pg.count() == local; }, std::chrono::seconds(30)));
@@ -721,4 +732,117 @@ TEST_CASE("tollgate-forecast --postgres forecasts the fleet table as --ledger fo
   CHECK(forecast_tool("forecast --postgres " + shell_quote(url), out, err) == 2);
   CHECK(err.find("no tollgate fleet ledger here") != std::string::npos);
   CHECK(err.find("s3cret") == std::string::npos);
+}
+
+namespace {
+
+// `tollgate report ARGS`: exit status, stdout and stderr.
+std::tuple<int, std::string, std::string> report(const std::vector<std::string>& args) {
+  std::ostringstream out, err;
+  const int rc = tollgate::report_main(args, out, err);
+  return {rc, out.str(), err.str()};
+}
+
+std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("tollgate report --fleet prints what tollgate report prints on the ledgers that shipped the rows") {
+  pg_server pg;
+  pg.start();
+  tt::harness f({.tweak = fleet(pg, "edge-f")});
+  tt::harness g({.tweak = fleet(pg, "edge-g")});
+  calls(f, 2, "gpt-4.1");
+  calls(f, 2, "claude-sonnet-4-5");
+  calls(g, 4, "gpt-4.1");
+  // Three days from 2026-10-31T00:00Z, across the end of US daylight time (2026-11-01 has 25
+  // hours in New York): one row every 2 minutes at edge-f, one every 10 at edge-g, so the two
+  // instances' rows interleave. Costs vary by row (their sum depends on the order of adding),
+  // some calls are flex-tier, some name a provider.
+  const std::map<std::string, std::string> varied = {
+      {"cost_usd", "c.cost_usd * (1 + (n.i % 13) / 7.0) + 1e-7 * (n.i % 5)"},
+      {"service_tier", "CASE n.i % 5 WHEN 0 THEN 'flex' ELSE c.service_tier END"},
+      {"provider", "CASE n.i % 4 WHEN 1 THEN 'Groq' ELSE NULL END"}};
+  add_history(f, 2160, "1793404800000 + n.i * 120000 + (n.i % 7) * 311", varied);
+  add_history(g, 432, "1793404800000 + n.i * 600000 + (n.i % 3) * 977", varied);
+  const auto rows_f = f.query_int("SELECT count(*) FROM calls"), rows_g = g.query_int("SELECT count(*) FROM calls");
+  REQUIRE(rows_f == 2164);
+  REQUIRE(rows_g == 436);
+  REQUIRE(tt::harness::eventually([&] { return pg.count() == rows_f + rows_g; }, std::chrono::seconds(30)));
+
+  const std::string url = pg.url(), prices = std::string(TOLLGATE_SOURCE_DIR) + "/config/prices.yaml";
+  // One instance's rows of the fleet ledger report exactly what its ledger file reports: every
+  // sum, cost included, bit for bit (printed shortest round-trip).
+  const std::vector<std::vector<std::string>> questions = {
+      {"--json"},
+      {"--json", "--by", "day,model,team", "--timezone", "America/New_York"},
+      {"--csv", "--by", "tier,provider,key", "--from", "2026-11-01", "--to", "2026-11-02"},
+      {"--json", "--by", "day", "--month", "2026-11", "--timezone", "Asia/Kolkata"},
+      {"--json", "--whatif", "gpt-4.1-mini", "--prices", prices},
+      {"--csv", "--swap", "claude-sonnet-4-5=gpt-4.1", "--prices", prices, "--from", "2026-11-01T12:00:00Z"},
+  };
+  for (const auto& [instance, h] : {std::pair<std::string, tt::harness*>{"edge-f", &f}, {"edge-g", &g}}) {
+    for (const auto& q : questions) {
+      INFO(instance << " " << q.at(0) << " " << (q.size() > 2 ? q.at(2) : ""));
+      const auto [rc_file, from_file, err_file] = report(with({"--ledger", h->cfg.ledger_path}, q));
+      const auto [rc_fleet, from_fleet, err_fleet] = report(with({"--postgres", url, "--instance", instance}, q));
+      INFO(err_file << err_fleet);
+      REQUIRE(rc_file == 0);
+      CHECK(rc_fleet == 0);
+      CHECK(from_fleet == from_file);
+      CHECK(from_file.size() > 100);
+    }
+  }
+  // The table names what it reports on.
+  const auto [rc_t, table, err_t] = report({"--postgres", url, "--instance", "edge-g", "--by", "model"});
+  const auto [rc_l, local_table, err_l] = report({"--ledger", g.cfg.ledger_path, "--by", "model"});
+  CHECK(table.rfind("Spend of instance edge-g (fleet ledger) from the first call to the last call", 0) == 0);
+  CHECK(table.substr(table.find('\n')) == local_table.substr(local_table.find('\n')));
+
+  // The whole fleet: per instance, each ledger's figures; in total, both (the total's cost is
+  // summed in the fleet's order, so it is compared to the ledgers' sum within rounding).
+  const auto [rc, by_instance, err] = report({"--postgres", url, "--by", "instance", "--json"});
+  REQUIRE(rc == 0);
+  const auto fleet_report = nlohmann::json::parse(by_instance);
+  const auto file_total = [&](tt::harness& h) {
+    return nlohmann::json::parse(std::get<1>(report({"--ledger", h.cfg.ledger_path, "--json"})))["total"];
+  };
+  const auto total_f = file_total(f), total_g = file_total(g);
+  REQUIRE(fleet_report["rows"].size() == 2);
+  for (const auto& [row, total] : {std::pair{fleet_report["rows"][0], total_f}, {fleet_report["rows"][1], total_g}}) {
+    auto figures = row;
+    figures.erase("instance");
+    CHECK(figures == total);
+  }
+  CHECK(fleet_report["rows"][0]["instance"] == "edge-f");
+  CHECK(fleet_report["rows"][1]["instance"] == "edge-g");
+  for (const char* k : {"requests", "unpriced_requests", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens"})
+    CHECK(fleet_report["total"][k].get<std::int64_t>() == total_f[k].get<std::int64_t>() + total_g[k].get<std::int64_t>());
+  CHECK(fleet_report["total"]["requests"] == rows_f + rows_g);
+  CHECK(fleet_report["total"]["cost_usd"].get<double>() ==
+        Approx(total_f["cost_usd"].get<double>() + total_g["cost_usd"].get<double>()).epsilon(1e-12));
+
+  // --fleet: the url from the proxy's configuration, off the command line; the same report.
+  const tt::temp_dir conf;
+  std::ofstream(conf.path + "/tollgate.yaml") << "ledger:\n  postgres:\n    url: " << url << "\n";
+  const auto [rc_c, from_config, err_c] =
+      report({"--fleet", "--config", conf.path + "/tollgate.yaml", "--by", "instance", "--json"});
+  CHECK(rc_c == 0);
+  CHECK(from_config == by_instance);
+  // An instance without rows: an empty report, not an error.
+  const auto [rc_none, none, err_none] = report({"--postgres", url, "--instance", "edge-9", "--json"});
+  CHECK(rc_none == 0);
+  CHECK(nlohmann::json::parse(none)["total"]["requests"] == 0);
+
+  // A database without the fleet table says so, and the url's password is not repeated.
+  std::string other = url;
+  other.replace(other.find("tollgate@"), 9, "tollgate:s3cret@");
+  other.replace(other.rfind("/postgres"), 9, "/template1");
+  const auto [rc_x, out_x, err_x] = report({"--postgres", other, "--by", "day"});
+  CHECK(rc_x == 1);
+  CHECK_THAT(err_x.c_str(), Catch::Matchers::Contains("no tollgate fleet ledger here"));
+  CHECK(err_x.find("s3cret") == std::string::npos);
 }

@@ -29,6 +29,7 @@ namespace {
 
 using namespace tollgate;
 using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
 namespace fs = std::filesystem;
 
 const std::string source_dir = TOLLGATE_SOURCE_DIR;
@@ -220,6 +221,10 @@ TEST_CASE("report: group_by names are parsed in order, unknown or repeated ones 
   CHECK(parse_group_by("").empty());
   CHECK_THROWS_WITH(parse_group_by("day,user"), Contains("unknown column 'user'") && Contains("day, model, team, key, tier or provider"));
   CHECK_THROWS_WITH(parse_group_by("day,model,day"), Contains("'day' given twice"));
+  // instance: a column of the fleet ledger only.
+  CHECK_THROWS_WITH(parse_group_by("model,instance"), Contains("'instance' is a column of the fleet ledger"));
+  CHECK(parse_group_by("instance,day", true) == std::vector<spend_group>{spend_group::instance, spend_group::day});
+  CHECK_THROWS_WITH(parse_group_by("user", true), Contains("day, model, team, key, tier, provider or instance"));
 }
 
 TEST_CASE("report: a refused call without usage is a request, not an unpriced one", "[report]") {
@@ -882,14 +887,15 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
   SECTION("--help prints the usage") {
     const auto [rc, out, err] = run({"--help"});
     CHECK(rc == 0);
-    CHECK_THAT(out, Contains("Usage: tollgate report [--ledger FILE]") && Contains("--config FILE"));
+    CHECK_THAT(out, Contains("Usage: tollgate report [--ledger FILE | --fleet | --postgres URL") && Contains("--config FILE"));
   }
   SECTION("bad arguments and missing files exit 2 with a message") {
     // Where no configuration is found (no config/tollgate.yaml, no $TOLLGATE_CONFIG).
     const testing::scoped_cwd elsewhere(s.dir.path);
-    const testing::scoped_env no_config("TOLLGATE_CONFIG", nullptr), no_ledger("TOLLGATE_LEDGER_PATH", nullptr);
+    const testing::scoped_env no_config("TOLLGATE_CONFIG", nullptr), no_ledger("TOLLGATE_LEDGER_PATH", nullptr),
+        no_fleet("TOLLGATE_LEDGER_POSTGRES_URL", nullptr);
     const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
-        {{"--month", "2026-11"}, "no ledger: give --ledger FILE, set TOLLGATE_LEDGER_PATH, or give the proxy's --config FILE"},
+        {{"--month", "2026-11"}, "no ledger: give --ledger FILE, set TOLLGATE_LEDGER_PATH, give the proxy's --config FILE, or read the fleet ledger with --fleet"},
         {{"--ledger", s.path, "--whatif", "gpt-4.1"}, "no price table: give --prices FILE, or the proxy's --config FILE"},
         {{"--config", s.dir.file("none.yaml")}, "configuration error: " + s.dir.file("none.yaml") + ": cannot open"},
         {{"--ledger", s.path, "--config"}, "--config needs a value"},
@@ -908,6 +914,12 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
         {{"--ledger", s.path, "--whatif", "gpt-4.1", "--prices", s.dir.file("none.yaml")}, "none.yaml"},
         {{"--ledger", s.path, "--swap", "gpt-4.1"}, "--swap takes FROM=TO"},
         {{"--ledger", s.path, "--swap", "gpt-4.1=x", "--by", "model"}, "drop --by"},
+        {{"--ledger", s.path, "--by", "model,instance"}, "'instance' is a column of the fleet ledger"},
+        {{"--ledger", s.path, "--instance", "edge-1"}, "--instance applies to the fleet ledger only"},
+        {{"--ledger", s.path, "--fleet"}, "give one ledger: --ledger FILE, --fleet or --postgres URL"},
+        {{"--fleet", "--postgres", "postgresql:///x"}, "give one ledger"},
+        {{"--fleet=yes"}, "--fleet takes no value"},
+        {{"--fleet", "--month", "2026-11"}, "--fleet: no fleet ledger configured: give the proxy's --config FILE"},
     };
     for (const auto& [args, message] : cases) {
       const auto [rc, out, err] = run(args);
@@ -916,6 +928,25 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
       CHECK(out.empty());
       CHECK_THAT(err, Contains("tollgate report: ") && Contains(message));
     }
+  }
+  SECTION("a fleet ledger that does not answer: exit 1, libpq's reason, never the url's password") {
+    const testing::scoped_env no_config("TOLLGATE_CONFIG", nullptr);
+    const std::string url = "postgresql://tollgate:s3cret@127.0.0.1:1/fleet?connect_timeout=2";
+    for (const auto& args : {std::vector<std::string>{"--postgres", url, "--by", "instance"},
+                             std::vector<std::string>{"--postgres", url, "--whatif", "gpt-4.1", "--prices",
+                                                      source_dir + "/config/prices.yaml"}}) {
+      const auto [rc, out, err] = run(args);
+      CHECK(rc == 1);
+      CHECK(out.empty());
+      CHECK_THAT(err, StartsWith("tollgate report: PostgreSQL: connection to server at \"127.0.0.1\", port 1 failed"));
+      CHECK(err.find("s3cret") == std::string::npos);
+    }
+    // --fleet: the url from $TOLLGATE_LEDGER_POSTGRES_URL, as the proxy takes it.
+    const testing::scoped_env fleet("TOLLGATE_LEDGER_POSTGRES_URL", url.c_str());
+    const auto [rc, out, err] = run({"--fleet", "--instance", "edge-1"});
+    CHECK(rc == 1);
+    CHECK_THAT(err, Contains("port 1 failed"));
+    CHECK(err.find("s3cret") == std::string::npos);
   }
   SECTION("without --ledger or --prices, the configuration tollgate starts with names the ledger and price table") {
     // Its ledger.path, and its price table as the proxy loads it (the YAML table and the LiteLLM

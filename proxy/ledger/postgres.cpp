@@ -1,0 +1,38 @@
+// libpq helpers shared by the fleet ledger's readers and writers (postgres.hpp). A file of its
+// own, so the forecast tool's tests and fuzz target can link it without the shipper.
+#include "ledger/postgres.hpp"
+
+#include <libpq-fe.h>
+
+#include <algorithm>
+
+namespace tollgate {
+
+std::string trim_message(std::string m) {
+  // libpq's messages are lines, continuation lines indented with a tab: one line for the log.
+  std::string out;
+  for (std::size_t i = 0; i < m.size(); ++i) {
+    if (m[i] == '\n' || m[i] == '\t') {
+      while (i + 1 < m.size() && (m[i + 1] == '\n' || m[i + 1] == '\t' || m[i + 1] == ' ')) ++i;
+      if (!out.empty() && i + 1 < m.size()) out += "; ";
+    } else {
+      out += m[i];
+    }
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
+PGconn* connect_postgres(const std::string& url, std::chrono::seconds connect_timeout, const char* application,
+                         const char* tcp_user_timeout_ms, std::string& err) {
+  const std::string timeout = std::to_string(std::max<long long>(1, connect_timeout.count()));
+  const char* keys[] = {"connect_timeout", "application_name", "tcp_user_timeout", "dbname", nullptr};
+  const char* vals[] = {timeout.c_str(), application, tcp_user_timeout_ms, url.c_str(), nullptr};
+  PGconn* c = PQconnectdbParams(keys, vals, 1);
+  if (c != nullptr && PQstatus(c) == CONNECTION_OK && PQsetClientEncoding(c, "UTF8") == 0) return c;
+  err = trim_message(c ? PQerrorMessage(c) : "out of memory");
+  if (c) PQfinish(c);
+  return nullptr;
+}
+
+}  // namespace tollgate
