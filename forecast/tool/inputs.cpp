@@ -498,10 +498,7 @@ events_read load_fleet(const std::string& url, const std::function<void(const re
         each(e);
       }
     } else if (status != PGRES_TUPLES_OK && out.error.empty()) {
-      // A missing table or column (SQLSTATE 42P01, 42703) says "not a fleet ledger".
-      const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-      const bool schema = state && (std::string_view(state) == "42P01" || std::string_view(state) == "42703");
-      out.error = "PostgreSQL: " + tollgate::trim_message(PQresultErrorMessage(r)) + (schema ? tollgate::kNoFleetTable : "");
+      out.error = tollgate::fleet_query_error(r);
     }
     PQclear(r);
   }

@@ -5,6 +5,7 @@
 #include <libpq-fe.h>
 
 #include <algorithm>
+#include <string_view>
 
 namespace tollgate {
 
@@ -33,6 +34,17 @@ PGconn* connect_postgres(const std::string& url, std::chrono::seconds connect_ti
   err = trim_message(c ? PQerrorMessage(c) : "out of memory");
   if (c) PQfinish(c);
   return nullptr;
+}
+
+std::string fleet_query_error(const PGresult* r) {
+  const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  const char* primary = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+  const std::string_view code = state ? state : "";
+  return "PostgreSQL: " + (primary ? std::string(primary) : trim_message(PQresultErrorMessage(r))) +
+         (code == "42P01"   ? " (no tollgate fleet ledger here: ledger.postgres makes table tollgate_calls)"
+          : code == "42703" ? " (a fleet table made by an older tollgate: a tollgate that owns it adds the column at "
+                              "its next connection)"
+                            : "");
 }
 
 }  // namespace tollgate

@@ -5,7 +5,8 @@
 #include <chrono>
 #include <string>
 
-typedef struct pg_conn PGconn;  // NOLINT: libpq's own declaration
+typedef struct pg_conn PGconn;      // NOLINT: libpq's own declarations
+typedef struct pg_result PGresult;  // NOLINT
 
 namespace tollgate {
 
@@ -20,8 +21,12 @@ std::string trim_message(std::string m);
 PGconn* connect_postgres(const std::string& url, std::chrono::seconds connect_timeout, const char* application,
                          const char* tcp_user_timeout_ms, std::string& err);
 
-// The fleet table's name, and what an error on a database without it adds.
+// The fleet table's name.
 inline constexpr const char* kFleetTable = "tollgate_calls";
-inline constexpr const char* kNoFleetTable = " (no tollgate fleet ledger here: ledger.postgres makes table tollgate_calls)";
+
+// "PostgreSQL: <message>" for a failed query of the fleet table, without the query's text, and
+// what a missing table (no fleet ledger in that database) or column (a table made by an older
+// tollgate) means.
+std::string fleet_query_error(const PGresult* r);
 
 }  // namespace tollgate

@@ -251,11 +251,7 @@ class fleet_rows {
     if (row_ != nullptr && PQresultStatus(row_) == PGRES_SINGLE_TUPLE) return true;
     std::string error;
     for (; row_ != nullptr; row_ = PQgetResult(conn_)) {  // the end (TUPLES_OK) or an error, then nullptr
-      if (PQresultStatus(row_) != PGRES_TUPLES_OK && error.empty()) {
-        const char* state = PQresultErrorField(row_, PG_DIAG_SQLSTATE);
-        error = "PostgreSQL: " + trim_message(PQresultErrorMessage(row_)) +
-                (state && std::string_view(state) == "42P01" ? kNoFleetTable : "");
-      }
+      if (PQresultStatus(row_) != PGRES_TUPLES_OK && error.empty()) error = fleet_query_error(row_);
       PQclear(row_);
     }
     if (!error.empty()) throw std::runtime_error(error);

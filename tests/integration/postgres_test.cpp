@@ -845,4 +845,16 @@ TEST_CASE("tollgate report --fleet prints what tollgate report prints on the led
   CHECK(rc_x == 1);
   CHECK_THAT(err_x.c_str(), Catch::Matchers::Contains("no tollgate fleet ledger here"));
   CHECK(err_x.find("s3cret") == std::string::npos);
+  // A fleet table without a column a later tollgate added (here in a schema of its own, read
+  // through the url's search_path): the column is named, without the query's text.
+  pg.query("CREATE SCHEMA old; CREATE TABLE old.tollgate_calls AS SELECT * FROM public.tollgate_calls LIMIT 0; "
+           "ALTER TABLE old.tollgate_calls DROP COLUMN provider; SELECT 1");
+  const auto [rc_o, out_o, err_o] = report({"--postgres", url + "?options=-csearch_path%3Dold", "--by", "provider"});
+  CHECK(rc_o == 1);
+  CHECK(err_o == "tollgate report: PostgreSQL: column \"provider\" does not exist (a fleet table made by an older "
+                 "tollgate: a tollgate that owns it adds the column at its next connection)\n");
+  // Reports that do not read it still work there.
+  const auto [rc_team, by_team, err_team] = report({"--postgres", url + "?options=-csearch_path%3Dold", "--by", "team", "--json"});
+  CHECK(rc_team == 0);
+  CHECK(nlohmann::json::parse(by_team)["total"]["requests"] == 0);
 }
