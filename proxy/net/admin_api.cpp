@@ -152,19 +152,62 @@ admin_response report_response(const Report& report, bool csv) {
   return r;
 }
 
+// Which ledger a report reads: this instance's file, or with `scope=fleet` the fleet ledger in
+// PostgreSQL (ledger.postgres), all of it or, with `instance=`, one instance's rows.
+struct report_scope {
+  const std::string* fleet_url = nullptr;  // set: the fleet ledger
+  std::optional<std::string> instance;
+};
+
+report_scope scope_of(const admin_context& ctx, const std::map<std::string, std::string>& q) {
+  report_scope s;
+  const auto it = q.find("scope");
+  const std::string scope = it == q.end() ? "" : it->second;
+  if (scope == "fleet") {
+    if (ctx.cfg.ledger_postgres.url.empty())
+      throw http_problem(400, "fleet_ledger_not_configured",
+                         "scope=fleet reads the fleet ledger in PostgreSQL: this instance has no ledger.postgres.url");
+    s.fleet_url = &ctx.cfg.ledger_postgres.url;
+  } else if (!scope.empty() && scope != "local") {
+    throw http_problem(400, "invalid_parameter", "scope must be local or fleet, got '" + scope.substr(0, 40) + "'");
+  }
+  if (const auto i = q.find("instance"); i != q.end() && !i->second.empty()) {
+    if (!s.fleet_url)
+      throw http_problem(400, "invalid_parameter", "instance applies to scope=fleet only: this instance's ledger is its own");
+    s.instance = i->second;
+  }
+  return s;
+}
+
+// A report of the fleet ledger; PostgreSQL down or refusing is a 503 (its message never holds the
+// url, which may hold a password).
+template <class Query>
+auto fleet_report(Query&& query) {
+  try {
+    return query();
+  } catch (const std::invalid_argument&) {
+    throw;
+  } catch (const std::runtime_error& e) {
+    throw http_problem(503, "fleet_ledger_unavailable", e.what());
+  }
+}
+
 admin_response spend(const admin_context& ctx, const std::map<std::string, std::string>& q) {
   calendar cal(ctx.cfg.timezone);
+  const report_scope scope = scope_of(ctx, q);
   spend_query sq;
   sq.range = range_of(q, cal);
   sq.timezone = ctx.cfg.timezone;
   if (auto it = q.find("group_by"); it != q.end() && !it->second.empty()) {
     try {
-      sq.group_by = parse_group_by(it->second);
+      sq.group_by = parse_group_by(it->second, scope.fleet_url != nullptr);
     } catch (const std::invalid_argument& e) {
       throw http_problem(400, "invalid_parameter", e.what());
     }
   }
   bool csv = want_csv(q);
+  if (scope.fleet_url)
+    return report_response(fleet_report([&] { return query_fleet_spend(*scope.fleet_url, sq, scope.instance); }), csv);
   return report_response(query_spend(ctx.ledger_path, sq), csv);
 }
 
@@ -305,7 +348,8 @@ admin_response whatif(const admin_context& ctx, std::map<std::string, std::strin
     }
     if (!j.is_object()) throw http_problem(400, "invalid_json", "body must be a JSON object");
     for (const auto& [field, v] : j.items()) {
-      if (field == "from" || field == "to" || field == "month" || field == "format" || field == "model") {
+      if (field == "from" || field == "to" || field == "month" || field == "format" || field == "model" ||
+          field == "scope" || field == "instance") {
         if (!v.is_string()) bad_field(field, "must be a string");
         if (q.count(field)) bad_field(field, "is given both in the query and in the body");
         q[field] = v.get<std::string>();
@@ -319,11 +363,13 @@ admin_response whatif(const admin_context& ctx, std::map<std::string, std::strin
         if (!v.is_object()) bad_field("prices", "must be an object {\"model\": {\"input\": n, \"output\": n}}");
         for (const auto& [model, entry] : v.items()) wq.prices.push_back(price_override(ctx.prices, model, entry));
       } else {
-        bad_field("'" + field.substr(0, 40) + "'", "is not a what-if field (from, to, month, format, model, swap, prices)");
+        bad_field("'" + field.substr(0, 40) + "'",
+                  "is not a what-if field (from, to, month, format, model, swap, prices, scope, instance)");
       }
     }
   }
   calendar cal(ctx.cfg.timezone);
+  const report_scope scope = scope_of(ctx, q);
   wq.range = range_of(q, cal);
   if (auto it = q.find("model"); it != q.end()) wq.model = it->second;
   if (wq.model.empty() && wq.swap.empty() && wq.prices.empty())
@@ -332,7 +378,9 @@ admin_response whatif(const admin_context& ctx, std::map<std::string, std::strin
   bool csv = want_csv(q);
   whatif_report report;
   try {
-    report = query_whatif(ctx.ledger_path, wq, ctx.prices);
+    report = scope.fleet_url
+                 ? fleet_report([&] { return query_fleet_whatif(*scope.fleet_url, wq, ctx.prices, scope.instance); })
+                 : query_whatif(ctx.ledger_path, wq, ctx.prices);
   } catch (const std::invalid_argument& e) {
     throw http_problem(400, "model_not_found", e.what());
   }

@@ -753,7 +753,11 @@ std::vector<std::string> with(std::vector<std::string> a, const std::vector<std:
 TEST_CASE("tollgate report --fleet prints what tollgate report prints on the ledgers that shipped the rows") {
   pg_server pg;
   pg.start();
-  tt::harness f({.tweak = fleet(pg, "edge-f")});
+  const std::string admin_token = "adm-fleet-7";
+  tt::harness f({.tweak = [edge = fleet(pg, "edge-f"), admin_token](tollgate::config& c) {
+    edge(c);
+    c.policy.admin_token = admin_token;
+  }});
   tt::harness g({.tweak = fleet(pg, "edge-g")});
   calls(f, 2, "gpt-4.1");
   calls(f, 2, "claude-sonnet-4-5");
@@ -832,6 +836,20 @@ TEST_CASE("tollgate report --fleet prints what tollgate report prints on the led
       report({"--fleet", "--config", conf.path + "/tollgate.yaml", "--by", "instance", "--json"});
   CHECK(rc_c == 0);
   CHECK(from_config == by_instance);
+  // The admin API of any instance answers the same with scope=fleet, from the proxy's own url:
+  // /admin/spend as the command prints it, /admin/whatif of an instance's rows as that instance's
+  // own /admin/whatif.
+  const tt::headers admin = {{"Authorization", "Bearer " + admin_token}};
+  const auto spend_fleet = tt::request(f.admin_port(), "GET", "/admin/spend?scope=fleet&group_by=instance", {}, admin);
+  CHECK(spend_fleet.status == 200);
+  CHECK(nlohmann::json::parse(spend_fleet.body) == fleet_report);
+  const auto csv_g = tt::request(f.admin_port(), "GET", "/admin/spend?scope=fleet&instance=edge-g&group_by=day,model&format=csv", {}, admin);
+  CHECK(csv_g.body == std::get<1>(report({"--ledger", g.cfg.ledger_path, "--by", "day,model", "--csv"})));
+  const auto whatif_local = tt::request(f.admin_port(), "GET", "/admin/whatif?model=gpt-4.1-mini&month=2026-11", {}, admin);
+  const auto whatif_fleet =
+      tt::request(f.admin_port(), "GET", "/admin/whatif?model=gpt-4.1-mini&month=2026-11&scope=fleet&instance=edge-f", {}, admin);
+  CHECK(whatif_local.status == 200);
+  CHECK(whatif_fleet.body == whatif_local.body);
   // An instance without rows: an empty report, not an error.
   const auto [rc_none, none, err_none] = report({"--postgres", url, "--instance", "edge-9", "--json"});
   CHECK(rc_none == 0);
@@ -845,6 +863,13 @@ TEST_CASE("tollgate report --fleet prints what tollgate report prints on the led
   CHECK(rc_x == 1);
   CHECK_THAT(err_x.c_str(), Catch::Matchers::Contains("no tollgate fleet ledger here"));
   CHECK(err_x.find("s3cret") == std::string::npos);
+  // PostgreSQL gone: the admin API says so with a 503; the instance's own reports still answer.
+  pg.stop();
+  const auto down = tt::request(f.admin_port(), "GET", "/admin/spend?scope=fleet", {}, admin);
+  CHECK(down.status == 503);
+  CHECK(down.body.find("fleet_ledger_unavailable") != std::string::npos);
+  CHECK(tt::request(f.admin_port(), "GET", "/admin/spend", {}, admin).status == 200);
+  pg.start();
   // A fleet table without a column a later tollgate added (here in a schema of its own, read
   // through the url's search_path): the column is named, without the query's text.
   pg.query("CREATE SCHEMA old; CREATE TABLE old.tollgate_calls AS SELECT * FROM public.tollgate_calls LIMIT 0; "

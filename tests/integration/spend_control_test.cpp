@@ -415,6 +415,20 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
     CHECK(csv.header("content-type").find("text/csv") == 0);
     auto bad = tt::request(h.admin_port(), "GET", "/admin/spend?from=yesterday", {}, admin);
     CHECK(bad.status == 400);
+    // scope=local is the default; the fleet ledger's scope and columns need ledger.postgres.
+    CHECK(tt::request(h.admin_port(), "GET", "/admin/spend?group_by=model&from=2020-01-01&scope=local", {}, admin).body == r.body);
+    const std::vector<std::pair<std::string, std::string>> refused = {
+        {"/admin/spend?scope=fleet", "fleet_ledger_not_configured"},
+        {"/admin/whatif?model=deepseek-v3.2&scope=fleet", "fleet_ledger_not_configured"},
+        {"/admin/spend?scope=everywhere", "scope must be local or fleet"},
+        {"/admin/spend?instance=edge-1", "instance applies to scope=fleet only"},
+        {"/admin/spend?group_by=instance", "'instance' is a column of the fleet ledger"}};
+    for (const auto& [target, why] : refused) {
+      INFO(target);
+      const auto no = tt::request(h.admin_port(), "GET", target, {}, admin);
+      CHECK(no.status == 400);
+      CHECK(no.body.find(why) != std::string::npos);
+    }
   }
   SECTION("whatif re-prices the period's tokens at another model") {
     REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("claude-sonnet-4.5")).status == 200);
