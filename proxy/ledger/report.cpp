@@ -351,12 +351,12 @@ std::string group_rows_sql(const std::vector<spend_group>& cols, std::string_vie
          " FROM calls WHERE start_ms >= ?1 AND start_ms < ?2 ORDER BY start_ms, id";
 }
 
-// The fleet's rows of `sql` (group_rows_sql with rows_from{true, instance}) in `range`.
-fleet_rows fleet_query(const std::string& url, const std::string& sql, const time_range& range,
-                       const std::optional<std::string>& instance) {
+// The fleet's group_rows_sql(cols, extra) rows of `range`: all instances', or one's.
+fleet_rows fleet_query(const std::string& url, const std::vector<spend_group>& cols, std::string_view extra,
+                       const time_range& range, const std::optional<std::string>& instance) {
   std::vector<std::string> params = {std::to_string(range.from_ms), std::to_string(range.to_ms)};
   if (instance) params.push_back(*instance);
-  return fleet_rows(url, sql, params);
+  return fleet_rows(url, group_rows_sql(cols, extra, {true, instance.has_value()}), params);
 }
 
 // SQLite's SUM() of reals, bit for bit, when given the same values in the same order. Before
@@ -840,7 +840,7 @@ spend_report query_fleet_spend(const std::string& url, const spend_query& q, con
   out.query = q;
   // Every figure is summed here, the total included: PostgreSQL's SUM of doubles adds them in
   // whatever order its (parallel) plan reads them, so it need not equal a sum in start_ms order.
-  auto rows = fleet_query(url, group_rows_sql(key_columns(q), ", start_ms", {true, instance.has_value()}), q.range, instance);
+  auto rows = fleet_query(url, key_columns(q), ", start_ms", q.range, instance);
   spend_pass(rows, cal, q, out);
   return out;
 }
@@ -1161,12 +1161,11 @@ const model_price* whatif_blanket(const whatif_query& q, const whatif_prices& bo
   return blanket;
 }
 
-// The columns whatif_pass reads.
-std::string whatif_sql(rows_from from) {
-  return group_rows_sql({spend_group::model, spend_group::tier}, ", cache_write_1h_tokens, web_search_requests", from);
-}
+// The columns whatif_pass reads: group_rows_sql's with these keys and extra columns.
+const std::vector<spend_group> kWhatifKeys = {spend_group::model, spend_group::tier};
+constexpr std::string_view kWhatifExtra = ", cache_write_1h_tokens, web_search_requests";
 
-// The what-if report of whatif_sql's rows of q.range (statement or fleet_rows).
+// The what-if report of the kWhatifKeys/kWhatifExtra rows of q.range (statement or fleet_rows).
 template <class Rows>
 whatif_report whatif_pass(Rows& st, const whatif_query& q, const whatif_prices& book, const model_price* blanket) {
   // Each original model's price: its swap entry, else the blanket model, else its own.
@@ -1305,7 +1304,7 @@ whatif_report query_whatif(const std::string& ledger_path, const whatif_query& q
   const model_price* blanket = whatif_blanket(q, book);
   reader db(ledger_path);
   db.consistent();
-  statement st(db, whatif_sql({}));
+  statement st(db, group_rows_sql(kWhatifKeys, kWhatifExtra));
   st.bind(1, q.range.from_ms);
   st.bind(2, q.range.to_ms);
   return whatif_pass(st, q, book, blanket);
@@ -1315,7 +1314,7 @@ whatif_report query_fleet_whatif(const std::string& url, const whatif_query& q, 
                                  const std::optional<std::string>& instance) {
   const whatif_prices book(prices, q.prices);
   const model_price* blanket = whatif_blanket(q, book);
-  auto rows = fleet_query(url, whatif_sql({true, instance.has_value()}), q.range, instance);
+  auto rows = fleet_query(url, kWhatifKeys, kWhatifExtra, q.range, instance);
   return whatif_pass(rows, q, book, blanket);
 }
 

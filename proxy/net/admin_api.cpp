@@ -180,13 +180,11 @@ report_scope scope_of(const admin_context& ctx, const std::map<std::string, std:
 }
 
 // A report of the fleet ledger; PostgreSQL down or refusing is a 503 (its message never holds the
-// url, which may hold a password).
+// url, which may hold a password). A bad question (std::invalid_argument, a logic_error) passes.
 template <class Query>
 auto fleet_report(Query&& query) {
   try {
     return query();
-  } catch (const std::invalid_argument&) {
-    throw;
   } catch (const std::runtime_error& e) {
     throw http_problem(503, "fleet_ledger_unavailable", e.what());
   }
