@@ -19,6 +19,7 @@
 #include <stdexcept>
 #include <unordered_map>
 #include <utility>
+#include <variant>
 
 #include "core/ledger_indexes.hpp"
 #include "core/pricing.hpp"
@@ -217,18 +218,39 @@ class statement {
 
 // ---- PostgreSQL (the fleet ledger) -------------------------------------------------------------
 
+// How fleet_rows receives its values.
+enum class pg_values {
+  // Binary: integers and doubles exactly as stored, no text round trip; the query casts every
+  // column to a type fleet_rows decodes (int2/4/8, float8, text).
+  binary,
+  // Text, for `SELECT *` of a table whose columns a person may have added to: every type arrives
+  // readable. Integers and doubles still exactly (extra_float_digits = 3: shortest round-trip
+  // text from PostgreSQL 12 on, 17 digits before); type() sorts the columns as SQLite's types.
+  text,
+};
+
 // One query's rows from the fleet ledger, streamed (libpq's single-row mode: one row in memory
-// however long the range) in binary form, so integers and doubles arrive exactly as stored (no
-// text round trip). The same row interface as `statement`, so one pass serves both databases.
+// however long the range). The same row interface as `statement`, so one pass serves both
+// databases.
 class fleet_rows {
  public:
-  fleet_rows(const std::string& url, const std::string& sql, const std::vector<std::string>& params) {
+  fleet_rows(const std::string& url, const std::string& sql, const std::vector<std::string>& params,
+             pg_values format = pg_values::binary)
+      : binary_(format == pg_values::binary) {
     std::string err;
     conn_ = connect_postgres(url, std::chrono::seconds(10), "tollgate-report", "60000", err);
     if (conn_ == nullptr) throw std::runtime_error("PostgreSQL: " + err);
     std::vector<const char*> values;
     for (const auto& p : params) values.push_back(p.c_str());
-    if (!PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr, nullptr, 1) ||
+    bool sent = true;
+    if (!binary_) {
+      PGresult* r = PQexec(conn_, "SET extra_float_digits = 3");
+      sent = PQresultStatus(r) == PGRES_COMMAND_OK;
+      PQclear(r);
+    }
+    if (!sent ||
+        !PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr, nullptr,
+                           binary_ ? 1 : 0) ||
         !PQsetSingleRowMode(conn_)) {
       const std::string why = trim_message(PQerrorMessage(conn_));
       PQfinish(conn_);
@@ -250,18 +272,43 @@ class fleet_rows {
     row_ = PQgetResult(conn_);
     if (row_ != nullptr && PQresultStatus(row_) == PGRES_SINGLE_TUPLE) return true;
     std::string error;
+    PGresult* end = nullptr;  // kept: it names the columns of a query without rows
     for (; row_ != nullptr; row_ = PQgetResult(conn_)) {  // the end (TUPLES_OK) or an error, then nullptr
-      if (PQresultStatus(row_) != PGRES_TUPLES_OK && error.empty()) error = fleet_query_error(row_);
+      if (PQresultStatus(row_) == PGRES_TUPLES_OK && end == nullptr) {
+        end = row_;
+        continue;
+      }
+      if (error.empty()) error = fleet_query_error(row_);
       PQclear(row_);
     }
+    row_ = end;
     if (!error.empty()) throw std::runtime_error(error);
     return false;
   }
   bool is_null(int c) const noexcept { return PQgetisnull(row_, 0, c) != 0; }
+  int columns() const noexcept { return PQnfields(row_); }
+  const char* name(int c) const noexcept { return PQfname(row_, c); }
+  // The column's kind as SQLite names it: SQLITE_NULL, SQLITE_INTEGER (integers and booleans, which
+  // the ledger file keeps as 0/1), SQLITE_FLOAT, else SQLITE_TEXT (numeric too: its digits exactly).
+  int type(int c) const noexcept {
+    if (is_null(c)) return SQLITE_NULL;
+    switch (PQftype(row_, c)) {
+      case kInt8: case kInt2: case kInt4: case kBool: return SQLITE_INTEGER;
+      case kFloat4: case kFloat8: return SQLITE_FLOAT;
+      default: return SQLITE_TEXT;
+    }
+  }
   // Integers of 2, 4 or 8 bytes (network order); 0 for NULL, as SQLite reads it.
   std::int64_t i64(int c) const noexcept {
     const auto* p = reinterpret_cast<const unsigned char*>(PQgetvalue(row_, 0, c));
     const int n = PQgetlength(row_, 0, c);
+    if (!binary_) {
+      std::int64_t v = 0;
+      if (is_null(c)) return 0;
+      if (PQftype(row_, c) == kBool) return p[0] == 't' ? 1 : 0;
+      std::from_chars(PQgetvalue(row_, 0, c), PQgetvalue(row_, 0, c) + n, v);
+      return v;
+    }
     if (is_null(c) || (n != 2 && n != 4 && n != 8)) return 0;
     std::uint64_t v = 0;
     for (int i = 0; i < n; ++i) v = v << 8 | p[i];
@@ -270,6 +317,11 @@ class fleet_rows {
   }
   // A float8 (the SQL casts reals to it); 0 for NULL.
   double real(int c) const noexcept {
+    if (!binary_) {
+      double v = 0;
+      if (!is_null(c)) std::from_chars(PQgetvalue(row_, 0, c), PQgetvalue(row_, 0, c) + PQgetlength(row_, 0, c), v);
+      return v;
+    }
     if (is_null(c) || PQgetlength(row_, 0, c) != 8) return 0;
     const auto bits = static_cast<std::uint64_t>(i64(c));
     double v;
@@ -286,6 +338,9 @@ class fleet_rows {
   }
 
  private:
+  // Type oids (PostgreSQL's catalog/pg_type.dat; libpq has no header of them for clients).
+  static constexpr Oid kBool = 16, kInt8 = 20, kInt2 = 21, kInt4 = 23, kFloat4 = 700, kFloat8 = 701;
+  bool binary_ = true;
   PGconn* conn_ = nullptr;
   PGresult* row_ = nullptr;
 };
@@ -887,16 +942,21 @@ std::string to_csv(const spend_report& r) {
 
 // ---- Calls ---------------------------------------------------------------------------------------
 
-std::pair<std::int64_t, std::int64_t> parse_calls_cursor(std::string_view text) {
-  const auto colon = text.find(':');
-  std::pair<std::int64_t, std::int64_t> out{};
+calls_cursor parse_calls_cursor(std::string_view text, bool fleet) {
+  // The fleet's ledger_uid lies between the first colon and the last (tollgate makes 32 hex
+  // digits; a uid of other text, a colon included, still pages); a local cursor has none.
+  const auto first = text.find(':'), last = text.rfind(':');
+  calls_cursor out;
   const auto number = [](std::string_view t, std::int64_t& v) {
     const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
     return ec == std::errc{} && end == t.data() + t.size() && !t.empty();
   };
-  if (colon == std::string_view::npos || !number(text.substr(0, colon), out.first) ||
-      !number(text.substr(colon + 1), out.second))
-    throw std::invalid_argument("before must be the next_before of an earlier page (<start_ms>:<id>), got '" +
+  const bool ok = first != std::string_view::npos && (first != last) == fleet &&
+                  number(text.substr(0, first), out.start_ms) && number(text.substr(last + 1), out.id);
+  if (ok && fleet) out.ledger_uid = std::string(text.substr(first + 1, last - first - 1));
+  if (!ok)
+    throw std::invalid_argument(std::string("before must be the next_before of an earlier page (") +
+                                (fleet ? "<start_ms>:<ledger_uid>:<id>" : "<start_ms>:<id>") + "), got '" +
                                 std::string(text.substr(0, 60)) + "'");
   return out;
 }
@@ -939,9 +999,88 @@ bool has_indexes(reader& db, std::string_view filter) {
   return want > 0 && found == want;
 }
 
-// One page of rows, newest first: header(st) once the query is prepared (its columns are known
-// then), row(st, start_ms) for each row of the page. Returns the next page's cursor,
-// "<start_ms>:<id>" of the page's last row, or "" when this page is the last.
+// A calls page's parameters, numbered from 3 (1 and 2 are its range): text (an exact match) or a
+// real (a bound: bound as a real in SQLite, sent as its shortest round-trip text to PostgreSQL,
+// never rounded on the way).
+class calls_params {
+ public:
+  explicit calls_params(char mark) : mark_(mark) {}  // '?' SQLite, '$' PostgreSQL
+  // Adds a parameter; returns its placeholder ("?3", "$3").
+  std::string add(std::variant<std::string, double> v) {
+    values_.push_back(std::move(v));
+    return mark_ + std::to_string(values_.size() + 2);
+  }
+  const std::vector<std::variant<std::string, double>>& values() const noexcept { return values_; }
+
+ private:
+  char mark_;
+  std::vector<std::variant<std::string, double>> values_;
+};
+
+// " AND <term>" for each filter and range of `q` but the filter `skip` (one the caller places
+// itself), its parameters added to `params`.
+std::string calls_terms(const calls_query& q, calls_params& params, std::string_view skip = {}) {
+  std::string where;
+  for (const auto& [name, value] : q.match) {
+    const auto* f = std::find_if(std::begin(kCallFilters), std::end(kCallFilters), [&](const auto& e) { return e.first == name; });
+    if (f == std::end(kCallFilters)) throw std::invalid_argument("unknown calls filter '" + name + "'");
+    if (name == skip) continue;
+    const std::string p = params.add(value);
+    where += " AND ";
+    for (const char c : f->second) c == '?' ? where += p : where += c;
+  }
+  if (q.status) where += " AND status = " + std::to_string(*q.status);
+  for (const auto& [bound, term] : {std::pair{&q.min_cost_usd, "cost_usd >= "}, std::pair{&q.max_cost_usd, "cost_usd <= "},
+                                    std::pair{&q.min_latency_ms, "latency_ms >= "}, std::pair{&q.max_latency_ms, "latency_ms <= "}})
+    if (*bound) ((where += " AND ") += term) += params.add(**bound);  // "cost_usd >= ?3"
+  return where;
+}
+
+// Where a page's walk down the start_ms index starts: a later page's rows all start at or before
+// its cursor's row. That bound, not the row value comparison (which neither database seeks an
+// index by), is what skips the pages before: bound with the range's end, page N of a month read
+// every row of the N-1 pages before it again (0.4 s a page 3M rows deep).
+std::int64_t page_end_ms(const calls_query& q) {
+  return q.before && q.before->start_ms < q.range.to_ms ? q.before->start_ms + 1 : q.range.to_ms;
+}
+
+// " ORDER BY <order> LIMIT <page + 1>": the one more row says whether a next page follows.
+std::string page_order(const calls_query& q, const char* order) {
+  return std::string(" ORDER BY ") + order + " LIMIT " + std::to_string(std::clamp<std::size_t>(q.limit, 1, 1000) + 1);
+}
+
+// Reads one page of a calls query's rows (a SQLite statement or fleet_rows): header(rows) once,
+// when the columns are known, then row(rows, start_ms) for each row of the page. Returns the next
+// page's cursor, that of the page's last row ("<start_ms>:<id>", the fleet's with its ledger_uid),
+// or "" when this page is the last. `fail(why)` throws for a table without start_ms or id.
+template <class Rows, class Fail, class Header, class Row>
+std::string read_page(Rows& rows, const calls_query& q, bool fleet, Fail&& fail, Header&& header, Row&& row) {
+  const std::size_t limit = std::clamp<std::size_t>(q.limit, 1, 1000);
+  bool more = rows.step();  // first: the fleet's columns are known once a result arrives
+  int start_col = -1, uid_col = -1, id_col = -1;
+  for (int c = 0; c < rows.columns(); ++c) {
+    const std::string_view name = rows.name(c);
+    if (name == "start_ms") start_col = c;
+    if (name == "ledger_uid") uid_col = c;
+    if (name == "id") id_col = c;
+  }
+  if (start_col < 0 || id_col < 0 || (fleet && uid_col < 0)) fail("the calls table has no start_ms or id column");
+  header(rows);
+  std::size_t n = 0;
+  std::int64_t start_ms = 0, id = 0;  // of the page's last row so far
+  std::string uid;
+  for (; more; more = rows.step()) {
+    if (n == limit) return std::to_string(start_ms) + ":" + (fleet ? uid + ":" : "") + std::to_string(id);  // the extra row
+    start_ms = rows.i64(start_col);
+    id = rows.i64(id_col);
+    if (fleet) uid = rows.text(uid_col).value_or("");
+    row(rows, start_ms);
+    ++n;
+  }
+  return {};
+}
+
+// One page of a ledger file's rows, newest first (read_page).
 template <class Header, class Row>
 std::string walk_range(const std::string& ledger_path, const calls_query& q, Header&& header, Row&& row) {
   reader db(ledger_path);
@@ -952,69 +1091,50 @@ std::string walk_range(const std::string& ledger_path, const calls_query& q, Hea
   // SQLite merges and stops at the page's end (milliseconds, whether the model is rare or not).
   const auto model = q.match.find("model");
   const bool model_union = model != q.match.end() && has_indexes(db, "model");
-  // Parameters are numbered by their place; each filter given adds its term.
-  std::string where = "start_ms >= ?1 AND start_ms < ?2";
-  std::vector<std::pair<int, const std::string*>> texts;
-  int n = 2;
-  for (const auto& [name, value] : q.match) {
-    const auto* f = std::find_if(std::begin(kCallFilters), std::end(kCallFilters), [&](const auto& e) { return e.first == name; });
-    if (f == std::end(kCallFilters)) throw std::invalid_argument("unknown calls filter '" + name + "'");
-    if (model_union && name == "model") continue;
-    texts.emplace_back(++n, &value);
-    where += " AND ";
-    for (const char c : f->second) c == '?' ? (where += '?') += std::to_string(n) : where += c;
-  }
-  if (q.status) where += " AND status = " + std::to_string(*q.status);
-  // Bounds are bound as reals (never printed into the SQL, so no rounding on the way).
-  std::vector<std::pair<int, double>> reals;
-  for (const auto& [bound, term] : {std::pair{&q.min_cost_usd, "cost_usd >= ?"}, std::pair{&q.max_cost_usd, "cost_usd <= ?"},
-                                    std::pair{&q.min_latency_ms, "latency_ms >= ?"}, std::pair{&q.max_latency_ms, "latency_ms <= ?"}})
-    if (*bound) {
-      reals.emplace_back(++n, **bound);
-      ((where += " AND ") += term) += std::to_string(n);  // "cost_usd >= ?3"
-    }
-  if (q.before) where += " AND (start_ms, id) < (" + std::to_string(q.before->first) + ", " + std::to_string(q.before->second) + ")";
+  calls_params params('?');
+  std::string where = "start_ms >= ?1 AND start_ms < ?2" + calls_terms(q, params, model_union ? "model" : "");
+  if (q.before) where += " AND (start_ms, id) < (" + std::to_string(q.before->start_ms) + ", " + std::to_string(q.before->id) + ")";
   std::string sql;
   if (model_union) {
-    texts.emplace_back(++n, &model->second);
+    const std::string p = params.add(model->second);
     for (const auto& ix : kLedgerIndexes)
       if (ix.filter == "model") {
         if (!sql.empty()) sql += " UNION ";
-        sql += "SELECT * FROM calls WHERE " + where + " AND " + std::string(ix.column) + " = ?" + std::to_string(n);
+        sql += "SELECT * FROM calls WHERE " + where + " AND " + std::string(ix.column) + " = " + p;
       }
   } else {
     sql = "SELECT * FROM calls WHERE " + where;
   }
-  const std::size_t limit = std::clamp<std::size_t>(q.limit, 1, 1000);
-  sql += " ORDER BY start_ms DESC, id DESC LIMIT " + std::to_string(limit + 1);  // one more: is there a next page?
-
-  statement st(db, sql);
+  statement st(db, sql + page_order(q, "start_ms DESC, id DESC"));
   st.bind(1, q.range.from_ms);
-  // A later page's rows all start at or before its cursor's row: that bound (not the row value
-  // comparison, which SQLite cannot seek by) is where the index walk starts. Bound with the
-  // range's end, page N of a month read every row of the N-1 pages before it again (0.4 s a page
-  // 3M rows deep).
-  st.bind(2, q.before && q.before->first < q.range.to_ms ? q.before->first + 1 : q.range.to_ms);
-  for (const auto& [i, v] : texts) st.bind_text(i, *v);
-  for (const auto& [i, v] : reals) st.bind_real(i, v);
-  int start_col = -1, id_col = -1;
-  for (int c = 0; c < st.columns(); ++c) {
-    const std::string_view name = st.name(c);
-    if (name == "start_ms") start_col = c;
-    if (name == "id") id_col = c;
+  st.bind(2, page_end_ms(q));
+  int i = 2;
+  for (const auto& v : params.values()) {
+    if (const auto* text = std::get_if<std::string>(&v)) st.bind_text(++i, *text);
+    else st.bind_real(++i, std::get<double>(v));
   }
-  if (start_col < 0 || id_col < 0) throw ledger_error(ledger_path, "the calls table has no start_ms or id column");
-  header(st);
-  std::size_t rows = 0;
-  std::int64_t start_ms = 0, id = 0;  // of the page's last row so far
-  while (st.step()) {
-    if (rows == limit) return std::to_string(start_ms) + ":" + std::to_string(id);  // the extra row
-    start_ms = st.i64(start_col);
-    id = st.i64(id_col);
-    row(st, start_ms);
-    ++rows;
-  }
-  return {};
+  return read_page(st, q, false, [&](const std::string& why) { throw ledger_error(ledger_path, why); }, header, row);
+}
+
+// The same page of the fleet ledger's rows (all instances', or `instance`'s), newest first by
+// (start_ms, ledger_uid, id): PostgreSQL walks its start_ms index (or (instance, start_ms)) back
+// from the page's end and sorts only the rows of one millisecond. Values arrive as text, so a
+// column an administrator added, of any type, reads too.
+template <class Header, class Row>
+std::string walk_fleet_range(const std::string& url, const std::optional<std::string>& instance, const calls_query& q,
+                             Header&& header, Row&& row) {
+  calls_params params('$');
+  std::string sql = std::string("SELECT * FROM ") + kFleetTable + " WHERE start_ms >= $1 AND start_ms < $2" + calls_terms(q, params);
+  if (instance) sql += " AND instance = " + params.add(*instance);
+  if (q.before)
+    sql += " AND (start_ms, ledger_uid, id) < (" + params.add(std::to_string(q.before->start_ms)) + "::bigint, " +
+           params.add(q.before->ledger_uid) + "::text, " + params.add(std::to_string(q.before->id)) + "::bigint)";
+  std::vector<std::string> values = {std::to_string(q.range.from_ms), std::to_string(page_end_ms(q))};
+  for (const auto& v : params.values())
+    values.push_back(std::holds_alternative<std::string>(v) ? std::get<std::string>(v) : format_double(std::get<double>(v)));
+  fleet_rows rows(url, sql + page_order(q, "start_ms DESC, ledger_uid DESC, id DESC"), values, pg_values::text);
+  return read_page(rows, q, true, [](const std::string& why) -> void { throw std::runtime_error("PostgreSQL: " + why); },
+                   header, row);
 }
 
 // Where a lookup by an id that carries a time (core/request_id.hpp) looks first, around that
@@ -1025,16 +1145,16 @@ std::string walk_range(const std::string& ledger_path, const calls_query& q, Hea
 constexpr std::int64_t kExactWindowMs[2] = {0, 1};
 constexpr std::int64_t kNearWindowMs[2] = {-60'000, 60'000};
 
-// walk_range, but a lookup by a request id that carries a time first reads the millisecond (a
-// generated id), then the two minutes, around it: the `start_ms` index finds them at once, where
-// a scan of the range reads every row (half a second a million rows). When nothing there
-// matches (an id generated before ids carried their start, a client's id of the same shape, a
-// client clock far off), the whole range is read. An id a client reused for later calls is
-// found only near its first call's start.
-template <class Header, class Row>
-std::string walk_calls(const std::string& ledger_path, const calls_query& q, Header&& header, Row&& row) {
+// A page by walk(query, header, row) (walk_range or walk_fleet_range), but a lookup by a request
+// id that carries a time first reads the millisecond (a generated id), then the two minutes,
+// around it: the `start_ms` index finds them at once, where a scan of the range reads every row
+// (half a second a million rows). When nothing there matches (an id generated before ids carried
+// their start, a client's id of the same shape, a client clock far off), the whole range is read.
+// An id a client reused for later calls is found only near its first call's start.
+template <class Walk, class Header, class Row>
+std::string walk_calls(Walk&& walk, const calls_query& q, Header&& header, Row&& row) {
   bool headed = false;
-  const auto header_once = [&](const statement& st) {
+  const auto header_once = [&](const auto& st) {
     if (!std::exchange(headed, true)) header(st);
   };
   if (const auto it = q.match.find("request_id"); it != q.match.end())
@@ -1046,21 +1166,21 @@ std::string walk_calls(const std::string& ledger_path, const calls_query& q, Hea
         near.range.to_ms = std::min(q.range.to_ms, t->ms + window[1]);
         if (near.range.from_ms >= near.range.to_ms) continue;
         std::size_t rows = 0;
-        std::string next = walk_range(ledger_path, near, header_once, [&](const statement& st, std::int64_t start_ms) {
+        std::string next = walk(near, header_once, [&](const auto& st, std::int64_t start_ms) {
           ++rows;
           row(st, start_ms);
         });
         if (rows > 0) return next;
       }
-  return walk_range(ledger_path, q, header_once, row);
+  return walk(q, header_once, row);
 }
 
-}  // namespace
-
-nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q) {
+// A page as JSON: {"calls": [...], "next_before": ...}, each row every column as stored.
+template <class Walk>
+nlohmann::json calls_json(Walk&& walk, const calls_query& q) {
   nlohmann::json out;
   auto& calls = out["calls"] = nlohmann::json::array();
-  const std::string next = walk_calls(ledger_path, q, [](const statement&) {}, [&](const statement& st, std::int64_t start_ms) {
+  const std::string next = walk_calls(walk, q, [](const auto&) {}, [&](const auto& st, std::int64_t start_ms) {
     nlohmann::json row = nlohmann::json::object();
     for (int c = 0; c < st.columns(); ++c) {
       const std::string col = st.name(c);
@@ -1078,15 +1198,17 @@ nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q)
   return out;
 }
 
-std::string query_calls_csv(const std::string& ledger_path, const calls_query& q, std::string& next_before) {
+// A page as CSV; `next_before` gets its cursor ("" on the last page).
+template <class Walk>
+std::string calls_csv(Walk&& walk, const calls_query& q, std::string& next_before) {
   std::string out;
   next_before = walk_calls(
-      ledger_path, q,
-      [&](const statement& st) {
+      walk, q,
+      [&](const auto& st) {
         for (int c = 0; c < st.columns(); ++c) (out += csv_field(st.name(c))) += ',';
         out += "start\n";
       },
-      [&](const statement& st, std::int64_t start_ms) {
+      [&](const auto& st, std::int64_t start_ms) {
         for (int c = 0; c < st.columns(); ++c) {
           switch (st.type(c)) {
             case SQLITE_INTEGER: out += std::to_string(st.i64(c)); break;
@@ -1100,6 +1222,33 @@ std::string query_calls_csv(const std::string& ledger_path, const calls_query& q
         out += '\n';
       });
   return out;
+}
+
+// walk(query, header, row) of one ledger file, or of the fleet ledger.
+auto file_walk(const std::string& ledger_path) {
+  return [&ledger_path](const calls_query& q, auto&& header, auto&& row) { return walk_range(ledger_path, q, header, row); };
+}
+auto fleet_walk(const std::string& url, const std::optional<std::string>& instance) {
+  return [&url, &instance](const calls_query& q, auto&& header, auto&& row) {
+    return walk_fleet_range(url, instance, q, header, row);
+  };
+}
+
+}  // namespace
+
+nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q) { return calls_json(file_walk(ledger_path), q); }
+
+std::string query_calls_csv(const std::string& ledger_path, const calls_query& q, std::string& next_before) {
+  return calls_csv(file_walk(ledger_path), q, next_before);
+}
+
+nlohmann::json query_fleet_calls(const std::string& url, const calls_query& q, const std::optional<std::string>& instance) {
+  return calls_json(fleet_walk(url, instance), q);
+}
+
+std::string query_fleet_calls_csv(const std::string& url, const calls_query& q, const std::optional<std::string>& instance,
+                                  std::string& next_before) {
+  return calls_csv(fleet_walk(url, instance), q, next_before);
 }
 
 // ---- What-if -------------------------------------------------------------------------------------

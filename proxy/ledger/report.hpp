@@ -206,6 +206,14 @@ std::string to_csv(const whatif_report& r);
 // every filter given, newest first (start_ms, then id, descending: the start_ms index serves the
 // order, so a page costs its rows, not the ledger's). A row is there once the writer has
 // committed it (ledger.flush_interval after the call ends).
+// The row a page ended at: "<start_ms>:<id>" in a ledger file, "<start_ms>:<ledger_uid>:<id>" in
+// the fleet ledger, whose ids are each instance ledger's own.
+struct calls_cursor {
+  std::int64_t start_ms = 0;
+  std::string ledger_uid;  // the fleet ledger's pages only
+  std::int64_t id = 0;
+  bool operator==(const calls_cursor&) const = default;
+};
 struct calls_query {
   time_range range;
   // Exact matches by filter name (calls_filters()): request_id, upstream_request_id, key
@@ -215,7 +223,7 @@ struct calls_query {
   // Ranges, bounds included: the expensive or slow calls (cost_usd in USD, latency_ms in ms).
   std::optional<double> min_cost_usd, max_cost_usd, min_latency_ms, max_latency_ms;
   // The page after the one that ended at this row (next_before of that page), else the newest.
-  std::optional<std::pair<std::int64_t, std::int64_t>> before;  // (start_ms, id)
+  std::optional<calls_cursor> before;
   std::size_t limit = 100;
 };
 // {"calls": [row, ...], "next_before": "<start_ms>:<id>" or null}. Each row has every column of
@@ -227,10 +235,19 @@ nlohmann::json query_calls(const std::string& ledger_path, const calls_query& q)
 // empty field; text quoted when it holds a comma, quote or line break). `next_before` is set to
 // the next page's cursor, "" when this page is the last.
 std::string query_calls_csv(const std::string& ledger_path, const calls_query& q, std::string& next_before);
+// The same pages of the fleet ledger (the PostgreSQL table of ledger.postgres; all instances' rows,
+// or `instance`'s), newest first by (start_ms, ledger_uid, id). Each row has every column of the
+// fleet table (instance and ledger_uid first, then the ledger's) and `start`; next_before is
+// "<start_ms>:<ledger_uid>:<id>". Throws std::runtime_error ("PostgreSQL: ...", never the url)
+// when the database cannot be reached or read.
+nlohmann::json query_fleet_calls(const std::string& url, const calls_query& q, const std::optional<std::string>& instance);
+std::string query_fleet_calls_csv(const std::string& url, const calls_query& q, const std::optional<std::string>& instance,
+                                  std::string& next_before);
 // The names calls_query::match takes, in order; another throws std::invalid_argument.
 const std::vector<std::string_view>& calls_filters();
-// "<start_ms>:<id>" -> the pair; std::invalid_argument otherwise.
-std::pair<std::int64_t, std::int64_t> parse_calls_cursor(std::string_view text);
+// A page's next_before -> the cursor: "<start_ms>:<id>", or with `fleet` "<start_ms>:<ledger_uid>:<id>";
+// std::invalid_argument otherwise.
+calls_cursor parse_calls_cursor(std::string_view text, bool fleet = false);
 
 // ---- Warm start --------------------------------------------------------------------------------
 

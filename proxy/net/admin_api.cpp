@@ -225,7 +225,8 @@ std::optional<T> number_param(const std::map<std::string, std::string>& q, const
 
 // The query parameters of GET /admin/calls besides its exact-match filters.
 constexpr std::string_view kCallsOptions[] = {"from", "to", "month", "status", "min_cost_usd", "max_cost_usd",
-                                              "min_latency_ms", "max_latency_ms", "before", "limit", "format"};
+                                              "min_latency_ms", "max_latency_ms", "before", "limit", "format",
+                                              "scope", "instance"};
 
 // GET /admin/calls: one page of ledger rows, newest first (report.hpp, query_calls).
 admin_response calls(const admin_context& ctx, const std::map<std::string, std::string>& q) {
@@ -242,6 +243,7 @@ admin_response calls(const admin_context& ctx, const std::map<std::string, std::
       throw http_problem(400, "invalid_parameter", "Unknown query parameter '" + k.substr(0, 40) + "' (expected " + expected + ").");
     }
   }
+  const report_scope scope = scope_of(ctx, q);
   cq.range = range_of(q, calendar(ctx.cfg.timezone));
   const auto whole = [&](const char* k, long lo, long hi) {
     return number_param<long>(q, k, [&](long v) { return v >= lo && v <= hi; },
@@ -255,7 +257,7 @@ admin_response calls(const admin_context& ctx, const std::map<std::string, std::
   if (const auto l = whole("limit", 1, 1000)) cq.limit = static_cast<std::size_t>(*l);
   if (auto it = q.find("before"); it != q.end() && !it->second.empty()) {
     try {
-      cq.before = parse_calls_cursor(it->second);
+      cq.before = parse_calls_cursor(it->second, scope.fleet_url != nullptr);
     } catch (const std::invalid_argument& e) {
       throw http_problem(400, "invalid_parameter", e.what());
     }
@@ -263,9 +265,12 @@ admin_response calls(const admin_context& ctx, const std::map<std::string, std::
   admin_response r;
   if (want_csv(q)) {
     r.content_type = "text/csv; charset=utf-8";
-    r.body = query_calls_csv(ctx.ledger_path, cq, r.next_before);
+    r.body = scope.fleet_url
+                 ? fleet_report([&] { return query_fleet_calls_csv(*scope.fleet_url, cq, scope.instance, r.next_before); })
+                 : query_calls_csv(ctx.ledger_path, cq, r.next_before);
   } else {
-    const auto page = query_calls(ctx.ledger_path, cq);
+    const auto page = scope.fleet_url ? fleet_report([&] { return query_fleet_calls(*scope.fleet_url, cq, scope.instance); })
+                                      : query_calls(ctx.ledger_path, cq);
     if (page["next_before"].is_string()) r.next_before = page["next_before"].get<std::string>();
     r.body = text_of(page);
   }

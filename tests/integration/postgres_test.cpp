@@ -883,3 +883,111 @@ TEST_CASE("tollgate report --fleet prints what tollgate report prints on the led
   CHECK(rc_team == 0);
   CHECK(nlohmann::json::parse(by_team)["total"]["requests"] == 0);
 }
+
+TEST_CASE("/admin/calls?scope=fleet pages the fleet's rows as each instance's /admin/calls pages its own") {
+  pg_server pg;
+  pg.start();
+  const std::string token = "adm-calls-3";
+  const auto edge = [&](const std::string& name) {
+    return [e = fleet(pg, name), token](tollgate::config& c) {
+      e(c);
+      c.policy.admin_token = token;
+    };
+  };
+  tt::harness f({.tweak = edge("edge-f")});
+  tt::harness g({.tweak = edge("edge-g")});
+  calls(f, 3, "gpt-4.1");
+  calls(g, 2, "claude-sonnet-4-5");
+  // History on 2026-11-02: a row every 2 minutes at edge-f, every 10 at edge-g, on the same
+  // milliseconds (each of edge-g's starts is one of edge-f's too): pages must break those ties
+  // by ledger, never lose or repeat a row at a page's edge.
+  const std::map<std::string, std::string> varied = {
+      {"cost_usd", "c.cost_usd * (1 + (n.i % 13) / 7.0) + 1e-7 * (n.i % 5)"},
+      {"status", "CASE n.i % 9 WHEN 4 THEN 429 ELSE c.status END"},
+      {"latency_ms", "c.latency_ms + n.i % 50 + 0.125"}};
+  add_history(f, 300, "1793577600000 + n.i * 120000", varied);
+  add_history(g, 60, "1793577600000 + n.i * 600000", varied);
+  const auto rows_f = f.query_int("SELECT count(*) FROM calls"), rows_g = g.query_int("SELECT count(*) FROM calls");
+  REQUIRE(tt::harness::eventually([&] { return pg.count() == rows_f + rows_g; }, std::chrono::seconds(30)));
+
+  const tt::headers admin = {{"Authorization", "Bearer " + token}};
+  // Every row a query pages through, following x-next-before.
+  const auto pages = [&](tt::harness& h, const std::string& query, std::size_t* count = nullptr) {
+    nlohmann::json rows = nlohmann::json::array();
+    std::string before;
+    std::size_t n = 0;
+    do {
+      const auto r = tt::request(h.admin_port(), "GET", "/admin/calls?" + query + (before.empty() ? "" : "&before=" + before), {}, admin);
+      INFO(query << " " << r.body.substr(0, 300));
+      REQUIRE(r.status == 200);
+      const auto page = nlohmann::json::parse(r.body);
+      for (const auto& row : page["calls"]) rows.push_back(row);
+      before = r.header("x-next-before");
+      CHECK(page["next_before"] == (before.empty() ? nlohmann::json(nullptr) : nlohmann::json(before)));
+      ++n;
+    } while (!before.empty());
+    if (count) *count = n;
+    return rows;
+  };
+  // One instance's rows of the fleet, page by page, are its own ledger's rows as stored (costs
+  // bit for bit), with the instance and its ledger's uid beside them.
+  for (auto* h : {&f, &g}) {
+    const std::string name = h == &f ? "edge-f" : "edge-g";
+    for (const std::string filter : {"limit=37", "team=red&limit=11", "status=429&min_latency_ms=120", "model=claude-sonnet-4-5",
+                                     "min_cost_usd=0.00001&max_cost_usd=0.01&from=2026-11-02T03:00:00Z&to=2026-11-02T09:00:00Z"}) {
+      INFO(name << " " << filter);
+      const auto local = pages(*h, filter);
+      auto fleet_rows = pages(f, filter + "&scope=fleet&instance=" + name);
+      REQUIRE(fleet_rows.size() == local.size());
+      for (auto& row : fleet_rows) {
+        CHECK(row["instance"] == name);
+        CHECK(row["ledger_uid"].get<std::string>().size() == 32);
+        row.erase("instance");
+        row.erase("ledger_uid");
+      }
+      CHECK(fleet_rows == local);
+    }
+  }
+  CHECK(pages(f, "scope=fleet&instance=edge-f").size() == static_cast<std::size_t>(rows_f));
+  // The whole fleet: every row once, newest first, ties in start_ms by ledger then id, across
+  // pages of 7 that split the ties.
+  std::size_t n_pages = 0;
+  const auto all = pages(g, "scope=fleet&limit=7", &n_pages);
+  CHECK(all.size() == static_cast<std::size_t>(rows_f + rows_g));
+  CHECK(n_pages == (all.size() + 6) / 7);
+  std::set<std::pair<std::string, std::int64_t>> seen;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    seen.emplace(all[i]["ledger_uid"], all[i]["id"]);
+    if (i == 0) continue;
+    const auto key = [](const nlohmann::json& r) {
+      return std::make_tuple(r["start_ms"].get<std::int64_t>(), r["ledger_uid"].get<std::string>(), r["id"].get<std::int64_t>());
+    };
+    CHECK(key(all[i]) < key(all[i - 1]));
+  }
+  CHECK(seen.size() == all.size());
+  // A live call, found by its tollgate id from any instance (the id carries its start).
+  const std::string live = g.rows("SELECT request_id FROM calls ORDER BY id LIMIT 1").at(0).at("request_id");
+  const auto found = pages(f, "scope=fleet&request_id=" + live);
+  REQUIRE(found.size() == 1);
+  CHECK(found[0]["instance"] == "edge-g");
+  CHECK(found[0]["requested_model"] == "claude-sonnet-4-5");
+  // CSV: the fleet table's columns, instance and ledger_uid first; the same cursor.
+  const auto csv = tt::request(f.admin_port(), "GET", "/admin/calls?scope=fleet&instance=edge-g&limit=5&format=csv", {}, admin);
+  CHECK(csv.body.rfind("instance,ledger_uid,id,request_id,start_ms,", 0) == 0);
+  CHECK(std::count(csv.body.begin(), csv.body.end(), '\n') == 6);
+  const auto json5 = tt::request(f.admin_port(), "GET", "/admin/calls?scope=fleet&instance=edge-g&limit=5", {}, admin);
+  CHECK(csv.header("x-next-before") == json5.header("x-next-before"));
+  CHECK(csv.header("x-next-before").find(':') != csv.header("x-next-before").rfind(':'));
+  // A local page's cursor is not the fleet's, and the other way round.
+  const auto local_page = tt::request(f.admin_port(), "GET", "/admin/calls?limit=1", {}, admin);
+  const auto mixed = tt::request(f.admin_port(), "GET", "/admin/calls?scope=fleet&before=" + local_page.header("x-next-before"), {}, admin);
+  CHECK(mixed.status == 400);
+  CHECK(mixed.body.find("<start_ms>:<ledger_uid>:<id>") != std::string::npos);
+  CHECK(tt::request(f.admin_port(), "GET", "/admin/calls?before=" + json5.header("x-next-before"), {}, admin).status == 400);
+  // PostgreSQL gone: 503; the local rows still answer.
+  pg.stop();
+  const auto down = tt::request(f.admin_port(), "GET", "/admin/calls?scope=fleet", {}, admin);
+  CHECK(down.status == 503);
+  CHECK(down.body.find("fleet_ledger_unavailable") != std::string::npos);
+  CHECK(tt::request(f.admin_port(), "GET", "/admin/calls?limit=1", {}, admin).status == 200);
+}

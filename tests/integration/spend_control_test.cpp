@@ -420,6 +420,8 @@ TEST_CASE("admin API: token required, spend equals the ledger, keys created at r
     const std::vector<std::pair<std::string, std::string>> refused = {
         {"/admin/spend?scope=fleet", "fleet_ledger_not_configured"},
         {"/admin/whatif?model=deepseek-v3.2&scope=fleet", "fleet_ledger_not_configured"},
+        {"/admin/calls?scope=fleet&team=red", "fleet_ledger_not_configured"},
+        {"/admin/calls?instance=edge-1", "instance applies to scope=fleet only"},
         {"/admin/spend?scope=everywhere", "scope must be local or fleet"},
         {"/admin/spend?instance=edge-1", "instance applies to scope=fleet only"},
         {"/admin/spend?group_by=instance", "'instance' is a column of the fleet ledger"}};

@@ -1148,10 +1148,16 @@ TEST_CASE("report: calls come newest first, filtered, in pages that resume where
     CHECK(ids(query_calls(s.path, q)).empty());
   }
   SECTION("a cursor that is not one is refused") {
-    CHECK(parse_calls_cursor("1733000000000:42") == std::pair<std::int64_t, std::int64_t>{1733000000000, 42});
-    CHECK(parse_calls_cursor("-5:1") == std::pair<std::int64_t, std::int64_t>{-5, 1});
+    CHECK(parse_calls_cursor("1733000000000:42") == calls_cursor{1733000000000, "", 42});
+    CHECK(parse_calls_cursor("-5:1") == calls_cursor{-5, "", 1});
     for (const char* bad : {"", "12", "12:", ":3", "1:2:3", "a:b", "1 :2"})
-      CHECK_THROWS_WITH(parse_calls_cursor(bad), Contains("next_before of an earlier page"));
+      CHECK_THROWS_WITH(parse_calls_cursor(bad), Contains("next_before of an earlier page (<start_ms>:<id>)"));
+    // The fleet's cursor names the row's ledger too (its ids are each instance ledger's own).
+    CHECK(parse_calls_cursor("1733000000000:0a1b:42", true) == calls_cursor{1733000000000, "0a1b", 42});
+    CHECK(parse_calls_cursor("7:a:b:8", true) == calls_cursor{7, "a:b", 8});
+    CHECK(parse_calls_cursor("7::8", true) == calls_cursor{7, "", 8});
+    for (const char* bad : {"", "12", "1:2", "12:ab:", ":ab:3", "x:ab:3", "1:ab:3x"})
+      CHECK_THROWS_WITH(parse_calls_cursor(bad, true), Contains("next_before of an earlier page (<start_ms>:<ledger_uid>:<id>)"));
   }
 }
 
