@@ -16,12 +16,79 @@ bool parse_number(std::string_view s, T& out) noexcept {
   return ec == std::errc() && ptr == s.data() + s.size();
 }
 
-// Unix seconds; "1736121600.0" too (pandas writes a float column so), if it is a whole second.
+// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) noexcept {
+  y -= m <= 2;
+  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const auto yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
+}
+
+bool read_int(std::string_view s, std::size_t& pos, std::size_t digits, int& out) noexcept {
+  if (pos + digits > s.size()) return false;
+  const auto [p, ec] = std::from_chars(s.data() + pos, s.data() + pos + digits, out);
+  if (ec != std::errc() || p != s.data() + pos + digits) return false;
+  pos += digits;
+  return true;
+}
+
+}  // namespace
+
+std::optional<std::int64_t> parse_iso_ms(std::string_view s) noexcept {
+  std::size_t pos = 0;
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, se = 0;
+  if (!read_int(s, pos, 4, y) || pos >= s.size() || s[pos++] != '-' || !read_int(s, pos, 2, mo) ||
+      pos >= s.size() || s[pos++] != '-' || !read_int(s, pos, 2, d))
+    return std::nullopt;
+  if (mo < 1 || mo > 12 || d < 1 || d > 31) return std::nullopt;
+  double frac = 0.0;
+  std::int64_t offset_s = 0;
+  if (pos < s.size() && (s[pos] == 'T' || s[pos] == 't' || s[pos] == ' ')) {
+    ++pos;
+    if (!read_int(s, pos, 2, h) || pos >= s.size() || s[pos++] != ':' || !read_int(s, pos, 2, mi))
+      return std::nullopt;
+    if (pos < s.size() && s[pos] == ':') {
+      ++pos;
+      if (!read_int(s, pos, 2, se)) return std::nullopt;
+    }
+    if (pos < s.size() && (s[pos] == '.' || s[pos] == ',')) {
+      double scale = 0.1;
+      for (++pos; pos < s.size() && s[pos] >= '0' && s[pos] <= '9'; ++pos, scale /= 10) frac += (s[pos] - '0') * scale;
+    }
+    if (pos < s.size() && (s[pos] == 'Z' || s[pos] == 'z')) {
+      ++pos;
+    } else if (pos < s.size() && (s[pos] == '+' || s[pos] == '-')) {
+      const int sign = s[pos++] == '-' ? -1 : 1;
+      int oh = 0, om = 0;
+      if (!read_int(s, pos, 2, oh)) return std::nullopt;
+      if (pos < s.size() && s[pos] == ':') ++pos;
+      if (pos < s.size() && !read_int(s, pos, 2, om)) return std::nullopt;
+      offset_s = sign * (oh * 3600 + om * 60);
+    }
+  }
+  if (pos != s.size()) return std::nullopt;
+  const std::int64_t secs = days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 +
+                            h * 3600 + mi * 60 + se - offset_s;
+  return secs * 1000 + static_cast<std::int64_t>(std::floor(frac * 1000.0));
+}
+
+namespace {
+
+// Unix seconds; "1736121600.0" too (pandas writes a float column so), if it is a whole second;
+// or an ISO 8601 / RFC 3339 time of a whole second (a spreadsheet's export).
 bool parse_timestamp(std::string_view s, std::int64_t& out) noexcept {
   if (parse_number(s, out)) return true;
   double d = 0.0;
-  if (!parse_number(s, d) || !(std::fabs(d) < 1e15) || d != std::floor(d)) return false;
-  out = static_cast<std::int64_t>(d);
+  if (parse_number(s, d)) {
+    if (!(std::fabs(d) < 1e15) || d != std::floor(d)) return false;
+    out = static_cast<std::int64_t>(d);
+    return true;
+  }
+  const auto ms = parse_iso_ms(s);
+  if (!ms || *ms % 1000 != 0) return false;
+  out = *ms / 1000;
   return true;
 }
 
@@ -123,7 +190,8 @@ series_read read_series_csv(std::istream& in, std::string_view column) {
     const auto fields = split_csv(line);
     std::int64_t t = 0;
     if (!parse_timestamp(fields[0], t)) {
-      r.error = "line " + std::to_string(line_no) + ": bad timestamp";
+      r.error = "line " + std::to_string(line_no) + ": bad timestamp `" + printable(fields[0]) +
+                "` (expected unix seconds or an RFC 3339 time of a whole second, such as 2026-01-01T00:00:00Z)";
       return r;
     }
     double v = missing;

@@ -35,8 +35,12 @@ struct series_read {
   std::string error;
 };
 
+// "2026-01-01", "2026-01-01T10:00:00Z", "2026-01-01 10:00:00.250+01:00" (ISO 8601 / RFC 3339;
+// no offset = UTC) -> unix milliseconds; nullopt otherwise.
+std::optional<std::int64_t> parse_iso_ms(std::string_view s) noexcept;
+
 // Reads the CSV format of shared/data/series/README.md: header line, column 0 `timestamp`
-// (unix seconds), the value column selected by name, empty cell = missing bin. Enforces the
+// (unix seconds; an RFC 3339 time of a whole second is read too), the value column selected by name, empty cell = missing bin. Enforces the
 // PROTOCOL.md rules: constant positive step, 86400 % step == 0, at least one value.
 series_read read_series_csv(std::istream& in, std::string_view column);
 

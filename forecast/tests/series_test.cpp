@@ -31,6 +31,7 @@ TEST_CASE("series: spreadsheet and pandas spellings of the same file", "[forecas
            "\"timestamp\",\"a\"\n\"3600\",\"10\"\n\"7200\",\"20\"\n\"10800\",\"30\"\n",  // quoted
            "timestamp,a\r\n3600.0,10.0\r\n7200.0,20.0\r\n10800.0,30.0\r\n",          // CRLF, float seconds
            "timestamp,a\n3600,10\n\n7200,20\n10800,30",                                  // blank line, no final newline
+           "timestamp,a\n1970-01-01T01:00:00Z,10\n1970-01-01 02:00:00,20\n1970-01-01T04:00:00+01:00,30\n",  // RFC 3339
        }) {
     std::istringstream in(text);
     const auto r = read_series_csv(in, "a");
@@ -42,7 +43,10 @@ TEST_CASE("series: spreadsheet and pandas spellings of the same file", "[forecas
   std::istringstream bom("\xEF\xBB\xBFtimestamp,a\n");
   CHECK(csv_header(bom) == std::vector<std::string>{"timestamp", "a"});
   std::istringstream half("timestamp,a\n3600.5,1\n7200,2\n");
-  CHECK(read_series_csv(half, "a").error.find("line 2: bad timestamp") != std::string::npos);
+  CHECK(read_series_csv(half, "a").error.find("line 2: bad timestamp `3600.5`") != std::string::npos);
+  std::istringstream half_iso("timestamp,a\n1970-01-01T01:00:00.5Z,1\n1970-01-01T02:00:00Z,2\n");
+  CHECK(read_series_csv(half_iso, "a").error.find("line 2: bad timestamp `1970-01-01T01:00:00.5Z` (expected unix seconds or an RFC 3339") !=
+        std::string::npos);
   // Messages say what is wrong in a way one can act on, and quote a cell only in part.
   std::istringstream ms("timestamp,a\n1736121600000,1\n1736125200000,2\n");
   CHECK(read_series_csv(ms, "a").error.find("these look like milliseconds") != std::string::npos);
