@@ -1449,6 +1449,8 @@ void stream_meter::on_responses(const Node& j, std::string_view type) {
              type == "response.failed") {
     const auto& response = member(j, "response");
     note_model_id(response);
+    // The relay's provider, as the non-stream reply names it: on the Responses object.
+    if (provider_.empty()) provider_ = string_member(response, "provider").substr(0, 64);
     if (const auto t = responses_usage(member(response, "usage"))) {
       usage_ = *t;
       if (const auto name = string_member(response, "service_tier"); !name.empty())

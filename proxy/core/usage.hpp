@@ -236,7 +236,8 @@ class stream_meter {
   const std::string& model() const noexcept { return model_; }
   const std::string& id() const noexcept { return id_; }
   // The relay's provider serving the stream (a chat chunk's top-level `provider`, as OpenRouter
-  // names it on every chunk; "" when none does).
+  // names it on every chunk, or the `provider` of a Responses stream's final response object;
+  // "" when none does).
   const std::string& provider() const noexcept { return provider_; }
   bool saw_done() const noexcept { return saw_done_; }   // `data: [DONE]`, response.completed or message_stop
   // Whether the stream is of a kind whose end tollgate knows (a chat, Responses, Anthropic or

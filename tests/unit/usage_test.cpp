@@ -245,6 +245,22 @@ TEST_CASE("usage: the relay's provider that served a call is read from the reply
   stream_meter plain(route_kind::chat_completions, false);
   relay(plain, data_event(R"({"id":"c","model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}})") + done_event);
   CHECK(plain.provider().empty());
+  // A Responses stream: on the Responses object its end carries, as the non-stream reply does.
+  const auto responses_stream = [](std::string_view provider) {
+    return typed_event("response.created", R"({"type":"response.created","sequence_number":0,"response":{"id":"gen-3","model":"qwen/qwen3-235b","usage":null}})") +
+           typed_event("response.completed", R"({"type":"response.completed","sequence_number":1,"response":{"id":"gen-3","object":"response",)" +
+                                                std::string(provider) + R"("model":"qwen/qwen3-235b","usage":{"input_tokens":9,"output_tokens":3,"total_tokens":12}}})");
+  };
+  stream_meter r(route_kind::responses, true);
+  relay(r, responses_stream(R"("provider":"Groq",)"));
+  REQUIRE(r.has_usage());
+  CHECK(r.provider() == "Groq");
+  CHECK(extract_response(route_kind::responses, R"({"id":"gen-4","object":"response","provider":"Groq","model":"m","usage":{"input_tokens":1,"output_tokens":1,"total_tokens":2}})")
+            .provider == "Groq");
+  stream_meter r_plain(route_kind::responses, true);
+  relay(r_plain, responses_stream(""));
+  REQUIRE(r_plain.has_usage());
+  CHECK(r_plain.provider().empty());
 }
 
 TEST_CASE("usage: a Decisions API reply is metered by the shape of its usage", "[usage]") {
