@@ -70,6 +70,12 @@ expect 2 'give one input' forecast --input "$series" --column requests --request
 expect 2 'option --horizons is given twice' backtest --input "$series" --column requests --horizons 1h --horizons 24h
 expect 2 'option --json does not apply to plot' plot --input "$series" --column requests --json
 expect 2 'no rolling forecast to draw' plot --input "$series" --column requests --horizon 2000h
+# -o is --output (and so cannot be given beside it); --version prints the version on stdout.
+expect 0 "wrote $dir/short.svg" plot --input "$series" --column requests -o "$dir/short.svg"
+grep -q '^<svg' "$dir/short.svg" || { echo "FAIL: plot -o wrote no SVG"; fails=$((fails + 1)); }
+expect 2 'option --output is given twice' plot --input "$series" --column requests -o "$dir/a.svg" --output "$dir/b.svg"
+expect 0 '' --version
+grep -Eq '^tollgate-forecast [0-9]+\.[0-9]+\.[0-9]+$' "$dir/out" || { echo "FAIL: --version printed $(cat "$dir/out")"; fails=$((fails + 1)); }
 # A quoted comma is part of its field (RFC 4180), not a second field.
 printf 'timestamp,note,prompt_tokens\n' > "$dir/quoted.csv"
 for i in 0 1 2 3 4 5; do printf '%d,"retry, 5",1000\n' $((1736121600 + i * 60)) >> "$dir/quoted.csv"; done

@@ -34,6 +34,7 @@ using json = nlohmann::ordered_json;
 namespace {
 
 constexpr const char* usage_text = R"(usage: tollgate-forecast <command> [options]
+       tollgate-forecast --version
 
 commands:
   backtest   rolling-origin backtest per shared/data/series/PROTOCOL.md
@@ -79,7 +80,7 @@ options:
   --horizon D            forecast: how far ahead (default 24h); plot: lead time shown (default 1 bin);
                          bench: steps forecast per refresh (default 1h)
   --ahead D              plot: forecast appended after the last bin (default 24h)
-  --output FILE          plot: SVG file (default stdout)
+  --output FILE, -o FILE plot: SVG file (default stdout)
   --log                  plot: logarithmic y axis
   --threshold X          detect: spike threshold, robust z-score on the log scale (default 3)
   --series N             bench: number of series (default 200)
@@ -113,6 +114,10 @@ args parse_args(int argc, char** argv) {
     std::cout << usage_text;
     std::exit(0);
   }
+  if (a.command == "--version") {
+    std::cout << "tollgate-forecast " << TOLLGATE_VERSION << "\n";
+    std::exit(0);
+  }
   static const char* flags[] = {"--json", "--all-methods", "--help", "--log", "--fleet"};
   // The options each command reads: a misspelt or misplaced one is an error, not ignored
   // (`backtest --horizon 5h` would otherwise run the default horizons without a word).
@@ -134,7 +139,9 @@ args parse_args(int argc, char** argv) {
     return a.command != "bench" && std::find(input_opts.begin(), input_opts.end(), name) != input_opts.end();
   };
   for (int i = 2; i < argc; ++i) {
-    const std::string k = argv[i];
+    std::string k = argv[i];
+    if (k == "-o") k = "--output";  // as most tools that write a file spell it
+    if (k == "-h") k = "--help";
     if (k.rfind("--", 0) != 0) die("unexpected argument `" + k + "` (see --help)");
     if (!accepted(k.substr(2))) {
       std::string users;
