@@ -21,6 +21,7 @@
 #include "core/policy.hpp"
 #include "core/pricing.hpp"
 #include "core/stated_rates.hpp"
+#include "core/usage.hpp"
 #include "ledger/key_store.hpp"
 #include "ledger/report.hpp"
 
@@ -159,6 +160,15 @@ struct report_scope {
   std::optional<std::string> instance;
 };
 
+// A value the fleet ledger's query matches as text: PostgreSQL refuses bytes that are not UTF-8
+// (its database encoding) with an error, which would read as the fleet ledger being unavailable;
+// a ledger file's query just matches nothing. A 400 naming the parameter instead.
+void fleet_text(const report_scope& s, std::string_view param, const std::string& value) {
+  if (s.fleet_url && !valid_utf8(value))
+    throw http_problem(400, "invalid_parameter",
+                       std::string(param) + " is not UTF-8 text: the fleet ledger in PostgreSQL holds UTF-8 only");
+}
+
 report_scope scope_of(const admin_context& ctx, const std::map<std::string, std::string>& q) {
   report_scope s;
   const auto it = q.find("scope");
@@ -174,6 +184,7 @@ report_scope scope_of(const admin_context& ctx, const std::map<std::string, std:
   if (const auto i = q.find("instance"); i != q.end() && !i->second.empty()) {
     if (!s.fleet_url)
       throw http_problem(400, "invalid_parameter", "instance applies to scope=fleet only: this instance's ledger is its own");
+    fleet_text(s, "instance", i->second);
     s.instance = i->second;
   }
   return s;
@@ -244,6 +255,7 @@ admin_response calls(const admin_context& ctx, const std::map<std::string, std::
     }
   }
   const report_scope scope = scope_of(ctx, q);
+  for (const auto& [k, v] : cq.match) fleet_text(scope, k, v);
   cq.range = range_of(q, calendar(ctx.cfg.timezone));
   const auto whole = [&](const char* k, long lo, long hi) {
     return number_param<long>(q, k, [&](long v) { return v >= lo && v <= hi; },
@@ -257,6 +269,7 @@ admin_response calls(const admin_context& ctx, const std::map<std::string, std::
   if (const auto l = whole("limit", 1, 1000)) cq.limit = static_cast<std::size_t>(*l);
   if (auto it = q.find("before"); it != q.end() && !it->second.empty()) {
     try {
+      fleet_text(scope, "before", it->second);
       cq.before = parse_calls_cursor(it->second, scope.fleet_url != nullptr);
     } catch (const std::invalid_argument& e) {
       throw http_problem(400, "invalid_parameter", e.what());

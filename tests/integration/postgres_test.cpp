@@ -984,6 +984,16 @@ TEST_CASE("/admin/calls?scope=fleet pages the fleet's rows as each instance's /a
   CHECK(mixed.status == 400);
   CHECK(mixed.body.find("<start_ms>:<ledger_uid>:<id>") != std::string::npos);
   CHECK(tt::request(f.admin_port(), "GET", "/admin/calls?before=" + json5.header("x-next-before"), {}, admin).status == 400);
+  // Bytes that are not UTF-8 match no row of the fleet table (PostgreSQL would refuse the query,
+  // which is not the fleet ledger being unavailable): a 400 naming the parameter.
+  for (const std::string target : {"/admin/calls?scope=fleet&team=%ff", "/admin/calls?scope=fleet&instance=a%c3",
+                                   "/admin/spend?scope=fleet&instance=%ff", "/admin/calls?scope=fleet&before=1:%ff:2"}) {
+    INFO(target);
+    const auto r = tt::request(f.admin_port(), "GET", target, {}, admin);
+    CHECK(r.status == 400);
+    CHECK(r.body.find("is not UTF-8 text") != std::string::npos);
+  }
+  CHECK(tt::request(f.admin_port(), "GET", "/admin/calls?team=%ff", {}, admin).status == 200);
   // PostgreSQL gone: 503; the local rows still answer.
   pg.stop();
   const auto down = tt::request(f.admin_port(), "GET", "/admin/calls?scope=fleet", {}, admin);
