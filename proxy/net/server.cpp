@@ -19,6 +19,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <csignal>
 #include <functional>
@@ -803,7 +804,12 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
       res.result(static_cast<http::status>(r.status));
       res.set(http::field::content_type, r.content_type);
       if (!r.allow.empty()) res.set(http::field::allow, r.allow);
-      if (!r.next_before.empty()) res.set("x-next-before", r.next_before);
+      // Only as a plain token: a fleet cursor names a row's ledger_uid, which a row an
+      // administrator wrote by hand could spell with any bytes (a line break would split the
+      // head). The body's next_before carries it whatever it holds.
+      if (!r.next_before.empty() &&
+          std::all_of(r.next_before.begin(), r.next_before.end(), [](unsigned char c) { return c > 0x20 && c < 0x7f; }))
+        res.set("x-next-before", r.next_before);
       if (r.status == 401) res.set(http::field::www_authenticate, "Bearer realm=\"tollgate-admin\"");
       res.body() = std::move(r.body);
     } else if (target != "/metrics" && target != "/healthz" && target != "/readyz") {

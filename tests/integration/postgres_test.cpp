@@ -994,6 +994,16 @@ TEST_CASE("/admin/calls?scope=fleet pages the fleet's rows as each instance's /a
     CHECK(r.body.find("is not UTF-8 text") != std::string::npos);
   }
   CHECK(tt::request(f.admin_port(), "GET", "/admin/calls?team=%ff", {}, admin).status == 200);
+  // Rows an administrator wrote by hand, under a ledger_uid holding a line break: the cursor is
+  // in the body only, never a header that would split the head.
+  pg.query("CREATE TEMP TABLE hand AS SELECT * FROM tollgate_calls WHERE instance = 'edge-f' AND id <= 2; "
+           "UPDATE hand SET instance = 'hand', ledger_uid = E'evil\r\nx-evil: 1'; "
+           "INSERT INTO tollgate_calls SELECT * FROM hand; SELECT 1");
+  const auto hand = tt::request(f.admin_port(), "GET", "/admin/calls?scope=fleet&instance=hand&limit=1", {}, admin);
+  CHECK(hand.status == 200);
+  CHECK_FALSE(hand.has_header("x-evil"));
+  CHECK_FALSE(hand.has_header("x-next-before"));
+  CHECK(nlohmann::json::parse(hand.body)["next_before"].get<std::string>().find("evil\r\nx-evil: 1:") != std::string::npos);
   // PostgreSQL gone: 503; the local rows still answer.
   pg.stop();
   const auto down = tt::request(f.admin_port(), "GET", "/admin/calls?scope=fleet", {}, admin);
