@@ -76,6 +76,7 @@ grep -q '^<svg' "$dir/short.svg" || { echo "FAIL: plot -o wrote no SVG"; fails=$
 expect 2 'option --output is given twice' plot --input "$series" --column requests -o "$dir/a.svg" --output "$dir/b.svg"
 expect 0 '' --version
 grep -Eq '^tollgate-forecast [0-9]+\.[0-9]+\.[0-9]+$' "$dir/out" || { echo "FAIL: --version printed $(cat "$dir/out")"; fails=$((fails + 1)); }
+expect 2 'option --team needs a value, not an empty one' forecast --ledger "$dir/none.db" --team ''
 # A quoted comma is part of its field (RFC 4180), not a second field.
 printf 'timestamp,note,prompt_tokens\n' > "$dir/quoted.csv"
 for i in 0 1 2 3 4 5; do printf '%d,"retry, 5",1000\n' $((1736121600 + i * 60)) >> "$dir/quoted.csv"; done

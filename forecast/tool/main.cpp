@@ -159,6 +159,8 @@ args parse_args(int argc, char** argv) {
       continue;
     }
     if (i + 1 >= argc) die("option " + k + " needs a value");
+    // Never meant (`--team ""` read every team's calls): refused as a missing value.
+    if (argv[i + 1][0] == '\0') die("option " + k + " needs a value, not an empty one");
     a.opts[k.substr(2)] = argv[++i];
   }
   if (a.has("help")) {

@@ -95,10 +95,13 @@ options parse_args(const std::vector<std::string>& args) {
       inline_value = name.substr(eq + 1);
       name.resize(eq);
     }
+    // An empty value is never meant (`--instance ""` reported an instance of no name; `--postgres
+    // ""` connected to libpq's defaults): refused as a missing one.
     const auto value = [&]() -> std::string {
-      if (inline_value) return *inline_value;
-      if (i + 1 >= args.size()) throw usage_error(name + " needs a value");
-      return args[++i];
+      if (!inline_value && i + 1 >= args.size()) throw usage_error(name + " needs a value");
+      std::string v = inline_value ? *inline_value : args[++i];
+      if (v.empty()) throw usage_error(name + " needs a value, not an empty one");
+      return v;
     };
     const auto flag = [&] {
       if (inline_value) throw usage_error(name + " takes no value");

@@ -909,6 +909,8 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
         {{"--ledger", s.path, "--from", "soon"}, "from: 'soon'"},
         {{"--ledger", s.path, "--frobnicate"}, "unknown argument '--frobnicate'"},
         {{"--ledger"}, "--ledger needs a value"},
+        {{"--postgres", ""}, "--postgres needs a value, not an empty one"},
+        {{"--postgres", "host=127.0.0.1", "--instance="}, "--instance needs a value, not an empty one"},
         {{"--ledger", s.path, "--csv=yes"}, "--csv takes no value"},
         {{"--ledger", s.path, "--whatif", "nope", "--prices", source_dir + "/config/prices.yaml"}, "'nope' is not in the price table"},
         {{"--ledger", s.path, "--whatif", "gpt-4.1", "--prices", s.dir.file("none.yaml")}, "none.yaml"},
