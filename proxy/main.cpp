@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
   sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
   if (argc >= 2 && std::strcmp(argv[1], "report") == 0) return tollgate::report_main(argc - 2, argv + 2);
   std::string config_path;
+  bool config_given = false;
   bool check_only = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -70,12 +71,19 @@ int main(int argc, char** argv) {
         return 2;
       }
       config_path = argv[++i];
+      config_given = true;
     } else if (a.rfind("--config=", 0) == 0) {
       config_path = a.substr(9);
+      config_given = true;
     } else {
       std::fprintf(stderr, "tollgate: unknown argument '%s' (see --help)\n", a.c_str());
       return 2;
     }
+  }
+  // Given empty (a script's unset variable), not the default file in its place.
+  if (config_given && config_path.empty()) {
+    std::fprintf(stderr, "tollgate: --config needs a file name, not an empty one\n");
+    return 2;
   }
   if (config_path.empty()) config_path = tollgate::default_config_path();
 
