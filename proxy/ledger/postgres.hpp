@@ -14,8 +14,9 @@ namespace tollgate {
 // with "; ", the trailing newline dropped.
 std::string trim_message(std::string m);
 
-// A connection in UTF-8; nullptr (the connection closed, err filled) when it fails. The url (a
-// libpq URI or key=value conninfo) may set its own connect_timeout: keywords before it are
+// A connection in UTF-8, with TCP keepalives that find a vanished server in about 30 s; nullptr
+// (the connection closed, err filled) when it fails. The url (a libpq URI or key=value
+// conninfo) may set its own connect_timeout or keepalives_*: keywords before it are
 // overridden by the url's (libpq expands dbname as a connection string, in order). The error
 // never repeats the url, which may hold a password (libpq's messages do not).
 PGconn* connect_postgres(const std::string& url, std::chrono::seconds connect_timeout, const char* application,

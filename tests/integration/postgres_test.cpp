@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/policy.hpp"
+#include "ledger/postgres.hpp"
 #include "ledger/report_cli.hpp"
 #include "support.hpp"
 
@@ -1010,4 +1011,31 @@ TEST_CASE("/admin/calls?scope=fleet pages the fleet's rows as each instance's /a
   CHECK(down.status == 503);
   CHECK(down.body.find("fleet_ledger_unavailable") != std::string::npos);
   CHECK(tt::request(f.admin_port(), "GET", "/admin/calls?limit=1", {}, admin).status == 200);
+}
+
+TEST_CASE("connect_postgres: TCP keepalives find a vanished server in about 30 s, and a url may set its own") {
+  pg_server pg;
+  pg.start();
+  const auto option = [](PGconn* c, std::string_view key) {
+    std::string value;
+    PQconninfoOption* opts = PQconninfo(c);
+    for (auto* o = opts; o != nullptr && o->keyword != nullptr; ++o)
+      if (key == o->keyword && o->val != nullptr) value = o->val;
+    PQconninfoFree(opts);
+    return value;
+  };
+  std::string err;
+  PGconn* c = tollgate::connect_postgres(pg.url(), std::chrono::seconds(5), "tollgate-test", "1000", err);
+  REQUIRE(c != nullptr);
+  CHECK(option(c, "keepalives") == "1");
+  CHECK(option(c, "keepalives_idle") == "15");
+  CHECK(option(c, "keepalives_interval") == "5");
+  CHECK(option(c, "keepalives_count") == "3");
+  CHECK(option(c, "application_name") == "tollgate-test");
+  PQfinish(c);
+  PGconn* own = tollgate::connect_postgres(pg.url() + "?keepalives_idle=120", std::chrono::seconds(5), "tollgate-test", "1000", err);
+  REQUIRE(own != nullptr);
+  CHECK(option(own, "keepalives_idle") == "120");
+  CHECK(option(own, "keepalives_count") == "3");
+  PQfinish(own);
 }
