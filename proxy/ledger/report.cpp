@@ -1044,9 +1044,12 @@ std::int64_t page_end_ms(const calls_query& q) {
   return q.before && q.before->start_ms < q.range.to_ms ? q.before->start_ms + 1 : q.range.to_ms;
 }
 
+// Rows a page holds: 1 to 1,000.
+std::size_t page_size(const calls_query& q) { return std::clamp<std::size_t>(q.limit, 1, 1000); }
+
 // " ORDER BY <order> LIMIT <page + 1>": the one more row says whether a next page follows.
 std::string page_order(const calls_query& q, const char* order) {
-  return std::string(" ORDER BY ") + order + " LIMIT " + std::to_string(std::clamp<std::size_t>(q.limit, 1, 1000) + 1);
+  return std::string(" ORDER BY ") + order + " LIMIT " + std::to_string(page_size(q) + 1);
 }
 
 // Reads one page of a calls query's rows (a SQLite statement or fleet_rows): header(rows) once,
@@ -1055,7 +1058,7 @@ std::string page_order(const calls_query& q, const char* order) {
 // or "" when this page is the last. `fail(why)` throws for a table without start_ms or id.
 template <class Rows, class Fail, class Header, class Row>
 std::string read_page(Rows& rows, const calls_query& q, bool fleet, Fail&& fail, Header&& header, Row&& row) {
-  const std::size_t limit = std::clamp<std::size_t>(q.limit, 1, 1000);
+  const std::size_t limit = page_size(q);
   bool more = rows.step();  // first: the fleet's columns are known once a result arrives
   int start_col = -1, uid_col = -1, id_col = -1;
   for (int c = 0; c < rows.columns(); ++c) {
@@ -1064,7 +1067,8 @@ std::string read_page(Rows& rows, const calls_query& q, bool fleet, Fail&& fail,
     if (name == "ledger_uid") uid_col = c;
     if (name == "id") id_col = c;
   }
-  if (start_col < 0 || id_col < 0 || (fleet && uid_col < 0)) fail("the calls table has no start_ms or id column");
+  if (start_col < 0 || id_col < 0 || (fleet && uid_col < 0))
+    fail(fleet ? "the fleet table has no start_ms, ledger_uid or id column" : "the calls table has no start_ms or id column");
   header(rows);
   std::size_t n = 0;
   std::int64_t start_ms = 0, id = 0;  // of the page's last row so far
