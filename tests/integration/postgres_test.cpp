@@ -170,6 +170,17 @@ std::function<void(tollgate::config&)> fleet(const pg_server& pg, const std::str
   };
 }
 
+// fleet(pg, instance) with the admin API on, answering `token`.
+std::function<void(tollgate::config&)> fleet_admin(const pg_server& pg, const std::string& instance, const std::string& token) {
+  return [edge = fleet(pg, instance), token](tollgate::config& c) {
+    edge(c);
+    c.policy.admin_token = token;
+  };
+}
+
+// A history row's cost, varied by row: sums of such costs depend on the order of adding.
+constexpr const char* kVariedCost = "c.cost_usd * (1 + (n.i % 13) / 7.0) + 1e-7 * (n.i % 5)";
+
 void calls(tt::harness& h, int n, const std::string& model = "gpt-4.1") {
   for (int i = 0; i < n; ++i) {
     auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model, i % 2 == 1));
@@ -755,10 +766,7 @@ TEST_CASE("tollgate report --fleet prints what tollgate report prints on the led
   pg_server pg;
   pg.start();
   const std::string admin_token = "adm-fleet-7";
-  tt::harness f({.tweak = [edge = fleet(pg, "edge-f"), admin_token](tollgate::config& c) {
-    edge(c);
-    c.policy.admin_token = admin_token;
-  }});
+  tt::harness f({.tweak = fleet_admin(pg, "edge-f", admin_token)});
   tt::harness g({.tweak = fleet(pg, "edge-g")});
   calls(f, 2, "gpt-4.1");
   calls(f, 2, "claude-sonnet-4-5");
@@ -768,7 +776,7 @@ TEST_CASE("tollgate report --fleet prints what tollgate report prints on the led
   // instances' rows interleave. Costs vary by row (their sum depends on the order of adding),
   // some calls are flex-tier, some name a provider.
   const std::map<std::string, std::string> varied = {
-      {"cost_usd", "c.cost_usd * (1 + (n.i % 13) / 7.0) + 1e-7 * (n.i % 5)"},
+      {"cost_usd", kVariedCost},
       {"service_tier", "CASE n.i % 5 WHEN 0 THEN 'flex' ELSE c.service_tier END"},
       {"provider", "CASE n.i % 4 WHEN 1 THEN 'Groq' ELSE NULL END"}};
   add_history(f, 2160, "1793404800000 + n.i * 120000 + (n.i % 7) * 311", varied);
@@ -889,21 +897,15 @@ TEST_CASE("/admin/calls?scope=fleet pages the fleet's rows as each instance's /a
   pg_server pg;
   pg.start();
   const std::string token = "adm-calls-3";
-  const auto edge = [&](const std::string& name) {
-    return [e = fleet(pg, name), token](tollgate::config& c) {
-      e(c);
-      c.policy.admin_token = token;
-    };
-  };
-  tt::harness f({.tweak = edge("edge-f")});
-  tt::harness g({.tweak = edge("edge-g")});
+  tt::harness f({.tweak = fleet_admin(pg, "edge-f", token)});
+  tt::harness g({.tweak = fleet_admin(pg, "edge-g", token)});
   calls(f, 3, "gpt-4.1");
   calls(g, 2, "claude-sonnet-4-5");
   // History on 2026-11-02: a row every 2 minutes at edge-f, every 10 at edge-g, on the same
   // milliseconds (each of edge-g's starts is one of edge-f's too): pages must break those ties
   // by ledger, never lose or repeat a row at a page's edge.
   const std::map<std::string, std::string> varied = {
-      {"cost_usd", "c.cost_usd * (1 + (n.i % 13) / 7.0) + 1e-7 * (n.i % 5)"},
+      {"cost_usd", kVariedCost},
       {"status", "CASE n.i % 9 WHEN 4 THEN 429 ELSE c.status END"},
       {"latency_ms", "c.latency_ms + n.i % 50 + 0.125"}};
   add_history(f, 300, "1793577600000 + n.i * 120000", varied);
