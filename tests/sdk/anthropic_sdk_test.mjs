@@ -179,6 +179,34 @@ test(`${sdk}: messages.create({stream: true}): message_start usage, cumulative m
   expectLedgerRow(id, { ...delta, cache_creation: start.cache_creation }, true);
 });
 
+// The beta namespace (client.beta.messages: betas such as the 1M context window, context
+// management, the tool runner's calls) posts to /v1/messages?beta=true (0.x; 1.x: no query) with the
+// betas in an anthropic-beta header: the same metered route, priced as any message.
+test(`${sdk}: beta.messages.create and beta.messages.stream (POST /v1/messages?beta=true) are metered as messages`, async () => {
+  const urls = [];
+  const betaClient = new Anthropic({
+    baseURL, apiKey: secrets.apiKey, maxRetries: 0, timeout: 20_000,
+    fetch: (url, init) => { urls.push(String(url)); return fetch(url, init); },
+  });
+  const betas = ['context-1m-2025-08-07'];
+  const a = call('beta-create', cacheKnobs);
+  const message = await betaClient.beta.messages.create({ ...params, betas }, a.options);
+  assert.equal(message.content[0].text, replyText);
+  assertCacheUsage(message.usage);
+  expectLedgerRow(a.id, message.usage, false);
+  const b = call('beta-stream', cacheKnobs);
+  const stream = betaClient.beta.messages.stream({ ...params, betas }, b.options);
+  let text = '';
+  stream.on('text', (delta) => { text += delta; });
+  const final = await stream.finalMessage();
+  assert.equal(text, replyText);
+  assertCacheUsage(final.usage);
+  expectLedgerRow(b.id, final.usage, true);
+  // 0.x marks the beta namespace with ?beta=true, 1.x with the header alone.
+  assert.equal(urls.length, 2);
+  for (const url of urls) assert.match(url, generation === 0 ? /\/v1\/messages\?beta=true$/ : /\/v1\/messages$/);
+});
+
 test(`${sdk}: a raw stream keeps Anthropic's event sequence, ping included`, async () => {
   const { id, options } = call('stream-raw');
   const response = await client.messages.create({ ...params, stream: true }, options).asResponse();
