@@ -161,6 +161,29 @@ std::string_view default_message(errc e) noexcept {
   return "Error.";
 }
 
+std::string quote_value(std::string_view v, std::size_t max) {
+  std::string out = "'";
+  const bool cut = v.size() > max;
+  if (cut) {
+    v = v.substr(0, max);
+    // Cut before a UTF-8 sequence the limit split: back off continuation bytes, then their lead.
+    std::size_t n = v.size();
+    while (n > 0 && (static_cast<unsigned char>(v[n - 1]) & 0xC0) == 0x80) --n;
+    if (n > 0 && static_cast<unsigned char>(v[n - 1]) >= 0xC0) v = v.substr(0, n - 1);
+  }
+  for (const char c : v) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7F) {
+      char hex[5];
+      std::snprintf(hex, sizeof hex, "\\x%02X", u);
+      out += hex;
+    } else {
+      out += c;
+    }
+  }
+  return out + (cut ? "...'" : "'");
+}
+
 void append_json_string(std::string& out, std::string_view s) {
   out.push_back('"');
   for (unsigned char c : s) {

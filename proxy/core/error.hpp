@@ -70,6 +70,11 @@ std::string_view default_message(errc e) noexcept;
 // JSON string escaping (for the small JSON documents tollgate writes itself: errors, log lines).
 void append_json_string(std::string& out, std::string_view s);
 
+// A value a caller sent, quoted for an error message: 'value', its control bytes as \xNN and cut
+// after `max` bytes with "...". Error texts travel as exceptions' what(), a C string, so a NUL
+// in the value would end the message there; and a 100 KB model name makes no useful message.
+std::string quote_value(std::string_view v, std::size_t max = 80);
+
 }  // namespace tollgate
 
 template <>

@@ -2,6 +2,7 @@
 // budgets' JSON form and the client_keys table. Called by the admin API and at start-up.
 #include "ledger/key_store.hpp"
 
+#include "core/error.hpp"
 #include "core/policy.hpp"
 
 #include <openssl/rand.h>
@@ -256,9 +257,9 @@ std::vector<budget_config> budgets_from_json(const nlohmann::json& j, std::strin
 
 void validate_client_key(const client_key_config& key) {
   if (!valid_name(key.name))
-    throw std::invalid_argument("name: expected 1-64 letters, digits, '-', '_' or '.', got '" + key.name + "'");
+    throw std::invalid_argument("name: expected 1-64 letters, digits, '-', '_' or '.', got " + quote_value(key.name));
   if (!key.team.empty() && !valid_name(key.team))
-    throw std::invalid_argument("team: expected 1-64 letters, digits, '-', '_' or '.', got '" + key.team + "'");
+    throw std::invalid_argument("team: expected 1-64 letters, digits, '-', '_' or '.', got " + quote_value(key.team));
   for (const auto& t : key.tags)
     if (t.empty() || t.size() > 128) throw std::invalid_argument("tags: expected non-empty strings of up to 128 bytes");
   if (key.limits.rpm < 0 || key.limits.tpm < 0)

@@ -21,6 +21,7 @@
 #include <utility>
 #include <variant>
 
+#include "core/error.hpp"
 #include "core/ledger_indexes.hpp"
 #include "core/pricing.hpp"
 #include "core/request_id.hpp"
@@ -63,7 +64,7 @@ class time_reader {
   time_reader(std::string_view text, std::string_view what) : s_(text), what_(what) {}
 
   [[noreturn]] void fail(const std::string& why) const {
-    throw std::invalid_argument(std::string(what_) + ": '" + std::string(s_) + "' is not a valid time: " + why +
+    throw std::invalid_argument(std::string(what_) + ": " + quote_value(s_) + " is not a valid time: " + why +
                                 "; " + kTimeForms);
   }
   bool done() const noexcept { return i_ == s_.size(); }
@@ -747,7 +748,7 @@ std::int64_t parse_time_bound(std::string_view text, range_end end, const calend
 time_range parse_month(std::string_view spec, const calendar& cal) {
   const std::string_view value = trim(spec);
   const auto bad = [&] {
-    return std::invalid_argument("month: expected YYYY-MM such as 2026-11, got '" + std::string(value) + "'");
+    return std::invalid_argument("month: expected YYYY-MM such as 2026-11, got " + quote_value(value));
   };
   if (value.size() != 7) throw bad();
   try {
@@ -800,14 +801,14 @@ std::vector<spend_group> parse_group_by(std::string_view list, bool fleet) {
                          spend_group::provider, spend_group::instance})
       if (name == to_string(c)) g = c;
     if (!g)
-      throw std::invalid_argument("group_by: unknown column '" + std::string(name) + "' (expected day, model, team, key, tier" +
+      throw std::invalid_argument("group_by: unknown column " + quote_value(name) + " (expected day, model, team, key, tier" +
                                   (fleet ? ", provider or instance)" : " or provider)"));
     if (*g == spend_group::instance && !fleet)
       throw std::invalid_argument(
           "group_by: 'instance' is a column of the fleet ledger (tollgate report --fleet); a ledger file holds one "
           "instance's calls");
     if (std::find(out.begin(), out.end(), *g) != out.end())
-      throw std::invalid_argument("group_by: '" + std::string(name) + "' given twice");
+      throw std::invalid_argument("group_by: " + quote_value(name) + " given twice");
     out.push_back(*g);
   }
   return out;
@@ -1307,10 +1308,10 @@ const model_price* whatif_blanket(const whatif_query& q, const whatif_prices& bo
     throw std::invalid_argument("say what to change: model, swap or prices");
   const model_price* blanket = nullptr;
   if (!q.model.empty() && (blanket = book.find(q.model)) == nullptr)
-    throw std::invalid_argument("model: '" + q.model + "' is not in the price table");
+    throw std::invalid_argument("model: " + quote_value(q.model) + " is not in the price table");
   for (const auto& [from, to] : q.swap)
     if (book.find(to) == nullptr)
-      throw std::invalid_argument("swap: '" + to + "' (for '" + from + "') is not in the price table");
+      throw std::invalid_argument("swap: " + quote_value(to) + " (for " + quote_value(from) + ") is not in the price table");
   return blanket;
 }
 

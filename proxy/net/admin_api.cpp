@@ -132,7 +132,7 @@ bool want_csv(const std::map<std::string, std::string>& q) {
   auto it = q.find("format");
   if (it == q.end() || it->second.empty() || it->second == "json") return false;
   if (it->second == "csv") return true;
-  throw http_problem(400, "invalid_parameter", "format must be json or csv, got '" + it->second + "'");
+  throw http_problem(400, "invalid_parameter", "format must be json or csv, got " + quote_value(it->second));
 }
 
 json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
@@ -179,7 +179,7 @@ report_scope scope_of(const admin_context& ctx, const std::map<std::string, std:
                          "scope=fleet reads the fleet ledger in PostgreSQL: this instance has no ledger.postgres.url");
     s.fleet_url = &ctx.cfg.ledger_postgres.url;
   } else if (!scope.empty() && scope != "local") {
-    throw http_problem(400, "invalid_parameter", "scope must be local or fleet, got '" + scope.substr(0, 40) + "'");
+    throw http_problem(400, "invalid_parameter", "scope must be local or fleet, got " + quote_value(scope, 40));
   }
   if (const auto i = q.find("instance"); i != q.end() && !i->second.empty()) {
     if (!s.fleet_url)
@@ -230,7 +230,7 @@ std::optional<T> number_param(const std::map<std::string, std::string>& q, const
   const auto& t = it->second;
   const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
   if (ec != std::errc{} || end != t.data() + t.size() || !ok(v))
-    throw http_problem(400, "invalid_parameter", std::string(k) + " must be " + what + ", got '" + t.substr(0, 40) + "'");
+    throw http_problem(400, "invalid_parameter", std::string(k) + " must be " + what + ", got " + quote_value(t, 40));
   return v;
 }
 
@@ -603,7 +603,7 @@ admin_response keys_revoke(const admin_context& ctx, std::string_view name) {
       throw http_problem(409, "key_in_config", "key '" + std::string(name) + "' is defined in the config file; remove it there");
   key_store store(ctx.ledger_path);
   switch (store.revoke(name, ctx.now_ms())) {
-    case revoke_result::not_found: throw http_problem(404, "key_not_found", "no key named '" + std::string(name) + "'");
+    case revoke_result::not_found: throw http_problem(404, "key_not_found", "no key named " + quote_value(name));
     case revoke_result::already_revoked:
     case revoke_result::revoked: break;
   }

@@ -267,6 +267,8 @@ TEST_CASE("key_store: invalid keys are refused before anything is stored", "[key
   k = sample_key("ok");
   k.team = "a/b";
   CHECK_THAT(refused(k), Contains("team:"));
+  k.team = std::string("a\0b\r\n", 5);  // shown whole, its control bytes escaped
+  CHECK_THAT(refused(k), Contains("got 'a\\x00b\\x0D\\x0A'"));
   k = sample_key("ok");
   k.tags = {""};
   CHECK_THAT(refused(k), Contains("tags:"));

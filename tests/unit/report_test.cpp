@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/calendar.hpp"
+#include "core/error.hpp"
 #include "core/pricing.hpp"
 #include "core/request_id.hpp"
 #include "ledger/ledger.hpp"
@@ -30,6 +31,7 @@ namespace {
 using namespace tollgate;
 using Catch::Matchers::Contains;
 using Catch::Matchers::StartsWith;
+using Catch::Matchers::EndsWith;
 namespace fs = std::filesystem;
 
 const std::string source_dir = TOLLGATE_SOURCE_DIR;
@@ -206,6 +208,13 @@ TEST_CASE("report: time bounds accept dates, months and RFC 3339", "[report]") {
     CHECK_THROWS_WITH(parse_month("2026-11-01", paris), Contains("expected YYYY-MM"));
     CHECK_THROWS_WITH(parse_month("2026-1", paris), Contains("expected YYYY-MM"));
     CHECK_THROWS_WITH(parse_month("2026-00", paris), Contains("'2026-00'"));
+    // A value's control bytes are shown, not cut at (what() is a C string), and a long one is cut.
+    using namespace std::string_literals;
+    CHECK_THROWS_WITH(parse_month("2026-1\0"s, paris), EndsWith("got '2026-1\\x00'"));
+    CHECK_THAT(error("2026-11-01\n\x7f"), StartsWith("from: '2026-11-01\\x0A\\x7F' is not a valid time"));
+    CHECK_THAT(error(std::string(300, '9')), StartsWith("from: '" + std::string(80, '9') + "...' is not"));
+    CHECK(quote_value("caf\xC3\xA9", 4) == "'caf...'");  // never half a UTF-8 character
+    CHECK(quote_value("caf\xC3\xA9") == "'caf\xC3\xA9'");
   }
   SECTION("format_rfc3339_utc prints UTC with milliseconds only when needed") {
     CHECK(format_rfc3339_utc(utc_ms(2026, 10, 31, 23)) == "2026-10-31T23:00:00Z");
