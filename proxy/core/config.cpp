@@ -1,6 +1,7 @@
 // The configuration loader: YAML file -> `config`, ${VAR} substitution, TOLLGATE_* overrides and
 // the value parsers (durations, sizes, host:port). Called once by main() before anything starts.
 #include "core/config.hpp"
+#include "core/error.hpp"
 #include "core/ledger_indexes.hpp"
 
 #include <arpa/inet.h>
@@ -370,7 +371,7 @@ class loader {
     std::string v = lower(text(e));
     if (v == "true" || v == "yes" || v == "on") return true;
     if (v == "false" || v == "no" || v == "off") return false;
-    fail(e, "expected true or false, got '" + v + "'");
+    fail(e, "expected true or false, got " + quote_value(v));
   }
 
   // A whole number from `min` to `max` (10^15 unless said: every count of this file fits a signed
@@ -380,8 +381,8 @@ class loader {
     std::size_t out = 0;
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
     if (ec != std::errc() || p != v.data() + v.size() || out < min)
-      fail(e, "expected a whole number >= " + std::to_string(min) + ", got '" + v + "'");
-    if (out > max) fail(e, "too large: at most " + std::to_string(max) + ", got '" + v + "'");
+      fail(e, "expected a whole number >= " + std::to_string(min) + ", got " + quote_value(v));
+    if (out > max) fail(e, "too large: at most " + std::to_string(max) + ", got " + quote_value(v));
     return out;
   }
 
@@ -400,9 +401,9 @@ class loader {
     std::string v = text(e);
     try {
       millis out = parse_duration(v);
-      if (out.count() == 0) fail(e, "must be greater than 0 (got '" + v + "')");
+      if (out.count() == 0) fail(e, "must be greater than 0 (got " + quote_value(v) + ")");
       // Deadlines are now + duration on clocks counting nanoseconds: ~292 years overflow them.
-      if (out > std::chrono::hours(24 * 3650)) fail(e, "too large: at most 3650d (got '" + v + "')");
+      if (out > std::chrono::hours(24 * 3650)) fail(e, "too large: at most 3650d (got " + quote_value(v) + ")");
       return out;
     } catch (const std::invalid_argument& ex) {
       fail(e, ex.what());
@@ -436,7 +437,7 @@ class loader {
     double out = 0;
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
     if (ec != std::errc() || p != v.data() + v.size() || !std::isfinite(out) || out <= 0)
-      fail(e, "expected a number greater than 0, got '" + v + "'");
+      fail(e, "expected a number greater than 0, got " + quote_value(v));
     return out;
   }
 
@@ -447,7 +448,7 @@ class loader {
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
     if (ec != std::errc() || p != v.data() + v.size() || !std::isfinite(out) || out < min || (!min_inclusive && out == min))
       fail(e, std::string("expected a number ") + (min_inclusive ? ">= " : "greater than ") + format_number(min) +
-                  ", got '" + v + "'");
+                  ", got " + quote_value(v));
     return out;
   }
   static std::string format_number(double d) {
@@ -486,7 +487,7 @@ class loader {
       names += names.empty() ? "" : " | ";
       names += name;
     }
-    fail(e, "expected " + names + ", got '" + v + "'");
+    fail(e, "expected " + names + ", got " + quote_value(v));
   }
 
   static bool valid_name(std::string_view n) {
@@ -503,7 +504,7 @@ class loader {
     std::string kind = v.substr(0, colon == std::string::npos ? v.size() : colon);
     if (colon == std::string::npos || (kind != "team" && kind != "key" && kind != "model") || colon + 1 == v.size() ||
         v.size() > 128)
-      fail(e, "expected global, team:<name>, key:<name> or model:<id>, got '" + v + "'");
+      fail(e, "expected global, team:<name>, key:<name> or model:<id>, got " + quote_value(v));
     return v;
   }
 
@@ -528,7 +529,7 @@ class loader {
              auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), frac);
              if (percent) frac /= 100;
              if (ec != std::errc() || p != v.data() + v.size() || !(frac > 0) || frac > 10)
-               fail(f, "expected a fraction of the limit such as 0.8 (or 80%), got '" + text(f) + "'");
+               fail(f, "expected a fraction of the limit such as 0.8 (or 80%), got " + quote_value(text(f)));
              b.soft.push_back(frac);
            });
            std::sort(b.soft.begin(), b.soft.end());
@@ -675,7 +676,7 @@ class loader {
            try {
              cfg_.workers = parse_workers(v);
            } catch (const std::invalid_argument& ex) {
-             fail(e, std::string(ex.what()) + ", got '" + v + "'");
+             fail(e, std::string(ex.what()) + ", got " + quote_value(v));
            }
          }},
         {"log_level", [this](const entry& e) {
@@ -917,7 +918,7 @@ class loader {
          }},
         {"history_days", [this, &f](const entry& e) {
            f.history_days = count(e, 1);
-           if (f.history_days > 60) fail(e, "expected a whole number of days from 1 to 60, got '" + text(e) + "'");
+           if (f.history_days > 60) fail(e, "expected a whole number of days from 1 to 60, got " + quote_value(text(e)));
          }},
     };
   }
@@ -1074,7 +1075,7 @@ void apply_env_overrides(config& cfg) {
     try {
       cfg.workers = parse_workers(v);
     } catch (const std::invalid_argument& ex) {
-      fail("TOLLGATE_WORKERS", std::string(ex.what()) + ", got '" + v + "'");
+      fail("TOLLGATE_WORKERS", std::string(ex.what()) + ", got " + quote_value(v));
     }
   }
 }
@@ -1115,13 +1116,13 @@ host_port parse_host_port(const std::string& s) {
   if (!v.empty() && v.front() == '[') {
     auto close = v.find(']');
     if (close == std::string_view::npos || close + 1 >= v.size() || v[close + 1] != ':')
-      throw std::invalid_argument(std::string("invalid address '") + s + "': " + usage);
+      throw std::invalid_argument("invalid address " + quote_value(s) + ": " + usage);
     host = v.substr(1, close - 1);
     port = v.substr(close + 2);
     bracketed = true;
   } else {
     auto colon = v.find(':');
-    if (colon == std::string_view::npos) throw std::invalid_argument(std::string("missing port in '") + s + "': " + usage);
+    if (colon == std::string_view::npos) throw std::invalid_argument("missing port in " + quote_value(s) + ": " + usage);
     if (v.find(':', colon + 1) != std::string_view::npos)
       throw std::invalid_argument(std::string("invalid address '") + s + "': IPv6 addresses need brackets, e.g. [::1]:8080");
     host = v.substr(0, colon);
@@ -1129,20 +1130,20 @@ host_port parse_host_port(const std::string& s) {
   }
   host_port out;
   if (!parse_port(port, 0, out.port))
-    throw std::invalid_argument(std::string("invalid port in '") + s + "': expected 0..65535");
+    throw std::invalid_argument("invalid port in " + quote_value(s) + ": expected 0..65535");
   // ":8080" binds loopback, not every interface: exposing the proxy must be a deliberate choice.
   if (host.empty() && !bracketed) {
     out.host = "127.0.0.1";
     return out;
   }
   out.host = check_host(host, bracketed);
-  if (out.host.empty()) throw std::invalid_argument(std::string("invalid host in '") + s + "': " + usage);
+  if (out.host.empty()) throw std::invalid_argument("invalid host in " + quote_value(s) + ": " + usage);
   return out;
 }
 
 millis parse_duration(const std::string& s) {
   std::string_view v = trim(s);
-  auto bad = [&](const char* why) { return std::invalid_argument("invalid duration '" + s + "': " + why); };
+  auto bad = [&](const char* why) { return std::invalid_argument("invalid duration " + quote_value(s) + ": " + why); };
   if (!v.empty() && v.front() == '-') throw bad("must not be negative");
   std::string_view integer, fraction, unit;
   if (!split_number(v, integer, fraction, unit)) throw bad("expected a number with a unit: ms, s, m, h or d (e.g. 250ms, 10s, 5m)");
@@ -1158,7 +1159,7 @@ millis parse_duration(const std::string& s) {
 
 std::size_t parse_size(const std::string& s) {
   std::string_view v = trim(s);
-  auto bad = [&](const char* why) { return std::invalid_argument("invalid size '" + s + "': " + why); };
+  auto bad = [&](const char* why) { return std::invalid_argument("invalid size " + quote_value(s) + ": " + why); };
   if (!v.empty() && v.front() == '-') throw bad("must not be negative");
   std::string_view integer, fraction, unit;
   if (!split_number(v, integer, fraction, unit)) throw bad("expected a number of bytes, optionally with a unit (e.g. 64KiB, 32MiB, 10MB)");
@@ -1183,7 +1184,7 @@ log_level parse_log_level(const std::string& s) {
   if (v == "info") return log_level::info;
   if (v == "warn" || v == "warning") return log_level::warn;
   if (v == "error") return log_level::error;
-  throw std::invalid_argument("invalid log level '" + s + "': use trace, debug, info, warn or error");
+  throw std::invalid_argument("invalid log level " + quote_value(s) + ": use trace, debug, info, warn or error");
 }
 
 bool is_loopback(const std::string& host) {

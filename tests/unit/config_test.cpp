@@ -417,6 +417,9 @@ TEST_CASE("config: a bad port names file:line", "[config]") {
   CHECK_THAT(error_of([] { load_config_file(fixture("bad_port.yaml")); }),
              Contains("bad_port.yaml:2: admin_listen: invalid port in '127.0.0.1:70000'"));
   CHECK_THAT(load_error("listen: 127.0.0.1\n"), StartsWith("test.yaml:1: listen: missing port in '127.0.0.1'"));
+  // A control byte in a value is shown escaped: as a raw NUL it ended the message (what() is a C string).
+  CHECK_THAT(load_error("listen: \"a\\0b\\tc\"\n"), StartsWith("test.yaml:1: listen: missing port in 'a\\x00b\\x09c': "));
+  CHECK_THAT(load_error("ledger:\n  flush_interval: \"5\\0ms\"\n"), Contains("invalid duration '5\\x00ms'"));
 }
 
 TEST_CASE("config: a YAML syntax error names file:line", "[config]") {
