@@ -570,8 +570,9 @@ response_facts read_response(route_kind route, const Node& j) {
                          [&](const Node& model, const Node& id, const Node& u, const Node& status, const Node& bg,
                              const Node& tier, const Node& object, const Node& output, const Node& provider) {
     response_facts f;
-    f.model = as_string(model);
-    f.id = as_string(id);
+    // A reply's text is kept to what the ledger holds of a client's (256 bytes, as requested_model).
+    f.model = as_string(model).substr(0, 256);
+    f.id = as_string(id).substr(0, 256);
     f.status = as_string(status);
     f.object = as_string(object);
     f.provider = as_string(provider).substr(0, 64);
@@ -1120,8 +1121,8 @@ void stream_meter::note_model_id(const Node& obj) {
 
 template <class Node>
 void stream_meter::note_model_id(const Node& model, const Node& id) {
-  if (model_.empty()) model_ = as_string(model);
-  if (id_.empty()) id_ = as_string(id);
+  if (model_.empty()) model_ = as_string(model).substr(0, 256);
+  if (id_.empty()) id_ = as_string(id).substr(0, 256);
 }
 
 // A chat / completions chunk. Its members are read in one pass, `type` included (chat chunks

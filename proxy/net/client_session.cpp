@@ -1254,9 +1254,11 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     // The prompt tally is skipped unless admission control will read it (prompt_estimate()).
     c.facts = inspect_request(req.body(), default_max_depth, st_.policy && st_.policy->needs_admission(key.get()));
     if (c.facts.problem != request_problem::none) return a.refuse(errc::invalid_json, c.facts.problem_detail);
-    rec.requested_model = c.facts.model;
+    // The ledger keeps a client's text to 256 bytes, as every model name it records: a row must
+    // not carry a 100 KB model id (routing and pricing read c.facts.model whole).
+    rec.requested_model = c.facts.model.substr(0, 256);
     rec.stream = c.facts.stream;
-    rec.user = c.facts.user.size() <= 256 ? c.facts.user : c.facts.user.substr(0, 256);
+    rec.user = c.facts.user.substr(0, 256);
   }
   // A pass-through call's model: a JSON body's top-level `model` (count_tokens, image generation,
   // responses/compact), a form's `model` field (audio, image edits) or the id of

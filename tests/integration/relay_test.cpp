@@ -104,6 +104,29 @@ TEST_CASE("relay: non-stream chat is forwarded, metered, priced and ledgered", "
   CHECK(r.header("x-upstream-request-id") == row["upstream_request_id"]);
 }
 
+TEST_CASE("relay: a client's model, user and request id are kept to a bounded size in the ledger", "[relay]") {
+  harness h;
+  const std::string model = "m" + std::string(100'000, 'x');
+  const std::string user = std::string(1'000, 'u');
+  for (const bool stream : {false, true}) {
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model, stream, R"(,"user":")" + user + "\""),
+                           {{"x-request-id", std::string(201, 'r')}});
+    REQUIRE(r.status == 200);
+    CHECK(r.header("x-request-id").rfind("tg-", 0) == 0);  // over 200 bytes: tollgate's own id
+  }
+  REQUIRE(h.upstream->requests().size() == 2);
+  CHECK(h.upstream->requests()[0].body.find(model) != std::string::npos);  // sent whole
+  h.flush();
+  const auto rows = h.rows("SELECT * FROM calls ORDER BY id");
+  REQUIRE(rows.size() == 2);
+  for (const auto& row : rows) {
+    CHECK(row.at("requested_model") == model.substr(0, 256));
+    CHECK(row.at("served_model") == model.substr(0, 256));
+    CHECK(row.at("user") == user.substr(0, 256));
+    CHECK(row.at("request_id").rfind("tg-", 0) == 0);
+  }
+}
+
 TEST_CASE("relay: cached and reasoning tokens are priced once each", "[relay]") {
   harness h;
   auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"),
