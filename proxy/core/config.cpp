@@ -1124,7 +1124,7 @@ host_port parse_host_port(const std::string& s) {
     auto colon = v.find(':');
     if (colon == std::string_view::npos) throw std::invalid_argument("missing port in " + quote_value(s) + ": " + usage);
     if (v.find(':', colon + 1) != std::string_view::npos)
-      throw std::invalid_argument(std::string("invalid address '") + s + "': IPv6 addresses need brackets, e.g. [::1]:8080");
+      throw std::invalid_argument("invalid address " + quote_value(s) + ": IPv6 addresses need brackets, e.g. [::1]:8080");
     host = v.substr(0, colon);
     port = v.substr(colon + 1);
   }
