@@ -223,7 +223,7 @@ std::string error_body(errc e, std::string_view message, std::string_view type) 
 
 namespace tollgate {
 
-std::string anthropic_error_body(errc e, std::string_view message) {
+std::string anthropic_error_body(errc e, std::string_view message, std::string_view request_id) {
   // Anthropic's shape, so its SDKs show tollgate's message: {"type":"error","error":{"type",
   // "message"}}; the OpenAI-style code goes along as an extra member.
   std::string_view type;
@@ -243,7 +243,12 @@ std::string anthropic_error_body(errc e, std::string_view message) {
   append_json_string(out, message.empty() ? default_message(e) : message);
   out += ",\"code\":";
   append_json_string(out, error_name(e));
-  out += "}}";
+  out += '}';
+  if (!request_id.empty()) {
+    out += ",\"request_id\":";
+    append_json_string(out, request_id);
+  }
+  out += '}';
   return out;
 }
 

@@ -57,8 +57,9 @@ std::string_view openai_type(errc e) noexcept;  // invalid_request_error, server
 // {"error":{"message":..., "type":..., "param":null, "code":...}}; message is tollgate's own text;
 // type replaces openai_type(e) when given (a 429 on a token limit is of type "tokens", as OpenAI's).
 std::string error_body(errc e, std::string_view message, std::string_view type = {});
-// The same error in the Anthropic Messages API's shape (for /v1/messages* calls).
-std::string anthropic_error_body(errc e, std::string_view message);
+// The same error in the Anthropic Messages API's shape (for /v1/messages* calls), with the
+// call's id as Anthropic's errors carry theirs (`request_id` beside `error`) when given.
+std::string anthropic_error_body(errc e, std::string_view message, std::string_view request_id = {});
 // The `x-should-retry` value sent with an error ("false" or empty: none). The official SDKs
 // retry 408, 409, 429 and 5xx unless this header says otherwise; "false" marks the refusals a
 // retry within seconds cannot change (a spent budget, no upstream key), which the SDK would

@@ -485,8 +485,10 @@ class client_session : public std::enable_shared_from_this<client_session> {
   awaitable<bool> send_error(errc e, std::string_view message, bool keep, std::string_view request_id = {},
                              std::string_view allow = {}) {
     if (const auto advice = should_retry(e); !advice.empty()) extra_headers_.emplace_back("x-should-retry", advice);
+    // The Anthropic SDKs read an error's id from `request-id` (APIError.requestID), as Anthropic sends it.
+    if (anthropic_errors_ && !request_id.empty()) extra_headers_.emplace_back("request-id", request_id);
     return send_local(http_status(e),
-                      anthropic_errors_ ? anthropic_error_body(e, message) : error_body(e, message, error_type_),
+                      anthropic_errors_ ? anthropic_error_body(e, message, request_id) : error_body(e, message, error_type_),
                       keep, allow, request_id);
   }
   awaitable<void> linger_close();

@@ -72,6 +72,17 @@ TEST_CASE("keys: auth required, the key is attributed, hashed, and never forward
     CHECK(j["type"] == "error");
     CHECK(j["error"]["type"] == "authentication_error");
     CHECK_FALSE(j["error"]["message"].get<std::string>().empty());
+    // The call's id where Anthropic puts its own: a body member and the request-id header,
+    // which the SDKs read into APIError.requestID.
+    CHECK(j["request_id"] == r.header("x-request-id"));
+    CHECK(r.header("request-id") == r.header("x-request-id"));
+    CHECK(r.header("x-request-id").rfind("tg-", 0) == 0);
+  }
+  SECTION("the OpenAI shape has no request_id member") {
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), {{"Authorization", "Bearer sk-not-a-key"}});
+    CHECK(r.status == 401);
+    CHECK_FALSE(json::parse(r.body).contains("request_id"));
+    CHECK_FALSE(r.has_header("request-id"));
   }
 }
 
