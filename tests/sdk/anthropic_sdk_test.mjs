@@ -371,6 +371,19 @@ test(`${sdk}: a 429 surfaces as RateLimitError with Retry-After`, async () => {
   await assertRejects(client.messages.create(params, options), 429, 'rate_limit_error', Anthropic.RateLimitError);
 });
 
+// An error tollgate makes itself (here a `stream` that is not a boolean) is in Anthropic's shape and
+// names the call's id where the SDK reads it: APIError.requestID, from the request-id header.
+test(`${sdk}: tollgate's own error is a BadRequestError whose requestID is the call's id`, { skip: behindRelay }, async () => {
+  const { id, options } = call('own-error');
+  await assert.rejects(client.messages.create({ ...params, stream: 'yes' }, options), (err) => {
+    assert.ok(err instanceof Anthropic.BadRequestError, `got ${err?.constructor?.name}: ${err?.message}`);
+    assert.equal(err.error?.error?.type, 'invalid_request_error');
+    assert.equal(err.requestID, id);
+    assert.equal(err.error?.request_id, id);
+    return true;
+  });
+});
+
 test(`${sdk}: a 529 from the upstream is relayed as status 529 and surfaces as ${overloaded.name}, non-stream and stream`, async () => {
   if (generation >= 1) assert.ok(Anthropic.OverloadedError, '1.x should export OverloadedError');
   const plain = call('error-529', { 'x-fake-status': '529' });
