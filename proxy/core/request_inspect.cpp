@@ -29,6 +29,8 @@ enum class member : std::uint8_t {
   stream,
   stream_options,
   user,
+  safety_identifier,  // OpenAI's successor to `user`: the user column when `user` is absent
+  metadata,           // Anthropic's metadata.user_id: the user column when neither is given
   max_completion_tokens,
   max_tokens,
   max_output_tokens,
@@ -69,6 +71,8 @@ member classify(std::string_view k) noexcept {
   if (k == "stream") return member::stream;
   if (k == "stream_options") return member::stream_options;
   if (k == "user") return member::user;
+  if (k == "safety_identifier") return member::safety_identifier;
+  if (k == "metadata") return member::metadata;
   if (k == "max_completion_tokens") return member::max_completion_tokens;
   if (k == "max_tokens") return member::max_tokens;
   if (k == "max_output_tokens") return member::max_output_tokens;
@@ -287,10 +291,13 @@ class inspector {
         model_bad_ = false;
       } else if (member_ == member::user) {
         f_.user = s;
+      } else if (member_ == member::safety_identifier) {
+        safety_id_ = s;
       } else if (is_pricing_hint(member_)) {
         pricing_hint(member_, s, f_);
       }
     }
+    if (depth_ == 2 && member_ == member::metadata && metadata_user_key_) metadata_user_ = s;
     const bool ok = scalar(kind::string);  // (a top-level fallbacks value resets them first)
     if (at_top_level() && member_ == member::fallbacks) f_.default_fallbacks = s == "default";
     return ok;
@@ -306,6 +313,8 @@ class inspector {
       cache_key_ = k == "cache_control";
     } else if (depth_ == 2 && member_ == member::stream_options) {
       option_is_include_usage_ = k == "include_usage";
+    } else if (depth_ == 2 && member_ == member::metadata) {
+      metadata_user_key_ = k == "user_id";
     }
     return true;
   }
@@ -338,6 +347,7 @@ class inspector {
   request_problem finish() {
     f_.max_tokens = max_completion_ ? max_completion_ : max_tokens_ ? max_tokens_ : max_output_;
     f_.choices = choices_count(choices_);
+    if (f_.user.empty()) f_.user = !safety_id_.empty() ? std::move(safety_id_) : std::move(metadata_user_);
     f_.prompt_tokens_estimate = text_.tokens() + token_ids_;
     if (model_bad_) return request_problem::model_not_string;
     if (stream_bad_) return request_problem::stream_not_bool;
@@ -382,6 +392,13 @@ class inspector {
         case member::user:
           if (k != kind::string) f_.user.clear();
           break;
+        case member::safety_identifier:
+          if (k != kind::string) safety_id_.clear();
+          break;
+        case member::metadata:  // a later duplicate replaces an earlier one
+          metadata_user_.clear();
+          metadata_user_key_ = false;
+          break;
         case member::speed:
         case member::service_tier:
         case member::inference_geo:
@@ -392,6 +409,8 @@ class inspector {
       }
     } else if (depth_ == 2 && member_ == member::stream_options && option_is_include_usage_) {
       f_.include_usage = k == kind::true_;
+    } else if (depth_ == 2 && member_ == member::metadata && metadata_user_key_ && k != kind::string) {
+      metadata_user_.clear();
     }
   }
 
@@ -449,6 +468,8 @@ class inspector {
   std::size_t error_position_ = 0;
   member member_ = member::other;
   bool option_is_include_usage_ = false;
+  bool metadata_user_key_ = false;          // the value next read is metadata.user_id
+  std::string safety_id_, metadata_user_;   // the user column's fallbacks (finish())
   bool cache_key_ = false;      // the value being read is a cache_control's
   bool ttl_key_ = false;        // the value being read is a "ttl" of a cache_control object
   bool object_opening_ = false;
@@ -664,6 +685,7 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
     fast_reader r;
     bool model_bad = false, stream_bad = false;
     std::optional<std::int64_t> max_completion, max_tokens, max_output, choices;
+    std::string_view safety_id, metadata_user;  // the user column's fallbacks
     const dom::object members = root.get_object().value_unsafe();
     for (const dom::key_value_pair m : members) {  // in order, so a later duplicate wins
       const element_type type = m.value.type();
@@ -693,6 +715,18 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
         case member::user:
           f.user = type == element_type::STRING ? m.value.get_string().value_unsafe() : std::string_view();
           break;
+        case member::safety_identifier:
+          safety_id = type == element_type::STRING ? m.value.get_string().value_unsafe() : std::string_view();
+          break;
+        case member::metadata:
+          metadata_user = {};
+          if (type == element_type::OBJECT) {
+            const dom::object metadata = m.value.get_object().value_unsafe();
+            for (const dom::key_value_pair o : metadata)
+              if (o.key == "user_id")
+                metadata_user = o.value.type() == element_type::STRING ? o.value.get_string().value_unsafe() : std::string_view();
+          }
+          break;
         case member::speed:
         case member::service_tier:
         case member::inference_geo:
@@ -716,6 +750,7 @@ bool read_fast(dom::parser& parser, std::string_view body, bool estimate_prompt,
     if (r.ambiguous) return false;
     f.max_tokens = max_completion ? max_completion : max_tokens ? max_tokens : max_output;
     f.choices = choices_count(choices);
+    if (f.user.empty()) f.user = !safety_id.empty() ? safety_id : metadata_user;
     f.prompt_tokens_estimate = r.text.tokens() + r.token_ids;
     f.prompt_estimated = estimate_prompt;
     f.cache_control = r.cache_control;

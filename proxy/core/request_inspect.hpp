@@ -29,7 +29,9 @@ struct request_facts {
   bool stream = false;
   bool has_stream_options = false;       // `stream_options` present (any value)
   bool include_usage = false;            // stream_options.include_usage == true
-  std::string user;                      // top-level `user` (string), "" otherwise
+  std::string user;                      // top-level `user` (string), else `safety_identifier`
+                                         // (OpenAI's successor to it), else Anthropic's
+                                         // `metadata.user_id`; "" when none is a string
   std::optional<std::int64_t> max_tokens;  // max_tokens / max_completion_tokens / max_output_tokens
   std::int64_t choices = 1;              // `n` (1-128): each choice may use max_tokens
   std::int64_t prompt_tokens_estimate = 0; // estimate_tokens() over the prompt-ish strings (binary

@@ -104,7 +104,9 @@ TEST_CASE("relay: non-stream chat is forwarded, metered, priced and ledgered", "
   CHECK(r.header("x-upstream-request-id") == row["upstream_request_id"]);
 }
 
-TEST_CASE("relay: a client's model, user and request id are kept to a bounded size in the ledger", "[relay]") {
+TEST_CASE("relay: the ledger keeps a client's model, user and request id bounded, the user from user, "
+          "safety_identifier or metadata.user_id",
+          "[relay]") {
   harness h;
   const std::string model = "m" + std::string(100'000, 'x');
   const std::string user = std::string(1'000, 'u');
@@ -125,6 +127,14 @@ TEST_CASE("relay: a client's model, user and request id are kept to a bounded si
     CHECK(row.at("user") == user.substr(0, 256));
     CHECK(row.at("request_id").rfind("tg-", 0) == 0);
   }
+  // Without `user`: OpenAI's safety_identifier, or Anthropic's metadata.user_id.
+  REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", false, R"(,"safety_identifier":"sid-7")"))
+              .status == 200);
+  REQUIRE(tt::post_json(h.port(), "/v1/messages",
+                        R"({"model":"claude-sonnet-4.5","max_tokens":16,"metadata":{"user_id":"u-9"},"messages":[{"role":"user","content":"hi"}]})")
+              .status == 200);
+  h.flush();
+  CHECK(h.query_text("SELECT group_concat(user, ',') FROM (SELECT user FROM calls WHERE id > 2 ORDER BY id)") == "sid-7,u-9");
 }
 
 TEST_CASE("relay: cached and reasoning tokens are priced once each", "[relay]") {

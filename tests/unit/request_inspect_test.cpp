@@ -187,6 +187,30 @@ TEST_CASE("request_inspect: user must be a string to count", "[request_inspect]"
   CHECK(inspect_request(R"({"user":{"id":"alice"}})").user.empty());
 }
 
+TEST_CASE("request_inspect: the user is user, else safety_identifier, else metadata.user_id, by both readers",
+          "[request_inspect]") {
+  // max_depth 1025 is past the fast reader's limit: nlohmann's SAX reader alone.
+  for (const int depth : {128, 1025}) {
+    INFO(depth);
+    const auto user = [&](const char* body) { return inspect_request(body, depth).user; };
+    CHECK(user(R"({"model":"gpt-5","safety_identifier":"sid-1"})") == "sid-1");
+    CHECK(user(R"({"safety_identifier":"sid-1","user":"alice"})") == "alice");  // user first, wherever it is
+    CHECK(user(R"({"user":"alice","metadata":{"user_id":"u-9"}})") == "alice");
+    CHECK(user(R"({"model":"claude-sonnet-4-5","metadata":{"user_id":"u-9"},"max_tokens":5})") == "u-9");
+    CHECK(user(R"({"metadata":{"user_id":"u-9"},"safety_identifier":"sid-1"})") == "sid-1");
+    CHECK(user(R"({"metadata":{"tag":{"user_id":"deep"},"user_id":"u-9","x":[1]}})") == "u-9");
+    // Not a string, nested deeper, or replaced by a later duplicate: none.
+    CHECK(user(R"({"safety_identifier":7,"metadata":{"user_id":5}})").empty());
+    CHECK(user(R"({"metadata":{"user_id":{"id":"u-9"}}})").empty());
+    CHECK(user(R"({"metadata":{"tag":{"user_id":"deep"}}})").empty());
+    CHECK(user(R"({"messages":[{"metadata":{"user_id":"x"}}]})").empty());
+    CHECK(user(R"({"metadata":{"user_id":"u-9"},"metadata":{}})").empty());
+    CHECK(user(R"({"metadata":{"user_id":"u-9"},"metadata":null})").empty());
+    CHECK(user(R"({"safety_identifier":"sid-1","safety_identifier":null})").empty());
+    CHECK(user(R"({"metadata":{"user_id":"a","user_id":"b"}})") == "b");
+  }
+}
+
 TEST_CASE("request_inspect: model and stream types are checked", "[request_inspect]") {
   for (const char* body : {R"({"model":5})", R"({"model":null})", R"({"model":["gpt-4.1"]})",
                            R"({"model":{"id":"x"}})", R"({"model":true})"}) {
