@@ -18,7 +18,7 @@ namespace {
 
 constexpr const char* usage_text =
     R"(Usage: tollgate [--config FILE] [--check-config] [--version] [--help]
-       tollgate report [--ledger FILE] [--month YYYY-MM | --from X --to Y] [--by model|team|key|tier|provider|day] [--csv]
+       tollgate report [--ledger FILE] [--month YYYY-MM | --from X --to Y] [--by model|team|key|user|tier|provider|day] [--csv]
                        (see 'tollgate report --help')
 
 An LLM API relay: point your OpenAI/Anthropic base URL at it; every call is forwarded to the

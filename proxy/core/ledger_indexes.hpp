@@ -27,6 +27,7 @@ inline constexpr ledger_index kLedgerIndexes[] = {
     {"model", "calls_by_price_model", "price_model"},
     {"provider", "calls_by_provider", "provider"},
     {"route", "calls_by_route", "route"},
+    {"user", "calls_by_user", "\"user\""},
 };
 
 }  // namespace tollgate

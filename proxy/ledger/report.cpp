@@ -376,6 +376,7 @@ const char* group_expr(spend_group g) noexcept {
     case spend_group::tier: return "service_tier";
     case spend_group::provider: return "provider";
     case spend_group::instance: return "instance";
+    case spend_group::user: return "\"user\"";  // a reserved word in PostgreSQL
     case spend_group::day: break;
   }
   return "NULL";
@@ -784,6 +785,7 @@ std::string_view to_string(spend_group g) noexcept {
     case spend_group::tier: return "tier";
     case spend_group::provider: return "provider";
     case spend_group::instance: return "instance";
+    case spend_group::user: return "user";
   }
   return "day";
 }
@@ -797,11 +799,12 @@ std::vector<spend_group> parse_group_by(std::string_view list, bool fleet) {
     pos = comma + 1;
     if (name.empty()) continue;
     std::optional<spend_group> g;
-    for (const auto c : {spend_group::day, spend_group::model, spend_group::team, spend_group::key, spend_group::tier,
-                         spend_group::provider, spend_group::instance})
+    for (const auto c : {spend_group::day, spend_group::model, spend_group::team, spend_group::key, spend_group::user,
+                         spend_group::tier, spend_group::provider, spend_group::instance})
       if (name == to_string(c)) g = c;
     if (!g)
-      throw std::invalid_argument("group_by: unknown column " + quote_value(name) + " (expected day, model, team, key, tier" +
+      throw std::invalid_argument("group_by: unknown column " + quote_value(name) +
+                                  " (expected day, model, team, key, user, tier" +
                                   (fleet ? ", provider or instance)" : " or provider)"));
     if (*g == spend_group::instance && !fleet)
       throw std::invalid_argument(
@@ -973,6 +976,7 @@ constexpr std::pair<std::string_view, std::string_view> kCallFilters[] = {
     {"model", "(requested_model = ? OR served_model = ? OR price_model = ?)"},
     {"provider", "provider = ?"},
     {"route", "route = ?"},
+    {"user", "\"user\" = ?"},  // the end user a request named (user, safety_identifier, metadata.user_id)
 };
 }  // namespace
 

@@ -63,9 +63,10 @@ std::string format_rfc3339_utc(std::int64_t ms);
 // name (client_key_id). team: the key's team. Absent values (auth off, no team) are null in
 // JSON and an empty field in CSV. tier: the service tier (service_tier). provider: the provider
 // a relay named as having served the call (OpenRouter's), null for a reply that names none.
-// instance: the fleet ledger's `instance` column (ledger.postgres.instance), for
-// query_fleet_spend only.
-enum class spend_group : std::uint8_t { day, model, team, key, tier, provider, instance };
+// user: the end user the request named (the `user` column: user, safety_identifier or
+// metadata.user_id), null for calls that named none. instance: the fleet ledger's `instance`
+// column (ledger.postgres.instance), for query_fleet_spend only.
+enum class spend_group : std::uint8_t { day, model, team, key, tier, provider, instance, user };
 std::string_view to_string(spend_group g) noexcept;
 // "day,model" -> {day, model}, order kept. Throws std::invalid_argument on an unknown or
 // repeated name, and on `instance` unless `fleet` (a ledger file is one instance's).
@@ -217,7 +218,7 @@ struct calls_cursor {
 struct calls_query {
   time_range range;
   // Exact matches by filter name (calls_filters()): request_id, upstream_request_id, key
-  // (client_key_id), team, model (the requested, served or pricing model), provider, route.
+  // (client_key_id), team, model (the requested, served or pricing model), provider, route, user.
   std::map<std::string, std::string, std::less<>> match;
   std::optional<int> status;
   // Ranges, bounds included: the expensive or slow calls (cost_usd in USD, latency_ms in ms).

@@ -23,7 +23,7 @@ namespace {
 constexpr const char* kUsage =
     R"(Usage: tollgate report [--ledger FILE | --fleet | --postgres URL [--instance NAME]]
                        [--month YYYY-MM | --from WHEN [--to WHEN]]
-                       [--by day,model,team,key,tier,provider,instance] [--timezone ZONE]
+                       [--by day,model,team,key,user,tier,provider,instance] [--timezone ZONE]
                        [--csv | --json] [[--whatif MODEL] [--swap FROM=TO ...] [--prices FILE]]
                        [--config FILE]
 
@@ -47,8 +47,9 @@ Options:
   --to WHEN          end: a date or month is inclusive (up to the end of that local day or
                      month), an RFC 3339 time is exclusive
                      Without --month, --from or --to: every call in the ledger.
-  --by LIST          group by day, model, team, key, tier (the processing tier), provider
-                     and/or (fleet only) instance, in the order given as columns
+  --by LIST          group by day, model, team, key, user (the end user a request named),
+                     tier (the processing tier), provider and/or (fleet only) instance,
+                     in the order given as columns
                      (comma-separated or repeated); without it, the total only
   --timezone ZONE    IANA zone of dates, months and the day column (default: UTC)
   --csv, --json      machine-readable output instead of the table

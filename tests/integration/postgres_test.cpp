@@ -774,11 +774,12 @@ TEST_CASE("tollgate report --fleet prints what tollgate report prints on the led
   // Three days from 2026-10-31T00:00Z, across the end of US daylight time (2026-11-01 has 25
   // hours in New York): one row every 2 minutes at edge-f, one every 10 at edge-g, so the two
   // instances' rows interleave. Costs vary by row (their sum depends on the order of adding),
-  // some calls are flex-tier, some name a provider.
+  // some calls are flex-tier, some name a provider, some an end user.
   const std::map<std::string, std::string> varied = {
       {"cost_usd", kVariedCost},
       {"service_tier", "CASE n.i % 5 WHEN 0 THEN 'flex' ELSE c.service_tier END"},
-      {"provider", "CASE n.i % 4 WHEN 1 THEN 'Groq' ELSE NULL END"}};
+      {"provider", "CASE n.i % 4 WHEN 1 THEN 'Groq' ELSE NULL END"},
+      {"user", "CASE n.i % 3 WHEN 2 THEN NULL ELSE 'end-user-' || (n.i % 5) END"}};
   add_history(f, 2160, "1793404800000 + n.i * 120000 + (n.i % 7) * 311", varied);
   add_history(g, 432, "1793404800000 + n.i * 600000 + (n.i % 3) * 977", varied);
   const auto rows_f = f.query_int("SELECT count(*) FROM calls"), rows_g = g.query_int("SELECT count(*) FROM calls");
@@ -793,6 +794,7 @@ TEST_CASE("tollgate report --fleet prints what tollgate report prints on the led
       {"--json"},
       {"--json", "--by", "day,model,team", "--timezone", "America/New_York"},
       {"--csv", "--by", "tier,provider,key", "--from", "2026-11-01", "--to", "2026-11-02"},
+      {"--json", "--by", "user,day", "--timezone", "Asia/Kathmandu"},
       {"--json", "--by", "day", "--month", "2026-11", "--timezone", "Asia/Kolkata"},
       {"--json", "--whatif", "gpt-4.1-mini", "--prices", prices},
       {"--csv", "--swap", "claude-sonnet-4-5=gpt-4.1", "--prices", prices, "--from", "2026-11-01T12:00:00Z"},

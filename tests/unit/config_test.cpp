@@ -275,9 +275,10 @@ TEST_CASE("config: ledger.indexes names /admin/calls filters, each once", "[conf
   CHECK(load_config_string("ledger:\n  indexes:\n    - request_id\n    - key\n", "t.yaml").ledger_indexes ==
         std::vector<std::string>{"request_id", "key"});
   CHECK(load_config_string("ledger:\n  indexes: []\n", "t.yaml").ledger_indexes.empty());
-  CHECK_THAT(load_error("ledger:\n  indexes:\n    - team\n    - user\n"),
-             StartsWith("test.yaml:4: ledger.indexes[1]: unknown index 'user'; use one of request_id, upstream_request_id, "
-                        "key, team, model, provider, route"));
+  CHECK_THAT(load_error("ledger:\n  indexes:\n    - team\n    - color\n"),
+             StartsWith("test.yaml:4: ledger.indexes[1]: unknown index 'color'; use one of request_id, upstream_request_id, "
+                        "key, team, model, provider, route, user"));
+  CHECK(load_config_string("ledger:\n  indexes: [user]\n", "t.yaml").ledger_indexes == std::vector<std::string>{"user"});
   CHECK_THAT(load_error("ledger:\n  indexes: team\n"), StartsWith("test.yaml:2: ledger.indexes: expected a list"));
 }
 

@@ -228,12 +228,14 @@ TEST_CASE("report: group_by names are parsed in order, unknown or repeated ones 
   CHECK(parse_group_by("model, day") == std::vector<spend_group>{spend_group::model, spend_group::day});
   CHECK(parse_group_by("key,team,day,model").size() == 4);
   CHECK(parse_group_by("").empty());
-  CHECK_THROWS_WITH(parse_group_by("day,user"), Contains("unknown column 'user'") && Contains("day, model, team, key, tier or provider"));
+  CHECK_THROWS_WITH(parse_group_by("day,color"),
+                    Contains("unknown column 'color'") && Contains("day, model, team, key, user, tier or provider"));
   CHECK_THROWS_WITH(parse_group_by("day,model,day"), Contains("'day' given twice"));
   // instance: a column of the fleet ledger only.
   CHECK_THROWS_WITH(parse_group_by("model,instance"), Contains("'instance' is a column of the fleet ledger"));
   CHECK(parse_group_by("instance,day", true) == std::vector<spend_group>{spend_group::instance, spend_group::day});
-  CHECK_THROWS_WITH(parse_group_by("user", true), Contains("day, model, team, key, tier, provider or instance"));
+  CHECK_THROWS_WITH(parse_group_by("color", true), Contains("day, model, team, key, user, tier, provider or instance"));
+  CHECK(parse_group_by("user,day") == std::vector<spend_group>{spend_group::user, spend_group::day});
 }
 
 TEST_CASE("report: a refused call without usage is a request, not an unpriced one", "[report]") {
@@ -331,6 +333,25 @@ TEST_CASE("report: spend groups by model, team and key in the order given", "[re
     CHECK(r.rows[2].keys == keys({"Together", "qwen/qwen3-235b-a22b"}));
     CHECK(r.rows[2].figures.cost_usd == 4.0);
     CHECK(parse_group_by("provider") == std::vector<spend_group>{spend_group::provider});
+  }
+  SECTION("by user: each end user a request named, calls naming none in the null group") {
+    sample_ledger users;
+    auto a = call(t, "gpt-5", 0.5);
+    a.user = "end-user-1";
+    auto b = call(t + 1, "gpt-5", 0.25);
+    b.user = "end-user-2";
+    auto c = call(t + 2, "gpt-5", 0.125);
+    c.user = "end-user-1";
+    users.write({a, b, c, call(t + 3, "gpt-5", 2.0)});
+    const auto r = query_spend(users.path, {nov, {spend_group::user}, "UTC"});
+    REQUIRE(r.rows.size() == 3);
+    CHECK(r.rows[0].keys == keys({nullptr}));
+    CHECK(r.rows[0].figures.cost_usd == 2.0);
+    CHECK(r.rows[1].keys == keys({"end-user-1"}));
+    CHECK(r.rows[1].figures.requests == 2);
+    CHECK(r.rows[1].figures.cost_usd == 0.625);
+    CHECK(r.rows[2].keys == keys({"end-user-2"}));
+    CHECK(r.total.cost_usd == 2.875);
   }
   SECTION("by key and by team: calls without one form a null group, sorted first") {
     const auto by_key = query_spend(s.path, {nov, {spend_group::key}, "UTC"});
@@ -912,7 +933,7 @@ TEST_CASE("report: the report command prints the spend query's figures", "[repor
         {{"--ledger", source_dir}, "ledger file '" + source_dir + "' is a directory"},
         {{"--ledger", s.path, "--month", "2026-13"}, "month: expected YYYY-MM"},
         {{"--ledger", s.path, "--month", "2026-11", "--from", "2026-11-01"}, "cannot be combined"},
-        {{"--ledger", s.path, "--by", "user"}, "unknown column 'user'"},
+        {{"--ledger", s.path, "--by", "color"}, "unknown column 'color'"},
         {{"--ledger", s.path, "--timezone", "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"},
         {{"--ledger", s.path, "--from", "2026-11-05", "--to", "2026-11-01"}, "--from must be before --to"},
         {{"--ledger", s.path, "--from", "soon"}, "from: 'soon'"},
@@ -1030,6 +1051,7 @@ TEST_CASE("report: calls come newest first, filtered, in pages that resume where
     auto r = with(call(t + i * 1000, i % 2 ? "gpt-4.1" : "claude-sonnet-4.5", 0.125 * i), i < 4 ? "app" : "batch", "web");
     r.request_id = "req-call-" + std::to_string(i);
     r.provider = i == 3 ? "DeepInfra" : "";
+    r.user = i == 2 || i == 6 ? "end-user-7" : "";
     r.status = i == 5 ? 429 : 200;
     r.latency_ms = 100.0 * i;
     r.upstream_request_id = "chatcmpl-" + std::to_string(i);
@@ -1140,8 +1162,11 @@ TEST_CASE("report: calls come newest first, filtered, in pages that resume where
     CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-1", "req-call-0"});
     q.match = {{"team", "nope"}};
     CHECK(ids(query_calls(s.path, q)).empty());
-    q.match = {{"user", "x"}};
-    CHECK_THROWS_WITH(query_calls(s.path, q), Contains("unknown calls filter 'user'"));
+    q = {};
+    q.match = {{"user", "end-user-7"}};  // the end user a request named
+    CHECK(ids(query_calls(s.path, q)) == std::vector<std::string>{"req-call-6", "req-call-2"});
+    q.match = {{"color", "x"}};
+    CHECK_THROWS_WITH(query_calls(s.path, q), Contains("unknown calls filter 'color'"));
   }
   SECTION("ranges of cost and latency, bounds included") {
     q.min_cost_usd = 0.5;  // costs 0.125 * i, the late call's 1.5
@@ -1190,10 +1215,11 @@ TEST_CASE("report: with ledger.indexes every filter returns the same pages, and 
     r.request_id = "req-" + std::to_string(i % 10);  // reused ids
     r.upstream_request_id = "up-" + std::to_string(i % 4);
     r.status = i % 9 == 0 ? 429 : 200;
+    r.user = i % 4 == 1 ? "end-user-" + std::to_string(i % 3) : "";
     rows.push_back(r);
   }
   sample_ledger plain, indexed;
-  indexed.indexes = {"request_id", "upstream_request_id", "key", "team", "model", "provider", "route"};
+  indexed.indexes = {"request_id", "upstream_request_id", "key", "team", "model", "provider", "route", "user"};
   plain.write(rows);
   indexed.write(rows);
   const auto index_names = [](const std::string& path) {
@@ -1212,7 +1238,7 @@ TEST_CASE("report: with ledger.indexes every filter returns the same pages, and 
   CHECK(index_names(indexed.path) ==
         std::vector<std::string>{"calls_by_client_key_id", "calls_by_price_model", "calls_by_provider", "calls_by_request_id",
                                  "calls_by_requested_model", "calls_by_route", "calls_by_served_model", "calls_by_team",
-                                 "calls_by_upstream_request_id", "calls_start_ms"});
+                                 "calls_by_upstream_request_id", "calls_by_user", "calls_start_ms"});
 
   // Every page, walked to the end in pages of three, is the same with and without the indexes.
   const auto all_pages = [](const std::string& path, calls_query q) {
@@ -1232,7 +1258,8 @@ TEST_CASE("report: with ledger.indexes every filter returns the same pages, and 
   const std::vector<std::map<std::string, std::string, std::less<>>> filters = {
       {}, {{"model", "gpt-4.1"}}, {{"model", "claude-sonnet-4.5"}}, {{"model", "y"}}, {{"model", "none"}},
       {{"team", "rare"}}, {{"key", "batch"}}, {{"provider", "DeepInfra"}}, {{"route", "responses"}},
-      {{"request_id", "req-3"}}, {{"upstream_request_id", "up-1"}}, {{"model", "gpt-4.1"}, {"team", "web"}, {"key", "app"}}};
+      {{"request_id", "req-3"}}, {{"upstream_request_id", "up-1"}}, {{"user", "end-user-2"}},
+      {{"model", "gpt-4.1"}, {"team", "web"}, {"key", "app"}}};
   for (const auto& f : filters)
     for (const std::optional<int> status : {std::optional<int>{}, std::optional<int>{200}}) {
       calls_query q;
