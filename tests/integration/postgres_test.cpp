@@ -909,7 +909,8 @@ TEST_CASE("/admin/calls?scope=fleet pages the fleet's rows as each instance's /a
   const std::map<std::string, std::string> varied = {
       {"cost_usd", kVariedCost},
       {"status", "CASE n.i % 9 WHEN 4 THEN 429 ELSE c.status END"},
-      {"latency_ms", "c.latency_ms + n.i % 50 + 0.125"}};
+      {"latency_ms", "c.latency_ms + n.i % 50 + 0.125"},
+      {"user", "CASE n.i % 6 WHEN 1 THEN 'end-user-3' ELSE NULL END"}};
   add_history(f, 300, "1793577600000 + n.i * 120000", varied);
   add_history(g, 60, "1793577600000 + n.i * 600000", varied);
   const auto rows_f = f.query_int("SELECT count(*) FROM calls"), rows_g = g.query_int("SELECT count(*) FROM calls");
@@ -939,9 +940,11 @@ TEST_CASE("/admin/calls?scope=fleet pages the fleet's rows as each instance's /a
   for (auto* h : {&f, &g}) {
     const std::string name = h == &f ? "edge-f" : "edge-g";
     for (const std::string filter : {"limit=37", "team=red&limit=11", "status=429&min_latency_ms=120", "model=claude-sonnet-4-5",
-                                     "min_cost_usd=0.00001&max_cost_usd=0.01&from=2026-11-02T03:00:00Z&to=2026-11-02T09:00:00Z"}) {
+                                     "min_cost_usd=0.00001&max_cost_usd=0.01&from=2026-11-02T03:00:00Z&to=2026-11-02T09:00:00Z",
+                                     "user=end-user-3&limit=9"}) {
       INFO(name << " " << filter);
       const auto local = pages(*h, filter);
+      if (filter.starts_with("user=")) CHECK(local.size() == (h == &f ? 25u : 5u));  // "user", quoted in PostgreSQL
       auto fleet_rows = pages(f, filter + "&scope=fleet&instance=" + name);
       REQUIRE(fleet_rows.size() == local.size());
       for (auto& row : fleet_rows) {
