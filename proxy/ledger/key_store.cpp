@@ -244,8 +244,8 @@ std::vector<budget_config> budgets_from_json(const nlohmann::json& j, std::strin
         if (!v.is_boolean()) throw std::invalid_argument(where + ".hard: expected true or false");
         b.hard = v.get<bool>();
       } else {
-        throw std::invalid_argument(where + ": unknown field '" + field +
-                                    "' (expected period, limit_usd, soft, hard; a key's budgets are scoped to the key)");
+        throw std::invalid_argument(where + ": unknown field " + quote_value(field) +
+                                    " (expected period, limit_usd, soft, hard; a key's budgets are scoped to the key)");
       }
     }
     if (!has_period || !has_limit) throw std::invalid_argument(where + ": period and limit_usd are required");

@@ -960,8 +960,8 @@ calls_cursor parse_calls_cursor(std::string_view text, bool fleet) {
   if (ok && fleet) out.ledger_uid = std::string(text.substr(first + 1, last - first - 1));
   if (!ok)
     throw std::invalid_argument(std::string("before must be the next_before of an earlier page (") +
-                                (fleet ? "<start_ms>:<ledger_uid>:<id>" : "<start_ms>:<id>") + "), got '" +
-                                std::string(text.substr(0, 60)) + "'");
+                                (fleet ? "<start_ms>:<ledger_uid>:<id>" : "<start_ms>:<id>") + "), got " +
+                                quote_value(text, 60));
   return out;
 }
 

@@ -89,11 +89,11 @@ std::map<std::string, std::string> parse_query(std::string_view q) {
     // cut the message that quotes it short.
     for (const std::string* t : {&key, &value})
       if (std::any_of(t->begin(), t->end(), [](unsigned char c) { return c < 0x20 || c == 0x7f; }))
-        throw http_problem(400, "invalid_query", "Query parameter '" + key.substr(0, 40) + "' contains a control character.");
+        throw http_problem(400, "invalid_query", "Query parameter " + quote_value(key, 40) + " contains a control character.");
     // Last-one-wins would drop the first silently (group_by=model&group_by=team grouped by team).
     if (out.count(key))
       throw http_problem(400, "invalid_query",
-                         "Query parameter '" + key.substr(0, 40) + "' is given twice; give it once (group_by takes a list: model,team).");
+                         "Query parameter " + quote_value(key, 40) + " is given twice; give it once (group_by takes a list: model,team).");
     out[key] = value;
   }
   return out;
@@ -251,7 +251,7 @@ admin_response calls(const admin_context& ctx, const std::map<std::string, std::
       for (const auto name : filters) (expected += name) += ", ";
       for (const auto name : kCallsOptions) (expected += name) += ", ";
       expected.resize(expected.size() - 2);
-      throw http_problem(400, "invalid_parameter", "Unknown query parameter '" + k.substr(0, 40) + "' (expected " + expected + ").");
+      throw http_problem(400, "invalid_parameter", "Unknown query parameter " + quote_value(k, 40) + " (expected " + expected + ").");
     }
   }
   const report_scope scope = scope_of(ctx, q);
@@ -379,7 +379,7 @@ admin_response whatif(const admin_context& ctx, std::map<std::string, std::strin
         if (!v.is_object()) bad_field("prices", "must be an object {\"model\": {\"input\": n, \"output\": n}}");
         for (const auto& [model, entry] : v.items()) wq.prices.push_back(price_override(ctx.prices, model, entry));
       } else {
-        bad_field("'" + field.substr(0, 40) + "'",
+        bad_field(quote_value(field, 40),
                   "is not a what-if field (from, to, month, format, model, swap, prices, scope, instance)");
       }
     }
@@ -519,7 +519,7 @@ admin_response keys_create(const admin_context& ctx, const std::string& body) {
   for (const auto& [field, v] : j.items())
     if (field != "name" && field != "team" && field != "tags" && field != "limits" && field != "budgets" &&
         field != "key" && field != "key_sha256")
-      bad_field("'" + field.substr(0, 40) + "'",
+      bad_field(quote_value(field, 40),
                 "is not a field of a key (name, team, tags, limits, budgets, key, key_sha256)");
   client_key_config k;
   // As in the config file, the caller may bring the key (`key`, echoed back once) or only its
