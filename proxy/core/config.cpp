@@ -496,15 +496,19 @@ class loader {
     });
   }
 
-  // "global", "team:<name>", "key:<name>", "model:<id>".
-  std::string scope(const entry& e) {
+  // "global", "team:<name>", "key:<name>", "model:<id>", "user:<id>"; a budget's also "user:*"
+  // (every end user on their own).
+  std::string scope(const entry& e, bool budget) {
     std::string v = text(e);
     if (v == "global") return v;
+    if (v == "user:*" && !budget)
+      fail(e, "a spend guard cannot be per end user (user:*): name one end user, user:<id>");
     auto colon = v.find(':');
     std::string kind = v.substr(0, colon == std::string::npos ? v.size() : colon);
-    if (colon == std::string::npos || (kind != "team" && kind != "key" && kind != "model") || colon + 1 == v.size() ||
-        v.size() > 128)
-      fail(e, "expected global, team:<name>, key:<name> or model:<id>, got " + quote_value(v));
+    if (colon == std::string::npos || (kind != "team" && kind != "key" && kind != "model" && kind != "user") ||
+        colon + 1 == v.size() || v.size() > 300)
+      fail(e, std::string("expected global, team:<name>, key:<name>, model:<id>, user:<id>") +
+                  (budget ? " or user:*" : "") + ", got " + quote_value(v));
     return v;
   }
 
@@ -537,7 +541,7 @@ class loader {
          }},
         {"hard", [&](const entry& x) { b.hard = boolean(x); }},
     };
-    if (with_scope) known.emplace_back("scope", [&](const entry& x) { b.scope = scope(x); });
+    if (with_scope) known.emplace_back("scope", [&](const entry& x) { b.scope = scope(x, true); });
     item_section(e, known);
     if (!has_limit) fail(e, "limit_usd is required");
     return b;
@@ -596,7 +600,7 @@ class loader {
     spend_guard_config g;
     bool has_max = false;
     item_section(e, {
-        {"scope", [&](const entry& x) { g.scope = scope(x); }},
+        {"scope", [&](const entry& x) { g.scope = scope(x, false); }},
         {"window", [&](const entry& x) {
            g.window = duration(x);
            if (g.window < std::chrono::minutes(1) || g.window > std::chrono::hours(24 * 7))

@@ -4,6 +4,8 @@
 
 #include <cstdio>
 
+#include "core/utf8.hpp"
+
 namespace tollgate {
 namespace {
 
@@ -164,13 +166,7 @@ std::string_view default_message(errc e) noexcept {
 std::string quote_value(std::string_view v, std::size_t max) {
   std::string out = "'";
   const bool cut = v.size() > max;
-  if (cut) {
-    v = v.substr(0, max);
-    // Cut before a UTF-8 sequence the limit split: back off continuation bytes, then their lead.
-    std::size_t n = v.size();
-    while (n > 0 && (static_cast<unsigned char>(v[n - 1]) & 0xC0) == 0x80) --n;
-    if (n > 0 && static_cast<unsigned char>(v[n - 1]) >= 0xC0) v = v.substr(0, n - 1);
-  }
+  if (cut) v = utf8_prefix(v, max);
   for (const char c : v) {
     const auto u = static_cast<unsigned char>(c);
     if (u < 0x20 || u == 0x7F) {

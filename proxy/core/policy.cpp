@@ -12,6 +12,9 @@
 #include <map>
 #include <mutex>
 #include <stdexcept>
+#include <unordered_map>
+
+#include "core/string_hash.hpp"
 
 namespace tollgate {
 
@@ -22,12 +25,15 @@ constexpr int guard_buckets = 60;                  // a guard's window in 60 buc
 constexpr double share_tau_ms = 24.0 * 3'600'000;  // time constant of "recent spend" (shares)
 constexpr double max_fleet_scale = 100;              // projections: the fleet's rest at most 100x this instance's
 constexpr std::size_t max_pending_alerts = 1024;
+// End users a `user:*` budget tracks in one period; more share one bucket (policy.hpp).
+constexpr std::size_t max_users_per_budget = 250'000;
 
 std::int64_t floor_div(std::int64_t a, std::int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
 std::int64_t ceil_div_pos(double x) { return x <= 0 ? 0 : static_cast<std::int64_t>(std::ceil(x)); }
 double clean_usd(double v) { return std::isfinite(v) && v > 0 ? v : 0.0; }
 
-enum class scope_kind : std::uint8_t { global, team, key, model };
+// each_user: `user:*`, a budget every end user has on their own (per-user state in user_budgets).
+enum class scope_kind : std::uint8_t { global, team, key, model, user, each_user };
 struct parsed_scope {
   scope_kind kind = scope_kind::global;
   std::string name;
@@ -35,21 +41,32 @@ struct parsed_scope {
 
 parsed_scope parse_scope(const std::string& s) {
   if (s == "global") return {};
+  if (s == "user:*") return {scope_kind::each_user, {}};
   for (auto [prefix, kind] : {std::pair{std::string_view("team:"), scope_kind::team},
                               std::pair{std::string_view("key:"), scope_kind::key},
-                              std::pair{std::string_view("model:"), scope_kind::model}}) {
+                              std::pair{std::string_view("model:"), scope_kind::model},
+                              std::pair{std::string_view("user:"), scope_kind::user}}) {
     if (s.size() > prefix.size() && std::string_view(s).substr(0, prefix.size()) == prefix)
       return {kind, s.substr(prefix.size())};
   }
-  throw std::invalid_argument("scope '" + s + "': use global, team:<name>, key:<name> or model:<price-table id>");
+  throw std::invalid_argument("scope '" + s +
+                              "': use global, team:<name>, key:<name>, model:<price-table id>, user:<id> or user:*");
 }
 
-bool matches(const parsed_scope& p, std::string_view team, std::string_view key, std::string_view model) {
+// The call's end user (request_inspect: `user`, else `safety_identifier`, else
+// `metadata.user_id`) is what user scopes match; a call that names none is in no user scope.
+struct call_scope {
+  std::string_view team, key, model, user;
+};
+
+bool matches(const parsed_scope& p, const call_scope& c) {
   switch (p.kind) {
     case scope_kind::global: return true;
-    case scope_kind::team: return !team.empty() && p.name == team;
-    case scope_kind::key: return !key.empty() && p.name == key;
-    case scope_kind::model: return !model.empty() && p.name == model;
+    case scope_kind::team: return !c.team.empty() && p.name == c.team;
+    case scope_kind::key: return !c.key.empty() && p.name == c.key;
+    case scope_kind::model: return !c.model.empty() && p.name == c.model;
+    case scope_kind::user: return !c.user.empty() && p.name == c.user;
+    case scope_kind::each_user: return !c.user.empty();
   }
   return false;
 }
@@ -104,9 +121,15 @@ struct token_bucket {
   }
 };
 
+struct user_budgets;
+
 struct budget_state {
   budget_config cfg;
   parsed_scope scope;
+  // A `user:*` budget: its end users' own states (its own spent and reserved are the shared
+  // bucket of users beyond max_users_per_budget). An end user's state points to it as `parent`.
+  std::unique_ptr<user_budgets> each;
+  budget_state* parent = nullptr;
   time_window window{};  // end_s == 0: not started
   double spent = 0, reserved = 0;
   std::int64_t outstanding = 0;  // tickets holding a reservation here
@@ -139,6 +162,14 @@ struct budget_state {
     const double end_f = static_cast<double>(window.end_s);
     return now_f + (cfg.limit_usd - spent) / (projection - spent) * std::max(0.0, end_f - now_f);
   }
+};
+
+// The end users of a `user:*` budget in its current window (and any whose calls of an ended
+// window are still in flight: their reservations point here). Entries are dropped when the
+// window rolls, so memory follows the users of one period, not uptime.
+struct user_budgets {
+  std::unordered_map<std::string, std::unique_ptr<budget_state>, string_hash, std::equal_to<>> users;
+  const budget_state* top = nullptr;  // the user who has spent most this window
 };
 
 struct guard_state {
@@ -222,6 +253,7 @@ struct ticket_slot {
   std::int64_t reserve_tokens = 0;
   double charged = 0;  // spend already counted by charge()
   std::string team;
+  std::string user;  // kept only when some scope names end users
 };
 
 using key_list = std::vector<std::shared_ptr<const client_key_config>>;
@@ -248,6 +280,7 @@ struct policy_engine::impl {
   }
   std::atomic<int> keys_with_budgets{0};
   bool has_controls = false;  // configured budgets or guards (fixed after construction)
+  bool has_user_scopes = false;  // a budget or guard scoped user:<id> or user:* (fixed)
 
   // Everything below is guarded by mu.
   mutable std::mutex mu;
@@ -314,6 +347,34 @@ struct policy_engine::impl {
     }
   }
 
+  // The state a `user:*` budget keeps for `user` in the window containing t_s (created when
+  // missing; beyond max_users_per_budget users, the budget's own shared bucket). A window that
+  // has ended drops the users with no call in flight; those left start the new window at zero.
+  budget_state& user_state(budget_state& b, std::string_view user, std::int64_t t_s) {
+    user_budgets& each = *b.each;
+    const std::int64_t was = b.window.start_s;
+    b.roll(cal, t_s);
+    if (b.window.start_s != was) {
+      std::erase_if(each.users, [](const auto& u) { return u.second->outstanding == 0; });
+      for (auto& [name, u] : each.users) u->roll(cal, t_s);
+      each.top = nullptr;
+    }
+    if (auto it = each.users.find(user); it != each.users.end()) return *it->second;
+    if (each.users.size() >= max_users_per_budget) return b;
+    budget_config c = b.cfg;
+    c.scope = "user:" + std::string(user);
+    auto st = std::make_unique<budget_state>(std::move(c), parsed_scope{scope_kind::user, std::string(user)});
+    st->parent = &b;
+    return *each.users.emplace(std::string(user), std::move(st)).first->second;
+  }
+
+  void apply_spend(budget_state& b, double usd, std::int64_t t, bool alert) {
+    b.roll(cal, floor_div(t, 1000));
+    b.spent += usd;
+    b.recent.add(usd, t);
+    soft_check(b, t, alert);
+  }
+
   void soft_check(budget_state& b, std::int64_t now_ms, bool alert) {
     for (std::size_t i = 0; i < b.cfg.soft.size(); ++i) {
       const double f = b.cfg.soft[i];
@@ -334,26 +395,33 @@ struct policy_engine::impl {
   // guard. A budget counts a call in the window it started in (started_ms; a seeded row's time is
   // its start): a call or row of an earlier window is skipped there. Settled spend without a start
   // (max) lagging behind a window counts in the current window.
-  void add_spend(key_state* ks, std::string_view team, std::string_view model, double usd, std::int64_t t,
-                 bool alert, std::int64_t started_ms = std::numeric_limits<std::int64_t>::max(), bool remote = false) {
+  void add_spend(key_state* ks, std::string_view team, std::string_view user, std::string_view model, double usd,
+                 std::int64_t t, bool alert, std::int64_t started_ms = std::numeric_limits<std::int64_t>::max(),
+                 bool remote = false) {
     const std::int64_t t_s = floor_div(t, 1000);
     const std::int64_t started_s = floor_div(std::min(t, started_ms), 1000);
-    const std::string_view key = ks ? std::string_view(ks->name) : std::string_view();
+    const call_scope c{team, ks ? std::string_view(ks->name) : std::string_view(), model, user};
     global_recent.add(usd, t);
     if (!remote) local_recent.add(usd, t);
     auto apply = [&](budget_state& b) {
       b.roll(cal, t_s);
       if ((!alert || started_ms != std::numeric_limits<std::int64_t>::max()) && started_s < b.window.start_s) return;
-      b.spent += usd;
-      b.recent.add(usd, t);
-      soft_check(b, t, alert);
+      if (b.each) {  // user:*: the call's end user's own budget (a row of an earlier window made none)
+        budget_state& u = user_state(b, user, t_s);
+        if (&u != &b) {
+          apply_spend(u, usd, t, alert);
+          if (b.each->top == nullptr || u.spent > b.each->top->spent) b.each->top = &u;
+          return;
+        }
+      }
+      apply_spend(b, usd, t, alert);
     };
     for (auto& b : budgets)
-      if (matches(b.scope, team, key, model)) apply(b);
+      if (matches(b.scope, c)) apply(b);
     if (ks)
       for (auto& b : ks->budgets) apply(b);
     for (auto& g : guards) {
-      if (!matches(g.scope, team, key, model)) continue;
+      if (!matches(g.scope, c)) continue;
       g.add(t, usd);
       const double s = g.sum(t);
       if (g.tripped || s <= g.cfg.max_usd) continue;
@@ -370,12 +438,19 @@ struct policy_engine::impl {
 policy_engine::policy_engine(const policy_config& cfg, const std::string& timezone)
     : impl_(std::make_unique<impl>(timezone)) {
   impl_->budgets.reserve(cfg.budgets.size());
-  for (const auto& b : cfg.budgets) impl_->budgets.emplace_back(b, parse_scope(b.scope));
+  for (const auto& b : cfg.budgets) {
+    budget_state& st = impl_->budgets.emplace_back(b, parse_scope(b.scope));
+    if (st.scope.kind == scope_kind::each_user) st.each = std::make_unique<user_budgets>();
+    impl_->has_user_scopes |= st.scope.kind == scope_kind::user || st.scope.kind == scope_kind::each_user;
+  }
   for (const auto& g : cfg.spend_guards) {
     if (g.window.count() <= 0) throw std::invalid_argument("spend guard " + g.scope + ": window must be positive");
     if (g.action == guard_action::reroute && g.fallback_model.empty())
       throw std::invalid_argument("spend guard " + g.scope + ": action reroute needs fallback_model");
-    impl_->guards.emplace_back(g, parse_scope(g.scope));
+    auto& st = impl_->guards.emplace_back(g, parse_scope(g.scope));
+    if (st.scope.kind == scope_kind::each_user)
+      throw std::invalid_argument("spend guard user:*: a guard is for one scope; name the end user (user:<id>)");
+    impl_->has_user_scopes |= st.scope.kind == scope_kind::user;
   }
   impl_->has_controls = !impl_->budgets.empty() || !impl_->guards.empty();
   for (const auto& k : cfg.keys)
@@ -508,7 +583,7 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
       std::lock_guard lock(m.mu);
       if (f.key != nullptr)
         if (auto it = m.key_states.find(f.key->name); it != m.key_states.end()) ks = it->second;
-      const std::string_view key_name = ks ? std::string_view(ks->name) : std::string_view();
+      const call_scope cs{f.team, ks ? std::string_view(ks->name) : std::string_view(), f.price_model, f.user};
 
       // 1. Rate limits (nothing is charged until every check has passed).
       if (ks && ks->limited()) {
@@ -537,7 +612,7 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
       guard_state* reroute = nullptr;
       if (d.outcome == decision::admit) {
         for (auto& g : m.guards) {
-          if (!matches(g.scope, f.team, key_name, f.price_model)) continue;
+          if (!matches(g.scope, cs)) continue;
           if (g.tripped && g.sum(now) < g.reset_below()) g.tripped = false;  // hysteresis
           if (!g.tripped) continue;
           if (g.cfg.action == guard_action::reject) {
@@ -578,14 +653,16 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
               (unpriced || b.spent >= b.cfg.limit_usd || b.spent + b.reserved + reserve > b.cfg.limit_usd))
             refused = &b;
         };
+        call_scope served = cs;
+        served.model = model;
         for (auto& b : m.budgets)
-          if (matches(b.scope, f.team, key_name, model)) check(b);
+          if (matches(b.scope, served)) check(b.each ? m.user_state(b, f.user, now_s) : b);
         if (ks)
           for (auto& b : ks->budgets) check(b);
         if (refused != nullptr) {
           s.reserved.clear();
           m.free_slots.push_back(index);
-          ++refused->rejections;
+          ++(refused->parent ? refused->parent : refused)->rejections;
           d.outcome = decision::budget_exceeded;
           d.unpriced = unpriced;
           d.limit_usd = refused->cfg.limit_usd;
@@ -614,6 +691,7 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
           s.live = true;
           s.key = ks;
           s.team.assign(f.team);
+          s.user.assign(m.has_user_scopes ? f.user : std::string_view());
           s.reserve_usd = reserve;
           s.reserve_tokens = reserve_tokens;
           s.charged = 0;
@@ -649,8 +727,8 @@ void policy_engine::settle(std::uint64_t ticket, double cost_usd, std::int64_t t
       b.refill(now_ms);
       b.level = std::min(b.capacity, b.level - static_cast<double>(std::max<std::int64_t>(0, tokens) - s->reserve_tokens));
     }
-    impl_->add_spend(s->key.get(), s->team, price_model, std::max(0.0, clean_usd(cost_usd) - s->charged), now_ms, true,
-                     start_ms);
+    impl_->add_spend(s->key.get(), s->team, s->user, price_model, std::max(0.0, clean_usd(cost_usd) - s->charged), now_ms,
+                     true, start_ms);
     impl_->free_slot(*s, key);
   } catch (...) {
     // Only allocation can fail (an alert, the free list); the spend counted so far stays.
@@ -664,7 +742,7 @@ bool policy_engine::charge(std::uint64_t ticket, double usd, std::string_view pr
     ticket_slot* s = impl_->find_slot(ticket);
     if (s == nullptr) return false;
     const double add = clean_usd(usd);
-    impl_->add_spend(s->key.get(), s->team, price_model, add, now_ms, true);
+    impl_->add_spend(s->key.get(), s->team, s->user, price_model, add, now_ms, true);
     s->charged += add;
     // The budgets the call was admitted under (its requested model's scopes).
     for (const budget_state* b : s->reserved)
@@ -693,18 +771,20 @@ void policy_engine::release(std::uint64_t ticket) noexcept {
 }
 
 void policy_engine::seed(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
-                         std::int64_t ts_ms) noexcept {
-  add_named(key, team, price_model, cost_usd, ts_ms, false, std::numeric_limits<std::int64_t>::max(), false);
+                         std::int64_t ts_ms, std::string_view user) noexcept {
+  add_named(key, team, user, price_model, cost_usd, ts_ms, false, std::numeric_limits<std::int64_t>::max(), false);
 }
 
 void policy_engine::add_remote(std::string_view key, std::string_view team, std::string_view price_model,
-                               double cost_usd, std::int64_t ts_ms, std::int64_t now_ms) noexcept {
-  add_named(key, team, price_model, cost_usd, std::max(now_ms, ts_ms), true, ts_ms, true);
+                               double cost_usd, std::int64_t ts_ms, std::int64_t now_ms, std::string_view user) noexcept {
+  add_named(key, team, user, price_model, cost_usd, std::max(now_ms, ts_ms), true, ts_ms, true);
 }
 
-void policy_engine::add_named(std::string_view key, std::string_view team, std::string_view price_model,
-                              double cost_usd, std::int64_t t_ms, bool alert, std::int64_t start_ms,
-                              bool remote) noexcept {
+bool policy_engine::counts_users() const noexcept { return impl_->has_user_scopes; }
+
+void policy_engine::add_named(std::string_view key, std::string_view team, std::string_view user,
+                              std::string_view price_model, double cost_usd, std::int64_t t_ms, bool alert,
+                              std::int64_t start_ms, bool remote) noexcept {
   try {
     std::lock_guard lock(impl_->mu);
     key_state* ks = nullptr;
@@ -717,7 +797,7 @@ void policy_engine::add_named(std::string_view key, std::string_view team, std::
         ks = &anonymous;
       }
     }
-    impl_->add_spend(ks, team, price_model, clean_usd(cost_usd), t_ms, alert, start_ms, remote);
+    impl_->add_spend(ks, team, user, price_model, clean_usd(cost_usd), t_ms, alert, start_ms, remote);
   } catch (...) {
   }
 }
@@ -783,6 +863,20 @@ std::vector<policy_engine::budget_status> policy_engine::budgets(std::int64_t no
     } else {
       st.window = impl_->cal.window(b.cfg.period, now_s);  // rolled over: nothing spent yet
     }
+    if (b.each) {  // user:*: its end users' count, and the figures of the one who spent most
+      st.spent_usd = st.reserved_usd = 0;
+      st.projected_p50 = st.projected_p90 = st.exhaustion_p50_s = st.exhaustion_p90_s = nan;
+      if (b.window.end_s != 0 && now_s < b.window.end_s) {
+        st.users = b.each->users.size();
+        if (const budget_state* top = b.each->top) {
+          st.top_user = top->scope.name;
+          st.spent_usd = top->spent;
+          st.reserved_usd = top->reserved;
+          st.exhaustion_p50_s = st.exhaustion_p90_s = top->spent >= top->cfg.limit_usd ? static_cast<double>(now_ms) / 1000.0 : nan;
+        }
+        st.shared_usd = b.spent;
+      }
+    }
     out.push_back(std::move(st));
   };
   std::lock_guard lock(impl_->mu);
@@ -833,7 +927,8 @@ void policy_engine::update_projections(std::int64_t now_ms, const remaining_spen
   std::array<bool, n_periods> used{};
   {
     std::lock_guard lock(m.mu);
-    for (const auto& b : m.budgets) used[static_cast<std::size_t>(b.cfg.period)] = true;
+    for (const auto& b : m.budgets)
+      if (!b.each) used[static_cast<std::size_t>(b.cfg.period)] = true;
     for (const auto& [name, ks] : m.key_states)
       for (const auto& b : ks->budgets) used[static_cast<std::size_t>(b.cfg.period)] = true;
   }
@@ -856,6 +951,7 @@ void policy_engine::update_projections(std::int64_t now_ms, const remaining_spen
                            ? std::min(global_recent / local_recent, max_fleet_scale)
                            : 1.0;
   auto project = [&](budget_state& b) {
+    if (b.each) return;  // user:*: no end user's own forecast
     b.roll(m.cal, now_s);
     const spend_forecast& f = fc[static_cast<std::size_t>(b.cfg.period)];
     double share = 1;

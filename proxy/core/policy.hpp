@@ -23,8 +23,14 @@ class policy_engine {
   static constexpr double nan = std::numeric_limits<double>::quiet_NaN();
 
   // Startup: throws std::invalid_argument saying why on an unknown time zone, a scope that is not
-  // global / team:<t> / key:<name> / model:<id>, a guard without a window or (reroute) without a
-  // fallback model, or two keys with the same name or the same secret.
+  // global / team:<t> / key:<name> / model:<id> / user:<id> / user:* (budgets only), a guard
+  // without a window or (reroute) without a fallback model, or two keys with the same name or the
+  // same secret.
+  //
+  // Scopes `user:<id>` and `user:*` are of the call's end user (call_facts::user). `user:*` is a
+  // budget every end user has on their own: each is charged, reserved, refused and alerted on
+  // (scope `user:<id>`) separately. At most 250,000 end users are tracked per such budget and
+  // period; calls of further users share one bucket, the budget's own (budget_status::shared_usd).
   policy_engine(const policy_config& cfg, const std::string& timezone);
   ~policy_engine();
   policy_engine(const policy_engine&) = delete;
@@ -49,6 +55,7 @@ class policy_engine {
     std::string_view price_model;            // price-table id of the requested model ("" unpriced)
     std::string_view model;                  // model id as requested (a reroute is skipped when
                                              // either id already is the guard's fallback)
+    std::string_view user;                   // the end user the body names ("" none)
     double reserve_usd = 0;                  // worst-case cost computed by the caller
     // The same worst case at another model's prices (a reroute guard's fallback), when the caller
     // can price it: reserve_at(reserve_ctx, model). Called only for a reroute, under the lock.
@@ -111,12 +118,15 @@ class policy_engine {
   // contains ts_ms and to the guards' rolling windows, without alerts; thresholds already crossed
   // are marked crossed (no re-alert after a restart) and guards already over max are tripped.
   void seed(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
-            std::int64_t ts_ms) noexcept;
+            std::int64_t ts_ms, std::string_view user = {}) noexcept;
 
   // Spend of another instance of the fleet (its rows in the fleet table): counted as a call of
   // this instance that started at ts_ms and settled now (budgets, guards, alerts as settle()).
   void add_remote(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
-                  std::int64_t ts_ms, std::int64_t now_ms) noexcept;
+                  std::int64_t ts_ms, std::int64_t now_ms, std::string_view user = {}) noexcept;
+  // True when a budget or guard is scoped by end user: seed() and add_remote() must then be given
+  // each row's user (the warm start and the fleet's rows are summed per user too).
+  bool counts_users() const noexcept;
 
   // Calls another instance of the fleet made with a rate-limited key (its rows in the fleet
   // table): `calls` requests and `tokens` settled tokens that started at ts_ms, taken from the
@@ -151,6 +161,12 @@ class policy_engine {
     // which the projection crosses the limit (now when already spent); NaN if not expected.
     double projected_p50 = nan, projected_p90 = nan;
     double exhaustion_p50_s = nan, exhaustion_p90_s = nan;
+    // user:*: the end users with spend (or a call in flight) this window; spent, reserved and
+    // exhaustion are those of top_user, the one who has spent most; shared_usd the spend of the
+    // users beyond the tracked 250,000 (one bucket). No projections.
+    std::size_t users = 0;
+    std::string top_user;
+    double shared_usd = 0;
   };
   // Configured budgets in config order, then key budgets by key name; windows rolled to now_ms.
   std::vector<budget_status> budgets(std::int64_t now_ms) const;
@@ -206,8 +222,8 @@ class policy_engine {
 
  private:
   // seed() and add_remote(): spend of a key known by name only (maybe not configured here).
-  void add_named(std::string_view key, std::string_view team, std::string_view price_model, double cost_usd,
-                 std::int64_t t_ms, bool alert, std::int64_t start_ms, bool remote) noexcept;
+  void add_named(std::string_view key, std::string_view team, std::string_view user, std::string_view price_model,
+                 double cost_usd, std::int64_t t_ms, bool alert, std::int64_t start_ms, bool remote) noexcept;
   struct impl;
   std::unique_ptr<impl> impl_;
 };

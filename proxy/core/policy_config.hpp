@@ -24,7 +24,8 @@ struct rate_limits {
   bool any() const noexcept { return rpm > 0 || tpm > 0; }
 };
 
-// One budget. scope: "global", "team:<name>", "key:<name>" or "model:<price-table id>".
+// One budget. scope: "global", "team:<name>", "key:<name>", "model:<price-table id>",
+// "user:<end user>" or "user:*" (each end user on their own budget).
 struct budget_config {
   std::string scope = "global";
   calendar_period period = calendar_period::month;  // day, week or month

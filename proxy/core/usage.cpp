@@ -2,6 +2,7 @@
 // shared/WIRE.md) and the fallback token estimator. Called by the relay per response / event.
 // Reads with simdjson; what simdjson turns down goes through nlohmann, so both give one answer.
 #include "core/usage.hpp"
+#include "core/utf8.hpp"
 
 #include "core/pricing.hpp"
 
@@ -571,11 +572,11 @@ response_facts read_response(route_kind route, const Node& j) {
                              const Node& tier, const Node& object, const Node& output, const Node& provider) {
     response_facts f;
     // A reply's text is kept to what the ledger holds of a client's (256 bytes, as requested_model).
-    f.model = as_string(model).substr(0, 256);
-    f.id = as_string(id).substr(0, 256);
+    f.model = utf8_prefix(as_string(model), 256);
+    f.id = utf8_prefix(as_string(id), 256);
     f.status = as_string(status);
     f.object = as_string(object);
-    f.provider = as_string(provider).substr(0, 64);
+    f.provider = utf8_prefix(as_string(provider), 64);
     f.background = is_true(bg);
     std::optional<token_usage> t;
     switch (route) {
@@ -750,7 +751,7 @@ std::string realtime_meter::requested_model(std::string_view text) {
     // The SDKs send the Responses body's fields beside `type`; an older shape nests them in `response`.
     std::string_view m = string_member(j, "model");
     if (m.empty()) m = string_member(member(j, "response"), "model");
-    return std::string(m.substr(0, 256));
+    return std::string(utf8_prefix(m, 256));
   } catch (...) {
     return {};
   }
@@ -893,7 +894,7 @@ std::int64_t small_count(std::string_view s) noexcept {
 // A size, quality or length as sent: a string, or a whole number written out ("seconds": 8).
 template <class Node>
 std::string text_or_count(const Node& v) {
-  if (is_string(v)) return std::string(as_string(v).substr(0, 64));
+  if (is_string(v)) return std::string(utf8_prefix(as_string(v), 64));
   if (const auto n = as_count(v)) return std::to_string(*n);
   return {};
 }
@@ -921,11 +922,11 @@ media_reply read_media_reply(const Node& j) {
     r.seconds = small_count(text_or_count(seconds));
     r.size = text_or_count(size);
     r.quality = text_or_count(quality);
-    r.model = std::string(as_string(model).substr(0, 256));
-    r.status = std::string(as_string(status).substr(0, 64));
-    r.object = std::string(as_string(object).substr(0, 64));
+    r.model = std::string(utf8_prefix(as_string(model), 256));
+    r.status = std::string(utf8_prefix(as_string(status), 64));
+    r.object = std::string(utf8_prefix(as_string(object), 64));
     r.has_usage = is_object(usage);
-    r.id = std::string(as_string(id).substr(0, 256));
+    r.id = std::string(utf8_prefix(as_string(id), 256));
   });
   return r;
 }
@@ -1121,8 +1122,8 @@ void stream_meter::note_model_id(const Node& obj) {
 
 template <class Node>
 void stream_meter::note_model_id(const Node& model, const Node& id) {
-  if (model_.empty()) model_ = as_string(model).substr(0, 256);
-  if (id_.empty()) id_ = as_string(id).substr(0, 256);
+  if (model_.empty()) model_ = utf8_prefix(as_string(model), 256);
+  if (id_.empty()) id_ = utf8_prefix(as_string(id), 256);
 }
 
 // A chat / completions chunk. Its members are read in one pass, `type` included (chat chunks
@@ -1139,7 +1140,7 @@ bool stream_meter::on_chat(const Node& j, const sse_event& ev) {
       return true;
     }
     note_model_id(model, id);
-    if (provider_.empty()) provider_ = as_string(provider).substr(0, 64);
+    if (provider_.empty()) provider_ = utf8_prefix(as_string(provider), 64);
     // Every chunk names the tier serving the call; the usage chunk is always parsed.
     if (const auto name = as_string(tier); !name.empty()) usage_.tier = openai_service_tier(name);
     // The last non-null usage wins: relays send it on the usage-only chunk, on the last content
@@ -1451,7 +1452,7 @@ void stream_meter::on_responses(const Node& j, std::string_view type) {
     const auto& response = member(j, "response");
     note_model_id(response);
     // The relay's provider, as the non-stream reply names it: on the Responses object.
-    if (provider_.empty()) provider_ = string_member(response, "provider").substr(0, 64);
+    if (provider_.empty()) provider_ = utf8_prefix(string_member(response, "provider"), 64);
     if (const auto t = responses_usage(member(response, "usage"))) {
       usage_ = *t;
       if (const auto name = string_member(response, "service_tier"); !name.empty())

@@ -122,11 +122,13 @@ constexpr const char* kLedgerUpsert =
     "INSERT INTO tollgate_ledgers (ledger_uid, instance, last_id, updated_ms) VALUES ($1, $2, $3, $4)"
     " ON CONFLICT (ledger_uid) DO UPDATE SET last_id = GREATEST(tollgate_ledgers.last_id, EXCLUDED.last_id),"
     " instance = EXCLUDED.instance, updated_ms = EXCLUDED.updated_ms";
-// Another ledger's priced rows in (after, upto], from since_ms on, per key, team, model and minute.
+// Another ledger's priced rows in (after, upto], from since_ms on, per key, team, model and minute,
+// and per end user when $5 is true (budgets scoped by end user).
 constexpr const char* kRemoteSpend =
-    "SELECT COALESCE(client_key_id, ''), COALESCE(team, ''), COALESCE(price_model, ''), MAX(start_ms), SUM(cost_usd)"
+    "SELECT COALESCE(client_key_id, ''), COALESCE(team, ''), COALESCE(price_model, ''), MAX(start_ms), SUM(cost_usd),"
+    " CASE WHEN $5 THEN COALESCE(\"user\", '') ELSE '' END"
     " FROM tollgate_calls WHERE ledger_uid = $1 AND id > $2 AND id <= $3 AND start_ms >= $4 AND cost_usd > 0"
-    " GROUP BY 1, 2, 3, start_ms / 60000";
+    " GROUP BY 1, 2, 3, 6, start_ms / 60000";
 
 // The calls that count against a key's rate limits: those that went upstream (as key_calls_since,
 // the local warm start).
@@ -399,7 +401,9 @@ bool pg_shipper::pull_remote(std::string& err) {
     std::vector<remote_spend> rows;
     if (since < now) {
       PGresult* s = exec_params(I.conn, kRemoteSpend,
-                                {uid, std::to_string(after), std::to_string(last), std::to_string(since)}, PGRES_TUPLES_OK, err);
+                                {uid, std::to_string(after), std::to_string(last), std::to_string(since),
+                                 opts_.remote_by_user && opts_.remote_by_user() ? "true" : "false"},
+                                PGRES_TUPLES_OK, err);
       if (!s) return false;
       rows.reserve(static_cast<std::size_t>(PQntuples(s)));
       for (int i = 0; i < PQntuples(s); ++i) {
@@ -409,6 +413,7 @@ bool pg_shipper::pull_remote(std::string& err) {
         x.price_model = PQgetvalue(s, i, 2);
         x.ts_ms = std::strtoll(PQgetvalue(s, i, 3), nullptr, 10);
         x.cost_usd = std::strtod(PQgetvalue(s, i, 4), nullptr);
+        x.user = PQgetvalue(s, i, 5);
         usd += x.cost_usd;
       }
       PQclear(s);

@@ -35,6 +35,7 @@ struct remote_spend {
   std::string client_key_id, team, price_model;
   double cost_usd = 0;
   std::int64_t ts_ms = 0;
+  std::string user;  // the end user, when remote_by_user() ("" none)
 };
 
 // Calls of a rate-limited key that other instances of the fleet made: one (key, second) group of
@@ -62,6 +63,8 @@ struct pg_ship_options {
   // guard window; nothing is read when it returns a time not in the past). Unset: no remote pass.
   std::function<void(const std::vector<remote_spend>&)> on_remote_spend;
   std::function<std::int64_t()> remote_since_ms;
+  // True: the rows are summed per end user too (budgets and guards scoped by end user).
+  std::function<bool()> remote_by_user;
   // Fleet rate limits: in the same pass, the other ledgers' calls of the keys remote_rate_keys()
   // names (those with limits; none: no query), of the last minute, summed per key and second.
   std::function<void(const std::vector<remote_calls>&)> on_remote_calls;

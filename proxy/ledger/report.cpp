@@ -1523,8 +1523,16 @@ std::string to_csv(const whatif_report& r) {
 
 std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64_t since_ms, std::int64_t fine_since_ms,
                                       std::int64_t until_ms) {
+  std::vector<spend_sample> out;
+  for_each_spend_sample(ledger_path, since_ms, fine_since_ms, until_ms, false,
+                        [&](spend_sample&& s) { out.push_back(std::move(s)); });
+  return out;
+}
+
+void for_each_spend_sample(const std::string& ledger_path, std::int64_t since_ms, std::int64_t fine_since_ms,
+                           std::int64_t until_ms, bool by_user, const std::function<void(spend_sample&&)>& fn) {
   std::error_code ec;
-  if (!std::filesystem::exists(ledger_path, ec)) return {};
+  if (!std::filesystem::exists(ledger_path, ec)) return;
   reader db(ledger_path);
   // Buckets in seconds: the minute's first second before fine_since_ms, each second after it.
   // Refused and failed calls (cost 0) do not date a bucket. The rows come in start_ms order (the
@@ -1532,27 +1540,29 @@ std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64
   // come and handed on by their last call, as the query's ORDER BY MAX(start_ms) had them. A
   // GROUP BY of the bucket, key, team and model sorted every row first (2.2 s for a month of
   // 3.5M rows).
+  // by_user: the end user is a fourth key (NULL, 4th column, when not asked: one group as before).
   statement st(db,
-               "SELECT client_key_id, team, price_model, cost_usd, start_ms FROM calls "
+               "SELECT client_key_id, team, price_model, CASE WHEN ?3 THEN \"user\" END, cost_usd, start_ms FROM calls "
                "WHERE start_ms >= ?1 AND start_ms < ?2 AND cost_usd <> 0 ORDER BY start_ms");
   st.bind(1, since_ms);
   st.bind(2, until_ms);
+  st.bind(3, static_cast<std::int64_t>(by_user ? 1 : 0));
   struct sample_group {
-    std::vector<std::optional<std::string>> keys;  // key, team, price model
+    std::vector<std::optional<std::string>> keys;  // key, team, price model, user
     double cost_usd = 0;
     std::int64_t last_ms = 0;
   };
-  group_index<sample_group> groups(3);
-  std::vector<spend_sample> out;
+  group_index<sample_group> groups(4);
   std::int64_t bucket = std::numeric_limits<std::int64_t>::min();
   const auto flush = [&] {
     auto done = groups.take();
     std::stable_sort(done.begin(), done.end(), [](const sample_group& a, const sample_group& b) { return a.last_ms < b.last_ms; });
     for (auto& g : done)
-      out.push_back({g.keys[0].value_or(""), g.keys[1].value_or(""), g.keys[2].value_or(""), g.cost_usd, g.last_ms});
+      fn({g.keys[0].value_or(""), g.keys[1].value_or(""), g.keys[2].value_or(""), g.cost_usd, g.last_ms,
+          g.keys[3].value_or("")});
   };
   while (st.step()) {
-    const std::int64_t start_ms = st.i64(4);
+    const std::int64_t start_ms = st.i64(5);
     // As SQLite's integer division truncates.
     const std::int64_t b = start_ms >= fine_since_ms ? start_ms / 1000 : start_ms / kMinuteMs * 60;
     if (b != bucket) {
@@ -1560,11 +1570,10 @@ std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64
       bucket = b;
     }
     auto& g = groups.at(st);
-    g.cost_usd += st.real(3);
+    g.cost_usd += st.real(4);
     g.last_ms = std::max(g.last_ms, start_ms);
   }
   flush();
-  return out;
 }
 
 std::vector<key_call> key_calls_since(const std::string& ledger_path, std::int64_t since_ms, std::int64_t until_ms) {

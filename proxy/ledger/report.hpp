@@ -261,6 +261,7 @@ struct spend_sample {
   std::int64_t ts_ms = 0;     // start_ms of the minute's last costed call: inside the same minute, so in
                               // the same calendar period as every call it sums (zone offsets are
                               // whole minutes), and never older than any of them
+  std::string user;           // the end user, when asked for by_user ("" none)
 };
 
 // Calls with start_ms >= since_ms and a non-zero cost, summed per minute and (key, team, price
@@ -273,6 +274,11 @@ struct spend_sample {
 std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64_t since_ms,
                                       std::int64_t fine_since_ms = std::numeric_limits<std::int64_t>::max(),
                                       std::int64_t until_ms = std::numeric_limits<std::int64_t>::max());
+// The same samples handed to `fn` as they are made, each bucket's in order of its groups' last
+// calls; by_user sums per (key, team, price model, end user) instead (budgets scoped by end user:
+// a sample per user and minute, too many to hold for a month of a busy app).
+void for_each_spend_sample(const std::string& ledger_path, std::int64_t since_ms, std::int64_t fine_since_ms,
+                           std::int64_t until_ms, bool by_user, const std::function<void(spend_sample&&)>& fn);
 
 // One call of a client key that went upstream (charged to the key's rate limits).
 struct key_call {

@@ -420,6 +420,12 @@ admin_response budgets(const admin_context& ctx) {
                               {"projected_p90_usd", number_or_null(b.projected_p90)},
                               {"exhaustion_p50", time_or_null(b.exhaustion_p50_s)},
                               {"exhaustion_p90", time_or_null(b.exhaustion_p90_s)}});
+    if (b.scope == "user:*") {  // each end user's own budget: figures of the one who spent most
+      auto& o = out["budgets"].back();
+      o["users"] = b.users;
+      o["top_user"] = b.top_user.empty() ? json(nullptr) : json(b.top_user);
+      o["shared_usd"] = b.shared_usd;
+    }
   }
   for (const auto& g : ctx.policy.guards(now)) {
     out["spend_guards"].push_back({{"scope", g.scope},

@@ -37,6 +37,7 @@
 #include "core/request_inspect.hpp"
 #include "core/sse_parser.hpp"
 #include "core/usage.hpp"
+#include "core/utf8.hpp"
 #include "core/ws_frames.hpp"
 #include "ledger/journal.hpp"
 #include "ledger/ledger.hpp"
@@ -1258,9 +1259,9 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     if (c.facts.problem != request_problem::none) return a.refuse(errc::invalid_json, c.facts.problem_detail);
     // The ledger keeps a client's text to 256 bytes, as every model name it records: a row must
     // not carry a 100 KB model id (routing and pricing read c.facts.model whole).
-    rec.requested_model = c.facts.model.substr(0, 256);
+    rec.requested_model = utf8_prefix(c.facts.model, 256);
     rec.stream = c.facts.stream;
-    rec.user = c.facts.user.substr(0, 256);
+    rec.user = utf8_prefix(c.facts.user, 256);
   }
   // A pass-through call's model: a JSON body's top-level `model` (count_tokens, image generation,
   // responses/compact), a form's `model` field (audio, image edits) or the id of
@@ -1296,7 +1297,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       c.media = media_call_of(req.method_string(), tp.path);
     }
     if (c.meter && !pass_model.empty()) {
-      rec.requested_model = pass_model.substr(0, 256);
+      rec.requested_model = utf8_prefix(pass_model, 256);
       rec.stream = pass_facts.stream;
     } else if (c.media == media_call::images || c.media == media_call::video) {
       // The API's default model when the request names none (an image variation never does). A
@@ -1308,7 +1309,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     // A Realtime session names its model in the handshake's query (?model=gpt-realtime): routing
     // rules apply to it, and the ledger prices the session by it until the session names its own.
     pass_model = model_id_of_path(query_param(tp.query, "model"));
-    rec.requested_model = pass_model.substr(0, 256);
+    rec.requested_model = utf8_prefix(pass_model, 256);
   } else if (rd.route == route_kind::models && tp.path.size() > 11) {
     std::string_view id = tp.path.substr(11);
     if (id.ends_with('/')) id.remove_suffix(1);
@@ -1408,6 +1409,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     policy_engine::call_facts pf;
     pf.key = key.get();
     pf.team = rec.team;
+    pf.user = rec.user;  // as the ledger keeps it (256 bytes): what a warm start reads back
     pf.price_model = price ? std::string_view(price->name) : std::string_view{};
     if (media && price) {
       if ((c.media == media_call::images ? price->per_image : price->per_second).empty())

@@ -469,6 +469,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
     if (c.ledger_postgres.fleet_budgets) {
       // The other instances' spend counts in this instance's budgets and guards.
       po.on_remote_spend = [sc = impl_->spend_.get()](const std::vector<remote_spend>& rows) { sc->add_remote(rows); };
+      po.remote_by_user = [sc = impl_->spend_.get()] { return sc->engine().counts_users(); };
       po.remote_since_ms = [sc = impl_->spend_.get()] {
         const auto now = std::chrono::system_clock::now().time_since_epoch();
         return sc->spend_horizon_ms(std::chrono::duration_cast<std::chrono::milliseconds>(now).count());

@@ -225,7 +225,7 @@ std::int64_t spend_control::spend_horizon_ms(std::int64_t now) const {
 
 void spend_control::add_remote(const std::vector<remote_spend>& rows) {
   const std::int64_t now = unix_ms();
-  for (const auto& r : rows) engine_->add_remote(r.client_key_id, r.team, r.price_model, r.cost_usd, r.ts_ms, now);
+  for (const auto& r : rows) engine_->add_remote(r.client_key_id, r.team, r.price_model, r.cost_usd, r.ts_ms, now, r.user);
 }
 
 std::vector<std::string> spend_control::rate_limited_keys() const {
@@ -286,10 +286,14 @@ void spend_control::start(const std::string& ledger_path) {
   if (since < now) {
     try {
       auto t0 = std::chrono::steady_clock::now();
-      auto samples = spend_since(ledger_path, since, fine_since, now + 60'000);  // not rows dated in the future
-      for (const auto& s : samples) engine_->seed(s.client_key_id, s.team, s.price_model, s.cost_usd, s.ts_ms);
+      std::int64_t samples = 0;
+      for_each_spend_sample(ledger_path, since, fine_since, now + 60'000,  // not rows dated in the future
+                            engine_->counts_users(), [&](spend_sample&& s) {
+                              engine_->seed(s.client_key_id, s.team, s.price_model, s.cost_usd, s.ts_ms, s.user);
+                              ++samples;
+                            });
       log_line(log_level::info, "budgets warm-started from the ledger")
-          .integer("minutes", static_cast<std::int64_t>(samples.size()))
+          .integer("minutes", samples)
           .num("duration_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     } catch (const std::exception& e) {
       log_line(log_level::warn, "budget warm start failed: budgets start from zero").str("error", e.what());

@@ -353,6 +353,45 @@ TEST_CASE("fleet budgets: the other instances' spend counts, at start and as it 
   CHECK(ledgers[1] == "edge-b\t1");
 }
 
+TEST_CASE("fleet budgets: an end user's spend on one instance holds their user:* budget on the others") {
+  pg_server pg;
+  pg.start();
+  constexpr double limit = 0.002;
+  auto budgeted = [&](const std::string& instance) {
+    return [=, base = fleet(pg, instance)](tollgate::config& c) {
+      base(c);
+      auto b = tt::hard_daily_budget(limit);
+      b.scope = "user:*";
+      c.policy.budgets = {b};
+    };
+  };
+  const auto body = [](const std::string& user) {
+    return tt::chat_body("gpt-4.1", false, R"(,"max_tokens":100,"user":")" + user + "\"");
+  };
+  tt::harness a({.tweak = budgeted("edge-a")});
+  tt::harness b({.tweak = budgeted("edge-b")});
+  int accepted = 0;
+  for (int i = 0; i < 100 && tt::post_json(a.port(), "/v1/chat/completions", body("alice")).status == 200; ++i) ++accepted;
+  REQUIRE(accepted > 1);
+  a.flush();
+  const double spent = a.query_double("SELECT sum(cost_usd) FROM calls");
+  // A's rows reach B per end user: B holds alice to what she spent on A, and nobody else.
+  REQUIRE(tt::harness::eventually([&] {
+    return b.metric_sum("tollgate_budget_spent_usd", "scope=\"user:*\"") == Approx(spent).epsilon(1e-9);
+  }));
+  auto refused = tt::post_json(b.port(), "/v1/chat/completions", body("alice"));
+  CHECK(refused.status == 429);
+  CHECK(refused.body.find("user:alice") != std::string::npos);
+  CHECK(tt::post_json(b.port(), "/v1/chat/completions", body("bob")).status == 200);
+  // An instance started later reads her spend of the day at its first look.
+  tt::harness c({.tweak = budgeted("edge-c")});
+  REQUIRE(tt::harness::eventually([&] {
+    return c.metric_sum("tollgate_budget_spent_usd", "scope=\"user:*\"") == Approx(spent).epsilon(1e-9);
+  }));
+  CHECK(tt::post_json(c.port(), "/v1/chat/completions", body("alice")).status == 429);
+  CHECK(tt::post_json(c.port(), "/v1/chat/completions", body("carol")).status == 200);
+}
+
 TEST_CASE("fleet budgets: an idle instance reads the fleet's spend again after PostgreSQL restarts") {
   pg_server pg;
   pg.start();

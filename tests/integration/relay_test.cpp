@@ -127,6 +127,15 @@ TEST_CASE("relay: the ledger keeps a client's model, user and request id bounded
     CHECK(row.at("user") == user.substr(0, 256));
     CHECK(row.at("request_id").rfind("tg-", 0) == 0);
   }
+  // Cut between characters: byte 256 of these is inside a 2-byte character, so 255 are kept.
+  std::string wide = "x";
+  for (int i = 0; i < 200; ++i) wide += "\xC3\xA9";
+  REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(wide, false, R"(,"user":")" + wide + "\""))
+              .status == 200);
+  h.flush();
+  const auto cut = h.rows("SELECT requested_model, served_model, user FROM calls ORDER BY id DESC LIMIT 1");
+  REQUIRE(cut.size() == 1);
+  for (const char* column : {"requested_model", "served_model", "user"}) CHECK(cut[0].at(column) == wide.substr(0, 255));
   // Without `user`: OpenAI's safety_identifier, or Anthropic's metadata.user_id.
   REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", false, R"(,"safety_identifier":"sid-7")"))
               .status == 200);
@@ -134,7 +143,7 @@ TEST_CASE("relay: the ledger keeps a client's model, user and request id bounded
                         R"({"model":"claude-sonnet-4.5","max_tokens":16,"metadata":{"user_id":"u-9"},"messages":[{"role":"user","content":"hi"}]})")
               .status == 200);
   h.flush();
-  CHECK(h.query_text("SELECT group_concat(user, ',') FROM (SELECT user FROM calls WHERE id > 2 ORDER BY id)") == "sid-7,u-9");
+  CHECK(h.query_text("SELECT group_concat(user, ',') FROM (SELECT user FROM calls WHERE id > 3 ORDER BY id)") == "sid-7,u-9");
 }
 
 TEST_CASE("relay: cached and reasoning tokens are priced once each", "[relay]") {

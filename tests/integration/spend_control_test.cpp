@@ -1014,3 +1014,66 @@ TEST_CASE("budgets: an upstream that states costs only in a header holds unprice
   CHECK(h.query_double("SELECT cost_usd FROM calls WHERE requested_model = '" + claude + "' AND status = 200") ==
         Approx(0.0031).epsilon(1e-12));
 }
+
+TEST_CASE("budgets: user:* holds each end user to their own budget, named in either API, across a restart",
+          "[budgets]") {
+  constexpr double limit = 0.002;
+  tt::temp_dir shared;
+  auto tweak = [&](tollgate::config& c) {
+    c.ledger_path = shared.path + "/ledger.db";
+    c.policy.admin_token = "admin-secret";
+    auto b = tt::hard_daily_budget(limit);
+    b.scope = "user:*";
+    c.policy.budgets = {b};
+  };
+  const tt::headers admin = {{"Authorization", "Bearer admin-secret"}};
+  // OpenAI's end-user field now (safety_identifier), and Anthropic's (metadata.user_id).
+  const auto chat = [](const std::string& user) {
+    return tt::chat_body("gpt-4.1", false, R"(,"max_tokens":100,"safety_identifier":")" + user + "\"");
+  };
+  const auto messages = [](const std::string& user, int max_tokens) {
+    return R"({"model":"claude-sonnet-4.5","max_tokens":)" + std::to_string(max_tokens) + R"(,"metadata":{"user_id":")" +
+           user + R"("},"messages":[{"role":"user","content":"hi"}]})";
+  };
+  int admitted = 0;
+  {
+    tt::harness h({.tweak = tweak});
+    tt::response r;
+    for (int i = 0; i < 200; ++i) {
+      r = tt::post_json(h.port(), "/v1/chat/completions", chat("alice"));
+      if (r.status != 200) break;
+      ++admitted;
+    }
+    REQUIRE(admitted > 1);
+    CHECK(r.status == 429);
+    CHECK_THAT(r.body, Catch::Matchers::Contains("budget_exceeded") && Catch::Matchers::Contains("user:alice"));
+    // Her calls through the Messages API are hers too (100 tokens of Sonnet, $0.0015, exceed what
+    // she has left); nobody else is held by her spend.
+    auto m = tt::post_json(h.port(), "/v1/messages", messages("alice", 100), {{"anthropic-version", "2023-06-01"}});
+    CHECK(m.status == 429);
+    CHECK(json::parse(m.body)["error"]["type"] == "rate_limit_error");
+    CHECK(tt::post_json(h.port(), "/v1/messages", messages("bob", 100), {{"anthropic-version", "2023-06-01"}}).status == 200);
+    CHECK(tt::post_json(h.port(), "/v1/chat/completions", chat("carol")).status == 200);
+    CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1", false, R"(,"max_tokens":100)")).status ==
+          200);  // no end user named: in no user budget
+    h.flush();
+    const double alice = h.query_double("SELECT SUM(cost_usd) FROM calls WHERE \"user\" = 'alice'");
+    CHECK(alice <= limit);
+    CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE \"user\" = 'alice' AND error_kind = 'budget_exceeded'") == 2);
+    CHECK(h.metric_sum("tollgate_budget_rejections_total", "scope=\"user:*\"") == 2);
+    CHECK(h.metric_sum("tollgate_budget_limit_usd", "scope=\"user:*\"") == limit);
+    CHECK(h.metric_sum("tollgate_budget_spent_usd", "scope=\"user:*\"") == Approx(alice).epsilon(1e-9));
+    auto b = tt::request(h.admin_port(), "GET", "/admin/budgets", {}, admin);
+    REQUIRE(b.status == 200);
+    const auto each = json::parse(b.body)["budgets"][0];
+    CHECK(each["scope"] == "user:*");
+    CHECK(each["users"] == 3);
+    CHECK(each["top_user"] == "alice");
+    CHECK(each["spent_usd"].get<double>() == Approx(alice).epsilon(1e-9));
+    CHECK(each["shared_usd"] == 0);
+  }
+  // A restart reads each user's spend back from the ledger.
+  tt::harness again({.tweak = tweak});
+  CHECK(tt::post_json(again.port(), "/v1/chat/completions", chat("alice")).status == 429);
+  CHECK(tt::post_json(again.port(), "/v1/chat/completions", chat("bob")).status == 200);
+}

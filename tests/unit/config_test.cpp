@@ -724,3 +724,24 @@ TEST_CASE("config: listen addresses from the environment are checked like the fi
   same.admin_listen = {"127.0.0.1", 9000};
   CHECK_THAT(error_of([&] { validate(same); }), Contains("use the same port"));
 }
+
+TEST_CASE("config: budgets may be per end user (user:<id>, user:*), spend guards of one end user only", "[config]") {
+  clean_overrides clean;
+  const config c = load_config_string(
+      "budgets:\n"
+      "  - { scope: 'user:*', period: day, limit_usd: 5, hard: true, soft: [0.8] }\n"
+      "  - { scope: 'user:acme-42', period: month, limit_usd: 300 }\n"
+      "spend_guard:\n"
+      "  - { scope: 'user:bot-7', window: 10m, max_usd: 2 }\n",
+      "test.yaml");
+  REQUIRE(c.policy.budgets.size() == 2);
+  CHECK(c.policy.budgets[0].scope == "user:*");
+  CHECK(c.policy.budgets[0].hard);
+  CHECK(c.policy.budgets[1].scope == "user:acme-42");
+  REQUIRE(c.policy.spend_guards.size() == 1);
+  CHECK(c.policy.spend_guards[0].scope == "user:bot-7");
+  CHECK_THAT(load_error("spend_guard:\n  - { scope: 'user:*', window: 1h, max_usd: 2 }\n"),
+             StartsWith("test.yaml:2: ") && Contains("name one end user, user:<id>"));
+  CHECK_THAT(load_error("budgets:\n  - { scope: 'user:', limit_usd: 2 }\n"),
+             StartsWith("test.yaml:2: ") && Contains("user:<id> or user:*"));
+}

@@ -914,3 +914,126 @@ TEST_CASE("policy: format_usd keeps sub-cent amounts readable", "[policy]") {
   CHECK(format_usd(0.005) == "$0.005");
   CHECK(format_usd(9.6e-05) == "$0.000096");
 }
+
+namespace {
+
+policy_engine::call_facts user_call(double usd, std::int64_t now_ms, std::string_view user) {
+  auto f = call(usd, now_ms);
+  f.user = user;
+  return f;
+}
+
+decision user_spend(policy_engine& e, double usd, std::int64_t now_ms, std::string_view user) {
+  auto d = e.admit(user_call(usd, now_ms, user));
+  if (d.outcome == decision::admit) e.settle(d.ticket, usd, 0, "gpt-4.1", now_ms);
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("policy user budgets: user:* gives every end user a budget of their own, user:<id> names one", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("user:*", calendar_period::day, 10, true, {0.5}));
+  cfg.budgets.push_back(budget("user:vip", calendar_period::day, 4, true));
+  policy_engine e(cfg, "UTC");
+  CHECK(e.counts_users());
+
+  // Alice's own budget: her 50 % alert names her, and her next call is refused in her name.
+  CHECK(user_spend(e, 6, t0, "alice").outcome == decision::admit);
+  auto a = e.take_alerts();
+  REQUIRE(a.size() == 1);
+  CHECK(a[0].scope == "user:alice");
+  CHECK(a[0].period == "day");
+  auto d = user_spend(e, 5, t0 + 1000, "alice");
+  CHECK(d.outcome == decision::budget_exceeded);
+  CHECK(d.scope == "user:alice");
+  CHECK(d.limit_usd == 10);
+  CHECK(d.spent_usd == 6);
+  // Others are not held by her spend; a call that names no end user is in no user budget.
+  CHECK(user_spend(e, 9, t0 + 2000, "bob").outcome == decision::admit);
+  CHECK(user_spend(e, 50, t0 + 3000, "").outcome == decision::admit);
+  // A named user has the user:* budget too: the smaller limit binds.
+  CHECK(user_spend(e, 3, t0 + 4000, "vip").outcome == decision::admit);
+  d = user_spend(e, 2, t0 + 5000, "vip");
+  CHECK(d.outcome == decision::budget_exceeded);
+  CHECK(d.scope == "user:vip");
+
+  auto all = e.budgets(t0 + 6000);
+  auto* each = find_budget(all, "user:*");
+  REQUIRE(each != nullptr);
+  CHECK(each->users == 3);
+  CHECK(each->top_user == "bob");
+  CHECK(each->spent_usd == 9);
+  CHECK(each->shared_usd == 0);
+  CHECK(std::isnan(each->projected_p90));
+  CHECK(spent(e, "user:vip", t0 + 6000) == 3);
+  // Refusals count under the budget's scope, not one series per end user.
+  auto counts = e.counters();
+  REQUIRE(counts.budget_rejections.size() == 2);
+  for (const auto& c : counts.budget_rejections) {
+    CHECK((c.scope == "user:*" || c.scope == "user:vip"));
+    CHECK(c.value == 1);
+  }
+
+  SECTION("calls in flight hold one user's budget against concurrent calls of the same user") {
+    auto first = e.admit(user_call(6, t0 + 7000, "carol"));
+    REQUIRE(first.outcome == decision::admit);
+    CHECK(e.admit(user_call(6, t0 + 7000, "carol")).outcome == decision::budget_exceeded);
+    CHECK(e.admit(user_call(6, t0 + 7000, "dave")).outcome == decision::admit);
+    e.release(first.ticket);
+    CHECK(e.admit(user_call(6, t0 + 7000, "carol")).outcome == decision::admit);
+  }
+  SECTION("a new day starts every end user afresh, and forgets the users of the last one") {
+    const std::int64_t tomorrow = t0 + 24 * 60 * minute_ms;
+    CHECK(user_spend(e, 5, tomorrow, "alice").outcome == decision::admit);
+    all = e.budgets(tomorrow);
+    each = find_budget(all, "user:*");
+    REQUIRE(each != nullptr);
+    CHECK(each->users == 1);
+    CHECK(each->top_user == "alice");
+    CHECK(each->spent_usd == 5);
+  }
+}
+
+TEST_CASE("policy user budgets: warm start and the fleet count per end user", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("user:*", calendar_period::month, 10, true));
+  policy_engine e(cfg, "UTC");
+  e.seed("", "", "gpt-4.1", 9, t0 - 60 * minute_ms, "alice");
+  e.seed("", "", "gpt-4.1", 9, utc_ms(2026, 10, 31, 23, 59), "bob");  // last month's: not counted
+  e.add_remote("", "", "gpt-4.1", 8, t0 - 1000, t0, "carol");
+  CHECK(user_spend(e, 2, t0, "alice").outcome == decision::budget_exceeded);
+  CHECK(user_spend(e, 9, t0, "bob").outcome == decision::admit);
+  CHECK(user_spend(e, 3, t0, "carol").outcome == decision::budget_exceeded);
+  auto all = e.budgets(t0);
+  CHECK(find_budget(all, "user:*")->users == 3);
+}
+
+TEST_CASE("policy user budgets: users beyond the tracked number share one bucket", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("user:*", calendar_period::day, 10, true));
+  policy_engine e(cfg, "UTC");
+  for (int i = 0; i < 250'000; ++i) e.seed("", "", "gpt-4.1", 0.01, t0 - minute_ms, "u" + std::to_string(i));
+  CHECK(user_spend(e, 6, t0, "late-1").outcome == decision::admit);
+  CHECK(user_spend(e, 6, t0, "late-2").outcome == decision::budget_exceeded);  // the shared bucket
+  CHECK(user_spend(e, 6, t0, "u7").outcome == decision::admit);                 // a tracked user's own
+  auto all = e.budgets(t0);
+  auto* each = find_budget(all, "user:*");
+  CHECK(each->users == 250'000);
+  CHECK(each->shared_usd == 6);
+  CHECK(each->top_user == "u7");
+}
+
+TEST_CASE("policy user budgets: a guard may name one end user, not every one", "[policy]") {
+  policy_config cfg;
+  spend_guard_config g;
+  g.scope = "user:*";
+  g.max_usd = 5;
+  cfg.spend_guards.push_back(g);
+  CHECK_THROWS_WITH(policy_engine(cfg, "UTC"), Contains("user:<id>"));
+  cfg.spend_guards[0].scope = "user:bot-7";
+  policy_engine e(cfg, "UTC");
+  CHECK(user_spend(e, 6, t0, "bot-7").outcome == decision::admit);  // trips it
+  CHECK(user_spend(e, 1, t0 + 1000, "bot-8").outcome == decision::admit);
+  CHECK(user_spend(e, 1, t0 + 1000, "bot-7").outcome == decision::guard_rejected);
+}

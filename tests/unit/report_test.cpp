@@ -21,6 +21,7 @@
 #include "core/error.hpp"
 #include "core/pricing.hpp"
 #include "core/request_id.hpp"
+#include "core/utf8.hpp"
 #include "ledger/ledger.hpp"
 #include "ledger/report.hpp"
 #include "ledger/report_cli.hpp"
@@ -215,6 +216,16 @@ TEST_CASE("report: time bounds accept dates, months and RFC 3339", "[report]") {
     CHECK_THAT(error(std::string(300, '9')), StartsWith("from: '" + std::string(80, '9') + "...' is not"));
     CHECK(quote_value("caf\xC3\xA9", 4) == "'caf...'");  // never half a UTF-8 character
     CHECK(quote_value("caf\xC3\xA9") == "'caf\xC3\xA9'");
+    CHECK(quote_value("caf\xC3\xA9!", 5) == "'caf\xC3\xA9...'");  // a whole character at the limit stays
+    // utf8_prefix, the bound of every text the ledger keeps: between characters of 2, 3 and 4 bytes.
+    CHECK(utf8_prefix("abc", 3) == "abc");
+    CHECK(utf8_prefix("ab\xC3\xA9", 3) == "ab");
+    CHECK(utf8_prefix("ab\xC3\xA9", 4) == "ab\xC3\xA9");
+    CHECK(utf8_prefix("a\xE2\x82\xAC", 2) == "a");
+    CHECK(utf8_prefix("a\xE2\x82\xAC", 3) == "a");
+    CHECK(utf8_prefix("a\xF0\x9F\x98\x80z", 4) == "a");
+    CHECK(utf8_prefix("a\xF0\x9F\x98\x80z", 5) == "a\xF0\x9F\x98\x80");
+    CHECK(utf8_prefix("a\x80\x80\x80\x80\x80", 5).size() == 2);  // not UTF-8: at most 3 bytes back
   }
   SECTION("format_rfc3339_utc prints UTC with milliseconds only when needed") {
     CHECK(format_rfc3339_utc(utc_ms(2026, 10, 31, 23)) == "2026-10-31T23:00:00Z");
