@@ -410,7 +410,7 @@ struct policy_engine::impl {
         budget_state& u = user_state(b, user, t_s);
         if (&u != &b) {
           apply_spend(u, usd, t, alert);
-          if (b.each->top == nullptr || u.spent > b.each->top->spent) b.each->top = &u;
+          if (u.spent > 0 && (b.each->top == nullptr || u.spent > b.each->top->spent)) b.each->top = &u;
           return;
         }
       }
@@ -843,7 +843,7 @@ std::vector<alert_event> policy_engine::take_alerts() {
 
 // ---- Snapshots ----
 
-std::vector<policy_engine::budget_status> policy_engine::budgets(std::int64_t now_ms) const {
+std::vector<policy_engine::budget_status> policy_engine::budgets(std::int64_t now_ms, std::string_view user) const {
   const std::int64_t now_s = floor_div(now_ms, 1000);
   std::vector<budget_status> out;
   auto add = [&](const budget_state& b) {
@@ -863,18 +863,26 @@ std::vector<policy_engine::budget_status> policy_engine::budgets(std::int64_t no
     } else {
       st.window = impl_->cal.window(b.cfg.period, now_s);  // rolled over: nothing spent yet
     }
-    if (b.each) {  // user:*: its end users' count, and the figures of the one who spent most
+    if (b.each) {  // user:*: its end users' count, and the figures of the one asked for or who spent most
       st.spent_usd = st.reserved_usd = 0;
       st.projected_p50 = st.projected_p90 = st.exhaustion_p50_s = st.exhaustion_p90_s = nan;
       if (b.window.end_s != 0 && now_s < b.window.end_s) {
         st.users = b.each->users.size();
-        if (const budget_state* top = b.each->top) {
-          st.top_user = top->scope.name;
-          st.spent_usd = top->spent;
-          st.reserved_usd = top->reserved;
-          st.exhaustion_p50_s = st.exhaustion_p90_s = top->spent >= top->cfg.limit_usd ? static_cast<double>(now_ms) / 1000.0 : nan;
-        }
         st.shared_usd = b.spent;
+        const budget_state* shown = b.each->top;
+        if (!user.empty()) {
+          // Not tracked: nothing spent yet, or (all places taken) in the shared bucket.
+          const auto it = b.each->users.find(user);
+          shown = it != b.each->users.end() ? it->second.get()
+                  : b.each->users.size() >= max_users_per_budget ? &b
+                                                                 : nullptr;
+        }
+        if (shown != nullptr) {
+          st.top_user = shown == &b ? std::string(user) : shown->scope.name;
+          st.spent_usd = shown->spent;
+          st.reserved_usd = shown->reserved;
+          if (shown->spent >= shown->cfg.limit_usd) st.exhaustion_p50_s = st.exhaustion_p90_s = static_cast<double>(now_ms) / 1000.0;
+        }
       }
     }
     out.push_back(std::move(st));

@@ -162,14 +162,16 @@ class policy_engine {
     double projected_p50 = nan, projected_p90 = nan;
     double exhaustion_p50_s = nan, exhaustion_p90_s = nan;
     // user:*: the end users with spend (or a call in flight) this window; spent, reserved and
-    // exhaustion are those of top_user, the one who has spent most; shared_usd the spend of the
-    // users beyond the tracked 250,000 (one bucket). No projections.
+    // exhaustion are those of top_user, the one who has spent most (or the one asked for);
+    // shared_usd the spend of the users beyond the tracked 250,000 (one bucket). No projections.
     std::size_t users = 0;
     std::string top_user;
     double shared_usd = 0;
   };
   // Configured budgets in config order, then key budgets by key name; windows rolled to now_ms.
-  std::vector<budget_status> budgets(std::int64_t now_ms) const;
+  // With `user`, a user:* budget shows that end user's own figures (top_user = user; zero when
+  // they have spent nothing this window) instead of the top spender's.
+  std::vector<budget_status> budgets(std::int64_t now_ms, std::string_view user = {}) const;
 
   struct guard_status {
     std::string scope;

@@ -403,10 +403,13 @@ admin_response whatif(const admin_context& ctx, std::map<std::string, std::strin
   return report_response(report, csv);
 }
 
-admin_response budgets(const admin_context& ctx) {
+admin_response budgets(const admin_context& ctx, const std::map<std::string, std::string>& q) {
   const std::int64_t now = ctx.now_ms();
+  // ?user=<id>: each user:* budget shows that end user's own figures (what an app shows its user).
+  std::string user;
+  if (auto it = q.find("user"); it != q.end()) user = it->second;
   json out = {{"timezone", ctx.cfg.timezone}, {"budgets", json::array()}, {"spend_guards", json::array()}};
-  for (const auto& b : ctx.policy.budgets(now)) {
+  for (const auto& b : ctx.policy.budgets(now, user)) {
     out["budgets"].push_back({{"scope", b.scope},
                               {"period", std::string(to_string(b.period))},
                               {"limit_usd", b.limit_usd},
@@ -420,10 +423,11 @@ admin_response budgets(const admin_context& ctx) {
                               {"projected_p90_usd", number_or_null(b.projected_p90)},
                               {"exhaustion_p50", time_or_null(b.exhaustion_p50_s)},
                               {"exhaustion_p90", time_or_null(b.exhaustion_p90_s)}});
-    if (b.scope == "user:*") {  // each end user's own budget: figures of the one who spent most
+    if (b.scope == "user:*") {  // each end user's own budget: figures of the one who spent most, or asked for
       auto& o = out["budgets"].back();
       o["users"] = b.users;
-      o["top_user"] = b.top_user.empty() ? json(nullptr) : json(b.top_user);
+      if (user.empty()) o["top_user"] = b.top_user.empty() ? json(nullptr) : json(b.top_user);
+      else o["user"] = user;
       o["shared_usd"] = b.shared_usd;
     }
   }
@@ -646,7 +650,7 @@ admin_response handle_admin(const admin_context& ctx, const admin_request& req) 
       if (req.method == "POST") return whatif(ctx, std::move(query), &req.body);
       return not_allowed("GET, HEAD, POST");
     }
-    if (path == "/admin/budgets") return get ? budgets(ctx) : not_allowed("GET, HEAD");
+    if (path == "/admin/budgets") return get ? budgets(ctx, query) : not_allowed("GET, HEAD");
     if (path == "/admin/calls") return get ? calls(ctx, query) : not_allowed("GET, HEAD");
     if (path == "/admin/keys") {
       if (get) return keys_list(ctx);

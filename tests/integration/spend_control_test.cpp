@@ -1071,6 +1071,15 @@ TEST_CASE("budgets: user:* holds each end user to their own budget, named in eit
     CHECK(each["top_user"] == "alice");
     CHECK(each["spent_usd"].get<double>() == Approx(alice).epsilon(1e-9));
     CHECK(each["shared_usd"] == 0);
+    // One end user's own: what an app shows its user of their day.
+    b = tt::request(h.admin_port(), "GET", "/admin/budgets?user=carol", {}, admin);
+    REQUIRE(b.status == 200);
+    const auto carol = json::parse(b.body)["budgets"][0];
+    CHECK(carol["user"] == "carol");
+    CHECK_FALSE(carol.contains("top_user"));
+    CHECK(carol["spent_usd"].get<double>() ==
+          Approx(h.query_double("SELECT SUM(cost_usd) FROM calls WHERE \"user\" = 'carol'")).epsilon(1e-9));
+    CHECK(carol["remaining_usd"].get<double>() == Approx(limit - carol["spent_usd"].get<double>()));
   }
   // A restart reads each user's spend back from the ledger.
   tt::harness again({.tweak = tweak});

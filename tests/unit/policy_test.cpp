@@ -967,6 +967,17 @@ TEST_CASE("policy user budgets: user:* gives every end user a budget of their ow
   CHECK(each->shared_usd == 0);
   CHECK(std::isnan(each->projected_p90));
   CHECK(spent(e, "user:vip", t0 + 6000) == 3);
+  // One end user's own figures, as an app would show them.
+  all = e.budgets(t0 + 6000, "alice");
+  each = find_budget(all, "user:*");
+  CHECK(each->top_user == "alice");
+  CHECK(each->spent_usd == 6);
+  CHECK(std::isnan(each->exhaustion_p50_s));
+  all = e.budgets(t0 + 6000, "nobody");
+  each = find_budget(all, "user:*");
+  CHECK(each->spent_usd == 0);
+  CHECK(each->top_user.empty());
+  CHECK(each->users == 3);
   // Refusals count under the budget's scope, not one series per end user.
   auto counts = e.counters();
   REQUIRE(counts.budget_rejections.size() == 2);
@@ -1022,6 +1033,10 @@ TEST_CASE("policy user budgets: users beyond the tracked number share one bucket
   CHECK(each->users == 250'000);
   CHECK(each->shared_usd == 6);
   CHECK(each->top_user == "u7");
+  all = e.budgets(t0, "late-2");  // a user with no place of their own: the shared bucket's figures
+  each = find_budget(all, "user:*");
+  CHECK(each->top_user == "late-2");
+  CHECK(each->spent_usd == 6);
 }
 
 TEST_CASE("policy user budgets: a guard may name one end user, not every one", "[policy]") {
