@@ -584,16 +584,21 @@ class loader {
          }},
         {"tags", [&](const entry& x) { k.tags = strings(x); }},
         {"budgets", [&](const entry& x) { list(x, [&](const entry& b) { k.budgets.push_back(budget(b, false)); }); }},
-        {"limits", [&](const entry& x) {
-           read_section(x.node, x.path, x.line,
-                        {{"rpm", [&](const entry& r) { k.limits.rpm = static_cast<std::int64_t>(count(r, 0)); }},
-                         {"tpm", [&](const entry& r) { k.limits.tpm = static_cast<std::int64_t>(count(r, 0)); }}});
-         }},
+        {"limits", [&](const entry& x) { k.limits = limits(x); }},
     });
     if (k.name.empty()) fail(e, "name is required");
     if (!has_key) fail(e, "key or key_sha256 is required");
     for (auto& b : k.budgets) b.scope = "key:" + k.name;
     return k;
+  }
+
+  // {rpm, tpm}: per minute, 0 = unlimited (a key's `limits`, `user_limits`).
+  rate_limits limits(const entry& e) {
+    rate_limits l;
+    read_section(e.node, e.path, e.line,
+                 {{"rpm", [&](const entry& r) { l.rpm = static_cast<std::int64_t>(count(r, 0)); }},
+                  {"tpm", [&](const entry& r) { l.tpm = static_cast<std::int64_t>(count(r, 0)); }}});
+    return l;
   }
 
   spend_guard_config guard(const entry& e) {
@@ -742,6 +747,7 @@ class loader {
                            list(w, [&](const entry& x) { cfg_.policy.webhooks.push_back(webhook(x)); });
                          }}});
          }},
+        {"user_limits", [this](const entry& e) { cfg_.policy.user_limits = limits(e); }},
         {"reserve_max_tokens", [this](const entry& e) {
            cfg_.policy.default_max_tokens = static_cast<std::int64_t>(count(e, 1));
          }},

@@ -27,6 +27,9 @@ constexpr double max_fleet_scale = 100;              // projections: the fleet's
 constexpr std::size_t max_pending_alerts = 1024;
 // End users a `user:*` budget tracks in one period; more share one bucket (policy.hpp).
 constexpr std::size_t max_users_per_budget = 250'000;
+// End users with user_limits buckets not yet full again (about a minute of activity); more are
+// let through unlimited (policy.hpp).
+constexpr std::size_t max_rate_users = 250'000;
 
 std::int64_t floor_div(std::int64_t a, std::int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
 std::int64_t ceil_div_pos(double x) { return x <= 0 ? 0 : static_cast<std::int64_t>(std::ceil(x)); }
@@ -222,6 +225,21 @@ struct guard_state {
   }
 };
 
+// One end user's user_limits buckets. Dropped once both are full again and no call holds them
+// (a new pair starts full: the same state), so memory follows the users of the last minute.
+struct user_rate {
+  token_bucket rpm, tpm;
+  std::int64_t outstanding = 0;  // admitted calls not yet settled or released
+  bool full(std::int64_t now) {
+    for (token_bucket* b : {&rpm, &tpm})
+      if (b->capacity > 0) {
+        b->refill(now);
+        if (b->level < b->capacity) return false;
+      }
+    return true;
+  }
+};
+
 struct key_state {
   std::string name, scope, team;
   token_bucket rpm, tpm;
@@ -252,6 +270,7 @@ struct ticket_slot {
   double reserve_usd = 0;
   std::int64_t reserve_tokens = 0;
   double charged = 0;  // spend already counted by charge()
+  user_rate* urate = nullptr;  // the end user's buckets charged at admission (user_limits)
   std::string team;
   std::string user;  // kept only when some scope names end users
 };
@@ -293,6 +312,41 @@ struct policy_engine::impl {
   decayed_sum local_recent;   // this instance's own calls (settled, charged, warm-started)
   std::vector<alert_event> alerts;
   std::uint64_t alerts_dropped = 0;
+  // user_limits: each end user's buckets (by user), swept of full ones when it doubles.
+  rate_limits user_limits;
+  std::unordered_map<std::string, std::unique_ptr<user_rate>, string_hash, std::equal_to<>> user_rates;
+  std::size_t user_rates_sweep_at = 1024;
+  std::int64_t user_rates_swept_ms = 0;
+  std::uint64_t user_limited_requests = 0, user_limited_tokens = 0;
+
+  // The end user's buckets as of now (created full); nullptr for a call naming no end user, or
+  // when max_rate_users are held even after a sweep (then the call is not held: it is a rate,
+  // not money, and a flood of made-up ids must not lock out real users).
+  user_rate* user_rate_of(std::string_view user, std::int64_t now) {
+    if (user.empty() || !user_limits.any()) return nullptr;
+    if (auto it = user_rates.find(user); it != user_rates.end()) return it->second.get();
+    // Sweeps cost O(users): amortized by doubling below the cap, at most one a second at it.
+    const bool at_cap = user_rates.size() >= max_rate_users;
+    if ((at_cap || user_rates.size() >= user_rates_sweep_at) && (!at_cap || now - user_rates_swept_ms >= 1000)) {
+      std::erase_if(user_rates, [&](auto& u) { return u.second->outstanding == 0 && u.second->full(now); });
+      user_rates_sweep_at = std::max<std::size_t>(1024, 2 * user_rates.size());
+      user_rates_swept_ms = now;
+    }
+    if (user_rates.size() >= max_rate_users) return nullptr;
+    auto u = std::make_unique<user_rate>();
+    u->rpm.capacity = static_cast<double>(std::max<std::int64_t>(0, user_limits.rpm));
+    u->tpm.capacity = static_cast<double>(std::max<std::int64_t>(0, user_limits.tpm));
+    return user_rates.emplace(std::string(user), std::move(u)).first->second.get();
+  }
+
+  // The named key's buckets when it has limits here, then the end user's (user_limits): each
+  // (rpm, tpm) pair to f. Names not configured are skipped.
+  template <class F>
+  void each_rate_pair(std::string_view key, std::string_view user, std::int64_t now, F&& f) {
+    if (const auto it = key_states.find(key); it != key_states.end() && it->second->limited())
+      f(it->second->rpm, it->second->tpm);
+    if (user_rate* ur = user_rate_of(user, now)) f(ur->rpm, ur->tpm);
+  }
 
   explicit impl(const std::string& tz) : cal(tz) {}
 
@@ -330,6 +384,8 @@ struct policy_engine::impl {
     s.live = false;
     ++s.generation;
     s.reserved.clear();
+    if (s.urate != nullptr) --s.urate->outstanding;
+    s.urate = nullptr;
     out = std::move(s.key);
     free_slots.push_back(static_cast<std::uint32_t>(&s - slots.data()));
   }
@@ -452,7 +508,8 @@ policy_engine::policy_engine(const policy_config& cfg, const std::string& timezo
       throw std::invalid_argument("spend guard user:*: a guard is for one scope; name the end user (user:<id>)");
     impl_->has_user_scopes |= st.scope.kind == scope_kind::user;
   }
-  impl_->has_controls = !impl_->budgets.empty() || !impl_->guards.empty();
+  impl_->user_limits = cfg.user_limits;
+  impl_->has_controls = !impl_->budgets.empty() || !impl_->guards.empty() || cfg.user_limits.any();
   for (const auto& k : cfg.keys)
     if (!add_key(k)) throw std::invalid_argument("key '" + k.name + "': empty or duplicate name, or duplicate key");
 }
@@ -541,21 +598,43 @@ std::vector<std::shared_ptr<const client_key_config>> policy_engine::keys() cons
 
 namespace {
 
-void fill_rate_headers(policy_engine::decision& d, const key_state& ks) {
+std::int64_t retry_seconds(std::int64_t ms) { return std::max<std::int64_t>(1, (ms + 999) / 1000); }
+
+void fill_rate_headers(policy_engine::decision& d, const token_bucket& rpm, const token_bucket& tpm) {
   d.rate_headers = true;
-  if (ks.rpm.capacity > 0) {
-    d.limit_requests = static_cast<std::int64_t>(ks.rpm.capacity);
-    d.remaining_requests = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::floor(ks.rpm.level)));
-    d.reset_requests_ms = ks.rpm.ms_until(ks.rpm.capacity);
+  if (rpm.capacity > 0) {
+    d.limit_requests = static_cast<std::int64_t>(rpm.capacity);
+    d.remaining_requests = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::floor(rpm.level)));
+    d.reset_requests_ms = rpm.ms_until(rpm.capacity);
   }
-  if (ks.tpm.capacity > 0) {
-    d.limit_tokens = static_cast<std::int64_t>(ks.tpm.capacity);
-    d.remaining_tokens = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::floor(ks.tpm.level)));
-    d.reset_tokens_ms = ks.tpm.ms_until(ks.tpm.capacity);
+  if (tpm.capacity > 0) {
+    d.limit_tokens = static_cast<std::int64_t>(tpm.capacity);
+    d.remaining_tokens = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::floor(tpm.level)));
+    d.reset_tokens_ms = tpm.ms_until(tpm.capacity);
   }
 }
 
-std::int64_t retry_seconds(std::int64_t ms) { return std::max<std::int64_t>(1, (ms + 999) / 1000); }
+// A call against one pair of buckets (a key's or an end user's): refused (rate_limited, its kind
+// and Retry-After set, true returned) when a request or the tokens it reserves are not there.
+bool rate_refused(policy_engine::decision& d, token_bucket& rpm, token_bucket& tpm, std::int64_t reserve_tokens,
+                  std::int64_t now, std::uint64_t& limited_requests, std::uint64_t& limited_tokens) {
+  rpm.refill(now);
+  tpm.refill(now);
+  // A call larger than the whole TPM capacity waits for a full bucket instead of never
+  // passing; the level then goes negative and later calls wait for the debt.
+  const double need_tokens = std::min(static_cast<double>(reserve_tokens), tpm.capacity);
+  const bool req_ok = rpm.capacity <= 0 || rpm.level >= 1;
+  const bool tok_ok = tpm.capacity <= 0 || tpm.level >= need_tokens;
+  if (req_ok && tok_ok) return false;
+  d.outcome = policy_engine::decision::rate_limited;
+  d.rate_kind = req_ok ? "tokens" : "requests";
+  // Both exhausted: the later of the two waits, so a client that honours Retry-After passes.
+  std::int64_t wait = req_ok ? 0 : rpm.ms_until(1);
+  if (!tok_ok) wait = std::max(wait, tpm.ms_until(need_tokens));
+  d.retry_after_s = retry_seconds(wait);
+  ++(req_ok ? limited_tokens : limited_requests);
+  return true;
+}
 
 }  // namespace
 
@@ -578,6 +657,7 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
     const std::string* scope = nullptr;
     const std::string* reroute_model = nullptr;
     const std::string* reroute_scope = nullptr;
+    std::string user_scope;   // "user:<id>" when the end user's rate limit refuses
     std::string_view period;  // budget period or guard window
     {
       std::lock_guard lock(m.mu);
@@ -585,26 +665,20 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
         if (auto it = m.key_states.find(f.key->name); it != m.key_states.end()) ks = it->second;
       const call_scope cs{f.team, ks ? std::string_view(ks->name) : std::string_view(), f.price_model, f.user};
 
-      // 1. Rate limits (nothing is charged until every check has passed).
+      // 1. Rate limits, the key's then the end user's (nothing is charged until every check has
+      // passed). The x-ratelimit-* headers are the key's when it has limits, else the user's.
       if (ks && ks->limited()) {
-        ks->rpm.refill(now);
-        ks->tpm.refill(now);
-        // A call larger than the whole TPM capacity waits for a full bucket instead of never
-        // passing; the level then goes negative and later calls wait for the debt.
-        const double need_tokens = std::min(static_cast<double>(reserve_tokens), ks->tpm.capacity);
-        const bool req_ok = ks->rpm.capacity <= 0 || ks->rpm.level >= 1;
-        const bool tok_ok = ks->tpm.capacity <= 0 || ks->tpm.level >= need_tokens;
-        fill_rate_headers(d, *ks);
-        if (!req_ok || !tok_ok) {
-          d.outcome = decision::rate_limited;
-          d.rate_kind = req_ok ? "tokens" : "requests";
-          // Both exhausted: the later of the two waits, so a client that honours Retry-After passes.
-          std::int64_t wait = req_ok ? 0 : ks->rpm.ms_until(1);
-          if (!tok_ok) wait = std::max(wait, ks->tpm.ms_until(need_tokens));
-          d.retry_after_s = retry_seconds(wait);
-          ++(req_ok ? ks->limited_tokens : ks->limited_requests);
+        if (rate_refused(d, ks->rpm, ks->tpm, reserve_tokens, now, ks->limited_requests, ks->limited_tokens))
           scope = &ks->scope;
+        fill_rate_headers(d, ks->rpm, ks->tpm);
+      }
+      user_rate* ur = d.outcome == decision::admit ? m.user_rate_of(f.user, now) : nullptr;
+      if (ur != nullptr) {
+        if (rate_refused(d, ur->rpm, ur->tpm, reserve_tokens, now, m.user_limited_requests, m.user_limited_tokens)) {
+          user_scope = "user:" + std::string(f.user);
+          scope = &user_scope;
         }
+        if (!d.rate_headers) fill_rate_headers(d, ur->rpm, ur->tpm);
       }
 
       // 2. Spend guards: a tripped reject guard refuses; a tripped reroute guard swaps the model.
@@ -681,8 +755,15 @@ policy_engine::decision policy_engine::admit(const call_facts& f) noexcept {
           if (ks && ks->limited()) {
             ks->rpm.level -= 1;
             ks->tpm.level -= static_cast<double>(reserve_tokens);
-            fill_rate_headers(d, *ks);
+            fill_rate_headers(d, ks->rpm, ks->tpm);
           }
+          if (ur != nullptr) {
+            ur->rpm.level -= 1;
+            ur->tpm.level -= static_cast<double>(reserve_tokens);
+            ++ur->outstanding;
+            if (!(ks && ks->limited())) fill_rate_headers(d, ur->rpm, ur->tpm);
+          }
+          s.urate = ur;
           if (reroute != nullptr) {
             ++reroute->rerouted;
             reroute_model = &reroute->cfg.fallback_model;
@@ -722,10 +803,10 @@ void policy_engine::settle(std::uint64_t ticket, double cost_usd, std::int64_t t
     ticket_slot* s = impl_->find_slot(ticket);
     if (s == nullptr) return;
     impl_->unreserve(*s);
-    if (s->key && s->key->tpm.capacity > 0) {
-      token_bucket& b = s->key->tpm;
-      b.refill(now_ms);
-      b.level = std::min(b.capacity, b.level - static_cast<double>(std::max<std::int64_t>(0, tokens) - s->reserve_tokens));
+    for (token_bucket* b : {s->key ? &s->key->tpm : nullptr, s->urate ? &s->urate->tpm : nullptr}) {
+      if (b == nullptr || b->capacity <= 0) continue;
+      b->refill(now_ms);
+      b->level = std::min(b->capacity, b->level - static_cast<double>(std::max<std::int64_t>(0, tokens) - s->reserve_tokens));
     }
     impl_->add_spend(s->key.get(), s->team, s->user, price_model, std::max(0.0, clean_usd(cost_usd) - s->charged), now_ms,
                      true, start_ms);
@@ -760,10 +841,8 @@ void policy_engine::release(std::uint64_t ticket) noexcept {
     ticket_slot* s = impl_->find_slot(ticket);
     if (s == nullptr) return;
     impl_->unreserve(*s);
-    if (s->key && s->key->tpm.capacity > 0) {
-      token_bucket& b = s->key->tpm;
-      b.level = std::min(b.capacity, b.level + static_cast<double>(s->reserve_tokens));
-    }
+    for (token_bucket* b : {s->key ? &s->key->tpm : nullptr, s->urate ? &s->urate->tpm : nullptr})
+      if (b != nullptr && b->capacity > 0) b->level = std::min(b->capacity, b->level + static_cast<double>(s->reserve_tokens));
     impl_->free_slot(*s, key);
   } catch (...) {
     // The free list could not grow: the slot is not reused, nothing else is lost.
@@ -781,6 +860,7 @@ void policy_engine::add_remote(std::string_view key, std::string_view team, std:
 }
 
 bool policy_engine::counts_users() const noexcept { return impl_->has_user_scopes; }
+bool policy_engine::limits_users() const noexcept { return impl_->user_limits.any(); }
 
 void policy_engine::add_named(std::string_view key, std::string_view team, std::string_view user,
                               std::string_view price_model, double cost_usd, std::int64_t t_ms, bool alert,
@@ -802,36 +882,42 @@ void policy_engine::add_named(std::string_view key, std::string_view team, std::
   }
 }
 
-void policy_engine::seed_rate(std::string_view key, std::int64_t tokens, std::int64_t ts_ms) noexcept {
-  std::lock_guard lock(impl_->mu);
-  const auto it = impl_->key_states.find(key);
-  if (it == impl_->key_states.end() || !it->second->limited()) return;
-  key_state& ks = *it->second;
-  for (token_bucket* b : {&ks.rpm, &ks.tpm}) {
-    if (b->capacity <= 0) continue;
-    if (!b->started) b->level = b->capacity, b->at_ms = ts_ms, b->started = true;
-    b->refill(ts_ms);
+void policy_engine::seed_rate(std::string_view key, std::int64_t tokens, std::int64_t ts_ms, std::string_view user) noexcept {
+  auto replay = [&](token_bucket& rpm, token_bucket& tpm) {
+    for (token_bucket* b : {&rpm, &tpm}) {
+      if (b->capacity <= 0) continue;
+      if (!b->started) b->level = b->capacity, b->at_ms = ts_ms, b->started = true;
+      b->refill(ts_ms);
+    }
+    if (rpm.capacity > 0) rpm.level -= 1;
+    if (tpm.capacity > 0) tpm.level -= static_cast<double>(std::max<std::int64_t>(0, tokens));
+  };
+  try {
+    std::lock_guard lock(impl_->mu);
+    impl_->each_rate_pair(key, user, ts_ms, replay);
+  } catch (...) {
   }
-  if (ks.rpm.capacity > 0) ks.rpm.level -= 1;
-  if (ks.tpm.capacity > 0) ks.tpm.level -= static_cast<double>(std::max<std::int64_t>(0, tokens));
 }
 
 void policy_engine::add_remote_calls(std::string_view key, std::int64_t calls, std::int64_t tokens, std::int64_t ts_ms,
-                                     std::int64_t now_ms) noexcept {
+                                     std::int64_t now_ms, std::string_view user) noexcept {
   if (calls <= 0 || now_ms - ts_ms >= 60'000) return;
-  std::lock_guard lock(impl_->mu);
-  const auto it = impl_->key_states.find(key);
-  if (it == impl_->key_states.end() || !it->second->limited()) return;
-  key_state& ks = *it->second;
   // The debt is bounded by one minute of the limit: calls the other instances let through before
-  // they saw this one's (the lag) do not lock the key out here for minutes.
+  // they saw this one's (the lag) do not lock the key or user out here for minutes.
   auto take = [&](token_bucket& b, double amount) {
     if (b.capacity <= 0) return;
     b.refill(now_ms);
     b.level = std::min(b.level, std::max(-b.capacity, b.level - amount));
   };
-  take(ks.rpm, static_cast<double>(calls));
-  take(ks.tpm, static_cast<double>(std::max<std::int64_t>(0, tokens)));
+  auto take_both = [&](token_bucket& rpm, token_bucket& tpm) {
+    take(rpm, static_cast<double>(calls));
+    take(tpm, static_cast<double>(std::max<std::int64_t>(0, tokens)));
+  };
+  try {
+    std::lock_guard lock(impl_->mu);
+    impl_->each_rate_pair(key, user, now_ms, take_both);
+  } catch (...) {
+  }
 }
 
 std::vector<alert_event> policy_engine::take_alerts() {
@@ -911,6 +997,10 @@ policy_engine::counter_snapshot policy_engine::counters() const {
     if (!ks->limited()) continue;
     out.rate_limited.push_back({ks->scope, "requests", ks->limited_requests});
     out.rate_limited.push_back({ks->scope, "tokens", ks->limited_tokens});
+  }
+  if (impl_->user_limits.any()) {  // every end user's refusals under one scope: no series per user
+    out.rate_limited.push_back({"user:*", "requests", impl_->user_limited_requests});
+    out.rate_limited.push_back({"user:*", "tokens", impl_->user_limited_tokens});
   }
   std::map<std::string_view, std::uint64_t> rejections;
   for (const auto& b : impl_->budgets)

@@ -88,9 +88,10 @@ class policy_engine {
     std::uint64_t ticket = 0;        // admitted: pass to settle() or release(); 0: nothing held
   };
 
-  // Checks the key's rate limits, then spend guards, then budgets; an admitted call reserves
-  // reserve_usd on every matching budget and charges the RPM/TPM buckets; a refused call holds
-  // nothing. After a reroute, the model budgets are those of the fallback model. No lock is taken
+  // Checks the key's rate limits and the end user's (user_limits: scope "user:<id>" when they
+  // refuse; at most 250,000 end users whose buckets are not full again are held, further ones
+  // pass unlimited), then spend guards, then budgets; an admitted call reserves reserve_usd on
+  // every matching budget and charges the RPM/TPM buckets; a refused call holds nothing. After a reroute, the model budgets are those of the fallback model. No lock is taken
   // when no budget and no guard is configured and the key has no limits (ticket 0 then).
   decision admit(const call_facts& f) noexcept;
   // False when admit() would admit without looking (no budget, no guard, key without limits):
@@ -127,20 +128,25 @@ class policy_engine {
   // True when a budget or guard is scoped by end user: seed() and add_remote() must then be given
   // each row's user (the warm start and the fleet's rows are summed per user too).
   bool counts_users() const noexcept;
+  // True when end users have rate limits (user_limits): seed_rate() and add_remote_calls() must
+  // then be given the calls of every end user, with their user.
+  bool limits_users() const noexcept;
 
   // Calls another instance of the fleet made with a rate-limited key (its rows in the fleet
   // table): `calls` requests and `tokens` settled tokens that started at ts_ms, taken from the
   // key's RPM and TPM buckets now, so a fleet holds a key to one limit, not one per instance
   // (about two shipping intervals late). Calls older than a minute, or of keys without limits
   // here, change nothing.
+  // `user`: the end user of those calls, taken from their user_limits buckets likewise.
   void add_remote_calls(std::string_view key, std::int64_t calls, std::int64_t tokens, std::int64_t ts_ms,
-                        std::int64_t now_ms) noexcept;
+                        std::int64_t now_ms, std::string_view user = {}) noexcept;
 
   // Warm start of a key's rate limits: one call it made at ts_ms that went upstream, `tokens`
   // its settled TPM charge. Calls of the last minute, oldest first, replay the buckets as they
   // stood (full a minute before the first), so a restart is no way around an RPM or TPM limit.
   // Keys without limits, and names no longer configured, are ignored.
-  void seed_rate(std::string_view key, std::int64_t tokens, std::int64_t ts_ms) noexcept;
+  // `user`: the call's end user, replayed into their user_limits buckets likewise.
+  void seed_rate(std::string_view key, std::int64_t tokens, std::int64_t ts_ms, std::string_view user = {}) noexcept;
 
   // Alerts raised since the last call (soft_threshold, spend_guard, projected_overspend), oldest
   // first. At most 1024 are held between calls; more are counted in counters().alerts_dropped.

@@ -73,6 +73,9 @@ struct policy_config {
   std::vector<spend_guard_config> spend_guards;
   std::vector<webhook_config> webhooks;
   std::int64_t default_max_tokens = 4096;  // reservation when a request sets no max_tokens
+  // Requests and tokens per minute of each end user (a call's `user`, `safety_identifier` or
+  // `metadata.user_id`), on top of the key's own; calls that name no end user are not held.
+  rate_limits user_limits;
 };
 
 }  // namespace tollgate

@@ -132,12 +132,16 @@ constexpr const char* kRemoteSpend =
 
 // The calls that count against a key's rate limits: those that went upstream (as key_calls_since,
 // the local warm start).
+// With $6 true (end users have limits) also every end user's calls: grouped per (limited key or
+// '', end user or '') and second.
 constexpr const char* kRemoteCalls =
-    "SELECT client_key_id, MAX(start_ms), COUNT(*), COALESCE(SUM(total_tokens), 0)"
+    "SELECT CASE WHEN client_key_id = ANY($5::text[]) THEN client_key_id ELSE '' END, MAX(start_ms), COUNT(*),"
+    " COALESCE(SUM(total_tokens), 0), CASE WHEN $6 THEN COALESCE(\"user\", '') ELSE '' END"
     " FROM tollgate_calls WHERE ledger_uid = $1 AND id > $2 AND id <= $3 AND start_ms >= $4"
-    " AND client_key_id = ANY($5::text[]) AND (error_kind IS NULL OR error_kind = 'client_aborted'"
+    " AND (client_key_id = ANY($5::text[]) OR ($6 AND \"user\" IS NOT NULL AND \"user\" <> ''))"
+    " AND (error_kind IS NULL OR error_kind = 'client_aborted'"
     " OR (error_kind LIKE 'upstream_%' AND error_kind <> 'upstream_key_missing'))"
-    " GROUP BY 1, start_ms / 1000";
+    " GROUP BY 1, 5, start_ms / 1000";
 
 // A text[] literal: {"a","b"} with backslash and double quote escaped.
 std::string text_array(const std::vector<std::string>& items) {
@@ -421,9 +425,11 @@ bool pg_shipper::pull_remote(std::string& err) {
     if (!rows.empty()) opts_.on_remote_spend(rows);
     // Rate limits: the last minute of calls of the keys that have limits here.
     const auto keys = opts_.remote_rate_keys && opts_.on_remote_calls ? opts_.remote_rate_keys() : std::vector<std::string>{};
-    if (!keys.empty()) {
+    const bool users = opts_.on_remote_calls && opts_.remote_rate_users && opts_.remote_rate_users();
+    if (!keys.empty() || users) {
       PGresult* s = exec_params(I.conn, kRemoteCalls,
-                                {uid, std::to_string(after), std::to_string(last), std::to_string(now - 60'000), text_array(keys)},
+                                {uid, std::to_string(after), std::to_string(last), std::to_string(now - 60'000), text_array(keys),
+                                 users ? "true" : "false"},
                                 PGRES_TUPLES_OK, err);
       if (!s) return false;
       std::vector<remote_calls> calls;
@@ -434,6 +440,7 @@ bool pg_shipper::pull_remote(std::string& err) {
         x.ts_ms = std::strtoll(PQgetvalue(s, i, 1), nullptr, 10);
         x.calls = std::strtoll(PQgetvalue(s, i, 2), nullptr, 10);
         x.tokens = std::strtoll(PQgetvalue(s, i, 3), nullptr, 10);
+        x.user = PQgetvalue(s, i, 4);
       }
       PQclear(s);
       if (!calls.empty()) opts_.on_remote_calls(calls);

@@ -38,13 +38,14 @@ struct remote_spend {
   std::string user;  // the end user, when remote_by_user() ("" none)
 };
 
-// Calls of a rate-limited key that other instances of the fleet made: one (key, second) group of
-// their rows that count against RPM/TPM (as a key's calls at warm start); ts_ms is the group's
-// latest call start.
+// Calls of a rate-limited key (or end user) that other instances of the fleet made: one (key,
+// user, second) group of their rows that count against RPM/TPM (as at warm start); ts_ms is the
+// group's latest call start.
 struct remote_calls {
-  std::string client_key_id;
+  std::string client_key_id;  // "" when the key has no limits here
   std::int64_t calls = 0, tokens = 0;
   std::int64_t ts_ms = 0;
+  std::string user;  // the end user, when remote_rate_users() ("" none)
 };
 
 struct pg_ship_options {
@@ -69,6 +70,8 @@ struct pg_ship_options {
   // names (those with limits; none: no query), of the last minute, summed per key and second.
   std::function<void(const std::vector<remote_calls>&)> on_remote_calls;
   std::function<std::vector<std::string>()> remote_rate_keys;
+  // True: end users have rate limits here, so every end user's calls are read too, per user.
+  std::function<bool()> remote_rate_users;
 };
 
 struct pg_ship_stats {

@@ -1576,19 +1576,22 @@ void for_each_spend_sample(const std::string& ledger_path, std::int64_t since_ms
   flush();
 }
 
-std::vector<key_call> key_calls_since(const std::string& ledger_path, std::int64_t since_ms, std::int64_t until_ms) {
+std::vector<key_call> key_calls_since(const std::string& ledger_path, std::int64_t since_ms, std::int64_t until_ms,
+                                     bool with_users) {
   std::error_code ec;
   if (!std::filesystem::exists(ledger_path, ec)) return {};
   reader db(ledger_path);
   statement st(db,
-               "SELECT client_key_id, start_ms, total_tokens FROM calls WHERE start_ms >= ?1 AND start_ms < ?2 "
-               "AND client_key_id IS NOT NULL AND client_key_id <> '' AND (error_kind IS NULL OR error_kind = "
+               "SELECT client_key_id, start_ms, total_tokens, CASE WHEN ?3 THEN \"user\" END FROM calls "
+               "WHERE start_ms >= ?1 AND start_ms < ?2 AND ((client_key_id IS NOT NULL AND client_key_id <> '') OR "
+               "(?3 AND \"user\" IS NOT NULL AND \"user\" <> '')) AND (error_kind IS NULL OR error_kind = "
                "'client_aborted' OR (error_kind LIKE 'upstream_%' AND error_kind <> 'upstream_key_missing')) "
                "ORDER BY start_ms");
   st.bind(1, since_ms);
   st.bind(2, until_ms);
+  st.bind(3, static_cast<std::int64_t>(with_users ? 1 : 0));
   std::vector<key_call> out;
-  while (st.step()) out.push_back({st.text(0).value_or(""), st.i64(1), st.i64(2)});
+  while (st.step()) out.push_back({st.text(0).value_or(""), st.i64(1), st.i64(2), st.text(3).value_or("")});
   return out;
 }
 

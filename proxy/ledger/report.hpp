@@ -280,18 +280,21 @@ std::vector<spend_sample> spend_since(const std::string& ledger_path, std::int64
 void for_each_spend_sample(const std::string& ledger_path, std::int64_t since_ms, std::int64_t fine_since_ms,
                            std::int64_t until_ms, bool by_user, const std::function<void(spend_sample&&)>& fn);
 
-// One call of a client key that went upstream (charged to the key's rate limits).
+// One call of a client key (or, with_users, of an end user) that went upstream (charged to the
+// key's and the user's rate limits).
 struct key_call {
-  std::string client_key_id;
+  std::string client_key_id;  // "" none
   std::int64_t start_ms = 0;
   std::int64_t tokens = 0;  // total_tokens: the TPM charge once a call is settled
+  std::string user;         // with_users: the end user ("" none)
 };
 
-// Calls with a client key and start_ms in [since_ms, until_ms) that were admitted and went
-// upstream (no error_kind, an upstream_* one or client_aborted; not tollgate's own refusals),
-// oldest first: the key rate limits' buckets are replayed from them at boot. A missing ledger
-// file yields nothing. Throws std::runtime_error naming the file otherwise.
-std::vector<key_call> key_calls_since(const std::string& ledger_path, std::int64_t since_ms, std::int64_t until_ms);
+// Calls with a client key (with_users: or an end user) and start_ms in [since_ms, until_ms) that
+// were admitted and went upstream (no error_kind, an upstream_* one or client_aborted; not
+// tollgate's own refusals), oldest first: the rate limits' buckets are replayed from them at
+// boot. A missing ledger file yields nothing. Throws std::runtime_error naming the file otherwise.
+std::vector<key_call> key_calls_since(const std::string& ledger_path, std::int64_t since_ms, std::int64_t until_ms,
+                                      bool with_users = false);
 
 // Calls priced at the cost their upstream stated for a model the price table lacks (priced = 1,
 // price_model NULL, usage from the upstream) with start_ms in [since_ms, until_ms), oldest first,

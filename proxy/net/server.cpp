@@ -477,6 +477,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
       // Key rate limits hold across the fleet too.
       po.on_remote_calls = [sc = impl_->spend_.get()](const std::vector<remote_calls>& rows) { sc->add_remote_calls(rows); };
       po.remote_rate_keys = [sc = impl_->spend_.get()] { return sc->rate_limited_keys(); };
+      po.remote_rate_users = [sc = impl_->spend_.get()] { return sc->engine().limits_users(); };
     }
     impl_->shipper_ = std::make_unique<pg_shipper>(po);
     register_postgres_metrics(*impl_->shipper_, *impl_->metrics_);

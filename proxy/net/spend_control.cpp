@@ -237,7 +237,7 @@ std::vector<std::string> spend_control::rate_limited_keys() const {
 
 void spend_control::add_remote_calls(const std::vector<remote_calls>& rows) {
   const std::int64_t now = unix_ms();
-  for (const auto& r : rows) engine_->add_remote_calls(r.client_key_id, r.calls, r.tokens, r.ts_ms, now);
+  for (const auto& r : rows) engine_->add_remote_calls(r.client_key_id, r.calls, r.tokens, r.ts_ms, now, r.user);
 }
 
 // The last day's calls priced at a stated cost teach stated_rates again what relays charged for
@@ -299,12 +299,13 @@ void spend_control::start(const std::string& ledger_path) {
       log_line(log_level::warn, "budget warm start failed: budgets start from zero").str("error", e.what());
     }
   }
-  // Key rate limits resume too: the last minute's calls of limited keys replay their buckets.
+  // Rate limits resume too: the last minute's calls of limited keys (and end users) replay their buckets.
   const auto keys = engine_->keys();
-  if (std::any_of(keys.begin(), keys.end(), [](const auto& k) { return k->limits.rpm > 0 || k->limits.tpm > 0; })) {
+  if (engine_->limits_users() ||
+      std::any_of(keys.begin(), keys.end(), [](const auto& k) { return k->limits.rpm > 0 || k->limits.tpm > 0; })) {
     try {
-      const auto calls = key_calls_since(ledger_path, now - 60'000, now + 60'000);
-      for (const auto& c : calls) engine_->seed_rate(c.client_key_id, c.tokens, c.start_ms);
+      const auto calls = key_calls_since(ledger_path, now - 60'000, now + 60'000, engine_->limits_users());
+      for (const auto& c : calls) engine_->seed_rate(c.client_key_id, c.tokens, c.start_ms, c.user);
       log_line(log_level::info, "rate limits warm-started from the ledger").integer("calls", static_cast<std::int64_t>(calls.size()));
     } catch (const std::exception& e) {
       log_line(log_level::warn, "rate limit warm start failed: buckets start full").str("error", e.what());

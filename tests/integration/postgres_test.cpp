@@ -449,6 +449,46 @@ TEST_CASE("fleet rate limits: a key's calls through one instance count at the ot
   CHECK(refused.body.find("rate_limit_exceeded") != std::string::npos);
 }
 
+TEST_CASE("fleet rate limits: an end user's calls through one instance count at the others, with a limited key's") {
+  pg_server pg;
+  pg.start();
+  auto limited = [&](const std::string& instance) {
+    return [=, base = fleet(pg, instance)](tollgate::config& c) {
+      base(c);
+      c.policy.user_limits.rpm = 4;
+      tollgate::client_key_config k;
+      k.name = "batch";
+      k.sha256 = tollgate::policy_engine::sha256("sk-batch-secret-1");
+      k.limits.rpm = 5;
+      c.policy.keys = {k};
+    };
+  };
+  const auto chat = [](const std::string& user) {
+    return tt::chat_body("gpt-4.1", false, R"(,"user":")" + user + "\"");
+  };
+  const tt::headers auth = {{"Authorization", "Bearer sk-batch-secret-1"}};
+  tt::harness a({.tweak = limited("edge-a")});
+  tt::harness b({.tweak = limited("edge-b")});
+  for (int i = 0; i < 3; ++i) REQUIRE(tt::post_json(a.port(), "/v1/chat/completions", chat("alice")).status == 200);
+  REQUIRE(tt::post_json(a.port(), "/v1/chat/completions", chat("bob"), auth).status == 200);  // a key's and a user's
+  a.flush();
+  // B never served alice: once A's calls ship, she has one request of the minute left there; the
+  // key has four, bob three.
+  REQUIRE(tt::harness::eventually([&] { return pg.count("instance = 'edge-a'") == 4; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // B's next look (every 20 ms here)
+  auto r = tt::post_json(b.port(), "/v1/chat/completions", chat("alice"));
+  REQUIRE(r.status == 200);
+  CHECK(r.header("x-ratelimit-remaining-requests") == "0");
+  auto refused = tt::post_json(b.port(), "/v1/chat/completions", chat("alice"));
+  CHECK(refused.status == 429);
+  CHECK(refused.body.find("user:alice") != std::string::npos);
+  auto keyed = tt::post_json(b.port(), "/v1/chat/completions", chat("carol"), auth);
+  REQUIRE(keyed.status == 200);
+  CHECK(keyed.header("x-ratelimit-remaining-requests") == "3");  // the key's headers: A's call counted
+  for (int i = 0; i < 3; ++i) CHECK(tt::post_json(b.port(), "/v1/chat/completions", chat("bob")).status == 200);
+  CHECK(tt::post_json(b.port(), "/v1/chat/completions", chat("bob")).status == 429);
+}
+
 TEST_CASE("fleet alerts: a threshold and a guard trip the whole fleet sees are sent once, and without PostgreSQL by each") {
   using namespace std::chrono_literals;
   pg_server pg;

@@ -1086,3 +1086,42 @@ TEST_CASE("budgets: user:* holds each end user to their own budget, named in eit
   CHECK(tt::post_json(again.port(), "/v1/chat/completions", chat("alice")).status == 429);
   CHECK(tt::post_json(again.port(), "/v1/chat/completions", chat("bob")).status == 200);
 }
+
+TEST_CASE("rate limits: user_limits hold each end user to their own RPM, named in either API, across a restart",
+          "[ratelimit]") {
+  tt::temp_dir shared;
+  auto tweak = [&](tollgate::config& c) {
+    c.ledger_path = shared.path + "/ledger.db";
+    c.policy.user_limits.rpm = 2;
+  };
+  const auto chat = [](const std::string& user) {
+    return tt::chat_body("gpt-4.1", false, R"(,"user":")" + user + "\"");
+  };
+  const std::string claude_of_alice =
+      R"({"model":"claude-sonnet-4.5","max_tokens":16,"metadata":{"user_id":"alice"},"messages":[{"role":"user","content":"hi"}]})";
+  {
+    tt::harness h({.tweak = tweak});
+    auto first = tt::post_json(h.port(), "/v1/chat/completions", chat("alice"));
+    REQUIRE(first.status == 200);
+    CHECK(first.header("x-ratelimit-limit-requests") == "2");
+    CHECK(first.header("x-ratelimit-remaining-requests") == "1");
+    REQUIRE(tt::post_json(h.port(), "/v1/messages", claude_of_alice, {{"anthropic-version", "2023-06-01"}}).status == 200);
+    auto r = tt::post_json(h.port(), "/v1/chat/completions", chat("alice"));
+    CHECK(r.status == 429);
+    CHECK_THAT(r.body, Catch::Matchers::Contains("rate_limit_exceeded") && Catch::Matchers::Contains("user:alice"));
+    CHECK(std::stoi(r.header("retry-after")) >= 20);
+    auto m = tt::post_json(h.port(), "/v1/messages", claude_of_alice, {{"anthropic-version", "2023-06-01"}});
+    CHECK(m.status == 429);
+    CHECK(json::parse(m.body)["error"]["type"] == "rate_limit_error");
+    // Others are not held by her calls, nor is a call that names no end user.
+    CHECK(tt::post_json(h.port(), "/v1/chat/completions", chat("bob")).status == 200);
+    for (int i = 0; i < 3; ++i) CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
+    CHECK(h.metric_sum("tollgate_rate_limited_total", "kind=\"requests\",scope=\"user:*\"") == 2);
+    CHECK(h.upstream->request_count() == 6);
+    h.flush();
+  }
+  tt::harness again({.tweak = tweak});
+  CHECK(tt::post_json(again.port(), "/v1/chat/completions", chat("alice")).status == 429);
+  CHECK(tt::post_json(again.port(), "/v1/chat/completions", chat("bob")).status == 200);
+  CHECK(tt::post_json(again.port(), "/v1/chat/completions", chat("bob")).status == 429);
+}

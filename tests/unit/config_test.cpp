@@ -745,3 +745,13 @@ TEST_CASE("config: budgets may be per end user (user:<id>, user:*), spend guards
   CHECK_THAT(load_error("budgets:\n  - { scope: 'user:', limit_usd: 2 }\n"),
              StartsWith("test.yaml:2: ") && Contains("user:<id> or user:*"));
 }
+
+TEST_CASE("config: user_limits gives every end user RPM and TPM limits", "[config]") {
+  clean_overrides clean;
+  const config c = load_config_string("user_limits: { rpm: 20, tpm: 40000 }\n", "test.yaml");
+  CHECK(c.policy.user_limits.rpm == 20);
+  CHECK(c.policy.user_limits.tpm == 40000);
+  CHECK_FALSE(config{}.policy.user_limits.any());
+  CHECK_THAT(load_error("user_limits:\n  rpn: 5\n"), StartsWith("test.yaml:2: "));
+  CHECK_THAT(load_error("user_limits:\n  rpm: -1\n"), StartsWith("test.yaml:2: "));
+}

@@ -1052,3 +1052,105 @@ TEST_CASE("policy user budgets: a guard may name one end user, not every one", "
   CHECK(user_spend(e, 1, t0 + 1000, "bot-8").outcome == decision::admit);
   CHECK(user_spend(e, 1, t0 + 1000, "bot-7").outcome == decision::guard_rejected);
 }
+
+TEST_CASE("policy user limits: each end user has their own RPM and TPM buckets, on top of the key's", "[policy]") {
+  policy_config cfg;
+  cfg.user_limits = {2, 1000};
+  cfg.keys.push_back(key("app", "sk-app", {100, 0}));
+  policy_engine e(cfg, "UTC");
+  CHECK(e.limits_users());
+  CHECK(e.needs_admission(nullptr));
+  const auto app = e.find_key("sk-app");
+  auto facts = [&](std::string_view user, std::int64_t tokens, std::int64_t now, const client_key_config* k = nullptr) {
+    auto f = call(0, now, "gpt-4.1", k, tokens);
+    f.user = user;
+    return f;
+  };
+  // Alice's two requests a minute; bob's are his own; a call naming nobody is not held.
+  for (int i = 0; i < 2; ++i) {
+    auto d = e.admit(facts("alice", 10, t0));
+    REQUIRE(d.outcome == decision::admit);
+    CHECK(d.rate_headers);  // no key limits: the headers are the user's
+    CHECK(d.limit_requests == 2);
+    CHECK(d.remaining_requests == 1 - i);
+    e.settle(d.ticket, 0, 10, "gpt-4.1", t0);
+  }
+  auto d = e.admit(facts("alice", 10, t0));
+  CHECK(d.outcome == decision::rate_limited);
+  CHECK(d.scope == "user:alice");
+  CHECK(d.rate_kind == "requests");
+  CHECK(d.retry_after_s == 30);  // one request back every 30 s
+  CHECK(e.admit(facts("bob", 10, t0)).outcome == decision::admit);
+  for (int i = 0; i < 5; ++i) CHECK(e.admit(facts("", 10, t0)).outcome == decision::admit);
+  // With a limited key the headers are the key's, and the user's limit still holds.
+  d = e.admit(facts("alice", 10, t0, app.get()));
+  CHECK(d.outcome == decision::rate_limited);
+  CHECK(d.scope == "user:alice");
+  CHECK(d.limit_requests == 100);
+  // Tokens: carol's 900-token call leaves 100; a 200-token one waits, and a call that used fewer
+  // tokens than it reserved gives them back at settle.
+  auto big = e.admit(facts("carol", 900, t0));
+  REQUIRE(big.outcome == decision::admit);
+  d = e.admit(facts("carol", 200, t0));
+  CHECK(d.outcome == decision::rate_limited);
+  CHECK(d.rate_kind == "tokens");
+  e.settle(big.ticket, 0, 100, "gpt-4.1", t0);
+  CHECK(e.admit(facts("carol", 200, t0)).outcome == decision::admit);
+  // Refusals count under one scope, not one series per user.
+  auto counts = e.counters();
+  std::uint64_t user_requests = 0, user_tokens = 0;
+  for (const auto& c : counts.rate_limited) {
+    if (c.scope != "user:*") continue;
+    (c.kind == "requests" ? user_requests : user_tokens) = c.value;
+  }
+  CHECK(user_requests == 2);
+  CHECK(user_tokens == 1);
+  // A minute later alice has her two requests again.
+  CHECK(e.admit(facts("alice", 10, t0 + 60'000)).outcome == decision::admit);
+}
+
+TEST_CASE("policy user limits: a restart and the fleet's calls take from an end user's buckets", "[policy]") {
+  policy_config cfg;
+  cfg.user_limits = {3, 0};
+  policy_engine e(cfg, "UTC");
+  e.seed_rate("", 10, t0 - 2000, "alice");
+  e.seed_rate("", 10, t0 - 1000, "alice");
+  e.add_remote_calls("", 1, 10, t0 - 500, t0, "alice");
+  e.add_remote_calls("", 2, 10, t0 - 1000, t0, "bob");
+  auto f = call(0, t0);
+  f.user = "alice";
+  CHECK(e.admit(f).outcome == decision::rate_limited);  // 3 calls in the last 2 s
+  f.user = "bob";
+  CHECK(e.admit(f).outcome == decision::admit);
+  CHECK(e.admit(f).outcome == decision::rate_limited);
+}
+
+TEST_CASE("policy user limits: idle users' buckets are dropped, so memory follows the last minute", "[policy]") {
+  policy_config cfg;
+  cfg.user_limits = {10, 0};
+  policy_engine e(cfg, "UTC");
+  // 300,000 users in one minute: beyond 250,000 held at once, the rest are not held.
+  for (int i = 0; i < 300'000; ++i) {
+    auto f = call(0, t0);
+    const std::string u = "u" + std::to_string(i);
+    f.user = u;
+    auto d = e.admit(f);
+    REQUIRE(d.outcome == decision::admit);
+    e.settle(d.ticket, 0, 0, "gpt-4.1", t0);
+  }
+  auto f = call(0, t0);
+  f.user = "u7";  // held: its bucket is charged
+  for (int i = 0; i < 9; ++i) e.admit(f);
+  CHECK(e.admit(f).outcome == decision::rate_limited);
+  // A minute on, the full buckets are swept as new users come, and limits hold for them again.
+  for (int i = 0; i < 2000; ++i) {
+    auto g = call(0, t0 + 61'000);
+    const std::string u = "late" + std::to_string(i);
+    g.user = u;
+    e.admit(g);
+  }
+  f.now_ms = t0 + 61'000;
+  f.user = "late5";
+  for (int i = 0; i < 9; ++i) CHECK(e.admit(f).outcome == decision::admit);
+  CHECK(e.admit(f).outcome == decision::rate_limited);
+}
