@@ -173,6 +173,8 @@ struct budget_state {
 struct user_budgets {
   std::unordered_map<std::string, std::unique_ptr<budget_state>, string_hash, std::equal_to<>> users;
   const budget_state* top = nullptr;  // the user who has spent most this window
+  // The budget's window these users are of (whoever rolled the budget, the next look sweeps).
+  std::int64_t window_start_s = std::numeric_limits<std::int64_t>::min();
 };
 
 struct guard_state {
@@ -408,9 +410,9 @@ struct policy_engine::impl {
   // has ended drops the users with no call in flight; those left start the new window at zero.
   budget_state& user_state(budget_state& b, std::string_view user, std::int64_t t_s) {
     user_budgets& each = *b.each;
-    const std::int64_t was = b.window.start_s;
     b.roll(cal, t_s);
-    if (b.window.start_s != was) {
+    if (b.window.start_s != each.window_start_s) {
+      each.window_start_s = b.window.start_s;
       std::erase_if(each.users, [](const auto& u) { return u.second->outstanding == 0; });
       for (auto& [name, u] : each.users) u->roll(cal, t_s);
       each.top = nullptr;
@@ -952,7 +954,7 @@ std::vector<policy_engine::budget_status> policy_engine::budgets(std::int64_t no
     if (b.each) {  // user:*: its end users' count, and the figures of the one asked for or who spent most
       st.spent_usd = st.reserved_usd = 0;
       st.projected_p50 = st.projected_p90 = st.exhaustion_p50_s = st.exhaustion_p90_s = nan;
-      if (b.window.end_s != 0 && now_s < b.window.end_s) {
+      if (b.window.end_s != 0 && now_s < b.window.end_s && b.each->window_start_s == b.window.start_s) {
         st.users = b.each->users.size();
         st.shared_usd = b.spent;
         const budget_state* shown = b.each->top;

@@ -1020,6 +1020,30 @@ TEST_CASE("policy user budgets: warm start and the fleet count per end user", "[
   CHECK(find_budget(all, "user:*")->users == 3);
 }
 
+TEST_CASE("policy user budgets: a new window forgets the last one's users, however it was reached", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("user:*", calendar_period::day, 10, true));
+  policy_engine e(cfg, "UTC");
+  const std::int64_t yesterday = t0 - 24 * 60 * minute_ms;
+  e.seed("", "", "gpt-4.1", 9, yesterday, "alice");  // a warm start's rows of two days, in order
+  e.seed("", "", "gpt-4.1", 1, t0 - minute_ms, "bob");
+  auto all = e.budgets(t0);
+  auto* each = find_budget(all, "user:*");
+  CHECK(each->users == 1);
+  CHECK(each->top_user == "bob");
+  CHECK(each->spent_usd == 1);
+  // A call that started today and settles tomorrow counts in today's window: tomorrow's budget
+  // holds nobody yet.
+  auto d = e.admit(user_call(1, t0, "carol"));
+  REQUIRE(d.outcome == decision::admit);
+  e.settle(d.ticket, 1, 0, "gpt-4.1", t0 + 24 * 60 * minute_ms, t0);
+  all = e.budgets(t0 + 24 * 60 * minute_ms);
+  each = find_budget(all, "user:*");
+  CHECK(each->users == 0);
+  CHECK(each->top_user.empty());
+  CHECK(each->spent_usd == 0);
+}
+
 TEST_CASE("policy user budgets: users beyond the tracked number share one bucket", "[policy]") {
   policy_config cfg;
   cfg.budgets.push_back(budget("user:*", calendar_period::day, 10, true));
