@@ -1567,7 +1567,10 @@ bool stream_meter::on_event(const sse_event& ev) {
   if (!ev.has_data) return true;  // comments / keep-alives
   try {
     const std::string_view data = trim(ev.data);
-    if (data.empty()) return true;  // `data:` with nothing in it: no document to read
+    if (data.empty()) {  // `data:` with nothing in it: no document to read
+      if (ev.event == "error") saw_error_ = true;  // as an `error` event whose data is no object
+      return true;
+    }
     if (data == "[DONE]") {  // the most frequent non-JSON payload: no parse
       saw_done_ = true;
       return true;

@@ -581,6 +581,17 @@ TEST_CASE("stream_meter: an error chunk mid-stream sets saw_error and is forward
   CHECK_FALSE(m.saw_done());
 }
 
+TEST_CASE("stream_meter: an error event is an error whatever its data, empty or a lone BOM", "[usage][stream]") {
+  for (const std::string data : {"data:\n", "data: \xEF\xBB\xBF\n", "data: [1]\n"}) {
+    for (auto route : {route_kind::chat_completions, route_kind::messages}) {
+      stream_meter m(route, false);
+      const std::string stream = "event: error\n" + data + "\n";
+      CHECK(relay(m, stream) == stream);
+      CHECK(m.saw_error());
+    }
+  }
+}
+
 TEST_CASE("stream_meter: comments and malformed events are forwarded and ignored", "[usage][stream]") {
   const std::string stream = ": ping\n\n" + data_event("{not json") + data_event("[1,2]") + "event: x\n\n" + done_event;
   for (auto route : {route_kind::chat_completions, route_kind::responses, route_kind::messages, route_kind::other}) {
