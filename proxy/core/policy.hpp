@@ -148,6 +148,22 @@ class policy_engine {
   // `user`: the call's end user, replayed into their user_limits buckets likewise.
   void seed_rate(std::string_view key, std::int64_t tokens, std::int64_t ts_ms, std::string_view user = {}) noexcept;
 
+  // Housekeeping, about once a second (spend_control's thread): `user:*` budgets whose period
+  // ended retire their users (the period's roll itself is O(1) whoever does it) and the retired
+  // are freed; end users idle for a minute whose user_limits buckets are full again are dropped
+  // (only those idle are looked at). The work goes in slices of `slice` users, each under the
+  // engine's lock on its own (under a millisecond) and freed after it, so admissions never wait
+  // on a sweep of every user. Without it (an engine used alone), user_limits stops holding new
+  // users once 250,000 are held, and a `user:*` budget's last period's users are freed only
+  // when the next period rolls.
+  void maintain(std::int64_t now_ms, std::size_t slice = 2048) noexcept;
+  // End users' states held now: of `user:*` budgets' current periods, of ended periods not yet
+  // freed by maintain() (calls in flight included), and user_limits buckets.
+  struct held_users {
+    std::size_t budget = 0, retired = 0, rate = 0;
+  };
+  held_users users_held() const;
+
   // Alerts raised since the last call (soft_threshold, spend_guard, projected_overspend), oldest
   // first. At most 1024 are held between calls; more are counted in counters().alerts_dropped.
   std::vector<alert_event> take_alerts();

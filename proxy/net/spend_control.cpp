@@ -107,6 +107,11 @@ void register_metrics(metrics& m, policy_engine& engine, alert_notifier* notifie
                             .Name("tollgate_spend_guard_actions_total")
                             .Help("Calls a tripped spend guard rejected or rerouted, by scope and action.")
                             .Register(reg);
+  auto& end_users = pm::BuildGauge()
+                        .Name("tollgate_end_users_tracked")
+                        .Help("End users whose state spend control holds in memory, by kind (budget: of user:* budgets' "
+                              "current periods; retired: of ended periods, being freed; rate: user_limits buckets).")
+                        .Register(reg);
   auto& alerts = pm::BuildCounter()
                      .Name("tollgate_alerts_total")
                      .Help("Alert deliveries to webhooks, by outcome (sent, failed, retried, suppressed, dropped).")
@@ -147,6 +152,13 @@ void register_metrics(metrics& m, policy_engine& engine, alert_notifier* notifie
         set_counter_total(live->counter(family, labels), v);
       }
     };
+    // Memory the end users' states take grows with them (about 350 bytes each): one series a kind.
+    if (engine.counts_users() || engine.limits_users()) {
+      const auto held = engine.users_held();
+      live->gauge(end_users, {{"kind", "budget"}}).Set(static_cast<double>(held.budget));
+      live->gauge(end_users, {{"kind", "retired"}}).Set(static_cast<double>(held.retired));
+      live->gauge(end_users, {{"kind", "rate"}}).Set(static_cast<double>(held.rate));
+    }
     auto counts = engine.counters();
     totals(rate_limited, counts.rate_limited, "kind");
     totals(rejections, counts.budget_rejections, nullptr);
@@ -427,6 +439,7 @@ void spend_control::settle_claims(std::int64_t now_ms) {
 }
 
 void spend_control::pump() {
+  engine_->maintain(unix_ms());  // end users' states: a bounded slice, freed off the I/O threads
   save_pending();
   if (claims_) settle_claims(unix_ms());
   for (auto& a : engine_->take_alerts()) {

@@ -51,7 +51,8 @@ class spend_control {
   policy_engine& engine() noexcept { return *engine_; }
   // On the forecast thread after each refresh: budget projections and anomaly alerts.
   void on_forecast(const forecast_snapshot& snap);
-  // Pumps alerts now (tests; the thread does it every second).
+  // Engine housekeeping (policy_engine::maintain), pending objects and alerts now (tests; the
+  // thread does it every second).
   void pump();
   // Before start(): sets of pending objects (background responses, batches) kept in the ledger
   // database under `kind`: start() loads them (30 days at most), pump() writes their changes.

@@ -1063,6 +1063,8 @@ TEST_CASE("budgets: user:* holds each end user to their own budget, named in eit
     CHECK(h.metric_sum("tollgate_budget_rejections_total", "scope=\"user:*\"") == 2);
     CHECK(h.metric_sum("tollgate_budget_limit_usd", "scope=\"user:*\"") == limit);
     CHECK(h.metric_sum("tollgate_budget_spent_usd", "scope=\"user:*\"") == Approx(alice).epsilon(1e-9));
+    CHECK(h.metric_sum("tollgate_end_users_tracked", "kind=\"budget\"") == 3);
+    CHECK(h.metric_sum("tollgate_end_users_tracked", "kind=\"retired\"") == 0);
     auto b = tt::request(h.admin_port(), "GET", "/admin/budgets", {}, admin);
     REQUIRE(b.status == 200);
     const auto each = json::parse(b.body)["budgets"][0];
@@ -1117,6 +1119,7 @@ TEST_CASE("rate limits: user_limits hold each end user to their own RPM, named i
     CHECK(tt::post_json(h.port(), "/v1/chat/completions", chat("bob")).status == 200);
     for (int i = 0; i < 3; ++i) CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body()).status == 200);
     CHECK(h.metric_sum("tollgate_rate_limited_total", "kind=\"requests\",scope=\"user:*\"") == 2);
+    CHECK(h.metric_sum("tollgate_end_users_tracked", "kind=\"rate\"") == 2);  // alice and bob, seen this minute
     CHECK(h.upstream->request_count() == 6);
     h.flush();
   }

@@ -1044,6 +1044,54 @@ TEST_CASE("policy user budgets: a new window forgets the last one's users, howev
   CHECK(each->spent_usd == 0);
 }
 
+TEST_CASE("policy user budgets: a new period retires the last one's users at once and maintain() frees them", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("user:*", calendar_period::day, 10, true));
+  policy_engine e(cfg, "UTC");
+  for (int i = 0; i < 5000; ++i) CHECK(user_spend(e, 1, t0, "u" + std::to_string(i)).outcome == decision::admit);
+  auto late = e.admit(user_call(2, t0, "u7"));  // settles tomorrow
+  REQUIRE(late.outcome == decision::admit);
+  e.maintain(t0, 1000);  // the same day: nothing to free
+  CHECK(e.users_held().budget == 5000);
+  CHECK(e.users_held().retired == 0);
+
+  // The day rolls with the first call of the next: the users retire (not swept there), and the
+  // new day's budget holds only the new caller. u7 starts afresh: yesterday's call in flight
+  // is yesterday's.
+  const std::int64_t tomorrow = t0 + 24 * 60 * minute_ms;
+  auto today = e.admit(user_call(10, tomorrow, "u7"));
+  CHECK(today.outcome == decision::admit);
+  e.release(today.ticket);
+  auto h = e.users_held();
+  CHECK(h.budget == 1);
+  CHECK(h.retired == 5000);
+  auto all = e.budgets(tomorrow);
+  CHECK(find_budget(all, "user:*")->users == 1);
+  // maintain() frees them, in slices of 1000 here, but for the state yesterday's call holds.
+  e.maintain(tomorrow, 1000);
+  h = e.users_held();
+  CHECK(h.retired == 1);
+  CHECK(h.budget == 1);
+  // That call settles: its spend is yesterday's, and its state goes at the next maintain().
+  e.settle(late.ticket, 2, 0, "gpt-4.1", tomorrow, t0);
+  CHECK(e.budgets(tomorrow, "u7")[0].spent_usd == 0);
+  e.maintain(tomorrow, 1000);
+  CHECK(e.users_held().retired == 0);
+  // A period maintain() sees end first is rolled there.
+  const std::int64_t after = tomorrow + 24 * 60 * minute_ms;
+  e.maintain(after);
+  CHECK(e.users_held().budget == 0);
+  CHECK(e.users_held().retired == 0);
+  // Without maintain(), a second roll frees the first's retired users itself.
+  for (int i = 0; i < 100; ++i) user_spend(e, 1, after, "v" + std::to_string(i));
+  CHECK(user_spend(e, 1, after + 24 * 60 * minute_ms, "w").outcome == decision::admit);
+  CHECK(e.users_held().retired == 100);
+  CHECK(user_spend(e, 1, after + 48 * 60 * minute_ms, "w").outcome == decision::admit);
+  h = e.users_held();
+  CHECK(h.retired == 1);
+  CHECK(h.budget == 1);
+}
+
 TEST_CASE("policy user budgets: users beyond the tracked number share one bucket", "[policy]") {
   policy_config cfg;
   cfg.budgets.push_back(budget("user:*", calendar_period::day, 10, true));
@@ -1149,7 +1197,7 @@ TEST_CASE("policy user limits: a restart and the fleet's calls take from an end 
   CHECK(e.admit(f).outcome == decision::rate_limited);
 }
 
-TEST_CASE("policy user limits: idle users' buckets are dropped, so memory follows the last minute", "[policy]") {
+TEST_CASE("policy user limits: maintain() drops idle users' buckets, so memory follows the last minute", "[policy]") {
   policy_config cfg;
   cfg.user_limits = {10, 0};
   policy_engine e(cfg, "UTC");
@@ -1164,16 +1212,35 @@ TEST_CASE("policy user limits: idle users' buckets are dropped, so memory follow
   }
   auto f = call(0, t0);
   f.user = "u7";  // held: its bucket is charged
-  for (int i = 0; i < 9; ++i) e.admit(f);
+  for (int i = 0; i < 9; ++i) {
+    auto d = e.admit(f);
+    REQUIRE(d.outcome == decision::admit);
+    e.settle(d.ticket, 0, 0, "gpt-4.1", t0);
+  }
   CHECK(e.admit(f).outcome == decision::rate_limited);
-  // A minute on, the full buckets are swept as new users come, and limits hold for them again.
+  CHECK(e.users_held().rate == 250'000);
+  // Users seen within the minute stay. A minute on, maintain() drops the idle users whose
+  // buckets are full again, and limits hold for new users again; u7, seen again, stays.
+  e.maintain(t0 + 59'000);
+  CHECK(e.users_held().rate == 250'000);
+  f.now_ms = t0 + 50'000;
+  auto busy = e.admit(f);
+  REQUIRE(busy.outcome == decision::admit);
+  e.maintain(t0 + 75'000);
+  CHECK(e.users_held().rate == 1);
+  // u7 idles a minute too, but holds a call: it stays until the call is over, and its bucket full.
+  e.maintain(t0 + 115'000);
+  CHECK(e.users_held().rate == 1);
+  e.release(busy.ticket);
+  e.maintain(t0 + 175'000);
+  CHECK(e.users_held().rate == 0);
   for (int i = 0; i < 2000; ++i) {
-    auto g = call(0, t0 + 61'000);
+    auto g = call(0, t0 + 175'000);
     const std::string u = "late" + std::to_string(i);
     g.user = u;
     e.admit(g);
   }
-  f.now_ms = t0 + 61'000;
+  f.now_ms = t0 + 175'000;
   f.user = "late5";
   for (int i = 0; i < 9; ++i) CHECK(e.admit(f).outcome == decision::admit);
   CHECK(e.admit(f).outcome == decision::rate_limited);
