@@ -592,6 +592,25 @@ class loader {
     return k;
   }
 
+  // A header name (RFC 9110 token), lower-cased; not one tollgate or HTTP framing reads itself.
+  std::string user_header(const entry& e) {
+    std::string name = text(e);
+    if (name.empty()) return name;
+    for (char& ch : name) {
+      const auto u = static_cast<unsigned char>(ch);
+      if (!(std::isalnum(u) || std::string_view("!#$%&'*+-.^_`|~").find(ch) != std::string_view::npos) || u >= 0x80)
+        fail(e, "'" + name + "' is not a header name (letters, digits and !#$%&'*+-.^_`|~)");
+      ch = static_cast<char>(std::tolower(u));
+    }
+    for (std::string_view taken : {"authorization", "x-api-key", "host", "content-length", "content-type",
+                                   "content-encoding", "transfer-encoding", "connection", "upgrade", "keep-alive",
+                                   "te", "trailer", "expect", "proxy-authorization", "x-request-id",
+                                   "anthropic-version", "user-agent", "accept", "accept-encoding"})
+      if (name == taken)
+        fail(e, "'" + name + "' is a header HTTP or the APIs use for something else; name your own (e.g. x-end-user)");
+    return name;
+  }
+
   // {rpm, tpm}: per minute, 0 = unlimited (a key's `limits`, `user_limits`).
   rate_limits limits(const entry& e) {
     rate_limits l;
@@ -748,6 +767,7 @@ class loader {
                          }}});
          }},
         {"user_limits", [this](const entry& e) { cfg_.policy.user_limits = limits(e); }},
+        {"user_header", [this](const entry& e) { cfg_.policy.user_header = user_header(e); }},
         {"reserve_max_tokens", [this](const entry& e) {
            cfg_.policy.default_max_tokens = static_cast<std::int64_t>(count(e, 1));
          }},

@@ -600,6 +600,7 @@ void append_upstream_head(std::span<const header_view> client_headers, const ups
         // No permessage-deflate: the Realtime meter reads the upstream's frames, and a compressed
         // one needs the session's inflate context (RFC 7692), so the session runs uncompressed.
         (h.websocket && iequals(n, "sec-websocket-extensions")) ||
+        (!h.drop_header.empty() && iequals(n, h.drop_header)) ||
         (!connection_value.empty() && connection_lists(connection_value, n)))
       continue;
     field(n, f.value);

@@ -82,6 +82,7 @@ struct upstream_head {
   // (no permessage-deflate: the Realtime meter reads the frames).
   bool websocket = false;
   std::size_t body_size = 0;
+  std::string_view drop_header;  // a header for tollgate alone (user_header), not sent on ("": none)
 };
 
 // Appends the HTTP/1.1 request head (request line, headers, empty line) tollgate sends upstream:

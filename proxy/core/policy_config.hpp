@@ -76,6 +76,9 @@ struct policy_config {
   // Requests and tokens per minute of each end user (a call's `user`, `safety_identifier` or
   // `metadata.user_id`), on top of the key's own; calls that name no end user are not held.
   rate_limits user_limits;
+  // A request header naming the call's end user (lower case; "": none). When a call carries it,
+  // its value is the end user, whatever the body says, and it is not sent upstream.
+  std::string user_header;
 };
 
 }  // namespace tollgate

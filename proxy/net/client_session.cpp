@@ -387,6 +387,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
       std::string_view connection, upgrade;
       std::string_view anthropic_version;  // an Anthropic SDK sends it on every call
       std::string_view host;
+      std::string_view end_user;  // the configured user_header's value
     } head;
     bool body_decoded = false;  // a gzip/deflate request body was decoded in place (admit)
     bool websocket = false;     // a WebSocket opening handshake on a pass-through path (tunnel)
@@ -993,8 +994,11 @@ awaitable<errc> client_session::spool_request_body(client_parser& parser, call& 
 void client_session::take_head(const client_request& req, call::head_fields& h) {
   up_headers_.clear();
   up_headers_.reserve(32);
+  const std::string_view user_header = cfg_.policy.user_header;
   for (const auto& f : req) {
     up_headers_.push_back({f.name_string(), f.value()});
+    if (!user_header.empty() && iequals(std::string_view(f.name_string().data(), f.name_string().size()), user_header))
+      keep_first(h.end_user, f.value());
     switch (f.name()) {
       case http::field::host:
         ++h.hosts;
@@ -1251,6 +1255,8 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       rec.team = key->team;
     }
   }
+  if (!c.head.end_user.empty() && !valid_utf8(c.head.end_user))
+    return a.refuse(errc::bad_request, "The " + cfg_.policy.user_header + " header must be UTF-8 text.");
   if (rd.json_body) {
     if (!is_json_content_type(c.head.content_type)) return a.refuse(errc::unsupported_media_type, {});
     if (auto e = decode_request_body(req, c); e.first != errc::ok) return a.refuse(e.first, e.second);
@@ -1263,6 +1269,9 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     rec.stream = c.facts.stream;
     rec.user = utf8_prefix(c.facts.user, 256);
   }
+  // user_header: the end user as the app's own backend or edge names them (it must be the one to
+  // set the header), over what the body says; on every route, metered or not.
+  if (!c.head.end_user.empty()) rec.user = utf8_prefix(c.head.end_user, 256);
   // A pass-through call's model: a JSON body's top-level `model` (count_tokens, image generation,
   // responses/compact), a form's `model` field (audio, image edits) or the id of
   // GET /v1/models/{id}. Routing rules apply to it as to the metered routes (count_tokens for a
@@ -1549,6 +1558,7 @@ void client_session::write_upstream_head(const upstream_node& t, const client_re
   uh.meterable_encodings_only = rd.json_body;
   uh.websocket = c.websocket;
   uh.body_size = c.spooled.active() ? c.spooled_size_sent() : req.body().size();
+  uh.drop_header = cfg_.policy.user_header;
   up_head_.clear();
   append_upstream_head(up_headers_, uh, up_head_);
 }

@@ -1128,3 +1128,38 @@ TEST_CASE("rate limits: user_limits hold each end user to their own RPM, named i
   CHECK(tt::post_json(again.port(), "/v1/chat/completions", chat("bob")).status == 200);
   CHECK(tt::post_json(again.port(), "/v1/chat/completions", chat("bob")).status == 429);
 }
+
+TEST_CASE("rate limits: user_header names the end user over the body, on every route, and is not sent upstream",
+          "[ratelimit]") {
+  tt::harness h({.tweak = [](tollgate::config& c) {
+    c.policy.user_limits.rpm = 2;
+    c.policy.user_header = "x-end-user";
+  }});
+  const std::string mallory = tt::chat_body("gpt-4.1", false, R"(,"user":"mallory")");
+  // The app's backend names alice; the body (what her client wrote) says mallory.
+  auto r = tt::post_json(h.port(), "/v1/chat/completions", mallory, {{"X-End-User", "alice"}});
+  REQUIRE(r.status == 200);
+  CHECK(r.header("x-ratelimit-remaining-requests") == "1");
+  const auto sent = h.upstream->requests().back();
+  CHECK(sent.header("x-end-user").empty());
+  CHECK(sent.body.find(R"("user":"mallory")") != std::string::npos);  // the body goes as it came
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(), {{"x-end-user", "alice"}}).status == 200);
+  r = tt::post_json(h.port(), "/v1/chat/completions", mallory, {{"x-end-user", "alice"}});
+  CHECK(r.status == 429);
+  CHECK_THAT(r.body, Catch::Matchers::Contains("user:alice"));
+  // mallory, named by the body alone (no header, or an empty one), is someone else.
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions", mallory).status == 200);
+  CHECK(tt::post_json(h.port(), "/v1/chat/completions", mallory, {{"x-end-user", ""}}).status == 200);
+  // A call that is not metered is hers too (the ledger's user column), and an id that is not
+  // UTF-8 is refused, saying which header.
+  CHECK(tt::request(h.port(), "GET", "/v1/models", {}, {{"x-end-user", "carol"}}).status == 200);
+  const std::string raw = tt::raw_exchange(
+      h.port(), "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-end-user: \xff\xfe\r\n"
+                "Connection: close\r\nContent-Length: " + std::to_string(mallory.size()) + "\r\n\r\n" + mallory);
+  CHECK(tt::status_of(raw) == 400);
+  CHECK_THAT(raw, Catch::Matchers::Contains("x-end-user header must be UTF-8"));
+  h.flush();
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE \"user\" = 'alice'") == 3);
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE \"user\" = 'mallory'") == 2);
+  CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE \"user\" = 'carol' ") == 1);
+}

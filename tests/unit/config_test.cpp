@@ -746,6 +746,15 @@ TEST_CASE("config: budgets may be per end user (user:<id>, user:*), spend guards
              StartsWith("test.yaml:2: ") && Contains("user:<id> or user:*"));
 }
 
+TEST_CASE("config: user_header names a header of its own, lower-cased", "[config]") {
+  clean_overrides clean;
+  CHECK(load_config_string("user_header: X-End-User\n", "test.yaml").policy.user_header == "x-end-user");
+  CHECK(config{}.policy.user_header.empty());
+  CHECK_THAT(load_error("auth: off\nuser_header: \"x end user\"\n"), StartsWith("test.yaml:2: ") && Contains("not a header name"));
+  CHECK_THAT(load_error("user_header: Authorization\n"), StartsWith("test.yaml:1: ") && Contains("x-end-user"));
+  CHECK_THAT(load_error("user_header: x-api-key\n"), StartsWith("test.yaml:1: "));
+}
+
 TEST_CASE("config: user_limits gives every end user RPM and TPM limits", "[config]") {
   clean_overrides clean;
   const config c = load_config_string("user_limits: { rpm: 20, tpm: 40000 }\n", "test.yaml");
