@@ -992,6 +992,7 @@ awaitable<errc> client_session::spool_request_body(client_parser& parser, call& 
 // One walk of the parsed header: the fields tollgate reads, and the list the upstream's request
 // head is written from (append_upstream_head).
 void client_session::take_head(const client_request& req, call::head_fields& h) {
+  h = {};  // taken again after a spooled body: the views are the header's as it is now
   up_headers_.clear();
   up_headers_.reserve(32);
   const std::string_view user_header = cfg_.policy.user_header;
