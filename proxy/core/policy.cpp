@@ -235,8 +235,8 @@ struct guard_state {
   }
 };
 
-// One end user's user_limits buckets. Dropped once both are full again and no call holds them
-// (a new pair starts full: the same state), so memory follows the users of the last minute.
+// One end user's user_limits buckets. Dropped once idle a minute with both full again and no call
+// holding them (a new pair starts full: the same state), so memory follows the last minute's users.
 // Users are kept in the order they were last seen (an intrusive list), so maintain() looks only
 // at those idle for a minute, never at the active ones.
 struct user_rate {

@@ -89,8 +89,8 @@ class policy_engine {
   };
 
   // Checks the key's rate limits and the end user's (user_limits: scope "user:<id>" when they
-  // refuse; at most 250,000 end users whose buckets are not full again are held, further ones
-  // pass unlimited), then spend guards, then budgets; an admitted call reserves reserve_usd on
+  // refuse; at most 250,000 end users are held, until idle a minute with full buckets (maintain),
+  // further ones pass unlimited), then spend guards, then budgets; an admitted call reserves reserve_usd on
   // every matching budget and charges the RPM/TPM buckets; a refused call holds nothing. After a reroute, the model budgets are those of the fallback model. No lock is taken
   // when no budget and no guard is configured and the key has no limits (ticket 0 then).
   decision admit(const call_facts& f) noexcept;
