@@ -135,6 +135,13 @@ aggregator::aggregator(const std::vector<std::string>& models, aggregator_option
 
 aggregator::~aggregator() = default;
 
+void aggregator::add_models(const std::vector<std::string>& models) {
+  std::lock_guard lock(mu_);
+  names_.insert(names_.end(), models.begin(), models.end());
+  std::sort(names_.begin(), names_.end());
+  names_.erase(std::unique(names_.begin(), names_.end()), names_.end());
+}
+
 aggregator::series_rings& aggregator::rings_for(std::string_view model) {
   std::string_view label = std::binary_search(names_.begin(), names_.end(), model) ? model : kOther;
   auto it = models_.find(std::string(label));

@@ -48,6 +48,9 @@ class aggregator {
   // an unpriced call, counts as "other", so the per-model set is bounded.
   explicit aggregator(const std::vector<std::string>& models, aggregator_options opts = {});
   ~aggregator();
+  // Allows these model names too (a price reload's new entries): their calls from now on get
+  // their own series instead of "other". Names already allowed are skipped; none is removed.
+  void add_models(const std::vector<std::string>& models);
   aggregator(const aggregator&) = delete;
   aggregator& operator=(const aggregator&) = delete;
 

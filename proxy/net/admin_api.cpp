@@ -471,6 +471,23 @@ json key_view(const client_key_config& k, std::string_view source) {
           {"source", source}};
 }
 
+// POST /admin/prices/reload: the price files read again (app::reload_prices). 200 with what
+// changed when they loaded; 422 naming the file and line when not (the table in force stays).
+admin_response prices_reload(const admin_context& ctx) {
+  const price_reload r = ctx.reload_prices();
+  if (!r.ok)
+    return fail(422, "invalid_price_table", "The price files did not load; the price table in force is unchanged: " + r.error);
+  admin_response out;
+  out.body = text_of(json{{"reloaded", true},
+                          {"models", r.models},
+                          {"added", r.added},
+                          {"removed", r.removed},
+                          {"warnings", r.warnings},
+                          {"loaded_at", format_rfc3339_utc(r.loaded_ms)},
+                          {"reloads", r.reloads}});
+  return out;
+}
+
 admin_response keys_list(const admin_context& ctx) {
   json out = json::array();
   for (const auto& k : ctx.cfg.policy.keys) out.push_back(key_view(k, "config"));
@@ -656,6 +673,10 @@ admin_response handle_admin(const admin_context& ctx, const admin_request& req) 
       if (get) return keys_list(ctx);
       if (req.method == "POST") return keys_create(ctx, req.body);
       return not_allowed("GET, HEAD, POST");
+    }
+    if (path == "/admin/prices/reload" && ctx.reload_prices) {
+      if (req.method != "POST") return not_allowed("POST");
+      return prices_reload(ctx);
     }
     if (path.starts_with("/admin/keys/")) {
       std::string name = url_decode(path.substr(12));

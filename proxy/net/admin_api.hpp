@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "core/price_reload.hpp"
+
 namespace tollgate {
 
 struct config;
@@ -42,6 +44,8 @@ struct admin_context {
   // What relays stating their costs charged for the models the table lacks (may be null): shown
   // by /admin/budgets, as what a hard budget reserves those models at.
   const stated_rates* stated = nullptr;
+  // POST /admin/prices/reload (may be empty: the endpoint then answers 404).
+  std::function<price_reload()> reload_prices;
 };
 
 // True for paths this API answers ("/admin/..."); everything else is the listener's.

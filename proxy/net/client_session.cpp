@@ -561,6 +561,10 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::string_view error_type_;    // an OpenAI error `type` other than the code's ("tokens"); a literal
   unsigned client_version_ = 11;   // this call's HTTP version (10 or 11): local answers speak it
   std::size_t skipped_blank_ = 0;  // CR/LF bytes skipped before this request's line
+  // The price table of this call (of the last one while idle, of the handshake for a tunnel):
+  // taken at its start, so a reload mid-call changes neither its reservation nor its cost.
+  std::shared_ptr<const price_table> prices_;
+  const price_table& prices() const noexcept { return *prices_; }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -624,6 +628,7 @@ bool client_session::park(steady::duration wait, beast::error_code& ec) {
   for (std::string* s : {&parse_, &out_, &head_, &up_head_}) std::string().swap(*s);
   std::vector<header_view>().swap(up_headers_);
   decltype(extra_headers_)().swap(extra_headers_);
+  prices_.reset();  // a parked connection keeps no price table alive past a reload
   const std::size_t n = stream_.socket().read_some(asio::buffer(&first_byte_, 1), ec);
   if (ec != asio::error::would_block) {
     if (!ec && n == 1) take_first_byte();
@@ -775,6 +780,7 @@ awaitable<bool> client_session::handle_one() {
   if ((!ec || ec == http::error::body_limit) && head_bytes > cfg_.max_header_bytes) ec = http::error::header_limit;
 
   call c;
+  prices_ = w_.price_snapshot();
   auto& req = parser.get();
   std::optional<target_parts> tp;
   route_decision rd;
@@ -1368,7 +1374,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
     const bool media = c.media != media_call::none;
     const bool remix = c.media == media_call::video_remix && send_model.empty();
     std::string_view price_id = media && send_model.empty() ? pass_model : send_model;
-    const model_price* price = remix ? nullptr : st_.prices.resolve(price_id);
+    const model_price* price = remix ? nullptr : prices().resolve(price_id);
     token_usage worst;
     std::uint8_t worst_writes = 0;  // request_facts::cache_control
     double hops_usd = 0;            // server-side fallbacks' worst case, beside the call's own
@@ -1377,11 +1383,11 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       worst = media_worst(c.media, c.media_of().media_req);
       if (remix) {
         const auto v = st_.videos.find(remix_source_id(req.method_string(), tp.path));
-        if (v && (price = st_.prices.resolve(v->model)) != nullptr) {
+        if (v && (price = prices().resolve(v->model)) != nullptr) {
           worst.video_seconds = v->seconds;
           worst.media_w = v->w;
           worst.media_h = v->h;
-        } else if (const auto [p, unit] = st_.prices.priciest_per_second(); p != nullptr) {
+        } else if (const auto [p, unit] = prices().priciest_per_second(); p != nullptr) {
           price = p;
           worst.media_w = unit.w;
           worst.media_h = unit.h;
@@ -1409,7 +1415,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
         w.completion = std::min<std::int64_t>(hop.max_tokens.value_or(w.completion), 1LL << 40);
         if (hop.fast) w.tier = *hop.fast ? service_tier::fast : c.facts.priority ? service_tier::priority : service_tier::none;
         hops_tokens += w.prompt + w.completion;
-        if (const model_price* p = st_.prices.resolve(hop.model)) hops_usd += reserve_cost(*p, w, worst_writes, multiplier);
+        if (const model_price* p = prices().resolve(hop.model)) hops_usd += reserve_cost(*p, w, worst_writes, multiplier);
       }
       if (c.facts.default_fallbacks) {
         hops_tokens += worst.prompt + worst.completion;
@@ -1435,7 +1441,7 @@ void client_session::admit(client_request& req, const route_decision& rd, const 
       const token_usage& worst;
       std::uint8_t writes;
       double multiplier, hops_usd;
-    } rc{st_.prices, worst, worst_writes, multiplier, hops_usd};
+    } rc{prices(), worst, worst_writes, multiplier, hops_usd};
     pf.reserve_ctx = &rc;
     pf.reserve_at = [](const void* ctx, std::string_view model) {
       const auto& r = *static_cast<const reserve_context*>(ctx);
@@ -2225,7 +2231,7 @@ awaitable<client_session::exchange_result> client_session::exchange(Stream& up, 
   if (metered && c.media_in && c.media_in->speech.characters > 0 && c.error == errc::ok &&
       rec.source == usage_source::none) {
     const speech_facts& speech = c.media_in->speech;
-    const model_price* p = st_.prices.resolve(c.sent_model.empty() ? rec.requested_model : c.sent_model);
+    const model_price* p = prices().resolve(c.sent_model.empty() ? rec.requested_model : c.sent_model);
     if (p && p->per_million_characters > 0) {
       rec.tokens = {};
       rec.tokens.characters = speech.characters;
@@ -2488,7 +2494,7 @@ awaitable<void> client_session::tunnel_on(Stream& up, upstream_conn& conn, const
     usage_record row = rec;
     std::vector<std::pair<std::string, token_usage>> by_model;
     add_session_usage(meter, row, by_model);
-    session_cost = by_model.empty() ? cost_result{} : compute_cost(st_.prices, by_model, c.price_multiplier, rec.start_ms);
+    session_cost = by_model.empty() ? cost_result{} : compute_cost(prices(), by_model, c.price_multiplier, rec.start_ms);
     row.priced = session_cost.priced;
     row.cost_usd = session_cost.usd;
     if (session_cost.price) row.price_model = session_cost.price->name;
@@ -2645,7 +2651,7 @@ void client_session::add_other_models(call& c, const std::vector<std::pair<std::
 // charged for it (stated_rates), each capped by the table's dearest price, or the table's dearest
 // prices while nothing is learned (+inf: neither exists, nothing to reserve at).
 stated_rates::rates client_session::stated_reserve_rates(std::string_view model) const {
-  const auto [top_in, top_out] = st_.prices.priciest_tokens();
+  const auto [top_in, top_out] = prices().priciest_tokens();
   return stated_rates::reserve_rates(st_.stated.bound(model), top_in, top_out);
 }
 
@@ -2694,7 +2700,7 @@ void client_session::finish_call(call& c) {
   const std::int64_t priced_at = c.created_ms >= 0 ? c.created_ms : rec.start_ms;
   if (!c.usage_by_model.empty()) {
     // A message batch's results (each model's requests at its batch prices), a Realtime session.
-    const auto cost = compute_cost(st_.prices, c.usage_by_model, c.price_multiplier, priced_at);
+    const auto cost = compute_cost(prices(), c.usage_by_model, c.price_multiplier, priced_at);
     rec.priced = cost.priced;
     rec.cost_usd = cost.usd;
     if (cost.price) rec.price_model = cost.price->name;
@@ -2709,7 +2715,7 @@ void client_session::finish_call(call& c) {
     for (const std::string* name : std::initializer_list<const std::string*>{&model, &fallback, &rec.requested_model}) {
       if (name == tried || name->empty()) continue;
       tried = name;
-      const model_price* p = st_.prices.resolve_at(*name, priced_at);
+      const model_price* p = prices().resolve_at(*name, priced_at);
       if (p == nullptr) continue;
       token_usage u = rec.tokens;
       if (untiered && off_peak_at(*p, priced_at)) u.tier = service_tier::off_peak;
@@ -2759,7 +2765,7 @@ void client_session::finish_call(call& c) {
       const std::string size = std::to_string(rec.tokens.media_w) + "x" + std::to_string(rec.tokens.media_h) +
                                (rec.tokens.media_hd ? " hd" : "");
       if (warned.size() < 1000 && warned.insert(media ? model + " " + size : model).second) {
-        if (media && st_.prices.resolve(model))  // an image or video size its entry does not price
+        if (media && prices().resolve(model))  // an image or video size its entry does not price
           log_line(log_level::warn, "model has no price for this output: calls are ledgered with cost 0 and priced=false")
               .str("model", model)
               .str("output", size);
@@ -2768,7 +2774,7 @@ void client_session::finish_call(call& c) {
               .str("model", model);
       }
     }
-  } else if (auto* price = st_.prices.resolve(model)) {
+  } else if (auto* price = prices().resolve(model)) {
     rec.price_model = price->name;
     rec.priced = true;  // a refused or failed call of a priced model is not an unpriced one
   }

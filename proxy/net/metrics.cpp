@@ -102,7 +102,13 @@ struct metrics::impl {
     pm::Counter* reasoning;
     pm::Counter* spend;
   };
-  std::unordered_map<std::string, model_children> models;  // read-only after construction
+  // The `model` label's children per price-table entry (and "other"). A price reload adds the
+  // new entries' children to a copy and publishes it (add_models); a published map is never
+  // changed, and every map stays until the end (a call may still read an older one; one map per
+  // reload that added a model), so record_call reads the current one with one load, no lock.
+  using model_map = std::unordered_map<std::string, model_children>;
+  std::atomic<const model_map*> models{nullptr};
+  std::vector<std::unique_ptr<const model_map>> model_maps;  // every map published (under mu)
 
   // Lazily created (route, model, code) and upstream error children.
   const std::uint64_t id = next_id.fetch_add(1, std::memory_order_relaxed);  // for the thread caches
@@ -132,18 +138,31 @@ metrics::metrics(const price_table& prices) : impl_(std::make_unique<impl>()) {
                    &m.overhead_f.Add({{"route", route}}, overhead_buckets()),
                    metered ? &m.unmetered_f.Add({{"route", route}}) : nullptr};
   }
-  auto add_model = [&](const std::string& name) {
-    m.models.emplace(name, impl::model_children{
-                               m.models.size(),
-                               &m.tokens.Add({{"model", name}, {"kind", "prompt"}}),
-                               &m.tokens.Add({{"model", name}, {"kind", "completion"}}),
-                               &m.tokens.Add({{"model", name}, {"kind", "cached"}}),
-                               &m.tokens.Add({{"model", name}, {"kind", "reasoning"}}),
-                               &m.spend.Add({{"model", name}}),
-                           });
-  };
-  for (const auto& n : prices.names()) add_model(n);
-  add_model("other");
+  auto names = prices.names();
+  names.emplace_back("other");
+  add_models(names);
+}
+
+void metrics::add_models(const std::vector<std::string>& names) {
+  auto& m = *impl_;
+  std::lock_guard lock(m.mu);
+  const impl::model_map* now = m.models.load(std::memory_order_relaxed);
+  auto next = now ? std::make_unique<impl::model_map>(*now) : std::make_unique<impl::model_map>();
+  const std::size_t before = next->size();
+  for (const auto& name : names) {
+    if (next->contains(name)) continue;
+    next->emplace(name, impl::model_children{
+                            next->size(),
+                            &m.tokens.Add({{"model", name}, {"kind", "prompt"}}),
+                            &m.tokens.Add({{"model", name}, {"kind", "completion"}}),
+                            &m.tokens.Add({{"model", name}, {"kind", "cached"}}),
+                            &m.tokens.Add({{"model", name}, {"kind", "reasoning"}}),
+                            &m.spend.Add({{"model", name}}),
+                        });
+  }
+  if (now && next->size() == before) return;  // nothing new: the published map stays
+  m.models.store(next.get(), std::memory_order_release);
+  m.model_maps.push_back(std::move(next));
 }
 
 metrics::~metrics() = default;
@@ -153,8 +172,9 @@ prometheus::Registry& metrics::registry() noexcept { return *impl_->registry; }
 void metrics::record_call(const usage_record& rec, double overhead_s) {
   auto& m = *impl_;
   // The `model` label: the call's price-table entry, or "other" (a bounded set).
-  auto mit = rec.price_model.empty() ? m.models.end() : m.models.find(rec.price_model);
-  if (mit == m.models.end()) mit = m.models.find("other");
+  const impl::model_map& models = *m.models.load(std::memory_order_acquire);
+  auto mit = rec.price_model.empty() ? models.end() : models.find(rec.price_model);
+  if (mit == models.end()) mit = models.find("other");
   const std::string_view model = mit->first;
   const impl::model_children& mc = mit->second;
   const auto route = static_cast<int>(rec.route);

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/usage_record.hpp"
 
@@ -28,6 +29,9 @@ class metrics {
  public:
   explicit metrics(const price_table& prices);
   ~metrics();
+  // Gives the `model` label these entry names too (a price reload's new entries); names it
+  // has already are skipped. A removed entry's series stay: counters do not go back.
+  void add_models(const std::vector<std::string>& names);
   metrics(const metrics&) = delete;
   metrics& operator=(const metrics&) = delete;
 

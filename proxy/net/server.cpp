@@ -76,8 +76,18 @@ struct app::impl {
   bool stopped = false;
   std::mutex stop_mu;
 
+  // Price reloads, one at a time; and what the last one left in force.
+  std::mutex reload_mu;
+  std::int64_t prices_loaded_ms = 0;
+  std::uint64_t price_reloads = 0;
+  prometheus::Counter* reloads_ok = nullptr;
+  prometheus::Counter* reloads_failed = nullptr;
+  prometheus::Gauge* prices_loaded = nullptr;
+  prometheus::Gauge* price_models = nullptr;
+
   void start_admin();
   awaitable<void> admin_session(tcp::socket s);
+  price_reload reload_prices();
 };
 
 namespace {
@@ -376,18 +386,49 @@ awaitable<void> accept_loop(worker& w) {
 
 }  // namespace
 
+namespace {
+// tollgate_price_reloads_total, tollgate_price_table_models and
+// tollgate_price_table_loaded_timestamp_seconds: set at start and by each reload.
+void register_price_metrics(app::impl& I, metrics& m, std::size_t models) {
+  namespace pm = prometheus;
+  auto& reg = m.registry();
+  auto& reloads = pm::BuildCounter()
+                      .Name("tollgate_price_reloads_total")
+                      .Help("Reloads of the price files (SIGHUP, POST /admin/prices/reload), by result: ok, failed (the table in force stayed).")
+                      .Register(reg);
+  I.reloads_ok = &reloads.Add({{"result", "ok"}});
+  I.reloads_failed = &reloads.Add({{"result", "failed"}});
+  I.price_models = &pm::BuildGauge()
+                        .Name("tollgate_price_table_models")
+                        .Help("Entries of the price table in force.")
+                        .Register(reg)
+                        .Add({});
+  I.prices_loaded = &pm::BuildGauge()
+                         .Name("tollgate_price_table_loaded_timestamp_seconds")
+                         .Help("When the price table in force was loaded (start or the last successful reload), Unix seconds.")
+                         .Register(reg)
+                         .Add({});
+  I.price_models->Set(static_cast<double>(models));
+  I.prices_loaded->Set(static_cast<double>(I.prices_loaded_ms) / 1000.0);
+}
+}  // namespace
+
 app::app(config cfg) : impl_(std::make_unique<impl>()) {
   auto& st = impl_->st;
   st.cfg = std::move(cfg);
   auto& c = st.cfg;
   set_log_level(c.log);
-  st.prices.load_configured(c);
+  auto table = std::make_shared<price_table>();
+  table->load_configured(c);
+  st.prices.publish(table);
+  impl_->prices_loaded_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch()).count();
   // A model budget or guard names its model as clients do ("claude-sonnet-4-5", "GPT-4.1"), while
   // calls are counted under their price-table entry: the scope takes the entry's name, or it
   // would never match a call (and a hard budget never hold).
   const auto canonical_scope = [&](std::string& scope, std::string_view what) {
     if (!scope.starts_with("model:")) return;
-    if (const model_price* p = st.prices.resolve(std::string_view(scope).substr(6))) {
+    if (const model_price* p = table->resolve(std::string_view(scope).substr(6))) {
       scope = "model:" + p->name;
     } else {
       c.warnings.push_back(std::string(what) + " scope '" + scope +
@@ -397,7 +438,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   for (auto& b : c.policy.budgets) canonical_scope(b.scope, "budget");
   for (auto& g : c.policy.spend_guards) {
     canonical_scope(g.scope, "spend guard");
-    if (g.action == guard_action::reroute && !g.fallback_model.empty() && st.prices.resolve(g.fallback_model) == nullptr)
+    if (g.action == guard_action::reroute && !g.fallback_model.empty() && table->resolve(g.fallback_model) == nullptr)
       c.warnings.push_back("spend guard " + g.scope + ": fallback_model '" + g.fallback_model +
                            "' is not in the price table: rerouted calls will be unpriced");
   }
@@ -442,12 +483,13 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
     lo.prunable_through_id = [I = impl_.get()] { return I->shipper_ ? I->shipper_->shipped_through() : 0; };
   }
   impl_->ledger_ = std::make_unique<ledger>(lo);
-  impl_->metrics_ = std::make_unique<metrics>(st.prices);
+  impl_->metrics_ = std::make_unique<metrics>(*table);
   st.ledger_ = impl_->ledger_.get();
   st.metrics_ = impl_->metrics_.get();
   register_upstream_metrics(st, *impl_->metrics_);
   register_connection_metrics(st, *impl_->metrics_);
   register_ledger_metrics(*impl_->ledger_, *impl_->metrics_);
+  register_price_metrics(*impl_, *impl_->metrics_, table->size());
   const std::string fleet_instance =
       c.ledger_postgres.url.empty() ? std::string()
       : c.ledger_postgres.instance.empty() ? default_instance_name() : c.ledger_postgres.instance;
@@ -485,7 +527,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   if (c.forecast.enabled) {
     aggregator_options ao;
     ao.total_minutes = c.forecast.history_days * 1440;
-    impl_->aggregator_ = std::make_unique<aggregator>(st.prices.names(), ao);
+    impl_->aggregator_ = std::make_unique<aggregator>(table->names(), ao);
     forecast_service_options fo;
     fo.refresh_interval = c.forecast.refresh_interval;
     fo.timezone = c.timezone;
@@ -596,7 +638,7 @@ void app::start() {
       .str("upstream", upstream_list)
       .integer("workers", n)
       .str("ledger", c.ledger_path)
-      .integer("priced_models", static_cast<std::int64_t>(I.st.prices.size()));
+      .integer("priced_models", static_cast<std::int64_t>(I.st.prices.current()->size()));
 }
 
 std::uint16_t app::port() const noexcept { return impl_->port; }
@@ -605,7 +647,69 @@ const config& app::cfg() const noexcept { return impl_->st.cfg; }
 ledger& app::get_ledger() noexcept { return *impl_->ledger_; }
 metrics& app::get_metrics() noexcept { return *impl_->metrics_; }
 const aggregator* app::get_aggregator() const noexcept { return impl_->aggregator_.get(); }
-const price_table& app::prices() const noexcept { return impl_->st.prices; }
+std::shared_ptr<const price_table> app::prices() const { return impl_->st.prices.current(); }
+
+price_reload app::reload_prices() { return impl_->reload_prices(); }
+
+price_reload app::impl::reload_prices() {
+  auto& I = *this;
+  std::lock_guard lock(I.reload_mu);
+  const config& c = I.st.cfg;
+  price_reload r;
+  auto next = std::make_shared<price_table>();
+  try {
+    next->load_configured(c);
+  } catch (const std::exception& e) {
+    r.error = e.what();
+    r.loaded_ms = I.prices_loaded_ms;
+    r.reloads = I.price_reloads;
+    r.models = I.st.prices.current()->size();
+    if (I.reloads_failed) I.reloads_failed->Increment();
+    log_line(log_level::error, "price reload failed: the price table in force is unchanged").str("error", r.error);
+    return r;
+  }
+  const auto old = I.st.prices.current();
+  const auto old_names = old->names(), new_names = next->names();  // both sorted (the table is a map)
+  std::set_difference(new_names.begin(), new_names.end(), old_names.begin(), old_names.end(), std::back_inserter(r.added));
+  std::set_difference(old_names.begin(), old_names.end(), new_names.begin(), new_names.end(), std::back_inserter(r.removed));
+  // Budget and guard scopes were set to their entry's name at start (canonical_scope): one the
+  // new table resolves to no entry, or to another, counts no call from now on.
+  const auto check_scope = [&](const std::string& scope, std::string_view what) {
+    if (!scope.starts_with("model:")) return;
+    const std::string_view model = std::string_view(scope).substr(6);
+    const model_price* p = next->resolve(model);
+    if (p == nullptr || p->name != model)
+      r.warnings.push_back(std::string(what) + " scope '" + scope +
+                           (p ? "' now resolves to the entry '" + p->name + "': it counts no call until a restart"
+                              : "' names no entry of the new table: it counts no call"));
+  };
+  for (const auto& b : c.policy.budgets) check_scope(b.scope, "budget");
+  for (const auto& g : c.policy.spend_guards) {
+    check_scope(g.scope, "spend guard");
+    if (g.action == guard_action::reroute && !g.fallback_model.empty() && next->resolve(g.fallback_model) == nullptr)
+      r.warnings.push_back("spend guard " + g.scope + ": fallback_model '" + g.fallback_model +
+                           "' is not in the new table: rerouted calls will be unpriced");
+  }
+  // The new entries' own `model` series (metrics, forecaster) before any call can carry them.
+  if (I.metrics_) I.metrics_->add_models(r.added);
+  if (I.aggregator_) I.aggregator_->add_models(r.added);
+  r.models = next->size();
+  I.st.prices.publish(std::move(next));
+  I.prices_loaded_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::system_clock::now().time_since_epoch()).count();
+  r.loaded_ms = I.prices_loaded_ms;
+  r.reloads = ++I.price_reloads;
+  r.ok = true;
+  if (I.reloads_ok) I.reloads_ok->Increment();
+  if (I.prices_loaded) I.prices_loaded->Set(static_cast<double>(r.loaded_ms) / 1000.0);
+  if (I.price_models) I.price_models->Set(static_cast<double>(r.models));
+  log_line(log_level::info, "prices reloaded: calls from now on are priced at the new table")
+      .integer("priced_models", static_cast<std::int64_t>(r.models))
+      .integer("added", static_cast<std::int64_t>(r.added.size()))
+      .integer("removed", static_cast<std::int64_t>(r.removed.size()));
+  for (const auto& w : r.warnings) log_line(log_level::warn, "price reload").str("warning", w);
+  return r;
+}
 
 void app::shutdown() {
   auto& I = *impl_;
@@ -668,17 +772,18 @@ void app::shutdown() {
 
 void app::run_until_signal() {
   asio::io_context ioc(1);
-  // SIGHUP is caught too: its default action would end the process at once, losing the calls
-  // in flight and the ledger rows still queued (a closed terminal sends it, and operators send
-  // it expecting a reload). tollgate has no live reload: it says so and keeps serving; a restart
-  // (SIGTERM, which drains) applies a changed config.
+  // SIGHUP reloads the price files (reload_prices); its default action would end the process at
+  // once, losing the calls in flight and the ledger rows still queued. The rest of the
+  // configuration is read at start only: a restart (SIGTERM, which drains) applies it.
   asio::signal_set signals(ioc, SIGINT, SIGTERM, SIGHUP);
   int got = 0;
   std::function<void(const beast::error_code&, int)> on_signal = [&](const beast::error_code& ec, int sig) {
     if (ec) return;
     if (sig == SIGHUP) {
-      log_line(log_level::warn, "SIGHUP ignored: tollgate does not reload its configuration; restart it "
-                                "(SIGTERM drains calls in flight) to apply changes");
+      // Here, on the thread that only waits for signals: calls go on on their workers meanwhile.
+      log_line(log_level::info, "SIGHUP: reloading the price files; other configuration changes need a restart "
+                                "(SIGTERM drains calls in flight)");
+      reload_prices();
       signals.async_wait(on_signal);
       return;
     }
@@ -778,13 +883,14 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
     target = target.substr(0, target.find('?'));
     bool get = req.method() == http::verb::get || req.method() == http::verb::head;
     if (is_admin_path(target)) {
-      admin_context ctx{st.cfg, st.prices, *st.policy, st.cfg.ledger_path,
+      const auto table = st.prices.current();  // held while the request runs
+      admin_context ctx{st.cfg, *table, *st.policy, st.cfg.ledger_path,
                         [] {
                           return std::chrono::duration_cast<std::chrono::milliseconds>(
                                      std::chrono::system_clock::now().time_since_epoch())
                               .count();
                         },
-                        [this] { spend_->learn_stated_costs(); }, &st.stated};
+                        [this] { spend_->learn_stated_costs(); }, &st.stated, [this] { return reload_prices(); }};
       admin_request ar{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body())};
       admin_response r = co_await asio::co_spawn(

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "core/config.hpp"
+#include "core/price_reload.hpp"
 
 namespace tollgate {
 
@@ -33,7 +34,7 @@ class app {
   // drain_timeout, then cancel the rest (they are ledgered as aborted), flush the ledger.
   // Idempotent; blocks until done.
   void shutdown();
-  // Blocks until SIGINT or SIGTERM, then shutdown().
+  // Blocks until SIGINT or SIGTERM, then shutdown(); SIGHUP reloads the prices meanwhile.
   void run_until_signal();
 
   const config& cfg() const noexcept;
@@ -41,7 +42,13 @@ class app {
   metrics& get_metrics() noexcept;
   // The traffic aggregator behind the forecaster; nullptr when forecast.enabled is false.
   const aggregator* get_aggregator() const noexcept;
-  const price_table& prices() const noexcept;
+  // The price table in force (a reload replaces it; the one returned stays valid while held).
+  std::shared_ptr<const price_table> prices() const;
+  // Reads the price files again (prices_file, litellm_prices_file) and, when they load, puts
+  // the new table in force for calls that start from now on; calls in flight finish at the
+  // table they started with. A file that does not load leaves the table as it was and says why
+  // (file:line). Called on SIGHUP and by POST /admin/prices/reload; thread-safe.
+  price_reload reload_prices();
 
   struct impl;
 

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <list>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -55,12 +56,40 @@ struct upstream_node {
 class policy_engine;
 class alert_notifier;
 
+// The live price table. A reload (SIGHUP, POST /admin/prices/reload) builds a whole new table and
+// publishes it here; nothing edits a published table. Each call takes the table current at its
+// start and holds it to its end (client_session::prices_), so one table prices a call's
+// reservation and its settlement, and a table a call still holds outlives the reload. Workers
+// cache the current table and look again only when the generation moves: a call costs one
+// atomic load and one reference count, no lock.
+class price_book {
+ public:
+  price_book() : cur_(std::make_shared<const price_table>()) {}
+  std::shared_ptr<const price_table> current() const {
+    std::lock_guard lock(mu_);
+    return cur_;
+  }
+  std::uint64_t generation() const noexcept { return gen_.load(std::memory_order_acquire); }
+  void publish(std::shared_ptr<const price_table> t) {
+    {
+      std::lock_guard lock(mu_);
+      cur_ = std::move(t);
+    }
+    gen_.fetch_add(1, std::memory_order_acq_rel);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::shared_ptr<const price_table> cur_;
+  std::atomic<std::uint64_t> gen_{0};
+};
+
 // Read-mostly state every worker sees. Only atomics change after start().
 struct shared_state {
   config cfg;
   std::vector<std::unique_ptr<upstream_node>> upstreams;
   std::unique_ptr<upstream_router> router;
-  price_table prices;
+  price_book prices;
   ledger* ledger_ = nullptr;
   metrics* metrics_ = nullptr;
   policy_engine* policy = nullptr;
@@ -179,6 +208,20 @@ struct worker {
   std::thread thread;
   std::list<std::weak_ptr<client_session>> sessions;  // for shutdown (worker thread only)
   std::size_t session_count = 0;
+  // The price table for a call starting now (price_book): this worker's copy, taken again from
+  // the book only after a reload.
+  const std::shared_ptr<const price_table>& price_snapshot() {
+    const std::uint64_t g = state.prices.generation();
+    if (g != prices_gen_ || !prices_) {
+      prices_ = state.prices.current();
+      prices_gen_ = g;
+    }
+    return prices_;
+  }
+
+ private:
+  std::shared_ptr<const price_table> prices_;
+  std::uint64_t prices_gen_ = 0;
 };
 
 // /readyz on both ports: 200 when the ledger is writable, an upstream key is configured and the

@@ -6,8 +6,9 @@
 #           the kill is in the ledger, once (calls of the last instant may be lost: at most the
 #           rows not yet committed).
 #   term    SIGTERM mid-load: every answered call is in the ledger, once.
-#   hup     SIGHUP (a closed terminal, or an operator expecting a reload): tollgate says it does
-#           not reload and keeps serving; the calls before and after it are in the ledger.
+#   hup     SIGHUP reloads the price files: a model added to prices.yaml is priced from then on,
+#           a file that does not load is reported (file:line) and changes nothing; tollgate
+#           keeps serving, and the calls around the signals are in the ledger.
 #   locked  SIGTERM mid-load while another process holds the database's write lock: the rows go
 #           to the journal; a restart after the lock is gone replays them: every answered call
 #           is in the ledger, once, and the journal is gone.
@@ -95,10 +96,10 @@ wait_tollgate() {
   wait "$tollgate_pid" || tollgate_status=$?
 }
 
-# One call through the running tollgate; prints its x-request-id.
+# One call through the running tollgate (of model $1, default gpt-4o-mini); prints its x-request-id.
 one_call() {
   curl -sS -D - -o /dev/null -H 'content-type: application/json' \
-    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"after restart"}]}' \
+    -d '{"model":"'"${1:-gpt-4o-mini}"'","messages":[{"role":"user","content":"after restart"}]}' \
     "$base_url/chat/completions" | tr -d '\r' | sed -n 's/^x-request-id: //Ip'
 }
 
@@ -174,25 +175,40 @@ scenario_term() {
 }
 
 scenario_hup() {
-  local db="$workdir/hup.db" before after
-  echo "sigkill.sh: hup: SIGHUP is logged and ignored; tollgate keeps serving"
-  start_tollgate "$db" "$workdir/hup.err"
-  before="$(one_call)"
+  local db="$workdir/hup.db" before after priced
+  echo "sigkill.sh: hup: SIGHUP reloads the price files; tollgate keeps serving"
+  # The shipped configuration, its price table beside it (a copy this scenario edits).
+  mkdir -p "$workdir/hupconf"
+  cp "$config" "$here/../../config/prices.yaml" "$workdir/hupconf/"
+  config="$workdir/hupconf/tollgate.yaml" start_tollgate "$db" "$workdir/hup.err"
+  before="$(one_call hup-model)"
+  printf '  hup-model: { input: 1000, output: 2000 }\n' >>"$workdir/hupconf/prices.yaml"
   kill -HUP "$tollgate_pid"
   for _ in $(seq 50); do
-    grep -q 'SIGHUP ignored' "$workdir/hup.err" && break
+    grep -q 'prices reloaded' "$workdir/hup.err" && break
     sleep 0.1
   done
-  grep -q 'SIGHUP ignored' "$workdir/hup.err" || fail "SIGHUP was not reported"
+  grep -q 'prices reloaded' "$workdir/hup.err" || fail "SIGHUP did not reload the prices"
   kill -0 "$tollgate_pid" 2>/dev/null || fail "tollgate ended on SIGHUP"
-  kill -HUP "$tollgate_pid"  # the handler is armed again
-  after="$(one_call)"
+  after="$(one_call hup-model)"
   [[ -n "$before" && -n "$after" ]] || fail "a call around the SIGHUP was not answered"
+  # A file that does not load: said, and the table in force stays.
+  printf '  broken: { input: [1] }\n' >>"$workdir/hupconf/prices.yaml"
+  kill -HUP "$tollgate_pid"
+  for _ in $(seq 50); do
+    grep -q 'price reload failed' "$workdir/hup.err" && break
+    sleep 0.1
+  done
+  grep -q "price reload failed.*prices.yaml:[0-9]" "$workdir/hup.err" || fail "a bad price file was not reported with its line"
+  local last
+  last="$(one_call hup-model)"
   kill -TERM "$tollgate_pid"
   wait_tollgate
   (( tollgate_status == 0 )) || fail "tollgate exited with $tollgate_status after SIGTERM"
-  [[ "$("$sqlite3" "$db" "SELECT COUNT(*) FROM calls WHERE request_id IN ('$before', '$after')")" == 2 ]] ||
-    fail "the calls around the SIGHUP are not both in the ledger"
+  priced="$("$sqlite3" "$db" "SELECT group_concat(priced || ':' || (cost_usd > 0), ' ') FROM (SELECT priced, cost_usd FROM calls
+            WHERE request_id IN ('$before', '$after', '$last') ORDER BY start_ms, id)")"
+  [[ "$priced" == "0:0 1:1 1:1" ]] ||
+    fail "calls before / after the reloads: priced:cost>0 = '$priced', expected '0:0 1:1 1:1'"
 }
 
 scenario_locked() {

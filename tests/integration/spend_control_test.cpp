@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <fstream>
 #include <thread>
 
 #include "core/policy.hpp"
@@ -1162,4 +1163,138 @@ TEST_CASE("rate limits: user_header names the end user over the body, on every r
   CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE \"user\" = 'alice'") == 3);
   CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE \"user\" = 'mallory'") == 2);
   CHECK(h.query_int("SELECT COUNT(*) FROM calls WHERE \"user\" = 'carol' ") == 1);
+}
+
+TEST_CASE("prices: a reload puts the new table in force for calls that start after it - a call in flight keeps "
+          "its own and a file that does not load changes nothing",
+          "[prices]") {
+  tt::temp_dir files;
+  const std::string path = files.path + "/prices.yaml";
+  const auto write = [&](const std::string& text) { std::ofstream(path, std::ios::trunc) << text; };
+  write("models:\n  m-one: { input: 1.0, output: 2.0 }\n");
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    c.prices_file = path;
+    c.policy.admin_token = "admin-secret";
+  }});
+  const tt::headers admin{{"Authorization", "Bearer admin-secret"}};
+  // The row's cost, and what its tokens cost at (input, output) USD per 1M.
+  const auto row = [&](const std::string& id) {
+    h.flush();
+    return h.rows("SELECT cost_usd, prompt_tokens, completion_tokens, priced, price_model FROM calls WHERE request_id = '" + id + "'").at(0);
+  };
+  const auto at = [](const std::map<std::string, std::string>& r, double in, double out) {
+    return (std::stod(r.at("prompt_tokens")) * in + std::stod(r.at("completion_tokens")) * out) / 1e6;
+  };
+  const auto call = [&](const std::string& model, const std::string& id, const tt::headers& extra = {}) {
+    tt::headers hs = extra;
+    hs.emplace_back("x-request-id", id);
+    return tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body(model), hs).status;
+  };
+  const auto reload = [&] { return tt::request(h.admin_port(), "POST", "/admin/prices/reload", {}, admin); };
+
+  REQUIRE(call("m-one", "before") == 200);
+  CHECK(std::stod(row("before").at("cost_usd")) == Approx(at(row("before"), 1.0, 2.0)).epsilon(1e-12));
+  CHECK(h.metric_sum("tollgate_price_table_models") == 1);
+
+  // A call admitted before the reload, answered after it.
+  std::atomic<int> slow_status{0};
+  std::thread slow([&] { slow_status = call("m-one", "in-flight", {{"x-fake-delay-ms", "800"}}); });
+  REQUIRE(tt::harness::eventually([&] { return h.metric_sum("tollgate_inflight_requests") == 1; }));
+
+  write("models:\n  m-one: { input: 1.0, output: 20.0 }\n  m-two: { input: 3.0, output: 4.0 }\n");
+  auto r = reload();
+  REQUIRE(r.status == 200);
+  auto j = json::parse(r.body);
+  CHECK(j["reloaded"] == true);
+  CHECK(j["models"] == 2);
+  CHECK(j["added"] == json::array({"m-two"}));
+  CHECK(j["removed"].empty());
+  CHECK(j["reloads"] == 1);
+  slow.join();
+  REQUIRE(slow_status == 200);
+  CHECK(std::stod(row("in-flight").at("cost_usd")) == Approx(at(row("in-flight"), 1.0, 2.0)).epsilon(1e-12));
+
+  REQUIRE(call("m-one", "after") == 200);
+  CHECK(std::stod(row("after").at("cost_usd")) == Approx(at(row("after"), 1.0, 20.0)).epsilon(1e-12));
+  REQUIRE(call("m-two", "new-model") == 200);
+  const auto added = row("new-model");
+  CHECK(added.at("priced") == "1");
+  CHECK(added.at("price_model") == "m-two");
+  CHECK(std::stod(added.at("cost_usd")) == Approx(at(added, 3.0, 4.0)).epsilon(1e-12));
+  // The new entry has its own `model` series at once (not "other").
+  CHECK(h.metric_sum("tollgate_spend_usd_total", "model=\"m-two\"") == Approx(std::stod(added.at("cost_usd"))).epsilon(1e-12));
+  CHECK(h.metric_sum("tollgate_requests_total", "model=\"other\"") == 0);
+  CHECK(h.metric_sum("tollgate_price_table_models") == 2);
+
+  // A file that does not load: 422 naming its line; the table in force stays.
+  write("models:\n  m-one: { input: 1.0, output: 20.0 }\n  m-two: { input: 3.0, output: [4] }\n");
+  r = reload();
+  CHECK(r.status == 422);
+  CHECK(json::parse(r.body)["error"]["code"] == "invalid_price_table");
+  CHECK(r.body.find(path + ":3") != std::string::npos);
+  REQUIRE(call("m-two", "after-failure") == 200);
+  CHECK(std::stod(row("after-failure").at("cost_usd")) == Approx(at(row("after-failure"), 3.0, 4.0)).epsilon(1e-12));
+  CHECK(h.metric_sum("tollgate_price_reloads_total", "result=\"ok\"") == 1);
+  CHECK(h.metric_sum("tollgate_price_reloads_total", "result=\"failed\"") == 1);
+
+  // An entry removed: its calls are unpriced from now on.
+  write("models:\n  m-two: { input: 3.0, output: 4.0 }\n");
+  r = reload();
+  REQUIRE(r.status == 200);
+  CHECK(json::parse(r.body)["removed"] == json::array({"m-one"}));
+  REQUIRE(call("m-one", "removed") == 200);
+  CHECK(row("removed").at("priced") == "0");
+
+  CHECK(tt::request(h.admin_port(), "GET", "/admin/prices/reload", {}, admin).status == 405);
+  CHECK(tt::request(h.admin_port(), "POST", "/admin/prices/reload").status == 401);
+}
+
+TEST_CASE("prices: reloads while calls run on two workers - every call is priced at one table or the other",
+          "[prices]") {
+  tt::temp_dir files;
+  const std::string path = files.path + "/prices.yaml";
+  const auto write = [&](double output) {
+    std::ofstream(path, std::ios::trunc) << "models:\n  m-one: { input: 1.0, output: " << output << " }\n";
+  };
+  write(2.0);
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    c.prices_file = path;
+    c.policy.admin_token = "admin-secret";
+    c.workers = 2;
+  }});
+  const tt::headers admin{{"Authorization", "Bearer admin-secret"}};
+  std::atomic<bool> done{false};
+  std::atomic<int> answered{0}, failed{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 4; ++t)
+    clients.emplace_back([&] {
+      while (!done) {
+        if (tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("m-one")).status == 200)
+          ++answered;
+        else
+          ++failed;
+      }
+    });
+  int reloads = 0;
+  for (int i = 0; i < 40; ++i) {
+    write(i % 2 == 0 ? 20.0 : 2.0);
+    if (tt::request(h.admin_port(), "POST", "/admin/prices/reload", {}, admin).status == 200) ++reloads;
+    std::this_thread::sleep_for(5ms);
+  }
+  done = true;
+  for (auto& c : clients) c.join();
+  CHECK(failed == 0);
+  CHECK(reloads == 40);
+  CHECK(h.metric_sum("tollgate_price_reloads_total", "result=\"ok\"") == 40);
+  h.flush();
+  int at_old = 0, at_new = 0;
+  for (const auto& r : h.rows("SELECT cost_usd, prompt_tokens, completion_tokens FROM calls")) {
+    const double cost = std::stod(r.at("cost_usd")), p = std::stod(r.at("prompt_tokens")), c = std::stod(r.at("completion_tokens"));
+    if (cost == Approx((p + 2.0 * c) / 1e6).epsilon(1e-12)) ++at_old;
+    else if (cost == Approx((p + 20.0 * c) / 1e6).epsilon(1e-12)) ++at_new;
+    else FAIL("a call priced at neither table: " << cost);
+  }
+  CHECK(at_old + at_new == answered);
+  CHECK(at_old > 0);
+  CHECK(at_new > 0);
 }
