@@ -90,6 +90,15 @@ start_tollgate() {
   fail "tollgate did not start (log: $log)"
 }
 
+# wait_log PATTERN LOG: true once LOG has a line matching PATTERN (5 s at most).
+wait_log() {
+  for _ in $(seq 50); do
+    grep -q "$1" "$2" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 # Waits for tollgate to end; sets tollgate_status.
 wait_tollgate() {
   tollgate_status=0
@@ -184,22 +193,14 @@ scenario_hup() {
   before="$(one_call hup-model)"
   printf '  hup-model: { input: 1000, output: 2000 }\n' >>"$workdir/hupconf/prices.yaml"
   kill -HUP "$tollgate_pid"
-  for _ in $(seq 50); do
-    grep -q 'prices reloaded' "$workdir/hup.err" && break
-    sleep 0.1
-  done
-  grep -q 'prices reloaded' "$workdir/hup.err" || fail "SIGHUP did not reload the prices"
+  wait_log 'prices reloaded' "$workdir/hup.err" || fail "SIGHUP did not reload the prices"
   kill -0 "$tollgate_pid" 2>/dev/null || fail "tollgate ended on SIGHUP"
   after="$(one_call hup-model)"
   [[ -n "$before" && -n "$after" ]] || fail "a call around the SIGHUP was not answered"
   # A file that does not load: said, and the table in force stays.
   printf '  broken: { input: [1] }\n' >>"$workdir/hupconf/prices.yaml"
   kill -HUP "$tollgate_pid"
-  for _ in $(seq 50); do
-    grep -q 'price reload failed' "$workdir/hup.err" && break
-    sleep 0.1
-  done
-  grep -q "price reload failed.*prices.yaml:[0-9]" "$workdir/hup.err" || fail "a bad price file was not reported with its line"
+  wait_log 'price reload failed.*prices.yaml:[0-9]' "$workdir/hup.err" || fail "a bad price file was not reported with its line"
   local last
   last="$(one_call hup-model)"
   kill -TERM "$tollgate_pid"
