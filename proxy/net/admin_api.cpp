@@ -488,6 +488,73 @@ admin_response prices_reload(const admin_context& ctx) {
   return out;
 }
 
+json billed_json(const billed_prices& b) {
+  return {{"input", b.input}, {"cached_input", b.cached_input}, {"cache_write_5m", b.write_5m},
+          {"cache_write_1h", b.write_1h}, {"output", b.output}};
+}
+
+// GET /admin/prices: the table in force, its entry names; ?model=: what a call of that model is
+// billed at (the entry it resolves to, as a call's model is resolved, and its prices in USD per
+// 1M tokens as billed: default cache-write prices filled in, each tier and the long-context
+// tier); &at=: at a date's prices (the entry's scheduled changes), else now's.
+admin_response prices_get(const admin_context& ctx, const std::map<std::string, std::string>& q) {
+  for (const auto& [k, v] : q)
+    if (k != "model" && k != "at")
+      throw http_problem(400, "invalid_parameter", "Unknown query parameter " + quote_value(k, 40) + " (expected model, at).");
+  const auto model_it = q.find("model");
+  const auto at_it = q.find("at");
+  if (model_it == q.end() || model_it->second.empty()) {
+    if (at_it != q.end()) throw http_problem(400, "invalid_parameter", "at needs model");
+    json out = {{"models", ctx.prices.size()}, {"entries", ctx.prices.names()}};
+    if (ctx.price_status) {
+      const price_reload st = ctx.price_status();
+      out["loaded_at"] = format_rfc3339_utc(st.loaded_ms);
+      out["reloads"] = st.reloads;
+    }
+    out["files"] = json::array();
+    if (!ctx.cfg.prices_file.empty()) out["files"].push_back(ctx.cfg.prices_file);
+    if (!ctx.cfg.litellm_prices_file.empty()) out["files"].push_back(ctx.cfg.litellm_prices_file);
+    admin_response r;
+    r.body = text_of(out);
+    return r;
+  }
+  const std::string& model = model_it->second;
+  std::int64_t at_ms = ctx.now_ms();
+  if (at_it != q.end() && !at_it->second.empty()) {
+    try {
+      at_ms = parse_time_bound(at_it->second, range_end::from, calendar(ctx.cfg.timezone));
+    } catch (const std::invalid_argument& e) {
+      throw http_problem(400, "invalid_parameter", std::string("at: ") + e.what());
+    }
+  }
+  const model_price* p = ctx.prices.resolve_at(model, at_ms);
+  if (p == nullptr)
+    return fail(404, "model_not_found",
+                "No entry of the price table answers to " + quote_value(model, 80) + ": its calls are ledgered unpriced (cost 0).");
+  json out = {{"model", model},
+              {"entry", p->name},
+              {"at", format_rfc3339_utc(at_ms)},
+              {"usd_per_1m", billed_json(billed_prices_of(*p, service_tier::standard, false))}};
+  out["long_context"] = p->long_context_threshold > 0
+                            ? json{{"above_prompt_tokens", p->long_context_threshold},
+                                   {"usd_per_1m", billed_json(billed_prices_of(*p, service_tier::standard, true))}}
+                            : json(nullptr);
+  json tiers = json::object();
+  for (std::size_t t = 0; t < kServiceTiers; ++t)
+    if (p->tiers[t]) tiers[std::string(to_string(static_cast<service_tier>(t)))] =
+                         billed_json(billed_prices_of(*p, static_cast<service_tier>(t), false));
+  out["tiers"] = std::move(tiers);
+  out["web_search_usd_per_1k"] = p->web_search;
+  out["file_search_usd_per_1k"] = p->file_search;
+  if (p->per_minute > 0) out["usd_per_minute"] = p->per_minute;
+  if (p->per_million_characters > 0) out["usd_per_1m_characters"] = p->per_million_characters;
+  if (!p->per_image.empty()) out["images_priced"] = p->per_image.size();
+  if (!p->per_second.empty()) out["video_seconds_priced"] = p->per_second.size();
+  admin_response r;
+  r.body = text_of(out);
+  return r;
+}
+
 admin_response keys_list(const admin_context& ctx) {
   json out = json::array();
   for (const auto& k : ctx.cfg.policy.keys) out.push_back(key_view(k, "config"));
@@ -674,6 +741,7 @@ admin_response handle_admin(const admin_context& ctx, const admin_request& req) 
       if (req.method == "POST") return keys_create(ctx, req.body);
       return not_allowed("GET, HEAD, POST");
     }
+    if (path == "/admin/prices") return get ? prices_get(ctx, query) : not_allowed("GET, HEAD");
     if (path == "/admin/prices/reload" && ctx.reload_prices) {
       if (req.method != "POST") return not_allowed("POST");
       return prices_reload(ctx);

@@ -46,6 +46,8 @@ struct admin_context {
   const stated_rates* stated = nullptr;
   // POST /admin/prices/reload (may be empty: the endpoint then answers 404).
   std::function<price_reload()> reload_prices;
+  // GET /admin/prices: the table in force's load time and reload count (may be empty).
+  std::function<price_reload()> price_status;
 };
 
 // True for paths this API answers ("/admin/..."); everything else is the listener's.

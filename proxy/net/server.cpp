@@ -890,7 +890,15 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
                                      std::chrono::system_clock::now().time_since_epoch())
                               .count();
                         },
-                        [this] { spend_->learn_stated_costs(); }, &st.stated, [this] { return reload_prices(); }};
+                        [this] { spend_->learn_stated_costs(); }, &st.stated, [this] { return reload_prices(); },
+                        [this] {
+                          std::lock_guard lock(reload_mu);
+                          price_reload r;
+                          r.ok = true;
+                          r.loaded_ms = prices_loaded_ms;
+                          r.reloads = price_reloads;
+                          return r;
+                        }};
       admin_request ar{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body())};
       admin_response r = co_await asio::co_spawn(

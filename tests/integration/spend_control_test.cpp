@@ -1245,6 +1245,17 @@ TEST_CASE("prices: a reload puts the new table in force for calls that start aft
   REQUIRE(call("m-one", "removed") == 200);
   CHECK(row("removed").at("priced") == "0");
 
+  // What the table in force says.
+  j = json::parse(tt::request(h.admin_port(), "GET", "/admin/prices", {}, admin).body);
+  CHECK(j["models"] == 1);
+  CHECK(j["entries"] == json::array({"m-two"}));
+  CHECK(j["reloads"] == 2);
+  CHECK(j["files"] == json::array({path}));
+  j = json::parse(tt::request(h.admin_port(), "GET", "/admin/prices?model=M-TWO", {}, admin).body);
+  CHECK(j["entry"] == "m-two");
+  CHECK(j["usd_per_1m"]["output"] == 4.0);
+  CHECK(tt::request(h.admin_port(), "GET", "/admin/prices?model=m-one", {}, admin).status == 404);
+
   CHECK(tt::request(h.admin_port(), "GET", "/admin/prices/reload", {}, admin).status == 405);
   CHECK(tt::request(h.admin_port(), "POST", "/admin/prices/reload").status == 401);
 }
@@ -1297,4 +1308,32 @@ TEST_CASE("prices: reloads while calls run on two workers - every call is priced
   CHECK(at_old + at_new == answered);
   CHECK(at_old > 0);
   CHECK(at_new > 0);
+}
+
+TEST_CASE("prices: GET /admin/prices says which entry a model resolves to and what its calls are billed at",
+          "[prices]") {
+  tt::harness h({.tweak = [](tollgate::config& c) { c.policy.admin_token = "admin-secret"; }});
+  const tt::headers admin{{"Authorization", "Bearer admin-secret"}};
+  const auto get = [&](const std::string& target) { return tt::request(h.admin_port(), "GET", target, {}, admin); };
+  auto r = get("/admin/prices?model=claude-sonnet-4-5-20250929");
+  REQUIRE(r.status == 200);
+  auto j = json::parse(r.body);
+  CHECK(j["entry"] == "claude-sonnet-4.5");
+  CHECK(j["usd_per_1m"]["input"] == 3.0);
+  CHECK(j["usd_per_1m"]["cache_write_5m"] == 3.75);
+  CHECK(j["usd_per_1m"]["cache_write_1h"] == 6.0);  // Anthropic's default: 2x input
+  CHECK(j["usd_per_1m"]["output"] == 15.0);
+  CHECK(j["long_context"]["above_prompt_tokens"] == 200000);
+  CHECK(j["tiers"]["batch"]["output"] == 7.5);  // half price by default
+  // A table that names no price for the model: 404, as its calls are unpriced.
+  r = get("/admin/prices?model=no-such-model");
+  CHECK(r.status == 404);
+  CHECK(json::parse(r.body)["error"]["code"] == "model_not_found");
+  CHECK(get("/admin/prices?modle=gpt-4.1").status == 400);
+  CHECK(get("/admin/prices?model=gpt-4.1&at=yesterday").status == 400);
+  CHECK(get("/admin/prices?model=gpt-4.1&at=2026-01-01").status == 200);
+  j = json::parse(get("/admin/prices").body);
+  CHECK(j["models"].get<int>() > 50);
+  CHECK(j["reloads"] == 0);
+  CHECK(tt::request(h.admin_port(), "POST", "/admin/prices", {}, admin).status == 405);
 }
