@@ -780,7 +780,8 @@ awaitable<bool> client_session::handle_one() {
   if ((!ec || ec == http::error::body_limit) && head_bytes > cfg_.max_header_bytes) ec = http::error::header_limit;
 
   call c;
-  prices_ = w_.price_snapshot();
+  // A keep-alive connection's next call usually finds the table of its last: no count to move.
+  if (const auto& table = w_.price_snapshot(); prices_ != table) prices_ = table;
   auto& req = parser.get();
   std::optional<target_parts> tp;
   route_decision rd;
