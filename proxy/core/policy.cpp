@@ -1083,7 +1083,16 @@ std::vector<policy_engine::budget_status> policy_engine::budgets(std::int64_t no
           st.top_user = shown == &b ? std::string(user) : shown->scope.name;
           st.spent_usd = shown->spent;
           st.reserved_usd = shown->reserved;
-          if (shown->spent >= shown->cfg.limit_usd) st.exhaustion_p50_s = st.exhaustion_p90_s = static_cast<double>(now_ms) / 1000.0;
+          // The user's share of the rest of the period's spend: their recent spend over everyone's
+          // (as a team's is). The users held are all of this window (each->window_start_s).
+          const double everyone = impl_->global_recent.at(now_ms);
+          const double share = everyone > 0 ? std::clamp(shown->recent.at(now_ms) / everyone, 0.0, 1.0) : 0.0;
+          const auto rest = [&](double r) { return std::isfinite(r) ? share * r : nan; };
+          const double now_f = static_cast<double>(now_ms) / 1000.0;
+          st.projected_p50 = shown->projected(rest(b.rest50));
+          st.projected_p90 = shown->projected(rest(b.rest90));
+          st.exhaustion_p50_s = shown->exhaustion(st.projected_p50, now_f);
+          st.exhaustion_p90_s = shown->exhaustion(st.projected_p90, now_f);
         }
       }
     }
@@ -1141,8 +1150,7 @@ void policy_engine::update_projections(std::int64_t now_ms, const remaining_spen
   std::array<bool, n_periods> used{};
   {
     std::lock_guard lock(m.mu);
-    for (const auto& b : m.budgets)
-      if (!b.each) used[static_cast<std::size_t>(b.cfg.period)] = true;
+    for (const auto& b : m.budgets) used[static_cast<std::size_t>(b.cfg.period)] = true;
     for (const auto& [name, ks] : m.key_states)
       for (const auto& b : ks->budgets) used[static_cast<std::size_t>(b.cfg.period)] = true;
   }
@@ -1165,17 +1173,20 @@ void policy_engine::update_projections(std::int64_t now_ms, const remaining_spen
                            ? std::min(global_recent / local_recent, max_fleet_scale)
                            : 1.0;
   auto project = [&](budget_state& b) {
-    if (b.each) return;  // user:*: no end user's own forecast
     b.roll(m.cal, now_s);
     const spend_forecast& f = fc[static_cast<std::size_t>(b.cfg.period)];
     double share = 1;
-    if (b.scope.kind != scope_kind::global)
+    if (b.scope.kind != scope_kind::global && !b.each)
       share = global_recent > 0 ? std::clamp(b.recent.at(now_ms) / global_recent, 0.0, 1.0) : 0.0;
     auto rest = [&](double remaining) {
       return std::isfinite(remaining) ? share * fleet * std::max(0.0, remaining) : nan_v;
     };
     b.rest50 = rest(f.p50_usd);
     b.rest90 = rest(f.p90_usd);
+    // user:*: the rest of the whole spend; each end user's share of it is taken when their
+    // figures are read (budgets()), from their own recent spend: O(1) here, whatever the users.
+    // No projection alert per end user (250,000 of them could each raise one).
+    if (b.each) return;
     const double basis = b.projected(f.learned ? b.rest90 : b.rest50);
     if (b.projected_alerted || f.extrapolated || !(basis > b.cfg.limit_usd)) return;
     b.projected_alerted = true;

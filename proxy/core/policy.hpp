@@ -185,7 +185,8 @@ class policy_engine {
     double exhaustion_p50_s = nan, exhaustion_p90_s = nan;
     // user:*: the end users with spend (or a call in flight) this window; spent, reserved and
     // exhaustion are those of top_user, the one who has spent most (or the one asked for);
-    // shared_usd the spend of the users beyond the tracked 250,000 (one bucket). No projections.
+    // shared_usd the spend of the users beyond the tracked 250,000 (one bucket). Their projections
+    // are their spend plus their share (recent spend over everyone's) of the forecast rest.
     std::size_t users = 0;
     std::string top_user;
     double shared_usd = 0;

@@ -931,6 +931,41 @@ decision user_spend(policy_engine& e, double usd, std::int64_t now_ms, std::stri
 
 }  // namespace
 
+TEST_CASE("policy user budgets: an end user's projection is their share of the forecast rest of the period", "[policy]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("user:*", calendar_period::day, 10, true));
+  policy_engine e(cfg, "UTC");
+  CHECK(user_spend(e, 6, t0, "alice").outcome == decision::admit);
+  CHECK(user_spend(e, 2, t0, "bob").outcome == decision::admit);
+  CHECK(user_spend(e, 2, t0, "").outcome == decision::admit);  // in no user budget, in everyone's spend
+  int calls = 0;
+  e.update_projections(t0, [&](calendar_period p, const time_window&) {
+    ++calls;
+    CHECK(p == calendar_period::day);
+    return policy_engine::spend_forecast{20, 40};
+  });
+  CHECK(calls == 1);
+  const double now_s = t0 / 1000.0, end_s = utc_ms(2026, 11, 11) / 1000.0;
+  // Alice, who spent most: 6 of the 10 spent recently, so 60 % of the rest.
+  auto* top = find_budget(e.budgets(t0), "user:*");
+  REQUIRE(top != nullptr);
+  CHECK(top->top_user == "alice");
+  CHECK(top->projected_p50 == Approx(6 + 0.6 * 20));
+  CHECK(top->projected_p90 == Approx(6 + 0.6 * 40));
+  CHECK(top->exhaustion_p50_s == Approx(now_s + 4.0 / 12.0 * (end_s - now_s)));
+  // Bob's own: 20 % of the rest, p90 exactly at his limit (not over it: no exhaustion).
+  auto bob = e.budgets(t0, "bob");
+  auto* own = find_budget(bob, "user:*");
+  CHECK(own->projected_p50 == Approx(2 + 0.2 * 20));
+  CHECK(own->projected_p90 == Approx(2 + 0.2 * 40));
+  CHECK(std::isnan(own->exhaustion_p90_s));
+  // Nobody who has spent nothing this period has a figure to show.
+  auto none = e.budgets(t0, "carol");
+  CHECK(std::isnan(find_budget(none, "user:*")->projected_p50));
+  // No projection alert per end user.
+  for (const auto& a : e.take_alerts()) CHECK(a.kind != alert_kind::projected_overspend);
+}
+
 TEST_CASE("policy user budgets: user:* gives every end user a budget of their own, user:<id> names one", "[policy]") {
   policy_config cfg;
   cfg.budgets.push_back(budget("user:*", calendar_period::day, 10, true, {0.5}));
