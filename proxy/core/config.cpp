@@ -935,6 +935,7 @@ class loader {
            prices_file_given_ = true;
          }},
         {"litellm_file", [this](const entry& e) { cfg_.litellm_prices_file = pricing_path(e); }},
+        {"watch", [this](const entry& e) { cfg_.prices_watch = boolean(e); }},
     };
   }
 

@@ -8,6 +8,7 @@
 #include <prometheus/registry.h>
 
 #include <sched.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
@@ -49,6 +50,32 @@ using asio::redirect_error;
 using asio::use_awaitable;
 using namespace std::literals;
 
+// What a price file is on disk (pricing.watch): an edit changes its size or modification time,
+// a swapped file (an editor's rename, a Kubernetes ConfigMap's symlink) its inode.
+struct file_identity {
+  bool exists = false;
+  std::uint64_t dev = 0, ino = 0, size = 0;
+  std::int64_t mtime_ns = 0;
+  bool operator==(const file_identity&) const = default;
+};
+
+static std::vector<file_identity> price_files_now(const config& c) {
+  std::vector<file_identity> out;
+  for (const std::string* path : {&c.prices_file, &c.litellm_prices_file}) {
+    file_identity f;
+    struct stat st {};
+    if (!path->empty() && ::stat(path->c_str(), &st) == 0) {
+      f.exists = true;
+      f.dev = st.st_dev;
+      f.ino = st.st_ino;
+      f.size = static_cast<std::uint64_t>(st.st_size);
+      f.mtime_ns = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+    }
+    out.push_back(f);
+  }
+  return out;
+}
+
 struct app::impl {
   shared_state st;
   std::unique_ptr<ledger> ledger_;
@@ -78,6 +105,8 @@ struct app::impl {
 
   // Price reloads, one at a time; and what the last one left in force.
   std::mutex reload_mu;
+  std::vector<file_identity> loaded_files;  // the price files as the last load found them (reload_mu)
+  std::vector<file_identity> changed_files;  // pricing.watch: a change seen once, not yet settled
   std::int64_t prices_loaded_ms = 0;
   std::uint64_t price_reloads = 0;
   prometheus::Counter* reloads_ok = nullptr;
@@ -88,6 +117,7 @@ struct app::impl {
   void start_admin();
   awaitable<void> admin_session(tcp::socket s);
   price_reload reload_prices();
+  void watch_prices();
 };
 
 namespace {
@@ -419,6 +449,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   auto& c = st.cfg;
   set_log_level(c.log);
   auto table = std::make_shared<price_table>();
+  impl_->loaded_files = price_files_now(c);  // before reading: a change meanwhile is seen later
   table->load_configured(c);
   st.prices.publish(table);
   impl_->prices_loaded_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -494,6 +525,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
       c.ledger_postgres.url.empty() ? std::string()
       : c.ledger_postgres.instance.empty() ? default_instance_name() : c.ledger_postgres.instance;
   impl_->spend_ = std::make_unique<spend_control>(st.cfg, *impl_->metrics_, fleet_instance);
+  if (c.prices_watch) impl_->spend_->on_tick([I = impl_.get()] { I->watch_prices(); });
   st.policy = &impl_->spend_->engine();
   if (!c.ledger_postgres.url.empty()) {
     try {
@@ -651,12 +683,36 @@ std::shared_ptr<const price_table> app::prices() const { return impl_->st.prices
 
 price_reload app::reload_prices() { return impl_->reload_prices(); }
 
+// pricing.watch, every second on the spend-control thread: a price file that changed since it
+// was loaded, and has stayed as it is for a second (an editor or a copy may write it in several
+// steps), is loaded again.
+void app::impl::watch_prices() {
+  auto now = price_files_now(st.cfg);
+  {
+    std::lock_guard lock(reload_mu);
+    if (now == loaded_files) {
+      changed_files.clear();
+      return;
+    }
+  }
+  if (now != changed_files) {
+    changed_files = std::move(now);
+    return;
+  }
+  changed_files.clear();
+  log_line(log_level::info, "the price files changed: reloading them (pricing.watch)");
+  reload_prices();
+}
+
 price_reload app::impl::reload_prices() {
   auto& I = *this;
   std::lock_guard lock(I.reload_mu);
   const config& c = I.st.cfg;
   price_reload r;
   auto next = std::make_shared<price_table>();
+  // Noted whatever comes of it: pricing.watch tries a file that does not load again only once
+  // it changes.
+  loaded_files = price_files_now(c);
   try {
     next->load_configured(c);
   } catch (const std::exception& e) {

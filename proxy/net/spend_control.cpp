@@ -440,6 +440,7 @@ void spend_control::settle_claims(std::int64_t now_ms) {
 
 void spend_control::pump() {
   engine_->maintain(unix_ms());  // end users' states freed in slices, off the I/O threads
+  if (tick_) tick_();
   save_pending();
   if (claims_) settle_claims(unix_ms());
   for (auto& a : engine_->take_alerts()) {

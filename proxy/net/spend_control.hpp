@@ -57,6 +57,8 @@ class spend_control {
   // Before start(): sets of pending objects (background responses, batches) kept in the ledger
   // database under `kind`: start() loads them (30 days at most), pump() writes their changes.
   void track_pending(std::vector<std::pair<std::string, pending_responses*>> sets);
+  // Before start(): called by pump() every second (pricing.watch's look at the price files).
+  void on_tick(std::function<void()> f) { tick_ = std::move(f); }
   // Before start(): Realtime sessions' rows so far, saved by pump() when they changed (table
   // open_sessions), so a crash loses none (app::start ledgers what a crash left there).
   void track_open_sessions(open_sessions* sessions) { open_sessions_ = sessions; }
@@ -114,6 +116,7 @@ class spend_control {
   open_sessions* open_sessions_ = nullptr;                          // track_open_sessions
   stated_rates* stated_ = nullptr;                                  // track_stated_rates
   std::function<std::string(std::string_view)> sent_model_;         // track_stated_rates
+  std::function<void()> tick_;                                      // on_tick
   std::atomic<bool> stated_learned_{false};                         // learn_stated_costs ran
   std::int64_t started_ms_ = 0;                                     // start()'s time: rows before it are read back
   void save_pending();

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -1336,4 +1337,34 @@ TEST_CASE("prices: GET /admin/prices says which entry a model resolves to and wh
   CHECK(j["models"].get<int>() > 50);
   CHECK(j["reloads"] == 0);
   CHECK(tt::request(h.admin_port(), "POST", "/admin/prices", {}, admin).status == 405);
+}
+
+TEST_CASE("prices: pricing.watch reloads the price files once they change and have settled", "[prices]") {
+  tt::temp_dir files;
+  const std::string path = files.path + "/prices.yaml";
+  std::ofstream(path, std::ios::trunc) << "models:\n  m-one: { input: 1.0, output: 2.0 }\n";
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    c.prices_file = path;
+    c.prices_watch = true;
+  }});
+  // Files as they were loaded: nothing to do.
+  std::this_thread::sleep_for(2500ms);
+  CHECK(h.metric_sum("tollgate_price_reloads_total") == 0);
+  {
+    std::ofstream f(path + ".new", std::ios::trunc);
+    f << "models:\n  m-one: { input: 1.0, output: 20.0 }\n";
+  }
+  std::filesystem::rename(path + ".new", path);  // as an editor or a ConfigMap swaps it
+  REQUIRE(tt::harness::eventually([&] { return h.metric_sum("tollgate_price_reloads_total", "result=\"ok\"") == 1; }));
+  REQUIRE(tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("m-one"), {{"x-request-id", "watched"}}).status == 200);
+  h.flush();
+  const auto r = h.rows("SELECT cost_usd, prompt_tokens, completion_tokens FROM calls WHERE request_id = 'watched'").at(0);
+  CHECK(std::stod(r.at("cost_usd")) ==
+        Approx((std::stod(r.at("prompt_tokens")) * 1.0 + std::stod(r.at("completion_tokens")) * 20.0) / 1e6).epsilon(1e-12));
+  // A change that does not load is tried once, not every second.
+  std::ofstream(path, std::ios::app) << "  broken: { input: [1] }\n";
+  REQUIRE(tt::harness::eventually([&] { return h.metric_sum("tollgate_price_reloads_total", "result=\"failed\"") == 1; }));
+  std::this_thread::sleep_for(2500ms);
+  CHECK(h.metric_sum("tollgate_price_reloads_total", "result=\"failed\"") == 1);
+  CHECK(h.metric_sum("tollgate_price_reloads_total", "result=\"ok\"") == 1);
 }

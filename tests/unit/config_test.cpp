@@ -93,6 +93,7 @@ TEST_CASE("config: the shipped tollgate.yaml loads with the built-in defaults", 
     CHECK(cfg.ledger_postgres.interval == d.ledger_postgres.interval);
     CHECK_THAT(cfg.prices_file, Contains("prices.yaml"));
     CHECK(cfg.litellm_prices_file.empty());
+    CHECK(cfg.prices_watch == d.prices_watch);
     REQUIRE(cfg.warnings.size() == 1);
     CHECK_THAT(cfg.warnings[0], StartsWith(path + ":"));
     CHECK_THAT(cfg.warnings[0], Contains("environment variable HOLYSHEEP_API_KEY is not set; using an empty value"));
@@ -164,6 +165,7 @@ ledger:
 pricing:
   file: /etc/tollgate/prices.yaml
   litellm_file: litellm.json
+  watch: true
 )",
                                   "full.yaml");
   CHECK(cfg.listen.host == "::1");
@@ -198,6 +200,7 @@ pricing:
   CHECK(cfg.ledger_queue_capacity == 10);
   CHECK(cfg.prices_file == "/etc/tollgate/prices.yaml");
   CHECK(cfg.litellm_prices_file == "litellm.json");  // no config directory for a string: as given
+  CHECK(cfg.prices_watch);
   CHECK(cfg.warnings.empty());
 }
 
