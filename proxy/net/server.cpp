@@ -118,9 +118,23 @@ struct app::impl {
   awaitable<void> admin_session(tcp::socket s);
   price_reload reload_prices();
   void watch_prices();
+  // The table in force: its entries, load time and reload count (reload_mu held).
+  price_reload price_status_locked() const {
+    price_reload r;
+    r.ok = true;
+    r.models = st.prices.current()->size();
+    r.loaded_ms = prices_loaded_ms;
+    r.reloads = price_reloads;
+    return r;
+  }
 };
 
 namespace {
+
+std::int64_t unix_ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 // tollgate_upstream_up, tollgate_circuit_state and tollgate_upstream_retries_total, refreshed from
 // the breakers at each scrape (the upstream set is configured, so the labels are bounded).
@@ -367,8 +381,7 @@ void recover_open_sessions(app::impl& I) {
 void warm_start(app::impl& I) {
   const auto& c = I.st.cfg;
   const auto t0 = steady::now();
-  const std::int64_t now_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const std::int64_t now_ms = unix_ms_now();
   const auto& o = I.aggregator_->options();
   const std::int64_t days = static_cast<std::int64_t>(std::max(o.total_coarse_days, c.forecast.history_days));
   try {
@@ -414,9 +427,15 @@ awaitable<void> accept_loop(worker& w) {
   }
 }
 
-}  // namespace
+// A rerouting spend guard whose fallback_model `table` does not price (at start and at each
+// price reload): its rerouted calls would be unpriced.
+void unpriced_fallbacks(const price_table& table, const policy_config& p, std::vector<std::string>& warnings) {
+  for (const auto& g : p.spend_guards)
+    if (g.action == guard_action::reroute && !g.fallback_model.empty() && table.resolve(g.fallback_model) == nullptr)
+      warnings.push_back("spend guard " + g.scope + ": fallback_model '" + g.fallback_model +
+                         "' is not in the price table: rerouted calls will be unpriced");
+}
 
-namespace {
 // tollgate_price_reloads_total, tollgate_price_table_models and
 // tollgate_price_table_loaded_timestamp_seconds: set at start and by each reload.
 void register_price_metrics(app::impl& I, metrics& m, std::size_t models) {
@@ -452,8 +471,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   impl_->loaded_files = price_files_now(c);  // before reading: a change meanwhile is seen later
   table->load_configured(c);
   st.prices.publish(table);
-  impl_->prices_loaded_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                std::chrono::system_clock::now().time_since_epoch()).count();
+  impl_->prices_loaded_ms = unix_ms_now();
   // A model budget or guard names its model as clients do ("claude-sonnet-4-5", "GPT-4.1"), while
   // calls are counted under their price-table entry: the scope takes the entry's name, or it
   // would never match a call (and a hard budget never hold).
@@ -467,12 +485,8 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
     }
   };
   for (auto& b : c.policy.budgets) canonical_scope(b.scope, "budget");
-  for (auto& g : c.policy.spend_guards) {
-    canonical_scope(g.scope, "spend guard");
-    if (g.action == guard_action::reroute && !g.fallback_model.empty() && table->resolve(g.fallback_model) == nullptr)
-      c.warnings.push_back("spend guard " + g.scope + ": fallback_model '" + g.fallback_model +
-                           "' is not in the price table: rerouted calls will be unpriced");
-  }
+  for (auto& g : c.policy.spend_guards) canonical_scope(g.scope, "spend guard");
+  unpriced_fallbacks(*table, c.policy, c.warnings);
 
   auto ups = effective_upstreams(c);
   for (std::size_t i = 0; i < ups.size(); ++i) {
@@ -705,9 +719,8 @@ void app::impl::watch_prices() {
 }
 
 price_reload app::impl::reload_prices() {
-  auto& I = *this;
-  std::lock_guard lock(I.reload_mu);
-  const config& c = I.st.cfg;
+  std::lock_guard lock(reload_mu);
+  const config& c = st.cfg;
   price_reload r;
   auto next = std::make_shared<price_table>();
   // Noted whatever comes of it: pricing.watch tries a file that does not load again only once
@@ -716,15 +729,14 @@ price_reload app::impl::reload_prices() {
   try {
     next->load_configured(c);
   } catch (const std::exception& e) {
+    r = price_status_locked();
+    r.ok = false;
     r.error = e.what();
-    r.loaded_ms = I.prices_loaded_ms;
-    r.reloads = I.price_reloads;
-    r.models = I.st.prices.current()->size();
-    if (I.reloads_failed) I.reloads_failed->Increment();
+    if (reloads_failed) reloads_failed->Increment();
     log_line(log_level::error, "price reload failed: the price table in force is unchanged").str("error", r.error);
     return r;
   }
-  const auto old = I.st.prices.current();
+  const auto old = st.prices.current();
   const auto old_names = old->names(), new_names = next->names();  // both sorted (the table is a map)
   std::set_difference(new_names.begin(), new_names.end(), old_names.begin(), old_names.end(), std::back_inserter(r.added));
   std::set_difference(old_names.begin(), old_names.end(), new_names.begin(), new_names.end(), std::back_inserter(r.removed));
@@ -740,25 +752,20 @@ price_reload app::impl::reload_prices() {
                               : "' names no entry of the new table: it counts no call"));
   };
   for (const auto& b : c.policy.budgets) check_scope(b.scope, "budget");
-  for (const auto& g : c.policy.spend_guards) {
-    check_scope(g.scope, "spend guard");
-    if (g.action == guard_action::reroute && !g.fallback_model.empty() && next->resolve(g.fallback_model) == nullptr)
-      r.warnings.push_back("spend guard " + g.scope + ": fallback_model '" + g.fallback_model +
-                           "' is not in the new table: rerouted calls will be unpriced");
-  }
+  for (const auto& g : c.policy.spend_guards) check_scope(g.scope, "spend guard");
+  unpriced_fallbacks(*next, c.policy, r.warnings);
   // The new entries' own `model` series (metrics, forecaster) before any call can carry them.
-  if (I.metrics_) I.metrics_->add_models(r.added);
-  if (I.aggregator_) I.aggregator_->add_models(r.added);
+  if (metrics_) metrics_->add_models(r.added);
+  if (aggregator_) aggregator_->add_models(r.added);
   r.models = next->size();
-  I.st.prices.publish(std::move(next));
-  I.prices_loaded_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                           std::chrono::system_clock::now().time_since_epoch()).count();
-  r.loaded_ms = I.prices_loaded_ms;
-  r.reloads = ++I.price_reloads;
+  st.prices.publish(std::move(next));
+  prices_loaded_ms = unix_ms_now();
+  r.loaded_ms = prices_loaded_ms;
+  r.reloads = ++price_reloads;
   r.ok = true;
-  if (I.reloads_ok) I.reloads_ok->Increment();
-  if (I.prices_loaded) I.prices_loaded->Set(static_cast<double>(r.loaded_ms) / 1000.0);
-  if (I.price_models) I.price_models->Set(static_cast<double>(r.models));
+  if (reloads_ok) reloads_ok->Increment();
+  if (prices_loaded) prices_loaded->Set(static_cast<double>(r.loaded_ms) / 1000.0);
+  if (price_models) price_models->Set(static_cast<double>(r.models));
   log_line(log_level::info, "prices reloaded: calls from now on are priced at the new table")
       .integer("priced_models", static_cast<std::int64_t>(r.models))
       .integer("added", static_cast<std::int64_t>(r.added.size()))
@@ -941,19 +948,11 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
     if (is_admin_path(target)) {
       const auto table = st.prices.current();  // held while the request runs
       admin_context ctx{st.cfg, *table, *st.policy, st.cfg.ledger_path,
-                        [] {
-                          return std::chrono::duration_cast<std::chrono::milliseconds>(
-                                     std::chrono::system_clock::now().time_since_epoch())
-                              .count();
-                        },
+                        unix_ms_now,
                         [this] { spend_->learn_stated_costs(); }, &st.stated, [this] { return reload_prices(); },
                         [this] {
                           std::lock_guard lock(reload_mu);
-                          price_reload r;
-                          r.ok = true;
-                          r.loaded_ms = prices_loaded_ms;
-                          r.reloads = price_reloads;
-                          return r;
+                          return price_status_locked();
                         }};
       admin_request ar{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body())};
