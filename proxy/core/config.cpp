@@ -1018,6 +1018,28 @@ int second_document_line(std::string_view text) {
   return 0;
 }
 
+// A node's values in one form whatever their layout (block or flow, comments, quoting), so two
+// versions of a section compare equal exactly when they say the same. Scalars are
+// length-prefixed: no value can look like structure.
+std::string canonical_yaml(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Scalar:
+      return std::to_string(n.Scalar().size()) + ":" + n.Scalar();
+    case YAML::NodeType::Sequence: {
+      std::string out = "[";
+      for (const auto& item : n) out += canonical_yaml(item) + ",";
+      return out + "]";
+    }
+    case YAML::NodeType::Map: {
+      std::string out = "{";
+      for (const auto& kv : n) out += canonical_yaml(kv.first) + "=" + canonical_yaml(kv.second) + ",";
+      return out + "}";
+    }
+    default:
+      return "~";
+  }
+}
+
 config load(const std::string& text, const std::string& name, const std::filesystem::path& dir) {
   config cfg;
   cfg.source_file = name;
@@ -1029,6 +1051,8 @@ config load(const std::string& text, const std::string& name, const std::filesys
   }
   if (const int line = second_document_line(text); line > 0)
     throw config_error(name, line, "a second YAML document: tollgate reads one document per file (remove the '---')");
+  if (root.IsMap())
+    for (const auto& kv : root) cfg.sections[kv.first.Scalar()] = canonical_yaml(kv.second);
   loader l(cfg, name, dir, text);
   l.load(root);
   l.check_references();

@@ -3,6 +3,7 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,9 @@ struct forecast_config {
 
 struct config {
   std::string source_file;  // the file it was read from ("" when built in code)
+  // Each top-level key's values as written (before ${VAR} substitution; layout and comments
+  // aside): a reload of the file names the sections that changed and take effect only at a restart.
+  std::map<std::string, std::string> sections;
 
   host_port listen{"127.0.0.1", 8080};
   host_port admin_listen{"127.0.0.1", 9464};

@@ -671,6 +671,230 @@ bool policy_engine::remove_key(std::string_view name) {
 
 std::vector<std::shared_ptr<const client_key_config>> policy_engine::keys() const { return *impl_->keys(); }
 
+// ---- Live reconfiguration ----
+
+namespace {
+
+std::string plain_number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+std::string fractions(const std::vector<double>& v) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + plain_number(v[i]);
+  return out + "]";
+}
+
+// A bucket's per-minute capacity changed: one that was unlimited starts full at the new rate;
+// otherwise its level stays (above the new capacity: cut to it), so a lowered limit does not
+// hand out a fresh minute.
+void set_capacity(token_bucket& b, std::int64_t per_minute, std::int64_t now) {
+  const double cap = static_cast<double>(std::max<std::int64_t>(0, per_minute));
+  if (b.capacity == cap) return;
+  if (b.capacity > 0 && b.started) {
+    b.refill(now);
+    b.level = std::min(b.level, cap);
+  } else {
+    b.started = false;  // the next refill fills it
+  }
+  b.capacity = cap;
+}
+
+// The same budget, read again: its numbers are taken, its spend and window kept. `crossed` is
+// rebuilt for the new thresholds: one counts as crossed only if it had alerted this window (the
+// same fraction) and the spend is still at or over it under the new limit, so soft_check() alerts
+// at once on a threshold a lowered limit has put behind the spend, and again later on one a
+// raised limit has put ahead of it.
+void retune_numbers(budget_state& b, const budget_config& n) {
+  std::vector<char> crossed(n.soft.size(), 0);
+  for (std::size_t i = 0; i < n.soft.size(); ++i)
+    for (std::size_t j = 0; j < b.cfg.soft.size(); ++j)
+      if (b.cfg.soft[j] == n.soft[i] && b.crossed[j] != 0 && b.spent >= n.soft[i] * n.limit_usd) crossed[i] = 1;
+  if (b.cfg.limit_usd != n.limit_usd) b.projected_alerted = false;  // a new limit: a new question
+  b.cfg.limit_usd = n.limit_usd;
+  b.cfg.soft = n.soft;
+  b.cfg.hard = n.hard;
+  b.crossed = std::move(crossed);
+}
+
+std::string budget_changes(const budget_config& o, const budget_config& n) {
+  std::string what;
+  auto add = [&](const std::string& s) { what += (what.empty() ? "" : ", ") + s; };
+  if (o.limit_usd != n.limit_usd) add("limit " + format_usd(o.limit_usd) + " -> " + format_usd(n.limit_usd));
+  if (o.soft != n.soft) add("soft " + fractions(o.soft) + " -> " + fractions(n.soft));
+  if (o.hard != n.hard) add(std::string("hard ") + (o.hard ? "true" : "false") + " -> " + (n.hard ? "true" : "false"));
+  return what;
+}
+
+}  // namespace
+
+policy_engine::retune_result policy_engine::retune(const policy_config& next, const policy_config& current,
+                                                   std::int64_t now_ms) {
+  retune_result r;
+  impl& m = *impl_;
+  const std::int64_t now_s = floor_div(now_ms, 1000);
+  auto restart = [&](std::string s) { r.restart_required.push_back(std::move(s) + ": takes effect at a restart"); };
+  auto budget_name = [](const budget_config& b) { return b.scope + "/" + std::string(to_string(b.period)); };
+
+  std::lock_guard write(m.keys_write_mu);  // no key is added or revoked meanwhile
+  std::vector<std::pair<std::string, std::shared_ptr<const client_key_config>>> republish;
+  {
+    std::lock_guard lock(m.mu);
+    // A budget's new numbers; its user:* end users' own states (copies of its config) with it.
+    auto retune_budget = [&](budget_state& b, const budget_config& n) {
+      const std::string what = budget_changes(b.cfg, n);
+      if (what.empty()) return;
+      b.roll(m.cal, now_s);
+      retune_numbers(b, n);
+      if (b.each) {
+        for (auto* users : {&b.each->users, &b.each->retired})
+          for (auto& [name, u] : *users) retune_numbers(*u, n);
+        for (auto& u : b.each->in_flight) retune_numbers(*u, n);
+        for (auto& [name, u] : b.each->users) m.soft_check(*u, now_ms, true);
+      }
+      m.soft_check(b, now_ms, true);
+      r.applied.push_back("budget " + b.name() + ": " + what);
+    };
+    // Budgets are matched by scope and period, in order (two of the same pair pair up in turn).
+    auto match_budgets = [&](std::vector<budget_state>& running, const std::vector<budget_config>& wanted) {
+      std::vector<char> taken(wanted.size(), 0);
+      for (auto& b : running) {
+        bool found = false;
+        for (std::size_t i = 0; i < wanted.size() && !found; ++i)
+          if (!taken[i] && wanted[i].scope == b.cfg.scope && wanted[i].period == b.cfg.period) {
+            taken[i] = found = true;
+            retune_budget(b, wanted[i]);
+          }
+        if (!found) restart("budget " + b.name() + " removed");
+      }
+      for (std::size_t i = 0; i < wanted.size(); ++i)
+        if (!taken[i]) restart("budget " + budget_name(wanted[i]) + " added");
+    };
+    match_budgets(m.budgets, next.budgets);
+
+    std::vector<char> guard_taken(next.spend_guards.size(), 0);
+    for (auto& g : m.guards) {
+      const spend_guard_config* n = nullptr;
+      for (std::size_t i = 0; i < next.spend_guards.size() && n == nullptr; ++i)
+        if (!guard_taken[i] && next.spend_guards[i].scope == g.cfg.scope && next.spend_guards[i].window == g.cfg.window) {
+          guard_taken[i] = 1;
+          n = &next.spend_guards[i];
+        }
+      const std::string name = "spend guard " + g.cfg.scope + "/" + g.window_name;
+      if (n == nullptr) {
+        restart(name + " removed");
+        continue;
+      }
+      // The action and fallback stay: admit() reads the fallback's name after the lock.
+      if (n->action != g.cfg.action || n->fallback_model != g.cfg.fallback_model) restart(name + ": action or fallback_model changed");
+      std::string what;
+      if (n->max_usd != g.cfg.max_usd) what = "max " + format_usd(g.cfg.max_usd) + " -> " + format_usd(n->max_usd);
+      if (n->reset_fraction != g.cfg.reset_fraction)
+        what += (what.empty() ? "" : ", ") + std::string("reset_fraction ") + plain_number(g.cfg.reset_fraction) + " -> " +
+                plain_number(n->reset_fraction);
+      if (what.empty()) continue;
+      g.cfg.max_usd = n->max_usd;
+      g.cfg.reset_fraction = n->reset_fraction;
+      const double s = g.sum(now_ms);
+      if (g.tripped && s < g.reset_below()) {
+        g.tripped = false;
+      } else if (!g.tripped && s > g.cfg.max_usd) {
+        g.tripped = true;
+        m.raise({alert_kind::spend_guard, g.cfg.scope, g.window_name, g.cfg.max_usd, s, 0, now_ms,
+                 "Spend guard " + g.cfg.scope + " tripped: " + format_usd(s) + " spent in the last " + g.window_name +
+                     " (max " + format_usd(g.cfg.max_usd) + ", lowered by a reload)"});
+      }
+      r.applied.push_back(name + ": " + what);
+    }
+    for (std::size_t i = 0; i < next.spend_guards.size(); ++i)
+      if (!guard_taken[i]) {
+        const auto& g = next.spend_guards[i];
+        restart("spend guard " + g.scope + "/" + format_window(g.window.count()) + " added");
+      }
+
+    // Configured keys, by name (keys added by the admin API are not the file's to change).
+    for (const auto& n : next.keys) {
+      const auto o = std::find_if(current.keys.begin(), current.keys.end(), [&](const auto& k) { return k.name == n.name; });
+      if (o == current.keys.end()) {
+        restart("key " + n.name + " added");
+        continue;
+      }
+      if (o->sha256 != n.sha256 || o->team != n.team || o->tags != n.tags) restart("key " + n.name + ": key, team or tags changed");
+      const auto it = m.key_states.find(n.name);
+      if (it == m.key_states.end()) continue;  // revoked meanwhile
+      key_state& ks = *it->second;
+      std::vector<budget_config> wanted = n.budgets;
+      for (auto& b : wanted) b.scope = "key:" + n.name;
+      const std::size_t before = r.applied.size();
+      if (wanted.empty() != ks.budgets.empty()) {
+        restart("key " + n.name + ": budgets " + (wanted.empty() ? "removed" : "added"));
+      } else {
+        match_budgets(ks.budgets, wanted);
+      }
+      // Against the buckets in force (an earlier reload may have changed them).
+      const auto rpm = static_cast<std::int64_t>(ks.rpm.capacity), tpm = static_cast<std::int64_t>(ks.tpm.capacity);
+      const std::int64_t new_rpm = std::max<std::int64_t>(0, n.limits.rpm), new_tpm = std::max<std::int64_t>(0, n.limits.tpm);
+      std::string what;
+      if (rpm != new_rpm) what = "rpm " + std::to_string(rpm) + " -> " + std::to_string(new_rpm);
+      if (tpm != new_tpm)
+        what += (what.empty() ? "" : ", ") + std::string("tpm ") + std::to_string(tpm) + " -> " + std::to_string(new_tpm);
+      if (!what.empty()) {
+        set_capacity(ks.rpm, n.limits.rpm, now_ms);
+        set_capacity(ks.tpm, n.limits.tpm, now_ms);
+        r.applied.push_back("key " + n.name + ": " + what);
+      }
+      if (r.applied.size() == before) continue;
+      // Sessions read the key's limits (needs_admission) from the published config: a copy with
+      // the new numbers replaces it.
+      republish.emplace_back(n.name, nullptr);
+      for (const auto& k : *m.keys())
+        if (k->name == n.name) {
+          auto copy = std::make_shared<client_key_config>(*k);
+          copy->limits = n.limits;
+          for (std::size_t i = 0; i < copy->budgets.size() && i < ks.budgets.size(); ++i) copy->budgets[i] = ks.budgets[i].cfg;
+          republish.back().second = std::move(copy);
+        }
+    }
+    for (const auto& o : current.keys)
+      if (std::none_of(next.keys.begin(), next.keys.end(), [&](const auto& k) { return k.name == o.name; }))
+        restart("key " + o.name + " removed");
+
+    const rate_limits& ul = next.user_limits;
+    if (ul.any() != m.user_limits.any()) {
+      restart(std::string("user_limits turned ") + (ul.any() ? "on" : "off"));
+    } else if (ul.rpm != m.user_limits.rpm || ul.tpm != m.user_limits.tpm) {
+      r.applied.push_back("user_limits: rpm " + std::to_string(m.user_limits.rpm) + " -> " + std::to_string(ul.rpm) + ", tpm " +
+                          std::to_string(m.user_limits.tpm) + " -> " + std::to_string(ul.tpm));
+      m.user_limits = ul;
+      for (auto& [name, u] : m.user_rates) {
+        set_capacity(u->rpm, ul.rpm, now_ms);
+        set_capacity(u->tpm, ul.tpm, now_ms);
+      }
+    }
+  }
+  if (!republish.empty()) {
+    auto list = std::make_shared<key_list>(*m.keys());
+    for (auto& [name, copy] : republish)
+      for (auto& k : *list)
+        if (copy && k->name == name) k = copy;
+    m.publish(std::move(list));
+  }
+
+  if (next.auth != current.auth || next.auth_set != current.auth_set) restart("auth changed");
+  if (next.admin_token != current.admin_token) restart("admin_token changed");
+  if (next.user_header != current.user_header) restart("user_header changed");
+  if (next.default_max_tokens != current.default_max_tokens) restart("reserve_max_tokens changed");
+  const auto same_hooks = [](const webhook_config& a, const webhook_config& b) {
+    return a.url == b.url && a.format == b.format && a.cooldown == b.cooldown && a.timeout == b.timeout &&
+           a.max_attempts == b.max_attempts;
+  };
+  if (!std::equal(next.webhooks.begin(), next.webhooks.end(), current.webhooks.begin(), current.webhooks.end(), same_hooks))
+    restart("alerts.webhooks changed");
+  return r;
+}
+
 // ---- Admission ----
 
 namespace {

@@ -172,6 +172,29 @@ class policy_engine {
   void mark_projected_alerted(const std::string& scope, calendar_period period, std::int64_t window_start_s,
                               std::int64_t now_ms);
 
+  // ---- Live reconfiguration (SIGHUP, POST /admin/config/reload) ----
+  // What retune() changed, and what it left for a restart, one line each, for people to read
+  // ("budget global/month: limit $100.00 -> $150.00").
+  struct retune_result {
+    std::vector<std::string> applied;
+    std::vector<std::string> restart_required;
+  };
+  // Brings the controls in force to `next`, the configuration file read again, where that can be
+  // done without losing what they count: a budget's limit, soft thresholds and hardness (global
+  // and configured keys' budgets, matched by scope and period), a spend guard's max_usd and
+  // reset_fraction (matched by scope and window), a configured key's rpm/tpm, and user_limits'
+  // rpm/tpm while they stay on. Spend, reservations, windows and rate buckets are kept. A
+  // threshold the new limit puts at or below the spend alerts at once unless it had already
+  // alerted this window; a guard the new max_usd puts over is tripped (and alerts), one it puts
+  // below its reset level resets. Anything else that differs from `current` (the policy applied
+  // last) is named in restart_required and left as it is: a budget, guard or key added or
+  // removed, a key's secret, team or tags, a guard's action or fallback, auth, admin_token,
+  // webhooks, user_header, reserve_max_tokens, user_limits turned on or off. `current` is the
+  // configuration the engine was built from (numbers are compared with those in force, so a
+  // second reload of the same file changes nothing). Scopes must be canonical, as the
+  // constructor's (model: scopes naming their price-table entry).
+  retune_result retune(const policy_config& next, const policy_config& current, std::int64_t now_ms);
+
   // ---- Snapshots (gauges, GET /admin/budgets) ----
   struct budget_status {
     std::string scope;

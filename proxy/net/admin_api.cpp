@@ -488,6 +488,24 @@ admin_response prices_reload(const admin_context& ctx) {
   return out;
 }
 
+// POST /admin/config/reload: the configuration file read again (app::reload_config). 200 with
+// what was put in force and what waits for a restart; 422 naming the file and line when it does
+// not load (nothing changes).
+admin_response config_reload_post(const admin_context& ctx) {
+  const config_reload r = ctx.reload_config();
+  if (!r.ok)
+    return fail(422, "invalid_config", "The configuration file did not load; the spend controls in force are unchanged: " + r.error);
+  admin_response out;
+  out.body = text_of(json{{"reloaded", true},
+                          {"file", r.file},
+                          {"applied", r.applied},
+                          {"restart_required", r.restart_required},
+                          {"warnings", r.warnings},
+                          {"loaded_at", format_rfc3339_utc(r.loaded_ms)},
+                          {"reloads", r.reloads}});
+  return out;
+}
+
 json billed_json(const billed_prices& b) {
   return {{"input", b.input}, {"cached_input", b.cached_input}, {"cache_write_5m", b.write_5m},
           {"cache_write_1h", b.write_1h}, {"output", b.output}};
@@ -557,7 +575,12 @@ admin_response prices_get(const admin_context& ctx, const std::map<std::string, 
 
 admin_response keys_list(const admin_context& ctx) {
   json out = json::array();
-  for (const auto& k : ctx.cfg.policy.keys) out.push_back(key_view(k, "config"));
+  // A configured key as in force: a configuration reload may have changed its limits and budgets.
+  const auto live = ctx.policy.keys();
+  for (const auto& k : ctx.cfg.policy.keys) {
+    const auto it = std::find_if(live.begin(), live.end(), [&](const auto& l) { return l->name == k.name; });
+    out.push_back(key_view(it != live.end() ? **it : k, "config"));
+  }
   key_store store(ctx.ledger_path);
   for (const auto& sk : store.list()) {
     json v = to_json(sk);
@@ -745,6 +768,10 @@ admin_response handle_admin(const admin_context& ctx, const admin_request& req) 
     if (path == "/admin/prices/reload" && ctx.reload_prices) {
       if (req.method != "POST") return not_allowed("POST");
       return prices_reload(ctx);
+    }
+    if (path == "/admin/config/reload" && ctx.reload_config) {
+      if (req.method != "POST") return not_allowed("POST");
+      return config_reload_post(ctx);
     }
     if (path.starts_with("/admin/keys/")) {
       std::string name = url_decode(path.substr(12));

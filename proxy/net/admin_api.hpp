@@ -48,6 +48,8 @@ struct admin_context {
   std::function<price_reload()> reload_prices;
   // GET /admin/prices: the table in force's load time and reload count (may be empty).
   std::function<price_reload()> price_status;
+  // POST /admin/config/reload (may be empty: the endpoint then answers 404).
+  std::function<config_reload()> reload_config;
 };
 
 // True for paths this API answers ("/admin/..."); everything else is the listener's.

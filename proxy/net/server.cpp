@@ -21,6 +21,7 @@
 #include <boost/beast/http.hpp>
 
 #include <algorithm>
+#include <set>
 #include <cctype>
 #include <csignal>
 #include <functional>
@@ -114,9 +115,17 @@ struct app::impl {
   prometheus::Gauge* prices_loaded = nullptr;
   prometheus::Gauge* price_models = nullptr;
 
+  // Configuration reloads (reload_mu held): when the controls in force were read, and how often.
+  std::int64_t config_loaded_ms = 0;
+  std::uint64_t config_reloads = 0;
+  prometheus::Counter* config_reloads_ok = nullptr;
+  prometheus::Counter* config_reloads_failed = nullptr;
+  prometheus::Gauge* config_restart_pending = nullptr;
+
   void start_admin();
   awaitable<void> admin_session(tcp::socket s);
   price_reload reload_prices();
+  config_reload reload_config();
   void watch_prices();
   // The table in force: its entries, load time and reload count (reload_mu held).
   price_reload price_status_locked() const {
@@ -427,6 +436,23 @@ awaitable<void> accept_loop(worker& w) {
   }
 }
 
+// A model budget or guard names its model as clients do ("claude-sonnet-4-5", "GPT-4.1"), while
+// calls are counted under their price-table entry: the scope takes the entry's name, or it would
+// never match a call (and a hard budget never hold). At start and for each configuration reload.
+void canonical_scopes(const price_table& table, policy_config& p, std::vector<std::string>& warnings) {
+  const auto canonical = [&](std::string& scope, std::string_view what) {
+    if (!scope.starts_with("model:")) return;
+    if (const model_price* m = table.resolve(std::string_view(scope).substr(6))) {
+      scope = "model:" + m->name;
+    } else {
+      warnings.push_back(std::string(what) + " scope '" + scope +
+                         "' names no model of the price table: calls of an unpriced model cost nothing, so it counts none");
+    }
+  };
+  for (auto& b : p.budgets) canonical(b.scope, "budget");
+  for (auto& g : p.spend_guards) canonical(g.scope, "spend guard");
+}
+
 // A rerouting spend guard whose fallback_model `table` does not price (at start and at each
 // price reload): its rerouted calls would be unpriced.
 void unpriced_fallbacks(const price_table& table, const policy_config& p, std::vector<std::string>& warnings) {
@@ -457,6 +483,19 @@ void register_price_metrics(app::impl& I, metrics& m, std::size_t models) {
                          .Help("When the price table in force was loaded (start or the last successful reload), Unix seconds.")
                          .Register(reg)
                          .Add({});
+  auto& config_reloads = pm::BuildCounter()
+                             .Name("tollgate_config_reloads_total")
+                             .Help("Reloads of the configuration file's spend controls (SIGHUP, POST /admin/config/reload), by "
+                                   "result: ok, failed (the file did not load; nothing changed).")
+                             .Register(reg);
+  I.config_reloads_ok = &config_reloads.Add({{"result", "ok"}});
+  I.config_reloads_failed = &config_reloads.Add({{"result", "failed"}});
+  I.config_restart_pending = &pm::BuildGauge()
+                                  .Name("tollgate_config_restart_pending")
+                                  .Help("Changes the last configuration reload found that take effect only at a restart (0: the "
+                                        "file and the process agree).")
+                                  .Register(reg)
+                                  .Add({});
   I.price_models->Set(static_cast<double>(models));
   I.prices_loaded->Set(static_cast<double>(I.prices_loaded_ms) / 1000.0);
 }
@@ -472,20 +511,8 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   table->load_configured(c);
   st.prices.publish(table);
   impl_->prices_loaded_ms = unix_ms_now();
-  // A model budget or guard names its model as clients do ("claude-sonnet-4-5", "GPT-4.1"), while
-  // calls are counted under their price-table entry: the scope takes the entry's name, or it
-  // would never match a call (and a hard budget never hold).
-  const auto canonical_scope = [&](std::string& scope, std::string_view what) {
-    if (!scope.starts_with("model:")) return;
-    if (const model_price* p = table->resolve(std::string_view(scope).substr(6))) {
-      scope = "model:" + p->name;
-    } else {
-      c.warnings.push_back(std::string(what) + " scope '" + scope +
-                           "' names no model of the price table: calls of an unpriced model cost nothing, so it counts none");
-    }
-  };
-  for (auto& b : c.policy.budgets) canonical_scope(b.scope, "budget");
-  for (auto& g : c.policy.spend_guards) canonical_scope(g.scope, "spend guard");
+  impl_->config_loaded_ms = impl_->prices_loaded_ms;
+  canonical_scopes(*table, c.policy, c.warnings);
   unpriced_fallbacks(*table, c.policy, c.warnings);
 
   auto ups = effective_upstreams(c);
@@ -696,6 +723,7 @@ const aggregator* app::get_aggregator() const noexcept { return impl_->aggregato
 std::shared_ptr<const price_table> app::prices() const { return impl_->st.prices.current(); }
 
 price_reload app::reload_prices() { return impl_->reload_prices(); }
+config_reload app::reload_config() { return impl_->reload_config(); }
 
 // pricing.watch, every second on the spend-control thread: a price file that changed since it
 // was loaded, and has stayed as it is for a second (an editor or a copy may write it in several
@@ -774,6 +802,71 @@ price_reload app::impl::reload_prices() {
   return r;
 }
 
+// The configuration file read again (SIGHUP, POST /admin/config/reload): what can change under
+// running calls (budget limits, thresholds and hardness, guard maxima, rate limits) is put in
+// force by the policy engine (retune), and everything else that differs is reported for a
+// restart. Read, substituted and validated as at start: a file that does not load changes nothing.
+config_reload app::impl::reload_config() {
+  std::lock_guard lock(reload_mu);
+  const config& c = st.cfg;
+  config_reload r;
+  r.file = c.source_file;
+  const auto status = [&] {
+    r.loaded_ms = config_loaded_ms;
+    r.reloads = config_reloads;
+  };
+  config next;
+  try {
+    if (c.source_file.empty())
+      throw config_error("configuration", 0, "tollgate was not started from a configuration file: there is none to read again");
+    next = load_config_file(c.source_file);
+    apply_env_overrides(next);
+    validate(next);
+  } catch (const std::exception& e) {
+    r.error = e.what();
+    status();
+    if (config_reloads_failed) config_reloads_failed->Increment();
+    log_line(log_level::error, "configuration reload failed: the controls in force are unchanged").str("error", r.error);
+    return r;
+  }
+  canonical_scopes(*st.prices.current(), next.policy, next.warnings);
+  // Sections the policy engine does not look at: a change there waits for a restart. (Its own
+  // keys it compares field by field, below.)
+  static constexpr std::string_view policy_keys[] = {"keys", "budgets", "spend_guard", "user_limits", "auth",
+                                                     "admin_token", "alerts", "user_header", "reserve_max_tokens"};
+  std::set<std::string> names;
+  for (const auto& [k, v] : c.sections) names.insert(k);
+  for (const auto& [k, v] : next.sections) names.insert(k);
+  std::vector<std::string> sections_changed;
+  for (const auto& k : names) {
+    if (std::find(std::begin(policy_keys), std::end(policy_keys), k) != std::end(policy_keys)) continue;
+    const auto a = c.sections.find(k);
+    const auto b = next.sections.find(k);
+    if (a == c.sections.end() || b == next.sections.end() || a->second != b->second)
+      sections_changed.push_back(k + " changed: takes effect at a restart" +
+                                 (k == "pricing" ? " (the price files' contents reload on their own: POST /admin/prices/reload)" : ""));
+  }
+  auto t = st.policy->retune(next.policy, c.policy, unix_ms_now());
+  r.ok = true;
+  r.applied = std::move(t.applied);
+  r.restart_required = std::move(t.restart_required);
+  r.restart_required.insert(r.restart_required.end(), sections_changed.begin(), sections_changed.end());
+  r.warnings = std::move(next.warnings);
+  config_loaded_ms = unix_ms_now();
+  ++config_reloads;
+  status();
+  if (config_reloads_ok) config_reloads_ok->Increment();
+  if (config_restart_pending) config_restart_pending->Set(static_cast<double>(r.restart_required.size()));
+  log_line(log_level::info, "configuration reloaded: spend controls in force are the file's")
+      .str("file", r.file)
+      .integer("applied", static_cast<std::int64_t>(r.applied.size()))
+      .integer("restart_required", static_cast<std::int64_t>(r.restart_required.size()));
+  for (const auto& a : r.applied) log_line(log_level::info, "configuration reload").str("applied", a);
+  for (const auto& a : r.restart_required) log_line(log_level::warn, "configuration reload").str("restart_required", a);
+  for (const auto& w : r.warnings) log_line(log_level::warn, "configuration reload").str("warning", w);
+  return r;
+}
+
 void app::shutdown() {
   auto& I = *impl_;
   std::lock_guard lock(I.stop_mu);
@@ -835,18 +928,20 @@ void app::shutdown() {
 
 void app::run_until_signal() {
   asio::io_context ioc(1);
-  // SIGHUP reloads the price files (reload_prices); its default action would end the process at
-  // once, losing the calls in flight and the ledger rows still queued. The rest of the
-  // configuration is read at start only: a restart (SIGTERM, which drains) applies it.
+  // SIGHUP reloads the price files (reload_prices), then the configuration file's spend controls
+  // (reload_config: model scopes resolve against the new table); its default action would end
+  // the process at once, losing the calls in flight and the ledger rows still queued. The rest of
+  // the configuration is read at start only: a restart (SIGTERM, which drains) applies it.
   asio::signal_set signals(ioc, SIGINT, SIGTERM, SIGHUP);
   int got = 0;
   std::function<void(const beast::error_code&, int)> on_signal = [&](const beast::error_code& ec, int sig) {
     if (ec) return;
     if (sig == SIGHUP) {
       // Here, on the thread that only waits for signals: calls go on on their workers meanwhile.
-      log_line(log_level::info, "SIGHUP: reloading the price files; other configuration changes need a restart "
-                                "(SIGTERM drains calls in flight)");
+      log_line(log_level::info, "SIGHUP: reloading the price files and the spend controls; other configuration "
+                                "changes need a restart (SIGTERM drains calls in flight)");
       reload_prices();
+      reload_config();
       signals.async_wait(on_signal);
       return;
     }
@@ -953,7 +1048,8 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
                         [this] {
                           std::lock_guard lock(reload_mu);
                           return price_status_locked();
-                        }};
+                        },
+                        [this] { return reload_config(); }};
       admin_request ar{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body())};
       admin_response r = co_await asio::co_spawn(

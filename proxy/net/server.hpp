@@ -34,7 +34,8 @@ class app {
   // drain_timeout, then cancel the rest (they are ledgered as aborted), flush the ledger.
   // Idempotent; blocks until done.
   void shutdown();
-  // Blocks until SIGINT or SIGTERM, then shutdown(); SIGHUP reloads the prices meanwhile.
+  // Blocks until SIGINT or SIGTERM, then shutdown(); SIGHUP reloads the prices and the spend
+  // controls meanwhile.
   void run_until_signal();
 
   const config& cfg() const noexcept;
@@ -49,6 +50,12 @@ class app {
   // table they started with. A file that does not load leaves the table as it was and says why
   // (file:line). Called on SIGHUP and by POST /admin/prices/reload; thread-safe.
   price_reload reload_prices();
+  // Reads the configuration file again and puts its spend controls' numbers in force (budget
+  // limits, soft thresholds and hardness, spend guards' max_usd and reset_fraction, keys' and end
+  // users' rpm/tpm), keeping what they have counted; what else differs is reported as taking
+  // effect at a restart (policy_engine::retune). A file that does not load (file:line) changes
+  // nothing. Called on SIGHUP and by POST /admin/config/reload; thread-safe.
+  config_reload reload_config();
 
   struct impl;
 

@@ -7,7 +7,8 @@
 #           rows not yet committed).
 #   term    SIGTERM mid-load: every answered call is in the ledger, once.
 #   hup     SIGHUP reloads the price files: a model added to prices.yaml is priced from then on,
-#           a file that does not load is reported (file:line) and changes nothing; tollgate
+#           a file that does not load is reported (file:line) and changes nothing; it reads the
+#           configuration file again (a budget added is reported as waiting for a restart); tollgate
 #           keeps serving, and the calls around the signals are in the ledger.
 #   locked  SIGTERM mid-load while another process holds the database's write lock: the rows go
 #           to the journal; a restart after the lock is gone replays them: every answered call
@@ -192,8 +193,13 @@ scenario_hup() {
   config="$workdir/hupconf/tollgate.yaml" start_tollgate "$db" "$workdir/hup.err"
   before="$(one_call hup-model)"
   printf '  hup-model: { input: 1000, output: 2000 }\n' >>"$workdir/hupconf/prices.yaml"
+  # The configuration file is read again too: a budget added to it waits for a restart, and says so.
+  sed -i 's/^budgets: \[\]$/budgets: [{ scope: global, period: month, limit_usd: 1000 }]/' "$workdir/hupconf/tollgate.yaml"
+  grep -q '^budgets: \[{' "$workdir/hupconf/tollgate.yaml" || fail "the shipped config has no 'budgets: []' line to edit"
   kill -HUP "$tollgate_pid"
   wait_log 'prices reloaded' "$workdir/hup.err" || fail "SIGHUP did not reload the prices"
+  wait_log 'restart_required.*budget global/month added' "$workdir/hup.err" ||
+    fail "SIGHUP did not read the configuration file again"
   kill -0 "$tollgate_pid" 2>/dev/null || fail "tollgate ended on SIGHUP"
   after="$(one_call hup-model)"
   [[ -n "$before" && -n "$after" ]] || fail "a call around the SIGHUP was not answered"

@@ -1368,3 +1368,100 @@ TEST_CASE("prices: pricing.watch reloads the price files once they change and ha
   CHECK(h.metric_sum("tollgate_price_reloads_total", "result=\"failed\"") == 1);
   CHECK(h.metric_sum("tollgate_price_reloads_total", "result=\"ok\"") == 1);
 }
+
+TEST_CASE("config reload: a budget's new limit and a key's new rate limit are in force at once, the spend so far "
+          "kept - a budget added waits for a restart and a file that does not load changes nothing",
+          "[config_reload]") {
+  tt::temp_dir files;
+  const std::string path = files.path + "/tollgate.yaml";
+  const auto write = [&](const std::string& budgets, const std::string& extra = {}) {
+    std::ofstream(path, std::ios::trunc) << "admin_token: admin-secret\n"
+                                            "auth: required\n"
+                                            "keys:\n"
+                                            "  - { name: app, key: sk-app-secret-1, team: web, limits: { rpm: 2 } }\n"
+                                            "budgets:\n"
+                                         << budgets << extra;
+  };
+  write("  - { scope: global, period: month, limit_usd: 0.000001, hard: true }\n");
+  tt::harness h({.tweak = [&](tollgate::config& c) {
+    // The file's spend controls, the harness's listeners, upstream and ledger.
+    const tollgate::config file = tollgate::load_config_file(path);
+    c.policy = file.policy;
+    c.source_file = file.source_file;
+    c.sections = file.sections;
+  }});
+  const tt::headers admin{{"Authorization", "Bearer admin-secret"}};
+  const tt::headers app{{"Authorization", "Bearer sk-app-secret-1"}};
+  const auto reload = [&] { return tt::request(h.admin_port(), "POST", "/admin/config/reload", {}, admin); };
+  const auto call = [&] { return tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"), app); };
+
+  auto c = call();
+  CHECK(c.status == 429);
+  CHECK_THAT(c.body, Catch::Matchers::Contains("budget_exceeded"));
+
+  // Finance raises the month's budget: no restart.
+  write("  - { scope: global, period: month, limit_usd: 100, soft: [0.5], hard: true }\n");
+  auto r = reload();
+  REQUIRE(r.status == 200);
+  auto j = json::parse(r.body);
+  CHECK(j["reloaded"] == true);
+  CHECK(j["file"] == path);
+  REQUIRE(j["applied"].size() == 1);
+  CHECK_THAT(j["applied"][0].get<std::string>(), Catch::Matchers::Contains("budget global/month: limit $0.0000") &&
+                                                        Catch::Matchers::Contains(" -> $100.00"));
+  CHECK(j["restart_required"].empty());
+  CHECK(j["reloads"] == 1);
+  REQUIRE(call().status == 200);
+  REQUIRE(call().status == 200);
+  j = json::parse(tt::request(h.admin_port(), "GET", "/admin/budgets", {}, admin).body);
+  CHECK(j["budgets"][0]["limit_usd"] == 100.0);
+  h.flush();
+  const double cost = h.query_double("SELECT SUM(cost_usd) FROM calls");
+  CHECK(cost > 0);
+  CHECK(j["budgets"][0]["spent_usd"].get<double>() == Approx(cost).epsilon(1e-9));
+  CHECK(h.metric_sum("tollgate_budget_limit_usd", "period=\"month\",scope=\"global\"") == 100);
+
+  // The key's rpm of 2 is spent by the two calls; raised to 6000 (100 a second) it admits again.
+  c = call();
+  CHECK(c.status == 429);
+  CHECK_THAT(c.body, Catch::Matchers::Contains("rate_limit_exceeded"));
+  {
+    std::ofstream(path, std::ios::trunc) << "admin_token: admin-secret\n"
+                                            "auth: required\n"
+                                            "keys:\n"
+                                            "  - { name: app, key: sk-app-secret-1, team: web, limits: { rpm: 6000 } }\n"
+                                            "budgets:\n"
+                                            "  - { scope: global, period: month, limit_usd: 100, soft: [0.5], hard: true }\n"
+                                            "  - { scope: \"team:web\", period: day, limit_usd: 1, hard: true }\n"
+                                            "timezone: Europe/Paris\n";
+  }
+  r = reload();
+  REQUIRE(r.status == 200);
+  j = json::parse(r.body);
+  REQUIRE(j["applied"].size() == 1);
+  CHECK_THAT(j["applied"][0].get<std::string>(), Catch::Matchers::Contains("key app: rpm 2 -> 6000"));
+  const std::string pending = j["restart_required"].dump();
+  CHECK_THAT(pending, Catch::Matchers::Contains("budget team:web/day added: takes effect at a restart"));
+  CHECK_THAT(pending, Catch::Matchers::Contains("timezone changed: takes effect at a restart"));
+  CHECK(j["restart_required"].size() == 2);
+  CHECK(h.metric_sum("tollgate_config_restart_pending") == 2);
+  REQUIRE(tt::harness::eventually([&] { return call().status == 200; }, 2s));
+  j = json::parse(tt::request(h.admin_port(), "GET", "/admin/keys", {}, admin).body);
+  CHECK(j["keys"][0]["name"] == "app");
+  CHECK(j["keys"][0]["limits"]["rpm"] == 6000);
+  // The budget added is not in force: one budget, as at start.
+  CHECK(json::parse(tt::request(h.admin_port(), "GET", "/admin/budgets", {}, admin).body)["budgets"].size() == 1);
+
+  // A file that does not load: 422 naming its line; the limits in force stay.
+  std::ofstream(path, std::ios::trunc) << "admin_token: admin-secret\nbudgets:\n  - { scope: global, limit_usd: -5 }\n";
+  r = reload();
+  CHECK(r.status == 422);
+  CHECK(json::parse(r.body)["error"]["code"] == "invalid_config");
+  CHECK(r.body.find(path + ":3") != std::string::npos);
+  CHECK(json::parse(tt::request(h.admin_port(), "GET", "/admin/budgets", {}, admin).body)["budgets"][0]["limit_usd"] == 100.0);
+  CHECK(h.metric_sum("tollgate_config_reloads_total", "result=\"ok\"") == 2);
+  CHECK(h.metric_sum("tollgate_config_reloads_total", "result=\"failed\"") == 1);
+
+  CHECK(tt::request(h.admin_port(), "GET", "/admin/config/reload", {}, admin).status == 405);
+  CHECK(tt::request(h.admin_port(), "POST", "/admin/config/reload").status == 401);
+}

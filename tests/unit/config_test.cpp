@@ -767,3 +767,20 @@ TEST_CASE("config: user_limits gives every end user RPM and TPM limits", "[confi
   CHECK_THAT(load_error("user_limits:\n  rpn: 5\n"), StartsWith("test.yaml:2: "));
   CHECK_THAT(load_error("user_limits:\n  rpm: -1\n"), StartsWith("test.yaml:2: "));
 }
+
+TEST_CASE("config: each top-level section's text is kept, so a reload can name the sections that changed", "[config]") {
+  const char* a = "log_level: warn\nbudgets:\n  - { scope: global, limit_usd: 10 }\nserver:\n  max_body_bytes: 1MiB\n";
+  const char* b = "log_level: warn\nbudgets:\n  - { scope: global, limit_usd: 20 }\nserver:\n  max_body_bytes: 1MiB\n";
+  const char* c = "log_level: warn\nbudgets:\n  - { scope: global, limit_usd: 10 }\nserver: { max_body_bytes: 2MiB }\n";
+  const auto x = tollgate::load_config_string(a), y = tollgate::load_config_string(b), z = tollgate::load_config_string(c);
+  CHECK(x.sections.size() == 3);
+  CHECK(x.sections.at("log_level") == y.sections.at("log_level"));
+  CHECK(x.sections.at("server") == y.sections.at("server"));
+  CHECK(x.sections.at("budgets") != y.sections.at("budgets"));
+  CHECK(x.sections.at("server") != z.sections.at("server"));
+  CHECK(x.sections.at("budgets") == z.sections.at("budgets"));
+  // Layout and comments are not changes: the same values written another way.
+  const auto w = tollgate::load_config_string("log_level: warn  # quiet\nbudgets: [{ scope: global, limit_usd: 10 }]\nserver: { max_body_bytes: 1MiB }\n");
+  CHECK(w.sections == x.sections);
+  CHECK(tollgate::load_config_string("").sections.empty());
+}

@@ -947,7 +947,8 @@ TEST_CASE("policy user budgets: an end user's projection is their share of the f
   CHECK(calls == 1);
   const double now_s = t0 / 1000.0, end_s = utc_ms(2026, 11, 11) / 1000.0;
   // Alice, who spent most: 6 of the 10 spent recently, so 60 % of the rest.
-  auto* top = find_budget(e.budgets(t0), "user:*");
+  const auto all = e.budgets(t0);  // held: find_budget points into it
+  auto* top = find_budget(all, "user:*");
   REQUIRE(top != nullptr);
   CHECK(top->top_user == "alice");
   CHECK(top->projected_p50 == Approx(6 + 0.6 * 20));
@@ -1279,4 +1280,207 @@ TEST_CASE("policy user limits: maintain() drops idle users' buckets, so memory f
   f.user = "late5";
   for (int i = 0; i < 9; ++i) CHECK(e.admit(f).outcome == decision::admit);
   CHECK(e.admit(f).outcome == decision::rate_limited);
+}
+
+// ---- Live reconfiguration (retune: SIGHUP, POST /admin/config/reload) ----
+
+TEST_CASE("policy retune: a budget's new limit is in force at once and its spend is kept", "[policy][retune]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::month, 10, true, {0.5, 0.8}));
+  policy_engine e(cfg, "UTC");
+  auto d = e.admit(call(6, t0));
+  REQUIRE(d.outcome == decision::admit);
+  e.settle(d.ticket, 6, 0, "gpt-4.1", t0);
+  auto a = e.take_alerts();
+  REQUIRE(a.size() == 1);  // 50% of $10
+  CHECK(e.admit(call(5, t0 + 1000)).outcome == decision::budget_exceeded);
+
+  // Raised to $20: the $5 call fits now; the $6 spent is kept; 80% of $20 is ahead.
+  policy_config raised = cfg;
+  raised.budgets[0].limit_usd = 20;
+  auto r = e.retune(raised, cfg, t0 + 2000);
+  REQUIRE(r.applied.size() == 1);
+  CHECK_THAT(r.applied[0], Contains("budget global/month") && Contains("limit $10.00 -> $20.00"));
+  CHECK(r.restart_required.empty());
+  CHECK(spent(e, "global", t0 + 2000) == Approx(6));
+  auto all = e.budgets(t0 + 2000);
+  CHECK(find_budget(all, "global")->limit_usd == 20);
+  CHECK(e.take_alerts().empty());  // 0.5 of $20 is $10: not reached, no alert
+  d = e.admit(call(5, t0 + 3000));
+  REQUIRE(d.outcome == decision::admit);
+  e.settle(d.ticket, 5, 0, "gpt-4.1", t0 + 3000);
+  a = e.take_alerts();
+  REQUIRE(a.size() == 1);  // $11 of $20: 50% again, under the new limit
+  CHECK(a[0].threshold == 0.5);
+  CHECK(a[0].limit_usd == 20);
+
+  // The same file again changes nothing.
+  CHECK(e.retune(raised, cfg, t0 + 4000).applied.empty());
+
+  // Lowered to $12: 80% ($9.60) is behind the $11 spent: it alerts at once, and $2 no longer fits.
+  policy_config lowered = cfg;
+  lowered.budgets[0].limit_usd = 12;
+  r = e.retune(lowered, cfg, t0 + 5000);
+  REQUIRE(r.applied.size() == 1);
+  a = e.take_alerts();
+  REQUIRE(a.size() == 1);
+  CHECK(a[0].threshold == 0.8);
+  CHECK(a[0].limit_usd == 12);
+  CHECK(e.admit(call(2, t0 + 6000)).outcome == decision::budget_exceeded);
+
+  // Soft (not hard): the call goes through.
+  policy_config soft = lowered;
+  soft.budgets[0].hard = false;
+  r = e.retune(soft, cfg, t0 + 7000);
+  REQUIRE(r.applied.size() == 1);
+  CHECK_THAT(r.applied[0], Contains("hard true -> false"));
+  CHECK(e.admit(call(2, t0 + 8000)).outcome == decision::admit);
+}
+
+TEST_CASE("policy retune: a reservation in flight settles under the new limit", "[policy][retune]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("team:web", calendar_period::day, 10, true));
+  auto k = key("web-app", "sk-web-app-secret", {}, {}, "web");
+  cfg.keys.push_back(k);
+  policy_engine e(cfg, "UTC");
+  const auto kp = e.find_key("sk-web-app-secret");
+  auto d = e.admit(call(8, t0, "gpt-4.1", kp.get()));
+  REQUIRE(d.outcome == decision::admit);
+  policy_config next = cfg;
+  next.budgets[0].limit_usd = 9;
+  e.retune(next, cfg, t0 + 1);
+  auto all = e.budgets(t0 + 2);
+  CHECK(find_budget(all, "team:web")->reserved_usd == Approx(8));
+  CHECK(e.admit(call(2, t0 + 3, "gpt-4.1", kp.get())).outcome == decision::budget_exceeded);  // 8 + 2 > 9
+  e.settle(d.ticket, 1, 0, "gpt-4.1", t0 + 4);
+  CHECK(e.admit(call(2, t0 + 5, "gpt-4.1", kp.get())).outcome == decision::admit);  // 1 + 2 <= 9
+}
+
+TEST_CASE("policy retune: guards, key and end-user rate limits take their new numbers", "[policy][retune]") {
+  policy_config cfg;
+  spend_guard_config g;
+  g.scope = "global";
+  g.window = std::chrono::minutes(60);
+  g.max_usd = 10;
+  cfg.spend_guards.push_back(g);
+  cfg.keys.push_back(key("batch", "sk-batch-secret-1", {2, 0}));
+  cfg.user_limits = {1, 0};
+  policy_engine e(cfg, "UTC");
+  const auto kp = e.find_key("sk-batch-secret-1");
+  auto d = e.admit(call(5, t0, "gpt-4.1", kp.get()));
+  REQUIRE(d.outcome == decision::admit);
+  e.settle(d.ticket, 5, 0, "gpt-4.1", t0);
+  d = e.admit(call(0, t0 + 1, "gpt-4.1", kp.get()));
+  REQUIRE(d.outcome == decision::admit);
+  e.release(d.ticket);
+  CHECK(e.admit(call(0, t0 + 2, "gpt-4.1", kp.get())).outcome == decision::rate_limited);  // 2 rpm spent
+
+  policy_config next = cfg;
+  next.spend_guards[0].max_usd = 4;   // $5 spent in the hour: trips now
+  next.keys[0].limits.rpm = 120;      // the bucket keeps its level, refills at 2/s
+  next.user_limits = {30, 0};
+  auto r = e.retune(next, cfg, t0 + 3);
+  CHECK(r.applied.size() == 3);
+  CHECK(r.restart_required.empty());
+  auto a = e.take_alerts();
+  REQUIRE(a.size() == 1);
+  CHECK(a[0].kind == alert_kind::spend_guard);
+  CHECK(e.admit(call(0, t0 + 4, "gpt-4.1")).outcome == decision::guard_rejected);
+  // Sessions find the key's new limits on the key they look up.
+  CHECK(e.find_key("sk-batch-secret-1")->limits.rpm == 120);
+
+  next.spend_guards[0].max_usd = 100;  // far above the hour's $5: resets
+  e.retune(next, cfg, t0 + 5);
+  d = e.admit(call(0, t0 + 1000, "gpt-4.1", kp.get()));
+  CHECK(d.outcome == decision::admit);
+  CHECK(d.limit_requests == 120);
+  e.release(d.ticket);
+
+  // The end user's bucket: 30 a minute now.
+  auto u = call(0, t0 + 2000);
+  u.user = "alice";
+  for (int i = 0; i < 30; ++i) {
+    auto du = e.admit(u);
+    REQUIRE(du.outcome == decision::admit);
+    e.release(du.ticket);
+  }
+  CHECK(e.admit(u).outcome == decision::rate_limited);
+}
+
+TEST_CASE("policy retune: what cannot change under running calls is named and left as it is", "[policy][retune]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::month, 10, true));
+  cfg.keys.push_back(key("app", "sk-app-secret-1", {}, {budget("key:app", calendar_period::day, 5, true)}));
+  policy_engine e(cfg, "UTC");
+  policy_config next = cfg;
+  next.budgets.push_back(budget("team:web", calendar_period::day, 1, true));
+  next.budgets[0].period = calendar_period::week;  // global/month removed, global/week added
+  next.keys[0].team = "web";
+  next.keys[0].budgets[0].limit_usd = 7;  // applied: same key, same period
+  next.keys.push_back(key("new", "sk-new-secret-12"));
+  next.user_limits = {10, 0};
+  next.admin_token = "changed-token";
+  auto r = e.retune(next, cfg, t0);
+  REQUIRE(r.applied.size() == 1);
+  CHECK_THAT(r.applied[0], Contains("budget key:app/day: limit $5.00 -> $7.00"));
+  std::string all;
+  for (const auto& s : r.restart_required) all += s + "\n";
+  CHECK_THAT(all, Contains("budget global/month removed"));
+  CHECK_THAT(all, Contains("budget global/week added"));
+  CHECK_THAT(all, Contains("budget team:web/day added"));
+  CHECK_THAT(all, Contains("key app: key, team or tags changed"));
+  CHECK_THAT(all, Contains("key new added"));
+  CHECK_THAT(all, Contains("user_limits turned on"));
+  CHECK_THAT(all, Contains("admin_token changed"));
+  CHECK(r.restart_required.size() == 7);
+  // Left as they were: the month budget holds, no team budget, the new key is unknown.
+  CHECK(e.budgets(t0).size() == 2);
+  CHECK(e.find_key("sk-new-secret-12") == nullptr);
+  CHECK(e.admit(call(11, t0)).outcome == decision::budget_exceeded);
+}
+
+TEST_CASE("policy retune: reloads while calls are admitted and settled on other threads", "[policy][retune]") {
+  policy_config cfg;
+  cfg.budgets.push_back(budget("global", calendar_period::month, 1e9, true, {0.5}));
+  cfg.keys.push_back(key("k", "sk-concurrent-1", {100000, 0}, {budget("key:k", calendar_period::day, 1e9, true)}));
+  spend_guard_config g;
+  g.window = std::chrono::minutes(5);
+  g.max_usd = 1e9;
+  cfg.spend_guards.push_back(g);
+  cfg.user_limits = {100000, 0};
+  policy_engine e(cfg, "UTC");
+  std::atomic<bool> stop{false};
+  std::atomic<int> admitted{0};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 3; ++t)
+    callers.emplace_back([&, t] {
+      for (int i = 0; !stop; ++i) {
+        const auto k = e.find_key("sk-concurrent-1");
+        auto c = call(0.01, t0 + i, "gpt-4.1", k.get());
+        c.user = t == 0 ? "alice" : "bob";
+        if (e.needs_admission(k.get())) {
+          auto d = e.admit(c);
+          if (d.outcome == decision::admit) {
+            ++admitted;
+            e.settle(d.ticket, 0.01, 10, "gpt-4.1", t0 + i);
+          }
+        }
+      }
+    });
+  for (int i = 0; i < 200; ++i) {
+    policy_config next = cfg;
+    next.budgets[0].limit_usd = i % 2 ? 1e9 : 2e9;
+    next.budgets[0].soft = i % 3 ? std::vector<double>{0.5} : std::vector<double>{0.25, 0.75};
+    next.keys[0].limits.rpm = 100000 + i;
+    next.keys[0].budgets[0].limit_usd = 1e9 + i;
+    next.spend_guards[0].max_usd = 1e9 + i;
+    next.user_limits.rpm = 100000 + i;
+    auto r = e.retune(next, cfg, t0 + i);
+    CHECK(r.restart_required.empty());
+    (void)e.budgets(t0 + i);
+  }
+  stop = true;
+  for (auto& t : callers) t.join();
+  CHECK(admitted > 0);
+  CHECK(e.find_key("sk-concurrent-1")->limits.rpm == 100199);
 }
