@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <map>
 #include <mutex>
+#include <set>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -315,6 +316,8 @@ struct policy_engine::impl {
     keys_.swap(next);  // the old list is freed after the lock, by `next`'s destructor
   }
   std::atomic<int> keys_with_budgets{0};
+  // Names of the keys the configuration file gave (at start, then by each reload); keys_write_mu.
+  std::set<std::string, std::less<>> configured;
   bool has_controls = false;  // configured budgets or guards (fixed after construction)
   bool has_user_scopes = false;  // a budget or guard scoped user:<id> or user:* (fixed)
 
@@ -587,8 +590,10 @@ policy_engine::policy_engine(const policy_config& cfg, const std::string& timezo
   }
   impl_->user_limits = cfg.user_limits;
   impl_->has_controls = !impl_->budgets.empty() || !impl_->guards.empty() || cfg.user_limits.any();
-  for (const auto& k : cfg.keys)
+  for (const auto& k : cfg.keys) {
     if (!add_key(k)) throw std::invalid_argument("key '" + k.name + "': empty or duplicate name, or duplicate key");
+    impl_->configured.insert(k.name);
+  }
 }
 
 policy_engine::~policy_engine() = default;
@@ -657,6 +662,7 @@ bool policy_engine::remove_key(std::string_view name) {
     if (e->name != name) next->push_back(e);
   if (next->size() == old->size()) return false;
   impl_->publish(std::move(next));
+  if (auto c = impl_->configured.find(name); c != impl_->configured.end()) impl_->configured.erase(c);
   std::shared_ptr<key_state> gone;  // freed after the lock, unless tickets still hold it
   {
     std::lock_guard lock(impl_->mu);
@@ -670,6 +676,14 @@ bool policy_engine::remove_key(std::string_view name) {
 }
 
 std::vector<std::shared_ptr<const client_key_config>> policy_engine::keys() const { return *impl_->keys(); }
+
+std::vector<std::shared_ptr<const client_key_config>> policy_engine::configured_keys() const {
+  std::lock_guard write(impl_->keys_write_mu);
+  std::vector<std::shared_ptr<const client_key_config>> out;
+  for (const auto& k : *impl_->keys())
+    if (impl_->configured.contains(k->name)) out.push_back(k);
+  return out;
+}
 
 // ---- Live reconfiguration ----
 
@@ -739,7 +753,10 @@ policy_engine::retune_result policy_engine::retune(const policy_config& next, co
   auto budget_name = [](const budget_config& b) { return b.scope + "/" + std::string(to_string(b.period)); };
 
   std::lock_guard write(m.keys_write_mu);  // no key is added or revoked meanwhile
+  const auto old_list = m.keys();
   std::vector<std::pair<std::string, std::shared_ptr<const client_key_config>>> republish;
+  std::vector<const client_key_config*> added;
+  std::vector<std::string> removed;
   {
     std::lock_guard lock(m.mu);
     // A budget's new numbers; its user:* end users' own states (copies of its config) with it.
@@ -814,20 +831,26 @@ policy_engine::retune_result policy_engine::retune(const policy_config& next, co
         restart("spend guard " + g.scope + "/" + format_window(g.window.count()) + " added");
       }
 
-    // Configured keys, by name (keys added by the admin API are not the file's to change).
+    // Configured keys, by name, against those in force (keys added by the admin API are not the
+    // file's to change). A key in the file and in force keeps its state (buckets, budgets' spend)
+    // whatever changes: its secret (rotated: the old one is refused from now on), team, tags,
+    // limits, its budgets' numbers. Keys are added and removed after this lock (below).
     for (const auto& n : next.keys) {
-      const auto o = std::find_if(current.keys.begin(), current.keys.end(), [&](const auto& k) { return k.name == n.name; });
-      if (o == current.keys.end()) {
-        restart("key " + n.name + " added");
+      if (!m.configured.contains(n.name)) {
+        added.push_back(&n);
         continue;
       }
-      if (o->sha256 != n.sha256 || o->team != n.team || o->tags != n.tags) restart("key " + n.name + ": key, team or tags changed");
       const auto it = m.key_states.find(n.name);
-      if (it == m.key_states.end()) continue;  // revoked meanwhile
+      const auto live = std::find_if(old_list->begin(), old_list->end(), [&](const auto& k) { return k->name == n.name; });
+      if (it == m.key_states.end() || live == old_list->end()) continue;  // not in force (cannot happen: not revocable)
       key_state& ks = *it->second;
-      std::vector<budget_config> wanted = n.budgets;
-      for (auto& b : wanted) b.scope = "key:" + n.name;
+      const client_key_config& o = **live;
       const std::size_t before = r.applied.size();
+      if (o.sha256 != n.sha256) r.applied.push_back("key " + n.name + ": secret rotated (the old one is refused from now on)");
+      if (o.team != n.team) r.applied.push_back("key " + n.name + ": team '" + o.team + "' -> '" + n.team + "'");
+      if (o.tags != n.tags) r.applied.push_back("key " + n.name + ": tags changed");
+      std::vector<budget_config> wanted = n.budgets;
+      for (auto& bc : wanted) bc.scope = "key:" + n.name;
       if (wanted.empty() != ks.budgets.empty()) {
         restart("key " + n.name + ": budgets " + (wanted.empty() ? "removed" : "added"));
       } else {
@@ -846,20 +869,21 @@ policy_engine::retune_result policy_engine::retune(const policy_config& next, co
         r.applied.push_back("key " + n.name + ": " + what);
       }
       if (r.applied.size() == before) continue;
-      // Sessions read the key's limits (needs_admission) from the published config: a copy with
-      // the new numbers replaces it.
-      republish.emplace_back(n.name, nullptr);
-      for (const auto& k : *m.keys())
-        if (k->name == n.name) {
-          auto copy = std::make_shared<client_key_config>(*k);
-          copy->limits = n.limits;
-          for (std::size_t i = 0; i < copy->budgets.size() && i < ks.budgets.size(); ++i) copy->budgets[i] = ks.budgets[i].cfg;
-          republish.back().second = std::move(copy);
-        }
+      // Sessions read the key (its secret, team, limits) from the published list: a copy with the
+      // new values replaces it. Budgets keep their number and order (matched above).
+      auto copy = std::make_shared<client_key_config>(o);
+      copy->sha256 = n.sha256;
+      copy->team = n.team;
+      copy->tags = n.tags;
+      copy->limits = n.limits;
+      ks.team = n.team;
+      for (std::size_t i = 0; i < copy->budgets.size() && i < ks.budgets.size(); ++i) copy->budgets[i] = ks.budgets[i].cfg;
+      republish.emplace_back(n.name, std::move(copy));
     }
-    for (const auto& o : current.keys)
-      if (std::none_of(next.keys.begin(), next.keys.end(), [&](const auto& k) { return k.name == o.name; }))
-        restart("key " + o.name + " removed");
+    for (const auto& name : m.configured)
+      if (std::none_of(next.keys.begin(), next.keys.end(), [&](const auto& k) { return k.name == name; })) {
+        removed.push_back(name);
+      }
 
     const rate_limits& ul = next.user_limits;
     if (ul.any() != m.user_limits.any()) {
@@ -874,12 +898,52 @@ policy_engine::retune_result policy_engine::retune(const policy_config& next, co
       }
     }
   }
-  if (!republish.empty()) {
-    auto list = std::make_shared<key_list>(*m.keys());
-    for (auto& [name, copy] : republish)
-      for (auto& k : *list)
-        if (copy && k->name == name) k = copy;
+  // The key list: removed keys out, changed ones replaced, new ones in (a new key whose name or
+  // secret another key in force has, one added by the admin API say, is not added: said).
+  if (!republish.empty() || !added.empty() || !removed.empty()) {
+    auto list = std::make_shared<key_list>();
+    list->reserve(old_list->size() + added.size());
+    for (const auto& k : *old_list) {
+      if (std::find(removed.begin(), removed.end(), k->name) != removed.end()) continue;
+      const auto re = std::find_if(republish.begin(), republish.end(), [&](const auto& p) { return p.first == k->name; });
+      list->push_back(re != republish.end() ? re->second : k);
+    }
+    for (const auto* n : added) {
+      const bool clash = std::any_of(list->begin(), list->end(), [&](const auto& k) {
+        return k->name == n->name || CRYPTO_memcmp(k->sha256.data(), n->sha256.data(), n->sha256.size()) == 0;
+      });
+      if (clash) {
+        r.warnings.push_back("key " + n->name + " not added: a key in force (added by the admin API?) has its name or secret");
+        continue;
+      }
+      client_key_config k = *n;
+      for (auto& bc : k.budgets) bc.scope = "key:" + k.name;
+      auto state = make_key_state(k);
+      {
+        std::lock_guard lock(m.mu);
+        m.key_states[state->name] = state;
+      }
+      if (!state->budgets.empty()) m.keys_with_budgets.fetch_add(1, std::memory_order_relaxed);
+      m.configured.insert(k.name);
+      r.applied.push_back("key " + k.name + " added" + (k.budgets.empty() ? "" : " (its budgets start at this period's zero)"));
+      list->push_back(std::make_shared<const client_key_config>(std::move(k)));
+    }
     m.publish(std::move(list));
+    // As remove_key(): out of the list first, then its state (a call that found the key just
+    // before still finds its buckets; tickets keep theirs).
+    for (const auto& name : removed) {
+      m.configured.erase(name);
+      std::shared_ptr<key_state> state;  // freed after the lock, unless tickets still hold it
+      {
+        std::lock_guard lock(m.mu);
+        if (auto it = m.key_states.find(name); it != m.key_states.end()) {
+          state = std::move(it->second);
+          m.key_states.erase(it);
+        }
+      }
+      if (state && !state->budgets.empty()) m.keys_with_budgets.fetch_sub(1, std::memory_order_relaxed);
+      r.applied.push_back("key " + name + " removed (refused from now on; its calls in flight finish)");
+    }
   }
 
   if (next.auth != current.auth || next.auth_set != current.auth_set) restart("auth changed");

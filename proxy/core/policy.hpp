@@ -46,6 +46,9 @@ class policy_engine {
   // Revokes a key: find_key() no longer returns it; its outstanding reservations still settle.
   bool remove_key(std::string_view name);
   std::vector<std::shared_ptr<const client_key_config>> keys() const;
+  // The keys the configuration file gives, as in force (a reload may have added, removed or
+  // changed them), in the file's order as first loaded, keys added by a reload last.
+  std::vector<std::shared_ptr<const client_key_config>> configured_keys() const;
   static std::array<unsigned char, 32> sha256(std::string_view s) noexcept;
 
   // ---- Admission and settlement (I/O threads; never throw) ----
@@ -178,21 +181,23 @@ class policy_engine {
   struct retune_result {
     std::vector<std::string> applied;
     std::vector<std::string> restart_required;
+    std::vector<std::string> warnings;  // a key the file adds that clashes with one in force
   };
   // Brings the controls in force to `next`, the configuration file read again, where that can be
   // done without losing what they count: a budget's limit, soft thresholds and hardness (global
   // and configured keys' budgets, matched by scope and period), a spend guard's max_usd and
-  // reset_fraction (matched by scope and window), a configured key's rpm/tpm, and user_limits'
-  // rpm/tpm while they stay on. Spend, reservations, windows and rate buckets are kept. A
-  // threshold the new limit puts at or below the spend alerts at once unless it had already
-  // alerted this window; a guard the new max_usd puts over is tripped (and alerts), one it puts
-  // below its reset level resets. Anything else that differs from `current` (the policy applied
-  // last) is named in restart_required and left as it is: a budget, guard or key added or
-  // removed, a key's secret, team or tags, a guard's action or fallback, auth, admin_token,
-  // webhooks, user_header, reserve_max_tokens, user_limits turned on or off. `current` is the
-  // configuration the engine was built from (numbers are compared with those in force, so a
-  // second reload of the same file changes nothing). Scopes must be canonical, as the
-  // constructor's (model: scopes naming their price-table entry).
+  // reset_fraction (matched by scope and window), user_limits' rpm/tpm while they stay on, and
+  // the configured keys: added (budgets from zero), removed (refused at once; calls in flight
+  // finish), or changed in place keeping their buckets and spend (secret rotated, team, tags,
+  // rpm/tpm). Spend, reservations, windows and rate buckets are kept. A threshold the new limit
+  // puts at or below the spend alerts at once unless it had already alerted this window; a guard
+  // the new max_usd puts over is tripped (and alerts), one it puts below its reset level resets.
+  // Anything else that differs is named in restart_required and left as it is: a budget or guard
+  // added or removed (a key's budgets added or removed too), a guard's action or fallback, auth,
+  // admin_token, webhooks, user_header, reserve_max_tokens, user_limits turned on or off.
+  // `current` is the configuration the engine was built from (for those last fields); numbers
+  // and keys are compared with those in force, so a second reload of the same file changes
+  // nothing. Scopes must be canonical, as the constructor's (model: scopes naming their entry).
   retune_result retune(const policy_config& next, const policy_config& current, std::int64_t now_ms);
 
   // ---- Snapshots (gauges, GET /admin/budgets) ----

@@ -575,12 +575,8 @@ admin_response prices_get(const admin_context& ctx, const std::map<std::string, 
 
 admin_response keys_list(const admin_context& ctx) {
   json out = json::array();
-  // A configured key as in force: a configuration reload may have changed its limits and budgets.
-  const auto live = ctx.policy.keys();
-  for (const auto& k : ctx.cfg.policy.keys) {
-    const auto it = std::find_if(live.begin(), live.end(), [&](const auto& l) { return l->name == k.name; });
-    out.push_back(key_view(it != live.end() ? **it : k, "config"));
-  }
+  // The configured keys as in force: a configuration reload may have added, removed or changed them.
+  for (const auto& k : ctx.policy.configured_keys()) out.push_back(key_view(*k, "config"));
   key_store store(ctx.ledger_path);
   for (const auto& sk : store.list()) {
     json v = to_json(sk);
@@ -683,10 +679,10 @@ admin_response keys_create(const admin_context& ctx, const std::string& body) {
   } catch (const std::invalid_argument& e) {
     throw http_problem(400, "invalid_parameter", e.what());
   }
-  for (const auto& c : ctx.cfg.policy.keys) {
-    if (c.name == k.name) throw http_problem(409, "key_exists", "a configured key is named '" + k.name + "'");
-    if ((own_key || own_hash) && c.sha256 == k.sha256)
-      throw http_problem(409, "key_exists", "that key is already configured (as '" + c.name + "')");
+  for (const auto& c : ctx.policy.configured_keys()) {
+    if (c->name == k.name) throw http_problem(409, "key_exists", "a configured key is named '" + k.name + "'");
+    if ((own_key || own_hash) && c->sha256 == k.sha256)
+      throw http_problem(409, "key_exists", "that key is already configured (as '" + c->name + "')");
   }
   key_store store(ctx.ledger_path);
   std::string secret;
@@ -715,9 +711,11 @@ admin_response keys_create(const admin_context& ctx, const std::string& body) {
 }
 
 admin_response keys_revoke(const admin_context& ctx, std::string_view name) {
-  for (const auto& c : ctx.cfg.policy.keys)
-    if (c.name == name)
-      throw http_problem(409, "key_in_config", "key '" + std::string(name) + "' is defined in the config file; remove it there");
+  for (const auto& c : ctx.policy.configured_keys())
+    if (c->name == name)
+      throw http_problem(409, "key_in_config", "key '" + std::string(name) +
+                                                   "' is defined in the config file; remove it there, then reload "
+                                                   "(SIGHUP or POST /admin/config/reload)");
   key_store store(ctx.ledger_path);
   switch (store.revoke(name, ctx.now_ms())) {
     case revoke_result::not_found: throw http_problem(404, "key_not_found", "no key named " + quote_value(name));

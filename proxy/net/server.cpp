@@ -846,12 +846,22 @@ config_reload app::impl::reload_config() {
       sections_changed.push_back(k + " changed: takes effect at a restart" +
                                  (k == "pricing" ? " (the price files' contents reload on their own: POST /admin/prices/reload)" : ""));
   }
+  std::set<std::string> had;
+  for (const auto& k : st.policy->configured_keys()) had.insert(k->name);
   auto t = st.policy->retune(next.policy, c.policy, unix_ms_now());
+  // A key the file adds with a hard budget: unpriced models reserve at what relays charged,
+  // learned from the ledger once (as for a key the admin API adds).
+  for (const auto& k : next.policy.keys)
+    if (!had.contains(k.name) && std::any_of(k.budgets.begin(), k.budgets.end(), [](const auto& b) { return b.hard; })) {
+      spend_->learn_stated_costs();
+      break;
+    }
   r.ok = true;
   r.applied = std::move(t.applied);
   r.restart_required = std::move(t.restart_required);
   r.restart_required.insert(r.restart_required.end(), sections_changed.begin(), sections_changed.end());
   r.warnings = std::move(next.warnings);
+  r.warnings.insert(r.warnings.end(), t.warnings.begin(), t.warnings.end());
   config_loaded_ms = unix_ms_now();
   ++config_reloads;
   status();

@@ -1369,6 +1369,17 @@ TEST_CASE("prices: pricing.watch reloads the price files once they change and ha
   CHECK(h.metric_sum("tollgate_price_reloads_total", "result=\"ok\"") == 1);
 }
 
+// A harness tweak: the spend controls of the configuration file at `path` (which a reload reads
+// again), with the harness's listeners, upstream and ledger.
+std::function<void(tollgate::config&)> spend_controls_of(const std::string& path) {
+  return [path](tollgate::config& c) {
+    const tollgate::config file = tollgate::load_config_file(path);
+    c.policy = file.policy;
+    c.source_file = file.source_file;
+    c.sections = file.sections;
+  };
+}
+
 TEST_CASE("config reload: a budget's new limit and a key's new rate limit are in force at once, the spend so far "
           "kept - a budget added waits for a restart and a file that does not load changes nothing",
           "[config_reload]") {
@@ -1383,13 +1394,7 @@ TEST_CASE("config reload: a budget's new limit and a key's new rate limit are in
                                          << budgets << extra;
   };
   write("  - { scope: global, period: month, limit_usd: 0.000001, hard: true }\n");
-  tt::harness h({.tweak = [&](tollgate::config& c) {
-    // The file's spend controls, the harness's listeners, upstream and ledger.
-    const tollgate::config file = tollgate::load_config_file(path);
-    c.policy = file.policy;
-    c.source_file = file.source_file;
-    c.sections = file.sections;
-  }});
+  tt::harness h({.tweak = spend_controls_of(path)});
   const tt::headers admin{{"Authorization", "Bearer admin-secret"}};
   const tt::headers app{{"Authorization", "Bearer sk-app-secret-1"}};
   const auto reload = [&] { return tt::request(h.admin_port(), "POST", "/admin/config/reload", {}, admin); };
@@ -1464,4 +1469,60 @@ TEST_CASE("config reload: a budget's new limit and a key's new rate limit are in
 
   CHECK(tt::request(h.admin_port(), "GET", "/admin/config/reload", {}, admin).status == 405);
   CHECK(tt::request(h.admin_port(), "POST", "/admin/config/reload").status == 401);
+}
+
+TEST_CASE("config reload: a leaked key removed from the file is refused at once, a rotated key keeps its budget's "
+          "spend, and a key added serves",
+          "[config_reload]") {
+  tt::temp_dir files;
+  const std::string path = files.path + "/tollgate.yaml";
+  const auto write = [&](const std::string& keys) {
+    std::ofstream(path, std::ios::trunc) << "admin_token: admin-secret\nauth: required\nkeys:\n" << keys;
+  };
+  write("  - { name: app, key: sk-app-secret-1, budgets: [{ period: day, limit_usd: 50 }] }\n"
+        "  - { name: leaked, key: sk-leaked-secret }\n");
+  tt::harness h({.tweak = spend_controls_of(path)});
+  const tt::headers admin{{"Authorization", "Bearer admin-secret"}};
+  const auto call = [&](const std::string& secret) {
+    return tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1"), {{"Authorization", "Bearer " + secret}}).status;
+  };
+  const auto key_spend = [&] {
+    const json all = json::parse(tt::request(h.admin_port(), "GET", "/admin/budgets", {}, admin).body);
+    for (const auto& b : all["budgets"])
+      if (b["scope"] == "key:app") return b["spent_usd"].get<double>();
+    return -1.0;
+  };
+  REQUIRE(call("sk-app-secret-1") == 200);
+  REQUIRE(call("sk-leaked-secret") == 200);
+  const double spent = key_spend();
+  CHECK(spent > 0);
+
+  // A stored key cannot be revoked by DELETE when the file has it: the answer says how.
+  auto del = tt::request(h.admin_port(), "DELETE", "/admin/keys/leaked", {}, admin);
+  CHECK(del.status == 409);
+  CHECK_THAT(del.body, Catch::Matchers::Contains("POST /admin/config/reload"));
+
+  write("  - { name: app, key: sk-app-secret-2, budgets: [{ period: day, limit_usd: 50 }] }\n"
+        "  - { name: ops, key: sk-ops-secret-1, team: sre }\n");
+  auto r = tt::request(h.admin_port(), "POST", "/admin/config/reload", {}, admin);
+  REQUIRE(r.status == 200);
+  const std::string applied = json::parse(r.body)["applied"].dump();
+  CHECK_THAT(applied, Catch::Matchers::Contains("key app: secret rotated"));
+  CHECK_THAT(applied, Catch::Matchers::Contains("key leaked removed"));
+  CHECK_THAT(applied, Catch::Matchers::Contains("key ops added"));
+  CHECK(json::parse(r.body)["restart_required"].empty());
+
+  CHECK(call("sk-leaked-secret") == 401);
+  CHECK(call("sk-app-secret-1") == 401);
+  REQUIRE(call("sk-app-secret-2") == 200);
+  CHECK(key_spend() > spent);  // the day's spend under the old secret still counts
+  REQUIRE(call("sk-ops-secret-1") == 200);
+  h.flush();
+  CHECK(h.query_text("SELECT team FROM calls WHERE client_key_id = 'ops'") == "sre");
+  auto keys = json::parse(tt::request(h.admin_port(), "GET", "/admin/keys", {}, admin).body)["keys"];
+  std::vector<std::string> names;
+  for (const auto& k : keys) names.push_back(k["name"].get<std::string>() + "/" + k["source"].get<std::string>());
+  CHECK(names == std::vector<std::string>{"app/config", "ops/config"});
+  // The name a removed configured key leaves is free for the admin API.
+  CHECK(tt::request(h.admin_port(), "POST", "/admin/keys", R"({"name": "leaked"})", admin).status == 201);
 }

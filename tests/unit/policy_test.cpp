@@ -1420,23 +1420,79 @@ TEST_CASE("policy retune: what cannot change under running calls is named and le
   next.keys.push_back(key("new", "sk-new-secret-12"));
   next.user_limits = {10, 0};
   next.admin_token = "changed-token";
+  next.keys[1].budgets.push_back(budget("key:other", calendar_period::day, 1, true));  // an added key's budgets
   auto r = e.retune(next, cfg, t0);
-  REQUIRE(r.applied.size() == 1);
-  CHECK_THAT(r.applied[0], Contains("budget key:app/day: limit $5.00 -> $7.00"));
+  std::string applied;
+  for (const auto& s : r.applied) applied += s + "\n";
+  CHECK_THAT(applied, Contains("budget key:app/day: limit $5.00 -> $7.00"));
+  CHECK_THAT(applied, Contains("key app: team '' -> 'web'"));
+  CHECK_THAT(applied, Contains("key new added"));
+  CHECK(r.applied.size() == 3);
   std::string all;
   for (const auto& s : r.restart_required) all += s + "\n";
   CHECK_THAT(all, Contains("budget global/month removed"));
   CHECK_THAT(all, Contains("budget global/week added"));
   CHECK_THAT(all, Contains("budget team:web/day added"));
-  CHECK_THAT(all, Contains("key app: key, team or tags changed"));
-  CHECK_THAT(all, Contains("key new added"));
   CHECK_THAT(all, Contains("user_limits turned on"));
   CHECK_THAT(all, Contains("admin_token changed"));
-  CHECK(r.restart_required.size() == 7);
-  // Left as they were: the month budget holds, no team budget, the new key is unknown.
-  CHECK(e.budgets(t0).size() == 2);
-  CHECK(e.find_key("sk-new-secret-12") == nullptr);
+  CHECK(r.restart_required.size() == 5);
+  // Left as they were: the month budget holds, no team budget (but for the new key's own).
+  auto budgets_now = e.budgets(t0);
+  CHECK(budgets_now.size() == 3);
+  CHECK(find_budget(budgets_now, "key:new") != nullptr);
   CHECK(e.admit(call(11, t0)).outcome == decision::budget_exceeded);
+  const auto added = e.find_key("sk-new-secret-12");
+  REQUIRE(added != nullptr);
+  CHECK(e.admit(call(2, t0, "gpt-4.1", added.get())).outcome == decision::budget_exceeded);  // its own $1 a day
+  CHECK(e.find_key("sk-app-secret-1")->team == "web");
+}
+
+TEST_CASE("policy retune: configured keys are added, removed and rotated - a rotated key keeps its buckets and spend",
+          "[policy][retune]") {
+  policy_config cfg;
+  cfg.keys.push_back(key("app", "sk-app-secret-1", {2, 0}, {budget("key:app", calendar_period::day, 10, true)}));
+  cfg.keys.push_back(key("old", "sk-old-secret-1"));
+  policy_engine e(cfg, "UTC");
+  // A key the admin API added: the file cannot take its name, nor remove it.
+  REQUIRE(e.add_key(key("stored", "sk-stored-secret")));
+  auto k = e.find_key("sk-app-secret-1");
+  for (int i = 0; i < 2; ++i) {
+    auto d = e.admit(call(3, t0 + i, "gpt-4.1", k.get()));
+    REQUIRE(d.outcome == decision::admit);
+    e.settle(d.ticket, 3, 0, "gpt-4.1", t0 + i);
+  }
+
+  policy_config next = cfg;
+  next.keys[0].sha256 = policy_engine::sha256("sk-app-secret-2");  // rotated
+  next.keys.erase(next.keys.begin() + 1);                           // "old" removed
+  next.keys.push_back(key("stored", "sk-another-secret"));          // clashes with the stored key
+  next.keys.push_back(key("fresh", "sk-fresh-secret-1"));
+  auto r = e.retune(next, cfg, t0 + 10);
+  std::string applied;
+  for (const auto& s : r.applied) applied += s + "\n";
+  CHECK_THAT(applied, Contains("key app: secret rotated"));
+  CHECK_THAT(applied, Contains("key old removed"));
+  CHECK_THAT(applied, Contains("key fresh added"));
+  REQUIRE(r.warnings.size() == 1);
+  CHECK_THAT(r.warnings[0], Contains("key stored not added"));
+  CHECK(r.restart_required.empty());
+
+  CHECK(e.find_key("sk-app-secret-1") == nullptr);
+  CHECK(e.find_key("sk-old-secret-1") == nullptr);
+  CHECK(e.find_key("sk-fresh-secret-1") != nullptr);
+  CHECK(e.find_key("sk-stored-secret") != nullptr);
+  k = e.find_key("sk-app-secret-2");
+  REQUIRE(k != nullptr);
+  // The rotated key's minute is still spent (2 rpm), and its day's $6 still counts.
+  CHECK(e.admit(call(0, t0 + 20, "gpt-4.1", k.get())).outcome == decision::rate_limited);
+  CHECK(spent(e, "key:app", t0 + 20) == Approx(6));
+  std::vector<std::string> names;
+  for (const auto& c : e.configured_keys()) names.push_back(c->name);
+  CHECK(names == std::vector<std::string>{"app", "fresh"});
+  // The same file again: nothing more.
+  r = e.retune(next, cfg, t0 + 30);
+  CHECK(r.applied.empty());
+  CHECK(r.warnings.size() == 1);  // the clash is said each time
 }
 
 TEST_CASE("policy retune: reloads while calls are admitted and settled on other threads", "[policy][retune]") {
