@@ -947,7 +947,6 @@ policy_engine::retune_result policy_engine::retune(const policy_config& next, co
   }
 
   if (next.auth != current.auth || next.auth_set != current.auth_set) restart("auth changed");
-  if (next.admin_token != current.admin_token) restart("admin_token changed");
   if (next.user_header != current.user_header) restart("user_header changed");
   if (next.default_max_tokens != current.default_max_tokens) restart("reserve_max_tokens changed");
   const auto same_hooks = [](const webhook_config& a, const webhook_config& b) {

@@ -194,7 +194,7 @@ class policy_engine {
   // the new max_usd puts over is tripped (and alerts), one it puts below its reset level resets.
   // Anything else that differs is named in restart_required and left as it is: a budget or guard
   // added or removed (a key's budgets added or removed too), a guard's action or fallback, auth,
-  // admin_token, webhooks, user_header, reserve_max_tokens, user_limits turned on or off.
+  // webhooks, user_header, reserve_max_tokens, user_limits turned on or off.
   // `current` is the configuration the engine was built from (for those last fields); numbers
   // and keys are compared with those in force, so a second reload of the same file changes
   // nothing. Scopes must be canonical, as the constructor's (model: scopes naming their entry).

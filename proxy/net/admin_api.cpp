@@ -99,8 +99,7 @@ std::map<std::string, std::string> parse_query(std::string_view q) {
   return out;
 }
 
-bool token_ok(const config& cfg, std::string_view authorization) {
-  const std::string& want = cfg.policy.admin_token;
+bool token_ok(const std::string& want, std::string_view authorization) {
   if (want.empty()) return false;
   // The scheme is case-insensitive (RFC 9110 section 11.1), as on the client port.
   if (authorization.size() < 7 || !iequals(authorization.substr(0, 7), "bearer ")) return false;
@@ -737,9 +736,10 @@ admin_response handle_admin(const admin_context& ctx, const admin_request& req) 
   try {
     std::string_view target = req.target;
     std::string_view path = target.substr(0, target.find('?'));
-    if (ctx.cfg.policy.admin_token.empty())
+    const std::string& token = ctx.admin_token ? *ctx.admin_token : ctx.cfg.policy.admin_token;
+    if (token.empty())
       return fail(401, "admin_disabled", "The admin API is disabled: set admin_token (or TOLLGATE_ADMIN_TOKEN).");
-    if (!token_ok(ctx.cfg, req.authorization))
+    if (!token_ok(token, req.authorization))
       return fail(401, "invalid_admin_token", "Missing or wrong admin token (Authorization: Bearer <admin_token>).");
     // Only a caller with the token learns what is wrong with its query.
     auto query = parse_query(path.size() < target.size() ? target.substr(path.size() + 1) : std::string_view{});

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -50,6 +51,8 @@ struct admin_context {
   std::function<price_reload()> price_status;
   // POST /admin/config/reload (may be empty: the endpoint then answers 404).
   std::function<config_reload()> reload_config;
+  // The admin token in force (a configuration reload may rotate it); unset: cfg.policy.admin_token.
+  std::optional<std::string> admin_token;
 };
 
 // True for paths this API answers ("/admin/..."); everything else is the listener's.

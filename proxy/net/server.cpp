@@ -117,6 +117,14 @@ struct app::impl {
 
   // Configuration reloads (reload_mu held): when the controls in force were read, and how often.
   std::int64_t config_loaded_ms = 0;
+  // The admin token in force: the configuration's at start, then a reload's (rotated without a
+  // restart). Read by each admin request.
+  mutable std::mutex admin_token_mu;
+  std::string admin_token;
+  std::string admin_token_now() const {
+    std::lock_guard lock(admin_token_mu);
+    return admin_token;
+  }
   std::uint64_t config_reloads = 0;
   prometheus::Counter* config_reloads_ok = nullptr;
   prometheus::Counter* config_reloads_failed = nullptr;
@@ -512,6 +520,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   st.prices.publish(table);
   impl_->prices_loaded_ms = unix_ms_now();
   impl_->config_loaded_ms = impl_->prices_loaded_ms;
+  impl_->admin_token = c.policy.admin_token;
   canonical_scopes(*table, c.policy, c.warnings);
   unpriced_fallbacks(*table, c.policy, c.warnings);
 
@@ -858,6 +867,15 @@ config_reload app::impl::reload_config() {
     }
   r.ok = true;
   r.applied = std::move(t.applied);
+  {
+    std::lock_guard token_lock(admin_token_mu);
+    if (next.policy.admin_token != admin_token) {
+      r.applied.push_back(next.policy.admin_token.empty() ? "admin_token removed: the admin API is disabled"
+                          : admin_token.empty()           ? "admin_token set: the admin API is enabled"
+                                                          : "admin_token rotated: the old one is refused from now on");
+      admin_token = next.policy.admin_token;
+    }
+  }
   r.restart_required = std::move(t.restart_required);
   r.restart_required.insert(r.restart_required.end(), sections_changed.begin(), sections_changed.end());
   r.warnings = std::move(next.warnings);
@@ -1059,7 +1077,8 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
                           std::lock_guard lock(reload_mu);
                           return price_status_locked();
                         },
-                        [this] { return reload_config(); }};
+                        [this] { return reload_config(); },
+                        admin_token_now()};
       admin_request ar{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body())};
       admin_response r = co_await asio::co_spawn(

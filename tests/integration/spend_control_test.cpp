@@ -1525,4 +1525,14 @@ TEST_CASE("config reload: a leaked key removed from the file is refused at once,
   CHECK(names == std::vector<std::string>{"app/config", "ops/config"});
   // The name a removed configured key leaves is free for the admin API.
   CHECK(tt::request(h.admin_port(), "POST", "/admin/keys", R"({"name": "leaked"})", admin).status == 201);
+
+  // The admin token rotated: the old one is refused from the next request on.
+  std::ofstream(path, std::ios::trunc) << "admin_token: admin-secret-2\nauth: required\nkeys:\n"
+                                          "  - { name: app, key: sk-app-secret-2, budgets: [{ period: day, limit_usd: 50 }] }\n"
+                                          "  - { name: ops, key: sk-ops-secret-1, team: sre }\n";
+  r = tt::request(h.admin_port(), "POST", "/admin/config/reload", {}, admin);
+  REQUIRE(r.status == 200);
+  CHECK(json::parse(r.body)["applied"] == json::array({"admin_token rotated: the old one is refused from now on"}));
+  CHECK(tt::request(h.admin_port(), "GET", "/admin/keys", {}, admin).status == 401);
+  CHECK(tt::request(h.admin_port(), "GET", "/admin/keys", {}, {{"Authorization", "Bearer admin-secret-2"}}).status == 200);
 }

@@ -1434,8 +1434,7 @@ TEST_CASE("policy retune: what cannot change under running calls is named and le
   CHECK_THAT(all, Contains("budget global/week added"));
   CHECK_THAT(all, Contains("budget team:web/day added"));
   CHECK_THAT(all, Contains("user_limits turned on"));
-  CHECK_THAT(all, Contains("admin_token changed"));
-  CHECK(r.restart_required.size() == 5);
+  CHECK(r.restart_required.size() == 4);  // admin_token is the application's (server.cpp), not the engine's
   // Left as they were: the month budget holds, no team budget (but for the new key's own).
   auto budgets_now = e.budgets(t0);
   CHECK(budgets_now.size() == 3);
@@ -1523,6 +1522,8 @@ TEST_CASE("policy retune: reloads while calls are admitted and settled on other 
         }
       }
     });
+  // The callers are under way before the first reload (a busy machine may start them late).
+  while (admitted.load() < 10) std::this_thread::yield();
   for (int i = 0; i < 200; ++i) {
     policy_config next = cfg;
     next.budgets[0].limit_usd = i % 2 ? 1e9 : 2e9;
@@ -1535,8 +1536,9 @@ TEST_CASE("policy retune: reloads while calls are admitted and settled on other 
     CHECK(r.restart_required.empty());
     (void)e.budgets(t0 + i);
   }
+  const int before_last = admitted.load();
+  while (admitted.load() < before_last + 10) std::this_thread::yield();  // some calls under the last limits
   stop = true;
   for (auto& t : callers) t.join();
-  CHECK(admitted > 0);
   CHECK(e.find_key("sk-concurrent-1")->limits.rpm == 100199);
 }
