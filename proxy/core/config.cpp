@@ -716,6 +716,7 @@ class loader {
            }
          }},
         {"allow_public_without_auth", [this](const entry& e) { cfg_.allow_public_without_auth = boolean(e); }},
+        {"watch_config", [this](const entry& e) { cfg_.config_watch = boolean(e); }},
         {"timezone", [this](const entry& e) {
            cfg_.timezone = text(e);
            if (std::string why = timezone_problem(cfg_.timezone); !why.empty()) fail(e, why);

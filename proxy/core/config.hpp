@@ -141,6 +141,7 @@ struct config {
   std::string prices_file = "config/prices.yaml";  // unset: prices.yaml beside the config file if there, else this (CWD)
   std::string litellm_prices_file;                 // optional LiteLLM JSON catalogue
   bool prices_watch = false;  // reload the price files when they change (checked every second)
+  bool config_watch = false;  // watch_config: reload this file's spend controls when it changes (likewise)
 
   millis drain_timeout{30'000};             // SIGTERM: in-flight calls get this long
 

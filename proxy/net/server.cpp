@@ -21,6 +21,7 @@
 #include <boost/beast/http.hpp>
 
 #include <algorithm>
+#include <optional>
 #include <set>
 #include <cctype>
 #include <csignal>
@@ -51,8 +52,9 @@ using asio::redirect_error;
 using asio::use_awaitable;
 using namespace std::literals;
 
-// What a price file is on disk (pricing.watch): an edit changes its size or modification time,
-// a swapped file (an editor's rename, a Kubernetes ConfigMap's symlink) its inode.
+// What a watched file is on disk (pricing.watch, watch_config): an edit changes its size or
+// modification time, a swapped file (an editor's rename, a Kubernetes ConfigMap's symlink) its
+// inode. stat() follows symlinks, so a ConfigMap's swapped target is seen.
 struct file_identity {
   bool exists = false;
   std::uint64_t dev = 0, ino = 0, size = 0;
@@ -60,21 +62,38 @@ struct file_identity {
   bool operator==(const file_identity&) const = default;
 };
 
-static std::vector<file_identity> price_files_now(const config& c) {
-  std::vector<file_identity> out;
-  for (const std::string* path : {&c.prices_file, &c.litellm_prices_file}) {
-    file_identity f;
-    struct stat st {};
-    if (!path->empty() && ::stat(path->c_str(), &st) == 0) {
-      f.exists = true;
-      f.dev = st.st_dev;
-      f.ino = st.st_ino;
-      f.size = static_cast<std::uint64_t>(st.st_size);
-      f.mtime_ns = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
-    }
-    out.push_back(f);
+static file_identity identity_of(const std::string& path) {
+  file_identity f;
+  struct stat st {};
+  if (!path.empty() && ::stat(path.c_str(), &st) == 0) {
+    f.exists = true;
+    f.dev = st.st_dev;
+    f.ino = st.st_ino;
+    f.size = static_cast<std::uint64_t>(st.st_size);
+    f.mtime_ns = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
   }
-  return out;
+  return f;
+}
+
+static std::vector<file_identity> price_files_now(const config& c) {
+  return {identity_of(c.prices_file), identity_of(c.litellm_prices_file)};
+}
+
+// A watched file that changed since it was last read, once it has stayed as it is for a tick (a
+// second: an editor or a copy may write it in several steps). `loaded` is what the last read
+// found (under the reload lock), `seen` a change seen at the last tick, not yet settled.
+template <class Identity>
+static bool settled_change(const Identity& now, const Identity& loaded, std::optional<Identity>& seen) {
+  if (now == loaded) {
+    seen.reset();
+    return false;
+  }
+  if (!seen || *seen != now) {
+    seen = now;
+    return false;
+  }
+  seen.reset();
+  return true;
 }
 
 struct app::impl {
@@ -107,7 +126,9 @@ struct app::impl {
   // Price reloads, one at a time; and what the last one left in force.
   std::mutex reload_mu;
   std::vector<file_identity> loaded_files;  // the price files as the last load found them (reload_mu)
-  std::vector<file_identity> changed_files;  // pricing.watch: a change seen once, not yet settled
+  std::optional<std::vector<file_identity>> changed_files;  // pricing.watch: a change seen once, not yet settled
+  file_identity loaded_config;                // the configuration file as the last read found it (reload_mu)
+  std::optional<file_identity> changed_config;  // watch_config: likewise
   std::int64_t prices_loaded_ms = 0;
   std::uint64_t price_reloads = 0;
   prometheus::Counter* reloads_ok = nullptr;
@@ -134,6 +155,7 @@ struct app::impl {
   awaitable<void> admin_session(tcp::socket s);
   price_reload reload_prices();
   config_reload reload_config();
+  void watch_config();
   void watch_prices();
   // The table in force: its entries, load time and reload count (reload_mu held).
   price_reload price_status_locked() const {
@@ -521,6 +543,7 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
   impl_->prices_loaded_ms = unix_ms_now();
   impl_->config_loaded_ms = impl_->prices_loaded_ms;
   impl_->admin_token = c.policy.admin_token;
+  impl_->loaded_config = identity_of(c.source_file);
   canonical_scopes(*table, c.policy, c.warnings);
   unpriced_fallbacks(*table, c.policy, c.warnings);
 
@@ -575,7 +598,11 @@ app::app(config cfg) : impl_(std::make_unique<impl>()) {
       c.ledger_postgres.url.empty() ? std::string()
       : c.ledger_postgres.instance.empty() ? default_instance_name() : c.ledger_postgres.instance;
   impl_->spend_ = std::make_unique<spend_control>(st.cfg, *impl_->metrics_, fleet_instance);
-  if (c.prices_watch) impl_->spend_->on_tick([I = impl_.get()] { I->watch_prices(); });
+  if (c.prices_watch || c.config_watch)
+    impl_->spend_->on_tick([I = impl_.get()] {
+      if (I->st.cfg.prices_watch) I->watch_prices();
+      if (I->st.cfg.config_watch) I->watch_config();
+    });
   st.policy = &impl_->spend_->engine();
   if (!c.ledger_postgres.url.empty()) {
     try {
@@ -738,21 +765,29 @@ config_reload app::reload_config() { return impl_->reload_config(); }
 // was loaded, and has stayed as it is for a second (an editor or a copy may write it in several
 // steps), is loaded again.
 void app::impl::watch_prices() {
-  auto now = price_files_now(st.cfg);
+  const auto now = price_files_now(st.cfg);
+  bool changed = false;
   {
     std::lock_guard lock(reload_mu);
-    if (now == loaded_files) {
-      changed_files.clear();
-      return;
-    }
+    changed = settled_change(now, loaded_files, changed_files);
   }
-  if (now != changed_files) {
-    changed_files = std::move(now);
-    return;
-  }
-  changed_files.clear();
+  if (!changed) return;
   log_line(log_level::info, "the price files changed: reloading them (pricing.watch)");
   reload_prices();
+}
+
+// watch_config, likewise: the configuration file changed and has settled: its spend controls are
+// read again (reload_config), as SIGHUP would (after the prices, when both are watched).
+void app::impl::watch_config() {
+  const auto now = identity_of(st.cfg.source_file);
+  bool changed = false;
+  {
+    std::lock_guard lock(reload_mu);
+    changed = settled_change(now, loaded_config, changed_config);
+  }
+  if (!changed) return;
+  log_line(log_level::info, "the configuration file changed: reloading its spend controls (watch_config)");
+  reload_config();
 }
 
 price_reload app::impl::reload_prices() {
@@ -824,6 +859,9 @@ config_reload app::impl::reload_config() {
     r.loaded_ms = config_loaded_ms;
     r.reloads = config_reloads;
   };
+  // Noted whatever comes of it: watch_config tries a file that does not load again only once it
+  // changes.
+  loaded_config = identity_of(c.source_file);
   config next;
   try {
     if (c.source_file.empty())

@@ -1377,6 +1377,7 @@ std::function<void(tollgate::config&)> spend_controls_of(const std::string& path
     c.policy = file.policy;
     c.source_file = file.source_file;
     c.sections = file.sections;
+    c.config_watch = file.config_watch;
   };
 }
 
@@ -1535,4 +1536,34 @@ TEST_CASE("config reload: a leaked key removed from the file is refused at once,
   CHECK(json::parse(r.body)["applied"] == json::array({"admin_token rotated: the old one is refused from now on"}));
   CHECK(tt::request(h.admin_port(), "GET", "/admin/keys", {}, admin).status == 401);
   CHECK(tt::request(h.admin_port(), "GET", "/admin/keys", {}, {{"Authorization", "Bearer admin-secret-2"}}).status == 200);
+}
+
+TEST_CASE("config reload: watch_config reads the file again once it changes and has settled", "[config_reload]") {
+  tt::temp_dir files;
+  const std::string path = files.path + "/tollgate.yaml";
+  const auto text = [](const std::string& limit) {
+    return "watch_config: true\nadmin_token: admin-secret\nbudgets:\n  - { scope: global, limit_usd: " + limit + ", hard: true }\n";
+  };
+  std::ofstream(path, std::ios::trunc) << text("0.000001");
+  tt::harness h({.tweak = spend_controls_of(path)});
+  const auto call = [&] { return tt::post_json(h.port(), "/v1/chat/completions", tt::chat_body("gpt-4.1")).status; };
+  // The file as it was read: nothing to do.
+  std::this_thread::sleep_for(2500ms);
+  CHECK(h.metric_sum("tollgate_config_reloads_total") == 0);
+  CHECK(call() == 429);
+  {
+    std::ofstream f(path + ".new", std::ios::trunc);
+    f << text("100");
+  }
+  std::filesystem::rename(path + ".new", path);  // as an editor or a ConfigMap swaps it
+  REQUIRE(tt::harness::eventually([&] { return h.metric_sum("tollgate_config_reloads_total", "result=\"ok\"") == 1; }));
+  CHECK(call() == 200);
+  CHECK(h.metric_sum("tollgate_budget_limit_usd", "scope=\"global\"") == 100);
+  // A change that does not load is tried once, not every second; the limit in force stays.
+  std::ofstream(path, std::ios::app) << "  - { scope: global, limit_usd: [1] }\n";
+  REQUIRE(tt::harness::eventually([&] { return h.metric_sum("tollgate_config_reloads_total", "result=\"failed\"") == 1; }));
+  std::this_thread::sleep_for(2500ms);
+  CHECK(h.metric_sum("tollgate_config_reloads_total", "result=\"failed\"") == 1);
+  CHECK(h.metric_sum("tollgate_config_reloads_total", "result=\"ok\"") == 1);
+  CHECK(call() == 200);
 }

@@ -94,6 +94,7 @@ TEST_CASE("config: the shipped tollgate.yaml loads with the built-in defaults", 
     CHECK_THAT(cfg.prices_file, Contains("prices.yaml"));
     CHECK(cfg.litellm_prices_file.empty());
     CHECK(cfg.prices_watch == d.prices_watch);
+    CHECK(cfg.config_watch == d.config_watch);
     REQUIRE(cfg.warnings.size() == 1);
     CHECK_THAT(cfg.warnings[0], StartsWith(path + ":"));
     CHECK_THAT(cfg.warnings[0], Contains("environment variable HOLYSHEEP_API_KEY is not set; using an empty value"));
@@ -138,6 +139,7 @@ listen: "[::1]:18080"
 admin_listen: localhost:0
 workers: 4
 log_level: warning
+watch_config: true
 allow_public_without_auth: true
 upstream:
   name: relay
@@ -201,6 +203,7 @@ pricing:
   CHECK(cfg.prices_file == "/etc/tollgate/prices.yaml");
   CHECK(cfg.litellm_prices_file == "litellm.json");  // no config directory for a string: as given
   CHECK(cfg.prices_watch);
+  CHECK(cfg.config_watch);
   CHECK(cfg.warnings.empty());
 }
 
