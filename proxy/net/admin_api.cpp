@@ -505,6 +505,22 @@ admin_response config_reload_post(const admin_context& ctx) {
   return out;
 }
 
+// GET /admin/config: where the configuration came from, when its spend controls were last read,
+// what the last reload that loaded changed and left for a restart (what
+// tollgate_config_restart_pending counts), and the last attempt's error if it did not load.
+admin_response config_get(const admin_context& ctx) {
+  const config_reload st = ctx.config_status();
+  admin_response out;
+  out.body = text_of(json{{"file", st.file},
+                          {"loaded_at", format_rfc3339_utc(st.loaded_ms)},
+                          {"reloads", st.reloads},
+                          {"applied", st.applied},
+                          {"restart_required", st.restart_required},
+                          {"warnings", st.warnings},
+                          {"last_error", st.error.empty() ? json(nullptr) : json(st.error)}});
+  return out;
+}
+
 json billed_json(const billed_prices& b) {
   return {{"input", b.input}, {"cached_input", b.cached_input}, {"cache_write_5m", b.write_5m},
           {"cache_write_1h", b.write_1h}, {"output", b.output}};
@@ -767,6 +783,7 @@ admin_response handle_admin(const admin_context& ctx, const admin_request& req) 
       if (req.method != "POST") return not_allowed("POST");
       return prices_reload(ctx);
     }
+    if (path == "/admin/config" && ctx.config_status) return get ? config_get(ctx) : not_allowed("GET, HEAD");
     if (path == "/admin/config/reload" && ctx.reload_config) {
       if (req.method != "POST") return not_allowed("POST");
       return config_reload_post(ctx);

@@ -53,6 +53,9 @@ struct admin_context {
   std::function<config_reload()> reload_config;
   // The admin token in force (a configuration reload may rotate it); unset: cfg.policy.admin_token.
   std::optional<std::string> admin_token;
+  // GET /admin/config (may be empty: the endpoint then answers 404): the configuration file, when
+  // it was last read, and the last reload's outcome.
+  std::function<config_reload()> config_status;
 };
 
 // True for paths this API answers ("/admin/..."); everything else is the listener's.

@@ -156,6 +156,17 @@ struct app::impl {
   price_reload reload_prices();
   config_reload reload_config();
   void watch_config();
+  // GET /admin/config: the last reload's outcome (reload_mu): its changes and what waits for a
+  // restart from the last one that loaded, and the error of the last attempt if it failed.
+  config_reload last_config_reload;
+  config_reload config_status() {
+    std::lock_guard lock(reload_mu);
+    config_reload r = last_config_reload;
+    r.file = st.cfg.source_file;
+    r.loaded_ms = config_loaded_ms;
+    r.reloads = config_reloads;
+    return r;
+  }
   void watch_prices();
   // The table in force: its entries, load time and reload count (reload_mu held).
   price_reload price_status_locked() const {
@@ -874,6 +885,7 @@ config_reload app::impl::reload_config() {
     status();
     if (config_reloads_failed) config_reloads_failed->Increment();
     log_line(log_level::error, "configuration reload failed: the controls in force are unchanged").str("error", r.error);
+    last_config_reload.error = r.error;  // what the last reload that loaded found stays
     return r;
   }
   canonical_scopes(*st.prices.current(), next.policy, next.warnings);
@@ -923,6 +935,7 @@ config_reload app::impl::reload_config() {
   status();
   if (config_reloads_ok) config_reloads_ok->Increment();
   if (config_restart_pending) config_restart_pending->Set(static_cast<double>(r.restart_required.size()));
+  last_config_reload = r;
   log_line(log_level::info, "configuration reloaded: spend controls in force are the file's")
       .str("file", r.file)
       .integer("applied", static_cast<std::int64_t>(r.applied.size()))
@@ -1116,7 +1129,8 @@ awaitable<void> app::impl::admin_session(tcp::socket s) {
                           return price_status_locked();
                         },
                         [this] { return reload_config(); },
-                        admin_token_now()};
+                        admin_token_now(),
+                        [this] { return config_status(); }};
       admin_request ar{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body())};
       admin_response r = co_await asio::co_spawn(

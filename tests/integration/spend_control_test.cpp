@@ -1467,6 +1467,14 @@ TEST_CASE("config reload: a budget's new limit and a key's new rate limit are in
   CHECK(json::parse(tt::request(h.admin_port(), "GET", "/admin/budgets", {}, admin).body)["budgets"][0]["limit_usd"] == 100.0);
   CHECK(h.metric_sum("tollgate_config_reloads_total", "result=\"ok\"") == 2);
   CHECK(h.metric_sum("tollgate_config_reloads_total", "result=\"failed\"") == 1);
+  // What an SRE paged by TollgateConfigRestartPending reads: the pending changes, the last error.
+  j = json::parse(tt::request(h.admin_port(), "GET", "/admin/config", {}, admin).body);
+  CHECK(j["file"] == path);
+  CHECK(j["reloads"] == 2);
+  CHECK(j["restart_required"].size() == 2);
+  CHECK(j["applied"] == json::array({"key app: rpm 2 -> 6000"}));
+  CHECK_THAT(j["last_error"].get<std::string>(), Catch::Matchers::Contains(path + ":3"));
+  CHECK(tt::request(h.admin_port(), "POST", "/admin/config", {}, admin).status == 405);
 
   CHECK(tt::request(h.admin_port(), "GET", "/admin/config/reload", {}, admin).status == 405);
   CHECK(tt::request(h.admin_port(), "POST", "/admin/config/reload").status == 401);
