@@ -560,14 +560,44 @@ struct policy_engine::impl {
       if (!matches(g.scope, c)) continue;
       g.add(t, usd);
       const double s = g.sum(t);
-      if (g.tripped || s <= g.cfg.max_usd) continue;
-      g.tripped = true;
-      if (!alert) continue;
-      std::string what = g.cfg.action == guard_action::reroute ? "rerouting to " + g.cfg.fallback_model : "rejecting calls";
-      raise({alert_kind::spend_guard, g.cfg.scope, g.window_name, g.cfg.max_usd, s, 0, t,
-             "Spend guard " + g.cfg.scope + " tripped: " + format_usd(s) + " spent in the last " + g.window_name + " (max " +
-                 format_usd(g.cfg.max_usd) + "); " + what});
+      if (!g.tripped && s > g.cfg.max_usd) trip(g, s, t, alert);
     }
+  }
+
+  // A guard's window spend `s` is over its max: it trips, and alerts unless warm-starting.
+  void trip(guard_state& g, double s, std::int64_t t, bool alert) {
+    g.tripped = true;
+    if (!alert) return;
+    std::string what = g.cfg.action == guard_action::reroute ? "rerouting to " + g.cfg.fallback_model : "rejecting calls";
+    raise({alert_kind::spend_guard, g.cfg.scope, g.window_name, g.cfg.max_usd, s, 0, t,
+           "Spend guard " + g.cfg.scope + " tripped: " + format_usd(s) + " spent in the last " + g.window_name + " (max " +
+               format_usd(g.cfg.max_usd) + "); " + what});
+  }
+
+  // A key's state joins the engine (add_key, a reload's new key); keys_write_mu held.
+  void insert_key_state(const client_key_config& k) {
+    auto state = make_key_state(k);
+    const bool has_budgets = !state->budgets.empty();
+    {
+      std::lock_guard lock(mu);
+      key_states[state->name] = std::move(state);
+    }
+    if (has_budgets) keys_with_budgets.fetch_add(1, std::memory_order_relaxed);
+  }
+  // A key's state leaves (remove_key, a reload's removed key), after the key left the published
+  // list: a call that found the key just before still finds its buckets; tickets keep theirs.
+  // keys_write_mu held.
+  void erase_key_state(std::string_view name) {
+    if (auto c = configured.find(name); c != configured.end()) configured.erase(c);
+    std::shared_ptr<key_state> gone;  // freed after the lock, unless tickets still hold it
+    {
+      std::lock_guard lock(mu);
+      if (auto it = key_states.find(name); it != key_states.end()) {
+        gone = std::move(it->second);
+        key_states.erase(it);
+      }
+    }
+    if (gone && !gone->budgets.empty()) keys_with_budgets.fetch_sub(1, std::memory_order_relaxed);
   }
 };
 
@@ -627,14 +657,9 @@ bool policy_engine::add_key(client_key_config k) {
   const auto old = impl_->keys();
   for (const auto& e : *old)
     if (e->name == k.name || CRYPTO_memcmp(e->sha256.data(), k.sha256.data(), k.sha256.size()) == 0) return false;
-  auto state = make_key_state(k);
+  impl_->insert_key_state(k);
   auto next = std::make_shared<key_list>(*old);
   next->push_back(std::make_shared<const client_key_config>(std::move(k)));
-  {
-    std::lock_guard lock(impl_->mu);
-    impl_->key_states[state->name] = state;
-  }
-  if (!state->budgets.empty()) impl_->keys_with_budgets.fetch_add(1, std::memory_order_relaxed);
   impl_->publish(std::move(next));
   return true;
 }
@@ -662,16 +687,7 @@ bool policy_engine::remove_key(std::string_view name) {
     if (e->name != name) next->push_back(e);
   if (next->size() == old->size()) return false;
   impl_->publish(std::move(next));
-  if (auto c = impl_->configured.find(name); c != impl_->configured.end()) impl_->configured.erase(c);
-  std::shared_ptr<key_state> gone;  // freed after the lock, unless tickets still hold it
-  {
-    std::lock_guard lock(impl_->mu);
-    if (auto it = impl_->key_states.find(name); it != impl_->key_states.end()) {
-      gone = std::move(it->second);
-      impl_->key_states.erase(it);
-    }
-  }
-  if (gone && !gone->budgets.empty()) impl_->keys_with_budgets.fetch_sub(1, std::memory_order_relaxed);
+  impl_->erase_key_state(name);
   return true;
 }
 
@@ -818,10 +834,7 @@ policy_engine::retune_result policy_engine::retune(const policy_config& next, co
       if (g.tripped && s < g.reset_below()) {
         g.tripped = false;
       } else if (!g.tripped && s > g.cfg.max_usd) {
-        g.tripped = true;
-        m.raise({alert_kind::spend_guard, g.cfg.scope, g.window_name, g.cfg.max_usd, s, 0, now_ms,
-                 "Spend guard " + g.cfg.scope + " tripped: " + format_usd(s) + " spent in the last " + g.window_name +
-                     " (max " + format_usd(g.cfg.max_usd) + ", lowered by a reload)"});
+        m.trip(g, s, now_ms, true);
       }
       r.applied.push_back(name + ": " + what);
     }
@@ -918,30 +931,14 @@ policy_engine::retune_result policy_engine::retune(const policy_config& next, co
       }
       client_key_config k = *n;
       for (auto& bc : k.budgets) bc.scope = "key:" + k.name;
-      auto state = make_key_state(k);
-      {
-        std::lock_guard lock(m.mu);
-        m.key_states[state->name] = state;
-      }
-      if (!state->budgets.empty()) m.keys_with_budgets.fetch_add(1, std::memory_order_relaxed);
+      m.insert_key_state(k);
       m.configured.insert(k.name);
       r.applied.push_back("key " + k.name + " added" + (k.budgets.empty() ? "" : " (its budgets start at this period's zero)"));
       list->push_back(std::make_shared<const client_key_config>(std::move(k)));
     }
     m.publish(std::move(list));
-    // As remove_key(): out of the list first, then its state (a call that found the key just
-    // before still finds its buckets; tickets keep theirs).
-    for (const auto& name : removed) {
-      m.configured.erase(name);
-      std::shared_ptr<key_state> state;  // freed after the lock, unless tickets still hold it
-      {
-        std::lock_guard lock(m.mu);
-        if (auto it = m.key_states.find(name); it != m.key_states.end()) {
-          state = std::move(it->second);
-          m.key_states.erase(it);
-        }
-      }
-      if (state && !state->budgets.empty()) m.keys_with_budgets.fetch_sub(1, std::memory_order_relaxed);
+    for (const auto& name : removed) {  // as remove_key(): out of the list first, then its state
+      m.erase_key_state(name);
       r.applied.push_back("key " + name + " removed (refused from now on; its calls in flight finish)");
     }
   }

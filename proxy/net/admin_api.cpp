@@ -487,6 +487,17 @@ admin_response prices_reload(const admin_context& ctx) {
   return out;
 }
 
+// A configuration reload's outcome as the admin API shows it (POST /admin/config/reload, GET
+// /admin/config).
+json config_reload_json(const config_reload& r) {
+  return {{"file", r.file},
+          {"applied", r.applied},
+          {"restart_required", r.restart_required},
+          {"warnings", r.warnings},
+          {"loaded_at", format_rfc3339_utc(r.loaded_ms)},
+          {"reloads", r.reloads}};
+}
+
 // POST /admin/config/reload: the configuration file read again (app::reload_config). 200 with
 // what was put in force and what waits for a restart; 422 naming the file and line when it does
 // not load (nothing changes).
@@ -494,15 +505,11 @@ admin_response config_reload_post(const admin_context& ctx) {
   const config_reload r = ctx.reload_config();
   if (!r.ok)
     return fail(422, "invalid_config", "The configuration file did not load; the spend controls in force are unchanged: " + r.error);
-  admin_response out;
-  out.body = text_of(json{{"reloaded", true},
-                          {"file", r.file},
-                          {"applied", r.applied},
-                          {"restart_required", r.restart_required},
-                          {"warnings", r.warnings},
-                          {"loaded_at", format_rfc3339_utc(r.loaded_ms)},
-                          {"reloads", r.reloads}});
-  return out;
+  json out = config_reload_json(r);
+  out["reloaded"] = true;
+  admin_response res;
+  res.body = text_of(out);
+  return res;
 }
 
 // GET /admin/config: where the configuration came from, when its spend controls were last read,
@@ -510,15 +517,11 @@ admin_response config_reload_post(const admin_context& ctx) {
 // tollgate_config_restart_pending counts), and the last attempt's error if it did not load.
 admin_response config_get(const admin_context& ctx) {
   const config_reload st = ctx.config_status();
-  admin_response out;
-  out.body = text_of(json{{"file", st.file},
-                          {"loaded_at", format_rfc3339_utc(st.loaded_ms)},
-                          {"reloads", st.reloads},
-                          {"applied", st.applied},
-                          {"restart_required", st.restart_required},
-                          {"warnings", st.warnings},
-                          {"last_error", st.error.empty() ? json(nullptr) : json(st.error)}});
-  return out;
+  json out = config_reload_json(st);
+  out["last_error"] = st.error.empty() ? json(nullptr) : json(st.error);
+  admin_response res;
+  res.body = text_of(out);
+  return res;
 }
 
 json billed_json(const billed_prices& b) {

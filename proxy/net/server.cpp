@@ -81,9 +81,10 @@ static std::vector<file_identity> price_files_now(const config& c) {
 
 // A watched file that changed since it was last read, once it has stayed as it is for a tick (a
 // second: an editor or a copy may write it in several steps). `loaded` is what the last read
-// found (under the reload lock), `seen` a change seen at the last tick, not yet settled.
+// found (guarded by `mu`, the reload lock), `seen` a change seen at the last tick, not yet settled.
 template <class Identity>
-static bool settled_change(const Identity& now, const Identity& loaded, std::optional<Identity>& seen) {
+static bool settled_change(std::mutex& mu, const Identity& now, const Identity& loaded, std::optional<Identity>& seen) {
+  std::lock_guard lock(mu);
   if (now == loaded) {
     seen.reset();
     return false;
@@ -776,13 +777,7 @@ config_reload app::reload_config() { return impl_->reload_config(); }
 // was loaded, and has stayed as it is for a second (an editor or a copy may write it in several
 // steps), is loaded again.
 void app::impl::watch_prices() {
-  const auto now = price_files_now(st.cfg);
-  bool changed = false;
-  {
-    std::lock_guard lock(reload_mu);
-    changed = settled_change(now, loaded_files, changed_files);
-  }
-  if (!changed) return;
+  if (!settled_change(reload_mu, price_files_now(st.cfg), loaded_files, changed_files)) return;
   log_line(log_level::info, "the price files changed: reloading them (pricing.watch)");
   reload_prices();
 }
@@ -790,13 +785,7 @@ void app::impl::watch_prices() {
 // watch_config, likewise: the configuration file changed and has settled: its spend controls are
 // read again (reload_config), as SIGHUP would (after the prices, when both are watched).
 void app::impl::watch_config() {
-  const auto now = identity_of(st.cfg.source_file);
-  bool changed = false;
-  {
-    std::lock_guard lock(reload_mu);
-    changed = settled_change(now, loaded_config, changed_config);
-  }
-  if (!changed) return;
+  if (!settled_change(reload_mu, identity_of(st.cfg.source_file), loaded_config, changed_config)) return;
   log_line(log_level::info, "the configuration file changed: reloading its spend controls (watch_config)");
   reload_config();
 }

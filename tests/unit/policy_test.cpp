@@ -1284,6 +1284,13 @@ TEST_CASE("policy user limits: maintain() drops idle users' buckets, so memory f
 
 // ---- Live reconfiguration (retune: SIGHUP, POST /admin/config/reload) ----
 
+// A retune's messages, one per line (to look for one among them).
+std::string lines(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += s + "\n";
+  return out;
+}
+
 TEST_CASE("policy retune: a budget's new limit is in force at once and its spend is kept", "[policy][retune]") {
   policy_config cfg;
   cfg.budgets.push_back(budget("global", calendar_period::month, 10, true, {0.5, 0.8}));
@@ -1422,14 +1429,12 @@ TEST_CASE("policy retune: what cannot change under running calls is named and le
   next.admin_token = "changed-token";
   next.keys[1].budgets.push_back(budget("key:other", calendar_period::day, 1, true));  // an added key's budgets
   auto r = e.retune(next, cfg, t0);
-  std::string applied;
-  for (const auto& s : r.applied) applied += s + "\n";
+  const std::string applied = lines(r.applied);
   CHECK_THAT(applied, Contains("budget key:app/day: limit $5.00 -> $7.00"));
   CHECK_THAT(applied, Contains("key app: team '' -> 'web'"));
   CHECK_THAT(applied, Contains("key new added"));
   CHECK(r.applied.size() == 3);
-  std::string all;
-  for (const auto& s : r.restart_required) all += s + "\n";
+  const std::string all = lines(r.restart_required);
   CHECK_THAT(all, Contains("budget global/month removed"));
   CHECK_THAT(all, Contains("budget global/week added"));
   CHECK_THAT(all, Contains("budget team:web/day added"));
@@ -1467,8 +1472,7 @@ TEST_CASE("policy retune: configured keys are added, removed and rotated - a rot
   next.keys.push_back(key("stored", "sk-another-secret"));          // clashes with the stored key
   next.keys.push_back(key("fresh", "sk-fresh-secret-1"));
   auto r = e.retune(next, cfg, t0 + 10);
-  std::string applied;
-  for (const auto& s : r.applied) applied += s + "\n";
+  const std::string applied = lines(r.applied);
   CHECK_THAT(applied, Contains("key app: secret rotated"));
   CHECK_THAT(applied, Contains("key old removed"));
   CHECK_THAT(applied, Contains("key fresh added"));
